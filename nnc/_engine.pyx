@@ -1,0 +1,1411 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""DeepCABAC engine (Cython): arithmetic coder, context models, binarisation.
+
+The interface is described in docs/dev/engine-api.md and is identical to the
+pure-Python reference engine ``nnc._pyengine``.  Spec clauses are cited as
+"spec 9.2".  Index bounds in the hot loops are proven by construction:
+
+* context states stay within C in [-3891, 3891] and F in [-121, 123]
+  (spec 9.3.3), so adaptation-table and rLPS-table indices are in range;
+* context indices come from the layout of the tensor's N, which sized the
+  context array;
+* matrix positions come from loops bounded by height and width, which the
+  Python wrapper checked against the array lengths;
+* every byte read checks the remaining length itself (``next_byte``).
+"""
+
+from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdlib cimport free, malloc, realloc
+from libc.string cimport memcpy
+
+import math
+
+import numpy as np
+
+cimport numpy as cnp
+
+from nnc import tables
+from nnc.errors import DecodeError, EncodeError, TruncatedError
+
+cnp.import_array()
+
+cdef extern from *:
+    int __builtin_clz(unsigned int x) nogil
+
+# --------------------------------------------------------------------------
+# Tables (spec 9.3.2, 9.3.3, 9.4, 10.2), filled from nnc.tables at import.
+# --------------------------------------------------------------------------
+cdef uint32_t RLPS[256]
+cdef int32_t ADAPT[32]
+cdef int32_t INIT_SH0[9]
+cdef int32_t INIT_SH1[9]
+cdef int32_t INIT_C[9]
+cdef int32_t INIT_F[9]
+cdef int32_t NEXT_STATE[8][2]
+cdef uint32_t EST_BITS[32][2]     # estimated cost in 1/32768 bit: [prob class][bin == MPS]
+cdef uint32_t EST_BYPASS = 32768
+
+cdef int _i
+for _i in range(256):
+    RLPS[_i] = tables.RLPS_TABLE[_i]
+for _i in range(32):
+    ADAPT[_i] = tables.ADAPT_STEPS[_i]
+for _i in range(9):
+    INIT_SH0[_i], INIT_SH1[_i], INIT_C[_i], INIT_F[_i] = tables.INIT_SETS[_i]
+for _i in range(8):
+    NEXT_STATE[_i][0], NEXT_STATE[_i][1] = tables.NEXT_DQ_STATE[_i]
+
+
+def _estimate_table():
+    """Bits of an LPS / MPS bin per probability class, averaged over the range.
+
+    The range R of the coder is spread roughly log-uniformly over 256..510, so
+    each R is weighted by 1/R (spec Annex A.4).
+    """
+    out = []
+    for q in range(32):
+        lps = mps = wsum = 0.0
+        for r in range(256, 511):
+            w = 1.0 / r
+            rl = tables.RLPS_TABLE[32 * ((r >> 5) & 7) + q]
+            lps += w * math.log2(r / rl)
+            mps += w * math.log2(r / (r - rl))
+            wsum += w
+        out.append((lps / wsum, mps / wsum))
+    return out
+
+
+_EST_TABLE = _estimate_table()
+for _i in range(32):
+    EST_BITS[_i][0] = <uint32_t>(_EST_TABLE[_i][0] * 32768.0 + 0.5)
+    EST_BITS[_i][1] = <uint32_t>(_EST_TABLE[_i][1] * 32768.0 + 0.5)
+
+DEF N_SETS = 9
+DEF PENALTY = 3 * 32768          # 3 bits for signalling a non-default set (spec A.3)
+
+# error codes of the C-level decoder
+DEF ERR_NONE = 0
+DEF ERR_TRUNCATED = 1
+DEF ERR_LEVEL_RANGE = 2
+DEF ERR_PREFIX = 3
+DEF ERR_DQ_RANGE = 4
+
+DEF MODE_ENCODE = 0
+DEF MODE_OPTIMISE = 1
+DEF MODE_ESTIMATE = 2
+
+DEF INT32_MAX = 2147483647
+
+
+# --------------------------------------------------------------------------
+# Context models (spec 9.3)
+# --------------------------------------------------------------------------
+cdef struct Ctx:
+    int32_t c          # combined state C = S + 16 F
+    int32_t f          # fast state F
+    int32_t sh0
+    int32_t sh1
+    int32_t init_set
+
+
+cdef inline void ctx_init(Ctx* m, int s) noexcept nogil:
+    m.c = INIT_C[s]
+    m.f = INIT_F[s]
+    m.sh0 = INIT_SH0[s]
+    m.sh1 = INIT_SH1[s]
+    m.init_set = s
+
+
+cdef inline void ctx_reset(Ctx* m) noexcept nogil:
+    m.c = INIT_C[m.init_set]
+    m.f = INIT_F[m.init_set]
+
+
+cdef inline void ctx_update(Ctx* m, int bin) noexcept nogil:
+    """Two-rate adaptation towards the coded bin (spec 9.3.3)."""
+    cdef int32_t s = m.c - 16 * m.f
+    cdef int32_t f = m.f
+    if bin:
+        f += ADAPT[16 + (f >> 3)] >> m.sh0
+        s += ADAPT[16 + (s >> 7)] >> m.sh1
+    else:
+        f -= ADAPT[16 + ((-f) >> 3)] >> m.sh0
+        s -= ADAPT[16 + ((-s) >> 7)] >> m.sh1
+    m.f = f
+    m.c = s + 16 * f
+
+
+cdef inline uint32_t prob_class(int32_t c) noexcept nogil:
+    cdef int32_t q = c >> 7
+    return <uint32_t>(-q if q < 0 else q)
+
+
+cdef inline uint32_t est_bin(Ctx* m, int bin) noexcept nogil:
+    return EST_BITS[prob_class(m.c)][1 if bin == (m.c >= 0) else 0]
+
+
+# --------------------------------------------------------------------------
+# Context layout (spec 10.3.1, 10.3.2)
+# --------------------------------------------------------------------------
+cdef struct Layout:
+    int edition
+    int n_gtx
+    int n_ctx
+    int sig
+    int sig_tca
+    int sig_hdsp
+    int sign
+    int sign_tca
+    int gtx
+    int gtx_tca
+    int rem
+    int n_rem
+    int init_flag
+    int row_skip
+
+
+cdef Layout make_layout(int edition, int n_gtx):
+    cdef Layout L
+    L.edition = edition
+    L.n_gtx = n_gtx
+    if edition == 1:
+        L.sig = 0
+        L.sig_tca = -1
+        L.sig_hdsp = -1
+        L.sign = 24
+        L.sign_tca = -1
+        L.gtx = 27
+        L.gtx_tca = -1
+        L.rem = 27 + 2 * n_gtx
+        L.n_rem = 32
+        L.init_flag = 61 + 2 * n_gtx
+        L.row_skip = -1
+        L.n_ctx = 63 + 2 * n_gtx
+    else:
+        L.sig = 0
+        L.sig_tca = 24
+        L.sig_hdsp = 40
+        L.sign = 48
+        L.sign_tca = 51
+        L.gtx = 53
+        L.gtx_tca = 53 + 2 * n_gtx
+        L.rem = 53 + 4 * n_gtx
+        L.n_rem = 31
+        L.init_flag = 87 + 4 * n_gtx
+        L.row_skip = 89 + 4 * n_gtx
+        L.n_ctx = 90 + 4 * n_gtx
+    return L
+
+
+def context_count(int edition, int n_gtx):
+    """Number of context models of one tensor (spec 10.3)."""
+    _check_edition(edition)
+    return make_layout(edition, n_gtx).n_ctx
+
+
+def _check_edition(edition):
+    if edition not in (1, 2):
+        raise ValueError(f"edition must be 1 or 2, not {edition!r}")
+
+
+# --------------------------------------------------------------------------
+# Per-tensor coding parameters shared by decoder and encoder
+# --------------------------------------------------------------------------
+cdef struct TensorShape:
+    int64_t height
+    int64_t width
+    int scan_order          # effective scan order (spec 11.1)
+    int64_t block_h         # block height / width of the scan (whole matrix for scan 0)
+    int64_t block_w
+    int64_t n_block_rows
+    int dq
+    int cb                  # codebook-bounded binarisation active (edition 2)
+    int64_t cb_size
+    int64_t cb_zero
+    int sign_inferred
+    int inferred_negative
+    int64_t max_abs_pos
+    int64_t max_abs_neg
+    int tca
+    int hdsp
+
+
+cdef TensorShape make_shape(int edition, int64_t height, int64_t width, int scan_order, int dq,
+                            int64_t cb_size, int64_t cb_zero, int tca, int hdsp):
+    cdef TensorShape t
+    t.height = height
+    t.width = width
+    t.dq = dq
+    if width == 1 or height == 1:
+        scan_order = 0
+    t.scan_order = scan_order
+    if scan_order == 0:
+        t.block_h = height if height > 0 else 1
+        t.block_w = width if width > 0 else 1
+        t.n_block_rows = 1
+    else:
+        t.block_h = 4 << scan_order
+        t.block_w = t.block_h
+        t.n_block_rows = (height + t.block_h - 1) // t.block_h
+        if t.n_block_rows < 1:
+            t.n_block_rows = 1
+    t.cb = edition == 2 and cb_size > 0
+    t.cb_size = cb_size
+    t.cb_zero = cb_zero
+    t.sign_inferred = 0
+    t.inferred_negative = 0
+    t.max_abs_pos = INT32_MAX + 1
+    t.max_abs_neg = INT32_MAX + 1
+    if t.cb:
+        t.max_abs_pos = cb_size - 1 - cb_zero
+        t.max_abs_neg = cb_zero
+        if cb_zero == 0 or cb_zero == cb_size - 1:
+            t.sign_inferred = 1
+            t.inferred_negative = cb_zero != 0
+    t.tca = tca
+    t.hdsp = hdsp
+    return t
+
+
+cdef inline int first_range_forced(Layout* L, TensorShape* t) noexcept nogil:
+    """Whether R is forced to 256 before the first element (spec 11.3, 13)."""
+    if t.scan_order == 0:
+        return 0
+    if L.edition == 1:
+        return 1
+    return t.n_block_rows > 1
+
+
+cdef inline int has_row_flags(Layout* L, TensorShape* t) noexcept nogil:
+    """Edition 2 row-skip / HDSP flags present (spec 8.3)."""
+    return L.edition == 2 and t.width > 1 and t.height > 1 and t.cb_size != 1
+
+
+cdef list init_signalled_contexts(Layout* L, TensorShape* t):
+    """Contexts whose init set is signalled, in signalling order (spec 8.4)."""
+    cdef list out = []
+    cdef int n = L.n_gtx
+    cdef int a
+    cdef int64_t max_abs
+    if L.edition == 1:
+        for a in range(L.rem + 32):
+            if not t.dq and 3 <= a <= 23:
+                continue
+            out.append(a)
+        return out
+    if t.cb and t.cb_size == 1:
+        return out
+    max_abs = t.max_abs_pos if t.max_abs_pos > t.max_abs_neg else t.max_abs_neg
+    out.extend(range(24) if t.dq else range(3))
+    if t.tca:
+        out.extend(range(24, 40) if t.dq else (24, 25))
+    if t.hdsp:
+        out.extend(range(40, 48) if t.dq else (40,))
+    if not (t.cb and t.sign_inferred):
+        out.extend((48, 49, 50))
+        if t.tca:
+            out.extend((51, 52))
+    for a in range(2 * n):
+        if not t.cb or a < 2 * max_abs:
+            out.append(53 + a)
+    if t.tca:
+        for a in range(2 * n, 4 * n):
+            if not t.cb or a < 2 * (max_abs - 1) + 2 * n:
+                out.append(53 + a)
+    for a in range(31):
+        if not t.cb or n - 1 + ((<int64_t>1 << (a + 1)) - 1) < max_abs:
+            out.append(L.rem + a)
+    return out
+
+
+# --------------------------------------------------------------------------
+# Arithmetic decoder (spec 9.1, 9.2, 9.5, 9.6, 9.7)
+# --------------------------------------------------------------------------
+cdef struct ArithDecoder:
+    const uint8_t* buf
+    int64_t length
+    int64_t pos
+    uint32_t rng
+    uint32_t val
+    int bits_needed
+    int err
+
+
+cdef inline uint32_t next_byte(ArithDecoder* d) noexcept nogil:
+    if d.pos < d.length:
+        d.pos += 1
+        return d.buf[d.pos - 1]
+    d.err = ERR_TRUNCATED
+    return 0
+
+
+cdef inline int decode_bin(ArithDecoder* d, Ctx* m) noexcept nogil:
+    """Decode one context-coded bin (spec 9.2)."""
+    cdef uint32_t lps = RLPS[prob_class(m.c) + (d.rng & 0xE0)]
+    cdef uint32_t mps_range = d.rng - lps
+    cdef uint32_t scaled = mps_range << 7
+    cdef int mps = m.c >= 0
+    cdef int bin
+    cdef int n
+    if d.val < scaled:
+        bin = mps
+        d.rng = mps_range
+        if mps_range < 256:
+            d.rng = mps_range << 1
+            d.val <<= 1
+            d.bits_needed += 1
+            if d.bits_needed == 0:
+                d.bits_needed = -8
+                d.val += next_byte(d)
+    else:
+        bin = 1 - mps
+        n = __builtin_clz(lps) - 23
+        d.val = (d.val - scaled) << n
+        d.rng = lps << n
+        d.bits_needed += n
+        if d.bits_needed >= 0:
+            d.val += next_byte(d) << d.bits_needed
+            d.bits_needed -= 8
+    ctx_update(m, bin)
+    return bin
+
+
+cdef inline int decode_bypass(ArithDecoder* d) noexcept nogil:
+    """Decode one equiprobable bin (spec 9.5)."""
+    cdef uint32_t scaled
+    d.val <<= 1
+    d.bits_needed += 1
+    if d.bits_needed >= 0:
+        d.bits_needed = -8
+        d.val += next_byte(d)
+    scaled = d.rng << 7
+    if d.val >= scaled:
+        d.val -= scaled
+        return 1
+    return 0
+
+
+cdef inline uint64_t decode_bypass_bits(ArithDecoder* d, int nbits) noexcept nogil:
+    cdef uint64_t v = 0
+    cdef int i
+    for i in range(nbits):
+        v = (v << 1) | <uint64_t>decode_bypass(d)
+    return v
+
+
+cdef inline int decode_terminate(ArithDecoder* d) noexcept nogil:
+    """Decode the terminate bin (spec 9.6)."""
+    cdef uint32_t scaled
+    d.rng -= 2
+    scaled = d.rng << 7
+    if d.val >= scaled:
+        return 1
+    if d.rng < 256:
+        d.rng <<= 1
+        d.val <<= 1
+        d.bits_needed += 1
+        if d.bits_needed == 0:
+            d.bits_needed = -8
+            d.val += next_byte(d)
+    return 0
+
+
+cdef inline int64_t decoder_position(ArithDecoder* d) noexcept nogil:
+    """Bit position T of the decoder (spec 11.4)."""
+    return 8 * d.pos - 8 + d.bits_needed
+
+
+cdef inline int decoder_seek(ArithDecoder* d, int64_t t, uint32_t value) noexcept nogil:
+    """Start decoding at bit position t with the window value (spec 9.7)."""
+    cdef int64_t p = t + 9
+    if t < 0:
+        return 0
+    if p % 8 != 0:
+        d.pos = p // 8 + 1
+        d.bits_needed = <int>(p % 8) - 9
+    else:
+        d.pos = p // 8
+        d.bits_needed = -1
+    if d.pos > d.length or d.pos < 1:
+        return 0
+    d.val = (value << 7) + ((<uint32_t>d.buf[d.pos - 1] << (8 + d.bits_needed)) & 127)
+    d.rng = 256
+    return 1
+
+
+# --------------------------------------------------------------------------
+# Arithmetic encoder (spec 9.8)
+# --------------------------------------------------------------------------
+cdef struct ArithEncoder:
+    uint32_t low
+    uint32_t rng
+    int bits_left
+    uint32_t buffered_byte
+    int64_t num_buffered
+    uint8_t* out
+    int64_t out_len
+    int64_t out_cap
+    int err
+    uint64_t bins
+
+
+cdef int enc_init(ArithEncoder* e) noexcept nogil:
+    e.low = 0
+    e.rng = 510
+    e.bits_left = 23
+    e.buffered_byte = 0xFF
+    e.num_buffered = 0
+    e.out_cap = 4096
+    e.out_len = 0
+    e.err = 0
+    e.bins = 0
+    e.out = <uint8_t*>malloc(e.out_cap)
+    return e.out != NULL
+
+
+cdef inline void enc_put_byte(ArithEncoder* e, uint32_t b) noexcept nogil:
+    cdef uint8_t* grown
+    if e.out_len == e.out_cap:
+        grown = <uint8_t*>realloc(e.out, e.out_cap * 2)
+        if grown == NULL:
+            e.err = 1
+            return
+        e.out = grown
+        e.out_cap *= 2
+    e.out[e.out_len] = <uint8_t>(b & 0xFF)
+    e.out_len += 1
+
+
+cdef inline void enc_write_out(ArithEncoder* e) noexcept nogil:
+    """Emit one byte of low, holding back 0xFF bytes until the carry is known."""
+    cdef uint32_t lead = e.low >> (24 - e.bits_left)
+    cdef uint32_t b
+    e.bits_left += 8
+    e.low &= (<uint32_t>0xFFFFFFFF) >> e.bits_left
+    if lead == 0xFF:
+        e.num_buffered += 1
+    elif e.num_buffered > 0:
+        b = e.buffered_byte + (lead >> 8)
+        e.buffered_byte = lead & 0xFF
+        enc_put_byte(e, b)
+        b = (0xFF + (lead >> 8)) & 0xFF
+        while e.num_buffered > 1:
+            enc_put_byte(e, b)
+            e.num_buffered -= 1
+    else:
+        e.num_buffered = 1
+        e.buffered_byte = lead
+
+
+cdef inline void enc_bin(ArithEncoder* e, Ctx* m, int bin) noexcept nogil:
+    cdef uint32_t lps = RLPS[prob_class(m.c) + (e.rng & 0xE0)]
+    cdef int n
+    e.rng -= lps
+    if bin != (m.c >= 0):
+        n = __builtin_clz(lps) - 23
+        e.low = (e.low + e.rng) << n
+        e.rng = lps << n
+        e.bits_left -= n
+    elif e.rng < 256:
+        e.low <<= 1
+        e.rng <<= 1
+        e.bits_left -= 1
+    ctx_update(m, bin)
+    if e.bits_left < 12:
+        enc_write_out(e)
+
+
+cdef inline void enc_bypass(ArithEncoder* e, int bin) noexcept nogil:
+    e.low <<= 1
+    if bin:
+        e.low += e.rng
+    e.bits_left -= 1
+    if e.bits_left < 12:
+        enc_write_out(e)
+
+
+cdef inline void enc_bypass_bits(ArithEncoder* e, uint64_t value, int nbits) noexcept nogil:
+    cdef int i
+    for i in range(nbits - 1, -1, -1):
+        enc_bypass(e, <int>((value >> i) & 1))
+
+
+cdef void enc_terminate_and_flush(ArithEncoder* e) noexcept nogil:
+    """Terminate bin 1, flush, stop bit '1' and zero padding (spec 9.8)."""
+    cdef int nbits
+    cdef uint32_t bits
+    e.rng -= 2
+    e.low += e.rng
+    e.low <<= 7
+    e.rng = 256
+    e.bits_left -= 7
+    if e.bits_left < 12:
+        enc_write_out(e)
+    if (e.low >> (32 - e.bits_left)) != 0:
+        enc_put_byte(e, e.buffered_byte + 1)
+        while e.num_buffered > 1:
+            enc_put_byte(e, 0x00)
+            e.num_buffered -= 1
+        e.low -= <uint32_t>1 << (32 - e.bits_left)
+    else:
+        if e.num_buffered > 0:
+            enc_put_byte(e, e.buffered_byte)
+        while e.num_buffered > 1:
+            enc_put_byte(e, 0xFF)
+            e.num_buffered -= 1
+    # remaining (24 - bits_left) bits of low >> 8, then the stop bit, then zero padding
+    nbits = 24 - e.bits_left
+    bits = ((e.low >> 8) & ((<uint32_t>1 << nbits) - 1)) << 1 | 1
+    nbits += 1
+    while nbits % 8 != 0:
+        bits <<= 1
+        nbits += 1
+    while nbits > 0:
+        nbits -= 8
+        enc_put_byte(e, (bits >> nbits) & 0xFF)
+
+
+# --------------------------------------------------------------------------
+# Tensor decoding (spec 8.1, 10, 11)
+# --------------------------------------------------------------------------
+cdef inline int neighbour_class(int64_t prev) noexcept nogil:
+    if prev == 0:
+        return 0
+    return 1 if prev < 0 else 2
+
+
+cdef inline int64_t decode_value(ArithDecoder* d, Ctx* ctx, Layout* L, TensorShape* t,
+                                 int state, int64_t prev, int32_t base, int hdsp_active) noexcept nogil:
+    """Decode one coded integer k (spec 10.1, 10.3, 10.4). Errors set d.err."""
+    cdef int c = neighbour_class(prev)
+    cdef int sig_ctx
+    cdef int neg
+    cdef int64_t absk = 1
+    cdef int64_t max_abs
+    cdef int64_t abs_base
+    cdef int j = 0
+    cdef int m = 0
+    cdef int n = L.n_gtx
+    if hdsp_active:
+        sig_ctx = L.sig_hdsp + state
+    elif base != 0:
+        sig_ctx = L.sig_tca + 2 * state + (1 if (base > 1 or base < -1) else 0)
+    else:
+        sig_ctx = L.sig + 3 * state + c
+    if not decode_bin(d, &ctx[sig_ctx]):
+        return 0
+    if t.cb and t.sign_inferred:
+        neg = t.inferred_negative
+    elif base != 0:
+        neg = decode_bin(d, &ctx[L.sign_tca + (0 if base < 0 else 1)])
+    else:
+        neg = decode_bin(d, &ctx[L.sign + c])
+    max_abs = t.max_abs_neg if neg else t.max_abs_pos
+    abs_base = -(<int64_t>base) if base < 0 else base
+    while absk < max_abs and j < n:
+        if base != 0:
+            if not decode_bin(d, &ctx[L.gtx_tca + 2 * j + (0 if abs_base >= j else 1)]):
+                return -absk if neg else absk
+        elif not decode_bin(d, &ctx[L.gtx + 2 * j + neg]):
+            return -absk if neg else absk
+        absk += 1
+        j += 1
+    if j == n and absk < max_abs:
+        # Exp-Golomb remainder with context-coded prefix (spec 10.1)
+        while True:
+            if m == L.n_rem:
+                if L.edition == 2:
+                    break           # prefix cap: no terminating bin after 31 ones
+                d.err = ERR_PREFIX
+                return 0
+            if t.cb and max_abs < absk + (<int64_t>1 << m):
+                break
+            if not decode_bin(d, &ctx[L.rem + m]):
+                break
+            absk += <int64_t>1 << m
+            m += 1
+        absk += <int64_t>decode_bypass_bits(d, m)
+    if absk > (<int64_t>INT32_MAX + 1) or (not neg and absk > INT32_MAX):
+        d.err = ERR_LEVEL_RANGE
+        return 0
+    return -absk if neg else absk
+
+
+cdef inline void contexts_reset(Ctx* ctx, int n) noexcept nogil:
+    cdef int i
+    for i in range(n):
+        ctx_reset(&ctx[i])
+
+
+cdef int decode_tensor_data(ArithDecoder* d, Ctx* ctx, Layout* L, TensorShape* t,
+                            int32_t* out, const int32_t* base, const int8_t* hist, const uint8_t* skipped,
+                            int64_t* ep_t, int64_t* ep_value, int64_t* ep_state, int64_t n_ep, int use_ep,
+                            int64_t start_row, int64_t* rec_t, int64_t* rec_value, int64_t* rec_state) noexcept nogil:
+    """Decode the scan of one tensor (spec 11.2, 11.3, 11.5). Returns 0 or an error code."""
+    cdef int64_t br, r, c, r0, r_end, c0, c_end, row_off, i
+    cdef int state = 0
+    cdef int64_t prev = 0
+    cdef int64_t k, n_rec
+    cdef int32_t b = 0
+    cdef int hd = 0
+    cdef int skip_adv
+    cdef int64_t W = t.width
+    for br in range(t.n_block_rows):
+        r0 = br * t.block_h
+        r_end = r0 + t.block_h
+        if r_end > t.height:
+            r_end = t.height
+        if br > 0:
+            contexts_reset(ctx, L.n_ctx)
+            prev = 0
+            d.rng = 256
+            if rec_t != NULL:
+                rec_t[br - 1] = decoder_position(d)
+                rec_value[br - 1] = d.val >> 7
+                rec_state[br - 1] = state
+        if use_ep and br > 0 and br >= start_row:
+            if not decoder_seek(d, ep_t[br - 1], <uint32_t>ep_value[br - 1]):
+                return ERR_TRUNCATED
+            state = <int>ep_state[br - 1] if t.dq else 0
+        elif use_ep and br < start_row:
+            continue
+        c0 = 0
+        while c0 < W:
+            c_end = c0 + t.block_w
+            if c_end > W:
+                c_end = W
+            for r in range(r0, r_end):
+                if skipped != NULL and skipped[r]:
+                    if t.dq:
+                        # the reference decoder advances the state `width` times per
+                        # skipped block segment (spec 11.5); parity-0 moves have order 4
+                        for skip_adv in range(W % 4):
+                            state = NEXT_STATE[state][0]
+                    continue
+                row_off = r * W
+                for c in range(c0, c_end):
+                    i = row_off + c
+                    if base != NULL:
+                        b = base[i]
+                    if hist != NULL:
+                        hd = hist[i] == 1
+                    k = decode_value(d, ctx, L, t, state, prev, b, hd)
+                    if d.err:
+                        return d.err
+                    if t.dq and k != 0:
+                        # reconstruction integer n = 2k - sgn(k)(s & 1) (spec 10.2)
+                        n_rec = 2 * k - ((state & 1) if k > 0 else -(state & 1))
+                        if n_rec > INT32_MAX or n_rec < -INT32_MAX - 1:
+                            return ERR_DQ_RANGE
+                        out[i] = <int32_t>n_rec
+                    else:
+                        out[i] = <int32_t>k
+                    if t.dq:
+                        state = NEXT_STATE[state][k & 1]
+                    prev = k
+            c0 = c_end
+    return ERR_NONE
+
+
+# --------------------------------------------------------------------------
+# Tensor encoding, init-set optimisation and rate estimation share one walk
+# over the bins: ``put_bin`` sends a bin to the coder, to the 9 parallel
+# estimators of the init-set optimiser, or to the single rate estimator.
+# --------------------------------------------------------------------------
+cdef struct BinSink:
+    int mode
+    ArithEncoder* enc
+    Ctx* ctx                # MODE_ENCODE / MODE_ESTIMATE: one context set
+    Ctx* opt_ctx            # MODE_OPTIMISE: N_SETS context sets, set s at s * n_ctx
+    uint64_t* opt_cost      # MODE_OPTIMISE: accumulated cost per (set, context)
+    int n_ctx
+    uint64_t est_bits       # MODE_ESTIMATE: accumulated cost (1/32768 bit)
+
+
+cdef inline void put_bin(BinSink* s, int ctx_idx, int bin) noexcept nogil:
+    cdef int k
+    cdef Ctx* m
+    if s.mode == MODE_ENCODE:
+        enc_bin(s.enc, &s.ctx[ctx_idx], bin)
+    elif s.mode == MODE_ESTIMATE:
+        s.est_bits += est_bin(&s.ctx[ctx_idx], bin)
+        ctx_update(&s.ctx[ctx_idx], bin)
+    else:
+        for k in range(N_SETS):
+            m = &s.opt_ctx[k * s.n_ctx + ctx_idx]
+            s.opt_cost[k * s.n_ctx + ctx_idx] += est_bin(m, bin)
+            ctx_update(m, bin)
+
+
+cdef inline void put_bypass(BinSink* s, uint64_t value, int nbits) noexcept nogil:
+    if s.mode == MODE_ENCODE:
+        enc_bypass_bits(s.enc, value, nbits)
+    elif s.mode == MODE_ESTIMATE:
+        s.est_bits += <uint64_t>nbits * EST_BYPASS
+
+
+cdef inline void sink_block_row_start(BinSink* s) noexcept nogil:
+    """Context reset and range forcing at a block-row boundary (spec 11.3)."""
+    cdef int i
+    if s.mode == MODE_OPTIMISE:
+        for i in range(N_SETS * s.n_ctx):
+            ctx_reset(&s.opt_ctx[i])
+        return
+    contexts_reset(s.ctx, s.n_ctx)
+    if s.mode == MODE_ENCODE:
+        s.enc.rng = 256
+
+
+cdef inline void encode_value(BinSink* s, Layout* L, TensorShape* t, int64_t k, int state,
+                              int64_t prev, int32_t base, int hdsp_active) noexcept nogil:
+    """Binarise one coded integer k (spec 10.1, 10.3, 10.4); inverse of decode_value."""
+    cdef int c = neighbour_class(prev)
+    cdef int neg = k < 0
+    cdef int64_t absk = -k if neg else k
+    cdef int64_t run = 1
+    cdef int64_t max_abs
+    cdef int64_t abs_base
+    cdef int64_t r
+    cdef int j = 0
+    cdef int m = 0
+    cdef int n = L.n_gtx
+    cdef int flag
+    if hdsp_active:
+        put_bin(s, L.sig_hdsp + state, k != 0)
+    elif base != 0:
+        put_bin(s, L.sig_tca + 2 * state + (1 if (base > 1 or base < -1) else 0), k != 0)
+    else:
+        put_bin(s, L.sig + 3 * state + c, k != 0)
+    if k == 0:
+        return
+    if not (t.cb and t.sign_inferred):
+        if base != 0:
+            put_bin(s, L.sign_tca + (0 if base < 0 else 1), neg)
+        else:
+            put_bin(s, L.sign + c, neg)
+    max_abs = t.max_abs_neg if neg else t.max_abs_pos
+    abs_base = -(<int64_t>base) if base < 0 else base
+    while run < max_abs and j < n:
+        flag = absk > run
+        if base != 0:
+            put_bin(s, L.gtx_tca + 2 * j + (0 if abs_base >= j else 1), flag)
+        else:
+            put_bin(s, L.gtx + 2 * j + neg, flag)
+        if not flag:
+            return
+        run += 1
+        j += 1
+    if j == n and run < max_abs:
+        r = absk - run
+        while True:
+            if m == L.n_rem:
+                break
+            if t.cb and max_abs < run + (<int64_t>1 << m):
+                break
+            if r >= (<int64_t>1 << m):
+                put_bin(s, L.rem + m, 1)
+                r -= <int64_t>1 << m
+                run += <int64_t>1 << m
+                m += 1
+            else:
+                put_bin(s, L.rem + m, 0)
+                break
+        put_bypass(s, <uint64_t>r, m)
+
+
+cdef void encode_tensor_data(BinSink* s, Layout* L, TensorShape* t, const int32_t* k_values,
+                             const int32_t* base, const int8_t* hist, const uint8_t* skipped) noexcept nogil:
+    """Walk the scan of one tensor, sending its bins to the sink (spec 11.2, 11.3, 11.5)."""
+    cdef int64_t br, r, c, r0, r_end, c0, c_end, row_off, i
+    cdef int state = 0
+    cdef int64_t prev = 0
+    cdef int64_t k
+    cdef int32_t b = 0
+    cdef int hd = 0
+    cdef int skip_adv
+    cdef int64_t W = t.width
+    for br in range(t.n_block_rows):
+        r0 = br * t.block_h
+        r_end = r0 + t.block_h
+        if r_end > t.height:
+            r_end = t.height
+        if br > 0:
+            sink_block_row_start(s)
+            prev = 0
+        c0 = 0
+        while c0 < W:
+            c_end = c0 + t.block_w
+            if c_end > W:
+                c_end = W
+            for r in range(r0, r_end):
+                if skipped != NULL and skipped[r]:
+                    if t.dq:
+                        for skip_adv in range(W % 4):
+                            state = NEXT_STATE[state][0]
+                    continue
+                row_off = r * W
+                for c in range(c0, c_end):
+                    i = row_off + c
+                    if base != NULL:
+                        b = base[i]
+                    if hist != NULL:
+                        hd = hist[i] == 1
+                    k = k_values[i]
+                    encode_value(s, L, t, k, state, prev, b, hd)
+                    if t.dq:
+                        state = NEXT_STATE[state][k & 1]
+                    prev = k
+            c0 = c_end
+
+
+cdef int levels_to_coded(TensorShape* t, const int32_t* n_values, int32_t* k_out,
+                         const uint8_t* skipped, int64_t* bad_index) noexcept nogil:
+    """Convert reconstruction integers n to coded values k along the scan (spec 10.2).
+
+    Returns 0, or 1 with *bad_index set when some n is not representable in
+    the trellis state reached at its position.
+    """
+    cdef int64_t br, r, c, r0, r_end, c0, c_end, i
+    cdef int state = 0
+    cdef int64_t n, k
+    cdef int skip_adv
+    cdef int64_t W = t.width
+    for br in range(t.n_block_rows):
+        r0 = br * t.block_h
+        r_end = r0 + t.block_h
+        if r_end > t.height:
+            r_end = t.height
+        c0 = 0
+        while c0 < W:
+            c_end = c0 + t.block_w
+            if c_end > W:
+                c_end = W
+            for r in range(r0, r_end):
+                if skipped != NULL and skipped[r]:
+                    for skip_adv in range(W % 4):
+                        state = NEXT_STATE[state][0]
+                    continue
+                for c in range(c0, c_end):
+                    i = r * W + c
+                    n = n_values[i]
+                    if n == 0:
+                        k = 0
+                    elif n > 0:
+                        k = (n + (state & 1)) >> 1
+                    else:
+                        k = (n - (state & 1)) >> 1
+                    # check n is a level of the quantiser of this state
+                    if k != 0 and 2 * k - ((state & 1) if k > 0 else -(state & 1)) != n:
+                        bad_index[0] = i
+                        return 1
+                    if n != 0 and k == 0:
+                        bad_index[0] = i
+                        return 1
+                    k_out[i] = <int32_t>k
+                    state = NEXT_STATE[state][k & 1]
+            c0 = c_end
+    return 0
+
+
+# --------------------------------------------------------------------------
+# Python interface (docs/dev/engine-api.md)
+# --------------------------------------------------------------------------
+_DECODE_ERRORS = {
+    ERR_TRUNCATED: (TruncatedError, "payload ends before the tensor data is complete", "9.2"),
+    ERR_LEVEL_RANGE: (DecodeError, "decoded level magnitude does not fit in int32", "10.1"),
+    ERR_PREFIX: (DecodeError, "remainder prefix longer than 31 bins", "10.1"),
+    ERR_DQ_RANGE: (DecodeError, "dependent-quantisation reconstruction integer does not fit in int32", "10.2"),
+}
+
+
+cdef int _check_tensor_args(int64_t height, int64_t width, int n_gtx, int scan_order, error) except -1:
+    if height < 0 or width < 0:
+        raise error(f"negative tensor dimensions {height}x{width}", clause="11.1")
+    if not 1 <= n_gtx <= 256:
+        raise error(f"number of greater-than flags {n_gtx} outside 1..256", clause="7.4")
+    if not 0 <= scan_order <= 4:
+        raise error(f"scan_order {scan_order} outside 0..4", clause="7.4")
+    return 0
+
+
+def _as_array(a, dtype, int64_t size, name, error):
+    if a is None:
+        return None
+    arr = np.ascontiguousarray(a).reshape(-1)
+    if arr.size != size:
+        raise error(f"{name} has {arr.size} elements, the tensor has {size}", clause="10.5")
+    if arr.dtype != dtype:
+        if not np.issubdtype(arr.dtype, np.integer):
+            raise error(f"{name} must be an integer array, not {arr.dtype}", clause="10.5")
+        info = np.iinfo(dtype)
+        if arr.size and (arr.min() < info.min or arr.max() > info.max):
+            raise error(f"{name} has values outside {np.dtype(dtype).name}", clause="10.5")
+        arr = arr.astype(dtype)
+    return arr
+
+
+cdef class PayloadDecoder:
+    """Decoder of one NDU CABAC payload (spec 8, 9)."""
+
+    cdef ArithDecoder d
+    cdef const uint8_t[:] _view
+    cdef readonly int edition
+    cdef public object last_entry_points
+    cdef public object last_init_sets
+    cdef public bint last_row_skip
+    cdef public bint last_hdsp
+    cdef bint _finished
+
+    def __init__(self, data, int edition):
+        _check_edition(edition)
+        if isinstance(data, memoryview):
+            data = data.cast("B") if data.format != "B" else data
+        self._view = data
+        self.edition = edition
+        self.last_entry_points = []
+        self.last_init_sets = None
+        self.last_row_skip = False
+        self.last_hdsp = False
+        self._finished = False
+        self.d.length = self._view.shape[0]
+        self.d.buf = &self._view[0] if self.d.length > 0 else NULL
+        self.d.err = ERR_NONE
+        if self.d.length < 2:
+            raise TruncatedError("a CABAC payload needs at least 2 bytes", clause="9.1",
+                                 offset=self.d.length)
+        # spec 9.1: R = 510, V = first two bytes, 8 bits still to read
+        self.d.rng = 510
+        self.d.val = (<uint32_t>self.d.buf[0] << 8) | self.d.buf[1]
+        self.d.pos = 2
+        self.d.bits_needed = -8
+
+    @property
+    def bytes_consumed(self):
+        return self.d.pos
+
+    @property
+    def bit_position(self):
+        return decoder_position(&self.d)
+
+    cdef _raise(self, int code):
+        cls, msg, clause = _DECODE_ERRORS[code]
+        raise cls(msg, clause=clause, offset=self.d.pos)
+
+    def read_bypass(self, int nbits):
+        """nbits bypass bins, MSB first, as an unsigned integer (spec 2.8, 9.5)."""
+        if not 0 <= nbits <= 64:
+            raise ValueError("nbits must be in 0..64")
+        v = decode_bypass_bits(&self.d, nbits)
+        if self.d.err:
+            self._raise(self.d.err)
+        return v
+
+    def read_qp_offset(self, int nbits):
+        """Signed nbits-bit bypass value: the per-tensor qp offset (spec 8.2)."""
+        if not 1 <= nbits <= 32:
+            raise ValueError("nbits must be in 1..32")
+        v = self.read_bypass(nbits)
+        if v >= (1 << (nbits - 1)):
+            v -= 1 << nbits
+        return v
+
+    def decode_tensor(self, int64_t height, int64_t width, *, int n_gtx, bint dq=False, int scan_order=0,
+                      int64_t codebook_size=0, int64_t codebook_zero=0, bint parent_present=False,
+                      tca_base=None, hdsp_history=None, entry_points=None, int64_t start_block_row=0,
+                      bint record_entry_points=False):
+        """Decode one tensor: reconstruction integers n, flat, row-major (spec 8.1)."""
+        _check_tensor_args(height, width, n_gtx, scan_order, DecodeError)
+        cdef int64_t size = height * width
+        cdef Layout L = make_layout(self.edition, n_gtx)
+        base_arr = _as_array(tca_base, np.int32, size, "tca_base", DecodeError) if self.edition == 2 else None
+        hist_arr = _as_array(hdsp_history, np.int8, size, "hdsp_history", DecodeError) if self.edition == 2 else None
+        cdef TensorShape t = make_shape(self.edition, height, width, scan_order, dq,
+                                        codebook_size, codebook_zero, base_arr is not None, 0)
+        if t.cb and not 0 <= codebook_zero < codebook_size:
+            raise DecodeError(f"codebook zero offset {codebook_zero} outside the codebook of "
+                              f"{codebook_size} entries", clause="7.2")
+        cdef Ctx* ctx = <Ctx*>malloc(L.n_ctx * sizeof(Ctx))
+        if ctx == NULL:
+            raise MemoryError()
+        cdef int i
+        cdef int a
+        cdef int flag
+        cdef int64_t r
+        cdef int64_t t0
+        cdef int code
+        cdef cnp.ndarray out = np.zeros(size, dtype=np.int32)
+        cdef cnp.ndarray skipped = None
+        cdef int32_t[::1] base_v
+        cdef int8_t[::1] hist_v
+        cdef uint8_t[::1] skip_v
+        cdef const int32_t* base_p = NULL
+        cdef const int8_t* hist_p = NULL
+        cdef const uint8_t* skip_p = NULL
+        cdef int32_t* out_p = <int32_t*>cnp.PyArray_DATA(out)
+        cdef int64_t n_ep = t.n_block_rows - 1
+        cdef cnp.ndarray ep_arr = np.zeros((3, n_ep if n_ep > 0 else 1), dtype=np.int64)
+        cdef cnp.ndarray rec_arr = np.zeros((3, n_ep if n_ep > 0 else 1), dtype=np.int64)
+        cdef int64_t[:, ::1] ep_v = ep_arr
+        cdef int64_t[:, ::1] rec_v = rec_arr
+        cdef bint use_ep = False
+        try:
+            for i in range(L.n_ctx):
+                ctx_init(&ctx[i], 0)
+            self.last_row_skip = False
+            self.last_hdsp = False
+            # edition 2 row-level flags (spec 8.3)
+            if has_row_flags(&L, &t):
+                if parent_present:
+                    self.last_hdsp = decode_bypass(&self.d) == 1
+                self.last_row_skip = decode_bypass(&self.d) == 1
+                if self.last_row_skip:
+                    skipped = np.zeros(height, dtype=np.uint8)
+                    skip_v = skipped
+                    for r in range(height):
+                        skip_v[r] = decode_bin(&self.d, &ctx[L.row_skip])
+                    skip_p = &skip_v[0]
+            t.hdsp = self.last_hdsp
+            # context-initialisation signalling (spec 8.4)
+            for a in init_signalled_contexts(&L, &t):
+                flag = decode_bin(&self.d, &ctx[L.init_flag])
+                ctx_init(&ctx[a], 1 + <int>decode_bypass_bits(&self.d, 3) if flag else 0)
+            if self.d.err:
+                self._raise(self.d.err)
+            self.last_init_sets = np.array([ctx[i].init_set for i in range(L.n_ctx)], dtype=np.uint8)
+            t0 = decoder_position(&self.d)
+            if first_range_forced(&L, &t):
+                self.d.rng = 256
+            if entry_points is not None and t.scan_order > 0:
+                if len(entry_points) != n_ep:
+                    raise DecodeError(f"{len(entry_points)} entry points given, the tensor has "
+                                      f"{n_ep + 1} block rows", clause="11.4", offset=self.d.pos)
+                if not 0 <= start_block_row < t.n_block_rows:
+                    raise ValueError(f"start_block_row {start_block_row} outside 0..{t.n_block_rows - 1}")
+                pos = t0
+                for r, (value, state, inc) in enumerate(entry_points):
+                    pos += inc
+                    if not (0 <= value <= 255 and 0 <= state <= 7):
+                        raise DecodeError("entry point value or state out of range", clause="7.3")
+                    ep_v[0, r] = pos
+                    ep_v[1, r] = value
+                    ep_v[2, r] = state
+                use_ep = True
+            if base_arr is not None:
+                base_v = base_arr
+                base_p = &base_v[0] if size > 0 else NULL
+            if hist_arr is not None and t.hdsp:
+                hist_v = hist_arr
+                hist_p = &hist_v[0] if size > 0 else NULL
+            with nogil:
+                code = decode_tensor_data(&self.d, ctx, &L, &t, out_p, base_p, hist_p, skip_p,
+                                          &ep_v[0, 0], &ep_v[1, 0], &ep_v[2, 0], n_ep, use_ep,
+                                          start_block_row,
+                                          &rec_v[0, 0] if record_entry_points else NULL,
+                                          &rec_v[1, 0], &rec_v[2, 0])
+            if code:
+                self._raise(code)
+            if record_entry_points:
+                eps = []
+                prev_t = t0
+                for r in range(n_ep):
+                    eps.append((int(rec_v[1, r]), int(rec_v[2, r]) if t.dq else 0, int(rec_v[0, r] - prev_t)))
+                    prev_t = rec_v[0, r]
+                self.last_entry_points = eps
+            return out
+        finally:
+            free(ctx)
+
+    def finish(self):
+        """Terminate bin, stop pattern, and all bytes consumed (spec 8.5, 9.6)."""
+        cdef uint32_t last
+        if not decode_terminate(&self.d):
+            raise DecodeError("terminate bin is 0 at the end of the payload", clause="9.6",
+                              offset=self.d.pos)
+        if self.d.err:
+            self._raise(self.d.err)
+        last = self.d.buf[self.d.pos - 1]
+        if ((last << (8 + self.d.bits_needed)) & 0xFF) != 0x80:
+            raise DecodeError("stop pattern '1000...' missing after the terminate bin", clause="9.6",
+                              offset=self.d.pos - 1)
+        if self.d.pos != self.d.length:
+            raise DecodeError(f"{self.d.length - self.d.pos} bytes left after the end of the CABAC payload",
+                              clause="8.5", offset=self.d.pos)
+        self._finished = True
+
+
+cdef class PayloadEncoder:
+    """Encoder of one NDU CABAC payload (spec 9.8, Annex A)."""
+
+    cdef ArithEncoder e
+    cdef readonly int edition
+    cdef bint _finished
+
+    def __cinit__(self, *args, **kwargs):
+        self.e.out = NULL
+
+    def __init__(self, int edition):
+        _check_edition(edition)
+        self.edition = edition
+        self._finished = False
+        if not enc_init(&self.e):
+            raise MemoryError()
+
+    def __dealloc__(self):
+        if self.e.out != NULL:
+            free(self.e.out)
+            self.e.out = NULL
+
+    cdef _check_open(self):
+        if self._finished:
+            raise EncodeError("the payload is already finished")
+
+    def write_bypass(self, value, int nbits):
+        """nbits bypass bins, MSB first (spec 2.8)."""
+        self._check_open()
+        if not 0 <= nbits <= 64 or not 0 <= value < (1 << nbits):
+            raise EncodeError(f"value {value} does not fit in {nbits} bypass bins")
+        enc_bypass_bits(&self.e, <uint64_t>value, nbits)
+
+    def write_qp_offset(self, value, int nbits):
+        """Signed nbits-bit qp offset (spec 8.2)."""
+        if not 1 <= nbits <= 32:
+            raise ValueError("nbits must be in 1..32")
+        lo, hi = -(1 << (nbits - 1)), (1 << (nbits - 1)) - 1
+        if not lo <= value <= hi:
+            raise EncodeError(f"qp offset {value} outside {lo}..{hi} ({nbits} bits)", clause="8.2")
+        self.write_bypass(value & ((1 << nbits) - 1), nbits)
+
+    def encode_tensor(self, levels, int64_t height, int64_t width, *, int n_gtx, bint dq=False,
+                      int scan_order=0, bint param_opt=True, init_sets=None, int64_t codebook_size=0,
+                      int64_t codebook_zero=0, bint parent_present=False, tca_base=None, hdsp_history=None,
+                      bint hdsp=False, bint row_skip=False):
+        """Encode one tensor given its reconstruction integers n (spec 8.1, Annex A)."""
+        self._check_open()
+        _check_tensor_args(height, width, n_gtx, scan_order, EncodeError)
+        cdef int64_t size = height * width
+        n_arr = _as_array(levels, np.int32, size, "levels", EncodeError)
+        if n_arr is None:
+            raise EncodeError("levels missing")
+        cdef Layout L = make_layout(self.edition, n_gtx)
+        base_arr = _as_array(tca_base, np.int32, size, "tca_base", EncodeError) if self.edition == 2 else None
+        hist_arr = _as_array(hdsp_history, np.int8, size, "hdsp_history", EncodeError) if self.edition == 2 else None
+        cdef TensorShape t = make_shape(self.edition, height, width, scan_order, dq,
+                                        codebook_size, codebook_zero, base_arr is not None, 0)
+        if t.cb:
+            if dq:
+                raise EncodeError("a codebook cannot be combined with dependent quantisation", clause="12.4")
+            if not 0 <= codebook_zero < codebook_size:
+                raise EncodeError(f"codebook zero offset {codebook_zero} outside 0..{codebook_size - 1}",
+                                  clause="7.2")
+            if size and (n_arr.min() < -codebook_zero or n_arr.max() > codebook_size - 1 - codebook_zero):
+                raise EncodeError("levels outside the codebook index range", clause="10.4")
+        flags = has_row_flags(&L, &t)
+        cdef bint do_hdsp = flags and parent_present and hdsp
+        cdef bint do_skip = flags and row_skip
+        t.hdsp = do_hdsp
+        skipped = None
+        if do_skip:
+            skipped = np.ascontiguousarray(~np.any(n_arr.reshape(height, width) != 0, axis=1), dtype=np.uint8)
+        cdef uint8_t[::1] skip_v
+        cdef const uint8_t* skip_p = NULL
+        if skipped is not None and height > 0:
+            skip_v = skipped
+            skip_p = &skip_v[0]
+        # n -> k along the scan (spec 10.2)
+        cdef int32_t[::1] n_v = n_arr
+        cdef cnp.ndarray k_arr
+        cdef int32_t[::1] k_v
+        cdef int64_t bad = -1
+        cdef int rc = 0
+        if dq:
+            k_arr = np.zeros(size, dtype=np.int32)
+            k_v = k_arr
+            if size:
+                with nogil:
+                    rc = levels_to_coded(&t, &n_v[0], &k_v[0], skip_p, &bad)
+            if rc:
+                raise EncodeError(f"level {int(n_arr[bad])} at flat index {bad} is not a reconstruction "
+                                  f"level of the dependent quantiser state reached there", clause="10.2")
+        else:
+            k_arr = n_arr
+            k_v = k_arr
+        cdef int32_t[::1] base_v
+        cdef int8_t[::1] hist_v
+        cdef const int32_t* base_p = NULL
+        cdef const int8_t* hist_p = NULL
+        if base_arr is not None and size:
+            base_v = base_arr
+            base_p = &base_v[0]
+        if hist_arr is not None and do_hdsp and size:
+            hist_v = hist_arr
+            hist_p = &hist_v[0]
+        signalled = init_signalled_contexts(&L, &t)
+        sets = self._choose_init_sets(L, t, signalled, init_sets, param_opt, k_v, base_p, hist_p, skip_p, size)
+        cdef Ctx* ctx = <Ctx*>malloc(L.n_ctx * sizeof(Ctx))
+        if ctx == NULL:
+            raise MemoryError()
+        cdef BinSink s
+        cdef int i
+        cdef int a
+        cdef int64_t r
+        try:
+            for i in range(L.n_ctx):
+                ctx_init(&ctx[i], 0)
+            s.mode = MODE_ENCODE
+            s.enc = &self.e
+            s.ctx = ctx
+            s.n_ctx = L.n_ctx
+            if flags:
+                if parent_present:
+                    enc_bypass(&self.e, do_hdsp)
+                enc_bypass(&self.e, do_skip)
+                if do_skip:
+                    for r in range(height):
+                        enc_bin(&self.e, &ctx[L.row_skip], skip_v[r])
+            for a in signalled:
+                if sets[a]:
+                    enc_bin(&self.e, &ctx[L.init_flag], 1)
+                    enc_bypass_bits(&self.e, sets[a] - 1, 3)
+                else:
+                    enc_bin(&self.e, &ctx[L.init_flag], 0)
+                ctx_init(&ctx[a], sets[a])
+            if first_range_forced(&L, &t):
+                self.e.rng = 256
+            if size:
+                with nogil:
+                    encode_tensor_data(&s, &L, &t, &k_v[0], base_p, hist_p, skip_p)
+            if self.e.err:
+                raise MemoryError()
+        finally:
+            free(ctx)
+
+    cdef list _choose_init_sets(self, Layout L, TensorShape t, list signalled, init_sets, bint param_opt,
+                                int32_t[::1] k_v, const int32_t* base_p, const int8_t* hist_p,
+                                const uint8_t* skip_p, int64_t size):
+        """Init set per context: given, optimised by estimated bits, or all 0 (spec A.3)."""
+        cdef list sets = [0] * L.n_ctx
+        cdef int a, k, best
+        cdef uint64_t best_cost, cost
+        cdef BinSink s
+        if init_sets is not None:
+            given = np.asarray(init_sets).reshape(-1)
+            if given.size != L.n_ctx:
+                raise EncodeError(f"init_sets has {given.size} entries, the layout has {L.n_ctx} contexts")
+            allowed = set(signalled)
+            for a in range(L.n_ctx):
+                v = int(given[a])
+                if not 0 <= v < N_SETS or (v and a not in allowed):
+                    raise EncodeError(f"init set {v} for context {a} cannot be signalled", clause="8.4")
+                sets[a] = v
+            return sets
+        if not param_opt or size == 0 or not signalled:
+            return sets
+        cdef Ctx* opt_ctx = <Ctx*>malloc(N_SETS * L.n_ctx * sizeof(Ctx))
+        cdef uint64_t* opt_cost = <uint64_t*>malloc(N_SETS * L.n_ctx * sizeof(uint64_t))
+        try:
+            if opt_ctx == NULL or opt_cost == NULL:
+                raise MemoryError()
+            for k in range(N_SETS):
+                for a in range(L.n_ctx):
+                    ctx_init(&opt_ctx[k * L.n_ctx + a], k)
+                    opt_cost[k * L.n_ctx + a] = 0
+            s.mode = MODE_OPTIMISE
+            s.opt_ctx = opt_ctx
+            s.opt_cost = opt_cost
+            s.n_ctx = L.n_ctx
+            with nogil:
+                encode_tensor_data(&s, &L, &t, &k_v[0], base_p, hist_p, skip_p)
+            for a in signalled:
+                best = 0
+                best_cost = opt_cost[a]
+                for k in range(1, N_SETS):
+                    cost = opt_cost[k * L.n_ctx + a] + PENALTY
+                    if cost < best_cost:
+                        best = k
+                        best_cost = cost
+                sets[a] = best
+            return sets
+        finally:
+            free(opt_ctx)
+            free(opt_cost)
+
+    def finish(self):
+        """Terminate the payload and return its bytes (spec 9.8)."""
+        self._check_open()
+        enc_terminate_and_flush(&self.e)
+        if self.e.err:
+            raise MemoryError()
+        self._finished = True
+        return bytes(<uint8_t[:self.e.out_len]>self.e.out) if self.e.out_len else b""
+
+
+def bin_cost(int state_c, int bin):
+    """Estimated bits of a context-coded bin under combined state C (spec A.4)."""
+    cdef Ctx m
+    m.c = state_c
+    return est_bin(&m, bin) / 32768.0
+
+
+def estimate_tensor_bits(levels, int64_t height, int64_t width, *, int n_gtx, bint dq=False,
+                         int scan_order=0, int edition=2, int64_t codebook_size=0, int64_t codebook_zero=0,
+                         init_sets=None):
+    """Estimated bits of a tensor's data bins, contexts adapting along (spec A.4).
+
+    Excludes the qp offset, the row flags and the init signalling.
+    """
+    _check_edition(edition)
+    _check_tensor_args(height, width, n_gtx, scan_order, EncodeError)
+    cdef int64_t size = height * width
+    n_arr = _as_array(levels, np.int32, size, "levels", EncodeError)
+    cdef Layout L = make_layout(edition, n_gtx)
+    cdef TensorShape t = make_shape(edition, height, width, scan_order, dq, codebook_size, codebook_zero, 0, 0)
+    cdef int32_t[::1] n_v = n_arr
+    cdef cnp.ndarray k_arr = np.zeros(size, dtype=np.int32)
+    cdef int32_t[::1] k_v = k_arr
+    cdef int64_t bad = -1
+    cdef int i
+    if size == 0:
+        return 0.0
+    if dq:
+        if levels_to_coded(&t, &n_v[0], &k_v[0], NULL, &bad):
+            raise EncodeError(f"level at flat index {bad} is not representable", clause="10.2")
+    else:
+        k_v = n_v
+    cdef Ctx* ctx = <Ctx*>malloc(L.n_ctx * sizeof(Ctx))
+    if ctx == NULL:
+        raise MemoryError()
+    cdef BinSink s
+    try:
+        sets = np.zeros(L.n_ctx, dtype=np.int64) if init_sets is None else np.asarray(init_sets).reshape(-1)
+        for i in range(L.n_ctx):
+            ctx_init(&ctx[i], int(sets[i]))
+        s.mode = MODE_ESTIMATE
+        s.ctx = ctx
+        s.n_ctx = L.n_ctx
+        s.est_bits = 0
+        with nogil:
+            encode_tensor_data(&s, &L, &t, &k_v[0], NULL, NULL, NULL)
+        return s.est_bits / 32768.0
+    finally:
+        free(ctx)
+
+
+def compute_entry_points(payload, int edition, tensors):
+    """Entry points of every tensor of a payload, by a sequential decode (spec 11.4, A.5).
+
+    ``tensors``: per-tensor dicts of decode_tensor keyword arguments plus
+    ``height``, ``width`` and ``qp_bits`` (0 when the tensor has no qp offset).
+    """
+    dec = PayloadDecoder(payload, edition)
+    result = []
+    for spec in tensors:
+        spec = dict(spec)
+        qp_bits = spec.pop("qp_bits", 0)
+        height = spec.pop("height")
+        width = spec.pop("width")
+        if qp_bits:
+            dec.read_qp_offset(qp_bits)
+        dec.decode_tensor(height, width, record_entry_points=True, **spec)
+        result.append(list(dec.last_entry_points))
+    dec.finish()
+    return result
