@@ -20,7 +20,14 @@ extensions = [
         include_dirs=[numpy.get_include()],
         define_macros=macros,
         extra_compile_args=["-O3"],
-    )
+    ),
+    Extension(
+        "nnc._quant",
+        ["nnc/_quant.pyx"],
+        include_dirs=[numpy.get_include()],
+        define_macros=macros,
+        extra_compile_args=["-O3"],
+    ),
 ]
 
 setup(ext_modules=cythonize(extensions, compiler_directives=directives))

@@ -1,0 +1,122 @@
+"""The bundled example: digits models encoded, decoded and evaluated (``nnc demo``).
+
+Two small models trained on scikit-learn's digits data (examples/digits/train.py)
+ship as package data.  The demo encodes each at a few quality settings, decodes
+the stream, and reports size, compression ratio, weight SNR and test accuracy
+before and after.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+DATA = Path(__file__).resolve().parent / "data" / "digits"
+MODELS = {"mlp": "mlp.safetensors", "cnn": "cnn.safetensors"}
+
+
+def relu(z):
+    return np.maximum(z, 0)
+
+
+def im2col(x, k, stride):
+    """x: (n, c, h, w) -> (n, oh, ow, c*k*k) for 'same'-style padding k//2."""
+    n, c, h, w = x.shape
+    p = k // 2
+    xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
+    oh = (h + 2 * p - k) // stride + 1
+    ow = (w + 2 * p - k) // stride + 1
+    cols = np.empty((n, oh, ow, c, k, k), dtype=x.dtype)
+    for i in range(k):
+        for j in range(k):
+            cols[:, :, :, :, i, j] = xp[:, :, i:i + stride * oh:stride, j:j + stride * ow:stride].transpose(0, 2, 3, 1)
+    return cols.reshape(n, oh, ow, c * k * k), (oh, ow)
+
+
+def mlp_forward(params, x, cache=False):
+    """Logits of the MLP; with cache=True also the activations (for training)."""
+    h = x.reshape(len(x), -1)
+    acts = [h]
+    names = ["fc1", "fc2", "fc3"]
+    for i, name in enumerate(names):
+        h = h @ params[f"{name}.weight"].T + params[f"{name}.bias"]
+        if i < len(names) - 1:
+            h = relu(h)
+        acts.append(h)
+    return (h, acts) if cache else h
+
+
+def cnn_forward(params, x, cache=False):
+    """Logits of the CNN; with cache=True also the intermediate values (for training)."""
+    x = x.reshape(len(x), 1, 8, 8)
+    c1, s1 = im2col(x, 3, 1)
+    w1 = params["conv1.weight"]
+    z1 = c1 @ w1.reshape(len(w1), -1).T + params["conv1.bias"]          # n, 8, 8, 16
+    a1 = relu(z1).transpose(0, 3, 1, 2)
+    c2, s2 = im2col(a1, 3, 2)
+    w2 = params["conv2.weight"]
+    z2 = c2 @ w2.reshape(len(w2), -1).T + params["conv2.bias"]          # n, 4, 4, 32
+    a2 = relu(z2).transpose(0, 3, 1, 2).reshape(len(x), -1)
+    logits = a2 @ params["fc.weight"].T + params["fc.bias"]
+    if cache:
+        return logits, (x, c1, z1, a1, c2, z2, a2)
+    return logits
+
+
+FORWARD = {"mlp": mlp_forward, "cnn": cnn_forward}
+
+
+def load_test_set(data_dir: Path = DATA):
+    z = np.load(data_dir / "test_set.npz")
+    return z["images"].astype(np.float32) / 16.0, z["labels"].astype(np.int64)
+
+
+def accuracy(kind: str, params, x, y) -> float:
+    return float((FORWARD[kind](params, x).argmax(1) == y).mean())
+
+
+def snr_db(ref: dict, rec: dict) -> float:
+    """10 log10 of signal energy over error energy, over all tensors."""
+    num = sum(float(np.sum(np.asarray(v, np.float64) ** 2)) for v in ref.values())
+    err = sum(float(np.sum((np.asarray(ref[k], np.float64) - np.asarray(rec[k], np.float64)) ** 2)) for k in ref)
+    return float("inf") if err == 0 else float(10 * np.log10(num / err))
+
+
+DEFAULT_SETTINGS = ((-32, True), (-28, True), (-24, True), (-28, False))
+
+
+def run(data_dir: Path = DATA, settings=DEFAULT_SETTINGS, out=print) -> list[dict]:
+    """Encode and decode every bundled model at each (qp, dq) setting; print and return a table."""
+    import nnc
+    from nnc.formats import read_model
+
+    x, y = load_test_set(data_dir)
+    rows = []
+    for kind, fname in MODELS.items():
+        params, _ = read_model(data_dir / fname)
+        params = {k: np.asarray(v, np.float32) for k, v in params.items()}
+        fp32_bytes = sum(v.size * 4 for v in params.values())
+        base_acc = accuracy(kind, params, x, y)
+        n_weights = sum(v.size for v in params.values())
+        for qp, dq in settings:
+            t0 = time.perf_counter()
+            stream = nnc.encode(params, qp=qp, dq=dq)
+            t1 = time.perf_counter()
+            decoded = nnc.decode(stream)
+            t2 = time.perf_counter()
+            rows.append(dict(
+                model=kind, qp=qp, dq=dq, bytes=len(stream), bits_per_weight=8 * len(stream) / n_weights,
+                ratio=fp32_bytes / len(stream), snr_db=snr_db(params, decoded), acc_before=base_acc,
+                acc_after=accuracy(kind, decoded, x, y), encode_s=t1 - t0, decode_s=t2 - t1,
+            ))
+    header = (f"{'model':5} {'qp':>4} {'dq':>3} {'bytes':>7} {'bits/w':>6} {'ratio':>6} {'SNR dB':>6} "
+              f"{'acc fp32':>8} {'acc nnc':>8}")
+    out(header)
+    out("-" * len(header))
+    for r in rows:
+        out(f"{r['model']:5} {r['qp']:>4} {('on' if r['dq'] else 'off'):>3} {r['bytes']:>7} "
+            f"{r['bits_per_weight']:>6.2f} {r['ratio']:>5.1f}x {r['snr_db']:>6.1f} "
+            f"{100 * r['acc_before']:>7.2f}% {100 * r['acc_after']:>7.2f}%")
+    return rows

@@ -1,0 +1,429 @@
+"""The nnc encoder (informative, spec Annex A): named arrays in, an NNC stream out.
+
+The decoder fixes what a stream means; the encoder chooses the integers.  This
+module quantises (nearest rounding, or the dependent-quantisation trellis),
+codes the integers with the engine, and writes the unit stream with the
+container.  Its reconstruction is exactly what any conforming decoder returns.
+
+    >>> import numpy as np, nnc
+    >>> w = {"fc.weight": np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4)}
+    >>> stream = nnc.encode(w, qp=-20, dq=True)
+    >>> back = nnc.decode(stream)["fc.weight"]
+    >>> bool(np.abs(back - w["fc.weight"]).max() < 0.1)
+    True
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import re
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from . import container as C
+from .engine import get_engine
+from .errors import EncodeError, NNCError
+from .reconstruction import reconstruct_uniform, step_size
+
+INT32_MAX = 2**31 - 1
+
+#: nnr_decompressed_data_format codes for input dtypes that a profile-1 stream can restore (spec 12.6)
+RESTORABLE_FORMATS = {"float16": 8, "float64": 9}
+
+
+@dataclass
+class EncodedTensor:
+    """What the encoder did with one tensor."""
+
+    name: str
+    shape: tuple
+    payload_type: str
+    qp: int | None
+    step: float | None
+    dq: bool
+    levels: np.ndarray | None
+    reconstruction: np.ndarray
+
+
+@dataclass
+class EncodeResult:
+    stream: bytes
+    tensors: "OrderedDict[str, EncodedTensor]" = field(default_factory=OrderedDict)
+
+    @property
+    def reconstruction(self) -> "OrderedDict[str, np.ndarray]":
+        return OrderedDict((k, v.reconstruction) for k, v in self.tensors.items())
+
+
+def qp_for_step(step: float, qp_density: int = 2) -> int:
+    """The qp whose step size (spec 12.1) is nearest to ``step`` in the log domain.
+
+    >>> qp_for_step(0.00146484375)
+    -38
+    """
+    if not (step > 0 and math.isfinite(step)):
+        raise EncodeError(f"step size must be a positive finite number, not {step!r}")
+    k = 1 << qp_density
+    guess = int(math.floor(math.log2(step) * k))
+    best = min(range(guess - 2 * k, guess + 2 * k + 1),
+               key=lambda q: abs(math.log2(float(step_size(q, qp_density))) - math.log2(step)))
+    return best
+
+
+def _matches(name: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) or p == name for p in patterns)
+
+
+def _as_float_array(name: str, value) -> tuple[np.ndarray, str]:
+    """The tensor as float64 for quantisation, and its original dtype name."""
+    arr = np.asarray(value)
+    dtype_name = arr.dtype.name
+    if dtype_name == "bfloat16" or arr.dtype.kind == "V":
+        arr = arr.astype(np.float32)
+    if arr.dtype.kind not in "fiub":
+        raise EncodeError(f"tensor {name!r} has unsupported dtype {arr.dtype}")
+    x = arr.astype(np.float64)
+    if not np.all(np.isfinite(x)):
+        raise EncodeError(f"tensor {name!r} contains NaN or Inf, which cannot be quantised")
+    return x, dtype_name
+
+
+class Encoder:
+    """Encoder of a mapping of named arrays into an NNC stream.
+
+    Options (all keyword):
+
+    * ``qp`` (int, default -38) — global quantisation parameter (spec 12.1); or
+      ``step`` (float) — a target step size, mapped to the nearest qp;
+    * ``qp_per_tensor`` — {name or glob pattern: qp};
+    * ``nonweight_qp`` (default -75) — qp of 1-D tensors (biases, norms), None = ``qp``;
+    * ``qp_density`` (default 2);
+    * ``dq`` (default True) — dependent quantisation with a distortion-only trellis;
+    * ``scan_order`` (0..4, default 0), ``n_gtx`` (1..256, default 11);
+    * ``param_opt`` (default True) — context-initialisation optimisation;
+    * ``raw`` — names or patterns of tensors stored as RAW_FLOAT (uncompressed);
+    * ``lossless_int`` (default True) — integer tensors coded exactly as INT;
+    * ``blocks`` — True to pair ``X.weight`` with ``X.bias`` in BLOCK NDUs, or
+      {weight name: {"bias": name, "bn": [beta, gamma, mean, var], "scaling": name}};
+    * ``profile`` (1 = 2nd edition, the default, as NNCodec 2.1.3 writes; 0 = 1st edition);
+    * ``keep_dtype`` (default True) — signal float16/float64 inputs so that they decode as such;
+    * ``row_skip`` (default False) — 2nd edition: skip all-zero rows;
+    * ``engine`` — "cython" or "python".
+    """
+
+    def __init__(
+        self,
+        *,
+        qp: int | None = None,
+        step: float | None = None,
+        qp_per_tensor: Mapping[str, int] | None = None,
+        nonweight_qp: int | None = -75,
+        qp_density: int = 2,
+        dq: bool = True,
+        scan_order: int = 0,
+        n_gtx: int = 11,
+        param_opt: bool = True,
+        raw: Iterable[str] = (),
+        lossless_int: bool = True,
+        blocks=False,
+        profile: int = 1,
+        keep_dtype: bool = True,
+        row_skip: bool = False,
+        engine: str | None = None,
+    ):
+        if qp is not None and step is not None:
+            raise EncodeError("give either qp or step, not both")
+        if not 0 <= qp_density <= 7:
+            raise EncodeError(f"qp_density {qp_density} outside 0..7")
+        if not 0 <= scan_order <= 4:
+            raise EncodeError(f"scan_order {scan_order} outside 0..4")
+        if not 1 <= n_gtx <= 256:
+            raise EncodeError(f"n_gtx {n_gtx} outside 1..256")
+        if profile not in (0, 1):
+            raise EncodeError(f"profile must be 0 or 1, not {profile}")
+        self.qp_density = qp_density
+        self.qp = qp_for_step(step, qp_density) if step is not None else (-38 if qp is None else int(qp))
+        self.qp_per_tensor = dict(qp_per_tensor or {})
+        self.nonweight_qp = nonweight_qp
+        self.dq = bool(dq)
+        self.scan_order = scan_order
+        self.n_gtx = n_gtx
+        self.param_opt = bool(param_opt)
+        self.raw = list(raw)
+        self.lossless_int = lossless_int
+        self.blocks = blocks
+        self.profile = profile
+        self.edition = 2 if profile == 1 else 1
+        self.keep_dtype = keep_dtype
+        self.row_skip = row_skip and profile == 1
+        self.engine = get_engine(engine)
+
+    # -- per-tensor decisions ----------------------------------------------------
+    def tensor_qp(self, name: str, ndim: int) -> int:
+        for pattern, value in self.qp_per_tensor.items():
+            if pattern == name or fnmatch.fnmatchcase(name, pattern):
+                return int(value)
+        if ndim <= 1 and self.nonweight_qp is not None:
+            return int(self.nonweight_qp)
+        return self.qp
+
+    def _quantise(self, name: str, x: np.ndarray, step: float, dq: bool, height: int, width: int,
+                  scan_order: int) -> np.ndarray:
+        """Integers n for values x (spec A.1, A.2)."""
+        scaled = x.reshape(-1) / float(step)
+        if scaled.size and np.abs(scaled).max() >= INT32_MAX - 2:
+            raise EncodeError(
+                f"tensor {name!r}: values up to {np.abs(x).max():.4g} overflow int32 levels at step "
+                f"{step:.4g}; use a larger qp"
+            )
+        if not dq:
+            return (np.sign(scaled) * np.floor(np.abs(scaled) + 0.5)).astype(np.int32)
+        from ._quant import dq_trellis
+
+        order = scan_permutation(height, width, scan_order)
+        levels_scan = dq_trellis(np.ascontiguousarray(scaled[order]))
+        levels = np.empty(scaled.size, dtype=np.int64)
+        levels[order] = levels_scan
+        return levels.astype(np.int32)
+
+    def _block_groups(self, tensors: Mapping[str, np.ndarray]) -> dict[str, dict]:
+        """Which tensors go into BLOCK NDUs with which weight (spec 7.6)."""
+        if not self.blocks:
+            return {}
+        groups: dict[str, dict] = {}
+        if self.blocks is True:
+            for name, arr in tensors.items():
+                if name.endswith(".weight") and np.ndim(arr) >= 2:
+                    bias = name[: -len("weight")] + "bias"
+                    if bias in tensors and np.shape(tensors[bias]) == (np.shape(arr)[0],):
+                        groups[name] = {"bias": bias}
+        else:
+            groups = {k: dict(v) for k, v in self.blocks.items()}
+        for weight, parts in groups.items():
+            members = [weight] + [parts[k] for k in ("scaling", "bias") if parts.get(k)] + list(parts.get("bn", []))
+            for m in members:
+                if m not in tensors:
+                    raise EncodeError(f"block member {m!r} of {weight!r} is not among the tensors")
+            rows = np.shape(tensors[weight])[0] if np.ndim(tensors[weight]) else 1
+            for m in members[1:]:
+                if np.shape(tensors[m]) != (rows,):
+                    raise EncodeError(f"block member {m!r} must be 1-D of length {rows}, like {weight!r} rows")
+            if parts.get("bn") and len(parts["bn"]) != 4:
+                raise EncodeError("a block's 'bn' entry lists beta, gamma, mean and var")
+        return groups
+
+    # -- stream ------------------------------------------------------------------
+    def encode(self, tensors: Mapping[str, object]) -> EncodeResult:
+        """Encode the tensors; return the stream and the reconstruction of each tensor."""
+        if not isinstance(tensors, Mapping):
+            raise EncodeError("tensors must be a mapping of name to array")
+        arrays = OrderedDict()
+        for name, value in tensors.items():
+            if not isinstance(name, str) or not name or "\x00" in name:
+                raise EncodeError(f"tensor names must be non-empty strings without NUL, not {name!r}")
+            arrays[name] = np.asarray(value)
+        groups = self._block_groups(arrays)
+        in_block = {m for w, p in groups.items() for m in
+                    [p.get("scaling"), p.get("bias"), *p.get("bn", [])] if m}
+        ndus = []
+        result = EncodeResult(stream=b"")
+        for name, arr in arrays.items():
+            if name in in_block:
+                continue
+            if name in groups:
+                ndus.append(self._block_ndu(name, groups[name], arrays, result))
+            else:
+                ndus.append(self._single_ndu(name, arr, result))
+        qps = [t.qp for t in result.tensors.values() if t.qp is not None]
+        mps_qp = self._mps_qp(qps)
+        units = [C.build_str(self.profile), C.build_mps(qp_density=self.qp_density, qp=mps_qp, profile=self.profile),
+                 C.build_tpl()]
+        for build in ndus:
+            units.append(build(mps_qp))
+        result.stream = b"".join(units)
+        # keep output order = decode order (block NDUs list LS, BI, BN, W)
+        return result
+
+    def _mps_qp(self, qps: list[int]) -> int:
+        """The MPS qp: 0 as NNCodec writes, unless the offsets would not fit (spec 8.2)."""
+        if not qps:
+            return 0
+        half = 1 << (5 + self.qp_density)
+        lo, hi = min(qps), max(qps)
+        if lo >= -half and hi <= half - 1:
+            return 0
+        centre = (lo + hi + 1) // 2
+        if lo - centre < -half or hi - centre > half - 1:
+            raise EncodeError(f"per-tensor qps from {lo} to {hi} span more than the {6 + self.qp_density}-bit "
+                              f"qp offsets can carry; raise qp_density or narrow the qps")
+        if not -4096 <= centre <= 4095:
+            raise EncodeError(f"qp {centre} outside the 13-bit range")
+        return centre
+
+    def _prepare(self, name: str, arr: np.ndarray, *, in_block: bool = False) -> dict:
+        """Quantise one tensor; return what its NDU needs."""
+        shape = tuple(int(d) for d in arr.shape) or (1,)
+        size = int(np.prod(shape, dtype=np.int64))
+        height = shape[0]
+        width = size // height if height else 0
+        scan = self.scan_order if len(shape) > 1 and height > 1 and width > 1 else 0
+        kind = arr.dtype.kind
+        if kind in "iub" and self.lossless_int and not in_block:
+            values = arr.astype(np.int64).reshape(-1)
+            if values.size and (values.min() < -INT32_MAX - 1 or values.max() > INT32_MAX):
+                raise EncodeError(f"integer tensor {name!r} has values outside int32")
+            levels = values.astype(np.int32)
+            return dict(name=name, shape=shape, ptype="INT", levels=levels, qp=None, step=None, dq=False,
+                        height=height, width=width, scan=scan, recon=levels.reshape(shape), fmt=None)
+        x, dtype_name = _as_float_array(name, arr)
+        fmt = None
+        if self.keep_dtype and self.profile == 1 and dtype_name in RESTORABLE_FORMATS:
+            fmt = RESTORABLE_FORMATS[dtype_name]
+        if _matches(name, self.raw) and not in_block:
+            f32 = x.astype(np.float32).reshape(shape)
+            recon = f32 if fmt is None else f32.astype(np.dtype(dtype_name))
+            return dict(name=name, shape=shape, ptype="RAW_FLOAT", levels=None, qp=None, step=None, dq=False,
+                        height=height, width=width, scan=0, recon=recon, fmt=fmt, raw=f32)
+        qp = self.tensor_qp(name, arr.ndim)
+        step = step_size(qp, self.qp_density)
+        levels = self._quantise(name, x, float(step), self.dq, height, width, scan)
+        recon = reconstruct_uniform(levels, step).reshape(shape)
+        if fmt is not None:
+            recon = recon.astype(np.dtype(dtype_name))
+        return dict(name=name, shape=shape, ptype="FLOAT", levels=levels, qp=qp, step=float(step), dq=self.dq,
+                    height=height, width=width, scan=scan, recon=recon, fmt=fmt)
+
+    def _record(self, result: EncodeResult, t: dict) -> None:
+        result.tensors[t["name"]] = EncodedTensor(
+            name=t["name"], shape=t["shape"], payload_type=t["ptype"], qp=t["qp"], step=t["step"], dq=t["dq"],
+            levels=t["levels"], reconstruction=t["recon"],
+        )
+
+    def _tensor_kwargs(self, t: dict) -> dict:
+        return dict(n_gtx=self.n_gtx, dq=t["dq"], scan_order=t["scan"])
+
+    def _header(self, t: dict, ptype: int, names: list[str] | None = None, cpt: int = 0) -> dict:
+        fields = {
+            "nnr_compressed_data_unit_payload_type": ptype,
+            "nnr_multiple_topology_elements_present_flag": int(names is not None),
+            "nnr_decompressed_data_format_present_flag": int(t["fmt"] is not None),
+            "input_parameters_present_flag": 1,
+            "codebook_present_flag": 0,
+            "dq_flag": int(t["dq"]),
+            "tensor_dimensions_flag": 1,
+            "cabac_unary_length_flag": 1,
+            "compressed_parameter_types": cpt,
+            "tensor_dimensions": list(t["shape"]),
+            "cabac_unary_length_minus1": self.n_gtx - 1,
+            "scan_order": t["scan"],
+            "entry_points": [],
+        }
+        if t["fmt"] is not None:
+            fields["nnr_decompressed_data_format"] = t["fmt"]
+        if names is None:
+            fields["topology_elem_id"] = t["name"]
+        else:
+            fields["count_topology_elements_minus2"] = len(names) - 2
+            fields["topology_elem_ids"] = names
+        if self.profile == 1:
+            fields.update(node_id_present_flag=1, device_id=0, parameter_id=0, put_node_depth=0,
+                          first_tensor_dimension_shift=0)
+        return fields
+
+    def _payload(self, members: list[dict], mps_qp: int) -> tuple[bytes, list[list]]:
+        """One CABAC payload with all members in coding order (spec 8.1); entry points per member."""
+        enc = self.engine.PayloadEncoder(self.edition)
+        specs = []
+        qp_bits = 6 + self.qp_density
+        for t in members:
+            if t["ptype"] != "INT":
+                enc.write_qp_offset(t["qp"] - mps_qp, qp_bits)
+            enc.encode_tensor(t["levels"], t["height"], t["width"], param_opt=self.param_opt,
+                              row_skip=self.row_skip and not t["dq"], **self._tensor_kwargs(t))
+            specs.append(dict(height=t["height"], width=t["width"], qp_bits=0 if t["ptype"] == "INT" else qp_bits,
+                              **self._tensor_kwargs(t)))
+        payload = enc.finish()
+        if any(t["scan"] > 0 and t["height"] > (4 << t["scan"]) for t in members):
+            eps = self.engine.compute_entry_points(payload, self.edition, specs)
+        else:
+            eps = [[] for _ in members]
+        return payload, eps
+
+    def _single_ndu(self, name: str, arr: np.ndarray, result: EncodeResult):
+        t = self._prepare(name, arr)
+        self._record(result, t)
+
+        def build(mps_qp: int) -> bytes:
+            ptype = {"INT": C.NNR_PT_INT, "FLOAT": C.NNR_PT_FLOAT, "RAW_FLOAT": C.NNR_PT_RAW_FLOAT}[t["ptype"]]
+            header = self._header(t, ptype)
+            if t["ptype"] == "RAW_FLOAT":
+                payload = t["raw"].astype("<f4").tobytes()
+            else:
+                payload, eps = self._payload([t], mps_qp)
+                header["entry_points"] = _ep_fields(eps[0], t["dq"])
+            return C.build_ndu(header, payload, profile=self.profile)
+
+        return build
+
+    def _block_ndu(self, weight: str, parts: dict, arrays: Mapping[str, np.ndarray], result: EncodeResult):
+        w = self._prepare(weight, arrays[weight], in_block=True)
+        if w["ptype"] != "FLOAT":
+            raise EncodeError(f"block weight {weight!r} must be a float tensor")
+        ls = [parts["scaling"]] if parts.get("scaling") else []
+        bi = [parts["bias"]] if parts.get("bias") else []
+        bn = list(parts.get("bn", []))
+        coded = [self._prepare(n, arrays[n], in_block=True) for n in ls + bi + bn] + [w]
+        for t in coded:
+            if t["fmt"] != w["fmt"]:
+                raise EncodeError(f"block members of {weight!r} must share one dtype")
+            self._record(result, t)
+        names = [weight] + ls + bn + bi
+        cpt = (C.NNR_CPT_LS if ls else 0) | (C.NNR_CPT_BN if bn else 0) | (C.NNR_CPT_BI if bi else 0)
+
+        def build(mps_qp: int) -> bytes:
+            header = self._header(w, C.NNR_PT_BLOCK, names=names, cpt=cpt)
+            payload, eps = self._payload(coded, mps_qp)
+            header["entry_points"] = _ep_fields(eps[-1], w["dq"])
+            return C.build_ndu(header, payload, profile=self.profile)
+
+        return build
+
+
+def _ep_fields(eps: list, dq: bool) -> list[dict]:
+    return [{"value": v, "dq_state": s if dq else 0, "offset": off} for v, s, off in eps]
+
+
+def scan_permutation(height: int, width: int, scan_order: int) -> np.ndarray:
+    """Flat row-major indices in scan order (spec 11.2)."""
+    idx = np.arange(height * width, dtype=np.int64)
+    if scan_order == 0 or height <= 1 or width <= 1:
+        return idx
+    b = 4 << scan_order
+    m = idx.reshape(height, width)
+    parts = []
+    for r0 in range(0, height, b):
+        for c0 in range(0, width, b):
+            parts.append(m[r0:r0 + b, c0:c0 + b].reshape(-1))
+    return np.concatenate(parts)
+
+
+def encode(tensors: Mapping[str, object], *, qp: int | None = None, dq: bool = True, **options) -> bytes:
+    """Encode a mapping of name to array into an NNC stream (bytes).
+
+    ``qp`` is the global quantisation parameter (spec 12.1; default -38),
+    ``dq`` switches dependent quantisation.  Other options: see :class:`Encoder`.
+
+    >>> import nnc
+    >>> len(nnc.encode({"w": [[0.0, 0.5, -0.25], [1.0, 0.0, 0.0]]}, qp=-8, dq=False))
+    38
+    """
+    return Encoder(qp=qp, dq=dq, **options).encode(tensors).stream
+
+
+def encode_with_reconstruction(tensors: Mapping[str, object], **options) -> EncodeResult:
+    """Encode and also return the exact reconstruction any conforming decoder will produce."""
+    return Encoder(**options).encode(tensors)
