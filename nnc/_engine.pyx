@@ -586,6 +586,8 @@ cdef inline int64_t decode_value(ArithDecoder* d, Ctx* ctx, Layout* L, TensorSha
     cdef int j = 0
     cdef int m = 0
     cdef int n = L.n_gtx
+    if t.cb and t.cb_size == 1:
+        return 0                    # one-entry codebook: nothing is coded (spec 10.4)
     if hdsp_active:
         sig_ctx = L.sig_hdsp + state
     elif base != 0:
@@ -770,6 +772,8 @@ cdef inline void encode_value(BinSink* s, Layout* L, TensorShape* t, int64_t k, 
     cdef int m = 0
     cdef int n = L.n_gtx
     cdef int flag
+    if t.cb and t.cb_size == 1:
+        return
     if hdsp_active:
         put_bin(s, L.sig_hdsp + state, k != 0)
     elif base != 0:

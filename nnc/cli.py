@@ -1,0 +1,291 @@
+"""The ``nnc`` command line (also ``python -m nnc``).
+
+Exit codes: 0 success; 1 the input could not be processed (invalid stream or
+model, a failed verification, an unreadable file); 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+EPILOGS = {
+    "encode": """examples:
+  nnc encode model.safetensors -o model.nnr --qp -38 --dq
+  nnc encode model.pt -o model.nnr --step 0.002 --scan-order 2
+  nnc encode model.npz -o model.nnr --qp -32 --tensor-qp 'head.*=-40' --raw '*.num_batches_tracked'
+""",
+    "decode": """examples:
+  nnc decode model.nnr -o model.safetensors
+  nnc decode model.nnr -o model.onnx --template original.onnx
+  nnc decode model.nnr -o model.npz --tensor fc1.weight
+""",
+    "info": """examples:
+  nnc info model.nnr
+  nnc info model.nnr --json | jq '.tensors[].bits_per_weight'
+""",
+    "demo": """examples:
+  nnc demo
+  nnc demo --json
+""",
+}
+
+
+class Progress:
+    """A one-line progress bar on stderr, shown only on a terminal and when not quiet."""
+
+    def __init__(self, total: int, label: str, quiet: bool = False):
+        self.total = max(total, 1)
+        self.label = label
+        self.done = 0
+        self.start = time.monotonic()
+        self.enabled = not quiet and sys.stderr.isatty()
+        self._shown = False
+
+    def step(self, n: int = 1, what: str = "") -> None:
+        self.done += n
+        if not self.enabled or time.monotonic() - self.start < 1.0:
+            return
+        frac = self.done / self.total
+        bar = "#" * int(30 * frac)
+        sys.stderr.write(f"\r{self.label} [{bar:<30}] {100 * frac:5.1f}% {what[:40]:<40}")
+        sys.stderr.flush()
+        self._shown = True
+
+    def close(self) -> None:
+        if self._shown:
+            sys.stderr.write("\n")
+
+
+def _fail(message: str) -> int:
+    print(f"nnc: error: {message}", file=sys.stderr)
+    return EXIT_FAIL
+
+
+def _parse_assignments(items, what) -> dict:
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise SystemExit(f"nnc: error: {what} must look like PATTERN=VALUE, not {item!r}")
+        k, v = item.rsplit("=", 1)
+        out[k] = int(v)
+    return out
+
+
+# -- encode --------------------------------------------------------------------------
+
+
+def cmd_encode(args) -> int:
+    from . import formats
+    from .encoder import Encoder
+
+    tensors, dtypes = formats.read_model(args.model)
+    options = dict(
+        qp=args.qp, step=args.step, dq=args.dq, scan_order=args.scan_order, n_gtx=args.n_gtx,
+        qp_density=args.qp_density, qp_per_tensor=_parse_assignments(args.tensor_qp, "--tensor-qp"),
+        raw=args.raw or (), lossless_int=args.lossless_int, blocks=args.blocks, profile=args.profile,
+        param_opt=not args.no_param_opt, row_skip=args.row_skip,
+    )
+    if args.nonweight_qp is not None:
+        options["nonweight_qp"] = args.nonweight_qp
+    if args.qp is None and args.step is None:
+        options.pop("step")
+    t0 = time.perf_counter()
+    result = Encoder(**options).encode(tensors)
+    elapsed = time.perf_counter() - t0
+    out = args.output or str(Path(args.model).with_suffix(".nnr"))
+    formats.write_atomic(out, result.stream)
+    n = sum(int(np.asarray(v).size) for v in tensors.values())
+    orig = sum(int(np.asarray(v).nbytes) for v in tensors.values())
+    summary = dict(input=str(args.model), output=out, tensors=len(tensors), weights=n, bytes=len(result.stream),
+                   input_bytes=orig, bits_per_weight=8 * len(result.stream) / max(n, 1),
+                   ratio_fp32=4 * n / max(len(result.stream), 1), seconds=elapsed)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    elif not args.quiet:
+        print(f"{out}: {len(tensors)} tensors, {n} weights -> {len(result.stream)} bytes "
+              f"({summary['bits_per_weight']:.3f} bits/weight, {summary['ratio_fp32']:.1f}x smaller than fp32)")
+    return EXIT_OK
+
+
+# -- decode --------------------------------------------------------------------------
+
+
+def cmd_decode(args) -> int:
+    from . import formats
+    from .decoder import Decoder
+
+    dec = Decoder(args.stream, entry_points=args.entry_points)
+    names = args.tensor or None
+    infos = [t for t in dec.tensors() if names is None or t.name in names]
+    progress = Progress(sum(t.size for t in infos), "decoding", args.quiet)
+    out = OrderedDict()
+    try:
+        for info in infos:
+            out[info.name] = dec.decode_tensor(info.name) if names else None
+            progress.step(info.size, info.name)
+    finally:
+        progress.close()
+    if names is None:
+        out = dec.decode()
+    fmt = formats.format_from_extension(args.output)
+    formats.write_model(args.output, out, fmt=fmt, template=args.template)
+    summary = dict(stream=str(args.stream), output=args.output, tensors=len(out),
+                   weights=int(sum(np.asarray(v).size for v in out.values())))
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    elif not args.quiet:
+        print(f"{args.output}: {summary['tensors']} tensors, {summary['weights']} weights")
+    return EXIT_OK
+
+
+# -- info ----------------------------------------------------------------------------
+
+
+def stream_info(path) -> dict:
+    """A JSON-ready description of a stream: units, tensors and totals."""
+    from .decoder import Decoder
+
+    dec = Decoder(path)
+    dec.decode()  # fills qp and step of every tensor
+    units = [dict(index=i, type=u.type_name, offset=u.offset, size=u.size) for i, u in enumerate(dec.units)]
+    tensors = []
+    for t in dec.tensors():
+        unit_bytes = t.unit_size
+        share = unit_bytes / max(len(t.block) or 1, 1)
+        tensors.append(dict(
+            name=t.name, shape=list(t.shape), dtype=t.dtype, payload_type=t.payload_type, qp=t.qp, step=t.step,
+            dq=t.dq, scan_order=t.scan_order, n_gtx=t.n_gtx, codebook_size=len(t.codebook) if t.codebook else None,
+            row_skip=t.row_skip, unit_index=t.unit_index, unit_bytes=unit_bytes, block=list(t.block),
+            bits_per_weight=8 * share / max(t.size, 1),
+        ))
+    n = sum(t.size for t in dec.tensors())
+    total = len(dec.data)
+    profile = next((int(u.header.general_profile_idc) for u in dec.units if u.type_name == "NNR_STR"), None)
+    return dict(bytes=total, profile=profile, units=units, tensors=tensors, weights=n,
+                bits_per_weight=8 * total / max(n, 1), ratio_fp32=4 * n / max(total, 1))
+
+
+def cmd_info(args) -> int:
+    info = stream_info(args.stream)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return EXIT_OK
+    print(f"{args.stream}: {info['bytes']} bytes, profile {info['profile']}, {len(info['units'])} units, "
+          f"{len(info['tensors'])} tensors, {info['weights']} weights")
+    header = f"{'name':40} {'shape':>16} {'dtype':>8} {'type':>9} {'qp':>5} {'dq':>3} {'scan':>4} {'bytes':>8} {'bits/w':>7}"
+    print(header)
+    print("-" * len(header))
+    for t in info["tensors"]:
+        qp = "" if t["qp"] is None else t["qp"]
+        print(f"{t['name'][:40]:40} {'x'.join(map(str, t['shape'])):>16} {t['dtype']:>8} {t['payload_type']:>9} "
+              f"{qp:>5} {('on' if t['dq'] else 'off'):>3} {t['scan_order']:>4} {t['unit_bytes']:>8} "
+              f"{t['bits_per_weight']:>7.3f}")
+    print(f"total: {info['bits_per_weight']:.3f} bits/weight, {info['ratio_fp32']:.1f}x smaller than fp32")
+    return EXIT_OK
+
+
+# -- demo ----------------------------------------------------------------------------
+
+
+def cmd_demo(args) -> int:
+    from . import demo
+
+    rows = demo.run(out=(lambda *a: None) if args.json else print)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    return EXIT_OK
+
+
+# -- parser --------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="nnc",
+        description="Compress neural-network weights with DeepCABAC / MPEG NNC (ISO/IEC 15938-17).",
+        epilog="Exit codes: 0 success, 1 invalid input or failed check, 2 usage error.",
+    )
+    parser.add_argument("--version", action="version", version=f"nnc {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name, help_text):
+        p = sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOGS.get(name),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("--json", action="store_true", help="print a machine-readable JSON summary")
+        p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+        return p
+
+    p = add("encode", "Encode a model (safetensors, PyTorch, ONNX or npz) into an NNC stream.")
+    p.add_argument("model", help="model file; the format is detected from its content")
+    p.add_argument("-o", "--output", help="output stream (default: MODEL with .nnr)")
+    q = p.add_mutually_exclusive_group()
+    q.add_argument("--qp", type=int, help="global quantisation parameter (default -38)")
+    q.add_argument("--step", type=float, help="target step size, mapped to the nearest qp")
+    p.add_argument("--dq", action=argparse.BooleanOptionalAction, default=True,
+                   help="dependent (trellis) quantisation (default: on)")
+    p.add_argument("--scan-order", type=int, default=0, choices=range(5), help="0 row-major, 1-4 block scans")
+    p.add_argument("--n-gtx", type=int, default=11, help="greater-than flags N, 1-256 (default 11)")
+    p.add_argument("--qp-density", type=int, default=2, help="qp steps per octave as a power of two (default 2)")
+    p.add_argument("--tensor-qp", action="append", metavar="PATTERN=QP", help="per-tensor qp by name or glob")
+    p.add_argument("--nonweight-qp", type=int, help="qp of 1-D tensors (default -75)")
+    p.add_argument("--raw", action="append", metavar="PATTERN", help="store matching tensors uncompressed")
+    p.add_argument("--lossless-int", action=argparse.BooleanOptionalAction, default=True,
+                   help="code integer tensors losslessly (default: on)")
+    p.add_argument("--blocks", action="store_true", help="pair X.weight with X.bias in block units")
+    p.add_argument("--profile", type=int, default=1, choices=(0, 1), help="1: 2nd edition (default), 0: 1st")
+    p.add_argument("--no-param-opt", action="store_true", help="do not optimise context initialisation")
+    p.add_argument("--row-skip", action="store_true", help="2nd edition: skip all-zero rows")
+    p.set_defaults(func=cmd_encode)
+
+    p = add("decode", "Decode an NNC stream into a model file.")
+    p.add_argument("stream", help="NNC stream")
+    p.add_argument("-o", "--output", required=True, help="output model: .npz, .safetensors, .pt or .onnx")
+    p.add_argument("--template", help="for .onnx output: the original model whose initializers are replaced")
+    p.add_argument("--tensor", action="append", help="decode only this tensor (repeatable)")
+    p.add_argument("--entry-points", choices=("ignore", "use", "verify"), default="ignore",
+                   help="how to treat transmitted entry points (default: ignore, decode sequentially)")
+    p.set_defaults(func=cmd_decode)
+
+    p = add("info", "Describe the units and tensors of an NNC stream.")
+    p.add_argument("stream", help="NNC stream")
+    p.set_defaults(func=cmd_info)
+
+    p = add("demo", "Encode, decode and evaluate the bundled digits models.")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv=None) -> int:
+    from .errors import NNCError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return args.func(args)
+    except NNCError as exc:
+        return _fail(str(exc))
+    except OSError as exc:
+        return _fail(f"{exc.filename or ''}: {exc.strerror or exc}")
+    except KeyError as exc:
+        return _fail(str(exc.args[0]) if exc.args else str(exc))
+    except KeyboardInterrupt:
+        return _fail("interrupted")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,799 @@
+"""The NNR unit stream, declared with ``construct`` (spec 2-7).
+
+Headers are bit-level structures parsed inside ``construct.Bitwise``; payloads
+stay raw bytes (a memoryview of the input), never converted to bits.  Parsing
+and building are symmetric: ``build(parse(b)) == b`` and ``parse(build(x)) == x``.
+
+Structures and their clauses:
+
+* descriptors u(n), i(n), ue(k), ie(k), flt(32), st, byte_alignment() — spec 2.1-2.7
+* ``nnr_unit_size`` (2- or 4-byte form) — spec 3.2; ``nnr_unit_header`` — spec 3.3
+* STR (``general_profile_idc``) — spec 4; MPS incl. performance maps — spec 5.1, 5.3
+* LPS — spec 6.1; TPL — spec 6.2; QNT — spec 6.3 (AGG is rejected, 6.4)
+* NDU header incl. codebook() and the entry-point list — spec 7.1-7.3
+
+Field names are the element names of the spec.  ``codebook`` is exposed as the
+list of codebook integers; ``entry_points`` as a list of {value, dq_state, offset}
+where ``offset`` is the bit increment from the previous block row (spec 7.3).
+
+Only :mod:`nnc.errors` exceptions leave this module, whatever the input.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Iterator
+
+import construct as cs
+from construct import Container, If, Struct, this
+
+from .errors import DecodeError, EncodeError, TruncatedError, UnsupportedError
+
+# -- enumerations (spec 3.4, 7.4) --------------------------------------------------
+NNR_STR, NNR_MPS, NNR_LPS, NNR_TPL, NNR_QNT, NNR_NDU, NNR_AGG = range(7)
+UNIT_TYPE_NAMES = {0: "NNR_STR", 1: "NNR_MPS", 2: "NNR_LPS", 3: "NNR_TPL", 4: "NNR_QNT", 5: "NNR_NDU", 6: "NNR_AGG"}
+NNR_PT_INT, NNR_PT_FLOAT, NNR_PT_RAW_FLOAT, NNR_PT_BLOCK = range(4)
+NNR_CPT_DC, NNR_CPT_LS, NNR_CPT_BN, NNR_CPT_BI = 0x01, 0x02, 0x04, 0x08
+NNR_QSU, NNR_QCB = 0x01, 0x02
+UNIT_CLAUSE = {0: "4", 1: "5.1", 2: "6.1", 3: "6.2", 4: "6.3", 5: "7.1", 6: "6.4"}
+
+MAX_UE_PREFIX = 32
+MAX_STRING_BYTES = 1 << 16
+MAX_DIMENSIONS = 64
+
+
+class SyntaxViolation(cs.ConstructError):
+    """A value the syntax forbids, found while parsing."""
+
+    def __init__(self, message: str, clause: str):
+        super().__init__(message)
+        self.clause = clause
+
+
+# -- descriptors (spec 2) --------------------------------------------------------------
+
+
+def _read_bit(stream, path) -> int:
+    b = cs.stream_read(stream, 1, path)
+    return b[0] & 1
+
+
+def U(n: int):
+    """u(n): n-bit unsigned, MSB first (spec 2.1)."""
+    return cs.BitsInteger(n)
+
+
+def I(n: int):  # noqa: E743
+    """i(n): n-bit two's complement (spec 2.2)."""
+    return cs.BitsInteger(n, signed=True)
+
+
+class UE(cs.Construct):
+    """ue(k): k-th order Exp-Golomb (spec 2.3)."""
+
+    def __init__(self, k: int):
+        super().__init__()
+        self.k = k
+
+    def _parse(self, stream, context, path):
+        k, value = self.k, 0
+        zeros = 0
+        while _read_bit(stream, path) == 0:
+            value += 1 << k
+            k += 1
+            zeros += 1
+            if zeros > MAX_UE_PREFIX:
+                raise SyntaxViolation("Exp-Golomb prefix longer than 32 bits", "2.3")
+        suffix = 0
+        for _ in range(k):
+            suffix = (suffix << 1) | _read_bit(stream, path)
+        return value + suffix
+
+    def _build(self, obj, stream, context, path):
+        value = int(obj)
+        if value < 0:
+            raise cs.ExplicitError(f"ue({self.k}) cannot code {value}")
+        k, bits = self.k, []
+        while value >= (1 << k):
+            bits.append(0)
+            value -= 1 << k
+            k += 1
+        bits.append(1)
+        bits.extend((value >> (k - 1 - i)) & 1 for i in range(k))
+        cs.stream_write(stream, bytes(bits), len(bits), path)
+        return obj
+
+    def _sizeof(self, context, path):
+        raise cs.SizeofError("ue(k) has a variable size", path=path)
+
+
+class IE(cs.Adapter):
+    """ie(k): signed Exp-Golomb, v -> 2v-1 (v > 0), -2v (v <= 0) (spec 2.4)."""
+
+    def __init__(self, k: int):
+        super().__init__(UE(k))
+
+    def _decode(self, obj, context, path):
+        return (obj + 1) // 2 if obj & 1 else -(obj // 2)
+
+    def _encode(self, obj, context, path):
+        v = int(obj)
+        return 2 * v - 1 if v > 0 else -2 * v
+
+
+class Flt(cs.Construct):
+    """flt(32): IEEE-754 float32, 4 bytes least significant first, at any bit position (spec 2.5)."""
+
+    def _parse(self, stream, context, path):
+        raw = bytes(cs.BitsInteger(8)._parse(stream, context, path) for _ in range(4))
+        return struct.unpack("<f", raw)[0]
+
+    def _build(self, obj, stream, context, path):
+        for b in struct.pack("<f", float(obj)):
+            cs.BitsInteger(8)._build(b, stream, context, path)
+        return obj
+
+    def _sizeof(self, context, path):
+        return 32
+
+
+class St(cs.Construct):
+    """st: UTF-8 string with a 0x00 terminator, byte-aligned (spec 2.6)."""
+
+    def _parse(self, stream, context, path):
+        out = bytearray()
+        while True:
+            b = cs.BitsInteger(8)._parse(stream, context, path)
+            if b == 0:
+                break
+            out.append(b)
+            if len(out) > MAX_STRING_BYTES:
+                raise SyntaxViolation("string longer than 65536 bytes", "2.6")
+        try:
+            return out.decode("utf-8")
+        except UnicodeDecodeError:
+            raise SyntaxViolation("string is not valid UTF-8", "2.6") from None
+
+    def _build(self, obj, stream, context, path):
+        raw = str(obj).encode("utf-8")
+        if b"\x00" in raw:
+            raise cs.ExplicitError("a st string cannot contain NUL")
+        for b in raw + b"\x00":
+            cs.BitsInteger(8)._build(b, stream, context, path)
+        return obj
+
+
+class ByteAlignment(cs.Construct):
+    """byte_alignment(): a '1' bit, then '0' bits to the byte boundary (spec 2.7)."""
+
+    def __init__(self):
+        super().__init__()
+        self.flagbuildnone = True
+
+    def _parse(self, stream, context, path):
+        _read_bit(stream, path)
+        pad = (-cs.stream_tell(stream, path)) % 8
+        if pad:
+            cs.stream_read(stream, pad, path)
+        return None
+
+    def _build(self, obj, stream, context, path):
+        pad = (-(cs.stream_tell(stream, path) + 1)) % 8
+        cs.stream_write(stream, b"\x01" + b"\x00" * pad, 1 + pad, path)
+        return None
+
+
+class Bits(cs.Adapter):
+    """n bits as bytes (for the SHA-256/512 parent identifiers)."""
+
+    def __init__(self, nbits):
+        super().__init__(cs.BitsInteger(nbits))
+        self.nbytes = nbits // 8
+
+    def _decode(self, obj, context, path):
+        return obj.to_bytes(self.nbytes, "big")
+
+    def _encode(self, obj, context, path):
+        return int.from_bytes(bytes(obj), "big")
+
+
+FLAG = U(1)
+FLT = Flt()
+ST = St()
+ALIGN = ByteAlignment()
+
+# -- codebook() (spec 7.2) --------------------------------------------------------------
+
+
+class Codebook(cs.Construct):
+    """codebook(): egk, size, centre offset, zero value and delta-coded entries (spec 7.2)."""
+
+    def _parse(self, stream, context, path):
+        egk = cs.BitsInteger(4)._parse(stream, context, path)
+        size = UE(2)._parse(stream, context, path)
+        centre = IE(2)._parse(stream, context, path)
+        zero_value = IE(7)._parse(stream, context, path)
+        zero = (size >> 1) + centre
+        if size < 1 or not 0 <= zero < size:
+            raise SyntaxViolation(f"codebook of size {size} with zero offset {zero}", "7.2")
+        book = {zero: zero_value}
+        for j in range(zero - 1, -1, -1):
+            book[j] = book[j + 1] - UE(egk)._parse(stream, context, path) - 1
+        for j in range(zero + 1, size):
+            book[j] = book[j - 1] + UE(egk)._parse(stream, context, path) + 1
+        entries = [book[j] for j in range(size)]
+        if entries[0] < -(2**31) or entries[-1] > 2**31 - 1:
+            raise SyntaxViolation("codebook entry outside int32", "7.2")
+        return Container(codebook_egk=egk, codebook_size=size, codebook_center_offset=centre,
+                         codebook_zero_value=zero_value, codebook=entries)
+
+    def _build(self, obj, stream, context, path):
+        entries = [int(v) for v in obj["codebook"]]
+        size = len(entries)
+        centre = int(obj.get("codebook_center_offset", 0))
+        egk = int(obj.get("codebook_egk", 0))
+        zero = (size >> 1) + centre
+        if size < 1 or not 0 <= zero < size or any(b <= a for a, b in zip(entries, entries[1:])):
+            raise cs.ExplicitError("a codebook is a strictly increasing list with the zero offset inside it")
+        cs.BitsInteger(4)._build(egk, stream, context, path)
+        UE(2)._build(size, stream, context, path)
+        IE(2)._build(centre, stream, context, path)
+        IE(7)._build(entries[zero], stream, context, path)
+        for j in range(zero - 1, -1, -1):
+            UE(egk)._build(entries[j + 1] - entries[j] - 1, stream, context, path)
+        for j in range(zero + 1, size):
+            UE(egk)._build(entries[j] - entries[j - 1] - 1, stream, context, path)
+        return obj
+
+
+def codebook_zero_offset(size: int, center_offset: int) -> int:
+    """CbZeroOffset (spec 7.2)."""
+    return (size >> 1) + center_offset
+
+
+def best_codebook_egk(entries) -> int:
+    """The egk in 0..15 that codes the codebook deltas in the fewest bits (informative)."""
+    deltas = [b - a - 1 for a, b in zip(entries, entries[1:])]
+
+    def bits(k):
+        total = 0
+        for d in deltas:
+            kk = k
+            while d >= (1 << kk):
+                d -= 1 << kk
+                kk += 1
+                total += 1
+            total += 1 + kk
+        return total
+
+    return min(range(16), key=bits)
+
+
+# -- entry points (spec 7.3) ---------------------------------------------------------------
+
+
+def entry_point_count(ctx) -> int:
+    """numBlockRowsMinus1 of the NDU's weight (G and H for DC blocks) (spec 7.3)."""
+    scan = ctx.scan_order
+    if not scan:
+        return 0
+    b = 4 << scan
+    dims = list(ctx.tensor_dimensions)
+    if ctx._.nnr_compressed_data_unit_payload_type == NNR_PT_BLOCK and ctx.compressed_parameter_types & NNR_CPT_DC:
+        rows_g = ctx.g_number_of_rows
+        rank = ctx.decomposition_rank
+        return max(0, -(-rows_g // b) - 1) + max(0, -(-rank // b) - 1)
+    return max(0, -(-dims[0] // b) - 1)
+
+
+class EntryPoints(cs.Construct):
+    """cabac_entry_point_list: value, dq_state and second-order differential offsets (spec 7.3)."""
+
+    def _parse(self, stream, context, path):
+        count = entry_point_count(context)
+        dq = context._root.get("_dq_flag", 0)
+        out, prev = [], 0
+        for j in range(count):
+            value = cs.BitsInteger(8)._parse(stream, context, path)
+            state = cs.BitsInteger(3)._parse(stream, context, path) if dq else 0
+            if j == 0:
+                offset = UE(11)._parse(stream, context, path)
+            else:
+                offset = prev + IE(7)._parse(stream, context, path)
+            prev = offset
+            out.append(Container(value=value, dq_state=state, offset=offset))
+        return out
+
+    def _build(self, obj, stream, context, path):
+        count = entry_point_count(context)
+        dq = context._root.get("_dq_flag", 0)
+        obj = list(obj or [])
+        if len(obj) != count:
+            raise cs.ExplicitError(f"{len(obj)} entry points given, the dimensions need {count}")
+        prev = 0
+        for j, e in enumerate(obj):
+            cs.BitsInteger(8)._build(int(e["value"]), stream, context, path)
+            if dq:
+                cs.BitsInteger(3)._build(int(e.get("dq_state", 0)), stream, context, path)
+            if j == 0:
+                UE(11)._build(int(e["offset"]), stream, context, path)
+            else:
+                IE(7)._build(int(e["offset"]) - prev, stream, context, path)
+            prev = int(e["offset"])
+        return obj
+
+
+# -- performance maps (spec 5.3) ------------------------------------------------------------
+
+
+def _entries(count_field):
+    return lambda ctx: max(0, ctx[count_field] - 1)
+
+
+SPARSIFICATION_MAP = Struct(
+    "spm_count_thresholds" / U(8),
+    "entries" / cs.Array(_entries("spm_count_thresholds"), Struct(
+        "sparsification_threshold" / FLT, "non_zero_ratio" / FLT, "spm_nn_accuracy" / FLT,
+        "spm_count_classes" / U(8), "spm_class_bitmask" / UE(7),
+        "spm_nn_class_accuracy" / cs.Array(this.spm_count_classes, FLT),
+    )),
+)
+PRUNING_MAP = Struct(
+    "ppm_count_pruning_ratios" / U(8),
+    "entries" / cs.Array(_entries("ppm_count_pruning_ratios"), Struct(
+        "pruning_ratio" / FLT, "ppm_nn_accuracy" / FLT, "ppm_count_classes" / U(8), "ppm_class_bitmask" / UE(7),
+        "ppm_nn_class_accuracy" / cs.Array(this.ppm_count_classes, FLT),
+    )),
+)
+UNIFICATION_MAP = Struct(
+    "upm_count_thresholds" / U(8),
+    "entries" / cs.Array(_entries("upm_count_thresholds"), Struct(
+        "count_reshaped_tensor_dimension" / UE(1),
+        "reshaped_tensor_dimensions" / cs.Array(lambda c: max(0, c.count_reshaped_tensor_dimension - 1), UE(7)),
+        "_align" / ALIGN,
+        "count_super_block_dimension" / U(8),
+        "super_block_dimensions" / cs.Array(lambda c: max(0, c.count_super_block_dimension - 1), U(8)),
+        "count_block_dimension" / U(8),
+        "block_dimensions" / cs.Array(lambda c: max(0, c.count_block_dimension - 1), U(8)),
+        "unification_threshold" / FLT, "upm_nn_accuracy" / FLT, "upm_count_classes" / U(8),
+        "upm_class_bitmask" / UE(7),
+        # looped over the bitmask value, as the reference software does (spec 5.3)
+        "upm_nn_class_accuracy" / cs.Array(this.upm_class_bitmask, FLT),
+    )),
+)
+DECOMPOSITION_MAP = Struct(
+    "dpm_count_thresholds" / U(8),
+    "entries" / cs.Array(_entries("dpm_count_thresholds"), Struct(
+        "mse_threshold" / FLT, "dpm_nn_accuracy" / FLT, "nn_reduction_ratio" / FLT, "dpm_count_classes" / U(16),
+        "dpm_nn_class_accuracy" / cs.Array(this.dpm_count_classes, FLT),
+    )),
+)
+
+# -- unit structures -----------------------------------------------------------------------
+
+UNIT_HEADER = Struct(
+    "nnr_unit_type" / U(6),
+    "independently_decodable_flag" / FLAG,
+    "partial_data_counter_present_flag" / FLAG,
+    "partial_data_counter" / If(this.partial_data_counter_present_flag, U(8)),
+)
+
+STR_HEADER = Struct("general_profile_idc" / U(8))
+
+MPS_PAYLOAD = Struct(
+    "topology_carriage_flag" / FLAG,
+    "mps_sparsification_flag" / FLAG,
+    "mps_pruning_flag" / FLAG,
+    "mps_unification_flag" / FLAG,
+    "mps_decomposition_performance_map_flag" / FLAG,
+    "mps_quantization_method_flags" / U(3),
+    "mps_topology_indexed_reference_flag" / FLAG,
+    "nnr_reserved_zero_7bits" / If(this._.profile == 0, U(7)),
+    "base_model_id_present_flag" / If(this._.profile == 1, FLAG),
+    "validation_set_performance_present_flag" / If(this._.profile == 1, FLAG),
+    "metric_type_performance_map_valid_flag" / If(this._.profile == 1, FLAG),
+    "mps_parent_signalling_enabled_flag" / If(this._.profile == 1, FLAG),
+    "nnr_pre_flag" / If(this._.profile == 1, FLAG),
+    "reserved_2bits" / If(this._.profile == 1, U(2)),
+    "base_model_id" / If(lambda c: c._.profile == 1 and c.base_model_id_present_flag, ST),
+    "performance_metric_type" / If(lambda c: c._.profile == 1 and (
+        c.validation_set_performance_present_flag or c.metric_type_performance_map_valid_flag), ST),
+    "mps_qp_density" / If(this.mps_quantization_method_flags & (NNR_QSU | NNR_QCB), U(3)),
+    "mps_quantization_parameter" / If(this.mps_quantization_method_flags & (NNR_QSU | NNR_QCB), I(13)),
+    "sparsification_performance_map" / If(this.mps_sparsification_flag, SPARSIFICATION_MAP),
+    "pruning_performance_map" / If(this.mps_pruning_flag, PRUNING_MAP),
+    "unification_performance_map" / If(this.mps_unification_flag, UNIFICATION_MAP),
+    "decomposition_performance_map" / If(this.mps_decomposition_performance_map_flag, DECOMPOSITION_MAP),
+    "validation_set_performance" / If(lambda c: c._.profile == 1 and c.validation_set_performance_present_flag, FLT),
+    "_align" / ALIGN,
+)
+
+LPS_HEADER = Struct("lps_self_contained_flag" / FLAG, "lps_reserved_7bits" / U(7))
+LPS_PAYLOAD = Struct(
+    "lps_reserved_bit" / FLAG,
+    "lps_sparsification_flag" / FLAG,
+    "lps_pruning_flag" / FLAG,
+    "lps_unification_flag" / FLAG,
+    "lps_quantization_method_flags" / U(3),
+    "lps_reserved_bit2" / FLAG,
+    "lps_qp_density" / If(this.lps_quantization_method_flags & (NNR_QSU | NNR_QCB), U(3)),
+    "lps_quantization_parameter" / If(this.lps_quantization_method_flags & (NNR_QSU | NNR_QCB), I(13)),
+    "sparsification_performance_map" / If(this.lps_sparsification_flag, SPARSIFICATION_MAP),
+    "pruning_performance_map" / If(this.lps_pruning_flag, PRUNING_MAP),
+    "unification_performance_map" / If(this.lps_unification_flag, UNIFICATION_MAP),
+    "_align" / ALIGN,
+)
+
+TPL_HEADER = Struct("topology_storage_format" / U(8), "topology_compression_format" / U(8))
+QNT_HEADER = Struct("quantization_storage_format" / U(8), "quantization_compression_format" / U(8))
+STRING_PAYLOAD = Struct("data" / ST)
+
+
+def _is_block(c):
+    return c.nnr_compressed_data_unit_payload_type == NNR_PT_BLOCK
+
+
+def _multiple(c):
+    return bool(c.nnr_multiple_topology_elements_present_flag)
+
+
+def _indexed(c):
+    return bool(c._.get("indexed", False))
+
+
+def _ndims(c):
+    return c.count_tensor_dimensions if c.get("tensor_dimensions_flag") else 0
+
+
+INPUT_PARAMETERS = Struct(
+    "tensor_dimensions_flag" / FLAG,
+    "cabac_unary_length_flag" / FLAG,
+    "compressed_parameter_types" / U(4),
+    "decomposition_rank" / If(this.compressed_parameter_types & NNR_CPT_DC, UE(3)),
+    "g_number_of_rows" / If(this.compressed_parameter_types & NNR_CPT_DC, UE(3)),
+    "count_tensor_dimensions" / If(this.tensor_dimensions_flag, cs.ExprValidator(
+        UE(1), lambda v, c: v <= MAX_DIMENSIONS)),
+    "tensor_dimensions" / If(this.tensor_dimensions_flag, cs.Array(this.count_tensor_dimensions, UE(7))),
+    "cabac_unary_length_minus1" / If(this.cabac_unary_length_flag, U(8)),
+    "codebook_dc" / If(lambda c: c._.nnr_compressed_data_unit_payload_type == NNR_PT_BLOCK
+                       and c.compressed_parameter_types & NNR_CPT_DC and c._.codebook_present_flag, Codebook()),
+    "first_tensor_dimension_shift" / If(lambda c: c._._.profile == 1 and _ndims(c) > 1, UE(1)),
+    "scan_order" / If(lambda c: _ndims(c) > 1, U(4)),
+    "entry_points" / If(lambda c: _ndims(c) > 1 and c.scan_order, EntryPoints()),
+)
+
+NDU_HEADER = Struct(
+    "nnr_compressed_data_unit_payload_type" / U(5),
+    "nnr_multiple_topology_elements_present_flag" / FLAG,
+    "nnr_decompressed_data_format_present_flag" / FLAG,
+    "input_parameters_present_flag" / FLAG,
+    "count_topology_elements_minus2" / If(_multiple, UE(7)),
+    "_align_ids" / If(lambda c: _multiple(c) and not _indexed(c), ALIGN),
+    "topology_elem_ids" / If(lambda c: _multiple(c) and not _indexed(c),
+                             cs.Array(lambda c: c.count_topology_elements_minus2 + 2, ST)),
+    "topology_elem_id_indices" / If(lambda c: _multiple(c) and _indexed(c),
+                                    cs.Array(lambda c: c.count_topology_elements_minus2 + 2, UE(7))),
+    "_align_indices" / If(lambda c: _multiple(c) and _indexed(c), ALIGN),
+    "topology_elem_id" / If(lambda c: not _multiple(c) and not _indexed(c), ST),
+    "topology_elem_id_index" / If(lambda c: not _multiple(c) and _indexed(c), UE(7)),
+    "node_id_present_flag" / If(this._.profile == 1, FLAG),
+    "device_id" / If(lambda c: c._.profile == 1 and c.node_id_present_flag, UE(1)),
+    "parameter_id" / If(lambda c: c._.profile == 1 and c.node_id_present_flag, UE(5)),
+    "put_node_depth" / If(lambda c: c._.profile == 1 and c.node_id_present_flag, UE(4)),
+    "parent_node_id_present_flag" / If(lambda c: c._.profile == 1 and c._.parent_signalling, FLAG),
+    "parent_node_id_type" / If(lambda c: c.parent_node_id_present_flag, U(2)),
+    "temporal_context_modeling_flag" / If(lambda c: c.parent_node_id_present_flag, FLAG),
+    "parent_device_id" / If(lambda c: c.parent_node_id_present_flag and c.parent_node_id_type == 0, UE(1)),
+    "parent_parameter_id" / If(lambda c: c.parent_node_id_present_flag and c.parent_node_id_type == 0
+                               and not c.node_id_present_flag, UE(5)),
+    "parent_put_node_depth" / If(lambda c: c.parent_node_id_present_flag and c.parent_node_id_type == 0
+                                 and not c.node_id_present_flag, UE(4)),
+    "parent_node_payload_sha256" / If(lambda c: c.parent_node_id_present_flag and c.parent_node_id_type == 1,
+                                      Bits(256)),
+    "parent_node_payload_sha512" / If(lambda c: c.parent_node_id_present_flag and c.parent_node_id_type == 2,
+                                      Bits(512)),
+    "codebook_present_flag" / If(lambda c: c.nnr_compressed_data_unit_payload_type in (NNR_PT_FLOAT, NNR_PT_BLOCK),
+                                 FLAG),
+    "codebook" / If(this.codebook_present_flag, Codebook()),
+    "dq_flag" / If(lambda c: c.nnr_compressed_data_unit_payload_type in (NNR_PT_INT, NNR_PT_FLOAT, NNR_PT_BLOCK),
+                   FLAG),
+    "_dq" / cs.Computed(lambda c: c._root.__setitem__("_dq_flag", c.dq_flag or 0)),
+    "nnr_decompressed_data_format" / If(this.nnr_decompressed_data_format_present_flag, U(7)),
+    "input_parameters" / If(this.input_parameters_present_flag, INPUT_PARAMETERS),
+    "_align" / ALIGN,
+)
+
+_TYPE_STRUCTS = {
+    NNR_STR: (STR_HEADER, None),
+    NNR_MPS: (None, MPS_PAYLOAD),
+    NNR_LPS: (LPS_HEADER, LPS_PAYLOAD),
+    NNR_TPL: (TPL_HEADER, STRING_PAYLOAD),
+    NNR_QNT: (QNT_HEADER, STRING_PAYLOAD),
+    NNR_NDU: (NDU_HEADER, None),
+}
+
+# Flattened views: the nested input_parameters and codebook containers are merged
+# into the NDU header so that users see one flat record of spec element names.
+_CODEBOOK_FIELDS = ("codebook_egk", "codebook_size", "codebook_center_offset", "codebook_zero_value")
+_INPUT_FIELDS = tuple(name for name in (sc.name for sc in INPUT_PARAMETERS.subcons) if name)
+
+
+# -- streams over memoryviews ------------------------------------------------------------
+
+
+class _ViewReader:
+    """A read-only byte stream over a memoryview, without copying it."""
+
+    def __init__(self, view: memoryview, start: int = 0):
+        self.view = view
+        self.pos = start
+
+    def read(self, n: int = -1) -> bytes:
+        end = len(self.view) if n is None or n < 0 else min(len(self.view), self.pos + n)
+        out = bytes(self.view[self.pos:end])
+        self.pos = end
+        return out
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seekable(self) -> bool:
+        return False
+
+
+@dataclass
+class Unit:
+    """One NNR unit of a stream."""
+
+    type: int
+    type_name: str
+    offset: int
+    size: int
+    header: Container
+    payload_offset: int
+    payload: memoryview
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.size
+
+
+def _flatten_ndu(h: Container) -> Container:
+    out = Container()
+    for k, v in h.items():
+        if k.startswith("_") or k in ("input_parameters", "codebook"):
+            continue
+        out[k] = v
+    cb = h.get("codebook")
+    if cb is not None:
+        for f in _CODEBOOK_FIELDS:
+            out[f] = cb[f]
+        out["codebook"] = list(cb["codebook"])
+    else:
+        out["codebook"] = None
+    ip = h.get("input_parameters")
+    for f in _INPUT_FIELDS:
+        if f.startswith("_"):
+            continue
+        out[f] = ip.get(f) if ip is not None else None
+    if ip is not None and ip.get("tensor_dimensions") is not None:
+        out["tensor_dimensions"] = list(ip["tensor_dimensions"])
+    if ip is not None and ip.get("entry_points") is not None:
+        out["entry_points"] = [Container(value=e.value, dq_state=e.dq_state, offset=e.offset)
+                               for e in ip["entry_points"]]
+    for k in ("topology_elem_ids", "topology_elem_id_indices"):
+        if out.get(k) is not None:
+            out[k] = list(out[k])
+    return out
+
+
+def _unflatten_ndu(fields: dict) -> dict:
+    h = {k: v for k, v in fields.items() if k not in _INPUT_FIELDS and k not in _CODEBOOK_FIELDS}
+    if fields.get("codebook_present_flag"):
+        h["codebook"] = {"codebook": fields["codebook"],
+                         "codebook_egk": fields.get("codebook_egk", best_codebook_egk(fields["codebook"])),
+                         "codebook_center_offset": fields.get("codebook_center_offset", 0)}
+    else:
+        h["codebook"] = None
+    if fields.get("input_parameters_present_flag", 1):
+        ip = {f: fields.get(f) for f in _INPUT_FIELDS}
+        if ip.get("tensor_dimensions_flag") is None:
+            ip["tensor_dimensions_flag"] = int(fields.get("tensor_dimensions") is not None)
+        if ip.get("cabac_unary_length_flag") is None:
+            ip["cabac_unary_length_flag"] = int(fields.get("cabac_unary_length_minus1") is not None)
+        ip["compressed_parameter_types"] = ip.get("compressed_parameter_types") or 0
+        if ip.get("tensor_dimensions") is not None:
+            ip["count_tensor_dimensions"] = len(ip["tensor_dimensions"])
+        ndims = len(ip.get("tensor_dimensions") or [])
+        if ndims > 1:
+            ip["scan_order"] = ip.get("scan_order") or 0
+            ip["first_tensor_dimension_shift"] = ip.get("first_tensor_dimension_shift") or 0
+        ip["entry_points"] = ip.get("entry_points") or []
+        h["input_parameters"] = ip
+    else:
+        h["input_parameters"] = None
+    return h
+
+
+# -- parsing -------------------------------------------------------------------------------------
+
+
+def _parse_struct(structure, reader, ctx, clause, base, unit_offset):
+    """Parse one bit-level structure from a reader; convert every failure to our errors."""
+    start = reader.tell()
+    try:
+        return cs.Bitwise(structure).parse_stream(reader, **ctx)
+    except SyntaxViolation as exc:
+        raise DecodeError(str(exc), clause=exc.clause, offset=base + reader.tell()) from None
+    except cs.ValidationError:
+        raise DecodeError("value outside its allowed range", clause=clause, offset=base + start) from None
+    except (cs.StreamError, ValueError):
+        raise DecodeError("unit header runs past the end of its unit", clause="3.2",
+                          offset=unit_offset) from None
+    except (cs.ConstructError, OverflowError, TypeError, KeyError, IndexError, AttributeError) as exc:
+        raise DecodeError(f"malformed syntax: {type(exc).__name__}", clause=clause,
+                          offset=base + start) from None
+
+
+def read_unit_size(data: memoryview, offset: int) -> tuple[int, int]:
+    """(nnr_unit_size, bytes of the size field) at ``offset`` (spec 3.2)."""
+    if offset + 2 > len(data):
+        raise TruncatedError("stream ends inside an nnr_unit_size field", clause="3.2", offset=offset)
+    first = data[offset]
+    if first & 0x80:
+        if offset + 4 > len(data):
+            raise TruncatedError("stream ends inside a 4-byte nnr_unit_size field", clause="3.2", offset=offset)
+        return int.from_bytes(bytes(data[offset:offset + 4]), "big") & 0x7FFFFFFF, 4
+    return int.from_bytes(bytes(data[offset:offset + 2]), "big"), 2
+
+
+def iter_units(data, *, strict: bool = False) -> Iterator[Unit]:
+    """Walk the unit stream, parsing each unit's header (spec 3.1).
+
+    The profile comes from the start unit and the flags that NDU headers depend
+    on from the model parameter set, so units must come in stream order.
+    """
+    view = memoryview(data).cast("B") if not isinstance(data, memoryview) or data.format != "B" else data
+    ctx = dict(profile=0, parent_signalling=False, indexed=False)
+    offset = 0
+    index = 0
+    while offset < len(view):
+        size, size_len = read_unit_size(view, offset)
+        if size < size_len + 1:
+            raise DecodeError(f"nnr_unit_size {size} is smaller than its own header", clause="3.2",
+                              offset=offset)
+        if offset + size > len(view):
+            raise TruncatedError(f"unit of {size} bytes runs past the end of the stream "
+                                 f"({len(view) - offset} bytes left)", clause="3.2", offset=offset)
+        unit_view = view[offset:offset + size]
+        reader = _ViewReader(unit_view, size_len)
+        common = _parse_struct(UNIT_HEADER, reader, {}, "3.3", offset, offset)
+        utype = common.nnr_unit_type
+        if utype not in UNIT_TYPE_NAMES:
+            raise DecodeError(f"reserved nnr_unit_type {utype}", clause="3.4", offset=offset + size_len)
+        if index == 0 and utype != NNR_STR:
+            raise DecodeError("the first unit of a stream must be a start unit (NNR_STR)", clause="3.1",
+                              offset=offset)
+        if utype == NNR_AGG:
+            raise UnsupportedError("aggregate units (NNR_AGG) are not supported", clause="6.4", offset=offset)
+        if utype == NNR_NDU and common.partial_data_counter_present_flag:
+            raise DecodeError("partial_data_counter is not allowed in an NDU", clause="15.1", offset=offset)
+        header_struct, payload_struct = _TYPE_STRUCTS[utype]
+        header = Container(common)
+        clause = UNIT_CLAUSE[utype]
+        if header_struct is not None:
+            header.update(_parse_struct(header_struct, reader, ctx, clause, offset, offset))
+        if payload_struct is not None:
+            header.update(_parse_struct(payload_struct, reader, ctx, clause, offset, offset))
+        if utype == NNR_NDU:
+            header = Container(common, **_flatten_ndu(header))
+        for k in [k for k in header if k.startswith("_")]:
+            del header[k]
+        if utype == NNR_STR:
+            ctx["profile"] = header.general_profile_idc
+        elif utype == NNR_MPS:
+            ctx["parent_signalling"] = bool(header.get("mps_parent_signalling_enabled_flag"))
+            ctx["indexed"] = bool(header.get("mps_topology_indexed_reference_flag"))
+        payload_start = reader.tell()
+        if utype in (NNR_STR, NNR_MPS, NNR_LPS, NNR_TPL, NNR_QNT) and payload_start != size:
+            if strict or utype != NNR_TPL:
+                raise DecodeError(f"{size - payload_start} bytes left over at the end of the unit",
+                                  clause="3.2", offset=offset + payload_start)
+        yield Unit(type=utype, type_name=UNIT_TYPE_NAMES[utype], offset=offset, size=size, header=header,
+                   payload_offset=offset + payload_start, payload=unit_view[payload_start:])
+        offset += size
+        index += 1
+
+
+def parse_stream(data) -> list[Unit]:
+    """All units of a stream, parsed."""
+    return list(iter_units(data))
+
+
+# -- building --------------------------------------------------------------------------------
+
+
+def _size_prefix(body_len: int) -> bytes:
+    """nnr_unit_size for a unit whose bytes after the size field number body_len (spec 3.2)."""
+    if 2 + body_len <= 0x7FFF:
+        return (2 + body_len).to_bytes(2, "big")
+    total = 4 + body_len
+    if total > 0x7FFFFFFF:
+        raise EncodeError("unit larger than 2^31 - 1 bytes")
+    return (0x80000000 | total).to_bytes(4, "big")
+
+
+def _complete(structure, fields: dict) -> dict:
+    """Missing optional fields of a Struct are absent (None) when building."""
+    out = dict(fields)
+    for sc in structure.subcons:
+        if sc.name and sc.name not in out:
+            out[sc.name] = None
+    return out
+
+
+def _build_struct(structure, fields, ctx) -> bytes:
+    fields = _complete(structure, fields)
+    try:
+        return cs.Bitwise(structure).build(fields, **ctx)
+    except (cs.ConstructError, KeyError, TypeError, ValueError, OverflowError) as exc:
+        raise EncodeError(f"cannot build {structure.__class__.__name__}: {exc}") from None
+
+
+def build_unit(unit_type: int, header: dict | None = None, payload: bytes = b"", *, profile: int = 1,
+               parent_signalling: bool = False, indexed: bool = False, independently_decodable: int = 1) -> bytes:
+    """Build one unit: size, common header, type-specific header/payload structure, raw payload."""
+    header = dict(header or {})
+    ctx = dict(profile=profile, parent_signalling=parent_signalling, indexed=indexed)
+    common = {"nnr_unit_type": unit_type,
+              "independently_decodable_flag": header.pop("independently_decodable_flag", independently_decodable),
+              "partial_data_counter_present_flag": int(header.get("partial_data_counter") is not None),
+              "partial_data_counter": header.pop("partial_data_counter", None)}
+    body = _build_struct(UNIT_HEADER, common, {})
+    header_struct, payload_struct = _TYPE_STRUCTS[unit_type]
+    if unit_type == NNR_NDU:
+        if header.get("nnr_compressed_data_unit_payload_type") is None:
+            raise EncodeError("an NDU header needs nnr_compressed_data_unit_payload_type")
+        body += _build_struct(NDU_HEADER, _unflatten_ndu(header), ctx)
+    else:
+        if header_struct is not None:
+            body += _build_struct(header_struct, header, ctx)
+        if payload_struct is not None:
+            body += _build_struct(payload_struct, header, ctx)
+    body += bytes(payload)
+    return _size_prefix(len(body)) + body
+
+
+def build_str(profile: int = 1) -> bytes:
+    """The start unit (spec 4)."""
+    return build_unit(NNR_STR, {"general_profile_idc": profile}, profile=profile)
+
+
+def build_mps(*, qp_density: int = 2, qp: int = 0, profile: int = 1, parent_signalling: bool = False,
+              quantization_method_flags: int = NNR_QSU, **extra) -> bytes:
+    """A model parameter set as NNCodec writes it, with optional extras (spec 5.1)."""
+    fields = dict(
+        topology_carriage_flag=1, mps_sparsification_flag=0, mps_pruning_flag=0, mps_unification_flag=0,
+        mps_decomposition_performance_map_flag=0, mps_quantization_method_flags=quantization_method_flags,
+        mps_topology_indexed_reference_flag=0, nnr_reserved_zero_7bits=0,
+        base_model_id_present_flag=0, validation_set_performance_present_flag=0,
+        metric_type_performance_map_valid_flag=0, mps_parent_signalling_enabled_flag=int(parent_signalling),
+        nnr_pre_flag=0, reserved_2bits=0, base_model_id=None, performance_metric_type=None,
+        mps_qp_density=qp_density, mps_quantization_parameter=qp,
+        sparsification_performance_map=None, pruning_performance_map=None, unification_performance_map=None,
+        decomposition_performance_map=None, validation_set_performance=None,
+    )
+    fields.update(extra)
+    return build_unit(NNR_MPS, fields, profile=profile)
+
+
+def build_tpl(storage_format: int = 0, compression_format: int = 0, data: str = "") -> bytes:
+    """A topology unit (spec 6.2); NNCodec writes format 0 with an empty string."""
+    return build_unit(NNR_TPL, {"topology_storage_format": storage_format,
+                                "topology_compression_format": compression_format, "data": data})
+
+
+def build_ndu(header_fields: dict, payload: bytes, *, profile: int = 1, parent_signalling: bool = False) -> bytes:
+    """An NDU from flat header fields (spec element names) and its raw payload (spec 7)."""
+    return build_unit(NNR_NDU, header_fields, payload, profile=profile, parent_signalling=parent_signalling)
