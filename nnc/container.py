@@ -658,6 +658,9 @@ def iter_units(data, *, strict: bool = False) -> Iterator[Unit]:
     ctx = dict(profile=0, parent_signalling=False, indexed=False)
     offset = 0
     index = 0
+    seen_mps = False
+    if len(view) == 0:
+        raise TruncatedError("empty stream: a stream starts with a start unit (NNR_STR)", clause="3.1", offset=0)
     while offset < len(view):
         size, size_len = read_unit_size(view, offset)
         if size < size_len + 1:
@@ -674,6 +677,9 @@ def iter_units(data, *, strict: bool = False) -> Iterator[Unit]:
             raise DecodeError(f"reserved nnr_unit_type {utype}", clause="3.4", offset=offset + size_len)
         if index == 0 and utype != NNR_STR:
             raise DecodeError("the first unit of a stream must be a start unit (NNR_STR)", clause="3.1",
+                              offset=offset)
+        if utype == NNR_NDU and not seen_mps:
+            raise DecodeError("a compressed data unit comes before the model parameter set", clause="3.1",
                               offset=offset)
         if utype == NNR_AGG:
             raise UnsupportedError("aggregate units (NNR_AGG) are not supported", clause="6.4", offset=offset)
@@ -693,6 +699,7 @@ def iter_units(data, *, strict: bool = False) -> Iterator[Unit]:
         if utype == NNR_STR:
             ctx["profile"] = header.general_profile_idc
         elif utype == NNR_MPS:
+            seen_mps = True
             ctx["parent_signalling"] = bool(header.get("mps_parent_signalling_enabled_flag"))
             ctx["indexed"] = bool(header.get("mps_topology_indexed_reference_flag"))
         payload_start = reader.tell()
