@@ -103,7 +103,7 @@ def main():
                 reply({"ok": True, "seconds": times, "names": list(decoded)})
             else:
                 reply({"ok": False, "error": f"unknown op {op!r}"})
-        except Exception as exc:  # report, keep serving
+        except (Exception, SystemExit) as exc:  # NNCodec calls exit() on some inputs: report, keep serving
             reply({"ok": False, "error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-2000:]})
 
 
