@@ -27,7 +27,7 @@ import numpy as np
 from . import container as C
 from .engine import get_engine
 from .errors import EncodeError, NNCError
-from .reconstruction import reconstruct_uniform, step_size
+from .reconstruction import reconstruct_codebook, reconstruct_uniform, step_size
 
 INT32_MAX = 2**31 - 1
 
@@ -112,6 +112,8 @@ class Encoder:
     * ``profile`` (1 = 2nd edition, the default, as NNCodec 2.1.3 writes; 0 = 1st edition);
     * ``keep_dtype`` (default True) — signal float16/float64 inputs so that they decode as such;
     * ``row_skip`` (default False) — 2nd edition: skip all-zero rows;
+    * ``codebook`` (default False) — code float tensors as codebook indices (True), or
+      whichever is estimated smaller ("auto"); codebook tensors decode as float64;
     * ``engine`` — "cython" or "python".
     """
 
@@ -133,6 +135,7 @@ class Encoder:
         profile: int = 1,
         keep_dtype: bool = True,
         row_skip: bool = False,
+        codebook=False,
         engine: str | None = None,
     ):
         if qp is not None and step is not None:
@@ -160,6 +163,9 @@ class Encoder:
         self.edition = 2 if profile == 1 else 1
         self.keep_dtype = keep_dtype
         self.row_skip = row_skip and profile == 1
+        if codebook not in (False, True, "auto"):
+            raise EncodeError("codebook must be False, True or 'auto'")
+        self.codebook = codebook
         self.engine = get_engine(engine)
 
     # -- per-tensor decisions ----------------------------------------------------
@@ -290,12 +296,51 @@ class Encoder:
                         height=height, width=width, scan=0, recon=recon, fmt=fmt, raw=f32)
         qp = self.tensor_qp(name, arr.ndim)
         step = step_size(qp, self.qp_density)
+        if self.codebook and not in_block:
+            coded = self._codebook_tensor(name, x, step, height, width, scan, fmt, shape)
+            if self.codebook != "auto" or coded is not None:
+                if coded is not None:
+                    return coded
         levels = self._quantise(name, x, float(step), self.dq, height, width, scan)
         recon = reconstruct_uniform(levels, step).reshape(shape)
         if fmt is not None:
             recon = recon.astype(np.dtype(dtype_name))
         return dict(name=name, shape=shape, ptype="FLOAT", levels=levels, qp=qp, step=float(step), dq=self.dq,
                     height=height, width=width, scan=scan, recon=recon, fmt=fmt)
+
+    def _codebook_tensor(self, name, x, step, height, width, scan, fmt, shape) -> dict | None:
+        """Codebook mode (spec 7.2, 12.4): the distinct uniform levels form the codebook.
+
+        Returns None in "auto" mode when the plain uniform coding is estimated smaller.
+        """
+        levels = self._quantise(name, x, float(step), False, height, width, scan)
+        book = np.unique(levels)
+        if book.size > 1 << 16:
+            return None
+        pos = np.searchsorted(book, 0)
+        zero = int(pos) if pos < book.size and book[pos] == 0 else book.size >> 1
+        indices = (np.searchsorted(book, levels) - zero).astype(np.int32)
+        t = dict(name=name, shape=shape, ptype="FLOAT", levels=indices, qp=self.tensor_qp(name, len(shape)),
+                 step=float(step), dq=False, height=height, width=width, scan=scan, fmt=fmt,
+                 codebook=[int(v) for v in book], cb_zero=zero,
+                 recon=reconstruct_codebook(indices, book, zero, step).reshape(shape))
+        if fmt is not None:
+            t["recon"] = t["recon"].astype(self._fmt_dtype(fmt))
+        if self.codebook == "auto":
+            edition = self.edition
+            kw = dict(n_gtx=self.n_gtx, scan_order=scan, edition=edition)
+            cb_bits = self.engine.estimate_tensor_bits(indices, height, width, codebook_size=len(book),
+                                                       codebook_zero=zero, **kw) + 16 * len(book)
+            uni = self._quantise(name, x, float(step), self.dq, height, width, scan)
+            if self.engine.estimate_tensor_bits(uni, height, width, dq=self.dq, **kw) <= cb_bits:
+                return None
+        return t
+
+    @staticmethod
+    def _fmt_dtype(fmt):
+        from .reconstruction import DECOMPRESSED_DATA_FORMATS
+
+        return DECOMPRESSED_DATA_FORMATS[fmt]
 
     def _record(self, result: EncodeResult, t: dict) -> None:
         result.tensors[t["name"]] = EncodedTensor(
@@ -304,7 +349,9 @@ class Encoder:
         )
 
     def _tensor_kwargs(self, t: dict) -> dict:
-        return dict(n_gtx=self.n_gtx, dq=t["dq"], scan_order=t["scan"])
+        book = t.get("codebook")
+        return dict(n_gtx=self.n_gtx, dq=t["dq"], scan_order=t["scan"],
+                    codebook_size=len(book) if book else 0, codebook_zero=t.get("cb_zero", 0))
 
     def _header(self, t: dict, ptype: int, names: list[str] | None = None, cpt: int = 0) -> dict:
         fields = {
@@ -312,7 +359,7 @@ class Encoder:
             "nnr_multiple_topology_elements_present_flag": int(names is not None),
             "nnr_decompressed_data_format_present_flag": int(t["fmt"] is not None),
             "input_parameters_present_flag": 1,
-            "codebook_present_flag": 0,
+            "codebook_present_flag": int(bool(t.get("codebook"))),
             "dq_flag": int(t["dq"]),
             "tensor_dimensions_flag": 1,
             "cabac_unary_length_flag": 1,
@@ -324,6 +371,10 @@ class Encoder:
         }
         if t["fmt"] is not None:
             fields["nnr_decompressed_data_format"] = t["fmt"]
+        if t.get("codebook"):
+            book = t["codebook"]
+            fields.update(codebook=book, codebook_egk=C.best_codebook_egk(book),
+                          codebook_center_offset=t["cb_zero"] - (len(book) >> 1))
         if names is None:
             fields["topology_elem_id"] = t["name"]
         else:
