@@ -33,6 +33,10 @@ EPILOGS = {
   nnc info model.nnr
   nnc info model.nnr --json | jq '.tensors[].bits_per_weight'
 """,
+    "verify": """examples:
+  nnc verify conformance/
+  nnc verify conformance/ --decoder nncodec --group profile-1
+""",
     "demo": """examples:
   nnc demo
   nnc demo --json
@@ -194,6 +198,26 @@ def cmd_info(args) -> int:
     return EXIT_OK
 
 
+# -- verify ----------------------------------------------------------------------------
+
+
+def cmd_verify(args) -> int:
+    from .verify import format_table, verify_suite
+
+    suite = Path(args.suite)
+    if not (suite / "manifest.json").exists():
+        return _fail(f"{suite}: no manifest.json (not a conformance suite)")
+    try:
+        results = verify_suite(suite, args.decoder, groups=args.group or None, names=args.stream or None)
+    except RuntimeError as exc:
+        return _fail(str(exc))
+    if args.json:
+        print(json.dumps([r.__dict__ for r in results], indent=2))
+    else:
+        print(format_table(results))
+    return EXIT_OK if all(r.passed for r in results) else EXIT_FAIL
+
+
 # -- demo ----------------------------------------------------------------------------
 
 
@@ -261,6 +285,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("info", "Describe the units and tensors of an NNC stream.")
     p.add_argument("stream", help="NNC stream")
     p.set_defaults(func=cmd_info)
+
+    p = add("verify", "Decode every stream of a conformance suite and print a pass/fail table.")
+    p.add_argument("suite", help="suite directory (with manifest.json), e.g. conformance/")
+    p.add_argument("--decoder", default="nnc", choices=("nnc", "nnc-python", "nncodec"),
+                   help="decoder under test (nncodec: NNCodec 2.1.3 through tools/oracle)")
+    p.add_argument("--group", action="append", help="only this group (profile-0, profile-1, must-fail)")
+    p.add_argument("--stream", action="append", help="only this stream (repeatable)")
+    p.set_defaults(func=cmd_verify)
 
     p = add("demo", "Encode, decode and evaluate the bundled digits models.")
     p.set_defaults(func=cmd_demo)

@@ -112,6 +112,7 @@ class Encoder:
     * ``profile`` (1 = 2nd edition, the default, as NNCodec 2.1.3 writes; 0 = 1st edition);
     * ``keep_dtype`` (default True) — signal float16/float64 inputs so that they decode as such;
     * ``row_skip`` (default False) — 2nd edition: skip all-zero rows;
+    * ``output_formats`` — {name: nnr_decompressed_data_format} to signal an output dtype (spec 12.6);
     * ``codebook`` (default False) — code float tensors as codebook indices (True), or
       whichever is estimated smaller ("auto"); codebook tensors decode as float64;
     * ``engine`` — "cython" or "python".
@@ -136,6 +137,7 @@ class Encoder:
         keep_dtype: bool = True,
         row_skip: bool = False,
         codebook=False,
+        output_formats: Mapping[str, int] | None = None,
         engine: str | None = None,
     ):
         if qp is not None and step is not None:
@@ -166,6 +168,7 @@ class Encoder:
         if codebook not in (False, True, "auto"):
             raise EncodeError("codebook must be False, True or 'auto'")
         self.codebook = codebook
+        self.output_formats = dict(output_formats or {})
         self.engine = get_engine(engine)
 
     # -- per-tensor decisions ----------------------------------------------------
@@ -271,7 +274,25 @@ class Encoder:
         return centre
 
     def _prepare(self, name: str, arr: np.ndarray, *, in_block: bool = False) -> dict:
-        """Quantise one tensor; return what its NDU needs."""
+        """Quantise one tensor; return what its NDU needs (with any forced output format)."""
+        t = self._prepare_values(name, arr, in_block=in_block)
+        fmt = self.output_formats.get(name)
+        if fmt is not None:
+            from .reconstruction import convert_to_format
+
+            if self.profile == 0 and fmt > 1:
+                raise EncodeError(f"output format {fmt} needs profile 1 (2nd edition)")
+            base = t["levels"].reshape(t["shape"]) if t["ptype"] == "INT" else t["recon"]
+            if t["ptype"] == "FLOAT" and t.get("codebook") is None:
+                base = reconstruct_uniform(t["levels"], np.float32(t["step"])).reshape(t["shape"])
+            try:
+                t["recon"] = convert_to_format(base, fmt)
+            except NNCError as exc:
+                raise EncodeError(f"tensor {name!r}: {exc.message}") from None
+            t["fmt"] = fmt
+        return t
+
+    def _prepare_values(self, name: str, arr: np.ndarray, *, in_block: bool = False) -> dict:
         shape = tuple(int(d) for d in arr.shape) or (1,)
         size = int(np.prod(shape, dtype=np.int64))
         height = shape[0]

@@ -1,0 +1,499 @@
+"""Generator of the nnc conformance suite (deterministic: seeded inputs, fixed parameters).
+
+    python conformance/generate.py              # (re)write conformance/streams, must-fail, manifest.json
+    python conformance/generate.py --check      # regenerate in memory and compare with the files
+    python conformance/generate.py --crosscheck # also decode profile-1 streams with NNCodec 2.1.3
+
+Each stream is produced by a function below from seeded numpy data, either with the
+nnc encoder or, for syntax the encoder never writes (LPS, performance maps, every
+init set, incremental updates), by building units directly with the container and
+the engine.  The expected output is what the normative decoder returns; profile-1
+streams are cross-checked against NNCodec 2.1.3 where it can decode them.
+
+A stream that must change gets a new name: never rewrite a published stream's bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+import nnc  # noqa: E402
+from nnc import container as C  # noqa: E402
+from nnc.encoder import Encoder  # noqa: E402
+from nnc.engine import get_engine  # noqa: E402
+from nnc.verify import describe_output  # noqa: E402
+
+SUITE_VERSION = 1
+STREAMS: "OrderedDict[str, dict]" = OrderedDict()
+
+
+def stream(name, profile, purpose, features, group=None, **extra):
+    """Register a stream builder."""
+
+    def wrap(fn):
+        STREAMS[name] = dict(name=name, profile=profile, purpose=purpose, features=features, build=fn,
+                             group=group or f"profile-{profile}", **extra)
+        return fn
+
+    return wrap
+
+
+def rng(seed):
+    return np.random.default_rng(1000 + seed)
+
+
+def laplace(r, shape, scale=0.02):
+    return r.laplace(0, scale, shape).astype(np.float32)
+
+
+def model(seed, shapes):
+    r = rng(seed)
+    return OrderedDict((name, laplace(r, shape, 0.05 if len(shape) <= 1 else 0.02)) for name, shape in shapes)
+
+
+BASIC = [("conv.weight", (12, 6, 3, 3)), ("conv.bias", (12,)), ("fc.weight", (37, 50)), ("fc.bias", (37,))]
+
+
+def enc(tensors, **options):
+    return Encoder(**options).encode(tensors).stream
+
+
+# -- low-level crafting -----------------------------------------------------------------------------
+
+
+def craft_ndu(name, levels, dims, *, profile=1, qp=-30, qp_density=2, dq=False, scan=0, n_gtx=11,
+              init_sets=None, param_opt=True, codebook=None, cb_center=0, fmt=None, ptype=C.NNR_PT_FLOAT,
+              parent=None, tca_base=None, hdsp=False, hdsp_history=None, row_skip=False, mps_qp=0):
+    """One NDU built directly with the engine and the container."""
+    eng = get_engine()
+    edition = 2 if profile == 1 else 1
+    height = dims[0] if dims else 1
+    width = int(np.prod(dims)) // height
+    e = eng.PayloadEncoder(edition)
+    cb_zero = (len(codebook) >> 1) + cb_center if codebook else 0
+    kw = dict(n_gtx=n_gtx, dq=dq, scan_order=scan if len(dims) > 1 else 0,
+              codebook_size=len(codebook) if codebook else 0, codebook_zero=cb_zero)
+    if ptype != C.NNR_PT_INT:
+        e.write_qp_offset(qp - mps_qp, 6 + qp_density)
+    e.encode_tensor(np.asarray(levels, np.int32).reshape(-1), height, width, param_opt=param_opt,
+                    init_sets=init_sets, parent_present=parent is not None, tca_base=tca_base,
+                    hdsp=hdsp, hdsp_history=hdsp_history, row_skip=row_skip, **kw)
+    payload = e.finish()
+    spec = dict(height=height, width=width, qp_bits=0 if ptype == C.NNR_PT_INT else 6 + qp_density,
+                parent_present=parent is not None, tca_base=tca_base, hdsp_history=hdsp_history, **kw)
+    eps = eng.compute_entry_points(payload, edition, [spec])[0] if kw["scan_order"] else []
+    header = dict(
+        nnr_compressed_data_unit_payload_type=ptype, nnr_multiple_topology_elements_present_flag=0,
+        nnr_decompressed_data_format_present_flag=int(fmt is not None), input_parameters_present_flag=1,
+        topology_elem_id=name, codebook_present_flag=int(codebook is not None), dq_flag=int(dq),
+        nnr_decompressed_data_format=fmt, tensor_dimensions_flag=1, cabac_unary_length_flag=1,
+        compressed_parameter_types=0, tensor_dimensions=list(dims), cabac_unary_length_minus1=n_gtx - 1,
+        scan_order=kw["scan_order"], entry_points=[dict(value=v, dq_state=s, offset=o) for v, s, o in eps],
+    )
+    if codebook is not None:
+        header.update(codebook=list(codebook), codebook_egk=C.best_codebook_egk(codebook),
+                      codebook_center_offset=cb_center)
+    if profile == 1:
+        header.update(node_id_present_flag=1, device_id=0, parameter_id=0, put_node_depth=0,
+                      first_tensor_dimension_shift=0)
+    if parent is not None:
+        header.update(parent_node_id_present_flag=1, temporal_context_modeling_flag=int(tca_base is not None),
+                      **parent)
+    return C.build_ndu(header, payload, profile=profile, parent_signalling=parent is not None or
+                       bool(header.get("parent_node_id_present_flag")))
+
+
+def head(profile=1, qp_density=2, qp=0, parent_signalling=False, **mps_extra):
+    return (C.build_str(profile) + C.build_mps(qp_density=qp_density, qp=qp, profile=profile,
+                                               parent_signalling=parent_signalling, **mps_extra) + C.build_tpl())
+
+
+# -- profile 1 and 0 streams from the encoder --------------------------------------------------------
+
+for _p in (1, 0):
+    stream(f"p{_p}_urq_so0", _p, "uniform reconstruction, row-major scan, rank 1-4 tensors",
+           ["payload FLOAT", "dq_flag 0", "scan_order 0", "1-D", "4-D", "param_opt"])(
+        lambda p=_p: enc(model(1, BASIC), qp=-30, dq=False, profile=p))
+    stream(f"p{_p}_dq_so0", _p, "dependent quantisation, every DQ state reached",
+           ["dq_flag 1", "DQ states 0-7", "scan_order 0"])(
+        lambda p=_p: enc(model(2, BASIC), qp=-28, dq=True, profile=p))
+    for _s in (1, 2, 3, 4):
+        stream(f"p{_p}_dq_so{_s}_multi_row", _p,
+               f"block scan {4 << _s}x{4 << _s} with partial blocks, several block rows and entry points",
+               [f"scan_order {_s}", "partial blocks", "entry points", "dq_flag 1"])(
+            lambda p=_p, s=_s: enc(model(10 + s, [("a.weight", (9 * (4 << s) // 4 + 3, 70)),
+                                                  ("b.weight", ((4 << s) + 5, 3, 3))]),
+                                   qp=-30, dq=True, scan_order=s, profile=p))
+    stream(f"p{_p}_urq_so2_single_block_row", _p, "block scan with a single block row (range forcing rule, spec 11.3)",
+           ["scan_order 2", "single block row", "no entry points"])(
+        lambda p=_p: enc(model(3, [("w.weight", (11, 80)), ("v.weight", (16, 16))]), qp=-30, dq=False,
+                         scan_order=2, profile=p))
+    stream(f"p{_p}_n1_large_remainders", _p, "N = 1 greater-than flag, large remainders",
+           ["cabac_unary_length_minus1 0", "Exp-Golomb remainder", "large magnitudes"])(
+        lambda p=_p: enc(model(4, [("w.weight", (20, 30))]), qp=-60, dq=True, n_gtx=1, profile=p))
+    stream(f"p{_p}_n256", _p, "N = 256 greater-than flags", ["cabac_unary_length_minus1 255"])(
+        lambda p=_p: enc(model(5, [("w.weight", (20, 30))]), qp=-50, dq=False, n_gtx=256, profile=p))
+    stream(f"p{_p}_int32_extremes", _p, "integer tensors at the int32 extremes (NNR_PT_INT)",
+           ["payload INT", "int32 extremes", "remainder prefix 30-31 bins"])(
+        lambda p=_p: enc(OrderedDict([
+            ("ext", np.array([[2**31 - 1, -(2**31) + 1, 0], [-(2**31), 1, -1]], np.int32)),
+            ("counts", rng(6).integers(-5000, 5000, (7, 9)).astype(np.int32)),
+            ("steps", np.array([123456], np.int64))]), profile=p))
+    stream(f"p{_p}_raw_float", _p, "uncompressed float32 tensor (NNR_PT_RAW_FLOAT) beside coded ones",
+           ["payload RAW_FLOAT"])(
+        lambda p=_p: enc(model(7, [("raw.weight", (5, 6)), ("q.weight", (5, 6))]), qp=-30, raw=["raw.*"],
+                         profile=p))
+    stream(f"p{_p}_block_bias", _p, "block NDU: weight and bias in one payload",
+           ["payload BLOCK", "compressed_parameter_types BI", "coding order"])(
+        lambda p=_p: enc(model(8, [("fc.weight", (24, 40)), ("fc.bias", (24,))]), qp=-30, dq=True, blocks=True,
+                         profile=p))
+    stream(f"p{_p}_block_ls_bn_bias_so1", _p, "block NDU with local scaling, batch-norm and bias, block scan",
+           ["payload BLOCK", "LS", "BN", "BI", "scan_order 1", "entry points"])(
+        lambda p=_p: enc(model(9, [("c.weight", (20, 4, 3, 3)), ("c.scale", (20,)), ("bn.beta", (20,)),
+                                   ("bn.gamma", (20,)), ("bn.mean", (20,)), ("bn.var", (20,)), ("c.bias", (20,))]),
+                         qp=-28, dq=True, scan_order=1, profile=p,
+                         blocks={"c.weight": {"scaling": "c.scale", "bias": "c.bias",
+                                              "bn": ["bn.beta", "bn.gamma", "bn.mean", "bn.var"]}}))
+    stream(f"p{_p}_codebook", _p, "codebook tensors of several sizes",
+           ["codebook_present_flag 1", "codebook egk", "float64 output"])(
+        lambda p=_p: enc(model(20, [("a.weight", (16, 20)), ("b.weight", (30,)), ("c.weight", (6, 6))]),
+                         qp=-26, codebook=True, dq=False, profile=p))
+    stream(f"p{_p}_long_unit", _p, "an NDU larger than 32767 bytes (31-bit nnr_unit_size)",
+           ["nnr_unit_size 31-bit form"])(
+        lambda p=_p: enc(model(21, [("big.weight", (128, 400))]), qp=-44, dq=False, profile=p))
+    stream(f"p{_p}_param_opt_off", _p, "context initialisation not optimised (all init flags 0)",
+           ["init flags all 0"])(
+        lambda p=_p: enc(model(22, BASIC), qp=-30, param_opt=False, profile=p))
+    stream(f"p{_p}_qpd3", _p, "qp_density 3: 9-bit qp offsets", ["mps_qp_density 3"])(
+        lambda p=_p: enc(model(23, BASIC), qp=-60, qp_density=3, nonweight_qp=-90, profile=p))
+    stream(f"p{_p}_scalars_and_tiny", _p, "0-d, one-element, 1xN and Nx1 tensors",
+           ["0-d coded as [1]", "one element", "effective scan order 0"])(
+        lambda p=_p: enc(OrderedDict([("s", np.float32(0.75)), ("one", np.array([-0.5], np.float32)),
+                                      ("row.weight", laplace(rng(24), (1, 30))),
+                                      ("col.weight", laplace(rng(25), (30, 1)))]), qp=-20, scan_order=2, profile=p))
+
+stream("p1_qpd0", 1, "qp_density 0: 6-bit qp offsets, coarse steps", ["mps_qp_density 0"])(
+    lambda: enc(model(26, BASIC), qp=-8, qp_density=0, nonweight_qp=-12))
+stream("p1_positive_qp", 1, "positive qp (step > 1) on large weights", ["qp > 0"])(
+    lambda: enc(OrderedDict(w=(laplace(rng(27), (10, 10)) * 1e4)), qp=12, dq=True, nonweight_qp=None))
+stream("p1_row_skip", 1, "row skipping with all-zero rows, row-major and block scans",
+       ["row_skip_flag 1", "row-skip context", "scan_order 0 and 2"])(
+    lambda: enc(OrderedDict([("a.weight", (np.arange(40)[:, None] % 3 != 0).astype(np.float32)
+                              * laplace(rng(28), (40, 33))),
+                             ("b.weight", (np.arange(36)[:, None] % 4 != 1).astype(np.float32)
+                              * laplace(rng(29), (36, 20)))]),
+                qp=-30, dq=False, row_skip=True, scan_order=2))
+stream("p1_codebook_bounds", 1, "codebook-bounded binarisation: sign inferred (zero offset 0 and S-1), "
+       "one-entry codebook", ["codebook size 1", "CbZeroOffset 0", "CbZeroOffset S-1", "inferred sign"])(
+    lambda: enc(OrderedDict([("pos.weight", np.abs(laplace(rng(30), (12, 10)))),
+                             ("neg.weight", -np.abs(laplace(rng(31), (12, 10)))),
+                             ("const.weight", np.full((6, 7), 0.02, np.float32)),
+                             ("wide.weight", laplace(rng(32), (20, 20), 0.2))]), qp=-30, codebook=True, dq=False))
+for _code, _what in [(0, "int32"), (1, "float32"), (2, "int2"), (3, "int3"), (4, "int4"), (5, "int8"),
+                     (6, "int16"), (7, "int64"), (8, "float16"), (9, "float64")]:
+    stream(f"p1_format_{_code}_{_what}", 1, f"nnr_decompressed_data_format {_code} ({_what})",
+           [f"nnr_decompressed_data_format {_code}"])(
+        lambda code=_code: enc(OrderedDict([("i", np.array([[1, -2, 0], [1, -1, 0]], np.int32)),
+                                            ("f.weight", laplace(rng(40), (3, 4), 0.5))]),
+                               qp=-2, dq=False, output_formats={"i": code, "f.weight": code}))
+
+
+# -- crafted streams ------------------------------------------------------------------------------------
+
+
+@stream("p1_all_init_sets", 1, "every context-initialisation set 0-8 signalled", ["init sets 0-8", "dq_flag 1"])
+def _all_init_sets():
+    eng = get_engine()
+    levels = (np.round(laplace(rng(50), (24, 30), 3.0))).astype(np.int32)
+    levels = np.where(np.arange(levels.size).reshape(levels.shape) % 2 == 0, levels * 0, levels)
+    from nnc._quant import dq_trellis
+
+    n = dq_trellis(levels.reshape(-1).astype(np.float64)).astype(np.int32)
+    sets = np.zeros(eng.context_count(2, 11), np.uint8)
+    signalled = list(range(0, 24)) + [48, 49, 50] + list(range(53, 75)) + list(range(97, 128))
+    for i, ctx in enumerate(signalled):
+        sets[ctx] = i % 9
+    return head() + craft_ndu("w.weight", n, [24, 30], dq=True, init_sets=sets)
+
+
+@stream("p0_all_init_sets", 0, "every context-initialisation set 0-8 signalled (1st edition list)",
+        ["init sets 0-8", "32 remainder contexts"])
+def _all_init_sets_p0():
+    eng = get_engine()
+    levels = (np.round(laplace(rng(51), (20, 25), 40.0))).astype(np.int32)
+    sets = np.zeros(eng.context_count(1, 11), np.uint8)
+    signalled = [0, 1, 2] + list(range(24, 27 + 22 + 32))
+    for i, ctx in enumerate(signalled):
+        sets[ctx] = (i * 5) % 9
+    return head(profile=0) + craft_ndu("w.weight", levels, [20, 25], profile=0, init_sets=sets)
+
+
+@stream("p1_lps_qp_override", 1, "a layer parameter set whose qp and qp_density replace the MPS ones",
+        ["NNR_LPS", "lps_qp_density", "lps_quantization_parameter"])
+def _lps():
+    lvl = np.round(laplace(rng(52), (8, 9), 20)).astype(np.int32)
+    lps = C.build_unit(C.NNR_LPS, dict(lps_self_contained_flag=1, lps_reserved_7bits=0, lps_reserved_bit=0,
+                                       lps_sparsification_flag=0, lps_pruning_flag=0, lps_unification_flag=0,
+                                       lps_quantization_method_flags=1, lps_reserved_bit2=0, lps_qp_density=3,
+                                       lps_quantization_parameter=-100))
+    return (head() + craft_ndu("before.weight", lvl, [8, 9], qp=-30) + lps
+            + craft_ndu("after.weight", lvl, [8, 9], qp=-120, qp_density=3, mps_qp=-100))
+
+
+@stream("p1_mps_extras", 1, "MPS with performance maps, base model id, metric type and validation performance",
+        ["sparsification map", "pruning map", "unification map", "decomposition map", "st strings", "flt"])
+def _mps_extras():
+    spm = dict(spm_count_thresholds=2, entries=[dict(sparsification_threshold=0.5, non_zero_ratio=0.25,
+                                                     spm_nn_accuracy=0.9, spm_count_classes=2, spm_class_bitmask=3,
+                                                     spm_nn_class_accuracy=[0.8, 0.7])])
+    ppm = dict(ppm_count_pruning_ratios=2, entries=[dict(pruning_ratio=0.1, ppm_nn_accuracy=0.95, ppm_count_classes=1,
+                                                         ppm_class_bitmask=1, ppm_nn_class_accuracy=[0.5])])
+    upm = dict(upm_count_thresholds=2, entries=[dict(
+        count_reshaped_tensor_dimension=3, reshaped_tensor_dimensions=[4, 5], _align=None,
+        count_super_block_dimension=2, super_block_dimensions=[2], count_block_dimension=2, block_dimensions=[3],
+        unification_threshold=0.01, upm_nn_accuracy=0.93, upm_count_classes=2, upm_class_bitmask=2,
+        upm_nn_class_accuracy=[0.25, 0.75])])
+    dpm = dict(dpm_count_thresholds=2, entries=[dict(mse_threshold=1e-3, dpm_nn_accuracy=0.9,
+                                                     nn_reduction_ratio=0.5, dpm_count_classes=1,
+                                                     dpm_nn_class_accuracy=[0.9])])
+    mps = C.build_mps(profile=1, mps_sparsification_flag=1, mps_pruning_flag=1, mps_unification_flag=1,
+                      mps_decomposition_performance_map_flag=1, base_model_id_present_flag=1,
+                      validation_set_performance_present_flag=1, base_model_id="base-model-0",
+                      performance_metric_type="top-1", sparsification_performance_map=spm,
+                      pruning_performance_map=ppm, unification_performance_map=upm,
+                      decomposition_performance_map=dpm, validation_set_performance=0.875)
+    lvl = np.round(laplace(rng(53), (5, 5), 5)).astype(np.int32)
+    return C.build_str(1) + mps + C.build_tpl(2, 0, "graph.onnx") + craft_ndu("w.weight", lvl, [5, 5])
+
+
+def _incremental():
+    """Base model plus two updates with parent ids, TCA and HDSP (spec 14)."""
+    r = rng(60)
+    names = [("a.weight", (20, 24)), ("b.weight", (12,))]
+    streams, state_levels, history = [], {}, {}
+    for step in range(3):
+        parent = None if step == 0 else dict(parent_node_id_type=0, parent_device_id=0)
+        units = head(parent_signalling=step > 0)
+        for name, shape in names:
+            lv = np.round(r.laplace(0, 1.5, shape)).astype(np.int32) * (r.random(shape) < 0.5)
+            if len(shape) > 1:
+                lv[::3] = 0
+            base = state_levels.get(name) if step else None
+            hist = history.get(name) if step else None
+            units += craft_ndu(name, lv, list(shape), parent=parent, tca_base=base,
+                               hdsp=step == 2, hdsp_history=hist, row_skip=step > 0)
+            state_levels[name] = lv.reshape(-1).astype(np.int32)
+            h = (lv.reshape(-1) != 0).astype(np.int8)
+            history[name] = h if name not in history else (history[name] | h)
+        streams.append(units)
+    return streams
+
+
+for _i, _label in enumerate(["base", "update_tca_rowskip", "update_tca_hdsp"]):
+    stream(f"p1_incremental_{_i}_{_label}", 1,
+           f"incremental sequence, stream {_i}: " + ("base model" if _i == 0 else "update with parent ids and TCA"
+                                                     + (" and HDSP" if _i == 2 else "")),
+           ["mps_parent_signalling_enabled_flag", "parent_node_id", "temporal_context_modeling_flag",
+            "hist_dep_sig_prob_enabled_flag" if _i == 2 else "row_skip_flag"][: 1 if _i == 0 else 5],
+           sequence=dict(id="p1_incremental", position=_i))(lambda i=_i: _incremental()[i])
+
+
+# -- must-fail streams ------------------------------------------------------------------------------------
+
+
+def _valid():
+    return enc(model(70, [("w.weight", (6, 7)), ("b.bias", (6,))]), qp=-20, dq=True)
+
+
+def _units(s):
+    return list(C.iter_units(s))
+
+
+def _mutate_unit_byte(s, unit_index, byte_index, fn):
+    u = _units(s)[unit_index]
+    b = bytearray(s)
+    b[u.offset + byte_index] = fn(b[u.offset + byte_index])
+    return bytes(b)
+
+
+def must_fail(name, error, clause, purpose):
+    return stream(name, 1, purpose, [f"rejected: {error}"], group="must-fail", expected_error=error, clause=clause)
+
+
+must_fail("mf_empty", "TruncatedError", "3.1", "an empty stream")(lambda: b"")
+must_fail("mf_truncated_unit", "TruncatedError", "3.2", "the last unit is cut short")(lambda: _valid()[:-3])
+must_fail("mf_first_unit_not_str", "DecodeError", "3.1", "the stream starts with the MPS")(
+    lambda: _valid()[4:])
+must_fail("mf_reserved_unit_type", "DecodeError", "3.4", "a unit of reserved type 12")(
+    lambda: _mutate_unit_byte(_valid(), 2, 2, lambda x: (12 << 2) | (x & 3)))
+must_fail("mf_unit_size_too_small", "DecodeError", "3.2", "nnr_unit_size smaller than the unit header")(
+    lambda: _mutate_unit_byte(_valid(), 1, 1, lambda x: 2))
+must_fail("mf_ndu_before_mps", "DecodeError", "3.1", "an NDU precedes the model parameter set")(
+    lambda: C.build_str(1) + _valid()[_units(_valid())[3].offset:])
+must_fail("mf_reserved_payload_type", "DecodeError", "7.4", "nnr_compressed_data_unit_payload_type 6 (reserved)")(
+    lambda: _mutate_unit_byte(_valid(), 3, 3, lambda x: (6 << 3) | (x & 7)))
+must_fail("mf_partial_data_counter_in_ndu", "DecodeError", "15.1", "an NDU with partial_data_counter_present_flag")(
+    lambda: C.build_str(1) + C.build_mps() + C.build_unit(
+        C.NNR_NDU, dict(_units(_valid())[3].header, partial_data_counter=1), bytes(_units(_valid())[3].payload)))
+must_fail("mf_payload_trailing_bytes", "DecodeError", "8.5", "bytes after the end of the CABAC payload")(
+    lambda: _valid()[:_units(_valid())[3].offset] + C.build_ndu(dict(_units(_valid())[3].header),
+                                                                 bytes(_units(_valid())[3].payload) + b"\x00"))
+must_fail("mf_payload_corrupt_tail", "DecodeError", "9.6", "the last payload bytes are zeroed (no terminate bin)")(
+    lambda: _valid()[:-2] + b"\x00\x00")
+must_fail("mf_profile_7", "UnsupportedError", "4", "general_profile_idc 7")(
+    lambda: _mutate_unit_byte(_valid(), 0, 3, lambda x: 7))
+must_fail("mf_qnt_unit", "UnsupportedError", "6.3", "a quantisation unit (NNR_QNT)")(
+    lambda: head() + C.build_unit(C.NNR_QNT, dict(quantization_storage_format=0,
+                                                  quantization_compression_format=0, data="")))
+must_fail("mf_agg_unit", "UnsupportedError", "6.4", "an aggregate unit (NNR_AGG)")(
+    lambda: head() + bytes([0x00, 0x04, C.NNR_AGG << 2 | 2, 0x00]))
+must_fail("mf_huge_dims", "LimitError", "15.2", "tensor dimensions far beyond what the payload can code")(
+    lambda: _valid()[:_units(_valid())[3].offset] + C.build_ndu(
+        dict(_units(_valid())[3].header, tensor_dimensions=[1 << 20, 1 << 20]), bytes(_units(_valid())[3].payload)))
+must_fail("mf_codebook_with_dq", "DecodeError", "15.1", "a codebook NDU with dq_flag 1")(
+    lambda: head() + C.build_ndu(dict(_units(enc(model(71, [("w.weight", (4, 4))]), qp=-20, codebook=True,
+                                                dq=False))[3].header, dq_flag=1),
+                                 bytes(_units(enc(model(71, [("w.weight", (4, 4))]), qp=-20, codebook=True,
+                                                  dq=False))[3].payload)))
+must_fail("mf_block_name_count", "DecodeError", "7.6", "a block NDU listing more names than its parameter types")(
+    lambda: (lambda s: s[:_units(s)[3].offset] + C.build_ndu(
+        dict(_units(s)[3].header, count_topology_elements_minus2=1,
+             topology_elem_ids=list(_units(s)[3].header.topology_elem_ids) + ["extra"]),
+        bytes(_units(s)[3].payload)))(enc(model(72, [("f.weight", (5, 6)), ("f.bias", (5,))]), qp=-20, blocks=True)))
+must_fail("mf_tca_without_parent", "DecodeError", "14", "an update using TCA decoded without its parent")(
+    lambda: _incremental()[1])
+must_fail("mf_raw_float_size", "DecodeError", "7.5", "a RAW_FLOAT payload one byte short")(
+    lambda: (lambda s: s[:_units(s)[3].offset] + C.build_ndu(dict(_units(s)[3].header), bytes(_units(s)[3].payload)[:-1]))(
+        enc(OrderedDict(r=np.ones((3, 3), np.float32)), raw=["r"])))
+must_fail("mf_reserved_data_format", "DecodeError", "7.4", "nnr_decompressed_data_format 42 (reserved)")(
+    lambda: (lambda s: s[:_units(s)[3].offset] + C.build_ndu(
+        dict(_units(s)[3].header, nnr_decompressed_data_format_present_flag=1, nnr_decompressed_data_format=42),
+        bytes(_units(s)[3].payload)))(_valid()))
+must_fail("mf_duplicate_name", "DecodeError", "15.1", "two NDUs carry the same tensor name")(
+    lambda: (lambda s: s + s[_units(s)[3].offset:_units(s)[3].end])(_valid()))
+must_fail("mf_garbage_payload", "DecodeError", "9.6", "an INT payload replaced by 40 bytes of 0xFF")(
+    lambda: (lambda s: s[:_units(s)[3].offset] + C.build_ndu(dict(_units(s)[3].header), b"\xff" * 40))(
+        enc(OrderedDict(i=np.array([5], np.int32)))))
+
+
+# -- writing ----------------------------------------------------------------------------------------------
+
+
+def build_all():
+    """Every stream's bytes and its manifest entry, in registration order."""
+    entries, blobs = [], {}
+    for name, info in STREAMS.items():
+        data = info["build"]()
+        group = info["group"]
+        folder = "must-fail" if group == "must-fail" else "streams"
+        entry = dict(name=name, group=group, profile=info["profile"], file=f"{folder}/{name}/stream.nnr",
+                     sheet=f"{folder}/{name}/sheet.json", bytes=len(data), purpose=info["purpose"],
+                     features=info["features"])
+        if "sequence" in info:
+            entry["sequence"] = info["sequence"]
+        if group == "must-fail":
+            entry.update(expected_error=info["expected_error"], clause=info["clause"])
+        blobs[name] = data
+        entries.append(entry)
+    states = {}
+    for entry in entries:
+        if entry["group"] == "must-fail":
+            continue
+        seq = entry.get("sequence", {}).get("id")
+        state = states.setdefault(seq, nnc.DecoderState()) if seq else None
+        entry["expected"] = describe_output(nnc.decode(blobs[entry["name"]], state=state))
+    return entries, blobs
+
+
+def sheet_for(entry):
+    sheet = {k: v for k, v in entry.items() if k not in ("sheet",)}
+    sheet["made_by"] = ("conformance/generate.py (nnc encoder)" if "craft" not in entry["purpose"]
+                        else "conformance/generate.py")
+    sheet["suite_version"] = SUITE_VERSION
+    return sheet
+
+
+def write_suite(out_dir: Path, entries, blobs, crosscheck=None):
+    for entry in entries:
+        path = out_dir / entry["file"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(blobs[entry["name"]])
+        sheet = sheet_for(entry)
+        if crosscheck is not None:
+            sheet["cross_checked_with_nncodec_2_1_3"] = crosscheck.get(entry["name"], "no: not attempted")
+        (out_dir / entry["sheet"]).write_text(json.dumps(sheet, indent=2) + "\n")
+    manifest = dict(suite="nnc conformance suite", version=SUITE_VERSION,
+                    hashing="tensor sha256 over C-order little-endian bytes; output_sha256 see nnc.verify",
+                    streams=entries)
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def run_crosscheck(entries, blobs):
+    """Decode profile-1 streams with NNCodec 2.1.3 and compare with the expected hashes."""
+    from nnc.verify import NNCodecAdapter, _check_expected
+
+    adapter = NNCodecAdapter()
+    result = {}
+    for e in entries:
+        if e["profile"] != 1:
+            result[e["name"]] = "no: NNCodec 2.1.3 decodes only profile-1 streams"
+            continue
+        if e.get("sequence") and e["sequence"]["position"] > 0:
+            result[e["name"]] = "no: the oracle adapter keeps no state across incremental streams"
+            continue
+        try:
+            out = adapter(blobs[e["name"]])
+        except Exception as exc:  # noqa: BLE001
+            result[e["name"]] = ("yes: NNCodec rejects it too" if e["group"] == "must-fail"
+                                 else f"no: NNCodec fails ({str(exc)[:100]})")
+            continue
+        if e["group"] == "must-fail":
+            result[e["name"]] = "no: NNCodec decodes it (it does not check this condition)"
+            continue
+        ok, detail = _check_expected(e, out)
+        if not ok and "nnr_decompressed_data_format" in " ".join(e["features"]):
+            detail = "NNCodec does not convert to nnr_decompressed_data_format: " + detail
+        result[e["name"]] = "yes" if ok else f"no: NNCodec output differs ({detail})"
+    return result
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=HERE)
+    ap.add_argument("--check", action="store_true", help="compare a regeneration with the files on disk")
+    ap.add_argument("--crosscheck", action="store_true", help="record NNCodec 2.1.3 cross-checks in the sheets")
+    args = ap.parse_args(argv)
+    entries, blobs = build_all()
+    if args.check:
+        bad = [e["name"] for e in entries if (args.out / e["file"]).read_bytes() != blobs[e["name"]]]
+        print("regeneration identical" if not bad else f"regeneration differs: {bad}")
+        return 1 if bad else 0
+    cross = None
+    if args.crosscheck:
+        cross = run_crosscheck(entries, blobs)
+    else:
+        # keep previously recorded cross-checks
+        cross = {}
+        for e in entries:
+            p = args.out / e["sheet"]
+            if p.exists():
+                old = json.loads(p.read_text()).get("cross_checked_with_nncodec_2_1_3")
+                if old:
+                    cross[e["name"]] = old
+    write_suite(args.out, entries, blobs, cross)
+    total = sum(len(b) for b in blobs.values())
+    print(f"wrote {len(entries)} streams ({total} bytes) to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
