@@ -1,0 +1,62 @@
+"""The conformance suite: our decoder passes every stream; the streams are frozen (spec 15.4)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nnc.verify import format_table, verify_suite
+
+SUITE = Path(__file__).resolve().parent.parent / "conformance"
+MANIFEST = json.loads((SUITE / "manifest.json").read_text())
+
+
+def test_suite_is_large_and_small_enough():
+    assert len(MANIFEST["streams"]) >= 40
+    assert sum(e["bytes"] for e in MANIFEST["streams"]) < 5 * 2**20
+    assert any(e["group"] == "must-fail" for e in MANIFEST["streams"])
+    assert {e["profile"] for e in MANIFEST["streams"]} == {0, 1}
+
+
+@pytest.mark.parametrize("decoder", ["nnc", "nnc-python"])
+def test_our_decoder_passes_the_whole_suite(decoder):
+    pytest.importorskip("nnc._pyengine") if decoder == "nnc-python" else None
+    results = verify_suite(SUITE, decoder)
+    assert len(results) == len(MANIFEST["streams"])
+    assert all(r.passed for r in results), format_table([r for r in results if not r.passed])
+
+
+def test_regeneration_gives_identical_bytes():
+    """The generator is deterministic: the published streams cannot change silently."""
+    r = subprocess.run([sys.executable, str(SUITE / "generate.py"), "--check"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.oracle
+def test_profile_1_streams_decode_in_nncodec_as_recorded(oracle):
+    """Streams whose sheet says cross-checked 'yes' still decode in NNCodec to the expected hashes."""
+    from nnc.verify import _check_expected
+
+    for e in MANIFEST["streams"]:
+        sheet = json.loads((SUITE / e["sheet"]).read_text())
+        if sheet.get("cross_checked_with_nncodec_2_1_3") != "yes" or e["group"] == "must-fail":
+            continue
+        ok, detail = _check_expected(e, oracle.decompress((SUITE / e["file"]).read_bytes()))
+        assert ok, (e["name"], detail)
+
+
+def test_verify_command_exit_status(tmp_path):
+    ok = subprocess.run([sys.executable, "-m", "nnc", "verify", str(SUITE), "--group", "must-fail"],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0 and "passed, 0 failed" in ok.stdout
+    broken = tmp_path / "suite"
+    broken.mkdir()
+    entry = dict(next(e for e in MANIFEST["streams"] if e["group"] == "profile-1"))
+    (broken / "s.nnr").write_bytes((SUITE / entry["file"]).read_bytes())
+    entry["file"] = "s.nnr"
+    entry["expected"] = dict(entry["expected"], output_sha256="0" * 64)
+    (broken / "manifest.json").write_text(json.dumps({"streams": [entry]}))
+    bad = subprocess.run([sys.executable, "-m", "nnc", "verify", str(broken)], capture_output=True, text=True)
+    assert bad.returncode == 1 and "FAIL" in bad.stdout
