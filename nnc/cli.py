@@ -130,17 +130,16 @@ def cmd_decode(args) -> int:
 
     dec = Decoder(args.stream, entry_points=args.entry_points)
     names = args.tensor or None
+    if names:
+        missing = [n for n in names if n not in dec.names()]
+        if missing:
+            return _fail(f"no tensor named {missing[0]!r} in {args.stream}")
     infos = [t for t in dec.tensors() if names is None or t.name in names]
     progress = Progress(sum(t.size for t in infos), "decoding", args.quiet)
-    out = OrderedDict()
     try:
-        for info in infos:
-            out[info.name] = dec.decode_tensor(info.name) if names else None
-            progress.step(info.size, info.name)
+        out = dec.decode(names, progress=lambda info: progress.step(info.size, info.name))
     finally:
         progress.close()
-    if names is None:
-        out = dec.decode()
     fmt = formats.format_from_extension(args.output)
     formats.write_model(args.output, out, fmt=fmt, template=args.template)
     summary = dict(stream=str(args.stream), output=args.output, tensors=len(out),

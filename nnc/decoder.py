@@ -334,8 +334,11 @@ class Decoder:
     def names(self) -> list[str]:
         return list(self._index)
 
-    def decode(self, names: Iterable[str] | None = None) -> "OrderedDict[str, np.ndarray]":
-        """Decode all tensors (or those named), in stream order."""
+    def decode(self, names: Iterable[str] | None = None, progress=None) -> "OrderedDict[str, np.ndarray]":
+        """Decode all tensors (or those named), in stream order.
+
+        ``progress``, if given, is called with the TensorInfo of each decoded tensor.
+        """
         wanted = None if names is None else set(names)
         if wanted is not None:
             missing = wanted - set(self._index)
@@ -349,6 +352,8 @@ class Decoder:
             for name, arr in self._decode_ndu(unit, params, infos).items():
                 if wanted is None or name in wanted:
                     out[name] = arr
+                    if progress is not None:
+                        progress(self._index[name][1])
         return out
 
     def decode_tensor(self, name: str) -> np.ndarray:

@@ -1,0 +1,108 @@
+"""The nnc console script, run for real in a subprocess: outputs, JSON and exit codes."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nnc.formats import npz_bytes, read_model, safetensors_bytes
+
+EXE = shutil.which("nnc")
+CMD = [EXE] if EXE else [sys.executable, "-m", "nnc"]
+
+
+def run(*args, cwd=None):
+    return subprocess.run(CMD + [str(a) for a in args], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.fixture()
+def model(tmp_path):
+    rng = np.random.default_rng(0)
+    tensors = {"fc.weight": rng.standard_normal((16, 12)).astype(np.float32) * 0.1,
+               "fc.bias": rng.standard_normal(16).astype(np.float32) * 0.1,
+               "steps": np.array([7], np.int64)}
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(safetensors_bytes(tensors))
+    return path, tensors
+
+
+def test_help_lists_subcommands_and_examples():
+    r = run("--help")
+    assert r.returncode == 0
+    for sub in ("encode", "decode", "info", "verify", "demo"):
+        assert sub in r.stdout
+    r = run("encode", "--help")
+    assert r.returncode == 0 and "examples:" in r.stdout
+
+
+def test_encode_info_decode_round_trip(model, tmp_path):
+    path, tensors = model
+    out = tmp_path / "m.nnr"
+    r = run("encode", path, "-o", out, "--qp", "-30", "--json")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["bytes"] == out.stat().st_size and summary["tensors"] == 3
+    r = run("info", out, "--json")
+    info = json.loads(r.stdout)
+    assert [t["name"] for t in info["tensors"]] == list(tensors)
+    assert info["tensors"][0]["qp"] == -30
+    r = run("info", out)
+    assert r.returncode == 0 and "bits/weight" in r.stdout
+    for ext in ("npz", "safetensors"):
+        dec = tmp_path / f"d.{ext}"
+        r = run("decode", out, "-o", dec)
+        assert r.returncode == 0, r.stderr
+        back, _ = read_model(dec)
+        assert list(back) == list(tensors)
+        assert back["steps"].tolist() == [7]
+
+
+def test_bad_paths_corrupt_streams_and_unknown_formats(model, tmp_path):
+    path, _ = model
+    r = run("decode", tmp_path / "missing.nnr", "-o", tmp_path / "x.npz")
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "error" in r.stderr
+    bad = tmp_path / "bad.nnr"
+    bad.write_bytes(b"\x00\x04\x02\x01\x00\x09\x06\xff\xff")
+    r = run("info", bad)
+    assert r.returncode == 1 and r.stderr.startswith("nnc: error:") and r.stderr.count("\n") == 1
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"hello world, not a model")
+    r = run("encode", junk, "-o", tmp_path / "j.nnr")
+    assert r.returncode == 1 and "unknown model format" in r.stderr
+    r = run("decode", path, "-o", tmp_path / "out.xyz")
+    assert r.returncode == 1
+    r = run("encode", path, "--qp", "notanint")
+    assert r.returncode == 2
+
+
+def test_no_partial_output_on_failure(tmp_path):
+    bad = tmp_path / "bad.nnr"
+    bad.write_bytes(b"\x00\x04\x02\x01")
+    out = tmp_path / "never.npz"
+    r = run("decode", bad, "-o", out, "--tensor", "nope")
+    assert r.returncode == 1 and not out.exists()
+    assert not list(tmp_path.glob(".never*"))
+
+
+def test_npz_input_and_per_tensor_options(tmp_path):
+    arrs = {"a.weight": np.ones((4, 4), np.float32) * 0.3, "b.weight": np.ones((4, 4), np.float32) * 0.3}
+    src = tmp_path / "in.npz"
+    src.write_bytes(npz_bytes(arrs))
+    out = tmp_path / "o.nnr"
+    r = run("encode", src, "-o", out, "--qp", "-20", "--tensor-qp", "b.*=-10", "--raw", "a.*", "--json")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(run("info", out, "--json").stdout)
+    kinds = {t["name"]: (t["payload_type"], t["qp"]) for t in info["tensors"]}
+    assert kinds == {"a.weight": ("RAW_FLOAT", None), "b.weight": ("FLOAT", -10)}
+
+
+def test_demo_runs(tmp_path):
+    r = run("demo", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    assert {row["model"] for row in rows} == {"mlp", "cnn"}
+    assert all(row["acc_after"] > 0.8 for row in rows if row["qp"] <= -20)
