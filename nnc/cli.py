@@ -140,8 +140,11 @@ def cmd_decode(args) -> int:
         out = dec.decode(names, progress=lambda info: progress.step(info.size, info.name))
     finally:
         progress.close()
+    from .decoder import restore_model_view
+
     fmt = formats.format_from_extension(args.output)
-    formats.write_model(args.output, out, fmt=fmt, template=args.template)
+    out, dtypes = restore_model_view(out, dec.metadata)
+    formats.write_model(args.output, out, dtypes, fmt=fmt, template=args.template)
     summary = dict(stream=str(args.stream), output=args.output, tensors=len(out),
                    weights=int(sum(np.asarray(v).size for v in out.values())))
     if args.json:

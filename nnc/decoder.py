@@ -164,6 +164,7 @@ class Decoder:
         self.state = state if state is not None else DecoderState()
         self.entry_points_mode = entry_points
         self.units: list[C.Unit] = []
+        self.metadata: dict = {}
         self._ndus: list[tuple[C.Unit, _Params]] = []
         self._parse_units()
         self._index = self._build_index()
@@ -201,6 +202,8 @@ class Decoder:
                     f"{unit.type_name} units are not supported", clause="6.3" if unit.type == C.NNR_QNT else "6.4",
                     offset=unit.offset,
                 )
+            elif unit.type == C.NNR_TPL:
+                self.metadata = _topology_metadata(unit)
             elif unit.type == C.NNR_NDU:
                 self._ndus.append((unit, _Params(**params.__dict__)))
 
@@ -454,6 +457,42 @@ class Decoder:
             values = convert_to_format(levels if info.payload_type == "INT" else values,
                                        info.decompressed_data_format)
         return values.reshape(info.shape)
+
+
+def _topology_metadata(unit: C.Unit) -> dict:
+    """nnc's metadata in a format-0 topology unit, if any (spec 6.2.1); {} otherwise."""
+    import json
+
+    h = unit.header
+    if h.get("topology_storage_format") != 0 or not h.get("data", "").startswith("{"):
+        return {}
+    try:
+        meta = json.loads(h.data).get("nnc", {})
+    except (ValueError, AttributeError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def restore_model_view(tensors: "OrderedDict[str, np.ndarray]", metadata: dict) -> tuple:
+    """Tensors as the original model had them: 0-d shapes and dtypes from nnc's metadata (spec 6.2.1).
+
+    Returns (tensors, {name: dtype name}); bfloat16 stays float32 in numpy and is named in the dtypes.
+    """
+    shapes = metadata.get("shapes", {}) if isinstance(metadata.get("shapes"), dict) else {}
+    dtypes = metadata.get("dtypes", {}) if isinstance(metadata.get("dtypes"), dict) else {}
+    out, names = OrderedDict(), {}
+    for k, v in tensors.items():
+        if k in shapes and isinstance(shapes[k], list) and int(np.prod(shapes[k], dtype=np.int64)) == v.size:
+            v = v.reshape(shapes[k])
+        want = dtypes.get(k)
+        if isinstance(want, str) and want != "bfloat16":
+            try:
+                v = v.astype(np.dtype(want))
+            except TypeError:
+                want = None
+        out[k] = v
+        names[k] = want or v.dtype.name
+    return out, names
 
 
 def _get(container, name, default=None):

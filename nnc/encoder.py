@@ -250,7 +250,7 @@ class Encoder:
         qps = [t.qp for t in result.tensors.values() if t.qp is not None]
         mps_qp = self._mps_qp(qps)
         units = [C.build_str(self.profile), C.build_mps(qp_density=self.qp_density, qp=mps_qp, profile=self.profile),
-                 C.build_tpl()]
+                 C.build_tpl(data=_metadata_json(arrays, result))]
         for build in ndus:
             units.append(build(mps_qp))
         result.stream = b"".join(units)
@@ -463,6 +463,30 @@ class Encoder:
             return C.build_ndu(header, payload, profile=self.profile)
 
         return build
+
+
+def _metadata_json(arrays: Mapping[str, np.ndarray], result: EncodeResult) -> str:
+    """nnc's topology metadata (spec 6.2.1): original shapes of 0-d tensors and original dtypes.
+
+    Empty (as NNCodec writes) when nothing needs restoring.
+    """
+    import json
+
+    shapes = {k: [] for k, v in arrays.items() if v.ndim == 0}
+    dtypes = {}
+    for k, v in arrays.items():
+        decoded = result.tensors[k].reconstruction.dtype
+        original = "bfloat16" if v.dtype.name == "bfloat16" else v.dtype.name
+        if original != decoded.name:
+            dtypes[k] = original
+    if not shapes and not dtypes:
+        return ""
+    meta = {"version": 1}
+    if shapes:
+        meta["shapes"] = shapes
+    if dtypes:
+        meta["dtypes"] = dtypes
+    return json.dumps({"nnc": meta}, separators=(",", ":"), sort_keys=True)
 
 
 def _ep_fields(eps: list, dq: bool) -> list[dict]:

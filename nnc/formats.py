@@ -162,7 +162,7 @@ def safetensors_bytes(tensors, dtypes: dict | None = None) -> bytes:
     dtypes = dtypes or {}
     header, chunks, offset = {}, [], 0
     for name, arr in tensors.items():
-        arr = np.ascontiguousarray(arr)
+        arr = np.asarray(arr, order="C")  # (ascontiguousarray would turn 0-d into 1-d)
         if dtypes.get(name) == "bfloat16":
             raw, st = float32_to_bfloat16(arr.astype(np.float32)).astype("<u2").tobytes(), "BF16"
         else:
@@ -233,7 +233,7 @@ def pt_bytes(tensors, dtypes=None) -> bytes:
     dtypes = dtypes or {}
     sd = OrderedDict()
     for k, v in tensors.items():
-        t = torch.from_numpy(np.ascontiguousarray(v))
+        t = torch.from_numpy(np.array(v, order="C", copy=True))
         if dtypes.get(k) == "bfloat16":
             t = t.to(torch.bfloat16)
         sd[k] = t

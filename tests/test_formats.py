@@ -1,0 +1,116 @@
+"""Model formats: names, order, shapes and dtypes survive encode/decode; values equal the reconstruction."""
+
+import io
+
+import numpy as np
+import pytest
+
+import nnc
+from nnc import formats
+from nnc.decoder import restore_model_view
+from nnc.encoder import Encoder
+
+
+def _tensors():
+    rng = np.random.default_rng(3)
+    return {
+        "layer.weight": rng.standard_normal((6, 5)).astype(np.float32),
+        "layer.bias": rng.standard_normal(6).astype(np.float16),
+        "norm.weight": rng.standard_normal(6).astype(np.float64),
+        "bn.num_batches_tracked": np.array(17, np.int64),
+        "emb": rng.standard_normal((3, 2, 2)).astype(np.float32),
+    }
+
+
+def _round_trip(write, read, tmp_path, suffix, dtypes=None):
+    src = tmp_path / f"in.{suffix}"
+    tensors = _tensors()
+    write(src, tensors)
+    loaded, loaded_dtypes = formats.read_model(src)
+    assert list(loaded) == list(tensors)
+    result = Encoder(qp=-30).encode(loaded)
+    dec = nnc.Decoder(result.stream)
+    decoded, dtypes = restore_model_view(dec.decode(), dec.metadata)
+    out = tmp_path / f"out.{suffix}"
+    formats.write_model(out, decoded, dtypes, template=src if suffix == "onnx" else None)
+    back, back_dtypes = formats.read_model(out)
+    assert list(back) == list(tensors)
+    for k, v in tensors.items():
+        assert back_dtypes[k] == (dtypes or {}).get(k, np.asarray(v).dtype.name), k
+        assert np.asarray(back[k]).shape == np.asarray(v).shape, k
+        rec = np.asarray(result.tensors[k].reconstruction).astype(np.asarray(back[k]).dtype).reshape(np.shape(v))
+        np.testing.assert_array_equal(np.asarray(back[k]), rec, err_msg=k)
+    return back
+
+
+def test_safetensors(tmp_path):
+    _round_trip(lambda p, t: p.write_bytes(formats.safetensors_bytes(t)), None, tmp_path, "safetensors")
+
+
+def test_npz(tmp_path):
+    _round_trip(lambda p, t: p.write_bytes(formats.npz_bytes(t)), None, tmp_path, "npz")
+
+
+def test_bfloat16_safetensors(tmp_path):
+    x = np.array([1.0, -2.5, 3.140625, 1e-3], np.float32)
+    p = tmp_path / "b.safetensors"
+    p.write_bytes(formats.safetensors_bytes({"w": x}, {"w": "bfloat16"}))
+    loaded, dtypes = formats.read_model(p)
+    assert dtypes == {"w": "bfloat16"}
+    np.testing.assert_array_equal(loaded["w"], formats.bfloat16_to_float32(formats.float32_to_bfloat16(x)))
+
+
+def test_pytorch_state_dict(tmp_path):
+    torch = pytest.importorskip("torch", reason="torch not installed (pip install 'nnc[torch]')")
+
+    def write(p, t):
+        torch.save({k: torch.from_numpy(np.array(v)) for k, v in t.items()}, p)
+
+    _round_trip(write, None, tmp_path, "pt")
+    sd = {"w": torch.randn(4, 3, dtype=torch.bfloat16)}
+    p = tmp_path / "bf.pt"
+    torch.save(sd, p)
+    loaded, dtypes = formats.read_model(p)
+    assert dtypes["w"] == "bfloat16" and loaded["w"].dtype == np.float32
+    out = tmp_path / "bf_out.pt"
+    formats.write_model(out, loaded, dtypes)
+    assert torch.load(out, weights_only=True)["w"].dtype == torch.bfloat16
+
+
+def test_onnx_initializers(tmp_path):
+    onnx = pytest.importorskip("onnx", reason="onnx not installed (pip install 'nnc[onnx]')")
+    from onnx import helper, numpy_helper
+
+    def write(p, t):
+        inits = [numpy_helper.from_array(np.asarray(v), k) for k, v in t.items()]
+        graph = helper.make_graph([], "g", [], [], initializer=inits)
+        onnx.save(helper.make_model(graph), p)
+
+    _round_trip(write, None, tmp_path, "onnx")
+
+
+def test_detection_is_by_content(tmp_path):
+    p = tmp_path / "model.bin"
+    p.write_bytes(formats.safetensors_bytes({"a": np.zeros(3, np.float32)}))
+    assert formats.detect_format(p) == "safetensors"
+    q = tmp_path / "weights.dat"
+    q.write_bytes(formats.npz_bytes({"a": np.zeros(3, np.float32)}))
+    assert formats.detect_format(q) == "npz"
+    r = tmp_path / "x.onnx"
+    r.write_bytes(b"garbage")
+    with pytest.raises(formats.FormatError):
+        formats.read_model(tmp_path / "nothing-here.safetensors")
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    target = tmp_path / "t.npz"
+    target.write_bytes(b"old")
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(formats.os, "fsync", boom)
+    with pytest.raises(RuntimeError):
+        formats.write_atomic(target, b"new content")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["t.npz"]
