@@ -1166,8 +1166,12 @@ _COST = _cost_table()
 
 def bin_cost(state_c: int, bin: int) -> float:
     """Estimated bits of a context-coded bin coded with combined state C (9.8)."""
+    state_c = int(state_c)
+    q = abs(state_c >> 7)
+    if q > 31:
+        raise ValueError(f"combined state {state_c} outside the model's range (|C >> 7| <= 31)")
     mps = 1 if state_c >= 0 else 0
-    return _COST[abs(int(state_c) >> 7)][1 if bin == mps else 0] / EST_UNIT
+    return _COST[q][1 if bin == mps else 0] / EST_UNIT
 
 
 def estimate_tensor_bits(levels, height, width, *, n_gtx, dq=False, scan_order=0, edition=2,

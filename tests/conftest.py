@@ -25,3 +25,11 @@ def oracle():
     o = NNCodecOracle()
     yield o
     o.close()
+
+
+# tests/test_engine.py: make `nnc` importable from a source checkout (without
+# `pip install`), but never shadow an installed or already importable nnc.
+try:
+    import nnc  # noqa: F401
+except ImportError:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))

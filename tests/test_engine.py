@@ -398,7 +398,7 @@ def test_worked_examples_round_trip(eng):
         s = NEXT_DQ_STATE[s][x & 1]
     assert s == 5
     levels = levels_from_coded(ks, 1, len(ks), 0, True)
-    assert levels.tolist() == [2, 0, 1, -4, -13]
+    assert levels.tolist() == [2, 0, 1, -3, -13]
     for param_opt in (False, True):
         c = Case(1, 1, len(ks), levels, dict(n_gtx=4, dq=True, scan_order=0), dict(param_opt=param_opt))
         check_round_trip(eng, 1, [c])
@@ -408,13 +408,13 @@ def test_worked_examples_round_trip(eng):
 # 3. round trips
 # ---------------------------------------------------------------------------
 
-@_scaled(0.5)
+@_scaled(1.0)
 @given(case=cases(features=False))
 def test_round_trip_single_tensor(eng, case):
     check_round_trip(eng, case.edition, [case])
 
 
-@_scaled(0.4)
+@_scaled(1.0)
 @given(p=payloads())
 def test_round_trip_payloads(eng, p):
     """Several tensors in one payload (no context sharing), with and without qp offsets."""
@@ -422,7 +422,7 @@ def test_round_trip_payloads(eng, p):
     check_round_trip(eng, edition, cs)
 
 
-@_scaled(0.3)
+@_scaled(1.0)
 @given(edition=st.sampled_from([1, 2]), dq=st.booleans(), scan=st.integers(0, 4),
        h=st.integers(1, 80), w=st.integers(1, 20), n_gtx=st.sampled_from([1, 11, 256]))
 def test_round_trip_all_zero(eng, edition, dq, scan, h, w, n_gtx):
@@ -433,8 +433,8 @@ def test_round_trip_all_zero(eng, edition, dq, scan, h, w, n_gtx):
 @pytest.mark.parametrize("edition", [1, 2])
 @pytest.mark.parametrize("dq", [False, True])
 def test_round_trip_int32_limits(eng, edition, dq):
-    top = INT32_MAX - 1 if dq else INT32_MAX
-    k = [top // 2 + 1 if dq else top, -(top // 2 + 1) if dq else -top, 0, 1, -1] * 5
+    top = 2**30 - 1 if dq else INT32_MAX          # with DQ |n| <= 2 (2^30 - 1) = 2^31 - 2
+    k = [top, -top, 0, 1, -1] * 5
     levels = levels_from_coded(k, 5, 5, 1, dq)
     if dq:
         assert np.abs(levels.astype(np.int64)).max() <= 2**31 - 2
@@ -460,7 +460,7 @@ def test_entry_points_multiple_block_rows(eng):
 # 4. edition-2 tools: codebook, row skipping, TCA, HDSP
 # ---------------------------------------------------------------------------
 
-@_scaled(0.4)
+@_scaled(1.0)
 @given(case=cases(edition=2, codebook=True, row_skip=False, tca=False, hdsp=False))
 def test_round_trip_codebook(eng, case):
     check_round_trip(eng, 2, [case])
@@ -494,7 +494,7 @@ def test_codebook_out_of_range_is_encode_error(eng):
         enc.encode_tensor(np.array([0, 3], np.int32), 1, 2, n_gtx=4, codebook_size=5, codebook_zero=2)
 
 
-@_scaled(0.4)
+@_scaled(1.0)
 @given(case=cases(edition=2, codebook=False, row_skip=True, tca=False, hdsp=False))
 def test_round_trip_row_skip(eng, case):
     check_round_trip(eng, 2, [case])
@@ -519,7 +519,7 @@ def test_row_skip_dq_block_scan(eng):
                                                    dict(n_gtx=4, dq=True, scan_order=scan))])
 
 
-@_scaled(0.4)
+@_scaled(1.0)
 @given(case=cases(edition=2, codebook=None, row_skip=None, tca=True, hdsp=True))
 def test_round_trip_tca_hdsp(eng, case):
     check_round_trip(eng, 2, [case])
@@ -604,7 +604,7 @@ def test_bin_cost(eng):
     mps = [eng.bin_cost(c, 1) for c in range(0, 4000, 128)]
     assert lps == sorted(lps) and mps == sorted(mps, reverse=True)
     assert lps[-1] > 5 and mps[-1] < 0.05
-    assert eng.bin_cost(-3000, 1) == eng.bin_cost(2999, 0)      # |C >> 7| symmetric in the MPS
+    assert eng.bin_cost(-2944, 1) == eng.bin_cost(2944, 0)      # same class |C >> 7| = 23, LPS both
 
 
 @pytest.mark.parametrize("dq, scan, edition", [(False, 0, 1), (True, 2, 2), (False, 1, 2)])
@@ -800,7 +800,7 @@ def test_dq_reconstruction_overflow(eng):
 # 6. differential: both engines, identical results
 # ---------------------------------------------------------------------------
 
-@_scaled(0.5)
+@_scaled(1.0)
 @given(p=payloads())
 def test_differential(both, p):
     py, cy = both
@@ -817,7 +817,7 @@ def test_differential(both, p):
     assert entry_points(py, payload, edition, cs) == entry_points(cy, payload, edition, cs) == rec_p
 
 
-@_scaled(0.3)
+@_scaled(1.0)
 @given(case=cases(qp=False))
 def test_differential_estimates(both, case):
     py, cy = both
@@ -827,7 +827,7 @@ def test_differential_estimates(both, case):
     a = py.estimate_tensor_bits(case.levels, case.h, case.w, edition=case.edition, **kw)
     b = cy.estimate_tensor_bits(case.levels, case.h, case.w, edition=case.edition, **kw)
     assert a == b
-    for c in (-4000, -129, -1, 0, 127, 2000, 3900):
+    for c in (-3968, -129, -1, 0, 127, 2000, 4095):
         assert py.bin_cost(c, 0) == cy.bin_cost(c, 0) and py.bin_cost(c, 1) == cy.bin_cost(c, 1)
 
 
