@@ -380,7 +380,8 @@ must_fail("mf_reserved_data_format", "DecodeError", "7.4", "nnr_decompressed_dat
         bytes(_units(s)[3].payload)))(_valid()))
 must_fail("mf_duplicate_name", "DecodeError", "15.1", "two NDUs carry the same tensor name")(
     lambda: (lambda s: s + s[_units(s)[3].offset:_units(s)[3].end])(_valid()))
-must_fail("mf_garbage_payload", "DecodeError", "9.6", "an INT payload replaced by 40 bytes of 0xFF")(
+must_fail("mf_garbage_payload", "DecodeError", "9.1",
+          "an INT payload replaced by 40 bytes of 0xFF: the code point lies outside the initial interval")(
     lambda: (lambda s: s[:_units(s)[3].offset] + C.build_ndu(dict(_units(s)[3].header), b"\xff" * 40))(
         enc(OrderedDict(i=np.array([5], np.int32)))))
 

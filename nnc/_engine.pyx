@@ -982,6 +982,10 @@ cdef class PayloadDecoder:
         self.d.val = (<uint32_t>self.d.buf[0] << 8) | self.d.buf[1]
         self.d.pos = 2
         self.d.bits_needed = -8
+        if self.d.val >= (self.d.rng << 7):
+            # never written by an encoder: the code point lies outside the initial interval
+            raise DecodeError("first two payload bytes are outside the initial interval", clause="9.1",
+                              offset=0)
 
     @property
     def bytes_consumed(self):
