@@ -588,7 +588,19 @@ def _flatten_ndu(h: Container) -> Container:
     return out
 
 
+_NDU_DEFAULTS = dict(nnr_multiple_topology_elements_present_flag=0, nnr_decompressed_data_format_present_flag=0,
+                     input_parameters_present_flag=1)
+
+
 def _unflatten_ndu(fields: dict) -> dict:
+    fields = {**_NDU_DEFAULTS, **{k: v for k, v in fields.items() if v is not None or k not in _NDU_DEFAULTS}}
+    ptype = fields.get("nnr_compressed_data_unit_payload_type")
+    if ptype in (NNR_PT_FLOAT, NNR_PT_BLOCK) and fields.get("codebook_present_flag") is None:
+        fields["codebook_present_flag"] = 0
+    if ptype in (NNR_PT_INT, NNR_PT_FLOAT, NNR_PT_BLOCK) and fields.get("dq_flag") is None:
+        fields["dq_flag"] = 0
+    if fields.get("node_id_present_flag") is None and fields.get("device_id") is not None:
+        fields["node_id_present_flag"] = 1
     h = {k: v for k, v in fields.items() if k not in _INPUT_FIELDS and k not in _CODEBOOK_FIELDS}
     if fields.get("codebook_present_flag"):
         h["codebook"] = {"codebook": fields["codebook"],
