@@ -89,6 +89,7 @@ DEF ERR_TRUNCATED = 1
 DEF ERR_LEVEL_RANGE = 2
 DEF ERR_PREFIX = 3
 DEF ERR_DQ_RANGE = 4
+DEF ERR_FORCED_RANGE = 5
 
 DEF MODE_ENCODE = 0
 DEF MODE_OPTIMISE = 1
@@ -661,6 +662,8 @@ cdef int decode_tensor_data(ArithDecoder* d, Ctx* ctx, Layout* L, TensorShape* t
             contexts_reset(ctx, L.n_ctx)
             prev = 0
             d.rng = 256
+            if not use_ep and d.val >= (256 << 7):
+                return ERR_FORCED_RANGE
             if rec_t != NULL:
                 rec_t[br - 1] = decoder_position(d)
                 rec_value[br - 1] = d.val >> 7
@@ -919,6 +922,7 @@ _DECODE_ERRORS = {
     ERR_LEVEL_RANGE: (DecodeError, "decoded level magnitude does not fit in int32", "10.1"),
     ERR_PREFIX: (DecodeError, "remainder prefix longer than 31 bins", "10.1"),
     ERR_DQ_RANGE: (DecodeError, "dependent-quantisation reconstruction integer does not fit in int32", "10.2"),
+    ERR_FORCED_RANGE: (DecodeError, "the code point lies outside the range forced at a block-row start", "11.3"),
 }
 
 
@@ -1083,6 +1087,8 @@ cdef class PayloadDecoder:
             t0 = decoder_position(&self.d)
             if first_range_forced(&L, &t):
                 self.d.rng = 256
+                if self.d.val >= (256 << 7):
+                    self._raise(ERR_FORCED_RANGE)
             if entry_points is not None and t.scan_order > 0:
                 if len(entry_points) != n_ep:
                     raise DecodeError(f"{len(entry_points)} entry points given, the tensor has "

@@ -873,7 +873,8 @@ class PayloadDecoder:
                 if m > 31:
                     raise DecodeError("remainder prefix longer than 31 bins", clause="10.1", offset=ad.pos)
             level += ad.decode_bypass_bits(m)
-            if level > INT32_MAX:
+            # k must fit in int32: |k| <= 2^31 - 1 if positive, <= 2^31 if negative
+            if level > (INT32_MAX + 1 if negative else INT32_MAX):
                 raise DecodeError("decoded level magnitude does not fit in int32", clause="10.1",
                                   offset=ad.pos)
         k = -level if negative else level
@@ -907,10 +908,8 @@ def _coded_values(t: _Tensor, levels: list, skip) -> list:
     """
     scan, W = t.scan, t.width
     if not t.dq:
+        # k = n; every int32 is codable (10.1)
         for pos, n in enumerate(levels):
-            if n < -INT32_MAX:
-                raise EncodeError(f"level {n} at flat index {pos}: |k| must be at most 2^31 - 1",
-                                  clause="10.1")
             if t.bound is not None and not t.bound.contains(n):
                 raise EncodeError(f"level {n} at flat index {pos} outside the codebook range "
                                   f"[{-t.bound.zero}, {t.bound.size - 1 - t.bound.zero}]", clause="10.4")
@@ -1190,6 +1189,8 @@ def estimate_tensor_bits(levels, height, width, *, n_gtx, dq=False, scan_order=0
     k_values = _coded_values(t, n_values, None)
     bins = _tensor_bins(t, k_values, None, bool(hdsp) and edition == 2)
     sets = [0] * t.layout.count if init_sets is None else [int(s) for s in np.asarray(init_sets).reshape(-1)]
+    if len(sets) != t.layout.count or not all(0 <= s < N_INIT_SETS for s in sets):
+        raise EncodeError(f"init_sets must be {t.layout.count} values in 0..8", clause="8.4")
     return _estimate_costs(bins, t.layout.count, sets) / EST_UNIT
 
 

@@ -599,8 +599,10 @@ def _unflatten_ndu(fields: dict) -> dict:
         fields["codebook_present_flag"] = 0
     if ptype in (NNR_PT_INT, NNR_PT_FLOAT, NNR_PT_BLOCK) and fields.get("dq_flag") is None:
         fields["dq_flag"] = 0
-    if fields.get("node_id_present_flag") is None and fields.get("device_id") is not None:
-        fields["node_id_present_flag"] = 1
+    if fields.get("node_id_present_flag") is None:
+        fields["node_id_present_flag"] = int(fields.get("device_id") is not None)
+    if fields.get("parent_node_id_present_flag") is None:
+        fields["parent_node_id_present_flag"] = int(fields.get("parent_node_id_type") is not None)
     h = {k: v for k, v in fields.items() if k not in _INPUT_FIELDS and k not in _CODEBOOK_FIELDS}
     if fields.get("codebook_present_flag"):
         h["codebook"] = {"codebook": fields["codebook"],

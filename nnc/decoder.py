@@ -13,6 +13,7 @@ encoder.
 from __future__ import annotations
 
 import io
+import math
 import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -82,7 +83,7 @@ class TensorInfo:
 
     @property
     def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+        return math.prod(self.shape)
 
 
 class DecoderState:
@@ -231,10 +232,12 @@ class Decoder:
     def _check_limits(self, unit: C.Unit, params: _Params, info: TensorInfo) -> None:
         """Refuse sizes the payload cannot code or the limits forbid (spec 15.2)."""
         size = info.size
-        if size > self.limits.max_tensor_elements:
+        # a zero dimension makes the size 0, but the other dimensions still shape the array
+        nominal = math.prod(max(d, 1) for d in info.shape)
+        if size > self.limits.max_tensor_elements or nominal > self.limits.max_tensor_elements:
             raise LimitError(
-                f"tensor {info.name!r} declares {size} elements, above the limit of "
-                f"{self.limits.max_tensor_elements}", clause="15.2", offset=unit.offset,
+                f"tensor {info.name!r} declares dimensions {list(info.shape)}, beyond the limit of "
+                f"{self.limits.max_tensor_elements} elements", clause="15.2", offset=unit.offset,
             )
         payload_len = len(unit.payload)
         if info.payload_type == "RAW_FLOAT":
@@ -306,6 +309,8 @@ class Decoder:
                 )
             return [info(str(h.topology_elem_id), dims, True)]
         # BLOCK: names listed W, LS, BN beta/gamma/mean/var, BI; coded LS, BI, BN..., W (spec 7.6)
+        if not _get(h, "nnr_multiple_topology_elements_present_flag", 0) or h.get("topology_elem_ids") is None:
+            raise DecodeError("a block NDU must list its tensors' names", clause="7.6", offset=unit.offset)
         cpt = int(_get(h, "compressed_parameter_types", 0))
         if cpt & C.NNR_CPT_DC:
             raise UnsupportedError("decomposed (DC) block NDUs are not supported", clause="7.6", offset=unit.offset)

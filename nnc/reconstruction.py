@@ -51,7 +51,8 @@ def step_size(qp: int, qp_density: int) -> np.float32:
 
 def reconstruct_uniform(levels: np.ndarray, step: np.float32) -> np.ndarray:
     """w = float32(Δ) · float32(n), computed in float32 (spec 12.2, 12.3)."""
-    return levels.astype(np.float32) * np.float32(step)
+    with np.errstate(over="ignore"):  # IEEE overflow to inf is the defined result
+        return levels.astype(np.float32) * np.float32(step)
 
 
 def reconstruct_codebook(indices: np.ndarray, codebook, zero_offset: int, step: np.float32) -> np.ndarray:
@@ -71,7 +72,8 @@ def convert_to_format(values: np.ndarray, fmt: int) -> np.ndarray:
         raise DecodeError(f"reserved nnr_decompressed_data_format {fmt}", clause="7.4")
     dtype = DECOMPRESSED_DATA_FORMATS[fmt]
     if dtype.kind == "f":
-        return values.astype(dtype)
+        with np.errstate(over="ignore"):  # IEEE round to nearest, overflow to inf
+            return values.astype(dtype)
     if values.dtype.kind == "f":
         if not np.all(np.isfinite(values)):
             raise DecodeError("non-finite value in an integer output format", clause="12.6")

@@ -22,7 +22,6 @@ def test_suite_is_large_and_small_enough():
 
 @pytest.mark.parametrize("decoder", ["nnc", "nnc-python"])
 def test_our_decoder_passes_the_whole_suite(decoder):
-    pytest.importorskip("nnc._pyengine") if decoder == "nnc-python" else None
     results = verify_suite(SUITE, decoder)
     assert len(results) == len(MANIFEST["streams"])
     assert all(r.passed for r in results), format_table([r for r in results if not r.passed])

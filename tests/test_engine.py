@@ -167,7 +167,7 @@ def decode_payload(eng, payload, edition, cases, *, eps=None, start=None, record
 
 
 def _coded_values(draw, size, dq, kind):
-    """Coded values k (not n): with DQ |k| <= 2^30 - 1 so that |n| <= 2^31 - 2."""
+    """Coded values k (not n): without DQ any int32; with DQ |k| <= 2^30 - 1 so that |n| <= 2^31 - 2."""
     top = (2**30 - 1) if dq else INT32_MAX
     seed = draw(st.integers(0, 2**32 - 1))
     rng = np.random.default_rng(seed)
@@ -181,7 +181,8 @@ def _coded_values(draw, size, dq, kind):
         k = np.round(rng.laplace(0, draw(st.sampled_from([0.3, 2.0, 30.0, 3000.0])), size)).astype(np.int64)
         k = np.clip(k, -top, top)
     else:  # extreme: the int32 limits, powers of two and random values of every size
-        pool = np.array([0, 1, -1, top, -top, top - 1, -(top - 1), 2**20, -(2**20), 2**29 + 12345, 13, -14])
+        pool = np.array([0, 1, -1, top, -top, top - 1, -(top - 1), 2**20, -(2**20), 2**29 + 12345, 13, -14,
+                         -top if dq else -(2**31)])
         k = np.where(rng.random(size) < 0.5, rng.choice(pool, size),
                      (rng.integers(-top, top, size, endpoint=True) >> rng.integers(0, 31, size)))
     return k.astype(np.int64)
@@ -556,13 +557,17 @@ def test_dq_unrepresentable_level_is_encode_error(eng):
         enc.encode_tensor(np.array([2, 2, 2], np.int32), 1, 3, n_gtx=11, dq=True)
 
 
-def test_int32_min_without_dq_is_encode_error(eng):
-    enc = eng.PayloadEncoder(1)
-    with pytest.raises(EncodeError):
-        enc.encode_tensor(np.array([-(2**31)], np.int32), 1, 1, n_gtx=11)
+def test_int32_range(eng):
+    """Every int32 is a codable level without DQ, -2^31 included (10.1); beyond int32 is refused."""
+    levels = np.array([-(2**31), INT32_MAX, 0, -(2**31) + 1], np.int32)
+    for edition in (1, 2):
+        check_round_trip(eng, edition, [Case(edition, 2, 2, levels, dict(n_gtx=11, scan_order=0))])
     enc = eng.PayloadEncoder(1)
     with pytest.raises(EncodeError):
         enc.encode_tensor(np.array([2**31], np.int64), 1, 1, n_gtx=11)
+    enc = eng.PayloadEncoder(1)
+    with pytest.raises(EncodeError):
+        enc.encode_tensor(np.array([-(2**31) - 1], np.int64), 1, 1, n_gtx=11)
 
 
 def test_qp_offset_range(eng):
@@ -760,24 +765,29 @@ def test_overlong_prefix_edition1(eng):
         dec.finish()
 
 
+def _magnitude_bins(L, negative, suffix):
+    """N = 2: sig, sign, both flags 1, prefix of 30 ones and a 0, 30 suffix bits: |k| = 3 + 2^30 - 1 + suffix."""
+    bins = [(L.sig(0, 0), 1), (L.sign(0), int(negative)), (L.gtx(0, negative), 1), (L.gtx(1, negative), 1)]
+    bins += [(L.rem(i), 1) for i in range(30)] + [(L.rem(30), 0)]
+    return bins + [(None, (suffix >> i) & 1) for i in range(29, -1, -1)]
+
+
 @pytest.mark.parametrize("edition", [1, 2])
-def test_magnitude_overflow(eng, edition):
-    """|k| = N + 1 + (2^30 - 1) + (2^30 - 1) + 1 > 2^31 - 1: DecodeError (10.1)."""
-    L = P.ContextLayout(edition, 1)
-    bins = [(L.sig(0, 0), 1), (L.sign(0), 0), (L.gtx(0, False), 1)]
-    bins += [(L.rem(i), 1) for i in range(30)] + [(L.rem(30), 0)] + [(None, 1)] * 30
+@pytest.mark.parametrize("negative, magnitude, valid", [
+    (False, 2**31 - 1, True), (False, 2**31, False), (True, 2**31, True), (True, 2**31 + 1, False)])
+def test_magnitude_limits(eng, edition, negative, magnitude, valid):
+    """A decoded k must fit in int32: |k| <= 2^31 - 1 if positive, 2^31 if negative (10.1)."""
+    L = P.ContextLayout(edition, 2)
     flags = [(L.init_flag, 0)] * len(L.signalled_contexts(dq=False))    # a 1x1 tensor has no row flags
-    payload = _write_bins(L, flags + bins)
+    payload = _write_bins(L, flags + _magnitude_bins(L, negative, magnitude - 3 - (2**30 - 1)))
     dec = eng.PayloadDecoder(payload, edition)
-    with pytest.raises(DecodeError):
-        dec.decode_tensor(1, 1, n_gtx=1)
+    if valid:
+        assert dec.decode_tensor(1, 1, n_gtx=2).tolist() == [-magnitude if negative else magnitude]
         dec.finish()
-    # one less is 2^31 - 1 exactly: valid
-    bins[-1] = (None, 0)
-    payload = _write_bins(L, flags + bins)
-    dec = eng.PayloadDecoder(payload, edition)
-    assert dec.decode_tensor(1, 1, n_gtx=1).tolist() == [INT32_MAX]
-    dec.finish()
+    else:
+        with pytest.raises(DecodeError):
+            dec.decode_tensor(1, 1, n_gtx=2)
+            dec.finish()
 
 
 def test_dq_reconstruction_overflow(eng):
@@ -794,6 +804,12 @@ def test_dq_reconstruction_overflow(eng):
     with pytest.raises(DecodeError):
         dec.decode_tensor(1, 1, n_gtx=1, dq=True)
         dec.finish()
+    # k = -2^30 in state 0 gives n = -2^31: valid
+    bins[1] = (L.sign(0), 1)
+    bins[2] = (L.gtx(0, True), 1)
+    dec = eng.PayloadDecoder(_write_bins(L, _edition1_prefix(L, True, bins)), 1)
+    assert dec.decode_tensor(1, 1, n_gtx=1, dq=True).tolist() == [-(2**31)]
+    dec.finish()
 
 
 # ---------------------------------------------------------------------------

@@ -21,7 +21,6 @@ from nnc.engine import get_engine
 pytestmark = pytest.mark.oracle
 
 RNG_SEED = 20261124
-PYENGINE = importlib.util.find_spec("nnc._pyengine") is not None
 
 
 def _random_tensor(rng, rank=None):
@@ -142,8 +141,7 @@ def test_nncodec_streams_decode_in_ours(oracle, case):
     stream = oracle.compress(tensors, **options)
     theirs = oracle.decompress(stream)
     _assert_equal_outputs(nnc.decode(stream), theirs)
-    if PYENGINE:
-        _assert_equal_outputs(nnc.decode(stream, engine="python"), theirs)
+    _assert_equal_outputs(nnc.decode(stream, engine="python"), theirs)
 
 
 def test_nncodec_block_streams_decode_in_ours(oracle):
