@@ -37,6 +37,10 @@ EPILOGS = {
   nnc verify conformance/
   nnc verify conformance/ --decoder nncodec --group profile-1
 """,
+    "bench": """examples:
+  nnc bench model.safetensors --qp -38
+  nnc bench model.safetensors --qp -32 --vs --json
+""",
     "demo": """examples:
   nnc demo
   nnc demo --json
@@ -220,6 +224,87 @@ def cmd_verify(args) -> int:
     return EXIT_OK if all(r.passed for r in results) else EXIT_FAIL
 
 
+# -- bench ---------------------------------------------------------------------------
+
+
+def _peer_rows(tensors, result, n_weights, quiet):
+    """Lossless coders on the same uniform indices, and NNCodec at the same qps (``--vs``)."""
+    import bz2
+    import lzma
+
+    rows = []
+    idx = [t.levels for t in result.tensors.values() if t.levels is not None]
+    raw = b"".join(np.asarray(v, np.int32).astype(np.int16 if np.abs(v).max(initial=0) < 2**15 else np.int32)
+                   .tobytes() for v in idx)
+    peers = [("idx+lzma-6", lambda b: lzma.compress(b, preset=6), lzma.decompress),
+             ("idx+bz2-9", lambda b: bz2.compress(b, 9), bz2.decompress)]
+    try:
+        import zstandard
+
+        peers.append(("idx+zstd-19", zstandard.ZstdCompressor(level=19).compress,
+                      zstandard.ZstdDecompressor().decompress))
+    except ImportError:
+        if not quiet:
+            print("(zstd skipped: pip install zstandard)", file=sys.stderr)
+    for name, comp, decomp in peers:
+        t0 = time.perf_counter()
+        blob = comp(raw)
+        t1 = time.perf_counter()
+        decomp(blob)
+        t2 = time.perf_counter()
+        rows.append(dict(coder=name, bytes=len(blob), bits_per_weight=8 * len(blob) / n_weights,
+                         encode_s=t1 - t0, decode_s=t2 - t1))
+    try:
+        repo = Path(__file__).resolve().parent.parent
+        sys.path.insert(0, str(repo))
+        from tools.oracle.client import NNCodecOracle
+    except ImportError:
+        NNCodecOracle = None
+    if NNCodecOracle is not None and NNCodecOracle.available():
+        with NNCodecOracle() as oracle:
+            qps = {k: t.qp for k, t in result.tensors.items() if t.qp is not None}
+            floats = {k: np.asarray(v, np.float32) for k, v in tensors.items() if np.asarray(v).dtype.kind == "f"}
+            stream, te = oracle.compress_timed(floats, 1, qp_per_tensor=qps, use_dq=any(
+                t.dq for t in result.tensors.values()))
+            _, td = oracle.decompress_timed(stream, 1)
+            rows.append(dict(coder="NNCodec 2.1.3", bytes=len(stream), bits_per_weight=8 * len(stream) / n_weights,
+                             encode_s=te[0], decode_s=td[0]))
+    elif not quiet:
+        print("(NNCodec skipped: its oracle environment is not set up, see tools/setup_oracle.sh)", file=sys.stderr)
+    return rows
+
+
+def cmd_bench(args) -> int:
+    from . import formats
+    from .decoder import decode
+    from .encoder import Encoder
+
+    tensors, _ = formats.read_model(args.model)
+    n = sum(int(np.asarray(v).size) for v in tensors.values())
+    enc = Encoder(qp=args.qp, dq=args.dq, scan_order=args.scan_order)
+    t0 = time.perf_counter()
+    result = enc.encode(tensors)
+    t1 = time.perf_counter()
+    decode(result.stream)
+    t2 = time.perf_counter()
+    rows = [dict(coder="nnc", bytes=len(result.stream), bits_per_weight=8 * len(result.stream) / n,
+                 encode_s=t1 - t0, decode_s=t2 - t1)]
+    if args.vs:
+        rows += _peer_rows(tensors, result, n, args.quiet)
+    for r in rows:
+        r["encode_mw_s"] = n / r["encode_s"] / 1e6 if r["encode_s"] else None
+        r["decode_mw_s"] = n / r["decode_s"] / 1e6 if r["decode_s"] else None
+    if args.json:
+        print(json.dumps(dict(model=str(args.model), weights=n, rows=rows), indent=2))
+        return EXIT_OK
+    print(f"{args.model}: {n} weights, qp {args.qp}, dq {'on' if args.dq else 'off'} (one run; machines are noisy)")
+    print(f"{'coder':16} {'bytes':>10} {'bits/w':>7} {'enc Mw/s':>9} {'dec Mw/s':>9}")
+    for r in rows:
+        print(f"{r['coder']:16} {r['bytes']:>10} {r['bits_per_weight']:>7.3f} {r['encode_mw_s']:>9.2f} "
+              f"{r['decode_mw_s']:>9.2f}")
+    return EXIT_OK
+
+
 # -- demo ----------------------------------------------------------------------------
 
 
@@ -295,6 +380,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--group", action="append", help="only this group (profile-0, profile-1, must-fail)")
     p.add_argument("--stream", action="append", help="only this stream (repeatable)")
     p.set_defaults(func=cmd_verify)
+
+    p = add("bench", "Time encoding and decoding of a model; with --vs, compare with other coders.")
+    p.add_argument("model", help="model file")
+    p.add_argument("--qp", type=int, default=-38, help="quantisation parameter (default -38)")
+    p.add_argument("--dq", action=argparse.BooleanOptionalAction, default=True, help="dependent quantisation")
+    p.add_argument("--scan-order", type=int, default=0, choices=range(5))
+    p.add_argument("--vs", action="store_true",
+                   help="also run lzma, bz2, zstd (if installed) on the same indices, and NNCodec if set up")
+    p.set_defaults(func=cmd_bench)
 
     p = add("demo", "Encode, decode and evaluate the bundled digits models.")
     p.set_defaults(func=cmd_demo)

@@ -106,3 +106,25 @@ def test_demo_runs(tmp_path):
     rows = json.loads(r.stdout)
     assert {row["model"] for row in rows} == {"mlp", "cnn"}
     assert all(row["acc_after"] > 0.8 for row in rows if row["qp"] <= -20)
+
+
+def test_bench_reports_json(model):
+    path, _ = model
+    r = run("bench", path, "--qp", "-24", "--json", "--vs", "-q")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    coders = [row["coder"] for row in report["rows"]]
+    assert coders[0] == "nnc" and "idx+lzma-6" in coders
+    assert all(row["bytes"] > 0 for row in report["rows"])
+
+
+def test_reference_tools_agree(tmp_path, model):
+    path, _ = model
+    repo = Path(__file__).resolve().parent.parent
+    stream = tmp_path / "s.nnr"
+    enc = subprocess.run([sys.executable, str(repo / "tools" / "nnc_encoder.py"), "-i", str(path), "-b", str(stream),
+                          "--qp", "-28"], capture_output=True, text=True)
+    dec = subprocess.run([sys.executable, str(repo / "tools" / "nnc_decoder.py"), "-b", str(stream)],
+                         capture_output=True, text=True)
+    assert enc.returncode == 0 and dec.returncode == 0, enc.stderr + dec.stderr
+    assert enc.stdout.splitlines()[-1].split()[0] == dec.stdout.splitlines()[-1].split()[0]
