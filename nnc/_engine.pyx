@@ -90,6 +90,9 @@ DEF ERR_LEVEL_RANGE = 2
 DEF ERR_PREFIX = 3
 DEF ERR_DQ_RANGE = 4
 DEF ERR_FORCED_RANGE = 5
+DEF ERR_CODEBOOK_RANGE = 6
+DEF ERR_SEEK_NEGATIVE = 7
+DEF ERR_SEEK_PAST_END = 8
 
 DEF MODE_ENCODE = 0
 DEF MODE_OPTIMISE = 1
@@ -417,10 +420,10 @@ cdef inline int64_t decoder_position(ArithDecoder* d) noexcept nogil:
 
 
 cdef inline int decoder_seek(ArithDecoder* d, int64_t t, uint32_t value) noexcept nogil:
-    """Start decoding at bit position t with the window value (spec 9.7)."""
+    """Start decoding at bit position t with the window value (spec 9.7); 0 or an error code."""
     cdef int64_t p = t + 9
     if t < 0:
-        return 0
+        return ERR_SEEK_NEGATIVE
     if p % 8 != 0:
         d.pos = p // 8 + 1
         d.bits_needed = <int>(p % 8) - 9
@@ -428,10 +431,10 @@ cdef inline int decoder_seek(ArithDecoder* d, int64_t t, uint32_t value) noexcep
         d.pos = p // 8
         d.bits_needed = -1
     if d.pos > d.length or d.pos < 1:
-        return 0
+        return ERR_SEEK_PAST_END
     d.val = (value << 7) + ((<uint32_t>d.buf[d.pos - 1] << (8 + d.bits_needed)) & 127)
     d.rng = 256
-    return 1
+    return ERR_NONE
 
 
 # --------------------------------------------------------------------------
@@ -631,6 +634,9 @@ cdef inline int64_t decode_value(ArithDecoder* d, Ctx* ctx, Layout* L, TensorSha
     if absk > (<int64_t>INT32_MAX + 1) or (not neg and absk > INT32_MAX):
         d.err = ERR_LEVEL_RANGE
         return 0
+    if t.cb and absk > max_abs:
+        d.err = ERR_CODEBOOK_RANGE
+        return 0
     return -absk if neg else absk
 
 
@@ -652,6 +658,7 @@ cdef int decode_tensor_data(ArithDecoder* d, Ctx* ctx, Layout* L, TensorShape* t
     cdef int32_t b = 0
     cdef int hd = 0
     cdef int skip_adv
+    cdef int code
     cdef int64_t W = t.width
     for br in range(t.n_block_rows):
         r0 = br * t.block_h
@@ -669,8 +676,9 @@ cdef int decode_tensor_data(ArithDecoder* d, Ctx* ctx, Layout* L, TensorShape* t
                 rec_value[br - 1] = d.val >> 7
                 rec_state[br - 1] = state
         if use_ep and br > 0 and br >= start_row:
-            if not decoder_seek(d, ep_t[br - 1], <uint32_t>ep_value[br - 1]):
-                return ERR_TRUNCATED
+            code = decoder_seek(d, ep_t[br - 1], <uint32_t>ep_value[br - 1])
+            if code:
+                return code
             state = <int>ep_state[br - 1] if t.dq else 0
         elif use_ep and br < start_row:
             continue
@@ -923,6 +931,9 @@ _DECODE_ERRORS = {
     ERR_PREFIX: (DecodeError, "remainder prefix longer than 31 bins", "10.1"),
     ERR_DQ_RANGE: (DecodeError, "dependent-quantisation reconstruction integer does not fit in int32", "10.2"),
     ERR_FORCED_RANGE: (DecodeError, "the code point lies outside the range forced at a block-row start", "11.3"),
+    ERR_CODEBOOK_RANGE: (DecodeError, "decoded codebook index offset outside the codebook", "10.4"),
+    ERR_SEEK_NEGATIVE: (DecodeError, "entry point at a negative position", "9.7"),
+    ERR_SEEK_PAST_END: (TruncatedError, "entry point needs bytes beyond the payload", "9.7"),
 }
 
 

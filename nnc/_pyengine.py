@@ -667,9 +667,9 @@ class _Tensor:
         if height < 0 or width < 0:
             raise error(f"negative tensor dimensions {height}x{width}", clause="11.1")
         if not 1 <= n_gtx <= 256:
-            raise error(f"number of greater-than flags {n_gtx} outside 1..256", clause="10.1")
+            raise error(f"number of greater-than flags {n_gtx} outside 1..256", clause="7.4")
         if not 0 <= scan_order <= 4:
-            raise error(f"scan_order {scan_order} outside 0..4", clause="11.2")
+            raise error(f"scan_order {scan_order} outside 0..4", clause="7.4")
         self.edition = edition
         self.height, self.width, self.size = height, width, height * width
         self.n_gtx = n_gtx
@@ -685,7 +685,7 @@ class _Tensor:
             if codebook_size > 0:
                 if not 0 <= codebook_zero < codebook_size:
                     raise error(f"codebook zero offset {codebook_zero} outside the codebook of "
-                                f"{codebook_size} entries", clause="10.4")
+                                f"{codebook_size} entries", clause="7.2")
                 if self.dq:
                     raise error("a codebook cannot be combined with dependent quantisation", clause="10.4")
                 self.bound = CodebookBound(codebook_size, codebook_zero)
@@ -767,7 +767,7 @@ class PayloadDecoder:
             raise ValueError("start_block_row > 0 needs entry points and a block row of the tensor")
         if use_eps:
             entry_points = [tuple(int(x) for x in e) for e in entry_points]
-            if len(entry_points) < scan.n_block_rows - 1:
+            if len(entry_points) != scan.n_block_rows - 1:
                 raise DecodeError(f"{len(entry_points)} entry points for {scan.n_block_rows} block rows",
                                   clause="11.4", offset=ad.pos)
 

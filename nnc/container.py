@@ -198,6 +198,19 @@ class Bits(cs.Adapter):
         return int.from_bytes(bytes(obj), "big")
 
 
+class DimensionCount(UE):
+    """count_tensor_dimensions: ue(1), at most 64 (spec 7.4)."""
+
+    def __init__(self):
+        super().__init__(1)
+
+    def _parse(self, stream, context, path):
+        value = super()._parse(stream, context, path)
+        if value > MAX_DIMENSIONS:
+            raise SyntaxViolation(f"{value} tensor dimensions (at most {MAX_DIMENSIONS})", "7.4")
+        return value
+
+
 FLAG = U(1)
 FLT = Flt()
 ST = St()
@@ -452,8 +465,7 @@ INPUT_PARAMETERS = Struct(
     "compressed_parameter_types" / U(4),
     "decomposition_rank" / If(this.compressed_parameter_types & NNR_CPT_DC, UE(3)),
     "g_number_of_rows" / If(this.compressed_parameter_types & NNR_CPT_DC, UE(3)),
-    "count_tensor_dimensions" / If(this.tensor_dimensions_flag, cs.ExprValidator(
-        UE(1), lambda v, c: v <= MAX_DIMENSIONS)),
+    "count_tensor_dimensions" / If(this.tensor_dimensions_flag, DimensionCount()),
     "tensor_dimensions" / If(this.tensor_dimensions_flag, cs.Array(this.count_tensor_dimensions, UE(7))),
     "cabac_unary_length_minus1" / If(this.cabac_unary_length_flag, U(8)),
     "codebook_dc" / If(lambda c: c._.nnr_compressed_data_unit_payload_type == NNR_PT_BLOCK

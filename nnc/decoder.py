@@ -55,7 +55,7 @@ class Limits:
     """
 
     max_tensor_elements: int = 2**31 - 1
-    max_total_bytes: int = 16 * 2**30
+    max_total_bytes: int = 8 * 2**30
 
 
 @dataclass
