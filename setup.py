@@ -13,21 +13,18 @@ macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
 if os.environ.get("NNC_CYTHON_COVERAGE"):
     macros += [("CYTHON_TRACE", "1"), ("CYTHON_TRACE_NOGIL", "1")]
 
-extensions = [
-    Extension(
-        "nnc._engine",
-        ["nnc/_engine.pyx"],
+
+
+def extension(name: str) -> Extension:
+    return Extension(
+        f"nnc.{name}",
+        [f"nnc/{name}.pyx"],
         include_dirs=[numpy.get_include()],
         define_macros=macros,
         extra_compile_args=["-O3"],
-    ),
-    Extension(
-        "nnc._quant",
-        ["nnc/_quant.pyx"],
-        include_dirs=[numpy.get_include()],
-        define_macros=macros,
-        extra_compile_args=["-O3"],
-    ),
-]
+    )
+
+
+extensions = [extension("_engine"), extension("_quant")]
 
 setup(ext_modules=cythonize(extensions, compiler_directives=directives))

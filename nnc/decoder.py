@@ -25,6 +25,7 @@ from . import container as C
 from .engine import get_engine
 from .errors import DecodeError, LimitError, NNCError, UnsupportedError
 from .reconstruction import (
+    DECOMPRESSED_DATA_FORMATS,
     convert_to_format,
     reconstruct_codebook,
     reconstruct_uniform,
@@ -287,8 +288,6 @@ class Decoder:
             else:
                 dtype = "float32"
             if fmt is not None:
-                from .reconstruction import DECOMPRESSED_DATA_FORMATS
-
                 if fmt not in DECOMPRESSED_DATA_FORMATS:
                     raise DecodeError(f"reserved nnr_decompressed_data_format {fmt}", clause="7.4",
                                       offset=unit.offset)

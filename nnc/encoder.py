@@ -27,7 +27,7 @@ import numpy as np
 from . import container as C
 from .engine import get_engine
 from .errors import EncodeError, NNCError
-from .reconstruction import reconstruct_codebook, reconstruct_uniform, step_size
+from .reconstruction import DECOMPRESSED_DATA_FORMATS, reconstruct_codebook, reconstruct_uniform, step_size
 
 INT32_MAX = 2**31 - 1
 
@@ -319,9 +319,8 @@ class Encoder:
         step = step_size(qp, self.qp_density)
         if self.codebook and not in_block:
             coded = self._codebook_tensor(name, x, step, height, width, scan, fmt, shape)
-            if self.codebook != "auto" or coded is not None:
-                if coded is not None:
-                    return coded
+            if coded is not None:
+                return coded
         levels = self._quantise(name, x, float(step), self.dq, height, width, scan)
         recon = reconstruct_uniform(levels, step).reshape(shape)
         if fmt is not None:
@@ -346,7 +345,7 @@ class Encoder:
                  codebook=[int(v) for v in book], cb_zero=zero,
                  recon=reconstruct_codebook(indices, book, zero, step).reshape(shape))
         if fmt is not None:
-            t["recon"] = t["recon"].astype(self._fmt_dtype(fmt))
+            t["recon"] = t["recon"].astype(DECOMPRESSED_DATA_FORMATS[fmt])
         if self.codebook == "auto":
             edition = self.edition
             kw = dict(n_gtx=self.n_gtx, scan_order=scan, edition=edition)
@@ -357,11 +356,7 @@ class Encoder:
                 return None
         return t
 
-    @staticmethod
-    def _fmt_dtype(fmt):
-        from .reconstruction import DECOMPRESSED_DATA_FORMATS
 
-        return DECOMPRESSED_DATA_FORMATS[fmt]
 
     def _record(self, result: EncodeResult, t: dict) -> None:
         result.tensors[t["name"]] = EncodedTensor(
