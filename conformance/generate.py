@@ -386,6 +386,38 @@ must_fail("mf_garbage_payload", "DecodeError", "9.1",
         enc(OrderedDict(i=np.array([5], np.int32)))))
 
 
+def _replace_ndu(stream, index, payload=None, **fields):
+    """The stream with its index-th unit (an NDU) rebuilt with changed header fields and/or payload."""
+    u = _units(stream)[index]
+    profile = _units(stream)[0].header.general_profile_idc
+    new = C.build_ndu(dict(u.header, **fields), bytes(u.payload) if payload is None else payload, profile=profile)
+    return stream[:u.offset] + new + stream[u.end:]
+
+
+must_fail("mf_payload_truncated_mid_tensor", "TruncatedError", "9.2",
+          "a CABAC payload cut in the middle of its tensor (unit size adjusted)")(
+    lambda: _replace_ndu(_valid(), 3, payload=bytes(_units(_valid())[3].payload)[:12]))
+must_fail("mf_stop_pattern", "DecodeError", "9.6", "the padding bits after the stop bit are not zero")(
+    lambda: _replace_ndu(_valid(), 4, payload=bytes(_units(_valid())[4].payload)[:-1]
+                         + bytes([_units(_valid())[4].payload[-1] | 0x01])))
+must_fail("mf_too_many_dimensions", "DecodeError", "7.4", "count_tensor_dimensions of 65")(
+    lambda: _replace_ndu(_valid(), 3, tensor_dimensions=[1] * 65, scan_order=0))
+must_fail("mf_indexed_topology", "UnsupportedError", "5.2", "mps_topology_indexed_reference_flag = 1")(
+    lambda: C.build_str(1) + C.build_mps(mps_topology_indexed_reference_flag=1) + C.build_tpl())
+must_fail("mf_dims_out_of_band", "UnsupportedError", "7.4", "an NDU without tensor dimensions (out of band)")(
+    lambda: _replace_ndu(_valid(), 3, tensor_dimensions_flag=0, tensor_dimensions=None,
+                         count_tensor_dimensions=None, scan_order=None, first_tensor_dimension_shift=None,
+                         entry_points=None))
+must_fail("mf_step_out_of_range", "DecodeError", "12.1", "an MPS qp of 4095: the step size overflows float32")(
+    lambda: C.build_str(1) + C.build_mps(qp=4095) + _valid()[_units(_valid())[2].offset:])
+must_fail("mf_block_without_names", "DecodeError", "7.6", "a BLOCK payload type on a single-name NDU")(
+    lambda: _replace_ndu(_valid(), 3, nnr_compressed_data_unit_payload_type=C.NNR_PT_BLOCK))
+must_fail("mf_int_format_range", "DecodeError", "12.6", "an INT tensor whose values do not fit the signalled int2")(
+    lambda: (lambda s: _replace_ndu(s, 3, nnr_decompressed_data_format_present_flag=1,
+                                    nnr_decompressed_data_format=2))(
+        enc(OrderedDict(i=np.array([[3, -5], [7, 1]], np.int32)))))
+
+
 # -- writing ----------------------------------------------------------------------------------------------
 
 
@@ -464,6 +496,7 @@ def run_crosscheck(entries, blobs):
         if not ok and "nnr_decompressed_data_format" in " ".join(e["features"]):
             detail = "NNCodec does not convert to nnr_decompressed_data_format: " + detail
         result[e["name"]] = "yes" if ok else f"no: NNCodec output differs ({detail})"
+    adapter.close()
     return result
 
 

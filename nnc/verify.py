@@ -96,6 +96,9 @@ class NNCodecAdapter:
             raise NotImplementedError("the NNCodec adapter keeps no state across incremental streams")
         return self.oracle.decompress(data)
 
+    def close(self):
+        self.oracle.close()
+
 
 DECODERS = {"nnc": NNCAdapter, "nnc-python": lambda: NNCAdapter("python"), "nncodec": NNCodecAdapter}
 
@@ -125,6 +128,15 @@ def verify_suite(suite: str | Path, decoder: Callable | str = "nnc", *, groups=N
     manifest = json.loads((suite / "manifest.json").read_text())
     run = DECODERS[decoder]() if isinstance(decoder, str) else decoder
     results = []
+    try:
+        _run_entries(suite, manifest, run, results, groups, names, profiles)
+    finally:
+        if isinstance(decoder, str) and hasattr(run, "close"):
+            run.close()
+    return results
+
+
+def _run_entries(suite, manifest, run, results, groups, names, profiles):
     for entry in manifest["streams"]:
         if (groups and entry["group"] not in groups) or (names and entry["name"] not in names) \
                 or (profiles is not None and entry["profile"] not in profiles):
@@ -160,7 +172,6 @@ def verify_suite(suite: str | Path, decoder: Callable | str = "nnc", *, groups=N
         else:
             ok, detail = _check_expected(entry, out)
             results.append(Result(entry["name"], entry["group"], ok, detail, dt))
-    return results
 
 
 def format_table(results: list[Result]) -> str:
