@@ -1434,3 +1434,134 @@ def compute_entry_points(payload, int edition, tensors):
         result.append(list(dec.last_entry_points))
     dec.finish()
     return result
+
+
+# --------------------------------------------------------------------------
+# Rate-distortion quantisation (informative, spec Annex A.9): for each weight,
+# in scan order, the index k minimising F (x - k)^2 + lambda * bits(k), where
+# bits(k) is the estimated code length under the current adaptive contexts.
+# --------------------------------------------------------------------------
+cdef inline uint64_t value_cost(Ctx* ctx, Layout* L, TensorShape* t, int64_t k, int64_t prev) noexcept nogil:
+    """Estimated cost (1/32768 bit) of coding k now, without changing the contexts (no DQ)."""
+    cdef int c = neighbour_class(prev)
+    cdef int neg = k < 0
+    cdef int64_t absk = -k if neg else k
+    cdef int64_t run = 1
+    cdef int64_t r
+    cdef int j = 0
+    cdef int m = 0
+    cdef int n = L.n_gtx
+    cdef uint64_t cost = est_bin(&ctx[L.sig + c], k != 0)
+    if k == 0:
+        return cost
+    cost += est_bin(&ctx[L.sign + c], neg)
+    while j < n:
+        cost += est_bin(&ctx[L.gtx + 2 * j + neg], absk > run)
+        if absk <= run:
+            return cost
+        run += 1
+        j += 1
+    r = absk - run
+    while m < L.n_rem:
+        if r >= (<int64_t>1 << m):
+            cost += est_bin(&ctx[L.rem + m], 1)
+            r -= <int64_t>1 << m
+            m += 1
+        else:
+            cost += est_bin(&ctx[L.rem + m], 0)
+            break
+    return cost + <uint64_t>m * EST_BYPASS
+
+
+def rdoq_levels(double[::1] x, int64_t height, int64_t width, *, double lam, int n_gtx=11, int scan_order=0,
+                int edition=2, importance=None):
+    """Rate-distortion quantisation of x = w / step (spec A.9), uniform reconstruction.
+
+    For each element in scan order the level k in {0, floor(|x|), ceil(|x|)} (signed like x)
+    minimises F (x - k)^2 + lam * bits(k); bits come from the context models, which then
+    adapt to the chosen k as the encoder's will.  ``lam`` is in squared steps per bit, so its
+    meaning does not depend on the step size; ``importance`` gives F per element (default 1).
+    lam = 0 is nearest rounding (ties away from zero).
+    """
+    _check_edition(edition)
+    _check_tensor_args(height, width, n_gtx, scan_order, EncodeError)
+    cdef int64_t size = height * width
+    if x.shape[0] != size:
+        raise EncodeError(f"x has {x.shape[0]} elements, the tensor has {size}")
+    if lam < 0:
+        raise EncodeError("lambda must be >= 0")
+    cdef cnp.ndarray f_arr = None
+    cdef double[::1] f_v
+    cdef bint has_f = importance is not None
+    if has_f:
+        f_arr = np.ascontiguousarray(importance, dtype=np.float64).reshape(-1)
+        if f_arr.size != size or not np.all(f_arr >= 0):
+            raise EncodeError("importance needs one non-negative value per element")
+        f_v = f_arr
+    out = np.zeros(size, dtype=np.int32)
+    cdef int32_t[::1] o = out
+    cdef Layout L = make_layout(edition, n_gtx)
+    cdef TensorShape t = make_shape(edition, height, width, scan_order, 0, 0, 0, 0, 0)
+    cdef Ctx* ctx = <Ctx*>malloc(L.n_ctx * sizeof(Ctx))
+    if ctx == NULL:
+        raise MemoryError()
+    cdef BinSink s
+    cdef int64_t br, r, c, r0, r_end, c0, c_end, i, cand, best_k, lo
+    cdef int q
+    cdef int64_t prev = 0
+    cdef double ax, d, cost, best_cost, fi, scale = lam / 32768.0
+    cdef int64_t cands[3]
+    try:
+        for q in range(L.n_ctx):
+            ctx_init(&ctx[q], 0)
+        s.mode = MODE_ESTIMATE
+        s.ctx = ctx
+        s.n_ctx = L.n_ctx
+        s.est_bits = 0
+        with nogil:
+            for br in range(t.n_block_rows):
+                r0 = br * t.block_h
+                r_end = r0 + t.block_h
+                if r_end > t.height:
+                    r_end = t.height
+                if br > 0:
+                    contexts_reset(ctx, L.n_ctx)
+                    prev = 0
+                c0 = 0
+                while c0 < width:
+                    c_end = c0 + t.block_w
+                    if c_end > width:
+                        c_end = width
+                    for r in range(r0, r_end):
+                        for c in range(c0, c_end):
+                            i = r * width + c
+                            ax = x[i] if x[i] >= 0 else -x[i]
+                            fi = f_v[i] if has_f else 1.0
+                            lo = <int64_t>ax
+                            cands[0] = 0
+                            cands[1] = lo
+                            cands[2] = lo + 1
+                            best_k = 0
+                            best_cost = 1e308
+                            for q in range(3):
+                                cand = cands[q]
+                                if q > 0 and cand == 0:
+                                    continue
+                                if cand > INT32_MAX:
+                                    continue
+                                d = ax - <double>cand
+                                cost = fi * d * d
+                                if scale > 0:
+                                    cost += scale * <double>value_cost(ctx, &L, &t, -cand if x[i] < 0 else cand, prev)
+                                if cost < best_cost or (cost == best_cost and cand > best_k):
+                                    best_cost = cost
+                                    best_k = cand
+                            if x[i] < 0:
+                                best_k = -best_k
+                            o[i] = <int32_t>best_k
+                            encode_value(&s, &L, &t, best_k, 0, prev, 0, 0)
+                            prev = best_k
+                    c0 = c_end
+        return out
+    finally:
+        free(ctx)

@@ -1227,3 +1227,65 @@ def compute_entry_points(payload, edition, *args) -> list:
         result.append(list(dec.last_entry_points))
     dec.finish()
     return result
+
+
+# ===========================================================================
+# Rate-distortion quantisation (informative, Annex A.9)
+# ===========================================================================
+
+def _bin_cost_units(ctx: ContextModel, bin: int) -> int:
+    return _COST[abs(ctx.c >> 7)][1 if bin == ctx.mps else 0]
+
+
+def rdoq_levels(x, height, width, *, lam, n_gtx=11, scan_order=0, edition=2, importance=None):
+    """Rate-distortion quantisation of x = w / step (A.9), uniform reconstruction.
+
+    For each element in scan order the level k in {0, floor(|x|), ceil(|x|)} (signed like x)
+    minimises F (x - k)^2 + lam * bits(k), bits estimated under the current contexts, which
+    then adapt to the chosen k.  ``lam`` is in squared steps per bit; lam = 0 is nearest
+    rounding (ties away from zero).
+    """
+    edition = _check_edition(edition)
+    t = _Tensor(edition, height, width, n_gtx=n_gtx, dq=False, scan_order=scan_order, codebook_size=0,
+                codebook_zero=0, parent_present=False, tca_base=None, hdsp_history=None, error=EncodeError)
+    x = np.ascontiguousarray(x, dtype=np.float64).reshape(-1)
+    if x.size != t.size:
+        raise EncodeError(f"x has {x.size} elements, the tensor has {t.size}")
+    if lam < 0:
+        raise EncodeError("lambda must be >= 0")
+    f = np.ones(t.size) if importance is None else np.ascontiguousarray(importance, np.float64).reshape(-1)
+    if f.size != t.size or not np.all(f >= 0):
+        raise EncodeError("importance needs one non-negative value per element")
+    layout = t.layout
+    ctx = _fresh_contexts(layout.count)
+    out = np.zeros(t.size, dtype=np.int32)
+    prev = 0
+    block_h, block_w = (height, width) if t.scan.order == 0 else (4 << t.scan.order, 4 << t.scan.order)
+    for r0 in range(0, height, max(block_h, 1)):
+        if r0 > 0:                                             # 11.3 block-row reset
+            for c in ctx:
+                c.reset()
+            prev = 0
+        for c0 in range(0, width, max(block_w, 1)):
+            for r in range(r0, min(height, r0 + block_h)):
+                for col in range(c0, min(width, c0 + block_w)):
+                    i = r * width + col
+                    ax = abs(x[i])
+                    best_k, best_cost = 0, None
+                    for cand in (0, int(ax), int(ax) + 1):
+                        if (cand == 0 and best_cost is not None) or cand > INT32_MAX:
+                            continue
+                        k = -cand if x[i] < 0 else cand
+                        cost = f[i] * (ax - cand) ** 2
+                        if lam:
+                            bits = sum(EST_UNIT if cx is None else _bin_cost_units(ctx[cx], b)
+                                       for cx, b in binarise(k, layout, prev=prev))
+                            cost += lam * bits / EST_UNIT
+                        if best_cost is None or cost < best_cost or (cost == best_cost and cand > abs(best_k)):
+                            best_k, best_cost = k, cost
+                    for cx, b in binarise(best_k, layout, prev=prev):
+                        if cx is not None:
+                            ctx[cx].update(b)
+                    out[i] = best_k
+                    prev = best_k
+    return out

@@ -101,7 +101,7 @@ def cmd_encode(args) -> int:
         qp=args.qp, step=args.step, dq=args.dq, scan_order=args.scan_order, n_gtx=args.n_gtx,
         qp_density=args.qp_density, qp_per_tensor=_parse_assignments(args.tensor_qp, "--tensor-qp"),
         raw=args.raw or (), lossless_int=args.lossless_int, blocks=args.blocks, profile=args.profile,
-        param_opt=not args.no_param_opt, row_skip=args.row_skip,
+        param_opt=not args.no_param_opt, row_skip=args.row_skip, rdoq_lambda=args.rdoq or 0.0,
     )
     if args.nonweight_qp is not None:
         options["nonweight_qp"] = args.nonweight_qp
@@ -358,6 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", type=int, default=1, choices=(0, 1), help="1: 2nd edition (default), 0: 1st")
     p.add_argument("--no-param-opt", action="store_true", help="do not optimise context initialisation")
     p.add_argument("--row-skip", action="store_true", help="2nd edition: skip all-zero rows")
+    p.add_argument("--rdoq", type=float, metavar="LAMBDA",
+                   help="rate-distortion quantisation with this lambda (squared steps per bit); needs --no-dq")
     p.set_defaults(func=cmd_encode)
 
     p = add("decode", "Decode an NNC stream into a model file.")

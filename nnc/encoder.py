@@ -113,6 +113,9 @@ class Encoder:
     * ``keep_dtype`` (default True) — signal float16/float64 inputs so that they decode as such;
     * ``row_skip`` (default False) — 2nd edition: skip all-zero rows;
     * ``output_formats`` — {name: nnr_decompressed_data_format} to signal an output dtype (spec 12.6);
+    * ``rdoq_lambda`` (default 0) — with ``dq=False``: rate-distortion quantisation (spec A.9), each
+      level minimising F (w/Δ − k)² + λ·bits; λ is in squared step sizes per bit;
+    * ``importance`` — {name: array of F} per-weight importance for the rate-distortion choice;
     * ``codebook`` (default False) — code float tensors as codebook indices (True), or
       whichever is estimated smaller ("auto"); codebook tensors decode as float64;
     * ``engine`` — "cython" or "python".
@@ -138,6 +141,8 @@ class Encoder:
         row_skip: bool = False,
         codebook=False,
         output_formats: Mapping[str, int] | None = None,
+        rdoq_lambda: float = 0.0,
+        importance: Mapping[str, np.ndarray] | None = None,
         engine: str | None = None,
     ):
         if qp is not None and step is not None:
@@ -169,6 +174,13 @@ class Encoder:
             raise EncodeError("codebook must be False, True or 'auto'")
         self.codebook = codebook
         self.output_formats = dict(output_formats or {})
+        if rdoq_lambda < 0:
+            raise EncodeError("rdoq_lambda must be >= 0")
+        if rdoq_lambda and self.dq:
+            raise EncodeError("rate-distortion quantisation is implemented for uniform reconstruction only; "
+                              "use dq=False with rdoq_lambda (the rate-aware DQ trellis is not implemented yet)")
+        self.rdoq_lambda = float(rdoq_lambda)
+        self.importance = {k: np.asarray(v, np.float64) for k, v in (importance or {}).items()}
         self.engine = get_engine(engine)
 
     # -- per-tensor decisions ----------------------------------------------------
@@ -182,13 +194,18 @@ class Encoder:
 
     def _quantise(self, name: str, x: np.ndarray, step: float, dq: bool, height: int, width: int,
                   scan_order: int) -> np.ndarray:
-        """Integers n for values x (spec A.1, A.2)."""
+        """Integers n for values x (spec A.1, A.2, A.9)."""
         scaled = x.reshape(-1) / float(step)
         if scaled.size and np.abs(scaled).max() >= INT32_MAX - 2:
             raise EncodeError(
                 f"tensor {name!r}: values up to {np.abs(x).max():.4g} overflow int32 levels at step "
                 f"{step:.4g}; use a larger qp"
             )
+        if not dq and self.rdoq_lambda:
+            importance = self.importance.get(name)
+            return self.engine.rdoq_levels(np.ascontiguousarray(scaled), height, width, lam=self.rdoq_lambda,
+                                           n_gtx=self.n_gtx, scan_order=scan_order, edition=self.edition,
+                                           importance=importance)
         if not dq:
             return (np.sign(scaled) * np.floor(np.abs(scaled) + 0.5)).astype(np.int32)
         from ._quant import dq_trellis

@@ -1,0 +1,66 @@
+"""Rate-distortion quantisation (spec A.9): the first piece of the paper's encoder."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import nnc
+from nnc.engine import get_engine
+
+ENGINES = ["cython", "python"]
+
+
+@settings(deadline=None, max_examples=40)
+@given(x=hnp.arrays(np.float64, st.integers(1, 300), elements=st.floats(-1e4, 1e4)),
+       engine=st.sampled_from(ENGINES))
+def test_lambda_zero_is_nearest_rounding(x, engine):
+    n = get_engine(engine).rdoq_levels(x, 1, x.size, lam=0.0)
+    np.testing.assert_array_equal(n, (np.sign(x) * np.floor(np.abs(x) + 0.5)).astype(np.int32))
+
+
+@settings(deadline=None, max_examples=25)
+@given(h=st.integers(1, 24), w=st.integers(1, 24), scan=st.integers(0, 4), edition=st.sampled_from([1, 2]),
+       lam=st.sampled_from([0.05, 0.5, 3.0]), seed=st.integers(0, 2**16), weighted=st.booleans())
+def test_both_engines_choose_the_same_levels(h, w, scan, edition, lam, seed, weighted):
+    rng = np.random.default_rng(seed)
+    x = rng.laplace(0, 4, h * w)
+    f = rng.random(h * w) if weighted else None
+    a = get_engine("cython").rdoq_levels(x, h, w, lam=lam, scan_order=scan, edition=edition, importance=f)
+    b = get_engine("python").rdoq_levels(x, h, w, lam=lam, scan_order=scan, edition=edition, importance=f)
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("scale", [0.3, 2.0, 10.0])
+def test_larger_lambda_never_grows_a_large_tensor(scale):
+    """On a fixed large tensor the payload shrinks as lambda grows (the rate term is what lambda buys)."""
+    eng = get_engine("cython")
+    x = np.random.default_rng(int(scale * 10)).laplace(0, scale, 150 * 160)
+    sizes, errors = [], []
+    for lam in (0.0, 0.25, 1.0, 4.0, 16.0):
+        n = eng.rdoq_levels(x, 150, 160, lam=lam)
+        enc = eng.PayloadEncoder(2)
+        enc.encode_tensor(n, 150, 160, n_gtx=11)
+        sizes.append(len(enc.finish()))
+        errors.append(float(((x - n) ** 2).sum()))
+    assert sizes == sorted(sizes, reverse=True), sizes
+    assert errors == sorted(errors), errors
+
+
+def test_zero_importance_weights_are_free_to_move():
+    x = np.full(400, 0.6)
+    f = np.zeros(400)
+    n = get_engine("cython").rdoq_levels(x, 20, 20, lam=1.0, importance=f)
+    assert not n.any()
+
+
+def test_encoder_option_and_exact_reconstruction():
+    rng = np.random.default_rng(1)
+    tensors = {"w.weight": rng.laplace(0, 0.02, (64, 48)).astype(np.float32)}
+    plain = nnc.Encoder(qp=-36, dq=False).encode(tensors)
+    rd = nnc.Encoder(qp=-36, dq=False, rdoq_lambda=1.0).encode(tensors)
+    assert len(rd.stream) < len(plain.stream)
+    np.testing.assert_array_equal(nnc.decode(rd.stream)["w.weight"], rd.tensors["w.weight"].reconstruction)
+    with pytest.raises(nnc.EncodeError, match="uniform reconstruction only"):
+        nnc.Encoder(dq=True, rdoq_lambda=1.0)
