@@ -163,6 +163,8 @@ class Decoder:
         self.data = read_input(data)
         self.limits = limits or Limits()
         self.engine = get_engine(engine)
+        # levels are kept across streams only when the caller asks (a state) or the stream needs them
+        self.keep_state = state is not None
         self.state = state if state is not None else DecoderState()
         self.entry_points_mode = entry_points
         self.units: list[C.Unit] = []
@@ -170,6 +172,9 @@ class Decoder:
         self._ndus: list[tuple[C.Unit, _Params]] = []
         self._parse_units()
         self._index = self._build_index()
+        self._ndu_tensors: list[list[TensorInfo]] = [[] for _ in self._ndus]
+        for i, info in self._index.values():
+            self._ndu_tensors[i].append(info)
 
     # -- unit stream (spec 3) -------------------------------------------------
     def _parse_units(self) -> None:
@@ -353,7 +358,7 @@ class Decoder:
                 raise KeyError(f"no tensor named {sorted(missing)[0]!r} in the stream")
         out: OrderedDict[str, np.ndarray] = OrderedDict()
         for i, (unit, params) in enumerate(self._ndus):
-            infos = [info for _, info in self._index.values() if _ == i]
+            infos = self._ndu_tensors[i]
             if wanted is not None and not any(t.name in wanted for t in infos):
                 continue
             for name, arr in self._decode_ndu(unit, params, infos).items():
@@ -369,8 +374,7 @@ class Decoder:
             raise KeyError(f"no tensor named {name!r} in the stream")
         i, _ = self._index[name]
         unit, params = self._ndus[i]
-        infos = [info for _, info in self._index.values() if _ == i]
-        return self._decode_ndu(unit, params, infos)[name]
+        return self._decode_ndu(unit, params, self._ndu_tensors[i])[name]
 
     def info(self, name: str) -> TensorInfo:
         return self._index[name][1]
@@ -444,7 +448,8 @@ class Decoder:
                         clause="11.4",
                     )
             info.row_skip = bool(dec.last_row_skip)
-            self.state.update(info.name, levels)
+            if self.keep_state or params.parent_signalling:
+                self.state.update(info.name, levels)
             out[info.name] = self._reconstruct(info, levels, cb_zero)
         dec.finish()
         return out
