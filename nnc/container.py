@@ -159,6 +159,8 @@ class St(cs.Construct):
         raw = str(obj).encode("utf-8")
         if b"\x00" in raw:
             raise cs.ExplicitError("a st string cannot contain NUL")
+        if len(raw) > MAX_STRING_BYTES:
+            raise cs.ExplicitError(f"a st string is limited to {MAX_STRING_BYTES} bytes (spec 2.6)")
         for b in raw + b"\x00":
             cs.BitsInteger(8)._build(b, stream, context, path)
         return obj

@@ -271,7 +271,6 @@ class Encoder:
         for build in ndus:
             units.append(build(mps_qp))
         result.stream = b"".join(units)
-        # keep output order = decode order (block NDUs list LS, BI, BN, W)
         return result
 
     def _mps_qp(self, qps: list[int]) -> int:
