@@ -28,6 +28,20 @@ def encode(tensors, *, qp=None, dq=True, **options):
     return _encode(tensors, qp=qp, dq=dq, **options)
 
 
+def encode_model(model, output=None, **options):
+    """Encode a model file or mapping of arrays; see :func:`nnc.models.encode_model`."""
+    from .models import encode_model as _encode_model
+
+    return _encode_model(model, output, **options)
+
+
+def decode_model(stream, output=None, **options):
+    """Decode a stream to the model's tensors (and file); see :func:`nnc.models.decode_model`."""
+    from .models import decode_model as _decode_model
+
+    return _decode_model(stream, output, **options)
+
+
 def __getattr__(name):
     # lazy access to the encoder side, so that decode-only pipelines never import it
     if name in ("Encoder", "EncodeResult", "encode_with_reconstruction", "qp_for_step"):
@@ -41,6 +55,8 @@ __all__ = [
     "decode",
     "decode_with_info",
     "encode",
+    "encode_model",
+    "decode_model",
     "Decoder",
     "DecoderState",
     "Limits",

@@ -108,7 +108,11 @@ def cmd_encode(args) -> int:
     if args.qp is None and args.step is None:
         options.pop("step")
     t0 = time.perf_counter()
-    result = Encoder(**options).encode(tensors)
+    progress = Progress(sum(int(np.asarray(v).size) for v in tensors.values()), "encoding", args.quiet)
+    try:
+        result = Encoder(**options).encode(tensors, progress=lambda name, n: progress.step(n, name))
+    finally:
+        progress.close()
     elapsed = time.perf_counter() - t0
     out = args.output or str(Path(args.model).with_suffix(".nnr"))
     formats.write_atomic(out, result.stream)

@@ -142,7 +142,7 @@ class Decoder:
     """Decoder of one NNC stream, with metadata and random access by tensor.
 
     >>> import nnc
-    >>> dec = nnc.Decoder(nnc.encode({"a": [1.0, 2.0], "b": [3.0]}, qp=-20))
+    >>> dec = nnc.Decoder(nnc.encode({"a": [1.0, 2.0], "b": [3.0]}, qp=-20, nonweight_qp=None))
     >>> [t.name for t in dec.tensors()]
     ['a', 'b']
     >>> dec.decode_tensor("b").tolist()
@@ -527,7 +527,7 @@ def decode(
     :class:`nnc.DecodeError` subclass on any invalid input.
 
     >>> import nnc
-    >>> nnc.decode(nnc.encode({"x": [0.25, -1.0]}, qp=-16))["x"].tolist()
+    >>> nnc.decode(nnc.encode({"x": [0.25, -1.0]}, qp=-16, nonweight_qp=None))["x"].tolist()
     [0.25, -1.0]
     """
     return Decoder(data, limits=limits, engine=engine, state=state, entry_points=entry_points).decode()

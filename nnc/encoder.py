@@ -243,8 +243,11 @@ class Encoder:
         return groups
 
     # -- stream ------------------------------------------------------------------
-    def encode(self, tensors: Mapping[str, object]) -> EncodeResult:
-        """Encode the tensors; return the stream and the reconstruction of each tensor."""
+    def encode(self, tensors: Mapping[str, object], progress=None) -> EncodeResult:
+        """Encode the tensors; return the stream and the reconstruction of each tensor.
+
+        ``progress``, if given, is called with (name, number of elements) after each tensor.
+        """
         if not isinstance(tensors, Mapping):
             raise EncodeError("tensors must be a mapping of name to array")
         arrays = OrderedDict()
@@ -264,6 +267,8 @@ class Encoder:
                 ndus.append(self._block_ndu(name, groups[name], arrays, result))
             else:
                 ndus.append(self._single_ndu(name, arr, result))
+            if progress is not None:
+                progress(name, int(arr.size))
         qps = [t.qp for t in result.tensors.values() if t.qp is not None]
         mps_qp = self._mps_qp(qps)
         units = [C.build_str(self.profile), C.build_mps(qp_density=self.qp_density, qp=mps_qp, profile=self.profile),
@@ -525,8 +530,10 @@ def encode(tensors: Mapping[str, object], *, qp: int | None = None, dq: bool = T
     ``dq`` switches dependent quantisation.  Other options: see :class:`Encoder`.
 
     >>> import nnc
-    >>> len(nnc.encode({"w": [[0.0, 0.5, -0.25], [1.0, 0.0, 0.0]]}, qp=-8, dq=False))
-    38
+    >>> import numpy as np
+    >>> stream = nnc.encode({"w": np.array([[0.0, 0.5, -0.25], [1.0, 0.0, 0.0]], np.float32)}, qp=-8, dq=False)
+    >>> stream.hex()  # byte for byte what NNCodec 2.1.3 writes for this tensor
+    '00040201000806810040008000060e000000001516097700d040c120a0c2a080f74e801f67e2f0'
     """
     return Encoder(qp=qp, dq=dq, **options).encode(tensors).stream
 

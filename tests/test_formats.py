@@ -114,3 +114,17 @@ def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
         formats.write_atomic(target, b"new content")
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["t.npz"]
+
+
+def test_encode_model_and_decode_model_mirror_the_cli(tmp_path):
+    src = tmp_path / "m.safetensors"
+    src.write_bytes(formats.safetensors_bytes(
+        {"w": np.ones((3, 4), np.float32), "h": np.ones(4, np.float16), "n": np.array(3, np.int64)}))
+    stream_path = tmp_path / "m.nnr"
+    stream = nnc.encode_model(src, stream_path, qp=-20)
+    assert stream_path.read_bytes() == stream
+    out = tmp_path / "back.safetensors"
+    tensors = nnc.decode_model(stream_path, out)
+    back, dtypes = formats.read_model(out)
+    assert list(back) == ["w", "h", "n"] and dtypes == {"w": "float32", "h": "float16", "n": "int64"}
+    assert back["n"].shape == () and tensors["n"].shape == ()

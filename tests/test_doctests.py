@@ -1,0 +1,14 @@
+"""The examples in the public modules' docstrings run as written."""
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = ["nnc.decoder", "nnc.encoder", "nnc.models", "nnc.reconstruction", "nnc.engine"]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name):
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0
