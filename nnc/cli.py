@@ -102,7 +102,10 @@ def cmd_encode(args) -> int:
         qp_density=args.qp_density, qp_per_tensor=_parse_assignments(args.tensor_qp, "--tensor-qp"),
         raw=args.raw or (), lossless_int=args.lossless_int, blocks=args.blocks, profile=args.profile,
         param_opt=not args.no_param_opt, row_skip=args.row_skip, rdoq_lambda=args.rdoq or 0.0,
+        dcv1_s=args.dcv1_s,
     )
+    if args.sigmas:
+        options["sigmas"], _ = formats.read_model(args.sigmas)
     if args.nonweight_qp is not None:
         options["nonweight_qp"] = args.nonweight_qp
     if args.qp is None and args.step is None:
@@ -364,6 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--row-skip", action="store_true", help="2nd edition: skip all-zero rows")
     p.add_argument("--rdoq", type=float, metavar="LAMBDA",
                    help="rate-distortion quantisation with this lambda (squared steps per bit); needs --no-dq")
+    p.add_argument("--sigmas", metavar="FILE",
+                   help="DC-v1: a model file of per-weight standard deviations (same names); sets each "
+                        "tensor's step by eq. 12 and, with --rdoq, the importance 1/sigma^2")
+    p.add_argument("--dcv1-s", type=int, default=64, metavar="S", help="DC-v1 global integer S (default 64)")
     p.set_defaults(func=cmd_encode)
 
     p = add("decode", "Decode an NNC stream into a model file.")

@@ -116,6 +116,9 @@ class Encoder:
     * ``rdoq_lambda`` (default 0) — with ``dq=False``: rate-distortion quantisation (spec A.9), each
       level minimising F (w/Δ − k)² + λ·bits; λ is in squared step sizes per bit;
     * ``importance`` — {name: array of F} per-weight importance for the rate-distortion choice;
+    * ``sigmas`` — {name: array of σ} (DeepCABAC DC-v1): the tensor's step follows eq. 12,
+      Δ = 2|w_max| / (2|w_max|/σ_min + S) with the global integer ``dcv1_s`` = S (default 64),
+      snapped to the qp grid, and with ``rdoq_lambda`` the importance is F = 1/σ² (spec A.10);
     * ``codebook`` (default False) — code float tensors as codebook indices (True), or
       whichever is estimated smaller ("auto"); codebook tensors decode as float64;
     * ``engine`` — "cython" or "python".
@@ -143,6 +146,8 @@ class Encoder:
         output_formats: Mapping[str, int] | None = None,
         rdoq_lambda: float = 0.0,
         importance: Mapping[str, np.ndarray] | None = None,
+        sigmas: Mapping[str, np.ndarray] | None = None,
+        dcv1_s: int = 64,
         engine: str | None = None,
     ):
         if qp is not None and step is not None:
@@ -181,6 +186,13 @@ class Encoder:
                               "use dq=False with rdoq_lambda (the rate-aware DQ trellis is not implemented yet)")
         self.rdoq_lambda = float(rdoq_lambda)
         self.importance = {k: np.asarray(v, np.float64) for k, v in (importance or {}).items()}
+        self.sigmas = {k: np.asarray(v, np.float64) for k, v in (sigmas or {}).items()}
+        for k, v in self.sigmas.items():
+            if not np.all(v > 0):
+                raise EncodeError(f"sigmas of {k!r} must be positive")
+        if int(dcv1_s) < 0:
+            raise EncodeError("dcv1_s must be a non-negative integer")
+        self.dcv1_s = int(dcv1_s)
         self.engine = get_engine(engine)
 
     # -- per-tensor decisions ----------------------------------------------------
@@ -203,6 +215,9 @@ class Encoder:
             )
         if not dq and self.rdoq_lambda:
             importance = self.importance.get(name)
+            if name in self.sigmas:
+                # DC-v1: F = 1 / sigma^2, in squared step sizes (x is w / step)
+                importance = (float(step) / np.maximum(self.sigmas[name].reshape(-1), 1e-30)) ** 2
             return self.engine.rdoq_levels(np.ascontiguousarray(scaled), height, width, lam=self.rdoq_lambda,
                                            n_gtx=self.n_gtx, scan_order=scan_order, edition=self.edition,
                                            importance=importance)
@@ -337,6 +352,8 @@ class Encoder:
             return dict(name=name, shape=shape, ptype="RAW_FLOAT", levels=None, qp=None, step=None, dq=False,
                         height=height, width=width, scan=0, recon=recon, fmt=fmt, raw=f32)
         qp = self.tensor_qp(name, arr.ndim)
+        if name in self.sigmas:
+            qp = qp_for_step(dcv1_step(x, self.sigmas[name], self.dcv1_s), self.qp_density)
         step = step_size(qp, self.qp_density)
         if self.codebook and not in_block:
             coded = self._codebook_tensor(name, x, step, height, width, scan, fmt, shape)
@@ -479,6 +496,23 @@ class Encoder:
             return C.build_ndu(header, payload, profile=self.profile)
 
         return build
+
+
+def dcv1_step(weights: np.ndarray, sigmas: np.ndarray, s: int) -> float:
+    """DeepCABAC DC-v1 step size, eq. 12: Δ = 2|w_max| / (2|w_max|/σ_min + S) (spec A.10).
+
+    >>> dcv1_step(np.array([0.5, -1.0]), np.array([0.1, 0.2]), 0)
+    0.1
+    """
+    w = np.asarray(weights, np.float64)
+    sg = np.asarray(sigmas, np.float64)
+    if sg.shape != w.shape and sg.size != w.size:
+        raise EncodeError("sigmas must have one value per weight")
+    w_max = float(np.abs(w).max(initial=0.0))
+    sigma_min = float(sg.min(initial=np.inf))
+    if w_max == 0 or not np.isfinite(sigma_min):
+        return float(sigma_min) if np.isfinite(sigma_min) else 1.0
+    return 2 * w_max / (2 * w_max / sigma_min + s)
 
 
 def _metadata_json(arrays: Mapping[str, np.ndarray], result: EncodeResult) -> str:

@@ -64,3 +64,24 @@ def test_encoder_option_and_exact_reconstruction():
     np.testing.assert_array_equal(nnc.decode(rd.stream)["w.weight"], rd.tensors["w.weight"].reconstruction)
     with pytest.raises(nnc.EncodeError, match="uniform reconstruction only"):
         nnc.Encoder(dq=True, rdoq_lambda=1.0)
+
+
+def test_dcv1_step_and_importance():
+    from nnc.encoder import dcv1_step
+    from nnc.reconstruction import step_size
+
+    rng = np.random.default_rng(2)
+    w = rng.laplace(0, 0.02, (64, 64)).astype(np.float32)
+    sig = np.full(w.shape, 0.01)
+    sig[:, :32] = 0.2  # uncertain half
+    enc = nnc.Encoder(dq=False, rdoq_lambda=0.5, sigmas={"w": sig}, dcv1_s=16, nonweight_qp=None)
+    res = enc.encode({"w": w})
+    t = res.tensors["w"]
+    want = dcv1_step(w, sig, 16)
+    assert abs(np.log2(t.step) - np.log2(want)) <= 0.125 + 1e-9  # nearest step of the qp grid
+    assert t.step == float(step_size(t.qp, 2))
+    n = t.levels.reshape(64, 64)
+    assert (n[:, :32] == 0).mean() > (n[:, 32:] == 0).mean()
+    np.testing.assert_array_equal(nnc.decode(res.stream)["w"], t.reconstruction)
+    with pytest.raises(nnc.EncodeError, match="positive"):
+        nnc.Encoder(sigmas={"w": np.zeros(3)})
