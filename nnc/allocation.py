@@ -1,0 +1,119 @@
+"""Encoder-side helpers of the paper's encoder (informative, spec Annex A.11, A.12).
+
+* :func:`allocate_qps` — per-tensor qps that minimise the estimated total size for a target
+  total (importance-weighted) distortion, or for a target weight SNR;
+* :func:`empirical_fisher` — a cheap importance estimate: the mean squared gradient of each
+  weight over a few batches, from a user callback (any framework).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable, Mapping
+
+import numpy as np
+
+from .encoder import Encoder
+from .errors import EncodeError
+from .reconstruction import step_size
+
+
+def _tensor_curve(enc: Encoder, name: str, x: np.ndarray, qps, importance) -> list[tuple[int, float, float]]:
+    """(qp, estimated bits, weighted squared error) of one tensor at each candidate qp."""
+    shape = x.shape or (1,)
+    height = shape[0]
+    width = x.size // height if height else 0
+    scan = enc.scan_order if len(shape) > 1 and height > 1 and width > 1 else 0
+    flat = x.reshape(-1).astype(np.float64)
+    f = np.ones_like(flat) if importance is None else np.asarray(importance, np.float64).reshape(-1)
+    curve = []
+    for qp in qps:
+        step = float(step_size(qp, enc.qp_density))
+        if np.abs(flat).max(initial=0) / step >= 2**31 - 2:
+            continue
+        levels = enc._quantise(name, flat, step, enc.dq, height, width, scan)
+        bits = enc.engine.estimate_tensor_bits(levels, height, width, n_gtx=enc.n_gtx, dq=enc.dq,
+                                               scan_order=scan, edition=enc.edition)
+        err = float((f * (flat - levels.astype(np.float64) * np.float32(step)) ** 2).sum())
+        curve.append((qp, bits, err))
+    if not curve:
+        raise EncodeError(f"tensor {name!r}: no candidate qp keeps its levels within int32")
+    return curve
+
+
+def allocate_qps(tensors: Mapping[str, np.ndarray], *, target_distortion: float | None = None,
+                 target_snr_db: float | None = None, qp_range: Iterable[int] = range(-60, -11),
+                 importance: Mapping[str, np.ndarray] | None = None, **encoder_options) -> dict[str, int]:
+    """Per-tensor qps minimising the estimated total bits for a total distortion target (spec A.11).
+
+    The distortion is sum F (w - ŵ)^2 over all float tensors (F = 1 unless ``importance``
+    gives it).  Give ``target_distortion`` directly or ``target_snr_db`` (10 log10 of
+    sum w^2 over the distortion).  Each tensor's (bits, distortion) curve over ``qp_range``
+    is measured with the encoder's own quantiser and rate estimate; a Lagrange multiplier,
+    found by bisection, picks one point per tensor so that the total distortion meets the
+    target with the fewest bits.  The result feeds ``Encoder(qp_per_tensor=...)``.
+    """
+    if (target_distortion is None) == (target_snr_db is None):
+        raise EncodeError("give exactly one of target_distortion and target_snr_db")
+    enc = Encoder(**encoder_options)
+    importance = dict(importance or {})
+    floats = {k: np.asarray(v) for k, v in tensors.items()
+              if np.asarray(v).dtype.kind == "f" and not any(p == k for p in enc.raw)}
+    if target_snr_db is not None:
+        energy = sum(float((np.asarray(v, np.float64) ** 2).sum()) for v in floats.values())
+        target_distortion = energy / 10 ** (target_snr_db / 10)
+    qps = list(qp_range)
+    curves = {k: _tensor_curve(enc, k, v, qps, importance.get(k)) for k, v in floats.items()}
+
+    def pick(mu: float) -> tuple[dict, float, float]:
+        choice, bits, dist = {}, 0.0, 0.0
+        for name, curve in curves.items():
+            qp, b, d = min(curve, key=lambda p: p[1] + mu * p[2])
+            choice[name], bits, dist = qp, bits + b, dist + d
+        return choice, bits, dist
+
+    lo, hi = 0.0, 1.0
+    while pick(hi)[2] > target_distortion and hi < 1e300:
+        hi *= 16.0
+    if pick(hi)[2] > target_distortion:
+        raise EncodeError(f"no qps in the range reach the target distortion {target_distortion:.4g}")
+    for _ in range(200):
+        mid = math.sqrt(lo * hi) if lo > 0 else hi / 1e12
+        if pick(mid)[2] > target_distortion:
+            lo = mid
+        else:
+            hi = mid
+        if lo > 0 and hi / lo < 1 + 1e-9:
+            break
+    return pick(hi)[0]
+
+
+def empirical_fisher(gradients: Iterable[Mapping[str, object]]) -> dict[str, np.ndarray]:
+    """Mean squared gradient per weight over batches: an importance estimate F (spec A.12).
+
+    ``gradients`` yields, per batch, {name: gradient} (numpy arrays, or torch tensors, which
+    are detached and moved to the CPU).  For example, with PyTorch::
+
+        def grads():
+            for x, y in batches:
+                model.zero_grad(); loss_fn(model(x), y).backward()
+                yield {n: p.grad for n, p in model.named_parameters()}
+        F = nnc.allocation.empirical_fisher(grads())
+    """
+    total: dict[str, np.ndarray] = {}
+    count = 0
+    for batch in gradients:
+        count += 1
+        for name, g in batch.items():
+            if g is None:
+                continue
+            if hasattr(g, "detach"):
+                g = g.detach().cpu().numpy()
+            g = np.asarray(g, np.float64)
+            total[name] = total.get(name, 0.0) + g * g
+    if count == 0:
+        raise EncodeError("empirical_fisher needs at least one batch of gradients")
+    return {k: v / count for k, v in total.items()}
+
+
+__all__ = ["allocate_qps", "empirical_fisher"]
