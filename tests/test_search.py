@@ -1,0 +1,35 @@
+"""DC-v2 search against an evaluation function (spec A.13)."""
+
+import numpy as np
+import pytest
+
+from nnc import demo
+from nnc.formats import read_model
+from nnc.search import search
+
+X, Y = demo.load_test_set()
+PARAMS = {k: np.asarray(v, np.float32) for k, v in read_model(demo.DATA / "mlp.safetensors")[0].items()}
+
+
+def accuracy(tensors):
+    """Module level so that worker processes can use it."""
+    return demo.accuracy("mlp", {k: np.asarray(v, np.float32) for k, v in tensors.items()}, X, Y)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_search_finds_a_stream_within_tolerance_and_a_monotone_front(workers):
+    res = search(PARAMS, accuracy, tolerance=0.005, workers=workers, progress=False)
+    assert res.best is not None
+    assert res.best.score >= res.reference_score - 0.005
+    assert res.best.bytes == min(c.bytes for c in res.candidates if c.score >= res.reference_score - 0.005)
+    front = res.pareto
+    assert [c.bytes for c in front] == sorted(c.bytes for c in front)
+    assert all(a.score < b.score for a, b in zip(front, front[1:]))
+    import nnc
+
+    assert accuracy(nnc.decode(res.best.stream)) == res.best.score
+
+
+def test_time_budget_stops_early():
+    res = search(PARAMS, accuracy, tolerance=0.005, time_budget=0.0, progress=False)
+    assert 1 <= len(res.candidates) <= 2
