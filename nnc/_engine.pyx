@@ -16,6 +16,7 @@ pure-Python reference engine ``nnc._pyengine``.  Spec clauses are cited as
 
 from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
+from libc.math cimport INFINITY, floor
 from libc.string cimport memcpy
 
 import math
@@ -1565,3 +1566,204 @@ def rdoq_levels(double[::1] x, int64_t height, int64_t width, *, double lam, int
         return out
     finally:
         free(ctx)
+
+
+# --------------------------------------------------------------------------
+# Rate-aware dependent quantisation (informative, spec Annex A.14): the 8-state
+# Viterbi search of A.2 with the cost F (x - n)^2 + lambda * bits(k).  The rates come
+# from the adaptive contexts frozen at the start of each chunk of the scan; at a chunk's
+# end the best path is fixed, the contexts adapt to its levels, and the next chunk starts
+# from that path's state and neighbour.
+# --------------------------------------------------------------------------
+cdef inline uint64_t dq_value_cost(Ctx* ctx, Layout* L, int64_t k, int state, int64_t prev) noexcept nogil:
+    """Estimated cost (1/32768 bit) of coding k in DQ state `state`, contexts unchanged."""
+    cdef int c = neighbour_class(prev)
+    cdef int neg = k < 0
+    cdef int64_t absk = -k if neg else k
+    cdef int64_t run = 1
+    cdef int64_t r
+    cdef int j = 0
+    cdef int m = 0
+    cdef uint64_t cost = est_bin(&ctx[L.sig + 3 * state + c], k != 0)
+    if k == 0:
+        return cost
+    cost += est_bin(&ctx[L.sign + c], neg)
+    while j < L.n_gtx:
+        cost += est_bin(&ctx[L.gtx + 2 * j + neg], absk > run)
+        if absk <= run:
+            return cost
+        run += 1
+        j += 1
+    r = absk - run
+    while m < L.n_rem:
+        if r >= (<int64_t>1 << m):
+            cost += est_bin(&ctx[L.rem + m], 1)
+            r -= <int64_t>1 << m
+            m += 1
+        else:
+            cost += est_bin(&ctx[L.rem + m], 0)
+            break
+    return cost + <uint64_t>m * EST_BYPASS
+
+
+cdef inline void dq_candidates(double x, int state, int64_t* out) noexcept nogil:
+    """0 and the two levels of the state's quantiser that bracket x (as in A.2)."""
+    cdef int64_t a
+    if state & 1:
+        a = 2 * <int64_t>floor((x - 1.0) / 2.0) + 1
+    else:
+        a = 2 * <int64_t>floor(x / 2.0)
+    out[0] = 0
+    out[1] = a
+    out[2] = a + 2
+
+
+cdef inline int64_t dq_k_from_n(int64_t n, int state) noexcept nogil:
+    if n == 0:
+        return 0
+    if n > 0:
+        return (n + (state & 1)) >> 1
+    return (n - (state & 1)) >> 1
+
+
+def dq_rdoq_levels(double[::1] x, int64_t height, int64_t width, *, double lam, int n_gtx=11,
+                   int scan_order=0, int edition=2, importance=None, int64_t chunk=1024):
+    """Rate-aware DQ trellis on x = w / step (spec A.14); returns reconstruction integers n.
+
+    lam = 0 gives the distortion-only trellis of A.2 (with chunked path decisions).
+    """
+    _check_edition(edition)
+    _check_tensor_args(height, width, n_gtx, scan_order, EncodeError)
+    cdef int64_t size = height * width
+    if x.shape[0] != size:
+        raise EncodeError(f"x has {x.shape[0]} elements, the tensor has {size}")
+    if lam < 0 or chunk < 1:
+        raise EncodeError("lambda must be >= 0 and chunk >= 1")
+    cdef bint has_f = importance is not None
+    cdef double[::1] f_v
+    if has_f:
+        f_arr = np.ascontiguousarray(importance, dtype=np.float64).reshape(-1)
+        if f_arr.size != size or not np.all(f_arr >= 0):
+            raise EncodeError("importance needs one non-negative value per element")
+        f_v = f_arr
+    cdef Layout L = make_layout(edition, n_gtx)
+    cdef TensorShape t = make_shape(edition, height, width, scan_order, 1, 0, 0, 0, 0)
+    # scan order positions and block-row starts
+    order_arr = np.empty(size, dtype=np.int64)
+    row_start_arr = np.zeros(size, dtype=np.uint8)
+    cdef int64_t[::1] order = order_arr
+    cdef uint8_t[::1] row_start = row_start_arr
+    cdef int64_t br, r, c, r0, r_end, c0, c_end, pos = 0
+    for br in range(t.n_block_rows):
+        r0 = br * t.block_h
+        r_end = min(r0 + t.block_h, height)
+        c0 = 0
+        while c0 < width:
+            c_end = min(c0 + t.block_w, width)
+            for r in range(r0, r_end):
+                for c in range(c0, c_end):
+                    if br > 0 and r == r0 and c == 0:
+                        row_start[pos] = 1
+                    order[pos] = r * width + c
+                    pos += 1
+            c0 = c_end
+    out = np.zeros(size, dtype=np.int32)
+    cdef int32_t[::1] o = out
+    cdef int64_t clen = chunk if chunk < size else size
+    back_arr = np.zeros((clen if clen > 0 else 1, 8), dtype=np.uint8)
+    cdef uint8_t[:, ::1] back = back_arr
+    prev_arr = np.zeros((2, 8), dtype=np.int64)
+    cdef int64_t[:, ::1] prevk = prev_arr
+    cdef Ctx* ctx = <Ctx*>malloc(L.n_ctx * sizeof(Ctx))
+    cdef Ctx* frozen = <Ctx*>malloc(L.n_ctx * sizeof(Ctx))
+    if ctx == NULL or frozen == NULL:
+        free(ctx)
+        free(frozen)
+        raise MemoryError()
+    cdef BinSink sink
+    cdef double cost[8]
+    cdef double new_cost[8]
+    cdef int64_t cand[3]
+    cdef int64_t start, end, i, idx, k, n_val, prev_run = 0
+    cdef int s, q, nxt, best_state, start_state = 0, j, cur, ci
+    cdef double d, total, fi, scale = lam / 32768.0
+    try:
+        for q in range(L.n_ctx):
+            ctx_init(&ctx[q], 0)
+        sink.mode = MODE_ESTIMATE
+        sink.ctx = ctx
+        sink.n_ctx = L.n_ctx
+        sink.est_bits = 0
+        with nogil:
+            start = 0
+            while start < size:
+                end = start + clen
+                if end > size:
+                    end = size
+                # a block row always starts a new chunk, so that its context reset applies
+                for i in range(start + 1, end):
+                    if row_start[i]:
+                        end = i
+                        break
+                if row_start[start]:
+                    contexts_reset(ctx, L.n_ctx)
+                    prev_run = 0
+                memcpy(frozen, ctx, L.n_ctx * sizeof(Ctx))
+                for s in range(8):
+                    cost[s] = INFINITY
+                    prevk[0, s] = prev_run
+                cost[start_state] = 0.0
+                cur = 0
+                for i in range(start, end):
+                    idx = order[i]
+                    fi = f_v[idx] if has_f else 1.0
+                    for s in range(8):
+                        new_cost[s] = INFINITY
+                    for s in range(8):
+                        if cost[s] == INFINITY:
+                            continue
+                        dq_candidates(x[idx], s, cand)
+                        for ci in range(3):
+                            if ci > 0 and cand[ci] == 0:
+                                continue
+                            k = dq_k_from_n(cand[ci], s)
+                            nxt = NEXT_STATE[s][k & 1]
+                            d = x[idx] - <double>cand[ci]
+                            total = cost[s] + fi * d * d
+                            if scale > 0:
+                                total += scale * <double>dq_value_cost(frozen, &L, k, s, prevk[cur, s])
+                            if total < new_cost[nxt]:
+                                new_cost[nxt] = total
+                                back[i - start, nxt] = <uint8_t>(s * 4 + ci)
+                                prevk[1 - cur, nxt] = k
+                    for s in range(8):
+                        cost[s] = new_cost[s]
+                    cur = 1 - cur
+                best_state = 0
+                for s in range(1, 8):
+                    if cost[s] < cost[best_state]:
+                        best_state = s
+                # trace back the chunk
+                s = best_state
+                i = end - 1
+                while i >= start:
+                    j = back[i - start, s]
+                    ci = j & 3
+                    s = j >> 2
+                    dq_candidates(x[order[i]], s, cand)
+                    o[order[i]] = <int32_t>cand[ci]
+                    i -= 1
+                # adapt the contexts to the chosen levels, in scan order
+                s = start_state
+                for i in range(start, end):
+                    n_val = o[order[i]]
+                    k = dq_k_from_n(n_val, s)
+                    encode_value(&sink, &L, &t, k, s, prev_run, 0, 0)
+                    prev_run = k
+                    s = NEXT_STATE[s][k & 1]
+                start_state = s
+                start = end
+        return out
+    finally:
+        free(ctx)
+        free(frozen)

@@ -366,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-param-opt", action="store_true", help="do not optimise context initialisation")
     p.add_argument("--row-skip", action="store_true", help="2nd edition: skip all-zero rows")
     p.add_argument("--rdoq", type=float, metavar="LAMBDA",
-                   help="rate-distortion quantisation with this lambda (squared steps per bit); needs --no-dq")
+                   help="rate-distortion quantisation with this lambda (squared steps per bit), with or without DQ")
     p.add_argument("--sigmas", metavar="FILE",
                    help="DC-v1: a model file of per-weight standard deviations (same names); sets each "
                         "tensor's step by eq. 12 and, with --rdoq, the importance 1/sigma^2")

@@ -113,8 +113,9 @@ class Encoder:
     * ``keep_dtype`` (default True) — signal float16/float64 inputs so that they decode as such;
     * ``row_skip`` (default False) — 2nd edition: skip all-zero rows;
     * ``output_formats`` — {name: nnr_decompressed_data_format} to signal an output dtype (spec 12.6);
-    * ``rdoq_lambda`` (default 0) — with ``dq=False``: rate-distortion quantisation (spec A.9), each
-      level minimising F (w/Δ − k)² + λ·bits; λ is in squared step sizes per bit;
+    * ``rdoq_lambda`` (default 0) — rate-distortion quantisation: with ``dq=False`` each level
+      minimises F (w/Δ − k)² + λ·bits (spec A.9); with ``dq=True`` the trellis minimises the
+      same cost along its paths (spec A.14); λ is in squared step sizes per bit;
     * ``importance`` — {name: array of F} per-weight importance for the rate-distortion choice;
     * ``sigmas`` — {name: array of σ} (DeepCABAC DC-v1): the tensor's step follows eq. 12,
       Δ = 2|w_max| / (2|w_max|/σ_min + S) with the global integer ``dcv1_s`` = S (default 64),
@@ -181,9 +182,6 @@ class Encoder:
         self.output_formats = dict(output_formats or {})
         if rdoq_lambda < 0:
             raise EncodeError("rdoq_lambda must be >= 0")
-        if rdoq_lambda and self.dq:
-            raise EncodeError("rate-distortion quantisation is implemented for uniform reconstruction only; "
-                              "use dq=False with rdoq_lambda (the rate-aware DQ trellis is not implemented yet)")
         self.rdoq_lambda = float(rdoq_lambda)
         self.importance = {k: np.asarray(v, np.float64) for k, v in (importance or {}).items()}
         self.sigmas = {k: np.asarray(v, np.float64) for k, v in (sigmas or {}).items()}
@@ -213,6 +211,13 @@ class Encoder:
                 f"tensor {name!r}: values up to {np.abs(x).max():.4g} overflow int32 levels at step "
                 f"{step:.4g}; use a larger qp"
             )
+        if dq and self.rdoq_lambda:
+            from ._engine import dq_rdoq_levels
+
+            order_free = np.ascontiguousarray(scaled)
+            return dq_rdoq_levels(order_free, height, width, lam=self.rdoq_lambda, n_gtx=self.n_gtx,
+                                  scan_order=scan_order, edition=self.edition,
+                                  importance=self.importance.get(name))
         if not dq and self.rdoq_lambda:
             importance = self.importance.get(name)
             if name in self.sigmas:

@@ -62,8 +62,25 @@ def test_encoder_option_and_exact_reconstruction():
     rd = nnc.Encoder(qp=-36, dq=False, rdoq_lambda=1.0).encode(tensors)
     assert len(rd.stream) < len(plain.stream)
     np.testing.assert_array_equal(nnc.decode(rd.stream)["w.weight"], rd.tensors["w.weight"].reconstruction)
-    with pytest.raises(nnc.EncodeError, match="uniform reconstruction only"):
-        nnc.Encoder(dq=True, rdoq_lambda=1.0)
+    dq = nnc.Encoder(qp=-36, dq=True, rdoq_lambda=0.5).encode(tensors)
+    np.testing.assert_array_equal(nnc.decode(dq.stream)["w.weight"], dq.tensors["w.weight"].reconstruction)
+
+
+def test_rate_aware_trellis():
+    from nnc._engine import dq_rdoq_levels
+    from nnc._quant import dq_trellis
+
+    rng = np.random.default_rng(4)
+    x = rng.laplace(0, 3, 120 * 130)
+    np.testing.assert_array_equal(dq_rdoq_levels(x, 120, 130, lam=0.0, chunk=10**9), dq_trellis(x))
+    eng = get_engine("cython")
+    sizes = []
+    for lam in (0.0, 0.5, 2.0, 8.0):
+        n = dq_rdoq_levels(x, 120, 130, lam=lam, scan_order=2)
+        enc = eng.PayloadEncoder(2)
+        enc.encode_tensor(n, 120, 130, n_gtx=11, dq=True, scan_order=2)  # raises if n leaves the trellis
+        sizes.append(len(enc.finish()))
+    assert sizes == sorted(sizes, reverse=True)
 
 
 def test_dcv1_step_and_importance():
