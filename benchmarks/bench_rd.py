@@ -7,6 +7,7 @@ both coders):
   nnc-urq      nearest rounding
   nnc-rdoq     rate-distortion quantisation (lambda 0.2, uniform reconstruction)
   nnc-dq       dependent quantisation, distortion-only trellis
+  nnc-dq-rdoq  rate-aware trellis (lambda 0.2)
   nncodec-urq / nncodec-dq / nncodec-rdoq   NNCodec 2.1.3 (rdoq: lambda_scale 1, no DQ)
 SNR is 10 log10(sum w^2 / sum (w - w_hat)^2) over all float tensors; bits per weight
 count the whole stream. The summary compares each nnc curve with NNCodec-DQ at equal
@@ -60,9 +61,11 @@ def snr_db(ref, rec):
 
 
 def nnc_point(tensors, qp, method):
-    opts = dict(qp=qp, nonweight_qp=qp - 8, dq=method == "nnc-dq")
+    opts = dict(qp=qp, nonweight_qp=qp - 8, dq=method in ("nnc-dq", "nnc-dq-rdoq"))
     if method == "nnc-rdoq":
         opts.update(dq=False, rdoq_lambda=0.2)
+    if method == "nnc-dq-rdoq":
+        opts.update(rdoq_lambda=0.2)
     stream = nnc.encode(tensors, **opts)
     return len(stream), snr_db(tensors, nnc.decode(stream))
 
@@ -105,7 +108,7 @@ def main(argv=None):
     for dataset in args.datasets.split(","):
         tensors = load(dataset)
         n = sum(v.size for v in tensors.values())
-        methods = ["nnc-urq", "nnc-rdoq", "nnc-dq"] + (["nncodec-urq", "nncodec-dq", "nncodec-rdoq"] if oracle else [])
+        methods = ["nnc-urq", "nnc-rdoq", "nnc-dq", "nnc-dq-rdoq"] + (["nncodec-urq", "nncodec-dq", "nncodec-rdoq"] if oracle else [])
         curves = {m: [] for m in methods}
         rows = []
         for qp in QPS:
