@@ -25,6 +25,6 @@ def extension(name: str) -> Extension:
     )
 
 
-extensions = [extension("_engine"), extension("_quant")]
+extensions = [extension("_engine")]
 
 setup(ext_modules=cythonize(extensions, compiler_directives=directives))

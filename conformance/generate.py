@@ -215,7 +215,7 @@ def _all_init_sets():
     eng = get_engine()
     levels = (np.round(laplace(rng(50), (24, 30), 3.0))).astype(np.int32)
     levels = np.where(np.arange(levels.size).reshape(levels.shape) % 2 == 0, levels * 0, levels)
-    from nnc._quant import dq_trellis
+    from nnc._engine import dq_trellis
 
     n = dq_trellis(levels.reshape(-1).astype(np.float64)).astype(np.int32)
     sets = np.zeros(eng.context_count(2, 11), np.uint8)

@@ -1442,8 +1442,8 @@ def compute_entry_points(payload, int edition, tensors):
 # in scan order, the index k minimising F (x - k)^2 + lambda * bits(k), where
 # bits(k) is the estimated code length under the current adaptive contexts.
 # --------------------------------------------------------------------------
-cdef inline uint64_t value_cost(Ctx* ctx, Layout* L, TensorShape* t, int64_t k, int64_t prev) noexcept nogil:
-    """Estimated cost (1/32768 bit) of coding k now, without changing the contexts (no DQ)."""
+cdef inline uint64_t dq_value_cost(Ctx* ctx, Layout* L, int64_t k, int state, int64_t prev) noexcept nogil:
+    """Estimated cost (1/32768 bit) of coding k in DQ state `state` (0 without DQ), contexts unchanged."""
     cdef int c = neighbour_class(prev)
     cdef int neg = k < 0
     cdef int64_t absk = -k if neg else k
@@ -1451,12 +1451,11 @@ cdef inline uint64_t value_cost(Ctx* ctx, Layout* L, TensorShape* t, int64_t k, 
     cdef int64_t r
     cdef int j = 0
     cdef int m = 0
-    cdef int n = L.n_gtx
-    cdef uint64_t cost = est_bin(&ctx[L.sig + c], k != 0)
+    cdef uint64_t cost = est_bin(&ctx[L.sig + 3 * state + c], k != 0)
     if k == 0:
         return cost
     cost += est_bin(&ctx[L.sign + c], neg)
-    while j < n:
+    while j < L.n_gtx:
         cost += est_bin(&ctx[L.gtx + 2 * j + neg], absk > run)
         if absk <= run:
             return cost
@@ -1472,6 +1471,26 @@ cdef inline uint64_t value_cost(Ctx* ctx, Layout* L, TensorShape* t, int64_t k, 
             cost += est_bin(&ctx[L.rem + m], 0)
             break
     return cost + <uint64_t>m * EST_BYPASS
+
+
+cdef inline void dq_candidates(double x, int state, int64_t* out) noexcept nogil:
+    """0 and the two levels of the state's quantiser that bracket x (as in A.2)."""
+    cdef int64_t a
+    if state & 1:
+        a = 2 * <int64_t>floor((x - 1.0) / 2.0) + 1
+    else:
+        a = 2 * <int64_t>floor(x / 2.0)
+    out[0] = 0
+    out[1] = a
+    out[2] = a + 2
+
+
+cdef inline int64_t dq_k_from_n(int64_t n, int state) noexcept nogil:
+    if n == 0:
+        return 0
+    if n > 0:
+        return (n + (state & 1)) >> 1
+    return (n - (state & 1)) >> 1
 
 
 def rdoq_levels(double[::1] x, int64_t height, int64_t width, *, double lam, int n_gtx=11, int scan_order=0,
@@ -1553,7 +1572,7 @@ def rdoq_levels(double[::1] x, int64_t height, int64_t width, *, double lam, int
                                 d = ax - <double>cand
                                 cost = fi * d * d
                                 if scale > 0:
-                                    cost += scale * <double>value_cost(ctx, &L, &t, -cand if x[i] < 0 else cand, prev)
+                                    cost += scale * <double>dq_value_cost(ctx, &L, -cand if x[i] < 0 else cand, 0, prev)
                                 if cost < best_cost or (cost == best_cost and cand > best_k):
                                     best_cost = cost
                                     best_k = cand
@@ -1575,62 +1594,12 @@ def rdoq_levels(double[::1] x, int64_t height, int64_t width, *, double lam, int
 # end the best path is fixed, the contexts adapt to its levels, and the next chunk starts
 # from that path's state and neighbour.
 # --------------------------------------------------------------------------
-cdef inline uint64_t dq_value_cost(Ctx* ctx, Layout* L, int64_t k, int state, int64_t prev) noexcept nogil:
-    """Estimated cost (1/32768 bit) of coding k in DQ state `state`, contexts unchanged."""
-    cdef int c = neighbour_class(prev)
-    cdef int neg = k < 0
-    cdef int64_t absk = -k if neg else k
-    cdef int64_t run = 1
-    cdef int64_t r
-    cdef int j = 0
-    cdef int m = 0
-    cdef uint64_t cost = est_bin(&ctx[L.sig + 3 * state + c], k != 0)
-    if k == 0:
-        return cost
-    cost += est_bin(&ctx[L.sign + c], neg)
-    while j < L.n_gtx:
-        cost += est_bin(&ctx[L.gtx + 2 * j + neg], absk > run)
-        if absk <= run:
-            return cost
-        run += 1
-        j += 1
-    r = absk - run
-    while m < L.n_rem:
-        if r >= (<int64_t>1 << m):
-            cost += est_bin(&ctx[L.rem + m], 1)
-            r -= <int64_t>1 << m
-            m += 1
-        else:
-            cost += est_bin(&ctx[L.rem + m], 0)
-            break
-    return cost + <uint64_t>m * EST_BYPASS
-
-
-cdef inline void dq_candidates(double x, int state, int64_t* out) noexcept nogil:
-    """0 and the two levels of the state's quantiser that bracket x (as in A.2)."""
-    cdef int64_t a
-    if state & 1:
-        a = 2 * <int64_t>floor((x - 1.0) / 2.0) + 1
-    else:
-        a = 2 * <int64_t>floor(x / 2.0)
-    out[0] = 0
-    out[1] = a
-    out[2] = a + 2
-
-
-cdef inline int64_t dq_k_from_n(int64_t n, int state) noexcept nogil:
-    if n == 0:
-        return 0
-    if n > 0:
-        return (n + (state & 1)) >> 1
-    return (n - (state & 1)) >> 1
-
-
 def dq_rdoq_levels(double[::1] x, int64_t height, int64_t width, *, double lam, int n_gtx=11,
                    int scan_order=0, int edition=2, importance=None, int64_t chunk=1024):
     """Rate-aware DQ trellis on x = w / step (spec A.14); returns reconstruction integers n.
 
-    lam = 0 gives the distortion-only trellis of A.2 (with chunked path decisions).
+    lam = 0 is the distortion-only trellis of A.2; give chunk >= the tensor size for one
+    global Viterbi search (the default chunking fixes the path every ``chunk`` elements).
     """
     _check_edition(edition)
     _check_tensor_args(height, width, n_gtx, scan_order, EncodeError)
@@ -1700,11 +1669,12 @@ def dq_rdoq_levels(double[::1] x, int64_t height, int64_t width, *, double lam, 
                 end = start + clen
                 if end > size:
                     end = size
-                # a block row always starts a new chunk, so that its context reset applies
-                for i in range(start + 1, end):
-                    if row_start[i]:
-                        end = i
-                        break
+                # with rates, a block row starts a new chunk so that its context reset applies
+                if scale > 0:
+                    for i in range(start + 1, end):
+                        if row_start[i]:
+                            end = i
+                            break
                 if row_start[start]:
                     contexts_reset(ctx, L.n_ctx)
                     prev_run = 0
@@ -1758,7 +1728,8 @@ def dq_rdoq_levels(double[::1] x, int64_t height, int64_t width, *, double lam, 
                 for i in range(start, end):
                     n_val = o[order[i]]
                     k = dq_k_from_n(n_val, s)
-                    encode_value(&sink, &L, &t, k, s, prev_run, 0, 0)
+                    if scale > 0:
+                        encode_value(&sink, &L, &t, k, s, prev_run, 0, 0)
                     prev_run = k
                     s = NEXT_STATE[s][k & 1]
                 start_state = s
@@ -1767,3 +1738,9 @@ def dq_rdoq_levels(double[::1] x, int64_t height, int64_t width, *, double lam, 
     finally:
         free(ctx)
         free(frozen)
+
+
+def dq_trellis(double[::1] x):
+    """Distortion-only DQ trellis over a sequence (spec A.2): n minimising sum (x - n)^2."""
+    cdef int64_t size = x.shape[0]
+    return dq_rdoq_levels(x, 1, size, lam=0.0, chunk=size if size > 0 else 1)

@@ -228,13 +228,11 @@ class Encoder:
                                            importance=importance)
         if not dq:
             return (np.sign(scaled) * np.floor(np.abs(scaled) + 0.5)).astype(np.int32)
-        from ._quant import dq_trellis
+        from ._engine import dq_rdoq_levels
 
-        order = scan_permutation(height, width, scan_order)
-        levels_scan = dq_trellis(np.ascontiguousarray(scaled[order]))
-        levels = np.empty(scaled.size, dtype=np.int64)
-        levels[order] = levels_scan
-        return levels.astype(np.int32)
+        # one global Viterbi search along the scan (spec A.2)
+        return dq_rdoq_levels(np.ascontiguousarray(scaled), height, width, lam=0.0, scan_order=scan_order,
+                              edition=self.edition, chunk=max(scaled.size, 1))
 
     def _block_groups(self, tensors: Mapping[str, np.ndarray]) -> dict[str, dict]:
         """Which tensors go into BLOCK NDUs with which weight (spec 7.6)."""

@@ -68,7 +68,7 @@ def test_encoder_option_and_exact_reconstruction():
 
 def test_rate_aware_trellis():
     from nnc._engine import dq_rdoq_levels
-    from nnc._quant import dq_trellis
+    from nnc._engine import dq_trellis
 
     rng = np.random.default_rng(4)
     x = rng.laplace(0, 3, 120 * 130)
@@ -102,3 +102,25 @@ def test_dcv1_step_and_importance():
     np.testing.assert_array_equal(nnc.decode(res.stream)["w"], t.reconstruction)
     with pytest.raises(nnc.EncodeError, match="positive"):
         nnc.Encoder(sigmas={"w": np.zeros(3)})
+
+
+@settings(deadline=None, max_examples=60)
+@given(x=hnp.arrays(np.float64, st.integers(1, 6), elements=st.floats(-9, 9)))
+def test_distortion_only_trellis_is_optimal(x):
+    """Against brute force over every valid level sequence near x (spec 10.2, A.2)."""
+    from nnc._engine import dq_trellis
+    from nnc.tables import NEXT_DQ_STATE
+
+    def best(i, s):
+        if i == len(x):
+            return 0.0
+        out = np.inf
+        for n in range(int(np.floor(x[i])) - 3, int(np.ceil(x[i])) + 4):
+            if n != 0 and (n % 2 == 0) != (s % 2 == 0):
+                continue
+            k = 0 if n == 0 else ((n + (s & 1)) >> 1 if n > 0 else (n - (s & 1)) >> 1)
+            out = min(out, (x[i] - n) ** 2 + best(i + 1, NEXT_DQ_STATE[s][k & 1]))
+        return out
+
+    n = dq_trellis(np.ascontiguousarray(x))
+    assert abs(float(((x - n) ** 2).sum()) - best(0, 0)) < 1e-9
