@@ -736,6 +736,14 @@ cdef struct BinSink:
     uint64_t est_bits       # MODE_ESTIMATE: accumulated cost (1/32768 bit)
 
 
+cdef inline void start_estimator(BinSink* s, Ctx* ctx, int n_ctx) noexcept nogil:
+    """A sink that adds up estimated bits while one context set adapts (spec A.4)."""
+    s.mode = MODE_ESTIMATE
+    s.ctx = ctx
+    s.n_ctx = n_ctx
+    s.est_bits = 0
+
+
 cdef inline void put_bin(BinSink* s, int ctx_idx, int bin) noexcept nogil:
     cdef int k
     cdef Ctx* m
@@ -1405,10 +1413,7 @@ def estimate_tensor_bits(levels, int64_t height, int64_t width, *, int n_gtx, bi
         sets = np.zeros(L.n_ctx, dtype=np.int64) if init_sets is None else np.asarray(init_sets).reshape(-1)
         for i in range(L.n_ctx):
             ctx_init(&ctx[i], int(sets[i]))
-        s.mode = MODE_ESTIMATE
-        s.ctx = ctx
-        s.n_ctx = L.n_ctx
-        s.est_bits = 0
+        start_estimator(&s, ctx, L.n_ctx)
         with nogil:
             encode_tensor_data(&s, &L, &t, &k_v[0], NULL, NULL, NULL)
         return s.est_bits / 32768.0
@@ -1534,10 +1539,7 @@ def rdoq_levels(double[::1] x, int64_t height, int64_t width, *, double lam, int
     try:
         for q in range(L.n_ctx):
             ctx_init(&ctx[q], 0)
-        s.mode = MODE_ESTIMATE
-        s.ctx = ctx
-        s.n_ctx = L.n_ctx
-        s.est_bits = 0
+        start_estimator(&s, ctx, L.n_ctx)
         with nogil:
             for br in range(t.n_block_rows):
                 r0 = br * t.block_h
@@ -1659,10 +1661,7 @@ def dq_rdoq_levels(double[::1] x, int64_t height, int64_t width, *, double lam, 
     try:
         for q in range(L.n_ctx):
             ctx_init(&ctx[q], 0)
-        sink.mode = MODE_ESTIMATE
-        sink.ctx = ctx
-        sink.n_ctx = L.n_ctx
-        sink.est_bits = 0
+        start_estimator(&sink, ctx, L.n_ctx)
         with nogil:
             start = 0
             while start < size:
