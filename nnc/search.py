@@ -1,16 +1,24 @@
-"""DC-v2: search of (step, λ) against a user's evaluation function (informative, spec Annex A.13).
+"""DC-v2: search of quantisation settings against a user's evaluation function (informative, spec A.13).
 
-    result = nnc.search.search(tensors, evaluate, tolerance=0.005)
-    result.best.stream          # the smallest stream whose score is within tolerance
-    result.pareto               # [(bytes, score, settings)], bytes increasing, score increasing
+The search finds the smallest stream whose score (accuracy, say; higher is better) stays
+within ``tolerance`` of the original model's, in three stages:
 
-``evaluate`` maps a dict of decoded tensors to a score where higher is better (accuracy,
-say). The search first sweeps global qps with nearest rounding (and the encoder's DQ
-setting) to find the coarsest qp that keeps the score within ``tolerance`` of the
-original, then sweeps λ of the rate-distortion quantiser (A.9) at and around that qp.
-Candidates are evaluated in worker processes when ``workers`` > 1 (``evaluate`` must then
-be picklable, e.g. a module-level function); a ``time_budget`` in seconds stops the search
-early with the best result found so far.
+1. **qp sweep** — global qps from coarse to fine with the encoder's default quantiser
+   (DQ unless ``dq=False``), until one keeps the score;
+2. **rate-distortion sweep** — (qp, λ) pairs of the rate-distortion quantiser (spec A.9)
+   at and around that qp;
+3. **per-tensor refinement** (``per_tensor=True``, the default) — starting from each of
+   the ``bases`` smallest streams so far, every tensor's qp (1-D tensors included) is
+   raised in steps of 16, 8, 4, 2 and 1 on a qp scale one density finer (the last step is
+   an eighth of an octave with the default density). Each round tries one step on every
+   tensor still in play and keeps the one that saves the most bytes per point of score
+   lost; a tensor whose step fails the tolerance leaves that step size. This is bit
+   allocation driven by the score itself: a single global qp spends bits on tensors that
+   do not need them (biases coded near-losslessly by default, say).
+
+Candidates run in worker processes when ``workers`` > 1 (``evaluate`` must then be
+picklable, e.g. a module-level function); ``time_budget`` (seconds) ends the search with
+the best result found so far.
 """
 
 from __future__ import annotations
@@ -27,9 +35,27 @@ from .decoder import decode
 from .encoder import Encoder
 from .errors import EncodeError
 
+#: step sizes of the per-tensor refinement, in qp units
+REFINE_STEPS = (16, 8, 4, 2, 1)
+
 
 @dataclass
 class Candidate:
+    """One evaluated encoder setting.
+
+    Attributes
+    ----------
+    settings : dict
+        The :class:`nnc.encoder.Encoder` options that made the stream (beyond the search's
+        fixed ``encoder_options``).
+    bytes : int
+        Stream size.
+    score : float
+        ``evaluate`` of the decoded stream.
+    stream : bytes
+        The stream itself.
+    """
+
     settings: dict
     bytes: int
     score: float
@@ -38,6 +64,21 @@ class Candidate:
 
 @dataclass
 class SearchResult:
+    """What :func:`search` found.
+
+    Attributes
+    ----------
+    reference_score : float
+        ``evaluate`` of the original tensors.
+    tolerance : float
+        The allowed drop of the score.
+    candidates : list of Candidate
+        Every evaluated setting, in evaluation order.
+    best : Candidate or None
+        The smallest stream whose score is at least ``reference_score - tolerance``, or
+        None when no candidate reached it.
+    """
+
     reference_score: float
     tolerance: float
     candidates: list
@@ -62,9 +103,63 @@ def _evaluate_candidate(args):
 
 def search(tensors: Mapping[str, np.ndarray], evaluate: Callable, *, tolerance: float = 0.005,
            qp_range=range(-40, -3), lambdas=(0.05, 0.1, 0.2, 0.4, 0.8, 1.6), dq: bool = True,
-           workers: int = 1, time_budget: float | None = None, progress: bool | None = None,
-           **encoder_options) -> SearchResult:
-    """Find the smallest stream whose score stays within ``tolerance`` of the original's (A.13)."""
+           per_tensor: bool = True, bases: int = 3, max_qp: int = 40, workers: int = 1, time_budget: float | None = None,
+           progress: bool | None = None, **encoder_options) -> SearchResult:
+    """Find the smallest stream whose score stays within ``tolerance`` of the original's (spec A.13).
+
+    Parameters
+    ----------
+    tensors : mapping of str to numpy.ndarray
+        The model's tensors, as for :func:`nnc.encode`.
+    evaluate : callable
+        ``evaluate(decoded_tensors) -> float``; higher is better. It receives a dict of
+        name to array, as :func:`nnc.decode` returns.
+    tolerance : float
+        Allowed drop of the score below ``evaluate(tensors)`` (0.005 = half a point of
+        accuracy given as a fraction).
+    qp_range : iterable of int
+        Global qps of the first sweep.
+    lambdas : sequence of float
+        λ values of the rate-distortion sweep (scale: squared steps per bit, spec A.9).
+    dq : bool
+        Use dependent quantisation in the qp sweep.
+    per_tensor : bool
+        Run the per-tensor refinement (stage 3).
+    max_qp : int
+        Largest qp the refinement gives a tensor.
+    workers : int
+        Worker processes for the candidates of a stage (1 = in this process).
+    time_budget : float or None
+        Seconds after which no further batch of candidates starts.
+    progress : bool or None
+        Write progress to stderr (None: when stderr is a terminal).
+    **encoder_options
+        Fixed :class:`nnc.encoder.Encoder` options for every candidate (``n_gtx``,
+        ``profile``...).
+
+    Returns
+    -------
+    SearchResult
+        All candidates, the Pareto front and the best stream.
+
+    Raises
+    ------
+    nnc.errors.EncodeError
+        If no candidate could be evaluated (a zero time budget still evaluates one batch).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from nnc.search import search
+    >>> w = np.random.default_rng(0).normal(0, 0.1, (32, 32)).astype(np.float32)
+    >>> def score(t):      # minus the mean squared error
+    ...     return -float(np.mean((t["w"] - w) ** 2))
+    >>> res = search({"w": w}, score, tolerance=1e-4, qp_range=range(-40, -10, 2), progress=False)
+    >>> res.best.score >= res.reference_score - 1e-4
+    True
+    >>> [c.bytes for c in res.pareto] == sorted(c.bytes for c in res.pareto)
+    True
+    """
     tensors = {k: np.asarray(v) for k, v in tensors.items()}
     reference = float(evaluate(tensors))
     floor = reference - tolerance
@@ -72,6 +167,10 @@ def search(tensors: Mapping[str, np.ndarray], evaluate: Callable, *, tolerance: 
     show = sys.stderr.isatty() if progress is None else progress
     candidates: list[Candidate] = []
     pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
+    stage = ["qp sweep"]
+
+    def best_bytes():
+        return min((x.bytes for x in candidates if x.score >= floor), default=0)
 
     def run(batch):
         jobs = [(tensors, dict(encoder_options, **s), evaluate) for s in batch]
@@ -82,15 +181,19 @@ def search(tensors: Mapping[str, np.ndarray], evaluate: Callable, *, tolerance: 
             candidates.append(c)
             out.append(c)
             if show:
-                sys.stderr.write(f"\rsearch: {len(candidates)} candidates, best "
-                                 f"{min((x.bytes for x in candidates if x.score >= floor), default=0)} bytes")
+                sys.stderr.write(f"\rsearch ({stage[0]}): {len(candidates)} candidates, best "
+                                 f"{best_bytes()} bytes, {time.monotonic() - start:.0f} s ")
         return out
 
     def out_of_time():
         return time_budget is not None and time.monotonic() - start > time_budget
 
+    def best_ok():
+        ok = [c for c in candidates if c.score >= floor]
+        return min(ok, key=lambda c: c.bytes) if ok else None
+
     try:
-        # 1. nearest rounding: coarse-to-fine over qps, in chunks so the time budget is honoured
+        # 1. qp sweep, coarse to fine, in chunks so that the time budget is honoured
         qps = sorted(qp_range, reverse=True)
         ok_qp = None
         chunk = max(1, workers)
@@ -102,20 +205,71 @@ def search(tensors: Mapping[str, np.ndarray], evaluate: Callable, *, tolerance: 
             if out_of_time():
                 break
         # 2. rate-distortion quantisation around the coarsest acceptable qp (uniform reconstruction)
+        stage[0] = "rd sweep"
         if ok_qp is not None and not out_of_time():
-            grid = [dict(qp=q, dq=False, rdoq_lambda=lam) for q in (ok_qp - 4, ok_qp - 2, ok_qp, ok_qp + 2)
-                    for lam in lambdas]
+            grid = [dict(qp=q, dq=d, rdoq_lambda=lam) for d in sorted({False, dq})
+                    for q in (ok_qp - 4, ok_qp - 2, ok_qp, ok_qp + 2) for lam in lambdas]
             for i in range(0, len(grid), chunk):
                 if out_of_time():
                     break
                 run(grid[i:i + chunk])
+        # 3. per-tensor refinement from the best setting so far
+        stage[0] = "per tensor"
+        if per_tensor:
+            ok = sorted((c for c in candidates if c.score >= floor), key=lambda c: c.bytes)
+            for base in ok[:bases]:
+                if out_of_time():
+                    break
+                _refine(tensors, base, floor, tolerance, run, out_of_time, max_qp, encoder_options)
     finally:
         if pool:
             pool.shutdown()
         if show:
             sys.stderr.write("\n")
-    ok = [c for c in candidates if c.score >= floor]
-    best = min(ok, key=lambda c: c.bytes) if ok else None
     if not candidates:
         raise EncodeError("the search evaluated no candidate (time budget too small?)")
-    return SearchResult(reference_score=reference, tolerance=tolerance, candidates=candidates, best=best)
+    return SearchResult(reference_score=reference, tolerance=tolerance, candidates=candidates, best=best_ok())
+
+
+def _refine(tensors, base: Candidate, floor, tolerance, run, out_of_time, max_qp, encoder_options):
+    """Stage 3: raise single tensors' qps from the best setting so far while the score holds."""
+    settings = {k: v for k, v in base.settings.items() if k != "qp_per_tensor"}
+    enc = Encoder(**dict(encoder_options, **settings))
+    floats = [k for k, v in tensors.items() if v.dtype.kind == "f" and v.size]
+    qps = dict(base.settings.get("qp_per_tensor") or {})
+    for k in floats:
+        qps.setdefault(k, enc.tensor_qp(k, tensors[k].ndim))
+    if enc.qp_density < 7:
+        # one density finer: the same steps at twice the qps, and half-size refinement steps
+        settings = dict(settings, qp=2 * enc.qp, qp_density=enc.qp_density + 1)
+        qps = {k: 2 * q for k, q in qps.items()}
+        max_qp *= 2
+    # a drop of the score is charged at least this much, so that free savings come first
+    slack = max(tolerance, 1e-12) / 20
+    _raise(qps, base, settings, floats, floor, slack, run, out_of_time, max_qp)
+
+
+def _raise(qps, current, settings, floats, floor, slack, run, out_of_time, max_qp):
+    """Raise single tensors' qps while the score holds, best bytes saved per score lost first."""
+    qps = dict(qps)
+    for step in REFINE_STEPS:
+        active = [k for k in floats if qps[k] + step <= max_qp]
+        while active and not out_of_time():
+            results = run([dict(settings, qp_per_tensor=dict(qps, **{k: qps[k] + step})) for k in active])
+            good, failed = [], set()
+            for k, c in zip(active, results):
+                if c.score >= floor and c.bytes < current.bytes:
+                    drop = max(current.score - c.score, 0.0)
+                    good.append(((current.bytes - c.bytes) / (drop + slack), k, c))
+                else:
+                    failed.add(k)
+            if not good:
+                break
+            _, k, c = max(good, key=lambda g: g[0])
+            qps[k] += step
+            current = c
+            active = [a for a in active if a not in failed and qps[a] + step <= max_qp]
+    return qps, current
+
+
+__all__ = ["search", "SearchResult", "Candidate", "REFINE_STEPS"]

@@ -33,3 +33,15 @@ def test_search_finds_a_stream_within_tolerance_and_a_monotone_front(workers):
 def test_time_budget_stops_early():
     res = search(PARAMS, accuracy, tolerance=0.005, time_budget=0.0, progress=False)
     assert 1 <= len(res.candidates) <= 2
+
+
+def test_per_tensor_refinement_never_loses_and_stays_within_tolerance():
+    coarse = search(PARAMS, accuracy, tolerance=0.005, per_tensor=False, progress=False)
+    refined = search(PARAMS, accuracy, tolerance=0.005, progress=False)
+    assert refined.best.bytes <= coarse.best.bytes
+    assert refined.best.score >= refined.reference_score - 0.005
+    import nnc
+
+    decoded = nnc.decode(refined.best.stream)
+    assert accuracy(decoded) == refined.best.score
+    assert set(refined.best.settings["qp_per_tensor"]) == set(PARAMS)
