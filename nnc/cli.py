@@ -23,6 +23,13 @@ EPILOGS = {
   nnc encode model.safetensors -o model.nnr --qp -38 --dq
   nnc encode model.pt -o model.nnr --step 0.002 --scan-order 2
   nnc encode model.npz -o model.nnr --qp -32 --tensor-qp 'head.*=-40' --raw '*.num_batches_tracked'
+  nnc encode model.safetensors -o model.nnr --rdoq 0.2
+  nnc encode mlp.safetensors -o mlp.nnr --search nnc.demo:mlp_accuracy --tolerance 0.005 --time-budget 60
+
+--search MODULE:FUNCTION (or path/to/file.py:FUNCTION) names a function that takes the
+decoded tensors (a dict of name to numpy array) and returns a score, higher is better.
+The search (DC-v2: qp sweep, rate-distortion sweep, per-tensor refinement) writes the
+smallest stream whose score stays within --tolerance of the original model's score.
 """,
     "decode": """examples:
   nnc decode model.nnr -o model.safetensors
@@ -79,11 +86,16 @@ def _fail(message: str) -> int:
     return EXIT_FAIL
 
 
+def _usage_error(message: str):
+    sys.stderr.write(f"nnc: error: {message}\n")
+    raise SystemExit(EXIT_USAGE)
+
+
 def _parse_assignments(items, what) -> dict:
     out = {}
     for item in items or []:
         if "=" not in item:
-            raise SystemExit(f"nnc: error: {what} must look like PATTERN=VALUE, not {item!r}")
+            _usage_error(f"{what} must look like PATTERN=VALUE, not {item!r}")
         k, v = item.rsplit("=", 1)
         out[k] = int(v)
     return out
@@ -110,6 +122,8 @@ def cmd_encode(args) -> int:
         options["nonweight_qp"] = args.nonweight_qp
     if args.qp is None and args.step is None:
         options.pop("step")
+    if args.search:
+        return _encode_search(args, tensors, options)
     t0 = time.perf_counter()
     progress = Progress(sum(int(np.asarray(v).size) for v in tensors.values()), "encoding", args.quiet)
     try:
@@ -129,6 +143,87 @@ def cmd_encode(args) -> int:
     elif not args.quiet:
         print(f"{out}: {len(tensors)} tensors, {n} weights -> {len(result.stream)} bytes "
               f"({summary['bits_per_weight']:.3f} bits/weight, {summary['ratio_fp32']:.1f}x smaller than fp32)")
+    return EXIT_OK
+
+
+def load_callable(spec: str):
+    """The function named by ``MODULE:FUNCTION`` or ``path/to/file.py:FUNCTION``.
+
+    Parameters
+    ----------
+    spec : str
+        A dotted module name or a ``.py`` file path, a colon, and a function name.
+
+    Returns
+    -------
+    callable
+
+    Raises
+    ------
+    SystemExit
+        With exit status 2 (a usage error) if the module or the function cannot be found.
+
+    Examples
+    --------
+    >>> load_callable("nnc.demo:mlp_accuracy").__name__
+    'mlp_accuracy'
+    """
+    import importlib
+    import importlib.util
+
+    module_name, sep, func_name = spec.rpartition(":")
+    if not sep or not module_name or not func_name:
+        _usage_error(f"--search needs MODULE:FUNCTION, not {spec!r}")
+    try:
+        if module_name.endswith(".py"):
+            loader_spec = importlib.util.spec_from_file_location("nnc_user_evaluation", module_name)
+            if loader_spec is None or loader_spec.loader is None:
+                raise ImportError(f"cannot load {module_name}")
+            module = importlib.util.module_from_spec(loader_spec)
+            sys.modules["nnc_user_evaluation"] = module
+            loader_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+    except (ImportError, OSError) as exc:
+        _usage_error(f"cannot import {module_name!r} for --search: {exc}")
+    func = getattr(module, func_name, None)
+    if not callable(func):
+        _usage_error(f"{module_name!r} has no function {func_name!r}")
+    return func
+
+
+def _encode_search(args, tensors, options) -> int:
+    from . import formats
+    from .search import search
+
+    evaluate = load_callable(args.search)
+    for fixed in ("qp", "step", "dq", "rdoq_lambda", "qp_per_tensor", "qp_density", "sigmas", "dcv1_s"):
+        options.pop(fixed, None)
+    t0 = time.perf_counter()
+    d = args.qp_density
+    result = search(tensors, evaluate, tolerance=args.tolerance, dq=args.dq, workers=args.workers,
+                    qp_range=range(-10 << d, -(1 << d) + 1), time_budget=args.time_budget,
+                    progress=not args.quiet and not args.json and sys.stderr.isatty(), **options)
+    elapsed = time.perf_counter() - t0
+    if result.best is None:
+        return _fail(f"no setting kept the score within {args.tolerance} of {result.reference_score:.6g} "
+                     f"({len(result.candidates)} candidates tried)")
+    best = result.best
+    out = args.output or str(Path(args.model).with_suffix(".nnr"))
+    formats.write_atomic(out, best.stream)
+    n = sum(int(np.asarray(v).size) for v in tensors.values())
+    summary = dict(input=str(args.model), output=out, tensors=len(tensors), weights=n, bytes=best.bytes,
+                   bits_per_weight=8 * best.bytes / max(n, 1), ratio_fp32=4 * n / max(best.bytes, 1),
+                   reference_score=result.reference_score, score=best.score, tolerance=args.tolerance,
+                   settings=best.settings, candidates=len(result.candidates), seconds=elapsed,
+                   pareto=[dict(bytes=c.bytes, score=c.score) for c in result.pareto])
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    elif not args.quiet:
+        print(f"{out}: {best.bytes} bytes ({summary['bits_per_weight']:.3f} bits/weight), score "
+              f"{best.score:.6g} (original {result.reference_score:.6g}, tolerance {args.tolerance}), "
+              f"{len(result.candidates)} candidates in {elapsed:.1f} s")
+        print("Pareto front (bytes: score): " + ", ".join(f"{c.bytes}: {c.score:.6g}" for c in result.pareto))
     return EXIT_OK
 
 
@@ -371,6 +466,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DC-v1: a model file of per-weight standard deviations (same names); sets each "
                         "tensor's step by eq. 12 and, with --rdoq, the importance 1/sigma^2")
     p.add_argument("--dcv1-s", type=int, default=64, metavar="S", help="DC-v1 global integer S (default 64)")
+    p.add_argument("--search", metavar="MODULE:FUNCTION",
+                   help="DC-v2: find the smallest stream whose score (FUNCTION(decoded tensors), higher is "
+                        "better) stays within --tolerance of the original's; ignores --qp/--step/--rdoq")
+    p.add_argument("--tolerance", type=float, default=0.005,
+                   help="with --search: allowed score drop (default 0.005)")
+    p.add_argument("--time-budget", type=float, metavar="SECONDS", help="with --search: stop after this time")
+    p.add_argument("--workers", type=int, default=1, help="with --search: worker processes (default 1)")
     p.set_defaults(func=cmd_encode)
 
     p = add("decode", "Decode an NNC stream into a model file.")

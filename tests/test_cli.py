@@ -128,3 +128,47 @@ def test_reference_tools_agree(tmp_path, model):
                          capture_output=True, text=True)
     assert enc.returncode == 0 and dec.returncode == 0, enc.stderr + dec.stderr
     assert enc.stdout.splitlines()[-1].split()[0] == dec.stdout.splitlines()[-1].split()[0]
+
+
+def test_encode_search_writes_the_smallest_stream_within_tolerance(tmp_path):
+    from nnc import demo
+
+    src = demo.DATA / "mlp.safetensors"
+    out = tmp_path / "mlp.nnr"
+    r = run("encode", src, "-o", out, "--search", "nnc.demo:mlp_accuracy", "--tolerance", "0.01", "--json")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["bytes"] == out.stat().st_size
+    assert summary["score"] >= summary["reference_score"] - 0.01
+    import nnc
+
+    assert demo.mlp_accuracy(nnc.decode(out.read_bytes())) == summary["score"]
+    plain = tmp_path / "plain.nnr"
+    assert run("encode", src, "-o", plain, "--qp", "-38").returncode == 0
+    assert summary["bytes"] < plain.stat().st_size
+    front = summary["pareto"]
+    assert [p["bytes"] for p in front] == sorted(p["bytes"] for p in front)
+    assert all(a["score"] < b["score"] for a, b in zip(front, front[1:]))
+
+
+def test_encode_search_with_a_function_from_a_file(model, tmp_path):
+    path, tensors = model
+    script = tmp_path / "score.py"
+    script.write_text("import numpy as np\n"
+                      "from nnc.formats import read_model\n"
+                      f"REF, _ = read_model({str(path)!r})\n"
+                      "def neg_mse(t):\n"
+                      "    return -float(np.mean((np.asarray(t['fc.weight']) - REF['fc.weight']) ** 2))\n")
+    out = tmp_path / "m.nnr"
+    r = run("encode", path, "-o", out, "--search", f"{script}:neg_mse", "--tolerance", "1e-4", "--time-budget", "30")
+    assert r.returncode == 0, r.stderr
+    assert out.exists() and "Pareto front" in r.stdout
+
+
+@pytest.mark.parametrize("spec", ["no_colon", "nnc.demo:no_such_function", "no_such_module_xyz:f", ":f"])
+def test_encode_search_bad_function_is_a_usage_error(model, tmp_path, spec):
+    path, _ = model
+    r = run("encode", path, "-o", tmp_path / "x.nnr", "--search", spec)
+    assert r.returncode == 2
+    assert "--search" in r.stderr or "no function" in r.stderr
+    assert not (tmp_path / "x.nnr").exists()

@@ -5,7 +5,8 @@ import importlib
 
 import pytest
 
-MODULES = ["nnc.decoder", "nnc.encoder", "nnc.models", "nnc.reconstruction", "nnc.engine"]
+MODULES = ["nnc.decoder", "nnc.encoder", "nnc.models", "nnc.reconstruction", "nnc.engine",
+           "nnc.search", "nnc.allocation", "nnc.cli", "nnc.demo"]
 
 
 @pytest.mark.parametrize("name", MODULES)
