@@ -1,4 +1,6 @@
-"""The one exception hierarchy of nnc (spec clause 15).
+r"""The one exception hierarchy of nnc (spec clause 15).
+
+::
 
     NNCError
     ├── DecodeError          the input is not a valid stream
@@ -9,17 +11,57 @@
 
 Every error carries, where they apply, the spec clause it relates to (``clause``)
 and the byte offset in the stream (``offset``).  They are part of ``str(error)``.
+:class:`~nnc.errors.DecodeError` and :class:`~nnc.errors.EncodeError` are also :class:`ValueError`\ s, so
+code that catches ``ValueError`` catches them too.
+
+Examples
+--------
+>>> import nnc
+>>> try:
+...     nnc.decode(b"\x00\x04\x02")
+... except nnc.DecodeError as exc:
+...     print(type(exc).__name__, exc.clause, exc.offset)
+TruncatedError 3.2 0
 """
 
 from __future__ import annotations
 
 
 class NNCError(Exception):
-    """Base class of every error nnc raises on purpose."""
+    """Base class of every error nnc raises on purpose.
+
+    The message, the spec clause and the byte offset are kept as attributes
+    and joined into ``str(error)`` as ``"message [spec clause, byte offset
+    offset]"``.  Errors survive pickling (e.g. across process pools) with all
+    three attributes.
+
+    Parameters
+    ----------
+    message : str
+        What is wrong, in words.
+    clause : str or None
+        The spec clause the error relates to, e.g. ``"3.2"``; None if none applies.
+    offset : int or None
+        The byte offset in the stream the error concerns; None if none applies.
+
+    Examples
+    --------
+    >>> from nnc.errors import NNCError
+    >>> err = NNCError("bad value", clause="7.4", offset=12)
+    >>> str(err)
+    'bad value [spec 7.4, byte offset 12]'
+    >>> err.message, err.clause, err.offset
+    ('bad value', '7.4', 12)
+    >>> str(NNCError("no location"))
+    'no location'
+    """
 
     def __init__(self, message: str, *, clause: str | None = None, offset: int | None = None):
+        #: What is wrong, in words (without the clause and offset).
         self.message = message
+        #: The spec clause the error relates to, or None.
         self.clause = clause
+        #: The byte offset in the stream the error concerns, or None.
         self.offset = offset
         super().__init__(self._format())
 
@@ -35,7 +77,30 @@ class NNCError(Exception):
         """Return the same error with its offset moved by ``base_offset`` bytes.
 
         Used when an error found inside a sub-buffer (a unit, a payload) is
-        reported relative to the whole stream.
+        reported relative to the whole stream.  The error itself is not
+        changed; a new one of the same class is returned, with the same
+        ``__cause__``.
+
+        Parameters
+        ----------
+        base_offset : int
+            Offset of the sub-buffer in the whole stream.  An error without an
+            offset gets ``base_offset`` itself.
+
+        Returns
+        -------
+        nnc.errors.NNCError
+            A new error of the same class, message and clause.
+
+        Examples
+        --------
+        >>> from nnc.errors import DecodeError
+        >>> inner = DecodeError("bad bin", clause="9.4", offset=3)
+        >>> outer = inner.at(100)
+        >>> type(outer).__name__, outer.offset, inner.offset
+        ('DecodeError', 103, 3)
+        >>> DecodeError("no offset").at(100).offset
+        100
         """
         offset = base_offset if self.offset is None else self.offset + base_offset
         new = type(self)(self.message, clause=self.clause, offset=offset)
@@ -51,23 +116,94 @@ def _rebuild(cls, message, clause, offset):
 
 
 class DecodeError(NNCError, ValueError):
-    """The input is not a valid NNC stream, or not one this decoder accepts."""
+    r"""The input is not a valid NNC stream, or not one this decoder accepts.
+
+    Raised by the decoder and the container parser for any stream that breaks
+    the syntax or a decoding rule (spec 15.1).  Its subclasses say more:
+    :class:`~nnc.errors.TruncatedError`, :class:`~nnc.errors.LimitError`, :class:`~nnc.errors.UnsupportedError`.
+    The parameters are those of :class:`~nnc.errors.NNCError`.
+
+    Examples
+    --------
+    >>> import nnc
+    >>> nnc.decode(b"\x00\x03\x00")  # a start unit without its general_profile_idc
+    Traceback (most recent call last):
+        ...
+    nnc.errors.DecodeError: unit header runs past the end of its unit [spec 3.2, byte offset 0]
+    """
 
 
 class TruncatedError(DecodeError):
-    """The input ends before the syntax it declares is complete."""
+    """The input ends before the syntax it declares is complete.
+
+    Raised when a unit size field, a unit or a CABAC payload runs past the end
+    of the data (spec 3.1, 3.2, 9.4).  The parameters are those of
+    :class:`~nnc.errors.NNCError`.
+
+    Examples
+    --------
+    >>> import nnc
+    >>> stream = nnc.encode({"w": [0.5, -0.25, 1.0]}, qp=-8, dq=False, nonweight_qp=None)
+    >>> nnc.decode(stream[:-1])
+    Traceback (most recent call last):
+        ...
+    nnc.errors.TruncatedError: unit of ... bytes runs past the end of the stream (... bytes left) [spec 3.2, byte offset ...]
+    """
 
 
 class LimitError(DecodeError):
-    """The input declares more data than the configured limits allow (spec 15.2)."""
+    """The input declares more data than the configured limits allow (spec 15.2).
+
+    The limits are those of a :class:`nnc.decoder.Limits`, and the bound a
+    payload's size puts on the number of elements it can code.  The parameters
+    are those of :class:`~nnc.errors.NNCError`.
+
+    Examples
+    --------
+    >>> import nnc
+    >>> stream = nnc.encode({"w": [[0.5, 0.25], [1.0, 0.0]]}, qp=-8, dq=False)
+    >>> nnc.decode(stream, limits=nnc.Limits(max_tensor_elements=3))
+    Traceback (most recent call last):
+        ...
+    nnc.errors.LimitError: tensor 'w' declares dimensions [2, 2], beyond the limit of 3 elements [spec 15.2, ...]
+    """
 
 
 class UnsupportedError(DecodeError):
-    """The input is valid but uses a coding tool nnc does not decode (yet)."""
+    """The input is valid but uses a coding tool nnc does not decode (yet).
+
+    Examples are profiles other than 0 and 1, quantisation (NNR_QNT) and
+    aggregate (NNR_AGG) units, indexed topology references and decomposed
+    (DC) block NDUs.  The parameters are those of :class:`~nnc.errors.NNCError`.
+
+    Examples
+    --------
+    >>> import nnc
+    >>> from nnc import container
+    >>> stream = nnc.encode({"w": [1.0, 2.0]}, qp=-8, dq=False, nonweight_qp=None)
+    >>> nnc.decode(container.build_str(profile=2) + stream[4:])
+    Traceback (most recent call last):
+        ...
+    nnc.errors.UnsupportedError: general_profile_idc 2 is not profile 0 or 1 [spec 4, byte offset 0]
+    """
 
 
 class EncodeError(NNCError, ValueError):
-    """The tensors or options given to the encoder cannot be encoded."""
+    """The tensors or options given to the encoder cannot be encoded.
+
+    Raised for invalid encoder options (a qp_density outside 0..7, both qp and
+    step, ...), for tensors that cannot be quantised (NaN, Inf, unsupported
+    dtypes) and for values a syntax element cannot carry.  The parameters are
+    those of :class:`~nnc.errors.NNCError`.
+
+    Examples
+    --------
+    >>> import nnc
+    >>> nnc.encode({"w": [1.0, float("nan")]})
+    Traceback (most recent call last):
+        ...
+    nnc.errors.EncodeError: tensor 'w' contains NaN or Inf, which cannot be quantised
+    """
 
 
 __all__ = [
