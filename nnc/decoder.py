@@ -4,7 +4,15 @@ Every function cites the spec clause it implements.  The decoder imports only
 decoder-side modules (container, engine, reconstruction); it never imports the
 encoder.
 
-    >>> import nnc
+Two ways in: :func:`~nnc.decoder.decode` decodes a whole stream at once; :class:`~nnc.decoder.Decoder`
+parses the unit stream first and gives the tensors' metadata
+(:class:`~nnc.decoder.TensorInfo`) and decoding by name (random access).  Invalid input
+raises a :class:`~nnc.errors.DecodeError` subclass, never anything else, and
+resources are bounded by :class:`~nnc.decoder.Limits` (spec 15).
+
+Examples
+--------
+>>> import nnc
     >>> stream = nnc.encode({"w": [[0.0, 0.5, -0.25], [1.0, 0.0, 0.0]]}, qp=-8, dq=False)
     >>> nnc.decode(stream)["w"].tolist()
     [[0.0, 0.5, -0.25], [1.0, 0.0, 0.0]]
@@ -32,8 +40,10 @@ from .reconstruction import (
     step_size,
 )
 
+#: What the decoder accepts as a stream (bytes-like data, a file path, or a binary file object).
 StreamInput = Union[bytes, bytearray, memoryview, str, "os.PathLike[str]", BinaryIO]
 
+#: Name of each ``nnr_compressed_data_unit_payload_type`` (spec 7.4), as in :attr:`~nnc.decoder.TensorInfo.payload_type`.
 PAYLOAD_TYPE_NAMES = {
     C.NNR_PT_INT: "INT",
     C.NNR_PT_FLOAT: "FLOAT",
@@ -43,6 +53,7 @@ PAYLOAD_TYPE_NAMES = {
 
 #: Elements a CABAC payload can code per byte, at most, when every element costs a bin (spec 15.2).
 ELEMENTS_PER_PAYLOAD_BYTE = 8192
+#: Elements allowed on top of ``ELEMENTS_PER_PAYLOAD_BYTE`` times the payload size (spec 15.2).
 ELEMENTS_SLACK = 65536
 
 
@@ -52,38 +63,115 @@ class Limits:
 
     ``max_tensor_elements`` caps every tensor; ``max_total_bytes`` caps the
     decoded output of one stream.  Independently of them, a tensor may not
-    declare more elements than its payload can code.
+    declare more elements than its payload can code (at most
+    ``ELEMENTS_PER_PAYLOAD_BYTE`` per payload byte plus ``ELEMENTS_SLACK``).
+    The limits are checked on the headers, before any payload is decoded.
+
+    Parameters
+    ----------
+    max_tensor_elements : int
+        Most elements one tensor may declare (default ``2**31 - 1``).  A zero
+        dimension does not hide the others: they are checked as if it were 1.
+    max_total_bytes : int
+        Most bytes the decoded tensors of one stream may take together
+        (default 8 GiB).
+
+    Examples
+    --------
+    >>> import nnc
+    >>> stream = nnc.encode({"w": [[0.5, 0.25], [1.0, 0.0]]}, qp=-8, dq=False)
+    >>> nnc.decode(stream, limits=nnc.Limits(max_tensor_elements=4))["w"].shape
+    (2, 2)
+    >>> nnc.decode(stream, limits=nnc.Limits(max_total_bytes=15))
+    Traceback (most recent call last):
+        ...
+    nnc.errors.LimitError: decoded output would exceed 15 bytes [spec 15.2, byte offset ...]
     """
 
+    #: Most elements one tensor may declare.
     max_tensor_elements: int = 2**31 - 1
+    #: Most bytes the decoded output of one stream may take.
     max_total_bytes: int = 8 * 2**30
 
 
 @dataclass
 class TensorInfo:
-    """What the stream says about one decoded tensor."""
+    """What the stream says about one tensor.
 
+    :meth:`~nnc.decoder.Decoder.tensors` returns one per tensor, built from the NDU headers
+    alone.  The fields that the payload carries (``qp``, ``step``,
+    ``row_skip``) are filled in when the tensor's unit is decoded, and are
+    None (``row_skip`` False) until then.  Users read these records; the
+    decoder creates them.  The parameters are the fields below.
+
+    Examples
+    --------
+    >>> import nnc
+    >>> import numpy as np
+    >>> w = np.array([[0.5, -0.25], [1.0, 0.0]], np.float32)
+    >>> dec = nnc.Decoder(nnc.encode({"fc.weight": w}, qp=-8, dq=False))
+    >>> info = dec.info("fc.weight")
+    >>> info.shape, info.dtype, info.payload_type, info.size
+    ((2, 2), 'float32', 'FLOAT', 4)
+    >>> info.qp is None  # the qp offset is in the payload: known once decoded
+    True
+    >>> _ = dec.decode_tensor("fc.weight")
+    >>> info.qp, info.step
+    (-8, 0.25)
+    """
+
+    #: Tensor name (``topology_elem_id``, spec 7.1).
     name: str
+    #: Tensor dimensions as signalled (``tensor_dimensions``, spec 7.4).
     shape: tuple
+    #: Name of the numpy dtype the tensor decodes to, e.g. ``"float32"``.
     dtype: str
+    #: ``"INT"``, ``"FLOAT"``, ``"RAW_FLOAT"`` or ``"BLOCK"`` (spec 7.4).
     payload_type: str
+    #: Quantisation parameter (spec 8.2, 12.1); None for INT and RAW_FLOAT, and until decoded.
     qp: int | None
+    #: qp density in force (spec 5.1, 6.1); None for INT and RAW_FLOAT tensors.
     qp_density: int | None
+    #: Step size Δ of the qp (spec 12.1); None for INT and RAW_FLOAT, and until decoded.
     step: float | None
+    #: Whether dependent quantisation is used (spec 10.2); never for INT tensors.
     dq: bool
+    #: Scan order (spec 11); 0 for tensors of fewer than two dimensions.
     scan_order: int
+    #: Number of greater-than flags, ``cabac_unary_length_minus1 + 1``; None for RAW_FLOAT.
     n_gtx: int | None
+    #: Codebook integers (spec 7.2, 12.4), or None when the tensor has no codebook.
     codebook: list | None
+    #: Index of the NDU that carries the tensor among the stream's NDUs (not among all units).
     unit_index: int
+    #: Byte offset of that NDU in the stream.
     unit_offset: int
+    #: Size of that NDU in bytes (including its size field).
     unit_size: int
+    #: Names of all tensors of the same BLOCK NDU, in coding order; empty otherwise (spec 7.6).
     block: tuple = ()
+    #: Whether the tensor's ``row_skip_flag`` is set (spec 8.3); known once decoded.
     row_skip: bool = False
+    #: Transmitted entry points as ``(value, dq_state, offset)`` tuples (spec 7.3).
     entry_points: list = field(default_factory=list)
+    #: ``nnr_decompressed_data_format`` if signalled (spec 7.4, 12.6), else None.
     decompressed_data_format: int | None = None
 
     @property
     def size(self) -> int:
+        """Number of elements, the product of ``shape`` (1 for a 0-d tensor).
+
+        Returns
+        -------
+        int
+            ``math.prod(shape)``.
+
+        Examples
+        --------
+        >>> import nnc
+        >>> nnc.Decoder(nnc.encode({"w": [[1.0, 2.0, 3.0]] * 2}, qp=-8)).info("w").size
+        6
+        """
         return math.prod(self.shape)
 
 
@@ -93,15 +181,51 @@ class DecoderState:
     * ``levels``: the last decoded integer levels (the TCA base, spec 10.5);
     * ``history``: the HDSP history map, the OR of (level != 0) over all decoded updates.
 
-    Pass one state to successive :func:`decode` calls to decode a base model
-    followed by incremental updates.
+    Pass one state to successive :func:`~nnc.decoder.decode` calls to decode a base model
+    followed by incremental updates.  A decoder given a state records every
+    tensor it decodes in it; without one, levels are kept only for streams
+    whose model parameter set enables parent signalling.
+
+    Examples
+    --------
+    >>> import nnc
+    >>> stream = nnc.encode({"w": [[0.0, 0.5, -0.25], [1.0, 0.0, 0.0]]}, qp=-8, dq=False)
+    >>> state = nnc.DecoderState()
+    >>> _ = nnc.decode(stream, state=state)
+    >>> state.levels["w"].tolist()  # the integers n, with the step 0.25
+    [0, 2, -1, 4, 0, 0]
+    >>> state.history["w"].tolist()
+    [0, 1, 1, 1, 0, 0]
     """
 
     def __init__(self):
+        #: The last decoded levels of each tensor, by name (flat int32 arrays).
         self.levels: dict[str, np.ndarray] = {}
+        #: The HDSP history map of each tensor, by name (flat int8 arrays, 1 where a decoded level was non-zero).
         self.history: dict[str, np.ndarray] = {}
 
     def update(self, name: str, levels: np.ndarray) -> None:
+        """Record a tensor's decoded levels and merge them into its history map.
+
+        A history map of another shape than ``levels`` is replaced, not merged.
+
+        Parameters
+        ----------
+        name : str
+            Tensor name.
+        levels : ``numpy.ndarray``
+            The decoded integer levels, flat in row-major order.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from nnc.decoder import DecoderState
+        >>> state = DecoderState()
+        >>> state.update("w", np.array([0, 3, 0], np.int32))
+        >>> state.update("w", np.array([1, 0, 0], np.int32))
+        >>> state.levels["w"].tolist(), state.history["w"].tolist()
+        ([1, 0, 0], [1, 1, 0])
+        """
         self.levels[name] = levels
         hist = self.history.get(name)
         nonzero = (levels != 0).astype(np.int8)
@@ -109,7 +233,42 @@ class DecoderState:
 
 
 def read_input(data: StreamInput) -> bytes | memoryview:
-    """Bytes of a stream given as bytes, a path or a binary file."""
+    """Bytes of a stream given as bytes, a path or a binary file.
+
+    Parameters
+    ----------
+    data : bytes, bytearray, memoryview, str, ``os.PathLike`` or ``BinaryIO``
+        The stream itself, the path of a file holding it, or a file object
+        opened in binary mode (read to its end).
+
+    Returns
+    -------
+    bytes or memoryview
+        The stream's bytes; a memoryview is returned as a byte view without
+        copying, a bytearray is copied to bytes.
+
+    Raises
+    ------
+    nnc.errors.DecodeError
+        If the file at the path cannot be read.
+    TypeError
+        If ``data`` is none of the above, or a file object opened in text mode.
+
+    Examples
+    --------
+    >>> import io
+    >>> from nnc.decoder import read_input
+    >>> read_input(io.BytesIO(b"\\x00\\x04\\x02\\x01"))
+    b'\\x00\\x04\\x02\\x01'
+    >>> read_input(io.StringIO("text"))
+    Traceback (most recent call last):
+        ...
+    TypeError: the file object must be opened in binary mode
+    >>> read_input("no/such/file.nnr")
+    Traceback (most recent call last):
+        ...
+    nnc.errors.DecodeError: cannot read stream file 'no/such/file.nnr': No such file or directory
+    """
     if isinstance(data, (bytes, bytearray)):
         return bytes(data) if isinstance(data, bytearray) else data
     if isinstance(data, memoryview):
@@ -141,12 +300,60 @@ class _Params:
 class Decoder:
     """Decoder of one NNC stream, with metadata and random access by tensor.
 
+    Construction reads the stream and parses every unit header (spec 3–7),
+    so that the tensors' names, shapes and coding parameters are known and
+    every header-level error and limit is found at once; payloads are
+    decoded only when asked for, by :meth:`~nnc.decoder.Decoder.decode` or :meth:`~nnc.decoder.Decoder.decode_tensor`.
+
+    Parameters
+    ----------
+    data : bytes, bytearray, memoryview, str, ``os.PathLike`` or ``BinaryIO``
+        The stream, a path to it, or a file object opened in binary mode
+        (see :func:`~nnc.decoder.read_input`).
+    limits : nnc.decoder.Limits or None
+        Resource limits (spec 15.2); None for the defaults of :class:`~nnc.decoder.Limits`.
+    engine : str or None
+        ``"cython"`` or ``"python"``; None for ``$NNC_ENGINE`` or the compiled
+        engine (see :func:`nnc.engine.get_engine`).
+    state : nnc.decoder.DecoderState or None
+        State kept across incremental 2nd-edition streams (spec 14).  When
+        given, every decoded tensor's levels are recorded in it.
+    entry_points : str
+        What to do with transmitted entry points (spec 11.4): ``"ignore"``
+        them (decode sequentially, the default), ``"use"`` them to decode
+        each block row from its entry point, or ``"verify"`` that they equal
+        the positions found by sequential decoding.
+
+    Raises
+    ------
+    nnc.errors.TruncatedError
+        If the stream ends inside a unit.
+    nnc.errors.LimitError
+        If a tensor or the whole output exceeds ``limits``, or a tensor
+        declares more elements than its payload can code.
+    nnc.errors.UnsupportedError
+        If the stream uses a profile or tool nnc does not decode.
+    nnc.errors.DecodeError
+        For any other invalid header, and if a path cannot be read.
+    ValueError
+        If ``entry_points`` or ``engine`` is not one of the values above.
+    TypeError
+        If ``data`` is of an unsupported type.
+
+    Examples
+    --------
     >>> import nnc
     >>> dec = nnc.Decoder(nnc.encode({"a": [1.0, 2.0], "b": [3.0]}, qp=-20, nonweight_qp=None))
     >>> [t.name for t in dec.tensors()]
     ['a', 'b']
     >>> dec.decode_tensor("b").tolist()
     [3.0]
+    >>> [u.type_name for u in dec.units]
+    ['NNR_STR', 'NNR_MPS', 'NNR_TPL', 'NNR_NDU', 'NNR_NDU']
+    >>> nnc.Decoder(b"\\x00\\x04\\x02\\x01", entry_points="skip")
+    Traceback (most recent call last):
+        ...
+    ValueError: entry_points must be 'ignore', 'use' or 'verify'
     """
 
     def __init__(
@@ -160,14 +367,22 @@ class Decoder:
     ):
         if entry_points not in ("ignore", "use", "verify"):
             raise ValueError("entry_points must be 'ignore', 'use' or 'verify'")
+        #: The stream's bytes.
         self.data = read_input(data)
+        #: The :class:`~nnc.decoder.Limits` in force.
         self.limits = limits or Limits()
+        #: The engine module that decodes payloads (see :mod:`nnc.engine`).
         self.engine = get_engine(engine)
         # levels are kept across streams only when the caller asks (a state) or the stream needs them
+        #: Whether every decoded tensor's levels are recorded in ``state`` (a state was given).
         self.keep_state = state is not None
+        #: The :class:`~nnc.decoder.DecoderState` given, or a new one of this decoder's own.
         self.state = state if state is not None else DecoderState()
+        #: The ``entry_points`` argument (``"ignore"``, ``"use"`` or ``"verify"``).
         self.entry_points_mode = entry_points
+        #: Every unit of the stream, parsed (:class:`nnc.container.Unit`), in stream order.
         self.units: list[C.Unit] = []
+        #: nnc's metadata from a topology unit (original shapes and dtypes), or ``{}``.
         self.metadata: dict = {}
         self._ndus: list[tuple[C.Unit, _Params]] = []
         self._parse_units()
@@ -340,16 +555,79 @@ class Decoder:
 
     # -- public API --------------------------------------------------------------
     def tensors(self) -> list[TensorInfo]:
-        """Metadata of every tensor, in decode order, without decoding payloads."""
+        """Metadata of every tensor, in decode order, without decoding payloads.
+
+        Returns
+        -------
+        list of nnc.decoder.TensorInfo
+            One record per tensor.  The records are the decoder's own: decoding
+            fills in their ``qp``, ``step`` and ``row_skip``.
+
+        Examples
+        --------
+        >>> import nnc
+        >>> dec = nnc.Decoder(nnc.encode({"w": [[1.0, 2.0]] * 3, "b": [0.5]}, qp=-20, nonweight_qp=None))
+        >>> [(t.name, t.shape, t.payload_type) for t in dec.tensors()]
+        [('w', (3, 2), 'FLOAT'), ('b', (1,), 'FLOAT')]
+        """
         return [info for _, info in self._index.values()]
 
     def names(self) -> list[str]:
+        """Names of every tensor, in decode order.
+
+        Returns
+        -------
+        list of str
+            The tensor names.
+
+        Examples
+        --------
+        >>> import nnc
+        >>> nnc.Decoder(nnc.encode({"w": [[1.0, 2.0]] * 3, "b": [0.5]}, qp=-20, nonweight_qp=None)).names()
+        ['w', 'b']
+        """
         return list(self._index)
 
     def decode(self, names: Iterable[str] | None = None, progress=None) -> "OrderedDict[str, np.ndarray]":
         """Decode all tensors (or those named), in stream order.
 
-        ``progress``, if given, is called with the TensorInfo of each decoded tensor.
+        Only the units that carry a wanted tensor are decoded.
+
+        Parameters
+        ----------
+        names : ``Iterable[str]`` or None
+            Names of the tensors to decode; None for all of them.
+        progress : ``callable`` or None
+            If given, called with the :class:`~nnc.decoder.TensorInfo` of each tensor once
+            it is decoded.
+
+        Returns
+        -------
+        ``collections.OrderedDict``
+            {name: ``numpy.ndarray``} in stream order, each array with the
+            signalled shape and the dtype named by its :class:`~nnc.decoder.TensorInfo`.
+
+        Raises
+        ------
+        KeyError
+            If a name is not that of a tensor of the stream.
+        nnc.errors.DecodeError
+            If a payload is invalid (its subclass
+            :class:`~nnc.errors.TruncatedError` if it ends too early); the
+            offset is relative to the whole stream.
+
+        Examples
+        --------
+        >>> import nnc
+        >>> dec = nnc.Decoder(nnc.encode({"w": [[1.0, 2.0]] * 3, "b": [0.5]}, qp=-20, nonweight_qp=None))
+        >>> out = dec.decode(["b"], progress=lambda t: print("decoded", t.name))
+        decoded b
+        >>> list(out), out["b"].tolist()
+        (['b'], [0.5])
+        >>> dec.decode(["bias"])
+        Traceback (most recent call last):
+            ...
+        KeyError: "no tensor named 'bias' in the stream"
         """
         wanted = None if names is None else set(names)
         if wanted is not None:
@@ -369,7 +647,35 @@ class Decoder:
         return out
 
     def decode_tensor(self, name: str) -> np.ndarray:
-        """Decode one tensor, touching only the unit that carries it (random access)."""
+        """Decode one tensor, touching only the unit that carries it (random access).
+
+        A tensor of a BLOCK NDU is decoded with the other tensors of its
+        block, which share its payload; only the one asked for is returned.
+
+        Parameters
+        ----------
+        name : str
+            The tensor's name.
+
+        Returns
+        -------
+        ``numpy.ndarray``
+            The tensor, with its signalled shape and dtype.
+
+        Raises
+        ------
+        KeyError
+            If the stream has no tensor of that name.
+        nnc.errors.DecodeError
+            If the unit's payload is invalid.
+
+        Examples
+        --------
+        >>> import nnc
+        >>> dec = nnc.Decoder(nnc.encode({"w": [[1.0, 2.0]] * 3, "b": [0.5]}, qp=-20, nonweight_qp=None))
+        >>> dec.decode_tensor("w").tolist()
+        [[1.0, 2.0], [1.0, 2.0], [1.0, 2.0]]
+        """
         if name not in self._index:
             raise KeyError(f"no tensor named {name!r} in the stream")
         i, _ = self._index[name]
@@ -377,6 +683,30 @@ class Decoder:
         return self._decode_ndu(unit, params, self._ndu_tensors[i])[name]
 
     def info(self, name: str) -> TensorInfo:
+        """Metadata of one tensor, without decoding it.
+
+        Parameters
+        ----------
+        name : str
+            The tensor's name.
+
+        Returns
+        -------
+        nnc.decoder.TensorInfo
+            The decoder's record of the tensor (see :meth:`~nnc.decoder.Decoder.tensors`).
+
+        Raises
+        ------
+        KeyError
+            If the stream has no tensor of that name.
+
+        Examples
+        --------
+        >>> import nnc
+        >>> info = nnc.Decoder(nnc.encode({"w": [[1.0, 2.0]] * 3}, qp=-20, dq=True)).info("w")
+        >>> info.shape, info.dq, info.unit_index
+        ((3, 2), True, 0)
+        """
         return self._index[name][1]
 
     # -- NDU payload (spec 7.5, 8) ---------------------------------------------
@@ -485,7 +815,36 @@ def _topology_metadata(unit: C.Unit) -> dict:
 def restore_model_view(tensors: "OrderedDict[str, np.ndarray]", metadata: dict) -> tuple:
     """Tensors as the original model had them: 0-d shapes and dtypes from nnc's metadata (spec 6.2.1).
 
-    Returns (tensors, {name: dtype name}); bfloat16 stays float32 in numpy and is named in the dtypes.
+    The encoder records in a topology unit the shapes that NNC cannot carry
+    (0-d tensors are coded as 1-d) and the dtypes it does not restore by
+    itself; :attr:`~nnc.decoder.Decoder.metadata` holds them.  Entries that do not fit
+    (a shape of another size, an unknown dtype) are ignored.
+
+    Parameters
+    ----------
+    tensors : ``collections.OrderedDict``
+        {name: ``numpy.ndarray``} as decoded.
+    metadata : dict
+        :attr:`~nnc.decoder.Decoder.metadata` of the stream (``{}`` restores nothing).
+
+    Returns
+    -------
+    tuple
+        ``(tensors, dtypes)``: a new {name: ``numpy.ndarray``} in the same
+        order, and {name: dtype name}.  bfloat16 has no numpy dtype: such
+        tensors stay float32 and are named ``"bfloat16"`` in ``dtypes``.
+
+    Examples
+    --------
+    >>> import nnc, numpy as np
+    >>> from nnc.decoder import restore_model_view
+    >>> dec = nnc.Decoder(nnc.encode({"step": np.int64(7)}))
+    >>> decoded = dec.decode()
+    >>> decoded["step"].dtype.name, decoded["step"].shape
+    ('int32', (1,))
+    >>> tensors, dtypes = restore_model_view(decoded, dec.metadata)
+    >>> tensors["step"].dtype.name, tensors["step"].shape, dtypes
+    ('int64', (), {'step': 'int64'})
     """
     shapes = metadata.get("shapes", {}) if isinstance(metadata.get("shapes"), dict) else {}
     dtypes = metadata.get("dtypes", {}) if isinstance(metadata.get("dtypes"), dict) else {}
@@ -502,6 +861,21 @@ def restore_model_view(tensors: "OrderedDict[str, np.ndarray]", metadata: dict) 
         out[k] = v
         names[k] = want or v.dtype.name
     return out, names
+
+
+__all__ = [
+    "decode",
+    "decode_with_info",
+    "Decoder",
+    "DecoderState",
+    "Limits",
+    "TensorInfo",
+    "read_input",
+    "restore_model_view",
+    "PAYLOAD_TYPE_NAMES",
+    "ELEMENTS_PER_PAYLOAD_BYTE",
+    "ELEMENTS_SLACK",
+]
 
 
 def _get(container, name, default=None):
@@ -524,17 +898,86 @@ def decode(
 
     ``data`` is bytes, a path or a binary file.  ``state`` carries the
     decoder state across incremental (2nd-edition) streams.  Raises a
-    :class:`nnc.DecodeError` subclass on any invalid input.
+    :class:`~nnc.errors.DecodeError` subclass on any invalid input.  The
+    same as ``Decoder(data, ...).decode()``; see :class:`~nnc.decoder.Decoder`.
 
+    Parameters
+    ----------
+    data : bytes, bytearray, memoryview, str, ``os.PathLike`` or ``BinaryIO``
+        The stream, a path to it, or a file object opened in binary mode.
+    limits : nnc.decoder.Limits or None
+        Resource limits (spec 15.2); None for the defaults.
+    engine : str or None
+        ``"cython"`` or ``"python"``; None for ``$NNC_ENGINE`` or ``"cython"``.
+    state : nnc.decoder.DecoderState or None
+        State kept across incremental streams (spec 14).
+    entry_points : str
+        ``"ignore"``, ``"use"`` or ``"verify"`` transmitted entry points
+        (see :class:`~nnc.decoder.Decoder`).
+
+    Returns
+    -------
+    ``collections.OrderedDict``
+        {name: ``numpy.ndarray``}, in stream order.
+
+    Raises
+    ------
+    nnc.errors.TruncatedError
+        If the stream ends too early.
+    nnc.errors.LimitError
+        If the stream exceeds ``limits`` (spec 15.2).
+    nnc.errors.UnsupportedError
+        If the stream uses a tool nnc does not decode.
+    nnc.errors.DecodeError
+        For any other invalid stream, and if a path cannot be read.
+    ValueError
+        If ``entry_points`` or ``engine`` is not a valid choice.
+    TypeError
+        If ``data`` is of an unsupported type.
+
+    Examples
+    --------
     >>> import nnc
     >>> nnc.decode(nnc.encode({"x": [0.25, -1.0]}, qp=-16, nonweight_qp=None))["x"].tolist()
     [0.25, -1.0]
+    >>> stream = nnc.encode({"w": [[0.5, 0.25], [1.0, 0.0]]}, qp=-8)
+    >>> nnc.decode(stream[:-2])
+    Traceback (most recent call last):
+        ...
+    nnc.errors.TruncatedError: unit of ... bytes runs past the end of the stream ...
     """
     return Decoder(data, limits=limits, engine=engine, state=state, entry_points=entry_points).decode()
 
 
 def decode_with_info(data: StreamInput, **kwargs) -> tuple["OrderedDict[str, np.ndarray]", list[TensorInfo]]:
-    """Decode a stream and return the tensors with their metadata."""
+    """Decode a stream and return the tensors with their metadata.
+
+    Parameters
+    ----------
+    data : bytes, bytearray, memoryview, str, ``os.PathLike`` or ``BinaryIO``
+        The stream, a path to it, or a file object opened in binary mode.
+    **kwargs
+        ``limits``, ``engine``, ``state``, ``entry_points``: as for :class:`~nnc.decoder.Decoder`.
+
+    Returns
+    -------
+    tuple
+        ``(tensors, infos)``: {name: ``numpy.ndarray``} in stream order as from
+        :func:`~nnc.decoder.decode`, and the list of :class:`~nnc.decoder.TensorInfo`, with ``qp`` and
+        ``step`` filled in.
+
+    Raises
+    ------
+    nnc.errors.DecodeError
+        On any invalid stream (see :func:`~nnc.decoder.decode`).
+
+    Examples
+    --------
+    >>> import nnc
+    >>> tensors, infos = nnc.decode_with_info(nnc.encode({"w": [[0.5, -0.5]] * 2}, qp=-8, dq=False))
+    >>> tensors["w"].tolist(), infos[0].qp, infos[0].step
+    ([[0.5, -0.5], [0.5, -0.5]], -8, 0.25)
+    """
     dec = Decoder(data, **kwargs)
     tensors = dec.decode()
     return tensors, dec.tensors()
