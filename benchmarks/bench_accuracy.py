@@ -3,9 +3,14 @@
     python benchmarks/bench_accuracy.py [--tolerance 0.005] [--out benchmarks/results]
 
 On the bundled digits models (MLP and CNN, test split shipped with the package). For nnc
-the search of nnc.search (qp sweep, then rate-distortion (qp, lambda) sweep, also with
-per-tensor bit allocation at the found SNR); for NNCodec 2.1.3 every qp of the same range
-with its default DQ, keeping the smallest stream within the tolerance. Both in one run.
+the search of nnc.search (qp sweep, rate-distortion (qp, lambda) sweep, per-tensor qp
+refinement driven by the accuracy); for NNCodec 2.1.3 every qp of the same range with its
+default configuration (DQ, parameter optimisation, nonweight_qp -75), keeping the smallest
+stream within the tolerance. Both in one run. Writes accuracy_digits.md (table) and
+accuracy_digits.png (accuracy against bytes: nnc's candidates and Pareto front, NNCodec's
+qp sweep).
+
+The accuracy is measured on the same test split that selects the setting, for both coders.
 """
 
 from __future__ import annotations
@@ -20,9 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-import nnc  # noqa: E402
 from nnc import demo  # noqa: E402
-from nnc.allocation import allocate_qps  # noqa: E402
 from nnc.formats import read_model  # noqa: E402
 from nnc.search import search  # noqa: E402
 
@@ -36,10 +39,35 @@ def make_eval(kind):
     return evaluate
 
 
-def snr_db(ref, rec):
-    num = sum(float((np.asarray(v, np.float64) ** 2).sum()) for v in ref.values())
-    den = sum(float(((np.asarray(ref[k], np.float64) - np.asarray(rec[k], np.float64)) ** 2).sum()) for k in ref)
-    return 10 * np.log10(num / den)
+def plot(results, tolerance, path):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plot")
+        return
+    fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4.2))
+    for ax, (kind, r) in zip(np.atleast_1d(axes), results.items()):
+        ref = 100 * r["reference"]
+        front = sorted(r["pareto"])
+        ax.plot([b for b, _ in front], [100 * s for _, s in front], "o-", ms=3, label="nnc (DC-v2 search, Pareto front)")
+        theirs = sorted(r["nncodec"])
+        if theirs:
+            ax.plot([b for b, _ in theirs], [100 * s for _, s in theirs], "s--", ms=3,
+                    label="NNCodec 2.1.3 (qp sweep, default DQ)")
+        ax.axhline(ref, color="grey", lw=0.8, label=f"fp32 ({ref:.2f} %)")
+        ax.axhline(ref - 100 * tolerance, color="grey", lw=0.8, ls=":", label=f"fp32 - {100 * tolerance:g} points")
+        ax.set_xscale("log")
+        ax.set_ylim(max(0, ref - 10), min(100, ref + 1.5))
+        ax.set_xlabel("stream bytes")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"digits {kind}: accuracy against size")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def main(argv=None):
@@ -54,28 +82,26 @@ def main(argv=None):
              f"Command: `python benchmarks/bench_accuracy.py --tolerance {args.tolerance}`", "",
              "| model | fp32 acc | nnc bytes | nnc acc | nnc setting | NNCodec bytes | NNCodec acc | NNCodec qp | nnc vs NNCodec |",
              "|---|---:|---:|---:|---|---:|---:|---:|---:|"]
+    results = {}
     for kind, fname in demo.MODELS.items():
         params = {k: np.asarray(v, np.float32) for k, v in read_model(demo.DATA / fname)[0].items()}
         evaluate = make_eval(kind)
         res = search(params, evaluate, tolerance=args.tolerance, qp_range=QPS, progress=False)
         best = res.best
-        # per-tensor allocation at the SNR of the best search result, then a qp-offset sweep
-        ref_snr = snr_db(params, nnc.decode(best.stream))
-        for delta in (0.0, -1.0, -2.0, -3.0):
-            qps = allocate_qps(params, target_snr_db=ref_snr + delta, dq=True)
-            stream = nnc.Encoder(qp_per_tensor=qps, dq=True).encode(params).stream
-            acc = evaluate(nnc.decode(stream))
-            if acc >= res.reference_score - args.tolerance and len(stream) < best.bytes:
-                best = type(best)(settings={"allocated_qps": qps}, bytes=len(stream), score=acc, stream=stream)
+        results[kind] = dict(reference=res.reference_score, pareto=[(c.bytes, c.score) for c in res.pareto],
+                             nncodec=[])
         theirs = None
         if oracle is not None:
             for qp in QPS:
                 stream = oracle.compress(params, qp=qp, use_dq=True)
                 acc = evaluate(oracle.decompress(stream))
+                results[kind]["nncodec"].append((len(stream), acc))
                 if acc >= res.reference_score - args.tolerance and (theirs is None or len(stream) < theirs[0]):
                     theirs = (len(stream), acc, qp)
         ratio = f"{100 * (best.bytes / theirs[0] - 1):+.1f} %" if theirs else "-"
-        setting = ", ".join(f"{k}={v}" for k, v in best.settings.items() if k != "allocated_qps") or "per-tensor qps"
+        setting = ", ".join(f"{k}={v}" for k, v in best.settings.items() if k != "qp_per_tensor")
+        if "qp_per_tensor" in best.settings:
+            setting += ", per-tensor qps " + " ".join(f"{k}:{v}" for k, v in best.settings["qp_per_tensor"].items())
         lines.append(f"| {kind} | {100 * res.reference_score:.2f} | {best.bytes} | {100 * best.score:.2f} | {setting} | "
                      f"{theirs[0] if theirs else '-'} | {100 * theirs[1] if theirs else 0:.2f} | "
                      f"{theirs[2] if theirs else '-'} | {ratio} |")
@@ -83,6 +109,7 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "accuracy_digits.md").write_text("\n".join(lines) + "\n")
+    plot(results, args.tolerance, out / "accuracy_digits.png")
     if oracle:
         oracle.close()
 
