@@ -1,10 +1,29 @@
 """Constant tables of the DeepCABAC engine (spec clauses 9.3, 9.4, 10.2).
 
 Pure data, shared by the Cython engine and the pure-Python reference engine.
+Every table is a tuple, so that it cannot be changed by accident.
+
+Examples
+--------
+The LPS sub-range for the 9-bit range R = 300 and the combined probability
+state C = -1310 of init set 1 (spec 9.4):
+
+>>> from nnc.tables import RLPS_TABLE, INIT_SETS
+>>> fast_shift, slow_shift, c, f = INIT_SETS[1]
+>>> RLPS_TABLE[32 * ((300 >> 5) & 7) + abs(c >> 7)]
+33
+
+Dependent quantisation moves from state 0 to state 2 after a level k with
+odd parity, and stays in state 0 after an even one (spec 10.2):
+
+>>> from nnc.tables import NEXT_DQ_STATE
+>>> k = 1
+>>> NEXT_DQ_STATE[0][k & 1], NEXT_DQ_STATE[0][0]
+(2, 0)
 """
 
 #: LPS sub-range, indexed by 32 * range_class + probability_class  (spec 9.4, Table 9-2).
-#: range_class = (R >> 5) & 7 for the 9-bit range R; probability_class = |C >> 7|.
+#: range_class = (R >> 5) & 7 for the 9-bit range R; probability_class = ``|C >> 7|`` (0..31).
 RLPS_TABLE = (
     # range class 0 (R 256..287)
     128, 112, 97, 84, 74, 65, 57, 50, 45, 39, 34, 30, 27, 23, 20, 18, 15, 14, 12, 11, 10, 9, 7, 7, 5, 5, 4, 4, 3, 3, 2, 2,
@@ -24,13 +43,13 @@ RLPS_TABLE = (
     228, 200, 174, 150, 132, 116, 102, 90, 80, 70, 62, 54, 48, 42, 36, 32, 28, 26, 22, 20, 18, 16, 14, 14, 10, 10, 8, 8, 6, 6, 4, 4,
 )
 
-#: Adaptation step table of the two-rate probability model (spec 9.3.3).
+#: Adaptation step table of the two-rate probability model (spec 9.3.3), 32 entries.
 ADAPT_STEPS = (
     2512, 2288, 2064, 1840, 1616, 1392, 1168, 944, 720, 560, 464, 368, 272, 208, 144, 80,
     64, 64, 64, 64, 64, 64, 64, 64, 64, 64, 64, 64, 64, 64, 64, 0,
 )
 
-#: Context initialisation sets (spec 9.3.2): (fast shift, slow shift, combined state C, fast state F).
+#: Context initialisation sets (spec 9.3.2), each (fast shift, slow shift, combined state C, fast state F).
 INIT_SETS = (
     (5, 4, 0, 0),
     (5, 4, -1310, -41),
@@ -43,7 +62,7 @@ INIT_SETS = (
     (7, 5, 962, 30),
 )
 
-#: Dependent-quantisation state transitions (spec 10.2): NEXT_DQ_STATE[state][parity of k].
+#: Dependent-quantisation state transitions (spec 10.2), indexed ``NEXT_DQ_STATE[state][k & 1]``.
 NEXT_DQ_STATE = (
     (0, 2),
     (7, 5),
@@ -54,5 +73,7 @@ NEXT_DQ_STATE = (
     (3, 1),
     (4, 6),
 )
+
+__all__ = ["RLPS_TABLE", "ADAPT_STEPS", "INIT_SETS", "NEXT_DQ_STATE"]
 
 assert len(RLPS_TABLE) == 256 and len(ADAPT_STEPS) == 32
