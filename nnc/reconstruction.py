@@ -1,6 +1,17 @@
 """Step sizes and reconstruction of tensor values from decoded integers (spec 12).
 
 Decoder side; the encoder imports from here, never the other way round.
+Errors are raised as :class:`~nnc.errors.DecodeError` with the spec clause.
+
+Examples
+--------
+>>> import numpy as np
+>>> from nnc.reconstruction import step_size, reconstruct_uniform
+>>> step = step_size(-8, 2)
+>>> float(step)
+0.25
+>>> reconstruct_uniform(np.array([0, 2, -1, 4], np.int32), step).tolist()
+[0.0, 0.5, -0.25, 1.0]
 """
 
 from __future__ import annotations
@@ -24,7 +35,7 @@ DECOMPRESSED_DATA_FORMATS = {
     8: np.dtype("float16"),
     9: np.dtype("float64"),
 }
-#: Value range of the narrow integer formats (spec 12.6).
+#: Bits of the narrow integer formats (spec 12.6), which bound their value range.
 NARROW_INT_BITS = {2: 2, 3: 3, 4: 4}
 
 
@@ -33,8 +44,34 @@ def step_size(qp: int, qp_density: int) -> np.float32:
 
     Δ = (2^qpd + (qp mod 2^qpd)) · 2^(floor(qp / 2^qpd) − qpd), stored as float32.
 
+    Parameters
+    ----------
+    qp : int
+        Quantisation parameter.
+    qp_density : int
+        qp density qpd (0..7): qp grows by 2^qpd for each doubling of Δ.
+
+    Returns
+    -------
+    ``numpy.float32``
+        The step size; exact whenever it is a normal float32.
+
+    Raises
+    ------
+    nnc.errors.DecodeError
+        If Δ is not a finite non-zero float32 (below 2^-149 or from 2^128 on).
+
+    Examples
+    --------
+    >>> from nnc.reconstruction import step_size
     >>> float(step_size(-38, 2))
     0.00146484375
+    >>> float(step_size(5, 3)), float(step_size(3, 0))
+    (1.625, 8.0)
+    >>> step_size(600, 2)
+    Traceback (most recent call last):
+        ...
+    nnc.errors.DecodeError: qp 600 (qp_density 2) gives a step size outside the float32 range [spec 12.1]
     """
     k = 1 << qp_density
     mul = k + (qp & (k - 1))
@@ -50,13 +87,70 @@ def step_size(qp: int, qp_density: int) -> np.float32:
 
 
 def reconstruct_uniform(levels: np.ndarray, step: np.float32) -> np.ndarray:
-    """w = float32(Δ) · float32(n), computed in float32 (spec 12.2, 12.3)."""
+    """w = float32(Δ) · float32(n), computed in float32 (spec 12.2, 12.3).
+
+    Overflow to infinity is the defined result and raises no warning.
+
+    Parameters
+    ----------
+    levels : ``numpy.ndarray``
+        Reconstruction integers n (with DQ already mapped from k to n).
+    step : ``numpy.float32``
+        Step size Δ, as from :func:`step_size`.
+
+    Returns
+    -------
+    ``numpy.ndarray``
+        float32 values of the same shape as ``levels``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from nnc.reconstruction import reconstruct_uniform
+    >>> w = reconstruct_uniform(np.array([[1, -3], [0, 8]], np.int32), np.float32(0.125))
+    >>> w.dtype.name, w.tolist()
+    ('float32', [[0.125, -0.375], [0.0, 1.0]])
+    """
     with np.errstate(over="ignore"):  # IEEE overflow to inf is the defined result
         return levels.astype(np.float32) * np.float32(step)
 
 
 def reconstruct_codebook(indices: np.ndarray, codebook, zero_offset: int, step: np.float32) -> np.ndarray:
-    """w = codebook[k + CbZeroOffset] · Δ, computed in float64 (spec 12.4)."""
+    """w = codebook[k + CbZeroOffset] · Δ, computed in float64 (spec 12.4).
+
+    Parameters
+    ----------
+    indices : ``numpy.ndarray``
+        Decoded integers k, signed relative to the codebook's zero entry.
+    codebook : list of int
+        The codebook integers (strictly increasing, spec 7.2).
+    zero_offset : int
+        CbZeroOffset, the position of the zero index in the codebook
+        (see :func:`nnc.container.codebook_zero_offset`).
+    step : ``numpy.float32``
+        Step size Δ (:func:`step_size`), widened exactly to float64.
+
+    Returns
+    -------
+    ``numpy.ndarray``
+        float64 values of the same shape as ``indices``.
+
+    Raises
+    ------
+    nnc.errors.DecodeError
+        If an index falls outside the codebook.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from nnc.reconstruction import reconstruct_codebook
+    >>> reconstruct_codebook(np.array([-1, 0, 1]), [-3, 0, 5], 1, np.float32(0.5)).tolist()
+    [-1.5, 0.0, 2.5]
+    >>> reconstruct_codebook(np.array([2]), [-3, 0, 5], 1, np.float32(0.5))
+    Traceback (most recent call last):
+        ...
+    nnc.errors.DecodeError: codebook index outside 0..2 [spec 12.4]
+    """
     book = np.asarray(codebook, dtype=np.int64)
     idx = indices.astype(np.int64) + zero_offset
     if idx.size and (idx.min() < 0 or idx.max() >= book.size):
@@ -67,7 +161,43 @@ def reconstruct_codebook(indices: np.ndarray, codebook, zero_offset: int, step: 
 
 
 def convert_to_format(values: np.ndarray, fmt: int) -> np.ndarray:
-    """Convert a reconstructed tensor to its ``nnr_decompressed_data_format`` (spec 12.6)."""
+    """Convert a reconstructed tensor to its ``nnr_decompressed_data_format`` (spec 12.6).
+
+    Float formats round to nearest (overflow to infinity); integer formats
+    round float values half away from zero and check that they fit the
+    format's range (-2..1 for INT2, -4..3 for INT3, -8..7 for INT4).
+
+    Parameters
+    ----------
+    values : ``numpy.ndarray``
+        Reconstructed values (float), or the integers of an INT tensor.
+    fmt : int
+        A key of ``DECOMPRESSED_DATA_FORMATS``.
+
+    Returns
+    -------
+    ``numpy.ndarray``
+        The values in the format's dtype, same shape.
+
+    Raises
+    ------
+    nnc.errors.DecodeError
+        If ``fmt`` is reserved, or for an integer format if a value is not
+        finite or lies outside its range.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from nnc.reconstruction import convert_to_format
+    >>> convert_to_format(np.array([1.4, -2.5, 2.5], np.float32), 0).tolist()  # int32
+    [1, -3, 3]
+    >>> convert_to_format(np.array([0.1], np.float32), 8).dtype.name
+    'float16'
+    >>> convert_to_format(np.array([2.0]), 2)  # INT2 holds -2..1
+    Traceback (most recent call last):
+        ...
+    nnc.errors.DecodeError: decoded value outside the range -2..1 of output format 2 [spec 12.6]
+    """
     if fmt not in DECOMPRESSED_DATA_FORMATS:
         raise DecodeError(f"reserved nnr_decompressed_data_format {fmt}", clause="7.4")
     dtype = DECOMPRESSED_DATA_FORMATS[fmt]
@@ -91,3 +221,13 @@ def convert_to_format(values: np.ndarray, fmt: int) -> np.ndarray:
             f"decoded value outside the range {lo}..{hi} of output format {fmt}", clause="12.6"
         )
     return rounded.astype(dtype)
+
+
+__all__ = [
+    "step_size",
+    "reconstruct_uniform",
+    "reconstruct_codebook",
+    "convert_to_format",
+    "DECOMPRESSED_DATA_FORMATS",
+    "NARROW_INT_BITS",
+]
