@@ -5,9 +5,11 @@
 Methods (all with the same per-run qp sweep; biases and other 1-D tensors use qp - 8 in
 both coders):
   nnc-urq      nearest rounding
-  nnc-rdoq     rate-distortion quantisation (lambda 0.2, uniform reconstruction)
+  nnc-rdoq     rate-distortion quantisation (lambda 0.1, uniform reconstruction)
   nnc-dq       dependent quantisation, distortion-only trellis
-  nnc-dq-rdoq  rate-aware trellis (lambda 0.2)
+  nnc-dq-rdoq  rate-aware trellis (lambda 0.1)
+  nnc-dq-flat  dependent quantisation with one step for every tensor, 1-D ones included
+               (the allocation that minimises the total squared error at high rate)
   nncodec-urq / nncodec-dq / nncodec-rdoq   NNCodec 2.1.3 (rdoq: lambda_scale 1, no DQ)
   nncodec-dq-default  NNCodec 2.1.3's default configuration but the qp (DQ, parameter
                optimisation, nonweight_qp -75: 1-D tensors coded almost losslessly)
@@ -15,12 +17,13 @@ SNR is 10 log10(sum w^2 / sum (w - w_hat)^2) over all float tensors; bits per we
 count the whole stream. The summary compares each nnc curve with NNCodec-DQ at equal
 SNR (log-linear interpolation) over the points between 3 and 7 bits per weight, and with
 NNCodec-DQ's default configuration.
-Writes rd_<dataset>.md (table) and rd_<dataset>.png (plot) to --out.
+Writes rd_<dataset>.md (table), rd_<dataset>.json (the points) and rd_<dataset>.png (plot) to --out.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -33,7 +36,7 @@ sys.path.insert(0, str(REPO / "tests"))
 import nnc  # noqa: E402
 from nnc.formats import read_model  # noqa: E402
 
-QPS = list(range(-44, -15, 3))
+QPS = list(range(-44, -4, 3))
 
 
 def load(dataset):
@@ -64,11 +67,13 @@ def snr_db(ref, rec):
 
 
 def nnc_point(tensors, qp, method):
-    opts = dict(qp=qp, nonweight_qp=qp - 8, dq=method in ("nnc-dq", "nnc-dq-rdoq"))
+    opts = dict(qp=qp, nonweight_qp=qp - 8, dq=method in ("nnc-dq", "nnc-dq-rdoq", "nnc-dq-flat"))
+    if method == "nnc-dq-flat":
+        opts.update(nonweight_qp=None)
     if method == "nnc-rdoq":
-        opts.update(dq=False, rdoq_lambda=0.2)
+        opts.update(dq=False, rdoq_lambda=0.1)
     if method == "nnc-dq-rdoq":
-        opts.update(rdoq_lambda=0.2)
+        opts.update(rdoq_lambda=0.1)
     stream = nnc.encode(tensors, **opts)
     return len(stream), snr_db(tensors, nnc.decode(stream))
 
@@ -114,7 +119,7 @@ def main(argv=None):
     for dataset in args.datasets.split(","):
         tensors = load(dataset)
         n = sum(v.size for v in tensors.values())
-        methods = ["nnc-urq", "nnc-rdoq", "nnc-dq", "nnc-dq-rdoq"] + (["nncodec-urq", "nncodec-dq", "nncodec-rdoq", "nncodec-dq-default"] if oracle else [])
+        methods = ["nnc-urq", "nnc-rdoq", "nnc-dq", "nnc-dq-rdoq", "nnc-dq-flat"] + (["nncodec-urq", "nncodec-dq", "nncodec-rdoq", "nncodec-dq-default"] if oracle else [])
         curves = {m: [] for m in methods}
         rows = []
         for qp in QPS:
@@ -133,22 +138,38 @@ def main(argv=None):
             lines += ["", f"Bits saved against {ref} at equal SNR (mean over points at 3-7 bits/weight):", ""]
             lines += [f"* {m}: {g:+.1f} % ({k} points)" for m, (g, k) in summary.items()]
         (out / f"rd_{dataset}.md").write_text("\n".join(lines) + "\n")
+        (out / f"rd_{dataset}.json").write_text(json.dumps(
+            [dict(method=m, qp=qp, bytes=size, bits_per_weight=bpw, snr_db=snr) for m, qp, size, bpw, snr in rows],
+            indent=1) + "\n")
         try:
             import matplotlib
 
             matplotlib.use("Agg")
             import matplotlib.pyplot as plt
 
-            fig, ax = plt.subplots(figsize=(7, 4.5))
+            fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
+            ref = sorted(curves.get("nncodec-dq", []), key=lambda p: p[1])
             for m, pts in curves.items():
                 pts = sorted(pts)
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3,
-                        linestyle="-" if m.startswith("nnc-") else "--", label=m)
+                style = "-" if m.startswith("nnc-") else "--"
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, linestyle=style, label=m)
+                if ref:
+                    rs, rb = np.array([p[1] for p in ref]), np.log([p[0] for p in ref])
+                    inside = [p for p in pts if rs[0] <= p[1] <= rs[-1]]
+                    ax2.plot([p[0] for p in inside],
+                             [100 * (1 - p[0] / np.exp(np.interp(p[1], rs, rb))) for p in inside],
+                             marker="o", ms=3, linestyle=style, label=m)
             ax.set_xlabel("bits per weight")
             ax.set_ylabel("weight SNR (dB)")
             ax.set_title(f"{dataset}: rate-distortion, nnc vs NNCodec 2.1.3")
             ax.grid(alpha=0.3)
-            ax.legend()
+            ax.legend(fontsize=8)
+            ax2.axhline(0, color="grey", lw=0.8)
+            ax2.axvspan(3, 7, color="grey", alpha=0.08)
+            ax2.set_xlabel("bits per weight")
+            ax2.set_ylabel("% bits saved against nncodec-dq at equal SNR")
+            ax2.set_title("saving at equal SNR (goal band 3-7 bits/weight shaded)")
+            ax2.grid(alpha=0.3)
             fig.tight_layout()
             fig.savefig(out / f"rd_{dataset}.png", dpi=110)
         except ImportError:

@@ -460,8 +460,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", type=int, default=1, choices=(0, 1), help="1: 2nd edition (default), 0: 1st")
     p.add_argument("--no-param-opt", action="store_true", help="do not optimise context initialisation")
     p.add_argument("--row-skip", action="store_true", help="2nd edition: skip all-zero rows")
-    p.add_argument("--rdoq", type=float, metavar="LAMBDA",
-                   help="rate-distortion quantisation with this lambda (squared steps per bit), with or without DQ")
+    p.add_argument("--rdoq", type=float, metavar="LAMBDA", nargs="?", const=0.1,
+                   help="rate-distortion quantisation with this lambda (squared steps per bit; 0.1 if "
+                        "omitted, chosen by benchmarks/bench_rd.py), with or without DQ")
     p.add_argument("--sigmas", metavar="FILE",
                    help="DC-v1: a model file of per-weight standard deviations (same names); sets each "
                         "tensor's step by eq. 12 and, with --rdoq, the importance 1/sigma^2")
