@@ -52,6 +52,45 @@ def allocate_qps(tensors: Mapping[str, np.ndarray], *, target_distortion: float 
     is measured with the encoder's own quantiser and rate estimate; a Lagrange multiplier,
     found by bisection, picks one point per tensor so that the total distortion meets the
     target with the fewest bits.  The result feeds ``Encoder(qp_per_tensor=...)``.
+
+    Parameters
+    ----------
+    tensors : mapping of str to numpy.ndarray
+        The model's tensors; integer tensors are ignored (they are coded losslessly).
+    target_distortion : float, optional
+        Total (importance-weighted) squared error to meet.
+    target_snr_db : float, optional
+        Or a target weight SNR in dB.
+    qp_range : iterable of int
+        Candidate qps per tensor.
+    importance : mapping of str to numpy.ndarray, optional
+        Per-weight F, e.g. from :func:`empirical_fisher`.
+    **encoder_options
+        :class:`nnc.encoder.Encoder` options that shape the curves (``dq``, ``n_gtx``...).
+
+    Returns
+    -------
+    dict of str to int
+        {tensor name: qp}.
+
+    Raises
+    ------
+    nnc.errors.EncodeError
+        If both or neither target is given, or no qp in the range meets the target.
+
+    Examples
+    --------
+    >>> import numpy as np, nnc
+    >>> rng = np.random.default_rng(0)
+    >>> t = {"big": rng.normal(0, 0.1, (64, 64)), "small": rng.normal(0, 0.01, (64, 64))}
+    >>> qps = allocate_qps(t, target_snr_db=30, dq=False)
+    >>> sorted(qps) == ["big", "small"]
+    True
+    >>> rec = nnc.decode(nnc.encode(t, qp_per_tensor=qps, dq=False))
+    >>> err = sum(float(((t[k] - rec[k]) ** 2).sum()) for k in t)
+    >>> energy = sum(float((t[k] ** 2).sum()) for k in t)
+    >>> bool(10 * np.log10(energy / err) >= 29.9)
+    True
     """
     if (target_distortion is None) == (target_snr_db is None):
         raise EncodeError("give exactly one of target_distortion and target_snr_db")
@@ -99,6 +138,29 @@ def empirical_fisher(gradients: Iterable[Mapping[str, object]]) -> dict[str, np.
                 model.zero_grad(); loss_fn(model(x), y).backward()
                 yield {n: p.grad for n, p in model.named_parameters()}
         F = nnc.allocation.empirical_fisher(grads())
+
+    Parameters
+    ----------
+    gradients : iterable of mapping
+        Per batch, {name: gradient}; None gradients are skipped.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        {name: mean squared gradient}, usable as ``importance`` of
+        :func:`allocate_qps` and :class:`nnc.encoder.Encoder`.
+
+    Raises
+    ------
+    nnc.errors.EncodeError
+        If ``gradients`` yields no batch.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> F = empirical_fisher([{"w": np.array([1.0, -2.0])}, {"w": np.array([3.0, 0.0])}])
+    >>> F["w"].tolist()
+    [5.0, 2.0]
     """
     total: dict[str, np.ndarray] = {}
     count = 0

@@ -264,7 +264,31 @@ def cmd_decode(args) -> int:
 
 
 def stream_info(path) -> dict:
-    """A JSON-ready description of a stream: units, tensors and totals."""
+    """A JSON-ready description of a stream: units, tensors and totals (``nnc info --json``).
+
+    Parameters
+    ----------
+    path : str or pathlib.Path or bytes
+        The stream, as :class:`nnc.decoder.Decoder` accepts it.
+
+    Returns
+    -------
+    dict
+        ``bytes``, ``profile``, ``units`` (type, offset, size), ``tensors`` (name, shape,
+        dtype, qp, step, bits per weight...), ``weights``, ``bits_per_weight``, ``ratio_fp32``.
+
+    Raises
+    ------
+    nnc.errors.DecodeError
+        If the stream does not decode.
+
+    Examples
+    --------
+    >>> import numpy as np, nnc
+    >>> info = stream_info(nnc.encode({"w": np.zeros((4, 4), np.float32)}))
+    >>> info["profile"], [t["name"] for t in info["tensors"]], info["weights"]
+    (1, ['w'], 16)
+    """
     from .decoder import Decoder
 
     dec = Decoder(path)
@@ -423,6 +447,16 @@ def cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``nnc`` command-line parser, with one sub-parser per command.
+
+    The documentation's CLI reference is generated from it.
+
+    Examples
+    --------
+    >>> args = build_parser().parse_args(["encode", "m.safetensors", "--qp", "-30"])
+    >>> args.command, args.qp, args.dq
+    ('encode', -30, True)
+    """
     from . import __version__
 
     parser = argparse.ArgumentParser(
@@ -512,6 +546,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Run the ``nnc`` command line.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Arguments without the program name (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        Exit status: 0 success, 1 invalid input or failed check (the message, from an
+        :class:`nnc.errors.NNCError` or an I/O error, goes to stderr), 2 usage error.
+
+    Examples
+    --------
+    >>> main(["info", "/no/such/file.nnr"])
+    1
+    """
     from .errors import NNCError
 
     parser = build_parser()
@@ -533,3 +585,6 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+__all__ = ["main", "build_parser", "load_callable", "stream_info"]

@@ -36,7 +36,16 @@ def im2col(x, k, stride):
 
 
 def mlp_forward(params, x, cache=False):
-    """Logits of the MLP; with cache=True also the activations (for training)."""
+    """Logits of the MLP; with cache=True also the activations (for training).
+
+    Examples
+    --------
+    >>> from nnc.formats import read_model
+    >>> params, _ = read_model(DATA / "mlp.safetensors")
+    >>> x, y = load_test_set()
+    >>> mlp_forward(params, x[:3]).shape
+    (3, 10)
+    """
     h = x.reshape(len(x), -1)
     acts = [h]
     names = ["fc1", "fc2", "fc3"]
@@ -49,7 +58,16 @@ def mlp_forward(params, x, cache=False):
 
 
 def cnn_forward(params, x, cache=False):
-    """Logits of the CNN; with cache=True also the intermediate values (for training)."""
+    """Logits of the CNN; with cache=True also the intermediate values (for training).
+
+    Examples
+    --------
+    >>> from nnc.formats import read_model
+    >>> params, _ = read_model(DATA / "cnn.safetensors")
+    >>> x, y = load_test_set()
+    >>> cnn_forward(params, x[:3]).shape
+    (3, 10)
+    """
     x = x.reshape(len(x), 1, 8, 8)
     c1, s1 = im2col(x, 3, 1)
     w1 = params["conv1.weight"]
@@ -69,11 +87,33 @@ FORWARD = {"mlp": mlp_forward, "cnn": cnn_forward}
 
 
 def load_test_set(data_dir: Path = DATA):
+    """The bundled test split of scikit-learn's digits: images scaled to [0, 1] and labels.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        (images of shape (n, 8, 8), float32; labels of shape (n,), int64).
+
+    Examples
+    --------
+    >>> x, y = load_test_set()
+    >>> x.shape, y.shape
+    ((540, 8, 8), (540,))
+    """
     z = np.load(data_dir / "test_set.npz")
     return z["images"].astype(np.float32) / 16.0, z["labels"].astype(np.int64)
 
 
 def accuracy(kind: str, params, x, y) -> float:
+    """Fraction of ``x`` that model ``kind`` ("mlp" or "cnn") with ``params`` classifies as ``y``.
+
+    Examples
+    --------
+    >>> from nnc.formats import read_model
+    >>> x, y = load_test_set()
+    >>> round(accuracy("mlp", read_model(DATA / "mlp.safetensors")[0], x, y), 4)
+    0.9889
+    """
     return float((FORWARD[kind](params, x).argmax(1) == y).mean())
 
 
@@ -124,7 +164,14 @@ def cnn_accuracy(tensors) -> float:
 
 
 def snr_db(ref: dict, rec: dict) -> float:
-    """10 log10 of signal energy over error energy, over all tensors."""
+    """10 log10 of signal energy over error energy, over all tensors (inf if identical).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> round(snr_db({"w": np.array([1.0, 1.0])}, {"w": np.array([1.1, 0.9])}), 6)
+    20.0
+    """
     num = sum(float(np.sum(np.asarray(v, np.float64) ** 2)) for v in ref.values())
     err = sum(float(np.sum((np.asarray(ref[k], np.float64) - np.asarray(rec[k], np.float64)) ** 2)) for k in ref)
     return float("inf") if err == 0 else float(10 * np.log10(num / err))
@@ -134,7 +181,31 @@ DEFAULT_SETTINGS = ((-28, True), (-20, True), (-16, True), (-12, True), (-20, Fa
 
 
 def run(data_dir: Path = DATA, settings=DEFAULT_SETTINGS, out=print) -> list[dict]:
-    """Encode and decode every bundled model at each (qp, dq) setting; print and return a table."""
+    """Encode and decode every bundled model at each (qp, dq) setting; print and return a table.
+
+    This is ``nnc demo``.
+
+    Parameters
+    ----------
+    data_dir : pathlib.Path
+        Where the models and the test set are (the package's own by default).
+    settings : sequence of (int, bool)
+        (qp, dq) pairs.
+    out : callable
+        Receives each line of the table (``print`` by default).
+
+    Returns
+    -------
+    list of dict
+        One row per model and setting: bytes, bits per weight, ratio, SNR, accuracy
+        before and after, times.
+
+    Examples
+    --------
+    >>> rows = run(settings=((-20, True),), out=lambda line: None)
+    >>> [r["model"] for r in rows], all(r["acc_after"] > 0.9 for r in rows)
+    (['mlp', 'cnn'], True)
+    """
     import nnc
     from nnc.formats import read_model
 
@@ -166,3 +237,7 @@ def run(data_dir: Path = DATA, settings=DEFAULT_SETTINGS, out=print) -> list[dic
             f"{r['bits_per_weight']:>6.2f} {r['ratio']:>5.1f}x {r['snr_db']:>6.1f} "
             f"{100 * r['acc_before']:>7.2f}% {100 * r['acc_after']:>7.2f}%")
     return rows
+
+
+__all__ = ["DATA", "MODELS", "run", "load_test_set", "accuracy", "mlp_accuracy", "cnn_accuracy", "snr_db",
+           "mlp_forward", "cnn_forward"]

@@ -37,7 +37,28 @@ RESTORABLE_FORMATS = {"float16": 8, "float64": 9}
 
 @dataclass
 class EncodedTensor:
-    """What the encoder did with one tensor."""
+    """What the encoder did with one tensor.
+
+    Attributes
+    ----------
+    name : str
+        Tensor name.
+    shape : tuple
+        Its shape.
+    payload_type : str
+        The NDU payload type used: ``"FLOAT"``, ``"INT"``, ``"RAW_FLOAT"`` or ``"BLOCK"``
+        member.
+    qp : int or None
+        The tensor's qp (None for lossless and raw tensors).
+    step : float or None
+        The step size Δ of that qp (spec 12.1).
+    dq : bool
+        Whether dependent quantisation was used.
+    levels : numpy.ndarray or None
+        The reconstruction integers n (None for raw tensors).
+    reconstruction : numpy.ndarray
+        Exactly what a conforming decoder returns for the tensor.
+    """
 
     name: str
     shape: tuple
@@ -51,19 +72,59 @@ class EncodedTensor:
 
 @dataclass
 class EncodeResult:
+    """The result of :meth:`Encoder.encode`.
+
+    Attributes
+    ----------
+    stream : bytes
+        The NNC unit stream.
+    tensors : collections.OrderedDict
+        {name: :class:`EncodedTensor`} in stream order.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from nnc.encoder import Encoder
+    >>> res = Encoder(qp=-30).encode({"w": np.ones((2, 3), np.float32)})
+    >>> list(res.tensors), res.tensors["w"].qp
+    (['w'], -30)
+    """
+
     stream: bytes
     tensors: "OrderedDict[str, EncodedTensor]" = field(default_factory=OrderedDict)
 
     @property
     def reconstruction(self) -> "OrderedDict[str, np.ndarray]":
+        """{name: reconstructed array}: what any conforming decoder returns for the stream."""
         return OrderedDict((k, v.reconstruction) for k, v in self.tensors.items())
 
 
 def qp_for_step(step: float, qp_density: int = 2) -> int:
     """The qp whose step size (spec 12.1) is nearest to ``step`` in the log domain.
 
+    Parameters
+    ----------
+    step : float
+        Target step size Δ > 0.
+    qp_density : int
+        The stream's qp density (qps per octave = 2**qp_density).
+
+    Returns
+    -------
+    int
+        The qp.
+
+    Raises
+    ------
+    nnc.errors.EncodeError
+        If ``step`` is not a positive finite number.
+
+    Examples
+    --------
     >>> qp_for_step(0.00146484375)
     -38
+    >>> qp_for_step(0.5, qp_density=3)
+    -8
     """
     if not (step > 0 and math.isfinite(step)):
         raise EncodeError(f"step size must be a positive finite number, not {step!r}")
@@ -93,36 +154,84 @@ def _as_float_array(name: str, value) -> tuple[np.ndarray, str]:
 
 
 class Encoder:
-    """Encoder of a mapping of named arrays into an NNC stream.
+    """Encoder of a mapping of named arrays into an NNC stream (informative, spec Annex A).
 
-    Options (all keyword):
+    All parameters are keyword-only.
 
-    * ``qp`` (int, default -38) — global quantisation parameter (spec 12.1); or
-      ``step`` (float) — a target step size, mapped to the nearest qp;
-    * ``qp_per_tensor`` — {name or glob pattern: qp};
-    * ``nonweight_qp`` (default -75) — qp of 1-D tensors (biases, norms), None = ``qp``;
-    * ``qp_density`` (default 2);
-    * ``dq`` (default True) — dependent quantisation with a distortion-only trellis;
-    * ``scan_order`` (0..4, default 0), ``n_gtx`` (1..256, default 11);
-    * ``param_opt`` (default True) — context-initialisation optimisation;
-    * ``raw`` — names or patterns of tensors stored as RAW_FLOAT (uncompressed);
-    * ``lossless_int`` (default True) — integer tensors coded exactly as INT;
-    * ``blocks`` — True to pair ``X.weight`` with ``X.bias`` in BLOCK NDUs, or
-      {weight name: {"bias": name, "bn": [beta, gamma, mean, var], "scaling": name}};
-    * ``profile`` (1 = 2nd edition, the default, as NNCodec 2.1.3 writes; 0 = 1st edition);
-    * ``keep_dtype`` (default True) — signal float16/float64 inputs so that they decode as such;
-    * ``row_skip`` (default False) — 2nd edition: skip all-zero rows;
-    * ``output_formats`` — {name: nnr_decompressed_data_format} to signal an output dtype (spec 12.6);
-    * ``rdoq_lambda`` (default 0) — rate-distortion quantisation: with ``dq=False`` each level
-      minimises F (w/Δ − k)² + λ·bits (spec A.9); with ``dq=True`` the trellis minimises the
-      same cost along its paths (spec A.14); λ is in squared step sizes per bit;
-    * ``importance`` — {name: array of F} per-weight importance for the rate-distortion choice;
-    * ``sigmas`` — {name: array of σ} (DeepCABAC DC-v1): the tensor's step follows eq. 12,
-      Δ = 2|w_max| / (2|w_max|/σ_min + S) with the global integer ``dcv1_s`` = S (default 64),
-      snapped to the qp grid, and with ``rdoq_lambda`` the importance is F = 1/σ² (spec A.10);
-    * ``codebook`` (default False) — code float tensors as codebook indices (True), or
-      whichever is estimated smaller ("auto"); codebook tensors decode as float64;
-    * ``engine`` — "cython" or "python".
+    Parameters
+    ----------
+    qp : int, optional
+        Global quantisation parameter (spec 12.1); -38 if neither ``qp`` nor ``step`` is given.
+    step : float, optional
+        A target step size instead of ``qp``, mapped to the nearest qp.
+    qp_per_tensor : mapping of str to int, optional
+        {name or glob pattern: qp}; the first match wins.
+    nonweight_qp : int or None
+        qp of 1-D tensors (biases, norms), default -75 as in NNCodec; None means ``qp``.
+    qp_density : int
+        0..7, default 2 (four qps per octave of step size).
+    dq : bool
+        Dependent (trellis) quantisation, default True (spec A.2).
+    scan_order : int
+        0 (row-major, default) or 1..4 (block scans with entry points, spec 11.2).
+    n_gtx : int
+        Number of greater-than flags, 1..256, default 11.
+    param_opt : bool
+        Choose context initialisations per tensor and signal them (default True, spec A.4).
+    raw : iterable of str
+        Names or patterns of tensors stored uncompressed (RAW_FLOAT).
+    lossless_int : bool
+        Code integer tensors exactly as INT (default True).
+    blocks : bool or mapping
+        True to pair ``X.weight`` with ``X.bias`` in BLOCK NDUs, or
+        {weight name: {"bias": name, "bn": [beta, gamma, mean, var], "scaling": name}}.
+    profile : int
+        1 = 2nd edition (default, as NNCodec 2.1.3 writes); 0 = 1st edition.
+    keep_dtype : bool
+        Signal float16/float64 inputs so that they decode as such (default True).
+    row_skip : bool
+        2nd edition: skip all-zero rows (default False).
+    codebook : bool or str
+        Code float tensors as codebook indices (True), or whichever is estimated smaller
+        (``"auto"``); codebook tensors decode as float64.
+    output_formats : mapping of str to int, optional
+        {name: nnr_decompressed_data_format} to signal an output dtype (spec 12.6).
+    rdoq_lambda : float
+        Rate-distortion quantisation, default 0 (off). With ``dq=False`` each level
+        minimises F·(w/Δ − k)² + λ·bits in scan order with the adaptive contexts' rates
+        (spec A.9); with ``dq=True`` the trellis minimises the same cost along its paths
+        (spec A.14). λ is in squared step sizes per bit, so it does not depend on Δ;
+        0.1 is a good start (``benchmarks/bench_rd.py``).
+    importance : mapping of str to numpy.ndarray, optional
+        Per-weight importance F for the rate-distortion choice (e.g. from
+        :func:`nnc.allocation.empirical_fisher`).
+    sigmas : mapping of str to numpy.ndarray, optional
+        DeepCABAC DC-v1: per-weight standard deviations σ. The tensor's step follows eq. 12,
+        Δ = 2|w_max| / (2|w_max|/σ_min + S), snapped to the qp grid, and with
+        ``rdoq_lambda`` the importance is F = 1/σ² (spec A.10).
+    dcv1_s : int
+        The global integer S of eq. 12 (default 64).
+    engine : str, optional
+        ``"cython"`` or ``"python"`` (default: the ``NNC_ENGINE`` environment variable,
+        else Cython).
+
+    Raises
+    ------
+    nnc.errors.EncodeError
+        If an option is out of range or inconsistent.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from nnc.encoder import Encoder
+    >>> w = np.random.default_rng(1).normal(0, 0.05, (64, 64)).astype(np.float32)
+    >>> enc = Encoder(qp=-32, dq=True, rdoq_lambda=0.1)
+    >>> res = enc.encode({"fc.weight": w, "fc.bias": w[0]})
+    >>> res.tensors["fc.bias"].qp                 # 1-D tensors use nonweight_qp
+    -75
+    >>> import nnc
+    >>> bool((nnc.decode(res.stream)["fc.weight"] == res.reconstruction["fc.weight"]).all())
+    True
     """
 
     def __init__(
@@ -195,6 +304,13 @@ class Encoder:
 
     # -- per-tensor decisions ----------------------------------------------------
     def tensor_qp(self, name: str, ndim: int) -> int:
+        """The qp this encoder gives a float tensor of this name and number of dimensions.
+
+        Examples
+        --------
+        >>> Encoder(qp=-30, qp_per_tensor={"head.*": -40}).tensor_qp("head.weight", 2)
+        -40
+        """
         for pattern, value in self.qp_per_tensor.items():
             if pattern == name or fnmatch.fnmatchcase(name, pattern):
                 return int(value)
@@ -264,7 +380,31 @@ class Encoder:
     def encode(self, tensors: Mapping[str, object], progress=None) -> EncodeResult:
         """Encode the tensors; return the stream and the reconstruction of each tensor.
 
-        ``progress``, if given, is called with (name, number of elements) after each tensor.
+        Parameters
+        ----------
+        tensors : mapping of str to array-like
+            Named arrays (numpy arrays or anything ``numpy.asarray`` accepts), coded in
+            this order. Float tensors are quantised, integer tensors coded losslessly.
+        progress : callable, optional
+            Called with (name, number of elements) after each tensor.
+
+        Returns
+        -------
+        EncodeResult
+            The stream and, per tensor, what was coded and its exact reconstruction.
+
+        Raises
+        ------
+        nnc.errors.EncodeError
+            For a bad name, a NaN/Inf value, an unsupported dtype, or levels that do not
+            fit the stream's integer range at this qp.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> res = Encoder(qp=-20, dq=False).encode({"w": np.array([[0.1, -0.2], [0.3, 0.0]])})
+        >>> res.tensors["w"].step, res.tensors["w"].levels.tolist()   # Δ = 2**(-20/4), n in scan order
+        (0.03125, [3, -6, 10, 0])
         """
         if not isinstance(tensors, Mapping):
             raise EncodeError("tensors must be a mapping of name to array")
@@ -504,6 +644,27 @@ class Encoder:
 def dcv1_step(weights: np.ndarray, sigmas: np.ndarray, s: int) -> float:
     """DeepCABAC DC-v1 step size, eq. 12: Δ = 2|w_max| / (2|w_max|/σ_min + S) (spec A.10).
 
+    Parameters
+    ----------
+    weights : numpy.ndarray
+        The tensor's weights.
+    sigmas : numpy.ndarray
+        Their standard deviations (same number of values).
+    s : int
+        The global integer S.
+
+    Returns
+    -------
+    float
+        The step size (not yet snapped to the qp grid).
+
+    Raises
+    ------
+    nnc.errors.EncodeError
+        If ``sigmas`` does not have one value per weight.
+
+    Examples
+    --------
     >>> dcv1_step(np.array([0.5, -1.0]), np.array([0.1, 0.2]), 0)
     0.1
     """
@@ -547,7 +708,25 @@ def _ep_fields(eps: list, dq: bool) -> list[dict]:
 
 
 def scan_permutation(height: int, width: int, scan_order: int) -> np.ndarray:
-    """Flat row-major indices in scan order (spec 11.2)."""
+    """Flat row-major indices in scan order (spec 11.2).
+
+    Parameters
+    ----------
+    height, width : int
+        The tensor as a matrix (height = dims[0]).
+    scan_order : int
+        0 = row-major; 1..4 = blocks of (4 << scan_order) squared.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``x.reshape(-1)[perm]`` is the tensor in coding order.
+
+    Examples
+    --------
+    >>> scan_permutation(2, 16, 1)[:10].tolist()
+    [0, 1, 2, 3, 4, 5, 6, 7, 16, 17]
+    """
     idx = np.arange(height * width, dtype=np.int64)
     if scan_order == 0 or height <= 1 or width <= 1:
         return idx
@@ -563,8 +742,29 @@ def scan_permutation(height: int, width: int, scan_order: int) -> np.ndarray:
 def encode(tensors: Mapping[str, object], *, qp: int | None = None, dq: bool = True, **options) -> bytes:
     """Encode a mapping of name to array into an NNC stream (bytes).
 
-    ``qp`` is the global quantisation parameter (spec 12.1; default -38),
-    ``dq`` switches dependent quantisation.  Other options: see :class:`Encoder`.
+    Parameters
+    ----------
+    tensors : mapping of str to array-like
+        Named arrays, coded in this order.
+    qp : int, optional
+        Global quantisation parameter (spec 12.1); default -38.
+    dq : bool
+        Dependent quantisation (default True).
+    **options
+        Any other :class:`Encoder` option.
+
+    Returns
+    -------
+    bytes
+        The NNC unit stream.
+
+    Raises
+    ------
+    nnc.errors.EncodeError
+        For invalid tensors or options.
+
+    Examples
+    --------
 
     >>> import nnc
     >>> import numpy as np
@@ -576,5 +776,33 @@ def encode(tensors: Mapping[str, object], *, qp: int | None = None, dq: bool = T
 
 
 def encode_with_reconstruction(tensors: Mapping[str, object], **options) -> EncodeResult:
-    """Encode and also return the exact reconstruction any conforming decoder will produce."""
+    """Encode and also return the exact reconstruction any conforming decoder will produce.
+
+    Parameters
+    ----------
+    tensors : mapping of str to array-like
+        Named arrays.
+    **options
+        :class:`Encoder` options.
+
+    Returns
+    -------
+    EncodeResult
+
+    Raises
+    ------
+    nnc.errors.EncodeError
+        For invalid tensors or options.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> res = encode_with_reconstruction({"w": np.full((2, 2), 0.3, np.float32)}, qp=-12, dq=False)
+    >>> res.reconstruction["w"].tolist()
+    [[0.25, 0.25], [0.25, 0.25]]
+    """
     return Encoder(**options).encode(tensors)
+
+
+__all__ = ["Encoder", "EncodeResult", "EncodedTensor", "encode", "encode_with_reconstruction", "qp_for_step",
+           "dcv1_step", "scan_permutation"]
