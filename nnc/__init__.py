@@ -6,6 +6,22 @@ The two calls most users need::
     tensors = nnc.decode(stream)          # bytes, a path or a binary file
 
 Decoding imports only the decoder side; the encoder is imported on first use.
+The names of ``__all__`` are imported here from :mod:`nnc.decoder` and
+:mod:`nnc.errors`; ``Encoder``, ``EncodeResult``, ``encode_with_reconstruction``
+and ``qp_for_step`` are attributes of ``nnc`` too, loaded from
+:mod:`nnc.encoder` when first accessed (they are not in ``__all__``, so that
+``from nnc import *`` does not import the encoder).
+
+Examples
+--------
+>>> import numpy as np, nnc
+>>> w = np.array([[0.5, -0.25], [1.0, 0.0]], np.float32)
+>>> stream = nnc.encode({"fc.weight": w}, qp=-8, dq=False)
+>>> decoded = nnc.decode(stream)
+>>> decoded["fc.weight"].dtype.name, bool((decoded["fc.weight"] == w).all())
+('float32', True)
+>>> nnc.qp_for_step(0.25)
+-8
 """
 
 from .decoder import Decoder, DecoderState, Limits, TensorInfo, decode, decode_with_info
@@ -22,21 +38,133 @@ __version__ = "0.1.0"
 
 
 def encode(tensors, *, qp=None, dq=True, **options):
-    """Encode a mapping of name to array into an NNC stream; see :func:`nnc.encoder.encode`."""
+    """Encode a mapping of name to array into an NNC stream (bytes).
+
+    The same as :func:`nnc.encoder.encode`, imported on first use.  The
+    stream is a profile-1 (2nd edition) unit stream unless ``profile=0`` is
+    given.
+
+    Parameters
+    ----------
+    tensors : ``Mapping``
+        {name: array-like}; float tensors are quantised, integer tensors
+        coded exactly (by default), in this order.
+    qp : int or None
+        Global quantisation parameter (spec 12.1); None for the default, -38.
+        Tensors of at most one dimension (biases, norms) use ``nonweight_qp``
+        (default -75) unless that option is None.
+    dq : bool
+        Dependent quantisation (spec 10.2); True by default.
+    **options
+        Any other keyword option of :class:`nnc.encoder.Encoder` (``step``,
+        ``scan_order``, ``nonweight_qp``, ``profile``, ``codebook``, ...).
+
+    Returns
+    -------
+    bytes
+        The NNC stream.
+
+    Raises
+    ------
+    nnc.errors.EncodeError
+        If an option is out of range, or a tensor cannot be encoded (NaN,
+        Inf, an unsupported dtype).
+    TypeError
+        If an option name is unknown.
+
+    Examples
+    --------
+    >>> import numpy as np, nnc
+    >>> w = np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4)
+    >>> stream = nnc.encode({"fc.weight": w}, qp=-20, dq=False)  # step 2**-5
+    >>> back = nnc.decode(stream)["fc.weight"]
+    >>> back.shape, bool(np.abs(back - w).max() <= 2**-6)  # nearest rounding: error <= step / 2
+    ((3, 4), True)
+    >>> nnc.encode({"w": [1.0]}, qp=-8, step=0.1)
+    Traceback (most recent call last):
+        ...
+    nnc.errors.EncodeError: give either qp or step, not both
+    """
     from .encoder import encode as _encode
 
     return _encode(tensors, qp=qp, dq=dq, **options)
 
 
 def encode_model(model, output=None, **options):
-    """Encode a model file or mapping of arrays; see :func:`nnc.models.encode_model`."""
+    """Encode a model file or mapping of arrays; see :func:`nnc.models.encode_model`.
+
+    Parameters
+    ----------
+    model : str, ``os.PathLike`` or ``Mapping``
+        A model file (.npz, .safetensors, .pt/.pth, .onnx; detected by
+        content) or {name: array-like}.
+    output : str, ``os.PathLike`` or None
+        If given, the stream is also written there, atomically.
+    **options
+        Keyword options of :class:`nnc.encoder.Encoder`.
+
+    Returns
+    -------
+    bytes
+        The NNC stream.
+
+    Raises
+    ------
+    nnc.formats.FormatError
+        If the model file cannot be read.
+    nnc.errors.EncodeError
+        If an option is invalid or a tensor cannot be encoded.
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, os, nnc
+    >>> src = os.path.join(tempfile.mkdtemp(), "m.npz")
+    >>> np.savez(src, w=np.ones((2, 2), np.float32))
+    >>> list(nnc.decode(nnc.encode_model(src, qp=-20)))
+    ['w']
+    """
     from .models import encode_model as _encode_model
 
     return _encode_model(model, output, **options)
 
 
 def decode_model(stream, output=None, **options):
-    """Decode a stream to the model's tensors (and file); see :func:`nnc.models.decode_model`."""
+    """Decode a stream to the model's tensors (and file); see :func:`nnc.models.decode_model`.
+
+    Unlike :func:`nnc.decoder.decode`, the tensors get back the shapes and
+    dtypes of the original model that the stream records (0-d tensors,
+    int64, bfloat16, ...).
+
+    Parameters
+    ----------
+    stream : bytes, str, ``os.PathLike`` or ``BinaryIO``
+        The NNC stream, a path to it, or a binary file.
+    output : str, ``os.PathLike`` or None
+        If given, the model file to write (.npz, .safetensors, .pt or .onnx).
+    **options
+        ``template`` (the original ONNX model, for ONNX output) and the
+        keyword options of :class:`nnc.decoder.Decoder`.
+
+    Returns
+    -------
+    ``collections.OrderedDict``
+        {name: ``numpy.ndarray``} in stream order.
+
+    Raises
+    ------
+    nnc.errors.DecodeError
+        If the stream is invalid.
+    nnc.formats.FormatError
+        If ``output`` cannot be written in the format its extension names.
+
+    Examples
+    --------
+    >>> import numpy as np, nnc
+    >>> stream = nnc.encode({"n": np.int64(7), "w": np.ones(3, np.float32)})
+    >>> tensors = nnc.decode_model(stream)
+    >>> tensors["n"].dtype.name, tensors["n"].shape, int(tensors["n"])
+    ('int64', (), 7)
+    """
     from .models import decode_model as _decode_model
 
     return _decode_model(stream, output, **options)
