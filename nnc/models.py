@@ -1,6 +1,15 @@
 """Model files in, model files out: the Python twin of ``nnc encode`` and ``nnc decode``.
 
-    >>> import nnc, numpy as np, tempfile, os
+A model file (.npz, .safetensors, PyTorch .pt/.pth, ONNX; see
+:mod:`nnc.formats`) is encoded into one NNC stream, and decoded back with the
+original names, order, shapes and dtypes, also those NNC itself cannot carry
+(0-d tensors, int64, bfloat16): the encoder records them in the stream's
+topology unit.  Both functions are also at the top level, as
+``nnc.encode_model`` and ``nnc.decode_model``.
+
+Examples
+--------
+>>> import nnc, numpy as np, tempfile, os
     >>> d = tempfile.mkdtemp()
     >>> src = os.path.join(d, "m.npz")
     >>> np.savez(src, w=np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4), n=np.int64(7))
@@ -21,11 +30,50 @@ import numpy as np
 from . import formats
 from .decoder import Decoder, restore_model_view
 
+__all__ = ["encode_model", "decode_model"]
+
 
 def encode_model(model, output=None, **options) -> bytes:
     """Encode a model file (any supported format) or a mapping of arrays; optionally write the stream.
 
-    ``options`` are those of :class:`nnc.Encoder` (qp, step, dq, scan_order, ...).
+    ``options`` are those of :class:`nnc.encoder.Encoder` (qp, step, dq, scan_order, ...).
+
+    Parameters
+    ----------
+    model : str, ``os.PathLike`` or ``Mapping``
+        Path of a model file, whose format is detected by content
+        (:func:`nnc.formats.read_model`), or a mapping of name to array-like.
+    output : str, ``os.PathLike`` or None
+        If given, the stream is also written there, atomically.
+    **options
+        Keyword options of :class:`nnc.encoder.Encoder`.
+
+    Returns
+    -------
+    bytes
+        The NNC stream.
+
+    Raises
+    ------
+    nnc.formats.FormatError
+        If the model file cannot be read, or its format is unknown or needs a
+        missing back end (torch, onnx).
+    nnc.errors.EncodeError
+        If an option is invalid or a tensor cannot be encoded.
+    OSError
+        If ``output`` cannot be written.
+
+    Examples
+    --------
+    >>> import nnc, numpy as np, tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "model.nnr")
+    >>> stream = nnc.encode_model({"w": np.ones((2, 3), np.float32)}, path, qp=-20)
+    >>> os.path.getsize(path) == len(stream)
+    True
+    >>> nnc.encode_model(path)
+    Traceback (most recent call last):
+        ...
+    nnc.formats.FormatError: .../model.nnr is an NNC stream, not a model; use decode
     """
     from .encoder import Encoder
 
@@ -45,6 +93,46 @@ def decode_model(stream, output=None, *, template=None, **decoder_options) -> "O
     With ``output`` (a .npz, .safetensors, .pt or .onnx path) the model file is written too;
     ONNX output needs the original model as ``template``.  bfloat16 tensors are returned as
     float32 numpy arrays and written back as bfloat16.
+
+    Parameters
+    ----------
+    stream : bytes, str, ``os.PathLike`` or ``BinaryIO``
+        The NNC stream, a path to it, or a binary file (as for :func:`nnc.decoder.decode`).
+    output : str, ``os.PathLike`` or None
+        If given, the model file to write (atomically); its format follows its
+        extension (:func:`nnc.formats.format_from_extension`).
+    template : str, ``os.PathLike`` or None
+        For ONNX output, the original ONNX model whose initializers are replaced.
+    **decoder_options
+        ``limits``, ``engine``, ``state``, ``entry_points``: as for
+        :class:`nnc.decoder.Decoder`.
+
+    Returns
+    -------
+    ``collections.OrderedDict``
+        {name: ``numpy.ndarray``} in stream order, with the original shapes and
+        dtypes where the stream records them.
+
+    Raises
+    ------
+    nnc.errors.DecodeError
+        If the stream is invalid (or one of its subclasses).
+    nnc.formats.FormatError
+        If ``output`` has an unknown extension, is ONNX without a
+        ``template``, or needs a missing back end.
+    OSError
+        If ``output`` cannot be written.
+
+    Examples
+    --------
+    >>> import nnc, numpy as np, tempfile, os
+    >>> from nnc import formats
+    >>> stream = nnc.encode({"w": np.ones((2, 3), np.float32), "n": np.int64(3)}, qp=-20)
+    >>> path = os.path.join(tempfile.mkdtemp(), "decoded.safetensors")
+    >>> tensors = nnc.decode_model(stream, path)
+    >>> written, dtypes = formats.read_model(path)
+    >>> list(written), dtypes, written["n"].shape
+    (['w', 'n'], {'w': 'float32', 'n': 'int64'}, ())
     """
     dec = Decoder(stream, **decoder_options)
     tensors, dtypes = restore_model_view(dec.decode(), dec.metadata)
