@@ -7,6 +7,21 @@ need nothing beyond numpy; PyTorch needs ``torch`` and ONNX needs ``onnx``
 Tensors are exchanged as an ordered mapping of name to numpy array.  bfloat16
 has no numpy dtype: it is read as float32 (exactly) and written back as
 bfloat16 when the caller asks for that dtype by name.
+
+Every ``read_*`` function returns ``(tensors, dtypes)``: the tensors in file
+order and {name: original dtype name}; every ``*_bytes`` function returns the
+bytes of a file of its format.  :func:`read_model` and :func:`write_model`
+choose the format themselves.
+
+Examples
+--------
+>>> import numpy as np, tempfile, os
+>>> from nnc import formats
+>>> path = os.path.join(tempfile.mkdtemp(), "model.safetensors")
+>>> formats.write_model(path, {"w": np.eye(2, dtype=np.float32), "b": np.zeros(2)})
+>>> tensors, dtypes = formats.read_model(path)
+>>> formats.detect_format(path), list(tensors), dtypes
+('safetensors', ['w', 'b'], {'w': 'float32', 'b': 'float64'})
 """
 
 from __future__ import annotations
@@ -26,17 +41,100 @@ from .errors import NNCError
 
 
 class FormatError(NNCError, ValueError):
-    """A model file cannot be read or written in the detected or requested format."""
+    """A model file cannot be read or written in the detected or requested format.
+
+    Also raised when a format's optional back end (torch, onnx) is not
+    installed.  A :class:`~nnc.errors.NNCError` and a :class:`ValueError`;
+    the parameters are those of :class:`~nnc.errors.NNCError`.
+
+    Examples
+    --------
+    >>> import nnc
+    >>> from nnc import formats
+    >>> try:
+    ...     formats.format_from_extension("model.h5")
+    ... except nnc.NNCError as exc:
+    ...     print(type(exc).__name__, "-", exc.message)
+    FormatError - model.h5: cannot tell the output format from the extension (use .npz, .safetensors, .pt or .onnx)
+    """
 
 
+#: The model formats that can be read and written.
 FORMATS = ("npz", "safetensors", "pt", "onnx")
+#: File extensions used for NNC streams.
 NNR_EXTENSIONS = (".nnr", ".nnc", ".bin")
+
+__all__ = [
+    "FormatError",
+    "FORMATS",
+    "NNR_EXTENSIONS",
+    "read_model",
+    "write_model",
+    "detect_format",
+    "format_from_extension",
+    "write_atomic",
+    "read_npz",
+    "npz_bytes",
+    "read_safetensors",
+    "safetensors_bytes",
+    "read_pt",
+    "pt_bytes",
+    "read_onnx",
+    "onnx_bytes",
+    "bfloat16_to_float32",
+    "float32_to_bfloat16",
+]
 
 # -- detection -----------------------------------------------------------------
 
 
 def detect_format(path: str | os.PathLike) -> str:
-    """Format of a model file from its first bytes (falls back to the extension)."""
+    """Format of a model file from its first bytes (falls back to the extension).
+
+    Zip archives are told apart by their members (PyTorch's ``data.pkl`` or
+    only ``.npy`` files); safetensors by its 8-byte header length and JSON
+    header; PyTorch's legacy format by its pickle protocol byte; an NNC
+    stream by its start unit.  ONNX files have no magic number: they are
+    recognised by the ``.onnx`` extension (or a protobuf first byte in a file
+    without extension), like ``.pt``/``.pth`` files that are not zip archives.
+
+    Parameters
+    ----------
+    path : str or ``os.PathLike``
+        The file.
+
+    Returns
+    -------
+    str
+        ``"npz"``, ``"safetensors"``, ``"pt"``, ``"onnx"``, or ``"nnr"`` for an
+        NNC stream.
+
+    Raises
+    ------
+    nnc.formats.FormatError
+        If the file cannot be read, is a damaged or foreign zip archive, or
+        is of no known format.
+
+    Examples
+    --------
+    >>> import nnc, numpy as np, tempfile, os
+    >>> from nnc.formats import detect_format
+    >>> d = tempfile.mkdtemp()
+    >>> np.savez(os.path.join(d, "weights.npz"), w=np.ones(3))
+    >>> os.rename(os.path.join(d, "weights.npz"), os.path.join(d, "weights.bin"))
+    >>> detect_format(os.path.join(d, "weights.bin"))  # by content, not by extension
+    'npz'
+    >>> with open(os.path.join(d, "stream.dat"), "wb") as fh:
+    ...     _ = fh.write(nnc.encode({"w": [1.0, 2.0]}))
+    >>> detect_format(os.path.join(d, "stream.dat"))
+    'nnr'
+    >>> with open(os.path.join(d, "notes.txt"), "w") as fh:
+    ...     _ = fh.write("hello")
+    >>> detect_format(os.path.join(d, "notes.txt"))
+    Traceback (most recent call last):
+        ...
+    nnc.formats.FormatError: .../notes.txt: unknown model format (supported: npz, safetensors, pt/pth, onnx)
+    """
     p = Path(path)
     try:
         with open(p, "rb") as fh:
@@ -71,6 +169,29 @@ def detect_format(path: str | os.PathLike) -> str:
 
 
 def format_from_extension(path: str | os.PathLike) -> str:
+    """Format of a model file to write, from its extension (case-insensitive).
+
+    Parameters
+    ----------
+    path : str or ``os.PathLike``
+        A path ending in .npz, .safetensors, .pt, .pth or .onnx.
+
+    Returns
+    -------
+    str
+        ``"npz"``, ``"safetensors"``, ``"pt"`` (for .pt and .pth) or ``"onnx"``.
+
+    Raises
+    ------
+    nnc.formats.FormatError
+        If the extension is none of these.
+
+    Examples
+    --------
+    >>> from nnc.formats import format_from_extension
+    >>> format_from_extension("out/model.PTH"), format_from_extension("m.safetensors")
+    ('pt', 'safetensors')
+    """
     ext = Path(path).suffix.lower().lstrip(".")
     mapping = {"npz": "npz", "safetensors": "safetensors", "pt": "pt", "pth": "pt", "onnx": "onnx"}
     if ext not in mapping:
@@ -83,7 +204,35 @@ def format_from_extension(path: str | os.PathLike) -> str:
 
 
 def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write a file so that it either appears complete or not at all."""
+    """Write a file so that it either appears complete or not at all.
+
+    The data go to a temporary file in the same directory, are flushed to
+    disk, and the file is renamed over ``path``.  The new file gets the usual
+    permissions (0666 less the umask); on any failure the temporary file is
+    removed and the error re-raised.
+
+    Parameters
+    ----------
+    path : str or ``os.PathLike``
+        The file to create or replace.
+    data : bytes
+        Its new content.
+
+    Raises
+    ------
+    OSError
+        If the directory is not writable or the disk is full; ``path`` is
+        then unchanged.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from nnc.formats import write_atomic
+    >>> d = tempfile.mkdtemp()
+    >>> write_atomic(os.path.join(d, "stream.nnr"), b"\\x00\\x04\\x02\\x01")
+    >>> os.listdir(d), os.path.getsize(os.path.join(d, "stream.nnr"))
+    (['stream.nnr'], 4)
+    """
     p = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent if str(p.parent) else ".")
     try:
@@ -113,18 +262,90 @@ _ST_NAMES = {np.dtype(v).str.replace("|", "").replace("=", "<"): k for k, v in _
 
 
 def bfloat16_to_float32(raw: np.ndarray) -> np.ndarray:
+    """bfloat16 bits (uint16) to float32 values, exactly.
+
+    Parameters
+    ----------
+    raw : ``numpy.ndarray``
+        bfloat16 bit patterns as unsigned 16-bit integers.
+
+    Returns
+    -------
+    ``numpy.ndarray``
+        float32 values of the same shape.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from nnc.formats import bfloat16_to_float32
+    >>> bfloat16_to_float32(np.array([0x3F80, 0xC040, 0x3EAB], np.uint16)).tolist()
+    [1.0, -3.0, 0.333984375]
+    """
     return (raw.astype(np.uint32) << 16).view(np.float32)
 
 
 def float32_to_bfloat16(x: np.ndarray) -> np.ndarray:
-    """Round-to-nearest-even float32 -> bfloat16 bits (uint16)."""
+    """Round-to-nearest-even float32 -> bfloat16 bits (uint16).
+
+    Parameters
+    ----------
+    x : ``numpy.ndarray``
+        Values, converted to float32 first.
+
+    Returns
+    -------
+    ``numpy.ndarray``
+        uint16 bfloat16 bit patterns of the same shape.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from nnc.formats import float32_to_bfloat16
+    >>> [hex(b) for b in float32_to_bfloat16(np.array([1.0, -3.0, 1 / 3]))]
+    ['0x3f80', '0xc040', '0x3eab']
+    >>> [hex(b) for b in float32_to_bfloat16(np.array([1.00390625, 1.01171875]))]  # ties to even
+    ['0x3f80', '0x3f82']
+    """
     bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
     rounding = ((bits >> 16) & 1) + 0x7FFF
     return ((bits + rounding) >> 16).astype(np.uint16)
 
 
 def read_safetensors(path) -> tuple["OrderedDict[str, np.ndarray]", dict]:
-    """Tensors (in file order) and {name: original dtype name} of a safetensors file."""
+    """Tensors (in file order) and {name: original dtype name} of a safetensors file.
+
+    File order is the order of the tensors' data in the file.  The
+    ``__metadata__`` entry is ignored; BF16 tensors are returned as float32
+    with the dtype name ``"bfloat16"``.
+
+    Parameters
+    ----------
+    path : str or ``os.PathLike``
+        The file.
+
+    Returns
+    -------
+    tuple
+        ``(tensors, dtypes)``: {name: ``numpy.ndarray``} and {name: dtype name}.
+
+    Raises
+    ------
+    nnc.formats.FormatError
+        If the file is too short, its header runs past its end or is not
+        JSON, a tensor lies outside the file, or a dtype is not supported.
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, os
+    >>> from nnc.formats import read_safetensors, safetensors_bytes
+    >>> path = os.path.join(tempfile.mkdtemp(), "m.safetensors")
+    >>> w = np.array([[1.0, -3.0]], np.float32)
+    >>> with open(path, "wb") as fh:
+    ...     _ = fh.write(safetensors_bytes({"w": w, "step": np.int64(5)}, {"w": "bfloat16"}))
+    >>> tensors, dtypes = read_safetensors(path)
+    >>> tensors["w"].tolist(), tensors["step"].shape, dtypes
+    ([[1.0, -3.0]], (), {'w': 'bfloat16', 'step': 'int64'})
+    """
     data = Path(path).read_bytes()
     if len(data) < 8:
         raise FormatError(f"{path}: too short for safetensors")
@@ -159,6 +380,38 @@ def read_safetensors(path) -> tuple["OrderedDict[str, np.ndarray]", dict]:
 
 
 def safetensors_bytes(tensors, dtypes: dict | None = None) -> bytes:
+    """The bytes of a safetensors file holding ``tensors``, in their order.
+
+    Parameters
+    ----------
+    tensors : ``Mapping``
+        {name: array-like}; 0-d arrays keep their empty shape.
+    dtypes : dict or None
+        {name: dtype name}; only ``"bfloat16"`` is used: such tensors are
+        stored as BF16 (rounded to nearest even).
+
+    Returns
+    -------
+    bytes
+        Header length (8 bytes, little-endian), JSON header padded with
+        spaces to a multiple of 8 bytes, then the little-endian data.
+
+    Raises
+    ------
+    nnc.formats.FormatError
+        If a dtype has no safetensors equivalent (e.g. complex).
+
+    Examples
+    --------
+    >>> import json, struct, numpy as np
+    >>> from nnc.formats import safetensors_bytes
+    >>> data = safetensors_bytes({"w": np.ones((2, 3), np.float16)})
+    >>> (n,) = struct.unpack("<Q", data[:8])
+    >>> json.loads(data[8:8 + n])
+    {'w': {'dtype': 'F16', 'shape': [2, 3], 'data_offsets': [0, 12]}}
+    >>> len(data) == 8 + n + 12
+    True
+    """
     dtypes = dtypes or {}
     header, chunks, offset = {}, [], 0
     for name, arr in tensors.items():
@@ -183,6 +436,33 @@ def safetensors_bytes(tensors, dtypes: dict | None = None) -> bytes:
 
 
 def read_npz(path):
+    """Tensors and dtype names of a numpy .npz archive (no pickled objects).
+
+    Parameters
+    ----------
+    path : str or ``os.PathLike``
+        The file.
+
+    Returns
+    -------
+    tuple
+        ``(tensors, dtypes)``: {name: ``numpy.ndarray``} in archive order and
+        {name: dtype name}.
+
+    Raises
+    ------
+    nnc.formats.FormatError
+        If numpy refuses the archive (e.g. it holds pickled objects).
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, os
+    >>> from nnc.formats import read_npz
+    >>> path = os.path.join(tempfile.mkdtemp(), "m.npz")
+    >>> np.savez(path, w=np.ones(2, np.float32), n=np.int64(3))
+    >>> read_npz(path)[1]
+    {'w': 'float32', 'n': 'int64'}
+    """
     try:
         with np.load(path, allow_pickle=False) as z:
             out = OrderedDict((k, z[k]) for k in z.files)
@@ -192,6 +472,28 @@ def read_npz(path):
 
 
 def npz_bytes(tensors, dtypes=None) -> bytes:
+    """The bytes of an uncompressed .npz archive holding ``tensors``.
+
+    Parameters
+    ----------
+    tensors : ``Mapping``
+        {name: array-like}.
+    dtypes : dict or None
+        Ignored (numpy has no bfloat16); accepted for a uniform interface.
+
+    Returns
+    -------
+    bytes
+        The archive, as ``numpy.savez`` writes it.
+
+    Examples
+    --------
+    >>> import io, numpy as np
+    >>> from nnc.formats import npz_bytes
+    >>> with np.load(io.BytesIO(npz_bytes({"w": [1.5, 2.5]}))) as z:
+    ...     z["w"].tolist()
+    [1.5, 2.5]
+    """
     buf = io.BytesIO()
     np.savez(buf, **{k: np.asarray(v) for k, v in tensors.items()})
     return buf.getvalue()
@@ -209,6 +511,40 @@ def _torch():
 
 
 def read_pt(path):
+    """Tensors and dtype names of a PyTorch state_dict file (needs ``torch``).
+
+    The file is loaded with ``weights_only=True`` on the CPU.  A checkpoint
+    ``{"state_dict": {...}, ...}`` is unwrapped; entries that are not tensors
+    are skipped.  bfloat16 tensors are returned as float32.
+
+    Parameters
+    ----------
+    path : str or ``os.PathLike``
+        The file (.pt, .pth).
+
+    Returns
+    -------
+    tuple
+        ``(tensors, dtypes)``: {name: ``numpy.ndarray``} and {name: torch
+        dtype name, e.g. ``"bfloat16"``}.
+
+    Raises
+    ------
+    nnc.formats.FormatError
+        If torch is not installed, the file cannot be loaded, or it does not
+        hold a mapping.
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, os
+    >>> from nnc.formats import pt_bytes, read_pt
+    >>> path = os.path.join(tempfile.mkdtemp(), "m.pt")
+    >>> with open(path, "wb") as fh:
+    ...     _ = fh.write(pt_bytes({"w": np.array([1.0, -3.0], np.float32)}, {"w": "bfloat16"}))
+    >>> tensors, dtypes = read_pt(path)
+    >>> tensors["w"].dtype.name, tensors["w"].tolist(), dtypes
+    ('float32', [1.0, -3.0], {'w': 'bfloat16'})
+    """
     torch = _torch()
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -229,6 +565,33 @@ def read_pt(path):
 
 
 def pt_bytes(tensors, dtypes=None) -> bytes:
+    """The bytes of a PyTorch state_dict file holding ``tensors`` (needs ``torch``).
+
+    Parameters
+    ----------
+    tensors : ``Mapping``
+        {name: array-like}, saved as CPU tensors in this order.
+    dtypes : dict or None
+        {name: dtype name}; tensors named ``"bfloat16"`` are saved as bfloat16.
+
+    Returns
+    -------
+    bytes
+        The file, as ``torch.save`` writes it.
+
+    Raises
+    ------
+    nnc.formats.FormatError
+        If torch is not installed.
+
+    Examples
+    --------
+    >>> import io, numpy as np, torch
+    >>> from nnc.formats import pt_bytes
+    >>> sd = torch.load(io.BytesIO(pt_bytes({"w": np.ones(2, np.float32)})), weights_only=True)
+    >>> list(sd), sd["w"].dtype
+    (['w'], torch.float32)
+    """
     torch = _torch()
     dtypes = dtypes or {}
     sd = OrderedDict()
@@ -255,6 +618,38 @@ def _onnx():
 
 
 def read_onnx(path):
+    """The initializers of an ONNX model and their dtype names (needs ``onnx``).
+
+    Parameters
+    ----------
+    path : str or ``os.PathLike``
+        The .onnx file.
+
+    Returns
+    -------
+    tuple
+        ``(tensors, dtypes)``: {initializer name: ``numpy.ndarray``} in graph
+        order and {name: dtype name}.
+
+    Raises
+    ------
+    nnc.formats.FormatError
+        If onnx is not installed or the file cannot be loaded.
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, os, onnx
+    >>> from onnx import helper, numpy_helper
+    >>> from nnc.formats import read_onnx
+    >>> w = numpy_helper.from_array(np.ones((2, 2), np.float32), "w")
+    >>> y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 2])
+    >>> graph = helper.make_graph([helper.make_node("Identity", ["w"], ["y"])], "g", [], [y], [w])
+    >>> path = os.path.join(tempfile.mkdtemp(), "m.onnx")
+    >>> onnx.save(helper.make_model(graph), path)
+    >>> tensors, dtypes = read_onnx(path)
+    >>> tensors["w"].shape, dtypes
+    ((2, 2), {'w': 'float32'})
+    """
     onnx, numpy_helper = _onnx()
     try:
         model = onnx.load(os.fspath(path))
@@ -265,7 +660,46 @@ def read_onnx(path):
 
 
 def onnx_bytes(tensors, dtypes=None, template=None) -> bytes:
-    """The ONNX model ``template`` (a path) with its initializers replaced by ``tensors``."""
+    """The ONNX model ``template`` (a path) with its initializers replaced by ``tensors``.
+
+    ONNX files hold the graph as well as the weights, so an ONNX file is
+    written by replacing the initializers of the original model.  Each
+    replaced initializer keeps its dtype; initializers not in ``tensors`` and
+    tensors that are not initializers are left out of the change.
+
+    Parameters
+    ----------
+    tensors : ``Mapping``
+        {initializer name: array-like}.
+    dtypes : dict or None
+        Ignored; the template's dtypes are kept.
+    template : str, ``os.PathLike`` or None
+        The original ONNX model.
+
+    Returns
+    -------
+    bytes
+        The serialised model.
+
+    Raises
+    ------
+    nnc.formats.FormatError
+        If onnx is not installed or no template is given.
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, os, onnx
+    >>> from onnx import helper, numpy_helper
+    >>> from nnc.formats import onnx_bytes
+    >>> w = numpy_helper.from_array(np.ones((2, 2), np.float32), "w")
+    >>> y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 2])
+    >>> graph = helper.make_graph([helper.make_node("Identity", ["w"], ["y"])], "g", [], [y], [w])
+    >>> path = os.path.join(tempfile.mkdtemp(), "m.onnx")
+    >>> onnx.save(helper.make_model(graph), path)
+    >>> model = onnx.load_from_string(onnx_bytes({"w": np.full((2, 2), 0.5)}, template=path))
+    >>> numpy_helper.to_array(model.graph.initializer[0]).tolist()
+    [[0.5, 0.5], [0.5, 0.5]]
+    """
     onnx, numpy_helper = _onnx()
     if template is None:
         raise FormatError("writing ONNX needs the original model as a template (--template MODEL.onnx)")
@@ -283,7 +717,42 @@ _READERS = {"npz": read_npz, "safetensors": read_safetensors, "pt": read_pt, "on
 
 
 def read_model(path, fmt: str | None = None):
-    """(tensors, original dtype names) of a model file; the format is detected by content."""
+    """(tensors, original dtype names) of a model file; the format is detected by content.
+
+    Parameters
+    ----------
+    path : str or ``os.PathLike``
+        The model file.
+    fmt : str or None
+        One of ``FORMATS`` to skip detection; None to detect it
+        (:func:`detect_format`).
+
+    Returns
+    -------
+    tuple
+        ``(tensors, dtypes)``: {name: ``numpy.ndarray``} in file order and
+        {name: original dtype name} (bfloat16 tensors come as float32).
+
+    Raises
+    ------
+    nnc.formats.FormatError
+        If the format is unknown, the file is an NNC stream, or it cannot be
+        read in its format (see the ``read_*`` functions).
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, os
+    >>> from nnc.formats import read_model
+    >>> path = os.path.join(tempfile.mkdtemp(), "m.npz")
+    >>> np.savez(path, w=np.ones(3, np.float16))
+    >>> tensors, dtypes = read_model(path)
+    >>> tensors["w"].tolist(), dtypes
+    ([1.0, 1.0, 1.0], {'w': 'float16'})
+    >>> read_model(path, fmt="h5")
+    Traceback (most recent call last):
+        ...
+    nnc.formats.FormatError: unknown model format 'h5'
+    """
     fmt = fmt or detect_format(path)
     if fmt == "nnr":
         raise FormatError(f"{path} is an NNC stream, not a model; use decode")
@@ -293,7 +762,42 @@ def read_model(path, fmt: str | None = None):
 
 
 def write_model(path, tensors, dtypes=None, fmt: str | None = None, template=None) -> None:
-    """Write tensors to a model file atomically, restoring original dtypes where given."""
+    """Write tensors to a model file atomically, restoring original dtypes where given.
+
+    Parameters
+    ----------
+    path : str or ``os.PathLike``
+        The file to write (see :func:`write_atomic`).
+    tensors : ``Mapping``
+        {name: array-like}, written in this order.
+    dtypes : dict or None
+        {name: dtype name}: tensors are converted to these dtypes (names
+        numpy does not know are ignored); ``"bfloat16"`` is honoured by the
+        safetensors and PyTorch formats.
+    fmt : str or None
+        One of ``FORMATS``; None to take it from the extension
+        (:func:`format_from_extension`).
+    template : str, ``os.PathLike`` or None
+        The original ONNX model, needed for ONNX output (:func:`onnx_bytes`).
+
+    Raises
+    ------
+    nnc.formats.FormatError
+        If the format is unknown or cannot be told from the extension, a
+        dtype cannot be stored, ONNX is asked for without a template, or the
+        format's back end is missing.
+    OSError
+        If the file cannot be written.
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, os
+    >>> from nnc.formats import read_model, write_model
+    >>> path = os.path.join(tempfile.mkdtemp(), "m.npz")
+    >>> write_model(path, {"w": np.array([0.5, 1.5])}, {"w": "float16"})
+    >>> read_model(path)[1]
+    {'w': 'float16'}
+    """
     fmt = fmt or format_from_extension(path)
     dtypes = dtypes or {}
     restored = OrderedDict()
