@@ -8,6 +8,29 @@ or, for must-fail streams, the error class a conforming decoder raises.
 Decoders are adapters: a callable ``bytes -> OrderedDict[name, ndarray]`` that
 raises on invalid input.  ``nnc`` is built in; ``nncodec`` uses the oracle of
 tools/oracle when it is available.
+
+Examples
+--------
+A suite of one stream that must decode and one that must fail:
+
+>>> import json, os, tempfile, numpy as np, nnc
+>>> from nnc import verify
+>>> suite = tempfile.mkdtemp()
+>>> stream = nnc.encode({"w": np.ones((2, 2), np.float32)}, qp=-8)
+>>> with open(os.path.join(suite, "ok.nnr"), "wb") as fh:
+...     _ = fh.write(stream)
+>>> with open(os.path.join(suite, "cut.nnr"), "wb") as fh:
+...     _ = fh.write(stream[:-1])
+>>> manifest = {"streams": [
+...     {"name": "ok", "group": "profile-1", "profile": 1, "file": "ok.nnr",
+...      "expected": verify.describe_output(nnc.decode(stream))},
+...     {"name": "cut", "group": "must-fail", "profile": 1, "file": "cut.nnr",
+...      "expected_error": "TruncatedError", "clause": "3.2"}]}
+>>> with open(os.path.join(suite, "manifest.json"), "w") as fh:
+...     json.dump(manifest, fh)
+>>> results = verify.verify_suite(suite)
+>>> [(r.name, r.passed, r.detail) for r in results]
+[('ok', True, 'ok'), ('cut', True, 'rejected with TruncatedError (spec 3.2)')]
 """
 
 from __future__ import annotations
@@ -24,16 +47,76 @@ import numpy as np
 
 from . import errors
 
+__all__ = [
+    "verify_suite",
+    "format_table",
+    "Result",
+    "NNCAdapter",
+    "NNCodecAdapter",
+    "DECODERS",
+    "tensor_sha256",
+    "output_sha256",
+    "describe_output",
+]
+
 
 def tensor_sha256(a: np.ndarray) -> str:
-    """SHA-256 of an array's C-order, little-endian bytes."""
+    """SHA-256 of an array's C-order, little-endian bytes.
+
+    The hash depends on the values, the dtype's kind and size and the shape's
+    element order, not on the array's memory layout or byte order.
+
+    Parameters
+    ----------
+    a : ``numpy.ndarray``
+        The array.
+
+    Returns
+    -------
+    str
+        64 hexadecimal digits.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from nnc.verify import tensor_sha256
+    >>> tensor_sha256(np.zeros(0, np.float32))  # the SHA-256 of no bytes
+    'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855'
+    >>> tensor_sha256(np.arange(3, dtype=">i4")) == tensor_sha256(np.arange(3, dtype="<i4"))
+    True
+    """
     a = np.ascontiguousarray(a)
     a = a.astype(a.dtype.newbyteorder("<"), copy=False)
     return hashlib.sha256(a.tobytes()).hexdigest()
 
 
 def output_sha256(tensors) -> str:
-    """SHA-256 of a whole decoded output: per tensor, in order, name, dtype, shape and bytes."""
+    """SHA-256 of a whole decoded output: per tensor, in order, name, dtype, shape and bytes.
+
+    Each tensor contributes its UTF-8 name, a NUL, its dtype string without
+    the byte-order mark (e.g. ``f4``), a NUL, its shape as a JSON list, a NUL
+    and the 32-byte digest of :func:`tensor_sha256`.  Tensor order matters.
+
+    Parameters
+    ----------
+    tensors : ``Mapping``
+        {name: ``numpy.ndarray``}, as a decoder returns it.
+
+    Returns
+    -------
+    str
+        64 hexadecimal digits.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from nnc.verify import output_sha256
+    >>> a, b = np.zeros(2, np.float32), np.ones(1, np.int32)
+    >>> output_sha256({"a": a, "b": b}) == output_sha256({"b": b, "a": a})
+    False
+    >>> output_sha256({"a": a}) == output_sha256({"a": a.astype(np.float64)})
+    False
+    """
     h = hashlib.sha256()
     for name, a in tensors.items():
         a = np.ascontiguousarray(a)
@@ -44,6 +127,30 @@ def output_sha256(tensors) -> str:
 
 
 def describe_output(tensors) -> dict:
+    """The ``expected`` entry of a suite manifest for a decoded output.
+
+    Parameters
+    ----------
+    tensors : ``Mapping``
+        {name: array-like}, as a decoder returns it.
+
+    Returns
+    -------
+    dict
+        ``{"tensors": [{"name", "dtype", "shape", "sha256"}, ...],
+        "output_sha256": ...}``, with the hashes of :func:`tensor_sha256` and
+        :func:`output_sha256`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from nnc.verify import describe_output
+    >>> d = describe_output({"w": np.zeros((2, 3), np.float32)})
+    >>> d["tensors"][0]["name"], d["tensors"][0]["dtype"], d["tensors"][0]["shape"]
+    ('w', 'float32', [2, 3])
+    >>> len(d["output_sha256"])
+    64
+    """
     return {
         "tensors": [{"name": k, "dtype": str(np.asarray(v).dtype), "shape": list(np.asarray(v).shape),
                      "sha256": tensor_sha256(np.asarray(v))} for k, v in tensors.items()],
@@ -53,18 +160,62 @@ def describe_output(tensors) -> dict:
 
 @dataclass
 class Result:
+    """The verdict on one stream of a suite.
+
+    The parameters are the fields below.
+
+    Examples
+    --------
+    >>> from nnc.verify import Result, format_table
+    >>> print(format_table([Result("p1_demo", "profile-1", True, "ok", 0.0042)]))
+    stream   group      result        ms  detail
+    ----------------------------------------------------
+    p1_demo  profile-1  PASS         4.2  ok
+    ----------------------------------------------------
+    1 passed, 0 failed
+    """
+
+    #: The stream's name in the manifest.
     name: str
+    #: Its group, e.g. ``"profile-1"`` or ``"must-fail"``.
     group: str
+    #: Whether the decoder did what the manifest expects.
     passed: bool
+    #: ``"ok"``, the error it was rejected with, or what went wrong.
     detail: str
+    #: Decoding time in seconds (0 for skipped streams).
     seconds: float
 
 
 class NNCAdapter:
-    """Our decoder; one DecoderState per incremental sequence of the suite."""
+    """Our decoder; one DecoderState per incremental sequence of the suite.
+
+    Calling the adapter decodes one stream with :func:`nnc.decoder.decode`.
+    Streams of the same ``sequence`` share one
+    :class:`~nnc.decoder.DecoderState`, so that incremental streams decode
+    against their predecessors.
+
+    Parameters
+    ----------
+    engine : str or None
+        ``"cython"`` or ``"python"``; None for the default (see
+        :func:`nnc.engine.get_engine`).
+
+    Examples
+    --------
+    >>> import nnc
+    >>> from nnc.verify import NNCAdapter
+    >>> adapter = NNCAdapter(engine="python")
+    >>> adapter(nnc.encode({"w": [1.0, 2.0]}), "seq-1")["w"].shape
+    (2,)
+    >>> list(adapter.states)
+    ['seq-1']
+    """
 
     def __init__(self, engine: str | None = None):
+        #: The engine name given, or None.
         self.engine = engine
+        #: The :class:`~nnc.decoder.DecoderState` of each sequence, by sequence id.
         self.states: dict = {}
 
     def __call__(self, data: bytes, sequence: str | None = None):
@@ -75,7 +226,36 @@ class NNCAdapter:
 
 
 class NNCodecAdapter:
-    """NNCodec 2.1.3 through the black-box oracle (repository checkouts only)."""
+    """NNCodec 2.1.3 through the black-box oracle (repository checkouts only).
+
+    The oracle runs NNCodec in its own environment (``tools/setup_oracle.sh``)
+    as a separate process; the adapter keeps no state across incremental
+    streams, and raises ``NotImplementedError`` (reported as skipped) for
+    streams of a sequence.  Call :meth:`close` when done.
+
+    Raises
+    ------
+    RuntimeError
+        If nnc is not run from a repository checkout, or the oracle is not
+        available.
+
+    Examples
+    --------
+    Adapters are found by name in ``DECODERS``:
+
+    >>> from nnc.verify import DECODERS, NNCodecAdapter
+    >>> DECODERS["nncodec"] is NNCodecAdapter
+    True
+
+    Where the oracle is set up, it decodes a stream as NNCodec does (not run
+    here: it starts NNCodec):
+
+    >>> import nnc
+    >>> adapter = NNCodecAdapter()                             # doctest: +SKIP
+    >>> list(adapter(nnc.encode({"w": [[1.0, 2.0]] * 2})))     # doctest: +SKIP
+    ['w']
+    >>> adapter.close()                                        # doctest: +SKIP
+    """
 
     def __init__(self):
         import sys
@@ -97,9 +277,16 @@ class NNCodecAdapter:
         return self.oracle.decompress(data)
 
     def close(self):
+        """Stop the oracle process.
+
+        Examples
+        --------
+        See :class:`NNCodecAdapter`.
+        """
         self.oracle.close()
 
 
+#: Decoder name -> adapter factory, for ``verify_suite(suite, decoder=name)``.
 DECODERS = {"nnc": NNCAdapter, "nnc-python": lambda: NNCAdapter("python"), "nncodec": NNCodecAdapter}
 
 
@@ -123,7 +310,58 @@ def _check_expected(entry: dict, out) -> tuple[bool, str]:
 
 def verify_suite(suite: str | Path, decoder: Callable | str = "nnc", *, groups=None, names=None,
                  profiles=None) -> list[Result]:
-    """Decode every stream of a suite with ``decoder``; return one Result per stream."""
+    """Decode every stream of a suite with ``decoder``; return one Result per stream.
+
+    A stream of a decoding group passes when the names, order, dtypes, shapes
+    and hashes of the output equal the manifest's.  A must-fail stream passes
+    when the decoder raises: nnc's own errors must be of the stated class and
+    cite the stated clause, while any exception of a foreign decoder counts as
+    a rejection.  A stream the adapter cannot decode (``NotImplementedError``)
+    is reported as passed with a ``"skipped: ..."`` detail.
+
+    Parameters
+    ----------
+    suite : str or ``os.PathLike``
+        Directory holding ``manifest.json`` and the streams it names.
+    decoder : str or ``callable``
+        A key of ``DECODERS`` (``"nnc"``, ``"nnc-python"``, ``"nncodec"``),
+        or an adapter ``adapter(data, sequence) -> {name: array}``.  An
+        adapter made from a name here is closed at the end.
+    groups : ``Iterable[str]`` or None
+        Only streams of these groups; None for all.
+    names : ``Iterable[str]`` or None
+        Only streams of these names; None for all.
+    profiles : ``Iterable[int]`` or None
+        Only streams of these profiles; None for all.
+
+    Returns
+    -------
+    list of nnc.verify.Result
+        In manifest order.
+
+    Raises
+    ------
+    KeyError
+        If ``decoder`` is an unknown name.
+    RuntimeError
+        If the ``"nncodec"`` adapter is asked for but not available.
+    OSError
+        If the manifest or a stream cannot be read.
+
+    Examples
+    --------
+    The module's example builds a suite; here, the must-fail streams of the
+    conformance suite of a repository checkout:
+
+    >>> import pathlib, nnc
+    >>> from nnc.verify import verify_suite
+    >>> suite = pathlib.Path(nnc.__file__).resolve().parent.parent / "conformance"
+    >>> results = verify_suite(suite, groups=["must-fail"])
+    >>> len(results) > 0 and all(r.passed for r in results)
+    True
+    >>> {r.detail.split()[0] for r in results}
+    {'rejected'}
+    """
     suite = Path(suite)
     manifest = json.loads((suite / "manifest.json").read_text())
     run = DECODERS[decoder]() if isinstance(decoder, str) else decoder
@@ -175,6 +413,26 @@ def _run_entries(suite, manifest, run, results, groups, names, profiles):
 
 
 def format_table(results: list[Result]) -> str:
+    """The results as a plain-text table with a pass/fail count, as ``nnc verify`` prints it.
+
+    Parameters
+    ----------
+    results : list of nnc.verify.Result
+        The verdicts, e.g. from :func:`verify_suite`.
+
+    Returns
+    -------
+    str
+        One line per result between rules, then ``"N passed, M failed"``.
+
+    Examples
+    --------
+    >>> from nnc.verify import Result, format_table
+    >>> table = format_table([Result("a", "must-fail", True, "rejected", 0.001),
+    ...                       Result("b", "profile-0", False, "values differ", 0.002)])
+    >>> print(table.splitlines()[-1])
+    1 passed, 1 failed
+    """
     width = max([len(r.name) for r in results] + [6])
     lines = [f"{'stream':<{width}}  {'group':<9}  {'result':<6}  {'ms':>8}  detail",
              "-" * (width + 45)]
