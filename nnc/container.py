@@ -17,6 +17,26 @@ list of codebook integers; ``entry_points`` as a list of {value, dq_state, offse
 where ``offset`` is the bit increment from the previous block row (spec 7.3).
 
 Only :mod:`nnc.errors` exceptions leave this module, whatever the input.
+
+The API is :func:`iter_units` / :func:`parse_stream` (with :class:`Unit` and
+:func:`read_unit_size`) for reading, the ``build_*`` functions for writing, and
+the constants of the unit and payload types.  The ``construct`` declarations
+(descriptors such as ``UE`` and structures such as ``NDU_HEADER``) implement
+them and are not part of the API.
+
+Examples
+--------
+>>> import nnc
+>>> from nnc import container
+>>> stream = nnc.encode({"w": [[0.5, 1.0, 1.5]] * 2}, qp=-8, dq=False)
+>>> units = container.parse_stream(stream)
+>>> [(u.type_name, u.offset, u.size) for u in units]
+[('NNR_STR', 0, 4), ('NNR_MPS', 4, 8), ('NNR_TPL', 12, 6), ('NNR_NDU', 18, ...)]
+>>> ndu = units[-1]
+>>> ndu.header.topology_elem_id, ndu.header.tensor_dimensions, ndu.header.dq_flag
+('w', [2, 3], 0)
+>>> container.build_ndu(dict(ndu.header), ndu.payload) == stream[ndu.offset:ndu.end]
+True
 """
 
 from __future__ import annotations
@@ -31,15 +51,26 @@ from construct import Container, If, Struct, this
 from .errors import DecodeError, EncodeError, TruncatedError, UnsupportedError
 
 # -- enumerations (spec 3.4, 7.4) --------------------------------------------------
+#: ``nnr_unit_type`` values (spec 3.4), in order the start unit, model parameter set,
+#: layer parameter set, topology, quantisation, compressed data (NDU) and aggregate units.
 NNR_STR, NNR_MPS, NNR_LPS, NNR_TPL, NNR_QNT, NNR_NDU, NNR_AGG = range(7)
+#: Name of each ``nnr_unit_type``, as in :attr:`Unit.type_name`.
 UNIT_TYPE_NAMES = {0: "NNR_STR", 1: "NNR_MPS", 2: "NNR_LPS", 3: "NNR_TPL", 4: "NNR_QNT", 5: "NNR_NDU", 6: "NNR_AGG"}
+#: ``nnr_compressed_data_unit_payload_type`` values (spec 7.4).
 NNR_PT_INT, NNR_PT_FLOAT, NNR_PT_RAW_FLOAT, NNR_PT_BLOCK = range(4)
+#: ``compressed_parameter_types`` bits of a BLOCK NDU (spec 7.4), in order
+#: decomposition, local scaling, batch norm and bias.
 NNR_CPT_DC, NNR_CPT_LS, NNR_CPT_BN, NNR_CPT_BI = 0x01, 0x02, 0x04, 0x08
+#: Quantisation method flags (spec 5.1), uniform (scalar) quantisation and codebook.
 NNR_QSU, NNR_QCB = 0x01, 0x02
+#: The spec clause of each unit type's syntax, for error messages.
 UNIT_CLAUSE = {0: "4", 1: "5.1", 2: "6.1", 3: "6.2", 4: "6.3", 5: "7.1", 6: "6.4"}
 
+#: Longest Exp-Golomb prefix (zero bits) accepted (spec 2.3).
 MAX_UE_PREFIX = 32
+#: Longest st string accepted, in bytes (spec 2.6).
 MAX_STRING_BYTES = 1 << 16
+#: Most tensor dimensions accepted (spec 7.4).
 MAX_DIMENSIONS = 64
 
 
@@ -263,12 +294,51 @@ class Codebook(cs.Construct):
 
 
 def codebook_zero_offset(size: int, center_offset: int) -> int:
-    """CbZeroOffset (spec 7.2)."""
+    """CbZeroOffset (spec 7.2): the position of the zero index in a codebook.
+
+    Parameters
+    ----------
+    size : int
+        ``codebook_size``.
+    center_offset : int
+        ``codebook_center_offset``.
+
+    Returns
+    -------
+    int
+        ``(size >> 1) + center_offset``.
+
+    Examples
+    --------
+    >>> from nnc.container import codebook_zero_offset
+    >>> codebook_zero_offset(5, 0), codebook_zero_offset(4, -1)
+    (2, 1)
+    """
     return (size >> 1) + center_offset
 
 
 def best_codebook_egk(entries) -> int:
-    """The egk in 0..15 that codes the codebook deltas in the fewest bits (informative)."""
+    """The egk in 0..15 that codes the codebook deltas in the fewest bits (informative).
+
+    The entries after the first are coded as ue(egk) of the differences minus
+    one (spec 7.2); the smallest egk wins a tie.
+
+    Parameters
+    ----------
+    entries : list of int
+        The codebook, strictly increasing.
+
+    Returns
+    -------
+    int
+        The Exp-Golomb order ``codebook_egk``.
+
+    Examples
+    --------
+    >>> from nnc.container import best_codebook_egk
+    >>> best_codebook_egk([-1, 0, 1]), best_codebook_egk([-8, -4, 0, 4, 8])
+    (0, 2)
+    """
     deltas = [b - a - 1 for a, b in zip(entries, entries[1:])]
 
     def bits(k):
@@ -558,18 +628,60 @@ class _ViewReader:
 
 @dataclass
 class Unit:
-    """One NNR unit of a stream."""
+    """One NNR unit of a stream, as :func:`iter_units` parses it.
 
+    The parameters are the fields below.  ``header`` is a ``construct``
+    Container (a dict with attribute access) of spec element names: the
+    common unit header, then the type's own header and, for the parameter
+    sets, topology and quantisation units, their payload syntax.  An NDU's
+    header is flat: the elements of ``nnr_compressed_data_unit_header``,
+    ``codebook()`` and the input parameters are all at the top level, with
+    None for those absent.  ``payload`` is what follows the parsed syntax: the
+    CABAC (or raw float) payload of an NDU, empty for the other types.
+
+    Examples
+    --------
+    >>> import nnc
+    >>> from nnc import container
+    >>> unit = container.parse_stream(nnc.encode({"w": [1.0, 2.0]}))[-1]
+    >>> unit.type == container.NNR_NDU, unit.type_name, unit.header.topology_elem_id
+    (True, 'NNR_NDU', 'w')
+    >>> unit.payload_offset - unit.offset + len(unit.payload) == unit.size
+    True
+    """
+
+    #: ``nnr_unit_type`` (spec 3.4), one of ``NNR_STR`` ... ``NNR_AGG``.
     type: int
+    #: Its name, e.g. ``"NNR_NDU"``.
     type_name: str
+    #: Byte offset of the unit (its size field) in the stream.
     offset: int
+    #: ``nnr_unit_size``, the unit's length in bytes including the size field.
     size: int
+    #: The parsed syntax elements, by spec name.
     header: Container
+    #: Byte offset of ``payload`` in the stream.
     payload_offset: int
+    #: The bytes after the parsed syntax, a view into the input (not a copy).
     payload: memoryview
 
     @property
     def end(self) -> int:
+        """Byte offset just past the unit, where the next one starts.
+
+        Returns
+        -------
+        int
+            ``offset + size``.
+
+        Examples
+        --------
+        >>> import nnc
+        >>> from nnc import container
+        >>> units = container.parse_stream(nnc.encode({"w": [1.0, 2.0]}))
+        >>> all(a.end == b.offset for a, b in zip(units, units[1:]))
+        True
+        """
         return self.offset + self.size
 
 
@@ -665,7 +777,40 @@ def _parse_struct(structure, reader, ctx, clause, base, unit_offset):
 
 
 def read_unit_size(data: memoryview, offset: int) -> tuple[int, int]:
-    """(nnr_unit_size, bytes of the size field) at ``offset`` (spec 3.2)."""
+    """(nnr_unit_size, bytes of the size field) at ``offset`` (spec 3.2).
+
+    A size field is 2 bytes, or 4 bytes when its first bit is set (then the
+    other 31 bits are the size).
+
+    Parameters
+    ----------
+    data : memoryview
+        The stream (any bytes-like object that indexes to ints works).
+    offset : int
+        Where the unit starts.
+
+    Returns
+    -------
+    tuple
+        ``(size, field_length)``: the unit size including the field, and 2 or 4.
+
+    Raises
+    ------
+    nnc.errors.TruncatedError
+        If the data end inside the size field.
+
+    Examples
+    --------
+    >>> from nnc.container import read_unit_size
+    >>> read_unit_size(memoryview(b"\\x00\\x04\\x02\\x01"), 0)
+    (4, 2)
+    >>> read_unit_size(memoryview(b"\\x80\\x00\\x01\\x00"), 0)
+    (256, 4)
+    >>> read_unit_size(memoryview(b"\\x80\\x00"), 0)
+    Traceback (most recent call last):
+        ...
+    nnc.errors.TruncatedError: stream ends inside a 4-byte nnr_unit_size field [spec 3.2, byte offset 0]
+    """
     if offset + 2 > len(data):
         raise TruncatedError("stream ends inside an nnr_unit_size field", clause="3.2", offset=offset)
     first = data[offset]
@@ -681,6 +826,48 @@ def iter_units(data, *, strict: bool = False) -> Iterator[Unit]:
 
     The profile comes from the start unit and the flags that NDU headers depend
     on from the model parameter set, so units must come in stream order.
+
+    This is a generator: a unit is parsed when it is reached, so an error in a
+    later unit is raised only after the earlier units have been yielded.
+    Payloads are not decoded.  A topology unit may carry bytes after its
+    string (tolerated unless ``strict``); any other unit must end where its
+    syntax ends (NDUs end with their payload).
+
+    Parameters
+    ----------
+    data : bytes, bytearray or memoryview
+        The whole stream; not copied.
+    strict : bool
+        Also refuse bytes left over at the end of a topology unit.
+
+    Yields
+    ------
+    nnc.container.Unit
+        Each unit, in stream order.
+
+    Raises
+    ------
+    nnc.errors.TruncatedError
+        If the stream is empty, or ends inside a size field or a unit.
+    nnc.errors.UnsupportedError
+        For an aggregate unit (NNR_AGG).
+    nnc.errors.DecodeError
+        For any other violation of the unit syntax: a size smaller than the
+        header, a reserved unit type, a first unit that is not a start unit,
+        an NDU before the model parameter set, a malformed header, bytes left
+        over.
+
+    Examples
+    --------
+    >>> import nnc
+    >>> from nnc import container
+    >>> stream = nnc.encode({"w": [1.0, 2.0]})
+    >>> [u.type_name for u in container.iter_units(stream)]
+    ['NNR_STR', 'NNR_MPS', 'NNR_TPL', 'NNR_NDU']
+    >>> list(container.iter_units(stream[4:]))  # without its start unit
+    Traceback (most recent call last):
+        ...
+    nnc.errors.DecodeError: the first unit of a stream must be a start unit (NNR_STR) [spec 3.1, byte offset 0]
     """
     view = memoryview(data).cast("B") if not isinstance(data, memoryview) or data.format != "B" else data
     ctx = dict(profile=0, parent_signalling=False, indexed=False)
@@ -742,7 +929,38 @@ def iter_units(data, *, strict: bool = False) -> Iterator[Unit]:
 
 
 def parse_stream(data) -> list[Unit]:
-    """All units of a stream, parsed."""
+    """All units of a stream, parsed.
+
+    ``list(iter_units(data))``: the whole stream is checked before anything is
+    returned.
+
+    Parameters
+    ----------
+    data : bytes, bytearray or memoryview
+        The whole stream.
+
+    Returns
+    -------
+    list of nnc.container.Unit
+        The units in stream order.
+
+    Raises
+    ------
+    nnc.errors.DecodeError
+        As :func:`iter_units` (including its subclasses).
+
+    Examples
+    --------
+    >>> import nnc
+    >>> from nnc import container
+    >>> stream = nnc.encode({"a": [1.0], "b": [2.0]})
+    >>> [u.header.topology_elem_id for u in container.parse_stream(stream) if u.type == container.NNR_NDU]
+    ['a', 'b']
+    >>> container.parse_stream(stream[:-1])
+    Traceback (most recent call last):
+        ...
+    nnc.errors.TruncatedError: unit of ... bytes runs past the end of the stream (... bytes left) [spec 3.2, byte offset ...]
+    """
     return list(iter_units(data))
 
 
@@ -778,7 +996,56 @@ def _build_struct(structure, fields, ctx) -> bytes:
 
 def build_unit(unit_type: int, header: dict | None = None, payload: bytes = b"", *, profile: int = 1,
                parent_signalling: bool = False, indexed: bool = False, independently_decodable: int = 1) -> bytes:
-    """Build one unit: size, common header, type-specific header/payload structure, raw payload."""
+    """Build one unit: size, common header, type-specific header/payload structure, raw payload.
+
+    The inverse of :func:`iter_units`: ``build_unit(u.type, dict(u.header),
+    u.payload)`` gives back the unit's bytes.  Fields are spec element names;
+    fields that the syntax makes absent can be left out or None.  For an NDU
+    the header is flat (as :attr:`Unit.header`), and flags that follow from
+    other fields (``tensor_dimensions_flag``, ``codebook_present_flag``
+    defaults, ...) are derived when not given.  The size field takes the
+    2-byte form when the unit fits in 32767 bytes, else the 4-byte form.
+
+    Parameters
+    ----------
+    unit_type : int
+        ``NNR_STR`` ... ``NNR_NDU``.
+    header : dict or None
+        The syntax elements, by spec name.
+    payload : bytes
+        Raw bytes appended after the syntax (an NDU's payload).
+    profile : int
+        The stream's ``general_profile_idc`` (0 or 1), which the MPS and NDU
+        syntax depend on.
+    parent_signalling : bool
+        The MPS's ``mps_parent_signalling_enabled_flag``, for NDU headers.
+    indexed : bool
+        The MPS's ``mps_topology_indexed_reference_flag``, for NDU headers.
+    independently_decodable : int
+        ``independently_decodable_flag`` unless ``header`` has it.
+
+    Returns
+    -------
+    bytes
+        The unit, including its size field.
+
+    Raises
+    ------
+    nnc.errors.EncodeError
+        If a field is missing or out of range, an NDU header lacks
+        ``nnr_compressed_data_unit_payload_type``, or the unit would exceed
+        2^31 - 1 bytes.
+
+    Examples
+    --------
+    >>> from nnc import container
+    >>> container.build_unit(container.NNR_STR, {"general_profile_idc": 1}).hex()
+    '00040201'
+    >>> container.build_unit(container.NNR_STR, {})
+    Traceback (most recent call last):
+        ...
+    nnc.errors.EncodeError: cannot build Struct: ...
+    """
     header = dict(header or {})
     ctx = dict(profile=profile, parent_signalling=parent_signalling, indexed=indexed)
     common = {"nnr_unit_type": unit_type,
@@ -801,13 +1068,66 @@ def build_unit(unit_type: int, header: dict | None = None, payload: bytes = b"",
 
 
 def build_str(profile: int = 1) -> bytes:
-    """The start unit (spec 4)."""
+    """The start unit (spec 4).
+
+    Parameters
+    ----------
+    profile : int
+        ``general_profile_idc``: 1 for 2nd-edition streams, 0 for 1st-edition ones.
+
+    Returns
+    -------
+    bytes
+        The 4-byte unit.
+
+    Examples
+    --------
+    >>> from nnc.container import build_str
+    >>> build_str(), build_str(0)
+    (b'\\x00\\x04\\x02\\x01', b'\\x00\\x04\\x02\\x00')
+    """
     return build_unit(NNR_STR, {"general_profile_idc": profile}, profile=profile)
 
 
 def build_mps(*, qp_density: int = 2, qp: int = 0, profile: int = 1, parent_signalling: bool = False,
               quantization_method_flags: int = NNR_QSU, **extra) -> bytes:
-    """A model parameter set as NNCodec writes it, with optional extras (spec 5.1)."""
+    """A model parameter set as NNCodec writes it, with optional extras (spec 5.1).
+
+    Topology carriage on, no performance maps, uniform quantisation.
+
+    Parameters
+    ----------
+    qp_density : int
+        ``mps_qp_density`` (0..7).
+    qp : int
+        ``mps_quantization_parameter``, the base qp of the NDUs.
+    profile : int
+        The stream's profile (0 or 1): profile 1 adds the 2nd-edition flags.
+    parent_signalling : bool
+        ``mps_parent_signalling_enabled_flag`` (profile 1).
+    quantization_method_flags : int
+        ``mps_quantization_method_flags`` (``NNR_QSU``, ``NNR_QCB``).
+    **extra
+        Any other MPS field by spec name, overriding the defaults.
+
+    Returns
+    -------
+    bytes
+        The unit.
+
+    Raises
+    ------
+    nnc.errors.EncodeError
+        If a value does not fit its field.
+
+    Examples
+    --------
+    >>> from nnc import container
+    >>> mps = container.build_mps(qp=-38)
+    >>> unit = container.parse_stream(container.build_str() + mps)[1]
+    >>> unit.header.mps_quantization_parameter, unit.header.mps_qp_density
+    (-38, 2)
+    """
     fields = dict(
         topology_carriage_flag=1, mps_sparsification_flag=0, mps_pruning_flag=0, mps_unification_flag=0,
         mps_decomposition_performance_map_flag=0, mps_quantization_method_flags=quantization_method_flags,
@@ -824,11 +1144,115 @@ def build_mps(*, qp_density: int = 2, qp: int = 0, profile: int = 1, parent_sign
 
 
 def build_tpl(storage_format: int = 0, compression_format: int = 0, data: str = "") -> bytes:
-    """A topology unit (spec 6.2); NNCodec writes format 0 with an empty string."""
+    """A topology unit (spec 6.2); NNCodec writes format 0 with an empty string.
+
+    nnc's encoder stores its metadata (original shapes and dtypes) as JSON in
+    ``data`` (see :attr:`nnc.decoder.Decoder.metadata`).
+
+    Parameters
+    ----------
+    storage_format : int
+        ``topology_storage_format``.
+    compression_format : int
+        ``topology_compression_format``.
+    data : str
+        The topology string (UTF-8, no NUL, at most 65536 bytes).
+
+    Returns
+    -------
+    bytes
+        The unit.
+
+    Raises
+    ------
+    nnc.errors.EncodeError
+        If ``data`` holds a NUL or is too long.
+
+    Examples
+    --------
+    >>> from nnc import container
+    >>> tpl = container.build_tpl(data="{}")
+    >>> container.parse_stream(container.build_str() + container.build_mps() + tpl)[2].header.data
+    '{}'
+    """
     return build_unit(NNR_TPL, {"topology_storage_format": storage_format,
                                 "topology_compression_format": compression_format, "data": data})
 
 
 def build_ndu(header_fields: dict, payload: bytes, *, profile: int = 1, parent_signalling: bool = False) -> bytes:
-    """An NDU from flat header fields (spec element names) and its raw payload (spec 7)."""
+    """An NDU from flat header fields (spec element names) and its raw payload (spec 7).
+
+    Parameters
+    ----------
+    header_fields : dict
+        The flat NDU header, as :attr:`Unit.header` of a parsed NDU; needs at
+        least ``nnr_compressed_data_unit_payload_type``.
+    payload : bytes
+        The coded payload, appended as is.
+    profile : int
+        The stream's profile (0 or 1).
+    parent_signalling : bool
+        The MPS's ``mps_parent_signalling_enabled_flag``.
+
+    Returns
+    -------
+    bytes
+        The unit.
+
+    Raises
+    ------
+    nnc.errors.EncodeError
+        If the payload type is missing or a field is invalid.
+
+    Examples
+    --------
+    >>> from nnc import container
+    >>> ndu = container.build_ndu({"nnr_compressed_data_unit_payload_type": container.NNR_PT_RAW_FLOAT,
+    ...                            "topology_elem_id": "w", "tensor_dimensions": [1]}, bytes(4))
+    >>> stream = container.build_str() + container.build_mps() + ndu
+    >>> unit = container.parse_stream(stream)[-1]
+    >>> unit.header.topology_elem_id, unit.header.tensor_dimensions, bytes(unit.payload)
+    ('w', [1], b'\\x00\\x00\\x00\\x00')
+    >>> container.build_ndu({"topology_elem_id": "w"}, b"")
+    Traceback (most recent call last):
+        ...
+    nnc.errors.EncodeError: an NDU header needs nnr_compressed_data_unit_payload_type
+    """
     return build_unit(NNR_NDU, header_fields, payload, profile=profile, parent_signalling=parent_signalling)
+
+
+__all__ = [
+    "iter_units",
+    "parse_stream",
+    "read_unit_size",
+    "Unit",
+    "build_unit",
+    "build_str",
+    "build_mps",
+    "build_tpl",
+    "build_ndu",
+    "codebook_zero_offset",
+    "best_codebook_egk",
+    "NNR_STR",
+    "NNR_MPS",
+    "NNR_LPS",
+    "NNR_TPL",
+    "NNR_QNT",
+    "NNR_NDU",
+    "NNR_AGG",
+    "UNIT_TYPE_NAMES",
+    "UNIT_CLAUSE",
+    "NNR_PT_INT",
+    "NNR_PT_FLOAT",
+    "NNR_PT_RAW_FLOAT",
+    "NNR_PT_BLOCK",
+    "NNR_CPT_DC",
+    "NNR_CPT_LS",
+    "NNR_CPT_BN",
+    "NNR_CPT_BI",
+    "NNR_QSU",
+    "NNR_QCB",
+    "MAX_UE_PREFIX",
+    "MAX_STRING_BYTES",
+    "MAX_DIMENSIONS",
+]
