@@ -11,8 +11,11 @@ r"""The one exception hierarchy of nnc (spec clause 15).
 
 Every error carries, where they apply, the spec clause it relates to (``clause``)
 and the byte offset in the stream (``offset``).  They are part of ``str(error)``.
-:class:`~nnc.errors.DecodeError` and :class:`~nnc.errors.EncodeError` are also :class:`ValueError`\ s, so
-code that catches ``ValueError`` catches them too.
+:class:`~nnc.errors.DecodeError` and :class:`~nnc.errors.EncodeError` are also
+:class:`ValueError`\ s, so code that catches ``ValueError`` catches them too.
+Model files that cannot be read or written raise
+:class:`nnc.formats.FormatError`, also an :class:`~nnc.errors.NNCError` (and a
+``ValueError``).
 
 Examples
 --------
