@@ -74,7 +74,7 @@ html_static_path = ["_static"]
 html_css_files = ["nnc.css"]
 html_theme_options = {
     "description": "DeepCABAC / MPEG NNC codec for neural-network weights",
-    "page_width": "1180px",
+    "page_width": "1240px",
     "sidebar_width": "240px",
     "fixed_sidebar": True,
 }

@@ -103,7 +103,7 @@ class ClauseAnchors(Transform):
 
 
 def _table(headers: list[str], rows: list[list], widths: list[int]) -> nodes.table:
-    table = nodes.table(classes=["nnc-catalogue"])
+    table = nodes.table(classes=["nnc-catalogue", "colwidths-given"])
     group = nodes.tgroup(cols=len(headers))
     table += group
     for w in widths:
@@ -170,9 +170,9 @@ class ConformanceCatalogue(SphinxDirective):
                 rows = [[_literal(e["name"]), e["profile"], e["bytes"], e["purpose"],
                          _literal(e.get("expected_error", "")),
                          _clause_ref(e["clause"]) if e.get("clause") else ""] for e in entries]
-                widths = [18, 6, 6, 40, 16, 6]
+                widths = [22, 7, 6, 42, 16, 8]
             else:
-                headers = ["stream", "profile", "bytes", "purpose", "features", "tensors", "output_sha256",
+                headers = ["stream", "profile", "bytes", "purpose", "features", "expected output",
                            "NNCodec 2.1.3"]
                 rows = []
                 for e in entries:
@@ -182,10 +182,14 @@ class ConformanceCatalogue(SphinxDirective):
                     sheet = json.loads((CONFORMANCE / e["sheet"]).read_text(encoding="utf-8"))
                     cross = str(sheet.get("cross_checked_with_nncodec_2_1_3", "—"))
                     expected = e.get("expected", {})
+                    n = len(expected.get("tensors", []))
+                    digest = expected.get("output_sha256", "")[:16] + "…"
+                    cell = nodes.inline()
+                    cell += nodes.Text(f"{n} tensor{'s' if n != 1 else ''}, ")
+                    cell += _literal(digest)
                     rows.append([_literal(e["name"]), e["profile"], e["bytes"], purpose,
-                                 ", ".join(e.get("features", [])), len(expected.get("tensors", [])),
-                                 _literal(expected.get("output_sha256", "")[:16] + "…"), cross])
-                widths = [18, 5, 5, 30, 22, 5, 14, 18]
+                                 ", ".join(e.get("features", [])), cell, cross])
+                widths = [19, 7, 6, 23, 20, 13, 12]
             section += _table(headers, rows, widths)
             self.state.document.note_explicit_target(section, section)
             out.append(section)
