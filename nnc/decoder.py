@@ -13,9 +13,9 @@ resources are bounded by :class:`~nnc.decoder.Limits` (spec 15).
 Examples
 --------
 >>> import nnc
-    >>> stream = nnc.encode({"w": [[0.0, 0.5, -0.25], [1.0, 0.0, 0.0]]}, qp=-8, dq=False)
-    >>> nnc.decode(stream)["w"].tolist()
-    [[0.0, 0.5, -0.25], [1.0, 0.0, 0.0]]
+>>> stream = nnc.encode({"w": [[0.0, 0.5, -0.25], [1.0, 0.0, 0.0]]}, qp=-8, dq=False)
+>>> nnc.decode(stream)["w"].tolist()
+[[0.0, 0.5, -0.25], [1.0, 0.0, 0.0]]
 """
 
 from __future__ import annotations
