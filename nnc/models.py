@@ -10,13 +10,13 @@ topology unit.  Both functions are also at the top level, as
 Examples
 --------
 >>> import nnc, numpy as np, tempfile, os
-    >>> d = tempfile.mkdtemp()
-    >>> src = os.path.join(d, "m.npz")
-    >>> np.savez(src, w=np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4), n=np.int64(7))
-    >>> stream = nnc.encode_model(src, qp=-20)
-    >>> tensors = nnc.decode_model(stream)
-    >>> sorted(tensors), tensors["n"].dtype.name, tensors["n"].shape
-    (['n', 'w'], 'int64', ())
+>>> d = tempfile.mkdtemp()
+>>> src = os.path.join(d, "m.npz")
+>>> np.savez(src, w=np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4), n=np.int64(7))
+>>> stream = nnc.encode_model(src, qp=-20)
+>>> tensors = nnc.decode_model(stream)
+>>> sorted(tensors), tensors["n"].dtype.name, tensors["n"].shape
+(['n', 'w'], 'int64', ())
 """
 
 from __future__ import annotations
