@@ -1,6 +1,6 @@
 """Rate-distortion curves: bits per weight against weight SNR, nnc and NNCodec in one run.
 
-    python benchmarks/bench_rd.py [--datasets digits,minilm] [--out benchmarks/results]
+    python benchmarks/bench_rd.py [--datasets digits,minilm] [--qps=START:STOP:STEP] [--out benchmarks/results]
 
 Methods (all with the same per-run qp sweep; biases and other 1-D tensors use qp - 8 in
 both coders):
@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -108,7 +109,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", default="digits")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    ap.add_argument("--qps", help="qp sweep as START:STOP:STEP, given as --qps=START:STOP:STEP (default %d:%d:%d)" % (QPS[0], QPS[-1] + 1, QPS[1] - QPS[0]))
     args = ap.parse_args(argv)
+    qps = list(range(*map(int, args.qps.split(":")))) if args.qps else QPS
     from oracle import NNCodecOracle
 
     oracle = NNCodecOracle() if NNCodecOracle.available() else None
@@ -122,16 +125,18 @@ def main(argv=None):
         methods = ["nnc-urq", "nnc-rdoq", "nnc-dq", "nnc-dq-rdoq", "nnc-dq-flat"] + (["nncodec-urq", "nncodec-dq", "nncodec-rdoq", "nncodec-dq-default"] if oracle else [])
         curves = {m: [] for m in methods}
         rows = []
-        for qp in QPS:
+        for qp in qps:
             for m in methods:
+                t0 = time.perf_counter()
                 size, snr = (nnc_point(tensors, qp, m) if m.startswith("nnc-")
                              else nncodec_point(oracle, tensors, qp, m))
+                seconds = time.perf_counter() - t0
                 curves[m].append((8 * size / n, snr))
                 rows.append((m, qp, size, 8 * size / n, snr))
-                print(f"{dataset} {m:13} qp {qp:4} {8 * size / n:7.3f} bits/w  SNR {snr:6.2f} dB", flush=True)
+                print(f"{dataset} {m:13} qp {qp:4} {8 * size / n:7.3f} bits/w  SNR {snr:6.2f} dB  {seconds:6.1f} s", flush=True)
         summaries = {ref: compare(curves, ref) for ref in ("nncodec-dq", "nncodec-dq-default")}
         lines = [f"# Rate-distortion, {dataset} ({n} weights)", "",
-                 f"Command: `python benchmarks/bench_rd.py --datasets {dataset}`", "",
+                 f"Command: `python benchmarks/bench_rd.py --datasets {dataset}" + (f" --qps={args.qps}`" if args.qps else "`"), "",
                  "| method | qp | bytes | bits/weight | SNR dB |", "|---|---:|---:|---:|---:|"]
         lines += [f"| {m} | {qp} | {size} | {bpw:.3f} | {snr:.2f} |" for m, qp, size, bpw, snr in rows]
         for ref, summary in summaries.items():
