@@ -91,10 +91,10 @@ class EncodeResult:
     """
 
     stream: bytes
-    tensors: "OrderedDict[str, EncodedTensor]" = field(default_factory=OrderedDict)
+    tensors: OrderedDict[str, EncodedTensor] = field(default_factory=OrderedDict)
 
     @property
-    def reconstruction(self) -> "OrderedDict[str, np.ndarray]":
+    def reconstruction(self) -> OrderedDict[str, np.ndarray]:
         """{name: reconstructed array}: what any conforming decoder returns for the stream."""
         return OrderedDict((k, v.reconstruction) for k, v in self.tensors.items())
 
