@@ -331,8 +331,9 @@ def read_safetensors(path) -> tuple["OrderedDict[str, np.ndarray]", dict]:
     Raises
     ------
     nnc.formats.FormatError
-        If the file is too short, its header runs past its end or is not
-        JSON, a tensor lies outside the file, or a dtype is not supported.
+        If the file is too short, its header runs past its end, is not a
+        JSON object or lacks a tensor's fields, a tensor lies outside the file
+        or does not fit its shape, or a dtype is not supported.
 
     Examples
     --------
@@ -357,12 +358,24 @@ def read_safetensors(path) -> tuple["OrderedDict[str, np.ndarray]", dict]:
     except ValueError:
         raise FormatError(f"{path}: safetensors header is not JSON") from None
     body = memoryview(data)[8 + hlen:]
+    try:
+        return _safetensors_tensors(path, header, body)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        # a header entry without its fields, of the wrong types, or a shape that does not fit its bytes
+        raise FormatError(f"{path}: malformed safetensors header ({type(exc).__name__}: {exc})") from None
+
+
+def _safetensors_tensors(path, header, body):
+    if not isinstance(header, dict):
+        raise FormatError(f"{path}: safetensors header is not a JSON object")
     items = [(k, v) for k, v in header.items() if k != "__metadata__"]
     items.sort(key=lambda kv: kv[1]["data_offsets"][0])
     out, dtypes = OrderedDict(), {}
     for name, info in items:
         start, end = info["data_offsets"]
-        shape = tuple(info["shape"])
+        if not (isinstance(start, int) and isinstance(end, int)):
+            raise FormatError(f"{path}: tensor {name!r} has non-integer data offsets")
+        shape = tuple(int(d) for d in info["shape"])
         if not 0 <= start <= end <= len(body):
             raise FormatError(f"{path}: tensor {name!r} lies outside the file")
         st = info["dtype"]
@@ -452,7 +465,7 @@ def read_npz(path):
     Raises
     ------
     nnc.formats.FormatError
-        If numpy refuses the archive (e.g. it holds pickled objects).
+        If the archive is damaged or numpy refuses it (e.g. it holds pickled objects).
 
     Examples
     --------
@@ -463,11 +476,16 @@ def read_npz(path):
     >>> read_npz(path)[1]
     {'w': 'float32', 'n': 'int64'}
     """
+    import zipfile
+    import zlib
+
     try:
         with np.load(path, allow_pickle=False) as z:
+            if not hasattr(z, "files"):
+                raise FormatError(f"{path}: a single .npy array, not an .npz archive")
             out = OrderedDict((k, z[k]) for k in z.files)
-    except ValueError as exc:
-        raise FormatError(f"{path}: {exc}") from None
+    except (ValueError, zipfile.BadZipFile, EOFError, KeyError, zlib.error, NotImplementedError) as exc:
+        raise FormatError(f"{path}: not a readable .npz archive ({type(exc).__name__}: {exc})") from None
     return out, {k: v.dtype.name for k, v in out.items()}
 
 

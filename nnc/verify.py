@@ -423,7 +423,8 @@ def format_table(results: list[Result]) -> str:
     Returns
     -------
     str
-        One line per result between rules, then ``"N passed, M failed"``.
+        One line per result between rules, then ``"N passed, M failed"`` (and
+        ``", K skipped"`` for streams the decoder under test does not handle).
 
     Examples
     --------
@@ -432,14 +433,21 @@ def format_table(results: list[Result]) -> str:
     ...                       Result("b", "profile-0", False, "values differ", 0.002)])
     >>> print(table.splitlines()[-1])
     1 passed, 1 failed
+    >>> print(format_table([Result("c", "profile-1", True, "skipped: no DQ", 0.0)]).splitlines()[-1])
+    0 passed, 0 failed, 1 skipped
     """
     width = max([len(r.name) for r in results] + [6])
     lines = [f"{'stream':<{width}}  {'group':<9}  {'result':<6}  {'ms':>8}  detail",
              "-" * (width + 45)]
+    def skipped(r):
+        return r.passed and r.detail.startswith("skipped")
+
     for r in results:
-        lines.append(f"{r.name:<{width}}  {r.group:<9}  {'PASS' if r.passed else 'FAIL':<6}  "
-                     f"{1000 * r.seconds:>8.1f}  {r.detail}")
-    passed = sum(r.passed for r in results)
+        verdict = "SKIP" if skipped(r) else "PASS" if r.passed else "FAIL"
+        lines.append(f"{r.name:<{width}}  {r.group:<9}  {verdict:<6}  {1000 * r.seconds:>8.1f}  {r.detail}")
+    n_skipped = sum(skipped(r) for r in results)
+    passed = sum(r.passed for r in results) - n_skipped
     lines.append("-" * (width + 45))
-    lines.append(f"{passed} passed, {len(results) - passed} failed")
+    lines.append(f"{passed} passed, {len(results) - passed - n_skipped} failed"
+                 + (f", {n_skipped} skipped" if n_skipped else ""))
     return "\n".join(lines)

@@ -128,3 +128,45 @@ def test_encode_model_and_decode_model_mirror_the_cli(tmp_path):
     back, dtypes = formats.read_model(out)
     assert list(back) == ["w", "h", "n"] and dtypes == {"w": "float32", "h": "float16", "n": "int64"}
     assert back["n"].shape == () and tensors["n"].shape == ()
+
+
+# -- damaged model files: only FormatError (an NNCError), never another exception ----------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from nnc.errors import NNCError  # noqa: E402
+from nnc.formats import FormatError, npz_bytes, read_model, safetensors_bytes  # noqa: E402
+
+_SAMPLE = {"w": np.arange(12, dtype=np.float32).reshape(3, 4), "b": np.ones(3, np.float16), "n": np.int64(7)}
+
+
+@pytest.mark.parametrize("make, suffix", [(safetensors_bytes, ".safetensors"), (npz_bytes, ".npz")])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_damaged_files_raise_format_errors_only(tmp_path, make, suffix, data):
+    blob = bytearray(make(_SAMPLE))
+    for _ in range(data.draw(st.integers(1, 4))):
+        i = data.draw(st.integers(0, len(blob) - 1))
+        blob[i] = data.draw(st.integers(0, 255))
+    if data.draw(st.booleans()):
+        blob = blob[:data.draw(st.integers(0, len(blob)))]
+    path = tmp_path / f"damaged{suffix}"
+    path.write_bytes(bytes(blob))
+    try:
+        tensors, _ = read_model(path)
+    except NNCError:
+        return
+    assert all(isinstance(v, np.ndarray) for v in tensors.values())
+
+
+@pytest.mark.parametrize("header", [b"[]", b'{"w": {}}', b'{"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}',
+                                    b'{"w": {"dtype": "F32", "shape": "x", "data_offsets": [0, 4]}}',
+                                    b'{"w": {"dtype": "F32", "shape": [1], "data_offsets": ["a", 4]}}'])
+def test_malformed_safetensors_headers(tmp_path, header):
+    import struct
+
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + bytes(16))
+    with pytest.raises(FormatError):
+        read_model(path, "safetensors")
