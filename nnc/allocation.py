@@ -26,6 +26,9 @@ def _tensor_curve(enc: Encoder, name: str, x: np.ndarray, qps, importance) -> li
     scan = enc.scan_order if len(shape) > 1 and height > 1 and width > 1 else 0
     flat = x.reshape(-1).astype(np.float64)
     f = np.ones_like(flat) if importance is None else np.asarray(importance, np.float64).reshape(-1)
+    if f.size != flat.size or not np.all(f >= 0):
+        raise EncodeError(f"tensor {name!r}: importance needs one non-negative value per element "
+                          f"({flat.size}), not {f.size}")
     curve = []
     for qp in qps:
         step = float(step_size(qp, enc.qp_density))

@@ -23,7 +23,8 @@ EPILOGS = {
   nnc encode model.safetensors -o model.nnr --qp -38 --dq
   nnc encode model.pt -o model.nnr --step 0.002 --scan-order 2
   nnc encode model.npz -o model.nnr --qp -32 --tensor-qp 'head.*=-40' --raw '*.num_batches_tracked'
-  nnc encode model.safetensors -o model.nnr --rdoq 0.2
+  nnc encode model.safetensors -o model.nnr --rdoq --lambda 0.2
+  nnc encode model.safetensors -o model.nnr --target-snr 30 --importance fisher.safetensors
   nnc encode mlp.safetensors -o mlp.nnr --search nnc.demo:mlp_accuracy --tolerance 0.005 --time-budget 60
 
 --search MODULE:FUNCTION (or path/to/file.py:FUNCTION) names a function that takes the
@@ -113,17 +114,28 @@ def cmd_encode(args) -> int:
         qp=args.qp, step=args.step, dq=args.dq, scan_order=args.scan_order, n_gtx=args.n_gtx,
         qp_density=args.qp_density, qp_per_tensor=_parse_assignments(args.tensor_qp, "--tensor-qp"),
         raw=args.raw or (), lossless_int=args.lossless_int, blocks=args.blocks, profile=args.profile,
-        param_opt=not args.no_param_opt, row_skip=args.row_skip, rdoq_lambda=args.rdoq or 0.0,
-        dcv1_s=args.dcv1_s,
+        param_opt=not args.no_param_opt, row_skip=args.row_skip,
+        rdoq_lambda=args.lam if args.lam is not None else (args.rdoq or 0.0), dcv1_s=args.dcv1_s,
     )
     if args.sigmas:
         options["sigmas"], _ = formats.read_model(args.sigmas)
+    if args.importance:
+        options["importance"], _ = formats.read_model(args.importance)
     if args.nonweight_qp is not None:
         options["nonweight_qp"] = args.nonweight_qp
     if args.qp is None and args.step is None:
         options.pop("step")
     if args.search:
         return _encode_search(args, tensors, options)
+    allocated = None
+    if args.target_snr is not None:
+        from .allocation import allocate_qps
+
+        d = args.qp_density
+        fixed = {k: v for k, v in options.items() if k not in ("qp", "step", "qp_per_tensor", "importance", "sigmas")}
+        allocated = allocate_qps(tensors, target_snr_db=args.target_snr, importance=options.get("importance"),
+                                 qp_range=range(-15 << d, -(3 << d) + 1), **fixed)
+        options["qp_per_tensor"] = dict(allocated, **options["qp_per_tensor"])   # explicit --tensor-qp wins
     t0 = time.perf_counter()
     progress = Progress(sum(int(np.asarray(v).size) for v in tensors.values()), "encoding", args.quiet)
     try:
@@ -138,6 +150,8 @@ def cmd_encode(args) -> int:
     summary = dict(input=str(args.model), output=out, tensors=len(tensors), weights=n, bytes=len(result.stream),
                    input_bytes=orig, bits_per_weight=8 * len(result.stream) / max(n, 1),
                    ratio_fp32=4 * n / max(len(result.stream), 1), seconds=elapsed)
+    if allocated is not None:
+        summary["allocated_qps"] = allocated
     if args.json:
         print(json.dumps(summary, indent=2))
     elif not args.quiet:
@@ -497,6 +511,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rdoq", type=float, metavar="LAMBDA", nargs="?", const=0.1,
                    help="rate-distortion quantisation with this lambda (squared steps per bit; 0.1 if "
                         "omitted, chosen by benchmarks/bench_rd.py), with or without DQ")
+    p.add_argument("--lambda", dest="lam", type=float, metavar="LAMBDA",
+                   help="the lambda of rate-distortion quantisation (implies --rdoq)")
+    p.add_argument("--importance", metavar="FILE",
+                   help="a model file of per-weight importances F (same names and shapes), weighting the "
+                        "squared error of --rdoq and of --target-snr (e.g. an empirical Fisher diagonal)")
+    p.add_argument("--target-snr", type=float, metavar="DB",
+                   help="bit allocation: per-tensor qps with the fewest estimated bits for this total weight "
+                        "SNR (importance-weighted with --importance); --tensor-qp still wins")
     p.add_argument("--sigmas", metavar="FILE",
                    help="DC-v1: a model file of per-weight standard deviations (same names); sets each "
                         "tensor's step by eq. 12 and, with --rdoq, the importance 1/sigma^2")

@@ -322,6 +322,10 @@ class Encoder:
                   scan_order: int) -> np.ndarray:
         """Integers n for values x (spec A.1, A.2, A.9)."""
         scaled = x.reshape(-1) / float(step)
+        f = self.importance.get(name)
+        if f is not None and (f.size != scaled.size or not np.all(f >= 0)):
+            raise EncodeError(f"tensor {name!r}: importance needs one non-negative value per element "
+                              f"({scaled.size}), not {f.size}")
         if scaled.size and np.abs(scaled).max() >= INT32_MAX - 2:
             raise EncodeError(
                 f"tensor {name!r}: values up to {np.abs(x).max():.4g} overflow int32 levels at step "

@@ -172,3 +172,37 @@ def test_encode_search_bad_function_is_a_usage_error(model, tmp_path, spec):
     assert r.returncode == 2
     assert "--search" in r.stderr or "no function" in r.stderr
     assert not (tmp_path / "x.nnr").exists()
+
+
+def test_encode_lambda_importance_and_target_snr(model, tmp_path):
+    path, tensors = model
+    base = tmp_path / "base.nnr"
+    assert run("encode", path, "-o", base, "--qp", "-20", "--no-dq").returncode == 0
+    lam = tmp_path / "lam.nnr"
+    r = run("encode", path, "-o", lam, "--qp", "-20", "--no-dq", "--rdoq", "--lambda", "2.0")
+    assert r.returncode == 0, r.stderr
+    assert lam.stat().st_size < base.stat().st_size            # a large lambda drops levels
+    fisher = tmp_path / "fisher.safetensors"
+    fisher.write_bytes(safetensors_bytes({k: np.ones_like(v) for k, v in tensors.items() if v.dtype.kind == "f"}))
+    out = tmp_path / "alloc.nnr"
+    r = run("encode", path, "-o", out, "--target-snr", "25", "--importance", fisher, "--json")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert set(summary["allocated_qps"]) == {"fc.weight", "fc.bias"}
+    import nnc
+
+    dec = nnc.decode(out.read_bytes())
+    energy = sum(float((tensors[k].astype(np.float64) ** 2).sum()) for k in ("fc.weight", "fc.bias"))
+    err = sum(float(((tensors[k].astype(np.float64) - dec[k]) ** 2).sum()) for k in ("fc.weight", "fc.bias"))
+    assert 10 * np.log10(energy / err) >= 24.9
+
+
+def test_encode_importance_of_the_wrong_size_is_an_input_error(model, tmp_path):
+    path, tensors = model
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(safetensors_bytes({"fc.weight": np.ones(5, np.float32)}))
+    for extra in (["--rdoq"], ["--target-snr", "20"]):
+        r = run("encode", path, "-o", tmp_path / "x.nnr", "--importance", bad, *extra)
+        assert r.returncode == 1, r.stderr
+        assert "importance" in r.stderr and "Traceback" not in r.stderr
+        assert not (tmp_path / "x.nnr").exists()
