@@ -99,9 +99,12 @@ def main(argv=None):
                 if acc >= res.reference_score - args.tolerance and (theirs is None or len(stream) < theirs[0]):
                     theirs = (len(stream), acc, qp)
         ratio = f"{100 * (best.bytes / theirs[0] - 1):+.1f} %" if theirs else "-"
-        setting = ", ".join(f"{k}={v}" for k, v in best.settings.items() if k != "qp_per_tensor")
+        per = ("qp_per_tensor", "lambda_per_tensor")
+        setting = ", ".join(f"{k}={v}" for k, v in best.settings.items() if k not in per)
         if "qp_per_tensor" in best.settings:
-            setting += ", per-tensor qps " + " ".join(f"{k}:{v}" for k, v in best.settings["qp_per_tensor"].items())
+            lams = best.settings.get("lambda_per_tensor", {})
+            setting += "; per tensor qp/λ: " + ", ".join(
+                f"{k} {q}/{lams.get(k, 0):g}" for k, q in best.settings["qp_per_tensor"].items())
         lines.append(f"| {kind} | {100 * res.reference_score:.2f} | {best.bytes} | {100 * best.score:.2f} | {setting} | "
                      f"{theirs[0] if theirs else '-'} | {100 * theirs[1] if theirs else 0:.2f} | "
                      f"{theirs[2] if theirs else '-'} | {ratio} |")

@@ -202,6 +202,8 @@ class Encoder:
         (spec A.9); with ``dq=True`` the trellis minimises the same cost along its paths
         (spec A.14). λ is in squared step sizes per bit, so it does not depend on Δ;
         0.1 is a good start (``benchmarks/bench_rd.py``).
+    lambda_per_tensor : mapping of str to float, optional
+        {name or glob pattern: λ} overriding ``rdoq_lambda`` for matching tensors.
     importance : mapping of str to numpy.ndarray, optional
         Per-weight importance F for the rate-distortion choice (e.g. from
         :func:`nnc.allocation.empirical_fisher`).
@@ -255,6 +257,7 @@ class Encoder:
         codebook=False,
         output_formats: Mapping[str, int] | None = None,
         rdoq_lambda: float = 0.0,
+        lambda_per_tensor: Mapping[str, float] | None = None,
         importance: Mapping[str, np.ndarray] | None = None,
         sigmas: Mapping[str, np.ndarray] | None = None,
         dcv1_s: int = 64,
@@ -292,6 +295,9 @@ class Encoder:
         if rdoq_lambda < 0:
             raise EncodeError("rdoq_lambda must be >= 0")
         self.rdoq_lambda = float(rdoq_lambda)
+        self.lambda_per_tensor = {k: float(v) for k, v in (lambda_per_tensor or {}).items()}
+        if any(not (v >= 0 and math.isfinite(v)) for v in self.lambda_per_tensor.values()):
+            raise EncodeError("lambda_per_tensor values must be finite and >= 0")
         self.importance = {k: np.asarray(v, np.float64) for k, v in (importance or {}).items()}
         self.sigmas = {k: np.asarray(v, np.float64) for k, v in (sigmas or {}).items()}
         for k, v in self.sigmas.items():
@@ -318,6 +324,19 @@ class Encoder:
             return int(self.nonweight_qp)
         return self.qp
 
+    def tensor_lambda(self, name: str) -> float:
+        """The rate-distortion λ of this tensor (``lambda_per_tensor``, else ``rdoq_lambda``).
+
+        Examples
+        --------
+        >>> Encoder(rdoq_lambda=0.1, lambda_per_tensor={"fc1.*": 0.4}).tensor_lambda("fc1.weight")
+        0.4
+        """
+        for pattern, value in self.lambda_per_tensor.items():
+            if pattern == name or fnmatch.fnmatchcase(name, pattern):
+                return value
+        return self.rdoq_lambda
+
     def _quantise(self, name: str, x: np.ndarray, step: float, dq: bool, height: int, width: int,
                   scan_order: int) -> np.ndarray:
         """Integers n for values x (spec A.1, A.2, A.9)."""
@@ -331,19 +350,20 @@ class Encoder:
                 f"tensor {name!r}: values up to {np.abs(x).max():.4g} overflow int32 levels at step "
                 f"{step:.4g}; use a larger qp"
             )
-        if dq and self.rdoq_lambda:
+        lam = self.tensor_lambda(name)
+        if dq and lam:
             from ._engine import dq_rdoq_levels
 
             order_free = np.ascontiguousarray(scaled)
-            return dq_rdoq_levels(order_free, height, width, lam=self.rdoq_lambda, n_gtx=self.n_gtx,
+            return dq_rdoq_levels(order_free, height, width, lam=lam, n_gtx=self.n_gtx,
                                   scan_order=scan_order, edition=self.edition,
                                   importance=self.importance.get(name))
-        if not dq and self.rdoq_lambda:
+        if not dq and lam:
             importance = self.importance.get(name)
             if name in self.sigmas:
                 # DC-v1: F = 1 / sigma^2, in squared step sizes (x is w / step)
                 importance = (float(step) / np.maximum(self.sigmas[name].reshape(-1), 1e-30)) ** 2
-            return self.engine.rdoq_levels(np.ascontiguousarray(scaled), height, width, lam=self.rdoq_lambda,
+            return self.engine.rdoq_levels(np.ascontiguousarray(scaled), height, width, lam=lam,
                                            n_gtx=self.n_gtx, scan_order=scan_order, edition=self.edition,
                                            importance=importance)
         if not dq:

@@ -8,13 +8,14 @@ within ``tolerance`` of the original model's, in three stages:
 2. **rate-distortion sweep** — (qp, λ) pairs of the rate-distortion quantiser (spec A.9)
    at and around that qp;
 3. **per-tensor refinement** (``per_tensor=True``, the default) — starting from each of
-   the ``bases`` smallest streams so far, every tensor's qp (1-D tensors included) is
-   raised in steps of 16, 8, 4, 2 and 1 on a qp scale one density finer (the last step is
-   an eighth of an octave with the default density). Each round tries one step on every
-   tensor still in play and keeps the one that saves the most bytes per point of score
-   lost; a tensor whose step fails the tolerance leaves that step size. This is bit
-   allocation driven by the score itself: a single global qp spends bits on tensors that
-   do not need them (biases coded near-losslessly by default, say).
+   the ``bases`` smallest streams so far, on a qp scale one density finer (the smallest
+   step is an eighth of an octave with the default density), each round tries two moves
+   per tensor (1-D tensors included): its qp raised by the current step (16, 8, 4, 2,
+   then 1), or its rate-distortion λ raised to the next value of :data:`LAMBDA_LADDER`.
+   It keeps the move that saves the most bytes per point of score lost; a move that
+   breaks the tolerance is dropped for the current step. This is bit allocation driven
+   by the score itself: a single global qp spends bits on tensors that do not need them
+   (biases coded near-losslessly by default, say).
 
 Candidates run in worker processes when ``workers`` > 1 (``evaluate`` must then be
 picklable, e.g. a module-level function); ``time_budget`` (seconds) ends the search with
@@ -37,6 +38,8 @@ from .errors import EncodeError
 
 #: step sizes of the per-tensor refinement, in qp units
 REFINE_STEPS = (16, 8, 4, 2, 1)
+#: rate-distortion λ values a tensor can move through in the per-tensor refinement
+LAMBDA_LADDER = (0.0, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2)
 
 
 @dataclass
@@ -250,26 +253,51 @@ def _refine(tensors, base: Candidate, floor, tolerance, run, out_of_time, max_qp
 
 
 def _raise(qps, current, settings, floats, floor, slack, run, out_of_time, max_qp):
-    """Raise single tensors' qps while the score holds, best bytes saved per score lost first."""
+    """Coarsen single tensors while the score holds, best bytes saved per score lost first.
+
+    A move raises one tensor's qp by the current step, or its rate-distortion λ to the next
+    value of ``LAMBDA_LADDER`` (cheaper than a coarser step at low rates).
+    """
     qps = dict(qps)
+    base_lambda = float(settings.get("rdoq_lambda", 0.0))
+    lams = {k: base_lambda for k in floats}
+    settings = {k: v for k, v in settings.items() if k != "rdoq_lambda"}
+
+    def next_lambda(k):
+        return next((x for x in LAMBDA_LADDER if x > lams[k]), None)
+
+    def trial(kind, k):
+        q, lam = dict(qps), dict(lams)
+        if kind == "qp":
+            q[k] += step
+        else:
+            lam[k] = next_lambda(k)
+        return dict(settings, qp_per_tensor=q, lambda_per_tensor=lam)
+
     for step in REFINE_STEPS:
-        active = [k for k in floats if qps[k] + step <= max_qp]
-        while active and not out_of_time():
-            results = run([dict(settings, qp_per_tensor=dict(qps, **{k: qps[k] + step})) for k in active])
-            good, failed = [], set()
-            for k, c in zip(active, results):
+        failed = set()
+        while not out_of_time():
+            moves = [(kind, k) for k in floats for kind in ("qp", "lambda") if (kind, k) not in failed
+                     and (qps[k] + step <= max_qp if kind == "qp" else next_lambda(k) is not None)]
+            if not moves:
+                break
+            results = run([trial(kind, k) for kind, k in moves])
+            good = []
+            for move, c in zip(moves, results):
                 if c.score >= floor and c.bytes < current.bytes:
                     drop = max(current.score - c.score, 0.0)
-                    good.append(((current.bytes - c.bytes) / (drop + slack), k, c))
+                    good.append(((current.bytes - c.bytes) / (drop + slack), move, c))
                 else:
-                    failed.add(k)
+                    failed.add(move)
             if not good:
                 break
-            _, k, c = max(good, key=lambda g: g[0])
-            qps[k] += step
+            _, (kind, k), c = max(good, key=lambda g: g[0])
+            if kind == "qp":
+                qps[k] += step
+            else:
+                lams[k] = next_lambda(k)
             current = c
-            active = [a for a in active if a not in failed and qps[a] + step <= max_qp]
     return qps, current
 
 
-__all__ = ["search", "SearchResult", "Candidate", "REFINE_STEPS"]
+__all__ = ["search", "SearchResult", "Candidate", "REFINE_STEPS", "LAMBDA_LADDER"]

@@ -124,3 +124,18 @@ def test_distortion_only_trellis_is_optimal(x):
 
     n = dq_trellis(np.ascontiguousarray(x))
     assert abs(float(((x - n) ** 2).sum()) - best(0, 0)) < 1e-9
+
+
+def test_lambda_per_tensor_overrides_the_global_lambda():
+    from nnc.encoder import Encoder
+
+    rng = np.random.default_rng(3)
+    t = {"a.weight": rng.laplace(0, 0.05, (40, 50)), "b.weight": rng.laplace(0, 0.05, (30, 20))}
+    for dq in (False, True):
+        mixed = Encoder(qp=-28, dq=dq, rdoq_lambda=0.1, lambda_per_tensor={"a.*": 0.8}).encode(t)
+        only_a = Encoder(qp=-28, dq=dq, rdoq_lambda=0.8).encode({"a.weight": t["a.weight"]})
+        only_b = Encoder(qp=-28, dq=dq, rdoq_lambda=0.1).encode({"b.weight": t["b.weight"]})
+        assert np.array_equal(mixed.tensors["a.weight"].levels, only_a.tensors["a.weight"].levels)
+        assert np.array_equal(mixed.tensors["b.weight"].levels, only_b.tensors["b.weight"].levels)
+    with pytest.raises(nnc.EncodeError):
+        Encoder(lambda_per_tensor={"a": -1.0})
