@@ -92,13 +92,16 @@ def _usage_error(message: str):
     raise SystemExit(EXIT_USAGE)
 
 
-def _parse_assignments(items, what) -> dict:
+def _parse_assignments(items, what, kind=int) -> dict:
     out = {}
     for item in items or []:
         if "=" not in item:
             _usage_error(f"{what} must look like PATTERN=VALUE, not {item!r}")
         k, v = item.rsplit("=", 1)
-        out[k] = int(v)
+        try:
+            out[k] = kind(v)
+        except ValueError:
+            _usage_error(f"{what}: {v!r} is not a{'n integer' if kind is int else ' number'}")
     return out
 
 
@@ -115,6 +118,7 @@ def cmd_encode(args) -> int:
         qp_density=args.qp_density, qp_per_tensor=_parse_assignments(args.tensor_qp, "--tensor-qp"),
         raw=args.raw or (), lossless_int=args.lossless_int, blocks=args.blocks, profile=args.profile,
         param_opt=not args.no_param_opt, row_skip=args.row_skip,
+        lambda_per_tensor=_parse_assignments(args.tensor_lambda, "--tensor-lambda", float),
         rdoq_lambda=args.lam if args.lam is not None else (args.rdoq or 0.0), dcv1_s=args.dcv1_s,
     )
     if args.sigmas:
@@ -211,7 +215,8 @@ def _encode_search(args, tensors, options) -> int:
     from .search import search
 
     evaluate = load_callable(args.search)
-    for fixed in ("qp", "step", "dq", "rdoq_lambda", "qp_per_tensor", "qp_density", "sigmas", "dcv1_s"):
+    for fixed in ("qp", "step", "dq", "rdoq_lambda", "qp_per_tensor", "lambda_per_tensor", "qp_density", "sigmas",
+                  "dcv1_s"):
         options.pop(fixed, None)
     t0 = time.perf_counter()
     d = args.qp_density
@@ -513,6 +518,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "omitted, chosen by benchmarks/bench_rd.py), with or without DQ")
     p.add_argument("--lambda", dest="lam", type=float, metavar="LAMBDA",
                    help="the lambda of rate-distortion quantisation (implies --rdoq)")
+    p.add_argument("--tensor-lambda", action="append", metavar="PATTERN=LAMBDA",
+                   help="per-tensor rate-distortion lambda by name or glob")
     p.add_argument("--importance", metavar="FILE",
                    help="a model file of per-weight importances F (same names and shapes), weighting the "
                         "squared error of --rdoq and of --target-snr (e.g. an empirical Fisher diagonal)")

@@ -206,3 +206,15 @@ def test_encode_importance_of_the_wrong_size_is_an_input_error(model, tmp_path):
         assert r.returncode == 1, r.stderr
         assert "importance" in r.stderr and "Traceback" not in r.stderr
         assert not (tmp_path / "x.nnr").exists()
+
+
+def test_tensor_lambda_and_bad_assignments(model, tmp_path):
+    path, _ = model
+    plain, lam = tmp_path / "p.nnr", tmp_path / "l.nnr"
+    assert run("encode", path, "-o", plain, "--qp", "-20", "--no-dq").returncode == 0
+    r = run("encode", path, "-o", lam, "--qp", "-20", "--no-dq", "--tensor-lambda", "fc.*=3")
+    assert r.returncode == 0, r.stderr
+    assert lam.stat().st_size < plain.stat().st_size
+    for bad in (["--tensor-lambda", "fc.*=x"], ["--tensor-qp", "fc.*=1.5"], ["--tensor-qp", "nolabel"]):
+        r = run("encode", path, "-o", tmp_path / "x.nnr", *bad)
+        assert r.returncode == 2 and "Traceback" not in r.stderr
