@@ -293,8 +293,9 @@ def stream_info(path) -> dict:
     Returns
     -------
     dict
-        ``bytes``, ``profile``, ``units`` (type, offset, size), ``tensors`` (name, shape,
-        dtype, qp, step, bits per weight...), ``weights``, ``bits_per_weight``, ``ratio_fp32``.
+        ``bytes``, ``profile``, ``units`` (index, type, offset, size), ``tensors`` (name,
+        shape, dtype, qp, step, ``unit_index`` into ``units``, ``ndu_index`` among the NDUs,
+        bits per weight...), ``weights``, ``bits_per_weight``, ``ratio_fp32``.
 
     Raises
     ------
@@ -307,12 +308,16 @@ def stream_info(path) -> dict:
     >>> info = stream_info(nnc.encode({"w": np.zeros((4, 4), np.float32)}))
     >>> info["profile"], [t["name"] for t in info["tensors"]], info["weights"]
     (1, ['w'], 16)
+    >>> t = info["tensors"][0]
+    >>> info["units"][t["unit_index"]]["type"], t["ndu_index"]
+    ('NNR_NDU', 0)
     """
     from .decoder import Decoder
 
     dec = Decoder(path)
     dec.decode()  # fills qp and step of every tensor
     units = [dict(index=i, type=u.type_name, offset=u.offset, size=u.size) for i, u in enumerate(dec.units)]
+    unit_at = {u.offset: i for i, u in enumerate(dec.units)}
     tensors = []
     for t in dec.tensors():
         unit_bytes = t.unit_size
@@ -320,7 +325,8 @@ def stream_info(path) -> dict:
         tensors.append(dict(
             name=t.name, shape=list(t.shape), dtype=t.dtype, payload_type=t.payload_type, qp=t.qp, step=t.step,
             dq=t.dq, scan_order=t.scan_order, n_gtx=t.n_gtx, codebook_size=len(t.codebook) if t.codebook else None,
-            row_skip=t.row_skip, unit_index=t.unit_index, unit_bytes=unit_bytes, block=list(t.block),
+            row_skip=t.row_skip, unit_index=unit_at.get(t.unit_offset), ndu_index=t.unit_index,
+            unit_bytes=unit_bytes, block=list(t.block),
             bits_per_weight=8 * share / max(t.size, 1),
         ))
     n = sum(t.size for t in dec.tensors())
