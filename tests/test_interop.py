@@ -104,6 +104,8 @@ CASES = [
     dict(dq=True, scan_order=2, param_opt=False), dict(dq=False, scan_order=1, blocks=True),
     dict(dq=True, scan_order=2, blocks=True), dict(dq=False, scan_order=0, n_gtx=1),
     dict(dq=True, scan_order=0, n_gtx=256), dict(dq=False, scan_order=3, row_skip=True),
+    dict(dq=False, rdoq_lambda=0.5), dict(dq=True, rdoq_lambda=0.3, scan_order=2),
+    dict(dq=True, qp_density=3, rdoq_lambda=0.1, lambda_per_tensor={"r2.*": 1.0}, qp_per_tensor={"fc.*": -50}),
 ]
 
 
@@ -188,3 +190,17 @@ def test_minilm_round_trips_both_ways(oracle):
     theirs = oracle.compress({k: v.astype(np.float32 if v.dtype.kind == "f" else np.int32) for k, v in tensors.items()},
                              qp=-36, use_dq=True)
     _assert_equal_outputs(nnc.decode(theirs), oracle.decompress(theirs))
+
+
+def test_search_result_decodes_in_nncodec_to_our_reconstruction(oracle):
+    """The DC-v2 search's streams (per-tensor qps and lambdas, a finer qp density) are plain NNC streams."""
+    from nnc import demo
+    from nnc.formats import read_model
+    from nnc.search import search
+
+    params = {k: np.asarray(v, np.float32) for k, v in read_model(demo.DATA / "mlp.safetensors")[0].items()}
+    res = search(params, demo.mlp_accuracy, tolerance=0.01, progress=False)
+    assert "lambda_per_tensor" in res.best.settings
+    ours = nnc.decode(res.best.stream)
+    _assert_equal_outputs(ours, oracle.decompress(res.best.stream))
+    assert demo.mlp_accuracy(ours) == res.best.score
