@@ -476,6 +476,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     The documentation's CLI reference is generated from it.
 
+    Returns
+    -------
+    argparse.ArgumentParser
+
     Examples
     --------
     >>> args = build_parser().parse_args(["encode", "m.safetensors", "--qp", "-30"])

@@ -38,6 +38,20 @@ def im2col(x, k, stride):
 def mlp_forward(params, x, cache=False):
     """Logits of the MLP; with cache=True also the activations (for training).
 
+    Parameters
+    ----------
+    params : mapping of str to numpy.ndarray
+        ``fc1.weight`` ... ``fc3.bias``.
+    x : numpy.ndarray
+        Images, (n, 8, 8) or (n, 64).
+    cache : bool
+        Also return the activations.
+
+    Returns
+    -------
+    numpy.ndarray or tuple
+        Logits (n, 10), or (logits, activations).
+
     Examples
     --------
     >>> from nnc.formats import read_model
@@ -59,6 +73,20 @@ def mlp_forward(params, x, cache=False):
 
 def cnn_forward(params, x, cache=False):
     """Logits of the CNN; with cache=True also the intermediate values (for training).
+
+    Parameters
+    ----------
+    params : mapping of str to numpy.ndarray
+        ``conv1.weight`` ... ``fc.bias``.
+    x : numpy.ndarray
+        Images, (n, 8, 8) or (n, 64).
+    cache : bool
+        Also return the intermediate values.
+
+    Returns
+    -------
+    numpy.ndarray or tuple
+        Logits (n, 10), or (logits, intermediates).
 
     Examples
     --------
@@ -89,6 +117,11 @@ FORWARD = {"mlp": mlp_forward, "cnn": cnn_forward}
 def load_test_set(data_dir: Path = DATA):
     """The bundled test split of scikit-learn's digits: images scaled to [0, 1] and labels.
 
+    Parameters
+    ----------
+    data_dir : pathlib.Path
+        The folder holding ``test_set.npz`` (the package's own by default).
+
     Returns
     -------
     tuple of numpy.ndarray
@@ -106,6 +139,19 @@ def load_test_set(data_dir: Path = DATA):
 
 def accuracy(kind: str, params, x, y) -> float:
     """Fraction of ``x`` that model ``kind`` ("mlp" or "cnn") with ``params`` classifies as ``y``.
+
+    Parameters
+    ----------
+    kind : str
+        ``"mlp"`` or ``"cnn"``.
+    params : mapping of str to numpy.ndarray
+        The model's tensors.
+    x, y : numpy.ndarray
+        Images and labels, as :func:`load_test_set` returns them.
+
+    Returns
+    -------
+    float
 
     Examples
     --------
@@ -153,6 +199,15 @@ def mlp_accuracy(tensors) -> float:
 def cnn_accuracy(tensors) -> float:
     """Test accuracy of the bundled CNN with these tensors; see :func:`mlp_accuracy`.
 
+    Parameters
+    ----------
+    tensors : mapping of str to numpy.ndarray
+        The CNN's tensors, e.g. as decoded.
+
+    Returns
+    -------
+    float
+
     Examples
     --------
     >>> from nnc.formats import read_model
@@ -165,6 +220,16 @@ def cnn_accuracy(tensors) -> float:
 
 def snr_db(ref: dict, rec: dict) -> float:
     """10 log10 of signal energy over error energy, over all tensors (inf if identical).
+
+    Parameters
+    ----------
+    ref, rec : mapping of str to numpy.ndarray
+        Original and reconstructed tensors (same names).
+
+    Returns
+    -------
+    float
+        The SNR in dB.
 
     Examples
     --------

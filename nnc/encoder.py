@@ -58,6 +58,13 @@ class EncodedTensor:
         The reconstruction integers n (None for raw tensors).
     reconstruction : numpy.ndarray
         Exactly what a conforming decoder returns for the tensor.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> t = Encoder(qp=-8, dq=False).encode({"w": np.array([[0.4, -1.3]])}).tensors["w"]
+    >>> t.payload_type, t.qp, t.step, t.levels.tolist(), t.reconstruction.tolist()
+    ('FLOAT', -8, 0.25, [2, -5], [[0.5, -1.25]])
     """
 
     name: str

@@ -57,6 +57,12 @@ class Candidate:
         ``evaluate`` of the decoded stream.
     stream : bytes
         The stream itself.
+
+    Examples
+    --------
+    >>> c = Candidate(settings={"qp": -20}, bytes=1200, score=0.97)
+    >>> c
+    Candidate(settings={'qp': -20}, bytes=1200, score=0.97)
     """
 
     settings: dict
@@ -80,6 +86,13 @@ class SearchResult:
     best : Candidate or None
         The smallest stream whose score is at least ``reference_score - tolerance``, or
         None when no candidate reached it.
+
+    Examples
+    --------
+    >>> cands = [Candidate({"qp": q}, b, s) for q, b, s in [(-8, 100, 0.5), (-12, 150, 0.9), (-10, 160, 0.8)]]
+    >>> res = SearchResult(reference_score=0.95, tolerance=0.1, candidates=cands, best=cands[1])
+    >>> [c.settings["qp"] for c in res.pareto]       # (-10: larger and worse than -12)
+    [-8, -12]
     """
 
     reference_score: float
