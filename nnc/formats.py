@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import struct
 import tempfile
@@ -145,8 +146,8 @@ def detect_format(path: str | os.PathLike) -> str:
         try:
             with zipfile.ZipFile(p) as zf:
                 names = zf.namelist()
-        except zipfile.BadZipFile:
-            raise FormatError(f"{p}: damaged zip archive") from None
+        except (zipfile.BadZipFile, NotImplementedError, EOFError, ValueError, OSError) as exc:
+            raise FormatError(f"{p}: damaged zip archive ({type(exc).__name__}: {exc})") from None
         if any(n.endswith("data.pkl") for n in names):
             return "pt"
         if all(n.endswith(".npy") for n in names):
@@ -465,7 +466,8 @@ def read_npz(path):
     Raises
     ------
     nnc.formats.FormatError
-        If the archive is damaged or numpy refuses it (e.g. it holds pickled objects).
+        If the archive is damaged, a member is not a numeric .npy array (pickled
+        objects are refused), or an array header claims more data than its member holds.
 
     Examples
     --------
@@ -476,17 +478,46 @@ def read_npz(path):
     >>> read_npz(path)[1]
     {'w': 'float32', 'n': 'int64'}
     """
-    import zipfile
     import zlib
 
+    out = OrderedDict()
     try:
-        with np.load(path, allow_pickle=False) as z:
-            if not hasattr(z, "files"):
-                raise FormatError(f"{path}: a single .npy array, not an .npz archive")
-            out = OrderedDict((k, z[k]) for k in z.files)
-    except (ValueError, zipfile.BadZipFile, EOFError, KeyError, zlib.error, NotImplementedError) as exc:
+        with zipfile.ZipFile(path) as zf:
+            for member in zf.infolist():
+                if not member.filename.endswith(".npy"):
+                    raise FormatError(f"{path}: member {member.filename!r} is not a .npy array")
+                with zf.open(member) as fh:
+                    out[member.filename[:-4]] = _read_npy_member(path, member, fh)
+    except FormatError:
+        raise
+    except (zipfile.BadZipFile, zlib.error, ValueError, EOFError, KeyError, OSError, RuntimeError,
+            NotImplementedError) as exc:
+        # damaged archives: bad offsets and sizes, encryption flags, unknown compression, bad headers
         raise FormatError(f"{path}: not a readable .npz archive ({type(exc).__name__}: {exc})") from None
     return out, {k: v.dtype.name for k, v in out.items()}
+
+
+def _read_npy_member(path, member, fh) -> np.ndarray:
+    """One array of an .npz archive; its header's size is checked against the member's, before reading."""
+    version = np.lib.format.read_magic(fh)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+    elif version in ((2, 0), (3, 0)):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+    else:
+        raise FormatError(f"{path}: {member.filename}: unsupported .npy version {version}")
+    if dtype.hasobject or dtype.kind not in "biufc":
+        raise FormatError(f"{path}: {member.filename}: dtype {dtype} is not numeric (pickled objects are refused)")
+    count = math.prod(shape)
+    if count * dtype.itemsize > member.file_size:
+        raise FormatError(f"{path}: {member.filename}: header claims {count} x {dtype.itemsize} bytes, "
+                          f"the member holds {member.file_size}")
+    data = fh.read(count * dtype.itemsize)
+    if len(data) != count * dtype.itemsize:
+        raise FormatError(f"{path}: {member.filename}: array data is truncated")
+    arr = np.frombuffer(data, dtype=dtype)
+    arr = arr.reshape(shape[::-1]).transpose() if fortran else arr.reshape(shape)
+    return arr.astype(arr.dtype.newbyteorder("="), order="C")   # a writable, native-order copy (0-d stays 0-d)
 
 
 def npz_bytes(tensors, dtypes=None) -> bytes:
@@ -673,7 +704,10 @@ def read_onnx(path):
         model = onnx.load(os.fspath(path))
     except Exception as exc:
         raise FormatError(f"{path}: cannot load as ONNX: {exc}") from None
-    out = OrderedDict((init.name, numpy_helper.to_array(init)) for init in model.graph.initializer)
+    try:
+        out = OrderedDict((init.name, numpy_helper.to_array(init)) for init in model.graph.initializer)
+    except Exception as exc:  # a damaged initializer: wrong sizes, unknown data types
+        raise FormatError(f"{path}: damaged ONNX initializer: {exc}") from None
     return out, {k: v.dtype.name for k, v in out.items()}
 
 

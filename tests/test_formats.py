@@ -141,11 +141,32 @@ from nnc.formats import FormatError, npz_bytes, read_model, safetensors_bytes  #
 _SAMPLE = {"w": np.arange(12, dtype=np.float32).reshape(3, 4), "b": np.ones(3, np.float16), "n": np.int64(7)}
 
 
-@pytest.mark.parametrize("make, suffix", [(safetensors_bytes, ".safetensors"), (npz_bytes, ".npz")])
+def _pt(tensors):
+    pytest.importorskip("torch", reason="torch not installed")
+    from nnc.formats import pt_bytes
+
+    return pt_bytes(tensors)
+
+
+def _onnx(tensors):
+    pytest.importorskip("onnx", reason="onnx not installed")
+    from onnx import helper, numpy_helper
+
+    inits = [numpy_helper.from_array(np.asarray(v), k) for k, v in tensors.items()]
+    return helper.make_model(helper.make_graph([], "g", [], [], initializer=inits)).SerializeToString()
+
+
+_BLOBS = {}
+
+
+@pytest.mark.parametrize("make, suffix", [(safetensors_bytes, ".safetensors"), (npz_bytes, ".npz"),
+                                          (_pt, ".pt"), (_onnx, ".onnx")])
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_damaged_files_raise_format_errors_only(tmp_path, make, suffix, data):
-    blob = bytearray(make(_SAMPLE))
+    if suffix not in _BLOBS:
+        _BLOBS[suffix] = make(_SAMPLE)
+    blob = bytearray(_BLOBS[suffix])
     for _ in range(data.draw(st.integers(1, 4))):
         i = data.draw(st.integers(0, len(blob) - 1))
         blob[i] = data.draw(st.integers(0, 255))
@@ -170,3 +191,26 @@ def test_malformed_safetensors_headers(tmp_path, header):
     path.write_bytes(struct.pack("<Q", len(header)) + header + bytes(16))
     with pytest.raises(FormatError):
         read_model(path, "safetensors")
+
+
+def test_npz_header_claiming_more_data_than_its_member_is_refused_before_allocating(tmp_path):
+    import zipfile
+
+    header = {"descr": "<f8", "fortran_order": False, "shape": (1 << 40,)}
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, header)
+    buf.write(bytes(64))
+    path = tmp_path / "huge.npz"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("w.npy", buf.getvalue())       # the header (with its magic) and 64 bytes of data
+    with pytest.raises(FormatError, match="claims"):
+        read_model(path)
+
+
+def test_npz_fortran_order_and_byte_order_are_honoured(tmp_path):
+    a = np.asfortranarray(np.arange(6, dtype=">i4").reshape(2, 3))
+    path = tmp_path / "f.npz"
+    np.savez(path, a=a)
+    back, dtypes = read_model(path)
+    np.testing.assert_array_equal(back["a"], a)
+    assert dtypes["a"] == "int32"
