@@ -220,7 +220,7 @@ def search(tensors: Mapping[str, np.ndarray], evaluate: Callable, *, tolerance: 
                 break
             if out_of_time():
                 break
-        # 2. rate-distortion quantisation around the coarsest acceptable qp (uniform reconstruction)
+        # 2. rate-distortion quantisation around the coarsest acceptable qp, with and without DQ
         stage[0] = "rd sweep"
         if ok_qp is not None and not out_of_time():
             grid = [dict(qp=q, dq=d, rdoq_lambda=lam) for d in sorted({False, dq})
@@ -248,7 +248,7 @@ def search(tensors: Mapping[str, np.ndarray], evaluate: Callable, *, tolerance: 
 
 
 def _refine(tensors, base: Candidate, floor, tolerance, run, out_of_time, max_qp, encoder_options):
-    """Stage 3: raise single tensors' qps from the best setting so far while the score holds."""
+    """Stage 3 from one base candidate: per-tensor qps and λs on a qp scale one density finer."""
     settings = {k: v for k, v in base.settings.items() if k != "qp_per_tensor"}
     enc = Encoder(**dict(encoder_options, **settings))
     floats = [k for k, v in tensors.items() if v.dtype.kind == "f" and v.size]
@@ -265,11 +265,12 @@ def _refine(tensors, base: Candidate, floor, tolerance, run, out_of_time, max_qp
     _raise(qps, base, settings, floats, floor, slack, run, out_of_time, max_qp)
 
 
-def _raise(qps, current, settings, floats, floor, slack, run, out_of_time, max_qp):
+def _raise(qps, current, settings, floats, floor, slack, run, out_of_time, max_qp) -> None:
     """Coarsen single tensors while the score holds, best bytes saved per score lost first.
 
     A move raises one tensor's qp by the current step, or its rate-distortion λ to the next
-    value of ``LAMBDA_LADDER`` (cheaper than a coarser step at low rates).
+    value of ``LAMBDA_LADDER`` (cheaper than a coarser step at low rates). Every candidate
+    tried lands in the search's list through ``run``; nothing is returned.
     """
     qps = dict(qps)
     base_lambda = float(settings.get("rdoq_lambda", 0.0))
@@ -310,7 +311,6 @@ def _raise(qps, current, settings, floats, floor, slack, run, out_of_time, max_q
             else:
                 lams[k] = next_lambda(k)
             current = c
-    return qps, current
 
 
 __all__ = ["search", "SearchResult", "Candidate", "REFINE_STEPS", "LAMBDA_LADDER"]
