@@ -45,7 +45,7 @@ def _tensor_curve(enc: Encoder, name: str, x: np.ndarray, qps, importance) -> li
 
 
 def allocate_qps(tensors: Mapping[str, np.ndarray], *, target_distortion: float | None = None,
-                 target_snr_db: float | None = None, qp_range: Iterable[int] = range(-60, -11),
+                 target_snr_db: float | None = None, qp_range: Iterable[int] | None = None,
                  importance: Mapping[str, np.ndarray] | None = None, **encoder_options) -> dict[str, int]:
     """Per-tensor qps minimising the estimated total bits for a total distortion target (spec A.11).
 
@@ -64,8 +64,9 @@ def allocate_qps(tensors: Mapping[str, np.ndarray], *, target_distortion: float 
         Total (importance-weighted) squared error to meet.
     target_snr_db : float, optional
         Or a target weight SNR in dB.
-    qp_range : iterable of int
-        Candidate qps per tensor.
+    qp_range : iterable of int, optional
+        Candidate qps per tensor; by default the steps 2**-15 to 2**-3 at the encoder's qp
+        density.
     importance : mapping of str to numpy.ndarray, optional
         Per-weight F, e.g. from :func:`empirical_fisher`.
     **encoder_options
@@ -104,6 +105,8 @@ def allocate_qps(tensors: Mapping[str, np.ndarray], *, target_distortion: float 
     if target_snr_db is not None:
         energy = sum(float((np.asarray(v, np.float64) ** 2).sum()) for v in floats.values())
         target_distortion = energy / 10 ** (target_snr_db / 10)
+    if qp_range is None:   # steps 2**-15 to 2**-3 at the encoder's qp density (-60 to -12 at density 2)
+        qp_range = range(-15 << enc.qp_density, -(3 << enc.qp_density) + 1)
     qps = list(qp_range)
     curves = {k: _tensor_curve(enc, k, v, qps, importance.get(k)) for k, v in floats.items()}
 

@@ -135,10 +135,8 @@ def cmd_encode(args) -> int:
     if args.target_snr is not None:
         from .allocation import allocate_qps
 
-        d = args.qp_density
         fixed = {k: v for k, v in options.items() if k not in ("qp", "step", "qp_per_tensor", "importance", "sigmas")}
-        allocated = allocate_qps(tensors, target_snr_db=args.target_snr, importance=options.get("importance"),
-                                 qp_range=range(-15 << d, -(3 << d) + 1), **fixed)
+        allocated = allocate_qps(tensors, target_snr_db=args.target_snr, importance=options.get("importance"), **fixed)
         options["qp_per_tensor"] = dict(allocated, **options["qp_per_tensor"])   # explicit --tensor-qp wins
     t0 = time.perf_counter()
     progress = Progress(sum(int(np.asarray(v).size) for v in tensors.values()), "encoding", args.quiet)
@@ -215,13 +213,12 @@ def _encode_search(args, tensors, options) -> int:
     from .search import search
 
     evaluate = load_callable(args.search)
-    for fixed in ("qp", "step", "dq", "rdoq_lambda", "qp_per_tensor", "lambda_per_tensor", "qp_density", "sigmas",
-                  "dcv1_s"):
-        options.pop(fixed, None)
+    for chosen_by_search in ("qp", "step", "dq", "rdoq_lambda", "qp_per_tensor", "lambda_per_tensor", "sigmas",
+                             "dcv1_s"):
+        options.pop(chosen_by_search, None)
     t0 = time.perf_counter()
-    d = args.qp_density
     result = search(tensors, evaluate, tolerance=args.tolerance, dq=args.dq, workers=args.workers,
-                    qp_range=range(-10 << d, -(1 << d) + 1), time_budget=args.time_budget,
+                    time_budget=args.time_budget,
                     progress=not args.quiet and not args.json and sys.stderr.isatty(), **options)
     elapsed = time.perf_counter() - t0
     if result.best is None:

@@ -118,7 +118,7 @@ def _evaluate_candidate(args):
 
 
 def search(tensors: Mapping[str, np.ndarray], evaluate: Callable, *, tolerance: float = 0.005,
-           qp_range=range(-40, -3), lambdas=(0.05, 0.1, 0.2, 0.4, 0.8, 1.6), dq: bool = True,
+           qp_range=None, lambdas=(0.05, 0.1, 0.2, 0.4, 0.8, 1.6), dq: bool = True,
            per_tensor: bool = True, bases: int = 3, max_qp: int = 40, workers: int = 1, time_budget: float | None = None,
            progress: bool | None = None, **encoder_options) -> SearchResult:
     """Find the smallest stream whose score stays within ``tolerance`` of the original's (spec A.13).
@@ -133,8 +133,9 @@ def search(tensors: Mapping[str, np.ndarray], evaluate: Callable, *, tolerance: 
     tolerance : float
         Allowed drop of the score below ``evaluate(tensors)`` (0.005 = half a point of
         accuracy given as a fraction).
-    qp_range : iterable of int
-        Global qps of the first sweep.
+    qp_range : iterable of int, optional
+        Global qps of the first sweep; by default the steps 2**-10 to 2**-1 at the
+        encoder's qp density (qps -40 to -4 at the default density 2).
     lambdas : sequence of float
         λ values of the rate-distortion sweep (scale: squared steps per bit, spec A.9).
     dq : bool
@@ -210,6 +211,9 @@ def search(tensors: Mapping[str, np.ndarray], evaluate: Callable, *, tolerance: 
 
     try:
         # 1. qp sweep, coarse to fine, in chunks so that the time budget is honoured
+        if qp_range is None:
+            density = int(encoder_options.get("qp_density", 2))
+            qp_range = range(-10 << density, -(1 << density) + 1)
         qps = sorted(qp_range, reverse=True)
         ok_qp = None
         chunk = max(1, workers)
