@@ -13,9 +13,12 @@ within ``tolerance`` of the original model's, in three stages:
    per tensor (1-D tensors included): its qp raised by the current step (16, 8, 4, 2,
    then 1), or its rate-distortion λ raised to the next value of :data:`LAMBDA_LADDER`.
    It keeps the move that saves the most bytes per point of score lost; a move that
-   breaks the tolerance is dropped for the current step. This is bit allocation driven
-   by the score itself: a single global qp spends bits on tensors that do not need them
-   (biases coded near-losslessly by default, say).
+   breaks the tolerance is dropped for the current step. When no single move is left,
+   swap moves (one of the :data:`SWAP_TENSORS` largest tensors finer by
+   :data:`SWAP_STEPS`, another as much coarser) that make the stream smaller within the
+   tolerance restart the single moves. This is bit allocation driven by the score
+   itself: a single global qp spends bits on tensors that do not need them (biases coded
+   near-losslessly by default, say).
 
 Candidates run in worker processes when ``workers`` > 1 (``evaluate`` must then be
 picklable, e.g. a module-level function); ``time_budget`` (seconds) ends the search with
@@ -40,6 +43,10 @@ from .errors import EncodeError
 REFINE_STEPS = (16, 8, 4, 2, 1)
 #: rate-distortion λ values a tensor can move through in the per-tensor refinement
 LAMBDA_LADDER = (0.0, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2)
+#: qp shifts of the refinement's swap moves (one tensor finer, another as much coarser)
+SWAP_STEPS = (2, 1)
+#: how many of the largest tensors take part in swap moves
+SWAP_TENSORS = 8
 
 
 @dataclass
@@ -266,19 +273,38 @@ def _refine(tensors, base: Candidate, floor, tolerance, run, out_of_time, max_qp
         max_qp *= 2
     # a drop of the score is charged at least this much, so that free savings come first
     slack = max(tolerance, 1e-12) / 20
-    _raise(qps, base, settings, floats, floor, slack, run, out_of_time, max_qp)
+    qps, lams, current = _raise(qps, base, settings, floats, floor, slack, run, out_of_time, max_qp)
+    # swaps: one tensor finer, another coarser, when that is smaller; then single moves again.
+    # Among the largest tensors only, so that a round stays small on models with many tensors.
+    settings = {k: v for k, v in settings.items() if k != "rdoq_lambda"}
+    swappable = sorted(floats, key=lambda k: tensors[k].size, reverse=True)[:SWAP_TENSORS]
+    for swap in SWAP_STEPS:
+        while not out_of_time():
+            pairs = [(a, b) for a in swappable for b in swappable if a != b and qps[b] + swap <= max_qp]
+            trials = [dict(settings, qp_per_tensor=dict(qps, **{a: qps[a] - swap, b: qps[b] + swap}),
+                           lambda_per_tensor=dict(lams)) for a, b in pairs]
+            results = run(trials)
+            good = [(c.bytes, i) for i, c in enumerate(results) if c.score >= floor and c.bytes < current.bytes]
+            if not good:
+                break
+            i = min(good)[1]
+            a, b = pairs[i]
+            qps[a] -= swap
+            qps[b] += swap
+            qps, lams, current = _raise(qps, results[i], settings, floats, floor, slack, run, out_of_time,
+                                        max_qp, lams)
 
 
-def _raise(qps, current, settings, floats, floor, slack, run, out_of_time, max_qp) -> None:
+def _raise(qps, current, settings, floats, floor, slack, run, out_of_time, max_qp, lams=None):
     """Coarsen single tensors while the score holds, best bytes saved per score lost first.
 
     A move raises one tensor's qp by the current step, or its rate-distortion λ to the next
     value of ``LAMBDA_LADDER`` (cheaper than a coarser step at low rates). Every candidate
-    tried lands in the search's list through ``run``; nothing is returned.
+    tried lands in the search's list through ``run``. Returns the final (qps, λs, candidate).
     """
     qps = dict(qps)
     base_lambda = float(settings.get("rdoq_lambda", 0.0))
-    lams = {k: base_lambda for k in floats}
+    lams = dict(lams) if lams else {k: base_lambda for k in floats}
     settings = {k: v for k, v in settings.items() if k != "rdoq_lambda"}
 
     def next_lambda(k):
@@ -315,6 +341,7 @@ def _raise(qps, current, settings, floats, floor, slack, run, out_of_time, max_q
             else:
                 lams[k] = next_lambda(k)
             current = c
+    return qps, lams, current
 
 
-__all__ = ["search", "SearchResult", "Candidate", "REFINE_STEPS", "LAMBDA_LADDER"]
+__all__ = ["search", "SearchResult", "Candidate", "REFINE_STEPS", "LAMBDA_LADDER", "SWAP_STEPS", "SWAP_TENSORS"]
