@@ -20,6 +20,11 @@ within ``tolerance`` of the original model's, in three stages:
    itself: a single global qp spends bits on tensors that do not need them (biases coded
    near-losslessly by default, say).
 
+The search keeps the smallest of many candidates that pass, so it fits whatever
+``evaluate`` measures: give it validation data rather than the data a result is reported
+on, enough samples (or a smoother score than accuracy), and a tolerance with some margin.
+``benchmarks/bench_accuracy.py --holdout`` shows the effect on the digits models.
+
 Candidates run in worker processes when ``workers`` > 1 (``evaluate`` must then be
 picklable, e.g. a module-level function); ``time_budget`` (seconds) ends the search with
 the best result found so far.
