@@ -197,21 +197,30 @@ def search(tensors: Mapping[str, np.ndarray], evaluate: Callable, *, tolerance: 
     candidates: list[Candidate] = []
     pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
     stage = ["qp sweep"]
+    chunk = max(1, workers)
 
     def best_bytes():
         return min((x.bytes for x in candidates if x.score >= floor), default=0)
 
     def run(batch):
-        jobs = [(tensors, dict(encoder_options, **s), evaluate) for s in batch]
-        results = pool.map(_evaluate_candidate, jobs) if pool else map(_evaluate_candidate, jobs)
+        """Evaluate settings, ``workers`` at a time, until the batch or the time budget ends.
+
+        Returns the candidates evaluated, in batch order (a prefix of the batch when time ran
+        out; at least one candidate is evaluated in a search).
+        """
         out = []
-        for settings, size, score, stream in results:
-            c = Candidate(settings={k: settings[k] for k in batch[0]}, bytes=size, score=score, stream=stream)
-            candidates.append(c)
-            out.append(c)
-            if show:
-                sys.stderr.write(f"\rsearch ({stage[0]}): {len(candidates)} candidates, best "
-                                 f"{best_bytes()} bytes, {time.monotonic() - start:.0f} s ")
+        for i in range(0, len(batch), chunk):
+            if out_of_time() and candidates:
+                break
+            jobs = [(tensors, dict(encoder_options, **s), evaluate) for s in batch[i:i + chunk]]
+            results = pool.map(_evaluate_candidate, jobs) if pool else map(_evaluate_candidate, jobs)
+            for settings, size, score, stream in results:
+                c = Candidate(settings={k: settings[k] for k in batch[0]}, bytes=size, score=score, stream=stream)
+                candidates.append(c)
+                out.append(c)
+                if show:
+                    sys.stderr.write(f"\rsearch ({stage[0]}): {len(candidates)} candidates, best "
+                                     f"{best_bytes()} bytes, {time.monotonic() - start:.0f} s ")
         return out
 
     def out_of_time():
@@ -228,7 +237,6 @@ def search(tensors: Mapping[str, np.ndarray], evaluate: Callable, *, tolerance: 
             qp_range = range(-10 << density, -(1 << density) + 1)
         qps = sorted(qp_range, reverse=True)
         ok_qp = None
-        chunk = max(1, workers)
         for i in range(0, len(qps), chunk):
             found = [c for c in run([dict(qp=q, dq=dq) for q in qps[i:i + chunk]]) if c.score >= floor]
             if found:
@@ -241,10 +249,7 @@ def search(tensors: Mapping[str, np.ndarray], evaluate: Callable, *, tolerance: 
         if ok_qp is not None and not out_of_time():
             grid = [dict(qp=q, dq=d, rdoq_lambda=lam) for d in sorted({False, dq})
                     for q in (ok_qp - 4, ok_qp - 2, ok_qp, ok_qp + 2) for lam in lambdas]
-            for i in range(0, len(grid), chunk):
-                if out_of_time():
-                    break
-                run(grid[i:i + chunk])
+            run(grid)
         # 3. per-tensor refinement from the best setting so far
         stage[0] = "per tensor"
         if per_tensor:
