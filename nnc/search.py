@@ -13,7 +13,10 @@ within ``tolerance`` of the original model's, in three stages:
    per tensor (1-D tensors included): its qp raised by the current step (16, 8, 4, 2,
    then 1), or its rate-distortion λ raised to the next value of :data:`LAMBDA_LADDER`.
    It keeps the move that saves the most bytes per point of score lost; a move that
-   breaks the tolerance is dropped for the current step. When no single move is left,
+   breaks the tolerance is dropped for the current step. With more than
+   :data:`STEEPEST_MOVES` moves (models with many tensors) it keeps instead the first
+   move that helps, trying the largest tensors first, so that a time budget goes into
+   kept moves. When no single move is left,
    swap moves (one of the :data:`SWAP_TENSORS` largest tensors finer by
    :data:`SWAP_STEPS`, another as much coarser) that make the stream smaller within the
    tolerance restart the single moves. This is bit allocation driven by the score
@@ -52,6 +55,8 @@ LAMBDA_LADDER = (0.0, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2)
 SWAP_STEPS = (2, 1)
 #: how many of the largest tensors take part in swap moves
 SWAP_TENSORS = 8
+#: up to this many moves a round tries them all and keeps the best; above, the first that helps
+STEEPEST_MOVES = 24
 
 
 @dataclass
@@ -283,7 +288,8 @@ def _refine(tensors, base: Candidate, floor, tolerance, run, out_of_time, max_qp
         max_qp *= 2
     # a drop of the score is charged at least this much, so that free savings come first
     slack = max(tolerance, 1e-12) / 20
-    qps, lams, current = _raise(qps, base, settings, floats, floor, slack, run, out_of_time, max_qp)
+    sizes = {k: tensors[k].size for k in floats}
+    qps, lams, current = _raise(qps, base, settings, floats, floor, slack, run, out_of_time, max_qp, sizes=sizes)
     # swaps: one tensor finer, another coarser, when that is smaller; then single moves again.
     # Among the largest tensors only, so that a round stays small on models with many tensors.
     settings = {k: v for k, v in settings.items() if k != "rdoq_lambda"}
@@ -302,10 +308,10 @@ def _refine(tensors, base: Candidate, floor, tolerance, run, out_of_time, max_qp
             qps[a] -= swap
             qps[b] += swap
             qps, lams, current = _raise(qps, results[i], settings, floats, floor, slack, run, out_of_time,
-                                        max_qp, lams)
+                                        max_qp, lams, sizes)
 
 
-def _raise(qps, current, settings, floats, floor, slack, run, out_of_time, max_qp, lams=None):
+def _raise(qps, current, settings, floats, floor, slack, run, out_of_time, max_qp, lams=None, sizes=None):
     """Coarsen single tensors while the score holds, best bytes saved per score lost first.
 
     A move raises one tensor's qp by the current step, or its rate-distortion λ to the next
@@ -313,6 +319,7 @@ def _raise(qps, current, settings, floats, floor, slack, run, out_of_time, max_q
     tried lands in the search's list through ``run``. Returns the final (qps, λs, candidate).
     """
     qps = dict(qps)
+    sizes = sizes or {k: 0 for k in floats}
     base_lambda = float(settings.get("rdoq_lambda", 0.0))
     lams = dict(lams) if lams else {k: base_lambda for k in floats}
     settings = {k: v for k, v in settings.items() if k != "rdoq_lambda"}
@@ -335,6 +342,26 @@ def _raise(qps, current, settings, floats, floor, slack, run, out_of_time, max_q
                      and (qps[k] + step <= max_qp if kind == "qp" else next_lambda(k) is not None)]
             if not moves:
                 break
+            if len(moves) > STEEPEST_MOVES:
+                # many tensors: first improvement, largest tensors first, so that a time budget
+                # is spent on moves that are kept rather than on rounds that are cut short
+                improved = False
+                for kind, k in sorted(moves, key=lambda m: -sizes[m[1]]):
+                    tried = run([trial(kind, k)])
+                    if not tried:
+                        break
+                    c = tried[0]
+                    if c.score >= floor and c.bytes < current.bytes:
+                        if kind == "qp":
+                            qps[k] += step
+                        else:
+                            lams[k] = next_lambda(k)
+                        current, improved = c, True
+                    else:
+                        failed.add((kind, k))
+                if not improved:
+                    break
+                continue
             results = run([trial(kind, k) for kind, k in moves])
             good = []
             for move, c in zip(moves, results):
@@ -354,4 +381,4 @@ def _raise(qps, current, settings, floats, floor, slack, run, out_of_time, max_q
     return qps, lams, current
 
 
-__all__ = ["search", "SearchResult", "Candidate", "REFINE_STEPS", "LAMBDA_LADDER", "SWAP_STEPS", "SWAP_TENSORS"]
+__all__ = ["search", "SearchResult", "Candidate", "REFINE_STEPS", "LAMBDA_LADDER", "SWAP_STEPS", "SWAP_TENSORS", "STEEPEST_MOVES"]

