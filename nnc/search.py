@@ -327,6 +327,9 @@ def _raise(qps, current, settings, floats, floor, slack, run, out_of_time, max_q
     def next_lambda(k):
         return next((x for x in LAMBDA_LADDER if x > lams[k]), None)
 
+    def valid(kind, k):
+        return qps[k] + step <= max_qp if kind == "qp" else next_lambda(k) is not None
+
     def trial(kind, k):
         q, lam = dict(qps), dict(lams)
         if kind == "qp":
@@ -335,11 +338,17 @@ def _raise(qps, current, settings, floats, floor, slack, run, out_of_time, max_q
             lam[k] = next_lambda(k)
         return dict(settings, qp_per_tensor=q, lambda_per_tensor=lam)
 
+    def apply(kind, k):
+        if kind == "qp":
+            qps[k] += step
+        else:
+            lams[k] = next_lambda(k)
+
     for step in REFINE_STEPS:
         failed = set()
         while not out_of_time():
             moves = [(kind, k) for k in floats for kind in ("qp", "lambda") if (kind, k) not in failed
-                     and (qps[k] + step <= max_qp if kind == "qp" else next_lambda(k) is not None)]
+                     and valid(kind, k)]
             if not moves:
                 break
             if len(moves) > STEEPEST_MOVES:
@@ -347,15 +356,14 @@ def _raise(qps, current, settings, floats, floor, slack, run, out_of_time, max_q
                 # is spent on moves that are kept rather than on rounds that are cut short
                 improved = False
                 for kind, k in sorted(moves, key=lambda m: -sizes[m[1]]):
+                    if not valid(kind, k):     # a move of the same tensor taken in this pass
+                        continue
                     tried = run([trial(kind, k)])
                     if not tried:
                         break
                     c = tried[0]
                     if c.score >= floor and c.bytes < current.bytes:
-                        if kind == "qp":
-                            qps[k] += step
-                        else:
-                            lams[k] = next_lambda(k)
+                        apply(kind, k)
                         current, improved = c, True
                     else:
                         failed.add((kind, k))
@@ -373,12 +381,10 @@ def _raise(qps, current, settings, floats, floor, slack, run, out_of_time, max_q
             if not good:
                 break
             _, (kind, k), c = max(good, key=lambda g: g[0])
-            if kind == "qp":
-                qps[k] += step
-            else:
-                lams[k] = next_lambda(k)
+            apply(kind, k)
             current = c
     return qps, lams, current
 
 
-__all__ = ["search", "SearchResult", "Candidate", "REFINE_STEPS", "LAMBDA_LADDER", "SWAP_STEPS", "SWAP_TENSORS", "STEEPEST_MOVES"]
+__all__ = ["search", "SearchResult", "Candidate", "REFINE_STEPS", "LAMBDA_LADDER", "SWAP_STEPS", "SWAP_TENSORS",
+           "STEEPEST_MOVES"]
