@@ -408,7 +408,8 @@ class Encoder:
         return groups
 
     # -- stream ------------------------------------------------------------------
-    def encode(self, tensors: Mapping[str, object], progress=None) -> EncodeResult:
+    def encode(self, tensors: Mapping[str, object], progress=None, *, cache: "EncodeCache | None" = None
+               ) -> EncodeResult:
         """Encode the tensors; return the stream and the reconstruction of each tensor.
 
         Parameters
@@ -418,6 +419,9 @@ class Encoder:
             this order. Float tensors are quantised, integer tensors coded losslessly.
         progress : callable, optional
             Called with (name, number of elements) after each tensor.
+        cache : EncodeCache, optional
+            Reuse the NDUs of earlier encodes (with any encoder) of the same array objects
+            under the same per-tensor settings; for sweeps that change a few tensors at a time.
 
         Returns
         -------
@@ -452,10 +456,18 @@ class Encoder:
         for name, arr in arrays.items():
             if name in in_block:
                 continue
-            if name in groups:
-                ndus.append(self._block_ndu(name, groups[name], arrays, result))
-            else:
-                ndus.append(self._single_ndu(name, arr, result))
+            key = None if cache is None else self._unit_key(name, groups.get(name), arrays)
+            unit = None if key is None else cache._get(key)
+            if unit is None:
+                if name in groups:
+                    unit = self._block_ndu(name, groups[name], arrays)
+                else:
+                    unit = self._single_ndu(name, arr)
+                if key is not None:
+                    cache._put(key, unit)
+            for t in unit.members:
+                self._record(result, t)
+            ndus.append(unit.build)
             if progress is not None:
                 progress(name, int(arr.size))
         qps = [t.qp for t in result.tensors.values() if t.qp is not None]
@@ -632,9 +644,8 @@ class Encoder:
             eps = [[] for _ in members]
         return payload, eps
 
-    def _single_ndu(self, name: str, arr: np.ndarray, result: EncodeResult):
+    def _single_ndu(self, name: str, arr: np.ndarray) -> "_Unit":
         t = self._prepare(name, arr)
-        self._record(result, t)
 
         def build(mps_qp: int) -> bytes:
             ptype = {"INT": C.NNR_PT_INT, "FLOAT": C.NNR_PT_FLOAT, "RAW_FLOAT": C.NNR_PT_RAW_FLOAT}[t["ptype"]]
@@ -646,9 +657,9 @@ class Encoder:
                 header["entry_points"] = _ep_fields(eps[0], t["dq"])
             return C.build_ndu(header, payload, profile=self.profile)
 
-        return build
+        return _Unit([t], build)
 
-    def _block_ndu(self, weight: str, parts: dict, arrays: Mapping[str, np.ndarray], result: EncodeResult):
+    def _block_ndu(self, weight: str, parts: dict, arrays: Mapping[str, np.ndarray]) -> "_Unit":
         w = self._prepare(weight, arrays[weight], in_block=True)
         if w["ptype"] != "FLOAT":
             raise EncodeError(f"block weight {weight!r} must be a float tensor")
@@ -659,7 +670,6 @@ class Encoder:
         for t in coded:
             if t["fmt"] != w["fmt"]:
                 raise EncodeError(f"block members of {weight!r} must share one dtype")
-            self._record(result, t)
         names = [weight] + ls + bn + bi
         cpt = (C.NNR_CPT_LS if ls else 0) | (C.NNR_CPT_BN if bn else 0) | (C.NNR_CPT_BI if bi else 0)
 
@@ -669,7 +679,135 @@ class Encoder:
             header["entry_points"] = _ep_fields(eps[-1], w["dq"])
             return C.build_ndu(header, payload, profile=self.profile)
 
-        return build
+        return _Unit(coded, build)
+
+    def _unit_key(self, name: str, parts: dict | None, arrays: Mapping[str, np.ndarray]) -> tuple:
+        """What an NDU depends on besides the arrays themselves (see :class:`EncodeCache`)."""
+        names = [name]
+        if parts is not None:
+            names += [parts[k] for k in ("scaling", "bias") if parts.get(k)] + list(parts.get("bn", []))
+        members = []
+        for n in names:
+            arr = arrays[n]
+            members.append((n, arr.shape, arr.dtype.str, self.tensor_qp(n, arr.ndim), self.tensor_lambda(n),
+                            _matches(n, self.raw), self.output_formats.get(n), id(self.importance.get(n)),
+                            id(self.sigmas.get(n))))
+        layout = None if parts is None else repr(sorted(parts.items()))
+        return (tuple(members), layout, self.qp_density, self.dq, self.scan_order, self.n_gtx,
+                self.param_opt, self.lossless_int, self.profile, self.keep_dtype, self.row_skip, self.codebook,
+                self.dcv1_s, self.engine.__name__,
+                tuple(arrays[n] for n in names), tuple(self.importance.get(n) for n in names),
+                tuple(self.sigmas.get(n) for n in names))
+
+
+class _Unit:
+    """One NDU in the making: its coded members and a builder of its bytes for an MPS qp."""
+
+    __slots__ = ("members", "_build", "_built")
+
+    def __init__(self, members: list[dict], build):
+        self.members = members
+        self._build = build
+        self._built: dict[int, bytes] = {}
+
+    def build(self, mps_qp: int) -> bytes:
+        if mps_qp not in self._built:
+            self._built[mps_qp] = self._build(mps_qp)
+        return self._built[mps_qp]
+
+    def nbytes(self) -> int:
+        size = sum(len(b) for b in self._built.values())
+        for t in self.members:
+            for k in ("levels", "recon", "raw"):
+                v = t.get(k)
+                size += v.nbytes if isinstance(v, np.ndarray) else 0
+        return size
+
+
+class EncodeCache:
+    """NDUs kept between encodes, for sweeps that change a few tensors at a time.
+
+    :meth:`Encoder.encode` with ``cache=`` reuses a unit when the same array objects (by
+    identity, not by value) are coded with the same per-tensor settings: qp, λ, and every
+    encoder option that changes a unit's bytes. The arrays must not change in place while
+    the cache is in use. The DC-v2 search (:func:`nnc.search.search`)
+    uses one per worker. The least recently used units go first once their arrays and
+    bytes exceed ``max_bytes``.
+
+    Parameters
+    ----------
+    max_bytes : int
+        Memory budget of the kept units (levels, reconstructions and NDU bytes).
+
+    Returns
+    -------
+    EncodeCache
+        An empty cache.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> t = {"a": rng.normal(size=(64, 64)), "b": rng.normal(size=(64, 64))}
+    >>> cache = EncodeCache()
+    >>> s1 = Encoder(qp=-20).encode(t, cache=cache).stream
+    >>> s2 = Encoder(qp=-20, qp_per_tensor={"b": -16}).encode(t, cache=cache).stream   # "a" reused
+    >>> s2 == Encoder(qp=-20, qp_per_tensor={"b": -16}).encode(t).stream
+    True
+    >>> cache.hits, cache.misses
+    (1, 3)
+    """
+
+    def __init__(self, max_bytes: int = 1 << 30):
+        self.max_bytes = int(max_bytes)
+        self.hits = 0
+        self.misses = 0
+        self._units: OrderedDict = OrderedDict()
+
+    def _lookup_key(self, key: tuple) -> tuple:
+        # the arrays are compared by identity; the entry keeps them alive so that ids stay unique
+        head, arrays, importance, sigmas = key[:-3], key[-3], key[-2], key[-1]
+        return head + (tuple(id(a) for a in arrays),)
+
+    def _get(self, key: tuple):
+        k = self._lookup_key(key)
+        entry = self._units.get(k)
+        if entry is None or any(a is not b for a, b in zip(entry[0], key[-3] + key[-2] + key[-1])):
+            self.misses += 1
+            return None
+        self._units.move_to_end(k)
+        self.hits += 1
+        return entry[1]
+
+    def _put(self, key: tuple, unit: _Unit) -> None:
+        k = self._lookup_key(key)
+        self._units[k] = (key[-3] + key[-2] + key[-1], unit)
+        self._units.move_to_end(k)
+        self._trim()
+
+    def _trim(self) -> None:
+        total = 0
+        for k in reversed(list(self._units)):
+            total += self._units[k][1].nbytes()
+            if total > self.max_bytes and len(self._units) > 1:
+                del self._units[k]
+
+    def clear(self) -> None:
+        """Forget every unit.
+
+        Returns
+        -------
+        None
+
+        Examples
+        --------
+        >>> c = EncodeCache(); c.clear(); len(c)
+        0
+        """
+        self._units.clear()
+
+    def __len__(self) -> int:
+        return len(self._units)
 
 
 def dcv1_step(weights: np.ndarray, sigmas: np.ndarray, s: int) -> float:
@@ -835,5 +973,5 @@ def encode_with_reconstruction(tensors: Mapping[str, object], **options) -> Enco
     return Encoder(**options).encode(tensors)
 
 
-__all__ = ["Encoder", "EncodeResult", "EncodedTensor", "encode", "encode_with_reconstruction", "qp_for_step",
+__all__ = ["Encoder", "EncodeCache", "EncodeResult", "EncodedTensor", "encode", "encode_with_reconstruction", "qp_for_step",
            "dcv1_step", "scan_permutation"]

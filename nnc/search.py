@@ -30,7 +30,12 @@ on, enough samples (or a smoother score than accuracy), and a tolerance with som
 
 Candidates run in worker processes when ``workers`` > 1 (``evaluate`` must then be
 picklable, e.g. a module-level function); ``time_budget`` (seconds) ends the search with
-the best result found so far.
+the best result found so far. Each worker keeps the NDUs of its earlier candidates
+(:class:`nnc.encoder.EncodeCache`), so that a per-tensor move re-encodes one tensor, and
+candidates are scored on the encoder's reconstruction (what the decoder returns; the
+result is decoded and checked). Finally the best setting is re-encoded with weights and
+biases paired in block NDUs (``blocks=True``) when that container is smaller: the same
+values with fewer unit headers.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from .decoder import decode
-from .encoder import Encoder
+from .encoder import EncodeCache, Encoder
 from .errors import EncodeError
 
 #: step sizes of the per-tensor refinement, in qp units
@@ -73,7 +78,8 @@ class Candidate:
     score : float
         ``evaluate`` of the decoded stream.
     stream : bytes
-        The stream itself.
+        The stream itself; empty (to bound the search's memory) for candidates that are
+        not on the Pareto front of the search's result.
 
     Examples
     --------
@@ -128,16 +134,39 @@ class SearchResult:
         return front
 
 
-def _evaluate_candidate(args):
-    tensors, settings, evaluate = args
-    stream = Encoder(**settings).encode(tensors).stream
-    return settings, len(stream), float(evaluate(decode(stream))), stream
+class _Evaluator:
+    """Encodes and scores candidates; keeps the units of earlier ones (:class:`EncodeCache`).
+
+    A candidate's score is taken on the encoder's reconstruction, which is what the
+    decoder returns (the search checks that on its result).
+    """
+
+    def __init__(self, tensors, evaluate, cache_bytes):
+        self.tensors = tensors
+        self.evaluate = evaluate
+        self.cache = EncodeCache(cache_bytes)
+
+    def __call__(self, settings):
+        res = Encoder(**settings).encode(self.tensors, cache=self.cache)
+        decoded = {k: v.copy() for k, v in res.reconstruction.items()}     # evaluate may modify them
+        return settings, len(res.stream), float(self.evaluate(decoded)), res.stream
+
+
+_WORKER: list = []
+
+
+def _init_worker(tensors, evaluate, cache_bytes):
+    _WORKER[:] = [_Evaluator(tensors, evaluate, cache_bytes)]
+
+
+def _evaluate_in_worker(settings):
+    return _WORKER[0](settings)
 
 
 def search(tensors: Mapping[str, np.ndarray], evaluate: Callable, *, tolerance: float = 0.005,
            qp_range=None, lambdas=(0.05, 0.1, 0.2, 0.4, 0.8, 1.6), dq: bool = True,
            per_tensor: bool = True, bases: int = 3, max_qp: int = 40, workers: int = 1, time_budget: float | None = None,
-           progress: bool | None = None, **encoder_options) -> SearchResult:
+           progress: bool | None = None, cache_bytes: int = 2 << 30, **encoder_options) -> SearchResult:
     """Find the smallest stream whose score stays within ``tolerance`` of the original's (spec A.13).
 
     Parameters
@@ -167,6 +196,9 @@ def search(tensors: Mapping[str, np.ndarray], evaluate: Callable, *, tolerance: 
         Seconds after which no further batch of candidates starts.
     progress : bool or None
         Write progress to stderr (None: when stderr is a terminal).
+    cache_bytes : int
+        Memory for the units kept between candidates (:class:`nnc.encoder.EncodeCache`,
+        shared out among the workers): a per-tensor move re-encodes one tensor, not the model.
     **encoder_options
         Fixed :class:`nnc.encoder.Encoder` options for every candidate (``n_gtx``,
         ``profile``...).
@@ -195,12 +227,17 @@ def search(tensors: Mapping[str, np.ndarray], evaluate: Callable, *, tolerance: 
     True
     """
     tensors = {k: np.asarray(v) for k, v in tensors.items()}
-    reference = float(evaluate(tensors))
+    reference = float(evaluate({k: v.copy() for k, v in tensors.items()}))
     floor = reference - tolerance
     start = time.monotonic()
     show = sys.stderr.isatty() if progress is None else progress
     candidates: list[Candidate] = []
-    pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
+    if workers > 1:
+        pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker,
+                                   initargs=(tensors, evaluate, cache_bytes // workers))
+        evaluate_one = None
+    else:
+        pool, evaluate_one = None, _Evaluator(tensors, evaluate, cache_bytes)
     stage = ["qp sweep"]
     chunk = max(1, workers)
 
@@ -217,12 +254,13 @@ def search(tensors: Mapping[str, np.ndarray], evaluate: Callable, *, tolerance: 
         for i in range(0, len(batch), chunk):
             if out_of_time() and candidates:
                 break
-            jobs = [(tensors, dict(encoder_options, **s), evaluate) for s in batch[i:i + chunk]]
-            results = pool.map(_evaluate_candidate, jobs) if pool else map(_evaluate_candidate, jobs)
+            jobs = [dict(encoder_options, **s) for s in batch[i:i + chunk]]
+            results = pool.map(_evaluate_in_worker, jobs) if pool else map(evaluate_one, jobs)
             for settings, size, score, stream in results:
                 c = Candidate(settings={k: settings[k] for k in batch[0]}, bytes=size, score=score, stream=stream)
                 candidates.append(c)
                 out.append(c)
+                _drop_dominated_streams(candidates)
                 if show:
                     sys.stderr.write(f"\rsearch ({stage[0]}): {len(candidates)} candidates, best "
                                      f"{best_bytes()} bytes, {time.monotonic() - start:.0f} s ")
@@ -233,7 +271,7 @@ def search(tensors: Mapping[str, np.ndarray], evaluate: Callable, *, tolerance: 
 
     def best_ok():
         ok = [c for c in candidates if c.score >= floor]
-        return min(ok, key=lambda c: c.bytes) if ok else None
+        return min(ok, key=lambda c: (c.bytes, -c.score)) if ok else None
 
     try:
         # 1. qp sweep, coarse to fine, in chunks so that the time budget is honoured
@@ -270,7 +308,60 @@ def search(tensors: Mapping[str, np.ndarray], evaluate: Callable, *, tolerance: 
             sys.stderr.write("\n")
     if not candidates:
         raise EncodeError("the search evaluated no candidate (time budget too small?)")
-    return SearchResult(reference_score=reference, tolerance=tolerance, candidates=candidates, best=best_ok())
+    best = best_ok()
+    if best is not None:
+        if "blocks" not in encoder_options:
+            best = _smaller_container(tensors, best, encoder_options, candidates)
+        _check_decodes(best, tensors, encoder_options)
+    return SearchResult(reference_score=reference, tolerance=tolerance, candidates=candidates, best=best)
+
+
+def _drop_dominated_streams(candidates: list) -> None:
+    """Free the streams of candidates that are neither on the Pareto front nor the best so far.
+
+    A search on a large model evaluates hundreds of candidates; keeping every stream
+    would hold hundreds of model-sized byte strings.
+    """
+    front, best_score = set(), -np.inf
+    for c in sorted(candidates, key=lambda c: (c.bytes, -c.score)):
+        if c.score > best_score:
+            front.add(id(c))
+            best_score = c.score
+    for c in candidates:
+        if c.stream and id(c) not in front:
+            c.stream = b""
+
+
+def _smaller_container(tensors, best: Candidate, encoder_options, candidates: list) -> Candidate:
+    """The best candidate, re-encoded with weights and biases paired in block NDUs when that is smaller.
+
+    Pairing changes only the container (one NDU header instead of two per layer), not a
+    single reconstructed value, so the score carries over; it is checked by decoding.
+    """
+    settings = dict(encoder_options, **best.settings, blocks=True)
+    try:
+        stream = Encoder(**settings).encode(tensors).stream
+    except EncodeError:
+        return best
+    if len(stream) >= best.bytes:
+        return best
+    plain, paired = decode(best.stream), decode(stream)
+    if plain.keys() != paired.keys() or any(not np.array_equal(plain[k], paired[k]) for k in plain):
+        return best
+    # the same candidate in a smaller container: updated in place
+    best.settings, best.bytes, best.stream = dict(best.settings, blocks=True), len(stream), stream
+    _drop_dominated_streams(candidates)
+    return best
+
+
+def _check_decodes(best: Candidate, tensors, encoder_options) -> None:
+    """The search scores the encoder's reconstruction; make sure the decoder agrees."""
+    again = Encoder(**dict(encoder_options, **best.settings)).encode(tensors)
+    expected, decoded = again.reconstruction, decode(best.stream)
+    if again.stream != best.stream or decoded.keys() != expected.keys() or any(
+            not np.array_equal(decoded[k], expected[k]) for k in expected):
+        raise EncodeError("internal error: the search's best stream does not decode to the encoder's "
+                          "reconstruction; please report it")
 
 
 def _refine(tensors, base: Candidate, floor, tolerance, run, out_of_time, max_qp, encoder_options):

@@ -1,0 +1,79 @@
+"""EncodeCache: an encode with the cache is byte-identical to one without, whatever came before."""
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import nnc
+from nnc.encoder import EncodeCache, Encoder
+
+FLOATS = st.floats(-4.0, 4.0, allow_nan=False, allow_infinity=False, width=32)
+
+
+@st.composite
+def model(draw):
+    """Layers with a weight and (usually) a matching bias, plus an occasional integer tensor."""
+    out = {}
+    for i in range(draw(st.integers(1, 3))):
+        rows, cols = draw(st.integers(1, 6)), draw(st.integers(1, 6))
+        out[f"l{i}.weight"] = draw(hnp.arrays(np.float32, (rows, cols), elements=FLOATS))
+        if draw(st.booleans()):
+            out[f"l{i}.bias"] = draw(hnp.arrays(np.float32, (rows,), elements=FLOATS))
+    if draw(st.booleans()):
+        out["steps"] = np.arange(3, dtype=np.int64)
+    return out
+
+
+def encoder_settings(names):
+    floats = [n for n in names if n != "steps"]
+    return st.fixed_dictionaries({
+        "qp": st.integers(-30, -4),
+        "dq": st.booleans(),
+        "blocks": st.booleans(),
+        "rdoq_lambda": st.sampled_from([0.0, 0.1, 0.8]),
+        "qp_per_tensor": st.dictionaries(st.sampled_from(floats), st.integers(-30, 0), max_size=2),
+        "lambda_per_tensor": st.dictionaries(st.sampled_from(floats), st.sampled_from([0.0, 0.4]), max_size=2),
+        "n_gtx": st.sampled_from([1, 11]),
+        "profile": st.sampled_from([0, 1]),
+    })
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None, max_examples=60)
+@given(data=st.data(), max_bytes=st.sampled_from([0, 200, 1 << 30]))
+def test_cached_encodes_equal_fresh_ones(data, max_bytes):
+    tensors = data.draw(model())
+    cache = EncodeCache(max_bytes)
+    for _ in range(data.draw(st.integers(2, 5))):
+        opts = data.draw(encoder_settings(list(tensors)))
+        cached = Encoder(**opts).encode(tensors, cache=cache)
+        fresh = Encoder(**opts).encode(tensors)
+        assert cached.stream == fresh.stream
+        decoded = nnc.decode(cached.stream)
+        for k, v in fresh.reconstruction.items():
+            assert np.array_equal(cached.reconstruction[k], v)
+            assert np.array_equal(decoded[k], v)
+
+
+def test_units_are_reused_only_for_the_same_array_objects():
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(16, 16)).astype(np.float32)
+    cache = EncodeCache()
+    Encoder(qp=-20).encode({"a": a}, cache=cache)
+    Encoder(qp=-20).encode({"a": a}, cache=cache)
+    assert (cache.hits, cache.misses) == (1, 1)
+    changed = a.copy()
+    changed[0, 0] += 1.0                           # a new object: never served from the cache
+    res = Encoder(qp=-20).encode({"a": changed}, cache=cache)
+    assert cache.misses == 2
+    assert res.stream == Encoder(qp=-20).encode({"a": changed}).stream
+
+
+def test_memory_budget_evicts_least_recently_used():
+    rng = np.random.default_rng(4)
+    t = {f"t{i}": rng.normal(size=(32, 32)) for i in range(4)}
+    cache = EncodeCache(max_bytes=1)
+    Encoder(qp=-20).encode(t, cache=cache)
+    assert len(cache) == 1                          # only the newest unit is kept
+    cache.clear()
+    assert len(cache) == 0
