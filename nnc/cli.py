@@ -162,13 +162,15 @@ def cmd_encode(args) -> int:
     return EXIT_OK
 
 
-def load_callable(spec: str):
+def load_callable(spec: str, option: str = "--search"):
     """The function named by ``MODULE:FUNCTION`` or ``path/to/file.py:FUNCTION``.
 
     Parameters
     ----------
     spec : str
         A dotted module name or a ``.py`` file path, a colon, and a function name.
+    option : str
+        The command-line option that named it, for error messages.
 
     Returns
     -------
@@ -189,7 +191,7 @@ def load_callable(spec: str):
 
     module_name, sep, func_name = spec.rpartition(":")
     if not sep or not module_name or not func_name:
-        _usage_error(f"--search needs MODULE:FUNCTION, not {spec!r}")
+        _usage_error(f"{option} needs MODULE:FUNCTION, not {spec!r}")
     try:
         if module_name.endswith(".py"):
             loader_spec = importlib.util.spec_from_file_location("nnc_user_evaluation", module_name)
@@ -201,7 +203,7 @@ def load_callable(spec: str):
         else:
             module = importlib.import_module(module_name)
     except (ImportError, OSError) as exc:
-        _usage_error(f"cannot import {module_name!r} for --search: {exc}")
+        _usage_error(f"cannot import {module_name!r} for {option}: {exc}")
     func = getattr(module, func_name, None)
     if not callable(func):
         _usage_error(f"{module_name!r} has no function {func_name!r}")
@@ -213,17 +215,19 @@ def _encode_search(args, tensors, options) -> int:
     from .search import search
 
     evaluate = load_callable(args.search)
+    check = load_callable(args.check, "--check") if args.check else None
     for chosen_by_search in ("qp", "step", "dq", "rdoq_lambda", "qp_per_tensor", "lambda_per_tensor", "sigmas",
                              "dcv1_s"):
         options.pop(chosen_by_search, None)
     t0 = time.perf_counter()
     result = search(tensors, evaluate, tolerance=args.tolerance, dq=args.dq, workers=args.workers,
-                    time_budget=args.time_budget,
+                    time_budget=args.time_budget, check=check,
                     progress=not args.quiet and not args.json and sys.stderr.isatty(), **options)
     elapsed = time.perf_counter() - t0
     if result.best is None:
-        return _fail(f"no setting kept the score within {args.tolerance} of {result.reference_score:.6g} "
-                     f"({len(result.candidates)} candidates tried)")
+        checked = " and the --check score" if check else ""
+        return _fail(f"no setting kept the score{checked} within {args.tolerance} of the original's "
+                     f"({result.reference_score:.6g}; {len(result.candidates)} candidates tried)")
     best = result.best
     out = args.output or str(Path(args.model).with_suffix(".nnr"))
     formats.write_atomic(out, best.stream)
@@ -232,6 +236,7 @@ def _encode_search(args, tensors, options) -> int:
                    bits_per_weight=8 * best.bytes / max(n, 1), ratio_fp32=4 * n / max(best.bytes, 1),
                    reference_score=result.reference_score, score=best.score, tolerance=args.tolerance,
                    settings=best.settings, candidates=len(result.candidates), seconds=elapsed,
+                   check_reference=result.check_reference, check=best.check,
                    pareto=[dict(bytes=c.bytes, score=c.score) for c in result.pareto])
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -542,6 +547,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "better) stays within --tolerance of the original's; ignores --qp/--step/--rdoq")
     p.add_argument("--tolerance", type=float, default=0.005,
                    help="with --search: allowed score drop (default 0.005)")
+    p.add_argument("--check", metavar="MODULE:FUNCTION",
+                   help="with --search: a second score on other data; the result must also stay within "
+                        "--tolerance of the original's on it (a guard against fitting --search's data)")
     p.add_argument("--time-budget", type=float, metavar="SECONDS", help="with --search: stop after this time")
     p.add_argument("--workers", type=int, default=1, help="with --search: worker processes (default 1)")
     p.set_defaults(func=cmd_encode)

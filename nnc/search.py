@@ -3,8 +3,8 @@
 The search finds the smallest stream whose score (accuracy, say; higher is better) stays
 within ``tolerance`` of the original model's, in three stages:
 
-1. **qp sweep** — global qps from coarse to fine with the encoder's default quantiser
-   (DQ unless ``dq=False``), until one keeps the score;
+1. **qp sweep** — the coarsest global qp that keeps the score, by bisection over
+   ``qp_range`` with the encoder's default quantiser (DQ unless ``dq=False``);
 2. **rate-distortion sweep** — (qp, λ) pairs of the rate-distortion quantiser (spec A.9)
    at and around that qp;
 3. **per-tensor refinement** (``per_tensor=True``, the default) — starting from each of
@@ -80,6 +80,8 @@ class Candidate:
     stream : bytes
         The stream itself; empty (to bound the search's memory) for candidates that are
         not on the Pareto front of the search's result.
+    check : float or None
+        ``check`` of the decoded stream, for the candidates the search's ``check`` looked at.
 
     Examples
     --------
@@ -92,6 +94,7 @@ class Candidate:
     bytes: int
     score: float
     stream: bytes = field(repr=False, default=b"")
+    check: float | None = field(repr=False, default=None)
 
 
 @dataclass
@@ -107,8 +110,11 @@ class SearchResult:
     candidates : list of Candidate
         Every evaluated setting, in evaluation order.
     best : Candidate or None
-        The smallest stream whose score is at least ``reference_score - tolerance``, or
-        None when no candidate reached it.
+        The smallest stream whose score is at least ``reference_score - tolerance`` (and
+        whose ``check`` score is at least ``check_reference - tolerance``, with a check),
+        or None when no candidate reached it.
+    check_reference : float or None
+        ``check`` of the original tensors, when the search had a ``check``.
 
     Examples
     --------
@@ -122,6 +128,7 @@ class SearchResult:
     tolerance: float
     candidates: list
     best: Candidate | None
+    check_reference: float | None = None
 
     @property
     def pareto(self) -> list:
@@ -166,7 +173,8 @@ def _evaluate_in_worker(settings):
 def search(tensors: Mapping[str, np.ndarray], evaluate: Callable, *, tolerance: float = 0.005,
            qp_range=None, lambdas=(0.05, 0.1, 0.2, 0.4, 0.8, 1.6), dq: bool = True,
            per_tensor: bool = True, bases: int = 3, max_qp: int = 40, workers: int = 1, time_budget: float | None = None,
-           progress: bool | None = None, cache_bytes: int = 2 << 30, **encoder_options) -> SearchResult:
+           progress: bool | None = None, cache_bytes: int = 2 << 30, check: Callable | None = None,
+           **encoder_options) -> SearchResult:
     """Find the smallest stream whose score stays within ``tolerance`` of the original's (spec A.13).
 
     Parameters
@@ -180,7 +188,7 @@ def search(tensors: Mapping[str, np.ndarray], evaluate: Callable, *, tolerance: 
         Allowed drop of the score below ``evaluate(tensors)`` (0.005 = half a point of
         accuracy given as a fraction).
     qp_range : iterable of int, optional
-        Global qps of the first sweep; by default the steps 2**-10 to 2**-1 at the
+        Global qps of the first sweep (bisected for the coarsest that keeps the score); by default the steps 2**-10 to 2**-1 at the
         encoder's qp density (qps -40 to -4 at the default density 2).
     lambdas : sequence of float
         λ values of the rate-distortion sweep (scale: squared steps per bit, spec A.9).
@@ -196,6 +204,12 @@ def search(tensors: Mapping[str, np.ndarray], evaluate: Callable, *, tolerance: 
         Seconds after which no further batch of candidates starts.
     progress : bool or None
         Write progress to stderr (None: when stderr is a terminal).
+    check : callable, optional
+        A second score on other data (``check(decoded_tensors) -> float``), to guard the
+        result against a search fitted to ``evaluate``'s data: the result is the smallest
+        stream of the Pareto front within the tolerance on both scores. Only front
+        candidates within the tolerance of ``evaluate`` are checked, smallest first, until
+        one passes, so the check data influences the choice little.
     cache_bytes : int
         Memory for the units kept between candidates (:class:`nnc.encoder.EncodeCache`,
         shared out among the workers): a per-tensor move re-encodes one tensor, not the model.
@@ -274,19 +288,11 @@ def search(tensors: Mapping[str, np.ndarray], evaluate: Callable, *, tolerance: 
         return min(ok, key=lambda c: (c.bytes, -c.score)) if ok else None
 
     try:
-        # 1. qp sweep, coarse to fine, in chunks so that the time budget is honoured
+        # 1. qp sweep: bisection for the coarsest qp that keeps the score
         if qp_range is None:
             density = int(encoder_options.get("qp_density", 2))
             qp_range = range(-10 << density, -(1 << density) + 1)
-        qps = sorted(qp_range, reverse=True)
-        ok_qp = None
-        for i in range(0, len(qps), chunk):
-            found = [c for c in run([dict(qp=q, dq=dq) for q in qps[i:i + chunk]]) if c.score >= floor]
-            if found:
-                ok_qp = max(c.settings["qp"] for c in found)
-                break
-            if out_of_time():
-                break
+        ok_qp = _coarsest_passing_qp(sorted(qp_range, reverse=True), dq, floor, run, out_of_time, chunk)
         # 2. rate-distortion quantisation around the coarsest acceptable qp, with and without DQ
         stage[0] = "rd sweep"
         if ok_qp is not None and not out_of_time():
@@ -309,11 +315,52 @@ def search(tensors: Mapping[str, np.ndarray], evaluate: Callable, *, tolerance: 
     if not candidates:
         raise EncodeError("the search evaluated no candidate (time budget too small?)")
     best = best_ok()
+    check_reference = None
+    if check is not None:
+        check_reference = float(check({k: v.copy() for k, v in tensors.items()}))
+        best = _first_passing_check(candidates, floor, check, check_reference - tolerance)
     if best is not None:
         if "blocks" not in encoder_options:
             best = _smaller_container(tensors, best, encoder_options, candidates)
         _check_decodes(best, tensors, encoder_options)
-    return SearchResult(reference_score=reference, tolerance=tolerance, candidates=candidates, best=best)
+    return SearchResult(reference_score=reference, tolerance=tolerance, candidates=candidates, best=best,
+                        check_reference=check_reference)
+
+
+def _first_passing_check(candidates: list, floor: float, check: Callable, check_floor: float):
+    """The smallest Pareto-front candidate within the tolerance that also passes ``check``."""
+    front = SearchResult(0.0, 0.0, candidates, None).pareto
+    for c in front:
+        if c.score < floor:
+            continue
+        c.check = float(check(decode(c.stream)))
+        if c.check >= check_floor:
+            return c
+    return None
+
+
+def _coarsest_passing_qp(qps: list, dq: bool, floor: float, run, out_of_time, chunk: int):
+    """Stage 1: the coarsest qp of ``qps`` (coarse to fine) that keeps the score, by bisection.
+
+    The score is taken to fall as the qp grows; ``chunk`` qps are tried at a time, evenly
+    spread over the interval still open, so a sweep of n qps costs about log2(n) rounds.
+    Returns None when no qp tried keeps the score.
+    """
+    lo, hi = -1, len(qps)         # qps[lo] fails, qps[hi] passes (sentinels outside the list)
+    while hi - lo > 1:
+        width = hi - lo - 1
+        picks = sorted({lo + 1 + (j + 1) * width // (chunk + 1) for j in range(min(chunk, width))})
+        picks = [min(max(i, lo + 1), hi - 1) for i in picks]
+        tried = run([dict(qp=qps[i], dq=dq) for i in picks])
+        if not tried:
+            break
+        passing = [i for i, c in zip(picks, tried) if c.score >= floor]
+        if passing:
+            hi = passing[0]
+            lo = max([lo] + [i for i, c in zip(picks, tried) if i < hi])
+        else:
+            lo = picks[len(tried) - 1]
+    return qps[hi] if hi < len(qps) else None
 
 
 def _drop_dominated_streams(candidates: list) -> None:

@@ -218,3 +218,26 @@ def test_tensor_lambda_and_bad_assignments(model, tmp_path):
     for bad in (["--tensor-lambda", "fc.*=x"], ["--tensor-qp", "fc.*=1.5"], ["--tensor-qp", "nolabel"]):
         r = run("encode", path, "-o", tmp_path / "x.nnr", *bad)
         assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_encode_search_with_a_check(model, tmp_path):
+    path, _ = model
+    script = tmp_path / "score.py"
+    script.write_text("import numpy as np\n"
+                      "from nnc.formats import read_model\n"
+                      f"REF, _ = read_model({str(path)!r})\n"
+                      "def neg_mse(t):\n"
+                      "    return -float(np.mean((np.asarray(t['fc.weight']) - REF['fc.weight']) ** 2))\n"
+                      "def exact(t):\n"
+                      "    return float(np.array_equal(np.asarray(t['fc.weight']), REF['fc.weight']))\n")
+    out = tmp_path / "m.nnr"
+    ok = run("encode", path, "-o", out, "--search", f"{script}:neg_mse", "--check", f"{script}:neg_mse",
+             "--tolerance", "1e-4", "--json")
+    assert ok.returncode == 0, ok.stderr
+    summary = json.loads(ok.stdout)
+    assert summary["check"] >= summary["check_reference"] - 1e-4
+    # a check that only the original passes: no stream is written
+    bad = run("encode", path, "-o", tmp_path / "x.nnr", "--search", f"{script}:neg_mse", "--check",
+              f"{script}:exact", "--tolerance", "1e-4")
+    assert bad.returncode != 0 and "--check" in bad.stderr
+    assert not (tmp_path / "x.nnr").exists()

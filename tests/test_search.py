@@ -1,7 +1,11 @@
 """DC-v2 search against an evaluation function (spec A.13)."""
 
+import math
+
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nnc import demo
 from nnc.formats import read_model
@@ -77,3 +81,60 @@ def test_first_improvement_refinement_for_many_tensors(monkeypatch):
     assert res.best.bytes < coarse.best.bytes
     assert res.best.score >= res.reference_score - 0.005
     assert accuracy(nnc.decode(res.best.stream)) == res.best.score
+
+
+@settings(deadline=None)
+@given(n=st.integers(1, 60), data=st.data(), chunk=st.integers(1, 4))
+def test_qp_bisection_finds_the_coarsest_passing_qp(n, data, chunk):
+    """With a score that falls as the qp grows, stage 1 finds the first passing qp in log time."""
+    from nnc.search import Candidate, _coarsest_passing_qp
+
+    qps = list(range(n, 0, -1))                     # coarse to fine
+    first = data.draw(st.integers(0, n))            # qps[first:] pass; first == n: none does
+    calls = []
+
+    def run(batch):
+        calls.append(len(batch))
+        return [Candidate({"qp": s["qp"]}, 0, 1.0 if qps.index(s["qp"]) >= first else 0.0) for s in batch]
+
+    found = _coarsest_passing_qp(qps, True, 0.5, run, lambda: False, chunk)
+    assert found == (qps[first] if first < n else None)
+    assert all(size <= chunk for size in calls)
+    assert len(calls) <= math.ceil(math.log(n + 1, chunk + 1)) + 1
+
+
+def first_half(tensors):
+    return demo.accuracy("mlp", {k: np.asarray(v, np.float32) for k, v in tensors.items()}, X[:270], Y[:270])
+
+
+def second_half(tensors):
+    return demo.accuracy("mlp", {k: np.asarray(v, np.float32) for k, v in tensors.items()}, X[270:], Y[270:])
+
+
+def test_check_guards_the_result_on_other_data():
+    plain = search(PARAMS, first_half, tolerance=0.005, progress=False)
+    checked = search(PARAMS, first_half, tolerance=0.005, check=second_half, progress=False)
+    best = checked.best
+    assert checked.check_reference == second_half(PARAMS)
+    if best is not None:
+        import nnc
+
+        assert best.score >= checked.reference_score - 0.005
+        assert best.check == second_half(nnc.decode(best.stream)) >= checked.check_reference - 0.005
+        assert best.bytes >= plain.best.bytes
+    # every front candidate within the tolerance and smaller than the result failed the check
+    smaller = [c for c in checked.pareto if c.score >= checked.reference_score - 0.005
+               and c.bytes < (best.bytes if best else float("inf"))]
+    assert all(c.check is not None and c.check < checked.check_reference - 0.005 for c in smaller)
+
+
+def test_check_that_nothing_passes_gives_no_result():
+    calls = []
+
+    def check(tensors):             # the original scores 0, every stream -1
+        calls.append(1)
+        return 0.0 if len(calls) == 1 else -1.0
+
+    res = search(PARAMS, accuracy, tolerance=0.005, check=check, per_tensor=False, progress=False)
+    assert res.best is None
+    assert len(calls) - 1 == len([c for c in res.pareto if c.score >= res.reference_score - 0.005])
