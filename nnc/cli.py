@@ -543,8 +543,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "tensor's step by eq. 12 and, with --rdoq, the importance 1/sigma^2")
     p.add_argument("--dcv1-s", type=int, default=64, metavar="S", help="DC-v1 global integer S (default 64)")
     p.add_argument("--search", metavar="MODULE:FUNCTION",
-                   help="DC-v2: find the smallest stream whose score (FUNCTION(decoded tensors), higher is "
-                        "better) stays within --tolerance of the original's; ignores --qp/--step/--rdoq")
+                   help="DC-v2: find the smallest stream whose score (FUNCTION(decoded tensors): a number, or "
+                        "better one score per sample; higher is better) stays within --tolerance of the "
+                        "original's; ignores --qp/--step/--rdoq")
     p.add_argument("--tolerance", type=float, default=0.005,
                    help="with --search: allowed score drop (default 0.005)")
     p.add_argument("--check", metavar="MODULE:FUNCTION",

@@ -166,11 +166,64 @@ def accuracy(kind: str, params, x, y) -> float:
 _TEST_SET = []
 
 
-def _score(kind: str, tensors) -> float:
+def _score(kind: str, tensors, per_image: bool = False):
     if not _TEST_SET:
         _TEST_SET.append(load_test_set())
     x, y = _TEST_SET[0]
-    return accuracy(kind, {k: np.asarray(v, np.float32) for k, v in tensors.items()}, x, y)
+    params = {k: np.asarray(v, np.float32) for k, v in tensors.items()}
+    if per_image:
+        return (FORWARD[kind](params, x).argmax(1) == y).astype(np.float64)
+    return accuracy(kind, params, x, y)
+
+
+def mlp_correct(tensors) -> np.ndarray:
+    """Per-image scores of the bundled MLP: 1.0 for each test image classified correctly, else 0.0.
+
+    The search's per-sample form of :func:`mlp_accuracy` (``--search nnc.demo:mlp_correct``):
+    candidates are compared with the original image by image.
+
+    Parameters
+    ----------
+    tensors : mapping of str to numpy.ndarray
+        The MLP's tensors, e.g. as decoded.
+
+    Returns
+    -------
+    numpy.ndarray
+        One float per bundled test image.
+
+    Examples
+    --------
+    >>> from nnc.formats import read_model
+    >>> tensors, _ = read_model(DATA / "mlp.safetensors")
+    >>> s = mlp_correct(tensors)
+    >>> s.shape, round(float(s.mean()), 4)
+    ((540,), 0.9889)
+    """
+    return _score("mlp", tensors, per_image=True)
+
+
+def cnn_correct(tensors) -> np.ndarray:
+    """Per-image scores of the bundled CNN; see :func:`mlp_correct`.
+
+    Parameters
+    ----------
+    tensors : mapping of str to numpy.ndarray
+        The CNN's tensors, e.g. as decoded.
+
+    Returns
+    -------
+    numpy.ndarray
+        One float per bundled test image.
+
+    Examples
+    --------
+    >>> from nnc.formats import read_model
+    >>> tensors, _ = read_model(DATA / "cnn.safetensors")
+    >>> round(float(cnn_correct(tensors).mean()), 4)
+    0.9907
+    """
+    return _score("cnn", tensors, per_image=True)
 
 
 def mlp_accuracy(tensors) -> float:
@@ -304,5 +357,6 @@ def run(data_dir: Path = DATA, settings=DEFAULT_SETTINGS, out=print) -> list[dic
     return rows
 
 
-__all__ = ["DATA", "MODELS", "run", "load_test_set", "accuracy", "mlp_accuracy", "cnn_accuracy", "snr_db",
+__all__ = ["DATA", "MODELS", "run", "load_test_set", "accuracy", "mlp_accuracy", "cnn_accuracy", "mlp_correct",
+           "cnn_correct", "snr_db",
            "mlp_forward", "cnn_forward"]

@@ -4,7 +4,8 @@ The search finds the smallest stream whose score (accuracy, say; higher is bette
 within ``tolerance`` of the original model's, in three stages:
 
 1. **qp sweep** — the coarsest global qp that keeps the score, by bisection over
-   ``qp_range`` with the encoder's default quantiser (DQ unless ``dq=False``);
+   ``qp_range`` with the encoder's default quantiser (DQ unless ``dq=False``), and a
+   look at the few qps just coarser (:data:`COARSER_SCAN`);
 2. **rate-distortion sweep** — (qp, λ) pairs of the rate-distortion quantiser (spec A.9)
    at and around that qp;
 3. **per-tensor refinement** (``per_tensor=True``, the default) — starting from each of
@@ -12,6 +13,9 @@ within ``tolerance`` of the original model's, in three stages:
    step is an eighth of an octave with the default density), each round tries two moves
    per tensor (1-D tensors included): its qp raised by the current step (16, 8, 4, 2,
    then 1), or its rate-distortion λ raised to the next value of :data:`LAMBDA_LADDER`.
+   On models with many tensors a knapsack step comes first: each tensor is probed alone
+   at :data:`PROBE_STEPS` coarser, and the combination that saves the most bytes for
+   the score the tolerance leaves (drops taken as additive) is tried at once.
    It keeps the move that saves the most bytes per point of score lost; a move that
    breaks the tolerance is dropped for the current step. With more than
    :data:`STEEPEST_MOVES` moves (models with many tensors) it keeps instead the first
@@ -25,8 +29,14 @@ within ``tolerance`` of the original model's, in three stages:
 
 The search keeps the smallest of many candidates that pass, so it fits whatever
 ``evaluate`` measures: give it validation data rather than the data a result is reported
-on, enough samples (or a smoother score than accuracy), and a tolerance with some margin.
-``benchmarks/bench_accuracy.py --holdout`` shows the effect on the digits models.
+on, and enough of it. Let ``evaluate`` return one score per sample (1/0 per input for
+accuracy) rather than their mean: the search then compares each candidate with the
+original sample by sample and passes it only when the mean paired difference minus ``z``
+standard errors (:func:`paired_bound`) is within the tolerance, so that a candidate that
+loses some inputs and wins others back by chance does not pass. On the digits models this
+is the difference between streams that keep their accuracy on unseen images and streams
+that lose points there (``benchmarks/bench_accuracy.py --holdout`` and ``--crossfit``).
+``check`` adds a second score on other data that the result must also keep.
 
 Candidates run in worker processes when ``workers`` > 1 (``evaluate`` must then be
 picklable, e.g. a module-level function); ``time_budget`` (seconds) ends the search with
@@ -42,6 +52,7 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
@@ -62,6 +73,13 @@ SWAP_STEPS = (2, 1)
 SWAP_TENSORS = 8
 #: up to this many moves a round tries them all and keeps the best; above, the first that helps
 STEEPEST_MOVES = 24
+#: with ``check``: how many candidates off the Pareto front are checked when none on it passes
+MAX_CHECKS = 32
+#: how many qps just coarser than the bisection's result stage 1 tries as well
+COARSER_SCAN = 4
+#: qp steps (on the refinement's finer scale) by which each tensor is probed alone before
+#: the knapsack step of the refinement coarsens many tensors at once
+PROBE_STEPS = (4, 8)
 
 
 @dataclass
@@ -82,6 +100,10 @@ class Candidate:
         not on the Pareto front of the search's result.
     check : float or None
         ``check`` of the decoded stream, for the candidates the search's ``check`` looked at.
+    bound : float
+        What the search compares with the floor: ``score`` itself for a scalar score; for
+        per-sample scores, the original's score plus the mean paired difference minus
+        ``z`` standard errors of it.
 
     Examples
     --------
@@ -95,6 +117,11 @@ class Candidate:
     score: float
     stream: bytes = field(repr=False, default=b"")
     check: float | None = field(repr=False, default=None)
+    bound: float | None = field(repr=False, default=None)
+
+    def __post_init__(self):
+        if self.bound is None:
+            self.bound = self.score
 
 
 @dataclass
@@ -133,12 +160,7 @@ class SearchResult:
     @property
     def pareto(self) -> list:
         """Candidates not beaten in both size and score, by increasing size (scores increase too)."""
-        front, best_score = [], -np.inf
-        for c in sorted(self.candidates, key=lambda c: (c.bytes, -c.score)):
-            if c.score > best_score:
-                front.append(c)
-                best_score = c.score
-        return front
+        return _front(self.candidates, "score")
 
 
 class _Evaluator:
@@ -156,7 +178,79 @@ class _Evaluator:
     def __call__(self, settings):
         res = Encoder(**settings).encode(self.tensors, cache=self.cache)
         decoded = {k: v.copy() for k, v in res.reconstruction.items()}     # evaluate may modify them
-        return settings, len(res.stream), float(self.evaluate(decoded)), res.stream
+        return settings, len(res.stream), _as_scores(self.evaluate(decoded)), res.stream
+
+
+def _as_scores(value):
+    """A scalar score as a float, per-sample scores as a 1-D float array."""
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.ndim == 0:
+        return float(arr)
+    if arr.ndim != 1 or arr.size == 0 or not np.all(np.isfinite(arr)):
+        raise EncodeError("evaluate must return a number or a non-empty 1-D array of finite per-sample scores")
+    return arr
+
+
+def paired_bound(samples, reference_samples, z: float = 1.0) -> tuple[float, float]:
+    """The score and the search's lower bound for per-sample scores against the original's.
+
+    The bound is the original's mean score plus the mean paired difference minus ``z``
+    standard errors of that difference; :func:`search` passes a candidate when the bound
+    is within the tolerance of the original's score.
+
+    Parameters
+    ----------
+    samples : array-like
+        One score per sample for the candidate.
+    reference_samples : array-like
+        The original model's scores for the same samples.
+    z : float
+        Standard errors to keep in hand.
+
+    Returns
+    -------
+    tuple of float
+        (mean score, bound).
+
+    Raises
+    ------
+    nnc.errors.EncodeError
+        If the two do not have the same number of finite scores.
+
+    Examples
+    --------
+    >>> ref = [1, 1, 1, 0, 1, 1, 0, 1]             # 6 of 8 right
+    >>> score, bound = paired_bound([1, 1, 0, 1, 1, 1, 0, 1], ref)   # one lost, another won back
+    >>> score, round(bound, 3)
+    (0.75, 0.561)
+    >>> paired_bound(ref, ref)
+    (0.75, 0.75)
+    """
+    measure = _Bound(_as_scores(reference_samples), z)
+    if measure.samples is None:
+        raise EncodeError("paired_bound needs per-sample scores")
+    return measure(_as_scores(samples))
+
+
+class _Bound:
+    """Turns what ``evaluate`` returned into (score, bound) against the original's samples."""
+
+    def __init__(self, reference, z: float):
+        self.samples = reference if isinstance(reference, np.ndarray) else None
+        self.reference = float(np.mean(reference))
+        self.z = float(z)
+
+    def __call__(self, value) -> tuple[float, float]:
+        if isinstance(value, np.ndarray) != (self.samples is not None):
+            raise EncodeError("evaluate returned per-sample scores for some settings and a number for others")
+        if self.samples is None:
+            return value, value
+        if value.shape != self.samples.shape:
+            raise EncodeError(f"evaluate returned {value.size} per-sample scores, the original {self.samples.size}")
+        diff = value - self.samples
+        se = float(diff.std(ddof=1) / np.sqrt(diff.size)) if diff.size > 1 else 0.0
+        score = float(value.mean())
+        return score, self.reference + float(diff.mean()) - self.z * se
 
 
 _WORKER: list = []
@@ -174,7 +268,7 @@ def search(tensors: Mapping[str, np.ndarray], evaluate: Callable, *, tolerance: 
            qp_range=None, lambdas=(0.05, 0.1, 0.2, 0.4, 0.8, 1.6), dq: bool = True,
            per_tensor: bool = True, bases: int = 3, max_qp: int = 40, workers: int = 1, time_budget: float | None = None,
            progress: bool | None = None, cache_bytes: int = 2 << 30, check: Callable | None = None,
-           **encoder_options) -> SearchResult:
+           z: float = 1.0, **encoder_options) -> SearchResult:
     """Find the smallest stream whose score stays within ``tolerance`` of the original's (spec A.13).
 
     Parameters
@@ -182,8 +276,13 @@ def search(tensors: Mapping[str, np.ndarray], evaluate: Callable, *, tolerance: 
     tensors : mapping of str to numpy.ndarray
         The model's tensors, as for :func:`nnc.encode`.
     evaluate : callable
-        ``evaluate(decoded_tensors) -> float``; higher is better. It receives a dict of
-        name to array, as :func:`nnc.decode` returns.
+        ``evaluate(decoded_tensors)``; higher is better. It receives a dict of name to
+        array, as :func:`nnc.decode` returns, and returns the score, or better one score
+        per sample (1 or 0 for each correctly or wrongly classified input, say; the score
+        is their mean). Per-sample scores let the search compare each candidate with the
+        original sample by sample, and pass it only when the mean paired difference minus
+        ``z`` standard errors stays within the tolerance: a candidate that loses some
+        samples and wins others back by chance does not pass.
     tolerance : float
         Allowed drop of the score below ``evaluate(tensors)`` (0.005 = half a point of
         accuracy given as a fraction).
@@ -204,12 +303,16 @@ def search(tensors: Mapping[str, np.ndarray], evaluate: Callable, *, tolerance: 
         Seconds after which no further batch of candidates starts.
     progress : bool or None
         Write progress to stderr (None: when stderr is a terminal).
+    z : float
+        With per-sample scores, how many standard errors of the paired difference a
+        candidate must keep in hand (0 compares the means only).
     check : callable, optional
-        A second score on other data (``check(decoded_tensors) -> float``), to guard the
-        result against a search fitted to ``evaluate``'s data: the result is the smallest
-        stream of the Pareto front within the tolerance on both scores. Only front
-        candidates within the tolerance of ``evaluate`` are checked, smallest first, until
-        one passes, so the check data influences the choice little.
+        A second score on other data (a number or per-sample scores, like ``evaluate``), to
+        guard the result against a search fitted to ``evaluate``'s data: the result is the
+        smallest candidate within the tolerance on both. Only candidates within the
+        tolerance of ``evaluate`` are checked, those of the Pareto front first, smallest
+        first, until one passes (then at most :data:`MAX_CHECKS` others), so the check
+        data steers the choice little.
     cache_bytes : int
         Memory for the units kept between candidates (:class:`nnc.encoder.EncodeCache`,
         shared out among the workers): a per-tensor move re-encodes one tensor, not the model.
@@ -241,8 +344,10 @@ def search(tensors: Mapping[str, np.ndarray], evaluate: Callable, *, tolerance: 
     True
     """
     tensors = {k: np.asarray(v) for k, v in tensors.items()}
-    reference = float(evaluate({k: v.copy() for k, v in tensors.items()}))
+    measure = _Bound(_as_scores(evaluate({k: v.copy() for k, v in tensors.items()})), z)
+    reference = measure.reference
     floor = reference - tolerance
+    _warn_if_unresolvable(measure.samples, tolerance)
     start = time.monotonic()
     show = sys.stderr.isatty() if progress is None else progress
     candidates: list[Candidate] = []
@@ -256,7 +361,7 @@ def search(tensors: Mapping[str, np.ndarray], evaluate: Callable, *, tolerance: 
     chunk = max(1, workers)
 
     def best_bytes():
-        return min((x.bytes for x in candidates if x.score >= floor), default=0)
+        return min((x.bytes for x in candidates if x.bound >= floor), default=0)
 
     def run(batch):
         """Evaluate settings, ``workers`` at a time, until the batch or the time budget ends.
@@ -270,8 +375,10 @@ def search(tensors: Mapping[str, np.ndarray], evaluate: Callable, *, tolerance: 
                 break
             jobs = [dict(encoder_options, **s) for s in batch[i:i + chunk]]
             results = pool.map(_evaluate_in_worker, jobs) if pool else map(evaluate_one, jobs)
-            for settings, size, score, stream in results:
-                c = Candidate(settings={k: settings[k] for k in batch[0]}, bytes=size, score=score, stream=stream)
+            for settings, size, value, stream in results:
+                score, bound = measure(value)
+                c = Candidate(settings={k: settings[k] for k in batch[0]}, bytes=size, score=score, stream=stream,
+                              bound=bound)
                 candidates.append(c)
                 out.append(c)
                 _drop_dominated_streams(candidates)
@@ -284,8 +391,8 @@ def search(tensors: Mapping[str, np.ndarray], evaluate: Callable, *, tolerance: 
         return time_budget is not None and time.monotonic() - start > time_budget
 
     def best_ok():
-        ok = [c for c in candidates if c.score >= floor]
-        return min(ok, key=lambda c: (c.bytes, -c.score)) if ok else None
+        ok = [c for c in candidates if c.bound >= floor]
+        return min(ok, key=lambda c: (c.bytes, -c.bound)) if ok else None
 
     try:
         # 1. qp sweep: bisection for the coarsest qp that keeps the score
@@ -302,7 +409,7 @@ def search(tensors: Mapping[str, np.ndarray], evaluate: Callable, *, tolerance: 
         # 3. per-tensor refinement from the best setting so far
         stage[0] = "per tensor"
         if per_tensor:
-            ok = sorted((c for c in candidates if c.score >= floor), key=lambda c: c.bytes)
+            ok = sorted((c for c in candidates if c.bound >= floor), key=lambda c: c.bytes)
             for base in ok[:bases]:
                 if out_of_time():
                     break
@@ -317,8 +424,14 @@ def search(tensors: Mapping[str, np.ndarray], evaluate: Callable, *, tolerance: 
     best = best_ok()
     check_reference = None
     if check is not None:
-        check_reference = float(check({k: v.copy() for k, v in tensors.items()}))
-        best = _first_passing_check(candidates, floor, check, check_reference - tolerance)
+        check_measure = _Bound(_as_scores(check({k: v.copy() for k, v in tensors.items()})), z)
+        check_reference = check_measure.reference
+        def stream_of(c):
+            if not c.stream:
+                c.stream = Encoder(**dict(encoder_options, **c.settings)).encode(tensors).stream
+            return c.stream
+
+        best = _first_passing_check(candidates, floor, check, check_measure, check_reference - tolerance, stream_of)
     if best is not None:
         if "blocks" not in encoder_options:
             best = _smaller_container(tensors, best, encoder_options, candidates)
@@ -327,16 +440,43 @@ def search(tensors: Mapping[str, np.ndarray], evaluate: Callable, *, tolerance: 
                         check_reference=check_reference)
 
 
-def _first_passing_check(candidates: list, floor: float, check: Callable, check_floor: float):
-    """The smallest Pareto-front candidate within the tolerance that also passes ``check``."""
-    front = SearchResult(0.0, 0.0, candidates, None).pareto
-    for c in front:
-        if c.score < floor:
-            continue
-        c.check = float(check(decode(c.stream)))
-        if c.check >= check_floor:
+def _warn_if_unresolvable(samples, tolerance: float) -> None:
+    """Warn when one sample of a 0/1 per-sample score outweighs the tolerance."""
+    if samples is None or not np.all((samples == 0) | (samples == 1)):
+        return
+    if 1.0 / samples.size > tolerance:
+        warnings.warn(f"one of the {samples.size} samples moves the score by {1 / samples.size:.4g}, more than the "
+                      f"tolerance {tolerance:g}: the search can only keep every sample as the original has it, and "
+                      f"its result will be fitted to these samples; use more of them", stacklevel=3)
+
+
+def _first_passing_check(candidates: list, floor: float, check: Callable, measure: "_Bound", check_floor: float,
+                         stream_of: Callable):
+    """The smallest candidate within the tolerance that also passes ``check``.
+
+    The (bytes, bound) front first, smallest first; if none of it passes, the other
+    candidates within the tolerance by increasing size, at most :data:`MAX_CHECKS` of
+    them (re-encoded when their stream was freed).
+    """
+    front = [c for c in _front(candidates, "bound") if c.bound >= floor]
+    on_front = {id(c) for c in front}
+    rest = sorted((c for c in candidates if c.bound >= floor and id(c) not in on_front),
+                  key=lambda c: (c.bytes, -c.bound))
+    for c in front + rest[:MAX_CHECKS]:
+        c.check, check_bound = measure(_as_scores(check(decode(stream_of(c)))))
+        if check_bound >= check_floor:
             return c
     return None
+
+
+def _front(candidates: list, key: str) -> list:
+    """Candidates not beaten in both size and ``key`` ("score" or "bound"), by increasing size."""
+    front, best = [], -np.inf
+    for c in sorted(candidates, key=lambda c: (c.bytes, -getattr(c, key))):
+        if getattr(c, key) > best:
+            front.append(c)
+            best = getattr(c, key)
+    return front
 
 
 def _coarsest_passing_qp(qps: list, dq: bool, floor: float, run, out_of_time, chunk: int):
@@ -344,9 +484,13 @@ def _coarsest_passing_qp(qps: list, dq: bool, floor: float, run, out_of_time, ch
 
     The score is taken to fall as the qp grows; ``chunk`` qps are tried at a time, evenly
     spread over the interval still open, so a sweep of n qps costs about log2(n) rounds.
-    Returns None when no qp tried keeps the score.
+    Then the :data:`COARSER_SCAN` qps just coarser than the one found are tried too (those
+    the bisection skipped), and the coarsest that passes wins: a noisy score (accuracy on
+    few samples) does not fall monotonically near its threshold. Returns None when no qp
+    tried keeps the score.
     """
     lo, hi = -1, len(qps)         # qps[lo] fails, qps[hi] passes (sentinels outside the list)
+    evaluated: set = set()
     while hi - lo > 1:
         width = hi - lo - 1
         picks = sorted({lo + 1 + (j + 1) * width // (chunk + 1) for j in range(min(chunk, width))})
@@ -354,13 +498,21 @@ def _coarsest_passing_qp(qps: list, dq: bool, floor: float, run, out_of_time, ch
         tried = run([dict(qp=qps[i], dq=dq) for i in picks])
         if not tried:
             break
-        passing = [i for i, c in zip(picks, tried) if c.score >= floor]
+        evaluated.update(picks[:len(tried)])
+        passing = [i for i, c in zip(picks, tried) if c.bound >= floor]
         if passing:
             hi = passing[0]
             lo = max([lo] + [i for i, c in zip(picks, tried) if i < hi])
         else:
             lo = picks[len(tried) - 1]
-    return qps[hi] if hi < len(qps) else None
+    if hi >= len(qps):
+        return None
+    # near the threshold a noisy score passes and fails by turns: try the next coarser qps too
+    window = [i for i in range(max(hi - COARSER_SCAN, 0), hi) if i not in evaluated]
+    for i, c in zip(window, run([dict(qp=qps[i], dq=dq) for i in window])):
+        if c.bound >= floor:
+            return qps[i]
+    return qps[hi]
 
 
 def _drop_dominated_streams(candidates: list) -> None:
@@ -369,11 +521,7 @@ def _drop_dominated_streams(candidates: list) -> None:
     A search on a large model evaluates hundreds of candidates; keeping every stream
     would hold hundreds of model-sized byte strings.
     """
-    front, best_score = set(), -np.inf
-    for c in sorted(candidates, key=lambda c: (c.bytes, -c.score)):
-        if c.score > best_score:
-            front.add(id(c))
-            best_score = c.score
+    front = {id(c) for key in ("score", "bound") for c in _front(candidates, key)}
     for c in candidates:
         if c.stream and id(c) not in front:
             c.stream = b""
@@ -397,7 +545,6 @@ def _smaller_container(tensors, best: Candidate, encoder_options, candidates: li
         return best
     # the same candidate in a smaller container: updated in place
     best.settings, best.bytes, best.stream = dict(best.settings, blocks=True), len(stream), stream
-    _drop_dominated_streams(candidates)
     return best
 
 
@@ -427,7 +574,13 @@ def _refine(tensors, base: Candidate, floor, tolerance, run, out_of_time, max_qp
     # a drop of the score is charged at least this much, so that free savings come first
     slack = max(tolerance, 1e-12) / 20
     sizes = {k: tensors[k].size for k in floats}
-    qps, lams, current = _raise(qps, base, settings, floats, floor, slack, run, out_of_time, max_qp, sizes=sizes)
+    base_lambda = float(settings.get("rdoq_lambda", 0.0))
+    lams = {k: base_lambda for k in floats}
+    current = base
+    if 2 * len(floats) > STEEPEST_MOVES:
+        # many tensors: one knapsack step first, as single moves would take a round each
+        qps, current = _jump(qps, lams, base, settings, floats, floor, slack, run, max_qp)
+    qps, lams, current = _raise(qps, current, settings, floats, floor, slack, run, out_of_time, max_qp, lams, sizes)
     # swaps: one tensor finer, another coarser, when that is smaller; then single moves again.
     # Among the largest tensors only, so that a round stays small on models with many tensors.
     settings = {k: v for k, v in settings.items() if k != "rdoq_lambda"}
@@ -438,7 +591,7 @@ def _refine(tensors, base: Candidate, floor, tolerance, run, out_of_time, max_qp
             trials = [dict(settings, qp_per_tensor=dict(qps, **{a: qps[a] - swap, b: qps[b] + swap}),
                            lambda_per_tensor=dict(lams)) for a, b in pairs]
             results = run(trials)
-            good = [(c.bytes, i) for i, c in enumerate(results) if c.score >= floor and c.bytes < current.bytes]
+            good = [(c.bytes, i) for i, c in enumerate(results) if c.bound >= floor and c.bytes < current.bytes]
             if not good:
                 break
             i = min(good)[1]
@@ -447,6 +600,74 @@ def _refine(tensors, base: Candidate, floor, tolerance, run, out_of_time, max_qp
             qps[b] += swap
             qps, lams, current = _raise(qps, results[i], settings, floats, floor, slack, run, out_of_time,
                                         max_qp, lams, sizes)
+
+
+def _jump(qps, lams, current, settings, floats, floor, slack, run, max_qp):
+    """Coarsen many tensors at once, as far as their separately measured score drops allow.
+
+    Each tensor's qp is raised alone by each of :data:`PROBE_STEPS` (one candidate per
+    tensor and step); then, taking the drops as additive, a multiple-choice knapsack picks
+    per tensor the step that saves the most bytes for the score the tolerance leaves
+    (greedy on the bytes saved per score lost), and that combination is tried with the
+    whole budget, then half and a quarter of it, until one keeps the score. Returns the
+    new (qps, candidate), or the old ones when no combination helps.
+    """
+    settings = {k: v for k, v in settings.items() if k != "rdoq_lambda"}
+
+    def trial(q):
+        return dict(settings, qp_per_tensor=q, lambda_per_tensor=dict(lams))
+
+    probes = [(k, d) for d in PROBE_STEPS for k in floats if qps[k] + d <= max_qp]
+    results = run([trial(dict(qps, **{k: qps[k] + d})) for k, d in probes])
+    if len(results) < len(probes):
+        return qps, current
+    options: dict = {}
+    for (k, d), c in zip(probes, results):
+        if c.bound >= floor and c.bytes < current.bytes:
+            options.setdefault(k, []).append((d, current.bytes - c.bytes, max(current.bound - c.bound, 0.0)))
+    # incremental steps per tensor (larger step only after the smaller, when it saves more)
+    increments = []
+    for k, opts in options.items():
+        prev_d, prev_saved, prev_drop = 0, 0, 0.0
+        for d, saved, drop in sorted(opts):
+            if saved <= prev_saved:
+                continue
+            extra_drop = max(drop - prev_drop, 0.0)
+            increments.append(((saved - prev_saved) / (extra_drop + slack), k, d, extra_drop))
+            prev_d, prev_saved, prev_drop = d, saved, max(drop, prev_drop)
+    increments.sort(key=lambda x: -x[0])
+    budget = current.bound - floor
+    tried = set()
+    for share in (1.0, 0.5, 0.25):
+        chosen, spent, progress = {}, 0.0, True
+        while progress:
+            progress = False
+            for _, k, d, extra in increments:
+                # each tensor's steps in order; every step is charged at least the slack
+                if chosen.get(k, 0) != max((i[2] for i in increments if i[1] == k and i[2] < d), default=0):
+                    continue
+                cost = max(extra, slack)
+                if spent + cost > share * budget:
+                    continue
+                chosen[k] = d
+                spent += cost
+                progress = True
+                break
+        if len(chosen) < 2 or tuple(sorted(chosen.items())) in tried:
+            continue                    # one tensor alone was a probe already
+        tried.add(tuple(sorted(chosen.items())))
+        new_qps = dict(qps, **{k: qps[k] + d for k, d in chosen.items()})
+        got = run([trial(new_qps)])
+        if not got:
+            break
+        if got[0].bound >= floor and got[0].bytes < current.bytes:
+            return new_qps, got[0]
+    # no combination kept the score: continue from the best single probe that did
+    singles = [(c.bytes, i) for i, c in enumerate(results) if c.bound >= floor and c.bytes < current.bytes]
+    if singles:
+        k, d = probes[min(singles)[1]]
+        return dict(qps, **{k: qps[k] + d}), results[min(singles)[1]]
+    return qps, current
 
 
 def _raise(qps, current, settings, floats, floor, slack, run, out_of_time, max_qp, lams=None, sizes=None):
@@ -500,7 +721,7 @@ def _raise(qps, current, settings, floats, floor, slack, run, out_of_time, max_q
                     if not tried:
                         break
                     c = tried[0]
-                    if c.score >= floor and c.bytes < current.bytes:
+                    if c.bound >= floor and c.bytes < current.bytes:
                         apply(kind, k)
                         current, improved = c, True
                     else:
@@ -511,8 +732,8 @@ def _raise(qps, current, settings, floats, floor, slack, run, out_of_time, max_q
             results = run([trial(kind, k) for kind, k in moves])
             good = []
             for move, c in zip(moves, results):
-                if c.score >= floor and c.bytes < current.bytes:
-                    drop = max(current.score - c.score, 0.0)
+                if c.bound >= floor and c.bytes < current.bytes:
+                    drop = max(current.bound - c.bound, 0.0)
                     good.append(((current.bytes - c.bytes) / (drop + slack), move, c))
                 else:
                     failed.add(move)
@@ -525,4 +746,4 @@ def _raise(qps, current, settings, floats, floor, slack, run, out_of_time, max_q
 
 
 __all__ = ["search", "SearchResult", "Candidate", "REFINE_STEPS", "LAMBDA_LADDER", "SWAP_STEPS", "SWAP_TENSORS",
-           "STEEPEST_MOVES"]
+           "STEEPEST_MOVES", "PROBE_STEPS", "COARSER_SCAN", "MAX_CHECKS", "paired_bound"]

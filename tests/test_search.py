@@ -87,7 +87,7 @@ def test_first_improvement_refinement_for_many_tensors(monkeypatch):
 @given(n=st.integers(1, 60), data=st.data(), chunk=st.integers(1, 4))
 def test_qp_bisection_finds_the_coarsest_passing_qp(n, data, chunk):
     """With a score that falls as the qp grows, stage 1 finds the first passing qp in log time."""
-    from nnc.search import Candidate, _coarsest_passing_qp
+    from nnc.search import COARSER_SCAN, Candidate, _coarsest_passing_qp
 
     qps = list(range(n, 0, -1))                     # coarse to fine
     first = data.draw(st.integers(0, n))            # qps[first:] pass; first == n: none does
@@ -99,8 +99,35 @@ def test_qp_bisection_finds_the_coarsest_passing_qp(n, data, chunk):
 
     found = _coarsest_passing_qp(qps, True, 0.5, run, lambda: False, chunk)
     assert found == (qps[first] if first < n else None)
-    assert all(size <= chunk for size in calls)
-    assert len(calls) <= math.ceil(math.log(n + 1, chunk + 1)) + 1
+    bisection = calls[:-1] if first < n else calls     # then one batch of the coarser neighbours
+    assert all(size <= chunk for size in bisection)
+    assert len(bisection) <= math.ceil(math.log(n + 1, chunk + 1)) + 1
+    assert sum(calls) - sum(bisection) <= COARSER_SCAN
+
+
+@settings(deadline=None)
+@given(passing=st.lists(st.booleans(), min_size=1, max_size=40), chunk=st.integers(1, 3))
+def test_qp_sweep_on_a_noisy_score_returns_a_passing_qp(passing, chunk):
+    """Pass/fail in any order: stage 1 returns a qp that passes (None only if none tried does)."""
+    from nnc.search import Candidate, _coarsest_passing_qp
+
+    qps = list(range(len(passing), 0, -1))
+    tried = {}
+
+    def run(batch):
+        out = []
+        for s in batch:
+            tried[s["qp"]] = passing[qps.index(s["qp"])]
+            out.append(Candidate({"qp": s["qp"]}, 0, 1.0 if tried[s["qp"]] else 0.0))
+        return out
+
+    found = _coarsest_passing_qp(qps, True, 0.5, run, lambda: False, chunk)
+    if found is None:
+        assert not any(tried.values())
+    else:
+        assert tried[found]
+        # nothing coarser that was tried passed
+        assert not any(ok for q, ok in tried.items() if q > found)
 
 
 def first_half(tensors):
@@ -129,6 +156,8 @@ def test_check_guards_the_result_on_other_data():
 
 
 def test_check_that_nothing_passes_gives_no_result():
+    from nnc.search import _front
+
     calls = []
 
     def check(tensors):             # the original scores 0, every stream -1
@@ -137,4 +166,86 @@ def test_check_that_nothing_passes_gives_no_result():
 
     res = search(PARAMS, accuracy, tolerance=0.005, check=check, per_tensor=False, progress=False)
     assert res.best is None
-    assert len(calls) - 1 == len([c for c in res.pareto if c.score >= res.reference_score - 0.005])
+    from nnc.search import MAX_CHECKS
+
+    passing = [c for c in res.candidates if c.bound >= res.reference_score - 0.005]
+    front = [c for c in _front(res.candidates, "bound") if c.bound >= res.reference_score - 0.005]
+    assert len(calls) - 1 == min(len(passing), len(front) + MAX_CHECKS)     # the original, then the checks
+
+
+def per_image(tensors):
+    """Per-sample scores: 1 for each test image classified correctly."""
+    params = {k: np.asarray(v, np.float32) for k, v in tensors.items()}
+    return (demo.FORWARD["mlp"](params, X).argmax(1) == Y).astype(np.float64)
+
+
+def test_per_sample_scores_with_z0_search_like_their_mean():
+    plain = search(PARAMS, accuracy, tolerance=0.005, per_tensor=False, progress=False)
+    samples = search(PARAMS, per_image, tolerance=0.005, per_tensor=False, z=0.0, progress=False)
+    assert [(c.bytes, c.score) for c in samples.candidates] == [(c.bytes, c.score) for c in plain.candidates]
+    assert samples.best.bytes == plain.best.bytes
+
+
+def test_per_sample_bound_is_a_paired_lower_bound():
+    res = search(PARAMS, per_image, tolerance=0.005, z=1.0, per_tensor=False, progress=False)
+    ref = per_image(PARAMS)
+    import nnc
+
+    for c in res.candidates:
+        if not c.stream:
+            continue
+        diff = per_image(nnc.decode(c.stream)) - ref
+        expected = ref.mean() + diff.mean() - diff.std(ddof=1) / np.sqrt(diff.size)
+        assert c.bound == pytest.approx(expected, abs=1e-12)
+        assert c.bound <= c.score + 1e-12
+    assert res.best.bound >= res.reference_score - 0.005
+
+
+@pytest.mark.filterwarnings("ignore:one of the 10 samples")
+def test_per_sample_scores_must_keep_their_shape():
+    from nnc.errors import EncodeError
+
+    calls = []
+
+    def shifty(tensors):
+        calls.append(1)
+        return np.ones(10 if len(calls) == 1 else 11)
+
+    with pytest.raises(EncodeError, match="per-sample"):
+        search(PARAMS, shifty, tolerance=0.005, per_tensor=False, progress=False)
+
+
+def test_knapsack_jump_coarsens_many_tensors_within_the_budget():
+    """An additive model of bytes and score: the jump takes the cheap tensors, not the costly one."""
+    from nnc.search import Candidate, _jump
+
+    names = [f"t{i}" for i in range(6)]
+    cost = dict(zip(names, [0.0001, 0.0001, 0.0002, 0.0001, 0.05, 0.0001]))     # score lost per qp step
+    base = {k: 0 for k in names}
+
+    def candidate(qps):
+        size = sum(1000 - 10 * q for q in qps.values())
+        score = 1.0 - sum(cost[k] * q for k, q in qps.items())
+        return Candidate({"qp_per_tensor": dict(qps)}, size, score)
+
+    runs = []
+
+    def run(batch):
+        runs.append(len(batch))
+        return [candidate(s["qp_per_tensor"]) for s in batch]
+
+    current = candidate(base)
+    floor = 1.0 - 0.005
+    qps, got = _jump(base, {k: 0.0 for k in names}, current, {"qp": 0}, names, floor, 0.005 / 20, run, 40)
+    assert got.bound >= floor and got.bytes < current.bytes
+    assert qps["t4"] == 0                                # the expensive tensor stays
+    assert sum(q > 0 for q in qps.values()) >= 3        # several tensors at once
+    assert runs[0] == 2 * len(names)                     # the probes: each tensor alone, two steps
+
+
+def test_warns_when_one_sample_outweighs_the_tolerance():
+    def few(tensors):
+        return per_image(tensors)[:100]             # one image = 0.01 > 0.005
+
+    with pytest.warns(UserWarning, match="more than the tolerance"):
+        search(PARAMS, few, tolerance=0.005, per_tensor=False, progress=False)
