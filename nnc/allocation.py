@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable, Mapping
+from typing import Iterable, Mapping
 
 import numpy as np
 

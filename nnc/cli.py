@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np

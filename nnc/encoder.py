@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import fnmatch
 import math
-import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
@@ -633,7 +632,8 @@ class Encoder:
         for t in members:
             if t["ptype"] != "INT":
                 enc.write_qp_offset(t["qp"] - mps_qp, qp_bits)
-            enc.encode_tensor(t["levels"], t["height"], t["width"], param_opt=self.param_opt,
+            levels = t["levels"] if t["levels"].flags.writeable else t["levels"].copy()   # cached: read-only
+            enc.encode_tensor(levels, t["height"], t["width"], param_opt=self.param_opt,
                               row_skip=self.row_skip and not t["dq"], **self._tensor_kwargs(t))
             specs.append(dict(height=t["height"], width=t["width"], qp_bits=0 if t["ptype"] == "INT" else qp_bits,
                               **self._tensor_kwargs(t)))
@@ -729,10 +729,11 @@ class EncodeCache:
 
     :meth:`Encoder.encode` with ``cache=`` reuses a unit when the same array objects (by
     identity, not by value) are coded with the same per-tensor settings: qp, λ, and every
-    encoder option that changes a unit's bytes. The arrays must not change in place while
-    the cache is in use. The DC-v2 search (:func:`nnc.search.search`)
-    uses one per worker. The least recently used units go first once their arrays and
-    bytes exceed ``max_bytes``.
+    encoder option that changes a unit's bytes. The input arrays must not change in place
+    while the cache is in use; the levels and reconstructions of results are shared with
+    the cache and read-only. The DC-v2 search (:func:`nnc.search.search`) uses one per
+    worker. The least recently used units go first once their arrays and bytes exceed
+    ``max_bytes``.
 
     Parameters
     ----------
@@ -766,7 +767,7 @@ class EncodeCache:
 
     def _lookup_key(self, key: tuple) -> tuple:
         # the arrays are compared by identity; the entry keeps them alive so that ids stay unique
-        head, arrays, importance, sigmas = key[:-3], key[-3], key[-2], key[-1]
+        head, arrays = key[:-3], key[-3]
         return head + (tuple(id(a) for a in arrays),)
 
     def _get(self, key: tuple):
@@ -780,6 +781,10 @@ class EncodeCache:
         return entry[1]
 
     def _put(self, key: tuple, unit: _Unit) -> None:
+        for t in unit.members:          # shared by every result served from the cache
+            for name in ("levels", "recon", "raw"):
+                if isinstance(t.get(name), np.ndarray):
+                    t[name].setflags(write=False)
         k = self._lookup_key(key)
         self._units[k] = (key[-3] + key[-2] + key[-1], unit)
         self._units.move_to_end(k)

@@ -5,7 +5,9 @@ within ``tolerance`` of the original model's, in three stages:
 
 1. **qp sweep** — the coarsest global qp that keeps the score, by bisection over
    ``qp_range`` with the encoder's default quantiser (DQ unless ``dq=False``), and a
-   look at the few qps just coarser (:data:`COARSER_SCAN`);
+   look at the few qps just coarser (:data:`COARSER_SCAN`); when candidates are cheap
+   (:data:`SWEEP_SHARE`, :data:`SWEEP_SECONDS`) every coarser qp of the range, so that
+   the result is never larger than the best single qp's stream, however noisy the score;
 2. **rate-distortion sweep** — (qp, λ) pairs of the rate-distortion quantiser (spec A.9)
    at and around that qp;
 3. **per-tensor refinement** (``per_tensor=True``, the default) — starting from each of
@@ -73,6 +75,10 @@ SWAP_STEPS = (2, 1)
 SWAP_TENSORS = 8
 #: up to this many moves a round tries them all and keeps the best; above, the first that helps
 STEEPEST_MOVES = 24
+#: stage 1 tries every qp of the range coarser than the bisection's result when that is
+#: estimated to take at most this share of ``time_budget`` (or, without one, these seconds)
+SWEEP_SHARE = 0.1
+SWEEP_SECONDS = 60.0
 #: with ``check``: how many candidates off the Pareto front are checked when none on it passes
 MAX_CHECKS = 32
 #: how many qps just coarser than the bisection's result stage 1 tries as well
@@ -137,9 +143,9 @@ class SearchResult:
     candidates : list of Candidate
         Every evaluated setting, in evaluation order.
     best : Candidate or None
-        The smallest stream whose score is at least ``reference_score - tolerance`` (and
-        whose ``check`` score is at least ``check_reference - tolerance``, with a check),
-        or None when no candidate reached it.
+        The smallest stream whose :attr:`Candidate.bound` (its score, for a scalar score)
+        is at least ``reference_score - tolerance`` (and that passes the same way on
+        ``check``, with a check), or None when no candidate reached it.
     check_reference : float or None
         ``check`` of the original tensors, when the search had a ``check``.
 
@@ -287,8 +293,9 @@ def search(tensors: Mapping[str, np.ndarray], evaluate: Callable, *, tolerance: 
         Allowed drop of the score below ``evaluate(tensors)`` (0.005 = half a point of
         accuracy given as a fraction).
     qp_range : iterable of int, optional
-        Global qps of the first sweep (bisected for the coarsest that keeps the score); by default the steps 2**-10 to 2**-1 at the
-        encoder's qp density (qps -40 to -4 at the default density 2).
+        Global qps of the first sweep (bisected for the coarsest that keeps the score); by
+        default the steps 2**-10 to 2**-1 at the encoder's qp density (qps -40 to -4 at the
+        default density 2).
     lambdas : sequence of float
         λ values of the rate-distortion sweep (scale: squared steps per bit, spec A.9).
     dq : bool
@@ -399,7 +406,16 @@ def search(tensors: Mapping[str, np.ndarray], evaluate: Callable, *, tolerance: 
         if qp_range is None:
             density = int(encoder_options.get("qp_density", 2))
             qp_range = range(-10 << density, -(1 << density) + 1)
-        ok_qp = _coarsest_passing_qp(sorted(qp_range, reverse=True), dq, floor, run, out_of_time, chunk)
+        qps = sorted(qp_range, reverse=True)
+        ok_qp = _coarsest_passing_qp(qps, dq, floor, run, out_of_time, chunk)
+        # when candidates are cheap, every other qp too: the best single qp, whatever the score's shape
+        per_candidate = (time.monotonic() - start) / max(len(candidates), 1)
+        affordable = SWEEP_SHARE * time_budget if time_budget is not None else SWEEP_SECONDS
+        tried = {c.settings["qp"] for c in candidates}
+        rest = [q for q in qps if q not in tried and (ok_qp is None or q > ok_qp)]
+        if rest and len(rest) * per_candidate / chunk <= affordable:
+            passing = [c.settings["qp"] for c in run([dict(qp=q, dq=dq) for q in rest]) if c.bound >= floor]
+            ok_qp = max(passing + ([ok_qp] if ok_qp is not None else []), default=None)
         # 2. rate-distortion quantisation around the coarsest acceptable qp, with and without DQ
         stage[0] = "rd sweep"
         if ok_qp is not None and not out_of_time():
@@ -426,6 +442,7 @@ def search(tensors: Mapping[str, np.ndarray], evaluate: Callable, *, tolerance: 
     if check is not None:
         check_measure = _Bound(_as_scores(check({k: v.copy() for k, v in tensors.items()})), z)
         check_reference = check_measure.reference
+
         def stream_of(c):
             if not c.stream:
                 c.stream = Encoder(**dict(encoder_options, **c.settings)).encode(tensors).stream
@@ -628,13 +645,13 @@ def _jump(qps, lams, current, settings, floats, floor, slack, run, max_qp):
     # incremental steps per tensor (larger step only after the smaller, when it saves more)
     increments = []
     for k, opts in options.items():
-        prev_d, prev_saved, prev_drop = 0, 0, 0.0
+        prev_saved, prev_drop = 0, 0.0
         for d, saved, drop in sorted(opts):
             if saved <= prev_saved:
                 continue
             extra_drop = max(drop - prev_drop, 0.0)
             increments.append(((saved - prev_saved) / (extra_drop + slack), k, d, extra_drop))
-            prev_d, prev_saved, prev_drop = d, saved, max(drop, prev_drop)
+            prev_saved, prev_drop = saved, max(drop, prev_drop)
     increments.sort(key=lambda x: -x[0])
     budget = current.bound - floor
     tried = set()
@@ -746,4 +763,5 @@ def _raise(qps, current, settings, floats, floor, slack, run, out_of_time, max_q
 
 
 __all__ = ["search", "SearchResult", "Candidate", "REFINE_STEPS", "LAMBDA_LADDER", "SWAP_STEPS", "SWAP_TENSORS",
-           "STEEPEST_MOVES", "PROBE_STEPS", "COARSER_SCAN", "MAX_CHECKS", "paired_bound"]
+           "STEEPEST_MOVES", "PROBE_STEPS", "COARSER_SCAN", "MAX_CHECKS", "SWEEP_SHARE", "SWEEP_SECONDS",
+           "paired_bound"]

@@ -77,3 +77,17 @@ def test_memory_budget_evicts_least_recently_used():
     assert len(cache) == 1                          # only the newest unit is kept
     cache.clear()
     assert len(cache) == 0
+
+
+def test_results_served_from_the_cache_are_read_only():
+    w = np.random.default_rng(5).normal(size=(8, 8))
+    cache = EncodeCache()
+    res = Encoder(qp=-20).encode({"w": w}, cache=cache)
+    try:
+        res.reconstruction["w"][0, 0] = 1.0
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("a cached reconstruction was writable")
+    again = Encoder(qp=-20).encode({"w": w}, cache=cache)
+    assert np.array_equal(again.reconstruction["w"], Encoder(qp=-20).encode({"w": w}).reconstruction["w"])

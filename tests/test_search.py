@@ -249,3 +249,22 @@ def test_warns_when_one_sample_outweighs_the_tolerance():
 
     with pytest.warns(UserWarning, match="more than the tolerance"):
         search(PARAMS, few, tolerance=0.005, per_tensor=False, progress=False)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_never_larger_than_the_best_single_qp(kind):
+    """With cheap candidates stage 1 sweeps the whole range, so a noisy score cannot hide a good single qp."""
+    import nnc
+    from nnc.encoder import Encoder
+
+    params = {k: np.asarray(v, np.float32) for k, v in read_model(demo.DATA / f"{kind}.safetensors")[0].items()}
+    score = demo.mlp_correct if kind == "mlp" else demo.cnn_correct
+    qps = range(-30, -5)
+    res = search(params, score, tolerance=0.005, qp_range=qps, per_tensor=False, progress=False)
+    ref = score(params)
+    singles = []
+    for qp in qps:
+        stream = Encoder(qp=qp).encode(params).stream
+        if nnc.search.paired_bound(score(nnc.decode(stream)), ref)[1] >= ref.mean() - 0.005:
+            singles.append(len(stream))
+    assert res.best.bytes <= min(singles)
