@@ -76,8 +76,9 @@ SWAP_TENSORS = 8
 #: up to this many moves a round tries them all and keeps the best; above, the first that helps
 STEEPEST_MOVES = 24
 #: stage 1 tries every qp of the range coarser than the bisection's result when that is
-#: estimated to take at most this share of ``time_budget`` (or, without one, these seconds)
+#: estimated to take at most this share of ``time_budget`` ...
 SWEEP_SHARE = 0.1
+#: ... or, without a time budget, at most these seconds
 SWEEP_SECONDS = 60.0
 #: with ``check``: how many candidates off the Pareto front are checked when none on it passes
 MAX_CHECKS = 32
