@@ -268,3 +268,25 @@ def test_never_larger_than_the_best_single_qp(kind):
         if nnc.search.paired_bound(score(nnc.decode(stream)), ref)[1] >= ref.mean() - 0.005:
             singles.append(len(stream))
     assert res.best.bytes <= min(singles)
+
+
+@settings(deadline=None)
+@given(data=st.data(), n=st.integers(1, 50), z=st.floats(0, 3))
+def test_paired_bound_is_below_the_mean_and_exact_without_changes(data, n, z):
+    from nnc.search import paired_bound
+
+    ref = np.array(data.draw(st.lists(st.floats(-1, 1), min_size=n, max_size=n)))
+    cand = np.array(data.draw(st.lists(st.floats(-1, 1), min_size=n, max_size=n)))
+    score, bound = paired_bound(cand, ref, z)
+    assert score == pytest.approx(cand.mean())
+    assert bound <= score + 1e-12
+    assert paired_bound(ref, ref, z) == pytest.approx((ref.mean(), ref.mean()))
+
+
+@pytest.mark.parametrize("bad", [np.zeros((2, 2)), [], [1.0, np.nan], np.zeros(3)])
+def test_paired_bound_rejects_bad_samples(bad):
+    from nnc.errors import EncodeError
+    from nnc.search import paired_bound
+
+    with pytest.raises(EncodeError):
+        paired_bound(bad, np.zeros(2))
