@@ -136,7 +136,8 @@ def main(argv=None):
                   nncodec=[dict(qp=q, bytes=b, score=sc, bound=bd) for q, b, sc, bd in tried],
                   nncodec_pick=dict(qp=theirs[0], bytes=theirs[1], score=theirs[2], held_out=theirs[3])
                   if theirs else None)
-    (out / "accuracy_minilm.json").write_text(json.dumps(record, indent=1) + "\n")
+    (out / "accuracy_minilm.json").write_text(
+        "{\n" + ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in record.items()) + "\n}\n")
     print("\n".join(lines))
 
 
