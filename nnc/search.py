@@ -452,7 +452,7 @@ def search(tensors: Mapping[str, np.ndarray], evaluate: Callable, *, tolerance: 
         best = _first_passing_check(candidates, floor, check, check_measure, check_reference - tolerance, stream_of)
     if best is not None:
         if "blocks" not in encoder_options:
-            best = _smaller_container(tensors, best, encoder_options, candidates)
+            best = _smaller_container(tensors, best, encoder_options)
         _check_decodes(best, tensors, encoder_options)
     return SearchResult(reference_score=reference, tolerance=tolerance, candidates=candidates, best=best,
                         check_reference=check_reference)
@@ -545,7 +545,7 @@ def _drop_dominated_streams(candidates: list) -> None:
             c.stream = b""
 
 
-def _smaller_container(tensors, best: Candidate, encoder_options, candidates: list) -> Candidate:
+def _smaller_container(tensors, best: Candidate, encoder_options) -> Candidate:
     """The best candidate, re-encoded with weights and biases paired in block NDUs when that is smaller.
 
     Pairing changes only the container (one NDU header instead of two per layer), not a
