@@ -290,3 +290,11 @@ def test_paired_bound_rejects_bad_samples(bad):
 
     with pytest.raises(EncodeError):
         paired_bound(bad, np.zeros(2))
+
+
+def test_per_sample_scores_in_worker_processes():
+    import nnc
+
+    res = search(PARAMS, per_image, tolerance=0.005, workers=2, progress=False)
+    assert res.best.bound >= res.reference_score - 0.005
+    assert res.best.score == per_image(nnc.decode(res.best.stream)).mean()
