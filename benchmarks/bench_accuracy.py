@@ -53,7 +53,7 @@ def make_eval(kind, part=slice(None), per_sample=False):
             p = np.exp(logits)
             return p[np.arange(len(y)), y] / p.sum(1)
         if per_sample:
-            return (demo.FORWARD[kind](params, x).argmax(1) == y).astype(np.float64)
+            return demo.correct(kind, params, x, y)
         return demo.accuracy(kind, params, x, y)
     return evaluate
 
@@ -87,6 +87,23 @@ def plot(results, tolerance, path):
         ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def nncodec_sweep(oracle, params, samples):
+    """NNCodec 2.1.3 at every qp of QPS (default configuration): (qp, stream, per-image scores)."""
+    out = []
+    for qp in QPS:
+        stream = oracle.compress(params, qp=qp, use_dq=True)
+        out.append((qp, stream, samples(oracle.decompress(stream))))
+    return out
+
+
+def smallest_passing(sweep, ref_samples, tolerance, per_image):
+    """The smallest (qp, stream, scores) of ``sweep`` within the tolerance: by the mean, or by the paired bound."""
+    floor = ref_samples.mean() - tolerance
+    passing = [entry for entry in sweep
+               if paired_bound(entry[2], ref_samples, 1.0)[1 if per_image else 0] >= floor]
+    return min(passing, key=lambda entry: len(entry[1]), default=None)
 
 
 def crossfit(args, oracle):
@@ -125,17 +142,14 @@ def crossfit(args, oracle):
                 if res.best is not None:
                     rows[name].append((res.best.bytes, 100 * (ref - report(nnc.decode(res.best.stream)))))
             if oracle is not None:
-                samples = make_eval(kind, a, per_sample=True)
-                sweep = [oracle.compress(params, qp=qp, use_dq=True) for qp in QPS]
-                for name, z in (("NNCodec best single qp, mean rule", None), ("NNCodec best single qp, per-image rule", 1.0)):
-                    ref_samples, theirs = samples(params), None
-                    for stream in sweep:
-                        mean, bound = paired_bound(samples(oracle.decompress(stream)), ref_samples, z or 0.0)
-                        if (mean if z is None else bound) >= ref_samples.mean() - args.tolerance and (
-                                theirs is None or len(stream) < len(theirs)):
-                            theirs = stream
+                sweep = nncodec_sweep(oracle, params, make_eval(kind, a, per_sample=True))
+                ref_samples = make_eval(kind, a, per_sample=True)(params)
+                for name, per_image in (("NNCodec best single qp, mean rule", False),
+                                        ("NNCodec best single qp, per-image rule", True)):
+                    theirs = smallest_passing(sweep, ref_samples, args.tolerance, per_image)
                     if theirs is not None:
-                        rows[name].append((len(theirs), 100 * (ref - report(oracle.decompress(theirs)))))
+                        stream = theirs[1]
+                        rows[name].append((len(stream), 100 * (ref - report(oracle.decompress(stream)))))
         base = rows["NNCodec best single qp, mean rule"]
         base_bytes = np.mean([x for x, _ in base]) if len(base) == 3 else None
         for name, got in rows.items():
@@ -200,11 +214,7 @@ def main(argv=None):
     for kind, fname in demo.MODELS.items():
         params = {k: np.asarray(v, np.float32) for k, v in read_model(demo.DATA / fname)[0].items()}
         samples = make_eval(kind, select, per_sample=True)
-        sweep = []                     # NNCodec: (qp, stream, per-image scores)
-        if oracle is not None:
-            for qp in QPS:
-                stream = oracle.compress(params, qp=qp, use_dq=True)
-                sweep.append((qp, stream, samples(oracle.decompress(stream))))
+        sweep = nncodec_sweep(oracle, params, samples) if oracle is not None else []
         for rule in ("mean", "per-image"):
             per_image = rule == "per-image"
             res = search(params, make_eval(kind, select, per_sample=per_image), tolerance=args.tolerance,
@@ -213,12 +223,8 @@ def main(argv=None):
             if rule == "mean":
                 results[kind] = dict(reference=res.reference_score, pareto=[(c.bytes, c.score) for c in res.pareto],
                                      nncodec=[(len(st), float(v.mean())) for _, st, v in sweep])
-            ref_samples, theirs = samples(params), None
-            for qp, stream, v in sweep:
-                acc, bound = paired_bound(v, ref_samples, 1.0 if per_image else 0.0)
-                if (bound if per_image else acc) >= ref_samples.mean() - args.tolerance and (
-                        theirs is None or len(stream) < theirs[0]):
-                    theirs = (len(stream), acc, qp, stream)
+            pick = smallest_passing(sweep, samples(params), args.tolerance, per_image)
+            theirs = None if pick is None else (len(pick[1]), float(pick[2].mean()), pick[0], pick[1])
             ratio = f"{100 * (best.bytes / theirs[0] - 1):+.1f} %" if theirs and best else "-"
             if best is None:
                 lines.append(f"| {kind} | {rule} | no nnc stream passes |")

@@ -160,7 +160,34 @@ def accuracy(kind: str, params, x, y) -> float:
     >>> round(accuracy("mlp", read_model(DATA / "mlp.safetensors")[0], x, y), 4)
     0.9889
     """
-    return float((FORWARD[kind](params, x).argmax(1) == y).mean())
+    return float(correct(kind, params, x, y).mean())
+
+
+def correct(kind: str, params, x, y) -> np.ndarray:
+    """Per-image scores: 1.0 where model ``kind`` with ``params`` classifies ``x`` as ``y``, else 0.0.
+
+    Parameters
+    ----------
+    kind : str
+        ``"mlp"`` or ``"cnn"``.
+    params : mapping of str to numpy.ndarray
+        The model's tensors.
+    x, y : numpy.ndarray
+        Images and labels, as :func:`load_test_set` returns them.
+
+    Returns
+    -------
+    numpy.ndarray
+        One float per image; its mean is :func:`accuracy`.
+
+    Examples
+    --------
+    >>> from nnc.formats import read_model
+    >>> x, y = load_test_set()
+    >>> correct("mlp", read_model(DATA / "mlp.safetensors")[0], x[:6], y[:6]).tolist()
+    [1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+    """
+    return (FORWARD[kind](params, x).argmax(1) == y).astype(np.float64)
 
 
 _TEST_SET = []
@@ -171,9 +198,7 @@ def _score(kind: str, tensors, per_image: bool = False):
         _TEST_SET.append(load_test_set())
     x, y = _TEST_SET[0]
     params = {k: np.asarray(v, np.float32) for k, v in tensors.items()}
-    if per_image:
-        return (FORWARD[kind](params, x).argmax(1) == y).astype(np.float64)
-    return accuracy(kind, params, x, y)
+    return correct(kind, params, x, y) if per_image else accuracy(kind, params, x, y)
 
 
 def mlp_correct(tensors) -> np.ndarray:
@@ -357,6 +382,5 @@ def run(data_dir: Path = DATA, settings=DEFAULT_SETTINGS, out=print) -> list[dic
     return rows
 
 
-__all__ = ["DATA", "MODELS", "run", "load_test_set", "accuracy", "mlp_accuracy", "cnn_accuracy", "mlp_correct",
-           "cnn_correct", "snr_db",
-           "mlp_forward", "cnn_forward"]
+__all__ = ["DATA", "MODELS", "run", "load_test_set", "accuracy", "correct", "mlp_accuracy", "cnn_accuracy",
+           "mlp_correct", "cnn_correct", "snr_db", "mlp_forward", "cnn_forward"]

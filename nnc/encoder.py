@@ -141,6 +141,11 @@ def qp_for_step(step: float, qp_density: int = 2) -> int:
     return best
 
 
+def _block_members(weight: str, parts: Mapping) -> list[str]:
+    """The tensors of a block: the weight, then its scaling, bias and batch-norm tensors that are given."""
+    return [weight] + [parts[k] for k in ("scaling", "bias") if parts.get(k)] + list(parts.get("bn", []))
+
+
 def _matches(name: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) or p == name for p in patterns)
 
@@ -394,7 +399,7 @@ class Encoder:
         else:
             groups = {k: dict(v) for k, v in self.blocks.items()}
         for weight, parts in groups.items():
-            members = [weight] + [parts[k] for k in ("scaling", "bias") if parts.get(k)] + list(parts.get("bn", []))
+            members = _block_members(weight, parts)
             for m in members:
                 if m not in tensors:
                     raise EncodeError(f"block member {m!r} of {weight!r} is not among the tensors")
@@ -448,8 +453,7 @@ class Encoder:
                 raise EncodeError(f"tensor names must be non-empty strings without NUL, not {name!r}")
             arrays[name] = np.asarray(value)
         groups = self._block_groups(arrays)
-        in_block = {m for w, p in groups.items() for m in
-                    [p.get("scaling"), p.get("bias"), *p.get("bn", [])] if m}
+        in_block = {m for w, p in groups.items() for m in _block_members(w, p)[1:]}
         ndus = []
         result = EncodeResult(stream=b"")
         for name, arr in arrays.items():
@@ -683,9 +687,7 @@ class Encoder:
 
     def _unit_key(self, name: str, parts: dict | None, arrays: Mapping[str, np.ndarray]) -> tuple:
         """What an NDU depends on besides the arrays themselves (see :class:`EncodeCache`)."""
-        names = [name]
-        if parts is not None:
-            names += [parts[k] for k in ("scaling", "bias") if parts.get(k)] + list(parts.get("bn", []))
+        names = [name] if parts is None else _block_members(name, parts)
         members = []
         for n in names:
             arr = arrays[n]

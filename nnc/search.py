@@ -451,9 +451,9 @@ def search(tensors: Mapping[str, np.ndarray], evaluate: Callable, *, tolerance: 
 
         best = _first_passing_check(candidates, floor, check, check_measure, check_reference - tolerance, stream_of)
     if best is not None:
+        decoded = _check_decodes(best, tensors, encoder_options)
         if "blocks" not in encoder_options:
-            best = _smaller_container(tensors, best, encoder_options)
-        _check_decodes(best, tensors, encoder_options)
+            best = _smaller_container(tensors, best, encoder_options, decoded)
     return SearchResult(reference_score=reference, tolerance=tolerance, candidates=candidates, best=best,
                         check_reference=check_reference)
 
@@ -545,35 +545,44 @@ def _drop_dominated_streams(candidates: list) -> None:
             c.stream = b""
 
 
-def _smaller_container(tensors, best: Candidate, encoder_options) -> Candidate:
+def _smaller_container(tensors, best: Candidate, encoder_options, decoded) -> Candidate:
     """The best candidate, re-encoded with weights and biases paired in block NDUs when that is smaller.
 
     Pairing changes only the container (one NDU header instead of two per layer), not a
-    single reconstructed value, so the score carries over; it is checked by decoding.
+    single reconstructed value, so the score carries over; the paired stream is kept only
+    when it decodes to ``decoded`` (what the best stream decodes to) and to the encoder's
+    own reconstruction.
     """
     settings = dict(encoder_options, **best.settings, blocks=True)
     try:
-        stream = Encoder(**settings).encode(tensors).stream
+        paired = Encoder(**settings).encode(tensors)
     except EncodeError:
         return best
-    if len(stream) >= best.bytes:
+    if len(paired.stream) >= best.bytes:
         return best
-    plain, paired = decode(best.stream), decode(stream)
-    if plain.keys() != paired.keys() or any(not np.array_equal(plain[k], paired[k]) for k in plain):
+    again = decode(paired.stream)
+    if not (_same_tensors(again, decoded) and _same_tensors(again, paired.reconstruction)):
         return best
     # the same candidate in a smaller container: updated in place
-    best.settings, best.bytes, best.stream = dict(best.settings, blocks=True), len(stream), stream
+    best.settings, best.bytes, best.stream = dict(best.settings, blocks=True), len(paired.stream), paired.stream
     return best
 
 
-def _check_decodes(best: Candidate, tensors, encoder_options) -> None:
-    """The search scores the encoder's reconstruction; make sure the decoder agrees."""
+def _check_decodes(best: Candidate, tensors, encoder_options) -> dict:
+    """The search scores the encoder's reconstruction; make sure the decoder agrees.
+
+    Returns the decoded tensors of the best stream.
+    """
     again = Encoder(**dict(encoder_options, **best.settings)).encode(tensors)
-    expected, decoded = again.reconstruction, decode(best.stream)
-    if again.stream != best.stream or decoded.keys() != expected.keys() or any(
-            not np.array_equal(decoded[k], expected[k]) for k in expected):
+    decoded = decode(best.stream)
+    if again.stream != best.stream or not _same_tensors(decoded, again.reconstruction):
         raise EncodeError("internal error: the search's best stream does not decode to the encoder's "
                           "reconstruction; please report it")
+    return decoded
+
+
+def _same_tensors(a, b) -> bool:
+    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
 def _refine(tensors, base: Candidate, floor, tolerance, run, out_of_time, max_qp, encoder_options):
