@@ -399,20 +399,9 @@ cdef inline uint64_t decode_bypass_bits(ArithDecoder* d, int nbits) noexcept nog
 
 
 cdef inline int decode_terminate(ArithDecoder* d) noexcept nogil:
-    """Decode the terminate bin (spec 9.6)."""
-    cdef uint32_t scaled
+    """Decode the terminate bin (spec 9.6): 1 at the end of a payload; 0 is an error."""
     d.rng -= 2
-    scaled = d.rng << 7
-    if d.val >= scaled:
-        return 1
-    if d.rng < 256:
-        d.rng <<= 1
-        d.val <<= 1
-        d.bits_needed += 1
-        if d.bits_needed == 0:
-            d.bits_needed = -8
-            d.val += next_byte(d)
-    return 0
+    return 1 if d.val >= (d.rng << 7) else 0
 
 
 cdef inline int64_t decoder_position(ArithDecoder* d) noexcept nogil:

@@ -227,17 +227,9 @@ class ArithmeticDecoder:
 
     # -- 9.6 terminate bin -------------------------------------------------
     def decode_terminate(self) -> int:
+        """1 at the end of a payload; 0 is an error, after which nothing is decoded (9.6)."""
         self.rng -= 2
-        if self.value >= self.rng << 7:
-            return 1
-        if self.rng < 256:
-            self.rng <<= 1
-            self.value <<= 1
-            self.bits_needed += 1
-            if self.bits_needed >= 0:
-                self.value += self._next_byte()
-                self.bits_needed = -8
-        return 0
+        return 1 if self.value >= self.rng << 7 else 0
 
     def stop_pattern_ok(self) -> bool:
         """The unread rest of the last byte read is '1000...' (9.6)."""
