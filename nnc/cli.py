@@ -568,8 +568,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("verify", "Decode every stream of a conformance suite and print a pass/fail table.")
     p.add_argument("suite", help="suite directory (with manifest.json), e.g. conformance/")
-    p.add_argument("--decoder", default="nnc", choices=("nnc", "nnc-python", "nncodec"),
-                   help="decoder under test (nncodec: NNCodec 2.1.3 through tools/oracle)")
+    p.add_argument("--decoder", default="nnc", choices=("nnc", "nnc-python", "nnc-random-access",
+                                                        "nnc-python-random-access", "nncodec"),
+                   help="decoder under test (*-random-access: also each tensor on its own, from its entry "
+                        "points; nncodec: NNCodec 2.1.3 through tools/oracle)")
     p.add_argument("--group", action="append", help="only this group (profile-0, profile-1, must-fail)")
     p.add_argument("--stream", action="append", help="only this stream (repeatable)")
     p.set_defaults(func=cmd_verify)

@@ -51,6 +51,7 @@ __all__ = [
     "format_table",
     "Result",
     "NNCAdapter",
+    "NNCRandomAccessAdapter",
     "NNCodecAdapter",
     "DECODERS",
     "tensor_sha256",
@@ -224,6 +225,47 @@ class NNCAdapter:
         return decode(data, engine=self.engine, state=state)
 
 
+class NNCRandomAccessAdapter(NNCAdapter):
+    """nnc's decoder, checked once more tensor by tensor.
+
+    Each stream is decoded whole with its transmitted entry points checked
+    against the decoded positions (``entry_points="verify"``, spec 11.4); then
+    every tensor is decoded on its own, last first, entering its block rows at
+    their entry points (``entry_points="use"``, spec 9.7), and must equal the
+    whole decoding.  Streams of an incremental sequence get the first check
+    only (their tensors depend on the sequence's state).
+
+    Parameters
+    ----------
+    engine : str or None
+        As for :class:`NNCAdapter`.
+
+    Examples
+    --------
+    >>> import nnc, numpy as np
+    >>> from nnc.verify import NNCRandomAccessAdapter
+    >>> stream = nnc.encode({"w": np.ones((40, 40), np.float32), "b": np.ones(40, np.float32)}, scan_order=1)
+    >>> sorted(NNCRandomAccessAdapter()(stream))
+    ['b', 'w']
+    """
+
+    def __call__(self, data: bytes, sequence: str | None = None):
+        from .decoder import Decoder, DecoderState
+
+        if sequence:
+            state = self.states.setdefault(sequence, DecoderState())
+            return Decoder(data, engine=self.engine, state=state, entry_points="verify").decode()
+        whole = Decoder(data, engine=self.engine, entry_points="verify").decode()
+        dec = Decoder(data, engine=self.engine, entry_points="use")
+        for info in reversed(dec.tensors()):
+            alone = dec.decode_tensor(info.name)
+            if alone.shape != info.shape or tensor_sha256(alone) != tensor_sha256(whole[info.name]):
+                raise errors.DecodeError(
+                    f"tensor {info.name!r} decoded on its own differs from the whole stream's decoding",
+                    clause="9.7", offset=info.unit_offset)
+        return whole
+
+
 class NNCodecAdapter:
     """NNCodec 2.1.3 through the black-box oracle (repository checkouts only).
 
@@ -286,7 +328,9 @@ class NNCodecAdapter:
 
 
 #: Decoder name -> adapter factory, for ``verify_suite(suite, decoder=name)``.
-DECODERS = {"nnc": NNCAdapter, "nnc-python": lambda: NNCAdapter("python"), "nncodec": NNCodecAdapter}
+DECODERS = {"nnc": NNCAdapter, "nnc-python": lambda: NNCAdapter("python"),
+            "nnc-random-access": NNCRandomAccessAdapter,
+            "nnc-python-random-access": lambda: NNCRandomAccessAdapter("python"), "nncodec": NNCodecAdapter}
 
 
 def _check_expected(entry: dict, out) -> tuple[bool, str]:

@@ -20,7 +20,7 @@ def test_suite_is_large_and_small_enough():
     assert {e["profile"] for e in MANIFEST["streams"]} == {0, 1}
 
 
-@pytest.mark.parametrize("decoder", ["nnc", "nnc-python"])
+@pytest.mark.parametrize("decoder", ["nnc", "nnc-python", "nnc-random-access"])
 def test_our_decoder_passes_the_whole_suite(decoder):
     results = verify_suite(SUITE, decoder)
     assert len(results) == len(MANIFEST["streams"])
@@ -59,3 +59,27 @@ def test_verify_command_exit_status(tmp_path):
     (broken / "manifest.json").write_text(json.dumps({"streams": [entry]}))
     bad = subprocess.run([sys.executable, "-m", "nnc", "verify", str(broken)], capture_output=True, text=True)
     assert bad.returncode == 1 and "FAIL" in bad.stdout
+
+
+def test_verify_offers_every_decoder_adapter():
+    from nnc.cli import build_parser
+    from nnc.verify import DECODERS
+
+    for name in DECODERS:
+        assert build_parser().parse_args(["verify", "suite", "--decoder", name]).decoder == name
+
+
+def test_random_access_check_catches_a_wrong_tensor(monkeypatch):
+    """The random-access adapter fails a stream when one tensor decoded alone differs."""
+    import numpy as np
+
+    import nnc
+    from nnc import errors
+    from nnc.decoder import Decoder
+    from nnc.verify import NNCRandomAccessAdapter
+
+    stream = nnc.encode({"w": np.ones((40, 40), np.float32), "b": np.ones(40, np.float32)}, scan_order=1)
+    real = Decoder.decode_tensor
+    monkeypatch.setattr(Decoder, "decode_tensor", lambda self, name: real(self, name) + (name == "w"))
+    with pytest.raises(errors.DecodeError, match="'w' decoded on its own differs"):
+        NNCRandomAccessAdapter()(stream)
