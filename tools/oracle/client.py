@@ -58,6 +58,9 @@ class NNCodecOracle:
             raise OracleError(f"NNCodec oracle not available: {self.reason}")
         self._tmp = tempfile.TemporaryDirectory(prefix="nnc-oracle-")
         self._n = 0
+        self._start()
+
+    def _start(self):
         self._proc = subprocess.Popen([str(oracle_python()), str(WORKER)], stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         hello = self._proc.stdout.readline()
@@ -69,11 +72,17 @@ class NNCodecOracle:
         return os.path.join(self._tmp.name, f"{self._n}{suffix}")
 
     def _call(self, req: dict) -> dict:
-        self._proc.stdin.write(json.dumps(req) + "\n")
-        self._proc.stdin.flush()
-        line = self._proc.stdout.readline()
+        if self._proc.poll() is not None:  # NNCodec crashed on an earlier request: start afresh
+            self._start()
+        try:
+            self._proc.stdin.write(json.dumps(req) + "\n")
+            self._proc.stdin.flush()
+            line = self._proc.stdout.readline()
+        except BrokenPipeError:
+            line = ""
         if not line:
-            raise OracleError("the oracle worker died")
+            self._proc.wait()
+            raise OracleError(f"the oracle worker died (exit status {self._proc.returncode})")
         rep = json.loads(line)
         if not rep.get("ok"):
             raise OracleError(rep.get("error", "unknown error"))

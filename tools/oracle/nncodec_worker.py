@@ -6,12 +6,13 @@ Requests (one JSON object per line on stdin), replies on stdout:
   {"op": "compress", "npz": IN, "out": OUT, "options": {...}, "time_repeats": n}
   {"op": "decompress", "in": IN, "npz": OUT, "time_repeats": n}
   {"op": "ping"}
-NNCodec's own prints go to stderr.  Nothing here is NNCodec code: it only calls
+NNCodec's own prints, Python's and its C++ core's, go to stderr.  Nothing here is NNCodec code: it only calls
 its public compress()/decompress() functions.
 """
 
 import contextlib
 import json
+import os
 import sys
 import time
 import traceback
@@ -55,8 +56,11 @@ def _stub_torchvision():
 
 
 def main():
-    out = sys.stdout
-    sys.stdout = sys.stderr  # keep library chatter off the protocol channel
+    # The protocol gets a private copy of fd 1; fd 1 itself then points at stderr, so that
+    # prints from NNCodec's C++ core (which write to fd 1 directly) cannot corrupt it.
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
     _stub_torchvision()
     import numpy as np
     from nncodec import nnc
