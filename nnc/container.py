@@ -515,10 +515,6 @@ QNT_HEADER = Struct("quantization_storage_format" / U(8), "quantization_compress
 STRING_PAYLOAD = Struct("data" / ST)
 
 
-def _is_block(c):
-    return c.nnr_compressed_data_unit_payload_type == NNR_PT_BLOCK
-
-
 def _multiple(c):
     return bool(c.nnr_multiple_topology_elements_present_flag)
 
