@@ -16,11 +16,13 @@ A stream that must change gets a new name: never rewrite a published stream's by
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections import OrderedDict
 from pathlib import Path
 
+import construct as cs
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
@@ -32,8 +34,12 @@ from nnc.encoder import Encoder  # noqa: E402
 from nnc.engine import get_engine  # noqa: E402
 from nnc.verify import describe_output  # noqa: E402
 
-SUITE_VERSION = 1
+SUITE_VERSION = 2  # 2 added streams (each entry's added_in); no version-1 stream changed
 STREAMS: "OrderedDict[str, dict]" = OrderedDict()
+
+
+#: The suite version that streams registered from here on are published in (raised below).
+ADDED_IN = 1
 
 
 def stream(name, profile, purpose, features, group=None, **extra):
@@ -41,7 +47,7 @@ def stream(name, profile, purpose, features, group=None, **extra):
 
     def wrap(fn):
         STREAMS[name] = dict(name=name, profile=profile, purpose=purpose, features=features, build=fn,
-                             group=group or f"profile-{profile}", **extra)
+                             group=group or f"profile-{profile}", added_in=ADDED_IN, **extra)
         return fn
 
     return wrap
@@ -72,9 +78,9 @@ def enc(tensors, **options):
 
 def craft_ndu(name, levels, dims, *, profile=1, qp=-30, qp_density=2, dq=False, scan=0, n_gtx=11,
               init_sets=None, param_opt=True, codebook=None, cb_center=0, fmt=None, ptype=C.NNR_PT_FLOAT,
-              parent=None, tca_base=None, hdsp=False, hdsp_history=None, row_skip=False, mps_qp=0):
-    """One NDU built directly with the engine and the container."""
-    eng = get_engine()
+              parent=None, tca_base=None, hdsp=False, hdsp_history=None, row_skip=False, mps_qp=0, engine=None):
+    """One NDU built directly with the engine (default: the configured one) and the container."""
+    eng = engine or get_engine()
     edition = 2 if profile == 1 else 1
     height = dims[0] if dims else 1
     width = int(np.prod(dims)) // height
@@ -115,6 +121,30 @@ def craft_ndu(name, levels, dims, *, profile=1, qp=-30, qp_density=2, dq=False, 
 def head(profile=1, qp_density=2, qp=0, parent_signalling=False, **mps_extra):
     return (C.build_str(profile) + C.build_mps(qp_density=qp_density, qp=qp, profile=profile,
                                                parent_signalling=parent_signalling, **mps_extra) + C.build_tpl())
+
+
+@contextlib.contextmanager
+def _coded_values(k_values):
+    """Make the Python engine code exactly these values k, even where no valid tensor has them."""
+    from nnc import _pyengine
+
+    checked = _pyengine._coded_values
+    _pyengine._coded_values = lambda t, levels, skip: [int(k) for k in k_values]
+    try:
+        yield _pyengine
+    finally:
+        _pyengine._coded_values = checked
+
+
+def craft_values_ndu(name, k_values, dims, levels=None, **options):
+    """An NDU whose payload codes the values k as given (out-of-range values included).
+
+    ``levels`` (default all zero) only decides which rows row skipping leaves out.
+    """
+    if levels is None:
+        levels = np.zeros(int(np.prod(dims)), np.int32)
+    with _coded_values(k_values) as engine:
+        return craft_ndu(name, levels, dims, engine=engine, **options)
 
 
 # -- profile 1 and 0 streams from the encoder --------------------------------------------------------
@@ -418,6 +448,151 @@ must_fail("mf_int_format_range", "DecodeError", "12.6", "an INT tensor whose val
         enc(OrderedDict(i=np.array([[3, -5], [7, 1]], np.int32)))))
 
 
+# -- streams added in suite version 2 (new names; the streams above are unchanged) ---------------------------
+
+ADDED_IN = 2
+
+@stream("p1_dq_row_skip", 1, "row skipping with dependent quantisation: the DQ state runs through skipped rows, "
+        "W transitions per skipped row piece also in a block scan narrower than the row (spec 11.5)",
+        ["row_skip_flag 1", "dq_flag 1", "scan_order 0 and 1", "skipped row pieces"])
+def _dq_row_skip():
+    r = rng(80)
+    units = head()
+    for name, shape, scan in (("rows.weight", (14, 9), 0), ("blocks.weight", (19, 21), 1)):
+        k = np.round(r.laplace(0, 2.0, shape)).astype(np.int32)
+        k[::3] = 0
+        # the values k are coded as given; the decoder derives n along its DQ state path
+        units += craft_values_ndu(name, k.reshape(-1), list(shape), levels=k, dq=True, scan=scan, row_skip=True)
+    return units
+
+
+stream("p1_empty_tensors", 1, "tensors with a zero dimension beside a coded one",
+       ["zero-size tensor", "dims [0]", "dims [3, 0]"])(
+    lambda: enc(OrderedDict([("none", np.zeros((0,), np.float32)), ("w.weight", laplace(rng(82), (4, 5))),
+                             ("flat.weight", np.zeros((3, 0), np.float32))]), qp=-30))
+stream("p1_raw_float_formats", 1, "RAW_FLOAT tensors with float16 and float64 output formats",
+       ["payload RAW_FLOAT", "nnr_decompressed_data_format 8", "nnr_decompressed_data_format 9"])(
+    lambda: enc(OrderedDict([("half", laplace(rng(83), (3, 4)).astype(np.float16)),
+                             ("double", laplace(rng(84), (5,)).astype(np.float64))]), raw=["half", "double"]))
+
+
+@stream("p1_lps_without_qp", 1, "a layer parameter set that does not change the quantisation",
+        ["NNR_LPS", "lps_quantization_method_flags 0"])
+def _lps_without_qp():
+    lvl = np.round(laplace(rng(85), (6, 7), 20)).astype(np.int32)
+    lps = C.build_unit(C.NNR_LPS, dict(lps_self_contained_flag=1, lps_reserved_7bits=0, lps_reserved_bit=0,
+                                       lps_sparsification_flag=0, lps_pruning_flag=0, lps_unification_flag=0,
+                                       lps_quantization_method_flags=0, lps_reserved_bit2=0))
+    return head() + craft_ndu("a.weight", lvl, [6, 7], qp=-30) + lps + craft_ndu("b.weight", lvl, [6, 7], qp=-30)
+
+
+stream("p1_topology_text", 1, "a topology unit whose string looks like JSON but is not (no metadata for nnc)",
+       ["NNR_TPL", "topology_storage_format 0"])(
+    lambda: C.build_str(1) + C.build_mps() + C.build_tpl(0, 0, "{graph: not json")
+    + craft_ndu("w.weight", np.round(laplace(rng(86), (5, 5), 5)).astype(np.int32), [5, 5]))
+
+
+@stream("p1_parent_hashes", 1, "parent identified by the SHA-256 and SHA-512 of its payload, no TCA",
+        ["parent_node_id_type 1", "parent_node_id_type 2", "temporal_context_modeling_flag 0"])
+def _parent_hashes():
+    import hashlib
+
+    lvl = np.round(laplace(rng(87), (6, 8), 5)).astype(np.int32)
+    return (head(parent_signalling=True)
+            + craft_ndu("a.weight", lvl, [6, 8], parent=dict(
+                parent_node_id_type=1, parent_node_payload_sha256=hashlib.sha256(b"parent a").digest()))
+            + craft_ndu("b.weight", -lvl, [6, 8], parent=dict(
+                parent_node_id_type=2, parent_node_payload_sha512=hashlib.sha512(b"parent b").digest())))
+
+
+# -- must-fail streams added in suite version 2 --------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _unchecked_codebook_head():
+    """Let the container write a codebook head (egk, size, centre, zero value) whose zero offset is outside."""
+    checked = C.Codebook._build
+
+    def build(self, obj, stream, context, path):
+        cs.BitsInteger(4)._build(0, stream, context, path)
+        C.UE(2)._build(len(obj["codebook"]), stream, context, path)
+        C.IE(2)._build(int(obj["codebook_center_offset"]), stream, context, path)
+        C.IE(7)._build(0, stream, context, path)
+        return obj
+
+    C.Codebook._build = build
+    try:
+        yield
+    finally:
+        C.Codebook._build = checked
+
+
+def _with_long_name(length):
+    """An NDU named by ``length`` letters (one more than the builder allows, inserted by hand)."""
+    unit = craft_ndu("a" * (length - 1), [1, -1], [2])
+    size = int.from_bytes(unit[:4], "big") & 0x7FFFFFFF       # a unit this long has the 4-byte size form
+    at = unit.index(b"a")
+    return ((size + 1) | 0x80000000).to_bytes(4, "big") + unit[4:at] + b"a" + unit[at:]
+
+
+must_fail("mf_payload_one_byte", "TruncatedError", "9.1", "an NDU whose CABAC payload is a single byte")(
+    lambda: _replace_ndu(_valid(), 3, payload=b"\x80"))
+must_fail("mf_level_overflow", "DecodeError", "10.1", "a coded value of 2^31 + 20: beyond int32")(
+    lambda: head() + craft_values_ndu("w", [3, 2**31 + 20, 1], [3]))
+must_fail("mf_remainder_prefix_p0", "DecodeError", "10.1",
+          "1st edition: a remainder prefix of 33 ones (longer than 31 bins)")(
+    lambda: head(profile=0) + craft_values_ndu("w", [3, 2**33, 1], [3], profile=0))
+must_fail("mf_dq_overflow", "DecodeError", "10.2", "a DQ value k = 2^30 + 3 whose reconstruction integer exceeds int32")(
+    lambda: head() + craft_values_ndu("w", [3, 2**30 + 3, 1], [3], dq=True))
+must_fail("mf_block_row_interval", "DecodeError", "11.3",
+          "a corrupted block-scan payload whose code point lies outside the range forced at a block-row start")(
+    lambda: (lambda s: _replace_ndu(s, 3, payload=bytes(_units(s)[3].payload)[:2] + b"\x7f"
+                                    + bytes(_units(s)[3].payload)[3:]))(
+        enc(model(74, [("w.weight", (40, 20))]), qp=-24, dq=False, scan_order=1)))
+must_fail("mf_ue_prefix_too_long", "DecodeError", "2.3", "an NDU header whose ue(k) device_id starts with 40 zero bits")(
+    lambda: (lambda s, at: s[:at] + b"\x80" + bytes(5) + s[at + 6:])(
+        _valid(), _units(_valid())[3].offset + bytes(_valid()[_units(_valid())[3].offset:]).index(b"w.weight\x00") + 9))
+must_fail("mf_name_not_utf8", "DecodeError", "2.6", "a tensor name that is not UTF-8")(
+    lambda: (lambda s, at: s[:at] + b"\xff" + s[at + 1:])(_valid(), _valid().index(b"w.weight\x00")))
+must_fail("mf_name_too_long", "DecodeError", "2.6", "a tensor name of 65537 bytes")(
+    lambda: head() + _with_long_name(65537))
+@must_fail("mf_codebook_zero_offset", "DecodeError", "7.2", "a codebook of 3 entries with CbZeroOffset 6")
+def _codebook_zero_outside():
+    valid = head() + craft_ndu("w", [-1, 0, 1], [3], codebook=[0, 1, 2])
+    with _unchecked_codebook_head():
+        return _replace_ndu(valid, 3, codebook_center_offset=5)
+must_fail("mf_codebook_index_p0", "DecodeError", "12.4",
+          "1st edition: a codebook index offset of 5 in a codebook of 7 entries centred at 3")(
+    lambda: head(profile=0) + craft_values_ndu("w", [5, 0, -1], [3], profile=0, codebook=list(range(7))))
+must_fail("mf_codebook_int32", "DecodeError", "7.2", "a codebook entry below -2^31")(
+    lambda: head() + craft_ndu("w", [-1, 0, 1], [3], codebook=[-(2**31) - 5, 0, 7]))
+must_fail("mf_decomposition_block", "UnsupportedError", "7.6",
+          "a block NDU with a decomposed weight (G and H, compressed_parameter_types DC) and a block scan")(
+    lambda: (lambda s: _replace_ndu(
+        s, 3, compressed_parameter_types=_units(s)[3].header.compressed_parameter_types | C.NNR_CPT_DC,
+        decomposition_rank=10, g_number_of_rows=20, count_topology_elements_minus2=1,
+        topology_elem_ids=["f.weight_G", "f.weight_H", "f.bias"], tensor_dimensions=[20, 30], scan_order=1,
+        entry_points=[dict(value=0, dq_state=0, offset=1)] * 3))(
+        enc(model(72, [("f.weight", (5, 6)), ("f.bias", (5,))]), qp=-20, blocks=True)))
+must_fail("mf_several_names_not_block", "UnsupportedError", "7.4", "a FLOAT NDU listing two tensor names")(
+    lambda: _replace_ndu(_valid(), 3, nnr_multiple_topology_elements_present_flag=1, count_topology_elements_minus2=0,
+                         topology_elem_ids=["w.weight", "w2.weight"], topology_elem_id=None))
+must_fail("mf_unit_size_cut", "TruncatedError", "3.2", "one stray byte after the last unit: a cut nnr_unit_size")(
+    lambda: _valid() + b"\x00")
+must_fail("mf_long_unit_size_cut", "TruncatedError", "3.2", "two stray bytes: a cut 4-byte nnr_unit_size")(
+    lambda: _valid() + b"\x80\x00")
+must_fail("mf_mps_trailing_byte", "DecodeError", "3.2", "a model parameter set with one byte after its syntax")(
+    lambda: (lambda s, m: s[:m.offset] + C.build_unit(C.NNR_MPS, dict(m.header), b"\x00") + s[m.end:])(
+        _valid(), _units(_valid())[1]))
+must_fail("mf_dims_beyond_payload", "LimitError", "15.2",
+          "a 1st-edition vector of 10^7 elements in a 110-byte payload")(
+    lambda: _replace_ndu(enc(model(73, [("v", (40,))]), qp=-20, profile=0), 3, tensor_dimensions=[10_000_000]))
+must_fail("mf_infinite_to_integer_format", "DecodeError", "12.6",
+          "a FLOAT tensor whose values overflow to infinity, signalled as int64 output")(
+    lambda: C.build_str(1) + C.build_mps(qp=508) + C.build_tpl()
+    + craft_ndu("w", [3, -2, 0], [3], qp=508, mps_qp=508, fmt=7))
+
+
 # -- writing ----------------------------------------------------------------------------------------------
 
 
@@ -433,6 +608,8 @@ def build_all():
                      features=info["features"])
         if "sequence" in info:
             entry["sequence"] = info["sequence"]
+        if info["added_in"] > 1:
+            entry["added_in"] = info["added_in"]
         if group == "must-fail":
             entry.update(expected_error=info["expected_error"], clause=info["clause"])
         blobs[name] = data
@@ -451,7 +628,7 @@ def sheet_for(entry):
     sheet = {k: v for k, v in entry.items() if k not in ("sheet",)}
     sheet["made_by"] = ("conformance/generate.py (nnc encoder)" if "craft" not in entry["purpose"]
                         else "conformance/generate.py")
-    sheet["suite_version"] = SUITE_VERSION
+    sheet["suite_version"] = entry.get("added_in", 1)  # the version that published the stream
     return sheet
 
 
@@ -508,9 +685,13 @@ def main(argv=None):
     args = ap.parse_args(argv)
     entries, blobs = build_all()
     if args.check:
-        bad = [e["name"] for e in entries if (args.out / e["file"]).read_bytes() != blobs[e["name"]]]
+        missing = [e["name"] for e in entries if not (args.out / e["file"]).exists()]
+        bad = [e["name"] for e in entries
+               if e["name"] not in missing and (args.out / e["file"]).read_bytes() != blobs[e["name"]]]
+        if missing:
+            print(f"not written yet: {missing}")
         print("regeneration identical" if not bad else f"regeneration differs: {bad}")
-        return 1 if bad else 0
+        return 1 if bad or missing else 0
     cross = None
     if args.crosscheck:
         cross = run_crosscheck(entries, blobs)
