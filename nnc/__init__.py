@@ -142,8 +142,9 @@ def decode_model(stream, output=None, **options):
     output : str, ``os.PathLike`` or None
         If given, the model file to write (.npz, .safetensors, .pt or .onnx).
     **options
-        ``template`` (the original ONNX model, for ONNX output) and the
-        keyword options of :class:`nnc.decoder.Decoder`.
+        ``template`` (the original ONNX model, for ONNX output), ``threads``
+        (units decoded at the same time, 0 for one per CPU) and the keyword
+        options of :class:`nnc.decoder.Decoder`.
 
     Returns
     -------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -249,6 +250,16 @@ def _encode_search(args, tensors, options) -> int:
 # -- decode --------------------------------------------------------------------------
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, not {text!r}")
+    return value
+
+
 def cmd_decode(args) -> int:
     from . import formats
     from .decoder import Decoder
@@ -262,7 +273,7 @@ def cmd_decode(args) -> int:
     infos = [t for t in dec.tensors() if names is None or t.name in names]
     progress = Progress(sum(t.size for t in infos), "decoding", args.quiet)
     try:
-        out = dec.decode(names, progress=lambda info: progress.step(info.size, info.name))
+        out = dec.decode(names, progress=lambda info: progress.step(info.size, info.name), threads=args.threads)
     finally:
         progress.close()
     from .decoder import restore_model_view
@@ -440,6 +451,11 @@ def cmd_bench(args) -> int:
     t2 = time.perf_counter()
     rows = [dict(coder="nnc", bytes=len(result.stream), bits_per_weight=8 * len(result.stream) / n,
                  encode_s=t1 - t0, decode_s=t2 - t1)]
+    threads = args.threads or os.cpu_count() or 1
+    if threads > 1:
+        t0 = time.perf_counter()
+        decode(result.stream, threads=threads)
+        rows.append(dict(rows[0], coder=f"nnc {threads} threads", encode_s=None, decode_s=time.perf_counter() - t0))
     if args.vs:
         rows += _peer_rows(tensors, result, n, args.quiet)
     for r in rows:
@@ -451,8 +467,8 @@ def cmd_bench(args) -> int:
     print(f"{args.model}: {n} weights, qp {args.qp}, dq {'on' if args.dq else 'off'} (one run; machines are noisy)")
     print(f"{'coder':16} {'bytes':>10} {'bits/w':>7} {'enc Mw/s':>9} {'dec Mw/s':>9}")
     for r in rows:
-        print(f"{r['coder']:16} {r['bytes']:>10} {r['bits_per_weight']:>7.3f} {r['encode_mw_s']:>9.2f} "
-              f"{r['decode_mw_s']:>9.2f}")
+        speeds = " ".join("        -" if r[k] is None else f"{r[k]:>9.2f}" for k in ("encode_mw_s", "decode_mw_s"))
+        print(f"{r['coder']:16} {r['bytes']:>10} {r['bits_per_weight']:>7.3f} {speeds}")
     return EXIT_OK
 
 
@@ -560,6 +576,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tensor", action="append", help="decode only this tensor (repeatable)")
     p.add_argument("--entry-points", choices=("ignore", "use", "verify"), default="ignore",
                    help="how to treat transmitted entry points (default: ignore, decode sequentially)")
+    p.add_argument("--threads", type=_non_negative_int, default=0, metavar="N",
+                   help="decode N units at a time (default 0: one per CPU; 1: one after another)")
     p.set_defaults(func=cmd_decode)
 
     p = add("info", "Describe the units and tensors of an NNC stream.")
@@ -583,6 +601,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scan-order", type=int, default=0, choices=range(5))
     p.add_argument("--vs", action="store_true",
                    help="also run lzma, bz2, zstd (if installed) on the same indices, and NNCodec if set up")
+    p.add_argument("--threads", type=_non_negative_int, default=0, metavar="N",
+                   help="also time decoding with N threads (default 0: one per CPU)")
     p.set_defaults(func=cmd_bench)
 
     p = add("demo", "Encode, decode and evaluate the bundled digits models.")

@@ -20,6 +20,7 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
@@ -588,7 +589,8 @@ class Decoder:
         """
         return list(self._index)
 
-    def decode(self, names: Iterable[str] | None = None, progress=None) -> "OrderedDict[str, np.ndarray]":
+    def decode(self, names: Iterable[str] | None = None, progress=None,
+               threads: int = 1) -> "OrderedDict[str, np.ndarray]":
         """Decode all tensors (or those named), in stream order.
 
         Only the units that carry a wanted tensor are decoded.
@@ -600,6 +602,13 @@ class Decoder:
         progress : ``callable`` or None
             If given, called with the :class:`~nnc.decoder.TensorInfo` of each tensor once
             it is decoded.
+        threads : int
+            Compressed data units decoded at the same time (the Cython engine
+            releases the GIL); 0 for one per CPU.  The output and the error
+            raised for an invalid stream (that of the first invalid unit in
+            stream order) are the same for every value.  Streams that read or
+            update a decoder state (incremental coding, spec 14) are decoded
+            one unit after another.
 
         Returns
         -------
@@ -611,6 +620,8 @@ class Decoder:
         ------
         KeyError
             If a name is not that of a tensor of the stream.
+        ValueError
+            If ``threads`` is not an int >= 0.
         nnc.errors.DecodeError
             If a payload is invalid (its subclass
             :class:`~nnc.errors.TruncatedError` if it ends too early); the
@@ -634,16 +645,18 @@ class Decoder:
             missing = wanted - set(self._index)
             if missing:
                 raise KeyError(f"no tensor named {sorted(missing)[0]!r} in the stream")
+        threads = _thread_count(threads)
+        jobs = [(unit, params, self._ndu_tensors[i]) for i, (unit, params) in enumerate(self._ndus)
+                if wanted is None or any(t.name in wanted for t in self._ndu_tensors[i])]
+        stateful = self.keep_state or any(params.parent_signalling for _, params, _ in jobs)
         out: OrderedDict[str, np.ndarray] = OrderedDict()
-        for i, (unit, params) in enumerate(self._ndus):
-            infos = self._ndu_tensors[i]
-            if wanted is not None and not any(t.name in wanted for t in infos):
-                continue
-            for name, arr in self._decode_ndu(unit, params, infos).items():
-                if wanted is None or name in wanted:
-                    out[name] = arr
-                    if progress is not None:
-                        progress(self._index[name][1])
+        with _unit_results(self._decode_ndu, jobs, 1 if stateful else threads) as results:
+            for decoded in results:
+                for name, arr in decoded.items():
+                    if wanted is None or name in wanted:
+                        out[name] = arr
+                        if progress is not None:
+                            progress(self._index[name][1])
         return out
 
     def decode_tensor(self, name: str) -> np.ndarray:
@@ -798,6 +811,31 @@ class Decoder:
         return values.reshape(info.shape)
 
 
+def _thread_count(threads) -> int:
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+        raise ValueError(f"threads must be an int >= 0 (0: one per CPU), not {threads!r}")
+    return threads or os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def _unit_results(decode_unit, jobs, threads: int):
+    """The decoded units, in stream order, decoded by up to ``threads`` threads.
+
+    Iterating raises the error of the first failing unit in stream order; on
+    leaving, units not yet started are cancelled.
+    """
+    if threads <= 1 or len(jobs) <= 1:
+        yield (decode_unit(*job) for job in jobs)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(max_workers=min(threads, len(jobs)), thread_name_prefix="nnc-decode")
+    try:
+        yield (f.result() for f in [pool.submit(decode_unit, *job) for job in jobs])
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _topology_metadata(unit: C.Unit) -> dict:
     """nnc's metadata in a format-0 topology unit, if any (spec 6.2.1); {} otherwise."""
     import json
@@ -893,6 +931,7 @@ def decode(
     engine: str | None = None,
     state: DecoderState | None = None,
     entry_points: str = "ignore",
+    threads: int = 1,
 ) -> "OrderedDict[str, np.ndarray]":
     """Decode an NNC stream into an ordered mapping of tensor name to array.
 
@@ -914,6 +953,9 @@ def decode(
     entry_points : str
         ``"ignore"``, ``"use"`` or ``"verify"`` transmitted entry points
         (see :class:`~nnc.decoder.Decoder`).
+    threads : int
+        Units decoded at the same time; 0 for one per CPU (see
+        :meth:`~nnc.decoder.Decoder.decode`).
 
     Returns
     -------
@@ -931,7 +973,7 @@ def decode(
     nnc.errors.DecodeError
         For any other invalid stream, and if a path cannot be read.
     ValueError
-        If ``entry_points`` or ``engine`` is not a valid choice.
+        If ``entry_points``, ``engine`` or ``threads`` is not a valid choice.
     TypeError
         If ``data`` is of an unsupported type.
 
@@ -946,7 +988,8 @@ def decode(
         ...
     nnc.errors.TruncatedError: unit of ... bytes runs past the end of the stream ...
     """
-    return Decoder(data, limits=limits, engine=engine, state=state, entry_points=entry_points).decode()
+    return Decoder(data, limits=limits, engine=engine, state=state, entry_points=entry_points).decode(
+        threads=threads)
 
 
 def decode_with_info(data: StreamInput, **kwargs) -> tuple["OrderedDict[str, np.ndarray]", list[TensorInfo]]:

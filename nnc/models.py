@@ -87,7 +87,8 @@ def encode_model(model, output=None, **options) -> bytes:
     return stream
 
 
-def decode_model(stream, output=None, *, template=None, **decoder_options) -> "OrderedDict[str, np.ndarray]":
+def decode_model(stream, output=None, *, template=None, threads: int = 1,
+                 **decoder_options) -> "OrderedDict[str, np.ndarray]":
     """Decode a stream to the model's tensors, with their original shapes and dtypes where known.
 
     With ``output`` (a .npz, .safetensors, .pt or .onnx path) the model file is written too;
@@ -103,6 +104,9 @@ def decode_model(stream, output=None, *, template=None, **decoder_options) -> "O
         extension (:func:`nnc.formats.format_from_extension`).
     template : str, ``os.PathLike`` or None
         For ONNX output, the original ONNX model whose initializers are replaced.
+    threads : int
+        Units decoded at the same time; 0 for one per CPU (see
+        :meth:`nnc.decoder.Decoder.decode`).
     **decoder_options
         ``limits``, ``engine``, ``state``, ``entry_points``: as for
         :class:`nnc.decoder.Decoder`.
@@ -135,7 +139,7 @@ def decode_model(stream, output=None, *, template=None, **decoder_options) -> "O
     (['w', 'n'], {'w': 'float32', 'n': 'int64'}, ())
     """
     dec = Decoder(stream, **decoder_options)
-    tensors, dtypes = restore_model_view(dec.decode(), dec.metadata)
+    tensors, dtypes = restore_model_view(dec.decode(threads=threads), dec.metadata)
     if output is not None:
         formats.write_model(os.fspath(output), tensors, dtypes, template=template)
     return tensors

@@ -4,7 +4,7 @@ import io
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -32,11 +32,12 @@ def tensor_dicts(draw):
 
 @settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(tensors=tensor_dicts(), qp=st.integers(-40, -4), dq=st.booleans(), scan=st.integers(0, 4),
-       profile=st.sampled_from([0, 1]), n_gtx=st.sampled_from([1, 2, 11, 256]), param_opt=st.booleans())
-def test_decode_reproduces_encoder_reconstruction(tensors, qp, dq, scan, profile, n_gtx, param_opt):
+       profile=st.sampled_from([0, 1]), n_gtx=st.sampled_from([1, 2, 11, 256]), param_opt=st.booleans(),
+       threads=st.sampled_from([1, 2, 3, 0]))
+def test_decode_reproduces_encoder_reconstruction(tensors, qp, dq, scan, profile, n_gtx, param_opt, threads):
     res = Encoder(qp=qp, dq=dq, scan_order=scan, profile=profile, n_gtx=n_gtx, param_opt=param_opt,
                   nonweight_qp=None).encode(tensors)
-    out = nnc.decode(res.stream)
+    out = nnc.decode(res.stream, threads=threads)
     assert list(out) == list(res.tensors)
     for name, t in res.tensors.items():
         assert out[name].dtype == t.reconstruction.dtype
@@ -112,6 +113,37 @@ def test_decode_accepts_bytes_path_and_file(tmp_path):
     np.testing.assert_array_equal(a, nnc.decode(io.BytesIO(stream))["w"])
     np.testing.assert_array_equal(a, nnc.decode(bytearray(stream))["w"])
     np.testing.assert_array_equal(a, nnc.decode(memoryview(stream))["w"])
+
+
+def test_threads_give_the_first_error_in_stream_order():
+    """With several threads, an invalid stream raises what one thread raises: the first bad unit's error."""
+    from nnc import container as C
+
+    rng = np.random.default_rng(3)
+    stream = nnc.encode({f"l{i}.weight": rng.standard_normal((30, 30)).astype(np.float32) for i in range(6)},
+                        qp=-30)
+    units = list(C.iter_units(stream))
+    broken = bytearray(stream)
+    for u in (units[5], units[7]):  # the 3rd and 5th NDUs: payload bytes after the first two zeroed
+        broken[u.payload_offset + 2:u.end] = bytes(u.end - u.payload_offset - 2)
+    errors = []
+    for threads in (1, 2, 4):
+        with pytest.raises(nnc.errors.DecodeError) as info:
+            nnc.decode(bytes(broken), threads=threads)
+        errors.append((type(info.value), str(info.value), info.value.offset))
+    assert errors[0] == errors[1] == errors[2]
+    assert units[5].payload_offset <= errors[0][2] <= units[5].end
+
+
+def test_threads_keep_progress_in_stream_order_and_check_their_argument():
+    rng = np.random.default_rng(4)
+    stream = nnc.encode({f"l{i}.weight": rng.standard_normal((20, 20)).astype(np.float32) for i in range(5)})
+    seen = []
+    nnc.Decoder(stream).decode(progress=lambda t: seen.append(t.name), threads=3)
+    assert seen == [f"l{i}.weight" for i in range(5)]
+    for bad in (-1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="threads"):
+            nnc.decode(stream, threads=bad)
 
 
 def test_random_access_decodes_one_tensor():
