@@ -46,6 +46,28 @@ def test_profile_1_streams_decode_in_nncodec_as_recorded(oracle):
         assert ok, (e["name"], detail)
 
 
+@pytest.mark.oracle
+def test_must_fail_cross_checks_hold(oracle):
+    """Must-fail sheets say whether NNCodec rejects the stream too; that still holds."""
+    from oracle import OracleError
+
+    checked = 0
+    for e in MANIFEST["streams"]:
+        if e["group"] != "must-fail" or e["profile"] != 1:
+            continue
+        said = json.loads((SUITE / e["sheet"]).read_text()).get("cross_checked_with_nncodec_2_1_3", "")
+        data = (SUITE / e["file"]).read_bytes()
+        if said.startswith("yes"):
+            with pytest.raises(OracleError):
+                oracle.decompress(data)
+        elif said.startswith("no: NNCodec decodes it"):
+            oracle.decompress(data)
+        else:
+            continue
+        checked += 1
+    assert checked >= 40
+
+
 def test_verify_command_exit_status(tmp_path):
     ok = subprocess.run([sys.executable, "-m", "nnc", "verify", str(SUITE), "--group", "must-fail"],
                         capture_output=True, text=True)
