@@ -119,6 +119,7 @@ def cmd_encode(args) -> int:
         param_opt=not args.no_param_opt, row_skip=args.row_skip,
         lambda_per_tensor=_parse_assignments(args.tensor_lambda, "--tensor-lambda", float),
         rdoq_lambda=args.lam if args.lam is not None else (args.rdoq or 0.0), dcv1_s=args.dcv1_s,
+        dtypes=dtypes,
     )
     if args.sigmas:
         options["sigmas"], _ = formats.read_model(args.sigmas)

@@ -207,6 +207,11 @@ class Encoder:
         (``"auto"``); codebook tensors decode as float64.
     output_formats : mapping of str to int, optional
         {name: nnr_decompressed_data_format} to signal an output dtype (spec 12.6).
+    dtypes : mapping of str to str, optional
+        {name: dtype name} of tensors handed over in another dtype than the model's,
+        e.g. ``"bfloat16"`` for the float32 arrays that :func:`nnc.formats.read_model`
+        returns for bfloat16 tensors. Recorded in the topology unit's metadata when it
+        differs from the decoded dtype, so that :func:`nnc.decode_model` restores it.
     rdoq_lambda : float
         Rate-distortion quantisation, default 0 (off). With ``dq=False`` each level
         minimises F·(w/Δ − k)² + λ·bits in scan order with the adaptive contexts' rates
@@ -267,6 +272,7 @@ class Encoder:
         row_skip: bool = False,
         codebook=False,
         output_formats: Mapping[str, int] | None = None,
+        dtypes: Mapping[str, str] | None = None,
         rdoq_lambda: float = 0.0,
         lambda_per_tensor: Mapping[str, float] | None = None,
         importance: Mapping[str, np.ndarray] | None = None,
@@ -303,6 +309,9 @@ class Encoder:
             raise EncodeError("codebook must be False, True or 'auto'")
         self.codebook = codebook
         self.output_formats = dict(output_formats or {})
+        self.dtypes = dict(dtypes or {})
+        if not all(isinstance(v, str) for v in self.dtypes.values()):
+            raise EncodeError("dtypes values must be dtype names (str)")
         if rdoq_lambda < 0:
             raise EncodeError("rdoq_lambda must be >= 0")
         self.rdoq_lambda = float(rdoq_lambda)
@@ -452,6 +461,9 @@ class Encoder:
             if not isinstance(name, str) or not name or "\x00" in name:
                 raise EncodeError(f"tensor names must be non-empty strings without NUL, not {name!r}")
             arrays[name] = np.asarray(value)
+        unknown = [k for k in self.dtypes if k not in arrays]
+        if unknown:
+            raise EncodeError(f"dtypes names a tensor that is not in the model: {unknown[0]!r}")
         groups = self._block_groups(arrays)
         in_block = {m for w, p in groups.items() for m in _block_members(w, p)[1:]}
         ndus = []
@@ -476,7 +488,7 @@ class Encoder:
         qps = [t.qp for t in result.tensors.values() if t.qp is not None]
         mps_qp = self._mps_qp(qps)
         units = [C.build_str(self.profile), C.build_mps(qp_density=self.qp_density, qp=mps_qp, profile=self.profile),
-                 C.build_tpl(data=_metadata_json(arrays, result))]
+                 C.build_tpl(data=_metadata_json(arrays, result, self.dtypes))]
         for build in ndus:
             units.append(build(mps_qp))
         result.stream = b"".join(units)
@@ -855,9 +867,10 @@ def dcv1_step(weights: np.ndarray, sigmas: np.ndarray, s: int) -> float:
     return 2 * w_max / (2 * w_max / sigma_min + s)
 
 
-def _metadata_json(arrays: Mapping[str, np.ndarray], result: EncodeResult) -> str:
+def _metadata_json(arrays: Mapping[str, np.ndarray], result: EncodeResult, given: Mapping[str, str]) -> str:
     """nnc's topology metadata (spec 6.2.1): original shapes of 0-d tensors and original dtypes.
 
+    ``given`` names the original dtype of tensors handed over in another one.
     Empty (as NNCodec writes) when nothing needs restoring.
     """
     import json
@@ -866,7 +879,7 @@ def _metadata_json(arrays: Mapping[str, np.ndarray], result: EncodeResult) -> st
     dtypes = {}
     for k, v in arrays.items():
         decoded = result.tensors[k].reconstruction.dtype
-        original = "bfloat16" if v.dtype.name == "bfloat16" else v.dtype.name
+        original = given.get(k, v.dtype.name)
         if original != decoded.name:
             dtypes[k] = original
     if not shapes and not dtypes:

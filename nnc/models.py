@@ -46,7 +46,9 @@ def encode_model(model, output=None, **options) -> bytes:
     output : str, ``os.PathLike`` or None
         If given, the stream is also written there, atomically.
     **options
-        Keyword options of :class:`nnc.encoder.Encoder`.
+        Keyword options of :class:`nnc.encoder.Encoder`. For a model file, ``dtypes``
+        defaults to the dtypes the file holds, so that tensors read in another dtype
+        (bfloat16, as float32) decode back to theirs.
 
     Returns
     -------
@@ -80,7 +82,8 @@ def encode_model(model, output=None, **options) -> bytes:
     if isinstance(model, Mapping):
         tensors = OrderedDict((k, np.asarray(v)) for k, v in model.items())
     else:
-        tensors, _ = formats.read_model(model)
+        tensors, dtypes = formats.read_model(model)
+        options.setdefault("dtypes", dtypes)  # e.g. bfloat16, read as float32: restored on decoding
     stream = Encoder(**options).encode(tensors).stream
     if output is not None:
         formats.write_atomic(output, stream)

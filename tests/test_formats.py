@@ -117,17 +117,27 @@ def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
 
 
 def test_encode_model_and_decode_model_mirror_the_cli(tmp_path):
+    from nnc.cli import main
+
     src = tmp_path / "m.safetensors"
     src.write_bytes(formats.safetensors_bytes(
-        {"w": np.ones((3, 4), np.float32), "h": np.ones(4, np.float16), "n": np.array(3, np.int64)}))
+        {"w": np.ones((3, 4), np.float32), "h": np.ones(4, np.float16), "n": np.array(3, np.int64),
+         "b": np.full((2, 3), 0.5, np.float32)}, {"b": "bfloat16"}))
     stream_path = tmp_path / "m.nnr"
     stream = nnc.encode_model(src, stream_path, qp=-20)
     assert stream_path.read_bytes() == stream
-    out = tmp_path / "back.safetensors"
-    tensors = nnc.decode_model(stream_path, out)
-    back, dtypes = formats.read_model(out)
-    assert list(back) == ["w", "h", "n"] and dtypes == {"w": "float32", "h": "float16", "n": "int64"}
-    assert back["n"].shape == () and tensors["n"].shape == ()
+    assert main(["encode", str(src), "-o", str(tmp_path / "cli.nnr"), "--qp", "-20", "-q"]) == 0
+    assert (tmp_path / "cli.nnr").read_bytes() == stream
+    want = {"w": "float32", "h": "float16", "n": "int64", "b": "bfloat16"}
+    for out in (tmp_path / "back.safetensors", tmp_path / "cli_back.safetensors"):
+        if out.name.startswith("cli"):
+            assert main(["decode", str(tmp_path / "cli.nnr"), "-o", str(out), "-q"]) == 0
+        else:
+            tensors = nnc.decode_model(stream_path, out)
+            assert tensors["n"].shape == ()
+        back, dtypes = formats.read_model(out)
+        assert list(back) == ["w", "h", "n", "b"] and dtypes == want
+        assert back["n"].shape == ()
 
 
 # -- damaged model files: only FormatError (an NNCError), never another exception ----------
