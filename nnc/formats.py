@@ -563,8 +563,10 @@ def read_pt(path):
     """Tensors and dtype names of a PyTorch state_dict file (needs ``torch``).
 
     The file is loaded with ``weights_only=True`` on the CPU.  A checkpoint
-    ``{"state_dict": {...}, ...}`` is unwrapped; entries that are not tensors
-    are skipped.  bfloat16 tensors are returned as float32.
+    ``{"state_dict": {...}, ...}`` is unwrapped, and so is one whose only
+    mapping of tensors sits under another key (``{"model": {...}, "epoch":
+    3}``); entries that are not tensors are skipped.  bfloat16 tensors are
+    returned as float32.
 
     Parameters
     ----------
@@ -580,8 +582,8 @@ def read_pt(path):
     Raises
     ------
     nnc.formats.FormatError
-        If torch is not installed, the file cannot be loaded, or it does not
-        hold a mapping.
+        If torch is not installed, the file cannot be loaded, or it holds no
+        mapping of tensors (or several, under different keys).
 
     Examples
     --------
@@ -599,10 +601,9 @@ def read_pt(path):
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types on bad files
         raise FormatError(f"{path}: cannot load as a PyTorch state_dict: {exc}") from None
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
     if not isinstance(obj, dict):
         raise FormatError(f"{path}: not a state_dict (a mapping of names to tensors)")
+    obj = _unwrap_checkpoint(path, obj)
     out, dtypes = OrderedDict(), {}
     for k, v in obj.items():
         if not hasattr(v, "detach"):
@@ -611,6 +612,29 @@ def read_pt(path):
         dtypes[k] = str(t.dtype).replace("torch.", "")
         out[k] = (t.float() if t.dtype == torch.bfloat16 else t).numpy()
     return out, dtypes
+
+
+def _unwrap_checkpoint(path, obj: dict) -> dict:
+    """The state_dict inside a training checkpoint ({"state_dict": ..., "epoch": ...} and the like).
+
+    ``obj["state_dict"]`` if it is a mapping; else ``obj`` itself if it holds tensors;
+    else its only entry that is a mapping holding tensors ("model", "module", ...).
+    """
+    def holds_tensors(d):
+        return isinstance(d, dict) and any(hasattr(v, "detach") for v in d.values())
+
+    if isinstance(obj.get("state_dict"), dict):
+        return obj["state_dict"]
+    if holds_tensors(obj):
+        return obj
+    inner = [k for k, v in obj.items() if holds_tensors(v)]
+    if len(inner) == 1:
+        return obj[inner[0]]
+    keys = ", ".join(repr(k) for k in list(obj)[:8])
+    if inner:
+        raise FormatError(f"{path}: several entries hold tensors ({', '.join(map(repr, inner))}); "
+                          f"save the one state_dict to encode")
+    raise FormatError(f"{path}: no tensors found (top-level keys: {keys or 'none'})")
 
 
 def pt_bytes(tensors, dtypes=None) -> bytes:

@@ -77,6 +77,22 @@ def test_pytorch_state_dict(tmp_path):
     assert torch.load(out, weights_only=True)["w"].dtype == torch.bfloat16
 
 
+def test_pytorch_checkpoints_are_unwrapped_or_refused_clearly(tmp_path):
+    torch = pytest.importorskip("torch", reason="torch not installed (pip install 'nnc[torch]')")
+    sd = {"fc.weight": torch.ones(2, 3), "fc.bias": torch.zeros(2)}
+    cases = {"nested": {"model": sd, "epoch": 3, "optimizer": {"state": {}, "param_groups": [{"lr": 0.1}]}},
+             "lightning": {"state_dict": sd, "hyper_parameters": {"a": 1}}}
+    for name, obj in cases.items():
+        torch.save(obj, tmp_path / f"{name}.pt")
+        assert list(formats.read_model(tmp_path / f"{name}.pt")[0]) == ["fc.weight", "fc.bias"], name
+    torch.save({"model": sd, "ema": sd}, tmp_path / "two.pt")
+    with pytest.raises(formats.FormatError, match="several entries hold tensors .'model', 'ema'."):
+        formats.read_model(tmp_path / "two.pt")
+    torch.save({"epoch": 3}, tmp_path / "none.pt")
+    with pytest.raises(formats.FormatError, match="no tensors found .top-level keys: 'epoch'."):
+        formats.read_model(tmp_path / "none.pt")
+
+
 def test_onnx_initializers(tmp_path):
     onnx = pytest.importorskip("onnx", reason="onnx not installed (pip install 'nnc[onnx]')")
     from onnx import helper, numpy_helper
