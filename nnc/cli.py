@@ -120,6 +120,7 @@ def cmd_encode(args) -> int:
         lambda_per_tensor=_parse_assignments(args.tensor_lambda, "--tensor-lambda", float),
         rdoq_lambda=args.lam if args.lam is not None else (args.rdoq or 0.0), dcv1_s=args.dcv1_s,
         dtypes=dtypes,
+        threads=args.threads if args.threads is not None else (1 if args.search and args.workers > 1 else 0),
     )
     if args.sigmas:
         options["sigmas"], _ = formats.read_model(args.sigmas)
@@ -455,8 +456,10 @@ def cmd_bench(args) -> int:
     threads = args.threads or os.cpu_count() or 1
     if threads > 1:
         t0 = time.perf_counter()
+        Encoder(qp=args.qp, dq=args.dq, scan_order=args.scan_order, threads=threads).encode(tensors)
+        t1 = time.perf_counter()
         decode(result.stream, threads=threads)
-        rows.append(dict(rows[0], coder=f"nnc {threads} threads", encode_s=None, decode_s=time.perf_counter() - t0))
+        rows.append(dict(rows[0], coder=f"nnc {threads} threads", encode_s=t1 - t0, decode_s=time.perf_counter() - t1))
     if args.vs:
         rows += _peer_rows(tensors, result, n, args.quiet)
     for r in rows:
@@ -568,6 +571,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "--tolerance of the original's on it (a guard against fitting --search's data)")
     p.add_argument("--time-budget", type=float, metavar="SECONDS", help="with --search: stop after this time")
     p.add_argument("--workers", type=int, default=1, help="with --search: worker processes (default 1)")
+    p.add_argument("--threads", type=_non_negative_int, metavar="N",
+                   help="tensors quantised and coded at a time, same stream for every N (default: one per "
+                        "CPU; with --search --workers > 1: 1 per worker)")
     p.set_defaults(func=cmd_encode)
 
     p = add("decode", "Decode an NNC stream into a model file.")
@@ -603,7 +609,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vs", action="store_true",
                    help="also run lzma, bz2, zstd (if installed) on the same indices, and NNCodec if set up")
     p.add_argument("--threads", type=_non_negative_int, default=0, metavar="N",
-                   help="also time decoding with N threads (default 0: one per CPU)")
+                   help="also time encoding and decoding with N threads (default 0: one per CPU)")
     p.set_defaults(func=cmd_bench)
 
     p = add("demo", "Encode, decode and evaluate the bundled digits models.")

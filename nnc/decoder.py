@@ -20,7 +20,6 @@ Examples
 
 from __future__ import annotations
 
-import contextlib
 import io
 import math
 import os
@@ -31,6 +30,7 @@ from typing import BinaryIO, Iterable, Union
 import numpy as np
 
 from . import container as C
+from ._threads import ordered_results, thread_count
 from .engine import get_engine
 from .errors import DecodeError, LimitError, NNCError, UnsupportedError
 from .reconstruction import (
@@ -645,12 +645,12 @@ class Decoder:
             missing = wanted - set(self._index)
             if missing:
                 raise KeyError(f"no tensor named {sorted(missing)[0]!r} in the stream")
-        threads = _thread_count(threads)
+        threads = thread_count(threads)
         jobs = [(unit, params, self._ndu_tensors[i]) for i, (unit, params) in enumerate(self._ndus)
                 if wanted is None or any(t.name in wanted for t in self._ndu_tensors[i])]
         stateful = self.keep_state or any(params.parent_signalling for _, params, _ in jobs)
         out: OrderedDict[str, np.ndarray] = OrderedDict()
-        with _unit_results(self._decode_ndu, jobs, 1 if stateful else threads) as results:
+        with ordered_results(self._decode_ndu, jobs, 1 if stateful else threads) as results:
             for decoded in results:
                 for name, arr in decoded.items():
                     if wanted is None or name in wanted:
@@ -809,31 +809,6 @@ class Decoder:
             values = convert_to_format(levels if info.payload_type == "INT" else values,
                                        info.decompressed_data_format)
         return values.reshape(info.shape)
-
-
-def _thread_count(threads) -> int:
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
-        raise ValueError(f"threads must be an int >= 0 (0: one per CPU), not {threads!r}")
-    return threads or os.cpu_count() or 1
-
-
-@contextlib.contextmanager
-def _unit_results(decode_unit, jobs, threads: int):
-    """The decoded units, in stream order, decoded by up to ``threads`` threads.
-
-    Iterating raises the error of the first failing unit in stream order; on
-    leaving, units not yet started are cancelled.
-    """
-    if threads <= 1 or len(jobs) <= 1:
-        yield (decode_unit(*job) for job in jobs)
-        return
-    from concurrent.futures import ThreadPoolExecutor
-
-    pool = ThreadPoolExecutor(max_workers=min(threads, len(jobs)), thread_name_prefix="nnc-decode")
-    try:
-        yield (f.result() for f in [pool.submit(decode_unit, *job) for job in jobs])
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _topology_metadata(unit: C.Unit) -> dict:

@@ -25,6 +25,7 @@ import numpy as np
 
 from . import container as C
 from .engine import get_engine
+from ._threads import ordered_results, thread_count
 from .errors import EncodeError, NNCError
 from .reconstruction import DECOMPRESSED_DATA_FORMATS, reconstruct_codebook, reconstruct_uniform, step_size
 
@@ -232,6 +233,9 @@ class Encoder:
     engine : str, optional
         ``"cython"`` or ``"python"`` (default: the ``NNC_ENGINE`` environment variable,
         else Cython).
+    threads : int
+        Tensors quantised and coded at the same time (default 1; 0 for one per CPU).
+        The stream is the same for every value.
 
     Raises
     ------
@@ -279,6 +283,7 @@ class Encoder:
         sigmas: Mapping[str, np.ndarray] | None = None,
         dcv1_s: int = 64,
         engine: str | None = None,
+        threads: int = 1,
     ):
         if qp is not None and step is not None:
             raise EncodeError("give either qp or step, not both")
@@ -327,6 +332,10 @@ class Encoder:
             raise EncodeError("dcv1_s must be a non-negative integer")
         self.dcv1_s = int(dcv1_s)
         self.engine = get_engine(engine)
+        try:
+            self.threads = thread_count(threads)
+        except ValueError as exc:
+            raise EncodeError(str(exc)) from None
 
     # -- per-tensor decisions ----------------------------------------------------
     def tensor_qp(self, name: str, ndim: int) -> int:
@@ -466,32 +475,36 @@ class Encoder:
             raise EncodeError(f"dtypes names a tensor that is not in the model: {unknown[0]!r}")
         groups = self._block_groups(arrays)
         in_block = {m for w, p in groups.items() for m in _block_members(w, p)[1:]}
-        ndus = []
+        names = [name for name in arrays if name not in in_block]
+        keys = {name: None if cache is None else self._unit_key(name, groups.get(name), arrays) for name in names}
+        cached = {name: cache._get(key) for name, key in keys.items() if key is not None}
+        to_make = [(name,) for name in names if cached.get(name) is None]
+
+        def make(name):
+            return self._block_ndu(name, groups[name], arrays) if name in groups else self._single_ndu(name, arrays[name])
+
+        units = []
         result = EncodeResult(stream=b"")
-        for name, arr in arrays.items():
-            if name in in_block:
-                continue
-            key = None if cache is None else self._unit_key(name, groups.get(name), arrays)
-            unit = None if key is None else cache._get(key)
-            if unit is None:
-                if name in groups:
-                    unit = self._block_ndu(name, groups[name], arrays)
-                else:
-                    unit = self._single_ndu(name, arr)
-                if key is not None:
-                    cache._put(key, unit)
-            for t in unit.members:
-                self._record(result, t)
-            ndus.append(unit.build)
-            if progress is not None:
-                progress(name, int(arr.size))
+        # quantisation, in threads; units recorded (and cached) in stream order
+        with ordered_results(make, to_make, self.threads) as made:
+            for name in names:
+                unit = cached.get(name)
+                if unit is None:
+                    unit = next(made)
+                    if keys[name] is not None:
+                        cache._put(keys[name], unit)
+                for t in unit.members:
+                    self._record(result, t)
+                units.append(unit)
+                if progress is not None:
+                    progress(name, int(arrays[name].size))
         qps = [t.qp for t in result.tensors.values() if t.qp is not None]
         mps_qp = self._mps_qp(qps)
-        units = [C.build_str(self.profile), C.build_mps(qp_density=self.qp_density, qp=mps_qp, profile=self.profile),
-                 C.build_tpl(data=_metadata_json(arrays, result, self.dtypes))]
-        for build in ndus:
-            units.append(build(mps_qp))
-        result.stream = b"".join(units)
+        head = [C.build_str(self.profile), C.build_mps(qp_density=self.qp_density, qp=mps_qp, profile=self.profile),
+                C.build_tpl(data=_metadata_json(arrays, result, self.dtypes))]
+        # the payloads, in threads
+        with ordered_results(lambda unit: unit.build(mps_qp), [(u,) for u in units], self.threads) as built:
+            result.stream = b"".join(head + list(built))
         return result
 
     def _mps_qp(self, qps: list[int]) -> int:

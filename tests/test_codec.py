@@ -38,6 +38,9 @@ def test_decode_reproduces_encoder_reconstruction(tensors, qp, dq, scan, profile
     res = Encoder(qp=qp, dq=dq, scan_order=scan, profile=profile, n_gtx=n_gtx, param_opt=param_opt,
                   nonweight_qp=None).encode(tensors)
     out = nnc.decode(res.stream, threads=threads)
+    threaded = Encoder(qp=qp, dq=dq, scan_order=scan, profile=profile, n_gtx=n_gtx, param_opt=param_opt,
+                       nonweight_qp=None, threads=threads).encode(tensors)
+    assert threaded.stream == res.stream
     assert list(out) == list(res.tensors)
     for name, t in res.tensors.items():
         assert out[name].dtype == t.reconstruction.dtype
@@ -135,11 +138,24 @@ def test_threads_give_the_first_error_in_stream_order():
     assert units[5].payload_offset <= errors[0][2] <= units[5].end
 
 
+def test_encoder_threads_give_the_first_error_in_tensor_order():
+    good = np.ones((30, 30), np.float32)
+    tensors = {"a": good, "b": np.full((4, 4), np.nan, np.float32), "c": good, "d": np.array([np.inf], np.float32)}
+    for threads in (1, 2, 4):
+        with pytest.raises(nnc.errors.EncodeError, match="tensor 'b' contains NaN"):
+            Encoder(threads=threads).encode(tensors)
+    with pytest.raises(nnc.errors.EncodeError, match="threads"):
+        Encoder(threads=-1)
+
+
 def test_threads_keep_progress_in_stream_order_and_check_their_argument():
     rng = np.random.default_rng(4)
     stream = nnc.encode({f"l{i}.weight": rng.standard_normal((20, 20)).astype(np.float32) for i in range(5)})
     seen = []
     nnc.Decoder(stream).decode(progress=lambda t: seen.append(t.name), threads=3)
+    assert seen == [f"l{i}.weight" for i in range(5)]
+    seen = []
+    Encoder(threads=3).encode(nnc.decode(stream), progress=lambda name, n: seen.append(name))
     assert seen == [f"l{i}.weight" for i in range(5)]
     for bad in (-1, 1.5, True, "2"):
         with pytest.raises(ValueError, match="threads"):
