@@ -104,6 +104,16 @@ def _parse_assignments(items, what, kind=int) -> dict:
     return out
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, not {text!r}")
+    return value
+
+
 # -- encode --------------------------------------------------------------------------
 
 
@@ -250,16 +260,6 @@ def _encode_search(args, tensors, options) -> int:
 
 
 # -- decode --------------------------------------------------------------------------
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, not {text!r}")
-    return value
 
 
 def cmd_decode(args) -> int:
@@ -445,9 +445,9 @@ def cmd_bench(args) -> int:
 
     tensors, _ = formats.read_model(args.model)
     n = sum(int(np.asarray(v).size) for v in tensors.values())
-    enc = Encoder(qp=args.qp, dq=args.dq, scan_order=args.scan_order)
+    settings = dict(qp=args.qp, dq=args.dq, scan_order=args.scan_order)
     t0 = time.perf_counter()
-    result = enc.encode(tensors)
+    result = Encoder(**settings).encode(tensors)
     t1 = time.perf_counter()
     decode(result.stream)
     t2 = time.perf_counter()
@@ -456,7 +456,7 @@ def cmd_bench(args) -> int:
     threads = args.threads or os.cpu_count() or 1
     if threads > 1:
         t0 = time.perf_counter()
-        Encoder(qp=args.qp, dq=args.dq, scan_order=args.scan_order, threads=threads).encode(tensors)
+        Encoder(**settings, threads=threads).encode(tensors)
         t1 = time.perf_counter()
         decode(result.stream, threads=threads)
         rows.append(dict(rows[0], coder=f"nnc {threads} threads", encode_s=t1 - t0, decode_s=time.perf_counter() - t1))
