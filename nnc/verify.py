@@ -270,9 +270,9 @@ class NNCodecAdapter:
     """NNCodec 2.1.3 through the black-box oracle (repository checkouts only).
 
     The oracle runs NNCodec in its own environment (``tools/setup_oracle.sh``)
-    as a separate process; the adapter keeps no state across incremental
-    streams, and raises ``NotImplementedError`` (reported as skipped) for
-    streams of a sequence.  Call :meth:`close` when done.
+    as a separate process, which keeps NNCodec's incremental state per
+    sequence id across the streams of a sequence.  Call :meth:`close` when
+    done.
 
     Raises
     ------
@@ -313,9 +313,7 @@ class NNCodecAdapter:
         self.oracle = NNCodecOracle()
 
     def __call__(self, data: bytes, sequence: str | None = None):
-        if sequence:
-            raise NotImplementedError("the NNCodec adapter keeps no state across incremental streams")
-        return self.oracle.decompress(data)
+        return self.oracle.decompress(data, sequence=sequence)
 
     def close(self):
         """Stop the oracle process.

@@ -88,25 +88,29 @@ class NNCodecOracle:
             raise OracleError(rep.get("error", "unknown error"))
         return rep
 
-    def compress_timed(self, tensors, repeats: int = 1, **options) -> tuple[bytes, list[float]]:
+    def compress_timed(self, tensors, repeats: int = 1, sequence: str | None = None,
+                       **options) -> tuple[bytes, list[float]]:
+        """NNCodec's compress(); with ``sequence``, its incremental state for that id carries over."""
         npz, out = self._path(".npz"), self._path(".nnr")
         np.savez(npz, **{k: np.asarray(v) for k, v in tensors.items()})
-        rep = self._call({"op": "compress", "npz": npz, "out": out, "options": options, "time_repeats": repeats})
+        rep = self._call({"op": "compress", "npz": npz, "out": out, "options": options, "time_repeats": repeats,
+                          "sequence": sequence})
         return Path(out).read_bytes(), rep["seconds"]
 
-    def compress(self, tensors, **options) -> bytes:
-        return self.compress_timed(tensors, 1, **options)[0]
+    def compress(self, tensors, sequence: str | None = None, **options) -> bytes:
+        return self.compress_timed(tensors, 1, sequence, **options)[0]
 
-    def decompress_timed(self, stream: bytes, repeats: int = 1):
+    def decompress_timed(self, stream: bytes, repeats: int = 1, sequence: str | None = None):
+        """NNCodec's decompress(); with ``sequence``, its incremental state for that id carries over."""
         src, npz = self._path(".nnr"), self._path(".npz")
         Path(src).write_bytes(bytes(stream))
-        rep = self._call({"op": "decompress", "in": src, "npz": npz, "time_repeats": repeats})
+        rep = self._call({"op": "decompress", "in": src, "npz": npz, "time_repeats": repeats, "sequence": sequence})
         with np.load(npz) as z:
             out = OrderedDict((k, z[k]) for k in rep["names"])
         return out, rep["seconds"]
 
-    def decompress(self, stream: bytes) -> "OrderedDict[str, np.ndarray]":
-        return self.decompress_timed(stream, 1)[0]
+    def decompress(self, stream: bytes, sequence: str | None = None) -> "OrderedDict[str, np.ndarray]":
+        return self.decompress_timed(stream, 1, sequence)[0]
 
     def close(self):
         if self._proc and self._proc.poll() is None:

@@ -6,6 +6,8 @@ Requests (one JSON object per line on stdin), replies on stdout:
   {"op": "compress", "npz": IN, "out": OUT, "options": {...}, "time_repeats": n}
   {"op": "decompress", "in": IN, "npz": OUT, "time_repeats": n}
   {"op": "ping"}
+With "sequence": ID, compress and decompress keep NNCodec's incremental state (its
+approx_param_base, one for encoding and one for decoding per ID) across requests.
 NNCodec's own prints, Python's and its C++ core's, go to stderr.  Nothing here is NNCodec code: it only calls
 its public compress()/decompress() functions.
 """
@@ -69,6 +71,15 @@ def main():
         out.write(json.dumps(obj) + "\n")
         out.flush()
 
+    bases = {}
+
+    def base_of(req, side):
+        """NNCodec's per-sequence base-parameter state (None outside a sequence)."""
+        if not req.get("sequence"):
+            return None
+        return bases.setdefault((side, req["sequence"]), {"parameters": {}, "put_node_depth": {}, "device_id": 0,
+                                                          "parameter_id": {}})
+
     reply({"ok": True, "ready": True})
     for line in sys.stdin:
         if not line.strip():
@@ -84,6 +95,8 @@ def main():
                     tensors = {k: z[k] for k in z.files}
                 options = dict(req.get("options", {}))
                 options.update(bitstream_path=None, return_bitstream=True, verbose=False)
+                if base_of(req, "enc") is not None:
+                    options.update(approx_param_base=base_of(req, "enc"), update_base_param=True)
                 times, stream = [], None
                 for _ in range(repeats):
                     t0 = time.perf_counter()
@@ -101,7 +114,11 @@ def main():
                     buf = bytearray(data)  # a persistent buffer, as the binding needs
                     t0 = time.perf_counter()
                     with contextlib.redirect_stdout(sys.stderr):
-                        decoded = nnc.decompress(buf, verbose=False)
+                        if base_of(req, "dec") is None:
+                            decoded = nnc.decompress(buf, verbose=False)
+                        else:
+                            decoded = nnc.decompress(buf, verbose=False, approx_param_base=base_of(req, "dec"),
+                                                     update_base_param=True)
                     times.append(time.perf_counter() - t0)
                 np.savez(req["npz"], **{k: np.asarray(v) for k, v in decoded.items()})
                 reply({"ok": True, "seconds": times, "names": list(decoded)})
