@@ -7,8 +7,8 @@ The two calls most users need::
 
 Decoding imports only the decoder side; the encoder is imported on first use.
 The names of ``__all__`` are imported here from :mod:`nnc.decoder` and
-:mod:`nnc.errors`; ``Encoder``, ``EncodeResult``, ``encode_with_reconstruction``
-and ``qp_for_step`` are attributes of ``nnc`` too, loaded from
+:mod:`nnc.errors`; ``Encoder``, ``EncoderState``, ``EncodeResult``,
+``encode_with_reconstruction`` and ``qp_for_step`` are attributes of ``nnc`` too, loaded from
 :mod:`nnc.encoder` when first accessed (they are not in ``__all__``, so that
 ``from nnc import *`` does not import the encoder).
 
@@ -173,7 +173,7 @@ def decode_model(stream, output=None, **options):
 
 def __getattr__(name):
     # lazy access to the encoder side, so that decode-only pipelines never import it
-    if name in ("Encoder", "EncodeResult", "encode_with_reconstruction", "qp_for_step"):
+    if name in ("Encoder", "EncoderState", "EncodeResult", "encode_with_reconstruction", "qp_for_step"):
         from . import encoder
 
         return getattr(encoder, name)

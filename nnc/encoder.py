@@ -24,6 +24,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from . import container as C
+from .decoder import DecoderState
 from .engine import get_engine
 from ._threads import ordered_results, thread_count
 from .errors import EncodeError, NNCError
@@ -99,11 +100,16 @@ class EncodeResult:
 
     stream: bytes
     tensors: OrderedDict[str, EncodedTensor] = field(default_factory=OrderedDict)
+    #: Names of tensors left out of an update stream because they are all zero (spec 7.7).
+    skipped: list = field(default_factory=list)
 
     @property
     def reconstruction(self) -> OrderedDict[str, np.ndarray]:
-        """{name: reconstructed array}: what any conforming decoder returns for the stream."""
-        return OrderedDict((k, v.reconstruction) for k, v in self.tensors.items())
+        """{name: reconstructed array}: what any conforming decoder returns for the stream.
+
+        Tensors of skipped NDUs are not in it (the decoder does not output them).
+        """
+        return OrderedDict((k, v.reconstruction) for k, v in self.tensors.items() if k not in self.skipped)
 
 
 def qp_for_step(step: float, qp_density: int = 2) -> int:
@@ -163,6 +169,37 @@ def _as_float_array(name: str, value) -> tuple[np.ndarray, str]:
     if not np.all(np.isfinite(x)):
         raise EncodeError(f"tensor {name!r} contains NaN or Inf, which cannot be quantised")
     return x, dtype_name
+
+
+class EncoderState(DecoderState):
+    """What an encoder of incremental (2nd-edition) streams keeps across the streams it writes.
+
+    The levels and history maps are those the receiving decoder's
+    :class:`~nnc.decoder.DecoderState` will hold after decoding the same streams
+    in the same order (spec 14.1): the encoder codes an update's contexts
+    (TCA, HDSP) from them.  The node identifiers are numbered as NNCodec
+    numbers them: a parameter id per tensor name in order of first
+    appearance, and a depth that counts the streams that carried the tensor.
+
+    Examples
+    --------
+    >>> import nnc, numpy as np
+    >>> from nnc.encoder import EncoderState
+    >>> enc_state, dec_state = EncoderState(), nnc.DecoderState()
+    >>> w = np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4)
+    >>> base = nnc.encode({"w": w}, qp=-20, state=enc_state)
+    >>> update = nnc.encode({"w": w / 8}, qp=-24, state=enc_state)
+    >>> _ = nnc.decode(base, state=dec_state)
+    >>> nnc.decode(update, state=dec_state)["w"].shape, enc_state.depths
+    ((3, 4), {'w': 2})
+    """
+
+    def __init__(self):
+        super().__init__()
+        #: The ``parameter_id`` of each tensor name (spec 7.4).
+        self.parameter_ids: dict[str, int] = {}
+        #: The ``put_node_depth`` of each tensor's last coded occurrence (1 for the first stream).
+        self.depths: dict[str, int] = {}
 
 
 class Encoder:
@@ -236,6 +273,21 @@ class Encoder:
     threads : int
         Tensors quantised and coded at the same time (default 1; 0 for one per CPU).
         The stream is the same for every value.
+    state : EncoderState, optional
+        Incremental coding (profile 1, spec 14): the state carried across the streams
+        this and other encoders write for one receiver, base model first. A stream
+        whose tensors the state already holds is an update: its model parameter set
+        enables parent signalling, and each of its NDUs names its parent and, with
+        ``tca``, codes its contexts from the parent's levels. The state is updated as
+        the receiving decoder's will be. Updates typically code differences to the
+        previous model; applying them is the application's business (spec 14.5).
+    tca : bool
+        In updates, temporal context adaptation (spec 10.5; default True).
+    hdsp : bool
+        In updates, history-dependent significance probabilities (spec 10.5; default False).
+    skip_zero : bool
+        In updates, leave out NDUs whose tensors are all zero (spec 7.7; default True);
+        they are listed in :attr:`EncodeResult.skipped`.
 
     Raises
     ------
@@ -284,6 +336,10 @@ class Encoder:
         dcv1_s: int = 64,
         engine: str | None = None,
         threads: int = 1,
+        state: EncoderState | None = None,
+        tca: bool = True,
+        hdsp: bool = False,
+        skip_zero: bool = True,
     ):
         if qp is not None and step is not None:
             raise EncodeError("give either qp or step, not both")
@@ -336,6 +392,12 @@ class Encoder:
             self.threads = thread_count(threads)
         except ValueError as exc:
             raise EncodeError(str(exc)) from None
+        if state is not None and not isinstance(state, EncoderState):
+            raise EncodeError("state must be an nnc.encoder.EncoderState")
+        if state is not None and profile != 1:
+            raise EncodeError("incremental coding (state=) needs profile 1 (2nd edition)")
+        self.state = state
+        self.tca, self.hdsp, self.skip_zero = bool(tca), bool(hdsp), bool(skip_zero)
 
     # -- per-tensor decisions ----------------------------------------------------
     def tensor_qp(self, name: str, ndim: int) -> int:
@@ -465,6 +527,8 @@ class Encoder:
         """
         if not isinstance(tensors, Mapping):
             raise EncodeError("tensors must be a mapping of name to array")
+        if cache is not None and self.state is not None:
+            raise EncodeError("an EncodeCache cannot be used for incremental coding (state=)")
         arrays = OrderedDict()
         for name, value in tensors.items():
             if not isinstance(name, str) or not name or "\x00" in name:
@@ -500,12 +564,59 @@ class Encoder:
                     progress(name, int(arrays[name].size))
         qps = [t.qp for t in result.tensors.values() if t.qp is not None]
         mps_qp = self._mps_qp(qps)
-        head = [C.build_str(self.profile), C.build_mps(qp_density=self.qp_density, qp=mps_qp, profile=self.profile),
+        links = self._links(units, result)
+        update = any(link is not None and link["parent"] for link in links)
+        head = [C.build_str(self.profile),
+                C.build_mps(qp_density=self.qp_density, qp=mps_qp, profile=self.profile, parent_signalling=update),
                 C.build_tpl(data=_metadata_json(arrays, result, self.dtypes))]
+        jobs = [(u, link) for u, link in zip(units, links) if link is None or not link["skip"]]
         # the payloads, in threads
-        with ordered_results(lambda unit: unit.build(mps_qp), [(u,) for u in units], self.threads) as built:
+        with ordered_results(lambda unit, link: unit.build(mps_qp, link), jobs, self.threads) as built:
             result.stream = b"".join(head + list(built))
+        if self.state is not None:
+            self._advance_state(units, links)
         return result
+
+    # -- incremental coding (spec 14) -----------------------------------------------
+    def _links(self, units: list, result: EncodeResult) -> list:
+        """Per unit, how it relates to the state: None without a state, else its node ids,
+        parent, TCA/HDSP use and whether it is skipped; skipped tensors are marked in ``result``."""
+        state = self.state
+        if state is None:
+            return [None] * len(units)
+        update = any(t["name"] in state.levels for u in units for t in u.members)
+        links, new_ids = [], 0
+        for u in units:
+            coded = [t for t in u.members if t["ptype"] != "RAW_FLOAT"]
+            first = u.members[0]["name"]
+            parent = update and bool(coded) and all(t["name"] in state.levels for t in coded)
+            if first not in state.parameter_ids:
+                new_ids += 1
+            link = dict(
+                update=update, parent=parent,
+                tca=parent and self.tca and all(state.levels[t["name"]].size == t["levels"].size for t in coded),
+                hdsp=parent and self.hdsp,
+                parameter_id=state.parameter_ids.get(first, len(state.parameter_ids) + new_ids - 1),
+                depth=state.depths.get(first, 0) + 1,
+                skip=parent and self.skip_zero and all(not np.any(t["levels"]) for t in coded),
+            )
+            if link["skip"]:
+                result.skipped.extend(t["name"] for t in u.members)
+            links.append(link)
+        return links
+
+    def _advance_state(self, units: list, links: list) -> None:
+        """Record what the receiving decoder records for this stream (spec 14.2, 14.3)."""
+        state = self.state
+        for u, link in zip(units, links):
+            first = u.members[0]["name"]
+            state.parameter_ids.setdefault(first, link["parameter_id"])
+            if link["skip"]:
+                continue
+            state.depths[first] = link["depth"]
+            for t in u.members:
+                if t["ptype"] != "RAW_FLOAT":
+                    state.update(t["name"], np.array(t["levels"], np.int32).reshape(-1))
 
     def _mps_qp(self, qps: list[int]) -> int:
         """The MPS qp: 0 as NNCodec writes, unless the offsets would not fit (spec 8.2)."""
@@ -621,7 +732,7 @@ class Encoder:
         return dict(n_gtx=self.n_gtx, dq=t["dq"], scan_order=t["scan"],
                     codebook_size=len(book) if book else 0, codebook_zero=t.get("cb_zero", 0))
 
-    def _header(self, t: dict, ptype: int, names: list[str] | None = None, cpt: int = 0) -> dict:
+    def _header(self, t: dict, ptype: int, names: list[str] | None = None, cpt: int = 0, link=None) -> dict:
         fields = {
             "nnr_compressed_data_unit_payload_type": ptype,
             "nnr_multiple_topology_elements_present_flag": int(names is not None),
@@ -651,9 +762,14 @@ class Encoder:
         if self.profile == 1:
             fields.update(node_id_present_flag=1, device_id=0, parameter_id=0, put_node_depth=0,
                           first_tensor_dimension_shift=0)
+        if link is not None:
+            fields.update(parameter_id=link["parameter_id"], put_node_depth=link["depth"])
+            if link["parent"]:
+                fields.update(parent_node_id_type=0, parent_device_id=0,
+                              temporal_context_modeling_flag=int(link["tca"]))
         return fields
 
-    def _payload(self, members: list[dict], mps_qp: int) -> tuple[bytes, list[list]]:
+    def _payload(self, members: list[dict], mps_qp: int, link=None) -> tuple[bytes, list[list]]:
         """One CABAC payload with all members in coding order (spec 8.1); entry points per member."""
         enc = self.engine.PayloadEncoder(self.edition)
         specs = []
@@ -662,10 +778,12 @@ class Encoder:
             if t["ptype"] != "INT":
                 enc.write_qp_offset(t["qp"] - mps_qp, qp_bits)
             levels = t["levels"] if t["levels"].flags.writeable else t["levels"].copy()   # cached: read-only
+            context = self._parent_context(t["name"], link)
             enc.encode_tensor(levels, t["height"], t["width"], param_opt=self.param_opt,
-                              row_skip=self.row_skip and not t["dq"], **self._tensor_kwargs(t))
+                              row_skip=self.row_skip and not t["dq"], hdsp=bool(link and link["hdsp"]),
+                              **context, **self._tensor_kwargs(t))
             specs.append(dict(height=t["height"], width=t["width"], qp_bits=0 if t["ptype"] == "INT" else qp_bits,
-                              **self._tensor_kwargs(t)))
+                              **context, **self._tensor_kwargs(t)))
         payload = enc.finish()
         if any(t["scan"] > 0 and t["height"] > (4 << t["scan"]) for t in members):
             eps = self.engine.compute_entry_points(payload, self.edition, specs)
@@ -673,18 +791,25 @@ class Encoder:
             eps = [[] for _ in members]
         return payload, eps
 
+    def _parent_context(self, name: str, link) -> dict:
+        """The engine's parent, TCA base and HDSP history arguments for one tensor of an NDU."""
+        if link is None:
+            return {}
+        return dict(parent_present=link["parent"], tca_base=self.state.levels[name] if link["tca"] else None,
+                    hdsp_history=self.state.history.get(name) if link["hdsp"] else None)
+
     def _single_ndu(self, name: str, arr: np.ndarray) -> "_Unit":
         t = self._prepare(name, arr)
 
-        def build(mps_qp: int) -> bytes:
+        def build(mps_qp: int, link=None) -> bytes:
             ptype = {"INT": C.NNR_PT_INT, "FLOAT": C.NNR_PT_FLOAT, "RAW_FLOAT": C.NNR_PT_RAW_FLOAT}[t["ptype"]]
-            header = self._header(t, ptype)
+            header = self._header(t, ptype, link=link)
             if t["ptype"] == "RAW_FLOAT":
                 payload = t["raw"].astype("<f4").tobytes()
             else:
-                payload, eps = self._payload([t], mps_qp)
+                payload, eps = self._payload([t], mps_qp, link)
                 header["entry_points"] = _ep_fields(eps[0], t["dq"])
-            return C.build_ndu(header, payload, profile=self.profile)
+            return C.build_ndu(header, payload, profile=self.profile, parent_signalling=bool(link and link["update"]))
 
         return _Unit([t], build)
 
@@ -702,11 +827,11 @@ class Encoder:
         names = [weight] + ls + bn + bi
         cpt = (C.NNR_CPT_LS if ls else 0) | (C.NNR_CPT_BN if bn else 0) | (C.NNR_CPT_BI if bi else 0)
 
-        def build(mps_qp: int) -> bytes:
-            header = self._header(w, C.NNR_PT_BLOCK, names=names, cpt=cpt)
-            payload, eps = self._payload(coded, mps_qp)
+        def build(mps_qp: int, link=None) -> bytes:
+            header = self._header(w, C.NNR_PT_BLOCK, names=names, cpt=cpt, link=link)
+            payload, eps = self._payload(coded, mps_qp, link)
             header["entry_points"] = _ep_fields(eps[-1], w["dq"])
-            return C.build_ndu(header, payload, profile=self.profile)
+            return C.build_ndu(header, payload, profile=self.profile, parent_signalling=bool(link and link["update"]))
 
         return _Unit(coded, build)
 
@@ -737,7 +862,9 @@ class _Unit:
         self._build = build
         self._built: dict[int, bytes] = {}
 
-    def build(self, mps_qp: int) -> bytes:
+    def build(self, mps_qp: int, link=None) -> bytes:
+        if link is not None:  # incremental coding: depends on the state, never cached
+            return self._build(mps_qp, link)
         if mps_qp not in self._built:
             self._built[mps_qp] = self._build(mps_qp)
         return self._built[mps_qp]
@@ -1006,5 +1133,5 @@ def encode_with_reconstruction(tensors: Mapping[str, object], **options) -> Enco
     return Encoder(**options).encode(tensors)
 
 
-__all__ = ["Encoder", "EncodeCache", "EncodeResult", "EncodedTensor", "encode", "encode_with_reconstruction", "qp_for_step",
+__all__ = ["Encoder", "EncoderState", "EncodeCache", "EncodeResult", "EncodedTensor", "encode", "encode_with_reconstruction", "qp_for_step",
            "dcv1_step", "scan_permutation"]

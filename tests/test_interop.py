@@ -204,3 +204,36 @@ def test_search_result_decodes_in_nncodec_to_our_reconstruction(oracle):
     ours = nnc.decode(res.best.stream)
     _assert_equal_outputs(ours, oracle.decompress(res.best.stream))
     assert demo.mlp_accuracy(ours) == res.best.score
+
+
+@pytest.mark.parametrize("dq", [True, False])
+def test_our_incremental_streams_decode_in_nncodec(oracle, dq):
+    """A base model and TCA updates (a skipped NDU, row skipping) written by nnc, decoded by NNCodec with its
+    incremental state, equal nnc's decoding. (HDSP is left out: NNCodec's stock decoding keeps no history.)"""
+    from nnc.encoder import Encoder, EncoderState
+
+    rng = np.random.default_rng(RNG_SEED + 40 + dq)
+    base = {f"l{i}.weight": _random_tensor(rng, 2) for i in range(3)}
+    base["l0.bias"] = (rng.standard_normal(base["l0.weight"].shape[0]) * 0.01).astype(np.float32)
+    base["steps"] = np.array([7], np.int32)
+    enc_state, dec_state, seq = EncoderState(), nnc.DecoderState(), f"ours-{dq}"
+    for i in range(4):
+        tensors = base if i == 0 else {k: (rng.standard_normal(v.shape) * 0.003).astype(v.dtype) if v.dtype.kind == "f"
+                                       else np.zeros_like(v) for k, v in base.items()}
+        if i == 2:
+            tensors["l1.weight"][:] = 0
+        res = Encoder(qp=-30 if i == 0 else -40, dq=dq, state=enc_state, row_skip=True).encode(tensors)
+        assert (i > 0) == ("steps" in res.skipped)
+        _assert_equal_outputs(nnc.decode(res.stream, state=dec_state), oracle.decompress(res.stream, sequence=seq))
+
+
+def test_nncodec_incremental_streams_decode_in_ours(oracle):
+    rng = np.random.default_rng(RNG_SEED + 42)
+    model = {f"l{i}.weight": _random_tensor(rng, 2) for i in range(3)}
+    dec_state = nnc.DecoderState()
+    for i in range(4):
+        if i:
+            model = {k: (rng.standard_normal(v.shape) * 0.003).astype(np.float32) for k, v in model.items()}
+        stream = oracle.compress(model, sequence="theirs-enc", qp=-38 if i == 0 else -44, use_dq=True, tca=True,
+                                 row_skipping=True)
+        _assert_equal_outputs(nnc.decode(stream, state=dec_state), oracle.decompress(stream, sequence="theirs-dec"))

@@ -1,0 +1,87 @@
+"""Incremental coding (spec 14): a base model and updates written with an EncoderState decode, with one
+DecoderState, to exactly what the encoder reconstructed, and both sides end with the same state."""
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import nnc
+from nnc.encoder import EncodeCache, Encoder, EncoderState
+
+SHAPES = {"a.weight": (12, 9), "a.bias": (12,), "c.weight": (4, 3, 2, 2), "steps": (2,)}
+
+
+def _tensors(rng, scale, zero=()):
+    out = {}
+    for name, shape in SHAPES.items():
+        if name == "steps":
+            out[name] = rng.integers(-3, 4, shape).astype(np.int32)
+        else:
+            x = (rng.laplace(0, scale, shape) * (rng.random(shape) < 0.6)).astype(np.float32)
+            out[name] = np.zeros(shape, np.float32) if name in zero else x
+    return out
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None, max_examples=40)
+@given(seed=st.integers(0, 2**32 - 1), updates=st.lists(st.fixed_dictionaries({
+    "qp": st.integers(-44, -28), "dq": st.booleans(), "tca": st.booleans(), "hdsp": st.booleans(),
+    "row_skip": st.booleans(), "skip_zero": st.booleans(), "blocks": st.booleans(), "threads": st.sampled_from([1, 2]),
+    "zero": st.sets(st.sampled_from(sorted(SHAPES)), max_size=2)}), min_size=1, max_size=3))
+def test_updates_decode_to_the_encoders_reconstruction(seed, updates):
+    rng = np.random.default_rng(seed)
+    enc_state, dec_state = EncoderState(), nnc.DecoderState()
+    streams = [Encoder(qp=-30, state=enc_state).encode(_tensors(rng, 0.05))]
+    for u in updates:
+        opts = {k: v for k, v in u.items() if k != "zero"}
+        streams.append(Encoder(state=enc_state, **opts).encode(_tensors(rng, 0.005, u["zero"])))
+    for i, res in enumerate(streams):
+        out = nnc.decode(res.stream, state=dec_state)
+        assert list(out) == list(res.reconstruction)
+        assert set(res.skipped) == set(res.tensors) - set(out)
+        for name, arr in out.items():
+            np.testing.assert_array_equal(arr, res.reconstruction[name], err_msg=f"stream {i}, {name}")
+        if i and streams[i].skipped:
+            assert all(np.all(res.tensors[n].levels == 0) for n in res.skipped)
+    assert enc_state.levels.keys() == dec_state.levels.keys()
+    for name in enc_state.levels:
+        np.testing.assert_array_equal(enc_state.levels[name], dec_state.levels[name])
+        np.testing.assert_array_equal(enc_state.history[name], dec_state.history[name])
+
+
+def test_an_update_uses_tca_and_cannot_be_decoded_alone():
+    rng = np.random.default_rng(5)
+    state = EncoderState()
+    nnc.encode(_tensors(rng, 0.05), qp=-30, state=state)
+    update = Encoder(qp=-38, state=state).encode(_tensors(rng, 0.005))
+    dec = nnc.Decoder(update.stream)
+    assert all(u.header.temporal_context_modeling_flag == 1 for u in dec.units if u.type_name == "NNR_NDU")
+    with pytest.raises(nnc.DecodeError, match="temporal context adaptation") as info:
+        dec.decode()
+    assert info.value.clause == "14"
+    assert state.depths["a.weight"] == 2 and state.parameter_ids == {name: i for i, name in enumerate(SHAPES)}
+
+
+def test_without_tca_an_update_decodes_alone_and_tca_makes_it_smaller():
+    rng = np.random.default_rng(6)
+    base = _tensors(rng, 0.05)
+    update = {k: v * 0.3 if v.dtype.kind == "f" else v for k, v in base.items()}  # correlated with its parent
+    sizes = {}
+    for tca in (False, True):
+        state = EncoderState()
+        nnc.encode(base, qp=-30, state=state)
+        res = Encoder(qp=-30, state=state, tca=tca).encode(update)
+        sizes[tca] = len(res.stream)
+        if not tca:
+            out = nnc.decode(res.stream)
+            assert all(np.array_equal(out[k], res.reconstruction[k]) for k in out)
+    assert sizes[True] < sizes[False]
+
+
+def test_state_needs_profile_1_and_no_cache():
+    with pytest.raises(nnc.EncodeError, match="profile 1"):
+        Encoder(profile=0, state=EncoderState())
+    with pytest.raises(nnc.EncodeError, match="EncoderState"):
+        Encoder(state=nnc.DecoderState())
+    with pytest.raises(nnc.EncodeError, match="EncodeCache"):
+        Encoder(state=EncoderState()).encode({"w": np.ones(3, np.float32)}, cache=EncodeCache())
