@@ -119,8 +119,10 @@ def _non_negative_int(text: str) -> int:
 
 def cmd_encode(args) -> int:
     from . import formats
-    from .encoder import Encoder
+    from .encoder import Encoder, EncoderState
 
+    if args.state and args.search:
+        return _fail("--state (incremental coding) cannot be combined with --search")
     tensors, dtypes = formats.read_model(args.model)
     options = dict(
         qp=args.qp, step=args.step, dq=args.dq, scan_order=args.scan_order, n_gtx=args.n_gtx,
@@ -142,6 +144,9 @@ def cmd_encode(args) -> int:
         options.pop("step")
     if args.search:
         return _encode_search(args, tensors, options)
+    if args.state:
+        state = EncoderState.load(args.state) if Path(args.state).exists() else EncoderState()
+        options.update(state=state, tca=args.tca, hdsp=args.hdsp)
     allocated = None
     if args.target_snr is not None:
         from .allocation import allocate_qps
@@ -158,6 +163,8 @@ def cmd_encode(args) -> int:
     elapsed = time.perf_counter() - t0
     out = args.output or str(Path(args.model).with_suffix(".nnr"))
     formats.write_atomic(out, result.stream)
+    if args.state:
+        options["state"].save(args.state)  # after the stream: a failed write leaves the state as it was
     n = sum(int(np.asarray(v).size) for v in tensors.values())
     orig = sum(int(np.asarray(v).nbytes) for v in tensors.values())
     summary = dict(input=str(args.model), output=out, tensors=len(tensors), weights=n, bytes=len(result.stream),
@@ -264,9 +271,14 @@ def _encode_search(args, tensors, options) -> int:
 
 def cmd_decode(args) -> int:
     from . import formats
-    from .decoder import Decoder
+    from .decoder import Decoder, DecoderState
 
-    dec = Decoder(args.stream, entry_points=args.entry_points)
+    if args.state and args.tensor:
+        return _fail("--state needs every tensor of the stream decoded; leave out --tensor")
+    state = None
+    if args.state:
+        state = DecoderState.load(args.state) if Path(args.state).exists() else DecoderState()
+    dec = Decoder(args.stream, entry_points=args.entry_points, state=state)
     names = args.tensor or None
     if names:
         missing = [n for n in names if n not in dec.names()]
@@ -283,6 +295,8 @@ def cmd_decode(args) -> int:
     fmt = formats.format_from_extension(args.output)
     out, dtypes = restore_model_view(out, dec.metadata)
     formats.write_model(args.output, out, dtypes, fmt=fmt, template=args.template)
+    if state is not None:
+        state.save(args.state)
     summary = dict(stream=str(args.stream), output=args.output, tensors=len(out),
                    weights=int(sum(np.asarray(v).size for v in out.values())))
     if args.json:
@@ -574,6 +588,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_non_negative_int, metavar="N",
                    help="tensors quantised and coded at a time, same stream for every N (default: one per "
                         "CPU; with --search --workers > 1: 1 per worker)")
+    p.add_argument("--state", metavar="FILE",
+                   help="incremental coding: the sender's state file (created if missing, updated after the "
+                        "stream is written); a model whose tensors it holds is coded as an update to them")
+    p.add_argument("--tca", action=argparse.BooleanOptionalAction, default=True,
+                   help="with --state: temporal context adaptation in updates (default: on)")
+    p.add_argument("--hdsp", action="store_true",
+                   help="with --state: history-dependent significance in updates (NNCodec cannot decode them)")
     p.set_defaults(func=cmd_encode)
 
     p = add("decode", "Decode an NNC stream into a model file.")
@@ -585,6 +606,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how to treat transmitted entry points (default: ignore, decode sequentially)")
     p.add_argument("--threads", type=_non_negative_int, default=0, metavar="N",
                    help="decode N units at a time (default 0: one per CPU; 1: one after another)")
+    p.add_argument("--state", metavar="FILE",
+                   help="incremental decoding: the receiver's state file (created if missing, updated after "
+                        "the output is written); decode a base stream and its updates in order with one file")
     p.set_defaults(func=cmd_decode)
 
     p = add("info", "Describe the units and tensors of an NNC stream.")

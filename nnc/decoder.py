@@ -232,6 +232,98 @@ class DecoderState:
         nonzero = (levels != 0).astype(np.int8)
         self.history[name] = nonzero if hist is None or hist.shape != nonzero.shape else (hist | nonzero)
 
+    # -- files: one state carried across processes (e.g. federated-learning rounds) --------
+    _KIND = "decoder"
+
+    def _meta(self) -> dict:
+        return {}
+
+    def _set_meta(self, meta: dict) -> None:
+        pass
+
+    def save(self, path) -> None:
+        """Write the state to a file (an .npz archive), atomically.
+
+        Parameters
+        ----------
+        path : str or ``os.PathLike``
+            The file to create or replace.
+
+        Raises
+        ------
+        OSError
+            If the file cannot be written; an existing file is then unchanged.
+
+        Examples
+        --------
+        >>> import os, tempfile, numpy as np
+        >>> from nnc.decoder import DecoderState
+        >>> state = DecoderState()
+        >>> state.update("w", np.array([0, 3, 0], np.int32))
+        >>> path = os.path.join(tempfile.mkdtemp(), "receiver.state")
+        >>> state.save(path)
+        >>> DecoderState.load(path).levels["w"].tolist()
+        [0, 3, 0]
+        """
+        import json
+
+        from .formats import npz_bytes, write_atomic
+
+        names = sorted(set(self.levels) | set(self.history))
+        meta = dict(nnc_state=1, kind=self._KIND, names=names, **self._meta())
+        arrays = {"meta": np.frombuffer(json.dumps(meta).encode(), np.uint8)}
+        for i, name in enumerate(names):
+            if name in self.levels:
+                arrays[f"levels{i}"] = np.asarray(self.levels[name], np.int32)
+            if name in self.history:
+                arrays[f"history{i}"] = np.asarray(self.history[name], np.int8)
+        write_atomic(path, npz_bytes(arrays))
+
+    @classmethod
+    def load(cls, path):
+        """A state written by :meth:`save` (of the same class).
+
+        Parameters
+        ----------
+        path : str or ``os.PathLike``
+            The file.
+
+        Returns
+        -------
+        DecoderState
+            The state (an instance of the class it is called on).
+
+        Raises
+        ------
+        nnc.errors.DecodeError
+            If the file is not such a state file.
+        OSError
+            If the file cannot be read.
+
+        Examples
+        --------
+        See :meth:`save`.
+        """
+        import json
+
+        from .formats import FormatError, read_npz
+
+        try:
+            arrays, _ = read_npz(path)
+            meta = json.loads(bytes(np.asarray(arrays["meta"], np.uint8)).decode())
+            if not isinstance(meta, dict) or meta.get("nnc_state") != 1 or meta.get("kind") != cls._KIND:
+                raise ValueError(f"not a {cls._KIND} state")
+            state = cls()
+            for i, name in enumerate(meta["names"]):
+                if f"levels{i}" in arrays:
+                    state.levels[str(name)] = np.asarray(arrays[f"levels{i}"], np.int32).reshape(-1)
+                if f"history{i}" in arrays:
+                    state.history[str(name)] = np.asarray(arrays[f"history{i}"], np.int8).reshape(-1)
+            state._set_meta(meta)
+        except (FormatError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise DecodeError(f"{os.fspath(path)} is not an nnc {cls._KIND} state file ({exc})") from None
+        return state
+
 
 def read_input(data: StreamInput) -> bytes | memoryview:
     """Bytes of a stream given as bytes, a path or a binary file.

@@ -194,12 +194,21 @@ class EncoderState(DecoderState):
     ((3, 4), {'w': 2})
     """
 
+    _KIND = "encoder"
+
     def __init__(self):
         super().__init__()
         #: The ``parameter_id`` of each tensor name (spec 7.4).
         self.parameter_ids: dict[str, int] = {}
         #: The ``put_node_depth`` of each tensor's last coded occurrence (1 for the first stream).
         self.depths: dict[str, int] = {}
+
+    def _meta(self) -> dict:
+        return dict(parameter_ids=self.parameter_ids, depths=self.depths)
+
+    def _set_meta(self, meta: dict) -> None:
+        self.parameter_ids = {str(k): int(v) for k, v in meta["parameter_ids"].items()}
+        self.depths = {str(k): int(v) for k, v in meta["depths"].items()}
 
 
 class Encoder:

@@ -85,3 +85,58 @@ def test_state_needs_profile_1_and_no_cache():
         Encoder(state=nnc.DecoderState())
     with pytest.raises(nnc.EncodeError, match="EncodeCache"):
         Encoder(state=EncoderState()).encode({"w": np.ones(3, np.float32)}, cache=EncodeCache())
+
+
+def test_states_survive_a_file_round_trip(tmp_path):
+    rng = np.random.default_rng(7)
+    enc_state, dec_state = EncoderState(), nnc.DecoderState()
+    for i in range(2):
+        res = Encoder(qp=-30, state=enc_state).encode(_tensors(rng, 0.05 if i == 0 else 0.005))
+        nnc.decode(res.stream, state=dec_state)
+    enc_state.save(tmp_path / "tx")
+    dec_state.save(tmp_path / "rx")
+    tx, rx = EncoderState.load(tmp_path / "tx"), nnc.DecoderState.load(tmp_path / "rx")
+    assert (tx.parameter_ids, tx.depths) == (enc_state.parameter_ids, enc_state.depths)
+    for a, b in ((tx, enc_state), (rx, dec_state)):
+        assert a.levels.keys() == b.levels.keys() and a.history.keys() == b.history.keys()
+        assert all(np.array_equal(a.levels[k], b.levels[k]) and np.array_equal(a.history[k], b.history[k])
+                   for k in a.levels)
+    # the loaded states carry on exactly as the live ones
+    update = _tensors(rng, 0.005)
+    live, loaded = Encoder(qp=-34, state=enc_state).encode(update), Encoder(qp=-34, state=tx).encode(update)
+    assert live.stream == loaded.stream
+    out = nnc.decode(loaded.stream, state=rx)
+    assert all(np.array_equal(out[k], live.reconstruction[k]) for k in out)
+
+
+def test_a_file_that_is_not_a_state_is_refused(tmp_path):
+    (tmp_path / "junk").write_bytes(b"PK\x03\x04 not really")
+    np.savez(tmp_path / "other.npz", w=np.ones(3))
+    EncoderState().save(tmp_path / "tx")
+    for path, cls in ((tmp_path / "junk", nnc.DecoderState), (tmp_path / "other.npz", nnc.DecoderState),
+                      (tmp_path / "tx", nnc.DecoderState)):  # an encoder's state is not a decoder's
+        with pytest.raises(nnc.DecodeError, match="is not an nnc decoder state file"):
+            cls.load(path)
+
+
+def test_cli_state_files_carry_a_sequence(tmp_path):
+    from nnc import formats
+    from nnc.cli import main
+
+    rng = np.random.default_rng(8)
+    models = [_tensors(rng, 0.05), _tensors(rng, 0.005, zero={"a.bias"})]
+    for i, m in enumerate(models):
+        (tmp_path / f"m{i}.npz").write_bytes(formats.npz_bytes(m))
+        assert main(["encode", str(tmp_path / f"m{i}.npz"), "-o", str(tmp_path / f"m{i}.nnr"), "--qp", "-30",
+                     "--state", str(tmp_path / "tx"), "-q"]) == 0
+    state, api = EncoderState(), []
+    for m in models:
+        api.append(Encoder(qp=-30, state=state, dtypes={k: v.dtype.name for k, v in m.items()}).encode(m))
+    assert [(tmp_path / f"m{i}.nnr").read_bytes() for i in range(2)] == [r.stream for r in api]
+    for i in range(2):
+        assert main(["decode", str(tmp_path / f"m{i}.nnr"), "-o", str(tmp_path / f"d{i}.npz"),
+                     "--state", str(tmp_path / "rx"), "-q"]) == 0
+    decoded, _ = formats.read_model(tmp_path / "d1.npz")
+    assert sorted(decoded) == sorted(api[1].reconstruction) and "a.bias" in api[1].skipped
+    assert main(["decode", str(tmp_path / "m1.nnr"), "-o", str(tmp_path / "alone.npz")]) == 1
+    assert main(["encode", str(tmp_path / "m0.npz"), "--state", str(tmp_path / "tx"), "--search", "x:y"]) == 1
