@@ -322,7 +322,9 @@ def stream_info(path) -> dict:
     dict
         ``bytes``, ``profile``, ``units`` (index, type, offset, size), ``tensors`` (name,
         shape, dtype, qp, step, ``unit_index`` into ``units``, ``ndu_index`` among the NDUs,
-        bits per weight...), ``weights``, ``bits_per_weight``, ``ratio_fp32``.
+        bits per weight, whether it updates a parent and with TCA, and ``needs_parent``:
+        an update coded with TCA, which decodes only after its parent, so that its qp
+        can be unknown (None)...), ``weights``, ``bits_per_weight``, ``ratio_fp32``.
 
     Raises
     ------
@@ -340,13 +342,25 @@ def stream_info(path) -> dict:
     ('NNR_NDU', 0)
     """
     from .decoder import Decoder
+    from .errors import DecodeError
 
     dec = Decoder(path)
-    dec.decode()  # fills qp and step of every tensor
+    by_unit: dict[int, list[str]] = {}
+    for t in dec.tensors():
+        by_unit.setdefault(t.unit_index, []).append(t.name)
+    needs_parent = set()
+    for names in by_unit.values():
+        try:
+            dec.decode(names)  # fills qp and step of these tensors
+        except DecodeError as exc:
+            if exc.clause != "14":
+                raise
+            needs_parent.update(names)  # an update coded with TCA: its levels need the parent's (spec 14)
     units = [dict(index=i, type=u.type_name, offset=u.offset, size=u.size) for i, u in enumerate(dec.units)]
     unit_at = {u.offset: i for i, u in enumerate(dec.units)}
     tensors = []
     for t in dec.tensors():
+        h = dec.units[unit_at[t.unit_offset]].header
         unit_bytes = t.unit_size
         share = unit_bytes / max(len(t.block) or 1, 1)
         tensors.append(dict(
@@ -355,6 +369,8 @@ def stream_info(path) -> dict:
             row_skip=t.row_skip, unit_index=unit_at.get(t.unit_offset), ndu_index=t.unit_index,
             unit_bytes=unit_bytes, block=list(t.block),
             bits_per_weight=8 * share / max(t.size, 1),
+            parent=bool(h.get("parent_node_id_present_flag")), tca=bool(h.get("temporal_context_modeling_flag")),
+            needs_parent=t.name in needs_parent,
         ))
     n = sum(t.size for t in dec.tensors())
     total = len(dec.data)
@@ -374,11 +390,14 @@ def cmd_info(args) -> int:
     print(header)
     print("-" * len(header))
     for t in info["tensors"]:
-        qp = "" if t["qp"] is None else t["qp"]
+        qp = t["qp"] if t["qp"] is not None else ("?" if t["needs_parent"] else "")
         print(f"{t['name'][:40]:40} {'x'.join(map(str, t['shape'])):>16} {t['dtype']:>8} {t['payload_type']:>9} "
               f"{qp:>5} {('on' if t['dq'] else 'off'):>3} {t['scan_order']:>4} {t['unit_bytes']:>8} "
               f"{t['bits_per_weight']:>7.3f}")
     print(f"total: {info['bits_per_weight']:.3f} bits/weight, {info['ratio_fp32']:.1f}x smaller than fp32")
+    if any(t["needs_parent"] for t in info["tensors"]):
+        print("an update coded with temporal context adaptation: it decodes only after its parent "
+              "(nnc decode --state); a qp '?' is known only then")
     return EXIT_OK
 
 

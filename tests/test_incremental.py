@@ -140,3 +140,26 @@ def test_cli_state_files_carry_a_sequence(tmp_path):
     assert sorted(decoded) == sorted(api[1].reconstruction) and "a.bias" in api[1].skipped
     assert main(["decode", str(tmp_path / "m1.nnr"), "-o", str(tmp_path / "alone.npz")]) == 1
     assert main(["encode", str(tmp_path / "m0.npz"), "--state", str(tmp_path / "tx"), "--search", "x:y"]) == 1
+
+
+def test_info_describes_an_update_without_its_parent(capsys):
+    from nnc.cli import main, stream_info
+
+    rng = np.random.default_rng(9)
+    state = EncoderState()
+    nnc.encode(_tensors(rng, 0.05), qp=-30, state=state)
+    update = Encoder(qp=-38, state=state, tca=False).encode(_tensors(rng, 0.005, zero={"a.bias"}))
+    tca_update = Encoder(qp=-38, state=state).encode(_tensors(rng, 0.005))
+    info = stream_info(update.stream)
+    assert all(t["parent"] and not t["tca"] and not t["needs_parent"] and t["qp"] is not None
+               for t in info["tensors"])
+    info = stream_info(tca_update.stream)
+    assert all(t["parent"] and t["tca"] and t["needs_parent"] for t in info["tensors"])
+    assert info["tensors"][0]["qp"] == -38  # read before the tensor's data
+    import os
+    import tempfile
+
+    path = os.path.join(tempfile.mkdtemp(), "update.nnr")
+    with open(path, "wb") as fh:
+        fh.write(tca_update.stream)
+    assert main(["info", path]) == 0 and "decodes only after its parent" in capsys.readouterr().out
