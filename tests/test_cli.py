@@ -130,6 +130,25 @@ def test_reference_tools_agree(tmp_path, model):
     assert enc.stdout.splitlines()[-1].split()[0] == dec.stdout.splitlines()[-1].split()[0]
 
 
+def test_reference_decoder_decodes_an_incremental_sequence(tmp_path):
+    """The conformance sequence, one stream after another with one state: the manifest's hashes."""
+    repo = Path(__file__).resolve().parent.parent
+    manifest = json.loads((repo / "conformance" / "manifest.json").read_text())
+    seq = [e for e in manifest["streams"] if (e.get("sequence") or {}).get("id") == "p1_incremental_encoded"]
+    files = [str(repo / "conformance" / e["file"]) for e in sorted(seq, key=lambda e: e["sequence"]["position"])]
+    tool = [sys.executable, str(repo / "tools" / "nnc_decoder.py")]
+    whole = subprocess.run(tool + ["-b"] + files, capture_output=True, text=True)
+    assert whole.returncode == 0, whole.stderr
+    hashes = [line.split()[0] for line in whole.stdout.splitlines() if "(whole output" in line]
+    assert hashes == [e["expected"]["output_sha256"] for e in seq]
+    state = tmp_path / "rx.state"  # the same, one run per stream
+    for f, e in zip(files, seq):
+        r = subprocess.run(tool + ["-b", f, "--state", str(state)], capture_output=True, text=True)
+        assert r.returncode == 0 and r.stdout.splitlines()[-1].split()[0] == e["expected"]["output_sha256"], r.stderr
+    alone = subprocess.run(tool + ["-b", files[1]], capture_output=True, text=True)
+    assert alone.returncode == 1 and "spec 14" in alone.stderr
+
+
 def test_encode_search_writes_the_smallest_stream_within_tolerance(tmp_path):
     from nnc import demo
 

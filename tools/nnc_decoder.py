@@ -2,10 +2,14 @@
 """Reference decoder, in the style of MPEG reference software: a stream in, tensors and hashes out.
 
     python tools/nnc_decoder.py -b STREAM.nnr [-o DECODED.npz] [--engine python] [--entry-points verify]
+    python tools/nnc_decoder.py -b BASE.nnr UPDATE1.nnr ... [--state RECEIVER.state]
 
 Prints one line per tensor: name, dtype, shape and the SHA-256 of its C-order little-endian
-bytes (the hashes of conformance/manifest.json), then the whole-output hash. Exit status 0
-on success, 1 when the stream is rejected (the error names the spec clause and byte offset).
+bytes (the hashes of conformance/manifest.json), then the whole-output hash. Several
+streams are an incremental sequence (spec 14), decoded in order with one decoder state
+(kept in a state file with --state); each gets its own lines, and -o names the last one's
+output. Exit status 0 on success, 1 when a stream is rejected (the error names the spec
+clause and byte offset).
 """
 
 import argparse
@@ -21,21 +25,31 @@ from nnc.verify import output_sha256, tensor_sha256  # noqa: E402
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("-b", "--bitstream", required=True, help="input NNC stream")
-    ap.add_argument("-o", "--output", help="write the decoded tensors to this .npz")
+    ap.add_argument("-b", "--bitstream", required=True, nargs="+",
+                    help="input NNC stream, or the streams of an incremental sequence in order")
+    ap.add_argument("-o", "--output", help="write the decoded tensors (of the last stream) to this .npz")
     ap.add_argument("--engine", choices=("cython", "python"), help="entropy-coding engine")
     ap.add_argument("--entry-points", choices=("ignore", "use", "verify"), default="ignore")
+    ap.add_argument("--state", help="decoder state file carried across runs (created if missing)")
     args = ap.parse_args(argv)
     try:
-        tensors = nnc.decode(args.bitstream, engine=args.engine, entry_points=args.entry_points)
+        state = nnc.DecoderState()
+        if args.state and Path(args.state).exists():
+            state = nnc.DecoderState.load(args.state)
+        for i, path in enumerate(args.bitstream):
+            tensors = nnc.decode(path, engine=args.engine, entry_points=args.entry_points, state=state)
+            if len(args.bitstream) > 1:
+                print(f"# {path}")
+            for name, a in tensors.items():
+                print(f"{tensor_sha256(a)}  {a.dtype!s:8} {'x'.join(map(str, a.shape)):>16}  {name}")
+            print(f"{output_sha256(tensors)}  (whole output, {len(tensors)} tensors)")
     except nnc.NNCError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    for name, a in tensors.items():
-        print(f"{tensor_sha256(a)}  {a.dtype!s:8} {'x'.join(map(str, a.shape)):>16}  {name}")
-    print(f"{output_sha256(tensors)}  (whole output, {len(tensors)} tensors)")
     if args.output:
         write_atomic(args.output, npz_bytes(tensors))
+    if args.state:
+        state.save(args.state)
     return 0
 
 
