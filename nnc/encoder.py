@@ -574,7 +574,7 @@ class Encoder:
         qps = [t.qp for t in result.tensors.values() if t.qp is not None]
         mps_qp = self._mps_qp(qps)
         links = self._links(units, result)
-        update = any(link is not None and link["parent"] for link in links)
+        update = any(link is not None and link["update"] for link in links)
         head = [C.build_str(self.profile),
                 C.build_mps(qp_density=self.qp_density, qp=mps_qp, profile=self.profile, parent_signalling=update),
                 C.build_tpl(data=_metadata_json(arrays, result, self.dtypes))]

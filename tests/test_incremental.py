@@ -27,14 +27,20 @@ def _tensors(rng, scale, zero=()):
 @given(seed=st.integers(0, 2**32 - 1), updates=st.lists(st.fixed_dictionaries({
     "qp": st.integers(-44, -28), "dq": st.booleans(), "tca": st.booleans(), "hdsp": st.booleans(),
     "row_skip": st.booleans(), "skip_zero": st.booleans(), "blocks": st.booleans(), "threads": st.sampled_from([1, 2]),
-    "zero": st.sets(st.sampled_from(sorted(SHAPES)), max_size=2)}), min_size=1, max_size=3))
+    "zero": st.sets(st.sampled_from(sorted(SHAPES)), max_size=2),
+    "absent": st.sets(st.sampled_from(sorted(SHAPES)), max_size=2), "new": st.booleans()}), min_size=1, max_size=3))
 def test_updates_decode_to_the_encoders_reconstruction(seed, updates):
+    """Updates may leave tensors out, zero them, or bring new ones (coded without a parent)."""
     rng = np.random.default_rng(seed)
     enc_state, dec_state = EncoderState(), nnc.DecoderState()
     streams = [Encoder(qp=-30, state=enc_state).encode(_tensors(rng, 0.05))]
-    for u in updates:
-        opts = {k: v for k, v in u.items() if k != "zero"}
-        streams.append(Encoder(state=enc_state, **opts).encode(_tensors(rng, 0.005, u["zero"])))
+    for i, u in enumerate(updates):
+        opts = {k: v for k, v in u.items() if k not in ("zero", "absent", "new")}
+        tensors = {k: v for k, v in _tensors(rng, 0.005, u["zero"]).items() if k not in u["absent"]}
+        if u["new"]:
+            tensors[f"new{i}.weight"] = rng.laplace(0, 0.01, (5, 6)).astype(np.float32)
+            tensors[f"new{i}.bias"] = rng.laplace(0, 0.01, 5).astype(np.float32)
+        streams.append(Encoder(state=enc_state, **opts).encode(tensors))
     for i, res in enumerate(streams):
         out = nnc.decode(res.stream, state=dec_state)
         assert list(out) == list(res.reconstruction)
@@ -163,3 +169,19 @@ def test_info_describes_an_update_without_its_parent(capsys):
     with open(path, "wb") as fh:
         fh.write(tca_update.stream)
     assert main(["info", path]) == 0 and "decodes only after its parent" in capsys.readouterr().out
+
+
+def test_an_update_with_a_unit_that_has_no_parent():
+    """A block whose bias is new: the stream still enables parent signalling, that NDU names no parent."""
+    state, dec_state = EncoderState(), nnc.DecoderState()
+    weight, bias = np.linspace(-1, 1, 16, dtype=np.float32).reshape(4, 4), np.ones(4, np.float32)
+    base = Encoder(state=state, qp=-20).encode({"x.weight": weight, "y.weight": weight})
+    nnc.decode(base.stream, state=dec_state)
+    for tensors, parents in (({"x.weight": weight / 4, "x.bias": bias}, [0]),
+                             ({"x.weight": weight / 2, "x.bias": bias, "y.weight": weight / 4}, [1, 1])):
+        update = Encoder(state=state, qp=-20, blocks=True).encode(tensors)
+        out = nnc.decode(update.stream, state=dec_state)
+        assert all(np.array_equal(out[k], update.reconstruction[k]) for k in update.reconstruction)
+        units = nnc.Decoder(update.stream).units
+        assert units[1].header.mps_parent_signalling_enabled_flag == 1
+        assert [u.header.parent_node_id_present_flag for u in units if u.type_name == "NNR_NDU"] == parents
