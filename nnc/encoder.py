@@ -178,8 +178,9 @@ class EncoderState(DecoderState):
     :class:`~nnc.decoder.DecoderState` will hold after decoding the same streams
     in the same order (spec 14.1): the encoder codes an update's contexts
     (TCA, HDSP) from them.  The node identifiers are numbered as NNCodec
-    numbers them: a parameter id per tensor name in order of first
-    appearance, and a depth that counts the streams that carried the tensor.
+    numbers them: a parameter id per NDU in order of first appearance, kept
+    by its tensors' names in later streams, and a depth that counts the
+    streams that carried the tensor.
 
     Examples
     --------
@@ -290,6 +291,7 @@ class Encoder:
         ``tca``, codes its contexts from the parent's levels. The state is updated as
         the receiving decoder's will be. Updates typically code differences to the
         previous model; applying them is the application's business (spec 14.5).
+        For NNCodec to decode a sequence, keep ``blocks`` the same in all its streams.
     tca : bool
         In updates, temporal context adaptation (spec 10.5; default True).
     hdsp : bool
@@ -594,19 +596,22 @@ class Encoder:
         if state is None:
             return [None] * len(units)
         update = any(t["name"] in state.levels for u in units for t in u.members)
-        links, new_ids = [], 0
+        links, next_id = [], max(state.parameter_ids.values(), default=-1) + 1
         for u in units:
             coded = [t for t in u.members if t["ptype"] != "RAW_FLOAT"]
-            first = u.members[0]["name"]
+            names = [t["name"] for t in u.members]
+            weight = names[-1]  # members are in coding order: the weight comes last
+            # the NDU keeps the id its tensors had (its weight's, if they differ); new NDUs get the next one
+            known = [state.parameter_ids[n] for n in names if n in state.parameter_ids]
+            pid = state.parameter_ids.get(weight, min(known, default=next_id))
+            next_id = max(next_id, pid + 1)
             parent = update and bool(coded) and all(t["name"] in state.levels for t in coded)
-            if first not in state.parameter_ids:
-                new_ids += 1
             link = dict(
                 update=update, parent=parent,
                 tca=parent and self.tca and all(state.levels[t["name"]].size == t["levels"].size for t in coded),
                 hdsp=parent and self.hdsp,
-                parameter_id=state.parameter_ids.get(first, len(state.parameter_ids) + new_ids - 1),
-                depth=state.depths.get(first, 0) + 1,
+                ids=dict.fromkeys(names, pid), parameter_id=pid,
+                depth=max(state.depths.get(n, 0) for n in names) + 1,
                 skip=parent and self.skip_zero and all(not np.any(t["levels"]) for t in coded),
             )
             if link["skip"]:
@@ -618,12 +623,11 @@ class Encoder:
         """Record what the receiving decoder records for this stream (spec 14.2, 14.3)."""
         state = self.state
         for u, link in zip(units, links):
-            first = u.members[0]["name"]
-            state.parameter_ids.setdefault(first, link["parameter_id"])
+            state.parameter_ids.update(link["ids"])
             if link["skip"]:
                 continue
-            state.depths[first] = link["depth"]
             for t in u.members:
+                state.depths[t["name"]] = link["depth"]
                 if t["ptype"] != "RAW_FLOAT":
                     state.update(t["name"], np.array(t["levels"], np.int32).reshape(-1))
 

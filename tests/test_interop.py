@@ -206,25 +206,60 @@ def test_search_result_decodes_in_nncodec_to_our_reconstruction(oracle):
     assert demo.mlp_accuracy(ours) == res.best.score
 
 
-@pytest.mark.parametrize("dq", [True, False])
-def test_our_incremental_streams_decode_in_nncodec(oracle, dq):
+@pytest.mark.parametrize("dq,blocks", [(True, False), (False, False), (True, True)])
+def test_our_incremental_streams_decode_in_nncodec(oracle, dq, blocks):
     """A base model and TCA updates (a skipped NDU, row skipping) written by nnc, decoded by NNCodec with its
-    incremental state, equal nnc's decoding. (HDSP is left out: NNCodec's stock decoding keeps no history.)"""
+    incremental state, equal nnc's decoding. (HDSP is left out: NNCodec's stock decoding keeps no history.
+    NNCodec also needs the same blocks in every stream of a sequence.)"""
     from nnc.encoder import Encoder, EncoderState
 
-    rng = np.random.default_rng(RNG_SEED + 40 + dq)
+    rng = np.random.default_rng(RNG_SEED + 40 + dq + 2 * blocks)
     base = {f"l{i}.weight": _random_tensor(rng, 2) for i in range(3)}
     base["l0.bias"] = (rng.standard_normal(base["l0.weight"].shape[0]) * 0.01).astype(np.float32)
     base["steps"] = np.array([7], np.int32)
-    enc_state, dec_state, seq = EncoderState(), nnc.DecoderState(), f"ours-{dq}"
+    enc_state, dec_state, seq = EncoderState(), nnc.DecoderState(), f"ours-{dq}-{blocks}"
     for i in range(4):
         tensors = base if i == 0 else {k: (rng.standard_normal(v.shape) * 0.003).astype(v.dtype) if v.dtype.kind == "f"
                                        else np.zeros_like(v) for k, v in base.items()}
         if i == 2:
             tensors["l1.weight"][:] = 0
-        res = Encoder(qp=-30 if i == 0 else -40, dq=dq, state=enc_state, row_skip=True).encode(tensors)
+        res = Encoder(qp=-30 if i == 0 else -40, dq=dq, state=enc_state, row_skip=True, blocks=blocks).encode(tensors)
         assert (i > 0) == ("steps" in res.skipped)
         _assert_equal_outputs(nnc.decode(res.stream, state=dec_state), oracle.decompress(res.stream, sequence=seq))
+
+
+def test_our_incremental_streams_decode_in_nncodec_randomly(oracle):
+    """30 random sequences (shapes, zeros, int tensors, DQ, scans, codebooks, TCA, row skipping, blocks kept for
+    the whole sequence): every stream decodes in NNCodec, with its incremental state, as in nnc."""
+    from nnc.encoder import Encoder, EncoderState
+
+    for seq in range(30):
+        rng = np.random.default_rng(RNG_SEED + 1000 + seq)
+        shapes = {}
+        for i in range(int(rng.integers(1, 5))):
+            rank = int(rng.integers(1, 5))
+            shapes[f"m{i}.weight"] = tuple(int(rng.integers(2, 30 if rank <= 2 else 6)) for _ in range(rank))
+            if rank >= 2 and rng.random() < 0.5:
+                shapes[f"m{i}.bias"] = (shapes[f"m{i}.weight"][0],)
+        if rng.random() < 0.3:
+            shapes["count"] = (int(rng.integers(1, 6)),)
+        enc_state, dec_state, blocks = EncoderState(), nnc.DecoderState(), bool(rng.random() < 0.5)
+        for step in range(int(rng.integers(2, 5))):
+            tensors = {}
+            for k, shape in shapes.items():
+                if k == "count":
+                    tensors[k] = rng.integers(-100, 100, shape).astype(np.int32) * (rng.random() < 0.5)
+                else:
+                    x = rng.laplace(0, 0.05 if step == 0 else 10 ** rng.uniform(-4, -2), shape)
+                    tensors[k] = (x * (rng.random(shape) < rng.uniform(0.2, 1)) * (rng.random() > 0.15)).astype(
+                        np.float32)
+            res = Encoder(qp=int(rng.integers(-48, -20)), dq=bool(rng.random() < 0.6),
+                          scan_order=int(rng.integers(0, 5)), tca=bool(rng.random() < 0.8),
+                          row_skip=bool(rng.random() < 0.4), blocks=blocks, codebook=bool(rng.random() < 0.15),
+                          n_gtx=int(rng.choice([1, 4, 11, 40])), state=enc_state).encode(tensors)
+            ours = nnc.decode(res.stream, state=dec_state)
+            assert all(np.array_equal(ours[k], res.reconstruction[k]) for k in ours)
+            _assert_equal_outputs(ours, oracle.decompress(res.stream, sequence=f"random-{seq}"))
 
 
 def test_nncodec_incremental_streams_decode_in_ours(oracle):
