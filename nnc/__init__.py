@@ -24,7 +24,7 @@ Examples
 -8
 """
 
-from .decoder import Decoder, DecoderState, Limits, TensorInfo, decode, decode_with_info
+from .decoder import Decoder, DecoderState, Limits, TensorInfo, apply_update, decode, decode_with_info
 from .errors import (
     DecodeError,
     EncodeError,
@@ -181,6 +181,7 @@ def __getattr__(name):
 
 
 __all__ = [
+    "apply_update",
     "decode",
     "decode_with_info",
     "encode",

@@ -146,7 +146,9 @@ def cmd_encode(args) -> int:
         return _encode_search(args, tensors, options)
     if args.state:
         state = EncoderState.load(args.state) if Path(args.state).exists() else EncoderState()
-        options.update(state=state, tca=args.tca, hdsp=args.hdsp)
+        options.update(state=state, tca=args.tca, hdsp=args.hdsp, differences=args.differences)
+    elif args.differences:
+        return _fail("--differences needs --state")
     allocated = None
     if args.target_snr is not None:
         from .allocation import allocate_qps
@@ -294,6 +296,15 @@ def cmd_decode(args) -> int:
 
     fmt = formats.format_from_extension(args.output)
     out, dtypes = restore_model_view(out, dec.metadata)
+    if args.add_to:
+        from .decoder import apply_update
+
+        previous, previous_dtypes = formats.read_model(args.add_to)
+        try:
+            out = apply_update(previous, out)
+        except ValueError as exc:
+            return _fail(f"--add-to {args.add_to}: {exc}")
+        dtypes = dict(dtypes, **previous_dtypes)
     formats.write_model(args.output, out, dtypes, fmt=fmt, template=args.template)
     if state is not None:
         state.save(args.state)
@@ -614,6 +625,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --state: temporal context adaptation in updates (default: on)")
     p.add_argument("--hdsp", action="store_true",
                    help="with --state: history-dependent significance in updates (NNCodec cannot decode them)")
+    p.add_argument("--differences", action="store_true",
+                   help="with --state: MODEL is the whole new model; an update codes its difference to the model "
+                        "the receiver holds (kept in the state file), so errors do not pile up")
     p.set_defaults(func=cmd_encode)
 
     p = add("decode", "Decode an NNC stream into a model file.")
@@ -628,6 +642,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state", metavar="FILE",
                    help="incremental decoding: the receiver's state file (created if missing, updated after "
                         "the output is written); decode a base stream and its updates in order with one file")
+    p.add_argument("--add-to", metavar="MODEL",
+                   help="the stream is an update of differences: write MODEL plus the decoded update")
     p.set_defaults(func=cmd_decode)
 
     p = add("info", "Describe the units and tensors of an NNC stream.")

@@ -238,8 +238,11 @@ class DecoderState:
     def _meta(self) -> dict:
         return {}
 
-    def _set_meta(self, meta: dict) -> None:
+    def _set_meta(self, meta: dict, arrays: dict) -> None:
         pass
+
+    def _extra_arrays(self) -> dict:
+        return {}
 
     def save(self, path) -> None:
         """Write the state to a file (an .npz archive), atomically.
@@ -277,6 +280,7 @@ class DecoderState:
                 arrays[f"levels{i}"] = np.asarray(self.levels[name], np.int32)
             if name in self.history:
                 arrays[f"history{i}"] = np.asarray(self.history[name], np.int8)
+        arrays.update(self._extra_arrays())
         write_atomic(path, npz_bytes(arrays))
 
     @classmethod
@@ -319,10 +323,54 @@ class DecoderState:
                     state.levels[str(name)] = np.asarray(arrays[f"levels{i}"], np.int32).reshape(-1)
                 if f"history{i}" in arrays:
                     state.history[str(name)] = np.asarray(arrays[f"history{i}"], np.int8).reshape(-1)
-            state._set_meta(meta)
+            state._set_meta(meta, arrays)
         except (FormatError, KeyError, TypeError, ValueError, AttributeError) as exc:
             raise DecodeError(f"{os.fspath(path)} is not an nnc {cls._KIND} state file ({exc})") from None
         return state
+
+
+def apply_update(model: "dict[str, np.ndarray]", update: "dict[str, np.ndarray]") -> "OrderedDict[str, np.ndarray]":
+    """The model after a decoded update of differences (spec 14.5): ``model + update``, tensor by tensor.
+
+    Tensors the update does not carry (skipped: all zero) stay as they are; tensors
+    new in the update are added.  Each sum keeps the model tensor's dtype.  This is
+    the rule :class:`nnc.encoder.Encoder` assumes with ``differences=True``, so
+    that sender and receiver hold the same model.
+
+    Parameters
+    ----------
+    model : ``Mapping``
+        {name: ``numpy.ndarray``}, the receiver's model (not changed).
+    update : ``Mapping``
+        {name: ``numpy.ndarray``}, a decoded update.
+
+    Returns
+    -------
+    ``collections.OrderedDict``
+        The new model, in the model's order, new tensors last.
+
+    Raises
+    ------
+    ValueError
+        If a tensor of the update has another shape than the model's.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from nnc.decoder import apply_update
+    >>> apply_update({"w": np.array([1.0, 2.0], np.float32)}, {"w": np.array([0.5, 0.0], np.float32)})["w"].tolist()
+    [1.5, 2.0]
+    """
+    out = OrderedDict((k, np.asarray(v)) for k, v in model.items())
+    for name, delta in update.items():
+        delta = np.asarray(delta)
+        if name not in out:
+            out[name] = delta
+            continue
+        if delta.shape != out[name].shape:
+            raise ValueError(f"update of {name!r} has shape {delta.shape}, the model's is {out[name].shape}")
+        out[name] = (out[name] + delta).astype(out[name].dtype, copy=False)
+    return out
 
 
 def read_input(data: StreamInput) -> bytes | memoryview:
@@ -969,6 +1017,7 @@ def restore_model_view(tensors: "OrderedDict[str, np.ndarray]", metadata: dict) 
 
 
 __all__ = [
+    "apply_update",
     "decode",
     "decode_with_info",
     "Decoder",

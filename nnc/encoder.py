@@ -24,7 +24,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from . import container as C
-from .decoder import DecoderState
+from .decoder import DecoderState, apply_update
 from .engine import get_engine
 from ._threads import ordered_results, thread_count
 from .errors import EncodeError, NNCError
@@ -203,13 +203,20 @@ class EncoderState(DecoderState):
         self.parameter_ids: dict[str, int] = {}
         #: The ``put_node_depth`` of each tensor's last coded occurrence (1 for the first stream).
         self.depths: dict[str, int] = {}
+        #: With ``differences=True``: the model as the receiver holds it (the base's reconstruction
+        #: plus every update, by :func:`nnc.decoder.apply_update`).
+        self.model: OrderedDict[str, np.ndarray] = OrderedDict()
 
     def _meta(self) -> dict:
-        return dict(parameter_ids=self.parameter_ids, depths=self.depths)
+        return dict(parameter_ids=self.parameter_ids, depths=self.depths, model=list(self.model))
 
-    def _set_meta(self, meta: dict) -> None:
+    def _set_meta(self, meta: dict, arrays: dict) -> None:
         self.parameter_ids = {str(k): int(v) for k, v in meta["parameter_ids"].items()}
         self.depths = {str(k): int(v) for k, v in meta["depths"].items()}
+        self.model = OrderedDict((str(k), arrays[f"model{i}"]) for i, k in enumerate(meta["model"]))
+
+    def _extra_arrays(self) -> dict:
+        return {f"model{i}": v for i, v in enumerate(self.model.values())}
 
 
 class Encoder:
@@ -299,6 +306,12 @@ class Encoder:
     skip_zero : bool
         In updates, leave out NDUs whose tensors are all zero (spec 7.7; default True);
         they are listed in :attr:`EncodeResult.skipped`.
+    differences : bool
+        With ``state``: the tensors given are the whole new model, and an update codes
+        its difference to the model the receiver holds (tracked in the state as the
+        receiver computes it with :func:`nnc.decoder.apply_update`), so that
+        quantisation errors do not pile up over the updates (default False: code the
+        tensors as given).
 
     Raises
     ------
@@ -351,6 +364,7 @@ class Encoder:
         tca: bool = True,
         hdsp: bool = False,
         skip_zero: bool = True,
+        differences: bool = False,
     ):
         if qp is not None and step is not None:
             raise EncodeError("give either qp or step, not both")
@@ -407,8 +421,10 @@ class Encoder:
             raise EncodeError("state must be an nnc.encoder.EncoderState")
         if state is not None and profile != 1:
             raise EncodeError("incremental coding (state=) needs profile 1 (2nd edition)")
+        if differences and state is None:
+            raise EncodeError("differences=True needs a state (an EncoderState)")
         self.state = state
-        self.tca, self.hdsp, self.skip_zero = bool(tca), bool(hdsp), bool(skip_zero)
+        self.tca, self.hdsp, self.skip_zero, self.differences = bool(tca), bool(hdsp), bool(skip_zero), bool(differences)
 
     # -- per-tensor decisions ----------------------------------------------------
     def tensor_qp(self, name: str, ndim: int) -> int:
@@ -545,6 +561,8 @@ class Encoder:
             if not isinstance(name, str) or not name or "\x00" in name:
                 raise EncodeError(f"tensor names must be non-empty strings without NUL, not {name!r}")
             arrays[name] = np.asarray(value)
+        if self.differences:
+            arrays = self._differences(arrays)
         unknown = [k for k in self.dtypes if k not in arrays]
         if unknown:
             raise EncodeError(f"dtypes names a tensor that is not in the model: {unknown[0]!r}")
@@ -586,7 +604,23 @@ class Encoder:
             result.stream = b"".join(head + list(built))
         if self.state is not None:
             self._advance_state(units, links)
+            if self.differences:
+                self.state.model = apply_update(self.state.model, result.reconstruction)
         return result
+
+    def _differences(self, arrays: "OrderedDict[str, np.ndarray]") -> "OrderedDict[str, np.ndarray]":
+        """The tensors minus the receiver's model, where it has them (same shape); the others as given."""
+        model = self.state.model
+        out = OrderedDict()
+        for name, x in arrays.items():
+            held = model.get(name)
+            if held is None or held.shape != x.shape or x.dtype.kind not in "fiub":
+                out[name] = x
+            elif x.dtype.kind == "f":
+                out[name] = (x.astype(np.float64) - held).astype(x.dtype)
+            else:
+                out[name] = x.astype(np.int64) - held.astype(np.int64)
+        return out
 
     # -- incremental coding (spec 14) -----------------------------------------------
     def _links(self, units: list, result: EncodeResult) -> list:

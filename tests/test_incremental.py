@@ -185,3 +185,54 @@ def test_an_update_with_a_unit_that_has_no_parent():
         units = nnc.Decoder(update.stream).units
         assert units[1].header.mps_parent_signalling_enabled_flag == 1
         assert [u.header.parent_node_id_present_flag for u in units if u.type_name == "NNR_NDU"] == parents
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None, max_examples=25)
+@given(seed=st.integers(0, 2**32 - 1), rounds=st.integers(1, 4), dq=st.booleans(), qp=st.integers(-40, -30))
+def test_differences_keep_sender_and_receiver_on_one_model(seed, rounds, dq, qp):
+    """Closed-loop updates: the receiver's model equals the sender's copy exactly, and its error stays
+    within one quantisation of the last update instead of adding up."""
+    from nnc.decoder import apply_update
+
+    rng = np.random.default_rng(seed)
+    state, receiver = EncoderState(), nnc.DecoderState()
+    model = _tensors(rng, 0.05)
+    held = None
+    for r in range(rounds + 1):
+        if r:
+            model = {k: v + rng.laplace(0, 0.003, v.shape).astype(v.dtype) if v.dtype.kind == "f" else v + 1
+                     for k, v in model.items()}
+        res = Encoder(qp=qp, dq=dq, nonweight_qp=qp, state=state, differences=True).encode(model)
+        out = nnc.decode(res.stream, state=receiver)
+        held = out if held is None else apply_update(held, out)
+        assert held.keys() == state.model.keys()
+        assert all(np.array_equal(held[k], state.model[k]) for k in held)
+    step = max(t.step for t in res.tensors.values() if t.step)
+    for k, v in model.items():  # one quantisation: at most half a step, or two with DQ (4-step subsets)
+        bound = 0 if v.dtype.kind == "i" else step * (2.0 if dq else 0.5) * 1.01
+        assert np.abs(held[k].astype(np.float64) - v).max() <= bound, k
+
+
+def test_differences_survive_the_state_file_and_the_cli(tmp_path):
+    from nnc import formats
+    from nnc.cli import main
+
+    rng = np.random.default_rng(10)
+    first = _tensors(rng, 0.05)
+    second = {k: v + rng.laplace(0, 0.003, v.shape).astype(v.dtype) if v.dtype.kind == "f" else v
+              for k, v in first.items()}
+    for i, m in enumerate((first, second)):
+        (tmp_path / f"m{i}.npz").write_bytes(formats.npz_bytes(m))
+        assert main(["encode", str(tmp_path / f"m{i}.npz"), "-o", str(tmp_path / f"s{i}.nnr"), "--qp", "-34",
+                     "--state", str(tmp_path / "tx"), "--differences", "-q"]) == 0
+    assert EncoderState.load(tmp_path / "tx").model.keys() == first.keys()
+    assert main(["decode", str(tmp_path / "s0.nnr"), "-o", str(tmp_path / "r0.npz"), "--state", str(tmp_path / "rx"),
+                 "-q"]) == 0
+    assert main(["decode", str(tmp_path / "s1.nnr"), "-o", str(tmp_path / "r1.npz"), "--state", str(tmp_path / "rx"),
+                 "--add-to", str(tmp_path / "r0.npz"), "-q"]) == 0
+    held, _ = formats.read_model(tmp_path / "r1.npz")
+    tracked = EncoderState.load(tmp_path / "tx").model
+    assert all(np.array_equal(held[k], tracked[k]) for k in tracked)
+    assert main(["encode", str(tmp_path / "m0.npz"), "--differences", "-q"]) == 1
+    with pytest.raises(nnc.EncodeError, match="differences=True needs a state"):
+        Encoder(differences=True)
