@@ -34,7 +34,7 @@ from nnc.encoder import Encoder  # noqa: E402
 from nnc.engine import get_engine  # noqa: E402
 from nnc.verify import describe_output  # noqa: E402
 
-SUITE_VERSION = 2  # 2 added streams (each entry's added_in); no version-1 stream changed
+SUITE_VERSION = 2  # version 2 added streams (their entries say added_in: 2); no version-1 stream changed
 STREAMS: "OrderedDict[str, dict]" = OrderedDict()
 
 
@@ -452,6 +452,7 @@ must_fail("mf_int_format_range", "DecodeError", "12.6", "an INT tensor whose val
 
 ADDED_IN = 2
 
+
 @stream("p1_dq_row_skip", 1, "row skipping with dependent quantisation: the DQ state runs through skipped rows, "
         "W transitions per skipped row piece also in a block scan narrower than the row (spec 11.5)",
         ["row_skip_flag 1", "dq_flag 1", "scan_order 0 and 1", "skipped row pieces"])
@@ -503,7 +504,6 @@ def _parent_hashes():
                 parent_node_id_type=1, parent_node_payload_sha256=hashlib.sha256(b"parent a").digest()))
             + craft_ndu("b.weight", -lvl, [6, 8], parent=dict(
                 parent_node_id_type=2, parent_node_payload_sha512=hashlib.sha512(b"parent b").digest())))
-
 
 
 def _incremental_encoded():
