@@ -1608,13 +1608,15 @@ def dq_rdoq_levels(double[::1] x, int64_t height, int64_t width, *, double lam, 
         f_v = f_arr
     cdef Layout L = make_layout(edition, n_gtx)
     cdef TensorShape t = make_shape(edition, height, width, scan_order, 1, 0, 0, 0, 0)
-    # scan order positions and block-row starts
-    order_arr = np.empty(size, dtype=np.int64)
-    row_start_arr = np.zeros(size, dtype=np.uint8)
+    # scan order positions and block-row starts; a single block as wide as the matrix is
+    # row-major order without block-row starts, and needs neither array (memory: 9 bytes/weight)
+    cdef bint row_major = t.n_block_rows <= 1 and t.block_w >= width
+    order_arr = np.empty(1 if row_major else size, dtype=np.int64)
+    row_start_arr = np.zeros(1 if row_major else size, dtype=np.uint8)
     cdef int64_t[::1] order = order_arr
     cdef uint8_t[::1] row_start = row_start_arr
     cdef int64_t br, r, c, r0, r_end, c0, c_end, pos = 0
-    for br in range(t.n_block_rows):
+    for br in range(0 if row_major else t.n_block_rows):
         r0 = br * t.block_h
         r_end = min(r0 + t.block_h, height)
         c0 = 0
@@ -1658,12 +1660,12 @@ def dq_rdoq_levels(double[::1] x, int64_t height, int64_t width, *, double lam, 
                 if end > size:
                     end = size
                 # with rates, a block row starts a new chunk so that its context reset applies
-                if scale > 0:
+                if scale > 0 and not row_major:
                     for i in range(start + 1, end):
                         if row_start[i]:
                             end = i
                             break
-                if row_start[start]:
+                if not row_major and row_start[start]:
                     contexts_reset(ctx, L.n_ctx)
                     prev_run = 0
                 memcpy(frozen, ctx, L.n_ctx * sizeof(Ctx))
@@ -1673,7 +1675,7 @@ def dq_rdoq_levels(double[::1] x, int64_t height, int64_t width, *, double lam, 
                 cost[start_state] = 0.0
                 cur = 0
                 for i in range(start, end):
-                    idx = order[i]
+                    idx = i if row_major else order[i]
                     fi = f_v[idx] if has_f else 1.0
                     for s in range(8):
                         new_cost[s] = INFINITY
@@ -1708,13 +1710,14 @@ def dq_rdoq_levels(double[::1] x, int64_t height, int64_t width, *, double lam, 
                     j = back[i - start, s]
                     ci = j & 3
                     s = j >> 2
-                    dq_candidates(x[order[i]], s, cand)
-                    o[order[i]] = <int32_t>cand[ci]
+                    idx = i if row_major else order[i]
+                    dq_candidates(x[idx], s, cand)
+                    o[idx] = <int32_t>cand[ci]
                     i -= 1
                 # adapt the contexts to the chosen levels, in scan order
                 s = start_state
                 for i in range(start, end):
-                    n_val = o[order[i]]
+                    n_val = o[i if row_major else order[i]]
                     k = dq_k_from_n(n_val, s)
                     if scale > 0:
                         encode_value(&sink, &L, &t, k, s, prev_run, 0, 0)
