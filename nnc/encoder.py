@@ -456,16 +456,17 @@ class Encoder:
         return self.rdoq_lambda
 
     def _quantise(self, name: str, x: np.ndarray, step: float, dq: bool, height: int, width: int,
-                  scan_order: int) -> np.ndarray:
-        """Integers n for values x (spec A.1, A.2, A.9)."""
-        scaled = x.reshape(-1) / float(step)
+                  scan_order: int, *, reuse_x: bool = False) -> np.ndarray:
+        """Integers n for values x (spec A.1, A.2, A.9); ``reuse_x``: x (a private float64 copy the
+        caller no longer needs) is divided in place, to save a tensor-sized copy."""
+        scaled = np.divide(x.reshape(-1), float(step), out=x.reshape(-1) if reuse_x else None)
         f = self.importance.get(name)
         if f is not None and (f.size != scaled.size or not np.all(f >= 0)):
             raise EncodeError(f"tensor {name!r}: importance needs one non-negative value per element "
                               f"({scaled.size}), not {f.size}")
         if scaled.size and np.abs(scaled).max() >= INT32_MAX - 2:
             raise EncodeError(
-                f"tensor {name!r}: values up to {np.abs(x).max():.4g} overflow int32 levels at step "
+                f"tensor {name!r}: values up to {np.abs(scaled).max() * step:.4g} overflow int32 levels at step "
                 f"{step:.4g}; use a larger qp"
             )
         lam = self.tensor_lambda(name)
@@ -731,7 +732,7 @@ class Encoder:
             coded = self._codebook_tensor(name, x, step, height, width, scan, fmt, shape)
             if coded is not None:
                 return coded
-        levels = self._quantise(name, x, float(step), self.dq, height, width, scan)
+        levels = self._quantise(name, x, float(step), self.dq, height, width, scan, reuse_x=True)  # x is ours
         recon = reconstruct_uniform(levels, step).reshape(shape)
         if fmt is not None:
             recon = recon.astype(np.dtype(dtype_name))
