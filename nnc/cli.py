@@ -616,8 +616,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-budget", type=float, metavar="SECONDS", help="with --search: stop after this time")
     p.add_argument("--workers", type=int, default=1, help="with --search: worker processes (default 1)")
     p.add_argument("--threads", type=_non_negative_int, metavar="N",
-                   help="tensors quantised and coded at a time, same stream for every N (default: one per "
-                        "CPU; with --search --workers > 1: 1 per worker)")
+                   help="tensors quantised and coded at a time, same stream for every N, more memory for "
+                        "larger N (default: one per CPU; with --search --workers > 1: 1 per worker)")
     p.add_argument("--state", metavar="FILE",
                    help="incremental coding: the sender's state file (created if missing, updated after the "
                         "stream is written); a model whose tensors it holds is coded as an update to them")

@@ -289,7 +289,8 @@ class Encoder:
         else Cython).
     threads : int
         Tensors quantised and coded at the same time (default 1; 0 for one per CPU).
-        The stream is the same for every value.
+        The stream is the same for every value; the working memory grows with it (each
+        tensor in flight needs about 2-3 times its float32 size while it is quantised).
     state : EncoderState, optional
         Incremental coding (profile 1, spec 14): the state carried across the streams
         this and other encoders write for one receiver, base model first. A stream
