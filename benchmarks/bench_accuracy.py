@@ -26,6 +26,7 @@ accuracy_<model stem>.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -103,6 +104,19 @@ def nncodec_sweep(oracle, params, samples):
         stream = oracle.compress(params, qp=qp, use_dq=True)
         out.append((qp, stream, samples(oracle.decompress(stream))))
     return out
+
+
+@contextlib.contextmanager
+def nncodec_oracle():
+    """NNCodec 2.1.3 through the oracle, or None where it is not set up; closed on leaving."""
+    from oracle import NNCodecOracle
+
+    oracle = NNCodecOracle() if NNCodecOracle.available() else None
+    try:
+        yield oracle
+    finally:
+        if oracle:
+            oracle.close()
 
 
 def smallest_passing(sweep, ref_samples, tolerance, per_image):
@@ -189,10 +203,7 @@ def any_model(args, oracle):
     best = res.best
     theirs = None
     if oracle is not None:
-        sweep = []
-        for qp in QPS:
-            stream = oracle.compress(params, qp=qp, use_dq=True)
-            sweep.append((qp, stream, np.atleast_1d(np.asarray(evaluate(oracle.decompress(stream)), np.float64))))
+        sweep = nncodec_sweep(oracle, params, lambda t: np.atleast_1d(np.asarray(evaluate(t), np.float64)))
         pick = smallest_passing(sweep, np.atleast_1d(ref), args.tolerance, per_sample)
         theirs = None if pick is None else (len(pick[1]), float(pick[2].mean()), pick[0])
     ratio = f"{100 * (best.bytes / theirs[0] - 1):+.1f} %" if theirs and best else "-"
@@ -235,25 +246,9 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if bool(args.model) != bool(args.evaluate):
         ap.error("--model and --evaluate go together")
-    if args.model:
-        from oracle import NNCodecOracle
-
-        oracle = NNCodecOracle() if NNCodecOracle.available() else None
-        try:
-            any_model(args, oracle)
-        finally:
-            if oracle:
-                oracle.close()
-        return
-    if args.crossfit:
-        from oracle import NNCodecOracle
-
-        oracle = NNCodecOracle() if NNCodecOracle.available() else None
-        try:
-            crossfit(args, oracle)
-        finally:
-            if oracle:
-                oracle.close()
+    if args.model or args.crossfit:
+        with nncodec_oracle() as oracle:
+            (any_model if args.model else crossfit)(args, oracle)
         return
     half = len(X) // 2
     select, held = (slice(0, half), slice(half, None)) if args.holdout else (slice(None), None)
