@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -39,6 +40,11 @@ smallest stream whose score stays within --tolerance of the original model's sco
     "info": """examples:
   nnc info model.nnr
   nnc info model.nnr --json | jq '.tensors[].bits_per_weight'
+""",
+    "compare": """examples:
+  nnc compare model.safetensors model.nnr                  # per-tensor error of a stream's decoding
+  nnc compare model.safetensors decoded.pt --min-snr 30    # exit status 1 if the total SNR is lower
+  nnc compare model.safetensors model.nnr --json | jq '.total.snr_db'
 """,
     "verify": """examples:
   nnc verify conformance/
@@ -174,11 +180,15 @@ def cmd_encode(args) -> int:
                    ratio_fp32=4 * n / max(len(result.stream), 1), seconds=elapsed)
     if allocated is not None:
         summary["allocated_qps"] = allocated
+    snr = ""
+    if not args.state:   # (an update's reconstruction is not the model's)
+        summary["snr_db"] = compare_tensors(tensors, result.reconstruction)["total"]["snr_db"]
+        snr = f", weight SNR {summary['snr_db']:.2f} dB"
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print(json.dumps(_finite_json(summary), indent=2))
     elif not args.quiet:
         print(f"{out}: {len(tensors)} tensors, {n} weights -> {len(result.stream)} bytes "
-              f"({summary['bits_per_weight']:.3f} bits/weight, {summary['ratio_fp32']:.1f}x smaller than fp32)")
+              f"({summary['bits_per_weight']:.3f} bits/weight, {summary['ratio_fp32']:.1f}x smaller than fp32{snr})")
     return EXIT_OK
 
 
@@ -315,6 +325,124 @@ def cmd_decode(args) -> int:
     elif not args.quiet:
         print(f"{args.output}: {summary['tensors']} tensors, {summary['weights']} weights")
     return EXIT_OK
+
+
+# -- compare ---------------------------------------------------------------------------
+
+
+def _read_model_or_stream(path, threads: int):
+    """{name: array} of a model file, or of an NNC stream's decoding with shapes and dtypes restored."""
+    from . import formats
+
+    if formats.detect_format(path) != "nnr":
+        return formats.read_model(path)[0]
+    from .decoder import Decoder, restore_model_view
+
+    dec = Decoder(path)
+    return restore_model_view(dec.decode(threads=threads), dec.metadata)[0]
+
+
+def _finite_json(value):
+    """``value`` with infinite floats as the strings "inf" / "-inf" (JSON has no infinity)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite_json(v) for v in value]
+    return value
+
+
+def _snr_db(energy: float, error: float) -> float:
+    return float("inf") if error == 0 else (float("-inf") if energy == 0 else 10 * math.log10(energy / error))
+
+
+def compare_tensors(reference, other) -> dict:
+    """Per-tensor and total error of ``other`` against ``reference`` (mappings of name to array).
+
+    Float tensors get their squared-error energy, the largest absolute error and the SNR
+    10 log10(sum w² / sum (w - w')²); other tensors whether they are equal.  Names in only
+    one of the two and tensors of another shape are listed, not compared.
+
+    Parameters
+    ----------
+    reference, other : mapping of str to array-like
+
+    Returns
+    -------
+    dict
+        ``tensors`` (one dict per compared name, in the reference's order), ``total``
+        (weights, energy, error, snr_db over the float tensors; ``exact_mismatches``,
+        the non-float tensors that differ), ``missing`` (names only in the reference),
+        ``extra`` (names only in ``other``) and ``shape_mismatches``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> r = compare_tensors({"w": np.array([3.0, 4.0]), "n": np.array([1])},
+    ...                     {"w": np.array([3.0, 4.5]), "n": np.array([1])})
+    >>> round(r["tensors"][0]["snr_db"], 2), r["tensors"][0]["max_abs_error"], r["tensors"][1]["equal"]
+    (20.0, 0.5, True)
+    """
+    rows, missing, mismatched = [], [], []
+    energy = error = 0.0
+    weights, exact_mismatches = 0, []
+    for name, ref in reference.items():
+        if name not in other:
+            missing.append(name)
+            continue
+        a, b = np.asarray(ref), np.asarray(other[name])
+        if a.shape != b.shape and a.size == b.size == 1:
+            a, b = a.reshape(-1), b.reshape(-1)   # 0-d against 1-element
+        if a.shape != b.shape:
+            mismatched.append(dict(name=name, shape=list(a.shape), other_shape=list(b.shape)))
+            continue
+        row = dict(name=name, shape=list(a.shape), dtype=a.dtype.name, other_dtype=b.dtype.name)
+        if a.dtype.kind == "f" or b.dtype.kind == "f":
+            x, y = a.astype(np.float64), b.astype(np.float64)
+            e, d = float((x**2).sum()), float(((x - y) ** 2).sum())
+            row.update(energy=e, error=d, snr_db=_snr_db(e, d),
+                       max_abs_error=float(np.abs(x - y).max()) if x.size else 0.0)
+            energy, error, weights = energy + e, error + d, weights + x.size
+        else:
+            row["equal"] = bool(np.array_equal(a, b))
+            if not row["equal"]:
+                exact_mismatches.append(name)
+        rows.append(row)
+    return dict(tensors=rows, missing=missing, extra=[k for k in other if k not in reference],
+                shape_mismatches=mismatched,
+                total=dict(weights=weights, energy=energy, error=error, snr_db=_snr_db(energy, error),
+                           exact_mismatches=exact_mismatches))
+
+
+def cmd_compare(args) -> int:
+    result = compare_tensors(_read_model_or_stream(args.reference, args.threads),
+                             _read_model_or_stream(args.other, args.threads))
+    total = result["total"]
+    problems = [f"{len(result['missing'])} tensor(s) missing: {', '.join(result['missing'][:5])}"] if result["missing"] else []
+    problems += [f"{m['name']}: shape {tuple(m['shape'])} against {tuple(m['other_shape'])}"
+                 for m in result["shape_mismatches"]]
+    problems += [f"{name}: not equal (not a float tensor, so it should be exact)" for name in total["exact_mismatches"]]
+    below = args.min_snr is not None and not total["snr_db"] >= args.min_snr
+    if below:
+        problems.append(f"total SNR {total['snr_db']:.2f} dB is below --min-snr {args.min_snr} dB")
+    result["passed"] = not problems
+    if args.json:
+        print(json.dumps(_finite_json(result), indent=2))
+    elif not args.quiet:
+        print(f"{'name':<48} {'shape':>16} {'SNR dB':>8} {'max |error|':>12}")
+        print("-" * 87)
+        for row in result["tensors"]:
+            shape = "x".join(map(str, row["shape"])) or "scalar"
+            if "snr_db" in row:
+                print(f"{row['name'][:48]:<48} {shape[:16]:>16} {row['snr_db']:>8.2f} {row['max_abs_error']:>12.4g}")
+            else:
+                print(f"{row['name'][:48]:<48} {shape[:16]:>16} {'exact' if row['equal'] else 'DIFFERS':>8} {'':>12}")
+        print(f"total: {total['weights']} float weights, SNR {total['snr_db']:.2f} dB"
+              + (f"; {len(result['extra'])} tensor(s) only in {args.other}" if result["extra"] else ""))
+    for problem in problems:
+        print(f"nnc: {problem}", file=sys.stderr)
+    return EXIT_FAIL if problems else EXIT_OK
 
 
 # -- info ----------------------------------------------------------------------------
@@ -649,6 +777,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("info", "Describe the units and tensors of an NNC stream.")
     p.add_argument("stream", help="NNC stream")
     p.set_defaults(func=cmd_info)
+
+    p = add("compare", "Compare a model with another or with an NNC stream's decoding: error and SNR per tensor.")
+    p.add_argument("reference", help="the original model (or stream)")
+    p.add_argument("other", help="the model or NNC stream to compare with it (formats detected from content)")
+    p.add_argument("--min-snr", type=float, metavar="DB",
+                   help="fail (exit status 1) if the total weight SNR over float tensors is below DB")
+    p.add_argument("--threads", type=_non_negative_int, default=0, metavar="N",
+                   help="threads for decoding a stream (default 0: one per CPU)")
+    p.set_defaults(func=cmd_compare)
 
     p = add("verify", "Decode every stream of a conformance suite and print a pass/fail table.")
     p.add_argument("suite", help="suite directory (with manifest.json), e.g. conformance/")

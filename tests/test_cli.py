@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import nnc
 from nnc.formats import npz_bytes, read_model, safetensors_bytes
 
 EXE = shutil.which("nnc")
@@ -260,3 +261,41 @@ def test_encode_search_with_a_check(model, tmp_path):
               f"{script}:exact", "--tolerance", "1e-4")
     assert bad.returncode != 0 and "--check" in bad.stderr
     assert not (tmp_path / "x.nnr").exists()
+
+
+def test_compare_reports_the_encoders_snr_and_fails_below_min_snr(model, tmp_path):
+    path, tensors = model
+    out = tmp_path / "m.nnr"
+    summary = json.loads(run("encode", path, "-o", out, "--qp", "-24", "--json").stdout)
+    r = run("compare", path, out, "--json")
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    x = {k: np.asarray(v, np.float64) for k, v in tensors.items() if v.dtype.kind == "f"}
+    back = nnc.decode(out.read_bytes())
+    snr = 10 * np.log10(sum((v**2).sum() for v in x.values())
+                        / sum(((v - back[k].astype(np.float64)) ** 2).sum() for k, v in x.items()))
+    assert result["total"]["snr_db"] == pytest.approx(snr) == pytest.approx(summary["snr_db"])
+    assert [t["name"] for t in result["tensors"]] == list(tensors) and result["passed"]
+    assert next(t for t in result["tensors"] if t["name"] == "steps")["equal"] is True
+    r = run("compare", path, out, "--min-snr", snr + 0.01)
+    assert r.returncode == 1 and "below --min-snr" in r.stderr
+    assert run("compare", path, out, "--min-snr", snr - 0.01).returncode == 0
+
+
+def test_compare_lists_missing_reshaped_and_changed_tensors(model, tmp_path):
+    path, tensors = model
+    other = dict(tensors)
+    del other["fc.bias"]
+    other["fc.weight"] = other["fc.weight"].T.copy()
+    other["steps"] = np.array([8], np.int64)
+    other["new"] = np.zeros(2, np.float32)
+    p2 = tmp_path / "o.npz"
+    p2.write_bytes(npz_bytes(other))
+    r = run("compare", path, p2, "--json")
+    assert r.returncode == 1
+    result = json.loads(r.stdout)
+    assert result["missing"] == ["fc.bias"] and result["extra"] == ["new"]
+    assert result["shape_mismatches"][0]["name"] == "fc.weight"
+    assert result["total"]["exact_mismatches"] == ["steps"] and not result["passed"]
+    r = run("compare", path, path, "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["total"]["snr_db"] == "inf"
