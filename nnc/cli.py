@@ -399,11 +399,15 @@ def compare_tensors(reference, other) -> dict:
             continue
         row = dict(name=name, shape=list(a.shape), dtype=a.dtype.name, other_dtype=b.dtype.name)
         if a.dtype.kind == "f" or b.dtype.kind == "f":
-            x, y = a.astype(np.float64), b.astype(np.float64)
-            e, d = float((x**2).sum()), float(((x - y) ** 2).sum())
-            row.update(energy=e, error=d, snr_db=_snr_db(e, d),
-                       max_abs_error=float(np.abs(x - y).max()) if x.size else 0.0)
-            energy, error, weights = energy + e, error + d, weights + x.size
+            e = d = peak = 0.0
+            flat_a, flat_b = a.reshape(-1), b.reshape(-1)
+            for i in range(0, a.size, 1 << 20):   # in slices: float64 temporaries stay small
+                x, y = flat_a[i:i + (1 << 20)].astype(np.float64), flat_b[i:i + (1 << 20)].astype(np.float64)
+                diff = x - y
+                e, d = e + float(x @ x), d + float(diff @ diff)
+                peak = max(peak, float(np.abs(diff).max()))
+            row.update(energy=e, error=d, snr_db=_snr_db(e, d), max_abs_error=peak)
+            energy, error, weights = energy + e, error + d, weights + a.size
         else:
             row["equal"] = bool(np.array_equal(a, b))
             if not row["equal"]:
