@@ -56,7 +56,7 @@ class NNC(_CodecBase):
         SNR (10 log10 of sum w² / sum (w - ŵ)²) at or above this many dB, chosen per
         chunk by bisection on the exact reconstruction (several encodes per chunk).
     dq : bool
-        Dependent (trellis) quantisation, about 5 dB better at the same rate
+        Dependent (trellis) quantisation: about 1 dB more SNR at the same rate
         (default True).
     rdoq_lambda : float
         Rate-distortion quantisation strength (0: off), see :class:`nnc.encoder.Encoder`.
