@@ -182,6 +182,8 @@ def cmd_encode(args) -> int:
         summary["allocated_qps"] = allocated
     snr = ""
     if not args.state:   # (an update's reconstruction is not the model's)
+        from .models import compare_tensors
+
         summary["snr_db"] = compare_tensors(tensors, result.reconstruction)["total"]["snr_db"]
         snr = f", weight SNR {summary['snr_db']:.2f} dB"
     if args.json:
@@ -333,13 +335,9 @@ def cmd_decode(args) -> int:
 def _read_model_or_stream(path, threads: int):
     """{name: array} of a model file, or of an NNC stream's decoding with shapes and dtypes restored."""
     from . import formats
+    from .models import decode_model
 
-    if formats.detect_format(path) != "nnr":
-        return formats.read_model(path)[0]
-    from .decoder import Decoder, restore_model_view
-
-    dec = Decoder(path)
-    return restore_model_view(dec.decode(threads=threads), dec.metadata)[0]
+    return formats.read_model(path)[0] if formats.detect_format(path) != "nnr" else decode_model(path, threads=threads)
 
 
 def _finite_json(value):
@@ -353,73 +351,9 @@ def _finite_json(value):
     return value
 
 
-def _snr_db(energy: float, error: float) -> float:
-    return float("inf") if error == 0 else (float("-inf") if energy == 0 else 10 * math.log10(energy / error))
-
-
-def compare_tensors(reference, other) -> dict:
-    """Per-tensor and total error of ``other`` against ``reference`` (mappings of name to array).
-
-    Float tensors get their squared-error energy, the largest absolute error and the SNR
-    10 log10(sum w² / sum (w - w')²); other tensors whether they are equal.  Names in only
-    one of the two and tensors of another shape are listed, not compared.
-
-    Parameters
-    ----------
-    reference, other : mapping of str to array-like
-
-    Returns
-    -------
-    dict
-        ``tensors`` (one dict per compared name, in the reference's order), ``total``
-        (weights, energy, error, snr_db over the float tensors; ``exact_mismatches``,
-        the non-float tensors that differ), ``missing`` (names only in the reference),
-        ``extra`` (names only in ``other``) and ``shape_mismatches``.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> r = compare_tensors({"w": np.array([3.0, 4.0]), "n": np.array([1])},
-    ...                     {"w": np.array([3.0, 4.5]), "n": np.array([1])})
-    >>> round(r["tensors"][0]["snr_db"], 2), r["tensors"][0]["max_abs_error"], r["tensors"][1]["equal"]
-    (20.0, 0.5, True)
-    """
-    rows, missing, mismatched = [], [], []
-    energy = error = 0.0
-    weights, exact_mismatches = 0, []
-    for name, ref in reference.items():
-        if name not in other:
-            missing.append(name)
-            continue
-        a, b = np.asarray(ref), np.asarray(other[name])
-        if a.shape != b.shape and a.size == b.size == 1:
-            a, b = a.reshape(-1), b.reshape(-1)   # 0-d against 1-element
-        if a.shape != b.shape:
-            mismatched.append(dict(name=name, shape=list(a.shape), other_shape=list(b.shape)))
-            continue
-        row = dict(name=name, shape=list(a.shape), dtype=a.dtype.name, other_dtype=b.dtype.name)
-        if a.dtype.kind == "f" or b.dtype.kind == "f":
-            e = d = peak = 0.0
-            flat_a, flat_b = a.reshape(-1), b.reshape(-1)
-            for i in range(0, a.size, 1 << 20):   # in slices: float64 temporaries stay small
-                x, y = flat_a[i:i + (1 << 20)].astype(np.float64), flat_b[i:i + (1 << 20)].astype(np.float64)
-                diff = x - y
-                e, d = e + float(x @ x), d + float(diff @ diff)
-                peak = max(peak, float(np.abs(diff).max()))
-            row.update(energy=e, error=d, snr_db=_snr_db(e, d), max_abs_error=peak)
-            energy, error, weights = energy + e, error + d, weights + a.size
-        else:
-            row["equal"] = bool(np.array_equal(a, b))
-            if not row["equal"]:
-                exact_mismatches.append(name)
-        rows.append(row)
-    return dict(tensors=rows, missing=missing, extra=[k for k in other if k not in reference],
-                shape_mismatches=mismatched,
-                total=dict(weights=weights, energy=energy, error=error, snr_db=_snr_db(energy, error),
-                           exact_mismatches=exact_mismatches))
-
-
 def cmd_compare(args) -> int:
+    from .models import compare_tensors
+
     result = compare_tensors(_read_model_or_stream(args.reference, args.threads),
                              _read_model_or_stream(args.other, args.threads))
     total = result["total"]
