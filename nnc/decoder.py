@@ -20,7 +20,6 @@ Examples
 
 from __future__ import annotations
 
-import io
 import math
 import os
 from collections import OrderedDict

@@ -24,9 +24,9 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from . import container as C
+from ._threads import ordered_results, thread_count
 from .decoder import DecoderState, apply_update
 from .engine import get_engine
-from ._threads import ordered_results, thread_count
 from .errors import EncodeError, NNCError
 from .reconstruction import DECOMPRESSED_DATA_FORMATS, reconstruct_codebook, reconstruct_uniform, step_size
 
