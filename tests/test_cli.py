@@ -40,6 +40,7 @@ def test_help_lists_subcommands_and_examples():
     assert r.returncode == 0 and "examples:" in r.stdout
 
 
+@pytest.mark.quick
 def test_encode_info_decode_round_trip(model, tmp_path):
     path, tensors = model
     out = tmp_path / "m.nnr"

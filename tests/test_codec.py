@@ -31,6 +31,7 @@ def tensor_dicts(draw):
 
 
 @settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@pytest.mark.quick
 @given(tensors=tensor_dicts(), qp=st.integers(-40, -4), dq=st.booleans(), scan=st.integers(0, 4),
        profile=st.sampled_from([0, 1]), n_gtx=st.sampled_from([1, 2, 11, 256]), param_opt=st.booleans(),
        threads=st.sampled_from([1, 2, 3, 0]))
@@ -78,6 +79,7 @@ def test_input_dtype_is_restored_in_profile_1(dtype, code):
     np.testing.assert_array_equal(out, res.tensors["w"].reconstruction)
 
 
+@pytest.mark.quick
 def test_raw_float_tensors_are_exact():
     arr = np.random.default_rng(0).standard_normal((5, 7)).astype(np.float32)
     out = nnc.decode(nnc.encode({"keep": arr, "q": arr}, qp=-10, raw=["keep"]))

@@ -20,6 +20,7 @@ def test_suite_is_large_and_small_enough():
     assert {e["profile"] for e in MANIFEST["streams"]} == {0, 1}
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("decoder", ["nnc", "nnc-python", "nnc-random-access"])
 def test_our_decoder_passes_the_whole_suite(decoder):
     results = verify_suite(SUITE, decoder)
@@ -27,6 +28,7 @@ def test_our_decoder_passes_the_whole_suite(decoder):
     assert all(r.passed for r in results), format_table([r for r in results if not r.passed])
 
 
+@pytest.mark.quick
 def test_regeneration_gives_identical_bytes():
     """The generator is deterministic: the published streams cannot change silently."""
     r = subprocess.run([sys.executable, str(SUITE / "generate.py"), "--check"], capture_output=True, text=True)

@@ -308,6 +308,7 @@ KNOWN_PAYLOAD = bytes.fromhex("f795003c428fe0")
 KNOWN_LEVELS = [0, 2, -1, 4, 0, 0]
 
 
+@pytest.mark.quick
 def test_known_answer_decode(eng):
     dec = eng.PayloadDecoder(KNOWN_PAYLOAD, 1)
     assert dec.read_qp_offset(8) == -8
@@ -320,6 +321,7 @@ def test_known_answer_decode(eng):
     assert dec.bytes_consumed == 7
 
 
+@pytest.mark.quick
 def test_known_answer_encode(eng):
     enc = eng.PayloadEncoder(1)
     enc.write_qp_offset(-8, 8)

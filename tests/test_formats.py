@@ -43,10 +43,12 @@ def _round_trip(write, read, tmp_path, suffix, dtypes=None):
     return back
 
 
+@pytest.mark.quick
 def test_safetensors(tmp_path):
     _round_trip(lambda p, t: p.write_bytes(formats.safetensors_bytes(t)), None, tmp_path, "safetensors")
 
 
+@pytest.mark.quick
 def test_npz(tmp_path):
     _round_trip(lambda p, t: p.write_bytes(formats.npz_bytes(t)), None, tmp_path, "npz")
 

@@ -8,6 +8,7 @@ from nnc import container as C
 from nnc.engine import get_engine
 
 ENGINES = ["cython", "python"]
+pytestmark = pytest.mark.quick  # run on every Python version by .ci/run
 
 
 def test_start_mps_topology_bytes():
