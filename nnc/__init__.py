@@ -34,7 +34,7 @@ from .errors import (
     UnsupportedError,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"  # the one place the version is written (pyproject.toml reads it)
 
 
 def encode(tensors, *, qp=None, dq=True, **options):
