@@ -45,6 +45,7 @@ smallest stream whose score stays within --tolerance of the original model's sco
   nnc compare model.safetensors model.nnr                  # per-tensor error of a stream's decoding
   nnc compare model.safetensors decoded.pt --min-snr 30    # exit status 1 if the total SNR is lower
   nnc compare model.safetensors model.nnr --json | jq '.total.snr_db'
+  nnc compare model.safetensors model.nnr --plot compare.png  # per-tensor SNR, error histogram
 """,
     "verify": """examples:
   nnc verify conformance/
@@ -53,6 +54,7 @@ smallest stream whose score stays within --tolerance of the original model's sco
     "bench": """examples:
   nnc bench model.safetensors --qp -38
   nnc bench model.safetensors --qp -32 --vs --json
+  nnc bench model.safetensors --vs --plot rd.png           # rate against SNR, qp -46 ... -30
 """,
     "demo": """examples:
   nnc demo
@@ -351,11 +353,32 @@ def _finite_json(value):
     return value
 
 
+def _plotting_unavailable(args) -> str | None:
+    """Why ``--plot`` cannot be honoured (matplotlib missing), checked before any work; None if it can."""
+    if not getattr(args, "plot", None):
+        return None
+    try:
+        from .plots import _pyplot
+
+        _pyplot()
+    except ImportError as exc:
+        return f"--plot {args.plot}: {exc}"
+    return None
+
+
 def cmd_compare(args) -> int:
     from .models import compare_tensors
 
-    result = compare_tensors(_read_model_or_stream(args.reference, args.threads),
-                             _read_model_or_stream(args.other, args.threads))
+    if problem := _plotting_unavailable(args):
+        return _fail(problem)
+    reference = _read_model_or_stream(args.reference, args.threads)
+    other = _read_model_or_stream(args.other, args.threads)
+    result = compare_tensors(reference, other)
+    if args.plot:
+        from .plots import compare_figure
+
+        compare_figure(result, reference, other, args.plot, title=f"{args.other} against {args.reference}")
+        result["plot"] = str(args.plot)
     total = result["total"]
     problems = [f"{len(result['missing'])} tensor(s) missing: {', '.join(result['missing'][:5])}"] if result["missing"] else []
     problems += [f"{m['name']}: shape {tuple(m['shape'])} against {tuple(m['other_shape'])}"
@@ -501,10 +524,35 @@ def cmd_verify(args) -> int:
 # -- bench ---------------------------------------------------------------------------
 
 
-def _peer_rows(tensors, result, n_weights, quiet):
-    """Lossless coders on the same uniform indices, and NNCodec at the same qps (``--vs``)."""
+def _stage_bar(total: int, quiet: bool):
+    """A tqdm progress bar over a command's stages, on stderr, only on a terminal and when not quiet."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="step", leave=False, disable=True if quiet else None, file=sys.stderr,
+                bar_format="{desc:<28} {n_fmt}/{total_fmt} [{elapsed}] {bar:20}")
+
+
+def _float_snr(tensors, decoded) -> float:
+    """Total weight SNR (dB) of ``decoded`` over the float tensors of ``tensors``."""
+    from .models import compare_tensors
+
+    floats = {k: v for k, v in tensors.items() if np.asarray(v).dtype.kind == "f"}
+    return compare_tensors(floats, decoded)["total"]["snr_db"]
+
+
+def _peer_rows(tensors, result, n_weights, quiet, bar=None):
+    """Lossless coders on the same uniform indices, and NNCodec at the same qps (``--vs``).
+
+    ``bar`` (a tqdm bar from :func:`_stage_bar`) advances by one per coder.  NNCodec's row
+    carries the SNR of its own stream (decoded with nnc); the lossless coders code nnc's
+    indices, so their SNR is nnc's.
+    """
     import bz2
     import lzma
+
+    def stage(name):
+        if bar is not None:
+            bar.set_description_str(name)
 
     rows = []
     idx = [t.levels for t in result.tensors.values() if t.levels is not None]
@@ -521,6 +569,7 @@ def _peer_rows(tensors, result, n_weights, quiet):
         if not quiet:
             print("(zstd skipped: pip install zstandard)", file=sys.stderr)
     for name, comp, decomp in peers:
+        stage(name)
         t0 = time.perf_counter()
         blob = comp(raw)
         t1 = time.perf_counter()
@@ -528,6 +577,8 @@ def _peer_rows(tensors, result, n_weights, quiet):
         t2 = time.perf_counter()
         rows.append(dict(coder=name, bytes=len(blob), bits_per_weight=8 * len(blob) / n_weights,
                          encode_s=t1 - t0, decode_s=t2 - t1))
+        if bar is not None:
+            bar.update()
     try:
         repo = Path(__file__).resolve().parent.parent
         sys.path.insert(0, str(repo))
@@ -535,6 +586,9 @@ def _peer_rows(tensors, result, n_weights, quiet):
     except ImportError:
         NNCodecOracle = None
     if NNCodecOracle is not None and NNCodecOracle.available():
+        from .decoder import decode
+
+        stage("NNCodec 2.1.3")
         with NNCodecOracle() as oracle:
             qps = {k: t.qp for k, t in result.tensors.items() if t.qp is not None}
             floats = {k: np.asarray(v, np.float32) for k, v in tensors.items() if np.asarray(v).dtype.kind == "f"}
@@ -542,10 +596,37 @@ def _peer_rows(tensors, result, n_weights, quiet):
                 t.dq for t in result.tensors.values()))
             _, td = oracle.decompress_timed(stream, 1)
             rows.append(dict(coder="NNCodec 2.1.3", bytes=len(stream), bits_per_weight=8 * len(stream) / n_weights,
-                             encode_s=te[0], decode_s=td[0]))
+                             encode_s=te[0], decode_s=td[0], snr_db=_float_snr(tensors, decode(stream))))
+        if bar is not None:
+            bar.update()
     elif not quiet:
         print("(NNCodec skipped: its oracle environment is not set up, see tools/setup_oracle.sh)", file=sys.stderr)
     return rows
+
+
+#: qp offsets from --qp swept by ``nnc bench --plot``.
+PLOT_QP_OFFSETS = (-8, -4, 0, 4, 8)
+#: Stages of --vs after nnc itself: lzma, bz2, zstd, NNCodec (a bar's total, not a promise).
+_PEER_STAGES = 4
+
+
+def _rate_snr_curves(tensors, args, n, bar) -> dict:
+    """{coder: [(bits per weight, SNR dB), ...]} over the qps of ``nnc bench --plot``."""
+    from .decoder import decode
+    from .encoder import Encoder
+
+    curves: dict = {}
+    for offset in PLOT_QP_OFFSETS:
+        qp = args.qp + offset
+        bar.set_description_str(f"sweep qp {qp}: nnc")
+        result = Encoder(qp=qp, dq=args.dq, scan_order=args.scan_order, threads=args.threads).encode(tensors)
+        snr = _float_snr(tensors, decode(result.stream, threads=args.threads))
+        curves.setdefault("nnc" + (" DQ" if args.dq else ""), []).append((8 * len(result.stream) / n, snr))
+        bar.update()
+        if args.vs:
+            for row in _peer_rows(tensors, result, n, True, bar):
+                curves.setdefault(row["coder"], []).append((row["bits_per_weight"], row.get("snr_db", snr)))
+    return curves
 
 
 def cmd_bench(args) -> int:
@@ -553,30 +634,55 @@ def cmd_bench(args) -> int:
     from .decoder import decode
     from .encoder import Encoder
 
-    tensors, _ = formats.read_model(args.model)
-    n = sum(int(np.asarray(v).size) for v in tensors.values())
-    settings = dict(qp=args.qp, dq=args.dq, scan_order=args.scan_order)
-    t0 = time.perf_counter()
-    result = Encoder(**settings).encode(tensors)
-    t1 = time.perf_counter()
-    decode(result.stream)
-    t2 = time.perf_counter()
-    rows = [dict(coder="nnc", bytes=len(result.stream), bits_per_weight=8 * len(result.stream) / n,
-                 encode_s=t1 - t0, decode_s=t2 - t1)]
+    if problem := _plotting_unavailable(args):
+        return _fail(problem)
     threads = args.threads or os.cpu_count() or 1
-    if threads > 1:
+    stages = 1 + (threads > 1) + (_PEER_STAGES if args.vs else 0)
+    if args.plot:
+        stages += len(PLOT_QP_OFFSETS) * (1 + (_PEER_STAGES if args.vs else 0))
+    bar = _stage_bar(stages, args.quiet or args.json)
+    try:
+        bar.set_description_str("reading the model")
+        tensors, _ = formats.read_model(args.model)
+        n = sum(int(np.asarray(v).size) for v in tensors.values())
+        settings = dict(qp=args.qp, dq=args.dq, scan_order=args.scan_order)
+        bar.set_description_str("nnc")
         t0 = time.perf_counter()
-        Encoder(**settings, threads=threads).encode(tensors)
+        result = Encoder(**settings).encode(tensors)
         t1 = time.perf_counter()
-        decode(result.stream, threads=threads)
-        rows.append(dict(rows[0], coder=f"nnc {threads} threads", encode_s=t1 - t0, decode_s=time.perf_counter() - t1))
-    if args.vs:
-        rows += _peer_rows(tensors, result, n, args.quiet)
+        decoded = decode(result.stream)
+        t2 = time.perf_counter()
+        rows = [dict(coder="nnc", bytes=len(result.stream), bits_per_weight=8 * len(result.stream) / n,
+                     encode_s=t1 - t0, decode_s=t2 - t1, snr_db=_float_snr(tensors, decoded))]
+        del decoded
+        bar.update()
+        if threads > 1:
+            bar.set_description_str(f"nnc {threads} threads")
+            t0 = time.perf_counter()
+            Encoder(**settings, threads=threads).encode(tensors)
+            t1 = time.perf_counter()
+            decode(result.stream, threads=threads)
+            rows.append(dict(rows[0], coder=f"nnc {threads} threads", encode_s=t1 - t0,
+                             decode_s=time.perf_counter() - t1))
+            bar.update()
+        if args.vs:
+            rows += _peer_rows(tensors, result, n, args.quiet, bar)
+        curves = _rate_snr_curves(tensors, args, n, bar) if args.plot else None
+    finally:
+        bar.close()
+    if curves is not None:
+        from .plots import rate_snr_figure
+
+        rate_snr_figure(curves, args.plot, title=f"{Path(args.model).name}: rate against weight SNR "
+                                                 f"(qp {args.qp + PLOT_QP_OFFSETS[0]} ... {args.qp + PLOT_QP_OFFSETS[-1]})")
     for r in rows:
         r["encode_mw_s"] = n / r["encode_s"] / 1e6 if r["encode_s"] else None
         r["decode_mw_s"] = n / r["decode_s"] / 1e6 if r["decode_s"] else None
     if args.json:
-        print(json.dumps(dict(model=str(args.model), weights=n, rows=rows), indent=2))
+        report = dict(model=str(args.model), weights=n, rows=rows)
+        if curves is not None:
+            report.update(plot=str(args.plot), curves={k: [list(p) for p in v] for k, v in curves.items()})
+        print(json.dumps(_finite_json(report), indent=2))
         return EXIT_OK
     print(f"{args.model}: {n} weights, qp {args.qp}, dq {'on' if args.dq else 'off'} (one run; machines are noisy)")
     print(f"{'coder':16} {'bytes':>10} {'bits/w':>7} {'enc Mw/s':>9} {'dec Mw/s':>9}")
@@ -601,6 +707,18 @@ def cmd_demo(args) -> int:
 # -- parser --------------------------------------------------------------------------
 
 
+def _engine_line() -> str:
+    """Which entropy-coding engine runs by default, for ``nnc --version``: "engine cython (compiled)"."""
+    from . import engine
+
+    try:
+        name = engine.engine_name() if hasattr(engine, "engine_name") else (
+            "cython" if engine.get_engine().__name__ == "nnc._engine" else "python")
+    except (ImportError, ValueError) as exc:  # asked for an engine that is not built or not known
+        return f"engine unavailable: {exc}"
+    return f"engine {name} ({'compiled' if name == 'cython' else 'pure Python'})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``nnc`` command-line parser, with one sub-parser per command.
 
@@ -623,7 +741,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compress neural-network weights with DeepCABAC / MPEG NNC (ISO/IEC 15938-17).",
         epilog="Exit codes: 0 success, 1 invalid input or failed check, 2 usage error.",
     )
-    parser.add_argument("--version", action="version", version=f"nnc {__version__}")
+    parser.add_argument("--version", action="version", version=f"nnc {__version__}, {_engine_line()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def add(name, help_text):
@@ -723,6 +841,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fail (exit status 1) if the total weight SNR over float tensors is below DB")
     p.add_argument("--threads", type=_non_negative_int, default=0, metavar="N",
                    help="threads for decoding a stream (default 0: one per CPU)")
+    p.add_argument("--plot", type=Path, metavar="FILE",
+                   help="also draw per-tensor SNR and an error histogram into FILE (PNG; needs matplotlib)")
     p.set_defaults(func=cmd_compare)
 
     p = add("verify", "Decode every stream of a conformance suite and print a pass/fail table.")
@@ -744,6 +864,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also run lzma, bz2, zstd (if installed) on the same indices, and NNCodec if set up")
     p.add_argument("--threads", type=_non_negative_int, default=0, metavar="N",
                    help="also time encoding and decoding with N threads (default 0: one per CPU)")
+    p.add_argument("--plot", type=Path, metavar="FILE",
+                   help="also sweep qp from QP-8 to QP+8 in steps of 4 and draw rate against weight SNR "
+                        "for nnc, the lossless coders and NNCodec (where set up) into FILE (PNG; needs matplotlib)")
     p.set_defaults(func=cmd_bench)
 
     p = add("demo", "Encode, decode and evaluate the bundled digits models.")

@@ -33,7 +33,7 @@ try:  # numcodecs is optional
 except ImportError:  # pragma: no cover - exercised only where numcodecs is absent
     _CodecBase = object
 
-__all__ = ["NNC"]
+__all__ = ["NNC", "zarr3_codec"]
 
 #: Name of the one tensor in each chunk's stream.
 CHUNK_TENSOR = "chunk"
@@ -177,3 +177,93 @@ def _as_array(buf) -> np.ndarray:
     if arr.dtype == object:
         raise EncodeError("NNC codes numeric arrays, not object arrays")
     return arr if arr.flags.c_contiguous else arr.copy(order="C")  # (np.ascontiguousarray makes 0-d 1-d)
+
+
+# -- zarr version 3 ------------------------------------------------------------------
+
+#: The name of the codec in zarr v3 array metadata (numcodecs' namespace, then the id).
+ZARR3_NAME = "numcodecs.nnc"
+
+_zarr3_class = None
+
+
+def _zarr3_codec_class():
+    """Build :class:`NNCZarr3` on first use (importing zarr is slow, and zarr is optional)."""
+    global _zarr3_class
+    if _zarr3_class is not None:
+        return _zarr3_class
+    import numcodecs
+
+    try:  # zarr >= 3.1.3 holds numcodecs' zarr 3 wrappers
+        from zarr.codecs.numcodecs import _NumcodecsArrayBytesCodec
+    except ImportError:  # numcodecs < 0.16 still held them in numcodecs.zarr3
+        from numcodecs.zarr3 import _NumcodecsArrayBytesCodec
+    from zarr.registry import register_codec
+
+    numcodecs.register_codec(NNC)  # the wrapper finds the codec by its id (also an entry point)
+
+    class NNCZarr3(_NumcodecsArrayBytesCodec, codec_name="nnc"):
+        """NNC as a zarr version 3 array-to-bytes codec (``numcodecs.nnc`` in the array metadata).
+
+        The same settings as :class:`NNC` (``qp``, ``step``, ``target_snr``, ``dq``,
+        ``rdoq_lambda``); every chunk is one NNC stream.
+        """
+
+    NNCZarr3.__module__ = __name__
+    NNCZarr3.__qualname__ = "NNCZarr3"
+    register_codec(ZARR3_NAME, NNCZarr3)
+    _zarr3_class = NNCZarr3
+    return NNCZarr3
+
+
+def __getattr__(name: str):
+    if name == "NNCZarr3":
+        return _zarr3_codec_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def zarr3_codec(**settings):
+    """NNC as a zarr version 3 codec, through numcodecs' zarr 3 wrappers.
+
+    A zarr v3 array takes it as its array-to-bytes codec (``serializer=``); each chunk is
+    one NNC stream, decodable on its own by any NNC decoder.  The array metadata names
+    it ``numcodecs.nnc`` with the settings as its configuration; it is also registered
+    with zarr (and through the ``zarr.codecs`` entry point), so that arrays written with
+    it open again.
+
+    Parameters
+    ----------
+    **settings
+        The arguments of :class:`NNC`: ``qp``, ``step``, ``target_snr``, ``dq``,
+        ``rdoq_lambda``.
+
+    Returns
+    -------
+    NNCZarr3
+        A ``zarr.abc.codec.ArrayBytesCodec`` (zarr emits a ``ZarrUserWarning`` that
+        numcodecs codecs are not in the zarr v3 specification).
+
+    Raises
+    ------
+    ImportError
+        If zarr (>= 3) or numcodecs is not installed.
+    nnc.errors.EncodeError
+        If the settings are invalid (as for :class:`NNC`).
+
+    Examples
+    --------
+    >>> import warnings, numpy as np, zarr
+    >>> from nnc.codec import zarr3_codec
+    >>> with warnings.catch_warnings():
+    ...     warnings.simplefilter("ignore")
+    ...     z = zarr.create_array(store={}, shape=(64, 64), chunks=(32, 32), dtype="float32",
+    ...                           serializer=zarr3_codec(target_snr=40), compressors=None)
+    ...     x = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
+    ...     z[:] = x
+    ...     back = z[:]
+    >>> bool(10 * np.log10((x.astype(float) ** 2).sum() / ((x - back).astype(float) ** 2).sum()) >= 40)
+    True
+    """
+    config = NNC(**settings).get_config()  # checks the settings
+    config.pop("id")
+    return _zarr3_codec_class()(**config)

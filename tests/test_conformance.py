@@ -28,7 +28,6 @@ def test_our_decoder_passes_the_whole_suite(decoder):
     assert all(r.passed for r in results), format_table([r for r in results if not r.passed])
 
 
-@pytest.mark.quick
 def test_regeneration_gives_identical_bytes():
     """The generator is deterministic: the published streams cannot change silently."""
     r = subprocess.run([sys.executable, str(SUITE / "generate.py"), "--check"], capture_output=True, text=True)
