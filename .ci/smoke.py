@@ -48,8 +48,10 @@ def main() -> int:
         print(f"smoke: run me outside the checkout (nnc imported from {here})", file=sys.stderr)
         return 1
     default = engine_mod.get_engine().__name__
-    print(f"smoke: Python {platform.python_version()}, nnc {nnc.__version__} from {here}, default engine {default}, "
-          f"{len(caught)} warning(s) at import: {[str(w.message)[:80] for w in caught]}")
+    print(
+        f"smoke: Python {platform.python_version()}, nnc {nnc.__version__} from {here}, default engine {default}, "
+        f"{len(caught)} warning(s) at import: {[str(w.message)[:80] for w in caught]}"
+    )
     if args.expect_engine:
         want = {"cython": "nnc._engine"}.get(args.expect_engine)
         if (want and default != want) or (not want and default == "nnc._engine"):
@@ -79,8 +81,12 @@ def main() -> int:
             snr = 10 * np.log10(np.sum(w * w) / max(np.sum((w - d) ** 2), 1e-300))
             if not snr > 15:
                 failures.append(f"{name}: SNR {snr:.1f} dB is implausibly low")
-            record[name] = dict(stream_sha256=hashlib.sha256(result.stream).hexdigest(),
-                                decoded_sha256=digest.hexdigest(), bytes=len(result.stream), snr_db=round(snr, 6))
+            record[name] = dict(
+                stream_sha256=hashlib.sha256(result.stream).hexdigest(),
+                decoded_sha256=digest.hexdigest(),
+                bytes=len(result.stream),
+                snr_db=round(snr, 6),
+            )
             print(f"  {name:28} {len(result.stream):>7} bytes  SNR {snr:6.2f} dB  {record[name]['stream_sha256'][:16]}")
     args.out.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
     for f in failures:

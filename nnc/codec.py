@@ -239,8 +239,8 @@ def zarr3_codec(**settings):
 
     Returns
     -------
-    NNCZarr3
-        A ``zarr.abc.codec.ArrayBytesCodec`` (zarr emits a ``ZarrUserWarning`` that
+    zarr.abc.codec.ArrayBytesCodec
+        An instance of ``nnc.codec.NNCZarr3`` (zarr emits a ``ZarrUserWarning`` that
         numcodecs codecs are not in the zarr v3 specification).
 
     Raises

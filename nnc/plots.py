@@ -87,7 +87,7 @@ def error_histogram(reference: Mapping, other: Mapping, names: Sequence[str], bi
     for name in names:
         a, b = np.asarray(reference[name]).reshape(-1), np.asarray(other[name]).reshape(-1)
         for i in range(0, a.size, step):
-            d = b[i:i + step].astype(np.float64) - a[i:i + step].astype(np.float64)
+            d = b[i : i + step].astype(np.float64) - a[i : i + step].astype(np.float64)
             peak = max(peak, float(np.abs(d).max(initial=0.0)))
     peak = peak or 1.0
     edges = np.linspace(-peak, peak, bins + 1)
@@ -95,7 +95,7 @@ def error_histogram(reference: Mapping, other: Mapping, names: Sequence[str], bi
     for name in names:
         a, b = np.asarray(reference[name]).reshape(-1), np.asarray(other[name]).reshape(-1)
         for i in range(0, a.size, step):
-            d = b[i:i + step].astype(np.float64) - a[i:i + step].astype(np.float64)
+            d = b[i : i + step].astype(np.float64) - a[i : i + step].astype(np.float64)
             counts += np.histogram(d, edges)[0]
     return counts, edges
 
@@ -134,8 +134,9 @@ def compare_figure(result: dict, reference: Mapping, other: Mapping, path, title
     floats = [r for r in result["tensors"] if "snr_db" in r]
     shown = sorted(floats, key=lambda r: -math.prod(r["shape"]))[:MAX_BARS]
     shown = [r for r in floats if r in shown]  # the model's order
-    fig, (ax_snr, ax_hist) = plt.subplots(1, 2, figsize=(13, max(4.0, 0.18 * len(shown) + 1.5)),
-                                          gridspec_kw=dict(width_ratios=[3, 2]))
+    fig, (ax_snr, ax_hist) = plt.subplots(
+        1, 2, figsize=(13, max(4.0, 0.18 * len(shown) + 1.5)), gridspec_kw=dict(width_ratios=[3, 2])
+    )
     if shown:
         snrs = [r["snr_db"] if math.isfinite(r["snr_db"]) else np.nan for r in shown]
         finite = [s for s in snrs if np.isfinite(s)]

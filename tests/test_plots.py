@@ -24,10 +24,12 @@ def _without_nncodec(monkeypatch):
 @pytest.fixture()
 def model(tmp_path):
     rng = np.random.default_rng(0)
-    tensors = {"fc1.weight": rng.standard_normal((32, 24)).astype(np.float32) * 0.1,
-               "fc1.bias": rng.standard_normal(32).astype(np.float32) * 0.01,
-               "fc2.weight": rng.standard_normal((10, 32)).astype(np.float32) * 0.1,
-               "steps": np.array([7], np.int64)}
+    tensors = {
+        "fc1.weight": rng.standard_normal((32, 24)).astype(np.float32) * 0.1,
+        "fc1.bias": rng.standard_normal(32).astype(np.float32) * 0.01,
+        "fc2.weight": rng.standard_normal((10, 32)).astype(np.float32) * 0.1,
+        "steps": np.array([7], np.int64),
+    }
     path = tmp_path / "m.safetensors"
     path.write_bytes(safetensors_bytes(tensors))
     return path
@@ -53,8 +55,7 @@ def test_compare_plot_writes_a_png(model, tmp_path, capsys):
 def test_bench_plot_draws_rate_against_snr_for_nnc_and_the_lossless_coders(model, tmp_path, capsys):
     pytest.importorskip("matplotlib", reason="matplotlib not installed (the plot extra): plots not tested")
     png = tmp_path / "rd.png"
-    assert cli.main(["bench", str(model), "--qp", "-30", "--vs", "--threads", "1", "--plot", str(png),
-                     "--json"]) == 0
+    assert cli.main(["bench", str(model), "--qp", "-30", "--vs", "--threads", "1", "--plot", str(png), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     _assert_png(png)
     curves = report["curves"]
@@ -73,7 +74,7 @@ def test_plot_without_matplotlib_fails_cleanly_before_any_work(model, tmp_path, 
     png = tmp_path / "x.png"
     assert cli.main(["compare", str(model), str(model), "--plot", str(png)]) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "matplotlib" in err and 'nnc[plot]' in err
+    assert err.count("\n") == 1 and "matplotlib" in err and "nnc[plot]" in err
     assert cli.main(["bench", str(model), "--plot", str(png)]) == 1
     assert not png.exists()
 

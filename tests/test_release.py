@@ -68,8 +68,14 @@ def test_sdist_manifest_holds_spec_conformance_and_tests():
 @pytest.mark.quick
 def test_version_option_names_the_package_version_and_the_engine(tmp_path):
     def version(**env):  # run outside the checkout: the nnc under test, not ./nnc
-        return subprocess.run([sys.executable, "-m", "nnc", "--version"], capture_output=True, text=True,
-                              cwd=tmp_path, check=True, env={**os.environ, **env}).stdout.strip()
+        return subprocess.run(
+            [sys.executable, "-m", "nnc", "--version"],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            check=True,
+            env={**os.environ, **env},
+        ).stdout.strip()
 
     out = version()
     assert out.startswith(f"nnc {nnc.__version__}, engine ")

@@ -23,8 +23,14 @@ def _snr(x, y):
 def test_zarr3_array_round_trip_reopened_from_its_metadata(tmp_path):
     x = np.random.default_rng(1).standard_normal((50, 40)).astype(np.float32)
     path = tmp_path / "w.zarr"
-    a = zarr.create_array(store=str(path), shape=x.shape, chunks=(32, 32), dtype="float32",
-                          serializer=zarr3_codec(target_snr=35), compressors=None)
+    a = zarr.create_array(
+        store=str(path),
+        shape=x.shape,
+        chunks=(32, 32),
+        dtype="float32",
+        serializer=zarr3_codec(target_snr=35),
+        compressors=None,
+    )
     a[:] = x
 
     meta = json.loads((path / "zarr.json").read_text())
@@ -36,7 +42,7 @@ def test_zarr3_array_round_trip_reopened_from_its_metadata(tmp_path):
     assert back.shape == x.shape and back.dtype == np.float32
     for i in range(0, 50, 32):  # every chunk meets the target on its own
         for j in range(0, 40, 32):
-            assert _snr(x[i:i + 32, j:j + 32], back[i:i + 32, j:j + 32]) >= 35
+            assert _snr(x[i : i + 32, j : j + 32], back[i : i + 32, j : j + 32]) >= 35
 
     # each stored chunk is a standalone NNC stream holding the (edge-padded) chunk
     chunk = (path / "c" / "0" / "0").read_bytes()
@@ -47,14 +53,21 @@ def test_zarr3_array_round_trip_reopened_from_its_metadata(tmp_path):
 
 def test_zarr3_integers_are_exact_and_fixed_qp_matches_the_v2_codec():
     ints = np.arange(-600, 600, dtype=np.int16).reshape(30, 40)
-    a = zarr.create_array(store={}, shape=ints.shape, chunks=(16, 16), dtype="int16",
-                          serializer=zarr3_codec(qp=-30), compressors=None)
+    a = zarr.create_array(
+        store={}, shape=ints.shape, chunks=(16, 16), dtype="int16", serializer=zarr3_codec(qp=-30), compressors=None
+    )
     a[:] = ints
     np.testing.assert_array_equal(a[:], ints)
 
     x = np.random.default_rng(2).standard_normal((16, 16)).astype(np.float32)
-    b = zarr.create_array(store={}, shape=x.shape, chunks=(16, 16), dtype="float32",
-                          serializer=zarr3_codec(qp=-30, dq=False), compressors=None)
+    b = zarr.create_array(
+        store={},
+        shape=x.shape,
+        chunks=(16, 16),
+        dtype="float32",
+        serializer=zarr3_codec(qp=-30, dq=False),
+        compressors=None,
+    )
     b[:] = x
     np.testing.assert_array_equal(b[:], NNC(qp=-30, dq=False).decode(NNC(qp=-30, dq=False).encode(x)))
 

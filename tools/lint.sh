@@ -11,7 +11,7 @@ run() {
   "$@" || status=1
 }
 run ruff check nnc
-run ruff format --check nnc
+run ruff format --check --output-format concise nnc
 run mypy            # files = ["nnc"] in pyproject.toml
 if [ "$status" -ne 0 ]; then
   echo "lint: FAILED (ruff format nnc fixes formatting; ruff check --fix nnc fixes what it can)"
