@@ -425,7 +425,17 @@ class CommandAdapter:
 
 
 class CommandError(RuntimeError):
-    """A decoder command rejected a stream or broke the protocol (the message says which)."""
+    """A decoder command rejected a stream or broke the protocol (the message says which).
+
+    It is not an :class:`nnc.errors.NNCError`: the decoder under test is not nnc,
+    and :func:`verify_suite` counts it as that decoder's rejection of the stream.
+
+    Examples
+    --------
+    >>> from nnc.verify import CommandError
+    >>> issubclass(CommandError, RuntimeError)
+    True
+    """
 
 
 #: Decoder name -> adapter factory, for ``verify_suite(suite, decoder=name)``.
