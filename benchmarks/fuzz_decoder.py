@@ -26,7 +26,9 @@ The Cython engine is not: atheris needs clang's ``-fsanitize=fuzzer-no-link`` fo
 native code and the machine this was written on has only gcc.  The engine is still
 exercised (crashes and hangs in it are caught) but its branches do not guide the
 search; ``--replay`` runs a corpus again, e.g. against an engine built with gcc's
-AddressSanitizer (see benchmarks/results/fuzz.md).
+AddressSanitizer (see benchmarks/results/fuzz.md), or under coverage.py for line figures:
+
+    python -m coverage run --branch --include='nnc/*' benchmarks/fuzz_decoder.py --replay OUT/corpus
 
 Failure criteria (each is a *finding*, saved under OUT/findings/ and counted):
 any exception that is not an ``nnc.NNCError``; a crash (libFuzzer stops and
@@ -64,6 +66,7 @@ with atheris.instrument_imports(include=["nnc"]):
     from nnc import container as C  # noqa: E402
     from nnc import decoder as D  # noqa: E402
     from nnc.errors import NNCError  # noqa: E402
+    import nnc._pyengine  # noqa: E402,F401  (imported lazily by nnc.engine: instrument it here)
 
 #: Limits of the fuzzed decoders: small enough that a stream under 64 KiB decodes in well under 1 s.
 LIMITS = nnc.Limits(max_tensor_elements=1 << 20, max_total_bytes=32 << 20)
@@ -193,7 +196,8 @@ class Campaign:
             except NNCError:
                 pass
             elapsed = time.process_time() - t0
-            if elapsed <= HANG_SECONDS or len(data) >= HANG_MAX_BYTES:
+            if elapsed <= HANG_SECONDS or len(data) >= HANG_MAX_BYTES or sys.gettrace() is not None:
+                # (under a tracer, e.g. coverage.py replaying a corpus, times say nothing)
                 return
         raise Finding(f"hang: {elapsed:.2f} s of CPU time for {len(data)} bytes")
 
