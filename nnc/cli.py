@@ -49,7 +49,7 @@ smallest stream whose score stays within --tolerance of the original model's sco
 """,
     "verify": """examples:
   nnc verify conformance/
-  nnc verify conformance/ --decoder nncodec --group profile-1
+  nnc verify conformance/ --decoder-command "python tools/nncodec_decoder.py" --group profile-1
 """,
     "bench": """examples:
   nnc bench model.safetensors --qp -38
@@ -505,13 +505,18 @@ def cmd_info(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from .verify import format_table, verify_suite
+    from .verify import CommandAdapter, format_table, verify_suite
 
     suite = Path(args.suite)
     if not (suite / "manifest.json").exists():
         return _fail(f"{suite}: no manifest.json (not a conformance suite)")
     try:
-        results = verify_suite(suite, args.decoder, groups=args.group or None, names=args.stream or None)
+        decoder = CommandAdapter(args.decoder_command) if args.decoder_command else args.decoder
+        try:
+            results = verify_suite(suite, decoder, groups=args.group or None, names=args.stream or None)
+        finally:
+            if args.decoder_command:
+                decoder.close()
     except RuntimeError as exc:
         return _fail(str(exc))
     if args.json:
@@ -541,11 +546,11 @@ def _float_snr(tensors, decoded) -> float:
 
 
 def _peer_rows(tensors, result, n_weights, quiet, bar=None):
-    """Lossless coders on the same uniform indices, and NNCodec at the same qps (``--vs``).
+    """Lossless coders on the same uniform indices (``--vs``).
 
-    ``bar`` (a tqdm bar from :func:`_stage_bar`) advances by one per coder.  NNCodec's row
-    carries the SNR of its own stream (decoded with nnc); the lossless coders code nnc's
-    indices, so their SNR is nnc's.
+    ``bar`` (a tqdm bar from :func:`_stage_bar`) advances by one per coder.  The lossless
+    coders code nnc's indices, so their SNR is nnc's.  NNCodec is compared by the
+    benchmarks of a checkout (nnc never imports the oracle in tools/).
     """
     import bz2
     import lzma
@@ -579,35 +584,15 @@ def _peer_rows(tensors, result, n_weights, quiet, bar=None):
                          encode_s=t1 - t0, decode_s=t2 - t1))
         if bar is not None:
             bar.update()
-    try:
-        repo = Path(__file__).resolve().parent.parent
-        sys.path.insert(0, str(repo))
-        from tools.oracle.client import NNCodecOracle
-    except ImportError:
-        NNCodecOracle = None
-    if NNCodecOracle is not None and NNCodecOracle.available():
-        from .decoder import decode
-
-        stage("NNCodec 2.1.3")
-        with NNCodecOracle() as oracle:
-            qps = {k: t.qp for k, t in result.tensors.items() if t.qp is not None}
-            floats = {k: np.asarray(v, np.float32) for k, v in tensors.items() if np.asarray(v).dtype.kind == "f"}
-            stream, te = oracle.compress_timed(floats, 1, qp_per_tensor=qps, use_dq=any(
-                t.dq for t in result.tensors.values()))
-            _, td = oracle.decompress_timed(stream, 1)
-            rows.append(dict(coder="NNCodec 2.1.3", bytes=len(stream), bits_per_weight=8 * len(stream) / n_weights,
-                             encode_s=te[0], decode_s=td[0], snr_db=_float_snr(tensors, decode(stream))))
-        if bar is not None:
-            bar.update()
-    elif not quiet:
-        print("(NNCodec skipped: its oracle environment is not set up, see tools/setup_oracle.sh)", file=sys.stderr)
+    if not quiet:  # nnc stands alone: the NNCodec oracle lives in the repository's tools/, not here
+        print("(NNCodec: compared in benchmarks/bench_engine.py and bench_rd.py of a checkout)", file=sys.stderr)
     return rows
 
 
 #: qp offsets from --qp swept by ``nnc bench --plot``.
 PLOT_QP_OFFSETS = (-8, -4, 0, 4, 8)
-#: Stages of --vs after nnc itself: lzma, bz2, zstd, NNCodec (a bar's total, not a promise).
-_PEER_STAGES = 4
+#: Stages of --vs after nnc itself: lzma, bz2, zstd (a bar's total, not a promise).
+_PEER_STAGES = 3
 
 
 def _rate_snr_curves(tensors, args, n, bar) -> dict:
@@ -848,9 +833,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("verify", "Decode every stream of a conformance suite and print a pass/fail table.")
     p.add_argument("suite", help="suite directory (with manifest.json), e.g. conformance/")
     p.add_argument("--decoder", default="nnc", choices=("nnc", "nnc-python", "nnc-random-access",
-                                                        "nnc-python-random-access", "nncodec"),
-                   help="decoder under test (*-random-access: also each tensor on its own, from its entry "
-                        "points; nncodec: NNCodec 2.1.3 through tools/oracle)")
+                                                        "nnc-python-random-access"),
+                   help="nnc's decoder under test (*-random-access: also each tensor on its own, from its "
+                        "entry points)")
+    p.add_argument("--decoder-command", metavar="CMD",
+                   help="verify an external decoder instead: a command speaking the JSON-lines protocol of "
+                        "nnc.verify.CommandAdapter (NNCodec: \"python tools/nncodec_decoder.py\" in a checkout)")
     p.add_argument("--group", action="append", help="only this group (profile-0, profile-1, must-fail)")
     p.add_argument("--stream", action="append", help="only this stream (repeatable)")
     p.set_defaults(func=cmd_verify)
@@ -861,12 +849,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dq", action=argparse.BooleanOptionalAction, default=True, help="dependent quantisation")
     p.add_argument("--scan-order", type=int, default=0, choices=range(5))
     p.add_argument("--vs", action="store_true",
-                   help="also run lzma, bz2, zstd (if installed) on the same indices, and NNCodec if set up")
+                   help="also run lzma, bz2, zstd (if installed) on the same indices")
     p.add_argument("--threads", type=_non_negative_int, default=0, metavar="N",
                    help="also time encoding and decoding with N threads (default 0: one per CPU)")
     p.add_argument("--plot", type=Path, metavar="FILE",
                    help="also sweep qp from QP-8 to QP+8 in steps of 4 and draw rate against weight SNR "
-                        "for nnc, the lossless coders and NNCodec (where set up) into FILE (PNG; needs matplotlib)")
+                        "for nnc and the lossless coders into FILE (PNG; needs matplotlib)")
     p.set_defaults(func=cmd_bench)
 
     p = add("demo", "Encode, decode and evaluate the bundled digits models.")

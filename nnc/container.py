@@ -86,6 +86,7 @@ class SyntaxViolation(cs.ConstructError):
 
 
 def _read_bit(stream, path) -> int:
+    """One bit, u(1) (spec 2.1)."""
     b = cs.stream_read(stream, 1, path)
     return b[0] & 1
 
@@ -200,6 +201,9 @@ class St(cs.Construct):
 class ByteAlignment(cs.Construct):
     """byte_alignment(): a '1' bit, then '0' bits to the byte boundary (spec 2.7)."""
 
+    #: The syntax elements this construct reads (spec 2.7).
+    ELEMENTS = ("alignment_bit_equal_to_one", "alignment_bit_equal_to_zero")
+
     def __init__(self):
         super().__init__()
         self.flagbuildnone = True
@@ -218,7 +222,7 @@ class ByteAlignment(cs.Construct):
 
 
 class Bits(cs.Adapter):
-    """n bits as bytes (for the SHA-256/512 parent identifiers)."""
+    """u(n) read as n/8 bytes, for the SHA-256/512 parent identifiers (spec 2.1, 7.1)."""
 
     def __init__(self, nbits):
         super().__init__(cs.BitsInteger(nbits))
@@ -254,6 +258,10 @@ ALIGN = ByteAlignment()
 
 class Codebook(cs.Construct):
     """codebook(): egk, size, centre offset, zero value and delta-coded entries (spec 7.2)."""
+
+    #: The syntax elements this construct reads (spec 7.2); the deltas come back summed up as ``codebook``.
+    ELEMENTS = ("codebook_egk", "codebook_size", "codebook_center_offset", "codebook_zero_value",
+                "codebook_delta_left", "codebook_delta_right")
 
     def _parse(self, stream, context, path):
         egk = cs.BitsInteger(4)._parse(stream, context, path)
@@ -375,6 +383,9 @@ def entry_point_count(ctx) -> int:
 class EntryPoints(cs.Construct):
     """cabac_entry_point_list: value, dq_state and second-order differential offsets (spec 7.3)."""
 
+    #: The syntax elements this construct reads (spec 7.3), returned as records of value, dq_state and offset.
+    ELEMENTS = ("entry_point_value", "entry_point_dq_state", "entry_point_offset_first", "entry_point_offset_delta")
+
     def _parse(self, stream, context, path):
         count = entry_point_count(context)
         dq = context._root.get("_dq_flag", 0)
@@ -413,6 +424,7 @@ class EntryPoints(cs.Construct):
 
 
 def _entries(count_field):
+    """The loop count over i of a performance map: the count element minus one (spec 5.3)."""
     return lambda ctx: max(0, ctx[count_field] - 1)
 
 
@@ -480,7 +492,7 @@ MPS_PAYLOAD = Struct(
     "metric_type_performance_map_valid_flag" / If(this._.profile == 1, FLAG),
     "mps_parent_signalling_enabled_flag" / If(this._.profile == 1, FLAG),
     "nnr_pre_flag" / If(this._.profile == 1, FLAG),
-    "reserved_2bits" / If(this._.profile == 1, U(2)),
+    "nnr_reserved_zero_2bits" / If(this._.profile == 1, U(2)),
     "base_model_id" / If(lambda c: c._.profile == 1 and c.base_model_id_present_flag, ST),
     "performance_metric_type" / If(lambda c: c._.profile == 1 and (
         c.validation_set_performance_present_flag or c.metric_type_performance_map_valid_flag), ST),
@@ -516,14 +528,17 @@ STRING_PAYLOAD = Struct("data" / ST)
 
 
 def _multiple(c):
+    """MULT of the NDU header conditions (spec 7.1)."""
     return bool(c.nnr_multiple_topology_elements_present_flag)
 
 
 def _indexed(c):
+    """IDX of the NDU header conditions: the MPS's mps_topology_indexed_reference_flag (spec 7.1)."""
     return bool(c._.get("indexed", False))
 
 
 def _ndims(c):
+    """D of the NDU header conditions (spec 7.1)."""
     return c.count_tensor_dimensions if c.get("tensor_dimensions_flag") else 0
 
 
@@ -593,6 +608,23 @@ _TYPE_STRUCTS = {
     NNR_NDU: (NDU_HEADER, None),
 }
 
+#: Syntax elements read by hand rather than through a construct: the size field (spec 3.2),
+#: read by :func:`read_unit_size` before a unit's structure is known.
+UNIT_SIZE_ELEMENTS = ("nnr_unit_size_flag", "nnr_unit_size")
+
+#: Fields of the constructs above that are not one syntax element of the same name in spec/'s
+#: tables: the spec names they stand for (``name()`` for a syntax structure), or () for a field
+#: that only groups elements.  tests/test_spec_citations.py checks the declarations against spec/.
+FIELD_SPEC_NAMES = {
+    "data": ("topology_data", "quantization_data"),  # STRING_PAYLOAD of NNR_TPL (6.2) and NNR_QNT (6.3)
+    "codebook_dc": ("codebook()",),                   # the second codebook() of a DC block (7.1)
+    "entry_points": ("cabac_entry_point_list()",),    # 7.3
+    "input_parameters": (),                           # the elements under input_parameters_present_flag (7.1)
+    "entries": (),                                    # the loop over i of a performance map (5.3)
+    "lps_reserved_bit": ("lps_reserved_1bit_a",),     # 6.1.1
+    "lps_reserved_bit2": ("lps_reserved_1bit_b",),    # 6.1.1
+}
+
 # Flattened views: the nested input_parameters and codebook containers are merged
 # into the NDU header so that users see one flat record of spec element names.
 _CODEBOOK_FIELDS = ("codebook_egk", "codebook_size", "codebook_center_offset", "codebook_zero_value")
@@ -624,7 +656,7 @@ class _ViewReader:
 
 @dataclass
 class Unit:
-    """One NNR unit of a stream, as :func:`iter_units` parses it.
+    """One NNR unit of a stream, as :func:`iter_units` parses it (spec 3).
 
     The parameters are the fields below.  ``header`` is a ``construct``
     Container (a dict with attribute access) of spec element names: the
@@ -682,6 +714,7 @@ class Unit:
 
 
 def _flatten_ndu(h: Container) -> Container:
+    """The NDU header as one flat record of spec element names (spec 7.1, 7.2, 7.3)."""
     out = Container()
     for k, v in h.items():
         if k.startswith("_") or k in ("input_parameters", "codebook"):
@@ -756,7 +789,7 @@ def _unflatten_ndu(fields: dict) -> dict:
 
 
 def _parse_struct(structure, reader, ctx, clause, base, unit_offset):
-    """Parse one bit-level structure from a reader; convert every failure to our errors."""
+    """Parse one bit-level structure from a reader; convert every failure to our errors (spec 3.2, 15.1)."""
     start = reader.tell()
     try:
         return cs.Bitwise(structure).parse_stream(reader, **ctx)
@@ -1130,7 +1163,7 @@ def build_mps(*, qp_density: int = 2, qp: int = 0, profile: int = 1, parent_sign
         mps_topology_indexed_reference_flag=0, nnr_reserved_zero_7bits=0,
         base_model_id_present_flag=0, validation_set_performance_present_flag=0,
         metric_type_performance_map_valid_flag=0, mps_parent_signalling_enabled_flag=int(parent_signalling),
-        nnr_pre_flag=0, reserved_2bits=0, base_model_id=None, performance_metric_type=None,
+        nnr_pre_flag=0, nnr_reserved_zero_2bits=0, base_model_id=None, performance_metric_type=None,
         mps_qp_density=qp_density, mps_quantization_parameter=qp,
         sparsification_performance_map=None, pruning_performance_map=None, unification_performance_map=None,
         decomposition_performance_map=None, validation_set_performance=None,

@@ -96,7 +96,7 @@ class Limits:
 
 @dataclass
 class TensorInfo:
-    """What the stream says about one tensor.
+    """What the stream says about one tensor (the NDU header semantics, spec 7.4).
 
     :meth:`~nnc.decoder.Decoder.tensors` returns one per tensor, built from the NDU headers
     alone.  The fields that the payload carries (``qp``, ``step``,
@@ -205,7 +205,7 @@ class DecoderState:
         self.history: dict[str, np.ndarray] = {}
 
     def update(self, name: str, levels: np.ndarray) -> None:
-        """Record a tensor's decoded levels and merge them into its history map.
+        """Record a tensor's decoded levels and merge them into its history map (spec 14.1).
 
         A history map of another shape than ``levels`` is replaced, not merged.
 
@@ -619,7 +619,7 @@ class Decoder:
             )
 
     def _tensor_infos(self, unit: C.Unit, params: _Params, ndu_index: int) -> list[TensorInfo]:
-        """Names, shapes and coding parameters of the tensors of one NDU, in coding order."""
+        """Names, shapes and coding parameters of the tensors of one NDU, in coding order (spec 7.4, 7.6)."""
         h = unit.header
         ptype = int(h.nnr_compressed_data_unit_payload_type)
         if ptype not in PAYLOAD_TYPE_NAMES:
@@ -799,7 +799,7 @@ class Decoder:
         return out
 
     def decode_tensor(self, name: str) -> np.ndarray:
-        """Decode one tensor, touching only the unit that carries it (random access).
+        """Decode one tensor, touching only the unit that carries it (random access, spec 7.5, 11.4).
 
         A tensor of a BLOCK NDU is decoded with the other tensors of its
         block, which share its payload; only the one asked for is returned.
@@ -863,6 +863,7 @@ class Decoder:
 
     # -- NDU payload (spec 7.5, 8) ---------------------------------------------
     def _decode_ndu(self, unit: C.Unit, params: _Params, infos: list[TensorInfo]) -> dict:
+        """Decode one NDU's payload (spec 7.5); errors get offsets relative to the whole stream (spec 15.1)."""
         try:
             return self._decode_ndu_payload(unit, params, infos)
         except NNCError as exc:
@@ -870,6 +871,20 @@ class Decoder:
             raise exc.at(unit.payload_offset) from exc
 
     def _decode_ndu_payload(self, unit: C.Unit, params: _Params, infos: list[TensorInfo]) -> dict:
+        """The decoding loop of one NDU payload: {name: reconstructed tensor} for its tensors, in coding order.
+
+        A RAW_FLOAT payload is the tensor's float32 values (spec 7.5).  A CABAC
+        payload (spec 8.1) holds, per tensor: the qp offset of a quantised
+        tensor (spec 8.2); then the row-skip and HDSP flags and the context
+        initialisation (spec 8.3, 8.4, inside the engine); then the levels
+        (spec 10), in the tensor's scan (spec 11), from the entry points of
+        each block row when ``entry_points="use"`` (spec 11.4, 9.7).  An update
+        with temporal context adaptation or HDSP reads the levels and history
+        of its parent from the decoder state (spec 10.5, 14), which records
+        the new levels.  The payload ends with the terminate bin (spec 8.5).
+        The levels are reconstructed to values by :meth:`_reconstruct` (spec 12).
+        Offsets of errors are relative to the payload.
+        """
         h = unit.header
         payload = unit.payload
         first = infos[0]
@@ -1108,7 +1123,7 @@ def decode(
 
 
 def decode_with_info(data: StreamInput, **kwargs) -> tuple["OrderedDict[str, np.ndarray]", list[TensorInfo]]:
-    """Decode a stream and return the tensors with their metadata.
+    """Decode a stream and return the tensors with their metadata (spec 7.4, 8).
 
     Parameters
     ----------

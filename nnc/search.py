@@ -356,89 +356,52 @@ def search(tensors: Mapping[str, np.ndarray], evaluate: Callable, *, tolerance: 
     reference = measure.reference
     floor = reference - tolerance
     _warn_if_unresolvable(measure.samples, tolerance)
-    start = time.monotonic()
-    show = sys.stderr.isatty() if progress is None else progress
-    candidates: list[Candidate] = []
+    state = _SearchState(tensors=tensors, encoder_options=encoder_options, measure=measure, floor=floor,
+                         tolerance=tolerance, time_budget=time_budget,
+                         show=sys.stderr.isatty() if progress is None else progress, chunk=max(1, workers))
     if workers > 1:
-        pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker,
-                                   initargs=(tensors, evaluate, cache_bytes // workers))
-        evaluate_one = None
+        state.pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker,
+                                         initargs=(tensors, evaluate, cache_bytes // workers))
     else:
-        pool, evaluate_one = None, _Evaluator(tensors, evaluate, cache_bytes)
-    stage = ["qp sweep"]
-    chunk = max(1, workers)
-
-    def best_bytes():
-        return min((x.bytes for x in candidates if x.bound >= floor), default=0)
-
-    def run(batch):
-        """Evaluate settings, ``workers`` at a time, until the batch or the time budget ends.
-
-        Returns the candidates evaluated, in batch order (a prefix of the batch when time ran
-        out; at least one candidate is evaluated in a search).
-        """
-        out = []
-        for i in range(0, len(batch), chunk):
-            if out_of_time() and candidates:
-                break
-            jobs = [dict(encoder_options, **s) for s in batch[i:i + chunk]]
-            results = pool.map(_evaluate_in_worker, jobs) if pool else map(evaluate_one, jobs)
-            for settings, size, value, stream in results:
-                score, bound = measure(value)
-                c = Candidate(settings={k: settings[k] for k in batch[0]}, bytes=size, score=score, stream=stream,
-                              bound=bound)
-                candidates.append(c)
-                out.append(c)
-                _drop_dominated_streams(candidates)
-                if show:
-                    sys.stderr.write(f"\rsearch ({stage[0]}): {len(candidates)} candidates, best "
-                                     f"{best_bytes()} bytes, {time.monotonic() - start:.0f} s ")
-        return out
-
-    def out_of_time():
-        return time_budget is not None and time.monotonic() - start > time_budget
-
-    def best_ok():
-        ok = [c for c in candidates if c.bound >= floor]
-        return min(ok, key=lambda c: (c.bytes, -c.bound)) if ok else None
-
+        state.evaluate_one = _Evaluator(tensors, evaluate, cache_bytes)
     try:
         # 1. qp sweep: bisection for the coarsest qp that keeps the score
         if qp_range is None:
             density = int(encoder_options.get("qp_density", 2))
             qp_range = range(-10 << density, -(1 << density) + 1)
         qps = sorted(qp_range, reverse=True)
-        ok_qp = _coarsest_passing_qp(qps, dq, floor, run, out_of_time, chunk)
+        ok_qp = _coarsest_passing_qp(qps, dq, floor, state.run, state.out_of_time, state.chunk)
         # when candidates are cheap, every other qp too: the best single qp, whatever the score's shape
-        per_candidate = (time.monotonic() - start) / max(len(candidates), 1)
+        per_candidate = (time.monotonic() - state.start) / max(len(state.candidates), 1)
         affordable = SWEEP_SHARE * time_budget if time_budget is not None else SWEEP_SECONDS
-        tried = {c.settings["qp"] for c in candidates}
+        tried = {c.settings["qp"] for c in state.candidates}
         rest = [q for q in qps if q not in tried and (ok_qp is None or q > ok_qp)]
-        if rest and len(rest) * per_candidate / chunk <= affordable:
-            passing = [c.settings["qp"] for c in run([dict(qp=q, dq=dq) for q in rest]) if c.bound >= floor]
+        if rest and len(rest) * per_candidate / state.chunk <= affordable:
+            passing = [c.settings["qp"] for c in state.run([dict(qp=q, dq=dq) for q in rest]) if c.bound >= floor]
             ok_qp = max(passing + ([ok_qp] if ok_qp is not None else []), default=None)
         # 2. rate-distortion quantisation around the coarsest acceptable qp, with and without DQ
-        stage[0] = "rd sweep"
-        if ok_qp is not None and not out_of_time():
+        state.stage = "rd sweep"
+        if ok_qp is not None and not state.out_of_time():
             grid = [dict(qp=q, dq=d, rdoq_lambda=lam) for d in sorted({False, dq})
                     for q in (ok_qp - 4, ok_qp - 2, ok_qp, ok_qp + 2) for lam in lambdas]
-            run(grid)
+            state.run(grid)
         # 3. per-tensor refinement from the best setting so far
-        stage[0] = "per tensor"
+        state.stage = "per tensor"
         if per_tensor:
-            ok = sorted((c for c in candidates if c.bound >= floor), key=lambda c: c.bytes)
+            ok = sorted((c for c in state.candidates if c.bound >= floor), key=lambda c: c.bytes)
             for base in ok[:bases]:
-                if out_of_time():
+                if state.out_of_time():
                     break
-                _refine(tensors, base, floor, tolerance, run, out_of_time, max_qp, encoder_options)
+                _refine(state, base, max_qp)
     finally:
-        if pool:
-            pool.shutdown()
-        if show:
+        if state.pool:
+            state.pool.shutdown()
+        if state.show:
             sys.stderr.write("\n")
+    candidates = state.candidates
     if not candidates:
         raise EncodeError("the search evaluated no candidate (time budget too small?)")
-    best = best_ok()
+    best = state.best_passing()
     check_reference = None
     if check is not None:
         check_measure = _Bound(_as_scores(check({k: v.copy() for k, v in tensors.items()})), z)
@@ -456,6 +419,74 @@ def search(tensors: Mapping[str, np.ndarray], evaluate: Callable, *, tolerance: 
             best = _smaller_container(tensors, best, encoder_options, decoded)
     return SearchResult(reference_score=reference, tolerance=tolerance, candidates=candidates, best=best,
                         check_reference=check_reference)
+
+
+@dataclass
+class _SearchState:
+    """What one :func:`search` knows and does between its stages.
+
+    It evaluates batches of encoder settings (in this process or in worker processes),
+    keeps every candidate, and knows the stage it is in and whether the time budget is spent.
+    """
+
+    #: The model's tensors.
+    tensors: dict
+    #: Fixed encoder options of every candidate.
+    encoder_options: dict
+    #: Score and bound of an evaluation (:class:`_Bound`).
+    measure: "_Bound"
+    #: The lowest bound that passes: the reference score minus the tolerance.
+    floor: float
+    #: The allowed drop of the score.
+    tolerance: float
+    #: Seconds after which no further batch starts, or None.
+    time_budget: float | None
+    #: Whether progress goes to stderr.
+    show: bool
+    #: Settings evaluated at a time (the number of workers).
+    chunk: int
+    #: Worker processes, or None to evaluate in this process with ``evaluate_one``.
+    pool: ProcessPoolExecutor | None = None
+    evaluate_one: "_Evaluator | None" = None
+    #: Every candidate evaluated, in evaluation order.
+    candidates: list = field(default_factory=list)
+    #: The stage, for the progress line.
+    stage: str = "qp sweep"
+    #: ``time.monotonic()`` when the search began (looked up at creation, so that a test's fake clock counts).
+    start: float = field(default_factory=lambda: time.monotonic())
+
+    def out_of_time(self) -> bool:
+        return self.time_budget is not None and time.monotonic() - self.start > self.time_budget
+
+    def best_passing(self) -> Candidate | None:
+        """The smallest candidate within the tolerance (the higher bound on a tie), or None."""
+        ok = [c for c in self.candidates if c.bound >= self.floor]
+        return min(ok, key=lambda c: (c.bytes, -c.bound)) if ok else None
+
+    def run(self, batch: list) -> list:
+        """Evaluate settings, ``chunk`` at a time, until the batch or the time budget ends.
+
+        Returns the candidates evaluated, in batch order (a prefix of the batch when time ran
+        out; at least one candidate is evaluated in a search).
+        """
+        out = []
+        for i in range(0, len(batch), self.chunk):
+            if self.out_of_time() and self.candidates:
+                break
+            jobs = [dict(self.encoder_options, **s) for s in batch[i:i + self.chunk]]
+            results = self.pool.map(_evaluate_in_worker, jobs) if self.pool else map(self.evaluate_one, jobs)
+            for settings, size, value, stream in results:
+                score, bound = self.measure(value)
+                c = Candidate(settings={k: settings[k] for k in batch[0]}, bytes=size, score=score, stream=stream,
+                              bound=bound)
+                self.candidates.append(c)
+                out.append(c)
+                _drop_dominated_streams(self.candidates)
+                if self.show:
+                    best = min((x.bytes for x in self.candidates if x.bound >= self.floor), default=0)
+                    sys.stderr.write(f"\rsearch ({self.stage}): {len(self.candidates)} candidates, best "
+                                     f"{best} bytes, {time.monotonic() - self.start:.0f} s ")
+        return out
 
 
 def _warn_if_unresolvable(samples, tolerance: float) -> None:
@@ -585,8 +616,9 @@ def _same_tensors(a, b) -> bool:
     return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
-def _refine(tensors, base: Candidate, floor, tolerance, run, out_of_time, max_qp, encoder_options):
+def _refine(search: _SearchState, base: Candidate, max_qp: int) -> None:
     """Stage 3 from one base candidate: per-tensor qps and λs on a qp scale one density finer."""
+    tensors, encoder_options = search.tensors, search.encoder_options
     settings = {k: v for k, v in base.settings.items() if k != "qp_per_tensor"}
     enc = Encoder(**dict(encoder_options, **settings))
     floats = [k for k, v in tensors.items() if v.dtype.kind == "f" and v.size]
@@ -598,61 +630,203 @@ def _refine(tensors, base: Candidate, floor, tolerance, run, out_of_time, max_qp
         settings = dict(settings, qp=2 * enc.qp, qp_density=enc.qp_density + 1)
         qps = {k: 2 * q for k, q in qps.items()}
         max_qp *= 2
-    # a drop of the score is charged at least this much, so that free savings come first
-    slack = max(tolerance, 1e-12) / 20
-    sizes = {k: tensors[k].size for k in floats}
     base_lambda = float(settings.get("rdoq_lambda", 0.0))
-    lams = {k: base_lambda for k in floats}
-    current = base
+    moves = _TensorMoves(qps=qps, lams={k: base_lambda for k in floats}, current=base, settings=settings,
+                         floats=floats, sizes={k: tensors[k].size for k in floats}, floor=search.floor,
+                         # a drop of the score is charged at least this much, so that free savings come first
+                         slack=max(search.tolerance, 1e-12) / 20, max_qp=max_qp,
+                         run=search.run, out_of_time=search.out_of_time)
     if 2 * len(floats) > STEEPEST_MOVES:
         # many tensors: one knapsack step first, as single moves would take a round each
-        qps, current = _jump(qps, lams, base, settings, floats, floor, slack, run, max_qp)
-    qps, lams, current = _raise(qps, current, settings, floats, floor, slack, run, out_of_time, max_qp, lams, sizes)
+        moves.jump()
+    moves.coarsen_single_tensors()
     # swaps: one tensor finer, another coarser, when that is smaller; then single moves again.
     # Among the largest tensors only, so that a round stays small on models with many tensors.
-    settings = {k: v for k, v in settings.items() if k != "rdoq_lambda"}
     swappable = sorted(floats, key=lambda k: tensors[k].size, reverse=True)[:SWAP_TENSORS]
     for swap in SWAP_STEPS:
-        while not out_of_time():
-            pairs = [(a, b) for a in swappable for b in swappable if a != b and qps[b] + swap <= max_qp]
-            trials = [dict(settings, qp_per_tensor=dict(qps, **{a: qps[a] - swap, b: qps[b] + swap}),
-                           lambda_per_tensor=dict(lams)) for a, b in pairs]
-            results = run(trials)
-            good = [(c.bytes, i) for i, c in enumerate(results) if c.bound >= floor and c.bytes < current.bytes]
-            if not good:
-                break
-            i = min(good)[1]
-            a, b = pairs[i]
-            qps[a] -= swap
-            qps[b] += swap
-            qps, lams, current = _raise(qps, results[i], settings, floats, floor, slack, run, out_of_time,
-                                        max_qp, lams, sizes)
+        while not search.out_of_time() and moves.swap(swappable, swap):
+            moves.coarsen_single_tensors()
 
 
-def _jump(qps, lams, current, settings, floats, floor, slack, run, max_qp):
-    """Coarsen many tensors at once, as far as their separately measured score drops allow.
+@dataclass
+class _TensorMoves:
+    """The per-tensor refinement from one base candidate (stage 3): per-tensor qps and λs, and the moves on them.
 
-    Each tensor's qp is raised alone by each of :data:`PROBE_STEPS` (one candidate per
-    tensor and step); then, taking the drops as additive, a multiple-choice knapsack picks
-    per tensor the step that saves the most bytes for the score the tolerance leaves
-    (greedy on the bytes saved per score lost), and that combination is tried with the
-    whole budget, then half and a quarter of it, until one keeps the score. Returns the
-    new (qps, candidate), or the old ones when no combination helps.
+    Every move evaluates candidates through ``run`` (so they land in the search's list) and
+    keeps a change only when the candidate stays within the floor and is smaller than
+    ``current``.
     """
-    settings = {k: v for k, v in settings.items() if k != "rdoq_lambda"}
 
-    def trial(q):
-        return dict(settings, qp_per_tensor=q, lambda_per_tensor=dict(lams))
+    #: qp of each float tensor.
+    qps: dict
+    #: Rate-distortion λ of each float tensor.
+    lams: dict
+    #: The candidate of the current qps and λs.
+    current: Candidate
+    #: Encoder settings besides the per-tensor ones (a global ``rdoq_lambda`` is dropped: ``lams`` hold it).
+    settings: dict
+    #: Names of the float tensors, the ones that move.
+    floats: list
+    #: Element count of each float tensor (largest first in first-improvement rounds).
+    sizes: dict
+    floor: float
+    #: The least score drop a move is charged, so that free savings come first.
+    slack: float
+    #: Largest qp a tensor may get.
+    max_qp: int
+    #: Evaluates a batch of settings (:meth:`_SearchState.run`).
+    run: Callable
+    out_of_time: Callable
 
-    probes = [(k, d) for d in PROBE_STEPS for k in floats if qps[k] + d <= max_qp]
-    results = run([trial(dict(qps, **{k: qps[k] + d})) for k, d in probes])
-    if len(results) < len(probes):
-        return qps, current
-    options: dict = {}
-    for (k, d), c in zip(probes, results):
-        if c.bound >= floor and c.bytes < current.bytes:
-            options.setdefault(k, []).append((d, current.bytes - c.bytes, max(current.bound - c.bound, 0.0)))
-    # incremental steps per tensor (larger step only after the smaller, when it saves more)
+    def __post_init__(self):
+        self.qps, self.lams = dict(self.qps), dict(self.lams)
+        self.settings = {k: v for k, v in self.settings.items() if k != "rdoq_lambda"}
+
+    def _trial(self, qps: dict) -> dict:
+        return dict(self.settings, qp_per_tensor=qps, lambda_per_tensor=dict(self.lams))
+
+    def _keeps(self, c: Candidate) -> bool:
+        return c.bound >= self.floor and c.bytes < self.current.bytes
+
+    def jump(self) -> None:
+        """Coarsen many tensors at once, as far as their separately measured score drops allow.
+
+        Each tensor's qp is raised alone by each of :data:`PROBE_STEPS` (one candidate per
+        tensor and step); then, taking the drops as additive, a multiple-choice knapsack picks
+        per tensor the step that saves the most bytes for the score the tolerance leaves
+        (greedy on the bytes saved per score lost), and that combination is tried with the
+        whole budget, then half and a quarter of it, until one keeps the score.  Otherwise
+        the best single probe that kept it is taken, if any.
+        """
+        qps, current = self.qps, self.current
+        probes = [(k, d) for d in PROBE_STEPS for k in self.floats if qps[k] + d <= self.max_qp]
+        results = self.run([self._trial(dict(qps, **{k: qps[k] + d})) for k, d in probes])
+        if len(results) < len(probes):
+            return
+        options: dict = {}
+        for (k, d), c in zip(probes, results):
+            if self._keeps(c):
+                options.setdefault(k, []).append((d, current.bytes - c.bytes, max(current.bound - c.bound, 0.0)))
+        increments = _knapsack_increments(options, self.slack)
+        budget = current.bound - self.floor
+        tried = set()
+        for share in (1.0, 0.5, 0.25):
+            chosen = _knapsack_choice(increments, share * budget, self.slack)
+            if len(chosen) < 2 or tuple(sorted(chosen.items())) in tried:
+                continue                    # one tensor alone was a probe already
+            tried.add(tuple(sorted(chosen.items())))
+            new_qps = dict(qps, **{k: qps[k] + d for k, d in chosen.items()})
+            got = self.run([self._trial(new_qps)])
+            if not got:
+                break
+            if self._keeps(got[0]):
+                self.qps, self.current = new_qps, got[0]
+                return
+        # no combination kept the score: continue from the best single probe that did
+        singles = [(c.bytes, i) for i, c in enumerate(results) if self._keeps(c)]
+        if singles:
+            k, d = probes[min(singles)[1]]
+            self.qps, self.current = dict(qps, **{k: qps[k] + d}), results[min(singles)[1]]
+
+    def _next_lambda(self, k: str):
+        return next((x for x in LAMBDA_LADDER if x > self.lams[k]), None)
+
+    def _can_move(self, move: tuple, step: int) -> bool:
+        kind, k = move
+        return self.qps[k] + step <= self.max_qp if kind == "qp" else self._next_lambda(k) is not None
+
+    def _moved(self, move: tuple, step: int) -> tuple[dict, dict]:
+        """(qps, λs) after a move: one tensor's qp raised by ``step``, or its λ up the ladder."""
+        kind, k = move
+        qps, lams = dict(self.qps), dict(self.lams)
+        if kind == "qp":
+            qps[k] += step
+        else:
+            lams[k] = self._next_lambda(k)
+        return qps, lams
+
+    def _try(self, moves: list, step: int) -> list:
+        trials = []
+        for move in moves:
+            qps, lams = self._moved(move, step)
+            trials.append(dict(self.settings, qp_per_tensor=qps, lambda_per_tensor=lams))
+        return self.run(trials)
+
+    def _take(self, move: tuple, step: int, c: Candidate) -> None:
+        self.qps, self.lams = self._moved(move, step)
+        self.current = c
+
+    def coarsen_single_tensors(self) -> None:
+        """Coarsen single tensors while the score holds, best bytes saved per score lost first.
+
+        A move raises one tensor's qp by the current step of :data:`REFINE_STEPS`, or its
+        rate-distortion λ to the next value of :data:`LAMBDA_LADDER` (cheaper than a coarser
+        step at low rates).  With more than :data:`STEEPEST_MOVES` moves, the first move
+        that helps is kept instead, largest tensors first.
+        """
+        for step in REFINE_STEPS:
+            failed = set()
+            while not self.out_of_time():
+                moves = [(kind, k) for k in self.floats for kind in ("qp", "lambda") if (kind, k) not in failed
+                         and self._can_move((kind, k), step)]
+                if not moves:
+                    break
+                if len(moves) > STEEPEST_MOVES:
+                    # many tensors: first improvement, largest tensors first, so that a time budget
+                    # is spent on moves that are kept rather than on rounds that are cut short
+                    if not self._first_improvement(moves, step, failed):
+                        break
+                    continue
+                results = self._try(moves, step)
+                good = []
+                for move, c in zip(moves, results):
+                    if self._keeps(c):
+                        drop = max(self.current.bound - c.bound, 0.0)
+                        good.append(((self.current.bytes - c.bytes) / (drop + self.slack), move, c))
+                    else:
+                        failed.add(move)
+                if not good:
+                    break
+                _, move, c = max(good, key=lambda g: g[0])
+                self._take(move, step, c)
+
+    def _first_improvement(self, moves: list, step: int, failed: set) -> bool:
+        """One pass over ``moves``, largest tensors first, keeping each that helps; whether any did."""
+        improved = False
+        for move in sorted(moves, key=lambda m: -self.sizes[m[1]]):
+            if not self._can_move(move, step):     # a move of the same tensor taken in this pass
+                continue
+            tried = self._try([move], step)
+            if not tried:
+                break
+            if self._keeps(tried[0]):
+                self._take(move, step, tried[0])
+                improved = True
+            else:
+                failed.add(move)
+        return improved
+
+    def swap(self, swappable: list, step: int) -> bool:
+        """Make one of ``swappable`` finer by ``step`` and another coarser, the pair that gives the smallest
+        stream within the floor; whether one did."""
+        qps = self.qps
+        pairs = [(a, b) for a in swappable for b in swappable if a != b and qps[b] + step <= self.max_qp]
+        results = self.run([self._trial(dict(qps, **{a: qps[a] - step, b: qps[b] + step})) for a, b in pairs])
+        good = [(c.bytes, i) for i, c in enumerate(results) if self._keeps(c)]
+        if not good:
+            return False
+        i = min(good)[1]
+        a, b = pairs[i]
+        self.qps = dict(qps, **{a: qps[a] - step, b: qps[b] + step})
+        self.current = results[i]
+        return True
+
+
+def _knapsack_increments(options: dict, slack: float) -> list:
+    """Per tensor, its probe steps as increments (bytes saved per score lost, tensor, step, extra drop), best first.
+
+    A larger step counts only after the smaller one, and only when it saves more.
+    """
     increments = []
     for k, opts in options.items():
         prev_saved, prev_drop = 0, 0.0
@@ -663,113 +837,34 @@ def _jump(qps, lams, current, settings, floats, floor, slack, run, max_qp):
             increments.append(((saved - prev_saved) / (extra_drop + slack), k, d, extra_drop))
             prev_saved, prev_drop = saved, max(drop, prev_drop)
     increments.sort(key=lambda x: -x[0])
-    budget = current.bound - floor
-    tried = set()
-    for share in (1.0, 0.5, 0.25):
-        chosen, spent, progress = {}, 0.0, True
-        while progress:
-            progress = False
-            for _, k, d, extra in increments:
-                # each tensor's steps in order; every step is charged at least the slack
-                if chosen.get(k, 0) != max((i[2] for i in increments if i[1] == k and i[2] < d), default=0):
-                    continue
-                cost = max(extra, slack)
-                if spent + cost > share * budget:
-                    continue
-                chosen[k] = d
-                spent += cost
-                progress = True
-                break
-        if len(chosen) < 2 or tuple(sorted(chosen.items())) in tried:
-            continue                    # one tensor alone was a probe already
-        tried.add(tuple(sorted(chosen.items())))
-        new_qps = dict(qps, **{k: qps[k] + d for k, d in chosen.items()})
-        got = run([trial(new_qps)])
-        if not got:
-            break
-        if got[0].bound >= floor and got[0].bytes < current.bytes:
-            return new_qps, got[0]
-    # no combination kept the score: continue from the best single probe that did
-    singles = [(c.bytes, i) for i, c in enumerate(results) if c.bound >= floor and c.bytes < current.bytes]
-    if singles:
-        k, d = probes[min(singles)[1]]
-        return dict(qps, **{k: qps[k] + d}), results[min(singles)[1]]
-    return qps, current
+    return increments
 
 
-def _raise(qps, current, settings, floats, floor, slack, run, out_of_time, max_qp, lams=None, sizes=None):
-    """Coarsen single tensors while the score holds, best bytes saved per score lost first.
-
-    A move raises one tensor's qp by the current step, or its rate-distortion λ to the next
-    value of ``LAMBDA_LADDER`` (cheaper than a coarser step at low rates). Every candidate
-    tried lands in the search's list through ``run``. Returns the final (qps, λs, candidate).
-    """
-    qps = dict(qps)
-    sizes = sizes or {k: 0 for k in floats}
-    base_lambda = float(settings.get("rdoq_lambda", 0.0))
-    lams = dict(lams) if lams else {k: base_lambda for k in floats}
-    settings = {k: v for k, v in settings.items() if k != "rdoq_lambda"}
-
-    def next_lambda(k):
-        return next((x for x in LAMBDA_LADDER if x > lams[k]), None)
-
-    def valid(kind, k):
-        return qps[k] + step <= max_qp if kind == "qp" else next_lambda(k) is not None
-
-    def trial(kind, k):
-        q, lam = dict(qps), dict(lams)
-        if kind == "qp":
-            q[k] += step
-        else:
-            lam[k] = next_lambda(k)
-        return dict(settings, qp_per_tensor=q, lambda_per_tensor=lam)
-
-    def apply(kind, k):
-        if kind == "qp":
-            qps[k] += step
-        else:
-            lams[k] = next_lambda(k)
-
-    for step in REFINE_STEPS:
-        failed = set()
-        while not out_of_time():
-            moves = [(kind, k) for k in floats for kind in ("qp", "lambda") if (kind, k) not in failed
-                     and valid(kind, k)]
-            if not moves:
-                break
-            if len(moves) > STEEPEST_MOVES:
-                # many tensors: first improvement, largest tensors first, so that a time budget
-                # is spent on moves that are kept rather than on rounds that are cut short
-                improved = False
-                for kind, k in sorted(moves, key=lambda m: -sizes[m[1]]):
-                    if not valid(kind, k):     # a move of the same tensor taken in this pass
-                        continue
-                    tried = run([trial(kind, k)])
-                    if not tried:
-                        break
-                    c = tried[0]
-                    if c.bound >= floor and c.bytes < current.bytes:
-                        apply(kind, k)
-                        current, improved = c, True
-                    else:
-                        failed.add((kind, k))
-                if not improved:
-                    break
+def _knapsack_choice(increments: list, budget: float, slack: float) -> dict:
+    """{tensor: step}: increments taken greedily, each tensor's in order, each charged at least ``slack``."""
+    chosen, spent, progress = {}, 0.0, True
+    while progress:
+        progress = False
+        for _, k, d, extra in increments:
+            if chosen.get(k, 0) != max((i[2] for i in increments if i[1] == k and i[2] < d), default=0):
                 continue
-            results = run([trial(kind, k) for kind, k in moves])
-            good = []
-            for move, c in zip(moves, results):
-                if c.bound >= floor and c.bytes < current.bytes:
-                    drop = max(current.bound - c.bound, 0.0)
-                    good.append(((current.bytes - c.bytes) / (drop + slack), move, c))
-                else:
-                    failed.add(move)
-            if not good:
-                break
-            _, (kind, k), c = max(good, key=lambda g: g[0])
-            apply(kind, k)
-            current = c
-    return qps, lams, current
+            cost = max(extra, slack)
+            if spent + cost > budget:
+                continue
+            chosen[k] = d
+            spent += cost
+            progress = True
+            break
+    return chosen
+
+
+def _jump(qps, lams, current, settings, floats, floor, slack, run, max_qp):
+    """:meth:`_TensorMoves.jump` on its own (the form tests/test_search.py calls); returns (qps, candidate)."""
+    moves = _TensorMoves(qps=qps, lams=lams, current=current, settings=settings, floats=floats,
+                         sizes={k: 0 for k in floats}, floor=floor, slack=slack, max_qp=max_qp, run=run,
+                         out_of_time=lambda: False)
+    moves.jump()
+    return moves.qps, moves.current
 
 
 __all__ = ["search", "SearchResult", "Candidate", "REFINE_STEPS", "LAMBDA_LADDER", "SWAP_STEPS", "SWAP_TENSORS",

@@ -5,9 +5,11 @@ entry names a stream and either the expected tensors (name, dtype, shape,
 SHA-256 of the C-order little-endian bytes) and the hash of the whole output,
 or, for must-fail streams, the error class a conforming decoder raises.
 
-Decoders are adapters: a callable ``bytes -> OrderedDict[name, ndarray]`` that
-raises on invalid input.  ``nnc`` is built in; ``nncodec`` uses the oracle of
-tools/oracle when it is available.
+Decoders are adapters: a callable ``(bytes, sequence) -> OrderedDict[name, ndarray]``
+that raises on invalid input.  nnc's own decoders are built in (``DECODERS``);
+any other decoder (NNCodec, another implementation) is an external command
+run through :class:`CommandAdapter` (``nnc verify --decoder-command CMD``).
+The repository's tools/nncodec_decoder.py is such a command for NNCodec.
 
 Examples
 --------
@@ -38,6 +40,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -52,7 +55,8 @@ __all__ = [
     "Result",
     "NNCAdapter",
     "NNCRandomAccessAdapter",
-    "NNCodecAdapter",
+    "CommandAdapter",
+    "CommandError",
     "DECODERS",
     "tensor_sha256",
     "output_sha256",
@@ -266,69 +270,178 @@ class NNCRandomAccessAdapter(NNCAdapter):
         return whole
 
 
-class NNCodecAdapter:
-    """NNCodec 2.1.3 through the black-box oracle (repository checkouts only).
+class CommandAdapter:
+    """An external decoder run as a command that speaks the decoder-command protocol.
 
-    The oracle runs NNCodec in its own environment (``tools/setup_oracle.sh``)
-    as a separate process, which keeps NNCodec's incremental state per
-    sequence id across the streams of a sequence.  Call :meth:`close` when
-    done.
+    This is how decoders other than nnc's own take part in verification (the
+    NNCodec adapter of the repository's ``tools/nncodec_decoder.py`` is one):
+    ``nnc verify SUITE --decoder-command CMD``.  The command is started once
+    and kept running, so that it can keep an incremental decoder state per
+    sequence (spec 14).  The protocol is JSON lines over its stdin and stdout:
+
+    1. On start the command writes one line, ``{"ok": true, "ready": true}``.
+    2. For each stream nnc writes one line
+       ``{"op": "decompress", "in": STREAM, "npz": OUTPUT, "sequence": ID}``
+       (``ID`` is null outside an incremental sequence; streams of one
+       sequence come in order).
+    3. The command decodes ``STREAM``, writes the tensors to the .npz file
+       ``OUTPUT`` and replies ``{"ok": true, "names": [...]}``, the tensor
+       names in decoding order; or, when it rejects the stream, replies
+       ``{"ok": false, "error": MESSAGE}``.
+    4. When its stdin closes, the command exits.
+
+    Anything the command writes to stderr is passed through.  A command that
+    exits or replies something else than one JSON object fails the stream
+    (and is started again for the next one).
+
+    Parameters
+    ----------
+    command : str or list of str
+        The command line (a string is split as a POSIX shell would).
 
     Raises
     ------
     RuntimeError
-        If nnc is not run from a repository checkout, or the oracle is not
-        available.
+        If the command cannot be started or does not announce itself.
 
     Examples
     --------
-    Adapters are found by name in ``DECODERS``:
+    Any program that speaks the protocol will do; here, a small one around nnc:
 
-    >>> from nnc.verify import DECODERS, NNCodecAdapter
-    >>> DECODERS["nncodec"] is NNCodecAdapter
-    True
-
-    Where the oracle is set up, it decodes a stream as NNCodec does (not run
-    here: it starts NNCodec):
-
-    >>> import nnc
-    >>> adapter = NNCodecAdapter()                             # doctest: +SKIP
-    >>> list(adapter(nnc.encode({"w": [[1.0, 2.0]] * 2})))     # doctest: +SKIP
+    >>> import sys, textwrap, tempfile, os, nnc
+    >>> from nnc.verify import CommandAdapter
+    >>> script = os.path.join(tempfile.mkdtemp(), "dec.py")
+    >>> with open(script, "w") as fh:
+    ...     _ = fh.write(textwrap.dedent('''
+    ...         import json, sys, numpy as np, nnc
+    ...         print(json.dumps({"ok": True, "ready": True}), flush=True)
+    ...         for line in sys.stdin:
+    ...             req = json.loads(line)
+    ...             try:
+    ...                 out = nnc.decode(req["in"])
+    ...             except nnc.NNCError as exc:
+    ...                 print(json.dumps({"ok": False, "error": str(exc)}), flush=True)
+    ...                 continue
+    ...             np.savez(req["npz"], **out)
+    ...             print(json.dumps({"ok": True, "names": list(out)}), flush=True)
+    ...     '''))
+    >>> adapter = CommandAdapter([sys.executable, script])
+    >>> list(adapter(nnc.encode({"w": [[1.0, 2.0]] * 2})))
     ['w']
-    >>> adapter.close()                                        # doctest: +SKIP
+    >>> adapter(b"not a stream")
+    Traceback (most recent call last):
+        ...
+    nnc.verify.CommandError: the decoder command rejected the stream: ...
+    >>> adapter.close()
     """
 
-    def __init__(self):
-        import sys
+    def __init__(self, command):
+        import shlex
+        import tempfile
 
-        repo = Path(__file__).resolve().parent.parent
-        if str(repo) not in sys.path:
-            sys.path.insert(0, str(repo))
+        self.command = shlex.split(command) if isinstance(command, str) else list(command)
+        self._tmp = tempfile.TemporaryDirectory(prefix="nnc-verify-")
+        self._n = 0
+        self._proc = None
+        self._start()
+
+    def _start(self):
+        import subprocess
+
         try:
-            from tools.oracle.client import NNCodecOracle
-        except ImportError:
-            raise RuntimeError("the NNCodec adapter needs a repository checkout (tools/oracle)") from None
-        if not NNCodecOracle.available():
-            raise RuntimeError(f"NNCodec oracle not available: {NNCodecOracle.reason}")
-        self.oracle = NNCodecOracle()
+            self._proc = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        except OSError as exc:
+            raise RuntimeError(f"cannot start the decoder command {self.command[0]!r}: {exc.strerror}") from None
+        hello = self._reply()
+        if not hello.get("ready"):
+            self.close()
+            raise RuntimeError(f"the decoder command {' '.join(self.command)!r} did not announce itself "
+                               f"(its first line must be {{\"ok\": true, \"ready\": true}})")
+
+    def _reply(self) -> dict:
+        line = self._proc.stdout.readline()
+        if not line:
+            self._proc.wait()
+            return {"ok": False, "error": f"the decoder command exited (status {self._proc.returncode})"}
+        try:
+            reply = json.loads(line)
+        except ValueError:
+            reply = None
+        if not isinstance(reply, dict):
+            return {"ok": False, "error": f"the decoder command replied {line.strip()[:80]!r}, not a JSON object"}
+        return reply
 
     def __call__(self, data: bytes, sequence: str | None = None):
-        return self.oracle.decompress(data, sequence=sequence)
+        import os
+
+        if self._proc.poll() is not None:  # it died on an earlier stream: start afresh
+            self._start()
+        self._n += 1
+        src = os.path.join(self._tmp.name, f"{self._n}.nnr")
+        npz = os.path.join(self._tmp.name, f"{self._n}.npz")
+        with open(src, "wb") as fh:
+            fh.write(bytes(data))
+        try:
+            self._proc.stdin.write(json.dumps({"op": "decompress", "in": src, "npz": npz, "sequence": sequence})
+                                   + "\n")
+            self._proc.stdin.flush()
+        except BrokenPipeError:
+            pass
+        reply = self._reply()
+        try:
+            if not reply.get("ok"):
+                raise CommandError(f"the decoder command rejected the stream: {reply.get('error', 'no reason given')}")
+            with np.load(npz) as z:
+                names = reply.get("names") or list(z.files)
+                return OrderedDict((k, z[k]) for k in names)
+        finally:
+            for path in (src, npz):
+                if os.path.exists(path):
+                    os.remove(path)
 
     def close(self):
-        """Stop the oracle process.
+        """Close the command's stdin, wait for it to exit, remove the temporary files.
 
         Examples
         --------
-        See :class:`NNCodecAdapter`.
+        See :class:`CommandAdapter`.
         """
-        self.oracle.close()
+        import subprocess
+
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.stdin.close()
+            try:
+                self._proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._tmp.cleanup()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class CommandError(RuntimeError):
+    """A decoder command rejected a stream or broke the protocol (the message says which).
+
+    It is not an :class:`nnc.errors.NNCError`: the decoder under test is not nnc,
+    and :func:`verify_suite` counts it as that decoder's rejection of the stream.
+
+    Examples
+    --------
+    >>> from nnc.verify import CommandError
+    >>> issubclass(CommandError, RuntimeError)
+    True
+    """
 
 
 #: Decoder name -> adapter factory, for ``verify_suite(suite, decoder=name)``.
 DECODERS = {"nnc": NNCAdapter, "nnc-python": lambda: NNCAdapter("python"),
             "nnc-random-access": NNCRandomAccessAdapter,
-            "nnc-python-random-access": lambda: NNCRandomAccessAdapter("python"), "nncodec": NNCodecAdapter}
+            "nnc-python-random-access": lambda: NNCRandomAccessAdapter("python")}
 
 
 def _check_expected(entry: dict, out) -> tuple[bool, str]:
@@ -365,8 +478,9 @@ def verify_suite(suite: str | Path, decoder: Callable | str = "nnc", *, groups=N
     suite : str or ``os.PathLike``
         Directory holding ``manifest.json`` and the streams it names.
     decoder : str or ``callable``
-        A key of ``DECODERS`` (``"nnc"``, ``"nnc-python"``, ``"nncodec"``),
-        or an adapter ``adapter(data, sequence) -> {name: array}``.  An
+        A key of ``DECODERS`` (``"nnc"``, ``"nnc-python"``, ...), or an
+        adapter ``adapter(data, sequence) -> {name: array}`` such as a
+        :class:`CommandAdapter` (not closed here).  An
         adapter made from a name here is closed at the end.
     groups : ``Iterable[str]`` or None
         Only streams of these groups; None for all.
@@ -384,8 +498,6 @@ def verify_suite(suite: str | Path, decoder: Callable | str = "nnc", *, groups=N
     ------
     KeyError
         If ``decoder`` is an unknown name.
-    RuntimeError
-        If the ``"nncodec"`` adapter is asked for but not available.
     OSError
         If the manifest or a stream cannot be read.
 

@@ -3,6 +3,7 @@
 
     python tools/nnc_decoder.py -b STREAM.nnr [-o DECODED.npz] [--engine python] [--entry-points verify]
     python tools/nnc_decoder.py -b BASE.nnr UPDATE1.nnr ... [--state RECEIVER.state]
+    python tools/nnc_decoder.py --serve [--engine python] [--entry-points use]
 
 Prints one line per tensor: name, dtype, shape and the SHA-256 of its C-order little-endian
 bytes (the hashes of conformance/manifest.json), then the whole-output hash. Several
@@ -10,9 +11,14 @@ streams are an incremental sequence (spec 14), decoded in order with one decoder
 (kept in a state file with --state); each gets its own lines, and -o names the last one's
 output. Exit status 0 on success, 1 when a stream is rejected (the error names the spec
 clause and byte offset).
+
+With --serve it is a decoder command for ``nnc verify --decoder-command``: it speaks the
+JSON-lines protocol of nnc.verify.CommandAdapter on stdin/stdout (one decoder state per
+sequence id), e.g. to verify nnc as an external program exactly as another decoder would be.
 """
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -23,15 +29,46 @@ from nnc.formats import npz_bytes, write_atomic  # noqa: E402
 from nnc.verify import output_sha256, tensor_sha256  # noqa: E402
 
 
+def serve(engine, entry_points, stdin=sys.stdin, stdout=sys.stdout) -> int:
+    """Answer decoder-command requests (nnc.verify.CommandAdapter) until stdin closes."""
+    def reply(obj):
+        stdout.write(json.dumps(obj) + "\n")
+        stdout.flush()
+
+    states = {}
+    reply({"ok": True, "ready": True})
+    for line in stdin:
+        if not line.strip():
+            continue
+        try:
+            req = json.loads(line)
+            seq = req.get("sequence")
+            state = states.setdefault(seq, nnc.DecoderState()) if seq else None
+            tensors = nnc.decode(req["in"], engine=engine, entry_points=entry_points, state=state)
+            write_atomic(req["npz"], npz_bytes(tensors))
+            reply({"ok": True, "names": list(tensors)})
+        except nnc.NNCError as exc:
+            reply({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
+        except (ValueError, KeyError, TypeError) as exc:
+            reply({"ok": False, "error": f"bad request: {exc}"})
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("-b", "--bitstream", required=True, nargs="+",
+    ap.add_argument("-b", "--bitstream", nargs="+",
                     help="input NNC stream, or the streams of an incremental sequence in order")
     ap.add_argument("-o", "--output", help="write the decoded tensors (of the last stream) to this .npz")
     ap.add_argument("--engine", choices=("cython", "python"), help="entropy-coding engine")
     ap.add_argument("--entry-points", choices=("ignore", "use", "verify"), default="ignore")
     ap.add_argument("--state", help="decoder state file carried across runs (created if missing)")
+    ap.add_argument("--serve", action="store_true",
+                    help="answer nnc verify --decoder-command requests on stdin/stdout")
     args = ap.parse_args(argv)
+    if args.serve:
+        return serve(args.engine, args.entry_points)
+    if not args.bitstream:
+        ap.error("give -b STREAM (or --serve)")
     try:
         state = nnc.DecoderState()
         if args.state and Path(args.state).exists():

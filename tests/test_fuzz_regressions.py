@@ -1,0 +1,69 @@
+"""Inputs of the decoder fuzzing campaign (benchmarks/fuzz_decoder.py), replayed through every entry point.
+
+tests/data/fuzz/ holds inputs the campaign kept because they reached new decoder code
+(its corpus, minimised by libFuzzer), and every input that ever made the decoder fail
+(named ``finding-*.nnr``; none so far, see benchmarks/results/fuzz.md).  Each one must,
+through each entry point the campaign fuzzes, either decode or be refused with an
+``nnc.NNCError``: no other exception, no allocation beyond the ``Limits`` given.
+"""
+
+from pathlib import Path
+
+import pytest
+
+import nnc
+from nnc.decoder import DecoderState
+
+DATA = Path(__file__).resolve().parent / "data" / "fuzz"
+INPUTS = sorted(DATA.glob("*.nnr"))
+SUITE = Path(__file__).resolve().parent.parent / "conformance" / "streams"
+LIMITS = nnc.Limits(max_tensor_elements=1 << 20, max_total_bytes=32 << 20)
+
+
+def base_state() -> DecoderState:
+    state = DecoderState()
+    nnc.decode((SUITE / "p1_incremental_0_base" / "stream.nnr").read_bytes(), state=state)
+    return state
+
+
+def decode_every_way(data: bytes) -> None:
+    """The campaign's entry points; raises whatever the decoder raises."""
+    nnc.decode(data, limits=LIMITS)
+    dec = nnc.Decoder(data, limits=LIMITS)
+    for info in reversed(dec.tensors()):
+        dec.decode_tensor(info.name)
+    nnc.decode(data, limits=LIMITS, entry_points="use")
+    nnc.decode(data, limits=LIMITS, entry_points="verify")
+    state = base_state()
+    nnc.decode(data, limits=LIMITS, state=state)
+    nnc.decode(data, limits=LIMITS, state=state)
+    nnc.decode(data, limits=nnc.Limits(max_tensor_elements=1 << 13, max_total_bytes=1 << 18), engine="python")
+
+
+def refused_only_with_nnc_errors(data: bytes) -> None:
+    try:
+        decode_every_way(data)
+    except nnc.NNCError:
+        pass
+
+
+def test_there_are_inputs():
+    assert len(INPUTS) >= 10
+
+
+@pytest.mark.parametrize("path", INPUTS, ids=[p.stem for p in INPUTS])
+def test_fuzz_input_is_decoded_or_refused_with_an_nnc_error(path):
+    refused_only_with_nnc_errors(path.read_bytes())
+
+
+def test_the_replay_catches_a_foreign_exception(monkeypatch):
+    """A decoder bug that raises something else than an NNCError fails the replay."""
+    from nnc.decoder import Decoder
+
+    def broken(self, unit, params, infos):
+        raise IndexError("a bug")
+
+    monkeypatch.setattr(Decoder, "_decode_ndu_payload", broken)
+    stream = nnc.encode({"w": [[1.0, 2.0]] * 3}, qp=-8)
+    with pytest.raises(IndexError):
+        refused_only_with_nnc_errors(stream)

@@ -1,0 +1,113 @@
+"""nnc stands alone (never imports tools/), and external decoders are verified as commands."""
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import nnc
+from nnc.verify import CommandAdapter, CommandError, verify_suite
+
+REPO = Path(__file__).resolve().parent.parent
+SUITE = REPO / "conformance"
+NNC_SERVE = [sys.executable, str(REPO / "tools" / "nnc_decoder.py"), "--serve"]
+
+
+def outside_reaches(source: str) -> list[str]:
+    """Imports of tools/ or benchmarks/ and sys.path edits in one module's source."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names if a.name.split(".")[0] in ("tools", "benchmarks")]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if node.module.split(".")[0] in ("tools", "benchmarks"):
+                found.append(node.module)
+        elif isinstance(node, ast.Attribute) and node.attr == "path" and getattr(node.value, "id", None) == "sys":
+            found.append("sys.path")
+    return found
+
+
+def test_the_package_never_reaches_outside_itself():
+    """nnc/ has no sys.path edits and never imports tools/ or benchmarks/."""
+    offenders = {p.name: outside_reaches(p.read_text()) for p in (REPO / "nnc").glob("*.py")}
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+@pytest.mark.parametrize("source", ["import tools.oracle", "from tools.oracle.client import X",
+                                    "import sys\nsys.path.insert(0, '.')"])
+def test_the_standalone_check_can_fail(source):
+    assert outside_reaches(source)
+
+
+def test_nnc_decoder_command_passes_the_suite():
+    """nnc's reference decoder behind the command protocol passes every stream, must-fail ones included."""
+    with CommandAdapter(NNC_SERVE) as adapter:
+        results = verify_suite(SUITE, adapter)
+    assert results and all(r.passed for r in results), [r for r in results if not r.passed][:3]
+
+
+def test_cli_verify_decoder_command(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "nnc", "verify", str(SUITE), "--group", "profile-1",
+                        "--decoder-command", " ".join(map(str, NNC_SERVE))], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "0 failed" in r.stdout
+
+
+def test_a_wrong_decoder_command_fails_the_streams(tmp_path):
+    """A command that returns other tensors fails the stream; verification does not trust it."""
+    script = tmp_path / "liar.py"
+    script.write_text(
+        "import json, sys, numpy as np\n"
+        "print(json.dumps({'ok': True, 'ready': True}), flush=True)\n"
+        "for line in sys.stdin:\n"
+        "    req = json.loads(line)\n"
+        "    np.savez(req['npz'], w=np.zeros(3, np.float32))\n"
+        "    print(json.dumps({'ok': True, 'names': ['w']}), flush=True)\n")
+    with CommandAdapter([sys.executable, str(script)]) as adapter:
+        results = verify_suite(SUITE, adapter, groups=["profile-1"])
+    assert results and not any(r.passed for r in results)
+
+
+def test_a_command_that_does_not_announce_itself_is_refused(tmp_path):
+    with pytest.raises(RuntimeError, match="did not announce itself"):
+        CommandAdapter([sys.executable, "-c", "print('hello')"])
+    with pytest.raises(RuntimeError, match="cannot start the decoder command"):
+        CommandAdapter([str(tmp_path / "missing-program")])
+    r = subprocess.run([sys.executable, "-m", "nnc", "verify", str(SUITE), "--decoder-command",
+                        f"{sys.executable} -c pass"], capture_output=True, text=True)
+    assert r.returncode != 0 and "did not announce itself" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_command_that_dies_is_restarted(tmp_path):
+    """A decoder that crashes on one stream fails that stream only."""
+    script = tmp_path / "fragile.py"
+    script.write_text(
+        "import json, sys, numpy as np, nnc\n"
+        "print(json.dumps({'ok': True, 'ready': True}), flush=True)\n"
+        "for line in sys.stdin:\n"
+        "    req = json.loads(line)\n"
+        "    data = open(req['in'], 'rb').read()\n"
+        "    if len(data) < 30: sys.exit(3)\n"
+        "    out = nnc.decode(data)\n"
+        "    np.savez(req['npz'], **out)\n"
+        "    print(json.dumps({'ok': True, 'names': list(out)}), flush=True)\n")
+    stream = nnc.encode({"w": [[1.0, 2.0]] * 8}, qp=-8)
+    with CommandAdapter([sys.executable, str(script)]) as adapter:
+        with pytest.raises(CommandError, match="exited"):
+            adapter(stream[:20])
+        assert list(adapter(stream)) == ["w"]
+
+
+@pytest.mark.oracle
+def test_nncodec_decoder_command_agrees_with_the_sheets(oracle):
+    """tools/nncodec_decoder.py decodes, through the protocol, every stream its sheet says NNCodec decodes."""
+    manifest = json.loads((SUITE / "manifest.json").read_text())
+    agreed = {e["name"] for e in manifest["streams"] if e["group"] != "must-fail"
+              and json.loads((SUITE / e["sheet"]).read_text()).get("cross_checked_with_nncodec_2_1_3") == "yes"}
+    assert agreed
+    with CommandAdapter([sys.executable, str(REPO / "tools" / "nncodec_decoder.py")]) as adapter:
+        results = verify_suite(SUITE, adapter, names=agreed)
+    assert {r.name for r in results if r.passed} == agreed
