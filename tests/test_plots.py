@@ -13,14 +13,6 @@ from nnc.formats import safetensors_bytes
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(autouse=True)
-def _without_nncodec(monkeypatch):
-    """--vs runs NNCodec when its oracle is set up; these tests need only nnc and the lossless coders."""
-    from oracle import NNCodecOracle
-
-    monkeypatch.setattr(NNCodecOracle, "available", classmethod(lambda cls: False))
-
-
 @pytest.fixture()
 def model(tmp_path):
     rng = np.random.default_rng(0)
