@@ -34,7 +34,7 @@ from nnc.encoder import Encoder  # noqa: E402
 from nnc.engine import get_engine  # noqa: E402
 from nnc.verify import describe_output  # noqa: E402
 
-SUITE_VERSION = 2  # version 2 added streams (their entries say added_in: 2); no version-1 stream changed
+SUITE_VERSION = 3  # versions 2 and 3 added streams (their entries say added_in); no earlier stream changed
 STREAMS: "OrderedDict[str, dict]" = OrderedDict()
 
 
@@ -70,7 +70,40 @@ BASIC = [("conv.weight", (12, 6, 3, 3)), ("conv.bias", (12,)), ("fc.weight", (37
 
 
 def enc(tensors, **options):
+    """A stream of the encoder, with the topology unit of suites 1 and 2 (see ``frozen_topology``)."""
+    return frozen_topology(Encoder(**options).encode(tensors).stream)
+
+
+def enc_current(tensors, **options):
+    """A stream exactly as today's encoder writes it (announced tensors included, spec 3.5)."""
     return Encoder(**options).encode(tensors).stream
+
+
+#: Keys of nnc's topology metadata added after suite version 2 (spec 3.5, 6.2.1).
+LATER_METADATA_KEYS = ("tensors", "skipped", "differences")
+
+
+def frozen_topology(stream: bytes) -> bytes:
+    """``stream`` with the topology unit the encoder wrote when suite version 2 was published.
+
+    Since then the encoder announces its tensors in the topology metadata (spec 3.5); the
+    streams published before keep their bytes, so the keys added since are taken out again
+    (and the string is empty when nothing else is left, as it then was).
+    """
+    units = C.parse_stream(stream)
+    out = []
+    for u in units:
+        raw = bytes(stream[u.offset:u.offset + u.size])
+        if u.type == C.NNR_TPL and u.header.data.startswith("{"):
+            meta = json.loads(u.header.data)["nnc"]
+            for key in LATER_METADATA_KEYS:
+                meta.pop(key, None)
+            data = "" if set(meta) <= {"version"} else json.dumps({"nnc": meta}, separators=(",", ":"),
+                                                                      sort_keys=True)
+            raw = C.build_tpl(int(u.header.topology_storage_format), int(u.header.topology_compression_format),
+                              data)
+        out.append(raw)
+    return b"".join(out)
 
 
 # -- low-level crafting -----------------------------------------------------------------------------
@@ -523,9 +556,10 @@ def _incremental_encoded():
                 out[name] = np.zeros(shape, np.float32) if name in zero else laplace(r, shape, scale)
         return out
 
-    return [Encoder(qp=-30, state=state).encode(tensors(0.05)).stream,
+    return [frozen_topology(s) for s in (
+            Encoder(qp=-30, state=state).encode(tensors(0.05)).stream,
             Encoder(qp=-40, dq=True, row_skip=True, state=state).encode(tensors(0.004, ("steps",))).stream,
-            Encoder(qp=-42, dq=False, state=state).encode(tensors(0.004, ("steps", "b.weight"))).stream]
+            Encoder(qp=-42, dq=False, state=state).encode(tensors(0.004, ("steps", "b.weight"))).stream)]
 
 
 for _i, _label in enumerate(["base", "update_tca_skipped", "update_tca_urq"]):
@@ -623,6 +657,58 @@ must_fail("mf_infinite_to_integer_format", "DecodeError", "12.6",
           "a FLOAT tensor whose values overflow to infinity, signalled as int64 output")(
     lambda: C.build_str(1) + C.build_mps(qp=508) + C.build_tpl()
     + craft_ndu("w", [3, -2, 0], [3], qp=508, mps_qp=508, fmt=7))
+
+
+# -- suite version 3: announced tensors and completeness (spec 3.5) -------------------------------------------
+
+ADDED_IN = 3
+
+
+def _announced():
+    """A stream as the encoder writes it since suite version 3: its topology unit announces its tensors."""
+    return enc_current(model(90, [("w.weight", (6, 7)), ("w.bias", (6,)), ("v.weight", (5, 4))]), qp=-20, dq=True)
+
+
+def _announced_incremental():
+    """Base and an update of differences with a skipped (all-zero) tensor, as the encoder writes them today."""
+    from nnc.encoder import EncoderState
+
+    r = rng(91)
+    state = EncoderState()
+    base = OrderedDict([("a.weight", laplace(r, (8, 10), 0.05)), ("b.weight", laplace(r, (5, 6), 0.05))])
+    later = OrderedDict([("a.weight", base["a.weight"] + laplace(r, (8, 10), 0.004)), ("b.weight", base["b.weight"])])
+    return [Encoder(qp=-30, state=state, differences=True).encode(base).stream,
+            Encoder(qp=-40, state=state, differences=True).encode(later).stream]
+
+
+stream("p1_announced_tensors", 1, "the topology unit announces the tensors (nnc metadata \"tensors\"), all arrive",
+       ["topology metadata", "completeness 3.5"])(_announced)
+for _i, _label in enumerate(["base", "update_skipped_differences"]):
+    stream(f"p1_announced_incremental_{_i}_{_label}", 1,
+           "incremental sequence with announced tensors, stream " + str(_i) + (
+               ": base model" if _i == 0 else ": an update of differences that announces a skipped tensor"),
+           ["topology metadata", "completeness 3.5"] + ([] if _i == 0 else
+                                                        ["skipped NDU announced", "differences"]),
+           sequence=dict(id="p1_announced_incremental", position=_i))(lambda i=_i: _announced_incremental()[i])
+
+
+def _cut_before_unit(s, index):
+    return s[:_units(s)[index].offset]
+
+
+must_fail("mf_cut_after_first_ndu", "TruncatedError", "3.5",
+          "a stream that announces three tensors, cut at the unit boundary after its first NDU")(
+    lambda: _cut_before_unit(_announced(), 4))
+must_fail("mf_cut_after_headers", "TruncatedError", "3.5",
+          "a stream that announces three tensors, cut at the unit boundary before its first NDU")(
+    lambda: _cut_before_unit(_announced(), 3))
+must_fail("mf_update_cut", "TruncatedError", "3.5",
+          "an update that announces one skipped tensor, its only NDU cut off (the other tensor is not skipped)")(
+    lambda: _cut_before_unit(_announced_incremental()[1], 3))
+must_fail("mf_unannounced_tensor", "DecodeError", "3.5",
+          "an NDU of another stream spliced in: its tensor is not among the announced ones")(
+    lambda: (lambda other: _announced() + other[_units(other)[3].offset:])(
+        enc(OrderedDict(extra=np.array([5, -1], np.int32)))))
 
 
 # -- writing ----------------------------------------------------------------------------------------------

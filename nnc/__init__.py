@@ -32,6 +32,7 @@ from .errors import (
     NNCError,
     TruncatedError,
     UnsupportedError,
+    UpdateError,
 )
 
 __version__ = "0.1.0"
@@ -197,4 +198,5 @@ __all__ = [
     "LimitError",
     "UnsupportedError",
     "EncodeError",
+    "UpdateError",
 ]

@@ -599,7 +599,8 @@ class Encoder:
         update = any(link is not None and link["update"] for link in links)
         head = [C.build_str(self.profile),
                 C.build_mps(qp_density=self.qp_density, qp=mps_qp, profile=self.profile, parent_signalling=update),
-                C.build_tpl(data=_metadata_json(arrays, result, self.dtypes))]
+                C.build_tpl(data=_metadata_json(arrays, result, self.dtypes,
+                                                differences=self.differences and bool(self.state.model)))]
         jobs = [(u, link) for u, link in zip(units, links) if link is None or not link["skip"]]
         # the payloads, in threads
         with ordered_results(lambda unit, link: unit.build(mps_qp, link), jobs, self.threads) as built:
@@ -1056,11 +1057,12 @@ def dcv1_step(weights: np.ndarray, sigmas: np.ndarray, s: int) -> float:
     return 2 * w_max / (2 * w_max / sigma_min + s)
 
 
-def _metadata_json(arrays: Mapping[str, np.ndarray], result: EncodeResult, given: Mapping[str, str]) -> str:
-    """nnc's topology metadata (spec 6.2.1): original shapes of 0-d tensors and original dtypes.
+def _metadata_json(arrays: Mapping[str, np.ndarray], result: EncodeResult, given: Mapping[str, str],
+                   differences: bool = False) -> str:
+    """nnc's topology metadata (spec 6.2.1): the tensors announced (and skipped, spec 3.5), whether
+    they are differences, original shapes of 0-d tensors and original dtypes.
 
     ``given`` names the original dtype of tensors handed over in another one.
-    Empty (as NNCodec writes) when nothing needs restoring.
     """
     import json
 
@@ -1071,9 +1073,11 @@ def _metadata_json(arrays: Mapping[str, np.ndarray], result: EncodeResult, given
         original = given.get(k, v.dtype.name)
         if original != decoded.name:
             dtypes[k] = original
-    if not shapes and not dtypes:
-        return ""
-    meta = {"version": 1}
+    meta = {"version": 1, "tensors": list(arrays)}
+    if result.skipped:
+        meta["skipped"] = list(result.skipped)
+    if differences:
+        meta["differences"] = True
     if shapes:
         meta["shapes"] = shapes
     if dtypes:
@@ -1147,8 +1151,9 @@ def encode(tensors: Mapping[str, object], *, qp: int | None = None, dq: bool = T
     >>> import nnc
     >>> import numpy as np
     >>> stream = nnc.encode({"w": np.array([[0.0, 0.5, -0.25], [1.0, 0.0, 0.0]], np.float32)}, qp=-8, dq=False)
-    >>> stream.hex()  # byte for byte what NNCodec 2.1.3 writes for this tensor
-    '00040201000806810040008000060e000000001516097700d040c120a0c2a080f74e801f67e2f0'
+    >>> ndu = nnc.container.parse_stream(stream)[-1]  # after the topology unit, which announces "w" (spec 3.5)
+    >>> stream[ndu.offset:].hex()  # byte for byte what NNCodec 2.1.3 writes for this tensor
+    '001516097700d040c120a0c2a080f74e801f67e2f0'
     """
     return Encoder(qp=qp, dq=dq, **options).encode(tensors).stream
 
