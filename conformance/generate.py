@@ -711,6 +711,77 @@ must_fail("mf_unannounced_tensor", "DecodeError", "3.5",
         enc(OrderedDict(extra=np.array([5, -1], np.int32)))))
 
 
+# -- the third-party group: streams written by NNCodec, copied in (not generated) -------------------------
+
+THIRD_PARTY = "third-party"
+VECTOR_FOLDERS = ("edition1", "edition1/known-bad-entry-points", "edition2")
+
+
+def import_vectors(vectors: Path, out_dir: Path) -> list:
+    """Copy NNCodec's test vectors (``../shared/vectors``, see its README) into the third-party group.
+
+    Each stream keeps its bytes; its sheet names the producer and its options, and its
+    expected output is the producer's own (the vector's ``.npz``), hashed as the suite
+    hashes.  Returns the manifest entries, in the vectors' order.
+    """
+    from nnc.verify import output_sha256, tensor_sha256
+
+    entries = []
+    for folder in VECTOR_FOLDERS:
+        for v in json.loads((vectors / folder / "manifest.json").read_text()):
+            data = (vectors / folder / v["file"]).read_bytes()
+            with np.load(vectors / folder / v["npz"]) as ref:
+                arrays = OrderedDict((k, ref[k]) for k in ref.files)
+            tensors = [dict(name=k, dtype=str(a.dtype), shape=list(a.shape), sha256=tensor_sha256(a))
+                       for k, a in arrays.items()]
+            assert [(t["name"], t["sha256"]) for t in tensors] == [(t["name"], t["sha256"]) for t in v["tensors"]]
+            wrong_eps = "known-bad" in folder
+            entry = dict(
+                name=v["name"], group=THIRD_PARTY, profile=v["edition"] - 1,
+                file=f"{THIRD_PARTY}/{v['name']}/stream.nnr", sheet=f"{THIRD_PARTY}/{v['name']}/sheet.json",
+                bytes=len(data), purpose=v["notes"], features=v["features"], producer=v["producer"],
+                options=v["options"], stream_sha256=v["stream_sha256"], added_in=3,
+                expected=dict(tensors=tensors, output_sha256=output_sha256(arrays)),
+            )
+            if "sequence" in v:
+                entry["sequence"] = dict(id="nncodec_" + v["sequence"]["id"], position=v["sequence"]["position"])
+            if wrong_eps:
+                entry["wrong_entry_points"] = True
+            if v.get("skipped_tensors"):
+                entry["skipped_tensors"] = v["skipped_tensors"]
+            path = out_dir / entry["file"]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+            sheet = dict(entry, made_by=f"{v['producer']} (copied from the NNC test vectors, {folder}/{v['file']})",
+                         suite_version=3, producer_check=v["ref_check"], independent_check=v["indep_check"],
+                         input=v["input"], expected_output="the producer's own decoder output" + (
+                             "" if not wrong_eps else "; for these streams its encoder-side reconstruction, "
+                             "since its decoder fails on its own wrong entry points"))
+            sheet["cross_checked_with_nncodec_2_1_3"] = (
+                "yes: the expected output is NNCodec 2.1.3's own" if v["edition"] == 2
+                else "no: NNCodec 2.1.3 decodes only profile-1 streams")
+            sheet.pop("sheet")
+            (out_dir / entry["sheet"]).write_text(json.dumps(sheet, indent=2) + "\n")
+            entries.append(entry)
+    return entries
+
+
+def third_party_entries(out_dir: Path) -> list:
+    """The third-party group as the manifest on disk has it (kept as is when the suite is regenerated)."""
+    path = out_dir / "manifest.json"
+    if not path.exists():
+        return []
+    return [e for e in json.loads(path.read_text())["streams"] if e["group"] == THIRD_PARTY]
+
+
+def check_third_party(out_dir: Path, entries: list) -> list:
+    """Names of third-party streams whose bytes are not those their entry records."""
+    import hashlib
+
+    return [e["name"] for e in entries
+            if hashlib.sha256((out_dir / e["file"]).read_bytes()).hexdigest() != e["stream_sha256"]]
+
+
 # -- writing ----------------------------------------------------------------------------------------------
 
 
@@ -750,7 +821,7 @@ def sheet_for(entry):
     return sheet
 
 
-def write_suite(out_dir: Path, entries, blobs, crosscheck=None):
+def write_suite(out_dir: Path, entries, blobs, crosscheck=None, third_party=()):
     for entry in entries:
         path = out_dir / entry["file"]
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -761,7 +832,7 @@ def write_suite(out_dir: Path, entries, blobs, crosscheck=None):
         (out_dir / entry["sheet"]).write_text(json.dumps(sheet, indent=2) + "\n")
     manifest = dict(suite="nnc conformance suite", version=SUITE_VERSION,
                     hashing="tensor sha256 over C-order little-endian bytes; output_sha256 see nnc.verify",
-                    streams=entries)
+                    streams=list(entries) + list(third_party))
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 
@@ -797,12 +868,17 @@ def main(argv=None):
     ap.add_argument("--out", type=Path, default=HERE)
     ap.add_argument("--check", action="store_true", help="compare a regeneration with the files on disk")
     ap.add_argument("--crosscheck", action="store_true", help="record NNCodec 2.1.3 cross-checks in the sheets")
+    ap.add_argument("--import-vectors", type=Path, metavar="DIR",
+                    help="copy NNCodec's test vectors from DIR (e.g. ../shared/vectors) into the third-party group")
     args = ap.parse_args(argv)
     entries, blobs = build_all()
+    third_party = (import_vectors(args.import_vectors, args.out) if args.import_vectors
+                   else third_party_entries(args.out))
     if args.check:
         missing = [e["name"] for e in entries if not (args.out / e["file"]).exists()]
         bad = [e["name"] for e in entries
                if e["name"] not in missing and (args.out / e["file"]).read_bytes() != blobs[e["name"]]]
+        bad += check_third_party(args.out, third_party)
         if missing:
             print(f"not written yet: {missing}")
         print("regeneration identical" if not bad else f"regeneration differs: {bad}")
@@ -819,9 +895,9 @@ def main(argv=None):
                 old = json.loads(p.read_text()).get("cross_checked_with_nncodec_2_1_3")
                 if old:
                     cross[e["name"]] = old
-    write_suite(args.out, entries, blobs, cross)
+    write_suite(args.out, entries, blobs, cross, third_party)
     total = sum(len(b) for b in blobs.values())
-    print(f"wrote {len(entries)} streams ({total} bytes) to {args.out}")
+    print(f"wrote {len(entries)} streams ({total} bytes) to {args.out}, kept {len(third_party)} third-party streams")
     return 0
 
 

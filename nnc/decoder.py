@@ -431,7 +431,7 @@ def read_input(data: StreamInput) -> bytes | memoryview:
     ------
     OSError
         If the file at the path cannot be read: ``FileNotFoundError``,
-        ``PermissionError``, ... as :func:`open` raises it, naming the path.
+        ``PermissionError``, ... as ``open()`` raises it, naming the path.
     TypeError
         If ``data`` is none of the above, or a file object opened in text mode.
 

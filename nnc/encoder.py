@@ -165,10 +165,16 @@ def _as_float_array(name: str, value) -> tuple[np.ndarray, str]:
         arr = arr.astype(np.float32)
     if arr.dtype.kind not in "fiub":
         raise EncodeError(f"tensor {name!r} has unsupported dtype {arr.dtype}")
-    x = arr.astype(np.float64)
-    if not np.all(np.isfinite(x)):
-        raise EncodeError(f"tensor {name!r} contains NaN or Inf, which cannot be quantised")
-    return x, dtype_name
+    return arr.astype(np.float64), dtype_name
+
+
+def _non_finite_error(name: str, x: np.ndarray) -> EncodeError:
+    """The error for a tensor with NaN or Inf that cannot be stored raw (spec 7.5): names the first one."""
+    flat = int(np.flatnonzero(~np.isfinite(x.reshape(-1)))[0])
+    where = tuple(int(i) for i in np.unravel_index(flat, x.shape)) if x.ndim else ()
+    return EncodeError(f"tensor {name!r} holds {x.reshape(-1)[flat]} at index {list(where)}: a quantised tensor "
+                       f"(here a member of a block NDU) cannot carry NaN or Inf; only a RAW_FLOAT NDU can",
+                       clause="7.5")
 
 
 class EncoderState(DecoderState):
@@ -721,7 +727,10 @@ class Encoder:
         fmt = None
         if self.keep_dtype and self.profile == 1 and dtype_name in RESTORABLE_FORMATS:
             fmt = RESTORABLE_FORMATS[dtype_name]
-        if _matches(name, self.raw) and not in_block:
+        finite = bool(np.isfinite(x).all())  # inf and NaN are kept exactly, in a RAW_FLOAT NDU (spec 7.5)
+        if not finite and in_block:
+            raise _non_finite_error(name, x)
+        if (_matches(name, self.raw) or not finite) and not in_block:
             f32 = x.astype(np.float32).reshape(shape)
             recon = f32 if fmt is None else f32.astype(np.dtype(dtype_name))
             return dict(name=name, shape=shape, ptype="RAW_FLOAT", levels=None, qp=None, step=None, dq=False,

@@ -18,7 +18,7 @@ Model files that cannot be read or written raise
 :class:`nnc.formats.FormatError`, also an :class:`~nnc.errors.NNCError` (and a
 ``ValueError``).  A path that cannot be opened at all (a stream or a model
 file that does not exist, a folder without write permission) raises the
-``OSError`` that :func:`open` raises, naming the path: ``FileNotFoundError``
+``OSError`` that ``open()`` raises, naming the path: ``FileNotFoundError``
 for ``nnc.Decoder("missing.nnr")``, as for any Python file API.
 
 Examples
@@ -199,17 +199,18 @@ class EncodeError(NNCError, ValueError):
     """The tensors or options given to the encoder cannot be encoded.
 
     Raised for invalid encoder options (a qp_density outside 0..7, both qp and
-    step, ...), for tensors that cannot be quantised (NaN, Inf, unsupported
-    dtypes) and for values a syntax element cannot carry.  The parameters are
-    those of :class:`~nnc.errors.NNCError`.
+    step, ...), for tensors that cannot be encoded as asked (unsupported dtypes,
+    NaN or Inf in a member of a block NDU; elsewhere they are kept exactly in a
+    RAW_FLOAT unit) and for values a syntax element cannot carry.  The parameters
+    are those of :class:`~nnc.errors.NNCError`.
 
     Examples
     --------
     >>> import nnc
-    >>> nnc.encode({"w": [1.0, float("nan")]})
+    >>> nnc.encode({"fc.weight": [[1.0, 2.0]], "fc.bias": [float("nan")]}, blocks=True)
     Traceback (most recent call last):
         ...
-    nnc.errors.EncodeError: tensor 'w' contains NaN or Inf, which cannot be quantised
+    nnc.errors.EncodeError: tensor 'fc.bias' holds nan at index [0]: a quantised tensor (here a member of a block NDU) cannot carry NaN or Inf; only a RAW_FLOAT NDU can [spec 7.5]
     """
 
 
