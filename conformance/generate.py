@@ -705,6 +705,12 @@ must_fail("mf_cut_after_headers", "TruncatedError", "3.5",
 must_fail("mf_update_cut", "TruncatedError", "3.5",
           "an update that announces one skipped tensor, its only NDU cut off (the other tensor is not skipped)")(
     lambda: _cut_before_unit(_announced_incremental()[1], 3))
+must_fail("mf_total_bytes_limit", "LimitError", "15.2",
+          "a one-entry codebook tensor (nothing coded, 10.4) declaring 2^31 - 1 float64 values: 16 GiB of output")(
+    lambda: _replace_ndu(head() + craft_ndu("w", [0] * 6, [2, 3], codebook=[5]), 3, tensor_dimensions=[2**31 - 1]))
+must_fail("mf_block_without_dims", "DecodeError", "7.6", "a block NDU with count_tensor_dimensions 0")(
+    lambda: _replace_ndu(enc(model(72, [("f.weight", (5, 6)), ("f.bias", (5,))]), qp=-20, blocks=True), 3,
+                         tensor_dimensions=[], scan_order=0))
 must_fail("mf_unannounced_tensor", "DecodeError", "3.5",
           "an NDU of another stream spliced in: its tensor is not among the announced ones")(
     lambda: (lambda other: _announced() + other[_units(other)[3].offset:])(

@@ -167,7 +167,7 @@ def _not_a_stream(path):
 def _non_finite_names(tensors) -> list:
     """Names of float tensors holding inf or NaN (the encoder keeps them exactly, uncompressed)."""
     return [k for k, v in tensors.items()
-            if np.asarray(v).dtype.kind == "f" and not np.isfinite(np.asarray(v, np.float32)).all()]
+            if np.asarray(v).dtype.kind == "f" and not np.isfinite(np.asarray(v)).all()]
 
 
 # -- encode --------------------------------------------------------------------------
@@ -367,7 +367,7 @@ def cmd_decode(args) -> int:
     if args.state:
         state = DecoderState.load(args.state) if Path(args.state).exists() else DecoderState()
     dec = Decoder(args.stream, entry_points=args.entry_points, state=state)
-    if not dec.names():
+    if not dec.names() and not (args.add_to and dec.skipped):  # (an update may skip every tensor)
         return _fail(f"{args.stream}: the stream holds no tensors; nothing written")
     if args.add_to and not dec.differences:
         return _fail(f"--add-to: {args.stream} holds full values, not differences (encode updates with "
