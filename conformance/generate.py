@@ -34,7 +34,7 @@ from nnc.encoder import Encoder  # noqa: E402
 from nnc.engine import get_engine  # noqa: E402
 from nnc.verify import describe_output  # noqa: E402
 
-SUITE_VERSION = 2  # version 2 added streams (their entries say added_in: 2); no version-1 stream changed
+SUITE_VERSION = 3  # versions 2 and 3 added streams (their entries say added_in); no earlier stream changed
 STREAMS: "OrderedDict[str, dict]" = OrderedDict()
 
 
@@ -70,7 +70,40 @@ BASIC = [("conv.weight", (12, 6, 3, 3)), ("conv.bias", (12,)), ("fc.weight", (37
 
 
 def enc(tensors, **options):
+    """A stream of the encoder, with the topology unit of suites 1 and 2 (see ``frozen_topology``)."""
+    return frozen_topology(Encoder(**options).encode(tensors).stream)
+
+
+def enc_current(tensors, **options):
+    """A stream exactly as today's encoder writes it (announced tensors included, spec 3.5)."""
     return Encoder(**options).encode(tensors).stream
+
+
+#: Keys of nnc's topology metadata added after suite version 2 (spec 3.5, 6.2.1).
+LATER_METADATA_KEYS = ("tensors", "skipped", "differences")
+
+
+def frozen_topology(stream: bytes) -> bytes:
+    """``stream`` with the topology unit the encoder wrote when suite version 2 was published.
+
+    Since then the encoder announces its tensors in the topology metadata (spec 3.5); the
+    streams published before keep their bytes, so the keys added since are taken out again
+    (and the string is empty when nothing else is left, as it then was).
+    """
+    units = C.parse_stream(stream)
+    out = []
+    for u in units:
+        raw = bytes(stream[u.offset:u.offset + u.size])
+        if u.type == C.NNR_TPL and u.header.data.startswith("{"):
+            meta = json.loads(u.header.data)["nnc"]
+            for key in LATER_METADATA_KEYS:
+                meta.pop(key, None)
+            data = "" if set(meta) <= {"version"} else json.dumps({"nnc": meta}, separators=(",", ":"),
+                                                                      sort_keys=True)
+            raw = C.build_tpl(int(u.header.topology_storage_format), int(u.header.topology_compression_format),
+                              data)
+        out.append(raw)
+    return b"".join(out)
 
 
 # -- low-level crafting -----------------------------------------------------------------------------
@@ -523,9 +556,10 @@ def _incremental_encoded():
                 out[name] = np.zeros(shape, np.float32) if name in zero else laplace(r, shape, scale)
         return out
 
-    return [Encoder(qp=-30, state=state).encode(tensors(0.05)).stream,
+    return [frozen_topology(s) for s in (
+            Encoder(qp=-30, state=state).encode(tensors(0.05)).stream,
             Encoder(qp=-40, dq=True, row_skip=True, state=state).encode(tensors(0.004, ("steps",))).stream,
-            Encoder(qp=-42, dq=False, state=state).encode(tensors(0.004, ("steps", "b.weight"))).stream]
+            Encoder(qp=-42, dq=False, state=state).encode(tensors(0.004, ("steps", "b.weight"))).stream)]
 
 
 for _i, _label in enumerate(["base", "update_tca_skipped", "update_tca_urq"]):
@@ -625,6 +659,135 @@ must_fail("mf_infinite_to_integer_format", "DecodeError", "12.6",
     + craft_ndu("w", [3, -2, 0], [3], qp=508, mps_qp=508, fmt=7))
 
 
+# -- suite version 3: announced tensors and completeness (spec 3.5) -------------------------------------------
+
+ADDED_IN = 3
+
+
+def _announced():
+    """A stream as the encoder writes it since suite version 3: its topology unit announces its tensors."""
+    return enc_current(model(90, [("w.weight", (6, 7)), ("w.bias", (6,)), ("v.weight", (5, 4))]), qp=-20, dq=True)
+
+
+def _announced_incremental():
+    """Base and an update of differences with a skipped (all-zero) tensor, as the encoder writes them today."""
+    from nnc.encoder import EncoderState
+
+    r = rng(91)
+    state = EncoderState()
+    base = OrderedDict([("a.weight", laplace(r, (8, 10), 0.05)), ("b.weight", laplace(r, (5, 6), 0.05))])
+    later = OrderedDict([("a.weight", base["a.weight"] + laplace(r, (8, 10), 0.004)), ("b.weight", base["b.weight"])])
+    return [Encoder(qp=-30, state=state, differences=True).encode(base).stream,
+            Encoder(qp=-40, state=state, differences=True).encode(later).stream]
+
+
+stream("p1_announced_tensors", 1, "the topology unit announces the tensors (nnc metadata \"tensors\"), all arrive",
+       ["topology metadata", "completeness 3.5"])(_announced)
+for _i, _label in enumerate(["base", "update_skipped_differences"]):
+    stream(f"p1_announced_incremental_{_i}_{_label}", 1,
+           "incremental sequence with announced tensors, stream " + str(_i) + (
+               ": base model" if _i == 0 else ": an update of differences that announces a skipped tensor"),
+           ["topology metadata", "completeness 3.5"] + ([] if _i == 0 else
+                                                        ["skipped NDU announced", "differences"]),
+           sequence=dict(id="p1_announced_incremental", position=_i))(lambda i=_i: _announced_incremental()[i])
+
+
+def _cut_before_unit(s, index):
+    return s[:_units(s)[index].offset]
+
+
+must_fail("mf_cut_after_first_ndu", "TruncatedError", "3.5",
+          "a stream that announces three tensors, cut at the unit boundary after its first NDU")(
+    lambda: _cut_before_unit(_announced(), 4))
+must_fail("mf_cut_after_headers", "TruncatedError", "3.5",
+          "a stream that announces three tensors, cut at the unit boundary before its first NDU")(
+    lambda: _cut_before_unit(_announced(), 3))
+must_fail("mf_update_cut", "TruncatedError", "3.5",
+          "an update that announces one skipped tensor, its only NDU cut off (the other tensor is not skipped)")(
+    lambda: _cut_before_unit(_announced_incremental()[1], 3))
+must_fail("mf_total_bytes_limit", "LimitError", "15.2",
+          "a one-entry codebook tensor (nothing coded, 10.4) declaring 2^31 - 1 float64 values: 16 GiB of output")(
+    lambda: _replace_ndu(head() + craft_ndu("w", [0] * 6, [2, 3], codebook=[5]), 3, tensor_dimensions=[2**31 - 1]))
+must_fail("mf_block_without_dims", "DecodeError", "7.6", "a block NDU with count_tensor_dimensions 0")(
+    lambda: _replace_ndu(enc(model(72, [("f.weight", (5, 6)), ("f.bias", (5,))]), qp=-20, blocks=True), 3,
+                         tensor_dimensions=[], scan_order=0))
+must_fail("mf_unannounced_tensor", "DecodeError", "3.5",
+          "an NDU of another stream spliced in: its tensor is not among the announced ones")(
+    lambda: (lambda other: _announced() + other[_units(other)[3].offset:])(
+        enc(OrderedDict(extra=np.array([5, -1], np.int32)))))
+
+
+# -- the third-party group: streams written by NNCodec, copied in (not generated) -------------------------
+
+THIRD_PARTY = "third-party"
+VECTOR_FOLDERS = ("edition1", "edition1/known-bad-entry-points", "edition2")
+
+
+def import_vectors(vectors: Path, out_dir: Path) -> list:
+    """Copy NNCodec's test vectors (``../shared/vectors``, see its README) into the third-party group.
+
+    Each stream keeps its bytes; its sheet names the producer and its options, and its
+    expected output is the producer's own (the vector's ``.npz``), hashed as the suite
+    hashes.  Returns the manifest entries, in the vectors' order.
+    """
+    from nnc.verify import output_sha256, tensor_sha256
+
+    entries = []
+    for folder in VECTOR_FOLDERS:
+        for v in json.loads((vectors / folder / "manifest.json").read_text()):
+            data = (vectors / folder / v["file"]).read_bytes()
+            with np.load(vectors / folder / v["npz"]) as ref:
+                arrays = OrderedDict((k, ref[k]) for k in ref.files)
+            tensors = [dict(name=k, dtype=str(a.dtype), shape=list(a.shape), sha256=tensor_sha256(a))
+                       for k, a in arrays.items()]
+            assert [(t["name"], t["sha256"]) for t in tensors] == [(t["name"], t["sha256"]) for t in v["tensors"]]
+            wrong_eps = "known-bad" in folder
+            entry = dict(
+                name=v["name"], group=THIRD_PARTY, profile=v["edition"] - 1,
+                file=f"{THIRD_PARTY}/{v['name']}/stream.nnr", sheet=f"{THIRD_PARTY}/{v['name']}/sheet.json",
+                bytes=len(data), purpose=v["notes"], features=v["features"], producer=v["producer"],
+                options=v["options"], stream_sha256=v["stream_sha256"], added_in=3,
+                expected=dict(tensors=tensors, output_sha256=output_sha256(arrays)),
+            )
+            if "sequence" in v:
+                entry["sequence"] = dict(id="nncodec_" + v["sequence"]["id"], position=v["sequence"]["position"])
+            if wrong_eps:
+                entry["wrong_entry_points"] = True
+            if v.get("skipped_tensors"):
+                entry["skipped_tensors"] = v["skipped_tensors"]
+            path = out_dir / entry["file"]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+            sheet = dict(entry, made_by=f"{v['producer']} (copied from the NNC test vectors, {folder}/{v['file']})",
+                         suite_version=3, producer_check=v["ref_check"], independent_check=v["indep_check"],
+                         input=v["input"], expected_output="the producer's own decoder output" + (
+                             "" if not wrong_eps else "; for these streams its encoder-side reconstruction, "
+                             "since its decoder fails on its own wrong entry points"))
+            sheet["cross_checked_with_nncodec_2_1_3"] = (
+                "yes" if v["edition"] == 2
+                else "no: NNCodec 2.1.3 decodes only profile-1 streams")
+            sheet.pop("sheet")
+            (out_dir / entry["sheet"]).write_text(json.dumps(sheet, indent=2) + "\n")
+            entries.append(entry)
+    return entries
+
+
+def third_party_entries(out_dir: Path) -> list:
+    """The third-party group as the manifest on disk has it (kept as is when the suite is regenerated)."""
+    path = out_dir / "manifest.json"
+    if not path.exists():
+        return []
+    return [e for e in json.loads(path.read_text())["streams"] if e["group"] == THIRD_PARTY]
+
+
+def check_third_party(out_dir: Path, entries: list) -> list:
+    """Names of third-party streams whose bytes are not those their entry records."""
+    import hashlib
+
+    return [e["name"] for e in entries
+            if hashlib.sha256((out_dir / e["file"]).read_bytes()).hexdigest() != e["stream_sha256"]]
+
+
 # -- writing ----------------------------------------------------------------------------------------------
 
 
@@ -664,7 +827,7 @@ def sheet_for(entry):
     return sheet
 
 
-def write_suite(out_dir: Path, entries, blobs, crosscheck=None):
+def write_suite(out_dir: Path, entries, blobs, crosscheck=None, third_party=()):
     for entry in entries:
         path = out_dir / entry["file"]
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -675,7 +838,7 @@ def write_suite(out_dir: Path, entries, blobs, crosscheck=None):
         (out_dir / entry["sheet"]).write_text(json.dumps(sheet, indent=2) + "\n")
     manifest = dict(suite="nnc conformance suite", version=SUITE_VERSION,
                     hashing="tensor sha256 over C-order little-endian bytes; output_sha256 see nnc.verify",
-                    streams=entries)
+                    streams=list(entries) + list(third_party))
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 
@@ -711,12 +874,17 @@ def main(argv=None):
     ap.add_argument("--out", type=Path, default=HERE)
     ap.add_argument("--check", action="store_true", help="compare a regeneration with the files on disk")
     ap.add_argument("--crosscheck", action="store_true", help="record NNCodec 2.1.3 cross-checks in the sheets")
+    ap.add_argument("--import-vectors", type=Path, metavar="DIR",
+                    help="copy NNCodec's test vectors from DIR (e.g. ../shared/vectors) into the third-party group")
     args = ap.parse_args(argv)
     entries, blobs = build_all()
+    third_party = (import_vectors(args.import_vectors, args.out) if args.import_vectors
+                   else third_party_entries(args.out))
     if args.check:
         missing = [e["name"] for e in entries if not (args.out / e["file"]).exists()]
         bad = [e["name"] for e in entries
                if e["name"] not in missing and (args.out / e["file"]).read_bytes() != blobs[e["name"]]]
+        bad += check_third_party(args.out, third_party)
         if missing:
             print(f"not written yet: {missing}")
         print("regeneration identical" if not bad else f"regeneration differs: {bad}")
@@ -733,9 +901,9 @@ def main(argv=None):
                 old = json.loads(p.read_text()).get("cross_checked_with_nncodec_2_1_3")
                 if old:
                     cross[e["name"]] = old
-    write_suite(args.out, entries, blobs, cross)
+    write_suite(args.out, entries, blobs, cross, third_party)
     total = sum(len(b) for b in blobs.values())
-    print(f"wrote {len(entries)} streams ({total} bytes) to {args.out}")
+    print(f"wrote {len(entries)} streams ({total} bytes) to {args.out}, kept {len(third_party)} third-party streams")
     return 0
 
 

@@ -32,6 +32,7 @@ from .errors import (
     NNCError,
     TruncatedError,
     UnsupportedError,
+    UpdateError,
 )
 
 __version__ = "0.2.0.dev0"  # the one place the version is written (pyproject.toml reads it)
@@ -197,4 +198,5 @@ __all__ = [
     "LimitError",
     "UnsupportedError",
     "EncodeError",
+    "UpdateError",
 ]

@@ -122,6 +122,56 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _same_file(a, b) -> bool:
+    """Whether two paths name one file (the same path, a symlink or a hard link to it)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
+def _refuse_overwriting_inputs(output, inputs: dict):
+    """A message if ``output`` is one of the command's input files ({option: path}), else None."""
+    for option, path in inputs.items():
+        if path and _same_file(output, path):
+            return f"{output}: the output is the {option} ({path}); refusing to overwrite an input"
+    folder = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(folder):
+        return f"{output}: cannot write there: folder {os.path.dirname(output) or folder} does not exist"
+    return None
+
+
+def _unmatched_patterns(names, options: dict):
+    """A message naming the first --tensor-qp/--raw/... pattern that matches no tensor, else None."""
+    import fnmatch
+
+    for option, patterns in options.items():
+        for pattern in patterns or ():
+            if not any(pattern == n or fnmatch.fnmatchcase(n, pattern) for n in names):
+                shown = ", ".join(list(names)[:5]) + (", ..." if len(names) > 5 else "")
+                return f"{option} {pattern!r} matches no tensor of the model (tensors: {shown or 'none'})"
+    return None
+
+
+def _not_a_stream(path):
+    """A message if ``path`` is a model file rather than an NNC stream, else None."""
+    from . import formats
+
+    try:
+        fmt = formats.detect_format(path)
+    except formats.FormatError:
+        return None  # not a model either: the decoder says what is wrong with it
+    if fmt == "nnr" or (fmt == "onnx" and not str(path).lower().endswith(".onnx")):
+        return None
+    return f"{path}: not an NNC stream (a {fmt} model file; `nnc encode` makes a stream of it)"
+
+
+def _non_finite_names(tensors) -> list:
+    """Names of float tensors holding inf or NaN (the encoder keeps them exactly, uncompressed)."""
+    return [k for k, v in tensors.items()
+            if np.asarray(v).dtype.kind == "f" and not np.isfinite(np.asarray(v)).all()]
+
+
 # -- encode --------------------------------------------------------------------------
 
 
@@ -131,7 +181,19 @@ def cmd_encode(args) -> int:
 
     if args.state and args.search:
         return _fail("--state (incremental coding) cannot be combined with --search")
+    refused = _refuse_overwriting_inputs(args.output or str(Path(args.model).with_suffix(".nnr")),
+                                         {"model": args.model, "--state file": args.state, "--sigmas file":
+                                          args.sigmas, "--importance file": args.importance})
+    if refused:
+        return _fail(refused)
     tensors, dtypes = formats.read_model(args.model)
+    if not tensors:
+        return _fail(f"{args.model}: no tensors found (nothing to encode)")
+    unmatched = _unmatched_patterns(list(tensors), {
+        "--tensor-qp": _parse_assignments(args.tensor_qp, "--tensor-qp"), "--raw": args.raw,
+        "--tensor-lambda": _parse_assignments(args.tensor_lambda, "--tensor-lambda", float)})
+    if unmatched:
+        return _fail(unmatched)
     options = dict(
         qp=args.qp, step=args.step, dq=args.dq, scan_order=args.scan_order, n_gtx=args.n_gtx,
         qp_density=args.qp_density, qp_per_tensor=_parse_assignments(args.tensor_qp, "--tensor-qp"),
@@ -182,6 +244,13 @@ def cmd_encode(args) -> int:
                    ratio_fp32=4 * n / max(len(result.stream), 1), seconds=elapsed)
     if allocated is not None:
         summary["allocated_qps"] = allocated
+    kept_raw = _non_finite_names(tensors)
+    if kept_raw:
+        summary["non_finite_kept_raw"] = kept_raw
+        if not args.quiet and not args.json:
+            print(f"nnc: note: {len(kept_raw)} tensor(s) hold inf or NaN and are stored uncompressed "
+                  f"(RAW_FLOAT), exactly: {', '.join(kept_raw[:5])}{', ...' if len(kept_raw) > 5 else ''}",
+                  file=sys.stderr)
     snr = ""
     if not args.state:   # (an update's reconstruction is not the model's)
         from .models import compare_tensors
@@ -291,10 +360,20 @@ def cmd_decode(args) -> int:
 
     if args.state and args.tensor:
         return _fail("--state needs every tensor of the stream decoded; leave out --tensor")
+    refused = _refuse_overwriting_inputs(args.output, {"stream": args.stream, "--template": args.template,
+                                                       "--add-to model": args.add_to, "--state file": args.state})
+    refused = refused or _not_a_stream(args.stream)
+    if refused:
+        return _fail(refused)
     state = None
     if args.state:
         state = DecoderState.load(args.state) if Path(args.state).exists() else DecoderState()
     dec = Decoder(args.stream, entry_points=args.entry_points, state=state)
+    if not dec.names() and not (args.add_to and dec.skipped):  # (an update may skip every tensor)
+        return _fail(f"{args.stream}: the stream holds no tensors; nothing written")
+    if args.add_to and not dec.differences:
+        return _fail(f"--add-to: {args.stream} holds full values, not differences (encode updates with "
+                     f"--differences); decode it without --add-to")
     names = args.tensor or None
     if names:
         missing = [n for n in names if n not in dec.names()]
@@ -468,33 +547,75 @@ def stream_info(path) -> dict:
             dq=t.dq, scan_order=t.scan_order, n_gtx=t.n_gtx, codebook_size=len(t.codebook) if t.codebook else None,
             row_skip=t.row_skip, unit_index=unit_at.get(t.unit_offset), ndu_index=t.unit_index,
             unit_bytes=unit_bytes, block=list(t.block),
-            bits_per_weight=8 * share / max(t.size, 1),
+            bits_per_weight=8 * share / max(t.size, 1), size=t.size,
             parent=bool(h.get("parent_node_id_present_flag")), tca=bool(h.get("temporal_context_modeling_flag")),
             needs_parent=t.name in needs_parent,
         ))
     n = sum(t.size for t in dec.tensors())
     total = len(dec.data)
     profile = next((int(u.header.general_profile_idc) for u in dec.units if u.type_name == "NNR_STR"), None)
+    original = _original_dtypes(tensors, dec.metadata)
+    original_bytes = sum(t["size"] * _dtype_bytes(original[t["name"]]) for t in tensors)
+    for t in tensors:
+        t["original_dtype"] = original[t["name"]]
+        if t["size"] == 0:
+            t["bits_per_weight"] = None
+        del t["size"]
     return dict(bytes=total, profile=profile, units=units, tensors=tensors, weights=n,
-                bits_per_weight=8 * total / max(n, 1), ratio_fp32=4 * n / max(total, 1))
+                bits_per_weight=8 * total / n if n else None, ratio_fp32=4 * n / max(total, 1),
+                original_bytes=original_bytes, ratio_original=original_bytes / max(total, 1),
+                skipped=list(dec.skipped), differences=dec.differences)
+
+
+def _original_dtypes(tensors, metadata) -> dict:
+    """The model's own dtype of each tensor (from the stream's metadata, spec 6.2.1), else the decoded one."""
+    recorded = metadata.get("dtypes") if isinstance(metadata.get("dtypes"), dict) else {}
+    return {t["name"]: str(recorded.get(t["name"], t["dtype"])) for t in tensors}
+
+
+def _dtype_bytes(name: str) -> int:
+    """Bytes per element of a dtype name (bfloat16 included); 4 for names numpy does not know."""
+    if name == "bfloat16":
+        return 2
+    try:
+        return np.dtype(name).itemsize
+    except TypeError:
+        return 4
 
 
 def cmd_info(args) -> int:
+    refused = _not_a_stream(args.stream)
+    if refused:
+        return _fail(refused)
     info = stream_info(args.stream)
+    if args.quiet:
+        return EXIT_OK
     if args.json:
         print(json.dumps(info, indent=2))
         return EXIT_OK
     print(f"{args.stream}: {info['bytes']} bytes, profile {info['profile']}, {len(info['units'])} units, "
           f"{len(info['tensors'])} tensors, {info['weights']} weights")
-    header = f"{'name':40} {'shape':>16} {'dtype':>8} {'type':>9} {'qp':>5} {'dq':>3} {'scan':>4} {'bytes':>8} {'bits/w':>7}"
+    width = max([4] + [len(t["name"]) for t in info["tensors"]])  # whole names: rows never read the same
+    header = (f"{'name':{width}} {'shape':>16} {'dtype':>8} {'type':>9} {'qp':>5} {'dq':>3} {'scan':>4} "
+              f"{'bytes':>8} {'bits/w':>7}")
     print(header)
     print("-" * len(header))
     for t in info["tensors"]:
         qp = t["qp"] if t["qp"] is not None else ("?" if t["needs_parent"] else "")
-        print(f"{t['name'][:40]:40} {'x'.join(map(str, t['shape'])):>16} {t['dtype']:>8} {t['payload_type']:>9} "
-              f"{qp:>5} {('on' if t['dq'] else 'off'):>3} {t['scan_order']:>4} {t['unit_bytes']:>8} "
-              f"{t['bits_per_weight']:>7.3f}")
-    print(f"total: {info['bits_per_weight']:.3f} bits/weight, {info['ratio_fp32']:.1f}x smaller than fp32")
+        bits = "-" if t["bits_per_weight"] is None else f"{t['bits_per_weight']:.3f}"
+        print(f"{t['name']:{width}} {'x'.join(map(str, t['shape'])):>16} {t['original_dtype']:>8} "
+              f"{t['payload_type']:>9} {qp:>5} {('on' if t['dq'] else 'off'):>3} {t['scan_order']:>4} "
+              f"{t['unit_bytes']:>8} {bits:>7}")
+    if info["weights"]:
+        print(f"total: {info['bits_per_weight']:.3f} bits/weight, {info['ratio_original']:.1f}x smaller than "
+              f"the original {info['original_bytes']} bytes")
+    else:
+        print("total: no weights")
+    if info["skipped"]:
+        print(f"an incremental update: {len(info['skipped'])} tensor(s) skipped (all zero in it, spec 3.5): "
+              f"{', '.join(info['skipped'][:5])}{', ...' if len(info['skipped']) > 5 else ''}")
+    if info["differences"]:
+        print("its tensors are differences to the receiver's model (nnc decode --add-to MODEL)")
     if any(t["needs_parent"] for t in info["tensors"]):
         print("an update coded with temporal context adaptation: it decodes only after its parent "
               "(nnc decode --state); a qp '?' is known only then")
@@ -519,7 +640,11 @@ def cmd_verify(args) -> int:
                 decoder.close()
     except RuntimeError as exc:
         return _fail(str(exc))
-    if args.json:
+    if args.quiet:
+        for r in results:
+            if not r.passed:
+                print(f"nnc: {r.name}: FAIL {r.detail}", file=sys.stderr)
+    elif args.json:
         print(json.dumps([r.__dict__ for r in results], indent=2))
     else:
         print(format_table(results))

@@ -31,7 +31,7 @@ import numpy as np
 from . import container as C
 from ._threads import ordered_results, thread_count
 from .engine import get_engine
-from .errors import DecodeError, LimitError, NNCError, UnsupportedError
+from .errors import DecodeError, LimitError, NNCError, TruncatedError, UnsupportedError, UpdateError
 from .reconstruction import (
     DECOMPRESSED_DATA_FORMATS,
     convert_to_format,
@@ -328,6 +328,30 @@ class DecoderState:
         return state
 
 
+class DecodedTensors(OrderedDict):
+    """The tensors of a decoded stream, in stream order, with what the stream says about them.
+
+    An ``OrderedDict`` of name to array, as :func:`~nnc.decoder.decode` and
+    :meth:`~nnc.decoder.Decoder.decode` return it, with two attributes more:
+
+    * ``differences``: True when the stream's metadata says that its tensors are
+      differences to the receiver's model (spec 6.2.1, ``Encoder(differences=True)``),
+      so that :func:`~nnc.decoder.apply_update` may add them; False for full values;
+    * ``skipped``: names the stream announces as skipped (all zero in an incremental
+      update, spec 3.5, 7.7).
+
+    Examples
+    --------
+    >>> import nnc
+    >>> out = nnc.decode(nnc.encode({"w": [1.0, 2.0]}, qp=-8))
+    >>> list(out), out.differences, out.skipped
+    (['w'], False, ())
+    """
+
+    differences: bool = False
+    skipped: tuple = ()
+
+
 def apply_update(model: "dict[str, np.ndarray]", update: "dict[str, np.ndarray]") -> "OrderedDict[str, np.ndarray]":
     """The model after a decoded update of differences (spec 14.5): ``model + update``, tensor by tensor.
 
@@ -335,6 +359,11 @@ def apply_update(model: "dict[str, np.ndarray]", update: "dict[str, np.ndarray]"
     new in the update are added.  Each sum keeps the model tensor's dtype.  This is
     the rule :class:`nnc.encoder.Encoder` assumes with ``differences=True``, so
     that sender and receiver hold the same model.
+
+    A decoded stream (:class:`~nnc.decoder.DecodedTensors`) says whether it holds
+    differences; one of full values (a base stream, or one encoded without
+    ``differences=True``) is refused, since adding it would double the model.
+    A mapping built by hand is taken as differences.
 
     Parameters
     ----------
@@ -350,16 +379,26 @@ def apply_update(model: "dict[str, np.ndarray]", update: "dict[str, np.ndarray]"
 
     Raises
     ------
-    ValueError
-        If a tensor of the update has another shape than the model's.
+    nnc.errors.UpdateError
+        If ``update`` is a decoded stream of full values, not differences, or a
+        tensor of the update has another shape than the model's.
 
     Examples
     --------
-    >>> import numpy as np
+    >>> import numpy as np, nnc
     >>> from nnc.decoder import apply_update
     >>> apply_update({"w": np.array([1.0, 2.0], np.float32)}, {"w": np.array([0.5, 0.0], np.float32)})["w"].tolist()
     [1.5, 2.0]
+    >>> apply_update({"w": np.array([1.0, 2.0], np.float32)}, nnc.decode(nnc.encode({"w": [1.0, 2.0]}, qp=-8)))
+    Traceback (most recent call last):
+        ...
+    nnc.errors.UpdateError: the update holds full values, not differences (the stream was not encoded with differences=True); use its tensors as the model instead of adding them [spec 6.2.1]
     """
+    if getattr(update, "differences", True) is False:
+        raise UpdateError(
+            "the update holds full values, not differences (the stream was not encoded with "
+            "differences=True); use its tensors as the model instead of adding them", clause="6.2.1",
+        )
     out = OrderedDict((k, np.asarray(v)) for k, v in model.items())
     for name, delta in update.items():
         delta = np.asarray(delta)
@@ -367,7 +406,7 @@ def apply_update(model: "dict[str, np.ndarray]", update: "dict[str, np.ndarray]"
             out[name] = delta
             continue
         if delta.shape != out[name].shape:
-            raise ValueError(f"update of {name!r} has shape {delta.shape}, the model's is {out[name].shape}")
+            raise UpdateError(f"update of {name!r} has shape {delta.shape}, the model's is {out[name].shape}")
         out[name] = (out[name] + delta).astype(out[name].dtype, copy=False)
     return out
 
@@ -389,8 +428,9 @@ def read_input(data: StreamInput) -> bytes | memoryview:
 
     Raises
     ------
-    nnc.errors.DecodeError
-        If the file at the path cannot be read.
+    OSError
+        If the file at the path cannot be read: ``FileNotFoundError``,
+        ``PermissionError``, ... as ``open()`` raises it, naming the path.
     TypeError
         If ``data`` is none of the above, or a file object opened in text mode.
 
@@ -407,18 +447,15 @@ def read_input(data: StreamInput) -> bytes | memoryview:
     >>> read_input("no/such/file.nnr")
     Traceback (most recent call last):
         ...
-    nnc.errors.DecodeError: cannot read stream file 'no/such/file.nnr': No such file or directory
+    FileNotFoundError: [Errno 2] No such file or directory: 'no/such/file.nnr'
     """
     if isinstance(data, (bytes, bytearray)):
         return bytes(data) if isinstance(data, bytearray) else data
     if isinstance(data, memoryview):
         return data.cast("B") if data.format != "B" else data
     if isinstance(data, (str, os.PathLike)):
-        try:
-            with open(data, "rb") as fh:
-                return fh.read()
-        except OSError as exc:
-            raise DecodeError(f"cannot read stream file {os.fspath(data)!r}: {exc.strerror}") from None
+        with open(data, "rb") as fh:  # a missing file is a FileNotFoundError, as for open()
+            return fh.read()
     if hasattr(data, "read"):
         out = data.read()
         if not isinstance(out, (bytes, bytearray)):
@@ -474,7 +511,9 @@ class Decoder:
     nnc.errors.UnsupportedError
         If the stream uses a profile or tool nnc does not decode.
     nnc.errors.DecodeError
-        For any other invalid header, and if a path cannot be read.
+        For any other invalid header.
+    OSError
+        If a path cannot be read (``FileNotFoundError`` for a missing file).
     ValueError
         If ``entry_points`` or ``engine`` is not one of the values above.
     TypeError
@@ -522,7 +561,7 @@ class Decoder:
         self.entry_points_mode = entry_points
         #: Every unit of the stream, parsed (:class:`nnc.container.Unit`), in stream order.
         self.units: list[C.Unit] = []
-        #: nnc's metadata from a topology unit (original shapes and dtypes), or ``{}``.
+        #: nnc's metadata from a topology unit (original shapes and dtypes, announced tensors), or ``{}``.
         self.metadata: dict = {}
         self._ndus: list[tuple[C.Unit, _Params]] = []
         self._parse_units()
@@ -530,6 +569,35 @@ class Decoder:
         self._ndu_tensors: list[list[TensorInfo]] = [[] for _ in self._ndus]
         for i, info in self._index.values():
             self._ndu_tensors[i].append(info)
+        #: Names the topology unit announces as skipped by an incremental update (spec 3.5), in order.
+        self.skipped: tuple = ()
+        #: Whether the stream's tensors are differences to the receiver's model (spec 6.2.1).
+        self.differences: bool = self.metadata.get("differences") is True
+        self._check_complete()
+
+    def _check_complete(self) -> None:
+        """Every tensor the topology unit announces arrives, and no other (spec 3.5)."""
+        announced = self.metadata.get("tensors")
+        if not isinstance(announced, list) or not all(isinstance(n, str) for n in announced):
+            return  # no announcement (NNCodec's streams): the stream is what arrives
+        skipped = self.metadata.get("skipped", [])
+        skipped = [n for n in skipped if isinstance(n, str)] if isinstance(skipped, list) else []
+        expected = set(announced)
+        self.skipped = tuple(n for n in announced if n in set(skipped) and n not in self._index)
+        missing = [n for n in announced if n not in self._index and n not in self.skipped]
+        if missing:
+            more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+            raise TruncatedError(
+                f"the stream ends before {len(missing)} of the {len(announced)} tensors its topology unit "
+                f"announces (missing: {missing[0]!r}{more})", clause="3.5", offset=len(self.data),
+            )
+        extra = [n for n in self._index if n not in expected]
+        if extra:
+            i, info = self._index[extra[0]]
+            raise DecodeError(
+                f"tensor {extra[0]!r} is not among the tensors the topology unit announces", clause="3.5",
+                offset=info.unit_offset,
+            )
 
     # -- unit stream (spec 3) -------------------------------------------------
     def _parse_units(self) -> None:
@@ -788,7 +856,8 @@ class Decoder:
         jobs = [(unit, params, self._ndu_tensors[i]) for i, (unit, params) in enumerate(self._ndus)
                 if wanted is None or any(t.name in wanted for t in self._ndu_tensors[i])]
         stateful = self.keep_state or any(params.parent_signalling for _, params, _ in jobs)
-        out: OrderedDict[str, np.ndarray] = OrderedDict()
+        out = DecodedTensors()
+        out.differences, out.skipped = self.differences, self.skipped
         with ordered_results(self._decode_ndu, jobs, 1 if stateful else threads) as results:
             for decoded in results:
                 for name, arr in decoded.items():
@@ -1015,7 +1084,9 @@ def restore_model_view(tensors: "OrderedDict[str, np.ndarray]", metadata: dict) 
     """
     shapes = metadata.get("shapes", {}) if isinstance(metadata.get("shapes"), dict) else {}
     dtypes = metadata.get("dtypes", {}) if isinstance(metadata.get("dtypes"), dict) else {}
-    out, names = OrderedDict(), {}
+    out, names = (DecodedTensors() if isinstance(tensors, DecodedTensors) else OrderedDict()), {}
+    if isinstance(tensors, DecodedTensors):
+        out.differences, out.skipped = tensors.differences, tensors.skipped
     for k, v in tensors.items():
         if k in shapes and isinstance(shapes[k], list) and int(np.prod(shapes[k], dtype=np.int64)) == v.size:
             v = v.reshape(shapes[k])
@@ -1034,6 +1105,7 @@ __all__ = [
     "apply_update",
     "decode",
     "decode_with_info",
+    "DecodedTensors",
     "Decoder",
     "DecoderState",
     "Limits",
@@ -1101,7 +1173,9 @@ def decode(
     nnc.errors.UnsupportedError
         If the stream uses a tool nnc does not decode.
     nnc.errors.DecodeError
-        For any other invalid stream, and if a path cannot be read.
+        For any other invalid stream.
+    OSError
+        If a path cannot be read (``FileNotFoundError`` for a missing file).
     ValueError
         If ``entry_points``, ``engine`` or ``threads`` is not a valid choice.
     TypeError

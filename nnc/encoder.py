@@ -165,10 +165,16 @@ def _as_float_array(name: str, value) -> tuple[np.ndarray, str]:
         arr = arr.astype(np.float32)
     if arr.dtype.kind not in "fiub":
         raise EncodeError(f"tensor {name!r} has unsupported dtype {arr.dtype}")
-    x = arr.astype(np.float64)
-    if not np.all(np.isfinite(x)):
-        raise EncodeError(f"tensor {name!r} contains NaN or Inf, which cannot be quantised")
-    return x, dtype_name
+    return arr.astype(np.float64), dtype_name
+
+
+def _non_finite_error(name: str, x: np.ndarray) -> EncodeError:
+    """The error for a tensor with NaN or Inf that cannot be stored raw (spec 7.5): names the first one."""
+    flat = int(np.flatnonzero(~np.isfinite(x.reshape(-1)))[0])
+    where = tuple(int(i) for i in np.unravel_index(flat, x.shape)) if x.ndim else ()
+    return EncodeError(f"tensor {name!r} holds {x.reshape(-1)[flat]} at index {list(where)}: a quantised tensor "
+                       f"(here a member of a block NDU) cannot carry NaN or Inf; only a RAW_FLOAT NDU can",
+                       clause="7.5")
 
 
 class EncoderState(DecoderState):
@@ -599,7 +605,8 @@ class Encoder:
         update = any(link is not None and link["update"] for link in links)
         head = [C.build_str(self.profile),
                 C.build_mps(qp_density=self.qp_density, qp=mps_qp, profile=self.profile, parent_signalling=update),
-                C.build_tpl(data=_metadata_json(arrays, result, self.dtypes))]
+                C.build_tpl(data=_metadata_json(arrays, result, self.dtypes,
+                                                differences=self.differences and bool(self.state.model)))]
         jobs = [(u, link) for u, link in zip(units, links) if link is None or not link["skip"]]
         # the payloads, in threads
         with ordered_results(lambda unit, link: unit.build(mps_qp, link), jobs, self.threads) as built:
@@ -720,7 +727,10 @@ class Encoder:
         fmt = None
         if self.keep_dtype and self.profile == 1 and dtype_name in RESTORABLE_FORMATS:
             fmt = RESTORABLE_FORMATS[dtype_name]
-        if _matches(name, self.raw) and not in_block:
+        finite = bool(np.isfinite(x).all())  # inf and NaN are kept exactly, in a RAW_FLOAT NDU (spec 7.5)
+        if not finite and in_block:
+            raise _non_finite_error(name, x)
+        if (_matches(name, self.raw) or not finite) and not in_block:
             f32 = x.astype(np.float32).reshape(shape)
             recon = f32 if fmt is None else f32.astype(np.dtype(dtype_name))
             return dict(name=name, shape=shape, ptype="RAW_FLOAT", levels=None, qp=None, step=None, dq=False,
@@ -1056,11 +1066,12 @@ def dcv1_step(weights: np.ndarray, sigmas: np.ndarray, s: int) -> float:
     return 2 * w_max / (2 * w_max / sigma_min + s)
 
 
-def _metadata_json(arrays: Mapping[str, np.ndarray], result: EncodeResult, given: Mapping[str, str]) -> str:
-    """nnc's topology metadata (spec 6.2.1): original shapes of 0-d tensors and original dtypes.
+def _metadata_json(arrays: Mapping[str, np.ndarray], result: EncodeResult, given: Mapping[str, str],
+                   differences: bool = False) -> str:
+    """nnc's topology metadata (spec 6.2.1): the tensors announced (and skipped, spec 3.5), whether
+    they are differences, original shapes of 0-d tensors and original dtypes.
 
     ``given`` names the original dtype of tensors handed over in another one.
-    Empty (as NNCodec writes) when nothing needs restoring.
     """
     import json
 
@@ -1071,9 +1082,11 @@ def _metadata_json(arrays: Mapping[str, np.ndarray], result: EncodeResult, given
         original = given.get(k, v.dtype.name)
         if original != decoded.name:
             dtypes[k] = original
-    if not shapes and not dtypes:
-        return ""
-    meta = {"version": 1}
+    meta = {"version": 1, "tensors": list(arrays)}
+    if result.skipped:
+        meta["skipped"] = list(result.skipped)
+    if differences:
+        meta["differences"] = True
     if shapes:
         meta["shapes"] = shapes
     if dtypes:
@@ -1147,8 +1160,9 @@ def encode(tensors: Mapping[str, object], *, qp: int | None = None, dq: bool = T
     >>> import nnc
     >>> import numpy as np
     >>> stream = nnc.encode({"w": np.array([[0.0, 0.5, -0.25], [1.0, 0.0, 0.0]], np.float32)}, qp=-8, dq=False)
-    >>> stream.hex()  # byte for byte what NNCodec 2.1.3 writes for this tensor
-    '00040201000806810040008000060e000000001516097700d040c120a0c2a080f74e801f67e2f0'
+    >>> ndu = nnc.container.parse_stream(stream)[-1]  # after the topology unit, which announces "w" (spec 3.5)
+    >>> stream[ndu.offset:].hex()  # byte for byte what NNCodec 2.1.3 writes for this tensor
+    '001516097700d040c120a0c2a080f74e801f67e2f0'
     """
     return Encoder(qp=qp, dq=dq, **options).encode(tensors).stream
 

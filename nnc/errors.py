@@ -7,7 +7,8 @@ r"""The one exception hierarchy of nnc (spec clause 15).
     │   ├── TruncatedError   the input ends too early
     │   ├── LimitError       the input asks for more than the configured limits allow
     │   └── UnsupportedError the input is valid but uses a tool nnc does not decode
-    └── EncodeError          the input cannot be encoded as asked
+    ├── EncodeError          the input cannot be encoded as asked
+    └── UpdateError          a decoded update cannot be applied to a model
 
 Every error carries, where they apply, the spec clause it relates to (``clause``)
 and the byte offset in the stream (``offset``).  They are part of ``str(error)``.
@@ -15,7 +16,10 @@ and the byte offset in the stream (``offset``).  They are part of ``str(error)``
 :class:`ValueError`\ s, so code that catches ``ValueError`` catches them too.
 Model files that cannot be read or written raise
 :class:`nnc.formats.FormatError`, also an :class:`~nnc.errors.NNCError` (and a
-``ValueError``).
+``ValueError``).  A path that cannot be opened at all (a stream or a model
+file that does not exist, a folder without write permission) raises the
+``OSError`` that ``open()`` raises, naming the path: ``FileNotFoundError``
+for ``nnc.Decoder("missing.nnr")``, as for any Python file API.
 
 Examples
 --------
@@ -195,17 +199,35 @@ class EncodeError(NNCError, ValueError):
     """The tensors or options given to the encoder cannot be encoded.
 
     Raised for invalid encoder options (a qp_density outside 0..7, both qp and
-    step, ...), for tensors that cannot be quantised (NaN, Inf, unsupported
-    dtypes) and for values a syntax element cannot carry.  The parameters are
-    those of :class:`~nnc.errors.NNCError`.
+    step, ...), for tensors that cannot be encoded as asked (unsupported dtypes,
+    NaN or Inf in a member of a block NDU; elsewhere they are kept exactly in a
+    RAW_FLOAT unit) and for values a syntax element cannot carry.  The parameters
+    are those of :class:`~nnc.errors.NNCError`.
 
     Examples
     --------
     >>> import nnc
-    >>> nnc.encode({"w": [1.0, float("nan")]})
+    >>> nnc.encode({"fc.weight": [[1.0, 2.0]], "fc.bias": [float("nan")]}, blocks=True)
     Traceback (most recent call last):
         ...
-    nnc.errors.EncodeError: tensor 'w' contains NaN or Inf, which cannot be quantised
+    nnc.errors.EncodeError: tensor 'fc.bias' holds nan at index [0]: a quantised tensor (here a member of a block NDU) cannot carry NaN or Inf; only a RAW_FLOAT NDU can [spec 7.5]
+    """
+
+
+class UpdateError(NNCError, ValueError):
+    """A decoded update cannot be applied to a model (:func:`nnc.decoder.apply_update`).
+
+    Raised when the update holds full values rather than differences (adding
+    them would double the model), or a tensor's shape differs from the model's.
+    The parameters are those of :class:`~nnc.errors.NNCError`.
+
+    Examples
+    --------
+    >>> import numpy as np, nnc
+    >>> nnc.apply_update({"w": np.zeros(2)}, {"w": np.zeros(3)})
+    Traceback (most recent call last):
+        ...
+    nnc.errors.UpdateError: update of 'w' has shape (3,), the model's is (2,)
     """
 
 
@@ -216,4 +238,5 @@ __all__ = [
     "LimitError",
     "UnsupportedError",
     "EncodeError",
+    "UpdateError",
 ]

@@ -30,6 +30,7 @@ import io
 import json
 import math
 import os
+import re
 import struct
 import tempfile
 import zipfile
@@ -235,7 +236,10 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
     (['stream.nnr'], 4)
     """
     p = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent if str(p.parent) else ".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent if str(p.parent) else ".")
+    except OSError as exc:  # name the user's path, not the temporary file's
+        raise OSError(exc.errno, f"cannot write there ({exc.strerror})", os.fspath(path)) from None
     try:
         umask = os.umask(0)
         os.umask(umask)
@@ -597,10 +601,13 @@ def read_pt(path):
     ('float32', [1.0, -3.0], {'w': 'bfloat16'})
     """
     torch = _torch()
+    if _is_torchscript(path):
+        raise FormatError(f"{path}: a TorchScript archive, not a state_dict; save model.state_dict() with "
+                          f"torch.save and encode that")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types on bad files
-        raise FormatError(f"{path}: cannot load as a PyTorch state_dict: {exc}") from None
+        raise FormatError(f"{path}: {_pt_load_problem(exc)}") from None
     if not isinstance(obj, dict):
         raise FormatError(f"{path}: not a state_dict (a mapping of names to tensors)")
     obj = _unwrap_checkpoint(path, obj)
@@ -612,6 +619,25 @@ def read_pt(path):
         dtypes[k] = str(t.dtype).replace("torch.", "")
         out[k] = (t.float() if t.dtype == torch.bfloat16 else t).numpy()
     return out, dtypes
+
+
+def _is_torchscript(path) -> bool:
+    """Whether a .pt file is a TorchScript archive (code and constants besides the data)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return any(n.endswith("constants.pkl") or "/code/" in n for n in zf.namelist())
+    except (OSError, zipfile.BadZipFile, ValueError, NotImplementedError, EOFError):
+        return False
+
+
+def _pt_load_problem(exc: Exception) -> str:
+    """One line saying why a .pt file is not a state_dict (torch's own message spans many lines)."""
+    text = str(exc)
+    if "weights_only" in text or "Unsupported global" in text:
+        return ("a pickled Python object (a whole module?), not a state_dict of tensors; save "
+                "model.state_dict() with torch.save and encode that")
+    first = re.sub(r"\x1b\[[0-9;]*m", "", text).strip().splitlines()
+    return f"cannot load as a PyTorch state_dict: {first[0] if first else type(exc).__name__}"
 
 
 def _unwrap_checkpoint(path, obj: dict) -> dict:
@@ -690,8 +716,41 @@ def _onnx():
     return onnx, numpy_helper
 
 
+def _onnx_weights(graph, found=None) -> "OrderedDict":
+    """Every weight of an ONNX graph: {name: TensorProto}, in graph order.
+
+    Weights are the graph's initializers, the floating-point ``value`` tensors of
+    its Constant nodes (named by the node's output) and, recursively, those of the
+    subgraphs of If, Loop and Scan nodes.  Integer Constant nodes (shapes, axes,
+    slice bounds) are graph structure and stay with the graph.  The TensorProtos
+    are the model's own, so that writing replaces them in place.
+    """
+    float_types = (1, 10, 11, 16)  # TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16
+    found = OrderedDict() if found is None else found
+
+    def add(name, tensor):
+        if name in found:
+            raise FormatError(f"two weights of the ONNX model are named {name!r}")
+        found[name] = tensor
+
+    for init in graph.initializer:
+        add(init.name, init)
+    for node in graph.node:
+        for attr in node.attribute:
+            if (node.op_type == "Constant" and attr.name == "value" and attr.HasField("t") and node.output
+                    and attr.t.data_type in float_types):
+                add(node.output[0], attr.t)
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                _onnx_weights(sub, found)
+    return found
+
+
 def read_onnx(path):
-    """The initializers of an ONNX model and their dtype names (needs ``onnx``).
+    """The weights of an ONNX model and their dtype names (needs ``onnx``).
+
+    Weights are the initializers, the floating-point tensors of Constant nodes
+    (named by the node's output) and those of subgraphs (If, Loop, Scan), in
+    graph order; integer Constant nodes are graph structure, not weights.
 
     Parameters
     ----------
@@ -729,26 +788,31 @@ def read_onnx(path):
     except Exception as exc:
         raise FormatError(f"{path}: cannot load as ONNX: {exc}") from None
     try:
-        out = OrderedDict((init.name, numpy_helper.to_array(init)) for init in model.graph.initializer)
+        out = OrderedDict((name, numpy_helper.to_array(t)) for name, t in _onnx_weights(model.graph).items())
+    except FormatError as exc:
+        raise FormatError(f"{path}: {exc}") from None
     except Exception as exc:  # a damaged initializer: wrong sizes, unknown data types
         raise FormatError(f"{path}: damaged ONNX initializer: {exc}") from None
     return out, {k: v.dtype.name for k, v in out.items()}
 
 
 def onnx_bytes(tensors, dtypes=None, template=None) -> bytes:
-    """The ONNX model ``template`` (a path) with its initializers replaced by ``tensors``.
+    """The ONNX model ``template`` (a path) with its weights replaced by ``tensors``.
 
     ONNX files hold the graph as well as the weights, so an ONNX file is
-    written by replacing the initializers of the original model.  Each
-    replaced initializer keeps its dtype; initializers not in ``tensors`` and
-    tensors that are not initializers are left out of the change.
+    written by replacing the weights of the original model: initializers,
+    Constant nodes and those of subgraphs (see :func:`read_onnx`).  The
+    template must match: the same weight names, and for each the same shape
+    and (where ``dtypes`` names it) the same dtype; otherwise nothing is
+    written and the error lists every difference.
 
     Parameters
     ----------
     tensors : ``Mapping``
-        {initializer name: array-like}.
+        {weight name: array-like}.
     dtypes : dict or None
-        Ignored; the template's dtypes are kept.
+        {name: original dtype name} of the tensors (as decoding restores them),
+        checked against the template's.
     template : str, ``os.PathLike`` or None
         The original ONNX model.
 
@@ -760,7 +824,8 @@ def onnx_bytes(tensors, dtypes=None, template=None) -> bytes:
     Raises
     ------
     nnc.formats.FormatError
-        If onnx is not installed or no template is given.
+        If onnx is not installed, no template is given, or the template's
+        weights do not match ``tensors`` (names, shapes, dtypes).
 
     Examples
     --------
@@ -779,12 +844,38 @@ def onnx_bytes(tensors, dtypes=None, template=None) -> bytes:
     onnx, numpy_helper = _onnx()
     if template is None:
         raise FormatError("writing ONNX needs the original model as a template (--template MODEL.onnx)")
-    model = onnx.load(os.fspath(template))
-    for init in model.graph.initializer:
-        if init.name in tensors:
-            arr = np.asarray(tensors[init.name]).astype(numpy_helper.to_array(init).dtype)
-            init.CopyFrom(numpy_helper.from_array(arr, init.name))
+    try:
+        model = onnx.load(os.fspath(template))
+        weights = _onnx_weights(model.graph)
+        held = {name: numpy_helper.to_array(t) for name, t in weights.items()}
+    except FormatError as exc:
+        raise FormatError(f"{template}: {exc}") from None
+    except Exception as exc:
+        raise FormatError(f"{template}: cannot load as ONNX: {exc}") from None
+    problems = _template_mismatches(tensors, dtypes or {}, held)
+    if problems:
+        shown = "; ".join(problems[:10]) + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
+        raise FormatError(f"{template} does not match the decoded model: {shown}")
+    for name, t in weights.items():
+        arr = np.asarray(tensors[name]).astype(held[name].dtype)
+        t.CopyFrom(numpy_helper.from_array(arr, t.name))
     return model.SerializeToString()
+
+
+def _template_mismatches(tensors, dtypes, held) -> list:
+    """What differs between decoded tensors and a template's weights: names, shapes, dtypes."""
+    problems = [f"{name!r} is not in the template" for name in tensors if name not in held]
+    problems += [f"the template's {name!r} is not in the stream" for name in held if name not in tensors]
+    for name, arr in tensors.items():
+        if name not in held:
+            continue
+        shape = tuple(np.shape(arr))
+        if shape != held[name].shape:
+            problems.append(f"{name!r} has shape {shape}, the template's {held[name].shape}")
+        want = dtypes.get(name)  # the stream's own dtype of the tensor, where known
+        if want is not None and want != held[name].dtype.name:
+            problems.append(f"{name!r} is {want}, the template's {held[name].dtype.name}")
+    return problems
 
 
 # -- public ---------------------------------------------------------------------------------

@@ -59,8 +59,8 @@ def encode_model(model, output=None, **options) -> bytes:
     Raises
     ------
     nnc.formats.FormatError
-        If the model file cannot be read, or its format is unknown or needs a
-        missing back end (torch, onnx).
+        If the model file cannot be read, holds no tensors, or its format is
+        unknown or needs a missing back end (torch, onnx).
     nnc.errors.EncodeError
         If an option is invalid or a tensor cannot be encoded.
     OSError
@@ -85,6 +85,8 @@ def encode_model(model, output=None, **options) -> bytes:
     else:
         tensors, dtypes = formats.read_model(model)
         options.setdefault("dtypes", dtypes)  # e.g. bfloat16, read as float32: restored on decoding
+        if not tensors:
+            raise formats.FormatError(f"{model}: no tensors found (nothing to encode)")
     stream = Encoder(**options).encode(tensors).stream
     if output is not None:
         formats.write_atomic(output, stream)
@@ -200,7 +202,10 @@ def compare_tensors(reference, other) -> dict:
             flat_a, flat_b = a.reshape(-1), b.reshape(-1)
             for i in range(0, a.size, 1 << 20):   # in slices: float64 temporaries stay small
                 x, y = flat_a[i:i + (1 << 20)].astype(np.float64), flat_b[i:i + (1 << 20)].astype(np.float64)
-                diff = x - y
+                # inf and NaN kept exactly are no error; their energy is left out
+                with np.errstate(invalid="ignore"):
+                    diff = np.where((x == y) | (np.isnan(x) & np.isnan(y)), 0.0, x - y)
+                x = np.where(np.isfinite(x), x, 0.0)
                 e, d = e + float(x @ x), d + float(diff @ diff)
                 peak = max(peak, float(np.abs(diff).max()))
             row.update(energy=e, error=d, snr_db=_snr_db(e, d), max_abs_error=peak)

@@ -253,6 +253,10 @@ class NNCRandomAccessAdapter(NNCAdapter):
     ['b', 'w']
     """
 
+    #: Checks transmitted entry points: a stream whose entry points are known to be wrong
+    #: (manifest ``wrong_entry_points``) passes when this adapter rejects it for them (spec 11.4).
+    checks_entry_points = True
+
     def __call__(self, data: bytes, sequence: str | None = None):
         from .decoder import Decoder, DecoderState
 
@@ -542,6 +546,11 @@ def _run_entries(suite, manifest, run, results, groups, names, profiles):
             continue
         except Exception as exc:  # noqa: BLE001 - any decoder failure is a verdict
             dt = time.perf_counter() - t0
+            if (entry.get("wrong_entry_points") and getattr(run, "checks_entry_points", False)
+                    and isinstance(exc, errors.DecodeError) and exc.clause == "11.4"):
+                results.append(Result(entry["name"], entry["group"], True,
+                                      "its wrong entry points detected (spec 11.4)", dt))
+                continue
             if entry["group"] != "must-fail":
                 results.append(Result(entry["name"], entry["group"], False,
                                       f"{type(exc).__name__}: {str(exc)[:120]}", dt))

@@ -32,6 +32,14 @@ ENCODER_SIDE = [
 ]
 
 
+# Application-side code in nnc/decoder.py that decodes nothing (state files, adding an update to a model,
+# restoring a model file's shapes and dtypes): unit tests cover it; no stream can.
+APPLICATION_SIDE = [
+    r"def save\(", r"def load\(", r"def _meta\(", r"def _set_meta\(", r"def _extra_arrays\(",
+    r"def apply_update\(", r"def restore_model_view\(",
+]
+
+
 def main(argv=None) -> int:
     import coverage
 
@@ -42,7 +50,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     cov = coverage.Coverage(branch=True, include=[str(REPO / f) for f in DECODER_FILES])
     cov.exclude("pragma: no cover")
-    for pattern in ENCODER_SIDE:
+    for pattern in ENCODER_SIDE + APPLICATION_SIDE:
         cov.exclude(pattern)
     cov.start()
     from nnc.verify import format_table, verify_suite

@@ -1,0 +1,482 @@
+"""Issue 14, "never lose or fake data": every silent failure a new user hit fails loudly now.
+
+Each bad case must give exit status 1, one line on stderr naming the user's own path,
+nothing written and the inputs untouched (GUIDE: "Never lose or fake data").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import nnc
+from nnc import container as C
+from nnc.cli import main, stream_info
+from nnc.formats import npz_bytes, read_model, safetensors_bytes
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args, cwd=None):
+    """The command line in a subprocess: (exit status, stdout, stderr)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, "-m", "nnc", *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                       env=env)
+    return r.returncode, r.stdout, r.stderr
+
+
+def cli(capsys, *args):
+    """The command line in this process: (exit status, stdout, stderr)."""
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def assert_refused(code, err, *names):
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("nnc: error: "), err
+    for name in names:
+        assert str(name) in lines[0], (name, err)
+
+
+@pytest.fixture
+def model(tmp_path):
+    path = tmp_path / "m.npz"
+    rng = np.random.default_rng(14)
+    path.write_bytes(npz_bytes({"fc.weight": rng.standard_normal((8, 6)).astype(np.float32),
+                                "fc.bias": rng.standard_normal(8).astype(np.float32)}))
+    return path
+
+
+@pytest.fixture
+def stream(model, tmp_path):
+    path = tmp_path / "m.nnr"
+    nnc.encode_model(model, path, qp=-30)
+    return path
+
+
+# -- item 1: the output is an input ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("how", ["same", "symlink", "hardlink"])
+def test_encode_refuses_to_overwrite_its_input(model, tmp_path, capsys, how):
+    before = model.read_bytes()
+    target = {"same": model, "symlink": tmp_path / "link.npz", "hardlink": tmp_path / "hard.npz"}[how]
+    if how == "symlink":
+        target.symlink_to(model)
+    elif how == "hardlink":
+        os.link(model, target)
+    code, _, err = cli(capsys, "encode", model, "-o", target)
+    assert_refused(code, err, target, "refusing to overwrite")
+    assert model.read_bytes() == before
+
+
+@pytest.mark.parametrize("how", ["same", "symlink", "hardlink"])
+def test_decode_refuses_to_overwrite_its_stream(stream, tmp_path, capsys, how):
+    before = stream.read_bytes()
+    target = {"same": stream, "symlink": tmp_path / "link.npz", "hardlink": tmp_path / "hard.npz"}[how]
+    if how == "symlink":
+        target.symlink_to(stream)
+    elif how == "hardlink":
+        os.link(stream, target)
+    code, _, err = cli(capsys, "decode", stream, "-o", target)
+    assert_refused(code, err, target)
+    assert stream.read_bytes() == before
+
+
+def test_decode_refuses_to_overwrite_its_add_to_model(stream, model, capsys):
+    before = model.read_bytes()
+    code, _, err = cli(capsys, "decode", stream, "-o", model, "--add-to", model)
+    assert_refused(code, err, model)
+    assert model.read_bytes() == before
+
+
+# -- item 2: completeness (spec 3.5) ----------------------------------------------------------------------
+
+def _units(data):
+    return list(C.iter_units(data))
+
+
+def test_a_stream_cut_at_a_unit_boundary_is_truncated(stream, tmp_path, capsys):
+    data = stream.read_bytes()
+    for cut_before in (3, 4):  # before the first NDU, and after it
+        cut = data[:_units(data)[cut_before].offset]
+        with pytest.raises(nnc.TruncatedError, match="topology unit announces") as exc:
+            nnc.decode(cut)
+        assert exc.value.clause == "3.5" and exc.value.offset == len(cut)
+        with pytest.raises(nnc.TruncatedError):
+            nnc.Decoder(cut).decode()
+        with pytest.raises(nnc.TruncatedError):
+            nnc.decode_model(cut)
+        path = tmp_path / "cut.nnr"
+        path.write_bytes(cut)
+        code, _, err = cli(capsys, "decode", path, "-o", tmp_path / "out.npz")
+        assert_refused(code, err, "announces")
+        assert not (tmp_path / "out.npz").exists()
+
+
+def test_an_update_that_skips_tensors_says_so(tmp_path, capsys):
+    sender, receiver = nnc.EncoderState(), nnc.DecoderState()
+    base = {"a.weight": np.ones((4, 5), np.float32), "b.weight": np.full((3, 3), 0.5, np.float32)}
+    first = nnc.encode(base, qp=-20, state=sender, differences=True)
+    second = nnc.encode({"a.weight": base["a.weight"] * 1.5, "b.weight": base["b.weight"]}, qp=-20,
+                        state=sender, differences=True)
+    held = nnc.decode(first, state=receiver)
+    update = nnc.decode(second, state=receiver)
+    assert list(update) == ["a.weight"] and update.skipped == ("b.weight",) and update.differences
+    model = nnc.apply_update(held, update)
+    np.testing.assert_allclose(model["a.weight"], 1.5, atol=1e-3)
+    path = tmp_path / "update.nnr"
+    path.write_bytes(second)
+    assert stream_info(path)["skipped"] == ["b.weight"]
+    code, out, _ = cli(capsys, "info", path)
+    assert code == 0 and "1 tensor(s) skipped" in out and "b.weight" in out
+    # the same update cut before its NDU is not complete: a.weight is announced and not skipped
+    with pytest.raises(nnc.TruncatedError, match="'a.weight'"):
+        nnc.decode(second[:_units(second)[3].offset])
+
+
+def test_a_tensor_that_was_not_announced_is_an_error():
+    one = nnc.encode({"w": np.ones((2, 2), np.float32)})
+    other = nnc.encode({"v": np.ones((2, 2), np.float32)})
+    with pytest.raises(nnc.DecodeError, match="'v' is not among the tensors") as exc:
+        nnc.decode(one + other[_units(other)[3].offset:])
+    assert exc.value.clause == "3.5"
+
+
+def test_conformance_has_the_completeness_must_fail_streams():
+    manifest = json.loads((REPO / "conformance" / "manifest.json").read_text())
+    clauses = {e["name"]: (e.get("expected_error"), e.get("clause")) for e in manifest["streams"]}
+    assert clauses["mf_cut_after_first_ndu"] == ("TruncatedError", "3.5")
+    assert clauses["mf_cut_after_headers"] == ("TruncatedError", "3.5")
+    assert clauses["mf_update_cut"] == ("TruncatedError", "3.5")
+    assert clauses["mf_unannounced_tensor"] == ("DecodeError", "3.5")
+
+
+# -- item 3: a template that does not match ---------------------------------------------------------------
+
+def _onnx_model(path, weights, constants=()):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [numpy_helper.from_array(np.asarray(v), k) for k, v in weights.items()]
+    nodes = [helper.make_node("Constant", [], [k], value=numpy_helper.from_array(np.asarray(v), k + "_value"))
+             for k, v in constants]
+    names = list(weights) + [k for k, _ in constants]
+    nodes += [helper.make_node("Identity", [n], [n + "_out"]) for n in names]
+    outputs = [helper.make_tensor_value_info(n + "_out", TensorProto.FLOAT, None) for n in names]
+    onnx.save(helper.make_model(helper.make_graph(nodes, "g", [], outputs, inits)), path)
+    return path
+
+
+@pytest.mark.parametrize("template_weights,expected", [
+    ({"w": np.ones((2, 3), np.float32), "other": np.ones(2, np.float32)}, ["'b' is not in the template",
+                                                                              "'other' is not in the stream"]),
+    ({"w": np.ones((3, 2), np.float32), "b": np.ones(2, np.float32)}, ["'w' has shape (2, 3), the template's (3, 2)"]),
+    ({"w": np.ones((2, 3), np.float64), "b": np.ones(2, np.float32)}, ["'w' is float32, the template's float64"]),
+])
+def test_a_template_that_does_not_match_is_an_error_listing_the_differences(tmp_path, capsys, template_weights,
+                                                                            expected):
+    original = _onnx_model(tmp_path / "m.onnx", {"w": np.ones((2, 3), np.float32), "b": np.ones(2, np.float32)})
+    code, _, err = cli(capsys, "encode", original, "-o", tmp_path / "m.nnr")
+    assert code == 0, err
+    template = _onnx_model(tmp_path / "other.onnx", template_weights)
+    before = template.read_bytes()
+    code, _, err = cli(capsys, "decode", tmp_path / "m.nnr", "-o", tmp_path / "out.onnx", "--template", template)
+    assert_refused(code, err, template, *expected)
+    assert not (tmp_path / "out.onnx").exists() and template.read_bytes() == before
+
+
+# -- item 4: no tensors; ONNX Constant nodes and subgraphs -----------------------------------------------
+
+def test_a_model_without_tensors_is_an_error(tmp_path, capsys):
+    empty = tmp_path / "empty.safetensors"
+    empty.write_bytes(safetensors_bytes({}))
+    code, _, err = cli(capsys, "encode", empty, "-o", tmp_path / "e.nnr")
+    assert_refused(code, err, empty, "no tensors")
+    assert not (tmp_path / "e.nnr").exists()
+    with pytest.raises(nnc.NNCError, match="no tensors"):
+        nnc.encode_model(empty)
+
+
+def _model_with_constants_and_subgraphs(path):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.arange(6, dtype=np.float32).reshape(2, 3) / 7, "w")
+    const = helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(
+        np.array([-np.inf, 1.5, 2.0], np.float32), "c_value"))
+    shape = helper.make_node("Constant", [], ["shape"], value=numpy_helper.from_array(
+        np.array([3, 2], np.int64), "s"))   # an integer Constant: graph structure, not a weight
+    then_graph = helper.make_graph(
+        [helper.make_node("Identity", ["then_w"], ["t_out"])], "then", [],
+        [helper.make_tensor_value_info("t_out", TensorProto.FLOAT, [2])],
+        [numpy_helper.from_array(np.array([0.25, -0.75], np.float32), "then_w")])
+    else_graph = helper.make_graph(
+        [helper.make_node("Constant", [], ["e_out"], value=numpy_helper.from_array(
+            np.array([0.5, -0.5], np.float32), "e_value"))], "else", [],
+        [helper.make_tensor_value_info("e_out", TensorProto.FLOAT, [2])])
+    loop_body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("Add", ["acc_in", "loop_w"], ["acc_out"])], "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, [2])],
+        [numpy_helper.from_array(np.array([0.125, 4.0], np.float32), "loop_w")])
+    nodes = [const, shape, helper.make_node("Reshape", ["w", "shape"], ["y"]),
+             helper.make_node("If", ["cond"], ["y2"], then_branch=then_graph, else_branch=else_graph),
+             helper.make_node("Loop", ["trips", "cond", "y2"], ["y3"], body=loop_body)]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+                     helper.make_tensor_value_info("trips", TensorProto.INT64, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 2]),
+         helper.make_tensor_value_info("y3", TensorProto.FLOAT, [2]),
+         helper.make_tensor_value_info("c", TensorProto.FLOAT, [3])], [w])
+    model = helper.make_model(graph)
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+def test_onnx_constant_nodes_and_subgraph_initializers_are_weights(tmp_path, capsys):
+    onnx = pytest.importorskip("onnx")
+    from onnx import numpy_helper
+
+    from nnc.formats import _onnx_weights
+
+    path = _model_with_constants_and_subgraphs(tmp_path / "m.onnx")
+    tensors, _ = read_model(path)
+    assert sorted(tensors) == ["c", "e_out", "loop_w", "then_w", "w"]
+    code, _, err = cli(capsys, "encode", path, "-o", tmp_path / "m.nnr", "--qp", "-20")
+    assert code == 0, err
+    assert "hold inf or NaN" in err  # the -inf of "c" is kept exactly
+    code, _, err = cli(capsys, "decode", tmp_path / "m.nnr", "-o", tmp_path / "out.onnx", "--template", path)
+    assert code == 0, err
+    decoded = nnc.decode_model(tmp_path / "m.nnr")
+    written = onnx.load(tmp_path / "out.onnx")
+    onnx.checker.check_model(written)
+    weights = {k: numpy_helper.to_array(t) for k, t in _onnx_weights(written.graph).items()}
+    assert sorted(weights) == sorted(tensors)
+    for name, value in weights.items():
+        assert value.dtype == tensors[name].dtype and value.shape == tensors[name].shape
+        np.testing.assert_array_equal(value, decoded[name])   # the decoded values, not the template's
+    assert weights["c"].tobytes() == tensors["c"].tobytes()
+    # the integer Constant (a shape) stays as the graph has it
+    shape_node = next(n for n in written.graph.node if n.output[0] == "shape")
+    assert numpy_helper.to_array(shape_node.attribute[0].t).tolist() == [3, 2]
+
+
+def test_silero_vad_onnx_round_trip(tmp_path, capsys):
+    """A real model whose weights all sit in Constant nodes inside If subgraphs (skipped without the package)."""
+    silero = pytest.importorskip("silero_vad", reason="pip install silero-vad for this real-world check")
+    path = Path(silero.__file__).parent / "data" / "silero_vad.onnx"
+    if not path.exists():
+        pytest.skip(f"{path} not in this silero-vad version")
+    tensors, _ = read_model(path)
+    assert len(tensors) > 10 and sum(v.size for v in tensors.values()) > 100_000
+    code, _, err = cli(capsys, "encode", path, "-o", tmp_path / "s.nnr", "--qp", "-40")
+    assert code == 0, err
+    code, _, err = cli(capsys, "decode", tmp_path / "s.nnr", "-o", tmp_path / "s.onnx", "--template", path)
+    assert code == 0, err
+    back, _ = read_model(tmp_path / "s.onnx")
+    assert list(back) == list(tensors)
+    assert all(back[k].shape == tensors[k].shape and back[k].dtype == tensors[k].dtype for k in tensors)
+
+
+# -- item 5: differences ----------------------------------------------------------------------------------
+
+def test_apply_update_refuses_a_stream_of_full_values(tmp_path, capsys):
+    model = {"w": np.ones((3, 3), np.float32)}
+    sender, receiver = nnc.EncoderState(), nnc.DecoderState()
+    full = nnc.decode(nnc.encode(model, qp=-20, state=sender), state=receiver)  # state, no differences=True
+    assert full.differences is False
+    with pytest.raises(nnc.UpdateError, match="full values, not differences"):
+        nnc.apply_update(model, full)
+    # the CLI: --add-to refuses, and writes nothing
+    stream = tmp_path / "full.nnr"
+    stream.write_bytes(nnc.encode(model, qp=-20))
+    (tmp_path / "base.npz").write_bytes(npz_bytes(model))
+    code, _, err = cli(capsys, "decode", stream, "-o", tmp_path / "new.npz", "--add-to", tmp_path / "base.npz")
+    assert_refused(code, err, stream, "not differences")
+    assert not (tmp_path / "new.npz").exists()
+
+
+def test_the_readme_update_flow_adds_differences_only():
+    sender, receiver = nnc.EncoderState(), nnc.DecoderState()
+    model = {"w": np.linspace(-1, 1, 20, dtype=np.float32).reshape(4, 5)}
+    base = nnc.encode(model, qp=-30, state=sender, differences=True)
+    held = nnc.decode(base, state=receiver)
+    assert held.differences is False    # the first stream carries the values themselves
+    new_model = {"w": model["w"] * 1.1}
+    update = nnc.encode(new_model, qp=-30, state=sender, differences=True)
+    decoded = nnc.decode(update, state=receiver)
+    assert decoded.differences is True
+    held = nnc.apply_update(held, decoded)
+    np.testing.assert_array_equal(held["w"], sender.model["w"])   # the receiver holds the sender's model
+    np.testing.assert_allclose(held["w"], new_model["w"], atol=0.01)
+    assert "differences" in json.loads(C.parse_stream(update)[2].header.data)["nnc"]
+
+
+# -- item 6: non-finite values ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("raw", [False, True])
+def test_a_minus_inf_scalar_is_kept_bit_exactly(tmp_path, capsys, raw):
+    src = tmp_path / "m.npz"
+    values = {"mask": np.float32(-np.inf), "nan": np.array([1.0, np.nan, np.inf], np.float32),
+              "w": np.ones((4, 4), np.float32)}
+    src.write_bytes(npz_bytes(values))
+    code, out, err = cli(capsys, "encode", src, "-o", tmp_path / "m.nnr", *(["--raw", "mask"] if raw else []))
+    assert code == 0, err
+    assert "hold inf or NaN" in err and "RAW_FLOAT" in err and "SNR" in out and "nan dB" not in out
+    code, _, err = cli(capsys, "decode", tmp_path / "m.nnr", "-o", tmp_path / "out.npz")
+    assert code == 0, err
+    back, _ = read_model(tmp_path / "out.npz")
+    for name in ("mask", "nan"):
+        assert back[name].shape == np.shape(values[name]) and back[name].tobytes() == values[name].tobytes()
+
+
+def test_the_non_finite_error_names_the_tensor_the_position_and_a_clause():
+    with pytest.raises(nnc.EncodeError) as exc:
+        nnc.encode({"fc.weight": np.ones((2, 2), np.float32), "fc.bias": np.array([0.0, np.nan], np.float32)},
+                   blocks=True)
+    assert "'fc.bias'" in str(exc.value) and "index [1]" in str(exc.value) and exc.value.clause == "7.5"
+
+
+# -- item 7: the smaller ones -----------------------------------------------------------------------------
+
+def test_quiet_verify_and_info_print_nothing(stream, capsys):
+    assert cli(capsys, "info", "-q", stream) == (0, "", "")
+    code, out, err = cli(capsys, "verify", "-q", REPO / "conformance", "--stream", "p1_urq_so0")
+    assert (code, out, err) == (0, "", "")
+
+
+def test_a_missing_output_folder_names_the_users_path(model, tmp_path, capsys, stream):
+    target = tmp_path / "no" / "such" / "m.nnr"
+    code, _, err = cli(capsys, "encode", model, "-o", target)
+    assert_refused(code, err, target)
+    assert ".tmp" not in err
+    code, _, err = cli(capsys, "decode", stream, "-o", tmp_path / "nope" / "m.npz")
+    assert_refused(code, err, tmp_path / "nope" / "m.npz")
+    # the library's atomic write names the path too
+    from nnc.formats import write_atomic
+
+    with pytest.raises(FileNotFoundError) as exc:
+        write_atomic(target, b"x")
+    assert exc.value.filename == str(target)
+
+
+def test_info_of_a_model_says_it_is_not_a_stream(model, capsys):
+    code, _, err = cli(capsys, "info", model)
+    assert_refused(code, err, model, "not an NNC stream")
+
+
+@pytest.mark.parametrize("option", [["--tensor-qp", "head.*=-40"], ["--raw", "*.num_batches_tracked"],
+                                    ["--tensor-lambda", "nothing=0.1"]])
+def test_patterns_that_match_nothing_are_an_error(model, tmp_path, capsys, option):
+    code, _, err = cli(capsys, "encode", model, "-o", tmp_path / "m.nnr", *option)
+    assert_refused(code, err, option[1].split("=")[0], "matches no tensor")
+    assert not (tmp_path / "m.nnr").exists()
+
+
+def test_torchscript_and_whole_module_files_give_one_line(tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    module = torch.nn.Linear(3, 2)
+    torch.jit.save(torch.jit.script(module), tmp_path / "scripted.pt")
+    torch.save(module, tmp_path / "module.pt")
+    for name, words in (("scripted.pt", "TorchScript"), ("module.pt", "whole module")):
+        code, _, err = cli(capsys, "encode", tmp_path / name, "-o", tmp_path / "x.nnr")
+        assert_refused(code, err, tmp_path / name, words, "state_dict")
+        assert "\x1b" not in err
+
+
+def test_info_shows_whole_names_original_dtypes_and_original_size(tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    prefix = "encoder.layers.0.self_attention.output.dense."
+    sd = {prefix + "weight": torch.ones((4, 4), dtype=torch.bfloat16),
+          prefix + "weight_scale": torch.ones((4, 4), dtype=torch.bfloat16),
+          "steps": torch.tensor([3], dtype=torch.int64)}
+    torch.save(sd, tmp_path / "m.pt")
+    code, _, err = cli(capsys, "encode", tmp_path / "m.pt", "-o", tmp_path / "m.nnr")
+    assert code == 0, err
+    code, out, _ = cli(capsys, "info", tmp_path / "m.nnr")
+    assert code == 0
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[3:] if line.split()}
+    assert prefix + "weight" in rows and prefix + "weight_scale" in rows
+    assert rows[prefix + "weight"][2] == "bfloat16" and rows["steps"][2] == "int64"
+    info = stream_info(tmp_path / "m.nnr")
+    assert info["original_bytes"] == 2 * 32 + 8
+    assert f"smaller than the original {info['original_bytes']} bytes" in out
+
+
+def test_info_of_a_stream_without_weights_has_no_bits_per_weight(tmp_path, capsys):
+    path = tmp_path / "empty.nnr"
+    path.write_bytes(nnc.encode({"none": np.zeros((0, 3), np.float32)}))
+    code, out, _ = cli(capsys, "info", path)
+    assert code == 0 and "bits/weight" not in out.splitlines()[-1] and "800" not in out
+    assert stream_info(path)["bits_per_weight"] is None
+
+
+def test_decoder_of_a_missing_file_raises_file_not_found(tmp_path, capsys):
+    with pytest.raises(FileNotFoundError):
+        nnc.Decoder(tmp_path / "missing.nnr")
+    with pytest.raises(FileNotFoundError):
+        nnc.decode(str(tmp_path / "missing.nnr"))
+    code, _, err = cli(capsys, "info", tmp_path / "missing.nnr")
+    assert_refused(code, err, tmp_path / "missing.nnr")
+
+
+def test_the_cli_in_a_subprocess_gives_one_line_and_status_1(model, tmp_path):
+    before = model.read_bytes()
+    code, out, err = run_cli("encode", model, "-o", model)
+    assert code == 1 and out == "" and len(err.strip().splitlines()) == 1 and str(model) in err
+    assert model.read_bytes() == before
+
+
+# -- third-party streams in the suite ---------------------------------------------------------------------
+
+SHARED_VECTORS = REPO.parent.parent / "shared" / "vectors"
+if not SHARED_VECTORS.exists():
+    SHARED_VECTORS = Path("/work/shared/vectors")
+
+
+def _third_party():
+    manifest = json.loads((REPO / "conformance" / "manifest.json").read_text())
+    return [e for e in manifest["streams"] if e["group"] == "third-party"]
+
+
+def test_the_suite_carries_nncodecs_streams_with_producer_and_options():
+    entries = _third_party()
+    assert len(entries) == 49
+    assert {e["producer"] for e in entries} == {"NNCodec 0.3.1", "NNCodec 2.1.3"}
+    assert {e["profile"] for e in entries} == {0, 1}
+    assert sorted(e["name"] for e in entries if e.get("wrong_entry_points")) == ["e1_kb_01_block_so1",
+                                                                                 "e1_kb_02_block_so3"]
+    sequence = [e for e in entries if e.get("sequence", {}).get("id") == "nncodec_e2_inc"]
+    assert [e["sequence"]["position"] for e in sequence] == [0, 1, 2, 3]
+    for e in entries:
+        sheet = json.loads((REPO / "conformance" / e["sheet"]).read_text())
+        assert sheet["producer"] == e["producer"] and "options" in sheet and "qp" in sheet["options"]
+        assert (REPO / "conformance" / e["file"]).stat().st_size == e["bytes"]
+
+
+def test_the_third_party_group_verifies_without_the_shared_folder():
+    from nnc.verify import format_table, verify_suite
+
+    for decoder in ("nnc", "nnc-random-access"):
+        results = verify_suite(REPO / "conformance", decoder, groups=["third-party"])
+        assert len(results) == 49 and all(r.passed for r in results), format_table(results)
+
+
+@pytest.mark.skipif(not SHARED_VECTORS.exists(), reason="the shared NNC test vectors (../shared/vectors) are absent")
+def test_the_third_party_streams_are_the_shared_vectors_byte_for_byte():
+    copied = {e["name"]: (REPO / "conformance" / e["file"]).read_bytes() for e in _third_party()}
+    originals = {p.stem: p.read_bytes() for p in SHARED_VECTORS.rglob("*.nnr")}
+    assert copied == originals
