@@ -1,8 +1,11 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
 """DeepCABAC engine (Cython): arithmetic coder, context models, binarisation.
 
-The interface is described in docs/dev/engine-api.md and is identical to the
-pure-Python reference engine ``nnc._pyengine``.  Spec clauses are cited as
+The interface is declared in nnc/engine/interface.py (described in
+docs/dev/engine-api.md) and is identical to that of the pure-Python engine
+``nnc.engine.python``.  Every loop over a tensor walks the scan with one helper
+(``walk_next``) and selects contexts with one set of helpers (``sig_context``,
+``sign_context``, ``gtx_context``).  Spec clauses are cited as
 "spec 9.2".  Index bounds in the hot loops are proven by construction:
 
 * context states stay within C in [-3891, 3891] and F in [-121, 123]
@@ -29,6 +32,9 @@ from nnc import tables
 from nnc.errors import DecodeError, EncodeError, TruncatedError
 
 cnp.import_array()
+
+__all__ = ["PayloadDecoder", "PayloadEncoder", "bin_cost", "block_row_count", "compute_entry_points", "context_count",
+           "dq_rdoq_levels", "dq_trellis", "estimate_tensor_bits", "rdoq_levels", "scan_permutation"]
 
 cdef extern from *:
     int __builtin_clz(unsigned int x) nogil
@@ -98,6 +104,7 @@ DEF ERR_SEEK_PAST_END = 8
 DEF MODE_ENCODE = 0
 DEF MODE_OPTIMISE = 1
 DEF MODE_ESTIMATE = 2
+DEF MODE_COST = 3
 
 DEF INT32_MAX = 2147483647
 
@@ -284,6 +291,143 @@ cdef inline int first_range_forced(Layout* L, TensorShape* t) noexcept nogil:
 cdef inline int has_row_flags(Layout* L, TensorShape* t) noexcept nogil:
     """Edition 2 row-skip / HDSP flags present (spec 8.3)."""
     return L.edition == 2 and t.width > 1 and t.height > 1 and t.cb_size != 1
+
+
+# --------------------------------------------------------------------------
+# The scan walk (spec 11.2): one walker, used by every loop over a tensor --
+# decoding, encoding, estimates, the n -> k conversion and both quantisers.
+# It yields row segments (one matrix row inside one block, 11.2) in scan order;
+# the caller visits the flat indices first .. end - 1 of each.
+# --------------------------------------------------------------------------
+cdef struct ScanWalk:
+    int64_t height
+    int64_t width
+    int64_t block_h
+    int64_t block_w
+    int64_t n_block_rows
+    int64_t br              # current block row
+    int64_t r_end           # end of the current block row's matrix rows
+    int64_t c_end           # end of the current block column
+    int64_t c0              # start of the current block column
+    int64_t row             # matrix row of the current segment
+    int64_t first           # flat index of the segment's first element
+    int64_t end             # flat index after the segment's last element
+    int block_row_start     # the segment is the first of block row br
+
+
+cdef inline void walk_start(ScanWalk* w, TensorShape* t, int64_t first_block_row) noexcept nogil:
+    """Start a walk at block row ``first_block_row``; an empty matrix has no segments."""
+    w.height = t.height
+    w.width = t.width
+    w.block_h = t.block_h
+    w.block_w = t.block_w
+    w.n_block_rows = t.n_block_rows if (t.height > 0 and t.width > 0) else 0
+    w.br = first_block_row - 1
+    w.r_end = 0
+    w.row = 0
+    w.c_end = t.width
+    w.c0 = t.width
+
+
+cdef inline int walk_next(ScanWalk* w) noexcept nogil:
+    """Advance to the next row segment: blocks left to right, rows top to bottom (spec 11.2).
+
+    Returns 0 after the last segment.
+    """
+    w.block_row_start = 0
+    w.row += 1
+    if w.row >= w.r_end:
+        w.c0 = w.c_end
+        if w.c0 >= w.width:
+            w.br += 1
+            if w.br >= w.n_block_rows:
+                return 0
+            w.c0 = 0
+            w.r_end = (w.br + 1) * w.block_h
+            if w.r_end > w.height:
+                w.r_end = w.height
+            w.block_row_start = 1
+        w.c_end = w.c0 + w.block_w
+        if w.c_end > w.width:
+            w.c_end = w.width
+        w.row = w.br * w.block_h
+    w.first = w.row * w.width + w.c0
+    w.end = w.row * w.width + w.c_end
+    return 1
+
+
+cdef inline int skip_row_states(int state, int64_t width) noexcept nogil:
+    """The DQ state after a skipped row segment (spec 11.5): ``width`` parity-0 moves, which have order 4."""
+    cdef int64_t i
+    for i in range(width % 4):
+        state = NEXT_STATE[state][0]
+    return state
+
+
+def block_row_count(int64_t height, int scan_order):
+    """Number of block rows of ``height`` matrix rows in scan order s (spec 11.2): ceil(H / B), 1 for s = 0.
+
+    Give the effective scan order (11.1) for the scan itself, the signalled one for the
+    length of a header's entry-point list (7.3).
+    """
+    if scan_order == 0:
+        return 1
+    return (height + (4 << scan_order) - 1) // (4 << scan_order)
+
+
+def scan_permutation(int64_t height, int64_t width, int scan_order):
+    """Flat row-major indices of a height x width matrix in scan order (spec 11.1, 11.2).
+
+    ``x.reshape(-1)[perm]`` is the tensor in coding order.
+    """
+    if height < 0 or width < 0:
+        raise ValueError(f"negative tensor dimensions {height}x{width}")
+    cdef TensorShape t = make_shape(2, height, width, scan_order, 0, 0, 0, 0, 0)
+    out = np.empty(height * width, dtype=np.int64)
+    cdef int64_t[::1] o = out
+    cdef ScanWalk w
+    cdef int64_t i, pos = 0
+    walk_start(&w, &t, 0)
+    while walk_next(&w):
+        for i in range(w.first, w.end):
+            o[pos] = i
+            pos += 1
+    return out
+
+
+# --------------------------------------------------------------------------
+# Context selection (spec 10.3, 10.5): one place for decoding, encoding and the
+# rate estimates.  ``c`` is the neighbour class of the previous coded value.
+# --------------------------------------------------------------------------
+cdef inline int neighbour_class(int64_t prev) noexcept nogil:
+    if prev == 0:
+        return 0
+    return 1 if prev < 0 else 2
+
+
+cdef inline int sig_context(Layout* L, int state, int c, int32_t base, int hdsp_active) noexcept nogil:
+    """sig_flag: HDSP before TCA before the neighbour rule (spec 10.3.2, 10.5)."""
+    if hdsp_active:
+        return L.sig_hdsp + state
+    if base != 0:
+        return L.sig_tca + 2 * state + (1 if (base > 1 or base < -1) else 0)
+    return L.sig + 3 * state + c
+
+
+cdef inline int sign_context(Layout* L, int c, int32_t base) noexcept nogil:
+    """sign_flag (spec 10.3, 10.5)."""
+    if base != 0:
+        return L.sign_tca + (0 if base < 0 else 1)
+    return L.sign + c
+
+
+cdef inline int gtx_context(Layout* L, int j, int neg, int32_t base) noexcept nogil:
+    """Greater-than flag j (spec 10.3, 10.5); with TCA the choice is |base| >= j."""
+    cdef int64_t abs_base
+    if base != 0:
+        abs_base = -(<int64_t>base) if base < 0 else base
+        return L.gtx_tca + 2 * j + (0 if abs_base >= j else 1)
+    return L.gtx + 2 * j + neg
 
 
 cdef list init_signalled_contexts(Layout* L, TensorShape* t):
@@ -562,47 +706,27 @@ cdef void enc_terminate_and_flush(ArithEncoder* e) noexcept nogil:
 # --------------------------------------------------------------------------
 # Tensor decoding (spec 8.1, 10, 11)
 # --------------------------------------------------------------------------
-cdef inline int neighbour_class(int64_t prev) noexcept nogil:
-    if prev == 0:
-        return 0
-    return 1 if prev < 0 else 2
-
-
 cdef inline int64_t decode_value(ArithDecoder* d, Ctx* ctx, Layout* L, TensorShape* t,
                                  int state, int64_t prev, int32_t base, int hdsp_active) noexcept nogil:
     """Decode one coded integer k (spec 10.1, 10.3, 10.4). Errors set d.err."""
     cdef int c = neighbour_class(prev)
-    cdef int sig_ctx
     cdef int neg
     cdef int64_t absk = 1
     cdef int64_t max_abs
-    cdef int64_t abs_base
     cdef int j = 0
     cdef int m = 0
     cdef int n = L.n_gtx
     if t.cb and t.cb_size == 1:
         return 0                    # one-entry codebook: nothing is coded (spec 10.4)
-    if hdsp_active:
-        sig_ctx = L.sig_hdsp + state
-    elif base != 0:
-        sig_ctx = L.sig_tca + 2 * state + (1 if (base > 1 or base < -1) else 0)
-    else:
-        sig_ctx = L.sig + 3 * state + c
-    if not decode_bin(d, &ctx[sig_ctx]):
+    if not decode_bin(d, &ctx[sig_context(L, state, c, base, hdsp_active)]):
         return 0
     if t.cb and t.sign_inferred:
         neg = t.inferred_negative
-    elif base != 0:
-        neg = decode_bin(d, &ctx[L.sign_tca + (0 if base < 0 else 1)])
     else:
-        neg = decode_bin(d, &ctx[L.sign + c])
+        neg = decode_bin(d, &ctx[sign_context(L, c, base)])
     max_abs = t.max_abs_neg if neg else t.max_abs_pos
-    abs_base = -(<int64_t>base) if base < 0 else base
     while absk < max_abs and j < n:
-        if base != 0:
-            if not decode_bin(d, &ctx[L.gtx_tca + 2 * j + (0 if abs_base >= j else 1)]):
-                return -absk if neg else absk
-        elif not decode_bin(d, &ctx[L.gtx + 2 * j + neg]):
+        if not decode_bin(d, &ctx[gtx_context(L, j, neg, base)]):
             return -absk if neg else absk
         absk += 1
         j += 1
@@ -640,22 +764,22 @@ cdef int decode_tensor_data(ArithDecoder* d, Ctx* ctx, Layout* L, TensorShape* t
                             int32_t* out, const int32_t* base, const int8_t* hist, const uint8_t* skipped,
                             int64_t* ep_t, int64_t* ep_value, int64_t* ep_state, int64_t n_ep, int use_ep,
                             int64_t start_row, int64_t* rec_t, int64_t* rec_value, int64_t* rec_state) noexcept nogil:
-    """Decode the scan of one tensor (spec 11.2, 11.3, 11.5). Returns 0 or an error code."""
-    cdef int64_t br, r, c, r0, r_end, c0, c_end, row_off, i
+    """Decode the scan of one tensor (spec 11.2, 11.3, 11.5). Returns 0 or an error code.
+
+    With entry points (``use_ep``) the block rows before ``start_row`` are not decoded.
+    """
+    cdef int64_t br, i
     cdef int state = 0
     cdef int64_t prev = 0
     cdef int64_t k, n_rec
     cdef int32_t b = 0
     cdef int hd = 0
-    cdef int skip_adv
     cdef int code
-    cdef int64_t W = t.width
-    for br in range(t.n_block_rows):
-        r0 = br * t.block_h
-        r_end = r0 + t.block_h
-        if r_end > t.height:
-            r_end = t.height
-        if br > 0:
+    cdef ScanWalk w
+    walk_start(&w, t, start_row if use_ep else 0)
+    while walk_next(&w):
+        br = w.br
+        if w.block_row_start and br > 0:
             contexts_reset(ctx, L.n_ctx)
             prev = 0
             d.rng = 256
@@ -665,64 +789,53 @@ cdef int decode_tensor_data(ArithDecoder* d, Ctx* ctx, Layout* L, TensorShape* t
                 rec_t[br - 1] = decoder_position(d)
                 rec_value[br - 1] = d.val >> 7
                 rec_state[br - 1] = state
-        if use_ep and br > 0 and br >= start_row:
-            code = decoder_seek(d, ep_t[br - 1], <uint32_t>ep_value[br - 1])
-            if code:
-                return code
-            state = <int>ep_state[br - 1] if t.dq else 0
-        elif use_ep and br < start_row:
+            if use_ep:
+                code = decoder_seek(d, ep_t[br - 1], <uint32_t>ep_value[br - 1])
+                if code:
+                    return code
+                state = <int>ep_state[br - 1] if t.dq else 0
+        if skipped != NULL and skipped[w.row]:
+            if t.dq:
+                # the reference decoder advances the state `width` times per
+                # skipped row segment (spec 11.5)
+                state = skip_row_states(state, w.width)
             continue
-        c0 = 0
-        while c0 < W:
-            c_end = c0 + t.block_w
-            if c_end > W:
-                c_end = W
-            for r in range(r0, r_end):
-                if skipped != NULL and skipped[r]:
-                    if t.dq:
-                        # the reference decoder advances the state `width` times per
-                        # skipped block segment (spec 11.5); parity-0 moves have order 4
-                        for skip_adv in range(W % 4):
-                            state = NEXT_STATE[state][0]
-                    continue
-                row_off = r * W
-                for c in range(c0, c_end):
-                    i = row_off + c
-                    if base != NULL:
-                        b = base[i]
-                    if hist != NULL:
-                        hd = hist[i] == 1
-                    k = decode_value(d, ctx, L, t, state, prev, b, hd)
-                    if d.err:
-                        return d.err
-                    if t.dq and k != 0:
-                        # reconstruction integer n = 2k - sgn(k)(s & 1) (spec 10.2)
-                        n_rec = 2 * k - ((state & 1) if k > 0 else -(state & 1))
-                        if n_rec > INT32_MAX or n_rec < -INT32_MAX - 1:
-                            return ERR_DQ_RANGE
-                        out[i] = <int32_t>n_rec
-                    else:
-                        out[i] = <int32_t>k
-                    if t.dq:
-                        state = NEXT_STATE[state][k & 1]
-                    prev = k
-            c0 = c_end
+        for i in range(w.first, w.end):
+            if base != NULL:
+                b = base[i]
+            if hist != NULL:
+                hd = hist[i] == 1
+            k = decode_value(d, ctx, L, t, state, prev, b, hd)
+            if d.err:
+                return d.err
+            if t.dq and k != 0:
+                # reconstruction integer n = 2k - sgn(k)(s & 1) (spec 10.2)
+                n_rec = 2 * k - ((state & 1) if k > 0 else -(state & 1))
+                if n_rec > INT32_MAX or n_rec < -INT32_MAX - 1:
+                    return ERR_DQ_RANGE
+                out[i] = <int32_t>n_rec
+            else:
+                out[i] = <int32_t>k
+            if t.dq:
+                state = NEXT_STATE[state][k & 1]
+            prev = k
     return ERR_NONE
 
 
 # --------------------------------------------------------------------------
 # Tensor encoding, init-set optimisation and rate estimation share one walk
 # over the bins: ``put_bin`` sends a bin to the coder, to the 9 parallel
-# estimators of the init-set optimiser, or to the single rate estimator.
+# estimators of the init-set optimiser, to the single rate estimator, or to a
+# cost counter that leaves the contexts unchanged (the quantisers' rate).
 # --------------------------------------------------------------------------
 cdef struct BinSink:
     int mode
     ArithEncoder* enc
-    Ctx* ctx                # MODE_ENCODE / MODE_ESTIMATE: one context set
+    Ctx* ctx                # MODE_ENCODE / MODE_ESTIMATE / MODE_COST: one context set
     Ctx* opt_ctx            # MODE_OPTIMISE: N_SETS context sets, set s at s * n_ctx
     uint64_t* opt_cost      # MODE_OPTIMISE: accumulated cost per (set, context)
     int n_ctx
-    uint64_t est_bits       # MODE_ESTIMATE: accumulated cost (1/32768 bit)
+    uint64_t est_bits       # MODE_ESTIMATE / MODE_COST: accumulated cost (1/32768 bit)
 
 
 cdef inline void start_estimator(BinSink* s, Ctx* ctx, int n_ctx) noexcept nogil:
@@ -741,6 +854,8 @@ cdef inline void put_bin(BinSink* s, int ctx_idx, int bin) noexcept nogil:
     elif s.mode == MODE_ESTIMATE:
         s.est_bits += est_bin(&s.ctx[ctx_idx], bin)
         ctx_update(&s.ctx[ctx_idx], bin)
+    elif s.mode == MODE_COST:
+        s.est_bits += est_bin(&s.ctx[ctx_idx], bin)
     else:
         for k in range(N_SETS):
             m = &s.opt_ctx[k * s.n_ctx + ctx_idx]
@@ -751,7 +866,7 @@ cdef inline void put_bin(BinSink* s, int ctx_idx, int bin) noexcept nogil:
 cdef inline void put_bypass(BinSink* s, uint64_t value, int nbits) noexcept nogil:
     if s.mode == MODE_ENCODE:
         enc_bypass_bits(s.enc, value, nbits)
-    elif s.mode == MODE_ESTIMATE:
+    elif s.mode != MODE_OPTIMISE:
         s.est_bits += <uint64_t>nbits * EST_BYPASS
 
 
@@ -775,7 +890,6 @@ cdef inline void encode_value(BinSink* s, Layout* L, TensorShape* t, int64_t k, 
     cdef int64_t absk = -k if neg else k
     cdef int64_t run = 1
     cdef int64_t max_abs
-    cdef int64_t abs_base
     cdef int64_t r
     cdef int j = 0
     cdef int m = 0
@@ -783,27 +897,15 @@ cdef inline void encode_value(BinSink* s, Layout* L, TensorShape* t, int64_t k, 
     cdef int flag
     if t.cb and t.cb_size == 1:
         return
-    if hdsp_active:
-        put_bin(s, L.sig_hdsp + state, k != 0)
-    elif base != 0:
-        put_bin(s, L.sig_tca + 2 * state + (1 if (base > 1 or base < -1) else 0), k != 0)
-    else:
-        put_bin(s, L.sig + 3 * state + c, k != 0)
+    put_bin(s, sig_context(L, state, c, base, hdsp_active), k != 0)
     if k == 0:
         return
     if not (t.cb and t.sign_inferred):
-        if base != 0:
-            put_bin(s, L.sign_tca + (0 if base < 0 else 1), neg)
-        else:
-            put_bin(s, L.sign + c, neg)
+        put_bin(s, sign_context(L, c, base), neg)
     max_abs = t.max_abs_neg if neg else t.max_abs_pos
-    abs_base = -(<int64_t>base) if base < 0 else base
     while run < max_abs and j < n:
         flag = absk > run
-        if base != 0:
-            put_bin(s, L.gtx_tca + 2 * j + (0 if abs_base >= j else 1), flag)
-        else:
-            put_bin(s, L.gtx + 2 * j + neg, flag)
+        put_bin(s, gtx_context(L, j, neg, base), flag)
         if not flag:
             return
         run += 1
@@ -829,46 +931,41 @@ cdef inline void encode_value(BinSink* s, Layout* L, TensorShape* t, int64_t k, 
 cdef void encode_tensor_data(BinSink* s, Layout* L, TensorShape* t, const int32_t* k_values,
                              const int32_t* base, const int8_t* hist, const uint8_t* skipped) noexcept nogil:
     """Walk the scan of one tensor, sending its bins to the sink (spec 11.2, 11.3, 11.5)."""
-    cdef int64_t br, r, c, r0, r_end, c0, c_end, row_off, i
+    cdef int64_t i
     cdef int state = 0
     cdef int64_t prev = 0
     cdef int64_t k
     cdef int32_t b = 0
     cdef int hd = 0
-    cdef int skip_adv
-    cdef int64_t W = t.width
-    for br in range(t.n_block_rows):
-        r0 = br * t.block_h
-        r_end = r0 + t.block_h
-        if r_end > t.height:
-            r_end = t.height
-        if br > 0:
+    cdef ScanWalk w
+    walk_start(&w, t, 0)
+    while walk_next(&w):
+        if w.block_row_start and w.br > 0:
             sink_block_row_start(s)
             prev = 0
-        c0 = 0
-        while c0 < W:
-            c_end = c0 + t.block_w
-            if c_end > W:
-                c_end = W
-            for r in range(r0, r_end):
-                if skipped != NULL and skipped[r]:
-                    if t.dq:
-                        for skip_adv in range(W % 4):
-                            state = NEXT_STATE[state][0]
-                    continue
-                row_off = r * W
-                for c in range(c0, c_end):
-                    i = row_off + c
-                    if base != NULL:
-                        b = base[i]
-                    if hist != NULL:
-                        hd = hist[i] == 1
-                    k = k_values[i]
-                    encode_value(s, L, t, k, state, prev, b, hd)
-                    if t.dq:
-                        state = NEXT_STATE[state][k & 1]
-                    prev = k
-            c0 = c_end
+        if skipped != NULL and skipped[w.row]:
+            if t.dq:
+                state = skip_row_states(state, w.width)
+            continue
+        for i in range(w.first, w.end):
+            if base != NULL:
+                b = base[i]
+            if hist != NULL:
+                hd = hist[i] == 1
+            k = k_values[i]
+            encode_value(s, L, t, k, state, prev, b, hd)
+            if t.dq:
+                state = NEXT_STATE[state][k & 1]
+            prev = k
+
+
+cdef inline int64_t dq_k_from_n(int64_t n, int state) noexcept nogil:
+    """k = (n + sgn(n)(s & 1)) >> 1 (spec 10.2), the encoder's conversion n -> k."""
+    if n == 0:
+        return 0
+    if n > 0:
+        return (n + (state & 1)) >> 1
+    return (n - (state & 1)) >> 1
 
 
 cdef int levels_to_coded(TensorShape* t, const int32_t* n_values, int32_t* k_out,
@@ -878,45 +975,27 @@ cdef int levels_to_coded(TensorShape* t, const int32_t* n_values, int32_t* k_out
     Returns 0, or 1 with *bad_index set when some n is not representable in
     the trellis state reached at its position.
     """
-    cdef int64_t br, r, c, r0, r_end, c0, c_end, i
+    cdef int64_t i
     cdef int state = 0
     cdef int64_t n, k
-    cdef int skip_adv
-    cdef int64_t W = t.width
-    for br in range(t.n_block_rows):
-        r0 = br * t.block_h
-        r_end = r0 + t.block_h
-        if r_end > t.height:
-            r_end = t.height
-        c0 = 0
-        while c0 < W:
-            c_end = c0 + t.block_w
-            if c_end > W:
-                c_end = W
-            for r in range(r0, r_end):
-                if skipped != NULL and skipped[r]:
-                    for skip_adv in range(W % 4):
-                        state = NEXT_STATE[state][0]
-                    continue
-                for c in range(c0, c_end):
-                    i = r * W + c
-                    n = n_values[i]
-                    if n == 0:
-                        k = 0
-                    elif n > 0:
-                        k = (n + (state & 1)) >> 1
-                    else:
-                        k = (n - (state & 1)) >> 1
-                    # check n is a level of the quantiser of this state
-                    if k != 0 and 2 * k - ((state & 1) if k > 0 else -(state & 1)) != n:
-                        bad_index[0] = i
-                        return 1
-                    if n != 0 and k == 0:
-                        bad_index[0] = i
-                        return 1
-                    k_out[i] = <int32_t>k
-                    state = NEXT_STATE[state][k & 1]
-            c0 = c_end
+    cdef ScanWalk w
+    walk_start(&w, t, 0)
+    while walk_next(&w):
+        if skipped != NULL and skipped[w.row]:
+            state = skip_row_states(state, w.width)
+            continue
+        for i in range(w.first, w.end):
+            n = n_values[i]
+            k = dq_k_from_n(n, state)
+            # check n is a level of the quantiser of this state
+            if k != 0 and 2 * k - ((state & 1) if k > 0 else -(state & 1)) != n:
+                bad_index[0] = i
+                return 1
+            if n != 0 and k == 0:
+                bad_index[0] = i
+                return 1
+            k_out[i] = <int32_t>k
+            state = NEXT_STATE[state][k & 1]
     return 0
 
 
@@ -1436,35 +1515,21 @@ def compute_entry_points(payload, int edition, tensors):
 # in scan order, the index k minimising F (x - k)^2 + lambda * bits(k), where
 # bits(k) is the estimated code length under the current adaptive contexts.
 # --------------------------------------------------------------------------
-cdef inline uint64_t dq_value_cost(Ctx* ctx, Layout* L, int64_t k, int state, int64_t prev) noexcept nogil:
-    """Estimated cost (1/32768 bit) of coding k in DQ state `state` (0 without DQ), contexts unchanged."""
-    cdef int c = neighbour_class(prev)
-    cdef int neg = k < 0
-    cdef int64_t absk = -k if neg else k
-    cdef int64_t run = 1
-    cdef int64_t r
-    cdef int j = 0
-    cdef int m = 0
-    cdef uint64_t cost = est_bin(&ctx[L.sig + 3 * state + c], k != 0)
-    if k == 0:
-        return cost
-    cost += est_bin(&ctx[L.sign + c], neg)
-    while j < L.n_gtx:
-        cost += est_bin(&ctx[L.gtx + 2 * j + neg], absk > run)
-        if absk <= run:
-            return cost
-        run += 1
-        j += 1
-    r = absk - run
-    while m < L.n_rem:
-        if r >= (<int64_t>1 << m):
-            cost += est_bin(&ctx[L.rem + m], 1)
-            r -= <int64_t>1 << m
-            m += 1
-        else:
-            cost += est_bin(&ctx[L.rem + m], 0)
-            break
-    return cost + <uint64_t>m * EST_BYPASS
+cdef inline uint64_t value_cost(BinSink* cost, Layout* L, TensorShape* t, int64_t k, int state,
+                                int64_t prev) noexcept nogil:
+    """Estimated cost (1/32768 bit) of coding k in DQ state `state` (0 without DQ); the contexts of the
+    MODE_COST sink ``cost`` stay unchanged (spec A.4)."""
+    cost.est_bits = 0
+    encode_value(cost, L, t, k, state, prev, 0, 0)
+    return cost.est_bits
+
+
+cdef inline void start_cost_counter(BinSink* s, Ctx* ctx, int n_ctx) noexcept nogil:
+    """A sink that prices bins under the contexts ``ctx`` without adapting them (spec A.4)."""
+    s.mode = MODE_COST
+    s.ctx = ctx
+    s.n_ctx = n_ctx
+    s.est_bits = 0
 
 
 cdef inline void dq_candidates(double x, int state, int64_t* out) noexcept nogil:
@@ -1477,14 +1542,6 @@ cdef inline void dq_candidates(double x, int state, int64_t* out) noexcept nogil
     out[0] = 0
     out[1] = a
     out[2] = a + 2
-
-
-cdef inline int64_t dq_k_from_n(int64_t n, int state) noexcept nogil:
-    if n == 0:
-        return 0
-    if n > 0:
-        return (n + (state & 1)) >> 1
-    return (n - (state & 1)) >> 1
 
 
 def rdoq_levels(double[::1] x, int64_t height, int64_t width, *, double lam, int n_gtx=11, int scan_order=0,
@@ -1520,7 +1577,9 @@ def rdoq_levels(double[::1] x, int64_t height, int64_t width, *, double lam, int
     if ctx == NULL:
         raise MemoryError()
     cdef BinSink s
-    cdef int64_t br, r, c, r0, r_end, c0, c_end, i, cand, best_k, lo
+    cdef BinSink rate
+    cdef ScanWalk w
+    cdef int64_t i, cand, best_k, lo
     cdef int q
     cdef int64_t prev = 0
     cdef double ax, d, cost, best_cost, fi, scale = lam / 32768.0
@@ -1529,50 +1588,41 @@ def rdoq_levels(double[::1] x, int64_t height, int64_t width, *, double lam, int
         for q in range(L.n_ctx):
             ctx_init(&ctx[q], 0)
         start_estimator(&s, ctx, L.n_ctx)
+        start_cost_counter(&rate, ctx, L.n_ctx)
+        walk_start(&w, &t, 0)
         with nogil:
-            for br in range(t.n_block_rows):
-                r0 = br * t.block_h
-                r_end = r0 + t.block_h
-                if r_end > t.height:
-                    r_end = t.height
-                if br > 0:
+            while walk_next(&w):
+                if w.block_row_start and w.br > 0:
                     contexts_reset(ctx, L.n_ctx)
                     prev = 0
-                c0 = 0
-                while c0 < width:
-                    c_end = c0 + t.block_w
-                    if c_end > width:
-                        c_end = width
-                    for r in range(r0, r_end):
-                        for c in range(c0, c_end):
-                            i = r * width + c
-                            ax = x[i] if x[i] >= 0 else -x[i]
-                            fi = f_v[i] if has_f else 1.0
-                            lo = <int64_t>ax
-                            cands[0] = 0
-                            cands[1] = lo
-                            cands[2] = lo + 1
-                            best_k = 0
-                            best_cost = 1e308
-                            for q in range(3):
-                                cand = cands[q]
-                                if q > 0 and cand == 0:
-                                    continue
-                                if cand > INT32_MAX:
-                                    continue
-                                d = ax - <double>cand
-                                cost = fi * d * d
-                                if scale > 0:
-                                    cost += scale * <double>dq_value_cost(ctx, &L, -cand if x[i] < 0 else cand, 0, prev)
-                                if cost < best_cost or (cost == best_cost and cand > best_k):
-                                    best_cost = cost
-                                    best_k = cand
-                            if x[i] < 0:
-                                best_k = -best_k
-                            o[i] = <int32_t>best_k
-                            encode_value(&s, &L, &t, best_k, 0, prev, 0, 0)
-                            prev = best_k
-                    c0 = c_end
+                for i in range(w.first, w.end):
+                    ax = x[i] if x[i] >= 0 else -x[i]
+                    fi = f_v[i] if has_f else 1.0
+                    lo = <int64_t>ax
+                    cands[0] = 0
+                    cands[1] = lo
+                    cands[2] = lo + 1
+                    best_k = 0
+                    best_cost = 1e308
+                    for q in range(3):
+                        cand = cands[q]
+                        if q > 0 and cand == 0:
+                            continue
+                        if cand > INT32_MAX:
+                            continue
+                        d = ax - <double>cand
+                        cost = fi * d * d
+                        if scale > 0:
+                            cost += scale * <double>value_cost(&rate, &L, &t, -cand if x[i] < 0 else cand,
+                                                               0, prev)
+                        if cost < best_cost or (cost == best_cost and cand > best_k):
+                            best_cost = cost
+                            best_k = cand
+                    if x[i] < 0:
+                        best_k = -best_k
+                    o[i] = <int32_t>best_k
+                    encode_value(&s, &L, &t, best_k, 0, prev, 0, 0)
+                    prev = best_k
         return out
     finally:
         free(ctx)
@@ -1591,6 +1641,7 @@ def dq_rdoq_levels(double[::1] x, int64_t height, int64_t width, *, double lam, 
 
     lam = 0 is the distortion-only trellis of A.2; give chunk >= the tensor size for one
     global Viterbi search (the default chunking fixes the path every ``chunk`` elements).
+    The working memory is 16 bytes per chunk element, whatever the tensor's size.
     """
     _check_edition(edition)
     _check_tensor_args(height, width, n_gtx, scan_order, EncodeError)
@@ -1608,30 +1659,12 @@ def dq_rdoq_levels(double[::1] x, int64_t height, int64_t width, *, double lam, 
         f_v = f_arr
     cdef Layout L = make_layout(edition, n_gtx)
     cdef TensorShape t = make_shape(edition, height, width, scan_order, 1, 0, 0, 0, 0)
-    # scan order positions and block-row starts; a single block as wide as the matrix is
-    # row-major order without block-row starts, and needs neither array (memory: 9 bytes/weight)
-    cdef bint row_major = t.n_block_rows <= 1 and t.block_w >= width
-    order_arr = np.empty(1 if row_major else size, dtype=np.int64)
-    row_start_arr = np.zeros(1 if row_major else size, dtype=np.uint8)
-    cdef int64_t[::1] order = order_arr
-    cdef uint8_t[::1] row_start = row_start_arr
-    cdef int64_t br, r, c, r0, r_end, c0, c_end, pos = 0
-    for br in range(0 if row_major else t.n_block_rows):
-        r0 = br * t.block_h
-        r_end = min(r0 + t.block_h, height)
-        c0 = 0
-        while c0 < width:
-            c_end = min(c0 + t.block_w, width)
-            for r in range(r0, r_end):
-                for c in range(c0, c_end):
-                    if br > 0 and r == r0 and c == 0:
-                        row_start[pos] = 1
-                    order[pos] = r * width + c
-                    pos += 1
-            c0 = c_end
     out = np.zeros(size, dtype=np.int32)
     cdef int32_t[::1] o = out
+    # memory bounded by the chunk: its scan positions and its back pointers (16 bytes per element)
     cdef int64_t clen = chunk if chunk < size else size
+    pos_arr = np.zeros(clen if clen > 0 else 1, dtype=np.int64)
+    cdef int64_t[::1] pos = pos_arr
     back_arr = np.zeros((clen if clen > 0 else 1, 8), dtype=np.uint8)
     cdef uint8_t[:, ::1] back = back_arr
     prev_arr = np.zeros((2, 8), dtype=np.int64)
@@ -1643,29 +1676,46 @@ def dq_rdoq_levels(double[::1] x, int64_t height, int64_t width, *, double lam, 
         free(frozen)
         raise MemoryError()
     cdef BinSink sink
+    cdef BinSink rate
+    cdef ScanWalk w
     cdef double cost[8]
     cdef double new_cost[8]
     cdef int64_t cand[3]
-    cdef int64_t start, end, i, idx, k, n_val, prev_run = 0
+    cdef int64_t n, i, idx, k, n_val, prev_run = 0, seg_i = 0, seg_end = 0
     cdef int s, q, nxt, best_state, start_state = 0, j, cur, ci
+    cdef bint row_start_pending = False, chunk_row_start
     cdef double d, total, fi, scale = lam / 32768.0
     try:
         for q in range(L.n_ctx):
             ctx_init(&ctx[q], 0)
         start_estimator(&sink, ctx, L.n_ctx)
+        start_cost_counter(&rate, frozen, L.n_ctx)
+        walk_start(&w, &t, 0)
         with nogil:
-            start = 0
-            while start < size:
-                end = start + clen
-                if end > size:
-                    end = size
-                # with rates, a block row starts a new chunk so that its context reset applies
-                if scale > 0 and not row_major:
-                    for i in range(start + 1, end):
-                        if row_start[i]:
-                            end = i
+            while True:
+                # the next chunk of the scan; with rates, a block row starts a new chunk so
+                # that its context reset applies
+                n = 0
+                chunk_row_start = False
+                while n < clen:
+                    if seg_i == seg_end:
+                        if not walk_next(&w):
                             break
-                if not row_major and row_start[start]:
+                        seg_i = w.first
+                        seg_end = w.end
+                        row_start_pending = w.block_row_start and w.br > 0
+                    if row_start_pending:
+                        if n == 0:
+                            chunk_row_start = True
+                        elif scale > 0:
+                            break
+                        row_start_pending = False
+                    pos[n] = seg_i
+                    seg_i += 1
+                    n += 1
+                if n == 0:
+                    break
+                if chunk_row_start:
                     contexts_reset(ctx, L.n_ctx)
                     prev_run = 0
                 memcpy(frozen, ctx, L.n_ctx * sizeof(Ctx))
@@ -1674,8 +1724,8 @@ def dq_rdoq_levels(double[::1] x, int64_t height, int64_t width, *, double lam, 
                     prevk[0, s] = prev_run
                 cost[start_state] = 0.0
                 cur = 0
-                for i in range(start, end):
-                    idx = i if row_major else order[i]
+                for i in range(n):
+                    idx = pos[i]
                     fi = f_v[idx] if has_f else 1.0
                     for s in range(8):
                         new_cost[s] = INFINITY
@@ -1691,10 +1741,10 @@ def dq_rdoq_levels(double[::1] x, int64_t height, int64_t width, *, double lam, 
                             d = x[idx] - <double>cand[ci]
                             total = cost[s] + fi * d * d
                             if scale > 0:
-                                total += scale * <double>dq_value_cost(frozen, &L, k, s, prevk[cur, s])
+                                total += scale * <double>value_cost(&rate, &L, &t, k, s, prevk[cur, s])
                             if total < new_cost[nxt]:
                                 new_cost[nxt] = total
-                                back[i - start, nxt] = <uint8_t>(s * 4 + ci)
+                                back[i, nxt] = <uint8_t>(s * 4 + ci)
                                 prevk[1 - cur, nxt] = k
                     for s in range(8):
                         cost[s] = new_cost[s]
@@ -1705,26 +1755,24 @@ def dq_rdoq_levels(double[::1] x, int64_t height, int64_t width, *, double lam, 
                         best_state = s
                 # trace back the chunk
                 s = best_state
-                i = end - 1
-                while i >= start:
-                    j = back[i - start, s]
+                i = n - 1
+                while i >= 0:
+                    j = back[i, s]
                     ci = j & 3
                     s = j >> 2
-                    idx = i if row_major else order[i]
-                    dq_candidates(x[idx], s, cand)
-                    o[idx] = <int32_t>cand[ci]
+                    dq_candidates(x[pos[i]], s, cand)
+                    o[pos[i]] = <int32_t>cand[ci]
                     i -= 1
                 # adapt the contexts to the chosen levels, in scan order
                 s = start_state
-                for i in range(start, end):
-                    n_val = o[i if row_major else order[i]]
+                for i in range(n):
+                    n_val = o[pos[i]]
                     k = dq_k_from_n(n_val, s)
                     if scale > 0:
                         encode_value(&sink, &L, &t, k, s, prev_run, 0, 0)
                     prev_run = k
                     s = NEXT_STATE[s][k & 1]
                 start_state = s
-                start = end
         return out
     finally:
         free(ctx)

@@ -472,10 +472,8 @@ class Encoder:
             )
         lam = self.tensor_lambda(name)
         if dq and lam:
-            from ._engine import dq_rdoq_levels
-
             order_free = np.ascontiguousarray(scaled)
-            return dq_rdoq_levels(order_free, height, width, lam=lam, n_gtx=self.n_gtx,
+            return self.engine.dq_rdoq_levels(order_free, height, width, lam=lam, n_gtx=self.n_gtx,
                                   scan_order=scan_order, edition=self.edition,
                                   importance=self.importance.get(name))
         if not dq and lam:
@@ -488,10 +486,8 @@ class Encoder:
                                            importance=importance)
         if not dq:
             return (np.sign(scaled) * np.floor(np.abs(scaled) + 0.5)).astype(np.int32)
-        from ._engine import dq_rdoq_levels
-
         # one global Viterbi search along the scan (spec A.2)
-        return dq_rdoq_levels(np.ascontiguousarray(scaled), height, width, lam=0.0, scan_order=scan_order,
+        return self.engine.dq_rdoq_levels(np.ascontiguousarray(scaled), height, width, lam=0.0, scan_order=scan_order,
                               edition=self.edition, chunk=max(scaled.size, 1))
 
     def _block_groups(self, tensors: Mapping[str, np.ndarray]) -> dict[str, dict]:
@@ -1105,16 +1101,7 @@ def scan_permutation(height: int, width: int, scan_order: int) -> np.ndarray:
     >>> scan_permutation(2, 16, 1)[:10].tolist()
     [0, 1, 2, 3, 4, 5, 6, 7, 16, 17]
     """
-    idx = np.arange(height * width, dtype=np.int64)
-    if scan_order == 0 or height <= 1 or width <= 1:
-        return idx
-    b = 4 << scan_order
-    m = idx.reshape(height, width)
-    parts = []
-    for r0 in range(0, height, b):
-        for c0 in range(0, width, b):
-            parts.append(m[r0:r0 + b, c0:c0 + b].reshape(-1))
-    return np.concatenate(parts)
+    return get_engine().scan_permutation(height, width, scan_order)
 
 
 def encode(tensors: Mapping[str, object], *, qp: int | None = None, dq: bool = True, **options) -> bytes:
