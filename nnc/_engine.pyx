@@ -104,7 +104,6 @@ DEF ERR_SEEK_PAST_END = 8
 DEF MODE_ENCODE = 0
 DEF MODE_OPTIMISE = 1
 DEF MODE_ESTIMATE = 2
-DEF MODE_COST = 3
 
 DEF INT32_MAX = 2147483647
 
@@ -825,17 +824,16 @@ cdef int decode_tensor_data(ArithDecoder* d, Ctx* ctx, Layout* L, TensorShape* t
 # --------------------------------------------------------------------------
 # Tensor encoding, init-set optimisation and rate estimation share one walk
 # over the bins: ``put_bin`` sends a bin to the coder, to the 9 parallel
-# estimators of the init-set optimiser, to the single rate estimator, or to a
-# cost counter that leaves the contexts unchanged (the quantisers' rate).
+# estimators of the init-set optimiser, or to the single rate estimator.
 # --------------------------------------------------------------------------
 cdef struct BinSink:
     int mode
     ArithEncoder* enc
-    Ctx* ctx                # MODE_ENCODE / MODE_ESTIMATE / MODE_COST: one context set
+    Ctx* ctx                # MODE_ENCODE / MODE_ESTIMATE: one context set
     Ctx* opt_ctx            # MODE_OPTIMISE: N_SETS context sets, set s at s * n_ctx
     uint64_t* opt_cost      # MODE_OPTIMISE: accumulated cost per (set, context)
     int n_ctx
-    uint64_t est_bits       # MODE_ESTIMATE / MODE_COST: accumulated cost (1/32768 bit)
+    uint64_t est_bits       # MODE_ESTIMATE: accumulated cost (1/32768 bit)
 
 
 cdef inline void start_estimator(BinSink* s, Ctx* ctx, int n_ctx) noexcept nogil:
@@ -854,8 +852,6 @@ cdef inline void put_bin(BinSink* s, int ctx_idx, int bin) noexcept nogil:
     elif s.mode == MODE_ESTIMATE:
         s.est_bits += est_bin(&s.ctx[ctx_idx], bin)
         ctx_update(&s.ctx[ctx_idx], bin)
-    elif s.mode == MODE_COST:
-        s.est_bits += est_bin(&s.ctx[ctx_idx], bin)
     else:
         for k in range(N_SETS):
             m = &s.opt_ctx[k * s.n_ctx + ctx_idx]
@@ -866,7 +862,7 @@ cdef inline void put_bin(BinSink* s, int ctx_idx, int bin) noexcept nogil:
 cdef inline void put_bypass(BinSink* s, uint64_t value, int nbits) noexcept nogil:
     if s.mode == MODE_ENCODE:
         enc_bypass_bits(s.enc, value, nbits)
-    elif s.mode != MODE_OPTIMISE:
+    elif s.mode == MODE_ESTIMATE:
         s.est_bits += <uint64_t>nbits * EST_BYPASS
 
 
@@ -1515,21 +1511,41 @@ def compute_entry_points(payload, int edition, tensors):
 # in scan order, the index k minimising F (x - k)^2 + lambda * bits(k), where
 # bits(k) is the estimated code length under the current adaptive contexts.
 # --------------------------------------------------------------------------
-cdef inline uint64_t value_cost(BinSink* cost, Layout* L, TensorShape* t, int64_t k, int state,
-                                int64_t prev) noexcept nogil:
-    """Estimated cost (1/32768 bit) of coding k in DQ state `state` (0 without DQ); the contexts of the
-    MODE_COST sink ``cost`` stay unchanged (spec A.4)."""
-    cost.est_bits = 0
-    encode_value(cost, L, t, k, state, prev, 0, 0)
-    return cost.est_bits
+cdef inline uint64_t value_cost(Ctx* ctx, Layout* L, int64_t k, int state, int64_t prev) noexcept nogil:
+    """Estimated cost (1/32768 bit) of coding k in DQ state `state` (0 without DQ), contexts unchanged (spec A.4).
 
-
-cdef inline void start_cost_counter(BinSink* s, Ctx* ctx, int n_ctx) noexcept nogil:
-    """A sink that prices bins under the contexts ``ctx`` without adapting them (spec A.4)."""
-    s.mode = MODE_COST
-    s.ctx = ctx
-    s.n_ctx = n_ctx
-    s.est_bits = 0
+    The bins of encode_value for a tensor without codebook, TCA or HDSP, with the same
+    context selection; kept apart from encode_value because the quantisers price up to 24
+    candidates per weight and need it lean (the differential tests against the Python
+    engine, which prices with its one binarisation, check it).
+    """
+    cdef int c = neighbour_class(prev)
+    cdef int neg = k < 0
+    cdef int64_t absk = -k if neg else k
+    cdef int64_t run = 1
+    cdef int64_t r
+    cdef int j = 0
+    cdef int m = 0
+    cdef uint64_t cost = est_bin(&ctx[sig_context(L, state, c, 0, 0)], k != 0)
+    if k == 0:
+        return cost
+    cost += est_bin(&ctx[sign_context(L, c, 0)], neg)
+    while j < L.n_gtx:
+        cost += est_bin(&ctx[gtx_context(L, j, neg, 0)], absk > run)
+        if absk <= run:
+            return cost
+        run += 1
+        j += 1
+    r = absk - run
+    while m < L.n_rem:
+        if r >= (<int64_t>1 << m):
+            cost += est_bin(&ctx[L.rem + m], 1)
+            r -= <int64_t>1 << m
+            m += 1
+        else:
+            cost += est_bin(&ctx[L.rem + m], 0)
+            break
+    return cost + <uint64_t>m * EST_BYPASS
 
 
 cdef inline void dq_candidates(double x, int state, int64_t* out) noexcept nogil:
@@ -1542,6 +1558,51 @@ cdef inline void dq_candidates(double x, int state, int64_t* out) noexcept nogil
     out[0] = 0
     out[1] = a
     out[2] = a + 2
+
+
+cdef void rdoq_scan(const double* x, const double* f, int32_t* o, Ctx* ctx, Layout* L, TensorShape* t,
+                    double scale) noexcept nogil:
+    """RDOQ along the scan (spec A.9): the level of each element, then the contexts adapt to it."""
+    cdef BinSink s
+    cdef ScanWalk w
+    cdef int64_t i, cand, best_k, lo
+    cdef int q
+    cdef int64_t prev = 0
+    cdef double ax, d, cost, best_cost, fi
+    cdef int64_t cands[3]
+    start_estimator(&s, ctx, L.n_ctx)
+    walk_start(&w, t, 0)
+    while walk_next(&w):
+        if w.block_row_start and w.br > 0:
+            contexts_reset(ctx, L.n_ctx)
+            prev = 0
+        for i in range(w.first, w.end):
+            ax = x[i] if x[i] >= 0 else -x[i]
+            fi = f[i] if f != NULL else 1.0
+            lo = <int64_t>ax
+            cands[0] = 0
+            cands[1] = lo
+            cands[2] = lo + 1
+            best_k = 0
+            best_cost = 1e308
+            for q in range(3):
+                cand = cands[q]
+                if q > 0 and cand == 0:
+                    continue
+                if cand > INT32_MAX:
+                    continue
+                d = ax - <double>cand
+                cost = fi * d * d
+                if scale > 0:
+                    cost += scale * <double>value_cost(ctx, L, -cand if x[i] < 0 else cand, 0, prev)
+                if cost < best_cost or (cost == best_cost and cand > best_k):
+                    best_cost = cost
+                    best_k = cand
+            if x[i] < 0:
+                best_k = -best_k
+            o[i] = <int32_t>best_k
+            encode_value(&s, L, t, best_k, 0, prev, 0, 0)
+            prev = best_k
 
 
 def rdoq_levels(double[::1] x, int64_t height, int64_t width, *, double lam, int n_gtx=11, int scan_order=0,
@@ -1563,66 +1624,29 @@ def rdoq_levels(double[::1] x, int64_t height, int64_t width, *, double lam, int
         raise EncodeError("lambda must be >= 0")
     cdef cnp.ndarray f_arr = None
     cdef double[::1] f_v
-    cdef bint has_f = importance is not None
-    if has_f:
+    cdef const double* f_p = NULL
+    if importance is not None:
         f_arr = np.ascontiguousarray(importance, dtype=np.float64).reshape(-1)
         if f_arr.size != size or not np.all(f_arr >= 0):
             raise EncodeError("importance needs one non-negative value per element")
         f_v = f_arr
+        f_p = &f_v[0] if size else NULL
     out = np.zeros(size, dtype=np.int32)
+    if size == 0:
+        return out
     cdef int32_t[::1] o = out
     cdef Layout L = make_layout(edition, n_gtx)
     cdef TensorShape t = make_shape(edition, height, width, scan_order, 0, 0, 0, 0, 0)
     cdef Ctx* ctx = <Ctx*>malloc(L.n_ctx * sizeof(Ctx))
     if ctx == NULL:
         raise MemoryError()
-    cdef BinSink s
-    cdef BinSink rate
-    cdef ScanWalk w
-    cdef int64_t i, cand, best_k, lo
     cdef int q
-    cdef int64_t prev = 0
-    cdef double ax, d, cost, best_cost, fi, scale = lam / 32768.0
-    cdef int64_t cands[3]
+    cdef double scale = lam / 32768.0
     try:
         for q in range(L.n_ctx):
             ctx_init(&ctx[q], 0)
-        start_estimator(&s, ctx, L.n_ctx)
-        start_cost_counter(&rate, ctx, L.n_ctx)
-        walk_start(&w, &t, 0)
         with nogil:
-            while walk_next(&w):
-                if w.block_row_start and w.br > 0:
-                    contexts_reset(ctx, L.n_ctx)
-                    prev = 0
-                for i in range(w.first, w.end):
-                    ax = x[i] if x[i] >= 0 else -x[i]
-                    fi = f_v[i] if has_f else 1.0
-                    lo = <int64_t>ax
-                    cands[0] = 0
-                    cands[1] = lo
-                    cands[2] = lo + 1
-                    best_k = 0
-                    best_cost = 1e308
-                    for q in range(3):
-                        cand = cands[q]
-                        if q > 0 and cand == 0:
-                            continue
-                        if cand > INT32_MAX:
-                            continue
-                        d = ax - <double>cand
-                        cost = fi * d * d
-                        if scale > 0:
-                            cost += scale * <double>value_cost(&rate, &L, &t, -cand if x[i] < 0 else cand,
-                                                               0, prev)
-                        if cost < best_cost or (cost == best_cost and cand > best_k):
-                            best_cost = cost
-                            best_k = cand
-                    if x[i] < 0:
-                        best_k = -best_k
-                    o[i] = <int32_t>best_k
-                    encode_value(&s, &L, &t, best_k, 0, prev, 0, 0)
-                    prev = best_k
+            rdoq_scan(&x[0], f_p, &o[0], ctx, &L, &t, scale)
         return out
     finally:
         free(ctx)
@@ -1635,6 +1659,104 @@ def rdoq_levels(double[::1] x, int64_t height, int64_t width, *, double lam, int
 # end the best path is fixed, the contexts adapt to its levels, and the next chunk starts
 # from that path's state and neighbour.
 # --------------------------------------------------------------------------
+cdef void dq_rdoq_scan(const double* x, const double* f, int32_t* o, Ctx* ctx, Ctx* frozen, Layout* L,
+                       TensorShape* t, double scale, int64_t clen, int64_t* pos, uint8_t* back) noexcept nogil:
+    """The chunked DQ trellis along the scan (spec A.2, A.14); ``pos`` and ``back`` hold one chunk."""
+    cdef BinSink sink
+    cdef ScanWalk w
+    cdef double cost[8]
+    cdef double new_cost[8]
+    cdef int64_t prevk[2][8]
+    cdef int64_t cand[3]
+    cdef int64_t n, i, idx, k, n_val, prev_run = 0, seg_i = 0, seg_end = 0
+    cdef int s, nxt, best_state, start_state = 0, j, cur, ci
+    cdef bint row_start_pending = False, chunk_row_start
+    cdef double d, total, fi
+    start_estimator(&sink, ctx, L.n_ctx)
+    walk_start(&w, t, 0)
+    while True:
+        # the next chunk of the scan; with rates, a block row starts a new chunk so
+        # that its context reset applies
+        n = 0
+        chunk_row_start = False
+        while n < clen:
+            if seg_i == seg_end:
+                if not walk_next(&w):
+                    break
+                seg_i = w.first
+                seg_end = w.end
+                row_start_pending = w.block_row_start and w.br > 0
+            if row_start_pending:
+                if n == 0:
+                    chunk_row_start = True
+                elif scale > 0:
+                    break
+                row_start_pending = False
+            pos[n] = seg_i
+            seg_i += 1
+            n += 1
+        if n == 0:
+            return
+        if chunk_row_start:
+            contexts_reset(ctx, L.n_ctx)
+            prev_run = 0
+        memcpy(frozen, ctx, L.n_ctx * sizeof(Ctx))
+        for s in range(8):
+            cost[s] = INFINITY
+            prevk[0][s] = prev_run
+        cost[start_state] = 0.0
+        cur = 0
+        for i in range(n):
+            idx = pos[i]
+            fi = f[idx] if f != NULL else 1.0
+            for s in range(8):
+                new_cost[s] = INFINITY
+            for s in range(8):
+                if cost[s] == INFINITY:
+                    continue
+                dq_candidates(x[idx], s, cand)
+                for ci in range(3):
+                    if ci > 0 and cand[ci] == 0:
+                        continue
+                    k = dq_k_from_n(cand[ci], s)
+                    nxt = NEXT_STATE[s][k & 1]
+                    d = x[idx] - <double>cand[ci]
+                    total = cost[s] + fi * d * d
+                    if scale > 0:
+                        total += scale * <double>value_cost(frozen, L, k, s, prevk[cur][s])
+                    if total < new_cost[nxt]:
+                        new_cost[nxt] = total
+                        back[8 * i + nxt] = <uint8_t>(s * 4 + ci)
+                        prevk[1 - cur][nxt] = k
+            for s in range(8):
+                cost[s] = new_cost[s]
+            cur = 1 - cur
+        best_state = 0
+        for s in range(1, 8):
+            if cost[s] < cost[best_state]:
+                best_state = s
+        # trace back the chunk
+        s = best_state
+        i = n - 1
+        while i >= 0:
+            j = back[8 * i + s]
+            ci = j & 3
+            s = j >> 2
+            dq_candidates(x[pos[i]], s, cand)
+            o[pos[i]] = <int32_t>cand[ci]
+            i -= 1
+        # adapt the contexts to the chosen levels, in scan order
+        s = start_state
+        for i in range(n):
+            n_val = o[pos[i]]
+            k = dq_k_from_n(n_val, s)
+            if scale > 0:
+                encode_value(&sink, L, t, k, s, prev_run, 0, 0)
+            prev_run = k
+            s = NEXT_STATE[s][k & 1]
+        start_state = s
+
+
 def dq_rdoq_levels(double[::1] x, int64_t height, int64_t width, *, double lam, int n_gtx=11,
                    int scan_order=0, int edition=2, importance=None, int64_t chunk=1024):
     """Rate-aware DQ trellis on x = w / step (spec A.14); returns reconstruction integers n.
@@ -1650,129 +1772,39 @@ def dq_rdoq_levels(double[::1] x, int64_t height, int64_t width, *, double lam, 
         raise EncodeError(f"x has {x.shape[0]} elements, the tensor has {size}")
     if lam < 0 or chunk < 1:
         raise EncodeError("lambda must be >= 0 and chunk >= 1")
-    cdef bint has_f = importance is not None
     cdef double[::1] f_v
-    if has_f:
+    cdef const double* f_p = NULL
+    if importance is not None:
         f_arr = np.ascontiguousarray(importance, dtype=np.float64).reshape(-1)
         if f_arr.size != size or not np.all(f_arr >= 0):
             raise EncodeError("importance needs one non-negative value per element")
         f_v = f_arr
+        f_p = &f_v[0] if size else NULL
     cdef Layout L = make_layout(edition, n_gtx)
     cdef TensorShape t = make_shape(edition, height, width, scan_order, 1, 0, 0, 0, 0)
     out = np.zeros(size, dtype=np.int32)
+    if size == 0:
+        return out
     cdef int32_t[::1] o = out
     # memory bounded by the chunk: its scan positions and its back pointers (16 bytes per element)
     cdef int64_t clen = chunk if chunk < size else size
-    pos_arr = np.zeros(clen if clen > 0 else 1, dtype=np.int64)
+    pos_arr = np.zeros(clen, dtype=np.int64)
     cdef int64_t[::1] pos = pos_arr
-    back_arr = np.zeros((clen if clen > 0 else 1, 8), dtype=np.uint8)
-    cdef uint8_t[:, ::1] back = back_arr
-    prev_arr = np.zeros((2, 8), dtype=np.int64)
-    cdef int64_t[:, ::1] prevk = prev_arr
+    back_arr = np.zeros(clen * 8, dtype=np.uint8)
+    cdef uint8_t[::1] back = back_arr
     cdef Ctx* ctx = <Ctx*>malloc(L.n_ctx * sizeof(Ctx))
     cdef Ctx* frozen = <Ctx*>malloc(L.n_ctx * sizeof(Ctx))
     if ctx == NULL or frozen == NULL:
         free(ctx)
         free(frozen)
         raise MemoryError()
-    cdef BinSink sink
-    cdef BinSink rate
-    cdef ScanWalk w
-    cdef double cost[8]
-    cdef double new_cost[8]
-    cdef int64_t cand[3]
-    cdef int64_t n, i, idx, k, n_val, prev_run = 0, seg_i = 0, seg_end = 0
-    cdef int s, q, nxt, best_state, start_state = 0, j, cur, ci
-    cdef bint row_start_pending = False, chunk_row_start
-    cdef double d, total, fi, scale = lam / 32768.0
+    cdef int q
+    cdef double scale = lam / 32768.0
     try:
         for q in range(L.n_ctx):
             ctx_init(&ctx[q], 0)
-        start_estimator(&sink, ctx, L.n_ctx)
-        start_cost_counter(&rate, frozen, L.n_ctx)
-        walk_start(&w, &t, 0)
         with nogil:
-            while True:
-                # the next chunk of the scan; with rates, a block row starts a new chunk so
-                # that its context reset applies
-                n = 0
-                chunk_row_start = False
-                while n < clen:
-                    if seg_i == seg_end:
-                        if not walk_next(&w):
-                            break
-                        seg_i = w.first
-                        seg_end = w.end
-                        row_start_pending = w.block_row_start and w.br > 0
-                    if row_start_pending:
-                        if n == 0:
-                            chunk_row_start = True
-                        elif scale > 0:
-                            break
-                        row_start_pending = False
-                    pos[n] = seg_i
-                    seg_i += 1
-                    n += 1
-                if n == 0:
-                    break
-                if chunk_row_start:
-                    contexts_reset(ctx, L.n_ctx)
-                    prev_run = 0
-                memcpy(frozen, ctx, L.n_ctx * sizeof(Ctx))
-                for s in range(8):
-                    cost[s] = INFINITY
-                    prevk[0, s] = prev_run
-                cost[start_state] = 0.0
-                cur = 0
-                for i in range(n):
-                    idx = pos[i]
-                    fi = f_v[idx] if has_f else 1.0
-                    for s in range(8):
-                        new_cost[s] = INFINITY
-                    for s in range(8):
-                        if cost[s] == INFINITY:
-                            continue
-                        dq_candidates(x[idx], s, cand)
-                        for ci in range(3):
-                            if ci > 0 and cand[ci] == 0:
-                                continue
-                            k = dq_k_from_n(cand[ci], s)
-                            nxt = NEXT_STATE[s][k & 1]
-                            d = x[idx] - <double>cand[ci]
-                            total = cost[s] + fi * d * d
-                            if scale > 0:
-                                total += scale * <double>value_cost(&rate, &L, &t, k, s, prevk[cur, s])
-                            if total < new_cost[nxt]:
-                                new_cost[nxt] = total
-                                back[i, nxt] = <uint8_t>(s * 4 + ci)
-                                prevk[1 - cur, nxt] = k
-                    for s in range(8):
-                        cost[s] = new_cost[s]
-                    cur = 1 - cur
-                best_state = 0
-                for s in range(1, 8):
-                    if cost[s] < cost[best_state]:
-                        best_state = s
-                # trace back the chunk
-                s = best_state
-                i = n - 1
-                while i >= 0:
-                    j = back[i, s]
-                    ci = j & 3
-                    s = j >> 2
-                    dq_candidates(x[pos[i]], s, cand)
-                    o[pos[i]] = <int32_t>cand[ci]
-                    i -= 1
-                # adapt the contexts to the chosen levels, in scan order
-                s = start_state
-                for i in range(n):
-                    n_val = o[pos[i]]
-                    k = dq_k_from_n(n_val, s)
-                    if scale > 0:
-                        encode_value(&sink, &L, &t, k, s, prev_run, 0, 0)
-                    prev_run = k
-                    s = NEXT_STATE[s][k & 1]
-                start_state = s
+            dq_rdoq_scan(&x[0], f_p, &o[0], ctx, frozen, &L, &t, scale, clen, &pos[0], &back[0])
         return out
     finally:
         free(ctx)
