@@ -32,6 +32,11 @@ from .reconstruction import DECOMPRESSED_DATA_FORMATS, reconstruct_codebook, rec
 
 INT32_MAX = 2**31 - 1
 
+#: Weights per Viterbi search of the distortion-only DQ trellis (spec A.2): its working memory is
+#: 16 bytes per weight of one search (1 MiB), whatever the tensor's size; fixing the path at the end
+#: of each search changes MiniLM-L6's stream by -0.0003 % (benchmarks/results/trellis_memory.md).
+DQ_TRELLIS_CHUNK = 1 << 16
+
 #: nnr_decompressed_data_format codes for input dtypes that a profile-1 stream can restore (spec 12.6)
 RESTORABLE_FORMATS = {"float16": 8, "float64": 9}
 
@@ -486,9 +491,9 @@ class Encoder:
                                            importance=importance)
         if not dq:
             return (np.sign(scaled) * np.floor(np.abs(scaled) + 0.5)).astype(np.int32)
-        # one global Viterbi search along the scan (spec A.2)
+        # the Viterbi search of A.2 along the scan, its path fixed every DQ_TRELLIS_CHUNK weights
         return self.engine.dq_rdoq_levels(np.ascontiguousarray(scaled), height, width, lam=0.0, scan_order=scan_order,
-                              edition=self.edition, chunk=max(scaled.size, 1))
+                                          edition=self.edition, chunk=DQ_TRELLIS_CHUNK)
 
     def _block_groups(self, tensors: Mapping[str, np.ndarray]) -> dict[str, dict]:
         """Which tensors go into BLOCK NDUs with which weight (spec 7.6)."""

@@ -26,7 +26,7 @@ ENCODER_SIDE = [
     r"class ArithmeticEncoder\b", r"class PayloadEncoder\b", r"def _coded_values\(", r"def _tensor_bins\(",
     r"def _skipped_rows\(", r"def _estimate_costs\(", r"def scan_permutation\(", r"def _choose_init_sets\(", r"def _cost_table\(",
     r"def bin_cost\(", r"def estimate_tensor_bits\(", r"def compute_entry_points\(", r"def binarise\(",
-    r"def dq_coded_value\(", r"def _zero_run_table\(", r"def _bin_cost_units\(", r"def rdoq_levels\(",
+    r"def dq_coded_value\(", r"def zero_run_table\(", r"def rdoq_levels\(",
     r"def _build\(", r"def _encode\(", r"def build_", r"def _build_struct\(", r"def _complete\(",
     r"def _unflatten_ndu\(", r"def _size_prefix\(", r"def best_codebook_egk\(", r"def codebook_zero_offset\(",
     r"def parse_stream\(", r"_NDU_DEFAULTS = ",

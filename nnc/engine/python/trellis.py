@@ -144,6 +144,7 @@ def dq_rdoq_levels(x, height, width, *, lam, n_gtx=11, scan_order=0, edition=2, 
     and the next chunk starts from that path's state and neighbour.  With rates, a
     block row starts a new chunk so that its context reset applies.  lam = 0 is the
     distortion-only trellis of A.2; chunk >= the tensor size gives one global search.
+    The working memory is that of one chunk, whatever the tensor's size.
     """
     edition = check_edition(edition)
     x, f = _check_quantiser_args(x, height, width, n_gtx, scan_order, lam, importance)
@@ -151,32 +152,38 @@ def dq_rdoq_levels(x, height, width, *, lam, n_gtx=11, scan_order=0, edition=2, 
         raise EncodeError("lambda must be >= 0 and chunk >= 1")
     layout = ContextLayout(edition, int(n_gtx))
     scan = TensorScan(int(height), int(width), int(scan_order), edition)
-    positions = list(_scan_positions(scan))
-    size = len(positions)
-    out = np.zeros(size, dtype=np.int32)
-    clen = min(int(chunk), size)
+    out = np.zeros(x.size, dtype=np.int32)
+    clen = min(int(chunk), x.size)
     scale = lam / 32768.0
     inf = math.inf
     ctx = _fresh_contexts(layout.count)
-    start, start_state, prev_run = 0, 0, 0
-    while start < size:
-        end = min(start + clen, size)
-        if scale > 0:
-            for i in range(start + 1, end):
-                if positions[i][1]:
-                    end = i
-                    break
-        if positions[start][1]:
+    walk = _scan_positions(scan)
+    held = None                   # a block row's first element, waiting for the next chunk
+    start_state, prev_run = 0, 0
+    while True:
+        # the next chunk of the scan; with rates, a block row starts a new chunk
+        positions = []
+        while len(positions) < clen:
+            item = held if held is not None else next(walk, None)
+            held = None
+            if item is None:
+                break
+            if item[1] and positions and scale > 0:
+                held = item
+                break
+            positions.append(item)
+        if not positions:
+            break
+        if positions[0][1]:
             for m in ctx:
                 m.reset()
             prev_run = 0
-        frozen = ctx
+        frozen = ctx              # the contexts adapt only after the chunk's search
         cost = [inf] * 8
         cost[start_state] = 0.0
         prevk = [prev_run] * 8
         back = []
-        for i in range(start, end):
-            idx = positions[i][0]
+        for idx, _ in positions:
             xi = float(x[idx])
             fi = 1.0 if f is None else float(f[idx])
             new_cost = [inf] * 8
@@ -201,24 +208,22 @@ def dq_rdoq_levels(x, height, width, *, lam, n_gtx=11, scan_order=0, edition=2, 
                         new_prev[nxt] = k
             back.append(step)
             cost, prevk = new_cost, new_prev
-        best_state = min(range(8), key=lambda s: (cost[s], s))
-        # trace the chunk back from its best end state
-        s = best_state
-        for i in range(end - 1, start - 1, -1):
-            j = back[i - start][s]
+        # trace the chunk back from its best end state (the first of equal costs)
+        s = min(range(8), key=lambda state: (cost[state], state))
+        for i in range(len(positions) - 1, -1, -1):
+            j = back[i][s]
             ci, s = j & 3, j >> 2
             idx = positions[i][0]
             out[idx] = _dq_candidates(float(x[idx]), s)[ci]
         # the contexts adapt to the chosen levels, in scan order
         s = start_state
-        for i in range(start, end):
-            k = _dq_k_from_n(int(out[positions[i][0]]), s)
+        for idx, _ in positions:
+            k = _dq_k_from_n(int(out[idx]), s)
             if scale > 0:
                 _adapt(ctx, layout, k, s, prev_run)
             prev_run = k
             s = NEXT_DQ_STATE[s][k & 1]
         start_state = s
-        start = end
     return out
 
 
