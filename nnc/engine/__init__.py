@@ -2,7 +2,7 @@
 
 Two engines implement one interface, declared in :mod:`nnc.engine.interface`
 (docs/dev/engine-api.md): the compiled Cython engine ``nnc._engine`` and the
-pure-Python engine :mod:`nnc.engine.python`, written to be read next to the spec.
+pure-Python engine ``nnc.engine.python``, written to be read next to the spec.
 Both give identical bytes, decoded arrays and quantiser decisions for every input.
 
 The compiled engine is the default.  When it is not built (an install without a

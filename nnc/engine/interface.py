@@ -1,7 +1,7 @@
 """The declared interface of an nnc engine: the names and signatures both engines expose.
 
 The compiled engine ``nnc._engine`` and the pure-Python engine
-:mod:`nnc.engine.python` implement exactly this; docs/dev/engine-api.md describes
+``nnc.engine.python`` implement exactly this; docs/dev/engine-api.md describes
 what each name does.  :func:`check_engine` lists where a module departs from it
 (the engine-interface test runs it on both engines).
 
@@ -19,7 +19,7 @@ from types import ModuleType
 
 import numpy as np
 
-#: Module-level functions: name -> parameter list (annotations left out).
+#: Each module-level function of the interface and its parameter list (annotations left out).
 FUNCTIONS = {
     "compute_entry_points": "(payload, edition, tensors)",
     "bin_cost": "(state_c, bin)",
@@ -34,7 +34,7 @@ FUNCTIONS = {
     "dq_trellis": "(x)",
 }
 
-#: Classes: name -> (constructor keyword arguments, {method: parameter list}, data attributes).
+#: Each class of the interface: its constructor's keyword arguments, its methods' parameter lists, its data attributes.
 CLASSES = {
     "PayloadDecoder": (
         ("data", "edition"),
