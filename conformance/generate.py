@@ -159,14 +159,15 @@ def head(profile=1, qp_density=2, qp=0, parent_signalling=False, **mps_extra):
 @contextlib.contextmanager
 def _coded_values(k_values):
     """Make the Python engine code exactly these values k, even where no valid tensor has them."""
-    from nnc import _pyengine
+    from nnc.engine import python as pyengine
+    from nnc.engine.python import payload
 
-    checked = _pyengine._coded_values
-    _pyengine._coded_values = lambda t, levels, skip: [int(k) for k in k_values]
+    checked = payload._coded_values
+    payload._coded_values = lambda t, levels, skip: [int(k) for k in k_values]
     try:
-        yield _pyengine
+        yield pyengine
     finally:
-        _pyengine._coded_values = checked
+        payload._coded_values = checked
 
 
 def craft_values_ndu(name, k_values, dims, levels=None, **options):
@@ -278,9 +279,7 @@ def _all_init_sets():
     eng = get_engine()
     levels = (np.round(laplace(rng(50), (24, 30), 3.0))).astype(np.int32)
     levels = np.where(np.arange(levels.size).reshape(levels.shape) % 2 == 0, levels * 0, levels)
-    from nnc._engine import dq_trellis
-
-    n = dq_trellis(levels.reshape(-1).astype(np.float64)).astype(np.int32)
+    n = eng.dq_trellis(levels.reshape(-1).astype(np.float64)).astype(np.int32)
     sets = np.zeros(eng.context_count(2, 11), np.uint8)
     signalled = list(range(0, 24)) + [48, 49, 50] + list(range(53, 75)) + list(range(97, 128))
     for i, ctx in enumerate(signalled):

@@ -1,8 +1,11 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
 """DeepCABAC engine (Cython): arithmetic coder, context models, binarisation.
 
-The interface is described in docs/dev/engine-api.md and is identical to the
-pure-Python reference engine ``nnc._pyengine``.  Spec clauses are cited as
+The interface is declared in nnc/engine/interface.py (described in
+docs/dev/engine-api.md) and is identical to that of the pure-Python engine
+``nnc.engine.python``.  Every loop over a tensor walks the scan with one helper
+(``walk_next``) and selects contexts with one set of helpers (``sig_context``,
+``sign_context``, ``gtx_context``).  Spec clauses are cited as
 "spec 9.2".  Index bounds in the hot loops are proven by construction:
 
 * context states stay within C in [-3891, 3891] and F in [-121, 123]
@@ -29,6 +32,9 @@ from nnc import tables
 from nnc.errors import DecodeError, EncodeError, TruncatedError
 
 cnp.import_array()
+
+__all__ = ["PayloadDecoder", "PayloadEncoder", "bin_cost", "block_row_count", "compute_entry_points", "context_count",
+           "dq_rdoq_levels", "dq_trellis", "estimate_tensor_bits", "rdoq_levels", "scan_permutation"]
 
 cdef extern from *:
     int __builtin_clz(unsigned int x) nogil
@@ -284,6 +290,143 @@ cdef inline int first_range_forced(Layout* L, TensorShape* t) noexcept nogil:
 cdef inline int has_row_flags(Layout* L, TensorShape* t) noexcept nogil:
     """Edition 2 row-skip / HDSP flags present (spec 8.3)."""
     return L.edition == 2 and t.width > 1 and t.height > 1 and t.cb_size != 1
+
+
+# --------------------------------------------------------------------------
+# The scan walk (spec 11.2): one walker, used by every loop over a tensor --
+# decoding, encoding, estimates, the n -> k conversion and both quantisers.
+# It yields row segments (one matrix row inside one block, 11.2) in scan order;
+# the caller visits the flat indices first .. end - 1 of each.
+# --------------------------------------------------------------------------
+cdef struct ScanWalk:
+    int64_t height
+    int64_t width
+    int64_t block_h
+    int64_t block_w
+    int64_t n_block_rows
+    int64_t br              # current block row
+    int64_t r_end           # end of the current block row's matrix rows
+    int64_t c_end           # end of the current block column
+    int64_t c0              # start of the current block column
+    int64_t row             # matrix row of the current segment
+    int64_t first           # flat index of the segment's first element
+    int64_t end             # flat index after the segment's last element
+    int block_row_start     # the segment is the first of block row br
+
+
+cdef inline void walk_start(ScanWalk* w, TensorShape* t, int64_t first_block_row) noexcept nogil:
+    """Start a walk at block row ``first_block_row``; an empty matrix has no segments."""
+    w.height = t.height
+    w.width = t.width
+    w.block_h = t.block_h
+    w.block_w = t.block_w
+    w.n_block_rows = t.n_block_rows if (t.height > 0 and t.width > 0) else 0
+    w.br = first_block_row - 1
+    w.r_end = 0
+    w.row = 0
+    w.c_end = t.width
+    w.c0 = t.width
+
+
+cdef inline int walk_next(ScanWalk* w) noexcept nogil:
+    """Advance to the next row segment: blocks left to right, rows top to bottom (spec 11.2).
+
+    Returns 0 after the last segment.
+    """
+    w.block_row_start = 0
+    w.row += 1
+    if w.row >= w.r_end:
+        w.c0 = w.c_end
+        if w.c0 >= w.width:
+            w.br += 1
+            if w.br >= w.n_block_rows:
+                return 0
+            w.c0 = 0
+            w.r_end = (w.br + 1) * w.block_h
+            if w.r_end > w.height:
+                w.r_end = w.height
+            w.block_row_start = 1
+        w.c_end = w.c0 + w.block_w
+        if w.c_end > w.width:
+            w.c_end = w.width
+        w.row = w.br * w.block_h
+    w.first = w.row * w.width + w.c0
+    w.end = w.row * w.width + w.c_end
+    return 1
+
+
+cdef inline int skip_row_states(int state, int64_t width) noexcept nogil:
+    """The DQ state after a skipped row segment (spec 11.5): ``width`` parity-0 moves, which have order 4."""
+    cdef int64_t i
+    for i in range(width % 4):
+        state = NEXT_STATE[state][0]
+    return state
+
+
+def block_row_count(int64_t height, int scan_order):
+    """Number of block rows of ``height`` matrix rows in scan order s (spec 11.2): ceil(H / B), 1 for s = 0.
+
+    Give the effective scan order (11.1) for the scan itself, the signalled one for the
+    length of a header's entry-point list (7.3).
+    """
+    if scan_order == 0:
+        return 1
+    return (height + (4 << scan_order) - 1) // (4 << scan_order)
+
+
+def scan_permutation(int64_t height, int64_t width, int scan_order):
+    """Flat row-major indices of a height x width matrix in scan order (spec 11.1, 11.2).
+
+    ``x.reshape(-1)[perm]`` is the tensor in coding order.
+    """
+    if height < 0 or width < 0:
+        raise ValueError(f"negative tensor dimensions {height}x{width}")
+    cdef TensorShape t = make_shape(2, height, width, scan_order, 0, 0, 0, 0, 0)
+    out = np.empty(height * width, dtype=np.int64)
+    cdef int64_t[::1] o = out
+    cdef ScanWalk w
+    cdef int64_t i, pos = 0
+    walk_start(&w, &t, 0)
+    while walk_next(&w):
+        for i in range(w.first, w.end):
+            o[pos] = i
+            pos += 1
+    return out
+
+
+# --------------------------------------------------------------------------
+# Context selection (spec 10.3, 10.5): one place for decoding, encoding and the
+# rate estimates.  ``c`` is the neighbour class of the previous coded value.
+# --------------------------------------------------------------------------
+cdef inline int neighbour_class(int64_t prev) noexcept nogil:
+    if prev == 0:
+        return 0
+    return 1 if prev < 0 else 2
+
+
+cdef inline int sig_context(Layout* L, int state, int c, int32_t base, int hdsp_active) noexcept nogil:
+    """sig_flag: HDSP before TCA before the neighbour rule (spec 10.3.2, 10.5)."""
+    if hdsp_active:
+        return L.sig_hdsp + state
+    if base != 0:
+        return L.sig_tca + 2 * state + (1 if (base > 1 or base < -1) else 0)
+    return L.sig + 3 * state + c
+
+
+cdef inline int sign_context(Layout* L, int c, int32_t base) noexcept nogil:
+    """sign_flag (spec 10.3, 10.5)."""
+    if base != 0:
+        return L.sign_tca + (0 if base < 0 else 1)
+    return L.sign + c
+
+
+cdef inline int gtx_context(Layout* L, int j, int neg, int32_t base) noexcept nogil:
+    """Greater-than flag j (spec 10.3, 10.5); with TCA the choice is |base| >= j."""
+    cdef int64_t abs_base
+    if base != 0:
+        abs_base = -(<int64_t>base) if base < 0 else base
+        return L.gtx_tca + 2 * j + (0 if abs_base >= j else 1)
+    return L.gtx + 2 * j + neg
 
 
 cdef list init_signalled_contexts(Layout* L, TensorShape* t):
@@ -562,47 +705,27 @@ cdef void enc_terminate_and_flush(ArithEncoder* e) noexcept nogil:
 # --------------------------------------------------------------------------
 # Tensor decoding (spec 8.1, 10, 11)
 # --------------------------------------------------------------------------
-cdef inline int neighbour_class(int64_t prev) noexcept nogil:
-    if prev == 0:
-        return 0
-    return 1 if prev < 0 else 2
-
-
 cdef inline int64_t decode_value(ArithDecoder* d, Ctx* ctx, Layout* L, TensorShape* t,
                                  int state, int64_t prev, int32_t base, int hdsp_active) noexcept nogil:
     """Decode one coded integer k (spec 10.1, 10.3, 10.4). Errors set d.err."""
     cdef int c = neighbour_class(prev)
-    cdef int sig_ctx
     cdef int neg
     cdef int64_t absk = 1
     cdef int64_t max_abs
-    cdef int64_t abs_base
     cdef int j = 0
     cdef int m = 0
     cdef int n = L.n_gtx
     if t.cb and t.cb_size == 1:
         return 0                    # one-entry codebook: nothing is coded (spec 10.4)
-    if hdsp_active:
-        sig_ctx = L.sig_hdsp + state
-    elif base != 0:
-        sig_ctx = L.sig_tca + 2 * state + (1 if (base > 1 or base < -1) else 0)
-    else:
-        sig_ctx = L.sig + 3 * state + c
-    if not decode_bin(d, &ctx[sig_ctx]):
+    if not decode_bin(d, &ctx[sig_context(L, state, c, base, hdsp_active)]):
         return 0
     if t.cb and t.sign_inferred:
         neg = t.inferred_negative
-    elif base != 0:
-        neg = decode_bin(d, &ctx[L.sign_tca + (0 if base < 0 else 1)])
     else:
-        neg = decode_bin(d, &ctx[L.sign + c])
+        neg = decode_bin(d, &ctx[sign_context(L, c, base)])
     max_abs = t.max_abs_neg if neg else t.max_abs_pos
-    abs_base = -(<int64_t>base) if base < 0 else base
     while absk < max_abs and j < n:
-        if base != 0:
-            if not decode_bin(d, &ctx[L.gtx_tca + 2 * j + (0 if abs_base >= j else 1)]):
-                return -absk if neg else absk
-        elif not decode_bin(d, &ctx[L.gtx + 2 * j + neg]):
+        if not decode_bin(d, &ctx[gtx_context(L, j, neg, base)]):
             return -absk if neg else absk
         absk += 1
         j += 1
@@ -640,22 +763,22 @@ cdef int decode_tensor_data(ArithDecoder* d, Ctx* ctx, Layout* L, TensorShape* t
                             int32_t* out, const int32_t* base, const int8_t* hist, const uint8_t* skipped,
                             int64_t* ep_t, int64_t* ep_value, int64_t* ep_state, int64_t n_ep, int use_ep,
                             int64_t start_row, int64_t* rec_t, int64_t* rec_value, int64_t* rec_state) noexcept nogil:
-    """Decode the scan of one tensor (spec 11.2, 11.3, 11.5). Returns 0 or an error code."""
-    cdef int64_t br, r, c, r0, r_end, c0, c_end, row_off, i
+    """Decode the scan of one tensor (spec 11.2, 11.3, 11.5). Returns 0 or an error code.
+
+    With entry points (``use_ep``) the block rows before ``start_row`` are not decoded.
+    """
+    cdef int64_t br, i
     cdef int state = 0
     cdef int64_t prev = 0
     cdef int64_t k, n_rec
     cdef int32_t b = 0
     cdef int hd = 0
-    cdef int skip_adv
     cdef int code
-    cdef int64_t W = t.width
-    for br in range(t.n_block_rows):
-        r0 = br * t.block_h
-        r_end = r0 + t.block_h
-        if r_end > t.height:
-            r_end = t.height
-        if br > 0:
+    cdef ScanWalk w
+    walk_start(&w, t, start_row if use_ep else 0)
+    while walk_next(&w):
+        br = w.br
+        if w.block_row_start and br > 0:
             contexts_reset(ctx, L.n_ctx)
             prev = 0
             d.rng = 256
@@ -665,48 +788,36 @@ cdef int decode_tensor_data(ArithDecoder* d, Ctx* ctx, Layout* L, TensorShape* t
                 rec_t[br - 1] = decoder_position(d)
                 rec_value[br - 1] = d.val >> 7
                 rec_state[br - 1] = state
-        if use_ep and br > 0 and br >= start_row:
-            code = decoder_seek(d, ep_t[br - 1], <uint32_t>ep_value[br - 1])
-            if code:
-                return code
-            state = <int>ep_state[br - 1] if t.dq else 0
-        elif use_ep and br < start_row:
+            if use_ep:
+                code = decoder_seek(d, ep_t[br - 1], <uint32_t>ep_value[br - 1])
+                if code:
+                    return code
+                state = <int>ep_state[br - 1] if t.dq else 0
+        if skipped != NULL and skipped[w.row]:
+            if t.dq:
+                # the reference decoder advances the state `width` times per
+                # skipped row segment (spec 11.5)
+                state = skip_row_states(state, w.width)
             continue
-        c0 = 0
-        while c0 < W:
-            c_end = c0 + t.block_w
-            if c_end > W:
-                c_end = W
-            for r in range(r0, r_end):
-                if skipped != NULL and skipped[r]:
-                    if t.dq:
-                        # the reference decoder advances the state `width` times per
-                        # skipped block segment (spec 11.5); parity-0 moves have order 4
-                        for skip_adv in range(W % 4):
-                            state = NEXT_STATE[state][0]
-                    continue
-                row_off = r * W
-                for c in range(c0, c_end):
-                    i = row_off + c
-                    if base != NULL:
-                        b = base[i]
-                    if hist != NULL:
-                        hd = hist[i] == 1
-                    k = decode_value(d, ctx, L, t, state, prev, b, hd)
-                    if d.err:
-                        return d.err
-                    if t.dq and k != 0:
-                        # reconstruction integer n = 2k - sgn(k)(s & 1) (spec 10.2)
-                        n_rec = 2 * k - ((state & 1) if k > 0 else -(state & 1))
-                        if n_rec > INT32_MAX or n_rec < -INT32_MAX - 1:
-                            return ERR_DQ_RANGE
-                        out[i] = <int32_t>n_rec
-                    else:
-                        out[i] = <int32_t>k
-                    if t.dq:
-                        state = NEXT_STATE[state][k & 1]
-                    prev = k
-            c0 = c_end
+        for i in range(w.first, w.end):
+            if base != NULL:
+                b = base[i]
+            if hist != NULL:
+                hd = hist[i] == 1
+            k = decode_value(d, ctx, L, t, state, prev, b, hd)
+            if d.err:
+                return d.err
+            if t.dq and k != 0:
+                # reconstruction integer n = 2k - sgn(k)(s & 1) (spec 10.2)
+                n_rec = 2 * k - ((state & 1) if k > 0 else -(state & 1))
+                if n_rec > INT32_MAX or n_rec < -INT32_MAX - 1:
+                    return ERR_DQ_RANGE
+                out[i] = <int32_t>n_rec
+            else:
+                out[i] = <int32_t>k
+            if t.dq:
+                state = NEXT_STATE[state][k & 1]
+            prev = k
     return ERR_NONE
 
 
@@ -775,7 +886,6 @@ cdef inline void encode_value(BinSink* s, Layout* L, TensorShape* t, int64_t k, 
     cdef int64_t absk = -k if neg else k
     cdef int64_t run = 1
     cdef int64_t max_abs
-    cdef int64_t abs_base
     cdef int64_t r
     cdef int j = 0
     cdef int m = 0
@@ -783,27 +893,15 @@ cdef inline void encode_value(BinSink* s, Layout* L, TensorShape* t, int64_t k, 
     cdef int flag
     if t.cb and t.cb_size == 1:
         return
-    if hdsp_active:
-        put_bin(s, L.sig_hdsp + state, k != 0)
-    elif base != 0:
-        put_bin(s, L.sig_tca + 2 * state + (1 if (base > 1 or base < -1) else 0), k != 0)
-    else:
-        put_bin(s, L.sig + 3 * state + c, k != 0)
+    put_bin(s, sig_context(L, state, c, base, hdsp_active), k != 0)
     if k == 0:
         return
     if not (t.cb and t.sign_inferred):
-        if base != 0:
-            put_bin(s, L.sign_tca + (0 if base < 0 else 1), neg)
-        else:
-            put_bin(s, L.sign + c, neg)
+        put_bin(s, sign_context(L, c, base), neg)
     max_abs = t.max_abs_neg if neg else t.max_abs_pos
-    abs_base = -(<int64_t>base) if base < 0 else base
     while run < max_abs and j < n:
         flag = absk > run
-        if base != 0:
-            put_bin(s, L.gtx_tca + 2 * j + (0 if abs_base >= j else 1), flag)
-        else:
-            put_bin(s, L.gtx + 2 * j + neg, flag)
+        put_bin(s, gtx_context(L, j, neg, base), flag)
         if not flag:
             return
         run += 1
@@ -829,46 +927,41 @@ cdef inline void encode_value(BinSink* s, Layout* L, TensorShape* t, int64_t k, 
 cdef void encode_tensor_data(BinSink* s, Layout* L, TensorShape* t, const int32_t* k_values,
                              const int32_t* base, const int8_t* hist, const uint8_t* skipped) noexcept nogil:
     """Walk the scan of one tensor, sending its bins to the sink (spec 11.2, 11.3, 11.5)."""
-    cdef int64_t br, r, c, r0, r_end, c0, c_end, row_off, i
+    cdef int64_t i
     cdef int state = 0
     cdef int64_t prev = 0
     cdef int64_t k
     cdef int32_t b = 0
     cdef int hd = 0
-    cdef int skip_adv
-    cdef int64_t W = t.width
-    for br in range(t.n_block_rows):
-        r0 = br * t.block_h
-        r_end = r0 + t.block_h
-        if r_end > t.height:
-            r_end = t.height
-        if br > 0:
+    cdef ScanWalk w
+    walk_start(&w, t, 0)
+    while walk_next(&w):
+        if w.block_row_start and w.br > 0:
             sink_block_row_start(s)
             prev = 0
-        c0 = 0
-        while c0 < W:
-            c_end = c0 + t.block_w
-            if c_end > W:
-                c_end = W
-            for r in range(r0, r_end):
-                if skipped != NULL and skipped[r]:
-                    if t.dq:
-                        for skip_adv in range(W % 4):
-                            state = NEXT_STATE[state][0]
-                    continue
-                row_off = r * W
-                for c in range(c0, c_end):
-                    i = row_off + c
-                    if base != NULL:
-                        b = base[i]
-                    if hist != NULL:
-                        hd = hist[i] == 1
-                    k = k_values[i]
-                    encode_value(s, L, t, k, state, prev, b, hd)
-                    if t.dq:
-                        state = NEXT_STATE[state][k & 1]
-                    prev = k
-            c0 = c_end
+        if skipped != NULL and skipped[w.row]:
+            if t.dq:
+                state = skip_row_states(state, w.width)
+            continue
+        for i in range(w.first, w.end):
+            if base != NULL:
+                b = base[i]
+            if hist != NULL:
+                hd = hist[i] == 1
+            k = k_values[i]
+            encode_value(s, L, t, k, state, prev, b, hd)
+            if t.dq:
+                state = NEXT_STATE[state][k & 1]
+            prev = k
+
+
+cdef inline int64_t dq_k_from_n(int64_t n, int state) noexcept nogil:
+    """k = (n + sgn(n)(s & 1)) >> 1 (spec 10.2), the encoder's conversion n -> k."""
+    if n == 0:
+        return 0
+    if n > 0:
+        return (n + (state & 1)) >> 1
+    return (n - (state & 1)) >> 1
 
 
 cdef int levels_to_coded(TensorShape* t, const int32_t* n_values, int32_t* k_out,
@@ -878,45 +971,27 @@ cdef int levels_to_coded(TensorShape* t, const int32_t* n_values, int32_t* k_out
     Returns 0, or 1 with *bad_index set when some n is not representable in
     the trellis state reached at its position.
     """
-    cdef int64_t br, r, c, r0, r_end, c0, c_end, i
+    cdef int64_t i
     cdef int state = 0
     cdef int64_t n, k
-    cdef int skip_adv
-    cdef int64_t W = t.width
-    for br in range(t.n_block_rows):
-        r0 = br * t.block_h
-        r_end = r0 + t.block_h
-        if r_end > t.height:
-            r_end = t.height
-        c0 = 0
-        while c0 < W:
-            c_end = c0 + t.block_w
-            if c_end > W:
-                c_end = W
-            for r in range(r0, r_end):
-                if skipped != NULL and skipped[r]:
-                    for skip_adv in range(W % 4):
-                        state = NEXT_STATE[state][0]
-                    continue
-                for c in range(c0, c_end):
-                    i = r * W + c
-                    n = n_values[i]
-                    if n == 0:
-                        k = 0
-                    elif n > 0:
-                        k = (n + (state & 1)) >> 1
-                    else:
-                        k = (n - (state & 1)) >> 1
-                    # check n is a level of the quantiser of this state
-                    if k != 0 and 2 * k - ((state & 1) if k > 0 else -(state & 1)) != n:
-                        bad_index[0] = i
-                        return 1
-                    if n != 0 and k == 0:
-                        bad_index[0] = i
-                        return 1
-                    k_out[i] = <int32_t>k
-                    state = NEXT_STATE[state][k & 1]
-            c0 = c_end
+    cdef ScanWalk w
+    walk_start(&w, t, 0)
+    while walk_next(&w):
+        if skipped != NULL and skipped[w.row]:
+            state = skip_row_states(state, w.width)
+            continue
+        for i in range(w.first, w.end):
+            n = n_values[i]
+            k = dq_k_from_n(n, state)
+            # check n is a level of the quantiser of this state
+            if k != 0 and 2 * k - ((state & 1) if k > 0 else -(state & 1)) != n:
+                bad_index[0] = i
+                return 1
+            if n != 0 and k == 0:
+                bad_index[0] = i
+                return 1
+            k_out[i] = <int32_t>k
+            state = NEXT_STATE[state][k & 1]
     return 0
 
 
@@ -1436,8 +1511,14 @@ def compute_entry_points(payload, int edition, tensors):
 # in scan order, the index k minimising F (x - k)^2 + lambda * bits(k), where
 # bits(k) is the estimated code length under the current adaptive contexts.
 # --------------------------------------------------------------------------
-cdef inline uint64_t dq_value_cost(Ctx* ctx, Layout* L, int64_t k, int state, int64_t prev) noexcept nogil:
-    """Estimated cost (1/32768 bit) of coding k in DQ state `state` (0 without DQ), contexts unchanged."""
+cdef inline uint64_t value_cost(Ctx* ctx, Layout* L, int64_t k, int state, int64_t prev) noexcept nogil:
+    """Estimated cost (1/32768 bit) of coding k in DQ state `state` (0 without DQ), contexts unchanged (spec A.4).
+
+    The bins of encode_value for a tensor without codebook, TCA or HDSP, with the same
+    context selection; kept apart from encode_value because the quantisers price up to 24
+    candidates per weight and need it lean (the differential tests against the Python
+    engine, which prices with its one binarisation, check it).
+    """
     cdef int c = neighbour_class(prev)
     cdef int neg = k < 0
     cdef int64_t absk = -k if neg else k
@@ -1445,12 +1526,12 @@ cdef inline uint64_t dq_value_cost(Ctx* ctx, Layout* L, int64_t k, int state, in
     cdef int64_t r
     cdef int j = 0
     cdef int m = 0
-    cdef uint64_t cost = est_bin(&ctx[L.sig + 3 * state + c], k != 0)
+    cdef uint64_t cost = est_bin(&ctx[sig_context(L, state, c, 0, 0)], k != 0)
     if k == 0:
         return cost
-    cost += est_bin(&ctx[L.sign + c], neg)
+    cost += est_bin(&ctx[sign_context(L, c, 0)], neg)
     while j < L.n_gtx:
-        cost += est_bin(&ctx[L.gtx + 2 * j + neg], absk > run)
+        cost += est_bin(&ctx[gtx_context(L, j, neg, 0)], absk > run)
         if absk <= run:
             return cost
         run += 1
@@ -1479,12 +1560,49 @@ cdef inline void dq_candidates(double x, int state, int64_t* out) noexcept nogil
     out[2] = a + 2
 
 
-cdef inline int64_t dq_k_from_n(int64_t n, int state) noexcept nogil:
-    if n == 0:
-        return 0
-    if n > 0:
-        return (n + (state & 1)) >> 1
-    return (n - (state & 1)) >> 1
+cdef void rdoq_scan(const double* x, const double* f, int32_t* o, Ctx* ctx, Layout* L, TensorShape* t,
+                    double scale) noexcept nogil:
+    """RDOQ along the scan (spec A.9): the level of each element, then the contexts adapt to it."""
+    cdef BinSink s
+    cdef ScanWalk w
+    cdef int64_t i, cand, best_k, lo
+    cdef int q
+    cdef int64_t prev = 0
+    cdef double ax, d, cost, best_cost, fi
+    cdef int64_t cands[3]
+    start_estimator(&s, ctx, L.n_ctx)
+    walk_start(&w, t, 0)
+    while walk_next(&w):
+        if w.block_row_start and w.br > 0:
+            contexts_reset(ctx, L.n_ctx)
+            prev = 0
+        for i in range(w.first, w.end):
+            ax = x[i] if x[i] >= 0 else -x[i]
+            fi = f[i] if f != NULL else 1.0
+            lo = <int64_t>ax
+            cands[0] = 0
+            cands[1] = lo
+            cands[2] = lo + 1
+            best_k = 0
+            best_cost = 1e308
+            for q in range(3):
+                cand = cands[q]
+                if q > 0 and cand == 0:
+                    continue
+                if cand > INT32_MAX:
+                    continue
+                d = ax - <double>cand
+                cost = fi * d * d
+                if scale > 0:
+                    cost += scale * <double>value_cost(ctx, L, -cand if x[i] < 0 else cand, 0, prev)
+                if cost < best_cost or (cost == best_cost and cand > best_k):
+                    best_cost = cost
+                    best_k = cand
+            if x[i] < 0:
+                best_k = -best_k
+            o[i] = <int32_t>best_k
+            encode_value(&s, L, t, best_k, 0, prev, 0, 0)
+            prev = best_k
 
 
 def rdoq_levels(double[::1] x, int64_t height, int64_t width, *, double lam, int n_gtx=11, int scan_order=0,
@@ -1506,73 +1624,29 @@ def rdoq_levels(double[::1] x, int64_t height, int64_t width, *, double lam, int
         raise EncodeError("lambda must be >= 0")
     cdef cnp.ndarray f_arr = None
     cdef double[::1] f_v
-    cdef bint has_f = importance is not None
-    if has_f:
+    cdef const double* f_p = NULL
+    if importance is not None:
         f_arr = np.ascontiguousarray(importance, dtype=np.float64).reshape(-1)
         if f_arr.size != size or not np.all(f_arr >= 0):
             raise EncodeError("importance needs one non-negative value per element")
         f_v = f_arr
+        f_p = &f_v[0] if size else NULL
     out = np.zeros(size, dtype=np.int32)
+    if size == 0:
+        return out
     cdef int32_t[::1] o = out
     cdef Layout L = make_layout(edition, n_gtx)
     cdef TensorShape t = make_shape(edition, height, width, scan_order, 0, 0, 0, 0, 0)
     cdef Ctx* ctx = <Ctx*>malloc(L.n_ctx * sizeof(Ctx))
     if ctx == NULL:
         raise MemoryError()
-    cdef BinSink s
-    cdef int64_t br, r, c, r0, r_end, c0, c_end, i, cand, best_k, lo
     cdef int q
-    cdef int64_t prev = 0
-    cdef double ax, d, cost, best_cost, fi, scale = lam / 32768.0
-    cdef int64_t cands[3]
+    cdef double scale = lam / 32768.0
     try:
         for q in range(L.n_ctx):
             ctx_init(&ctx[q], 0)
-        start_estimator(&s, ctx, L.n_ctx)
         with nogil:
-            for br in range(t.n_block_rows):
-                r0 = br * t.block_h
-                r_end = r0 + t.block_h
-                if r_end > t.height:
-                    r_end = t.height
-                if br > 0:
-                    contexts_reset(ctx, L.n_ctx)
-                    prev = 0
-                c0 = 0
-                while c0 < width:
-                    c_end = c0 + t.block_w
-                    if c_end > width:
-                        c_end = width
-                    for r in range(r0, r_end):
-                        for c in range(c0, c_end):
-                            i = r * width + c
-                            ax = x[i] if x[i] >= 0 else -x[i]
-                            fi = f_v[i] if has_f else 1.0
-                            lo = <int64_t>ax
-                            cands[0] = 0
-                            cands[1] = lo
-                            cands[2] = lo + 1
-                            best_k = 0
-                            best_cost = 1e308
-                            for q in range(3):
-                                cand = cands[q]
-                                if q > 0 and cand == 0:
-                                    continue
-                                if cand > INT32_MAX:
-                                    continue
-                                d = ax - <double>cand
-                                cost = fi * d * d
-                                if scale > 0:
-                                    cost += scale * <double>dq_value_cost(ctx, &L, -cand if x[i] < 0 else cand, 0, prev)
-                                if cost < best_cost or (cost == best_cost and cand > best_k):
-                                    best_cost = cost
-                                    best_k = cand
-                            if x[i] < 0:
-                                best_k = -best_k
-                            o[i] = <int32_t>best_k
-                            encode_value(&s, &L, &t, best_k, 0, prev, 0, 0)
-                            prev = best_k
-                    c0 = c_end
+            rdoq_scan(&x[0], f_p, &o[0], ctx, &L, &t, scale)
         return out
     finally:
         free(ctx)
@@ -1585,12 +1659,111 @@ def rdoq_levels(double[::1] x, int64_t height, int64_t width, *, double lam, int
 # end the best path is fixed, the contexts adapt to its levels, and the next chunk starts
 # from that path's state and neighbour.
 # --------------------------------------------------------------------------
+cdef void dq_rdoq_scan(const double* x, const double* f, int32_t* o, Ctx* ctx, Ctx* frozen, Layout* L,
+                       TensorShape* t, double scale, int64_t clen, int64_t* pos, uint8_t* back) noexcept nogil:
+    """The chunked DQ trellis along the scan (spec A.2, A.14); ``pos`` and ``back`` hold one chunk."""
+    cdef BinSink sink
+    cdef ScanWalk w
+    cdef double cost[8]
+    cdef double new_cost[8]
+    cdef int64_t prevk[2][8]
+    cdef int64_t cand[3]
+    cdef int64_t n, i, idx, k, n_val, prev_run = 0, seg_i = 0, seg_end = 0
+    cdef int s, nxt, best_state, start_state = 0, j, cur, ci
+    cdef bint row_start_pending = False, chunk_row_start
+    cdef double d, total, fi
+    start_estimator(&sink, ctx, L.n_ctx)
+    walk_start(&w, t, 0)
+    while True:
+        # the next chunk of the scan; with rates, a block row starts a new chunk so
+        # that its context reset applies
+        n = 0
+        chunk_row_start = False
+        while n < clen:
+            if seg_i == seg_end:
+                if not walk_next(&w):
+                    break
+                seg_i = w.first
+                seg_end = w.end
+                row_start_pending = w.block_row_start and w.br > 0
+            if row_start_pending:
+                if n == 0:
+                    chunk_row_start = True
+                elif scale > 0:
+                    break
+                row_start_pending = False
+            pos[n] = seg_i
+            seg_i += 1
+            n += 1
+        if n == 0:
+            return
+        if chunk_row_start:
+            contexts_reset(ctx, L.n_ctx)
+            prev_run = 0
+        memcpy(frozen, ctx, L.n_ctx * sizeof(Ctx))
+        for s in range(8):
+            cost[s] = INFINITY
+            prevk[0][s] = prev_run
+        cost[start_state] = 0.0
+        cur = 0
+        for i in range(n):
+            idx = pos[i]
+            fi = f[idx] if f != NULL else 1.0
+            for s in range(8):
+                new_cost[s] = INFINITY
+            for s in range(8):
+                if cost[s] == INFINITY:
+                    continue
+                dq_candidates(x[idx], s, cand)
+                for ci in range(3):
+                    if ci > 0 and cand[ci] == 0:
+                        continue
+                    k = dq_k_from_n(cand[ci], s)
+                    nxt = NEXT_STATE[s][k & 1]
+                    d = x[idx] - <double>cand[ci]
+                    total = cost[s] + fi * d * d
+                    if scale > 0:
+                        total += scale * <double>value_cost(frozen, L, k, s, prevk[cur][s])
+                    if total < new_cost[nxt]:
+                        new_cost[nxt] = total
+                        back[8 * i + nxt] = <uint8_t>(s * 4 + ci)
+                        prevk[1 - cur][nxt] = k
+            for s in range(8):
+                cost[s] = new_cost[s]
+            cur = 1 - cur
+        best_state = 0
+        for s in range(1, 8):
+            if cost[s] < cost[best_state]:
+                best_state = s
+        # trace back the chunk
+        s = best_state
+        i = n - 1
+        while i >= 0:
+            j = back[8 * i + s]
+            ci = j & 3
+            s = j >> 2
+            dq_candidates(x[pos[i]], s, cand)
+            o[pos[i]] = <int32_t>cand[ci]
+            i -= 1
+        # adapt the contexts to the chosen levels, in scan order
+        s = start_state
+        for i in range(n):
+            n_val = o[pos[i]]
+            k = dq_k_from_n(n_val, s)
+            if scale > 0:
+                encode_value(&sink, L, t, k, s, prev_run, 0, 0)
+            prev_run = k
+            s = NEXT_STATE[s][k & 1]
+        start_state = s
+
+
 def dq_rdoq_levels(double[::1] x, int64_t height, int64_t width, *, double lam, int n_gtx=11,
                    int scan_order=0, int edition=2, importance=None, int64_t chunk=1024):
     """Rate-aware DQ trellis on x = w / step (spec A.14); returns reconstruction integers n.
 
     lam = 0 is the distortion-only trellis of A.2; give chunk >= the tensor size for one
     global Viterbi search (the default chunking fixes the path every ``chunk`` elements).
+    The working memory is 16 bytes per chunk element, whatever the tensor's size.
     """
     _check_edition(edition)
     _check_tensor_args(height, width, n_gtx, scan_order, EncodeError)
@@ -1599,132 +1772,39 @@ def dq_rdoq_levels(double[::1] x, int64_t height, int64_t width, *, double lam, 
         raise EncodeError(f"x has {x.shape[0]} elements, the tensor has {size}")
     if lam < 0 or chunk < 1:
         raise EncodeError("lambda must be >= 0 and chunk >= 1")
-    cdef bint has_f = importance is not None
     cdef double[::1] f_v
-    if has_f:
+    cdef const double* f_p = NULL
+    if importance is not None:
         f_arr = np.ascontiguousarray(importance, dtype=np.float64).reshape(-1)
         if f_arr.size != size or not np.all(f_arr >= 0):
             raise EncodeError("importance needs one non-negative value per element")
         f_v = f_arr
+        f_p = &f_v[0] if size else NULL
     cdef Layout L = make_layout(edition, n_gtx)
     cdef TensorShape t = make_shape(edition, height, width, scan_order, 1, 0, 0, 0, 0)
-    # scan order positions and block-row starts; a single block as wide as the matrix is
-    # row-major order without block-row starts, and needs neither array (memory: 9 bytes/weight)
-    cdef bint row_major = t.n_block_rows <= 1 and t.block_w >= width
-    order_arr = np.empty(1 if row_major else size, dtype=np.int64)
-    row_start_arr = np.zeros(1 if row_major else size, dtype=np.uint8)
-    cdef int64_t[::1] order = order_arr
-    cdef uint8_t[::1] row_start = row_start_arr
-    cdef int64_t br, r, c, r0, r_end, c0, c_end, pos = 0
-    for br in range(0 if row_major else t.n_block_rows):
-        r0 = br * t.block_h
-        r_end = min(r0 + t.block_h, height)
-        c0 = 0
-        while c0 < width:
-            c_end = min(c0 + t.block_w, width)
-            for r in range(r0, r_end):
-                for c in range(c0, c_end):
-                    if br > 0 and r == r0 and c == 0:
-                        row_start[pos] = 1
-                    order[pos] = r * width + c
-                    pos += 1
-            c0 = c_end
     out = np.zeros(size, dtype=np.int32)
+    if size == 0:
+        return out
     cdef int32_t[::1] o = out
+    # memory bounded by the chunk: its scan positions and its back pointers (16 bytes per element)
     cdef int64_t clen = chunk if chunk < size else size
-    back_arr = np.zeros((clen if clen > 0 else 1, 8), dtype=np.uint8)
-    cdef uint8_t[:, ::1] back = back_arr
-    prev_arr = np.zeros((2, 8), dtype=np.int64)
-    cdef int64_t[:, ::1] prevk = prev_arr
+    pos_arr = np.zeros(clen, dtype=np.int64)
+    cdef int64_t[::1] pos = pos_arr
+    back_arr = np.zeros(clen * 8, dtype=np.uint8)
+    cdef uint8_t[::1] back = back_arr
     cdef Ctx* ctx = <Ctx*>malloc(L.n_ctx * sizeof(Ctx))
     cdef Ctx* frozen = <Ctx*>malloc(L.n_ctx * sizeof(Ctx))
     if ctx == NULL or frozen == NULL:
         free(ctx)
         free(frozen)
         raise MemoryError()
-    cdef BinSink sink
-    cdef double cost[8]
-    cdef double new_cost[8]
-    cdef int64_t cand[3]
-    cdef int64_t start, end, i, idx, k, n_val, prev_run = 0
-    cdef int s, q, nxt, best_state, start_state = 0, j, cur, ci
-    cdef double d, total, fi, scale = lam / 32768.0
+    cdef int q
+    cdef double scale = lam / 32768.0
     try:
         for q in range(L.n_ctx):
             ctx_init(&ctx[q], 0)
-        start_estimator(&sink, ctx, L.n_ctx)
         with nogil:
-            start = 0
-            while start < size:
-                end = start + clen
-                if end > size:
-                    end = size
-                # with rates, a block row starts a new chunk so that its context reset applies
-                if scale > 0 and not row_major:
-                    for i in range(start + 1, end):
-                        if row_start[i]:
-                            end = i
-                            break
-                if not row_major and row_start[start]:
-                    contexts_reset(ctx, L.n_ctx)
-                    prev_run = 0
-                memcpy(frozen, ctx, L.n_ctx * sizeof(Ctx))
-                for s in range(8):
-                    cost[s] = INFINITY
-                    prevk[0, s] = prev_run
-                cost[start_state] = 0.0
-                cur = 0
-                for i in range(start, end):
-                    idx = i if row_major else order[i]
-                    fi = f_v[idx] if has_f else 1.0
-                    for s in range(8):
-                        new_cost[s] = INFINITY
-                    for s in range(8):
-                        if cost[s] == INFINITY:
-                            continue
-                        dq_candidates(x[idx], s, cand)
-                        for ci in range(3):
-                            if ci > 0 and cand[ci] == 0:
-                                continue
-                            k = dq_k_from_n(cand[ci], s)
-                            nxt = NEXT_STATE[s][k & 1]
-                            d = x[idx] - <double>cand[ci]
-                            total = cost[s] + fi * d * d
-                            if scale > 0:
-                                total += scale * <double>dq_value_cost(frozen, &L, k, s, prevk[cur, s])
-                            if total < new_cost[nxt]:
-                                new_cost[nxt] = total
-                                back[i - start, nxt] = <uint8_t>(s * 4 + ci)
-                                prevk[1 - cur, nxt] = k
-                    for s in range(8):
-                        cost[s] = new_cost[s]
-                    cur = 1 - cur
-                best_state = 0
-                for s in range(1, 8):
-                    if cost[s] < cost[best_state]:
-                        best_state = s
-                # trace back the chunk
-                s = best_state
-                i = end - 1
-                while i >= start:
-                    j = back[i - start, s]
-                    ci = j & 3
-                    s = j >> 2
-                    idx = i if row_major else order[i]
-                    dq_candidates(x[idx], s, cand)
-                    o[idx] = <int32_t>cand[ci]
-                    i -= 1
-                # adapt the contexts to the chosen levels, in scan order
-                s = start_state
-                for i in range(start, end):
-                    n_val = o[i if row_major else order[i]]
-                    k = dq_k_from_n(n_val, s)
-                    if scale > 0:
-                        encode_value(&sink, &L, &t, k, s, prev_run, 0, 0)
-                    prev_run = k
-                    s = NEXT_STATE[s][k & 1]
-                start_state = s
-                start = end
+            dq_rdoq_scan(&x[0], f_p, &o[0], ctx, frozen, &L, &t, scale, clen, &pos[0], &back[0])
         return out
     finally:
         free(ctx)

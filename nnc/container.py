@@ -48,6 +48,7 @@ from typing import Iterator
 import construct as cs
 from construct import Container, If, Struct, this
 
+from .engine.python.scan import block_row_count
 from .errors import DecodeError, EncodeError, TruncatedError, UnsupportedError
 
 # -- enumerations (spec 3.4, 7.4) --------------------------------------------------
@@ -367,17 +368,17 @@ def best_codebook_egk(entries) -> int:
 
 
 def entry_point_count(ctx) -> int:
-    """numBlockRowsMinus1 of the NDU's weight (G and H for DC blocks) (spec 7.3)."""
+    """numBlockRowsMinus1 of the NDU's weight (G and H for DC blocks) (spec 7.3).
+
+    Counted with the signalled scan order, even where the effective one is 0 (spec 7.3, 11.1).
+    """
     scan = ctx.scan_order
     if not scan:
         return 0
-    b = 4 << scan
-    dims = list(ctx.tensor_dimensions)
     if ctx._.nnr_compressed_data_unit_payload_type == NNR_PT_BLOCK and ctx.compressed_parameter_types & NNR_CPT_DC:
-        rows_g = ctx.g_number_of_rows
-        rank = ctx.decomposition_rank
-        return max(0, -(-rows_g // b) - 1) + max(0, -(-rank // b) - 1)
-    return max(0, -(-dims[0] // b) - 1)
+        return (max(0, block_row_count(ctx.g_number_of_rows, scan) - 1)
+                + max(0, block_row_count(ctx.decomposition_rank, scan) - 1))
+    return max(0, block_row_count(ctx.tensor_dimensions[0], scan) - 1)
 
 
 class EntryPoints(cs.Construct):

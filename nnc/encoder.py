@@ -32,6 +32,11 @@ from .reconstruction import DECOMPRESSED_DATA_FORMATS, reconstruct_codebook, rec
 
 INT32_MAX = 2**31 - 1
 
+#: Weights per Viterbi search of the distortion-only DQ trellis (spec A.2): its working memory is
+#: 16 bytes per weight of one search (1 MiB), whatever the tensor's size; fixing the path at the end
+#: of each search changes MiniLM-L6's stream by -0.0003 % (benchmarks/results/trellis_memory.md).
+DQ_TRELLIS_CHUNK = 1 << 16
+
 #: nnr_decompressed_data_format codes for input dtypes that a profile-1 stream can restore (spec 12.6)
 RESTORABLE_FORMATS = {"float16": 8, "float64": 9}
 
@@ -478,10 +483,8 @@ class Encoder:
             )
         lam = self.tensor_lambda(name)
         if dq and lam:
-            from ._engine import dq_rdoq_levels
-
             order_free = np.ascontiguousarray(scaled)
-            return dq_rdoq_levels(order_free, height, width, lam=lam, n_gtx=self.n_gtx,
+            return self.engine.dq_rdoq_levels(order_free, height, width, lam=lam, n_gtx=self.n_gtx,
                                   scan_order=scan_order, edition=self.edition,
                                   importance=self.importance.get(name))
         if not dq and lam:
@@ -494,11 +497,9 @@ class Encoder:
                                            importance=importance)
         if not dq:
             return (np.sign(scaled) * np.floor(np.abs(scaled) + 0.5)).astype(np.int32)
-        from ._engine import dq_rdoq_levels
-
-        # one global Viterbi search along the scan (spec A.2)
-        return dq_rdoq_levels(np.ascontiguousarray(scaled), height, width, lam=0.0, scan_order=scan_order,
-                              edition=self.edition, chunk=max(scaled.size, 1))
+        # the Viterbi search of A.2 along the scan, its path fixed every DQ_TRELLIS_CHUNK weights
+        return self.engine.dq_rdoq_levels(np.ascontiguousarray(scaled), height, width, lam=0.0, scan_order=scan_order,
+                                          edition=self.edition, chunk=DQ_TRELLIS_CHUNK)
 
     def _block_groups(self, tensors: Mapping[str, np.ndarray]) -> dict[str, dict]:
         """Which tensors go into BLOCK NDUs with which weight (spec 7.6)."""
@@ -1118,16 +1119,7 @@ def scan_permutation(height: int, width: int, scan_order: int) -> np.ndarray:
     >>> scan_permutation(2, 16, 1)[:10].tolist()
     [0, 1, 2, 3, 4, 5, 6, 7, 16, 17]
     """
-    idx = np.arange(height * width, dtype=np.int64)
-    if scan_order == 0 or height <= 1 or width <= 1:
-        return idx
-    b = 4 << scan_order
-    m = idx.reshape(height, width)
-    parts = []
-    for r0 in range(0, height, b):
-        for c0 in range(0, width, b):
-            parts.append(m[r0:r0 + b, c0:c0 + b].reshape(-1))
-    return np.concatenate(parts)
+    return get_engine().scan_permutation(height, width, scan_order)
 
 
 def encode(tensors: Mapping[str, object], *, qp: int | None = None, dq: bool = True, **options) -> bytes:

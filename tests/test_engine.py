@@ -1,7 +1,7 @@
 """Tests of the entropy-coding engines (docs/dev/engine-api.md, spec clauses 8-11).
 
 Every test that takes the ``eng`` fixture runs against both engines: the pure-Python
-reference engine ``nnc._pyengine`` and the compiled ``nnc._engine`` (skipped, with
+engine ``nnc.engine.python`` and the compiled ``nnc._engine`` (skipped, with
 the reason, when it is not built).  The differential tests need both.
 
 The scan order and the dependent-quantisation state machine used to build valid
@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nnc import _pyengine as P
+from nnc.engine import python as P
 from nnc.errors import DecodeError, EncodeError, TruncatedError
 from nnc.tables import NEXT_DQ_STATE
 
@@ -41,7 +41,7 @@ def _scaled(fraction: float, *, deadline=None, **kw):
 # engines
 # ---------------------------------------------------------------------------
 
-ENGINE_MODULES = {"python": "nnc._pyengine", "cython": "nnc._engine"}
+ENGINE_MODULES = {"python": "nnc.engine.python", "cython": "nnc._engine"}
 
 
 def _load(name):
@@ -874,8 +874,8 @@ def test_differential_corrupt(both):
 # Python-engine specifics
 # ---------------------------------------------------------------------------
 
-def test_compute_entry_points_documented_form():
-    """engine-api.md form: compute_entry_points(payload, edition, qp_bits, tensors) with qp_offset flags."""
+def test_compute_entry_points_qp_bits_per_tensor():
+    """compute_entry_points(payload, edition, tensors): qp_bits per tensor, 0 or absent without a qp offset."""
     rng = np.random.default_rng(2)
     h, w = 30, 5
     levels = rng.integers(-9, 10, h * w).astype(np.int32)
@@ -884,11 +884,11 @@ def test_compute_entry_points_documented_form():
     enc.encode_tensor(levels, h, w, n_gtx=4, scan_order=1)
     enc.encode_tensor(levels, h, w, n_gtx=4, scan_order=1)
     payload = enc.finish()
-    specs = [dict(height=h, width=w, n_gtx=4, scan_order=1, qp_offset=True),
-             dict(height=h, width=w, n_gtx=4, scan_order=1, qp_offset=False)]
-    eps = P.compute_entry_points(payload, 1, 8, specs)
+    specs = [dict(height=h, width=w, n_gtx=4, scan_order=1, qp_bits=8),
+             dict(height=h, width=w, n_gtx=4, scan_order=1)]
+    eps = P.compute_entry_points(payload, 1, specs)
     assert len(eps) == 2 and len(eps[0]) == 3
-    assert eps == P.compute_entry_points(payload, 1, [dict(specs[0], qp_bits=8), dict(specs[1], qp_bits=0)])
+    assert eps == P.compute_entry_points(payload, 1, [specs[0], dict(specs[1], qp_bits=0)])
 
 
 def test_start_block_row_needs_entry_points():

@@ -85,9 +85,7 @@ def test_binarisation_examples_round_trip(engine):
     eng = get_engine(engine)
     for values, n_gtx, dq in (([3], 11, False), ([-2, -7], 4, False), ([3, -7, 120, -(2**31 - 1)], 4, True)):
         if dq:
-            from nnc._engine import dq_trellis
-
-            values = dq_trellis(np.array(values, np.float64)).tolist()
+            values = eng.dq_trellis(np.array(values, np.float64)).tolist()
         lv = np.array(values, np.int32)
         e = eng.PayloadEncoder(1)
         e.encode_tensor(lv, 1, lv.size, n_gtx=n_gtx, dq=dq)

@@ -67,16 +67,13 @@ def test_encoder_option_and_exact_reconstruction():
 
 
 def test_rate_aware_trellis():
-    from nnc._engine import dq_rdoq_levels
-    from nnc._engine import dq_trellis
-
+    eng = get_engine("cython")
     rng = np.random.default_rng(4)
     x = rng.laplace(0, 3, 120 * 130)
-    np.testing.assert_array_equal(dq_rdoq_levels(x, 120, 130, lam=0.0, chunk=10**9), dq_trellis(x))
-    eng = get_engine("cython")
+    np.testing.assert_array_equal(eng.dq_rdoq_levels(x, 120, 130, lam=0.0, chunk=10**9), eng.dq_trellis(x))
     sizes = []
     for lam in (0.0, 0.5, 2.0, 8.0):
-        n = dq_rdoq_levels(x, 120, 130, lam=lam, scan_order=2)
+        n = eng.dq_rdoq_levels(x, 120, 130, lam=lam, scan_order=2)
         enc = eng.PayloadEncoder(2)
         enc.encode_tensor(n, 120, 130, n_gtx=11, dq=True, scan_order=2)  # raises if n leaves the trellis
         sizes.append(len(enc.finish()))
@@ -105,10 +102,10 @@ def test_dcv1_step_and_importance():
 
 
 @settings(deadline=None, max_examples=60)
-@given(x=hnp.arrays(np.float64, st.integers(1, 6), elements=st.floats(-9, 9)))
-def test_distortion_only_trellis_is_optimal(x):
+@given(x=hnp.arrays(np.float64, st.integers(1, 6), elements=st.floats(-9, 9)),
+       engine=st.sampled_from(ENGINES))
+def test_distortion_only_trellis_is_optimal(x, engine):
     """Against brute force over every valid level sequence near x (spec 10.2, A.2)."""
-    from nnc._engine import dq_trellis
     from nnc.tables import NEXT_DQ_STATE
 
     def best(i, s):
@@ -122,7 +119,7 @@ def test_distortion_only_trellis_is_optimal(x):
             out = min(out, (x[i] - n) ** 2 + best(i + 1, NEXT_DQ_STATE[s][k & 1]))
         return out
 
-    n = dq_trellis(np.ascontiguousarray(x))
+    n = get_engine(engine).dq_trellis(np.ascontiguousarray(x))
     assert abs(float(((x - n) ** 2).sum()) - best(0, 0)) < 1e-9
 
 

@@ -1,0 +1,150 @@
+"""Scans and entry points (spec 11): the matrix view, the block scan, block rows,
+row skipping and the entry points of a payload.
+
+Part of the pure-Python engine (:mod:`nnc.engine.python`).  :class:`TensorScan`
+is the one walk over a tensor's scan: the decoder, the encoder, the estimates
+and both quantisers (RDOQ, the DQ trellis) all visit elements through its
+``segments``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ...tables import NEXT_DQ_STATE
+
+
+def block_size(scan_order: int) -> int:
+    """B = 4 << s, the block size of scan order s > 0 (11.2); 0 for the row-major scan."""
+    return 4 << scan_order if scan_order else 0
+
+
+def block_row_count(height: int, scan_order: int) -> int:
+    """Number of block rows of ``height`` matrix rows in scan order s (11.2): ceil(H / B), 1 for s = 0.
+
+    Give the effective scan order (11.1) for the scan itself, the signalled one for the
+    length of a header's entry-point list (7.3).
+
+    Examples
+    --------
+    >>> block_row_count(37, 2), block_row_count(37, 0), block_row_count(0, 1)
+    (3, 1, 0)
+    """
+    height, scan_order = int(height), int(scan_order)
+    if not scan_order:
+        return 1
+    b = block_size(scan_order)
+    return -(-height // b)
+
+
+def zero_run_table(count: int) -> list:
+    """The DQ state after ``count`` transitions with parity 0, from each state (11.5).
+
+    STT[s][0] is a permutation of the 8 states whose order divides 4, so
+    ``count`` transitions equal ``count mod 4`` ones.
+    """
+    table = list(range(8))
+    for _ in range(count % 4):
+        table = [NEXT_DQ_STATE[s][0] for s in table]
+    return table
+
+
+def _check_zero_transition_order() -> None:
+    table = list(range(8))
+    for _ in range(4):
+        table = [NEXT_DQ_STATE[s][0] for s in table]
+    assert table == list(range(8)), "STT[.][0] must have order dividing 4"
+
+
+_check_zero_transition_order()
+
+
+# ===========================================================================
+# 11  Scan order, block rows
+# ===========================================================================
+
+class TensorScan:
+    """The scan of a height x width matrix (11.1, 11.2).
+
+    ``order`` is the effective scan order: the signalled one, or 0 when the
+    matrix is a single row or column.  Order s > 0 scans blocks of
+    B = 4 << s; a block row is B matrix rows.  Order 0 scans row by row and is
+    treated as one block row.
+    """
+
+    def __init__(self, height: int, width: int, scan_order: int, edition: int):
+        self.height, self.width = height, width
+        self.order = scan_order if (height > 1 and width > 1) else 0       # 11.1
+        if self.order:
+            self.block = block_size(self.order)
+            self.n_block_rows = block_row_count(height, self.order)
+        else:
+            self.block = max(height, 1)
+            self.n_block_rows = 1 if height > 0 else 0
+        # 11.3: R = 256 is forced before the first element -- edition 1 whenever
+        # the effective scan order is > 0, edition 2 only with >= 2 block rows.
+        if edition == 1:
+            self.force_at_start = self.order > 0
+        else:
+            self.force_at_start = self.order > 0 and self.n_block_rows > 1
+
+    def segments(self, r: int):
+        """Pieces of matrix rows in block row r, in scan order: (row, first col, end col) (11.2).
+
+        With order 0 a piece is a whole row; with blocks it is one row of one
+        block (blocks left to right, rows top to bottom inside a block).
+        """
+        if not self.order:
+            for row in range(self.height):
+                yield row, 0, self.width
+            return
+        B = self.block
+        rows = range(r * B, min((r + 1) * B, self.height))
+        for c0 in range(0, self.width, B):
+            c1 = min(c0 + B, self.width)
+            for row in rows:
+                yield row, c0, c1
+
+
+def scan_permutation(height: int, width: int, scan_order: int) -> np.ndarray:
+    """Flat row-major indices of a height x width matrix in scan order (11.1, 11.2).
+
+    ``x.reshape(-1)[perm]`` is the tensor in coding order; the effective scan order
+    applies (row-major for a single row or column).
+
+    Examples
+    --------
+    >>> scan_permutation(2, 16, 1)[:10].tolist()
+    [0, 1, 2, 3, 4, 5, 6, 7, 16, 17]
+    """
+    scan = TensorScan(int(height), int(width), int(scan_order), 2)
+    W = scan.width
+    pieces = [np.arange(row * W + c0, row * W + c1, dtype=np.int64)
+              for r in range(scan.n_block_rows) for row, c0, c1 in scan.segments(r)]
+    return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
+
+
+_TENSOR_KEYS = ("n_gtx", "dq", "scan_order", "codebook_size", "codebook_zero", "parent_present",
+                "tca_base", "hdsp_history")
+
+
+def compute_entry_points(payload, edition, tensors) -> list:
+    """Entry points of every tensor of a payload, by a sequential decode (11.4).
+
+    ``tensors``: per tensor a dict of ``height``, ``width``, ``qp_bits`` (0 or absent
+    when the tensor has no qp offset) and the decode_tensor parameters.  Returns, per
+    tensor, the list of (value, dq_state, offset_increment).
+    """
+    from .payload import PayloadDecoder
+
+    dec = PayloadDecoder(payload, edition)
+    result = []
+    for spec in tensors:
+        bits = spec.get("qp_bits", 0)
+        if bits:
+            dec.read_qp_offset(int(bits))
+        kwargs = {key: spec[key] for key in _TENSOR_KEYS if key in spec}
+        dec.decode_tensor(spec["height"], spec["width"], record_entry_points=True, **kwargs)
+        result.append(list(dec.last_entry_points))
+    dec.finish()
+    return result

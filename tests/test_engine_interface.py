@@ -1,0 +1,193 @@
+"""The engine boundary: both engines expose the declared interface (nnc/engine/interface.py),
+the quantisers give equal levels in both, and nnc runs from a tree without the compiled engine.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from nnc.engine import COMPILED_AVAILABLE, get_engine
+from nnc.engine.interface import CLASSES, FUNCTIONS, NAMES, check_engine
+
+REPO = Path(__file__).resolve().parent.parent
+needs_compiled = pytest.mark.skipif(not COMPILED_AVAILABLE, reason="the compiled engine nnc._engine is not built")
+ENGINES = ["python"] + (["cython"] if COMPILED_AVAILABLE else [])
+
+
+@pytest.mark.parametrize("name", ENGINES)
+def test_engine_implements_the_declared_interface(name):
+    assert check_engine(get_engine(name)) == []
+
+
+def _copy_of(module) -> types.ModuleType:
+    fake = types.ModuleType(module.__name__)
+    for name in NAMES:
+        setattr(fake, name, getattr(module, name))
+    fake.__all__ = list(module.__all__)
+    return fake
+
+
+@pytest.mark.parametrize("name", ENGINES)
+@pytest.mark.parametrize("missing", NAMES)
+def test_interface_check_fails_when_a_name_is_removed(name, missing):
+    fake = _copy_of(get_engine(name))
+    delattr(fake, missing)
+    assert any(missing in problem for problem in check_engine(fake))
+
+
+@pytest.mark.parametrize("name", ENGINES)
+def test_interface_check_fails_on_a_changed_signature(name):
+    engine = get_engine(name)
+    fake = _copy_of(engine)
+    fake.compute_entry_points = lambda payload, edition, qp_bits, tensors: None
+    assert any("compute_entry_points" in p for p in check_engine(fake))
+
+    class Decoder(engine.PayloadDecoder):
+        def finish(self, strict=True):
+            return super().finish()
+
+    fake = _copy_of(engine)
+    fake.PayloadDecoder = Decoder
+    assert any("finish" in p for p in check_engine(fake))
+
+
+def test_interface_declares_every_documented_method():
+    assert set(CLASSES) == {"PayloadDecoder", "PayloadEncoder"}
+    assert {"rdoq_levels", "dq_rdoq_levels", "dq_trellis", "compute_entry_points"} <= set(FUNCTIONS)
+
+
+# ---------------------------------------------------------------------------
+# the quantisers of Annex A: equal levels in both engines
+# ---------------------------------------------------------------------------
+
+_QUANTISER = settings(max_examples=max(10, settings().max_examples // 4), deadline=None,
+                      suppress_health_check=[HealthCheck.too_slow])
+
+
+@needs_compiled
+@_QUANTISER
+@given(h=st.integers(1, 20), w=st.integers(1, 20), scan=st.integers(0, 4), edition=st.sampled_from([1, 2]),
+       lam=st.sampled_from([0.0, 0.05, 0.5, 3.0]), chunk=st.sampled_from([1, 5, 64, 1024, 10**9]),
+       seed=st.integers(0, 2**16), spread=st.sampled_from([0.4, 3.0, 50.0]), weighted=st.booleans(),
+       n_gtx=st.integers(1, 11))
+def test_dq_trellis_equal_in_both_engines(h, w, scan, edition, lam, chunk, seed, spread, weighted, n_gtx):
+    rng = np.random.default_rng(seed)
+    x = rng.laplace(0, spread, h * w)
+    f = rng.random(h * w) if weighted else None
+    kw = dict(lam=lam, n_gtx=n_gtx, scan_order=scan, edition=edition, importance=f, chunk=chunk)
+    a = get_engine("cython").dq_rdoq_levels(x, h, w, **kw)
+    b = get_engine("python").dq_rdoq_levels(x, h, w, **kw)
+    np.testing.assert_array_equal(a, b)
+    # and the levels are codable: both engines write the same bytes for them
+    payloads = []
+    for name in ("cython", "python"):
+        enc = get_engine(name).PayloadEncoder(edition)
+        enc.encode_tensor(a, h, w, n_gtx=n_gtx, dq=True, scan_order=scan)
+        payloads.append(enc.finish())
+    assert payloads[0] == payloads[1]
+
+
+@needs_compiled
+@_QUANTISER
+@given(h=st.integers(1, 20), w=st.integers(1, 20), scan=st.integers(0, 4), edition=st.sampled_from([1, 2]),
+       lam=st.sampled_from([0.0, 0.05, 0.5, 3.0]), seed=st.integers(0, 2**16), n_gtx=st.integers(1, 11))
+def test_rdoq_equal_in_both_engines(h, w, scan, edition, lam, seed, n_gtx):
+    x = np.random.default_rng(seed).laplace(0, 4, h * w)
+    kw = dict(lam=lam, n_gtx=n_gtx, scan_order=scan, edition=edition)
+    np.testing.assert_array_equal(get_engine("cython").rdoq_levels(x, h, w, **kw),
+                                  get_engine("python").rdoq_levels(x, h, w, **kw))
+
+
+@needs_compiled
+@settings(max_examples=30, deadline=None)
+@given(x=st.lists(st.floats(-1e3, 1e3), max_size=200))
+def test_distortion_only_trellis_equal_in_both_engines(x):
+    x = np.array(x, np.float64)
+    np.testing.assert_array_equal(get_engine("cython").dq_trellis(x), get_engine("python").dq_trellis(x))
+
+
+@needs_compiled
+@pytest.mark.parametrize("h,w,scan", [(37, 70, 1), (10, 12, 1), (1, 50, 3), (50, 1, 2), (0, 5, 1), (130, 200, 4)])
+def test_scan_helpers_equal_in_both_engines(h, w, scan):
+    c, p = get_engine("cython"), get_engine("python")
+    np.testing.assert_array_equal(c.scan_permutation(h, w, scan), p.scan_permutation(h, w, scan))
+    assert sorted(c.scan_permutation(h, w, scan).tolist()) == list(range(h * w))
+    assert c.block_row_count(h, scan) == p.block_row_count(h, scan)
+
+
+# ---------------------------------------------------------------------------
+# a tree without the compiled engine (issues 15 and 19)
+# ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def uncompiled_tree(tmp_path_factory):
+    """A copy of the package without any compiled extension."""
+    root = tmp_path_factory.mktemp("uncompiled")
+    shutil.copytree(REPO / "nnc", root / "nnc",
+                    ignore=shutil.ignore_patterns("*.so", "*.pyd", "*.c", "__pycache__"))
+    return root
+
+
+# An editable install of another checkout must not lend its compiled engine to the copy.
+_ONLY_PYTHONPATH = ("import sys; sys.meta_path[:] = [f for f in sys.meta_path "
+                    "if not str(getattr(f, '__module__', '')).startswith('__editable__')]\n")
+
+
+def _run(args, pythonpath, env_extra=None, cwd=None):
+    """``python -c CODE`` or ``python -m MODULE ...`` with ``pythonpath`` as the only source of nnc."""
+    env = {k: v for k, v in os.environ.items() if k not in ("NNC_ENGINE", "PYTHONPATH")}
+    env["PYTHONPATH"] = str(pythonpath)
+    env.update(env_extra or {})
+    if args[0] == "-m":
+        code = _ONLY_PYTHONPATH + f"import runpy; runpy.run_module({args[1]!r}, run_name='__main__', alter_sys=True)"
+        args = ["-c", code, *args[2:]]
+    else:
+        args = ["-c", _ONLY_PYTHONPATH + args[1], *args[2:]]
+    return subprocess.run([sys.executable, *args], env=env, cwd=cwd or pythonpath, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_import_without_compiled_engine_warns_once(uncompiled_tree):
+    code = ("import warnings; warnings.simplefilter('always')\n"
+            "with warnings.catch_warnings(record=True) as caught:\n"
+            "    import nnc, nnc.engine, nnc.decoder, nnc.encoder\n"
+            "from nnc.engine import EngineFallbackWarning, engine_name, get_engine\n"
+            "print(sum(issubclass(w.category, EngineFallbackWarning) for w in caught), len(caught))\n"
+            "print(engine_name(), get_engine().__name__)\n"
+            "try:\n    get_engine('cython')\nexcept ImportError:\n    print('explicit cython: ImportError')\n")
+    out = _run(["-c", code], uncompiled_tree)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:3] == ["1 1", "python nnc.engine.python", "explicit cython: ImportError"]
+    quiet = _run(["-c", "import warnings; warnings.simplefilter('error'); import nnc; print('ok')"],
+                 uncompiled_tree, {"NNC_ENGINE": "python"})
+    assert quiet.returncode == 0 and quiet.stdout.strip() == "ok", quiet.stderr
+
+
+@needs_compiled
+@pytest.mark.parametrize("options", [[], ["--rdoq", "0.1"], ["--no-dq", "--rdoq", "0.1"]],
+                         ids=["defaults", "rdoq", "no-dq-rdoq"])
+def test_uncompiled_python_engine_writes_the_compiled_bytes(uncompiled_tree, tmp_path, options):
+    """`NNC_ENGINE=python python -m nnc encode` from a tree without the .so writes the compiled engine's bytes."""
+    rng = np.random.default_rng(7)
+    model = tmp_path / "m.npz"
+    np.savez(model, **{"fc1.weight": rng.laplace(0, 0.05, (24, 40)).astype(np.float32),
+                       "fc1.bias": rng.normal(0, 0.1, 24).astype(np.float32),
+                       "conv.weight": rng.laplace(0, 0.05, (8, 3, 3, 3)).astype(np.float32)})
+    streams = []
+    for tree, engine in ((uncompiled_tree, "python"), (REPO, "cython")):
+        out = tmp_path / f"{engine}.nnr"
+        run = _run(["-m", "nnc", "encode", str(model), "-o", str(out), "-q", *options], tree,
+                   {"NNC_ENGINE": engine}, cwd=tmp_path)
+        assert run.returncode == 0, run.stderr
+        streams.append(out.read_bytes())
+    assert streams[0] == streams[1]
