@@ -324,8 +324,8 @@ class Encoder:
 
 
     # -- stream ------------------------------------------------------------------
-    def encode(self, tensors: Mapping[str, object], progress=None, *, cache: "EncodeCache | None" = None
-               ) -> EncodeResult:
+    def encode(self, tensors: Mapping[str, object], progress=None, *, cache: "EncodeCache | None" = None,
+               extra_metadata: Mapping | None = None) -> EncodeResult:
         """Encode the tensors; return the stream and the reconstruction of each tensor.
 
         Parameters
@@ -338,6 +338,9 @@ class Encoder:
         cache : EncodeCache, optional
             Reuse the NDUs of earlier encodes (with any encoder) of the same array objects
             under the same per-tensor settings; for sweeps that change a few tensors at a time.
+        extra_metadata : mapping, optional
+            More keys for nnc's topology metadata (spec 6.2.1), e.g. ``{"checkpoint": ...}``
+            (:attr:`nnc.readers.ModelSource.checkpoint`).
 
         Returns
         -------
@@ -410,7 +413,7 @@ class Encoder:
                 result.skipped.extend(t.name for t in u.members)
         metadata = metadata_json({k: v.shape for k, v in arrays.items()},
                                  {k: t.reconstruction.dtype.name for k, t in result.tensors.items()},
-                                 {k: s.dtypes.get(k, v.dtype.name) for k, v in arrays.items()})
+                                 {k: s.dtypes.get(k, v.dtype.name) for k, v in arrays.items()}, extra_metadata)
         head = writer.head(stream_qp, metadata, update)
         jobs = [(u, link) for u, link in zip(units, links) if link is None or not link.skip]
         # the payloads, in threads
@@ -423,6 +426,60 @@ class Encoder:
                 self.state.model = apply_update(self.state.model, result.reconstruction)
         return result
         return result
+
+    def encode_to(self, source, output, progress=None, *, extra_metadata=None,
+                  budget: int = 1 << 30) -> "StreamSummary":
+        """Encode a lazily read model into the file ``output``, in memory bounded by the tensors in flight.
+
+        The stream is byte for byte what :meth:`encode` returns for the same tensors.  Its
+        head is planned from the settings and the tensors' headers; each NDU is written as
+        soon as its turn comes, with at most ``threads`` units and ``budget`` bytes (of the
+        units' float32 size) in flight; the file appears atomically (a temporary file in
+        the same folder, renamed at the end, removed on error).
+
+        Parameters
+        ----------
+        source : nnc.readers.ModelSource or mapping
+            From :func:`nnc.readers.open_model` (a model file or a sharded checkpoint), or
+            named arrays.
+        output : str or ``os.PathLike``
+            The stream file to write.
+        progress : callable, optional
+            Called with (name, number of elements) after each tensor is written.
+        extra_metadata : dict, optional
+            More keys for nnc's topology metadata (spec 6.2.1), e.g. ``{"checkpoint": ...}``.
+        budget : int
+            Bytes of tensors (their float32 size) in flight at most; one unit is always allowed.
+
+        Returns
+        -------
+        nnc.encoding.stream.StreamSummary
+            Sizes, the qps, the weight SNR and the skipped tensors.
+
+        Raises
+        ------
+        nnc.errors.EncodeError
+            As :meth:`encode`; also with codebooks or DC-v1 ``sigmas``, whose per-tensor
+            choices depend on the values (use :meth:`encode`).
+        nnc.formats.FormatError
+            If a tensor cannot be read.
+        OSError
+            If ``output`` cannot be written; it is then left as it was.
+
+        Examples
+        --------
+        >>> import numpy as np, tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "m.nnr")
+        >>> summary = Encoder(qp=-20).encode_to({"w": np.ones((4, 4), np.float32)}, path)
+        >>> summary.bytes == os.path.getsize(path), summary.weights
+        (True, 16)
+        """
+        from .encoding.stream import encode_to
+        from .readers import source_from_mapping
+
+        if isinstance(source, Mapping):
+            source = source_from_mapping(source)
+        return encode_to(self, source, output, progress=progress, extra_metadata=extra_metadata, budget=budget)
 
     def _differences(self, arrays: "OrderedDict[str, np.ndarray]") -> "OrderedDict[str, np.ndarray]":
         """The tensors minus the receiver's model, where it has them (same shape); the others as given."""
