@@ -120,17 +120,27 @@ def dcv1_step(weights: np.ndarray, sigmas: np.ndarray, s: int) -> float:
     return 2 * w_max / (2 * w_max / sigma_min + s)
 
 
+#: Elements per slice of the checks and conversions done in slices (small temporaries).
+SLICE = 1 << 20
+
+
 def as_float_array(name: str, value) -> tuple[np.ndarray, str]:
-    """The tensor as float64 for quantisation, and its original dtype name."""
+    """The tensor as a float array for quantisation, and its original dtype name.
+
+    Float tensors are returned as they are (no float64 copy: the quantiser divides them
+    by the step in float64, which gives the same values); integers become float64.
+    """
     arr = np.asarray(value)
     dtype_name = arr.dtype.name
     if dtype_name == "bfloat16" or arr.dtype.kind == "V":
         arr = arr.astype(np.float32)
     if arr.dtype.kind not in "fiub":
         raise EncodeError(f"tensor {name!r} has unsupported dtype {arr.dtype}")
-    x = arr.astype(np.float64)
-    if not np.all(np.isfinite(x)):
-        raise EncodeError(f"tensor {name!r} contains NaN or Inf, which cannot be quantised")
+    x = arr if arr.dtype.kind == "f" and arr.dtype.itemsize <= 8 else arr.astype(np.float64)
+    flat = x.reshape(-1)
+    for i in range(0, flat.size, SLICE):
+        if not np.isfinite(flat[i:i + SLICE]).all():
+            raise EncodeError(f"tensor {name!r} contains NaN or Inf, which cannot be quantised")
     return x, dtype_name
 
 
@@ -142,6 +152,16 @@ def tensor_geometry(shape: tuple, scan_order: int) -> tuple[tuple, int, int, int
     width = size // height if height else 0
     scan = scan_order if len(shape) > 1 and height > 1 and width > 1 else 0
     return shape, height, width, scan
+
+
+def _nearest_levels(flat: np.ndarray, step: float) -> np.ndarray:
+    """Nearest integers to flat / step (ties away from zero, spec A.1), computed in float64 slice by
+    slice, so that no tensor-sized float64 temporaries are made."""
+    levels = np.empty(flat.size, np.int32)
+    for i in range(0, flat.size, SLICE):
+        scaled = np.divide(flat[i:i + SLICE], step, dtype=np.float64)
+        levels[i:i + SLICE] = np.sign(scaled) * np.floor(np.abs(scaled) + 0.5)
+    return levels
 
 
 class Quantiser:
@@ -180,20 +200,26 @@ class Quantiser:
 
     def levels(self, name: str, x: np.ndarray, step: float, dq: bool, height: int, width: int,
                scan_order: int, *, reuse_x: bool = False) -> np.ndarray:
-        """Integers n for values x (spec A.1, A.2, A.9); ``reuse_x``: x (a private float64 copy the
-        caller no longer needs) is divided in place, to save a tensor-sized copy."""
+        """Integers n for values x (spec A.1, A.2, A.9), from x / step in float64; ``reuse_x``: x (a
+        private float64 array the caller no longer needs) is divided in place, to save a tensor-sized copy."""
         s = self.settings
-        scaled = np.divide(x.reshape(-1), float(step), out=x.reshape(-1) if reuse_x else None)
+        flat = x.reshape(-1)
         f = s.importance.get(name)
-        if f is not None and (f.size != scaled.size or not np.all(f >= 0)):
+        if f is not None and (f.size != flat.size or not np.all(f >= 0)):
             raise EncodeError(f"tensor {name!r}: importance needs one non-negative value per element "
-                              f"({scaled.size}), not {f.size}")
-        if scaled.size and np.abs(scaled).max() >= INT32_MAX - 2:
+                              f"({flat.size}), not {f.size}")
+        # max |x / step| = (max |x|) / step: division by a positive step is monotone, also when rounded
+        peak = max(float(flat.max()), -float(flat.min())) / float(step) if flat.size else 0.0
+        if peak >= INT32_MAX - 2:
             raise EncodeError(
-                f"tensor {name!r}: values up to {np.abs(scaled).max() * step:.4g} overflow int32 levels at step "
+                f"tensor {name!r}: values up to {peak * step:.4g} overflow int32 levels at step "
                 f"{step:.4g}; use a larger qp"
             )
         lam = s.tensor_lambda(name)
+        if not dq and not lam:
+            return _nearest_levels(flat, float(step))
+        in_place = reuse_x and flat.dtype == np.float64 and flat.flags.writeable
+        scaled = np.divide(flat, float(step), out=flat if in_place else None, dtype=np.float64)
         if dq and lam:
             from .._engine import dq_rdoq_levels
 
@@ -209,8 +235,6 @@ class Quantiser:
             return self.engine.rdoq_levels(np.ascontiguousarray(scaled), height, width, lam=lam,
                                            n_gtx=s.n_gtx, scan_order=scan_order, edition=s.edition,
                                            importance=importance)
-        if not dq:
-            return (np.sign(scaled) * np.floor(np.abs(scaled) + 0.5)).astype(np.int32)
         from .._engine import dq_rdoq_levels
 
         # one global Viterbi search along the scan (spec A.2)
@@ -247,7 +271,8 @@ class Quantiser:
             if coded is not None:
                 return coded
         if levels is None:
-            levels = self.levels(name, x, float(step), s.dq, height, width, scan, reuse_x=True)  # x is ours
+            private = not np.may_share_memory(x, arr)     # a float64 copy of integers: divided in place
+            levels = self.levels(name, x, float(step), s.dq, height, width, scan, reuse_x=private)
         recon = reconstruct_uniform(levels, step).reshape(shape)
         if fmt is not None:
             recon = recon.astype(np.dtype(dtype_name))
