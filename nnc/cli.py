@@ -171,9 +171,9 @@ def cmd_encode(args) -> int:
         options["state"].save(args.state)  # after the stream: a failed write leaves the state as it was
     original = sorted({t.original_dtype for t in source if np.dtype(t.dtype).kind == "f"})
     report = dict(input=str(args.model), output=out, tensors=summary.tensors, weights=summary.weights,
-                  bytes=summary.bytes, input_bytes=summary.original_bytes, original_dtypes=original,
+                  bytes=summary.stream_bytes, input_bytes=summary.original_bytes, original_dtypes=original,
                   bits_per_weight=summary.bits_per_weight, ratio=summary.ratio,
-                  ratio_fp32=4 * summary.weights / max(summary.bytes, 1), seconds=summary.seconds)
+                  ratio_fp32=4 * summary.weights / max(summary.stream_bytes, 1), seconds=summary.seconds)
     if allocated is not None:
         report["allocated_qps"] = allocated
     snr = ""
@@ -184,7 +184,7 @@ def cmd_encode(args) -> int:
         print(json.dumps(_finite_json(report), indent=2))
     elif not args.quiet:
         against = "/".join(original) if original else "the input"
-        print(f"{out}: {summary.tensors} tensors, {summary.weights} weights -> {summary.bytes} bytes "
+        print(f"{out}: {summary.tensors} tensors, {summary.weights} weights -> {summary.stream_bytes} bytes "
               f"({summary.bits_per_weight:.3f} bits/weight, {summary.ratio:.1f}x smaller than {against}{snr})")
     return EXIT_OK
 
@@ -659,7 +659,8 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = add("encode", "Encode a model (safetensors, PyTorch, ONNX or npz) into an NNC stream.")
-    p.add_argument("model", help="model file; the format is detected from its content")
+    p.add_argument("model", help="model file (the format is detected from its content), or a sharded "
+                                 "checkpoint: its folder or its model.safetensors.index.json")
     p.add_argument("-o", "--output", help="output stream (default: MODEL with .nnr)")
     q = p.add_mutually_exclusive_group()
     q.add_argument("--qp", type=int, help="global quantisation parameter (default -38)")

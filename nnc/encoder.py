@@ -471,7 +471,7 @@ class Encoder:
         >>> import numpy as np, tempfile, os
         >>> path = os.path.join(tempfile.mkdtemp(), "m.nnr")
         >>> summary = Encoder(qp=-20).encode_to({"w": np.ones((4, 4), np.float32)}, path)
-        >>> summary.bytes == os.path.getsize(path), summary.weights
+        >>> summary.stream_bytes == os.path.getsize(path), summary.weights
         (True, 16)
         """
         from .encoding.stream import encode_to
@@ -707,5 +707,5 @@ def encode_with_reconstruction(tensors: Mapping[str, object], **options) -> Enco
     return Encoder(**options).encode(tensors)
 
 
-__all__ = ["Encoder", "EncoderSettings", "EncoderState", "EncodeCache", "EncodeResult", "EncodedTensor", "encode",
+__all__ = ["Encoder", "EncoderState", "EncodeCache", "EncodeResult", "EncodedTensor", "encode",
            "encode_with_reconstruction", "qp_for_step", "dcv1_step", "scan_permutation"]

@@ -97,9 +97,9 @@ def encode_model(model, output=None, **options) -> bytes:
 def checkpoint_metadata(source) -> dict | None:
     """The topology metadata entries that record where a model came from (spec 6.2.1).
 
-    ``{"checkpoint": layout}`` for a sharded checkpoint, or for a single safetensors file
-    whose ``__metadata__`` is not empty (without "index"), so that decoding can restore the
-    files, their metadata and which tensor goes where; None otherwise (nothing recorded).
+    ``{"checkpoint": layout}`` for a sharded checkpoint, so that decoding can restore its
+    files, their metadata and which tensor goes where; None for a single model file (its
+    stream stays as it was, as NNCodec writes it).
 
     Parameters
     ----------
@@ -109,18 +109,7 @@ def checkpoint_metadata(source) -> dict | None:
     -------
     dict or None
     """
-    if source.checkpoint is not None:
-        return {"checkpoint": source.checkpoint}
-    if source.format == "safetensors":
-        from .readers import _safetensors_header
-
-        header = _safetensors_header(__import__("pathlib").Path(source.path))[0]
-        metadata = header.get("__metadata__")
-        if metadata:
-            return {"checkpoint": {"format": "safetensors",
-                                   "files": [{"name": os.path.basename(source.path), "metadata": metadata}],
-                                   "file_of": {t.name: 0 for t in source}}}
-    return None
+    return None if source.checkpoint is None else {"checkpoint": source.checkpoint}
 
 
 def load_model(path) -> tuple:
@@ -195,7 +184,7 @@ def encode_model_to(model, output, *, progress=None, budget: int = 1 << 30, **op
     >>> d = tempfile.mkdtemp()
     >>> formats.write_model(os.path.join(d, "m.safetensors"), {"w": np.ones((8, 8), np.float32)}, {"w": "bfloat16"})
     >>> summary = nnc.models.encode_model_to(os.path.join(d, "m.safetensors"), os.path.join(d, "m.nnr"), qp=-20)
-    >>> summary.original_bytes, summary.bytes == os.path.getsize(os.path.join(d, "m.nnr"))
+    >>> summary.original_bytes, summary.stream_bytes == os.path.getsize(os.path.join(d, "m.nnr"))
     (128, True)
     """
     from .encoder import Encoder
@@ -221,7 +210,7 @@ def encode_model_to(model, output, *, progress=None, budget: int = 1 << 30, **op
         encoder = Encoder(dtypes=source.dtypes, **options)
     result = encoder.encode(tensors, progress=progress, extra_metadata=extra)
     formats.write_atomic(output, result.stream)
-    summary = StreamSummary(path=os.fspath(output), bytes=len(result.stream), tensors=len(tensors),
+    summary = StreamSummary(path=os.fspath(output), stream_bytes=len(result.stream), tensors=len(tensors),
                             weights=sum(t.size for t in source), original_bytes=source.nbytes,
                             qps={k: t.qp for k, t in result.tensors.items() if t.qp is not None},
                             skipped=list(result.skipped))

@@ -170,7 +170,7 @@ class Quantiser:
     Parameters
     ----------
     settings : EncoderSettings
-    engine : module
+    engine : ``types.ModuleType``
         The entropy-coding engine (:func:`nnc.engine.get_engine`), for RDOQ and rate estimates.
     """
 

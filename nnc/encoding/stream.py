@@ -50,7 +50,7 @@ class StreamSummary:
     ----------
     path : str
         The stream file.
-    bytes : int
+    stream_bytes : int
         Its size.
     tensors, weights : int
         Number of tensors and of their elements.
@@ -67,7 +67,7 @@ class StreamSummary:
     """
 
     path: str
-    bytes: int = 0
+    stream_bytes: int = 0
     tensors: int = 0
     weights: int = 0
     original_bytes: int = 0
@@ -86,12 +86,12 @@ class StreamSummary:
 
     @property
     def bits_per_weight(self) -> float:
-        return 8 * self.bytes / max(self.weights, 1)
+        return 8 * self.stream_bytes / max(self.weights, 1)
 
     @property
     def ratio(self) -> float:
         """How many times smaller than the model in its original dtypes."""
-        return self.original_bytes / max(self.bytes, 1)
+        return self.original_bytes / max(self.stream_bytes, 1)
 
 
 def predicted(settings, t, in_block: bool) -> tuple:
@@ -256,7 +256,7 @@ def encode_to(encoder, source, output, *, progress=None, extra_metadata=None,
                 for _, f in pending:
                     f.cancel()
                 raise
-        summary.bytes = out.fh.tell()
+        summary.stream_bytes = out.fh.tell()
         out.commit()
     except BaseException:
         out.discard()

@@ -183,7 +183,7 @@ class UnitWriter:
     Parameters
     ----------
     settings : EncoderSettings
-    engine : module
+    engine : ``types.ModuleType``
         The entropy-coding engine.
     state : nnc.encoder.EncoderState or None
         The incremental state the links are computed from (and advanced).
