@@ -166,7 +166,7 @@ def cmd_encode(args) -> int:
     source = readers.open_model(args.model)
     out = args.output or str(Path(args.model).with_suffix(".nnr"))
     with _EncodeProgress(source, args.quiet or args.json) as progress:
-        summary = models.encode_model_to(source, out, progress=progress, **options)
+        summary = models.encode_model_to(source, out, progress=progress, measure=not args.state, **options)
     if args.state:
         options["state"].save(args.state)  # after the stream: a failed write leaves the state as it was
     original = sorted({t.original_dtype for t in source if np.dtype(t.dtype).kind == "f"})

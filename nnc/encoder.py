@@ -428,7 +428,7 @@ class Encoder:
         return result
 
     def encode_to(self, source, output, progress=None, *, extra_metadata=None,
-                  budget: int = 1 << 30) -> "StreamSummary":
+                  budget: int = 1 << 30, measure: bool = False) -> "StreamSummary":
         """Encode a lazily read model into the file ``output``, in memory bounded by the tensors in flight.
 
         The stream is byte for byte what :meth:`encode` returns for the same tensors.  Its
@@ -450,6 +450,9 @@ class Encoder:
             More keys for nnc's topology metadata (spec 6.2.1), e.g. ``{"checkpoint": ...}``.
         budget : int
             Bytes of tensors (their float32 size) in flight at most; one unit is always allowed.
+        measure : bool
+            Also sum the squared weights and quantisation errors, for the summary's weight SNR
+            (an extra pass over each tensor; default False).
 
         Returns
         -------
@@ -479,7 +482,8 @@ class Encoder:
 
         if isinstance(source, Mapping):
             source = source_from_mapping(source)
-        return encode_to(self, source, output, progress=progress, extra_metadata=extra_metadata, budget=budget)
+        return encode_to(self, source, output, progress=progress, extra_metadata=extra_metadata, budget=budget,
+                         measure=measure)
 
     def _differences(self, arrays: "OrderedDict[str, np.ndarray]") -> "OrderedDict[str, np.ndarray]":
         """The tensors minus the receiver's model, where it has them (same shape); the others as given."""

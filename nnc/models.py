@@ -141,7 +141,7 @@ def load_model(path) -> tuple:
     return tensors, source.dtypes, checkpoint_metadata(source)
 
 
-def encode_model_to(model, output, *, progress=None, budget: int = 1 << 30, **options):
+def encode_model_to(model, output, *, progress=None, budget: int = 1 << 30, measure: bool = False, **options):
     """Encode a model file, a sharded checkpoint or a mapping of arrays into the stream file ``output``.
 
     Tensors are read one at a time (:func:`nnc.readers.open_model`) and each NDU is
@@ -160,6 +160,8 @@ def encode_model_to(model, output, *, progress=None, budget: int = 1 << 30, **op
         Called with (name, number of elements) after each tensor is written.
     budget : int
         Bytes of tensors (float32 size) in flight at most.
+    measure : bool
+        Also measure the weight SNR (``summary.snr_db``; an extra pass over each tensor).
     **options
         :class:`nnc.encoder.Encoder` options.
 
@@ -201,7 +203,8 @@ def encode_model_to(model, output, *, progress=None, budget: int = 1 << 30, **op
     extra = checkpoint_metadata(source)
     s = encoder.settings
     if not s.codebook and not s.sigmas:
-        return encoder.encode_to(source, output, progress=progress, extra_metadata=extra, budget=budget)
+        return encoder.encode_to(source, output, progress=progress, extra_metadata=extra, budget=budget,
+                                 measure=measure)
     import time
 
     t0 = time.perf_counter()
@@ -214,7 +217,9 @@ def encode_model_to(model, output, *, progress=None, budget: int = 1 << 30, **op
                             weights=sum(t.size for t in source), original_bytes=source.nbytes,
                             qps={k: t.qp for k, t in result.tensors.items() if t.qp is not None},
                             skipped=list(result.skipped))
-    if encoder.state is None:
+    if not measure:
+        summary.energy = summary.error = float("nan")
+    elif encoder.state is None:
         for name, x in tensors.items():
             if x.dtype.kind == "f":
                 e, d = _energy_error(x, result.tensors[name].reconstruction)

@@ -223,7 +223,7 @@ def test_codebooks_fall_back_to_the_in_memory_encoder(tmp_path):
     w = {"w": np.round(np.random.default_rng(7).normal(0, 3, (16, 16))).astype(np.float32) / 8}
     with pytest.raises(EncodeError, match="in memory"):
         Encoder(codebook=True).encode_to(w, tmp_path / "x.nnr")
-    summary = models.encode_model_to(w, tmp_path / "x.nnr", codebook=True, qp=-12)
+    summary = models.encode_model_to(w, tmp_path / "x.nnr", codebook=True, qp=-12, measure=True)
     assert (tmp_path / "x.nnr").read_bytes() == nnc.encode(w, codebook=True, qp=-12)
     assert summary.snr_db > 0
 

@@ -57,7 +57,8 @@ class StreamSummary:
     original_bytes : int
         The model's size in its original dtypes (bfloat16: 2 bytes per weight).
     energy, error : float
-        Sum of squares of the float weights and of their quantisation errors.
+        Sum of squares of the float weights and of their quantisation errors (with ``measure=True``;
+        else both are NaN).
     qps : dict
         {name: qp} of the quantised tensors.
     skipped : list
@@ -79,7 +80,9 @@ class StreamSummary:
 
     @property
     def snr_db(self) -> float:
-        """Weight SNR 10 log10(energy / error) over the float tensors."""
+        """Weight SNR 10 log10(energy / error) over the float tensors (NaN when not measured)."""
+        if math.isnan(self.error):
+            return math.nan
         if self.error == 0:
             return math.inf
         return -math.inf if self.energy == 0 else 10 * math.log10(self.energy / self.error)
@@ -140,7 +143,7 @@ class _AtomicFile:
 
 
 def encode_to(encoder, source, output, *, progress=None, extra_metadata=None,
-              budget: int = DEFAULT_BUDGET) -> StreamSummary:
+              budget: int = DEFAULT_BUDGET, measure: bool = False) -> StreamSummary:
     """Encode ``source`` (a :class:`nnc.readers.ModelSource`) into the file ``output``.
 
     See :meth:`nnc.encoder.Encoder.encode_to`.
@@ -172,6 +175,8 @@ def encode_to(encoder, source, output, *, progress=None, extra_metadata=None,
     units = [name for name in by_name if name not in in_block]
     summary = StreamSummary(path=os.fspath(output), tensors=len(tensors), weights=sum(t.size for t in tensors),
                             original_bytes=source.nbytes if hasattr(source, "nbytes") else 0)
+    if not measure:
+        summary.energy = summary.error = math.nan
 
     def load(name):
         x = by_name[name].load()
@@ -191,7 +196,7 @@ def encode_to(encoder, source, output, *, progress=None, extra_metadata=None,
             if (t.recon.dtype.name, t.qp) != plan[n]:
                 raise EncodeError(f"tensor {n!r}: coded as {t.recon.dtype.name} at qp {t.qp}, "
                                   f"planned {plan[n]}")   # the head written would be wrong
-            if x.dtype.kind == "f" and not s.differences:
+            if measure and x.dtype.kind == "f" and not s.differences:
                 stats[n] = _energy_error(x, t.recon)
             coded[n] = t
             del x
@@ -246,9 +251,10 @@ def encode_to(encoder, source, output, *, progress=None, extra_metadata=None,
                     for t in unit.members:
                         if t.qp is not None:
                             summary.qps[t.name] = t.qp
-                        e, d = stats.get(t.name, (0.0, 0.0))
-                        summary.energy += e
-                        summary.error += d
+                        if measure:
+                            e, d = stats.get(t.name, (0.0, 0.0))
+                            summary.energy += e
+                            summary.error += d
                         if progress is not None:
                             progress(t.name, by_name[t.name].size)
                     del unit, data
