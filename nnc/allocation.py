@@ -34,7 +34,7 @@ def _tensor_curve(enc: Encoder, name: str, x: np.ndarray, qps, importance) -> li
         step = float(step_size(qp, enc.qp_density))
         if np.abs(flat).max(initial=0) / step >= 2**31 - 2:
             continue
-        levels = enc._quantise(name, flat, step, enc.dq, height, width, scan)
+        levels = enc.quantiser.levels(name, flat, step, enc.dq, height, width, scan)
         bits = enc.engine.estimate_tensor_bits(levels, height, width, n_gtx=enc.n_gtx, dq=enc.dq,
                                                scan_order=scan, edition=enc.edition)
         err = float((f * (flat - levels.astype(np.float64) * np.float32(step)) ** 2).sum())

@@ -166,18 +166,12 @@ def _not_a_stream(path):
     return f"{path}: not an NNC stream (a {fmt} model file; `nnc encode` makes a stream of it)"
 
 
-def _non_finite_names(tensors) -> list:
-    """Names of float tensors holding inf or NaN (the encoder keeps them exactly, uncompressed)."""
-    return [k for k, v in tensors.items()
-            if np.asarray(v).dtype.kind == "f" and not np.isfinite(np.asarray(v)).all()]
-
-
 # -- encode --------------------------------------------------------------------------
 
 
 def cmd_encode(args) -> int:
-    from . import formats
-    from .encoder import Encoder, EncoderState
+    from . import formats, models, readers
+    from .encoder import EncoderState
 
     if args.state and args.search:
         return _fail("--state (incremental coding) cannot be combined with --search")
@@ -186,10 +180,11 @@ def cmd_encode(args) -> int:
                                           args.sigmas, "--importance file": args.importance})
     if refused:
         return _fail(refused)
-    tensors, dtypes = formats.read_model(args.model)
-    if not tensors:
+    source = readers.open_model(args.model)   # headers only: tensors are read when their turn comes
+    names = [t.name for t in source]
+    if not names:
         return _fail(f"{args.model}: no tensors found (nothing to encode)")
-    unmatched = _unmatched_patterns(list(tensors), {
+    unmatched = _unmatched_patterns(names, {
         "--tensor-qp": _parse_assignments(args.tensor_qp, "--tensor-qp"), "--raw": args.raw,
         "--tensor-lambda": _parse_assignments(args.tensor_lambda, "--tensor-lambda", float)})
     if unmatched:
@@ -201,7 +196,6 @@ def cmd_encode(args) -> int:
         param_opt=not args.no_param_opt, row_skip=args.row_skip,
         lambda_per_tensor=_parse_assignments(args.tensor_lambda, "--tensor-lambda", float),
         rdoq_lambda=args.lam if args.lam is not None else (args.rdoq or 0.0), dcv1_s=args.dcv1_s,
-        dtypes=dtypes,
         threads=args.threads if args.threads is not None else (1 if args.search and args.workers > 1 else 0),
     )
     if args.sigmas:
@@ -213,7 +207,8 @@ def cmd_encode(args) -> int:
     if args.qp is None and args.step is None:
         options.pop("step")
     if args.search:
-        return _encode_search(args, tensors, options)
+        tensors, dtypes, _ = models.load_model(args.model)
+        return _encode_search(args, tensors, dict(options, dtypes=dtypes))
     if args.state:
         state = EncoderState.load(args.state) if Path(args.state).exists() else EncoderState()
         options.update(state=state, tca=args.tca, hdsp=args.hdsp, differences=args.differences)
@@ -223,46 +218,71 @@ def cmd_encode(args) -> int:
     if args.target_snr is not None:
         from .allocation import allocate_qps
 
+        tensors, _, _ = models.load_model(args.model)
         fixed = {k: v for k, v in options.items() if k not in ("qp", "step", "qp_per_tensor", "importance", "sigmas")}
         allocated = allocate_qps(tensors, target_snr_db=args.target_snr, importance=options.get("importance"), **fixed)
         options["qp_per_tensor"] = dict(allocated, **options["qp_per_tensor"])   # explicit --tensor-qp wins
-    t0 = time.perf_counter()
-    progress = Progress(sum(int(np.asarray(v).size) for v in tensors.values()), "encoding", args.quiet)
-    try:
-        result = Encoder(**options).encode(tensors, progress=lambda name, n: progress.step(n, name))
-    finally:
-        progress.close()
-    elapsed = time.perf_counter() - t0
+        del tensors
     out = args.output or str(Path(args.model).with_suffix(".nnr"))
-    formats.write_atomic(out, result.stream)
+    with _EncodeProgress(source, args.quiet or args.json) as progress:
+        summary = models.encode_model_to(source, out, progress=progress, measure=not args.state, **options)
     if args.state:
         options["state"].save(args.state)  # after the stream: a failed write leaves the state as it was
-    n = sum(int(np.asarray(v).size) for v in tensors.values())
-    orig = sum(int(np.asarray(v).nbytes) for v in tensors.values())
-    summary = dict(input=str(args.model), output=out, tensors=len(tensors), weights=n, bytes=len(result.stream),
-                   input_bytes=orig, bits_per_weight=8 * len(result.stream) / max(n, 1),
-                   ratio_fp32=4 * n / max(len(result.stream), 1), seconds=elapsed)
+    original = sorted({t.original_dtype for t in source if np.dtype(t.dtype).kind == "f"})
+    report = dict(input=str(args.model), output=out, tensors=summary.tensors, weights=summary.weights,
+                  bytes=summary.stream_bytes, input_bytes=summary.original_bytes, original_dtypes=original,
+                  bits_per_weight=summary.bits_per_weight, ratio=summary.ratio,
+                  ratio_fp32=4 * summary.weights / max(summary.stream_bytes, 1), seconds=summary.seconds)
     if allocated is not None:
-        summary["allocated_qps"] = allocated
-    kept_raw = _non_finite_names(tensors)
-    if kept_raw:
-        summary["non_finite_kept_raw"] = kept_raw
+        report["allocated_qps"] = allocated
+    if summary.kept_raw:
+        report["non_finite_kept_raw"] = summary.kept_raw
         if not args.quiet and not args.json:
-            print(f"nnc: note: {len(kept_raw)} tensor(s) hold inf or NaN and are stored uncompressed "
-                  f"(RAW_FLOAT), exactly: {', '.join(kept_raw[:5])}{', ...' if len(kept_raw) > 5 else ''}",
+            kept = summary.kept_raw
+            print(f"nnc: note: {len(kept)} tensor(s) hold inf or NaN and are stored uncompressed "
+                  f"(RAW_FLOAT), exactly: {', '.join(kept[:5])}{', ...' if len(kept) > 5 else ''}",
                   file=sys.stderr)
     snr = ""
     if not args.state:   # (an update's reconstruction is not the model's)
-        from .models import compare_tensors
-
-        summary["snr_db"] = compare_tensors(tensors, result.reconstruction)["total"]["snr_db"]
-        snr = f", weight SNR {summary['snr_db']:.2f} dB"
+        report["snr_db"] = summary.snr_db
+        snr = f", weight SNR {summary.snr_db:.2f} dB"
     if args.json:
-        print(json.dumps(_finite_json(summary), indent=2))
+        print(json.dumps(_finite_json(report), indent=2))
     elif not args.quiet:
-        print(f"{out}: {len(tensors)} tensors, {n} weights -> {len(result.stream)} bytes "
-              f"({summary['bits_per_weight']:.3f} bits/weight, {summary['ratio_fp32']:.1f}x smaller than fp32{snr})")
+        against = "/".join(original) if original else "the input"
+        print(f"{out}: {summary.tensors} tensors, {summary.weights} weights -> {summary.stream_bytes} bytes "
+              f"({summary.bits_per_weight:.3f} bits/weight, {summary.ratio:.1f}x smaller than {against}{snr})")
     return EXIT_OK
+
+
+class _EncodeProgress:
+    """tqdm bar of an encode, in bytes of the model (original dtypes) and tensors, with an ETA driven by
+    the tensors written; shown on a terminal unless quiet."""
+
+    def __init__(self, source, quiet: bool):
+        self.sizes = {t.name: t.size * t.original_bits // 8 for t in source}
+        self.count = len(self.sizes)
+        self.done = 0
+        self.bar = None
+        if not quiet and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=sum(self.sizes.values()), unit="B", unit_scale=True, unit_divisor=1024,
+                            desc="encoding", file=sys.stderr, dynamic_ncols=True)
+
+    def __call__(self, name: str, n: int) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update(self.sizes.get(name, 0))
+            self.bar.set_postfix_str(f"{self.done}/{self.count} tensors", refresh=False)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
+        return False
 
 
 def load_callable(spec: str, option: str = "--search"):
@@ -862,7 +882,8 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = add("encode", "Encode a model (safetensors, PyTorch, ONNX or npz) into an NNC stream.")
-    p.add_argument("model", help="model file; the format is detected from its content")
+    p.add_argument("model", help="model file (the format is detected from its content), or a sharded "
+                                 "checkpoint: its folder or its model.safetensors.index.json")
     p.add_argument("-o", "--output", help="output stream (default: MODEL with .nnr)")
     q = p.add_mutually_exclusive_group()
     q.add_argument("--qp", type=int, help="global quantisation parameter (default -38)")

@@ -15,30 +15,21 @@ container.  Its reconstruction is exactly what any conforming decoder returns.
 
 from __future__ import annotations
 
-import fnmatch
-import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from typing import Mapping
 
 import numpy as np
 
-from . import container as C
-from ._threads import ordered_results, thread_count
 from .decoder import DecoderState, apply_update
 from .engine import get_engine
-from .errors import EncodeError, NNCError
-from .reconstruction import DECOMPRESSED_DATA_FORMATS, reconstruct_codebook, reconstruct_uniform, step_size
+from ._threads import ordered_results
+from .errors import EncodeError
+from .encoding.quantiser import (INT32_MAX, RESTORABLE_FORMATS, CodedTensor, Quantiser, dcv1_step,  # noqa: F401
+                                 as_float_array as _as_float_array)
+from .encoding.settings import OPTIONS, EncoderSettings, qp_for_step
+from .encoding.writer import Unit, UnitWriter, block_groups, block_members, metadata_json, mps_qp
 
-INT32_MAX = 2**31 - 1
-
-#: Weights per Viterbi search of the distortion-only DQ trellis (spec A.2): its working memory is
-#: 16 bytes per weight of one search (1 MiB), whatever the tensor's size; fixing the path at the end
-#: of each search changes MiniLM-L6's stream by -0.0003 % (benchmarks/results/trellis_memory.md).
-DQ_TRELLIS_CHUNK = 1 << 16
-
-#: nnr_decompressed_data_format codes for input dtypes that a profile-1 stream can restore (spec 12.6)
-RESTORABLE_FORMATS = {"float16": 8, "float64": 9}
 
 
 @dataclass
@@ -116,72 +107,6 @@ class EncodeResult:
         """
         return OrderedDict((k, v.reconstruction) for k, v in self.tensors.items() if k not in self.skipped)
 
-
-def qp_for_step(step: float, qp_density: int = 2) -> int:
-    """The qp whose step size (spec 12.1) is nearest to ``step`` in the log domain.
-
-    Parameters
-    ----------
-    step : float
-        Target step size Δ > 0.
-    qp_density : int
-        The stream's qp density (qps per octave = 2**qp_density).
-
-    Returns
-    -------
-    int
-        The qp.
-
-    Raises
-    ------
-    nnc.errors.EncodeError
-        If ``step`` is not a positive finite number.
-
-    Examples
-    --------
-    >>> qp_for_step(0.00146484375)
-    -38
-    >>> qp_for_step(0.5, qp_density=3)
-    -8
-    """
-    if not (step > 0 and math.isfinite(step)):
-        raise EncodeError(f"step size must be a positive finite number, not {step!r}")
-    k = 1 << qp_density
-    guess = int(math.floor(math.log2(step) * k))
-    best = min(range(guess - 2 * k, guess + 2 * k + 1),
-               key=lambda q: abs(math.log2(float(step_size(q, qp_density))) - math.log2(step)))
-    return best
-
-
-def _block_members(weight: str, parts: Mapping) -> list[str]:
-    """The tensors of a block: the weight, then its scaling, bias and batch-norm tensors that are given."""
-    return [weight] + [parts[k] for k in ("scaling", "bias") if parts.get(k)] + list(parts.get("bn", []))
-
-
-def _matches(name: str, patterns: Iterable[str]) -> bool:
-    return any(fnmatch.fnmatchcase(name, p) or p == name for p in patterns)
-
-
-def _as_float_array(name: str, value) -> tuple[np.ndarray, str]:
-    """The tensor as float64 for quantisation, and its original dtype name."""
-    arr = np.asarray(value)
-    dtype_name = arr.dtype.name
-    if dtype_name == "bfloat16" or arr.dtype.kind == "V":
-        arr = arr.astype(np.float32)
-    if arr.dtype.kind not in "fiub":
-        raise EncodeError(f"tensor {name!r} has unsupported dtype {arr.dtype}")
-    return arr.astype(np.float64), dtype_name
-
-
-def _non_finite_error(name: str, x: np.ndarray) -> EncodeError:
-    """The error for a tensor with NaN or Inf that cannot be stored raw (spec 7.5): names the first one."""
-    flat = int(np.flatnonzero(~np.isfinite(x.reshape(-1)))[0])
-    where = tuple(int(i) for i in np.unravel_index(flat, x.shape)) if x.ndim else ()
-    return EncodeError(f"tensor {name!r} holds {x.reshape(-1)[flat]} at index {list(where)}: a quantised tensor "
-                       f"(here a member of a block NDU) cannot carry NaN or Inf; only a RAW_FLOAT NDU can",
-                       clause="7.5")
-
-
 class EncoderState(DecoderState):
     """What an encoder of incremental (2nd-edition) streams keeps across the streams it writes.
 
@@ -233,7 +158,10 @@ class EncoderState(DecoderState):
 class Encoder:
     """Encoder of a mapping of named arrays into an NNC stream (informative, spec Annex A).
 
-    All parameters are keyword-only.
+    All parameters are keyword-only. They are checked once into an
+    :class:`~nnc.encoding.settings.EncoderSettings` (:attr:`settings`, also readable as
+    attributes: ``enc.qp``); the quantiser (:class:`~nnc.encoding.quantiser.Quantiser`)
+    and the unit writer (:class:`~nnc.encoding.writer.UnitWriter`) do the work.
 
     Parameters
     ----------
@@ -324,6 +252,8 @@ class Encoder:
         receiver computes it with :func:`nnc.decoder.apply_update`), so that
         quantisation errors do not pile up over the updates (default False: code the
         tensors as given).
+    settings : nnc.encoding.settings.EncoderSettings, optional
+        All the options above (but ``state``) as one checked object, instead of keywords.
 
     Raises
     ------
@@ -344,99 +274,31 @@ class Encoder:
     True
     """
 
-    def __init__(
-        self,
-        *,
-        qp: int | None = None,
-        step: float | None = None,
-        qp_per_tensor: Mapping[str, int] | None = None,
-        nonweight_qp: int | None = -75,
-        qp_density: int = 2,
-        dq: bool = True,
-        scan_order: int = 0,
-        n_gtx: int = 11,
-        param_opt: bool = True,
-        raw: Iterable[str] = (),
-        lossless_int: bool = True,
-        blocks=False,
-        profile: int = 1,
-        keep_dtype: bool = True,
-        row_skip: bool = False,
-        codebook=False,
-        output_formats: Mapping[str, int] | None = None,
-        dtypes: Mapping[str, str] | None = None,
-        rdoq_lambda: float = 0.0,
-        lambda_per_tensor: Mapping[str, float] | None = None,
-        importance: Mapping[str, np.ndarray] | None = None,
-        sigmas: Mapping[str, np.ndarray] | None = None,
-        dcv1_s: int = 64,
-        engine: str | None = None,
-        threads: int = 1,
-        state: EncoderState | None = None,
-        tca: bool = True,
-        hdsp: bool = False,
-        skip_zero: bool = True,
-        differences: bool = False,
-    ):
-        if qp is not None and step is not None:
-            raise EncodeError("give either qp or step, not both")
-        if not 0 <= qp_density <= 7:
-            raise EncodeError(f"qp_density {qp_density} outside 0..7")
-        if not 0 <= scan_order <= 4:
-            raise EncodeError(f"scan_order {scan_order} outside 0..4")
-        if not 1 <= n_gtx <= 256:
-            raise EncodeError(f"n_gtx {n_gtx} outside 1..256")
-        if profile not in (0, 1):
-            raise EncodeError(f"profile must be 0 or 1, not {profile}")
-        self.qp_density = qp_density
-        self.qp = qp_for_step(step, qp_density) if step is not None else (-38 if qp is None else int(qp))
-        self.qp_per_tensor = dict(qp_per_tensor or {})
-        self.nonweight_qp = nonweight_qp
-        self.dq = bool(dq)
-        self.scan_order = scan_order
-        self.n_gtx = n_gtx
-        self.param_opt = bool(param_opt)
-        self.raw = list(raw)
-        self.lossless_int = lossless_int
-        self.blocks = blocks
-        self.profile = profile
-        self.edition = 2 if profile == 1 else 1
-        self.keep_dtype = keep_dtype
-        self.row_skip = row_skip and profile == 1
-        if codebook not in (False, True, "auto"):
-            raise EncodeError("codebook must be False, True or 'auto'")
-        self.codebook = codebook
-        self.output_formats = dict(output_formats or {})
-        self.dtypes = dict(dtypes or {})
-        if not all(isinstance(v, str) for v in self.dtypes.values()):
-            raise EncodeError("dtypes values must be dtype names (str)")
-        if rdoq_lambda < 0:
-            raise EncodeError("rdoq_lambda must be >= 0")
-        self.rdoq_lambda = float(rdoq_lambda)
-        self.lambda_per_tensor = {k: float(v) for k, v in (lambda_per_tensor or {}).items()}
-        if any(not (v >= 0 and math.isfinite(v)) for v in self.lambda_per_tensor.values()):
-            raise EncodeError("lambda_per_tensor values must be finite and >= 0")
-        self.importance = {k: np.asarray(v, np.float64) for k, v in (importance or {}).items()}
-        self.sigmas = {k: np.asarray(v, np.float64) for k, v in (sigmas or {}).items()}
-        for k, v in self.sigmas.items():
-            if not np.all(v > 0):
-                raise EncodeError(f"sigmas of {k!r} must be positive")
-        if int(dcv1_s) < 0:
-            raise EncodeError("dcv1_s must be a non-negative integer")
-        self.dcv1_s = int(dcv1_s)
-        self.engine = get_engine(engine)
-        try:
-            self.threads = thread_count(threads)
-        except ValueError as exc:
-            raise EncodeError(str(exc)) from None
+    def __init__(self, *, state: EncoderState | None = None, settings: EncoderSettings | None = None, **options):
+        unknown = sorted(set(options) - set(OPTIONS))
+        if unknown:
+            raise TypeError(f"Encoder() got an unexpected keyword argument {unknown[0]!r}")
+        if settings is not None and options:
+            raise EncodeError("give either settings or options, not both")
+        #: The validated options (:class:`~nnc.encoding.settings.EncoderSettings`).
+        self.settings = settings if settings is not None else EncoderSettings(**options)
+        s = self.settings
+        self.engine = get_engine(s.engine)
         if state is not None and not isinstance(state, EncoderState):
             raise EncodeError("state must be an nnc.encoder.EncoderState")
-        if state is not None and profile != 1:
+        if state is not None and s.profile != 1:
             raise EncodeError("incremental coding (state=) needs profile 1 (2nd edition)")
-        if differences and state is None:
+        if s.differences and state is None:
             raise EncodeError("differences=True needs a state (an EncoderState)")
         self.state = state
-        self.tca, self.hdsp, self.skip_zero, self.differences = bool(tca), bool(hdsp), bool(skip_zero), bool(differences)
+        #: Turns each tensor into a :class:`~nnc.encoding.quantiser.CodedTensor`.
+        self.quantiser = Quantiser(s, self.engine)
+
+    def __getattr__(self, name):
+        # the options read as attributes (enc.qp, enc.dq, enc.edition, ...), as before the settings class
+        if name != "settings" and "settings" in self.__dict__ and hasattr(self.settings, name):
+            return getattr(self.settings, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     # -- per-tensor decisions ----------------------------------------------------
     def tensor_qp(self, name: str, ndim: int) -> int:
@@ -447,12 +309,7 @@ class Encoder:
         >>> Encoder(qp=-30, qp_per_tensor={"head.*": -40}).tensor_qp("head.weight", 2)
         -40
         """
-        for pattern, value in self.qp_per_tensor.items():
-            if pattern == name or fnmatch.fnmatchcase(name, pattern):
-                return int(value)
-        if ndim <= 1 and self.nonweight_qp is not None:
-            return int(self.nonweight_qp)
-        return self.qp
+        return self.settings.tensor_qp(name, ndim)
 
     def tensor_lambda(self, name: str) -> float:
         """The rate-distortion λ of this tensor (``lambda_per_tensor``, else ``rdoq_lambda``).
@@ -462,74 +319,13 @@ class Encoder:
         >>> Encoder(rdoq_lambda=0.1, lambda_per_tensor={"fc1.*": 0.4}).tensor_lambda("fc1.weight")
         0.4
         """
-        for pattern, value in self.lambda_per_tensor.items():
-            if pattern == name or fnmatch.fnmatchcase(name, pattern):
-                return value
-        return self.rdoq_lambda
+        return self.settings.tensor_lambda(name)
 
-    def _quantise(self, name: str, x: np.ndarray, step: float, dq: bool, height: int, width: int,
-                  scan_order: int, *, reuse_x: bool = False) -> np.ndarray:
-        """Integers n for values x (spec A.1, A.2, A.9); ``reuse_x``: x (a private float64 copy the
-        caller no longer needs) is divided in place, to save a tensor-sized copy."""
-        scaled = np.divide(x.reshape(-1), float(step), out=x.reshape(-1) if reuse_x else None)
-        f = self.importance.get(name)
-        if f is not None and (f.size != scaled.size or not np.all(f >= 0)):
-            raise EncodeError(f"tensor {name!r}: importance needs one non-negative value per element "
-                              f"({scaled.size}), not {f.size}")
-        if scaled.size and np.abs(scaled).max() >= INT32_MAX - 2:
-            raise EncodeError(
-                f"tensor {name!r}: values up to {np.abs(scaled).max() * step:.4g} overflow int32 levels at step "
-                f"{step:.4g}; use a larger qp"
-            )
-        lam = self.tensor_lambda(name)
-        if dq and lam:
-            order_free = np.ascontiguousarray(scaled)
-            return self.engine.dq_rdoq_levels(order_free, height, width, lam=lam, n_gtx=self.n_gtx,
-                                  scan_order=scan_order, edition=self.edition,
-                                  importance=self.importance.get(name))
-        if not dq and lam:
-            importance = self.importance.get(name)
-            if name in self.sigmas:
-                # DC-v1: F = 1 / sigma^2, in squared step sizes (x is w / step)
-                importance = (float(step) / np.maximum(self.sigmas[name].reshape(-1), 1e-30)) ** 2
-            return self.engine.rdoq_levels(np.ascontiguousarray(scaled), height, width, lam=lam,
-                                           n_gtx=self.n_gtx, scan_order=scan_order, edition=self.edition,
-                                           importance=importance)
-        if not dq:
-            return (np.sign(scaled) * np.floor(np.abs(scaled) + 0.5)).astype(np.int32)
-        # the Viterbi search of A.2 along the scan, its path fixed every DQ_TRELLIS_CHUNK weights
-        return self.engine.dq_rdoq_levels(np.ascontiguousarray(scaled), height, width, lam=0.0, scan_order=scan_order,
-                                          edition=self.edition, chunk=DQ_TRELLIS_CHUNK)
 
-    def _block_groups(self, tensors: Mapping[str, np.ndarray]) -> dict[str, dict]:
-        """Which tensors go into BLOCK NDUs with which weight (spec 7.6)."""
-        if not self.blocks:
-            return {}
-        groups: dict[str, dict] = {}
-        if self.blocks is True:
-            for name, arr in tensors.items():
-                if name.endswith(".weight") and np.ndim(arr) >= 2:
-                    bias = name[: -len("weight")] + "bias"
-                    if bias in tensors and np.shape(tensors[bias]) == (np.shape(arr)[0],):
-                        groups[name] = {"bias": bias}
-        else:
-            groups = {k: dict(v) for k, v in self.blocks.items()}
-        for weight, parts in groups.items():
-            members = _block_members(weight, parts)
-            for m in members:
-                if m not in tensors:
-                    raise EncodeError(f"block member {m!r} of {weight!r} is not among the tensors")
-            rows = np.shape(tensors[weight])[0] if np.ndim(tensors[weight]) else 1
-            for m in members[1:]:
-                if np.shape(tensors[m]) != (rows,):
-                    raise EncodeError(f"block member {m!r} must be 1-D of length {rows}, like {weight!r} rows")
-            if parts.get("bn") and len(parts["bn"]) != 4:
-                raise EncodeError("a block's 'bn' entry lists beta, gamma, mean and var")
-        return groups
 
     # -- stream ------------------------------------------------------------------
-    def encode(self, tensors: Mapping[str, object], progress=None, *, cache: "EncodeCache | None" = None
-               ) -> EncodeResult:
+    def encode(self, tensors: Mapping[str, object], progress=None, *, cache: "EncodeCache | None" = None,
+               extra_metadata: Mapping | None = None) -> EncodeResult:
         """Encode the tensors; return the stream and the reconstruction of each tensor.
 
         Parameters
@@ -542,6 +338,9 @@ class Encoder:
         cache : EncodeCache, optional
             Reuse the NDUs of earlier encodes (with any encoder) of the same array objects
             under the same per-tensor settings; for sweeps that change a few tensors at a time.
+        extra_metadata : mapping, optional
+            More keys for nnc's topology metadata (spec 6.2.1), e.g. ``{"checkpoint": ...}``
+            (:attr:`nnc.readers.ModelSource.checkpoint`).
 
         Returns
         -------
@@ -551,8 +350,9 @@ class Encoder:
         Raises
         ------
         nnc.errors.EncodeError
-            For a bad name, a NaN/Inf value, an unsupported dtype, or levels that do not
-            fit the stream's integer range at this qp.
+            For a bad name, a NaN/Inf value in a block NDU member (elsewhere such tensors
+            are kept exactly, raw), an unsupported dtype, or levels that do not fit the
+            stream's integer range at this qp.
 
         Examples
         --------
@@ -565,30 +365,36 @@ class Encoder:
             raise EncodeError("tensors must be a mapping of name to array")
         if cache is not None and self.state is not None:
             raise EncodeError("an EncodeCache cannot be used for incremental coding (state=)")
+        s = self.settings
         arrays = OrderedDict()
         for name, value in tensors.items():
             if not isinstance(name, str) or not name or "\x00" in name:
                 raise EncodeError(f"tensor names must be non-empty strings without NUL, not {name!r}")
             arrays[name] = np.asarray(value)
-        if self.differences:
+        if s.differences:
             arrays = self._differences(arrays)
-        unknown = [k for k in self.dtypes if k not in arrays]
+        unknown = [k for k in s.dtypes if k not in arrays]
         if unknown:
             raise EncodeError(f"dtypes names a tensor that is not in the model: {unknown[0]!r}")
-        groups = self._block_groups(arrays)
-        in_block = {m for w, p in groups.items() for m in _block_members(w, p)[1:]}
+        writer = UnitWriter(s, self.engine, self.state)
+        groups = block_groups(s.blocks, {n: a.shape for n, a in arrays.items()})
+        in_block = {m for w, p in groups.items() for m in block_members(w, p)[1:]}
         names = [name for name in arrays if name not in in_block]
         keys = {name: None if cache is None else self._unit_key(name, groups.get(name), arrays) for name in names}
         cached = {name: cache._get(key) for name, key in keys.items() if key is not None}
         to_make = [(name,) for name in names if cached.get(name) is None]
 
         def make(name):
-            return self._block_ndu(name, groups[name], arrays) if name in groups else self._single_ndu(name, arrays[name])
+            if name not in groups:
+                return writer.single_unit(self.quantiser.quantise(name, arrays[name]))
+            members = block_members(name, groups[name])
+            coded = {n: self.quantiser.quantise(n, arrays[n], in_block=True) for n in members[1:] + [name]}
+            return writer.block_unit(name, groups[name], coded)
 
         units = []
         result = EncodeResult(stream=b"")
         # quantisation, in threads; units recorded (and cached) in stream order
-        with ordered_results(make, to_make, self.threads) as made:
+        with ordered_results(make, to_make, s.threads) as made:
             for name in names:
                 unit = cached.get(name)
                 if unit is None:
@@ -596,27 +402,93 @@ class Encoder:
                     if keys[name] is not None:
                         cache._put(keys[name], unit)
                 for t in unit.members:
-                    self._record(result, t)
+                    result.tensors[t.name] = _encoded(t)
                 units.append(unit)
                 if progress is not None:
                     progress(name, int(arrays[name].size))
-        qps = [t.qp for t in result.tensors.values() if t.qp is not None]
-        mps_qp = self._mps_qp(qps)
-        links = self._links(units, result)
-        update = any(link is not None and link["update"] for link in links)
-        head = [C.build_str(self.profile),
-                C.build_mps(qp_density=self.qp_density, qp=mps_qp, profile=self.profile, parent_signalling=update),
-                C.build_tpl(data=_metadata_json(arrays, result, self.dtypes,
-                                                differences=self.differences and bool(self.state.model)))]
-        jobs = [(u, link) for u, link in zip(units, links) if link is None or not link["skip"]]
+        stream_qp = mps_qp([t.qp for t in result.tensors.values() if t.qp is not None], s.qp_density)
+        update = writer.is_update(arrays)
+        links = [writer.link(u, update) for u in units]
+        for u, link in zip(units, links):
+            if link is not None and link.skip:
+                result.skipped.extend(t.name for t in u.members)
+        metadata = metadata_json({k: v.shape for k, v in arrays.items()},
+                                 {k: t.reconstruction.dtype.name for k, t in result.tensors.items()},
+                                 {k: s.dtypes.get(k, v.dtype.name) for k, v in arrays.items()}, extra_metadata,
+                                 skipped=result.skipped, differences=self._sends_differences())
+        head = writer.head(stream_qp, metadata, update)
+        jobs = [(u, link) for u, link in zip(units, links) if link is None or not link.skip]
         # the payloads, in threads
-        with ordered_results(lambda unit, link: unit.build(mps_qp, link), jobs, self.threads) as built:
+        with ordered_results(lambda unit, link: unit.build(stream_qp, link), jobs, s.threads) as built:
             result.stream = b"".join(head + list(built))
         if self.state is not None:
-            self._advance_state(units, links)
-            if self.differences:
+            for u, link in zip(units, links):
+                writer.advance_state(u, link)
+            if s.differences:
                 self.state.model = apply_update(self.state.model, result.reconstruction)
         return result
+
+    def _sends_differences(self) -> bool:
+        """The stream's tensors are differences: ``differences=True`` and the receiver holds a model."""
+        return bool(self.settings.differences and self.state is not None and self.state.model)
+
+    def encode_to(self, source, output, progress=None, *, extra_metadata=None,
+                  budget: int = 1 << 30, measure: bool = False) -> "StreamSummary":
+        """Encode a lazily read model into the file ``output``, in memory bounded by the tensors in flight.
+
+        The stream is byte for byte what :meth:`encode` returns for the same tensors.  Its
+        head is planned from the settings and the tensors' headers; each NDU is written as
+        soon as its turn comes, with at most ``threads`` units and ``budget`` bytes (of the
+        units' float32 size) in flight; the file appears atomically (a temporary file in
+        the same folder, renamed at the end, removed on error).
+
+        Parameters
+        ----------
+        source : nnc.readers.ModelSource or mapping
+            From :func:`nnc.readers.open_model` (a model file or a sharded checkpoint), or
+            named arrays.
+        output : str or ``os.PathLike``
+            The stream file to write.
+        progress : callable, optional
+            Called with (name, number of elements) after each tensor is written.
+        extra_metadata : dict, optional
+            More keys for nnc's topology metadata (spec 6.2.1), e.g. ``{"checkpoint": ...}``.
+        budget : int
+            Bytes of tensors (their float32 size) in flight at most; one unit is always allowed.
+        measure : bool
+            Also sum the squared weights and quantisation errors, for the summary's weight SNR
+            (an extra pass over each tensor; default False).
+
+        Returns
+        -------
+        nnc.encoding.stream.StreamSummary
+            Sizes, the qps, the weight SNR and the skipped tensors.
+
+        Raises
+        ------
+        nnc.errors.EncodeError
+            As :meth:`encode`; also with codebooks or DC-v1 ``sigmas``, whose per-tensor
+            choices depend on the values (use :meth:`encode`).
+        nnc.formats.FormatError
+            If a tensor cannot be read.
+        OSError
+            If ``output`` cannot be written; it is then left as it was.
+
+        Examples
+        --------
+        >>> import numpy as np, tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "m.nnr")
+        >>> summary = Encoder(qp=-20).encode_to({"w": np.ones((4, 4), np.float32)}, path)
+        >>> summary.stream_bytes == os.path.getsize(path), summary.weights
+        (True, 16)
+        """
+        from .encoding.stream import encode_to
+        from .readers import source_from_mapping
+
+        if isinstance(source, Mapping):
+            source = source_from_mapping(source)
+        return encode_to(self, source, output, progress=progress, extra_metadata=extra_metadata, budget=budget,
+                         measure=measure)
 
     def _differences(self, arrays: "OrderedDict[str, np.ndarray]") -> "OrderedDict[str, np.ndarray]":
         """The tensors minus the receiver's model, where it has them (same shape); the others as given."""
@@ -632,310 +504,29 @@ class Encoder:
                 out[name] = x.astype(np.int64) - held.astype(np.int64)
         return out
 
-    # -- incremental coding (spec 14) -----------------------------------------------
-    def _links(self, units: list, result: EncodeResult) -> list:
-        """Per unit, how it relates to the state: None without a state, else its node ids,
-        parent, TCA/HDSP use and whether it is skipped; skipped tensors are marked in ``result``."""
-        state = self.state
-        if state is None:
-            return [None] * len(units)
-        update = any(t["name"] in state.levels for u in units for t in u.members)
-        links, next_id = [], max(state.parameter_ids.values(), default=-1) + 1
-        for u in units:
-            coded = [t for t in u.members if t["ptype"] != "RAW_FLOAT"]
-            names = [t["name"] for t in u.members]
-            weight = names[-1]  # members are in coding order: the weight comes last
-            # the NDU keeps the id its tensors had (its weight's, if they differ); new NDUs get the next one
-            known = [state.parameter_ids[n] for n in names if n in state.parameter_ids]
-            pid = state.parameter_ids.get(weight, min(known, default=next_id))
-            next_id = max(next_id, pid + 1)
-            parent = update and bool(coded) and all(t["name"] in state.levels for t in coded)
-            link = dict(
-                update=update, parent=parent,
-                tca=parent and self.tca and all(state.levels[t["name"]].size == t["levels"].size for t in coded),
-                hdsp=parent and self.hdsp,
-                ids=dict.fromkeys(names, pid), parameter_id=pid,
-                depth=max(state.depths.get(n, 0) for n in names) + 1,
-                skip=parent and self.skip_zero and all(not np.any(t["levels"]) for t in coded),
-            )
-            if link["skip"]:
-                result.skipped.extend(t["name"] for t in u.members)
-            links.append(link)
-        return links
-
-    def _advance_state(self, units: list, links: list) -> None:
-        """Record what the receiving decoder records for this stream (spec 14.2, 14.3)."""
-        state = self.state
-        for u, link in zip(units, links):
-            state.parameter_ids.update(link["ids"])
-            if link["skip"]:
-                continue
-            for t in u.members:
-                state.depths[t["name"]] = link["depth"]
-                if t["ptype"] != "RAW_FLOAT":
-                    state.update(t["name"], np.array(t["levels"], np.int32).reshape(-1))
-
-    def _mps_qp(self, qps: list[int]) -> int:
-        """The MPS qp: 0 as NNCodec writes, unless the offsets would not fit (spec 8.2)."""
-        if not qps:
-            return 0
-        half = 1 << (5 + self.qp_density)
-        lo, hi = min(qps), max(qps)
-        if lo >= -half and hi <= half - 1:
-            return 0
-        centre = (lo + hi + 1) // 2
-        if lo - centre < -half or hi - centre > half - 1:
-            raise EncodeError(f"per-tensor qps from {lo} to {hi} span more than the {6 + self.qp_density}-bit "
-                              f"qp offsets can carry; raise qp_density or narrow the qps")
-        if not -4096 <= centre <= 4095:
-            raise EncodeError(f"qp {centre} outside the 13-bit range")
-        return centre
-
-    def _prepare(self, name: str, arr: np.ndarray, *, in_block: bool = False) -> dict:
-        """Quantise one tensor; return what its NDU needs (with any forced output format)."""
-        t = self._prepare_values(name, arr, in_block=in_block)
-        fmt = self.output_formats.get(name)
-        if fmt is not None:
-            from .reconstruction import convert_to_format
-
-            if self.profile == 0 and fmt > 1:
-                raise EncodeError(f"output format {fmt} needs profile 1 (2nd edition)")
-            base = t["levels"].reshape(t["shape"]) if t["ptype"] == "INT" else t["recon"]
-            if t["ptype"] == "FLOAT" and t.get("codebook") is None:
-                base = reconstruct_uniform(t["levels"], np.float32(t["step"])).reshape(t["shape"])
-            try:
-                t["recon"] = convert_to_format(base, fmt)
-            except NNCError as exc:
-                raise EncodeError(f"tensor {name!r}: {exc.message}") from None
-            t["fmt"] = fmt
-        return t
-
-    def _prepare_values(self, name: str, arr: np.ndarray, *, in_block: bool = False) -> dict:
-        shape = tuple(int(d) for d in arr.shape) or (1,)
-        size = int(np.prod(shape, dtype=np.int64))
-        height = shape[0]
-        width = size // height if height else 0
-        scan = self.scan_order if len(shape) > 1 and height > 1 and width > 1 else 0
-        kind = arr.dtype.kind
-        if kind in "iub" and self.lossless_int and not in_block:
-            values = arr.astype(np.int64).reshape(-1)
-            if values.size and (values.min() < -INT32_MAX - 1 or values.max() > INT32_MAX):
-                raise EncodeError(f"integer tensor {name!r} has values outside int32")
-            levels = values.astype(np.int32)
-            return dict(name=name, shape=shape, ptype="INT", levels=levels, qp=None, step=None, dq=False,
-                        height=height, width=width, scan=scan, recon=levels.reshape(shape), fmt=None)
-        x, dtype_name = _as_float_array(name, arr)
-        fmt = None
-        if self.keep_dtype and self.profile == 1 and dtype_name in RESTORABLE_FORMATS:
-            fmt = RESTORABLE_FORMATS[dtype_name]
-        finite = bool(np.isfinite(x).all())  # inf and NaN are kept exactly, in a RAW_FLOAT NDU (spec 7.5)
-        if not finite and in_block:
-            raise _non_finite_error(name, x)
-        if (_matches(name, self.raw) or not finite) and not in_block:
-            f32 = x.astype(np.float32).reshape(shape)
-            recon = f32 if fmt is None else f32.astype(np.dtype(dtype_name))
-            return dict(name=name, shape=shape, ptype="RAW_FLOAT", levels=None, qp=None, step=None, dq=False,
-                        height=height, width=width, scan=0, recon=recon, fmt=fmt, raw=f32)
-        qp = self.tensor_qp(name, arr.ndim)
-        if name in self.sigmas:
-            qp = qp_for_step(dcv1_step(x, self.sigmas[name], self.dcv1_s), self.qp_density)
-        step = step_size(qp, self.qp_density)
-        if self.codebook and not in_block:
-            coded = self._codebook_tensor(name, x, step, height, width, scan, fmt, shape)
-            if coded is not None:
-                return coded
-        levels = self._quantise(name, x, float(step), self.dq, height, width, scan, reuse_x=True)  # x is ours
-        recon = reconstruct_uniform(levels, step).reshape(shape)
-        if fmt is not None:
-            recon = recon.astype(np.dtype(dtype_name))
-        return dict(name=name, shape=shape, ptype="FLOAT", levels=levels, qp=qp, step=float(step), dq=self.dq,
-                    height=height, width=width, scan=scan, recon=recon, fmt=fmt)
-
-    def _codebook_tensor(self, name, x, step, height, width, scan, fmt, shape) -> dict | None:
-        """Codebook mode (spec 7.2, 12.4): the distinct uniform levels form the codebook.
-
-        Returns None in "auto" mode when the plain uniform coding is estimated smaller.
-        """
-        levels = self._quantise(name, x, float(step), False, height, width, scan)
-        book = np.unique(levels)
-        if book.size > 1 << 16:
-            return None
-        pos = np.searchsorted(book, 0)
-        zero = int(pos) if pos < book.size and book[pos] == 0 else book.size >> 1
-        indices = (np.searchsorted(book, levels) - zero).astype(np.int32)
-        t = dict(name=name, shape=shape, ptype="FLOAT", levels=indices, qp=self.tensor_qp(name, len(shape)),
-                 step=float(step), dq=False, height=height, width=width, scan=scan, fmt=fmt,
-                 codebook=[int(v) for v in book], cb_zero=zero,
-                 recon=reconstruct_codebook(indices, book, zero, step).reshape(shape))
-        if fmt is not None:
-            t["recon"] = t["recon"].astype(DECOMPRESSED_DATA_FORMATS[fmt])
-        if self.codebook == "auto":
-            edition = self.edition
-            kw = dict(n_gtx=self.n_gtx, scan_order=scan, edition=edition)
-            cb_bits = self.engine.estimate_tensor_bits(indices, height, width, codebook_size=len(book),
-                                                       codebook_zero=zero, **kw) + 16 * len(book)
-            uni = self._quantise(name, x, float(step), self.dq, height, width, scan)
-            if self.engine.estimate_tensor_bits(uni, height, width, dq=self.dq, **kw) <= cb_bits:
-                return None
-        return t
-
-
-
-    def _record(self, result: EncodeResult, t: dict) -> None:
-        result.tensors[t["name"]] = EncodedTensor(
-            name=t["name"], shape=t["shape"], payload_type=t["ptype"], qp=t["qp"], step=t["step"], dq=t["dq"],
-            levels=t["levels"], reconstruction=t["recon"],
-        )
-
-    def _tensor_kwargs(self, t: dict) -> dict:
-        book = t.get("codebook")
-        return dict(n_gtx=self.n_gtx, dq=t["dq"], scan_order=t["scan"],
-                    codebook_size=len(book) if book else 0, codebook_zero=t.get("cb_zero", 0))
-
-    def _header(self, t: dict, ptype: int, names: list[str] | None = None, cpt: int = 0, link=None) -> dict:
-        fields = {
-            "nnr_compressed_data_unit_payload_type": ptype,
-            "nnr_multiple_topology_elements_present_flag": int(names is not None),
-            "nnr_decompressed_data_format_present_flag": int(t["fmt"] is not None),
-            "input_parameters_present_flag": 1,
-            "codebook_present_flag": int(bool(t.get("codebook"))),
-            "dq_flag": int(t["dq"]),
-            "tensor_dimensions_flag": 1,
-            "cabac_unary_length_flag": 1,
-            "compressed_parameter_types": cpt,
-            "tensor_dimensions": list(t["shape"]),
-            "cabac_unary_length_minus1": self.n_gtx - 1,
-            "scan_order": t["scan"],
-            "entry_points": [],
-        }
-        if t["fmt"] is not None:
-            fields["nnr_decompressed_data_format"] = t["fmt"]
-        if t.get("codebook"):
-            book = t["codebook"]
-            fields.update(codebook=book, codebook_egk=C.best_codebook_egk(book),
-                          codebook_center_offset=t["cb_zero"] - (len(book) >> 1))
-        if names is None:
-            fields["topology_elem_id"] = t["name"]
-        else:
-            fields["count_topology_elements_minus2"] = len(names) - 2
-            fields["topology_elem_ids"] = names
-        if self.profile == 1:
-            fields.update(node_id_present_flag=1, device_id=0, parameter_id=0, put_node_depth=0,
-                          first_tensor_dimension_shift=0)
-        if link is not None:
-            fields.update(parameter_id=link["parameter_id"], put_node_depth=link["depth"])
-            if link["parent"]:
-                fields.update(parent_node_id_type=0, parent_device_id=0,
-                              temporal_context_modeling_flag=int(link["tca"]))
-        return fields
-
-    def _payload(self, members: list[dict], mps_qp: int, link=None) -> tuple[bytes, list[list]]:
-        """One CABAC payload with all members in coding order (spec 8.1); entry points per member."""
-        enc = self.engine.PayloadEncoder(self.edition)
-        specs = []
-        qp_bits = 6 + self.qp_density
-        for t in members:
-            if t["ptype"] != "INT":
-                enc.write_qp_offset(t["qp"] - mps_qp, qp_bits)
-            levels = t["levels"] if t["levels"].flags.writeable else t["levels"].copy()   # cached: read-only
-            context = self._parent_context(t["name"], link)
-            enc.encode_tensor(levels, t["height"], t["width"], param_opt=self.param_opt,
-                              row_skip=self.row_skip and not t["dq"], hdsp=bool(link and link["hdsp"]),
-                              **context, **self._tensor_kwargs(t))
-            specs.append(dict(height=t["height"], width=t["width"], qp_bits=0 if t["ptype"] == "INT" else qp_bits,
-                              **context, **self._tensor_kwargs(t)))
-        payload = enc.finish()
-        if any(t["scan"] > 0 and t["height"] > (4 << t["scan"]) for t in members):
-            eps = self.engine.compute_entry_points(payload, self.edition, specs)
-        else:
-            eps = [[] for _ in members]
-        return payload, eps
-
-    def _parent_context(self, name: str, link) -> dict:
-        """The engine's parent, TCA base and HDSP history arguments for one tensor of an NDU."""
-        if link is None:
-            return {}
-        return dict(parent_present=link["parent"], tca_base=self.state.levels[name] if link["tca"] else None,
-                    hdsp_history=self.state.history.get(name) if link["hdsp"] else None)
-
-    def _single_ndu(self, name: str, arr: np.ndarray) -> "_Unit":
-        t = self._prepare(name, arr)
-
-        def build(mps_qp: int, link=None) -> bytes:
-            ptype = {"INT": C.NNR_PT_INT, "FLOAT": C.NNR_PT_FLOAT, "RAW_FLOAT": C.NNR_PT_RAW_FLOAT}[t["ptype"]]
-            header = self._header(t, ptype, link=link)
-            if t["ptype"] == "RAW_FLOAT":
-                payload = t["raw"].astype("<f4").tobytes()
-            else:
-                payload, eps = self._payload([t], mps_qp, link)
-                header["entry_points"] = _ep_fields(eps[0], t["dq"])
-            return C.build_ndu(header, payload, profile=self.profile, parent_signalling=bool(link and link["update"]))
-
-        return _Unit([t], build)
-
-    def _block_ndu(self, weight: str, parts: dict, arrays: Mapping[str, np.ndarray]) -> "_Unit":
-        w = self._prepare(weight, arrays[weight], in_block=True)
-        if w["ptype"] != "FLOAT":
-            raise EncodeError(f"block weight {weight!r} must be a float tensor")
-        ls = [parts["scaling"]] if parts.get("scaling") else []
-        bi = [parts["bias"]] if parts.get("bias") else []
-        bn = list(parts.get("bn", []))
-        coded = [self._prepare(n, arrays[n], in_block=True) for n in ls + bi + bn] + [w]
-        for t in coded:
-            if t["fmt"] != w["fmt"]:
-                raise EncodeError(f"block members of {weight!r} must share one dtype")
-        names = [weight] + ls + bn + bi
-        cpt = (C.NNR_CPT_LS if ls else 0) | (C.NNR_CPT_BN if bn else 0) | (C.NNR_CPT_BI if bi else 0)
-
-        def build(mps_qp: int, link=None) -> bytes:
-            header = self._header(w, C.NNR_PT_BLOCK, names=names, cpt=cpt, link=link)
-            payload, eps = self._payload(coded, mps_qp, link)
-            header["entry_points"] = _ep_fields(eps[-1], w["dq"])
-            return C.build_ndu(header, payload, profile=self.profile, parent_signalling=bool(link and link["update"]))
-
-        return _Unit(coded, build)
-
     def _unit_key(self, name: str, parts: dict | None, arrays: Mapping[str, np.ndarray]) -> tuple:
         """What an NDU depends on besides the arrays themselves (see :class:`EncodeCache`)."""
-        names = [name] if parts is None else _block_members(name, parts)
+        s = self.settings
+        names = [name] if parts is None else block_members(name, parts)
         members = []
         for n in names:
             arr = arrays[n]
-            members.append((n, arr.shape, arr.dtype.str, self.tensor_qp(n, arr.ndim), self.tensor_lambda(n),
-                            _matches(n, self.raw), self.output_formats.get(n), id(self.importance.get(n)),
-                            id(self.sigmas.get(n))))
+            members.append((n, arr.shape, arr.dtype.str, s.tensor_qp(n, arr.ndim), s.tensor_lambda(n),
+                            s.is_raw(n), s.output_formats.get(n), id(s.importance.get(n)),
+                            id(s.sigmas.get(n))))
         layout = None if parts is None else repr(sorted(parts.items()))
-        return (tuple(members), layout, self.qp_density, self.dq, self.scan_order, self.n_gtx,
-                self.param_opt, self.lossless_int, self.profile, self.keep_dtype, self.row_skip, self.codebook,
-                self.dcv1_s, self.engine.__name__,
-                tuple(arrays[n] for n in names), tuple(self.importance.get(n) for n in names),
-                tuple(self.sigmas.get(n) for n in names))
+        return (tuple(members), layout, s.qp_density, s.dq, s.scan_order, s.n_gtx,
+                s.param_opt, s.lossless_int, s.profile, s.keep_dtype, s.row_skip, s.codebook,
+                s.dcv1_s, self.engine.__name__,
+                tuple(arrays[n] for n in names), tuple(s.importance.get(n) for n in names),
+                tuple(s.sigmas.get(n) for n in names))
 
 
-class _Unit:
-    """One NDU in the making: its coded members and a builder of its bytes for an MPS qp."""
+def _encoded(t: CodedTensor) -> EncodedTensor:
+    """The public record of a coded tensor."""
+    return EncodedTensor(name=t.name, shape=t.shape, payload_type=t.ptype, qp=t.qp, step=t.step, dq=t.dq,
+                         levels=t.levels, reconstruction=t.recon)
 
-    __slots__ = ("members", "_build", "_built")
-
-    def __init__(self, members: list[dict], build):
-        self.members = members
-        self._build = build
-        self._built: dict[int, bytes] = {}
-
-    def build(self, mps_qp: int, link=None) -> bytes:
-        if link is not None:  # incremental coding: depends on the state, never cached
-            return self._build(mps_qp, link)
-        if mps_qp not in self._built:
-            self._built[mps_qp] = self._build(mps_qp)
-        return self._built[mps_qp]
-
-    def nbytes(self) -> int:
-        size = sum(len(b) for b in self._built.values())
-        for t in self.members:
-            for k in ("levels", "recon", "raw"):
-                v = t.get(k)
-                size += v.nbytes if isinstance(v, np.ndarray) else 0
-        return size
 
 
 class EncodeCache:
@@ -994,11 +585,10 @@ class EncodeCache:
         self.hits += 1
         return entry[1]
 
-    def _put(self, key: tuple, unit: _Unit) -> None:
+    def _put(self, key: tuple, unit: Unit) -> None:
         for t in unit.members:          # shared by every result served from the cache
-            for name in ("levels", "recon", "raw"):
-                if isinstance(t.get(name), np.ndarray):
-                    t[name].setflags(write=False)
+            for array in t.arrays():
+                array.setflags(write=False)
         k = self._lookup_key(key)
         self._units[k] = (key[-3] + key[-2] + key[-1], unit)
         self._units.move_to_end(k)
@@ -1029,76 +619,6 @@ class EncodeCache:
         return len(self._units)
 
 
-def dcv1_step(weights: np.ndarray, sigmas: np.ndarray, s: int) -> float:
-    """DeepCABAC DC-v1 step size, eq. 12: Δ = 2|w_max| / (2|w_max|/σ_min + S) (spec A.10).
-
-    Parameters
-    ----------
-    weights : numpy.ndarray
-        The tensor's weights.
-    sigmas : numpy.ndarray
-        Their standard deviations (same number of values).
-    s : int
-        The global integer S.
-
-    Returns
-    -------
-    float
-        The step size (not yet snapped to the qp grid).
-
-    Raises
-    ------
-    nnc.errors.EncodeError
-        If ``sigmas`` does not have one value per weight.
-
-    Examples
-    --------
-    >>> dcv1_step(np.array([0.5, -1.0]), np.array([0.1, 0.2]), 0)
-    0.1
-    """
-    w = np.asarray(weights, np.float64)
-    sg = np.asarray(sigmas, np.float64)
-    if sg.shape != w.shape and sg.size != w.size:
-        raise EncodeError("sigmas must have one value per weight")
-    w_max = float(np.abs(w).max(initial=0.0))
-    sigma_min = float(sg.min(initial=np.inf))
-    if w_max == 0 or not np.isfinite(sigma_min):
-        return float(sigma_min) if np.isfinite(sigma_min) else 1.0
-    return 2 * w_max / (2 * w_max / sigma_min + s)
-
-
-def _metadata_json(arrays: Mapping[str, np.ndarray], result: EncodeResult, given: Mapping[str, str],
-                   differences: bool = False) -> str:
-    """nnc's topology metadata (spec 6.2.1): the tensors announced (and skipped, spec 3.5), whether
-    they are differences, original shapes of 0-d tensors and original dtypes.
-
-    ``given`` names the original dtype of tensors handed over in another one.
-    """
-    import json
-
-    shapes = {k: [] for k, v in arrays.items() if v.ndim == 0}
-    dtypes = {}
-    for k, v in arrays.items():
-        decoded = result.tensors[k].reconstruction.dtype
-        original = given.get(k, v.dtype.name)
-        if original != decoded.name:
-            dtypes[k] = original
-    meta = {"version": 1, "tensors": list(arrays)}
-    if result.skipped:
-        meta["skipped"] = list(result.skipped)
-    if differences:
-        meta["differences"] = True
-    if shapes:
-        meta["shapes"] = shapes
-    if dtypes:
-        meta["dtypes"] = dtypes
-    return json.dumps({"nnc": meta}, separators=(",", ":"), sort_keys=True)
-
-
-def _ep_fields(eps: list, dq: bool) -> list[dict]:
-    return [{"value": v, "dq_state": s if dq else 0, "offset": off} for v, s, off in eps]
-
-
 def scan_permutation(height: int, width: int, scan_order: int) -> np.ndarray:
     """Flat row-major indices in scan order (spec 11.2).
 
@@ -1119,7 +639,16 @@ def scan_permutation(height: int, width: int, scan_order: int) -> np.ndarray:
     >>> scan_permutation(2, 16, 1)[:10].tolist()
     [0, 1, 2, 3, 4, 5, 6, 7, 16, 17]
     """
-    return get_engine().scan_permutation(height, width, scan_order)
+    idx = np.arange(height * width, dtype=np.int64)
+    if scan_order == 0 or height <= 1 or width <= 1:
+        return idx
+    b = 4 << scan_order
+    m = idx.reshape(height, width)
+    parts = []
+    for r0 in range(0, height, b):
+        for c0 in range(0, width, b):
+            parts.append(m[r0:r0 + b, c0:c0 + b].reshape(-1))
+    return np.concatenate(parts)
 
 
 def encode(tensors: Mapping[str, object], *, qp: int | None = None, dq: bool = True, **options) -> bytes:
@@ -1188,5 +717,5 @@ def encode_with_reconstruction(tensors: Mapping[str, object], **options) -> Enco
     return Encoder(**options).encode(tensors)
 
 
-__all__ = ["Encoder", "EncoderState", "EncodeCache", "EncodeResult", "EncodedTensor", "encode", "encode_with_reconstruction", "qp_for_step",
-           "dcv1_step", "scan_permutation"]
+__all__ = ["Encoder", "EncoderState", "EncodeCache", "EncodeResult", "EncodedTensor", "encode",
+           "encode_with_reconstruction", "qp_for_step", "dcv1_step", "scan_permutation"]

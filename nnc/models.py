@@ -31,7 +31,8 @@ import numpy as np
 from . import formats
 from .decoder import Decoder, restore_model_view
 
-__all__ = ["encode_model", "decode_model", "compare_tensors"]
+__all__ = ["encode_model", "encode_model_to", "load_model", "checkpoint_metadata", "decode_model",
+           "compare_tensors"]
 
 
 def encode_model(model, output=None, **options) -> bytes:
@@ -42,8 +43,9 @@ def encode_model(model, output=None, **options) -> bytes:
     Parameters
     ----------
     model : str, ``os.PathLike`` or ``Mapping``
-        Path of a model file, whose format is detected by content
-        (:func:`nnc.formats.read_model`), or a mapping of name to array-like.
+        Path of a model file, whose format is detected by content, of a sharded
+        checkpoint folder or its index .json (:func:`nnc.readers.open_model`), or a
+        mapping of name to array-like.
     output : str, ``os.PathLike`` or None
         If given, the stream is also written there, atomically.
     **options
@@ -80,17 +82,153 @@ def encode_model(model, output=None, **options) -> bytes:
     """
     from .encoder import Encoder
 
+    extra = None
     if isinstance(model, Mapping):
         tensors = OrderedDict((k, np.asarray(v)) for k, v in model.items())
     else:
-        tensors, dtypes = formats.read_model(model)
+        tensors, dtypes, extra = load_model(model)
         options.setdefault("dtypes", dtypes)  # e.g. bfloat16, read as float32: restored on decoding
         if not tensors:
             raise formats.FormatError(f"{model}: no tensors found (nothing to encode)")
-    stream = Encoder(**options).encode(tensors).stream
+    stream = Encoder(**options).encode(tensors, extra_metadata=extra).stream
     if output is not None:
         formats.write_atomic(output, stream)
     return stream
+
+
+def checkpoint_metadata(source) -> dict | None:
+    """The topology metadata entries that record where a model came from (spec 6.2.1).
+
+    ``{"checkpoint": layout}`` for a sharded checkpoint, so that decoding can restore its
+    files, their metadata and which tensor goes where; None for a single model file (its
+    stream stays as it was, as NNCodec writes it).
+
+    Parameters
+    ----------
+    source : nnc.readers.ModelSource
+
+    Returns
+    -------
+    dict or None
+    """
+    return None if source.checkpoint is None else {"checkpoint": source.checkpoint}
+
+
+def load_model(path) -> tuple:
+    """(tensors, original dtype names, extra topology metadata) of a model file or checkpoint, in memory.
+
+    For commands that need every tensor at once (the DC-v2 search, qp allocation);
+    :func:`encode_model_to` streams instead.
+
+    Parameters
+    ----------
+    path : str or ``os.PathLike``
+        A model file, a sharded checkpoint folder or its index .json.
+
+    Returns
+    -------
+    tuple
+        ``(tensors, dtypes, extra)``: {name: array} in stream order, {name: dtype name},
+        and :func:`checkpoint_metadata` (or None).
+
+    Raises
+    ------
+    nnc.formats.FormatError
+        If the model cannot be read.
+    """
+    from .readers import open_model
+
+    source = open_model(path)
+    tensors = OrderedDict((t.name, t.load()) for t in source)
+    return tensors, source.dtypes, checkpoint_metadata(source)
+
+
+def encode_model_to(model, output, *, progress=None, budget: int = 1 << 30, measure: bool = False, **options):
+    """Encode a model file, a sharded checkpoint or a mapping of arrays into the stream file ``output``.
+
+    Tensors are read one at a time (:func:`nnc.readers.open_model`) and each NDU is
+    written as soon as its turn comes (:meth:`nnc.encoder.Encoder.encode_to`), so the
+    memory used is bounded by the tensors in flight, not by the model.  The stream is the
+    one :func:`encode_model` returns.  Codebooks and DC-v1 ``sigmas`` choose per tensor
+    from the values; with them the model is encoded in memory.
+
+    Parameters
+    ----------
+    model : str, ``os.PathLike``, ``Mapping`` or ``nnc.readers.ModelSource``
+        As for :func:`encode_model`, or a model already opened.
+    output : str or ``os.PathLike``
+        The stream file, written atomically.
+    progress : callable, optional
+        Called with (name, number of elements) after each tensor is written.
+    budget : int
+        Bytes of tensors (float32 size) in flight at most.
+    measure : bool
+        Also measure the weight SNR (``summary.snr_db``; an extra pass over each tensor).
+    **options
+        :class:`nnc.encoder.Encoder` options.
+
+    Returns
+    -------
+    nnc.encoding.stream.StreamSummary
+        Sizes (also of the model in its original dtypes), qps and the weight SNR.
+
+    Raises
+    ------
+    nnc.formats.FormatError
+        If the model cannot be read.
+    nnc.errors.EncodeError
+        If an option is invalid or a tensor cannot be encoded.
+    OSError
+        If ``output`` cannot be written (it is then left as it was).
+
+    Examples
+    --------
+    >>> import nnc, numpy as np, tempfile, os
+    >>> from nnc import formats
+    >>> d = tempfile.mkdtemp()
+    >>> formats.write_model(os.path.join(d, "m.safetensors"), {"w": np.ones((8, 8), np.float32)}, {"w": "bfloat16"})
+    >>> summary = nnc.models.encode_model_to(os.path.join(d, "m.safetensors"), os.path.join(d, "m.nnr"), qp=-20)
+    >>> summary.original_bytes, summary.stream_bytes == os.path.getsize(os.path.join(d, "m.nnr"))
+    (128, True)
+    """
+    from .encoder import Encoder
+    from .encoding.stream import StreamSummary, _energy_error
+    from .readers import open_model, source_from_mapping
+
+    if isinstance(model, Mapping):
+        source = source_from_mapping(model)
+    elif hasattr(model, "tensors") and hasattr(model, "checkpoint"):
+        source = model          # already opened
+    else:
+        source = open_model(model)
+    encoder = Encoder(**options)
+    extra = checkpoint_metadata(source)
+    s = encoder.settings
+    if not s.codebook and not s.sigmas:
+        return encoder.encode_to(source, output, progress=progress, extra_metadata=extra, budget=budget,
+                                 measure=measure)
+    import time
+
+    t0 = time.perf_counter()
+    tensors = OrderedDict((t.name, t.load()) for t in source)
+    if "dtypes" not in options:
+        encoder = Encoder(dtypes=source.dtypes, **options)
+    result = encoder.encode(tensors, progress=progress, extra_metadata=extra)
+    formats.write_atomic(output, result.stream)
+    summary = StreamSummary(path=os.fspath(output), stream_bytes=len(result.stream), tensors=len(tensors),
+                            weights=sum(t.size for t in source), original_bytes=source.nbytes,
+                            qps={k: t.qp for k, t in result.tensors.items() if t.qp is not None},
+                            skipped=list(result.skipped))
+    if not measure:
+        summary.energy = summary.error = float("nan")
+    elif encoder.state is None:
+        for name, x in tensors.items():
+            if x.dtype.kind == "f":
+                e, d = _energy_error(x, result.tensors[name].reconstruction)
+                summary.energy += e
+                summary.error += d
+    summary.seconds = time.perf_counter() - t0
+    return summary
 
 
 def decode_model(stream, output=None, *, template=None, threads: int = 1,

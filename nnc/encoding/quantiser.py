@@ -1,0 +1,329 @@
+"""The quantiser (informative, spec Annex A): one tensor in, a :class:`CodedTensor` out.
+
+It chooses the payload type (INT, FLOAT, RAW_FLOAT, codebook), the qp and the
+integers (nearest rounding, RDOQ or the dependent-quantisation trellis) and
+computes the exact reconstruction a conforming decoder returns.
+
+Examples
+--------
+>>> import numpy as np
+>>> from nnc.engine import get_engine
+>>> from nnc.encoding.settings import EncoderSettings
+>>> from nnc.encoding.quantiser import Quantiser
+>>> q = Quantiser(EncoderSettings(qp=-8, dq=False), get_engine())
+>>> t = q.quantise("w", np.array([[0.4, -1.3]]))
+>>> t.ptype, t.qp, t.step, t.levels.tolist(), t.recon.tolist()
+('FLOAT', -8, 0.25, [2, -5], [[0.5, -1.25]])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import EncodeError, NNCError
+from ..reconstruction import DECOMPRESSED_DATA_FORMATS, reconstruct_codebook, reconstruct_uniform, step_size
+from .settings import EncoderSettings, qp_for_step
+
+INT32_MAX = 2**31 - 1
+
+#: nnr_decompressed_data_format codes for input dtypes that a profile-1 stream can restore (spec 12.6)
+RESTORABLE_FORMATS = {"float16": 8, "float64": 9}
+
+
+@dataclass
+class CodedTensor:
+    """One tensor as the quantiser coded it: what its NDU needs.
+
+    Attributes
+    ----------
+    name : str
+    shape : tuple
+        The coded shape (``(1,)`` for a 0-d tensor).
+    ptype : str
+        ``"INT"``, ``"FLOAT"`` or ``"RAW_FLOAT"``.
+    levels : numpy.ndarray or None
+        The integers in scan order (codebook indices for a codebook tensor; None for raw).
+    qp, step : int or None, float or None
+        The tensor's qp and step size (None for INT and RAW_FLOAT).
+    dq : bool
+        Dependent quantisation.
+    height, width, scan : int
+        The tensor as a matrix and its scan order (spec 11.2).
+    recon : numpy.ndarray
+        What a conforming decoder returns.
+    fmt : int or None
+        The signalled nnr_decompressed_data_format (spec 12.6).
+    raw : numpy.ndarray or None
+        The float32 values of a RAW_FLOAT tensor.
+    codebook : list of int or None
+        The codebook (spec 12.4); ``cb_zero`` is the index of its zero.
+    """
+
+    name: str
+    shape: tuple
+    ptype: str
+    levels: np.ndarray | None
+    qp: int | None
+    step: float | None
+    dq: bool
+    height: int
+    width: int
+    scan: int
+    recon: np.ndarray
+    fmt: int | None = None
+    raw: np.ndarray | None = None
+    codebook: list | None = None
+    cb_zero: int = 0
+
+    def arrays(self) -> list:
+        """The numpy arrays this record holds (for memory accounting and read-only sharing)."""
+        return [a for a in (self.levels, self.recon, self.raw) if isinstance(a, np.ndarray)]
+
+
+def dcv1_step(weights: np.ndarray, sigmas: np.ndarray, s: int) -> float:
+    """DeepCABAC DC-v1 step size, eq. 12: Δ = 2|w_max| / (2|w_max|/σ_min + S) (spec A.10).
+
+    Parameters
+    ----------
+    weights : numpy.ndarray
+        The tensor's weights.
+    sigmas : numpy.ndarray
+        Their standard deviations (same number of values).
+    s : int
+        The global integer S.
+
+    Returns
+    -------
+    float
+        The step size (not yet snapped to the qp grid).
+
+    Raises
+    ------
+    nnc.errors.EncodeError
+        If ``sigmas`` does not have one value per weight.
+
+    Examples
+    --------
+    >>> dcv1_step(np.array([0.5, -1.0]), np.array([0.1, 0.2]), 0)
+    0.1
+    """
+    w = np.asarray(weights, np.float64)
+    sg = np.asarray(sigmas, np.float64)
+    if sg.shape != w.shape and sg.size != w.size:
+        raise EncodeError("sigmas must have one value per weight")
+    w_max = float(np.abs(w).max(initial=0.0))
+    sigma_min = float(sg.min(initial=np.inf))
+    if w_max == 0 or not np.isfinite(sigma_min):
+        return float(sigma_min) if np.isfinite(sigma_min) else 1.0
+    return 2 * w_max / (2 * w_max / sigma_min + s)
+
+
+#: Elements per slice of the checks and conversions done in slices (small temporaries).
+SLICE = 1 << 20
+
+
+def as_float_array(name: str, value) -> tuple[np.ndarray, str]:
+    """The tensor as a float array for quantisation, and its original dtype name.
+
+    Float tensors are returned as they are (no float64 copy: the quantiser divides them
+    by the step in float64, which gives the same values); integers become float64.
+    """
+    arr = np.asarray(value)
+    dtype_name = arr.dtype.name
+    if dtype_name == "bfloat16" or arr.dtype.kind == "V":
+        arr = arr.astype(np.float32)
+    if arr.dtype.kind not in "fiub":
+        raise EncodeError(f"tensor {name!r} has unsupported dtype {arr.dtype}")
+    x = arr if arr.dtype.kind == "f" and arr.dtype.itemsize <= 8 else arr.astype(np.float64)
+    return x, dtype_name
+
+
+def is_finite(x: np.ndarray) -> bool:
+    """True when ``x`` holds no inf or NaN (checked in slices: small temporaries)."""
+    flat = x.reshape(-1)
+    return all(np.isfinite(flat[i:i + SLICE]).all() for i in range(0, flat.size, SLICE))
+
+
+def non_finite_error(name: str, x: np.ndarray) -> EncodeError:
+    """The error for a tensor with NaN or Inf that cannot be stored raw (spec 7.5): names the first one."""
+    flat = int(np.flatnonzero(~np.isfinite(x.reshape(-1)))[0])
+    where = tuple(int(i) for i in np.unravel_index(flat, x.shape)) if x.ndim else ()
+    return EncodeError(f"tensor {name!r} holds {x.reshape(-1)[flat]} at index {list(where)}: a quantised tensor "
+                       f"(here a member of a block NDU) cannot carry NaN or Inf; only a RAW_FLOAT NDU can",
+                       clause="7.5")
+
+
+def tensor_geometry(shape: tuple, scan_order: int) -> tuple[tuple, int, int, int]:
+    """(coded shape, height, width, scan order) of a tensor of this shape (spec 11.2)."""
+    shape = tuple(int(d) for d in shape) or (1,)
+    size = int(np.prod(shape, dtype=np.int64))
+    height = shape[0]
+    width = size // height if height else 0
+    scan = scan_order if len(shape) > 1 and height > 1 and width > 1 else 0
+    return shape, height, width, scan
+
+
+def _nearest_levels(flat: np.ndarray, step: float) -> np.ndarray:
+    """Nearest integers to flat / step (ties away from zero, spec A.1), computed in float64 slice by
+    slice, so that no tensor-sized float64 temporaries are made."""
+    levels = np.empty(flat.size, np.int32)
+    for i in range(0, flat.size, SLICE):
+        scaled = np.divide(flat[i:i + SLICE], step, dtype=np.float64)
+        levels[i:i + SLICE] = np.sign(scaled) * np.floor(np.abs(scaled) + 0.5)
+    return levels
+
+
+class Quantiser:
+    """Turns one named array into a :class:`CodedTensor` under fixed settings.
+
+    Parameters
+    ----------
+    settings : EncoderSettings
+    engine : ``types.ModuleType``
+        The entropy-coding engine (:func:`nnc.engine.get_engine`), for RDOQ and rate estimates.
+    """
+
+    def __init__(self, settings: EncoderSettings, engine):
+        self.settings = settings
+        self.engine = engine
+
+    def quantise(self, name: str, arr: np.ndarray, *, in_block: bool = False) -> CodedTensor:
+        """Quantise one tensor; return what its NDU needs (with any forced output format)."""
+        s = self.settings
+        t = self._values(name, arr, in_block=in_block)
+        fmt = s.output_formats.get(name)
+        if fmt is not None:
+            from ..reconstruction import convert_to_format
+
+            if s.profile == 0 and fmt > 1:
+                raise EncodeError(f"output format {fmt} needs profile 1 (2nd edition)")
+            base = t.levels.reshape(t.shape) if t.ptype == "INT" else t.recon
+            if t.ptype == "FLOAT" and t.codebook is None:
+                base = reconstruct_uniform(t.levels, np.float32(t.step)).reshape(t.shape)
+            try:
+                t.recon = convert_to_format(base, fmt)
+            except NNCError as exc:
+                raise EncodeError(f"tensor {name!r}: {exc.message}") from None
+            t.fmt = fmt
+        return t
+
+    def levels(self, name: str, x: np.ndarray, step: float, dq: bool, height: int, width: int,
+               scan_order: int, *, reuse_x: bool = False) -> np.ndarray:
+        """Integers n for values x (spec A.1, A.2, A.9), from x / step in float64; ``reuse_x``: x (a
+        private float64 array the caller no longer needs) is divided in place, to save a tensor-sized copy."""
+        s = self.settings
+        flat = x.reshape(-1)
+        f = s.importance.get(name)
+        if f is not None and (f.size != flat.size or not np.all(f >= 0)):
+            raise EncodeError(f"tensor {name!r}: importance needs one non-negative value per element "
+                              f"({flat.size}), not {f.size}")
+        # max |x / step| = (max |x|) / step: division by a positive step is monotone, also when rounded
+        peak = max(float(flat.max()), -float(flat.min())) / float(step) if flat.size else 0.0
+        if peak >= INT32_MAX - 2:
+            raise EncodeError(
+                f"tensor {name!r}: values up to {peak * step:.4g} overflow int32 levels at step "
+                f"{step:.4g}; use a larger qp"
+            )
+        lam = s.tensor_lambda(name)
+        if not dq and not lam:
+            return _nearest_levels(flat, float(step))
+        in_place = reuse_x and flat.dtype == np.float64 and flat.flags.writeable
+        scaled = np.divide(flat, float(step), out=flat if in_place else None, dtype=np.float64)
+        if dq and lam:
+            from .._engine import dq_rdoq_levels
+
+            order_free = np.ascontiguousarray(scaled)
+            return dq_rdoq_levels(order_free, height, width, lam=lam, n_gtx=s.n_gtx,
+                                  scan_order=scan_order, edition=s.edition,
+                                  importance=s.importance.get(name))
+        if not dq and lam:
+            importance = s.importance.get(name)
+            if name in s.sigmas:
+                # DC-v1: F = 1 / sigma^2, in squared step sizes (x is w / step)
+                importance = (float(step) / np.maximum(s.sigmas[name].reshape(-1), 1e-30)) ** 2
+            return self.engine.rdoq_levels(np.ascontiguousarray(scaled), height, width, lam=lam,
+                                           n_gtx=s.n_gtx, scan_order=scan_order, edition=s.edition,
+                                           importance=importance)
+        from .._engine import dq_rdoq_levels
+
+        # one global Viterbi search along the scan (spec A.2)
+        return dq_rdoq_levels(np.ascontiguousarray(scaled), height, width, lam=0.0, scan_order=scan_order,
+                              edition=s.edition, chunk=max(scaled.size, 1))
+
+    def _values(self, name: str, arr: np.ndarray, *, in_block: bool = False) -> CodedTensor:
+        s = self.settings
+        shape, height, width, scan = tensor_geometry(arr.shape, s.scan_order)
+        kind = arr.dtype.kind
+        if kind in "iub" and s.lossless_int and not in_block:
+            values = arr.astype(np.int64).reshape(-1)
+            if values.size and (values.min() < -INT32_MAX - 1 or values.max() > INT32_MAX):
+                raise EncodeError(f"integer tensor {name!r} has values outside int32")
+            levels = values.astype(np.int32)
+            return CodedTensor(name=name, shape=shape, ptype="INT", levels=levels, qp=None, step=None, dq=False,
+                               height=height, width=width, scan=scan, recon=levels.reshape(shape))
+        x, dtype_name = as_float_array(name, arr)
+        fmt = None
+        if s.keep_dtype and s.profile == 1 and dtype_name in RESTORABLE_FORMATS:
+            fmt = RESTORABLE_FORMATS[dtype_name]
+        finite = is_finite(x)  # inf and NaN are kept exactly, in a RAW_FLOAT NDU (spec 7.5)
+        if not finite and in_block:
+            raise non_finite_error(name, x)
+        if (s.is_raw(name) or not finite) and not in_block:
+            f32 = x.astype(np.float32).reshape(shape)
+            recon = f32 if fmt is None else f32.astype(np.dtype(dtype_name))
+            return CodedTensor(name=name, shape=shape, ptype="RAW_FLOAT", levels=None, qp=None, step=None, dq=False,
+                               height=height, width=width, scan=0, recon=recon, fmt=fmt, raw=f32)
+        qp = s.tensor_qp(name, arr.ndim)
+        if name in s.sigmas:
+            qp = qp_for_step(dcv1_step(x, s.sigmas[name], s.dcv1_s), s.qp_density)
+        step = step_size(qp, s.qp_density)
+        levels = None
+        if s.codebook and not in_block:
+            coded, levels = self._codebook(name, x, step, height, width, scan, fmt, shape)
+            if coded is not None:
+                return coded
+        if levels is None:
+            private = not np.may_share_memory(x, arr)     # a float64 copy of integers: divided in place
+            levels = self.levels(name, x, float(step), s.dq, height, width, scan, reuse_x=private)
+        recon = reconstruct_uniform(levels, step).reshape(shape)
+        if fmt is not None:
+            recon = recon.astype(np.dtype(dtype_name))
+        return CodedTensor(name=name, shape=shape, ptype="FLOAT", levels=levels, qp=qp, step=float(step), dq=s.dq,
+                           height=height, width=width, scan=scan, recon=recon, fmt=fmt)
+
+    def _codebook(self, name, x, step, height, width, scan, fmt, shape):
+        """Codebook mode (spec 7.2, 12.4): the distinct uniform levels form the codebook.
+
+        Returns (coded tensor, None), or in "auto" mode (None, uniform levels) when the
+        plain uniform coding is estimated smaller: those levels are then coded as they are,
+        so that no tensor is quantised twice with the same settings. (None, None) when the
+        codebook would be too large.
+        """
+        s = self.settings
+        levels = self.levels(name, x, float(step), False, height, width, scan)
+        book = np.unique(levels)
+        if book.size > 1 << 16:
+            return None, (levels if not s.dq else None)
+        pos = np.searchsorted(book, 0)
+        zero = int(pos) if pos < book.size and book[pos] == 0 else book.size >> 1
+        indices = (np.searchsorted(book, levels) - zero).astype(np.int32)
+        t = CodedTensor(name=name, shape=shape, ptype="FLOAT", levels=indices, qp=s.tensor_qp(name, len(shape)),
+                        step=float(step), dq=False, height=height, width=width, scan=scan, fmt=fmt,
+                        codebook=[int(v) for v in book], cb_zero=zero,
+                        recon=reconstruct_codebook(indices, book, zero, step).reshape(shape))
+        if fmt is not None:
+            t.recon = t.recon.astype(DECOMPRESSED_DATA_FORMATS[fmt])
+        if s.codebook == "auto":
+            kw = dict(n_gtx=s.n_gtx, scan_order=scan, edition=s.edition)
+            cb_bits = self.engine.estimate_tensor_bits(indices, height, width, codebook_size=len(book),
+                                                       codebook_zero=zero, **kw) + 16 * len(book)
+            uni = levels if not s.dq else self.levels(name, x, float(step), s.dq, height, width, scan)
+            if self.engine.estimate_tensor_bits(uni, height, width, dq=s.dq, **kw) <= cb_bits:
+                return None, uni
+        return t, None
+
+
+__all__ = ["CodedTensor", "Quantiser", "dcv1_step", "as_float_array", "is_finite", "non_finite_error", "tensor_geometry", "INT32_MAX",
+           "RESTORABLE_FORMATS"]

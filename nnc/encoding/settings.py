@@ -1,0 +1,225 @@
+"""The encoder's options, checked once: :class:`EncoderSettings` (informative, spec Annex A).
+
+Every choice the encoder makes per tensor (its qp, its λ, whether it is raw)
+follows from these settings and the tensor's name and shape, so a stream's
+head can be planned before any tensor is read.
+
+Examples
+--------
+>>> from nnc.encoding.settings import EncoderSettings
+>>> s = EncoderSettings(qp=-30, qp_per_tensor={"head.*": -40})
+>>> s.tensor_qp("head.weight", 2), s.tensor_qp("body.weight", 2), s.tensor_qp("body.bias", 1)
+(-40, -30, -75)
+>>> EncoderSettings(n_gtx=0)
+Traceback (most recent call last):
+    ...
+nnc.errors.EncodeError: n_gtx 0 outside 1..256
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import math
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from .._threads import thread_count
+from ..errors import EncodeError
+from ..reconstruction import step_size
+
+
+def qp_for_step(step: float, qp_density: int = 2) -> int:
+    """The qp whose step size (spec 12.1) is nearest to ``step`` in the log domain.
+
+    Parameters
+    ----------
+    step : float
+        Target step size Δ > 0.
+    qp_density : int
+        The stream's qp density (qps per octave = 2**qp_density).
+
+    Returns
+    -------
+    int
+        The qp.
+
+    Raises
+    ------
+    nnc.errors.EncodeError
+        If ``step`` is not a positive finite number.
+
+    Examples
+    --------
+    >>> qp_for_step(0.00146484375)
+    -38
+    >>> qp_for_step(0.5, qp_density=3)
+    -8
+    """
+    if not (step > 0 and math.isfinite(step)):
+        raise EncodeError(f"step size must be a positive finite number, not {step!r}")
+    k = 1 << qp_density
+    guess = int(math.floor(math.log2(step) * k))
+    best = min(range(guess - 2 * k, guess + 2 * k + 1),
+               key=lambda q: abs(math.log2(float(step_size(q, qp_density))) - math.log2(step)))
+    return best
+
+
+def matches(name: str, patterns: Iterable[str]) -> bool:
+    """Whether ``name`` equals one of ``patterns`` or matches it as a glob."""
+    return any(fnmatch.fnmatchcase(name, p) or p == name for p in patterns)
+
+
+def _frozen(mapping) -> Mapping:
+    return MappingProxyType(dict(mapping or {}))
+
+
+@dataclass(frozen=True, eq=False)
+class EncoderSettings:
+    """Every option of :class:`nnc.encoder.Encoder` except the incremental state, validated once.
+
+    The fields are the keyword arguments of :class:`~nnc.encoder.Encoder` (see there for
+    their meaning), normalised: ``qp`` is the resolved global qp (from ``step`` when that
+    is given, -38 when neither is), mappings are read-only copies, ``raw`` is a tuple,
+    ``threads`` is a count (0 resolved to the number of CPUs) and ``row_skip`` is off in
+    profile 0.  ``dataclasses.replace`` makes a checked variant.
+
+    Raises
+    ------
+    nnc.errors.EncodeError
+        If an option is out of range or inconsistent.
+
+    Examples
+    --------
+    >>> import dataclasses
+    >>> s = EncoderSettings(step=0.01)
+    >>> s.qp, s.step, s.edition
+    (-27, None, 2)
+    >>> dataclasses.replace(s, dq=False).dq
+    False
+    """
+
+    qp: int | None = None
+    step: float | None = None
+    qp_per_tensor: Mapping[str, int] = field(default_factory=dict)
+    nonweight_qp: int | None = -75
+    qp_density: int = 2
+    dq: bool = True
+    scan_order: int = 0
+    n_gtx: int = 11
+    param_opt: bool = True
+    raw: tuple = ()
+    lossless_int: bool = True
+    blocks: Any = False
+    profile: int = 1
+    keep_dtype: bool = True
+    row_skip: bool = False
+    codebook: Any = False
+    output_formats: Mapping[str, int] = field(default_factory=dict)
+    dtypes: Mapping[str, str] = field(default_factory=dict)
+    rdoq_lambda: float = 0.0
+    lambda_per_tensor: Mapping[str, float] = field(default_factory=dict)
+    importance: Mapping[str, np.ndarray] = field(default_factory=dict)
+    sigmas: Mapping[str, np.ndarray] = field(default_factory=dict)
+    dcv1_s: int = 64
+    engine: str | None = None
+    threads: int = 1
+    tca: bool = True
+    hdsp: bool = False
+    skip_zero: bool = True
+    differences: bool = False
+
+    def __post_init__(self):
+        if self.qp is not None and self.step is not None:
+            raise EncodeError("give either qp or step, not both")
+        if not 0 <= self.qp_density <= 7:
+            raise EncodeError(f"qp_density {self.qp_density} outside 0..7")
+        if not 0 <= self.scan_order <= 4:
+            raise EncodeError(f"scan_order {self.scan_order} outside 0..4")
+        if not 1 <= self.n_gtx <= 256:
+            raise EncodeError(f"n_gtx {self.n_gtx} outside 1..256")
+        if self.profile not in (0, 1):
+            raise EncodeError(f"profile must be 0 or 1, not {self.profile}")
+        if self.codebook not in (False, True, "auto"):
+            raise EncodeError("codebook must be False, True or 'auto'")
+        dtypes = dict(self.dtypes or {})
+        if not all(isinstance(v, str) for v in dtypes.values()):
+            raise EncodeError("dtypes values must be dtype names (str)")
+        if self.rdoq_lambda < 0:
+            raise EncodeError("rdoq_lambda must be >= 0")
+        lambdas = {k: float(v) for k, v in (self.lambda_per_tensor or {}).items()}
+        if any(not (v >= 0 and math.isfinite(v)) for v in lambdas.values()):
+            raise EncodeError("lambda_per_tensor values must be finite and >= 0")
+        importance = {k: np.asarray(v, np.float64) for k, v in (self.importance or {}).items()}
+        sigmas = {k: np.asarray(v, np.float64) for k, v in (self.sigmas or {}).items()}
+        for k, v in sigmas.items():
+            if not np.all(v > 0):
+                raise EncodeError(f"sigmas of {k!r} must be positive")
+        if int(self.dcv1_s) < 0:
+            raise EncodeError("dcv1_s must be a non-negative integer")
+        try:
+            threads = thread_count(self.threads)
+        except ValueError as exc:
+            raise EncodeError(str(exc)) from None
+        qd = self.qp_density
+        qp = qp_for_step(self.step, qd) if self.step is not None else (-38 if self.qp is None else int(self.qp))
+        normalised = dict(
+            qp=qp, step=None, qp_per_tensor=_frozen(self.qp_per_tensor), dq=bool(self.dq),
+            param_opt=bool(self.param_opt), raw=tuple(self.raw or ()), row_skip=bool(self.row_skip) and self.profile == 1,
+            output_formats=_frozen(self.output_formats), dtypes=_frozen(dtypes), rdoq_lambda=float(self.rdoq_lambda),
+            lambda_per_tensor=_frozen(lambdas), importance=_frozen(importance), sigmas=_frozen(sigmas),
+            dcv1_s=int(self.dcv1_s), threads=threads, tca=bool(self.tca), hdsp=bool(self.hdsp),
+            skip_zero=bool(self.skip_zero), differences=bool(self.differences),
+        )
+        for name, value in normalised.items():
+            object.__setattr__(self, name, value)
+
+    @property
+    def edition(self) -> int:
+        """The NNC edition the profile writes: 2 for profile 1, 1 for profile 0."""
+        return 2 if self.profile == 1 else 1
+
+    def tensor_qp(self, name: str, ndim: int) -> int:
+        """The qp of a float tensor of this name and number of dimensions (DC-v1 aside).
+
+        Examples
+        --------
+        >>> EncoderSettings(qp=-30, qp_per_tensor={"head.*": -40}).tensor_qp("head.weight", 2)
+        -40
+        """
+        for pattern, value in self.qp_per_tensor.items():
+            if pattern == name or fnmatch.fnmatchcase(name, pattern):
+                return int(value)
+        if ndim <= 1 and self.nonweight_qp is not None:
+            return int(self.nonweight_qp)
+        return self.qp
+
+    def tensor_lambda(self, name: str) -> float:
+        """The rate-distortion λ of this tensor (``lambda_per_tensor``, else ``rdoq_lambda``).
+
+        Examples
+        --------
+        >>> EncoderSettings(rdoq_lambda=0.1, lambda_per_tensor={"fc1.*": 0.4}).tensor_lambda("fc1.weight")
+        0.4
+        """
+        for pattern, value in self.lambda_per_tensor.items():
+            if pattern == name or fnmatch.fnmatchcase(name, pattern):
+                return value
+        return self.rdoq_lambda
+
+    def is_raw(self, name: str) -> bool:
+        """Whether this tensor is stored uncompressed (``raw``)."""
+        return matches(name, self.raw)
+
+    def replace(self, **changes) -> "EncoderSettings":
+        """A copy with some options changed, checked again."""
+        return dataclasses.replace(self, **changes)
+
+
+#: The option names of :class:`EncoderSettings` (all keyword arguments of ``Encoder`` but ``state``).
+OPTIONS = tuple(f.name for f in dataclasses.fields(EncoderSettings))
+
+__all__ = ["EncoderSettings", "qp_for_step", "matches", "OPTIONS"]

@@ -1,0 +1,305 @@
+"""The streaming encoder: a lazily read model in, an NNC stream file out, in bounded memory.
+
+The head (start unit, model parameter set, topology unit) is planned from the
+settings and the tensors' headers alone; then each NDU goes to the output file
+as soon as its turn in stream order comes, with at most ``threads`` units (and
+a byte budget) in flight.  The file appears atomically: it is written to a
+temporary file in the same folder and renamed at the end (removed on error).
+The stream is byte for byte the one :meth:`nnc.encoder.Encoder.encode` returns
+for the same tensors.
+
+Examples
+--------
+>>> import numpy as np, tempfile, os, nnc
+>>> from nnc.encoder import Encoder
+>>> from nnc.readers import source_from_mapping
+>>> w = {"w": np.linspace(-1, 1, 64, dtype=np.float32).reshape(8, 8), "n": np.int64(3)}
+>>> out = os.path.join(tempfile.mkdtemp(), "m.nnr")
+>>> summary = Encoder(qp=-20).encode_to(source_from_mapping(w), out)
+>>> open(out, "rb").read() == Encoder(qp=-20).encode(w).stream, summary.tensors, summary.weights
+(True, 2, 65)
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import os
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import EncodeError
+from ..reconstruction import DECOMPRESSED_DATA_FORMATS
+from .quantiser import RESTORABLE_FORMATS
+from .writer import UnitWriter, block_groups, block_members, metadata_json, mps_qp
+
+#: Default budget of the tensors in flight (their float32 size): at least one unit is always in flight.
+DEFAULT_BUDGET = 1 << 30
+
+
+@dataclass
+class StreamSummary:
+    """What :meth:`nnc.encoder.Encoder.encode_to` wrote.
+
+    Attributes
+    ----------
+    path : str
+        The stream file.
+    stream_bytes : int
+        Its size.
+    tensors, weights : int
+        Number of tensors and of their elements.
+    original_bytes : int
+        The model's size in its original dtypes (bfloat16: 2 bytes per weight).
+    energy, error : float
+        Sum of squares of the float weights and of their quantisation errors (with ``measure=True``;
+        else both are NaN).
+    qps : dict
+        {name: qp} of the quantised tensors.
+    skipped : list
+        Tensors of an update left out because they are all zero (spec 7.7).
+    kept_raw : list
+        Tensors holding inf or NaN, stored exactly in RAW_FLOAT NDUs (spec 7.5).
+    seconds : float
+        Wall time.
+    """
+
+    path: str
+    stream_bytes: int = 0
+    tensors: int = 0
+    weights: int = 0
+    original_bytes: int = 0
+    energy: float = 0.0
+    error: float = 0.0
+    qps: dict = field(default_factory=dict)
+    skipped: list = field(default_factory=list)
+    kept_raw: list = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def snr_db(self) -> float:
+        """Weight SNR 10 log10(energy / error) over the float tensors (NaN when not measured)."""
+        if math.isnan(self.error):
+            return math.nan
+        if self.error == 0:
+            return math.inf
+        return -math.inf if self.energy == 0 else 10 * math.log10(self.energy / self.error)
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8 * self.stream_bytes / max(self.weights, 1)
+
+    @property
+    def ratio(self) -> float:
+        """How many times smaller than the model in its original dtypes."""
+        return self.original_bytes / max(self.stream_bytes, 1)
+
+
+def predicted(settings, t, in_block: bool) -> tuple:
+    """(decoded dtype name, qp) the quantiser will give tensor ``t`` (a LazyTensor), from its
+    header alone; (None, None) when that depends on the values (codebooks, DC-v1 sigmas)."""
+    s = settings
+    kind = np.dtype(t.dtype).kind
+    fmt = s.output_formats.get(t.name)
+    if kind in "iub" and s.lossless_int and not in_block:
+        return (DECOMPRESSED_DATA_FORMATS[fmt].name if fmt is not None else "int32"), None
+    restorable = s.keep_dtype and s.profile == 1 and t.dtype in RESTORABLE_FORMATS
+    natural = t.dtype if restorable else "float32"
+    if fmt is not None:
+        natural = DECOMPRESSED_DATA_FORMATS[fmt].name
+    if s.is_raw(t.name) and not in_block:
+        return natural, None
+    if t.name in s.sigmas or (s.codebook and not in_block):
+        return None, None
+    return natural, s.tensor_qp(t.name, len(t.shape))
+
+
+class _AtomicFile:
+    """A file written under a temporary name in its folder, renamed over ``path`` on success."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        folder = self.path.parent if str(self.path.parent) else Path(".")
+        fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=folder)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self.tmp, 0o666 & ~umask)
+        self.fh = os.fdopen(fd, "wb")
+
+    def commit(self) -> None:
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+        self.fh.close()
+        os.replace(self.tmp, self.path)
+
+    def discard(self) -> None:
+        self.fh.close()
+        try:
+            os.unlink(self.tmp)
+        except OSError:
+            pass
+
+
+def encode_to(encoder, source, output, *, progress=None, extra_metadata=None,
+              budget: int = DEFAULT_BUDGET, measure: bool = False) -> StreamSummary:
+    """Encode ``source`` (a :class:`nnc.readers.ModelSource`) into the file ``output``.
+
+    See :meth:`nnc.encoder.Encoder.encode_to`.
+    """
+    s, state = encoder.settings, encoder.state
+    t0 = time.perf_counter()
+    if state is not None:
+        return _encode_update_to(encoder, source, output, progress=progress, extra_metadata=extra_metadata,
+                                 measure=measure, t0=t0)
+    tensors = list(source)
+    for t in tensors:
+        if not isinstance(t.name, str) or not t.name or "\x00" in t.name:
+            raise EncodeError(f"tensor names must be non-empty strings without NUL, not {t.name!r}")
+    by_name = {t.name: t for t in tensors}
+    unknown = [k for k in s.dtypes if k not in by_name]
+    if unknown:
+        raise EncodeError(f"dtypes names a tensor that is not in the model: {unknown[0]!r}")
+    groups = block_groups(s.blocks, {t.name: t.shape for t in tensors})
+    in_block = {m for w, p in groups.items() for m in block_members(w, p)[1:]}
+    plan = {t.name: predicted(s, t, t.name in in_block or t.name in groups) for t in tensors}
+    if any(dtype is None for dtype, _ in plan.values()):
+        raise EncodeError("codebooks and DC-v1 sigmas choose per tensor from the values: "
+                          "use Encoder.encode (in memory) for them")
+    original = {t.name: s.dtypes.get(t.name, t.original_dtype) for t in tensors}
+    stream_qp = mps_qp([qp for _, qp in plan.values() if qp is not None], s.qp_density)
+    writer = UnitWriter(s, encoder.engine, None)
+    metadata = metadata_json({t.name: t.shape for t in tensors}, {k: v[0] for k, v in plan.items()},
+                             original, extra_metadata)
+    units = [name for name in by_name if name not in in_block]
+    kept_raw: set = set()
+    summary = StreamSummary(path=os.fspath(output), tensors=len(tensors), weights=sum(t.size for t in tensors),
+                            original_bytes=source.nbytes if hasattr(source, "nbytes") else 0)
+    if not measure:
+        summary.energy = summary.error = math.nan
+
+    def load(name):
+        x = by_name[name].load()
+        if tuple(x.shape) != tuple(by_name[name].shape):
+            raise EncodeError(f"tensor {name!r} has shape {x.shape}, its header says {by_name[name].shape}")
+        return x
+
+    def quantise(name):
+        """The unit of ``name`` (its block members too), and each member's (energy, error)."""
+        members = [name] if name not in groups else block_members(name, groups[name])
+        coded, stats = {}, {}
+        for n in members:
+            x = load(n)
+            t = encoder.quantiser.quantise(n, x, in_block=name in groups)
+            if _kept_raw(s, t):   # inf or NaN: stored exactly, with the dtype planned (the MPS qp stays)
+                kept_raw.add(n)
+            elif (t.recon.dtype.name, t.qp) != plan[n]:
+                raise EncodeError(f"tensor {n!r}: coded as {t.recon.dtype.name} at qp {t.qp}, "
+                                  f"planned {plan[n]}")   # the head written would be wrong
+            if measure and x.dtype.kind == "f":
+                stats[n] = _energy_error(x, t.recon)
+            coded[n] = t
+            del x
+        unit = writer.single_unit(coded[name]) if name not in groups else writer.block_unit(name, groups[name], coded)
+        return unit, stats
+
+    def job(name):
+        unit, stats = quantise(name)
+        return unit, stats, unit.build(stream_qp)
+
+    out = _AtomicFile(output)
+    try:
+        for part in writer.head(stream_qp, metadata, False):
+            out.fh.write(part)
+        pending = collections.deque()
+        with ThreadPoolExecutor(max_workers=max(1, s.threads), thread_name_prefix="nnc") as pool:
+            queue = collections.deque(units)
+            in_flight = 0
+
+            def cost(name):
+                members = [name] if name not in groups else block_members(name, groups[name])
+                return sum(4 * by_name[n].size for n in members)
+
+            def refill():
+                nonlocal in_flight
+                while queue and len(pending) < max(1, s.threads) and (not pending or in_flight + cost(queue[0]) <= budget):
+                    name = queue.popleft()
+                    in_flight += cost(name)
+                    pending.append((name, pool.submit(job, name)))
+
+            try:
+                refill()
+                while pending:
+                    name, future = pending.popleft()
+                    unit, stats, data = future.result()
+                    in_flight -= cost(name)
+                    refill()
+                    out.fh.write(data)
+                    for t in unit.members:
+                        if t.qp is not None:
+                            summary.qps[t.name] = t.qp
+                        if measure:
+                            e, d = stats.get(t.name, (0.0, 0.0))
+                            summary.energy += e
+                            summary.error += d
+                        if progress is not None:
+                            progress(t.name, by_name[t.name].size)
+                    del unit, data
+            except BaseException:
+                for _, f in pending:
+                    f.cancel()
+                raise
+        summary.stream_bytes = out.fh.tell()
+        summary.kept_raw = [n for n in by_name if n in kept_raw]
+        out.commit()
+    except BaseException:
+        out.discard()
+        raise
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _kept_raw(settings, t) -> bool:
+    """``t`` went RAW_FLOAT though not asked to: it holds inf or NaN (spec 7.5)."""
+    return t.ptype == "RAW_FLOAT" and not settings.is_raw(t.name)
+
+
+def _encode_update_to(encoder, source, output, *, progress, extra_metadata, measure, t0) -> StreamSummary:
+    """An incremental update (``state=``) coded in memory and written atomically: the topology
+    unit announces the skipped tensors (spec 3.5), known only once every tensor is quantised.
+    The receiver's model is held by the state anyway."""
+    from ..formats import write_atomic
+
+    tensors = list(source)
+    arrays = {t.name: t.load() for t in tensors}
+    result = encoder.encode(arrays, progress, extra_metadata=extra_metadata)
+    write_atomic(output, result.stream)
+    s = encoder.settings
+    summary = StreamSummary(path=os.fspath(output), stream_bytes=len(result.stream), tensors=len(tensors),
+                            weights=sum(t.size for t in tensors),
+                            original_bytes=source.nbytes if hasattr(source, "nbytes") else 0,
+                            qps={k: t.qp for k, t in result.tensors.items() if t.qp is not None},
+                            skipped=list(result.skipped),
+                            kept_raw=[k for k, t in result.tensors.items()
+                                      if t.payload_type == "RAW_FLOAT" and not s.is_raw(k)])
+    summary.energy = summary.error = math.nan
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _energy_error(x: np.ndarray, recon: np.ndarray) -> tuple[float, float]:
+    """(sum x², sum (x - recon)²) in float64, in slices so that the temporaries stay small."""
+    a, b = x.reshape(-1), recon.reshape(-1)
+    e = d = 0.0
+    for i in range(0, a.size, 1 << 20):
+        u, v = a[i:i + (1 << 20)].astype(np.float64), b[i:i + (1 << 20)].astype(np.float64)
+        diff = u - v
+        e, d = e + float(u @ u), d + float(diff @ diff)
+    return e, d
+
+
+__all__ = ["encode_to", "StreamSummary", "DEFAULT_BUDGET"]

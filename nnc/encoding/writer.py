@@ -1,0 +1,370 @@
+"""The unit writer (informative): coded tensors in, NNC units out (spec 7, 8).
+
+It groups tensors into NDUs (single or BLOCK), builds their headers and CABAC
+payloads, chooses the model parameter set's qp, writes nnc's topology
+metadata, and tracks how each NDU of an incremental stream relates to the
+receiver's state (:class:`Link`, spec 14).
+
+Examples
+--------
+>>> import numpy as np
+>>> from nnc.engine import get_engine
+>>> from nnc.encoding.settings import EncoderSettings
+>>> from nnc.encoding.quantiser import Quantiser
+>>> from nnc.encoding.writer import UnitWriter
+>>> settings = EncoderSettings(qp=-8, dq=False)
+>>> t = Quantiser(settings, get_engine()).quantise("w", np.array([[0.0, 0.5, -0.25], [1.0, 0.0, 0.0]], np.float32))
+>>> writer = UnitWriter(settings, get_engine())
+>>> head = writer.head(mps_qp=0, metadata="")
+>>> unit = writer.single_unit(t)
+>>> (b"".join(head) + unit.build(0)).hex()
+'00040201000806810040008000060e000000001516097700d040c120a0c2a080f74e801f67e2f0'
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+
+from .. import container as C
+from ..errors import EncodeError
+from .quantiser import CodedTensor
+from .settings import EncoderSettings
+
+
+def block_members(weight: str, parts: Mapping) -> list[str]:
+    """The tensors of a block: the weight, then its scaling, bias and batch-norm tensors that are given."""
+    return [weight] + [parts[k] for k in ("scaling", "bias") if parts.get(k)] + list(parts.get("bn", []))
+
+
+def block_groups(blocks, shapes: Mapping[str, tuple]) -> dict[str, dict]:
+    """Which tensors go into BLOCK NDUs with which weight (spec 7.6), from the tensors' shapes.
+
+    Examples
+    --------
+    >>> block_groups(True, {"fc.weight": (4, 3), "fc.bias": (4,), "out.weight": (2, 4)})
+    {'fc.weight': {'bias': 'fc.bias'}}
+    """
+    if not blocks:
+        return {}
+    groups: dict[str, dict] = {}
+    if blocks is True:
+        for name, shape in shapes.items():
+            if name.endswith(".weight") and len(shape) >= 2:
+                bias = name[: -len("weight")] + "bias"
+                if bias in shapes and tuple(shapes[bias]) == (shape[0],):
+                    groups[name] = {"bias": bias}
+    else:
+        groups = {k: dict(v) for k, v in blocks.items()}
+    for weight, parts in groups.items():
+        members = block_members(weight, parts)
+        for m in members:
+            if m not in shapes:
+                raise EncodeError(f"block member {m!r} of {weight!r} is not among the tensors")
+        rows = shapes[weight][0] if len(shapes[weight]) else 1
+        for m in members[1:]:
+            if tuple(shapes[m]) != (rows,):
+                raise EncodeError(f"block member {m!r} must be 1-D of length {rows}, like {weight!r} rows")
+        if parts.get("bn") and len(parts["bn"]) != 4:
+            raise EncodeError("a block's 'bn' entry lists beta, gamma, mean and var")
+    return groups
+
+
+def mps_qp(qps, qp_density: int) -> int:
+    """The MPS qp: 0 as NNCodec writes, unless the offsets would not fit (spec 8.2).
+
+    Examples
+    --------
+    >>> mps_qp([-38, -75], 2), mps_qp([-200, -100], 2)
+    (0, -150)
+    """
+    qps = list(qps)
+    if not qps:
+        return 0
+    half = 1 << (5 + qp_density)
+    lo, hi = min(qps), max(qps)
+    if lo >= -half and hi <= half - 1:
+        return 0
+    centre = (lo + hi + 1) // 2
+    if lo - centre < -half or hi - centre > half - 1:
+        raise EncodeError(f"per-tensor qps from {lo} to {hi} span more than the {6 + qp_density}-bit "
+                          f"qp offsets can carry; raise qp_density or narrow the qps")
+    if not -4096 <= centre <= 4095:
+        raise EncodeError(f"qp {centre} outside the 13-bit range")
+    return centre
+
+
+def metadata_json(shapes: Mapping[str, tuple], decoded: Mapping[str, str], original: Mapping[str, str],
+                  extra: Mapping | None = None, *, skipped=(), differences: bool = False) -> str:
+    """nnc's topology metadata (spec 6.2.1): the tensors announced (and skipped, spec 3.5),
+    whether they are differences, original shapes of 0-d tensors and original dtypes.
+
+    ``shapes`` are the tensors' original shapes (in stream order), ``decoded`` the dtype
+    name each decodes as, ``original`` the dtype name each had; ``skipped`` names the
+    tensors an incremental update leaves out, ``differences`` says the tensors are
+    differences to the receiver's model; ``extra`` adds keys (e.g. "checkpoint").
+
+    Examples
+    --------
+    >>> metadata_json({"w": (2, 2), "n": ()}, {"w": "float32", "n": "int32"}, {"w": "float32", "n": "int64"})
+    '{"nnc":{"dtypes":{"n":"int64"},"shapes":{"n":[]},"tensors":["w","n"],"version":1}}'
+    """
+    zero_d = {k: [] for k, v in shapes.items() if len(v) == 0}
+    dtypes = {k: original[k] for k in shapes if original[k] != decoded[k]}
+    meta: dict = {"version": 1, "tensors": list(shapes)}
+    if skipped:
+        meta["skipped"] = list(skipped)
+    if differences:
+        meta["differences"] = True
+    if zero_d:
+        meta["shapes"] = zero_d
+    if dtypes:
+        meta["dtypes"] = dtypes
+    meta.update(extra or {})
+    return json.dumps({"nnc": meta}, separators=(",", ":"), sort_keys=True)
+
+
+@dataclass
+class Link:
+    """How one NDU of an incremental stream relates to the receiver's state (spec 14).
+
+    Attributes
+    ----------
+    update : bool
+        The stream is an update (its MPS enables parent signalling).
+    parent : bool
+        The NDU names a parent (all its coded tensors are known to the receiver).
+    tca, hdsp : bool
+        Temporal context adaptation / history-dependent probabilities in use (spec 10.5).
+    ids : dict
+        {tensor name: parameter_id} recorded for the NDU's tensors.
+    parameter_id, depth : int
+        The NDU's node id and put_node_depth (spec 7.4).
+    skip : bool
+        The NDU is left out (an all-zero update, spec 7.7).
+    """
+
+    update: bool
+    parent: bool
+    tca: bool
+    hdsp: bool
+    ids: dict
+    parameter_id: int
+    depth: int
+    skip: bool
+
+
+class Unit:
+    """One NDU in the making: its coded members and a builder of its bytes for an MPS qp."""
+
+    __slots__ = ("members", "_build", "_built")
+
+    def __init__(self, members: list[CodedTensor], build):
+        self.members = members
+        self._build = build
+        self._built: dict[int, bytes] = {}
+
+    def build(self, mps_qp: int, link: Link | None = None) -> bytes:
+        if link is not None:  # incremental coding: depends on the state, never cached
+            return self._build(mps_qp, link)
+        if mps_qp not in self._built:
+            self._built[mps_qp] = self._build(mps_qp)
+        return self._built[mps_qp]
+
+    def nbytes(self) -> int:
+        size = sum(len(b) for b in self._built.values())
+        for t in self.members:
+            size += sum(a.nbytes for a in t.arrays())
+        return size
+
+
+class UnitWriter:
+    """Builds the units of one stream under fixed settings; ``state`` for incremental coding.
+
+    Parameters
+    ----------
+    settings : EncoderSettings
+    engine : ``types.ModuleType``
+        The entropy-coding engine.
+    state : nnc.encoder.EncoderState or None
+        The incremental state the links are computed from (and advanced).
+    """
+
+    def __init__(self, settings: EncoderSettings, engine, state=None):
+        self.settings = settings
+        self.engine = engine
+        self.state = state
+        self._next_id = None
+
+    # -- the stream's head ---------------------------------------------------------
+    def head(self, mps_qp: int, metadata: str, update: bool = False) -> list[bytes]:
+        """The start unit, the model parameter set and the topology unit (spec 7.1-7.3)."""
+        s = self.settings
+        return [C.build_str(s.profile),
+                C.build_mps(qp_density=s.qp_density, qp=mps_qp, profile=s.profile, parent_signalling=update),
+                C.build_tpl(data=metadata)]
+
+    # -- units -----------------------------------------------------------------------
+    def single_unit(self, t: CodedTensor) -> Unit:
+        """An NDU of one tensor."""
+        s = self.settings
+
+        def build(mps_qp: int, link=None) -> bytes:
+            ptype = {"INT": C.NNR_PT_INT, "FLOAT": C.NNR_PT_FLOAT, "RAW_FLOAT": C.NNR_PT_RAW_FLOAT}[t.ptype]
+            header = self._header(t, ptype, link=link)
+            if t.ptype == "RAW_FLOAT":
+                payload = t.raw.astype("<f4").tobytes()
+            else:
+                payload, eps = self._payload([t], mps_qp, link)
+                header["entry_points"] = _ep_fields(eps[0], t.dq)
+            return C.build_ndu(header, payload, profile=s.profile, parent_signalling=bool(link and link.update))
+
+        return Unit([t], build)
+
+    def block_unit(self, weight: str, parts: dict, coded: Mapping[str, CodedTensor]) -> Unit:
+        """A BLOCK NDU (spec 7.6) of a weight and its parts, coded ``in_block``."""
+        s = self.settings
+        w = coded[weight]
+        if w.ptype != "FLOAT":
+            raise EncodeError(f"block weight {weight!r} must be a float tensor")
+        ls = [parts["scaling"]] if parts.get("scaling") else []
+        bi = [parts["bias"]] if parts.get("bias") else []
+        bn = list(parts.get("bn", []))
+        members = [coded[n] for n in ls + bi + bn] + [w]
+        for t in members:
+            if t.fmt != w.fmt:
+                raise EncodeError(f"block members of {weight!r} must share one dtype")
+        names = [weight] + ls + bn + bi
+        cpt = (C.NNR_CPT_LS if ls else 0) | (C.NNR_CPT_BN if bn else 0) | (C.NNR_CPT_BI if bi else 0)
+
+        def build(mps_qp: int, link=None) -> bytes:
+            header = self._header(w, C.NNR_PT_BLOCK, names=names, cpt=cpt, link=link)
+            payload, eps = self._payload(members, mps_qp, link)
+            header["entry_points"] = _ep_fields(eps[-1], w.dq)
+            return C.build_ndu(header, payload, profile=s.profile, parent_signalling=bool(link and link.update))
+
+        return Unit(members, build)
+
+    def _tensor_kwargs(self, t: CodedTensor) -> dict:
+        book = t.codebook
+        return dict(n_gtx=self.settings.n_gtx, dq=t.dq, scan_order=t.scan,
+                    codebook_size=len(book) if book else 0, codebook_zero=t.cb_zero)
+
+    def _header(self, t: CodedTensor, ptype: int, names: list[str] | None = None, cpt: int = 0,
+                link: Link | None = None) -> dict:
+        s = self.settings
+        fields = {
+            "nnr_compressed_data_unit_payload_type": ptype,
+            "nnr_multiple_topology_elements_present_flag": int(names is not None),
+            "nnr_decompressed_data_format_present_flag": int(t.fmt is not None),
+            "input_parameters_present_flag": 1,
+            "codebook_present_flag": int(bool(t.codebook)),
+            "dq_flag": int(t.dq),
+            "tensor_dimensions_flag": 1,
+            "cabac_unary_length_flag": 1,
+            "compressed_parameter_types": cpt,
+            "tensor_dimensions": list(t.shape),
+            "cabac_unary_length_minus1": s.n_gtx - 1,
+            "scan_order": t.scan,
+            "entry_points": [],
+        }
+        if t.fmt is not None:
+            fields["nnr_decompressed_data_format"] = t.fmt
+        if t.codebook:
+            book = t.codebook
+            fields.update(codebook=book, codebook_egk=C.best_codebook_egk(book),
+                          codebook_center_offset=t.cb_zero - (len(book) >> 1))
+        if names is None:
+            fields["topology_elem_id"] = t.name
+        else:
+            fields["count_topology_elements_minus2"] = len(names) - 2
+            fields["topology_elem_ids"] = names
+        if s.profile == 1:
+            fields.update(node_id_present_flag=1, device_id=0, parameter_id=0, put_node_depth=0,
+                          first_tensor_dimension_shift=0)
+        if link is not None:
+            fields.update(parameter_id=link.parameter_id, put_node_depth=link.depth)
+            if link.parent:
+                fields.update(parent_node_id_type=0, parent_device_id=0,
+                              temporal_context_modeling_flag=int(link.tca))
+        return fields
+
+    def _payload(self, members: list[CodedTensor], mps_qp: int, link: Link | None = None) -> tuple[bytes, list[list]]:
+        """One CABAC payload with all members in coding order (spec 8.1); entry points per member."""
+        s = self.settings
+        enc = self.engine.PayloadEncoder(s.edition)
+        specs = []
+        qp_bits = 6 + s.qp_density
+        for t in members:
+            if t.ptype != "INT":
+                enc.write_qp_offset(t.qp - mps_qp, qp_bits)
+            levels = t.levels if t.levels.flags.writeable else t.levels.copy()   # cached: read-only
+            context = self._parent_context(t.name, link)
+            enc.encode_tensor(levels, t.height, t.width, param_opt=s.param_opt,
+                              row_skip=s.row_skip and not t.dq, hdsp=bool(link and link.hdsp),
+                              **context, **self._tensor_kwargs(t))
+            specs.append(dict(height=t.height, width=t.width, qp_bits=0 if t.ptype == "INT" else qp_bits,
+                              **context, **self._tensor_kwargs(t)))
+        payload = enc.finish()
+        if any(t.scan > 0 and t.height > (4 << t.scan) for t in members):
+            eps = self.engine.compute_entry_points(payload, s.edition, specs)
+        else:
+            eps = [[] for _ in members]
+        return payload, eps
+
+    def _parent_context(self, name: str, link: Link | None) -> dict:
+        """The engine's parent, TCA base and HDSP history arguments for one tensor of an NDU."""
+        if link is None:
+            return {}
+        return dict(parent_present=link.parent, tca_base=self.state.levels[name] if link.tca else None,
+                    hdsp_history=self.state.history.get(name) if link.hdsp else None)
+
+    # -- incremental coding (spec 14) -------------------------------------------------
+    def is_update(self, names) -> bool:
+        """Whether a stream of these tensors is an update: the state already holds one of them."""
+        return self.state is not None and any(n in self.state.levels for n in names)
+
+    def link(self, unit: Unit, update: bool) -> Link | None:
+        """How ``unit`` relates to the state (None without a state); call in stream order."""
+        state, s = self.state, self.settings
+        if state is None:
+            return None
+        if self._next_id is None:
+            self._next_id = max(state.parameter_ids.values(), default=-1) + 1
+        coded = [t for t in unit.members if t.ptype != "RAW_FLOAT"]
+        names = [t.name for t in unit.members]
+        weight = names[-1]  # members are in coding order: the weight comes last
+        # the NDU keeps the id its tensors had (its weight's, if they differ); new NDUs get the next one
+        known = [state.parameter_ids[n] for n in names if n in state.parameter_ids]
+        pid = state.parameter_ids.get(weight, min(known, default=self._next_id))
+        self._next_id = max(self._next_id, pid + 1)
+        parent = update and bool(coded) and all(t.name in state.levels for t in coded)
+        return Link(
+            update=update, parent=parent,
+            tca=parent and s.tca and all(state.levels[t.name].size == t.levels.size for t in coded),
+            hdsp=parent and s.hdsp,
+            ids=dict.fromkeys(names, pid), parameter_id=pid,
+            depth=max(state.depths.get(n, 0) for n in names) + 1,
+            skip=parent and s.skip_zero and all(not np.any(t.levels) for t in coded),
+        )
+
+    def advance_state(self, unit: Unit, link: Link) -> None:
+        """Record what the receiving decoder records for this NDU (spec 14.2, 14.3)."""
+        state = self.state
+        state.parameter_ids.update(link.ids)
+        if link.skip:
+            return
+        for t in unit.members:
+            state.depths[t.name] = link.depth
+            if t.ptype != "RAW_FLOAT":
+                state.update(t.name, np.array(t.levels, np.int32).reshape(-1))
+
+
+def _ep_fields(eps: list, dq: bool) -> list[dict]:
+    return [{"value": v, "dq_state": s if dq else 0, "offset": off} for v, s, off in eps]
+
+
+__all__ = ["UnitWriter", "Unit", "Link", "block_groups", "block_members", "mps_qp", "metadata_json"]

@@ -1,0 +1,442 @@
+"""Lazy model readers: a model's tensors one at a time, for encoding models of any size.
+
+:func:`open_model` opens a model file or a sharded checkpoint (a folder with
+``model.safetensors.index.json``, or that index itself) and returns a
+:class:`ModelSource`: every tensor's name, shape and dtypes known from the
+headers up front, and its values read only when :meth:`LazyTensor.load` is
+called, then released by the caller.  No reader materialises the whole model:
+
+* safetensors: each tensor is memory-mapped when loaded and unmapped after;
+* PyTorch ``.bin``/``.pt``: ``torch.load(mmap=True)`` (zip files; legacy files are read whole);
+* ONNX: initializers with external data are memory-mapped from their files;
+* npz: member by member.
+
+The layout of a checkpoint (its shard files, each file's ``__metadata__``, the
+index's metadata, which file holds which tensor) is :attr:`ModelSource.checkpoint`,
+the dictionary the encoder records as the topology metadata key "checkpoint"
+(spec 6.2.1).
+
+Examples
+--------
+>>> import numpy as np, tempfile, os
+>>> from nnc import readers
+>>> path = os.path.join(tempfile.mkdtemp(), "m.npz")
+>>> np.savez(path, w=np.ones((2, 3), np.float32), n=np.int64(7))
+>>> src = readers.open_model(path)
+>>> [(t.name, t.shape, t.dtype) for t in src]
+[('w', (2, 3), 'float32'), ('n', (), 'int64')]
+>>> float(src["w"].load().sum())
+6.0
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+import zipfile
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from . import formats
+from .formats import FormatError
+
+#: Index files of sharded checkpoints, by format, in the order they are looked for in a folder.
+INDEX_NAMES = {"safetensors": "model.safetensors.index.json", "pt": "pytorch_model.bin.index.json"}
+
+
+@dataclass
+class LazyTensor:
+    """One tensor of a model, known by its header; :meth:`load` reads its values.
+
+    Attributes
+    ----------
+    name : str
+    shape : tuple
+    dtype : str
+        The numpy dtype name :meth:`load` returns (``"float32"`` for bfloat16 tensors).
+    original_dtype : str
+        The dtype the file holds (``"bfloat16"``, ``"float16"``, ``"int64"``...).
+    file : int or None
+        Index of the checkpoint file that holds it (:attr:`ModelSource.checkpoint` "files").
+    loader : callable
+        Returns the values as a numpy array (a fresh array the caller owns).
+    """
+
+    name: str
+    shape: tuple
+    dtype: str
+    original_dtype: str
+    loader: Callable[[], np.ndarray] = field(repr=False)
+    file: int | None = None
+
+    @property
+    def size(self) -> int:
+        """Number of elements."""
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the loaded array."""
+        return self.size * np.dtype(self.dtype).itemsize
+
+    @property
+    def original_bits(self) -> int:
+        """Bits per element in the file's dtype (16 for bfloat16)."""
+        return 16 if self.original_dtype == "bfloat16" else 8 * np.dtype(self.original_dtype).itemsize
+
+    def load(self) -> np.ndarray:
+        """The values (bfloat16 as float32, exactly)."""
+        return self.loader()
+
+
+class ModelSource:
+    """A model's tensors in file order, loaded one at a time.
+
+    Attributes
+    ----------
+    path : str
+        What was opened.
+    format : str
+        ``"safetensors"``, ``"pt"``, ``"onnx"`` or ``"npz"``.
+    tensors : list of LazyTensor
+    checkpoint : dict or None
+        For a sharded checkpoint, its layout: {"format", "index" (optional), "files", "file_of"}
+        as recorded in the stream (spec 6.2.1); None for a single file.
+    """
+
+    def __init__(self, path, fmt: str, tensors: list[LazyTensor], checkpoint: dict | None = None):
+        self.path = os.fspath(path)
+        self.format = fmt
+        self.tensors = tensors
+        self.checkpoint = checkpoint
+        self._by_name = {t.name: t for t in tensors}
+        if len(self._by_name) != len(tensors):
+            seen = set()
+            dup = next(t.name for t in tensors if t.name in seen or seen.add(t.name))
+            raise FormatError(f"{self.path}: tensor {dup!r} appears twice")
+
+    def __iter__(self) -> Iterator[LazyTensor]:
+        return iter(self.tensors)
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+    def __getitem__(self, name: str) -> LazyTensor:
+        return self._by_name[name]
+
+    @property
+    def dtypes(self) -> dict:
+        """{name: original dtype name}, as :func:`nnc.formats.read_model` returns them."""
+        return {t.name: t.original_dtype for t in self.tensors}
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the model in its original dtypes."""
+        return sum(t.size * t.original_bits // 8 for t in self.tensors)
+
+
+def open_model(path) -> ModelSource:
+    """Open a model file or a sharded checkpoint for lazy reading.
+
+    Parameters
+    ----------
+    path : str or ``os.PathLike``
+        A model file (format detected by content), a folder holding a sharded checkpoint
+        (``model.safetensors.index.json`` or ``pytorch_model.bin.index.json`` and its shards,
+        or a single model file), or such an index file itself.
+
+    Returns
+    -------
+    ModelSource
+
+    Raises
+    ------
+    nnc.formats.FormatError
+        If the path is not a readable model, an index names a missing shard or a tensor
+        its shard lacks, or a header is damaged.
+    """
+    p = Path(path)
+    if p.is_dir():
+        for name in INDEX_NAMES.values():
+            if (p / name).is_file():
+                return _open_index(p / name)
+        files = sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith("."))
+        models = [f for f in files if f.suffix in (".safetensors", ".npz", ".pt", ".pth", ".bin", ".onnx")]
+        if len(models) == 1:
+            return open_model(models[0])
+        raise FormatError(f"{p}: a folder without {INDEX_NAMES['safetensors']} "
+                          f"({len(models)} model files in it; give the file or the index)")
+    if p.name.endswith(".index.json"):
+        return _open_index(p)
+    fmt = formats.detect_format(p)
+    if fmt == "nnr":
+        raise FormatError(f"{p} is an NNC stream, not a model; use decode")
+    tensors, _meta = _READERS[fmt](p, None)
+    return ModelSource(p, fmt, tensors)
+
+
+def _open_index(index_path: Path) -> ModelSource:
+    try:
+        index = json.loads(index_path.read_text())
+        weight_map = index["weight_map"]
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise TypeError("weight_map is not a mapping of tensor names to file names")
+    except OSError as exc:
+        raise FormatError(f"cannot read {index_path}: {exc.strerror}") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise FormatError(f"{index_path}: not a checkpoint index ({type(exc).__name__}: {exc})") from None
+    folder = index_path.parent
+    file_names = sorted(set(weight_map.values()))   # model-00001-of-... first
+    files, by_name = [], {}
+    fmt = None
+    for i, file_name in enumerate(file_names):
+        shard = folder / file_name
+        if Path(file_name).name != file_name or not shard.is_file():
+            raise FormatError(f"{index_path}: shard {file_name!r} is missing from {folder}")
+        shard_fmt = formats.detect_format(shard)
+        if fmt is None:
+            fmt = shard_fmt
+        elif shard_fmt != fmt:
+            raise FormatError(f"{shard}: a {shard_fmt} shard among {fmt} shards")
+        if fmt not in ("safetensors", "pt"):
+            raise FormatError(f"{shard}: sharded checkpoints of {fmt} files are not supported")
+        tensors, metadata = _READERS[fmt](shard, i)
+        files.append({"name": file_name, "metadata": metadata or {}})
+        by_name.update((t.name, t) for t in tensors)
+    ordered = []
+    for name, file_name in weight_map.items():
+        t = by_name.get(name)
+        if t is None or file_names[t.file] != file_name:
+            raise FormatError(f"{index_path}: tensor {name!r} is not in its shard {file_name!r}")
+        ordered.append(t)
+    unindexed = sorted(set(by_name) - set(weight_map))
+    if unindexed:
+        raise FormatError(f"{index_path}: shard tensor {unindexed[0]!r} is not in the index's weight_map")
+    checkpoint = {"format": fmt, "files": files, "file_of": {t.name: t.file for t in ordered}}
+    checkpoint["index"] = {"name": index_path.name, "metadata": index.get("metadata") or {}}
+    return ModelSource(index_path, fmt, ordered, checkpoint)
+
+
+# -- safetensors: header parsed up front, each tensor memory-mapped when loaded -------------
+
+
+def _safetensors_header(path: Path) -> tuple[dict, int, int]:
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                raise FormatError(f"{path}: too short for safetensors")
+            (hlen,) = struct.unpack("<Q", head)
+            if 8 + hlen > size:
+                raise FormatError(f"{path}: safetensors header runs past the end of the file")
+            header = json.loads(fh.read(hlen))
+    except OSError as exc:
+        raise FormatError(f"cannot read {path}: {exc.strerror}") from None
+    except ValueError:
+        raise FormatError(f"{path}: safetensors header is not JSON") from None
+    if not isinstance(header, dict):
+        raise FormatError(f"{path}: safetensors header is not a JSON object")
+    return header, 8 + hlen, size - 8 - hlen
+
+
+def _read_safetensors(path: Path, file_index):
+    header, base, body_size = _safetensors_header(path)
+    metadata = header.get("__metadata__")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise FormatError(f"{path}: safetensors __metadata__ is not a JSON object")
+    out = []
+    try:
+        items = sorted(((k, v) for k, v in header.items() if k != "__metadata__"),
+                       key=lambda kv: kv[1]["data_offsets"][0])
+        for name, info in items:
+            start, end = info["data_offsets"]
+            shape = tuple(int(d) for d in info["shape"])
+            st = info["dtype"]
+            if not (isinstance(start, int) and isinstance(end, int)) or not 0 <= start <= end <= body_size:
+                raise FormatError(f"{path}: tensor {name!r} lies outside the file")
+            if st == "BF16":
+                stored, dtype, original = np.dtype("<u2"), "float32", "bfloat16"
+            elif st in formats._ST_DTYPES:
+                stored = np.dtype(formats._ST_DTYPES[st])
+                dtype = original = stored.newbyteorder("=").name
+            else:
+                raise FormatError(f"{path}: unsupported safetensors dtype {st} for {name!r}")
+            if math.prod(shape) * stored.itemsize != end - start:
+                raise FormatError(f"{path}: tensor {name!r}: shape {list(shape)} does not fit its {end - start} bytes")
+            out.append(LazyTensor(name, shape, dtype, original, _safetensors_loader(path, base + start, stored, shape,
+                                                                                    st == "BF16"), file_index))
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise FormatError(f"{path}: malformed safetensors header ({type(exc).__name__}: {exc})") from None
+    return out, metadata
+
+
+def _safetensors_loader(path: Path, offset: int, stored: np.dtype, shape: tuple, bf16: bool):
+    def load() -> np.ndarray:
+        count = math.prod(shape)
+        if count == 0:
+            raw = np.zeros(shape, stored)
+        else:
+            raw = np.memmap(path, dtype=stored, mode="r", offset=offset, shape=(count,))
+        try:
+            if bf16:
+                return formats.bfloat16_to_float32(np.asarray(raw)).reshape(shape)
+            return np.array(raw, dtype=stored.newbyteorder("=")).reshape(shape)
+        finally:
+            del raw    # unmapped: the pages read do not stay in the process
+    return load
+
+
+# -- PyTorch: torch.load(mmap=True) ---------------------------------------------------------
+
+
+def _read_pt(path: Path, file_index):
+    torch = formats._torch()
+    try:
+        with open(path, "rb") as fh:
+            is_zip = fh.read(4) == b"PK\x03\x04"
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+    except Exception as exc:  # torch raises many types on bad files
+        raise FormatError(f"{path}: cannot load as a PyTorch state_dict: {exc}") from None
+    if not isinstance(obj, dict):
+        raise FormatError(f"{path}: not a state_dict (a mapping of names to tensors)")
+    obj = formats._unwrap_checkpoint(path, obj)
+    out = []
+    for name, v in obj.items():
+        if not hasattr(v, "detach"):
+            continue
+        original = str(v.dtype).replace("torch.", "")
+        dtype = "float32" if v.dtype == torch.bfloat16 else original
+        out.append(LazyTensor(name, tuple(v.shape), dtype, original, _pt_loader(v, torch), file_index))
+    return out, {}
+
+
+def _pt_loader(tensor, torch):
+    def load() -> np.ndarray:
+        t = tensor.detach()
+        return (t.float() if t.dtype == torch.bfloat16 else t.clone()).numpy()
+    return load
+
+
+# -- ONNX: external data memory-mapped --------------------------------------------------------
+
+
+def _read_onnx(path: Path, file_index):
+    onnx, numpy_helper = formats._onnx()
+    try:
+        model = onnx.load(os.fspath(path), load_external_data=False)
+    except Exception as exc:
+        raise FormatError(f"{path}: cannot load as ONNX: {exc}") from None
+    out = []
+    for init in model.graph.initializer:
+        try:
+            dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(init.data_type))
+        except Exception as exc:
+            raise FormatError(f"{path}: damaged ONNX initializer {init.name!r}: {exc}") from None
+        shape = tuple(int(d) for d in init.dims)
+        if init.data_location == onnx.TensorProto.EXTERNAL:
+            loader = _onnx_external_loader(path, init, dtype, shape)
+        else:
+            loader = _onnx_loader(path, init, numpy_helper)
+        out.append(LazyTensor(init.name, shape, dtype.name, dtype.name, loader, file_index))
+    return out, {}
+
+
+def _onnx_loader(path, init, numpy_helper):
+    def load():
+        try:
+            return np.array(numpy_helper.to_array(init))
+        except Exception as exc:
+            raise FormatError(f"{path}: damaged ONNX initializer {init.name!r}: {exc}") from None
+    return load
+
+
+def _onnx_external_loader(path: Path, init, dtype: np.dtype, shape: tuple):
+    info = {e.key: e.value for e in init.external_data}
+    location = info.get("location", "")
+    data_path = (path.parent / location).resolve()
+    if not location or Path(location).is_absolute() or path.parent.resolve() not in data_path.parents:
+        raise FormatError(f"{path}: initializer {init.name!r} has external data outside the model's folder")
+    offset, count = int(info.get("offset", 0)), math.prod(shape)
+    stored = dtype.newbyteorder("<")
+
+    def load():
+        if not data_path.is_file() or data_path.stat().st_size < offset + count * stored.itemsize:
+            raise FormatError(f"{path}: external data of {init.name!r} ({location}) is missing or too short")
+        if count == 0:
+            return np.zeros(shape, dtype)
+        raw = np.memmap(data_path, dtype=stored, mode="r", offset=offset, shape=(count,))
+        try:
+            return np.array(raw, dtype=dtype.newbyteorder("=")).reshape(shape)
+        finally:
+            del raw
+    return load
+
+
+# -- npz: member by member -----------------------------------------------------------------------
+
+
+def _read_npz(path: Path, file_index):
+    out = []
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for member in zf.infolist():
+                if not member.filename.endswith(".npy"):
+                    raise FormatError(f"{path}: member {member.filename!r} is not a .npy array")
+                with zf.open(member) as fh:
+                    version = np.lib.format.read_magic(fh)
+                    if version == (1, 0):
+                        shape, _fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+                    elif version in ((2, 0), (3, 0)):
+                        shape, _fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+                    else:
+                        raise FormatError(f"{path}: {member.filename}: unsupported .npy version {version}")
+                if dtype.hasobject or dtype.kind not in "biufc":
+                    raise FormatError(f"{path}: {member.filename}: dtype {dtype} is not numeric "
+                                      f"(pickled objects are refused)")
+                name = dtype.newbyteorder("=").name
+                out.append(LazyTensor(member.filename[:-4], tuple(shape), name, name,
+                                      _npz_loader(path, member.filename), file_index))
+    except FormatError:
+        raise
+    except (zipfile.BadZipFile, ValueError, EOFError, KeyError, OSError, RuntimeError, NotImplementedError) as exc:
+        raise FormatError(f"{path}: not a readable .npz archive ({type(exc).__name__}: {exc})") from None
+    return out, {}
+
+
+def _npz_loader(path: Path, member_name: str):
+    def load():
+        import zlib
+
+        try:
+            with zipfile.ZipFile(path) as zf:
+                member = zf.getinfo(member_name)
+                with zf.open(member) as fh:
+                    return formats._read_npy_member(path, member, fh)
+        except FormatError:
+            raise
+        except (zipfile.BadZipFile, zlib.error, ValueError, EOFError, KeyError, OSError, RuntimeError) as exc:
+            raise FormatError(f"{path}: {member_name}: not readable ({type(exc).__name__}: {exc})") from None
+    return load
+
+
+_READERS = {"safetensors": _read_safetensors, "pt": _read_pt, "onnx": _read_onnx, "npz": _read_npz}
+
+
+def source_from_mapping(tensors, dtypes=None, name: str = "<arrays>") -> ModelSource:
+    """A :class:`ModelSource` over arrays already in memory (``dtypes``: original dtype names)."""
+    out = []
+    for key, value in tensors.items():
+        arr = np.asarray(value)
+        original = (dtypes or {}).get(key, arr.dtype.name)
+        out.append(LazyTensor(key, tuple(arr.shape), arr.dtype.name, original, (lambda a=arr: a)))
+    return ModelSource(name, "arrays", out)
+
+
+__all__ = ["open_model", "ModelSource", "LazyTensor", "source_from_mapping", "INDEX_NAMES"]

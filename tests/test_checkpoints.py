@@ -1,0 +1,288 @@
+"""Sharded checkpoints and lazy readers on the encoding side (issue 16): a checkpoint folder (or its
+index) encodes in weight_map order with its layout recorded in the "checkpoint" metadata; every lazy
+reader returns what read_model returns; the streaming writer writes the in-memory encoder's bytes,
+atomically; and a checkpoint larger than the process's address-space limit encodes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import nnc
+from nnc import formats, models, readers
+from nnc.encoder import Encoder, EncoderState
+from nnc.errors import EncodeError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _safetensors_with_metadata(tensors, dtypes, metadata) -> bytes:
+    data = formats.safetensors_bytes(tensors, dtypes)
+    hlen = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + hlen])
+    if metadata is not None:
+        header["__metadata__"] = metadata
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    return len(h).to_bytes(8, "little") + h + data[8 + hlen:]
+
+
+def write_checkpoint(folder: Path, shards, order=None, index_metadata=None, bf16=True) -> dict:
+    """Shards [{name: array}], written as model-0000i-of-0000n.safetensors with an index; returns the weight_map."""
+    folder.mkdir(parents=True, exist_ok=True)
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        dtypes = {k: "bfloat16" for k, v in shard.items() if bf16 and v.dtype == np.float32}
+        (folder / name).write_bytes(_safetensors_with_metadata(shard, dtypes, {"format": "pt", "shard": str(i)}))
+        weight_map.update((k, name) for k in shard)
+    if order is not None:
+        weight_map = {k: weight_map[k] for k in order}
+    index = {"metadata": index_metadata or {"total_size": 0}, "weight_map": weight_map}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    return weight_map
+
+
+def _shards(rng):
+    return [{"layers.0.weight": rng.normal(0, 0.05, (48, 32)).astype(np.float32),
+             "layers.0.bias": rng.normal(0, 0.05, 48).astype(np.float32)},
+            {"layers.1.weight": rng.normal(0, 0.05, (16, 48)).astype(np.float16),
+             "step": np.int64(-1234567), "ids": np.arange(6, dtype=np.int32).reshape(2, 3)}]
+
+
+def test_checkpoint_folder_and_index_encode_alike_in_weight_map_order(tmp_path):
+    rng = np.random.default_rng(1)
+    shards = _shards(rng)
+    order = ["layers.1.weight", "step", "layers.0.weight", "ids", "layers.0.bias"]
+    write_checkpoint(tmp_path / "ck", shards, order=order, index_metadata={"total_size": 4321})
+    by_dir = models.encode_model(tmp_path / "ck", qp=-30)
+    by_index = models.encode_model(tmp_path / "ck" / "model.safetensors.index.json", qp=-30)
+    summary = models.encode_model_to(tmp_path / "ck", tmp_path / "m.nnr", qp=-30)
+    assert by_dir == by_index == (tmp_path / "m.nnr").read_bytes()
+    assert summary.stream_bytes == len(by_dir) and summary.tensors == 5
+    dec = nnc.Decoder(by_dir)
+    out = dec.decode()
+    assert list(out) == order
+    files = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    assert dec.metadata["checkpoint"] == {
+        "format": "safetensors",
+        "index": {"name": "model.safetensors.index.json", "metadata": {"total_size": 4321}},
+        "files": [{"name": files[0], "metadata": {"format": "pt", "shard": "0"}},
+                  {"name": files[1], "metadata": {"format": "pt", "shard": "1"}}],
+        "file_of": {"layers.1.weight": 1, "step": 1, "layers.0.weight": 0, "ids": 1, "layers.0.bias": 0},
+    }
+    assert dec.metadata["dtypes"]["layers.0.weight"] == "bfloat16" and dec.metadata["dtypes"]["step"] == "int64"
+    back = models.decode_model(by_dir)
+    assert back["step"] == -1234567 and back["step"].dtype == np.int64
+    np.testing.assert_array_equal(back["ids"], shards[1]["ids"])
+    assert back["layers.1.weight"].dtype == np.float16
+    bf16 = formats.bfloat16_to_float32(formats.float32_to_bfloat16(shards[0]["layers.0.weight"]))
+    step = float(nnc.reconstruction.step_size(-30, 2))
+    assert np.abs(back["layers.0.weight"].astype(np.float32) - bf16).max() <= 2 * step   # DQ: within two steps, then bf16 rounding
+
+
+def test_checkpoint_cli_reports_against_bfloat16(tmp_path):
+    write_checkpoint(tmp_path / "ck", _shards(np.random.default_rng(2))[:1])
+    r = subprocess.run([sys.executable, "-m", "nnc", "encode", str(tmp_path / "ck"), "-o", str(tmp_path / "m.nnr"),
+                        "--json"], capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["input_bytes"] == 2 * (48 * 32 + 48)          # 16 bits per bfloat16 weight
+    assert report["ratio"] == pytest.approx(report["input_bytes"] / report["bytes"])
+    assert report["original_dtypes"] == ["bfloat16"]
+
+
+def test_bad_checkpoints_fail_clearly_and_write_nothing(tmp_path):
+    write_checkpoint(tmp_path / "ck", _shards(np.random.default_rng(3)))
+    index = tmp_path / "ck" / "model.safetensors.index.json"
+    data = json.loads(index.read_text())
+    data["weight_map"]["ghost"] = "model-00001-of-00002.safetensors"
+    index.write_text(json.dumps(data))
+    with pytest.raises(formats.FormatError, match="'ghost' is not in its shard"):
+        readers.open_model(tmp_path / "ck")
+    data["weight_map"].pop("ghost")
+    data["weight_map"]["x"] = "model-00009-of-00009.safetensors"
+    index.write_text(json.dumps(data))
+    with pytest.raises(formats.FormatError, match="missing"):
+        readers.open_model(index)
+    os.mkdir(tmp_path / "empty")
+    with pytest.raises(formats.FormatError, match="folder without"):
+        readers.open_model(tmp_path / "empty")
+
+
+def test_a_failing_tensor_leaves_no_output_and_no_temporary_file(tmp_path):
+    bad = np.ones((4, 4), np.float32)
+    bad[2, 2] = np.nan
+    write_checkpoint(tmp_path / "ck", [{"a": np.ones((4, 4), np.float32)}, {"b": bad}], bf16=False)
+    (tmp_path / "out").mkdir()
+    target = tmp_path / "out" / "m.nnr"
+    target.write_bytes(b"old")
+    with pytest.raises(EncodeError, match="'b'"):
+        models.encode_model_to(tmp_path / "ck", target, qp=-20)
+    assert target.read_bytes() == b"old" and os.listdir(tmp_path / "out") == ["m.nnr"]
+
+
+def _all_formats(tmp_path, tensors, dtypes):
+    paths = {}
+    for fmt in ("npz", "safetensors"):
+        paths[fmt] = tmp_path / f"m.{fmt}"
+        formats.write_model(paths[fmt], tensors, dtypes if fmt == "safetensors" else None)
+    try:
+        import torch  # noqa: F401
+        paths["pt"] = tmp_path / "m.pt"
+        formats.write_model(paths["pt"], tensors, dtypes)
+    except ImportError:
+        pass
+    return paths
+
+
+def test_lazy_readers_return_what_read_model_returns(tmp_path):
+    rng = np.random.default_rng(4)
+    tensors = {"w": rng.normal(size=(5, 7)).astype(np.float32), "h": rng.normal(size=3).astype(np.float16),
+               "n": np.int64(-3), "m": np.arange(4, dtype=np.uint8)}
+    dtypes = {"w": "bfloat16", "h": "float16", "n": "int64", "m": "uint8"}
+    for fmt, path in _all_formats(tmp_path, tensors, dtypes).items():
+        eager, eager_dtypes = formats.read_model(path)
+        source = readers.open_model(path)
+        assert [t.name for t in source] == list(eager), fmt
+        assert source.dtypes == eager_dtypes, fmt
+        for t in source:
+            assert t.shape == eager[t.name].shape and t.dtype == eager[t.name].dtype.name, (fmt, t)
+            np.testing.assert_array_equal(t.load(), eager[t.name])
+        assert models.encode_model(path, qp=-24) == models.encode_model(dict(eager), qp=-24, dtypes=eager_dtypes)
+
+
+def test_onnx_external_data_is_read_lazily(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from onnx import helper, numpy_helper
+
+    w = np.random.default_rng(5).normal(size=(64, 32)).astype(np.float32)
+    init = numpy_helper.from_array(w, "w")
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [64, 32])
+    graph = helper.make_graph([helper.make_node("Identity", ["w"], ["y"])], "g", [], [y], [init])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph), str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="m.data", size_threshold=0)
+    source = readers.open_model(path)
+    t = source["w"]
+    assert t.shape == (64, 32) and t.dtype == "float32"
+    np.testing.assert_array_equal(t.load(), w)
+
+
+MODEL = st.dictionaries(
+    st.sampled_from(["a.weight", "a.bias", "b", "c.weight", "n"]),
+    st.tuples(st.sampled_from([(6, 5), (5,), (), (3, 4, 2), (9, 9)]), st.sampled_from(["float32", "float16", "int32"])),
+    min_size=1, max_size=5)
+OPTIONS = st.sampled_from([dict(), dict(dq=False), dict(blocks=True), dict(rdoq_lambda=0.1), dict(scan_order=1),
+                           dict(profile=0), dict(raw=["b"]), dict(threads=3), dict(dq=False, row_skip=True)])
+
+
+@settings(max_examples=25, deadline=None)
+@given(MODEL, OPTIONS, st.integers(0, 2**32 - 1))
+def test_streaming_writer_writes_the_in_memory_bytes(tmp_path_factory, spec, options, seed):
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    for name, (shape, dtype) in spec.items():
+        if name.endswith(".bias"):
+            shape = (6,)
+        x = rng.normal(0, 0.1, shape) if dtype != "int32" else rng.integers(-9, 9, shape)
+        tensors[name] = np.asarray(x).astype(dtype)
+    path = tmp_path_factory.mktemp("s") / "x.nnr"
+    try:
+        expected = Encoder(qp=-28, **options).encode(tensors).stream
+    except EncodeError as exc:      # e.g. block members of different dtypes: the same error, nothing written
+        with pytest.raises(EncodeError, match=exc.message[:30].replace("(", ".").replace(")", ".")):
+            Encoder(qp=-28, **options).encode_to(tensors, path)
+        assert not os.listdir(path.parent)
+        return
+    summary = Encoder(qp=-28, **options).encode_to(tensors, path)
+    assert path.read_bytes() == expected
+    assert summary.stream_bytes == path.stat().st_size
+
+
+def test_streaming_updates_match_in_memory_updates(tmp_path):
+    rng = np.random.default_rng(6)
+    base = {"a.weight": rng.normal(0, .1, (8, 8)).astype(np.float32), "a.bias": rng.normal(0, .1, 8).astype(np.float32)}
+    s1, s2 = EncoderState(), EncoderState()
+    for k in range(3):
+        model = {n: v * (1 + k / 4) for n, v in base.items()}
+        expected = Encoder(state=s1, differences=True, blocks=True).encode(model).stream
+        Encoder(state=s2, differences=True, blocks=True).encode_to(model, tmp_path / "u.nnr")
+        assert (tmp_path / "u.nnr").read_bytes() == expected
+
+
+def test_codebooks_fall_back_to_the_in_memory_encoder(tmp_path):
+    w = {"w": np.round(np.random.default_rng(7).normal(0, 3, (16, 16))).astype(np.float32) / 8}
+    with pytest.raises(EncodeError, match="in memory"):
+        Encoder(codebook=True).encode_to(w, tmp_path / "x.nnr")
+    summary = models.encode_model_to(w, tmp_path / "x.nnr", codebook=True, qp=-12, measure=True)
+    assert (tmp_path / "x.nnr").read_bytes() == nnc.encode(w, codebook=True, qp=-12)
+    assert summary.snr_db > 0
+
+
+@pytest.mark.oracle
+def test_nncodec_decodes_a_checkpoint_stream(tmp_path, oracle):
+    write_checkpoint(tmp_path / "ck", _shards(np.random.default_rng(8)))
+    stream = models.encode_model(tmp_path / "ck", qp=-30)
+    assert "checkpoint" in nnc.Decoder(stream).metadata
+    ours, theirs = nnc.decode(stream), oracle.decompress(stream)
+    assert list(ours) == list(theirs)
+    for k in ours:
+        np.testing.assert_array_equal(np.asarray(ours[k]).reshape(-1), np.asarray(theirs[k]).reshape(-1), err_msg=k)
+
+
+@pytest.mark.slow
+def test_a_checkpoint_larger_than_the_address_space_limit_encodes(tmp_path):
+    """640 MB of bf16 shards (1.3 GB as float32) encode under a 512 MB RLIMIT_AS.
+
+    The big tensors are stored raw (RAW_FLOAT, fast: the test is about memory, not CABAC
+    speed), the norms are quantised; reading, quantising and writing all stream."""
+    script = textwrap.dedent(f"""
+        import json, os, resource, sys
+        import numpy as np
+        sys.path.insert(0, {str(REPO)!r})
+        from nnc import formats
+        folder = {str(tmp_path / "ck")!r}
+        os.makedirs(folder)
+        rng = np.random.default_rng(0)
+        weight_map = {{}}
+        for i in range(4):
+            name = f"model-{{i + 1:05d}}-of-00004.safetensors"
+            names = [f"layers.{{5 * i + j}}" for j in range(5)]
+            header, offset = {{"__metadata__": {{"format": "pt"}}}}, 0
+            for n in names:
+                header[n + ".weight"] = {{"dtype": "BF16", "shape": [4096, 4096], "data_offsets": [offset, offset + 2 * 4096 * 4096]}}
+                header[n + ".norm"] = {{"dtype": "BF16", "shape": [4096], "data_offsets": [offset + 2 * 4096 * 4096, offset + 2 * 4097 * 4096]}}
+                offset += 2 * 4097 * 4096
+            h = json.dumps(header).encode(); h += b" " * (-len(h) % 8)
+            with open(os.path.join(folder, name), "wb") as fh:
+                fh.write(len(h).to_bytes(8, "little")); fh.write(h)
+                for n in names:
+                    fh.write(formats.float32_to_bfloat16(rng.normal(0, 0.02, 4097 * 4096).astype(np.float32)).tobytes())
+            weight_map.update({{n + k: name for n in names for k in (".weight", ".norm")}})
+        with open(os.path.join(folder, "model.safetensors.index.json"), "w") as fh:
+            json.dump({{"metadata": {{}}, "weight_map": weight_map}}, fh)
+        limit = 512 << 20
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        from nnc import models
+        s = models.encode_model_to(folder, os.path.join({str(tmp_path)!r}, "m.nnr"), qp=-30, dq=False, threads=1,
+                                   raw=["*.weight"])
+        size = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder))
+        print(json.dumps(dict(model=size, limit=limit, tensors=s.tensors, bytes=s.stream_bytes)))
+    """)
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MALLOC_ARENA_MAX="2")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=1800)
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = json.loads(r.stdout.strip().splitlines()[-1])
+    assert report["model"] > report["limit"] and report["tensors"] == 40
+    assert len(nnc.Decoder(tmp_path / "m.nnr").metadata["checkpoint"]["file_of"]) == 40
+    stream_size = (tmp_path / "m.nnr").stat().st_size
+    assert stream_size == report["bytes"] > 20 * 4096 * 4096 * 4     # the raw float32 weights are all there
