@@ -110,6 +110,16 @@ def checkpoint_metadata(source) -> dict | None:
     Returns
     -------
     dict or None
+
+    Examples
+    --------
+    >>> import os, tempfile, numpy as np
+    >>> from nnc import formats, readers
+    >>> from nnc.models import checkpoint_metadata
+    >>> folder = tempfile.mkdtemp()
+    >>> formats.write_model(os.path.join(folder, "m.safetensors"), {"w": np.ones(2, np.float32)})
+    >>> print(checkpoint_metadata(readers.open_model(os.path.join(folder, "m.safetensors"))))
+    None
     """
     return None if source.checkpoint is None else {"checkpoint": source.checkpoint}
 
@@ -135,6 +145,17 @@ def load_model(path) -> tuple:
     ------
     nnc.formats.FormatError
         If the model cannot be read.
+
+    Examples
+    --------
+    >>> import os, tempfile, numpy as np
+    >>> from nnc import formats
+    >>> from nnc.models import load_model
+    >>> path = os.path.join(tempfile.mkdtemp(), "m.safetensors")
+    >>> formats.write_model(path, {"w": np.ones((2, 3), np.float32)})
+    >>> tensors, dtypes, extra = load_model(path)
+    >>> tensors["w"].shape, dtypes, extra
+    ((2, 3), {'w': 'float32'}, None)
     """
     from .readers import open_model
 

@@ -298,12 +298,15 @@ def _safetensors_loader(path: Path, offset: int, stored: np.dtype, shape: tuple,
 
 def _read_pt(path: Path, file_index):
     torch = formats._torch()
+    if formats._is_torchscript(path):
+        raise FormatError(f"{path}: a TorchScript archive, not a state_dict; save model.state_dict() with "
+                          f"torch.save and encode that")
     try:
         with open(path, "rb") as fh:
             is_zip = fh.read(4) == b"PK\x03\x04"
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
     except Exception as exc:  # torch raises many types on bad files
-        raise FormatError(f"{path}: cannot load as a PyTorch state_dict: {exc}") from None
+        raise FormatError(f"{path}: {formats._pt_load_problem(exc)}") from None
     if not isinstance(obj, dict):
         raise FormatError(f"{path}: not a state_dict (a mapping of names to tensors)")
     obj = formats._unwrap_checkpoint(path, obj)
@@ -333,18 +336,22 @@ def _read_onnx(path: Path, file_index):
         model = onnx.load(os.fspath(path), load_external_data=False)
     except Exception as exc:
         raise FormatError(f"{path}: cannot load as ONNX: {exc}") from None
+    try:
+        weights = formats._onnx_weights(model.graph)   # initializers, Constant nodes, subgraphs
+    except FormatError as exc:
+        raise FormatError(f"{path}: {exc}") from None
     out = []
-    for init in model.graph.initializer:
+    for name, init in weights.items():
         try:
             dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(init.data_type))
         except Exception as exc:
-            raise FormatError(f"{path}: damaged ONNX initializer {init.name!r}: {exc}") from None
+            raise FormatError(f"{path}: damaged ONNX initializer {name!r}: {exc}") from None
         shape = tuple(int(d) for d in init.dims)
         if init.data_location == onnx.TensorProto.EXTERNAL:
             loader = _onnx_external_loader(path, init, dtype, shape)
         else:
             loader = _onnx_loader(path, init, numpy_helper)
-        out.append(LazyTensor(init.name, shape, dtype.name, dtype.name, loader, file_index))
+        out.append(LazyTensor(name, shape, dtype.name, dtype.name, loader, file_index))
     return out, {}
 
 
