@@ -842,8 +842,7 @@ def _engine_line() -> str:
     from . import engine
 
     try:
-        name = engine.engine_name() if hasattr(engine, "engine_name") else (
-            "cython" if engine.get_engine().__name__ == "nnc._engine" else "python")
+        name = engine.engine_name()
     except (ImportError, ValueError) as exc:  # asked for an engine that is not built or not known
         return f"engine unavailable: {exc}"
     return f"engine {name} ({'compiled' if name == 'cython' else 'pure Python'})"

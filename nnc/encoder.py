@@ -639,16 +639,7 @@ def scan_permutation(height: int, width: int, scan_order: int) -> np.ndarray:
     >>> scan_permutation(2, 16, 1)[:10].tolist()
     [0, 1, 2, 3, 4, 5, 6, 7, 16, 17]
     """
-    idx = np.arange(height * width, dtype=np.int64)
-    if scan_order == 0 or height <= 1 or width <= 1:
-        return idx
-    b = 4 << scan_order
-    m = idx.reshape(height, width)
-    parts = []
-    for r0 in range(0, height, b):
-        for c0 in range(0, width, b):
-            parts.append(m[r0:r0 + b, c0:c0 + b].reshape(-1))
-    return np.concatenate(parts)
+    return get_engine().scan_permutation(height, width, scan_order)
 
 
 def encode(tensors: Mapping[str, object], *, qp: int | None = None, dq: bool = True, **options) -> bytes:

@@ -120,6 +120,9 @@ def dcv1_step(weights: np.ndarray, sigmas: np.ndarray, s: int) -> float:
     return 2 * w_max / (2 * w_max / sigma_min + s)
 
 
+#: Weights after which the distortion-only DQ trellis fixes its path (bounded memory, spec A.2).
+DQ_TRELLIS_CHUNK = 1 << 16
+
 #: Elements per slice of the checks and conversions done in slices (small temporaries).
 SLICE = 1 << 20
 
@@ -232,10 +235,8 @@ class Quantiser:
         in_place = reuse_x and flat.dtype == np.float64 and flat.flags.writeable
         scaled = np.divide(flat, float(step), out=flat if in_place else None, dtype=np.float64)
         if dq and lam:
-            from .._engine import dq_rdoq_levels
-
             order_free = np.ascontiguousarray(scaled)
-            return dq_rdoq_levels(order_free, height, width, lam=lam, n_gtx=s.n_gtx,
+            return self.engine.dq_rdoq_levels(order_free, height, width, lam=lam, n_gtx=s.n_gtx,
                                   scan_order=scan_order, edition=s.edition,
                                   importance=s.importance.get(name))
         if not dq and lam:
@@ -246,11 +247,9 @@ class Quantiser:
             return self.engine.rdoq_levels(np.ascontiguousarray(scaled), height, width, lam=lam,
                                            n_gtx=s.n_gtx, scan_order=scan_order, edition=s.edition,
                                            importance=importance)
-        from .._engine import dq_rdoq_levels
-
-        # one global Viterbi search along the scan (spec A.2)
-        return dq_rdoq_levels(np.ascontiguousarray(scaled), height, width, lam=0.0, scan_order=scan_order,
-                              edition=s.edition, chunk=max(scaled.size, 1))
+        # the Viterbi search of A.2 along the scan, its path fixed every DQ_TRELLIS_CHUNK weights
+        return self.engine.dq_rdoq_levels(np.ascontiguousarray(scaled), height, width, lam=0.0,
+                                          scan_order=scan_order, edition=s.edition, chunk=DQ_TRELLIS_CHUNK)
 
     def _values(self, name: str, arr: np.ndarray, *, in_block: bool = False) -> CodedTensor:
         s = self.settings
