@@ -361,9 +361,7 @@ def decode_to_path(stream, output, *, names=None, threads: int = 1, progress=Non
         names a file outside the folder; nothing is written.
     nnc.formats.FormatError
         If the output's format cannot be told or cannot hold a dtype, or
-        ``add_to`` cannot be read.
-    ValueError
-        If a tensor of the update has another shape than in ``add_to``.
+        ``add_to`` cannot be read or has a tensor of another shape than the update's.
     KeyError
         If a name is not that of a tensor of the stream.
     OSError
@@ -475,7 +473,12 @@ def _decode_in_memory(dec: Decoder, output, wanted, template, threads, progress,
     if previous is not None:
         from .decoder import apply_update
 
-        view = apply_update(previous[0], view)
+        try:
+            view = apply_update(previous[0], view)
+        except ValueError as exc:
+            from .formats import FormatError
+
+            raise FormatError(f"{os.fspath(add_to)}: {exc}") from None
         dtypes = dict(dtypes, **previous[1])
     write_model(os.fspath(output), view, dtypes, fmt=fmt, template=template)
     return dict(files=[os.fspath(output)], tensors=len(view), bytes=total,
