@@ -86,6 +86,11 @@ def encode(tensors, *, qp=None, dq=True, **options):
     nnc.errors.EncodeError: give either qp or step, not both
     """
     from .encoder import encode as _encode
+    from .torch import numpy_inputs
+
+    tensors, options["dtypes"] = numpy_inputs(tensors, options.get("dtypes"))   # torch tensors, bf16 kept
+    if options["dtypes"] is None:
+        del options["dtypes"]
 
     return _encode(tensors, qp=qp, dq=dq, **options)
 
