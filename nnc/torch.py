@@ -29,8 +29,20 @@ import numpy as np
 
 __all__ = ["save", "state_dict", "load_state_dict", "numpy_inputs", "LoadResult"]
 
-#: What :func:`load_state_dict` returns, like ``torch.nn.Module.load_state_dict``.
-LoadResult = namedtuple("LoadResult", ["missing_keys", "unexpected_keys"])
+class LoadResult(namedtuple("LoadResult", ["missing_keys", "unexpected_keys"])):
+    """What :func:`load_state_dict` returns, like ``torch.nn.Module.load_state_dict``.
+
+    ``missing_keys``: names of the module the stream does not carry;
+    ``unexpected_keys``: names of the stream the module does not have.
+
+    Examples
+    --------
+    >>> from nnc.torch import LoadResult
+    >>> LoadResult(["fc.bias"], [])
+    LoadResult(missing_keys=['fc.bias'], unexpected_keys=[])
+    """
+
+    __slots__ = ()
 
 
 def _torch():
@@ -136,7 +148,10 @@ def save(module_or_state_dict, path=None, **options) -> bytes:
 
     Examples
     --------
-    See the module's example.
+    >>> import torch, nnc, nnc.torch
+    >>> stream = nnc.torch.save({"w": torch.ones(2, 3, dtype=torch.bfloat16)}, qp=-20)
+    >>> nnc.decode_model(stream)["w"].shape, nnc.torch.state_dict(stream)["w"].dtype
+    ((2, 3), torch.bfloat16)
     """
     from .errors import EncodeError
     from .models import encode_model
@@ -243,7 +258,12 @@ def load_state_dict(module, stream, strict: bool = True, **decoder_options) -> L
 
     Examples
     --------
-    See the module's example.
+    >>> import torch, nnc.torch
+    >>> stream = nnc.torch.save(torch.nn.Linear(2, 2), qp=-30)
+    >>> nnc.torch.load_state_dict(torch.nn.Linear(2, 3), stream)
+    Traceback (most recent call last):
+        ...
+    nnc.errors.OutputBufferError: tensor 'weight' has shape (2, 2) in the stream, (3, 2) in the module
     """
     from .decoder import Decoder
     from .errors import OutputBufferError

@@ -53,7 +53,18 @@ class DecodeProgress:
     """What :func:`decode_to_path` reports to its ``progress`` callable.
 
     Reported once before any tensor is decoded (``name`` None) and then after
-    each tensor is written.
+    each tensor is written; the parameters are the fields below.
+
+    Examples
+    --------
+    >>> import nnc, numpy as np, tempfile, os
+    >>> from nnc.writers import decode_to_path
+    >>> stream = nnc.encode({"a": np.ones(4, np.float32), "b": np.ones(2, np.float32)}, qp=-20)
+    >>> path = os.path.join(tempfile.mkdtemp(), "m.safetensors")
+    >>> _ = decode_to_path(stream, path, progress=lambda p: print(p.name, p.tensors_done, p.bytes_done, p.bytes_total))
+    None 0 0 24
+    a 1 16 24
+    b 2 24 24
     """
 
     #: The tensor just written, or None for the report before the first one.
@@ -91,6 +102,16 @@ def _itemsize(dtype: str) -> int:
 
 def is_directory_target(output) -> bool:
     """Whether ``output`` names a folder: it ends with a path separator or is an existing directory.
+
+    Parameters
+    ----------
+    output : str or ``os.PathLike``
+        An output path as given by the user.
+
+    Returns
+    -------
+    bool
+        True for a folder to write the model's files into.
 
     Examples
     --------

@@ -111,3 +111,10 @@ def test_state_dict_device_and_non_tensor_entries():
     assert nt.state_dict(stream, device="cpu")["w"].device.type == "cpu"
     with pytest.raises(nnc.EncodeError, match="'extra'"):
         nt.save({"w": torch.ones(2), "extra": "text"})
+
+
+def test_docstring_examples_of_nnc_torch():
+    import doctest
+
+    result = doctest.testmod(nt, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 5 and result.failed == 0
