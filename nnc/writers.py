@@ -416,7 +416,7 @@ def decode_to_path(stream, output, *, names=None, threads: int = 1, progress=Non
 
         raise FormatError(f"{output}: an update added to a model is written to one file; give a file name")
     folder, files, index = _plan(dec, output, wanted)
-    created = not folder.exists()
+    created = is_directory_target(output) and not folder.exists()   # a file's folder must exist
     if created:
         folder.mkdir(parents=True)
     temps, sinks = {}, {}

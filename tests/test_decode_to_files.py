@@ -10,10 +10,13 @@ import zipfile
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import nnc
 from nnc import container as C
 from nnc import formats
+from nnc.decoder import restore_model_view
 from nnc.errors import DecodeError
 from nnc.writers import decode_to_path
 
@@ -270,3 +273,47 @@ def test_decoding_a_model_larger_than_the_address_space_limit(tmp_path):
     for i in (0, n // 2, n - 1):
         np.testing.assert_array_equal(data[i], expected)
     del data
+
+
+DTYPES = ["float32", "float16", "bfloat16", "float64", "int64", "int32", "int8", "uint8"]
+
+
+@st.composite
+def models(draw):
+    n = draw(st.integers(1, 5))
+    tensors, dtypes = {}, {}
+    for i in range(n):
+        dtype = draw(st.sampled_from(DTYPES))
+        shape = tuple(draw(st.lists(st.integers(1, 5), min_size=0, max_size=3)))
+        size = int(np.prod(shape))
+        if dtype in ("int64", "int32", "int8", "uint8"):
+            lo, hi = (0, 255) if dtype == "uint8" else (-100, 100)
+            arr = np.array(draw(st.lists(st.integers(lo, hi), min_size=size, max_size=size)), dtype).reshape(shape)
+        else:
+            vals = draw(st.lists(st.floats(-8, 8, width=16), min_size=size, max_size=size))
+            arr = np.array(vals, np.float32 if dtype == "bfloat16" else dtype).reshape(shape)
+        tensors[f"t{i}.{dtype}"] = arr
+        if dtype == "bfloat16":
+            dtypes[f"t{i}.{dtype}"] = "bfloat16"
+    return tensors, dtypes
+
+
+@settings(max_examples=25, deadline=None)
+@given(models())
+def test_streamed_files_equal_the_in_memory_writers(tmp_path_factory, model):
+    tensors, dtypes = model
+    stream = nnc.encode(tensors, qp=-20, dtypes=dtypes)
+    d = tmp_path_factory.mktemp("p")
+    expected = nnc.decode_model(stream)
+    _, expected_dtypes = restore_model_view(nnc.decode(stream), nnc.Decoder(stream).metadata)
+    decode_to_path(stream, d / "m.safetensors")
+    assert (d / "m.safetensors").read_bytes() == formats.safetensors_bytes(expected, expected_dtypes)
+    decode_to_path(stream, d / "m.npz")
+    read, _ = formats.read_npz(d / "m.npz")
+    assert list(read) == list(expected)
+    for k, v in expected.items():
+        assert read[k].dtype == v.dtype and read[k].shape == v.shape
+        np.testing.assert_array_equal(read[k], v)
+    for k, v in tensors.items():     # integers exact
+        if v.dtype.kind in "iu":
+            np.testing.assert_array_equal(expected[k], v)
