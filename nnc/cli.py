@@ -286,14 +286,14 @@ def _encode_search(args, tensors, options) -> int:
 
 def cmd_decode(args) -> int:
     from .decoder import Decoder, DecoderState
-    from .writers import decode_to_path
+    from .writers import decode_to_path, map_stream
 
     if args.state and args.tensor:
         return _fail("--state needs every tensor of the stream decoded; leave out --tensor")
     state = None
     if args.state:
         state = DecoderState.load(args.state) if Path(args.state).exists() else DecoderState()
-    dec = Decoder(args.stream, entry_points=args.entry_points, state=state)
+    dec = Decoder(map_stream(args.stream) or args.stream, entry_points=args.entry_points, state=state)
     names = args.tensor or None
     missing = [n for n in names or [] if n not in dec.names()]
     if missing:

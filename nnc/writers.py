@@ -32,6 +32,7 @@ import math
 import os
 import struct
 import tempfile
+import weakref
 import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -42,7 +43,7 @@ import numpy as np
 from .decoder import Decoder, restore_model_view
 from .errors import DecodeError
 
-__all__ = ["decode_to_path", "DecodeProgress", "is_directory_target"]
+__all__ = ["decode_to_path", "DecodeProgress", "is_directory_target", "map_stream"]
 
 #: File name used in a folder when the stream records no checkpoint layout.
 DEFAULT_FILE = "model.safetensors"
@@ -335,6 +336,61 @@ def _temp_in(folder: Path, name: str) -> str:
     return tmp
 
 
+_OWN_MAPS = weakref.WeakSet()   # maps made by map_stream: their pages may be released
+
+
+def map_stream(path):
+    """A stream file memory-mapped read-only for :func:`decode_to_path`, or None if it cannot be.
+
+    Pages are read as the units are decoded, and :func:`decode_to_path`
+    releases those of the units it has decoded, so that resident memory does
+    not grow with the stream.  Give the map to :class:`nnc.decoder.Decoder`
+    (e.g. to look at the tensors first) and the Decoder to :func:`decode_to_path`.
+
+    Parameters
+    ----------
+    path : str or ``os.PathLike``
+        The stream file.
+
+    Returns
+    -------
+    ``mmap.mmap`` or None
+        The map; None if the file cannot be opened or is empty (the Decoder
+        then reports the problem on the path itself).
+
+    Examples
+    --------
+    >>> import nnc, numpy as np, tempfile, os
+    >>> from nnc.writers import map_stream
+    >>> path = os.path.join(tempfile.mkdtemp(), "m.nnr")
+    >>> _ = nnc.encode_model({"w": np.ones(3, np.float32)}, path)
+    >>> nnc.Decoder(map_stream(path)).names(), map_stream(path + ".missing")
+    (['w'], None)
+    """
+    import mmap
+
+    try:
+        with open(path, "rb") as fh:
+            mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError):   # unreadable or empty: the Decoder reports it on the path
+        return None
+    _OWN_MAPS.add(mapped)
+    return mapped
+
+
+def _release(mapped, upto: int) -> None:
+    """Let the kernel drop the pages of the decoded units, so resident memory does not grow with the stream."""
+    import mmap
+
+    advice = getattr(mmap, "MADV_DONTNEED", None)
+    end = upto - upto % mmap.PAGESIZE
+    if advice is not None and end > 0:
+        try:
+            mapped.madvise(advice, 0, end)
+        except (OSError, ValueError):
+            pass
+
+
 def decode_to_path(stream, output, *, names=None, threads: int = 1, progress=None, add_to=None,
                    **decoder_options) -> dict:
     """Decode a stream to model files, one tensor at a time, never holding the model in memory.
@@ -352,6 +408,8 @@ def decode_to_path(stream, output, *, names=None, threads: int = 1, progress=Non
     ----------
     stream : bytes, buffer, str, ``os.PathLike``, ``BinaryIO`` or nnc.decoder.Decoder
         The NNC stream (as for :class:`nnc.decoder.Decoder`), or a Decoder of it.
+        A path is memory-mapped, and the pages of the units already decoded
+        are released, so that resident memory does not grow with the stream.
     output : str or ``os.PathLike``
         The folder or file to write.
     names : iterable of str or None
@@ -400,7 +458,14 @@ def decode_to_path(stream, output, *, names=None, threads: int = 1, progress=Non
     {'w': 'bfloat16'}
     """
     template = decoder_options.pop("template", None)
-    dec = stream if isinstance(stream, Decoder) else Decoder(stream, **decoder_options)
+    if isinstance(stream, Decoder):
+        dec = stream
+    else:
+        source = map_stream(stream) if isinstance(stream, (str, os.PathLike)) else None
+        dec = Decoder(source if source is not None else stream, **decoder_options)
+    mapped = dec.data.obj if isinstance(dec.data, memoryview) and dec.data.obj in _OWN_MAPS else None
+    if mapped is not None:
+        _release(mapped, len(mapped))   # the pages parsing touched; payloads are read again when decoded
     wanted = None if names is None else set(names)
     if wanted is not None:
         missing = sorted(wanted - set(dec.names()))
@@ -435,6 +500,9 @@ def decode_to_path(stream, output, *, names=None, threads: int = 1, progress=Non
                                             out=lambda info: sink_of[info.name].buffer(info)):
             sink_of[name].take(name, array)
             del array
+            if mapped is not None:
+                info = dec.info(name)
+                _release(mapped, info.unit_offset + info.unit_size)
             done["tensors"] += 1
             done["bytes"] += nbytes[name]
             if progress is not None:
