@@ -30,6 +30,7 @@ from .errors import (
     EncodeError,
     LimitError,
     NNCError,
+    OutputBufferError,
     TruncatedError,
     UnsupportedError,
 )
@@ -202,4 +203,5 @@ __all__ = [
     "LimitError",
     "UnsupportedError",
     "EncodeError",
+    "OutputBufferError",
 ]

@@ -336,7 +336,8 @@ class _DecodeBar:
                 self.quiet = True
                 return
             self.bar = tqdm(total=event.bytes_total, unit="B", unit_scale=True, unit_divisor=1024,
-                            desc="decoding", disable=None, leave=False, dynamic_ncols=True)
+                            desc="decoding", disable=None, leave=False, dynamic_ncols=True,
+                            postfix=f"{event.tensors_done}/{event.tensors_total} tensors")
         self.bar.set_postfix_str(f"{event.tensors_done}/{event.tensors_total} tensors", refresh=False)
         self.bar.update(event.bytes_done - self.bar.n)
 

@@ -230,7 +230,7 @@ def _renamed_copies(unit_bytes: bytes, old: str, new_names):
 
 def test_decoding_a_model_larger_than_the_address_space_limit(tmp_path):
     """24 tensors of 16 MiB (384 MiB) decoded to a folder with 96 MiB of address space to spare."""
-    resource = pytest.importorskip("resource", reason="resource.RLIMIT_AS needs a POSIX system")
+    pytest.importorskip("resource", reason="resource.RLIMIT_AS needs a POSIX system")
     n, shape = 24, (2048, 2048)
     base = np.zeros(shape, np.float32)
     base[::64] = RNG.normal(size=(shape[0] // 64, shape[1])).astype(np.float32)
@@ -317,3 +317,35 @@ def test_streamed_files_equal_the_in_memory_writers(tmp_path_factory, model):
     for k, v in tensors.items():     # integers exact
         if v.dtype.kind in "iu":
             np.testing.assert_array_equal(expected[k], v)
+
+
+def test_cli_progress_on_a_terminal_in_bytes_and_tensors(tmp_path):
+    pty = pytest.importorskip("pty", reason="needs a pseudo-terminal")
+    import fcntl
+    import termios
+
+    stream, _s, tensors, dtypes = sharded_checkpoint()
+    src = tmp_path / "m.nnr"
+    src.write_bytes(stream)
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 200, 0, 0))
+    outputs = []
+    for quiet in ([], ["-q"]):
+        out = tmp_path / f"o{len(quiet)}.safetensors"
+        r = subprocess.run([sys.executable, "-m", "nnc", "decode", str(src), "-o", str(out), "--threads", "1"] + quiet,
+                           stderr=slave, stdout=subprocess.PIPE, timeout=120)
+        assert r.returncode == 0
+        os.set_blocking(master, False)
+        data = b""
+        try:
+            while chunk := os.read(master, 65536):
+                data += chunk
+        except (BlockingIOError, OSError):
+            pass
+        outputs.append(data.decode(errors="replace"))
+    os.close(master)
+    os.close(slave)
+    assert f"/{len(tensors)} tensors" in outputs[0] and "decoding:" in outputs[0]
+    total = sum(np.asarray(t).size * (8 if dtypes[k] == "int64" else 2) for k, t in tensors.items())
+    assert f"/{total / 1024:.2f}k" in outputs[0]       # bytes, in KiB
+    assert outputs[1] == ""

@@ -5,9 +5,9 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="torch is not installed (optional extra nnc[torch])")
 
-import nnc  # noqa: E402
-import nnc.torch as nt  # noqa: E402
-from nnc.errors import OutputBufferError  # noqa: E402
+import nnc
+import nnc.torch as nt
+from nnc.errors import OutputBufferError
 
 
 def small_model(dtype=torch.float32):
