@@ -30,6 +30,7 @@ from .errors import (
     EncodeError,
     LimitError,
     NNCError,
+    OutputBufferError,
     TruncatedError,
     UnsupportedError,
     UpdateError,
@@ -87,6 +88,11 @@ def encode(tensors, *, qp=None, dq=True, **options):
     nnc.errors.EncodeError: give either qp or step, not both
     """
     from .encoder import encode as _encode
+    from .torch import numpy_inputs
+
+    tensors, options["dtypes"] = numpy_inputs(tensors, options.get("dtypes"))   # torch tensors, bf16 kept
+    if options["dtypes"] is None:
+        del options["dtypes"]
 
     return _encode(tensors, qp=qp, dq=dq, **options)
 
@@ -199,4 +205,5 @@ __all__ = [
     "UnsupportedError",
     "EncodeError",
     "UpdateError",
+    "OutputBufferError",
 ]

@@ -36,6 +36,7 @@ smallest stream whose score stays within --tolerance of the original model's sco
   nnc decode model.nnr -o model.safetensors
   nnc decode model.nnr -o model.onnx --template original.onnx
   nnc decode model.nnr -o model.npz --tensor fc1.weight
+  nnc decode llm.nnr -o llm/        # the original shards, index and dtypes, one tensor in memory at a time
 """,
     "info": """examples:
   nnc info model.nnr
@@ -375,8 +376,8 @@ def _encode_search(args, tensors, options) -> int:
 
 
 def cmd_decode(args) -> int:
-    from . import formats
     from .decoder import Decoder, DecoderState
+    from .writers import decode_to_path, map_stream
 
     if args.state and args.tensor:
         return _fail("--state needs every tensor of the stream decoded; leave out --tensor")
@@ -388,46 +389,62 @@ def cmd_decode(args) -> int:
     state = None
     if args.state:
         state = DecoderState.load(args.state) if Path(args.state).exists() else DecoderState()
-    dec = Decoder(args.stream, entry_points=args.entry_points, state=state)
+    dec = Decoder(map_stream(args.stream) or args.stream, entry_points=args.entry_points, state=state)
     if not dec.names() and not (args.add_to and dec.skipped):  # (an update may skip every tensor)
         return _fail(f"{args.stream}: the stream holds no tensors; nothing written")
     if args.add_to and not dec.differences:
         return _fail(f"--add-to: {args.stream} holds full values, not differences (encode updates with "
                      f"--differences); decode it without --add-to")
     names = args.tensor or None
-    if names:
-        missing = [n for n in names if n not in dec.names()]
-        if missing:
-            return _fail(f"no tensor named {missing[0]!r} in {args.stream}")
-    infos = [t for t in dec.tensors() if names is None or t.name in names]
-    progress = Progress(sum(t.size for t in infos), "decoding", args.quiet)
+    missing = [n for n in names or [] if n not in dec.names()]
+    if missing:
+        return _fail(f"no tensor named {missing[0]!r} in {args.stream}")
+    bar = _DecodeBar(args.quiet)
     try:
-        out = dec.decode(names, progress=lambda info: progress.step(info.size, info.name), threads=args.threads)
+        summary = decode_to_path(dec, args.output, names=names, threads=args.threads, progress=bar,
+                                 add_to=args.add_to, template=args.template)
     finally:
-        progress.close()
-    from .decoder import restore_model_view
-
-    fmt = formats.format_from_extension(args.output)
-    out, dtypes = restore_model_view(out, dec.metadata)
-    if args.add_to:
-        from .decoder import apply_update
-
-        previous, previous_dtypes = formats.read_model(args.add_to)
-        try:
-            out = apply_update(previous, out)
-        except ValueError as exc:
-            return _fail(f"--add-to {args.add_to}: {exc}")
-        dtypes = dict(dtypes, **previous_dtypes)
-    formats.write_model(args.output, out, dtypes, fmt=fmt, template=args.template)
+        bar.close()
     if state is not None:
         state.save(args.state)
-    summary = dict(stream=str(args.stream), output=args.output, tensors=len(out),
-                   weights=int(sum(np.asarray(v).size for v in out.values())))
+    summary = dict(stream=str(args.stream), output=args.output, **summary)
     if args.json:
         print(json.dumps(summary, indent=2))
     elif not args.quiet:
-        print(f"{args.output}: {summary['tensors']} tensors, {summary['weights']} weights")
+        files = summary["files"]
+        where = files[0] if len(files) == 1 else f"{args.output} ({len(files)} files)"
+        print(f"{where}: {summary['tensors']} tensors, {summary['weights']} weights")
     return EXIT_OK
+
+
+class _DecodeBar:
+    """tqdm progress of a decode in bytes written, with tensors done and an ETA; silent under -q.
+
+    Quiet too when tqdm is not installed or stderr is not a terminal.
+    """
+
+    def __init__(self, quiet: bool):
+        self.bar = None
+        self.quiet = quiet
+
+    def __call__(self, event) -> None:
+        if self.quiet:
+            return
+        if self.bar is None:
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                self.quiet = True
+                return
+            self.bar = tqdm(total=event.bytes_total, unit="B", unit_scale=True, unit_divisor=1024,
+                            desc="decoding", disable=None, leave=False, dynamic_ncols=True,
+                            postfix=f"{event.tensors_done}/{event.tensors_total} tensors")
+        self.bar.set_postfix_str(f"{event.tensors_done}/{event.tensors_total} tensors", refresh=False)
+        self.bar.update(event.bytes_done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 # -- compare ---------------------------------------------------------------------------
@@ -946,7 +963,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("decode", "Decode an NNC stream into a model file.")
     p.add_argument("stream", help="NNC stream")
-    p.add_argument("-o", "--output", required=True, help="output model: .npz, .safetensors, .pt or .onnx")
+    p.add_argument("-o", "--output", required=True,
+                   help="output model: .npz, .safetensors, .pt or .onnx, or a folder (ending in /) to restore "
+                        "the checkpoint layout the stream records (shards, index), else model.safetensors there")
     p.add_argument("--template", help="for .onnx output: the original model whose initializers are replaced")
     p.add_argument("--tensor", action="append", help="decode only this tensor (repeatable)")
     p.add_argument("--entry-points", choices=("ignore", "use", "verify"), default="ignore",

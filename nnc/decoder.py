@@ -24,12 +24,12 @@ import math
 import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import BinaryIO, Iterable, Union
+from typing import BinaryIO, Iterable, Mapping, Union
 
 import numpy as np
 
 from . import container as C
-from ._threads import ordered_results, thread_count
+from ._threads import thread_count
 from .engine import get_engine
 from .errors import DecodeError, LimitError, NNCError, TruncatedError, UnsupportedError, UpdateError
 from .reconstruction import (
@@ -40,7 +40,7 @@ from .reconstruction import (
     step_size,
 )
 
-#: What the decoder accepts as a stream (bytes-like data, a file path, or a binary file object).
+#: What the decoder accepts as a stream (bytes or any buffer-protocol object, a file path, or a binary file object).
 StreamInput = Union[bytes, bytearray, memoryview, str, "os.PathLike[str]", BinaryIO]
 
 #: Name of each ``nnr_compressed_data_unit_payload_type`` (spec 7.4), as in :attr:`~nnc.decoder.TensorInfo.payload_type`.
@@ -412,19 +412,22 @@ def apply_update(model: "dict[str, np.ndarray]", update: "dict[str, np.ndarray]"
 
 
 def read_input(data: StreamInput) -> bytes | memoryview:
-    """Bytes of a stream given as bytes, a path or a binary file.
+    """Bytes of a stream given as bytes, any buffer, a path or a binary file.
 
     Parameters
     ----------
-    data : bytes, bytearray, memoryview, str, ``os.PathLike`` or ``BinaryIO``
-        The stream itself, the path of a file holding it, or a file object
-        opened in binary mode (read to its end).
+    data : bytes, buffer, str, ``os.PathLike`` or ``BinaryIO``
+        The stream itself (bytes, or any object with the buffer protocol:
+        bytearray, memoryview, ``mmap.mmap``, a C-contiguous numpy array...),
+        the path of a file holding it, or a file object opened in binary mode
+        (read to its end).
 
     Returns
     -------
     bytes or memoryview
-        The stream's bytes; a memoryview is returned as a byte view without
-        copying, a bytearray is copied to bytes.
+        The stream's bytes.  bytes are returned as they are and any other
+        buffer as a flat byte memoryview of it, without copying: the buffer
+        must not change while the decoder uses it.
 
     Raises
     ------
@@ -449,10 +452,17 @@ def read_input(data: StreamInput) -> bytes | memoryview:
         ...
     FileNotFoundError: [Errno 2] No such file or directory: 'no/such/file.nnr'
     """
-    if isinstance(data, (bytes, bytearray)):
-        return bytes(data) if isinstance(data, bytearray) else data
-    if isinstance(data, memoryview):
-        return data.cast("B") if data.format != "B" else data
+    if isinstance(data, bytes):
+        return data
+    if not isinstance(data, (str, os.PathLike)):
+        try:
+            view = memoryview(data)
+        except TypeError:
+            pass
+        else:
+            if not view.c_contiguous:
+                raise TypeError("cannot decode from a non-contiguous buffer; give a C-contiguous one")
+            return view.cast("B") if (view.format != "B" or view.ndim != 1) else view
     if isinstance(data, (str, os.PathLike)):
         with open(data, "rb") as fh:  # a missing file is a FileNotFoundError, as for open()
             return fh.read()
@@ -461,7 +471,7 @@ def read_input(data: StreamInput) -> bytes | memoryview:
         if not isinstance(out, (bytes, bytearray)):
             raise TypeError("the file object must be opened in binary mode")
         return bytes(out)
-    raise TypeError(f"cannot decode from {type(data).__name__}; give bytes, a path or a binary file")
+    raise TypeError(f"cannot decode from {type(data).__name__}; give bytes, a buffer, a path or a binary file")
 
 
 @dataclass
@@ -797,10 +807,13 @@ class Decoder:
         return list(self._index)
 
     def decode(self, names: Iterable[str] | None = None, progress=None,
-               threads: int = 1) -> "OrderedDict[str, np.ndarray]":
+               threads: int = 1, out: "Mapping[str, np.ndarray] | None" = None) -> "DecodedTensors":
         """Decode all tensors (or those named), in stream order.
 
-        Only the units that carry a wanted tensor are decoded.
+        Only the units that carry a wanted tensor are decoded.  Tensors named
+        in ``out`` are decoded into the caller's arrays (see
+        :meth:`~nnc.decoder.Decoder.decode_tensor`); every array of ``out`` is
+        checked before anything is decoded.
 
         Parameters
         ----------
@@ -816,17 +829,23 @@ class Decoder:
             stream order) are the same for every value.  Streams that read or
             update a decoder state (incremental coding, spec 14) are decoded
             one unit after another.
+        out : ``Mapping`` or None
+            {name: ``numpy.ndarray``}: arrays to decode these tensors into.
 
         Returns
         -------
-        ``collections.OrderedDict``
+        DecodedTensors
             {name: ``numpy.ndarray``} in stream order, each array with the
-            signalled shape and the dtype named by its :class:`~nnc.decoder.TensorInfo`.
+            signalled shape and the dtype named by its :class:`~nnc.decoder.TensorInfo`
+            (for the tensors of ``out``: the caller's arrays themselves), with the
+            stream's ``differences`` and ``skipped``.
 
         Raises
         ------
         KeyError
-            If a name is not that of a tensor of the stream.
+            If a name (of ``names`` or ``out``) is not that of a tensor of the stream.
+        nnc.errors.OutputBufferError
+            If an array of ``out`` cannot hold its tensor.
         ValueError
             If ``threads`` is not an int >= 0.
         nnc.errors.DecodeError
@@ -847,61 +866,223 @@ class Decoder:
             ...
         KeyError: "no tensor named 'bias' in the stream"
         """
-        wanted = None if names is None else set(names)
-        if wanted is not None:
-            missing = wanted - set(self._index)
-            if missing:
-                raise KeyError(f"no tensor named {sorted(missing)[0]!r} in the stream")
-        threads = thread_count(threads)
-        jobs = [(unit, params, self._ndu_tensors[i]) for i, (unit, params) in enumerate(self._ndus)
-                if wanted is None or any(t.name in wanted for t in self._ndu_tensors[i])]
-        stateful = self.keep_state or any(params.parent_signalling for _, params, _ in jobs)
-        out = DecodedTensors()
-        out.differences, out.skipped = self.differences, self.skipped
-        with ordered_results(self._decode_ndu, jobs, 1 if stateful else threads) as results:
-            for decoded in results:
-                for name, arr in decoded.items():
-                    if wanted is None or name in wanted:
-                        out[name] = arr
-                        if progress is not None:
-                            progress(self._index[name][1])
-        return out
+        if out is not None:
+            for name, array in out.items():
+                self._check_out(name, array)
+        result = DecodedTensors()
+        result.differences, result.skipped = self.differences, self.skipped
+        for name, arr in self.iter_tensors(names, threads=threads, out=out):
+            result[name] = arr
+            if progress is not None:
+                progress(self._index[name][1])
+        return result
 
-    def decode_tensor(self, name: str) -> np.ndarray:
-        """Decode one tensor, touching only the unit that carries it (random access, spec 7.5, 11.4).
+    def iter_tensors(self, names: Iterable[str] | None = None, *, threads: int = 1, out=None):
+        """Decode tensors one unit at a time, yielding each as soon as it is decoded.
 
-        A tensor of a BLOCK NDU is decoded with the other tensors of its
-        block, which share its payload; only the one asked for is returned.
+        Memory is bounded by the units in flight: one NDU with ``threads=1``,
+        at most ``threads`` with more; a tensor the caller has let go of is
+        freed before the next units are decoded.  Stopping the iteration early
+        decodes nothing more.
 
         Parameters
         ----------
-        name : str
-            The tensor's name.
+        names : ``Iterable[str]`` or None
+            Names of the tensors to decode; None for all of them.
+        threads : int
+            Units decoded at the same time; 0 for one per CPU (as for
+            :meth:`~nnc.decoder.Decoder.decode`).
+        out : ``Mapping``, ``callable`` or None
+            Where to decode tensors: {name: ``numpy.ndarray``}, or a function
+            called with a tensor's :class:`~nnc.decoder.TensorInfo` when its turn
+            comes that returns the array to fill or None (e.g. a memory map of
+            the tensor's place in a file, opened only then).  The arrays must
+            fit as for :meth:`~nnc.decoder.Decoder.decode_tensor`.
 
-        Returns
-        -------
-        ``numpy.ndarray``
-            The tensor, with its signalled shape and dtype.
+        Yields
+        ------
+        tuple
+            ``(name, array)`` in stream order; the array is the caller's when
+            ``out`` gave one.
 
         Raises
         ------
         KeyError
-            If the stream has no tensor of that name.
+            If a name is not that of a tensor of the stream.
+        nnc.errors.OutputBufferError
+            If an array from ``out`` cannot hold its tensor.
         nnc.errors.DecodeError
-            If the unit's payload is invalid.
+            If a payload is invalid; the tensors before it have been yielded.
 
         Examples
         --------
         >>> import nnc
         >>> dec = nnc.Decoder(nnc.encode({"w": [[1.0, 2.0]] * 3, "b": [0.5]}, qp=-20, nonweight_qp=None))
+        >>> for name, array in dec.iter_tensors():
+        ...     print(name, array.shape)
+        w (3, 2)
+        b (1,)
+        """
+        wanted = None if names is None else set(names)
+        if wanted is not None:
+            missing = wanted - set(self._index)
+            if missing:
+                raise KeyError(f"no tensor named {sorted(missing)[0]!r} in the stream")
+        if out is None:
+            target = None
+        elif callable(out):
+            target = out
+        else:
+            unknown = [k for k in out if k not in self._index]
+            if unknown:
+                raise KeyError(f"no tensor named {unknown[0]!r} in the stream")
+            target = lambda info: out.get(info.name)  # noqa: E731
+        threads = thread_count(threads)
+        jobs = [(unit, params, self._ndu_tensors[i]) for i, (unit, params) in enumerate(self._ndus)
+                if wanted is None or any(t.name in wanted for t in self._ndu_tensors[i])]
+        stateful = self.keep_state or any(params.parent_signalling for _, params, _ in jobs)
+        for decoded in _bounded_ordered(self._decode_ndu, jobs, 1 if stateful else threads):
+            for name in list(decoded):
+                arr = decoded.pop(name)
+                if wanted is not None and name not in wanted:
+                    continue
+                buffer = target(self._index[name][1]) if target is not None else None
+                if buffer is not None:
+                    arr = self._fill(name, buffer, arr)
+                yield name, arr
+            del decoded
+
+    def decode_tensor(self, name: str, out: np.ndarray | None = None) -> np.ndarray:
+        """Decode one tensor, touching only the unit that carries it (random access).
+
+        A tensor of a BLOCK NDU is decoded with the other tensors of its
+        block, which share its payload; only the one asked for is returned.
+
+        With ``out``, the tensor is written into the caller's array (pinned
+        memory, a model's parameter, a memory-mapped file), which is checked
+        before anything is decoded.  It must be a writable, C-contiguous numpy
+        array of the tensor's signalled shape (or the original shape the
+        stream records, e.g. ``()`` for a 0-d tensor).  Its dtype must be the
+        one the tensor decodes to or the original one the stream records
+        (e.g. int64); a float tensor also decodes into float16, float32,
+        float64 or ``ml_dtypes`` bfloat16 arrays (rounded to nearest), and a
+        tensor recorded as bfloat16 into ``uint16`` arrays, which receive the
+        bfloat16 bits.  Values are converted as
+        :func:`~nnc.decoder.restore_model_view` converts them.
+
+        Parameters
+        ----------
+        name : str
+            The tensor's name.
+        out : ``numpy.ndarray`` or None
+            The array to decode into; None for a new one.
+
+        Returns
+        -------
+        ``numpy.ndarray``
+            The tensor, with its signalled shape and dtype; ``out`` itself when given.
+
+        Raises
+        ------
+        KeyError
+            If the stream has no tensor of that name.
+        nnc.errors.OutputBufferError
+            If ``out`` has another shape, a dtype the tensor does not decode
+            to, or is read-only, not C-contiguous or not a numpy array.
+        nnc.errors.DecodeError
+            If the unit's payload is invalid.
+
+        Examples
+        --------
+        >>> import nnc, numpy as np
+        >>> dec = nnc.Decoder(nnc.encode({"w": [[1.0, 2.0]] * 3, "b": [0.5]}, qp=-20, nonweight_qp=None))
         >>> dec.decode_tensor("w").tolist()
         [[1.0, 2.0], [1.0, 2.0], [1.0, 2.0]]
+        >>> buffer = np.zeros((3, 2), np.float32)
+        >>> dec.decode_tensor("w", out=buffer) is buffer, buffer[0].tolist()
+        (True, [1.0, 2.0])
+        >>> dec.decode_tensor("w", out=np.zeros((3, 2), np.int32))
+        Traceback (most recent call last):
+            ...
+        nnc.errors.OutputBufferError: out= for tensor 'w' has dtype int32; it decodes to float64 (or float16, ...)
         """
         if name not in self._index:
             raise KeyError(f"no tensor named {name!r} in the stream")
+        if out is not None:
+            self._check_out(name, out)
         i, _ = self._index[name]
         unit, params = self._ndus[i]
-        return self._decode_ndu(unit, params, self._ndu_tensors[i])[name]
+        arr = self._decode_ndu(unit, params, self._ndu_tensors[i])[name]
+        return arr if out is None else self._fill(name, out, arr)
+
+    # -- caller buffers (out=) --------------------------------------------------------
+    def _out_dtypes(self, info: TensorInfo) -> list:
+        """Dtypes an out= array of a tensor may have: the decoded one, the original one (bf16: its bits)."""
+        allowed = [info.dtype]
+        if np.dtype(info.dtype).kind == "f":
+            allowed += [d for d in ("float16", "float32", "float64") if d != info.dtype]
+        original = (self.metadata.get("dtypes") or {}).get(info.name) if isinstance(
+            self.metadata.get("dtypes"), dict) else None
+        if original == "bfloat16":
+            allowed += ["bfloat16", "uint16"]
+        elif isinstance(original, str):
+            try:
+                allowed.append(np.dtype(original).name)
+            except TypeError:
+                pass
+        if np.dtype(info.dtype).kind == "f" and "bfloat16" not in allowed:
+            allowed.append("bfloat16")   # an ml_dtypes array
+        return list(dict.fromkeys(allowed))
+
+    def _out_shapes(self, info: TensorInfo) -> list:
+        shapes = [tuple(info.shape)]
+        recorded = self.metadata.get("shapes")
+        if isinstance(recorded, dict) and isinstance(recorded.get(info.name), list):
+            shape = tuple(recorded[info.name])
+            if math.prod(shape) == info.size:
+                shapes.append(shape)
+        return shapes
+
+    def _check_out(self, name: str, out) -> None:
+        """Refuse an out= array that cannot hold the tensor, before decoding."""
+        from .errors import OutputBufferError
+
+        info = self._index[name][1] if name in self._index else None
+        if info is None:
+            raise KeyError(f"no tensor named {name!r} in the stream")
+        if not isinstance(out, np.ndarray):
+            raise OutputBufferError(f"out= for tensor {name!r} must be a numpy array, not {type(out).__name__}")
+        shapes = self._out_shapes(info)
+        if out.shape not in shapes:
+            raise OutputBufferError(
+                f"out= for tensor {name!r} has shape {out.shape}, the tensor's is {shapes[0]}")
+        allowed = self._out_dtypes(info)
+        if out.dtype.name not in allowed or not out.dtype.isnative and out.dtype.itemsize > 1:
+            also = f" (or {', '.join(allowed[1:])})" if len(allowed) > 1 else ""
+            raise OutputBufferError(
+                f"out= for tensor {name!r} has dtype {out.dtype}; it decodes to {info.dtype}{also}")
+        if not out.flags.writeable:
+            raise OutputBufferError(f"out= for tensor {name!r} is read-only")
+        if not out.flags.c_contiguous:
+            raise OutputBufferError(f"out= for tensor {name!r} is not C-contiguous")
+
+    def _fill(self, name: str, out: np.ndarray, arr: np.ndarray) -> np.ndarray:
+        """Copy a decoded tensor into the caller's array, converting its dtype in slices."""
+        self._check_out(name, out)
+        src, dst = arr.reshape(-1), out.reshape(-1)
+        bits = out.dtype.name in ("bfloat16", "uint16") and arr.dtype.kind == "f"
+        if bits:
+            from .formats import float32_to_bfloat16
+
+            dst = dst.view(np.uint16)
+        step = 1 << 20
+        for i in range(0, src.size, step):
+            part = src[i:i + step]
+            if bits:
+                dst[i:i + step] = float32_to_bfloat16(part)
+            else:
+                np.copyto(dst[i:i + step], part, casting="unsafe")
+        return out
 
     def info(self, name: str) -> TensorInfo:
         """Metadata of one tensor, without decoding it.
@@ -1034,6 +1215,34 @@ class Decoder:
         return values.reshape(info.shape)
 
 
+def _bounded_ordered(fn, jobs: list, threads: int):
+    """``fn(*job)`` for every job, yielded in job order, with at most ``threads`` jobs in flight.
+
+    Unlike :func:`nnc._threads.ordered_results`, the pool never runs more than
+    ``threads`` results ahead of the consumer, so memory stays bounded.
+    """
+    if threads <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            yield fn(*job)
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(max_workers=min(threads, len(jobs)), thread_name_prefix="nnc")
+    pending = deque()
+    try:
+        for job in jobs:
+            pending.append(pool.submit(fn, *job))
+            if len(pending) >= threads:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for f in pending:
+            f.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _topology_metadata(unit: C.Unit) -> dict:
     """nnc's metadata in a format-0 topology unit, if any (spec 6.2.1); {} otherwise."""
     import json
@@ -1134,6 +1343,7 @@ def decode(
     state: DecoderState | None = None,
     entry_points: str = "ignore",
     threads: int = 1,
+    out: "Mapping[str, np.ndarray] | None" = None,
 ) -> "OrderedDict[str, np.ndarray]":
     """Decode an NNC stream into an ordered mapping of tensor name to array.
 
@@ -1158,6 +1368,9 @@ def decode(
     threads : int
         Units decoded at the same time; 0 for one per CPU (see
         :meth:`~nnc.decoder.Decoder.decode`).
+    out : ``Mapping`` or None
+        {name: ``numpy.ndarray``}: caller arrays to decode these tensors into
+        (see :meth:`~nnc.decoder.Decoder.decode_tensor`).
 
     Returns
     -------
@@ -1193,7 +1406,7 @@ def decode(
     nnc.errors.TruncatedError: unit of ... bytes runs past the end of the stream ...
     """
     return Decoder(data, limits=limits, engine=engine, state=state, entry_points=entry_points).decode(
-        threads=threads)
+        threads=threads, out=out)
 
 
 def decode_with_info(data: StreamInput, **kwargs) -> tuple["OrderedDict[str, np.ndarray]", list[TensorInfo]]:

@@ -231,6 +231,25 @@ class UpdateError(NNCError, ValueError):
     """
 
 
+class OutputBufferError(NNCError, ValueError):
+    """An output array given to the decoder (``out=``) cannot hold the tensor.
+
+    Raised before anything is decoded into it: the array has another shape
+    than the tensor, a dtype the tensor does not decode to, or is not a
+    writable C-contiguous numpy array.  The parameters are those of
+    :class:`~nnc.errors.NNCError`.
+
+    Examples
+    --------
+    >>> import nnc, numpy as np
+    >>> dec = nnc.Decoder(nnc.encode({"w": [[0.5, 0.25], [1.0, 0.0]]}, qp=-8))
+    >>> dec.decode_tensor("w", out=np.empty((4,), np.float32))
+    Traceback (most recent call last):
+        ...
+    nnc.errors.OutputBufferError: out= for tensor 'w' has shape (4,), the tensor's is (2, 2)
+    """
+
+
 __all__ = [
     "NNCError",
     "DecodeError",
@@ -239,4 +258,5 @@ __all__ = [
     "UnsupportedError",
     "EncodeError",
     "UpdateError",
+    "OutputBufferError",
 ]

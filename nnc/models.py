@@ -84,6 +84,11 @@ def encode_model(model, output=None, **options) -> bytes:
 
     extra = None
     if isinstance(model, Mapping):
+        from .torch import numpy_inputs
+
+        model, dtypes = numpy_inputs(model, options.get("dtypes"))   # torch tensors, bf16 kept
+        if dtypes:
+            options["dtypes"] = dtypes
         tensors = OrderedDict((k, np.asarray(v)) for k, v in model.items())
     else:
         tensors, dtypes, extra = load_model(model)

@@ -7,7 +7,7 @@ import pytest
 
 MODULES = ["nnc", "nnc.decoder", "nnc.encoder", "nnc.models", "nnc.reconstruction", "nnc.engine", "nnc.engine.interface", "nnc.engine.python.scan",
            "nnc.search", "nnc.allocation", "nnc.cli", "nnc.demo",
-           "nnc.container", "nnc.errors", "nnc.formats", "nnc.verify", "nnc.tables", "nnc.codec"]
+           "nnc.container", "nnc.errors", "nnc.formats", "nnc.verify", "nnc.tables", "nnc.codec", "nnc.writers"]
 
 #: Examples that need an optional back end; they run in their own test, skipped without it.
 NEEDS = {

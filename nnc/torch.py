@@ -1,0 +1,312 @@
+"""PyTorch helpers: save a module's weights as an NNC stream, load them back (needs ``torch``).
+
+``torch`` is an optional extra (``pip install "nnc[torch]"``); importing this
+module does not import it, calling a helper does.  bfloat16 and float16
+tensors come back in their own dtype, integer buffers exactly, 0-d tensors
+with their empty shape.
+
+Examples
+--------
+>>> import torch, nnc.torch, tempfile, os
+>>> model = torch.nn.Linear(4, 3).to(torch.bfloat16)
+>>> path = os.path.join(tempfile.mkdtemp(), "linear.nnr")
+>>> _ = nnc.torch.save(model, path, qp=-40)
+>>> sd = nnc.torch.state_dict(path)
+>>> sd["weight"].dtype, tuple(sd["weight"].shape)
+(torch.bfloat16, (3, 4))
+>>> result = nnc.torch.load_state_dict(torch.nn.Linear(4, 3).to(torch.bfloat16), path)
+>>> result.missing_keys, result.unexpected_keys
+([], [])
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict, namedtuple
+from typing import Mapping
+
+import numpy as np
+
+__all__ = ["save", "state_dict", "load_state_dict", "numpy_inputs", "LoadResult"]
+
+class LoadResult(namedtuple("LoadResult", ["missing_keys", "unexpected_keys"])):
+    """What :func:`load_state_dict` returns, like ``torch.nn.Module.load_state_dict``.
+
+    ``missing_keys``: names of the module the stream does not carry;
+    ``unexpected_keys``: names of the stream the module does not have.
+
+    Examples
+    --------
+    >>> from nnc.torch import LoadResult
+    >>> LoadResult(["fc.bias"], [])
+    LoadResult(missing_keys=['fc.bias'], unexpected_keys=[])
+    """
+
+    __slots__ = ()
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        from .formats import FormatError
+
+        raise FormatError('the PyTorch helpers need torch: pip install "nnc[torch]"') from None
+    return torch
+
+
+def _is_torch_tensor(value) -> bool:
+    return type(value).__module__.startswith("torch") and hasattr(value, "detach") and hasattr(value, "dtype")
+
+
+def _to_numpy(value) -> tuple[np.ndarray, str | None]:
+    """A torch tensor as a numpy array, and its dtype name when numpy has none (bfloat16)."""
+    torch = _torch()
+    t = value.detach().cpu()
+    if t.dtype == torch.bfloat16:
+        return t.float().numpy(), "bfloat16"
+    try:
+        return t.numpy(), None
+    except TypeError:   # float8 and other dtypes without a numpy twin: coded from float32
+        return t.float().numpy(), None
+
+
+def numpy_inputs(tensors, dtypes: Mapping[str, str] | None = None):
+    """``tensors`` with torch tensors turned into numpy arrays, and the dtypes to record for them.
+
+    The hook :func:`nnc.encode` and :func:`nnc.models.encode_model` call on
+    their input: a mapping without torch tensors is returned as it is.
+
+    Parameters
+    ----------
+    tensors : ``Mapping``
+        {name: array-like or ``torch.Tensor``}.
+    dtypes : ``Mapping`` or None
+        The caller's ``dtypes`` option; its entries win.
+
+    Returns
+    -------
+    tuple
+        ``(tensors, dtypes)``: the mapping (numpy arrays for torch tensors,
+        on the CPU) and the ``dtypes`` option, with ``"bfloat16"`` for every
+        bfloat16 tensor (None if there is nothing to record).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nnc.torch import numpy_inputs
+    >>> arrays, dtypes = numpy_inputs({"w": torch.ones(2, dtype=torch.bfloat16), "b": [0.5]})
+    >>> arrays["w"].dtype.name, dtypes
+    ('float32', {'w': 'bfloat16'})
+    """
+    if not isinstance(tensors, Mapping) or not any(_is_torch_tensor(v) for v in tensors.values()):
+        return tensors, dtypes
+    arrays, recorded = OrderedDict(), {}
+    for name, value in tensors.items():
+        if _is_torch_tensor(value):
+            value, dtype = _to_numpy(value)
+            if dtype is not None:
+                recorded[name] = dtype
+        arrays[name] = value
+    recorded.update(dtypes or {})
+    return arrays, (recorded or dtypes)
+
+
+def _state_dict_of(module_or_state_dict) -> Mapping:
+    if hasattr(module_or_state_dict, "state_dict") and callable(module_or_state_dict.state_dict):
+        return module_or_state_dict.state_dict()
+    if isinstance(module_or_state_dict, Mapping):
+        return module_or_state_dict
+    raise TypeError(f"expected a torch.nn.Module or a state_dict, not {type(module_or_state_dict).__name__}")
+
+
+def save(module_or_state_dict, path=None, **options) -> bytes:
+    """Encode a module's state_dict (or a state_dict) into an NNC stream, written atomically to ``path``.
+
+    Parameters
+    ----------
+    module_or_state_dict : ``torch.nn.Module`` or ``Mapping``
+        The module, or {name: ``torch.Tensor``} (numpy arrays are accepted too).
+    path : str, ``os.PathLike`` or None
+        The stream file to write; None to only return the stream.
+    **options
+        Keyword options of :class:`nnc.encoder.Encoder` (``qp``, ``dq``, ``threads``, ...).
+
+    Returns
+    -------
+    bytes
+        The NNC stream.
+
+    Raises
+    ------
+    nnc.errors.EncodeError
+        If an entry of the state_dict is not a tensor, or cannot be encoded.
+    nnc.formats.FormatError
+        If torch is not installed.
+    OSError
+        If ``path`` cannot be written.
+
+    Examples
+    --------
+    >>> import torch, nnc, nnc.torch
+    >>> stream = nnc.torch.save({"w": torch.ones(2, 3, dtype=torch.bfloat16)}, qp=-20)
+    >>> nnc.decode_model(stream)["w"].shape, nnc.torch.state_dict(stream)["w"].dtype
+    ((2, 3), torch.bfloat16)
+    """
+    from .errors import EncodeError
+    from .models import encode_model
+
+    sd = _state_dict_of(module_or_state_dict)
+    for name, value in sd.items():
+        if not (_is_torch_tensor(value) or isinstance(value, (np.ndarray, np.generic))):
+            raise EncodeError(f"state_dict entry {name!r} is a {type(value).__name__}, not a tensor")
+    tensors, dtypes = numpy_inputs(sd, options.pop("dtypes", None))
+    if dtypes:
+        options["dtypes"] = dtypes
+    return encode_model(OrderedDict(tensors), path, **options)
+
+
+def _as_torch(array: np.ndarray, dtype: str, device):
+    torch = _torch()
+    t = torch.from_numpy(np.ascontiguousarray(array) if array.ndim else array.copy())
+    if dtype == "bfloat16":
+        t = t.to(torch.bfloat16)
+    return t.to(device) if device is not None else t
+
+
+def _decoded_views(dec, names=None, out=None):
+    """(name, array in the original shape and dtype, original dtype name), one tensor at a time."""
+    from .decoder import restore_model_view
+
+    for name, array in dec.iter_tensors(names, out=out):
+        view, dtypes = restore_model_view(OrderedDict([(name, array)]), dec.metadata)
+        yield name, view[name], dtypes[name]
+
+
+def state_dict(stream, device="cpu", **decoder_options) -> "OrderedDict[str, object]":
+    """Decode a stream into a state_dict of torch tensors, in their original dtypes and shapes.
+
+    Parameters
+    ----------
+    stream : bytes, buffer, str, ``os.PathLike`` or ``BinaryIO``
+        The NNC stream (as for :class:`nnc.decoder.Decoder`).
+    device : str, ``torch.device`` or None
+        Where the tensors go (``"cpu"``, ``"cuda:0"``, ...); None leaves them on the CPU.
+    **decoder_options
+        ``limits``, ``engine``, ``state``, ``entry_points`` of :class:`nnc.decoder.Decoder`.
+
+    Returns
+    -------
+    ``collections.OrderedDict``
+        {name: ``torch.Tensor``} in stream order.
+
+    Raises
+    ------
+    nnc.errors.DecodeError
+        If the stream is invalid.
+    nnc.formats.FormatError
+        If torch is not installed.
+
+    Examples
+    --------
+    >>> import torch, nnc, nnc.torch
+    >>> stream = nnc.encode({"w": torch.ones(2, 2, dtype=torch.float16), "n": torch.tensor(3)})
+    >>> sd = nnc.torch.state_dict(stream)
+    >>> sd["w"].dtype, sd["n"].dtype, sd["n"].shape
+    (torch.float16, torch.int64, torch.Size([]))
+    """
+    from .decoder import Decoder
+
+    _torch()
+    dec = Decoder(stream, **decoder_options)
+    return OrderedDict((name, _as_torch(array, dtype, device)) for name, array, dtype in _decoded_views(dec))
+
+
+def load_state_dict(module, stream, strict: bool = True, **decoder_options) -> LoadResult:
+    """Decode a stream into a module's parameters and buffers, in place, one tensor at a time.
+
+    Names and shapes are checked against the module before anything is
+    decoded.  A CPU tensor whose dtype numpy has (float32, float16, int64...)
+    is decoded straight into its memory (``out=``); others (bfloat16, GPU
+    tensors) receive a copy of the decoded tensor.
+
+    Parameters
+    ----------
+    module : ``torch.nn.Module``
+        The module to fill.
+    stream : bytes, buffer, str, ``os.PathLike`` or ``BinaryIO``
+        The NNC stream.
+    strict : bool
+        Refuse a stream whose names differ from the module's state_dict keys
+        (as ``torch.nn.Module.load_state_dict`` does); otherwise load the
+        names both have.
+    **decoder_options
+        ``limits``, ``engine``, ``state``, ``entry_points`` of :class:`nnc.decoder.Decoder`.
+
+    Returns
+    -------
+    LoadResult
+        ``(missing_keys, unexpected_keys)``: names only in the module, only in the stream.
+
+    Raises
+    ------
+    nnc.errors.OutputBufferError
+        If ``strict`` and the names differ, or a tensor's shape differs from
+        the module's; the module is then unchanged.
+    nnc.errors.DecodeError
+        If the stream is invalid.
+
+    Examples
+    --------
+    >>> import torch, nnc.torch
+    >>> stream = nnc.torch.save(torch.nn.Linear(2, 2), qp=-30)
+    >>> nnc.torch.load_state_dict(torch.nn.Linear(2, 3), stream)
+    Traceback (most recent call last):
+        ...
+    nnc.errors.OutputBufferError: tensor 'weight' has shape (2, 2) in the stream, (3, 2) in the module
+    """
+    from .decoder import Decoder
+    from .errors import OutputBufferError
+
+    torch = _torch()
+    dec = Decoder(stream, **decoder_options)
+    target = module.state_dict()
+    names = dec.names()
+    missing = [k for k in target if k not in names]
+    unexpected = [k for k in names if k not in target]
+    if strict and (missing or unexpected):
+        raise OutputBufferError(
+            f"the stream does not fit the module: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+    shapes = dec.metadata.get("shapes") if isinstance(dec.metadata.get("shapes"), dict) else {}
+    common = [k for k in names if k in target]
+    for name in common:
+        info = dec.info(name)
+        recorded = shapes.get(name)
+        shape = tuple(recorded) if isinstance(recorded, list) and math.prod(recorded) == info.size else info.shape
+        if tuple(target[name].shape) != tuple(shape):
+            raise OutputBufferError(f"tensor {name!r} has shape {tuple(shape)} in the stream, "
+                                    f"{tuple(target[name].shape)} in the module")
+
+    in_place = set()
+
+    def direct(info):
+        t = target[info.name]
+        if t.device.type != "cpu" or t.dtype == torch.bfloat16 or not t.is_contiguous():
+            return None
+        try:
+            array = t.numpy()
+        except (TypeError, RuntimeError):
+            return None
+        try:
+            dec._check_out(info.name, array)
+        except OutputBufferError:
+            return None
+        in_place.add(info.name)
+        return array
+
+    with torch.no_grad():
+        for name, array, dtype in _decoded_views(dec, common, out=direct):
+            if name not in in_place:
+                target[name].copy_(_as_torch(array, dtype, None).reshape(target[name].shape))
+    return LoadResult(missing, unexpected)

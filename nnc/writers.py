@@ -1,0 +1,579 @@
+"""Streaming decode to model files: plan each file from the stream's headers, then fill it tensor by tensor.
+
+The names, shapes and dtypes of every tensor are known from the unit headers
+and nnc's topology metadata before any payload is decoded, so the layout of
+every output file (its header, each tensor's byte range) is fixed first.  Each
+tensor is then decoded straight into its place: a memory map of its range in a
+safetensors file (through :meth:`nnc.decoder.Decoder.iter_tensors` with
+``out=``), or one .npy member of an .npz archive.  The decoded model is never
+held in memory: the peak is one tensor's decoding.
+
+A stream that records a checkpoint layout (the ``"checkpoint"`` entry of nnc's
+metadata, spec 6.2.1) is restored into a folder: the same shard names, each
+shard's ``__metadata__``, the index with its ``weight_map`` and ``total_size``.
+Every file is written to a temporary file in the target folder and renamed at
+the end; on any error the temporary files are removed and nothing is left.
+
+Examples
+--------
+>>> import nnc, numpy as np, tempfile, os
+>>> from nnc.writers import decode_to_path
+>>> stream = nnc.encode({"w": np.ones((2, 3), np.float32), "n": np.int64(3)}, qp=-20)
+>>> d = tempfile.mkdtemp()
+>>> summary = decode_to_path(stream, os.path.join(d, "out") + os.sep)
+>>> [os.path.basename(f) for f in summary["files"]], summary["tensors"]
+(['model.safetensors'], 2)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+import tempfile
+import weakref
+import zipfile
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .decoder import DecodedTensors, Decoder, restore_model_view
+from .errors import DecodeError
+
+__all__ = ["decode_to_path", "DecodeProgress", "is_directory_target", "map_stream"]
+
+#: File name used in a folder when the stream records no checkpoint layout.
+DEFAULT_FILE = "model.safetensors"
+
+
+@dataclass
+class DecodeProgress:
+    """What :func:`decode_to_path` reports to its ``progress`` callable.
+
+    Reported once before any tensor is decoded (``name`` None) and then after
+    each tensor is written; the parameters are the fields below.
+
+    Examples
+    --------
+    >>> import nnc, numpy as np, tempfile, os
+    >>> from nnc.writers import decode_to_path
+    >>> stream = nnc.encode({"a": np.ones(4, np.float32), "b": np.ones(2, np.float32)}, qp=-20)
+    >>> path = os.path.join(tempfile.mkdtemp(), "m.safetensors")
+    >>> _ = decode_to_path(stream, path, progress=lambda p: print(p.name, p.tensors_done, p.bytes_done, p.bytes_total))
+    None 0 0 24
+    a 1 16 24
+    b 2 24 24
+    """
+
+    #: The tensor just written, or None for the report before the first one.
+    name: str | None
+    #: Tensors written so far, and in all.
+    tensors_done: int
+    tensors_total: int
+    #: Bytes of tensor data written so far, and in all (in the output dtypes).
+    bytes_done: int
+    bytes_total: int
+
+
+@dataclass
+class _Tensor:
+    name: str
+    shape: tuple      # the original (restored) shape
+    dtype: str        # the original dtype name ("bfloat16" included)
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * _itemsize(self.dtype)
+
+
+@dataclass
+class _File:
+    name: str
+    format: str
+    metadata: dict = field(default_factory=dict)
+    tensors: list = field(default_factory=list)
+
+
+def _itemsize(dtype: str) -> int:
+    return 2 if dtype == "bfloat16" else np.dtype(dtype).itemsize
+
+
+def is_directory_target(output) -> bool:
+    """Whether ``output`` names a folder: it ends with a path separator or is an existing directory.
+
+    Parameters
+    ----------
+    output : str or ``os.PathLike``
+        An output path as given by the user.
+
+    Returns
+    -------
+    bool
+        True for a folder to write the model's files into.
+
+    Examples
+    --------
+    >>> from nnc.writers import is_directory_target
+    >>> is_directory_target("out/"), is_directory_target("out/model.safetensors")
+    (True, False)
+    """
+    text = os.fspath(output)
+    return text.endswith(("/", os.sep)) or os.path.isdir(text)
+
+
+# -- the plan ------------------------------------------------------------------------------
+
+
+def _model_tensors(dec: Decoder, names) -> "OrderedDict[str, _Tensor]":
+    """Original name, shape and dtype of every wanted tensor, from headers and metadata only."""
+    shapes = dec.metadata.get("shapes") if isinstance(dec.metadata.get("shapes"), dict) else {}
+    dtypes = dec.metadata.get("dtypes") if isinstance(dec.metadata.get("dtypes"), dict) else {}
+    out = OrderedDict()
+    for info in dec.tensors():
+        if names is not None and info.name not in names:
+            continue
+        shape = tuple(info.shape)
+        recorded = shapes.get(info.name)
+        if isinstance(recorded, list) and all(isinstance(d, int) for d in recorded) \
+                and math.prod(recorded) == info.size:
+            shape = tuple(recorded)
+        dtype = info.dtype
+        want = dtypes.get(info.name)
+        if want == "bfloat16":
+            dtype = want
+        elif isinstance(want, str):
+            try:
+                dtype = np.dtype(want).name
+            except TypeError:
+                pass
+        out[info.name] = _Tensor(info.name, shape, dtype)
+    return out
+
+
+def _safe_file_name(name, where: str) -> str:
+    if (not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name
+            or "\0" in name or os.path.basename(name) != name):
+        raise DecodeError(f"the stream's checkpoint metadata names an unsafe file {name!r} ({where})",
+                          clause="6.2.1")
+    return name
+
+
+def _checkpoint_plan(dec: Decoder, tensors) -> tuple[list, dict | None]:
+    """The files (and the index) of the checkpoint layout the stream records (spec 6.2.1)."""
+    ckpt = dec.metadata.get("checkpoint")
+    try:
+        fmt = ckpt["format"]
+        files = [_File(_safe_file_name(f["name"], "files"), fmt,
+                       dict(f.get("metadata") or {})) for f in ckpt["files"]]
+        file_of = ckpt["file_of"]
+        index = ckpt.get("index")
+        if index is not None:
+            index = dict(name=_safe_file_name(index["name"], "index"), metadata=dict(index.get("metadata") or {}))
+        if fmt not in ("safetensors", "npz", "pt", "onnx") or not files or not isinstance(file_of, dict):
+            raise ValueError("unknown format or no files")
+        for t in tensors.values():
+            if t.name not in file_of:
+                raise ValueError(f"no file for tensor {t.name!r}")
+            files[int(file_of[t.name])].tensors.append(t)
+    except DecodeError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        raise DecodeError(f"the stream's checkpoint metadata is malformed ({type(exc).__name__}: {exc})",
+                          clause="6.2.1") from None
+    if len({f.name for f in files}) != len(files) or (index and index["name"] in {f.name for f in files}):
+        raise DecodeError("the stream's checkpoint metadata names a file twice", clause="6.2.1")
+    if fmt == "onnx":
+        from .formats import FormatError
+
+        raise FormatError("the stream records an ONNX model: decode it to a .onnx file with --template "
+                          "(the original model), or to a .safetensors or .npz file")
+    return [f for f in files if f.tensors], index
+
+
+def _plan(dec: Decoder, output, names) -> tuple[Path, list, dict | None]:
+    """(folder, files, index) to write for ``output``."""
+    from .formats import format_from_extension
+
+    tensors = _model_tensors(dec, names)
+    ckpt = dec.metadata.get("checkpoint")
+    if is_directory_target(output):
+        folder = Path(output)
+        if ckpt is not None:
+            files, index = _checkpoint_plan(dec, tensors)
+            return folder, files, index
+        return folder, [_File(DEFAULT_FILE, "safetensors", {}, list(tensors.values()))], None
+    path = Path(output)
+    fmt = format_from_extension(path)
+    metadata = {}
+    if isinstance(ckpt, dict) and isinstance(ckpt.get("files"), list) and len(ckpt["files"]) == 1 \
+            and isinstance(ckpt["files"][0], dict) and isinstance(ckpt["files"][0].get("metadata"), dict):
+        metadata = dict(ckpt["files"][0]["metadata"])
+    return path.parent, [_File(path.name, fmt, metadata, list(tensors.values()))], None
+
+
+# -- safetensors: header first, then each tensor decoded into a memory map of its range --------
+
+
+def _safetensors_header(file: _File) -> tuple[bytes, dict]:
+    from .formats import _ST_NAMES
+
+    header, offsets, offset = {}, {}, 0
+    if file.metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in file.metadata.items()}
+    for t in file.tensors:
+        if t.dtype == "bfloat16":
+            code = "BF16"
+        else:
+            code = _ST_NAMES.get(np.dtype(t.dtype).newbyteorder("<").str.replace("|", ""))
+            if code is None:
+                from .formats import FormatError
+
+                raise FormatError(f"dtype {t.dtype} of {t.name!r} has no safetensors equivalent")
+        header[t.name] = {"dtype": code, "shape": list(t.shape), "data_offsets": [offset, offset + t.nbytes]}
+        offsets[t.name] = offset
+        offset += t.nbytes
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    head = struct.pack("<Q", len(text)) + text
+    return head, {k: v + len(head) for k, v in offsets.items()}
+
+
+class _SafetensorsSink:
+    def __init__(self, file: _File, tmp: str):
+        self.tmp = tmp
+        head, self.offsets = _safetensors_header(file)
+        self.tensors = {t.name: t for t in file.tensors}
+        with open(tmp, "r+b") as fh:
+            fh.write(head)
+            fh.truncate(len(head) + sum(t.nbytes for t in file.tensors))
+
+    def buffer(self, info):
+        t = self.tensors[info.name]
+        if t.nbytes == 0:
+            return None
+        dtype = "<u2" if t.dtype == "bfloat16" else np.dtype(t.dtype).newbyteorder("<")
+        return np.memmap(self.tmp, dtype=dtype, mode="r+", offset=self.offsets[t.name], shape=t.shape)
+
+    def take(self, name, array):
+        if isinstance(array, np.memmap):
+            array.flush()
+
+    def close(self):
+        pass
+
+
+class _NpzSink:
+    """An uncompressed .npz written member by member (one tensor in memory at a time)."""
+
+    def __init__(self, file: _File, tmp: str):
+        self.zf = zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True)
+        self.tensors = {t.name: t for t in file.tensors}
+
+    def buffer(self, info):
+        return None
+
+    def take(self, name, array):
+        t = self.tensors[name]
+        arr, _ = restore_model_view(OrderedDict([(name, array)]), {"shapes": {name: list(t.shape)},
+                                                                   "dtypes": {name: t.dtype}})
+        arr = np.ascontiguousarray(arr[name]) if arr[name].ndim else arr[name]
+        with self.zf.open(name + ".npy", "w", force_zip64=True) as fh:
+            np.lib.format.write_array(fh, arr, allow_pickle=False)
+
+    def close(self):
+        self.zf.close()
+
+
+class _PtSink:
+    """A PyTorch shard: its tensors are gathered and saved when the last one arrives (memory: one shard)."""
+
+    def __init__(self, file: _File, tmp: str):
+        self.tmp = tmp
+        self.tensors = {t.name: t for t in file.tensors}
+        self.gathered = OrderedDict()
+
+    def buffer(self, info):
+        return None
+
+    def take(self, name, array):
+        t = self.tensors[name]
+        view, _ = restore_model_view(OrderedDict([(name, array)]), {"shapes": {name: list(t.shape)},
+                                                                    "dtypes": {name: t.dtype}})
+        self.gathered[name] = view[name]
+        if len(self.gathered) == len(self.tensors):
+            from .formats import pt_bytes
+
+            data = pt_bytes(OrderedDict((k, self.gathered[k]) for k in self.tensors),
+                            {k: v.dtype for k, v in self.tensors.items()})
+            self.gathered.clear()
+            with open(self.tmp, "wb") as fh:
+                fh.write(data)
+
+    def close(self):
+        pass
+
+
+_SINKS = {"safetensors": _SafetensorsSink, "npz": _NpzSink, "pt": _PtSink}
+
+
+def _index_json(index: dict, files: list) -> bytes:
+    weight_map = {t.name: f.name for f in files for t in f.tensors}
+    metadata = dict(index.get("metadata") or {})
+    metadata["total_size"] = sum(t.nbytes for f in files for t in f.tensors)
+    body = {"metadata": metadata, "weight_map": dict(sorted(weight_map.items()))}
+    return (json.dumps(body, indent=2) + "\n").encode()
+
+
+def _temp_in(folder: Path, name: str) -> str:
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    return tmp
+
+
+_OWN_MAPS = weakref.WeakSet()   # maps made by map_stream: their pages may be released
+
+
+def map_stream(path):
+    """A stream file memory-mapped read-only for :func:`decode_to_path`, or None if it cannot be.
+
+    Pages are read as the units are decoded, and :func:`decode_to_path`
+    releases those of the units it has decoded, so that resident memory does
+    not grow with the stream.  Give the map to :class:`nnc.decoder.Decoder`
+    (e.g. to look at the tensors first) and the Decoder to :func:`decode_to_path`.
+
+    Parameters
+    ----------
+    path : str or ``os.PathLike``
+        The stream file.
+
+    Returns
+    -------
+    ``mmap.mmap`` or None
+        The map; None if the file cannot be opened or is empty (the Decoder
+        then reports the problem on the path itself).
+
+    Examples
+    --------
+    >>> import nnc, numpy as np, tempfile, os
+    >>> from nnc.writers import map_stream
+    >>> path = os.path.join(tempfile.mkdtemp(), "m.nnr")
+    >>> _ = nnc.encode_model({"w": np.ones(3, np.float32)}, path)
+    >>> nnc.Decoder(map_stream(path)).names(), map_stream(path + ".missing")
+    (['w'], None)
+    """
+    import mmap
+
+    try:
+        with open(path, "rb") as fh:
+            mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError):   # unreadable or empty: the Decoder reports it on the path
+        return None
+    _OWN_MAPS.add(mapped)
+    return mapped
+
+
+def _release(mapped, upto: int) -> None:
+    """Let the kernel drop the pages of the decoded units, so resident memory does not grow with the stream."""
+    import mmap
+
+    advice = getattr(mmap, "MADV_DONTNEED", None)
+    end = upto - upto % mmap.PAGESIZE
+    if advice is not None and end > 0:
+        try:
+            mapped.madvise(advice, 0, end)
+        except (OSError, ValueError):
+            pass
+
+
+def decode_to_path(stream, output, *, names=None, threads: int = 1, progress=None, add_to=None,
+                   **decoder_options) -> dict:
+    """Decode a stream to model files, one tensor at a time, never holding the model in memory.
+
+    ``output`` is a folder (a path ending with a separator, or an existing
+    directory) or a file.  Into a folder, the checkpoint layout the stream
+    records is restored (the same shard names and ``__metadata__``, the index
+    with ``weight_map`` and ``total_size``, the original dtypes); a stream
+    without one becomes ``model.safetensors`` there.  A .safetensors or .npz
+    file is written the same way, streaming; a .pt or .onnx file is written
+    by :func:`nnc.models.decode_model`, in memory (``torch.save`` and ONNX
+    write whole models).
+
+    Parameters
+    ----------
+    stream : bytes, buffer, str, ``os.PathLike``, ``BinaryIO`` or nnc.decoder.Decoder
+        The NNC stream (as for :class:`nnc.decoder.Decoder`), or a Decoder of it.
+        A path is memory-mapped, and the pages of the units already decoded
+        are released, so that resident memory does not grow with the stream.
+    output : str or ``os.PathLike``
+        The folder or file to write.
+    names : iterable of str or None
+        Decode only these tensors; None for all.
+    threads : int
+        Units decoded at the same time (0: one per CPU); each in flight holds
+        one tensor in memory.
+    progress : ``callable`` or None
+        Called with a :class:`DecodeProgress` before the first tensor and after each.
+    add_to : str, ``os.PathLike`` or None
+        For a stream of differences (an update): the model file it is added
+        to (:func:`nnc.decoder.apply_update`); the sum is written, in memory,
+        to a file ``output``.
+    **decoder_options
+        ``limits``, ``engine``, ``state``, ``entry_points``, and ``template``
+        (for .onnx output), as for :func:`nnc.models.decode_model`.
+
+    Returns
+    -------
+    dict
+        ``files`` (the paths written, in order), ``tensors``, ``weights`` and
+        ``bytes`` (tensor data written).
+
+    Raises
+    ------
+    nnc.errors.DecodeError
+        If the stream is invalid, or its checkpoint metadata is malformed or
+        names a file outside the folder; nothing is written.
+    nnc.formats.FormatError
+        If the output's format cannot be told or cannot hold a dtype, or
+        ``add_to`` cannot be read or has a tensor of another shape than the update's.
+    KeyError
+        If a name is not that of a tensor of the stream.
+    OSError
+        If a file cannot be written; nothing is left behind.
+
+    Examples
+    --------
+    >>> import nnc, numpy as np, tempfile, os
+    >>> from nnc.writers import decode_to_path
+    >>> stream = nnc.encode({"w": np.ones((4, 4), np.float32)}, qp=-20, dtypes={"w": "bfloat16"})
+    >>> path = os.path.join(tempfile.mkdtemp(), "w.safetensors")
+    >>> decode_to_path(stream, path)["bytes"]     # bfloat16: 2 bytes a weight
+    32
+    >>> nnc.formats.read_model(path)[1]
+    {'w': 'bfloat16'}
+    """
+    template = decoder_options.pop("template", None)
+    if isinstance(stream, Decoder):
+        dec = stream
+    else:
+        source = map_stream(stream) if isinstance(stream, (str, os.PathLike)) else None
+        dec = Decoder(source if source is not None else stream, **decoder_options)
+    mapped = dec.data.obj if isinstance(dec.data, memoryview) and dec.data.obj in _OWN_MAPS else None
+    if mapped is not None:
+        _release(mapped, len(mapped))   # the pages parsing touched; payloads are read again when decoded
+    wanted = None if names is None else set(names)
+    if wanted is not None:
+        missing = sorted(wanted - set(dec.names()))
+        if missing:
+            raise KeyError(f"no tensor named {missing[0]!r} in the stream")
+    if not is_directory_target(output):
+        from .formats import format_from_extension
+
+        if format_from_extension(output) in ("pt", "onnx") or add_to is not None:
+            return _decode_in_memory(dec, output, wanted, template, threads, progress, add_to)
+    elif add_to is not None:
+        from .formats import FormatError
+
+        raise FormatError(f"{output}: an update added to a model is written to one file; give a file name")
+    folder, files, index = _plan(dec, output, wanted)
+    created = is_directory_target(output) and not folder.exists()   # a file's folder must exist
+    if created:
+        folder.mkdir(parents=True)
+    temps, sinks = {}, {}
+    try:
+        for f in files:
+            temps[f.name] = _temp_in(folder, f.name)
+            sinks[f.name] = _SINKS[f.format](f, temps[f.name])
+        sink_of = {t.name: sinks[f.name] for f in files for t in f.tensors}
+        total_bytes = sum(t.nbytes for f in files for t in f.tensors)
+        done = dict(tensors=0, bytes=0)
+        n_tensors = len(sink_of)
+        nbytes = {t.name: t.nbytes for f in files for t in f.tensors}
+        if progress is not None:
+            progress(DecodeProgress(None, 0, n_tensors, 0, total_bytes))
+        for name, array in dec.iter_tensors(list(sink_of), threads=threads,
+                                            out=lambda info: sink_of[info.name].buffer(info)):
+            sink_of[name].take(name, array)
+            del array
+            if mapped is not None:
+                info = dec.info(name)
+                _release(mapped, info.unit_offset + info.unit_size)
+            done["tensors"] += 1
+            done["bytes"] += nbytes[name]
+            if progress is not None:
+                progress(DecodeProgress(name, done["tensors"], n_tensors, done["bytes"], total_bytes))
+        for sink in sinks.values():
+            sink.close()
+        if index is not None:
+            temps[index["name"]] = _temp_in(folder, index["name"])
+            with open(temps[index["name"]], "wb") as fh:
+                fh.write(_index_json(index, files))
+        for tmp in temps.values():
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+        written = []
+        for final, tmp in temps.items():
+            os.replace(tmp, folder / final)
+            written.append(os.fspath(folder / final))
+    except BaseException:
+        for sink in sinks.values():
+            try:
+                sink.close()
+            except Exception:
+                pass
+        for tmp in temps.values():
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        if created:
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+        raise
+    return dict(files=written, tensors=done["tensors"], bytes=done["bytes"],
+                weights=sum(math.prod(t.shape) for f in files for t in f.tensors))
+
+
+def _decode_in_memory(dec: Decoder, output, wanted, template, threads, progress, add_to=None) -> dict:
+    """.pt and .onnx outputs and updates: the whole model is decoded, then written (torch.save / ONNX need it whole)."""
+    from .formats import format_from_extension, read_model, write_model
+
+    fmt = format_from_extension(output)
+    previous = read_model(add_to) if add_to is not None else None
+
+    tensors = _model_tensors(dec, wanted)
+    total = sum(t.nbytes for t in tensors.values())
+    if progress is not None:
+        progress(DecodeProgress(None, 0, len(tensors), 0, total))
+    decoded, done = DecodedTensors(), 0
+    decoded.differences, decoded.skipped = dec.differences, dec.skipped   # apply_update refuses full values
+    for name, array in dec.iter_tensors(list(tensors), threads=threads):
+        decoded[name] = array
+        done += tensors[name].nbytes
+        if progress is not None:
+            progress(DecodeProgress(name, len(decoded), len(tensors), done, total))
+    view, dtypes = restore_model_view(decoded, dec.metadata)
+    if previous is not None:
+        from .decoder import apply_update
+        from .errors import UpdateError
+
+        if not dec.differences:
+            raise UpdateError(f"--add-to: the stream holds full values, not differences (encode updates with "
+                              f"--differences); decode it without --add-to", clause="6.2.1")
+        try:
+            view = apply_update(previous[0], view)
+        except ValueError as exc:
+            from .formats import FormatError
+
+            raise FormatError(f"{os.fspath(add_to)}: {exc}") from None
+        dtypes = dict(dtypes, **previous[1])
+    write_model(os.fspath(output), view, dtypes, fmt=fmt, template=template)
+    return dict(files=[os.fspath(output)], tensors=len(view), bytes=total,
+                weights=sum(math.prod(t.shape) for t in tensors.values()))

@@ -1,0 +1,219 @@
+"""Decoding into caller buffers (out=), the tensor iterator, and decoding from any buffer without a copy."""
+
+import mmap
+import re
+import tracemalloc
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import nnc
+from nnc.decoder import Decoder, read_input
+from nnc.errors import NNCError, OutputBufferError
+
+RNG = np.random.default_rng(7)
+
+
+MODEL = {
+    "fc.weight": RNG.normal(size=(16, 24)).astype(np.float32),
+    "fc.bias": RNG.normal(size=16).astype(np.float32),
+    "half": RNG.normal(size=(8, 8)).astype(np.float16),
+    "steps": np.int64(12),
+    "ids": np.arange(10, dtype=np.int32),
+}
+
+
+def _model():
+    return MODEL
+
+
+@pytest.fixture(scope="module")
+def stream():
+    return nnc.encode(_model(), qp=-24)
+
+
+def test_decode_tensor_out_fills_and_returns_the_callers_array(stream):
+    dec = Decoder(stream)
+    expected = Decoder(stream).decode_tensor("fc.weight")
+    buf = np.full((16, 24), np.nan, np.float32)
+    assert dec.decode_tensor("fc.weight", out=buf) is buf
+    np.testing.assert_array_equal(buf, expected)
+
+
+def test_out_in_the_original_dtype_and_shape(stream):
+    dec = Decoder(stream)
+    half = np.zeros((8, 8), np.float16)
+    dec.decode_tensor("half", out=half)
+    np.testing.assert_array_equal(half, dec.decode_tensor("half").astype(np.float16))
+    steps = np.zeros((), np.int64)            # recorded as a 0-d int64
+    dec.decode_tensor("steps", out=steps)
+    assert int(steps) == 12
+    steps1 = np.zeros((1,), np.int32)         # or as signalled
+    dec.decode_tensor("steps", out=steps1)
+    assert steps1.tolist() == [12]
+
+
+@pytest.mark.parametrize("bad, words", [
+    (np.zeros((24, 16), np.float32), "shape (24, 16)"),
+    (np.zeros(384, np.float32), "shape (384,)"),
+    (np.zeros((16, 24), np.int32), "dtype int32"),
+    (np.zeros((16, 24), np.complex64), "dtype complex64"),
+    (np.zeros((24, 16), np.float32).T, "not C-contiguous"),
+    (np.zeros((16, 48), np.float32)[:, ::2], "not C-contiguous"),
+    ([[0.0] * 24] * 16, "must be a numpy array"),
+])
+def test_out_refuses_wrong_buffers_with_a_clear_error(stream, bad, words):
+    with pytest.raises(OutputBufferError, match=re.escape(words)) as info:
+        Decoder(stream).decode_tensor("fc.weight", out=bad)
+    assert isinstance(info.value, NNCError) and isinstance(info.value, ValueError)
+    assert "fc.weight" in str(info.value)
+
+
+def test_out_refuses_read_only_and_int_tensors_in_float_buffers(stream):
+    ro = np.zeros((16, 24), np.float32)
+    ro.flags.writeable = False
+    with pytest.raises(OutputBufferError, match="read-only"):
+        Decoder(stream).decode_tensor("fc.weight", out=ro)
+    with pytest.raises(OutputBufferError, match="dtype float32"):
+        Decoder(stream).decode_tensor("ids", out=np.zeros(10, np.float32))
+
+
+def test_decode_with_out_mapping_checks_everything_before_decoding(stream):
+    dec = Decoder(stream)
+    good = np.zeros((16, 24), np.float32)
+    with pytest.raises(OutputBufferError):
+        dec.decode(out={"fc.weight": good, "fc.bias": np.zeros(3, np.float32)})
+    assert not good.any()   # nothing was decoded into the good buffer either
+    with pytest.raises(KeyError, match="nope"):
+        dec.decode(out={"nope": good})
+    out = dec.decode(out={"fc.weight": good})
+    assert out["fc.weight"] is good
+    np.testing.assert_array_equal(good, Decoder(stream).decode_tensor("fc.weight"))
+    assert list(out) == list(_model())
+
+
+def test_module_level_decode_accepts_out(stream):
+    buf = np.zeros(16, np.float64)
+    out = nnc.decode(stream, out={"fc.bias": buf})
+    assert out["fc.bias"] is buf
+    np.testing.assert_allclose(buf, _model()["fc.bias"], atol=2 ** -7)
+
+
+def test_bfloat16_bits_into_uint16():
+    w = RNG.normal(size=(4, 6)).astype(np.float32)
+    stream = nnc.encode({"w": w}, qp=-30, dtypes={"w": "bfloat16"})
+    dec = Decoder(stream)
+    bits = np.zeros((4, 6), np.uint16)
+    dec.decode_tensor("w", out=bits)
+    from nnc.formats import bfloat16_to_float32, float32_to_bfloat16
+
+    np.testing.assert_array_equal(bits, float32_to_bfloat16(dec.decode_tensor("w")))
+    np.testing.assert_allclose(bfloat16_to_float32(bits), w, atol=0.02, rtol=0.01)
+
+
+def test_iter_tensors_yields_in_stream_order_and_matches_decode(stream):
+    whole = Decoder(stream).decode()
+    seen = []
+    for name, arr in Decoder(stream).iter_tensors():
+        seen.append(name)
+        np.testing.assert_array_equal(arr, whole[name])
+    assert seen == list(whole)
+    assert [n for n, _ in Decoder(stream).iter_tensors(["ids", "fc.bias"])] == ["fc.bias", "ids"]
+    assert [n for n, _ in Decoder(stream).iter_tensors(threads=3)] == list(whole)
+
+
+def test_iter_tensors_with_a_callable_out_opens_buffers_on_demand(stream):
+    asked = []
+
+    def place(info):
+        asked.append(info.name)
+        return np.empty(info.shape, info.dtype) if info.name == "fc.weight" else None
+
+    it = Decoder(stream).iter_tensors(out=place)
+    name, arr = next(it)
+    assert (name, asked) == ("fc.weight", ["fc.weight"])
+    it.close()
+    assert asked == ["fc.weight"]     # stopping early decodes nothing more
+
+
+def test_iter_tensors_memory_is_bounded_by_one_tensor():
+    n, shape = 8, (256, 1024)   # 1 MiB float32 each
+    model = {f"t{i}": np.full(shape, i / 8, np.float32) for i in range(n)}
+    stream = nnc.encode(model, qp=-10, dq=False)
+    dec = Decoder(stream)
+    tracemalloc.start()
+    for _name, arr in dec.iter_tensors():
+        del arr
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    tensor = 4 * shape[0] * shape[1]
+    assert peak < 3.5 * tensor, (peak, tensor)   # the whole model would be 8 tensors
+
+
+@pytest.mark.parametrize("kind", ["bytearray", "memoryview", "numpy", "numpy2d", "mmap"])
+def test_decode_from_any_buffer_without_copying(stream, tmp_path, kind):
+    expected = nnc.decode(stream)
+    if kind == "bytearray":
+        source = bytearray(stream)
+    elif kind == "memoryview":
+        source = memoryview(np.frombuffer(stream, np.uint8).copy())
+    elif kind == "numpy":
+        source = np.frombuffer(stream, np.uint8).copy()
+    elif kind == "numpy2d":
+        padded = stream + b"\0" * (-len(stream) % 4)
+        source = np.frombuffer(padded, np.uint8).copy().reshape(4, -1)   # trailing zeros: not a unit
+        source = memoryview(source)[:]
+    else:
+        path = tmp_path / "s.nnr"
+        path.write_bytes(stream)
+        fh = open(path, "rb")
+        source = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    if kind == "numpy2d":
+        view = read_input(source)
+        assert np.shares_memory(np.frombuffer(view, np.uint8), np.asarray(source))
+        return
+    dec = Decoder(source)
+    view = np.frombuffer(dec.data, np.uint8)
+    if kind != "mmap":
+        assert np.shares_memory(view, np.asarray(memoryview(source)))
+    else:
+        assert not view.flags.owndata and view.base is not None
+    for name, arr in dec.decode().items():
+        np.testing.assert_array_equal(arr, expected[name])
+    if kind == "mmap":
+        del dec, view, arr
+        import gc
+
+        gc.collect()
+        source.close()
+        fh.close()
+
+
+def test_decoding_a_large_buffer_allocates_no_copy_of_it():
+    big = RNG.normal(size=(512, 1024)).astype(np.float32)
+    stream = nnc.encode({"w": big}, qp=-40, dq=False)
+    buf = np.frombuffer(stream, np.uint8).copy()
+    tracemalloc.start()
+    dec = Decoder(memoryview(buf))
+    assert dec.names() == ["w"]
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < len(stream) / 4, (peak, len(stream))
+
+
+def test_non_contiguous_buffers_are_refused():
+    with pytest.raises(TypeError, match="non-contiguous"):
+        Decoder(memoryview(np.zeros(64, np.uint8))[::2])
+
+
+@given(st.lists(st.floats(-4, 4, width=32), min_size=1, max_size=40),
+       st.sampled_from(["float32", "float64", "float16"]))
+def test_out_equals_a_plain_decode_cast(values, dtype):
+    stream = nnc.encode({"x": np.array(values, np.float32)}, qp=-16, dq=False, nonweight_qp=None)
+    dec = Decoder(stream)
+    plain = dec.decode_tensor("x")
+    out = np.empty(len(values), dtype)
+    dec.decode_tensor("x", out=out)
+    np.testing.assert_array_equal(out, plain.astype(dtype))

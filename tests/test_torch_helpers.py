@@ -1,0 +1,120 @@
+"""nnc.torch: save / state_dict / load_state_dict on a small model, bf16 and fp16 kept; torch tensors in nnc.encode."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch is not installed (optional extra nnc[torch])")
+
+import nnc
+import nnc.torch as nt
+from nnc.errors import OutputBufferError
+
+
+def small_model(dtype=torch.float32):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+        torch.nn.Flatten(), torch.nn.Linear(8 * 6 * 6, 10),
+    )
+    model.train()
+    model(torch.randn(4, 3, 8, 8))      # running stats and num_batches_tracked (int64, 0-d) move
+    model.eval()
+    return model.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_round_trip_keeps_dtypes_shapes_and_outputs(tmp_path, dtype):
+    model = small_model(dtype)
+    path = tmp_path / "m.nnr"
+    stream = nt.save(model, path, qp=-40)
+    assert path.read_bytes() == stream
+    sd = nt.state_dict(path)
+    ref = model.state_dict()
+    assert list(sd) == list(ref)
+    for k, v in ref.items():
+        assert sd[k].dtype == v.dtype and sd[k].shape == v.shape, k
+        if v.is_floating_point():
+            err = (sd[k].float() - v.float()).abs().max().item()
+            assert err <= 2 ** (-40 / 4) + 0.01 * v.float().abs().max().item(), (k, err)
+        else:
+            assert torch.equal(sd[k], v), k
+    assert sd["1.num_batches_tracked"].shape == () and int(sd["1.num_batches_tracked"]) == 1
+
+    fresh = small_model(dtype)
+    with torch.no_grad():
+        for p in fresh.parameters():
+            p.zero_()
+    result = nt.load_state_dict(fresh, stream)
+    assert result == nt.LoadResult([], [])
+    x = torch.randn(2, 3, 8, 8).to(dtype)
+    with torch.no_grad():
+        a, b = model(x).float(), fresh(x).float()
+    assert (a - b).abs().max().item() < 0.1 * a.abs().max().item() + 0.05
+    for k, v in fresh.state_dict().items():
+        assert torch.equal(v, sd[k]), k
+
+
+def test_load_state_dict_decodes_into_the_parameters_memory(monkeypatch):
+    model = small_model()
+    stream = nt.save(model, qp=-40)
+    fresh = small_model()
+    ptrs = {k: v.data_ptr() for k, v in fresh.state_dict().items()}
+    filled = {}
+    original_fill = nnc.Decoder._fill
+
+    def spy(self, name, out, arr):
+        filled[name] = out
+        return original_fill(self, name, out, arr)
+
+    monkeypatch.setattr(nnc.Decoder, "_fill", spy)
+    nt.load_state_dict(fresh, stream)
+    params = fresh.state_dict()
+    assert set(filled) == set(params)          # float32 and int64 alike: all decoded in place
+    assert all(np.shares_memory(filled[k], params[k].numpy()) for k in params)
+    assert {k: v.data_ptr() for k, v in fresh.state_dict().items()} == ptrs
+    assert torch.equal(fresh.state_dict()["4.weight"], nt.state_dict(stream)["4.weight"])
+
+
+def test_mismatched_modules_are_refused_before_anything_changes():
+    stream = nt.save(small_model(), qp=-40)
+    other = torch.nn.ModuleDict({"head": torch.nn.Linear(3, 3)})
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    with pytest.raises(OutputBufferError, match="missing"):
+        nt.load_state_dict(other, stream)
+    assert all(torch.equal(before[k], v) for k, v in other.state_dict().items())
+    result = nt.load_state_dict(other, stream, strict=False)
+    assert result.missing_keys == ["head.weight", "head.bias"] and "4.weight" in result.unexpected_keys
+
+    wrong = small_model()
+    wrong[4] = torch.nn.Linear(8 * 6 * 6, 11)
+    before = {k: v.clone() for k, v in wrong.state_dict().items()}
+    with pytest.raises(OutputBufferError, match="4.weight"):
+        nt.load_state_dict(wrong, stream)
+    assert all(torch.equal(before[k], v) for k, v in wrong.state_dict().items())
+
+
+def test_nnc_encode_accepts_torch_tensors_bf16_included():
+    w = torch.randn(6, 5).to(torch.bfloat16)
+    h = torch.randn(7).to(torch.float16)
+    stream = nnc.encode({"w": w, "h": h, "n": torch.tensor(5)}, qp=-40)
+    out = nnc.decode_model(stream)
+    assert out["h"].dtype == np.float16 and out["n"].dtype == np.int64 and out["n"].shape == ()
+    sd = nt.state_dict(stream)
+    assert sd["w"].dtype == torch.bfloat16
+    assert (sd["w"].float() - w.float()).abs().max().item() < 0.02
+    assert nnc.decode_model(nnc.encode_model({"w": w}, qp=-40)) is not None
+    assert nt.state_dict(nnc.encode_model({"w": w}, qp=-40))["w"].dtype == torch.bfloat16
+
+
+def test_state_dict_device_and_non_tensor_entries():
+    stream = nt.save({"w": torch.ones(2, 2)}, qp=-20)
+    assert nt.state_dict(stream, device="cpu")["w"].device.type == "cpu"
+    with pytest.raises(nnc.EncodeError, match="'extra'"):
+        nt.save({"w": torch.ones(2), "extra": "text"})
+
+
+def test_docstring_examples_of_nnc_torch():
+    import doctest
+
+    result = doctest.testmod(nt, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 5 and result.failed == 0
