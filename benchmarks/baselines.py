@@ -201,18 +201,16 @@ def _csr_arrays(levels: np.ndarray, index_bits: int) -> tuple[np.ndarray, np.nda
     flat = np.asarray(levels, np.int64).reshape(-1)
     pos = np.flatnonzero(flat)
     cap = (1 << index_bits) - 1
-    values, gaps = [], []
-    last = -1
-    for p in pos:
-        gap = int(p - last)
-        while gap > cap:                     # filler: a zero value `cap` places further on
-            values.append(0)
-            gaps.append(cap)
-            gap -= cap
-        values.append(int(flat[p]))
-        gaps.append(gap)
-        last = int(p)
-    return np.array(values, np.int64), np.array(gaps, np.int64)
+    gaps = np.diff(pos, prepend=-1)
+    fillers = (gaps - 1) // cap                # zero values `cap` places apart before each non-zero
+    reps = fillers + 1
+    total = int(reps.sum())
+    last = np.cumsum(reps) - 1                 # where each non-zero lands in the output arrays
+    values = np.zeros(total, np.int64)
+    out_gaps = np.full(total, cap, np.int64)
+    values[last] = flat[pos]
+    out_gaps[last] = gaps - fillers * cap
+    return values, out_gaps
 
 
 def csr_encode(levels, index_bits: int | None = None) -> bytes:

@@ -399,6 +399,7 @@ def stream_info(path) -> dict:
     dict
         ``bytes``, ``profile``, ``units`` (index, type, offset, size), ``tensors`` (name,
         shape, dtype, qp, step, ``unit_index`` into ``units``, ``ndu_index`` among the NDUs,
+        ``unit_bytes`` and ``header_bytes`` (its NDU's size and the part before the payload),
         bits per weight, whether it updates a parent and with TCA, and ``needs_parent``:
         an update coded with TCA, which decodes only after its parent, so that its qp
         can be unknown (None)...), ``weights``, ``bits_per_weight``, ``ratio_fp32``.
@@ -445,6 +446,7 @@ def stream_info(path) -> dict:
             dq=t.dq, scan_order=t.scan_order, n_gtx=t.n_gtx, codebook_size=len(t.codebook) if t.codebook else None,
             row_skip=t.row_skip, unit_index=unit_at.get(t.unit_offset), ndu_index=t.unit_index,
             unit_bytes=unit_bytes, block=list(t.block),
+            header_bytes=(lambda u: u.payload_offset - u.offset)(dec.units[unit_at[t.unit_offset]]),
             bits_per_weight=8 * share / max(t.size, 1),
             parent=bool(h.get("parent_node_id_present_flag")), tca=bool(h.get("temporal_context_modeling_flag")),
             needs_parent=t.name in needs_parent,
@@ -463,13 +465,13 @@ def cmd_info(args) -> int:
         return EXIT_OK
     print(f"{args.stream}: {info['bytes']} bytes, profile {info['profile']}, {len(info['units'])} units, "
           f"{len(info['tensors'])} tensors, {info['weights']} weights")
-    header = f"{'name':40} {'shape':>16} {'dtype':>8} {'type':>9} {'qp':>5} {'dq':>3} {'scan':>4} {'bytes':>8} {'bits/w':>7}"
+    header = f"{'name':40} {'shape':>16} {'dtype':>8} {'type':>9} {'qp':>5} {'dq':>3} {'scan':>4} {'bytes':>8} {'header':>6} {'bits/w':>7}"
     print(header)
     print("-" * len(header))
     for t in info["tensors"]:
         qp = t["qp"] if t["qp"] is not None else ("?" if t["needs_parent"] else "")
         print(f"{t['name'][:40]:40} {'x'.join(map(str, t['shape'])):>16} {t['dtype']:>8} {t['payload_type']:>9} "
-              f"{qp:>5} {('on' if t['dq'] else 'off'):>3} {t['scan_order']:>4} {t['unit_bytes']:>8} "
+              f"{qp:>5} {('on' if t['dq'] else 'off'):>3} {t['scan_order']:>4} {t['unit_bytes']:>8} {t['header_bytes']:>6} "
               f"{t['bits_per_weight']:>7.3f}")
     print(f"total: {info['bits_per_weight']:.3f} bits/weight, {info['ratio_fp32']:.1f}x smaller than fp32")
     if any(t["needs_parent"] for t in info["tensors"]):

@@ -307,6 +307,10 @@ class Encoder:
     skip_zero : bool
         In updates, leave out NDUs whose tensors are all zero (spec 7.7; default True);
         they are listed in :attr:`EncodeResult.skipped`.
+    raw_when_smaller : bool
+        Store a float tensor as RAW_FLOAT when its coded NDU would be no smaller: no tensor
+        then costs more than its float32 bytes (default False for now, so that published
+        streams keep their bytes; ``benchmarks/results/paper_tables.md``). Not in BLOCK NDUs.
     differences : bool
         With ``state``: the tensors given are the whole new model, and an update codes
         its difference to the model the receiver holds (tracked in the state as the
@@ -366,6 +370,7 @@ class Encoder:
         hdsp: bool = False,
         skip_zero: bool = True,
         differences: bool = False,
+        raw_when_smaller: bool = False,
     ):
         if qp is not None and step is not None:
             raise EncodeError("give either qp or step, not both")
@@ -413,6 +418,7 @@ class Encoder:
         if int(dcv1_s) < 0:
             raise EncodeError("dcv1_s must be a non-negative integer")
         self.dcv1_s = int(dcv1_s)
+        self.raw_when_smaller = bool(raw_when_smaller)
         self.engine = get_engine(engine)
         try:
             self.threads = thread_count(threads)
@@ -848,7 +854,7 @@ class Encoder:
                     hdsp_history=self.state.history.get(name) if link["hdsp"] else None)
 
     def _single_ndu(self, name: str, arr: np.ndarray) -> "_Unit":
-        t = self._prepare(name, arr)
+        t = self._raw_if_smaller(self._prepare(name, arr), arr)
 
         def build(mps_qp: int, link=None) -> bytes:
             ptype = {"INT": C.NNR_PT_INT, "FLOAT": C.NNR_PT_FLOAT, "RAW_FLOAT": C.NNR_PT_RAW_FLOAT}[t["ptype"]]
@@ -861,6 +867,33 @@ class Encoder:
             return C.build_ndu(header, payload, profile=self.profile, parent_signalling=bool(link and link["update"]))
 
         return _Unit([t], build)
+
+    def _raw_if_smaller(self, t: dict, arr: np.ndarray) -> dict:
+        """``t`` as RAW_FLOAT when its coded NDU would not be smaller: no tensor costs more than float32.
+
+        Only for a plain coded float tensor (no codebook, output format, restored dtype or
+        incremental state). The coded size is estimated first; both NDUs are built (at MPS qp 0)
+        only for tensors under 64 values or when the estimate comes within 25 % of the raw payload.
+        """
+        if (not self.raw_when_smaller or t["ptype"] != "FLOAT" or t.get("codebook") or t["fmt"] is not None
+                or self.state is not None or t["name"] in self.output_formats):
+            return t
+        n = int(t["levels"].size)
+        kw = self._tensor_kwargs(t)
+        estimate = self.engine.estimate_tensor_bits(t["levels"], t["height"], t["width"], n_gtx=kw["n_gtx"],
+                                                    dq=t["dq"], scan_order=t["scan"], edition=self.edition)
+        if n >= 64 and estimate / 8 < 0.75 * 4 * n:       # a quarter of 256+ bytes covers any header difference
+            return t
+        f32 = _as_float_array(t["name"], arr)[0].astype(np.float32).reshape(t["shape"])
+        raw = dict(name=t["name"], shape=t["shape"], ptype="RAW_FLOAT", levels=None, qp=None, step=None, dq=False,
+                   height=t["height"], width=t["width"], scan=0, recon=f32, fmt=None, raw=f32)
+        payload, eps = self._payload([t], 0, None)
+        header = self._header(t, C.NNR_PT_FLOAT)
+        header["entry_points"] = _ep_fields(eps[0], t["dq"])
+        coded = len(C.build_ndu(header, payload, profile=self.profile))
+        raw_size = len(C.build_ndu(self._header(raw, C.NNR_PT_RAW_FLOAT), f32.astype("<f4").tobytes(),
+                                   profile=self.profile))
+        return raw if raw_size <= coded else t
 
     def _block_ndu(self, weight: str, parts: dict, arrays: Mapping[str, np.ndarray]) -> "_Unit":
         w = self._prepare(weight, arrays[weight], in_block=True)
