@@ -2,6 +2,8 @@
 
     python benchmarks/bench_paper.py [--quick] --json OUT [--out benchmarks/results]
 
+writes OUT (the rows) and, in --out, paper_tables.{md,png} (paper_tables_quick.* with --quick).
+
 For each model with a metric and each variant (dense, and "sparse-NN": per-layer magnitude
 pruning keeping NN % of every weight tensor's entries, then fine-tuned with the mask where
 the model trains here) this measures, at <= 0.5 points of accuracy loss (Table I):
@@ -470,14 +472,16 @@ def markdown(rows, args, elapsed, models):
                        + f" | {100 * (sel['nnc']['bytes'] / sel['h0-payload']['bytes'] - 1):+.1f} % |")
     out += ["", "## 1-D tensors: the cost of each way of coding them", "",
             "Whole streams at DQ, lambda 0; \"1-D NDUs\" is the bytes of the separate NDUs of 1-D tensors (0 when "
-            "they ride in BLOCK NDUs); \"worst\" the largest bits per weight of any tensor (32 = float32).", "",
+            "they ride in BLOCK NDUs); \"worst\" the largest bits per weight of any tensor (32 = float32; not shown "
+            "with BLOCK NDUs, whose bytes are not attributed to their members).", "",
             "| model | variant | qp | coding of 1-D tensors | bytes | 1-D NDUs | worst bits/w | accuracy |",
             "|---|---|---:|---|---:|---:|---:|---:|"]
     for r in rows:
         if r["table"] == "1-D":
             qp, label = r["setting"].split(", ", 1)
+            worst = "-" if label.startswith("blocks") else f"{r['max_tensor_bits_per_weight']:.1f}"
             out.append(f"| {r['model']} | {r['variant']} | {qp[3:]} | {label} | {r['bytes']} | {r['one_d_unit_bytes']} "
-                       f"| {r['max_tensor_bits_per_weight']:.1f} | {100 * r['accuracy']:.2f} |")
+                       f"| {worst} | {100 * r['accuracy']:.2f} |")
     return "\n".join(out) + "\n"
 
 
@@ -548,8 +552,9 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(rows, indent=1))
-    (out / "paper_tables.md").write_text(markdown(rows, args, elapsed, models))
-    plot(rows, out / "paper_tables.png")
+    stem = "paper_tables_quick" if args.quick else "paper_tables"
+    (out / f"{stem}.md").write_text(markdown(rows, args, elapsed, models))
+    plot(rows, out / f"{stem}.png")
     log(f"done in {elapsed / 60:.1f} min")
 
 
