@@ -53,6 +53,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import baselines as bl  # noqa: E402
 import nnc  # noqa: E402
 from nnc import demo  # noqa: E402
+from nnc import allocation  # noqa: E402
 from nnc.allocation import empirical_fisher  # noqa: E402
 from nnc.encoder import Encoder, dcv1_step, qp_for_step  # noqa: E402
 from nnc.formats import read_model  # noqa: E402
@@ -201,13 +202,9 @@ def _lloyd_runs(model, weights, names, w, f, scale, ks, lams, weighting):
     return out
 
 
-def laplace_sigmas(fisher, weights, n_train, prior_precision=None):
-    """Laplace approximation: sigma_i = 1 / sqrt(N F_i + tau), tau = 1 / var(w) of the tensor by default."""
-    out = {}
-    for k, w in weights.items():
-        tau = prior_precision if prior_precision is not None else 1.0 / max(float(np.var(w)), 1e-12)
-        out[k] = 1.0 / np.sqrt(n_train * np.asarray(fisher[k], np.float64) + tau)
-    return out
+def laplace_sigmas(fisher, weights, n_train):
+    """DC-v1's sigmas: nnc.allocation.laplace_sigmas, tau = 1 / var(w) of each tensor."""
+    return allocation.laplace_sigmas({k: fisher[k] for k in weights}, n_train, weights=weights)
 
 
 def nnc_candidates(model, fisher, qps, lams, dcv1_s, search_budget, log):
