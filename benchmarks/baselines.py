@@ -327,8 +327,9 @@ def model_size(coder: str, levels: Mapping[str, np.ndarray], steps: Mapping[str,
     """Bytes of a whole model coded with one baseline.
 
     ``levels``: {name: integer array with the tensor's shape}; ``steps``: {name: step} (the
-    decoder multiplies), unless ``codebook`` (one float32 codebook shared by all tensors;
-    the levels index it) is given; ``raw``: {name: tensor stored as float32}.
+    decoder multiplies), unless ``codebook`` (one float32 codebook shared by all tensors,
+    sorted by value; level l means entry l + the number of negative entries, so that 0 is
+    the zero centre) is given; ``raw``: {name: tensor stored as float32}.
     ``coder``: "huffman" (per tensor, the smaller of its own table and one table shared by
     the model), "csr-huffman", "bzip2", or "h0" (order-0 entropy of each tensor's levels plus
     the same headers, rounded up to bytes: a bound that no header-free coder exists for).

@@ -188,10 +188,13 @@ def _lloyd_runs(model, weights, names, w, f, scale, ks, lams, weighting):
     for k in ks:
         for lam in lams:
             centres, assign, _ = bl.weighted_lloyd(w, f, k=k, lam=lam * scale, iters=20)
-            zero = int(np.flatnonzero(centres == 0.0)[0])
+            # the codebook sorted by value; index 0 is the zero centre (the decoder counts the negative entries)
             used = np.unique(assign)
-            book = centres[used]
-            idx = np.searchsorted(used, assign) - int(np.searchsorted(used, zero))   # zero centre -> index 0
+            order = np.argsort(centres[used], kind="stable")
+            book = centres[used][order]
+            rank = np.empty_like(order)
+            rank[order] = np.arange(len(order))
+            idx = rank[np.searchsorted(used, assign)] - int((book < 0).sum())
             rec, levels, pos = dict(model.params), {}, 0
             for name in names:
                 n = weights[name].size
