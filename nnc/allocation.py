@@ -184,4 +184,61 @@ def empirical_fisher(gradients: Iterable[Mapping[str, object]]) -> dict[str, np.
     return {k: v / count for k, v in total.items()}
 
 
-__all__ = ["allocate_qps", "empirical_fisher"]
+def laplace_sigmas(fisher: Mapping[str, np.ndarray], n_samples: int, *,
+                   weights: Mapping[str, np.ndarray] | None = None,
+                   prior_precision: float | Mapping[str, float] | None = None) -> dict[str, np.ndarray]:
+    """Per-weight standard deviations from a Laplace approximation: σ = 1 / sqrt(N·F + τ) (spec A.10).
+
+    The posterior of each weight is approximated by a Gaussian whose precision is the
+    Fisher information of the ``n_samples`` training samples (N times the per-sample
+    Fisher diagonal F) plus the precision τ of a Gaussian prior. The result is DeepCABAC's
+    DC-v1 input: ``Encoder(sigmas=...)`` or ``nnc encode --sigmas FILE`` (save it with
+    :func:`nnc.formats.write_model`).
+
+    Parameters
+    ----------
+    fisher : mapping of str to numpy.ndarray
+        Per-sample Fisher diagonal per tensor, e.g. :func:`empirical_fisher` of per-sample
+        gradients (labels drawn from the model's own predictions avoid the near-zero
+        gradients of a model that fits its training labels).
+    n_samples : int
+        N, the number of training samples the posterior is conditioned on.
+    weights : mapping of str to numpy.ndarray, optional
+        The tensors; without ``prior_precision``, τ = 1 / var(w) of each tensor.
+    prior_precision : float or mapping of str to float, optional
+        τ for all tensors, or per tensor.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        {name: σ}, positive, one per weight.
+
+    Raises
+    ------
+    nnc.errors.EncodeError
+        If neither ``weights`` nor ``prior_precision`` gives τ, or τ is not positive.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> s = laplace_sigmas({"w": np.array([0.0, 0.75])}, 100, prior_precision=25.0)
+    >>> s["w"].tolist()
+    [0.2, 0.1]
+    """
+    out = {}
+    for name, f in fisher.items():
+        if isinstance(prior_precision, Mapping):
+            tau = prior_precision.get(name)
+        else:
+            tau = prior_precision
+        if tau is None:
+            if weights is None or name not in weights:
+                raise EncodeError(f"tensor {name!r}: give prior_precision or the weights (tau = 1/var(w))")
+            tau = 1.0 / max(float(np.var(np.asarray(weights[name], np.float64))), 1e-30)
+        if not tau > 0:
+            raise EncodeError(f"tensor {name!r}: prior precision must be positive, not {tau}")
+        out[name] = 1.0 / np.sqrt(n_samples * np.asarray(f, np.float64) + tau)
+    return out
+
+
+__all__ = ["allocate_qps", "empirical_fisher", "laplace_sigmas"]

@@ -538,6 +538,7 @@ def stream_info(path) -> dict:
     dict
         ``bytes``, ``profile``, ``units`` (index, type, offset, size), ``tensors`` (name,
         shape, dtype, qp, step, ``unit_index`` into ``units``, ``ndu_index`` among the NDUs,
+        ``unit_bytes`` and ``header_bytes`` (its NDU's size and the part before the payload),
         bits per weight, whether it updates a parent and with TCA, and ``needs_parent``:
         an update coded with TCA, which decodes only after its parent, so that its qp
         can be unknown (None)...), ``weights``, ``bits_per_weight``, ``ratio_fp32``.
@@ -584,6 +585,7 @@ def stream_info(path) -> dict:
             dq=t.dq, scan_order=t.scan_order, n_gtx=t.n_gtx, codebook_size=len(t.codebook) if t.codebook else None,
             row_skip=t.row_skip, unit_index=unit_at.get(t.unit_offset), ndu_index=t.unit_index,
             unit_bytes=unit_bytes, block=list(t.block),
+            header_bytes=(lambda u: u.payload_offset - u.offset)(dec.units[unit_at[t.unit_offset]]),
             bits_per_weight=8 * share / max(t.size, 1), size=t.size,
             parent=bool(h.get("parent_node_id_present_flag")), tca=bool(h.get("temporal_context_modeling_flag")),
             needs_parent=t.name in needs_parent,
@@ -634,7 +636,7 @@ def cmd_info(args) -> int:
           f"{len(info['tensors'])} tensors, {info['weights']} weights")
     width = max([4] + [len(t["name"]) for t in info["tensors"]])  # whole names: rows never read the same
     header = (f"{'name':{width}} {'shape':>16} {'dtype':>8} {'type':>9} {'qp':>5} {'dq':>3} {'scan':>4} "
-              f"{'bytes':>8} {'bits/w':>7}")
+              f"{'bytes':>8} {'header':>6} {'bits/w':>7}")
     print(header)
     print("-" * len(header))
     for t in info["tensors"]:
@@ -642,7 +644,7 @@ def cmd_info(args) -> int:
         bits = "-" if t["bits_per_weight"] is None else f"{t['bits_per_weight']:.3f}"
         print(f"{t['name']:{width}} {'x'.join(map(str, t['shape'])):>16} {t['original_dtype']:>8} "
               f"{t['payload_type']:>9} {qp:>5} {('on' if t['dq'] else 'off'):>3} {t['scan_order']:>4} "
-              f"{t['unit_bytes']:>8} {bits:>7}")
+              f"{t['unit_bytes']:>8} {t['header_bytes']:>6} {bits:>7}")
     if info["weights"]:
         print(f"total: {info['bits_per_weight']:.3f} bits/weight, {info['ratio_original']:.1f}x smaller than "
               f"the original {info['original_bytes']} bytes")

@@ -252,6 +252,11 @@ class Encoder:
         receiver computes it with :func:`nnc.decoder.apply_update`), so that
         quantisation errors do not pile up over the updates (default False: code the
         tensors as given).
+    raw_when_smaller : bool
+        Store a float tensor as RAW_FLOAT when its coded NDU would be no smaller: no tensor
+        then costs more than its float32 bytes (default False for now, so that published
+        streams keep their bytes; ``benchmarks/results/paper_tables.md``). Not in BLOCK NDUs;
+        in-memory encoding only (:meth:`Encoder.encode_to` refuses it).
     settings : nnc.encoding.settings.EncoderSettings, optional
         All the options above (but ``state``) as one checked object, instead of keywords.
 
@@ -386,7 +391,8 @@ class Encoder:
 
         def make(name):
             if name not in groups:
-                return writer.single_unit(self.quantiser.quantise(name, arrays[name]))
+                return writer.single_unit(writer.raw_if_smaller(self.quantiser.quantise(name, arrays[name]),
+                                                                arrays[name]))
             members = block_members(name, groups[name])
             coded = {n: self.quantiser.quantise(n, arrays[n], in_block=True) for n in members[1:] + [name]}
             return writer.block_unit(name, groups[name], coded)
@@ -517,7 +523,7 @@ class Encoder:
         layout = None if parts is None else repr(sorted(parts.items()))
         return (tuple(members), layout, s.qp_density, s.dq, s.scan_order, s.n_gtx,
                 s.param_opt, s.lossless_int, s.profile, s.keep_dtype, s.row_skip, s.codebook,
-                s.dcv1_s, self.engine.__name__,
+                s.dcv1_s, s.raw_when_smaller, self.engine.__name__,
                 tuple(arrays[n] for n in names), tuple(s.importance.get(n) for n in names),
                 tuple(s.sigmas.get(n) for n in names))
 

@@ -131,6 +131,7 @@ class EncoderSettings:
     hdsp: bool = False
     skip_zero: bool = True
     differences: bool = False
+    raw_when_smaller: bool = False
 
     def __post_init__(self):
         if self.qp is not None and self.step is not None:
@@ -173,6 +174,7 @@ class EncoderSettings:
             lambda_per_tensor=_frozen(lambdas), importance=_frozen(importance), sigmas=_frozen(sigmas),
             dcv1_s=int(self.dcv1_s), threads=threads, tca=bool(self.tca), hdsp=bool(self.hdsp),
             skip_zero=bool(self.skip_zero), differences=bool(self.differences),
+            raw_when_smaller=bool(self.raw_when_smaller),
         )
         for name, value in normalised.items():
             object.__setattr__(self, name, value)

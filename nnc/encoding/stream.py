@@ -167,8 +167,8 @@ def encode_to(encoder, source, output, *, progress=None, extra_metadata=None,
     groups = block_groups(s.blocks, {t.name: t.shape for t in tensors})
     in_block = {m for w, p in groups.items() for m in block_members(w, p)[1:]}
     plan = {t.name: predicted(s, t, t.name in in_block or t.name in groups) for t in tensors}
-    if any(dtype is None for dtype, _ in plan.values()):
-        raise EncodeError("codebooks and DC-v1 sigmas choose per tensor from the values: "
+    if any(dtype is None for dtype, _ in plan.values()) or s.raw_when_smaller:
+        raise EncodeError("codebooks, DC-v1 sigmas and raw_when_smaller choose per tensor from the values: "
                           "use Encoder.encode (in memory) for them")
     original = {t.name: s.dtypes.get(t.name, t.original_dtype) for t in tensors}
     stream_qp = mps_qp([qp for _, qp in plan.values() if qp is not None], s.qp_density)

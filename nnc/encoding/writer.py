@@ -224,6 +224,28 @@ class UnitWriter:
 
         return Unit([t], build)
 
+    def raw_if_smaller(self, t: CodedTensor, arr: np.ndarray) -> CodedTensor:
+        """``t`` as RAW_FLOAT when its coded NDU would not be smaller: no tensor costs more than float32.
+
+        Only for a plain coded float tensor (no codebook, output format, restored dtype or
+        incremental state). The coded size is estimated first; both NDUs are built (at MPS qp 0)
+        only for tensors under 64 values or when the estimate comes within 25 % of the raw payload.
+        """
+        s = self.settings
+        if (not s.raw_when_smaller or t.ptype != "FLOAT" or t.codebook or t.fmt is not None
+                or self.state is not None or t.name in s.output_formats):
+            return t
+        n = int(t.levels.size)
+        kw = self._tensor_kwargs(t)
+        estimate = self.engine.estimate_tensor_bits(t.levels, t.height, t.width, n_gtx=kw["n_gtx"],
+                                                    dq=t.dq, scan_order=t.scan, edition=s.edition)
+        if n >= 64 and estimate / 8 < 0.75 * 4 * n:       # a quarter of 256+ bytes covers any header difference
+            return t
+        f32 = np.asarray(arr, dtype=np.float32).reshape(t.shape)
+        raw = CodedTensor(name=t.name, shape=t.shape, ptype="RAW_FLOAT", levels=None, qp=None, step=None, dq=False,
+                          height=t.height, width=t.width, scan=0, recon=f32, raw=f32)
+        return raw if len(self.single_unit(raw).build(0)) <= len(self.single_unit(t).build(0)) else t
+
     def block_unit(self, weight: str, parts: dict, coded: Mapping[str, CodedTensor]) -> Unit:
         """A BLOCK NDU (spec 7.6) of a weight and its parts, coded ``in_block``."""
         s = self.settings

@@ -1,0 +1,562 @@
+"""The DeepCABAC paper's evaluation (its Tables I-III) on the models here.
+
+    python benchmarks/bench_paper.py [--quick] --json OUT [--out benchmarks/results]
+
+writes OUT (the rows) and, in --out, paper_tables.{md,png} (paper_tables_quick.* with --quick).
+
+For each model with a metric and each variant (dense, and "sparse-NN": per-layer magnitude
+pruning keeping NN % of every weight tensor's entries, then fine-tuned with the mask where
+the model trains here) this measures, at <= 0.5 points of accuracy loss (Table I):
+
+* "huffman", "csr-huffman", "bzip2", "h0": uniform nearest-neighbour quantisation of the
+  weight tensors (one step for all, swept over nnc's qp grid), the indices coded by scalar
+  Huffman, CSR-Huffman, bzip2, or their order-0 entropy (a bound). 1-D tensors (biases)
+  are stored as float32, as in the paper's appendix.
+* "lloyd": the paper's weighted Lloyd algorithm (F = empirical Fisher diagonal,
+  clusters x lambda swept), codebook + Huffman-coded assignments (or CSR-Huffman / bzip2
+  when smaller); 1-D tensors as float32.
+* "nnc": nnc's smallest stream (every tensor coded, headers included) among a qp sweep
+  with and without DQ and RDOQ, DC-v1 (steps and importance from Laplace sigmas
+  1/sqrt(N F + tau) of an empirical Fisher diagonal) and the DC-v2 search of nnc.search;
+  "nnc-rdoq" and "nnc-dcv1" are the best of those two families alone.
+* "nncodec": NNCodec 2.1.3 (the oracle, when NNC_ORACLE_PYTHON is set), every qp of its
+  default configuration, the smallest passing stream.
+
+Table II: bits per weight at three fixed steps (uniform and Lloyd as order-0 entropy of
+their indices, nnc's RDOQ and DC-v1 as whole streams). Table III: one quantised network
+(uniform levels at the step Table I chose for "huffman") coded losslessly by every coder,
+nnc's CABAC included (weights only, no 1-D tensors, headers included for the coders and
+not for H0).
+
+Every row: {model, variant, coder, bytes, bits_per_weight, ratio_vs_fp32, accuracy,
+accuracy_loss, setting, table}; bits per weight and the ratio count all parameters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import baselines as bl  # noqa: E402
+import nnc  # noqa: E402
+from nnc import demo  # noqa: E402
+from nnc import allocation  # noqa: E402
+from nnc.allocation import empirical_fisher  # noqa: E402
+from nnc.encoder import Encoder, dcv1_step, qp_for_step  # noqa: E402
+from nnc.formats import read_model  # noqa: E402
+from nnc.reconstruction import step_size  # noqa: E402
+
+TOL = 0.005
+
+
+def _train_module():
+    spec = importlib.util.spec_from_file_location("digits_train", REPO / "examples" / "digits" / "train.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+# -- models ---------------------------------------------------------------------------------------------------------
+class Model:
+    """A model with a metric: tensors, an accuracy function, and (optionally) gradients for training."""
+
+    def __init__(self, name, params, evaluate, metric, grad_fn=None, data=None, forward=None):
+        self.name, self.params, self.evaluate, self.metric = name, params, evaluate, metric
+        self.grad_fn, self.data, self.forward = grad_fn, data, forward
+
+    def fisher(self, samples=512, seed=0):
+        """Fisher diagonal, Monte Carlo: the mean squared per-sample gradient over ``samples`` training inputs, each
+        with a label drawn from the model's own predictive distribution (the empirical Fisher with the true labels
+        is almost zero on a model that fits its training data)."""
+        x, y = self.data
+        rng = np.random.default_rng(seed)
+        idx = rng.choice(len(y), min(samples, len(y)), replace=False)
+        logits = self.forward(self.params, x[idx]).astype(np.float64)
+        p = np.exp(logits - logits.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        drawn = np.array([rng.choice(p.shape[1], p=row) for row in p])
+        return empirical_fisher(self.grad_fn(self.params, x[i:i + 1], drawn[j:j + 1])[1] for j, i in enumerate(idx))
+
+
+def digits_models():
+    train = _train_module()
+    xtr, ytr, _, _ = train.load_split()
+    x, y = demo.load_test_set()
+    grad = {"mlp": train.mlp_grads, "cnn": train.cnn_grads}
+    out = []
+    for kind, fname in demo.MODELS.items():
+        params = {k: np.asarray(v, np.float32) for k, v in read_model(demo.DATA / fname)[0].items()}
+        out.append(Model(f"digits-{kind}", params,
+                         lambda t, kind=kind: demo.accuracy(kind, {k: np.asarray(v, np.float32) for k, v in t.items()},
+                                                            x, y),
+                         f"top-1 accuracy on the bundled test split ({len(y)} images)", grad[kind], (xtr, ytr),
+                         demo.FORWARD[kind]))
+    return out
+
+
+def prune_and_finetune(model: Model, keep: float, epochs: int, rounds: int = 4, lr=2e-3, seed=0) -> Model:
+    """Per-layer magnitude pruning to ``keep`` of each weight tensor, in ``rounds`` steps (geometric schedule),
+    each followed by ``epochs`` of masked Adam fine-tuning on the training data (where the model trains here)."""
+    params = {k: v.copy() for k, v in model.params.items()}
+    masks = {}
+    for r, frac in enumerate(np.geomspace(keep ** (1 / rounds), keep, rounds)):
+        for k, v in params.items():
+            if v.ndim > 1:
+                n_keep = max(1, int(round(frac * v.size)))
+                thresh = np.sort(np.abs(v).reshape(-1))[-n_keep]
+                masks[k] = (np.abs(v) >= thresh).astype(np.float32)
+                params[k] = v * masks[k]
+        if model.grad_fn is None or not epochs:
+            continue
+        x, y = model.data
+        rng = np.random.default_rng(seed + r)
+        m = {k: np.zeros_like(v) for k, v in params.items()}
+        v2 = {k: np.zeros_like(v) for k, v in params.items()}
+        t = 0
+        for _ in range(epochs):
+            for idx in np.array_split(rng.permutation(len(y)), max(1, len(y) // 64)):
+                t += 1
+                _, g = model.grad_fn(params, x[idx], y[idx])
+                for k in params:
+                    m[k] = 0.9 * m[k] + 0.1 * g[k]
+                    v2[k] = 0.999 * v2[k] + 0.001 * g[k] ** 2
+                    step = lr * (m[k] / (1 - 0.9 ** t)) / (np.sqrt(v2[k] / (1 - 0.999 ** t)) + 1e-8)
+                    params[k] = (params[k] - step).astype(np.float32)
+                    if k in masks:
+                        params[k] *= masks[k]
+    return Model(model.name, params, model.evaluate, model.metric, model.grad_fn, model.data, model.forward)
+
+
+# -- the coders' sweeps -----------------------------------------------------------------------------------------------
+def split(params):
+    weights = {k: v for k, v in params.items() if v.ndim > 1}
+    others = {k: v for k, v in params.items() if v.ndim <= 1}
+    return weights, others
+
+
+def uniform_levels(weights, step):
+    return {k: np.rint(v.astype(np.float64) / step).astype(np.int64) for k, v in weights.items()}
+
+
+def uniform_sweep(model, qps):
+    """(qp, levels, accuracy) for one uniform step per qp (nearest rounding, weights only)."""
+    weights, others = split(model.params)
+    out = []
+    for qp in qps:
+        step = float(step_size(qp, 2))
+        levels = uniform_levels(weights, step)
+        rec = dict(model.params)
+        rec.update({k: (levels[k] * step).astype(np.float32) for k in weights})
+        out.append((qp, step, levels, model.evaluate(rec)))
+    return out
+
+
+def lloyd_sweep(model, fisher, ks, lams, weightings=("fisher",)):
+    """(k, lam, codebook, index levels, accuracy, weighting) of the weighted Lloyd algorithm on all weights at once.
+
+    ``weightings``: "fisher" (F = the Fisher diagonal, the paper's choice) and/or "none" (F = 1)."""
+    weights, _ = split(model.params)
+    names = list(weights)
+    w = np.concatenate([weights[k].reshape(-1) for k in names]).astype(np.float64)
+    out = []
+    for weighting in weightings:
+        if weighting == "fisher":
+            f = np.concatenate([fisher[k].reshape(-1) for k in names])
+            f = f / max(f.mean(), 1e-30)
+        else:
+            f = np.ones_like(w)
+        scale = float((f * w * w).sum()) / w.size             # lambda in units of the mean weighted energy
+        out += _lloyd_runs(model, weights, names, w, f, scale, ks, lams, weighting)
+    return out
+
+
+def _lloyd_runs(model, weights, names, w, f, scale, ks, lams, weighting):
+    out = []
+    for k in ks:
+        for lam in lams:
+            centres, assign, _ = bl.weighted_lloyd(w, f, k=k, lam=lam * scale, iters=20)
+            # the codebook sorted by value; index 0 is the zero centre (the decoder counts the negative entries)
+            used = np.unique(assign)
+            order = np.argsort(centres[used], kind="stable")
+            book = centres[used][order]
+            rank = np.empty_like(order)
+            rank[order] = np.arange(len(order))
+            idx = rank[np.searchsorted(used, assign)] - int((book < 0).sum())
+            rec, levels, pos = dict(model.params), {}, 0
+            for name in names:
+                n = weights[name].size
+                levels[name] = idx[pos:pos + n].reshape(weights[name].shape)
+                rec[name] = centres[assign[pos:pos + n]].reshape(weights[name].shape).astype(np.float32)
+                pos += n
+            out.append((k, lam, book, levels, model.evaluate(rec), weighting))
+    return out
+
+
+def laplace_sigmas(fisher, weights, n_train):
+    """DC-v1's sigmas: nnc.allocation.laplace_sigmas, tau = 1 / var(w) of each tensor."""
+    return allocation.laplace_sigmas({k: fisher[k] for k in weights}, n_train, weights=weights)
+
+
+def nnc_candidates(model, fisher, qps, lams, dcv1_s, search_budget, log):
+    """(family, setting, stream) of nnc: qp x dq x lambda sweep, DC-v1, DC-v2 search."""
+    out = []
+    for qp in qps:
+        for dq in (False, True):
+            for lam in lams:
+                for blocks in (False, True):
+                    kw = dict(qp=qp, dq=dq, rdoq_lambda=lam, blocks=blocks, nonweight_qp=None if blocks else -75,
+                              raw_when_smaller=True)
+                    stream = Encoder(**kw).encode(model.params).stream
+                    out.append(("rdoq" if lam else "uniform", f"qp {qp} dq {dq} lambda {lam} blocks {blocks}", stream))
+    weights, _ = split(model.params)
+    if model.data is not None:
+        sigmas = laplace_sigmas(fisher, weights, len(model.data[1]))
+        for s in dcv1_s:
+            for dq in (False, True):
+                for lam in lams:
+                    if not lam:
+                        continue
+                    importance = {}
+                    for k, w in weights.items():
+                        step = float(step_size(qp_for_step(dcv1_step(w, sigmas[k], s), 2), 2))
+                        importance[k] = (step / sigmas[k]) ** 2
+                    enc = Encoder(sigmas=sigmas, dcv1_s=s, dq=dq, rdoq_lambda=lam, importance=importance,
+                                  blocks=True, nonweight_qp=None, raw_when_smaller=True)
+                    out.append(("dcv1", f"DC-v1 S {s} dq {dq} lambda {lam}", enc.encode(model.params).stream))
+    if search_budget:
+        from nnc.search import search
+
+        t0 = time.perf_counter()
+        res = search(model.params, model.evaluate, tolerance=TOL, time_budget=search_budget, progress=False,
+                     blocks=True)
+        log(f"  DC-v2 search: {len(res.candidates)} candidates in {time.perf_counter() - t0:.0f} s")
+        if res.best is not None:
+            out.append(("dcv2", "DC-v2 search (nnc.search)", res.best.stream))
+    return out
+
+
+@contextlib.contextmanager
+def nncodec_oracle():
+    try:
+        from oracle import NNCodecOracle
+    except Exception:                                        # noqa: BLE001 - the oracle is optional
+        yield None
+        return
+    oracle = NNCodecOracle() if NNCodecOracle.available() else None
+    try:
+        yield oracle
+    finally:
+        if oracle:
+            oracle.close()
+
+
+# -- one model --------------------------------------------------------------------------------------------------------
+def run_model(model, variant, args, oracle, log):
+    params = model.params
+    n = sum(v.size for v in params.values())
+    fp32 = 4 * n
+    ref = model.evaluate(params)
+    weights, others = split(params)
+    nz = sum(int(np.count_nonzero(v)) for v in weights.values()) / sum(v.size for v in weights.values())
+    rows = []
+
+    nw = sum(v.size for v in weights.values())
+
+    def row(coder, nbytes, acc, setting, table="I", **extra):
+        count = nw if table == "II" else n                   # Table II: per weight-tensor parameter, as the paper
+        r = dict(model=model.name, variant=variant, coder=coder, bytes=int(np.ceil(nbytes)),
+                 bits_per_weight=8 * nbytes / count, ratio_vs_fp32=4 * count / nbytes, accuracy=acc, accuracy_loss=None if acc is None else 100 * (ref - acc),
+                 setting=setting, table=table, reference_accuracy=ref, nonzero_fraction=nz, **extra)
+        rows.append(r)
+        log(f"  {table:>3} {coder:12} {nbytes:8.0f} B {r['bits_per_weight']:6.3f} b/w  x{r['ratio_vs_fp32']:6.1f}  "
+            f"acc {'-' if acc is None else f'{100 * acc:.2f}'}  {setting}")
+        return r
+
+    passes = lambda acc: acc >= ref - TOL - 1e-12          # noqa: E731
+    qps = range(-40, -3) if not args.quick else range(-40, -3, 1)
+    t0 = time.perf_counter()
+    fisher = model.fisher() if model.grad_fn is not None else {k: np.ones_like(v) for k, v in params.items()}
+
+    # uniform quantiser + lossless coders
+    sweep = uniform_sweep(model, qps)
+    best_uniform = None
+    for coder in ("huffman", "csr-huffman", "bzip2", "h0"):
+        best = None
+        # the coarsest passing steps (sizes fall with the step; a few finer ones guard against a non-monotone case)
+        for qp, step, levels, acc in sorted((e for e in sweep if passes(e[3])), key=lambda e: -e[0])[:4]:
+            if True:
+                size = bl.model_size(coder, levels, {k: step for k in levels}, others)
+                if best is None or size < best[0]:
+                    best = (size, acc, qp)
+        if best:
+            row(coder, best[0], best[1], f"uniform, qp {best[2]} (step {step_size(best[2], 2):.4g})")
+            if coder == "huffman":
+                best_uniform = best[2]
+    log(f"  uniform sweep {time.perf_counter() - t0:.1f} s")
+
+    # weighted Lloyd
+    t0 = time.perf_counter()
+    ks = (256, 64, 32, 16, 8) if args.quick else (256, 128, 64, 32, 16, 8, 4)
+    lams = (0.0, 0.003, 0.03) if args.quick else (0.0, 0.001, 0.003, 0.01, 0.03, 0.1)
+    best = None
+    for k, lam, book, levels, acc, weighting in lloyd_sweep(model, fisher, ks, lams, ("fisher", "none")):
+        if passes(acc):
+            for coder in ("huffman", "csr-huffman", "bzip2"):
+                size = bl.model_size(coder, levels, {}, others, codebook=book)
+                if best is None or size < best[0]:
+                    best = (size, acc, f"F = {weighting}, k {k}, lambda {lam}, {len(book)} centres used, {coder}")
+    if best:
+        row("lloyd", *best)
+    log(f"  Lloyd sweep {time.perf_counter() - t0:.1f} s")
+
+    # nnc
+    t0 = time.perf_counter()
+    cands = nnc_candidates(model, fisher, qps, (0.0, 0.1, 0.3) if args.quick else (0.0, 0.05, 0.1, 0.2, 0.4),
+                           (2, 4, 8, 16, 32) if args.quick else (0, 1, 2, 4, 8, 16, 32, 64, 128),
+                           args.search_budget, log)
+    scored = [(fam, setting, len(s), model.evaluate(nnc.decode(s))) for fam, setting, s in cands]
+    log(f"  nnc: {len(cands)} streams in {time.perf_counter() - t0:.1f} s")
+    for coder, fams in (("nnc", None), ("nnc-rdoq", ("rdoq",)), ("nnc-dcv1", ("dcv1",))):
+        ok = [c for c in scored if passes(c[3]) and (fams is None or c[0] in fams)]
+        if ok:
+            fam, setting, size, acc = min(ok, key=lambda c: c[2])
+            row(coder, size, acc, setting)
+
+    # NNCodec
+    if oracle is not None:
+        t0 = time.perf_counter()
+        best = None
+        for qp in qps:
+            stream = oracle.compress({k: np.asarray(v, np.float32) for k, v in params.items()}, qp=qp, use_dq=True)
+            acc = model.evaluate(oracle.decompress(stream))
+            if passes(acc) and (best is None or len(stream) < best[0]):
+                best = (len(stream), acc, f"NNCodec 2.1.3 default (DQ), qp {qp}")
+        if best:
+            row("nncodec", *best)
+        log(f"  NNCodec sweep {time.perf_counter() - t0:.1f} s")
+
+    # Table II: bits per weight at fixed steps
+    for qp in (-32, -24, -16):
+        step = float(step_size(qp, 2))
+        levels = uniform_levels(weights, step)
+        rec = dict(params)
+        rec.update({k: (levels[k] * step).astype(np.float32) for k in weights})
+        h = sum(bl.h0_bits(v) for v in levels.values()) / 8
+        row("uniform-h0", h, model.evaluate(rec), f"step {step:.4g}", table="II")
+        for lam in (0.1,):
+            res = Encoder(qp=qp, dq=False, rdoq_lambda=lam).encode(weights)
+            rec = dict(params)
+            rec.update(nnc.decode(res.stream))
+            row("nnc-rdoq", len(res.stream), model.evaluate(rec), f"step {step:.4g}, lambda {lam}, weight tensors only",
+                table="II")
+        # Lloyd with the uniform grid's number of used levels as clusters, entropy of its assignments
+        kk = int(max(2, min(256, len(np.unique(np.concatenate([v.reshape(-1) for v in levels.values()]))))))
+        (k, lam, book, llev, acc, _), = lloyd_sweep(model, fisher, (kk,), (0.0,))
+        row("lloyd-h0", sum(bl.h0_bits(v) for v in llev.values()) / 8, acc, f"{kk} clusters (uniform's count)",
+            table="II")
+
+    # the 1-D tensors (biases): what each way of coding them costs, and the accuracy it leaves
+    from nnc.cli import stream_info
+
+    configs = {"default (nonweight_qp -75)": {}, "nonweight_qp -75, raw when smaller": dict(raw_when_smaller=True),
+               "1-D at the weights' qp": dict(nonweight_qp=None),
+               "1-D at the weights' qp, raw when smaller": dict(nonweight_qp=None, raw_when_smaller=True),
+               "blocks (1-D at the weights' qp)": dict(blocks=True, nonweight_qp=None),
+               "blocks, nonweight_qp -75": dict(blocks=True),
+               "1-D raw float32": dict(raw=list(others))}
+    for qp in (-24, -16, -12):
+        for label, kw in configs.items():
+            stream = Encoder(qp=qp, dq=True, **kw).encode(params).stream
+            info = stream_info(stream)
+            one_d = sum(t["unit_bytes"] for t in info["tensors"] if t["name"] in others and not t["block"])
+            worst = max((t["bits_per_weight"] for t in info["tensors"]), default=0)
+            row("nnc", len(stream), model.evaluate(nnc.decode(stream)), f"qp {qp}, {label}", table="1-D",
+                one_d_unit_bytes=one_d, max_tensor_bits_per_weight=worst)
+
+    # Table III: the uniform levels of Table I's huffman row, coded losslessly by each coder
+    if best_uniform is not None:
+        step = float(step_size(best_uniform, 2))
+        levels = uniform_levels(weights, step)
+        res = Encoder(qp=best_uniform, dq=False, nonweight_qp=None).encode(weights)
+        same = all(np.array_equal(res.tensors[k].levels.reshape(-1), levels[k].reshape(-1)) for k in weights)
+        nw = sum(v.size for v in weights.values())
+        for coder in ("huffman", "csr-huffman", "bzip2", "h0"):
+            size = bl.model_size(coder, levels, {k: step for k in levels})
+            rows.append(dict(model=model.name, variant=variant, coder=coder, bytes=size, bits_per_weight=8 * size / nw,
+                             ratio_vs_fp32=4 * nw / size, accuracy=None, accuracy_loss=None, table="III",
+                             setting=f"uniform levels at qp {best_uniform}, weights only"))
+        rows.append(dict(model=model.name, variant=variant, coder="h0-payload",
+                         bytes=sum(bl.h0_bits(v) for v in levels.values()) / 8,
+                         bits_per_weight=sum(bl.h0_bits(v) for v in levels.values()) / nw, ratio_vs_fp32=None,
+                         accuracy=None, accuracy_loss=None, table="III",
+                         setting="order-0 entropy of the levels alone (no header, no step)"))
+        rows.append(dict(model=model.name, variant=variant, coder="nnc", bytes=len(res.stream),
+                         bits_per_weight=8 * len(res.stream) / nw, ratio_vs_fp32=4 * nw / len(res.stream),
+                         accuracy=None, accuracy_loss=None, table="III",
+                         setting=f"same levels: {same}, CABAC, dq off, qp {best_uniform}"))
+        log("  III " + "  ".join(f"{r['coder']} {r['bits_per_weight']:.3f}" for r in rows if r["table"] == "III"))
+    return rows
+
+
+# -- tables ---------------------------------------------------------------------------------------------------------
+def markdown(rows, args, elapsed, models):
+    out = ["# The DeepCABAC paper's tables, on the models here", "",
+           f"Command: `python benchmarks/bench_paper.py{' --quick' if args.quick else ''} --json {args.json}`  ",
+           f"Machine: {platform.machine()}, shared by 8 concurrent jobs (2 cores); {elapsed / 60:.1f} min.", "",
+           "Metrics: " + "; ".join(f"{m.name}: {m.metric}" for m in models) + ".", "",
+           "## Table I: compression ratio (fp32 size / coded size) at <= 0.5 points accuracy loss", "",
+           "Sizes count everything a decoder needs (names, shapes, steps, tables, codebooks, 1-D tensors). "
+           "Baselines keep 1-D tensors as float32 (the paper's appendix); nnc codes them. "
+           "In parentheses: accuracy loss in points.", ""]
+    coders = ["huffman", "csr-huffman", "bzip2", "lloyd", "h0", "nncodec", "nnc-rdoq", "nnc-dcv1", "nnc"]
+    keys = sorted({(r["model"], r["variant"]) for r in rows}, key=lambda t: (t[0], t[1] != "dense", t[1]))
+    out.append("| model | variant | non-zero | fp32 acc | " + " | ".join(coders) + " | nnc vs best other | "
+               "nnc vs NNCodec |")
+    out.append("|---|---|---:|---:|" + "---:|" * (len(coders) + 2))
+    for key in keys:
+        sel = {r["coder"]: r for r in rows if (r["model"], r["variant"]) == key and r["table"] == "I"}
+        any_r = next(r for r in rows if (r["model"], r["variant"]) == key)
+        cells = []
+        for c in coders:
+            r = sel.get(c)
+            cells.append("-" if r is None else f"x{r['ratio_vs_fp32']:.1f} ({r['accuracy_loss']:+.2f})")
+        others = [r["bytes"] for c, r in sel.items() if c not in ("nnc", "nnc-rdoq", "nnc-dcv1", "h0")]
+        vs = f"{100 * (sel['nnc']['bytes'] / min(others) - 1):+.1f} %" if "nnc" in sel and others else "-"
+        vn = (f"{100 * (sel['nnc']['bytes'] / sel['nncodec']['bytes'] - 1):+.1f} %"
+              if "nnc" in sel and "nncodec" in sel else "-")
+        nzf = any_r.get("nonzero_fraction")
+        out.append(f"| {key[0]} | {key[1]} | {'' if nzf is None else f'{100 * nzf:.1f} %'} | "
+                   f"{100 * any_r.get('reference_accuracy', float('nan')):.2f} | " + " | ".join(cells)
+                   + f" | {vs} | {vn} |")
+    out += ["", "Bytes and settings of every Table I row:", "", "| model | variant | coder | bytes | bits/w | setting |",
+            "|---|---|---|---:|---:|---|"]
+    for r in rows:
+        if r["table"] == "I":
+            out.append(f"| {r['model']} | {r['variant']} | {r['coder']} | {r['bytes']} | {r['bits_per_weight']:.3f} "
+                       f"| {r['setting']} |")
+    out += ["", "## Table II: bits per parameter at fixed steps", "",
+            "uniform-h0 and lloyd-h0: order-0 entropy of the indices (no tables, 1-D tensors not counted, as in the "
+            "paper); nnc-rdoq: the whole stream (every tensor, headers). Accuracy in parentheses.", "",
+            "| model | variant | step | uniform-h0 | lloyd-h0 | nnc-rdoq |", "|---|---|---|---:|---:|---:|"]
+    for key in keys:
+        sel = [r for r in rows if (r["model"], r["variant"]) == key and r["table"] == "II"]
+        for i in range(0, len(sel), 3):
+            trio = {r["coder"]: r for r in sel[i:i + 3]}
+            cell = lambda c: f"{trio[c]['bits_per_weight']:.3f} ({100 * trio[c]['accuracy']:.2f})"  # noqa: E731
+            out.append(f"| {key[0]} | {key[1]} | {trio['uniform-h0']['setting']} | {cell('uniform-h0')} | "
+                       f"{cell('lloyd-h0')} | {cell('nnc-rdoq')} |")
+    out += ["", "## Table III: one quantised network, lossless coders (bits per weight, weight tensors only)", "",
+            "The uniform levels of Table I's huffman row; every coder codes exactly these integers. h0 counts the "
+            "same headers as the coders, h0-payload the entropy alone; nnc is its whole stream (CABAC, DQ off, "
+            "same levels).", "",
+            "| model | variant | huffman | csr-huffman | bzip2 | h0 | h0-payload | nnc | nnc vs h0-payload |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for key in keys:
+        sel = {r["coder"]: r for r in rows if (r["model"], r["variant"]) == key and r["table"] == "III"}
+        if sel:
+            cols = ["huffman", "csr-huffman", "bzip2", "h0", "h0-payload", "nnc"]
+            out.append(f"| {key[0]} | {key[1]} | " + " | ".join(f"{sel[c]['bits_per_weight']:.3f}" for c in cols)
+                       + f" | {100 * (sel['nnc']['bytes'] / sel['h0-payload']['bytes'] - 1):+.1f} % |")
+    out += ["", "## 1-D tensors: the cost of each way of coding them", "",
+            "Whole streams at DQ, lambda 0; \"1-D NDUs\" is the bytes of the separate NDUs of 1-D tensors (0 when "
+            "they ride in BLOCK NDUs); \"worst\" the largest bits per weight of any tensor (32 = float32; not shown "
+            "with BLOCK NDUs, whose bytes are not attributed to their members).", "",
+            "| model | variant | qp | coding of 1-D tensors | bytes | 1-D NDUs | worst bits/w | accuracy |",
+            "|---|---|---:|---|---:|---:|---:|---:|"]
+    for r in rows:
+        if r["table"] == "1-D":
+            qp, label = r["setting"].split(", ", 1)
+            worst = "-" if label.startswith("blocks") else f"{r['max_tensor_bits_per_weight']:.1f}"
+            out.append(f"| {r['model']} | {r['variant']} | {qp[3:]} | {label} | {r['bytes']} | {r['one_d_unit_bytes']} "
+                       f"| {worst} | {100 * r['accuracy']:.2f} |")
+    return "\n".join(out) + "\n"
+
+
+def plot(rows, path):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plot")
+        return
+    keys = sorted({(r["model"], r["variant"]) for r in rows}, key=lambda t: (t[0], t[1] != "dense", t[1]))
+    coders = ["huffman", "csr-huffman", "bzip2", "lloyd", "h0", "nncodec", "nnc"]
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(keys)), 4))
+    width = 0.8 / len(coders)
+    for j, c in enumerate(coders):
+        vals = []
+        for key in keys:
+            r = next((r for r in rows if (r["model"], r["variant"]) == key and r["coder"] == c and r["table"] == "I"),
+                     None)
+            vals.append(r["ratio_vs_fp32"] if r else 0)
+        ax.bar(np.arange(len(keys)) + j * width, vals, width, label=c)
+    ax.set_xticks(np.arange(len(keys)) + 0.4 - width / 2)
+    ax.set_xticklabels([f"{m}\n{v}" for m, v in keys], fontsize=8)
+    ax.set_ylabel("compression ratio vs fp32")
+    ax.set_title("Table I: ratio at <= 0.5 points accuracy loss")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="the digits models, smaller sweeps (under 20 minutes)")
+    ap.add_argument("--json", required=True, help="where to write the rows")
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="folder for the tables and the plot")
+    ap.add_argument("--search-budget", type=float, default=None,
+                    help="seconds of nnc's DC-v2 search per model and variant (default 60, --quick 30)")
+    ap.add_argument("--models", default="digits", help="comma-separated: digits")
+    args = ap.parse_args(argv)
+    if args.search_budget is None:
+        args.search_budget = 30.0 if args.quick else 60.0
+    log = lambda s: print(s, flush=True)                      # noqa: E731
+    t_start = time.perf_counter()
+    models = []
+    if "digits" in args.models.split(","):
+        models += digits_models()
+    sparsity = {"digits-mlp": (20,), "digits-cnn": (20,)} if args.quick else {"digits-mlp": (20, 9), "digits-cnn": (20, 9)}
+    rows = []
+    with nncodec_oracle() as oracle:
+        if oracle is None:
+            log("NNCodec oracle not available (NNC_ORACLE_PYTHON, tools/setup_oracle.sh): no nncodec rows")
+        for model in models:
+            variants = [("dense", model)]
+            for keep in sparsity.get(model.name, ()):
+                t0 = time.perf_counter()
+                sparse = prune_and_finetune(model, keep / 100, epochs=5)
+                log(f"{model.name} sparse-{keep}: fine-tuned in {time.perf_counter() - t0:.1f} s, "
+                    f"accuracy {100 * sparse.evaluate(sparse.params):.2f} % (dense {100 * model.evaluate(model.params):.2f} %)")
+                variants.append((f"sparse-{keep}", sparse))
+            for variant, m in variants:
+                log(f"{model.name} {variant}")
+                rows += run_model(m, variant, args, oracle, log)
+                Path(args.json).write_text(json.dumps(rows, indent=1))
+    elapsed = time.perf_counter() - t_start
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(rows, indent=1))
+    stem = "paper_tables_quick" if args.quick else "paper_tables"
+    (out / f"{stem}.md").write_text(markdown(rows, args, elapsed, models))
+    plot(rows, out / f"{stem}.png")
+    log(f"done in {elapsed / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()
