@@ -639,8 +639,15 @@ cdef inline void contexts_reset(Ctx* ctx, int n) noexcept nogil:
 cdef int decode_tensor_data(ArithDecoder* d, Ctx* ctx, Layout* L, TensorShape* t,
                             int32_t* out, const int32_t* base, const int8_t* hist, const uint8_t* skipped,
                             int64_t* ep_t, int64_t* ep_value, int64_t* ep_state, int64_t n_ep, int use_ep,
-                            int64_t start_row, int64_t* rec_t, int64_t* rec_value, int64_t* rec_state) noexcept nogil:
-    """Decode the scan of one tensor (spec 11.2, 11.3, 11.5). Returns 0 or an error code."""
+                            int64_t start_row, int64_t* rec_t, int64_t* rec_value, int64_t* rec_state,
+                            int64_t stop_row, int64_t* bnd) noexcept nogil:
+    """Decode the scan of one tensor (spec 11.2, 11.3, 11.5). Returns 0 or an error code.
+
+    With ``bnd`` != NULL (a block-row range, spec 11.4): only block row ``start_row``
+    is entered from its entry point, rows up to ``stop_row`` - 1 follow sequentially,
+    and at the start of ``stop_row`` (< n_block_rows) bnd receives
+    (T, V >> 7, DQ state, 1 if V's low 7 bits equal those an entry-point start fills in).
+    """
     cdef int64_t br, r, c, r0, r_end, c0, c_end, row_off, i
     cdef int state = 0
     cdef int64_t prev = 0
@@ -655,17 +662,25 @@ cdef int decode_tensor_data(ArithDecoder* d, Ctx* ctx, Layout* L, TensorShape* t
         r_end = r0 + t.block_h
         if r_end > t.height:
             r_end = t.height
+        if bnd != NULL and br < start_row:
+            continue
         if br > 0:
             contexts_reset(ctx, L.n_ctx)
             prev = 0
             d.rng = 256
-            if not use_ep and d.val >= (256 << 7):
+            if (not use_ep or (bnd != NULL and br > start_row)) and d.val >= (256 << 7):
                 return ERR_FORCED_RANGE
             if rec_t != NULL:
                 rec_t[br - 1] = decoder_position(d)
                 rec_value[br - 1] = d.val >> 7
                 rec_state[br - 1] = state
-        if use_ep and br > 0 and br >= start_row:
+            if bnd != NULL and br == stop_row:
+                bnd[0] = decoder_position(d)
+                bnd[1] = d.val >> 7
+                bnd[2] = state
+                bnd[3] = (d.val & 127) == ((<uint32_t>d.buf[d.pos - 1] << (8 + d.bits_needed)) & 127)
+                return ERR_NONE
+        if use_ep and br > 0 and (br == start_row if bnd != NULL else br >= start_row):
             code = decoder_seek(d, ep_t[br - 1], <uint32_t>ep_value[br - 1])
             if code:
                 return code
@@ -971,6 +986,7 @@ cdef class PayloadDecoder:
     cdef public object last_init_sets
     cdef public bint last_row_skip
     cdef public bint last_hdsp
+    cdef public object last_boundary
     cdef bint _finished
 
     def __init__(self, data, int edition):
@@ -983,6 +999,7 @@ cdef class PayloadDecoder:
         self.last_init_sets = None
         self.last_row_skip = False
         self.last_hdsp = False
+        self.last_boundary = None
         self._finished = False
         self.d.length = self._view.shape[0]
         self.d.buf = &self._view[0] if self.d.length > 0 else NULL
@@ -1003,6 +1020,18 @@ cdef class PayloadDecoder:
     @property
     def bytes_consumed(self):
         return self.d.pos
+
+    def fork(self):
+        """An independent decoder of the same payload in this one's exact state (for parallel block rows)."""
+        cdef PayloadDecoder other = PayloadDecoder.__new__(PayloadDecoder)
+        other._view = self._view
+        other.d = self.d
+        other.edition = self.edition
+        other.last_entry_points = []
+        other.last_init_sets = None
+        other.last_boundary = None
+        other._finished = False
+        return other
 
     @property
     def bit_position(self):
@@ -1033,7 +1062,7 @@ cdef class PayloadDecoder:
     def decode_tensor(self, int64_t height, int64_t width, *, int n_gtx, bint dq=False, int scan_order=0,
                       int64_t codebook_size=0, int64_t codebook_zero=0, bint parent_present=False,
                       tca_base=None, hdsp_history=None, entry_points=None, int64_t start_block_row=0,
-                      bint record_entry_points=False):
+                      bint record_entry_points=False, stop_block_row=None, out=None):
         """Decode one tensor: reconstruction integers n, flat, row-major (spec 8.1)."""
         _check_tensor_args(height, width, n_gtx, scan_order, DecodeError)
         cdef int64_t size = height * width
@@ -1054,7 +1083,11 @@ cdef class PayloadDecoder:
         cdef int64_t r
         cdef int64_t t0
         cdef int code
-        cdef cnp.ndarray out = np.zeros(size, dtype=np.int32)
+        if out is None:
+            out = np.zeros(size, dtype=np.int32)
+        elif not (isinstance(out, np.ndarray) and out.dtype == np.int32 and out.size == size
+                  and out.flags.c_contiguous and out.flags.writeable):
+            raise ValueError(f"out must be a writeable C-contiguous int32 array of {size} elements")
         cdef cnp.ndarray skipped = None
         cdef int32_t[::1] base_v
         cdef int8_t[::1] hist_v
@@ -1062,13 +1095,23 @@ cdef class PayloadDecoder:
         cdef const int32_t* base_p = NULL
         cdef const int8_t* hist_p = NULL
         cdef const uint8_t* skip_p = NULL
-        cdef int32_t* out_p = <int32_t*>cnp.PyArray_DATA(out)
+        cdef int32_t* out_p = <int32_t*>cnp.PyArray_DATA(<cnp.ndarray>out)
+        cdef int64_t bnd[4]
+        cdef int64_t stop_row = t.n_block_rows
+        cdef bint ranged = stop_block_row is not None and t.scan_order > 0
         cdef int64_t n_ep = t.n_block_rows - 1
         cdef cnp.ndarray ep_arr = np.zeros((3, n_ep if n_ep > 0 else 1), dtype=np.int64)
         cdef cnp.ndarray rec_arr = np.zeros((3, n_ep if n_ep > 0 else 1), dtype=np.int64)
         cdef int64_t[:, ::1] ep_v = ep_arr
         cdef int64_t[:, ::1] rec_v = rec_arr
         cdef bint use_ep = False
+        if ranged:
+            stop_row = stop_block_row
+            if not 0 <= start_block_row < stop_row <= t.n_block_rows:
+                raise ValueError(f"block rows {start_block_row}..{stop_row} outside 0..{t.n_block_rows}")
+            if start_block_row > 0 and entry_points is None:
+                raise ValueError("start_block_row > 0 needs entry points")
+        self.last_boundary = None
         try:
             for i in range(L.n_ctx):
                 ctx_init(&ctx[i], 0)
@@ -1124,9 +1167,11 @@ cdef class PayloadDecoder:
                                           &ep_v[0, 0], &ep_v[1, 0], &ep_v[2, 0], n_ep, use_ep,
                                           start_block_row,
                                           &rec_v[0, 0] if record_entry_points else NULL,
-                                          &rec_v[1, 0], &rec_v[2, 0])
+                                          &rec_v[1, 0], &rec_v[2, 0], stop_row, bnd if ranged else NULL)
             if code:
                 self._raise(code)
+            if ranged and stop_row < t.n_block_rows:
+                self.last_boundary = (int(bnd[0] - t0), int(bnd[1]), int(bnd[2]) if t.dq else 0, bool(bnd[3]))
             if record_entry_points:
                 eps = []
                 prev_t = t0

@@ -30,6 +30,7 @@ from typing import BinaryIO, Iterable, Union
 import numpy as np
 
 from . import container as C
+from ._parallel import decode_tensor_threads
 from ._threads import ordered_results, thread_count
 from .engine import get_engine
 from .errors import DecodeError, LimitError, NNCError, UnsupportedError
@@ -744,7 +745,11 @@ class Decoder:
             it is decoded.
         threads : int
             Compressed data units decoded at the same time (the Cython engine
-            releases the GIL); 0 for one per CPU.  The output and the error
+            releases the GIL); 0 for one per CPU.  With the default
+            ``entry_points="ignore"``, the block rows of a large block-scanned
+            tensor are also decoded in threads from its entry points, each
+            range checked to end exactly where the next one starts (spec 11.4;
+            a tensor failing the check is decoded sequentially).  The output and the error
             raised for an invalid stream (that of the first invalid unit in
             stream order) are the same for every value.  Streams that read or
             update a decoder state (incremental coding, spec 14) are decoded
@@ -786,9 +791,9 @@ class Decoder:
             if missing:
                 raise KeyError(f"no tensor named {sorted(missing)[0]!r} in the stream")
         threads = thread_count(threads)
-        jobs = [(unit, params, self._ndu_tensors[i]) for i, (unit, params) in enumerate(self._ndus)
+        jobs = [(unit, params, self._ndu_tensors[i], threads) for i, (unit, params) in enumerate(self._ndus)
                 if wanted is None or any(t.name in wanted for t in self._ndu_tensors[i])]
-        stateful = self.keep_state or any(params.parent_signalling for _, params, _ in jobs)
+        stateful = self.keep_state or any(params.parent_signalling for _, params, *_ in jobs)
         out: OrderedDict[str, np.ndarray] = OrderedDict()
         with ordered_results(self._decode_ndu, jobs, 1 if stateful else threads) as results:
             for decoded in results:
@@ -863,14 +868,15 @@ class Decoder:
         return self._index[name][1]
 
     # -- NDU payload (spec 7.5, 8) ---------------------------------------------
-    def _decode_ndu(self, unit: C.Unit, params: _Params, infos: list[TensorInfo]) -> dict:
+    def _decode_ndu(self, unit: C.Unit, params: _Params, infos: list[TensorInfo], threads: int = 1) -> dict:
         try:
-            return self._decode_ndu_payload(unit, params, infos)
+            return self._decode_ndu_payload(unit, params, infos, threads)
         except NNCError as exc:
             # errors inside a payload carry payload-relative offsets
             raise exc.at(unit.payload_offset) from exc
 
-    def _decode_ndu_payload(self, unit: C.Unit, params: _Params, infos: list[TensorInfo]) -> dict:
+    def _decode_ndu_payload(self, unit: C.Unit, params: _Params, infos: list[TensorInfo],
+                            threads: int = 1) -> dict:
         h = unit.header
         payload = unit.payload
         first = infos[0]
@@ -920,10 +926,15 @@ class Decoder:
                 kwargs["hdsp_history"] = None
             mode = self.entry_points_mode
             use_eps = mode == "use" and info.entry_points and info.scan_order > 0
-            levels = dec.decode_tensor(
-                height, width, entry_points=info.entry_points if use_eps else None,
-                record_entry_points=(mode == "verify"), **kwargs,
-            )
+            if mode == "ignore" and threads > 1 and info.entry_points and info.scan_order > 0:
+                # block rows in threads from the entry points, checked exactly (spec 11.4)
+                levels, dec = decode_tensor_threads(dec, height, width, entry_points=info.entry_points,
+                                                    threads=threads, **kwargs)
+            else:
+                levels = dec.decode_tensor(
+                    height, width, entry_points=info.entry_points if use_eps else None,
+                    record_entry_points=(mode == "verify"), **kwargs,
+                )
             if mode == "verify" and info.entry_points and height > 1 and width > 1:
                 if list(dec.last_entry_points) != list(info.entry_points):
                     raise DecodeError(

@@ -1,0 +1,118 @@
+"""Block rows of one tensor in parallel threads (spec 11.4): the same levels and bytes as sequential coding."""
+
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+import nnc
+from nnc import _parallel
+from nnc.engine import get_engine
+
+ENGINES = ["cython", "python"]
+
+
+def _weights(seed, height, width, zero_rows):
+    rng = np.random.default_rng(seed)
+    w = (rng.laplace(size=(height, width)) * 0.05).astype(np.float32)
+    for r in zero_rows:
+        if r < height:
+            w[r] = 0
+    return w
+
+
+def _tensor_decoder(stream, engine):
+    """(payload decoder positioned at the weight, its keyword arguments, info) of a one-tensor stream."""
+    dec = nnc.Decoder(stream)
+    info = dec.tensors()[0]
+    unit, params = dec._ndus[0]
+    edition = 2 if params.profile == 1 else 1
+    pd = get_engine(engine).PayloadDecoder(unit.payload, edition)
+    pd.read_qp_offset(6 + params.qp_density)
+    return pd, dict(n_gtx=info.n_gtx, dq=info.dq, scan_order=info.scan_order), info
+
+
+shapes = st.tuples(st.integers(2, 140), st.integers(2, 80))
+
+
+@given(shape=shapes, scan_order=st.integers(1, 4), dq=st.booleans(), row_skip=st.booleans(),
+       profile=st.sampled_from([0, 1]), threads=st.integers(2, 5), seed=st.integers(0, 2**16),
+       zero_rows=st.lists(st.integers(0, 139), max_size=12))
+def test_parallel_decode_equals_sequential(shape, scan_order, dq, row_skip, profile, threads, seed, zero_rows):
+    height, width = shape
+    w = _weights(seed, height, width, zero_rows)
+    stream = nnc.encode({"w": w}, qp=-28, dq=dq, scan_order=scan_order, row_skip=row_skip and profile == 1,
+                        profile=profile)
+    pd, kw, info = _tensor_decoder(stream, "cython")
+    ref = pd.fork().decode_tensor(height, width, **kw)
+    levels, after = _parallel.decode_tensor_threads(pd, height, width, entry_points=info.entry_points,
+                                                    threads=threads, min_elements=1, **kw)
+    np.testing.assert_array_equal(levels, ref)
+    after.finish()
+    if _parallel.block_row_count(height, width, scan_order) > 1:
+        assert after is pd  # the entry points of nnc's streams pass the exact check: no sequential retry
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("dq", [False, True])
+@pytest.mark.parametrize("scan_order", [1, 2, 3, 4])
+def test_parallel_decode_every_scan_order(engine, dq, scan_order):
+    # 150 rows: a partial last block row for every block size; rows 3 and 40..60 skipped
+    w = _weights(1, 150, 70, [3] + list(range(40, 61)))
+    stream = nnc.encode({"w": w}, qp=-28, dq=dq, scan_order=scan_order, row_skip=True)
+    pd, kw, info = _tensor_decoder(stream, engine)
+    ref = pd.fork().decode_tensor(150, 70, **kw)
+    levels, after = _parallel.decode_tensor_threads(pd, 150, 70, entry_points=info.entry_points,
+                                                    threads=3, min_elements=1, **kw)
+    assert after is pd
+    np.testing.assert_array_equal(levels, ref)
+    after.finish()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("field", [0, 1, 2])
+def test_wrong_entry_points_fall_back_to_sequential(engine, field):
+    w = _weights(2, 200, 40, [])
+    stream = nnc.encode({"w": w}, qp=-28, dq=True, scan_order=1)
+    pd, kw, info = _tensor_decoder(stream, engine)
+    ref = pd.fork().decode_tensor(200, 40, **kw)
+    eps = [list(e) for e in info.entry_points]
+    eps[11][field] = (eps[11][field] + 1) % (8 if field == 1 else 256)   # block row 12 starts a range
+    levels, after = _parallel.decode_tensor_threads(pd, 200, 40, entry_points=eps, threads=4,
+                                                    min_elements=1, **kw)
+    assert after is not pd
+    np.testing.assert_array_equal(levels, ref)
+    after.finish()
+
+
+def test_range_decoding_records_the_boundary():
+    w = _weights(3, 100, 30, [])
+    stream = nnc.encode({"w": w}, qp=-28, dq=True, scan_order=1)
+    for engine in ENGINES:
+        pd, kw, info = _tensor_decoder(stream, engine)
+        out = np.full(3000, 7, dtype=np.int32)
+        pd.decode_tensor(100, 30, entry_points=info.entry_points, start_block_row=2, stop_block_row=5,
+                         out=out, **kw)
+        offset = sum(e[2] for e in info.entry_points[:5])
+        assert pd.last_boundary == (offset, info.entry_points[4][0], info.entry_points[4][1], True)
+        ref = pd.fork().decode_tensor  # noqa: F841
+        assert (out[:16 * 30] == 7).all() and (out[40 * 30:] == 7).all()
+
+
+def test_decoder_threads_use_entry_points(monkeypatch):
+    monkeypatch.setattr(_parallel, "MIN_ELEMENTS_PER_THREAD", 1)
+    calls = []
+    real = _parallel.decode_tensor_threads
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(nnc.decoder, "decode_tensor_threads", spy)
+    model = {"a": _weights(4, 90, 33, [5]), "b": _weights(5, 64, 64, [])}
+    stream = nnc.encode(model, qp=-30, scan_order=2, row_skip=True)
+    one = nnc.decode(stream, threads=1)
+    assert not calls
+    two = nnc.decode(stream, threads=2)
+    assert calls
+    for name in model:
+        np.testing.assert_array_equal(one[name], two[name])
