@@ -844,15 +844,22 @@ cdef inline void encode_value(BinSink* s, Layout* L, TensorShape* t, int64_t k, 
 cdef void encode_tensor_data(BinSink* s, Layout* L, TensorShape* t, const int32_t* k_values,
                              const int32_t* base, const int8_t* hist, const uint8_t* skipped) noexcept nogil:
     """Walk the scan of one tensor, sending its bins to the sink (spec 11.2, 11.3, 11.5)."""
+    encode_block_rows(s, L, t, k_values, base, hist, skipped, 0, t.n_block_rows, 0)
+
+
+cdef void encode_block_rows(BinSink* s, Layout* L, TensorShape* t, const int32_t* k_values,
+                            const int32_t* base, const int8_t* hist, const uint8_t* skipped,
+                            int64_t br_start, int64_t br_stop, int state0) noexcept nogil:
+    """Walk block rows br_start .. br_stop - 1, the DQ state being state0 at the first (spec 11.2)."""
     cdef int64_t br, r, c, r0, r_end, c0, c_end, row_off, i
-    cdef int state = 0
+    cdef int state = state0
     cdef int64_t prev = 0
     cdef int64_t k
     cdef int32_t b = 0
     cdef int hd = 0
     cdef int skip_adv
     cdef int64_t W = t.width
-    for br in range(t.n_block_rows):
+    for br in range(br_start, br_stop):
         r0 = br * t.block_h
         r_end = r0 + t.block_h
         if r_end > t.height:
@@ -884,6 +891,170 @@ cdef void encode_tensor_data(BinSink* s, Layout* L, TensorShape* t, const int32_
                         state = NEXT_STATE[state][k & 1]
                     prev = k
             c0 = c_end
+
+
+cdef void dq_block_row_states(TensorShape* t, const int32_t* k_values, const uint8_t* skipped,
+                              int32_t* states) noexcept nogil:
+    """DQ state at the start of every block row, from the coded values (spec 10.2, 11.3, 11.5)."""
+    cdef int64_t br, r, c, r0, r_end, c0, c_end
+    cdef int state = 0
+    cdef int skip_adv
+    cdef int64_t W = t.width
+    for br in range(t.n_block_rows):
+        states[br] = state
+        r0 = br * t.block_h
+        r_end = r0 + t.block_h
+        if r_end > t.height:
+            r_end = t.height
+        c0 = 0
+        while c0 < W:
+            c_end = c0 + t.block_w
+            if c_end > W:
+                c_end = W
+            for r in range(r0, r_end):
+                if skipped != NULL and skipped[r]:
+                    for skip_adv in range(W % 4):
+                        state = NEXT_STATE[state][0]
+                    continue
+                for c in range(c0, c_end):
+                    state = NEXT_STATE[state][k_values[r * W + c] & 1]
+            c0 = c_end
+
+
+cdef void enc_segment_code(ArithEncoder* e) noexcept nogil:
+    """Turn a segment encoder's state into its whole code value (9.8): every pending
+    byte with the register's carry, then the register's 32 - bits_left bits, MSB first,
+    left-aligned in the last byte.  The segment started with low 0, R 256, bits_left 23,
+    so the code has n + 9 bits for n renormalisation shifts."""
+    cdef int nbits = 32 - e.bits_left
+    cdef uint64_t bits
+    if (e.low >> nbits) != 0:
+        enc_put_byte(e, e.buffered_byte + 1)
+        while e.num_buffered > 1:
+            enc_put_byte(e, 0x00)
+            e.num_buffered -= 1
+        e.low -= <uint32_t>1 << nbits
+    elif e.num_buffered > 0:
+        enc_put_byte(e, e.buffered_byte)
+        while e.num_buffered > 1:
+            enc_put_byte(e, 0xFF)
+            e.num_buffered -= 1
+    e.num_buffered = 0
+    bits = e.low
+    while nbits % 8 != 0:
+        bits <<= 1
+        nbits += 1
+    while nbits > 0:
+        nbits -= 8
+        enc_put_byte(e, <uint32_t>(bits >> nbits) & 0xFF)
+
+
+cdef void enc_append_code(ArithEncoder* e, const uint8_t* code, int64_t n, uint32_t final_rng) noexcept nogil:
+    """Continue encoder e (R forced to 256 at a block-row start) with a segment coded on its own
+    from that point: low becomes low * 2^n + (the segment's n + 9-bit code), with carries (9.8)."""
+    cdef int64_t pos = 9
+    cdef int64_t end = n + 9
+    cdef int g, j
+    cdef uint32_t v
+    e.low += ((<uint32_t>code[0] << 1) | (code[1] >> 7))      # the top 9 bits (< 256)
+    while pos < end:
+        g = 8 if end - pos >= 8 else <int>(end - pos)
+        v = 0
+        for j in range(g):
+            v = (v << 1) | ((code[(pos + j) >> 3] >> (7 - ((pos + j) & 7))) & 1)
+        pos += g
+        e.low = (e.low << g) + v
+        e.bits_left -= g
+        if e.bits_left < 12:
+            enc_write_out(e)
+    e.rng = final_rng
+
+
+cdef class _RowRange:
+    """Block rows [a, b) of one tensor, estimated or coded on their own (parallel encoding)."""
+    cdef BinSink s
+    cdef ArithEncoder e
+    cdef Ctx* ctx
+    cdef uint64_t* cost
+    cdef Layout L
+    cdef TensorShape t
+    cdef const int32_t* k
+    cdef const int32_t* base
+    cdef const int8_t* hist
+    cdef const uint8_t* skip
+    cdef int64_t a, b, shifts
+    cdef int state0
+
+    def __cinit__(self):
+        self.ctx = NULL
+        self.cost = NULL
+        self.e.out = NULL
+
+    def __dealloc__(self):
+        free(self.ctx)
+        free(self.cost)
+        free(self.e.out)
+
+    def run(self):
+        with nogil:
+            encode_block_rows(&self.s, &self.L, &self.t, self.k, self.base, self.hist, self.skip,
+                              self.a, self.b, self.state0)
+            if self.s.mode == MODE_ENCODE:
+                # n = shifts since the start: 23 - bits_left + 8 per byte written or pending
+                self.shifts = 23 - self.e.bits_left + 8 * (self.e.out_len + self.e.num_buffered)
+                enc_segment_code(&self.e)
+        if self.e.err:
+            raise MemoryError()
+
+
+cdef _RowRange _row_range(int mode, Layout* L, TensorShape* t, const int32_t* k, const int32_t* base,
+                          const int8_t* hist, const uint8_t* skip, int64_t a, int64_t b, int state0, list sets):
+    cdef _RowRange rr = _RowRange()
+    cdef int i, j
+    rr.L = L[0]
+    rr.t = t[0]
+    rr.k, rr.base, rr.hist, rr.skip = k, base, hist, skip
+    rr.a, rr.b, rr.state0 = a, b, state0
+    rr.s.mode = mode
+    rr.s.n_ctx = L.n_ctx
+    if mode == MODE_OPTIMISE:
+        rr.ctx = <Ctx*>malloc(N_SETS * L.n_ctx * sizeof(Ctx))
+        rr.cost = <uint64_t*>malloc(N_SETS * L.n_ctx * sizeof(uint64_t))
+        if rr.ctx == NULL or rr.cost == NULL:
+            raise MemoryError()
+        for j in range(N_SETS):
+            for i in range(L.n_ctx):
+                ctx_init(&rr.ctx[j * L.n_ctx + i], j)
+                rr.cost[j * L.n_ctx + i] = 0
+        rr.s.opt_ctx = rr.ctx
+        rr.s.opt_cost = rr.cost
+    else:
+        rr.ctx = <Ctx*>malloc(L.n_ctx * sizeof(Ctx))
+        if rr.ctx == NULL or not enc_init(&rr.e):
+            raise MemoryError()
+        for i in range(L.n_ctx):
+            ctx_init(&rr.ctx[i], sets[i])
+        rr.e.rng = 256
+        rr.s.enc = &rr.e
+        rr.s.ctx = rr.ctx
+    return rr
+
+
+cdef void _add_costs(uint64_t* total, _RowRange part, int n) noexcept:
+    cdef int i
+    for i in range(n):
+        total[i] += part.cost[i]
+
+
+def _run_in_threads(list tasks):
+    """Run every task's ``run()``; the first in this thread, the others in a pool."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, len(tasks) - 1), thread_name_prefix="nnc-rows") as pool:
+        futures = [pool.submit(task.run) for task in tasks[1:]]
+        tasks[0].run()
+        for f in futures:
+            f.result()
 
 
 cdef int levels_to_coded(TensorShape* t, const int32_t* n_values, int32_t* k_out,
@@ -1246,8 +1417,11 @@ cdef class PayloadEncoder:
     def encode_tensor(self, levels, int64_t height, int64_t width, *, int n_gtx, bint dq=False,
                       int scan_order=0, bint param_opt=True, init_sets=None, int64_t codebook_size=0,
                       int64_t codebook_zero=0, bint parent_present=False, tca_base=None, hdsp_history=None,
-                      bint hdsp=False, bint row_skip=False):
-        """Encode one tensor given its reconstruction integers n (spec 8.1, Annex A)."""
+                      bint hdsp=False, bint row_skip=False, int threads=1):
+        """Encode one tensor given its reconstruction integers n (spec 8.1, Annex A).
+
+        ``threads`` > 1: the block rows of a block scan are estimated and coded in up to
+        that many threads, each range on its own and joined exactly (the same bytes)."""
         self._check_open()
         _check_tensor_args(height, width, n_gtx, scan_order, EncodeError)
         cdef int64_t size = height * width
@@ -1307,8 +1481,22 @@ cdef class PayloadEncoder:
         if hist_arr is not None and do_hdsp and size:
             hist_v = hist_arr
             hist_p = &hist_v[0]
+        # block-row ranges for threads, with the DQ state at each range's start
+        cdef list ranges = []
+        cdef cnp.ndarray br_states
+        cdef int32_t[::1] br_states_v
+        if threads > 1 and t.scan_order > 0 and t.n_block_rows > 1 and size:
+            parts = min(threads, t.n_block_rows)
+            bounds = [t.n_block_rows * i // parts for i in range(parts + 1)]
+            br_states = np.zeros(t.n_block_rows, dtype=np.int32)
+            br_states_v = br_states
+            if t.dq:
+                with nogil:
+                    dq_block_row_states(&t, &k_v[0], skip_p, &br_states_v[0])
+            ranges = [(bounds[i], bounds[i + 1], int(br_states[bounds[i]])) for i in range(parts)]
         signalled = init_signalled_contexts(&L, &t)
-        sets = self._choose_init_sets(L, t, signalled, init_sets, param_opt, k_v, base_p, hist_p, skip_p, size)
+        sets = self._choose_init_sets(L, t, signalled, init_sets, param_opt, k_v, base_p, hist_p, skip_p, size,
+                                      ranges)
         cdef Ctx* ctx = <Ctx*>malloc(L.n_ctx * sizeof(Ctx))
         if ctx == NULL:
             raise MemoryError()
@@ -1339,7 +1527,9 @@ cdef class PayloadEncoder:
                 ctx_init(&ctx[a], sets[a])
             if first_range_forced(&L, &t):
                 self.e.rng = 256
-            if size:
+            if ranges:
+                self._encode_ranges(&s, &L, &t, &k_v[0], base_p, hist_p, skip_p, ranges, sets)
+            elif size:
                 with nogil:
                     encode_tensor_data(&s, &L, &t, &k_v[0], base_p, hist_p, skip_p)
             if self.e.err:
@@ -1347,9 +1537,29 @@ cdef class PayloadEncoder:
         finally:
             free(ctx)
 
+    cdef _encode_ranges(self, BinSink* s, Layout* L, TensorShape* t, const int32_t* k, const int32_t* base_p,
+                        const int8_t* hist_p, const uint8_t* skip_p, list ranges, list sets):
+        """Range 0 coded here, the others on their own in threads, then appended (spec 11.3, 9.8)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        cdef _RowRange rr
+        cdef int64_t b0 = ranges[0][1]
+        segments = [_row_range(MODE_ENCODE, L, t, k, base_p, hist_p, skip_p, a, b, st, sets)
+                    for a, b, st in ranges[1:]]
+        with ThreadPoolExecutor(max_workers=len(segments), thread_name_prefix="nnc-rows") as pool:
+            futures = [pool.submit(seg.run) for seg in segments]
+            with nogil:
+                encode_block_rows(s, L, t, k, base_p, hist_p, skip_p, 0, b0, 0)
+            for f in futures:
+                f.result()
+        for rr in segments:
+            self.e.rng = 256                  # the block-row boundary of spec 11.3
+            enc_append_code(&self.e, rr.e.out, rr.shifts, rr.e.rng)
+            self.e.bins += rr.e.bins
+
     cdef list _choose_init_sets(self, Layout L, TensorShape t, list signalled, init_sets, bint param_opt,
                                 int32_t[::1] k_v, const int32_t* base_p, const int8_t* hist_p,
-                                const uint8_t* skip_p, int64_t size):
+                                const uint8_t* skip_p, int64_t size, list ranges=None):
         """Init set per context: given, optimised by estimated bits, or all 0 (spec A.3)."""
         cdef list sets = [0] * L.n_ctx
         cdef int a, k, best
@@ -1381,8 +1591,16 @@ cdef class PayloadEncoder:
             s.opt_ctx = opt_ctx
             s.opt_cost = opt_cost
             s.n_ctx = L.n_ctx
-            with nogil:
-                encode_tensor_data(&s, &L, &t, &k_v[0], base_p, hist_p, skip_p)
+            if ranges:
+                # contexts restart at every block row, so the ranges' costs add up
+                parts = [_row_range(MODE_OPTIMISE, &L, &t, &k_v[0], base_p, hist_p, skip_p, a, b, st, None)
+                         for a, b, st in ranges]
+                _run_in_threads(parts)
+                for part in parts:
+                    _add_costs(opt_cost, <_RowRange>part, N_SETS * L.n_ctx)
+            else:
+                with nogil:
+                    encode_tensor_data(&s, &L, &t, &k_v[0], base_p, hist_p, skip_p)
             for a in signalled:
                 best = 0
                 best_cost = opt_cost[a]

@@ -1,5 +1,12 @@
 """Block rows of one tensor decoded and encoded in parallel threads (spec 11.3, 11.4).
 
+Encoding (in the compiled engine, ``PayloadEncoder.encode_tensor(threads=)``): the
+DQ state is found sequentially at every block-row start; then each range of block rows
+is estimated (init-set choice, whose costs add up over block rows since the contexts
+restart at each) and coded on its own, starting from low 0 and R = 256 as the block-row
+boundary forces (spec 11.3); the codes are appended to the payload's coder in order,
+shifted and added with carry propagation (9.8), which gives exactly the sequential bytes.
+
 Decoding: block row r >= 1 of a block-scanned tensor can be started from its
 transmitted entry point (spec 11.4).  The block rows are split into contiguous
 ranges, one per thread; each range is decoded by a fork of the payload decoder,
@@ -21,6 +28,13 @@ import numpy as np
 
 #: Fewest elements per block-row range worth a thread of its own.
 MIN_ELEMENTS_PER_THREAD = 1 << 18
+
+
+def row_threads(threads: int, size: int, min_elements: int | None = None) -> int:
+    """Threads worth giving one tensor of ``size`` elements (at least 1)."""
+    if min_elements is None:
+        min_elements = MIN_ELEMENTS_PER_THREAD
+    return max(1, min(threads, size // max(1, min_elements)))
 
 
 def block_row_count(height: int, width: int, scan_order: int) -> int:
@@ -48,9 +62,7 @@ def decode_tensor_threads(dec, height: int, width: int, *, entry_points, threads
     """
     scan_order = kwargs.get("scan_order", 0)
     n_rows = block_row_count(height, width, scan_order)
-    if min_elements is None:
-        min_elements = MIN_ELEMENTS_PER_THREAD
-    parts = min(threads, (height * width) // max(1, min_elements))
+    parts = row_threads(threads, height * width, min_elements)
     if parts < 2 or n_rows < 2 or not entry_points or len(entry_points) != n_rows - 1:
         return dec.decode_tensor(height, width, **kwargs), dec
     ranges = block_row_ranges(n_rows, parts)

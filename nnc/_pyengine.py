@@ -1088,8 +1088,12 @@ class PayloadEncoder:
 
     def encode_tensor(self, levels, height, width, *, n_gtx, dq=False, scan_order=0, param_opt=True,
                       init_sets=None, codebook_size=0, codebook_zero=0, parent_present=False,
-                      tca_base=None, hdsp_history=None, hdsp=False, row_skip=False) -> None:
-        """Encode one tensor given its reconstruction integers n (8.1)."""
+                      tca_base=None, hdsp_history=None, hdsp=False, row_skip=False, threads=1) -> None:
+        """Encode one tensor given its reconstruction integers n (8.1).
+
+        ``threads`` is accepted for the interface's sake: this engine codes sequentially,
+        which gives the bytes the compiled engine gives with any number of threads.
+        """
         self._check_open()
         t = _Tensor(self.edition, height, width, n_gtx=n_gtx, dq=dq, scan_order=scan_order,
                     codebook_size=codebook_size, codebook_zero=codebook_zero,

@@ -26,6 +26,7 @@ import numpy as np
 from . import container as C
 from .decoder import DecoderState, apply_update
 from .engine import get_engine
+from ._parallel import row_threads
 from ._threads import ordered_results, thread_count
 from .errors import EncodeError, NNCError
 from .reconstruction import DECOMPRESSED_DATA_FORMATS, reconstruct_codebook, reconstruct_uniform, step_size
@@ -830,6 +831,7 @@ class Encoder:
             context = self._parent_context(t["name"], link)
             enc.encode_tensor(levels, t["height"], t["width"], param_opt=self.param_opt,
                               row_skip=self.row_skip and not t["dq"], hdsp=bool(link and link["hdsp"]),
+                              threads=row_threads(self.threads, t["height"] * t["width"]),
                               **context, **self._tensor_kwargs(t))
             specs.append(dict(height=t["height"], width=t["width"], qp_bits=0 if t["ptype"] == "INT" else qp_bits,
                               **context, **self._tensor_kwargs(t)))

@@ -116,3 +116,85 @@ def test_decoder_threads_use_entry_points(monkeypatch):
     assert calls
     for name in model:
         np.testing.assert_array_equal(one[name], two[name])
+
+
+# -- parallel encoding ---------------------------------------------------------------
+
+def _valid_levels(w, dq, scan_order, row_skip):
+    """Reconstruction integers n on a valid DQ path through the scan, all-zero rows skipped
+    as row skipping does (spec 10.2, 11.5), from coded values k = round(w / 0.05)."""
+    from nnc._pyengine import TensorScan, dq_reconstruct
+    from nnc.tables import NEXT_DQ_STATE
+
+    height, width = w.shape
+    k = np.round(w / np.float32(0.05)).astype(np.int64)
+    if not dq:
+        return k.astype(np.int32).ravel()
+    n = np.zeros_like(k)
+    skip = ~np.any(k != 0, axis=1) if row_skip else np.zeros(height, bool)
+    scan, state = TensorScan(height, width, scan_order, 2), 0
+    for br in range(scan.n_block_rows):
+        for row, c0, c1 in scan.segments(br):
+            if skip[row]:
+                for _ in range(width % 4):
+                    state = NEXT_DQ_STATE[state][0]
+                continue
+            for c in range(c0, c1):
+                n[row, c] = dq_reconstruct(int(k[row, c]), state)
+                state = NEXT_DQ_STATE[state][int(k[row, c]) & 1]
+    return n.astype(np.int32).ravel()
+
+
+def _payload(levels, height, width, edition, threads, **kw):
+    pe = get_engine("cython").PayloadEncoder(edition)
+    pe.write_qp_offset(-3, 8)
+    pe.encode_tensor(levels, height, width, n_gtx=11, threads=threads, **kw)
+    pe.encode_tensor(levels[:width], 1, width, n_gtx=11)     # a tensor after it
+    return pe.finish()
+
+
+@given(shape=shapes, scan_order=st.integers(1, 4), dq=st.booleans(), row_skip=st.booleans(),
+       profile=st.sampled_from([0, 1]), threads=st.integers(2, 6), seed=st.integers(0, 2**16),
+       scale=st.sampled_from([0.002, 0.05, 1.0]), zero_rows=st.lists(st.integers(0, 139), max_size=12))
+def test_parallel_encode_same_bytes(shape, scan_order, dq, row_skip, profile, threads, seed, scale, zero_rows):
+    height, width = shape
+    w = _weights(seed, height, width, zero_rows) * np.float32(scale / 0.05)
+    edition = 2 if profile == 1 else 1
+    levels = _valid_levels(w, dq, scan_order, row_skip and edition == 2)
+    kw = dict(dq=dq, scan_order=scan_order, row_skip=row_skip and edition == 2)
+    one = _payload(levels, height, width, edition, 1, **kw)
+    assert _payload(levels, height, width, edition, threads, **kw) == one
+    assert _payload(levels, height, width, edition, threads, param_opt=False, **kw) == \
+        _payload(levels, height, width, edition, 1, param_opt=False, **kw)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_encoder_threads_same_stream(monkeypatch, engine):
+    monkeypatch.setattr(_parallel, "MIN_ELEMENTS_PER_THREAD", 1)
+    model = {"a": _weights(6, 70, 40, [3, 4]), "b": _weights(7, 33, 100, []), "c": _weights(8, 9, 9, [])}
+    for dq in (False, True):
+        kw = dict(qp=-30, dq=dq, scan_order=1, row_skip=not dq, engine=engine)
+        assert nnc.encode(model, threads=3, **kw) == nnc.encode(model, threads=1, **kw)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("scan_order", [1, 2, 3, 4])
+def test_parallel_decode_dq_with_row_skip(engine, scan_order):
+    # DQ with skipped rows (spec 11.5: W transitions per skipped row segment), 150 rows: partial last block row
+    w = _weights(9, 150, 70, [3, 17] + list(range(40, 61)) + [149])
+    levels = _valid_levels(w, True, scan_order, True)
+    pe = get_engine("cython").PayloadEncoder(2)
+    pe.encode_tensor(levels, 150, 70, n_gtx=11, dq=True, scan_order=scan_order, row_skip=True)
+    payload = pe.finish()
+    spec = dict(height=150, width=70, qp_bits=0, n_gtx=11, dq=True, scan_order=scan_order)
+    eps = get_engine("cython").compute_entry_points(payload, 2, [spec])[0]
+    pd = get_engine(engine).PayloadDecoder(payload, 2)
+    kw = dict(n_gtx=11, dq=True, scan_order=scan_order)
+    ref = pd.fork().decode_tensor(150, 70, **kw)
+    np.testing.assert_array_equal(ref, levels)
+    got, after = _parallel.decode_tensor_threads(pd, 150, 70, entry_points=eps, threads=3, min_elements=1, **kw)
+    assert after is pd and after.last_row_skip
+    np.testing.assert_array_equal(got, levels)
+    after.finish()
+    kw = dict(dq=True, scan_order=scan_order, row_skip=True)
+    assert _payload(levels, 150, 70, 2, 3, **kw) == _payload(levels, 150, 70, 2, 1, **kw)
