@@ -129,7 +129,8 @@ def cmd_encode(args) -> int:
 
     if args.state and args.search:
         return _fail("--state (incremental coding) cannot be combined with --search")
-    tensors, dtypes = formats.read_model(args.model)
+    # on a cluster the workers read the tensors (nnc.distributed)
+    tensors, dtypes = (None, None) if args.scheduler else formats.read_model(args.model)
     options = dict(
         qp=args.qp, step=args.step, dq=args.dq, scan_order=args.scan_order, n_gtx=args.n_gtx,
         qp_density=args.qp_density, qp_per_tensor=_parse_assignments(args.tensor_qp, "--tensor-qp"),
@@ -148,6 +149,8 @@ def cmd_encode(args) -> int:
         options["nonweight_qp"] = args.nonweight_qp
     if args.qp is None and args.step is None:
         options.pop("step")
+    if args.scheduler:
+        return _encode_on_cluster(args, options)
     if args.search:
         return _encode_search(args, tensors, options)
     if args.state:
@@ -191,6 +194,66 @@ def cmd_encode(args) -> int:
     elif not args.quiet:
         print(f"{out}: {len(tensors)} tensors, {n} weights -> {len(result.stream)} bytes "
               f"({summary['bits_per_weight']:.3f} bits/weight, {summary['ratio_fp32']:.1f}x smaller than fp32{snr})")
+    return EXIT_OK
+
+
+def _encode_on_cluster(args, options) -> int:
+    """``nnc encode --scheduler``: one task per unit on a Dask cluster (nnc.distributed)."""
+    from . import distributed
+
+    for flag, used in (("--search", args.search), ("--state", args.state), ("--target-snr", args.target_snr),
+                       ("--sigmas", args.sigmas), ("--importance", args.importance)):
+        if used:
+            return _fail(f"{flag} cannot be combined with --scheduler")
+    options.pop("dtypes", None)
+    if args.threads is None:
+        options["threads"] = 1
+    out = args.output or str(Path(args.model).with_suffix(".nnr"))
+    try:
+        client, owned = distributed.get_client(args.scheduler)
+    except (ImportError, ValueError, OSError) as exc:
+        return _fail(f"--scheduler {args.scheduler}: {exc}")
+    t0 = time.perf_counter()
+    try:
+        length = distributed.encode_model(args.model, out, client, **options)
+    finally:
+        if owned:
+            distributed.close_client(client)
+    summary = dict(input=str(args.model), output=out, bytes=length, seconds=time.perf_counter() - t0)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    elif not args.quiet:
+        print(f"{out}: {length} bytes (on {args.scheduler})")
+    return EXIT_OK
+
+
+def _decode_on_cluster(args) -> int:
+    """``nnc decode --scheduler``: one task per unit on a Dask cluster (nnc.distributed)."""
+    from . import distributed
+
+    for flag, used in (("--state", args.state), ("--tensor", args.tensor), ("--add-to", args.add_to),
+                       ("--template", args.template)):
+        if used:
+            return _fail(f"{flag} cannot be combined with --scheduler")
+    from . import formats
+
+    formats.format_from_extension(args.output)      # a bad extension fails before any work
+    try:
+        client, owned = distributed.get_client(args.scheduler)
+    except (ImportError, ValueError, OSError) as exc:
+        return _fail(f"--scheduler {args.scheduler}: {exc}")
+    try:
+        out = distributed.decode_model(args.stream, args.output, client, threads=args.threads or 1,
+                                       entry_points=args.entry_points)
+    finally:
+        if owned:
+            distributed.close_client(client)
+    summary = dict(stream=str(args.stream), output=args.output, tensors=len(out),
+                   weights=int(sum(np.asarray(v).size for v in out.values())))
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    elif not args.quiet:
+        print(f"{args.output}: {summary['tensors']} tensors, {summary['weights']} weights (on {args.scheduler})")
     return EXIT_OK
 
 
@@ -287,6 +350,8 @@ def cmd_decode(args) -> int:
     from . import formats
     from .decoder import Decoder, DecoderState
 
+    if args.scheduler:
+        return _decode_on_cluster(args)
     if args.state and args.tensor:
         return _fail("--state needs every tensor of the stream decoded; leave out --tensor")
     state = None
@@ -694,6 +759,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--differences", action="store_true",
                    help="with --state: MODEL is the whole new model; an update codes its difference to the model "
                         "the receiver holds (kept in the state file), so errors do not pile up")
+    p.add_argument("--scheduler", metavar="ADDRESS|local:N",
+                   help="encode on a Dask cluster (pip install 'nnc[dask]'): a scheduler address, or local:N for "
+                        "N local worker processes; the workers read MODEL themselves (shared filesystem)")
     p.set_defaults(func=cmd_encode)
 
     p = add("decode", "Decode an NNC stream into a model file.")
@@ -710,6 +778,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "the output is written); decode a base stream and its updates in order with one file")
     p.add_argument("--add-to", metavar="MODEL",
                    help="the stream is an update of differences: write MODEL plus the decoded update")
+    p.add_argument("--scheduler", metavar="ADDRESS|local:N",
+                   help="decode on a Dask cluster (pip install 'nnc[dask]'): a scheduler address, or local:N for "
+                        "N local worker processes; the workers read STREAM themselves (shared filesystem)")
     p.set_defaults(func=cmd_decode)
 
     p = add("info", "Describe the units and tensors of an NNC stream.")
