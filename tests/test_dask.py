@@ -106,3 +106,31 @@ def test_cli_scheduler_bad_value(tmp_path, capsys):
     assert main(["encode", str(path), "-o", str(tmp_path / "o.nnr"), "--scheduler", "local:zero"]) != 0
     assert "local:N needs a worker count" in capsys.readouterr().err
     assert not (tmp_path / "o.nnr").exists()
+
+
+def test_zarr_example_on_a_cluster(client, tmp_path):
+    zarr = pytest.importorskip("zarr", reason="zarr not installed")
+    pytest.importorskip("numcodecs", reason="numcodecs not installed")
+    if not hasattr(zarr, "create_array"):
+        pytest.skip("zarr < 3: create_array missing")
+    import importlib.util
+
+    import dask.array as da
+
+    spec = importlib.util.spec_from_file_location(
+        "dask_zarr", os.path.join(os.path.dirname(__file__), "..", "docs", "examples", "dask_zarr.py"))
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    x = (da.random.default_rng(0).standard_normal((96, 80), chunks=(32, 40)) * 0.02).astype(np.float32)
+    z = example.compress_to_zarr(x, str(tmp_path / "w.zarr"), qp=-30)
+    back = zarr.open_array(str(tmp_path / "w.zarr"), mode="r")[...]
+    expected = x.compute()
+    step = 2.0 ** (-30 / 4)
+    assert back.shape == expected.shape and back.dtype == np.float32
+    assert np.abs(back - expected).max() <= 2 * step  # DQ: within two steps (trellis)
+    # every chunk is a one-tensor NNC stream, equal to coding that chunk alone
+    from nnc.codec import NNC
+
+    chunk = expected[32:64, 40:80]
+    np.testing.assert_array_equal(back[32:64, 40:80], NNC(qp=-30).decode(NNC(qp=-30).encode(chunk)))
+    assert z.nbytes_stored() < expected.nbytes / 2
