@@ -37,7 +37,7 @@ from . import container as C
 from . import formats
 from .errors import EncodeError
 
-__all__ = ["get_client", "encode_model", "decode_model", "tensor_index", "read_tensors"]
+__all__ = ["get_client", "close_client", "encode_model", "decode_model", "tensor_index", "read_tensors"]
 
 
 def get_client(scheduler):
