@@ -706,7 +706,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--step", type=float, help="target step size, mapped to the nearest qp")
     p.add_argument("--dq", action=argparse.BooleanOptionalAction, default=True,
                    help="dependent (trellis) quantisation (default: on)")
-    p.add_argument("--scan-order", type=int, default=0, choices=range(5), help="0 row-major, 1-4 block scans")
+    p.add_argument("--scan-order", type=int, default=None, choices=range(5),
+                   help="0 row-major, 1-4 block scans (default: 4 for tensors of at least 2^20 elements and more "
+                        "than 64 rows, else 0)")
     p.add_argument("--n-gtx", type=int, default=11, help="greater-than flags N, 1-256 (default 11)")
     p.add_argument("--qp-density", type=int, default=2, help="qp steps per octave as a power of two (default 2)")
     p.add_argument("--tensor-qp", action="append", metavar="PATTERN=QP", help="per-tensor qp by name or glob")

@@ -198,3 +198,34 @@ def test_parallel_decode_dq_with_row_skip(engine, scan_order):
     after.finish()
     kw = dict(dq=True, scan_order=scan_order, row_skip=True)
     assert _payload(levels, 150, 70, 2, 3, **kw) == _payload(levels, 150, 70, 2, 1, **kw)
+
+
+# -- the encoder's default block scan -----------------------------------------------------
+
+def test_default_scan_order_rule():
+    from nnc.encoder import DEFAULT_SCAN_MIN_ELEMENTS, default_scan_order
+
+    assert default_scan_order(1024, 1024) == 4
+    assert default_scan_order(1023, 1024) == 0          # below 2^20 elements
+    assert default_scan_order(64, DEFAULT_SCAN_MIN_ELEMENTS) == 0     # one block row: nothing to split
+    assert default_scan_order(DEFAULT_SCAN_MIN_ELEMENTS, 1) == 0
+    w = _weights(10, 1100, 1000, [])
+    res = nnc.Encoder(qp=-30).encode({"big": w, "small": w[:100, :100]})
+    dec = nnc.Decoder(res.stream)
+    assert dec.info("big").scan_order == 4 and len(dec.info("big").entry_points) == 17
+    assert dec.info("small").scan_order == 0
+    assert res.stream == nnc.encode({"big": w, "small": w[:100, :100]}, qp=-30, scan_order=None)
+    assert nnc.Decoder(nnc.encode({"big": w}, qp=-30, scan_order=0)).info("big").scan_order == 0
+
+
+@pytest.mark.oracle
+def test_nncodec_decodes_the_default_block_scan(oracle):
+    model = {"big.weight": _weights(11, 1100, 1000, [7]), "small.weight": _weights(12, 90, 80, []),
+             "big.bias": _weights(13, 1, 1100, [])[0]}
+    for options in (dict(qp=-32), dict(qp=-30, dq=False), dict(qp=-32, row_skip=True, dq=False)):
+        stream = nnc.encode(model, **options)
+        assert nnc.Decoder(stream).info("big.weight").scan_order == 4
+        ours = nnc.decode(stream, threads=2)
+        theirs = oracle.decompress(stream)
+        for name in model:
+            np.testing.assert_array_equal(np.asarray(theirs[name], np.float32), ours[name])
