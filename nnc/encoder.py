@@ -241,7 +241,7 @@ class Encoder:
         Dependent (trellis) quantisation, default True (spec A.2).
     scan_order : int or None
         0 (row-major) or 1..4 (block scans with entry points, spec 11.2); None (default)
-        chooses per tensor with :func:`default_scan_order`: a 64x64 block scan for tensors of
+        chooses per tensor with :func:`nnc.encoder.default_scan_order`: a 64x64 block scan for tensors of
         at least 2^20 elements and more than 64 rows, whose block rows then decode and
         encode in parallel threads (about 0.15 % more bytes), row-major below.
     n_gtx : int
@@ -1104,6 +1104,16 @@ def default_scan_order(height: int, width: int) -> int:
     ``DEFAULT_SCAN_ORDER`` (block rows of 64 rows, entry points, parallel decoding);
     smaller ones stay row-major, where the block scan's context resets cost more.
 
+    Parameters
+    ----------
+    height, width : int
+        The tensor's matrix view (spec 11.1): dims[0] and the product of the others.
+
+    Returns
+    -------
+    int
+        ``DEFAULT_SCAN_ORDER`` or 0.
+
     Examples
     --------
     >>> default_scan_order(4096, 1024), default_scan_order(512, 512), default_scan_order(64, 1 << 16)
@@ -1212,4 +1222,4 @@ def encode_with_reconstruction(tensors: Mapping[str, object], **options) -> Enco
 
 
 __all__ = ["Encoder", "EncoderState", "EncodeCache", "EncodeResult", "EncodedTensor", "encode", "encode_with_reconstruction", "qp_for_step",
-           "dcv1_step", "scan_permutation"]
+           "dcv1_step", "scan_permutation", "default_scan_order"]
