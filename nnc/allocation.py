@@ -13,7 +13,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from .encoder import Encoder
+from .encoder import Encoder, default_scan_order
 from .errors import EncodeError
 from .reconstruction import step_size
 
@@ -23,7 +23,8 @@ def _tensor_curve(enc: Encoder, name: str, x: np.ndarray, qps, importance) -> li
     shape = x.shape or (1,)
     height = shape[0]
     width = x.size // height if height else 0
-    scan = enc.scan_order if len(shape) > 1 and height > 1 and width > 1 else 0
+    scan = enc.scan_order if enc.scan_order is not None else default_scan_order(height, width)
+    scan = scan if len(shape) > 1 and height > 1 and width > 1 else 0
     flat = x.reshape(-1).astype(np.float64)
     f = np.ones_like(flat) if importance is None else np.asarray(importance, np.float64).reshape(-1)
     if f.size != flat.size or not np.all(f >= 0):

@@ -207,6 +207,8 @@ def cmd_encode(args) -> int:
         options["nonweight_qp"] = args.nonweight_qp
     if args.qp is None and args.step is None:
         options.pop("step")
+    if args.scheduler:
+        return _encode_on_cluster(args, options)
     if args.search:
         tensors, dtypes, _ = models.load_model(args.model)
         return _encode_search(args, tensors, dict(options, dtypes=dtypes))
@@ -284,6 +286,66 @@ class _EncodeProgress:
         if self.bar is not None:
             self.bar.close()
         return False
+
+
+def _encode_on_cluster(args, options) -> int:
+    """``nnc encode --scheduler``: one task per unit on a Dask cluster (nnc.distributed)."""
+    from . import distributed
+
+    for flag, used in (("--search", args.search), ("--state", args.state), ("--target-snr", args.target_snr),
+                       ("--sigmas", args.sigmas), ("--importance", args.importance)):
+        if used:
+            return _fail(f"{flag} cannot be combined with --scheduler")
+    options.pop("dtypes", None)
+    if args.threads is None:
+        options["threads"] = 1
+    out = args.output or str(Path(args.model).with_suffix(".nnr"))
+    try:
+        client, owned = distributed.get_client(args.scheduler)
+    except (ImportError, ValueError, OSError) as exc:
+        return _fail(f"--scheduler {args.scheduler}: {exc}")
+    t0 = time.perf_counter()
+    try:
+        length = distributed.encode_model(args.model, out, client, **options)
+    finally:
+        if owned:
+            distributed.close_client(client)
+    summary = dict(input=str(args.model), output=out, bytes=length, seconds=time.perf_counter() - t0)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    elif not args.quiet:
+        print(f"{out}: {length} bytes (on {args.scheduler})")
+    return EXIT_OK
+
+
+def _decode_on_cluster(args) -> int:
+    """``nnc decode --scheduler``: one task per unit on a Dask cluster (nnc.distributed)."""
+    from . import distributed
+
+    for flag, used in (("--state", args.state), ("--tensor", args.tensor), ("--add-to", args.add_to),
+                       ("--template", args.template)):
+        if used:
+            return _fail(f"{flag} cannot be combined with --scheduler")
+    from . import formats
+
+    formats.format_from_extension(args.output)      # a bad extension fails before any work
+    try:
+        client, owned = distributed.get_client(args.scheduler)
+    except (ImportError, ValueError, OSError) as exc:
+        return _fail(f"--scheduler {args.scheduler}: {exc}")
+    try:
+        out = distributed.decode_model(args.stream, args.output, client, threads=args.threads or 1,
+                                       entry_points=args.entry_points)
+    finally:
+        if owned:
+            distributed.close_client(client)
+    summary = dict(stream=str(args.stream), output=args.output, tensors=len(out),
+                   weights=int(sum(np.asarray(v).size for v in out.values())))
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    elif not args.quiet:
+        print(f"{args.output}: {summary['tensors']} tensors, {summary['weights']} weights (on {args.scheduler})")
+    return EXIT_OK
 
 
 def load_callable(spec: str, option: str = "--search"):
@@ -386,6 +448,8 @@ def cmd_decode(args) -> int:
     refused = refused or _not_a_stream(args.stream)
     if refused:
         return _fail(refused)
+    if args.scheduler:
+        return _decode_on_cluster(args)
     state = None
     if args.state:
         state = DecoderState.load(args.state) if Path(args.state).exists() else DecoderState()
@@ -908,7 +972,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--step", type=float, help="target step size, mapped to the nearest qp")
     p.add_argument("--dq", action=argparse.BooleanOptionalAction, default=True,
                    help="dependent (trellis) quantisation (default: on)")
-    p.add_argument("--scan-order", type=int, default=0, choices=range(5), help="0 row-major, 1-4 block scans")
+    p.add_argument("--scan-order", type=int, default=None, choices=range(5),
+                   help="0 row-major, 1-4 block scans (default: 4 for tensors of at least 2^20 elements and more "
+                        "than 64 rows, else 0)")
     p.add_argument("--n-gtx", type=int, default=11, help="greater-than flags N, 1-256 (default 11)")
     p.add_argument("--qp-density", type=int, default=2, help="qp steps per octave as a power of two (default 2)")
     p.add_argument("--tensor-qp", action="append", metavar="PATTERN=QP", help="per-tensor qp by name or glob")
@@ -961,6 +1027,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--differences", action="store_true",
                    help="with --state: MODEL is the whole new model; an update codes its difference to the model "
                         "the receiver holds (kept in the state file), so errors do not pile up")
+    p.add_argument("--scheduler", metavar="ADDRESS|local:N",
+                   help="encode on a Dask cluster (pip install 'nnc[dask]'): a scheduler address, or local:N for "
+                        "N local worker processes; the workers read MODEL themselves (shared filesystem)")
     p.set_defaults(func=cmd_encode)
 
     p = add("decode", "Decode an NNC stream into a model file.")
@@ -979,6 +1048,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "the output is written); decode a base stream and its updates in order with one file")
     p.add_argument("--add-to", metavar="MODEL",
                    help="the stream is an update of differences: write MODEL plus the decoded update")
+    p.add_argument("--scheduler", metavar="ADDRESS|local:N",
+                   help="decode on a Dask cluster (pip install 'nnc[dask]'): a scheduler address, or local:N for "
+                        "N local worker processes; the workers read STREAM themselves (shared filesystem)")
     p.set_defaults(func=cmd_decode)
 
     p = add("info", "Describe the units and tensors of an NNC stream.")

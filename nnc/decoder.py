@@ -29,6 +29,7 @@ from typing import BinaryIO, Iterable, Mapping, Union
 import numpy as np
 
 from . import container as C
+from ._parallel import decode_tensor_threads
 from ._threads import thread_count
 from .engine import get_engine
 from .errors import DecodeError, LimitError, NNCError, TruncatedError, UnsupportedError, UpdateError
@@ -824,7 +825,11 @@ class Decoder:
             it is decoded.
         threads : int
             Compressed data units decoded at the same time (the Cython engine
-            releases the GIL); 0 for one per CPU.  The output and the error
+            releases the GIL); 0 for one per CPU.  With the default
+            ``entry_points="ignore"``, the block rows of a large block-scanned
+            tensor are also decoded in threads from its entry points, each
+            range checked to end exactly where the next one starts (spec 11.4;
+            a tensor failing the check is decoded sequentially).  The output and the error
             raised for an invalid stream (that of the first invalid unit in
             stream order) are the same for every value.  Streams that read or
             update a decoder state (incremental coding, spec 14) are decoded
@@ -938,9 +943,9 @@ class Decoder:
                 raise KeyError(f"no tensor named {unknown[0]!r} in the stream")
             target = lambda info: out.get(info.name)  # noqa: E731
         threads = thread_count(threads)
-        jobs = [(unit, params, self._ndu_tensors[i]) for i, (unit, params) in enumerate(self._ndus)
+        jobs = [(unit, params, self._ndu_tensors[i], threads) for i, (unit, params) in enumerate(self._ndus)
                 if wanted is None or any(t.name in wanted for t in self._ndu_tensors[i])]
-        stateful = self.keep_state or any(params.parent_signalling for _, params, _ in jobs)
+        stateful = self.keep_state or any(params.parent_signalling for _, params, *_ in jobs)
         for decoded in _bounded_ordered(self._decode_ndu, jobs, 1 if stateful else threads):
             for name in list(decoded):
                 arr = decoded.pop(name)
@@ -1112,15 +1117,16 @@ class Decoder:
         return self._index[name][1]
 
     # -- NDU payload (spec 7.5, 8) ---------------------------------------------
-    def _decode_ndu(self, unit: C.Unit, params: _Params, infos: list[TensorInfo]) -> dict:
+    def _decode_ndu(self, unit: C.Unit, params: _Params, infos: list[TensorInfo], threads: int = 1) -> dict:
         """Decode one NDU's payload (spec 7.5); errors get offsets relative to the whole stream (spec 15.1)."""
         try:
-            return self._decode_ndu_payload(unit, params, infos)
+            return self._decode_ndu_payload(unit, params, infos, threads)
         except NNCError as exc:
             # errors inside a payload carry payload-relative offsets
             raise exc.at(unit.payload_offset) from exc
 
-    def _decode_ndu_payload(self, unit: C.Unit, params: _Params, infos: list[TensorInfo]) -> dict:
+    def _decode_ndu_payload(self, unit: C.Unit, params: _Params, infos: list[TensorInfo],
+                            threads: int = 1) -> dict:
         """The decoding loop of one NDU payload: {name: reconstructed tensor} for its tensors, in coding order.
 
         A RAW_FLOAT payload is the tensor's float32 values (spec 7.5).  A CABAC
@@ -1132,7 +1138,10 @@ class Decoder:
         with temporal context adaptation or HDSP reads the levels and history
         of its parent from the decoder state (spec 10.5, 14), which records
         the new levels.  The payload ends with the terminate bin (spec 8.5).
-        The levels are reconstructed to values by :meth:`_reconstruct` (spec 12).
+        With ``threads`` > 1 the block rows of a block-scanned tensor are decoded in
+        threads from their entry points, each range's end checked against the
+        next one's start (else sequentially): the result is that of sequential
+        decoding.  The levels are reconstructed to values by :meth:`_reconstruct` (spec 12).
         Offsets of errors are relative to the payload.
         """
         h = unit.header
@@ -1184,10 +1193,15 @@ class Decoder:
                 kwargs["hdsp_history"] = None
             mode = self.entry_points_mode
             use_eps = mode == "use" and info.entry_points and info.scan_order > 0
-            levels = dec.decode_tensor(
-                height, width, entry_points=info.entry_points if use_eps else None,
-                record_entry_points=(mode == "verify"), **kwargs,
-            )
+            if mode == "ignore" and threads > 1 and info.entry_points and info.scan_order > 0:
+                # block rows in threads from the entry points, checked exactly (spec 11.4)
+                levels, dec = decode_tensor_threads(dec, height, width, entry_points=info.entry_points,
+                                                    threads=threads, **kwargs)
+            else:
+                levels = dec.decode_tensor(
+                    height, width, entry_points=info.entry_points if use_eps else None,
+                    record_entry_points=(mode == "verify"), **kwargs,
+                )
             if mode == "verify" and info.entry_points and height > 1 and width > 1:
                 if list(dec.last_entry_points) != list(info.entry_points):
                     raise DecodeError(

@@ -26,7 +26,7 @@ from .engine import get_engine
 from ._threads import ordered_results
 from .errors import EncodeError
 from .encoding.quantiser import (INT32_MAX, RESTORABLE_FORMATS, CodedTensor, Quantiser, dcv1_step,  # noqa: F401
-                                 as_float_array as _as_float_array)
+                                 as_float_array as _as_float_array, default_scan_order)
 from .encoding.settings import OPTIONS, EncoderSettings, qp_for_step
 from .encoding.writer import Unit, UnitWriter, block_groups, block_members, metadata_json, mps_qp
 
@@ -177,8 +177,11 @@ class Encoder:
         0..7, default 2 (four qps per octave of step size).
     dq : bool
         Dependent (trellis) quantisation, default True (spec A.2).
-    scan_order : int
-        0 (row-major, default) or 1..4 (block scans with entry points, spec 11.2).
+    scan_order : int or None
+        0 (row-major) or 1..4 (block scans with entry points, spec 11.2); None (default)
+        chooses per tensor with :func:`nnc.encoder.default_scan_order`: a 64x64 block scan for tensors of
+        at least 2^20 elements and more than 64 rows, whose block rows then decode and
+        encode in parallel threads (about 0.15 % more bytes), row-major below.
     n_gtx : int
         Number of greater-than flags, 1..256, default 11.
     param_opt : bool
@@ -715,4 +718,4 @@ def encode_with_reconstruction(tensors: Mapping[str, object], **options) -> Enco
 
 
 __all__ = ["Encoder", "EncoderState", "EncodeCache", "EncodeResult", "EncodedTensor", "encode",
-           "encode_with_reconstruction", "qp_for_step", "dcv1_step", "scan_permutation"]
+           "encode_with_reconstruction", "qp_for_step", "dcv1_step", "scan_permutation", "default_scan_order"]

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from collections import OrderedDict
+from pathlib import Path
 from typing import Mapping
 
 import numpy as np
@@ -35,7 +37,7 @@ __all__ = ["encode_model", "encode_model_to", "load_model", "checkpoint_metadata
            "compare_tensors"]
 
 
-def encode_model(model, output=None, **options) -> bytes:
+def encode_model(model, output=None, *, client=None, **options) -> bytes:
     """Encode a model file (any supported format) or a mapping of arrays; optionally write the stream.
 
     ``options`` are those of :class:`nnc.encoder.Encoder` (qp, step, dq, scan_order, ...).
@@ -48,6 +50,10 @@ def encode_model(model, output=None, **options) -> bytes:
         mapping of name to array-like.
     output : str, ``os.PathLike`` or None
         If given, the stream is also written there, atomically.
+    client : ``dask.distributed.Client`` or None
+        Encode on a Dask cluster, one task per unit, the workers reading their
+        tensors from ``model`` (a path they can read); the same stream
+        (see :mod:`nnc.distributed`).
     **options
         Keyword options of :class:`nnc.encoder.Encoder`. For a model file, ``dtypes``
         defaults to the dtypes the file holds, so that tensors read in another dtype
@@ -82,6 +88,15 @@ def encode_model(model, output=None, **options) -> bytes:
     """
     from .encoder import Encoder
 
+    if client is not None:
+        from . import distributed
+
+        if output is not None:
+            distributed.encode_model(model, output, client, **options)
+            return Path(output).read_bytes()
+        with tempfile.TemporaryDirectory() as tmp:
+            distributed.encode_model(model, os.path.join(tmp, "stream.nnr"), client, **options)
+            return Path(tmp, "stream.nnr").read_bytes()
     extra = None
     if isinstance(model, Mapping):
         from .torch import numpy_inputs
@@ -230,7 +245,7 @@ def encode_model_to(model, output, *, progress=None, budget: int = 1 << 30, meas
     encoder = Encoder(**options)
     extra = checkpoint_metadata(source)
     s = encoder.settings
-    if not s.codebook and not s.sigmas:
+    if not s.codebook and not s.sigmas and not s.raw_when_smaller:
         return encoder.encode_to(source, output, progress=progress, extra_metadata=extra, budget=budget,
                                  measure=measure)
     import time
@@ -244,7 +259,9 @@ def encode_model_to(model, output, *, progress=None, budget: int = 1 << 30, meas
     summary = StreamSummary(path=os.fspath(output), stream_bytes=len(result.stream), tensors=len(tensors),
                             weights=sum(t.size for t in source), original_bytes=source.nbytes,
                             qps={k: t.qp for k, t in result.tensors.items() if t.qp is not None},
-                            skipped=list(result.skipped))
+                            skipped=list(result.skipped),
+                            kept_raw=[k for k, t in result.tensors.items()
+                                      if t.payload_type == "RAW_FLOAT" and not s.is_raw(k)])
     if not measure:
         summary.energy = summary.error = float("nan")
     elif encoder.state is None:
@@ -257,7 +274,7 @@ def encode_model_to(model, output, *, progress=None, budget: int = 1 << 30, meas
     return summary
 
 
-def decode_model(stream, output=None, *, template=None, threads: int = 1,
+def decode_model(stream, output=None, *, template=None, threads: int = 1, client=None,
                  **decoder_options) -> "OrderedDict[str, np.ndarray]":
     """Decode a stream to the model's tensors, with their original shapes and dtypes where known.
 
@@ -277,6 +294,10 @@ def decode_model(stream, output=None, *, template=None, threads: int = 1,
     threads : int
         Units decoded at the same time; 0 for one per CPU (see
         :meth:`nnc.decoder.Decoder.decode`).
+    client : ``dask.distributed.Client`` or None
+        Decode on a Dask cluster, one task per unit, the workers reading the
+        stream file (``stream`` must be a path they can read); the same tensors
+        (see :mod:`nnc.distributed`).
     **decoder_options
         ``limits``, ``engine``, ``state``, ``entry_points``: as for
         :class:`nnc.decoder.Decoder`.
@@ -308,6 +329,10 @@ def decode_model(stream, output=None, *, template=None, threads: int = 1,
     >>> list(written), dtypes, written["n"].shape
     (['w', 'n'], {'w': 'float32', 'n': 'int64'}, ())
     """
+    if client is not None and template is None:
+        from . import distributed
+
+        return distributed.decode_model(stream, output, client, threads=threads, **decoder_options)
     dec = Decoder(stream, **decoder_options)
     tensors, dtypes = restore_model_view(dec.decode(threads=threads), dec.metadata)
     if output is not None:

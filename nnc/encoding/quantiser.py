@@ -158,12 +158,48 @@ def non_finite_error(name: str, x: np.ndarray) -> EncodeError:
                        clause="7.5")
 
 
-def tensor_geometry(shape: tuple, scan_order: int) -> tuple[tuple, int, int, int]:
-    """(coded shape, height, width, scan order) of a tensor of this shape (spec 11.2)."""
+#: The default block scan (B = 64) and the fewest elements a tensor needs to get it
+#: (spec A.5, measured in benchmarks/results/scan_cost.md).
+DEFAULT_SCAN_ORDER = 4
+DEFAULT_SCAN_MIN_ELEMENTS = 1 << 20
+
+
+def default_scan_order(height: int, width: int) -> int:
+    """The scan order an :class:`~nnc.encoder.Encoder` with ``scan_order=None`` gives a height x width matrix view.
+
+    A tensor of at least 2^20 elements with at least two block rows gets
+    ``DEFAULT_SCAN_ORDER`` (block rows of 64 rows, entry points, parallel decoding);
+    smaller ones stay row-major, where the block scan's context resets cost more.
+
+    Parameters
+    ----------
+    height, width : int
+        The tensor's matrix view (spec 11.1): dims[0] and the product of the others.
+
+    Returns
+    -------
+    int
+        ``DEFAULT_SCAN_ORDER`` or 0.
+
+    Examples
+    --------
+    >>> default_scan_order(4096, 1024), default_scan_order(512, 512), default_scan_order(64, 1 << 16)
+    (4, 0, 0)
+    """
+    if height * width >= DEFAULT_SCAN_MIN_ELEMENTS and height > (4 << DEFAULT_SCAN_ORDER) and width > 1:
+        return DEFAULT_SCAN_ORDER
+    return 0
+
+
+def tensor_geometry(shape: tuple, scan_order: int | None) -> tuple[tuple, int, int, int]:
+    """(coded shape, height, width, scan order) of a tensor of this shape (spec 11.2);
+    ``scan_order=None`` takes :func:`default_scan_order`."""
     shape = tuple(int(d) for d in shape) or (1,)
     size = int(np.prod(shape, dtype=np.int64))
     height = shape[0]
     width = size // height if height else 0
+    if scan_order is None:
+        scan_order = default_scan_order(height, width)
     scan = scan_order if len(shape) > 1 and height > 1 and width > 1 else 0
     return shape, height, width, scan
 
@@ -324,5 +360,5 @@ class Quantiser:
         return t, None
 
 
-__all__ = ["CodedTensor", "Quantiser", "dcv1_step", "as_float_array", "is_finite", "non_finite_error", "tensor_geometry", "INT32_MAX",
+__all__ = ["CodedTensor", "Quantiser", "default_scan_order", "DEFAULT_SCAN_ORDER", "DEFAULT_SCAN_MIN_ELEMENTS", "dcv1_step", "as_float_array", "is_finite", "non_finite_error", "tensor_geometry", "INT32_MAX",
            "RESTORABLE_FORMATS"]

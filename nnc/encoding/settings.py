@@ -108,7 +108,7 @@ class EncoderSettings:
     nonweight_qp: int | None = -75
     qp_density: int = 2
     dq: bool = True
-    scan_order: int = 0
+    scan_order: int | None = None
     n_gtx: int = 11
     param_opt: bool = True
     raw: tuple = ()
@@ -138,7 +138,7 @@ class EncoderSettings:
             raise EncodeError("give either qp or step, not both")
         if not 0 <= self.qp_density <= 7:
             raise EncodeError(f"qp_density {self.qp_density} outside 0..7")
-        if not 0 <= self.scan_order <= 4:
+        if self.scan_order is not None and not 0 <= self.scan_order <= 4:
             raise EncodeError(f"scan_order {self.scan_order} outside 0..4")
         if not 1 <= self.n_gtx <= 256:
             raise EncodeError(f"n_gtx {self.n_gtx} outside 1..256")

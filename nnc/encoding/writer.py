@@ -31,6 +31,7 @@ import numpy as np
 
 from .. import container as C
 from ..errors import EncodeError
+from .._parallel import row_threads
 from .quantiser import CodedTensor
 from .settings import EncoderSettings
 
@@ -327,6 +328,7 @@ class UnitWriter:
             context = self._parent_context(t.name, link)
             enc.encode_tensor(levels, t.height, t.width, param_opt=s.param_opt,
                               row_skip=s.row_skip and not t.dq, hdsp=bool(link and link.hdsp),
+                              threads=row_threads(s.threads, t.height * t.width),
                               **context, **self._tensor_kwargs(t))
             specs.append(dict(height=t.height, width=t.width, qp_bits=0 if t.ptype == "INT" else qp_bits,
                               **context, **self._tensor_kwargs(t)))

@@ -1,0 +1,305 @@
+"""Encoding and decoding on a Dask cluster (``pip install "nnc[dask]"``).
+
+One task per compressed data unit.  For encoding, every worker reads its own
+tensors from the model path (a filesystem the workers share; safetensors files are
+read lazily, tensor by tensor) and returns the unit's bytes; the client writes the
+units in stream order as they arrive, so only coded units pass through it.  For
+decoding, every worker reads the stream file (memory-mapped) and returns the
+tensors of its unit; the client writes the model file.  The bytes and values are
+those of a local run.
+
+Examples
+--------
+>>> import nnc, numpy as np, os, tempfile
+>>> from dask.distributed import Client, LocalCluster            # doctest: +SKIP
+>>> client = Client(LocalCluster(n_workers=2, processes=False))  # doctest: +SKIP
+>>> d = tempfile.mkdtemp()
+>>> model = os.path.join(d, "m.safetensors")
+>>> nnc.formats.write_model(model, {"w": np.ones((64, 64), np.float32)})
+>>> stream = nnc.encode_model(model, os.path.join(d, "m.nnr"), client=client, qp=-30)  # doctest: +SKIP
+>>> stream == nnc.encode_model(model, qp=-30)                    # doctest: +SKIP
+True
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import tempfile
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from . import container as C
+from . import formats
+from .errors import EncodeError
+
+__all__ = ["get_client", "close_client", "encode_model", "decode_model", "tensor_index", "read_tensors"]
+
+
+def get_client(scheduler):
+    """A ``dask.distributed.Client`` for a scheduler address, ``"local:N"`` or a client.
+
+    ``"local:N"`` starts a ``LocalCluster`` of N worker processes with one thread
+    each, closed together with the client.  Returns ``(client, owned)``, where
+    ``owned`` tells the caller to close the client when done.
+
+    Raises
+    ------
+    ImportError
+        If dask.distributed is not installed.
+    ValueError
+        If ``local:N`` does not give a positive N.
+    """
+    try:
+        from dask.distributed import Client, LocalCluster
+    except ImportError as exc:
+        raise ImportError('running on a Dask cluster needs dask.distributed: pip install "nnc[dask]"') from exc
+    if isinstance(scheduler, Client):
+        return scheduler, False
+    scheduler = str(scheduler)
+    if scheduler.startswith("local:"):
+        n = scheduler[len("local:"):]
+        if not n.isdigit() or int(n) < 1:
+            raise ValueError(f"--scheduler local:N needs a worker count N >= 1, not {scheduler!r}")
+        cluster = LocalCluster(n_workers=int(n), threads_per_worker=1, processes=True,
+                               dashboard_address=None)
+        client = Client(cluster)
+        client._nnc_cluster = cluster
+        return client, True
+    return Client(scheduler), True
+
+
+def close_client(client) -> None:
+    """Close a client from :func:`get_client` (and the local cluster it started)."""
+    client.close()
+    cluster = getattr(client, "_nnc_cluster", None)
+    if cluster is not None:
+        cluster.close()
+
+
+# -- tensors read by name ----------------------------------------------------------------
+
+def tensor_index(path) -> "tuple[OrderedDict[str, tuple[tuple, str]], dict]":
+    """{name: (shape, dtype as read)} in stream order, and the original dtypes, from the
+    model's headers alone (:func:`nnc.readers.open_model`: no tensor data is read)."""
+    from .readers import open_model
+
+    source = open_model(path)
+    index = OrderedDict((t.name, (tuple(t.shape), t.dtype)) for t in source)
+    return index, source.dtypes
+
+
+def read_tensors(path, names) -> dict:
+    """The named tensors of a model file or checkpoint, each read lazily on its own
+    (a safetensors file is memory-mapped and only those tensors are read)."""
+    from .readers import open_model
+
+    source = open_model(path)
+    return {name: source[name].load() for name in names}
+
+
+# -- encoding -------------------------------------------------------------------------------
+
+def _encode_unit(path, name, parts, options, mps_qp):
+    """Worker: one NDU (a tensor, or a block and its members) -> (bytes, member summaries)."""
+    from .encoder import Encoder
+    from .encoding.writer import UnitWriter, block_members
+
+    enc = Encoder(**options)
+    s = enc.settings
+    writer = UnitWriter(s, enc.engine)
+    names = block_members(name, parts) if parts else [name]
+    arrays = read_tensors(path, names)
+    if parts:
+        coded = {n: enc.quantiser.quantise(n, arrays[n], in_block=True) for n in names}
+        unit = writer.block_unit(name, parts, coded)
+    else:
+        unit = writer.single_unit(writer.raw_if_smaller(enc.quantiser.quantise(name, arrays[name]), arrays[name]))
+    summary = [dict(name=t.name, qp=t.qp, recon=np.asarray(t.recon).dtype.name) for t in unit.members]
+    half = 1 << (5 + s.qp_density)
+    if mps_qp == 0 and any(t.qp is not None and not -half <= t.qp < half for t in unit.members):
+        return None, summary      # the MPS qp cannot be 0 (spec 8.2): built in the second round
+    return unit.build(mps_qp), summary
+
+
+def encode_model(model, output, client, **options) -> int:
+    """Encode a model file on a Dask cluster into ``output``; return the stream's length.
+
+    The stream is the one :func:`nnc.encode_model` writes with the same options.
+    ``model`` must be a path the workers can read.  Incremental coding (``state``)
+    is not available here.
+
+    Raises
+    ------
+    nnc.errors.EncodeError
+        If ``model`` is not a path or an option cannot be used on a cluster, or a
+        tensor cannot be encoded (raised by its worker).
+    nnc.formats.FormatError
+        If the model cannot be read.
+    """
+    from .encoder import Encoder
+    from .encoding.writer import block_groups, block_members, metadata_json, mps_qp as stream_qp
+    from .models import checkpoint_metadata
+    from .readers import open_model
+
+    if not isinstance(model, (str, os.PathLike)):
+        raise EncodeError("on a Dask cluster the model must be a path the workers can read")
+    for option in ("state", "differences", "importance", "sigmas"):
+        if options.get(option):
+            raise EncodeError(f"the option {option!r} is not available on a Dask cluster")
+    path = os.path.abspath(os.fspath(model))
+    index, dtypes = tensor_index(path)
+    options.setdefault("dtypes", dtypes)
+    options.setdefault("threads", 1)
+    enc = Encoder(**options)          # checks the options on the client
+    s = enc.settings
+    shapes = OrderedDict((k, tuple(shape)) for k, (shape, _) in index.items())
+    unknown = [k for k in s.dtypes if k not in shapes]
+    if unknown:
+        raise EncodeError(f"dtypes names a tensor that is not in the model: {unknown[0]!r}")
+    groups = block_groups(s.blocks, shapes)
+    in_block = {m for w, p in groups.items() for m in block_members(w, p)[1:]}
+    names = [name for name in shapes if name not in in_block]
+
+    def submit(mps_qp):
+        return [client.submit(_encode_unit, path, name, groups.get(name), options, mps_qp, pure=False)
+                for name in names]
+
+    output = Path(output)
+    fd, spool = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".units", dir=output.parent)
+    try:
+        with os.fdopen(fd, "w+b") as units:
+            summaries = _write_in_order(submit(0), units)
+            qps = [m["qp"] for summary in summaries for m in summary if m["qp"] is not None]
+            mps_qp = stream_qp(qps, s.qp_density)
+            if mps_qp != 0:       # per-tensor qps too far apart for offsets from 0: rebuild (spec 8.2)
+                units.seek(0)
+                units.truncate()
+                _write_in_order(submit(mps_qp), units)
+            decoded = {m["name"]: m["recon"] for summary in summaries for m in summary}
+            original = {k: s.dtypes.get(k, np.dtype(dtype).name) for k, (_, dtype) in index.items()}
+            metadata = metadata_json(shapes, decoded, original, checkpoint_metadata(open_model(path)))
+            head = b"".join([C.build_str(s.profile),
+                             C.build_mps(qp_density=s.qp_density, qp=mps_qp, profile=s.profile,
+                                         parent_signalling=False),
+                             C.build_tpl(data=metadata)])
+            units.seek(0)
+            length = _write_atomic_parts(output, head, units)
+    finally:
+        if os.path.exists(spool):
+            os.unlink(spool)
+    return length
+
+
+def _write_in_order(futures, fh) -> list:
+    """Write each future's unit bytes in order as they come; return the summaries."""
+    summaries = []
+    try:
+        for f in futures:
+            data, summary = f.result()
+            if data is not None:
+                fh.write(data)
+            summaries.append(summary)
+            f.release()
+    finally:
+        for f in futures:
+            f.cancel()
+    return summaries
+
+
+def _write_atomic_parts(path: Path, head: bytes, rest) -> int:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(head)
+            while True:
+                chunk = rest.read(1 << 24)
+                if not chunk:
+                    break
+                fh.write(chunk)
+            length = fh.tell()
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return length
+
+
+# -- decoding -------------------------------------------------------------------------------
+
+def _open_stream(path):
+    fh = open(path, "rb")
+    try:
+        return fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    except ValueError:        # an empty file cannot be mapped
+        return fh, None
+
+
+def _decode_unit(path, i, decoder_options, threads):
+    """Worker: the tensors of NDU ``i`` of the stream at ``path``."""
+    from .decoder import Decoder
+
+    fh, mm = _open_stream(path)
+    dec = unit = None
+    try:
+        dec = Decoder(memoryview(mm) if mm is not None else b"", **decoder_options)
+        unit, params = dec._ndus[i]
+        out = dec._decode_ndu(unit, params, dec._ndu_tensors[i], threads)
+        return OrderedDict((k, np.array(v, copy=True)) for k, v in out.items())
+    finally:
+        dec = unit = None
+        _close_stream(fh, mm)
+
+
+def _close_stream(fh, mm):
+    if mm is not None:
+        try:
+            mm.close()
+        except BufferError:   # views still alive: the map closes when they go
+            pass
+    fh.close()
+
+
+def decode_model(stream, output, client, *, threads: int = 1, **decoder_options):
+    """Decode a stream file on a Dask cluster: :func:`nnc.decode_model` with one task per unit.
+
+    Streams that need a decoder state (incremental coding) are decoded on the
+    client.  Returns the tensors as :func:`nnc.decode_model` does.
+    """
+    from .decoder import Decoder, restore_model_view
+
+    if not isinstance(stream, (str, os.PathLike)):
+        raise TypeError("on a Dask cluster the stream must be a path the workers can read")
+    path = os.path.abspath(os.fspath(stream))
+    fh, mm = _open_stream(path)
+    try:
+        dec = Decoder(memoryview(mm) if mm is not None else b"", **decoder_options)
+        metadata, ndus = dec.metadata, len(dec._ndus)
+        local = decoder_options.get("state") is not None or any(p.parent_signalling for _, p in dec._ndus)
+        tensors = dec.decode(threads=threads) if local else None
+    finally:
+        dec = None
+        _close_stream(fh, mm)
+    if not local:
+        futures = [client.submit(_decode_unit, path, i, decoder_options, threads, pure=False)
+                   for i in range(ndus)]
+        tensors = OrderedDict()
+        try:
+            for f in futures:
+                tensors.update(f.result())
+                f.release()
+        finally:
+            for f in futures:
+                f.cancel()
+    tensors, dtypes = restore_model_view(tensors, metadata)
+    if output is not None:
+        formats.write_model(os.fspath(output), tensors, dtypes)
+    return tensors

@@ -1,0 +1,136 @@
+"""Encoding and decoding on a Dask LocalCluster give the bytes and values of a local run."""
+
+import os
+
+import numpy as np
+import pytest
+
+import nnc
+from nnc import formats
+
+distributed = pytest.importorskip("dask.distributed", reason="dask.distributed not installed (pip install 'nnc[dask]')")
+
+
+@pytest.fixture(scope="module")
+def client():
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None)
+    c = distributed.Client(cluster)
+    yield c
+    c.close()
+    cluster.close()
+
+
+def _model(rng):
+    return {
+        "embed.weight": (rng.laplace(size=(300, 64)) * 0.02).astype(np.float32),
+        "fc.weight": (rng.normal(size=(96, 40)) * 0.05).astype(np.float32),
+        "fc.bias": (rng.normal(size=96) * 0.01).astype(np.float32),
+        "norm.weight": np.ones(64, np.float32),
+        "half": (rng.normal(size=(33, 7))).astype(np.float16),
+        "steps": np.int64(1234),
+        "ids": rng.integers(-5, 5, size=(20, 3)).astype(np.int32),
+    }
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "npz"])
+@pytest.mark.parametrize("options", [dict(qp=-30), dict(qp=-28, dq=False, scan_order=2, blocks=True),
+                                     dict(qp=-30, qp_per_tensor={"fc.*": -110, "embed.*": 140})])
+def test_encode_on_dask_equals_local(client, tmp_path, fmt, options):
+    path = tmp_path / f"model.{fmt}"
+    dtypes = {"embed.weight": "bfloat16"} if fmt == "safetensors" else None
+    formats.write_model(str(path), _model(np.random.default_rng(1)), dtypes)
+    local = nnc.encode_model(str(path), **options)
+    out = tmp_path / "dask.nnr"
+    assert nnc.encode_model(str(path), str(out), client=client, **options) == local
+    assert out.read_bytes() == local
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []   # no spool left
+    tensors = nnc.decode_model(str(out), str(tmp_path / "back.safetensors"), client=client, threads=2)
+    expected = nnc.decode_model(local)
+    assert list(tensors) == list(expected)
+    for name in expected:
+        assert tensors[name].dtype == expected[name].dtype
+        np.testing.assert_array_equal(tensors[name], expected[name])
+
+
+def test_large_tensor_row_threads_on_dask(client, tmp_path, monkeypatch):
+    from nnc import _parallel
+
+    monkeypatch.setattr(_parallel, "MIN_ELEMENTS_PER_THREAD", 1)   # the workers run in this process
+    path = tmp_path / "m.safetensors"
+    formats.write_model(str(path), {"w": (np.random.default_rng(2).laplace(size=(200, 90)) * 0.03).astype(np.float32)})
+    local = nnc.encode_model(str(path), qp=-30, scan_order=1, threads=2)
+    assert nnc.encode_model(str(path), client=client, qp=-30, scan_order=1, threads=2) == local
+
+
+def test_errors_come_back_from_workers(client, tmp_path):
+    path = tmp_path / "m.npz"
+    formats.write_model(str(path), {"w": np.ones((4, 4), np.float32)})
+    with pytest.raises(nnc.EncodeError, match="not available on a Dask cluster"):
+        nnc.encode_model(str(path), str(tmp_path / "o.nnr"), client=client, state=nnc.EncoderState())
+    with pytest.raises(nnc.EncodeError, match="must be a path"):
+        nnc.encode_model({"w": np.ones(3)}, str(tmp_path / "o.nnr"), client=client)
+    stream = bytearray(nnc.encode({"w": np.random.default_rng(0).normal(size=(64, 64))}, qp=-30))
+    stream[-5] ^= 0x55
+    bad = tmp_path / "bad.nnr"
+    bad.write_bytes(bytes(stream))
+    with pytest.raises(nnc.DecodeError) as local:
+        nnc.decode_model(bytes(stream))
+    with pytest.raises(nnc.DecodeError) as remote:
+        nnc.decode_model(str(bad), client=client)
+    assert str(remote.value) == str(local.value)
+    assert not os.path.exists(tmp_path / "o.nnr")
+
+
+def test_cli_scheduler_local_processes(tmp_path):
+    from nnc.cli import main
+
+    path = tmp_path / "m.safetensors"
+    formats.write_model(str(path), _model(np.random.default_rng(3)))
+    assert main(["encode", str(path), "-o", str(tmp_path / "d.nnr"), "--qp", "-30", "--scheduler", "local:2",
+                 "--quiet"]) == 0
+    assert main(["encode", str(path), "-o", str(tmp_path / "l.nnr"), "--qp", "-30", "--quiet"]) == 0
+    assert (tmp_path / "d.nnr").read_bytes() == (tmp_path / "l.nnr").read_bytes()
+    assert main(["decode", str(tmp_path / "d.nnr"), "-o", str(tmp_path / "d.npz"), "--scheduler", "local:2",
+                 "--quiet"]) == 0
+    assert main(["decode", str(tmp_path / "d.nnr"), "-o", str(tmp_path / "l.npz"), "--quiet"]) == 0
+    a, _ = formats.read_model(str(tmp_path / "d.npz"))
+    b, _ = formats.read_model(str(tmp_path / "l.npz"))
+    assert list(a) == list(b) and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_cli_scheduler_bad_value(tmp_path, capsys):
+    from nnc.cli import main
+
+    path = tmp_path / "m.npz"
+    formats.write_model(str(path), {"w": np.ones((3, 3), np.float32)})
+    assert main(["encode", str(path), "-o", str(tmp_path / "o.nnr"), "--scheduler", "local:zero"]) != 0
+    assert "local:N needs a worker count" in capsys.readouterr().err
+    assert not (tmp_path / "o.nnr").exists()
+
+
+def test_zarr_example_on_a_cluster(client, tmp_path):
+    zarr = pytest.importorskip("zarr", reason="zarr not installed")
+    pytest.importorskip("numcodecs", reason="numcodecs not installed")
+    if not hasattr(zarr, "create_array"):
+        pytest.skip("zarr < 3: create_array missing")
+    import importlib.util
+
+    import dask.array as da
+
+    spec = importlib.util.spec_from_file_location(
+        "dask_zarr", os.path.join(os.path.dirname(__file__), "..", "docs", "examples", "dask_zarr.py"))
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    x = (da.random.default_rng(0).standard_normal((96, 80), chunks=(32, 40)) * 0.02).astype(np.float32)
+    z = example.compress_to_zarr(x, str(tmp_path / "w.zarr"), qp=-30)
+    back = zarr.open_array(str(tmp_path / "w.zarr"), mode="r")[...]
+    expected = x.compute()
+    step = 2.0 ** (-30 / 4)
+    assert back.shape == expected.shape and back.dtype == np.float32
+    assert np.abs(back - expected).max() <= 2 * step  # DQ: within two steps (trellis)
+    # every chunk is a one-tensor NNC stream, equal to coding that chunk alone
+    from nnc.codec import NNC
+
+    chunk = expected[32:64, 40:80]
+    np.testing.assert_array_equal(back[32:64, 40:80], NNC(qp=-30).decode(NNC(qp=-30).encode(chunk)))
+    assert z.nbytes_stored() < expected.nbytes / 2
