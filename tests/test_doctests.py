@@ -7,7 +7,9 @@ import pytest
 
 MODULES = ["nnc", "nnc.decoder", "nnc.encoder", "nnc.models", "nnc.reconstruction", "nnc.engine", "nnc.engine.interface", "nnc.engine.python.scan",
            "nnc.search", "nnc.allocation", "nnc.cli", "nnc.demo",
-           "nnc.container", "nnc.errors", "nnc.formats", "nnc.verify", "nnc.tables", "nnc.codec", "nnc.writers"]
+           "nnc.container", "nnc.errors", "nnc.formats", "nnc.verify", "nnc.tables", "nnc.codec", "nnc.writers",
+           "nnc.encoding.settings", "nnc.encoding.quantiser", "nnc.encoding.writer", "nnc.readers",
+           "nnc.distributed"]
 
 #: Examples that need an optional back end; they run in their own test, skipped without it.
 NEEDS = {
