@@ -883,7 +883,7 @@ class Decoder:
         return result
 
     def iter_tensors(self, names: Iterable[str] | None = None, *, threads: int = 1, out=None):
-        """Decode tensors one unit at a time, yielding each as soon as it is decoded.
+        """Decode tensors one unit (NDU, spec 7.5) at a time, yielding each as soon as it is decoded.
 
         Memory is bounded by the units in flight: one NDU with ``threads=1``,
         at most ``threads`` with more; a tensor the caller has let go of is
@@ -958,7 +958,7 @@ class Decoder:
             del decoded
 
     def decode_tensor(self, name: str, out: np.ndarray | None = None) -> np.ndarray:
-        """Decode one tensor, touching only the unit that carries it (random access).
+        """Decode one tensor, touching only the unit that carries it (random access, spec 7.5, 11.4).
 
         A tensor of a BLOCK NDU is decoded with the other tensors of its
         block, which share its payload; only the one asked for is returned.

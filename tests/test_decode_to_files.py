@@ -239,7 +239,7 @@ def test_decoding_a_model_larger_than_the_address_space_limit(tmp_path):
     head = b"".join(one[u.offset:u.offset + u.size] for u in units[:-1])
     ndu = one[units[-1].offset:units[-1].offset + units[-1].size]
     names = [f"tensor_{i:03d}" for i in range(n)]
-    stream = head + b"".join(_renamed_copies(ndu, "tensor_000", names))
+    stream = with_metadata(head, tensors=names) + b"".join(_renamed_copies(ndu, "tensor_000", names))
     src = tmp_path / "big.nnr"
     src.write_bytes(stream)
     out = tmp_path / "out"

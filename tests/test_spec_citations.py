@@ -43,6 +43,11 @@ DECODER_NOT_NORMATIVE = {
     "Decoder.names": "an accessor of the index",
     "Decoder.info": "an accessor of the index",
     "Decoder.tensors": "an accessor of the index",
+    "Decoder._out_dtypes": "checks of caller-owned output buffers (API)",
+    "Decoder._out_shapes": "checks of caller-owned output buffers (API)",
+    "Decoder._check_out": "checks of caller-owned output buffers (API)",
+    "Decoder._fill": "copies a decoded tensor into a caller-owned buffer (API)",
+    "_bounded_ordered": "a thread pool that keeps job order (API)",
 }
 #: Top-level names of container.py that parse nothing (building, reading plumbing, errors).
 CONTAINER_NOT_PARSING = {
