@@ -316,11 +316,19 @@ cdef struct ScanWalk:
 
 cdef inline void walk_start(ScanWalk* w, TensorShape* t, int64_t first_block_row) noexcept nogil:
     """Start a walk at block row ``first_block_row``; an empty matrix has no segments."""
+    walk_rows(w, t, first_block_row, t.n_block_rows)
+
+
+cdef inline void walk_rows(ScanWalk* w, TensorShape* t, int64_t first_block_row,
+                           int64_t stop_block_row) noexcept nogil:
+    """Start a walk over block rows first_block_row .. stop_block_row - 1 (a block-row range)."""
     w.height = t.height
     w.width = t.width
     w.block_h = t.block_h
     w.block_w = t.block_w
-    w.n_block_rows = t.n_block_rows if (t.height > 0 and t.width > 0) else 0
+    w.n_block_rows = stop_block_row if (t.height > 0 and t.width > 0) else 0
+    if w.n_block_rows > t.n_block_rows:
+        w.n_block_rows = t.n_block_rows
     w.br = first_block_row - 1
     w.r_end = 0
     w.row = 0
@@ -762,10 +770,15 @@ cdef inline void contexts_reset(Ctx* ctx, int n) noexcept nogil:
 cdef int decode_tensor_data(ArithDecoder* d, Ctx* ctx, Layout* L, TensorShape* t,
                             int32_t* out, const int32_t* base, const int8_t* hist, const uint8_t* skipped,
                             int64_t* ep_t, int64_t* ep_value, int64_t* ep_state, int64_t n_ep, int use_ep,
-                            int64_t start_row, int64_t* rec_t, int64_t* rec_value, int64_t* rec_state) noexcept nogil:
+                            int64_t start_row, int64_t* rec_t, int64_t* rec_value, int64_t* rec_state,
+                            int64_t stop_row, int64_t* bnd) noexcept nogil:
     """Decode the scan of one tensor (spec 11.2, 11.3, 11.5). Returns 0 or an error code.
 
     With entry points (``use_ep``) the block rows before ``start_row`` are not decoded.
+    With ``bnd`` != NULL (a block-row range, spec 11.4): only block row ``start_row``
+    is entered from its entry point, rows up to ``stop_row`` - 1 follow sequentially,
+    and at the start of ``stop_row`` (< n_block_rows) bnd receives
+    (T, V >> 7, DQ state, 1 if V's low 7 bits equal those an entry-point start fills in).
     """
     cdef int64_t br, i
     cdef int state = 0
@@ -775,20 +788,27 @@ cdef int decode_tensor_data(ArithDecoder* d, Ctx* ctx, Layout* L, TensorShape* t
     cdef int hd = 0
     cdef int code
     cdef ScanWalk w
-    walk_start(&w, t, start_row if use_ep else 0)
+    # a range also walks the first row after it, to stop at its boundary
+    walk_rows(&w, t, start_row if (use_ep or bnd != NULL) else 0, stop_row + 1 if bnd != NULL else t.n_block_rows)
     while walk_next(&w):
         br = w.br
         if w.block_row_start and br > 0:
             contexts_reset(ctx, L.n_ctx)
             prev = 0
             d.rng = 256
-            if not use_ep and d.val >= (256 << 7):
+            if (not use_ep or (bnd != NULL and br > start_row)) and d.val >= (256 << 7):
                 return ERR_FORCED_RANGE
             if rec_t != NULL:
                 rec_t[br - 1] = decoder_position(d)
                 rec_value[br - 1] = d.val >> 7
                 rec_state[br - 1] = state
-            if use_ep:
+            if bnd != NULL and br == stop_row:
+                bnd[0] = decoder_position(d)
+                bnd[1] = d.val >> 7
+                bnd[2] = state
+                bnd[3] = (d.val & 127) == ((<uint32_t>d.buf[d.pos - 1] << (8 + d.bits_needed)) & 127)
+                return ERR_NONE
+            if use_ep and (bnd == NULL or br == start_row):
                 code = decoder_seek(d, ep_t[br - 1], <uint32_t>ep_value[br - 1])
                 if code:
                     return code
@@ -927,14 +947,21 @@ cdef inline void encode_value(BinSink* s, Layout* L, TensorShape* t, int64_t k, 
 cdef void encode_tensor_data(BinSink* s, Layout* L, TensorShape* t, const int32_t* k_values,
                              const int32_t* base, const int8_t* hist, const uint8_t* skipped) noexcept nogil:
     """Walk the scan of one tensor, sending its bins to the sink (spec 11.2, 11.3, 11.5)."""
+    encode_block_rows(s, L, t, k_values, base, hist, skipped, 0, t.n_block_rows, 0)
+
+
+cdef void encode_block_rows(BinSink* s, Layout* L, TensorShape* t, const int32_t* k_values,
+                            const int32_t* base, const int8_t* hist, const uint8_t* skipped,
+                            int64_t br_start, int64_t br_stop, int state0) noexcept nogil:
+    """Walk block rows br_start .. br_stop - 1, the DQ state being state0 at the first (spec 11.2)."""
     cdef int64_t i
-    cdef int state = 0
+    cdef int state = state0
     cdef int64_t prev = 0
     cdef int64_t k
     cdef int32_t b = 0
     cdef int hd = 0
     cdef ScanWalk w
-    walk_start(&w, t, 0)
+    walk_rows(&w, t, br_start, br_stop)
     while walk_next(&w):
         if w.block_row_start and w.br > 0:
             sink_block_row_start(s)
@@ -955,6 +982,145 @@ cdef void encode_tensor_data(BinSink* s, Layout* L, TensorShape* t, const int32_
             prev = k
 
 
+# --------------------------------------------------------------------------
+# Block-row ranges coded on their own and joined exactly (spec A.5, 9.8)
+# --------------------------------------------------------------------------
+cdef void enc_segment_code(ArithEncoder* e) noexcept nogil:
+    """Turn a segment encoder's state into its whole code value (9.8): every pending
+    byte with the register's carry, then the register's 32 - bits_left bits, MSB first,
+    left-aligned in the last byte.  The segment started with low 0, R 256, bits_left 23,
+    so the code has n + 9 bits for n renormalisation shifts."""
+    cdef int nbits = 32 - e.bits_left
+    cdef uint64_t bits
+    if (e.low >> nbits) != 0:
+        enc_put_byte(e, e.buffered_byte + 1)
+        while e.num_buffered > 1:
+            enc_put_byte(e, 0x00)
+            e.num_buffered -= 1
+        e.low -= <uint32_t>1 << nbits
+    elif e.num_buffered > 0:
+        enc_put_byte(e, e.buffered_byte)
+        while e.num_buffered > 1:
+            enc_put_byte(e, 0xFF)
+            e.num_buffered -= 1
+    e.num_buffered = 0
+    bits = e.low
+    while nbits % 8 != 0:
+        bits <<= 1
+        nbits += 1
+    while nbits > 0:
+        nbits -= 8
+        enc_put_byte(e, <uint32_t>(bits >> nbits) & 0xFF)
+
+
+cdef void enc_append_code(ArithEncoder* e, const uint8_t* code, int64_t n, uint32_t final_rng) noexcept nogil:
+    """Continue encoder e (R forced to 256 at a block-row start) with a segment coded on its own
+    from that point: low becomes low * 2^n + (the segment's n + 9-bit code), with carries (9.8)."""
+    cdef int64_t pos = 9
+    cdef int64_t end = n + 9
+    cdef int g, j
+    cdef uint32_t v
+    e.low += ((<uint32_t>code[0] << 1) | (code[1] >> 7))      # the top 9 bits (< 256)
+    while pos < end:
+        g = 8 if end - pos >= 8 else <int>(end - pos)
+        v = 0
+        for j in range(g):
+            v = (v << 1) | ((code[(pos + j) >> 3] >> (7 - ((pos + j) & 7))) & 1)
+        pos += g
+        e.low = (e.low << g) + v
+        e.bits_left -= g
+        if e.bits_left < 12:
+            enc_write_out(e)
+    e.rng = final_rng
+
+
+cdef class _RowRange:
+    """Block rows [a, b) of one tensor, estimated or coded on their own (parallel encoding)."""
+    cdef BinSink s
+    cdef ArithEncoder e
+    cdef Ctx* ctx
+    cdef uint64_t* cost
+    cdef Layout L
+    cdef TensorShape t
+    cdef const int32_t* k
+    cdef const int32_t* base
+    cdef const int8_t* hist
+    cdef const uint8_t* skip
+    cdef int64_t a, b, shifts
+    cdef int state0
+
+    def __cinit__(self):
+        self.ctx = NULL
+        self.cost = NULL
+        self.e.out = NULL
+
+    def __dealloc__(self):
+        free(self.ctx)
+        free(self.cost)
+        free(self.e.out)
+
+    def run(self):
+        with nogil:
+            encode_block_rows(&self.s, &self.L, &self.t, self.k, self.base, self.hist, self.skip,
+                              self.a, self.b, self.state0)
+            if self.s.mode == MODE_ENCODE:
+                # n = shifts since the start: 23 - bits_left + 8 per byte written or pending
+                self.shifts = 23 - self.e.bits_left + 8 * (self.e.out_len + self.e.num_buffered)
+                enc_segment_code(&self.e)
+        if self.e.err:
+            raise MemoryError()
+
+
+cdef _RowRange _row_range(int mode, Layout* L, TensorShape* t, const int32_t* k, const int32_t* base,
+                          const int8_t* hist, const uint8_t* skip, int64_t a, int64_t b, int state0, list sets):
+    cdef _RowRange rr = _RowRange()
+    cdef int i, j
+    rr.L = L[0]
+    rr.t = t[0]
+    rr.k, rr.base, rr.hist, rr.skip = k, base, hist, skip
+    rr.a, rr.b, rr.state0 = a, b, state0
+    rr.s.mode = mode
+    rr.s.n_ctx = L.n_ctx
+    if mode == MODE_OPTIMISE:
+        rr.ctx = <Ctx*>malloc(N_SETS * L.n_ctx * sizeof(Ctx))
+        rr.cost = <uint64_t*>malloc(N_SETS * L.n_ctx * sizeof(uint64_t))
+        if rr.ctx == NULL or rr.cost == NULL:
+            raise MemoryError()
+        for j in range(N_SETS):
+            for i in range(L.n_ctx):
+                ctx_init(&rr.ctx[j * L.n_ctx + i], j)
+                rr.cost[j * L.n_ctx + i] = 0
+        rr.s.opt_ctx = rr.ctx
+        rr.s.opt_cost = rr.cost
+    else:
+        rr.ctx = <Ctx*>malloc(L.n_ctx * sizeof(Ctx))
+        if rr.ctx == NULL or not enc_init(&rr.e):
+            raise MemoryError()
+        for i in range(L.n_ctx):
+            ctx_init(&rr.ctx[i], sets[i])
+        rr.e.rng = 256
+        rr.s.enc = &rr.e
+        rr.s.ctx = rr.ctx
+    return rr
+
+
+cdef void _add_costs(uint64_t* total, _RowRange part, int n) noexcept:
+    cdef int i
+    for i in range(n):
+        total[i] += part.cost[i]
+
+
+def _run_in_threads(list tasks):
+    """Run every task's ``run()``; the first in this thread, the others in a pool."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, len(tasks) - 1), thread_name_prefix="nnc-rows") as pool:
+        futures = [pool.submit(task.run) for task in tasks[1:]]
+        tasks[0].run()
+        for f in futures:
+            f.result()
+
+
 cdef inline int64_t dq_k_from_n(int64_t n, int state) noexcept nogil:
     """k = (n + sgn(n)(s & 1)) >> 1 (spec 10.2), the encoder's conversion n -> k."""
     if n == 0:
@@ -965,11 +1131,13 @@ cdef inline int64_t dq_k_from_n(int64_t n, int state) noexcept nogil:
 
 
 cdef int levels_to_coded(TensorShape* t, const int32_t* n_values, int32_t* k_out,
-                         const uint8_t* skipped, int64_t* bad_index) noexcept nogil:
+                         const uint8_t* skipped, int64_t* bad_index, int32_t* row_states) noexcept nogil:
     """Convert reconstruction integers n to coded values k along the scan (spec 10.2).
 
     Returns 0, or 1 with *bad_index set when some n is not representable in
-    the trellis state reached at its position.
+    the trellis state reached at its position.  With ``row_states`` != NULL it
+    receives the DQ state at the start of every block row (spec 11.3, 11.5), for
+    coding block-row ranges on their own.
     """
     cdef int64_t i
     cdef int state = 0
@@ -977,6 +1145,8 @@ cdef int levels_to_coded(TensorShape* t, const int32_t* n_values, int32_t* k_out
     cdef ScanWalk w
     walk_start(&w, t, 0)
     while walk_next(&w):
+        if w.block_row_start and row_states != NULL:
+            row_states[w.br] = state
         if skipped != NULL and skipped[w.row]:
             state = skip_row_states(state, w.width)
             continue
@@ -1046,6 +1216,7 @@ cdef class PayloadDecoder:
     cdef public object last_init_sets
     cdef public bint last_row_skip
     cdef public bint last_hdsp
+    cdef public object last_boundary
     cdef bint _finished
 
     def __init__(self, data, int edition):
@@ -1058,6 +1229,7 @@ cdef class PayloadDecoder:
         self.last_init_sets = None
         self.last_row_skip = False
         self.last_hdsp = False
+        self.last_boundary = None
         self._finished = False
         self.d.length = self._view.shape[0]
         self.d.buf = &self._view[0] if self.d.length > 0 else NULL
@@ -1078,6 +1250,20 @@ cdef class PayloadDecoder:
     @property
     def bytes_consumed(self):
         return self.d.pos
+
+    def fork(self):
+        """An independent decoder of the same payload in this one's exact state (for parallel block rows)."""
+        cdef PayloadDecoder other = PayloadDecoder.__new__(PayloadDecoder)
+        other._view = self._view
+        other.d = self.d
+        other.edition = self.edition
+        other.last_entry_points = []
+        other.last_init_sets = None
+        other.last_row_skip = self.last_row_skip
+        other.last_hdsp = self.last_hdsp
+        other.last_boundary = None
+        other._finished = False
+        return other
 
     @property
     def bit_position(self):
@@ -1108,8 +1294,13 @@ cdef class PayloadDecoder:
     def decode_tensor(self, int64_t height, int64_t width, *, int n_gtx, bint dq=False, int scan_order=0,
                       int64_t codebook_size=0, int64_t codebook_zero=0, bint parent_present=False,
                       tca_base=None, hdsp_history=None, entry_points=None, int64_t start_block_row=0,
-                      bint record_entry_points=False):
-        """Decode one tensor: reconstruction integers n, flat, row-major (spec 8.1)."""
+                      bint record_entry_points=False, stop_block_row=None, out=None):
+        """Decode one tensor: reconstruction integers n, flat, row-major (spec 8.1).
+
+        ``stop_block_row`` (a block-row range, spec 11.4): only ``start_block_row`` is entered
+        from its entry point, the rows after it follow sequentially up to ``stop_block_row`` - 1,
+        and ``last_boundary`` records the state at the start of ``stop_block_row``.  ``out``:
+        a writeable C-contiguous int32 array to decode into."""
         _check_tensor_args(height, width, n_gtx, scan_order, DecodeError)
         cdef int64_t size = height * width
         cdef Layout L = make_layout(self.edition, n_gtx)
@@ -1129,7 +1320,11 @@ cdef class PayloadDecoder:
         cdef int64_t r
         cdef int64_t t0
         cdef int code
-        cdef cnp.ndarray out = np.zeros(size, dtype=np.int32)
+        if out is None:
+            out = np.zeros(size, dtype=np.int32)
+        elif not (isinstance(out, np.ndarray) and out.dtype == np.int32 and out.size == size
+                  and out.flags.c_contiguous and out.flags.writeable):
+            raise ValueError(f"out must be a writeable C-contiguous int32 array of {size} elements")
         cdef cnp.ndarray skipped = None
         cdef int32_t[::1] base_v
         cdef int8_t[::1] hist_v
@@ -1137,13 +1332,23 @@ cdef class PayloadDecoder:
         cdef const int32_t* base_p = NULL
         cdef const int8_t* hist_p = NULL
         cdef const uint8_t* skip_p = NULL
-        cdef int32_t* out_p = <int32_t*>cnp.PyArray_DATA(out)
+        cdef int32_t* out_p = <int32_t*>cnp.PyArray_DATA(<cnp.ndarray>out)
+        cdef int64_t bnd[4]
+        cdef int64_t stop_row = t.n_block_rows
+        cdef bint ranged = stop_block_row is not None and t.scan_order > 0
         cdef int64_t n_ep = t.n_block_rows - 1
         cdef cnp.ndarray ep_arr = np.zeros((3, n_ep if n_ep > 0 else 1), dtype=np.int64)
         cdef cnp.ndarray rec_arr = np.zeros((3, n_ep if n_ep > 0 else 1), dtype=np.int64)
         cdef int64_t[:, ::1] ep_v = ep_arr
         cdef int64_t[:, ::1] rec_v = rec_arr
         cdef bint use_ep = False
+        if ranged:
+            stop_row = stop_block_row
+            if not 0 <= start_block_row < stop_row <= t.n_block_rows:
+                raise ValueError(f"block rows {start_block_row}..{stop_row} outside 0..{t.n_block_rows}")
+            if start_block_row > 0 and entry_points is None:
+                raise ValueError("start_block_row > 0 needs entry points")
+        self.last_boundary = None
         try:
             for i in range(L.n_ctx):
                 ctx_init(&ctx[i], 0)
@@ -1199,9 +1404,11 @@ cdef class PayloadDecoder:
                                           &ep_v[0, 0], &ep_v[1, 0], &ep_v[2, 0], n_ep, use_ep,
                                           start_block_row,
                                           &rec_v[0, 0] if record_entry_points else NULL,
-                                          &rec_v[1, 0], &rec_v[2, 0])
+                                          &rec_v[1, 0], &rec_v[2, 0], stop_row, bnd if ranged else NULL)
             if code:
                 self._raise(code)
+            if ranged and stop_row < t.n_block_rows:
+                self.last_boundary = (int(bnd[0] - t0), int(bnd[1]), int(bnd[2]) if t.dq else 0, bool(bnd[3]))
             if record_entry_points:
                 eps = []
                 prev_t = t0
@@ -1276,8 +1483,11 @@ cdef class PayloadEncoder:
     def encode_tensor(self, levels, int64_t height, int64_t width, *, int n_gtx, bint dq=False,
                       int scan_order=0, bint param_opt=True, init_sets=None, int64_t codebook_size=0,
                       int64_t codebook_zero=0, bint parent_present=False, tca_base=None, hdsp_history=None,
-                      bint hdsp=False, bint row_skip=False):
-        """Encode one tensor given its reconstruction integers n (spec 8.1, Annex A)."""
+                      bint hdsp=False, bint row_skip=False, int threads=1):
+        """Encode one tensor given its reconstruction integers n (spec 8.1, Annex A).
+
+        ``threads`` > 1: the block rows of a block scan are estimated and coded in up to
+        that many threads, each range on its own and joined exactly (the same bytes, spec A.5)."""
         self._check_open()
         _check_tensor_args(height, width, n_gtx, scan_order, EncodeError)
         cdef int64_t size = height * width
@@ -1315,12 +1525,16 @@ cdef class PayloadEncoder:
         cdef int32_t[::1] k_v
         cdef int64_t bad = -1
         cdef int rc = 0
+        # block-row ranges for threads, with the DQ state at each range's start (spec A.5)
+        cdef bint split = threads > 1 and t.scan_order > 0 and t.n_block_rows > 1 and size > 0
+        cdef cnp.ndarray br_states = np.zeros(t.n_block_rows if split else 1, dtype=np.int32)
+        cdef int32_t* br_states_p = <int32_t*>cnp.PyArray_DATA(br_states) if split else NULL
         if dq:
             k_arr = np.zeros(size, dtype=np.int32)
             k_v = k_arr
             if size:
                 with nogil:
-                    rc = levels_to_coded(&t, &n_v[0], &k_v[0], skip_p, &bad)
+                    rc = levels_to_coded(&t, &n_v[0], &k_v[0], skip_p, &bad, br_states_p)
             if rc:
                 raise EncodeError(f"level {int(n_arr[bad])} at flat index {bad} is not a reconstruction "
                                   f"level of the dependent quantiser state reached there", clause="10.2")
@@ -1337,8 +1551,14 @@ cdef class PayloadEncoder:
         if hist_arr is not None and do_hdsp and size:
             hist_v = hist_arr
             hist_p = &hist_v[0]
+        cdef list ranges = []
+        if split:
+            parts = min(threads, t.n_block_rows)
+            bounds = [t.n_block_rows * i // parts for i in range(parts + 1)]
+            ranges = [(bounds[i], bounds[i + 1], int(br_states[bounds[i]])) for i in range(parts)]
         signalled = init_signalled_contexts(&L, &t)
-        sets = self._choose_init_sets(L, t, signalled, init_sets, param_opt, k_v, base_p, hist_p, skip_p, size)
+        sets = self._choose_init_sets(L, t, signalled, init_sets, param_opt, k_v, base_p, hist_p, skip_p, size,
+                                      ranges)
         cdef Ctx* ctx = <Ctx*>malloc(L.n_ctx * sizeof(Ctx))
         if ctx == NULL:
             raise MemoryError()
@@ -1369,7 +1589,9 @@ cdef class PayloadEncoder:
                 ctx_init(&ctx[a], sets[a])
             if first_range_forced(&L, &t):
                 self.e.rng = 256
-            if size:
+            if ranges:
+                self._encode_ranges(&s, &L, &t, &k_v[0], base_p, hist_p, skip_p, ranges, sets)
+            elif size:
                 with nogil:
                     encode_tensor_data(&s, &L, &t, &k_v[0], base_p, hist_p, skip_p)
             if self.e.err:
@@ -1377,10 +1599,32 @@ cdef class PayloadEncoder:
         finally:
             free(ctx)
 
+    cdef _encode_ranges(self, BinSink* s, Layout* L, TensorShape* t, const int32_t* k, const int32_t* base_p,
+                        const int8_t* hist_p, const uint8_t* skip_p, list ranges, list sets):
+        """Range 0 coded here, the others on their own in threads, then appended (spec 11.3, A.5, 9.8)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        cdef _RowRange rr
+        cdef int64_t b0 = ranges[0][1]
+        segments = [_row_range(MODE_ENCODE, L, t, k, base_p, hist_p, skip_p, a, b, st, sets)
+                    for a, b, st in ranges[1:]]
+        with ThreadPoolExecutor(max_workers=len(segments), thread_name_prefix="nnc-rows") as pool:
+            futures = [pool.submit(seg.run) for seg in segments]
+            with nogil:
+                encode_block_rows(s, L, t, k, base_p, hist_p, skip_p, 0, b0, 0)
+            for f in futures:
+                f.result()
+        for rr in segments:
+            self.e.rng = 256                  # the block-row boundary of spec 11.3
+            enc_append_code(&self.e, rr.e.out, rr.shifts, rr.e.rng)
+            self.e.bins += rr.e.bins
+
     cdef list _choose_init_sets(self, Layout L, TensorShape t, list signalled, init_sets, bint param_opt,
                                 int32_t[::1] k_v, const int32_t* base_p, const int8_t* hist_p,
-                                const uint8_t* skip_p, int64_t size):
-        """Init set per context: given, optimised by estimated bits, or all 0 (spec A.3)."""
+                                const uint8_t* skip_p, int64_t size, list ranges=None):
+        """Init set per context: given, optimised by estimated bits, or all 0 (spec A.3).
+
+        With block-row ``ranges`` the ranges' costs are estimated in threads and added (spec A.5)."""
         cdef list sets = [0] * L.n_ctx
         cdef int a, k, best
         cdef uint64_t best_cost, cost
@@ -1411,8 +1655,16 @@ cdef class PayloadEncoder:
             s.opt_ctx = opt_ctx
             s.opt_cost = opt_cost
             s.n_ctx = L.n_ctx
-            with nogil:
-                encode_tensor_data(&s, &L, &t, &k_v[0], base_p, hist_p, skip_p)
+            if ranges:
+                # contexts restart at every block row, so the ranges' costs add up
+                parts = [_row_range(MODE_OPTIMISE, &L, &t, &k_v[0], base_p, hist_p, skip_p, a, b, st, None)
+                         for a, b, st in ranges]
+                _run_in_threads(parts)
+                for part in parts:
+                    _add_costs(opt_cost, <_RowRange>part, N_SETS * L.n_ctx)
+            else:
+                with nogil:
+                    encode_tensor_data(&s, &L, &t, &k_v[0], base_p, hist_p, skip_p)
             for a in signalled:
                 best = 0
                 best_cost = opt_cost[a]
@@ -1465,7 +1717,7 @@ def estimate_tensor_bits(levels, int64_t height, int64_t width, *, int n_gtx, bi
     if size == 0:
         return 0.0
     if dq:
-        if levels_to_coded(&t, &n_v[0], &k_v[0], NULL, &bad):
+        if levels_to_coded(&t, &n_v[0], &k_v[0], NULL, &bad, NULL):
             raise EncodeError(f"level at flat index {bad} is not representable", clause="10.2")
     else:
         k_v = n_v

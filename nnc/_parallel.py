@@ -26,6 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from .engine.python.scan import block_row_count as engine_block_row_count
+
 #: Fewest elements per block-row range worth a thread of its own.
 MIN_ELEMENTS_PER_THREAD = 1 << 18
 
@@ -38,10 +40,11 @@ def row_threads(threads: int, size: int, min_elements: int | None = None) -> int
 
 
 def block_row_count(height: int, width: int, scan_order: int) -> int:
-    """Number of block rows of a height x width matrix view (spec 11.2)."""
-    if scan_order == 0 or height <= 1 or width <= 1:
-        return 1 if height > 0 else 0
-    return -(-height // (4 << scan_order))
+    """Number of block rows of a height x width matrix view (spec 11.1, 11.2): the engine's
+    count for the effective scan order, 0 for an empty matrix."""
+    if height <= 0:
+        return 0
+    return engine_block_row_count(height, scan_order if height > 1 and width > 1 else 0)
 
 
 def block_row_ranges(n_block_rows: int, parts: int) -> list[tuple[int, int]]:

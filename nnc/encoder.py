@@ -26,7 +26,8 @@ from .engine import get_engine
 from ._threads import ordered_results
 from .errors import EncodeError
 from .encoding.quantiser import (INT32_MAX, RESTORABLE_FORMATS, CodedTensor, Quantiser, dcv1_step,  # noqa: F401
-                                 as_float_array as _as_float_array, default_scan_order)
+                                 DEFAULT_SCAN_MIN_ELEMENTS, DEFAULT_SCAN_ORDER, as_float_array as _as_float_array,
+                                 default_scan_order)
 from .encoding.settings import OPTIONS, EncoderSettings, qp_for_step
 from .encoding.writer import Unit, UnitWriter, block_groups, block_members, metadata_json, mps_qp
 

@@ -1,4 +1,4 @@
-"""Block rows of one tensor in parallel threads (spec 11.4): the same levels and bytes as sequential coding."""
+"""Block rows of one tensor in parallel threads (spec 11.4, A.5): the same levels and bytes as sequential coding."""
 
 import numpy as np
 import pytest
@@ -98,32 +98,12 @@ def test_range_decoding_records_the_boundary():
         assert (out[:16 * 30] == 7).all() and (out[40 * 30:] == 7).all()
 
 
-def test_decoder_threads_use_entry_points(monkeypatch):
-    monkeypatch.setattr(_parallel, "MIN_ELEMENTS_PER_THREAD", 1)
-    calls = []
-    real = _parallel.decode_tensor_threads
-
-    def spy(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(nnc.decoder, "decode_tensor_threads", spy)
-    model = {"a": _weights(4, 90, 33, [5]), "b": _weights(5, 64, 64, [])}
-    stream = nnc.encode(model, qp=-30, scan_order=2, row_skip=True)
-    one = nnc.decode(stream, threads=1)
-    assert not calls
-    two = nnc.decode(stream, threads=2)
-    assert calls
-    for name in model:
-        np.testing.assert_array_equal(one[name], two[name])
-
-
 # -- parallel encoding ---------------------------------------------------------------
 
 def _valid_levels(w, dq, scan_order, row_skip):
     """Reconstruction integers n on a valid DQ path through the scan, all-zero rows skipped
     as row skipping does (spec 10.2, 11.5), from coded values k = round(w / 0.05)."""
-    from nnc._pyengine import TensorScan, dq_reconstruct
+    from nnc.engine.python import TensorScan, dq_reconstruct
     from nnc.tables import NEXT_DQ_STATE
 
     height, width = w.shape
@@ -169,15 +149,6 @@ def test_parallel_encode_same_bytes(shape, scan_order, dq, row_skip, profile, th
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-def test_encoder_threads_same_stream(monkeypatch, engine):
-    monkeypatch.setattr(_parallel, "MIN_ELEMENTS_PER_THREAD", 1)
-    model = {"a": _weights(6, 70, 40, [3, 4]), "b": _weights(7, 33, 100, []), "c": _weights(8, 9, 9, [])}
-    for dq in (False, True):
-        kw = dict(qp=-30, dq=dq, scan_order=1, row_skip=not dq, engine=engine)
-        assert nnc.encode(model, threads=3, **kw) == nnc.encode(model, threads=1, **kw)
-
-
-@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("scan_order", [1, 2, 3, 4])
 def test_parallel_decode_dq_with_row_skip(engine, scan_order):
     # DQ with skipped rows (spec 11.5: W transitions per skipped row segment), 150 rows: partial last block row
@@ -198,6 +169,69 @@ def test_parallel_decode_dq_with_row_skip(engine, scan_order):
     after.finish()
     kw = dict(dq=True, scan_order=scan_order, row_skip=True)
     assert _payload(levels, 150, 70, 2, 3, **kw) == _payload(levels, 150, 70, 2, 1, **kw)
+
+
+@pytest.mark.parametrize("dq", [False, True])
+def test_python_engine_accepts_threads(dq):
+    # the pure-Python engine codes sequentially: the bytes of the compiled engine with threads
+    w = _weights(14, 150, 70, [3, 17] + list(range(40, 61)))
+    levels = _valid_levels(w, dq, 1, True)
+    kw = dict(n_gtx=11, dq=dq, scan_order=1, row_skip=True)
+    payloads = []
+    for engine, threads in (("cython", 4), ("python", 4), ("python", 1)):
+        pe = get_engine(engine).PayloadEncoder(2)
+        pe.encode_tensor(levels, 150, 70, threads=threads, **kw)
+        payloads.append(pe.finish())
+    assert payloads[0] == payloads[1] == payloads[2]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_range_arguments_checked(engine):
+    w = _weights(15, 100, 30, [])
+    stream = nnc.encode({"w": w}, qp=-28, scan_order=1)
+    pd, kw, info = _tensor_decoder(stream, engine)
+    with pytest.raises(ValueError):
+        pd.fork().decode_tensor(100, 30, start_block_row=0, stop_block_row=0, **kw)
+    with pytest.raises(ValueError):
+        pd.fork().decode_tensor(100, 30, start_block_row=2, stop_block_row=4, **kw)   # no entry points
+    with pytest.raises(ValueError):
+        pd.fork().decode_tensor(100, 30, out=np.zeros(3000, np.int64), **kw)
+    # a range from row 0 without entry points decodes rows 0..2 and stops at row 3's start
+    out = np.zeros(3000, np.int32)
+    ref = pd.fork().decode_tensor(100, 30, **kw)
+    part = pd.fork()
+    part.decode_tensor(100, 30, stop_block_row=3, out=out, **kw)
+    np.testing.assert_array_equal(out[:24 * 30], ref[:24 * 30])
+    assert part.last_boundary[0] == sum(e[2] for e in info.entry_points[:3])
+
+
+def test_decoder_threads_use_entry_points(monkeypatch):
+    monkeypatch.setattr(_parallel, "MIN_ELEMENTS_PER_THREAD", 1)
+    calls = []
+    real = _parallel.decode_tensor_threads
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(nnc.decoder, "decode_tensor_threads", spy)
+    model = {"a": _weights(4, 90, 33, [5]), "b": _weights(5, 64, 64, [])}
+    stream = nnc.encode(model, qp=-30, scan_order=2, row_skip=True)
+    one = nnc.decode(stream, threads=1)
+    assert not calls
+    two = nnc.decode(stream, threads=2)
+    assert calls
+    for name in model:
+        np.testing.assert_array_equal(one[name], two[name])
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_encoder_threads_same_stream(monkeypatch, engine):
+    monkeypatch.setattr(_parallel, "MIN_ELEMENTS_PER_THREAD", 1)
+    model = {"a": _weights(6, 70, 40, [3, 4]), "b": _weights(7, 33, 100, []), "c": _weights(8, 9, 9, [])}
+    for dq in (False, True):
+        kw = dict(qp=-30, dq=dq, scan_order=1, row_skip=not dq, engine=engine)
+        assert nnc.encode(model, threads=3, **kw) == nnc.encode(model, threads=1, **kw)
 
 
 # -- the encoder's default block scan -----------------------------------------------------

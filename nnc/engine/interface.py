@@ -43,11 +43,13 @@ CLASSES = {
             "read_qp_offset": "(self, nbits)",
             "decode_tensor": "(self, height, width, *, n_gtx, dq=False, scan_order=0, codebook_size=0, "
                              "codebook_zero=0, parent_present=False, tca_base=None, hdsp_history=None, "
-                             "entry_points=None, start_block_row=0, record_entry_points=False)",
+                             "entry_points=None, start_block_row=0, record_entry_points=False, "
+                             "stop_block_row=None, out=None)",
+            "fork": "(self)",
             "finish": "(self)",
         },
         ("bytes_consumed", "bit_position", "last_entry_points", "last_init_sets", "last_row_skip", "last_hdsp",
-         "edition"),
+         "last_boundary", "edition"),
     ),
     "PayloadEncoder": (
         ("edition",),
@@ -56,7 +58,7 @@ CLASSES = {
             "write_qp_offset": "(self, value, nbits)",
             "encode_tensor": "(self, levels, height, width, *, n_gtx, dq=False, scan_order=0, param_opt=True, "
                              "init_sets=None, codebook_size=0, codebook_zero=0, parent_present=False, "
-                             "tca_base=None, hdsp_history=None, hdsp=False, row_skip=False)",
+                             "tca_base=None, hdsp_history=None, hdsp=False, row_skip=False, threads=1)",
             "finish": "(self)",
         },
         ("edition",),

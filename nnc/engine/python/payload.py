@@ -11,6 +11,8 @@ from :mod:`.arithmetic` (9), binarisation and contexts from :mod:`.binarisation`
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from ...errors import DecodeError, EncodeError
@@ -119,10 +121,18 @@ class PayloadDecoder:
         self.last_init_sets = None
         self.last_row_skip = False
         self.last_hdsp = False
+        self.last_boundary = None
 
     @property
     def bytes_consumed(self) -> int:
         return self._ad.pos
+
+    def fork(self) -> "PayloadDecoder":
+        """An independent decoder of the same payload in this one's exact state (11.4)."""
+        other = copy.copy(self)
+        other._ad = copy.copy(self._ad)
+        other.last_entry_points, other.last_init_sets, other.last_boundary = [], None, None
+        return other
 
     @property
     def bit_position(self) -> int:
@@ -145,8 +155,17 @@ class PayloadDecoder:
     # -- 8.1 one tensor ---------------------------------------------------------
     def decode_tensor(self, height, width, *, n_gtx, dq=False, scan_order=0, codebook_size=0,
                       codebook_zero=0, parent_present=False, tca_base=None, hdsp_history=None,
-                      entry_points=None, start_block_row=0, record_entry_points=False):
-        """Decode one tensor (8.1); returns the reconstruction integers n, flat, row-major."""
+                      entry_points=None, start_block_row=0, record_entry_points=False,
+                      stop_block_row=None, out=None):
+        """Decode one tensor (8.1); returns the reconstruction integers n, flat, row-major.
+
+        With ``stop_block_row`` (a block-row range, 11.4), only ``start_block_row``
+        is entered from its entry point; the rows after it follow sequentially up to
+        ``stop_block_row`` - 1, and at the start of ``stop_block_row`` (if it is a
+        block row of the tensor) ``last_boundary`` records (T - T_0, V >> 7, DQ state,
+        whether V's low 7 bits equal those an entry-point start fills in).
+        ``out``: a writeable C-contiguous int32 array to decode into.
+        """
         t = _Tensor(self.edition, height, width, n_gtx=n_gtx, dq=dq, scan_order=scan_order,
                     codebook_size=codebook_size, codebook_zero=codebook_zero,
                     parent_present=parent_present, tca_base=tca_base, hdsp_history=hdsp_history,
@@ -156,8 +175,16 @@ class PayloadDecoder:
         layout = t.layout
         use_eps = entry_points is not None and scan.n_block_rows > 1
         start_block_row = int(start_block_row)
+        ranged = stop_block_row is not None and scan.order > 0
+        stop_row = int(stop_block_row) if ranged else scan.n_block_rows
+        if ranged and not 0 <= start_block_row < stop_row <= scan.n_block_rows:
+            raise ValueError(f"block rows {start_block_row}..{stop_row} outside 0..{scan.n_block_rows}")
         if start_block_row and not (use_eps and 0 <= start_block_row < scan.n_block_rows):
             raise ValueError("start_block_row > 0 needs entry points and a block row of the tensor")
+        if out is not None and not (isinstance(out, np.ndarray) and out.dtype == np.int32
+                                    and out.size == t.size and out.flags.c_contiguous and out.flags.writeable):
+            raise ValueError(f"out must be a writeable C-contiguous int32 array of {t.size} elements")
+        self.last_boundary = None
         if use_eps:
             entry_points = [tuple(int(x) for x in e) for e in entry_points]
             if len(entry_points) != scan.n_block_rows - 1:
@@ -183,8 +210,9 @@ class PayloadDecoder:
         self.last_init_sets = np.array([m.init_set for m in ctx], dtype=np.uint8)
 
         # 8.1 step 5: the data, in scan order (11)
-        out = np.zeros(t.size, dtype=np.int32)
-        values = [0] * t.size
+        if out is None:
+            out = np.zeros(t.size, dtype=np.int32)
+        flat = out.reshape(-1)
         self.last_entry_points = entries = []
         if scan.force_at_start:
             ad.force_range()                                  # 11.3
@@ -193,12 +221,20 @@ class PayloadDecoder:
         zero_run = zero_run_table(t.width) if (t.dq and skip is not None) else None
         W = t.width
         state = 0
-        for r in range(start_block_row, scan.n_block_rows):
+        # a range also enters the block row after it, to stop at its boundary
+        for r in range(start_block_row, min(stop_row + 1, scan.n_block_rows)):
             prev = 0
+            if r == stop_row:
+                # end of a block-row range: record where the next range must start
+                ad.force_range()
+                low = (ad.data[ad.pos - 1] << (8 + ad.bits_needed)) & 127
+                self.last_boundary = (ad.position - t0, ad.value >> 7, state if t.dq else 0,
+                                      (ad.value & 127) == low)
+                break
             if r > 0:
                 # 11.3 block-row boundary: contexts reset, neighbour 0, R = 256;
                 # or 9.7: jump to the block row's entry point
-                if use_eps:
+                if use_eps and (r == start_block_row or not ranged):
                     value, ep_state = entry_points[r - 1][0], entry_points[r - 1][1]
                     if t.dq and not 0 <= ep_state <= 7:
                         raise DecodeError(f"entry point DQ state {ep_state} outside 0..7",
@@ -228,12 +264,10 @@ class PayloadDecoder:
                             raise DecodeError("dependent-quantisation reconstruction integer does not "
                                               "fit in int32", clause="10.2", offset=ad.pos)
                         state = NEXT_DQ_STATE[state][k & 1]
-                        values[pos] = n
+                        flat[pos] = n
                     else:
-                        values[pos] = k
+                        flat[pos] = k
                     prev = k
-        if t.size:
-            out[:] = values
         return out
 
     def _decode_value(self, ctx, t: _Tensor, state: int, prev: int, base: int, hdsp_active: bool) -> int:
@@ -458,8 +492,12 @@ class PayloadEncoder:
 
     def encode_tensor(self, levels, height, width, *, n_gtx, dq=False, scan_order=0, param_opt=True,
                       init_sets=None, codebook_size=0, codebook_zero=0, parent_present=False,
-                      tca_base=None, hdsp_history=None, hdsp=False, row_skip=False) -> None:
-        """Encode one tensor given its reconstruction integers n (8.1)."""
+                      tca_base=None, hdsp_history=None, hdsp=False, row_skip=False, threads=1) -> None:
+        """Encode one tensor given its reconstruction integers n (8.1).
+
+        ``threads`` is accepted for the interface's sake: this engine codes sequentially,
+        which gives the bytes the compiled engine gives with any number of threads (A.5).
+        """
         self._check_open()
         t = _Tensor(self.edition, height, width, n_gtx=n_gtx, dq=dq, scan_order=scan_order,
                     codebook_size=codebook_size, codebook_zero=codebook_zero,
