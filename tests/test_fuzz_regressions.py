@@ -60,7 +60,7 @@ def test_the_replay_catches_a_foreign_exception(monkeypatch):
     """A decoder bug that raises something else than an NNCError fails the replay."""
     from nnc.decoder import Decoder
 
-    def broken(self, unit, params, infos):
+    def broken(self, unit, params, infos, *args):
         raise IndexError("a bug")
 
     monkeypatch.setattr(Decoder, "_decode_ndu_payload", broken)
