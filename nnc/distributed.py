@@ -140,7 +140,8 @@ def encode_model(model, output, client, **options) -> int:
         If the model cannot be read.
     """
     from .encoder import Encoder
-    from .encoding.writer import block_groups, block_members, metadata_json, mps_qp as stream_qp
+    from .encoding.writer import block_groups, block_members, metadata_json
+    from .encoding.writer import mps_qp as stream_qp
     from .models import checkpoint_metadata
     from .readers import open_model
 
@@ -236,7 +237,7 @@ def _write_atomic_parts(path: Path, head: bytes, rest) -> int:
 # -- decoding -------------------------------------------------------------------------------
 
 def _open_stream(path):
-    fh = open(path, "rb")
+    fh = open(path, "rb")  # noqa: SIM115 -- handed to the caller with its map; _close_stream closes both
     try:
         return fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
     except ValueError:        # an empty file cannot be mapped

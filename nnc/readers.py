@@ -36,7 +36,6 @@ import math
 import os
 import struct
 import zipfile
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator

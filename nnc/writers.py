@@ -565,8 +565,8 @@ def _decode_in_memory(dec: Decoder, output, wanted, template, threads, progress,
         from .errors import UpdateError
 
         if not dec.differences:
-            raise UpdateError(f"--add-to: the stream holds full values, not differences (encode updates with "
-                              f"--differences); decode it without --add-to", clause="6.2.1")
+            raise UpdateError("--add-to: the stream holds full values, not differences (encode updates with "
+                              "--differences); decode it without --add-to", clause="6.2.1")
         try:
             view = apply_update(previous[0], view)
         except ValueError as exc:

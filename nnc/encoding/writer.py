@@ -30,8 +30,8 @@ from typing import Mapping
 import numpy as np
 
 from .. import container as C
-from ..errors import EncodeError
 from .._parallel import row_threads
+from ..errors import EncodeError
 from .quantiser import CodedTensor
 from .settings import EncoderSettings
 
