@@ -13,6 +13,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -488,7 +489,7 @@ class _DecodeBar:
     """
 
     def __init__(self, quiet: bool):
-        self.bar = None
+        self.bar: Any = None   # a tqdm bar (tqdm has no type information), made at the first event
         self.quiet = quiet
 
     def __call__(self, event) -> None:
@@ -639,7 +640,7 @@ def stream_info(path) -> dict:
             needs_parent.update(names)  # an update coded with TCA: its levels need the parent's (spec 14)
     units = [dict(index=i, type=u.type_name, offset=u.offset, size=u.size) for i, u in enumerate(dec.units)]
     unit_at = {u.offset: i for i, u in enumerate(dec.units)}
-    tensors = []
+    tensors: list[dict[str, Any]] = []
     for t in dec.tensors():
         h = dec.units[unit_at[t.unit_offset]].header
         unit_bytes = t.unit_size
@@ -658,12 +659,12 @@ def stream_info(path) -> dict:
     total = len(dec.data)
     profile = next((int(u.header.general_profile_idc) for u in dec.units if u.type_name == "NNR_STR"), None)
     original = _original_dtypes(tensors, dec.metadata)
-    original_bytes = sum(t["size"] * _dtype_bytes(original[t["name"]]) for t in tensors)
-    for t in tensors:
-        t["original_dtype"] = original[t["name"]]
-        if t["size"] == 0:
-            t["bits_per_weight"] = None
-        del t["size"]
+    original_bytes = sum(row["size"] * _dtype_bytes(original[row["name"]]) for row in tensors)
+    for row in tensors:
+        row["original_dtype"] = original[row["name"]]
+        if row["size"] == 0:
+            row["bits_per_weight"] = None
+        del row["size"]
     return dict(bytes=total, profile=profile, units=units, tensors=tensors, weights=n,
                 bits_per_weight=8 * total / n if n else None, ratio_fp32=4 * n / max(total, 1),
                 original_bytes=original_bytes, ratio_original=original_bytes / max(total, 1),

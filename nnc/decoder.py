@@ -24,7 +24,7 @@ import math
 import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import BinaryIO, Iterable, Mapping, Union
+from typing import Any, BinaryIO, Iterable, Mapping, Union
 
 import numpy as np
 
@@ -457,7 +457,8 @@ def read_input(data: StreamInput) -> bytes | memoryview:
         return data
     if not isinstance(data, (str, os.PathLike)):
         try:
-            view = memoryview(data)
+            # any object may carry the buffer protocol (mmap, numpy arrays...); memoryview() tells
+            view = memoryview(data)  # type: ignore[arg-type]
         except TypeError:
             pass
         else:
@@ -1183,7 +1184,7 @@ class Decoder:
                         f"its size were decoded before; decode the parent stream first with the same "
                         f"DecoderState", clause="14",
                     )
-            kwargs = dict(
+            kwargs: dict[str, Any] = dict(
                 n_gtx=info.n_gtx, dq=info.dq, scan_order=info.scan_order,
                 codebook_size=cb_size, codebook_zero=cb_zero,
                 parent_present=parent_present, tca_base=tca_base,
@@ -1240,10 +1241,10 @@ def _bounded_ordered(fn, jobs: list, threads: int):
             yield fn(*job)
         return
     from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import Future, ThreadPoolExecutor
 
     pool = ThreadPoolExecutor(max_workers=min(threads, len(jobs)), thread_name_prefix="nnc")
-    pending = deque()
+    pending: deque[Future] = deque()
     try:
         for job in jobs:
             pending.append(pool.submit(fn, *job))
@@ -1307,9 +1308,13 @@ def restore_model_view(tensors: "OrderedDict[str, np.ndarray]", metadata: dict) 
     """
     shapes = metadata.get("shapes", {}) if isinstance(metadata.get("shapes"), dict) else {}
     dtypes = metadata.get("dtypes", {}) if isinstance(metadata.get("dtypes"), dict) else {}
-    out, names = (DecodedTensors() if isinstance(tensors, DecodedTensors) else OrderedDict()), {}
+    out: OrderedDict[str, np.ndarray]
     if isinstance(tensors, DecodedTensors):
+        out = DecodedTensors()
         out.differences, out.skipped = tensors.differences, tensors.skipped
+    else:
+        out = OrderedDict()
+    names = {}
     for k, v in tensors.items():
         if k in shapes and isinstance(shapes[k], list) and int(np.prod(shapes[k], dtype=np.int64)) == v.size:
             v = v.reshape(shapes[k])

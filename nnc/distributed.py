@@ -140,7 +140,8 @@ def encode_model(model, output, client, **options) -> int:
         If the model cannot be read.
     """
     from .encoder import Encoder
-    from .encoding.writer import block_groups, block_members, metadata_json, mps_qp as stream_qp
+    from .encoding.writer import block_groups, block_members, metadata_json
+    from .encoding.writer import mps_qp as stream_qp
     from .models import checkpoint_metadata
     from .readers import open_model
 
@@ -236,7 +237,7 @@ def _write_atomic_parts(path: Path, head: bytes, rest) -> int:
 # -- decoding -------------------------------------------------------------------------------
 
 def _open_stream(path):
-    fh = open(path, "rb")
+    fh = open(path, "rb")  # noqa: SIM115 -- handed to the caller with its map; _close_stream closes both
     try:
         return fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
     except ValueError:        # an empty file cannot be mapped
@@ -280,18 +281,18 @@ def decode_model(stream, output, client, *, threads: int = 1, **decoder_options)
         raise TypeError("on a Dask cluster the stream must be a path the workers can read")
     path = os.path.abspath(os.fspath(stream))
     fh, mm = _open_stream(path)
+    dec: Decoder | None = None
     try:
         dec = Decoder(memoryview(mm) if mm is not None else b"", **decoder_options)
         metadata, ndus = dec.metadata, len(dec._ndus)
         local = decoder_options.get("state") is not None or any(p.parent_signalling for _, p in dec._ndus)
-        tensors = dec.decode(threads=threads) if local else None
+        tensors: OrderedDict[str, np.ndarray] = dec.decode(threads=threads) if local else OrderedDict()
     finally:
         dec = None
         _close_stream(fh, mm)
     if not local:
         futures = [client.submit(_decode_unit, path, i, decoder_options, threads, pure=False)
                    for i in range(ndus)]
-        tensors = OrderedDict()
         try:
             for f in futures:
                 tensors.update(f.result())

@@ -17,20 +17,30 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 
-from .decoder import DecoderState, apply_update
-from .engine import get_engine
 from ._threads import ordered_results
-from .errors import EncodeError
-from .encoding.quantiser import (INT32_MAX, RESTORABLE_FORMATS, CodedTensor, Quantiser, dcv1_step,  # noqa: F401
-                                 DEFAULT_SCAN_MIN_ELEMENTS, DEFAULT_SCAN_ORDER, as_float_array as _as_float_array,
-                                 default_scan_order)
+from .decoder import DecoderState, apply_update
+from .encoding.quantiser import (  # noqa: F401
+    DEFAULT_SCAN_MIN_ELEMENTS,
+    DEFAULT_SCAN_ORDER,
+    INT32_MAX,
+    RESTORABLE_FORMATS,
+    CodedTensor,
+    Quantiser,
+    dcv1_step,
+    default_scan_order,
+)
+from .encoding.quantiser import as_float_array as _as_float_array  # noqa: F401
 from .encoding.settings import OPTIONS, EncoderSettings, qp_for_step
 from .encoding.writer import Unit, UnitWriter, block_groups, block_members, metadata_json, mps_qp
+from .engine import get_engine
+from .errors import EncodeError
 
+if TYPE_CHECKING:
+    from .encoding.stream import StreamSummary
 
 
 @dataclass

@@ -36,10 +36,9 @@ import math
 import os
 import struct
 import zipfile
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -102,24 +101,26 @@ class ModelSource:
     ----------
     path : str
         What was opened.
-    format : str
-        ``"safetensors"``, ``"pt"``, ``"onnx"`` or ``"npz"``.
+    format : str or None
+        ``"safetensors"``, ``"pt"``, ``"onnx"`` or ``"npz"`` (None for a checkpoint index that names no tensors).
     tensors : list of LazyTensor
     checkpoint : dict or None
         For a sharded checkpoint, its layout: {"format", "index" (optional), "files", "file_of"}
         as recorded in the stream (spec 6.2.1); None for a single file.
     """
 
-    def __init__(self, path, fmt: str, tensors: list[LazyTensor], checkpoint: dict | None = None):
+    def __init__(self, path, fmt: str | None, tensors: list[LazyTensor], checkpoint: dict | None = None):
         self.path = os.fspath(path)
         self.format = fmt
         self.tensors = tensors
         self.checkpoint = checkpoint
         self._by_name = {t.name: t for t in tensors}
         if len(self._by_name) != len(tensors):
-            seen = set()
-            dup = next(t.name for t in tensors if t.name in seen or seen.add(t.name))
-            raise FormatError(f"{self.path}: tensor {dup!r} appears twice")
+            seen: set[str] = set()
+            for t in tensors:
+                if t.name in seen:
+                    raise FormatError(f"{self.path}: tensor {t.name!r} appears twice")
+                seen.add(t.name)
 
     def __iter__(self) -> Iterator[LazyTensor]:
         return iter(self.tensors)
@@ -193,8 +194,9 @@ def _open_index(index_path: Path) -> ModelSource:
         raise FormatError(f"{index_path}: not a checkpoint index ({type(exc).__name__}: {exc})") from None
     folder = index_path.parent
     file_names = sorted(set(weight_map.values()))   # model-00001-of-... first
-    files, by_name = [], {}
-    fmt = None
+    files: list[dict] = []
+    by_name: dict[str, LazyTensor] = {}
+    fmt: str | None = None
     for i, file_name in enumerate(file_names):
         shard = folder / file_name
         if Path(file_name).name != file_name or not shard.is_file():
@@ -212,13 +214,13 @@ def _open_index(index_path: Path) -> ModelSource:
     ordered = []
     for name, file_name in weight_map.items():
         t = by_name.get(name)
-        if t is None or file_names[t.file] != file_name:
+        if t is None or t.file is None or file_names[t.file] != file_name:
             raise FormatError(f"{index_path}: tensor {name!r} is not in its shard {file_name!r}")
         ordered.append(t)
     unindexed = sorted(set(by_name) - set(weight_map))
     if unindexed:
         raise FormatError(f"{index_path}: shard tensor {unindexed[0]!r} is not in the index's weight_map")
-    checkpoint = {"format": fmt, "files": files, "file_of": {t.name: t.file for t in ordered}}
+    checkpoint: dict[str, Any] = {"format": fmt, "files": files, "file_of": {t.name: t.file for t in ordered}}
     checkpoint["index"] = {"name": index_path.name, "metadata": index.get("metadata") or {}}
     return ModelSource(index_path, fmt, ordered, checkpoint)
 
@@ -442,8 +444,12 @@ def source_from_mapping(tensors, dtypes=None, name: str = "<arrays>") -> ModelSo
     for key, value in tensors.items():
         arr = np.asarray(value)
         original = (dtypes or {}).get(key, arr.dtype.name)
-        out.append(LazyTensor(key, tuple(arr.shape), arr.dtype.name, original, (lambda a=arr: a)))
+        out.append(LazyTensor(key, tuple(arr.shape), arr.dtype.name, original, _constant_loader(arr)))
     return ModelSource(name, "arrays", out)
+
+
+def _constant_loader(arr: np.ndarray) -> Callable[[], np.ndarray]:
+    return lambda: arr
 
 
 __all__ = ["open_model", "ModelSource", "LazyTensor", "source_from_mapping", "INDEX_NAMES"]

@@ -23,7 +23,7 @@ import numpy as np
 from .errors import DecodeError
 
 #: ``nnr_decompressed_data_format`` values (spec 7.4, 12.6) and the numpy dtype of each.
-DECOMPRESSED_DATA_FORMATS = {
+DECOMPRESSED_DATA_FORMATS: dict[int, np.dtype] = {
     0: np.dtype("int32"),
     1: np.dtype("float32"),
     2: np.dtype("int8"),  # INT2: 2-bit signed values, carried in int8

@@ -474,7 +474,11 @@ class _SearchState:
             if self.out_of_time() and self.candidates:
                 break
             jobs = [dict(self.encoder_options, **s) for s in batch[i:i + self.chunk]]
-            results = self.pool.map(_evaluate_in_worker, jobs) if self.pool else map(self.evaluate_one, jobs)
+            if self.pool:
+                results = self.pool.map(_evaluate_in_worker, jobs)
+            else:
+                assert self.evaluate_one is not None  # the search sets it when there is no pool
+                results = map(self.evaluate_one, jobs)
             for settings, size, value, stream in results:
                 score, bound = self.measure(value)
                 c = Candidate(settings={k: settings[k] for k in batch[0]}, bytes=size, score=score, stream=stream,
@@ -765,7 +769,7 @@ class _TensorMoves:
         that helps is kept instead, largest tensors first.
         """
         for step in REFINE_STEPS:
-            failed = set()
+            failed: set[tuple[str, str]] = set()
             while not self.out_of_time():
                 moves = [(kind, k) for k in self.floats for kind in ("qp", "lambda") if (kind, k) not in failed
                          and self._can_move((kind, k), step)]
@@ -842,7 +846,8 @@ def _knapsack_increments(options: dict, slack: float) -> list:
 
 def _knapsack_choice(increments: list, budget: float, slack: float) -> dict:
     """{tensor: step}: increments taken greedily, each tensor's in order, each charged at least ``slack``."""
-    chosen, spent, progress = {}, 0.0, True
+    chosen: dict[str, int] = {}
+    spent, progress = 0.0, True
     while progress:
         progress = False
         for _, k, d, extra in increments:

@@ -278,7 +278,8 @@ def load_state_dict(module, stream, strict: bool = True, **decoder_options) -> L
         raise OutputBufferError(
             f"the stream does not fit the module: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
             f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
-    shapes = dec.metadata.get("shapes") if isinstance(dec.metadata.get("shapes"), dict) else {}
+    recorded_shapes = dec.metadata.get("shapes")
+    shapes: dict = recorded_shapes if isinstance(recorded_shapes, dict) else {}
     common = [k for k in names if k in target]
     for name in common:
         info = dec.info(name)

@@ -37,11 +37,15 @@ import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import numpy as np
 
 from .decoder import DecodedTensors, Decoder, restore_model_view
 from .errors import DecodeError
+
+if TYPE_CHECKING:
+    import mmap
 
 __all__ = ["decode_to_path", "DecodeProgress", "is_directory_target", "map_stream"]
 
@@ -129,9 +133,10 @@ def is_directory_target(output) -> bool:
 
 def _model_tensors(dec: Decoder, names) -> "OrderedDict[str, _Tensor]":
     """Original name, shape and dtype of every wanted tensor, from headers and metadata only."""
-    shapes = dec.metadata.get("shapes") if isinstance(dec.metadata.get("shapes"), dict) else {}
-    dtypes = dec.metadata.get("dtypes") if isinstance(dec.metadata.get("dtypes"), dict) else {}
-    out = OrderedDict()
+    recorded_shapes, recorded_dtypes = dec.metadata.get("shapes"), dec.metadata.get("dtypes")
+    shapes: dict = recorded_shapes if isinstance(recorded_shapes, dict) else {}
+    dtypes: dict = recorded_dtypes if isinstance(recorded_dtypes, dict) else {}
+    out: OrderedDict[str, _Tensor] = OrderedDict()
     for info in dec.tensors():
         if names is not None and info.name not in names:
             continue
@@ -163,7 +168,7 @@ def _safe_file_name(name, where: str) -> str:
 
 def _checkpoint_plan(dec: Decoder, tensors) -> tuple[list, dict | None]:
     """The files (and the index) of the checkpoint layout the stream records (spec 6.2.1)."""
-    ckpt = dec.metadata.get("checkpoint")
+    ckpt: Any = dec.metadata.get("checkpoint")   # the stream's JSON, checked as it is read
     try:
         fmt = ckpt["format"]
         files = [_File(_safe_file_name(f["name"], "files"), fmt,
@@ -220,10 +225,13 @@ def _plan(dec: Decoder, output, names) -> tuple[Path, list, dict | None]:
 def _safetensors_header(file: _File) -> tuple[bytes, dict]:
     from .formats import _ST_NAMES
 
-    header, offsets, offset = {}, {}, 0
+    header: dict[str, Any] = {}
+    offsets: dict[str, int] = {}
+    offset = 0
     if file.metadata:
         header["__metadata__"] = {str(k): str(v) for k, v in file.metadata.items()}
     for t in file.tensors:
+        code: str | None
         if t.dtype == "bfloat16":
             code = "BF16"
         else:
@@ -293,7 +301,7 @@ class _PtSink:
     def __init__(self, file: _File, tmp: str):
         self.tmp = tmp
         self.tensors = {t.name: t for t in file.tensors}
-        self.gathered = OrderedDict()
+        self.gathered: OrderedDict[str, np.ndarray] = OrderedDict()
 
     def buffer(self, info):
         return None
@@ -316,7 +324,17 @@ class _PtSink:
         pass
 
 
-_SINKS = {"safetensors": _SafetensorsSink, "npz": _NpzSink, "pt": _PtSink}
+class _Sink(Protocol):
+    """Where one output file's tensors go: an array to decode into (or None), then each array, then close."""
+
+    def buffer(self, info): ...
+
+    def take(self, name, array): ...
+
+    def close(self): ...
+
+
+_SINKS: dict[str, Callable[[_File, str], _Sink]] = {"safetensors": _SafetensorsSink, "npz": _NpzSink, "pt": _PtSink}
 
 
 def _index_json(index: dict, files: list) -> bytes:
@@ -336,7 +354,7 @@ def _temp_in(folder: Path, name: str) -> str:
     return tmp
 
 
-_OWN_MAPS = weakref.WeakSet()   # maps made by map_stream: their pages may be released
+_OWN_MAPS: weakref.WeakSet[mmap.mmap] = weakref.WeakSet()   # maps made by map_stream: their pages may be released
 
 
 def map_stream(path):
@@ -463,7 +481,10 @@ def decode_to_path(stream, output, *, names=None, threads: int = 1, progress=Non
     else:
         source = map_stream(stream) if isinstance(stream, (str, os.PathLike)) else None
         dec = Decoder(source if source is not None else stream, **decoder_options)
-    mapped = dec.data.obj if isinstance(dec.data, memoryview) and dec.data.obj in _OWN_MAPS else None
+    import mmap
+
+    under = dec.data.obj if isinstance(dec.data, memoryview) else None
+    mapped = under if isinstance(under, mmap.mmap) and under in _OWN_MAPS else None   # _OWN_MAPS holds only maps
     if mapped is not None:
         _release(mapped, len(mapped))   # the pages parsing touched; payloads are read again when decoded
     wanted = None if names is None else set(names)
@@ -484,7 +505,8 @@ def decode_to_path(stream, output, *, names=None, threads: int = 1, progress=Non
     created = is_directory_target(output) and not folder.exists()   # a file's folder must exist
     if created:
         folder.mkdir(parents=True)
-    temps, sinks = {}, {}
+    temps: dict[str, str] = {}
+    sinks: dict[str, _Sink] = {}
     try:
         for f in files:
             temps[f.name] = _temp_in(folder, f.name)
@@ -565,8 +587,8 @@ def _decode_in_memory(dec: Decoder, output, wanted, template, threads, progress,
         from .errors import UpdateError
 
         if not dec.differences:
-            raise UpdateError(f"--add-to: the stream holds full values, not differences (encode updates with "
-                              f"--differences); decode it without --add-to", clause="6.2.1")
+            raise UpdateError("--add-to: the stream holds full values, not differences (encode updates with "
+                              "--differences); decode it without --add-to", clause="6.2.1")
         try:
             view = apply_update(previous[0], view)
         except ValueError as exc:

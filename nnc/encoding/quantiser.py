@@ -238,9 +238,14 @@ class Quantiser:
 
             if s.profile == 0 and fmt > 1:
                 raise EncodeError(f"output format {fmt} needs profile 1 (2nd edition)")
-            base = t.levels.reshape(t.shape) if t.ptype == "INT" else t.recon
-            if t.ptype == "FLOAT" and t.codebook is None:
+            if t.ptype == "INT":
+                assert t.levels is not None  # INT tensors carry their integers
+                base = t.levels.reshape(t.shape)
+            elif t.ptype == "FLOAT" and t.codebook is None:
+                assert t.levels is not None  # uniform FLOAT tensors carry their levels
                 base = reconstruct_uniform(t.levels, np.float32(t.step)).reshape(t.shape)
+            else:
+                base = t.recon
             try:
                 t.recon = convert_to_format(base, fmt)
             except NNCError as exc:
@@ -295,9 +300,9 @@ class Quantiser:
             values = arr.astype(np.int64).reshape(-1)
             if values.size and (values.min() < -INT32_MAX - 1 or values.max() > INT32_MAX):
                 raise EncodeError(f"integer tensor {name!r} has values outside int32")
-            levels = values.astype(np.int32)
-            return CodedTensor(name=name, shape=shape, ptype="INT", levels=levels, qp=None, step=None, dq=False,
-                               height=height, width=width, scan=scan, recon=levels.reshape(shape))
+            ints = values.astype(np.int32)
+            return CodedTensor(name=name, shape=shape, ptype="INT", levels=ints, qp=None, step=None, dq=False,
+                               height=height, width=width, scan=scan, recon=ints.reshape(shape))
         x, dtype_name = as_float_array(name, arr)
         fmt = None
         if s.keep_dtype and s.profile == 1 and dtype_name in RESTORABLE_FORMATS:

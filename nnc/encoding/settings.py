@@ -197,6 +197,7 @@ class EncoderSettings:
                 return int(value)
         if ndim <= 1 and self.nonweight_qp is not None:
             return int(self.nonweight_qp)
+        assert self.qp is not None  # __post_init__ turns a step or no qp into a qp
         return self.qp
 
     def tensor_lambda(self, name: str) -> float:

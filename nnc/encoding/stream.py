@@ -27,7 +27,7 @@ import math
 import os
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -215,7 +215,7 @@ def encode_to(encoder, source, output, *, progress=None, extra_metadata=None,
     try:
         for part in writer.head(stream_qp, metadata, False):
             out.fh.write(part)
-        pending = collections.deque()
+        pending: collections.deque[tuple[str, Future]] = collections.deque()
         with ThreadPoolExecutor(max_workers=max(1, s.threads), thread_name_prefix="nnc") as pool:
             queue = collections.deque(units)
             in_flight = 0

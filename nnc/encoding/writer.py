@@ -30,8 +30,8 @@ from typing import Mapping
 import numpy as np
 
 from .. import container as C
-from ..errors import EncodeError
 from .._parallel import row_threads
+from ..errors import EncodeError
 from .quantiser import CodedTensor
 from .settings import EncoderSettings
 
@@ -113,7 +113,7 @@ def metadata_json(shapes: Mapping[str, tuple], decoded: Mapping[str, str], origi
     >>> metadata_json({"w": (2, 2), "n": ()}, {"w": "float32", "n": "int32"}, {"w": "float32", "n": "int64"})
     '{"nnc":{"dtypes":{"n":"int64"},"shapes":{"n":[]},"tensors":["w","n"],"version":1}}'
     """
-    zero_d = {k: [] for k, v in shapes.items() if len(v) == 0}
+    zero_d: dict[str, list] = {k: [] for k, v in shapes.items() if len(v) == 0}
     dtypes = {k: original[k] for k in shapes if original[k] != decoded[k]}
     meta: dict = {"version": 1, "tensors": list(shapes)}
     if skipped:
@@ -198,7 +198,7 @@ class UnitWriter:
         self.settings = settings
         self.engine = engine
         self.state = state
-        self._next_id = None
+        self._next_id: int | None = None
 
     # -- the stream's head ---------------------------------------------------------
     def head(self, mps_qp: int, metadata: str, update: bool = False) -> list[bytes]:
@@ -217,6 +217,7 @@ class UnitWriter:
             ptype = {"INT": C.NNR_PT_INT, "FLOAT": C.NNR_PT_FLOAT, "RAW_FLOAT": C.NNR_PT_RAW_FLOAT}[t.ptype]
             header = self._header(t, ptype, link=link)
             if t.ptype == "RAW_FLOAT":
+                assert t.raw is not None  # RAW_FLOAT tensors carry their float32 values
                 payload = t.raw.astype("<f4").tobytes()
             else:
                 payload, eps = self._payload([t], mps_qp, link)
@@ -236,7 +237,7 @@ class UnitWriter:
         if (not s.raw_when_smaller or t.ptype != "FLOAT" or t.codebook or t.fmt is not None
                 or self.state is not None or t.name in s.output_formats):
             return t
-        n = int(t.levels.size)
+        n = int(_levels(t).size)
         kw = self._tensor_kwargs(t)
         estimate = self.engine.estimate_tensor_bits(t.levels, t.height, t.width, n_gtx=kw["n_gtx"],
                                                     dq=t.dq, scan_order=t.scan, edition=s.edition)
@@ -323,8 +324,10 @@ class UnitWriter:
         qp_bits = 6 + s.qp_density
         for t in members:
             if t.ptype != "INT":
+                assert t.qp is not None  # FLOAT tensors carry their qp
                 enc.write_qp_offset(t.qp - mps_qp, qp_bits)
-            levels = t.levels if t.levels.flags.writeable else t.levels.copy()   # cached: read-only
+            levels = _levels(t)
+            levels = levels if levels.flags.writeable else levels.copy()   # cached: read-only
             context = self._parent_context(t.name, link)
             enc.encode_tensor(levels, t.height, t.width, param_opt=s.param_opt,
                               row_skip=s.row_skip and not t.dq, hdsp=bool(link and link.hdsp),
@@ -368,7 +371,7 @@ class UnitWriter:
         parent = update and bool(coded) and all(t.name in state.levels for t in coded)
         return Link(
             update=update, parent=parent,
-            tca=parent and s.tca and all(state.levels[t.name].size == t.levels.size for t in coded),
+            tca=parent and s.tca and all(state.levels[t.name].size == _levels(t).size for t in coded),
             hdsp=parent and s.hdsp,
             ids=dict.fromkeys(names, pid), parameter_id=pid,
             depth=max(state.depths.get(n, 0) for n in names) + 1,
@@ -385,6 +388,12 @@ class UnitWriter:
             state.depths[t.name] = link.depth
             if t.ptype != "RAW_FLOAT":
                 state.update(t.name, np.array(t.levels, np.int32).reshape(-1))
+
+
+def _levels(t: CodedTensor) -> np.ndarray:
+    """The levels of an INT or FLOAT tensor (RAW_FLOAT tensors have none and never reach here)."""
+    assert t.levels is not None, f"tensor {t.name!r} ({t.ptype}) has no levels"
+    return t.levels
 
 
 def _ep_fields(eps: list, dq: bool) -> list[dict]:

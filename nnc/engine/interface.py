@@ -99,7 +99,7 @@ def check_engine(module: ModuleType) -> list[str]:
             problems.append(f"{module.__name__} has no {name}")
         elif parameters(func) != declared:
             problems.append(f"{module.__name__}.{name}{parameters(func)} is not {name}{declared}")
-    for name, (ctor, methods, attributes) in CLASSES.items():
+    for name, (_ctor, methods, _attributes) in CLASSES.items():
         cls = getattr(module, name, None)
         if cls is None:
             problems.append(f"{module.__name__} has no {name}")
