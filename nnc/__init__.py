@@ -90,7 +90,7 @@ def encode(tensors, *, qp=None, dq=True, **options):
     from .encoder import encode as _encode
     from .torch import numpy_inputs
 
-    tensors, options["dtypes"] = numpy_inputs(tensors, options.get("dtypes"))   # torch tensors, bf16 kept
+    tensors, options["dtypes"] = numpy_inputs(tensors, options.get("dtypes"))  # torch tensors, bf16 kept
     if options["dtypes"] is None:
         del options["dtypes"]
 

@@ -54,8 +54,9 @@ def block_row_ranges(n_block_rows: int, parts: int) -> list[tuple[int, int]]:
     return [(bounds[i], bounds[i + 1]) for i in range(parts)]
 
 
-def decode_tensor_threads(dec, height: int, width: int, *, entry_points, threads: int,
-                          min_elements: int | None = None, **kwargs):
+def decode_tensor_threads(
+    dec, height: int, width: int, *, entry_points, threads: int, min_elements: int | None = None, **kwargs
+):
     """Decode one tensor with ``dec`` (positioned at the tensor's start), its block rows in threads.
 
     Returns ``(levels, decoder)``: the levels equal those of
@@ -74,8 +75,7 @@ def decode_tensor_threads(dec, height: int, width: int, *, entry_points, threads
     eps = [tuple(int(x) for x in e) for e in entry_points]
 
     def run(decoder, a, b):
-        decoder.decode_tensor(height, width, entry_points=eps, start_block_row=a, stop_block_row=b,
-                              out=out, **kwargs)
+        decoder.decode_tensor(height, width, entry_points=eps, start_block_row=a, stop_block_row=b, out=out, **kwargs)
         return decoder.last_boundary
 
     ok = True

@@ -28,16 +28,18 @@ def _tensor_curve(enc: Encoder, name: str, x: np.ndarray, qps, importance) -> li
     flat = x.reshape(-1).astype(np.float64)
     f = np.ones_like(flat) if importance is None else np.asarray(importance, np.float64).reshape(-1)
     if f.size != flat.size or not np.all(f >= 0):
-        raise EncodeError(f"tensor {name!r}: importance needs one non-negative value per element "
-                          f"({flat.size}), not {f.size}")
+        raise EncodeError(
+            f"tensor {name!r}: importance needs one non-negative value per element ({flat.size}), not {f.size}"
+        )
     curve = []
     for qp in qps:
         step = float(step_size(qp, enc.qp_density))
         if np.abs(flat).max(initial=0) / step >= 2**31 - 2:
             continue
         levels = enc.quantiser.levels(name, flat, step, enc.dq, height, width, scan)
-        bits = enc.engine.estimate_tensor_bits(levels, height, width, n_gtx=enc.n_gtx, dq=enc.dq,
-                                               scan_order=scan, edition=enc.edition)
+        bits = enc.engine.estimate_tensor_bits(
+            levels, height, width, n_gtx=enc.n_gtx, dq=enc.dq, scan_order=scan, edition=enc.edition
+        )
         err = float((f * (flat - levels.astype(np.float64) * np.float32(step)) ** 2).sum())
         curve.append((qp, bits, err))
     if not curve:
@@ -45,9 +47,15 @@ def _tensor_curve(enc: Encoder, name: str, x: np.ndarray, qps, importance) -> li
     return curve
 
 
-def allocate_qps(tensors: Mapping[str, np.ndarray], *, target_distortion: float | None = None,
-                 target_snr_db: float | None = None, qp_range: Iterable[int] | None = None,
-                 importance: Mapping[str, np.ndarray] | None = None, **encoder_options) -> dict[str, int]:
+def allocate_qps(
+    tensors: Mapping[str, np.ndarray],
+    *,
+    target_distortion: float | None = None,
+    target_snr_db: float | None = None,
+    qp_range: Iterable[int] | None = None,
+    importance: Mapping[str, np.ndarray] | None = None,
+    **encoder_options,
+) -> dict[str, int]:
     """Per-tensor qps minimising the estimated total bits for a total distortion target (spec A.11).
 
     The distortion is sum F (w - ŵ)^2 over all float tensors (F = 1 unless ``importance``
@@ -101,12 +109,15 @@ def allocate_qps(tensors: Mapping[str, np.ndarray], *, target_distortion: float 
         raise EncodeError("give exactly one of target_distortion and target_snr_db")
     enc = Encoder(**encoder_options)
     importance = dict(importance or {})
-    floats = {k: np.asarray(v) for k, v in tensors.items()
-              if np.asarray(v).dtype.kind == "f" and not any(p == k for p in enc.raw)}
+    floats = {
+        k: np.asarray(v)
+        for k, v in tensors.items()
+        if np.asarray(v).dtype.kind == "f" and not any(p == k for p in enc.raw)
+    }
     if target_snr_db is not None:
         energy = sum(float((np.asarray(v, np.float64) ** 2).sum()) for v in floats.values())
         target_distortion = energy / 10 ** (target_snr_db / 10)
-    if qp_range is None:   # steps 2**-15 to 2**-3 at the encoder's qp density (-60 to -12 at density 2)
+    if qp_range is None:  # steps 2**-15 to 2**-3 at the encoder's qp density (-60 to -12 at density 2)
         qp_range = range(-15 << enc.qp_density, -(3 << enc.qp_density) + 1)
     qps = list(qp_range)
     curves = {k: _tensor_curve(enc, k, v, qps, importance.get(k)) for k, v in floats.items()}
@@ -185,9 +196,13 @@ def empirical_fisher(gradients: Iterable[Mapping[str, object]]) -> dict[str, np.
     return {k: v / count for k, v in total.items()}
 
 
-def laplace_sigmas(fisher: Mapping[str, np.ndarray], n_samples: int, *,
-                   weights: Mapping[str, np.ndarray] | None = None,
-                   prior_precision: float | Mapping[str, float] | None = None) -> dict[str, np.ndarray]:
+def laplace_sigmas(
+    fisher: Mapping[str, np.ndarray],
+    n_samples: int,
+    *,
+    weights: Mapping[str, np.ndarray] | None = None,
+    prior_precision: float | Mapping[str, float] | None = None,
+) -> dict[str, np.ndarray]:
     """Per-weight standard deviations from a Laplace approximation: σ = 1 / sqrt(N·F + τ) (spec A.10).
 
     The posterior of each weight is approximated by a Gaussian whose precision is the

@@ -177,27 +177,48 @@ def cmd_encode(args) -> int:
 
     if args.state and args.search:
         return _fail("--state (incremental coding) cannot be combined with --search")
-    refused = _refuse_overwriting_inputs(args.output or str(Path(args.model).with_suffix(".nnr")),
-                                         {"model": args.model, "--state file": args.state, "--sigmas file":
-                                          args.sigmas, "--importance file": args.importance})
+    refused = _refuse_overwriting_inputs(
+        args.output or str(Path(args.model).with_suffix(".nnr")),
+        {
+            "model": args.model,
+            "--state file": args.state,
+            "--sigmas file": args.sigmas,
+            "--importance file": args.importance,
+        },
+    )
     if refused:
         return _fail(refused)
-    source = readers.open_model(args.model)   # headers only: tensors are read when their turn comes
+    source = readers.open_model(args.model)  # headers only: tensors are read when their turn comes
     names = [t.name for t in source]
     if not names:
         return _fail(f"{args.model}: no tensors found (nothing to encode)")
-    unmatched = _unmatched_patterns(names, {
-        "--tensor-qp": _parse_assignments(args.tensor_qp, "--tensor-qp"), "--raw": args.raw,
-        "--tensor-lambda": _parse_assignments(args.tensor_lambda, "--tensor-lambda", float)})
+    unmatched = _unmatched_patterns(
+        names,
+        {
+            "--tensor-qp": _parse_assignments(args.tensor_qp, "--tensor-qp"),
+            "--raw": args.raw,
+            "--tensor-lambda": _parse_assignments(args.tensor_lambda, "--tensor-lambda", float),
+        },
+    )
     if unmatched:
         return _fail(unmatched)
     options = dict(
-        qp=args.qp, step=args.step, dq=args.dq, scan_order=args.scan_order, n_gtx=args.n_gtx,
-        qp_density=args.qp_density, qp_per_tensor=_parse_assignments(args.tensor_qp, "--tensor-qp"),
-        raw=args.raw or (), lossless_int=args.lossless_int, blocks=args.blocks, profile=args.profile,
-        param_opt=not args.no_param_opt, row_skip=args.row_skip,
+        qp=args.qp,
+        step=args.step,
+        dq=args.dq,
+        scan_order=args.scan_order,
+        n_gtx=args.n_gtx,
+        qp_density=args.qp_density,
+        qp_per_tensor=_parse_assignments(args.tensor_qp, "--tensor-qp"),
+        raw=args.raw or (),
+        lossless_int=args.lossless_int,
+        blocks=args.blocks,
+        profile=args.profile,
+        param_opt=not args.no_param_opt,
+        row_skip=args.row_skip,
         lambda_per_tensor=_parse_assignments(args.tensor_lambda, "--tensor-lambda", float),
-        rdoq_lambda=args.lam if args.lam is not None else (args.rdoq or 0.0), dcv1_s=args.dcv1_s,
+        rdoq_lambda=args.lam if args.lam is not None else (args.rdoq or 0.0),
+        dcv1_s=args.dcv1_s,
         threads=args.threads if args.threads is not None else (1 if args.search and args.workers > 1 else 0),
     )
     if args.sigmas:
@@ -225,7 +246,7 @@ def cmd_encode(args) -> int:
         tensors, _, _ = models.load_model(args.model)
         fixed = {k: v for k, v in options.items() if k not in ("qp", "step", "qp_per_tensor", "importance", "sigmas")}
         allocated = allocate_qps(tensors, target_snr_db=args.target_snr, importance=options.get("importance"), **fixed)
-        options["qp_per_tensor"] = dict(allocated, **options["qp_per_tensor"])   # explicit --tensor-qp wins
+        options["qp_per_tensor"] = dict(allocated, **options["qp_per_tensor"])  # explicit --tensor-qp wins
         del tensors
     out = args.output or str(Path(args.model).with_suffix(".nnr"))
     with _EncodeProgress(source, args.quiet or args.json) as progress:
@@ -233,29 +254,42 @@ def cmd_encode(args) -> int:
     if args.state:
         options["state"].save(args.state)  # after the stream: a failed write leaves the state as it was
     original = sorted({t.original_dtype for t in source if np.dtype(t.dtype).kind == "f"})
-    report = dict(input=str(args.model), output=out, tensors=summary.tensors, weights=summary.weights,
-                  bytes=summary.stream_bytes, input_bytes=summary.original_bytes, original_dtypes=original,
-                  bits_per_weight=summary.bits_per_weight, ratio=summary.ratio,
-                  ratio_fp32=4 * summary.weights / max(summary.stream_bytes, 1), seconds=summary.seconds)
+    report = dict(
+        input=str(args.model),
+        output=out,
+        tensors=summary.tensors,
+        weights=summary.weights,
+        bytes=summary.stream_bytes,
+        input_bytes=summary.original_bytes,
+        original_dtypes=original,
+        bits_per_weight=summary.bits_per_weight,
+        ratio=summary.ratio,
+        ratio_fp32=4 * summary.weights / max(summary.stream_bytes, 1),
+        seconds=summary.seconds,
+    )
     if allocated is not None:
         report["allocated_qps"] = allocated
     if summary.kept_raw:
         report["non_finite_kept_raw"] = summary.kept_raw
         if not args.quiet and not args.json:
             kept = summary.kept_raw
-            print(f"nnc: note: {len(kept)} tensor(s) hold inf or NaN and are stored uncompressed "
-                  f"(RAW_FLOAT), exactly: {', '.join(kept[:5])}{', ...' if len(kept) > 5 else ''}",
-                  file=sys.stderr)
+            print(
+                f"nnc: note: {len(kept)} tensor(s) hold inf or NaN and are stored uncompressed "
+                f"(RAW_FLOAT), exactly: {', '.join(kept[:5])}{', ...' if len(kept) > 5 else ''}",
+                file=sys.stderr,
+            )
     snr = ""
-    if not args.state:   # (an update's reconstruction is not the model's)
+    if not args.state:  # (an update's reconstruction is not the model's)
         report["snr_db"] = summary.snr_db
         snr = f", weight SNR {summary.snr_db:.2f} dB"
     if args.json:
         print(json.dumps(_finite_json(report), indent=2))
     elif not args.quiet:
         against = "/".join(original) if original else "the input"
-        print(f"{out}: {summary.tensors} tensors, {summary.weights} weights -> {summary.stream_bytes} bytes "
-              f"({summary.bits_per_weight:.3f} bits/weight, {summary.ratio:.1f}x smaller than {against}{snr})")
+        print(
+            f"{out}: {summary.tensors} tensors, {summary.weights} weights -> {summary.stream_bytes} bytes "
+            f"({summary.bits_per_weight:.3f} bits/weight, {summary.ratio:.1f}x smaller than {against}{snr})"
+        )
     return EXIT_OK
 
 
@@ -271,8 +305,15 @@ class _EncodeProgress:
         if not quiet and sys.stderr.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=sum(self.sizes.values()), unit="B", unit_scale=True, unit_divisor=1024,
-                            desc="encoding", file=sys.stderr, dynamic_ncols=True)
+            self.bar = tqdm(
+                total=sum(self.sizes.values()),
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc="encoding",
+                file=sys.stderr,
+                dynamic_ncols=True,
+            )
 
     def __call__(self, name: str, n: int) -> None:
         self.done += 1
@@ -293,8 +334,13 @@ def _encode_on_cluster(args, options) -> int:
     """``nnc encode --scheduler``: one task per unit on a Dask cluster (nnc.distributed)."""
     from . import distributed
 
-    for flag, used in (("--search", args.search), ("--state", args.state), ("--target-snr", args.target_snr),
-                       ("--sigmas", args.sigmas), ("--importance", args.importance)):
+    for flag, used in (
+        ("--search", args.search),
+        ("--state", args.state),
+        ("--target-snr", args.target_snr),
+        ("--sigmas", args.sigmas),
+        ("--importance", args.importance),
+    ):
         if used:
             return _fail(f"{flag} cannot be combined with --scheduler")
     options.pop("dtypes", None)
@@ -323,25 +369,34 @@ def _decode_on_cluster(args) -> int:
     """``nnc decode --scheduler``: one task per unit on a Dask cluster (nnc.distributed)."""
     from . import distributed
 
-    for flag, used in (("--state", args.state), ("--tensor", args.tensor), ("--add-to", args.add_to),
-                       ("--template", args.template)):
+    for flag, used in (
+        ("--state", args.state),
+        ("--tensor", args.tensor),
+        ("--add-to", args.add_to),
+        ("--template", args.template),
+    ):
         if used:
             return _fail(f"{flag} cannot be combined with --scheduler")
     from . import formats
 
-    formats.format_from_extension(args.output)      # a bad extension fails before any work
+    formats.format_from_extension(args.output)  # a bad extension fails before any work
     try:
         client, owned = distributed.get_client(args.scheduler)
     except (ImportError, ValueError, OSError) as exc:
         return _fail(f"--scheduler {args.scheduler}: {exc}")
     try:
-        out = distributed.decode_model(args.stream, args.output, client, threads=args.threads or 1,
-                                       entry_points=args.entry_points)
+        out = distributed.decode_model(
+            args.stream, args.output, client, threads=args.threads or 1, entry_points=args.entry_points
+        )
     finally:
         if owned:
             distributed.close_client(client)
-    summary = dict(stream=str(args.stream), output=args.output, tensors=len(out),
-                   weights=int(sum(np.asarray(v).size for v in out.values())))
+    summary = dict(
+        stream=str(args.stream),
+        output=args.output,
+        tensors=len(out),
+        weights=int(sum(np.asarray(v).size for v in out.values())),
+    )
     if args.json:
         print(json.dumps(summary, indent=2))
     elif not args.quiet:
@@ -403,34 +458,66 @@ def _encode_search(args, tensors, options) -> int:
 
     evaluate = load_callable(args.search)
     check = load_callable(args.check, "--check") if args.check else None
-    for chosen_by_search in ("qp", "step", "dq", "rdoq_lambda", "qp_per_tensor", "lambda_per_tensor", "sigmas",
-                             "dcv1_s"):
+    for chosen_by_search in (
+        "qp",
+        "step",
+        "dq",
+        "rdoq_lambda",
+        "qp_per_tensor",
+        "lambda_per_tensor",
+        "sigmas",
+        "dcv1_s",
+    ):
         options.pop(chosen_by_search, None)
     t0 = time.perf_counter()
-    result = search(tensors, evaluate, tolerance=args.tolerance, dq=args.dq, workers=args.workers,
-                    time_budget=args.time_budget, check=check,
-                    progress=not args.quiet and not args.json and sys.stderr.isatty(), **options)
+    result = search(
+        tensors,
+        evaluate,
+        tolerance=args.tolerance,
+        dq=args.dq,
+        workers=args.workers,
+        time_budget=args.time_budget,
+        check=check,
+        progress=not args.quiet and not args.json and sys.stderr.isatty(),
+        **options,
+    )
     elapsed = time.perf_counter() - t0
     if result.best is None:
         checked = " and the --check score" if check else ""
-        return _fail(f"no setting kept the score{checked} within {args.tolerance} of the original's "
-                     f"({result.reference_score:.6g}; {len(result.candidates)} candidates tried)")
+        return _fail(
+            f"no setting kept the score{checked} within {args.tolerance} of the original's "
+            f"({result.reference_score:.6g}; {len(result.candidates)} candidates tried)"
+        )
     best = result.best
     out = args.output or str(Path(args.model).with_suffix(".nnr"))
     formats.write_atomic(out, best.stream)
     n = sum(int(np.asarray(v).size) for v in tensors.values())
-    summary = dict(input=str(args.model), output=out, tensors=len(tensors), weights=n, bytes=best.bytes,
-                   bits_per_weight=8 * best.bytes / max(n, 1), ratio_fp32=4 * n / max(best.bytes, 1),
-                   reference_score=result.reference_score, score=best.score, tolerance=args.tolerance,
-                   settings=best.settings, candidates=len(result.candidates), seconds=elapsed,
-                   check_reference=result.check_reference, check=best.check,
-                   pareto=[dict(bytes=c.bytes, score=c.score) for c in result.pareto])
+    summary = dict(
+        input=str(args.model),
+        output=out,
+        tensors=len(tensors),
+        weights=n,
+        bytes=best.bytes,
+        bits_per_weight=8 * best.bytes / max(n, 1),
+        ratio_fp32=4 * n / max(best.bytes, 1),
+        reference_score=result.reference_score,
+        score=best.score,
+        tolerance=args.tolerance,
+        settings=best.settings,
+        candidates=len(result.candidates),
+        seconds=elapsed,
+        check_reference=result.check_reference,
+        check=best.check,
+        pareto=[dict(bytes=c.bytes, score=c.score) for c in result.pareto],
+    )
     if args.json:
         print(json.dumps(summary, indent=2))
     elif not args.quiet:
-        print(f"{out}: {best.bytes} bytes ({summary['bits_per_weight']:.3f} bits/weight), score "
-              f"{best.score:.6g} (original {result.reference_score:.6g}, tolerance {args.tolerance}), "
-              f"{len(result.candidates)} candidates in {elapsed:.1f} s")
+        print(
+            f"{out}: {best.bytes} bytes ({summary['bits_per_weight']:.3f} bits/weight), score "
+            f"{best.score:.6g} (original {result.reference_score:.6g}, tolerance {args.tolerance}), "
+            f"{len(result.candidates)} candidates in {elapsed:.1f} s"
+        )
         print("Pareto front (bytes: score): " + ", ".join(f"{c.bytes}: {c.score:.6g}" for c in result.pareto))
     return EXIT_OK
 
@@ -444,8 +531,10 @@ def cmd_decode(args) -> int:
 
     if args.state and args.tensor:
         return _fail("--state needs every tensor of the stream decoded; leave out --tensor")
-    refused = _refuse_overwriting_inputs(args.output, {"stream": args.stream, "--template": args.template,
-                                                       "--add-to model": args.add_to, "--state file": args.state})
+    refused = _refuse_overwriting_inputs(
+        args.output,
+        {"stream": args.stream, "--template": args.template, "--add-to model": args.add_to, "--state file": args.state},
+    )
     refused = refused or _not_a_stream(args.stream)
     if refused:
         return _fail(refused)
@@ -458,16 +547,25 @@ def cmd_decode(args) -> int:
     if not dec.names() and not (args.add_to and dec.skipped):  # (an update may skip every tensor)
         return _fail(f"{args.stream}: the stream holds no tensors; nothing written")
     if args.add_to and not dec.differences:
-        return _fail(f"--add-to: {args.stream} holds full values, not differences (encode updates with "
-                     f"--differences); decode it without --add-to")
+        return _fail(
+            f"--add-to: {args.stream} holds full values, not differences (encode updates with "
+            f"--differences); decode it without --add-to"
+        )
     names = args.tensor or None
     missing = [n for n in names or [] if n not in dec.names()]
     if missing:
         return _fail(f"no tensor named {missing[0]!r} in {args.stream}")
     bar = _DecodeBar(args.quiet)
     try:
-        summary = decode_to_path(dec, args.output, names=names, threads=args.threads, progress=bar,
-                                 add_to=args.add_to, template=args.template)
+        summary = decode_to_path(
+            dec,
+            args.output,
+            names=names,
+            threads=args.threads,
+            progress=bar,
+            add_to=args.add_to,
+            template=args.template,
+        )
     finally:
         bar.close()
     if state is not None:
@@ -489,7 +587,7 @@ class _DecodeBar:
     """
 
     def __init__(self, quiet: bool):
-        self.bar: Any = None   # a tqdm bar (tqdm has no type information), made at the first event
+        self.bar: Any = None  # a tqdm bar (tqdm has no type information), made at the first event
         self.quiet = quiet
 
     def __call__(self, event) -> None:
@@ -501,9 +599,17 @@ class _DecodeBar:
             except ImportError:
                 self.quiet = True
                 return
-            self.bar = tqdm(total=event.bytes_total, unit="B", unit_scale=True, unit_divisor=1024,
-                            desc="decoding", disable=None, leave=False, dynamic_ncols=True,
-                            postfix=f"{event.tensors_done}/{event.tensors_total} tensors")
+            self.bar = tqdm(
+                total=event.bytes_total,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc="decoding",
+                disable=None,
+                leave=False,
+                dynamic_ncols=True,
+                postfix=f"{event.tensors_done}/{event.tensors_total} tensors",
+            )
         self.bar.set_postfix_str(f"{event.tensors_done}/{event.tensors_total} tensors", refresh=False)
         self.bar.update(event.bytes_done - self.bar.n)
 
@@ -561,9 +667,12 @@ def cmd_compare(args) -> int:
         compare_figure(result, reference, other, args.plot, title=f"{args.other} against {args.reference}")
         result["plot"] = str(args.plot)
     total = result["total"]
-    problems = [f"{len(result['missing'])} tensor(s) missing: {', '.join(result['missing'][:5])}"] if result["missing"] else []
-    problems += [f"{m['name']}: shape {tuple(m['shape'])} against {tuple(m['other_shape'])}"
-                 for m in result["shape_mismatches"]]
+    problems = (
+        [f"{len(result['missing'])} tensor(s) missing: {', '.join(result['missing'][:5])}"] if result["missing"] else []
+    )
+    problems += [
+        f"{m['name']}: shape {tuple(m['shape'])} against {tuple(m['other_shape'])}" for m in result["shape_mismatches"]
+    ]
     problems += [f"{name}: not equal (not a float tensor, so it should be exact)" for name in total["exact_mismatches"]]
     below = args.min_snr is not None and not total["snr_db"] >= args.min_snr
     if below:
@@ -580,8 +689,10 @@ def cmd_compare(args) -> int:
                 print(f"{row['name'][:48]:<48} {shape[:16]:>16} {row['snr_db']:>8.2f} {row['max_abs_error']:>12.4g}")
             else:
                 print(f"{row['name'][:48]:<48} {shape[:16]:>16} {'exact' if row['equal'] else 'DIFFERS':>8} {'':>12}")
-        print(f"total: {total['weights']} float weights, SNR {total['snr_db']:.2f} dB"
-              + (f"; {len(result['extra'])} tensor(s) only in {args.other}" if result["extra"] else ""))
+        print(
+            f"total: {total['weights']} float weights, SNR {total['snr_db']:.2f} dB"
+            + (f"; {len(result['extra'])} tensor(s) only in {args.other}" if result["extra"] else "")
+        )
     for problem in problems:
         print(f"nnc: {problem}", file=sys.stderr)
     return EXIT_FAIL if problems else EXIT_OK
@@ -645,16 +756,31 @@ def stream_info(path) -> dict:
         h = dec.units[unit_at[t.unit_offset]].header
         unit_bytes = t.unit_size
         share = unit_bytes / max(len(t.block) or 1, 1)
-        tensors.append(dict(
-            name=t.name, shape=list(t.shape), dtype=t.dtype, payload_type=t.payload_type, qp=t.qp, step=t.step,
-            dq=t.dq, scan_order=t.scan_order, n_gtx=t.n_gtx, codebook_size=len(t.codebook) if t.codebook else None,
-            row_skip=t.row_skip, unit_index=unit_at.get(t.unit_offset), ndu_index=t.unit_index,
-            unit_bytes=unit_bytes, block=list(t.block),
-            header_bytes=(lambda u: u.payload_offset - u.offset)(dec.units[unit_at[t.unit_offset]]),
-            bits_per_weight=8 * share / max(t.size, 1), size=t.size,
-            parent=bool(h.get("parent_node_id_present_flag")), tca=bool(h.get("temporal_context_modeling_flag")),
-            needs_parent=t.name in needs_parent,
-        ))
+        tensors.append(
+            dict(
+                name=t.name,
+                shape=list(t.shape),
+                dtype=t.dtype,
+                payload_type=t.payload_type,
+                qp=t.qp,
+                step=t.step,
+                dq=t.dq,
+                scan_order=t.scan_order,
+                n_gtx=t.n_gtx,
+                codebook_size=len(t.codebook) if t.codebook else None,
+                row_skip=t.row_skip,
+                unit_index=unit_at.get(t.unit_offset),
+                ndu_index=t.unit_index,
+                unit_bytes=unit_bytes,
+                block=list(t.block),
+                header_bytes=(lambda u: u.payload_offset - u.offset)(dec.units[unit_at[t.unit_offset]]),
+                bits_per_weight=8 * share / max(t.size, 1),
+                size=t.size,
+                parent=bool(h.get("parent_node_id_present_flag")),
+                tca=bool(h.get("temporal_context_modeling_flag")),
+                needs_parent=t.name in needs_parent,
+            )
+        )
     n = sum(t.size for t in dec.tensors())
     total = len(dec.data)
     profile = next((int(u.header.general_profile_idc) for u in dec.units if u.type_name == "NNR_STR"), None)
@@ -665,10 +791,19 @@ def stream_info(path) -> dict:
         if row["size"] == 0:
             row["bits_per_weight"] = None
         del row["size"]
-    return dict(bytes=total, profile=profile, units=units, tensors=tensors, weights=n,
-                bits_per_weight=8 * total / n if n else None, ratio_fp32=4 * n / max(total, 1),
-                original_bytes=original_bytes, ratio_original=original_bytes / max(total, 1),
-                skipped=list(dec.skipped), differences=dec.differences)
+    return dict(
+        bytes=total,
+        profile=profile,
+        units=units,
+        tensors=tensors,
+        weights=n,
+        bits_per_weight=8 * total / n if n else None,
+        ratio_fp32=4 * n / max(total, 1),
+        original_bytes=original_bytes,
+        ratio_original=original_bytes / max(total, 1),
+        skipped=list(dec.skipped),
+        differences=dec.differences,
+    )
 
 
 def _original_dtypes(tensors, metadata) -> dict:
@@ -697,32 +832,44 @@ def cmd_info(args) -> int:
     if args.json:
         print(json.dumps(info, indent=2))
         return EXIT_OK
-    print(f"{args.stream}: {info['bytes']} bytes, profile {info['profile']}, {len(info['units'])} units, "
-          f"{len(info['tensors'])} tensors, {info['weights']} weights")
+    print(
+        f"{args.stream}: {info['bytes']} bytes, profile {info['profile']}, {len(info['units'])} units, "
+        f"{len(info['tensors'])} tensors, {info['weights']} weights"
+    )
     width = max([4] + [len(t["name"]) for t in info["tensors"]])  # whole names: rows never read the same
-    header = (f"{'name':{width}} {'shape':>16} {'dtype':>8} {'type':>9} {'qp':>5} {'dq':>3} {'scan':>4} "
-              f"{'bytes':>8} {'header':>6} {'bits/w':>7}")
+    header = (
+        f"{'name':{width}} {'shape':>16} {'dtype':>8} {'type':>9} {'qp':>5} {'dq':>3} {'scan':>4} "
+        f"{'bytes':>8} {'header':>6} {'bits/w':>7}"
+    )
     print(header)
     print("-" * len(header))
     for t in info["tensors"]:
         qp = t["qp"] if t["qp"] is not None else ("?" if t["needs_parent"] else "")
         bits = "-" if t["bits_per_weight"] is None else f"{t['bits_per_weight']:.3f}"
-        print(f"{t['name']:{width}} {'x'.join(map(str, t['shape'])):>16} {t['original_dtype']:>8} "
-              f"{t['payload_type']:>9} {qp:>5} {('on' if t['dq'] else 'off'):>3} {t['scan_order']:>4} "
-              f"{t['unit_bytes']:>8} {t['header_bytes']:>6} {bits:>7}")
+        print(
+            f"{t['name']:{width}} {'x'.join(map(str, t['shape'])):>16} {t['original_dtype']:>8} "
+            f"{t['payload_type']:>9} {qp:>5} {('on' if t['dq'] else 'off'):>3} {t['scan_order']:>4} "
+            f"{t['unit_bytes']:>8} {t['header_bytes']:>6} {bits:>7}"
+        )
     if info["weights"]:
-        print(f"total: {info['bits_per_weight']:.3f} bits/weight, {info['ratio_original']:.1f}x smaller than "
-              f"the original {info['original_bytes']} bytes")
+        print(
+            f"total: {info['bits_per_weight']:.3f} bits/weight, {info['ratio_original']:.1f}x smaller than "
+            f"the original {info['original_bytes']} bytes"
+        )
     else:
         print("total: no weights")
     if info["skipped"]:
-        print(f"an incremental update: {len(info['skipped'])} tensor(s) skipped (all zero in it, spec 3.5): "
-              f"{', '.join(info['skipped'][:5])}{', ...' if len(info['skipped']) > 5 else ''}")
+        print(
+            f"an incremental update: {len(info['skipped'])} tensor(s) skipped (all zero in it, spec 3.5): "
+            f"{', '.join(info['skipped'][:5])}{', ...' if len(info['skipped']) > 5 else ''}"
+        )
     if info["differences"]:
         print("its tensors are differences to the receiver's model (nnc decode --add-to MODEL)")
     if any(t["needs_parent"] for t in info["tensors"]):
-        print("an update coded with temporal context adaptation: it decodes only after its parent "
-              "(nnc decode --state); a qp '?' is known only then")
+        print(
+            "an update coded with temporal context adaptation: it decodes only after its parent "
+            "(nnc decode --state); a qp '?' is known only then"
+        )
     return EXIT_OK
 
 
@@ -762,8 +909,14 @@ def _stage_bar(total: int, quiet: bool):
     """A tqdm progress bar over a command's stages, on stderr, only on a terminal and when not quiet."""
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="step", leave=False, disable=True if quiet else None, file=sys.stderr,
-                bar_format="{desc:<28} {n_fmt}/{total_fmt} [{elapsed}] {bar:20}")
+    return tqdm(
+        total=total,
+        unit="step",
+        leave=False,
+        disable=True if quiet else None,
+        file=sys.stderr,
+        bar_format="{desc:<28} {n_fmt}/{total_fmt} [{elapsed}] {bar:20}",
+    )
 
 
 def _float_snr(tensors, decoded) -> float:
@@ -790,15 +943,20 @@ def _peer_rows(tensors, result, n_weights, quiet, bar=None):
 
     rows = []
     idx = [t.levels for t in result.tensors.values() if t.levels is not None]
-    raw = b"".join(np.asarray(v, np.int32).astype(np.int16 if np.abs(v).max(initial=0) < 2**15 else np.int32)
-                   .tobytes() for v in idx)
-    peers = [("idx+lzma-6", lambda b: lzma.compress(b, preset=6), lzma.decompress),
-             ("idx+bz2-9", lambda b: bz2.compress(b, 9), bz2.decompress)]
+    raw = b"".join(
+        np.asarray(v, np.int32).astype(np.int16 if np.abs(v).max(initial=0) < 2**15 else np.int32).tobytes()
+        for v in idx
+    )
+    peers = [
+        ("idx+lzma-6", lambda b: lzma.compress(b, preset=6), lzma.decompress),
+        ("idx+bz2-9", lambda b: bz2.compress(b, 9), bz2.decompress),
+    ]
     try:
         import zstandard
 
-        peers.append(("idx+zstd-19", zstandard.ZstdCompressor(level=19).compress,
-                      zstandard.ZstdDecompressor().decompress))
+        peers.append(
+            ("idx+zstd-19", zstandard.ZstdCompressor(level=19).compress, zstandard.ZstdDecompressor().decompress)
+        )
     except ImportError:
         if not quiet:
             print("(zstd skipped: pip install zstandard)", file=sys.stderr)
@@ -809,8 +967,15 @@ def _peer_rows(tensors, result, n_weights, quiet, bar=None):
         t1 = time.perf_counter()
         decomp(blob)
         t2 = time.perf_counter()
-        rows.append(dict(coder=name, bytes=len(blob), bits_per_weight=8 * len(blob) / n_weights,
-                         encode_s=t1 - t0, decode_s=t2 - t1))
+        rows.append(
+            dict(
+                coder=name,
+                bytes=len(blob),
+                bits_per_weight=8 * len(blob) / n_weights,
+                encode_s=t1 - t0,
+                decode_s=t2 - t1,
+            )
+        )
         if bar is not None:
             bar.update()
     if not quiet:  # nnc stands alone: the NNCodec oracle lives in the repository's tools/, not here
@@ -866,8 +1031,16 @@ def cmd_bench(args) -> int:
         t1 = time.perf_counter()
         decoded = decode(result.stream)
         t2 = time.perf_counter()
-        rows = [dict(coder="nnc", bytes=len(result.stream), bits_per_weight=8 * len(result.stream) / n,
-                     encode_s=t1 - t0, decode_s=t2 - t1, snr_db=_float_snr(tensors, decoded))]
+        rows = [
+            dict(
+                coder="nnc",
+                bytes=len(result.stream),
+                bits_per_weight=8 * len(result.stream) / n,
+                encode_s=t1 - t0,
+                decode_s=t2 - t1,
+                snr_db=_float_snr(tensors, decoded),
+            )
+        ]
         del decoded
         bar.update()
         if threads > 1:
@@ -876,8 +1049,9 @@ def cmd_bench(args) -> int:
             Encoder(**settings, threads=threads).encode(tensors)
             t1 = time.perf_counter()
             decode(result.stream, threads=threads)
-            rows.append(dict(rows[0], coder=f"nnc {threads} threads", encode_s=t1 - t0,
-                             decode_s=time.perf_counter() - t1))
+            rows.append(
+                dict(rows[0], coder=f"nnc {threads} threads", encode_s=t1 - t0, decode_s=time.perf_counter() - t1)
+            )
             bar.update()
         if args.vs:
             rows += _peer_rows(tensors, result, n, args.quiet, bar)
@@ -887,8 +1061,12 @@ def cmd_bench(args) -> int:
     if curves is not None:
         from .plots import rate_snr_figure
 
-        rate_snr_figure(curves, args.plot, title=f"{Path(args.model).name}: rate against weight SNR "
-                                                 f"(qp {args.qp + PLOT_QP_OFFSETS[0]} ... {args.qp + PLOT_QP_OFFSETS[-1]})")
+        rate_snr_figure(
+            curves,
+            args.plot,
+            title=f"{Path(args.model).name}: rate against weight SNR "
+            f"(qp {args.qp + PLOT_QP_OFFSETS[0]} ... {args.qp + PLOT_QP_OFFSETS[-1]})",
+        )
     for r in rows:
         r["encode_mw_s"] = n / r["encode_s"] / 1e6 if r["encode_s"] else None
         r["decode_mw_s"] = n / r["decode_s"] / 1e6 if r["decode_s"] else None
@@ -958,100 +1136,191 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def add(name, help_text):
-        p = sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOGS.get(name),
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=EPILOGS.get(name),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         p.add_argument("--json", action="store_true", help="print a machine-readable JSON summary")
         p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
         return p
 
     p = add("encode", "Encode a model (safetensors, PyTorch, ONNX or npz) into an NNC stream.")
-    p.add_argument("model", help="model file (the format is detected from its content), or a sharded "
-                                 "checkpoint: its folder or its model.safetensors.index.json")
+    p.add_argument(
+        "model",
+        help="model file (the format is detected from its content), or a sharded "
+        "checkpoint: its folder or its model.safetensors.index.json",
+    )
     p.add_argument("-o", "--output", help="output stream (default: MODEL with .nnr)")
     q = p.add_mutually_exclusive_group()
     q.add_argument("--qp", type=int, help="global quantisation parameter (default -38)")
     q.add_argument("--step", type=float, help="target step size, mapped to the nearest qp")
-    p.add_argument("--dq", action=argparse.BooleanOptionalAction, default=True,
-                   help="dependent (trellis) quantisation (default: on)")
-    p.add_argument("--scan-order", type=int, default=None, choices=range(5),
-                   help="0 row-major, 1-4 block scans (default: 4 for tensors of at least 2^20 elements and more "
-                        "than 64 rows, else 0)")
+    p.add_argument(
+        "--dq",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="dependent (trellis) quantisation (default: on)",
+    )
+    p.add_argument(
+        "--scan-order",
+        type=int,
+        default=None,
+        choices=range(5),
+        help="0 row-major, 1-4 block scans (default: 4 for tensors of at least 2^20 elements and more "
+        "than 64 rows, else 0)",
+    )
     p.add_argument("--n-gtx", type=int, default=11, help="greater-than flags N, 1-256 (default 11)")
     p.add_argument("--qp-density", type=int, default=2, help="qp steps per octave as a power of two (default 2)")
     p.add_argument("--tensor-qp", action="append", metavar="PATTERN=QP", help="per-tensor qp by name or glob")
     p.add_argument("--nonweight-qp", type=int, help="qp of 1-D tensors (default -75)")
     p.add_argument("--raw", action="append", metavar="PATTERN", help="store matching tensors uncompressed")
-    p.add_argument("--lossless-int", action=argparse.BooleanOptionalAction, default=True,
-                   help="code integer tensors losslessly (default: on)")
+    p.add_argument(
+        "--lossless-int",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="code integer tensors losslessly (default: on)",
+    )
     p.add_argument("--blocks", action="store_true", help="pair X.weight with X.bias in block units")
     p.add_argument("--profile", type=int, default=1, choices=(0, 1), help="1: 2nd edition (default), 0: 1st")
     p.add_argument("--no-param-opt", action="store_true", help="do not optimise context initialisation")
     p.add_argument("--row-skip", action="store_true", help="2nd edition: skip all-zero rows")
-    p.add_argument("--rdoq", type=float, metavar="LAMBDA", nargs="?", const=0.1,
-                   help="rate-distortion quantisation with this lambda (squared steps per bit; 0.1 if "
-                        "omitted, chosen by benchmarks/bench_rd.py), with or without DQ")
-    p.add_argument("--lambda", dest="lam", type=float, metavar="LAMBDA",
-                   help="the lambda of rate-distortion quantisation (implies --rdoq)")
-    p.add_argument("--tensor-lambda", action="append", metavar="PATTERN=LAMBDA",
-                   help="per-tensor rate-distortion lambda by name or glob")
-    p.add_argument("--importance", metavar="FILE",
-                   help="a model file of per-weight importances F (same names and shapes), weighting the "
-                        "squared error of --rdoq and of --target-snr (e.g. an empirical Fisher diagonal)")
-    p.add_argument("--target-snr", type=float, metavar="DB",
-                   help="bit allocation: per-tensor qps with the fewest estimated bits for this total weight "
-                        "SNR (importance-weighted with --importance); --tensor-qp still wins")
-    p.add_argument("--sigmas", metavar="FILE",
-                   help="DC-v1: a model file of per-weight standard deviations (same names); sets each "
-                        "tensor's step by eq. 12 and, with --rdoq, the importance 1/sigma^2")
+    p.add_argument(
+        "--rdoq",
+        type=float,
+        metavar="LAMBDA",
+        nargs="?",
+        const=0.1,
+        help="rate-distortion quantisation with this lambda (squared steps per bit; 0.1 if "
+        "omitted, chosen by benchmarks/bench_rd.py), with or without DQ",
+    )
+    p.add_argument(
+        "--lambda",
+        dest="lam",
+        type=float,
+        metavar="LAMBDA",
+        help="the lambda of rate-distortion quantisation (implies --rdoq)",
+    )
+    p.add_argument(
+        "--tensor-lambda",
+        action="append",
+        metavar="PATTERN=LAMBDA",
+        help="per-tensor rate-distortion lambda by name or glob",
+    )
+    p.add_argument(
+        "--importance",
+        metavar="FILE",
+        help="a model file of per-weight importances F (same names and shapes), weighting the "
+        "squared error of --rdoq and of --target-snr (e.g. an empirical Fisher diagonal)",
+    )
+    p.add_argument(
+        "--target-snr",
+        type=float,
+        metavar="DB",
+        help="bit allocation: per-tensor qps with the fewest estimated bits for this total weight "
+        "SNR (importance-weighted with --importance); --tensor-qp still wins",
+    )
+    p.add_argument(
+        "--sigmas",
+        metavar="FILE",
+        help="DC-v1: a model file of per-weight standard deviations (same names); sets each "
+        "tensor's step by eq. 12 and, with --rdoq, the importance 1/sigma^2",
+    )
     p.add_argument("--dcv1-s", type=int, default=64, metavar="S", help="DC-v1 global integer S (default 64)")
-    p.add_argument("--search", metavar="MODULE:FUNCTION",
-                   help="DC-v2: find the smallest stream whose score (FUNCTION(decoded tensors): a number, or "
-                        "better one score per sample; higher is better) stays within --tolerance of the "
-                        "original's; ignores --qp/--step/--rdoq")
-    p.add_argument("--tolerance", type=float, default=0.005,
-                   help="with --search: allowed score drop (default 0.005)")
-    p.add_argument("--check", metavar="MODULE:FUNCTION",
-                   help="with --search: a second score on other data; the result must also stay within "
-                        "--tolerance of the original's on it (a guard against fitting --search's data)")
+    p.add_argument(
+        "--search",
+        metavar="MODULE:FUNCTION",
+        help="DC-v2: find the smallest stream whose score (FUNCTION(decoded tensors): a number, or "
+        "better one score per sample; higher is better) stays within --tolerance of the "
+        "original's; ignores --qp/--step/--rdoq",
+    )
+    p.add_argument("--tolerance", type=float, default=0.005, help="with --search: allowed score drop (default 0.005)")
+    p.add_argument(
+        "--check",
+        metavar="MODULE:FUNCTION",
+        help="with --search: a second score on other data; the result must also stay within "
+        "--tolerance of the original's on it (a guard against fitting --search's data)",
+    )
     p.add_argument("--time-budget", type=float, metavar="SECONDS", help="with --search: stop after this time")
     p.add_argument("--workers", type=int, default=1, help="with --search: worker processes (default 1)")
-    p.add_argument("--threads", type=_non_negative_int, metavar="N",
-                   help="tensors quantised and coded at a time, same stream for every N, more memory for "
-                        "larger N (default: one per CPU; with --search --workers > 1: 1 per worker)")
-    p.add_argument("--state", metavar="FILE",
-                   help="incremental coding: the sender's state file (created if missing, updated after the "
-                        "stream is written); a model whose tensors it holds is coded as an update to them")
-    p.add_argument("--tca", action=argparse.BooleanOptionalAction, default=True,
-                   help="with --state: temporal context adaptation in updates (default: on)")
-    p.add_argument("--hdsp", action="store_true",
-                   help="with --state: history-dependent significance in updates (NNCodec cannot decode them)")
-    p.add_argument("--differences", action="store_true",
-                   help="with --state: MODEL is the whole new model; an update codes its difference to the model "
-                        "the receiver holds (kept in the state file), so errors do not pile up")
-    p.add_argument("--scheduler", metavar="ADDRESS|local:N",
-                   help="encode on a Dask cluster (pip install 'nnc[dask]'): a scheduler address, or local:N for "
-                        "N local worker processes; the workers read MODEL themselves (shared filesystem)")
+    p.add_argument(
+        "--threads",
+        type=_non_negative_int,
+        metavar="N",
+        help="tensors quantised and coded at a time, same stream for every N, more memory for "
+        "larger N (default: one per CPU; with --search --workers > 1: 1 per worker)",
+    )
+    p.add_argument(
+        "--state",
+        metavar="FILE",
+        help="incremental coding: the sender's state file (created if missing, updated after the "
+        "stream is written); a model whose tensors it holds is coded as an update to them",
+    )
+    p.add_argument(
+        "--tca",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="with --state: temporal context adaptation in updates (default: on)",
+    )
+    p.add_argument(
+        "--hdsp",
+        action="store_true",
+        help="with --state: history-dependent significance in updates (NNCodec cannot decode them)",
+    )
+    p.add_argument(
+        "--differences",
+        action="store_true",
+        help="with --state: MODEL is the whole new model; an update codes its difference to the model "
+        "the receiver holds (kept in the state file), so errors do not pile up",
+    )
+    p.add_argument(
+        "--scheduler",
+        metavar="ADDRESS|local:N",
+        help="encode on a Dask cluster (pip install 'nnc[dask]'): a scheduler address, or local:N for "
+        "N local worker processes; the workers read MODEL themselves (shared filesystem)",
+    )
     p.set_defaults(func=cmd_encode)
 
     p = add("decode", "Decode an NNC stream into a model file.")
     p.add_argument("stream", help="NNC stream")
-    p.add_argument("-o", "--output", required=True,
-                   help="output model: .npz, .safetensors, .pt or .onnx, or a folder (ending in /) to restore "
-                        "the checkpoint layout the stream records (shards, index), else model.safetensors there")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="output model: .npz, .safetensors, .pt or .onnx, or a folder (ending in /) to restore "
+        "the checkpoint layout the stream records (shards, index), else model.safetensors there",
+    )
     p.add_argument("--template", help="for .onnx output: the original model whose initializers are replaced")
     p.add_argument("--tensor", action="append", help="decode only this tensor (repeatable)")
-    p.add_argument("--entry-points", choices=("ignore", "use", "verify"), default="ignore",
-                   help="how to treat transmitted entry points (default: ignore, decode sequentially)")
-    p.add_argument("--threads", type=_non_negative_int, default=0, metavar="N",
-                   help="decode N units at a time (default 0: one per CPU; 1: one after another)")
-    p.add_argument("--state", metavar="FILE",
-                   help="incremental decoding: the receiver's state file (created if missing, updated after "
-                        "the output is written); decode a base stream and its updates in order with one file")
-    p.add_argument("--add-to", metavar="MODEL",
-                   help="the stream is an update of differences: write MODEL plus the decoded update")
-    p.add_argument("--scheduler", metavar="ADDRESS|local:N",
-                   help="decode on a Dask cluster (pip install 'nnc[dask]'): a scheduler address, or local:N for "
-                        "N local worker processes; the workers read STREAM themselves (shared filesystem)")
+    p.add_argument(
+        "--entry-points",
+        choices=("ignore", "use", "verify"),
+        default="ignore",
+        help="how to treat transmitted entry points (default: ignore, decode sequentially)",
+    )
+    p.add_argument(
+        "--threads",
+        type=_non_negative_int,
+        default=0,
+        metavar="N",
+        help="decode N units at a time (default 0: one per CPU; 1: one after another)",
+    )
+    p.add_argument(
+        "--state",
+        metavar="FILE",
+        help="incremental decoding: the receiver's state file (created if missing, updated after "
+        "the output is written); decode a base stream and its updates in order with one file",
+    )
+    p.add_argument(
+        "--add-to", metavar="MODEL", help="the stream is an update of differences: write MODEL plus the decoded update"
+    )
+    p.add_argument(
+        "--scheduler",
+        metavar="ADDRESS|local:N",
+        help="decode on a Dask cluster (pip install 'nnc[dask]'): a scheduler address, or local:N for "
+        "N local worker processes; the workers read STREAM themselves (shared filesystem)",
+    )
     p.set_defaults(func=cmd_decode)
 
     p = add("info", "Describe the units and tensors of an NNC stream.")
@@ -1061,23 +1330,41 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("compare", "Compare a model with another or with an NNC stream's decoding: error and SNR per tensor.")
     p.add_argument("reference", help="the original model (or stream)")
     p.add_argument("other", help="the model or NNC stream to compare with it (formats detected from content)")
-    p.add_argument("--min-snr", type=float, metavar="DB",
-                   help="fail (exit status 1) if the total weight SNR over float tensors is below DB")
-    p.add_argument("--threads", type=_non_negative_int, default=0, metavar="N",
-                   help="threads for decoding a stream (default 0: one per CPU)")
-    p.add_argument("--plot", type=Path, metavar="FILE",
-                   help="also draw per-tensor SNR and an error histogram into FILE (PNG; needs matplotlib)")
+    p.add_argument(
+        "--min-snr",
+        type=float,
+        metavar="DB",
+        help="fail (exit status 1) if the total weight SNR over float tensors is below DB",
+    )
+    p.add_argument(
+        "--threads",
+        type=_non_negative_int,
+        default=0,
+        metavar="N",
+        help="threads for decoding a stream (default 0: one per CPU)",
+    )
+    p.add_argument(
+        "--plot",
+        type=Path,
+        metavar="FILE",
+        help="also draw per-tensor SNR and an error histogram into FILE (PNG; needs matplotlib)",
+    )
     p.set_defaults(func=cmd_compare)
 
     p = add("verify", "Decode every stream of a conformance suite and print a pass/fail table.")
     p.add_argument("suite", help="suite directory (with manifest.json), e.g. conformance/")
-    p.add_argument("--decoder", default="nnc", choices=("nnc", "nnc-python", "nnc-random-access",
-                                                        "nnc-python-random-access"),
-                   help="nnc's decoder under test (*-random-access: also each tensor on its own, from its "
-                        "entry points)")
-    p.add_argument("--decoder-command", metavar="CMD",
-                   help="verify an external decoder instead: a command speaking the JSON-lines protocol of "
-                        "nnc.verify.CommandAdapter (NNCodec: \"python tools/nncodec_decoder.py\" in a checkout)")
+    p.add_argument(
+        "--decoder",
+        default="nnc",
+        choices=("nnc", "nnc-python", "nnc-random-access", "nnc-python-random-access"),
+        help="nnc's decoder under test (*-random-access: also each tensor on its own, from its entry points)",
+    )
+    p.add_argument(
+        "--decoder-command",
+        metavar="CMD",
+        help="verify an external decoder instead: a command speaking the JSON-lines protocol of "
+        'nnc.verify.CommandAdapter (NNCodec: "python tools/nncodec_decoder.py" in a checkout)',
+    )
     p.add_argument("--group", action="append", help="only this group (profile-0, profile-1, must-fail)")
     p.add_argument("--stream", action="append", help="only this stream (repeatable)")
     p.set_defaults(func=cmd_verify)
@@ -1087,13 +1374,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--qp", type=int, default=-38, help="quantisation parameter (default -38)")
     p.add_argument("--dq", action=argparse.BooleanOptionalAction, default=True, help="dependent quantisation")
     p.add_argument("--scan-order", type=int, default=0, choices=range(5))
-    p.add_argument("--vs", action="store_true",
-                   help="also run lzma, bz2, zstd (if installed) on the same indices")
-    p.add_argument("--threads", type=_non_negative_int, default=0, metavar="N",
-                   help="also time encoding and decoding with N threads (default 0: one per CPU)")
-    p.add_argument("--plot", type=Path, metavar="FILE",
-                   help="also sweep qp from QP-8 to QP+8 in steps of 4 and draw rate against weight SNR "
-                        "for nnc and the lossless coders into FILE (PNG; needs matplotlib)")
+    p.add_argument("--vs", action="store_true", help="also run lzma, bz2, zstd (if installed) on the same indices")
+    p.add_argument(
+        "--threads",
+        type=_non_negative_int,
+        default=0,
+        metavar="N",
+        help="also time encoding and decoding with N threads (default 0: one per CPU)",
+    )
+    p.add_argument(
+        "--plot",
+        type=Path,
+        metavar="FILE",
+        help="also sweep qp from QP-8 to QP+8 in steps of 4 and draw rate against weight SNR "
+        "for nnc and the lossless coders into FILE (PNG; needs matplotlib)",
+    )
     p.set_defaults(func=cmd_bench)
 
     p = add("demo", "Encode, decode and evaluate the bundled digits models.")

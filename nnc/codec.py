@@ -72,8 +72,14 @@ class NNC(_CodecBase):
 
     codec_id = "nnc"
 
-    def __init__(self, qp: int | None = None, step: float | None = None, target_snr: float | None = None,
-                 dq: bool = True, rdoq_lambda: float = 0.0):
+    def __init__(
+        self,
+        qp: int | None = None,
+        step: float | None = None,
+        target_snr: float | None = None,
+        dq: bool = True,
+        rdoq_lambda: float = 0.0,
+    ):
         if sum(x is not None for x in (qp, step, target_snr)) > 1:
             raise EncodeError("give at most one of qp, step and target_snr")
         self.qp = None if qp is None else int(qp)
@@ -136,8 +142,9 @@ class NNC(_CodecBase):
         data = buf if isinstance(buf, bytes) else _as_array(buf).tobytes()
         decoder = Decoder(data)
         if decoder.names() != [CHUNK_TENSOR]:
-            raise DecodeError(f"an NNC chunk stream holds one tensor named {CHUNK_TENSOR!r}, "
-                              f"this one {decoder.names()!r}")
+            raise DecodeError(
+                f"an NNC chunk stream holds one tensor named {CHUNK_TENSOR!r}, this one {decoder.names()!r}"
+            )
         restored, _ = restore_model_view({CHUNK_TENSOR: decoder.decode_tensor(CHUNK_TENSOR)}, decoder.metadata)
         chunk = restored[CHUNK_TENSOR]
         if out is None:
@@ -150,8 +157,14 @@ class NNC(_CodecBase):
 
     def get_config(self) -> dict:
         """The codec's settings as a JSON-able dict with its ``id``."""
-        return dict(id=self.codec_id, qp=self.qp, step=self.step, target_snr=self.target_snr, dq=self.dq,
-                    rdoq_lambda=self.rdoq_lambda)
+        return dict(
+            id=self.codec_id,
+            qp=self.qp,
+            step=self.step,
+            target_snr=self.target_snr,
+            dq=self.dq,
+            rdoq_lambda=self.rdoq_lambda,
+        )
 
     @classmethod
     def from_config(cls, config: dict) -> "NNC":

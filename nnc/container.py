@@ -261,8 +261,14 @@ class Codebook(cs.Construct):
     """codebook(): egk, size, centre offset, zero value and delta-coded entries (spec 7.2)."""
 
     #: The syntax elements this construct reads (spec 7.2); the deltas come back summed up as ``codebook``.
-    ELEMENTS = ("codebook_egk", "codebook_size", "codebook_center_offset", "codebook_zero_value",
-                "codebook_delta_left", "codebook_delta_right")
+    ELEMENTS = (
+        "codebook_egk",
+        "codebook_size",
+        "codebook_center_offset",
+        "codebook_zero_value",
+        "codebook_delta_left",
+        "codebook_delta_right",
+    )
 
     def _parse(self, stream, context, path):
         egk = cs.BitsInteger(4)._parse(stream, context, path)
@@ -280,8 +286,13 @@ class Codebook(cs.Construct):
         entries = [book[j] for j in range(size)]
         if entries[0] < -(2**31) or entries[-1] > 2**31 - 1:
             raise SyntaxViolation("codebook entry outside int32", "7.2")
-        return Container(codebook_egk=egk, codebook_size=size, codebook_center_offset=centre,
-                         codebook_zero_value=zero_value, codebook=entries)
+        return Container(
+            codebook_egk=egk,
+            codebook_size=size,
+            codebook_center_offset=centre,
+            codebook_zero_value=zero_value,
+            codebook=entries,
+        )
 
     def _build(self, obj, stream, context, path):
         entries = [int(v) for v in obj["codebook"]]
@@ -376,8 +387,9 @@ def entry_point_count(ctx) -> int:
     if not scan:
         return 0
     if ctx._.nnr_compressed_data_unit_payload_type == NNR_PT_BLOCK and ctx.compressed_parameter_types & NNR_CPT_DC:
-        return (max(0, block_row_count(ctx.g_number_of_rows, scan) - 1)
-                + max(0, block_row_count(ctx.decomposition_rank, scan) - 1))
+        return max(0, block_row_count(ctx.g_number_of_rows, scan) - 1) + max(
+            0, block_row_count(ctx.decomposition_rank, scan) - 1
+        )
     return max(0, block_row_count(ctx.tensor_dimensions[0], scan) - 1)
 
 
@@ -431,41 +443,68 @@ def _entries(count_field):
 
 SPARSIFICATION_MAP = Struct(
     "spm_count_thresholds" / U(8),
-    "entries" / cs.Array(_entries("spm_count_thresholds"), Struct(
-        "sparsification_threshold" / FLT, "non_zero_ratio" / FLT, "spm_nn_accuracy" / FLT,
-        "spm_count_classes" / U(8), "spm_class_bitmask" / UE(7),
-        "spm_nn_class_accuracy" / cs.Array(this.spm_count_classes, FLT),
-    )),
+    "entries"
+    / cs.Array(
+        _entries("spm_count_thresholds"),
+        Struct(
+            "sparsification_threshold" / FLT,
+            "non_zero_ratio" / FLT,
+            "spm_nn_accuracy" / FLT,
+            "spm_count_classes" / U(8),
+            "spm_class_bitmask" / UE(7),
+            "spm_nn_class_accuracy" / cs.Array(this.spm_count_classes, FLT),
+        ),
+    ),
 )
 PRUNING_MAP = Struct(
     "ppm_count_pruning_ratios" / U(8),
-    "entries" / cs.Array(_entries("ppm_count_pruning_ratios"), Struct(
-        "pruning_ratio" / FLT, "ppm_nn_accuracy" / FLT, "ppm_count_classes" / U(8), "ppm_class_bitmask" / UE(7),
-        "ppm_nn_class_accuracy" / cs.Array(this.ppm_count_classes, FLT),
-    )),
+    "entries"
+    / cs.Array(
+        _entries("ppm_count_pruning_ratios"),
+        Struct(
+            "pruning_ratio" / FLT,
+            "ppm_nn_accuracy" / FLT,
+            "ppm_count_classes" / U(8),
+            "ppm_class_bitmask" / UE(7),
+            "ppm_nn_class_accuracy" / cs.Array(this.ppm_count_classes, FLT),
+        ),
+    ),
 )
 UNIFICATION_MAP = Struct(
     "upm_count_thresholds" / U(8),
-    "entries" / cs.Array(_entries("upm_count_thresholds"), Struct(
-        "count_reshaped_tensor_dimension" / UE(1),
-        "reshaped_tensor_dimensions" / cs.Array(lambda c: max(0, c.count_reshaped_tensor_dimension - 1), UE(7)),
-        "_align" / ALIGN,
-        "count_super_block_dimension" / U(8),
-        "super_block_dimensions" / cs.Array(lambda c: max(0, c.count_super_block_dimension - 1), U(8)),
-        "count_block_dimension" / U(8),
-        "block_dimensions" / cs.Array(lambda c: max(0, c.count_block_dimension - 1), U(8)),
-        "unification_threshold" / FLT, "upm_nn_accuracy" / FLT, "upm_count_classes" / U(8),
-        "upm_class_bitmask" / UE(7),
-        # looped over the bitmask value, as the reference software does (spec 5.3)
-        "upm_nn_class_accuracy" / cs.Array(this.upm_class_bitmask, FLT),
-    )),
+    "entries"
+    / cs.Array(
+        _entries("upm_count_thresholds"),
+        Struct(
+            "count_reshaped_tensor_dimension" / UE(1),
+            "reshaped_tensor_dimensions" / cs.Array(lambda c: max(0, c.count_reshaped_tensor_dimension - 1), UE(7)),
+            "_align" / ALIGN,
+            "count_super_block_dimension" / U(8),
+            "super_block_dimensions" / cs.Array(lambda c: max(0, c.count_super_block_dimension - 1), U(8)),
+            "count_block_dimension" / U(8),
+            "block_dimensions" / cs.Array(lambda c: max(0, c.count_block_dimension - 1), U(8)),
+            "unification_threshold" / FLT,
+            "upm_nn_accuracy" / FLT,
+            "upm_count_classes" / U(8),
+            "upm_class_bitmask" / UE(7),
+            # looped over the bitmask value, as the reference software does (spec 5.3)
+            "upm_nn_class_accuracy" / cs.Array(this.upm_class_bitmask, FLT),
+        ),
+    ),
 )
 DECOMPOSITION_MAP = Struct(
     "dpm_count_thresholds" / U(8),
-    "entries" / cs.Array(_entries("dpm_count_thresholds"), Struct(
-        "mse_threshold" / FLT, "dpm_nn_accuracy" / FLT, "nn_reduction_ratio" / FLT, "dpm_count_classes" / U(16),
-        "dpm_nn_class_accuracy" / cs.Array(this.dpm_count_classes, FLT),
-    )),
+    "entries"
+    / cs.Array(
+        _entries("dpm_count_thresholds"),
+        Struct(
+            "mse_threshold" / FLT,
+            "dpm_nn_accuracy" / FLT,
+            "nn_reduction_ratio" / FLT,
+            "dpm_count_classes" / U(16),
+            "dpm_nn_class_accuracy" / cs.Array(this.dpm_count_classes, FLT),
+        ),
+    ),
 )
 
 # -- unit structures -----------------------------------------------------------------------
@@ -495,8 +534,13 @@ MPS_PAYLOAD = Struct(
     "nnr_pre_flag" / If(this._.profile == 1, FLAG),
     "nnr_reserved_zero_2bits" / If(this._.profile == 1, U(2)),
     "base_model_id" / If(lambda c: c._.profile == 1 and c.base_model_id_present_flag, ST),
-    "performance_metric_type" / If(lambda c: c._.profile == 1 and (
-        c.validation_set_performance_present_flag or c.metric_type_performance_map_valid_flag), ST),
+    "performance_metric_type"
+    / If(
+        lambda c: (
+            c._.profile == 1 and (c.validation_set_performance_present_flag or c.metric_type_performance_map_valid_flag)
+        ),
+        ST,
+    ),
     "mps_qp_density" / If(this.mps_quantization_method_flags & (NNR_QSU | NNR_QCB), U(3)),
     "mps_quantization_parameter" / If(this.mps_quantization_method_flags & (NNR_QSU | NNR_QCB), I(13)),
     "sparsification_performance_map" / If(this.mps_sparsification_flag, SPARSIFICATION_MAP),
@@ -552,8 +596,15 @@ INPUT_PARAMETERS = Struct(
     "count_tensor_dimensions" / If(this.tensor_dimensions_flag, DimensionCount()),
     "tensor_dimensions" / If(this.tensor_dimensions_flag, cs.Array(this.count_tensor_dimensions, UE(7))),
     "cabac_unary_length_minus1" / If(this.cabac_unary_length_flag, U(8)),
-    "codebook_dc" / If(lambda c: c._.nnr_compressed_data_unit_payload_type == NNR_PT_BLOCK
-                       and c.compressed_parameter_types & NNR_CPT_DC and c._.codebook_present_flag, Codebook()),
+    "codebook_dc"
+    / If(
+        lambda c: (
+            c._.nnr_compressed_data_unit_payload_type == NNR_PT_BLOCK
+            and c.compressed_parameter_types & NNR_CPT_DC
+            and c._.codebook_present_flag
+        ),
+        Codebook(),
+    ),
     "first_tensor_dimension_shift" / If(lambda c: c._._.profile == 1 and _ndims(c) > 1, UE(1)),
     "scan_order" / If(lambda c: _ndims(c) > 1, U(4)),
     "entry_points" / If(lambda c: _ndims(c) > 1 and c.scan_order, EntryPoints()),
@@ -566,10 +617,10 @@ NDU_HEADER = Struct(
     "input_parameters_present_flag" / FLAG,
     "count_topology_elements_minus2" / If(_multiple, UE(7)),
     "_align_ids" / If(lambda c: _multiple(c) and not _indexed(c), ALIGN),
-    "topology_elem_ids" / If(lambda c: _multiple(c) and not _indexed(c),
-                             cs.Array(lambda c: c.count_topology_elements_minus2 + 2, ST)),
-    "topology_elem_id_indices" / If(lambda c: _multiple(c) and _indexed(c),
-                                    cs.Array(lambda c: c.count_topology_elements_minus2 + 2, UE(7))),
+    "topology_elem_ids"
+    / If(lambda c: _multiple(c) and not _indexed(c), cs.Array(lambda c: c.count_topology_elements_minus2 + 2, ST)),
+    "topology_elem_id_indices"
+    / If(lambda c: _multiple(c) and _indexed(c), cs.Array(lambda c: c.count_topology_elements_minus2 + 2, UE(7))),
     "_align_indices" / If(lambda c: _multiple(c) and _indexed(c), ALIGN),
     "topology_elem_id" / If(lambda c: not _multiple(c) and not _indexed(c), ST),
     "topology_elem_id_index" / If(lambda c: not _multiple(c) and _indexed(c), UE(7)),
@@ -581,19 +632,18 @@ NDU_HEADER = Struct(
     "parent_node_id_type" / If(lambda c: c.parent_node_id_present_flag, U(2)),
     "temporal_context_modeling_flag" / If(lambda c: c.parent_node_id_present_flag, FLAG),
     "parent_device_id" / If(lambda c: c.parent_node_id_present_flag and c.parent_node_id_type == 0, UE(1)),
-    "parent_parameter_id" / If(lambda c: c.parent_node_id_present_flag and c.parent_node_id_type == 0
-                               and not c.node_id_present_flag, UE(5)),
-    "parent_put_node_depth" / If(lambda c: c.parent_node_id_present_flag and c.parent_node_id_type == 0
-                                 and not c.node_id_present_flag, UE(4)),
-    "parent_node_payload_sha256" / If(lambda c: c.parent_node_id_present_flag and c.parent_node_id_type == 1,
-                                      Bits(256)),
-    "parent_node_payload_sha512" / If(lambda c: c.parent_node_id_present_flag and c.parent_node_id_type == 2,
-                                      Bits(512)),
-    "codebook_present_flag" / If(lambda c: c.nnr_compressed_data_unit_payload_type in (NNR_PT_FLOAT, NNR_PT_BLOCK),
-                                 FLAG),
+    "parent_parameter_id"
+    / If(lambda c: c.parent_node_id_present_flag and c.parent_node_id_type == 0 and not c.node_id_present_flag, UE(5)),
+    "parent_put_node_depth"
+    / If(lambda c: c.parent_node_id_present_flag and c.parent_node_id_type == 0 and not c.node_id_present_flag, UE(4)),
+    "parent_node_payload_sha256"
+    / If(lambda c: c.parent_node_id_present_flag and c.parent_node_id_type == 1, Bits(256)),
+    "parent_node_payload_sha512"
+    / If(lambda c: c.parent_node_id_present_flag and c.parent_node_id_type == 2, Bits(512)),
+    "codebook_present_flag"
+    / If(lambda c: c.nnr_compressed_data_unit_payload_type in (NNR_PT_FLOAT, NNR_PT_BLOCK), FLAG),
     "codebook" / If(this.codebook_present_flag, Codebook()),
-    "dq_flag" / If(lambda c: c.nnr_compressed_data_unit_payload_type in (NNR_PT_INT, NNR_PT_FLOAT, NNR_PT_BLOCK),
-                   FLAG),
+    "dq_flag" / If(lambda c: c.nnr_compressed_data_unit_payload_type in (NNR_PT_INT, NNR_PT_FLOAT, NNR_PT_BLOCK), FLAG),
     "_dq" / cs.Computed(lambda c: c._root.__setitem__("_dq_flag", c.dq_flag or 0)),
     "nnr_decompressed_data_format" / If(this.nnr_decompressed_data_format_present_flag, U(7)),
     "input_parameters" / If(this.input_parameters_present_flag, INPUT_PARAMETERS),
@@ -618,12 +668,12 @@ UNIT_SIZE_ELEMENTS = ("nnr_unit_size_flag", "nnr_unit_size")
 #: that only groups elements.  tests/test_spec_citations.py checks the declarations against spec/.
 FIELD_SPEC_NAMES = {
     "data": ("topology_data", "quantization_data"),  # STRING_PAYLOAD of NNR_TPL (6.2) and NNR_QNT (6.3)
-    "codebook_dc": ("codebook()",),                   # the second codebook() of a DC block (7.1)
-    "entry_points": ("cabac_entry_point_list()",),    # 7.3
-    "input_parameters": (),                           # the elements under input_parameters_present_flag (7.1)
-    "entries": (),                                    # the loop over i of a performance map (5.3)
-    "lps_reserved_bit": ("lps_reserved_1bit_a",),     # 6.1.1
-    "lps_reserved_bit2": ("lps_reserved_1bit_b",),    # 6.1.1
+    "codebook_dc": ("codebook()",),  # the second codebook() of a DC block (7.1)
+    "entry_points": ("cabac_entry_point_list()",),  # 7.3
+    "input_parameters": (),  # the elements under input_parameters_present_flag (7.1)
+    "entries": (),  # the loop over i of a performance map (5.3)
+    "lps_reserved_bit": ("lps_reserved_1bit_a",),  # 6.1.1
+    "lps_reserved_bit2": ("lps_reserved_1bit_b",),  # 6.1.1
 }
 
 # Flattened views: the nested input_parameters and codebook containers are merged
@@ -644,7 +694,7 @@ class _ViewReader:
 
     def read(self, n: int = -1) -> bytes:
         end = len(self.view) if n is None or n < 0 else min(len(self.view), self.pos + n)
-        out = bytes(self.view[self.pos:end])
+        out = bytes(self.view[self.pos : end])
         self.pos = end
         return out
 
@@ -736,16 +786,20 @@ def _flatten_ndu(h: Container) -> Container:
     if ip is not None and ip.get("tensor_dimensions") is not None:
         out["tensor_dimensions"] = list(ip["tensor_dimensions"])
     if ip is not None and ip.get("entry_points") is not None:
-        out["entry_points"] = [Container(value=e.value, dq_state=e.dq_state, offset=e.offset)
-                               for e in ip["entry_points"]]
+        out["entry_points"] = [
+            Container(value=e.value, dq_state=e.dq_state, offset=e.offset) for e in ip["entry_points"]
+        ]
     for k in ("topology_elem_ids", "topology_elem_id_indices"):
         if out.get(k) is not None:
             out[k] = list(out[k])
     return out
 
 
-_NDU_DEFAULTS = dict(nnr_multiple_topology_elements_present_flag=0, nnr_decompressed_data_format_present_flag=0,
-                     input_parameters_present_flag=1)
+_NDU_DEFAULTS = dict(
+    nnr_multiple_topology_elements_present_flag=0,
+    nnr_decompressed_data_format_present_flag=0,
+    input_parameters_present_flag=1,
+)
 
 
 def _unflatten_ndu(fields: dict) -> dict:
@@ -761,9 +815,11 @@ def _unflatten_ndu(fields: dict) -> dict:
         fields["parent_node_id_present_flag"] = int(fields.get("parent_node_id_type") is not None)
     h = {k: v for k, v in fields.items() if k not in _INPUT_FIELDS and k not in _CODEBOOK_FIELDS}
     if fields.get("codebook_present_flag"):
-        h["codebook"] = {"codebook": fields["codebook"],
-                         "codebook_egk": fields.get("codebook_egk", best_codebook_egk(fields["codebook"])),
-                         "codebook_center_offset": fields.get("codebook_center_offset", 0)}
+        h["codebook"] = {
+            "codebook": fields["codebook"],
+            "codebook_egk": fields.get("codebook_egk", best_codebook_egk(fields["codebook"])),
+            "codebook_center_offset": fields.get("codebook_center_offset", 0),
+        }
     else:
         h["codebook"] = None
     if fields.get("input_parameters_present_flag", 1):
@@ -799,11 +855,9 @@ def _parse_struct(structure, reader, ctx, clause, base, unit_offset):
     except cs.ValidationError:
         raise DecodeError("value outside its allowed range", clause=clause, offset=base + start) from None
     except (cs.StreamError, ValueError):
-        raise DecodeError("unit header runs past the end of its unit", clause="3.2",
-                          offset=unit_offset) from None
+        raise DecodeError("unit header runs past the end of its unit", clause="3.2", offset=unit_offset) from None
     except (cs.ConstructError, OverflowError, TypeError, KeyError, IndexError, AttributeError) as exc:
-        raise DecodeError(f"malformed syntax: {type(exc).__name__}", clause=clause,
-                          offset=base + start) from None
+        raise DecodeError(f"malformed syntax: {type(exc).__name__}", clause=clause, offset=base + start) from None
 
 
 def read_unit_size(data: memoryview, offset: int) -> tuple[int, int]:
@@ -847,8 +901,8 @@ def read_unit_size(data: memoryview, offset: int) -> tuple[int, int]:
     if first & 0x80:
         if offset + 4 > len(data):
             raise TruncatedError("stream ends inside a 4-byte nnr_unit_size field", clause="3.2", offset=offset)
-        return int.from_bytes(bytes(data[offset:offset + 4]), "big") & 0x7FFFFFFF, 4
-    return int.from_bytes(bytes(data[offset:offset + 2]), "big"), 2
+        return int.from_bytes(bytes(data[offset : offset + 4]), "big") & 0x7FFFFFFF, 4
+    return int.from_bytes(bytes(data[offset : offset + 2]), "big"), 2
 
 
 def iter_units(data, *, strict: bool = False) -> Iterator[Unit]:
@@ -909,23 +963,25 @@ def iter_units(data, *, strict: bool = False) -> Iterator[Unit]:
     while offset < len(view):
         size, size_len = read_unit_size(view, offset)
         if size < size_len + 1:
-            raise DecodeError(f"nnr_unit_size {size} is smaller than its own header", clause="3.2",
-                              offset=offset)
+            raise DecodeError(f"nnr_unit_size {size} is smaller than its own header", clause="3.2", offset=offset)
         if offset + size > len(view):
-            raise TruncatedError(f"unit of {size} bytes runs past the end of the stream "
-                                 f"({len(view) - offset} bytes left)", clause="3.2", offset=offset)
-        unit_view = view[offset:offset + size]
+            raise TruncatedError(
+                f"unit of {size} bytes runs past the end of the stream ({len(view) - offset} bytes left)",
+                clause="3.2",
+                offset=offset,
+            )
+        unit_view = view[offset : offset + size]
         reader = _ViewReader(unit_view, size_len)
         common = _parse_struct(UNIT_HEADER, reader, {}, "3.3", offset, offset)
         utype = common.nnr_unit_type
         if utype not in UNIT_TYPE_NAMES:
             raise DecodeError(f"reserved nnr_unit_type {utype}", clause="3.4", offset=offset + size_len)
         if index == 0 and utype != NNR_STR:
-            raise DecodeError("the first unit of a stream must be a start unit (NNR_STR)", clause="3.1",
-                              offset=offset)
+            raise DecodeError("the first unit of a stream must be a start unit (NNR_STR)", clause="3.1", offset=offset)
         if utype == NNR_NDU and not seen_mps:
-            raise DecodeError("a compressed data unit comes before the model parameter set", clause="3.1",
-                              offset=offset)
+            raise DecodeError(
+                "a compressed data unit comes before the model parameter set", clause="3.1", offset=offset
+            )
         if utype == NNR_AGG:
             raise UnsupportedError("aggregate units (NNR_AGG) are not supported", clause="6.4", offset=offset)
         if utype == NNR_NDU and common.partial_data_counter_present_flag:
@@ -950,10 +1006,20 @@ def iter_units(data, *, strict: bool = False) -> Iterator[Unit]:
         payload_start = reader.tell()
         if utype in (NNR_STR, NNR_MPS, NNR_LPS, NNR_TPL, NNR_QNT) and payload_start != size:
             if strict or utype != NNR_TPL:
-                raise DecodeError(f"{size - payload_start} bytes left over at the end of the unit",
-                                  clause="3.2", offset=offset + payload_start)
-        yield Unit(type=utype, type_name=UNIT_TYPE_NAMES[utype], offset=offset, size=size, header=header,
-                   payload_offset=offset + payload_start, payload=unit_view[payload_start:])
+                raise DecodeError(
+                    f"{size - payload_start} bytes left over at the end of the unit",
+                    clause="3.2",
+                    offset=offset + payload_start,
+                )
+        yield Unit(
+            type=utype,
+            type_name=UNIT_TYPE_NAMES[utype],
+            offset=offset,
+            size=size,
+            header=header,
+            payload_offset=offset + payload_start,
+            payload=unit_view[payload_start:],
+        )
         offset += size
         index += 1
 
@@ -1024,8 +1090,16 @@ def _build_struct(structure, fields, ctx) -> bytes:
         raise EncodeError(f"cannot build {structure.__class__.__name__}: {exc}") from None
 
 
-def build_unit(unit_type: int, header: dict | None = None, payload: bytes = b"", *, profile: int = 1,
-               parent_signalling: bool = False, indexed: bool = False, independently_decodable: int = 1) -> bytes:
+def build_unit(
+    unit_type: int,
+    header: dict | None = None,
+    payload: bytes = b"",
+    *,
+    profile: int = 1,
+    parent_signalling: bool = False,
+    indexed: bool = False,
+    independently_decodable: int = 1,
+) -> bytes:
     """Build one unit: size, common header, type-specific header/payload structure, raw payload.
 
     The inverse of :func:`iter_units`: ``build_unit(u.type, dict(u.header),
@@ -1078,10 +1152,12 @@ def build_unit(unit_type: int, header: dict | None = None, payload: bytes = b"",
     """
     header = dict(header or {})
     ctx = dict(profile=profile, parent_signalling=parent_signalling, indexed=indexed)
-    common = {"nnr_unit_type": unit_type,
-              "independently_decodable_flag": header.pop("independently_decodable_flag", independently_decodable),
-              "partial_data_counter_present_flag": int(header.get("partial_data_counter") is not None),
-              "partial_data_counter": header.pop("partial_data_counter", None)}
+    common = {
+        "nnr_unit_type": unit_type,
+        "independently_decodable_flag": header.pop("independently_decodable_flag", independently_decodable),
+        "partial_data_counter_present_flag": int(header.get("partial_data_counter") is not None),
+        "partial_data_counter": header.pop("partial_data_counter", None),
+    }
     body = _build_struct(UNIT_HEADER, common, {})
     header_struct, payload_struct = _TYPE_STRUCTS[unit_type]
     if unit_type == NNR_NDU:
@@ -1119,8 +1195,15 @@ def build_str(profile: int = 1) -> bytes:
     return build_unit(NNR_STR, {"general_profile_idc": profile}, profile=profile)
 
 
-def build_mps(*, qp_density: int = 2, qp: int = 0, profile: int = 1, parent_signalling: bool = False,
-              quantization_method_flags: int = NNR_QSU, **extra) -> bytes:
+def build_mps(
+    *,
+    qp_density: int = 2,
+    qp: int = 0,
+    profile: int = 1,
+    parent_signalling: bool = False,
+    quantization_method_flags: int = NNR_QSU,
+    **extra,
+) -> bytes:
     """A model parameter set as NNCodec writes it, with optional extras (spec 5.1).
 
     Topology carriage on, no performance maps, uniform quantisation.
@@ -1159,15 +1242,29 @@ def build_mps(*, qp_density: int = 2, qp: int = 0, profile: int = 1, parent_sign
     (-38, 2)
     """
     fields = dict(
-        topology_carriage_flag=1, mps_sparsification_flag=0, mps_pruning_flag=0, mps_unification_flag=0,
-        mps_decomposition_performance_map_flag=0, mps_quantization_method_flags=quantization_method_flags,
-        mps_topology_indexed_reference_flag=0, nnr_reserved_zero_7bits=0,
-        base_model_id_present_flag=0, validation_set_performance_present_flag=0,
-        metric_type_performance_map_valid_flag=0, mps_parent_signalling_enabled_flag=int(parent_signalling),
-        nnr_pre_flag=0, nnr_reserved_zero_2bits=0, base_model_id=None, performance_metric_type=None,
-        mps_qp_density=qp_density, mps_quantization_parameter=qp,
-        sparsification_performance_map=None, pruning_performance_map=None, unification_performance_map=None,
-        decomposition_performance_map=None, validation_set_performance=None,
+        topology_carriage_flag=1,
+        mps_sparsification_flag=0,
+        mps_pruning_flag=0,
+        mps_unification_flag=0,
+        mps_decomposition_performance_map_flag=0,
+        mps_quantization_method_flags=quantization_method_flags,
+        mps_topology_indexed_reference_flag=0,
+        nnr_reserved_zero_7bits=0,
+        base_model_id_present_flag=0,
+        validation_set_performance_present_flag=0,
+        metric_type_performance_map_valid_flag=0,
+        mps_parent_signalling_enabled_flag=int(parent_signalling),
+        nnr_pre_flag=0,
+        nnr_reserved_zero_2bits=0,
+        base_model_id=None,
+        performance_metric_type=None,
+        mps_qp_density=qp_density,
+        mps_quantization_parameter=qp,
+        sparsification_performance_map=None,
+        pruning_performance_map=None,
+        unification_performance_map=None,
+        decomposition_performance_map=None,
+        validation_set_performance=None,
     )
     fields.update(extra)
     return build_unit(NNR_MPS, fields, profile=profile)
@@ -1205,8 +1302,10 @@ def build_tpl(storage_format: int = 0, compression_format: int = 0, data: str = 
     >>> container.parse_stream(container.build_str() + container.build_mps() + tpl)[2].header.data
     '{}'
     """
-    return build_unit(NNR_TPL, {"topology_storage_format": storage_format,
-                                "topology_compression_format": compression_format, "data": data})
+    return build_unit(
+        NNR_TPL,
+        {"topology_storage_format": storage_format, "topology_compression_format": compression_format, "data": data},
+    )
 
 
 def build_ndu(header_fields: dict, payload: bytes, *, profile: int = 1, parent_signalling: bool = False) -> bytes:

@@ -398,7 +398,8 @@ def apply_update(model: "dict[str, np.ndarray]", update: "dict[str, np.ndarray]"
     if getattr(update, "differences", True) is False:
         raise UpdateError(
             "the update holds full values, not differences (the stream was not encoded with "
-            "differences=True); use its tensors as the model instead of adding them", clause="6.2.1",
+            "differences=True); use its tensors as the model instead of adding them",
+            clause="6.2.1",
         )
     out = OrderedDict((k, np.asarray(v)) for k, v in model.items())
     for name, delta in update.items():
@@ -601,13 +602,16 @@ class Decoder:
             more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
             raise TruncatedError(
                 f"the stream ends before {len(missing)} of the {len(announced)} tensors its topology unit "
-                f"announces (missing: {missing[0]!r}{more})", clause="3.5", offset=len(self.data),
+                f"announces (missing: {missing[0]!r}{more})",
+                clause="3.5",
+                offset=len(self.data),
             )
         extra = [n for n in self._index if n not in expected]
         if extra:
             i, info = self._index[extra[0]]
             raise DecodeError(
-                f"tensor {extra[0]!r} is not among the tensors the topology unit announces", clause="3.5",
+                f"tensor {extra[0]!r} is not among the tensors the topology unit announces",
+                clause="3.5",
                 offset=info.unit_offset,
             )
 
@@ -641,7 +645,8 @@ class Decoder:
                     params.qp = int(_get(h, "lps_quantization_parameter", params.qp))
             elif unit.type in (C.NNR_QNT, C.NNR_AGG):
                 raise UnsupportedError(
-                    f"{unit.type_name} units are not supported", clause="6.3" if unit.type == C.NNR_QNT else "6.4",
+                    f"{unit.type_name} units are not supported",
+                    clause="6.3" if unit.type == C.NNR_QNT else "6.4",
                     offset=unit.offset,
                 )
             elif unit.type == C.NNR_TPL:
@@ -657,14 +662,16 @@ class Decoder:
             for info in self._tensor_infos(unit, params, i):
                 if info.name in index:
                     raise DecodeError(
-                        f"tensor name {info.name!r} appears twice in the stream", clause="15.1",
+                        f"tensor name {info.name!r} appears twice in the stream",
+                        clause="15.1",
                         offset=unit.offset,
                     )
                 self._check_limits(unit, params, info)
                 total_bytes += info.size * np.dtype(info.dtype).itemsize
                 if total_bytes > self.limits.max_total_bytes:
                     raise LimitError(
-                        f"decoded output would exceed {self.limits.max_total_bytes} bytes", clause="15.2",
+                        f"decoded output would exceed {self.limits.max_total_bytes} bytes",
+                        clause="15.2",
                         offset=unit.offset,
                     )
                 index[info.name] = (i, info)
@@ -678,7 +685,9 @@ class Decoder:
         if size > self.limits.max_tensor_elements or nominal > self.limits.max_tensor_elements:
             raise LimitError(
                 f"tensor {info.name!r} declares dimensions {list(info.shape)}, beyond the limit of "
-                f"{self.limits.max_tensor_elements} elements", clause="15.2", offset=unit.offset,
+                f"{self.limits.max_tensor_elements} elements",
+                clause="15.2",
+                offset=unit.offset,
             )
         payload_len = len(unit.payload)
         if info.payload_type == "RAW_FLOAT":
@@ -694,8 +703,9 @@ class Decoder:
             counted = size
         if counted > bound:
             raise LimitError(
-                f"tensor {info.name!r} declares {size} elements, more than a {payload_len}-byte "
-                f"payload can code", clause="15.2", offset=unit.offset,
+                f"tensor {info.name!r} declares {size} elements, more than a {payload_len}-byte payload can code",
+                clause="15.2",
+                offset=unit.offset,
             )
 
     def _tensor_infos(self, unit: C.Unit, params: _Params, ndu_index: int) -> list[TensorInfo]:
@@ -708,7 +718,8 @@ class Decoder:
         if not _get(h, "input_parameters_present_flag", 1) or not _get(h, "tensor_dimensions_flag", 0):
             raise UnsupportedError(
                 "tensor dimensions are carried out of band; this decoder needs them in the stream",
-                clause="7.4", offset=unit.offset,
+                clause="7.4",
+                offset=unit.offset,
             )
         dims = tuple(int(d) for d in h.tensor_dimensions)
         n_gtx = int(_get(h, "cabac_unary_length_minus1", 9)) + 1
@@ -718,7 +729,9 @@ class Decoder:
         if codebook is not None and dq:
             raise DecodeError("a codebook cannot be combined with dq_flag = 1", clause="15.1", offset=unit.offset)
         fmt = int(h.nnr_decompressed_data_format) if _get(h, "nnr_decompressed_data_format_present_flag", 0) else None
-        eps = [(int(e.value), int(_get(e, "dq_state", 0)), int(e.offset)) for e in (_get(h, "entry_points", None) or [])]
+        eps = [
+            (int(e.value), int(_get(e, "dq_state", 0)), int(e.offset)) for e in (_get(h, "entry_points", None) or [])
+        ]
 
         def info(name, shape, is_weight):
             if ptype == C.NNR_PT_INT:
@@ -729,16 +742,25 @@ class Decoder:
                 dtype = "float32"
             if fmt is not None:
                 if fmt not in DECOMPRESSED_DATA_FORMATS:
-                    raise DecodeError(f"reserved nnr_decompressed_data_format {fmt}", clause="7.4",
-                                      offset=unit.offset)
+                    raise DecodeError(f"reserved nnr_decompressed_data_format {fmt}", clause="7.4", offset=unit.offset)
                 dtype = DECOMPRESSED_DATA_FORMATS[fmt].name
             return TensorInfo(
-                name=name, shape=shape, dtype=dtype, payload_type=pname, qp=None,
+                name=name,
+                shape=shape,
+                dtype=dtype,
+                payload_type=pname,
+                qp=None,
                 qp_density=params.qp_density if ptype in (C.NNR_PT_FLOAT, C.NNR_PT_BLOCK) else None,
-                step=None, dq=dq, scan_order=scan if len(shape) > 1 else 0,
+                step=None,
+                dq=dq,
+                scan_order=scan if len(shape) > 1 else 0,
                 n_gtx=None if ptype == C.NNR_PT_RAW_FLOAT else n_gtx,
-                codebook=codebook if is_weight else None, unit_index=ndu_index, unit_offset=unit.offset,
-                unit_size=unit.size, entry_points=eps if is_weight else [], decompressed_data_format=fmt,
+                codebook=codebook if is_weight else None,
+                unit_index=ndu_index,
+                unit_offset=unit.offset,
+                unit_size=unit.size,
+                entry_points=eps if is_weight else [],
+                decompressed_data_format=fmt,
             )
 
         if ptype != C.NNR_PT_BLOCK:
@@ -758,7 +780,8 @@ class Decoder:
         if len(names) != expected:
             raise DecodeError(
                 f"block NDU lists {len(names)} names but its compressed_parameter_types need {expected}",
-                clause="7.6", offset=unit.offset,
+                clause="7.6",
+                offset=unit.offset,
             )
         if not dims:
             raise DecodeError("a block NDU needs the weight's dimensions", clause="7.6", offset=unit.offset)
@@ -808,8 +831,13 @@ class Decoder:
         """
         return list(self._index)
 
-    def decode(self, names: Iterable[str] | None = None, progress=None,
-               threads: int = 1, out: "Mapping[str, np.ndarray] | None" = None) -> "DecodedTensors":
+    def decode(
+        self,
+        names: Iterable[str] | None = None,
+        progress=None,
+        threads: int = 1,
+        out: "Mapping[str, np.ndarray] | None" = None,
+    ) -> "DecodedTensors":
         """Decode all tensors (or those named), in stream order.
 
         Only the units that carry a wanted tensor are decoded.  Tensors named
@@ -944,8 +972,11 @@ class Decoder:
                 raise KeyError(f"no tensor named {unknown[0]!r} in the stream")
             target = lambda info: out.get(info.name)  # noqa: E731
         threads = thread_count(threads)
-        jobs = [(unit, params, self._ndu_tensors[i], threads) for i, (unit, params) in enumerate(self._ndus)
-                if wanted is None or any(t.name in wanted for t in self._ndu_tensors[i])]
+        jobs = [
+            (unit, params, self._ndu_tensors[i], threads)
+            for i, (unit, params) in enumerate(self._ndus)
+            if wanted is None or any(t.name in wanted for t in self._ndu_tensors[i])
+        ]
         stateful = self.keep_state or any(params.parent_signalling for _, params, *_ in jobs)
         for decoded in _bounded_ordered(self._decode_ndu, jobs, 1 if stateful else threads):
             for name in list(decoded):
@@ -1027,8 +1058,11 @@ class Decoder:
         allowed = [info.dtype]
         if np.dtype(info.dtype).kind == "f":
             allowed += [d for d in ("float16", "float32", "float64") if d != info.dtype]
-        original = (self.metadata.get("dtypes") or {}).get(info.name) if isinstance(
-            self.metadata.get("dtypes"), dict) else None
+        original = (
+            (self.metadata.get("dtypes") or {}).get(info.name)
+            if isinstance(self.metadata.get("dtypes"), dict)
+            else None
+        )
         if original == "bfloat16":
             allowed += ["bfloat16", "uint16"]
         elif isinstance(original, str):
@@ -1037,7 +1071,7 @@ class Decoder:
             except TypeError:
                 pass
         if np.dtype(info.dtype).kind == "f" and "bfloat16" not in allowed:
-            allowed.append("bfloat16")   # an ml_dtypes array
+            allowed.append("bfloat16")  # an ml_dtypes array
         return list(dict.fromkeys(allowed))
 
     def _out_shapes(self, info: TensorInfo) -> list:
@@ -1060,13 +1094,11 @@ class Decoder:
             raise OutputBufferError(f"out= for tensor {name!r} must be a numpy array, not {type(out).__name__}")
         shapes = self._out_shapes(info)
         if out.shape not in shapes:
-            raise OutputBufferError(
-                f"out= for tensor {name!r} has shape {out.shape}, the tensor's is {shapes[0]}")
+            raise OutputBufferError(f"out= for tensor {name!r} has shape {out.shape}, the tensor's is {shapes[0]}")
         allowed = self._out_dtypes(info)
         if out.dtype.name not in allowed or not out.dtype.isnative and out.dtype.itemsize > 1:
             also = f" (or {', '.join(allowed[1:])})" if len(allowed) > 1 else ""
-            raise OutputBufferError(
-                f"out= for tensor {name!r} has dtype {out.dtype}; it decodes to {info.dtype}{also}")
+            raise OutputBufferError(f"out= for tensor {name!r} has dtype {out.dtype}; it decodes to {info.dtype}{also}")
         if not out.flags.writeable:
             raise OutputBufferError(f"out= for tensor {name!r} is read-only")
         if not out.flags.c_contiguous:
@@ -1083,11 +1115,11 @@ class Decoder:
             dst = dst.view(np.uint16)
         step = 1 << 20
         for i in range(0, src.size, step):
-            part = src[i:i + step]
+            part = src[i : i + step]
             if bits:
-                dst[i:i + step] = float32_to_bfloat16(part)
+                dst[i : i + step] = float32_to_bfloat16(part)
             else:
-                np.copyto(dst[i:i + step], part, casting="unsafe")
+                np.copyto(dst[i : i + step], part, casting="unsafe")
         return out
 
     def info(self, name: str) -> TensorInfo:
@@ -1126,8 +1158,7 @@ class Decoder:
             # errors inside a payload carry payload-relative offsets
             raise exc.at(unit.payload_offset) from exc
 
-    def _decode_ndu_payload(self, unit: C.Unit, params: _Params, infos: list[TensorInfo],
-                            threads: int = 1) -> dict:
+    def _decode_ndu_payload(self, unit: C.Unit, params: _Params, infos: list[TensorInfo], threads: int = 1) -> dict:
         """The decoding loop of one NDU payload: {name: reconstructed tensor} for its tensors, in coding order.
 
         A RAW_FLOAT payload is the tensor's float32 values (spec 7.5).  A CABAC
@@ -1153,7 +1184,8 @@ class Decoder:
             need = first.size * 4
             if len(payload) != need:
                 raise DecodeError(
-                    f"RAW_FLOAT payload has {len(payload)} bytes, the dimensions need {need}", clause="7.5",
+                    f"RAW_FLOAT payload has {len(payload)} bytes, the dimensions need {need}",
+                    clause="7.5",
                 )
             arr = np.frombuffer(payload, dtype="<f4").astype(np.float32).reshape(first.shape)
             if first.decompressed_data_format is not None:
@@ -1182,12 +1214,17 @@ class Decoder:
                     raise DecodeError(
                         f"tensor {info.name!r} uses temporal context adaptation but no parent levels of "
                         f"its size were decoded before; decode the parent stream first with the same "
-                        f"DecoderState", clause="14",
+                        f"DecoderState",
+                        clause="14",
                     )
             kwargs: dict[str, Any] = dict(
-                n_gtx=info.n_gtx, dq=info.dq, scan_order=info.scan_order,
-                codebook_size=cb_size, codebook_zero=cb_zero,
-                parent_present=parent_present, tca_base=tca_base,
+                n_gtx=info.n_gtx,
+                dq=info.dq,
+                scan_order=info.scan_order,
+                codebook_size=cb_size,
+                codebook_zero=cb_zero,
+                parent_present=parent_present,
+                tca_base=tca_base,
                 hdsp_history=self.state.history.get(info.name) if parent_present else None,
             )
             if kwargs["hdsp_history"] is not None and kwargs["hdsp_history"].size != info.size:
@@ -1196,12 +1233,16 @@ class Decoder:
             use_eps = mode == "use" and info.entry_points and info.scan_order > 0
             if mode == "ignore" and threads > 1 and info.entry_points and info.scan_order > 0:
                 # block rows in threads from the entry points, checked exactly (spec 11.4)
-                levels, dec = decode_tensor_threads(dec, height, width, entry_points=info.entry_points,
-                                                    threads=threads, **kwargs)
+                levels, dec = decode_tensor_threads(
+                    dec, height, width, entry_points=info.entry_points, threads=threads, **kwargs
+                )
             else:
                 levels = dec.decode_tensor(
-                    height, width, entry_points=info.entry_points if use_eps else None,
-                    record_entry_points=(mode == "verify"), **kwargs,
+                    height,
+                    width,
+                    entry_points=info.entry_points if use_eps else None,
+                    record_entry_points=(mode == "verify"),
+                    **kwargs,
                 )
             if mode == "verify" and info.entry_points and height > 1 and width > 1:
                 if list(dec.last_entry_points) != list(info.entry_points):
@@ -1225,8 +1266,7 @@ class Decoder:
         else:
             values = reconstruct_uniform(levels, np.float32(info.step))
         if info.decompressed_data_format is not None:
-            values = convert_to_format(levels if info.payload_type == "INT" else values,
-                                       info.decompressed_data_format)
+            values = convert_to_format(levels if info.payload_type == "INT" else values, info.decompressed_data_format)
         return values.reshape(info.shape)
 
 
@@ -1425,7 +1465,8 @@ def decode(
     nnc.errors.TruncatedError: unit of ... bytes runs past the end of the stream ...
     """
     return Decoder(data, limits=limits, engine=engine, state=state, entry_points=entry_points).decode(
-        threads=threads, out=out)
+        threads=threads, out=out
+    )
 
 
 def decode_with_info(data: StreamInput, **kwargs) -> tuple["OrderedDict[str, np.ndarray]", list[TensorInfo]]:

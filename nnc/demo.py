@@ -31,7 +31,9 @@ def im2col(x, k, stride):
     cols = np.empty((n, oh, ow, c, k, k), dtype=x.dtype)
     for i in range(k):
         for j in range(k):
-            cols[:, :, :, :, i, j] = xp[:, :, i:i + stride * oh:stride, j:j + stride * ow:stride].transpose(0, 2, 3, 1)
+            cols[:, :, :, :, i, j] = xp[:, :, i : i + stride * oh : stride, j : j + stride * ow : stride].transpose(
+                0, 2, 3, 1
+            )
     return cols.reshape(n, oh, ow, c * k * k), (oh, ow)
 
 
@@ -99,11 +101,11 @@ def cnn_forward(params, x, cache=False):
     x = x.reshape(len(x), 1, 8, 8)
     c1, s1 = im2col(x, 3, 1)
     w1 = params["conv1.weight"]
-    z1 = c1 @ w1.reshape(len(w1), -1).T + params["conv1.bias"]          # n, 8, 8, 16
+    z1 = c1 @ w1.reshape(len(w1), -1).T + params["conv1.bias"]  # n, 8, 8, 16
     a1 = relu(z1).transpose(0, 3, 1, 2)
     c2, s2 = im2col(a1, 3, 2)
     w2 = params["conv2.weight"]
-    z2 = c2 @ w2.reshape(len(w2), -1).T + params["conv2.bias"]          # n, 4, 4, 32
+    z2 = c2 @ w2.reshape(len(w2), -1).T + params["conv2.bias"]  # n, 4, 4, 32
     a2 = relu(z2).transpose(0, 3, 1, 2).reshape(len(x), -1)
     logits = a2 @ params["fc.weight"].T + params["fc.bias"]
     if cache:
@@ -366,21 +368,48 @@ def run(data_dir: Path = DATA, settings=DEFAULT_SETTINGS, out=print) -> list[dic
             t1 = time.perf_counter()
             decoded = nnc.decode(stream)
             t2 = time.perf_counter()
-            rows.append(dict(
-                model=kind, qp=qp, dq=dq, bytes=len(stream), bits_per_weight=8 * len(stream) / n_weights,
-                ratio=fp32_bytes / len(stream), snr_db=snr_db(params, decoded), acc_before=base_acc,
-                acc_after=accuracy(kind, decoded, x, y), encode_s=t1 - t0, decode_s=t2 - t1,
-            ))
-    header = (f"{'model':5} {'qp':>4} {'dq':>3} {'bytes':>7} {'bits/w':>6} {'ratio':>6} {'SNR dB':>6} "
-              f"{'acc fp32':>8} {'acc nnc':>8}")
+            rows.append(
+                dict(
+                    model=kind,
+                    qp=qp,
+                    dq=dq,
+                    bytes=len(stream),
+                    bits_per_weight=8 * len(stream) / n_weights,
+                    ratio=fp32_bytes / len(stream),
+                    snr_db=snr_db(params, decoded),
+                    acc_before=base_acc,
+                    acc_after=accuracy(kind, decoded, x, y),
+                    encode_s=t1 - t0,
+                    decode_s=t2 - t1,
+                )
+            )
+    header = (
+        f"{'model':5} {'qp':>4} {'dq':>3} {'bytes':>7} {'bits/w':>6} {'ratio':>6} {'SNR dB':>6} "
+        f"{'acc fp32':>8} {'acc nnc':>8}"
+    )
     out(header)
     out("-" * len(header))
     for r in rows:
-        out(f"{r['model']:5} {r['qp']:>4} {('on' if r['dq'] else 'off'):>3} {r['bytes']:>7} "
+        out(
+            f"{r['model']:5} {r['qp']:>4} {('on' if r['dq'] else 'off'):>3} {r['bytes']:>7} "
             f"{r['bits_per_weight']:>6.2f} {r['ratio']:>5.1f}x {r['snr_db']:>6.1f} "
-            f"{100 * r['acc_before']:>7.2f}% {100 * r['acc_after']:>7.2f}%")
+            f"{100 * r['acc_before']:>7.2f}% {100 * r['acc_after']:>7.2f}%"
+        )
     return rows
 
 
-__all__ = ["DATA", "MODELS", "run", "load_test_set", "accuracy", "correct", "mlp_accuracy", "cnn_accuracy",
-           "mlp_correct", "cnn_correct", "snr_db", "mlp_forward", "cnn_forward"]
+__all__ = [
+    "DATA",
+    "MODELS",
+    "run",
+    "load_test_set",
+    "accuracy",
+    "correct",
+    "mlp_accuracy",
+    "cnn_accuracy",
+    "mlp_correct",
+    "cnn_correct",
+    "snr_db",
+    "mlp_forward",
+    "cnn_forward",
+]

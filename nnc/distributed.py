@@ -60,11 +60,10 @@ def get_client(scheduler):
         return scheduler, False
     scheduler = str(scheduler)
     if scheduler.startswith("local:"):
-        n = scheduler[len("local:"):]
+        n = scheduler[len("local:") :]
         if not n.isdigit() or int(n) < 1:
             raise ValueError(f"--scheduler local:N needs a worker count N >= 1, not {scheduler!r}")
-        cluster = LocalCluster(n_workers=int(n), threads_per_worker=1, processes=True,
-                               dashboard_address=None)
+        cluster = LocalCluster(n_workers=int(n), threads_per_worker=1, processes=True, dashboard_address=None)
         client = Client(cluster)
         client._nnc_cluster = cluster
         return client, True
@@ -80,6 +79,7 @@ def close_client(client) -> None:
 
 
 # -- tensors read by name ----------------------------------------------------------------
+
 
 def tensor_index(path) -> "tuple[OrderedDict[str, tuple[tuple, str]], dict]":
     """{name: (shape, dtype as read)} in stream order, and the original dtypes, from the
@@ -102,6 +102,7 @@ def read_tensors(path, names) -> dict:
 
 # -- encoding -------------------------------------------------------------------------------
 
+
 def _encode_unit(path, name, parts, options, mps_qp):
     """Worker: one NDU (a tensor, or a block and its members) -> (bytes, member summaries)."""
     from .encoder import Encoder
@@ -120,7 +121,7 @@ def _encode_unit(path, name, parts, options, mps_qp):
     summary = [dict(name=t.name, qp=t.qp, recon=np.asarray(t.recon).dtype.name) for t in unit.members]
     half = 1 << (5 + s.qp_density)
     if mps_qp == 0 and any(t.qp is not None and not -half <= t.qp < half for t in unit.members):
-        return None, summary      # the MPS qp cannot be 0 (spec 8.2): built in the second round
+        return None, summary  # the MPS qp cannot be 0 (spec 8.2): built in the second round
     return unit.build(mps_qp), summary
 
 
@@ -154,7 +155,7 @@ def encode_model(model, output, client, **options) -> int:
     index, dtypes = tensor_index(path)
     options.setdefault("dtypes", dtypes)
     options.setdefault("threads", 1)
-    enc = Encoder(**options)          # checks the options on the client
+    enc = Encoder(**options)  # checks the options on the client
     s = enc.settings
     shapes = OrderedDict((k, tuple(shape)) for k, (shape, _) in index.items())
     unknown = [k for k in s.dtypes if k not in shapes]
@@ -165,8 +166,9 @@ def encode_model(model, output, client, **options) -> int:
     names = [name for name in shapes if name not in in_block]
 
     def submit(mps_qp):
-        return [client.submit(_encode_unit, path, name, groups.get(name), options, mps_qp, pure=False)
-                for name in names]
+        return [
+            client.submit(_encode_unit, path, name, groups.get(name), options, mps_qp, pure=False) for name in names
+        ]
 
     output = Path(output)
     fd, spool = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".units", dir=output.parent)
@@ -175,17 +177,20 @@ def encode_model(model, output, client, **options) -> int:
             summaries = _write_in_order(submit(0), units)
             qps = [m["qp"] for summary in summaries for m in summary if m["qp"] is not None]
             mps_qp = stream_qp(qps, s.qp_density)
-            if mps_qp != 0:       # per-tensor qps too far apart for offsets from 0: rebuild (spec 8.2)
+            if mps_qp != 0:  # per-tensor qps too far apart for offsets from 0: rebuild (spec 8.2)
                 units.seek(0)
                 units.truncate()
                 _write_in_order(submit(mps_qp), units)
             decoded = {m["name"]: m["recon"] for summary in summaries for m in summary}
             original = {k: s.dtypes.get(k, np.dtype(dtype).name) for k, (_, dtype) in index.items()}
             metadata = metadata_json(shapes, decoded, original, checkpoint_metadata(open_model(path)))
-            head = b"".join([C.build_str(s.profile),
-                             C.build_mps(qp_density=s.qp_density, qp=mps_qp, profile=s.profile,
-                                         parent_signalling=False),
-                             C.build_tpl(data=metadata)])
+            head = b"".join(
+                [
+                    C.build_str(s.profile),
+                    C.build_mps(qp_density=s.qp_density, qp=mps_qp, profile=s.profile, parent_signalling=False),
+                    C.build_tpl(data=metadata),
+                ]
+            )
             units.seek(0)
             length = _write_atomic_parts(output, head, units)
     finally:
@@ -236,11 +241,12 @@ def _write_atomic_parts(path: Path, head: bytes, rest) -> int:
 
 # -- decoding -------------------------------------------------------------------------------
 
+
 def _open_stream(path):
     fh = open(path, "rb")  # noqa: SIM115 -- handed to the caller with its map; _close_stream closes both
     try:
         return fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-    except ValueError:        # an empty file cannot be mapped
+    except ValueError:  # an empty file cannot be mapped
         return fh, None
 
 
@@ -264,7 +270,7 @@ def _close_stream(fh, mm):
     if mm is not None:
         try:
             mm.close()
-        except BufferError:   # views still alive: the map closes when they go
+        except BufferError:  # views still alive: the map closes when they go
             pass
     fh.close()
 
@@ -291,8 +297,7 @@ def decode_model(stream, output, client, *, threads: int = 1, **decoder_options)
         dec = None
         _close_stream(fh, mm)
     if not local:
-        futures = [client.submit(_decode_unit, path, i, decoder_options, threads, pure=False)
-                   for i in range(ndus)]
+        futures = [client.submit(_decode_unit, path, i, decoder_options, threads, pure=False) for i in range(ndus)]
         try:
             for f in futures:
                 tensors.update(f.result())

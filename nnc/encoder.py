@@ -118,6 +118,7 @@ class EncodeResult:
         """
         return OrderedDict((k, v.reconstruction) for k, v in self.tensors.items() if k not in self.skipped)
 
+
 class EncoderState(DecoderState):
     """What an encoder of incremental (2nd-edition) streams keeps across the streams it writes.
 
@@ -340,11 +341,15 @@ class Encoder:
         """
         return self.settings.tensor_lambda(name)
 
-
-
     # -- stream ------------------------------------------------------------------
-    def encode(self, tensors: Mapping[str, object], progress=None, *, cache: "EncodeCache | None" = None,
-               extra_metadata: Mapping | None = None) -> EncodeResult:
+    def encode(
+        self,
+        tensors: Mapping[str, object],
+        progress=None,
+        *,
+        cache: "EncodeCache | None" = None,
+        extra_metadata: Mapping | None = None,
+    ) -> EncodeResult:
         """Encode the tensors; return the stream and the reconstruction of each tensor.
 
         Parameters
@@ -405,8 +410,9 @@ class Encoder:
 
         def make(name):
             if name not in groups:
-                return writer.single_unit(writer.raw_if_smaller(self.quantiser.quantise(name, arrays[name]),
-                                                                arrays[name]))
+                return writer.single_unit(
+                    writer.raw_if_smaller(self.quantiser.quantise(name, arrays[name]), arrays[name])
+                )
             members = block_members(name, groups[name])
             coded = {n: self.quantiser.quantise(n, arrays[n], in_block=True) for n in members[1:] + [name]}
             return writer.block_unit(name, groups[name], coded)
@@ -432,10 +438,14 @@ class Encoder:
         for u, link in zip(units, links):
             if link is not None and link.skip:
                 result.skipped.extend(t.name for t in u.members)
-        metadata = metadata_json({k: v.shape for k, v in arrays.items()},
-                                 {k: t.reconstruction.dtype.name for k, t in result.tensors.items()},
-                                 {k: s.dtypes.get(k, v.dtype.name) for k, v in arrays.items()}, extra_metadata,
-                                 skipped=result.skipped, differences=self._sends_differences())
+        metadata = metadata_json(
+            {k: v.shape for k, v in arrays.items()},
+            {k: t.reconstruction.dtype.name for k, t in result.tensors.items()},
+            {k: s.dtypes.get(k, v.dtype.name) for k, v in arrays.items()},
+            extra_metadata,
+            skipped=result.skipped,
+            differences=self._sends_differences(),
+        )
         head = writer.head(stream_qp, metadata, update)
         jobs = [(u, link) for u, link in zip(units, links) if link is None or not link.skip]
         # the payloads, in threads
@@ -452,8 +462,9 @@ class Encoder:
         """The stream's tensors are differences: ``differences=True`` and the receiver holds a model."""
         return bool(self.settings.differences and self.state is not None and self.state.model)
 
-    def encode_to(self, source, output, progress=None, *, extra_metadata=None,
-                  budget: int = 1 << 30, measure: bool = False) -> "StreamSummary":
+    def encode_to(
+        self, source, output, progress=None, *, extra_metadata=None, budget: int = 1 << 30, measure: bool = False
+    ) -> "StreamSummary":
         """Encode a lazily read model into the file ``output``, in memory bounded by the tensors in flight.
 
         The stream is byte for byte what :meth:`encode` returns for the same tensors.  Its
@@ -507,8 +518,9 @@ class Encoder:
 
         if isinstance(source, Mapping):
             source = source_from_mapping(source)
-        return encode_to(self, source, output, progress=progress, extra_metadata=extra_metadata, budget=budget,
-                         measure=measure)
+        return encode_to(
+            self, source, output, progress=progress, extra_metadata=extra_metadata, budget=budget, measure=measure
+        )
 
     def _differences(self, arrays: "OrderedDict[str, np.ndarray]") -> "OrderedDict[str, np.ndarray]":
         """The tensors minus the receiver's model, where it has them (same shape); the others as given."""
@@ -531,22 +543,54 @@ class Encoder:
         members = []
         for n in names:
             arr = arrays[n]
-            members.append((n, arr.shape, arr.dtype.str, s.tensor_qp(n, arr.ndim), s.tensor_lambda(n),
-                            s.is_raw(n), s.output_formats.get(n), id(s.importance.get(n)),
-                            id(s.sigmas.get(n))))
+            members.append(
+                (
+                    n,
+                    arr.shape,
+                    arr.dtype.str,
+                    s.tensor_qp(n, arr.ndim),
+                    s.tensor_lambda(n),
+                    s.is_raw(n),
+                    s.output_formats.get(n),
+                    id(s.importance.get(n)),
+                    id(s.sigmas.get(n)),
+                )
+            )
         layout = None if parts is None else repr(sorted(parts.items()))
-        return (tuple(members), layout, s.qp_density, s.dq, s.scan_order, s.n_gtx,
-                s.param_opt, s.lossless_int, s.profile, s.keep_dtype, s.row_skip, s.codebook,
-                s.dcv1_s, s.raw_when_smaller, self.engine.__name__,
-                tuple(arrays[n] for n in names), tuple(s.importance.get(n) for n in names),
-                tuple(s.sigmas.get(n) for n in names))
+        return (
+            tuple(members),
+            layout,
+            s.qp_density,
+            s.dq,
+            s.scan_order,
+            s.n_gtx,
+            s.param_opt,
+            s.lossless_int,
+            s.profile,
+            s.keep_dtype,
+            s.row_skip,
+            s.codebook,
+            s.dcv1_s,
+            s.raw_when_smaller,
+            self.engine.__name__,
+            tuple(arrays[n] for n in names),
+            tuple(s.importance.get(n) for n in names),
+            tuple(s.sigmas.get(n) for n in names),
+        )
 
 
 def _encoded(t: CodedTensor) -> EncodedTensor:
     """The public record of a coded tensor."""
-    return EncodedTensor(name=t.name, shape=t.shape, payload_type=t.ptype, qp=t.qp, step=t.step, dq=t.dq,
-                         levels=t.levels, reconstruction=t.recon)
-
+    return EncodedTensor(
+        name=t.name,
+        shape=t.shape,
+        payload_type=t.ptype,
+        qp=t.qp,
+        step=t.step,
+        dq=t.dq,
+        levels=t.levels,
+        reconstruction=t.recon,
+    )
 
 
 class EncodeCache:
@@ -606,7 +650,7 @@ class EncodeCache:
         return entry[1]
 
     def _put(self, key: tuple, unit: Unit) -> None:
-        for t in unit.members:          # shared by every result served from the cache
+        for t in unit.members:  # shared by every result served from the cache
             for array in t.arrays():
                 array.setflags(write=False)
         k = self._lookup_key(key)
@@ -728,5 +772,16 @@ def encode_with_reconstruction(tensors: Mapping[str, object], **options) -> Enco
     return Encoder(**options).encode(tensors)
 
 
-__all__ = ["Encoder", "EncoderState", "EncodeCache", "EncodeResult", "EncodedTensor", "encode",
-           "encode_with_reconstruction", "qp_for_step", "dcv1_step", "scan_permutation", "default_scan_order"]
+__all__ = [
+    "Encoder",
+    "EncoderState",
+    "EncodeCache",
+    "EncodeResult",
+    "EncodedTensor",
+    "encode",
+    "encode_with_reconstruction",
+    "qp_for_step",
+    "dcv1_step",
+    "scan_permutation",
+    "default_scan_order",
+]

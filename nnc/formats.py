@@ -197,8 +197,9 @@ def format_from_extension(path: str | os.PathLike) -> str:
     ext = Path(path).suffix.lower().lstrip(".")
     mapping = {"npz": "npz", "safetensors": "safetensors", "pt": "pt", "pth": "pt", "onnx": "onnx"}
     if ext not in mapping:
-        raise FormatError(f"{path}: cannot tell the output format from the extension "
-                          f"(use .npz, .safetensors, .pt or .onnx)")
+        raise FormatError(
+            f"{path}: cannot tell the output format from the extension (use .npz, .safetensors, .pt or .onnx)"
+        )
     return mapping[ext]
 
 
@@ -260,8 +261,18 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
 # -- safetensors (hand-written: header length, JSON header, raw little-endian data) --
 
 _ST_DTYPES = {
-    "F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
-    "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "?",
+    "F64": "<f8",
+    "F32": "<f4",
+    "F16": "<f2",
+    "I64": "<i8",
+    "I32": "<i4",
+    "I16": "<i2",
+    "I8": "i1",
+    "U64": "<u8",
+    "U32": "<u4",
+    "U16": "<u2",
+    "U8": "u1",
+    "BOOL": "?",
 }
 _ST_NAMES = {np.dtype(v).str.replace("|", "").replace("=", "<"): k for k, v in _ST_DTYPES.items()}
 
@@ -359,10 +370,10 @@ def read_safetensors(path) -> tuple["OrderedDict[str, np.ndarray]", dict]:
     if 8 + hlen > len(data):
         raise FormatError(f"{path}: safetensors header runs past the end of the file")
     try:
-        header = json.loads(data[8:8 + hlen])
+        header = json.loads(data[8 : 8 + hlen])
     except ValueError:
         raise FormatError(f"{path}: safetensors header is not JSON") from None
-    body = memoryview(data)[8 + hlen:]
+    body = memoryview(data)[8 + hlen :]
     try:
         return _safetensors_tensors(path, header, body)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
@@ -494,8 +505,16 @@ def read_npz(path):
                     out[member.filename[:-4]] = _read_npy_member(path, member, fh)
     except FormatError:
         raise
-    except (zipfile.BadZipFile, zlib.error, ValueError, EOFError, KeyError, OSError, RuntimeError,
-            NotImplementedError) as exc:
+    except (
+        zipfile.BadZipFile,
+        zlib.error,
+        ValueError,
+        EOFError,
+        KeyError,
+        OSError,
+        RuntimeError,
+        NotImplementedError,
+    ) as exc:
         # damaged archives: bad offsets and sizes, encryption flags, unknown compression, bad headers
         raise FormatError(f"{path}: not a readable .npz archive ({type(exc).__name__}: {exc})") from None
     return out, {k: v.dtype.name for k, v in out.items()}
@@ -514,14 +533,16 @@ def _read_npy_member(path, member, fh) -> np.ndarray:
         raise FormatError(f"{path}: {member.filename}: dtype {dtype} is not numeric (pickled objects are refused)")
     count = math.prod(shape)
     if count * dtype.itemsize > member.file_size:
-        raise FormatError(f"{path}: {member.filename}: header claims {count} x {dtype.itemsize} bytes, "
-                          f"the member holds {member.file_size}")
+        raise FormatError(
+            f"{path}: {member.filename}: header claims {count} x {dtype.itemsize} bytes, "
+            f"the member holds {member.file_size}"
+        )
     data = fh.read(count * dtype.itemsize)
     if len(data) != count * dtype.itemsize:
         raise FormatError(f"{path}: {member.filename}: array data is truncated")
     arr = np.frombuffer(data, dtype=dtype)
     arr = arr.reshape(shape[::-1]).transpose() if fortran else arr.reshape(shape)
-    return arr.astype(arr.dtype.newbyteorder("="), order="C")   # a writable, native-order copy (0-d stays 0-d)
+    return arr.astype(arr.dtype.newbyteorder("="), order="C")  # a writable, native-order copy (0-d stays 0-d)
 
 
 def npz_bytes(tensors, dtypes=None) -> bytes:
@@ -602,8 +623,9 @@ def read_pt(path):
     """
     torch = _torch()
     if _is_torchscript(path):
-        raise FormatError(f"{path}: a TorchScript archive, not a state_dict; save model.state_dict() with "
-                          f"torch.save and encode that")
+        raise FormatError(
+            f"{path}: a TorchScript archive, not a state_dict; save model.state_dict() with torch.save and encode that"
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types on bad files
@@ -634,8 +656,10 @@ def _pt_load_problem(exc: Exception) -> str:
     """One line saying why a .pt file is not a state_dict (torch's own message spans many lines)."""
     text = str(exc)
     if "weights_only" in text or "Unsupported global" in text:
-        return ("a pickled Python object (a whole module?), not a state_dict of tensors; save "
-                "model.state_dict() with torch.save and encode that")
+        return (
+            "a pickled Python object (a whole module?), not a state_dict of tensors; save "
+            "model.state_dict() with torch.save and encode that"
+        )
     first = re.sub(r"\x1b\[[0-9;]*m", "", text).strip().splitlines()
     return f"cannot load as a PyTorch state_dict: {first[0] if first else type(exc).__name__}"
 
@@ -646,6 +670,7 @@ def _unwrap_checkpoint(path, obj: dict) -> dict:
     ``obj["state_dict"]`` if it is a mapping; else ``obj`` itself if it holds tensors;
     else its only entry that is a mapping holding tensors ("model", "module", ...).
     """
+
     def holds_tensors(d):
         return isinstance(d, dict) and any(hasattr(v, "detach") for v in d.values())
 
@@ -658,8 +683,9 @@ def _unwrap_checkpoint(path, obj: dict) -> dict:
         return obj[inner[0]]
     keys = ", ".join(repr(k) for k in list(obj)[:8])
     if inner:
-        raise FormatError(f"{path}: several entries hold tensors ({', '.join(map(repr, inner))}); "
-                          f"save the one state_dict to encode")
+        raise FormatError(
+            f"{path}: several entries hold tensors ({', '.join(map(repr, inner))}); save the one state_dict to encode"
+        )
     raise FormatError(f"{path}: no tensors found (top-level keys: {keys or 'none'})")
 
 
@@ -737,8 +763,13 @@ def _onnx_weights(graph, found=None) -> "OrderedDict":
         add(init.name, init)
     for node in graph.node:
         for attr in node.attribute:
-            if (node.op_type == "Constant" and attr.name == "value" and attr.HasField("t") and node.output
-                    and attr.t.data_type in float_types):
+            if (
+                node.op_type == "Constant"
+                and attr.name == "value"
+                and attr.HasField("t")
+                and node.output
+                and attr.t.data_type in float_types
+            ):
                 add(node.output[0], attr.t)
             for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
                 _onnx_weights(sub, found)

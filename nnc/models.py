@@ -33,8 +33,7 @@ import numpy as np
 from . import formats
 from .decoder import Decoder, restore_model_view
 
-__all__ = ["encode_model", "encode_model_to", "load_model", "checkpoint_metadata", "decode_model",
-           "compare_tensors"]
+__all__ = ["encode_model", "encode_model_to", "load_model", "checkpoint_metadata", "decode_model", "compare_tensors"]
 
 
 def encode_model(model, output=None, *, client=None, **options) -> bytes:
@@ -101,7 +100,7 @@ def encode_model(model, output=None, *, client=None, **options) -> bytes:
     if isinstance(model, Mapping):
         from .torch import numpy_inputs
 
-        model, dtypes = numpy_inputs(model, options.get("dtypes"))   # torch tensors, bf16 kept
+        model, dtypes = numpy_inputs(model, options.get("dtypes"))  # torch tensors, bf16 kept
         if dtypes:
             options["dtypes"] = dtypes
         tensors = OrderedDict((k, np.asarray(v)) for k, v in model.items())
@@ -239,15 +238,16 @@ def encode_model_to(model, output, *, progress=None, budget: int = 1 << 30, meas
     if isinstance(model, Mapping):
         source = source_from_mapping(model)
     elif hasattr(model, "tensors") and hasattr(model, "checkpoint"):
-        source = model          # already opened
+        source = model  # already opened
     else:
         source = open_model(model)
     encoder = Encoder(**options)
     extra = checkpoint_metadata(source)
     s = encoder.settings
     if not s.codebook and not s.sigmas and not s.raw_when_smaller:
-        return encoder.encode_to(source, output, progress=progress, extra_metadata=extra, budget=budget,
-                                 measure=measure)
+        return encoder.encode_to(
+            source, output, progress=progress, extra_metadata=extra, budget=budget, measure=measure
+        )
     import time
 
     t0 = time.perf_counter()
@@ -256,12 +256,16 @@ def encode_model_to(model, output, *, progress=None, budget: int = 1 << 30, meas
         encoder = Encoder(dtypes=source.dtypes, **options)
     result = encoder.encode(tensors, progress=progress, extra_metadata=extra)
     formats.write_atomic(output, result.stream)
-    summary = StreamSummary(path=os.fspath(output), stream_bytes=len(result.stream), tensors=len(tensors),
-                            weights=sum(t.size for t in source), original_bytes=source.nbytes,
-                            qps={k: t.qp for k, t in result.tensors.items() if t.qp is not None},
-                            skipped=list(result.skipped),
-                            kept_raw=[k for k, t in result.tensors.items()
-                                      if t.payload_type == "RAW_FLOAT" and not s.is_raw(k)])
+    summary = StreamSummary(
+        path=os.fspath(output),
+        stream_bytes=len(result.stream),
+        tensors=len(tensors),
+        weights=sum(t.size for t in source),
+        original_bytes=source.nbytes,
+        qps={k: t.qp for k, t in result.tensors.items() if t.qp is not None},
+        skipped=list(result.skipped),
+        kept_raw=[k for k, t in result.tensors.items() if t.payload_type == "RAW_FLOAT" and not s.is_raw(k)],
+    )
     if not measure:
         summary.energy = summary.error = float("nan")
     elif encoder.state is None:
@@ -274,8 +278,9 @@ def encode_model_to(model, output, *, progress=None, budget: int = 1 << 30, meas
     return summary
 
 
-def decode_model(stream, output=None, *, template=None, threads: int = 1, client=None,
-                 **decoder_options) -> "OrderedDict[str, np.ndarray]":
+def decode_model(
+    stream, output=None, *, template=None, threads: int = 1, client=None, **decoder_options
+) -> "OrderedDict[str, np.ndarray]":
     """Decode a stream to the model's tensors, with their original shapes and dtypes where known.
 
     With ``output`` (a .npz, .safetensors, .pt or .onnx path) the model file is written too;
@@ -381,7 +386,7 @@ def compare_tensors(reference, other) -> dict:
             continue
         a, b = np.asarray(ref), np.asarray(other[name])
         if a.shape != b.shape and a.size == b.size == 1:
-            a, b = a.reshape(-1), b.reshape(-1)   # 0-d against 1-element
+            a, b = a.reshape(-1), b.reshape(-1)  # 0-d against 1-element
         if a.shape != b.shape:
             mismatched.append(dict(name=name, shape=list(a.shape), other_shape=list(b.shape)))
             continue
@@ -389,8 +394,8 @@ def compare_tensors(reference, other) -> dict:
         if a.dtype.kind == "f" or b.dtype.kind == "f":
             e = d = peak = 0.0
             flat_a, flat_b = a.reshape(-1), b.reshape(-1)
-            for i in range(0, a.size, 1 << 20):   # in slices: float64 temporaries stay small
-                x, y = flat_a[i:i + (1 << 20)].astype(np.float64), flat_b[i:i + (1 << 20)].astype(np.float64)
+            for i in range(0, a.size, 1 << 20):  # in slices: float64 temporaries stay small
+                x, y = flat_a[i : i + (1 << 20)].astype(np.float64), flat_b[i : i + (1 << 20)].astype(np.float64)
                 # inf and NaN kept exactly are no error; their energy is left out
                 with np.errstate(invalid="ignore"):
                     diff = np.where((x == y) | (np.isnan(x) & np.isnan(y)), 0.0, x - y)
@@ -404,7 +409,16 @@ def compare_tensors(reference, other) -> dict:
             if not row["equal"]:
                 exact_mismatches.append(name)
         rows.append(row)
-    return dict(tensors=rows, missing=missing, extra=[k for k in other if k not in reference],
-                shape_mismatches=mismatched,
-                total=dict(weights=weights, energy=energy, error=error, snr_db=_snr_db(energy, error),
-                           exact_mismatches=exact_mismatches))
+    return dict(
+        tensors=rows,
+        missing=missing,
+        extra=[k for k in other if k not in reference],
+        shape_mismatches=mismatched,
+        total=dict(
+            weights=weights,
+            energy=energy,
+            error=error,
+            snr_db=_snr_db(energy, error),
+            exact_mismatches=exact_mismatches,
+        ),
+    )

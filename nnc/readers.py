@@ -171,8 +171,10 @@ def open_model(path) -> ModelSource:
         models = [f for f in files if f.suffix in (".safetensors", ".npz", ".pt", ".pth", ".bin", ".onnx")]
         if len(models) == 1:
             return open_model(models[0])
-        raise FormatError(f"{p}: a folder without {INDEX_NAMES['safetensors']} "
-                          f"({len(models)} model files in it; give the file or the index)")
+        raise FormatError(
+            f"{p}: a folder without {INDEX_NAMES['safetensors']} "
+            f"({len(models)} model files in it; give the file or the index)"
+        )
     if p.name.endswith(".index.json"):
         return _open_index(p)
     fmt = formats.detect_format(p)
@@ -193,7 +195,7 @@ def _open_index(index_path: Path) -> ModelSource:
     except (ValueError, KeyError, TypeError) as exc:
         raise FormatError(f"{index_path}: not a checkpoint index ({type(exc).__name__}: {exc})") from None
     folder = index_path.parent
-    file_names = sorted(set(weight_map.values()))   # model-00001-of-... first
+    file_names = sorted(set(weight_map.values()))  # model-00001-of-... first
     files: list[dict] = []
     by_name: dict[str, LazyTensor] = {}
     fmt: str | None = None
@@ -255,8 +257,9 @@ def _read_safetensors(path: Path, file_index):
         raise FormatError(f"{path}: safetensors __metadata__ is not a JSON object")
     out = []
     try:
-        items = sorted(((k, v) for k, v in header.items() if k != "__metadata__"),
-                       key=lambda kv: kv[1]["data_offsets"][0])
+        items = sorted(
+            ((k, v) for k, v in header.items() if k != "__metadata__"), key=lambda kv: kv[1]["data_offsets"][0]
+        )
         for name, info in items:
             start, end = info["data_offsets"]
             shape = tuple(int(d) for d in info["shape"])
@@ -272,8 +275,16 @@ def _read_safetensors(path: Path, file_index):
                 raise FormatError(f"{path}: unsupported safetensors dtype {st} for {name!r}")
             if math.prod(shape) * stored.itemsize != end - start:
                 raise FormatError(f"{path}: tensor {name!r}: shape {list(shape)} does not fit its {end - start} bytes")
-            out.append(LazyTensor(name, shape, dtype, original, _safetensors_loader(path, base + start, stored, shape,
-                                                                                    st == "BF16"), file_index))
+            out.append(
+                LazyTensor(
+                    name,
+                    shape,
+                    dtype,
+                    original,
+                    _safetensors_loader(path, base + start, stored, shape, st == "BF16"),
+                    file_index,
+                )
+            )
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
         raise FormatError(f"{path}: malformed safetensors header ({type(exc).__name__}: {exc})") from None
     return out, metadata
@@ -291,7 +302,8 @@ def _safetensors_loader(path: Path, offset: int, stored: np.dtype, shape: tuple,
                 return formats.bfloat16_to_float32(np.asarray(raw)).reshape(shape)
             return np.array(raw, dtype=stored.newbyteorder("=")).reshape(shape)
         finally:
-            del raw    # unmapped: the pages read do not stay in the process
+            del raw  # unmapped: the pages read do not stay in the process
+
     return load
 
 
@@ -301,8 +313,9 @@ def _safetensors_loader(path: Path, offset: int, stored: np.dtype, shape: tuple,
 def _read_pt(path: Path, file_index):
     torch = formats._torch()
     if formats._is_torchscript(path):
-        raise FormatError(f"{path}: a TorchScript archive, not a state_dict; save model.state_dict() with "
-                          f"torch.save and encode that")
+        raise FormatError(
+            f"{path}: a TorchScript archive, not a state_dict; save model.state_dict() with torch.save and encode that"
+        )
     try:
         with open(path, "rb") as fh:
             is_zip = fh.read(4) == b"PK\x03\x04"
@@ -326,6 +339,7 @@ def _pt_loader(tensor, torch):
     def load() -> np.ndarray:
         t = tensor.detach()
         return (t.float() if t.dtype == torch.bfloat16 else t.clone()).numpy()
+
     return load
 
 
@@ -339,7 +353,7 @@ def _read_onnx(path: Path, file_index):
     except Exception as exc:
         raise FormatError(f"{path}: cannot load as ONNX: {exc}") from None
     try:
-        weights = formats._onnx_weights(model.graph)   # initializers, Constant nodes, subgraphs
+        weights = formats._onnx_weights(model.graph)  # initializers, Constant nodes, subgraphs
     except FormatError as exc:
         raise FormatError(f"{path}: {exc}") from None
     out = []
@@ -363,6 +377,7 @@ def _onnx_loader(path, init, numpy_helper):
             return np.array(numpy_helper.to_array(init))
         except Exception as exc:
             raise FormatError(f"{path}: damaged ONNX initializer {init.name!r}: {exc}") from None
+
     return load
 
 
@@ -385,6 +400,7 @@ def _onnx_external_loader(path: Path, init, dtype: np.dtype, shape: tuple):
             return np.array(raw, dtype=dtype.newbyteorder("=")).reshape(shape)
         finally:
             del raw
+
     return load
 
 
@@ -407,11 +423,15 @@ def _read_npz(path: Path, file_index):
                     else:
                         raise FormatError(f"{path}: {member.filename}: unsupported .npy version {version}")
                 if dtype.hasobject or dtype.kind not in "biufc":
-                    raise FormatError(f"{path}: {member.filename}: dtype {dtype} is not numeric "
-                                      f"(pickled objects are refused)")
+                    raise FormatError(
+                        f"{path}: {member.filename}: dtype {dtype} is not numeric (pickled objects are refused)"
+                    )
                 name = dtype.newbyteorder("=").name
-                out.append(LazyTensor(member.filename[:-4], tuple(shape), name, name,
-                                      _npz_loader(path, member.filename), file_index))
+                out.append(
+                    LazyTensor(
+                        member.filename[:-4], tuple(shape), name, name, _npz_loader(path, member.filename), file_index
+                    )
+                )
     except FormatError:
         raise
     except (zipfile.BadZipFile, ValueError, EOFError, KeyError, OSError, RuntimeError, NotImplementedError) as exc:
@@ -432,6 +452,7 @@ def _npz_loader(path: Path, member_name: str):
             raise
         except (zipfile.BadZipFile, zlib.error, ValueError, EOFError, KeyError, OSError, RuntimeError) as exc:
             raise FormatError(f"{path}: {member_name}: not readable ({type(exc).__name__}: {exc})") from None
+
     return load
 
 

@@ -154,9 +154,7 @@ def reconstruct_codebook(indices: np.ndarray, codebook, zero_offset: int, step: 
     book = np.asarray(codebook, dtype=np.int64)
     idx = indices.astype(np.int64) + zero_offset
     if idx.size and (idx.min() < 0 or idx.max() >= book.size):
-        raise DecodeError(
-            f"codebook index outside 0..{book.size - 1}", clause="12.4"
-        )
+        raise DecodeError(f"codebook index outside 0..{book.size - 1}", clause="12.4")
     return book[idx].astype(np.float64) * float(step)
 
 
@@ -217,9 +215,7 @@ def convert_to_format(values: np.ndarray, fmt: int) -> np.ndarray:
         info = np.iinfo(dtype)
         lo, hi = info.min, info.max
     if rounded.size and (rounded.min() < lo or rounded.max() > hi):
-        raise DecodeError(
-            f"decoded value outside the range {lo}..{hi} of output format {fmt}", clause="12.6"
-        )
+        raise DecodeError(f"decoded value outside the range {lo}..{hi} of output format {fmt}", clause="12.6")
     return rounded.astype(dtype)
 
 

@@ -184,7 +184,7 @@ class _Evaluator:
 
     def __call__(self, settings):
         res = Encoder(**settings).encode(self.tensors, cache=self.cache)
-        decoded = {k: v.copy() for k, v in res.reconstruction.items()}     # evaluate may modify them
+        decoded = {k: v.copy() for k, v in res.reconstruction.items()}  # evaluate may modify them
         return settings, len(res.stream), _as_scores(self.evaluate(decoded)), res.stream
 
 
@@ -271,11 +271,25 @@ def _evaluate_in_worker(settings):
     return _WORKER[0](settings)
 
 
-def search(tensors: Mapping[str, np.ndarray], evaluate: Callable, *, tolerance: float = 0.005,
-           qp_range=None, lambdas=(0.05, 0.1, 0.2, 0.4, 0.8, 1.6), dq: bool = True,
-           per_tensor: bool = True, bases: int = 3, max_qp: int = 40, workers: int = 1, time_budget: float | None = None,
-           progress: bool | None = None, cache_bytes: int = 2 << 30, check: Callable | None = None,
-           z: float = 1.0, **encoder_options) -> SearchResult:
+def search(
+    tensors: Mapping[str, np.ndarray],
+    evaluate: Callable,
+    *,
+    tolerance: float = 0.005,
+    qp_range=None,
+    lambdas=(0.05, 0.1, 0.2, 0.4, 0.8, 1.6),
+    dq: bool = True,
+    per_tensor: bool = True,
+    bases: int = 3,
+    max_qp: int = 40,
+    workers: int = 1,
+    time_budget: float | None = None,
+    progress: bool | None = None,
+    cache_bytes: int = 2 << 30,
+    check: Callable | None = None,
+    z: float = 1.0,
+    **encoder_options,
+) -> SearchResult:
     """Find the smallest stream whose score stays within ``tolerance`` of the original's (spec A.13).
 
     Parameters
@@ -356,12 +370,20 @@ def search(tensors: Mapping[str, np.ndarray], evaluate: Callable, *, tolerance: 
     reference = measure.reference
     floor = reference - tolerance
     _warn_if_unresolvable(measure.samples, tolerance)
-    state = _SearchState(tensors=tensors, encoder_options=encoder_options, measure=measure, floor=floor,
-                         tolerance=tolerance, time_budget=time_budget,
-                         show=sys.stderr.isatty() if progress is None else progress, chunk=max(1, workers))
+    state = _SearchState(
+        tensors=tensors,
+        encoder_options=encoder_options,
+        measure=measure,
+        floor=floor,
+        tolerance=tolerance,
+        time_budget=time_budget,
+        show=sys.stderr.isatty() if progress is None else progress,
+        chunk=max(1, workers),
+    )
     if workers > 1:
-        state.pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker,
-                                         initargs=(tensors, evaluate, cache_bytes // workers))
+        state.pool = ProcessPoolExecutor(
+            max_workers=workers, initializer=_init_worker, initargs=(tensors, evaluate, cache_bytes // workers)
+        )
     else:
         state.evaluate_one = _Evaluator(tensors, evaluate, cache_bytes)
     try:
@@ -382,8 +404,12 @@ def search(tensors: Mapping[str, np.ndarray], evaluate: Callable, *, tolerance: 
         # 2. rate-distortion quantisation around the coarsest acceptable qp, with and without DQ
         state.stage = "rd sweep"
         if ok_qp is not None and not state.out_of_time():
-            grid = [dict(qp=q, dq=d, rdoq_lambda=lam) for d in sorted({False, dq})
-                    for q in (ok_qp - 4, ok_qp - 2, ok_qp, ok_qp + 2) for lam in lambdas]
+            grid = [
+                dict(qp=q, dq=d, rdoq_lambda=lam)
+                for d in sorted({False, dq})
+                for q in (ok_qp - 4, ok_qp - 2, ok_qp, ok_qp + 2)
+                for lam in lambdas
+            ]
             state.run(grid)
         # 3. per-tensor refinement from the best setting so far
         state.stage = "per tensor"
@@ -417,8 +443,13 @@ def search(tensors: Mapping[str, np.ndarray], evaluate: Callable, *, tolerance: 
         decoded = _check_decodes(best, tensors, encoder_options)
         if "blocks" not in encoder_options:
             best = _smaller_container(tensors, best, encoder_options, decoded)
-    return SearchResult(reference_score=reference, tolerance=tolerance, candidates=candidates, best=best,
-                        check_reference=check_reference)
+    return SearchResult(
+        reference_score=reference,
+        tolerance=tolerance,
+        candidates=candidates,
+        best=best,
+        check_reference=check_reference,
+    )
 
 
 @dataclass
@@ -473,7 +504,7 @@ class _SearchState:
         for i in range(0, len(batch), self.chunk):
             if self.out_of_time() and self.candidates:
                 break
-            jobs = [dict(self.encoder_options, **s) for s in batch[i:i + self.chunk]]
+            jobs = [dict(self.encoder_options, **s) for s in batch[i : i + self.chunk]]
             if self.pool:
                 results = self.pool.map(_evaluate_in_worker, jobs)
             else:
@@ -481,15 +512,18 @@ class _SearchState:
                 results = map(self.evaluate_one, jobs)
             for settings, size, value, stream in results:
                 score, bound = self.measure(value)
-                c = Candidate(settings={k: settings[k] for k in batch[0]}, bytes=size, score=score, stream=stream,
-                              bound=bound)
+                c = Candidate(
+                    settings={k: settings[k] for k in batch[0]}, bytes=size, score=score, stream=stream, bound=bound
+                )
                 self.candidates.append(c)
                 out.append(c)
                 _drop_dominated_streams(self.candidates)
                 if self.show:
                     best = min((x.bytes for x in self.candidates if x.bound >= self.floor), default=0)
-                    sys.stderr.write(f"\rsearch ({self.stage}): {len(self.candidates)} candidates, best "
-                                     f"{best} bytes, {time.monotonic() - self.start:.0f} s ")
+                    sys.stderr.write(
+                        f"\rsearch ({self.stage}): {len(self.candidates)} candidates, best "
+                        f"{best} bytes, {time.monotonic() - self.start:.0f} s "
+                    )
         return out
 
 
@@ -498,13 +532,17 @@ def _warn_if_unresolvable(samples, tolerance: float) -> None:
     if samples is None or not np.all((samples == 0) | (samples == 1)):
         return
     if 1.0 / samples.size > tolerance:
-        warnings.warn(f"one of the {samples.size} samples moves the score by {1 / samples.size:.4g}, more than the "
-                      f"tolerance {tolerance:g}: the search can only keep every sample as the original has it, and "
-                      f"its result will be fitted to these samples; use more of them", stacklevel=3)
+        warnings.warn(
+            f"one of the {samples.size} samples moves the score by {1 / samples.size:.4g}, more than the "
+            f"tolerance {tolerance:g}: the search can only keep every sample as the original has it, and "
+            f"its result will be fitted to these samples; use more of them",
+            stacklevel=3,
+        )
 
 
-def _first_passing_check(candidates: list, floor: float, check: Callable, measure: "_Bound", check_floor: float,
-                         stream_of: Callable):
+def _first_passing_check(
+    candidates: list, floor: float, check: Callable, measure: "_Bound", check_floor: float, stream_of: Callable
+):
     """The smallest candidate within the tolerance that also passes ``check``.
 
     The (bytes, bound) front first, smallest first; if none of it passes, the other
@@ -513,8 +551,9 @@ def _first_passing_check(candidates: list, floor: float, check: Callable, measur
     """
     front = [c for c in _front(candidates, "bound") if c.bound >= floor]
     on_front = {id(c) for c in front}
-    rest = sorted((c for c in candidates if c.bound >= floor and id(c) not in on_front),
-                  key=lambda c: (c.bytes, -c.bound))
+    rest = sorted(
+        (c for c in candidates if c.bound >= floor and id(c) not in on_front), key=lambda c: (c.bytes, -c.bound)
+    )
     for c in front + rest[:MAX_CHECKS]:
         c.check, check_bound = measure(_as_scores(check(decode(stream_of(c)))))
         if check_bound >= check_floor:
@@ -542,7 +581,7 @@ def _coarsest_passing_qp(qps: list, dq: bool, floor: float, run, out_of_time, ch
     few samples) does not fall monotonically near its threshold. Returns None when no qp
     tried keeps the score.
     """
-    lo, hi = -1, len(qps)         # qps[lo] fails, qps[hi] passes (sentinels outside the list)
+    lo, hi = -1, len(qps)  # qps[lo] fails, qps[hi] passes (sentinels outside the list)
     evaluated: set = set()
     while hi - lo > 1:
         width = hi - lo - 1
@@ -551,7 +590,7 @@ def _coarsest_passing_qp(qps: list, dq: bool, floor: float, run, out_of_time, ch
         tried = run([dict(qp=qps[i], dq=dq) for i in picks])
         if not tried:
             break
-        evaluated.update(picks[:len(tried)])
+        evaluated.update(picks[: len(tried)])
         passing = [i for i, c in zip(picks, tried) if c.bound >= floor]
         if passing:
             hi = passing[0]
@@ -611,8 +650,9 @@ def _check_decodes(best: Candidate, tensors, encoder_options) -> dict:
     again = Encoder(**dict(encoder_options, **best.settings)).encode(tensors)
     decoded = decode(best.stream)
     if again.stream != best.stream or not _same_tensors(decoded, again.reconstruction):
-        raise EncodeError("internal error: the search's best stream does not decode to the encoder's "
-                          "reconstruction; please report it")
+        raise EncodeError(
+            "internal error: the search's best stream does not decode to the encoder's reconstruction; please report it"
+        )
     return decoded
 
 
@@ -635,11 +675,20 @@ def _refine(search: _SearchState, base: Candidate, max_qp: int) -> None:
         qps = {k: 2 * q for k, q in qps.items()}
         max_qp *= 2
     base_lambda = float(settings.get("rdoq_lambda", 0.0))
-    moves = _TensorMoves(qps=qps, lams={k: base_lambda for k in floats}, current=base, settings=settings,
-                         floats=floats, sizes={k: tensors[k].size for k in floats}, floor=search.floor,
-                         # a drop of the score is charged at least this much, so that free savings come first
-                         slack=max(search.tolerance, 1e-12) / 20, max_qp=max_qp,
-                         run=search.run, out_of_time=search.out_of_time)
+    moves = _TensorMoves(
+        qps=qps,
+        lams={k: base_lambda for k in floats},
+        current=base,
+        settings=settings,
+        floats=floats,
+        sizes={k: tensors[k].size for k in floats},
+        floor=search.floor,
+        # a drop of the score is charged at least this much, so that free savings come first
+        slack=max(search.tolerance, 1e-12) / 20,
+        max_qp=max_qp,
+        run=search.run,
+        out_of_time=search.out_of_time,
+    )
     if 2 * len(floats) > STEEPEST_MOVES:
         # many tensors: one knapsack step first, as single moves would take a round each
         moves.jump()
@@ -717,7 +766,7 @@ class _TensorMoves:
         for share in (1.0, 0.5, 0.25):
             chosen = _knapsack_choice(increments, share * budget, self.slack)
             if len(chosen) < 2 or tuple(sorted(chosen.items())) in tried:
-                continue                    # one tensor alone was a probe already
+                continue  # one tensor alone was a probe already
             tried.add(tuple(sorted(chosen.items())))
             new_qps = dict(qps, **{k: qps[k] + d for k, d in chosen.items()})
             got = self.run([self._trial(new_qps)])
@@ -771,8 +820,12 @@ class _TensorMoves:
         for step in REFINE_STEPS:
             failed: set[tuple[str, str]] = set()
             while not self.out_of_time():
-                moves = [(kind, k) for k in self.floats for kind in ("qp", "lambda") if (kind, k) not in failed
-                         and self._can_move((kind, k), step)]
+                moves = [
+                    (kind, k)
+                    for k in self.floats
+                    for kind in ("qp", "lambda")
+                    if (kind, k) not in failed and self._can_move((kind, k), step)
+                ]
                 if not moves:
                     break
                 if len(moves) > STEEPEST_MOVES:
@@ -798,7 +851,7 @@ class _TensorMoves:
         """One pass over ``moves``, largest tensors first, keeping each that helps; whether any did."""
         improved = False
         for move in sorted(moves, key=lambda m: -self.sizes[m[1]]):
-            if not self._can_move(move, step):     # a move of the same tensor taken in this pass
+            if not self._can_move(move, step):  # a move of the same tensor taken in this pass
                 continue
             tried = self._try([move], step)
             if not tried:
@@ -865,13 +918,36 @@ def _knapsack_choice(increments: list, budget: float, slack: float) -> dict:
 
 def _jump(qps, lams, current, settings, floats, floor, slack, run, max_qp):
     """:meth:`_TensorMoves.jump` on its own (the form tests/test_search.py calls); returns (qps, candidate)."""
-    moves = _TensorMoves(qps=qps, lams=lams, current=current, settings=settings, floats=floats,
-                         sizes={k: 0 for k in floats}, floor=floor, slack=slack, max_qp=max_qp, run=run,
-                         out_of_time=lambda: False)
+    moves = _TensorMoves(
+        qps=qps,
+        lams=lams,
+        current=current,
+        settings=settings,
+        floats=floats,
+        sizes={k: 0 for k in floats},
+        floor=floor,
+        slack=slack,
+        max_qp=max_qp,
+        run=run,
+        out_of_time=lambda: False,
+    )
     moves.jump()
     return moves.qps, moves.current
 
 
-__all__ = ["search", "SearchResult", "Candidate", "REFINE_STEPS", "LAMBDA_LADDER", "SWAP_STEPS", "SWAP_TENSORS",
-           "STEEPEST_MOVES", "PROBE_STEPS", "COARSER_SCAN", "MAX_CHECKS", "SWEEP_SHARE", "SWEEP_SECONDS",
-           "paired_bound"]
+__all__ = [
+    "search",
+    "SearchResult",
+    "Candidate",
+    "REFINE_STEPS",
+    "LAMBDA_LADDER",
+    "SWAP_STEPS",
+    "SWAP_TENSORS",
+    "STEEPEST_MOVES",
+    "PROBE_STEPS",
+    "COARSER_SCAN",
+    "MAX_CHECKS",
+    "SWEEP_SHARE",
+    "SWEEP_SECONDS",
+    "paired_bound",
+]

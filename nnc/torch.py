@@ -29,6 +29,7 @@ import numpy as np
 
 __all__ = ["save", "state_dict", "load_state_dict", "numpy_inputs", "LoadResult"]
 
+
 class LoadResult(namedtuple("LoadResult", ["missing_keys", "unexpected_keys"])):
     """What :func:`load_state_dict` returns, like ``torch.nn.Module.load_state_dict``.
 
@@ -67,7 +68,7 @@ def _to_numpy(value) -> tuple[np.ndarray, str | None]:
         return t.float().numpy(), "bfloat16"
     try:
         return t.numpy(), None
-    except TypeError:   # float8 and other dtypes without a numpy twin: coded from float32
+    except TypeError:  # float8 and other dtypes without a numpy twin: coded from float32
         return t.float().numpy(), None
 
 
@@ -277,7 +278,8 @@ def load_state_dict(module, stream, strict: bool = True, **decoder_options) -> L
     if strict and (missing or unexpected):
         raise OutputBufferError(
             f"the stream does not fit the module: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+        )
     recorded_shapes = dec.metadata.get("shapes")
     shapes: dict = recorded_shapes if isinstance(recorded_shapes, dict) else {}
     common = [k for k in names if k in target]
@@ -286,8 +288,9 @@ def load_state_dict(module, stream, strict: bool = True, **decoder_options) -> L
         recorded = shapes.get(name)
         shape = tuple(recorded) if isinstance(recorded, list) and math.prod(recorded) == info.size else info.shape
         if tuple(target[name].shape) != tuple(shape):
-            raise OutputBufferError(f"tensor {name!r} has shape {tuple(shape)} in the stream, "
-                                    f"{tuple(target[name].shape)} in the module")
+            raise OutputBufferError(
+                f"tensor {name!r} has shape {tuple(shape)} in the stream, {tuple(target[name].shape)} in the module"
+            )
 
     in_place = set()
 

@@ -156,8 +156,15 @@ def describe_output(tensors) -> dict:
     64
     """
     return {
-        "tensors": [{"name": k, "dtype": str(np.asarray(v).dtype), "shape": list(np.asarray(v).shape),
-                     "sha256": tensor_sha256(np.asarray(v))} for k, v in tensors.items()],
+        "tensors": [
+            {
+                "name": k,
+                "dtype": str(np.asarray(v).dtype),
+                "shape": list(np.asarray(v).shape),
+                "sha256": tensor_sha256(np.asarray(v)),
+            }
+            for k, v in tensors.items()
+        ],
         "output_sha256": output_sha256(tensors),
     }
 
@@ -270,7 +277,9 @@ class NNCRandomAccessAdapter(NNCAdapter):
             if alone.shape != info.shape or tensor_sha256(alone) != tensor_sha256(whole[info.name]):
                 raise errors.DecodeError(
                     f"tensor {info.name!r} decoded on its own differs from the whole stream's decoding",
-                    clause="9.7", offset=info.unit_offset)
+                    clause="9.7",
+                    offset=info.unit_offset,
+                )
         return whole
 
 
@@ -359,8 +368,10 @@ class CommandAdapter:
         hello = self._reply()
         if not hello.get("ready"):
             self.close()
-            raise RuntimeError(f"the decoder command {' '.join(self.command)!r} did not announce itself "
-                               f"(its first line must be {{\"ok\": true, \"ready\": true}})")
+            raise RuntimeError(
+                f"the decoder command {' '.join(self.command)!r} did not announce itself "
+                f'(its first line must be {{"ok": true, "ready": true}})'
+            )
 
     def _reply(self) -> dict:
         line = self._proc.stdout.readline()
@@ -386,8 +397,7 @@ class CommandAdapter:
         with open(src, "wb") as fh:
             fh.write(bytes(data))
         try:
-            self._proc.stdin.write(json.dumps({"op": "decompress", "in": src, "npz": npz, "sequence": sequence})
-                                   + "\n")
+            self._proc.stdin.write(json.dumps({"op": "decompress", "in": src, "npz": npz, "sequence": sequence}) + "\n")
             self._proc.stdin.flush()
         except BrokenPipeError:
             pass
@@ -443,9 +453,12 @@ class CommandError(RuntimeError):
 
 
 #: Decoder name -> adapter factory, for ``verify_suite(suite, decoder=name)``.
-DECODERS = {"nnc": NNCAdapter, "nnc-python": lambda: NNCAdapter("python"),
-            "nnc-random-access": NNCRandomAccessAdapter,
-            "nnc-python-random-access": lambda: NNCRandomAccessAdapter("python")}
+DECODERS = {
+    "nnc": NNCAdapter,
+    "nnc-python": lambda: NNCAdapter("python"),
+    "nnc-random-access": NNCRandomAccessAdapter,
+    "nnc-python-random-access": lambda: NNCRandomAccessAdapter("python"),
+}
 
 
 def _check_expected(entry: dict, out) -> tuple[bool, str]:
@@ -466,8 +479,9 @@ def _check_expected(entry: dict, out) -> tuple[bool, str]:
     return True, "ok"
 
 
-def verify_suite(suite: str | Path, decoder: Callable | str = "nnc", *, groups=None, names=None,
-                 profiles=None) -> list[Result]:
+def verify_suite(
+    suite: str | Path, decoder: Callable | str = "nnc", *, groups=None, names=None, profiles=None
+) -> list[Result]:
     """Decode every stream of a suite with ``decoder``; return one Result per stream.
 
     A stream of a decoding group passes when the names, order, dtypes, shapes
@@ -533,8 +547,11 @@ def verify_suite(suite: str | Path, decoder: Callable | str = "nnc", *, groups=N
 
 def _run_entries(suite, manifest, run, results, groups, names, profiles):
     for entry in manifest["streams"]:
-        if (groups and entry["group"] not in groups) or (names and entry["name"] not in names) \
-                or (profiles is not None and entry["profile"] not in profiles):
+        if (
+            (groups and entry["group"] not in groups)
+            or (names and entry["name"] not in names)
+            or (profiles is not None and entry["profile"] not in profiles)
+        ):
             continue
         data = (suite / entry["file"]).read_bytes()
         seq = entry.get("sequence", {}).get("id")
@@ -546,22 +563,31 @@ def _run_entries(suite, manifest, run, results, groups, names, profiles):
             continue
         except Exception as exc:  # noqa: BLE001 - any decoder failure is a verdict
             dt = time.perf_counter() - t0
-            if (entry.get("wrong_entry_points") and getattr(run, "checks_entry_points", False)
-                    and isinstance(exc, errors.DecodeError) and exc.clause == "11.4"):
-                results.append(Result(entry["name"], entry["group"], True,
-                                      "its wrong entry points detected (spec 11.4)", dt))
+            if (
+                entry.get("wrong_entry_points")
+                and getattr(run, "checks_entry_points", False)
+                and isinstance(exc, errors.DecodeError)
+                and exc.clause == "11.4"
+            ):
+                results.append(
+                    Result(entry["name"], entry["group"], True, "its wrong entry points detected (spec 11.4)", dt)
+                )
                 continue
             if entry["group"] != "must-fail":
-                results.append(Result(entry["name"], entry["group"], False,
-                                      f"{type(exc).__name__}: {str(exc)[:120]}", dt))
+                results.append(
+                    Result(entry["name"], entry["group"], False, f"{type(exc).__name__}: {str(exc)[:120]}", dt)
+                )
                 continue
             want = getattr(errors, entry["expected_error"])
             # a foreign decoder passes by rejecting; ours must raise the stated class and clause
             if isinstance(exc, errors.NNCError):
                 ok = isinstance(exc, want) and exc.clause == entry["clause"]
-                detail = (f"rejected with {type(exc).__name__} (spec {exc.clause})" if ok else
-                          f"raised {type(exc).__name__} (spec {exc.clause}), expected "
-                          f"{entry['expected_error']} (spec {entry['clause']})")
+                detail = (
+                    f"rejected with {type(exc).__name__} (spec {exc.clause})"
+                    if ok
+                    else f"raised {type(exc).__name__} (spec {exc.clause}), expected "
+                    f"{entry['expected_error']} (spec {entry['clause']})"
+                )
             else:
                 ok, detail = True, f"rejected with {type(exc).__name__}"
             results.append(Result(entry["name"], entry["group"], ok, detail, dt))
@@ -599,8 +625,8 @@ def format_table(results: list[Result]) -> str:
     0 passed, 0 failed, 1 skipped
     """
     width = max([len(r.name) for r in results] + [6])
-    lines = [f"{'stream':<{width}}  {'group':<9}  {'result':<6}  {'ms':>8}  detail",
-             "-" * (width + 45)]
+    lines = [f"{'stream':<{width}}  {'group':<9}  {'result':<6}  {'ms':>8}  detail", "-" * (width + 45)]
+
     def skipped(r):
         return r.passed and r.detail.startswith("skipped")
 
@@ -610,6 +636,7 @@ def format_table(results: list[Result]) -> str:
     n_skipped = sum(skipped(r) for r in results)
     passed = sum(r.passed for r in results) - n_skipped
     lines.append("-" * (width + 45))
-    lines.append(f"{passed} passed, {len(results) - passed - n_skipped} failed"
-                 + (f", {n_skipped} skipped" if n_skipped else ""))
+    lines.append(
+        f"{passed} passed, {len(results) - passed - n_skipped} failed" + (f", {n_skipped} skipped" if n_skipped else "")
+    )
     return "\n".join(lines)

@@ -85,8 +85,8 @@ class DecodeProgress:
 @dataclass
 class _Tensor:
     name: str
-    shape: tuple      # the original (restored) shape
-    dtype: str        # the original dtype name ("bfloat16" included)
+    shape: tuple  # the original (restored) shape
+    dtype: str  # the original dtype name ("bfloat16" included)
 
     @property
     def nbytes(self) -> int:
@@ -142,8 +142,11 @@ def _model_tensors(dec: Decoder, names) -> "OrderedDict[str, _Tensor]":
             continue
         shape = tuple(info.shape)
         recorded = shapes.get(info.name)
-        if isinstance(recorded, list) and all(isinstance(d, int) for d in recorded) \
-                and math.prod(recorded) == info.size:
+        if (
+            isinstance(recorded, list)
+            and all(isinstance(d, int) for d in recorded)
+            and math.prod(recorded) == info.size
+        ):
             shape = tuple(recorded)
         dtype = info.dtype
         want = dtypes.get(info.name)
@@ -159,20 +162,25 @@ def _model_tensors(dec: Decoder, names) -> "OrderedDict[str, _Tensor]":
 
 
 def _safe_file_name(name, where: str) -> str:
-    if (not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name
-            or "\0" in name or os.path.basename(name) != name):
-        raise DecodeError(f"the stream's checkpoint metadata names an unsafe file {name!r} ({where})",
-                          clause="6.2.1")
+    if (
+        not isinstance(name, str)
+        or not name
+        or name in (".", "..")
+        or "/" in name
+        or "\\" in name
+        or "\0" in name
+        or os.path.basename(name) != name
+    ):
+        raise DecodeError(f"the stream's checkpoint metadata names an unsafe file {name!r} ({where})", clause="6.2.1")
     return name
 
 
 def _checkpoint_plan(dec: Decoder, tensors) -> tuple[list, dict | None]:
     """The files (and the index) of the checkpoint layout the stream records (spec 6.2.1)."""
-    ckpt: Any = dec.metadata.get("checkpoint")   # the stream's JSON, checked as it is read
+    ckpt: Any = dec.metadata.get("checkpoint")  # the stream's JSON, checked as it is read
     try:
         fmt = ckpt["format"]
-        files = [_File(_safe_file_name(f["name"], "files"), fmt,
-                       dict(f.get("metadata") or {})) for f in ckpt["files"]]
+        files = [_File(_safe_file_name(f["name"], "files"), fmt, dict(f.get("metadata") or {})) for f in ckpt["files"]]
         file_of = ckpt["file_of"]
         index = ckpt.get("index")
         if index is not None:
@@ -186,15 +194,18 @@ def _checkpoint_plan(dec: Decoder, tensors) -> tuple[list, dict | None]:
     except DecodeError:
         raise
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
-        raise DecodeError(f"the stream's checkpoint metadata is malformed ({type(exc).__name__}: {exc})",
-                          clause="6.2.1") from None
+        raise DecodeError(
+            f"the stream's checkpoint metadata is malformed ({type(exc).__name__}: {exc})", clause="6.2.1"
+        ) from None
     if len({f.name for f in files}) != len(files) or (index and index["name"] in {f.name for f in files}):
         raise DecodeError("the stream's checkpoint metadata names a file twice", clause="6.2.1")
     if fmt == "onnx":
         from .formats import FormatError
 
-        raise FormatError("the stream records an ONNX model: decode it to a .onnx file with --template "
-                          "(the original model), or to a .safetensors or .npz file")
+        raise FormatError(
+            "the stream records an ONNX model: decode it to a .onnx file with --template "
+            "(the original model), or to a .safetensors or .npz file"
+        )
     return [f for f in files if f.tensors], index
 
 
@@ -213,8 +224,13 @@ def _plan(dec: Decoder, output, names) -> tuple[Path, list, dict | None]:
     path = Path(output)
     fmt = format_from_extension(path)
     metadata = {}
-    if isinstance(ckpt, dict) and isinstance(ckpt.get("files"), list) and len(ckpt["files"]) == 1 \
-            and isinstance(ckpt["files"][0], dict) and isinstance(ckpt["files"][0].get("metadata"), dict):
+    if (
+        isinstance(ckpt, dict)
+        and isinstance(ckpt.get("files"), list)
+        and len(ckpt["files"]) == 1
+        and isinstance(ckpt["files"][0], dict)
+        and isinstance(ckpt["files"][0].get("metadata"), dict)
+    ):
         metadata = dict(ckpt["files"][0]["metadata"])
     return path.parent, [_File(path.name, fmt, metadata, list(tensors.values()))], None
 
@@ -285,8 +301,9 @@ class _NpzSink:
 
     def take(self, name, array):
         t = self.tensors[name]
-        arr, _ = restore_model_view(OrderedDict([(name, array)]), {"shapes": {name: list(t.shape)},
-                                                                   "dtypes": {name: t.dtype}})
+        arr, _ = restore_model_view(
+            OrderedDict([(name, array)]), {"shapes": {name: list(t.shape)}, "dtypes": {name: t.dtype}}
+        )
         arr = np.ascontiguousarray(arr[name]) if arr[name].ndim else arr[name]
         with self.zf.open(name + ".npy", "w", force_zip64=True) as fh:
             np.lib.format.write_array(fh, arr, allow_pickle=False)
@@ -308,14 +325,16 @@ class _PtSink:
 
     def take(self, name, array):
         t = self.tensors[name]
-        view, _ = restore_model_view(OrderedDict([(name, array)]), {"shapes": {name: list(t.shape)},
-                                                                    "dtypes": {name: t.dtype}})
+        view, _ = restore_model_view(
+            OrderedDict([(name, array)]), {"shapes": {name: list(t.shape)}, "dtypes": {name: t.dtype}}
+        )
         self.gathered[name] = view[name]
         if len(self.gathered) == len(self.tensors):
             from .formats import pt_bytes
 
-            data = pt_bytes(OrderedDict((k, self.gathered[k]) for k in self.tensors),
-                            {k: v.dtype for k, v in self.tensors.items()})
+            data = pt_bytes(
+                OrderedDict((k, self.gathered[k]) for k in self.tensors), {k: v.dtype for k, v in self.tensors.items()}
+            )
             self.gathered.clear()
             with open(self.tmp, "wb") as fh:
                 fh.write(data)
@@ -354,7 +373,7 @@ def _temp_in(folder: Path, name: str) -> str:
     return tmp
 
 
-_OWN_MAPS: weakref.WeakSet[mmap.mmap] = weakref.WeakSet()   # maps made by map_stream: their pages may be released
+_OWN_MAPS: weakref.WeakSet[mmap.mmap] = weakref.WeakSet()  # maps made by map_stream: their pages may be released
 
 
 def map_stream(path):
@@ -390,7 +409,7 @@ def map_stream(path):
     try:
         with open(path, "rb") as fh:
             mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-    except (OSError, ValueError):   # unreadable or empty: the Decoder reports it on the path
+    except (OSError, ValueError):  # unreadable or empty: the Decoder reports it on the path
         return None
     _OWN_MAPS.add(mapped)
     return mapped
@@ -409,8 +428,9 @@ def _release(mapped, upto: int) -> None:
             pass
 
 
-def decode_to_path(stream, output, *, names=None, threads: int = 1, progress=None, add_to=None,
-                   **decoder_options) -> dict:
+def decode_to_path(
+    stream, output, *, names=None, threads: int = 1, progress=None, add_to=None, **decoder_options
+) -> dict:
     """Decode a stream to model files, one tensor at a time, never holding the model in memory.
 
     ``output`` is a folder (a path ending with a separator, or an existing
@@ -484,9 +504,9 @@ def decode_to_path(stream, output, *, names=None, threads: int = 1, progress=Non
     import mmap
 
     under = dec.data.obj if isinstance(dec.data, memoryview) else None
-    mapped = under if isinstance(under, mmap.mmap) and under in _OWN_MAPS else None   # _OWN_MAPS holds only maps
+    mapped = under if isinstance(under, mmap.mmap) and under in _OWN_MAPS else None  # _OWN_MAPS holds only maps
     if mapped is not None:
-        _release(mapped, len(mapped))   # the pages parsing touched; payloads are read again when decoded
+        _release(mapped, len(mapped))  # the pages parsing touched; payloads are read again when decoded
     wanted = None if names is None else set(names)
     if wanted is not None:
         missing = sorted(wanted - set(dec.names()))
@@ -502,7 +522,7 @@ def decode_to_path(stream, output, *, names=None, threads: int = 1, progress=Non
 
         raise FormatError(f"{output}: an update added to a model is written to one file; give a file name")
     folder, files, index = _plan(dec, output, wanted)
-    created = is_directory_target(output) and not folder.exists()   # a file's folder must exist
+    created = is_directory_target(output) and not folder.exists()  # a file's folder must exist
     if created:
         folder.mkdir(parents=True)
     temps: dict[str, str] = {}
@@ -518,8 +538,9 @@ def decode_to_path(stream, output, *, names=None, threads: int = 1, progress=Non
         nbytes = {t.name: t.nbytes for f in files for t in f.tensors}
         if progress is not None:
             progress(DecodeProgress(None, 0, n_tensors, 0, total_bytes))
-        for name, array in dec.iter_tensors(list(sink_of), threads=threads,
-                                            out=lambda info: sink_of[info.name].buffer(info)):
+        for name, array in dec.iter_tensors(
+            list(sink_of), threads=threads, out=lambda info: sink_of[info.name].buffer(info)
+        ):
             sink_of[name].take(name, array)
             del array
             if mapped is not None:
@@ -559,8 +580,12 @@ def decode_to_path(stream, output, *, names=None, threads: int = 1, progress=Non
             except OSError:
                 pass
         raise
-    return dict(files=written, tensors=done["tensors"], bytes=done["bytes"],
-                weights=sum(math.prod(t.shape) for f in files for t in f.tensors))
+    return dict(
+        files=written,
+        tensors=done["tensors"],
+        bytes=done["bytes"],
+        weights=sum(math.prod(t.shape) for f in files for t in f.tensors),
+    )
 
 
 def _decode_in_memory(dec: Decoder, output, wanted, template, threads, progress, add_to=None) -> dict:
@@ -575,7 +600,7 @@ def _decode_in_memory(dec: Decoder, output, wanted, template, threads, progress,
     if progress is not None:
         progress(DecodeProgress(None, 0, len(tensors), 0, total))
     decoded, done = DecodedTensors(), 0
-    decoded.differences, decoded.skipped = dec.differences, dec.skipped   # apply_update refuses full values
+    decoded.differences, decoded.skipped = dec.differences, dec.skipped  # apply_update refuses full values
     for name, array in dec.iter_tensors(list(tensors), threads=threads):
         decoded[name] = array
         done += tensors[name].nbytes
@@ -587,8 +612,11 @@ def _decode_in_memory(dec: Decoder, output, wanted, template, threads, progress,
         from .errors import UpdateError
 
         if not dec.differences:
-            raise UpdateError("--add-to: the stream holds full values, not differences (encode updates with "
-                              "--differences); decode it without --add-to", clause="6.2.1")
+            raise UpdateError(
+                "--add-to: the stream holds full values, not differences (encode updates with "
+                "--differences); decode it without --add-to",
+                clause="6.2.1",
+            )
         try:
             view = apply_update(previous[0], view)
         except ValueError as exc:
@@ -597,5 +625,9 @@ def _decode_in_memory(dec: Decoder, output, wanted, template, threads, progress,
             raise FormatError(f"{os.fspath(add_to)}: {exc}") from None
         dtypes = dict(dtypes, **previous[1])
     write_model(os.fspath(output), view, dtypes, fmt=fmt, template=template)
-    return dict(files=[os.fspath(output)], tensors=len(view), bytes=total,
-                weights=sum(math.prod(t.shape) for t in tensors.values()))
+    return dict(
+        files=[os.fspath(output)],
+        tensors=len(view),
+        bytes=total,
+        weights=sum(math.prod(t.shape) for t in tensors.values()),
+    )

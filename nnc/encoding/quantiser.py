@@ -146,16 +146,18 @@ def as_float_array(name: str, value) -> tuple[np.ndarray, str]:
 def is_finite(x: np.ndarray) -> bool:
     """True when ``x`` holds no inf or NaN (checked in slices: small temporaries)."""
     flat = x.reshape(-1)
-    return all(np.isfinite(flat[i:i + SLICE]).all() for i in range(0, flat.size, SLICE))
+    return all(np.isfinite(flat[i : i + SLICE]).all() for i in range(0, flat.size, SLICE))
 
 
 def non_finite_error(name: str, x: np.ndarray) -> EncodeError:
     """The error for a tensor with NaN or Inf that cannot be stored raw (spec 7.5): names the first one."""
     flat = int(np.flatnonzero(~np.isfinite(x.reshape(-1)))[0])
     where = tuple(int(i) for i in np.unravel_index(flat, x.shape)) if x.ndim else ()
-    return EncodeError(f"tensor {name!r} holds {x.reshape(-1)[flat]} at index {list(where)}: a quantised tensor "
-                       f"(here a member of a block NDU) cannot carry NaN or Inf; only a RAW_FLOAT NDU can",
-                       clause="7.5")
+    return EncodeError(
+        f"tensor {name!r} holds {x.reshape(-1)[flat]} at index {list(where)}: a quantised tensor "
+        f"(here a member of a block NDU) cannot carry NaN or Inf; only a RAW_FLOAT NDU can",
+        clause="7.5",
+    )
 
 
 #: The default block scan (B = 64) and the fewest elements a tensor needs to get it
@@ -209,8 +211,8 @@ def _nearest_levels(flat: np.ndarray, step: float) -> np.ndarray:
     slice, so that no tensor-sized float64 temporaries are made."""
     levels = np.empty(flat.size, np.int32)
     for i in range(0, flat.size, SLICE):
-        scaled = np.divide(flat[i:i + SLICE], step, dtype=np.float64)
-        levels[i:i + SLICE] = np.sign(scaled) * np.floor(np.abs(scaled) + 0.5)
+        scaled = np.divide(flat[i : i + SLICE], step, dtype=np.float64)
+        levels[i : i + SLICE] = np.sign(scaled) * np.floor(np.abs(scaled) + 0.5)
     return levels
 
 
@@ -253,16 +255,27 @@ class Quantiser:
             t.fmt = fmt
         return t
 
-    def levels(self, name: str, x: np.ndarray, step: float, dq: bool, height: int, width: int,
-               scan_order: int, *, reuse_x: bool = False) -> np.ndarray:
+    def levels(
+        self,
+        name: str,
+        x: np.ndarray,
+        step: float,
+        dq: bool,
+        height: int,
+        width: int,
+        scan_order: int,
+        *,
+        reuse_x: bool = False,
+    ) -> np.ndarray:
         """Integers n for values x (spec A.1, A.2, A.9), from x / step in float64; ``reuse_x``: x (a
         private float64 array the caller no longer needs) is divided in place, to save a tensor-sized copy."""
         s = self.settings
         flat = x.reshape(-1)
         f = s.importance.get(name)
         if f is not None and (f.size != flat.size or not np.all(f >= 0)):
-            raise EncodeError(f"tensor {name!r}: importance needs one non-negative value per element "
-                              f"({flat.size}), not {f.size}")
+            raise EncodeError(
+                f"tensor {name!r}: importance needs one non-negative value per element ({flat.size}), not {f.size}"
+            )
         # max |x / step| = (max |x|) / step: division by a positive step is monotone, also when rounded
         peak = max(float(flat.max()), -float(flat.min())) / float(step) if flat.size else 0.0
         if peak >= INT32_MAX - 2:
@@ -277,20 +290,41 @@ class Quantiser:
         scaled = np.divide(flat, float(step), out=flat if in_place else None, dtype=np.float64)
         if dq and lam:
             order_free = np.ascontiguousarray(scaled)
-            return self.engine.dq_rdoq_levels(order_free, height, width, lam=lam, n_gtx=s.n_gtx,
-                                  scan_order=scan_order, edition=s.edition,
-                                  importance=s.importance.get(name))
+            return self.engine.dq_rdoq_levels(
+                order_free,
+                height,
+                width,
+                lam=lam,
+                n_gtx=s.n_gtx,
+                scan_order=scan_order,
+                edition=s.edition,
+                importance=s.importance.get(name),
+            )
         if not dq and lam:
             importance = s.importance.get(name)
             if name in s.sigmas:
                 # DC-v1: F = 1 / sigma^2, in squared step sizes (x is w / step)
                 importance = (float(step) / np.maximum(s.sigmas[name].reshape(-1), 1e-30)) ** 2
-            return self.engine.rdoq_levels(np.ascontiguousarray(scaled), height, width, lam=lam,
-                                           n_gtx=s.n_gtx, scan_order=scan_order, edition=s.edition,
-                                           importance=importance)
+            return self.engine.rdoq_levels(
+                np.ascontiguousarray(scaled),
+                height,
+                width,
+                lam=lam,
+                n_gtx=s.n_gtx,
+                scan_order=scan_order,
+                edition=s.edition,
+                importance=importance,
+            )
         # the Viterbi search of A.2 along the scan, its path fixed every DQ_TRELLIS_CHUNK weights
-        return self.engine.dq_rdoq_levels(np.ascontiguousarray(scaled), height, width, lam=0.0,
-                                          scan_order=scan_order, edition=s.edition, chunk=DQ_TRELLIS_CHUNK)
+        return self.engine.dq_rdoq_levels(
+            np.ascontiguousarray(scaled),
+            height,
+            width,
+            lam=0.0,
+            scan_order=scan_order,
+            edition=s.edition,
+            chunk=DQ_TRELLIS_CHUNK,
+        )
 
     def _values(self, name: str, arr: np.ndarray, *, in_block: bool = False) -> CodedTensor:
         s = self.settings
@@ -301,8 +335,19 @@ class Quantiser:
             if values.size and (values.min() < -INT32_MAX - 1 or values.max() > INT32_MAX):
                 raise EncodeError(f"integer tensor {name!r} has values outside int32")
             ints = values.astype(np.int32)
-            return CodedTensor(name=name, shape=shape, ptype="INT", levels=ints, qp=None, step=None, dq=False,
-                               height=height, width=width, scan=scan, recon=ints.reshape(shape))
+            return CodedTensor(
+                name=name,
+                shape=shape,
+                ptype="INT",
+                levels=ints,
+                qp=None,
+                step=None,
+                dq=False,
+                height=height,
+                width=width,
+                scan=scan,
+                recon=ints.reshape(shape),
+            )
         x, dtype_name = as_float_array(name, arr)
         fmt = None
         if s.keep_dtype and s.profile == 1 and dtype_name in RESTORABLE_FORMATS:
@@ -313,8 +358,21 @@ class Quantiser:
         if (s.is_raw(name) or not finite) and not in_block:
             f32 = x.astype(np.float32).reshape(shape)
             recon = f32 if fmt is None else f32.astype(np.dtype(dtype_name))
-            return CodedTensor(name=name, shape=shape, ptype="RAW_FLOAT", levels=None, qp=None, step=None, dq=False,
-                               height=height, width=width, scan=0, recon=recon, fmt=fmt, raw=f32)
+            return CodedTensor(
+                name=name,
+                shape=shape,
+                ptype="RAW_FLOAT",
+                levels=None,
+                qp=None,
+                step=None,
+                dq=False,
+                height=height,
+                width=width,
+                scan=0,
+                recon=recon,
+                fmt=fmt,
+                raw=f32,
+            )
         qp = s.tensor_qp(name, arr.ndim)
         if name in s.sigmas:
             qp = qp_for_step(dcv1_step(x, s.sigmas[name], s.dcv1_s), s.qp_density)
@@ -325,13 +383,25 @@ class Quantiser:
             if coded is not None:
                 return coded
         if levels is None:
-            private = not np.may_share_memory(x, arr)     # a float64 copy of integers: divided in place
+            private = not np.may_share_memory(x, arr)  # a float64 copy of integers: divided in place
             levels = self.levels(name, x, float(step), s.dq, height, width, scan, reuse_x=private)
         recon = reconstruct_uniform(levels, step).reshape(shape)
         if fmt is not None:
             recon = recon.astype(np.dtype(dtype_name))
-        return CodedTensor(name=name, shape=shape, ptype="FLOAT", levels=levels, qp=qp, step=float(step), dq=s.dq,
-                           height=height, width=width, scan=scan, recon=recon, fmt=fmt)
+        return CodedTensor(
+            name=name,
+            shape=shape,
+            ptype="FLOAT",
+            levels=levels,
+            qp=qp,
+            step=float(step),
+            dq=s.dq,
+            height=height,
+            width=width,
+            scan=scan,
+            recon=recon,
+            fmt=fmt,
+        )
 
     def _codebook(self, name, x, step, height, width, scan, fmt, shape):
         """Codebook mode (spec 7.2, 12.4): the distinct uniform levels form the codebook.
@@ -349,21 +419,46 @@ class Quantiser:
         pos = np.searchsorted(book, 0)
         zero = int(pos) if pos < book.size and book[pos] == 0 else book.size >> 1
         indices = (np.searchsorted(book, levels) - zero).astype(np.int32)
-        t = CodedTensor(name=name, shape=shape, ptype="FLOAT", levels=indices, qp=s.tensor_qp(name, len(shape)),
-                        step=float(step), dq=False, height=height, width=width, scan=scan, fmt=fmt,
-                        codebook=[int(v) for v in book], cb_zero=zero,
-                        recon=reconstruct_codebook(indices, book, zero, step).reshape(shape))
+        t = CodedTensor(
+            name=name,
+            shape=shape,
+            ptype="FLOAT",
+            levels=indices,
+            qp=s.tensor_qp(name, len(shape)),
+            step=float(step),
+            dq=False,
+            height=height,
+            width=width,
+            scan=scan,
+            fmt=fmt,
+            codebook=[int(v) for v in book],
+            cb_zero=zero,
+            recon=reconstruct_codebook(indices, book, zero, step).reshape(shape),
+        )
         if fmt is not None:
             t.recon = t.recon.astype(DECOMPRESSED_DATA_FORMATS[fmt])
         if s.codebook == "auto":
             kw = dict(n_gtx=s.n_gtx, scan_order=scan, edition=s.edition)
-            cb_bits = self.engine.estimate_tensor_bits(indices, height, width, codebook_size=len(book),
-                                                       codebook_zero=zero, **kw) + 16 * len(book)
+            cb_bits = self.engine.estimate_tensor_bits(
+                indices, height, width, codebook_size=len(book), codebook_zero=zero, **kw
+            ) + 16 * len(book)
             uni = levels if not s.dq else self.levels(name, x, float(step), s.dq, height, width, scan)
             if self.engine.estimate_tensor_bits(uni, height, width, dq=s.dq, **kw) <= cb_bits:
                 return None, uni
         return t, None
 
 
-__all__ = ["CodedTensor", "Quantiser", "default_scan_order", "DEFAULT_SCAN_ORDER", "DEFAULT_SCAN_MIN_ELEMENTS", "dcv1_step", "as_float_array", "is_finite", "non_finite_error", "tensor_geometry", "INT32_MAX",
-           "RESTORABLE_FORMATS"]
+__all__ = [
+    "CodedTensor",
+    "Quantiser",
+    "default_scan_order",
+    "DEFAULT_SCAN_ORDER",
+    "DEFAULT_SCAN_MIN_ELEMENTS",
+    "dcv1_step",
+    "as_float_array",
+    "is_finite",
+    "non_finite_error",
+    "tensor_geometry",
+    "INT32_MAX",
+    "RESTORABLE_FORMATS",
+]

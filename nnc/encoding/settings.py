@@ -63,8 +63,10 @@ def qp_for_step(step: float, qp_density: int = 2) -> int:
         raise EncodeError(f"step size must be a positive finite number, not {step!r}")
     k = 1 << qp_density
     guess = int(math.floor(math.log2(step) * k))
-    best = min(range(guess - 2 * k, guess + 2 * k + 1),
-               key=lambda q: abs(math.log2(float(step_size(q, qp_density))) - math.log2(step)))
+    best = min(
+        range(guess - 2 * k, guess + 2 * k + 1),
+        key=lambda q: abs(math.log2(float(step_size(q, qp_density))) - math.log2(step)),
+    )
     return best
 
 
@@ -168,12 +170,25 @@ class EncoderSettings:
         qd = self.qp_density
         qp = qp_for_step(self.step, qd) if self.step is not None else (-38 if self.qp is None else int(self.qp))
         normalised = dict(
-            qp=qp, step=None, qp_per_tensor=_frozen(self.qp_per_tensor), dq=bool(self.dq),
-            param_opt=bool(self.param_opt), raw=tuple(self.raw or ()), row_skip=bool(self.row_skip) and self.profile == 1,
-            output_formats=_frozen(self.output_formats), dtypes=_frozen(dtypes), rdoq_lambda=float(self.rdoq_lambda),
-            lambda_per_tensor=_frozen(lambdas), importance=_frozen(importance), sigmas=_frozen(sigmas),
-            dcv1_s=int(self.dcv1_s), threads=threads, tca=bool(self.tca), hdsp=bool(self.hdsp),
-            skip_zero=bool(self.skip_zero), differences=bool(self.differences),
+            qp=qp,
+            step=None,
+            qp_per_tensor=_frozen(self.qp_per_tensor),
+            dq=bool(self.dq),
+            param_opt=bool(self.param_opt),
+            raw=tuple(self.raw or ()),
+            row_skip=bool(self.row_skip) and self.profile == 1,
+            output_formats=_frozen(self.output_formats),
+            dtypes=_frozen(dtypes),
+            rdoq_lambda=float(self.rdoq_lambda),
+            lambda_per_tensor=_frozen(lambdas),
+            importance=_frozen(importance),
+            sigmas=_frozen(sigmas),
+            dcv1_s=int(self.dcv1_s),
+            threads=threads,
+            tca=bool(self.tca),
+            hdsp=bool(self.hdsp),
+            skip_zero=bool(self.skip_zero),
+            differences=bool(self.differences),
             raw_when_smaller=bool(self.raw_when_smaller),
         )
         for name, value in normalised.items():

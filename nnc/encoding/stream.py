@@ -145,8 +145,9 @@ class _AtomicFile:
             pass
 
 
-def encode_to(encoder, source, output, *, progress=None, extra_metadata=None,
-              budget: int = DEFAULT_BUDGET, measure: bool = False) -> StreamSummary:
+def encode_to(
+    encoder, source, output, *, progress=None, extra_metadata=None, budget: int = DEFAULT_BUDGET, measure: bool = False
+) -> StreamSummary:
     """Encode ``source`` (a :class:`nnc.readers.ModelSource`) into the file ``output``.
 
     See :meth:`nnc.encoder.Encoder.encode_to`.
@@ -154,8 +155,9 @@ def encode_to(encoder, source, output, *, progress=None, extra_metadata=None,
     s, state = encoder.settings, encoder.state
     t0 = time.perf_counter()
     if state is not None:
-        return _encode_update_to(encoder, source, output, progress=progress, extra_metadata=extra_metadata,
-                                 measure=measure, t0=t0)
+        return _encode_update_to(
+            encoder, source, output, progress=progress, extra_metadata=extra_metadata, measure=measure, t0=t0
+        )
     tensors = list(source)
     for t in tensors:
         if not isinstance(t.name, str) or not t.name or "\x00" in t.name:
@@ -168,17 +170,24 @@ def encode_to(encoder, source, output, *, progress=None, extra_metadata=None,
     in_block = {m for w, p in groups.items() for m in block_members(w, p)[1:]}
     plan = {t.name: predicted(s, t, t.name in in_block or t.name in groups) for t in tensors}
     if any(dtype is None for dtype, _ in plan.values()) or s.raw_when_smaller:
-        raise EncodeError("codebooks, DC-v1 sigmas and raw_when_smaller choose per tensor from the values: "
-                          "use Encoder.encode (in memory) for them")
+        raise EncodeError(
+            "codebooks, DC-v1 sigmas and raw_when_smaller choose per tensor from the values: "
+            "use Encoder.encode (in memory) for them"
+        )
     original = {t.name: s.dtypes.get(t.name, t.original_dtype) for t in tensors}
     stream_qp = mps_qp([qp for _, qp in plan.values() if qp is not None], s.qp_density)
     writer = UnitWriter(s, encoder.engine, None)
-    metadata = metadata_json({t.name: t.shape for t in tensors}, {k: v[0] for k, v in plan.items()},
-                             original, extra_metadata)
+    metadata = metadata_json(
+        {t.name: t.shape for t in tensors}, {k: v[0] for k, v in plan.items()}, original, extra_metadata
+    )
     units = [name for name in by_name if name not in in_block]
     kept_raw: set = set()
-    summary = StreamSummary(path=os.fspath(output), tensors=len(tensors), weights=sum(t.size for t in tensors),
-                            original_bytes=source.nbytes if hasattr(source, "nbytes") else 0)
+    summary = StreamSummary(
+        path=os.fspath(output),
+        tensors=len(tensors),
+        weights=sum(t.size for t in tensors),
+        original_bytes=source.nbytes if hasattr(source, "nbytes") else 0,
+    )
     if not measure:
         summary.energy = summary.error = math.nan
 
@@ -195,11 +204,12 @@ def encode_to(encoder, source, output, *, progress=None, extra_metadata=None,
         for n in members:
             x = load(n)
             t = encoder.quantiser.quantise(n, x, in_block=name in groups)
-            if _kept_raw(s, t):   # inf or NaN: stored exactly, with the dtype planned (the MPS qp stays)
+            if _kept_raw(s, t):  # inf or NaN: stored exactly, with the dtype planned (the MPS qp stays)
                 kept_raw.add(n)
             elif (t.recon.dtype.name, t.qp) != plan[n]:
-                raise EncodeError(f"tensor {n!r}: coded as {t.recon.dtype.name} at qp {t.qp}, "
-                                  f"planned {plan[n]}")   # the head written would be wrong
+                raise EncodeError(
+                    f"tensor {n!r}: coded as {t.recon.dtype.name} at qp {t.qp}, planned {plan[n]}"
+                )  # the head written would be wrong
             if measure and x.dtype.kind == "f":
                 stats[n] = _energy_error(x, t.recon)
             coded[n] = t
@@ -226,7 +236,9 @@ def encode_to(encoder, source, output, *, progress=None, extra_metadata=None,
 
             def refill():
                 nonlocal in_flight
-                while queue and len(pending) < max(1, s.threads) and (not pending or in_flight + cost(queue[0]) <= budget):
+                while (
+                    queue and len(pending) < max(1, s.threads) and (not pending or in_flight + cost(queue[0]) <= budget)
+                ):
                     name = queue.popleft()
                     in_flight += cost(name)
                     pending.append((name, pool.submit(job, name)))
@@ -279,13 +291,16 @@ def _encode_update_to(encoder, source, output, *, progress, extra_metadata, meas
     result = encoder.encode(arrays, progress, extra_metadata=extra_metadata)
     write_atomic(output, result.stream)
     s = encoder.settings
-    summary = StreamSummary(path=os.fspath(output), stream_bytes=len(result.stream), tensors=len(tensors),
-                            weights=sum(t.size for t in tensors),
-                            original_bytes=source.nbytes if hasattr(source, "nbytes") else 0,
-                            qps={k: t.qp for k, t in result.tensors.items() if t.qp is not None},
-                            skipped=list(result.skipped),
-                            kept_raw=[k for k, t in result.tensors.items()
-                                      if t.payload_type == "RAW_FLOAT" and not s.is_raw(k)])
+    summary = StreamSummary(
+        path=os.fspath(output),
+        stream_bytes=len(result.stream),
+        tensors=len(tensors),
+        weights=sum(t.size for t in tensors),
+        original_bytes=source.nbytes if hasattr(source, "nbytes") else 0,
+        qps={k: t.qp for k, t in result.tensors.items() if t.qp is not None},
+        skipped=list(result.skipped),
+        kept_raw=[k for k, t in result.tensors.items() if t.payload_type == "RAW_FLOAT" and not s.is_raw(k)],
+    )
     summary.energy = summary.error = math.nan
     summary.seconds = time.perf_counter() - t0
     return summary
@@ -296,7 +311,7 @@ def _energy_error(x: np.ndarray, recon: np.ndarray) -> tuple[float, float]:
     a, b = x.reshape(-1), recon.reshape(-1)
     e = d = 0.0
     for i in range(0, a.size, 1 << 20):
-        u, v = a[i:i + (1 << 20)].astype(np.float64), b[i:i + (1 << 20)].astype(np.float64)
+        u, v = a[i : i + (1 << 20)].astype(np.float64), b[i : i + (1 << 20)].astype(np.float64)
         # inf and NaN kept exactly are no error; their energy is left out (as models.compare_tensors)
         with np.errstate(invalid="ignore"):
             diff = np.where((u == v) | (np.isnan(u) & np.isnan(v)), 0.0, u - v)

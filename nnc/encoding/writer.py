@@ -91,15 +91,24 @@ def mps_qp(qps, qp_density: int) -> int:
         return 0
     centre = (lo + hi + 1) // 2
     if lo - centre < -half or hi - centre > half - 1:
-        raise EncodeError(f"per-tensor qps from {lo} to {hi} span more than the {6 + qp_density}-bit "
-                          f"qp offsets can carry; raise qp_density or narrow the qps")
+        raise EncodeError(
+            f"per-tensor qps from {lo} to {hi} span more than the {6 + qp_density}-bit "
+            f"qp offsets can carry; raise qp_density or narrow the qps"
+        )
     if not -4096 <= centre <= 4095:
         raise EncodeError(f"qp {centre} outside the 13-bit range")
     return centre
 
 
-def metadata_json(shapes: Mapping[str, tuple], decoded: Mapping[str, str], original: Mapping[str, str],
-                  extra: Mapping | None = None, *, skipped=(), differences: bool = False) -> str:
+def metadata_json(
+    shapes: Mapping[str, tuple],
+    decoded: Mapping[str, str],
+    original: Mapping[str, str],
+    extra: Mapping | None = None,
+    *,
+    skipped=(),
+    differences: bool = False,
+) -> str:
     """nnc's topology metadata (spec 6.2.1): the tensors announced (and skipped, spec 3.5),
     whether they are differences, original shapes of 0-d tensors and original dtypes.
 
@@ -204,9 +213,11 @@ class UnitWriter:
     def head(self, mps_qp: int, metadata: str, update: bool = False) -> list[bytes]:
         """The start unit, the model parameter set and the topology unit (spec 7.1-7.3)."""
         s = self.settings
-        return [C.build_str(s.profile),
-                C.build_mps(qp_density=s.qp_density, qp=mps_qp, profile=s.profile, parent_signalling=update),
-                C.build_tpl(data=metadata)]
+        return [
+            C.build_str(s.profile),
+            C.build_mps(qp_density=s.qp_density, qp=mps_qp, profile=s.profile, parent_signalling=update),
+            C.build_tpl(data=metadata),
+        ]
 
     # -- units -----------------------------------------------------------------------
     def single_unit(self, t: CodedTensor) -> Unit:
@@ -234,18 +245,37 @@ class UnitWriter:
         only for tensors under 64 values or when the estimate comes within 25 % of the raw payload.
         """
         s = self.settings
-        if (not s.raw_when_smaller or t.ptype != "FLOAT" or t.codebook or t.fmt is not None
-                or self.state is not None or t.name in s.output_formats):
+        if (
+            not s.raw_when_smaller
+            or t.ptype != "FLOAT"
+            or t.codebook
+            or t.fmt is not None
+            or self.state is not None
+            or t.name in s.output_formats
+        ):
             return t
         n = int(_levels(t).size)
         kw = self._tensor_kwargs(t)
-        estimate = self.engine.estimate_tensor_bits(t.levels, t.height, t.width, n_gtx=kw["n_gtx"],
-                                                    dq=t.dq, scan_order=t.scan, edition=s.edition)
-        if n >= 64 and estimate / 8 < 0.75 * 4 * n:       # a quarter of 256+ bytes covers any header difference
+        estimate = self.engine.estimate_tensor_bits(
+            t.levels, t.height, t.width, n_gtx=kw["n_gtx"], dq=t.dq, scan_order=t.scan, edition=s.edition
+        )
+        if n >= 64 and estimate / 8 < 0.75 * 4 * n:  # a quarter of 256+ bytes covers any header difference
             return t
         f32 = np.asarray(arr, dtype=np.float32).reshape(t.shape)
-        raw = CodedTensor(name=t.name, shape=t.shape, ptype="RAW_FLOAT", levels=None, qp=None, step=None, dq=False,
-                          height=t.height, width=t.width, scan=0, recon=f32, raw=f32)
+        raw = CodedTensor(
+            name=t.name,
+            shape=t.shape,
+            ptype="RAW_FLOAT",
+            levels=None,
+            qp=None,
+            step=None,
+            dq=False,
+            height=t.height,
+            width=t.width,
+            scan=0,
+            recon=f32,
+            raw=f32,
+        )
         return raw if len(self.single_unit(raw).build(0)) <= len(self.single_unit(t).build(0)) else t
 
     def block_unit(self, weight: str, parts: dict, coded: Mapping[str, CodedTensor]) -> Unit:
@@ -274,11 +304,17 @@ class UnitWriter:
 
     def _tensor_kwargs(self, t: CodedTensor) -> dict:
         book = t.codebook
-        return dict(n_gtx=self.settings.n_gtx, dq=t.dq, scan_order=t.scan,
-                    codebook_size=len(book) if book else 0, codebook_zero=t.cb_zero)
+        return dict(
+            n_gtx=self.settings.n_gtx,
+            dq=t.dq,
+            scan_order=t.scan,
+            codebook_size=len(book) if book else 0,
+            codebook_zero=t.cb_zero,
+        )
 
-    def _header(self, t: CodedTensor, ptype: int, names: list[str] | None = None, cpt: int = 0,
-                link: Link | None = None) -> dict:
+    def _header(
+        self, t: CodedTensor, ptype: int, names: list[str] | None = None, cpt: int = 0, link: Link | None = None
+    ) -> dict:
         s = self.settings
         fields = {
             "nnr_compressed_data_unit_payload_type": ptype,
@@ -299,21 +335,24 @@ class UnitWriter:
             fields["nnr_decompressed_data_format"] = t.fmt
         if t.codebook:
             book = t.codebook
-            fields.update(codebook=book, codebook_egk=C.best_codebook_egk(book),
-                          codebook_center_offset=t.cb_zero - (len(book) >> 1))
+            fields.update(
+                codebook=book,
+                codebook_egk=C.best_codebook_egk(book),
+                codebook_center_offset=t.cb_zero - (len(book) >> 1),
+            )
         if names is None:
             fields["topology_elem_id"] = t.name
         else:
             fields["count_topology_elements_minus2"] = len(names) - 2
             fields["topology_elem_ids"] = names
         if s.profile == 1:
-            fields.update(node_id_present_flag=1, device_id=0, parameter_id=0, put_node_depth=0,
-                          first_tensor_dimension_shift=0)
+            fields.update(
+                node_id_present_flag=1, device_id=0, parameter_id=0, put_node_depth=0, first_tensor_dimension_shift=0
+            )
         if link is not None:
             fields.update(parameter_id=link.parameter_id, put_node_depth=link.depth)
             if link.parent:
-                fields.update(parent_node_id_type=0, parent_device_id=0,
-                              temporal_context_modeling_flag=int(link.tca))
+                fields.update(parent_node_id_type=0, parent_device_id=0, temporal_context_modeling_flag=int(link.tca))
         return fields
 
     def _payload(self, members: list[CodedTensor], mps_qp: int, link: Link | None = None) -> tuple[bytes, list[list]]:
@@ -327,14 +366,28 @@ class UnitWriter:
                 assert t.qp is not None  # FLOAT tensors carry their qp
                 enc.write_qp_offset(t.qp - mps_qp, qp_bits)
             levels = _levels(t)
-            levels = levels if levels.flags.writeable else levels.copy()   # cached: read-only
+            levels = levels if levels.flags.writeable else levels.copy()  # cached: read-only
             context = self._parent_context(t.name, link)
-            enc.encode_tensor(levels, t.height, t.width, param_opt=s.param_opt,
-                              row_skip=s.row_skip and not t.dq, hdsp=bool(link and link.hdsp),
-                              threads=row_threads(s.threads, t.height * t.width),
-                              **context, **self._tensor_kwargs(t))
-            specs.append(dict(height=t.height, width=t.width, qp_bits=0 if t.ptype == "INT" else qp_bits,
-                              **context, **self._tensor_kwargs(t)))
+            enc.encode_tensor(
+                levels,
+                t.height,
+                t.width,
+                param_opt=s.param_opt,
+                row_skip=s.row_skip and not t.dq,
+                hdsp=bool(link and link.hdsp),
+                threads=row_threads(s.threads, t.height * t.width),
+                **context,
+                **self._tensor_kwargs(t),
+            )
+            specs.append(
+                dict(
+                    height=t.height,
+                    width=t.width,
+                    qp_bits=0 if t.ptype == "INT" else qp_bits,
+                    **context,
+                    **self._tensor_kwargs(t),
+                )
+            )
         payload = enc.finish()
         if any(t.scan > 0 and t.height > (4 << t.scan) for t in members):
             eps = self.engine.compute_entry_points(payload, s.edition, specs)
@@ -346,8 +399,11 @@ class UnitWriter:
         """The engine's parent, TCA base and HDSP history arguments for one tensor of an NDU."""
         if link is None:
             return {}
-        return dict(parent_present=link.parent, tca_base=self.state.levels[name] if link.tca else None,
-                    hdsp_history=self.state.history.get(name) if link.hdsp else None)
+        return dict(
+            parent_present=link.parent,
+            tca_base=self.state.levels[name] if link.tca else None,
+            hdsp_history=self.state.history.get(name) if link.hdsp else None,
+        )
 
     # -- incremental coding (spec 14) -------------------------------------------------
     def is_update(self, names) -> bool:
@@ -370,10 +426,12 @@ class UnitWriter:
         self._next_id = max(self._next_id, pid + 1)
         parent = update and bool(coded) and all(t.name in state.levels for t in coded)
         return Link(
-            update=update, parent=parent,
+            update=update,
+            parent=parent,
             tca=parent and s.tca and all(state.levels[t.name].size == _levels(t).size for t in coded),
             hdsp=parent and s.hdsp,
-            ids=dict.fromkeys(names, pid), parameter_id=pid,
+            ids=dict.fromkeys(names, pid),
+            parameter_id=pid,
             depth=max(state.depths.get(n, 0) for n in names) + 1,
             skip=parent and s.skip_zero and all(not np.any(t.levels) for t in coded),
         )

@@ -24,13 +24,12 @@ FUNCTIONS = {
     "compute_entry_points": "(payload, edition, tensors)",
     "bin_cost": "(state_c, bin)",
     "estimate_tensor_bits": "(levels, height, width, *, n_gtx, dq=False, scan_order=0, edition=2, "
-                            "codebook_size=0, codebook_zero=0, init_sets=None)",
+    "codebook_size=0, codebook_zero=0, init_sets=None)",
     "context_count": "(edition, n_gtx)",
     "scan_permutation": "(height, width, scan_order)",
     "block_row_count": "(height, scan_order)",
     "rdoq_levels": "(x, height, width, *, lam, n_gtx=11, scan_order=0, edition=2, importance=None)",
-    "dq_rdoq_levels": "(x, height, width, *, lam, n_gtx=11, scan_order=0, edition=2, importance=None, "
-                      "chunk=1024)",
+    "dq_rdoq_levels": "(x, height, width, *, lam, n_gtx=11, scan_order=0, edition=2, importance=None, chunk=1024)",
     "dq_trellis": "(x)",
 }
 
@@ -42,14 +41,22 @@ CLASSES = {
             "read_bypass": "(self, nbits)",
             "read_qp_offset": "(self, nbits)",
             "decode_tensor": "(self, height, width, *, n_gtx, dq=False, scan_order=0, codebook_size=0, "
-                             "codebook_zero=0, parent_present=False, tca_base=None, hdsp_history=None, "
-                             "entry_points=None, start_block_row=0, record_entry_points=False, "
-                             "stop_block_row=None, out=None)",
+            "codebook_zero=0, parent_present=False, tca_base=None, hdsp_history=None, "
+            "entry_points=None, start_block_row=0, record_entry_points=False, "
+            "stop_block_row=None, out=None)",
             "fork": "(self)",
             "finish": "(self)",
         },
-        ("bytes_consumed", "bit_position", "last_entry_points", "last_init_sets", "last_row_skip", "last_hdsp",
-         "last_boundary", "edition"),
+        (
+            "bytes_consumed",
+            "bit_position",
+            "last_entry_points",
+            "last_init_sets",
+            "last_row_skip",
+            "last_hdsp",
+            "last_boundary",
+            "edition",
+        ),
     ),
     "PayloadEncoder": (
         ("edition",),
@@ -57,8 +64,8 @@ CLASSES = {
             "write_bypass": "(self, value, nbits)",
             "write_qp_offset": "(self, value, nbits)",
             "encode_tensor": "(self, levels, height, width, *, n_gtx, dq=False, scan_order=0, param_opt=True, "
-                             "init_sets=None, codebook_size=0, codebook_zero=0, parent_present=False, "
-                             "tca_base=None, hdsp_history=None, hdsp=False, row_skip=False, threads=1)",
+            "init_sets=None, codebook_size=0, codebook_zero=0, parent_present=False, "
+            "tca_base=None, hdsp_history=None, hdsp=False, row_skip=False, threads=1)",
             "finish": "(self)",
         },
         ("edition",),

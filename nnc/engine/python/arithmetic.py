@@ -26,6 +26,7 @@ EST_UNIT = 1 << 15
 # 9.3  Probability model of one context
 # ===========================================================================
 
+
 class ContextModel:
     """One adaptive binary context (9.3.1).
 
@@ -79,6 +80,7 @@ def _fresh_contexts(count: int) -> list:
 # 9.4  LPS sub-range
 # ===========================================================================
 
+
 def rlps(rng: int, state_c: int) -> int:
     """rLPS for the 9-bit range ``rng`` and combined state C (9.4).
 
@@ -91,6 +93,7 @@ def rlps(rng: int, state_c: int) -> int:
 # ===========================================================================
 # 9.1 - 9.7  Arithmetic decoder
 # ===========================================================================
+
 
 class ArithmeticDecoder:
     """The binary arithmetic decoder (9.1).
@@ -112,14 +115,12 @@ class ArithmeticDecoder:
         if self.value >= self.rng << 7:
             # An encoder never produces this; without the check the decoder
             # would leave the interval and decode arbitrarily long garbage.
-            raise DecodeError("first two payload bytes are outside the initial interval",
-                              clause="9.1", offset=0)
+            raise DecodeError("first two payload bytes are outside the initial interval", clause="9.1", offset=0)
 
     # -- bytes ------------------------------------------------------------
     def _next_byte(self) -> int:
         if self.pos >= len(self.data):
-            raise TruncatedError("the CABAC payload ends before the data it codes",
-                                 clause="9.2", offset=len(self.data))
+            raise TruncatedError("the CABAC payload ends before the data it codes", clause="9.2", offset=len(self.data))
         byte = self.data[self.pos]
         self.pos += 1
         return byte
@@ -192,8 +193,7 @@ class ArithmeticDecoder:
         if self.value >= self.rng << 7:
             # The encoder narrows its interval to [L, L + 256) here, so a valid
             # stream always has V < 256 * 2^7 at this point.
-            raise DecodeError("code value outside the interval at a block-row boundary",
-                              clause="11.3", offset=self.pos)
+            raise DecodeError("code value outside the interval at a block-row boundary", clause="11.3", offset=self.pos)
 
     def start_at_entry_point(self, t: int, value: int) -> None:
         """Position the decoder at bit T with V >> 7 = ``value`` and R = 256 (9.7)."""
@@ -207,8 +207,7 @@ class ArithmeticDecoder:
         else:
             consumed, bits_needed = p // 8, -1
         if consumed > len(self.data):
-            raise TruncatedError(f"entry point at bit {t} lies beyond the payload", clause="9.7",
-                                 offset=len(self.data))
+            raise TruncatedError(f"entry point at bit {t} lies beyond the payload", clause="9.7", offset=len(self.data))
         self.pos = consumed
         self.bits_needed = bits_needed
         # V = value * 2^7 + the next stream bits after the 9-bit value window
@@ -220,6 +219,7 @@ class ArithmeticDecoder:
 # ===========================================================================
 # 9.8  Arithmetic encoder
 # ===========================================================================
+
 
 class ArithmeticEncoder:
     """The binary arithmetic encoder (9.8): the mirror image of ArithmeticDecoder.
@@ -303,7 +303,7 @@ class ArithmeticEncoder:
             self._add_carry()
             self.low -= 1 << (32 - self.bits_left)
         nbits = 24 - self.bits_left
-        acc = ((self.low >> 8) << 1) | 1          # remaining bits of L, then the stop bit
+        acc = ((self.low >> 8) << 1) | 1  # remaining bits of L, then the stop bit
         nbits += 1
         pad = -nbits % 8
         acc <<= pad
@@ -312,10 +312,10 @@ class ArithmeticEncoder:
         return bytes(self.out)
 
 
-
 # ===========================================================================
 # 9.8  Bit estimates of the encoder
 # ===========================================================================
+
 
 def _cost_table() -> list:
     """Estimated bits of a bin per probability class q = |C >> 7|: [q][bin is MPS].
@@ -349,4 +349,3 @@ def bin_cost(state_c: int, bin: int) -> float:
         raise ValueError(f"combined state {state_c} outside the model's range (|C >> 7| <= 31)")
     mps = 1 if state_c >= 0 else 0
     return _COST[q][1 if bin == mps else 0] / EST_UNIT
-

@@ -8,8 +8,6 @@ binarisation, 10.5 temporal context adaptation and HDSP.
 
 from __future__ import annotations
 
-from ...tables import NEXT_DQ_STATE
-
 
 def check_edition(edition) -> int:
     """1 (1st-edition rules) or 2 (2nd edition); anything else is a ValueError."""
@@ -21,6 +19,7 @@ def check_edition(edition) -> int:
 # ===========================================================================
 # 10.3  Context index layout and context selection
 # ===========================================================================
+
 
 def context_count(edition: int, n_gtx: int) -> int:
     """Number of contexts of a tensor (10.3): 63 + 2N (edition 1), 90 + 4N (edition 2)."""
@@ -41,14 +40,14 @@ class ContextLayout:
         self.edition = edition
         self.n_gtx = N
         self.count = context_count(edition, N)
-        if edition == 1:                       # 10.3.1
+        if edition == 1:  # 10.3.1
             self.sig0, self.sign0, self.gtx0 = 0, 24, 27
             self.rem0 = 27 + 2 * N
             self.n_rem = 32
             self.init_flag = 61 + 2 * N
             self.row_skip = None
             self.sig_tca0 = self.sig_hdsp0 = self.sign_tca0 = self.gtx_tca0 = None
-        else:                                  # 10.3.2
+        else:  # 10.3.2
             self.sig0, self.sig_tca0, self.sig_hdsp0 = 0, 24, 40
             self.sign0, self.sign_tca0 = 48, 51
             self.gtx0, self.gtx_tca0 = 53, 53 + 2 * N
@@ -94,25 +93,25 @@ class ContextLayout:
             # contexts 0 .. 58+2N, without the DQ-state sig contexts 3 .. 23 when DQ is off
             return [a for a in range(59 + 2 * N) if dq or not 3 <= a <= 23]
         if bound is not None and bound.size == 1:
-            return []                                   # S = 1: nothing is signalled
-        out = list(range(0, 24 if dq else 3))           # 1. sig
+            return []  # S = 1: nothing is signalled
+        out = list(range(0, 24 if dq else 3))  # 1. sig
         if tca:
-            out += list(range(24, 40)) if dq else [24, 25]   # 2. sig with TCA
+            out += list(range(24, 40)) if dq else [24, 25]  # 2. sig with TCA
         if hdsp:
-            out += list(range(40, 48)) if dq else [40]        # 3. sig with HDSP
-        signs = [48, 49, 50] + ([51, 52] if tca else [])       # 4. sign
+            out += list(range(40, 48)) if dq else [40]  # 3. sig with HDSP
+        signs = [48, 49, 50] + ([51, 52] if tca else [])  # 4. sign
         if bound is None or bound.inferred_negative is None:
             out += signs
-        gtx = list(range(2 * N))                                # 5. gtx, as a = ctx - 53
+        gtx = list(range(2 * N))  # 5. gtx, as a = ctx - 53
         if tca:
-            gtx += list(range(2 * N, 4 * N))                    # 6. gtx with TCA
+            gtx += list(range(2 * N, 4 * N))  # 6. gtx with TCA
         for a in gtx:
             if bound is not None:
                 limit = 2 * bound.max_abs if a < 2 * N else 2 * (bound.max_abs - 1) + 2 * N
                 if a >= limit:
                     continue
             out.append(self.gtx0 + a)
-        for a in range(31):                                     # 7. remainder prefix
+        for a in range(31):  # 7. remainder prefix
             if bound is None or N - 1 + (2 ** (a + 1) - 1) < bound.max_abs:
                 out.append(self.rem0 + a)
         return out
@@ -122,6 +121,7 @@ class ContextLayout:
 # 10.4  Codebook-bounded binarisation (edition 2)
 # ===========================================================================
 
+
 class CodebookBound:
     """The bounds a codebook of size S with zero offset Z puts on the coded k (10.4).
 
@@ -130,8 +130,8 @@ class CodebookBound:
 
     def __init__(self, size: int, zero: int):
         self.size, self.zero = size, zero
-        self.max_negative = zero               # largest |k| of a negative k
-        self.max_positive = size - 1 - zero    # largest |k| of a positive k
+        self.max_negative = zero  # largest |k| of a negative k
+        self.max_positive = size - 1 - zero  # largest |k| of a positive k
         self.max_abs = max(self.max_negative, self.max_positive)
         # The sign is not coded when all values have one sign; it is inferred
         # as negative iff Z != 0.
@@ -148,8 +148,17 @@ class CodebookBound:
 # 10.1  Binarisation of one level (encoder side, also used by the tests)
 # ===========================================================================
 
-def binarise(k: int, layout: ContextLayout, *, state: int = 0, prev: int = 0, base: int = 0,
-             hdsp_active: bool = False, bound: CodebookBound | None = None) -> list:
+
+def binarise(
+    k: int,
+    layout: ContextLayout,
+    *,
+    state: int = 0,
+    prev: int = 0,
+    base: int = 0,
+    hdsp_active: bool = False,
+    bound: CodebookBound | None = None,
+) -> list:
     """The bins of the coded value k, as (context index, bin) pairs (10.1, 10.3, 10.4).
 
     Bypass bins have context ``None``.  ``state`` is the DQ state, ``prev`` the
@@ -158,13 +167,13 @@ def binarise(k: int, layout: ContextLayout, *, state: int = 0, prev: int = 0, ba
     """
     bins = []
     if bound is not None and bound.size == 1:
-        return bins                                          # 10.4: S = 1 codes nothing
-    bins.append((layout.sig(state, prev, base, hdsp_active), 1 if k else 0))   # sig_flag
+        return bins  # 10.4: S = 1 codes nothing
+    bins.append((layout.sig(state, prev, base, hdsp_active), 1 if k else 0))  # sig_flag
     if k == 0:
         return bins
     negative = k < 0
     if bound is None or bound.inferred_negative is None:
-        bins.append((layout.sign(prev, base), 1 if negative else 0))           # sign_flag
+        bins.append((layout.sign(prev, base), 1 if negative else 0))  # sign_flag
     a = abs(k)
     max_abs = None if bound is None else bound.max_abs_for(negative)
     # greater-than flags "|k| > j + 1", j = 0 .. N-1, stop after the first 0;
@@ -178,7 +187,7 @@ def binarise(k: int, layout: ContextLayout, *, state: int = 0, prev: int = 0, ba
         level += 1
         j += 1
     if j < layout.n_gtx or (max_abs is not None and level >= max_abs):
-        return bins                                           # |k| = max_abs reached
+        return bins  # |k| = max_abs reached
     # remainder: Exp-Golomb order 0 with context-coded prefix (10.1), truncated
     # by max_abs (10.4), prefix capped at 31 ones in edition 2
     m = 0
@@ -203,6 +212,7 @@ def binarise(k: int, layout: ContextLayout, *, state: int = 0, prev: int = 0, ba
 # 10.2  Dependent quantisation
 # ===========================================================================
 
+
 def dq_reconstruct(k: int, state: int) -> int:
     """n = 2k - sgn(k)(s & 1) (10.2): even states use Q0, odd states Q1."""
     if k == 0:
@@ -214,4 +224,3 @@ def dq_coded_value(n: int, state: int) -> int:
     """k = (n + sgn(n)(s & 1)) >> 1 (10.2), the encoder's conversion n -> k."""
     sgn = (n > 0) - (n < 0)
     return (n + sgn * (state & 1)) >> 1
-

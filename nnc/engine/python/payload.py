@@ -17,8 +17,15 @@ import numpy as np
 
 from ...errors import DecodeError, EncodeError
 from ...tables import NEXT_DQ_STATE
-from .arithmetic import (EST_UNIT, N_INIT_SETS, ArithmeticDecoder, ArithmeticEncoder, ContextModel, _COST,
-                         _fresh_contexts)
+from .arithmetic import (
+    _COST,
+    EST_UNIT,
+    N_INIT_SETS,
+    ArithmeticDecoder,
+    ArithmeticEncoder,
+    ContextModel,
+    _fresh_contexts,
+)
 from .binarisation import CodebookBound, ContextLayout, binarise, check_edition, dq_coded_value, dq_reconstruct
 from .scan import TensorScan, zero_run_table
 
@@ -29,13 +36,14 @@ INT32_MIN = -(2**31)
 INIT_SET_PENALTY = 3 * EST_UNIT
 
 #: Marker events in the list of bins of a tensor (see PayloadEncoder).
-_FORCE_RANGE = "force"        # force R = 256 before the first element (11.3)
-_BLOCK_ROW = "block-row"      # block-row boundary: reset contexts, force R = 256 (11.3)
+_FORCE_RANGE = "force"  # force R = 256 before the first element (11.3)
+_BLOCK_ROW = "block-row"  # block-row boundary: reset contexts, force R = 256 (11.3)
 
 
 # ===========================================================================
 # Per-tensor parameters
 # ===========================================================================
+
 
 def _int_array(a, dtype, size: int, name: str, error, clause: str):
     """``a`` as a flat list of Python ints checked against ``dtype`` and ``size``."""
@@ -56,8 +64,22 @@ def _int_array(a, dtype, size: int, name: str, error, clause: str):
 class _Tensor:
     """The per-tensor coding parameters (engine-api.md), checked and derived."""
 
-    def __init__(self, edition, height, width, *, n_gtx, dq, scan_order, codebook_size, codebook_zero,
-                 parent_present, tca_base, hdsp_history, error):
+    def __init__(
+        self,
+        edition,
+        height,
+        width,
+        *,
+        n_gtx,
+        dq,
+        scan_order,
+        codebook_size,
+        codebook_zero,
+        parent_present,
+        tca_base,
+        hdsp_history,
+        error,
+    ):
         height, width, n_gtx, scan_order = int(height), int(width), int(n_gtx), int(scan_order)
         if height < 0 or width < 0:
             raise error(f"negative tensor dimensions {height}x{width}", clause="11.1")
@@ -79,8 +101,10 @@ class _Tensor:
             codebook_size, codebook_zero = int(codebook_size), int(codebook_zero)
             if codebook_size > 0:
                 if not 0 <= codebook_zero < codebook_size:
-                    raise error(f"codebook zero offset {codebook_zero} outside the codebook of "
-                                f"{codebook_size} entries", clause="7.2")
+                    raise error(
+                        f"codebook zero offset {codebook_zero} outside the codebook of {codebook_size} entries",
+                        clause="7.2",
+                    )
                 if self.dq:
                     raise error("a codebook cannot be combined with dependent quantisation", clause="10.4")
                 self.bound = CodebookBound(codebook_size, codebook_zero)
@@ -91,8 +115,9 @@ class _Tensor:
             self.history = _int_array(hdsp_history, np.int8, self.size, "hdsp_history", error, "10.5")
         # 8.3: the row-skip / HDSP flags exist in edition 2 for real matrices,
         # unless the codebook has a single entry
-        self.has_row_flags = (edition == 2 and width > 1 and self.size > width
-                              and not (self.bound is not None and self.bound.size == 1))
+        self.has_row_flags = (
+            edition == 2 and width > 1 and self.size > width and not (self.bound is not None and self.bound.size == 1)
+        )
         self.codes_nothing = self.bound is not None and self.bound.size == 1
 
     def signalled(self, hdsp: bool) -> list:
@@ -109,6 +134,7 @@ class _Tensor:
 # The decoder
 # ===========================================================================
 
+
 class PayloadDecoder:
     """Decoder of one NDU CABAC payload (clause 8): qp offsets and tensors in coding order."""
 
@@ -116,7 +142,7 @@ class PayloadDecoder:
         self.edition = check_edition(edition)
         if isinstance(data, np.ndarray):
             data = data.astype(np.uint8, copy=False).tobytes()
-        self._ad = ArithmeticDecoder(bytes(data))           # 9.1
+        self._ad = ArithmeticDecoder(bytes(data))  # 9.1
         self.last_entry_points = []
         self.last_init_sets = None
         self.last_row_skip = False
@@ -153,10 +179,25 @@ class PayloadDecoder:
         return v - (1 << nbits) if v >= 1 << (nbits - 1) else v
 
     # -- 8.1 one tensor ---------------------------------------------------------
-    def decode_tensor(self, height, width, *, n_gtx, dq=False, scan_order=0, codebook_size=0,
-                      codebook_zero=0, parent_present=False, tca_base=None, hdsp_history=None,
-                      entry_points=None, start_block_row=0, record_entry_points=False,
-                      stop_block_row=None, out=None):
+    def decode_tensor(
+        self,
+        height,
+        width,
+        *,
+        n_gtx,
+        dq=False,
+        scan_order=0,
+        codebook_size=0,
+        codebook_zero=0,
+        parent_present=False,
+        tca_base=None,
+        hdsp_history=None,
+        entry_points=None,
+        start_block_row=0,
+        record_entry_points=False,
+        stop_block_row=None,
+        out=None,
+    ):
         """Decode one tensor (8.1); returns the reconstruction integers n, flat, row-major.
 
         With ``stop_block_row`` (a block-row range, 11.4), only ``start_block_row``
@@ -166,10 +207,20 @@ class PayloadDecoder:
         whether V's low 7 bits equal those an entry-point start fills in).
         ``out``: a writeable C-contiguous int32 array to decode into.
         """
-        t = _Tensor(self.edition, height, width, n_gtx=n_gtx, dq=dq, scan_order=scan_order,
-                    codebook_size=codebook_size, codebook_zero=codebook_zero,
-                    parent_present=parent_present, tca_base=tca_base, hdsp_history=hdsp_history,
-                    error=DecodeError)
+        t = _Tensor(
+            self.edition,
+            height,
+            width,
+            n_gtx=n_gtx,
+            dq=dq,
+            scan_order=scan_order,
+            codebook_size=codebook_size,
+            codebook_zero=codebook_zero,
+            parent_present=parent_present,
+            tca_base=tca_base,
+            hdsp_history=hdsp_history,
+            error=DecodeError,
+        )
         ad = self._ad
         scan = t.scan
         layout = t.layout
@@ -181,15 +232,21 @@ class PayloadDecoder:
             raise ValueError(f"block rows {start_block_row}..{stop_row} outside 0..{scan.n_block_rows}")
         if start_block_row and not (use_eps and 0 <= start_block_row < scan.n_block_rows):
             raise ValueError("start_block_row > 0 needs entry points and a block row of the tensor")
-        if out is not None and not (isinstance(out, np.ndarray) and out.dtype == np.int32
-                                    and out.size == t.size and out.flags.c_contiguous and out.flags.writeable):
+        if out is not None and not (
+            isinstance(out, np.ndarray)
+            and out.dtype == np.int32
+            and out.size == t.size
+            and out.flags.c_contiguous
+            and out.flags.writeable
+        ):
             raise ValueError(f"out must be a writeable C-contiguous int32 array of {t.size} elements")
         self.last_boundary = None
         if use_eps:
             entry_points = [tuple(int(x) for x in e) for e in entry_points]
             if len(entry_points) != scan.n_block_rows - 1:
-                raise DecodeError(f"{len(entry_points)} entry points for {scan.n_block_rows} block rows",
-                                  clause="11.4", offset=ad.pos)
+                raise DecodeError(
+                    f"{len(entry_points)} entry points for {scan.n_block_rows} block rows", clause="11.4", offset=ad.pos
+                )
 
         # 8.1 step 2: fresh context set, neighbour 0
         ctx = _fresh_contexts(layout.count)
@@ -215,8 +272,8 @@ class PayloadDecoder:
         flat = out.reshape(-1)
         self.last_entry_points = entries = []
         if scan.force_at_start:
-            ad.force_range()                                  # 11.3
-        t0 = t_prev = ad.position                             # T_0 (11.4)
+            ad.force_range()  # 11.3
+        t0 = t_prev = ad.position  # T_0 (11.4)
         increments = [e[2] for e in entry_points] if use_eps else None
         zero_run = zero_run_table(t.width) if (t.dq and skip is not None) else None
         W = t.width
@@ -228,8 +285,7 @@ class PayloadDecoder:
                 # end of a block-row range: record where the next range must start
                 ad.force_range()
                 low = (ad.data[ad.pos - 1] << (8 + ad.bits_needed)) & 127
-                self.last_boundary = (ad.position - t0, ad.value >> 7, state if t.dq else 0,
-                                      (ad.value & 127) == low)
+                self.last_boundary = (ad.position - t0, ad.value >> 7, state if t.dq else 0, (ad.value & 127) == low)
                 break
             if r > 0:
                 # 11.3 block-row boundary: contexts reset, neighbour 0, R = 256;
@@ -237,8 +293,7 @@ class PayloadDecoder:
                 if use_eps and (r == start_block_row or not ranged):
                     value, ep_state = entry_points[r - 1][0], entry_points[r - 1][1]
                     if t.dq and not 0 <= ep_state <= 7:
-                        raise DecodeError(f"entry point DQ state {ep_state} outside 0..7",
-                                          clause="11.4", offset=ad.pos)
+                        raise DecodeError(f"entry point DQ state {ep_state} outside 0..7", clause="11.4", offset=ad.pos)
                     ad.start_at_entry_point(t0 + sum(increments[:r]), value)
                     state = ep_state if t.dq else 0
                 else:
@@ -259,10 +314,13 @@ class PayloadDecoder:
                 for pos in range(row * W + c0, row * W + c1):
                     k = self._decode_value(ctx, t, state, prev, t.base_at(pos), t.hdsp_active(hdsp, pos))
                     if t.dq:
-                        n = dq_reconstruct(k, state)                      # 10.2
+                        n = dq_reconstruct(k, state)  # 10.2
                         if not INT32_MIN <= n <= INT32_MAX:
-                            raise DecodeError("dependent-quantisation reconstruction integer does not "
-                                              "fit in int32", clause="10.2", offset=ad.pos)
+                            raise DecodeError(
+                                "dependent-quantisation reconstruction integer does not fit in int32",
+                                clause="10.2",
+                                offset=ad.pos,
+                            )
                         state = NEXT_DQ_STATE[state][k & 1]
                         flat[pos] = n
                     else:
@@ -274,7 +332,7 @@ class PayloadDecoder:
         """Decode one coded value k (10.1, with the bounds of 10.4 and contexts of 10.3/10.5)."""
         ad, layout, bound = self._ad, t.layout, t.bound
         if t.codes_nothing:
-            return 0                                                     # 10.4: S = 1
+            return 0  # 10.4: S = 1
         if not ad.decode_bin(ctx[layout.sig(state, prev, base, hdsp_active)]):
             return 0
         if bound is None or bound.inferred_negative is None:
@@ -302,12 +360,10 @@ class PayloadDecoder:
             level += ad.decode_bypass_bits(m)
             # k must fit in int32: |k| <= 2^31 - 1 if positive, <= 2^31 if negative
             if level > (INT32_MAX + 1 if negative else INT32_MAX):
-                raise DecodeError("decoded level magnitude does not fit in int32", clause="10.1",
-                                  offset=ad.pos)
+                raise DecodeError("decoded level magnitude does not fit in int32", clause="10.1", offset=ad.pos)
         k = -level if negative else level
         if bound is not None and not bound.contains(k):
-            raise DecodeError(f"decoded codebook index offset {k} outside the codebook",
-                              clause="10.4", offset=ad.pos)
+            raise DecodeError(f"decoded codebook index offset {k} outside the codebook", clause="10.4", offset=ad.pos)
         return k
 
     def finish(self) -> None:
@@ -316,16 +372,17 @@ class PayloadDecoder:
         if not ad.decode_terminate():
             raise DecodeError("terminate bin is 0 at the end of the payload", clause="9.6", offset=ad.pos)
         if not ad.stop_pattern_ok():
-            raise DecodeError("stop pattern '1000...' missing after the terminate bin", clause="9.6",
-                              offset=ad.pos - 1)
+            raise DecodeError("stop pattern '1000...' missing after the terminate bin", clause="9.6", offset=ad.pos - 1)
         if ad.pos != len(ad.data):
-            raise DecodeError(f"{len(ad.data) - ad.pos} bytes left after the end of the CABAC payload",
-                              clause="8.5", offset=ad.pos)
+            raise DecodeError(
+                f"{len(ad.data) - ad.pos} bytes left after the end of the CABAC payload", clause="8.5", offset=ad.pos
+            )
 
 
 # ===========================================================================
 # The encoder
 # ===========================================================================
+
 
 def _coded_values(t: _Tensor, levels: list, skip) -> list:
     """The coded values k of a tensor from its reconstruction integers n (10.2, 10.4, 11.5).
@@ -338,8 +395,11 @@ def _coded_values(t: _Tensor, levels: list, skip) -> list:
         # k = n; every int32 is codable (10.1)
         for pos, n in enumerate(levels):
             if t.bound is not None and not t.bound.contains(n):
-                raise EncodeError(f"level {n} at flat index {pos} outside the codebook range "
-                                  f"[{-t.bound.zero}, {t.bound.size - 1 - t.bound.zero}]", clause="10.4")
+                raise EncodeError(
+                    f"level {n} at flat index {pos} outside the codebook range "
+                    f"[{-t.bound.zero}, {t.bound.size - 1 - t.bound.zero}]",
+                    clause="10.4",
+                )
         return list(levels)
     k_values = [0] * t.size
     zero_run = zero_run_table(W) if skip is not None else None
@@ -353,8 +413,10 @@ def _coded_values(t: _Tensor, levels: list, skip) -> list:
                 n = levels[pos]
                 k = dq_coded_value(n, state)
                 if dq_reconstruct(k, state) != n:
-                    raise EncodeError(f"level {n} at flat index {pos} is not representable in "
-                                      f"dependent-quantisation state {state}", clause="10.2")
+                    raise EncodeError(
+                        f"level {n} at flat index {pos} is not representable in dependent-quantisation state {state}",
+                        clause="10.2",
+                    )
                 k_values[pos] = k
                 state = NEXT_DQ_STATE[state][k & 1]
     return k_values
@@ -383,8 +445,15 @@ def _tensor_bins(t: _Tensor, k_values: list, skip, hdsp: bool) -> list:
                 continue
             for pos in range(row * W + c0, row * W + c1):
                 k = k_values[pos]
-                bins += binarise(k, layout, state=state, prev=prev, base=t.base_at(pos),
-                                 hdsp_active=t.hdsp_active(hdsp, pos), bound=bound)
+                bins += binarise(
+                    k,
+                    layout,
+                    state=state,
+                    prev=prev,
+                    base=t.base_at(pos),
+                    hdsp_active=t.hdsp_active(hdsp, pos),
+                    bound=bound,
+                )
                 if t.dq:
                     state = NEXT_DQ_STATE[state][k & 1]
                 prev = k
@@ -394,7 +463,7 @@ def _tensor_bins(t: _Tensor, k_values: list, skip, hdsp: bool) -> list:
 def _skipped_rows(t: _Tensor, levels: list) -> list:
     """Row-skip bins (8.3): 1 for every all-zero row."""
     W = t.width
-    return [0 if any(levels[row * W:(row + 1) * W]) else 1 for row in range(t.height)]
+    return [0 if any(levels[row * W : (row + 1) * W]) else 1 for row in range(t.height)]
 
 
 def _estimate_costs(bins: list, n_ctx: int, init_sets) -> int:
@@ -490,19 +559,46 @@ class PayloadEncoder:
             raise EncodeError(f"qp offset {value} outside {lo}..{hi} ({nbits} bits)", clause="8.2")
         self.write_bypass(value & ((1 << nbits) - 1), nbits)
 
-    def encode_tensor(self, levels, height, width, *, n_gtx, dq=False, scan_order=0, param_opt=True,
-                      init_sets=None, codebook_size=0, codebook_zero=0, parent_present=False,
-                      tca_base=None, hdsp_history=None, hdsp=False, row_skip=False, threads=1) -> None:
+    def encode_tensor(
+        self,
+        levels,
+        height,
+        width,
+        *,
+        n_gtx,
+        dq=False,
+        scan_order=0,
+        param_opt=True,
+        init_sets=None,
+        codebook_size=0,
+        codebook_zero=0,
+        parent_present=False,
+        tca_base=None,
+        hdsp_history=None,
+        hdsp=False,
+        row_skip=False,
+        threads=1,
+    ) -> None:
         """Encode one tensor given its reconstruction integers n (8.1).
 
         ``threads`` is accepted for the interface's sake: this engine codes sequentially,
         which gives the bytes the compiled engine gives with any number of threads (A.5).
         """
         self._check_open()
-        t = _Tensor(self.edition, height, width, n_gtx=n_gtx, dq=dq, scan_order=scan_order,
-                    codebook_size=codebook_size, codebook_zero=codebook_zero,
-                    parent_present=parent_present, tca_base=tca_base, hdsp_history=hdsp_history,
-                    error=EncodeError)
+        t = _Tensor(
+            self.edition,
+            height,
+            width,
+            n_gtx=n_gtx,
+            dq=dq,
+            scan_order=scan_order,
+            codebook_size=codebook_size,
+            codebook_zero=codebook_zero,
+            parent_present=parent_present,
+            tca_base=tca_base,
+            hdsp_history=hdsp_history,
+            error=EncodeError,
+        )
         if levels is None:
             raise EncodeError("levels missing", clause="8.1")
         n_values = _int_array(levels, np.int32, t.size, "levels", EncodeError, "8.1")
@@ -566,18 +662,29 @@ class PayloadEncoder:
         return self._ae.encode_terminate_and_flush()
 
 
-
-def estimate_tensor_bits(levels, height, width, *, n_gtx, dq=False, scan_order=0, edition=2,
-                         codebook_size=0, codebook_zero=0, init_sets=None) -> float:
+def estimate_tensor_bits(
+    levels, height, width, *, n_gtx, dq=False, scan_order=0, edition=2, codebook_size=0, codebook_zero=0, init_sets=None
+) -> float:
     """Estimated bits of a tensor's data, contexts adapting along (9.8).
 
     Excludes the qp offset, the row-skip/HDSP flags and the init signalling.
     ``init_sets``: the contexts' init sets (default all 0).
     """
     edition = check_edition(edition)
-    t = _Tensor(edition, height, width, n_gtx=n_gtx, dq=dq, scan_order=scan_order,
-                codebook_size=codebook_size, codebook_zero=codebook_zero, parent_present=False,
-                tca_base=None, hdsp_history=None, error=EncodeError)
+    t = _Tensor(
+        edition,
+        height,
+        width,
+        n_gtx=n_gtx,
+        dq=dq,
+        scan_order=scan_order,
+        codebook_size=codebook_size,
+        codebook_zero=codebook_zero,
+        parent_present=False,
+        tca_base=None,
+        hdsp_history=None,
+        error=EncodeError,
+    )
     n_values = _int_array(levels, np.int32, t.size, "levels", EncodeError, "8.1")
     k_values = _coded_values(t, n_values, None)
     bins = _tensor_bins(t, k_values, None, False)
@@ -585,4 +692,3 @@ def estimate_tensor_bits(levels, height, width, *, n_gtx, dq=False, scan_order=0
     if len(sets) != t.layout.count or not all(0 <= s < N_INIT_SETS for s in sets):
         raise EncodeError(f"init_sets must be {t.layout.count} values in 0..8", clause="8.4")
     return _estimate_costs(bins, t.layout.count, sets) / EST_UNIT
-

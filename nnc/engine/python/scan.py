@@ -63,6 +63,7 @@ _check_zero_transition_order()
 # 11  Scan order, block rows
 # ===========================================================================
 
+
 class TensorScan:
     """The scan of a height x width matrix (11.1, 11.2).
 
@@ -74,7 +75,7 @@ class TensorScan:
 
     def __init__(self, height: int, width: int, scan_order: int, edition: int):
         self.height, self.width = height, width
-        self.order = scan_order if (height > 1 and width > 1) else 0       # 11.1
+        self.order = scan_order if (height > 1 and width > 1) else 0  # 11.1
         if self.order:
             self.block = block_size(self.order)
             self.n_block_rows = block_row_count(height, self.order)
@@ -119,13 +120,24 @@ def scan_permutation(height: int, width: int, scan_order: int) -> np.ndarray:
     """
     scan = TensorScan(int(height), int(width), int(scan_order), 2)
     W = scan.width
-    pieces = [np.arange(row * W + c0, row * W + c1, dtype=np.int64)
-              for r in range(scan.n_block_rows) for row, c0, c1 in scan.segments(r)]
+    pieces = [
+        np.arange(row * W + c0, row * W + c1, dtype=np.int64)
+        for r in range(scan.n_block_rows)
+        for row, c0, c1 in scan.segments(r)
+    ]
     return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
 
 
-_TENSOR_KEYS = ("n_gtx", "dq", "scan_order", "codebook_size", "codebook_zero", "parent_present",
-                "tca_base", "hdsp_history")
+_TENSOR_KEYS = (
+    "n_gtx",
+    "dq",
+    "scan_order",
+    "codebook_size",
+    "codebook_zero",
+    "parent_present",
+    "tca_base",
+    "hdsp_history",
+)
 
 
 def compute_entry_points(payload, edition, tensors) -> list:

@@ -16,7 +16,7 @@ import numpy as np
 
 from ...errors import EncodeError
 from ...tables import NEXT_DQ_STATE
-from .arithmetic import EST_UNIT, _COST, _fresh_contexts
+from .arithmetic import _COST, EST_UNIT, _fresh_contexts
 from .binarisation import ContextLayout, binarise, check_edition
 from .scan import TensorScan
 
@@ -93,7 +93,7 @@ def rdoq_levels(x, height, width, *, lam, n_gtx=11, scan_order=0, edition=2, imp
     scale = lam / 32768.0
     prev = 0
     for i, block_row_start in _scan_positions(scan):
-        if block_row_start:                                  # 11.3 block-row reset
+        if block_row_start:  # 11.3 block-row reset
             for m in ctx:
                 m.reset()
             prev = 0
@@ -158,7 +158,7 @@ def dq_rdoq_levels(x, height, width, *, lam, n_gtx=11, scan_order=0, edition=2, 
     inf = math.inf
     ctx = _fresh_contexts(layout.count)
     walk = _scan_positions(scan)
-    held = None                   # a block row's first element, waiting for the next chunk
+    held = None  # a block row's first element, waiting for the next chunk
     start_state, prev_run = 0, 0
     while True:
         # the next chunk of the scan; with rates, a block row starts a new chunk
@@ -178,7 +178,7 @@ def dq_rdoq_levels(x, height, width, *, lam, n_gtx=11, scan_order=0, edition=2, 
             for m in ctx:
                 m.reset()
             prev_run = 0
-        frozen = ctx              # the contexts adapt only after the chunk's search
+        frozen = ctx  # the contexts adapt only after the chunk's search
         cost = [inf] * 8
         cost[start_state] = 0.0
         prevk = [prev_run] * 8
