@@ -36,7 +36,7 @@ from .errors import (
     UpdateError,
 )
 
-__version__ = "0.2.0.dev0"  # the one place the version is written (pyproject.toml reads it)
+__version__ = "0.2.0"  # the one place the version is written (pyproject.toml reads it)
 
 
 def encode(tensors, *, qp=None, dq=True, **options):
