@@ -520,8 +520,8 @@ def read_npz(path):
     return out, {k: v.dtype.name for k, v in out.items()}
 
 
-def _read_npy_member(path, member, fh) -> np.ndarray:
-    """One array of an .npz archive; its header's size is checked against the member's, before reading."""
+def _npy_header(path, member, fh) -> tuple:
+    """(shape, fortran_order, dtype) of an .npz member's .npy header; numeric dtypes only."""
     version = np.lib.format.read_magic(fh)
     if version == (1, 0):
         shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
@@ -531,6 +531,12 @@ def _read_npy_member(path, member, fh) -> np.ndarray:
         raise FormatError(f"{path}: {member.filename}: unsupported .npy version {version}")
     if dtype.hasobject or dtype.kind not in "biufc":
         raise FormatError(f"{path}: {member.filename}: dtype {dtype} is not numeric (pickled objects are refused)")
+    return shape, fortran, dtype
+
+
+def _read_npy_member(path, member, fh) -> np.ndarray:
+    """One array of an .npz archive; its header's size is checked against the member's, before reading."""
+    shape, fortran, dtype = _npy_header(path, member, fh)
     count = math.prod(shape)
     if count * dtype.itemsize > member.file_size:
         raise FormatError(

@@ -415,17 +415,7 @@ def _read_npz(path: Path, file_index):
                 if not member.filename.endswith(".npy"):
                     raise FormatError(f"{path}: member {member.filename!r} is not a .npy array")
                 with zf.open(member) as fh:
-                    version = np.lib.format.read_magic(fh)
-                    if version == (1, 0):
-                        shape, _fortran, dtype = np.lib.format.read_array_header_1_0(fh)
-                    elif version in ((2, 0), (3, 0)):
-                        shape, _fortran, dtype = np.lib.format.read_array_header_2_0(fh)
-                    else:
-                        raise FormatError(f"{path}: {member.filename}: unsupported .npy version {version}")
-                if dtype.hasobject or dtype.kind not in "biufc":
-                    raise FormatError(
-                        f"{path}: {member.filename}: dtype {dtype} is not numeric (pickled objects are refused)"
-                    )
+                    shape, _fortran, dtype = formats._npy_header(path, member, fh)
                 name = dtype.newbyteorder("=").name
                 out.append(
                     LazyTensor(
