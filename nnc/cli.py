@@ -803,7 +803,15 @@ def stream_info(path) -> dict:
         ratio_original=original_bytes / max(total, 1),
         skipped=list(dec.skipped),
         differences=dec.differences,
+        engine=_engine_name(),
     )
+
+
+def _engine_name() -> str:
+    """The engine that runs ("cython" or "python"), for ``nnc info``."""
+    from .engine import engine_name
+
+    return engine_name()
 
 
 def _original_dtypes(tensors, metadata) -> dict:
@@ -834,7 +842,7 @@ def cmd_info(args) -> int:
         return EXIT_OK
     print(
         f"{args.stream}: {info['bytes']} bytes, profile {info['profile']}, {len(info['units'])} units, "
-        f"{len(info['tensors'])} tensors, {info['weights']} weights"
+        f"{len(info['tensors'])} tensors, {info['weights']} weights (read by the {info['engine']} engine)"
     )
     width = max([4] + [len(t["name"]) for t in info["tensors"]])  # whole names: rows never read the same
     header = (

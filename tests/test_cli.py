@@ -300,3 +300,16 @@ def test_compare_lists_missing_reshaped_and_changed_tensors(model, tmp_path):
     assert result["total"]["exact_mismatches"] == ["steps"] and not result["passed"]
     r = run("compare", path, path, "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["total"]["snr_db"] == "inf"
+
+
+def test_info_names_the_engine(model, tmp_path, capsys):
+    from nnc import cli
+    from nnc.engine import engine_name
+
+    out = tmp_path / "m.nnr"
+    assert cli.main(["encode", str(model[0]), "-o", str(out), "-q"]) == 0
+    capsys.readouterr()
+    assert cli.main(["info", "--json", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out)["engine"] == engine_name()
+    assert cli.main(["info", str(out)]) == 0
+    assert f"read by the {engine_name()} engine" in capsys.readouterr().out.splitlines()[0]
