@@ -66,7 +66,7 @@ with atheris.instrument_imports(include=["nnc"]):
     from nnc import container as C  # noqa: E402
     from nnc import decoder as D  # noqa: E402
     from nnc.errors import NNCError  # noqa: E402
-    import nnc._pyengine  # noqa: E402,F401  (imported lazily by nnc.engine: instrument it here)
+    import nnc.engine.python  # noqa: E402,F401  (the pure-Python engine: instrument it here)
 
 #: Limits of the fuzzed decoders: small enough that a stream under 64 KiB decodes in well under 1 s.
 LIMITS = nnc.Limits(max_tensor_elements=1 << 20, max_total_bytes=32 << 20)
