@@ -69,8 +69,9 @@ def encode(tensors, *, qp=None, dq=True, **options):
     Raises
     ------
     nnc.errors.EncodeError
-        If an option is out of range, or a tensor cannot be encoded (NaN,
-        Inf, an unsupported dtype).
+        If an option is out of range, or a tensor cannot be encoded (an
+        unsupported dtype, NaN or Inf in a member of a BLOCK NDU; elsewhere
+        they are kept exactly, raw).
     TypeError
         If an option name is unknown.
 
