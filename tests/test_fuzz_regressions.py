@@ -2,7 +2,7 @@
 
 tests/data/fuzz/ holds inputs the campaign kept because they reached new decoder code
 (its corpus, minimised by libFuzzer), and every input that ever made the decoder fail
-(named ``finding-*.nnr``; none so far, see benchmarks/results/fuzz.md).  Each one must,
+(named ``finding-*.nnr``; see benchmarks/results/fuzz.md).  Each one must,
 through each entry point the campaign fuzzes, either decode or be refused with an
 ``nnc.NNCError``: no other exception, no allocation beyond the ``Limits`` given.
 """
@@ -18,6 +18,7 @@ DATA = Path(__file__).resolve().parent / "data" / "fuzz"
 INPUTS = sorted(DATA.glob("*.nnr"))
 SUITE = Path(__file__).resolve().parent.parent / "conformance" / "streams"
 LIMITS = nnc.Limits(max_tensor_elements=1 << 20, max_total_bytes=32 << 20)
+PY_LIMITS = nnc.Limits(max_tensor_elements=1 << 11, max_total_bytes=1 << 13)  # the campaign's, for the Python engine
 
 
 def base_state() -> DecoderState:
@@ -37,7 +38,7 @@ def decode_every_way(data: bytes) -> None:
     state = base_state()
     nnc.decode(data, limits=LIMITS, state=state)
     nnc.decode(data, limits=LIMITS, state=state)
-    nnc.decode(data, limits=nnc.Limits(max_tensor_elements=1 << 13, max_total_bytes=1 << 18), engine="python")
+    nnc.decode(data, limits=PY_LIMITS, engine="python")
 
 
 def refused_only_with_nnc_errors(data: bytes) -> None:
@@ -67,3 +68,19 @@ def test_the_replay_catches_a_foreign_exception(monkeypatch):
     stream = nnc.encode({"w": [[1.0, 2.0]] * 3}, qp=-8)
     with pytest.raises(IndexError):
         refused_only_with_nnc_errors(stream)
+
+
+def test_the_slow_python_engine_finding_decodes_alike_in_both_engines():
+    """Run 3's finding: a valid stream over the 1-s check only under instrumentation (fuzz.md).
+
+    It decodes, the same in both engines, and the campaign's Python-engine limits now refuse it.
+    """
+    data = (DATA / "finding-72f4f208c149020e.nnr").read_bytes()
+    compiled = nnc.decode(data)
+    python = nnc.decode(data, engine="python")
+    assert sum(v.size for v in compiled.values()) == 4590
+    assert compiled.keys() == python.keys()
+    for name in compiled:
+        assert compiled[name].tobytes() == python[name].tobytes()
+    with pytest.raises(nnc.LimitError):
+        nnc.decode(data, limits=PY_LIMITS, engine="python")
