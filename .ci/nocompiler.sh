@@ -11,7 +11,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
 work=$(realpath -m "${1:-.ci-nocompiler}")
-reference=${2:-}
+reference=${2:+$(realpath -m "$2")}  # absolute: the checks below run from $work
 rm -rf "$work" && mkdir -p "$work/src"
 start=$SECONDS
 
@@ -49,6 +49,7 @@ EOF
 "$work/venv/bin/python" "$work/src/.ci/smoke.py" "$work/smoke.json" --expect-engine python \
   || fail "smoke test on the pure-Python engine"
 if [ -n "$reference" ]; then
+  [ -f "$reference" ] || fail "the reference smoke output $reference does not exist"
   cmp -s "$reference" "$work/smoke.json" \
     || { diff "$reference" "$work/smoke.json" | head -20; fail "the pure-Python engine's bytes differ from $reference"; }
   echo "pure-Python engine: the same bytes as $reference"
