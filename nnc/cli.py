@@ -623,12 +623,35 @@ class _DecodeBar:
 # -- compare ---------------------------------------------------------------------------
 
 
-def _read_model_or_stream(path, threads: int):
-    """{name: array} of a model file, or of an NNC stream's decoding with shapes and dtypes restored."""
-    from . import formats
-    from .models import decode_model
+def _read_model_or_stream(path, threads: int, quiet: bool = True):
+    """{name: array} of a model file, or of an NNC stream's decoding with shapes and dtypes restored.
 
-    return formats.read_model(path)[0] if formats.detect_format(path) != "nnr" else decode_model(path, threads=threads)
+    A stream's decoding shows a progress bar over its tensors (on a terminal, unless ``quiet``).
+    """
+    from collections import OrderedDict
+
+    from tqdm import tqdm
+
+    from . import formats
+    from .decoder import Decoder, restore_model_view
+
+    if formats.detect_format(path) != "nnr":
+        return formats.read_model(path)[0]
+    dec = Decoder(path)
+    decoded: OrderedDict = OrderedDict()
+    with tqdm(
+        total=len(dec.names()),
+        unit="tensor",
+        desc=f"decoding {Path(path).name}",
+        disable=True if quiet else None,
+        leave=False,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    ) as bar:
+        for name, array in dec.iter_tensors(threads=threads):
+            decoded[name] = array
+            bar.update()
+    return restore_model_view(decoded, dec.metadata)[0]
 
 
 def _finite_json(value):
@@ -660,9 +683,17 @@ def cmd_compare(args) -> int:
 
     if problem := _plotting_unavailable(args):
         return _fail(problem)
-    reference = _read_model_or_stream(args.reference, args.threads)
-    other = _read_model_or_stream(args.other, args.threads)
-    result = compare_tensors(reference, other)
+    quiet = args.quiet or args.json
+    with _stage_bar(3, quiet) as bar:  # reading, reading, comparing; a stream's decoding has its own bar
+        bar.set_description_str(f"reading {Path(args.reference).name}")
+        reference = _read_model_or_stream(args.reference, args.threads, quiet)
+        bar.update()
+        bar.set_description_str(f"reading {Path(args.other).name}")
+        other = _read_model_or_stream(args.other, args.threads, quiet)
+        bar.update()
+        bar.set_description_str("comparing")
+        result = compare_tensors(reference, other)
+        bar.update()
     if args.plot:
         from .plots import compare_figure
 
@@ -886,18 +917,55 @@ def cmd_info(args) -> int:
 # -- verify ----------------------------------------------------------------------------
 
 
+class _CountingDecoder:
+    """A verify adapter that advances a progress bar after each stream; everything else is the adapter's."""
+
+    def __init__(self, run, bar):
+        self._run, self._bar = run, bar
+
+    def __call__(self, data, sequence):
+        try:
+            return self._run(data, sequence)
+        finally:
+            self._bar.update()
+
+    def __getattr__(self, name):
+        return getattr(self._run, name)
+
+
 def cmd_verify(args) -> int:
     from .verify import CommandAdapter, format_table, verify_suite
 
     suite = Path(args.suite)
     if not (suite / "manifest.json").exists():
         return _fail(f"{suite}: no manifest.json (not a conformance suite)")
+    from tqdm import tqdm
+
+    from .verify import DECODERS
+
+    groups, names = args.group or None, args.stream or None
+    manifest = json.loads((suite / "manifest.json").read_text())
+    total = sum(
+        1
+        for e in manifest.get("streams", [])
+        if (not groups or e.get("group") in groups) and (not names or e.get("name") in names)
+    )
     try:
-        decoder = CommandAdapter(args.decoder_command) if args.decoder_command else args.decoder
+        decoder = CommandAdapter(args.decoder_command) if args.decoder_command else DECODERS[args.decoder]()
+        bar = tqdm(
+            total=total,
+            unit="stream",
+            desc="verifying",
+            disable=True if args.quiet or args.json else None,
+            leave=False,
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
         try:
-            results = verify_suite(suite, decoder, groups=args.group or None, names=args.stream or None)
+            results = verify_suite(suite, _CountingDecoder(decoder, bar), groups=groups, names=names)
         finally:
-            if args.decoder_command:
+            bar.close()
+            if hasattr(decoder, "close"):
                 decoder.close()
     except RuntimeError as exc:
         return _fail(str(exc))
