@@ -1252,64 +1252,61 @@ def cmd_bench(args) -> int:
     stages = 1 + (threads > 1) + (_PEER_STAGES if args.vs else 0) + (external is not None)
     stages += len(PLOT_QP_OFFSETS) * per_qp if args.plot else 0
     skipped: dict = {}
-    with contextlib.ExitStack() as stack:
-        bar = _stage_bar(stages, args.quiet or args.json)
-        stack.callback(bar.close)
-        bar.set_description_str("reading the model")
-        tensors, _ = formats.read_model(args.model)
-        n = sum(int(np.asarray(v).size) for v in tensors.values())
-        external_rows: list = []
-        if external is not None:  # first, so that a failing command fails the bench early
-            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="nnc-bench-"))
-            bar.set_description_str(args.vs_label)
-            try:
+    try:  # the bar is closed and the temporary folder removed before an error is printed
+        with contextlib.ExitStack() as stack:
+            bar = _stage_bar(stages, args.quiet or args.json)
+            stack.callback(bar.close)
+            bar.set_description_str("reading the model")
+            tensors, _ = formats.read_model(args.model)
+            n = sum(int(np.asarray(v).size) for v in tensors.values())
+            external_rows: list = []
+            if external is not None:  # first, so that a failing command fails the bench early
+                tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="nnc-bench-"))
+                bar.set_description_str(args.vs_label)
                 row = _external_point(external, args.vs_label, tensors, args.qp, args.threads, tmp, n)
-            except _CommandFailed as exc:
-                return _fail(str(exc))
-            bar.update()
-            if "skipped" in row:
-                skipped[args.vs_label] = row["skipped"]
-                bar.total -= len(PLOT_QP_OFFSETS) if args.plot else 0
-                external = None
-            else:
-                external_rows.append(row)
-        settings = dict(qp=args.qp, dq=args.dq, scan_order=args.scan_order)
-        bar.set_description_str("nnc")
-        t0 = time.perf_counter()
-        result = Encoder(**settings).encode(tensors)
-        t1 = time.perf_counter()
-        decoded = decode(result.stream)
-        t2 = time.perf_counter()
-        rows: list[dict[str, Any]] = [
-            dict(
-                coder="nnc",
-                bytes=len(result.stream),
-                bits_per_weight=8 * len(result.stream) / n,
-                encode_s=t1 - t0,
-                decode_s=t2 - t1,
-                snr_db=_float_snr(tensors, decoded),
-            )
-        ]
-        del decoded
-        bar.update()
-        if threads > 1:
-            bar.set_description_str(f"nnc {threads} threads")
+                bar.update()
+                if "skipped" in row:
+                    skipped[args.vs_label] = row["skipped"]
+                    bar.total -= len(PLOT_QP_OFFSETS) if args.plot else 0
+                    external = None
+                else:
+                    external_rows.append(row)
+            settings = dict(qp=args.qp, dq=args.dq, scan_order=args.scan_order)
+            bar.set_description_str("nnc")
             t0 = time.perf_counter()
-            Encoder(**settings, threads=threads).encode(tensors)
+            result = Encoder(**settings).encode(tensors)
             t1 = time.perf_counter()
-            decode(result.stream, threads=threads)
-            rows.append(
-                dict(rows[0], coder=f"nnc {threads} threads", encode_s=t1 - t0, decode_s=time.perf_counter() - t1)
-            )
+            decoded = decode(result.stream)
+            t2 = time.perf_counter()
+            rows: list[dict[str, Any]] = [
+                dict(
+                    coder="nnc",
+                    bytes=len(result.stream),
+                    bits_per_weight=8 * len(result.stream) / n,
+                    encode_s=t1 - t0,
+                    decode_s=t2 - t1,
+                    snr_db=_float_snr(tensors, decoded),
+                )
+            ]
+            del decoded
             bar.update()
-        if args.vs:
-            rows += _peer_rows(tensors, result, n, args.quiet, bar, external=args.vs_command is not None)
-        rows += external_rows
-        try:
+            if threads > 1:
+                bar.set_description_str(f"nnc {threads} threads")
+                t0 = time.perf_counter()
+                Encoder(**settings, threads=threads).encode(tensors)
+                t1 = time.perf_counter()
+                decode(result.stream, threads=threads)
+                rows.append(
+                    dict(rows[0], coder=f"nnc {threads} threads", encode_s=t1 - t0, decode_s=time.perf_counter() - t1)
+                )
+                bar.update()
+            if args.vs:
+                rows += _peer_rows(tensors, result, n, args.quiet, bar, external=args.vs_command is not None)
+            rows += external_rows
             with_external = (external, args.vs_label, tmp) if external is not None else None
             curves = _rate_snr_curves(tensors, args, n, bar, with_external) if args.plot else None
-        except _CommandFailed as exc:
-            return _fail(str(exc))
+    except _CommandFailed as exc:
+        return _fail(str(exc))
     if curves is not None:
         from .plots import rate_snr_figure
 
