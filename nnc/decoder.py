@@ -928,10 +928,12 @@ class Decoder:
             :meth:`~nnc.decoder.Decoder.decode`).
         out : ``Mapping``, ``callable`` or None
             Where to decode tensors: {name: ``numpy.ndarray``}, or a function
-            called with a tensor's :class:`~nnc.decoder.TensorInfo` when its turn
-            comes that returns the array to fill or None (e.g. a memory map of
-            the tensor's place in a file, opened only then).  The arrays must
-            fit as for :meth:`~nnc.decoder.Decoder.decode_tensor`.
+            called with a tensor's :class:`~nnc.decoder.TensorInfo` just before
+            its unit is decoded (from a decoding thread when ``threads`` > 1)
+            that returns the array to fill or None (e.g. a memory map of the
+            tensor's place in a file, opened only then).  The arrays must fit as
+            for :meth:`~nnc.decoder.Decoder.decode_tensor`, and are decoded into
+            directly where their dtype allows.
 
         Yields
         ------
