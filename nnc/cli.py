@@ -57,6 +57,8 @@ smallest stream whose score stays within --tolerance of the original model's sco
   nnc bench model.safetensors --qp -38
   nnc bench model.safetensors --qp -32 --vs --json
   nnc bench model.safetensors --vs --plot rd.png           # rate against SNR, qp -46 ... -30
+  nnc bench model.safetensors --vs --plot rd.png --vs-label NNCodec \\
+      --vs-command "python tools/nncodec_encoder.py {model} {qp} {out} --dq {dq}"
 """,
     "demo": """examples:
   nnc demo
@@ -621,12 +623,35 @@ class _DecodeBar:
 # -- compare ---------------------------------------------------------------------------
 
 
-def _read_model_or_stream(path, threads: int):
-    """{name: array} of a model file, or of an NNC stream's decoding with shapes and dtypes restored."""
-    from . import formats
-    from .models import decode_model
+def _read_model_or_stream(path, threads: int, quiet: bool = True):
+    """{name: array} of a model file, or of an NNC stream's decoding with shapes and dtypes restored.
 
-    return formats.read_model(path)[0] if formats.detect_format(path) != "nnr" else decode_model(path, threads=threads)
+    A stream's decoding shows a progress bar over its tensors (on a terminal, unless ``quiet``).
+    """
+    from collections import OrderedDict
+
+    from tqdm import tqdm
+
+    from . import formats
+    from .decoder import Decoder, restore_model_view
+
+    if formats.detect_format(path) != "nnr":
+        return formats.read_model(path)[0]
+    dec = Decoder(path)
+    decoded: OrderedDict = OrderedDict()
+    with tqdm(
+        total=len(dec.names()),
+        unit="tensor",
+        desc=f"decoding {Path(path).name}",
+        disable=True if quiet else None,
+        leave=False,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    ) as bar:
+        for name, array in dec.iter_tensors(threads=threads):
+            decoded[name] = array
+            bar.update()
+    return restore_model_view(decoded, dec.metadata)[0]
 
 
 def _finite_json(value):
@@ -658,9 +683,17 @@ def cmd_compare(args) -> int:
 
     if problem := _plotting_unavailable(args):
         return _fail(problem)
-    reference = _read_model_or_stream(args.reference, args.threads)
-    other = _read_model_or_stream(args.other, args.threads)
-    result = compare_tensors(reference, other)
+    quiet = args.quiet or args.json
+    with _stage_bar(3, quiet) as bar:  # reading, reading, comparing; a stream's decoding has its own bar
+        bar.set_description_str(f"reading {Path(args.reference).name}")
+        reference = _read_model_or_stream(args.reference, args.threads, quiet)
+        bar.update()
+        bar.set_description_str(f"reading {Path(args.other).name}")
+        other = _read_model_or_stream(args.other, args.threads, quiet)
+        bar.update()
+        bar.set_description_str("comparing")
+        result = compare_tensors(reference, other)
+        bar.update()
     if args.plot:
         from .plots import compare_figure
 
@@ -884,18 +917,55 @@ def cmd_info(args) -> int:
 # -- verify ----------------------------------------------------------------------------
 
 
+class _CountingDecoder:
+    """A verify adapter that advances a progress bar after each stream; everything else is the adapter's."""
+
+    def __init__(self, run, bar):
+        self._run, self._bar = run, bar
+
+    def __call__(self, data, sequence):
+        try:
+            return self._run(data, sequence)
+        finally:
+            self._bar.update()
+
+    def __getattr__(self, name):
+        return getattr(self._run, name)
+
+
 def cmd_verify(args) -> int:
     from .verify import CommandAdapter, format_table, verify_suite
 
     suite = Path(args.suite)
     if not (suite / "manifest.json").exists():
         return _fail(f"{suite}: no manifest.json (not a conformance suite)")
+    from tqdm import tqdm
+
+    from .verify import DECODERS
+
+    groups, names = args.group or None, args.stream or None
+    manifest = json.loads((suite / "manifest.json").read_text())
+    total = sum(
+        1
+        for e in manifest.get("streams", [])
+        if (not groups or e.get("group") in groups) and (not names or e.get("name") in names)
+    )
     try:
-        decoder = CommandAdapter(args.decoder_command) if args.decoder_command else args.decoder
+        decoder = CommandAdapter(args.decoder_command) if args.decoder_command else DECODERS[args.decoder]()
+        bar = tqdm(
+            total=total,
+            unit="stream",
+            desc="verifying",
+            disable=True if args.quiet or args.json else None,
+            leave=False,
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
         try:
-            results = verify_suite(suite, decoder, groups=args.group or None, names=args.stream or None)
+            results = verify_suite(suite, _CountingDecoder(decoder, bar), groups=groups, names=names)
         finally:
-            if args.decoder_command:
+            bar.close()
+            if hasattr(decoder, "close"):
                 decoder.close()
     except RuntimeError as exc:
         return _fail(str(exc))
@@ -935,12 +1005,12 @@ def _float_snr(tensors, decoded) -> float:
     return compare_tensors(floats, decoded)["total"]["snr_db"]
 
 
-def _peer_rows(tensors, result, n_weights, quiet, bar=None):
+def _peer_rows(tensors, result, n_weights, quiet, bar=None, external=False):
     """Lossless coders on the same uniform indices (``--vs``).
 
     ``bar`` (a tqdm bar from :func:`_stage_bar`) advances by one per coder.  The lossless
-    coders code nnc's indices, so their SNR is nnc's.  NNCodec is compared by the
-    benchmarks of a checkout (nnc never imports the oracle in tools/).
+    coders code nnc's indices, so their SNR is nnc's.  NNCodec is compared through
+    ``--vs-command`` (``external``: one is given): nnc never imports the oracle in tools/.
     """
     import bz2
     import lzma
@@ -986,9 +1056,144 @@ def _peer_rows(tensors, result, n_weights, quiet, bar=None):
         )
         if bar is not None:
             bar.update()
-    if not quiet:  # nnc stands alone: the NNCodec oracle lives in the repository's tools/, not here
-        print("(NNCodec: compared in benchmarks/bench_engine.py and bench_rd.py of a checkout)", file=sys.stderr)
+    if not quiet and not external:  # nnc stands alone: the NNCodec oracle lives in the repository's tools/
+        print('(NNCodec: --vs-command "python tools/nncodec_encoder.py ..." in a checkout)', file=sys.stderr)
     return rows
+
+
+#: Exit status of a ``--vs-command`` that says its coder is not available here (a skip; automake's SKIP).
+EXIT_COMMAND_UNAVAILABLE = 77
+
+
+class _CommandFailed(Exception):
+    """A ``--vs-command`` failed: the message is the one line the user sees."""
+
+
+class ExternalEncoder:
+    """An external encoder run as a command, once per qp (``nnc bench --vs-command``).
+
+    The encoder-command protocol: ``template`` is split as a POSIX shell would split it,
+    and in each word ``{model}`` (the model file), ``{qp}`` (the qp, an integer), ``{dq}``
+    (1 or 0) and ``{out}`` (a path in a temporary folder) are replaced (``{{``/``}}`` are
+    literal braces).  The command writes an NNC stream to ``{out}`` and exits 0; it exits
+    with status 77 when its coder is not available here, the reason on stderr (nnc bench
+    then skips it, saying why).  Anything else fails the bench with the last line of the
+    command's stderr.  nnc decodes the stream with its own decoder: the coder's rate is the
+    stream's size, its quality the SNR of that decoding.
+
+    Parameters
+    ----------
+    template : str
+        The command line with placeholders; ``{model}``, ``{qp}`` and ``{out}`` are required.
+    model : str or path-like
+        The model file passed as ``{model}``.
+    dq : bool
+        Passed as ``{dq}``.
+
+    Raises
+    ------
+    ValueError
+        If the template cannot be split or names an unknown placeholder or lacks a required one.
+
+    Examples
+    --------
+    >>> import sys
+    >>> cmd = ExternalEncoder(sys.executable + " enc.py {model} --qp={qp} -o {out}", "m.safetensors", True)
+    >>> cmd.argv(-38, "/tmp/s.nnr")[1:]
+    ['enc.py', 'm.safetensors', '--qp=-38', '-o', '/tmp/s.nnr']
+    >>> ExternalEncoder("enc {model} {out}", "m", True)
+    Traceback (most recent call last):
+        ...
+    ValueError: --vs-command needs the placeholder {qp}
+    """
+
+    PLACEHOLDERS = ("model", "qp", "dq", "out")
+    REQUIRED = ("model", "qp", "out")
+
+    def __init__(self, template: str, model, dq: bool):
+        import shlex
+        import string
+
+        try:
+            self.words = shlex.split(template)
+        except ValueError as exc:
+            raise ValueError(f"--vs-command cannot be split: {exc}") from None
+        if not self.words:
+            raise ValueError("--vs-command is empty")
+        used = set()
+        for word in self.words:
+            try:
+                fields = [f for _, f, _, _ in string.Formatter().parse(word) if f is not None]
+            except ValueError as exc:
+                raise ValueError(f"--vs-command word {word!r}: {exc}") from None
+            for field in fields:
+                if field not in self.PLACEHOLDERS:
+                    known = ", ".join(f"{{{p}}}" for p in self.PLACEHOLDERS)
+                    raise ValueError(f"--vs-command has an unknown placeholder {{{field}}} (known: {known})")
+                used.add(field)
+        for field in self.REQUIRED:
+            if field not in used:
+                raise ValueError(f"--vs-command needs the placeholder {{{field}}}")
+        self.model, self.dq = str(model), dq
+
+    def argv(self, qp: int, out) -> list:
+        """The command line for one run."""
+        values = dict(model=self.model, qp=qp, dq=int(self.dq), out=str(out))
+        return [word.format(**values) for word in self.words]
+
+    def encode(self, qp: int, out) -> tuple:
+        """Run the command for ``qp``: (stream bytes, seconds), or (None, reason) when it skips.
+
+        Raises :class:`_CommandFailed` when the command fails.
+        """
+        import subprocess
+
+        argv = self.argv(qp, out)
+        t0 = time.perf_counter()
+        try:
+            run = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True)
+        except OSError as exc:
+            raise _CommandFailed(f"--vs-command: cannot run {argv[0]!r}: {exc.strerror or exc}") from None
+        seconds = time.perf_counter() - t0
+        said = [line.strip() for line in run.stderr.decode(errors="replace").splitlines() if line.strip()]
+        last = said[-1][:300] if said else "(nothing on stderr)"
+        if run.returncode == EXIT_COMMAND_UNAVAILABLE:
+            return None, last
+        if run.returncode != 0:
+            raise _CommandFailed(f"--vs-command failed at qp {qp} (exit status {run.returncode}): {last}")
+        path = Path(out)
+        if not path.is_file() or path.stat().st_size == 0:
+            raise _CommandFailed(f"--vs-command exited 0 at qp {qp} but wrote no stream to {out}")
+        return path.read_bytes(), seconds
+
+
+def _external_point(external, label, tensors, qp, threads, tmp, n) -> dict:
+    """The external coder's bench row at ``qp`` (bytes, bits per weight, SNR of nnc's decoding)."""
+    from .decoder import decode
+    from .errors import NNCError
+
+    stream, seconds = external.encode(qp, Path(tmp) / f"qp{qp}.nnr")
+    if stream is None:
+        return dict(skipped=seconds)
+    try:
+        decoded = decode(stream, threads=threads)
+    except NNCError as exc:
+        raise _CommandFailed(f"--vs-command's stream at qp {qp} does not decode: {exc}") from None
+    common = [k for k in decoded if k in tensors]
+    if not common:
+        raise _CommandFailed(f"--vs-command's stream at qp {qp} holds none of the model's tensors")
+    for name in common:  # a coder may not keep 0-d shapes (NNCodec codes them as (1,))
+        want = np.shape(tensors[name])
+        if decoded[name].shape != want and decoded[name].size == int(np.prod(want)):
+            decoded[name] = decoded[name].reshape(want)
+    return dict(
+        coder=label,
+        bytes=len(stream),
+        bits_per_weight=8 * len(stream) / n,
+        encode_s=seconds,
+        decode_s=None,
+        snr_db=_float_snr(tensors, decoded),
+    )
 
 
 #: qp offsets from --qp swept by ``nnc bench --plot``.
@@ -997,8 +1202,11 @@ PLOT_QP_OFFSETS = (-8, -4, 0, 4, 8)
 _PEER_STAGES = 3
 
 
-def _rate_snr_curves(tensors, args, n, bar) -> dict:
-    """{coder: [(bits per weight, SNR dB), ...]} over the qps of ``nnc bench --plot``."""
+def _rate_snr_curves(tensors, args, n, bar, external=None) -> dict:
+    """{coder: [(bits per weight, SNR dB), ...]} over the qps of ``nnc bench --plot``.
+
+    ``external`` is ``(ExternalEncoder, label, temporary folder)`` for ``--vs-command``.
+    """
     from .decoder import decode
     from .encoder import Encoder
 
@@ -1013,59 +1221,92 @@ def _rate_snr_curves(tensors, args, n, bar) -> dict:
         if args.vs:
             for row in _peer_rows(tensors, result, n, True, bar):
                 curves.setdefault(row["coder"], []).append((row["bits_per_weight"], row.get("snr_db", snr)))
+        if external is not None:
+            command, label, tmp = external
+            bar.set_description_str(f"sweep qp {qp}: {label}")
+            row = _external_point(command, label, tensors, qp, args.threads, tmp, n)
+            if "skipped" not in row:
+                curves.setdefault(label, []).append((row["bits_per_weight"], row["snr_db"]))
+            bar.update()
     return curves
 
 
 def cmd_bench(args) -> int:
+    import contextlib
+    import tempfile
+
     from . import formats
     from .decoder import decode
     from .encoder import Encoder
 
     if problem := _plotting_unavailable(args):
         return _fail(problem)
+    external = None
+    if args.vs_command is not None:
+        try:
+            external = ExternalEncoder(args.vs_command, args.model, args.dq)
+        except ValueError as exc:
+            _usage_error(str(exc))
     threads = args.threads or os.cpu_count() or 1
-    stages = 1 + (threads > 1) + (_PEER_STAGES if args.vs else 0)
-    if args.plot:
-        stages += len(PLOT_QP_OFFSETS) * (1 + (_PEER_STAGES if args.vs else 0))
-    bar = _stage_bar(stages, args.quiet or args.json)
-    try:
-        bar.set_description_str("reading the model")
-        tensors, _ = formats.read_model(args.model)
-        n = sum(int(np.asarray(v).size) for v in tensors.values())
-        settings = dict(qp=args.qp, dq=args.dq, scan_order=args.scan_order)
-        bar.set_description_str("nnc")
-        t0 = time.perf_counter()
-        result = Encoder(**settings).encode(tensors)
-        t1 = time.perf_counter()
-        decoded = decode(result.stream)
-        t2 = time.perf_counter()
-        rows = [
-            dict(
-                coder="nnc",
-                bytes=len(result.stream),
-                bits_per_weight=8 * len(result.stream) / n,
-                encode_s=t1 - t0,
-                decode_s=t2 - t1,
-                snr_db=_float_snr(tensors, decoded),
-            )
-        ]
-        del decoded
-        bar.update()
-        if threads > 1:
-            bar.set_description_str(f"nnc {threads} threads")
+    per_qp = 1 + (_PEER_STAGES if args.vs else 0) + (external is not None)
+    stages = 1 + (threads > 1) + (_PEER_STAGES if args.vs else 0) + (external is not None)
+    stages += len(PLOT_QP_OFFSETS) * per_qp if args.plot else 0
+    skipped: dict = {}
+    try:  # the bar is closed and the temporary folder removed before an error is printed
+        with contextlib.ExitStack() as stack:
+            bar = _stage_bar(stages, args.quiet or args.json)
+            stack.callback(bar.close)
+            bar.set_description_str("reading the model")
+            tensors, _ = formats.read_model(args.model)
+            n = sum(int(np.asarray(v).size) for v in tensors.values())
+            external_rows: list = []
+            if external is not None:  # first, so that a failing command fails the bench early
+                tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="nnc-bench-"))
+                bar.set_description_str(args.vs_label)
+                row = _external_point(external, args.vs_label, tensors, args.qp, args.threads, tmp, n)
+                bar.update()
+                if "skipped" in row:
+                    skipped[args.vs_label] = row["skipped"]
+                    bar.total -= len(PLOT_QP_OFFSETS) if args.plot else 0
+                    external = None
+                else:
+                    external_rows.append(row)
+            settings = dict(qp=args.qp, dq=args.dq, scan_order=args.scan_order)
+            bar.set_description_str("nnc")
             t0 = time.perf_counter()
-            Encoder(**settings, threads=threads).encode(tensors)
+            result = Encoder(**settings).encode(tensors)
             t1 = time.perf_counter()
-            decode(result.stream, threads=threads)
-            rows.append(
-                dict(rows[0], coder=f"nnc {threads} threads", encode_s=t1 - t0, decode_s=time.perf_counter() - t1)
-            )
+            decoded = decode(result.stream)
+            t2 = time.perf_counter()
+            rows: list[dict[str, Any]] = [
+                dict(
+                    coder="nnc",
+                    bytes=len(result.stream),
+                    bits_per_weight=8 * len(result.stream) / n,
+                    encode_s=t1 - t0,
+                    decode_s=t2 - t1,
+                    snr_db=_float_snr(tensors, decoded),
+                )
+            ]
+            del decoded
             bar.update()
-        if args.vs:
-            rows += _peer_rows(tensors, result, n, args.quiet, bar)
-        curves = _rate_snr_curves(tensors, args, n, bar) if args.plot else None
-    finally:
-        bar.close()
+            if threads > 1:
+                bar.set_description_str(f"nnc {threads} threads")
+                t0 = time.perf_counter()
+                Encoder(**settings, threads=threads).encode(tensors)
+                t1 = time.perf_counter()
+                decode(result.stream, threads=threads)
+                rows.append(
+                    dict(rows[0], coder=f"nnc {threads} threads", encode_s=t1 - t0, decode_s=time.perf_counter() - t1)
+                )
+                bar.update()
+            if args.vs:
+                rows += _peer_rows(tensors, result, n, args.quiet, bar, external=args.vs_command is not None)
+            rows += external_rows
+            with_external = (external, args.vs_label, tmp) if external is not None else None
+            curves = _rate_snr_curves(tensors, args, n, bar, with_external) if args.plot else None
+    except _CommandFailed as exc:
+        return _fail(str(exc))
     if curves is not None:
         from .plots import rate_snr_figure
 
@@ -1078,17 +1319,21 @@ def cmd_bench(args) -> int:
     for r in rows:
         r["encode_mw_s"] = n / r["encode_s"] / 1e6 if r["encode_s"] else None
         r["decode_mw_s"] = n / r["decode_s"] / 1e6 if r["decode_s"] else None
+    for label, reason in skipped.items():
+        if not args.quiet:
+            print(f"({label} skipped: {reason})", file=sys.stderr)
     if args.json:
-        report = dict(model=str(args.model), weights=n, rows=rows)
+        report = dict(model=str(args.model), weights=n, rows=rows, skipped=skipped)
         if curves is not None:
             report.update(plot=str(args.plot), curves={k: [list(p) for p in v] for k, v in curves.items()})
         print(json.dumps(_finite_json(report), indent=2))
         return EXIT_OK
     print(f"{args.model}: {n} weights, qp {args.qp}, dq {'on' if args.dq else 'off'} (one run; machines are noisy)")
-    print(f"{'coder':16} {'bytes':>10} {'bits/w':>7} {'enc Mw/s':>9} {'dec Mw/s':>9}")
+    print(f"{'coder':16} {'bytes':>10} {'bits/w':>7} {'SNR dB':>7} {'enc Mw/s':>9} {'dec Mw/s':>9}")
     for r in rows:
+        snr = r.get("snr_db", rows[0]["snr_db"])  # the lossless coders code nnc's indices
         speeds = " ".join("        -" if r[k] is None else f"{r[k]:>9.2f}" for k in ("encode_mw_s", "decode_mw_s"))
-        print(f"{r['coder']:16} {r['bytes']:>10} {r['bits_per_weight']:>7.3f} {speeds}")
+        print(f"{r['coder'][:16]:16} {r['bytes']:>10} {r['bits_per_weight']:>7.3f} {snr:>7.2f} {speeds}")
     return EXIT_OK
 
 
@@ -1395,7 +1640,22 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="FILE",
         help="also sweep qp from QP-8 to QP+8 in steps of 4 and draw rate against weight SNR "
-        "for nnc and the lossless coders into FILE (PNG; needs matplotlib)",
+        "for nnc, the lossless coders and --vs-command into FILE (PNG; needs matplotlib)",
+    )
+    p.add_argument(
+        "--vs-command",
+        metavar="CMD",
+        help="also compare with an external encoder, run once per qp (at QP and at each qp of --plot): "
+        "CMD is split as a shell would and {model}, {qp}, {dq} (1 or 0) and {out} in it are replaced; it "
+        "writes an NNC stream to {out} and exits 0, or exits 77 when its coder is not available here "
+        "(skipped, saying why). Its rate is the stream's size, its SNR that of nnc's decoding. "
+        'NNCodec, in a checkout: "python tools/nncodec_encoder.py {model} {qp} {out} --dq {dq}"',
+    )
+    p.add_argument(
+        "--vs-label",
+        default="external",
+        metavar="NAME",
+        help="the --vs-command coder's name in the table and the plot (default: external)",
     )
     p.set_defaults(func=cmd_bench)
 

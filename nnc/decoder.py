@@ -928,10 +928,12 @@ class Decoder:
             :meth:`~nnc.decoder.Decoder.decode`).
         out : ``Mapping``, ``callable`` or None
             Where to decode tensors: {name: ``numpy.ndarray``}, or a function
-            called with a tensor's :class:`~nnc.decoder.TensorInfo` when its turn
-            comes that returns the array to fill or None (e.g. a memory map of
-            the tensor's place in a file, opened only then).  The arrays must
-            fit as for :meth:`~nnc.decoder.Decoder.decode_tensor`.
+            called with a tensor's :class:`~nnc.decoder.TensorInfo` just before
+            its unit is decoded (from a decoding thread when ``threads`` > 1)
+            that returns the array to fill or None (e.g. a memory map of the
+            tensor's place in a file, opened only then).  The arrays must fit as
+            for :meth:`~nnc.decoder.Decoder.decode_tensor`, and are decoded into
+            directly where their dtype allows.
 
         Yields
         ------
@@ -978,14 +980,25 @@ class Decoder:
             if wanted is None or any(t.name in wanted for t in self._ndu_tensors[i])
         ]
         stateful = self.keep_state or any(params.parent_signalling for _, params, *_ in jobs)
-        for decoded in _bounded_ordered(self._decode_ndu, jobs, 1 if stateful else threads):
+
+        def decode_unit(unit, params, infos, threads):
+            # the unit's out= arrays, asked for and checked just before it is decoded, and filled directly
+            into = {}
+            for info in infos if target is not None else ():
+                if wanted is None or info.name in wanted:
+                    buffer = target(info)
+                    if buffer is not None:
+                        self._check_out(info.name, buffer)
+                        into[info.name] = buffer
+            return self._decode_ndu(unit, params, infos, threads, into=into), into
+
+        for decoded, into in _bounded_ordered(decode_unit, jobs, 1 if stateful else threads):
             for name in list(decoded):
                 arr = decoded.pop(name)
                 if wanted is not None and name not in wanted:
                     continue
-                buffer = target(self._index[name][1]) if target is not None else None
-                if buffer is not None:
-                    arr = self._fill(name, buffer, arr)
+                if name in into:
+                    arr = self._fill(name, into.pop(name), arr)
                 yield name, arr
             del decoded
 
@@ -1005,7 +1018,11 @@ class Decoder:
         float64 or ``ml_dtypes`` bfloat16 arrays (rounded to nearest), and a
         tensor recorded as bfloat16 into ``uint16`` arrays, which receive the
         bfloat16 bits.  Values are converted as
-        :func:`~nnc.decoder.restore_model_view` converts them.
+        :func:`~nnc.decoder.restore_model_view` converts them.  Where the
+        dtypes allow (float32, float16 or float64 arrays for uniform and DQ
+        tensors, int32 for INT ones) the tensor is decoded straight into
+        ``out``, with no full-size working copy; if decoding fails, the
+        contents of ``out`` are unspecified.
 
         Parameters
         ----------
@@ -1049,7 +1066,7 @@ class Decoder:
             self._check_out(name, out)
         i, _ = self._index[name]
         unit, params = self._ndus[i]
-        arr = self._decode_ndu(unit, params, self._ndu_tensors[i])[name]
+        arr = self._decode_ndu(unit, params, self._ndu_tensors[i], into=None if out is None else {name: out})[name]
         return arr if out is None else self._fill(name, out, arr)
 
     # -- caller buffers (out=) --------------------------------------------------------
@@ -1105,7 +1122,12 @@ class Decoder:
             raise OutputBufferError(f"out= for tensor {name!r} is not C-contiguous")
 
     def _fill(self, name: str, out: np.ndarray, arr: np.ndarray) -> np.ndarray:
-        """Copy a decoded tensor into the caller's array, converting its dtype in slices."""
+        """Copy a decoded tensor into the caller's array, converting its dtype in slices.
+
+        A tensor decoded straight into ``out`` (``arr is out``, see :func:`_direct_target`) is not copied.
+        """
+        if arr is out:
+            return out
         self._check_out(name, out)
         src, dst = arr.reshape(-1), out.reshape(-1)
         bits = out.dtype.name in ("bfloat16", "uint16") and arr.dtype.kind == "f"
@@ -1150,15 +1172,22 @@ class Decoder:
         return self._index[name][1]
 
     # -- NDU payload (spec 7.5, 8) ---------------------------------------------
-    def _decode_ndu(self, unit: C.Unit, params: _Params, infos: list[TensorInfo], threads: int = 1) -> dict:
-        """Decode one NDU's payload (spec 7.5); errors get offsets relative to the whole stream (spec 15.1)."""
+    def _decode_ndu(
+        self, unit: C.Unit, params: _Params, infos: list[TensorInfo], threads: int = 1, into: dict | None = None
+    ) -> dict:
+        """Decode one NDU's payload (spec 7.5); errors get offsets relative to the whole stream (spec 15.1).
+
+        ``into``: {name: checked out= array}; a tensor that can be is decoded straight into it.
+        """
         try:
-            return self._decode_ndu_payload(unit, params, infos, threads)
+            return self._decode_ndu_payload(unit, params, infos, threads, into)
         except NNCError as exc:
             # errors inside a payload carry payload-relative offsets
             raise exc.at(unit.payload_offset) from exc
 
-    def _decode_ndu_payload(self, unit: C.Unit, params: _Params, infos: list[TensorInfo], threads: int = 1) -> dict:
+    def _decode_ndu_payload(
+        self, unit: C.Unit, params: _Params, infos: list[TensorInfo], threads: int = 1, into: dict | None = None
+    ) -> dict:
         """The decoding loop of one NDU payload: {name: reconstructed tensor} for its tensors, in coding order.
 
         A RAW_FLOAT payload is the tensor's float32 values (spec 7.5).  A CABAC
@@ -1173,7 +1202,8 @@ class Decoder:
         With ``threads`` > 1 the block rows of a block-scanned tensor are decoded in
         threads from their entry points, each range's end checked against the
         next one's start (else sequentially): the result is that of sequential
-        decoding.  The levels are reconstructed to values by :meth:`_reconstruct` (spec 12).
+        decoding.  The levels are reconstructed to values by :meth:`_reconstruct` (spec 12),
+        or straight into a caller's array of ``into`` where :func:`_direct_target` allows.
         Offsets of errors are relative to the payload.
         """
         h = unit.header
@@ -1187,6 +1217,11 @@ class Decoder:
                     f"RAW_FLOAT payload has {len(payload)} bytes, the dimensions need {need}",
                     clause="7.5",
                 )
+            direct = _direct_target(first, into)
+            if direct is not None:
+                with np.errstate(over="ignore"):
+                    np.copyto(direct.reshape(-1), np.frombuffer(payload, dtype="<f4"), casting="same_kind")
+                return {first.name: direct}
             arr = np.frombuffer(payload, dtype="<f4").astype(np.float32).reshape(first.shape)
             if first.decompressed_data_format is not None:
                 arr = convert_to_format(arr, first.decompressed_data_format)
@@ -1231,7 +1266,15 @@ class Decoder:
                 kwargs["hdsp_history"] = None
             mode = self.entry_points_mode
             use_eps = mode == "use" and info.entry_points and info.scan_order > 0
+            direct = _direct_target(info, into)
+            kept = self.keep_state or params.parent_signalling  # the state keeps the levels
+            if direct is not None and direct.dtype.itemsize == 4 and not kept:
+                kwargs["out"] = direct.reshape(-1).view(np.int32)  # the levels, then the values, in place
+                kwargs["out"].fill(0)  # rows the stream skips stay 0 (spec 11.5)
+            elif direct is not None and info.payload_type == "INT":
+                direct = None
             if mode == "ignore" and threads > 1 and info.entry_points and info.scan_order > 0:
+                kwargs.pop("out", None)
                 # block rows in threads from the entry points, checked exactly (spec 11.4)
                 levels, dec = decode_tensor_threads(
                     dec, height, width, entry_points=info.entry_points, threads=threads, **kwargs
@@ -1253,7 +1296,19 @@ class Decoder:
             info.row_skip = bool(dec.last_row_skip)
             if self.keep_state or params.parent_signalling:
                 self.state.update(info.name, levels)
-            out[info.name] = self._reconstruct(info, levels, cb_zero)
+            if direct is None:
+                out[info.name] = self._reconstruct(info, levels, cb_zero)
+            elif info.payload_type == "INT":
+                flat = direct.reshape(-1)
+                if not np.shares_memory(levels, flat):
+                    np.copyto(flat, levels)
+                out[info.name] = direct
+            else:  # spec 12.2, 12.3 as reconstruct_uniform: float32(n) * float32(step), in float32
+                flat, step, chunk = direct.reshape(-1), np.float32(info.step), 1 << 16
+                with np.errstate(over="ignore"):  # in chunks: numpy copies an aliased operand (levels in place)
+                    for i in range(0, flat.size, chunk):
+                        np.multiply(levels[i : i + chunk], step, out=flat[i : i + chunk], dtype=np.float32)
+                out[info.name] = direct
         dec.finish()
         return out
 
@@ -1268,6 +1323,25 @@ class Decoder:
         if info.decompressed_data_format is not None:
             values = convert_to_format(levels if info.payload_type == "INT" else values, info.decompressed_data_format)
         return values.reshape(info.shape)
+
+
+def _direct_target(info: TensorInfo, into: dict | None) -> np.ndarray | None:
+    """The caller's array (out=) that ``info``'s tensor decodes straight into, or None for a copy.
+
+    Straight in: uniform (or RAW_FLOAT) float tensors into float16/32/64 arrays whose values equal
+    those of reconstructing in float32 and converting (spec 12.2, 12.6; so not through a float16
+    output format into a wider array), and INT tensors without an output format into int32 arrays.
+    The rest (codebooks, bfloat16, integer formats) is decoded, then converted by ``Decoder._fill``.
+    """
+    out = into.get(info.name) if into else None
+    if out is None or info.codebook is not None:
+        return None
+    fmt = info.decompressed_data_format
+    if info.payload_type == "INT":
+        return out if out.dtype == np.int32 and fmt in (None, 0) else None
+    if out.dtype.name not in ("float16", "float32", "float64"):
+        return None
+    return out if fmt in (None, 1, 9) or DECOMPRESSED_DATA_FORMATS.get(fmt) == out.dtype else None
 
 
 def _bounded_ordered(fn, jobs: list, threads: int):

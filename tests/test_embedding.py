@@ -217,3 +217,74 @@ def test_out_equals_a_plain_decode_cast(values, dtype):
     out = np.empty(len(values), dtype)
     dec.decode_tensor("x", out=out)
     np.testing.assert_array_equal(out, plain.astype(dtype))
+
+
+# -- out= is decoded into, not copied into -----------------------------------------------------------------------
+
+
+def _direct_cases():
+    """Streams exercising every reconstruction path: (name, stream, encoder options)."""
+    w = RNG.normal(size=(64, 48)).astype(np.float32)
+    w[5:9] = 0  # all-zero rows, skipped with row_skip (spec 11.5): must come out 0 in a dirty buffer
+    model = {"w": w, "fc.bias": RNG.normal(size=64).astype(np.float32), "ids": np.arange(-5, 20, dtype=np.int32)}
+    return [
+        ("dq", dict(qp=-30, dq=True)),
+        ("uniform+row_skip", dict(qp=-26, dq=False, row_skip=True)),
+        ("dq+row_skip+scan", dict(qp=-30, dq=True, row_skip=True, scan_order=2)),
+        ("raw", dict(qp=-30, raw=["w"])),
+        ("codebook", dict(qp=-24, codebook=True)),
+        ("float16 format", dict(qp=-30, output_formats={"w": 8})),
+        ("float64 format", dict(qp=-30, output_formats={"w": 9})),
+    ], model
+
+
+@pytest.mark.parametrize("case", range(len(_direct_cases()[0])), ids=[c[0] for c in _direct_cases()[0]])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_out_is_identical_to_a_plain_decode_on_every_path(case, threads):
+    (label, options), model = _direct_cases()[0][case], _direct_cases()[1]
+    stream = nnc.encode(model, **options)
+    dec = Decoder(stream)
+    plain = dec.decode(threads=threads)
+    for name, ref in plain.items():
+        dtypes = ["float16", "float32", "float64"] if ref.dtype.kind == "f" else [ref.dtype.name]
+        for dtype in dtypes:
+            dirty = np.full(ref.shape, 77, dtype)  # not zero: every element must be written
+            assert dec.decode_tensor(name, out=dirty) is dirty
+            np.testing.assert_array_equal(dirty, ref.astype(dtype), err_msg=f"{label} {name} {dtype}")
+            dirty[...] = 55
+            got = dec.decode(out={name: dirty}, threads=threads)
+            assert got[name] is dirty
+            np.testing.assert_array_equal(dirty, ref.astype(dtype), err_msg=f"{label} {name} {dtype} decode()")
+
+
+def test_out_with_an_incremental_state_keeps_the_levels_apart():
+    base = RNG.normal(size=(32, 32)).astype(np.float32)
+    state = nnc.EncoderState()
+    first = nnc.Encoder(qp=-30, state=state).encode({"w": base}).stream
+    update = nnc.Encoder(qp=-30, state=state).encode({"w": base * 1.01}).stream
+    plain_state, direct_state = nnc.DecoderState(), nnc.DecoderState()
+    plain = [nnc.decode(s, state=plain_state)["w"] for s in (first, update)]
+    bufs = [np.full((32, 32), 9, np.float32) for _ in range(2)]
+    for s, buf in zip((first, update), bufs):
+        nnc.decode(s, state=direct_state, out={"w": buf})
+    for ref, buf in zip(plain, bufs):
+        np.testing.assert_array_equal(buf, ref)
+
+
+def test_a_float32_out_is_decoded_in_place_without_a_full_size_array():
+    shape = (512, 1024)  # 2 MiB float32
+    stream = nnc.encode({"w": RNG.normal(size=shape).astype(np.float32)}, qp=-30)
+    dec = Decoder(stream)
+    ref = dec.decode_tensor("w")
+    tensor = ref.nbytes
+    for dtype, bound in (("float32", 0.25 * tensor), ("float64", 1.25 * tensor), ("float16", 1.25 * tensor)):
+        out = np.empty(shape, dtype)
+        tracemalloc.start()
+        dec.decode_tensor("w", out=out)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        np.testing.assert_array_equal(out, ref.astype(dtype))
+        # float32: the levels are decoded into the buffer itself and scaled in place, so neither
+        # the int32 levels (1 tensor) nor a float32 reconstruction (1 more) is allocated;
+        # wider or narrower buffers hold only the levels (1 tensor), no reconstruction to copy.
+        assert peak < bound, (dtype, peak / tensor)
