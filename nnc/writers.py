@@ -32,20 +32,16 @@ import math
 import os
 import struct
 import tempfile
-import weakref
 import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from .decoder import DecodedTensors, Decoder, restore_model_view
+from .decoder import RELEASABLE_MAPS, DecodedTensors, Decoder, _releasable_map, release_pages, restore_model_view
 from .errors import DecodeError
-
-if TYPE_CHECKING:
-    import mmap
 
 __all__ = ["decode_to_path", "DecodeProgress", "is_directory_target", "map_stream"]
 
@@ -373,7 +369,7 @@ def _temp_in(folder: Path, name: str) -> str:
     return tmp
 
 
-_OWN_MAPS: weakref.WeakSet[mmap.mmap] = weakref.WeakSet()  # maps made by map_stream: their pages may be released
+_OWN_MAPS = RELEASABLE_MAPS  # maps made by map_stream: their pages may be released
 
 
 def map_stream(path):
@@ -417,15 +413,7 @@ def map_stream(path):
 
 def _release(mapped, upto: int) -> None:
     """Let the kernel drop the pages of the decoded units, so resident memory does not grow with the stream."""
-    import mmap
-
-    advice = getattr(mmap, "MADV_DONTNEED", None)
-    end = upto - upto % mmap.PAGESIZE
-    if advice is not None and end > 0:
-        try:
-            mapped.madvise(advice, 0, end)
-        except (OSError, ValueError):
-            pass
+    release_pages(mapped, 0, upto)
 
 
 def decode_to_path(
@@ -501,12 +489,9 @@ def decode_to_path(
     else:
         source = map_stream(stream) if isinstance(stream, (str, os.PathLike)) else None
         dec = Decoder(source if source is not None else stream, **decoder_options)
-    import mmap
-
-    under = dec.data.obj if isinstance(dec.data, memoryview) else None
-    mapped = under if isinstance(under, mmap.mmap) and under in _OWN_MAPS else None  # _OWN_MAPS holds only maps
+    mapped = _releasable_map(dec.data)
     if mapped is not None:
-        _release(mapped, len(mapped))  # the pages parsing touched; payloads are read again when decoded
+        _release(mapped, len(mapped))  # what else touched pages since parsing; payloads are read again when decoded
     wanted = None if names is None else set(names)
     if wanted is not None:
         missing = sorted(wanted - set(dec.names()))
