@@ -506,6 +506,25 @@ def decode_to_path(
         from .formats import FormatError
 
         raise FormatError(f"{output}: an update added to a model is written to one file; give a file name")
+
+    def local(names, out):
+        for name, array in dec.iter_tensors(names, threads=threads, out=out):
+            yield name, array
+            if mapped is not None:
+                info = dec.info(name)
+                _release(mapped, info.unit_offset + info.unit_size)
+
+    return write_tensors(dec, output, wanted, local, progress)
+
+
+def write_tensors(dec: Decoder, output, wanted, produce, progress=None) -> dict:
+    """Write the tensors ``produce(names, out)`` yields into the files planned for ``output``, atomically.
+
+    ``produce`` yields ``(name, array)`` for the planned names, in the stream's order, as
+    :meth:`nnc.decoder.Decoder.iter_tensors` does with ``out`` (the array a tensor is to
+    be written into, or None): :func:`decode_to_path` decodes locally, :mod:`nnc.distributed`
+    on a cluster.  Returns the summary of :func:`decode_to_path`.
+    """
     folder, files, index = _plan(dec, output, wanted)
     created = is_directory_target(output) and not folder.exists()  # a file's folder must exist
     if created:
@@ -523,14 +542,9 @@ def decode_to_path(
         nbytes = {t.name: t.nbytes for f in files for t in f.tensors}
         if progress is not None:
             progress(DecodeProgress(None, 0, n_tensors, 0, total_bytes))
-        for name, array in dec.iter_tensors(
-            list(sink_of), threads=threads, out=lambda info: sink_of[info.name].buffer(info)
-        ):
+        for name, array in produce(list(sink_of), lambda info: sink_of[info.name].buffer(info)):
             sink_of[name].take(name, array)
             del array
-            if mapped is not None:
-                info = dec.info(name)
-                _release(mapped, info.unit_offset + info.unit_size)
             done["tensors"] += 1
             done["bytes"] += nbytes[name]
             if progress is not None:
