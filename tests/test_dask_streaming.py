@@ -7,8 +7,9 @@ import nnc
 from nnc import writers
 
 distributed = pytest.importorskip("dask.distributed", reason="dask.distributed not installed (pip install 'nnc[dask]')")
-from nnc import distributed as nd  # noqa: E402
 from test_decode_to_files import sharded_checkpoint  # noqa: E402
+
+from nnc import distributed as nd  # noqa: E402
 
 
 @pytest.fixture(scope="module")
