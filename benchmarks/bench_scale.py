@@ -1,7 +1,8 @@
 """Peak memory and throughput of encoding and decoding sharded bf16 checkpoints of growing size.
 
     python benchmarks/bench_scale.py [--sizes 0.2 1 4] [--rows 4096 --cols 4096] [--qp -30] [--no-dq]
-                                     [--threads 1 0] [--workdir DIR] [--out benchmarks/results]
+                                     [--threads 1 0] [--ops ...] [--keep --workdir DIR] [--name NAME]
+                                     [--out benchmarks/results] [--report]
 
 For each size (GB of bf16 weights) a synthetic checkpoint is written at run time into a
 temporary folder (never committed): shards of 8 tensors of rows x cols bf16 values (normal,
@@ -13,12 +14,18 @@ size (VmHWM), its wall time and the weights per second:
   one tensor read at a time, each NDU written as its turn comes;
 * encode, in memory: every tensor loaded, then ``Encoder.encode`` (today's in-memory path),
   the reference for the throughput ratio (run up to ``--memory-max-gb``);
-* decode: the stream decoded in memory (``nnc.decode``), as streaming decode into a folder
-  is not on this branch.
+* decode to a folder: ``nnc.writers.decode_to_path(stream, folder/)`` (what ``nnc decode -o
+  folder/`` runs): the shards and the index written back, one unit in flight;
+* decode in memory: ``nnc.decode(stream)``, the reference for the decode throughput ratio.
+
+Each size writes its checkpoint once; ``--keep --workdir DIR`` keeps it and the streams so that
+another run (``--ops decode-folder ...``) measures more without encoding again. Rows are merged
+into OUT/NAME.json per (size, quantisation, qp, threads, op); ``--report`` renders every
+OUT/scale*.json into the table of OUT/scale.md.
 
 The goal (issue 16) is a peak RSS <= 1.5 x the largest tensor's float32 size + 300 MB at every
 size, flat as the model grows, with the streaming throughput within 5 % of the in-memory one.
-Writes scale.md (and scale.json) into --out. Not a test: peaks and times vary from run to run.
+Not a test: peaks and times vary from run to run.
 """
 
 from __future__ import annotations
@@ -235,14 +242,14 @@ def write_report(out: Path) -> None:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
-    def peak(c, op):
-        return f"{c[op]['peak']:.0f}" if op in c else "-"
+    def peak(c, op):  # * marks a run stopped before the end (its "partial" says how far)
+        return f"{c[op]['peak']:.0f}{'*' if c[op].get('partial') else ''}" if op in c else "-"
 
     def ratio(c, a, b):
         return f"{_mws(c[a]) / _mws(c[b]):.2f}" if a in c and b in c else "-"
 
     def speed(c, op):
-        return f"{_mws(c[op]):.2f}" if op in c else "-"
+        return f"{_mws(c[op]):.2f}{'*' if c[op].get('partial') else ''}" if op in c else "-"
 
     for (quant, qp, size, threads), c in sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][2], kv[0][3])):
         facts = next(iter(c.values()))
@@ -252,10 +259,14 @@ def write_report(out: Path) -> None:
             f"| {ratio(c, 'encode-stream', 'encode-memory')} | {peak(c, 'decode-folder')} "
             f"| {peak(c, 'decode-memory')} | {speed(c, 'decode-folder')} | {ratio(c, 'decode-folder', 'decode-memory')} |"
         )
+    partial = [
+        f"* {r['size_gb']:g} GB {r['op']}, {r['threads']} thread(s): {r['partial']}" for r in rows if r.get("partial")
+    ]
     commands = sorted({r["command"] for r in rows if "command" in r})
     text = (out / "scale.md").read_text() if (out / "scale.md").exists() else ""
     begin, end = "<!-- bench_scale table -->", "<!-- end bench_scale table -->"
-    table = "\n".join([begin, "", *lines, "", "Commands:", "", "```console", *commands, "```", "", end])
+    notes = ["", "Stopped runs:", "", *partial] if partial else []
+    table = "\n".join([begin, "", *lines, *notes, "", "Commands:", "", "```console", *commands, "```", "", end])
     if begin in text and end in text:
         text = text[: text.index(begin)] + table + text[text.index(end) + len(end) :]
     else:
