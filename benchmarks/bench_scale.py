@@ -117,6 +117,55 @@ def write_checkpoint(folder: Path, gigabytes: float, rows: int, cols: int, per_s
     return dict(tensors=count, shards=shards, bytes=count * tensor_bytes, largest_fp32=4 * rows * cols)
 
 
+def replicate_stream(src: Path, dst: Path, copies: int) -> int:
+    """``copies`` x the tensors of a bench_scale stream (its NDUs renamed "layers" -> "layerA"..., same lengths).
+
+    The checkpoint metadata of the topology unit is rewritten for the new tensors and shards, so
+    that decoding to a folder writes ``copies`` times the files: a large stream for measuring the
+    decoder without encoding it.  Returns the number of tensors.
+    """
+    import mmap
+
+    from nnc import container as C
+
+    prefixes = ["layers"] + [f"layer{chr(65 + k)}" for k in range(copies - 1)]
+    with open(src, "rb") as fh:
+        m = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)  # left to the GC: the units hold views of it
+        units = list(C.iter_units(m))
+        tpl = next(u for u in units if u.type == C.NNR_TPL)
+        meta = json.loads(tpl.header.data)
+        nn, ndus = meta["nnc"], [u for u in units if u.type == C.NNR_NDU]
+        names = [u.header.topology_elem_id for u in ndus]
+
+        def renamed(name, k):
+            return prefixes[k] + name[len("layers") :]
+
+        for key, value in list(nn.items()):
+            if isinstance(value, dict) and set(value) >= set(names):
+                nn[key] = {renamed(n, k): v for k in range(copies) for n, v in value.items()}
+            elif isinstance(value, list) and set(value) == set(names):
+                nn[key] = [renamed(n, k) for k in range(copies) for n in value]
+        ck = nn["checkpoint"]
+        files = len(ck["files"])
+        ck["files"] = [
+            {"metadata": {"format": "pt"}, "name": f"model-{i + 1:05d}-of-{copies * files:05d}.safetensors"}
+            for i in range(copies * files)
+        ]
+        first = json.loads(tpl.header.data)["nnc"]["checkpoint"]["file_of"]
+        ck["file_of"] = {renamed(n, k): k * files + v for k in range(copies) for n, v in first.items()}
+        ck["index"]["metadata"]["total_size"] *= copies
+        with open(dst, "wb") as out:
+            out.write(m[: tpl.offset])
+            out.write(C.build_tpl(data=json.dumps(meta, separators=(",", ":"))))
+            out.write(m[tpl.end : ndus[0].offset])
+            for k in range(copies):
+                for u, name in zip(ndus, names):
+                    unit = bytes(m[u.offset : u.end])
+                    at = unit.index(name.encode())
+                    out.write(unit[:at] + renamed(name, k).encode() + unit[at + len(name) :])
+    return copies * len(names)
+
+
 def run(op, folder, out, qp, dq, threads) -> dict:
     env = dict(os.environ, PYTHONPATH=str(REPO), OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
     r = subprocess.run(
@@ -193,8 +242,18 @@ def main(argv=None) -> int:
     ap.add_argument("--name", default="scale", help="results go to OUT/NAME.json (rows merged with earlier ones)")
     ap.add_argument("--report", action="store_true", help="only write OUT/scale.md from every OUT/scale*.json")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    ap.add_argument(
+        "--replicate",
+        nargs=3,
+        metavar=("SRC", "DST", "COPIES"),
+        help="only write DST: the stream SRC's tensors COPIES times (for decode runs on a larger model)",
+    )
     args = ap.parse_args(argv)
     out = Path(args.out)
+    if args.replicate:
+        src, dst, copies = args.replicate
+        print(replicate_stream(Path(src), Path(dst), int(copies)), "tensors")
+        return 0
     if args.report:
         write_report(out)
         return 0
