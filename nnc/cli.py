@@ -380,25 +380,22 @@ def _decode_on_cluster(args) -> int:
         if used:
             return _fail(f"{flag} cannot be combined with --scheduler")
     from . import formats
+    from .writers import is_directory_target
 
-    formats.format_from_extension(args.output)  # a bad extension fails before any work
+    if not is_directory_target(args.output):
+        formats.format_from_extension(args.output)  # a bad extension fails before any work
     try:
         client, owned = distributed.get_client(args.scheduler)
     except (ImportError, ValueError, OSError) as exc:
         return _fail(f"--scheduler {args.scheduler}: {exc}")
-    try:
-        out = distributed.decode_model(
+    try:  # streaming: each unit's tensors are written into the output as they arrive
+        written = distributed.decode_to_path(
             args.stream, args.output, client, threads=args.threads or 1, entry_points=args.entry_points
         )
     finally:
         if owned:
             distributed.close_client(client)
-    summary = dict(
-        stream=str(args.stream),
-        output=args.output,
-        tensors=len(out),
-        weights=int(sum(np.asarray(v).size for v in out.values())),
-    )
+    summary = dict(stream=str(args.stream), output=args.output, tensors=written["tensors"], weights=written["weights"])
     if args.json:
         print(json.dumps(summary, indent=2))
     elif not args.quiet:

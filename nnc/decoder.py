@@ -21,7 +21,9 @@ Examples
 from __future__ import annotations
 
 import math
+import mmap
 import os
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Iterable, Mapping, Union
@@ -477,6 +479,30 @@ def read_input(data: StreamInput) -> bytes | memoryview:
     raise TypeError(f"cannot decode from {type(data).__name__}; give bytes, a buffer, a path or a binary file")
 
 
+#: Read-only maps of stream files whose pages may be dropped once read (``nnc.writers.map_stream`` adds its own).
+RELEASABLE_MAPS: "weakref.WeakSet[mmap.mmap]" = weakref.WeakSet()
+
+
+def release_pages(mapped: mmap.mmap, start: int, end: int) -> None:
+    """Drop a releasable map's pages in [start, end) from resident memory; the file keeps the bytes.
+
+    The range is widened to whole pages inside it; a kernel without MADV_DONTNEED keeps the pages.
+    """
+    advice = getattr(mmap, "MADV_DONTNEED", None)
+    start, end = start - start % mmap.PAGESIZE, end - end % mmap.PAGESIZE
+    if advice is not None and end > start:
+        try:
+            mapped.madvise(advice, start, end - start)
+        except (OSError, ValueError):
+            pass
+
+
+def _releasable_map(data) -> "mmap.mmap | None":
+    """The map under ``data`` if it is one of RELEASABLE_MAPS, else None."""
+    under = data.obj if isinstance(data, memoryview) else None
+    return under if isinstance(under, mmap.mmap) and under in RELEASABLE_MAPS else None
+
+
 @dataclass
 class _Params:
     """Parameters in force for an NDU: from the MPS, possibly overridden by an LPS (spec 5.2, 6.1)."""
@@ -619,7 +645,11 @@ class Decoder:
     def _parse_units(self) -> None:
         """Walk the unit stream and record the parameters in force for each NDU (spec 3.1)."""
         params = _Params()
+        mapped, released = _releasable_map(self.data), 0
         for unit in C.iter_units(self.data):
+            if mapped is not None:  # headers parsed so far leave memory: the scan's peak does not grow with the stream
+                release_pages(mapped, released, unit.offset)
+                released = unit.offset - unit.offset % mmap.PAGESIZE
             self.units.append(unit)
             h = unit.header
             if unit.type == C.NNR_STR:

@@ -5,8 +5,9 @@ tensors from the model path (a filesystem the workers share; safetensors files a
 read lazily, tensor by tensor) and returns the unit's bytes; the client writes the
 units in stream order as they arrive, so only coded units pass through it.  For
 decoding, every worker reads the stream file (memory-mapped) and returns the
-tensors of its unit; the client writes the model file.  The bytes and values are
-those of a local run.
+tensors of its unit; the client writes them into their place in the output files as
+they arrive (:func:`decode_to_path`), with a bounded number of units in flight.  The
+bytes and values are those of a local run.
 
 Examples
 --------
@@ -26,6 +27,7 @@ from __future__ import annotations
 import mmap
 import os
 import tempfile
+import threading
 from collections import OrderedDict
 from pathlib import Path
 
@@ -35,7 +37,15 @@ from . import container as C
 from . import formats
 from .errors import EncodeError
 
-__all__ = ["get_client", "close_client", "encode_model", "decode_model", "tensor_index", "read_tensors"]
+__all__ = [
+    "get_client",
+    "close_client",
+    "encode_model",
+    "decode_model",
+    "decode_to_path",
+    "tensor_index",
+    "read_tensors",
+]
 
 
 def get_client(scheduler):
@@ -250,20 +260,55 @@ def _open_stream(path):
         return fh, None
 
 
-def _decode_unit(path, i, decoder_options, threads):
-    """Worker: the tensors of NDU ``i`` of the stream at ``path``."""
-    from .decoder import Decoder
+_WORKER_DECODER: dict = {}  # on a worker: {job token: (Decoder, map)} of the stream being decoded
+_WORKER_LOCK = threading.Lock()
 
-    fh, mm = _open_stream(path)
-    dec = unit = None
-    try:
-        dec = Decoder(memoryview(mm) if mm is not None else b"", **decoder_options)
-        unit, params = dec._ndus[i]
-        out = dec._decode_ndu(unit, params, dec._ndu_tensors[i], threads)
-        return OrderedDict((k, np.array(v, copy=True)) for k, v in out.items())
-    finally:
-        dec = unit = None
-        _close_stream(fh, mm)
+
+def _worker_decoder(token, path, decoder_options):
+    """The worker's Decoder of ``path`` for the job ``token``: the stream's headers are parsed once per worker."""
+    from .decoder import Decoder
+    from .writers import map_stream
+
+    with _WORKER_LOCK:
+        if token not in _WORKER_DECODER:
+            _forget(None, locked=True)  # one stream at a time per worker
+            mapped = map_stream(path)
+            _WORKER_DECODER[token] = (Decoder(mapped if mapped is not None else b"", **decoder_options), mapped)
+        return _WORKER_DECODER[token]
+
+
+def _forget(token, locked: bool = False) -> None:
+    """Worker: let go of the Decoder and the map of ``token`` (of every job for None)."""
+    if not locked:
+        with _WORKER_LOCK:
+            return _forget(token, locked=True)
+    for key in [k for k in _WORKER_DECODER if token is None or k == token]:
+        _, mapped = _WORKER_DECODER.pop(key)
+        if mapped is not None:
+            try:
+                mapped.close()
+            except BufferError:  # views still alive (a task still decoding): the map closes when they go
+                pass
+    return None
+
+
+def _decode_unit(path, i, decoder_options, threads, token=None):
+    """Worker: the tensors of NDU ``i`` of the stream at ``path``."""
+    from .decoder import release_pages
+
+    if token is None:  # one task on its own: nothing kept
+        token = object()
+        try:
+            return _decode_unit(path, i, decoder_options, threads, token)
+        finally:
+            _forget(token)
+    dec, mapped = _worker_decoder(token, path, decoder_options)
+    unit, params = dec._ndus[i]
+    out = dec._decode_ndu(unit, params, dec._ndu_tensors[i], threads)
+    result = OrderedDict((k, np.array(v, copy=True)) for k, v in out.items())
+    if mapped is not None:
+        release_pages(mapped, unit.offset, unit.end)  # the payload's pages: a worker's memory stays bounded
+    return result
 
 
 def _close_stream(fh, mm):
@@ -297,15 +342,141 @@ def decode_model(stream, output, client, *, threads: int = 1, **decoder_options)
         dec = None
         _close_stream(fh, mm)
     if not local:
-        futures = [client.submit(_decode_unit, path, i, decoder_options, threads, pure=False) for i in range(ndus)]
-        try:
-            for f in futures:
-                tensors.update(f.result())
-                f.release()
-        finally:
-            for f in futures:
-                f.cancel()
+        for _, unit_tensors in _units_in_order(client, path, range(ndus), decoder_options, threads, None):
+            tensors.update(unit_tensors)
     tensors, dtypes = restore_model_view(tensors, metadata)
     if output is not None:
         formats.write_model(os.fspath(output), tensors, dtypes)
     return tensors
+
+
+def _in_flight(client, in_flight) -> int:
+    if in_flight is not None:
+        if in_flight < 1:
+            raise ValueError("in_flight must be at least 1")
+        return int(in_flight)
+    try:
+        return max(2, 2 * sum(client.nthreads().values()))
+    except Exception:  # a client that cannot tell: two per worker thread is only a default
+        return 4
+
+
+def _units_in_order(client, path, units, decoder_options, threads, in_flight):
+    """Yield ``(i, tensors of NDU i)`` for ``units`` in order, with at most ``in_flight`` tasks submitted at once.
+
+    A result is fetched when its turn comes and released at once, so the client holds
+    one unit's tensors at a time and the workers at most ``in_flight``.
+    """
+    import uuid
+    from collections import deque
+
+    token = uuid.uuid4().hex
+    window = _in_flight(client, in_flight)
+    pending = iter(units)
+    futures: deque = deque()
+
+    def submit():
+        i = next(pending, None)
+        if i is not None:
+            futures.append((i, client.submit(_decode_unit, path, i, decoder_options, threads, token, pure=False)))
+
+    try:
+        for _ in range(window):
+            submit()
+        while futures:
+            i, f = futures.popleft()
+            result = f.result()
+            f.release()
+            submit()
+            yield i, result
+            del result
+    finally:
+        for _, f in futures:
+            f.cancel()
+        try:
+            client.run(_forget, token)
+        except Exception:  # a worker gone: its process took the map with it
+            pass
+
+
+def decode_to_path(
+    stream, output, client, *, threads: int = 1, in_flight: int | None = None, **decoder_options
+) -> dict:
+    """Decode a stream file on a Dask cluster into model files: :func:`nnc.writers.decode_to_path`, one task per unit.
+
+    The client plans the files from the stream's headers, the workers decode the
+    units (each reading the stream file, which must be on a filesystem they share),
+    and the client writes each unit's tensors into their place in the output as they
+    arrive, then lets them go: at most ``in_flight`` units (default: two per worker
+    thread) are on the workers, one on the client.  The files are those of a local
+    run.  ``.pt`` and ``.onnx`` files, updates and streams that need a decoder state
+    are decoded as :func:`nnc.writers.decode_to_path` does them, on the client.
+
+    Parameters
+    ----------
+    stream : str or ``os.PathLike``
+        The stream file, at a path the workers can read.
+    output : str or ``os.PathLike``
+        The folder or file to write (as for :func:`nnc.writers.decode_to_path`).
+    client : ``dask.distributed.Client``
+    threads : int
+        Threads per task inside a large tensor (0: one per CPU of the worker).
+    in_flight : int or None
+        Units submitted at a time; None for two per worker thread.
+    **decoder_options
+        ``limits``, ``engine``, ``entry_points`` (as for :class:`nnc.decoder.Decoder`).
+
+    Returns
+    -------
+    dict
+        As :func:`nnc.writers.decode_to_path`: ``files``, ``tensors``, ``weights``, ``bytes``.
+
+    Raises
+    ------
+    nnc.errors.DecodeError
+        If the stream is invalid (raised on the worker that found it); nothing is written.
+    TypeError
+        If ``stream`` is not a path.
+    ValueError
+        If ``in_flight`` is below 1.
+
+    Examples
+    --------
+    >>> from dask.distributed import Client, LocalCluster                # doctest: +SKIP
+    >>> client = Client(LocalCluster(n_workers=2, processes=False))      # doctest: +SKIP
+    >>> decode_to_path("model.nnr", "decoded/", client)["files"]         # doctest: +SKIP
+    ['decoded/model-00001-of-00002.safetensors', ..., 'decoded/model.safetensors.index.json']
+    """
+    from . import writers
+    from .decoder import Decoder
+    from .formats import format_from_extension
+
+    if not isinstance(stream, (str, os.PathLike)):
+        raise TypeError("on a Dask cluster the stream must be a path the workers can read")
+    path = os.path.abspath(os.fspath(stream))
+    mapped = writers.map_stream(path)
+    dec = Decoder(mapped if mapped is not None else path, **decoder_options)
+    single = not writers.is_directory_target(output)
+    if (
+        decoder_options.get("state") is not None
+        or any(p.parent_signalling for _, p in dec._ndus)
+        or (single and format_from_extension(output) in ("pt", "onnx"))
+    ):
+        return writers.decode_to_path(dec, output, threads=threads)
+    if mapped is not None:
+        writers._release(mapped, len(mapped))
+    options = {k: v for k, v in decoder_options.items() if k != "state"}
+
+    def remote(names, out):
+        wanted = set(names)
+        units = sorted({dec._index[n][0] for n in names})
+        for _, tensors in _units_in_order(client, path, units, options, threads, in_flight):
+            for name in list(tensors):
+                array = tensors.pop(name)
+                if name not in wanted:
+                    continue
+                buffer = out(dec.info(name))
+                yield name, (dec._fill(name, buffer, array) if buffer is not None else array)
+                del array
+
+    return writers.write_tensors(dec, output, None, remote)

@@ -302,7 +302,8 @@ def decode_model(
     client : ``dask.distributed.Client`` or None
         Decode on a Dask cluster, one task per unit, the workers reading the
         stream file (``stream`` must be a path they can read); the same tensors
-        (see :mod:`nnc.distributed`).
+        (see :mod:`nnc.distributed`).  They are gathered on the client, one unit
+        at a time; :func:`nnc.distributed.decode_to_path` writes files instead.
     **decoder_options
         ``limits``, ``engine``, ``state``, ``entry_points``: as for
         :class:`nnc.decoder.Decoder`.

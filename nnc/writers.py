@@ -32,20 +32,16 @@ import math
 import os
 import struct
 import tempfile
-import weakref
 import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from .decoder import DecodedTensors, Decoder, restore_model_view
+from .decoder import RELEASABLE_MAPS, DecodedTensors, Decoder, _releasable_map, release_pages, restore_model_view
 from .errors import DecodeError
-
-if TYPE_CHECKING:
-    import mmap
 
 __all__ = ["decode_to_path", "DecodeProgress", "is_directory_target", "map_stream"]
 
@@ -373,7 +369,7 @@ def _temp_in(folder: Path, name: str) -> str:
     return tmp
 
 
-_OWN_MAPS: weakref.WeakSet[mmap.mmap] = weakref.WeakSet()  # maps made by map_stream: their pages may be released
+_OWN_MAPS = RELEASABLE_MAPS  # maps made by map_stream: their pages may be released
 
 
 def map_stream(path):
@@ -417,15 +413,7 @@ def map_stream(path):
 
 def _release(mapped, upto: int) -> None:
     """Let the kernel drop the pages of the decoded units, so resident memory does not grow with the stream."""
-    import mmap
-
-    advice = getattr(mmap, "MADV_DONTNEED", None)
-    end = upto - upto % mmap.PAGESIZE
-    if advice is not None and end > 0:
-        try:
-            mapped.madvise(advice, 0, end)
-        except (OSError, ValueError):
-            pass
+    release_pages(mapped, 0, upto)
 
 
 def decode_to_path(
@@ -501,12 +489,9 @@ def decode_to_path(
     else:
         source = map_stream(stream) if isinstance(stream, (str, os.PathLike)) else None
         dec = Decoder(source if source is not None else stream, **decoder_options)
-    import mmap
-
-    under = dec.data.obj if isinstance(dec.data, memoryview) else None
-    mapped = under if isinstance(under, mmap.mmap) and under in _OWN_MAPS else None  # _OWN_MAPS holds only maps
+    mapped = _releasable_map(dec.data)
     if mapped is not None:
-        _release(mapped, len(mapped))  # the pages parsing touched; payloads are read again when decoded
+        _release(mapped, len(mapped))  # what else touched pages since parsing; payloads are read again when decoded
     wanted = None if names is None else set(names)
     if wanted is not None:
         missing = sorted(wanted - set(dec.names()))
@@ -521,6 +506,25 @@ def decode_to_path(
         from .formats import FormatError
 
         raise FormatError(f"{output}: an update added to a model is written to one file; give a file name")
+
+    def local(names, out):
+        for name, array in dec.iter_tensors(names, threads=threads, out=out):
+            yield name, array
+            if mapped is not None:
+                info = dec.info(name)
+                _release(mapped, info.unit_offset + info.unit_size)
+
+    return write_tensors(dec, output, wanted, local, progress)
+
+
+def write_tensors(dec: Decoder, output, wanted, produce, progress=None) -> dict:
+    """Write the tensors ``produce(names, out)`` yields into the files planned for ``output``, atomically.
+
+    ``produce`` yields ``(name, array)`` for the planned names, in the stream's order, as
+    :meth:`nnc.decoder.Decoder.iter_tensors` does with ``out`` (the array a tensor is to
+    be written into, or None): :func:`decode_to_path` decodes locally, :mod:`nnc.distributed`
+    on a cluster.  Returns the summary of :func:`decode_to_path`.
+    """
     folder, files, index = _plan(dec, output, wanted)
     created = is_directory_target(output) and not folder.exists()  # a file's folder must exist
     if created:
@@ -538,14 +542,9 @@ def decode_to_path(
         nbytes = {t.name: t.nbytes for f in files for t in f.tensors}
         if progress is not None:
             progress(DecodeProgress(None, 0, n_tensors, 0, total_bytes))
-        for name, array in dec.iter_tensors(
-            list(sink_of), threads=threads, out=lambda info: sink_of[info.name].buffer(info)
-        ):
+        for name, array in produce(list(sink_of), lambda info: sink_of[info.name].buffer(info)):
             sink_of[name].take(name, array)
             del array
-            if mapped is not None:
-                info = dec.info(name)
-                _release(mapped, info.unit_offset + info.unit_size)
             done["tensors"] += 1
             done["bytes"] += nbytes[name]
             if progress is not None:

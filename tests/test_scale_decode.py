@@ -1,0 +1,102 @@
+"""Decoding a stream file to a folder holds memory bounded by the work in flight, not by the number of units."""
+
+import os
+import struct
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import nnc
+from nnc import container as C
+from nnc.decoder import RELEASABLE_MAPS, Decoder
+from nnc.writers import map_stream
+
+UNITS, VALUES = 1024, 32768  # 1024 raw float32 tensors of 128 KiB: a 128 MiB stream
+BOUND_MB = 24  # growth of the peak over the imports (3 MB measured); the pages the scan touched were 65 MB before
+
+
+def many_unit_stream(path, units=UNITS, values=VALUES):
+    """``units`` raw float32 tensors named t00000... (one NDU spliced under new names), written to ``path``."""
+    x = np.random.default_rng(5).standard_normal(values).astype(np.float32)
+    one = nnc.Encoder(raw=["t00000"]).encode({"t00000": x}, extra_metadata=None).stream
+    parsed = list(C.iter_units(one))
+    ndu = parsed[-1]
+    head = bytes(one[: ndu.offset])
+    body = bytes(one[ndu.offset : ndu.end])
+    at = body.index(b"t00000")
+    with open(path, "wb") as fh:
+        fh.write(_announce(head, units))
+        for i in range(units):
+            fh.write(body[:at] + f"t{i:05d}".encode() + body[at + 6 :])
+    return x
+
+
+def _announce(head: bytes, units: int) -> bytes:
+    """The start of the stream with the topology unit announcing every spliced tensor."""
+    import json
+
+    for unit in C.iter_units(head):
+        if unit.type == C.NNR_TPL:
+            meta = json.loads(unit.header.get("data") or "{}")
+            meta.setdefault("nnc", {"version": 1})["tensors"] = [f"t{i:05d}" for i in range(units)]
+            tpl = C.build_tpl(data=json.dumps(meta, separators=(",", ":")))
+            return head[: unit.offset] + tpl + head[unit.end :]
+    raise AssertionError("no topology unit")
+
+
+CHILD = textwrap.dedent(
+    """
+    import sys
+    import nnc, nnc.cli, nnc.writers
+    def hwm():
+        return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024
+    how, src, out = sys.argv[1:4]
+    before = hwm()
+    if how == "library":
+        summary = nnc.writers.decode_to_path(src, out)
+    else:
+        assert nnc.cli.main(["decode", src, "-o", out, "-q"]) == 0
+    print(before, hwm())
+    """
+)
+
+
+@pytest.mark.parametrize("how", ["library", "cli"])
+def test_decode_to_folder_peak_does_not_grow_with_the_units(tmp_path, how):
+    src = tmp_path / "many.nnr"
+    x = many_unit_stream(src)
+    assert os.path.getsize(src) > UNITS * VALUES * 4
+    out = tmp_path / "out"
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    r = subprocess.run(
+        [sys.executable, "-c", CHILD, how, str(src), str(out) + "/"], capture_output=True, text=True, env=env,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    before, peak = map(float, r.stdout.split()[-2:])
+    assert peak - before < BOUND_MB, f"decode-to-folder peak grew by {peak - before:.0f} MB for a 128 MiB stream"
+    path = out / "model.safetensors"
+    with open(path, "rb") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+    data = np.memmap(path, dtype="<f4", mode="r", offset=8 + n, shape=(UNITS, VALUES))
+    for i in (0, UNITS // 2, UNITS - 1):
+        np.testing.assert_array_equal(data[i], x)
+    del data
+
+
+def test_header_scan_of_a_map_leaves_the_values_unchanged(tmp_path):
+    """Pages dropped during the scan are read again from the file: same tensors as decoding the bytes."""
+    src = tmp_path / "few.nnr"
+    x = many_unit_stream(src, units=40, values=5000)
+    mapped = map_stream(src)
+    assert mapped in RELEASABLE_MAPS
+    dec = Decoder(mapped)
+    from_map = dec.decode()
+    from_bytes = nnc.decode(src.read_bytes())
+    assert list(from_map) == list(from_bytes) == [f"t{i:05d}" for i in range(40)]
+    for k in from_bytes:
+        np.testing.assert_array_equal(from_map[k], from_bytes[k])
+        np.testing.assert_array_equal(from_map[k], x)
