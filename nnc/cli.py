@@ -214,7 +214,6 @@ def cmd_encode(args) -> int:
         qp_per_tensor=_parse_assignments(args.tensor_qp, "--tensor-qp"),
         raw=args.raw or (),
         lossless_int=args.lossless_int,
-        blocks=args.blocks,
         profile=args.profile,
         param_opt=not args.no_param_opt,
         row_skip=args.row_skip,
@@ -229,6 +228,10 @@ def cmd_encode(args) -> int:
         options["importance"], _ = formats.read_model(args.importance)
     if args.nonweight_qp is not None:
         options["nonweight_qp"] = args.nonweight_qp
+    if args.blocks is not None:
+        options["blocks"] = args.blocks
+    if args.raw_when_smaller is not None:
+        options["raw_when_smaller"] = args.raw_when_smaller
     if args.qp is None and args.step is None:
         options.pop("step")
     if args.scheduler:
@@ -781,11 +784,13 @@ def stream_info(path) -> dict:
             needs_parent.update(names)  # an update coded with TCA: its levels need the parent's (spec 14)
     units = [dict(index=i, type=u.type_name, offset=u.offset, size=u.size) for i, u in enumerate(dec.units)]
     unit_at = {u.offset: i for i, u in enumerate(dec.units)}
+    sizes = {t.name: t.size for t in dec.tensors()}
     tensors: list[dict[str, Any]] = []
     for t in dec.tensors():
         h = dec.units[unit_at[t.unit_offset]].header
         unit_bytes = t.unit_size
-        share = unit_bytes / max(len(t.block) or 1, 1)
+        # a block unit's bytes shared by element count (a bias is not charged half of its weight's bytes)
+        share = unit_bytes * t.size / max(sum(sizes[n] for n in t.block) if t.block else t.size, 1)
         tensors.append(
             dict(
                 name=t.name,
@@ -1424,7 +1429,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-gtx", type=int, default=11, help="greater-than flags N, 1-256 (default 11)")
     p.add_argument("--qp-density", type=int, default=2, help="qp steps per octave as a power of two (default 2)")
     p.add_argument("--tensor-qp", action="append", metavar="PATTERN=QP", help="per-tensor qp by name or glob")
-    p.add_argument("--nonweight-qp", type=int, help="qp of 1-D tensors (default -75)")
+    p.add_argument("--nonweight-qp", type=int, help="qp of 1-D tensors (default: the weights' qp)")
     p.add_argument("--raw", action="append", metavar="PATTERN", help="store matching tensors uncompressed")
     p.add_argument(
         "--lossless-int",
@@ -1432,7 +1437,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="code integer tensors losslessly (default: on)",
     )
-    p.add_argument("--blocks", action="store_true", help="pair X.weight with X.bias in block units")
+    p.add_argument(
+        "--blocks",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="pair every X.weight with its X.bias in block units (default: where NNCodec does too)",
+    )
+    p.add_argument(
+        "--raw-when-smaller",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="store a tensor as float32 when coding it would not make it smaller (default: on)",
+    )
     p.add_argument("--profile", type=int, default=1, choices=(0, 1), help="1: 2nd edition (default), 0: 1st")
     p.add_argument("--no-param-opt", action="store_true", help="do not optimise context initialisation")
     p.add_argument("--row-skip", action="store_true", help="2nd edition: skip all-zero rows")

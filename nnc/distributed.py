@@ -124,8 +124,8 @@ def _encode_unit(path, name, parts, options, mps_qp):
     names = block_members(name, parts) if parts else [name]
     arrays = read_tensors(path, names)
     if parts:
-        coded = {n: enc.quantiser.quantise(n, arrays[n], in_block=True) for n in names}
-        unit = writer.block_unit(name, parts, coded)
+        coded = {n: enc.quantiser.quantise(n, arrays[n], in_block=s.blocks != "auto") for n in names}
+        unit = writer.group_unit(name, parts, coded, arrays)
     else:
         unit = writer.single_unit(writer.raw_if_smaller(enc.quantiser.quantise(name, arrays[name]), arrays[name]))
     summary = [dict(name=t.name, qp=t.qp, recon=np.asarray(t.recon).dtype.name) for t in unit.members]
@@ -171,7 +171,7 @@ def encode_model(model, output, client, **options) -> int:
     unknown = [k for k in s.dtypes if k not in shapes]
     if unknown:
         raise EncodeError(f"dtypes names a tensor that is not in the model: {unknown[0]!r}")
-    groups = block_groups(s.blocks, shapes)
+    groups = block_groups(s.blocks, shapes, s, {k: dtype for k, (_, dtype) in index.items()})
     in_block = {m for w, p in groups.items() for m in block_members(w, p)[1:]}
     names = [name for name in shapes if name not in in_block]
 

@@ -100,7 +100,7 @@ class EncodeResult:
     --------
     >>> import numpy as np
     >>> from nnc.encoder import Encoder
-    >>> res = Encoder(qp=-30).encode({"w": np.ones((2, 3), np.float32)})
+    >>> res = Encoder(qp=-30).encode({"w": np.ones((16, 16), np.float32)})
     >>> list(res.tensors), res.tensors["w"].qp
     (['w'], -30)
     """
@@ -184,7 +184,8 @@ class Encoder:
     qp_per_tensor : mapping of str to int, optional
         {name or glob pattern: qp}; the first match wins.
     nonweight_qp : int or None
-        qp of 1-D tensors (biases, norms), default -75 as in NNCodec; None means ``qp``.
+        qp of 1-D tensors (biases, norms); None (default) means ``qp``, as the measurements
+        of ``benchmarks/results/paper.md`` recommend (NNCodec uses -75; before 0.2.0 so did nnc).
     qp_density : int
         0..7, default 2 (four qps per octave of step size).
     dq : bool
@@ -202,8 +203,12 @@ class Encoder:
         Names or patterns of tensors stored uncompressed (RAW_FLOAT).
     lossless_int : bool
         Code integer tensors exactly as INT (default True).
-    blocks : bool or mapping
-        True to pair ``X.weight`` with ``X.bias`` in BLOCK NDUs, or
+    blocks : bool, str or mapping
+        ``"auto"`` (default) pairs a float ``X.weight`` with its ``X.bias`` in BLOCK NDUs
+        (spec 7.6) where NNCodec forms such blocks too: not in incremental streams, not
+        with codebooks, not for tensors named by ``raw``, ``sigmas`` or ``output_formats``,
+        and not when a member holds inf or NaN or would be smaller stored raw. True pairs
+        every such weight and bias, False none; or
         {weight name: {"bias": name, "bn": [beta, gamma, mean, var], "scaling": name}}.
     profile : int
         1 = 2nd edition (default, as NNCodec 2.1.3 writes); 0 = 1st edition.
@@ -269,9 +274,8 @@ class Encoder:
         tensors as given).
     raw_when_smaller : bool
         Store a float tensor as RAW_FLOAT when its coded NDU would be no smaller: no tensor
-        then costs more than its float32 bytes (default False for now, so that published
-        streams keep their bytes; ``benchmarks/results/paper_tables.md``). Not in BLOCK NDUs;
-        in-memory encoding only (:meth:`Encoder.encode_to` refuses it).
+        then costs more than its float32 bytes (default True since 0.2.0;
+        ``benchmarks/results/paper.md``). Not inside explicit BLOCK NDUs.
     settings : nnc.encoding.settings.EncoderSettings, optional
         All the options above (but ``state``) as one checked object, instead of keywords.
 
@@ -287,8 +291,8 @@ class Encoder:
     >>> w = np.random.default_rng(1).normal(0, 0.05, (64, 64)).astype(np.float32)
     >>> enc = Encoder(qp=-32, dq=True, rdoq_lambda=0.1)
     >>> res = enc.encode({"fc.weight": w, "fc.bias": w[0]})
-    >>> res.tensors["fc.bias"].qp                 # 1-D tensors use nonweight_qp
-    -75
+    >>> res.tensors["fc.bias"].qp                 # 1-D tensors use qp unless nonweight_qp is given
+    -32
     >>> import nnc
     >>> bool((nnc.decode(res.stream)["fc.weight"] == res.reconstruction["fc.weight"]).all())
     True
@@ -401,7 +405,13 @@ class Encoder:
         if unknown:
             raise EncodeError(f"dtypes names a tensor that is not in the model: {unknown[0]!r}")
         writer = UnitWriter(s, self.engine, self.state)
-        groups = block_groups(s.blocks, {n: a.shape for n, a in arrays.items()})
+        groups = block_groups(
+            s.blocks,
+            {n: a.shape for n, a in arrays.items()},
+            s,
+            {n: a.dtype for n, a in arrays.items()},
+            incremental=self.state is not None,
+        )
         in_block = {m for w, p in groups.items() for m in block_members(w, p)[1:]}
         names = [name for name in arrays if name not in in_block]
         keys = {name: None if cache is None else self._unit_key(name, groups.get(name), arrays) for name in names}
@@ -414,8 +424,9 @@ class Encoder:
                     writer.raw_if_smaller(self.quantiser.quantise(name, arrays[name]), arrays[name])
                 )
             members = block_members(name, groups[name])
-            coded = {n: self.quantiser.quantise(n, arrays[n], in_block=True) for n in members[1:] + [name]}
-            return writer.block_unit(name, groups[name], coded)
+            in_block = s.blocks != "auto"  # auto pairs are float tensors, coded alike either way
+            coded = {n: self.quantiser.quantise(n, arrays[n], in_block=in_block) for n in members[1:] + [name]}
+            return writer.group_unit(name, groups[name], coded, arrays)
 
         units = []
         result = EncodeResult(stream=b"")

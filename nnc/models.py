@@ -244,7 +244,7 @@ def encode_model_to(model, output, *, progress=None, budget: int = 1 << 30, meas
     encoder = Encoder(**options)
     extra = checkpoint_metadata(source)
     s = encoder.settings
-    if not s.codebook and not s.sigmas and not s.raw_when_smaller:
+    if not s.codebook and not s.sigmas:
         return encoder.encode_to(
             source, output, progress=progress, extra_metadata=extra, budget=budget, measure=measure
         )
@@ -264,7 +264,11 @@ def encode_model_to(model, output, *, progress=None, budget: int = 1 << 30, meas
         original_bytes=source.nbytes,
         qps={k: t.qp for k, t in result.tensors.items() if t.qp is not None},
         skipped=list(result.skipped),
-        kept_raw=[k for k, t in result.tensors.items() if t.payload_type == "RAW_FLOAT" and not s.is_raw(k)],
+        kept_raw=[
+            k
+            for k, t in result.tensors.items()
+            if t.payload_type == "RAW_FLOAT" and not s.is_raw(k) and not np.isfinite(t.reconstruction).all()
+        ],
     )
     if not measure:
         summary.energy = summary.error = float("nan")

@@ -106,6 +106,7 @@ CASES = [
     dict(dq=True, scan_order=0, n_gtx=256), dict(dq=False, scan_order=3, row_skip=True),
     dict(dq=False, rdoq_lambda=0.5), dict(dq=True, rdoq_lambda=0.3, scan_order=2),
     dict(dq=True, qp_density=3, rdoq_lambda=0.1, lambda_per_tensor={"r2.*": 1.0}, qp_per_tensor={"fc.*": -50}),
+    dict(), dict(nonweight_qp=-75, blocks=False, raw_when_smaller=False),  # the defaults, new and before 0.2.0
 ]
 
 

@@ -1,13 +1,16 @@
 """Encoder(raw_when_smaller=True): no tensor costs more than storing it as float32 (issue 18)."""
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 import nnc
+from nnc import demo
 from nnc.cli import stream_info
 from nnc.encoder import Encoder
+from nnc.formats import read_model
 
 floats = st.floats(-4, 4, width=32, allow_nan=False)
 
@@ -36,13 +39,70 @@ def test_a_ten_value_bias_at_qp_minus_75_goes_raw():
     rng = np.random.default_rng(0)
     tensors = {"fc.weight": rng.normal(0, 0.1, (10, 64)).astype(np.float32),
                "fc.bias": rng.normal(0, 0.1, 10).astype(np.float32)}
-    res = Encoder(qp=-20, raw_when_smaller=True).encode(tensors)
+    res = Encoder(qp=-20, nonweight_qp=-75, blocks=False).encode(tensors)
     assert res.tensors["fc.bias"].payload_type == "RAW_FLOAT"
     assert res.tensors["fc.weight"].payload_type == "FLOAT"
-    assert Encoder(qp=-20).encode(tensors).tensors["fc.bias"].payload_type == "FLOAT"     # off by default
+    plain = Encoder(qp=-20, nonweight_qp=-75, blocks=False, raw_when_smaller=False).encode(tensors)  # before 0.2.0
+    assert plain.tensors["fc.bias"].payload_type == "FLOAT"
 
 
 def test_info_shows_each_tensors_header_bytes():
     info = stream_info(nnc.encode({"w": np.ones((4, 4), np.float32), "b": np.ones(4, np.float32)}, qp=-20))
     for t in info["tensors"]:
         assert 0 < t["header_bytes"] < t["unit_bytes"]
+
+
+def _unit_bytes_by_tensor(stream):
+    """{name: bytes of the NDU(s) carrying it}; a BLOCK unit is charged to all its members together."""
+    units = {}
+    for t in stream_info(stream)["tensors"]:
+        units.setdefault(t["unit_index"], [0, []])
+        units[t["unit_index"]][0] = t["unit_bytes"]
+        units[t["unit_index"]][1].append(t["name"])
+    return [(names, size) for size, names in units.values()]
+
+
+def _no_unit_costs_more_than_raw(tensors, **options):
+    res = Encoder(**options).encode(tensors)
+    raw = {t["name"]: t["unit_bytes"] for t in stream_info(Encoder(raw=["*"]).encode(tensors).stream)["tensors"]}
+    for names, size in _unit_bytes_by_tensor(res.stream):
+        assert size <= sum(raw[n] for n in names), (names, size)
+    decoded = nnc.decode(res.stream)
+    for k in tensors:
+        np.testing.assert_array_equal(decoded[k], res.tensors[k].reconstruction)
+    return res
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+@pytest.mark.parametrize("qp", [-38, -24, -12])
+def test_defaults_on_the_bundled_models_never_cost_more_than_raw(kind, qp):
+    tensors = {k: np.asarray(v, np.float32) for k, v in read_model(demo.DATA / demo.MODELS[kind])[0].items()}
+    res = _no_unit_costs_more_than_raw(tensors, qp=qp)
+    assert all(t.qp in (None, qp) for t in res.tensors.values())  # 1-D tensors at the weights' qp
+    old = Encoder(qp=qp, nonweight_qp=-75, blocks=False, raw_when_smaller=False).encode(tensors)
+    assert len(res.stream) < len(old.stream)  # the measured defaults are smaller (benchmarks/results/paper.md)
+
+
+@given(arrays(np.float32, st.tuples(st.integers(1, 40)), elements=floats),
+       arrays(np.float32, st.tuples(st.integers(1, 40), st.integers(1, 8)), elements=floats),
+       st.sampled_from([-60, -38, -20, 0]), st.booleans(), st.booleans())
+@settings(max_examples=30, deadline=None)
+def test_defaults_on_random_tensors_never_cost_more_than_raw(bias, weight, qp, dq, paired):
+    if paired:
+        bias = bias[: weight.shape[0]]
+        weight = weight[: bias.shape[0]]
+    _no_unit_costs_more_than_raw({"l.weight": weight, "l.bias": bias}, qp=qp, dq=dq)
+
+
+def test_default_streams_write_the_same_bytes_to_files(tmp_path):
+    rng = np.random.default_rng(3)
+    tensors = {"a.weight": rng.normal(0, 0.1, (10, 64)).astype(np.float32),
+               "a.bias": rng.normal(0, 0.1, 10).astype(np.float32),
+               "b.weight": rng.normal(0, 0.1, (3, 5)).astype(np.float32),
+               "b.bias": np.array([1.0, np.inf, 2.0], np.float32),
+               "c": rng.normal(0, 1000, 7).astype(np.float32)}  # too fine a step for these values
+    stream = Encoder(qp=-30).encode(tensors).stream
+    nnc.encode_model(tensors, tmp_path / "m.nnr", qp=-30)
+    assert (tmp_path / "m.nnr").read_bytes() == stream
+    kinds = {t["name"]: t["payload_type"] for t in stream_info(stream)["tensors"]}
+    assert kinds["a.bias"] == "BLOCK" and kinds["b.bias"] == "RAW_FLOAT" and kinds["c"] == "RAW_FLOAT"

@@ -9,7 +9,7 @@ Examples
 >>> from nnc.encoding.settings import EncoderSettings
 >>> s = EncoderSettings(qp=-30, qp_per_tensor={"head.*": -40})
 >>> s.tensor_qp("head.weight", 2), s.tensor_qp("body.weight", 2), s.tensor_qp("body.bias", 1)
-(-40, -30, -75)
+(-40, -30, -30)
 >>> EncoderSettings(n_gtx=0)
 Traceback (most recent call last):
     ...
@@ -107,7 +107,7 @@ class EncoderSettings:
     qp: int | None = None
     step: float | None = None
     qp_per_tensor: Mapping[str, int] = field(default_factory=dict)
-    nonweight_qp: int | None = -75
+    nonweight_qp: int | None = None
     qp_density: int = 2
     dq: bool = True
     scan_order: int | None = None
@@ -115,7 +115,7 @@ class EncoderSettings:
     param_opt: bool = True
     raw: tuple = ()
     lossless_int: bool = True
-    blocks: Any = False
+    blocks: Any = "auto"
     profile: int = 1
     keep_dtype: bool = True
     row_skip: bool = False
@@ -133,7 +133,7 @@ class EncoderSettings:
     hdsp: bool = False
     skip_zero: bool = True
     differences: bool = False
-    raw_when_smaller: bool = False
+    raw_when_smaller: bool = True
 
     def __post_init__(self):
         if self.qp is not None and self.step is not None:
@@ -146,6 +146,8 @@ class EncoderSettings:
             raise EncodeError(f"n_gtx {self.n_gtx} outside 1..256")
         if self.profile not in (0, 1):
             raise EncodeError(f"profile must be 0 or 1, not {self.profile}")
+        if not (self.blocks in (False, True, "auto") or isinstance(self.blocks, Mapping)):
+            raise EncodeError("blocks must be False, True, 'auto' or a mapping of weight names to their parts")
         if self.codebook not in (False, True, "auto"):
             raise EncodeError("codebook must be False, True or 'auto'")
         dtypes = dict(self.dtypes or {})

@@ -166,13 +166,12 @@ def encode_to(
     unknown = [k for k in s.dtypes if k not in by_name]
     if unknown:
         raise EncodeError(f"dtypes names a tensor that is not in the model: {unknown[0]!r}")
-    groups = block_groups(s.blocks, {t.name: t.shape for t in tensors})
+    groups = block_groups(s.blocks, {t.name: t.shape for t in tensors}, s, {t.name: t.dtype for t in tensors})
     in_block = {m for w, p in groups.items() for m in block_members(w, p)[1:]}
     plan = {t.name: predicted(s, t, t.name in in_block or t.name in groups) for t in tensors}
-    if any(dtype is None for dtype, _ in plan.values()) or s.raw_when_smaller:
+    if any(dtype is None for dtype, _ in plan.values()):
         raise EncodeError(
-            "codebooks, DC-v1 sigmas and raw_when_smaller choose per tensor from the values: "
-            "use Encoder.encode (in memory) for them"
+            "codebooks and DC-v1 sigmas choose per tensor from the values: use Encoder.encode (in memory) for them"
         )
     original = {t.name: s.dtypes.get(t.name, t.original_dtype) for t in tensors}
     stream_qp = mps_qp([qp for _, qp in plan.values() if qp is not None], s.qp_density)
@@ -200,10 +199,10 @@ def encode_to(
     def quantise(name):
         """The unit of ``name`` (its block members too), and each member's (energy, error)."""
         members = [name] if name not in groups else block_members(name, groups[name])
-        coded, stats = {}, {}
+        coded, stats, values = {}, {}, {}
         for n in members:
             x = load(n)
-            t = encoder.quantiser.quantise(n, x, in_block=name in groups)
+            t = encoder.quantiser.quantise(n, x, in_block=name in groups and s.blocks != "auto")
             if _kept_raw(s, t):  # inf or NaN: stored exactly, with the dtype planned (the MPS qp stays)
                 kept_raw.add(n)
             elif (t.recon.dtype.name, t.qp) != plan[n]:
@@ -213,8 +212,13 @@ def encode_to(
             if measure and x.dtype.kind == "f":
                 stats[n] = _energy_error(x, t.recon)
             coded[n] = t
+            values[n] = x  # raw_when_smaller stores these values
             del x
-        unit = writer.single_unit(coded[name]) if name not in groups else writer.block_unit(name, groups[name], coded)
+        if name in groups:
+            unit = writer.group_unit(name, groups[name], coded, values)
+        else:
+            unit = writer.single_unit(writer.raw_if_smaller(coded[name], values[name]))
+        del values
         return unit, stats
 
     def job(name):

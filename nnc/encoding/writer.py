@@ -33,7 +33,7 @@ from .. import container as C
 from .._parallel import row_threads
 from ..errors import EncodeError
 from .quantiser import CodedTensor
-from .settings import EncoderSettings
+from .settings import EncoderSettings, matches
 
 
 def block_members(weight: str, parts: Mapping) -> list[str]:
@@ -41,8 +41,18 @@ def block_members(weight: str, parts: Mapping) -> list[str]:
     return [weight] + [parts[k] for k in ("scaling", "bias") if parts.get(k)] + list(parts.get("bn", []))
 
 
-def block_groups(blocks, shapes: Mapping[str, tuple]) -> dict[str, dict]:
+def block_groups(
+    blocks, shapes: Mapping[str, tuple], settings: EncoderSettings | None = None, dtypes=None, incremental=False
+) -> dict[str, dict]:
     """Which tensors go into BLOCK NDUs with which weight (spec 7.6), from the tensors' shapes.
+
+    ``blocks="auto"`` (the default) pairs as ``True`` does, but only where NNCodec forms the
+    same blocks and nothing asks for a tensor on its own: not in incremental streams
+    (``incremental``), not with codebooks, and only a float ``X.weight`` directly followed by
+    its ``X.bias`` (the decoded order then differs from the model's only in that the bias comes
+    just before its weight, spec 15.3), of one dtype (``dtypes``: name -> dtype), that neither
+    ``raw``, ``sigmas`` nor ``output_formats`` of ``settings`` name. The values can still split such a pair
+    (:meth:`UnitWriter.group_unit`).
 
     Examples
     --------
@@ -52,12 +62,19 @@ def block_groups(blocks, shapes: Mapping[str, tuple]) -> dict[str, dict]:
     if not blocks:
         return {}
     groups: dict[str, dict] = {}
-    if blocks is True:
+    if blocks is True or blocks == "auto":
         for name, shape in shapes.items():
             if name.endswith(".weight") and len(shape) >= 2:
                 bias = name[: -len("weight")] + "bias"
                 if bias in shapes and tuple(shapes[bias]) == (shape[0],):
                     groups[name] = {"bias": bias}
+        if blocks == "auto":
+            after = dict(zip(shapes, list(shapes)[1:]))  # adjacent pairs only: the decoded order stays close
+            groups = {
+                w: p
+                for w, p in groups.items()
+                if after.get(w) == p["bias"] and _auto_pair(w, p["bias"], settings, dtypes, incremental)
+            }
     else:
         groups = {k: dict(v) for k, v in blocks.items()}
     for weight, parts in groups.items():
@@ -72,6 +89,17 @@ def block_groups(blocks, shapes: Mapping[str, tuple]) -> dict[str, dict]:
         if parts.get("bn") and len(parts["bn"]) != 4:
             raise EncodeError("a block's 'bn' entry lists beta, gamma, mean and var")
     return groups
+
+
+def _auto_pair(weight: str, bias: str, settings: EncoderSettings | None, dtypes, incremental: bool) -> bool:
+    """Whether ``blocks="auto"`` carries ``bias`` in a BLOCK NDU with ``weight``."""
+    if settings is None or dtypes is None or incremental or settings.codebook:
+        return False
+    kinds = {np.dtype(dtypes[weight]).name, np.dtype(dtypes[bias]).name}
+    if len(kinds) != 1 or np.dtype(kinds.pop()).kind != "f":
+        return False
+    named = (settings.raw, settings.sigmas, settings.output_formats)
+    return not any(matches(n, patterns) for n in (weight, bias) for patterns in named)
 
 
 def mps_qp(qps, qp_density: int) -> int:
@@ -277,6 +305,24 @@ class UnitWriter:
             raw=f32,
         )
         return raw if len(self.single_unit(raw).build(0)) <= len(self.single_unit(t).build(0)) else t
+
+    def group_unit(self, weight: str, parts: dict, coded: Mapping[str, CodedTensor], arrays) -> Unit:
+        """The unit of a block group: its BLOCK NDU, or with ``blocks="auto"`` the members'
+        own NDUs one after the other when a member holds inf or NaN or one of them would
+        be smaller stored raw (``raw_when_smaller``). ``coded`` are quantised ``in_block``
+        unless ``blocks="auto"``; ``arrays`` maps the names to the tensors' values."""
+        if self.settings.blocks != "auto":
+            return self.block_unit(weight, parts, coded)
+        names = block_members(weight, parts)
+        alone = {n: self.raw_if_smaller(coded[n], arrays[n]) for n in names}
+        if all(t.ptype == "FLOAT" for t in alone.values()):
+            return self.block_unit(weight, parts, coded)
+        units = [self.single_unit(alone[n]) for n in names]
+
+        def build(mps_qp: int, link=None) -> bytes:
+            return b"".join(u.build(mps_qp, link) for u in units)
+
+        return Unit([alone[n] for n in names], build)
 
     def block_unit(self, weight: str, parts: dict, coded: Mapping[str, CodedTensor]) -> Unit:
         """A BLOCK NDU (spec 7.6) of a weight and its parts, coded ``in_block``."""
