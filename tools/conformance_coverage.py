@@ -17,7 +17,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-DECODER_FILES = ["nnc/decoder.py", "nnc/container.py", "nnc/reconstruction.py", "nnc/engine/python/arithmetic.py",
+DECODER_FILES = ["nnc/decoder.py", "nnc/container.py", "nnc/reconstruction.py", "nnc/_parallel.py",
+                 "nnc/engine/python/arithmetic.py",
                  "nnc/engine/python/binarisation.py", "nnc/engine/python/scan.py", "nnc/engine/python/payload.py"]
 
 # Encoder-side code in those files (building units, encoding payloads, estimating rates) is not
@@ -56,14 +57,15 @@ def main(argv=None) -> int:
     cov.start()
     from nnc.verify import format_table, verify_suite
 
-    # the whole-stream decoding, then each tensor on its own from its entry points
-    results = verify_suite(args.suite, "nnc-python") + verify_suite(args.suite, "nnc-python-random-access")
+    # each tensor on its own from its entry points; then the whole stream through every API path
+    # (decode_with_info; threads with block rows in threads, into caller arrays; iter_tensors; entry points used)
+    results = verify_suite(args.suite, "nnc-python-random-access") + verify_suite(args.suite, "nnc-python-api")
     cov.stop()
     failed = [r for r in results if not r.passed]
     if failed:
         print(format_table(failed))
     print(f"suite: {len(results) - len(failed)}/{len(results)} stream decodings passed with the Python engine "
-          "(whole, and tensor by tensor)\n")
+          "(tensor by tensor, and whole through every API path)\n")
     total = cov.report(show_missing=args.missing, skip_covered=False)
     if args.html:
         cov.html_report(directory=args.html)
