@@ -750,6 +750,23 @@ def _reshaped_update():
             head(parent_signalling=True) + craft_ndu("a.weight", grown, [8, 8], parent=parent, hdsp=True)]
 
 
+def _recorded_metadata():
+    """Today's encoder's stream of three tensors, its topology metadata recording (spec 6.2.1) an original bfloat16
+    dtype, a dtype numpy does not know and an original shape of another size (the last two to be ignored)."""
+    r = rng(77)
+    tensors = OrderedDict([("a.weight", laplace(r, (6, 8))), ("b.weight", laplace(r, (5, 4))), ("c.bias", laplace(r, (7,)))])
+    s = enc_current(tensors, qp=-24)
+    tpl = _units(s)[2]
+    meta = json.loads(tpl.header.data)
+    meta["nnc"].update(dtypes={"a.weight": "bfloat16", "b.weight": "int128"}, shapes={"c.bias": [2, 4]})
+    data = json.dumps(meta, separators=(",", ":"), sort_keys=True)
+    return s[:tpl.offset] + C.build_tpl(0, 0, data) + s[tpl.end:]
+
+
+stream("p1_recorded_metadata", 1,
+       "topology metadata recording a bfloat16 original dtype, an unknown dtype and a shape of another size: the "
+       "output is the decoded tensors as always (spec 6.2.1, 12.6); caller arrays may be bfloat16 bits (uint16)",
+       ["topology metadata", "original dtypes", "original shapes"])(_recorded_metadata)
 must_fail("mf_mps_cut", "DecodeError", "3.2",
           "a model parameter set whose nnr_unit_size ends inside its syntax (15.1 item 11)")(_cut_mps)
 must_fail("mf_codebook_index_p1", "DecodeError", "10.4",

@@ -244,8 +244,8 @@ class NNCRandomAccessAdapter(NNCAdapter):
     Each stream is decoded whole with its transmitted entry points checked
     against the decoded positions (``entry_points="verify"``, spec 11.4); then
     every tensor is decoded on its own, last first, entering its block rows at
-    their entry points (``entry_points="use"``, spec 9.7), and must equal the
-    whole decoding.  Streams of an incremental sequence get the first check
+    their entry points (``entry_points="use"``, spec 9.7; every other one into
+    a caller array, ``out=``), and must equal the whole decoding.  Streams of an incremental sequence get the first check
     only (their tensors depend on the sequence's state).
 
     Parameters
@@ -274,8 +274,9 @@ class NNCRandomAccessAdapter(NNCAdapter):
             return Decoder(data, engine=self.engine, state=state, entry_points="verify").decode()
         whole = Decoder(data, engine=self.engine, entry_points="verify").decode()
         dec = Decoder(data, engine=self.engine, entry_points="use")
-        for info in reversed(dec.tensors()):
-            alone = dec.decode_tensor(info.name)
+        for i, info in enumerate(reversed(dec.tensors())):
+            # every other tensor into a caller array of its own dtype and shape (out=)
+            alone = dec.decode_tensor(info.name, out=np.empty(info.shape, info.dtype) if i % 2 else None)
             if alone.shape != info.shape or tensor_sha256(alone) != tensor_sha256(whole[info.name]):
                 raise errors.DecodeError(
                     f"tensor {info.name!r} decoded on its own differs from the whole stream's decoding",
@@ -302,8 +303,8 @@ class InconsistentDecoding(RuntimeError):
 class NNCAPIAdapter(NNCAdapter):
     """nnc's decoder, called in every way its API offers; all of them must agree.
 
-    Each stream is decoded with :func:`nnc.decoder.decode_with_info` (the
-    result that is verified), and then three times more:
+    Each stream is decoded from a file with :func:`nnc.decoder.decode_with_info`
+    (the result that is verified), and then three times more:
 
     1. from a binary file object, with ``threads=2`` (units in a thread pool,
        and the block rows of every block-scanned tensor in two ranges decoded in
@@ -357,12 +358,33 @@ class NNCAPIAdapter(NNCAdapter):
         return reference
 
     def _reference(self, data, state):
+        """decode_with_info, from a file"""
+        import os
+        import tempfile
+
         from .decoder import decode_with_info
 
-        tensors, infos = decode_with_info(data, engine=self.engine, state=state)
+        if getattr(self, "_tmp", None) is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="nnc-verify-")
+        path = os.path.join(self._tmp.name, "stream.nnr")
+        with open(path, "wb") as fh:
+            fh.write(bytes(data))
+        tensors, infos = decode_with_info(path, engine=self.engine, state=state)
         if [i.name for i in infos] != list(tensors):
             raise InconsistentDecoding("decode_with_info's tensor records are not those of its tensors")
         return tensors
+
+    def close(self):
+        """Remove the temporary file the streams are decoded from.
+
+        Examples
+        --------
+        >>> from nnc.verify import NNCAPIAdapter
+        >>> NNCAPIAdapter().close()
+        """
+        if getattr(self, "_tmp", None) is not None:
+            self._tmp.cleanup()
+            self._tmp = None
 
     def _same_error(self, route, want, data, state):
         """``route`` rejects the stream as the decoding did (with entry points used: rejects it at all)."""

@@ -104,7 +104,7 @@ def test_random_access_check_catches_a_wrong_tensor(monkeypatch):
 
     stream = nnc.encode({"w": np.ones((40, 40), np.float32), "b": np.ones(40, np.float32)}, scan_order=1)
     real = Decoder.decode_tensor
-    monkeypatch.setattr(Decoder, "decode_tensor", lambda self, name: real(self, name) + (name == "w"))
+    monkeypatch.setattr(Decoder, "decode_tensor", lambda self, name, out=None: real(self, name) + (name == "w"))
     with pytest.raises(errors.DecodeError, match="'w' decoded on its own differs"):
         NNCRandomAccessAdapter()(stream)
 
@@ -199,4 +199,4 @@ def test_suite_version_4_streams_are_registered():
     added = {e["name"] for e in MANIFEST["streams"] if e.get("added_in") == 4}
     assert MANIFEST["version"] == 4
     assert added == {"mf_mps_cut", "mf_codebook_index_p1", "p1_entry_point_negative", "p1_entry_point_beyond_payload",
-                     "p1_reshaped_update_0_base", "p1_reshaped_update_1_update_grown_hdsp"}
+                     "p1_reshaped_update_0_base", "p1_reshaped_update_1_update_grown_hdsp", "p1_recorded_metadata"}
