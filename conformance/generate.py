@@ -767,6 +767,17 @@ stream("p1_recorded_metadata", 1,
        "topology metadata recording a bfloat16 original dtype, an unknown dtype and a shape of another size: the "
        "output is the decoded tensors as always (spec 6.2.1, 12.6); caller arrays may be bfloat16 bits (uint16)",
        ["topology metadata", "original dtypes", "original shapes"])(_recorded_metadata)
+def _column_with_entry_points():
+    """A 40 x 1 tensor signalled with scan order 1: its effective scan order is 0 (11.1), and the four
+    entry points its header carries (counted with the signalled order, 7.3) are ignored (11.4)."""
+    levels = np.round(rng(79).laplace(0, 2.0, 40)).astype(np.int32)
+    s = head() + craft_ndu("col.weight", levels, [40, 1])
+    return _replace_ndu(s, 3, scan_order=1, entry_points=[dict(value=0, dq_state=0, offset=0)] * 4)
+
+
+stream("p1_entry_points_effective_scan_0", 1,
+       "a 40 x 1 tensor signalled with scan_order 1: effective scan order 0, its four entry points ignored "
+       "(spec 7.3, 11.1, 11.4)", ["scan_order 1", "effective scan order 0", "entry points"])(_column_with_entry_points)
 must_fail("mf_mps_cut", "DecodeError", "3.2",
           "a model parameter set whose nnr_unit_size ends inside its syntax (15.1 item 11)")(_cut_mps)
 must_fail("mf_codebook_index_p1", "DecodeError", "10.4",

@@ -377,9 +377,7 @@ def entry_point_count(ctx) -> int:
 
     Counted with the signalled scan order, even where the effective one is 0 (spec 7.3, 11.1).
     """
-    scan = ctx.scan_order
-    if not scan:
-        return 0
+    scan = ctx.scan_order  # > 0: the list is read only then (see INPUT_PARAMETERS)
     if ctx._.nnr_compressed_data_unit_payload_type == NNR_PT_BLOCK and ctx.compressed_parameter_types & NNR_CPT_DC:
         return max(0, block_row_count(ctx.g_number_of_rows, scan) - 1) + max(
             0, block_row_count(ctx.decomposition_rank, scan) - 1

@@ -311,11 +311,12 @@ class NNCAPIAdapter(NNCAdapter):
        threads from their entry points, spec 11.4), into caller arrays
        (``out=``): a float tensor into a float64 array, a tensor whose original
        dtype or shape the stream records (spec 6.2.1) into an array of that
-       dtype (bfloat16: ``uint16`` bits) and shape;
+       dtype (bfloat16: ``uint16`` bits) and shape; with a progress callback;
     2. from a two-dimensional memoryview, every other tensor through
-       :meth:`~nnc.decoder.Decoder.iter_tensors` with a callable target that
-       gives every other one of those an array;
-    3. with ``entry_points="use"`` (spec 9.7), with a progress callback.
+       :meth:`~nnc.decoder.Decoder.iter_tensors` with ``threads=2`` (block rows
+       in threads only for large tensors, as by default) and a callable target
+       that gives every other one of those an array;
+    3. with :func:`~nnc.decoder.decode` and ``entry_points="use"`` (spec 9.7).
 
     Every way must give the same tensors (the caller arrays: the same values
     in their dtype) or, for an invalid stream, an error of the same class,
@@ -443,40 +444,39 @@ class NNCAPIAdapter(NNCAdapter):
         dec = Decoder(io.BytesIO(bytes(data)), engine=self.engine, state=state)
         dec.row_thread_min_elements = 1  # every block-scanned tensor of two or more block rows in two ranges
         buffers = {t.name: self._buffer(dec, t) for t in dec.tensors()}
-        got = dec.decode(threads=2, out=buffers)
+        seen: list = []
+        got = dec.decode(threads=2, out=buffers, progress=seen.append)
         if reference is not None:
             if any(got[k] is not buffers[k] for k in buffers):
                 raise InconsistentDecoding(f"{self._threads_into_buffers.__doc__}: a caller array was not used")
             self._compare(self._threads_into_buffers.__doc__, got, reference)
+            if [i.name for i in seen] != list(got) or any(i is not dec.info(i.name) for i in seen):
+                raise InconsistentDecoding(f"{self._threads_into_buffers.__doc__}: the progress callback saw others")
 
     def _iterated(self, data, state, reference):
-        """iter_tensors with a callable target, from a memoryview"""
+        """iter_tensors with threads=2 and a callable target, from a memoryview"""
         from .decoder import Decoder
 
         view = memoryview(bytes(data))
         dec = Decoder(view.cast("B", (1, len(view))) if len(view) else view, engine=self.engine, state=state)
         names = dec.names()[:: 2 if reference is not None else 1]  # an invalid stream: every unit, to reject it
         targets = {t.name: self._buffer(dec, t) for t in dec.tensors()[::4]}
-        got = dict(dec.iter_tensors(names, out=lambda info: targets.get(info.name)))
+        got = dict(dec.iter_tensors(names, threads=2, out=lambda info: targets.get(info.name)))
         if reference is not None:
             self._compare(self._iterated.__doc__, got, reference, names)
             if any(got[k] is not a for k, a in targets.items()):
                 raise InconsistentDecoding(f"{self._iterated.__doc__}: a caller array was not used")
 
     def _from_entry_points(self, data, state, reference):
-        """entry_points='use'"""
-        from .decoder import Decoder
+        """decode with entry_points='use'"""
+        from .decoder import Decoder, decode
 
-        seen = []
-        dec = Decoder(data, engine=self.engine, state=state, entry_points="use")
         if reference is None:
-            dec.decode(progress=seen.append)
+            decode(data, engine=self.engine, state=state, entry_points="use")
             return
         try:
-            got = dec.decode(progress=seen.append)
+            got = decode(data, engine=self.engine, state=state, entry_points="use")
             self._compare(self._from_entry_points.__doc__, got, reference)
-            if [i.name for i in seen] != list(got) or any(i is not dec.info(i.name) for i in seen):
-                raise InconsistentDecoding("entry_points='use': the progress callback saw other tensors")
         except (errors.NNCError, InconsistentDecoding) as exc:
             # only wrong entry points may change the result: verifying them must say so
             try:

@@ -199,4 +199,5 @@ def test_suite_version_4_streams_are_registered():
     added = {e["name"] for e in MANIFEST["streams"] if e.get("added_in") == 4}
     assert MANIFEST["version"] == 4
     assert added == {"mf_mps_cut", "mf_codebook_index_p1", "p1_entry_point_negative", "p1_entry_point_beyond_payload",
-                     "p1_reshaped_update_0_base", "p1_reshaped_update_1_update_grown_hdsp", "p1_recorded_metadata"}
+                     "p1_reshaped_update_0_base", "p1_reshaped_update_1_update_grown_hdsp", "p1_recorded_metadata",
+                     "p1_entry_points_effective_scan_0"}
