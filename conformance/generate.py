@@ -778,6 +778,8 @@ def _column_with_entry_points():
 stream("p1_entry_points_effective_scan_0", 1,
        "a 40 x 1 tensor signalled with scan_order 1: effective scan order 0, its four entry points ignored "
        "(spec 7.3, 11.1, 11.4)", ["scan_order 1", "effective scan order 0", "entry points"])(_column_with_entry_points)
+must_fail("mf_scan_order_5", "DecodeError", "7.4", "an NDU with scan_order 5 (reserved values 5 ... 15, 15.1 item 27)")(
+    lambda: _replace_ndu(_valid(), 3, scan_order=5, entry_points=[]))
 must_fail("mf_mps_cut", "DecodeError", "3.2",
           "a model parameter set whose nnr_unit_size ends inside its syntax (15.1 item 11)")(_cut_mps)
 must_fail("mf_codebook_index_p1", "DecodeError", "10.4",

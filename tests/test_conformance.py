@@ -200,4 +200,4 @@ def test_suite_version_4_streams_are_registered():
     assert MANIFEST["version"] == 4
     assert added == {"mf_mps_cut", "mf_codebook_index_p1", "p1_entry_point_negative", "p1_entry_point_beyond_payload",
                      "p1_reshaped_update_0_base", "p1_reshaped_update_1_update_grown_hdsp", "p1_recorded_metadata",
-                     "p1_entry_points_effective_scan_0"}
+                     "p1_entry_points_effective_scan_0", "mf_scan_order_5"}
