@@ -11,6 +11,7 @@ nnc/reconstruction.py and the decoding half of the Python engine (nnc/engine/pyt
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from pathlib import Path
@@ -88,8 +89,6 @@ def cython_report(cov, missing: bool) -> float:
 
 
 def main(argv=None) -> int:
-    import coverage
-
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("suite", nargs="?", default=str(REPO / "conformance"))
     ap.add_argument("--html", help="also write an HTML report to this directory")
@@ -97,20 +96,77 @@ def main(argv=None) -> int:
     ap.add_argument("--cython", action="store_true",
                     help="decode with the Cython engine instead and also report its decoding lines (needs an engine "
                     "built with NNC_CYTHON_COVERAGE=1)")
+    ap.add_argument("--jobs", type=int, default=1, help="measure in this many processes (streams split among them)")
+    ap.add_argument("--part", help=argparse.SUPPRESS)  # "I/N": one process of --jobs N
+    ap.add_argument("--data-file", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.cython:
         return main_cython(args)
-    cov = coverage.Coverage(branch=True, include=[str(REPO / f) for f in DECODER_FILES])
+    if args.jobs > 1:
+        return main_jobs(args)
+    cov = _python_coverage(args.data_file)
+    cov.start()
+    results = _decode_suite(args.suite, args.part)
+    cov.stop()
+    if args.part:
+        cov.save()
+        print(json.dumps([[r.name, r.group, r.passed, r.detail, r.seconds] for r in results]))
+        return 0
+    return _report(cov, results, args)
+
+
+def _python_coverage(data_file=None):
+    import coverage
+
+    cov = coverage.Coverage(branch=True, include=[str(REPO / f) for f in DECODER_FILES], data_file=data_file)
     cov.exclude("pragma: no cover")
     for pattern in ENCODER_SIDE + APPLICATION_SIDE:
         cov.exclude(pattern)
-    cov.start()
-    from nnc.verify import format_table, verify_suite
+    return cov
 
-    # each tensor on its own from its entry points; then the whole stream through every API path
-    # (decode_with_info; threads with block rows in threads, into caller arrays; iter_tensors; entry points used)
-    results = verify_suite(args.suite, "nnc-python-random-access") + verify_suite(args.suite, "nnc-python-api")
-    cov.stop()
+
+def _decode_suite(suite, part=None):
+    """Each tensor on its own from its entry points; then the whole stream through every API path
+    (decode_with_info; threads with block rows in threads, into caller arrays; iter_tensors; entry points used).
+    ``part`` "I/N": only the I-th of N shares of the streams (a sequence's streams stay together)."""
+    from nnc.verify import verify_suite
+
+    names = None
+    if part:
+        i, n = (int(x) for x in part.split("/"))
+        entries = json.loads((Path(suite) / "manifest.json").read_text())["streams"]
+        keys = list(dict.fromkeys((e.get("sequence") or {}).get("id") or e["name"] for e in entries))
+        mine = set(keys[i::n])
+        names = [e["name"] for e in entries if ((e.get("sequence") or {}).get("id") or e["name"]) in mine]
+    return verify_suite(suite, "nnc-python-random-access", names=names) + verify_suite(
+        suite, "nnc-python-api", names=names)
+
+
+def main_jobs(args) -> int:
+    """Run --jobs processes over shares of the suite and combine their coverage data."""
+    import subprocess
+    import tempfile
+
+    from nnc.verify import Result
+
+    with tempfile.TemporaryDirectory(prefix="nnc-coverage-") as tmp:
+        procs = [subprocess.Popen([sys.executable, __file__, args.suite, "--part", f"{i}/{args.jobs}",
+                                   "--data-file", str(Path(tmp) / f"part{i}")], stdout=subprocess.PIPE, text=True)
+                 for i in range(args.jobs)]
+        results = []
+        for p in procs:
+            out, _ = p.communicate()
+            if p.returncode:
+                raise SystemExit(f"a measuring process failed (status {p.returncode})")
+            results += [Result(*r) for r in json.loads(out.strip().splitlines()[-1])]
+        cov = _python_coverage(str(Path(tmp) / "combined"))
+        cov.combine([str(Path(tmp) / f"part{i}") for i in range(args.jobs)])
+        return _report(cov, results, args)
+
+
+def _report(cov, results, args) -> int:
+    from nnc.verify import format_table
+
     failed = [r for r in results if not r.passed]
     if failed:
         print(format_table(failed))
