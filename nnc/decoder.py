@@ -587,7 +587,7 @@ class Decoder:
         #: Whether the stream's tensors are differences to the receiver's model (spec 6.2.1).
         self.differences: bool = self.metadata.get("differences") is True
         #: Fewest elements of a block-row range worth a thread of its own when decoding with ``threads`` > 1;
-        #: None for :data:`nnc._parallel.MIN_ELEMENTS_PER_THREAD` (the verifier lowers it to test small streams).
+        #: None for ``nnc._parallel.MIN_ELEMENTS_PER_THREAD``, 2**18 (the verifier lowers it to test small streams).
         self.row_thread_min_elements: int | None = None
         self._check_complete()
 
