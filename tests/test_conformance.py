@@ -201,3 +201,20 @@ def test_suite_version_4_streams_are_registered():
     assert added == {"mf_mps_cut", "mf_codebook_index_p1", "p1_entry_point_negative", "p1_entry_point_beyond_payload",
                      "p1_reshaped_update_0_base", "p1_reshaped_update_1_update_grown_hdsp", "p1_recorded_metadata",
                      "p1_entry_points_effective_scan_0", "mf_scan_order_5"}
+
+
+def test_bytes_after_a_topology_string_are_ignored_unless_strict():
+    """Spec 3.2: a TPL unit may carry bytes after its string (no suite stream: NNCodec rejects them)."""
+    import numpy as np
+
+    import nnc
+    from nnc import container as C
+    from nnc import errors
+
+    stream = nnc.encode({"w": np.ones((3, 4), np.float32)}, qp=-20)
+    tpl = next(u for u in C.iter_units(stream) if u.type == C.NNR_TPL)
+    padded = stream[: tpl.offset] + C.build_unit(C.NNR_TPL, dict(tpl.header), b"\x00\x2a") + stream[tpl.end :]
+    assert nnc.decode(padded)["w"].tolist() == nnc.decode(stream)["w"].tolist()
+    with pytest.raises(errors.DecodeError, match="left over") as info:
+        list(C.iter_units(padded, strict=True))
+    assert info.value.clause == "3.2"
