@@ -34,7 +34,7 @@ from nnc.encoder import Encoder  # noqa: E402
 from nnc.engine import get_engine  # noqa: E402
 from nnc.verify import describe_output  # noqa: E402
 
-SUITE_VERSION = 3  # versions 2 and 3 added streams (their entries say added_in); no earlier stream changed
+SUITE_VERSION = 4  # versions 2 to 4 added streams (their entries say added_in); no earlier stream changed
 STREAMS: "OrderedDict[str, dict]" = OrderedDict()
 
 
@@ -726,6 +726,98 @@ must_fail("mf_unannounced_tensor", "DecodeError", "3.5",
         enc(OrderedDict(extra=np.array([5, -1], np.int32)))))
 
 
+# -- suite version 4: the paths of spec 15.1 items 11, 38 and 43, and HDSP without a history of the size -------
+
+ADDED_IN = 4
+
+
+def _cut_mps():
+    """The valid stream with its model parameter set cut to its first two syntax bytes (nnr_unit_size 4)."""
+    s = _valid()
+    mps = _units(s)[1]
+    return s[:mps.offset] + bytes([0, 4]) + s[mps.offset + 2:mps.offset + 4] + s[mps.end:]
+
+
+def _block_scanned():
+    """A DQ tensor of 40 x 20 in 5 block rows (scan order 1), as today's encoder writes it."""
+    return enc_current(model(75, [("w.weight", (40, 20))]), qp=-24, dq=True, scan_order=1)
+
+
+def _wrong_entry_points(offsets):
+    """``_block_scanned()`` with the EpIncrement differences of its entry points replaced (spec 7.3)."""
+    s = _block_scanned()
+    eps = [dict(value=e.value, dq_state=e.dq_state, offset=o) for e, o in zip(_units(s)[3].header.entry_points, offsets)]
+    return _replace_ndu(s, 3, entry_points=eps)
+
+
+def _reshaped_update():
+    """A base and an update with parent ids and the HDSP flag set, in which the tensor has grown (spec 10.5, 14.2)."""
+    r = rng(76)
+    base = np.round(r.laplace(0, 1.5, (6, 8))).astype(np.int32)
+    grown = np.round(r.laplace(0, 1.5, (8, 8))).astype(np.int32)
+    parent = dict(parent_node_id_type=0, parent_device_id=0)
+    return [head() + craft_ndu("a.weight", base, [6, 8]),
+            head(parent_signalling=True) + craft_ndu("a.weight", grown, [8, 8], parent=parent, hdsp=True)]
+
+
+def _recorded_metadata():
+    """Today's encoder's stream of three tensors, its topology metadata recording (spec 6.2.1) an original bfloat16
+    dtype, a dtype numpy does not know and an original shape of another size (the last two to be ignored)."""
+    r = rng(77)
+    tensors = OrderedDict([("a.weight", laplace(r, (6, 8))), ("b.weight", laplace(r, (5, 4))), ("c.bias", laplace(r, (7,)))])
+    s = enc_current(tensors, qp=-24)
+    tpl = _units(s)[2]
+    meta = json.loads(tpl.header.data)
+    meta["nnc"].update(dtypes={"a.weight": "bfloat16", "b.weight": "int128"}, shapes={"c.bias": [2, 4]})
+    data = json.dumps(meta, separators=(",", ":"), sort_keys=True)
+    return s[:tpl.offset] + C.build_tpl(0, 0, data) + s[tpl.end:]
+
+
+stream("p1_recorded_metadata", 1,
+       "topology metadata recording a bfloat16 original dtype, an unknown dtype and a shape of another size: the "
+       "output is the decoded tensors as always (spec 6.2.1, 12.6); caller arrays may be bfloat16 bits (uint16)",
+       ["topology metadata", "original dtypes", "original shapes"])(_recorded_metadata)
+def _column_with_entry_points():
+    """A 40 x 1 tensor signalled with scan order 1: its effective scan order is 0 (11.1), and the four
+    entry points its header carries (counted with the signalled order, 7.3) are ignored (11.4)."""
+    levels = np.round(rng(79).laplace(0, 2.0, 40)).astype(np.int32)
+    s = head() + craft_ndu("col.weight", levels, [40, 1])
+    return _replace_ndu(s, 3, scan_order=1, entry_points=[dict(value=0, dq_state=0, offset=0)] * 4)
+
+
+stream("p1_entry_points_effective_scan_0", 1,
+       "a 40 x 1 tensor signalled with scan_order 1: effective scan order 0, its four entry points ignored "
+       "(spec 7.3, 11.1, 11.4)", ["scan_order 1", "effective scan order 0", "entry points"])(_column_with_entry_points)
+must_fail("mf_scan_order_5", "DecodeError", "7.4", "an NDU with scan_order 5 (reserved values 5 ... 15, 15.1 item 27)")(
+    lambda: _replace_ndu(_valid(), 3, scan_order=5, entry_points=[]))
+must_fail("mf_mps_cut", "DecodeError", "3.2",
+          "a model parameter set whose nnr_unit_size ends inside its syntax (15.1 item 11)")(_cut_mps)
+must_fail("mf_codebook_index_p1", "DecodeError", "10.4",
+          "2nd edition: a codebook of 13 entries, CbZeroOffset 0 and one greater-than flag whose bounded "
+          "binarisation (10.4) decodes k = 13: the remainder's bypass bits overshoot the codebook (a crafted "
+          "payload, 15.1 item 38)")(
+    lambda: _replace_ndu(head() + craft_ndu("w", [0, 5, 12], [3], codebook=list(range(13)), cb_center=-6, n_gtx=1),
+                         3, payload=bytes.fromhex("f599cc052535")))
+stream("p1_entry_point_negative", 1,
+       "entry points whose position of block row 2 is negative: sequential decoding ignores them; a decoder "
+       "that uses them rejects the stream (9.7, 15.1 item 43)",
+       ["entry points", "wrong entry points", "scan_order 1", "dq_flag 1"], wrong_entry_points=True)(
+    lambda: _wrong_entry_points([5, -100000, 0, 0]))
+stream("p1_entry_point_beyond_payload", 1,
+       "an entry point of block row 1 beyond the end of the payload: sequential decoding ignores it; a decoder "
+       "that uses it rejects the stream (TruncatedError 9.7, 15.1 item 43)",
+       ["entry points", "wrong entry points", "scan_order 1", "dq_flag 1"], wrong_entry_points=True)(
+    lambda: _wrong_entry_points([100000, 0, 0, 0]))
+for _i, _label in enumerate(["base", "update_grown_hdsp"]):
+    stream(f"p1_reshaped_update_{_i}_{_label}", 1,
+           "incremental sequence, stream " + str(_i) + (": base model, a 6 x 8 tensor" if _i == 0 else
+                                                        ": update with parent ids and the HDSP flag, the tensor grown "
+                                                        "to 8 x 8: no history of its size, no position active (10.5)"),
+           ["mps_parent_signalling_enabled_flag"] + ([] if _i == 0 else ["parent_node_id",
+                                                                         "hist_dep_sig_prob_enabled_flag"]),
+           sequence=dict(id="p1_reshaped_update", position=_i))(lambda i=_i: _reshaped_update()[i])
+
+
 # -- the third-party group: streams written by NNCodec, copied in (not generated) -------------------------
 
 THIRD_PARTY = "third-party"
@@ -814,6 +906,8 @@ def build_all():
             entry["sequence"] = info["sequence"]
         if info["added_in"] > 1:
             entry["added_in"] = info["added_in"]
+        if info.get("wrong_entry_points"):
+            entry["wrong_entry_points"] = True
         if group == "must-fail":
             entry.update(expected_error=info["expected_error"], clause=info["clause"])
         blobs[name] = data

@@ -41,9 +41,7 @@ def row_threads(threads: int, size: int, min_elements: int | None = None) -> int
 
 def block_row_count(height: int, width: int, scan_order: int) -> int:
     """Number of block rows of a height x width matrix view (spec 11.1, 11.2): the engine's
-    count for the effective scan order, 0 for an empty matrix."""
-    if height <= 0:
-        return 0
+    count for the effective scan order (1 for a matrix of one row or column)."""
     return engine_block_row_count(height, scan_order if height > 1 and width > 1 else 0)
 
 

@@ -1622,8 +1622,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--decoder",
         default="nnc",
-        choices=("nnc", "nnc-python", "nnc-random-access", "nnc-python-random-access"),
-        help="nnc's decoder under test (*-random-access: also each tensor on its own, from its entry points)",
+        choices=("nnc", "nnc-python", "nnc-random-access", "nnc-python-random-access", "nnc-api", "nnc-python-api"),
+        help="nnc's decoder under test (*-random-access: also each tensor on its own, from its entry points; "
+        "*-api: also with threads, into caller arrays, through iter_tensors and from the entry points)",
     )
     p.add_argument(
         "--decoder-command",

@@ -137,9 +137,6 @@ class UE(cs.Construct):
         cs.stream_write(stream, bytes(bits), len(bits), path)
         return obj
 
-    def _sizeof(self, context, path):
-        raise cs.SizeofError("ue(k) has a variable size", path=path)
-
 
 class IE(cs.Adapter):
     """ie(k): signed Exp-Golomb, v -> 2v-1 (v > 0), -2v (v <= 0) (spec 2.4)."""
@@ -166,9 +163,6 @@ class Flt(cs.Construct):
         for b in struct.pack("<f", float(obj)):
             cs.BitsInteger(8)._build(b, stream, context, path)
         return obj
-
-    def _sizeof(self, context, path):
-        return 32
 
 
 class St(cs.Construct):
@@ -383,9 +377,7 @@ def entry_point_count(ctx) -> int:
 
     Counted with the signalled scan order, even where the effective one is 0 (spec 7.3, 11.1).
     """
-    scan = ctx.scan_order
-    if not scan:
-        return 0
+    scan = ctx.scan_order  # > 0: the list is read only then (see INPUT_PARAMETERS)
     if ctx._.nnr_compressed_data_unit_payload_type == NNR_PT_BLOCK and ctx.compressed_parameter_types & NNR_CPT_DC:
         return max(0, block_row_count(ctx.g_number_of_rows, scan) - 1) + max(
             0, block_row_count(ctx.decomposition_rank, scan) - 1
@@ -701,9 +693,6 @@ class _ViewReader:
     def tell(self) -> int:
         return self.pos
 
-    def seekable(self) -> bool:
-        return False
-
 
 @dataclass
 class Unit:
@@ -780,8 +769,6 @@ def _flatten_ndu(h: Container) -> Container:
         out["codebook"] = None
     ip = h.get("input_parameters")
     for f in _INPUT_FIELDS:
-        if f.startswith("_"):
-            continue
         out[f] = ip.get(f) if ip is not None else None
     if ip is not None and ip.get("tensor_dimensions") is not None:
         out["tensor_dimensions"] = list(ip["tensor_dimensions"])
@@ -852,8 +839,6 @@ def _parse_struct(structure, reader, ctx, clause, base, unit_offset):
         return cs.Bitwise(structure).parse_stream(reader, **ctx)
     except SyntaxViolation as exc:
         raise DecodeError(str(exc), clause=exc.clause, offset=base + reader.tell()) from None
-    except cs.ValidationError:
-        raise DecodeError("value outside its allowed range", clause=clause, offset=base + start) from None
     except (cs.StreamError, ValueError):
         raise DecodeError("unit header runs past the end of its unit", clause="3.2", offset=unit_offset) from None
     except (cs.ConstructError, OverflowError, TypeError, KeyError, IndexError, AttributeError) as exc:
@@ -1011,7 +996,7 @@ def iter_units(data, *, strict: bool = False) -> Iterator[Unit]:
                     clause="3.2",
                     offset=offset + payload_start,
                 )
-        yield Unit(
+        unit = Unit(
             type=utype,
             type_name=UNIT_TYPE_NAMES[utype],
             offset=offset,
@@ -1020,7 +1005,8 @@ def iter_units(data, *, strict: bool = False) -> Iterator[Unit]:
             payload_offset=offset + payload_start,
             payload=unit_view[payload_start:],
         )
-        offset += size
+        yield unit
+        offset = unit.end
         index += 1
 
 

@@ -36,8 +36,8 @@ from ._threads import thread_count
 from .engine import get_engine
 from .errors import DecodeError, LimitError, NNCError, TruncatedError, UnsupportedError, UpdateError
 from .reconstruction import (
-    DECOMPRESSED_DATA_FORMATS,
     convert_to_format,
+    format_dtype,
     reconstruct_codebook,
     reconstruct_uniform,
     step_size,
@@ -612,6 +612,9 @@ class Decoder:
         self.skipped: tuple = ()
         #: Whether the stream's tensors are differences to the receiver's model (spec 6.2.1).
         self.differences: bool = self.metadata.get("differences") is True
+        #: Fewest elements of a block-row range worth a thread of its own when decoding with ``threads`` > 1;
+        #: None for ``nnc._parallel.MIN_ELEMENTS_PER_THREAD``, 2**18 (the verifier lowers it to test small streams).
+        self.row_thread_min_elements: int | None = None
         self._check_complete()
 
     def _check_complete(self) -> None:
@@ -673,15 +676,11 @@ class Decoder:
                 if _get(h, "lps_quantization_method_flags", 0):
                     params.qp_density = int(_get(h, "lps_qp_density", params.qp_density))
                     params.qp = int(_get(h, "lps_quantization_parameter", params.qp))
-            elif unit.type in (C.NNR_QNT, C.NNR_AGG):
-                raise UnsupportedError(
-                    f"{unit.type_name} units are not supported",
-                    clause="6.3" if unit.type == C.NNR_QNT else "6.4",
-                    offset=unit.offset,
-                )
+            elif unit.type == C.NNR_QNT:  # the container rejects NNR_AGG itself (spec 6.4)
+                raise UnsupportedError("NNR_QNT units are not supported", clause="6.3", offset=unit.offset)
             elif unit.type == C.NNR_TPL:
                 self.metadata = _topology_metadata(unit)
-            elif unit.type == C.NNR_NDU:
+            else:  # NNR_NDU: the container rejects reserved types and NNR_AGG (spec 3.4, 6.4)
                 self._ndus.append((unit, _Params(**params.__dict__)))
 
     def _build_index(self) -> "OrderedDict[str, tuple[int, TensorInfo]]":
@@ -771,9 +770,10 @@ class Decoder:
             else:
                 dtype = "float32"
             if fmt is not None:
-                if fmt not in DECOMPRESSED_DATA_FORMATS:
-                    raise DecodeError(f"reserved nnr_decompressed_data_format {fmt}", clause="7.4", offset=unit.offset)
-                dtype = DECOMPRESSED_DATA_FORMATS[fmt].name
+                try:
+                    dtype = format_dtype(fmt).name
+                except DecodeError as exc:
+                    raise exc.at(unit.offset) from None
             return TensorInfo(
                 name=name,
                 shape=shape,
@@ -1307,7 +1307,13 @@ class Decoder:
                 kwargs.pop("out", None)
                 # block rows in threads from the entry points, checked exactly (spec 11.4)
                 levels, dec = decode_tensor_threads(
-                    dec, height, width, entry_points=info.entry_points, threads=threads, **kwargs
+                    dec,
+                    height,
+                    width,
+                    entry_points=info.entry_points,
+                    threads=threads,
+                    min_elements=self.row_thread_min_elements,
+                    **kwargs,
                 )
             else:
                 levels = dec.decode_tensor(
@@ -1491,10 +1497,8 @@ __all__ = [
 
 
 def _get(container, name, default=None):
-    try:
-        value = container[name]
-    except (KeyError, TypeError, AttributeError):
-        return default
+    """A parsed syntax element, or ``default`` when the unit does not carry it (None or absent)."""
+    value = container.get(name)
     return default if value is None else value
 
 

@@ -158,6 +158,39 @@ def reconstruct_codebook(indices: np.ndarray, codebook, zero_offset: int, step: 
     return book[idx].astype(np.float64) * float(step)
 
 
+def format_dtype(fmt: int) -> np.dtype:
+    """The dtype of an ``nnr_decompressed_data_format`` (spec 7.4, 12.6).
+
+    Parameters
+    ----------
+    fmt : int
+        The signalled format.
+
+    Returns
+    -------
+    ``numpy.dtype``
+        Its entry of ``DECOMPRESSED_DATA_FORMATS``.
+
+    Raises
+    ------
+    nnc.errors.DecodeError
+        If ``fmt`` is reserved (spec 7.4).
+
+    Examples
+    --------
+    >>> from nnc.reconstruction import format_dtype
+    >>> format_dtype(8).name
+    'float16'
+    >>> format_dtype(42)
+    Traceback (most recent call last):
+        ...
+    nnc.errors.DecodeError: reserved nnr_decompressed_data_format 42 [spec 7.4]
+    """
+    if fmt not in DECOMPRESSED_DATA_FORMATS:
+        raise DecodeError(f"reserved nnr_decompressed_data_format {fmt}", clause="7.4")
+    return DECOMPRESSED_DATA_FORMATS[fmt]
+
+
 def convert_to_format(values: np.ndarray, fmt: int) -> np.ndarray:
     """Convert a reconstructed tensor to its ``nnr_decompressed_data_format`` (spec 12.6).
 
@@ -196,9 +229,7 @@ def convert_to_format(values: np.ndarray, fmt: int) -> np.ndarray:
         ...
     nnc.errors.DecodeError: decoded value outside the range -2..1 of output format 2 [spec 12.6]
     """
-    if fmt not in DECOMPRESSED_DATA_FORMATS:
-        raise DecodeError(f"reserved nnr_decompressed_data_format {fmt}", clause="7.4")
-    dtype = DECOMPRESSED_DATA_FORMATS[fmt]
+    dtype = format_dtype(fmt)
     if dtype.kind == "f":
         with np.errstate(over="ignore"):  # IEEE round to nearest, overflow to inf
             return values.astype(dtype)
@@ -224,6 +255,7 @@ __all__ = [
     "reconstruct_uniform",
     "reconstruct_codebook",
     "convert_to_format",
+    "format_dtype",
     "DECOMPRESSED_DATA_FORMATS",
     "NARROW_INT_BITS",
 ]

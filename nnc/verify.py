@@ -55,6 +55,8 @@ __all__ = [
     "Result",
     "NNCAdapter",
     "NNCRandomAccessAdapter",
+    "NNCAPIAdapter",
+    "InconsistentDecoding",
     "CommandAdapter",
     "CommandError",
     "DECODERS",
@@ -242,8 +244,8 @@ class NNCRandomAccessAdapter(NNCAdapter):
     Each stream is decoded whole with its transmitted entry points checked
     against the decoded positions (``entry_points="verify"``, spec 11.4); then
     every tensor is decoded on its own, last first, entering its block rows at
-    their entry points (``entry_points="use"``, spec 9.7), and must equal the
-    whole decoding.  Streams of an incremental sequence get the first check
+    their entry points (``entry_points="use"``, spec 9.7; every other one into
+    a caller array, ``out=``), and must equal the whole decoding.  Streams of an incremental sequence get the first check
     only (their tensors depend on the sequence's state).
 
     Parameters
@@ -272,8 +274,9 @@ class NNCRandomAccessAdapter(NNCAdapter):
             return Decoder(data, engine=self.engine, state=state, entry_points="verify").decode()
         whole = Decoder(data, engine=self.engine, entry_points="verify").decode()
         dec = Decoder(data, engine=self.engine, entry_points="use")
-        for info in reversed(dec.tensors()):
-            alone = dec.decode_tensor(info.name)
+        for i, info in enumerate(reversed(dec.tensors())):
+            # every other tensor into a caller array of its own dtype and shape (out=)
+            alone = dec.decode_tensor(info.name, out=np.empty(info.shape, info.dtype) if i % 2 else None)
             if alone.shape != info.shape or tensor_sha256(alone) != tensor_sha256(whole[info.name]):
                 raise errors.DecodeError(
                     f"tensor {info.name!r} decoded on its own differs from the whole stream's decoding",
@@ -281,6 +284,207 @@ class NNCRandomAccessAdapter(NNCAdapter):
                     offset=info.unit_offset,
                 )
         return whole
+
+
+class InconsistentDecoding(RuntimeError):
+    """Two ways of calling nnc's decoder gave different results for one stream.
+
+    Raised by :class:`NNCAPIAdapter`; :func:`verify_suite` fails the stream
+    whatever its group (a must-fail stream is not passed by this rejection).
+
+    Examples
+    --------
+    >>> from nnc.verify import InconsistentDecoding
+    >>> issubclass(InconsistentDecoding, RuntimeError)
+    True
+    """
+
+
+class NNCAPIAdapter(NNCAdapter):
+    """nnc's decoder, called in every way its API offers; all of them must agree.
+
+    Each stream is decoded from a file with :func:`nnc.decoder.decode_with_info`
+    (the result that is verified), and then three times more:
+
+    1. from a binary file object, with ``threads=2`` (units in a thread pool,
+       and the block rows of every block-scanned tensor in two ranges decoded in
+       threads from their entry points, spec 11.4), into caller arrays
+       (``out=``): a float tensor into a float64 array, a tensor whose original
+       dtype or shape the stream records (spec 6.2.1) into an array of that
+       dtype (bfloat16: ``uint16`` bits) and shape; with a progress callback;
+    2. from a two-dimensional memoryview, every other tensor through
+       :meth:`~nnc.decoder.Decoder.iter_tensors` with ``threads=2`` (block rows
+       in threads only for large tensors, as by default) and a callable target
+       that gives every other one of those an array;
+    3. with :func:`~nnc.decoder.decode` and ``entry_points="use"`` (spec 9.7).
+
+    Every way must give the same tensors (the caller arrays: the same values
+    in their dtype) or, for an invalid stream, an error of the same class,
+    clause and offset; ``entry_points="use"`` may differ only where the
+    transmitted entry points are wrong, which ``entry_points="verify"`` must
+    then report (spec 11.4).  A difference raises :class:`InconsistentDecoding`.
+    Streams of an incremental sequence are decoded each way from a copy of
+    the sequence's state.
+
+    Parameters
+    ----------
+    engine : str or None
+        As for :class:`NNCAdapter`.
+
+    Examples
+    --------
+    >>> import nnc, numpy as np
+    >>> from nnc.verify import NNCAPIAdapter
+    >>> stream = nnc.encode({"w": np.ones((40, 40), np.float32), "b": np.ones(40, np.float32)}, scan_order=1)
+    >>> list(NNCAPIAdapter()(stream))
+    ['w', 'b']
+    """
+
+    def __call__(self, data: bytes, sequence: str | None = None):
+        import copy
+
+        from .decoder import DecoderState
+
+        state = self.states.setdefault(sequence, DecoderState()) if sequence else None
+        before = copy.deepcopy(state)
+        routes = [self._threads_into_buffers, self._iterated, self._from_entry_points]
+        try:
+            reference = self._reference(data, state)
+        except errors.NNCError as exc:
+            for route in routes:
+                self._same_error(route, exc, data, copy.deepcopy(before))
+            raise
+        for route in routes:
+            route(data, copy.deepcopy(before), reference)
+        return reference
+
+    def _reference(self, data, state):
+        """decode_with_info, from a file"""
+        import os
+        import tempfile
+
+        from .decoder import decode_with_info
+
+        if getattr(self, "_tmp", None) is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="nnc-verify-")
+        path = os.path.join(self._tmp.name, "stream.nnr")
+        with open(path, "wb") as fh:
+            fh.write(bytes(data))
+        tensors, infos = decode_with_info(path, engine=self.engine, state=state)
+        if [i.name for i in infos] != list(tensors):
+            raise InconsistentDecoding("decode_with_info's tensor records are not those of its tensors")
+        return tensors
+
+    def close(self):
+        """Remove the temporary file the streams are decoded from.
+
+        Examples
+        --------
+        >>> from nnc.verify import NNCAPIAdapter
+        >>> NNCAPIAdapter().close()
+        """
+        if getattr(self, "_tmp", None) is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def _same_error(self, route, want, data, state):
+        """``route`` rejects the stream as the decoding did (with entry points used: rejects it at all)."""
+        try:
+            route(data, state, None)
+        except errors.NNCError as exc:
+            got, expected = (type(exc), exc.clause, exc.offset), (type(want), want.clause, want.offset)
+            if got != expected and route != self._from_entry_points:
+                raise InconsistentDecoding(
+                    f"{route.__doc__}: {type(exc).__name__} (spec {exc.clause}, offset {exc.offset}), where the "
+                    f"decoding raised {type(want).__name__} (spec {want.clause}, offset {want.offset})"
+                ) from exc
+        else:
+            raise InconsistentDecoding(f"{route.__doc__}: decoded a stream the decoding rejects ({want})")
+
+    @staticmethod
+    def _compare(route, got, reference, names=None):
+        names = list(reference) if names is None else names
+        if list(got) != names:
+            raise InconsistentDecoding(f"{route}: tensors {list(got)[:4]}..., expected {names[:4]}...")
+        for name in names:
+            a, ref = got[name], reference[name]
+            if a.dtype.name == "uint16" and ref.dtype.kind == "f":
+                from .formats import float32_to_bfloat16
+
+                ref = float32_to_bfloat16(ref.astype(np.float32).reshape(-1))
+            elif a.dtype != ref.dtype:
+                ref = ref.astype(a.dtype)
+            if tensor_sha256(a.reshape(-1)) != tensor_sha256(ref.reshape(-1)) or a.size != ref.size:
+                raise InconsistentDecoding(f"{route}: tensor {name!r} differs from the decoding")
+
+    @staticmethod
+    def _buffer(dec, info):
+        """An array for out=: the original dtype and shape the stream records, float tensors as float64."""
+        meta = dec.metadata
+        dtypes = meta.get("dtypes") if isinstance(meta.get("dtypes"), dict) else {}
+        shapes = meta.get("shapes") if isinstance(meta.get("shapes"), dict) else {}
+        dtype = np.dtype(info.dtype)
+        original = dtypes.get(info.name)
+        if original == "bfloat16":
+            dtype = np.dtype(np.uint16)
+        elif isinstance(original, str) and original in np.sctypeDict:
+            dtype = np.dtype(original)
+        elif dtype.kind == "f":
+            dtype = np.dtype(np.float64)
+        shape = shapes.get(info.name)
+        shape = tuple(shape) if isinstance(shape, list) and int(np.prod(shape)) == info.size else info.shape
+        return np.empty(shape, dtype)
+
+    def _threads_into_buffers(self, data, state, reference):
+        """threads=2, from a file object, into caller arrays"""
+        import io
+
+        from .decoder import Decoder
+
+        dec = Decoder(io.BytesIO(bytes(data)), engine=self.engine, state=state)
+        dec.row_thread_min_elements = 1  # every block-scanned tensor of two or more block rows in two ranges
+        buffers = {t.name: self._buffer(dec, t) for t in dec.tensors()}
+        seen: list = []
+        got = dec.decode(threads=2, out=buffers, progress=seen.append)
+        if reference is not None:
+            if any(got[k] is not buffers[k] for k in buffers):
+                raise InconsistentDecoding(f"{self._threads_into_buffers.__doc__}: a caller array was not used")
+            self._compare(self._threads_into_buffers.__doc__, got, reference)
+            if [i.name for i in seen] != list(got) or any(i is not dec.info(i.name) for i in seen):
+                raise InconsistentDecoding(f"{self._threads_into_buffers.__doc__}: the progress callback saw others")
+
+    def _iterated(self, data, state, reference):
+        """iter_tensors with threads=2 and a callable target, from a memoryview"""
+        from .decoder import Decoder
+
+        view = memoryview(bytes(data))
+        dec = Decoder(view.cast("B", (1, len(view))) if len(view) else view, engine=self.engine, state=state)
+        names = dec.names()[:: 2 if reference is not None else 1]  # an invalid stream: every unit, to reject it
+        targets = {t.name: self._buffer(dec, t) for t in dec.tensors()[::4]}
+        got = dict(dec.iter_tensors(names, threads=2, out=lambda info: targets.get(info.name)))
+        if reference is not None:
+            self._compare(self._iterated.__doc__, got, reference, names)
+            if any(got[k] is not a for k, a in targets.items()):
+                raise InconsistentDecoding(f"{self._iterated.__doc__}: a caller array was not used")
+
+    def _from_entry_points(self, data, state, reference):
+        """decode with entry_points='use'"""
+        from .decoder import Decoder, decode
+
+        if reference is None:
+            decode(data, engine=self.engine, state=state, entry_points="use")
+            return
+        try:
+            got = decode(data, engine=self.engine, state=state, entry_points="use")
+            self._compare(self._from_entry_points.__doc__, got, reference)
+        except (errors.NNCError, InconsistentDecoding) as exc:
+            # only wrong entry points may change the result: verifying them must say so
+            try:
+                Decoder(data, engine=self.engine, state=state, entry_points="verify").decode()
+            except errors.DecodeError as wrong:
+                if wrong.clause == "11.4":
+                    return
+            raise InconsistentDecoding(f"entry_points='use' differs ({exc}), yet the entry points verify") from exc
 
 
 class CommandAdapter:
@@ -458,6 +662,8 @@ DECODERS = {
     "nnc-python": lambda: NNCAdapter("python"),
     "nnc-random-access": NNCRandomAccessAdapter,
     "nnc-python-random-access": lambda: NNCRandomAccessAdapter("python"),
+    "nnc-api": NNCAPIAdapter,
+    "nnc-python-api": lambda: NNCAPIAdapter("python"),
 }
 
 
@@ -560,6 +766,9 @@ def _run_entries(suite, manifest, run, results, groups, names, profiles):
             out = run(data, seq)
         except NotImplementedError as exc:
             results.append(Result(entry["name"], entry["group"], True, f"skipped: {exc}", 0.0))
+            continue
+        except InconsistentDecoding as exc:
+            results.append(Result(entry["name"], entry["group"], False, str(exc)[:160], time.perf_counter() - t0))
             continue
         except Exception as exc:  # noqa: BLE001 - any decoder failure is a verdict
             dt = time.perf_counter() - t0

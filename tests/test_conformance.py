@@ -21,7 +21,7 @@ def test_suite_is_large_and_small_enough():
 
 
 @pytest.mark.quick
-@pytest.mark.parametrize("decoder", ["nnc", "nnc-python", "nnc-random-access"])
+@pytest.mark.parametrize("decoder", ["nnc", "nnc-python", "nnc-random-access", "nnc-api"])
 def test_our_decoder_passes_the_whole_suite(decoder):
     results = verify_suite(SUITE, decoder)
     assert len(results) == len(MANIFEST["streams"])
@@ -104,6 +104,117 @@ def test_random_access_check_catches_a_wrong_tensor(monkeypatch):
 
     stream = nnc.encode({"w": np.ones((40, 40), np.float32), "b": np.ones(40, np.float32)}, scan_order=1)
     real = Decoder.decode_tensor
-    monkeypatch.setattr(Decoder, "decode_tensor", lambda self, name: real(self, name) + (name == "w"))
+    monkeypatch.setattr(Decoder, "decode_tensor", lambda self, name, out=None: real(self, name) + (name == "w"))
     with pytest.raises(errors.DecodeError, match="'w' decoded on its own differs"):
         NNCRandomAccessAdapter()(stream)
+
+
+def _entry(name):
+    return next(e for e in MANIFEST["streams"] if e["name"] == name)
+
+
+def _block_scanned_stream():
+    import numpy as np
+
+    import nnc
+
+    w = np.random.default_rng(3).laplace(0, 0.02, (40, 20)).astype(np.float32)
+    return nnc.encode({"w": w, "b": np.ones(40, np.float32)}, qp=-24, scan_order=1)
+
+
+def test_api_adapter_decodes_block_rows_in_threads_into_caller_arrays(monkeypatch):
+    """The API adapter's threaded way really splits block rows into ranges and fills the caller's arrays."""
+    from nnc import _parallel
+    from nnc.decoder import Decoder
+    from nnc.verify import NNCAPIAdapter
+
+    ranges, filled = [], []
+    real_ranges, real_fill = _parallel.block_row_ranges, Decoder._fill
+    monkeypatch.setattr(_parallel, "block_row_ranges", lambda n, parts: ranges.append((n, parts)) or real_ranges(n, parts))
+    monkeypatch.setattr(Decoder, "_fill", lambda self, name, out, arr: filled.append((name, out.dtype.name))
+                        or real_fill(self, name, out, arr))
+    assert list(NNCAPIAdapter()(_block_scanned_stream())) == ["w", "b"]
+    assert ranges == [(5, 2)]
+    assert ("w", "float64") in filled and ("b", "float64") in filled
+
+
+@pytest.mark.parametrize("route", ["_fill", "iter_tensors"])
+def test_api_adapter_fails_a_way_of_decoding_that_differs(monkeypatch, route):
+    from nnc.decoder import Decoder
+    from nnc.verify import InconsistentDecoding, NNCAPIAdapter
+
+    if route == "_fill":
+        real = Decoder._fill
+        monkeypatch.setattr(Decoder, "_fill", lambda self, name, out, arr: real(self, name, out, arr + 1))
+    else:
+        real = Decoder.iter_tensors
+        monkeypatch.setattr(Decoder, "iter_tensors", lambda self, names=None, **kw: list(real(self, names, **kw))[:-1])
+    with pytest.raises(InconsistentDecoding):
+        NNCAPIAdapter()(_block_scanned_stream())
+
+
+def test_api_adapter_fails_a_must_fail_stream_that_one_way_decodes(monkeypatch, tmp_path):
+    """A must-fail stream is not passed when one way of decoding accepts it, whatever the others raise."""
+    from nnc import errors
+    from nnc.decoder import Decoder
+
+    real = Decoder.decode
+
+    def lenient(self, names=None, progress=None, threads=1, out=None):
+        try:
+            return real(self, names, progress, threads, out)
+        except errors.NNCError:
+            if threads == 2:
+                return {}
+            raise
+
+    monkeypatch.setattr(Decoder, "decode", lenient)
+    results = verify_suite(SUITE, "nnc-api", names=["mf_payload_corrupt_tail"])
+    assert not results[0].passed and "decoded a stream the decoding rejects" in results[0].detail
+
+
+@pytest.mark.parametrize("engine", ["python", "cython"])
+@pytest.mark.parametrize("name, error", [("p1_entry_point_negative", "DecodeError"),
+                                         ("p1_entry_point_beyond_payload", "TruncatedError")])
+def test_wrong_entry_point_streams_fail_only_where_entry_points_are_used(engine, name, error):
+    """Sequential decoding ignores them (expected output); use and verify reject them (spec 9.7, 11.4)."""
+    import nnc
+    from nnc import errors
+    from nnc.verify import output_sha256
+
+    entry = _entry(name)
+    assert entry["wrong_entry_points"] and entry["group"] == "profile-1"
+    data = (SUITE / entry["file"]).read_bytes()
+    assert output_sha256(nnc.decode(data, engine=engine)) == entry["expected"]["output_sha256"]
+    assert output_sha256(nnc.decode(data, engine=engine, threads=2)) == entry["expected"]["output_sha256"]
+    with pytest.raises(getattr(errors, error)) as use:
+        nnc.decode(data, engine=engine, entry_points="use")
+    assert use.value.clause == "9.7" and type(use.value).__name__ == error
+    with pytest.raises(errors.DecodeError) as verify:
+        nnc.decode(data, engine=engine, entry_points="verify")
+    assert verify.value.clause == "11.4"
+
+
+def test_suite_version_4_streams_are_registered():
+    added = {e["name"] for e in MANIFEST["streams"] if e.get("added_in") == 4}
+    assert MANIFEST["version"] == 4
+    assert added == {"mf_mps_cut", "mf_codebook_index_p1", "p1_entry_point_negative", "p1_entry_point_beyond_payload",
+                     "p1_reshaped_update_0_base", "p1_reshaped_update_1_update_grown_hdsp", "p1_recorded_metadata",
+                     "p1_entry_points_effective_scan_0", "mf_scan_order_5"}
+
+
+def test_bytes_after_a_topology_string_are_ignored_unless_strict():
+    """Spec 3.2: a TPL unit may carry bytes after its string (no suite stream: NNCodec rejects them)."""
+    import numpy as np
+
+    import nnc
+    from nnc import container as C
+    from nnc import errors
+
+    stream = nnc.encode({"w": np.ones((3, 4), np.float32)}, qp=-20)
+    tpl = next(u for u in C.iter_units(stream) if u.type == C.NNR_TPL)
+    padded = stream[: tpl.offset] + C.build_unit(C.NNR_TPL, dict(tpl.header), b"\x00\x2a") + stream[tpl.end :]
+    assert nnc.decode(padded)["w"].tolist() == nnc.decode(stream)["w"].tolist()
+    with pytest.raises(errors.DecodeError, match="left over") as info:
+        list(C.iter_units(padded, strict=True))
+    assert info.value.clause == "3.2"
