@@ -822,7 +822,7 @@ cdef inline void contexts_reset(Ctx* ctx, int n) noexcept nogil:
         ctx_reset(&ctx[i])
 
 
-cdef int decode_tensor_data(ArithDecoder* d, Ctx* ctx, Layout* L, TensorShape* t,
+cdef int decode_tensor_data(ArithDecoder* dsrc, Ctx* ctx, Layout* Lsrc, TensorShape* tsrc,
                             int32_t* out, const int32_t* base, const int8_t* hist, const uint8_t* skipped,
                             int64_t* ep_t, int64_t* ep_value, int64_t* ep_state, int64_t n_ep, int use_ep,
                             int64_t start_row, int64_t* rec_t, int64_t* rec_value, int64_t* rec_state,
@@ -834,54 +834,68 @@ cdef int decode_tensor_data(ArithDecoder* d, Ctx* ctx, Layout* L, TensorShape* t
     is entered from its entry point, rows up to ``stop_row`` - 1 follow sequentially,
     and at the start of ``stop_row`` (< n_block_rows) bnd receives
     (T, V >> 7, DQ state, 1 if V's low 7 bits equal those an entry-point start fills in).
+
+    The scan runs on local copies of the decoder, the layout and the shape: stores to
+    ``out`` and to the contexts cannot alias them, so the compiler keeps the coder's
+    registers in registers.  The decoder's state is copied back at the end.
     """
+    cdef ArithDecoder dl = dsrc[0]
+    cdef Layout Ll = Lsrc[0]
+    cdef TensorShape tl = tsrc[0]
+    cdef ArithDecoder* d = &dl
+    cdef Layout* L = &Ll
+    cdef TensorShape* t = &tl
     cdef int64_t br, i
     cdef int state = 0
     cdef int64_t prev = 0
     cdef int64_t k, n_rec
     cdef int code
     cdef ScanWalk w
-    # a range also walks the first row after it, to stop at its boundary
-    walk_rows(&w, t, start_row if (use_ep or bnd != NULL) else 0, stop_row + 1 if bnd != NULL else t.n_block_rows)
-    while walk_next(&w):
-        br = w.br
-        if enters_block_row(&w):
-            contexts_reset(ctx, L.n_ctx)
-            prev = 0
-            d.rng = 256
-            if (not use_ep or (bnd != NULL and br > start_row)) and d.val >= (256 << 7):
-                return ERR_FORCED_RANGE
-            if rec_t != NULL:
-                rec_t[br - 1] = decoder_position(d)
-                rec_value[br - 1] = d.val >> 7
-                rec_state[br - 1] = state
-            if bnd != NULL and br == stop_row:
-                bnd[0] = decoder_position(d)
-                bnd[1] = d.val >> 7
-                bnd[2] = state
-                bnd[3] = (d.val & 127) == ((<uint32_t>d.buf[d.pos - 1] << (8 + d.bits_needed)) & 127)
-                return ERR_NONE
-            if use_ep and (bnd == NULL or br == start_row):
-                code = decoder_seek(d, ep_t[br - 1], <uint32_t>ep_value[br - 1])
-                if code:
-                    return code
-                state = <int>ep_state[br - 1] if t.dq else 0
-        if skips_segment(&w, t, skipped, &state):
-            continue
-        for i in range(w.first, w.end):
-            k = decode_value(d, ctx, L, t, state, prev, tca_base_at(base, i), hdsp_at(hist, i))
-            if d.err:
-                return d.err
-            if t.dq:
-                n_rec = dq_n_from_k(k, state)
-                if n_rec > INT32_MAX or n_rec < -INT32_MAX - 1:
-                    return ERR_DQ_RANGE
-                out[i] = <int32_t>n_rec
-            else:
-                out[i] = <int32_t>k
-            state = dq_step(t, state, k)
-            prev = k
-    return ERR_NONE
+    try:
+        # a range also walks the first row after it, to stop at its boundary
+        walk_rows(&w, t, start_row if (use_ep or bnd != NULL) else 0,
+                  stop_row + 1 if bnd != NULL else t.n_block_rows)
+        while walk_next(&w):
+            br = w.br
+            if enters_block_row(&w):
+                contexts_reset(ctx, L.n_ctx)
+                prev = 0
+                d.rng = 256
+                if (not use_ep or (bnd != NULL and br > start_row)) and d.val >= (256 << 7):
+                    return ERR_FORCED_RANGE
+                if rec_t != NULL:
+                    rec_t[br - 1] = decoder_position(d)
+                    rec_value[br - 1] = d.val >> 7
+                    rec_state[br - 1] = state
+                if bnd != NULL and br == stop_row:
+                    bnd[0] = decoder_position(d)
+                    bnd[1] = d.val >> 7
+                    bnd[2] = state
+                    bnd[3] = (d.val & 127) == ((<uint32_t>d.buf[d.pos - 1] << (8 + d.bits_needed)) & 127)
+                    return ERR_NONE
+                if use_ep and (bnd == NULL or br == start_row):
+                    code = decoder_seek(d, ep_t[br - 1], <uint32_t>ep_value[br - 1])
+                    if code:
+                        return code
+                    state = <int>ep_state[br - 1] if t.dq else 0
+            if skips_segment(&w, t, skipped, &state):
+                continue
+            for i in range(w.first, w.end):
+                k = decode_value(d, ctx, L, t, state, prev, tca_base_at(base, i), hdsp_at(hist, i))
+                if d.err:
+                    return d.err
+                if t.dq:
+                    n_rec = dq_n_from_k(k, state)
+                    if n_rec > INT32_MAX or n_rec < -INT32_MAX - 1:
+                        return ERR_DQ_RANGE
+                    out[i] = <int32_t>n_rec
+                else:
+                    out[i] = <int32_t>k
+                state = dq_step(t, state, k)
+                prev = k
+        return ERR_NONE
+    finally:
+        dsrc[0] = dl
 
 
 # --------------------------------------------------------------------------
@@ -1006,15 +1020,28 @@ cdef void encode_tensor_data(BinSink* s, Layout* L, TensorShape* t, const int32_
     encode_block_rows(s, L, t, k_values, base, hist, skipped, 0, t.n_block_rows, 0)
 
 
-cdef void encode_block_rows(BinSink* s, Layout* L, TensorShape* t, const int32_t* k_values,
+cdef void encode_block_rows(BinSink* ssrc, Layout* Lsrc, TensorShape* tsrc, const int32_t* k_values,
                             const int32_t* base, const int8_t* hist, const uint8_t* skipped,
                             int64_t br_start, int64_t br_stop, int state0) noexcept nogil:
-    """Walk block rows br_start .. br_stop - 1, the DQ state being state0 at the first (spec 11.2)."""
+    """Walk block rows br_start .. br_stop - 1, the DQ state being state0 at the first (spec 11.2).
+
+    Runs on local copies of the sink, its coder, the layout and the shape (see decode_tensor_data).
+    """
+    cdef BinSink sl = ssrc[0]
+    cdef ArithEncoder el
+    cdef Layout Ll = Lsrc[0]
+    cdef TensorShape tl = tsrc[0]
+    cdef BinSink* s = &sl
+    cdef Layout* L = &Ll
+    cdef TensorShape* t = &tl
     cdef int64_t i
     cdef int state = state0
     cdef int64_t prev = 0
     cdef int64_t k
     cdef ScanWalk w
+    if sl.mode == MODE_ENCODE:
+        el = ssrc.enc[0]
+        sl.enc = &el
     walk_rows(&w, t, br_start, br_stop)
     while walk_next(&w):
         if enters_block_row(&w):
@@ -1027,6 +1054,10 @@ cdef void encode_block_rows(BinSink* s, Layout* L, TensorShape* t, const int32_t
             encode_value(s, L, t, k, state, prev, tca_base_at(base, i), hdsp_at(hist, i))
             state = dq_step(t, state, k)
             prev = k
+    if sl.mode == MODE_ENCODE:
+        ssrc.enc[0] = el
+        sl.enc = ssrc.enc
+    ssrc[0] = sl
 
 
 # --------------------------------------------------------------------------
@@ -1851,9 +1882,15 @@ def _importance_array(importance, int64_t size):
     return f_arr
 
 
-cdef void rdoq_scan(const double* x, const double* f, int32_t* o, Ctx* ctx, Layout* L, TensorShape* t,
+cdef void rdoq_scan(const double* x, const double* f, int32_t* o, Ctx* ctx, Layout* Lsrc, TensorShape* tsrc,
                     double scale) noexcept nogil:
-    """RDOQ along the scan (spec A.9): the level of each element, then the contexts adapt to it."""
+    """RDOQ along the scan (spec A.9): the level of each element, then the contexts adapt to it.
+
+    Runs on local copies of the layout and the shape (see decode_tensor_data)."""
+    cdef Layout Ll = Lsrc[0]
+    cdef TensorShape tl = tsrc[0]
+    cdef Layout* L = &Ll
+    cdef TensorShape* t = &tl
     cdef BinSink s
     cdef ScanWalk w
     cdef int64_t i, cand, best_k, lo
@@ -1942,9 +1979,15 @@ def rdoq_levels(double[::1] x, int64_t height, int64_t width, *, double lam, int
 # end the best path is fixed, the contexts adapt to its levels, and the next chunk starts
 # from that path's state and neighbour.
 # --------------------------------------------------------------------------
-cdef void dq_rdoq_scan(const double* x, const double* f, int32_t* o, Ctx* ctx, Ctx* frozen, Layout* L,
-                       TensorShape* t, double scale, int64_t clen, int64_t* pos, uint8_t* back) noexcept nogil:
-    """The chunked DQ trellis along the scan (spec A.2, A.14); ``pos`` and ``back`` hold one chunk."""
+cdef void dq_rdoq_scan(const double* x, const double* f, int32_t* o, Ctx* ctx, Ctx* frozen, Layout* Lsrc,
+                       TensorShape* tsrc, double scale, int64_t clen, int64_t* pos, uint8_t* back) noexcept nogil:
+    """The chunked DQ trellis along the scan (spec A.2, A.14); ``pos`` and ``back`` hold one chunk.
+
+    Runs on local copies of the layout and the shape (see decode_tensor_data)."""
+    cdef Layout Ll = Lsrc[0]
+    cdef TensorShape tl = tsrc[0]
+    cdef Layout* L = &Ll
+    cdef TensorShape* t = &tl
     cdef BinSink sink
     cdef ScanWalk w
     cdef double cost[8]
