@@ -44,6 +44,7 @@ cdef extern from *:
 # --------------------------------------------------------------------------
 cdef uint32_t RLPS[256]
 cdef int32_t ADAPT[32]
+cdef int32_t ADAPT_SHIFTED[32][32]   # ADAPT[i] >> sh, for the contexts' shift pairs (spec 9.3.3)
 cdef int32_t INIT_SH0[9]
 cdef int32_t INIT_SH1[9]
 cdef int32_t INIT_C[9]
@@ -57,6 +58,10 @@ for _i in range(256):
     RLPS[_i] = tables.RLPS_TABLE[_i]
 for _i in range(32):
     ADAPT[_i] = tables.ADAPT_STEPS[_i]
+cdef int _sh
+for _sh in range(32):
+    for _i in range(32):
+        ADAPT_SHIFTED[_sh][_i] = ADAPT[_i] >> _sh
 for _i in range(9):
     INIT_SH0[_i], INIT_SH1[_i], INIT_C[_i], INIT_F[_i] = tables.INIT_SETS[_i]
 for _i in range(8):
@@ -114,16 +119,18 @@ DEF INT32_MAX = 2147483647
 cdef struct Ctx:
     int32_t c          # combined state C = S + 16 F
     int32_t f          # fast state F
-    int32_t sh0
-    int32_t sh1
+    int32_t s          # slow state S
     int32_t init_set
+    const int32_t* step_f   # ADAPT >> sh0 and ADAPT >> sh1, indexed -16 .. 15 (spec 9.3.3)
+    const int32_t* step_s
 
 
 cdef inline void ctx_init(Ctx* m, int s) noexcept nogil:
     m.c = INIT_C[s]
     m.f = INIT_F[s]
-    m.sh0 = INIT_SH0[s]
-    m.sh1 = INIT_SH1[s]
+    m.s = INIT_C[s] - 16 * INIT_F[s]
+    m.step_f = &ADAPT_SHIFTED[INIT_SH0[s]][16]
+    m.step_s = &ADAPT_SHIFTED[INIT_SH1[s]][16]
     m.init_set = s
 
 
@@ -137,19 +144,21 @@ cdef inline void contexts_init(Ctx* ctx, int n, int s) noexcept nogil:
 cdef inline void ctx_reset(Ctx* m) noexcept nogil:
     m.c = INIT_C[m.init_set]
     m.f = INIT_F[m.init_set]
+    m.s = INIT_C[m.init_set] - 16 * INIT_F[m.init_set]
 
 
 cdef inline void ctx_update(Ctx* m, int bin) noexcept nogil:
     """Two-rate adaptation towards the coded bin (spec 9.3.3)."""
-    cdef int32_t s = m.c - 16 * m.f
+    cdef int32_t s = m.s
     cdef int32_t f = m.f
     if bin:
-        f += ADAPT[16 + (f >> 3)] >> m.sh0
-        s += ADAPT[16 + (s >> 7)] >> m.sh1
+        f += m.step_f[f >> 3]
+        s += m.step_s[s >> 7]
     else:
-        f -= ADAPT[16 + ((-f) >> 3)] >> m.sh0
-        s -= ADAPT[16 + ((-s) >> 7)] >> m.sh1
+        f -= m.step_f[(-f) >> 3]
+        s -= m.step_s[(-s) >> 7]
     m.f = f
+    m.s = s
     m.c = s + 16 * f
 
 
