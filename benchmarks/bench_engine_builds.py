@@ -35,27 +35,27 @@ SETUP = """
 import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
-ext = Extension("_engine_baseline", ["_engine_baseline.pyx"], include_dirs=[numpy.get_include()],
+ext = Extension("{name}", ["{name}.pyx"], include_dirs=[numpy.get_include()],
                 define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")], extra_compile_args=["-O3"])
 setup(name="baseline", ext_modules=cythonize([ext], compiler_directives={"language_level": 3,
                                                                           "embedsignature": True}))
 """
 
 
-def build_baseline(ref: str, folder: Path):
-    """Compile ``ref``'s engine as ``_engine_baseline`` in ``folder`` (same flags as setup.py) and import it."""
+def build_baseline(ref: str, folder: Path, name: str = "_engine_baseline"):
+    """Compile ``ref``'s engine as module ``name`` in ``folder`` (same flags as setup.py) and import it."""
     source = subprocess.run(["git", "-C", str(REPO), "show", f"{ref}:nnc/_engine.pyx"], check=True,
                             capture_output=True).stdout
-    (folder / "_engine_baseline.pyx").write_bytes(source)
-    (folder / "setup.py").write_text(SETUP)
+    (folder / f"{name}.pyx").write_bytes(source)
+    (folder / "setup.py").write_text(SETUP.replace("{name}", name))
     subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace", "-q"], cwd=folder, check=True,
                    capture_output=True)
     sys.path.insert(0, str(folder))
-    return importlib.import_module("_engine_baseline")
+    return importlib.import_module(name)
 
 
-def workloads(size: int, bits_list) -> dict:
-    """name -> function(engine) that runs once."""
+def workloads(size: int, bits_list, quantiser_size: int = 1024 * 1024) -> dict:
+    """name -> function(engine) that runs once; the quantisers work on ``quantiser_size`` weights."""
     jobs = {}
     for bits in bits_list:
         levels = levels_for(bits, size)
@@ -79,11 +79,35 @@ def workloads(size: int, bits_list) -> dict:
 
         jobs[f"encode {bits:g} bits"] = encode
         jobs[f"decode {bits:g} bits"] = decode
-    x = np.random.default_rng(3).laplace(0, 3.0, 1024 * 1024)
-    jobs["rdoq lambda 0.1 (1M)"] = lambda eng: eng.rdoq_levels(x, 1024, 1024, lam=0.1, scan_order=2)
-    jobs["dq trellis (1M)"] = lambda eng: eng.dq_rdoq_levels(x, 1024, 1024, lam=0.0, scan_order=2, chunk=x.size)
-    small = x[: 256 * 1024]
-    jobs["dq rdoq lambda 0.1 (256K)"] = lambda eng: eng.dq_rdoq_levels(small, 256, 1024, lam=0.1, scan_order=2)
+    # DQ levels in block scan 4 (the encoder's default for large tensors), coded and decoded
+    dq_levels = get_engine("cython").dq_rdoq_levels(np.random.default_rng(5).laplace(0, 3.0, size * size), size,
+                                                    size, lam=0.0, scan_order=4)
+
+    def encode_dq(eng, h=size, w=size):
+        e = eng.PayloadEncoder(2)
+        e.encode_tensor(dq_levels, h, w, n_gtx=N_GTX, dq=True, scan_order=4)
+        return e.finish()
+
+    dq_payload = encode_dq(get_engine("cython"))
+
+    def decode_dq(eng, h=size, w=size):
+        d = eng.PayloadDecoder(dq_payload, 2)
+        out = d.decode_tensor(h, w, n_gtx=N_GTX, dq=True, scan_order=4)
+        d.finish()
+        return out
+
+    jobs["encode dq scan 4"] = encode_dq
+    jobs["decode dq scan 4"] = decode_dq
+    q = quantiser_size
+    tag = f"{q // (1024 * 1024)}M" if q % (1024 * 1024) == 0 else f"{q // 1024}K"
+    x = np.random.default_rng(3).laplace(0, 3.0, q)
+    jobs[f"rdoq lambda 0.1 ({tag})"] = lambda eng: eng.rdoq_levels(x, q // 1024, 1024, lam=0.1, scan_order=2)
+    jobs[f"dq trellis ({tag})"] = lambda eng: eng.dq_rdoq_levels(x, q // 1024, 1024, lam=0.0, scan_order=2,
+                                                                 chunk=x.size)
+    small = x[: q // 4]
+    tag4 = f"{q // 4 // 1024}K"
+    jobs[f"dq rdoq lambda 0.1 ({tag4})"] = lambda eng: eng.dq_rdoq_levels(small, q // 4 // 1024, 1024, lam=0.1,
+                                                                          scan_order=2)
     return jobs
 
 

@@ -44,6 +44,7 @@ cdef extern from *:
 # --------------------------------------------------------------------------
 cdef uint32_t RLPS[256]
 cdef int32_t ADAPT[32]
+cdef int32_t ADAPT_SHIFTED[32][32]   # ADAPT[i] >> sh, for the contexts' shift pairs (spec 9.3.3)
 cdef int32_t INIT_SH0[9]
 cdef int32_t INIT_SH1[9]
 cdef int32_t INIT_C[9]
@@ -57,6 +58,10 @@ for _i in range(256):
     RLPS[_i] = tables.RLPS_TABLE[_i]
 for _i in range(32):
     ADAPT[_i] = tables.ADAPT_STEPS[_i]
+cdef int _sh
+for _sh in range(32):
+    for _i in range(32):
+        ADAPT_SHIFTED[_sh][_i] = ADAPT[_i] >> _sh
 for _i in range(9):
     INIT_SH0[_i], INIT_SH1[_i], INIT_C[_i], INIT_F[_i] = tables.INIT_SETS[_i]
 for _i in range(8):
@@ -114,35 +119,46 @@ DEF INT32_MAX = 2147483647
 cdef struct Ctx:
     int32_t c          # combined state C = S + 16 F
     int32_t f          # fast state F
-    int32_t sh0
-    int32_t sh1
+    int32_t s          # slow state S
     int32_t init_set
+    const int32_t* step_f   # ADAPT >> sh0 and ADAPT >> sh1, indexed -16 .. 15 (spec 9.3.3)
+    const int32_t* step_s
 
 
 cdef inline void ctx_init(Ctx* m, int s) noexcept nogil:
     m.c = INIT_C[s]
     m.f = INIT_F[s]
-    m.sh0 = INIT_SH0[s]
-    m.sh1 = INIT_SH1[s]
+    m.s = INIT_C[s] - 16 * INIT_F[s]
+    m.step_f = &ADAPT_SHIFTED[INIT_SH0[s]][16]
+    m.step_s = &ADAPT_SHIFTED[INIT_SH1[s]][16]
     m.init_set = s
+
+
+cdef inline void contexts_init(Ctx* ctx, int n, int s) noexcept nogil:
+    """n contexts in init set s (spec 9.3.2)."""
+    cdef int i
+    for i in range(n):
+        ctx_init(&ctx[i], s)
 
 
 cdef inline void ctx_reset(Ctx* m) noexcept nogil:
     m.c = INIT_C[m.init_set]
     m.f = INIT_F[m.init_set]
+    m.s = INIT_C[m.init_set] - 16 * INIT_F[m.init_set]
 
 
 cdef inline void ctx_update(Ctx* m, int bin) noexcept nogil:
     """Two-rate adaptation towards the coded bin (spec 9.3.3)."""
-    cdef int32_t s = m.c - 16 * m.f
+    cdef int32_t s = m.s
     cdef int32_t f = m.f
     if bin:
-        f += ADAPT[16 + (f >> 3)] >> m.sh0
-        s += ADAPT[16 + (s >> 7)] >> m.sh1
+        f += m.step_f[f >> 3]
+        s += m.step_s[s >> 7]
     else:
-        f -= ADAPT[16 + ((-f) >> 3)] >> m.sh0
-        s -= ADAPT[16 + ((-s) >> 7)] >> m.sh1
+        f -= m.step_f[(-f) >> 3]
+        s -= m.step_s[(-s) >> 7]
     m.f = f
+    m.s = s
     m.c = s + 16 * f
 
 
@@ -369,6 +385,48 @@ cdef inline int skip_row_states(int state, int64_t width) noexcept nogil:
     for i in range(width % 4):
         state = NEXT_STATE[state][0]
     return state
+
+
+# --------------------------------------------------------------------------
+# One step of the walk, shared by decoding, encoding, estimates and the n -> k
+# conversion: block-row boundaries, skipped rows, the DQ state and the values
+# that select contexts (spec 10.2, 10.5, 11.3, 11.5).
+# --------------------------------------------------------------------------
+cdef inline bint enters_block_row(ScanWalk* w) noexcept nogil:
+    """The segment starts a block row after the first: contexts reset, R forced to 256 (spec 11.3)."""
+    return w.block_row_start and w.br > 0
+
+
+cdef inline bint skips_segment(ScanWalk* w, TensorShape* t, const uint8_t* skipped, int* state) noexcept nogil:
+    """The segment lies in a skipped row (spec 11.5): nothing is coded, and with DQ the state
+    moves as the reference decoder's does (``skip_row_states``)."""
+    if skipped == NULL or not skipped[w.row]:
+        return 0
+    if t.dq:
+        state[0] = skip_row_states(state[0], w.width)
+    return 1
+
+
+cdef inline int dq_step(TensorShape* t, int state, int64_t k) noexcept nogil:
+    """The DQ state after coded value k (spec 10.2); without DQ the state stays 0."""
+    return NEXT_STATE[state][k & 1] if t.dq else state
+
+
+cdef inline int64_t dq_n_from_k(int64_t k, int state) noexcept nogil:
+    """Reconstruction integer n = 2k - sgn(k)(s & 1) (spec 10.2)."""
+    if k == 0:
+        return 0
+    return 2 * k - ((state & 1) if k > 0 else -(state & 1))
+
+
+cdef inline int32_t tca_base_at(const int32_t* base, int64_t i) noexcept nogil:
+    """Element i's temporal context base (spec 10.5); 0 without TCA."""
+    return base[i] if base != NULL else 0
+
+
+cdef inline int hdsp_at(const int8_t* hist, int64_t i) noexcept nogil:
+    """Whether the history selects element i's HDSP sig context (spec 10.5)."""
+    return hist != NULL and hist[i] == 1
 
 
 def block_row_count(int64_t height, int scan_order):
@@ -675,6 +733,23 @@ cdef inline void enc_bypass_bits(ArithEncoder* e, uint64_t value, int nbits) noe
         enc_bypass(e, <int>((value >> i) & 1))
 
 
+cdef void enc_release_pending(ArithEncoder* e) noexcept nogil:
+    """Write the held-back bytes, carrying the bit above low's 32 - bits_left code bits into them (spec 9.8)."""
+    cdef int nbits = 32 - e.bits_left
+    if (e.low >> nbits) != 0:
+        enc_put_byte(e, e.buffered_byte + 1)
+        while e.num_buffered > 1:
+            enc_put_byte(e, 0x00)
+            e.num_buffered -= 1
+        e.low -= <uint32_t>1 << nbits
+    else:
+        if e.num_buffered > 0:
+            enc_put_byte(e, e.buffered_byte)
+        while e.num_buffered > 1:
+            enc_put_byte(e, 0xFF)
+            e.num_buffered -= 1
+
+
 cdef void enc_terminate_and_flush(ArithEncoder* e) noexcept nogil:
     """Terminate bin 1, flush, stop bit '1' and zero padding (spec 9.8)."""
     cdef int nbits
@@ -686,18 +761,7 @@ cdef void enc_terminate_and_flush(ArithEncoder* e) noexcept nogil:
     e.bits_left -= 7
     if e.bits_left < 12:
         enc_write_out(e)
-    if (e.low >> (32 - e.bits_left)) != 0:
-        enc_put_byte(e, e.buffered_byte + 1)
-        while e.num_buffered > 1:
-            enc_put_byte(e, 0x00)
-            e.num_buffered -= 1
-        e.low -= <uint32_t>1 << (32 - e.bits_left)
-    else:
-        if e.num_buffered > 0:
-            enc_put_byte(e, e.buffered_byte)
-        while e.num_buffered > 1:
-            enc_put_byte(e, 0xFF)
-            e.num_buffered -= 1
+    enc_release_pending(e)
     # remaining (24 - bits_left) bits of low >> 8, then the stop bit, then zero padding
     nbits = 24 - e.bits_left
     bits = ((e.low >> 8) & ((<uint32_t>1 << nbits) - 1)) << 1 | 1
@@ -767,7 +831,7 @@ cdef inline void contexts_reset(Ctx* ctx, int n) noexcept nogil:
         ctx_reset(&ctx[i])
 
 
-cdef int decode_tensor_data(ArithDecoder* d, Ctx* ctx, Layout* L, TensorShape* t,
+cdef int decode_tensor_data(ArithDecoder* dsrc, Ctx* ctx, Layout* Lsrc, TensorShape* tsrc,
                             int32_t* out, const int32_t* base, const int8_t* hist, const uint8_t* skipped,
                             int64_t* ep_t, int64_t* ep_value, int64_t* ep_state, int64_t n_ep, int use_ep,
                             int64_t start_row, int64_t* rec_t, int64_t* rec_value, int64_t* rec_state,
@@ -779,66 +843,68 @@ cdef int decode_tensor_data(ArithDecoder* d, Ctx* ctx, Layout* L, TensorShape* t
     is entered from its entry point, rows up to ``stop_row`` - 1 follow sequentially,
     and at the start of ``stop_row`` (< n_block_rows) bnd receives
     (T, V >> 7, DQ state, 1 if V's low 7 bits equal those an entry-point start fills in).
+
+    The scan runs on local copies of the decoder, the layout and the shape: stores to
+    ``out`` and to the contexts cannot alias them, so the compiler keeps the coder's
+    registers in registers.  The decoder's state is copied back at the end.
     """
+    cdef ArithDecoder dl = dsrc[0]
+    cdef Layout Ll = Lsrc[0]
+    cdef TensorShape tl = tsrc[0]
+    cdef ArithDecoder* d = &dl
+    cdef Layout* L = &Ll
+    cdef TensorShape* t = &tl
     cdef int64_t br, i
     cdef int state = 0
     cdef int64_t prev = 0
     cdef int64_t k, n_rec
-    cdef int32_t b = 0
-    cdef int hd = 0
     cdef int code
     cdef ScanWalk w
-    # a range also walks the first row after it, to stop at its boundary
-    walk_rows(&w, t, start_row if (use_ep or bnd != NULL) else 0, stop_row + 1 if bnd != NULL else t.n_block_rows)
-    while walk_next(&w):
-        br = w.br
-        if w.block_row_start and br > 0:
-            contexts_reset(ctx, L.n_ctx)
-            prev = 0
-            d.rng = 256
-            if (not use_ep or (bnd != NULL and br > start_row)) and d.val >= (256 << 7):
-                return ERR_FORCED_RANGE
-            if rec_t != NULL:
-                rec_t[br - 1] = decoder_position(d)
-                rec_value[br - 1] = d.val >> 7
-                rec_state[br - 1] = state
-            if bnd != NULL and br == stop_row:
-                bnd[0] = decoder_position(d)
-                bnd[1] = d.val >> 7
-                bnd[2] = state
-                bnd[3] = (d.val & 127) == ((<uint32_t>d.buf[d.pos - 1] << (8 + d.bits_needed)) & 127)
-                return ERR_NONE
-            if use_ep and (bnd == NULL or br == start_row):
-                code = decoder_seek(d, ep_t[br - 1], <uint32_t>ep_value[br - 1])
-                if code:
-                    return code
-                state = <int>ep_state[br - 1] if t.dq else 0
-        if skipped != NULL and skipped[w.row]:
-            if t.dq:
-                # the reference decoder advances the state `width` times per
-                # skipped row segment (spec 11.5)
-                state = skip_row_states(state, w.width)
-            continue
-        for i in range(w.first, w.end):
-            if base != NULL:
-                b = base[i]
-            if hist != NULL:
-                hd = hist[i] == 1
-            k = decode_value(d, ctx, L, t, state, prev, b, hd)
-            if d.err:
-                return d.err
-            if t.dq and k != 0:
-                # reconstruction integer n = 2k - sgn(k)(s & 1) (spec 10.2)
-                n_rec = 2 * k - ((state & 1) if k > 0 else -(state & 1))
-                if n_rec > INT32_MAX or n_rec < -INT32_MAX - 1:
-                    return ERR_DQ_RANGE
-                out[i] = <int32_t>n_rec
-            else:
-                out[i] = <int32_t>k
-            if t.dq:
-                state = NEXT_STATE[state][k & 1]
-            prev = k
-    return ERR_NONE
+    try:
+        # a range also walks the first row after it, to stop at its boundary
+        walk_rows(&w, t, start_row if (use_ep or bnd != NULL) else 0,
+                  stop_row + 1 if bnd != NULL else t.n_block_rows)
+        while walk_next(&w):
+            br = w.br
+            if enters_block_row(&w):
+                contexts_reset(ctx, L.n_ctx)
+                prev = 0
+                d.rng = 256
+                if (not use_ep or (bnd != NULL and br > start_row)) and d.val >= (256 << 7):
+                    return ERR_FORCED_RANGE
+                if rec_t != NULL:
+                    rec_t[br - 1] = decoder_position(d)
+                    rec_value[br - 1] = d.val >> 7
+                    rec_state[br - 1] = state
+                if bnd != NULL and br == stop_row:
+                    bnd[0] = decoder_position(d)
+                    bnd[1] = d.val >> 7
+                    bnd[2] = state
+                    bnd[3] = (d.val & 127) == ((<uint32_t>d.buf[d.pos - 1] << (8 + d.bits_needed)) & 127)
+                    return ERR_NONE
+                if use_ep and (bnd == NULL or br == start_row):
+                    code = decoder_seek(d, ep_t[br - 1], <uint32_t>ep_value[br - 1])
+                    if code:
+                        return code
+                    state = <int>ep_state[br - 1] if t.dq else 0
+            if skips_segment(&w, t, skipped, &state):
+                continue
+            for i in range(w.first, w.end):
+                k = decode_value(d, ctx, L, t, state, prev, tca_base_at(base, i), hdsp_at(hist, i))
+                if d.err:
+                    return d.err
+                if t.dq:
+                    n_rec = dq_n_from_k(k, state)
+                    if n_rec > INT32_MAX or n_rec < -INT32_MAX - 1:
+                        return ERR_DQ_RANGE
+                    out[i] = <int32_t>n_rec
+                else:
+                    out[i] = <int32_t>k
+                state = dq_step(t, state, k)
+                prev = k
+        return ERR_NONE
+    finally:
+        dsrc[0] = dl
 
 
 # --------------------------------------------------------------------------
@@ -854,6 +920,19 @@ cdef struct BinSink:
     uint64_t* opt_cost      # MODE_OPTIMISE: accumulated cost per (set, context)
     int n_ctx
     uint64_t est_bits       # MODE_ESTIMATE: accumulated cost (1/32768 bit)
+
+
+cdef inline void start_optimiser(BinSink* s, Ctx* opt_ctx, uint64_t* opt_cost, int n_ctx) noexcept nogil:
+    """A sink that prices every bin under all N_SETS init sets at once (spec A.3)."""
+    cdef int k, a
+    for k in range(N_SETS):
+        contexts_init(&opt_ctx[k * n_ctx], n_ctx, k)
+        for a in range(n_ctx):
+            opt_cost[k * n_ctx + a] = 0
+    s.mode = MODE_OPTIMISE
+    s.opt_ctx = opt_ctx
+    s.opt_cost = opt_cost
+    s.n_ctx = n_ctx
 
 
 cdef inline void start_estimator(BinSink* s, Ctx* ctx, int n_ctx) noexcept nogil:
@@ -950,36 +1029,44 @@ cdef void encode_tensor_data(BinSink* s, Layout* L, TensorShape* t, const int32_
     encode_block_rows(s, L, t, k_values, base, hist, skipped, 0, t.n_block_rows, 0)
 
 
-cdef void encode_block_rows(BinSink* s, Layout* L, TensorShape* t, const int32_t* k_values,
+cdef void encode_block_rows(BinSink* ssrc, Layout* Lsrc, TensorShape* tsrc, const int32_t* k_values,
                             const int32_t* base, const int8_t* hist, const uint8_t* skipped,
                             int64_t br_start, int64_t br_stop, int state0) noexcept nogil:
-    """Walk block rows br_start .. br_stop - 1, the DQ state being state0 at the first (spec 11.2)."""
+    """Walk block rows br_start .. br_stop - 1, the DQ state being state0 at the first (spec 11.2).
+
+    Runs on local copies of the sink, its coder, the layout and the shape (see decode_tensor_data).
+    """
+    cdef BinSink sl = ssrc[0]
+    cdef ArithEncoder el
+    cdef Layout Ll = Lsrc[0]
+    cdef TensorShape tl = tsrc[0]
+    cdef BinSink* s = &sl
+    cdef Layout* L = &Ll
+    cdef TensorShape* t = &tl
     cdef int64_t i
     cdef int state = state0
     cdef int64_t prev = 0
     cdef int64_t k
-    cdef int32_t b = 0
-    cdef int hd = 0
     cdef ScanWalk w
+    if sl.mode == MODE_ENCODE:
+        el = ssrc.enc[0]
+        sl.enc = &el
     walk_rows(&w, t, br_start, br_stop)
     while walk_next(&w):
-        if w.block_row_start and w.br > 0:
+        if enters_block_row(&w):
             sink_block_row_start(s)
             prev = 0
-        if skipped != NULL and skipped[w.row]:
-            if t.dq:
-                state = skip_row_states(state, w.width)
+        if skips_segment(&w, t, skipped, &state):
             continue
         for i in range(w.first, w.end):
-            if base != NULL:
-                b = base[i]
-            if hist != NULL:
-                hd = hist[i] == 1
             k = k_values[i]
-            encode_value(s, L, t, k, state, prev, b, hd)
-            if t.dq:
-                state = NEXT_STATE[state][k & 1]
+            encode_value(s, L, t, k, state, prev, tca_base_at(base, i), hdsp_at(hist, i))
+            state = dq_step(t, state, k)
             prev = k
+    if sl.mode == MODE_ENCODE:
+        ssrc.enc[0] = el
+        sl.enc = ssrc.enc
+    ssrc[0] = sl
 
 
 # --------------------------------------------------------------------------
@@ -992,17 +1079,7 @@ cdef void enc_segment_code(ArithEncoder* e) noexcept nogil:
     so the code has n + 9 bits for n renormalisation shifts."""
     cdef int nbits = 32 - e.bits_left
     cdef uint64_t bits
-    if (e.low >> nbits) != 0:
-        enc_put_byte(e, e.buffered_byte + 1)
-        while e.num_buffered > 1:
-            enc_put_byte(e, 0x00)
-            e.num_buffered -= 1
-        e.low -= <uint32_t>1 << nbits
-    elif e.num_buffered > 0:
-        enc_put_byte(e, e.buffered_byte)
-        while e.num_buffered > 1:
-            enc_put_byte(e, 0xFF)
-            e.num_buffered -= 1
+    enc_release_pending(e)
     e.num_buffered = 0
     bits = e.low
     while nbits % 8 != 0:
@@ -1074,7 +1151,7 @@ cdef class _RowRange:
 cdef _RowRange _row_range(int mode, Layout* L, TensorShape* t, const int32_t* k, const int32_t* base,
                           const int8_t* hist, const uint8_t* skip, int64_t a, int64_t b, int state0, list sets):
     cdef _RowRange rr = _RowRange()
-    cdef int i, j
+    cdef int i
     rr.L = L[0]
     rr.t = t[0]
     rr.k, rr.base, rr.hist, rr.skip = k, base, hist, skip
@@ -1086,12 +1163,7 @@ cdef _RowRange _row_range(int mode, Layout* L, TensorShape* t, const int32_t* k,
         rr.cost = <uint64_t*>malloc(N_SETS * L.n_ctx * sizeof(uint64_t))
         if rr.ctx == NULL or rr.cost == NULL:
             raise MemoryError()
-        for j in range(N_SETS):
-            for i in range(L.n_ctx):
-                ctx_init(&rr.ctx[j * L.n_ctx + i], j)
-                rr.cost[j * L.n_ctx + i] = 0
-        rr.s.opt_ctx = rr.ctx
-        rr.s.opt_cost = rr.cost
+        start_optimiser(&rr.s, rr.ctx, rr.cost, L.n_ctx)
     else:
         rr.ctx = <Ctx*>malloc(L.n_ctx * sizeof(Ctx))
         if rr.ctx == NULL or not enc_init(&rr.e):
@@ -1147,21 +1219,16 @@ cdef int levels_to_coded(TensorShape* t, const int32_t* n_values, int32_t* k_out
     while walk_next(&w):
         if w.block_row_start and row_states != NULL:
             row_states[w.br] = state
-        if skipped != NULL and skipped[w.row]:
-            state = skip_row_states(state, w.width)
+        if skips_segment(&w, t, skipped, &state):
             continue
         for i in range(w.first, w.end):
             n = n_values[i]
             k = dq_k_from_n(n, state)
-            # check n is a level of the quantiser of this state
-            if k != 0 and 2 * k - ((state & 1) if k > 0 else -(state & 1)) != n:
-                bad_index[0] = i
-                return 1
-            if n != 0 and k == 0:
+            if dq_n_from_k(k, state) != n:     # n is no level of this state's quantiser
                 bad_index[0] = i
                 return 1
             k_out[i] = <int32_t>k
-            state = NEXT_STATE[state][k & 1]
+            state = dq_step(t, state, k)
     return 0
 
 
@@ -1350,8 +1417,7 @@ cdef class PayloadDecoder:
                 raise ValueError("start_block_row > 0 needs entry points")
         self.last_boundary = None
         try:
-            for i in range(L.n_ctx):
-                ctx_init(&ctx[i], 0)
+            contexts_init(ctx, L.n_ctx, 0)
             self.last_row_skip = False
             self.last_hdsp = False
             # edition 2 row-level flags (spec 8.3)
@@ -1567,8 +1633,7 @@ cdef class PayloadEncoder:
         cdef int a
         cdef int64_t r
         try:
-            for i in range(L.n_ctx):
-                ctx_init(&ctx[i], 0)
+            contexts_init(ctx, L.n_ctx, 0)
             s.mode = MODE_ENCODE
             s.enc = &self.e
             s.ctx = ctx
@@ -1647,14 +1712,7 @@ cdef class PayloadEncoder:
         try:
             if opt_ctx == NULL or opt_cost == NULL:
                 raise MemoryError()
-            for k in range(N_SETS):
-                for a in range(L.n_ctx):
-                    ctx_init(&opt_ctx[k * L.n_ctx + a], k)
-                    opt_cost[k * L.n_ctx + a] = 0
-            s.mode = MODE_OPTIMISE
-            s.opt_ctx = opt_ctx
-            s.opt_cost = opt_cost
-            s.n_ctx = L.n_ctx
+            start_optimiser(&s, opt_ctx, opt_cost, L.n_ctx)
             if ranges:
                 # contexts restart at every block row, so the ranges' costs add up
                 parts = [_row_range(MODE_OPTIMISE, &L, &t, &k_v[0], base_p, hist_p, skip_p, a, b, st, None)
@@ -1812,9 +1870,36 @@ cdef inline void dq_candidates(double x, int state, int64_t* out) noexcept nogil
     out[2] = a + 2
 
 
-cdef void rdoq_scan(const double* x, const double* f, int32_t* o, Ctx* ctx, Layout* L, TensorShape* t,
+cdef int64_t _check_quantiser_args(double[::1] x, int64_t height, int64_t width, int n_gtx, int scan_order,
+                                   int edition) except -1:
+    """The argument checks both quantisers share; returns the tensor's size."""
+    _check_edition(edition)
+    _check_tensor_args(height, width, n_gtx, scan_order, EncodeError)
+    cdef int64_t size = height * width
+    if x.shape[0] != size:
+        raise EncodeError(f"x has {x.shape[0]} elements, the tensor has {size}")
+    return size
+
+
+def _importance_array(importance, int64_t size):
+    """F per element (spec A.9) as a float64 array, or None for all 1."""
+    if importance is None:
+        return None
+    f_arr = np.ascontiguousarray(importance, dtype=np.float64).reshape(-1)
+    if f_arr.size != size or not np.all(f_arr >= 0):
+        raise EncodeError("importance needs one non-negative value per element")
+    return f_arr
+
+
+cdef void rdoq_scan(const double* x, const double* f, int32_t* o, Ctx* ctx, Layout* Lsrc, TensorShape* tsrc,
                     double scale) noexcept nogil:
-    """RDOQ along the scan (spec A.9): the level of each element, then the contexts adapt to it."""
+    """RDOQ along the scan (spec A.9): the level of each element, then the contexts adapt to it.
+
+    Runs on local copies of the layout and the shape (see decode_tensor_data)."""
+    cdef Layout Ll = Lsrc[0]
+    cdef TensorShape tl = tsrc[0]
+    cdef Layout* L = &Ll
+    cdef TensorShape* t = &tl
     cdef BinSink s
     cdef ScanWalk w
     cdef int64_t i, cand, best_k, lo
@@ -1825,7 +1910,7 @@ cdef void rdoq_scan(const double* x, const double* f, int32_t* o, Ctx* ctx, Layo
     start_estimator(&s, ctx, L.n_ctx)
     walk_start(&w, t, 0)
     while walk_next(&w):
-        if w.block_row_start and w.br > 0:
+        if enters_block_row(&w):
             contexts_reset(ctx, L.n_ctx)
             prev = 0
         for i in range(w.first, w.end):
@@ -1867,22 +1952,15 @@ def rdoq_levels(double[::1] x, int64_t height, int64_t width, *, double lam, int
     meaning does not depend on the step size; ``importance`` gives F per element (default 1).
     lam = 0 is nearest rounding (ties away from zero).
     """
-    _check_edition(edition)
-    _check_tensor_args(height, width, n_gtx, scan_order, EncodeError)
-    cdef int64_t size = height * width
-    if x.shape[0] != size:
-        raise EncodeError(f"x has {x.shape[0]} elements, the tensor has {size}")
+    cdef int64_t size = _check_quantiser_args(x, height, width, n_gtx, scan_order, edition)
     if lam < 0:
         raise EncodeError("lambda must be >= 0")
-    cdef cnp.ndarray f_arr = None
+    f_arr = _importance_array(importance, size)
     cdef double[::1] f_v
     cdef const double* f_p = NULL
-    if importance is not None:
-        f_arr = np.ascontiguousarray(importance, dtype=np.float64).reshape(-1)
-        if f_arr.size != size or not np.all(f_arr >= 0):
-            raise EncodeError("importance needs one non-negative value per element")
+    if f_arr is not None and size:
         f_v = f_arr
-        f_p = &f_v[0] if size else NULL
+        f_p = &f_v[0]
     out = np.zeros(size, dtype=np.int32)
     if size == 0:
         return out
@@ -1895,8 +1973,7 @@ def rdoq_levels(double[::1] x, int64_t height, int64_t width, *, double lam, int
     cdef int q
     cdef double scale = lam / 32768.0
     try:
-        for q in range(L.n_ctx):
-            ctx_init(&ctx[q], 0)
+        contexts_init(ctx, L.n_ctx, 0)
         with nogil:
             rdoq_scan(&x[0], f_p, &o[0], ctx, &L, &t, scale)
         return out
@@ -1911,9 +1988,15 @@ def rdoq_levels(double[::1] x, int64_t height, int64_t width, *, double lam, int
 # end the best path is fixed, the contexts adapt to its levels, and the next chunk starts
 # from that path's state and neighbour.
 # --------------------------------------------------------------------------
-cdef void dq_rdoq_scan(const double* x, const double* f, int32_t* o, Ctx* ctx, Ctx* frozen, Layout* L,
-                       TensorShape* t, double scale, int64_t clen, int64_t* pos, uint8_t* back) noexcept nogil:
-    """The chunked DQ trellis along the scan (spec A.2, A.14); ``pos`` and ``back`` hold one chunk."""
+cdef void dq_rdoq_scan(const double* x, const double* f, int32_t* o, Ctx* ctx, Ctx* frozen, Layout* Lsrc,
+                       TensorShape* tsrc, double scale, int64_t clen, int64_t* pos, uint8_t* back) noexcept nogil:
+    """The chunked DQ trellis along the scan (spec A.2, A.14); ``pos`` and ``back`` hold one chunk.
+
+    Runs on local copies of the layout and the shape (see decode_tensor_data)."""
+    cdef Layout Ll = Lsrc[0]
+    cdef TensorShape tl = tsrc[0]
+    cdef Layout* L = &Ll
+    cdef TensorShape* t = &tl
     cdef BinSink sink
     cdef ScanWalk w
     cdef double cost[8]
@@ -1937,7 +2020,7 @@ cdef void dq_rdoq_scan(const double* x, const double* f, int32_t* o, Ctx* ctx, C
                     break
                 seg_i = w.first
                 seg_end = w.end
-                row_start_pending = w.block_row_start and w.br > 0
+                row_start_pending = enters_block_row(&w)
             if row_start_pending:
                 if n == 0:
                     chunk_row_start = True
@@ -2017,21 +2100,15 @@ def dq_rdoq_levels(double[::1] x, int64_t height, int64_t width, *, double lam, 
     global Viterbi search (the default chunking fixes the path every ``chunk`` elements).
     The working memory is 16 bytes per chunk element, whatever the tensor's size.
     """
-    _check_edition(edition)
-    _check_tensor_args(height, width, n_gtx, scan_order, EncodeError)
-    cdef int64_t size = height * width
-    if x.shape[0] != size:
-        raise EncodeError(f"x has {x.shape[0]} elements, the tensor has {size}")
+    cdef int64_t size = _check_quantiser_args(x, height, width, n_gtx, scan_order, edition)
     if lam < 0 or chunk < 1:
         raise EncodeError("lambda must be >= 0 and chunk >= 1")
+    f_arr = _importance_array(importance, size)
     cdef double[::1] f_v
     cdef const double* f_p = NULL
-    if importance is not None:
-        f_arr = np.ascontiguousarray(importance, dtype=np.float64).reshape(-1)
-        if f_arr.size != size or not np.all(f_arr >= 0):
-            raise EncodeError("importance needs one non-negative value per element")
+    if f_arr is not None and size:
         f_v = f_arr
-        f_p = &f_v[0] if size else NULL
+        f_p = &f_v[0]
     cdef Layout L = make_layout(edition, n_gtx)
     cdef TensorShape t = make_shape(edition, height, width, scan_order, 1, 0, 0, 0, 0)
     out = np.zeros(size, dtype=np.int32)
@@ -2053,8 +2130,7 @@ def dq_rdoq_levels(double[::1] x, int64_t height, int64_t width, *, double lam, 
     cdef int q
     cdef double scale = lam / 32768.0
     try:
-        for q in range(L.n_ctx):
-            ctx_init(&ctx[q], 0)
+        contexts_init(ctx, L.n_ctx, 0)
         with nogil:
             dq_rdoq_scan(&x[0], f_p, &o[0], ctx, frozen, &L, &t, scale, clen, &pos[0], &back[0])
         return out
