@@ -1423,12 +1423,14 @@ def _topology_metadata(unit: C.Unit) -> dict:
 
 
 def restore_model_view(tensors: "OrderedDict[str, np.ndarray]", metadata: dict) -> tuple:
-    """Tensors as the original model had them: 0-d shapes and dtypes from nnc's metadata (spec 6.2.1).
+    """Tensors as the original model had them: order, 0-d shapes and dtypes from nnc's metadata (spec 6.2.1).
 
-    The encoder records in a topology unit the shapes that NNC cannot carry
-    (0-d tensors are coded as 1-d) and the dtypes it does not restore by
-    itself; :attr:`~nnc.decoder.Decoder.metadata` holds them.  Entries that do not fit
-    (a shape of another size, an unknown dtype) are ignored.
+    The encoder records in a topology unit the model's order of the tensors
+    (coding order puts a bias before its weight in a BLOCK unit), the shapes
+    that NNC cannot carry (0-d tensors are coded as 1-d) and the dtypes it does
+    not restore by itself; :attr:`~nnc.decoder.Decoder.metadata` holds them.
+    Entries that do not fit (a shape of another size, an unknown dtype) are
+    ignored.
 
     Parameters
     ----------
@@ -1440,9 +1442,10 @@ def restore_model_view(tensors: "OrderedDict[str, np.ndarray]", metadata: dict) 
     Returns
     -------
     tuple
-        ``(tensors, dtypes)``: a new {name: ``numpy.ndarray``} in the same
-        order, and {name: dtype name}.  bfloat16 has no numpy dtype: such
-        tensors stay float32 and are named ``"bfloat16"`` in ``dtypes``.
+        ``(tensors, dtypes)``: a new {name: ``numpy.ndarray``} in the model's
+        order (the announced names first, then any others as given), and
+        {name: dtype name}.  bfloat16 has no numpy dtype: such tensors stay
+        float32 and are named ``"bfloat16"`` in ``dtypes``.
 
     Examples
     --------
@@ -1465,7 +1468,8 @@ def restore_model_view(tensors: "OrderedDict[str, np.ndarray]", metadata: dict) 
     else:
         out = OrderedDict()
     names = {}
-    for k, v in tensors.items():
+    for k in model_order(tensors, metadata):
+        v = tensors[k]
         if k in shapes and isinstance(shapes[k], list) and int(np.prod(shapes[k], dtype=np.int64)) == v.size:
             v = v.reshape(shapes[k])
         want = dtypes.get(k)
@@ -1479,6 +1483,22 @@ def restore_model_view(tensors: "OrderedDict[str, np.ndarray]", metadata: dict) 
     return out, names
 
 
+def model_order(names, metadata: dict) -> list:
+    """``names`` in the model's order: those announced in nnc's metadata first, in its order (spec 6.2.1).
+
+    >>> model_order(["fc.bias", "fc.weight", "x"], {"tensors": ["fc.weight", "fc.bias"]})
+    ['fc.weight', 'fc.bias', 'x']
+    """
+    names = list(names)
+    announced = metadata.get("tensors")
+    if not isinstance(announced, list):
+        return names
+    present = set(names)
+    first = [n for n in dict.fromkeys(announced) if isinstance(n, str) and n in present]
+    placed = set(first)
+    return first + [n for n in names if n not in placed]
+
+
 __all__ = [
     "apply_update",
     "decode",
@@ -1489,6 +1509,7 @@ __all__ = [
     "Limits",
     "TensorInfo",
     "read_input",
+    "model_order",
     "restore_model_view",
     "PAYLOAD_TYPE_NAMES",
     "ELEMENTS_PER_PAYLOAD_BYTE",

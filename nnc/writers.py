@@ -40,7 +40,15 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from .decoder import RELEASABLE_MAPS, DecodedTensors, Decoder, _releasable_map, release_pages, restore_model_view
+from .decoder import (
+    RELEASABLE_MAPS,
+    DecodedTensors,
+    Decoder,
+    _releasable_map,
+    model_order,
+    release_pages,
+    restore_model_view,
+)
 from .errors import DecodeError
 
 __all__ = ["decode_to_path", "DecodeProgress", "is_directory_target", "map_stream"]
@@ -133,7 +141,9 @@ def _model_tensors(dec: Decoder, names) -> "OrderedDict[str, _Tensor]":
     shapes: dict = recorded_shapes if isinstance(recorded_shapes, dict) else {}
     dtypes: dict = recorded_dtypes if isinstance(recorded_dtypes, dict) else {}
     out: OrderedDict[str, _Tensor] = OrderedDict()
-    for info in dec.tensors():
+    infos = {info.name: info for info in dec.tensors()}
+    for name in model_order(infos, dec.metadata):  # files list tensors in the model's order
+        info = infos[name]
         if names is not None and info.name not in names:
             continue
         shape = tuple(info.shape)
@@ -286,16 +296,30 @@ class _SafetensorsSink:
 
 
 class _NpzSink:
-    """An uncompressed .npz written member by member (one tensor in memory at a time)."""
+    """An uncompressed .npz written member by member, in the model's order.
+
+    A tensor that arrives before its turn (a bias decoded with its weight from one
+    BLOCK unit) waits until the tensors planned before it are written.
+    """
 
     def __init__(self, file: _File, tmp: str):
         self.zf = zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True)
         self.tensors = {t.name: t for t in file.tensors}
+        self.order = list(self.tensors)
+        self.next = 0
+        self.waiting: dict[str, np.ndarray] = {}
 
     def buffer(self, info):
         return None
 
     def take(self, name, array):
+        self.waiting[name] = array
+        while self.next < len(self.order) and self.order[self.next] in self.waiting:
+            turn = self.order[self.next]
+            self._write(turn, self.waiting.pop(turn))
+            self.next += 1
+
+    def _write(self, name, array):
         t = self.tensors[name]
         arr, _ = restore_model_view(
             OrderedDict([(name, array)]), {"shapes": {name: list(t.shape)}, "dtypes": {name: t.dtype}}
@@ -305,6 +329,8 @@ class _NpzSink:
             np.lib.format.write_array(fh, arr, allow_pickle=False)
 
     def close(self):
+        for name in list(self.waiting):  # (only when a planned tensor never came: the write fails anyway)
+            self._write(name, self.waiting.pop(name))
         self.zf.close()
 
 
