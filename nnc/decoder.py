@@ -36,6 +36,7 @@ from ._threads import thread_count
 from .engine import get_engine
 from .errors import DecodeError, LimitError, NNCError, TruncatedError, UnsupportedError, UpdateError
 from .reconstruction import (
+    DECOMPRESSED_DATA_FORMATS,
     convert_to_format,
     format_dtype,
     reconstruct_codebook,
