@@ -31,7 +31,8 @@ def _model():
 
 @pytest.fixture(scope="module")
 def stream():
-    return nnc.encode(_model(), qp=-24)
+    # one NDU per tensor in model order (no BLOCK pairing), the bias finely quantised
+    return nnc.encode(_model(), qp=-24, blocks=False, nonweight_qp=-75)
 
 
 def test_decode_tensor_out_fills_and_returns_the_callers_array(stream):
