@@ -947,9 +947,10 @@ def write_suite(out_dir: Path, entries, blobs, crosscheck=None, third_party=()):
 
 def run_crosscheck(entries, blobs):
     """Decode profile-1 streams with NNCodec 2.1.3 and compare with the expected hashes."""
-    from nnc.verify import NNCodecAdapter, _check_expected
+    from nnc.verify import CommandAdapter, _check_expected
 
-    adapter = NNCodecAdapter()
+    # NNCodec through the decoder-command protocol (tools/ is not part of the package)
+    adapter = CommandAdapter([sys.executable, str(Path(__file__).resolve().parent.parent / "tools" / "nncodec_decoder.py")])
     result = {}
     for e in entries:
         if e["profile"] != 1:
