@@ -103,9 +103,14 @@ class NNC(_CodecBase):
         return Encoder(**options).encode({CHUNK_TENSOR: chunk}).stream
 
     def _encode_for_snr(self, chunk: np.ndarray, options: dict) -> bytes:
-        """The stream of the coarsest qp whose reconstruction meets ``target_snr`` (exact, not estimated)."""
+        """The stream of the coarsest qp whose reconstruction meets ``target_snr`` (exact, not estimated).
+
+        The search codes the chunk at each qp (raw storage would meet any target at any qp); the
+        chunk is stored raw instead when that is smaller than its coded stream at the qp found.
+        """
         from .encoder import Encoder
 
+        options = dict(options, raw_when_smaller=False)
         x = chunk.astype(np.float64)
         allowed = float((x**2).sum()) / 10 ** (self.target_snr / 10)
         if not np.isfinite(allowed):
@@ -133,7 +138,8 @@ class NNC(_CodecBase):
             raise EncodeError(f"no qp reaches {self.target_snr} dB on this chunk")
         while bad is not None and bad - good > 1:
             attempt((good + bad) // 2)
-        return good_stream
+        smallest = Encoder(qp=good, **dict(options, raw_when_smaller=True)).encode({CHUNK_TENSOR: chunk}).stream
+        return smallest if len(smallest) < len(good_stream) else good_stream
 
     def decode(self, buf, out=None):
         """The chunk of an NNC stream; copied into ``out`` when that is given (same number of bytes)."""

@@ -1487,6 +1487,22 @@ def restore_model_view(tensors: "OrderedDict[str, np.ndarray]", metadata: dict) 
 def model_order(names, metadata: dict) -> list:
     """``names`` in the model's order: those announced in nnc's metadata first, in its order (spec 6.2.1).
 
+    Parameters
+    ----------
+    names : iterable of str
+        Tensor names, e.g. in decoding order.
+    metadata : dict
+        :attr:`~nnc.decoder.Decoder.metadata` of the stream; its ``"tensors"`` list, when it is
+        one, gives the model's order.
+
+    Returns
+    -------
+    list of str
+        The announced names present in ``names``, in the announced order, then the others
+        in their order in ``names``.
+
+    Examples
+    --------
     >>> model_order(["fc.bias", "fc.weight", "x"], {"tensors": ["fc.weight", "fc.bias"]})
     ['fc.weight', 'fc.bias', 'x']
     """

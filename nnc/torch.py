@@ -199,7 +199,7 @@ def state_dict(stream, device="cpu", **decoder_options) -> "OrderedDict[str, obj
     Returns
     -------
     ``collections.OrderedDict``
-        {name: ``torch.Tensor``} in stream order.
+        {name: ``torch.Tensor``} in the model's order (spec 6.2.1).
 
     Raises
     ------
@@ -216,11 +216,12 @@ def state_dict(stream, device="cpu", **decoder_options) -> "OrderedDict[str, obj
     >>> sd["w"].dtype, sd["n"].dtype, sd["n"].shape
     (torch.float16, torch.int64, torch.Size([]))
     """
-    from .decoder import Decoder
+    from .decoder import Decoder, model_order
 
     _torch()
     dec = Decoder(stream, **decoder_options)
-    return OrderedDict((name, _as_torch(array, dtype, device)) for name, array, dtype in _decoded_views(dec))
+    decoded = {name: _as_torch(array, dtype, device) for name, array, dtype in _decoded_views(dec)}
+    return OrderedDict((name, decoded[name]) for name in model_order(decoded, dec.metadata))
 
 
 def load_state_dict(module, stream, strict: bool = True, **decoder_options) -> LoadResult:
@@ -266,13 +267,13 @@ def load_state_dict(module, stream, strict: bool = True, **decoder_options) -> L
         ...
     nnc.errors.OutputBufferError: tensor 'weight' has shape (2, 2) in the stream, (3, 2) in the module
     """
-    from .decoder import Decoder
+    from .decoder import Decoder, model_order
     from .errors import OutputBufferError
 
     torch = _torch()
     dec = Decoder(stream, **decoder_options)
     target = module.state_dict()
-    names = dec.names()
+    names = model_order(dec.names(), dec.metadata)
     missing = [k for k in target if k not in names]
     unexpected = [k for k in names if k not in target]
     if strict and (missing or unexpected):

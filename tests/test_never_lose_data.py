@@ -58,7 +58,7 @@ def model(tmp_path):
 @pytest.fixture
 def stream(model, tmp_path):
     path = tmp_path / "m.nnr"
-    nnc.encode_model(model, path, qp=-30)
+    nnc.encode_model(model, path, qp=-30, blocks=False)  # one NDU per tensor: unit boundaries between tensors
     return path
 
 

@@ -106,3 +106,12 @@ def test_default_streams_write_the_same_bytes_to_files(tmp_path):
     assert (tmp_path / "m.nnr").read_bytes() == stream
     kinds = {t["name"]: t["payload_type"] for t in stream_info(stream)["tensors"]}
     assert kinds["a.bias"] == "BLOCK" and kinds["b.bias"] == "RAW_FLOAT" and kinds["c"] == "RAW_FLOAT"
+
+
+@pytest.mark.parametrize("qp", [-200, -129, 128, 200])
+def test_small_tensors_at_qps_beyond_the_offset_range_encode(qp):
+    """raw_when_smaller compares sizes at an MPS qp the tensor's qp offset fits (spec 8.2), not at 0."""
+    x = np.array([1e10 if qp > 0 else 1e-10, 2.0 if qp > 0 else 3e-10], np.float32)
+    stream = nnc.encode({"b": x}, qp=qp)
+    back = nnc.decode(stream)["b"]
+    assert back.shape == x.shape

@@ -48,6 +48,8 @@ DECODER_NOT_NORMATIVE = {
     "Decoder._check_out": "checks of caller-owned output buffers (API)",
     "Decoder._fill": "copies a decoded tensor into a caller-owned buffer (API)",
     "_bounded_ordered": "a thread pool that keeps job order (API)",
+    "release_pages": "drops read pages of a mapped stream file from memory (implementation memory)",
+    "_releasable_map": "finds the map under a buffer whose pages may be dropped (implementation memory)",
 }
 #: Top-level names of container.py that parse nothing (building, reading plumbing, errors).
 CONTAINER_NOT_PARSING = {

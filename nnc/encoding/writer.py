@@ -269,8 +269,9 @@ class UnitWriter:
         """``t`` as RAW_FLOAT when its coded NDU would not be smaller: no tensor costs more than float32.
 
         Only for a plain coded float tensor (no codebook, output format, restored dtype or
-        incremental state). The coded size is estimated first; both NDUs are built (at MPS qp 0)
-        only for tensors under 64 values or when the estimate comes within 25 % of the raw payload.
+        incremental state). The coded size is estimated first; both NDUs are built (at an MPS qp
+        the tensor's qp offset fits) only for tensors under 64 values or when the estimate comes
+        within 25 % of the raw payload.
         """
         s = self.settings
         if (
@@ -304,7 +305,8 @@ class UnitWriter:
             recon=f32,
             raw=f32,
         )
-        return raw if len(self.single_unit(raw).build(0)) <= len(self.single_unit(t).build(0)) else t
+        at = mps_qp([t.qp], s.qp_density)  # an MPS qp whose offset the tensor's qp fits (spec 8.2)
+        return raw if len(self.single_unit(raw).build(at)) <= len(self.single_unit(t).build(at)) else t
 
     def group_unit(self, weight: str, parts: dict, coded: Mapping[str, CodedTensor], arrays) -> Unit:
         """The unit of a block group: its BLOCK NDU, or with ``blocks="auto"`` the members'
