@@ -1334,7 +1334,7 @@ class Decoder:
             if self.keep_state or params.parent_signalling:
                 self.state.update(info.name, levels)
             if direct is None:
-                out[info.name] = self._reconstruct(info, levels, cb_zero)
+                out[info.name] = self._reconstruct(info, levels, cb_zero, threads)
             elif info.payload_type == "INT":
                 flat = direct.reshape(-1)
                 if not np.shares_memory(levels, flat):
@@ -1349,14 +1349,14 @@ class Decoder:
         dec.finish()
         return out
 
-    def _reconstruct(self, info: TensorInfo, levels: np.ndarray, cb_zero: int) -> np.ndarray:
-        """Tensor values from decoded integers (spec 12)."""
+    def _reconstruct(self, info: TensorInfo, levels: np.ndarray, cb_zero: int, threads: int = 1) -> np.ndarray:
+        """Tensor values from decoded integers (spec 12); a large uniform tensor in ``threads``."""
         if info.payload_type == "INT":
             values = levels
         elif info.codebook is not None:
             values = reconstruct_codebook(levels, info.codebook, cb_zero, np.float32(info.step))
         else:
-            values = reconstruct_uniform(levels, np.float32(info.step))
+            values = reconstruct_uniform(levels, np.float32(info.step), threads)
         if info.decompressed_data_format is not None:
             values = convert_to_format(levels if info.payload_type == "INT" else values, info.decompressed_data_format)
         return values.reshape(info.shape)

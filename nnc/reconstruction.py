@@ -86,10 +86,16 @@ def step_size(qp: int, qp_density: int) -> np.float32:
     return np.float32(math.ldexp(mul, exponent))
 
 
-def reconstruct_uniform(levels: np.ndarray, step: np.float32) -> np.ndarray:
+#: Fewest elements of a reconstruction worth splitting over threads.
+RECONSTRUCT_CHUNK = 1 << 20
+
+
+def reconstruct_uniform(levels: np.ndarray, step: np.float32, threads: int = 1) -> np.ndarray:
     """w = float32(Δ) · float32(n), computed in float32 (spec 12.2, 12.3).
 
-    Overflow to infinity is the defined result and raises no warning.
+    Overflow to infinity is the defined result and raises no warning.  One pass
+    over the levels; with ``threads`` > 1 a large tensor is split into slices
+    reconstructed in threads (the same values).
 
     Parameters
     ----------
@@ -97,6 +103,8 @@ def reconstruct_uniform(levels: np.ndarray, step: np.float32) -> np.ndarray:
         Reconstruction integers n (with DQ already mapped from k to n).
     step : ``numpy.float32``
         Step size Δ, as from :func:`step_size`.
+    threads : int
+        Threads for a tensor of at least 2 * ``RECONSTRUCT_CHUNK`` elements.
 
     Returns
     -------
@@ -111,8 +119,23 @@ def reconstruct_uniform(levels: np.ndarray, step: np.float32) -> np.ndarray:
     >>> w.dtype.name, w.tolist()
     ('float32', [[0.125, -0.375], [0.0, 1.0]])
     """
-    with np.errstate(over="ignore"):  # IEEE overflow to inf is the defined result
-        return levels.astype(np.float32) * np.float32(step)
+    out = np.empty(levels.shape, np.float32)
+    src, dst, step = levels.reshape(-1), out.reshape(-1), np.float32(step)
+
+    def part(a: int, b: int) -> None:
+        with np.errstate(over="ignore"):  # IEEE overflow to inf is the defined result (per thread)
+            np.multiply(src[a:b], step, out=dst[a:b], dtype=np.float32)
+
+    parts = max(1, min(threads, src.size // RECONSTRUCT_CHUNK))
+    if parts == 1:
+        part(0, src.size)
+        return out
+    from concurrent.futures import ThreadPoolExecutor
+
+    bounds = [src.size * i // parts for i in range(parts + 1)]
+    with ThreadPoolExecutor(max_workers=parts, thread_name_prefix="nnc-recon") as pool:
+        list(pool.map(part, bounds[:-1], bounds[1:]))
+    return out
 
 
 def reconstruct_codebook(indices: np.ndarray, codebook, zero_offset: int, step: np.float32) -> np.ndarray:
