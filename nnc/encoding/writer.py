@@ -102,6 +102,10 @@ def _auto_pair(weight: str, bias: str, settings: EncoderSettings | None, dtypes,
     return not any(matches(n, patterns) for n in (weight, bias) for patterns in named)
 
 
+#: Largest block group (in values) whose BLOCK NDU ``blocks="auto"`` compares with the members' own NDUs.
+SMALL_BLOCK_ELEMENTS = 4096
+
+
 def mps_qp(qps, qp_density: int) -> int:
     """The MPS qp: 0 as NNCodec writes, unless the offsets would not fit (spec 8.2).
 
@@ -310,21 +314,27 @@ class UnitWriter:
 
     def group_unit(self, weight: str, parts: dict, coded: Mapping[str, CodedTensor], arrays) -> Unit:
         """The unit of a block group: its BLOCK NDU, or with ``blocks="auto"`` the members'
-        own NDUs one after the other when a member holds inf or NaN or one of them would
-        be smaller stored raw (``raw_when_smaller``). ``coded`` are quantised ``in_block``
+        own NDUs one after the other when a member holds inf or NaN, one of them would
+        be smaller stored raw (``raw_when_smaller``), or, for a group of at most
+        ``SMALL_BLOCK_ELEMENTS`` values, the BLOCK NDU would be larger. ``coded`` are quantised ``in_block``
         unless ``blocks="auto"``; ``arrays`` maps the names to the tensors' values."""
         if self.settings.blocks != "auto":
             return self.block_unit(weight, parts, coded)
         names = block_members(weight, parts)
         alone = {n: self.raw_if_smaller(coded[n], arrays[n]) for n in names}
-        if all(t.ptype == "FLOAT" for t in alone.values()):
-            return self.block_unit(weight, parts, coded)
         units = [self.single_unit(alone[n]) for n in names]
 
         def build(mps_qp: int, link=None) -> bytes:
             return b"".join(u.build(mps_qp, link) for u in units)
 
-        return Unit([alone[n] for n in names], build)
+        separate = Unit([alone[n] for n in names], build)
+        if not all(t.ptype == "FLOAT" for t in alone.values()):
+            return separate
+        block = self.block_unit(weight, parts, coded)
+        if sum(int(_levels(t).size) for t in block.members) > SMALL_BLOCK_ELEMENTS:
+            return block  # a block's header saving is small, its coding cost the same: no second encoding
+        at = mps_qp([t.qp for t in block.members], self.settings.qp_density)
+        return block if len(block.build(at)) <= len(separate.build(at)) else separate
 
     def block_unit(self, weight: str, parts: dict, coded: Mapping[str, CodedTensor]) -> Unit:
         """A BLOCK NDU (spec 7.6) of a weight and its parts, coded ``in_block``."""
