@@ -77,6 +77,25 @@ class CodedTensor:
     codebook: list | None = None
     cb_zero: int = 0
 
+    @classmethod
+    def raw_float(cls, name: str, values: np.ndarray, height: int, width: int, recon=None, fmt=None) -> "CodedTensor":
+        """A RAW_FLOAT record (spec 7.5): ``values`` float32 in the tensor's shape, kept exactly."""
+        return cls(
+            name=name,
+            shape=values.shape,
+            ptype="RAW_FLOAT",
+            levels=None,
+            qp=None,
+            step=None,
+            dq=False,
+            height=height,
+            width=width,
+            scan=0,
+            recon=values if recon is None else recon,
+            fmt=fmt,
+            raw=values,
+        )
+
     def arrays(self) -> list:
         """The numpy arrays this record holds (for memory accounting and read-only sharing)."""
         return [a for a in (self.levels, self.recon, self.raw) if isinstance(a, np.ndarray)]
@@ -358,21 +377,7 @@ class Quantiser:
         if (s.is_raw(name) or not finite) and not in_block:
             f32 = x.astype(np.float32).reshape(shape)
             recon = f32 if fmt is None else f32.astype(np.dtype(dtype_name))
-            return CodedTensor(
-                name=name,
-                shape=shape,
-                ptype="RAW_FLOAT",
-                levels=None,
-                qp=None,
-                step=None,
-                dq=False,
-                height=height,
-                width=width,
-                scan=0,
-                recon=recon,
-                fmt=fmt,
-                raw=f32,
-            )
+            return CodedTensor.raw_float(name, f32, height, width, recon=recon, fmt=fmt)
         qp = s.tensor_qp(name, arr.ndim)
         if name in s.sigmas:
             qp = qp_for_step(dcv1_step(x, s.sigmas[name], s.dcv1_s), s.qp_density)

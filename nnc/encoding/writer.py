@@ -295,20 +295,7 @@ class UnitWriter:
         if n >= 64 and estimate / 8 < 0.75 * 4 * n:  # a quarter of 256+ bytes covers any header difference
             return t
         f32 = np.asarray(arr, dtype=np.float32).reshape(t.shape)
-        raw = CodedTensor(
-            name=t.name,
-            shape=t.shape,
-            ptype="RAW_FLOAT",
-            levels=None,
-            qp=None,
-            step=None,
-            dq=False,
-            height=t.height,
-            width=t.width,
-            scan=0,
-            recon=f32,
-            raw=f32,
-        )
+        raw = CodedTensor.raw_float(t.name, f32, t.height, t.width)
         at = mps_qp([t.qp], s.qp_density)  # an MPS qp whose offset the tensor's qp fits (spec 8.2)
         return raw if len(self.single_unit(raw).build(at)) <= len(self.single_unit(t).build(at)) else t
 
