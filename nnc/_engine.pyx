@@ -919,7 +919,7 @@ cdef struct BinSink:
     Ctx* opt_ctx            # MODE_OPTIMISE: N_SETS context sets, set s at s * n_ctx
     uint64_t* opt_cost      # MODE_OPTIMISE: accumulated cost per (set, context)
     int n_ctx
-    uint64_t est_bits       # MODE_ESTIMATE: accumulated cost (1/32768 bit)
+    uint64_t est_bits       # MODE_ESTIMATE: accumulated cost; MODE_OPTIMISE: the bypass bins' (1/32768 bit)
 
 
 cdef inline void start_optimiser(BinSink* s, Ctx* opt_ctx, uint64_t* opt_cost, int n_ctx) noexcept nogil:
@@ -933,6 +933,7 @@ cdef inline void start_optimiser(BinSink* s, Ctx* opt_ctx, uint64_t* opt_cost, i
     s.opt_ctx = opt_ctx
     s.opt_cost = opt_cost
     s.n_ctx = n_ctx
+    s.est_bits = 0
 
 
 cdef inline void start_estimator(BinSink* s, Ctx* ctx, int n_ctx) noexcept nogil:
@@ -961,7 +962,7 @@ cdef inline void put_bin(BinSink* s, int ctx_idx, int bin) noexcept nogil:
 cdef inline void put_bypass(BinSink* s, uint64_t value, int nbits) noexcept nogil:
     if s.mode == MODE_ENCODE:
         enc_bypass_bits(s.enc, value, nbits)
-    elif s.mode == MODE_ESTIMATE:
+    else:
         s.est_bits += <uint64_t>nbits * EST_BYPASS
 
 
@@ -1504,6 +1505,27 @@ cdef class PayloadDecoder:
         self._finished = True
 
 
+cdef class _TensorPlan:
+    """One tensor made ready for coding by PayloadEncoder._plan (arrays kept alive here)."""
+    cdef Layout L
+    cdef TensorShape t
+    cdef int64_t size
+    cdef bint flags, do_hdsp, do_skip
+    cdef object k_arr, base_arr, hist_arr, skipped
+    cdef const int32_t* k_p
+    cdef const int32_t* base_p
+    cdef const int8_t* hist_p
+    cdef const uint8_t* skip_p
+    cdef list ranges
+    cdef list signalled
+
+    def __cinit__(self):
+        self.k_p = NULL
+        self.base_p = NULL
+        self.hist_p = NULL
+        self.skip_p = NULL
+
+
 cdef class PayloadEncoder:
     """Encoder of one NDU CABAC payload (spec 9.8, Annex A)."""
 
@@ -1546,6 +1568,90 @@ cdef class PayloadEncoder:
             raise EncodeError(f"qp offset {value} outside {lo}..{hi} ({nbits} bits)", clause="8.2")
         self.write_bypass(value & ((1 << nbits) - 1), nbits)
 
+    cdef _TensorPlan _plan(self, levels, int64_t height, int64_t width, int n_gtx, bint dq, int scan_order,
+                           int64_t codebook_size, int64_t codebook_zero, bint parent_present, tca_base,
+                           hdsp_history, bint hdsp, bint row_skip, int threads):
+        """Checks a tensor's arguments and prepares its coding: the coded integers k, the row
+        flags, the TCA/HDSP arrays and, for threads, the block-row ranges (spec 8.3, 10.2, A.5)."""
+        _check_tensor_args(height, width, n_gtx, scan_order, EncodeError)
+        cdef _TensorPlan plan = _TensorPlan()
+        cdef int64_t size = height * width
+        plan.size = size
+        n_arr = _as_array(levels, np.int32, size, "levels", EncodeError)
+        if n_arr is None:
+            raise EncodeError("levels missing")
+        plan.L = make_layout(self.edition, n_gtx)
+        base_arr = _as_array(tca_base, np.int32, size, "tca_base", EncodeError) if self.edition == 2 else None
+        hist_arr = _as_array(hdsp_history, np.int8, size, "hdsp_history", EncodeError) if self.edition == 2 else None
+        plan.t = make_shape(self.edition, height, width, scan_order, dq, codebook_size, codebook_zero,
+                            base_arr is not None, 0)
+        if plan.t.cb:
+            if dq:
+                raise EncodeError("a codebook cannot be combined with dependent quantisation", clause="12.4")
+            if not 0 <= codebook_zero < codebook_size:
+                raise EncodeError(f"codebook zero offset {codebook_zero} outside 0..{codebook_size - 1}",
+                                  clause="7.2")
+            if size and (n_arr.min() < -codebook_zero or n_arr.max() > codebook_size - 1 - codebook_zero):
+                raise EncodeError("levels outside the codebook index range", clause="10.4")
+        plan.flags = has_row_flags(&plan.L, &plan.t)
+        plan.do_hdsp = plan.flags and parent_present and hdsp
+        plan.do_skip = plan.flags and row_skip
+        plan.t.hdsp = plan.do_hdsp
+        if plan.do_skip:
+            plan.skipped = np.ascontiguousarray(~np.any(n_arr.reshape(height, width) != 0, axis=1), dtype=np.uint8)
+            if height > 0:
+                plan.skip_p = <const uint8_t*>cnp.PyArray_DATA(plan.skipped)
+        # n -> k along the scan (spec 10.2)
+        cdef const int32_t[::1] n_v = n_arr
+        cdef int32_t[::1] k_v
+        cdef int64_t bad = -1
+        cdef int rc = 0
+        # block-row ranges for threads, with the DQ state at each range's start (spec A.5)
+        cdef bint split = threads > 1 and plan.t.scan_order > 0 and plan.t.n_block_rows > 1 and size > 0
+        cdef cnp.ndarray br_states = np.zeros(plan.t.n_block_rows if split else 1, dtype=np.int32)
+        cdef int32_t* br_states_p = <int32_t*>cnp.PyArray_DATA(br_states) if split else NULL
+        if dq:
+            plan.k_arr = np.zeros(size, dtype=np.int32)
+            k_v = plan.k_arr
+            if size:
+                with nogil:
+                    rc = levels_to_coded(&plan.t, &n_v[0], &k_v[0], plan.skip_p, &bad, br_states_p)
+            if rc:
+                raise EncodeError(f"level {int(n_arr[bad])} at flat index {bad} is not a reconstruction "
+                                  f"level of the dependent quantiser state reached there", clause="10.2")
+        else:
+            plan.k_arr = n_arr
+        if size:
+            plan.k_p = <const int32_t*>cnp.PyArray_DATA(plan.k_arr)
+        if base_arr is not None and size:
+            plan.base_arr = base_arr
+            plan.base_p = <const int32_t*>cnp.PyArray_DATA(base_arr)
+        if hist_arr is not None and plan.do_hdsp and size:
+            plan.hist_arr = hist_arr
+            plan.hist_p = <const int8_t*>cnp.PyArray_DATA(hist_arr)
+        plan.ranges = []
+        if split:
+            parts = min(threads, plan.t.n_block_rows)
+            bounds = [plan.t.n_block_rows * i // parts for i in range(parts + 1)]
+            plan.ranges = [(bounds[i], bounds[i + 1], int(br_states[bounds[i]])) for i in range(parts)]
+        plan.signalled = init_signalled_contexts(&plan.L, &plan.t)
+        return plan
+
+    def choose_init_sets(self, levels, int64_t height, int64_t width, *, int n_gtx, bint dq=False,
+                         int scan_order=0, int64_t codebook_size=0, int64_t codebook_zero=0,
+                         bint parent_present=False, tca_base=None, hdsp_history=None, bint hdsp=False,
+                         bint row_skip=False, int threads=1):
+        """The init sets ``encode_tensor`` with ``param_opt`` chooses for this tensor (spec A.3),
+        and the estimated bits of its data bins with them (spec A.4); writes nothing.
+
+        Returns (uint8 array of one set per context, estimated bits)."""
+        cdef _TensorPlan plan = self._plan(levels, height, width, n_gtx, dq, scan_order, codebook_size,
+                                           codebook_zero, parent_present, tca_base, hdsp_history, hdsp,
+                                           row_skip, threads)
+        cdef uint64_t est = 0
+        sets = self._choose_init_sets(plan, None, True, &est)
+        return np.array(sets, dtype=np.uint8), est / 32768.0
+
     def encode_tensor(self, levels, int64_t height, int64_t width, *, int n_gtx, bint dq=False,
                       int scan_order=0, bint param_opt=True, init_sets=None, int64_t codebook_size=0,
                       int64_t codebook_zero=0, bint parent_present=False, tca_base=None, hdsp_history=None,
@@ -1555,81 +1661,17 @@ cdef class PayloadEncoder:
         ``threads`` > 1: the block rows of a block scan are estimated and coded in up to
         that many threads, each range on its own and joined exactly (the same bytes, spec A.5)."""
         self._check_open()
-        _check_tensor_args(height, width, n_gtx, scan_order, EncodeError)
-        cdef int64_t size = height * width
-        n_arr = _as_array(levels, np.int32, size, "levels", EncodeError)
-        if n_arr is None:
-            raise EncodeError("levels missing")
-        cdef Layout L = make_layout(self.edition, n_gtx)
-        base_arr = _as_array(tca_base, np.int32, size, "tca_base", EncodeError) if self.edition == 2 else None
-        hist_arr = _as_array(hdsp_history, np.int8, size, "hdsp_history", EncodeError) if self.edition == 2 else None
-        cdef TensorShape t = make_shape(self.edition, height, width, scan_order, dq,
-                                        codebook_size, codebook_zero, base_arr is not None, 0)
-        if t.cb:
-            if dq:
-                raise EncodeError("a codebook cannot be combined with dependent quantisation", clause="12.4")
-            if not 0 <= codebook_zero < codebook_size:
-                raise EncodeError(f"codebook zero offset {codebook_zero} outside 0..{codebook_size - 1}",
-                                  clause="7.2")
-            if size and (n_arr.min() < -codebook_zero or n_arr.max() > codebook_size - 1 - codebook_zero):
-                raise EncodeError("levels outside the codebook index range", clause="10.4")
-        flags = has_row_flags(&L, &t)
-        cdef bint do_hdsp = flags and parent_present and hdsp
-        cdef bint do_skip = flags and row_skip
-        t.hdsp = do_hdsp
-        skipped = None
-        if do_skip:
-            skipped = np.ascontiguousarray(~np.any(n_arr.reshape(height, width) != 0, axis=1), dtype=np.uint8)
-        cdef uint8_t[::1] skip_v
-        cdef const uint8_t* skip_p = NULL
-        if skipped is not None and height > 0:
-            skip_v = skipped
-            skip_p = &skip_v[0]
-        # n -> k along the scan (spec 10.2)
-        cdef int32_t[::1] n_v = n_arr
-        cdef cnp.ndarray k_arr
-        cdef int32_t[::1] k_v
-        cdef int64_t bad = -1
-        cdef int rc = 0
-        # block-row ranges for threads, with the DQ state at each range's start (spec A.5)
-        cdef bint split = threads > 1 and t.scan_order > 0 and t.n_block_rows > 1 and size > 0
-        cdef cnp.ndarray br_states = np.zeros(t.n_block_rows if split else 1, dtype=np.int32)
-        cdef int32_t* br_states_p = <int32_t*>cnp.PyArray_DATA(br_states) if split else NULL
-        if dq:
-            k_arr = np.zeros(size, dtype=np.int32)
-            k_v = k_arr
-            if size:
-                with nogil:
-                    rc = levels_to_coded(&t, &n_v[0], &k_v[0], skip_p, &bad, br_states_p)
-            if rc:
-                raise EncodeError(f"level {int(n_arr[bad])} at flat index {bad} is not a reconstruction "
-                                  f"level of the dependent quantiser state reached there", clause="10.2")
-        else:
-            k_arr = n_arr
-            k_v = k_arr
-        cdef int32_t[::1] base_v
-        cdef int8_t[::1] hist_v
-        cdef const int32_t* base_p = NULL
-        cdef const int8_t* hist_p = NULL
-        if base_arr is not None and size:
-            base_v = base_arr
-            base_p = &base_v[0]
-        if hist_arr is not None and do_hdsp and size:
-            hist_v = hist_arr
-            hist_p = &hist_v[0]
-        cdef list ranges = []
-        if split:
-            parts = min(threads, t.n_block_rows)
-            bounds = [t.n_block_rows * i // parts for i in range(parts + 1)]
-            ranges = [(bounds[i], bounds[i + 1], int(br_states[bounds[i]])) for i in range(parts)]
-        signalled = init_signalled_contexts(&L, &t)
-        sets = self._choose_init_sets(L, t, signalled, init_sets, param_opt, k_v, base_p, hist_p, skip_p, size,
-                                      ranges)
+        cdef _TensorPlan plan = self._plan(levels, height, width, n_gtx, dq, scan_order, codebook_size,
+                                           codebook_zero, parent_present, tca_base, hdsp_history, hdsp,
+                                           row_skip, threads)
+        cdef uint64_t est = 0
+        sets = self._choose_init_sets(plan, init_sets, param_opt, &est)
+        cdef Layout L = plan.L
+        cdef TensorShape t = plan.t
         cdef Ctx* ctx = <Ctx*>malloc(L.n_ctx * sizeof(Ctx))
         if ctx == NULL:
             raise MemoryError()
         cdef BinSink s
-        cdef int i
         cdef int a
         cdef int64_t r
         try:
@@ -1638,14 +1680,14 @@ cdef class PayloadEncoder:
             s.enc = &self.e
             s.ctx = ctx
             s.n_ctx = L.n_ctx
-            if flags:
+            if plan.flags:
                 if parent_present:
-                    enc_bypass(&self.e, do_hdsp)
-                enc_bypass(&self.e, do_skip)
-                if do_skip:
+                    enc_bypass(&self.e, plan.do_hdsp)
+                enc_bypass(&self.e, plan.do_skip)
+                if plan.do_skip:
                     for r in range(height):
-                        enc_bin(&self.e, &ctx[L.row_skip], skip_v[r])
-            for a in signalled:
+                        enc_bin(&self.e, &ctx[L.row_skip], plan.skip_p[r])
+            for a in plan.signalled:
                 if sets[a]:
                     enc_bin(&self.e, &ctx[L.init_flag], 1)
                     enc_bypass_bits(&self.e, sets[a] - 1, 3)
@@ -1654,11 +1696,11 @@ cdef class PayloadEncoder:
                 ctx_init(&ctx[a], sets[a])
             if first_range_forced(&L, &t):
                 self.e.rng = 256
-            if ranges:
-                self._encode_ranges(&s, &L, &t, &k_v[0], base_p, hist_p, skip_p, ranges, sets)
-            elif size:
+            if plan.ranges:
+                self._encode_ranges(&s, &L, &t, plan.k_p, plan.base_p, plan.hist_p, plan.skip_p, plan.ranges, sets)
+            elif plan.size:
                 with nogil:
-                    encode_tensor_data(&s, &L, &t, &k_v[0], base_p, hist_p, skip_p)
+                    encode_tensor_data(&s, &L, &t, plan.k_p, plan.base_p, plan.hist_p, plan.skip_p)
             if self.e.err:
                 raise MemoryError()
         finally:
@@ -1684,12 +1726,14 @@ cdef class PayloadEncoder:
             enc_append_code(&self.e, rr.e.out, rr.shifts, rr.e.rng)
             self.e.bins += rr.e.bins
 
-    cdef list _choose_init_sets(self, Layout L, TensorShape t, list signalled, init_sets, bint param_opt,
-                                int32_t[::1] k_v, const int32_t* base_p, const int8_t* hist_p,
-                                const uint8_t* skip_p, int64_t size, list ranges=None):
+    cdef list _choose_init_sets(self, _TensorPlan plan, init_sets, bint param_opt, uint64_t* estimate):
         """Init set per context: given, optimised by estimated bits, or all 0 (spec A.3).
+        When optimised, ``estimate`` receives the estimated bits (in 1/32768 bit) of the
+        data bins under the chosen sets (spec A.4: contexts, then bypass bins).
 
         With block-row ``ranges`` the ranges' costs are estimated in threads and added (spec A.5)."""
+        cdef Layout L = plan.L
+        cdef TensorShape t = plan.t
         cdef list sets = [0] * L.n_ctx
         cdef int a, k, best
         cdef uint64_t best_cost, cost
@@ -1698,14 +1742,14 @@ cdef class PayloadEncoder:
             given = np.asarray(init_sets).reshape(-1)
             if given.size != L.n_ctx:
                 raise EncodeError(f"init_sets has {given.size} entries, the layout has {L.n_ctx} contexts")
-            allowed = set(signalled)
+            allowed = set(plan.signalled)
             for a in range(L.n_ctx):
                 v = int(given[a])
                 if not 0 <= v < N_SETS or (v and a not in allowed):
                     raise EncodeError(f"init set {v} for context {a} cannot be signalled", clause="8.4")
                 sets[a] = v
             return sets
-        if not param_opt or size == 0 or not signalled:
+        if not param_opt or plan.size == 0 or not plan.signalled:
             return sets
         cdef Ctx* opt_ctx = <Ctx*>malloc(N_SETS * L.n_ctx * sizeof(Ctx))
         cdef uint64_t* opt_cost = <uint64_t*>malloc(N_SETS * L.n_ctx * sizeof(uint64_t))
@@ -1713,17 +1757,19 @@ cdef class PayloadEncoder:
             if opt_ctx == NULL or opt_cost == NULL:
                 raise MemoryError()
             start_optimiser(&s, opt_ctx, opt_cost, L.n_ctx)
-            if ranges:
+            if plan.ranges:
                 # contexts restart at every block row, so the ranges' costs add up
-                parts = [_row_range(MODE_OPTIMISE, &L, &t, &k_v[0], base_p, hist_p, skip_p, a, b, st, None)
-                         for a, b, st in ranges]
+                parts = [_row_range(MODE_OPTIMISE, &L, &t, plan.k_p, plan.base_p, plan.hist_p, plan.skip_p,
+                                    a, b, st, None)
+                         for a, b, st in plan.ranges]
                 _run_in_threads(parts)
                 for part in parts:
                     _add_costs(opt_cost, <_RowRange>part, N_SETS * L.n_ctx)
+                    s.est_bits += (<_RowRange>part).s.est_bits
             else:
                 with nogil:
-                    encode_tensor_data(&s, &L, &t, &k_v[0], base_p, hist_p, skip_p)
-            for a in signalled:
+                    encode_tensor_data(&s, &L, &t, plan.k_p, plan.base_p, plan.hist_p, plan.skip_p)
+            for a in plan.signalled:
                 best = 0
                 best_cost = opt_cost[a]
                 for k in range(1, N_SETS):
@@ -1732,6 +1778,9 @@ cdef class PayloadEncoder:
                         best = k
                         best_cost = cost
                 sets[a] = best
+            estimate[0] = s.est_bits            # the bypass bins
+            for a in range(L.n_ctx):
+                estimate[0] += opt_cost[sets[a] * L.n_ctx + a]
             return sets
         finally:
             free(opt_ctx)
@@ -1981,6 +2030,57 @@ def rdoq_levels(double[::1] x, int64_t height, int64_t width, *, double lam, int
         free(ctx)
 
 
+cdef int DQ_PRED[8][2][2]        # DQ_PRED[next][i] = (state, k parity) of its i-th predecessor edge, states ascending
+for _i in range(8):
+    _edges = sorted((_s, _p) for _s in range(8) for _p in range(2) if tables.NEXT_DQ_STATE[_s][_p] == _i)
+    for _sh in range(2):
+        DQ_PRED[_i][_sh][0], DQ_PRED[_i][_sh][1] = _edges[_sh]
+
+
+cdef inline void dq_distortion_step(double x, double fi, double* cost, uint8_t* back) noexcept nogil:
+    """One position of the distortion-only trellis (spec A.2): the costs of the 8 states
+    after x, and each state's back pointer (predecessor * 4 + candidate).
+
+    The same totals and choices as the rate-aware step with lambda = 0 (the first minimum
+    in the order predecessor state, then candidate), worked out per edge without branches:
+    a state's edge of k parity p carries those of its quantiser's candidates (0, a, a + 2;
+    0 only once) whose k has parity p; the others cost infinity on that edge."""
+    cdef int64_t cand[3]
+    cdef double dist[2][2][3]          # [quantiser][k parity][candidate]
+    cdef double edge_cost[8][2]
+    cdef uint8_t edge_back[8][2]
+    cdef double d, t0, t1, t2, best, ca, cb
+    cdef int q, p, ci, s, nxt, bi
+    for q in range(2):
+        dq_candidates(x, q, cand)
+        for ci in range(3):
+            d = x - <double>cand[ci]
+            d = fi * d * d
+            p = <int>(dq_k_from_n(cand[ci], q) & 1)
+            if ci > 0 and cand[ci] == 0:
+                d = INFINITY
+            dist[q][p][ci] = d
+            dist[q][1 - p][ci] = INFINITY
+    for s in range(8):
+        q = s & 1
+        for p in range(2):
+            t0 = cost[s] + dist[q][p][0]
+            t1 = cost[s] + dist[q][p][1]
+            t2 = cost[s] + dist[q][p][2]
+            best = t1 if t1 < t0 else t0
+            bi = 1 if t1 < t0 else 0
+            bi = 2 if t2 < best else bi
+            best = t2 if t2 < best else best
+            edge_cost[s][p] = best
+            edge_back[s][p] = <uint8_t>(s * 4 + bi)
+    for nxt in range(8):
+        ca = edge_cost[DQ_PRED[nxt][0][0]][DQ_PRED[nxt][0][1]]
+        cb = edge_cost[DQ_PRED[nxt][1][0]][DQ_PRED[nxt][1][1]]
+        cost[nxt] = cb if cb < ca else ca
+        back[nxt] = edge_back[DQ_PRED[nxt][1][0]][DQ_PRED[nxt][1][1]] if cb < ca else \
+            edge_back[DQ_PRED[nxt][0][0]][DQ_PRED[nxt][0][1]]
+
+
 # --------------------------------------------------------------------------
 # Rate-aware dependent quantisation (informative, spec Annex A.14): the 8-state
 # Viterbi search of A.2 with the cost F (x - n)^2 + lambda * bits(k).  The rates come
@@ -2044,6 +2144,9 @@ cdef void dq_rdoq_scan(const double* x, const double* f, int32_t* o, Ctx* ctx, C
         for i in range(n):
             idx = pos[i]
             fi = f[idx] if f != NULL else 1.0
+            if scale == 0:
+                dq_distortion_step(x[idx], fi, cost, &back[8 * i])
+                continue
             for s in range(8):
                 new_cost[s] = INFINITY
             for s in range(8):

@@ -117,6 +117,60 @@ def test_distortion_only_trellis_equal_in_both_engines(x):
 
 
 @needs_compiled
+@settings(max_examples=40, deadline=None)
+@given(halves=st.lists(st.integers(-12, 12), min_size=1, max_size=120), denominator=st.sampled_from([2, 4]),
+       weighted=st.booleans(), chunk=st.sampled_from([1, 3, 64]))
+def test_distortion_only_trellis_ties_equal_in_both_engines(halves, denominator, weighted, chunk):
+    # values on a half or quarter grid make equal costs, where the order of the choices decides
+    x = np.array(halves, np.float64) / denominator
+    f = (np.arange(x.size) % 3) / 2.0 if weighted else None
+    kw = dict(lam=0.0, importance=f, chunk=chunk)
+    np.testing.assert_array_equal(get_engine("cython").dq_rdoq_levels(x, 1, x.size, **kw),
+                                  get_engine("python").dq_rdoq_levels(x, 1, x.size, **kw))
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(h=st.integers(1, 24), w=st.integers(1, 24), scan=st.integers(0, 4), edition=st.sampled_from([1, 2]),
+       spread=st.sampled_from([0.3, 2.0, 30.0]), row_skip=st.booleans(), dq=st.booleans(),
+       seed=st.integers(0, 2**16), n_gtx=st.integers(1, 11))
+def test_choose_init_sets_gives_the_bytes_of_param_opt(engine, h, w, scan, edition, spread, row_skip, dq, seed,
+                                                       n_gtx):
+    eng = get_engine(engine)
+    x = np.random.default_rng(seed).laplace(0, spread, h * w)
+    x[: (h * w) // 3] = 0                            # some all-zero rows for row skipping
+    if dq:   # the trellis along the scan; row skipping is for uniform levels (as the writer uses it)
+        levels = eng.dq_rdoq_levels(x, h, w, lam=0.0, scan_order=scan, edition=edition)
+        row_skip = False
+    else:
+        levels = np.round(x).astype(np.int32)
+    kw = dict(n_gtx=n_gtx, dq=dq, scan_order=scan, row_skip=row_skip)
+    sets, bits = eng.PayloadEncoder(edition).choose_init_sets(levels, h, w, **kw)
+    chosen = eng.PayloadEncoder(edition)
+    chosen.encode_tensor(levels, h, w, param_opt=True, **kw)
+    if engine == "python":   # the pure-Python encoder also reports its choice
+        assert np.array_equal(sets, chosen.last_init_sets)
+    given_sets = eng.PayloadEncoder(edition)
+    given_sets.encode_tensor(levels, h, w, init_sets=sets, **kw)
+    assert given_sets.finish() == chosen.finish()
+    if not row_skip:   # the estimate is the one estimate_tensor_bits gives under those sets
+        assert bits == eng.estimate_tensor_bits(levels, h, w, n_gtx=n_gtx, dq=dq, scan_order=scan, edition=edition,
+                                                init_sets=sets)
+
+
+@needs_compiled
+@settings(max_examples=25, deadline=None)
+@given(h=st.integers(1, 24), w=st.integers(1, 24), scan=st.integers(0, 4), spread=st.sampled_from([0.3, 2.0, 30.0]),
+       row_skip=st.booleans(), seed=st.integers(0, 2**16), threads=st.sampled_from([1, 2]))
+def test_choose_init_sets_equal_in_both_engines(h, w, scan, spread, row_skip, seed, threads):
+    levels = np.round(np.random.default_rng(seed).laplace(0, spread, h * w)).astype(np.int32)
+    kw = dict(n_gtx=11, scan_order=scan, row_skip=row_skip, threads=threads)
+    a = get_engine("cython").PayloadEncoder(2).choose_init_sets(levels, h, w, **kw)
+    b = get_engine("python").PayloadEncoder(2).choose_init_sets(levels, h, w, **kw)
+    assert np.array_equal(a[0], b[0]) and a[1] == b[1]
+
+
+@needs_compiled
 @pytest.mark.parametrize("h,w,scan", [(37, 70, 1), (10, 12, 1), (1, 50, 3), (50, 1, 2), (0, 5, 1), (130, 200, 4)])
 def test_scan_helpers_equal_in_both_engines(h, w, scan):
     c, p = get_engine("cython"), get_engine("python")

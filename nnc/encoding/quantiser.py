@@ -59,6 +59,8 @@ class CodedTensor:
         The float32 values of a RAW_FLOAT tensor.
     codebook : list of int or None
         The codebook (spec 12.4); ``cb_zero`` is the index of its zero.
+    init_sets : numpy.ndarray or None
+        The contexts' init sets once chosen (spec A.3), so that coding does not choose them again.
     """
 
     name: str
@@ -76,6 +78,7 @@ class CodedTensor:
     raw: np.ndarray | None = None
     codebook: list | None = None
     cb_zero: int = 0
+    init_sets: np.ndarray | None = None
 
     @classmethod
     def raw_float(cls, name: str, values: np.ndarray, height: int, width: int, recon=None, fmt=None) -> "CodedTensor":

@@ -273,9 +273,10 @@ class UnitWriter:
         """``t`` as RAW_FLOAT when its coded NDU would not be smaller: no tensor costs more than float32.
 
         Only for a plain coded float tensor (no codebook, output format, restored dtype or
-        incremental state). The coded size is estimated first; both NDUs are built (at an MPS qp
-        the tensor's qp offset fits) only for tensors under 64 values or when the estimate comes
-        within 25 % of the raw payload.
+        incremental state). The coded size is estimated first, by the init-set choice that
+        coding needs anyway (spec A.3, A.4; the sets are kept in ``t`` for coding); both NDUs
+        are built (at an MPS qp the tensor's qp offset fits) only for tensors under 64 values
+        or when the estimate comes within 25 % of the raw payload.
         """
         s = self.settings
         if (
@@ -289,9 +290,19 @@ class UnitWriter:
             return t
         n = int(_levels(t).size)
         kw = self._tensor_kwargs(t)
-        estimate = self.engine.estimate_tensor_bits(
-            t.levels, t.height, t.width, n_gtx=kw["n_gtx"], dq=t.dq, scan_order=t.scan, edition=s.edition
-        )
+        if s.param_opt:
+            t.init_sets, estimate = self.engine.PayloadEncoder(s.edition).choose_init_sets(
+                t.levels,
+                t.height,
+                t.width,
+                row_skip=s.row_skip and not t.dq,
+                threads=row_threads(s.threads, n),
+                **kw,
+            )
+        else:
+            estimate = self.engine.estimate_tensor_bits(
+                t.levels, t.height, t.width, n_gtx=kw["n_gtx"], dq=t.dq, scan_order=t.scan, edition=s.edition
+            )
         if n >= 64 and estimate / 8 < 0.75 * 4 * n:  # a quarter of 256+ bytes covers any header difference
             return t
         f32 = np.asarray(arr, dtype=np.float32).reshape(t.shape)
@@ -418,6 +429,7 @@ class UnitWriter:
                 t.height,
                 t.width,
                 param_opt=s.param_opt,
+                init_sets=t.init_sets if link is None else None,
                 row_skip=s.row_skip and not t.dq,
                 hdsp=bool(link and link.hdsp),
                 threads=row_threads(s.threads, t.height * t.width),

@@ -66,6 +66,9 @@ CLASSES = {
             "encode_tensor": "(self, levels, height, width, *, n_gtx, dq=False, scan_order=0, param_opt=True, "
             "init_sets=None, codebook_size=0, codebook_zero=0, parent_present=False, "
             "tca_base=None, hdsp_history=None, hdsp=False, row_skip=False, threads=1)",
+            "choose_init_sets": "(self, levels, height, width, *, n_gtx, dq=False, scan_order=0, codebook_size=0, "
+            "codebook_zero=0, parent_present=False, tca_base=None, hdsp_history=None, hdsp=False, "
+            "row_skip=False, threads=1)",
             "finish": "(self)",
         },
         ("edition",),

@@ -559,6 +559,92 @@ class PayloadEncoder:
             raise EncodeError(f"qp offset {value} outside {lo}..{hi} ({nbits} bits)", clause="8.2")
         self.write_bypass(value & ((1 << nbits) - 1), nbits)
 
+    def _plan(
+        self,
+        levels,
+        height,
+        width,
+        n_gtx,
+        dq,
+        scan_order,
+        codebook_size,
+        codebook_zero,
+        parent_present,
+        tca_base,
+        hdsp_history,
+        hdsp,
+        row_skip,
+    ):
+        """A tensor's checked arguments and all its data bins (8.3, 10.2, 10.4)."""
+        t = _Tensor(
+            self.edition,
+            height,
+            width,
+            n_gtx=n_gtx,
+            dq=dq,
+            scan_order=scan_order,
+            codebook_size=codebook_size,
+            codebook_zero=codebook_zero,
+            parent_present=parent_present,
+            tca_base=tca_base,
+            hdsp_history=hdsp_history,
+            error=EncodeError,
+        )
+        if levels is None:
+            raise EncodeError("levels missing", clause="8.1")
+        n_values = _int_array(levels, np.int32, t.size, "levels", EncodeError, "8.1")
+        if hdsp and self.edition == 2 and not t.parent_present:
+            raise EncodeError("the HDSP flag needs parent_present", clause="8.3")
+        # 8.3: which flags are sent
+        hdsp = bool(hdsp) and t.has_row_flags and t.parent_present
+        row_skip = bool(row_skip) and t.has_row_flags
+        skip = _skipped_rows(t, n_values) if row_skip else None
+        # 10.2 / 10.4: the coded values, then all bins of the data
+        k_values = _coded_values(t, n_values, skip)
+        bins = _tensor_bins(t, k_values, skip, hdsp)
+        return t, hdsp, row_skip, skip, bins, t.signalled(hdsp)
+
+    def choose_init_sets(
+        self,
+        levels,
+        height,
+        width,
+        *,
+        n_gtx,
+        dq=False,
+        scan_order=0,
+        codebook_size=0,
+        codebook_zero=0,
+        parent_present=False,
+        tca_base=None,
+        hdsp_history=None,
+        hdsp=False,
+        row_skip=False,
+        threads=1,
+    ):
+        """The init sets ``encode_tensor`` with ``param_opt`` chooses (A.3), and the estimated
+        bits of the tensor's data bins with them (A.4); writes nothing.
+
+        Returns (uint8 array of one set per context, estimated bits)."""
+        t, _, _, _, bins, signalled = self._plan(
+            levels,
+            height,
+            width,
+            n_gtx,
+            dq,
+            scan_order,
+            codebook_size,
+            codebook_zero,
+            parent_present,
+            tca_base,
+            hdsp_history,
+            hdsp,
+            row_skip,
+        )
+        n_ctx = t.layout.count
+        sets = _choose_init_sets(bins, n_ctx, signalled) if t.size and signalled else [0] * n_ctx
+        return np.array(sets, dtype=np.uint8), _estimate_costs(bins, n_ctx, sets) / EST_UNIT
+
     def encode_tensor(
         self,
         levels,
@@ -585,35 +671,23 @@ class PayloadEncoder:
         which gives the bytes the compiled engine gives with any number of threads (A.5).
         """
         self._check_open()
-        t = _Tensor(
-            self.edition,
+        t, hdsp, row_skip, skip, bins, signalled = self._plan(
+            levels,
             height,
             width,
-            n_gtx=n_gtx,
-            dq=dq,
-            scan_order=scan_order,
-            codebook_size=codebook_size,
-            codebook_zero=codebook_zero,
-            parent_present=parent_present,
-            tca_base=tca_base,
-            hdsp_history=hdsp_history,
-            error=EncodeError,
+            n_gtx,
+            dq,
+            scan_order,
+            codebook_size,
+            codebook_zero,
+            parent_present,
+            tca_base,
+            hdsp_history,
+            hdsp,
+            row_skip,
         )
-        if levels is None:
-            raise EncodeError("levels missing", clause="8.1")
-        n_values = _int_array(levels, np.int32, t.size, "levels", EncodeError, "8.1")
-        if hdsp and self.edition == 2 and not t.parent_present:
-            raise EncodeError("the HDSP flag needs parent_present", clause="8.3")
         layout = t.layout
-        # 8.3: which flags are sent
-        hdsp = bool(hdsp) and t.has_row_flags and t.parent_present
-        row_skip = bool(row_skip) and t.has_row_flags
-        skip = _skipped_rows(t, n_values) if row_skip else None
-        # 10.2 / 10.4: the coded values, then all bins of the data
-        k_values = _coded_values(t, n_values, skip)
-        bins = _tensor_bins(t, k_values, skip, hdsp)
         # 8.4: the init sets
-        signalled = t.signalled(hdsp)
         if init_sets is not None:
             given = np.asarray(init_sets).reshape(-1)
             if given.size != layout.count or (given.size and (given.min() < 0 or given.max() >= N_INIT_SETS)):
