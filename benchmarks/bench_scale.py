@@ -16,7 +16,10 @@ size (VmHWM), its wall time and the weights per second:
   the reference for the throughput ratio (run up to ``--memory-max-gb``);
 * decode to a folder: ``nnc.writers.decode_to_path(stream, folder/)`` (what ``nnc decode -o
   folder/`` runs): the shards and the index written back, one unit in flight;
-* decode in memory: ``nnc.decode(stream)``, the reference for the decode throughput ratio.
+* decode in memory: ``nnc.decode(stream)``, the decoder alone, holding the model;
+* decode in memory to a file: the whole model decoded, then written as one safetensors file
+  in its original dtypes (the in-memory way to a file, which ``nnc decode -o x.pt`` still
+  takes): the like-for-like reference for the decode-to-folder throughput ratio.
 
 Each size writes its checkpoint once; ``--keep --workdir DIR`` keeps it and the streams so that
 another run (``--ops decode-folder ...``) measures more without encoding again. Rows are merged
@@ -72,6 +75,12 @@ elif op == "encode-memory":
 elif op == "decode-folder":
     r = writers.decode_to_path(out, out + ".decoded/", threads=threads)
     weights, size = r["weights"], r["bytes"]
+elif op == "decode-memory-file":
+    # the in-memory decoder's way to a file: the whole model decoded, then one safetensors file
+    # in the original dtypes written atomically (what `nnc decode -o x.pt` still does)
+    r = writers._decode_in_memory(nnc.Decoder(out), out + ".memory.safetensors", None, None, threads, None)
+    os.unlink(out + ".memory.safetensors")
+    weights, size = r["weights"], r["bytes"]
 else:
     decoded = nnc.decode(out, threads=threads)
     weights, size = sum(int(v.size) for v in decoded.values()), os.path.getsize(out)
@@ -79,7 +88,7 @@ seconds = time.perf_counter() - t0
 print(json.dumps(dict(before=before, peak=peak_mb(), seconds=seconds, weights=weights, bytes=size)))
 """
 
-OPS = ("encode-stream", "encode-memory", "decode-folder", "decode-memory")
+OPS = ("encode-stream", "encode-memory", "decode-folder", "decode-memory", "decode-memory-file")
 
 
 def write_checkpoint(folder: Path, gigabytes: float, rows: int, cols: int, per_shard: int = 8) -> dict:
@@ -176,6 +185,8 @@ def run(op, folder, out, qp, dq, threads) -> dict:
     )
     if r.returncode != 0:
         raise SystemExit(f"{op} failed:\n{r.stderr[-3000:]}")
+    if op == "decode-folder":
+        _remove(Path(str(out) + ".decoded"))
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
@@ -206,17 +217,16 @@ def measure_size(work: Path, size: float, args, record) -> None:
     for threads in args.threads:
         stream = work / f"m-{size}-{args.qp}-{int(args.dq)}-{threads}.nnr"
         for op in args.ops:
-            if op.endswith("memory") and size > args.memory_max_gb:
+            if "memory" in op and size > args.memory_max_gb:
                 continue
             if op.startswith("decode") and not stream.exists():
                 raise SystemExit(f"{stream}: no stream to decode (run encode-stream first, with --keep)")
-            r = run(op, folder, stream, args.qp, args.dq, threads)
+            runs = [run(op, folder, stream, args.qp, args.dq, threads) for _ in range(args.repeat)]
+            r = dict(min(runs, key=lambda x: x["seconds"]), peak=max(x["peak"] for x in runs), runs=len(runs))
             if op == "encode-memory":
                 memory = Path(str(stream) + ".memory")
                 assert memory.read_bytes() == stream.read_bytes(), "streaming and in-memory streams differ"
                 memory.unlink()
-            if op == "decode-folder":
-                _remove(Path(str(stream) + ".decoded"))
             row = dict(base, threads=threads or os.cpu_count(), op=op, commit=_commit(), **r)
             print(json.dumps(row), flush=True)
             record(row)
@@ -236,6 +246,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-dq", dest="dq", action="store_false", help="uniform quantisation (faster)")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 0], help="0: one per CPU")
     ap.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS), help="what to measure, in this order")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="runs per measurement: the fastest one's time is kept, the highest peak")
     ap.add_argument("--memory-max-gb", type=float, default=1.0, help="largest size also run in memory")
     ap.add_argument("--workdir", default=None, help="where the checkpoints are written (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep checkpoints and streams in --workdir for a later run")
@@ -297,8 +309,8 @@ def write_report(out: Path) -> None:
     lines = [
         "| quantisation | model GB | tensors | threads | goal MB | encode peak MB, streaming | in memory "
         "| encode M w/s, streaming | streaming / in memory | decode-to-folder peak MB | decode in memory peak MB "
-        "| decode M w/s, to folder | to folder / in memory |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| decode M w/s, to folder | to folder / in memory | to folder / in memory to a file |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
     def peak(c, op):  # * marks a run stopped before the end (its "partial" says how far)
@@ -316,7 +328,8 @@ def write_report(out: Path) -> None:
             f"| {quant} (qp {qp}) | {size:g} | {facts['tensors']} | {threads} | {facts['goal_mb']:.0f} "
             f"| {peak(c, 'encode-stream')} | {peak(c, 'encode-memory')} | {speed(c, 'encode-stream')} "
             f"| {ratio(c, 'encode-stream', 'encode-memory')} | {peak(c, 'decode-folder')} "
-            f"| {peak(c, 'decode-memory')} | {speed(c, 'decode-folder')} | {ratio(c, 'decode-folder', 'decode-memory')} |"
+            f"| {peak(c, 'decode-memory')} | {speed(c, 'decode-folder')} | {ratio(c, 'decode-folder', 'decode-memory')} "
+            f"| {ratio(c, 'decode-folder', 'decode-memory-file')} |"
         )
     partial = [
         f"* {r['size_gb']:g} GB {r['op']}, {r['threads']} thread(s): {r['partial']}" for r in rows if r.get("partial")
