@@ -246,8 +246,9 @@ def main(argv=None) -> int:
     ap.add_argument("--no-dq", dest="dq", action="store_false", help="uniform quantisation (faster)")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 0], help="0: one per CPU")
     ap.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS), help="what to measure, in this order")
-    ap.add_argument("--repeat", type=int, default=1,
-                    help="runs per measurement: the fastest one's time is kept, the highest peak")
+    ap.add_argument(
+        "--repeat", type=int, default=1, help="runs per measurement: the fastest one's time is kept, the highest peak"
+    )
     ap.add_argument("--memory-max-gb", type=float, default=1.0, help="largest size also run in memory")
     ap.add_argument("--workdir", default=None, help="where the checkpoints are written (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep checkpoints and streams in --workdir for a later run")
