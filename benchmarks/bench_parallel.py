@@ -70,14 +70,14 @@ def run_case(name, tensors, args, oracle):
     # slowest runs on a shared VM say more about the neighbours than about the code
     for _ in range(args.encode_repeat):
         for th in args.threads:
-            streams[th], t = timed(lambda: nnc.encode(tensors, qp=args.qp, threads=th))
+            streams[th], t = timed(lambda th=th: nnc.encode(tensors, qp=args.qp, threads=th))
             enc[th] = min(enc.get(th, t), t)
             print(f"{name}: nnc encode, {th} thread(s): {t:.2f} s", flush=True)
     stream = streams[args.threads[0]]
     assert all(s == stream for s in streams.values()), "encoding differs between thread counts"
     for _ in range(args.decode_repeat):
         for th in args.threads:
-            values[th], t = timed(lambda: nnc.decode(stream, threads=th))
+            values[th], t = timed(lambda th=th: nnc.decode(stream, threads=th))
             dec[th] = min(dec.get(th, t), t)
             print(f"{name}: nnc decode, {th} thread(s): {t:.2f} s", flush=True)
     ref = values[args.threads[0]]
