@@ -30,6 +30,7 @@ def extension(name: str) -> Extension:
         f"nnc.{name}",
         [f"nnc/{name}.pyx"],
         include_dirs=[numpy.get_include()],
+        depends=["nnc/_pricer.h"],
         define_macros=macros,
     )
 

@@ -17,7 +17,7 @@ docs/dev/engine-api.md) and is identical to that of the pure-Python engine
 * every byte read checks the remaining length itself (``next_byte``).
 """
 
-from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.math cimport INFINITY, floor
 from libc.string cimport memcpy
@@ -111,6 +111,35 @@ DEF MODE_OPTIMISE = 1
 DEF MODE_ESTIMATE = 2
 
 DEF INT32_MAX = 2147483647
+
+cdef extern from "_pricer.h":
+    # nine init sets priced at once (spec A.3, A.4), see nnc/_pricer.h
+    ctypedef struct nnc_pricer:
+        uint64_t cost[9]
+    ctypedef struct nnc_pricer_tables:
+        int16_t mul_f[9]
+        int16_t mul_s[9]
+        int16_t init_f[9]
+        int16_t init_s[9]
+        uint32_t est[64]
+    void nnc_pricer_reset(nnc_pricer* p, const nnc_pricer_tables* t) noexcept nogil
+    void nnc_price_bin(nnc_pricer* p, const nnc_pricer_tables* t, int bin) noexcept nogil
+    int16_t nnc_adapt_step(int16_t i) noexcept nogil
+
+cdef nnc_pricer_tables PRICER
+for _i in range(9):
+    PRICER.mul_f[_i] = 1 << (7 - INIT_SH0[_i])
+    PRICER.mul_s[_i] = 1 << (7 - INIT_SH1[_i])
+    PRICER.init_f[_i] = INIT_F[_i]
+    PRICER.init_s[_i] = INIT_C[_i] - 16 * INIT_F[_i]
+for _i in range(32):
+    PRICER.est[2 * _i] = EST_BITS[_i][0]
+    PRICER.est[2 * _i + 1] = EST_BITS[_i][1]
+    if nnc_adapt_step(_i) != ADAPT[_i]:
+        raise ImportError("nnc/_pricer.h's adaptation steps differ from nnc.tables.ADAPT_STEPS")
+for _i in range(9):
+    if not 4 <= INIT_SH0[_i] <= 7 or not 4 <= INIT_SH1[_i] <= 7:
+        raise ImportError("nnc/_pricer.h needs adaptation shifts of 4 ... 7")
 
 
 # --------------------------------------------------------------------------
@@ -916,22 +945,20 @@ cdef struct BinSink:
     int mode
     ArithEncoder* enc
     Ctx* ctx                # MODE_ENCODE / MODE_ESTIMATE: one context set
-    Ctx* opt_ctx            # MODE_OPTIMISE: N_SETS context sets, set s at s * n_ctx
-    uint64_t* opt_cost      # MODE_OPTIMISE: accumulated cost per (set, context)
+    nnc_pricer* pricers     # MODE_OPTIMISE: one pricer (all N_SETS sets) per context
     int n_ctx
     uint64_t est_bits       # MODE_ESTIMATE: accumulated cost; MODE_OPTIMISE: the bypass bins' (1/32768 bit)
 
 
-cdef inline void start_optimiser(BinSink* s, Ctx* opt_ctx, uint64_t* opt_cost, int n_ctx) noexcept nogil:
+cdef inline void start_optimiser(BinSink* s, nnc_pricer* pricers, int n_ctx) noexcept nogil:
     """A sink that prices every bin under all N_SETS init sets at once (spec A.3)."""
-    cdef int k, a
-    for k in range(N_SETS):
-        contexts_init(&opt_ctx[k * n_ctx], n_ctx, k)
-        for a in range(n_ctx):
-            opt_cost[k * n_ctx + a] = 0
+    cdef int a, k
+    for a in range(n_ctx):
+        nnc_pricer_reset(&pricers[a], &PRICER)
+        for k in range(N_SETS):
+            pricers[a].cost[k] = 0
     s.mode = MODE_OPTIMISE
-    s.opt_ctx = opt_ctx
-    s.opt_cost = opt_cost
+    s.pricers = pricers
     s.n_ctx = n_ctx
     s.est_bits = 0
 
@@ -945,18 +972,13 @@ cdef inline void start_estimator(BinSink* s, Ctx* ctx, int n_ctx) noexcept nogil
 
 
 cdef inline void put_bin(BinSink* s, int ctx_idx, int bin) noexcept nogil:
-    cdef int k
-    cdef Ctx* m
     if s.mode == MODE_ENCODE:
         enc_bin(s.enc, &s.ctx[ctx_idx], bin)
     elif s.mode == MODE_ESTIMATE:
         s.est_bits += est_bin(&s.ctx[ctx_idx], bin)
         ctx_update(&s.ctx[ctx_idx], bin)
     else:
-        for k in range(N_SETS):
-            m = &s.opt_ctx[k * s.n_ctx + ctx_idx]
-            s.opt_cost[k * s.n_ctx + ctx_idx] += est_bin(m, bin)
-            ctx_update(m, bin)
+        nnc_price_bin(&s.pricers[ctx_idx], &PRICER, bin)
 
 
 cdef inline void put_bypass(BinSink* s, uint64_t value, int nbits) noexcept nogil:
@@ -970,8 +992,8 @@ cdef inline void sink_block_row_start(BinSink* s) noexcept nogil:
     """Context reset and range forcing at a block-row boundary (spec 11.3)."""
     cdef int i
     if s.mode == MODE_OPTIMISE:
-        for i in range(N_SETS * s.n_ctx):
-            ctx_reset(&s.opt_ctx[i])
+        for i in range(s.n_ctx):
+            nnc_pricer_reset(&s.pricers[i], &PRICER)
         return
     contexts_reset(s.ctx, s.n_ctx)
     if s.mode == MODE_ENCODE:
@@ -1117,7 +1139,7 @@ cdef class _RowRange:
     cdef BinSink s
     cdef ArithEncoder e
     cdef Ctx* ctx
-    cdef uint64_t* cost
+    cdef nnc_pricer* pricers
     cdef Layout L
     cdef TensorShape t
     cdef const int32_t* k
@@ -1129,12 +1151,12 @@ cdef class _RowRange:
 
     def __cinit__(self):
         self.ctx = NULL
-        self.cost = NULL
+        self.pricers = NULL
         self.e.out = NULL
 
     def __dealloc__(self):
         free(self.ctx)
-        free(self.cost)
+        free(self.pricers)
         free(self.e.out)
 
     def run(self):
@@ -1160,11 +1182,10 @@ cdef _RowRange _row_range(int mode, Layout* L, TensorShape* t, const int32_t* k,
     rr.s.mode = mode
     rr.s.n_ctx = L.n_ctx
     if mode == MODE_OPTIMISE:
-        rr.ctx = <Ctx*>malloc(N_SETS * L.n_ctx * sizeof(Ctx))
-        rr.cost = <uint64_t*>malloc(N_SETS * L.n_ctx * sizeof(uint64_t))
-        if rr.ctx == NULL or rr.cost == NULL:
+        rr.pricers = <nnc_pricer*>malloc(L.n_ctx * sizeof(nnc_pricer))
+        if rr.pricers == NULL:
             raise MemoryError()
-        start_optimiser(&rr.s, rr.ctx, rr.cost, L.n_ctx)
+        start_optimiser(&rr.s, rr.pricers, L.n_ctx)
     else:
         rr.ctx = <Ctx*>malloc(L.n_ctx * sizeof(Ctx))
         if rr.ctx == NULL or not enc_init(&rr.e):
@@ -1177,10 +1198,11 @@ cdef _RowRange _row_range(int mode, Layout* L, TensorShape* t, const int32_t* k,
     return rr
 
 
-cdef void _add_costs(uint64_t* total, _RowRange part, int n) noexcept:
-    cdef int i
-    for i in range(n):
-        total[i] += part.cost[i]
+cdef void _add_costs(nnc_pricer* total, _RowRange part, int n_ctx) noexcept:
+    cdef int a, k
+    for a in range(n_ctx):
+        for k in range(N_SETS):
+            total[a].cost[k] += part.pricers[a].cost[k]
 
 
 def _run_in_threads(list tasks):
@@ -1751,12 +1773,11 @@ cdef class PayloadEncoder:
             return sets
         if not param_opt or plan.size == 0 or not plan.signalled:
             return sets
-        cdef Ctx* opt_ctx = <Ctx*>malloc(N_SETS * L.n_ctx * sizeof(Ctx))
-        cdef uint64_t* opt_cost = <uint64_t*>malloc(N_SETS * L.n_ctx * sizeof(uint64_t))
+        cdef nnc_pricer* pricers = <nnc_pricer*>malloc(L.n_ctx * sizeof(nnc_pricer))
         try:
-            if opt_ctx == NULL or opt_cost == NULL:
+            if pricers == NULL:
                 raise MemoryError()
-            start_optimiser(&s, opt_ctx, opt_cost, L.n_ctx)
+            start_optimiser(&s, pricers, L.n_ctx)
             if plan.ranges:
                 # contexts restart at every block row, so the ranges' costs add up
                 parts = [_row_range(MODE_OPTIMISE, &L, &t, plan.k_p, plan.base_p, plan.hist_p, plan.skip_p,
@@ -1764,27 +1785,26 @@ cdef class PayloadEncoder:
                          for a, b, st in plan.ranges]
                 _run_in_threads(parts)
                 for part in parts:
-                    _add_costs(opt_cost, <_RowRange>part, N_SETS * L.n_ctx)
+                    _add_costs(pricers, <_RowRange>part, L.n_ctx)
                     s.est_bits += (<_RowRange>part).s.est_bits
             else:
                 with nogil:
                     encode_tensor_data(&s, &L, &t, plan.k_p, plan.base_p, plan.hist_p, plan.skip_p)
             for a in plan.signalled:
                 best = 0
-                best_cost = opt_cost[a]
+                best_cost = pricers[a].cost[0]
                 for k in range(1, N_SETS):
-                    cost = opt_cost[k * L.n_ctx + a] + PENALTY
+                    cost = pricers[a].cost[k] + PENALTY
                     if cost < best_cost:
                         best = k
                         best_cost = cost
                 sets[a] = best
             estimate[0] = s.est_bits            # the bypass bins
             for a in range(L.n_ctx):
-                estimate[0] += opt_cost[sets[a] * L.n_ctx + a]
+                estimate[0] += pricers[a].cost[sets[a]]
             return sets
         finally:
-            free(opt_ctx)
-            free(opt_cost)
+            free(pricers)
 
     def finish(self):
         """Terminate the payload and return its bytes (spec 9.8)."""
