@@ -195,6 +195,33 @@ def test_wrong_entry_point_streams_fail_only_where_entry_points_are_used(engine,
     assert verify.value.clause == "11.4"
 
 
+def _error_of(data, engine, entry_points):
+    import nnc
+    from nnc import errors
+
+    try:
+        nnc.decode(data, engine=engine, entry_points=entry_points)
+    except errors.NNCError as exc:
+        return type(exc).__name__, exc.clause, exc.offset
+    return None
+
+
+@pytest.mark.parametrize("entry_points", ["ignore", "use"])
+def test_both_engines_reject_a_stream_alike(entry_points):
+    """Every must-fail stream, and with entry points used every stream whose entry points are wrong: the
+    Python and the Cython engine raise the same error class, clause and byte offset (spec 15.1)."""
+    checked = 0
+    for e in MANIFEST["streams"]:
+        if e["group"] != "must-fail" and not (entry_points == "use" and e.get("wrong_entry_points")):
+            continue
+        assert not e.get("sequence")  # decoded on their own
+        data = (SUITE / e["file"]).read_bytes()
+        python, cython = _error_of(data, "python", entry_points), _error_of(data, "cython", entry_points)
+        assert python is not None and python == cython, (e["name"], python, cython)
+        checked += 1
+    assert checked >= 50
+
+
 def test_suite_version_4_streams_are_registered():
     added = {e["name"] for e in MANIFEST["streams"] if e.get("added_in") == 4}
     assert MANIFEST["version"] == 4
