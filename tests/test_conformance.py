@@ -224,10 +224,17 @@ def test_both_engines_reject_a_stream_alike(entry_points):
 
 def test_suite_version_4_streams_are_registered():
     added = {e["name"] for e in MANIFEST["streams"] if e.get("added_in") == 4}
-    assert MANIFEST["version"] == 4
+    assert MANIFEST["version"] >= 4
     assert added == {"mf_mps_cut", "mf_codebook_index_p1", "p1_entry_point_negative", "p1_entry_point_beyond_payload",
                      "p1_reshaped_update_0_base", "p1_reshaped_update_1_update_grown_hdsp", "p1_recorded_metadata",
                      "p1_entry_points_effective_scan_0", "mf_scan_order_5"}
+
+
+def test_suite_version_5_streams_are_registered():
+    added = {e["name"] for e in MANIFEST["streams"] if e.get("added_in") == 5}
+    assert MANIFEST["version"] == 5
+    assert added == {"p1_int_block_rows", "p1_empty_tensor_scan_order_1", "p1_topology_trailing_bytes",
+                     "mf_payload_cut_in_qp_offset", "mf_payload_cut_in_context_init", "mf_forced_range_at_start"}
 
 
 def test_bytes_after_a_topology_string_are_ignored_unless_strict():

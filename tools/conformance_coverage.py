@@ -37,11 +37,17 @@ ENCODER_SIDE = [
 
 
 # Application-side code in nnc/decoder.py that decodes nothing (state files, adding an update to a model,
-# restoring a model file's shapes and dtypes): unit tests cover it; no stream can.
+# restoring a model file's shapes and dtypes, the model's order of names for files, dropping pages of a
+# caller's memory map): unit tests cover it; no stream can.
 APPLICATION_SIDE = [
     r"def save\(", r"def load\(", r"def _meta\(", r"def _set_meta\(", r"def _extra_arrays\(",
-    r"def apply_update\(", r"def restore_model_view\(",
+    r"def apply_update\(", r"def restore_model_view\(", r"def model_order\(", r"def release_pages\(",
 ]
+
+# Slices of a reconstruction in threads (nnc/reconstruction.py) start at this many elements while measuring,
+# not at RECONSTRUCT_CHUNK (2^20): the suite's tensors take that path too, as the verifier's block-row
+# threads start at one element (row_thread_min_elements = 1). The values are the same either way.
+RECONSTRUCT_CHUNK_MEASURED = 16
 
 
 # Argument checks of the decoder's and the engines' APIs that only a caller can fail, never a stream: the
@@ -210,8 +216,10 @@ def _decode_suite(suite, part=None, streams=None, decoders=("nnc-python-random-a
     ``streams``: only the streams whose name matches this shell pattern (and their sequences' others)."""
     from fnmatch import fnmatchcase
 
+    from nnc import reconstruction
     from nnc.verify import verify_suite
 
+    reconstruction.RECONSTRUCT_CHUNK = RECONSTRUCT_CHUNK_MEASURED
     entries = json.loads((Path(suite) / "manifest.json").read_text())["streams"]
 
     def key(e):
