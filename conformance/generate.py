@@ -34,7 +34,7 @@ from nnc.encoder import Encoder  # noqa: E402
 from nnc.engine import get_engine  # noqa: E402
 from nnc.verify import describe_output  # noqa: E402
 
-SUITE_VERSION = 4  # versions 2 to 4 added streams (their entries say added_in); no earlier stream changed
+SUITE_VERSION = 5  # versions 2 to 5 added streams (their entries say added_in); no earlier stream changed
 STREAMS: "OrderedDict[str, dict]" = OrderedDict()
 
 
@@ -816,6 +816,62 @@ for _i, _label in enumerate(["base", "update_grown_hdsp"]):
            ["mps_parent_signalling_enabled_flag"] + ([] if _i == 0 else ["parent_node_id",
                                                                          "hist_dep_sig_prob_enabled_flag"]),
            sequence=dict(id="p1_reshaped_update", position=_i))(lambda i=_i: _reshaped_update()[i])
+
+
+# -- suite version 5: decoding paths the coverage of version 4 missed (conformance/README.md, Coverage) ---------
+
+ADDED_IN = 5
+
+
+def _int_block_rows():
+    """An integer tensor of 40 x 20 in 5 block rows (scan order 1) with entry points, as today's encoder writes it."""
+    return enc_current(OrderedDict(idx=np.round(rng(90).laplace(0, 3, (40, 20))).astype(np.int32)), scan_order=1)
+
+
+def _empty_tensor_scan_order_1():
+    """A 0 x 6 tensor signalled with scan order 1 (no block row, no entry point) beside a block-scanned one."""
+    s = enc_current(OrderedDict([("empty.weight", np.zeros((0, 6), np.float32)),
+                                 ("w.weight", laplace(rng(91), (24, 6)))]), qp=-24, scan_order=1)
+    return _replace_ndu(s, 3, scan_order=1, entry_points=[])
+
+
+def _topology_trailing_bytes():
+    """Today's encoder's stream whose topology unit carries 3 bytes after its string (ignored, spec 3.2, 6.2)."""
+    s = enc_current(model(92, [("a.weight", (6, 5)), ("a.bias", (6,))]), qp=-24)
+    tpl = _units(s)[2]
+    return s[:tpl.offset] + C.build_unit(C.NNR_TPL, dict(tpl.header),
+                                         tpl.header.data.encode() + b"\x00" + b"\x2a\x00\x01") + s[tpl.end:]
+
+
+def _forced_range_at_start():
+    """A block-scanned INT tensor (16 x 4, two block rows) whose payload's first two bytes are 00 05: after the
+    row-skip flag and the context-initialisation signalling, V >= 256 * 2^7 where R is forced to 256 before the
+    first element (11.3, 13; a crafted payload)."""
+    s = head() + craft_ndu("i", (np.arange(64) % 5 - 2).astype(np.int32), [16, 4], ptype=C.NNR_PT_INT, scan=1)
+    return _replace_ndu(s, 3, payload=b"\x00\x05" + bytes(_units(s)[3].payload)[2:])
+
+
+stream("p1_int_block_rows", 1,
+       "an integer tensor in 5 block rows (scan order 1) with entry points; decoders that split block rows "
+       "over threads decode an integer tensor's rows into a caller's array",
+       ["payload INT", "scan_order 1", "entry points"])(_int_block_rows)
+stream("p1_empty_tensor_scan_order_1", 1,
+       "a 0 x 6 tensor signalled with scan_order 1: no block row, nothing coded (spec 11.1, 11.4)",
+       ["zero-size tensor", "dims [0, 6]", "scan_order 1"])(_empty_tensor_scan_order_1)
+stream("p1_topology_trailing_bytes", 1,
+       "a topology unit with 3 bytes after its topology_data string: they are ignored (spec 3.2, 6.2)",
+       ["NNR_TPL", "bytes after the topology string"])(_topology_trailing_bytes)
+must_fail("mf_payload_cut_in_qp_offset", "TruncatedError", "9.2",
+          "a float tensor's CABAC payload of 2 bytes: it ends inside the 8-bit qp offset (8.2, 15.1 item 31)")(
+    lambda: _replace_ndu(head() + craft_ndu("w", [1, 0, -1], [3]), 3, payload=b"\x00\x00"))
+must_fail("mf_payload_cut_in_context_init", "TruncatedError", "9.2",
+          "an integer matrix's CABAC payload of 2 bytes: it ends inside the row-skip flag and the "
+          "context-initialisation signalling (8.3, 8.4, 15.1 item 31)")(
+    lambda: _replace_ndu(head() + craft_ndu("i", np.arange(16) % 3 - 1, [4, 4], ptype=C.NNR_PT_INT), 3,
+                         payload=b"\x00\x00"))
+must_fail("mf_forced_range_at_start", "DecodeError", "11.3",
+          "a crafted payload whose code point lies outside the range forced to 256 before the first element "
+          "of a block-scanned tensor (11.3, 13)")(_forced_range_at_start)
 
 
 # -- the third-party group: streams written by NNCodec, copied in (not generated) -------------------------

@@ -260,7 +260,7 @@ def context_count(int edition, int n_gtx):
 
 
 def _check_edition(edition):
-    if edition not in (1, 2):
+    if edition not in (1, 2):  # api-check
         raise ValueError(f"edition must be 1 or 2, not {edition!r}")
 
 
@@ -650,16 +650,20 @@ cdef inline int64_t decoder_position(ArithDecoder* d) noexcept nogil:
 cdef inline int decoder_seek(ArithDecoder* d, int64_t t, uint32_t value) noexcept nogil:
     """Start decoding at bit position t with the window value (spec 9.7); 0 or an error code."""
     cdef int64_t p = t + 9
+    cdef int64_t consumed
+    cdef int bits_needed
     if t < 0:
         return ERR_SEEK_NEGATIVE
     if p % 8 != 0:
-        d.pos = p // 8 + 1
-        d.bits_needed = <int>(p % 8) - 9
+        consumed = p // 8 + 1
+        bits_needed = <int>(p % 8) - 9
     else:
-        d.pos = p // 8
-        d.bits_needed = -1
-    if d.pos > d.length or d.pos < 1:
+        consumed = p // 8
+        bits_needed = -1
+    if consumed > d.length:
         return ERR_SEEK_PAST_END
+    d.pos = consumed
+    d.bits_needed = bits_needed
     d.val = (value << 7) + ((<uint32_t>d.buf[d.pos - 1] << (8 + d.bits_needed)) & 127)
     d.rng = 256
     return ERR_NONE
@@ -1271,9 +1275,9 @@ _DECODE_ERRORS = {
 
 
 cdef int _check_tensor_args(int64_t height, int64_t width, int n_gtx, int scan_order, error) except -1:
-    if height < 0 or width < 0:
+    if height < 0 or width < 0:  # api-check
         raise error(f"negative tensor dimensions {height}x{width}", clause="11.1")
-    if not 1 <= n_gtx <= 256:
+    if not 1 <= n_gtx <= 256:  # api-check
         raise error(f"number of greater-than flags {n_gtx} outside 1..256", clause="7.4")
     if not 0 <= scan_order <= 4:
         raise error(f"scan_order {scan_order} outside 0..4", clause="7.4")
@@ -1284,9 +1288,9 @@ def _as_array(a, dtype, int64_t size, name, error):
     if a is None:
         return None
     arr = np.ascontiguousarray(a).reshape(-1)
-    if arr.size != size:
+    if arr.size != size:  # api-check
         raise error(f"{name} has {arr.size} elements, the tensor has {size}", clause="10.5")
-    if arr.dtype != dtype:
+    if arr.dtype != dtype:  # api-check
         if not np.issubdtype(arr.dtype, np.integer):
             raise error(f"{name} must be an integer array, not {arr.dtype}", clause="10.5")
         info = np.iinfo(dtype)
@@ -1361,11 +1365,12 @@ cdef class PayloadDecoder:
 
     cdef _raise(self, int code):
         cls, msg, clause = _DECODE_ERRORS[code]
-        raise cls(msg, clause=clause, offset=self.d.pos)
+        # a payload too short is reported at its end (spec 9.2, 9.7), as the Python engine does
+        raise cls(msg, clause=clause, offset=self.d.length if cls is TruncatedError else self.d.pos)
 
     def read_bypass(self, int nbits):
         """nbits bypass bins, MSB first, as an unsigned integer (spec 2.8, 9.5)."""
-        if not 0 <= nbits <= 64:
+        if not 0 <= nbits <= 64:  # api-check
             raise ValueError("nbits must be in 0..64")
         v = decode_bypass_bits(&self.d, nbits)
         if self.d.err:
@@ -1374,7 +1379,7 @@ cdef class PayloadDecoder:
 
     def read_qp_offset(self, int nbits):
         """Signed nbits-bit bypass value: the per-tensor qp offset (spec 8.2)."""
-        if not 1 <= nbits <= 32:
+        if not 1 <= nbits <= 32:  # api-check
             raise ValueError("nbits must be in 1..32")
         v = self.read_bypass(nbits)
         if v >= (1 << (nbits - 1)):
@@ -1398,12 +1403,15 @@ cdef class PayloadDecoder:
         hist_arr = _as_array(hdsp_history, np.int8, size, "hdsp_history", DecodeError) if self.edition == 2 else None
         cdef TensorShape t = make_shape(self.edition, height, width, scan_order, dq,
                                         codebook_size, codebook_zero, base_arr is not None, 0)
-        if t.cb and not 0 <= codebook_zero < codebook_size:
+        if t.cb and not 0 <= codebook_zero < codebook_size:  # api-check
             raise DecodeError(f"codebook zero offset {codebook_zero} outside the codebook of "
                               f"{codebook_size} entries", clause="7.2")
-        cdef Ctx* ctx = <Ctx*>malloc(L.n_ctx * sizeof(Ctx))
-        if ctx == NULL:
-            raise MemoryError()
+        if t.cb and dq:  # api-check
+            raise DecodeError("a codebook cannot be combined with dependent quantisation", clause="10.4")
+        if self.edition == 2 and codebook_size < 0:  # api-check
+            raise DecodeError(f"negative codebook size {codebook_size}", clause="10.4")
+        ctx_buf = np.empty(L.n_ctx * sizeof(Ctx), dtype=np.uint8)  # the contexts, freed with the array
+        cdef Ctx* ctx = <Ctx*>cnp.PyArray_DATA(<cnp.ndarray>ctx_buf)
         cdef int i
         cdef int a
         cdef int flag
@@ -1412,7 +1420,7 @@ cdef class PayloadDecoder:
         cdef int code
         if out is None:
             out = np.zeros(size, dtype=np.int32)
-        elif not (isinstance(out, np.ndarray) and out.dtype == np.int32 and out.size == size
+        elif not (isinstance(out, np.ndarray) and out.dtype == np.int32 and out.size == size  # api-check
                   and out.flags.c_contiguous and out.flags.writeable):
             raise ValueError(f"out must be a writeable C-contiguous int32 array of {size} elements")
         cdef cnp.ndarray skipped = None
@@ -1434,80 +1442,80 @@ cdef class PayloadDecoder:
         cdef bint use_ep = False
         if ranged:
             stop_row = stop_block_row
-            if not 0 <= start_block_row < stop_row <= t.n_block_rows:
+            if not 0 <= start_block_row < stop_row <= t.n_block_rows:  # api-check
                 raise ValueError(f"block rows {start_block_row}..{stop_row} outside 0..{t.n_block_rows}")
-            if start_block_row > 0 and entry_points is None:
+            if start_block_row > 0 and entry_points is None:  # api-check
                 raise ValueError("start_block_row > 0 needs entry points")
         self.last_boundary = None
-        try:
-            contexts_init(ctx, L.n_ctx, 0)
-            self.last_row_skip = False
-            self.last_hdsp = False
-            # edition 2 row-level flags (spec 8.3)
-            if has_row_flags(&L, &t):
-                if parent_present:
-                    self.last_hdsp = decode_bypass(&self.d) == 1
-                self.last_row_skip = decode_bypass(&self.d) == 1
-                if self.last_row_skip:
-                    skipped = np.zeros(height, dtype=np.uint8)
-                    skip_v = skipped
-                    for r in range(height):
-                        skip_v[r] = decode_bin(&self.d, &ctx[L.row_skip])
-                    skip_p = &skip_v[0]
-            t.hdsp = self.last_hdsp
-            # context-initialisation signalling (spec 8.4)
-            for a in init_signalled_contexts(&L, &t):
-                flag = decode_bin(&self.d, &ctx[L.init_flag])
-                ctx_init(&ctx[a], 1 + <int>decode_bypass_bits(&self.d, 3) if flag else 0)
-            if self.d.err:
-                self._raise(self.d.err)
-            self.last_init_sets = np.array([ctx[i].init_set for i in range(L.n_ctx)], dtype=np.uint8)
-            t0 = decoder_position(&self.d)
-            if first_range_forced(&L, &t):
-                self.d.rng = 256
-                if self.d.val >= (256 << 7):
-                    self._raise(ERR_FORCED_RANGE)
-            if entry_points is not None and t.scan_order > 0:
-                if len(entry_points) != n_ep:
-                    raise DecodeError(f"{len(entry_points)} entry points given, the tensor has "
-                                      f"{n_ep + 1} block rows", clause="11.4", offset=self.d.pos)
-                if not 0 <= start_block_row < t.n_block_rows:
-                    raise ValueError(f"start_block_row {start_block_row} outside 0..{t.n_block_rows - 1}")
-                pos = t0
-                for r, (value, state, inc) in enumerate(entry_points):
-                    pos += inc
-                    if not (0 <= value <= 255 and 0 <= state <= 7):
-                        raise DecodeError("entry point value or state out of range", clause="7.3")
-                    ep_v[0, r] = pos
-                    ep_v[1, r] = value
-                    ep_v[2, r] = state
-                use_ep = True
-            if base_arr is not None:
-                base_v = base_arr
-                base_p = &base_v[0] if size > 0 else NULL
-            if hist_arr is not None and t.hdsp:
-                hist_v = hist_arr
-                hist_p = &hist_v[0] if size > 0 else NULL
-            with nogil:
-                code = decode_tensor_data(&self.d, ctx, &L, &t, out_p, base_p, hist_p, skip_p,
-                                          &ep_v[0, 0], &ep_v[1, 0], &ep_v[2, 0], n_ep, use_ep,
-                                          start_block_row,
-                                          &rec_v[0, 0] if record_entry_points else NULL,
-                                          &rec_v[1, 0], &rec_v[2, 0], stop_row, bnd if ranged else NULL)
-            if code:
-                self._raise(code)
-            if ranged and stop_row < t.n_block_rows:
-                self.last_boundary = (int(bnd[0] - t0), int(bnd[1]), int(bnd[2]) if t.dq else 0, bool(bnd[3]))
-            if record_entry_points:
-                eps = []
-                prev_t = t0
-                for r in range(n_ep):
-                    eps.append((int(rec_v[1, r]), int(rec_v[2, r]) if t.dq else 0, int(rec_v[0, r] - prev_t)))
-                    prev_t = rec_v[0, r]
-                self.last_entry_points = eps
-            return out
-        finally:
-            free(ctx)
+        contexts_init(ctx, L.n_ctx, 0)
+        self.last_row_skip = False
+        self.last_hdsp = False
+        # edition 2 row-level flags (spec 8.3)
+        if has_row_flags(&L, &t):
+            if parent_present:
+                self.last_hdsp = decode_bypass(&self.d) == 1
+            self.last_row_skip = decode_bypass(&self.d) == 1
+            if self.last_row_skip:
+                skipped = np.zeros(height, dtype=np.uint8)
+                skip_v = skipped
+                for r in range(height):
+                    skip_v[r] = decode_bin(&self.d, &ctx[L.row_skip])
+                skip_p = &skip_v[0]
+        t.hdsp = self.last_hdsp
+        # context-initialisation signalling (spec 8.4)
+        for a in init_signalled_contexts(&L, &t):
+            flag = decode_bin(&self.d, &ctx[L.init_flag])
+            ctx_init(&ctx[a], 1 + <int>decode_bypass_bits(&self.d, 3) if flag else 0)
+        if self.d.err:
+            self._raise(self.d.err)
+        self.last_init_sets = np.array([ctx[i].init_set for i in range(L.n_ctx)], dtype=np.uint8)
+        t0 = decoder_position(&self.d)
+        if first_range_forced(&L, &t):
+            self.d.rng = 256
+            if self.d.val >= (256 << 7):
+                self._raise(ERR_FORCED_RANGE)
+        if entry_points is not None and t.scan_order > 0:
+            if len(entry_points) != n_ep:  # api-check
+                raise DecodeError(f"{len(entry_points)} entry points given, the tensor has "
+                                  f"{n_ep + 1} block rows", clause="11.4", offset=self.d.pos)
+            if not 0 <= start_block_row < t.n_block_rows:  # api-check
+                raise ValueError(f"start_block_row {start_block_row} outside 0..{t.n_block_rows - 1}")
+            pos = t0
+            for r, (value, state, inc) in enumerate(entry_points):
+                pos += inc
+                if not 0 <= value <= 255:  # api-check
+                    raise DecodeError(f"entry point value {value} outside 0..255", clause="9.7")
+                if t.dq and not 0 <= state <= 7:  # api-check
+                    raise DecodeError(f"entry point DQ state {state} outside 0..7", clause="11.4")
+                # a position outside the payload is stored as one that fails the seek alike (spec 9.7): in int64
+                ep_v[0, r] = -1 if pos < 0 else min(pos, 8 * self.d.length + 8)
+                ep_v[1, r] = value
+                ep_v[2, r] = state
+            use_ep = True
+        if base_arr is not None:
+            base_v = base_arr
+            base_p = &base_v[0] if size > 0 else NULL
+        if hist_arr is not None and t.hdsp:
+            hist_v = hist_arr
+            hist_p = &hist_v[0] if size > 0 else NULL
+        with nogil:
+            code = decode_tensor_data(&self.d, ctx, &L, &t, out_p, base_p, hist_p, skip_p,
+                                      &ep_v[0, 0], &ep_v[1, 0], &ep_v[2, 0], n_ep, use_ep,
+                                      start_block_row,
+                                      &rec_v[0, 0] if record_entry_points else NULL,
+                                      &rec_v[1, 0], &rec_v[2, 0], stop_row, bnd if ranged else NULL)
+        if code:
+            self._raise(code)
+        if ranged and stop_row < t.n_block_rows:
+            self.last_boundary = (int(bnd[0] - t0), int(bnd[1]), int(bnd[2]) if t.dq else 0, bool(bnd[3]))
+        if record_entry_points:
+            eps = []
+            prev_t = t0
+            for r in range(n_ep):
+                eps.append((int(rec_v[1, r]), int(rec_v[2, r]) if t.dq else 0, int(rec_v[0, r] - prev_t)))
+                prev_t = rec_v[0, r]
+            self.last_entry_points = eps
+        return out
 
     def finish(self):
         """Terminate bin, stop pattern, and all bytes consumed (spec 8.5, 9.6)."""
@@ -1515,8 +1523,6 @@ cdef class PayloadDecoder:
         if not decode_terminate(&self.d):
             raise DecodeError("terminate bin is 0 at the end of the payload", clause="9.6",
                               offset=self.d.pos)
-        if self.d.err:
-            self._raise(self.d.err)
         last = self.d.buf[self.d.pos - 1]
         if ((last << (8 + self.d.bits_needed)) & 0xFF) != 0x80:
             raise DecodeError("stop pattern '1000...' missing after the terminate bin", clause="9.6",

@@ -466,7 +466,7 @@ def read_input(data: StreamInput) -> bytes | memoryview:
         except TypeError:
             pass
         else:
-            if not view.c_contiguous:
+            if not view.c_contiguous:  # api-check
                 raise TypeError("cannot decode from a non-contiguous buffer; give a C-contiguous one")
             return view.cast("B") if (view.format != "B" or view.ndim != 1) else view
     if isinstance(data, (str, os.PathLike)):
@@ -474,10 +474,12 @@ def read_input(data: StreamInput) -> bytes | memoryview:
             return fh.read()
     if hasattr(data, "read"):
         out = data.read()
-        if not isinstance(out, (bytes, bytearray)):
+        if not isinstance(out, (bytes, bytearray)):  # api-check
             raise TypeError("the file object must be opened in binary mode")
         return bytes(out)
-    raise TypeError(f"cannot decode from {type(data).__name__}; give bytes, a buffer, a path or a binary file")
+    raise TypeError(  # api-check
+        f"cannot decode from {type(data).__name__}; give bytes, a buffer, a path or a binary file"
+    )
 
 
 #: Read-only maps of stream files whose pages may be dropped once read (``nnc.writers.map_stream`` adds its own).
@@ -584,7 +586,7 @@ class Decoder:
         state: DecoderState | None = None,
         entry_points: str = "ignore",
     ):
-        if entry_points not in ("ignore", "use", "verify"):
+        if entry_points not in ("ignore", "use", "verify"):  # api-check
             raise ValueError("entry_points must be 'ignore', 'use' or 'verify'")
         #: The stream's bytes.
         self.data = read_input(data)
@@ -993,7 +995,7 @@ class Decoder:
         wanted = None if names is None else set(names)
         if wanted is not None:
             missing = wanted - set(self._index)
-            if missing:
+            if missing:  # api-check
                 raise KeyError(f"no tensor named {sorted(missing)[0]!r} in the stream")
         if out is None:
             target = None
@@ -1001,7 +1003,7 @@ class Decoder:
             target = out
         else:
             unknown = [k for k in out if k not in self._index]
-            if unknown:
+            if unknown:  # api-check
                 raise KeyError(f"no tensor named {unknown[0]!r} in the stream")
             target = lambda info: out.get(info.name)  # noqa: E731
         threads = thread_count(threads)
@@ -1091,7 +1093,7 @@ class Decoder:
             ...
         nnc.errors.OutputBufferError: out= for tensor 'w' has dtype int32; it decodes to float64 (or float16, ...)
         """
-        if name not in self._index:
+        if name not in self._index:  # api-check
             raise KeyError(f"no tensor named {name!r} in the stream")
         if out is not None:
             self._check_out(name, out)
@@ -1136,20 +1138,20 @@ class Decoder:
         from .errors import OutputBufferError
 
         info = self._index[name][1] if name in self._index else None
-        if info is None:
+        if info is None:  # api-check
             raise KeyError(f"no tensor named {name!r} in the stream")
-        if not isinstance(out, np.ndarray):
+        if not isinstance(out, np.ndarray):  # api-check
             raise OutputBufferError(f"out= for tensor {name!r} must be a numpy array, not {type(out).__name__}")
         shapes = self._out_shapes(info)
-        if out.shape not in shapes:
+        if out.shape not in shapes:  # api-check
             raise OutputBufferError(f"out= for tensor {name!r} has shape {out.shape}, the tensor's is {shapes[0]}")
         allowed = self._out_dtypes(info)
-        if out.dtype.name not in allowed or not out.dtype.isnative and out.dtype.itemsize > 1:
+        if out.dtype.name not in allowed or not out.dtype.isnative and out.dtype.itemsize > 1:  # api-check
             also = f" (or {', '.join(allowed[1:])})" if len(allowed) > 1 else ""
             raise OutputBufferError(f"out= for tensor {name!r} has dtype {out.dtype}; it decodes to {info.dtype}{also}")
-        if not out.flags.writeable:
+        if not out.flags.writeable:  # api-check
             raise OutputBufferError(f"out= for tensor {name!r} is read-only")
-        if not out.flags.c_contiguous:
+        if not out.flags.c_contiguous:  # api-check
             raise OutputBufferError(f"out= for tensor {name!r} is not C-contiguous")
 
     def _fill(self, name: str, out: np.ndarray, arr: np.ndarray) -> np.ndarray:

@@ -316,7 +316,9 @@ class NNCAPIAdapter(NNCAdapter):
        :meth:`~nnc.decoder.Decoder.iter_tensors` with ``threads=2`` (block rows
        in threads only for large tensors, as by default) and a callable target
        that gives every other one of those an array;
-    3. with :func:`~nnc.decoder.decode` and ``entry_points="use"`` (spec 9.7).
+    3. with :func:`~nnc.decoder.decode` and ``entry_points="use"`` (spec 9.7),
+       from the stream file memory-mapped as ``nnc decode`` reads it
+       (:func:`nnc.writers.map_stream`: the pages of parsed headers are released).
 
     Every way must give the same tensors (the caller arrays: the same values
     in their dtype) or, for an invalid stream, an error of the same class,
@@ -361,22 +363,33 @@ class NNCAPIAdapter(NNCAdapter):
     def _reference(self, data, state):
         """decode_with_info, from a file"""
         import os
-        import tempfile
 
         from .decoder import decode_with_info
 
-        if getattr(self, "_tmp", None) is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="nnc-verify-")
-        path = os.path.join(self._tmp.name, "stream.nnr")
-        with open(path, "wb") as fh:
-            fh.write(bytes(data))
-        tensors, infos = decode_with_info(path, engine=self.engine, state=state)
+        path = self._stream_file(data)
+        try:
+            tensors, infos = decode_with_info(path, engine=self.engine, state=state)
+        finally:
+            os.remove(path)
         if [i.name for i in infos] != list(tensors):
             raise InconsistentDecoding("decode_with_info's tensor records are not those of its tensors")
         return tensors
 
+    def _stream_file(self, data) -> str:
+        """``data`` written to a new file of the adapter's temporary directory."""
+        import os
+        import tempfile
+
+        if getattr(self, "_tmp", None) is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="nnc-verify-")
+        self._files = getattr(self, "_files", 0) + 1
+        path = os.path.join(self._tmp.name, f"stream-{self._files}.nnr")
+        with open(path, "wb") as fh:
+            fh.write(bytes(data))
+        return path
+
     def close(self):
-        """Remove the temporary file the streams are decoded from.
+        """Remove the temporary files the streams are decoded from.
 
         Examples
         --------
@@ -468,19 +481,36 @@ class NNCAPIAdapter(NNCAdapter):
                 raise InconsistentDecoding(f"{self._iterated.__doc__}: a caller array was not used")
 
     def _from_entry_points(self, data, state, reference):
-        """decode with entry_points='use'"""
+        """decode with entry_points='use', from the memory-mapped stream file"""
+        import os
+
+        from .writers import map_stream
+
+        path = self._stream_file(data)
+        mapped = map_stream(path)  # None for an empty file: decoded from the bytes
+        try:
+            self._use_entry_points(data if mapped is None else mapped, state, reference)
+        finally:
+            if mapped is not None:
+                try:
+                    mapped.close()
+                    os.remove(path)
+                except (BufferError, OSError):  # still referenced: the directory's cleanup removes it
+                    pass
+
+    def _use_entry_points(self, source, state, reference):
         from .decoder import Decoder, decode
 
         if reference is None:
-            decode(data, engine=self.engine, state=state, entry_points="use")
+            decode(source, engine=self.engine, state=state, entry_points="use")
             return
         try:
-            got = decode(data, engine=self.engine, state=state, entry_points="use")
+            got = decode(source, engine=self.engine, state=state, entry_points="use")
             self._compare(self._from_entry_points.__doc__, got, reference)
         except (errors.NNCError, InconsistentDecoding) as exc:
             # only wrong entry points may change the result: verifying them must say so
             try:
-                Decoder(data, engine=self.engine, state=state, entry_points="verify").decode()
+                Decoder(source, engine=self.engine, state=state, entry_points="verify").decode()
             except errors.DecodeError as wrong:
                 if wrong.clause == "11.4":
                     return

@@ -195,12 +195,46 @@ def test_wrong_entry_point_streams_fail_only_where_entry_points_are_used(engine,
     assert verify.value.clause == "11.4"
 
 
+def _error_of(data, engine, entry_points):
+    import nnc
+    from nnc import errors
+
+    try:
+        nnc.decode(data, engine=engine, entry_points=entry_points)
+    except errors.NNCError as exc:
+        return type(exc).__name__, exc.clause, exc.offset
+    return None
+
+
+@pytest.mark.parametrize("entry_points", ["ignore", "use"])
+def test_both_engines_reject_a_stream_alike(entry_points):
+    """Every must-fail stream, and with entry points used every stream whose entry points are wrong: the
+    Python and the Cython engine raise the same error class, clause and byte offset (spec 15.1)."""
+    checked = 0
+    for e in MANIFEST["streams"]:
+        if e["group"] != "must-fail" and not (entry_points == "use" and e.get("wrong_entry_points")):
+            continue
+        assert not e.get("sequence")  # decoded on their own
+        data = (SUITE / e["file"]).read_bytes()
+        python, cython = _error_of(data, "python", entry_points), _error_of(data, "cython", entry_points)
+        assert python is not None and python == cython, (e["name"], python, cython)
+        checked += 1
+    assert checked >= 50
+
+
 def test_suite_version_4_streams_are_registered():
     added = {e["name"] for e in MANIFEST["streams"] if e.get("added_in") == 4}
-    assert MANIFEST["version"] == 4
+    assert MANIFEST["version"] >= 4
     assert added == {"mf_mps_cut", "mf_codebook_index_p1", "p1_entry_point_negative", "p1_entry_point_beyond_payload",
                      "p1_reshaped_update_0_base", "p1_reshaped_update_1_update_grown_hdsp", "p1_recorded_metadata",
                      "p1_entry_points_effective_scan_0", "mf_scan_order_5"}
+
+
+def test_suite_version_5_streams_are_registered():
+    added = {e["name"] for e in MANIFEST["streams"] if e.get("added_in") == 5}
+    assert MANIFEST["version"] == 5
+    assert added == {"p1_int_block_rows", "p1_empty_tensor_scan_order_1", "p1_topology_trailing_bytes",
+                     "mf_payload_cut_in_qp_offset", "mf_payload_cut_in_context_init", "mf_forced_range_at_start"}
 
 
 def test_bytes_after_a_topology_string_are_ignored_unless_strict():

@@ -165,3 +165,20 @@ def test_errors_carry_clause_and_offset():
         assert exc.clause is not None and "spec" in str(exc)
     else:
         pytest.fail("truncated stream decoded")
+
+
+@pytest.mark.parametrize("failure", [KeyError("x"), TypeError("x"), IndexError("x"), AttributeError("x")])
+def test_an_unforeseen_parser_failure_is_a_decode_error(failure):
+    """container._parse_struct's last resort: no stream reaches it (a header fuzzing campaign did not), but a
+    failure of the parser library or of a syntax declaration still comes out as a DecodeError."""
+    import io
+
+    import construct as cs
+
+    class Failing(cs.Construct):
+        def _parse(self, stream, context, path):
+            raise failure
+
+    with pytest.raises(nnc.errors.DecodeError, match=f"malformed syntax: {type(failure).__name__}") as info:
+        C._parse_struct(cs.Struct("x" / Failing()), io.BytesIO(b"\x00"), {}, "7.4", 10, 10)
+    assert info.value.clause == "7.4" and info.value.offset == 10

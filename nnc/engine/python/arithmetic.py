@@ -199,7 +199,7 @@ class ArithmeticDecoder:
         """Position the decoder at bit T with V >> 7 = ``value`` and R = 256 (9.7)."""
         if t < 0:
             raise DecodeError(f"entry point at negative bit position {t}", clause="9.7", offset=self.pos)
-        if not 0 <= value <= 255:
+        if not 0 <= value <= 255:  # api-check
             raise DecodeError(f"entry point value {value} outside 0..255", clause="9.7", offset=self.pos)
         p = t + 9
         if p % 8:

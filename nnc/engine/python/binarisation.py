@@ -11,7 +11,7 @@ from __future__ import annotations
 
 def check_edition(edition) -> int:
     """1 (1st-edition rules) or 2 (2nd edition); anything else is a ValueError."""
-    if edition not in (1, 2):
+    if edition not in (1, 2):  # api-check
         raise ValueError(f"edition must be 1 or 2, not {edition!r}")
     return int(edition)
 

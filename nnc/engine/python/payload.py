@@ -50,13 +50,13 @@ def _int_array(a, dtype, size: int, name: str, error, clause: str):
     if a is None:
         return None
     arr = np.asarray(a)
-    if arr.dtype.kind not in "iub":
+    if arr.dtype.kind not in "iub":  # api-check
         raise error(f"{name} must be an integer array, not {arr.dtype}", clause=clause)
     arr = arr.reshape(-1)
-    if arr.size != size:
+    if arr.size != size:  # api-check
         raise error(f"{name} has {arr.size} elements, the tensor has {size}", clause=clause)
     info = np.iinfo(dtype)
-    if arr.size and arr.dtype.kind != "b" and (int(arr.min()) < info.min or int(arr.max()) > info.max):
+    if arr.size and arr.dtype.kind != "b" and (int(arr.min()) < info.min or int(arr.max()) > info.max):  # api-check
         raise error(f"{name} has values outside {np.dtype(dtype).name}", clause=clause)
     return [int(x) for x in arr.tolist()]
 
@@ -81,9 +81,9 @@ class _Tensor:
         error,
     ):
         height, width, n_gtx, scan_order = int(height), int(width), int(n_gtx), int(scan_order)
-        if height < 0 or width < 0:
+        if height < 0 or width < 0:  # api-check
             raise error(f"negative tensor dimensions {height}x{width}", clause="11.1")
-        if not 1 <= n_gtx <= 256:
+        if not 1 <= n_gtx <= 256:  # api-check
             raise error(f"number of greater-than flags {n_gtx} outside 1..256", clause="7.4")
         if not 0 <= scan_order <= 4:
             raise error(f"scan_order {scan_order} outside 0..4", clause="7.4")
@@ -100,15 +100,15 @@ class _Tensor:
         if edition == 2:
             codebook_size, codebook_zero = int(codebook_size), int(codebook_zero)
             if codebook_size > 0:
-                if not 0 <= codebook_zero < codebook_size:
+                if not 0 <= codebook_zero < codebook_size:  # api-check
                     raise error(
                         f"codebook zero offset {codebook_zero} outside the codebook of {codebook_size} entries",
                         clause="7.2",
                     )
-                if self.dq:
+                if self.dq:  # api-check
                     raise error("a codebook cannot be combined with dependent quantisation", clause="10.4")
                 self.bound = CodebookBound(codebook_size, codebook_zero)
-            elif codebook_size < 0:
+            elif codebook_size < 0:  # api-check
                 raise error(f"negative codebook size {codebook_size}", clause="10.4")
             self.parent_present = bool(parent_present)
             self.base = _int_array(tca_base, np.int32, self.size, "tca_base", error, "10.5")
@@ -140,7 +140,7 @@ class PayloadDecoder:
 
     def __init__(self, data, edition: int):
         self.edition = check_edition(edition)
-        if isinstance(data, np.ndarray):
+        if isinstance(data, np.ndarray):  # api-check
             data = data.astype(np.uint8, copy=False).tobytes()
         self._ad = ArithmeticDecoder(bytes(data))  # 9.1
         self.last_entry_points = []
@@ -167,13 +167,13 @@ class PayloadDecoder:
 
     def read_bypass(self, nbits: int) -> int:
         """``nbits`` bypass bins, MSB first, unsigned (9.5)."""
-        if not 0 <= nbits <= 64:
+        if not 0 <= nbits <= 64:  # api-check
             raise ValueError("nbits must be in 0..64")
         return self._ad.decode_bypass_bits(nbits)
 
     def read_qp_offset(self, nbits: int) -> int:
         """The per-tensor qp offset: ``nbits`` bypass bins, two's complement (8.2)."""
-        if not 1 <= nbits <= 32:
+        if not 1 <= nbits <= 32:  # api-check
             raise ValueError("nbits must be in 1..32")
         v = self.read_bypass(nbits)
         return v - (1 << nbits) if v >= 1 << (nbits - 1) else v
@@ -228,11 +228,11 @@ class PayloadDecoder:
         start_block_row = int(start_block_row)
         ranged = stop_block_row is not None and scan.order > 0
         stop_row = int(stop_block_row) if ranged else scan.n_block_rows
-        if ranged and not 0 <= start_block_row < stop_row <= scan.n_block_rows:
+        if ranged and not 0 <= start_block_row < stop_row <= scan.n_block_rows:  # api-check
             raise ValueError(f"block rows {start_block_row}..{stop_row} outside 0..{scan.n_block_rows}")
-        if start_block_row and not (use_eps and 0 <= start_block_row < scan.n_block_rows):
+        if start_block_row and not (use_eps and 0 <= start_block_row < scan.n_block_rows):  # api-check
             raise ValueError("start_block_row > 0 needs entry points and a block row of the tensor")
-        if out is not None and not (
+        if out is not None and not (  # api-check
             isinstance(out, np.ndarray)
             and out.dtype == np.int32
             and out.size == t.size
@@ -243,7 +243,7 @@ class PayloadDecoder:
         self.last_boundary = None
         if use_eps:
             entry_points = [tuple(int(x) for x in e) for e in entry_points]
-            if len(entry_points) != scan.n_block_rows - 1:
+            if len(entry_points) != scan.n_block_rows - 1:  # api-check
                 raise DecodeError(
                     f"{len(entry_points)} entry points for {scan.n_block_rows} block rows", clause="11.4", offset=ad.pos
                 )
@@ -292,7 +292,7 @@ class PayloadDecoder:
                 # or 9.7: jump to the block row's entry point
                 if use_eps and (r == start_block_row or not ranged):
                     value, ep_state = entry_points[r - 1][0], entry_points[r - 1][1]
-                    if t.dq and not 0 <= ep_state <= 7:
+                    if t.dq and not 0 <= ep_state <= 7:  # api-check
                         raise DecodeError(f"entry point DQ state {ep_state} outside 0..7", clause="11.4", offset=ad.pos)
                     ad.start_at_entry_point(t0 + sum(increments[:r]), value)
                     state = ep_state if t.dq else 0

@@ -1,0 +1,263 @@
+"""The argument checks marked ``# api-check``: only a caller can fail them, never a stream, so the
+conformance coverage (tools/conformance_coverage.py) leaves them out. Here each one fails, in both
+engines, and every marked check of nnc/ has its case (a new marker without a case fails the count).
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import nnc
+from nnc import errors
+from nnc.decoder import Decoder, read_input
+from nnc.engine import COMPILED_AVAILABLE, get_engine
+
+REPO = Path(__file__).resolve().parent.parent
+ENGINES = ["python"] + (["cython"] if COMPILED_AVAILABLE else [])
+
+#: The marked checks per file (a check is one marked statement).
+MARKED = {
+    "nnc/decoder.py": 13,
+    "nnc/engine/python/payload.py": 16,
+    "nnc/engine/python/arithmetic.py": 1,
+    "nnc/engine/python/binarisation.py": 1,
+    "nnc/_engine.pyx": 17,
+}
+
+
+def test_every_marked_check_is_counted_here():
+    found = {}
+    for path in sorted((REPO / "nnc").rglob("*.py")) + [REPO / "nnc" / "_engine.pyx"]:
+        n = sum(bool(re.search(r"#\s*api-check\b", line)) for line in path.read_text().splitlines())
+        if n:
+            found[str(path.relative_to(REPO))] = n
+    assert found == MARKED
+
+
+def _payload(engine, edition=2, h=16, w=4, scan_order=1, dq=False, n_gtx=2, qp_bits=0):
+    """A small valid payload: qp offset (if any), one tensor; and the tensor's keyword arguments."""
+    enc = engine.PayloadEncoder(edition)
+    if qp_bits:
+        enc.write_qp_offset(-3, qp_bits)
+    x = (np.arange(h * w) % 5 - 2).astype(np.float64)
+    levels = engine.dq_rdoq_levels(x, h, w, lam=0.0, scan_order=scan_order, edition=edition) if dq else x.astype(np.int32)
+    enc.encode_tensor(levels, h, w, n_gtx=n_gtx, dq=dq, scan_order=scan_order)
+    return enc.finish(), dict(n_gtx=n_gtx, dq=dq, scan_order=scan_order)
+
+
+def _decoder(engine_name, **kw):
+    engine = get_engine(engine_name)
+    data, args = _payload(engine, **kw)
+    return engine.PayloadDecoder(data, kw.get("edition", 2)), args
+
+
+# -- the engines (docs/dev/engine-api.md) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_edition_outside_1_and_2(engine):
+    with pytest.raises(ValueError, match="edition"):
+        get_engine(engine).PayloadDecoder(b"\x00\x00\x80", 3)
+    with pytest.raises(ValueError, match="edition"):
+        get_engine(engine).context_count(0, 2)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize(
+    "kwargs, clause",
+    [
+        (dict(height=-1, width=4), "11.1"),
+        (dict(n_gtx=0), "7.4"),
+        (dict(n_gtx=257), "7.4"),
+        (dict(codebook_size=4, codebook_zero=4), "7.2"),
+        (dict(codebook_size=4, codebook_zero=1, dq=True), "10.4"),
+        (dict(codebook_size=-1), "10.4"),
+        (dict(tca_base=np.zeros(3, np.int32)), "10.5"),
+        (dict(tca_base=np.zeros(64, np.float32)), "10.5"),
+        (dict(tca_base=np.full(64, 2**40, np.int64)), "10.5"),
+        (dict(parent_present=True, hdsp_history=np.zeros(63, np.int8)), "10.5"),
+    ],
+)
+def test_tensor_arguments(engine, kwargs, clause):
+    dec, args = _decoder(engine)
+    args.update(kwargs)
+    height, width = args.pop("height", 16), args.pop("width", 4)
+    with pytest.raises(errors.DecodeError) as info:
+        dec.decode_tensor(height, width, **args)
+    assert info.value.clause == clause
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_tca_base_of_another_integer_dtype_is_converted(engine):
+    eng = get_engine(engine)
+    base, levels = np.arange(64) % 3 - 1, np.arange(64, dtype=np.int32) % 4 - 1
+    enc = eng.PayloadEncoder(2)
+    enc.encode_tensor(levels, 16, 4, n_gtx=2, scan_order=1, tca_base=base.astype(np.int32))
+    data = enc.finish()
+    decoded = eng.PayloadDecoder(data, 2).decode_tensor(16, 4, n_gtx=2, scan_order=1, tca_base=base.astype(np.int64))
+    assert decoded.tolist() == levels.tolist()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_payload_as_a_numpy_array(engine):
+    eng = get_engine(engine)
+    data, args = _payload(eng)
+    from_array = eng.PayloadDecoder(np.frombuffer(data, np.uint8), 2).decode_tensor(16, 4, **args)
+    assert from_array.tolist() == eng.PayloadDecoder(data, 2).decode_tensor(16, 4, **args).tolist()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_bypass_bit_counts(engine):
+    dec, _ = _decoder(engine)
+    for nbits in (-1, 65):
+        with pytest.raises(ValueError, match="nbits"):
+            dec.read_bypass(nbits)
+    for nbits in (0, 33):
+        with pytest.raises(ValueError, match="nbits"):
+            dec.read_qp_offset(nbits)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_position_properties_agree(engine):
+    """bytes_consumed and bit_position (spec 11.4), which decoding does not call."""
+    python, _ = _decoder("python", qp_bits=8)
+    other, _ = _decoder(engine, qp_bits=8)
+    python.read_qp_offset(8)
+    other.read_qp_offset(8)
+    assert (other.bytes_consumed, other.bit_position) == (python.bytes_consumed, python.bit_position) == (3, 8)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_block_row_ranges(engine):
+    dec, args = _decoder(engine)
+    eps = list(_entry_points(engine))
+    with pytest.raises(ValueError, match="block rows"):
+        dec.decode_tensor(16, 4, entry_points=eps, start_block_row=1, stop_block_row=1, **args)
+    with pytest.raises(ValueError, match="block rows"):
+        dec.decode_tensor(16, 4, entry_points=eps, start_block_row=0, stop_block_row=3, **args)
+    with pytest.raises(ValueError, match="start_block_row"):
+        dec.decode_tensor(16, 4, start_block_row=1, stop_block_row=2, **args)
+    with pytest.raises(ValueError, match="start_block_row"):
+        dec.decode_tensor(16, 4, entry_points=eps, start_block_row=2, **args)
+
+
+def _entry_points(engine, **kw):
+    eng = get_engine(engine)
+    data, args = _payload(eng, **kw)
+    dec = eng.PayloadDecoder(data, kw.get("edition", 2))
+    dec.decode_tensor(16, 4, record_entry_points=True, **args)
+    return dec.last_entry_points
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize(
+    "out",
+    [np.zeros(64, np.int64), np.zeros(63, np.int32), np.zeros((64, 2), np.int32)[:, 0], np.zeros(64, np.int32)[::-1],
+     list(range(64))],
+)
+def test_out_arrays(engine, out):
+    dec, args = _decoder(engine)
+    if isinstance(out, np.ndarray) and out.dtype == np.int32 and out.size == 64 and out.flags.c_contiguous:
+        out.flags.writeable = False
+    with pytest.raises(ValueError, match="out must be"):
+        dec.decode_tensor(16, 4, out=out, **args)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_read_only_out_array(engine):
+    dec, args = _decoder(engine)
+    out = np.zeros(64, np.int32)
+    out.flags.writeable = False
+    with pytest.raises(ValueError, match="out must be"):
+        dec.decode_tensor(16, 4, out=out, **args)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_entry_point_lists(engine):
+    """A list of the wrong length, a value outside 8 bits, a DQ state outside 3 bits (spec 7.3)."""
+    dec, args = _decoder(engine)
+    eps = list(_entry_points(engine))
+    with pytest.raises(errors.DecodeError) as info:
+        dec.decode_tensor(16, 4, entry_points=eps[:-1], **args)
+    assert info.value.clause == "11.4"
+    dec, args = _decoder(engine)
+    with pytest.raises(errors.DecodeError) as info:
+        dec.decode_tensor(16, 4, entry_points=[(256, 0, eps[0][2])] + eps[1:], **args)
+    assert info.value.clause == "9.7"
+    dec, args = _decoder(engine, dq=True)
+    eps = list(_entry_points(engine, dq=True))
+    with pytest.raises(errors.DecodeError) as info:
+        dec.decode_tensor(16, 4, entry_points=[(eps[0][0], 8, eps[0][2])] + eps[1:], **args)
+    assert info.value.clause == "11.4"
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("increment", [2**70, -(2**70)])
+def test_entry_points_far_outside_the_payload(engine, increment):
+    """Offsets beyond int64 fail the seek as any other outside the payload (spec 9.7)."""
+    eng = get_engine(engine)
+    data, args = _payload(eng)
+    eps = [(v, s, increment) for v, s, _ in _entry_points(engine)]
+    with pytest.raises(errors.NNCError) as info:
+        eng.PayloadDecoder(data, 2).decode_tensor(16, 4, entry_points=eps, **args)
+    if increment > 0:
+        assert (type(info.value), info.value.clause, info.value.offset) == (errors.TruncatedError, "9.7", len(data))
+    else:
+        assert (type(info.value), info.value.clause) == (errors.DecodeError, "9.7")
+
+
+# -- the decoder's API ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stream():
+    return nnc.encode({"w": np.ones((4, 3), np.float32), "b": np.arange(3, dtype=np.int32)}, qp=-20)
+
+
+def test_read_input_refusals(stream):
+    with pytest.raises(TypeError, match="non-contiguous"):
+        read_input(memoryview(np.frombuffer(stream, np.uint8))[::2])
+    with pytest.raises(TypeError, match="binary mode"):
+        read_input(io.StringIO("text"))
+    with pytest.raises(TypeError, match="cannot decode from int"):
+        read_input(42)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_unknown_names_and_modes(engine, stream):
+    with pytest.raises(ValueError, match="entry_points"):
+        Decoder(stream, engine=engine, entry_points="sometimes")
+    dec = Decoder(stream, engine=engine)
+    with pytest.raises(KeyError, match="'x'"):
+        dec.decode(["w", "x"])
+    with pytest.raises(KeyError, match="'x'"):
+        list(dec.iter_tensors(out={"x": np.zeros(3)}))
+    with pytest.raises(KeyError, match="'x'"):
+        dec.decode_tensor("x")
+    with pytest.raises(KeyError, match="'x'"):
+        dec.decode(out={"x": np.zeros(3)})
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize(
+    "out, message",
+    [
+        ([0.0] * 12, "must be a numpy array"),
+        (np.zeros((3, 4), np.float32), "has shape"),
+        (np.zeros((4, 3), np.int32), "has dtype"),
+        (np.zeros((4, 3), ">f4"), "has dtype"),
+        (np.zeros((4, 3), np.float32, order="F"), "not C-contiguous"),
+        ("read-only", "read-only"),
+    ],
+)
+def test_out_arrays_of_the_decoder(engine, stream, out, message):
+    if isinstance(out, str):
+        out = np.zeros((4, 3), np.float32)
+        out.flags.writeable = False
+    with pytest.raises(errors.OutputBufferError, match=message):
+        Decoder(stream, engine=engine).decode_tensor("w", out=out)
