@@ -297,7 +297,9 @@ def bfloat16_to_float32(raw: np.ndarray) -> np.ndarray:
     >>> bfloat16_to_float32(np.array([0x3F80, 0xC040, 0x3EAB], np.uint16)).tolist()
     [1.0, -3.0, 0.333984375]
     """
-    return (raw.astype(np.uint32) << 16).view(np.float32)
+    bits = raw.astype(np.uint32)
+    np.left_shift(bits, 16, out=bits)  # in place: no second tensor-sized temporary
+    return bits.view(np.float32)
 
 
 def float32_to_bfloat16(x: np.ndarray) -> np.ndarray:

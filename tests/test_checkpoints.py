@@ -286,3 +286,23 @@ def test_a_checkpoint_larger_than_the_address_space_limit_encodes(tmp_path):
     assert len(nnc.Decoder(tmp_path / "m.nnr").metadata["checkpoint"]["file_of"]) == 40
     stream_size = (tmp_path / "m.nnr").stat().st_size
     assert stream_size == report["bytes"] > 20 * 4096 * 4096 * 4     # the raw float32 weights are all there
+
+
+def test_streaming_encode_holds_one_tensor_at_a_time(tmp_path):
+    """With one thread, the streaming encoder's Python-heap peak stays that of one tensor:
+    its float32 values, levels and reconstruction (3x its float32 size), not also the
+    previous tensor's unit or a second copy made while converting bfloat16."""
+    import tracemalloc
+
+    rng = np.random.default_rng(3)
+    rows, cols = 2048, 2048
+    shards = [{f"layers.{i}.weight": rng.normal(0, 0.02, (rows, cols)).astype(np.float32) for i in range(3)}]
+    write_checkpoint(tmp_path / "ckpt", shards)
+    tensor = 4 * rows * cols
+    tracemalloc.start()
+    try:
+        models.encode_model_to(tmp_path / "ckpt", tmp_path / "m.nnr", qp=-30, dq=False, threads=1)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 3.6 * tensor, f"peak {peak / tensor:.2f} x one tensor's float32 size"

@@ -234,7 +234,11 @@ def _nearest_levels(flat: np.ndarray, step: float) -> np.ndarray:
     levels = np.empty(flat.size, np.int32)
     for i in range(0, flat.size, SLICE):
         scaled = np.divide(flat[i : i + SLICE], step, dtype=np.float64)
-        levels[i : i + SLICE] = np.sign(scaled) * np.floor(np.abs(scaled) + 0.5)
+        rounded = np.abs(scaled)
+        rounded += 0.5
+        np.floor(rounded, out=rounded)
+        np.copysign(rounded, scaled, out=rounded)  # sgn(x) floor(|x| + 0.5); -0.0 becomes 0
+        levels[i : i + SLICE] = rounded
     return levels
 
 

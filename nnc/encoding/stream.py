@@ -247,24 +247,28 @@ def encode_to(
                     in_flight += cost(name)
                     pending.append((name, pool.submit(job, name)))
 
+            def record(unit, stats):
+                for t in unit.members:
+                    if t.qp is not None:
+                        summary.qps[t.name] = t.qp
+                    if measure:
+                        e, d = stats.get(t.name, (0.0, 0.0))
+                        summary.energy += e
+                        summary.error += d
+                    if progress is not None:
+                        progress(t.name, by_name[t.name].size)
+
             try:
                 refill()
                 while pending:
                     name, future = pending.popleft()
                     unit, stats, data = future.result()
+                    del future  # it holds the unit too
                     in_flight -= cost(name)
-                    refill()
                     out.fh.write(data)
-                    for t in unit.members:
-                        if t.qp is not None:
-                            summary.qps[t.name] = t.qp
-                        if measure:
-                            e, d = stats.get(t.name, (0.0, 0.0))
-                            summary.energy += e
-                            summary.error += d
-                        if progress is not None:
-                            progress(t.name, by_name[t.name].size)
+                    record(unit, stats)
                     del unit, data
+                    refill()  # only now: the next tensor is not loaded while this unit is still held
             except BaseException:
                 for _, f in pending:
                     f.cancel()
