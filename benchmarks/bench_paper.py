@@ -132,10 +132,10 @@ def minilm_model():
 
 
 #: the packaged models: --models name -> (Model name, qp grid of the short sweeps, kept % of the sparse variant,
-#: nnc's full sweep and search: for the models whose evaluation takes a second or less)
+#: nnc's full sweep and search: for the model whose evaluation takes well under a second)
 PACKAGED = {"silero": ("silero-vad", range(-34, -15), 70, True), "magika": ("magika", range(-28, -11, 2), 70, False),
             "rapidocr": ("rapidocr", range(-42, -27, 2), 70, False),
-            "mtcnn": ("mtcnn", range(-44, -27, 2), 70, True)}
+            "mtcnn": ("mtcnn", range(-44, -27, 2), 70, False)}
 
 
 def packaged_model(key, log):
@@ -459,8 +459,9 @@ def run_model(model, variant, args, oracle, log):
     if best_uniform is not None:
         step = float(step_size(best_uniform, 2))
         levels = uniform_levels(weights, step)
-        res = Encoder(qp=best_uniform, dq=False, nonweight_qp=None).encode(weights)
-        same = all(np.array_equal(res.tensors[k].levels.reshape(-1), levels[k].reshape(-1)) for k in weights)
+        res = Encoder(qp=best_uniform, dq=False, nonweight_qp=None, raw_when_smaller=False).encode(weights)
+        same = all(res.tensors[k].levels is not None
+                   and np.array_equal(res.tensors[k].levels.reshape(-1), levels[k].reshape(-1)) for k in weights)
         nw = sum(v.size for v in weights.values())
         for coder in ("huffman", "csr-huffman", "bzip2", "h0"):
             size = bl.model_size(coder, levels, {k: step for k in levels})
@@ -484,8 +485,10 @@ def run_model(model, variant, args, oracle, log):
 def markdown(rows, args, elapsed, models):
     out = ["# The DeepCABAC paper's tables, on the models here", "",
            f"Command: `python benchmarks/bench_paper.py{' --quick' if args.quick else ''} --models {args.models} "
-           f"{'--dense-only ' if args.dense_only else ''}--json {args.json}`  ",
-           f"Machine: {platform.machine()}, 2 cores shared with other jobs; {elapsed / 60:.1f} min.", "",
+           f"{'--dense-only ' if args.dense_only else ''}--json {args.json}"
+           f"{' --tables-from ' + ' '.join(args.tables_from) if args.tables_from else ''}`  ",
+           (f"Machine: {platform.machine()}, 2 cores shared with other jobs; {elapsed / 60:.1f} min." if elapsed is not None
+            else f"Tables rebuilt (`--tables-from`) from the rows of {', '.join(args.tables_from)}."), "",
            "Metrics: " + "; ".join(f"{name}: {metric}" for name, metric in models.items()) + ".", "",
            "## Table I: compression ratio (fp32 size / coded size) at <= 0.5 points accuracy loss", "",
            "Sizes count everything a decoder needs (names, shapes, steps, tables, codebooks, 1-D tensors). "
@@ -596,6 +599,9 @@ def main(argv=None):
                     help="comma-separated: digits, minilm, and the packaged models silero, magika, rapidocr, mtcnn "
                          "(or packaged for all four); default: digits with --quick, digits,minilm without")
     ap.add_argument("--dense-only", action="store_true", help="no sparse variants")
+    ap.add_argument("--tables-from", nargs="+", default=None, metavar="JSON",
+                    help="no runs: the tables of the rows of these files (earlier --json outputs), rows merged "
+                         "into --json")
     args = ap.parse_args(argv)
     if args.search_budget is None:
         args.search_budget = 30.0 if args.quick else 60.0
@@ -604,6 +610,9 @@ def main(argv=None):
     models = []
     if args.models is None:
         args.models = "digits" if args.quick else "digits,minilm"
+    if args.tables_from:
+        write_tables([r for f in args.tables_from for r in json.loads(Path(f).read_text())], args, None, None)
+        return
     if "digits" in args.models.split(","):
         models += digits_models()
     if "minilm" in args.models.split(","):
@@ -641,17 +650,25 @@ def main(argv=None):
                 log(f"{model.name} {variant}")
                 rows += run_model(m, variant, args, oracle, log)
                 Path(args.json).write_text(json.dumps(rows, indent=1))
-    elapsed = time.perf_counter() - t_start
+    write_tables(rows, args, time.perf_counter() - t_start, {m.name: m.metric for m in models})
+    log(f"done in {(time.perf_counter() - t_start) / 60:.1f} min")
+
+
+def write_tables(rows, args, elapsed, metrics):
+    """The rows to --json, the tables and the plot to --out (metrics: {model: statement}, or from the rows)."""
+    if metrics is None:
+        metrics = {}
+        for r in rows:
+            metrics.setdefault(r["model"], r.get("metric"))
+            metrics[r["model"]] = metrics[r["model"]] or r.get("metric")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(rows, indent=1))
     stem = "paper_tables_quick" if args.quick else "paper_tables"
     if args.models != ("digits" if args.quick else "digits,minilm"):
         stem += "_" + args.models.replace(",", "_")
-    metrics = {m.name: m.metric for m in models}
     (out / f"{stem}.md").write_text(markdown(rows, args, elapsed, metrics))
     plot(rows, out / f"{stem}.png")
-    log(f"done in {elapsed / 60:.1f} min")
 
 
 if __name__ == "__main__":
