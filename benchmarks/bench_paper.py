@@ -56,6 +56,7 @@ from nnc import demo  # noqa: E402
 from nnc import allocation  # noqa: E402
 from nnc.allocation import empirical_fisher  # noqa: E402
 from nnc.encoder import Encoder, dcv1_step, qp_for_step  # noqa: E402
+from nnc.errors import EncodeError  # noqa: E402
 from nnc.formats import read_model  # noqa: E402
 from nnc.reconstruction import step_size  # noqa: E402
 
@@ -386,8 +387,18 @@ def run_model(model, variant, args, oracle, log):
     # nnc
     t0 = time.perf_counter()
     if model.light and not model.wide_nnc:  # the encoder's defaults with DQ and RDOQ, one stream per qp
-        cands = [("rdoq", f"qp {qp} dq True lambda 0.1 (defaults)", Encoder(qp=qp, rdoq_lambda=0.1).encode(params).stream)
-                 for qp in qps]
+        cands = []
+        for qp in qps:
+            # tensors whose levels would overflow int32 at this step (batch-norm variances of 1e8 in rapidocr's
+            # detector) are stored raw: the encoder refuses them (EncodeError) rather than store them raw itself
+            step = float(step_size(qp, 2))
+            big = [k for k, v in params.items() if v.size and float(np.abs(v).max()) / step >= 2 ** 29]
+            try:
+                cands.append(("rdoq", f"qp {qp} dq True lambda 0.1 (defaults)"
+                              + (f", {len(big)} tensors raw (int32 overflow)" if big else ""),
+                              Encoder(qp=qp, rdoq_lambda=0.1, raw=big).encode(params).stream))
+            except EncodeError as exc:
+                log(f"  nnc qp {qp}: no stream: {exc}")
     else:
         cands = nnc_candidates(model, fisher, qps,
                                (0.0, 0.1, 0.3) if args.quick or model.light else (0.0, 0.05, 0.1, 0.2, 0.4),
@@ -406,7 +417,12 @@ def run_model(model, variant, args, oracle, log):
         t0 = time.perf_counter()
         best = None
         for qp in qps:
-            stream = oracle.compress({k: np.asarray(v, np.float32) for k, v in params.items()}, qp=qp, use_dq=True)
+            try:
+                stream = oracle.compress({k: np.asarray(v, np.float32) for k, v in params.items()}, qp=qp,
+                                         use_dq=True)
+            except Exception as exc:                         # noqa: BLE001 - NNCodec's own failure, reported
+                log(f"  NNCodec qp {qp}: no stream: {str(exc)[-200:]}")
+                continue
             acc = model.evaluate(oracle.decompress(stream))
             if passes(acc) and (best is None or len(stream) < best[0]):
                 best = (len(stream), acc, f"NNCodec 2.1.3 default (DQ), qp {qp}")
