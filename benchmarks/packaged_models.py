@@ -64,7 +64,24 @@ class OnnxWeights:
 
         self.path, self.prefix = Path(path), prefix
         self.tensors, self.dtypes = read_onnx(self.path)
-        self.names = [k for k, v in self.tensors.items() if v.dtype.kind == "f" and v.ndim > 0]
+        self.names = [k for k, v in self.tensors.items()
+                      if v.dtype.kind == "f" and v.ndim > 0 and k not in self.shape_inputs(self.path)]
+
+    @staticmethod
+    def shape_inputs(path) -> set:
+        """Float tensors that are graph structure: the roi and scales inputs of Resize / Upsample nodes (a scale
+        of 2.0 coded as 1.9999 changes the output's shape)."""
+        import onnx
+
+        def walk(graph):
+            for node in graph.node:
+                if node.op_type in ("Resize", "Upsample"):
+                    yield from node.input[1:]
+                for attr in node.attribute:
+                    for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                        yield from walk(sub)
+
+        return set(walk(onnx.load(str(path), load_external_data=False).graph))
 
     @property
     def params(self) -> dict:
