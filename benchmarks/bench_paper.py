@@ -1,6 +1,7 @@
 """The DeepCABAC paper's evaluation (its Tables I-III) on the models here.
 
     python benchmarks/bench_paper.py [--quick] --json OUT [--out benchmarks/results]
+    python benchmarks/bench_paper.py --models packaged --json OUT     # silero, magika, rapidocr, mtcnn
 
 writes OUT (the rows) and, in --out, paper_tables.{md,png} (paper_tables_quick.* with --quick).
 
@@ -27,6 +28,10 @@ their indices, nnc's RDOQ and DC-v1 as whole streams). Table III: one quantised 
 (uniform levels at the step Table I chose for "huffman") coded losslessly by every coder,
 nnc's CABAC included (weights only, no 1-D tensors, headers included for the coders and
 not for H0).
+
+The models that ship inside packages (``--models silero,magika,rapidocr,mtcnn`` or ``packaged``;
+benchmarks/packaged_models.py) are scored by agreement with their fp32 outputs on generated inputs,
+with short sweeps; one whose package is missing is skipped with the reason.
 
 Every row: {model, variant, coder, bytes, bits_per_weight, ratio_vs_fp32, accuracy,
 accuracy_loss, setting, table}; bits per weight and the ratio count all parameters.

@@ -72,3 +72,23 @@ def test_mtcnn_nets_load_without_torchvision():
     with torch.no_grad():
         prob = onet(torch.zeros(1, 3, 48, 48))[-1]
     assert prob.shape == (1, 2) and abs(float(prob.sum()) - 1) < 1e-5
+
+
+def test_resize_scales_are_graph_structure(tmp_path):
+    """A float Constant feeding Resize's scales is not a weight: coding 2.0 as 1.9999 would change shapes."""
+    nodes = [
+        helper.make_node("Constant", [], ["scales"], value=numpy_helper.from_array(np.float32([1, 1, 2, 2]))),
+        helper.make_node("Constant", [], ["gain"], value=numpy_helper.from_array(np.float32([0.5]))),
+        helper.make_node("Resize", ["x", "", "scales"], ["r"], mode="nearest"),
+        helper.make_node("Mul", ["r", "gain"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 2, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 4, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path = tmp_path / "resize.onnx"
+    onnx.save(model, path)
+    weights = pm.OnnxWeights(path)
+    assert list(weights.params) == ["gain"]
+    y = weights.session({"gain": np.float32([2.0])}).run(None, {"x": np.ones((1, 1, 2, 2), np.float32)})[0]
+    assert y.shape == (1, 1, 4, 4) and np.all(y == 2.0)
