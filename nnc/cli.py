@@ -275,11 +275,13 @@ def cmd_encode(args) -> int:
     if allocated is not None:
         report["allocated_qps"] = allocated
     if summary.kept_raw:
-        report["non_finite_kept_raw"] = summary.kept_raw
+        reasons = summary.kept_raw_reasons
+        report["non_finite_kept_raw"] = [k for k in summary.kept_raw if reasons.get(k) == "holds inf or NaN"]
+        report["kept_raw"] = dict(reasons)
         if not args.quiet and not args.json:
-            kept = summary.kept_raw
+            kept = [f"{k} ({reasons.get(k, 'cannot be quantised')})" for k in summary.kept_raw]
             print(
-                f"nnc: note: {len(kept)} tensor(s) hold inf or NaN and are stored uncompressed "
+                f"nnc: note: {len(kept)} tensor(s) cannot be quantised and are stored uncompressed "
                 f"(RAW_FLOAT), exactly: {', '.join(kept[:5])}{', ...' if len(kept) > 5 else ''}",
                 file=sys.stderr,
             )

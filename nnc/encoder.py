@@ -66,6 +66,9 @@ class EncodedTensor:
         The reconstruction integers n (None for raw tensors).
     reconstruction : numpy.ndarray
         Exactly what a conforming decoder returns for the tensor.
+    kept_raw : str or None
+        Why the tensor is stored raw though it was to be quantised: it holds inf or NaN, or its
+        values would leave int32 levels at its qp (None otherwise).
 
     Examples
     --------
@@ -83,6 +86,7 @@ class EncodedTensor:
     dq: bool
     levels: np.ndarray | None
     reconstruction: np.ndarray
+    kept_raw: str | None = None
 
 
 @dataclass
@@ -601,6 +605,7 @@ def _encoded(t: CodedTensor) -> EncodedTensor:
         dq=t.dq,
         levels=t.levels,
         reconstruction=t.recon,
+        kept_raw=t.kept_raw,
     )
 
 

@@ -264,11 +264,8 @@ def encode_model_to(model, output, *, progress=None, budget: int = 1 << 30, meas
         original_bytes=source.nbytes,
         qps={k: t.qp for k, t in result.tensors.items() if t.qp is not None},
         skipped=list(result.skipped),
-        kept_raw=[
-            k
-            for k, t in result.tensors.items()
-            if t.payload_type == "RAW_FLOAT" and not s.is_raw(k) and not np.isfinite(t.reconstruction).all()
-        ],
+        kept_raw=[k for k, t in result.tensors.items() if t.kept_raw is not None],
+        kept_raw_reasons={k: t.kept_raw for k, t in result.tensors.items() if t.kept_raw is not None},
     )
     if not measure:
         summary.energy = summary.error = float("nan")

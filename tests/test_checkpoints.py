@@ -120,13 +120,13 @@ def test_bad_checkpoints_fail_clearly_and_write_nothing(tmp_path):
 
 def test_a_failing_tensor_leaves_no_output_and_no_temporary_file(tmp_path):
     bad = np.ones((4, 4), np.float32)
-    bad[2, 2] = 1e30   # overflows int32 levels at qp -20 (NaN would be kept raw, not an error)
+    bad[2, 2] = 1e30   # overflows int32 levels at qp -20: an error when raw storage is off
     write_checkpoint(tmp_path / "ck", [{"a": np.ones((4, 4), np.float32)}, {"b": bad}], bf16=False)
     (tmp_path / "out").mkdir()
     target = tmp_path / "out" / "m.nnr"
     target.write_bytes(b"old")
     with pytest.raises(EncodeError, match="'b'"):
-        models.encode_model_to(tmp_path / "ck", target, qp=-20)
+        models.encode_model_to(tmp_path / "ck", target, qp=-20, raw_when_smaller=False)
     assert target.read_bytes() == b"old" and os.listdir(tmp_path / "out") == ["m.nnr"]
 
 

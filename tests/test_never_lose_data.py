@@ -18,6 +18,8 @@ import pytest
 import nnc
 from nnc import container as C
 from nnc.cli import main, stream_info
+from nnc.encoder import Encoder
+from nnc.errors import EncodeError
 from nnc.formats import npz_bytes, read_model, safetensors_bytes
 
 REPO = Path(__file__).resolve().parent.parent
@@ -257,7 +259,7 @@ def test_onnx_constant_nodes_and_subgraph_initializers_are_weights(tmp_path, cap
     assert sorted(tensors) == ["c", "e_out", "loop_w", "then_w", "w"]
     code, _, err = cli(capsys, "encode", path, "-o", tmp_path / "m.nnr", "--qp", "-20")
     assert code == 0, err
-    assert "hold inf or NaN" in err  # the -inf of "c" is kept exactly
+    assert "c (holds inf or NaN)" in err  # the -inf of "c" is kept exactly
     code, _, err = cli(capsys, "decode", tmp_path / "m.nnr", "-o", tmp_path / "out.onnx", "--template", path)
     assert code == 0, err
     decoded = nnc.decode_model(tmp_path / "m.nnr")
@@ -335,7 +337,7 @@ def test_a_minus_inf_scalar_is_kept_bit_exactly(tmp_path, capsys, raw):
     src.write_bytes(npz_bytes(values))
     code, out, err = cli(capsys, "encode", src, "-o", tmp_path / "m.nnr", *(["--raw", "mask"] if raw else []))
     assert code == 0, err
-    assert "hold inf or NaN" in err and "RAW_FLOAT" in err and "SNR" in out and "nan dB" not in out
+    assert "holds inf or NaN" in err and "RAW_FLOAT" in err and "SNR" in out and "nan dB" not in out
     code, _, err = cli(capsys, "decode", tmp_path / "m.nnr", "-o", tmp_path / "out.npz")
     assert code == 0, err
     back, _ = read_model(tmp_path / "out.npz")
@@ -480,3 +482,26 @@ def test_the_third_party_streams_are_the_shared_vectors_byte_for_byte():
     copied = {e["name"]: (REPO / "conformance" / e["file"]).read_bytes() for e in _third_party()}
     originals = {p.stem: p.read_bytes() for p in SHARED_VECTORS.rglob("*.nnr")}
     assert copied == originals
+
+
+# -- values beyond int32 levels (a batch-norm variance of 1e8 at the weights' qp) -----------------------
+
+def test_values_beyond_int32_levels_are_kept_exactly_not_refused(tmp_path, capsys):
+    rng = np.random.default_rng(7)
+    values = {"bn.var": np.array([1.0, 9.8e7, 3.0e3], np.float32),
+              "w": rng.normal(0, 0.05, (16, 16)).astype(np.float32)}
+    result = Encoder(qp=-30).encode(values)
+    kept = result.tensors["bn.var"]
+    assert kept.payload_type == "RAW_FLOAT" and kept.kept_raw and "int32" in kept.kept_raw
+    assert result.tensors["w"].payload_type != "RAW_FLOAT" and result.tensors["w"].kept_raw is None
+    assert nnc.decode(result.stream)["bn.var"].tobytes() == values["bn.var"].tobytes()
+    # the streaming encoder writes the same stream and reports the tensor
+    src = tmp_path / "m.npz"
+    src.write_bytes(npz_bytes(values))
+    code, _, err = cli(capsys, "encode", src, "-o", tmp_path / "m.nnr", "--qp", "-30")
+    assert code == 0, err
+    assert "bn.var (values up to 9.8e+07 exceed int32 levels at qp -30)" in err
+    assert (tmp_path / "m.nnr").read_bytes() == result.stream
+    # asking for coded tensors only keeps the clear refusal
+    with pytest.raises(EncodeError, match="overflow int32 levels"):
+        Encoder(qp=-30, raw_when_smaller=False).encode(values)

@@ -61,6 +61,9 @@ class CodedTensor:
         The codebook (spec 12.4); ``cb_zero`` is the index of its zero.
     init_sets : numpy.ndarray or None
         The contexts' init sets once chosen (spec A.3), so that coding does not choose them again.
+    kept_raw : str or None
+        Why a tensor that was to be quantised is stored raw instead: it holds inf or NaN, or
+        its values would leave int32 levels at its qp (None otherwise).
     """
 
     name: str
@@ -79,10 +82,14 @@ class CodedTensor:
     codebook: list | None = None
     cb_zero: int = 0
     init_sets: np.ndarray | None = None
+    kept_raw: str | None = None
 
     @classmethod
-    def raw_float(cls, name: str, values: np.ndarray, height: int, width: int, recon=None, fmt=None) -> "CodedTensor":
-        """A RAW_FLOAT record (spec 7.5): ``values`` float32 in the tensor's shape, kept exactly."""
+    def raw_float(
+        cls, name: str, values: np.ndarray, height: int, width: int, recon=None, fmt=None, kept_raw=None
+    ) -> "CodedTensor":
+        """A RAW_FLOAT record (spec 7.5): ``values`` float32 in the tensor's shape, kept exactly;
+        ``kept_raw`` says why, when the tensor was to be quantised."""
         return cls(
             name=name,
             shape=values.shape,
@@ -97,6 +104,7 @@ class CodedTensor:
             recon=values if recon is None else recon,
             fmt=fmt,
             raw=values,
+            kept_raw=kept_raw,
         )
 
     def arrays(self) -> list:
@@ -381,14 +389,20 @@ class Quantiser:
         finite = is_finite(x)  # inf and NaN are kept exactly, in a RAW_FLOAT NDU (spec 7.5)
         if not finite and in_block:
             raise non_finite_error(name, x)
-        if (s.is_raw(name) or not finite) and not in_block:
+        kept_raw = None if finite or s.is_raw(name) else "holds inf or NaN"
+        if finite and not s.is_raw(name):
+            qp = s.tensor_qp(name, arr.ndim)
+            if name in s.sigmas:
+                qp = qp_for_step(dcv1_step(x, s.sigmas[name], s.dcv1_s), s.qp_density)
+            step = step_size(qp, s.qp_density)
+            peak = max(float(x.max()), -float(x.min())) if x.size else 0.0
+            if peak / float(step) >= INT32_MAX - 2 and not in_block and s.raw_when_smaller:
+                # no int32 levels at this qp: stored exactly (no tensor costs more than raw)
+                kept_raw = f"values up to {peak:.4g} exceed int32 levels at qp {qp}"
+        if (s.is_raw(name) or kept_raw is not None) and not in_block:
             f32 = x.astype(np.float32).reshape(shape)
             recon = f32 if fmt is None else f32.astype(np.dtype(dtype_name))
-            return CodedTensor.raw_float(name, f32, height, width, recon=recon, fmt=fmt)
-        qp = s.tensor_qp(name, arr.ndim)
-        if name in s.sigmas:
-            qp = qp_for_step(dcv1_step(x, s.sigmas[name], s.dcv1_s), s.qp_density)
-        step = step_size(qp, s.qp_density)
+            return CodedTensor.raw_float(name, f32, height, width, recon=recon, fmt=fmt, kept_raw=kept_raw)
         levels = None
         if s.codebook and not in_block:
             coded, levels = self._codebook(name, x, step, height, width, scan, fmt, shape)

@@ -64,7 +64,8 @@ class StreamSummary:
     skipped : list
         Tensors of an update left out because they are all zero (spec 7.7).
     kept_raw : list
-        Tensors holding inf or NaN, stored exactly in RAW_FLOAT NDUs (spec 7.5).
+        Tensors that could not be quantised (inf or NaN, or values beyond int32 levels at
+        their qp), stored exactly in RAW_FLOAT NDUs (spec 7.5); ``kept_raw_reasons`` says why.
     seconds : float
         Wall time.
     """
@@ -79,6 +80,7 @@ class StreamSummary:
     qps: dict = field(default_factory=dict)
     skipped: list = field(default_factory=list)
     kept_raw: list = field(default_factory=list)
+    kept_raw_reasons: dict = field(default_factory=dict)
     seconds: float = 0.0
 
     @property
@@ -180,7 +182,7 @@ def encode_to(
         {t.name: t.shape for t in tensors}, {k: v[0] for k, v in plan.items()}, original, extra_metadata
     )
     units = [name for name in by_name if name not in in_block]
-    kept_raw: set = set()
+    kept_raw: dict = {}
     summary = StreamSummary(
         path=os.fspath(output),
         tensors=len(tensors),
@@ -203,8 +205,8 @@ def encode_to(
         for n in members:
             x = load(n)
             t = encoder.quantiser.quantise(n, x, in_block=name in groups and s.blocks != "auto")
-            if _kept_raw(s, t):  # inf or NaN: stored exactly, with the dtype planned (the MPS qp stays)
-                kept_raw.add(n)
+            if t.kept_raw is not None:  # stored exactly, with the dtype planned (the MPS qp stays)
+                kept_raw[n] = t.kept_raw
             elif (t.recon.dtype.name, t.qp) != plan[n]:
                 raise EncodeError(
                     f"tensor {n!r}: coded as {t.recon.dtype.name} at qp {t.qp}, planned {plan[n]}"
@@ -275,17 +277,13 @@ def encode_to(
                 raise
         summary.stream_bytes = out.fh.tell()
         summary.kept_raw = [n for n in by_name if n in kept_raw]
+        summary.kept_raw_reasons = {n: kept_raw[n] for n in summary.kept_raw}
         out.commit()
     except BaseException:
         out.discard()
         raise
     summary.seconds = time.perf_counter() - t0
     return summary
-
-
-def _kept_raw(settings, t) -> bool:
-    """``t`` went RAW_FLOAT though not asked to: it holds inf or NaN (spec 7.5)."""
-    return t.ptype == "RAW_FLOAT" and not settings.is_raw(t.name)
 
 
 def _encode_update_to(encoder, source, output, *, progress, extra_metadata, measure, t0) -> StreamSummary:
@@ -298,7 +296,6 @@ def _encode_update_to(encoder, source, output, *, progress, extra_metadata, meas
     arrays = {t.name: t.load() for t in tensors}
     result = encoder.encode(arrays, progress, extra_metadata=extra_metadata)
     write_atomic(output, result.stream)
-    s = encoder.settings
     summary = StreamSummary(
         path=os.fspath(output),
         stream_bytes=len(result.stream),
@@ -307,7 +304,8 @@ def _encode_update_to(encoder, source, output, *, progress, extra_metadata, meas
         original_bytes=source.nbytes if hasattr(source, "nbytes") else 0,
         qps={k: t.qp for k, t in result.tensors.items() if t.qp is not None},
         skipped=list(result.skipped),
-        kept_raw=[k for k, t in result.tensors.items() if t.payload_type == "RAW_FLOAT" and not s.is_raw(k)],
+        kept_raw=[k for k, t in result.tensors.items() if t.kept_raw is not None],
+        kept_raw_reasons={k: t.kept_raw for k, t in result.tensors.items() if t.kept_raw is not None},
     )
     summary.energy = summary.error = math.nan
     summary.seconds = time.perf_counter() - t0
