@@ -156,6 +156,7 @@ def main(argv=None):
         if oracle is not None:
             oracle.close()
     text = report(results, args, command.strip())
+    Path(args.out).mkdir(parents=True, exist_ok=True)
     Path(args.out, args.name).write_text(text)
     print(text)
 
