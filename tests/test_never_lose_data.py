@@ -505,3 +505,13 @@ def test_values_beyond_int32_levels_are_kept_exactly_not_refused(tmp_path, capsy
     # asking for coded tensors only keeps the clear refusal
     with pytest.raises(EncodeError, match="overflow int32 levels"):
         Encoder(qp=-30, raw_when_smaller=False).encode(values)
+
+
+def test_a_raw_request_for_a_block_member_encodes():
+    # blocks=True puts the bias in its weight's BLOCK unit, where it cannot be raw: it is coded there
+    values = {"fc.weight": np.full((8, 8), 0.5, np.float32), "fc.bias": np.full(8, 0.25, np.float32)}
+    result = Encoder(qp=-20, raw=["fc.bias"], blocks=True).encode(values)
+    back = nnc.decode(result.stream)
+    np.testing.assert_allclose(back["fc.bias"], values["fc.bias"], atol=2 ** (-20 / 4))
+    result = Encoder(qp=-20, raw=["fc.bias"]).encode(values)   # blocks="auto": the bias goes raw
+    assert result.tensors["fc.bias"].payload_type == "RAW_FLOAT" and result.tensors["fc.bias"].kept_raw is None

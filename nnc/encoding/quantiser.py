@@ -390,15 +390,16 @@ class Quantiser:
         if not finite and in_block:
             raise non_finite_error(name, x)
         kept_raw = None if finite or s.is_raw(name) else "holds inf or NaN"
-        if finite and not s.is_raw(name):
+        if finite:  # (a block member is always finite here)
             qp = s.tensor_qp(name, arr.ndim)
             if name in s.sigmas:
                 qp = qp_for_step(dcv1_step(x, s.sigmas[name], s.dcv1_s), s.qp_density)
             step = step_size(qp, s.qp_density)
-            peak = max(float(x.max()), -float(x.min())) if x.size else 0.0
-            if peak / float(step) >= INT32_MAX - 2 and not in_block and s.raw_when_smaller:
-                # no int32 levels at this qp: stored exactly (no tensor costs more than raw)
-                kept_raw = f"values up to {peak:.4g} exceed int32 levels at qp {qp}"
+            if not s.is_raw(name) and not in_block and s.raw_when_smaller:
+                peak = max(float(x.max()), -float(x.min())) if x.size else 0.0
+                if peak / float(step) >= INT32_MAX - 2:
+                    # no int32 levels at this qp: stored exactly (no tensor costs more than raw)
+                    kept_raw = f"values up to {peak:.4g} exceed int32 levels at qp {qp}"
         if (s.is_raw(name) or kept_raw is not None) and not in_block:
             f32 = x.astype(np.float32).reshape(shape)
             recon = f32 if fmt is None else f32.astype(np.dtype(dtype_name))
