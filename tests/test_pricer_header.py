@@ -50,19 +50,10 @@ BINS = 20000
 
 
 def _est_table() -> list:
-    import math
+    """The cost table of spec A.4, [2 q + (bin is MPS)], as the pure-Python engine computes it."""
+    from nnc.engine.python.arithmetic import _COST
 
-    out = []
-    for q in range(32):
-        lps = mps = wsum = 0.0
-        for r in range(256, 511):
-            w = 1.0 / r
-            rl = tables.RLPS_TABLE[32 * ((r >> 5) & 7) + q]
-            lps += w * math.log2(r / rl)
-            mps += w * math.log2(r / (r - rl))
-            wsum += w
-        out += [int(lps / wsum * 32768.0 + 0.5), int(mps / wsum * 32768.0 + 0.5)]
-    return out
+    return [cost for pair in _COST for cost in pair]
 
 
 def _reference(est) -> list:
@@ -74,7 +65,7 @@ def _reference(est) -> list:
         x = (x * 1103515245 + 12345) & 0xFFFFFFFF
         limit = 95 if (n // 500) % 3 == 0 else 5 if (n // 500) % 3 == 1 else 50
         bin = int(((x >> 16) % 100) < limit)
-        for k, (sh0, sh1, c0, f0) in enumerate(tables.INIT_SETS):
+        for k, (sh0, sh1, _, _) in enumerate(tables.INIT_SETS):
             f, s, cost = states[k]
             c = s + 16 * f
             cost += est[2 * abs(c >> 7) + int(bin == (c >= 0))]
