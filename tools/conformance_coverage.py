@@ -159,8 +159,14 @@ def cython_report(cov, missing: bool) -> float:
     if not statements:
         raise SystemExit("no line of nnc/_engine.pyx was traced: build the engine with NNC_CYTHON_COVERAGE=1 "
                          "(python setup.py build_ext --inplace) first")
-    share = 100.0 * (len(statements) - len(not_run)) / len(statements)
-    print(f"nnc/_engine.pyx (decoding functions): {len(statements)} lines, {len(not_run)} missed, {share:.1f} %")
+    return cython_lines_report(statements, not_run, decoding, missing)
+
+
+def cython_lines_report(measured, not_run, decoding: dict, missing: bool) -> float:
+    """Print the line coverage of the Cython engine's decoding functions (and, with ``missing``,
+    the lines not run); return it in percent."""
+    share = 100.0 * (len(measured) - len(not_run)) / len(measured)
+    print(f"nnc/_engine.pyx (decoding functions): {len(measured)} lines, {len(not_run)} missed, {share:.1f} %")
     excluded_report(["nnc/_engine.pyx"])
     if missing:
         for n in not_run:
@@ -475,13 +481,7 @@ def gcov_report(runs: dict, missing: bool) -> float:
     excluded = cython_excluded(pyx)
     measured = sorted(n for n in runs if n in decoding and n not in excluded)
     not_run = [n for n in measured if not runs[n]]
-    share = 100.0 * (len(measured) - len(not_run)) / len(measured)
-    print(f"nnc/_engine.pyx (decoding functions): {len(measured)} lines, {len(not_run)} missed, {share:.1f} %")
-    excluded_report(["nnc/_engine.pyx"])
-    if missing:
-        for n in not_run:
-            print(f"  {n}: {decoding[n]}")
-    return share
+    return cython_lines_report(measured, not_run, decoding, missing)
 
 
 if __name__ == "__main__":
