@@ -82,9 +82,10 @@ class Model:
     def __init__(self, name, params, evaluate, metric, grad_fn=None, data=None, forward=None):
         self.name, self.params, self.evaluate, self.metric = name, params, evaluate, metric
         self.grad_fn, self.data, self.forward = grad_fn, data, forward
-        self.light = False  # a large model: short sweeps, Lloyd fitted on a sample, no search
+        self.light = False  # a large model: short sweeps, Lloyd fitted on a sample, no DC-v1
         self.qps = None     # with light: the qp grid of its sweeps (default -34 ... -28 in steps of 2)
-        self.wide_nnc = False  # with light: nnc's full sweep (qp x dq x lambda x blocks) and search all the same
+        self.wide_nnc = False  # with light: nnc's full sweep (qp x dq x lambda x blocks) all the same
+        self.searched = True   # nnc's DC-v2 search runs (its budget: --search-budget)
 
     def fisher(self, samples=512, seed=0):
         """Fisher diagonal, Monte Carlo: the mean squared per-sample gradient over ``samples`` training inputs, each
@@ -133,15 +134,15 @@ def minilm_model():
     score = MiniLMFidelity(model_dir, reference=params)
     model = Model("minilm-l6", params, score, "mean cosine similarity of the sentence embeddings to the fp32 "
                   "model's on 32 fixed sentences (benchmarks/minilm_eval.py), in points of 1/100")
-    model.light = True
+    model.light, model.searched = True, False   # 20 minutes of search: accuracy_minilm.md, not here
     return model
 
 
 #: the packaged models: --models name -> (Model name, qp grid of the short sweeps, kept % of the sparse variant,
 #: nnc's full sweep and search: for the model whose evaluation takes well under a second)
-PACKAGED = {"silero": ("silero-vad", range(-34, -15), 70, True), "magika": ("magika", range(-28, -11, 2), 70, False),
-            "rapidocr": ("rapidocr", range(-42, -27, 2), 70, False),
-            "mtcnn": ("mtcnn", range(-44, -27, 2), 70, False)}
+PACKAGED = {"silero": ("silero-vad", range(-34, -15), 70, True), "magika": ("magika", range(-28, -11), 70, False),
+            "rapidocr": ("rapidocr", range(-42, -29), 70, False),
+            "mtcnn": ("mtcnn", range(-44, -29), 70, True)}
 
 
 def packaged_model(key, log):
@@ -191,7 +192,7 @@ def prune_and_finetune(model: Model, keep: float, epochs: int, rounds: int = 4, 
                     if k in masks:
                         params[k] *= masks[k]
     pruned = Model(model.name, params, model.evaluate, model.metric, model.grad_fn, model.data, model.forward)
-    pruned.light, pruned.qps, pruned.wide_nnc = model.light, model.qps, model.wide_nnc
+    pruned.light, pruned.qps, pruned.wide_nnc, pruned.searched = model.light, model.qps, model.wide_nnc, model.searched
     return pruned
 
 
@@ -297,16 +298,24 @@ def nnc_candidates(model, fisher, qps, lams, dcv1_s, search_budget, log):
                     enc = Encoder(sigmas=sigmas, dcv1_s=s, dq=dq, rdoq_lambda=lam, importance=importance,
                                   blocks=True, nonweight_qp=None, raw_when_smaller=True)
                     out.append(("dcv1", f"DC-v1 S {s} dq {dq} lambda {lam}", enc.encode(model.params).stream))
-    if search_budget:
-        from nnc.search import search
-
-        t0 = time.perf_counter()
-        res = search(model.params, model.evaluate, tolerance=TOL, time_budget=search_budget, progress=False,
-                     blocks=True)
-        log(f"  DC-v2 search: {len(res.candidates)} candidates in {time.perf_counter() - t0:.0f} s")
-        if res.best is not None:
-            out.append(("dcv2", "DC-v2 search (nnc.search)", res.best.stream))
+    out += dcv2_candidates(model, qps, search_budget, log)
     return out
+
+
+def dcv2_candidates(model, qps, search_budget, log):
+    """(family, setting, stream) of nnc's DC-v2 search (nnc.search) within ``search_budget`` seconds: none when the
+    model is not searched or the budget is 0. Light models search their own qp grid."""
+    if not (search_budget and model.searched):
+        return []
+    from nnc.search import search
+
+    t0 = time.perf_counter()
+    res = search(model.params, model.evaluate, tolerance=TOL, time_budget=search_budget, progress=False,
+                 blocks=True, **(dict(qp_range=qps) if model.light else {}))
+    log(f"  DC-v2 search: {len(res.candidates)} candidates in {time.perf_counter() - t0:.0f} s")
+    if res.best is None:
+        return []
+    return [("dcv2", f"DC-v2 search (nnc.search, {search_budget:.0f} s)", res.best.stream)]
 
 
 @contextlib.contextmanager
@@ -404,6 +413,7 @@ def run_model(model, variant, args, oracle, log):
                               Encoder(qp=qp, rdoq_lambda=0.1, raw=big).encode(params).stream))
             except EncodeError as exc:
                 log(f"  nnc qp {qp}: no stream: {exc}")
+        cands += dcv2_candidates(model, qps, args.search_budget, log)
     else:
         cands = nnc_candidates(model, fisher, qps,
                                (0.0, 0.1, 0.3) if args.quick or model.light else (0.0, 0.05, 0.1, 0.2, 0.4),
