@@ -212,8 +212,9 @@ class Encoder:
         (spec 7.6) where NNCodec forms such blocks too: not in incremental streams, not
         with codebooks, not for tensors named by ``raw``, ``sigmas`` or ``output_formats``,
         and not when a member holds inf or NaN or would be smaller stored raw. True pairs
-        every such weight and bias, False none; or
-        {weight name: {"bias": name, "bn": [beta, gamma, mean, var], "scaling": name}}.
+        every such weight and bias that ``raw`` does not name, False none; or
+        {weight name: {"bias": name, "bn": [beta, gamma, mean, var], "scaling": name}}
+        (naming a ``raw`` tensor there is an error).
     profile : int
         1 = 2nd edition (default, as NNCodec 2.1.3 writes); 0 = 1st edition.
     keep_dtype : bool

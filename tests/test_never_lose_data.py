@@ -507,11 +507,21 @@ def test_values_beyond_int32_levels_are_kept_exactly_not_refused(tmp_path, capsy
         Encoder(qp=-30, raw_when_smaller=False).encode(values)
 
 
-def test_a_raw_request_for_a_block_member_encodes():
-    # blocks=True puts the bias in its weight's BLOCK unit, where it cannot be raw: it is coded there
-    values = {"fc.weight": np.full((8, 8), 0.5, np.float32), "fc.bias": np.full(8, 0.25, np.float32)}
-    result = Encoder(qp=-20, raw=["fc.bias"], blocks=True).encode(values)
-    back = nnc.decode(result.stream)
-    np.testing.assert_allclose(back["fc.bias"], values["fc.bias"], atol=2 ** (-20 / 4))
-    result = Encoder(qp=-20, raw=["fc.bias"]).encode(values)   # blocks="auto": the bias goes raw
+@pytest.mark.parametrize("blocks", [True, "auto"])
+def test_a_raw_request_is_kept_exactly_whatever_the_blocks(blocks):
+    # a tensor named by raw is stored raw, bit for bit: blocks=True leaves its pair apart
+    rng = np.random.default_rng(3)
+    values = {"fc.weight": rng.normal(size=(8, 8)).astype(np.float32),
+              "fc.bias": rng.normal(size=8).astype(np.float32)}
+    result = Encoder(qp=-20, raw=["fc.bias"], blocks=blocks).encode(values)
     assert result.tensors["fc.bias"].payload_type == "RAW_FLOAT" and result.tensors["fc.bias"].kept_raw is None
+    assert nnc.decode(result.stream)["fc.bias"].tobytes() == values["fc.bias"].tobytes()
+    # a pattern works as a name does, and the weight may be the raw one
+    result = Encoder(qp=-20, raw=["*.weight"], blocks=blocks).encode(values)
+    assert nnc.decode(result.stream)["fc.weight"].tobytes() == values["fc.weight"].tobytes()
+
+
+def test_a_block_layout_naming_a_raw_tensor_is_refused():
+    values = {"fc.weight": np.full((8, 8), 0.5, np.float32), "fc.bias": np.full(8, 0.25, np.float32)}
+    with pytest.raises(EncodeError, match="'fc.bias' is named by raw.*7.6"):
+        Encoder(qp=-20, raw=["fc.bias"], blocks={"fc.weight": {"bias": "fc.bias"}}).encode(values)

@@ -52,7 +52,8 @@ def block_groups(
     its ``X.bias`` (the decoded order then differs from the model's only in that the bias comes
     just before its weight, spec 15.3), of one dtype (``dtypes``: name -> dtype), that neither
     ``raw``, ``sigmas`` nor ``output_formats`` of ``settings`` name. The values can still split such a pair
-    (:meth:`UnitWriter.group_unit`).
+    (:meth:`UnitWriter.group_unit`). ``blocks=True`` pairs no tensor that ``raw`` names (a raw tensor is
+    stored exactly); a mapping that names one is an :class:`~nnc.errors.EncodeError`.
 
     Examples
     --------
@@ -75,10 +76,15 @@ def block_groups(
                 for w, p in groups.items()
                 if after.get(w) == p["bias"] and _auto_pair(w, p["bias"], settings, dtypes, incremental)
             }
+        raw = settings.raw if settings is not None else ()
+        groups = {w: p for w, p in groups.items() if not any(matches(n, raw) for n in block_members(w, p))}
     else:
         groups = {k: dict(v) for k, v in blocks.items()}
     for weight, parts in groups.items():
         members = block_members(weight, parts)
+        if settings is not None and any(matches(m, settings.raw) for m in members):
+            named = next(m for m in members if matches(m, settings.raw))
+            raise EncodeError(f"{named!r} is named by raw, but a BLOCK unit codes its members (spec 7.6)")
         for m in members:
             if m not in shapes:
                 raise EncodeError(f"block member {m!r} of {weight!r} is not among the tensors")
