@@ -630,6 +630,8 @@ def main(argv=None):
                     help="comma-separated: digits, minilm, and the packaged models silero, magika, rapidocr, mtcnn "
                          "(or packaged for all four); default: digits with --quick, digits,minilm without")
     ap.add_argument("--dense-only", action="store_true", help="no sparse variants")
+    ap.add_argument("--sparse-only", action="store_true",
+                    help="only the sparse variants (an earlier run's dense rows join them with --tables-from)")
     ap.add_argument("--tables-from", nargs="+", default=None, metavar="JSON",
                     help="no runs: the tables of the rows of these files (earlier --json outputs), rows merged "
                          "into --json")
@@ -670,7 +672,7 @@ def main(argv=None):
         if oracle is None:
             log("NNCodec oracle not available (NNC_ORACLE_PYTHON, tools/setup_oracle.sh): no nncodec rows")
         for model in models:
-            variants = [("dense", model)]
+            variants = [] if args.sparse_only else [("dense", model)]
             for keep in sparsity.get(model.name, ()):
                 t0 = time.perf_counter()
                 sparse = prune_and_finetune(model, keep / 100, epochs=5 if model.grad_fn is not None else 0)
