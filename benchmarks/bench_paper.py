@@ -61,7 +61,6 @@ from nnc import demo  # noqa: E402
 from nnc import allocation  # noqa: E402
 from nnc.allocation import empirical_fisher  # noqa: E402
 from nnc.encoder import Encoder, dcv1_step, qp_for_step  # noqa: E402
-from nnc.errors import EncodeError  # noqa: E402
 from nnc.formats import read_model  # noqa: E402
 from nnc.reconstruction import step_size  # noqa: E402
 
@@ -400,19 +399,19 @@ def run_model(model, variant, args, oracle, log):
 
     # nnc
     t0 = time.perf_counter()
-    if model.light and not model.wide_nnc:  # the encoder's defaults with DQ and RDOQ, one stream per qp
+    if model.light and not model.wide_nnc:
+        # the encoder's defaults with DQ and RDOQ, one stream per qp; and the uniform quantiser's own levels (DQ and
+        # RDOQ off, 1-D tensors near-lossless) at the qps where the uniform sweep passed: the metric need not be
+        # monotone in the step, and these are the operating points the baseline coders were measured at
+        uniform_qps = sorted((e[0] for e in sweep if passes(e[3])), reverse=True)[:4]
         cands = []
-        for qp in qps:
-            # tensors whose levels would overflow int32 at this step (batch-norm variances of 1e8 in rapidocr's
-            # detector) are stored raw: the encoder refuses them (EncodeError) rather than store them raw itself
-            step = float(step_size(qp, 2))
-            big = [k for k, v in params.items() if v.size and float(np.abs(v).max()) / step >= 2 ** 29]
-            try:
-                cands.append(("rdoq", f"qp {qp} dq True lambda 0.1 (defaults)"
-                              + (f", {len(big)} tensors raw (int32 overflow)" if big else ""),
-                              Encoder(qp=qp, rdoq_lambda=0.1, raw=big).encode(params).stream))
-            except EncodeError as exc:
-                log(f"  nnc qp {qp}: no stream: {exc}")
+        for qp, dq, lam, nonweight in [(qp, True, 0.1, None) for qp in qps] + [(qp, False, 0.0, -75)
+                                                                               for qp in uniform_qps]:
+            res = Encoder(qp=qp, dq=dq, rdoq_lambda=lam, nonweight_qp=nonweight).encode(params)
+            kept = [k for k, t in res.tensors.items() if t.kept_raw]
+            cands.append(("rdoq" if lam else "uniform",
+                          f"qp {qp} dq {dq} lambda {lam}" + (" (defaults)" if nonweight is None else ", 1-D at qp -75")
+                          + (f", {len(kept)} tensors kept raw (int32 overflow)" if kept else ""), res.stream))
         cands += dcv2_candidates(model, qps, args.search_budget, log)
     else:
         cands = nnc_candidates(model, fisher, qps,
