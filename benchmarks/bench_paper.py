@@ -85,6 +85,7 @@ class Model:
         self.qps = None     # with light: the qp grid of its sweeps (default -34 ... -28 in steps of 2)
         self.wide_nnc = False  # with light: nnc's full sweep (qp x dq x lambda x blocks) all the same
         self.searched = True   # nnc's DC-v2 search runs (its budget: --search-budget)
+        self.holdout = None    # evaluate() on a second, held-out input set (--holdout, packaged models)
 
     def fisher(self, samples=512, seed=0):
         """Fisher diagonal, Monte Carlo: the mean squared per-sample gradient over ``samples`` training inputs, each
@@ -144,9 +145,10 @@ PACKAGED = {"silero": ("silero-vad", range(-34, -15), 70, True), "magika": ("mag
             "mtcnn": ("mtcnn", range(-44, -29), 70, True)}
 
 
-def packaged_model(key, log):
+def packaged_model(key, log, holdout=False):
     """A model that ships inside a package (benchmarks/packaged_models.py), scored by agreement with its fp32
-    outputs on inputs generated here; None, with the reason logged, when its package or back end is missing."""
+    outputs on inputs generated here; None, with the reason logged, when its package or back end is missing.
+    ``holdout``: also a second evaluation on inputs drawn with another seed (``Model.holdout``)."""
     import packaged_models
 
     name, qps, _, wide = PACKAGED[key]
@@ -156,6 +158,8 @@ def packaged_model(key, log):
         log(f"{name}: not measured: {exc}")
         return None
     model = Model(name, params, evaluate, metric + ", in points of 1/100")
+    if holdout:
+        model.holdout = packaged_models.PACKAGED[key](seed=1)[1]
     model.light, model.qps, model.wide_nnc = True, qps, wide
     return model
 
@@ -192,6 +196,7 @@ def prune_and_finetune(model: Model, keep: float, epochs: int, rounds: int = 4, 
                         params[k] *= masks[k]
     pruned = Model(model.name, params, model.evaluate, model.metric, model.grad_fn, model.data, model.forward)
     pruned.light, pruned.qps, pruned.wide_nnc, pruned.searched = model.light, model.qps, model.wide_nnc, model.searched
+    pruned.holdout = model.holdout
     return pruned
 
 
@@ -418,13 +423,16 @@ def run_model(model, variant, args, oracle, log):
                                (0.0, 0.1, 0.3) if args.quick or model.light else (0.0, 0.05, 0.1, 0.2, 0.4),
                                (2, 4, 8, 16, 32) if args.quick else (0, 1, 2, 4, 8, 16, 32, 64, 128),
                                args.search_budget, log)
-    scored = [(fam, setting, len(s), model.evaluate(nnc.decode(s))) for fam, setting, s in cands]
+    scored = [(fam, setting, len(s), model.evaluate(nnc.decode(s)), s) for fam, setting, s in cands]
+    chosen = {}                                              # coder -> the tensors its Table I row decodes to
     log(f"  nnc: {len(cands)} streams in {time.perf_counter() - t0:.1f} s")
     for coder, fams in (("nnc", None), ("nnc-rdoq", ("rdoq",)), ("nnc-dcv1", ("dcv1",))):
         ok = [c for c in scored if passes(c[3]) and (fams is None or c[0] in fams)]
         if ok:
-            fam, setting, size, acc = min(ok, key=lambda c: c[2])
+            fam, setting, size, acc, stream = min(ok, key=lambda c: c[2])
             row(coder, size, acc, setting)
+            if coder == "nnc":
+                chosen["nnc"] = nnc.decode(stream)
 
     # NNCodec
     if oracle is not None:
@@ -439,10 +447,31 @@ def run_model(model, variant, args, oracle, log):
                 continue
             acc = model.evaluate(oracle.decompress(stream))
             if passes(acc) and (best is None or len(stream) < best[0]):
-                best = (len(stream), acc, f"NNCodec 2.1.3 default (DQ), qp {qp}")
+                best = (len(stream), acc, f"NNCodec 2.1.3 default (DQ), qp {qp}", stream)
         if best:
-            row("nncodec", *best)
+            row("nncodec", *best[:3])
+            chosen["nncodec"] = oracle.decompress(best[3])
         log(f"  NNCodec sweep {time.perf_counter() - t0:.1f} s")
+
+    # the chosen streams on held-out inputs: the sweeps and the search select on the evaluation's own inputs
+    if model.holdout is not None:
+        t0 = time.perf_counter()
+        if best_uniform is not None:
+            step = float(step_size(best_uniform, 2))
+            chosen["huffman"] = dict(params, **{k: (v * step).astype(np.float32)
+                                               for k, v in uniform_levels(weights, step).items()})
+        ref_h = model.holdout(params)
+        for r in rows:
+            if r["table"] == "I" and r["coder"] in chosen:
+                acc = model.holdout(chosen[r["coder"]])
+                r.update(holdout_reference=ref_h, holdout_accuracy=acc, holdout_loss=100 * (ref_h - acc))
+                log(f"  holdout {r['coder']:12} acc {100 * acc:.2f} (reference {100 * ref_h:.2f}, "
+                    f"loss {r['holdout_loss']:+.2f})")
+        for r in rows:                                       # the uniform quantiser's other coders: the same levels
+            if r["table"] == "I" and r["coder"] in ("csr-huffman", "bzip2", "h0") and "huffman" in chosen:
+                r.update({k: v for k, v in next(x for x in rows if x["coder"] == "huffman").items()
+                          if k.startswith("holdout_")})
+        log(f"  holdout {time.perf_counter() - t0:.1f} s")
 
     # Table II: bits per weight at fixed steps
     for qp in (-32, -24, -16) if not model.light else (-32,):
@@ -515,7 +544,9 @@ def run_model(model, variant, args, oracle, log):
 def markdown(rows, args, elapsed, models):
     out = ["# The DeepCABAC paper's tables, on the models here", "",
            f"Command: `python benchmarks/bench_paper.py{' --quick' if args.quick else ''} --models {args.models} "
-           f"{'--dense-only ' if args.dense_only else ''}--json {args.json}"
+           f"{'--dense-only ' if args.dense_only else ''}{'--sparse-only ' if args.sparse_only else ''}"
+           f"{'--holdout ' if args.holdout else ''}{f'--search-budget {args.search_budget:g} ' if args.models != 'digits' else ''}"
+           f"--json {args.json}"
            f"{' --tables-from ' + ' '.join(args.tables_from) if args.tables_from else ''}`  ",
            (f"Machine: {platform.machine()}, 2 cores shared with other jobs; {elapsed / 60:.1f} min." if elapsed is not None
             else f"Tables rebuilt (`--tables-from`) from the rows of {', '.join(args.tables_from)}."), "",
@@ -550,6 +581,17 @@ def markdown(rows, args, elapsed, models):
         if r["table"] == "I":
             out.append(f"| {r['model']} | {r['variant']} | {r['coder']} | {r['bytes']} | {r['bits_per_weight']:.3f} "
                        f"| {r['setting']} |")
+    held = [r for r in rows if r["table"] == "I" and r.get("holdout_accuracy") is not None]
+    if held:
+        out += ["", "## Table I's streams on held-out inputs", "",
+                "`--holdout`: the streams Table I chose (by the evaluation's own inputs) scored on a second input set "
+                "drawn with another seed; loss in points against the fp32 model's score there (the uniform "
+                "quantiser's coders share huffman's levels).", "",
+                "| model | variant | coder | bytes | loss | held-out loss |", "|---|---|---|---:|---:|---:|"]
+        for r in held:
+            if r["coder"] in ("huffman", "nncodec", "nnc"):
+                out.append(f"| {r['model']} | {r['variant']} | {r['coder']} | {r['bytes']} | "
+                           f"{r['accuracy_loss']:+.2f} | {r['holdout_loss']:+.2f} |")
     out += ["", "## Table II: bits per parameter at fixed steps", "",
             "uniform-h0 and lloyd-h0: order-0 entropy of the indices (no tables, 1-D tensors not counted, as in the "
             "paper); nnc-rdoq: the whole stream (every tensor, headers). Accuracy in parentheses.", "",
@@ -629,6 +671,9 @@ def main(argv=None):
                     help="comma-separated: digits, minilm, and the packaged models silero, magika, rapidocr, mtcnn "
                          "(or packaged for all four); default: digits with --quick, digits,minilm without")
     ap.add_argument("--dense-only", action="store_true", help="no sparse variants")
+    ap.add_argument("--holdout", action="store_true",
+                    help="packaged models: also score the chosen huffman, nnc and NNCodec streams on a second "
+                         "input set drawn with another seed (not used in any choice)")
     ap.add_argument("--sparse-only", action="store_true",
                     help="only the sparse variants (an earlier run's dense rows join them with --tables-from)")
     ap.add_argument("--tables-from", nargs="+", default=None, metavar="JSON",
@@ -658,7 +703,7 @@ def main(argv=None):
         keys += list(PACKAGED)
     for key in PACKAGED:
         if key in keys:
-            model = packaged_model(key, log)
+            model = packaged_model(key, log, holdout=args.holdout)
             if model is not None:
                 models.append(model)
     sparsity = {"digits-mlp": (20,), "digits-cnn": (20,)} if args.quick else {"digits-mlp": (20, 9), "digits-cnn": (20, 9)}

@@ -10,7 +10,9 @@ Each builder returns the model's float weight tensors, a function ``evaluate(ten
 that puts (decoded) tensors back into the model, runs it on inputs generated here and
 returns the agreement with the original model's outputs (1.0 = the original), and a
 statement of that metric.  A builder whose package or back end is missing raises
-:class:`Unavailable` with the reason (the pip command).
+:class:`Unavailable` with the reason (the pip command). ``seed`` (default 0) draws the
+inputs: another seed gives a second, held-out set for the same model (``bench_paper.py
+--holdout``).
 
 * ``silero``: silero-vad's 16 kHz ONNX model; speech synthesised by espeak-ng between
   silences, noise and tones; the fraction of 32 ms frames whose speech decision (p >= 0.5)
@@ -172,11 +174,11 @@ def vad_clips(n_clips: int = 6, seconds: float = 16.0, seed: int = 0) -> np.ndar
     return np.clip(clips, -1, 1)
 
 
-def silero():
+def silero(seed: int = 0):
     _require("onnxruntime", "pip install onnxruntime")
     vad = _require("silero_vad", "pip install silero-vad")
     weights = OnnxWeights(Path(vad.__file__).parent / "data" / "silero_vad_16k_op15.onnx")
-    audio = vad_clips()
+    audio = vad_clips(seed=seed)
 
     def probabilities(tensors):
         sess = weights.session(tensors)
@@ -286,12 +288,12 @@ def magika_samples(seed: int = 0) -> list[bytes]:
     return blobs
 
 
-def magika():
+def magika(seed: int = 0):
     _require("onnxruntime", "pip install onnxruntime")
     mg = _require("magika", "pip install magika")
     classifier = mg.Magika()
     weights = OnnxWeights(classifier._model_dir / "model.onnx")
-    blobs = magika_samples()
+    blobs = magika_samples(seed)
     folder = tempfile.TemporaryDirectory(prefix="nnc-magika-")
     paths = []
     for i, b in enumerate(blobs):
@@ -360,7 +362,7 @@ def edit_distance(a: str, b: str) -> int:
     return prev[-1]
 
 
-def rapidocr():
+def rapidocr(seed: int = 0):
     _require("onnxruntime", "pip install onnxruntime")
     ro = _require("rapidocr_onnxruntime", "pip install rapidocr-onnxruntime")
     _require("PIL", "pip install Pillow")
@@ -369,7 +371,7 @@ def rapidocr():
     parts = {"det": OnnxWeights(models / "ch_PP-OCRv4_det_infer.onnx", "det/"),
              "cls": OnnxWeights(models / "ch_ppocr_mobile_v2.0_cls_infer.onnx", "cls/"),
              "rec": OnnxWeights(models / "ch_PP-OCRv4_rec_infer.onnx", "rec/")}
-    images = ocr_images()
+    images = ocr_images(seed=seed)
 
     def read(tensors):
         engine.text_det.infer.session = parts["det"].session(tensors)
@@ -456,11 +458,11 @@ def face_images(n: int, size: int, rng) -> np.ndarray:
     return out
 
 
-def mtcnn():
+def mtcnn(seed: int = 0):
     import torch
 
     nets = mtcnn_nets()
-    faces = torch.from_numpy(face_images(600, 48, np.random.default_rng(0)))
+    faces = torch.from_numpy(face_images(600, 48, np.random.default_rng(seed)))
     # the same images at the three nets' input sizes, as the cascade sees a candidate window
     inputs = [torch.nn.functional.avg_pool2d(faces, 4), torch.nn.functional.avg_pool2d(faces, 2), faces]
     names = ("pnet/", "rnet/", "onet/")
