@@ -1,0 +1,46 @@
+"""benchmarks/bench_paper.py's choice of streams for the models with short sweeps (packaged models, MiniLM)."""
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+pytest.importorskip("sklearn", reason="the Lloyd baseline needs scikit-learn")
+import bench_paper as bp  # noqa: E402
+from nnc.reconstruction import step_size  # noqa: E402
+
+
+def nearest_only_model():
+    """A light model whose metric passes only the uniform quantiser's own levels (nearest rounding of the weight
+    tensor at a qp of its grid), as a metric that is not monotone in the step may: DQ and RDOQ streams fail it."""
+    rng = np.random.default_rng(5)
+    params = {"fc.weight": rng.normal(0, 0.1, (48, 40)).astype(np.float32),
+              "fc.bias": rng.normal(0, 0.1, 48).astype(np.float32)}
+    grid = range(-20, -17)
+
+    def evaluate(t):
+        w = np.asarray(t["fc.weight"], np.float32)
+        for qp in grid:
+            step = float(step_size(qp, 2))
+            if np.array_equal(w, (np.round(params["fc.weight"] / step) * step).astype(np.float32)):
+                return 1.0
+        return 1.0 if np.array_equal(w, params["fc.weight"]) else 0.0
+
+    model = bp.Model("toy", params, evaluate, "nearest levels only")
+    model.light, model.qps, model.searched, model.holdout = True, grid, False, evaluate
+    return model
+
+
+def test_light_sweep_holds_the_uniform_operating_point_and_scores_the_holdout():
+    rows = bp.run_model(nearest_only_model(), "dense", argparse.Namespace(quick=True, search_budget=0), None,
+                        lambda s: None)
+    table = {r["coder"]: r for r in rows if r["table"] == "I"}
+    # every DQ stream fails the metric; the uniform levels coded by CABAC pass and beat Huffman on them
+    assert "dq False lambda 0.0" in table["nnc"]["setting"]
+    assert table["nnc"]["accuracy_loss"] == 0 and table["nnc"]["bytes"] < table["huffman"]["bytes"]
+    # the held-out score is recorded on the chosen streams (here the same function: the same loss)
+    for coder in ("nnc", "huffman", "csr-huffman", "bzip2", "h0"):
+        assert table[coder]["holdout_loss"] == table[coder]["accuracy_loss"]
