@@ -82,9 +82,9 @@ def block_groups(
         groups = {k: dict(v) for k, v in blocks.items()}
     for weight, parts in groups.items():
         members = block_members(weight, parts)
-        if settings is not None and any(matches(m, settings.raw) for m in members):
-            named = next(m for m in members if matches(m, settings.raw))
-            raise EncodeError(f"{named!r} is named by raw, but a BLOCK unit codes its members (spec 7.6)")
+        named_raw = [m for m in members if settings is not None and matches(m, settings.raw)]
+        if named_raw:
+            raise EncodeError(f"{named_raw[0]!r} is named by raw, but a BLOCK unit codes its members (spec 7.6)")
         for m in members:
             if m not in shapes:
                 raise EncodeError(f"block member {m!r} of {weight!r} is not among the tensors")
