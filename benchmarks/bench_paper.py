@@ -549,7 +549,7 @@ def markdown(rows, args, elapsed, models):
     out = ["# The DeepCABAC paper's tables, on the models here", "",
            f"Command: `python benchmarks/bench_paper.py{' --quick' if args.quick else ''} --models {args.models} "
            f"{'--dense-only ' if args.dense_only else ''}{'--sparse-only ' if args.sparse_only else ''}"
-           f"{'--holdout ' if args.holdout else ''}{f'--search-budget {args.search_budget:g} ' if args.models != 'digits' else ''}"
+           f"{'--holdout ' if args.holdout else ''}{f'--search-budget {args.search_budget:g} ' if args.models != 'digits' and not args.tables_from else ''}"
            f"--json {args.json}"
            f"{' --tables-from ' + ' '.join(args.tables_from) if args.tables_from else ''}`  ",
            (f"Machine: {platform.machine()}, 2 cores shared with other jobs; {elapsed / 60:.1f} min." if elapsed is not None
