@@ -31,7 +31,8 @@ not for H0).
 
 The models that ship inside packages (``--models silero,magika,rapidocr,mtcnn`` or ``packaged``;
 benchmarks/packaged_models.py) are scored by agreement with their fp32 outputs on generated inputs,
-with short sweeps; one whose package is missing is skipped with the reason.
+on one qp grid each (MiniLM-L6 too), with nnc's search; one whose package is missing is skipped with
+the reason. ``--holdout`` scores the streams Table I chose on inputs that no choice used.
 
 Every row: {model, variant, coder, bytes, bits_per_weight, ratio_vs_fp32, accuracy,
 accuracy_loss, setting, table}; bits per weight and the ratio count all parameters.
@@ -142,8 +143,8 @@ def minilm_model(holdout=False):
     return model
 
 
-#: the packaged models: --models name -> (Model name, qp grid of the short sweeps, kept % of the sparse variant,
-#: nnc's full sweep and search: for the model whose evaluation takes well under a second)
+#: the packaged models: --models name -> (Model name, qp grid of every coder's sweep, kept % of the sparse variant,
+#: nnc's full sweep: for the models whose evaluation takes about a second or less)
 PACKAGED = {"silero": ("silero-vad", range(-34, -15), 70, True), "magika": ("magika", range(-28, -11), 70, False),
             "rapidocr": ("rapidocr", range(-42, -29), 70, False),
             "mtcnn": ("mtcnn", range(-44, -29), 70, True)}
@@ -473,7 +474,7 @@ def run_model(model, variant, args, oracle, log):
                     f"loss {r['holdout_loss']:+.2f})")
         for r in rows:                                       # the uniform quantiser's other coders: the same levels
             if r["table"] == "I" and r["coder"] in ("csr-huffman", "bzip2", "h0") and "huffman" in chosen:
-                r.update({k: v for k, v in next(x for x in rows if x["coder"] == "huffman").items()
+                r.update({k: v for k, v in next(x for x in rows if x["table"] == "I" and x["coder"] == "huffman").items()
                           if k.startswith("holdout_")})
         log(f"  holdout {time.perf_counter() - t0:.1f} s")
 
