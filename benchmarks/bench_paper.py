@@ -429,14 +429,14 @@ def run_model(model, variant, args, oracle, log):
                                (2, 4, 8, 16, 32) if args.quick else (0, 1, 2, 4, 8, 16, 32, 64, 128),
                                args.search_budget, log)
     scored = [(fam, setting, len(s), model.evaluate(nnc.decode(s)), s) for fam, setting, s in cands]
-    chosen = {}                                              # coder -> the tensors its Table I row decodes to
+    chosen = {}                       # with a holdout: coder -> the tensors its Table I row decodes to
     log(f"  nnc: {len(cands)} streams in {time.perf_counter() - t0:.1f} s")
     for coder, fams in (("nnc", None), ("nnc-rdoq", ("rdoq",)), ("nnc-dcv1", ("dcv1",))):
         ok = [c for c in scored if passes(c[3]) and (fams is None or c[0] in fams)]
         if ok:
             fam, setting, size, acc, stream = min(ok, key=lambda c: c[2])
             row(coder, size, acc, setting)
-            if coder == "nnc":
+            if coder == "nnc" and model.holdout is not None:
                 chosen["nnc"] = nnc.decode(stream)
 
     # NNCodec
@@ -455,7 +455,8 @@ def run_model(model, variant, args, oracle, log):
                 best = (len(stream), acc, f"NNCodec 2.1.3 default (DQ), qp {qp}", stream)
         if best:
             row("nncodec", *best[:3])
-            chosen["nncodec"] = oracle.decompress(best[3])
+            if model.holdout is not None:
+                chosen["nncodec"] = oracle.decompress(best[3])
         log(f"  NNCodec sweep {time.perf_counter() - t0:.1f} s")
 
     # the chosen streams on held-out inputs: the sweeps and the search select on the evaluation's own inputs
