@@ -63,11 +63,13 @@ def block_groups(
     if not blocks:
         return {}
     groups: dict[str, dict] = {}
+    raw = settings.raw if settings is not None else ()
     if blocks is True or blocks == "auto":
         for name, shape in shapes.items():
             if name.endswith(".weight") and len(shape) >= 2:
                 bias = name[: -len("weight")] + "bias"
-                if bias in shapes and tuple(shapes[bias]) == (shape[0],):
+                either_raw = matches(name, raw) or matches(bias, raw)  # a raw tensor is stored exactly, apart
+                if bias in shapes and tuple(shapes[bias]) == (shape[0],) and not either_raw:
                     groups[name] = {"bias": bias}
         if blocks == "auto":
             after = dict(zip(shapes, list(shapes)[1:]))  # adjacent pairs only: the decoded order stays close
@@ -76,13 +78,11 @@ def block_groups(
                 for w, p in groups.items()
                 if after.get(w) == p["bias"] and _auto_pair(w, p["bias"], settings, dtypes, incremental)
             }
-        raw = settings.raw if settings is not None else ()
-        groups = {w: p for w, p in groups.items() if not any(matches(n, raw) for n in block_members(w, p))}
     else:
         groups = {k: dict(v) for k, v in blocks.items()}
     for weight, parts in groups.items():
         members = block_members(weight, parts)
-        named_raw = [m for m in members if settings is not None and matches(m, settings.raw)]
+        named_raw = [m for m in members if matches(m, raw)]
         if named_raw:
             raise EncodeError(f"{named_raw[0]!r} is named by raw, but a BLOCK unit codes its members (spec 7.6)")
         for m in members:
@@ -104,7 +104,7 @@ def _auto_pair(weight: str, bias: str, settings: EncoderSettings | None, dtypes,
     kinds = {np.dtype(dtypes[weight]).name, np.dtype(dtypes[bias]).name}
     if len(kinds) != 1 or np.dtype(kinds.pop()).kind != "f":
         return False
-    named = (settings.raw, settings.sigmas, settings.output_formats)
+    named = (settings.sigmas, settings.output_formats)  # raw: left out by block_groups itself
     return not any(matches(n, patterns) for n in (weight, bias) for patterns in named)
 
 
