@@ -1,7 +1,7 @@
 """DC-v2: search of quantisation settings against a user's evaluation function (informative, spec A.13).
 
 The search finds the smallest stream whose score (accuracy, say; higher is better) stays
-within ``tolerance`` of the original model's, in three stages:
+within ``tolerance`` of the original model's, in up to four stages:
 
 1. **qp sweep** — the coarsest global qp that keeps the score, by bisection over
    ``qp_range`` with the encoder's default quantiser (DQ unless ``dq=False``), and a
@@ -9,15 +9,17 @@ within ``tolerance`` of the original model's, in three stages:
    (:data:`SWEEP_SHARE`, :data:`SWEEP_SECONDS`) every coarser qp of the range, so that
    the result is never larger than the best single qp's stream, however noisy the score;
 2. **rate-distortion sweep** — (qp, λ) pairs of the rate-distortion quantiser (spec A.9)
-   at and around that qp;
+   at and around that qp; with a time budget at most :data:`RD_SHARE` of it, the most
+   promising pairs first, so that the time goes into stage 3;
 3. **per-tensor refinement** (``per_tensor=True``, the default) — starting from each of
    the ``bases`` smallest streams so far, on a qp scale one density finer (the smallest
    step is an eighth of an octave with the default density), each round tries two moves
    per tensor (1-D tensors included): its qp raised by the current step (16, 8, 4, 2,
    then 1), or its rate-distortion λ raised to the next value of :data:`LAMBDA_LADDER`.
    On models with many tensors a knapsack step comes first: each tensor is probed alone
-   at :data:`PROBE_STEPS` coarser, and the combination that saves the most bytes for
-   the score the tolerance leaves (drops taken as additive) is tried at once.
+   at :data:`PROBE_STEPS` coarser (largest first; past :data:`PROBE_SHARE` of the time
+   left, the smallest together as one group), and the combination that saves the most
+   bytes for the score the tolerance leaves (drops taken as additive) is tried at once.
    It keeps the move that saves the most bytes per point of score lost; a move that
    breaks the tolerance is dropped for the current step. With more than
    :data:`STEEPEST_MOVES` moves (models with many tensors) it keeps instead the first
@@ -28,6 +30,9 @@ within ``tolerance`` of the original model's, in three stages:
    tolerance restart the single moves. This is bit allocation driven by the score
    itself: a single global qp spends bits on tensors that do not need them (biases coded
    near-losslessly by default, say).
+4. **kicks** — with time left of a budget, iterated local search: :data:`KICK_TENSORS`
+   random tensors of the smallest refined setting :data:`KICK_STEP` qps finer, then
+   single tensors coarsened again.
 
 The search keeps the smallest of many candidates that pass, so it fits whatever
 ``evaluate`` measures: give it validation data rather than the data a result is reported
@@ -52,11 +57,12 @@ values with fewer unit headers.
 
 from __future__ import annotations
 
+import random
 import sys
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping
 
 import numpy as np
@@ -87,6 +93,16 @@ COARSER_SCAN = 4
 #: qp steps (on the refinement's finer scale) by which each tensor is probed alone before
 #: the knapsack step of the refinement coarsens many tensors at once
 PROBE_STEPS = (4, 8)
+#: with a time budget, the rate-distortion sweep (stage 2) takes at most this share of it
+#: (its most promising settings first), so that the per-tensor refinement gets the rest
+RD_SHARE = 0.2
+#: the iterated local search (stage 4, with time left) makes this many tensors finer at a time ...
+KICK_TENSORS = 2
+#: ... by this many qps on the refinement's scale, before it coarsens single tensors again
+KICK_STEP = 4
+#: with a time budget, the knapsack step's probes take at most this share of the time left;
+#: past it the smallest tensors are probed together as one group
+PROBE_SHARE = 0.4
 
 
 @dataclass
@@ -404,21 +420,24 @@ def search(
         # 2. rate-distortion quantisation around the coarsest acceptable qp, with and without DQ
         state.stage = "rd sweep"
         if ok_qp is not None and not state.out_of_time():
-            grid = [
-                dict(qp=q, dq=d, rdoq_lambda=lam)
-                for d in sorted({False, dq})
-                for q in (ok_qp - 4, ok_qp - 2, ok_qp, ok_qp + 2)
-                for lam in lambdas
-            ]
+            grid = _rd_grid(ok_qp, dq, lambdas)
+            if time_budget is not None:
+                per_candidate = max((time.monotonic() - state.start) / max(len(state.candidates), 1), 1e-9)
+                grid = grid[: max(state.chunk, int(RD_SHARE * time_budget * state.chunk / per_candidate))]
             state.run(grid)
         # 3. per-tensor refinement from the best setting so far
         state.stage = "per tensor"
         if per_tensor:
             ok = sorted((c for c in state.candidates if c.bound >= floor), key=lambda c: c.bytes)
+            finals = []
             for base in ok[:bases]:
                 if state.out_of_time():
                     break
-                _refine(state, base, max_qp)
+                finals.append(_refine(state, base, max_qp))
+            # 4. with time left: perturb the best refined setting and descend again
+            state.stage = "kicks"
+            if time_budget is not None:
+                _kicks(state, finals)
     finally:
         if state.pool:
             state.pool.shutdown()
@@ -488,6 +507,10 @@ class _SearchState:
 
     def out_of_time(self) -> bool:
         return self.time_budget is not None and time.monotonic() - self.start > self.time_budget
+
+    def time_left(self) -> float | None:
+        """Seconds left of the time budget (at least 0), or None without one."""
+        return None if self.time_budget is None else max(self.time_budget - (time.monotonic() - self.start), 0.0)
 
     def best_passing(self) -> Candidate | None:
         """The smallest candidate within the tolerance (the higher bound on a tie), or None."""
@@ -607,6 +630,18 @@ def _coarsest_passing_qp(qps: list, dq: bool, floor: float, run, out_of_time, ch
     return qps[hi]
 
 
+def _rd_grid(ok_qp: int, dq: bool, lambdas) -> list:
+    """Stage 2's settings, most promising first: λ from the middle of ``lambdas`` outwards,
+    then qp₀, qp₀ − 2, qp₀ + 2, qp₀ − 4, then DQ before the uniform quantiser (DQ only with ``dq``)."""
+    order = sorted(range(len(lambdas)), key=lambda i: abs(i - (len(lambdas) - 1) / 2))
+    return [
+        dict(qp=q, dq=d, rdoq_lambda=lambdas[i])
+        for i in order
+        for q in (ok_qp, ok_qp - 2, ok_qp + 2, ok_qp - 4)
+        for d in ((True, False) if dq else (False,))
+    ]
+
+
 def _drop_dominated_streams(candidates: list) -> None:
     """Free the streams of candidates that are neither on the Pareto front nor the best so far.
 
@@ -660,8 +695,8 @@ def _same_tensors(a, b) -> bool:
     return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
-def _refine(search: _SearchState, base: Candidate, max_qp: int) -> None:
-    """Stage 3 from one base candidate: per-tensor qps and λs on a qp scale one density finer."""
+def _refine(search: _SearchState, base: Candidate, max_qp: int) -> "_TensorMoves":
+    """Stage 3 from one base candidate: per-tensor qps and λs on a qp scale one density finer; returns where it ended."""
     tensors, encoder_options = search.tensors, search.encoder_options
     settings = {k: v for k, v in base.settings.items() if k != "qp_per_tensor"}
     enc = Encoder(**dict(encoder_options, **settings))
@@ -688,6 +723,7 @@ def _refine(search: _SearchState, base: Candidate, max_qp: int) -> None:
         max_qp=max_qp,
         run=search.run,
         out_of_time=search.out_of_time,
+        time_left=search.time_left,
     )
     if 2 * len(floats) > STEEPEST_MOVES:
         # many tensors: one knapsack step first, as single moves would take a round each
@@ -699,6 +735,31 @@ def _refine(search: _SearchState, base: Candidate, max_qp: int) -> None:
     for swap in SWAP_STEPS:
         while not search.out_of_time() and moves.swap(swappable, swap):
             moves.coarsen_single_tensors()
+    return moves
+
+
+def _kicks(search: _SearchState, finals: list, seed: int = 0) -> None:
+    """Stage 4, with a time budget left after the refinement: iterated local search.
+
+    From the smallest refined setting, :data:`KICK_TENSORS` tensors drawn at random are made
+    :data:`KICK_STEP` qps finer (on the refinement's scale) and single tensors are coarsened
+    again from there; a descent that ends smaller within the tolerance becomes the start of
+    the next kick. It ends with the time budget.
+    """
+    rng = random.Random(seed)
+    finals = [m for m in finals if m.current.bound >= search.floor]
+    while finals and not search.out_of_time():
+        best = min(finals, key=lambda m: m.current.bytes)
+        qps = dict(best.qps)
+        for k in rng.sample(best.floats, min(KICK_TENSORS, len(best.floats))):
+            qps[k] -= KICK_STEP
+        kicked = search.run([best._trial(qps)])
+        if not kicked:
+            return
+        moves = replace(best, qps=qps, current=kicked[0])
+        moves.coarsen_single_tensors()
+        if moves.current.bound >= search.floor and moves.current.bytes < best.current.bytes:
+            finals.append(moves)
 
 
 @dataclass
@@ -730,6 +791,8 @@ class _TensorMoves:
     #: Evaluates a batch of settings (:meth:`_SearchState.run`).
     run: Callable
     out_of_time: Callable
+    #: Seconds left of the time budget, or None without one.
+    time_left: Callable = lambda: None
 
     def __post_init__(self):
         self.qps, self.lams = dict(self.qps), dict(self.lams)
@@ -745,30 +808,50 @@ class _TensorMoves:
         """Coarsen many tensors at once, as far as their separately measured score drops allow.
 
         Each tensor's qp is raised alone by each of :data:`PROBE_STEPS` (one candidate per
-        tensor and step); then, taking the drops as additive, a multiple-choice knapsack picks
-        per tensor the step that saves the most bytes for the score the tolerance leaves
-        (greedy on the bytes saved per score lost), and that combination is tried with the
-        whole budget, then half and a quarter of it, until one keeps the score.  Otherwise
-        the best single probe that kept it is taken, if any.
+        tensor and step), largest tensors first; with a time budget, once the probes would
+        take more than :data:`PROBE_SHARE` of the time left, the remaining (smallest) tensors
+        are probed as one group. Then, taking the drops as additive, a multiple-choice
+        knapsack picks per tensor (or group) the step that saves the most bytes for the score
+        the tolerance leaves (greedy on the bytes saved per score lost), and that combination
+        is tried with the whole budget, then half and a quarter of it, until one keeps the
+        score.  Otherwise the best single probe that kept it is taken, if any.
         """
         qps, current = self.qps, self.current
-        probes = [(k, d) for d in PROBE_STEPS for k in self.floats if qps[k] + d <= self.max_qp]
-        results = self.run([self._trial(dict(qps, **{k: qps[k] + d})) for k, d in probes])
-        if len(results) < len(probes):
-            return
+        order = sorted(self.floats, key=lambda k: -self.sizes[k])
+        left = self.time_left()
+        began = time.monotonic()
+        groups = [order[:1]]
+
+        def probe(first: int) -> tuple[list, list]:
+            moves = [
+                (g, d) for g in range(first, len(groups)) for d in PROBE_STEPS if self._raised(groups[g], d) != qps
+            ]
+            return moves, self.run([self._trial(self._raised(groups[g], d)) for g, d in moves])
+
+        probes, results = probe(0)
+        count = len(order)
+        if left is not None and results:
+            per_probe = max((time.monotonic() - began) / len(results), 1e-9)
+            count = max(2, int(PROBE_SHARE * left / (per_probe * len(PROBE_STEPS))))
+        alone = order[1:] if count >= len(order) else order[1 : count - 1]
+        groups += [[k] for k in alone] + ([order[len(alone) + 1 :]] if len(alone) + 1 < len(order) else [])
+        more, got = probe(1)
+        probes, results = probes + more[: len(got)], results + got
         options: dict = {}
-        for (k, d), c in zip(probes, results):
+        for (g, d), c in zip(probes, results):
             if self._keeps(c):
-                options.setdefault(k, []).append((d, current.bytes - c.bytes, max(current.bound - c.bound, 0.0)))
+                options.setdefault(g, []).append((d, current.bytes - c.bytes, max(current.bound - c.bound, 0.0)))
         increments = _knapsack_increments(options, self.slack)
         budget = current.bound - self.floor
         tried = set()
         for share in (1.0, 0.5, 0.25):
             chosen = _knapsack_choice(increments, share * budget, self.slack)
             if len(chosen) < 2 or tuple(sorted(chosen.items())) in tried:
-                continue  # one tensor alone was a probe already
+                continue  # one group alone was a probe already
             tried.add(tuple(sorted(chosen.items())))
-            new_qps = dict(qps, **{k: qps[k] + d for k, d in chosen.items()})
+            new_qps = dict(qps)
+            for g, d in chosen.items():
+                new_qps.update(self._raised(groups[g], d, new_qps))
             got = self.run([self._trial(new_qps)])
             if not got:
                 break
@@ -778,8 +861,15 @@ class _TensorMoves:
         # no combination kept the score: continue from the best single probe that did
         singles = [(c.bytes, i) for i, c in enumerate(results) if self._keeps(c)]
         if singles:
-            k, d = probes[min(singles)[1]]
-            self.qps, self.current = dict(qps, **{k: qps[k] + d}), results[min(singles)[1]]
+            g, d = probes[min(singles)[1]]
+            self.qps, self.current = self._raised(groups[g], d), results[min(singles)[1]]
+
+    def _raised(self, group: list, step: int, qps: dict | None = None) -> dict:
+        """``qps`` (the current ones by default) with the qps of ``group`` raised by ``step``, at most to ``max_qp``."""
+        qps = dict(self.qps if qps is None else qps)
+        for k in group:
+            qps[k] = max(qps[k], min(qps[k] + step, self.max_qp))
+        return qps
 
     def _next_lambda(self, k: str):
         return next((x for x in LAMBDA_LADDER if x > self.lams[k]), None)
@@ -916,7 +1006,7 @@ def _knapsack_choice(increments: list, budget: float, slack: float) -> dict:
     return chosen
 
 
-def _jump(qps, lams, current, settings, floats, floor, slack, run, max_qp):
+def _jump(qps, lams, current, settings, floats, floor, slack, run, max_qp, sizes=None, time_left=lambda: None):
     """:meth:`_TensorMoves.jump` on its own (the form tests/test_search.py calls); returns (qps, candidate)."""
     moves = _TensorMoves(
         qps=qps,
@@ -924,12 +1014,13 @@ def _jump(qps, lams, current, settings, floats, floor, slack, run, max_qp):
         current=current,
         settings=settings,
         floats=floats,
-        sizes={k: 0 for k in floats},
+        sizes=sizes or {k: 0 for k in floats},
         floor=floor,
         slack=slack,
         max_qp=max_qp,
         run=run,
         out_of_time=lambda: False,
+        time_left=time_left,
     )
     moves.jump()
     return moves.qps, moves.current
@@ -945,6 +1036,10 @@ __all__ = [
     "SWAP_TENSORS",
     "STEEPEST_MOVES",
     "PROBE_STEPS",
+    "PROBE_SHARE",
+    "KICK_TENSORS",
+    "KICK_STEP",
+    "RD_SHARE",
     "COARSER_SCAN",
     "MAX_CHECKS",
     "SWEEP_SHARE",

@@ -71,6 +71,53 @@ def test_time_budget_is_honoured_inside_a_stage(monkeypatch):
         assert res.candidates
 
 
+def _fake_clock(monkeypatch):
+    """A clock that advances one second per evaluation of ``accuracy``: returns (clock, timed evaluate)."""
+    import nnc.search
+
+    clock = [0.0]
+    monkeypatch.setattr(nnc.search.time, "monotonic", lambda: clock[0])
+
+    def timed_accuracy(tensors):
+        clock[0] += 1.0
+        return accuracy(tensors)
+
+    return clock, timed_accuracy
+
+
+def _stage(c) -> str:
+    return "tensor" if "qp_per_tensor" in c.settings else "rd" if "rdoq_lambda" in c.settings else "qp"
+
+
+def test_rd_sweep_takes_its_share_of_the_budget_most_promising_first(monkeypatch):
+    from nnc.search import RD_SHARE, _rd_grid
+
+    _, timed = _fake_clock(monkeypatch)
+    lambdas = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
+    res = search(PARAMS, timed, tolerance=0.005, qp_range=range(-20, -9), lambdas=lambdas, time_budget=100,
+                 progress=False)
+    rd = [c for c in res.candidates if _stage(c) == "rd"]
+    assert 1 <= len(rd) <= RD_SHARE * 100 + 1 < 2 * 4 * len(lambdas)
+    assert any(_stage(c) == "tensor" for c in res.candidates)        # the refinement got the rest
+    grid = _rd_grid(-12, True, lambdas)
+    assert len(grid) == 2 * 4 * len(lambdas) and len({tuple(sorted(g.items())) for g in grid}) == len(grid)
+    assert grid[0] == dict(qp=-12, dq=True, rdoq_lambda=0.2) and grid[1] == dict(qp=-12, dq=False, rdoq_lambda=0.2)
+    assert all(not g["dq"] for g in _rd_grid(-12, False, lambdas)) and len(_rd_grid(-12, False, lambdas)) == 24
+
+
+def test_time_left_after_the_refinement_goes_into_kicks(monkeypatch):
+    """With a budget the search keeps trying (kicks) after the refinement has converged, and ends no larger."""
+    clock, timed = _fake_clock(monkeypatch)
+    kw = dict(tolerance=0.005, qp_range=range(-16, -11), lambdas=(0.1,), bases=1, progress=False)
+    converged = search(PARAMS, timed, **kw)
+    spent = clock[0]
+    clock[0] = 0.0
+    kicked = search(PARAMS, timed, time_budget=spent + 60, **kw)
+    assert len(kicked.candidates) > len(converged.candidates)
+    assert kicked.best.bytes <= converged.best.bytes
+    assert kicked.best.score >= kicked.reference_score - 0.005
+
+
 def test_first_improvement_refinement_for_many_tensors(monkeypatch):
     import nnc
     import nnc.search
@@ -237,7 +284,39 @@ def test_knapsack_jump_coarsens_many_tensors_within_the_budget():
     assert got.bound >= floor and got.bytes < current.bytes
     assert qps["t4"] == 0                                # the expensive tensor stays
     assert sum(q > 0 for q in qps.values()) >= 3        # several tensors at once
-    assert runs[0] == 2 * len(names)                     # the probes: each tensor alone, two steps
+    assert sum(runs[:2]) == 2 * len(names)               # the probes: each tensor alone, two steps
+
+
+def test_knapsack_jump_probes_the_smallest_tensors_together_when_time_is_short(monkeypatch):
+    """With a budget for two probe groups only, the largest tensor is probed alone and the rest as one group."""
+    import nnc.search as S
+    from nnc.search import Candidate, _jump
+
+    clock = [0.0]
+    monkeypatch.setattr(S.time, "monotonic", lambda: clock[0])
+    names = [f"t{i}" for i in range(8)]
+    sizes = {k: 100 - i for i, k in enumerate(names)}
+
+    def candidate(qps):
+        return Candidate({"qp_per_tensor": dict(qps)}, sum(1000 - 10 * q for q in qps.values()),
+                         1.0 - 0.0001 * sum(qps.values()))
+
+    batches = []
+
+    def run(batch):
+        clock[0] += len(batch)                             # one second per candidate
+        batches.append([s["qp_per_tensor"] for s in batch])
+        return [candidate(s["qp_per_tensor"]) for s in batch]
+
+    base = {k: 0 for k in names}
+    # 10 s left, 1 s per probe, two steps per group: PROBE_SHARE * 10 / 2 = 2 groups
+    qps, got = _jump(base, {k: 0.0 for k in names}, candidate(base), {"qp": 0}, names, 1.0 - 0.005, 0.005 / 20,
+                     run, 40, sizes=sizes, time_left=lambda: 10.0)
+    assert [len(b) for b in batches[:2]] == [2, 2]
+    assert [q["t0"] for q in batches[0]] == list(S.PROBE_STEPS) and all(q["t1"] == 0 for q in batches[0])
+    for q, d in zip(batches[1], S.PROBE_STEPS):          # the group: every other tensor raised at once
+        assert q["t0"] == 0 and all(q[k] == d for k in names[1:])
+    assert got.bytes < candidate(base).bytes and all(qps[k] > 0 for k in names)
 
 
 def test_warns_when_one_sample_outweighs_the_tolerance():
