@@ -51,26 +51,6 @@ def test_per_tensor_refinement_never_loses_and_stays_within_tolerance():
     assert set(refined.best.settings["qp_per_tensor"]) == set(PARAMS)
 
 
-def test_time_budget_is_honoured_inside_a_stage(monkeypatch):
-    """A fake clock that advances one second per evaluation: the search stops within one candidate."""
-    import nnc.search
-
-    clock = [0.0]
-    monkeypatch.setattr(nnc.search.time, "monotonic", lambda: clock[0])
-
-    def timed_accuracy(tensors):
-        clock[0] += 1.0
-        return accuracy(tensors)
-
-    for budget in (3, 12, 40):      # ends in the qp sweep, the rd sweep, the per-tensor refinement
-        clock[0] = 0.0
-        res = search(PARAMS, timed_accuracy, tolerance=0.005, qp_range=range(-15, -13), lambdas=(0.1,),
-                     time_budget=budget, progress=False)
-        # the reference evaluation, then candidates until the clock passes the budget: one more at most
-        assert len(res.candidates) <= budget + 1
-        assert res.candidates
-
-
 def _fake_clock(monkeypatch):
     """A clock that advances one second per evaluation of ``accuracy``: returns (clock, timed evaluate)."""
     import nnc.search
@@ -83,6 +63,18 @@ def _fake_clock(monkeypatch):
         return accuracy(tensors)
 
     return clock, timed_accuracy
+
+
+def test_time_budget_is_honoured_inside_a_stage(monkeypatch):
+    """A fake clock that advances one second per evaluation: the search stops within one candidate."""
+    clock, timed_accuracy = _fake_clock(monkeypatch)
+    for budget in (3, 12, 40):      # ends in the qp sweep, the rd sweep, the per-tensor refinement
+        clock[0] = 0.0
+        res = search(PARAMS, timed_accuracy, tolerance=0.005, qp_range=range(-15, -13), lambdas=(0.1,),
+                     time_budget=budget, progress=False)
+        # the reference evaluation, then candidates until the clock passes the budget: one more at most
+        assert len(res.candidates) <= budget + 1
+        assert res.candidates
 
 
 def _stage(c) -> str:
