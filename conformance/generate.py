@@ -30,11 +30,12 @@ sys.path.insert(0, str(HERE.parent))
 
 import nnc  # noqa: E402
 from nnc import container as C  # noqa: E402
+from nnc.decoder import model_order  # noqa: E402
 from nnc.encoder import Encoder  # noqa: E402
 from nnc.engine import get_engine  # noqa: E402
 from nnc.verify import describe_output  # noqa: E402
 
-SUITE_VERSION = 5  # versions 2 to 5 added streams (their entries say added_in); no earlier stream changed
+SUITE_VERSION = 6  # versions 2 to 6 added streams (their entries say added_in); no earlier stream changed
 STREAMS: "OrderedDict[str, dict]" = OrderedDict()
 
 
@@ -85,8 +86,26 @@ def enc(tensors, **options):
 
 
 def enc_current(tensors, **options):
-    """A stream exactly as today's encoder writes it (announced tensors included, spec 3.5)."""
+    """A stream as the encoder wrote it for suite versions 3 to 5: its tensors announced by name (spec 3.5)."""
+    return announced_by_name(enc_today(tensors, **options))
+
+
+def enc_today(tensors, **options):
+    """A stream exactly as today's encoder writes it (since suite version 6 a count can announce the tensors)."""
     return legacy_encoder(**options).encode(tensors).stream
+
+
+def announced_by_name(stream: bytes) -> bytes:
+    """``stream`` with a topology unit that announces a count of tensors (6.2.1) rewritten to announce their
+    names in the model's order, as the encoder did before suite version 6 (the published streams keep their
+    bytes)."""
+    def by_name(meta):
+        if type(meta.get("tensors")) is int:
+            dec = nnc.Decoder(stream)
+            meta["tensors"] = model_order(dec.names(), dec.metadata)
+        return meta
+
+    return _rewrite_nnc_metadata(stream, by_name)
 
 
 #: Keys of nnc's topology metadata added after suite version 2 (spec 3.5, 6.2.1).
@@ -100,16 +119,23 @@ def frozen_topology(stream: bytes) -> bytes:
     streams published before keep their bytes, so the keys added since are taken out again
     (and the string is empty when nothing else is left, as it then was).
     """
-    units = C.parse_stream(stream)
+    def without_later_keys(meta):
+        for key in LATER_METADATA_KEYS:
+            meta.pop(key, None)
+        return None if set(meta) <= {"version"} else meta
+
+    return _rewrite_nnc_metadata(stream, without_later_keys)
+
+
+def _rewrite_nnc_metadata(stream: bytes, change) -> bytes:
+    """``stream`` with the nnc metadata of its topology units (6.2.1) replaced by ``change(meta)``
+    (None for an empty string), written as the encoder writes it."""
     out = []
-    for u in units:
+    for u in C.parse_stream(stream):
         raw = bytes(stream[u.offset:u.offset + u.size])
         if u.type == C.NNR_TPL and u.header.data.startswith("{"):
-            meta = json.loads(u.header.data)["nnc"]
-            for key in LATER_METADATA_KEYS:
-                meta.pop(key, None)
-            data = "" if set(meta) <= {"version"} else json.dumps({"nnc": meta}, separators=(",", ":"),
-                                                                      sort_keys=True)
+            meta = change(json.loads(u.header.data)["nnc"])
+            data = "" if meta is None else json.dumps({"nnc": meta}, separators=(",", ":"), sort_keys=True)
             raw = C.build_tpl(int(u.header.topology_storage_format), int(u.header.topology_compression_format),
                               data)
         out.append(raw)
@@ -686,8 +712,8 @@ def _announced_incremental():
     state = EncoderState()
     base = OrderedDict([("a.weight", laplace(r, (8, 10), 0.05)), ("b.weight", laplace(r, (5, 6), 0.05))])
     later = OrderedDict([("a.weight", base["a.weight"] + laplace(r, (8, 10), 0.004)), ("b.weight", base["b.weight"])])
-    return [legacy_encoder(qp=-30, state=state, differences=True).encode(base).stream,
-            legacy_encoder(qp=-40, state=state, differences=True).encode(later).stream]
+    return [announced_by_name(legacy_encoder(qp=-30, state=state, differences=True).encode(base).stream),
+            announced_by_name(legacy_encoder(qp=-40, state=state, differences=True).encode(later).stream)]
 
 
 stream("p1_announced_tensors", 1, "the topology unit announces the tensors (nnc metadata \"tensors\"), all arrive",
@@ -872,6 +898,31 @@ must_fail("mf_payload_cut_in_context_init", "TruncatedError", "9.2",
 must_fail("mf_forced_range_at_start", "DecodeError", "11.3",
           "a crafted payload whose code point lies outside the range forced to 256 before the first element "
           "of a block-scanned tensor (11.3, 13)")(_forced_range_at_start)
+
+
+# -- suite version 6: tensors announced by their count (spec 3.5, 6.2.1) ------------------------------------------
+
+ADDED_IN = 6
+
+
+def _announced_by_count():
+    """Today's encoder's stream of two weight/bias pairs (BLOCK NDUs, bias decoded first) and a lone weight: the
+    topology unit announces a count of 5 tensors, and the model's order follows from the order rule (6.2.1)."""
+    return enc_today(model(93, [("a.weight", (6, 7)), ("a.bias", (6,)), ("b.weight", (4, 6)), ("b.bias", (4,)),
+                                ("c.weight", (3, 4))]), qp=-20, dq=True, blocks=True)
+
+
+stream("p1_announced_count", 1,
+       "the topology unit announces a count of tensors (nnc metadata \"tensors\": 5), all arrive; BLOCK NDUs "
+       "decode each bias before its weight",
+       ["topology metadata", "completeness 3.5", "announced count", "BLOCK NDU"])(_announced_by_count)
+must_fail("mf_count_cut_after_first_ndu", "TruncatedError", "3.5",
+          "a stream that announces a count of 5 tensors, cut at the unit boundary after its first NDU")(
+    lambda: _cut_before_unit(_announced_by_count(), 4))
+must_fail("mf_count_extra_tensor", "DecodeError", "3.5",
+          "an NDU of another stream appended: one tensor more than the count the topology unit announces")(
+    lambda: (lambda other: _announced_by_count() + other[_units(other)[3].offset:])(
+        enc(OrderedDict(extra=np.array([5, -1], np.int32)))))
 
 
 # -- the third-party group: streams written by NNCodec, copied in (not generated) -------------------------

@@ -31,7 +31,7 @@ Examples
 >>> stream = nnc.encode({"w": [[0.5, 1.0, 1.5]] * 2}, qp=-8, dq=False)
 >>> units = container.parse_stream(stream)
 >>> [(u.type_name, u.offset, u.size) for u in units]
-[('NNR_STR', 0, 4), ('NNR_MPS', 4, 8), ('NNR_TPL', 12, 43), ('NNR_NDU', 55, 24)]
+[('NNR_STR', 0, 4), ('NNR_MPS', 4, 8), ('NNR_TPL', 12, 39), ('NNR_NDU', 51, 24)]
 >>> ndu = units[-1]
 >>> ndu.header.topology_elem_id, ndu.header.tensor_dimensions, ndu.header.dq_flag
 ('w', [2, 3], 0)

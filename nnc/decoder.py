@@ -622,6 +622,10 @@ class Decoder:
 
     def _check_complete(self) -> None:
         """Every tensor the topology unit announces arrives, and no other (spec 3.5)."""
+        count = _announced_count(self.metadata)
+        if count is not None:
+            self._check_count(count)
+            return
         announced = self.metadata.get("tensors")
         if not isinstance(announced, list) or not all(isinstance(n, str) for n in announced):
             return  # no announcement (NNCodec's streams): the stream is what arrives
@@ -643,6 +647,23 @@ class Decoder:
             i, info = self._index[extra[0]]
             raise DecodeError(
                 f"tensor {extra[0]!r} is not among the tensors the topology unit announces",
+                clause="3.5",
+                offset=info.unit_offset,
+            )
+
+    def _check_count(self, count: int) -> None:
+        """As many tensors arrive as the topology unit's count announces (spec 3.5)."""
+        held = list(self._index)
+        if len(held) < count:
+            raise TruncatedError(
+                f"the stream ends before {count - len(held)} of the {count} tensor(s) its topology unit announces",
+                clause="3.5",
+                offset=len(self.data),
+            )
+        if len(held) > count:
+            i, info = self._index[held[count]]
+            raise DecodeError(
+                f"tensor {held[count]!r} is beyond the {count} tensor(s) the topology unit announces",
                 clause="3.5",
                 offset=info.unit_offset,
             )
@@ -1486,6 +1507,26 @@ def restore_model_view(tensors: "OrderedDict[str, np.ndarray]", metadata: dict) 
     return out, names
 
 
+def _announced_count(metadata: dict) -> int | None:
+    """The count of tensors nnc's metadata announces (spec 6.2.1), or None when it announces none or names them."""
+    n = metadata.get("tensors")
+    return n if type(n) is int and n >= 0 else None
+
+
+def _weights_before_biases(names: list) -> list:
+    """``names`` with each ``P.bias`` directly followed by ``P.weight`` put after it (spec 6.2.1)."""
+    out = list(names)
+    i = 0
+    while i + 1 < len(out):
+        a, b = out[i], out[i + 1]
+        if isinstance(a, str) and a.endswith("bias") and b == a[: -len("bias")] + "weight":
+            out[i], out[i + 1] = b, a
+            i += 2
+        else:
+            i += 1
+    return out
+
+
 def model_order(names, metadata: dict) -> list:
     """``names`` in the model's order: those announced in nnc's metadata first, in its order (spec 6.2.1).
 
@@ -1495,21 +1536,27 @@ def model_order(names, metadata: dict) -> list:
         Tensor names, e.g. in decoding order.
     metadata : dict
         :attr:`~nnc.decoder.Decoder.metadata` of the stream; its ``"tensors"`` list, when it is
-        one, gives the model's order.
+        one, gives the model's order; a count of tensors says that the decoding order is the
+        model's but for the bias a BLOCK NDU decodes before its weight.
 
     Returns
     -------
     list of str
         The announced names present in ``names``, in the announced order, then the others
-        in their order in ``names``.
+        in their order in ``names``; with a count, ``names`` with each ``P.bias`` that
+        directly precedes ``P.weight`` moved after it.
 
     Examples
     --------
     >>> model_order(["fc.bias", "fc.weight", "x"], {"tensors": ["fc.weight", "fc.bias"]})
     ['fc.weight', 'fc.bias', 'x']
+    >>> model_order(["fc.bias", "fc.weight", "x"], {"tensors": 3})
+    ['fc.weight', 'fc.bias', 'x']
     """
     names = list(names)
     announced = metadata.get("tensors")
+    if _announced_count(metadata) is not None:
+        return _weights_before_biases(names)
     if not isinstance(announced, list):
         return names
     present = set(names)

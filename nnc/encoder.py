@@ -461,6 +461,7 @@ class Encoder:
             extra_metadata,
             skipped=result.skipped,
             differences=self._sends_differences(),
+            groups=groups,
         )
         head = writer.head(stream_qp, metadata, update)
         jobs = [(u, link) for u, link in zip(units, links) if link is None or not link.skip]

@@ -232,9 +232,26 @@ def test_suite_version_4_streams_are_registered():
 
 def test_suite_version_5_streams_are_registered():
     added = {e["name"] for e in MANIFEST["streams"] if e.get("added_in") == 5}
-    assert MANIFEST["version"] == 5
     assert added == {"p1_int_block_rows", "p1_empty_tensor_scan_order_1", "p1_topology_trailing_bytes",
                      "mf_payload_cut_in_qp_offset", "mf_payload_cut_in_context_init", "mf_forced_range_at_start"}
+
+
+def test_suite_version_6_streams_are_registered():
+    added = {e["name"] for e in MANIFEST["streams"] if e.get("added_in") == 6}
+    assert MANIFEST["version"] == 6
+    assert added == {"p1_announced_count", "mf_count_cut_after_first_ndu", "mf_count_extra_tensor"}
+
+
+def test_the_count_stream_announces_a_count_and_earlier_streams_names():
+    """Suite 6's stream announces by count (spec 6.2.1); the streams of suites 3-5 keep their name lists."""
+    from nnc.decoder import Decoder
+
+    def announced(name):
+        entry = next(e for e in MANIFEST["streams"] if e["name"] == name)
+        return Decoder((SUITE / entry["file"]).read_bytes()).metadata.get("tensors")
+
+    assert announced("p1_announced_count") == 5
+    assert announced("p1_announced_tensors") == ["w.weight", "w.bias", "v.weight"]
 
 
 def test_bytes_after_a_topology_string_are_ignored_unless_strict():

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import nnc
 from nnc import container as C
@@ -145,11 +147,37 @@ def test_an_update_that_skips_tensors_says_so(tmp_path, capsys):
 
 
 def test_a_tensor_that_was_not_announced_is_an_error():
-    one = nnc.encode({"w": np.ones((2, 2), np.float32)})
+    # a bias before its own weight: the order rule would swap them, so the names are announced
+    one = nnc.encode({"w.bias": np.ones(2, np.float32), "w.weight": np.ones((2, 2), np.float32)})
+    assert nnc.Decoder(one).metadata["tensors"] == ["w.bias", "w.weight"]
     other = nnc.encode({"v": np.ones((2, 2), np.float32)})
     with pytest.raises(nnc.DecodeError, match="'v' is not among the tensors") as exc:
         nnc.decode(one + other[_units(other)[3].offset:])
     assert exc.value.clause == "3.5"
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 6), st.booleans()), min_size=1, max_size=4), st.data())
+def test_a_count_announcement_refuses_a_cut_or_an_extra_tensor(layers, data):
+    """Announced by a count (spec 3.5, 6.2.1): every cut at a unit boundary after the topology unit loses
+    a tensor and is a TruncatedError at the end of the data; an appended NDU is a DecodeError at its offset."""
+    model = {}
+    for i, (rows, bias) in enumerate(layers):
+        model[f"l{i}.weight"] = np.full((rows, 3), 0.25 * (i + 1), np.float32)
+        if bias:
+            model[f"l{i}.bias"] = np.full(rows, -0.5, np.float32)
+    stream = nnc.encode(model, qp=-20, blocks=data.draw(st.sampled_from([True, "auto", False])))
+    assert nnc.Decoder(stream).metadata["tensors"] == len(model)
+    units = _units(stream)
+    tpl = next(i for i, u in enumerate(units) if u.type == C.NNR_TPL)
+    cut = data.draw(st.sampled_from([u.offset for u in units[tpl + 1:]]))
+    with pytest.raises(nnc.TruncatedError, match="topology unit announces") as exc:
+        nnc.decode(stream[:cut])
+    assert exc.value.clause == "3.5" and exc.value.offset == cut
+    other = nnc.encode({"extra": np.ones((2, 2), np.float32)})
+    with pytest.raises(nnc.DecodeError, match="'extra' is beyond the") as exc:
+        nnc.decode(stream + other[_units(other)[3].offset:])
+    assert exc.value.clause == "3.5" and exc.value.offset == len(stream)
 
 
 def test_conformance_has_the_completeness_must_fail_streams():
@@ -159,6 +187,8 @@ def test_conformance_has_the_completeness_must_fail_streams():
     assert clauses["mf_cut_after_headers"] == ("TruncatedError", "3.5")
     assert clauses["mf_update_cut"] == ("TruncatedError", "3.5")
     assert clauses["mf_unannounced_tensor"] == ("DecodeError", "3.5")
+    assert clauses["mf_count_cut_after_first_ndu"] == ("TruncatedError", "3.5")
+    assert clauses["mf_count_extra_tensor"] == ("DecodeError", "3.5")
 
 
 # -- item 3: a template that does not match ---------------------------------------------------------------

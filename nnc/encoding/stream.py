@@ -179,7 +179,7 @@ def encode_to(
     stream_qp = mps_qp([qp for _, qp in plan.values() if qp is not None], s.qp_density)
     writer = UnitWriter(s, encoder.engine, None)
     metadata = metadata_json(
-        {t.name: t.shape for t in tensors}, {k: v[0] for k, v in plan.items()}, original, extra_metadata
+        {t.name: t.shape for t in tensors}, {k: v[0] for k, v in plan.items()}, original, extra_metadata, groups=groups
     )
     units = [name for name in by_name if name not in in_block]
     kept_raw: dict = {}

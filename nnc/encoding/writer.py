@@ -146,14 +146,18 @@ def metadata_json(
     *,
     skipped=(),
     differences: bool = False,
+    groups: Mapping[str, dict] | None = None,
 ) -> str:
     """nnc's topology metadata (spec 6.2.1): the tensors announced (and skipped, spec 3.5),
     whether they are differences, original shapes of 0-d tensors and original dtypes.
 
-    ``shapes`` are the tensors' original shapes (in stream order), ``decoded`` the dtype
+    ``shapes`` are the tensors' original shapes (in the model's order), ``decoded`` the dtype
     name each decodes as, ``original`` the dtype name each had; ``skipped`` names the
     tensors an incremental update leaves out, ``differences`` says the tensors are
     differences to the receiver's model; ``extra`` adds keys (e.g. "checkpoint").
+    ``groups`` are the block groups of :func:`block_groups`: given, the tensors are announced
+    by their count where that gives the model's order back (:func:`announced_by_count`),
+    otherwise by name.
 
     Examples
     --------
@@ -162,7 +166,8 @@ def metadata_json(
     """
     zero_d: dict[str, list] = {k: [] for k, v in shapes.items() if len(v) == 0}
     dtypes = {k: original[k] for k in shapes if original[k] != decoded[k]}
-    meta: dict = {"version": 1, "tensors": list(shapes)}
+    by_count = groups is not None and not skipped and announced_by_count(list(shapes), groups)
+    meta: dict = {"version": 1, "tensors": len(shapes) if by_count else list(shapes)}
     if skipped:
         meta["skipped"] = list(skipped)
     if differences:
@@ -173,6 +178,28 @@ def metadata_json(
         meta["dtypes"] = dtypes
     meta.update(extra or {})
     return json.dumps({"nnc": meta}, separators=(",", ":"), sort_keys=True)
+
+
+def announced_by_count(names: list, groups: Mapping[str, dict]) -> bool:
+    """Whether announcing the count of ``names`` (the model's order) is enough (spec 6.2.1):
+    every block group is a weight directly followed by its bias alone, and no ``P.bias``
+    directly precedes a ``P.weight``. The decoder's order rule (a ``P.bias`` directly before
+    ``P.weight`` goes after it) then gives the model's order back, whether a group is coded
+    as a BLOCK NDU (bias decoded first, spec 15.3) or as two NDUs.
+
+    Examples
+    --------
+    >>> announced_by_count(["fc.weight", "fc.bias", "out.weight"], {"fc.weight": {"bias": "fc.bias"}})
+    True
+    >>> announced_by_count(["fc.bias", "fc.weight"], {})
+    False
+    """
+    at = {n: i for i, n in enumerate(names)}
+    for weight, parts in groups.items():
+        bias = parts.get("bias")
+        if set(parts) != {"bias"} or weight not in at or at.get(bias) != at[weight] + 1:
+            return False
+    return not any(a.endswith("bias") and b == a[: -len("bias")] + "weight" for a, b in zip(names, names[1:]))
 
 
 @dataclass
@@ -521,4 +548,13 @@ def _ep_fields(eps: list, dq: bool) -> list[dict]:
     return [{"value": v, "dq_state": s if dq else 0, "offset": off} for v, s, off in eps]
 
 
-__all__ = ["UnitWriter", "Unit", "Link", "block_groups", "block_members", "mps_qp", "metadata_json"]
+__all__ = [
+    "UnitWriter",
+    "Unit",
+    "Link",
+    "announced_by_count",
+    "block_groups",
+    "block_members",
+    "mps_qp",
+    "metadata_json",
+]
