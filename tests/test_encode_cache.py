@@ -1,6 +1,7 @@
 """EncodeCache: an encode with the cache is byte-identical to one without, whatever came before."""
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -92,3 +93,26 @@ def test_results_served_from_the_cache_are_read_only():
         raise AssertionError("a cached reconstruction was writable")
     again = Encoder(qp=-20).encode({"w": w}, cache=cache)
     assert np.array_equal(again.reconstruction["w"], Encoder(qp=-20).encode({"w": w}).reconstruction["w"])
+
+
+def test_float32_importance_and_sigmas_are_reused():
+    # the settings keep the caller's arrays: encoders built from one mapping hit the cache (a float64 copy per encoder
+    # made every unit a miss, and the DC-v2 search re-encoded every tensor for every candidate)
+    rng = np.random.default_rng(6)
+    t = {"a": rng.normal(size=(16, 16)).astype(np.float32), "b": rng.normal(size=(16, 16)).astype(np.float32)}
+    importance = {"a": rng.uniform(0.1, 4, size=(16, 16)).astype(np.float32)}
+    sigmas = {"b": rng.uniform(0.01, 0.1, size=(16, 16)).astype(np.float32)}
+    cache = EncodeCache()
+    opts = dict(qp=-20, rdoq_lambda=0.4, importance=importance, sigmas=sigmas)
+    Encoder(**opts).encode(t, cache=cache)
+    res = Encoder(**opts, lambda_per_tensor={"b": 0.8}).encode(t, cache=cache)
+    assert (cache.hits, cache.misses) == (1, 3)     # "a" reused
+    assert res.stream == Encoder(**opts, lambda_per_tensor={"b": 0.8}).encode(t).stream
+    as64 = {k: v.astype(np.float64) for k, v in importance.items()}
+    assert res.stream == Encoder(qp=-20, rdoq_lambda=0.4, importance=as64, sigmas=sigmas,
+                                 lambda_per_tensor={"b": 0.8}).encode(t).stream
+
+
+def test_importance_must_be_real_numbers():
+    with pytest.raises(nnc.EncodeError, match="importance of 'a' must be real numbers"):
+        Encoder(importance={"a": np.array(["x"])})

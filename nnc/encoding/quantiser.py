@@ -338,7 +338,7 @@ class Quantiser:
             importance = s.importance.get(name)
             if name in s.sigmas:
                 # DC-v1: F = 1 / sigma^2, in squared step sizes (x is w / step)
-                importance = (float(step) / np.maximum(s.sigmas[name].reshape(-1), 1e-30)) ** 2
+                importance = (float(step) / np.maximum(np.asarray(s.sigmas[name], np.float64).reshape(-1), 1e-30)) ** 2
             return self.engine.rdoq_levels(
                 np.ascontiguousarray(scaled),
                 height,

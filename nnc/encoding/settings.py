@@ -79,6 +79,14 @@ def _frozen(mapping) -> Mapping:
     return MappingProxyType(dict(mapping or {}))
 
 
+def _real_array(value, option: str, name: str) -> np.ndarray:
+    """``value`` as an array of real numbers, the same object when it already is one."""
+    array = np.asarray(value)
+    if array.dtype.kind not in "biuf":
+        raise EncodeError(f"{option} of {name!r} must be real numbers, not {array.dtype}")
+    return array
+
+
 @dataclass(frozen=True, eq=False)
 class EncoderSettings:
     """Every option of :class:`nnc.encoder.Encoder` except the incremental state, validated once.
@@ -158,8 +166,10 @@ class EncoderSettings:
         lambdas = {k: float(v) for k, v in (self.lambda_per_tensor or {}).items()}
         if any(not (v >= 0 and math.isfinite(v)) for v in lambdas.values()):
             raise EncodeError("lambda_per_tensor values must be finite and >= 0")
-        importance = {k: np.asarray(v, np.float64) for k, v in (self.importance or {}).items()}
-        sigmas = {k: np.asarray(v, np.float64) for k, v in (self.sigmas or {}).items()}
+        # the caller's arrays themselves (converted to float64 where they are used), so that encoders built from
+        # the same mapping share them: EncodeCache compares them by identity
+        importance = {k: _real_array(v, "importance", k) for k, v in (self.importance or {}).items()}
+        sigmas = {k: _real_array(v, "sigmas", k) for k, v in (self.sigmas or {}).items()}
         for k, v in sigmas.items():
             if not np.all(v > 0):
                 raise EncodeError(f"sigmas of {k!r} must be positive")
