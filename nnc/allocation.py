@@ -3,7 +3,9 @@
 * :func:`allocate_qps` — per-tensor qps that minimise the estimated total size for a target
   total (importance-weighted) distortion, or for a target weight SNR;
 * :func:`empirical_fisher` — a cheap importance estimate: the mean squared gradient of each
-  weight over a few batches, from a user callback (any framework).
+  weight over a few batches, from a user callback (any framework);
+* :func:`input_importance` — an importance without gradients: the second moments of each
+  layer's inputs (the diagonal of its Gauss-Newton matrix).
 """
 
 from __future__ import annotations
@@ -257,4 +259,61 @@ def laplace_sigmas(
     return out
 
 
-__all__ = ["allocate_qps", "empirical_fisher", "laplace_sigmas"]
+def input_importance(
+    weights: Mapping[str, np.ndarray], input_moments: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Importance F of each weight from the second moments of its layer's inputs (spec A.12).
+
+    For a linear layer y = W·x, an error e in W[i, j] changes y[i] by e·x[j], so its
+    squared output error is e²·E[x[j]²]: F[i, j] = E[x[j]²], the diagonal of the
+    layer's Gauss-Newton matrix with unit output weighting. Input features of large
+    energy (the outlier channels of transformers) make their weights important; the
+    rate-distortion choice then spends its rate there. Convolution weights
+    (out, in, ...) take E[x[c]²] of their input channel c for every kernel position.
+    Each tensor's F is scaled to mean 1, so λ keeps its meaning.
+
+    Parameters
+    ----------
+    weights : mapping of str to numpy.ndarray
+        The weight tensors, (out, in) or (out, in, kernel...); only their shapes are used.
+    input_moments : mapping of str to numpy.ndarray
+        {weight name: E[x²] per input feature or channel} (length ``in``), measured on a
+        few inputs of the application; tensors without an entry get none.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        {name: F}, float32 in the weight's shape: ``Encoder(importance=...)``.
+
+    Raises
+    ------
+    nnc.errors.EncodeError
+        If a weight is named that is not there, has fewer than two dimensions, or its
+        moments are not one non-negative finite value per input feature.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> f = input_importance({"w": np.zeros((2, 3))}, {"w": np.array([1.0, 4.0, 1.0])})
+    >>> f["w"].tolist()
+    [[0.5, 2.0, 0.5], [0.5, 2.0, 0.5]]
+    """
+    out = {}
+    for name, moments in input_moments.items():
+        if name not in weights:
+            raise EncodeError(f"input_importance: no weight tensor {name!r}")
+        shape = np.shape(weights[name])
+        m = np.asarray(moments, np.float64).reshape(-1)
+        if len(shape) < 2 or m.size != shape[1] or not np.all(np.isfinite(m) & (m >= 0)):
+            raise EncodeError(
+                f"tensor {name!r}: input moments need one non-negative value per input feature "
+                f"({shape[1] if len(shape) > 1 else 'a 2-d or larger weight'}), got {m.size}"
+            )
+        mean = m.mean()
+        m = m / mean if mean > 0 else np.ones_like(m)
+        per_input = m.reshape((1, -1) + (1,) * (len(shape) - 2))
+        out[name] = np.ascontiguousarray(np.broadcast_to(per_input, shape), np.float32)
+    return out
+
+
+__all__ = ["allocate_qps", "empirical_fisher", "input_importance", "laplace_sigmas"]

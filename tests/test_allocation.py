@@ -1,10 +1,12 @@
-"""Bit allocation across tensors and the empirical Fisher importance (spec A.11, A.12)."""
+"""Bit allocation across tensors, the empirical Fisher importance and the input-moment importance (spec A.11, A.12)."""
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import nnc
-from nnc.allocation import allocate_qps, empirical_fisher
+from nnc.allocation import allocate_qps, empirical_fisher, input_importance
 
 
 def _model(seed):
@@ -50,3 +52,32 @@ def test_empirical_fisher_is_the_mean_squared_gradient():
     np.testing.assert_allclose(f["b"], [0.125])
     with pytest.raises(nnc.EncodeError):
         empirical_fisher(iter([]))
+
+
+@settings(deadline=None, max_examples=40)
+@given(out=st.integers(1, 5), features=st.integers(1, 6), seed=st.integers(0, 2**32 - 1))
+def test_input_importance_weights_errors_by_their_output_error(out, features, seed):
+    # inputs along the feature axes (x = s e_j) have E[x_j x_k] = 0 for j != k: there the F-weighted squared error
+    # of W is exactly the mean squared output error, up to F's scale to mean 1
+    rng = np.random.default_rng(seed)
+    scales = rng.uniform(0.0, 3.0, features)
+    inputs = np.diag(scales)
+    error = rng.normal(size=(out, features))
+    moments = (inputs ** 2).mean(0)
+    f = input_importance({"w": np.zeros((out, features), np.float32)}, {"w": moments})["w"]
+    assert f.shape == (out, features) and f.dtype == np.float32
+    output_error = ((inputs @ error.T) ** 2).sum(1).mean()
+    scale = moments.mean() if moments.mean() > 0 else 1.0
+    assert np.isclose((f * error ** 2).sum() * scale, output_error, rtol=1e-5, atol=1e-12) or moments.mean() == 0
+
+
+def test_input_importance_of_convolutions_and_bad_moments():
+    f = input_importance({"c": np.zeros((4, 3, 2, 2))}, {"c": [0.0, 1.0, 2.0]})["c"]
+    assert f.shape == (4, 3, 2, 2)
+    assert np.array_equal(f[2, :, 1, 0], [0.0, 1.0, 2.0]) and np.isclose(f.mean(), 1.0)
+    assert np.all(input_importance({"w": np.zeros((2, 2))}, {"w": [0.0, 0.0]})["w"] == 1.0)
+    for bad in ({"w": [1.0]}, {"w": [1.0, -1.0]}, {"w": [1.0, np.nan]}, {"b": [1.0, 1.0]}):
+        with pytest.raises(nnc.EncodeError):
+            input_importance({"w": np.zeros((2, 2)), "b": np.zeros(2)}, bad)
+    with pytest.raises(nnc.EncodeError, match="no weight tensor 'x'"):
+        input_importance({}, {"x": [1.0]})

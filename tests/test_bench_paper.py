@@ -10,6 +10,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 pytest.importorskip("sklearn", reason="the Lloyd baseline needs scikit-learn")
 import bench_paper as bp  # noqa: E402
+import nnc  # noqa: E402
+import nnc.allocation  # noqa: E402
 from nnc.reconstruction import step_size  # noqa: E402
 
 
@@ -44,3 +46,28 @@ def test_light_sweep_holds_the_uniform_operating_point_and_scores_the_holdout():
     # the held-out score is recorded on the chosen streams (here the same function: the same loss)
     for coder in ("nnc", "huffman", "csr-huffman", "bzip2", "h0"):
         assert table[coder]["holdout_loss"] == table[coder]["accuracy_loss"]
+
+
+def test_light_sweep_codes_with_the_importance_of_input_moments():
+    # a metric that passes only the encoder's defaults coded with the importance of the model's input moments: the
+    # sweep must offer those streams, with the arrays nnc.allocation.input_importance makes of the moments
+    rng = np.random.default_rng(6)
+    params = {"fc.weight": rng.laplace(0, 0.1, (48, 40)).astype(np.float32)}
+    moments = np.r_[400.0, np.full(39, 0.01)]
+    grid = range(-20, -17)
+    importance = nnc.allocation.input_importance(params, {"fc.weight": moments})
+    wanted = [nnc.Encoder(qp=qp, rdoq_lambda=0.1, importance=importance).encode(params).reconstruction["fc.weight"]
+              for qp in grid]
+    plain = [nnc.Encoder(qp=qp, rdoq_lambda=0.1).encode(params).reconstruction["fc.weight"] for qp in grid]
+    assert not any(np.array_equal(a, b) for a, b in zip(wanted, plain))   # the importance changes the levels
+
+    def evaluate(t):
+        return float(any(np.array_equal(np.asarray(t["fc.weight"]), w) for w in wanted)
+                     or np.array_equal(np.asarray(t["fc.weight"]), params["fc.weight"]))
+
+    model = bp.Model("toy", params, evaluate, "importance streams only")
+    model.light, model.qps, model.searched = True, grid, False
+    model.input_moments = lambda p: {"fc.weight": moments}
+    rows = bp.run_model(model, "dense", argparse.Namespace(quick=True, search_budget=0), None, lambda s: None)
+    table = {r["coder"]: r for r in rows if r["table"] == "I"}
+    assert table["nnc"]["setting"].endswith(bp.IMPORTANCE_NOTE) and table["nnc"]["accuracy_loss"] == 0
