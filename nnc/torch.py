@@ -27,7 +27,7 @@ from typing import Mapping
 
 import numpy as np
 
-__all__ = ["save", "state_dict", "load_state_dict", "numpy_inputs", "LoadResult"]
+__all__ = ["save", "state_dict", "load_state_dict", "numpy_inputs", "input_moments", "LoadResult"]
 
 
 class LoadResult(namedtuple("LoadResult", ["missing_keys", "unexpected_keys"])):
@@ -315,3 +315,78 @@ def load_state_dict(module, stream, strict: bool = True, **decoder_options) -> L
             if name not in in_place:
                 target[name].copy_(_as_torch(array, dtype, None).reshape(target[name].shape))
     return LoadResult(missing, unexpected)
+
+
+def input_moments(module, batches) -> dict[str, np.ndarray]:
+    """The mean square of each input feature of the module's linear and convolution layers.
+
+    Runs ``module(batch)`` (``torch.no_grad``) for each of ``batches`` (tensors, or tuples
+    of positional arguments) and measures E[x²] of every ``torch.nn.Linear`` input feature
+    (over all leading dimensions) and every ``Conv1d/2d/3d`` input channel (over the batch
+    and the positions; convolutions with groups are left out). With
+    :func:`nnc.allocation.input_importance` it gives an importance for the encoder's
+    rate-distortion choice (spec A.12).
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The model, in the mode to be measured (``module.eval()`` usually).
+    batches : iterable
+        Inputs of the application: a few batches suffice.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        {"<layer>.weight": E[x²] per input feature}, float64.
+
+    Raises
+    ------
+    nnc.errors.EncodeError
+        If ``batches`` yields nothing.
+
+    Examples
+    --------
+    >>> import torch, nnc.torch, nnc.allocation
+    >>> model = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    >>> m = nnc.torch.input_moments(model, [torch.tensor([[1.0, 2.0, 0.0], [1.0, 0.0, 0.0]])])
+    >>> m["0.weight"].tolist()
+    [1.0, 2.0, 0.0]
+    >>> weights = {k: v.numpy() for k, v in model.state_dict().items()}
+    >>> F = nnc.allocation.input_importance(weights, m)
+    >>> F["0.weight"].tolist()
+    [[1.0, 2.0, 0.0], [1.0, 2.0, 0.0]]
+    """
+    torch = _torch()
+    from .errors import EncodeError
+
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+
+    def hook(name, channel_axis):
+        def record(_module, args):
+            x = args[0].detach().to(torch.float64)
+            x = x.movedim(channel_axis, -1).reshape(-1, x.shape[channel_axis])
+            sums[name] = sums.get(name, 0.0) + (x * x).sum(0).cpu().numpy()
+            counts[name] = counts.get(name, 0) + x.shape[0]
+
+        return record
+
+    handles = []
+    for name, layer in module.named_modules():
+        weight = f"{name}.weight" if name else "weight"
+        if isinstance(layer, torch.nn.Linear):
+            handles.append(layer.register_forward_pre_hook(hook(weight, -1)))
+        elif isinstance(layer, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)) and layer.groups == 1:
+            handles.append(layer.register_forward_pre_hook(hook(weight, 1)))
+    seen = 0
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                module(*batch) if isinstance(batch, tuple) else module(batch)
+                seen += 1
+    finally:
+        for h in handles:
+            h.remove()
+    if not seen:
+        raise EncodeError("input_moments needs at least one batch")
+    return {k: sums[k] / max(counts[k], 1) for k in sums}

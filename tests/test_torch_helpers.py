@@ -118,3 +118,25 @@ def test_docstring_examples_of_nnc_torch():
 
     result = doctest.testmod(nt, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 5 and result.failed == 0
+
+
+def test_input_moments_of_linear_and_convolution_layers():
+    torch = pytest.importorskip("torch", reason="the PyTorch helpers need torch")
+    from nnc.allocation import input_importance
+    from nnc.torch import input_moments
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(3 * 4 * 4, 5))
+    batches = [torch.randn(4, 2, 4, 4) * torch.tensor([1.0, 3.0]).view(1, 2, 1, 1) for _ in range(3)]
+    m = input_moments(model, batches)
+    x = torch.cat(batches).double()
+    assert np.allclose(m["0.weight"], (x ** 2).mean((0, 2, 3)).numpy())
+    hidden = torch.nn.Sequential(*model[:3])(torch.cat(batches)).detach().double()
+    assert np.allclose(m["3.weight"], (hidden ** 2).mean(0).numpy())
+    weights = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    f = input_importance(weights, m)
+    assert f["0.weight"].shape == (3, 2, 3, 3) and f["0.weight"][0, 1, 0, 0] > 5 * f["0.weight"][0, 0, 0, 0]
+    assert not any(h for layer in model.modules() for h in layer._forward_pre_hooks.values())   # hooks removed
+    with pytest.raises(nnc.EncodeError, match="at least one batch"):
+        input_moments(model, [])
