@@ -617,10 +617,10 @@ class EncodeCache:
     :meth:`Encoder.encode` with ``cache=`` reuses a unit when the same array objects (by
     identity, not by value) are coded with the same per-tensor settings: qp, λ, and every
     encoder option that changes a unit's bytes (``importance`` and ``sigmas`` arrays also by
-    identity). The input arrays must not change in place while the cache is in use; the levels and reconstructions of results are shared with
-    the cache and read-only. The DC-v2 search (:func:`nnc.search.search`) uses one per
-    worker. The least recently used units go first once their arrays and bytes exceed
-    ``max_bytes``.
+    identity). The input arrays must not change in place while the cache is in use; the
+    levels and reconstructions of results are shared with the cache and read-only. The
+    DC-v2 search (:func:`nnc.search.search`) uses one per worker. The least recently used
+    units go first once their arrays and bytes exceed ``max_bytes``.
 
     Parameters
     ----------
