@@ -329,7 +329,7 @@ def input_moments(module, batches) -> dict[str, np.ndarray]:
 
     Parameters
     ----------
-    module : torch.nn.Module
+    module : ``torch.nn.Module``
         The model, in the mode to be measured (``module.eval()`` usually).
     batches : iterable
         Inputs of the application: a few batches suffice.
