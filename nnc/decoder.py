@@ -661,7 +661,7 @@ class Decoder:
                 offset=len(self.data),
             )
         if len(held) > count:
-            i, info = self._index[held[count]]
+            _, info = self._index[held[count]]
             raise DecodeError(
                 f"tensor {held[count]!r} is beyond the {count} tensor(s) the topology unit announces",
                 clause="3.5",

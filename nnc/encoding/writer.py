@@ -31,6 +31,7 @@ import numpy as np
 
 from .. import container as C
 from .._parallel import row_threads
+from ..decoder import _weights_before_biases
 from ..errors import EncodeError
 from .quantiser import CodedTensor
 from .settings import EncoderSettings, matches
@@ -199,7 +200,7 @@ def announced_by_count(names: list, groups: Mapping[str, dict]) -> bool:
         bias = parts.get("bias")
         if set(parts) != {"bias"} or weight not in at or at.get(bias) != at[weight] + 1:
             return False
-    return not any(a.endswith("bias") and b == a[: -len("bias")] + "weight" for a, b in zip(names, names[1:]))
+    return _weights_before_biases(names) == names  # the decoder's order rule changes nothing
 
 
 @dataclass
