@@ -105,7 +105,132 @@ class OnnxWeights:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
+        if CovarianceRecorder.active is not None:
+            return CovarianceRecorder.active.session(self, tensors, opts)
         return ort.InferenceSession(self.model_bytes(tensors), sess_options=opts, providers=["CPUExecutionProvider"])
+
+    def weighted_layers(self) -> dict:
+        """{weight name (prefixed): (the node's activation input, op, attributes, transposed)} of the top graph's
+        Conv nodes (1-D and 2-D, one group) and MatMul / Gemm nodes whose weight is one of ``names``; transposed:
+        the weight is stored (inputs, outputs)."""
+        import onnx
+
+        graph = onnx.load(str(self.path), load_external_data=False).graph
+        names = set(self.names)
+        layers = {}
+        for node in graph.node:
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            if len(node.input) < 2 or node.input[1] not in names or node.input[0] in names:
+                continue
+            w = self.tensors[node.input[1]]
+            if node.op_type == "Conv" and attrs.get("group", 1) == 1 and w.ndim in (3, 4):
+                layers[self.prefix + node.input[1]] = (node.input[0], "Conv", attrs, False)
+            elif node.op_type == "MatMul" and w.ndim == 2:
+                layers[self.prefix + node.input[1]] = (node.input[0], "MatMul", attrs, True)
+            elif node.op_type == "Gemm" and w.ndim == 2 and not attrs.get("transA", 0):
+                layers[self.prefix + node.input[1]] = (node.input[0], "Gemm", attrs, not attrs.get("transB", 0))
+        return layers
+
+
+def _conv_patches(x: np.ndarray, kernel: tuple, attrs: dict) -> np.ndarray:
+    """The input patches of an ONNX Conv (1-D or 2-D) as rows in the weight's (channel, kh, kw) order."""
+    if x.ndim == 3:                                          # 1-D: a height of 1
+        x, kernel = x[:, :, None, :], (1,) + tuple(kernel)
+        attrs = dict(attrs, strides=[1] + list(attrs.get("strides", [1])),
+                     dilations=[1] + list(attrs.get("dilations", [1])),
+                     pads=[0, *attrs["pads"][:1], 0, *attrs["pads"][1:]] if "pads" in attrs else [0, 0, 0, 0])
+    strides = list(attrs.get("strides", [1, 1]))
+    dilations = list(attrs.get("dilations", [1, 1]))
+    auto = attrs.get("auto_pad", b"NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    span = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        pads = [0, 0, 0, 0]
+        for i, size in enumerate(x.shape[2:]):
+            out = -(-size // strides[i])
+            total = max(0, (out - 1) * strides[i] + span[i] - size)
+            small, big = total // 2, total - total // 2
+            pads[i], pads[i + 2] = (small, big) if auto == "SAME_UPPER" else (big, small)
+    else:
+        pads = list(attrs.get("pads", [0, 0, 0, 0])) if auto != "VALID" else [0, 0, 0, 0]
+    xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    win = np.lib.stride_tricks.sliding_window_view(xp, span, axis=(2, 3))
+    win = win[:, :, :: strides[0], :: strides[1], :: dilations[0], :: dilations[1]]
+    n, c, oh, ow, kh, kw = win.shape
+    return win.transpose(0, 2, 3, 1, 4, 5).reshape(n * oh * ow, c * kh * kw)
+
+
+class CovarianceRecorder:
+    """While active (``with CovarianceRecorder() as rec:``), the sessions of :class:`OnnxWeights` also return the
+    inputs of their weighted layers, and ``rec.covariances()`` gives E[x x^T] of each (nnc's ``covariances``)."""
+
+    active = None
+
+    def __init__(self):
+        self.sums, self.counts, self.transposed = {}, {}, set()
+
+    def __enter__(self):
+        CovarianceRecorder.active = self
+        return self
+
+    def __exit__(self, *exc):
+        CovarianceRecorder.active = None
+
+    def session(self, weights: OnnxWeights, tensors: dict, opts):
+        import onnx
+        import onnxruntime as ort
+
+        layers = weights.weighted_layers()
+        model = onnx.load_from_string(weights.model_bytes(tensors))
+        outputs = [o.name for o in model.graph.output]
+        graph_inputs = {i.name for i in model.graph.input}
+        taps = sorted({a for a, *_ in layers.values() if a not in graph_inputs and a not in outputs})
+        for name in taps:
+            model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+        session = ort.InferenceSession(model.SerializeToString(), sess_options=opts,
+                                       providers=["CPUExecutionProvider"])
+        self.transposed |= {k for k, (*_, t) in layers.items() if t}
+        return _RecordingSession(session, outputs, taps, layers, weights, self)
+
+    def add(self, weight: str, rows: np.ndarray) -> None:
+        rows = np.asarray(rows, np.float64)
+        self.sums[weight] = self.sums.get(weight, 0.0) + rows.T @ rows
+        self.counts[weight] = self.counts.get(weight, 0) + len(rows)
+
+    def covariances(self) -> dict:
+        return {k: v / self.counts[k] for k, v in self.sums.items()}
+
+
+class _RecordingSession:
+    """An onnxruntime session that hands the recorder its weighted layers' inputs and returns only its outputs."""
+
+    def __init__(self, session, outputs, taps, layers, weights, recorder):
+        self._session, self._outputs, self._taps = session, outputs, taps
+        self._layers, self._weights, self._recorder = layers, weights, recorder
+
+    def get_outputs(self):
+        return [o for o in self._session.get_outputs() if o.name in self._outputs]
+
+    def run(self, output_names, feeds, run_options=None):
+        names = list(output_names) if output_names else list(self._outputs)
+        got = self._session.run(names + self._taps, feeds, run_options)
+        values = dict(feeds)
+        values.update(zip(self._taps, got[len(names):]))
+        for weight, (activation, op, attrs, _) in self._layers.items():
+            x = values.get(activation)
+            if x is None or np.asarray(x).dtype.kind != "f":
+                continue
+            x = np.asarray(x)
+            w = self._weights.tensors[weight[len(self._weights.prefix):]]
+            if op == "Conv":
+                rows = _conv_patches(x, w.shape[2:], attrs)
+            else:
+                rows = x.reshape(-1, x.shape[-1])
+            self._recorder.add(weight, rows)
+        return got[: len(names)]
+
+    def __getattr__(self, name):
+        return getattr(self._session, name)
 
 
 # -- silero-vad -----------------------------------------------------------------------------------------------------
@@ -399,6 +524,22 @@ def rapidocr(seed: int = 0):
 
 
 PACKAGED.update(magika=magika, rapidocr=rapidocr)
+
+#: the ONNX models whose weighted layers' inputs :class:`CovarianceRecorder` sees (silero-vad's convolutions are
+#: inside an If node's branches; MTCNN is run by torch)
+RECORDABLE = ("magika", "rapidocr")
+#: the seed of the inputs the covariances are measured on: neither the evaluation's (0) nor the held-out set's (1)
+CALIBRATION_SEED = 2
+
+
+def input_covariances(key: str, params: dict) -> tuple[dict, list]:
+    """({weight: E[x x^T] of its layer's input}, [weights stored (inputs, outputs)]) of a RECORDABLE model with the
+    weights ``params``, on the inputs of seed CALIBRATION_SEED (nnc's ``covariances``, spec A.16)."""
+    evaluate = PACKAGED[key](seed=CALIBRATION_SEED)[1]
+    with CovarianceRecorder() as recorder:
+        evaluate(params)
+    covs = recorder.covariances()
+    return covs, sorted(k for k in recorder.transposed if k in covs)
 
 
 # -- facenet-pytorch MTCNN --------------------------------------------------------------------------------------------

@@ -186,6 +186,7 @@ def cmd_encode(args) -> int:
             "--state file": args.state,
             "--sigmas file": args.sigmas,
             "--importance file": args.importance,
+            "--covariances file": args.covariances,
         },
     )
     if refused:
@@ -226,6 +227,27 @@ def cmd_encode(args) -> int:
         options["sigmas"], _ = formats.read_model(args.sigmas)
     if args.importance:
         options["importance"], _ = formats.read_model(args.importance)
+    if args.covariances:
+        if args.target_snr is not None:
+            return _fail(
+                "--covariances cannot be combined with --target-snr (error feedback trades the weights' "
+                "own SNR for the layers' output error)"
+            )
+        options["covariances"], _ = formats.read_model(args.covariances)
+        stray = [k for k in options["covariances"] if k not in names]
+        if stray:
+            return _fail(f"{args.covariances}: {stray[0]!r} is not a tensor of {args.model}")
+        from .encoding.feedback import check_covariance
+        from .errors import EncodeError
+
+        for t in source:
+            if t.name in options["covariances"]:
+                try:
+                    if len(t.shape) < 2:
+                        raise EncodeError(f"{t.name!r} has {len(t.shape)} dimension(s): a covariance needs a weight")
+                    check_covariance(t.name, options["covariances"][t.name], math.prod(t.shape[1:]))
+                except EncodeError as exc:
+                    return _fail(f"{args.covariances}: {exc}")
     if args.nonweight_qp is not None:
         options["nonweight_qp"] = args.nonweight_qp
     if args.blocks is not None:
@@ -347,6 +369,7 @@ def _encode_on_cluster(args, options) -> int:
         ("--target-snr", args.target_snr),
         ("--sigmas", args.sigmas),
         ("--importance", args.importance),
+        ("--covariances", args.covariances),
     ):
         if used:
             return _fail(f"{flag} cannot be combined with --scheduler")
@@ -1494,6 +1517,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="DC-v1: a model file of per-weight standard deviations (same names); sets each "
         "tensor's step by eq. 12 and, with --rdoq, the importance 1/sigma^2",
+    )
+    p.add_argument(
+        "--covariances",
+        metavar="FILE",
+        help="a model file of input covariances E[x x^T] per weight (an (n, n) matrix for a weight with n inputs, "
+        "nnc.torch.input_covariances): those weights are quantised with error feedback (spec A.16)",
     )
     p.add_argument("--dcv1-s", type=int, default=64, metavar="S", help="DC-v1 global integer S (default 64)")
     p.add_argument(

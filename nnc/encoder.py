@@ -34,7 +34,7 @@ from .encoding.quantiser import (  # noqa: F401
     default_scan_order,
 )
 from .encoding.quantiser import as_float_array as _as_float_array  # noqa: F401
-from .encoding.settings import OPTIONS, EncoderSettings, qp_for_step
+from .encoding.settings import OPTIONS, EncoderSettings, matches, qp_for_step
 from .encoding.writer import Unit, UnitWriter, block_groups, block_members, metadata_json, mps_qp
 from .engine import get_engine
 from .errors import EncodeError
@@ -246,6 +246,20 @@ class Encoder:
         DeepCABAC DC-v1: per-weight standard deviations σ. The tensor's step follows eq. 12,
         Δ = 2|w_max| / (2|w_max|/σ_min + S), snapped to the qp grid, and with
         ``rdoq_lambda`` the importance is F = 1/σ² (spec A.10).
+    covariances : mapping of str to numpy.ndarray, optional
+        {weight name: E[x·xᵀ] of its layer's input}, an (n, n) matrix for a weight of shape
+        (out, ...) with n = the product of the other dimensions (a convolution's input patches
+        in (channel, kh, kw) order, as :func:`nnc.torch.input_covariances` measures them).
+        These weights are quantised with error feedback (spec A.16): each rounding error is
+        compensated in the weights not yet rounded, so that the layer's output error rather
+        than the weights' own error stays small, which allows a coarser qp for the same
+        accuracy. Their levels lie on the uniform grid (no DQ; ``importance`` is not used
+        for them); ``rdoq_lambda`` trades levels for bits with an order-0 rate estimate.
+        A block NDU with such a weight codes its members without DQ too.
+    covariance_transposed : sequence of str, optional
+        Names or glob patterns of weights with ``covariances`` that are stored inputs first,
+        (n, outputs...), as ONNX ``MatMul`` and Keras ``Dense`` keep them (y = x·W): their
+        matrix is over the first dimension.
     dcv1_s : int
         The global integer S of eq. 12 (default 64).
     engine : str, optional
@@ -430,7 +444,8 @@ class Encoder:
                 )
             members = block_members(name, groups[name])
             in_block = s.blocks != "auto"  # auto pairs are float tensors, coded alike either way
-            coded = {n: self.quantiser.quantise(n, arrays[n], in_block=in_block) for n in members[1:] + [name]}
+            dq = s.tensor_dq(name)  # the block's members follow its weight
+            coded = {n: self.quantiser.quantise(n, arrays[n], in_block=in_block, dq=dq) for n in members[1:] + [name]}
             return writer.group_unit(name, groups[name], coded, arrays)
 
         units = []
@@ -571,6 +586,8 @@ class Encoder:
                     s.output_formats.get(n),
                     id(s.importance.get(n)),
                     id(s.sigmas.get(n)),
+                    id(s.covariances.get(n)),
+                    matches(n, s.covariance_transposed),
                 )
             )
         layout = None if parts is None else repr(sorted(parts.items()))
@@ -593,6 +610,7 @@ class Encoder:
             tuple(arrays[n] for n in names),
             tuple(s.importance.get(n) for n in names),
             tuple(s.sigmas.get(n) for n in names),
+            tuple(s.covariances.get(n) for n in names),
         )
 
 
@@ -652,15 +670,21 @@ class EncodeCache:
         self.misses = 0
         self._units: OrderedDict = OrderedDict()
 
+    #: a unit key ends with this many tuples of arrays: the tensors, then importance, sigmas and covariances
+    _ARRAY_FIELDS = 4
+
     def _lookup_key(self, key: tuple) -> tuple:
         # the arrays are compared by identity; the entry keeps them alive so that ids stay unique
-        head, arrays = key[:-3], key[-3]
+        head, arrays = key[: -self._ARRAY_FIELDS], key[-self._ARRAY_FIELDS]
         return head + (tuple(id(a) for a in arrays),)
+
+    def _arrays(self, key: tuple) -> tuple:
+        return sum(key[-self._ARRAY_FIELDS :], ())
 
     def _get(self, key: tuple):
         k = self._lookup_key(key)
         entry = self._units.get(k)
-        if entry is None or any(a is not b for a, b in zip(entry[0], key[-3] + key[-2] + key[-1])):
+        if entry is None or any(a is not b for a, b in zip(entry[0], self._arrays(key))):
             self.misses += 1
             return None
         self._units.move_to_end(k)
@@ -672,7 +696,7 @@ class EncodeCache:
             for array in t.arrays():
                 array.setflags(write=False)
         k = self._lookup_key(key)
-        self._units[k] = (key[-3] + key[-2] + key[-1], unit)
+        self._units[k] = (self._arrays(key), unit)
         self._units.move_to_end(k)
         self._trim()
 

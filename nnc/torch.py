@@ -27,7 +27,7 @@ from typing import Mapping
 
 import numpy as np
 
-__all__ = ["save", "state_dict", "load_state_dict", "numpy_inputs", "input_moments", "LoadResult"]
+__all__ = ["save", "state_dict", "load_state_dict", "numpy_inputs", "input_moments", "input_covariances", "LoadResult"]
 
 
 class LoadResult(namedtuple("LoadResult", ["missing_keys", "unexpected_keys"])):
@@ -357,27 +357,117 @@ def input_moments(module, batches) -> dict[str, np.ndarray]:
     [[1.0, 2.0, 0.0], [1.0, 2.0, 0.0]]
     """
     torch = _torch()
+
+    def channels(layer, x):
+        if isinstance(layer, torch.nn.Linear):
+            return x.reshape(-1, x.shape[-1])
+        if isinstance(layer, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)) and layer.groups == 1:
+            return x.movedim(1, -1).reshape(-1, x.shape[1])
+        return None
+
+    return _input_statistics(module, batches, channels, lambda x: (x * x).sum(0), "input_moments")
+
+
+def input_covariances(module, batches, layers=None) -> dict[str, np.ndarray]:
+    """E[x·xᵀ] of the input of the module's linear and 1-D/2-D convolution layers.
+
+    Runs ``module(batch)`` (``torch.no_grad``) for each of ``batches`` and measures the
+    second moments of every ``torch.nn.Linear`` input (over all leading dimensions) and of
+    every ``Conv1d``/``Conv2d`` input patch (over the batch and the positions, in the
+    weight's (channel, kh, kw) order; zero padding, no groups). Given to the encoder as
+    ``covariances``, they make it quantise those weights with error feedback (spec A.16).
+    A layer with n inputs (C·kh·kw for a convolution) needs an n × n float64 matrix:
+    ``layers`` limits the measurement to some of them.
+
+    Parameters
+    ----------
+    module : ``torch.nn.Module``
+        The model, in the mode to be measured (``module.eval()`` usually).
+    batches : iterable
+        Inputs of the application (tensors, or tuples of positional arguments): a few
+        batches with many more positions than each layer has inputs.
+    layers : iterable of str, optional
+        Weight names (``"<layer>.weight"``) to measure; default all.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        {"<layer>.weight": (n, n) matrix}, float64.
+
+    Raises
+    ------
+    nnc.errors.EncodeError
+        If ``batches`` yields nothing.
+
+    Examples
+    --------
+    >>> import torch, nnc.torch
+    >>> model = torch.nn.Sequential(torch.nn.Linear(2, 1))
+    >>> h = nnc.torch.input_covariances(model, [torch.tensor([[1.0, 2.0], [3.0, 0.0]])])
+    >>> h["0.weight"].tolist()
+    [[5.0, 1.0], [1.0, 2.0]]
+    """
+    torch = _torch()
+    wanted = None if layers is None else set(layers)
+
+    def patches(layer, x):
+        if isinstance(layer, torch.nn.Linear):
+            return x.reshape(-1, x.shape[-1])
+        if not isinstance(layer, (torch.nn.Conv1d, torch.nn.Conv2d)) or layer.groups != 1:
+            return None
+        if layer.padding_mode != "zeros":
+            return None
+        if isinstance(layer, torch.nn.Conv1d):
+            x = x.unsqueeze(-2)
+        dims = len(layer.kernel_size)
+        kernel = (1,) * (2 - dims) + tuple(layer.kernel_size)
+        dilation = (1,) * (2 - dims) + tuple(layer.dilation)
+        stride = (1,) * (2 - dims) + tuple(layer.stride)
+        if isinstance(layer.padding, str):  # "valid" or "same" (stride 1): the extra row or column at the end
+            total = [0] * (2 - dims) + [
+                0 if layer.padding == "valid" else d * (k - 1) for d, k in zip(layer.dilation, layer.kernel_size)
+            ]
+            pad = []
+            for t in reversed(total):
+                pad += [t // 2, t - t // 2]
+        else:
+            padding = (0,) * (2 - dims) + tuple(layer.padding)
+            pad = [p for q in reversed(padding) for p in (q, q)]
+        x = torch.nn.functional.pad(x, pad)
+        cols = torch.nn.functional.unfold(x, kernel, dilation=dilation, stride=stride)  # (N, C*kh*kw, L)
+        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+
+    def select(layer, x, name):
+        return None if wanted is not None and name not in wanted else patches(layer, x)
+
+    return _input_statistics(module, batches, select, lambda x: x.T @ x, "input_covariances", named=True)
+
+
+def _input_statistics(module, batches, rows_of, statistic, what: str, named: bool = False) -> dict:
+    """Mean of ``statistic(rows)`` over the rows of each layer input that ``rows_of(layer, x[, name])`` turns into a
+    matrix (None: layer left out), over the forward passes of ``batches`` (forward pre-hooks, removed after)."""
+    torch = _torch()
     from .errors import EncodeError
 
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
 
-    def hook(name, channel_axis):
+    def hook(name, layer):
         def record(_module, args):
             x = args[0].detach().to(torch.float64)
-            x = x.movedim(channel_axis, -1).reshape(-1, x.shape[channel_axis])
-            sums[name] = sums.get(name, 0.0) + (x * x).sum(0).cpu().numpy()
-            counts[name] = counts.get(name, 0) + x.shape[0]
+            rows = rows_of(layer, x, name) if named else rows_of(layer, x)
+            if rows is None:
+                return
+            sums[name] = sums.get(name, 0.0) + statistic(rows).cpu().numpy()
+            counts[name] = counts.get(name, 0) + rows.shape[0]
 
         return record
 
     handles = []
     for name, layer in module.named_modules():
         weight = f"{name}.weight" if name else "weight"
-        if isinstance(layer, torch.nn.Linear):
-            handles.append(layer.register_forward_pre_hook(hook(weight, -1)))
-        elif isinstance(layer, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)) and layer.groups == 1:
-            handles.append(layer.register_forward_pre_hook(hook(weight, 1)))
+        if isinstance(layer, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)):
+            handles.append(layer.register_forward_pre_hook(hook(weight, layer)))
     seen = 0
     try:
         with torch.no_grad():
@@ -388,5 +478,5 @@ def input_moments(module, batches) -> dict[str, np.ndarray]:
         for h in handles:
             h.remove()
     if not seen:
-        raise EncodeError("input_moments needs at least one batch")
+        raise EncodeError(f"{what} needs at least one batch")
     return {k: sums[k] / max(counts[k], 1) for k in sums}

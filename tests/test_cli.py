@@ -231,6 +231,38 @@ def test_encode_importance_of_the_wrong_size_is_an_input_error(model, tmp_path):
         assert not (tmp_path / "x.nnr").exists()
 
 
+def test_encode_with_covariances_codes_the_fed_back_levels(model, tmp_path):
+    path, tensors = model
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((500, 12)) @ rng.standard_normal((12, 12))
+    h = x.T @ x / len(x)
+    cov = tmp_path / "cov.npz"
+    cov.write_bytes(npz_bytes({"fc.weight": h}))
+    out = tmp_path / "fed.nnr"
+    r = run("encode", path, "-o", out, "--qp", "-20", "--covariances", cov)
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes() == nnc.encode(tensors, qp=-20, covariances={"fc.weight": h})
+
+
+@pytest.mark.parametrize(
+    "content, extra, message",
+    [
+        ({"fc.weight": np.eye(5)}, [], "must be (12, 12)"),
+        ({"fc.bias": np.eye(16)}, [], "needs a weight"),
+        ({"other.weight": np.eye(12)}, [], "'other.weight' is not a tensor of"),
+        ({"fc.weight": np.eye(12)}, ["--target-snr", "20"], "cannot be combined with --target-snr"),
+    ],
+)
+def test_a_wrong_covariances_file_is_an_input_error(model, tmp_path, content, extra, message):
+    path, _ = model
+    cov = tmp_path / "cov.npz"
+    cov.write_bytes(npz_bytes(content))
+    r = run("encode", path, "-o", tmp_path / "x.nnr", "--covariances", cov, *extra)
+    assert r.returncode == 1 and message in r.stderr and "Traceback" not in r.stderr
+    assert r.stderr.count("\n") == 1
+    assert not (tmp_path / "x.nnr").exists()
+
+
 def test_tensor_lambda_and_bad_assignments(model, tmp_path):
     path, _ = model
     plain, lam = tmp_path / "p.nnr", tmp_path / "l.nnr"

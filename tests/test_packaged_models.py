@@ -92,3 +92,50 @@ def test_resize_scales_are_graph_structure(tmp_path):
     assert list(weights.params) == ["gain"]
     y = weights.session({"gain": np.float32([2.0])}).run(None, {"x": np.ones((1, 1, 2, 2), np.float32)})[0]
     assert y.shape == (1, 1, 4, 4) and np.all(y == 2.0)
+
+
+@pytest.mark.parametrize(
+    "x_shape, w_shape, attrs",
+    [
+        ((2, 3, 9, 7), (5, 3, 3, 2), dict(pads=[1, 0, 2, 1], strides=[2, 1], dilations=[1, 2])),
+        ((1, 2, 8, 8), (4, 2, 3, 3), dict(auto_pad="SAME_UPPER", strides=[2, 2])),
+        ((1, 2, 7, 6), (3, 2, 2, 2), dict(auto_pad="SAME_LOWER")),
+        ((2, 3, 11), (4, 3, 3), dict(pads=[2, 1], strides=[2])),
+    ],
+)
+def test_recorded_conv_patches_times_the_weight_give_the_conv_output(tmp_path, x_shape, w_shape, attrs):
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(size=w_shape).astype(np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], **attrs), helper.make_node("Relu", ["c"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "conv.onnx")
+    weights = pm.OnnxWeights(tmp_path / "conv.onnx")
+    x = rng.normal(size=x_shape).astype(np.float32)
+    with pm.CovarianceRecorder() as recorder:
+        session = weights.session(weights.params)
+        (y,) = session.run(None, {"x": x})
+    assert [o.name for o in session.get_outputs()] == ["y"]     # the recorded inputs are not outputs
+    h = recorder.covariances()["w"]
+    wm = weights.tensors["w"].reshape(w_shape[0], -1).astype(np.float64)
+    assert np.array_equal(y, weights.session(weights.params).run(None, {"x": x})[0])   # the same outputs
+    # the conv alone: the sum over its outputs of (W x)^2 = positions * tr(W H W^T)
+    full = helper.make_graph(nodes[:1], "g", graph.input, [helper.make_tensor_value_info("c", TensorProto.FLOAT, None)],
+                             [w])
+    conv = helper.make_model(full, opset_imports=[helper.make_opsetid("", 13)])
+    conv.ir_version = 8
+    out = ort.InferenceSession(conv.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    positions = out.size // out.shape[1]
+    assert np.isclose(float((out.astype(np.float64) ** 2).sum()), positions * np.trace(wm @ h @ wm.T), rtol=1e-5)
+    assert recorder.transposed == set()
+
+
+def test_recorded_matmul_weights_are_transposed(small_onnx):
+    weights = pm.OnnxWeights(small_onnx)
+    x = np.random.default_rng(1).normal(size=(2, 4)).astype(np.float32)
+    with pm.CovarianceRecorder() as recorder:
+        weights.session(weights.params).run(None, {"x": x})
+    assert recorder.transposed == {"w"}
+    assert np.allclose(recorder.covariances()["w"], x.astype(np.float64).T @ x / 2)

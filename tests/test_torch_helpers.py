@@ -140,3 +140,39 @@ def test_input_moments_of_linear_and_convolution_layers():
     assert not any(h for layer in model.modules() for h in layer._forward_pre_hooks.values())   # hooks removed
     with pytest.raises(nnc.EncodeError, match="at least one batch"):
         input_moments(model, [])
+
+
+@pytest.mark.parametrize(
+    "layer, shape",
+    [
+        (lambda: torch.nn.Conv2d(3, 5, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2)), (4, 3, 9, 8)),
+        (lambda: torch.nn.Conv2d(2, 4, 4, padding="same"), (3, 2, 7, 6)),
+        (lambda: torch.nn.Conv1d(3, 4, 3, padding=2, stride=2), (5, 3, 11)),
+        (lambda: torch.nn.Conv1d(2, 3, 4, padding="valid"), (5, 2, 9)),
+        (lambda: torch.nn.Linear(6, 3), (2, 5, 6)),
+    ],
+)
+def test_input_covariances_give_the_output_error_of_a_weight_change(layer, shape):
+    # for any change E of the weight, sum over outputs of (E applied to the input)^2 = positions * tr(E H E^T)
+    torch.manual_seed(1)
+    module = torch.nn.Sequential(layer()).double()
+    x = torch.randn(*shape, dtype=torch.float64)
+    h = nt.input_covariances(module, [x[:2], x[2:]])["0.weight"]
+    w = module[0].weight.detach().clone()
+    e = torch.randn_like(w)
+    with torch.no_grad():
+        module[0].bias.zero_()
+        module[0].weight.copy_(e)
+        out = module(x)
+    positions = out.numel() / out.shape[1 if not isinstance(module[0], torch.nn.Linear) else -1]
+    em = e.reshape(len(e), -1).numpy()
+    assert h.shape == (em.shape[1], em.shape[1])
+    assert np.isclose(float((out**2).sum()), positions * float(np.trace(em @ h @ em.T)), rtol=1e-9)
+
+
+def test_input_covariances_of_chosen_layers_only():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    h = nt.input_covariances(model, [torch.randn(5, 4)], layers=["2.weight"])
+    assert list(h) == ["2.weight"] and h["2.weight"].shape == (3, 3)
+    with pytest.raises(nnc.errors.EncodeError, match="at least one batch"):
+        nt.input_covariances(model, [])

@@ -24,7 +24,8 @@ import numpy as np
 
 from ..errors import EncodeError, NNCError
 from ..reconstruction import DECOMPRESSED_DATA_FORMATS, reconstruct_codebook, reconstruct_uniform, step_size
-from .settings import EncoderSettings, qp_for_step
+from .feedback import check_covariance, error_feedback_levels
+from .settings import EncoderSettings, matches, qp_for_step
 
 INT32_MAX = 2**31 - 1
 
@@ -264,10 +265,11 @@ class Quantiser:
         self.settings = settings
         self.engine = engine
 
-    def quantise(self, name: str, arr: np.ndarray, *, in_block: bool = False) -> CodedTensor:
-        """Quantise one tensor; return what its NDU needs (with any forced output format)."""
+    def quantise(self, name: str, arr: np.ndarray, *, in_block: bool = False, dq: bool | None = None) -> CodedTensor:
+        """Quantise one tensor; return what its NDU needs (with any forced output format). ``dq``: the
+        quantiser of a block member, which follows its weight's (default: :meth:`~nnc.encoding.settings.EncoderSettings.tensor_dq`)."""
         s = self.settings
-        t = self._values(name, arr, in_block=in_block)
+        t = self._values(name, arr, in_block=in_block, dq=s.tensor_dq(name) if dq is None else dq)
         fmt = s.output_formats.get(name)
         if fmt is not None:
             from ..reconstruction import convert_to_format
@@ -318,6 +320,15 @@ class Quantiser:
                 f"{step:.4g}; use a larger qp"
             )
         lam = s.tensor_lambda(name)
+        if name in s.covariances:
+            if x.ndim < 2:
+                raise EncodeError(f"tensor {name!r}: a covariance needs a weight of 2 or more dimensions")
+            matrix = x.reshape(len(x), -1)
+            if matches(name, s.covariance_transposed):  # (inputs, outputs...): y = x·W
+                h = check_covariance(name, s.covariances[name], matrix.shape[0])
+                return error_feedback_levels(matrix.T, h, float(step), lam).T.reshape(-1)
+            h = check_covariance(name, s.covariances[name], matrix.shape[1])
+            return error_feedback_levels(matrix, h, float(step), lam).reshape(-1)
         if not dq and not lam:
             return _nearest_levels(flat, float(step))
         in_place = reuse_x and flat.dtype == np.float64 and flat.flags.writeable
@@ -360,7 +371,7 @@ class Quantiser:
             chunk=DQ_TRELLIS_CHUNK,
         )
 
-    def _values(self, name: str, arr: np.ndarray, *, in_block: bool = False) -> CodedTensor:
+    def _values(self, name: str, arr: np.ndarray, *, in_block: bool = False, dq: bool = False) -> CodedTensor:
         s = self.settings
         shape, height, width, scan = tensor_geometry(arr.shape, s.scan_order)
         kind = arr.dtype.kind
@@ -406,12 +417,12 @@ class Quantiser:
             return CodedTensor.raw_float(name, f32, height, width, recon=recon, fmt=fmt, kept_raw=kept_raw)
         levels = None
         if s.codebook and not in_block:
-            coded, levels = self._codebook(name, x, step, height, width, scan, fmt, shape)
+            coded, levels = self._codebook(name, x, step, height, width, scan, fmt, shape, dq)
             if coded is not None:
                 return coded
         if levels is None:
             private = not np.may_share_memory(x, arr)  # a float64 copy of integers: divided in place
-            levels = self.levels(name, x, float(step), s.dq, height, width, scan, reuse_x=private)
+            levels = self.levels(name, x, float(step), dq, height, width, scan, reuse_x=private)
         recon = reconstruct_uniform(levels, step).reshape(shape)
         if fmt is not None:
             recon = recon.astype(np.dtype(dtype_name))
@@ -422,7 +433,7 @@ class Quantiser:
             levels=levels,
             qp=qp,
             step=float(step),
-            dq=s.dq,
+            dq=dq,
             height=height,
             width=width,
             scan=scan,
@@ -430,7 +441,7 @@ class Quantiser:
             fmt=fmt,
         )
 
-    def _codebook(self, name, x, step, height, width, scan, fmt, shape):
+    def _codebook(self, name, x, step, height, width, scan, fmt, shape, dq):
         """Codebook mode (spec 7.2, 12.4): the distinct uniform levels form the codebook.
 
         Returns (coded tensor, None), or in "auto" mode (None, uniform levels) when the
@@ -442,7 +453,7 @@ class Quantiser:
         levels = self.levels(name, x, float(step), False, height, width, scan)
         book = np.unique(levels)
         if book.size > 1 << 16:
-            return None, (levels if not s.dq else None)
+            return None, (levels if not dq else None)
         pos = np.searchsorted(book, 0)
         zero = int(pos) if pos < book.size and book[pos] == 0 else book.size >> 1
         indices = (np.searchsorted(book, levels) - zero).astype(np.int32)
@@ -469,8 +480,8 @@ class Quantiser:
             cb_bits = self.engine.estimate_tensor_bits(
                 indices, height, width, codebook_size=len(book), codebook_zero=zero, **kw
             ) + 16 * len(book)
-            uni = levels if not s.dq else self.levels(name, x, float(step), s.dq, height, width, scan)
-            if self.engine.estimate_tensor_bits(uni, height, width, dq=s.dq, **kw) <= cb_bits:
+            uni = levels if not dq else self.levels(name, x, float(step), dq, height, width, scan)
+            if self.engine.estimate_tensor_bits(uni, height, width, dq=dq, **kw) <= cb_bits:
                 return None, uni
         return t, None
 

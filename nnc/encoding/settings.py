@@ -134,6 +134,8 @@ class EncoderSettings:
     lambda_per_tensor: Mapping[str, float] = field(default_factory=dict)
     importance: Mapping[str, np.ndarray] = field(default_factory=dict)
     sigmas: Mapping[str, np.ndarray] = field(default_factory=dict)
+    covariances: Mapping[str, np.ndarray] = field(default_factory=dict)
+    covariance_transposed: tuple = ()
     dcv1_s: int = 64
     engine: str | None = None
     threads: int = 1
@@ -173,6 +175,10 @@ class EncoderSettings:
         for k, v in sigmas.items():
             if not np.all(v > 0):
                 raise EncodeError(f"sigmas of {k!r} must be positive")
+        covariances = {k: _real_array(v, "covariance", k) for k, v in (self.covariances or {}).items()}
+        both = sorted(set(covariances) & set(sigmas))
+        if both:
+            raise EncodeError(f"tensor {both[0]!r} has both sigmas (DC-v1) and a covariance: give one")
         if int(self.dcv1_s) < 0:
             raise EncodeError("dcv1_s must be a non-negative integer")
         try:
@@ -195,6 +201,8 @@ class EncoderSettings:
             lambda_per_tensor=_frozen(lambdas),
             importance=_frozen(importance),
             sigmas=_frozen(sigmas),
+            covariances=_frozen(covariances),
+            covariance_transposed=tuple(self.covariance_transposed or ()),
             dcv1_s=int(self.dcv1_s),
             threads=threads,
             tca=bool(self.tca),
@@ -239,6 +247,18 @@ class EncoderSettings:
             if pattern == name or fnmatch.fnmatchcase(name, pattern):
                 return value
         return self.rdoq_lambda
+
+    def tensor_dq(self, name: str) -> bool:
+        """Whether this tensor (or the block whose weight it is) uses DQ: not with a covariance (spec A.16).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> s = EncoderSettings(dq=True, covariances={"fc.weight": np.eye(3)})
+        >>> s.tensor_dq("fc.weight"), s.tensor_dq("other.weight")
+        (False, True)
+        """
+        return self.dq and name not in self.covariances
 
     def is_raw(self, name: str) -> bool:
         """Whether this tensor is stored uncompressed (``raw``)."""

@@ -204,7 +204,7 @@ def encode_to(
         coded, stats, values = {}, {}, {}
         for n in members:
             x = load(n)
-            t = encoder.quantiser.quantise(n, x, in_block=name in groups and s.blocks != "auto")
+            t = encoder.quantiser.quantise(n, x, in_block=name in groups and s.blocks != "auto", dq=s.tensor_dq(name))
             if t.kept_raw is not None:  # stored exactly, with the dtype planned (the MPS qp stays)
                 kept_raw[n] = t.kept_raw
             elif (t.recon.dtype.name, t.qp) != plan[n]:
