@@ -14,7 +14,9 @@ qp sweep).
 The accuracy is measured on the same test split that selects the setting, for both coders.
 `--holdout` selects on one half and reports the other too (accuracy_digits_holdout.md);
 `--crossfit` rotates three folds: select on one, `search(check=)` on another, report on
-the third (accuracy_digits_crossfit.md).
+the third (accuracy_digits_crossfit.md). `--error-feedback` gives nnc's search the input
+covariances of the layers on the digits training split (spec A.16; the file names get
+"_feedback").
 
 `--model` with `--evaluate` runs the same comparison on any model file (safetensors, PyTorch,
 ONNX, npz) and evaluation function (decoded tensors -> a score, or one score per sample;
@@ -35,6 +37,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 import nnc  # noqa: E402
 from nnc import demo  # noqa: E402
@@ -238,6 +241,9 @@ def main(argv=None):
     ap.add_argument("--crossfit", action="store_true",
                     help="three folds rotated: select on one, check on another, report on the third "
                          "(writes accuracy_digits_crossfit.md)")
+    ap.add_argument("--error-feedback", action="store_true",
+                    help="the digits models: nnc's search quantises with error feedback from the layers' input "
+                         "covariances on the training split (spec A.16)")
     ap.add_argument("--model", help="any model file instead of the digits models (needs --evaluate)")
     ap.add_argument("--evaluate", metavar="MODULE:FUNCTION",
                     help="with --model: decoded tensors -> score or per-sample scores, higher is better")
@@ -258,7 +264,10 @@ def main(argv=None):
     n_sel = len(X[select])
     lines = ["# Smallest stream within tolerance of the original accuracy", "",
              f"Command: `python benchmarks/bench_accuracy.py --tolerance {args.tolerance}"
-             + (" --holdout`" if args.holdout else "`"), "",
+             + (" --holdout" if args.holdout else "") + (" --error-feedback" if args.error_feedback else "") + "`", "",
+             *(["nnc's search quantises the weights with error feedback from their layers' input covariances, "
+                "measured on the digits training split (`covariances=`, spec A.16).", ""] if args.error_feedback
+               else []),
              f"Both coders select on {n_sel} test images under the same acceptance rule. \"mean\": the accuracy "
              "may drop by the tolerance (the issue's criterion). \"per-image\": the evaluation gives one score per "
              "image and a stream passes when its paired difference to the original minus one standard error "
@@ -278,10 +287,15 @@ def main(argv=None):
         params = {k: np.asarray(v, np.float32) for k, v in read_model(demo.DATA / fname)[0].items()}
         samples = make_eval(kind, select, per_sample=True)
         sweep = nncodec_sweep(oracle, params, samples) if oracle is not None else []
+        extra = {}
+        if args.error_feedback:
+            from bench_paper import _train_module, digits_input_covariances
+
+            extra["covariances"] = digits_input_covariances(kind, params, _train_module().load_split()[0])
         for rule in ("mean", "per-image"):
             per_image = rule == "per-image"
             res = search(params, make_eval(kind, select, per_sample=per_image), tolerance=args.tolerance,
-                         qp_range=QPS, progress=False)
+                         qp_range=QPS, progress=False, **extra)
             best = res.best
             if rule == "mean":
                 results[kind] = dict(reference=res.reference_score, pareto=[(c.bytes, c.score) for c in res.pareto],
@@ -313,11 +327,12 @@ def main(argv=None):
             print(lines[-1], flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    suffix = "_feedback" if args.error_feedback else ""
     if args.holdout:
-        (out / "accuracy_digits_holdout.md").write_text("\n".join(lines) + "\n")
+        (out / f"accuracy_digits_holdout{suffix}.md").write_text("\n".join(lines) + "\n")
     else:
-        (out / "accuracy_digits.md").write_text("\n".join(lines) + "\n")
-        plot(results, args.tolerance, out / "accuracy_digits.png")
+        (out / f"accuracy_digits{suffix}.md").write_text("\n".join(lines) + "\n")
+        plot(results, args.tolerance, out / f"accuracy_digits{suffix}.png")
     if oracle:
         oracle.close()
 

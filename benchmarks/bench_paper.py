@@ -19,10 +19,16 @@ the model trains here) this measures, at <= 0.5 points of accuracy loss (Table I
 * "nnc": nnc's smallest stream (every tensor coded, headers included) among a qp sweep
   with and without DQ and RDOQ, DC-v1 (steps and importance from Laplace sigmas
   1/sqrt(N F + tau) of an empirical Fisher diagonal) and the DC-v2 search of nnc.search;
-  "nnc-rdoq" and "nnc-dcv1" are the best of those two families alone.
+  "nnc-rdoq", "nnc-dcv1" and "nnc-feedback" are the best of nnc's RDOQ sweep, its DC-v1
+  streams and its error-feedback sweep (below) alone, without the search.
 * MiniLM-L6's nnc streams (the defaults at each qp, and the search) are also coded with the
   importance of its layers' input moments on calibration sentences that no score uses
   (nnc.allocation.input_importance; the setting says "input-moment importance").
+* nnc's streams (its qp sweep or defaults, and a second search) are also coded with error
+  feedback from the input covariances of the layers (spec A.16; the setting says "error
+  feedback"), measured on inputs that no score uses: the digits training split, MiniLM's
+  calibration sentences, and for magika and rapidocr the inputs of a third seed (2), read
+  from the ONNX graph's weighted layers (packaged_models.CovarianceRecorder).
 * "nncodec": NNCodec 2.1.3 (the oracle, when NNC_ORACLE_PYTHON is set), every qp of its
   default configuration, the smallest passing stream.
 
@@ -71,6 +77,8 @@ from nnc.reconstruction import step_size  # noqa: E402
 TOL = 0.005
 #: the setting's note for nnc streams coded with the importance of Model.input_moments
 IMPORTANCE_NOTE = ", input-moment importance"
+#: ... and for those coded with error feedback from the covariances of Model.input_covariances (spec A.16)
+COVARIANCE_NOTE = ", error feedback (input covariances)"
 
 
 def _train_module():
@@ -93,6 +101,8 @@ class Model:
         self.searched = True   # nnc's DC-v2 search runs (its budget: --search-budget)
         self.holdout = None    # evaluate() on a second, held-out input set (--holdout, packaged models)
         self.input_moments = None  # params -> {weight: E[x^2] per input feature} on calibration inputs: nnc's importance
+        self.input_covariances = None  # params -> {weight: E[x x^T] of its layer input} on calibration inputs (A.16)
+        self.transposed = []           # ... of which these weights are stored (inputs, outputs): covariance_transposed
 
     def fisher(self, samples=512, seed=0):
         """Fisher diagonal, Monte Carlo: the mean squared per-sample gradient over ``samples`` training inputs, each
@@ -121,6 +131,23 @@ def digits_models():
                                                             x, y),
                          f"top-1 accuracy on the bundled test split ({len(y)} images)", grad[kind], (xtr, ytr),
                          demo.FORWARD[kind]))
+        out[-1].input_covariances = lambda p, kind=kind: digits_input_covariances(kind, p, xtr)
+    return out
+
+
+def digits_input_covariances(kind, params, x):
+    """{weight: E[x x^T] of its layer's input} of a digits model on images ``x`` (the training split: the metric's
+    test images are not used), a convolution's input as its im2col patches."""
+    _, inter = demo.FORWARD[kind](params, x, cache=True)
+    if kind == "cnn":
+        _, c1, _, _, c2, _, a2 = inter
+        inputs = {"conv1.weight": c1, "conv2.weight": c2, "fc.weight": a2}
+    else:
+        inputs = {f"fc{i + 1}.weight": a for i, a in enumerate(inter[:3])}
+    out = {}
+    for k, a in inputs.items():
+        rows = np.asarray(a, np.float64).reshape(-1, a.shape[-1])
+        out[k] = rows.T @ rows / len(rows)
     return out
 
 
@@ -144,6 +171,7 @@ def minilm_model(holdout=False):
     model.light, model.qps = True, range(-36, -21)
     calibration = MiniLMFidelity(model_dir, reference=params, sentences=CALIBRATION_SENTENCES)
     model.input_moments = calibration.input_moments
+    model.input_covariances = calibration.input_covariances
     if holdout:
         from minilm_eval import HELD_OUT_SENTENCES
 
@@ -174,6 +202,12 @@ def packaged_model(key, log, holdout=False):
     if holdout:
         model.holdout = packaged_models.PACKAGED[key](seed=1)[1]
     model.light, model.qps, model.wide_nnc = True, qps, wide
+    if key in packaged_models.RECORDABLE:
+        def covariances(p, transposed=model.transposed):
+            covs, transposed[:] = packaged_models.input_covariances(key, p)
+            return covs
+
+        model.input_covariances = covariances
     return model
 
 
@@ -210,6 +244,7 @@ def prune_and_finetune(model: Model, keep: float, epochs: int, rounds: int = 4, 
     pruned = Model(model.name, params, model.evaluate, model.metric, model.grad_fn, model.data, model.forward)
     pruned.light, pruned.qps, pruned.wide_nnc, pruned.searched = model.light, model.qps, model.wide_nnc, model.searched
     pruned.holdout, pruned.input_moments = model.holdout, model.input_moments
+    pruned.input_covariances, pruned.transposed = model.input_covariances, model.transposed
     return pruned
 
 
@@ -289,9 +324,15 @@ def laplace_sigmas(fisher, weights, n_train):
     return allocation.laplace_sigmas({k: fisher[k] for k in weights}, n_train, weights=weights)
 
 
-def nnc_candidates(model, fisher, qps, lams, dcv1_s, search_budget, log):
-    """(family, setting, stream) of nnc: qp x dq x lambda sweep, DC-v1, DC-v2 search."""
+def nnc_candidates(model, fisher, qps, lams, dcv1_s, search_budget, log, covariances=None):
+    """(family, setting, stream) of nnc: qp x dq x lambda sweep (with ``covariances`` also with error feedback),
+    DC-v1, DC-v2 search (with ``covariances`` once more with them)."""
     out = []
+    for qp in qps if covariances else ():
+        for lam in lams:
+            stream = Encoder(qp=qp, rdoq_lambda=lam, blocks=True, covariances=covariances,
+                             covariance_transposed=model.transposed).encode(model.params).stream
+            out.append(("feedback", f"qp {qp} lambda {lam} blocks True{COVARIANCE_NOTE}", stream))
     for qp in qps:
         for dq in (False, True):
             for lam in lams:
@@ -316,10 +357,12 @@ def nnc_candidates(model, fisher, qps, lams, dcv1_s, search_budget, log):
                                   blocks=True, nonweight_qp=None, raw_when_smaller=True)
                     out.append(("dcv1", f"DC-v1 S {s} dq {dq} lambda {lam}", enc.encode(model.params).stream))
     out += dcv2_candidates(model, qps, search_budget, log)
+    if covariances:
+        out += dcv2_candidates(model, qps, search_budget, log, covariances=covariances)
     return out
 
 
-def dcv2_candidates(model, qps, search_budget, log, importance=None):
+def dcv2_candidates(model, qps, search_budget, log, importance=None, covariances=None):
     """(family, setting, stream) of nnc's DC-v2 search (nnc.search) within ``search_budget`` seconds: none when the
     model is not searched or the budget is 0. Light models search their own qp grid; ``importance`` goes to the
     encoder (its rate-distortion choice)."""
@@ -331,13 +374,15 @@ def dcv2_candidates(model, qps, search_budget, log, importance=None):
     extra = dict(qp_range=qps) if model.light else {}
     if importance:
         extra["importance"] = importance
+    if covariances:
+        extra.update(covariances=covariances, covariance_transposed=tuple(model.transposed))
     res = search(model.params, model.evaluate, tolerance=TOL, time_budget=search_budget, progress=False,
                  blocks=True, **extra)
     log(f"  DC-v2 search: {len(res.candidates)} candidates in {time.perf_counter() - t0:.0f} s")
     if res.best is None:
         return []
-    return [("dcv2", f"DC-v2 search (nnc.search, {search_budget:.0f} s{IMPORTANCE_NOTE if importance else ''})",
-             res.best.stream)]
+    note = (IMPORTANCE_NOTE if importance else "") + (COVARIANCE_NOTE if covariances else "")
+    return [("dcv2", f"DC-v2 search (nnc.search, {search_budget:.0f} s{note})", res.best.stream)]
 
 
 @contextlib.contextmanager
@@ -386,6 +431,7 @@ def run_model(model, variant, args, oracle, log):
     fisher = model.fisher() if model.grad_fn is not None else {k: np.ones_like(v) for k, v in params.items()}
     importance = None if model.input_moments is None else allocation.input_importance(params,
                                                                                      model.input_moments(params))
+    covariances = None if model.input_covariances is None else model.input_covariances(params)
 
     # uniform quantiser + lossless coders
     sweep = uniform_sweep(model, qps)
@@ -431,25 +477,31 @@ def run_model(model, variant, args, oracle, log):
         # with input moments, the defaults' streams also with that importance (F-weighted distortion, spec A.12)
         uniform_qps = sorted((e[0] for e in sweep if passes(e[3])), reverse=True)[:4]
         cands = []
-        for qp, dq, lam, nonweight, imp in ([(qp, True, 0.1, None, None) for qp in qps]
-                                            + [(qp, True, 0.1, None, importance) for qp in qps if importance]
-                                            + [(qp, False, 0.0, -75, None) for qp in uniform_qps]):
-            res = Encoder(qp=qp, dq=dq, rdoq_lambda=lam, nonweight_qp=nonweight, importance=imp).encode(params)
+        for qp, dq, lam, nonweight, imp, cov in ([(qp, True, 0.1, None, None, None) for qp in qps]
+                                                 + [(qp, True, 0.1, None, importance, None) for qp in qps if importance]
+                                                 + [(qp, True, 0.1, None, None, covariances) for qp in qps
+                                                    if covariances]
+                                                 + [(qp, False, 0.0, -75, None, None) for qp in uniform_qps]):
+            res = Encoder(qp=qp, dq=dq, rdoq_lambda=lam, nonweight_qp=nonweight, importance=imp,
+                          covariances=cov, covariance_transposed=model.transposed).encode(params)
             kept = [k for k, t in res.tensors.items() if t.kept_raw]
-            cands.append(("rdoq" if lam else "uniform",
+            cands.append(("feedback" if cov else "rdoq" if lam else "uniform",
                           f"qp {qp} dq {dq} lambda {lam}" + (" (defaults)" if nonweight is None else ", 1-D at qp -75")
-                          + (IMPORTANCE_NOTE if imp else "")
+                          + (IMPORTANCE_NOTE if imp else "") + (COVARIANCE_NOTE if cov else "")
                           + (f", {len(kept)} tensors kept raw (int32 overflow)" if kept else ""), res.stream))
         cands += dcv2_candidates(model, qps, args.search_budget, log, importance)
+        if covariances:
+            cands += dcv2_candidates(model, qps, args.search_budget, log, covariances=covariances)
     else:
         cands = nnc_candidates(model, fisher, qps,
                                (0.0, 0.1, 0.3) if args.quick or model.light else (0.0, 0.05, 0.1, 0.2, 0.4),
                                (2, 4, 8, 16, 32) if args.quick else (0, 1, 2, 4, 8, 16, 32, 64, 128),
-                               args.search_budget, log)
+                               args.search_budget, log, covariances)
     scored = [(fam, setting, len(s), model.evaluate(nnc.decode(s)), s) for fam, setting, s in cands]
     chosen = {}                       # with a holdout: coder -> the tensors its Table I row decodes to
     log(f"  nnc: {len(cands)} streams in {time.perf_counter() - t0:.1f} s")
-    for coder, fams in (("nnc", None), ("nnc-rdoq", ("rdoq",)), ("nnc-dcv1", ("dcv1",))):
+    for coder, fams in (("nnc", None), ("nnc-rdoq", ("rdoq",)), ("nnc-dcv1", ("dcv1",)),
+                        ("nnc-feedback", ("feedback",))):
         ok = [c for c in scored if passes(c[3]) and (fams is None or c[0] in fams)]
         if ok:
             fam, setting, size, acc, stream = min(ok, key=lambda c: c[2])
@@ -579,7 +631,7 @@ def markdown(rows, args, elapsed, models):
            "Sizes count everything a decoder needs (names, shapes, steps, tables, codebooks, 1-D tensors). "
            "Baselines keep 1-D tensors as float32 (the paper's appendix); nnc codes them. "
            "In parentheses: accuracy loss in points.", ""]
-    coders = ["huffman", "csr-huffman", "bzip2", "lloyd", "h0", "nncodec", "nnc-rdoq", "nnc-dcv1", "nnc"]
+    coders = ["huffman", "csr-huffman", "bzip2", "lloyd", "h0", "nncodec", "nnc-rdoq", "nnc-dcv1", "nnc-feedback", "nnc"]
     keys = sorted({(r["model"], r["variant"]) for r in rows}, key=lambda t: (t[0], t[1] != "dense", t[1]))
     out.append("| model | variant | non-zero | fp32 acc | " + " | ".join(coders) + " | nnc vs best other | "
                "nnc vs NNCodec |")
@@ -591,7 +643,7 @@ def markdown(rows, args, elapsed, models):
         for c in coders:
             r = sel.get(c)
             cells.append("-" if r is None else f"x{r['ratio_vs_fp32']:.1f} ({r['accuracy_loss']:+.2f})")
-        others = [r["bytes"] for c, r in sel.items() if c not in ("nnc", "nnc-rdoq", "nnc-dcv1", "h0")]
+        others = [r["bytes"] for c, r in sel.items() if c not in ("nnc", "nnc-rdoq", "nnc-dcv1", "nnc-feedback", "h0")]
         vs = f"{100 * (sel['nnc']['bytes'] / min(others) - 1):+.1f} %" if "nnc" in sel and others else "-"
         vn = (f"{100 * (sel['nnc']['bytes'] / sel['nncodec']['bytes'] - 1):+.1f} %"
               if "nnc" in sel and "nncodec" in sel else "-")

@@ -260,6 +260,19 @@ class MiniLMFidelity:
         self.embed(tensors, record)
         return moments
 
+    def input_covariances(self, tensors: dict) -> dict:
+        """{weight name: E[x x^T] of that linear layer's input over the tokens}: the encoder's ``covariances``
+        (error feedback, spec A.16)."""
+        covariances = {}
+        keep = self.mask.reshape(-1) > 0
+
+        def record(name, x):
+            rows = x.reshape(-1, x.shape[-1])[keep].astype(np.float64)
+            covariances[name] = rows.T @ rows / len(rows)
+
+        self.embed(tensors, record)
+        return covariances
+
     def __call__(self, tensors: dict):
         """The mean cosine similarity, or with ``per_sentence`` one similarity per sentence."""
         e = self.embed(tensors)

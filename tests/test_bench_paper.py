@@ -71,3 +71,28 @@ def test_light_sweep_codes_with_the_importance_of_input_moments():
     rows = bp.run_model(model, "dense", argparse.Namespace(quick=True, search_budget=0), None, lambda s: None)
     table = {r["coder"]: r for r in rows if r["table"] == "I"}
     assert table["nnc"]["setting"].endswith(bp.IMPORTANCE_NOTE) and table["nnc"]["accuracy_loss"] == 0
+
+
+@pytest.mark.parametrize("light", [True, False])
+def test_sweeps_code_with_error_feedback_from_input_covariances(light):
+    # a metric that passes only streams coded with error feedback from the model's covariances: both sweeps (the
+    # light models' defaults and the full qp sweep) must offer them, in the "nnc-feedback" row too
+    rng = np.random.default_rng(7)
+    params = {"fc.weight": rng.laplace(0, 0.1, (24, 16)).astype(np.float32)}
+    x = rng.normal(size=(500, 16)) @ rng.normal(size=(16, 16))
+    h = x.T @ x / len(x)
+    grid = range(-20, -17)
+    wanted = [nnc.Encoder(qp=qp, rdoq_lambda=lam, covariances={"fc.weight": h}).encode(params).reconstruction["fc.weight"]
+              for qp in grid for lam in (0.0, 0.1, 0.3)]
+
+    def evaluate(t):
+        return float(any(np.array_equal(np.asarray(t["fc.weight"]), w) for w in wanted)
+                     or np.array_equal(np.asarray(t["fc.weight"]), params["fc.weight"]))
+
+    model = bp.Model("toy", params, evaluate, "error-feedback streams only")
+    model.light, model.qps, model.searched = light, grid, False
+    model.input_covariances = lambda p: {"fc.weight": h}
+    rows = bp.run_model(model, "dense", argparse.Namespace(quick=True, search_budget=0), None, lambda s: None)
+    table = {r["coder"]: r for r in rows if r["table"] == "I"}
+    assert bp.COVARIANCE_NOTE in table["nnc"]["setting"] and table["nnc"]["accuracy_loss"] == 0
+    assert table["nnc-feedback"]["bytes"] == table["nnc"]["bytes"]
