@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import bench_paper as bp  # noqa: E402
+
 import nnc  # noqa: E402
 from nnc.encoder import Encoder  # noqa: E402
 
