@@ -1,6 +1,7 @@
 """Error feedback (spec A.16) against the encoder's defaults, one global qp at a time.
 
     python benchmarks/bench_feedback.py [--models digits,minilm,magika,rapidocr] --json OUT [--out DIR]
+                                        [--merge EARLIER.json ...]
 
 For each model and each qp of its grid, two streams: the encoder's defaults (DQ, rdoq_lambda
 0.1) and the same with ``covariances`` (error feedback from the layers' input covariances,
@@ -97,13 +98,16 @@ def main(argv=None):
     ap.add_argument("--models", default="digits,minilm,magika,rapidocr")
     ap.add_argument("--json", required=True)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    ap.add_argument("--merge", nargs="+", default=[], metavar="JSON",
+                    help="rows of earlier runs (their --json) to put in the table before this run's")
     args = ap.parse_args(argv)
     log = lambda s: print(s, flush=True)  # noqa: E731
     t0 = time.perf_counter()
-    rows = []
-    for model in models(args.models.split(","), log):
+    rows = [r for f in args.merge for r in json.loads(Path(f).read_text())]
+    for model in models([k for k in args.models.split(",") if k], log):
         rows += measure(model, log)
         Path(args.json).write_text(json.dumps(rows, indent=1))
+    Path(args.json).write_text(json.dumps(rows, indent=1))
     command = "python benchmarks/bench_feedback.py " + " ".join(sys.argv[1:] if argv is None else argv)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "feedback.md").write_text(table(rows, command, time.perf_counter() - t0))
