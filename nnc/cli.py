@@ -245,7 +245,7 @@ def cmd_encode(args) -> int:
                 try:
                     if len(t.shape) < 2:
                         raise EncodeError(f"{t.name!r} has {len(t.shape)} dimension(s): a covariance needs a weight")
-                    check_covariance(t.name, options["covariances"][t.name], math.prod(t.shape[1:]))
+                    check_covariance(t.name, options["covariances"][t.name], math.prod(t.shape[1:]), factor=True)
                 except EncodeError as exc:
                     return _fail(f"{args.covariances}: {exc}")
     if args.nonweight_qp is not None:

@@ -250,6 +250,7 @@ def test_encode_with_covariances_codes_the_fed_back_levels(model, tmp_path):
         ({"fc.weight": np.eye(5)}, [], "must be (12, 12)"),
         ({"fc.bias": np.eye(16)}, [], "needs a weight"),
         ({"other.weight": np.eye(12)}, [], "'other.weight' is not a tensor of"),
+        ({"fc.weight": np.eye(12) + 5 * np.eye(12, k=1) + 5 * np.eye(12, k=-1)}, [], "not positive semi-definite"),
         ({"fc.weight": np.eye(12)}, ["--target-snr", "20"], "cannot be combined with --target-snr"),
     ],
 )

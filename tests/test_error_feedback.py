@@ -152,6 +152,7 @@ def test_convolution_columns_in_channel_kh_kw_order():
         (np.full((24, 24), np.nan), "finite"),
         (-np.eye(24), "negative diagonal"),
         (np.array([["a"] * 24] * 24), "real numbers"),
+        (np.eye(24) + 5 * (np.eye(24, k=1) + np.eye(24, k=-1)), "'fc.weight': covariance is not positive semi-definite"),
     ],
 )
 def test_a_wrong_covariance_is_refused_naming_the_tensor(covariance, message):

@@ -30,8 +30,9 @@ BLOCK_COLUMNS = 128
 DAMPING = 0.01
 
 
-def check_covariance(name: str, covariance, columns: int) -> np.ndarray:
-    """``covariance`` as a float64 (columns, columns) matrix, or :class:`nnc.errors.EncodeError` naming the tensor."""
+def check_covariance(name: str, covariance, columns: int, factor: bool = False) -> np.ndarray:
+    """``covariance`` as a float64 (columns, columns) matrix, or :class:`nnc.errors.EncodeError` naming the tensor;
+    with ``factor`` also checked positive semi-definite (by the factorisation the quantiser makes)."""
     h = np.asarray(covariance)
     if h.dtype.kind not in "biuf":
         raise EncodeError(f"covariance of {name!r} must be real numbers, not {h.dtype}")
@@ -44,6 +45,11 @@ def check_covariance(name: str, covariance, columns: int) -> np.ndarray:
         raise EncodeError(f"covariance of {name!r} must be a finite symmetric matrix")
     if np.any(np.diag(h) < 0):
         raise EncodeError(f"covariance of {name!r} has a negative diagonal: not a covariance")
+    if factor:
+        try:
+            _feedback_factor(h)
+        except EncodeError as exc:
+            raise EncodeError(f"tensor {name!r}: {exc.message}") from None
     return h
 
 

@@ -324,11 +324,15 @@ class Quantiser:
             if x.ndim < 2:
                 raise EncodeError(f"tensor {name!r}: a covariance needs a weight of 2 or more dimensions")
             matrix = x.reshape(len(x), -1)
-            if matches(name, s.covariance_transposed):  # (inputs, outputs...): y = x·W
-                h = check_covariance(name, s.covariances[name], matrix.shape[0])
-                return error_feedback_levels(matrix.T, h, float(step), lam).T.reshape(-1)
+            transposed = matches(name, s.covariance_transposed)  # (inputs, outputs...): y = x·W
+            if transposed:
+                matrix = matrix.T
             h = check_covariance(name, s.covariances[name], matrix.shape[1])
-            return error_feedback_levels(matrix, h, float(step), lam).reshape(-1)
+            try:
+                levels = error_feedback_levels(matrix, h, float(step), lam)
+            except EncodeError as exc:
+                raise EncodeError(f"tensor {name!r}: {exc.message}") from None
+            return (levels.T if transposed else levels).reshape(-1)
         if not dq and not lam:
             return _nearest_levels(flat, float(step))
         in_place = reuse_x and flat.dtype == np.float64 and flat.flags.writeable
