@@ -358,7 +358,7 @@ def input_moments(module, batches) -> dict[str, np.ndarray]:
     """
     torch = _torch()
 
-    def channels(layer, x):
+    def channels(layer, x, _name):
         if isinstance(layer, torch.nn.Linear):
             return x.reshape(-1, x.shape[-1])
         if isinstance(layer, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)) and layer.groups == 1:
@@ -440,11 +440,11 @@ def input_covariances(module, batches, layers=None) -> dict[str, np.ndarray]:
     def select(layer, x, name):
         return None if wanted is not None and name not in wanted else patches(layer, x)
 
-    return _input_statistics(module, batches, select, lambda x: x.T @ x, "input_covariances", named=True)
+    return _input_statistics(module, batches, select, lambda x: x.T @ x, "input_covariances")
 
 
-def _input_statistics(module, batches, rows_of, statistic, what: str, named: bool = False) -> dict:
-    """Mean of ``statistic(rows)`` over the rows of each layer input that ``rows_of(layer, x[, name])`` turns into a
+def _input_statistics(module, batches, rows_of, statistic, what: str) -> dict:
+    """Mean of ``statistic(rows)`` over the rows of each layer input that ``rows_of(layer, x, name)`` turns into a
     matrix (None: layer left out), over the forward passes of ``batches`` (forward pre-hooks, removed after)."""
     torch = _torch()
     from .errors import EncodeError
@@ -455,7 +455,7 @@ def _input_statistics(module, batches, rows_of, statistic, what: str, named: boo
     def hook(name, layer):
         def record(_module, args):
             x = args[0].detach().to(torch.float64)
-            rows = rows_of(layer, x, name) if named else rows_of(layer, x)
+            rows = rows_of(layer, x, name)
             if rows is None:
                 return
             sums[name] = sums.get(name, 0.0) + statistic(rows).cpu().numpy()
