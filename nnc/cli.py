@@ -237,15 +237,14 @@ def cmd_encode(args) -> int:
         stray = [k for k in options["covariances"] if k not in names]
         if stray:
             return _fail(f"{args.covariances}: {stray[0]!r} is not a tensor of {args.model}")
-        from .encoding.feedback import check_covariance
+        from .encoding.feedback import check_covariance, covariance_columns
         from .errors import EncodeError
 
         for t in source:
             if t.name in options["covariances"]:
                 try:
-                    if len(t.shape) < 2:
-                        raise EncodeError(f"{t.name!r} has {len(t.shape)} dimension(s): a covariance needs a weight")
-                    check_covariance(t.name, options["covariances"][t.name], math.prod(t.shape[1:]), factor=True)
+                    columns = covariance_columns(t.name, tuple(t.shape))
+                    check_covariance(t.name, options["covariances"][t.name], columns, factor=True)
                 except EncodeError as exc:
                     return _fail(f"{args.covariances}: {exc}")
     if args.nonweight_qp is not None:

@@ -48,6 +48,16 @@ def test_light_sweep_holds_the_uniform_operating_point_and_scores_the_holdout():
         assert table[coder]["holdout_loss"] == table[coder]["accuracy_loss"]
 
 
+def _passes_only(wanted, params):
+    """A metric that scores 1 for the original "fc.weight" and for the reconstructions in ``wanted``, else 0."""
+
+    def evaluate(t):
+        return float(any(np.array_equal(np.asarray(t["fc.weight"]), w) for w in wanted)
+                     or np.array_equal(np.asarray(t["fc.weight"]), params["fc.weight"]))
+
+    return evaluate
+
+
 def test_light_sweep_codes_with_the_importance_of_input_moments():
     # a metric that passes only the encoder's defaults coded with the importance of the model's input moments: the
     # sweep must offer those streams, with the arrays nnc.allocation.input_importance makes of the moments
@@ -61,9 +71,7 @@ def test_light_sweep_codes_with_the_importance_of_input_moments():
     plain = [nnc.Encoder(qp=qp, rdoq_lambda=0.1).encode(params).reconstruction["fc.weight"] for qp in grid]
     assert not any(np.array_equal(a, b) for a, b in zip(wanted, plain))   # the importance changes the levels
 
-    def evaluate(t):
-        return float(any(np.array_equal(np.asarray(t["fc.weight"]), w) for w in wanted)
-                     or np.array_equal(np.asarray(t["fc.weight"]), params["fc.weight"]))
+    evaluate = _passes_only(wanted, params)
 
     model = bp.Model("toy", params, evaluate, "importance streams only")
     model.light, model.qps, model.searched = True, grid, False
@@ -85,9 +93,7 @@ def test_sweeps_code_with_error_feedback_from_input_covariances(light):
     wanted = [nnc.Encoder(qp=qp, rdoq_lambda=lam, covariances={"fc.weight": h}).encode(params).reconstruction["fc.weight"]
               for qp in grid for lam in (0.0, 0.1, 0.3)]
 
-    def evaluate(t):
-        return float(any(np.array_equal(np.asarray(t["fc.weight"]), w) for w in wanted)
-                     or np.array_equal(np.asarray(t["fc.weight"]), params["fc.weight"]))
+    evaluate = _passes_only(wanted, params)
 
     model = bp.Model("toy", params, evaluate, "error-feedback streams only")
     model.light, model.qps, model.searched = light, grid, False

@@ -30,6 +30,14 @@ BLOCK_COLUMNS = 128
 DAMPING = 0.01
 
 
+def covariance_columns(name: str, shape: tuple, transposed: bool = False) -> int:
+    """How many inputs a weight of this shape has, the size of its covariance: the product of the dimensions after
+    the first (the first one if ``transposed``), or :class:`nnc.errors.EncodeError` for fewer than 2 dimensions."""
+    if len(shape) < 2:
+        raise EncodeError(f"tensor {name!r}: a covariance needs a weight of 2 or more dimensions")
+    return int(shape[0]) if transposed else int(np.prod(shape[1:], dtype=np.int64))
+
+
 def check_covariance(name: str, covariance, columns: int, factor: bool = False) -> np.ndarray:
     """``covariance`` as a float64 (columns, columns) matrix, or :class:`nnc.errors.EncodeError` naming the tensor;
     with ``factor`` also checked positive semi-definite (by the factorisation the quantiser makes)."""
@@ -139,4 +147,4 @@ def error_feedback_levels(weights, covariance, step: float, lam: float = 0.0) ->
     return out
 
 
-__all__ = ["error_feedback_levels", "check_covariance", "BLOCK_COLUMNS", "DAMPING"]
+__all__ = ["error_feedback_levels", "check_covariance", "covariance_columns", "BLOCK_COLUMNS", "DAMPING"]

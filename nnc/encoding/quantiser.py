@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import EncodeError, NNCError
 from ..reconstruction import DECOMPRESSED_DATA_FORMATS, reconstruct_codebook, reconstruct_uniform, step_size
-from .feedback import check_covariance, error_feedback_levels
+from .feedback import check_covariance, covariance_columns, error_feedback_levels
 from .settings import EncoderSettings, matches, qp_for_step
 
 INT32_MAX = 2**31 - 1
@@ -321,13 +321,12 @@ class Quantiser:
             )
         lam = s.tensor_lambda(name)
         if name in s.covariances:
-            if x.ndim < 2:
-                raise EncodeError(f"tensor {name!r}: a covariance needs a weight of 2 or more dimensions")
-            matrix = x.reshape(len(x), -1)
             transposed = matches(name, s.covariance_transposed)  # (inputs, outputs...): y = x·W
+            columns = covariance_columns(name, x.shape, transposed)
+            matrix = x.reshape(len(x), -1)
             if transposed:
                 matrix = matrix.T
-            h = check_covariance(name, s.covariances[name], matrix.shape[1])
+            h = check_covariance(name, s.covariances[name], columns)
             try:
                 levels = error_feedback_levels(matrix, h, float(step), lam)
             except EncodeError as exc:
