@@ -23,6 +23,7 @@ import numpy as np
 
 from ._threads import ordered_results
 from .decoder import DecoderState, apply_update
+from .encoding.feedback import FactorCache
 from .encoding.quantiser import (  # noqa: F401
     DEFAULT_SCAN_MIN_ELEMENTS,
     DEFAULT_SCAN_ORDER,
@@ -334,8 +335,9 @@ class Encoder:
         if s.differences and state is None:
             raise EncodeError("differences=True needs a state (an EncoderState)")
         self.state = state
-        #: Turns each tensor into a :class:`~nnc.encoding.quantiser.CodedTensor`.
-        self.quantiser = Quantiser(s, self.engine)
+        #: Turns each tensor into a :class:`~nnc.encoding.quantiser.CodedTensor`; keeps the factors of the
+        #: covariances (spec A.16) between encodes.
+        self.quantiser = Quantiser(s, self.engine, FactorCache())
 
     def __getattr__(self, name):
         # the options read as attributes (enc.qp, enc.dq, enc.edition, ...), as before the settings class
@@ -433,19 +435,18 @@ class Encoder:
         )
         in_block = {m for w, p in groups.items() for m in block_members(w, p)[1:]}
         names = [name for name in arrays if name not in in_block]
+        quantiser = self.quantiser if cache is None else Quantiser(s, self.engine, cache.factors)
         keys = {name: None if cache is None else self._unit_key(name, groups.get(name), arrays) for name in names}
         cached = {name: cache._get(key) for name, key in keys.items() if key is not None}
         to_make = [(name,) for name in names if cached.get(name) is None]
 
         def make(name):
             if name not in groups:
-                return writer.single_unit(
-                    writer.raw_if_smaller(self.quantiser.quantise(name, arrays[name]), arrays[name])
-                )
+                return writer.single_unit(writer.raw_if_smaller(quantiser.quantise(name, arrays[name]), arrays[name]))
             members = block_members(name, groups[name])
             in_block = s.blocks != "auto"  # auto pairs are float tensors, coded alike either way
             dq = s.tensor_dq(name)  # the block's members follow its weight
-            coded = {n: self.quantiser.quantise(n, arrays[n], in_block=in_block, dq=dq) for n in members[1:] + [name]}
+            coded = {n: quantiser.quantise(n, arrays[n], in_block=in_block, dq=dq) for n in members[1:] + [name]}
             return writer.group_unit(name, groups[name], coded, arrays)
 
         units = []
@@ -638,7 +639,9 @@ class EncodeCache:
     identity). The input arrays must not change in place while the cache is in use; the
     levels and reconstructions of results are shared with the cache and read-only. The
     DC-v2 search (:func:`nnc.search.search`) uses one per worker. The least recently used
-    units go first once their arrays and bytes exceed ``max_bytes``.
+    units go first once their arrays and bytes exceed ``max_bytes``. It also keeps the
+    factors of ``covariances`` matrices (spec A.16; an O(n³) step per matrix), by identity, in
+    a quarter of ``max_bytes`` (:class:`~nnc.encoding.feedback.FactorCache`).
 
     Parameters
     ----------
@@ -669,6 +672,8 @@ class EncodeCache:
         self.hits = 0
         self.misses = 0
         self._units: OrderedDict = OrderedDict()
+        #: the covariances' factors, shared by every encode that uses this cache
+        self.factors = FactorCache(self.max_bytes // 4)
 
     #: a unit key ends with this many tuples of arrays: the tensors, then importance, sigmas and covariances
     _ARRAY_FIELDS = 4
@@ -720,6 +725,7 @@ class EncodeCache:
         0
         """
         self._units.clear()
+        self.factors = FactorCache(self.max_bytes // 4)
 
     def __len__(self) -> int:
         return len(self._units)

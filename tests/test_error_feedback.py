@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 import nnc
 from nnc.encoder import EncodeCache, Encoder
-from nnc.encoding.feedback import DAMPING, error_feedback_levels
+from nnc.encoding.feedback import DAMPING, FactorCache, error_feedback_levels, feedback_factor
 from nnc.errors import EncodeError
 
 
@@ -206,3 +206,54 @@ def test_transposed_weights_are_fed_back_over_their_first_dimension():
     assert np.array_equal(inputs_first.tensors["w.t"].reconstruction, plain.tensors["fc.weight"].reconstruction.T)
     with pytest.raises(EncodeError, match=r"must be \(12, 12\)"):
         Encoder(qp=-20, covariances={"w.t": h}, covariance_transposed=["w.t"]).encode({"w.t": w.copy()})
+
+
+@settings(deadline=None, max_examples=40)
+@given(st.integers(1, 40), st.integers(0, 2**32 - 1))
+def test_the_factor_is_the_upper_cholesky_factor_of_the_damped_inverse(n, seed):
+    h = _covariance(np.random.default_rng(seed), n)
+    f = feedback_factor(h)
+    assert sorted(f.order.tolist()) == list(range(n))
+    assert np.all(np.diff(np.diag(h)[f.order]) <= 0)                   # decreasing input energy
+    damped = h + DAMPING * np.trace(h) / n * np.eye(n)
+    want = np.linalg.inv(damped[np.ix_(f.order, f.order)])
+    assert np.array_equal(f.u, np.triu(f.u)) and np.all(np.diag(f.u) > 0)
+    np.testing.assert_allclose(f.u.T @ f.u, want, rtol=1e-7, atol=1e-9 * np.abs(want).max())
+
+
+def test_levels_from_a_kept_factor_equal_those_from_the_covariance():
+    rng = np.random.default_rng(7)
+    h = _covariance(rng, 30)
+    w = rng.normal(size=(9, 30))
+    f = feedback_factor(h)
+    for step, lam in ((0.3, 0.0), (0.1, 0.4)):
+        assert np.array_equal(error_feedback_levels(w, f, step, lam), error_feedback_levels(w, h, step, lam))
+    with pytest.raises(EncodeError, match="a covariance of 30 inputs for a matrix of 29 columns"):
+        error_feedback_levels(w[:, :29], f, 0.3)
+
+
+def test_factor_cache_keeps_factors_by_identity_within_its_memory():
+    h1, h2, h3 = (np.eye(40) * (i + 1) for i in range(3))
+    f1 = feedback_factor(h1)
+    store = FactorCache(max_bytes=2 * f1.nbytes)
+    store.put(h1, f1)
+    assert store.get(h1) is f1 and store.get(h1.copy()) is None        # an equal matrix is another matrix
+    store.put(h2, feedback_factor(h2))
+    store.get(h1)                                                      # h1 now the most recently used
+    store.put(h3, feedback_factor(h3))
+    assert len(store) == 2 and store.get(h2) is None and store.get(h1) is f1
+
+
+def test_encodes_share_the_factor_through_the_encode_cache():
+    _, h, t = _layer()
+    cache = EncodeCache()
+    streams = [Encoder(qp=qp, covariances={"fc.weight": h}).encode(t, cache=cache).stream for qp in (-20, -16)]
+    assert len(cache.factors) == 1
+    kept = cache.factors.get(h)
+    assert kept is not None and np.array_equal(kept.u, feedback_factor(h).u)
+    assert streams == [Encoder(qp=qp, covariances={"fc.weight": h}).encode(t).stream for qp in (-20, -16)]
+    # a kept factor of another size is not used: the matrix is checked against the tensor as without it
+    cache.factors.put(h, feedback_factor(np.eye(5)))
+    assert Encoder(qp=-20, covariances={"fc.weight": h}).encode(t, cache=cache).stream == streams[0]
+    with pytest.raises(EncodeError, match=r"'fc.weight' must be \(24, 24\)"):
+        Encoder(qp=-20, covariances={"fc.weight": np.eye(5)}).encode(t, cache=cache)

@@ -20,6 +20,10 @@ Examples
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
 import numpy as np
 
 from ..errors import EncodeError
@@ -55,21 +59,99 @@ def check_covariance(name: str, covariance, columns: int, factor: bool = False) 
         raise EncodeError(f"covariance of {name!r} has a negative diagonal: not a covariance")
     if factor:
         try:
-            _feedback_factor(h)
+            _upper_inverse_factor(h)
         except EncodeError as exc:
             raise EncodeError(f"tensor {name!r}: {exc.message}") from None
     return h
 
 
-def _feedback_factor(h: np.ndarray) -> np.ndarray:
-    """The upper Cholesky factor U of the damped H⁻¹ (H⁻¹ = Uᵀ·U): row j of U carries column j's error onward."""
+@dataclass(frozen=True)
+class FeedbackFactor:
+    """What error feedback needs of a covariance H, worked out once (an O(n³) step) for every tensor and step
+    size that use it: the column order (decreasing input energy, H's diagonal) and, in that order, the upper
+    Cholesky factor U of the damped H⁻¹ (H⁻¹ = Uᵀ·U), whose row j carries column j's error onward.
+
+    Examples
+    --------
+    >>> f = feedback_factor(np.diag([1.0, 4.0]))
+    >>> f.order.tolist(), f.columns
+    ([1, 0], 2)
+    """
+
+    order: np.ndarray
+    u: np.ndarray
+
+    @property
+    def columns(self) -> int:
+        """The number of inputs n."""
+        return len(self.order)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held."""
+        return int(self.order.nbytes + self.u.nbytes)
+
+
+def feedback_factor(covariance) -> FeedbackFactor:
+    """The :class:`FeedbackFactor` of a (columns, columns) covariance, or :class:`nnc.errors.EncodeError` when it
+    is not positive semi-definite."""
+    h = np.asarray(covariance, dtype=np.float64)
+    order = np.argsort(-np.diag(h), kind="stable")
+    return FeedbackFactor(order, _upper_inverse_factor(h[np.ix_(order, order)]))
+
+
+class FactorCache:
+    """Factors (:class:`FeedbackFactor`) kept by covariance object (by identity, as :class:`nnc.encoder.EncodeCache` keeps
+    its arrays: the matrices must not change in place while in use), the least recently used dropped once they hold
+    more than ``max_bytes``. Safe to share between threads.
+
+    Examples
+    --------
+    >>> h = np.eye(3)
+    >>> store = FactorCache()
+    >>> store.get(h) is None
+    True
+    >>> store.put(h, feedback_factor(h)); store.get(h).columns
+    3
+    """
+
+    def __init__(self, max_bytes: int = 1 << 28):
+        self.max_bytes = int(max_bytes)
+        self._entries: OrderedDict = OrderedDict()  # id -> (covariance, factor); the entry keeps the id unique
+        self._lock = threading.Lock()
+
+    def get(self, covariance) -> FeedbackFactor | None:
+        """The factor kept for this very object, or None."""
+        with self._lock:
+            entry = self._entries.get(id(covariance))
+            if entry is None or entry[0] is not covariance:
+                return None
+            self._entries.move_to_end(id(covariance))
+            return entry[1]
+
+    def put(self, covariance, factor: FeedbackFactor) -> None:
+        """Keep ``factor`` for ``covariance``."""
+        with self._lock:
+            self._entries[id(covariance)] = (covariance, factor)
+            self._entries.move_to_end(id(covariance))
+            total = 0
+            for key in reversed(list(self._entries)):
+                total += self._entries[key][1].nbytes
+                if total > self.max_bytes and len(self._entries) > 1:
+                    del self._entries[key]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def _upper_inverse_factor(h: np.ndarray) -> np.ndarray:
+    """U upper triangular with Uᵀ·U = (H + damping)⁻¹: with P the reversal, P·H·P = L·Lᵀ gives U = P·L⁻¹·P."""
     n = h.shape[0]
     mean = float(np.trace(h)) / n
     damped = h + (DAMPING * mean if mean > 0 else 1.0) * np.eye(n)
     try:
-        lower = np.linalg.cholesky(damped)
-        inverse = np.linalg.inv(lower)
-        return np.linalg.cholesky(inverse.T @ inverse).T
+        lower = np.linalg.cholesky(damped[::-1, ::-1])
+        return np.triu(np.linalg.inv(lower)[::-1, ::-1])
     except np.linalg.LinAlgError:
         raise EncodeError("covariance is not positive semi-definite") from None
 
@@ -102,8 +184,8 @@ def error_feedback_levels(weights, covariance, step: float, lam: float = 0.0) ->
     ----------
     weights : array-like
         The tensor as a matrix: one row per output, one column per input.
-    covariance : array-like
-        E[x·xᵀ] of the layer's input, (columns, columns).
+    covariance : array-like or FeedbackFactor
+        E[x·xᵀ] of the layer's input, (columns, columns), or its :func:`feedback_factor`.
     step : float
         The step size Δ.
     lam : float
@@ -114,37 +196,48 @@ def error_feedback_levels(weights, covariance, step: float, lam: float = 0.0) ->
     numpy.ndarray
         int32 levels of the same shape as ``weights``.
     """
-    w = np.array(weights, dtype=np.float64, copy=True)
+    w = np.asarray(weights, dtype=np.float64)
     rows, n = w.shape
-    h = np.asarray(covariance, dtype=np.float64)
-    order = np.argsort(-np.diag(h), kind="stable")
-    w = w[:, order] / step  # in steps from here on
-    u = _feedback_factor(h[np.ix_(order, order)])
+    factor = covariance if isinstance(covariance, FeedbackFactor) else feedback_factor(covariance)
+    if factor.columns != n:
+        raise EncodeError(f"a covariance of {factor.columns} inputs for a matrix of {n} columns")
+    order, u = factor.order, factor.u
+    # one row per column, in steps: a column's values and its updates are contiguous
+    columns = np.ascontiguousarray(w[:, order].T) / step
     diag = np.diag(u).copy()
     weight = 1.0 / diag**2
     weight /= weight.mean()
-    bits = _level_bits(w) if lam > 0 else None
-    levels = np.empty((rows, n), np.int64)
+    bits = _level_bits(columns) if lam > 0 else None
+    levels = np.empty((n, rows), np.int64)
     for start in range(0, n, BLOCK_COLUMNS):
         stop = min(start + BLOCK_COLUMNS, n)
-        errors = np.empty((rows, stop - start))
+        errors = np.empty((stop - start, rows))
         for j in range(start, stop):
-            x = w[:, j]
+            x = columns[j]
             k = np.copysign(np.floor(np.abs(x) + 0.5), x)
             if bits is not None:
                 toward_zero = k - np.sign(k)
                 cost_nearest = _cost(x, k, weight[j], lam, bits)
                 k = np.where(_cost(x, toward_zero, weight[j], lam, bits) < cost_nearest, toward_zero, k)
-            levels[:, j] = k
+            levels[j] = k
             err = (x - k) / diag[j]
-            errors[:, j - start] = err
-            w[:, j + 1 : stop] -= np.outer(err, u[j, j + 1 : stop])
-        w[:, stop:] -= errors @ u[start:stop, stop:]
+            errors[j - start] = err
+            columns[j + 1 : stop] -= np.outer(u[j, j + 1 : stop], err)
+        columns[stop:] -= u[start:stop, stop:].T @ errors
     if np.abs(levels).max(initial=0) > 2**31 - 3:
         raise EncodeError(f"levels overflow int32 at step {step:.4g}; use a larger qp")
-    out = np.empty_like(levels, dtype=np.int32)
-    out[:, order] = levels
+    out = np.empty((rows, n), dtype=np.int32)
+    out[:, order] = levels.T
     return out
 
 
-__all__ = ["error_feedback_levels", "check_covariance", "covariance_columns", "BLOCK_COLUMNS", "DAMPING"]
+__all__ = [
+    "error_feedback_levels",
+    "feedback_factor",
+    "FeedbackFactor",
+    "FactorCache",
+    "check_covariance",
+    "covariance_columns",
+    "BLOCK_COLUMNS",
+    "DAMPING",
+]

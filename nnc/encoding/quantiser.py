@@ -24,7 +24,14 @@ import numpy as np
 
 from ..errors import EncodeError, NNCError
 from ..reconstruction import DECOMPRESSED_DATA_FORMATS, reconstruct_codebook, reconstruct_uniform, step_size
-from .feedback import check_covariance, covariance_columns, error_feedback_levels
+from .feedback import (
+    FactorCache,
+    FeedbackFactor,
+    check_covariance,
+    covariance_columns,
+    error_feedback_levels,
+    feedback_factor,
+)
 from .settings import EncoderSettings, matches, qp_for_step
 
 INT32_MAX = 2**31 - 1
@@ -259,11 +266,29 @@ class Quantiser:
     settings : EncoderSettings
     engine : ``types.ModuleType``
         The entropy-coding engine (:func:`nnc.engine.get_engine`), for RDOQ and rate estimates.
+    factors : FactorCache, optional
+        Where the covariances' factors (spec A.16) are kept between tensors and encodes; default: none kept.
     """
 
-    def __init__(self, settings: EncoderSettings, engine):
+    def __init__(self, settings: EncoderSettings, engine, factors: FactorCache | None = None):
         self.settings = settings
         self.engine = engine
+        self.factors = factors
+
+    def feedback_factor(self, name: str, columns: int) -> FeedbackFactor:
+        """The factor of tensor ``name``'s covariance (of ``columns`` inputs), from :attr:`factors` when kept."""
+        covariance = self.settings.covariances[name]
+        kept = None if self.factors is None else self.factors.get(covariance)
+        if kept is not None and kept.columns == columns:
+            return kept
+        h = check_covariance(name, covariance, columns)
+        try:
+            factor = feedback_factor(h)
+        except EncodeError as exc:
+            raise EncodeError(f"tensor {name!r}: {exc.message}") from None
+        if self.factors is not None:
+            self.factors.put(covariance, factor)
+        return factor
 
     def quantise(self, name: str, arr: np.ndarray, *, in_block: bool = False, dq: bool | None = None) -> CodedTensor:
         """Quantise one tensor; return what its NDU needs (with any forced output format). ``dq``: the
@@ -326,9 +351,9 @@ class Quantiser:
             matrix = x.reshape(len(x), -1)
             if transposed:
                 matrix = matrix.T
-            h = check_covariance(name, s.covariances[name], columns)
+            factor = self.feedback_factor(name, columns)
             try:
-                levels = error_feedback_levels(matrix, h, float(step), lam)
+                levels = error_feedback_levels(matrix, factor, float(step), lam)
             except EncodeError as exc:
                 raise EncodeError(f"tensor {name!r}: {exc.message}") from None
             return (levels.T if transposed else levels).reshape(-1)
