@@ -276,7 +276,7 @@ class Quantiser:
         self.factors = factors
 
     def feedback_factor(self, name: str, columns: int) -> FeedbackFactor:
-        """The factor of tensor ``name``'s covariance (of ``columns`` inputs), from :attr:`factors` when kept."""
+        """The factor of tensor ``name``'s covariance (of ``columns`` inputs), from ``self.factors`` when kept there."""
         covariance = self.settings.covariances[name]
         kept = None if self.factors is None else self.factors.get(covariance)
         if kept is not None and kept.columns == columns:
