@@ -36,18 +36,18 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from nnc.encoding.feedback import error_feedback_levels  # noqa: E402
+from nnc.encoding.feedback import DAMPING, error_feedback_levels  # noqa: E402
 from nnc.engine import get_engine  # noqa: E402
 from nnc.formats import read_model  # noqa: E402
 from nnc.tables import NEXT_DQ_STATE  # noqa: E402
 
 NEXT_STATE = np.array(NEXT_DQ_STATE)
-DAMPING = 0.01
 PATH_COLUMNS = 128
 
 
 def feedback_factor(h: np.ndarray) -> np.ndarray:
-    """Upper Cholesky factor of the damped H⁻¹ (as A.16)."""
+    """Upper Cholesky factor of the damped H⁻¹ in the columns' own order (nnc.encoding.feedback.feedback_factor takes
+    them by input energy)."""
     damped = h + DAMPING * np.trace(h) / len(h) * np.eye(len(h))
     return np.linalg.cholesky(np.linalg.inv(damped)).T
 
