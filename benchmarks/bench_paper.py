@@ -368,21 +368,26 @@ def dcv2_candidates(model, qps, search_budget, log, importance=None, covariances
     encoder (its rate-distortion choice)."""
     if not (search_budget and model.searched):
         return []
-    from nnc.search import search
-
     t0 = time.perf_counter()
-    extra = dict(qp_range=qps) if model.light else {}
-    if importance:
-        extra["importance"] = importance
-    if covariances:
-        extra.update(covariances=covariances, covariance_transposed=tuple(model.transposed))
-    res = search(model.params, model.evaluate, tolerance=TOL, time_budget=search_budget, progress=False,
-                 blocks=True, **extra)
+    res = dcv2_search(model, qps, search_budget, importance, covariances)
     log(f"  DC-v2 search: {len(res.candidates)} candidates in {time.perf_counter() - t0:.0f} s")
     if res.best is None:
         return []
     note = (IMPORTANCE_NOTE if importance else "") + (COVARIANCE_NOTE if covariances else "")
     return [("dcv2", f"DC-v2 search (nnc.search, {search_budget:.0f} s{note})", res.best.stream)]
+
+
+def dcv2_search(model, qps, search_budget, importance=None, covariances=None, progress=False):
+    """nnc.search's result on ``model`` within ``search_budget`` seconds, at the tolerance of the tables."""
+    from nnc.search import search
+
+    extra = dict(qp_range=qps) if model.light else {}
+    if importance:
+        extra["importance"] = importance
+    if covariances:
+        extra.update(covariances=covariances, covariance_transposed=tuple(model.transposed))
+    return search(model.params, model.evaluate, tolerance=TOL, time_budget=search_budget, progress=progress,
+                  blocks=True, **extra)
 
 
 @contextlib.contextmanager
@@ -398,6 +403,23 @@ def nncodec_oracle():
     finally:
         if oracle:
             oracle.close()
+
+
+def nncodec_best(model, qps, oracle, passes, log):
+    """(bytes, accuracy, setting, stream) of NNCodec's smallest stream at one of ``qps`` (its default configuration,
+    DQ) whose accuracy ``passes``; None when none does."""
+    best = None
+    for qp in qps:
+        try:
+            stream = oracle.compress({k: np.asarray(v, np.float32) for k, v in model.params.items()}, qp=qp,
+                                     use_dq=True)
+        except Exception as exc:                             # noqa: BLE001 - NNCodec's own failure, reported
+            log(f"  NNCodec qp {qp}: no stream: {str(exc)[-200:]}")
+            continue
+        acc = model.evaluate(oracle.decompress(stream))
+        if passes(acc) and (best is None or len(stream) < best[0]):
+            best = (len(stream), acc, f"NNCodec 2.1.3 default (DQ), qp {qp}", stream)
+    return best
 
 
 # -- one model --------------------------------------------------------------------------------------------------------
@@ -512,17 +534,7 @@ def run_model(model, variant, args, oracle, log):
     # NNCodec
     if oracle is not None:
         t0 = time.perf_counter()
-        best = None
-        for qp in qps:
-            try:
-                stream = oracle.compress({k: np.asarray(v, np.float32) for k, v in params.items()}, qp=qp,
-                                         use_dq=True)
-            except Exception as exc:                         # noqa: BLE001 - NNCodec's own failure, reported
-                log(f"  NNCodec qp {qp}: no stream: {str(exc)[-200:]}")
-                continue
-            acc = model.evaluate(oracle.decompress(stream))
-            if passes(acc) and (best is None or len(stream) < best[0]):
-                best = (len(stream), acc, f"NNCodec 2.1.3 default (DQ), qp {qp}", stream)
+        best = nncodec_best(model, qps, oracle, passes, log)
         if best:
             row("nncodec", *best[:3])
             if model.holdout is not None:

@@ -1,0 +1,98 @@
+"""nnc's DC-v2 search with a longer time budget on one packaged model, against NNCodec in the same run.
+
+    python benchmarks/bench_search_budget.py --model rapidocr --time-budget 1800 [--error-feedback]
+
+bench_paper.py gives each model's search a few minutes beside its other coders; where an
+evaluation takes seconds (magika 9 s, rapidocr 5 s) that holds only tens of candidates.
+This measures what more time buys. The model, its metric, the tolerance (0.5 points),
+the qp grid and the held-out inputs (another seed) are bench_paper's. NNCodec 2.1.3: its
+default configuration (DQ) at each qp of the grid, the smallest passing stream kept.
+`--error-feedback` gives the search the input covariances of the layers that
+packaged_models.CovarianceRecorder sees (spec A.16). Writes search_<model>_<budget>s[_feedback].md
+and .json in --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import bench_paper as bp  # noqa: E402
+
+import nnc  # noqa: E402
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", choices=sorted(bp.PACKAGED), required=True)
+    ap.add_argument("--time-budget", type=float, default=1800.0, help="seconds of nnc.search")
+    ap.add_argument("--error-feedback", action="store_true",
+                    help="the search codes the recorded layers with error feedback from their input covariances")
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    args = ap.parse_args(argv)
+    log = lambda s: print(s, flush=True)                      # noqa: E731
+    model = bp.packaged_model(args.model, log, holdout=True)
+    if model is None:
+        raise SystemExit(f"{args.model}: not installed")
+    covariances = None
+    if args.error_feedback:
+        if model.input_covariances is None:
+            raise SystemExit(f"{args.model}: no layer inputs are recorded for error feedback")
+        covariances = model.input_covariances(model.params)
+    n = sum(v.size for v in model.params.values())
+    reference, held_reference = model.evaluate(model.params), model.holdout(model.params)
+    passes = lambda acc: acc >= reference - bp.TOL - 1e-12    # noqa: E731
+
+    t0 = time.perf_counter()
+    res = bp.dcv2_search(model, model.qps, args.time_budget, covariances=covariances, progress=True)
+    seconds = time.perf_counter() - t0
+    rows = []
+    if res.best is not None:
+        rows.append(dict(coder="nnc", bytes=res.best.bytes, accuracy=res.best.score,
+                         holdout=model.holdout(nnc.decode(res.best.stream)),
+                         setting=f"nnc.search, {len(res.candidates)} candidates in {seconds:.0f} s"
+                                 + (bp.COVARIANCE_NOTE if covariances else "")))
+    log(f"nnc: {rows[-1] if rows else 'no stream within the tolerance'}")
+    with bp.nncodec_oracle() as oracle:
+        if oracle is None:
+            log("NNCodec oracle not available (NNC_ORACLE_PYTHON, tools/setup_oracle.sh): no NNCodec row")
+        else:
+            best = bp.nncodec_best(model, model.qps, oracle, passes, log)
+            if best:
+                rows.append(dict(coder="nncodec", bytes=best[0], accuracy=best[1],
+                                 holdout=model.holdout(oracle.decompress(best[3])), setting=best[2]))
+    for r in rows:
+        r.update(bits_per_weight=8 * r["bytes"] / n, loss=100 * (reference - r["accuracy"]),
+                 holdout_loss=100 * (held_reference - r["holdout"]))
+
+    command = (f"python benchmarks/bench_search_budget.py --model {args.model} --time-budget {args.time_budget:g}"
+               + (" --error-feedback" if args.error_feedback else ""))
+    lines = [f"# {model.name}: nnc's search in {args.time_budget:g} s against NNCodec's best single qp", "",
+             f"Command: `{command}`", "",
+             f"Metric: {model.metric}. Tolerance 0.5 points (fp32: {100 * reference:.2f} on the selection inputs, "
+             f"{100 * held_reference:.2f} on the held-out ones, which no choice used). {n:,} parameters.", "",
+             "| coder | bytes | bits/weight | loss (points) | held-out loss | setting |",
+             "|---|---:|---:|---:|---:|---|"]
+    lines += [f"| {r['coder']} | {r['bytes']:,} | {r['bits_per_weight']:.3f} | {r['loss']:.2f} | "
+              f"{r['holdout_loss']:.2f} | {r['setting']} |" for r in rows]
+    if len(rows) == 2:
+        lines += ["", f"nnc against NNCodec: {100 * (rows[0]['bytes'] / rows[1]['bytes'] - 1):+.1f} %"]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"search_{args.model}_{args.time_budget:g}s" + ("_feedback" if args.error_feedback else "")
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    (out / f"{stem}.json").write_text(json.dumps(dict(
+        command=command, model=model.name, parameters=int(n), reference=reference, holdout_reference=held_reference,
+        seconds=seconds, rows=rows, candidates=[dict(bytes=c.bytes, score=c.score) for c in res.candidates]),
+        indent=1) + "\n")
+    log("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
