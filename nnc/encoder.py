@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 
+from ._lru import trim_least_recent
 from ._threads import ordered_results
 from .decoder import DecoderState, apply_update
 from .encoding.feedback import FactorCache
@@ -703,14 +704,7 @@ class EncodeCache:
         k = self._lookup_key(key)
         self._units[k] = (self._arrays(key), unit)
         self._units.move_to_end(k)
-        self._trim()
-
-    def _trim(self) -> None:
-        total = 0
-        for k in reversed(list(self._units)):
-            total += self._units[k][1].nbytes()
-            if total > self.max_bytes and len(self._units) > 1:
-                del self._units[k]
+        trim_least_recent(self._units, self.max_bytes, lambda entry: entry[1].nbytes())
 
     def clear(self) -> None:
         """Forget every unit.

@@ -76,7 +76,9 @@ def test_memory_budget_evicts_least_recently_used():
     t = {f"t{i}": rng.normal(size=(32, 32)) for i in range(4)}
     cache = EncodeCache(max_bytes=1)
     Encoder(qp=-20).encode(t, cache=cache)
-    assert len(cache) == 1                          # only the newest unit is kept
+    assert len(cache) == 1                          # only the newest unit is kept: t3's
+    Encoder(qp=-20).encode({"t3": t["t3"]}, cache=cache)
+    assert (cache.hits, cache.misses) == (1, 4)
     cache.clear()
     assert len(cache) == 0
 

@@ -242,6 +242,10 @@ def test_factor_cache_keeps_factors_by_identity_within_its_memory():
     store.get(h1)                                                      # h1 now the most recently used
     store.put(h3, feedback_factor(h3))
     assert len(store) == 2 and store.get(h2) is None and store.get(h1) is f1
+    small = FactorCache(max_bytes=1)                                   # one factor over the budget: the newest stays
+    small.put(h1, f1)
+    small.put(h2, store.get(h3))
+    assert len(small) == 1 and small.get(h2) is not None
 
 
 def test_encodes_share_the_factor_through_the_encode_cache():

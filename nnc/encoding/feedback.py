@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._lru import trim_least_recent
 from ..errors import EncodeError
 
 #: columns updated one by one before the rest of the matrix gets their errors at once
@@ -134,11 +135,7 @@ class FactorCache:
         with self._lock:
             self._entries[id(covariance)] = (covariance, factor)
             self._entries.move_to_end(id(covariance))
-            total = 0
-            for key in reversed(list(self._entries)):
-                total += self._entries[key][1].nbytes
-                if total > self.max_bytes and len(self._entries) > 1:
-                    del self._entries[key]
+            trim_least_recent(self._entries, self.max_bytes, lambda entry: entry[1].nbytes)
 
     def __len__(self) -> int:
         return len(self._entries)
