@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 
-from ._lru import trim_least_recent
+from ._lru import SizedLRU
 from ._threads import ordered_results
 from .decoder import DecoderState, apply_update
 from .encoding.feedback import FactorCache
@@ -672,7 +672,7 @@ class EncodeCache:
         self.max_bytes = int(max_bytes)
         self.hits = 0
         self.misses = 0
-        self._units: OrderedDict = OrderedDict()
+        self._units = SizedLRU(self.max_bytes)  # lookup key -> (arrays, unit); the arrays keep the ids unique
         #: the covariances' factors, shared by every encode that uses this cache
         self.factors = FactorCache(self.max_bytes // 4)
 
@@ -693,7 +693,7 @@ class EncodeCache:
         if entry is None or any(a is not b for a, b in zip(entry[0], self._arrays(key))):
             self.misses += 1
             return None
-        self._units.move_to_end(k)
+        self._units.put(k, entry, entry[1].nbytes())  # counted anew: payloads built since it was kept
         self.hits += 1
         return entry[1]
 
@@ -702,9 +702,7 @@ class EncodeCache:
             for array in t.arrays():
                 array.setflags(write=False)
         k = self._lookup_key(key)
-        self._units[k] = (self._arrays(key), unit)
-        self._units.move_to_end(k)
-        trim_least_recent(self._units, self.max_bytes, lambda entry: entry[1].nbytes())
+        self._units.put(k, (self._arrays(key), unit), unit.nbytes())
 
     def clear(self) -> None:
         """Forget every unit.

@@ -21,12 +21,11 @@ Examples
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
 
-from .._lru import trim_least_recent
+from .._lru import SizedLRU
 from ..errors import EncodeError
 
 #: columns updated one by one before the rest of the matrix gets their errors at once
@@ -118,24 +117,19 @@ class FactorCache:
 
     def __init__(self, max_bytes: int = 1 << 28):
         self.max_bytes = int(max_bytes)
-        self._entries: OrderedDict = OrderedDict()  # id -> (covariance, factor); the entry keeps the id unique
+        self._entries = SizedLRU(self.max_bytes)  # id -> (covariance, factor); the entry keeps the id unique
         self._lock = threading.Lock()
 
     def get(self, covariance) -> FeedbackFactor | None:
         """The factor kept for this very object, or None."""
         with self._lock:
             entry = self._entries.get(id(covariance))
-            if entry is None or entry[0] is not covariance:
-                return None
-            self._entries.move_to_end(id(covariance))
-            return entry[1]
+            return None if entry is None or entry[0] is not covariance else entry[1]
 
     def put(self, covariance, factor: FeedbackFactor) -> None:
         """Keep ``factor`` for ``covariance``."""
         with self._lock:
-            self._entries[id(covariance)] = (covariance, factor)
-            self._entries.move_to_end(id(covariance))
-            trim_least_recent(self._entries, self.max_bytes, lambda entry: entry[1].nbytes)
+            self._entries.put(id(covariance), (covariance, factor), factor.nbytes)
 
     def __len__(self) -> int:
         return len(self._entries)
