@@ -84,8 +84,8 @@ def main(argv=None):
         extra["covariances"] = calibration.input_covariances(tensors)
     if args.check:
         extra["check"] = calibration
-    check_reference = calibration(tensors)
-    check_floor = float(np.mean(check_reference)) - args.tolerance
+        check_reference = calibration(tensors)
+        check_floor = float(np.mean(check_reference)) - args.tolerance
 
     def measure_check(value):
         """What is compared with the check's floor, under the rule."""

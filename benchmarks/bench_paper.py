@@ -405,6 +405,11 @@ def nncodec_oracle():
             oracle.close()
 
 
+def within_tolerance(reference):
+    """The tables' acceptance rule: an accuracy at most ``TOL`` under ``reference`` (up to rounding)."""
+    return lambda acc: acc >= reference - TOL - 1e-12
+
+
 def nncodec_best(model, qps, oracle, passes, log):
     """(bytes, accuracy, setting, stream) of NNCodec's smallest stream at one of ``qps`` (its default configuration,
     DQ) whose accuracy ``passes``; None when none does."""
@@ -445,7 +450,7 @@ def run_model(model, variant, args, oracle, log):
             f"acc {'-' if acc is None else f'{100 * acc:.2f}'}  {setting}")
         return r
 
-    passes = lambda acc: acc >= ref - TOL - 1e-12          # noqa: E731
+    passes = within_tolerance(ref)
     qps = range(-40, -3) if not args.quick else range(-40, -3, 1)
     if model.light:
         qps = model.qps or range(-34, -27, 2)

@@ -47,7 +47,7 @@ def main(argv=None):
         covariances = model.input_covariances(model.params)
     n = sum(v.size for v in model.params.values())
     reference, held_reference = model.evaluate(model.params), model.holdout(model.params)
-    passes = lambda acc: acc >= reference - bp.TOL - 1e-12    # noqa: E731
+    passes = bp.within_tolerance(reference)
 
     t0 = time.perf_counter()
     res = bp.dcv2_search(model, model.qps, args.time_budget, covariances=covariances, progress=True)

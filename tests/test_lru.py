@@ -1,13 +1,14 @@
 """SizedLRU, the store behind EncodeCache and FactorCache: the newest entries within the budget, nothing else."""
 
+import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
 from nnc._lru import SizedLRU
-from nnc.encoding import writer
 from nnc.encoder import EncodeCache, Encoder
+from nnc.encoding import writer
 
-OPERATIONS = st.lists(st.tuples(st.sampled_from("put get".split()), st.integers(0, 7), st.integers(0, 40)),
+OPERATIONS = st.lists(st.tuples(st.sampled_from(["put", "get"]), st.integers(0, 7), st.integers(0, 40)),
                       max_size=60)
 
 
@@ -31,8 +32,6 @@ def test_keeps_the_most_recent_entries_that_fit(max_bytes, operations):
 
 def test_encode_cache_measures_each_unit_once_per_use(monkeypatch):
     # the budget is kept without walking every kept unit on each put (that made long searches quadratic)
-    import numpy as np
-
     calls = []
     measure = writer.Unit.nbytes
     monkeypatch.setattr(writer.Unit, "nbytes", lambda self: calls.append(1) or measure(self))
