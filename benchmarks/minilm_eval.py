@@ -14,6 +14,7 @@ are written for this benchmark; they need only numpy.
 
 from __future__ import annotations
 
+import functools
 import json
 import unicodedata
 from pathlib import Path
@@ -129,6 +130,73 @@ CALIBRATION_SENTENCES = [
     "The volcano has been quiet for more than a century.",
 ]
 
+
+#: sentences for a search's ``check`` (a guard against fitting the scored sentences), used in no score or statistic
+GUARD_SENTENCES = [
+    "The plumber fixed the leaking pipe under the sink.",
+    "Water was dripping from the kitchen tap all night.",
+    "The elections will be held in early November.",
+    "Voters go to the polls at the start of winter.",
+    "She knitted a warm scarf for her brother.",
+    "The airport added a second runway last year.",
+    "Snow blocked the mountain pass for three days.",
+    "The road over the hills was closed by snowfall.",
+    "Which platform does the train to Vienna leave from?",
+    "The cinema shows old films on Tuesday nights.",
+    "He sold his car and now cycles to work.",
+    "The bees are busy among the lavender flowers.",
+    "A thief stole a painting from the gallery.",
+    "The council plans to plant a thousand trees.",
+    "The city wants to grow more trees along its streets.",
+    "My coffee went cold while I answered emails.",
+    "The children built a sandcastle near the waves.",
+    "The pilot announced a short delay before take-off.",
+    "Our landlord raised the rent by ten percent.",
+    "The paint on the fence is peeling after the summer.",
+    "The lecture on ancient Rome was fully booked.",
+    "Fresh strawberries are cheap at the market today.",
+    "The dentist said I should floss every day.",
+    "A loud thunderstorm woke the whole village.",
+    "The engineers tested the bridge with heavy lorries.",
+    "She keeps her passport in a drawer by the bed.",
+    "The marathon route passes the old cathedral.",
+    "Homework is due at the start of the next class.",
+    "The river was too cold for swimming in May.",
+    "His speech made the audience laugh several times.",
+    "The kettle switches itself off when the water boils.",
+    "Owls hunt mice in the fields at night.",
+]
+
+
+def stdlib_docstring_sentences(n: int, seed: int = 0) -> list[str]:
+    """``n`` different sentences from the docstrings of Python's standard library modules (plain words and
+    punctuation, 40-160 characters), shuffled with ``seed``: plenty of English text that ships with every Python,
+    for statistics of the network's activations. Fixed for a given Python version."""
+    import random
+
+    found = list(_stdlib_docstring_sentences())
+    random.Random(seed).shuffle(found)
+    return found[:n]
+
+
+@functools.cache
+def _stdlib_docstring_sentences() -> tuple[str, ...]:
+    import ast
+    import re
+    import sysconfig
+
+    found = {}
+    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, OSError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)) and ast.get_docstring(node):
+                for sentence in re.split(r"(?<=[.!?])\s+", " ".join(ast.get_docstring(node).split())):
+                    if 40 <= len(sentence) <= 160 and re.fullmatch(r"[A-Z][A-Za-z ,;:'()\-]+[.]", sentence):
+                        found[sentence] = None
+    return tuple(found)
 
 class WordPiece:
     """Lower-casing BERT tokenizer: basic splitting, then greedy longest-match word pieces."""
