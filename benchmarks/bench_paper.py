@@ -211,6 +211,13 @@ def packaged_model(key, log, holdout=False):
     return model
 
 
+def packaged_model_or_exit(key):
+    """packaged_model(key) with its held-out inputs, for a benchmark of that model alone: exits when it is missing."""
+    model = packaged_model(key, lambda s: print(s, flush=True), holdout=True)
+    if model is None:
+        raise SystemExit(f"{key}: not installed")
+    return model
+
 def prune_and_finetune(model: Model, keep: float, epochs: int, rounds: int = 4, lr=2e-3, seed=0) -> Model:
     """Per-layer magnitude pruning to ``keep`` of each weight tensor, in ``rounds`` steps (geometric schedule),
     each followed by ``epochs`` of masked Adam fine-tuning on the training data (where the model trains here)."""

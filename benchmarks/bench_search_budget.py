@@ -37,9 +37,7 @@ def main(argv=None):
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = ap.parse_args(argv)
     log = lambda s: print(s, flush=True)                      # noqa: E731
-    model = bp.packaged_model(args.model, log, holdout=True)
-    if model is None:
-        raise SystemExit(f"{args.model}: not installed")
+    model = bp.packaged_model_or_exit(args.model)
     covariances = None
     if args.error_feedback:
         if model.input_covariances is None:

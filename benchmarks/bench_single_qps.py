@@ -37,12 +37,10 @@ def main(argv=None):
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = ap.parse_args(argv)
     log = lambda s: print(s, flush=True)                      # noqa: E731
-    model = bp.packaged_model(args.model, log, holdout=True)
-    if model is None:
-        raise SystemExit(f"{args.model}: not installed")
+    if args.variant != "dense" and not (args.variant.startswith("sparse-") and args.variant[7:].isdigit()):
+        ap.error(f'--variant {args.variant}: expected "dense" or "sparse-NN"')
+    model = bp.packaged_model_or_exit(args.model)
     if args.variant != "dense":
-        if not args.variant.startswith("sparse-") or not args.variant[7:].isdigit():
-            raise SystemExit(f'--variant {args.variant}: expected "dense" or "sparse-NN"')
         model = bp.prune_and_finetune(model, int(args.variant[7:]) / 100, 0)
     reference, held_reference = model.evaluate(model.params), model.holdout(model.params)
     n = sum(v.size for v in model.params.values())
