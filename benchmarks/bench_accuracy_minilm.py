@@ -133,7 +133,6 @@ def main(argv=None):
     else:
         print(f"NNCodec oracle not available ({NNCodecOracle.reason})")
 
-    check_name = {"calibration": "calibration", "guard": "guard"}.get(args.check)
     rule = ("per-sentence similarities, a stream passes when the paired lower bound (mean difference to the "
             "original minus one standard error) is within the tolerance" if per_sentence
             else "the mean similarity within the tolerance")
@@ -149,7 +148,7 @@ def main(argv=None):
                    if args.calibration_text else "") + " (spec A.16)"
                 + ("." if args.check == "calibration" else ", which no score uses."),
                 ""] if args.error_feedback else []),
-             *([f"The search's result must also keep the tolerance on the {len(guard.reference)} {check_name} "
+             *([f"The search's result must also keep the tolerance on the {len(guard.reference)} {args.check} "
                 "sentences, under the same rule (`nnc.search`'s `check`: only candidates within the tolerance on "
                 "the selection sentences are checked, smallest first); NNCodec's pick too.", ""]
                if args.check else []),
@@ -174,7 +173,7 @@ def main(argv=None):
     if best and theirs:
         lines += ["", f"nnc against NNCodec: {100 * (best.bytes / theirs[1] - 1):+.1f} %"]
     if args.check and best:
-        lines += ["", f"nnc's stream on the {check_name} sentences (the check): {best.check:.5f}, "
+        lines += ["", f"nnc's stream on the {args.check} sentences (the check): {best.check:.5f}, "
                       f"floor {check_floor:.4f}."]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -37,6 +37,8 @@ def main(argv=None):
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = ap.parse_args(argv)
     log = lambda s: print(s, flush=True)                      # noqa: E731
+    if args.qps[0] > args.qps[1]:
+        ap.error(f"--qps {args.qps[0]} {args.qps[1]}: the finest (lowest) qp first")
     if args.variant != "dense" and not (args.variant.startswith("sparse-") and args.variant[7:].isdigit()):
         ap.error(f'--variant {args.variant}: expected "dense" or "sparse-NN"')
     model = bp.packaged_model_or_exit(args.model)
