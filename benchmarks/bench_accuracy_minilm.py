@@ -19,7 +19,8 @@ also on N sentences of the Python standard library's docstrings (minilm_eval.std
 layers; files ..._doc<N>.*). `--check` makes the search's result also keep the tolerance on those
 calibration sentences, `--check guard` on 32 sentences that no score or statistic uses
 (minilm_eval.GUARD_SENTENCES) (``nnc.search``'s ``check``: a guard against a search fitted to the
-selection sentences; files ..._check.* and ..._guard.*).
+selection sentences; files ..._check.* and ..._guard.*). `--check-moves` checks every stream the
+search's per-tensor refinement moves to as well (``nnc.search``'s ``check_moves``; files ..._moves.*).
 """
 
 from __future__ import annotations
@@ -60,8 +61,13 @@ def main(argv=None):
     ap.add_argument("--check", nargs="?", const="calibration", choices=("calibration", "guard"), default=None,
                     help="the search's result must also keep the tolerance, under the same rule, on "
                          "minilm_eval.CALIBRATION_SENTENCES (the default) or GUARD_SENTENCES (nnc.search's check)")
+    ap.add_argument("--check-moves", action="store_true",
+                    help="with --check: the refinement moves only to streams that keep the check (nnc.search's "
+                         "check_moves), not only the result")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = ap.parse_args(argv)
+    if args.check_moves and not args.check:
+        ap.error("--check-moves needs --check")
     lambdas = tuple(float(x) for x in args.lambdas.split(","))
     model_dir, tensors = me.load_float_tensors()
     per_sentence = args.rule == "per-sentence"
@@ -85,6 +91,7 @@ def main(argv=None):
         sentences = me.CALIBRATION_SENTENCES if args.check == "calibration" else me.GUARD_SENTENCES
         guard = me.MiniLMFidelity(model_dir, reference=tensors, sentences=sentences, per_sentence=per_sentence)
         extra["check"] = guard
+        extra["check_moves"] = args.check_moves
         check_reference = guard(tensors)
         check_floor = float(np.mean(check_reference)) - args.tolerance
 
@@ -132,7 +139,8 @@ def main(argv=None):
              f"--time-budget {args.time_budget:g} --lambdas {args.lambdas} --rule {args.rule}"
              + (" --error-feedback" if args.error_feedback else "")
              + (f" --calibration-text {args.calibration_text}" if args.calibration_text else "")
-             + {None: "", "calibration": " --check", "guard": " --check guard"}[args.check] + "`", "",
+             + {None: "", "calibration": " --check", "guard": " --check guard"}[args.check]
+             + (" --check-moves" if args.check_moves else "") + "`", "",
              *(["nnc's search quantises the 36 linear layers with error feedback from their input covariances on "
                 "the 32 calibration sentences"
                 + (f" and {args.calibration_text} sentences of the Python standard library's docstrings"
@@ -141,7 +149,9 @@ def main(argv=None):
                 ""] if args.error_feedback else []),
              *([f"The search's result must also keep the tolerance on the {len(guard.reference)} {args.check} "
                 "sentences, under the same rule (`nnc.search`'s `check`: only candidates within the tolerance on "
-                "the selection sentences are checked, smallest first); NNCodec's pick too.", ""]
+                "the selection sentences are checked"
+                + (", each stream the per-tensor refinement moves to as well (`check_moves`)" if args.check_moves
+                   else ", smallest first") + "); NNCodec's pick too.", ""]
                if args.check else []),
              "Score: cosine similarity of the sentence embeddings to the original model's "
              f"({len(score.reference)} sentences, benchmarks/minilm_eval.py); rule for both coders: {rule}; "
@@ -170,7 +180,8 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     stem = ("accuracy_minilm" + ("_feedback" if args.error_feedback else "")
             + (f"_doc{args.calibration_text}" if args.calibration_text else "")
-            + {None: "", "calibration": "_check", "guard": "_guard"}[args.check])
+            + {None: "", "calibration": "_check", "guard": "_guard"}[args.check]
+            + ("_moves" if args.check_moves else ""))
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     import json
 
@@ -178,7 +189,8 @@ def main(argv=None):
                   nnc=dict(bytes=best.bytes, score=best.score, bound=best.bound, held_out=ours_held,
                            check=best.check, check_reference=res.check_reference,
                            settings=best.settings) if best else None,
-                  candidates=[dict(bytes=c.bytes, score=c.score, bound=c.bound) for c in res.candidates],
+                  candidates=[dict(bytes=c.bytes, score=c.score, bound=c.bound, check=c.check)
+                              for c in res.candidates],
                   nncodec=[dict(qp=q, bytes=b, score=sc, bound=bd) for q, b, sc, bd in tried],
                   nncodec_pick=dict(qp=theirs[0], bytes=theirs[1], score=theirs[2], held_out=theirs[3])
                   if theirs else None)

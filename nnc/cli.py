@@ -179,6 +179,10 @@ def cmd_encode(args) -> int:
 
     if args.state and args.search:
         return _fail("--state (incremental coding) cannot be combined with --search")
+    if args.check and not args.search:
+        return _fail("--check guards a --search; give --search too")
+    if args.check_moves and not args.check:
+        return _fail("--check-moves checks the --check score during the search; give --check too")
     refused = _refuse_overwriting_inputs(
         args.output or str(Path(args.model).with_suffix(".nnr")),
         {
@@ -504,6 +508,7 @@ def _encode_search(args, tensors, options) -> int:
         workers=args.workers,
         time_budget=args.time_budget,
         check=check,
+        check_moves=args.check_moves,
         progress=not args.quiet and not args.json and sys.stderr.isatty(),
         **options,
     )
@@ -1537,6 +1542,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODULE:FUNCTION",
         help="with --search: a second score on other data; the result must also stay within "
         "--tolerance of the original's on it (a guard against fitting --search's data)",
+    )
+    p.add_argument(
+        "--check-moves",
+        action="store_true",
+        help="with --check: check each stream the per-tensor refinement moves to, not only its "
+        "result, so that the refinement stays where the check holds (one check per move taken)",
     )
     p.add_argument("--time-budget", type=float, metavar="SECONDS", help="with --search: stop after this time")
     p.add_argument("--workers", type=int, default=1, help="with --search: worker processes (default 1)")

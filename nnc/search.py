@@ -123,6 +123,8 @@ class Candidate:
         not on the Pareto front of the search's result.
     check : float or None
         ``check`` of the decoded stream, for the candidates the search's ``check`` looked at.
+    check_bound : float or None
+        What the search compared with the check's floor (as ``bound`` is for the score).
     bound : float
         What the search compares with the floor: ``score`` itself for a scalar score; for
         per-sample scores, the original's score plus the mean paired difference minus
@@ -141,6 +143,7 @@ class Candidate:
     stream: bytes = field(repr=False, default=b"")
     check: float | None = field(repr=False, default=None)
     bound: float | None = field(repr=False, default=None)
+    check_bound: float | None = field(repr=False, default=None)
 
     def __post_init__(self):
         if self.bound is None:
@@ -193,15 +196,23 @@ class _Evaluator:
     decoder returns (the search checks that on its result).
     """
 
-    def __init__(self, tensors, evaluate, cache_bytes):
+    def __init__(self, tensors, evaluate, cache_bytes, check=None):
         self.tensors = tensors
         self.evaluate = evaluate
+        self.check = check
         self.cache = EncodeCache(cache_bytes)
 
-    def __call__(self, settings):
+    def _reconstruction(self, settings):
         res = Encoder(**settings).encode(self.tensors, cache=self.cache)
-        decoded = {k: v.copy() for k, v in res.reconstruction.items()}  # evaluate may modify them
+        return res, {k: v.copy() for k, v in res.reconstruction.items()}  # evaluate may modify them
+
+    def __call__(self, settings):
+        res, decoded = self._reconstruction(settings)
         return settings, len(res.stream), _as_scores(self.evaluate(decoded)), res.stream
+
+    def check_value(self, settings):
+        """``check`` of a candidate's reconstruction (its units mostly come from the cache)."""
+        return _as_scores(self.check(self._reconstruction(settings)[1]))
 
 
 def _as_scores(value):
@@ -279,12 +290,16 @@ class _Bound:
 _WORKER: list = []
 
 
-def _init_worker(tensors, evaluate, cache_bytes):
-    _WORKER[:] = [_Evaluator(tensors, evaluate, cache_bytes)]
+def _init_worker(tensors, evaluate, cache_bytes, check=None):
+    _WORKER[:] = [_Evaluator(tensors, evaluate, cache_bytes, check)]
 
 
 def _evaluate_in_worker(settings):
     return _WORKER[0](settings)
+
+
+def _check_in_worker(settings):
+    return _WORKER[0].check_value(settings)
 
 
 def search(
@@ -303,6 +318,7 @@ def search(
     progress: bool | None = None,
     cache_bytes: int = 2 << 30,
     check: Callable | None = None,
+    check_moves: bool = False,
     z: float = 1.0,
     **encoder_options,
 ) -> SearchResult:
@@ -351,6 +367,12 @@ def search(
         tolerance of ``evaluate`` are checked, those of the Pareto front first, smallest
         first, until one passes (then at most :data:`MAX_CHECKS` others), so the check
         data steers the choice little.
+    check_moves : bool
+        With ``check``: also check each candidate the per-tensor refinement would move to
+        (and its bases), and move only to those that pass. The refinement then spends its
+        time on streams the check keeps instead of ending at the edge of the tolerance on
+        ``evaluate``'s data alone, at the price of one ``check`` per move taken; the check
+        data then steers the search more, so report on a third set.
     cache_bytes : int
         Memory for the units kept between candidates (:class:`nnc.encoder.EncodeCache`,
         shared out among the workers): a per-tensor move re-encodes one tensor, not the model.
@@ -386,6 +408,12 @@ def search(
     reference = measure.reference
     floor = reference - tolerance
     _warn_if_unresolvable(measure.samples, tolerance)
+    if check_moves and check is None:
+        raise EncodeError("check_moves=True needs a check")
+    check_measure = None
+    if check is not None:
+        check_measure = _Bound(_as_scores(check({k: v.copy() for k, v in tensors.items()})), z)
+    move_check = check if check_moves else None
     state = _SearchState(
         tensors=tensors,
         encoder_options=encoder_options,
@@ -395,13 +423,17 @@ def search(
         time_budget=time_budget,
         show=sys.stderr.isatty() if progress is None else progress,
         chunk=max(1, workers),
+        check_measure=check_measure if check_moves else None,
+        check_floor=check_measure.reference - tolerance if check_measure else None,
     )
     if workers > 1:
         state.pool = ProcessPoolExecutor(
-            max_workers=workers, initializer=_init_worker, initargs=(tensors, evaluate, cache_bytes // workers)
+            max_workers=workers,
+            initializer=_init_worker,
+            initargs=(tensors, evaluate, cache_bytes // workers, move_check),
         )
     else:
-        state.evaluate_one = _Evaluator(tensors, evaluate, cache_bytes)
+        state.evaluate_one = _Evaluator(tensors, evaluate, cache_bytes, move_check)
     try:
         # 1. qp sweep: bisection for the coarsest qp that keeps the score
         if qp_range is None:
@@ -430,7 +462,7 @@ def search(
         if per_tensor:
             ok = sorted((c for c in state.candidates if c.bound >= floor), key=lambda c: c.bytes)
             finals = []
-            for base in ok[:bases]:
+            for base in state.bases(ok, bases):
                 if state.out_of_time():
                     break
                 finals.append(_refine(state, base, max_qp))
@@ -448,8 +480,7 @@ def search(
         raise EncodeError("the search evaluated no candidate (time budget too small?)")
     best = state.best_passing()
     check_reference = None
-    if check is not None:
-        check_measure = _Bound(_as_scores(check({k: v.copy() for k, v in tensors.items()})), z)
+    if check is not None and check_measure is not None:
         check_reference = check_measure.reference
 
         def stream_of(c):
@@ -458,6 +489,8 @@ def search(
             return c.stream
 
         best = _first_passing_check(candidates, floor, check, check_measure, check_reference - tolerance, stream_of)
+        if best is not None:
+            stream_of(best)  # checked during the refinement, its stream may have been freed
     if best is not None:
         decoded = _check_decodes(best, tensors, encoder_options)
         if "blocks" not in encoder_options:
@@ -504,6 +537,41 @@ class _SearchState:
     stage: str = "qp sweep"
     #: ``time.monotonic()`` when the search began (looked up at creation, so that a test's fake clock counts).
     start: float = field(default_factory=lambda: time.monotonic())
+    #: With ``check_moves``: the check's measure and floor; the refinement moves only to candidates that pass.
+    check_measure: "_Bound | None" = None
+    check_floor: float | None = None
+    #: How many candidates the refinement checked.
+    checks: int = 0
+
+    def passes_check(self, c: Candidate) -> bool:
+        """Whether ``c`` keeps the check (always, without ``check_moves``); checked once per candidate."""
+        if self.check_measure is None or self.check_floor is None:
+            return True
+        if c.check_bound is None:
+            job = dict(self.encoder_options, **c.settings)
+            if self.pool:
+                value = self.pool.submit(_check_in_worker, job).result()
+            else:
+                assert self.evaluate_one is not None
+                value = self.evaluate_one.check_value(job)
+            c.check, c.check_bound = self.check_measure(value)
+            self.checks += 1
+        return c.check_bound >= self.check_floor
+
+    def bases(self, passing: list, count: int) -> list:
+        """The first ``count`` of ``passing`` (candidates by increasing size) that keep the check,
+        looking at most :data:`MAX_CHECKS` further."""
+        if self.check_measure is None:
+            return passing[:count]
+        out: list[Candidate] = []
+        for c in passing[: count + MAX_CHECKS]:
+            if self.out_of_time() and out:
+                break
+            if self.passes_check(c):
+                out.append(c)
+                if len(out) == count:
+                    break
+        return out
 
     def out_of_time(self) -> bool:
         return self.time_budget is not None and time.monotonic() - self.start > self.time_budget
@@ -543,8 +611,9 @@ class _SearchState:
                 _drop_dominated_streams(self.candidates)
                 if self.show:
                     best = min((x.bytes for x in self.candidates if x.bound >= self.floor), default=0)
+                    checked = f", {self.checks} checked" if self.check_measure is not None else ""
                     sys.stderr.write(
-                        f"\rsearch ({self.stage}): {len(self.candidates)} candidates, best "
+                        f"\rsearch ({self.stage}): {len(self.candidates)} candidates{checked}, best "
                         f"{best} bytes, {time.monotonic() - self.start:.0f} s "
                     )
         return out
@@ -568,20 +637,26 @@ def _first_passing_check(
 ):
     """The smallest candidate within the tolerance that also passes ``check``.
 
-    The (bytes, bound) front first, smallest first; if none of it passes, the other
+    The smallest candidate that passed it during the refinement (``check_moves``), unless a
+    smaller one passes: the (bytes, bound) front first, smallest first, then the other
     candidates within the tolerance by increasing size, at most :data:`MAX_CHECKS` of
     them (re-encoded when their stream was freed).
     """
-    front = [c for c in _front(candidates, "bound") if c.bound >= floor]
+    passed = [c for c in candidates if c.bound >= floor and c.check_bound is not None and c.check_bound >= check_floor]
+    known = min(passed, key=lambda c: (c.bytes, -c.bound), default=None)
+    limit = known.bytes if known is not None else np.inf
+    front = [c for c in _front(candidates, "bound") if c.bound >= floor and c.bytes < limit]
     on_front = {id(c) for c in front}
     rest = sorted(
-        (c for c in candidates if c.bound >= floor and id(c) not in on_front), key=lambda c: (c.bytes, -c.bound)
+        (c for c in candidates if c.bound >= floor and c.bytes < limit and id(c) not in on_front),
+        key=lambda c: (c.bytes, -c.bound),
     )
     for c in front + rest[:MAX_CHECKS]:
-        c.check, check_bound = measure(_as_scores(check(decode(stream_of(c)))))
-        if check_bound >= check_floor:
+        if c.check_bound is None:
+            c.check, c.check_bound = measure(_as_scores(check(decode(stream_of(c)))))
+        if c.check_bound >= check_floor:
             return c
-    return None
+    return known
 
 
 def _front(candidates: list, key: str) -> list:
@@ -724,6 +799,7 @@ def _refine(search: _SearchState, base: Candidate, max_qp: int) -> "_TensorMoves
         run=search.run,
         out_of_time=search.out_of_time,
         time_left=search.time_left,
+        passes=search.passes_check,
     )
     if 2 * len(floats) > STEEPEST_MOVES:
         # many tensors: one knapsack step first, as single moves would take a round each
@@ -758,7 +834,8 @@ def _kicks(search: _SearchState, finals: list, seed: int = 0) -> None:
             return
         moves = replace(best, qps=qps, current=kicked[0])
         moves.coarsen_single_tensors()
-        if moves.current.bound >= search.floor and moves.current.bytes < best.current.bytes:
+        current = moves.current
+        if current.bound >= search.floor and current.bytes < best.current.bytes and search.passes_check(current):
             finals.append(moves)
 
 
@@ -793,6 +870,8 @@ class _TensorMoves:
     out_of_time: Callable
     #: Seconds left of the time budget, or None without one.
     time_left: Callable = lambda: None
+    #: Whether a candidate keeps the search's check (:meth:`_SearchState.passes_check`).
+    passes: Callable = lambda c: True
 
     def __post_init__(self):
         self.qps, self.lams = dict(self.qps), dict(self.lams)
@@ -802,7 +881,12 @@ class _TensorMoves:
         return dict(self.settings, qp_per_tensor=qps, lambda_per_tensor=dict(self.lams))
 
     def _keeps(self, c: Candidate) -> bool:
+        """Within the floor and smaller than the current candidate."""
         return c.bound >= self.floor and c.bytes < self.current.bytes
+
+    def _accepts(self, c: Candidate) -> bool:
+        """:meth:`_keeps`, and keeps the check (asked only then, as it costs an evaluation)."""
+        return self._keeps(c) and self.passes(c)
 
     def jump(self) -> None:
         """Coarsen many tensors at once, as far as their separately measured score drops allow.
@@ -855,14 +939,16 @@ class _TensorMoves:
             got = self.run([self._trial(new_qps)])
             if not got:
                 break
-            if self._keeps(got[0]):
+            if self._accepts(got[0]):
                 self.qps, self.current = new_qps, got[0]
                 return
         # no combination kept the score: continue from the best single probe that did
-        singles = [(c.bytes, i) for i, c in enumerate(results) if self._keeps(c)]
-        if singles:
-            g, d = probes[min(singles)[1]]
-            self.qps, self.current = self._raised(groups[g], d), results[min(singles)[1]]
+        singles = sorted((c.bytes, i) for i, c in enumerate(results) if self._keeps(c))
+        for _, i in singles[: 1 + MAX_CHECKS]:
+            if self._accepts(results[i]):
+                g, d = probes[i]
+                self.qps, self.current = self._raised(groups[g], d), results[i]
+                return
 
     def _raised(self, group: list, step: int, qps: dict | None = None) -> dict:
         """``qps`` (the current ones by default) with the qps of ``group`` raised by ``step``, at most to ``max_qp``."""
@@ -932,10 +1018,15 @@ class _TensorMoves:
                         good.append(((self.current.bytes - c.bytes) / (drop + self.slack), move, c))
                     else:
                         failed.add(move)
-                if not good:
+                taken = False
+                for _, move, c in sorted(good, key=lambda g: -g[0]):
+                    if self.passes(c):
+                        self._take(move, step, c)
+                        taken = True
+                        break
+                    failed.add(move)
+                if not taken:
                     break
-                _, move, c = max(good, key=lambda g: g[0])
-                self._take(move, step, c)
 
     def _first_improvement(self, moves: list, step: int, failed: set) -> bool:
         """One pass over ``moves``, largest tensors first, keeping each that helps; whether any did."""
@@ -946,7 +1037,7 @@ class _TensorMoves:
             tried = self._try([move], step)
             if not tried:
                 break
-            if self._keeps(tried[0]):
+            if self._accepts(tried[0]):
                 self._take(move, step, tried[0])
                 improved = True
             else:
@@ -959,10 +1050,10 @@ class _TensorMoves:
         qps = self.qps
         pairs = [(a, b) for a in swappable for b in swappable if a != b and qps[b] + step <= self.max_qp]
         results = self.run([self._trial(dict(qps, **{a: qps[a] - step, b: qps[b] + step})) for a, b in pairs])
-        good = [(c.bytes, i) for i, c in enumerate(results) if self._keeps(c)]
-        if not good:
+        good = sorted((c.bytes, i) for i, c in enumerate(results) if self._keeps(c))
+        i = next((i for _, i in good if self.passes(results[i])), None)
+        if i is None:
             return False
-        i = min(good)[1]
         a, b = pairs[i]
         self.qps = dict(qps, **{a: qps[a] - step, b: qps[b] + step})
         self.current = results[i]

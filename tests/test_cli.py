@@ -297,6 +297,18 @@ def test_encode_search_with_a_check(model, tmp_path):
               f"{script}:exact", "--tolerance", "1e-4")
     assert bad.returncode != 0 and "--check" in bad.stderr
     assert not (tmp_path / "x.nnr").exists()
+    # checked during the refinement too
+    moves = run("encode", path, "-o", out, "--search", f"{script}:neg_mse", "--check", f"{script}:neg_mse",
+                "--check-moves", "--tolerance", "1e-4", "--json")
+    assert moves.returncode == 0, moves.stderr
+    summary = json.loads(moves.stdout)
+    assert summary["check"] >= summary["check_reference"] - 1e-4
+    # misused: a check without a search, check moves without a check
+    for misused, named in ((["--check", f"{script}:neg_mse"], "--check"),
+                           (["--search", f"{script}:neg_mse", "--check-moves"], "--check-moves")):
+        r = run("encode", path, "-o", tmp_path / "y.nnr", *misused)
+        assert r.returncode != 0 and named in r.stderr and "Traceback" not in r.stderr
+        assert not (tmp_path / "y.nnr").exists()
 
 
 def test_compare_reports_the_encoders_snr_and_fails_below_min_snr(model, tmp_path):

@@ -194,6 +194,33 @@ def test_check_guards_the_result_on_other_data():
     assert all(c.check is not None and c.check < checked.check_reference - 0.005 for c in smaller)
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_check_moves_keeps_the_refinement_where_the_check_holds(workers):
+    # on these halves a check only after the search refuses every stream the refinement reached
+    after = search(PARAMS, first_half, tolerance=0.005, check=second_half, progress=False)
+    during = search(PARAMS, first_half, tolerance=0.005, check=second_half, check_moves=True,
+                    workers=workers, progress=False)
+    assert after.best is None
+    best = during.best
+    assert best is not None and "qp_per_tensor" in best.settings      # a refined stream
+    import nnc
+
+    decoded = nnc.decode(best.stream)
+    assert best.score == first_half(decoded) >= during.reference_score - 0.005
+    assert best.check == second_half(decoded) >= during.check_reference - 0.005
+    # only candidates within the tolerance on the first score were checked
+    checked = [c for c in during.candidates if c.check_bound is not None]
+    assert checked and all(c.bound >= during.reference_score - 0.005 for c in checked)
+    assert best.bytes == min(c.bytes for c in checked if c.check_bound >= during.check_reference - 0.005)
+
+
+def test_check_moves_needs_a_check():
+    from nnc.errors import EncodeError
+
+    with pytest.raises(EncodeError, match="check_moves"):
+        search(PARAMS, first_half, check_moves=True, progress=False)
+
+
 def test_check_that_nothing_passes_gives_no_result():
     from nnc.search import _front
 
