@@ -138,20 +138,24 @@ def crossfit(args, oracle):
              f"Command: `python benchmarks/bench_accuracy.py --tolerance {args.tolerance} --crossfit`", "",
              f"The test split in three folds of {n // 3} images; for each rotation (A, B, C) every coder selects its "
              "smallest stream within the tolerance on fold A; \"+ check\" also requires the tolerance on fold B "
-             "(`search(..., check=)`); all are reported on fold C, which no selection saw. \"per-image scores\": "
+             "(`search(..., check=)`), \"on each move\" of every stream the per-tensor refinement moves to "
+             "(`check_moves=True`); all are reported on fold C, which no selection saw. \"per-image scores\": "
              "the evaluation returns one score per image and the search passes a candidate only when its paired "
              "difference to the original, minus one standard error (`z=1`), is within the tolerance. Means over "
-             "the three rotations (a coder that found no stream in a rotation shows \"-\"); \"drop\" is the fp32 "
+             "the three rotations (a coder that found no stream in some rotation shows \"-\" and in how many it "
+             "did); \"drop\" is the fp32 "
              f"accuracy on C minus the stream's (points; one image is {300 / n:.2f}).", "",
              "| model | coder | mean bytes | vs NNCodec | mean drop on C | worst drop on C |",
              "|---|---|---:|---:|---:|---:|"]
     for kind, fname in demo.MODELS.items():
         params = {k: np.asarray(v, np.float32) for k, v in read_model(demo.DATA / fname)[0].items()}
-        variants = {  # name: (per-image scores, check on fold B)
-            "nnc, accuracy as one number": (False, False),
-            "nnc, per-image scores": (True, False),
-            "nnc, per-image scores + check": (True, True),
-            "nnc, per-image probability of the true class": ("probability", False),
+        variants = {  # name: (per-image scores, check on fold B: None, "end" or "moves")
+            "nnc, accuracy as one number": (False, None),
+            "nnc, accuracy as one number + check on each move": (False, "moves"),
+            "nnc, per-image scores": (True, None),
+            "nnc, per-image scores + check": (True, "end"),
+            "nnc, per-image scores + check on each move": (True, "moves"),
+            "nnc, per-image probability of the true class": ("probability", None),
         }
         rows = {name: [] for name in variants}
         rows["NNCodec best single qp, mean rule"] = []
@@ -160,9 +164,10 @@ def crossfit(args, oracle):
             a, b, c = folds[r], folds[(r + 1) % 3], folds[(r + 2) % 3]
             report = make_eval(kind, c)
             ref = report(params)
-            for name, (per_sample, with_check) in variants.items():
+            for name, (per_sample, check) in variants.items():
                 res = search(params, make_eval(kind, a, per_sample), tolerance=args.tolerance, qp_range=QPS,
-                             check=make_eval(kind, b, per_sample) if with_check else None, progress=False)
+                             check=make_eval(kind, b, per_sample) if check else None, check_moves=check == "moves",
+                             progress=False)
                 if res.best is not None:
                     rows[name].append((res.best.bytes, 100 * (ref - report(nnc.decode(res.best.stream)))))
             if oracle is not None:
@@ -178,7 +183,7 @@ def crossfit(args, oracle):
         base_bytes = np.mean([x for x, _ in base]) if len(base) == 3 else None
         for name, got in rows.items():
             if len(got) < 3:
-                lines.append(f"| {kind} | {name} | - | - | - | - |")
+                lines.append(f"| {kind} | {name} | - ({len(got)} of 3) | - | - | - |")
             else:
                 mean_bytes = np.mean([x for x, _ in got])
                 ratio = f"{100 * (mean_bytes / base_bytes - 1):+.1f} %" if base_bytes else "-"
