@@ -43,7 +43,9 @@ standard errors (:func:`paired_bound`) is within the tolerance, so that a candid
 loses some inputs and wins others back by chance does not pass. On the digits models this
 is the difference between streams that keep their accuracy on unseen images and streams
 that lose points there (``benchmarks/bench_accuracy.py --holdout`` and ``--crossfit``).
-``check`` adds a second score on other data that the result must also keep.
+``check`` adds a second score on other data that the result must also keep; with
+``check_moves`` the per-tensor refinement keeps it on every move it takes, not only the
+result.
 
 Candidates run in worker processes when ``workers`` > 1 (``evaluate`` must then be
 picklable, e.g. a module-level function); ``time_budget`` (seconds) ends the search with
