@@ -426,7 +426,7 @@ def search(
         show=sys.stderr.isatty() if progress is None else progress,
         chunk=max(1, workers),
         check_measure=check_measure if check_moves else None,
-        check_floor=check_measure.reference - tolerance if check_measure else None,
+        check_floor=check_measure.reference - tolerance if check_measure and check_moves else None,
     )
     if workers > 1:
         state.pool = ProcessPoolExecutor(
@@ -612,7 +612,9 @@ class _SearchState:
                 out.append(c)
                 _drop_dominated_streams(self.candidates)
                 if self.show:
-                    best = min((x.bytes for x in self.candidates if x.bound >= self.floor), default=0)
+                    best = min(
+                        (x.bytes for x in self.candidates if _passed_both(x, self.floor, self.check_floor)), default=0
+                    )
                     checked = f", {self.checks} checked" if self.check_measure is not None else ""
                     sys.stderr.write(
                         f"\rsearch ({self.stage}): {len(self.candidates)} candidates{checked}, best "
@@ -644,8 +646,9 @@ def _first_passing_check(
     candidates within the tolerance by increasing size, at most :data:`MAX_CHECKS` of
     them (re-encoded when their stream was freed).
     """
-    passed = [c for c in candidates if c.bound >= floor and c.check_bound is not None and c.check_bound >= check_floor]
-    known = min(passed, key=lambda c: (c.bytes, -c.bound), default=None)
+    known = min(
+        (c for c in candidates if _passed_both(c, floor, check_floor)), key=lambda c: (c.bytes, -c.bound), default=None
+    )
     limit = known.bytes if known is not None else np.inf
     front = [c for c in _front(candidates, "bound") if c.bound >= floor and c.bytes < limit]
     on_front = {id(c) for c in front}
@@ -659,6 +662,13 @@ def _first_passing_check(
         if c.check_bound >= check_floor:
             return c
     return known
+
+
+def _passed_both(c: Candidate, floor: float, check_floor: float | None) -> bool:
+    """Whether ``c`` is within the tolerance and, when ``check_floor`` is given, already passed the check."""
+    if c.bound < floor:
+        return False
+    return check_floor is None or (c.check_bound is not None and c.check_bound >= check_floor)
 
 
 def _front(candidates: list, key: str) -> list:

@@ -1,6 +1,7 @@
 """DC-v2 search against an evaluation function (spec A.13)."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -212,6 +213,16 @@ def test_check_moves_keeps_the_refinement_where_the_check_holds(workers):
     checked = [c for c in during.candidates if c.check_bound is not None]
     assert checked and all(c.bound >= during.reference_score - 0.005 for c in checked)
     assert best.bytes == min(c.bytes for c in checked if c.check_bound >= during.check_reference - 0.005)
+
+
+def test_check_moves_progress_shows_the_best_that_passed_both(capsys):
+    res = search(PARAMS, first_half, tolerance=0.005, check=second_half, check_moves=True, progress=True)
+    shown = [int(m) for m in re.findall(r"best (\d+) bytes", capsys.readouterr().err)]
+    both = {c.bytes for c in res.candidates
+            if c.bound >= res.reference_score - 0.005 and c.check_bound is not None
+            and c.check_bound >= res.check_reference - 0.005}
+    assert shown[0] == 0 and set(shown) - {0} <= both     # 0 until a candidate passed both
+    assert res.best.bytes <= shown[-1] < max(c.bytes for c in res.candidates if c.bound >= res.reference_score - 0.005)
 
 
 def test_check_moves_needs_a_check():
