@@ -152,8 +152,7 @@ def _unmatched_patterns(names, options: dict):
     for option, patterns in options.items():
         for pattern in patterns or ():
             if not any(pattern == n or fnmatch.fnmatchcase(n, pattern) for n in names):
-                shown = ", ".join(list(names)[:5]) + (", ..." if len(names) > 5 else "")
-                return f"{option} {pattern!r} matches no tensor of the model (tensors: {shown or 'none'})"
+                return f"{option} {pattern!r} matches no tensor of the model (tensors: {_first_few(list(names)) or 'none'})"
     return None
 
 
@@ -307,7 +306,16 @@ def cmd_encode(args) -> int:
             kept = [f"{k} ({reasons.get(k, 'cannot be quantised')})" for k in summary.kept_raw]
             print(
                 f"nnc: note: {len(kept)} tensor(s) cannot be quantised and are stored uncompressed "
-                f"(RAW_FLOAT), exactly: {', '.join(kept[:5])}{', ...' if len(kept) > 5 else ''}",
+                f"(RAW_FLOAT), exactly: {_first_few(kept)}",
+                file=sys.stderr,
+            )
+    if summary.zeroed:
+        report["zeroed"] = list(summary.zeroed)
+        if not args.quiet and not args.json:
+            print(
+                f"nnc: warning: {len(summary.zeroed)} tensor(s) kept none of their signal (their quantisation "
+                f"step is too coarse for their weights, which decode as zeros): {_first_few(summary.zeroed)}; a finer --qp, "
+                "--nonweight-qp, --tensor-qp or --target-snr keeps them",
                 file=sys.stderr,
             )
     snr = ""
@@ -323,6 +331,11 @@ def cmd_encode(args) -> int:
             f"({summary.bits_per_weight:.3f} bits/weight, {summary.ratio:.1f}x smaller than {against}{snr})"
         )
     return EXIT_OK
+
+
+def _first_few(names: list, shown: int = 5) -> str:
+    """The first ``shown`` names, comma-separated, then "..." when there are more."""
+    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
 
 
 class _EncodeProgress:
@@ -933,7 +946,7 @@ def cmd_info(args) -> int:
     if info["skipped"]:
         print(
             f"an incremental update: {len(info['skipped'])} tensor(s) skipped (all zero in it, spec 3.5): "
-            f"{', '.join(info['skipped'][:5])}{', ...' if len(info['skipped']) > 5 else ''}"
+            f"{_first_few(info['skipped'])}"
         )
     if info["differences"]:
         print("its tensors are differences to the receiver's model (nnc decode --add-to MODEL)")

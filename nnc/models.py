@@ -272,9 +272,7 @@ def encode_model_to(model, output, *, progress=None, budget: int = 1 << 30, meas
     elif encoder.state is None:
         for name, x in tensors.items():
             if x.dtype.kind == "f":
-                e, d = _energy_error(x, result.tensors[name].reconstruction)
-                summary.energy += e
-                summary.error += d
+                summary.add_error(name, *_energy_error(x, result.tensors[name].reconstruction))
     summary.seconds = time.perf_counter() - t0
     return summary
 

@@ -225,7 +225,18 @@ def test_codebooks_fall_back_to_the_in_memory_encoder(tmp_path):
         Encoder(codebook=True).encode_to(w, tmp_path / "x.nnr")
     summary = models.encode_model_to(w, tmp_path / "x.nnr", codebook=True, qp=-12, measure=True)
     assert (tmp_path / "x.nnr").read_bytes() == nnc.encode(w, codebook=True, qp=-12)
-    assert summary.snr_db > 0
+    assert summary.snr_db > 0 and summary.zeroed == []
+
+
+@pytest.mark.parametrize("options", [{}, {"codebook": True}], ids=["streaming", "in memory"])
+def test_summary_names_the_tensors_that_keep_no_signal(tmp_path, options):
+    rng = np.random.default_rng(9)
+    w = {"a": rng.normal(0, 1, (16, 16)).astype(np.float32), "b": rng.normal(0, 1e-4, (16, 16)).astype(np.float32),
+         "c": np.zeros(8, np.float32)}
+    summary = models.encode_model_to(w, tmp_path / "x.nnr", qp=-12, measure=True, **options)
+    assert summary.zeroed == ["b"]
+    assert not nnc.decode(tmp_path / "x.nnr")["b"].any()
+    assert models.encode_model_to(w, tmp_path / "x.nnr", qp=-12, measure=False, **options).zeroed == []
 
 
 @pytest.mark.oracle

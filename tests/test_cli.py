@@ -104,6 +104,24 @@ def test_npz_input_and_per_tensor_options(tmp_path):
     assert kinds == {"a.weight": ("RAW_FLOAT", None), "b.weight": ("FLOAT", -10)}
 
 
+def test_encode_warns_of_tensors_that_keep_no_signal(tmp_path):
+    rng = np.random.default_rng(1)
+    tensors = {"big.weight": rng.standard_normal((8, 8)).astype(np.float32),
+               "small.weight": rng.standard_normal((8, 8)).astype(np.float32) * 1e-5,  # far below qp -38's step
+               "zero.weight": np.zeros((4, 4), np.float32)}                             # nothing to keep
+    src = tmp_path / "in.safetensors"
+    src.write_bytes(safetensors_bytes(tensors))
+    r = run("encode", src, "-o", tmp_path / "o.nnr")
+    assert r.returncode == 0, r.stderr
+    warning = [line for line in r.stderr.splitlines() if "kept none of their signal" in line]
+    assert len(warning) == 1 and warning[0].endswith("small.weight; a finer --qp, --nonweight-qp, --tensor-qp or "
+                                                     "--target-snr keeps them")
+    r = run("encode", src, "-o", tmp_path / "o.nnr", "--json")
+    assert json.loads(r.stdout)["zeroed"] == ["small.weight"]
+    r = run("encode", src, "-o", tmp_path / "o.nnr", "--qp", "-90", "--json")
+    assert "zeroed" not in json.loads(r.stdout) and "signal" not in r.stderr
+
+
 def test_demo_runs(tmp_path):
     r = run("demo", "--json")
     assert r.returncode == 0, r.stderr

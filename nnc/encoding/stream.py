@@ -66,6 +66,10 @@ class StreamSummary:
     kept_raw : list
         Tensors that could not be quantised (inf or NaN, or values beyond int32 levels at
         their qp), stored exactly in RAW_FLOAT NDUs (spec 7.5); ``kept_raw_reasons`` says why.
+    zeroed : list
+        Float tensors whose quantisation kept none of their signal (error ≥ energy > 0: their
+        weights are all smaller than half the step at their qp, so they decode as zeros);
+        measured with ``measure=True`` only.
     seconds : float
         Wall time.
     """
@@ -81,7 +85,15 @@ class StreamSummary:
     skipped: list = field(default_factory=list)
     kept_raw: list = field(default_factory=list)
     kept_raw_reasons: dict = field(default_factory=dict)
+    zeroed: list = field(default_factory=list)
     seconds: float = 0.0
+
+    def add_error(self, name: str, energy: float, error: float) -> None:
+        """Count a float tensor's energy and quantisation error (``measure=True``)."""
+        self.energy += energy
+        self.error += error
+        if error >= energy > 0:
+            self.zeroed.append(name)
 
     @property
     def snr_db(self) -> float:
@@ -254,9 +266,7 @@ def encode_to(
                     if t.qp is not None:
                         summary.qps[t.name] = t.qp
                     if measure:
-                        e, d = stats.get(t.name, (0.0, 0.0))
-                        summary.energy += e
-                        summary.error += d
+                        summary.add_error(t.name, *stats.get(t.name, (0.0, 0.0)))
                     if progress is not None:
                         progress(t.name, by_name[t.name].size)
 
