@@ -309,6 +309,15 @@ def cmd_encode(args) -> int:
                 f"(RAW_FLOAT), exactly: {_first_few(kept)}",
                 file=sys.stderr,
             )
+    if source.left_out:
+        report["left_out"] = list(source.left_out)
+        if not args.quiet and not args.json:
+            print(
+                f"nnc: note: {args.model}: {len(source.left_out)} entr{'y' if len(source.left_out) == 1 else 'ies'} "
+                f"that are not the model's tensors are not encoded (decoding writes the tensors alone): "
+                f"{_first_few(source.left_out)}",
+                file=sys.stderr,
+            )
     if summary.zeroed:
         report["zeroed"] = list(summary.zeroed)
         if not args.quiet and not args.json:

@@ -640,11 +640,11 @@ def read_pt(path):
         raise FormatError(f"{path}: {_pt_load_problem(exc)}") from None
     if not isinstance(obj, dict):
         raise FormatError(f"{path}: not a state_dict (a mapping of names to tensors)")
-    obj = _unwrap_checkpoint(path, obj)
+    obj, _left_out = _unwrap_checkpoint(path, obj)
     out, dtypes = OrderedDict(), {}
     for k, v in obj.items():
         if not hasattr(v, "detach"):
-            continue
+            continue  # (in _left_out)
         t = v.detach().cpu()
         dtypes[k] = str(t.dtype).replace("torch.", "")
         out[k] = (t.float() if t.dtype == torch.bfloat16 else t).numpy()
@@ -672,29 +672,37 @@ def _pt_load_problem(exc: Exception) -> str:
     return f"cannot load as a PyTorch state_dict: {first[0] if first else type(exc).__name__}"
 
 
-def _unwrap_checkpoint(path, obj: dict) -> dict:
-    """The state_dict inside a training checkpoint ({"state_dict": ..., "epoch": ...} and the like).
+def _unwrap_checkpoint(path, obj: dict) -> tuple[dict, list]:
+    """The state_dict inside a training checkpoint ({"state_dict": ..., "epoch": ...} and the like),
+    and the entries of the file that are left out (not tensors, or beside the state_dict).
 
     ``obj["state_dict"]`` if it is a mapping; else ``obj`` itself if it holds tensors;
     else its only entry that is a mapping holding tensors ("model", "module", ...).
+    Left-out entries are named by their keys, joined with "/" under the state_dict's key.
     """
 
     def holds_tensors(d):
         return isinstance(d, dict) and any(hasattr(v, "detach") for v in d.values())
 
     if isinstance(obj.get("state_dict"), dict):
-        return obj["state_dict"]
-    if holds_tensors(obj):
-        return obj
-    inner = [k for k, v in obj.items() if holds_tensors(v)]
-    if len(inner) == 1:
-        return obj[inner[0]]
-    keys = ", ".join(repr(k) for k in list(obj)[:8])
-    if inner:
-        raise FormatError(
-            f"{path}: several entries hold tensors ({', '.join(map(repr, inner))}); save the one state_dict to encode"
-        )
-    raise FormatError(f"{path}: no tensors found (top-level keys: {keys or 'none'})")
+        key = "state_dict"
+    elif holds_tensors(obj):
+        key = None
+    else:
+        inner = [k for k, v in obj.items() if holds_tensors(v)]
+        if len(inner) > 1:
+            raise FormatError(
+                f"{path}: several entries hold tensors ({', '.join(map(repr, inner))}); save the one state_dict to encode"
+            )
+        if not inner:
+            keys = ", ".join(repr(k) for k in list(obj)[:8])
+            raise FormatError(f"{path}: no tensors found (top-level keys: {keys or 'none'})")
+        key = inner[0]
+    state = obj if key is None else obj[key]
+    left_out = [str(k) for k in obj if k != key] if key is not None else []
+    prefix = "" if key is None else f"{key}/"
+    left_out += [f"{prefix}{k}" for k, v in state.items() if not hasattr(v, "detach")]
+    return state, left_out
 
 
 def pt_bytes(tensors, dtypes=None) -> bytes:

@@ -107,13 +107,25 @@ class ModelSource:
     checkpoint : dict or None
         For a sharded checkpoint, its layout: {"format", "index" (optional), "files", "file_of"}
         as recorded in the stream (spec 6.2.1); None for a single file.
+    left_out : list of str
+        Entries of the file that are not encoded: a PyTorch checkpoint's entries that are not
+        tensors or lie beside its state_dict (``"optimizer"``, ``"model/_extra_state"``; in a
+        sharded checkpoint prefixed by the shard's file name).
     """
 
-    def __init__(self, path, fmt: str | None, tensors: list[LazyTensor], checkpoint: dict | None = None):
+    def __init__(
+        self,
+        path,
+        fmt: str | None,
+        tensors: list[LazyTensor],
+        checkpoint: dict | None = None,
+        left_out: list[str] | None = None,
+    ):
         self.path = os.fspath(path)
         self.format = fmt
         self.tensors = tensors
         self.checkpoint = checkpoint
+        self.left_out = list(left_out or [])
         self._by_name = {t.name: t for t in tensors}
         if len(self._by_name) != len(tensors):
             seen: set[str] = set()
@@ -180,8 +192,8 @@ def open_model(path) -> ModelSource:
     fmt = formats.detect_format(p)
     if fmt == "nnr":
         raise FormatError(f"{p} is an NNC stream, not a model; use decode")
-    tensors, _meta = _READERS[fmt](p, None)
-    return ModelSource(p, fmt, tensors)
+    tensors, _meta, left_out = _READERS[fmt](p, None)
+    return ModelSource(p, fmt, tensors, left_out=left_out)
 
 
 def _open_index(index_path: Path) -> ModelSource:
@@ -198,6 +210,7 @@ def _open_index(index_path: Path) -> ModelSource:
     file_names = sorted(set(weight_map.values()))  # model-00001-of-... first
     files: list[dict] = []
     by_name: dict[str, LazyTensor] = {}
+    left_out: list[str] = []
     fmt: str | None = None
     for i, file_name in enumerate(file_names):
         shard = folder / file_name
@@ -210,7 +223,8 @@ def _open_index(index_path: Path) -> ModelSource:
             raise FormatError(f"{shard}: a {shard_fmt} shard among {fmt} shards")
         if fmt not in ("safetensors", "pt"):
             raise FormatError(f"{shard}: sharded checkpoints of {fmt} files are not supported")
-        tensors, metadata = _READERS[fmt](shard, i)
+        tensors, metadata, shard_left_out = _READERS[fmt](shard, i)
+        left_out += [f"{file_name}: {entry}" for entry in shard_left_out]
         files.append({"name": file_name, "metadata": metadata or {}})
         by_name.update((t.name, t) for t in tensors)
     ordered = []
@@ -224,7 +238,7 @@ def _open_index(index_path: Path) -> ModelSource:
         raise FormatError(f"{index_path}: shard tensor {unindexed[0]!r} is not in the index's weight_map")
     checkpoint: dict[str, Any] = {"format": fmt, "files": files, "file_of": {t.name: t.file for t in ordered}}
     checkpoint["index"] = {"name": index_path.name, "metadata": index.get("metadata") or {}}
-    return ModelSource(index_path, fmt, ordered, checkpoint)
+    return ModelSource(index_path, fmt, ordered, checkpoint, left_out=left_out)
 
 
 # -- safetensors: header parsed up front, each tensor memory-mapped when loaded -------------
@@ -287,7 +301,7 @@ def _read_safetensors(path: Path, file_index):
             )
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
         raise FormatError(f"{path}: malformed safetensors header ({type(exc).__name__}: {exc})") from None
-    return out, metadata
+    return out, metadata, []
 
 
 def _safetensors_loader(path: Path, offset: int, stored: np.dtype, shape: tuple, bf16: bool):
@@ -324,15 +338,15 @@ def _read_pt(path: Path, file_index):
         raise FormatError(f"{path}: {formats._pt_load_problem(exc)}") from None
     if not isinstance(obj, dict):
         raise FormatError(f"{path}: not a state_dict (a mapping of names to tensors)")
-    obj = formats._unwrap_checkpoint(path, obj)
+    obj, left_out = formats._unwrap_checkpoint(path, obj)
     out = []
     for name, v in obj.items():
         if not hasattr(v, "detach"):
-            continue
+            continue  # (in left_out)
         original = str(v.dtype).replace("torch.", "")
         dtype = "float32" if v.dtype == torch.bfloat16 else original
         out.append(LazyTensor(name, tuple(v.shape), dtype, original, _pt_loader(v, torch), file_index))
-    return out, {}
+    return out, {}, left_out
 
 
 def _pt_loader(tensor, torch):
@@ -368,7 +382,7 @@ def _read_onnx(path: Path, file_index):
         else:
             loader = _onnx_loader(path, init, numpy_helper)
         out.append(LazyTensor(name, shape, dtype.name, dtype.name, loader, file_index))
-    return out, {}
+    return out, {}, []
 
 
 def _onnx_loader(path, init, numpy_helper):
@@ -426,7 +440,7 @@ def _read_npz(path: Path, file_index):
         raise
     except (zipfile.BadZipFile, ValueError, EOFError, KeyError, OSError, RuntimeError, NotImplementedError) as exc:
         raise FormatError(f"{path}: not a readable .npz archive ({type(exc).__name__}: {exc})") from None
-    return out, {}
+    return out, {}, []
 
 
 def _npz_loader(path: Path, member_name: str):

@@ -228,6 +228,18 @@ def test_codebooks_fall_back_to_the_in_memory_encoder(tmp_path):
     assert summary.snr_db > 0 and summary.zeroed == []
 
 
+def test_pytorch_shards_name_what_they_leave_out(tmp_path):
+    torch = pytest.importorskip("torch", reason="torch not installed (pip install 'nnc[torch]')")
+    names = ["pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin"]
+    torch.save({"a": torch.ones(3)}, tmp_path / names[0])
+    torch.save({"b": torch.zeros(2), "version": "1.0"}, tmp_path / names[1])
+    index = {"metadata": {}, "weight_map": {"a": names[0], "b": names[1]}}
+    (tmp_path / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+    source = readers.open_model(tmp_path)
+    assert [t.name for t in source] == ["a", "b"]
+    assert source.left_out == [f"{names[1]}: version"]
+
+
 @pytest.mark.parametrize("options", [{}, {"codebook": True}], ids=["streaming", "in memory"])
 def test_summary_names_the_tensors_that_keep_no_signal(tmp_path, options):
     rng = np.random.default_rng(9)

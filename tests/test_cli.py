@@ -122,6 +122,21 @@ def test_encode_warns_of_tensors_that_keep_no_signal(tmp_path):
     assert "zeroed" not in json.loads(r.stdout) and "signal" not in r.stderr
 
 
+def test_encode_names_checkpoint_entries_it_leaves_out(tmp_path):
+    torch = pytest.importorskip("torch", reason="torch not installed (pip install 'nnc[torch]')")
+    src = tmp_path / "ckpt.pt"
+    torch.save({"model": {"w": torch.ones(4, 4)}, "optimizer": {"lr": 0.1}, "epoch": 3}, src)
+    r = run("encode", src, "-o", tmp_path / "o.nnr")
+    assert r.returncode == 0, r.stderr
+    assert (f"nnc: note: {src}: 2 entries that are not the model's tensors are not encoded (decoding writes the "
+            "tensors alone): optimizer, epoch") in r.stderr.splitlines()
+    r = run("encode", src, "-o", tmp_path / "o.nnr", "--json")
+    assert json.loads(r.stdout)["left_out"] == ["optimizer", "epoch"]
+    torch.save({"w": torch.ones(4, 4)}, src)
+    r = run("encode", src, "-o", tmp_path / "o.nnr", "--json")
+    assert "left_out" not in json.loads(r.stdout) and "note" not in r.stderr
+
+
 def test_demo_runs(tmp_path):
     r = run("demo", "--json")
     assert r.returncode == 0, r.stderr

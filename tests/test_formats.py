@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import nnc
-from nnc import formats
+from nnc import formats, readers
 from nnc.decoder import restore_model_view
 from nnc.encoder import Encoder
 
@@ -84,9 +84,16 @@ def test_pytorch_checkpoints_are_unwrapped_or_refused_clearly(tmp_path):
     sd = {"fc.weight": torch.ones(2, 3), "fc.bias": torch.zeros(2)}
     cases = {"nested": {"model": sd, "epoch": 3, "optimizer": {"state": {}, "param_groups": [{"lr": 0.1}]}},
              "lightning": {"state_dict": sd, "hyper_parameters": {"a": 1}}}
+    cases["extra state"] = {**sd, "_extra_state": b"opaque", "note": "x"}
+    left_out = {"nested": ["epoch", "optimizer"], "lightning": ["hyper_parameters"],
+                "extra state": ["_extra_state", "note"]}
     for name, obj in cases.items():
         torch.save(obj, tmp_path / f"{name}.pt")
         assert list(formats.read_model(tmp_path / f"{name}.pt")[0]) == ["fc.weight", "fc.bias"], name
+        source = readers.open_model(tmp_path / f"{name}.pt")
+        assert [t.name for t in source] == ["fc.weight", "fc.bias"] and source.left_out == left_out[name], name
+    torch.save({"state_dict": {**sd, "step": 4}}, tmp_path / "inner.pt")
+    assert readers.open_model(tmp_path / "inner.pt").left_out == ["state_dict/step"]
     torch.save({"model": sd, "ema": sd}, tmp_path / "two.pt")
     with pytest.raises(formats.FormatError, match="several entries hold tensors .'model', 'ema'."):
         formats.read_model(tmp_path / "two.pt")
