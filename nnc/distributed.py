@@ -346,7 +346,9 @@ def decode_model(stream, output, client, *, threads: int = 1, **decoder_options)
             tensors.update(unit_tensors)
     tensors, dtypes = restore_model_view(tensors, metadata)
     if output is not None:
-        formats.write_model(os.fspath(output), tensors, dtypes)
+        from .writers import single_file_metadata
+
+        formats.write_model(os.fspath(output), tensors, dtypes, metadata=single_file_metadata(metadata))
     return tensors
 
 

@@ -410,7 +410,7 @@ def _safetensors_tensors(path, header, body):
     return out, dtypes
 
 
-def safetensors_bytes(tensors, dtypes: dict | None = None) -> bytes:
+def safetensors_bytes(tensors, dtypes: dict | None = None, metadata: dict | None = None) -> bytes:
     """The bytes of a safetensors file holding ``tensors``, in their order.
 
     Parameters
@@ -420,6 +420,8 @@ def safetensors_bytes(tensors, dtypes: dict | None = None) -> bytes:
     dtypes : dict or None
         {name: dtype name}; only ``"bfloat16"`` is used: such tensors are
         stored as BF16 (rounded to nearest even).
+    metadata : dict or None
+        The file's ``__metadata__`` ({str: str}, e.g. ``{"format": "pt"}``); none if empty.
 
     Returns
     -------
@@ -444,7 +446,8 @@ def safetensors_bytes(tensors, dtypes: dict | None = None) -> bytes:
     True
     """
     dtypes = dtypes or {}
-    header, chunks, offset = {}, [], 0
+    header: dict = {"__metadata__": {str(k): str(v) for k, v in metadata.items()}} if metadata else {}
+    chunks, offset = [], 0
     for name, arr in tensors.items():
         arr = np.asarray(arr, order="C")  # (ascontiguousarray would turn 0-d into 1-d)
         if dtypes.get(name) == "bfloat16":
@@ -975,7 +978,7 @@ def read_model(path, fmt: str | None = None):
     return _READERS[fmt](path)
 
 
-def write_model(path, tensors, dtypes=None, fmt: str | None = None, template=None) -> None:
+def write_model(path, tensors, dtypes=None, fmt: str | None = None, template=None, metadata=None) -> None:
     """Write tensors to a model file atomically, restoring original dtypes where given.
 
     Parameters
@@ -993,6 +996,8 @@ def write_model(path, tensors, dtypes=None, fmt: str | None = None, template=Non
         (:func:`format_from_extension`).
     template : str, ``os.PathLike`` or None
         The original ONNX model, needed for ONNX output (:func:`onnx_bytes`).
+    metadata : dict or None
+        A safetensors file's ``__metadata__`` (other formats have no place for it).
 
     Raises
     ------
@@ -1026,7 +1031,7 @@ def write_model(path, tensors, dtypes=None, fmt: str | None = None, template=Non
     if fmt == "npz":
         data = npz_bytes(restored)
     elif fmt == "safetensors":
-        data = safetensors_bytes(restored, dtypes)
+        data = safetensors_bytes(restored, dtypes, metadata)
     elif fmt == "pt":
         data = pt_bytes(restored, dtypes)
     elif fmt == "onnx":

@@ -119,8 +119,9 @@ def checkpoint_metadata(source) -> dict | None:
     """The topology metadata entries that record where a model came from (spec 6.2.1).
 
     ``{"checkpoint": layout}`` for a sharded checkpoint, so that decoding can restore its
-    files, their metadata and which tensor goes where; None for a single model file (its
-    stream stays as it was, as NNCodec writes it).
+    files, their metadata and which tensor goes where, and for a single safetensors file
+    with a ``__metadata__`` (``{"format": "pt"}``, which transformers looks for); None for
+    any other single model file.
 
     Parameters
     ----------
@@ -341,7 +342,10 @@ def decode_model(
     dec = Decoder(stream, **decoder_options)
     tensors, dtypes = restore_model_view(dec.decode(threads=threads), dec.metadata)
     if output is not None:
-        formats.write_model(os.fspath(output), tensors, dtypes, template=template)
+        from .writers import single_file_metadata
+
+        metadata = single_file_metadata(dec.metadata)
+        formats.write_model(os.fspath(output), tensors, dtypes, template=template, metadata=metadata)
     return tensors
 
 

@@ -106,7 +106,8 @@ class ModelSource:
     tensors : list of LazyTensor
     checkpoint : dict or None
         For a sharded checkpoint, its layout: {"format", "index" (optional), "files", "file_of"}
-        as recorded in the stream (spec 6.2.1); None for a single file.
+        as recorded in the stream (spec 6.2.1); for a single safetensors file with a
+        ``__metadata__``, the same with one file; else None.
     left_out : list of str
         Entries of the file that are not encoded: a PyTorch checkpoint's entries that are not
         tensors or lie beside its state_dict (``"optimizer"``, ``"model/_extra_state"``; in a
@@ -192,8 +193,16 @@ def open_model(path) -> ModelSource:
     fmt = formats.detect_format(p)
     if fmt == "nnr":
         raise FormatError(f"{p} is an NNC stream, not a model; use decode")
-    tensors, _meta, left_out = _READERS[fmt](p, None)
-    return ModelSource(p, fmt, tensors, left_out=left_out)
+    tensors, metadata, left_out = _READERS[fmt](p, None)
+    checkpoint = None
+    if metadata:  # a safetensors file's own __metadata__ ({"format": "pt"}...): recorded so that decoding restores it
+        name = p.name if "\\" not in p.name else "model.safetensors"
+        checkpoint = {
+            "format": fmt,
+            "files": [{"name": name, "metadata": metadata}],
+            "file_of": dict.fromkeys((t.name for t in tensors), 0),
+        }
+    return ModelSource(p, fmt, tensors, checkpoint, left_out=left_out)
 
 
 def _open_index(index_path: Path) -> ModelSource:

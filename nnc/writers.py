@@ -229,7 +229,23 @@ def _plan(dec: Decoder, output, names) -> tuple[Path, list, dict | None]:
         return folder, [_File(DEFAULT_FILE, "safetensors", {}, list(tensors.values()))], None
     path = Path(output)
     fmt = format_from_extension(path)
-    metadata = {}
+    return path.parent, [_File(path.name, fmt, single_file_metadata(dec.metadata), list(tensors.values()))], None
+
+
+def single_file_metadata(metadata: dict) -> dict:
+    """The file metadata (a safetensors ``__metadata__``) of a stream whose checkpoint layout has
+    one file (spec 6.2.1), to write into a single decoded file; {} otherwise.
+
+    Parameters
+    ----------
+    metadata : dict
+        The stream's topology metadata (:attr:`nnc.decoder.Decoder.metadata`).
+
+    Returns
+    -------
+    dict
+    """
+    ckpt = metadata.get("checkpoint")
     if (
         isinstance(ckpt, dict)
         and isinstance(ckpt.get("files"), list)
@@ -237,8 +253,8 @@ def _plan(dec: Decoder, output, names) -> tuple[Path, list, dict | None]:
         and isinstance(ckpt["files"][0], dict)
         and isinstance(ckpt["files"][0].get("metadata"), dict)
     ):
-        metadata = dict(ckpt["files"][0]["metadata"])
-    return path.parent, [_File(path.name, fmt, metadata, list(tensors.values()))], None
+        return dict(ckpt["files"][0]["metadata"])
+    return {}
 
 
 # -- safetensors: header first, then each tensor decoded into a memory map of its range --------

@@ -228,6 +228,35 @@ def test_codebooks_fall_back_to_the_in_memory_encoder(tmp_path):
     assert summary.snr_db > 0 and summary.zeroed == []
 
 
+def _metadata_of(path):
+    hlen = int.from_bytes(Path(path).read_bytes()[:8], "little")
+    return json.loads(Path(path).read_bytes()[8:8 + hlen]).get("__metadata__")
+
+
+@pytest.mark.parametrize("cli", [False, True], ids=["api", "cli"])
+def test_a_single_safetensors_file_gets_its_metadata_back(tmp_path, cli):
+    w = {"b": np.ones(3, np.float32), "a": np.arange(4, dtype=np.int32)}
+    src = tmp_path / "model.safetensors"
+    src.write_bytes(_safetensors_with_metadata(w, None, {"format": "pt", "note": "x"}))
+    if cli:
+        assert subprocess.run([sys.executable, "-m", "nnc", "encode", src, "-o", tmp_path / "m.nnr"]).returncode == 0
+        assert subprocess.run([sys.executable, "-m", "nnc", "decode", tmp_path / "m.nnr",
+                               "-o", tmp_path / "out.safetensors"]).returncode == 0
+    else:
+        models.encode_model_to(src, tmp_path / "m.nnr", qp=-30)
+        models.decode_model(tmp_path / "m.nnr", tmp_path / "out.safetensors")
+    assert _metadata_of(tmp_path / "out.safetensors") == {"format": "pt", "note": "x"}
+    assert list(formats.read_model(tmp_path / "out.safetensors")[0]) == ["b", "a"]
+    # to a folder: the file's own name
+    from nnc.writers import decode_to_path
+
+    decode_to_path(tmp_path / "m.nnr", str(tmp_path / "folder") + os.sep)
+    assert _metadata_of(tmp_path / "folder" / "model.safetensors") == {"format": "pt", "note": "x"}
+    # without a __metadata__, no layout is recorded (the stream as before)
+    src.write_bytes(formats.safetensors_bytes(w))
+    assert "checkpoint" not in nnc.Decoder(models.encode_model(src, qp=-30)).metadata
+
+
 def test_pytorch_shards_name_what_they_leave_out(tmp_path):
     torch = pytest.importorskip("torch", reason="torch not installed (pip install 'nnc[torch]')")
     names = ["pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin"]

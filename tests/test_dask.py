@@ -1,5 +1,5 @@
 """Encoding and decoding on a Dask LocalCluster give the bytes and values of a local run."""
-
+import json
 import os
 
 import numpy as np
@@ -38,13 +38,16 @@ def _model(rng):
 def test_encode_on_dask_equals_local(client, tmp_path, fmt, options):
     path = tmp_path / f"model.{fmt}"
     dtypes = {"embed.weight": "bfloat16"} if fmt == "safetensors" else None
-    formats.write_model(str(path), _model(np.random.default_rng(1)), dtypes)
+    metadata = {"format": "pt"} if fmt == "safetensors" else None     # restored in safetensors output
+    formats.write_model(str(path), _model(np.random.default_rng(1)), dtypes, metadata=metadata)
     local = nnc.encode_model(str(path), **options)
     out = tmp_path / "dask.nnr"
     assert nnc.encode_model(str(path), str(out), client=client, **options) == local
     assert out.read_bytes() == local
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []   # no spool left
     tensors = nnc.decode_model(str(out), str(tmp_path / "back.safetensors"), client=client, threads=2)
+    head = (tmp_path / "back.safetensors").read_bytes()
+    assert json.loads(head[8:8 + int.from_bytes(head[:8], "little")]).get("__metadata__") == metadata
     expected = nnc.decode_model(local)
     assert list(tensors) == list(expected)
     for name in expected:
