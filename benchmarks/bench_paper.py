@@ -384,11 +384,12 @@ def dcv2_candidates(model, qps, search_budget, log, importance=None, covariances
     return [("dcv2", f"DC-v2 search (nnc.search, {search_budget:.0f} s{note})", res.best.stream)]
 
 
-def dcv2_search(model, qps, search_budget, importance=None, covariances=None, progress=False):
-    """nnc.search's result on ``model`` within ``search_budget`` seconds, at the tolerance of the tables."""
+def dcv2_search(model, qps, search_budget, importance=None, covariances=None, progress=False, **options):
+    """nnc.search's result on ``model`` within ``search_budget`` seconds, at the tolerance of the tables
+    (``options``: more of nnc.search's, e.g. ``check``)."""
     from nnc.search import search
 
-    extra = dict(qp_range=qps) if model.light else {}
+    extra = dict(options, qp_range=qps) if model.light else dict(options)
     if importance:
         extra["importance"] = importance
     if covariances:
@@ -417,9 +418,9 @@ def within_tolerance(reference):
     return lambda acc: acc >= reference - TOL - 1e-12
 
 
-def nncodec_best(model, qps, oracle, passes, log):
+def nncodec_best(model, qps, oracle, passes, log, also=None):
     """(bytes, accuracy, setting, stream) of NNCodec's smallest stream at one of ``qps`` (its default configuration,
-    DQ) whose accuracy ``passes``; None when none does."""
+    DQ) whose accuracy ``passes`` (and whose decoded tensors pass ``also``, if given); None when none does."""
     best = None
     for qp in qps:
         try:
@@ -428,8 +429,9 @@ def nncodec_best(model, qps, oracle, passes, log):
         except Exception as exc:                             # noqa: BLE001 - NNCodec's own failure, reported
             log(f"  NNCodec qp {qp}: no stream: {str(exc)[-200:]}")
             continue
-        acc = model.evaluate(oracle.decompress(stream))
-        if passes(acc) and (best is None or len(stream) < best[0]):
+        decoded = oracle.decompress(stream)
+        acc = model.evaluate(decoded)
+        if passes(acc) and (best is None or len(stream) < best[0]) and (also is None or also(decoded)):
             best = (len(stream), acc, f"NNCodec 2.1.3 default (DQ), qp {qp}", stream)
     return best
 

@@ -8,7 +8,10 @@ This measures what more time buys. The model, its metric, the tolerance (0.5 poi
 the qp grid and the held-out inputs (another seed) are bench_paper's. NNCodec 2.1.3: its
 default configuration (DQ) at each qp of the grid, the smallest passing stream kept.
 `--error-feedback` gives the search the input covariances of the layers that
-packaged_models.CovarianceRecorder sees (spec A.16). Writes search_<model>_<budget>s[_feedback].md
+packaged_models.CovarianceRecorder sees (spec A.16). `--check-moves` gives it a guard: the same
+metric on inputs of a third seed (neither the selection nor the held-out ones), checked on each
+stream the per-tensor refinement moves to (nnc.search's check and check_moves); NNCodec's pick
+must keep the tolerance on the guard too. Writes search_<model>_<budget>s[_feedback][_guard].md
 and .json in --out.
 """
 
@@ -34,6 +37,8 @@ def main(argv=None):
     ap.add_argument("--time-budget", type=float, default=1800.0, help="seconds of nnc.search")
     ap.add_argument("--error-feedback", action="store_true",
                     help="the search codes the recorded layers with error feedback from their input covariances")
+    ap.add_argument("--check-moves", action="store_true",
+                    help="guard inputs (a third seed) checked on each stream the search's refinement moves to")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = ap.parse_args(argv)
     log = lambda s: print(s, flush=True)                      # noqa: E731
@@ -46,14 +51,22 @@ def main(argv=None):
     n = sum(v.size for v in model.params.values())
     reference, held_reference = model.evaluate(model.params), model.holdout(model.params)
     passes = bp.within_tolerance(reference)
+    guard, guard_passes, guard_options = None, None, {}
+    if args.check_moves:
+        import packaged_models
+
+        guard = packaged_models.PACKAGED[args.model](seed=2)[1]
+        guard_reference = guard(model.params)
+        guard_passes = bp.within_tolerance(guard_reference)
+        guard_options = dict(check=guard, check_moves=True)
 
     t0 = time.perf_counter()
-    res = bp.dcv2_search(model, model.qps, args.time_budget, covariances=covariances, progress=True)
+    res = bp.dcv2_search(model, model.qps, args.time_budget, covariances=covariances, progress=True, **guard_options)
     seconds = time.perf_counter() - t0
     rows = []
     if res.best is not None:
         rows.append(dict(coder="nnc", bytes=res.best.bytes, accuracy=res.best.score,
-                         holdout=model.holdout(nnc.decode(res.best.stream)),
+                         holdout=model.holdout(nnc.decode(res.best.stream)), guard=res.best.check,
                          setting=f"nnc.search, {len(res.candidates)} candidates in {seconds:.0f} s"
                                  + (bp.COVARIANCE_NOTE if covariances else "")))
     log(f"nnc: {rows[-1] if rows else 'no stream within the tolerance'}")
@@ -61,33 +74,43 @@ def main(argv=None):
         if oracle is None:
             log("NNCodec oracle not available (NNC_ORACLE_PYTHON, tools/setup_oracle.sh): no NNCodec row")
         else:
-            best = bp.nncodec_best(model, model.qps, oracle, passes, log)
+            also = (lambda decoded: guard_passes(guard(decoded))) if guard else None
+            best = bp.nncodec_best(model, model.qps, oracle, passes, log, also=also)
             if best:
-                rows.append(dict(coder="nncodec", bytes=best[0], accuracy=best[1],
-                                 holdout=model.holdout(oracle.decompress(best[3])), setting=best[2]))
+                decoded = oracle.decompress(best[3])
+                rows.append(dict(coder="nncodec", bytes=best[0], accuracy=best[1], holdout=model.holdout(decoded),
+                                 guard=guard(decoded) if guard else None, setting=best[2]))
     for r in rows:
         r.update(bits_per_weight=8 * r["bytes"] / n, loss=100 * (reference - r["accuracy"]),
                  holdout_loss=100 * (held_reference - r["holdout"]))
 
     command = (f"python benchmarks/bench_search_budget.py --model {args.model} --time-budget {args.time_budget:g}"
-               + (" --error-feedback" if args.error_feedback else ""))
+               + (" --error-feedback" if args.error_feedback else "") + (" --check-moves" if args.check_moves else ""))
     lines = [f"# {model.name}: nnc's search in {args.time_budget:g} s against NNCodec's best single qp", "",
              f"Command: `{command}`", "",
              f"Metric: {model.metric}. Tolerance 0.5 points (fp32: {100 * reference:.2f} on the selection inputs, "
-             f"{100 * held_reference:.2f} on the held-out ones, which no choice used). {n:,} parameters.", "",
-             "| coder | bytes | bits/weight | loss (points) | held-out loss | setting |",
-             "|---|---:|---:|---:|---:|---|"]
+             f"{100 * held_reference:.2f} on the held-out ones, which no choice used). {n:,} parameters.", ""]
+    if guard:
+        lines += [f"Guard: the metric on inputs of a third seed (fp32: {100 * guard_reference:.2f}); the search checks "
+                  f"each stream its per-tensor refinement moves to (nnc.search's check, check_moves), and both "
+                  f"coders' picks keep the tolerance on it. It checked "
+                  f"{sum(c.check_bound is not None for c in res.candidates)} candidates.", ""]
+    guard_column = (" guard loss |", "---:|") if guard else ("", "")
+    lines += [f"| coder | bytes | bits/weight | loss (points) | held-out loss |{guard_column[0]} setting |",
+              f"|---|---:|---:|---:|---:|{guard_column[1]}---|"]
     lines += [f"| {r['coder']} | {r['bytes']:,} | {r['bits_per_weight']:.3f} | {r['loss']:.2f} | "
-              f"{r['holdout_loss']:.2f} | {r['setting']} |" for r in rows]
+              f"{r['holdout_loss']:.2f} |" + (f" {100 * (guard_reference - r['guard']):.2f} |" if guard else "")
+              + f" {r['setting']} |" for r in rows]
     if len(rows) == 2:
         lines += ["", f"nnc against NNCodec: {100 * (rows[0]['bytes'] / rows[1]['bytes'] - 1):+.1f} %"]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"search_{args.model}_{args.time_budget:g}s" + ("_feedback" if args.error_feedback else "")
+    stem = (f"search_{args.model}_{args.time_budget:g}s" + ("_feedback" if args.error_feedback else "")
+            + ("_guard" if args.check_moves else ""))
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     (out / f"{stem}.json").write_text(json.dumps(dict(
         command=command, model=model.name, parameters=int(n), reference=reference, holdout_reference=held_reference,
-        seconds=seconds, rows=rows, candidates=[dict(bytes=c.bytes, score=c.score) for c in res.candidates]),
+        seconds=seconds, rows=rows, candidates=[dict(bytes=c.bytes, score=c.score, check=c.check) for c in res.candidates]),
         indent=1) + "\n")
     log("\n".join(lines))
 
