@@ -298,35 +298,33 @@ def cmd_encode(args) -> int:
     )
     if allocated is not None:
         report["allocated_qps"] = allocated
+    quiet = args.quiet or args.json
     if summary.kept_raw:
         reasons = summary.kept_raw_reasons
         report["non_finite_kept_raw"] = [k for k in summary.kept_raw if reasons.get(k) == "holds inf or NaN"]
         report["kept_raw"] = dict(reasons)
-        if not args.quiet and not args.json:
-            kept = [f"{k} ({reasons.get(k, 'cannot be quantised')})" for k in summary.kept_raw]
-            print(
-                f"nnc: note: {len(kept)} tensor(s) cannot be quantised and are stored uncompressed "
-                f"(RAW_FLOAT), exactly: {_first_few(kept)}",
-                file=sys.stderr,
-            )
+        kept = [f"{k} ({reasons.get(k, 'cannot be quantised')})" for k in summary.kept_raw]
+        _tell(
+            quiet,
+            f"nnc: note: {len(kept)} tensor(s) cannot be quantised and are stored uncompressed "
+            f"(RAW_FLOAT), exactly: {_first_few(kept)}",
+        )
     if source.left_out:
         report["left_out"] = list(source.left_out)
-        if not args.quiet and not args.json:
-            print(
-                f"nnc: note: {args.model}: {len(source.left_out)} entr{'y' if len(source.left_out) == 1 else 'ies'} "
-                f"that are not the model's tensors are not encoded (decoding writes the tensors alone): "
-                f"{_first_few(source.left_out)}",
-                file=sys.stderr,
-            )
+        _tell(
+            quiet,
+            f"nnc: note: {args.model}: {len(source.left_out)} entr{'y' if len(source.left_out) == 1 else 'ies'} "
+            f"that are not the model's tensors are not encoded (decoding writes the tensors alone): "
+            f"{_first_few(source.left_out)}",
+        )
     if summary.zeroed:
         report["zeroed"] = list(summary.zeroed)
-        if not args.quiet and not args.json:
-            print(
-                f"nnc: warning: {len(summary.zeroed)} tensor(s) kept none of their signal (their quantisation "
-                f"step is too coarse for their weights, which decode as zeros): {_first_few(summary.zeroed)}; a finer --qp, "
-                "--nonweight-qp, --tensor-qp or --target-snr keeps them",
-                file=sys.stderr,
-            )
+        _tell(
+            quiet,
+            f"nnc: warning: {len(summary.zeroed)} tensor(s) kept none of their signal (their quantisation step is too "
+            f"coarse for their weights, which decode as zeros): {_first_few(summary.zeroed)}; a finer --qp, "
+            "--nonweight-qp, --tensor-qp or --target-snr keeps them",
+        )
     snr = ""
     if not args.state:  # (an update's reconstruction is not the model's)
         report["snr_db"] = summary.snr_db
@@ -340,6 +338,12 @@ def cmd_encode(args) -> int:
             f"({summary.bits_per_weight:.3f} bits/weight, {summary.ratio:.1f}x smaller than {against}{snr})"
         )
     return EXIT_OK
+
+
+def _tell(quiet: bool, line: str) -> None:
+    """Print a note or warning line to stderr, unless ``quiet`` (``--quiet`` or ``--json``)."""
+    if not quiet:
+        print(line, file=sys.stderr)
 
 
 def _first_few(names: list, shown: int = 5) -> str:
