@@ -67,8 +67,8 @@ class StreamSummary:
         Tensors that could not be quantised (inf or NaN, or values beyond int32 levels at
         their qp), stored exactly in RAW_FLOAT NDUs (spec 7.5); ``kept_raw_reasons`` says why.
     zeroed : list
-        Float tensors whose quantisation kept none of their signal (error ≥ energy > 0: their
-        weights are all smaller than half the step at their qp, so they decode as zeros);
+        Float tensors whose quantisation kept none of their signal (error ≥ energy > 0:
+        typically every weight rounds to zero at their qp, so they decode as zeros);
         measured with ``measure=True`` only.
     seconds : float
         Wall time.
