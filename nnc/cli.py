@@ -309,13 +309,13 @@ def cmd_encode(args) -> int:
             f"nnc: note: {len(kept)} tensor(s) cannot be quantised and are stored uncompressed "
             f"(RAW_FLOAT), exactly: {_first_few(kept)}",
         )
-    if source.left_out:
-        report["left_out"] = list(source.left_out)
+    if summary.left_out:
+        report["left_out"] = list(summary.left_out)
         _tell(
             quiet,
-            f"nnc: note: {args.model}: {len(source.left_out)} entr{'y' if len(source.left_out) == 1 else 'ies'} "
+            f"nnc: note: {args.model}: {len(summary.left_out)} entr{'y' if len(summary.left_out) == 1 else 'ies'} "
             f"that are not the model's tensors are not encoded (decoding writes the tensors alone): "
-            f"{_first_few(source.left_out)}",
+            f"{_first_few(summary.left_out)}",
         )
     if summary.zeroed:
         report["zeroed"] = list(summary.zeroed)

@@ -246,9 +246,11 @@ def encode_model_to(model, output, *, progress=None, budget: int = 1 << 30, meas
     extra = checkpoint_metadata(source)
     s = encoder.settings
     if not s.codebook and not s.sigmas:
-        return encoder.encode_to(
+        summary = encoder.encode_to(
             source, output, progress=progress, extra_metadata=extra, budget=budget, measure=measure
         )
+        summary.left_out = list(source.left_out)
+        return summary
     import time
 
     t0 = time.perf_counter()
@@ -267,6 +269,7 @@ def encode_model_to(model, output, *, progress=None, budget: int = 1 << 30, meas
         skipped=list(result.skipped),
         kept_raw=[k for k, t in result.tensors.items() if t.kept_raw is not None],
         kept_raw_reasons={k: t.kept_raw for k, t in result.tensors.items() if t.kept_raw is not None},
+        left_out=list(source.left_out),
     )
     if not measure:
         summary.energy = summary.error = float("nan")

@@ -267,6 +267,9 @@ def test_pytorch_shards_name_what_they_leave_out(tmp_path):
     source = readers.open_model(tmp_path)
     assert [t.name for t in source] == ["a", "b"]
     assert source.left_out == [f"{names[1]}: version"]
+    for options in ({}, {"codebook": True}):
+        summary = models.encode_model_to(tmp_path, tmp_path / "m.nnr", qp=-20, **options)
+        assert summary.left_out == [f"{names[1]}: version"], options
 
 
 @pytest.mark.parametrize("options", [{}, {"codebook": True}], ids=["streaming", "in memory"])

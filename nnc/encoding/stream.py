@@ -70,6 +70,9 @@ class StreamSummary:
         Float tensors whose quantisation kept none of their signal (error ≥ energy > 0:
         typically every weight rounds to zero at their qp, so they decode as zeros);
         measured with ``measure=True`` only.
+    left_out : list
+        Entries of the model file that are not encoded (:attr:`nnc.readers.ModelSource.left_out`;
+        filled by :func:`nnc.models.encode_model_to`).
     seconds : float
         Wall time.
     """
@@ -86,6 +89,7 @@ class StreamSummary:
     kept_raw: list = field(default_factory=list)
     kept_raw_reasons: dict = field(default_factory=dict)
     zeroed: list = field(default_factory=list)
+    left_out: list = field(default_factory=list)
     seconds: float = 0.0
 
     def add_error(self, name: str, energy: float, error: float) -> None:
