@@ -431,7 +431,10 @@ def nncodec_best(model, qps, oracle, passes, log, also=None):
             continue
         decoded = oracle.decompress(stream)
         acc = model.evaluate(decoded)
-        if passes(acc) and (best is None or len(stream) < best[0]) and (also is None or also(decoded)):
+        kept = passes(acc) and (also is None or also(decoded))
+        if also is not None:
+            log(f"  NNCodec qp {qp}: {len(stream):,} bytes, score {acc:.4f}, {'passes' if kept else 'fails'}")
+        if kept and (best is None or len(stream) < best[0]):
             best = (len(stream), acc, f"NNCodec 2.1.3 default (DQ), qp {qp}", stream)
     return best
 

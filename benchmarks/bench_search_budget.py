@@ -11,7 +11,8 @@ default configuration (DQ) at each qp of the grid, the smallest passing stream k
 packaged_models.CovarianceRecorder sees (spec A.16). `--check-moves` gives it a guard: the same
 metric on inputs of a third seed (neither the selection nor the held-out ones), checked on each
 stream the per-tensor refinement moves to (nnc.search's check and check_moves); NNCodec's pick
-must keep the tolerance on the guard too. Writes search_<model>_<budget>s[_feedback][_guard].md
+must keep the tolerance on the guard too (when no qp of the grid does, finer ones are tried in
+turn, at most FINER_QPS). Writes search_<model>_<budget>s[_feedback][_guard].md
 and .json in --out.
 """
 
@@ -29,6 +30,10 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import bench_paper as bp  # noqa: E402
 
 import nnc  # noqa: E402
+
+
+#: With a guard, NNCodec's qps finer than the grid tried (one at a time) when no qp of the grid passes both.
+FINER_QPS = 10
 
 
 def main(argv=None):
@@ -70,13 +75,33 @@ def main(argv=None):
                          setting=f"nnc.search, {len(res.candidates)} candidates in {seconds:.0f} s"
                                  + (bp.COVARIANCE_NOTE if covariances else "")))
     log(f"nnc: {rows[-1] if rows else 'no stream within the tolerance'}")
+    sweep: list[str] = []     # with a guard: NNCodec's streams, qp by qp
     with bp.nncodec_oracle() as oracle:
         if oracle is None:
             log("NNCodec oracle not available (NNC_ORACLE_PYTHON, tools/setup_oracle.sh): no NNCodec row")
         else:
-            also = (lambda decoded: guard_passes(guard(decoded))) if guard else None
-            best = bp.nncodec_best(model, model.qps, oracle, passes, log, also=also)
-            if best:
+            guard_scores: list[float] = []
+
+            def sweep_log(line):                  # nncodec_best's line of a qp, with its guard score if one was taken
+                if guard_scores:
+                    line = line.replace(", passes", "").replace(", fails", "") + \
+                        f", guard {guard_scores.pop():.4f}, {'passes' if line.endswith('passes') else 'fails'}"
+                log(line)
+                sweep.append(line.strip())
+
+            def also(decoded):
+                guard_scores.append(guard(decoded))
+                return guard_passes(guard_scores[-1])
+
+            also = also if guard else None
+            best = bp.nncodec_best(model, model.qps, oracle, passes, sweep_log, also=also)
+            finer = min(model.qps) - 1
+            while best is None and guard and finer >= min(model.qps) - FINER_QPS:
+                best = bp.nncodec_best(model, [finer], oracle, passes, sweep_log, also=also)     # the grid held none
+                finer -= 1
+            if best is None:
+                log(f"NNCodec: no stream of qp {min(model.qps) - FINER_QPS} ... {max(model.qps)} keeps the tolerance")
+            else:
                 decoded = oracle.decompress(best[3])
                 rows.append(dict(coder="nncodec", bytes=best[0], accuracy=best[1], holdout=model.holdout(decoded),
                                  guard=guard(decoded) if guard else None, setting=best[2]))
@@ -103,6 +128,9 @@ def main(argv=None):
               + f" {r['setting']} |" for r in rows]
     if len(rows) == 2:
         lines += ["", f"nnc against NNCodec: {100 * (rows[0]['bytes'] / rows[1]['bytes'] - 1):+.1f} %"]
+    if sweep:
+        lines += ["", "NNCodec's streams (score on the selection inputs; the guard's only where that passes):", "",
+                  "```", *sweep, "```"]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = (f"search_{args.model}_{args.time_budget:g}s" + ("_feedback" if args.error_feedback else "")
