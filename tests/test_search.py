@@ -404,3 +404,42 @@ def test_per_sample_scores_in_worker_processes():
     res = search(PARAMS, per_image, tolerance=0.005, workers=2, progress=False)
     assert res.best.bound >= res.reference_score - 0.005
     assert res.best.score == per_image(nnc.decode(res.best.stream)).mean()
+
+
+def test_first_improvement_tries_qp_moves_before_lambda_moves():
+    """A pass tries every qp move (largest tensor first) before any λ move."""
+    from nnc.search import Candidate, _TensorMoves
+
+    sizes = {"small": 10, "large": 1000, "middle": 100}
+    tried = []
+
+    def run(batch):
+        out = []
+        for s in batch:
+            qps, lams = s["qp_per_tensor"], s["lambda_per_tensor"]
+            moved = [("qp", k) for k in qps if qps[k] != 0] + [("lambda", k) for k in lams if lams[k] != 0.0]
+            tried.append(moved[0])
+            out.append(Candidate(s, 100, 0.0))  # never smaller: nothing is kept
+        return out
+
+    moves = _TensorMoves(
+        qps=dict.fromkeys(sizes, 0),
+        lams=dict.fromkeys(sizes, 0.0),
+        current=Candidate({}, 100, 1.0),
+        settings={},
+        floats=list(sizes),
+        sizes=sizes,
+        floor=0.5,
+        slack=0.01,
+        max_qp=10,
+        run=run,
+        out_of_time=lambda: False,
+    )
+    failed: set = set()
+    all_moves = [(kind, k) for k in sizes for kind in ("qp", "lambda")]
+    assert not moves._first_improvement(all_moves, 1, failed)
+    assert tried == [
+        ("qp", "large"), ("qp", "middle"), ("qp", "small"),
+        ("lambda", "large"), ("lambda", "middle"), ("lambda", "small"),
+    ]
+    assert failed == set(all_moves)
