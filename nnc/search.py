@@ -95,6 +95,10 @@ COARSER_SCAN = 4
 #: qp steps (on the refinement's finer scale) by which each tensor is probed alone before
 #: the knapsack step of the refinement coarsens many tensors at once
 PROBE_STEPS = (4, 8)
+#: with a time budget, a first-improvement pass skips, without scoring it, a move whose stream is
+#: smaller than the current one by less than this share of it: scores are what the budget buys,
+#: and on MiniLM-L6 most of them went to moves worth a few bytes
+MIN_SAVING_SHARE = 1e-4
 #: with a time budget, the rate-distortion sweep (stage 2) takes at most this share of it
 #: (its most promising settings first), so that the per-tensor refinement gets the rest
 RD_SHARE = 0.2
@@ -212,6 +216,10 @@ class _Evaluator:
         res, decoded = self._reconstruction(settings)
         return settings, len(res.stream), _as_scores(self.evaluate(decoded)), res.stream
 
+    def size(self, settings) -> int:
+        """The bytes of a candidate's stream, without scoring it (its units stay in the cache for the scoring)."""
+        return len(Encoder(**settings).encode(self.tensors, cache=self.cache).stream)
+
     def check_value(self, settings):
         """``check`` of a candidate's reconstruction (its units mostly come from the cache)."""
         return _as_scores(self.check(self._reconstruction(settings)[1]))
@@ -302,6 +310,10 @@ def _evaluate_in_worker(settings):
 
 def _check_in_worker(settings):
     return _WORKER[0].check_value(settings)
+
+
+def _size_in_worker(settings):
+    return _WORKER[0].size(settings)
 
 
 def search(
@@ -560,6 +572,14 @@ class _SearchState:
             self.checks += 1
         return c.check_bound >= self.check_floor
 
+    def size(self, settings: dict) -> int:
+        """The bytes of the stream of ``settings`` (with the fixed options), encoded but not scored."""
+        job = dict(self.encoder_options, **settings)
+        if self.pool:
+            return self.pool.submit(_size_in_worker, job).result()
+        assert self.evaluate_one is not None
+        return self.evaluate_one.size(job)
+
     def bases(self, passing: list, count: int) -> list:
         """The first ``count`` of ``passing`` (candidates by increasing size) that keep the check,
         looking at most :data:`MAX_CHECKS` further."""
@@ -812,6 +832,8 @@ def _refine(search: _SearchState, base: Candidate, max_qp: int) -> "_TensorMoves
         out_of_time=search.out_of_time,
         time_left=search.time_left,
         passes=search.passes_check,
+        size=search.size,
+        min_saving=MIN_SAVING_SHARE * base.bytes if search.time_budget is not None else 0.0,
     )
     if 2 * len(floats) > STEEPEST_MOVES:
         # many tensors: one knapsack step first, as single moves would take a round each
@@ -884,6 +906,10 @@ class _TensorMoves:
     time_left: Callable = lambda: None
     #: Whether a candidate keeps the search's check (:meth:`_SearchState.passes_check`).
     passes: Callable = lambda c: True
+    #: The bytes of a setting's stream, unscored (:meth:`_SearchState.size`); used with ``min_saving``.
+    size: Callable | None = None
+    #: First-improvement passes skip, unscored, a move that saves fewer bytes than this (0: none skipped).
+    min_saving: float = 0.0
 
     def __post_init__(self):
         self.qps, self.lams = dict(self.qps), dict(self.lams)
@@ -986,12 +1012,18 @@ class _TensorMoves:
             lams[k] = self._next_lambda(k)
         return qps, lams
 
+    def _setting(self, move: tuple, step: int) -> dict:
+        qps, lams = self._moved(move, step)
+        return dict(self.settings, qp_per_tensor=qps, lambda_per_tensor=lams)
+
     def _try(self, moves: list, step: int) -> list:
-        trials = []
-        for move in moves:
-            qps, lams = self._moved(move, step)
-            trials.append(dict(self.settings, qp_per_tensor=qps, lambda_per_tensor=lams))
-        return self.run(trials)
+        return self.run([self._setting(move, step) for move in moves])
+
+    def _saves_too_little(self, move: tuple, step: int) -> bool:
+        """Whether ``move`` makes the stream less than ``min_saving`` bytes smaller (encoded, not scored)."""
+        if not self.min_saving or self.size is None:
+            return False
+        return self.current.bytes - self.size(self._setting(move, step)) < self.min_saving
 
     def _take(self, move: tuple, step: int, c: Candidate) -> None:
         self.qps, self.lams = self._moved(move, step)
@@ -1045,11 +1077,17 @@ class _TensorMoves:
         whether any did.
 
         A λ step saves far less than a qp step of the same tensor (2-85 bytes against
-        kilobytes on rapidocr), so with a time budget the evaluations go to qp moves first.
+        kilobytes on rapidocr), so with a time budget the evaluations go to qp moves first;
+        a move that saves less than ``min_saving`` bytes is dropped without a score.
         """
         improved = False
         for move in sorted(moves, key=lambda m: (m[0] != "qp", -self.sizes[m[1]])):
             if not self._can_move(move, step):  # a move of the same tensor taken in this pass
+                continue
+            if self.out_of_time():
+                break
+            if self._saves_too_little(move, step):
+                failed.add(move)
                 continue
             tried = self._try([move], step)
             if not tried:
@@ -1143,6 +1181,7 @@ __all__ = [
     "SWAP_STEPS",
     "SWAP_TENSORS",
     "STEEPEST_MOVES",
+    "MIN_SAVING_SHARE",
     "PROBE_STEPS",
     "PROBE_SHARE",
     "KICK_TENSORS",

@@ -443,3 +443,48 @@ def test_first_improvement_tries_qp_moves_before_lambda_moves():
         ("lambda", "large"), ("lambda", "middle"), ("lambda", "small"),
     ]
     assert failed == set(all_moves)
+
+
+def test_first_improvement_skips_moves_that_save_too_little_unscored():
+    """With ``min_saving`` a pass encodes each move first and scores only those that save enough."""
+    from nnc.search import Candidate, _TensorMoves
+
+    sizes = {"a": 1000, "b": 100, "c": 10}
+    saving = {("qp", "a"): 500, ("qp", "b"): 5, ("qp", "c"): 40, ("lambda", "a"): 2, ("lambda", "b"): 0,
+              ("lambda", "c"): 1}
+    scored = []
+
+    def moved(s):
+        qps, lams = s["qp_per_tensor"], s["lambda_per_tensor"]
+        return ([("qp", k) for k in qps if qps[k] != 0] + [("lambda", k) for k in lams if lams[k] != 0.0])[0]
+
+    def size(s):
+        return 10_000 - saving[moved(s)]
+
+    def run(batch):
+        scored.extend(moved(s) for s in batch)
+        return [Candidate(s, size(s), 0.0) for s in batch]  # all below the floor: none kept
+
+    moves = _TensorMoves(
+        qps=dict.fromkeys(sizes, 0),
+        lams=dict.fromkeys(sizes, 0.0),
+        current=Candidate({}, 10_000, 1.0),
+        settings={},
+        floats=list(sizes),
+        sizes=sizes,
+        floor=0.5,
+        slack=0.01,
+        max_qp=10,
+        run=run,
+        out_of_time=lambda: False,
+        size=size,
+        min_saving=10,
+    )
+    failed: set = set()
+    assert not moves._first_improvement(list(saving), 1, failed)
+    assert scored == [("qp", "a"), ("qp", "c")]
+    assert failed == set(saving)
+    moves.min_saving = 0.0  # off: every move is scored
+    scored.clear()
+    moves._first_improvement(list(saving), 1, set())
+    assert len(scored) == len(saving)
