@@ -24,7 +24,8 @@ within ``tolerance`` of the original model's, in up to four stages:
    breaks the tolerance is dropped for the current step. With more than
    :data:`STEEPEST_MOVES` moves (models with many tensors) it keeps instead the first
    move that helps, trying qp moves before λ moves and the largest tensors first, so
-   that a time budget goes into kept moves. When no single move is left,
+   that a time budget goes into kept moves; with a time budget a move is encoded first and
+   scored only when it saves at least :data:`MIN_SAVING_SHARE` of the stream. When no single move is left,
    swap moves (one of the :data:`SWAP_TENSORS` largest tensors finer by
    :data:`SWAP_STEPS`, another as much coarser) that make the stream smaller within the
    tolerance restart the single moves. This is bit allocation driven by the score
