@@ -406,9 +406,29 @@ def test_per_sample_scores_in_worker_processes():
     assert res.best.score == per_image(nnc.decode(res.best.stream)).mean()
 
 
+def _moves_at_qp_0(sizes, current, run, **extra):
+    """The refinement of tensors of these element counts, every qp 0 and λ 0, from ``current``, scoring with ``run``."""
+    from nnc.search import _TensorMoves
+
+    return _TensorMoves(
+        qps=dict.fromkeys(sizes, 0),
+        lams=dict.fromkeys(sizes, 0.0),
+        current=current,
+        settings={},
+        floats=list(sizes),
+        sizes=sizes,
+        floor=0.5,
+        slack=0.01,
+        max_qp=10,
+        run=run,
+        out_of_time=lambda: False,
+        **extra,
+    )
+
+
 def test_first_improvement_tries_qp_moves_before_lambda_moves():
     """A pass tries every qp move (largest tensor first) before any λ move."""
-    from nnc.search import Candidate, _TensorMoves
+    from nnc.search import Candidate
 
     sizes = {"small": 10, "large": 1000, "middle": 100}
     tried = []
@@ -422,19 +442,7 @@ def test_first_improvement_tries_qp_moves_before_lambda_moves():
             out.append(Candidate(s, 100, 0.0))  # never smaller: nothing is kept
         return out
 
-    moves = _TensorMoves(
-        qps=dict.fromkeys(sizes, 0),
-        lams=dict.fromkeys(sizes, 0.0),
-        current=Candidate({}, 100, 1.0),
-        settings={},
-        floats=list(sizes),
-        sizes=sizes,
-        floor=0.5,
-        slack=0.01,
-        max_qp=10,
-        run=run,
-        out_of_time=lambda: False,
-    )
+    moves = _moves_at_qp_0(sizes, Candidate({}, 100, 1.0), run)
     failed: set = set()
     all_moves = [(kind, k) for k in sizes for kind in ("qp", "lambda")]
     assert not moves._first_improvement(all_moves, 1, failed)
@@ -447,7 +455,7 @@ def test_first_improvement_tries_qp_moves_before_lambda_moves():
 
 def test_first_improvement_skips_moves_that_save_too_little_unscored():
     """With ``min_saving`` a pass encodes each move first and scores only those that save enough."""
-    from nnc.search import Candidate, _TensorMoves
+    from nnc.search import Candidate
 
     sizes = {"a": 1000, "b": 100, "c": 10}
     saving = {("qp", "a"): 500, ("qp", "b"): 5, ("qp", "c"): 40, ("lambda", "a"): 2, ("lambda", "b"): 0,
@@ -465,21 +473,7 @@ def test_first_improvement_skips_moves_that_save_too_little_unscored():
         scored.extend(moved(s) for s in batch)
         return [Candidate(s, size(s), 0.0) for s in batch]  # all below the floor: none kept
 
-    moves = _TensorMoves(
-        qps=dict.fromkeys(sizes, 0),
-        lams=dict.fromkeys(sizes, 0.0),
-        current=Candidate({}, 10_000, 1.0),
-        settings={},
-        floats=list(sizes),
-        sizes=sizes,
-        floor=0.5,
-        slack=0.01,
-        max_qp=10,
-        run=run,
-        out_of_time=lambda: False,
-        size=size,
-        min_saving=10,
-    )
+    moves = _moves_at_qp_0(sizes, Candidate({}, 10_000, 1.0), run, size=size, min_saving=10)
     failed: set = set()
     assert not moves._first_improvement(list(saving), 1, failed)
     assert scored == [("qp", "a"), ("qp", "c")]
