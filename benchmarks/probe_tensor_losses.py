@@ -2,8 +2,8 @@
 
     python benchmarks/probe_tensor_losses.py --model magika --qps -27 -19 [--top 3]
 
-Codes one tensor at a time (the ``--top`` largest, then all the others together) at each
-qp of the grid, with every other tensor left as in the fp32 model, and scores the result
+Codes one tensor at a time (the ``--top`` largest, then all the others together) at every
+second qp from FINEST to COARSEST, with every other tensor left as in the fp32 model, and scores the result
 on bench_paper's selection and held-out inputs. Two quantisers: nnc's defaults (DQ,
 rdoq_lambda 0.1) and, for the tensors whose layer inputs can be recorded, error feedback
 (spec A.16, covariances on the calibration seed). The bytes are that tensor's stream
