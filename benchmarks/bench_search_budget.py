@@ -9,7 +9,8 @@ the qp grid and the held-out inputs (another seed) are bench_paper's. NNCodec 2.
 default configuration (DQ) at each qp of the grid, the smallest passing stream kept.
 `--error-feedback` gives the search the input covariances of the layers that
 packaged_models.CovarianceRecorder sees (spec A.16). `--check-moves` gives it a guard: the same
-metric on inputs of a third seed (neither the selection nor the held-out ones), checked on each
+metric on inputs of another seed (GUARD_SEED; FEEDBACK_GUARD_SEED with --error-feedback, whose covariances come
+from GUARD_SEED's inputs), checked on each
 stream the per-tensor refinement moves to (nnc.search's check and check_moves); NNCodec's pick
 must keep the tolerance on the guard too (when no qp of the grid does, finer ones are tried in
 turn, at most FINER_QPS). Writes search_<model>_<budget>s[_feedback][_guard].md
@@ -34,6 +35,9 @@ import nnc  # noqa: E402
 
 #: With a guard, NNCodec's qps finer than the grid tried (one at a time) when no qp of the grid passes both.
 FINER_QPS = 10
+#: The guard's inputs: seed 2 (neither the selection's 0 nor the held-out 1), or, with --error-feedback, whose
+#: covariances come from seed 2 (packaged_models.CALIBRATION_SEED), seed 3: a guard is never what the quantiser saw.
+GUARD_SEED, FEEDBACK_GUARD_SEED = 2, 3
 
 
 def main(argv=None):
@@ -43,7 +47,7 @@ def main(argv=None):
     ap.add_argument("--error-feedback", action="store_true",
                     help="the search codes the recorded layers with error feedback from their input covariances")
     ap.add_argument("--check-moves", action="store_true",
-                    help="guard inputs (a third seed) checked on each stream the search's refinement moves to")
+                    help="guard inputs (another seed) checked on each stream the search's refinement moves to")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = ap.parse_args(argv)
     log = lambda s: print(s, flush=True)                      # noqa: E731
@@ -60,7 +64,9 @@ def main(argv=None):
     if args.check_moves:
         import packaged_models
 
-        guard = packaged_models.PACKAGED[args.model](seed=2)[1]
+        assert packaged_models.CALIBRATION_SEED == GUARD_SEED != FEEDBACK_GUARD_SEED
+        guard_seed = FEEDBACK_GUARD_SEED if args.error_feedback else GUARD_SEED
+        guard = packaged_models.PACKAGED[args.model](seed=guard_seed)[1]
         guard_reference = guard(model.params)
         guard_passes = bp.within_tolerance(guard_reference)
         guard_options = dict(check=guard, check_moves=True)
@@ -116,7 +122,9 @@ def main(argv=None):
              f"Metric: {model.metric}. Tolerance 0.5 points (fp32: {100 * reference:.2f} on the selection inputs, "
              f"{100 * held_reference:.2f} on the held-out ones, which no choice used). {n:,} parameters.", ""]
     if guard:
-        lines += [f"Guard: the metric on inputs of a third seed (fp32: {100 * guard_reference:.2f}); the search checks "
+        lines += [f"Guard: the metric on inputs of seed {guard_seed}"
+                  + (" (the covariances come from seed 2's)" if args.error_feedback else "")
+                  + f" (fp32: {100 * guard_reference:.2f}); the search checks "
                   f"each stream its per-tensor refinement moves to (nnc.search's check, check_moves), and both "
                   f"coders' picks keep the tolerance on it. It checked "
                   f"{sum(c.check_bound is not None for c in res.candidates)} candidates.", ""]
@@ -138,7 +146,7 @@ def main(argv=None):
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     (out / f"{stem}.json").write_text(json.dumps(dict(
         command=command, model=model.name, parameters=int(n), reference=reference, holdout_reference=held_reference,
-        seconds=seconds, rows=rows, candidates=[dict(bytes=c.bytes, score=c.score, check=c.check) for c in res.candidates]),
+        seconds=seconds, guard_seed=guard_seed if guard else None, rows=rows, candidates=[dict(bytes=c.bytes, score=c.score, check=c.check) for c in res.candidates]),
         indent=1) + "\n")
     log("\n".join(lines))
 
