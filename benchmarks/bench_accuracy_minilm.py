@@ -21,7 +21,7 @@ calibration sentences, `--check guard` on 32 sentences that no score or statisti
 (minilm_eval.GUARD_SENTENCES) (``nnc.search``'s ``check``: a guard against a search fitted to the
 selection sentences; files ..._check.* and ..._guard.*). `--check-moves` checks every stream the
 search's per-tensor refinement moves to as well (``nnc.search``'s ``check_moves``; files ..._moves.*).
-`--margin M` makes the search keep M more than the tolerance, on the score and on the check, while NNCodec's pick
+`--margin M` makes the search stay M inside the tolerance, on the score and on the check, while NNCodec's pick
 and the comparison stay at the tolerance: an encoder's safety margin against a stream fitted to the sentences it
 was chosen on (files ..._margin<M>.*).
 """
