@@ -64,7 +64,7 @@ def main(argv=None):
     if args.check_moves:
         import packaged_models
 
-        assert packaged_models.CALIBRATION_SEED == GUARD_SEED != FEEDBACK_GUARD_SEED
+        assert FEEDBACK_GUARD_SEED != packaged_models.CALIBRATION_SEED
         guard_seed = FEEDBACK_GUARD_SEED if args.error_feedback else GUARD_SEED
         guard = packaged_models.PACKAGED[args.model](seed=guard_seed)[1]
         guard_reference = guard(model.params)
@@ -123,7 +123,8 @@ def main(argv=None):
              f"{100 * held_reference:.2f} on the held-out ones, which no choice used). {n:,} parameters.", ""]
     if guard:
         lines += [f"Guard: the metric on inputs of seed {guard_seed}"
-                  + (" (the covariances come from seed 2's)" if args.error_feedback else "")
+                  + (f" (the covariances come from seed {packaged_models.CALIBRATION_SEED}'s)" if args.error_feedback
+                     else "")
                   + f" (fp32: {100 * guard_reference:.2f}); the search checks "
                   f"each stream its per-tensor refinement moves to (nnc.search's check, check_moves), and both "
                   f"coders' picks keep the tolerance on it. It checked "
@@ -146,7 +147,8 @@ def main(argv=None):
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     (out / f"{stem}.json").write_text(json.dumps(dict(
         command=command, model=model.name, parameters=int(n), reference=reference, holdout_reference=held_reference,
-        seconds=seconds, guard_seed=guard_seed if guard else None, rows=rows, candidates=[dict(bytes=c.bytes, score=c.score, check=c.check) for c in res.candidates]),
+        seconds=seconds, guard_seed=guard_seed if guard else None, rows=rows,
+        candidates=[dict(bytes=c.bytes, score=c.score, check=c.check) for c in res.candidates]),
         indent=1) + "\n")
     log("\n".join(lines))
 
