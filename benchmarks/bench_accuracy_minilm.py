@@ -24,6 +24,9 @@ search's per-tensor refinement moves to as well (``nnc.search``'s ``check_moves`
 `--margin M` makes the search stay M inside the tolerance, on the score and on the check, while NNCodec's pick
 and the comparison stay at the tolerance: an encoder's safety margin against a stream fitted to the sentences it
 was chosen on (files ..._margin<M>.*).
+`--sparse KEEP` codes Table I's sparse variant instead of the dense model: every weight tensor (2-D and more) pruned
+by magnitude to KEEP % of its entries (bench_paper.prune_and_finetune, no fine-tuning: no training data here); the
+losses, on every sentence set, are then against the pruned model's own scores (files accuracy_minilm_sparse<KEEP>_*).
 """
 
 from __future__ import annotations
@@ -70,18 +73,26 @@ def main(argv=None):
     ap.add_argument("--margin", type=float, default=0.0,
                     help="the search's tolerance is --tolerance minus this (score and check); NNCodec's pick "
                          "and the comparison keep --tolerance")
+    ap.add_argument("--sparse", type=int, default=None, metavar="KEEP",
+                    help="code the pruned model that keeps KEEP %% of every weight tensor's entries (Table I's "
+                         "sparse-KEEP variant) instead of the dense one")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = ap.parse_args(argv)
     if args.check_moves and not args.check:
         ap.error("--check-moves needs --check")
     if not 0 <= args.margin < args.tolerance:
         ap.error("--margin must be at least 0 and less than --tolerance")
+    if args.sparse is not None and not 0 < args.sparse < 100:
+        ap.error("--sparse must be a percentage between 0 and 100")
     lambdas = tuple(float(x) for x in args.lambdas.split(","))
-    model_dir, tensors = me.load_float_tensors()
+    model_dir, original = me.load_float_tensors()
+    # the scores compare embeddings with the original model's; the coded model is the original or its pruned variant
+    tensors = original if args.sparse is None else pruned(original, args.sparse)
     per_sentence = args.rule == "per-sentence"
-    score = me.MiniLMFidelity(model_dir, reference=tensors, per_sentence=per_sentence)
-    held_out = me.MiniLMFidelity(model_dir, reference=tensors, sentences=me.HELD_OUT_SENTENCES)
+    score = me.MiniLMFidelity(model_dir, reference=original, per_sentence=per_sentence)
+    held_out = me.MiniLMFidelity(model_dir, reference=original, sentences=me.HELD_OUT_SENTENCES)
     reference = score(tensors)
+    held_out_reference = held_out(tensors)
     floor = float(np.mean(reference)) - args.tolerance
 
     def measure(value):
@@ -93,11 +104,11 @@ def main(argv=None):
     extra = {}
     if args.error_feedback:
         text = me.CALIBRATION_SENTENCES + me.stdlib_docstring_sentences(args.calibration_text)
-        extra["covariances"] = me.MiniLMFidelity(model_dir, reference=tensors, sentences=text).input_covariances(
+        extra["covariances"] = me.MiniLMFidelity(model_dir, reference=original, sentences=text).input_covariances(
             tensors)
     if args.check:
         sentences = me.CALIBRATION_SENTENCES if args.check == "calibration" else me.GUARD_SENTENCES
-        guard = me.MiniLMFidelity(model_dir, reference=tensors, sentences=sentences, per_sentence=per_sentence)
+        guard = me.MiniLMFidelity(model_dir, reference=original, sentences=sentences, per_sentence=per_sentence)
         extra["check"] = guard
         extra["check_moves"] = args.check_moves
         check_reference = guard(tensors)
@@ -149,7 +160,12 @@ def main(argv=None):
              + (f" --calibration-text {args.calibration_text}" if args.calibration_text else "")
              + {None: "", "calibration": " --check", "guard": " --check guard"}[args.check]
              + (" --check-moves" if args.check_moves else "")
-             + (f" --margin {args.margin:g}" if args.margin else "") + "`", "",
+             + (f" --margin {args.margin:g}" if args.margin else "")
+             + (f" --sparse {args.sparse}" if args.sparse is not None else "") + "`", "",
+             *([f"Coded model: MiniLM-L6 pruned by magnitude to {args.sparse} % of every weight tensor's entries "
+                f"(Table I's sparse-{args.sparse}); its own scores, against the original model's embeddings, are "
+                f"{float(np.mean(reference)):.5f} on the selection sentences and {held_out_reference:.5f} held out, "
+                "and every loss is against them.", ""] if args.sparse is not None else []),
              *([f"nnc's search keeps a margin of {args.margin:g} under the tolerance (floor {floor + args.margin:.4f}, "
                 f"on the check too); NNCodec's pick and the comparison keep the tolerance.", ""]
                if args.margin else []),
@@ -168,8 +184,10 @@ def main(argv=None):
              "Score: cosine similarity of the sentence embeddings to the original model's "
              f"({len(score.reference)} sentences, benchmarks/minilm_eval.py); rule for both coders: {rule}; "
              f"floor {floor:.4f}. \"held-out\": the mean similarity of the chosen stream on "
-             f"{len(me.HELD_OUT_SENTENCES)} other sentences, which no selection saw.", "",
-             "| coder | bytes | bits/weight | score | held-out | setting |", "|---|---:|---:|---:|---:|---|"]
+             f"{len(me.HELD_OUT_SENTENCES)} other sentences, which no selection saw; \"held-out loss\" its loss in "
+             f"points against the coded model's {held_out_reference:.5f} there.", "",
+             "| coder | bytes | bits/weight | score | held-out | held-out loss | setting |",
+             "|---|---:|---:|---:|---:|---:|---|"]
     n = sum(v.size for v in tensors.values())
     ours_held = None
     if best:
@@ -179,10 +197,12 @@ def main(argv=None):
         if "qp_per_tensor" in best.settings:
             setting += ", per-tensor qps and lambdas"
         lines.append(f"| nnc (search, {len(res.candidates)} candidates, {ours_seconds:.0f} s) | {best.bytes} | "
-                     f"{8 * best.bytes / n:.3f} | {best.score:.5f} | {ours_held:.5f} | {setting} |")
+                     f"{8 * best.bytes / n:.3f} | {best.score:.5f} | {ours_held:.5f} | "
+                     f"{100 * (held_out_reference - ours_held):.2f} | {setting} |")
     if theirs:
         lines.append(f"| NNCodec 2.1.3 (best single qp of {len(tried)}) | {theirs[1]} | {8 * theirs[1] / n:.3f} | "
-                     f"{theirs[2]:.5f} | {theirs[3]:.5f} | qp={theirs[0]} (default configuration) |")
+                     f"{theirs[2]:.5f} | {theirs[3]:.5f} | {100 * (held_out_reference - theirs[3]):.2f} | "
+                     f"qp={theirs[0]} (default configuration) |")
     if best and theirs:
         lines += ["", f"nnc against NNCodec: {100 * (best.bytes / theirs[1] - 1):+.1f} %"]
     if args.check and best:
@@ -190,7 +210,8 @@ def main(argv=None):
                       f"floor {check_floor:.4f}."]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = ("accuracy_minilm" + ("_feedback" if args.error_feedback else "")
+    stem = ("accuracy_minilm" + (f"_sparse{args.sparse}" if args.sparse is not None else "")
+            + ("_feedback" if args.error_feedback else "")
             + (f"_doc{args.calibration_text}" if args.calibration_text else "")
             + {None: "", "calibration": "_check", "guard": "_guard"}[args.check]
             + ("_moves" if args.check_moves else "")
@@ -198,7 +219,8 @@ def main(argv=None):
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     import json
 
-    record = dict(command=lines[2], weights=int(n), floor=floor, margin=args.margin, seconds=ours_seconds, rule=args.rule,
+    record = dict(command=lines[2], weights=int(n), floor=floor, margin=args.margin, seconds=ours_seconds,
+                  rule=args.rule, sparse_keep=args.sparse, held_out_reference=held_out_reference,
                   nnc=dict(bytes=best.bytes, score=best.score, bound=best.bound, held_out=ours_held,
                            check=best.check, check_reference=res.check_reference,
                            settings=best.settings) if best else None,
@@ -210,6 +232,14 @@ def main(argv=None):
     (out / f"{stem}.json").write_text(
         "{\n" + ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in record.items()) + "\n}\n")
     print("\n".join(lines))
+
+
+def pruned(tensors, keep):
+    """``tensors`` with every weight tensor pruned by magnitude to ``keep`` % of its entries, as bench_paper's
+    sparse variants of MiniLM-L6 (no fine-tuning)."""
+    from bench_paper import Model, prune_and_finetune
+
+    return prune_and_finetune(Model("minilm-l6", tensors, None, ""), keep / 100, epochs=0).params
 
 
 if __name__ == "__main__":
