@@ -17,7 +17,8 @@ inputs: another seed gives a second, held-out set for the same model (``bench_pa
 * ``silero``: silero-vad's 16 kHz ONNX model; speech synthesised by espeak-ng between
   silences, noise and tones; the fraction of 32 ms frames whose speech decision (p >= 0.5)
   agrees with the original model's.
-* ``magika``: magika's ONNX model; the files of this repository; the fraction whose
+* ``magika``: magika's ONNX model; the files of this repository at a fixed commit
+  (``MAGIKA_FILES_COMMIT``), archives of them, generated images and audio; the fraction whose
   predicted content type (the network's own label) agrees with the original's.
 * ``rapidocr``: rapidocr-onnxruntime's three ONNX models (detection, orientation,
   recognition); images of text rendered with Pillow's default font; one minus the edit
@@ -39,6 +40,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -334,29 +336,62 @@ PACKAGED = {"silero": silero}
 
 
 # -- magika ---------------------------------------------------------------------------------------------------------
-def _repo_files(per_type: int, rng) -> list[Path]:
-    """Up to ``per_type`` tracked files of this repository per extension."""
+#: the commit whose tracked files magika's contents come from, so that every checkout scores the same contents
+#: (drawn from the working tree, they changed with every commit that added a file); it is the commit of
+#: search_magika_1500s_feedback_guard.md, whose contents it reproduces but for the run's date in its zip and PDF ones
+MAGIKA_FILES_COMMIT = "e4643382b12c53e4970f17798e8556d679377f99"
+
+
+def _committed_files(commit: str) -> dict[str, bytes] | None:
+    """{path: contents} of the regular files of ``commit``'s tree; None when git or the commit is not there."""
+    def git(*argv, **kw):
+        return subprocess.run(["git", "-C", str(REPO), *argv], check=True, capture_output=True, **kw).stdout
+
     try:
-        listed = subprocess.run(["git", "-C", str(REPO), "ls-files"], check=True, capture_output=True,
-                                text=True).stdout.split()
+        listed = git("ls-tree", "-r", "-z", commit)
+        names = [entry.split(b"\t", 1)[1].decode() for entry in listed.split(b"\0")
+                 if entry and entry.split(b" ", 2)[:2] in ([b"100644", b"blob"], [b"100755", b"blob"])]
+        batch = git("cat-file", "--batch", input="".join(f"{commit}:{n}\n" for n in names).encode())
     except (OSError, subprocess.CalledProcessError):
-        listed = [str(p.relative_to(REPO)) for p in REPO.rglob("*") if p.is_file() and ".git" not in p.parts]
-    by_ext: dict[str, list[Path]] = {}
-    for name in sorted(listed):
-        p = REPO / name
-        if p.is_file():
-            by_ext.setdefault(p.suffix or p.name, []).append(p)
-    out = []
-    for ext in sorted(by_ext):
-        files = by_ext[ext]
-        pick = rng.choice(len(files), min(per_type, len(files)), replace=False)
-        out += [files[i] for i in sorted(pick)]
+        return None
+    out, at = {}, 0
+    for name in names:                            # each: "<sha> blob <size>\n<contents>\n"
+        header_end = batch.index(b"\n", at)
+        size = int(batch[at:header_end].split()[2])
+        out[name] = batch[header_end + 1:header_end + 1 + size]
+        at = header_end + 2 + size
     return out
 
 
-def magika_samples(seed: int = 0) -> list[bytes]:
-    """Contents to classify: files of this repository, windows cut from its text files, archives of them, and
-    images, audio and documents generated here."""
+def _repo_files(per_type: int, rng) -> tuple[list[tuple[str, bytes]], str]:
+    """Up to ``per_type`` files per extension, (path, contents), of MAGIKA_FILES_COMMIT's tree, or of the working
+    tree where this clone does not hold that commit; and where they came from."""
+    files = _committed_files(MAGIKA_FILES_COMMIT)
+    source = f"commit {MAGIKA_FILES_COMMIT[:7]}"
+    if files is None:
+        source = f"the working tree (commit {MAGIKA_FILES_COMMIT[:7]} not in this clone)"
+        try:
+            listed = subprocess.run(["git", "-C", str(REPO), "ls-files"], check=True, capture_output=True,
+                                    text=True).stdout.splitlines()
+        except (OSError, subprocess.CalledProcessError):
+            listed = [str(p.relative_to(REPO)) for p in REPO.rglob("*") if ".git" not in p.parts]
+        files = {name: (REPO / name).read_bytes() for name in listed
+                 if (REPO / name).is_file() and not (REPO / name).is_symlink()}
+    by_ext: dict[str, list[str]] = {}
+    for name in sorted(files):
+        path = Path(name)
+        by_ext.setdefault(path.suffix or path.name, []).append(name)
+    out = []
+    for ext in sorted(by_ext):
+        names = by_ext[ext]
+        pick = rng.choice(len(names), min(per_type, len(names)), replace=False)
+        out += [(names[i], files[names[i]]) for i in sorted(pick)]
+    return out, source
+
+
+def magika_samples(seed: int = 0) -> tuple[list[bytes], str]:
+    """Contents to classify: files of this repository (at MAGIKA_FILES_COMMIT), windows cut from its text files,
+    archives of them, and images, audio and documents generated here; and where the files came from."""
     import bz2
     import gzip
     import io
@@ -365,8 +400,8 @@ def magika_samples(seed: int = 0) -> list[bytes]:
     import zipfile
 
     rng = np.random.default_rng(seed)
-    files = _repo_files(40, rng)
-    blobs = [p.read_bytes() for p in files]
+    files, source = _repo_files(40, rng)
+    blobs = [contents for _, contents in files]
     texts = [b for b in blobs if b[:4096].isascii() and len(b) > 3000]
     for _ in range(200):                         # windows of text files: the model sees 1 kB at each end
         b = texts[int(rng.integers(len(texts)))]
@@ -374,17 +409,17 @@ def magika_samples(seed: int = 0) -> list[bytes]:
         blobs.append(b[start:start + int(rng.integers(1500, 6000))])
     for _ in range(20):                          # archives and compressed streams of repository files
         members = [files[j] for j in rng.choice(len(files), 3, replace=False)]
-        data = b"".join(m.read_bytes() for m in members)
+        data = b"".join(contents for _, contents in members)
         blobs += [gzip.compress(data, mtime=0), bz2.compress(data), lzma.compress(data)]
         zbuf, tbuf = io.BytesIO(), io.BytesIO()
         with zipfile.ZipFile(zbuf, "w") as z:
-            for m in members:
-                z.writestr(m.name, m.read_bytes())
+            for name, contents in members:             # a fixed date: the same bytes on every run
+                z.writestr(zipfile.ZipInfo(Path(name).name, date_time=(1980, 1, 1, 0, 0, 0)), contents)
         with tarfile.open(fileobj=tbuf, mode="w") as t:
-            for m in members:
-                info = tarfile.TarInfo(m.name)
-                info.size = len(m.read_bytes())
-                t.addfile(info, io.BytesIO(m.read_bytes()))
+            for name, contents in members:
+                info = tarfile.TarInfo(Path(name).name)
+                info.size = len(contents)
+                t.addfile(info, io.BytesIO(contents))
         blobs += [zbuf.getvalue(), tbuf.getvalue()]
     try:
         from PIL import Image
@@ -397,7 +432,9 @@ def magika_samples(seed: int = 0) -> list[bytes]:
         if Image is not None:
             for fmt in ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PDF", "ICO"):
                 buf = io.BytesIO()
-                Image.fromarray(img).save(buf, format=fmt)
+                # fixed dates in the PDF's metadata: the same bytes on every run
+                dates = dict(creationDate=time.gmtime(0), modDate=time.gmtime(0)) if fmt == "PDF" else {}
+                Image.fromarray(img).save(buf, format=fmt, **dates)
                 blobs.append(buf.getvalue())
         import wave
 
@@ -410,7 +447,7 @@ def magika_samples(seed: int = 0) -> list[bytes]:
             wv.writeframes((tone * 8000).astype(np.int16).tobytes())
         blobs.append(buf.getvalue())
         blobs.append(rng.integers(0, 256, int(rng.integers(500, 5000))).astype(np.uint8).tobytes())
-    return blobs
+    return blobs, source
 
 
 def magika(seed: int = 0):
@@ -418,7 +455,7 @@ def magika(seed: int = 0):
     mg = _require("magika", "pip install magika")
     classifier = mg.Magika()
     weights = OnnxWeights(classifier._model_dir / "model.onnx")
-    blobs = magika_samples(seed)
+    blobs, source = magika_samples(seed)
     folder = tempfile.TemporaryDirectory(prefix="nnc-magika-")
     paths = []
     for i, b in enumerate(blobs):
@@ -441,8 +478,8 @@ def magika(seed: int = 0):
     evaluate.folder = folder                     # the files live as long as the function
     kinds = len(set(reference))
     metric = (f"agreement of the predicted content type (the network's label) with the fp32 model's on {len(blobs)} "
-              f"contents ({kinds} types: files and text windows of this repository, archives of them, generated "
-              f"images, audio, random bytes), magika {classifier._model_dir.name}")
+              f"contents ({kinds} types: files and text windows of this repository ({source}), archives of them, "
+              f"generated images, audio, random bytes), magika {classifier._model_dir.name}")
     return weights.params, evaluate, metric
 
 

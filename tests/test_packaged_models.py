@@ -139,3 +139,21 @@ def test_recorded_matmul_weights_are_transposed(small_onnx):
         weights.session(weights.params).run(None, {"x": x})
     assert recorder.transposed == {"w"}
     assert np.allclose(recorder.covariances()["w"], x.astype(np.float64).T @ x / 2)
+
+
+def test_magika_contents_are_the_same_bytes_at_any_time(monkeypatch):
+    """The contents magika is scored on carry no date of the run (zip entries, PDF metadata) and come from
+    MAGIKA_FILES_COMMIT's files, not from the working tree, where git holds that commit."""
+    import time
+
+    pytest.importorskip("PIL", reason="Pillow is not installed (pip install pillow)")
+    first, source = pm.magika_samples(0)
+    later = time.time() + 400 * 86400
+    real_gmtime = time.gmtime
+    monkeypatch.setattr(time, "time", lambda: later)
+    monkeypatch.setattr(time, "gmtime", lambda secs=None: real_gmtime(later if secs is None else secs))
+    second, _ = pm.magika_samples(0)
+    assert len(first) == len(second) > 500
+    assert [i for i, (a, b) in enumerate(zip(first, second)) if a != b] == []
+    if pm._committed_files(pm.MAGIKA_FILES_COMMIT) is not None:
+        assert source == f"commit {pm.MAGIKA_FILES_COMMIT[:7]}"
