@@ -7,6 +7,7 @@ model, a failed verification, an unreadable file); 2 usage error.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -154,6 +155,18 @@ def _unmatched_patterns(names, options: dict):
             if not any(pattern == n or fnmatch.fnmatchcase(n, pattern) for n in names):
                 return f"{option} {pattern!r} matches no tensor of the model (tensors: {_first_few(list(names)) or 'none'})"
     return None
+
+
+@contextlib.contextmanager
+def _stream_errors_name(path):
+    """A :class:`~nnc.errors.DecodeError` raised inside names the stream it is about: ``"PATH: message"``
+    (clause and offset kept)."""
+    from .errors import DecodeError
+
+    try:
+        yield
+    except DecodeError as exc:
+        raise type(exc)(f"{os.fspath(path)}: {exc.message}", clause=exc.clause, offset=exc.offset) from exc
 
 
 def _not_a_stream(path):
@@ -600,7 +613,8 @@ def cmd_decode(args) -> int:
     state = None
     if args.state:
         state = DecoderState.load(args.state) if Path(args.state).exists() else DecoderState()
-    dec = Decoder(map_stream(args.stream) or args.stream, entry_points=args.entry_points, state=state)
+    with _stream_errors_name(args.stream):
+        dec = Decoder(map_stream(args.stream) or args.stream, entry_points=args.entry_points, state=state)
     if not dec.names() and not (args.add_to and dec.skipped):  # (an update may skip every tensor)
         return _fail(f"{args.stream}: the stream holds no tensors; nothing written")
     if args.add_to and not dec.differences:
@@ -614,15 +628,16 @@ def cmd_decode(args) -> int:
         return _fail(f"no tensor named {missing[0]!r} in {args.stream}")
     bar = _DecodeBar(args.quiet)
     try:
-        summary = decode_to_path(
-            dec,
-            args.output,
-            names=names,
-            threads=args.threads,
-            progress=bar,
-            add_to=args.add_to,
-            template=args.template,
-        )
+        with _stream_errors_name(args.stream):
+            summary = decode_to_path(
+                dec,
+                args.output,
+                names=names,
+                threads=args.threads,
+                progress=bar,
+                add_to=args.add_to,
+                template=args.template,
+            )
     finally:
         bar.close()
     if state is not None:
@@ -692,20 +707,21 @@ def _read_model_or_stream(path, threads: int, quiet: bool = True):
 
     if formats.detect_format(path) != "nnr":
         return formats.read_model(path)[0]
-    dec = Decoder(path)
     decoded: OrderedDict = OrderedDict()
-    with tqdm(
-        total=len(dec.names()),
-        unit="tensor",
-        desc=f"decoding {Path(path).name}",
-        disable=True if quiet else None,
-        leave=False,
-        file=sys.stderr,
-        dynamic_ncols=True,
-    ) as bar:
-        for name, array in dec.iter_tensors(threads=threads):
-            decoded[name] = array
-            bar.update()
+    with _stream_errors_name(path):
+        dec = Decoder(path)
+        with tqdm(
+            total=len(dec.names()),
+            unit="tensor",
+            desc=f"decoding {Path(path).name}",
+            disable=True if quiet else None,
+            leave=False,
+            file=sys.stderr,
+            dynamic_ncols=True,
+        ) as bar:
+            for name, array in dec.iter_tensors(threads=threads):
+                decoded[name] = array
+                bar.update()
     return restore_model_view(decoded, dec.metadata)[0]
 
 
@@ -924,7 +940,8 @@ def cmd_info(args) -> int:
     refused = _not_a_stream(args.stream)
     if refused:
         return _fail(refused)
-    info = stream_info(args.stream)
+    with _stream_errors_name(args.stream):
+        info = stream_info(args.stream)
     if args.quiet:
         return EXIT_OK
     if args.json:

@@ -250,7 +250,44 @@ class OutputBufferError(NNCError, ValueError):
     """
 
 
+def about_file(path, exc: BaseException) -> str:
+    """The message of ``exc`` as one line about the file at ``path``: ``"PATH: message"``.
+
+    For command-line tools that report an error on an input file.  A message that
+    already starts with the path is kept as it is; an ``OSError`` gives its
+    ``strerror`` (``"No such file or directory"``).
+
+    Parameters
+    ----------
+    path : str or ``os.PathLike``
+        The file the error is about.
+    exc : BaseException
+        The error.
+
+    Returns
+    -------
+    str
+        One line.
+
+    Examples
+    --------
+    >>> from nnc.errors import DecodeError, about_file
+    >>> about_file("m.nnr", DecodeError("bad bin", clause="9.4", offset=3))
+    'm.nnr: bad bin [spec 9.4, byte offset 3]'
+    >>> about_file("m.nnr", FileNotFoundError(2, "No such file or directory", "m.nnr"))
+    'm.nnr: No such file or directory'
+    >>> about_file("m.npz", ValueError("m.npz: not a readable .npz archive"))
+    'm.npz: not a readable .npz archive'
+    """
+    import os
+
+    where = os.fspath(path)
+    message = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return message if message.startswith(where) else f"{where}: {message}"
+
+
 __all__ = [
+    "about_file",
     "NNCError",
     "DecodeError",
     "TruncatedError",

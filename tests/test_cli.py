@@ -167,6 +167,41 @@ def test_reference_tools_agree(tmp_path, model):
     assert enc.stdout.splitlines()[-1].split()[0] == dec.stdout.splitlines()[-1].split()[0]
 
 
+def test_errors_on_a_stream_name_its_path(model, tmp_path):
+    path, _ = model
+    stream = tmp_path / "m.nnr"
+    assert run("encode", path, "-o", stream).returncode == 0
+    cut = tmp_path / "cut.nnr"
+    cut.write_bytes(stream.read_bytes()[:-10])
+    out = tmp_path / "o.npz"
+    for argv in (("decode", cut, "-o", out), ("info", cut), ("compare", stream, cut)):
+        r = run(*argv)
+        assert r.returncode == 1 and r.stderr.startswith(f"nnc: error: {cut}: "), (argv, r.stderr)
+        assert r.stderr.count("\n") == 1 and "byte offset" in r.stderr
+    assert not out.exists()
+
+
+def test_reference_tools_name_the_file_of_an_error(model, tmp_path):
+    path, _ = model
+    repo = Path(__file__).resolve().parent.parent
+    tool = lambda name, *argv: subprocess.run(  # noqa: E731
+        [sys.executable, str(repo / "tools" / name), *map(str, argv)], capture_output=True, text=True)
+    missing = tmp_path / "missing.nnr"
+    r = tool("nnc_decoder.py", "-b", missing)
+    assert (r.returncode, r.stderr) == (1, f"error: {missing}: No such file or directory\n")
+    nowhere = tmp_path / "no" / "s.nnr"
+    r = tool("nnc_encoder.py", "-i", path, "-b", nowhere)
+    assert r.returncode == 1 and r.stderr.startswith(f"error: {nowhere}: ") and r.stderr.count("\n") == 1
+    stream = tmp_path / "s.nnr"
+    assert tool("nnc_encoder.py", "-i", path, "-b", stream).returncode == 0
+    cut = tmp_path / "cut.nnr"
+    cut.write_bytes(stream.read_bytes()[:-10])
+    r = tool("nnc_decoder.py", "-b", stream, cut, "-o", tmp_path / "o.npz")
+    assert r.returncode == 1 and r.stderr.startswith(f"error: {cut}: ") and not (tmp_path / "o.npz").exists()
+    r = tool("nnc_decoder.py", "-b", stream, "-o", nowhere.with_suffix(".npz"))
+    assert r.returncode == 1 and r.stderr.startswith(f"error: {nowhere.with_suffix('.npz')}: ")
+
+
 def test_reference_decoder_decodes_an_incremental_sequence(tmp_path):
     """The conformance sequence, one stream after another with one state: the manifest's hashes."""
     repo = Path(__file__).resolve().parent.parent

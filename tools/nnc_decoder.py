@@ -25,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import nnc  # noqa: E402
+from nnc.errors import about_file  # noqa: E402
 from nnc.formats import npz_bytes, write_atomic  # noqa: E402
 from nnc.verify import output_sha256, tensor_sha256  # noqa: E402
 
@@ -69,24 +70,32 @@ def main(argv=None) -> int:
         return serve(args.engine, args.entry_points)
     if not args.bitstream:
         ap.error("give -b STREAM (or --serve)")
+    where = args.state                           # the file an error is about
     try:
         state = nnc.DecoderState()
         if args.state and Path(args.state).exists():
             state = nnc.DecoderState.load(args.state)
-        for i, path in enumerate(args.bitstream):
+        for path in args.bitstream:
+            where = path
             tensors = nnc.decode(path, engine=args.engine, entry_points=args.entry_points, state=state)
             if len(args.bitstream) > 1:
                 print(f"# {path}")
             for name, a in tensors.items():
                 print(f"{tensor_sha256(a)}  {a.dtype!s:8} {'x'.join(map(str, a.shape)):>16}  {name}")
             print(f"{output_sha256(tensors)}  (whole output, {len(tensors)} tensors)")
-    except nnc.NNCError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (nnc.NNCError, OSError) as exc:
+        print(f"error: {about_file(where, exc)}", file=sys.stderr)
         return 1
-    if args.output:
-        write_atomic(args.output, npz_bytes(tensors))
-    if args.state:
-        state.save(args.state)
+    where = args.output
+    try:
+        if args.output:
+            write_atomic(args.output, npz_bytes(tensors))
+        where = args.state
+        if args.state:
+            state.save(args.state)
+    except OSError as exc:
+        print(f"error: {about_file(where, exc)}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nnc.encoder import Encoder  # noqa: E402
-from nnc.errors import NNCError  # noqa: E402
+from nnc.errors import NNCError, about_file  # noqa: E402
 from nnc.formats import read_model, write_atomic  # noqa: E402
 from nnc.verify import output_sha256, tensor_sha256  # noqa: E402
 
@@ -37,10 +37,14 @@ def main(argv=None) -> int:
         result = Encoder(qp=args.qp, qp_density=args.qp_density, dq=not args.no_dq, scan_order=args.scan_order,
                          n_gtx=args.n_gtx, profile=args.profile,
                          codebook={"off": False, "on": True, "auto": "auto"}[args.codebook]).encode(tensors)
-    except NNCError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (NNCError, OSError) as exc:
+        print(f"error: {about_file(args.input, exc)}", file=sys.stderr)
         return 1
-    write_atomic(args.bitstream, result.stream)
+    try:
+        write_atomic(args.bitstream, result.stream)
+    except OSError as exc:
+        print(f"error: {about_file(args.bitstream, exc)}", file=sys.stderr)
+        return 1
     recon = result.reconstruction
     for name, a in recon.items():
         print(f"{tensor_sha256(a)}  {a.dtype!s:8} {'x'.join(map(str, a.shape)):>16}  {name}")
