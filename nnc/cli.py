@@ -348,9 +348,17 @@ def cmd_encode(args) -> int:
         against = "/".join(original) if original else "the input"
         print(
             f"{out}: {summary.tensors} tensors, {summary.weights} weights -> {summary.stream_bytes} bytes "
-            f"({summary.bits_per_weight:.3f} bits/weight, {summary.ratio:.1f}x smaller than {against}{snr})"
+            f"({summary.bits_per_weight:.3f} bits/weight, {_times_smaller(summary.ratio)} {against}{snr})"
         )
     return EXIT_OK
+
+
+def _times_smaller(ratio: float) -> str:
+    """``"4.1x smaller than"`` for an original-to-stream size ratio, ``"5.0x larger than"`` below 1
+    (``"larger than"`` for an empty original)."""
+    if ratio >= 1:
+        return f"{ratio:.1f}x smaller than"
+    return f"{1 / ratio:.1f}x larger than" if ratio > 0 else "larger than"
 
 
 def _tell(quiet: bool, line: str) -> None:
@@ -968,7 +976,7 @@ def cmd_info(args) -> int:
         )
     if info["weights"]:
         print(
-            f"total: {info['bits_per_weight']:.3f} bits/weight, {info['ratio_original']:.1f}x smaller than "
+            f"total: {info['bits_per_weight']:.3f} bits/weight, {_times_smaller(info['ratio_original'])} "
             f"the original {info['original_bytes']} bytes"
         )
     else:

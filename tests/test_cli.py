@@ -181,6 +181,15 @@ def test_errors_on_a_stream_name_its_path(model, tmp_path):
     assert not out.exists()
 
 
+def test_a_stream_larger_than_its_model_is_not_called_smaller(tmp_path):
+    path = tmp_path / "nan.safetensors"       # a tensor with NaN is stored raw: the stream outgrows 16 bytes
+    path.write_bytes(safetensors_bytes({"w": np.array([[1.0, np.nan], [0.5, 0.25]], np.float32)}))
+    r = run("encode", path, "-o", tmp_path / "n.nnr")
+    assert r.returncode == 0 and "x larger than float32" in r.stdout and "smaller" not in r.stdout, r.stdout
+    r = run("info", tmp_path / "n.nnr")
+    assert r.returncode == 0 and "x larger than the original 16 bytes" in r.stdout, r.stdout
+
+
 def test_reference_tools_name_the_file_of_an_error(model, tmp_path):
     path, _ = model
     repo = Path(__file__).resolve().parent.parent
