@@ -14,9 +14,12 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .errors import NNCError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -158,14 +161,15 @@ def _unmatched_patterns(names, options: dict):
 
 
 @contextlib.contextmanager
-def _stream_errors_name(path):
-    """A :class:`~nnc.errors.DecodeError` raised inside names the stream it is about: ``"PATH: message"``
-    (clause and offset kept)."""
+def _errors_name(path, kind: type[NNCError] | None = None):
+    """An error of ``kind`` (default :class:`~nnc.errors.DecodeError`) raised inside names the file it is about:
+    ``"PATH: message"`` (clause and offset kept)."""
     from .errors import DecodeError
 
+    caught: type[NNCError] = kind or DecodeError
     try:
         yield
-    except DecodeError as exc:
+    except caught as exc:
         raise type(exc)(f"{os.fspath(path)}: {exc.message}", clause=exc.clause, offset=exc.offset) from exc
 
 
@@ -188,6 +192,7 @@ def _not_a_stream(path):
 def cmd_encode(args) -> int:
     from . import formats, models, readers
     from .encoder import EncoderState
+    from .errors import EncodeError
 
     if args.state and args.search:
         return _fail("--state (incremental coding) cannot be combined with --search")
@@ -254,7 +259,6 @@ def cmd_encode(args) -> int:
         if stray:
             return _fail(f"{args.covariances}: {stray[0]!r} is not a tensor of {args.model}")
         from .encoding.feedback import check_covariance, covariance_columns
-        from .errors import EncodeError
 
         for t in source:
             if t.name in options["covariances"]:
@@ -287,11 +291,14 @@ def cmd_encode(args) -> int:
 
         tensors, _, _ = models.load_model(args.model)
         fixed = {k: v for k, v in options.items() if k not in ("qp", "step", "qp_per_tensor", "importance", "sigmas")}
-        allocated = allocate_qps(tensors, target_snr_db=args.target_snr, importance=options.get("importance"), **fixed)
+        with _errors_name(args.model, EncodeError):
+            allocated = allocate_qps(
+                tensors, target_snr_db=args.target_snr, importance=options.get("importance"), **fixed
+            )
         options["qp_per_tensor"] = dict(allocated, **options["qp_per_tensor"])  # explicit --tensor-qp wins
         del tensors
     out = args.output or str(Path(args.model).with_suffix(".nnr"))
-    with _EncodeProgress(source, args.quiet or args.json) as progress:
+    with _EncodeProgress(source, args.quiet or args.json) as progress, _errors_name(args.model, EncodeError):
         summary = models.encode_model_to(source, out, progress=progress, measure=not args.state, **options)
     if args.state:
         options["state"].save(args.state)  # after the stream: a failed write leaves the state as it was
@@ -621,7 +628,7 @@ def cmd_decode(args) -> int:
     state = None
     if args.state:
         state = DecoderState.load(args.state) if Path(args.state).exists() else DecoderState()
-    with _stream_errors_name(args.stream):
+    with _errors_name(args.stream):
         dec = Decoder(map_stream(args.stream) or args.stream, entry_points=args.entry_points, state=state)
     if not dec.names() and not (args.add_to and dec.skipped):  # (an update may skip every tensor)
         return _fail(f"{args.stream}: the stream holds no tensors; nothing written")
@@ -636,7 +643,7 @@ def cmd_decode(args) -> int:
         return _fail(f"no tensor named {missing[0]!r} in {args.stream}")
     bar = _DecodeBar(args.quiet)
     try:
-        with _stream_errors_name(args.stream):
+        with _errors_name(args.stream):
             summary = decode_to_path(
                 dec,
                 args.output,
@@ -716,7 +723,7 @@ def _read_model_or_stream(path, threads: int, quiet: bool = True):
     if formats.detect_format(path) != "nnr":
         return formats.read_model(path)[0]
     decoded: OrderedDict = OrderedDict()
-    with _stream_errors_name(path):
+    with _errors_name(path):
         dec = Decoder(path)
         with tqdm(
             total=len(dec.names()),
@@ -948,7 +955,7 @@ def cmd_info(args) -> int:
     refused = _not_a_stream(args.stream)
     if refused:
         return _fail(refused)
-    with _stream_errors_name(args.stream):
+    with _errors_name(args.stream):
         info = stream_info(args.stream)
     if args.quiet:
         return EXIT_OK

@@ -420,7 +420,10 @@ class Encoder:
         for name, value in tensors.items():
             if not isinstance(name, str) or not name or "\x00" in name:
                 raise EncodeError(f"tensor names must be non-empty strings without NUL, not {name!r}")
-            arrays[name] = np.asarray(value)
+            try:
+                arrays[name] = np.asarray(value)
+            except ValueError as exc:  # e.g. a ragged nested list
+                raise EncodeError(f"tensor {name!r} is not an array: {exc}") from None
         if s.differences:
             arrays = self._differences(arrays)
         unknown = [k for k in s.dtypes if k not in arrays]

@@ -445,7 +445,7 @@ def test_info_shows_whole_names_original_dtypes_and_original_size(tmp_path, caps
     assert rows[prefix + "weight"][2] == "bfloat16" and rows["steps"][2] == "int64"
     info = stream_info(tmp_path / "m.nnr")
     assert info["original_bytes"] == 2 * 32 + 8
-    assert f"smaller than the original {info['original_bytes']} bytes" in out
+    assert f"{info['bytes'] / info['original_bytes']:.1f}x larger than the original {info['original_bytes']} bytes" in out
 
 
 def test_info_of_a_stream_without_weights_has_no_bits_per_weight(tmp_path, capsys):
@@ -555,3 +555,36 @@ def test_a_block_layout_naming_a_raw_tensor_is_refused():
     values = {"fc.weight": np.full((8, 8), 0.5, np.float32), "fc.bias": np.full(8, 0.25, np.float32)}
     with pytest.raises(EncodeError, match="'fc.bias' is named by raw.*7.6"):
         Encoder(qp=-20, raw=["fc.bias"], blocks={"fc.weight": {"bias": "fc.bias"}}).encode(values)
+
+
+@pytest.mark.parametrize("values", [np.array([2**64 - 1, 3], np.uint64), np.array([2**32 - 1], np.uint32),
+                                    np.array([2**63], np.uint64)])
+def test_unsigned_integers_beyond_int32_are_refused_not_wrapped(values):
+    # a cast to int64 first wrapped 2**64 - 1 into -1, which fits int32: the stream decoded to -1
+    with pytest.raises(EncodeError, match="values outside int32"):
+        nnc.encode({"ids": values})
+    ok = np.array([0, 2**31 - 1], np.uint32)
+    assert nnc.decode(nnc.encode({"ids": ok}))["ids"].tolist() == ok.tolist()
+
+
+def test_float64_values_beyond_float32_are_refused_not_made_inf():
+    # the stream carries float32 steps and raw values: 1e300 became inf with exit status 0
+    for values in (np.array([[1e-3, 1e300]]), np.array([[np.nan, -1e39]])):
+        with pytest.raises(EncodeError, match="beyond the float32 range"):
+            nnc.encode({"w": values}, qp=-30)
+    near = np.array([[np.nan, 3e38, 0.1]])        # inf and NaN stay raw, the rest is float32
+    back = nnc.decode(nnc.encode({"w": near}, qp=-30))["w"]
+    assert np.isnan(back[0, 0]) and back[0, 1] == np.float32(3e38)
+
+
+def test_a_ragged_nested_list_is_an_encode_error():
+    with pytest.raises(EncodeError, match="'w' is not an array"):
+        nnc.encode({"w": [[1.0], [2.0, 3.0]]})
+
+
+def test_the_cli_names_the_model_whose_tensor_cannot_be_encoded(tmp_path, capsys):
+    src = tmp_path / "ids.npz"
+    src.write_bytes(npz_bytes({"ids": np.array([2**64 - 1, 3], np.uint64)}))
+    code, _, err = cli(capsys, "encode", src, "-o", tmp_path / "ids.nnr")
+    assert code == 1 and err == f"nnc: error: {src}: integer tensor 'ids' has values outside int32\n"
+    assert not (tmp_path / "ids.nnr").exists()

@@ -178,7 +178,28 @@ def as_float_array(name: str, value) -> tuple[np.ndarray, str]:
     if arr.dtype.kind not in "fiub":
         raise EncodeError(f"tensor {name!r} has unsupported dtype {arr.dtype}")
     x = arr if arr.dtype.kind == "f" and arr.dtype.itemsize <= 8 else arr.astype(np.float64)
+    if arr.dtype.kind == "f" and arr.dtype.itemsize > 4 and finite_peak(x) > FLOAT32_MAX:
+        raise EncodeError(
+            f"tensor {name!r} ({arr.dtype}) holds finite values beyond the float32 range (up to "
+            f"{finite_peak(x):.4g}): a stream carries float32 steps and raw values (spec 7.5), they would become inf"
+        )
     return x, dtype_name
+
+
+#: The largest finite float32.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def finite_peak(x: np.ndarray) -> float:
+    """The largest magnitude among the finite values of ``x`` (0 for none; in slices: small temporaries)."""
+    flat = x.reshape(-1)
+    peak = 0.0
+    for i in range(0, flat.size, SLICE):
+        part = np.abs(flat[i : i + SLICE])
+        part = part[np.isfinite(part)]
+        if part.size:
+            peak = max(peak, float(part.max()))
+    return peak
 
 
 def is_finite(x: np.ndarray) -> bool:
@@ -404,10 +425,10 @@ class Quantiser:
         shape, height, width, scan = tensor_geometry(arr.shape, s.scan_order)
         kind = arr.dtype.kind
         if kind in "iub" and s.lossless_int and not in_block:
-            values = arr.astype(np.int64).reshape(-1)
-            if values.size and (values.min() < -INT32_MAX - 1 or values.max() > INT32_MAX):
+            # range checked on the values themselves: a cast first would wrap uint64 ones into range
+            if arr.size and (int(arr.min()) < -INT32_MAX - 1 or int(arr.max()) > INT32_MAX):
                 raise EncodeError(f"integer tensor {name!r} has values outside int32")
-            ints = values.astype(np.int32)
+            ints = arr.astype(np.int32).reshape(-1)
             return CodedTensor(
                 name=name,
                 shape=shape,
