@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .encoding.quantiser import as_float_array, is_finite
 from .errors import DecodeError, EncodeError
 
 try:  # numcodecs is optional
@@ -55,6 +56,7 @@ class NNC(_CodecBase):
         Instead of a step: the coarsest qp whose reconstruction keeps each chunk's
         SNR (10 log10 of sum w² / sum (w - ŵ)²) at or above this many dB, chosen per
         chunk by bisection on the exact reconstruction (several encodes per chunk).
+        A chunk with NaN or Inf is stored raw, exactly, as with ``qp``.
     dq : bool
         Dependent (trellis) quantisation: about 1 dB more SNR at the same rate
         (default True).
@@ -65,7 +67,8 @@ class NNC(_CodecBase):
     ------
     nnc.errors.EncodeError
         If more than one of ``qp``, ``step`` and ``target_snr`` is given, or on
-        encoding a chunk with NaN or Inf, or integers outside int32.
+        encoding integers outside int32 or float64 values beyond the float32 range.
+        (A float chunk with NaN or Inf is stored raw, exactly.)
     nnc.errors.DecodeError
         On decoding anything but a one-tensor NNC stream.
     """
@@ -94,7 +97,8 @@ class NNC(_CodecBase):
 
         chunk = _as_array(buf)
         options = dict(dq=self.dq, rdoq_lambda=self.rdoq_lambda, nonweight_qp=None)
-        if self.target_snr is not None and chunk.dtype.kind == "f" and np.any(chunk):
+        # a chunk with NaN or Inf has no SNR: it is stored raw, exactly, as at any qp
+        if self.target_snr is not None and chunk.dtype.kind == "f" and np.any(chunk) and is_finite(chunk):
             return self._encode_for_snr(chunk, options)
         if self.step is not None:
             options["step"] = self.step
@@ -111,10 +115,12 @@ class NNC(_CodecBase):
         from .encoder import Encoder
 
         options = dict(options, raw_when_smaller=False)
+        as_float_array(CHUNK_TENSOR, chunk)  # the encoder's refusal of values beyond float32 comes first
         x = chunk.astype(np.float64)
-        allowed = float((x**2).sum()) / 10 ** (self.target_snr / 10)
+        with np.errstate(over="ignore"):
+            allowed = float((x**2).sum()) / 10 ** (self.target_snr / 10)
         if not np.isfinite(allowed):
-            raise EncodeError("the chunk's energy overflows: NaN, Inf or values near the float64 limit")
+            raise EncodeError("the chunk's energy overflows: values near the float64 limit")
 
         good = bad = None
         good_stream = b""
