@@ -219,6 +219,7 @@ def _open_index(index_path: Path) -> ModelSource:
     file_names = sorted(set(weight_map.values()))  # model-00001-of-... first
     files: list[dict] = []
     by_name: dict[str, LazyTensor] = {}
+    shard_of: dict[str, str] = {}
     left_out: list[str] = []
     fmt: str | None = None
     for i, file_name in enumerate(file_names):
@@ -235,7 +236,12 @@ def _open_index(index_path: Path) -> ModelSource:
         tensors, metadata, shard_left_out = _READERS[fmt](shard, i)
         left_out += [f"{file_name}: {entry}" for entry in shard_left_out]
         files.append({"name": file_name, "metadata": metadata or {}})
-        by_name.update((t.name, t) for t in tensors)
+        for t in tensors:
+            if t.name in shard_of:
+                raise FormatError(
+                    f"{index_path}: tensor {t.name!r} is in two shards, {shard_of[t.name]!r} and {file_name!r}"
+                )
+            by_name[t.name], shard_of[t.name] = t, file_name
     ordered = []
     for name, file_name in weight_map.items():
         t = by_name.get(name)

@@ -118,6 +118,19 @@ def test_bad_checkpoints_fail_clearly_and_write_nothing(tmp_path):
         readers.open_model(tmp_path / "empty")
 
 
+def test_a_tensor_in_two_shards_is_named_as_such(tmp_path):
+    # the copy in the later shard used to hide the indexed one: "'a' is not in its shard", of the shard holding it
+    write_checkpoint(tmp_path / "ck", [{"a": np.ones((4, 4), np.float32)},
+                                       {"a": np.zeros((4, 4), np.float32), "b": np.ones(4, np.float32)}], bf16=False)
+    index = tmp_path / "ck" / "model.safetensors.index.json"
+    data = json.loads(index.read_text())
+    data["weight_map"]["a"] = "model-00001-of-00002.safetensors"
+    index.write_text(json.dumps(data))
+    with pytest.raises(formats.FormatError, match="'a' is in two shards, 'model-00001-of-00002.safetensors' and "
+                                                  "'model-00002-of-00002.safetensors'"):
+        readers.open_model(tmp_path / "ck")
+
+
 def test_a_failing_tensor_leaves_no_output_and_no_temporary_file(tmp_path):
     bad = np.ones((4, 4), np.float32)
     bad[2, 2] = 1e30   # overflows int32 levels at qp -20: an error when raw storage is off
