@@ -632,26 +632,11 @@ def read_pt(path):
     >>> tensors["w"].dtype.name, tensors["w"].tolist(), dtypes
     ('float32', [1.0, -3.0], {'w': 'bfloat16'})
     """
-    torch = _torch()
-    if _is_torchscript(path):
-        raise FormatError(
-            f"{path}: a TorchScript archive, not a state_dict; save model.state_dict() with torch.save and encode that"
-        )
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types on bad files
-        raise FormatError(f"{path}: {_pt_load_problem(exc)}") from None
-    if not isinstance(obj, dict):
-        raise FormatError(f"{path}: not a state_dict (a mapping of names to tensors)")
-    obj, _left_out = _unwrap_checkpoint(path, obj)
-    out, dtypes = OrderedDict(), {}
-    for k, v in obj.items():
-        if not hasattr(v, "detach"):
-            continue  # (in _left_out)
-        t = v.detach().cpu()
-        dtypes[k] = str(t.dtype).replace("torch.", "")
-        out[k] = (t.float() if t.dtype == torch.bfloat16 else t).numpy()
-    return out, dtypes
+    from .readers import _read_pt  # the lazy reader's checks and conversions, every tensor loaded
+
+    tensors, _, _ = _read_pt(Path(path), None)
+    out = OrderedDict((t.name, t.load()) for t in tensors)
+    return out, {t.name: t.original_dtype for t in tensors}
 
 
 def _is_torchscript(path) -> bool:

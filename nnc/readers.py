@@ -360,6 +360,10 @@ def _read_pt(path: Path, file_index):
             continue  # (in left_out)
         original = str(v.dtype).replace("torch.", "")
         dtype = "float32" if v.dtype == torch.bfloat16 else original
+        try:
+            np.dtype(dtype)
+        except TypeError:  # float8 and other torch-only dtypes: no numpy array to hand on
+            raise FormatError(f"{path}: unsupported dtype {original} for {name!r}") from None
         out.append(LazyTensor(name, tuple(v.shape), dtype, original, _pt_loader(v, torch), file_index))
     return out, {}, left_out
 
