@@ -182,3 +182,25 @@ def test_an_unforeseen_parser_failure_is_a_decode_error(failure):
     with pytest.raises(nnc.errors.DecodeError, match=f"malformed syntax: {type(failure).__name__}") as info:
         C._parse_struct(cs.Struct("x" / Failing()), io.BytesIO(b"\x00"), {}, "7.4", 10, 10)
     assert info.value.clause == "7.4" and info.value.offset == 10
+
+
+@pytest.mark.parametrize("option, value, words", [
+    ("qp", "x", "qp must be an integer, not 'x'"),
+    ("qp", -20.5, "qp must be an integer"),              # int() used to truncate it to -20
+    ("rdoq_lambda", "a", "rdoq_lambda must be a number"),
+    ("rdoq_lambda", None, "rdoq_lambda must be a number"),
+    ("step", "0.1", "step must be a number"),
+    ("n_gtx", None, "n_gtx must be an integer"),
+    ("profile", True, "profile must be an integer"),
+    ("dcv1_s", 1.5, "dcv1_s must be an integer"),
+])
+def test_an_option_of_the_wrong_type_is_an_encode_error_naming_it(option, value, words):
+    # these were TypeErrors and ValueErrors from deep inside, or silent truncation
+    with pytest.raises(nnc.EncodeError, match=words):
+        nnc.encode({"w": np.ones((2, 2), np.float32)}, **{option: value})
+
+
+def test_numpy_scalars_and_integral_floats_are_options_too():
+    w = {"w": np.linspace(-1, 1, 16, dtype=np.float32).reshape(4, 4)}
+    expected = nnc.encode(w, qp=-20, qp_density=2, dcv1_s=2)
+    assert nnc.encode(w, qp=np.int64(-20), qp_density=2.0, dcv1_s=np.int32(2)) == expected

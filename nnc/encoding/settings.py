@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import math
+import numbers
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Iterable, Mapping
@@ -73,6 +74,21 @@ def qp_for_step(step: float, qp_density: int = 2) -> int:
 def matches(name: str, patterns: Iterable[str]) -> bool:
     """Whether ``name`` equals one of ``patterns`` or matches it as a glob."""
     return any(fnmatch.fnmatchcase(name, p) or p == name for p in patterns)
+
+
+#: The scalar options: (name, whether it must be an integer, whether None means "not given"); numpy scalars
+#: count, bool does not.
+_NUMBER_OPTIONS = (
+    ("qp", True, True),
+    ("qp_density", True, False),
+    ("scan_order", True, True),
+    ("n_gtx", True, False),
+    ("profile", True, False),
+    ("nonweight_qp", True, True),
+    ("dcv1_s", True, False),
+    ("step", False, True),
+    ("rdoq_lambda", False, False),
+)
 
 
 def _frozen(mapping) -> Mapping:
@@ -146,6 +162,14 @@ class EncoderSettings:
     raw_when_smaller: bool = True
 
     def __post_init__(self):
+        for option, integer, optional in _NUMBER_OPTIONS:
+            value = getattr(self, option)
+            if value is None and optional:
+                continue
+            number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+            if not number or (integer and not float(value).is_integer()):
+                raise EncodeError(f"{option} must be {'an integer' if integer else 'a number'}, not {value!r}")
+            object.__setattr__(self, option, int(value) if integer else float(value))
         if self.qp is not None and self.step is not None:
             raise EncodeError("give either qp or step, not both")
         if not 0 <= self.qp_density <= 7:
