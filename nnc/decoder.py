@@ -588,6 +588,8 @@ class Decoder:
     ):
         if entry_points not in ("ignore", "use", "verify"):  # api-check
             raise ValueError("entry_points must be 'ignore', 'use' or 'verify'")
+        if limits is not None and not isinstance(limits, Limits):  # api-check
+            raise TypeError(f"limits must be an nnc.Limits, not {type(limits).__name__}")
         #: The stream's bytes.
         self.data = read_input(data)
         #: The :class:`~nnc.decoder.Limits` in force.

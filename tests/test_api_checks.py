@@ -22,7 +22,7 @@ ENGINES = ["python"] + (["cython"] if COMPILED_AVAILABLE else [])
 
 #: The marked checks per file (a check is one marked statement).
 MARKED = {
-    "nnc/decoder.py": 13,
+    "nnc/decoder.py": 14,
     "nnc/engine/python/payload.py": 16,
     "nnc/engine/python/arithmetic.py": 1,
     "nnc/engine/python/binarisation.py": 1,
@@ -232,6 +232,8 @@ def test_read_input_refusals(stream):
 def test_unknown_names_and_modes(engine, stream):
     with pytest.raises(ValueError, match="entry_points"):
         Decoder(stream, engine=engine, entry_points="sometimes")
+    with pytest.raises(TypeError, match="limits must be an nnc.Limits, not dict"):  # was an AttributeError
+        Decoder(stream, engine=engine, limits={"max_tensor_elements": 4})
     dec = Decoder(stream, engine=engine)
     with pytest.raises(KeyError, match="'x'"):
         dec.decode(["w", "x"])
