@@ -1023,7 +1023,7 @@ class _CountingDecoder:
 
 
 def cmd_verify(args) -> int:
-    from .verify import CommandAdapter, format_table, verify_suite
+    from .verify import CommandAdapter, format_table, read_manifest, verify_suite
 
     suite = Path(args.suite)
     if not (suite / "manifest.json").exists():
@@ -1033,7 +1033,7 @@ def cmd_verify(args) -> int:
     from .verify import DECODERS
 
     groups, names = args.group or None, args.stream or None
-    manifest = json.loads((suite / "manifest.json").read_text())
+    manifest = read_manifest(suite)
     total = sum(
         1
         for e in manifest.get("streams", [])

@@ -8,7 +8,8 @@ r"""The one exception hierarchy of nnc (spec clause 15).
     │   ├── LimitError       the input asks for more than the configured limits allow
     │   └── UnsupportedError the input is valid but uses a tool nnc does not decode
     ├── EncodeError          the input cannot be encoded as asked
-    └── UpdateError          a decoded update cannot be applied to a model
+    ├── UpdateError          a decoded update cannot be applied to a model
+    └── ManifestError        a conformance suite's manifest.json is malformed
 
 Every error carries, where they apply, the spec clause it relates to (``clause``)
 and the byte offset in the stream (``offset``).  They are part of ``str(error)``.
@@ -250,6 +251,15 @@ class OutputBufferError(NNCError, ValueError):
     """
 
 
+class ManifestError(NNCError, ValueError):
+    """A conformance suite's ``manifest.json`` is not JSON, or an entry lacks what
+    :func:`nnc.verify.verify_suite` needs (conformance/README.md, "Layout").
+
+    The message names the manifest and the entry.  The parameters are those of
+    :class:`~nnc.errors.NNCError`.
+    """
+
+
 def about_file(path, exc: BaseException) -> str:
     """The message of ``exc`` as one line about the file at ``path``: ``"PATH: message"``.
 
@@ -296,4 +306,5 @@ __all__ = [
     "EncodeError",
     "UpdateError",
     "OutputBufferError",
+    "ManifestError",
 ]

@@ -42,7 +42,7 @@ import json
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Callable
 
 import numpy as np
@@ -51,6 +51,7 @@ from . import errors
 
 __all__ = [
     "verify_suite",
+    "read_manifest",
     "format_table",
     "Result",
     "NNCAdapter",
@@ -754,6 +755,8 @@ def verify_suite(
         If ``decoder`` is an unknown name.
     OSError
         If the manifest or a stream cannot be read.
+    nnc.errors.ManifestError
+        If the manifest is malformed (:func:`read_manifest`).
 
     Examples
     --------
@@ -770,7 +773,7 @@ def verify_suite(
     {'rejected'}
     """
     suite = Path(suite)
-    manifest = json.loads((suite / "manifest.json").read_text())
+    manifest = read_manifest(suite)
     run = DECODERS[decoder]() if isinstance(decoder, str) else decoder
     results = []
     try:
@@ -781,12 +784,97 @@ def verify_suite(
     return results
 
 
+def read_manifest(suite: str | Path) -> dict:
+    """A suite's ``manifest.json``, checked for what :func:`verify_suite` reads of each entry.
+
+    Every entry needs a string ``name``, ``group`` and ``file`` (a relative path inside the
+    suite); a must-fail entry the name of an :mod:`nnc.errors` class in ``expected_error``
+    and a ``clause``; any other entry an ``expected`` output (:func:`describe_output`).
+
+    Parameters
+    ----------
+    suite : str or ``os.PathLike``
+        The suite's directory.
+
+    Returns
+    -------
+    dict
+        The manifest.
+
+    Raises
+    ------
+    OSError
+        If the manifest cannot be read.
+    nnc.errors.ManifestError
+        If it is not JSON or an entry lacks what it needs; the message names the entry.
+
+    Examples
+    --------
+    >>> import json, tempfile, pathlib
+    >>> from nnc.verify import read_manifest
+    >>> suite = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (suite / "manifest.json").write_text(json.dumps({"streams": [{"name": "a", "group": "must-fail"}]}))
+    >>> read_manifest(suite)
+    Traceback (most recent call last):
+        ...
+    nnc.errors.ManifestError: .../manifest.json: stream 0 ('a'): 'file' must be a string
+    """
+    path = Path(suite) / "manifest.json"
+    try:
+        manifest = json.loads(path.read_bytes())
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise errors.ManifestError(f"{path}: not JSON ({exc})") from None
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise errors.ManifestError(f"{path}: {problem}")
+    return manifest
+
+
+def _manifest_problem(manifest) -> str | None:
+    """What makes ``manifest`` unusable by :func:`verify_suite`, or None."""
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("streams"), list):
+        return "no list of 'streams'"
+    for i, entry in enumerate(manifest["streams"]):
+        if not isinstance(entry, dict):
+            return f"stream {i} is not an object"
+        where = f"stream {i} ({entry.get('name')!r})"
+        for key in ("name", "group", "file"):
+            if not isinstance(entry.get(key), str):
+                return f"{where}: {key!r} must be a string"
+        file = PurePosixPath(entry["file"])
+        if file.is_absolute() or ".." in file.parts or not file.parts:
+            return f"{where}: file {entry['file']!r} is not a path inside the suite"
+        sequence = entry.get("sequence")
+        if sequence is not None and not (isinstance(sequence, dict) and isinstance(sequence.get("id"), str)):
+            return f"{where}: 'sequence' must be an object with a string 'id'"
+        if entry["group"] == "must-fail":
+            error = getattr(errors, str(entry.get("expected_error")), None)
+            if not (isinstance(error, type) and issubclass(error, errors.NNCError)):
+                return f"{where}: 'expected_error' must name a class of nnc.errors"
+            if not isinstance(entry.get("clause"), str):
+                return f"{where}: 'clause' must be a string"
+            continue
+        expected = entry.get("expected")
+        tensor_keys = {"name": str, "dtype": str, "shape": list, "sha256": str}
+        if not (
+            isinstance(expected, dict)
+            and isinstance(expected.get("output_sha256"), str)
+            and isinstance(expected.get("tensors"), list)
+            and all(
+                isinstance(t, dict) and all(isinstance(t.get(k), kind) for k, kind in tensor_keys.items())
+                for t in expected["tensors"]
+            )
+        ):
+            return f"{where}: 'expected' must hold 'output_sha256' and 'tensors' of name, dtype, shape and sha256"
+    return None
+
+
 def _run_entries(suite, manifest, run, results, groups, names, profiles):
     for entry in manifest["streams"]:
         if (
             (groups and entry["group"] not in groups)
             or (names and entry["name"] not in names)
-            or (profiles is not None and entry["profile"] not in profiles)
+            or (profiles is not None and entry.get("profile") not in profiles)
         ):
             continue
         data = (suite / entry["file"]).read_bytes()

@@ -111,3 +111,23 @@ def test_nncodec_decoder_command_agrees_with_the_sheets(oracle):
     with CommandAdapter([sys.executable, str(REPO / "tools" / "nncodec_decoder.py")]) as adapter:
         results = verify_suite(SUITE, adapter, names=agreed)
     assert {r.name for r in results if r.passed} == agreed
+
+
+@pytest.mark.parametrize("manifest, words", [
+    ("garbage", "not JSON"),
+    ('{"streams": 5}', "no list of 'streams'"),
+    ('{"streams": [{"name": "x", "group": "g", "file": "../../etc/passwd", "expected": {}}]}',
+     "stream 0 ('x'): file '../../etc/passwd' is not a path inside the suite"),
+    ('{"streams": [{"name": "x", "group": "must-fail", "file": "x.nnr", "expected_error": "os", "clause": "1"}]}',
+     "'expected_error' must name a class of nnc.errors"),
+    ('{"streams": [{"name": "x", "group": "g", "file": "x.nnr", "expected": {"tensors": [{"name": "w"}]}}]}',
+     "'expected' must hold"),
+])
+def test_a_malformed_manifest_is_one_line_naming_the_entry(tmp_path, manifest, words):
+    # these ended in a JSONDecodeError or TypeError traceback
+    (tmp_path / "manifest.json").write_text(manifest)
+    r = subprocess.run([sys.executable, "-m", "nnc", "verify", str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith(f"nnc: error: {tmp_path / 'manifest.json'}: ") and words in r.stderr, r.stderr
+    with pytest.raises(nnc.errors.ManifestError, match="manifest.json"):
+        verify_suite(tmp_path)
