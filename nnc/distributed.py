@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import mmap
 import os
-import tempfile
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -35,6 +34,7 @@ import numpy as np
 
 from . import container as C
 from . import formats
+from ._files import temp_file_beside
 from .errors import EncodeError
 
 __all__ = [
@@ -181,7 +181,7 @@ def encode_model(model, output, client, **options) -> int:
         ]
 
     output = Path(output)
-    fd, spool = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".units", dir=output.parent)
+    fd, spool = temp_file_beside(output, ".units")
     try:
         with os.fdopen(fd, "w+b") as units:
             summaries = _write_in_order(submit(0), units)
@@ -226,11 +226,8 @@ def _write_in_order(futures, fh) -> list:
 
 
 def _write_atomic_parts(path: Path, head: bytes, rest) -> int:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_file_beside(path)
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as fh:
             fh.write(head)
             while True:

@@ -32,7 +32,6 @@ import math
 import os
 import re
 import struct
-import tempfile
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
@@ -236,15 +235,11 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
     >>> os.listdir(d), os.path.getsize(os.path.join(d, "stream.nnr"))
     (['stream.nnr'], 4)
     """
+    from ._files import temp_file_beside
+
     p = Path(path)
+    fd, tmp = temp_file_beside(p)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent if str(p.parent) else ".")
-    except OSError as exc:  # name the user's path, not the temporary file's
-        raise OSError(exc.errno, f"cannot write there ({exc.strerror})", os.fspath(path)) from None
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

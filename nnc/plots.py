@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from ._files import temp_file_beside
 
 __all__ = ["compare_figure", "rate_snr_figure", "error_histogram"]
 
@@ -43,13 +44,10 @@ def _pyplot():
 def _save(fig, path) -> None:
     """Write the figure atomically (a temporary file in the same directory, then a rename)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix or ".png", dir=path.parent or ".")
+    fd, tmp = temp_file_beside(path, path.suffix or ".png")
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=120, bbox_inches="tight", format=(path.suffix[1:] or "png"))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 -> what a plain open() would have given
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -360,12 +360,32 @@ def _read_pt(path: Path, file_index):
             continue  # (in left_out)
         original = str(v.dtype).replace("torch.", "")
         dtype = "float32" if v.dtype == torch.bfloat16 else original
-        try:
-            np.dtype(dtype)
-        except TypeError:  # float8 and other torch-only dtypes: no numpy array to hand on
-            raise FormatError(f"{path}: unsupported dtype {original} for {name!r}") from None
+        if original not in _PT_DTYPES:  # float8 and other torch-only dtypes: no numpy array to hand on
+            raise FormatError(f"{path}: unsupported dtype {original} for {name!r}")
         out.append(LazyTensor(name, tuple(v.shape), dtype, original, _pt_loader(v, torch), file_index))
     return out, {}, left_out
+
+
+#: The torch dtypes a .pt tensor may have: those ``Tensor.numpy()`` converts, and bfloat16 (read as float32).
+_PT_DTYPES = frozenset(
+    [
+        "float16",
+        "float32",
+        "float64",
+        "bfloat16",
+        "int8",
+        "int16",
+        "int32",
+        "int64",
+        "uint8",
+        "uint16",
+        "uint32",
+        "uint64",
+        "bool",
+        "complex64",
+        "complex128",
+    ]
+)
 
 
 def _pt_loader(tensor, torch):

@@ -31,7 +31,6 @@ import json
 import math
 import os
 import struct
-import tempfile
 import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
+from ._files import temp_file_beside
 from .decoder import (
     RELEASABLE_MAPS,
     DecodedTensors,
@@ -403,11 +403,8 @@ def _index_json(index: dict, files: list) -> bytes:
 
 
 def _temp_in(folder: Path, name: str) -> str:
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    fd, tmp = temp_file_beside(folder / name)
     os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
     return tmp
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import collections
 import math
 import os
-import tempfile
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._files import temp_file_beside
 from ..errors import EncodeError
 from ..reconstruction import DECOMPRESSED_DATA_FORMATS
 from .quantiser import RESTORABLE_FORMATS
@@ -142,11 +142,7 @@ class _AtomicFile:
 
     def __init__(self, path):
         self.path = Path(path)
-        folder = self.path.parent if str(self.path.parent) else Path(".")
-        fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=folder)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self.tmp, 0o666 & ~umask)
+        fd, self.tmp = temp_file_beside(self.path)
         self.fh = os.fdopen(fd, "wb")
 
     def commit(self) -> None:

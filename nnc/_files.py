@@ -1,0 +1,63 @@
+"""Files written whole or not at all: a temporary file beside the target, renamed over it once complete.
+
+Every writer of nnc (streams, model files, checkpoint folders, plots) takes its temporary file
+from :func:`temp_file_beside`, so that the checks and the permissions are the same everywhere.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from pathlib import Path
+
+
+def temp_file_beside(path, suffix: str = ".tmp") -> tuple[int, str]:
+    """(descriptor, name) of a new temporary file in ``path``'s folder, for a write renamed over ``path``.
+
+    The file gets the permissions a plain ``open()`` would give (0666 less the umask), not
+    ``mkstemp``'s 0600.  Errors name ``path``, the user's, not the temporary file.
+
+    Parameters
+    ----------
+    path : str or ``os.PathLike``
+        The file to be written.
+    suffix : str
+        The temporary file's suffix.
+
+    Returns
+    -------
+    tuple of (int, str)
+        An open descriptor (the caller closes it) and the temporary file's name.
+
+    Raises
+    ------
+    IsADirectoryError
+        If ``path`` is an existing folder.
+    OSError
+        If the folder does not exist or cannot take a new file.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from nnc._files import temp_file_beside
+    >>> d = tempfile.mkdtemp()
+    >>> fd, tmp = temp_file_beside(os.path.join(d, "m.nnr"))
+    >>> os.close(fd); os.path.dirname(tmp) == d, os.path.basename(tmp).startswith(".m.nnr.")
+    (True, True)
+    >>> temp_file_beside(d)
+    Traceback (most recent call last):
+        ...
+    IsADirectoryError: [Errno 21] a folder, not a file: give a file name: '...'
+    """
+    p = Path(path)
+    if p.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "a folder, not a file: give a file name", os.fspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=suffix, dir=p.parent if str(p.parent) else ".")
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot write there ({exc.strerror})", os.fspath(path)) from None
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    return fd, tmp
