@@ -1807,6 +1807,10 @@ def main(argv=None) -> int:
         return args.func(args)
     except NNCError as exc:
         return _fail(str(exc))
+    except BrokenPipeError:  # the reader of our output went away (| head): stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FAIL
     except OSError as exc:
         return _fail(f"{exc.filename or ''}: {exc.strerror or exc}")
     except KeyError as exc:

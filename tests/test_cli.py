@@ -437,3 +437,14 @@ def test_info_names_the_engine(model, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["engine"] == engine_name()
     assert cli.main(["info", str(out)]) == 0
     assert f"read by the {engine_name()} engine" in capsys.readouterr().out.splitlines()[0]
+
+
+def test_a_closed_pipe_ends_the_output_quietly(tmp_path):
+    # `nnc info big.nnr | head -1` printed "nnc: error: : Broken pipe"
+    stream = tmp_path / "many.nnr"
+    stream.write_bytes(nnc.encode({f"layer{i}.w": np.full((2, 2), 0.5, np.float32) for i in range(2000)}, qp=-8))
+    proc = subprocess.Popen(CMD + ["info", str(stream)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline().startswith(str(stream).encode())
+    proc.stdout.close()                      # 2000 lines do not fit the pipe: the writer meets EPIPE
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 1 and err == ""
