@@ -283,6 +283,12 @@ def cmd_encode(args) -> int:
     if args.state:
         state = EncoderState.load(args.state) if Path(args.state).exists() else EncoderState()
         options.update(state=state, tca=args.tca, hdsp=args.hdsp, differences=args.differences)
+        if args.differences and state.depths and not state.model:
+            _tell(
+                args.quiet or args.json,
+                f"nnc: note: {args.state} holds no model (its streams were not coded with --differences), so "
+                "this stream carries full values; the updates after it carry differences",
+            )
     elif args.differences:
         return _fail("--differences needs --state")
     allocated = None

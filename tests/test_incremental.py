@@ -236,3 +236,18 @@ def test_differences_survive_the_state_file_and_the_cli(tmp_path):
     assert main(["encode", str(tmp_path / "m0.npz"), "--differences", "-q"]) == 1
     with pytest.raises(nnc.EncodeError, match="differences=True needs a state"):
         Encoder(differences=True)
+
+
+def test_differences_after_a_state_of_full_values_say_what_the_stream_carries(tmp_path, capsys):
+    from nnc import formats
+    from nnc.cli import main
+
+    (tmp_path / "m.npz").write_bytes(formats.npz_bytes(_tensors(np.random.default_rng(11), 0.05)))
+    args = ["encode", str(tmp_path / "m.npz"), "--qp", "-34", "--state", str(tmp_path / "tx")]
+    assert main(args + ["-o", str(tmp_path / "s0.nnr"), "-q"]) == 0          # full values, no model kept
+    capsys.readouterr()
+    assert main(args + ["-o", str(tmp_path / "s1.nnr"), "--differences"]) == 0
+    assert "holds no model" in capsys.readouterr().err                     # said nothing before
+    assert not nnc.Decoder(tmp_path / "s1.nnr").differences
+    assert main(args + ["-o", str(tmp_path / "s2.nnr"), "--differences"]) == 0
+    assert "holds no model" not in capsys.readouterr().err and nnc.Decoder(tmp_path / "s2.nnr").differences
