@@ -360,49 +360,10 @@ def read_safetensors(path) -> tuple["OrderedDict[str, np.ndarray]", dict]:
     >>> tensors["w"].tolist(), tensors["step"].shape, dtypes
     ([[1.0, -3.0]], (), {'w': 'bfloat16', 'step': 'int64'})
     """
-    data = Path(path).read_bytes()
-    if len(data) < 8:
-        raise FormatError(f"{path}: too short for safetensors")
-    (hlen,) = struct.unpack("<Q", data[:8])
-    if 8 + hlen > len(data):
-        raise FormatError(f"{path}: safetensors header runs past the end of the file")
-    try:
-        header = json.loads(data[8 : 8 + hlen])
-    except ValueError:
-        raise FormatError(f"{path}: safetensors header is not JSON") from None
-    body = memoryview(data)[8 + hlen :]
-    try:
-        return _safetensors_tensors(path, header, body)
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
-        # a header entry without its fields, of the wrong types, or a shape that does not fit its bytes
-        raise FormatError(f"{path}: malformed safetensors header ({type(exc).__name__}: {exc})") from None
+    from .readers import _read_safetensors  # the lazy reader's checks, every tensor loaded
 
-
-def _safetensors_tensors(path, header, body):
-    if not isinstance(header, dict):
-        raise FormatError(f"{path}: safetensors header is not a JSON object")
-    items = [(k, v) for k, v in header.items() if k != "__metadata__"]
-    items.sort(key=lambda kv: kv[1]["data_offsets"][0])
-    out, dtypes = OrderedDict(), {}
-    for name, info in items:
-        start, end = info["data_offsets"]
-        if not (isinstance(start, int) and isinstance(end, int)):
-            raise FormatError(f"{path}: tensor {name!r} has non-integer data offsets")
-        shape = tuple(int(d) for d in info["shape"])
-        if not 0 <= start <= end <= len(body):
-            raise FormatError(f"{path}: tensor {name!r} lies outside the file")
-        st = info["dtype"]
-        if st == "BF16":
-            raw = np.frombuffer(body[start:end], dtype="<u2").reshape(shape)
-            out[name] = bfloat16_to_float32(raw)
-            dtypes[name] = "bfloat16"
-        elif st in _ST_DTYPES:
-            arr = np.frombuffer(body[start:end], dtype=_ST_DTYPES[st]).reshape(shape)
-            out[name] = arr.astype(arr.dtype.newbyteorder("="))
-            dtypes[name] = out[name].dtype.name
-        else:
-            raise FormatError(f"{path}: unsupported safetensors dtype {st} for {name!r}")
-    return out, dtypes
+    tensors, _, _ = _read_safetensors(Path(path), None)
+    return OrderedDict((t.name, t.load()) for t in tensors), {t.name: t.original_dtype for t in tensors}
 
 
 def safetensors_bytes(tensors, dtypes: dict | None = None, metadata: dict | None = None) -> bytes:

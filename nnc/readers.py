@@ -292,6 +292,8 @@ def _read_safetensors(path: Path, file_index):
         for name, info in items:
             start, end = info["data_offsets"]
             shape = tuple(int(d) for d in info["shape"])
+            if any(d < 0 for d in shape):
+                raise FormatError(f"{path}: tensor {name!r} has a negative dimension in {list(shape)}")
             st = info["dtype"]
             if not (isinstance(start, int) and isinstance(end, int)) or not 0 <= start <= end <= body_size:
                 raise FormatError(f"{path}: tensor {name!r} lies outside the file")
@@ -314,6 +316,8 @@ def _read_safetensors(path: Path, file_index):
                     file_index,
                 )
             )
+    except FormatError:
+        raise  # (a ValueError too) already says what is wrong
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
         raise FormatError(f"{path}: malformed safetensors header ({type(exc).__name__}: {exc})") from None
     return out, metadata, []

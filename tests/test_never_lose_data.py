@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -609,3 +610,15 @@ def test_an_output_that_is_a_folder_names_the_folder_not_a_temporary_file(model,
     assert_refused(code, err, folder, "a folder, not a file")
     assert ".tmp" not in err and list(folder.iterdir()) == []
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("shape", [[-1, 4], [-2, -2]])
+def test_a_safetensors_shape_with_a_negative_dimension_is_refused(tmp_path, capsys, shape):
+    # the whole-file reader reshaped [-1, 4] to (1, 4) and compared the file with itself as fine;
+    # [-2, -2] has a product that fits its 16 bytes
+    header = json.dumps({"w": {"dtype": "F32", "shape": shape, "data_offsets": [0, 16]}}).encode()
+    path = tmp_path / "neg.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + bytes(16))
+    for argv in (("encode", path, "-o", tmp_path / "x.nnr"), ("compare", path, path)):
+        code, _, err = cli(capsys, *argv)
+        assert_refused(code, err, path, "negative dimension")
