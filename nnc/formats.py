@@ -492,6 +492,8 @@ def _npy_header(path, member, fh) -> tuple:
         raise FormatError(f"{path}: {member.filename}: unsupported .npy version {version}")
     if dtype.hasobject or dtype.kind not in "biufc":
         raise FormatError(f"{path}: {member.filename}: dtype {dtype} is not numeric (pickled objects are refused)")
+    if any(d < 0 for d in shape):
+        raise FormatError(f"{path}: {member.filename}: a negative dimension in {list(shape)}")
     return shape, fortran, dtype
 
 

@@ -622,3 +622,19 @@ def test_a_safetensors_shape_with_a_negative_dimension_is_refused(tmp_path, caps
     for argv in (("encode", path, "-o", tmp_path / "x.nnr"), ("compare", path, path)):
         code, _, err = cli(capsys, *argv)
         assert_refused(code, err, path, "negative dimension")
+
+
+@pytest.mark.parametrize("shape", [(-1, 4), (-2, -2)])
+def test_an_npy_shape_with_a_negative_dimension_is_refused(tmp_path, capsys, shape):
+    import io
+    import zipfile
+
+    member = io.BytesIO()
+    np.lib.format.write_array_header_1_0(member, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    member.write(np.ones(8, np.float32).tobytes())
+    path = tmp_path / "neg.npz"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("w.npy", member.getvalue())
+    for argv in (("encode", path, "-o", tmp_path / "x.nnr"), ("compare", path, path)):
+        code, _, err = cli(capsys, *argv)
+        assert_refused(code, err, path, "negative dimension")
