@@ -775,17 +775,14 @@ def read_onnx(path):
     >>> tensors["w"].shape, dtypes
     ((2, 2), {'w': 'float32'})
     """
-    onnx, numpy_helper = _onnx()
-    try:
-        model = onnx.load(os.fspath(path))
-    except Exception as exc:
-        raise FormatError(f"{path}: cannot load as ONNX: {exc}") from None
-    try:
-        out = OrderedDict((name, numpy_helper.to_array(t)) for name, t in _onnx_weights(model.graph).items())
-    except FormatError as exc:
-        raise FormatError(f"{path}: {exc}") from None
-    except Exception as exc:  # a damaged initializer: wrong sizes, unknown data types
-        raise FormatError(f"{path}: damaged ONNX initializer: {exc}") from None
+    from .readers import _read_onnx  # the lazy reader's checks, every tensor loaded
+
+    tensors, _, _ = _read_onnx(Path(path), None)
+    out = OrderedDict()
+    for t in tensors:
+        out[t.name] = t.load()
+        if out[t.name].shape != tuple(t.shape):
+            raise FormatError(f"{path}: damaged ONNX initializer {t.name!r}: its data do not fill its dims {t.shape}")
     return out, {k: v.dtype.name for k, v in out.items()}
 
 

@@ -420,6 +420,8 @@ def _read_onnx(path: Path, file_index):
         except Exception as exc:
             raise FormatError(f"{path}: damaged ONNX initializer {name!r}: {exc}") from None
         shape = tuple(int(d) for d in init.dims)
+        if any(d < 0 for d in shape):
+            raise FormatError(f"{path}: damaged ONNX initializer {name!r}: a negative dimension in {list(shape)}")
         if init.data_location == onnx.TensorProto.EXTERNAL:
             loader = _onnx_external_loader(path, init, dtype, shape)
         else:

@@ -638,3 +638,19 @@ def test_an_npy_shape_with_a_negative_dimension_is_refused(tmp_path, capsys, sha
     for argv in (("encode", path, "-o", tmp_path / "x.nnr"), ("compare", path, path)):
         code, _, err = cli(capsys, *argv)
         assert_refused(code, err, path, "negative dimension")
+
+
+@pytest.mark.parametrize("dims, count", [([-1, 4], 8), ([-2, -2], 4)])
+def test_an_onnx_initializer_with_a_negative_dimension_is_refused(tmp_path, capsys, dims, count):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    init = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=dims, raw_data=np.ones(count, np.float32).tobytes())
+    graph = helper.make_graph([helper.make_node("Identity", ["w"], ["y"])], "g", [],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [init])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    path = tmp_path / "neg.onnx"
+    onnx.save(model, path)
+    for argv in (("encode", path, "-o", tmp_path / "x.nnr"), ("compare", path, path)):   # compare took [-1, 4]
+        code, _, err = cli(capsys, *argv)
+        assert_refused(code, err, path, "negative dimension")
