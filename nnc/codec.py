@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from .encoding.quantiser import as_float_array, is_finite
 from .errors import DecodeError, EncodeError
 
 try:  # numcodecs is optional
@@ -94,6 +93,7 @@ class NNC(_CodecBase):
     def encode(self, buf) -> bytes:
         """The NNC stream of one chunk (an array, or anything with the buffer protocol)."""
         from .encoder import Encoder
+        from .encoding.quantiser import is_finite
 
         chunk = _as_array(buf)
         options = dict(dq=self.dq, rdoq_lambda=self.rdoq_lambda, nonweight_qp=None)
@@ -113,6 +113,7 @@ class NNC(_CodecBase):
         chunk is stored raw instead when that is smaller than its coded stream at the qp found.
         """
         from .encoder import Encoder
+        from .encoding.quantiser import as_float_array
 
         options = dict(options, raw_when_smaller=False)
         as_float_array(CHUNK_TENSOR, chunk)  # the encoder's refusal of values beyond float32 comes first

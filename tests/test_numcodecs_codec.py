@@ -114,3 +114,14 @@ def test_zarr_array_with_the_codec():
         for j in range(0, 30, 16):
             c, b = x[i:i + 16, j:j + 16].astype(np.float64), back[i:i + 16, j:j + 16]
             assert 10 * np.log10((c**2).sum() / ((c - b) ** 2).sum()) >= 30
+
+
+def test_decoding_chunks_does_not_load_the_encoder():
+    import subprocess
+    import sys
+
+    stream = NNC(qp=-20).encode(np.linspace(-1, 1, 16, dtype=np.float32))
+    code = ("import sys; from nnc.codec import NNC; NNC().decode(sys.stdin.buffer.read()); "
+            "loaded = [m for m in sys.modules if m.startswith(('nnc.encod', 'nnc.search'))]; "
+            "assert not loaded, loaded")
+    subprocess.run([sys.executable, "-c", code], input=stream, check=True)
