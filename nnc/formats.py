@@ -360,10 +360,21 @@ def read_safetensors(path) -> tuple["OrderedDict[str, np.ndarray]", dict]:
     >>> tensors["w"].tolist(), tensors["step"].shape, dtypes
     ([[1.0, -3.0]], (), {'w': 'bfloat16', 'step': 'int64'})
     """
-    from .readers import _read_safetensors  # the lazy reader's checks, every tensor loaded
+    return _read_all("safetensors", path)
 
-    tensors, _, _ = _read_safetensors(Path(path), None)
-    return OrderedDict((t.name, t.load()) for t in tensors), {t.name: t.original_dtype for t in tensors}
+
+def _read_all(fmt: str, path) -> tuple["OrderedDict[str, np.ndarray]", dict]:
+    """Every tensor of the ``fmt`` file at ``path``, read by :mod:`nnc.readers`' lazy reader of that format
+    (one parser per format, its checks included), and {name: original dtype name}."""
+    from .readers import _READERS
+
+    tensors, _, _ = _READERS[fmt](Path(path), None)
+    out: OrderedDict[str, np.ndarray] = OrderedDict()
+    for t in tensors:
+        out[t.name] = t.load()
+        if out[t.name].shape != tuple(t.shape):
+            raise FormatError(f"{path}: tensor {t.name!r} has shape {out[t.name].shape}, its header says {t.shape}")
+    return out, {t.name: t.original_dtype for t in tensors}
 
 
 def safetensors_bytes(tensors, dtypes: dict | None = None, metadata: dict | None = None) -> bytes:
@@ -590,11 +601,7 @@ def read_pt(path):
     >>> tensors["w"].dtype.name, tensors["w"].tolist(), dtypes
     ('float32', [1.0, -3.0], {'w': 'bfloat16'})
     """
-    from .readers import _read_pt  # the lazy reader's checks and conversions, every tensor loaded
-
-    tensors, _, _ = _read_pt(Path(path), None)
-    out = OrderedDict((t.name, t.load()) for t in tensors)
-    return out, {t.name: t.original_dtype for t in tensors}
+    return _read_all("pt", path)
 
 
 def _is_torchscript(path) -> bool:
@@ -775,15 +782,7 @@ def read_onnx(path):
     >>> tensors["w"].shape, dtypes
     ((2, 2), {'w': 'float32'})
     """
-    from .readers import _read_onnx  # the lazy reader's checks, every tensor loaded
-
-    tensors, _, _ = _read_onnx(Path(path), None)
-    out = OrderedDict()
-    for t in tensors:
-        out[t.name] = t.load()
-        if out[t.name].shape != tuple(t.shape):
-            raise FormatError(f"{path}: damaged ONNX initializer {t.name!r}: its data do not fill its dims {t.shape}")
-    return out, {k: v.dtype.name for k, v in out.items()}
+    return _read_all("onnx", path)
 
 
 def onnx_bytes(tensors, dtypes=None, template=None) -> bytes:
