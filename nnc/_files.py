@@ -61,3 +61,42 @@ def temp_file_beside(path, suffix: str = ".tmp") -> tuple[int, str]:
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)
     return fd, tmp
+
+
+def same_file(a, b) -> bool:
+    """Whether two paths name one file (the same path, a symlink or a hard link to it).
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from nnc._files import same_file
+    >>> d = tempfile.mkdtemp()
+    >>> same_file(os.path.join(d, "m.nnr"), os.path.join(d, ".", "m.nnr")), same_file(d, os.path.join(d, "x"))
+    (True, False)
+    """
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
+def refuse_overwriting(output, inputs: dict) -> None:
+    """Raise ``FileExistsError`` naming ``output`` if it is one of ``inputs`` ({what: path or None}; no output, no check).
+
+    Examples
+    --------
+    >>> from nnc._files import refuse_overwriting
+    >>> refuse_overwriting("m.safetensors", {"model": "./m.safetensors"})
+    Traceback (most recent call last):
+        ...
+    FileExistsError: [Errno 17] the output is the model (./m.safetensors); refusing to overwrite an input: 'm.safetensors'
+    """
+    if output is None:
+        return
+    for what, path in inputs.items():
+        if path is not None and same_file(output, path):
+            raise FileExistsError(
+                errno.EEXIST,
+                f"the output is the {what} ({os.fspath(path)}); refusing to overwrite an input",
+                os.fspath(output),
+            )

@@ -130,18 +130,12 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
-def _same_file(a, b) -> bool:
-    """Whether two paths name one file (the same path, a symlink or a hard link to it)."""
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return os.path.abspath(a) == os.path.abspath(b)
-
-
 def _refuse_overwriting_inputs(output, inputs: dict):
     """A message if ``output`` is one of the command's input files ({option: path}), else None."""
+    from ._files import same_file
+
     for option, path in inputs.items():
-        if path and _same_file(output, path):
+        if path and same_file(output, path):
             return f"{output}: the output is the {option} ({path}); refusing to overwrite an input"
     folder = os.path.dirname(os.path.abspath(output))
     if not os.path.isdir(folder):

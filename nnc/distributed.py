@@ -34,7 +34,7 @@ import numpy as np
 
 from . import container as C
 from . import formats
-from ._files import temp_file_beside
+from ._files import refuse_overwriting, temp_file_beside
 from .errors import EncodeError
 
 __all__ = [
@@ -158,6 +158,7 @@ def encode_model(model, output, client, **options) -> int:
 
     if not isinstance(model, (str, os.PathLike)):
         raise EncodeError("on a Dask cluster the model must be a path the workers can read")
+    refuse_overwriting(output, {"model": model})
     for option in ("state", "differences", "importance", "sigmas"):
         if options.get(option):
             raise EncodeError(f"the option {option!r} is not available on a Dask cluster")
@@ -327,6 +328,7 @@ def decode_model(stream, output, client, *, threads: int = 1, **decoder_options)
 
     if not isinstance(stream, (str, os.PathLike)):
         raise TypeError("on a Dask cluster the stream must be a path the workers can read")
+    refuse_overwriting(output, {"stream": stream})
     path = os.path.abspath(os.fspath(stream))
     fh, mm = _open_stream(path)
     dec: Decoder | None = None
@@ -452,6 +454,7 @@ def decode_to_path(
 
     if not isinstance(stream, (str, os.PathLike)):
         raise TypeError("on a Dask cluster the stream must be a path the workers can read")
+    refuse_overwriting(output, {"stream": stream})
     path = os.path.abspath(os.fspath(stream))
     mapped = writers.map_stream(path)
     dec = Decoder(mapped if mapped is not None else path, **decoder_options)

@@ -70,6 +70,8 @@ def encode_model(model, output=None, *, client=None, **options) -> bytes:
         unknown or needs a missing back end (torch, onnx).
     nnc.errors.EncodeError
         If an option is invalid or a tensor cannot be encoded.
+    FileExistsError
+        If ``output`` is the model file itself (nothing is written).
     OSError
         If ``output`` cannot be written.
 
@@ -85,8 +87,11 @@ def encode_model(model, output=None, *, client=None, **options) -> bytes:
         ...
     nnc.formats.FormatError: .../model.nnr is an NNC stream, not a model; use decode
     """
+    from ._files import refuse_overwriting
     from .encoder import Encoder
 
+    if output is not None and not isinstance(model, Mapping):
+        refuse_overwriting(output, {"model": model})
     if client is not None:
         from . import distributed
 
@@ -324,6 +329,8 @@ def decode_model(
     nnc.formats.FormatError
         If ``output`` has an unknown extension, is ONNX without a
         ``template``, or needs a missing back end.
+    FileExistsError
+        If ``output`` is the stream file or the template itself (nothing is written).
     OSError
         If ``output`` cannot be written.
 
@@ -338,6 +345,12 @@ def decode_model(
     >>> list(written), dtypes, written["n"].shape
     (['w', 'n'], {'w': 'float32', 'n': 'int64'}, ())
     """
+    if output is not None:
+        from ._files import refuse_overwriting
+
+        refuse_overwriting(
+            output, {"stream": stream if isinstance(stream, (str, os.PathLike)) else None, "template": template}
+        )
     if client is not None and template is None:
         from . import distributed
 

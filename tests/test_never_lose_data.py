@@ -654,3 +654,16 @@ def test_an_onnx_initializer_with_a_negative_dimension_is_refused(tmp_path, caps
     for argv in (("encode", path, "-o", tmp_path / "x.nnr"), ("compare", path, path)):   # compare took [-1, 4]
         code, _, err = cli(capsys, *argv)
         assert_refused(code, err, path, "negative dimension")
+
+
+def test_the_api_refuses_to_write_over_its_input(model, stream, tmp_path):
+    # nnc.encode_model(path, path) wrote the stream over the model (the CLI refused, the API did not)
+    before = Path(model).read_bytes()
+    with pytest.raises(FileExistsError, match="the output is the model"):
+        nnc.encode_model(model, Path(model).parent / "." / Path(model).name)
+    assert Path(model).read_bytes() == before
+    as_npz = tmp_path / "stream.npz"              # a stream file whose name a model output could take
+    as_npz.write_bytes(Path(stream).read_bytes())
+    with pytest.raises(FileExistsError, match="the output is the stream"):
+        nnc.decode_model(as_npz, as_npz)
+    assert as_npz.read_bytes() == Path(stream).read_bytes()
