@@ -60,6 +60,7 @@ values with fewer unit headers.
 
 from __future__ import annotations
 
+import math
 import random
 import sys
 import time
@@ -228,11 +229,15 @@ class _Evaluator:
 
 def _as_scores(value):
     """A scalar score as a float, per-sample scores as a 1-D float array."""
-    arr = np.asarray(value, dtype=np.float64)
+    problem = "evaluate must return a number or a non-empty 1-D array of finite per-sample scores"
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise EncodeError(f"{problem}, not {value!r:.80}") from None
     if arr.ndim == 0:
         return float(arr)
     if arr.ndim != 1 or arr.size == 0 or not np.all(np.isfinite(arr)):
-        raise EncodeError("evaluate must return a number or a non-empty 1-D array of finite per-sample scores")
+        raise EncodeError(problem)
     return arr
 
 
@@ -418,9 +423,15 @@ def search(
     >>> [c.bytes for c in res.pareto] == sorted(c.bytes for c in res.pareto)
     True
     """
+    if not (isinstance(tolerance, (int, float, np.number)) and 0 <= tolerance < math.inf):
+        raise EncodeError(f"tolerance must be a finite number >= 0, not {tolerance!r}")
+    if qp_range is not None and len(qp_range) == 0:
+        raise EncodeError("qp_range is empty: give the qps the search may try")
     tensors = {k: np.asarray(v) for k, v in tensors.items()}
     measure = _Bound(_as_scores(evaluate({k: v.copy() for k, v in tensors.items()})), z)
     reference = measure.reference
+    if not math.isfinite(reference):
+        raise EncodeError(f"evaluate gave {reference} for the original tensors: the search needs a finite score there")
     floor = reference - tolerance
     _warn_if_unresolvable(measure.samples, tolerance)
     if check_moves and check is None:

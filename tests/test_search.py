@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nnc import demo
+from nnc.errors import EncodeError
 from nnc.formats import read_model
 from nnc.search import search
 
@@ -482,3 +483,16 @@ def test_first_improvement_skips_moves_that_save_too_little_unscored():
     scored.clear()
     moves._first_improvement(list(saving), 1, set())
     assert len(scored) == len(saving)
+
+
+@pytest.mark.parametrize("evaluate, options, words", [
+    (lambda t: float("nan"), {}, "evaluate gave nan for the original tensors"),   # ended with no result, silently
+    (lambda t: "high", {}, "evaluate must return a number"),                      # a ValueError from numpy
+    (lambda t: 1.0, {"tolerance": -1}, "tolerance must be a finite number >= 0"),  # ended with no result
+    (lambda t: 1.0, {"qp_range": range(0)}, "qp_range is empty"),                 # "time budget too small?"
+])
+def test_a_misused_search_says_what_is_wrong(evaluate, options, words):
+    w = {"w": np.random.default_rng(0).normal(0, 0.1, (8, 8)).astype(np.float32)}
+    kwargs = dict(tolerance=1e-3, qp_range=range(-30, -20), progress=False, time_budget=5)
+    with pytest.raises(EncodeError, match=words):
+        search(w, evaluate, **dict(kwargs, **options))
