@@ -1817,6 +1817,8 @@ def main(argv=None) -> int:
         return _fail(str(exc.args[0]) if exc.args else str(exc))
     except KeyboardInterrupt:
         return _fail("interrupted")
+    except MemoryError:  # an input larger than memory (a device such as /dev/zero read whole): one line
+        return _fail("out of memory (an input larger than this machine's memory?); nothing written")
 
 
 if __name__ == "__main__":

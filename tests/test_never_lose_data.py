@@ -667,3 +667,19 @@ def test_the_api_refuses_to_write_over_its_input(model, stream, tmp_path):
     with pytest.raises(FileExistsError, match="the output is the stream"):
         nnc.decode_model(as_npz, as_npz)
     assert as_npz.read_bytes() == Path(stream).read_bytes()
+
+
+def test_running_out_of_memory_is_one_line(stream, tmp_path, capsys, monkeypatch):
+    # `nnc info /dev/zero` read the device whole and ended in a MemoryError traceback
+    import nnc.decoder
+
+    def exhausted(data):
+        raise MemoryError
+
+    monkeypatch.setattr(nnc.decoder, "read_input", exhausted)
+    out = tmp_path / "never.npz"
+    for argv in (("info", stream), ("decode", stream, "-o", out)):
+        code, _, err = cli(capsys, *argv)
+        assert code == 1 and err == "nnc: error: out of memory (an input larger than this machine's memory?); " \
+                                    "nothing written\n"
+    assert not out.exists()
