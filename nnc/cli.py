@@ -183,6 +183,16 @@ def _not_a_stream(path):
 # -- encode --------------------------------------------------------------------------
 
 
+def _stream_output(args) -> str:
+    """Where ``nnc encode`` writes: ``-o``, inside it when it ends in a slash (a folder), else beside the model."""
+    beside = Path(args.model).with_suffix(".nnr")
+    if not args.output:
+        return str(beside)
+    if args.output.endswith(("/", os.sep)):  # a folder: the model's name with .nnr in it
+        return os.path.join(args.output, beside.name)
+    return args.output
+
+
 def cmd_encode(args) -> int:
     from . import formats, models, readers
     from .encoder import EncoderState
@@ -195,7 +205,7 @@ def cmd_encode(args) -> int:
     if args.check_moves and not args.check:
         return _fail("--check-moves checks the --check score during the search; give --check too")
     refused = _refuse_overwriting_inputs(
-        args.output or str(Path(args.model).with_suffix(".nnr")),
+        _stream_output(args),
         {
             "model": args.model,
             "--state file": args.state,
@@ -297,7 +307,7 @@ def cmd_encode(args) -> int:
             )
         options["qp_per_tensor"] = dict(allocated, **options["qp_per_tensor"])  # explicit --tensor-qp wins
         del tensors
-    out = args.output or str(Path(args.model).with_suffix(".nnr"))
+    out = _stream_output(args)
     with _EncodeProgress(source, args.quiet or args.json) as progress, _errors_name(args.model, EncodeError):
         summary = models.encode_model_to(source, out, progress=progress, measure=not args.state, **options)
     if args.state:
@@ -433,7 +443,7 @@ def _encode_on_cluster(args, options) -> int:
     options.pop("dtypes", None)
     if args.threads is None:
         options["threads"] = 1
-    out = args.output or str(Path(args.model).with_suffix(".nnr"))
+    out = _stream_output(args)
     try:
         client, owned = distributed.get_client(args.scheduler)
     except (ImportError, ValueError, OSError) as exc:
@@ -574,7 +584,7 @@ def _encode_search(args, tensors, options) -> int:
             f"({result.reference_score:.6g}; {len(result.candidates)} candidates tried)"
         )
     best = result.best
-    out = args.output or str(Path(args.model).with_suffix(".nnr"))
+    out = _stream_output(args)
     formats.write_atomic(out, best.stream)
     n = sum(int(np.asarray(v).size) for v in tensors.values())
     summary = dict(
@@ -1495,7 +1505,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="model file (the format is detected from its content), or a sharded "
         "checkpoint: its folder or its model.safetensors.index.json",
     )
-    p.add_argument("-o", "--output", help="output stream (default: MODEL with .nnr)")
+    p.add_argument(
+        "-o",
+        "--output",
+        help="output stream, or a folder (ending in /) to write MODEL's name with .nnr in (default: MODEL with .nnr)",
+    )
     q = p.add_mutually_exclusive_group()
     q.add_argument("--qp", type=int, help="global quantisation parameter (default -38)")
     q.add_argument("--step", type=float, help="target step size, mapped to the nearest qp")

@@ -448,3 +448,13 @@ def test_a_closed_pipe_ends_the_output_quietly(tmp_path):
     proc.stdout.close()                      # 2000 lines do not fit the pipe: the writer meets EPIPE
     err = proc.stderr.read().decode()
     assert proc.wait() == 1 and err == ""
+
+
+def test_encode_into_a_folder_named_with_a_slash(model, tmp_path):
+    path, _ = model
+    (tmp_path / "out").mkdir()
+    r = run("encode", path, "-o", f"{tmp_path / 'out'}/")      # wrote a file named "out" beside the folder before
+    assert r.returncode == 0, r.stderr
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["m.nnr"]
+    r = run("encode", path, "-o", f"{tmp_path / 'nowhere'}/")
+    assert r.returncode == 1 and "folder" in r.stderr and not (tmp_path / "nowhere").exists()
