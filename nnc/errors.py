@@ -257,6 +257,19 @@ class ManifestError(NNCError, ValueError):
 
     The message names the manifest and the entry.  The parameters are those of
     :class:`~nnc.errors.NNCError`.
+
+    Examples
+    --------
+    >>> import json, tempfile, pathlib
+    >>> from nnc.errors import ManifestError
+    >>> from nnc.verify import verify_suite
+    >>> suite = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (suite / "manifest.json").write_text(json.dumps({"streams": [{"name": "a"}]}))
+    >>> try:
+    ...     verify_suite(suite)
+    ... except ManifestError as exc:
+    ...     print(str(exc).split(": ", 1)[1])
+    stream 0 ('a'): 'group' must be a string
     """
 
 
