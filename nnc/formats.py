@@ -503,9 +503,15 @@ def _npy_header(path, member, fh) -> tuple:
         raise FormatError(f"{path}: {member.filename}: unsupported .npy version {version}")
     if dtype.hasobject or dtype.kind not in "biufc":
         raise FormatError(f"{path}: {member.filename}: dtype {dtype} is not numeric (pickled objects are refused)")
+    return _dims(f"{path}: {member.filename}", shape), fortran, dtype
+
+
+def _dims(where: str, dims) -> tuple:
+    """``dims`` of a tensor header as a shape; a FormatError naming ``where`` if one is negative."""
+    shape = tuple(int(d) for d in dims)
     if any(d < 0 for d in shape):
-        raise FormatError(f"{path}: {member.filename}: a negative dimension in {list(shape)}")
-    return shape, fortran, dtype
+        raise FormatError(f"{where}: a negative dimension in {list(shape)}")
+    return shape
 
 
 def _read_npy_member(path, member, fh) -> np.ndarray:

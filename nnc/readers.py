@@ -291,9 +291,7 @@ def _read_safetensors(path: Path, file_index):
         )
         for name, info in items:
             start, end = info["data_offsets"]
-            shape = tuple(int(d) for d in info["shape"])
-            if any(d < 0 for d in shape):
-                raise FormatError(f"{path}: tensor {name!r} has a negative dimension in {list(shape)}")
+            shape = formats._dims(f"{path}: tensor {name!r}", info["shape"])
             st = info["dtype"]
             if not (isinstance(start, int) and isinstance(end, int)) or not 0 <= start <= end <= body_size:
                 raise FormatError(f"{path}: tensor {name!r} lies outside the file")
@@ -419,9 +417,7 @@ def _read_onnx(path: Path, file_index):
             dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(init.data_type))
         except Exception as exc:
             raise FormatError(f"{path}: damaged ONNX initializer {name!r}: {exc}") from None
-        shape = tuple(int(d) for d in init.dims)
-        if any(d < 0 for d in shape):
-            raise FormatError(f"{path}: damaged ONNX initializer {name!r}: a negative dimension in {list(shape)}")
+        shape = formats._dims(f"{path}: damaged ONNX initializer {name!r}", init.dims)
         if init.data_location == onnx.TensorProto.EXTERNAL:
             loader = _onnx_external_loader(path, init, dtype, shape)
         else:
