@@ -342,51 +342,58 @@ PACKAGED = {"silero": silero}
 MAGIKA_FILES_COMMIT = "e4643382b12c53e4970f17798e8556d679377f99"
 
 
-def _committed_files(commit: str) -> dict[str, bytes] | None:
-    """{path: contents} of the regular files of ``commit``'s tree; None when git or the commit is not there."""
-    def git(*argv, **kw):
-        return subprocess.run(["git", "-C", str(REPO), *argv], check=True, capture_output=True, **kw).stdout
+def _git(*argv, **kw) -> bytes:
+    return subprocess.run(["git", "-C", str(REPO), *argv], check=True, capture_output=True, **kw).stdout
 
+
+def _committed_names(commit: str) -> list[str] | None:
+    """The regular files of ``commit``'s tree; None when git or the commit is not there."""
     try:
-        listed = git("ls-tree", "-r", "-z", commit)
-        names = [entry.split(b"\t", 1)[1].decode() for entry in listed.split(b"\0")
-                 if entry and entry.split(b" ", 2)[:2] in ([b"100644", b"blob"], [b"100755", b"blob"])]
-        batch = git("cat-file", "--batch", input="".join(f"{commit}:{n}\n" for n in names).encode())
+        listed = _git("ls-tree", "-r", "-z", commit)
     except (OSError, subprocess.CalledProcessError):
         return None
-    out, at = {}, 0
-    for name in names:                            # each: "<sha> blob <size>\n<contents>\n"
+    return [entry.split(b"\t", 1)[1].decode() for entry in listed.split(b"\0")
+            if entry and entry.split(b" ", 2)[:2] in ([b"100644", b"blob"], [b"100755", b"blob"])]
+
+
+def _committed_contents(commit: str, names: list[str]) -> list[bytes]:
+    """The contents of these files of ``commit``, in one ``git cat-file --batch``."""
+    batch = _git("cat-file", "--batch", input="".join(f"{commit}:{n}\n" for n in names).encode())
+    out, at = [], 0
+    for _ in names:                               # each: "<sha> blob <size>\n<contents>\n"
         header_end = batch.index(b"\n", at)
         size = int(batch[at:header_end].split()[2])
-        out[name] = batch[header_end + 1:header_end + 1 + size]
+        out.append(batch[header_end + 1:header_end + 1 + size])
         at = header_end + 2 + size
     return out
 
 
 def _repo_files(per_type: int, rng) -> tuple[list[tuple[str, bytes]], str]:
     """Up to ``per_type`` files per extension, (path, contents), of MAGIKA_FILES_COMMIT's tree, or of the working
-    tree where this clone does not hold that commit; and where they came from."""
-    files = _committed_files(MAGIKA_FILES_COMMIT)
+    tree where this clone does not hold that commit; and where they came from. Only the files drawn are read."""
+    names = _committed_names(MAGIKA_FILES_COMMIT)
     source = f"commit {MAGIKA_FILES_COMMIT[:7]}"
-    if files is None:
+    if names is None:
         source = f"the working tree (commit {MAGIKA_FILES_COMMIT[:7]} not in this clone)"
         try:
-            listed = subprocess.run(["git", "-C", str(REPO), "ls-files"], check=True, capture_output=True,
-                                    text=True).stdout.splitlines()
+            listed = _git("ls-files", text=True).splitlines()
         except (OSError, subprocess.CalledProcessError):
             listed = [str(p.relative_to(REPO)) for p in REPO.rglob("*") if ".git" not in p.parts]
-        files = {name: (REPO / name).read_bytes() for name in listed
-                 if (REPO / name).is_file() and not (REPO / name).is_symlink()}
+        names = [n for n in listed if (REPO / n).is_file() and not (REPO / n).is_symlink()]
     by_ext: dict[str, list[str]] = {}
-    for name in sorted(files):
+    for name in sorted(names):
         path = Path(name)
         by_ext.setdefault(path.suffix or path.name, []).append(name)
-    out = []
+    picked = []
     for ext in sorted(by_ext):
-        names = by_ext[ext]
-        pick = rng.choice(len(names), min(per_type, len(names)), replace=False)
-        out += [(names[i], files[names[i]]) for i in sorted(pick)]
-    return out, source
+        group = by_ext[ext]
+        pick = rng.choice(len(group), min(per_type, len(group)), replace=False)
+        picked += [group[i] for i in sorted(pick)]
+    if source.startswith("commit"):
+        contents = _committed_contents(MAGIKA_FILES_COMMIT, picked)
+    else:
+        contents = [(REPO / n).read_bytes() for n in picked]
+    return list(zip(picked, contents)), source
 
 
 def magika_samples(seed: int = 0) -> tuple[list[bytes], str]:

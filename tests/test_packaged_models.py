@@ -155,5 +155,5 @@ def test_magika_contents_are_the_same_bytes_at_any_time(monkeypatch):
     second, _ = pm.magika_samples(0)
     assert len(first) == len(second) > 500
     assert [i for i, (a, b) in enumerate(zip(first, second)) if a != b] == []
-    if pm._committed_files(pm.MAGIKA_FILES_COMMIT) is not None:
+    if pm._committed_names(pm.MAGIKA_FILES_COMMIT) is not None:
         assert source == f"commit {pm.MAGIKA_FILES_COMMIT[:7]}"
