@@ -204,8 +204,9 @@ def cmd_encode(args) -> int:
         return _fail("--check guards a --search; give --search too")
     if args.check_moves and not args.check:
         return _fail("--check-moves checks the --check score during the search; give --check too")
+    out = _stream_output(args)
     refused = _refuse_overwriting_inputs(
-        _stream_output(args),
+        out,
         {
             "model": args.model,
             "--state file": args.state,
@@ -307,7 +308,6 @@ def cmd_encode(args) -> int:
             )
         options["qp_per_tensor"] = dict(allocated, **options["qp_per_tensor"])  # explicit --tensor-qp wins
         del tensors
-    out = _stream_output(args)
     with _EncodeProgress(source, args.quiet or args.json) as progress, _errors_name(args.model, EncodeError):
         summary = models.encode_model_to(source, out, progress=progress, measure=not args.state, **options)
     if args.state:
