@@ -100,3 +100,54 @@ def refuse_overwriting(output, inputs: dict) -> None:
                 f"the output is the {what} ({os.fspath(path)}); refusing to overwrite an input",
                 os.fspath(output),
             )
+
+
+class AtomicFile:
+    """A file written under a temporary name beside ``path`` (:func:`temp_file_beside`), renamed over it by
+    :meth:`commit` (flushed to disk first) or removed by :meth:`discard`; as a context manager, committed when
+    the block ends normally and discarded when it raises.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from nnc._files import AtomicFile
+    >>> path = os.path.join(tempfile.mkdtemp(), "m.nnr")
+    >>> with AtomicFile(path) as f:
+    ...     _ = f.fh.write(b"\\x00\\x04\\x02\\x01")
+    >>> os.path.getsize(path), os.listdir(os.path.dirname(path))
+    (4, ['m.nnr'])
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        fd, self.tmp = temp_file_beside(self.path)
+        #: The open binary file to write to.
+        self.fh = os.fdopen(fd, "wb")
+
+    def commit(self) -> None:
+        """Flush to disk and rename over ``path``."""
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+        self.fh.close()
+        os.replace(self.tmp, self.path)
+
+    def discard(self) -> None:
+        """Close and remove the temporary file; ``path`` is left as it was."""
+        self.fh.close()
+        try:
+            os.unlink(self.tmp)
+        except OSError:
+            pass
+
+    def __enter__(self) -> "AtomicFile":
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if kind is None:
+            try:
+                self.commit()
+            except BaseException:
+                self.discard()
+                raise
+        else:
+            self.discard()

@@ -34,7 +34,7 @@ import numpy as np
 
 from . import container as C
 from . import formats
-from ._files import refuse_overwriting, temp_file_beside
+from ._files import AtomicFile, refuse_overwriting, temp_file_beside
 from .errors import EncodeError
 
 __all__ = [
@@ -227,24 +227,14 @@ def _write_in_order(futures, fh) -> list:
 
 
 def _write_atomic_parts(path: Path, head: bytes, rest) -> int:
-    fd, tmp = temp_file_beside(path)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(head)
-            while True:
-                chunk = rest.read(1 << 24)
-                if not chunk:
-                    break
-                fh.write(chunk)
-            length = fh.tell()
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return length
+    with AtomicFile(path) as out:
+        out.fh.write(head)
+        while True:
+            chunk = rest.read(1 << 24)
+            if not chunk:
+                break
+            out.fh.write(chunk)
+        return out.fh.tell()
 
 
 # -- decoding -------------------------------------------------------------------------------

@@ -235,22 +235,10 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
     >>> os.listdir(d), os.path.getsize(os.path.join(d, "stream.nnr"))
     (['stream.nnr'], 4)
     """
-    from ._files import temp_file_beside
+    from ._files import AtomicFile
 
-    p = Path(path)
-    fd, tmp = temp_file_beside(p)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with AtomicFile(path) as out:
+        out.fh.write(data)
 
 
 # -- safetensors (hand-written: header length, JSON header, raw little-endian data) --

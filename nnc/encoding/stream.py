@@ -28,11 +28,10 @@ import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from .._files import temp_file_beside
+from .._files import AtomicFile
 from ..errors import EncodeError
 from ..reconstruction import DECOMPRESSED_DATA_FORMATS
 from .quantiser import RESTORABLE_FORMATS
@@ -137,28 +136,6 @@ def predicted(settings, t, in_block: bool) -> tuple:
     return natural, s.tensor_qp(t.name, len(t.shape))
 
 
-class _AtomicFile:
-    """A file written under a temporary name in its folder, renamed over ``path`` on success."""
-
-    def __init__(self, path):
-        self.path = Path(path)
-        fd, self.tmp = temp_file_beside(self.path)
-        self.fh = os.fdopen(fd, "wb")
-
-    def commit(self) -> None:
-        self.fh.flush()
-        os.fsync(self.fh.fileno())
-        self.fh.close()
-        os.replace(self.tmp, self.path)
-
-    def discard(self) -> None:
-        self.fh.close()
-        try:
-            os.unlink(self.tmp)
-        except OSError:
-            pass
-
-
 def encode_to(
     encoder, source, output, *, progress=None, extra_metadata=None, budget: int = DEFAULT_BUDGET, measure: bool = False
 ) -> StreamSummary:
@@ -239,7 +216,7 @@ def encode_to(
         unit, stats = quantise(name)
         return unit, stats, unit.build(stream_qp)
 
-    out = _AtomicFile(output)
+    out = AtomicFile(output)
     try:
         for part in writer.head(stream_qp, metadata, False):
             out.fh.write(part)
