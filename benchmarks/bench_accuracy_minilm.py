@@ -101,16 +101,11 @@ def main(argv=None):
             return value, value
         return paired_bound(value, reference, 1.0)
 
-    extra = {}
-    if args.error_feedback:
-        text = me.CALIBRATION_SENTENCES + me.stdlib_docstring_sentences(args.calibration_text)
-        extra["covariances"] = me.MiniLMFidelity(model_dir, reference=original, sentences=text).input_covariances(
-            tensors)
+    extra = search_options(model_dir, original, tensors, per_sentence=per_sentence,
+                           error_feedback=args.error_feedback, calibration_text=args.calibration_text,
+                           check=args.check, check_moves=args.check_moves)
     if args.check:
-        sentences = me.CALIBRATION_SENTENCES if args.check == "calibration" else me.GUARD_SENTENCES
-        guard = me.MiniLMFidelity(model_dir, reference=original, sentences=sentences, per_sentence=per_sentence)
-        extra["check"] = guard
-        extra["check_moves"] = args.check_moves
+        guard = extra["check"]
         check_reference = guard(tensors)
         check_floor = float(np.mean(check_reference)) - args.tolerance
 
@@ -118,7 +113,7 @@ def main(argv=None):
         """What is compared with the check's floor, under the rule."""
         return paired_bound(value, check_reference, 1.0)[1] if per_sentence else value
     t0 = time.perf_counter()
-    res = search(tensors, score, tolerance=args.tolerance - args.margin, qp_range=range(-44, -23), lambdas=lambdas,
+    res = search(tensors, score, tolerance=args.tolerance - args.margin, qp_range=QP_RANGE, lambdas=lambdas,
                  time_budget=args.time_budget, progress=True, z=1.0, **extra)
     ours_seconds = time.perf_counter() - t0
     best = res.best
@@ -232,6 +227,46 @@ def main(argv=None):
     (out / f"{stem}.json").write_text(
         "{\n" + ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in record.items()) + "\n}\n")
     print("\n".join(lines))
+
+
+def search_options(model_dir, original, tensors, *, per_sentence=True, error_feedback=False, calibration_text=0,
+                   check=None, check_moves=False) -> dict:
+    """nnc.search's keyword arguments for coding ``tensors`` (MiniLM-L6 or its pruned variant) as this benchmark's
+    options say: ``covariances`` with error feedback (the calibration sentences and ``calibration_text`` standard
+    library sentences), ``check`` (a MiniLMFidelity on the "calibration" or "guard" sentences) and ``check_moves``."""
+    extra = {}
+    if error_feedback:
+        text = me.CALIBRATION_SENTENCES + me.stdlib_docstring_sentences(calibration_text)
+        extra["covariances"] = me.MiniLMFidelity(model_dir, reference=original, sentences=text).input_covariances(
+            tensors)
+    if check:
+        sentences = me.CALIBRATION_SENTENCES if check == "calibration" else me.GUARD_SENTENCES
+        extra["check"] = me.MiniLMFidelity(model_dir, reference=original, sentences=sentences,
+                                           per_sentence=per_sentence)
+        extra["check_moves"] = check_moves
+    return extra
+
+
+#: the qps of the search's first stage
+QP_RANGE = range(-44, -23)
+
+#: the recipe of the guarded search that bench_paper.py --guarded-search runs on MiniLM-L6 (the options of
+#: accuracy_minilm_feedback_doc512_guard_moves_margin0.0005.md)
+GUARDED = dict(calibration_text=512, check="guard", check_moves=True, margin=0.0005, lambdas=(0.1,))
+GUARDED_NOTE = ("per-sentence rule, error feedback (input covariances on 544 sentences), guard on 32 other "
+                "sentences checked on each move, margin 0.0005")
+
+
+def guarded_search(model_dir, original, tensors, tolerance, time_budget, progress=False):
+    """nnc.search's result on ``tensors`` (MiniLM-L6 or its pruned variant; scores against ``original``'s
+    embeddings) with the GUARDED recipe: per-sentence rule, error feedback, a guard checked on each move and the
+    search kept GUARDED["margin"] inside ``tolerance``."""
+    score = me.MiniLMFidelity(model_dir, reference=original, per_sentence=True)
+    extra = search_options(model_dir, original, tensors, error_feedback=True,
+                           calibration_text=GUARDED["calibration_text"], check=GUARDED["check"],
+                           check_moves=GUARDED["check_moves"])
+    return search(tensors, score, tolerance=tolerance - GUARDED["margin"], qp_range=QP_RANGE,
+                  lambdas=GUARDED["lambdas"], time_budget=time_budget, progress=progress, z=1.0, **extra)
 
 
 def pruned(tensors, keep):

