@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import narrow_floats
+
 if TYPE_CHECKING:
     from .errors import NNCError
 
@@ -952,11 +954,9 @@ def _original_dtypes(tensors, metadata) -> dict:
 
 
 def _dtype_bytes(name: str) -> int:
-    """Bytes per element of a dtype name (bfloat16 included); 4 for names numpy does not know."""
-    if name == "bfloat16":
-        return 2
+    """Bytes per element of a dtype name (bfloat16 and float8 included); 4 for names numpy does not know."""
     try:
-        return np.dtype(name).itemsize
+        return narrow_floats.itemsize(name)
     except TypeError:
         return 4
 

@@ -31,6 +31,7 @@ from typing import Any, BinaryIO, Iterable, Mapping, Union
 import numpy as np
 
 from . import container as C
+from . import narrow_floats
 from ._parallel import decode_tensor_threads
 from ._threads import thread_count
 from .engine import get_engine
@@ -1072,8 +1073,10 @@ class Decoder:
         one the tensor decodes to or the original one the stream records
         (e.g. int64); a float tensor also decodes into float16, float32,
         float64 or ``ml_dtypes`` bfloat16 arrays (rounded to nearest), and a
-        tensor recorded as bfloat16 into ``uint16`` arrays, which receive the
-        bfloat16 bits.  Values are converted as
+        tensor recorded as bfloat16, float8_e4m3fn or float8_e5m2 into
+        ``uint16`` (bfloat16) or ``uint8`` (float8) arrays, which receive the
+        bit patterns (:func:`nnc.narrow_floats.from_float32`), or into an
+        ``ml_dtypes`` array of that format.  Values are converted as
         :func:`~nnc.decoder.restore_model_view` converts them.  Where the
         dtypes allow (float32, float16 or float64 arrays for uniform and DQ
         tensors, int32 for INT ones) the tensor is decoded straight into
@@ -1127,7 +1130,7 @@ class Decoder:
 
     # -- caller buffers (out=) --------------------------------------------------------
     def _out_dtypes(self, info: TensorInfo) -> list:
-        """Dtypes an out= array of a tensor may have: the decoded one, the original one (bf16: its bits)."""
+        """Dtypes an out= array of a tensor may have: the decoded one, the original one (bf16, float8: its bits)."""
         allowed = [info.dtype]
         if np.dtype(info.dtype).kind == "f":
             allowed += [d for d in ("float16", "float32", "float64") if d != info.dtype]
@@ -1136,8 +1139,9 @@ class Decoder:
             if isinstance(self.metadata.get("dtypes"), dict)
             else None
         )
-        if original == "bfloat16":
-            allowed += ["bfloat16", "uint16"]
+        narrow = narrow_floats.NARROW_FLOATS.get(original) if isinstance(original, str) else None
+        if narrow is not None and np.dtype(info.dtype).kind == "f":
+            allowed += [narrow.name, narrow.storage.name]
         elif isinstance(original, str):
             try:
                 allowed.append(np.dtype(original).name)
@@ -1186,19 +1190,30 @@ class Decoder:
             return out
         self._check_out(name, out)
         src, dst = arr.reshape(-1), out.reshape(-1)
-        bits = out.dtype.name in ("bfloat16", "uint16") and arr.dtype.kind == "f"
-        if bits:
-            from .formats import float32_to_bfloat16
-
-            dst = dst.view(np.uint16)
+        narrow = self._bit_pattern_format(name, out, arr)
+        if narrow is not None:
+            dst = dst.view(narrow.storage.newbyteorder("="))
         step = 1 << 20
         for i in range(0, src.size, step):
             part = src[i : i + step]
-            if bits:
-                dst[i : i + step] = float32_to_bfloat16(part)
+            if narrow is not None:
+                dst[i : i + step] = narrow_floats.from_float32(narrow.name, part)
             else:
                 np.copyto(dst[i : i + step], part, casting="unsafe")
         return out
+
+    def _bit_pattern_format(self, name: str, out: np.ndarray, arr: np.ndarray):
+        """The format (:mod:`nnc.narrow_floats`) whose bit patterns ``out`` receives for a float tensor: an ml_dtypes
+        array of one, or the storage integers of the one the stream records (spec 6.2.1; bf16: uint16; float8:
+        uint8); else None."""
+        if arr.dtype.kind != "f":
+            return None
+        if narrow_floats.is_narrow(out.dtype.name):
+            return narrow_floats.NARROW_FLOATS[out.dtype.name]
+        recorded = self.metadata.get("dtypes")
+        original = recorded.get(name) if isinstance(recorded, dict) else None
+        narrow = narrow_floats.NARROW_FLOATS.get(original) if isinstance(original, str) else None
+        return narrow if narrow is not None and out.dtype == narrow.storage else None
 
     def info(self, name: str) -> TensorInfo:
         """Metadata of one tensor, without decoding it.
@@ -1470,8 +1485,9 @@ def restore_model_view(tensors: "OrderedDict[str, np.ndarray]", metadata: dict) 
     tuple
         ``(tensors, dtypes)``: a new {name: ``numpy.ndarray``} in the model's
         order (the announced names first, then any others as given), and
-        {name: dtype name}.  bfloat16 has no numpy dtype: such tensors stay
-        float32 and are named ``"bfloat16"`` in ``dtypes``.
+        {name: dtype name}.  bfloat16 and float8 have no numpy dtype: such
+        tensors stay float32 and are named by their format in ``dtypes``
+        (:mod:`nnc.narrow_floats`).
 
     Examples
     --------
@@ -1499,7 +1515,7 @@ def restore_model_view(tensors: "OrderedDict[str, np.ndarray]", metadata: dict) 
         if k in shapes and isinstance(shapes[k], list) and int(np.prod(shapes[k], dtype=np.int64)) == v.size:
             v = v.reshape(shapes[k])
         want = dtypes.get(k)
-        if isinstance(want, str) and want != "bfloat16":
+        if isinstance(want, str) and not narrow_floats.is_narrow(want):
             try:
                 v = v.astype(np.dtype(want))
             except TypeError:

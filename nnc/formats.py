@@ -4,9 +4,10 @@ Formats are detected by content, not only by extension.  safetensors and npz
 need nothing beyond numpy; PyTorch needs ``torch`` and ONNX needs ``onnx``
 (optional extras: ``pip install "nnc[torch]"`` / ``"nnc[onnx]"``).
 
-Tensors are exchanged as an ordered mapping of name to numpy array.  bfloat16
-has no numpy dtype: it is read as float32 (exactly) and written back as
-bfloat16 when the caller asks for that dtype by name.
+Tensors are exchanged as an ordered mapping of name to numpy array.  bfloat16,
+float8_e4m3fn and float8_e5m2 have no numpy dtype (:mod:`nnc.narrow_floats`):
+they are read as float32 (exactly) and written back in their format when the
+caller asks for that dtype by name.
 
 Every ``read_*`` function returns ``(tensors, dtypes)``: the tensors in file
 order and {name: original dtype name}; every ``*_bytes`` function returns the
@@ -38,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import narrow_floats
 from .errors import NNCError
 
 
@@ -261,7 +263,7 @@ _ST_NAMES = {np.dtype(v).str.replace("|", "").replace("=", "<"): k for k, v in _
 
 
 def bfloat16_to_float32(raw: np.ndarray) -> np.ndarray:
-    """bfloat16 bits (uint16) to float32 values, exactly.
+    """bfloat16 bits (uint16) to float32 values, exactly (:mod:`nnc.narrow_floats`).
 
     Parameters
     ----------
@@ -280,13 +282,11 @@ def bfloat16_to_float32(raw: np.ndarray) -> np.ndarray:
     >>> bfloat16_to_float32(np.array([0x3F80, 0xC040, 0x3EAB], np.uint16)).tolist()
     [1.0, -3.0, 0.333984375]
     """
-    bits = raw.astype(np.uint32)
-    np.left_shift(bits, 16, out=bits)  # in place: no second tensor-sized temporary
-    return bits.view(np.float32)
+    return narrow_floats.bfloat16_to_float32(raw)
 
 
 def float32_to_bfloat16(x: np.ndarray) -> np.ndarray:
-    """Round-to-nearest-even float32 -> bfloat16 bits (uint16).
+    """Round-to-nearest-even float32 -> bfloat16 bits (uint16) (:mod:`nnc.narrow_floats`).
 
     Parameters
     ----------
@@ -307,17 +307,16 @@ def float32_to_bfloat16(x: np.ndarray) -> np.ndarray:
     >>> [hex(b) for b in float32_to_bfloat16(np.array([1.00390625, 1.01171875]))]  # ties to even
     ['0x3f80', '0x3f82']
     """
-    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
-    rounding = ((bits >> 16) & 1) + 0x7FFF
-    return ((bits + rounding) >> 16).astype(np.uint16)
+    return narrow_floats.float32_to_bfloat16(x)
 
 
 def read_safetensors(path) -> tuple["OrderedDict[str, np.ndarray]", dict]:
     """Tensors (in file order) and {name: original dtype name} of a safetensors file.
 
     File order is the order of the tensors' data in the file.  The
-    ``__metadata__`` entry is ignored; BF16 tensors are returned as float32
-    with the dtype name ``"bfloat16"``.
+    ``__metadata__`` entry is ignored; BF16, F8_E4M3 and F8_E5M2 tensors are
+    returned as float32 with the dtype names ``"bfloat16"``,
+    ``"float8_e4m3fn"`` and ``"float8_e5m2"``.
 
     Parameters
     ----------
@@ -373,8 +372,9 @@ def safetensors_bytes(tensors, dtypes: dict | None = None, metadata: dict | None
     tensors : ``Mapping``
         {name: array-like}; 0-d arrays keep their empty shape.
     dtypes : dict or None
-        {name: dtype name}; only ``"bfloat16"`` is used: such tensors are
-        stored as BF16 (rounded to nearest even).
+        {name: dtype name}; only the formats numpy lacks are used: tensors
+        named ``"bfloat16"``, ``"float8_e4m3fn"`` or ``"float8_e5m2"`` are
+        stored as BF16, F8_E4M3 or F8_E5M2 (:func:`nnc.narrow_floats.from_float32`).
     metadata : dict or None
         The file's ``__metadata__`` ({str: str}, e.g. ``{"format": "pt"}``); none if empty.
 
@@ -405,8 +405,10 @@ def safetensors_bytes(tensors, dtypes: dict | None = None, metadata: dict | None
     chunks, offset = [], 0
     for name, arr in tensors.items():
         arr = np.asarray(arr, order="C")  # (ascontiguousarray would turn 0-d into 1-d)
-        if dtypes.get(name) == "bfloat16":
-            raw, st = float32_to_bfloat16(arr.astype(np.float32)).astype("<u2").tobytes(), "BF16"
+        narrow = narrow_floats.NARROW_FLOATS.get(dtypes.get(name))
+        if narrow is not None:
+            raw = narrow_floats.from_float32(narrow.name, arr).astype(narrow.storage).tobytes()
+            st = narrow.safetensors
         else:
             le = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
             key = le.dtype.str.replace("|", "")
@@ -527,7 +529,7 @@ def npz_bytes(tensors, dtypes=None) -> bytes:
     tensors : ``Mapping``
         {name: array-like}.
     dtypes : dict or None
-        Ignored (numpy has no bfloat16); accepted for a uniform interface.
+        Ignored (numpy has no bfloat16 or float8); accepted for a uniform interface.
 
     Returns
     -------
@@ -564,8 +566,8 @@ def read_pt(path):
     The file is loaded with ``weights_only=True`` on the CPU.  A checkpoint
     ``{"state_dict": {...}, ...}`` is unwrapped, and so is one whose only
     mapping of tensors sits under another key (``{"model": {...}, "epoch":
-    3}``); entries that are not tensors are skipped.  bfloat16 tensors are
-    returned as float32.
+    3}``); entries that are not tensors are skipped.  bfloat16 and float8
+    tensors are returned as float32.
 
     Parameters
     ----------
@@ -660,7 +662,8 @@ def pt_bytes(tensors, dtypes=None) -> bytes:
     tensors : ``Mapping``
         {name: array-like}, saved as CPU tensors in this order.
     dtypes : dict or None
-        {name: dtype name}; tensors named ``"bfloat16"`` are saved as bfloat16.
+        {name: dtype name}; tensors named ``"bfloat16"``, ``"float8_e4m3fn"``
+        or ``"float8_e5m2"`` are saved in that dtype.
 
     Returns
     -------
@@ -685,12 +688,22 @@ def pt_bytes(tensors, dtypes=None) -> bytes:
     sd = OrderedDict()
     for k, v in tensors.items():
         t = torch.from_numpy(np.array(v, order="C", copy=True))
-        if dtypes.get(k) == "bfloat16":
-            t = t.to(torch.bfloat16)
+        if narrow_floats.is_narrow(dtypes.get(k)):
+            t = torch_narrow_float(torch, dtypes[k], np.asarray(v))
         sd[k] = t
     buf = io.BytesIO()
     torch.save(sd, buf)
     return buf.getvalue()
+
+
+def torch_narrow_float(torch, name: str, values: np.ndarray):
+    """A torch tensor of a format numpy lacks (``name`` in :data:`nnc.narrow_floats.NARROW_FLOATS`) holding
+    ``values``, converted by :func:`nnc.narrow_floats.from_float32` (the same bits as the safetensors writer)."""
+    narrow = narrow_floats.NARROW_FLOATS[name]
+    bits = narrow_floats.from_float32(name, values).astype(narrow.storage.newbyteorder("="))
+    signed = torch.int16 if narrow.bits == 16 else torch.uint8  # torch views need a dtype of the same width
+    raw = torch.from_numpy(bits.view(np.int16) if narrow.bits == 16 else bits)
+    return raw.view(signed).view(getattr(torch, name))
 
 
 # -- ONNX -------------------------------------------------------------------------------
@@ -922,8 +935,8 @@ def write_model(path, tensors, dtypes=None, fmt: str | None = None, template=Non
         {name: array-like}, written in this order.
     dtypes : dict or None
         {name: dtype name}: tensors are converted to these dtypes (names
-        numpy does not know are ignored); ``"bfloat16"`` is honoured by the
-        safetensors and PyTorch formats.
+        numpy does not know are ignored); ``"bfloat16"``, ``"float8_e4m3fn"``
+        and ``"float8_e5m2"`` are honoured by the safetensors and PyTorch formats.
     fmt : str or None
         One of ``FORMATS``; None to take it from the extension
         (:func:`format_from_extension`).
@@ -955,7 +968,7 @@ def write_model(path, tensors, dtypes=None, fmt: str | None = None, template=Non
     restored = OrderedDict()
     for k, v in tensors.items():
         want = dtypes.get(k)
-        if want and want not in ("bfloat16",) and np.asarray(v).dtype.name != want:
+        if want and not narrow_floats.is_narrow(want) and np.asarray(v).dtype.name != want:
             try:
                 v = np.asarray(v).astype(want)
             except TypeError:

@@ -42,7 +42,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from . import formats
+from . import formats, narrow_floats
 from .formats import FormatError
 
 #: Index files of sharded checkpoints, by format, in the order they are looked for in a folder.
@@ -58,9 +58,9 @@ class LazyTensor:
     name : str
     shape : tuple
     dtype : str
-        The numpy dtype name :meth:`load` returns (``"float32"`` for bfloat16 tensors).
+        The numpy dtype name :meth:`load` returns (``"float32"`` for bfloat16 and float8 tensors).
     original_dtype : str
-        The dtype the file holds (``"bfloat16"``, ``"float16"``, ``"int64"``...).
+        The dtype the file holds (``"bfloat16"``, ``"float8_e4m3fn"``, ``"float16"``, ``"int64"``...).
     file : int or None
         Index of the checkpoint file that holds it (:attr:`ModelSource.checkpoint` "files").
     loader : callable
@@ -86,11 +86,11 @@ class LazyTensor:
 
     @property
     def original_bits(self) -> int:
-        """Bits per element in the file's dtype (16 for bfloat16)."""
-        return 16 if self.original_dtype == "bfloat16" else 8 * np.dtype(self.original_dtype).itemsize
+        """Bits per element in the file's dtype (16 for bfloat16, 8 for float8)."""
+        return 8 * narrow_floats.itemsize(self.original_dtype)
 
     def load(self) -> np.ndarray:
-        """The values (bfloat16 as float32, exactly)."""
+        """The values (bfloat16 and float8 as float32, exactly)."""
         return self.loader()
 
 
@@ -295,8 +295,9 @@ def _read_safetensors(path: Path, file_index):
             st = info["dtype"]
             if not (isinstance(start, int) and isinstance(end, int)) or not 0 <= start <= end <= body_size:
                 raise FormatError(f"{path}: tensor {name!r} lies outside the file")
-            if st == "BF16":
-                stored, dtype, original = np.dtype("<u2"), "float32", "bfloat16"
+            narrow = narrow_floats.BY_SAFETENSORS_CODE.get(st)
+            if narrow is not None:
+                stored, dtype, original = narrow_floats.NARROW_FLOATS[narrow].storage, "float32", narrow
             elif st in formats._ST_DTYPES:
                 stored = np.dtype(formats._ST_DTYPES[st])
                 dtype = original = stored.newbyteorder("=").name
@@ -310,7 +311,7 @@ def _read_safetensors(path: Path, file_index):
                     shape,
                     dtype,
                     original,
-                    _safetensors_loader(path, base + start, stored, shape, st == "BF16"),
+                    _safetensors_loader(path, base + start, stored, shape, narrow),
                     file_index,
                 )
             )
@@ -321,7 +322,7 @@ def _read_safetensors(path: Path, file_index):
     return out, metadata, []
 
 
-def _safetensors_loader(path: Path, offset: int, stored: np.dtype, shape: tuple, bf16: bool):
+def _safetensors_loader(path: Path, offset: int, stored: np.dtype, shape: tuple, narrow: str | None):
     def load() -> np.ndarray:
         count = math.prod(shape)
         if count == 0:
@@ -329,8 +330,8 @@ def _safetensors_loader(path: Path, offset: int, stored: np.dtype, shape: tuple,
         else:
             raw = np.memmap(path, dtype=stored, mode="r", offset=offset, shape=(count,))
         try:
-            if bf16:
-                return formats.bfloat16_to_float32(np.asarray(raw)).reshape(shape)
+            if narrow is not None:  # a format numpy lacks: as float32, exactly
+                return narrow_floats.to_float32(narrow, np.asarray(raw)).reshape(shape)
             return np.array(raw, dtype=stored.newbyteorder("=")).reshape(shape)
         finally:
             del raw  # unmapped: the pages read do not stay in the process
@@ -361,20 +362,23 @@ def _read_pt(path: Path, file_index):
         if not hasattr(v, "detach"):
             continue  # (in left_out)
         original = str(v.dtype).replace("torch.", "")
-        dtype = "float32" if v.dtype == torch.bfloat16 else original
-        if original not in _PT_DTYPES:  # float8 and other torch-only dtypes: no numpy array to hand on
+        dtype = "float32" if narrow_floats.is_narrow(original) else original
+        if original not in _PT_DTYPES:  # other torch-only dtypes: no numpy array to hand on
             raise FormatError(f"{path}: unsupported dtype {original} for {name!r}")
         out.append(LazyTensor(name, tuple(v.shape), dtype, original, _pt_loader(v, torch), file_index))
     return out, {}, left_out
 
 
-#: The torch dtypes a .pt tensor may have: those ``Tensor.numpy()`` converts, and bfloat16 (read as float32).
+#: The torch dtypes a .pt tensor may have: those ``Tensor.numpy()`` converts, and bfloat16 and float8 (read as
+#: float32).
 _PT_DTYPES = frozenset(
     [
         "float16",
         "float32",
         "float64",
         "bfloat16",
+        "float8_e4m3fn",
+        "float8_e5m2",
         "int8",
         "int16",
         "int32",
@@ -393,7 +397,7 @@ _PT_DTYPES = frozenset(
 def _pt_loader(tensor, torch):
     def load() -> np.ndarray:
         t = tensor.detach()
-        return (t.float() if t.dtype == torch.bfloat16 else t.clone()).numpy()
+        return (t.float() if narrow_floats.is_narrow(str(t.dtype).replace("torch.", "")) else t.clone()).numpy()
 
     return load
 

@@ -27,6 +27,10 @@ from typing import Mapping
 
 import numpy as np
 
+from . import narrow_floats
+from .errors import EncodeError
+from .formats import torch_narrow_float
+
 __all__ = ["save", "state_dict", "load_state_dict", "numpy_inputs", "input_moments", "input_covariances", "LoadResult"]
 
 
@@ -61,15 +65,15 @@ def _is_torch_tensor(value) -> bool:
 
 
 def _to_numpy(value) -> tuple[np.ndarray, str | None]:
-    """A torch tensor as a numpy array, and its dtype name when numpy has none (bfloat16)."""
-    torch = _torch()
+    """A torch tensor as a numpy array, and its dtype name when numpy has none (bfloat16, float8)."""
     t = value.detach().cpu()
-    if t.dtype == torch.bfloat16:
-        return t.float().numpy(), "bfloat16"
+    name = str(t.dtype).replace("torch.", "")
+    if narrow_floats.is_narrow(name):
+        return t.float().numpy(), name
     try:
         return t.numpy(), None
-    except TypeError:  # float8 and other dtypes without a numpy twin: coded from float32
-        return t.float().numpy(), None
+    except TypeError:  # other dtypes without a numpy twin
+        raise EncodeError(f"tensor dtype {name} is not supported (no numpy equivalent)") from None
 
 
 def numpy_inputs(tensors, dtypes: Mapping[str, str] | None = None):
@@ -89,8 +93,9 @@ def numpy_inputs(tensors, dtypes: Mapping[str, str] | None = None):
     -------
     tuple
         ``(tensors, dtypes)``: the mapping (numpy arrays for torch tensors,
-        on the CPU) and the ``dtypes`` option, with ``"bfloat16"`` for every
-        bfloat16 tensor (None if there is nothing to record).
+        on the CPU) and the ``dtypes`` option, with ``"bfloat16"``,
+        ``"float8_e4m3fn"`` or ``"float8_e5m2"`` for every tensor of those
+        dtypes (None if there is nothing to record).
 
     Examples
     --------
@@ -154,7 +159,6 @@ def save(module_or_state_dict, path=None, **options) -> bytes:
     >>> nnc.decode_model(stream)["w"].shape, nnc.torch.state_dict(stream)["w"].dtype
     ((2, 3), torch.bfloat16)
     """
-    from .errors import EncodeError
     from .models import encode_model
 
     sd = _state_dict_of(module_or_state_dict)
@@ -170,8 +174,8 @@ def save(module_or_state_dict, path=None, **options) -> bytes:
 def _as_torch(array: np.ndarray, dtype: str, device):
     torch = _torch()
     t = torch.from_numpy(np.ascontiguousarray(array) if array.ndim else array.copy())
-    if dtype == "bfloat16":
-        t = t.to(torch.bfloat16)
+    if narrow_floats.is_narrow(dtype):
+        t = torch_narrow_float(torch, dtype, array)
     return t.to(device) if device is not None else t
 
 
@@ -297,7 +301,11 @@ def load_state_dict(module, stream, strict: bool = True, **decoder_options) -> L
 
     def direct(info):
         t = target[info.name]
-        if t.device.type != "cpu" or t.dtype == torch.bfloat16 or not t.is_contiguous():
+        if (
+            t.device.type != "cpu"
+            or t.dtype in (torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2)
+            or not t.is_contiguous()
+        ):
             return None
         try:
             array = t.numpy()
@@ -447,7 +455,6 @@ def _input_statistics(module, batches, rows_of, statistic, what: str) -> dict:
     """Mean of ``statistic(rows)`` over the rows of each layer input that ``rows_of(layer, x, name)`` turns into a
     matrix (None: layer left out), over the forward passes of ``batches`` (forward pre-hooks, removed after)."""
     torch = _torch()
-    from .errors import EncodeError
 
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}

@@ -47,7 +47,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import errors
+from . import errors, narrow_floats
 
 __all__ = [
     "verify_suite",
@@ -312,7 +312,7 @@ class NNCAPIAdapter(NNCAdapter):
        threads from their entry points, spec 11.4), into caller arrays
        (``out=``): a float tensor into a float64 array, a tensor whose original
        dtype or shape the stream records (spec 6.2.1) into an array of that
-       dtype (bfloat16: ``uint16`` bits) and shape; with a progress callback;
+       dtype (bfloat16: ``uint16`` bits, float8: ``uint8`` bits) and shape; with a progress callback;
     2. from a two-dimensional memoryview, every other tensor through
        :meth:`~nnc.decoder.Decoder.iter_tensors` with ``threads=2`` (block rows
        in threads only for large tensors, as by default) and a callable target
@@ -416,20 +416,26 @@ class NNCAPIAdapter(NNCAdapter):
             raise InconsistentDecoding(f"{route.__doc__}: decoded a stream the decoding rejects ({want})")
 
     @staticmethod
-    def _compare(route, got, reference, names=None):
+    def _compare(route, got, reference, names=None, formats=None):
+        """``formats``: {name: the NarrowFloat the stream records}, whose caller arrays hold bit patterns."""
         names = list(reference) if names is None else names
         if list(got) != names:
             raise InconsistentDecoding(f"{route}: tensors {list(got)[:4]}..., expected {names[:4]}...")
         for name in names:
             a, ref = got[name], reference[name]
-            if a.dtype.name == "uint16" and ref.dtype.kind == "f":
-                from .formats import float32_to_bfloat16
-
-                ref = float32_to_bfloat16(ref.astype(np.float32).reshape(-1))
+            narrow = (formats or {}).get(name)
+            if narrow is not None and a.dtype == narrow.storage and ref.dtype.kind == "f":
+                ref = narrow_floats.from_float32(narrow.name, ref.reshape(-1))
             elif a.dtype != ref.dtype:
                 ref = ref.astype(a.dtype)
             if tensor_sha256(a.reshape(-1)) != tensor_sha256(ref.reshape(-1)) or a.size != ref.size:
                 raise InconsistentDecoding(f"{route}: tensor {name!r} differs from the decoding")
+
+    @staticmethod
+    def _narrow(dec) -> dict:
+        """{name: NarrowFloat} of the tensors whose original dtype the stream records as bfloat16 or float8."""
+        dtypes = dec.metadata.get("dtypes") if isinstance(dec.metadata.get("dtypes"), dict) else {}
+        return {k: narrow_floats.NARROW_FLOATS[v] for k, v in dtypes.items() if narrow_floats.is_narrow(v)}
 
     @staticmethod
     def _buffer(dec, info):
@@ -439,8 +445,8 @@ class NNCAPIAdapter(NNCAdapter):
         shapes = meta.get("shapes") if isinstance(meta.get("shapes"), dict) else {}
         dtype = np.dtype(info.dtype)
         original = dtypes.get(info.name)
-        if original == "bfloat16":
-            dtype = np.dtype(np.uint16)
+        if narrow_floats.is_narrow(original) and dtype.kind == "f":
+            dtype = narrow_floats.NARROW_FLOATS[original].storage.newbyteorder("=")
         elif isinstance(original, str) and original in np.sctypeDict:
             dtype = np.dtype(original)
         elif dtype.kind == "f":
@@ -463,7 +469,7 @@ class NNCAPIAdapter(NNCAdapter):
         if reference is not None:
             if any(got[k] is not buffers[k] for k in buffers):
                 raise InconsistentDecoding(f"{self._threads_into_buffers.__doc__}: a caller array was not used")
-            self._compare(self._threads_into_buffers.__doc__, got, reference)
+            self._compare(self._threads_into_buffers.__doc__, got, reference, formats=self._narrow(dec))
             if [i.name for i in seen] != list(got) or any(i is not dec.info(i.name) for i in seen):
                 raise InconsistentDecoding(f"{self._threads_into_buffers.__doc__}: the progress callback saw others")
 
@@ -477,7 +483,7 @@ class NNCAPIAdapter(NNCAdapter):
         targets = {t.name: self._buffer(dec, t) for t in dec.tensors()[::4]}
         got = dict(dec.iter_tensors(names, threads=2, out=lambda info: targets.get(info.name)))
         if reference is not None:
-            self._compare(self._iterated.__doc__, got, reference, names)
+            self._compare(self._iterated.__doc__, got, reference, names, formats=self._narrow(dec))
             if any(got[k] is not a for k, a in targets.items()):
                 raise InconsistentDecoding(f"{self._iterated.__doc__}: a caller array was not used")
 

@@ -39,6 +39,7 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
+from . import narrow_floats
 from ._files import temp_file_beside
 from .decoder import (
     RELEASABLE_MAPS,
@@ -90,7 +91,7 @@ class DecodeProgress:
 class _Tensor:
     name: str
     shape: tuple  # the original (restored) shape
-    dtype: str  # the original dtype name ("bfloat16" included)
+    dtype: str  # the original dtype name (bfloat16 and float8 included: nnc.narrow_floats)
 
     @property
     def nbytes(self) -> int:
@@ -106,7 +107,7 @@ class _File:
 
 
 def _itemsize(dtype: str) -> int:
-    return 2 if dtype == "bfloat16" else np.dtype(dtype).itemsize
+    return narrow_floats.itemsize(dtype)
 
 
 def is_directory_target(output) -> bool:
@@ -156,7 +157,7 @@ def _model_tensors(dec: Decoder, names) -> "OrderedDict[str, _Tensor]":
             shape = tuple(recorded)
         dtype = info.dtype
         want = dtypes.get(info.name)
-        if want == "bfloat16":
+        if isinstance(want, str) and narrow_floats.is_narrow(want):
             dtype = want
         elif isinstance(want, str):
             try:
@@ -270,8 +271,8 @@ def _safetensors_header(file: _File) -> tuple[bytes, dict]:
         header["__metadata__"] = {str(k): str(v) for k, v in file.metadata.items()}
     for t in file.tensors:
         code: str | None
-        if t.dtype == "bfloat16":
-            code = "BF16"
+        if narrow_floats.is_narrow(t.dtype):
+            code = narrow_floats.NARROW_FLOATS[t.dtype].safetensors
         else:
             code = _ST_NAMES.get(np.dtype(t.dtype).newbyteorder("<").str.replace("|", ""))
             if code is None:
@@ -300,7 +301,8 @@ class _SafetensorsSink:
         t = self.tensors[info.name]
         if t.nbytes == 0:
             return None
-        dtype = "<u2" if t.dtype == "bfloat16" else np.dtype(t.dtype).newbyteorder("<")
+        narrow = narrow_floats.NARROW_FLOATS.get(t.dtype)
+        dtype = narrow.storage if narrow is not None else np.dtype(t.dtype).newbyteorder("<")
         return np.memmap(self.tmp, dtype=dtype, mode="r+", offset=self.offsets[t.name], shape=t.shape)
 
     def take(self, name, array):

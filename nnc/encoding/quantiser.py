@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import narrow_floats
 from ..errors import EncodeError, NNCError
 from ..reconstruction import DECOMPRESSED_DATA_FORMATS, reconstruct_codebook, reconstruct_uniform, step_size
 from .feedback import (
@@ -186,6 +187,13 @@ def as_float_array(name: str, value) -> tuple[np.ndarray, str]:
     return x, dtype_name
 
 
+def exact_qp(float8: str, qp_density: int) -> int:
+    """The qp whose step is the float8 format's subnormal spacing (a power of two, so exact at any qp density):
+    the finest step of an exactly coded float8 tensor (spec A.17), whose qp is this or coarser."""
+    exponent = int(np.log2(narrow_floats.smallest_step(float8)))
+    return exponent << qp_density
+
+
 #: The largest finite float32.
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -311,11 +319,22 @@ class Quantiser:
             self.factors.put(covariance, factor)
         return factor
 
-    def quantise(self, name: str, arr: np.ndarray, *, in_block: bool = False, dq: bool | None = None) -> CodedTensor:
+    def quantise(
+        self,
+        name: str,
+        arr: np.ndarray,
+        *,
+        in_block: bool = False,
+        dq: bool | None = None,
+        original_dtype: str | None = None,
+    ) -> CodedTensor:
         """Quantise one tensor; return what its NDU needs (with any forced output format). ``dq``: the
-        quantiser of a block member, which follows its weight's (default: :meth:`~nnc.encoding.settings.EncoderSettings.tensor_dq`)."""
+        quantiser of a block member, which follows its weight's (default: :meth:`~nnc.encoding.settings.EncoderSettings.tensor_dq`).
+        ``original_dtype``: the dtype the model file holds (a float8 tensor is coded exactly), when the settings'
+        ``dtypes`` do not say it."""
         s = self.settings
-        t = self._values(name, arr, in_block=in_block, dq=s.tensor_dq(name) if dq is None else dq)
+        dq = s.tensor_dq(name) if dq is None else dq
+        t = self._values(name, arr, in_block=in_block, dq=dq, original_dtype=original_dtype)
         fmt = s.output_formats.get(name)
         if fmt is not None:
             from ..reconstruction import convert_to_format
@@ -420,7 +439,9 @@ class Quantiser:
             chunk=DQ_TRELLIS_CHUNK,
         )
 
-    def _values(self, name: str, arr: np.ndarray, *, in_block: bool = False, dq: bool = False) -> CodedTensor:
+    def _values(
+        self, name: str, arr: np.ndarray, *, in_block: bool = False, dq: bool = False, original_dtype=None
+    ) -> CodedTensor:
         s = self.settings
         shape, height, width, scan = tensor_geometry(arr.shape, s.scan_order)
         kind = arr.dtype.kind
@@ -446,6 +467,9 @@ class Quantiser:
         fmt = None
         if s.keep_dtype and s.profile == 1 and dtype_name in RESTORABLE_FORMATS:
             fmt = RESTORABLE_FORMATS[dtype_name]
+        float8 = s.exact_float8(name, original_dtype or dtype_name)
+        if float8 is not None and not in_block:
+            return self._exactly(name, x, float8, shape, height, width, scan)
         finite = is_finite(x)  # inf and NaN are kept exactly, in a RAW_FLOAT NDU (spec 7.5)
         if not finite and in_block:
             raise non_finite_error(name, x)
@@ -500,9 +524,27 @@ class Quantiser:
         """
         s = self.settings
         levels = self.levels(name, x, float(step), False, height, width, scan)
+        t = self._codebook_of(name, levels, s.tensor_qp(name, len(shape)), step, shape, height, width, scan, fmt)
+        if t is None:
+            return None, (levels if not dq else None)
+        indices, book, zero = t.levels, t.codebook, t.cb_zero
+        if s.codebook == "auto":
+            kw = dict(n_gtx=s.n_gtx, scan_order=scan, edition=s.edition)
+            cb_bits = self.engine.estimate_tensor_bits(
+                indices, height, width, codebook_size=len(book), codebook_zero=zero, **kw
+            ) + 16 * len(book)
+            uni = levels if not dq else self.levels(name, x, float(step), dq, height, width, scan)
+            if self.engine.estimate_tensor_bits(uni, height, width, dq=dq, **kw) <= cb_bits:
+                return None, uni
+        return t, None
+
+    @staticmethod
+    def _codebook_of(name, levels, qp, step, shape, height, width, scan, fmt=None) -> CodedTensor | None:
+        """The codebook tensor (spec 7.2, 12.4) of integer ``levels`` at ``qp``: its distinct levels form the
+        codebook, the indices are coded; None when there are more than 2^16 of them."""
         book = np.unique(levels)
         if book.size > 1 << 16:
-            return None, (levels if not dq else None)
+            return None
         pos = np.searchsorted(book, 0)
         zero = int(pos) if pos < book.size and book[pos] == 0 else book.size >> 1
         indices = (np.searchsorted(book, levels) - zero).astype(np.int32)
@@ -511,7 +553,7 @@ class Quantiser:
             shape=shape,
             ptype="FLOAT",
             levels=indices,
-            qp=s.tensor_qp(name, len(shape)),
+            qp=qp,
             step=float(step),
             dq=False,
             height=height,
@@ -524,15 +566,36 @@ class Quantiser:
         )
         if fmt is not None:
             t.recon = t.recon.astype(DECOMPRESSED_DATA_FORMATS[fmt])
-        if s.codebook == "auto":
-            kw = dict(n_gtx=s.n_gtx, scan_order=scan, edition=s.edition)
-            cb_bits = self.engine.estimate_tensor_bits(
-                indices, height, width, codebook_size=len(book), codebook_zero=zero, **kw
-            ) + 16 * len(book)
-            uni = levels if not dq else self.levels(name, x, float(step), dq, height, width, scan)
-            if self.engine.estimate_tensor_bits(uni, height, width, dq=dq, **kw) <= cb_bits:
-                return None, uni
-        return t, None
+        return t
+
+    def _exactly(self, name, x, float8: str, shape, height, width, scan) -> CodedTensor:
+        """A float8 tensor coded exactly (spec A.17): its values as a codebook of integer multiples of the largest
+        power of two that divides them all (at least the format's subnormal spacing, :func:`exact_qp`); stored raw
+        (float32, exact too) when they are not all on that grid within int32 (inf or NaN, values that are not the
+        format's)."""
+        qpd = self.settings.qp_density
+        finest = exact_qp(float8, qpd) >> qpd  # the exponent of the format's subnormal spacing
+        scaled = np.asarray(x, np.float64).reshape(-1) * 2.0**-finest  # exact: a power of two
+        exponent, levels = finest, None
+        if bool(np.all(np.isfinite(scaled))) and bool(np.array_equal(scaled, np.rint(scaled))):
+            if scaled.size == 0 or float(np.abs(scaled).max()) < 2.0**62:
+                ints = scaled.astype(np.int64)
+                nonzero = ints[ints != 0]
+                # the largest power of two dividing every value: coarser steps, smaller codebook integers
+                low_bit = int(np.bitwise_and(nonzero, -nonzero).min()) if nonzero.size else 1
+                shift = min(low_bit.bit_length() - 1, ((1 << (5 + qpd)) - 1 >> qpd) - finest)
+                ints >>= shift
+                exponent += shift
+                if ints.size == 0 or int(np.abs(ints).max()) <= INT32_MAX:
+                    levels = ints.astype(np.int32)
+        if levels is not None:
+            qp = exponent << qpd
+            coded = self._codebook_of(name, levels, qp, step_size(qp, qpd), shape, height, width, scan)
+            if coded is not None:
+                return coded
+        f32 = np.asarray(x, np.float32).reshape(shape)
+        reason = f"{float8} values not all on the format's grid within int32 levels"
+        return CodedTensor.raw_float(name, f32, height, width, recon=f32, kept_raw=reason)
 
 
 __all__ = [

@@ -28,6 +28,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from .. import narrow_floats
 from .._threads import thread_count
 from ..errors import EncodeError
 from ..reconstruction import step_size
@@ -287,6 +288,13 @@ class EncoderSettings:
     def is_raw(self, name: str) -> bool:
         """Whether this tensor is stored uncompressed (``raw``)."""
         return matches(name, self.raw)
+
+    def exact_float8(self, name: str, original_dtype: str | None = None) -> str | None:
+        """The float8 format a tensor is coded exactly in (spec A.17): its original dtype (``dtypes`` first, then
+        ``original_dtype``, the dtype its file holds) when that is float8_e4m3fn or float8_e5m2 and ``raw`` does
+        not name it; else None."""
+        original = self.dtypes.get(name, original_dtype)
+        return original if original in narrow_floats.FLOAT8 and not self.is_raw(name) else None
 
     def replace(self, **changes) -> "EncoderSettings":
         """A copy with some options changed, checked again."""

@@ -34,7 +34,7 @@ import numpy as np
 from .._files import AtomicFile
 from ..errors import EncodeError
 from ..reconstruction import DECOMPRESSED_DATA_FORMATS
-from .quantiser import RESTORABLE_FORMATS
+from .quantiser import RESTORABLE_FORMATS, exact_qp
 from .writer import UnitWriter, block_groups, block_members, metadata_json, mps_qp
 
 #: Default budget of the tensors in flight (their float32 size): at least one unit is always in flight.
@@ -131,6 +131,9 @@ def predicted(settings, t, in_block: bool) -> tuple:
         natural = DECOMPRESSED_DATA_FORMATS[fmt].name
     if s.is_raw(t.name) and not in_block:
         return natural, None
+    float8 = s.exact_float8(t.name, t.original_dtype)
+    if float8 is not None:  # (never in a block)
+        return "float64", exact_qp(float8, s.qp_density)  # a codebook at this qp or coarser (A.17), or raw
     if t.name in s.sigmas or (s.codebook and not in_block):
         return None, None
     return natural, s.tensor_qp(t.name, len(t.shape))
@@ -157,9 +160,16 @@ def encode_to(
     unknown = [k for k in s.dtypes if k not in by_name]
     if unknown:
         raise EncodeError(f"dtypes names a tensor that is not in the model: {unknown[0]!r}")
-    groups = block_groups(s.blocks, {t.name: t.shape for t in tensors}, s, {t.name: t.dtype for t in tensors})
+    groups = block_groups(
+        s.blocks,
+        {t.name: t.shape for t in tensors},
+        s,
+        {t.name: t.dtype for t in tensors},
+        originals={t.name: t.original_dtype for t in tensors},
+    )
     in_block = {m for w, p in groups.items() for m in block_members(w, p)[1:]}
     plan = {t.name: predicted(s, t, t.name in in_block or t.name in groups) for t in tensors}
+    exact = {t.name for t in tensors if s.exact_float8(t.name, t.original_dtype)}
     if any(dtype is None for dtype, _ in plan.values()):
         raise EncodeError(
             "codebooks and DC-v1 sigmas choose per tensor from the values: use Encoder.encode (in memory) for them"
@@ -193,10 +203,18 @@ def encode_to(
         coded, stats, values = {}, {}, {}
         for n in members:
             x = load(n)
-            t = encoder.quantiser.quantise(n, x, in_block=name in groups and s.blocks != "auto", dq=s.tensor_dq(name))
+            t = encoder.quantiser.quantise(
+                n,
+                x,
+                in_block=name in groups and s.blocks != "auto",
+                dq=s.tensor_dq(name),
+                original_dtype=by_name[n].original_dtype,
+            )
             if t.kept_raw is not None:  # stored exactly, with the dtype planned (the MPS qp stays)
                 kept_raw[n] = t.kept_raw
-            elif (t.recon.dtype.name, t.qp) != plan[n]:
+            elif (t.recon.dtype.name, t.qp) != plan[n] and not (
+                n in exact and t.recon.dtype.name == plan[n][0] and t.qp >= plan[n][1]
+            ):  # (an exact float8 tensor: its qp is the plan's or coarser, spec A.17)
                 raise EncodeError(
                     f"tensor {n!r}: coded as {t.recon.dtype.name} at qp {t.qp}, planned {plan[n]}"
                 )  # the head written would be wrong

@@ -43,7 +43,12 @@ def block_members(weight: str, parts: Mapping) -> list[str]:
 
 
 def block_groups(
-    blocks, shapes: Mapping[str, tuple], settings: EncoderSettings | None = None, dtypes=None, incremental=False
+    blocks,
+    shapes: Mapping[str, tuple],
+    settings: EncoderSettings | None = None,
+    dtypes=None,
+    incremental=False,
+    originals: Mapping[str, str] | None = None,
 ) -> dict[str, dict]:
     """Which tensors go into BLOCK NDUs with which weight (spec 7.6), from the tensors' shapes.
 
@@ -54,7 +59,9 @@ def block_groups(
     just before its weight, spec 15.3), of one dtype (``dtypes``: name -> dtype), that neither
     ``raw``, ``sigmas`` nor ``output_formats`` of ``settings`` name. The values can still split such a pair
     (:meth:`UnitWriter.group_unit`). ``blocks=True`` pairs no tensor that ``raw`` names (a raw tensor is
-    stored exactly); a mapping that names one is an :class:`~nnc.errors.EncodeError`.
+    stored exactly); a mapping that names one is an :class:`~nnc.errors.EncodeError`. Neither pairs a float8
+    tensor (coded exactly, spec A.17; ``originals``: name -> the dtype its file holds, where the settings' ``dtypes``
+    do not say it); a mapping that names one is an error too.
 
     Examples
     --------
@@ -65,11 +72,18 @@ def block_groups(
         return {}
     groups: dict[str, dict] = {}
     raw = settings.raw if settings is not None else ()
+    originals = originals or {}
+    exact = {n for n in shapes if settings is not None and settings.exact_float8(n, originals.get(n))}
+
+    def apart(name):
+        """A tensor stored exactly, on its own: raw, or float8."""
+        return matches(name, raw) or name in exact
+
     if blocks is True or blocks == "auto":
         for name, shape in shapes.items():
             if name.endswith(".weight") and len(shape) >= 2:
                 bias = name[: -len("weight")] + "bias"
-                either_raw = matches(name, raw) or matches(bias, raw)  # a raw tensor is stored exactly, apart
+                either_raw = apart(name) or apart(bias)
                 if bias in shapes and tuple(shapes[bias]) == (shape[0],) and not either_raw:
                     groups[name] = {"bias": bias}
         if blocks == "auto":
@@ -86,6 +100,12 @@ def block_groups(
         named_raw = [m for m in members if matches(m, raw)]
         if named_raw:
             raise EncodeError(f"{named_raw[0]!r} is named by raw, but a BLOCK unit codes its members (spec 7.6)")
+        float8 = [m for m in members if m in exact]
+        if float8:
+            raise EncodeError(
+                f"{float8[0]!r} is float8, coded exactly on its own (spec A.17), but a BLOCK unit quantises its "
+                "members at one step (spec 7.6)"
+            )
         for m in members:
             if m not in shapes:
                 raise EncodeError(f"block member {m!r} of {weight!r} is not among the tensors")
