@@ -153,7 +153,7 @@ def encode_model(model, output, client, **options) -> int:
     from .encoder import Encoder
     from .encoding.writer import block_groups, block_members, metadata_json
     from .encoding.writer import mps_qp as stream_qp
-    from .models import checkpoint_metadata
+    from .models import checkpoint_metadata, with_file_dtypes
     from .readers import open_model
 
     if not isinstance(model, (str, os.PathLike)):
@@ -164,7 +164,7 @@ def encode_model(model, output, client, **options) -> int:
             raise EncodeError(f"the option {option!r} is not available on a Dask cluster")
     path = os.path.abspath(os.fspath(model))
     index, dtypes = tensor_index(path)
-    options.setdefault("dtypes", dtypes)
+    with_file_dtypes(options, dtypes)
     options.setdefault("threads", 1)
     enc = Encoder(**options)  # checks the options on the client
     s = enc.settings

@@ -36,6 +36,13 @@ from .decoder import Decoder, restore_model_view
 __all__ = ["encode_model", "encode_model_to", "load_model", "checkpoint_metadata", "decode_model", "compare_tensors"]
 
 
+def with_file_dtypes(options: dict, dtypes: Mapping[str, str]) -> None:
+    """Set ``options["dtypes"]`` to the dtypes a model file holds, the caller's own entries winning (a caller who
+    names one tensor's dtype keeps the file's for the others)."""
+    given = options.get("dtypes")
+    options["dtypes"] = {**dtypes, **given} if isinstance(given, Mapping) else dtypes if given is None else given
+
+
 def encode_model(model, output=None, *, client=None, **options) -> bytes:
     """Encode a model file (any supported format) or a mapping of arrays; optionally write the stream.
 
@@ -111,7 +118,7 @@ def encode_model(model, output=None, *, client=None, **options) -> bytes:
         tensors = OrderedDict((k, np.asarray(v)) for k, v in model.items())
     else:
         tensors, dtypes, extra = load_model(model)
-        options.setdefault("dtypes", dtypes)  # e.g. bfloat16, read as float32: restored on decoding
+        with_file_dtypes(options, dtypes)  # e.g. bfloat16, read as float32: restored on decoding
         if not tensors:
             raise formats.FormatError(f"{model}: no tensors found (nothing to encode)")
     stream = Encoder(**options).encode(tensors, extra_metadata=extra).stream

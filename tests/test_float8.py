@@ -199,3 +199,13 @@ def test_the_api_adapter_of_nnc_verify_decodes_float8_into_bit_patterns():
     w = float8_tensor("float8_e4m3fn", np.arange(256, dtype=np.uint8).reshape(16, 16))
     stream = nnc.encode({"w": w}, dtypes={"w": "float8_e4m3fn"})
     assert np.array_equal(NNCAPIAdapter()(stream)["w"].reshape(16, 16), w)
+
+
+def test_a_caller_who_names_one_dtype_keeps_the_files_dtypes_for_the_others(tmp_path):
+    w = float8_tensor("float8_e4m3fn", np.arange(64, dtype=np.uint8).reshape(8, 8))
+    src = tmp_path / "m.safetensors"
+    src.write_bytes(safetensors_bytes({"w": w, "b": np.linspace(-1, 1, 8, dtype=np.float32)}, {"w": "float8_e4m3fn",
+                                                                                               "b": "bfloat16"}))
+    dec = nnc.Decoder(nnc.encode_model(src, dtypes={"w": "float32"}, qp=-30))  # w quantised again, as float32
+    assert dec.metadata["dtypes"] == {"b": "bfloat16"}  # before: the file's dtypes all replaced by the caller's
+    assert dec.info("w").codebook is None and dec.info("w").dq  # quantised, not the exact codebook
