@@ -333,8 +333,9 @@ class Quantiser:
         ``original_dtype``: the dtype the model file holds (a float8 tensor is coded exactly), when the settings'
         ``dtypes`` do not say it."""
         s = self.settings
-        dq = s.tensor_dq(name) if dq is None else dq
-        t = self._values(name, arr, in_block=in_block, dq=dq, original_dtype=original_dtype)
+        t = self._values(
+            name, arr, in_block=in_block, dq=s.tensor_dq(name) if dq is None else dq, original_dtype=original_dtype
+        )
         fmt = s.output_formats.get(name)
         if fmt is not None:
             from ..reconstruction import convert_to_format
@@ -583,7 +584,8 @@ class Quantiser:
                 nonzero = ints[ints != 0]
                 # the largest power of two dividing every value: coarser steps, smaller codebook integers
                 low_bit = int(np.bitwise_and(nonzero, -nonzero).min()) if nonzero.size else 1
-                shift = min(low_bit.bit_length() - 1, ((1 << (5 + qpd)) - 1 >> qpd) - finest)
+                coarsest = ((1 << (5 + qpd)) - 1) >> qpd  # the qp stays within the offsets from an MPS qp of 0
+                shift = min(low_bit.bit_length() - 1, coarsest - finest)
                 ints >>= shift
                 exponent += shift
                 if ints.size == 0 or int(np.abs(ints).max()) <= INT32_MAX:
