@@ -209,3 +209,25 @@ def test_a_caller_who_names_one_dtype_keeps_the_files_dtypes_for_the_others(tmp_
     dec = nnc.Decoder(nnc.encode_model(src, dtypes={"w": "float32"}, qp=-30))  # w quantised again, as float32
     assert dec.metadata["dtypes"] == {"b": "bfloat16"}  # before: the file's dtypes all replaced by the caller's
     assert dec.info("w").codebook is None and dec.info("w").dq  # quantised, not the exact codebook
+
+
+def test_onnx_float8_and_bfloat16_initializers_come_back_in_their_types(tmp_path, capsys):
+    onnx = pytest.importorskip("onnx")
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(4).standard_normal((6, 5)).astype(np.float32)
+    inits = [numpy_helper.from_array(w.astype(ml_dtypes.bfloat16), "wbf"),
+             numpy_helper.from_array(w.astype(ml_dtypes.float8_e4m3fn), "w8")]
+    graph = helper.make_graph([helper.make_node("Identity", ["w8"], ["y"])], "g", [],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT8E4M3FN, [6, 5])],
+                              initializer=inits)
+    src = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph), src)
+    assert main(["encode", str(src), "-o", str(tmp_path / "m.nnr"), "--quiet"]) == 0
+    assert main(["decode", str(tmp_path / "m.nnr"), "-o", str(tmp_path / "out.onnx"), "--template", str(src)]) == 0
+    capsys.readouterr()
+    back = {i.name: i for i in onnx.load(tmp_path / "out.onnx").graph.initializer}
+    assert back["w8"].data_type == TensorProto.FLOAT8E4M3FN and back["wbf"].data_type == TensorProto.BFLOAT16
+    exact = w.astype(ml_dtypes.float8_e4m3fn).astype(np.float32) + np.float32(0)
+    assert np.array_equal(numpy_helper.to_array(back["w8"]).astype(np.float32), exact)
