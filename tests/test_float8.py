@@ -231,3 +231,13 @@ def test_onnx_float8_and_bfloat16_initializers_come_back_in_their_types(tmp_path
     assert back["w8"].data_type == TensorProto.FLOAT8E4M3FN and back["wbf"].data_type == TensorProto.BFLOAT16
     exact = w.astype(ml_dtypes.float8_e4m3fn).astype(np.float32) + np.float32(0)
     assert np.array_equal(numpy_helper.to_array(back["w8"]).astype(np.float32), exact)
+
+
+def test_nnc_torch_refuses_a_dtype_numpy_lacks_instead_of_coding_it_as_float32():
+    torch = pytest.importorskip("torch")
+    if not hasattr(torch, "float8_e4m3fnuz"):
+        pytest.skip("this torch has no float8_e4m3fnuz")
+    import nnc.torch as nt
+
+    with pytest.raises(EncodeError, match="float8_e4m3fnuz"):  # before: coded as float32, its dtype forgotten
+        nt.save({"w": torch.ones(4, 4).to(torch.float8_e4m3fnuz)})
