@@ -565,9 +565,11 @@ class Encoder:
         out = OrderedDict()
         for name, x in arrays.items():
             held = model.get(name)
-            if held is None or held.shape != x.shape or x.dtype.kind not in "fiub":
-                out[name] = x
-            elif x.dtype.kind == "f":
+            if held is None or held.shape != (x.shape or (1,)) or x.dtype.kind not in "fiub":
+                out[name] = x  # (a 0-d tensor is held as coded, with shape (1,), spec 12.5)
+                continue
+            held = held.reshape(x.shape)
+            if x.dtype.kind == "f":
                 out[name] = (x.astype(np.float64) - held).astype(x.dtype)
             else:
                 out[name] = x.astype(np.int64) - held.astype(np.int64)

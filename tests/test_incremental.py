@@ -251,3 +251,29 @@ def test_differences_after_a_state_of_full_values_say_what_the_stream_carries(tm
     assert not nnc.Decoder(tmp_path / "s1.nnr").differences
     assert main(args + ["-o", str(tmp_path / "s2.nnr"), "--differences"]) == 0
     assert "holds no model" not in capsys.readouterr().err and nnc.Decoder(tmp_path / "s2.nnr").differences
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture], deadline=None,
+          max_examples=10)
+@given(counts=st.lists(st.integers(-1000, 1000), min_size=2, max_size=3),
+       scales=st.lists(st.sampled_from([0.5, 2.0, 3.0, -1.25]), min_size=3, max_size=3))
+def test_differences_of_0d_tensors_are_differences(tmp_path_factory, counts, scales):
+    """A 0-d tensor (held as coded, shape (1,)) is sent as a difference too: it was sent whole under a stream that
+    says "differences", and the receiver added it to what it held (10 then 7 gave 17)."""
+    from nnc import formats
+    from nnc.cli import main
+
+    d = tmp_path_factory.mktemp("scalar_updates")
+    held = None
+    for i, count in enumerate(counts):
+        model = {"w": np.full((4, 4), scales[i], np.float32), "n": np.int64(count), "s": np.float32(scales[i])}
+        (d / f"m{i}.npz").write_bytes(formats.npz_bytes(model))
+        assert main(["encode", str(d / f"m{i}.npz"), "-o", str(d / f"u{i}.nnr"), "--state", str(d / "tx"),
+                     "--differences", "-q", "--qp", "-30"]) == 0
+        add = ["--add-to", str(held)] if held else []
+        assert main(["decode", str(d / f"u{i}.nnr"), "-o", str(d / f"h{i}.npz"), "--state", str(d / "rx"), "-q",
+                     *add]) == 0
+        held = d / f"h{i}.npz"
+        back, _ = formats.read_model(held)
+        assert back["n"].shape == () and int(back["n"]) == count  # integers: exact
+        assert abs(float(back["s"]) - scales[i]) < 0.02  # within a step or two of qp -30
