@@ -241,3 +241,17 @@ def test_nnc_torch_refuses_a_dtype_numpy_lacks_instead_of_coding_it_as_float32()
 
     with pytest.raises(EncodeError, match="float8_e4m3fnuz"):  # before: coded as float32, its dtype forgotten
         nt.save({"w": torch.ones(4, 4).to(torch.float8_e4m3fnuz)})
+
+
+def test_integer_tensors_stay_out_of_blocks_and_stay_exact():
+    model = {"fc.weight": np.linspace(-1, 1, 24, dtype=np.float32).reshape(6, 4),
+             "fc.bias": np.array([-8000, -7000, -6000, -5000, -3999, 12], np.int32),
+             "g.weight": np.arange(24, dtype=np.int8).reshape(6, 4), "g.bias": np.ones(6, np.float32)}
+    for blocks in (True, "auto"):  # blocks=True quantised them with the weight: -7000 came back as -6999
+        decoded = nnc.decode_model(nnc.encode(model, blocks=blocks, qp=-20))
+        assert np.array_equal(decoded["fc.bias"], model["fc.bias"]) and np.array_equal(decoded["g.weight"],
+                                                                                      model["g.weight"])
+    with pytest.raises(EncodeError, match="integer"):
+        nnc.encode(model, blocks={"fc.weight": {"bias": "fc.bias"}})
+    lossy = nnc.decode(nnc.encode(model, blocks=True, lossless_int=False, qp=-20))  # asked for: they may pair
+    assert lossy["fc.bias"].dtype.kind == "f"

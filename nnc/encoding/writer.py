@@ -74,9 +74,11 @@ def block_groups(
     raw = settings.raw if settings is not None else ()
     originals = originals or {}
     exact = {n for n in shapes if settings is not None and settings.exact_float8(n, originals.get(n))}
+    if settings is None or settings.lossless_int:  # integer tensors are coded losslessly, as INT (spec 7.4)
+        exact |= {n for n, d in (dtypes or {}).items() if n in shapes and _kind(d) in "iub"}
 
     def apart(name):
-        """A tensor stored exactly, on its own: raw, or float8."""
+        """A tensor stored exactly, on its own: raw, float8 or (with lossless_int) integer."""
         return matches(name, raw) or name in exact
 
     if blocks is True or blocks == "auto":
@@ -100,11 +102,11 @@ def block_groups(
         named_raw = [m for m in members if matches(m, raw)]
         if named_raw:
             raise EncodeError(f"{named_raw[0]!r} is named by raw, but a BLOCK unit codes its members (spec 7.6)")
-        float8 = [m for m in members if m in exact]
-        if float8:
+        alone = [m for m in members if m in exact]
+        if alone:
             raise EncodeError(
-                f"{float8[0]!r} is float8, coded exactly on its own (spec A.17), but a BLOCK unit quantises its "
-                "members at one step (spec 7.6)"
+                f"{alone[0]!r} is coded exactly on its own ({'integer' if _kind((dtypes or {}).get(alone[0])) in 'iub' else 'float8'}, "
+                "spec A.7, A.17), but a BLOCK unit quantises its members at one step (spec 7.6)"
             )
         for m in members:
             if m not in shapes:
@@ -116,6 +118,14 @@ def block_groups(
         if parts.get("bn") and len(parts["bn"]) != 4:
             raise EncodeError("a block's 'bn' entry lists beta, gamma, mean and var")
     return groups
+
+
+def _kind(dtype) -> str:
+    """numpy's kind letter of a dtype or dtype name; "" for names numpy does not know (bfloat16, float8)."""
+    try:
+        return np.dtype(dtype).kind
+    except TypeError:
+        return ""
 
 
 def _auto_pair(weight: str, bias: str, settings: EncoderSettings | None, dtypes, incremental: bool) -> bool:
