@@ -81,7 +81,8 @@ def same_file(a, b) -> bool:
 
 
 def refuse_overwriting(output, inputs: dict) -> None:
-    """Raise ``FileExistsError`` naming ``output`` if it is one of ``inputs`` ({what: path or None}; no output, no check).
+    """Raise ``FileExistsError`` naming ``output`` if it is one of ``inputs`` ({what: path, list of paths or None};
+    no output, no check).
 
     Examples
     --------
@@ -93,13 +94,14 @@ def refuse_overwriting(output, inputs: dict) -> None:
     """
     if output is None:
         return
-    for what, path in inputs.items():
-        if path is not None and same_file(output, path):
-            raise FileExistsError(
-                errno.EEXIST,
-                f"the output is the {what} ({os.fspath(path)}); refusing to overwrite an input",
-                os.fspath(output),
-            )
+    for what, paths in inputs.items():
+        for path in paths if isinstance(paths, (list, tuple)) else [paths]:
+            if path is not None and same_file(output, path):
+                raise FileExistsError(
+                    errno.EEXIST,
+                    f"the output is the {what} ({os.fspath(path)}); refusing to overwrite an input",
+                    os.fspath(output),
+                )
 
 
 class AtomicFile:

@@ -109,6 +109,10 @@ def allocate_qps(
     """
     if (target_distortion is None) == (target_snr_db is None):
         raise EncodeError("give exactly one of target_distortion and target_snr_db")
+    if target_snr_db is not None and not -100 <= float(target_snr_db) <= 300:  # (NaN too)
+        raise EncodeError(f"target_snr_db must be from -100 to 300 dB, not {target_snr_db}")
+    if target_distortion is not None and not 0 <= float(target_distortion) < math.inf:
+        raise EncodeError(f"target_distortion must be a finite number >= 0, not {target_distortion}")
     enc = Encoder(**encoder_options)
     importance = dict(importance or {})
     floats = {

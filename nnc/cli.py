@@ -54,6 +54,9 @@ smallest stream whose score stays within --tolerance of the original model's sco
   nnc compare model.safetensors decoded.pt --min-snr 30    # exit status 1 if the total SNR is lower
   nnc compare model.safetensors model.nnr --json | jq '.total.snr_db'
   nnc compare model.safetensors model.nnr --plot compare.png  # per-tensor SNR, error histogram
+
+exit status 1 on a missing tensor, another shape or dtype, integers that differ, inf or NaN
+against another value, or (with --min-snr) a total SNR below the bound.
 """,
     "verify": """examples:
   nnc verify conformance/
@@ -145,6 +148,15 @@ def _refuse_overwriting_inputs(output, inputs: dict):
     return None
 
 
+def _state_folder_missing(state) -> str | None:
+    """A message if the --state file cannot be written because its folder does not exist (checked before any
+    output is written: a failure after it would leave a new output beside an old state), else None."""
+    folder = os.path.dirname(os.path.abspath(state)) if state else None
+    if folder and not os.path.isdir(folder):
+        return f"{state}: cannot write the state there: folder {os.path.dirname(state) or folder} does not exist"
+    return None
+
+
 def _unmatched_patterns(names, options: dict):
     """A message naming the first --tensor-qp/--raw/... pattern that matches no tensor, else None."""
     import fnmatch
@@ -216,10 +228,14 @@ def cmd_encode(args) -> int:
             "--importance file": args.importance,
             "--covariances file": args.covariances,
         },
-    )
+    ) or _state_folder_missing(args.state)
     if refused:
         return _fail(refused)
     source = readers.open_model(args.model)  # headers only: tensors are read when their turn comes
+    for read in source.files:  # the file or index, each shard, ONNX external data
+        refused = _refuse_overwriting_inputs(out, {"model's file": read})
+        if refused:
+            return _fail(refused)
     names = [t.name for t in source]
     if not names:
         return _fail(f"{args.model}: no tensors found (nothing to encode)")
@@ -251,10 +267,12 @@ def cmd_encode(args) -> int:
         dcv1_s=args.dcv1_s,
         threads=args.threads if args.threads is not None else (1 if args.search and args.workers > 1 else 0),
     )
-    if args.sigmas:
-        options["sigmas"], _ = formats.read_model(args.sigmas)
-    if args.importance:
-        options["importance"], _ = formats.read_model(args.importance)
+    for option, path in (("sigmas", args.sigmas), ("importance", args.importance)):
+        if path:
+            options[option], _ = formats.read_model(path)
+            stray = [k for k in options[option] if k not in names]
+            if stray:  # (a name of another model would be ignored: no tensor takes it)
+                return _fail(f"{path}: {stray[0]!r} is not a tensor of {args.model}")
     if args.covariances:
         if args.target_snr is not None:
             return _fail(
@@ -283,9 +301,18 @@ def cmd_encode(args) -> int:
     if args.qp is None and args.step is None:
         options.pop("step")
     if args.scheduler:
+        _note_left_out(args.model, source.left_out, args.quiet or args.json)
         return _encode_on_cluster(args, options)
     if args.search:
         tensors, dtypes, _ = models.load_model(args.model)
+        quiet = args.quiet or args.json
+        _note_left_out(args.model, source.left_out, quiet)
+        if models.checkpoint_metadata(source) is not None:
+            _tell(
+                quiet,
+                f"nnc: note: {args.model}: with --search the stream does not record the checkpoint's file "
+                "layout: decoding to a folder writes one model.safetensors",
+            )
         return _encode_search(args, tensors, dict(options, dtypes=dtypes))
     if args.state:
         state = EncoderState.load(args.state) if Path(args.state).exists() else EncoderState()
@@ -339,16 +366,18 @@ def cmd_encode(args) -> int:
         _tell(
             quiet,
             f"nnc: note: {len(kept)} tensor(s) cannot be quantised and are stored uncompressed "
-            f"(RAW_FLOAT), exactly: {_first_few(kept)}",
+            f"(RAW_FLOAT, float32 values): {_first_few(kept)}",
         )
+    from .encoding.settings import matches
+
+    raw = set(summary.kept_raw) | {t.name for t in source if matches(t.name, options.get("raw") or ())}
+    rounded = [t.name for t in source if t.name in raw and t.original_dtype in ("float64", "longdouble")]
+    if rounded:  # (RAW_FLOAT holds float32: exact for float32 and narrower inputs only, spec 7.5)
+        report["raw_rounded_to_float32"] = rounded
+        _tell(quiet, f"nnc: note: stored raw as float32, so rounded from float64: {_first_few(rounded)}")
     if summary.left_out:
         report["left_out"] = list(summary.left_out)
-        _tell(
-            quiet,
-            f"nnc: note: {args.model}: {len(summary.left_out)} entr{'y' if len(summary.left_out) == 1 else 'ies'} "
-            f"that are not the model's tensors are not encoded (decoding writes the tensors alone): "
-            f"{_first_few(summary.left_out)}",
-        )
+        _note_left_out(args.model, summary.left_out, quiet)
     if summary.zeroed:
         report["zeroed"] = list(summary.zeroed)
         _tell(
@@ -548,6 +577,18 @@ def load_callable(spec: str, option: str = "--search"):
     return func
 
 
+def _note_left_out(model, left_out, quiet: bool) -> None:
+    """The note naming a model's entries that are not encoded (ModelSource.left_out)."""
+    if left_out:
+        _tell(
+            quiet,
+            f"nnc: note: {model}: {len(left_out)} entr{'y that is' if len(left_out) == 1 else 'ies that are'} "
+            f"not the model's tensors {'is' if len(left_out) == 1 else 'are'} not encoded (decoding writes the "
+            "tensors alone): "
+            f"{_first_few(left_out)}",
+        )
+
+
 def _encode_search(args, tensors, options) -> int:
     from . import formats
     from .search import search
@@ -632,7 +673,7 @@ def cmd_decode(args) -> int:
         args.output,
         {"stream": args.stream, "--template": args.template, "--add-to model": args.add_to, "--state file": args.state},
     )
-    refused = refused or _not_a_stream(args.stream)
+    refused = refused or _not_a_stream(args.stream) or _state_folder_missing(args.state)
     if refused:
         return _fail(refused)
     if args.scheduler:
@@ -653,6 +694,8 @@ def cmd_decode(args) -> int:
     missing = [n for n in names or [] if n not in dec.names()]
     if missing:
         return _fail(f"no tensor named {missing[0]!r} in {args.stream}")
+    if args.template and not _writes_onnx(args.output):
+        return _fail(f"--template {args.template}: a template is for ONNX output only, not {args.output}")
     bar = _DecodeBar(args.quiet)
     try:
         with _errors_name(args.stream):
@@ -676,7 +719,26 @@ def cmd_decode(args) -> int:
         files = summary["files"]
         where = files[0] if len(files) == 1 else f"{args.output} ({len(files)} files)"
         print(f"{where}: {summary['tensors']} tensors, {summary['weights']} weights")
+    if dec.differences and not args.add_to and not args.quiet:
+        print(
+            f"nnc: note: {args.stream} holds differences to a model (encoded with --differences): written as "
+            "they are; give --add-to MODEL to apply them",
+            file=sys.stderr,
+        )
     return EXIT_OK
+
+
+def _writes_onnx(output) -> bool:
+    """Whether ``output`` is an ONNX file or a folder (whose checkpoint may be ONNX)."""
+    from .formats import FormatError, format_from_extension
+    from .writers import is_directory_target
+
+    if is_directory_target(output):
+        return True
+    try:
+        return format_from_extension(output) == "onnx"
+    except FormatError:  # an unknown extension: the writer names it
+        return True
 
 
 class _DecodeBar:
@@ -777,17 +839,28 @@ def _plotting_unavailable(args) -> str | None:
 
 
 def cmd_compare(args) -> int:
+    """``nnc compare``: fails (exit 1) on a missing tensor, another shape or dtype, an integer tensor that
+    differs, inf or NaN against another value, or a total SNR below ``--min-snr``."""
+    from .errors import DecodeError
     from .models import compare_tensors
+
+    def read(path):
+        try:
+            return _read_model_or_stream(path, args.threads, quiet)
+        except DecodeError as exc:  # restoring the recorded dtypes (spec 6.2.1) fails outside its decoding
+            if exc.message.startswith(f"{os.fspath(path)}: "):
+                raise
+            raise type(exc)(f"{os.fspath(path)}: {exc.message}", clause=exc.clause, offset=exc.offset) from exc
 
     if problem := _plotting_unavailable(args):
         return _fail(problem)
     quiet = args.quiet or args.json
     with _stage_bar(3, quiet) as bar:  # reading, reading, comparing; a stream's decoding has its own bar
         bar.set_description_str(f"reading {Path(args.reference).name}")
-        reference = _read_model_or_stream(args.reference, args.threads, quiet)
+        reference = read(args.reference)
         bar.update()
         bar.set_description_str(f"reading {Path(args.other).name}")
-        other = _read_model_or_stream(args.other, args.threads, quiet)
+        other = read(args.other)
         bar.update()
         bar.set_description_str("comparing")
         result = compare_tensors(reference, other)
@@ -805,6 +878,14 @@ def cmd_compare(args) -> int:
         f"{m['name']}: shape {tuple(m['shape'])} against {tuple(m['other_shape'])}" for m in result["shape_mismatches"]
     ]
     problems += [f"{name}: not equal (not a float tensor, so it should be exact)" for name in total["exact_mismatches"]]
+    rows = {row["name"]: row for row in result["tensors"]}
+    problems += [
+        f"{name}: {rows[name]['nonfinite_mismatches']} inf or NaN value(s) against another value"
+        for name in total["nonfinite_mismatches"]
+    ]
+    problems += [
+        f"{name}: dtype {rows[name]['dtype']} against {rows[name]['other_dtype']}" for name in total["dtype_mismatches"]
+    ]
     below = args.min_snr is not None and not total["snr_db"] >= args.min_snr
     if below:
         problems.append(f"total SNR {total['snr_db']:.2f} dB is below --min-snr {args.min_snr} dB")
@@ -816,10 +897,15 @@ def cmd_compare(args) -> int:
         print("-" * 87)
         for row in result["tensors"]:
             shape = "x".join(map(str, row["shape"])) or "scalar"
+            dtype = f"  dtype {row['dtype']} against {row['other_dtype']}" if row["dtype"] != row["other_dtype"] else ""
             if "snr_db" in row:
-                print(f"{row['name'][:48]:<48} {shape[:16]:>16} {row['snr_db']:>8.2f} {row['max_abs_error']:>12.4g}")
+                print(
+                    f"{row['name'][:48]:<48} {shape[:16]:>16} {row['snr_db']:>8.2f} {row['max_abs_error']:>12.4g}"
+                    + dtype
+                )
             else:
-                print(f"{row['name'][:48]:<48} {shape[:16]:>16} {'exact' if row['equal'] else 'DIFFERS':>8} {'':>12}")
+                verdict = "DIFFERS" if not row["equal"] else "DTYPE" if dtype else "exact"
+                print(f"{row['name'][:48]:<48} {shape[:16]:>16} {verdict:>8} {'':>12}" + dtype)
         print(
             f"total: {total['weights']} float weights, SNR {total['snr_db']:.2f} dB"
             + (f"; {len(result['extra'])} tensor(s) only in {args.other}" if result["extra"] else "")

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import DecodeError, EncodeError
+from .errors import DecodeError, EncodeError, OutputBufferError
 
 try:  # numcodecs is optional
     from numcodecs.abc import Codec as _CodecBase
@@ -149,7 +149,8 @@ class NNC(_CodecBase):
         return smallest if len(smallest) < len(good_stream) else good_stream
 
     def decode(self, buf, out=None):
-        """The chunk of an NNC stream; copied into ``out`` when that is given (same number of bytes)."""
+        """The chunk of an NNC stream; copied into ``out`` when that is given (same number of bytes; an ``out``
+        that is not C-contiguous must have the chunk's dtype, else OutputBufferError)."""
         from .decoder import Decoder, restore_model_view
 
         data = buf if isinstance(buf, bytes) else _as_array(buf).tobytes()
@@ -162,10 +163,18 @@ class NNC(_CodecBase):
         chunk = restored[CHUNK_TENSOR]
         if out is None:
             return chunk
-        target = _as_array(out)
+        target = out if isinstance(out, np.ndarray) else np.asarray(memoryview(out))  # a view: never a copy
         if target.nbytes != chunk.nbytes:
             raise DecodeError(f"out holds {target.nbytes} bytes, the decoded chunk {chunk.nbytes}")
-        target.reshape(-1).view(np.uint8)[:] = _as_array(chunk).reshape(-1).view(np.uint8)
+        if target.flags.c_contiguous:
+            target.reshape(-1).view(np.uint8)[:] = _as_array(chunk).reshape(-1).view(np.uint8)
+        elif target.dtype == chunk.dtype:
+            np.copyto(target, chunk.reshape(target.shape))  # element by element in C order, as the bytes go
+        else:
+            raise OutputBufferError(
+                f"out is not C-contiguous and has dtype {target.dtype}, the chunk {chunk.dtype}: "
+                "give a contiguous array or one of the chunk's dtype"
+            )
         return out
 
     def get_config(self) -> dict:

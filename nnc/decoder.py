@@ -1103,7 +1103,8 @@ class Decoder:
             If ``out`` has another shape, a dtype the tensor does not decode
             to, or is read-only, not C-contiguous or not a numpy array.
         nnc.errors.DecodeError
-            If the unit's payload is invalid.
+            If the unit's payload is invalid, or an integer or bool ``out``
+            cannot hold the tensor's values exactly (spec 6.2.1).
 
         Examples
         --------
@@ -1134,30 +1135,21 @@ class Decoder:
         allowed = [info.dtype]
         if np.dtype(info.dtype).kind == "f":
             allowed += [d for d in ("float16", "float32", "float64") if d != info.dtype]
-        original = (
-            (self.metadata.get("dtypes") or {}).get(info.name)
-            if isinstance(self.metadata.get("dtypes"), dict)
-            else None
-        )
-        narrow = narrow_floats.NARROW_FLOATS.get(original) if isinstance(original, str) else None
-        if narrow is not None and np.dtype(info.dtype).kind == "f":
+        original = recorded_dtype(self.metadata, info.name, info.dtype)
+        narrow = narrow_floats.NARROW_FLOATS.get(original) if original is not None else None
+        if narrow is not None:
             allowed += [narrow.name, narrow.storage.name]
-        elif isinstance(original, str):
-            try:
-                allowed.append(np.dtype(original).name)
-            except TypeError:
-                pass
+        elif original is not None:
+            allowed.append(original)
         if np.dtype(info.dtype).kind == "f" and "bfloat16" not in allowed:
             allowed.append("bfloat16")  # an ml_dtypes array
         return list(dict.fromkeys(allowed))
 
     def _out_shapes(self, info: TensorInfo) -> list:
         shapes = [tuple(info.shape)]
-        recorded = self.metadata.get("shapes")
-        if isinstance(recorded, dict) and isinstance(recorded.get(info.name), list):
-            shape = tuple(recorded[info.name])
-            if math.prod(shape) == info.size:
-                shapes.append(shape)
+        recorded = recorded_shape(self.metadata, info.name, info.size)
+        if recorded is not None:
+            shapes.append(recorded)
         return shapes
 
     def _check_out(self, name: str, out) -> None:
@@ -1185,6 +1177,7 @@ class Decoder:
         """Copy a decoded tensor into the caller's array, converting its dtype in slices.
 
         A tensor decoded straight into ``out`` (``arr is out``, see :func:`_direct_target`) is not copied.
+        An integer or bool ``out`` receives the values only if it holds them exactly (:func:`exact_integers`).
         """
         if arr is out:
             return out
@@ -1193,11 +1186,14 @@ class Decoder:
         narrow = self._bit_pattern_format(name, out, arr)
         if narrow is not None:
             dst = dst.view(narrow.storage.newbyteorder("="))
+        checked = narrow is None and out.dtype.kind in "biu" and not np.can_cast(arr.dtype, out.dtype, "safe")
         step = 1 << 20
         for i in range(0, src.size, step):
             part = src[i : i + step]
             if narrow is not None:
                 dst[i : i + step] = narrow_floats.from_float32(narrow.name, part)
+            elif checked:
+                dst[i : i + step] = exact_integers(name, part, out.dtype)
             else:
                 np.copyto(dst[i : i + step], part, casting="unsafe")
         return out
@@ -1210,9 +1206,8 @@ class Decoder:
             return None
         if narrow_floats.is_narrow(out.dtype.name):
             return narrow_floats.NARROW_FLOATS[out.dtype.name]
-        recorded = self.metadata.get("dtypes")
-        original = recorded.get(name) if isinstance(recorded, dict) else None
-        narrow = narrow_floats.NARROW_FLOATS.get(original) if isinstance(original, str) else None
+        original = recorded_dtype(self.metadata, name, arr.dtype)
+        narrow = narrow_floats.NARROW_FLOATS.get(original) if original is not None else None
         return narrow if narrow is not None and out.dtype == narrow.storage else None
 
     def info(self, name: str) -> TensorInfo:
@@ -1463,6 +1458,71 @@ def _topology_metadata(unit: C.Unit) -> dict:
     return meta if isinstance(meta, dict) else {}
 
 
+def recorded_shape(metadata: dict, name: str, size: int) -> tuple | None:
+    """The original shape nnc's metadata records for tensor ``name`` of ``size`` elements, if it applies (spec 6.2.1):
+    a list of at most 32 integers (not booleans), each from 0 to ``size``, whose product is ``size``; else None."""
+    recorded = metadata.get("shapes")
+    shape = recorded.get(name) if isinstance(recorded, dict) else None
+    if (
+        isinstance(shape, list)
+        and len(shape) <= 32
+        and all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and 0 <= d <= size for d in shape)
+        and math.prod(int(d) for d in shape) == size
+    ):
+        return tuple(int(d) for d in shape)
+    return None
+
+
+def restorable_dtype(want) -> str | None:
+    """``want`` as a dtype a tensor may be restored to (spec 6.2.1): bool, a signed or unsigned integer, float16/32/64
+    in native byte order (their numpy names), or a format of :mod:`nnc.narrow_floats`; else None."""
+    if not isinstance(want, str):
+        return None
+    if narrow_floats.is_narrow(want):
+        return want
+    try:
+        dtype = np.dtype(want)
+    except (TypeError, ValueError, DeprecationWarning):  # (the warning: an alias numpy deprecates, as an error)
+        return None
+    if dtype.kind not in "biuf" or not dtype.isnative or dtype.itemsize > 8:
+        return None
+    return dtype.name
+
+
+def recorded_dtype(metadata: dict, name: str, decoded_dtype) -> str | None:
+    """The original dtype nnc's metadata records for tensor ``name`` (decoded as ``decoded_dtype``), if it applies
+    (spec 6.2.1): a :func:`restorable_dtype`; a float one only for a float tensor; an integer or bool one not in a
+    stream of differences (whose integers may leave the dtype's range: :func:`apply_update` adds them in the
+    model's dtype).  Its name, or None."""
+    recorded = metadata.get("dtypes")
+    want = restorable_dtype(recorded.get(name) if isinstance(recorded, dict) else None)
+    if want is None:
+        return None
+    decoded_float = np.dtype(decoded_dtype).kind == "f"
+    if narrow_floats.is_narrow(want) or np.dtype(want).kind == "f":
+        return want if decoded_float else None
+    return None if metadata.get("differences") is True else want
+
+
+def exact_integers(name: str, values: np.ndarray, dtype) -> np.ndarray:
+    """``values`` of tensor ``name`` (or a slice of them) converted to its recorded bool or integer ``dtype`` without
+    changing one (spec 6.2.1): floats (an integer tensor coded lossily) are rounded to the nearest integer, ties to
+    even; a value the dtype cannot hold (NaN, inf, out of its range; bool: other than 0 and 1) raises DecodeError."""
+    dtype = np.dtype(dtype)
+    if values.dtype.kind == "f":
+        values = np.rint(values)
+    if values.size:
+        low, high = values.min().item(), values.max().item()  # Python numbers: compared exactly
+        lowest, highest = (0, 1) if dtype.kind == "b" else (int(np.iinfo(dtype).min), int(np.iinfo(dtype).max))
+        if not (math.isfinite(low) and math.isfinite(high) and lowest <= low and high <= highest):
+            raise DecodeError(
+                f"tensor {name!r} holds values from {low} to {high}, which its recorded dtype {dtype.name} "
+                f"cannot hold ({lowest} to {highest})",
+                clause="6.2.1",
+            )
+    return values.astype(dtype)
+
+
 def restore_model_view(tensors: "OrderedDict[str, np.ndarray]", metadata: dict) -> tuple:
     """Tensors as the original model had them: order, 0-d shapes and dtypes from nnc's metadata (spec 6.2.1).
 
@@ -1470,8 +1530,9 @@ def restore_model_view(tensors: "OrderedDict[str, np.ndarray]", metadata: dict) 
     (coding order puts a bias before its weight in a BLOCK unit), the shapes
     that NNC cannot carry (0-d tensors are coded as 1-d) and the dtypes it does
     not restore by itself; :attr:`~nnc.decoder.Decoder.metadata` holds them.
-    Entries that do not fit (a shape of another size, an unknown dtype) are
-    ignored.
+    Entries that do not apply are ignored (:func:`recorded_shape`,
+    :func:`recorded_dtype`); an integer or bool dtype must hold every value
+    (:func:`exact_integers`).
 
     Parameters
     ----------
@@ -1489,6 +1550,11 @@ def restore_model_view(tensors: "OrderedDict[str, np.ndarray]", metadata: dict) 
         tensors stay float32 and are named by their format in ``dtypes``
         (:mod:`nnc.narrow_floats`).
 
+    Raises
+    ------
+    nnc.errors.DecodeError
+        If a tensor's values do not fit the integer or bool dtype the metadata records for it.
+
     Examples
     --------
     >>> import nnc, numpy as np
@@ -1501,8 +1567,6 @@ def restore_model_view(tensors: "OrderedDict[str, np.ndarray]", metadata: dict) 
     >>> tensors["step"].dtype.name, tensors["step"].shape, dtypes
     ('int64', (), {'step': 'int64'})
     """
-    shapes = metadata.get("shapes", {}) if isinstance(metadata.get("shapes"), dict) else {}
-    dtypes = metadata.get("dtypes", {}) if isinstance(metadata.get("dtypes"), dict) else {}
     out: OrderedDict[str, np.ndarray]
     if isinstance(tensors, DecodedTensors):
         out = DecodedTensors()
@@ -1512,14 +1576,22 @@ def restore_model_view(tensors: "OrderedDict[str, np.ndarray]", metadata: dict) 
     names = {}
     for k in model_order(tensors, metadata):
         v = tensors[k]
-        if k in shapes and isinstance(shapes[k], list) and int(np.prod(shapes[k], dtype=np.int64)) == v.size:
-            v = v.reshape(shapes[k])
-        want = dtypes.get(k)
-        if isinstance(want, str) and not narrow_floats.is_narrow(want):
-            try:
-                v = v.astype(np.dtype(want))
-            except TypeError:
-                want = None
+        shape = recorded_shape(metadata, k, v.size)
+        if shape is not None:
+            v = v.reshape(shape)
+        want = recorded_dtype(metadata, k, v.dtype)
+        if want is not None and narrow_floats.is_narrow(want):
+            v = v.astype(np.float32, copy=False)  # its values as float32, as the readers give them (exact)
+        elif want is None or v.dtype == want:
+            pass
+        elif np.dtype(want).kind in "biu":
+            restored = np.empty(v.shape, want)
+            flat, source = restored.reshape(-1), v.reshape(-1)
+            for i in range(0, source.size, 1 << 20):  # in slices: small temporaries
+                flat[i : i + (1 << 20)] = exact_integers(k, source[i : i + (1 << 20)], want)
+            v = restored
+        else:
+            v = v.astype(want)
         out[k] = v
         names[k] = want or v.dtype.name
     return out, names

@@ -158,7 +158,7 @@ def encode_model(model, output, client, **options) -> int:
 
     if not isinstance(model, (str, os.PathLike)):
         raise EncodeError("on a Dask cluster the model must be a path the workers can read")
-    refuse_overwriting(output, {"model": model})
+    refuse_overwriting(output, {"model": model, "model's file": open_model(model).files})
     for option in ("state", "differences", "importance", "sigmas"):
         if options.get(option):
             raise EncodeError(f"the option {option!r} is not available on a Dask cluster")

@@ -404,6 +404,8 @@ def safetensors_bytes(tensors, dtypes: dict | None = None, metadata: dict | None
     header: dict = {"__metadata__": {str(k): str(v) for k, v in metadata.items()}} if metadata else {}
     chunks, offset = [], 0
     for name, arr in tensors.items():
+        if name == "__metadata__":  # the header's reserved key: readers would drop the tensor
+            raise FormatError("a tensor named '__metadata__' cannot be stored in safetensors (a reserved name)")
         arr = np.asarray(arr, order="C")  # (ascontiguousarray would turn 0-d into 1-d)
         narrow = narrow_floats.NARROW_FLOATS.get(dtypes.get(name))
         if narrow is not None:
@@ -497,11 +499,18 @@ def _npy_header(path, member, fh) -> tuple:
 
 
 def _dims(where: str, dims) -> tuple:
-    """``dims`` of a tensor header as a shape; a FormatError naming ``where`` if one is negative."""
+    """``dims`` of a tensor header as a shape; a FormatError naming ``where`` if one is negative, or
+    if numpy cannot hold an array of that shape (even one with no elements) in its widest dtype."""
     shape = tuple(int(d) for d in dims)
     if any(d < 0 for d in shape):
         raise FormatError(f"{where}: a negative dimension in {list(shape)}")
+    if math.prod(d for d in shape if d) * _WIDEST_ITEMSIZE > np.iinfo(np.intp).max:
+        raise FormatError(f"{where}: shape {list(shape)} too large")
     return shape
+
+
+#: Bytes of an element of complex128, the widest dtype a tensor is held in.
+_WIDEST_ITEMSIZE = 16
 
 
 def _read_npy_member(path, member, fh) -> np.ndarray:
@@ -752,12 +761,27 @@ def _onnx_weights(graph, found=None) -> "OrderedDict":
     return found
 
 
+def _onnx_sparse_weights(graph) -> list:
+    """The sparse weights of an ONNX graph and its subgraphs, which :func:`_onnx_weights` leaves out:
+    sparse initializers and Constant nodes with a ``sparse_value``, each named and said to be sparse."""
+    found = [f"{sparse.values.name} (a sparse initializer)" for sparse in graph.sparse_initializer]
+    for node in graph.node:
+        for attr in node.attribute:
+            if node.op_type == "Constant" and attr.name == "sparse_value" and node.output:
+                found.append(f"{node.output[0]} (a sparse Constant)")
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                found += _onnx_sparse_weights(sub)
+    return found
+
+
 def read_onnx(path):
     """The weights of an ONNX model and their dtype names (needs ``onnx``).
 
     Weights are the initializers, the floating-point tensors of Constant nodes
     (named by the node's output) and those of subgraphs (If, Loop, Scan), in
     graph order; integer Constant nodes are graph structure, not weights.
+    Sparse initializers and sparse Constant nodes are not read (the lazy
+    reader, :func:`nnc.readers.open_model`, names them in ``left_out``).
 
     Parameters
     ----------

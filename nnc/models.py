@@ -98,7 +98,9 @@ def encode_model(model, output=None, *, client=None, **options) -> bytes:
     from .encoder import Encoder
 
     if output is not None and not isinstance(model, Mapping):
-        refuse_overwriting(output, {"model": model})
+        from .readers import open_model
+
+        refuse_overwriting(output, {"model": model, "model's file": open_model(model).files})
     if client is not None:
         from . import distributed
 
@@ -244,6 +246,7 @@ def encode_model_to(model, output, *, progress=None, budget: int = 1 << 30, meas
     >>> summary.original_bytes, summary.stream_bytes == os.path.getsize(os.path.join(d, "m.nnr"))
     (128, True)
     """
+    from ._files import refuse_overwriting
     from .encoder import Encoder
     from .encoding.stream import StreamSummary, _energy_error
     from .readers import open_model, source_from_mapping
@@ -254,6 +257,7 @@ def encode_model_to(model, output, *, progress=None, budget: int = 1 << 30, meas
         source = model  # already opened
     else:
         source = open_model(model)
+    refuse_overwriting(output, {"model's file": source.files})
     encoder = Encoder(**options)
     extra = checkpoint_metadata(source)
     s = encoder.settings
@@ -267,8 +271,8 @@ def encode_model_to(model, output, *, progress=None, budget: int = 1 << 30, meas
 
     t0 = time.perf_counter()
     tensors = OrderedDict((t.name, t.load()) for t in source)
-    if "dtypes" not in options:
-        encoder = Encoder(dtypes=source.dtypes, **options)
+    with_file_dtypes(options, source.dtypes)
+    encoder = Encoder(**options)
     result = encoder.encode(tensors, progress=progress, extra_metadata=extra)
     formats.write_atomic(output, result.stream)
     summary = StreamSummary(
@@ -373,15 +377,19 @@ def decode_model(
 
 
 def _snr_db(energy: float, error: float) -> float:
-    return float("inf") if error == 0 else (float("-inf") if energy == 0 else 10 * math.log10(energy / error))
+    if error == 0:
+        return float("inf")
+    return float("-inf") if energy == 0 or not math.isfinite(error) else 10 * math.log10(energy / error)
 
 
 def compare_tensors(reference, other) -> dict:
     """Per-tensor and total error of ``other`` against ``reference`` (mappings of name to array).
 
     Float tensors get their squared-error energy, the largest absolute error and the SNR
-    10 log10(sum w² / sum (w - w')²); other tensors whether they are equal.  Names in only
-    one of the two and tensors of another shape are listed, not compared.
+    10 log10(sum w² / sum (w - w')²); other tensors whether they are equal.  inf and NaN
+    equal in both are no error; against another value they make the error infinite (SNR
+    -inf) and are counted.  Names in only one of the two and tensors of another shape are
+    listed, not compared; tensors of another dtype are compared and listed.
 
     Parameters
     ----------
@@ -390,10 +398,13 @@ def compare_tensors(reference, other) -> dict:
     Returns
     -------
     dict
-        ``tensors`` (one dict per compared name, in the reference's order), ``total``
+        ``tensors`` (one dict per compared name, in the reference's order; a float one's
+        ``nonfinite_mismatches`` counts its inf or NaN against another value), ``total``
         (weights, energy, error, snr_db over the float tensors; ``exact_mismatches``,
-        the non-float tensors that differ), ``missing`` (names only in the reference),
-        ``extra`` (names only in ``other``) and ``shape_mismatches``.
+        the non-float tensors that differ; ``dtype_mismatches``, the tensors of another
+        dtype; ``nonfinite_mismatches``, the float tensors with such a count), ``missing``
+        (names only in the reference), ``extra`` (names only in ``other``) and
+        ``shape_mismatches``.
 
     Examples
     --------
@@ -407,6 +418,8 @@ def compare_tensors(reference, other) -> dict:
     rows, missing, mismatched = [], [], []
     energy = error = 0.0
     weights, exact_mismatches = 0, []
+    dtype_mismatches: list[str] = []
+    nonfinite_mismatches: list[str] = []
     for name, ref in reference.items():
         if name not in other:
             missing.append(name)
@@ -418,18 +431,27 @@ def compare_tensors(reference, other) -> dict:
             mismatched.append(dict(name=name, shape=list(a.shape), other_shape=list(b.shape)))
             continue
         row = dict(name=name, shape=list(a.shape), dtype=a.dtype.name, other_dtype=b.dtype.name)
+        if a.dtype != b.dtype:
+            dtype_mismatches.append(name)
         if a.dtype.kind == "f" or b.dtype.kind == "f":
             e = d = peak = 0.0
+            nonfinite = 0
             flat_a, flat_b = a.reshape(-1), b.reshape(-1)
             for i in range(0, a.size, 1 << 20):  # in slices: float64 temporaries stay small
                 x, y = flat_a[i : i + (1 << 20)].astype(np.float64), flat_b[i : i + (1 << 20)].astype(np.float64)
                 # inf and NaN kept exactly are no error; their energy is left out
-                with np.errstate(invalid="ignore"):
+                with np.errstate(invalid="ignore", over="ignore"):
                     diff = np.where((x == y) | (np.isnan(x) & np.isnan(y)), 0.0, x - y)
+                finite = np.isfinite(diff)
+                nonfinite += int(diff.size - np.count_nonzero(finite))
+                diff = np.where(finite, diff, 0.0)
                 x = np.where(np.isfinite(x), x, 0.0)
                 e, d = e + float(x @ x), d + float(diff @ diff)
                 peak = max(peak, float(np.abs(diff).max()))
-            row.update(energy=e, error=d, snr_db=_snr_db(e, d), max_abs_error=peak)
+            if nonfinite:  # inf or NaN against another value: an infinite error
+                d = peak = math.inf
+                nonfinite_mismatches.append(name)
+            row.update(energy=e, error=d, snr_db=_snr_db(e, d), max_abs_error=peak, nonfinite_mismatches=nonfinite)
             energy, error, weights = energy + e, error + d, weights + a.size
         else:
             row["equal"] = bool(np.array_equal(a, b))
@@ -447,5 +469,7 @@ def compare_tensors(reference, other) -> dict:
             error=error,
             snr_db=_snr_db(energy, error),
             exact_mismatches=exact_mismatches,
+            dtype_mismatches=dtype_mismatches,
+            nonfinite_mismatches=nonfinite_mismatches,
         ),
     )

@@ -65,6 +65,8 @@ class LazyTensor:
         Index of the checkpoint file that holds it (:attr:`ModelSource.checkpoint` "files").
     loader : callable
         Returns the values as a numpy array (a fresh array the caller owns).
+    data_path : str or None
+        The file its values are read from when that is not the model file (ONNX external data).
     """
 
     name: str
@@ -73,6 +75,7 @@ class LazyTensor:
     original_dtype: str
     loader: Callable[[], np.ndarray] = field(repr=False)
     file: int | None = None
+    data_path: str | None = None
 
     @property
     def size(self) -> int:
@@ -108,10 +111,14 @@ class ModelSource:
         For a sharded checkpoint, its layout: {"format", "index" (optional), "files", "file_of"}
         as recorded in the stream (spec 6.2.1); for a single safetensors file with a
         ``__metadata__``, the same with one file; else None.
+    files : list of str
+        Every file the tensors are read from: the model file or the index and its shards, and
+        ONNX external data files (an output must not be one of them).
     left_out : list of str
         Entries of the file that are not encoded: a PyTorch checkpoint's entries that are not
         tensors or lie beside its state_dict (``"optimizer"``, ``"model/_extra_state"``; in a
-        sharded checkpoint prefixed by the shard's file name).
+        sharded checkpoint prefixed by the shard's file name); an ONNX model's sparse initializers
+        and sparse Constant nodes; the shard files beside a checkpoint index that it does not name.
     """
 
     def __init__(
@@ -127,6 +134,10 @@ class ModelSource:
         self.tensors = tensors
         self.checkpoint = checkpoint
         self.left_out = list(left_out or [])
+        folder = os.path.dirname(self.path)
+        shards = [os.path.join(folder, f["name"]) for f in (checkpoint or {}).get("files", [])] if checkpoint else []
+        external = [t.data_path for t in tensors if t.data_path]
+        self.files = list(dict.fromkeys([self.path, *shards, *external]))
         self._by_name = {t.name: t for t in tensors}
         if len(self._by_name) != len(tensors):
             seen: set[str] = set()
@@ -207,7 +218,7 @@ def open_model(path) -> ModelSource:
 
 def _open_index(index_path: Path) -> ModelSource:
     try:
-        index = json.loads(index_path.read_text())
+        index, repeated = _json_noting_repeated_keys(index_path.read_text())
         weight_map = index["weight_map"]
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
             raise TypeError("weight_map is not a mapping of tensor names to file names")
@@ -215,6 +226,12 @@ def _open_index(index_path: Path) -> ModelSource:
         raise FormatError(f"cannot read {index_path}: {exc.strerror}") from None
     except (ValueError, KeyError, TypeError) as exc:
         raise FormatError(f"{index_path}: not a checkpoint index ({type(exc).__name__}: {exc})") from None
+    if repeated:
+        where, key = repeated[0]
+        what = f"tensor {key!r}" if where is weight_map else f"key {key!r}"
+        raise FormatError(f"{index_path}: {what} appears twice in the index")
+    if index.get("metadata") is not None and not isinstance(index["metadata"], dict):
+        raise FormatError(f"{index_path}: the index's metadata is not a JSON object")
     folder = index_path.parent
     file_names = sorted(set(weight_map.values()))  # model-00001-of-... first
     files: list[dict] = []
@@ -251,9 +268,38 @@ def _open_index(index_path: Path) -> ModelSource:
     unindexed = sorted(set(by_name) - set(weight_map))
     if unindexed:
         raise FormatError(f"{index_path}: shard tensor {unindexed[0]!r} is not in the index's weight_map")
+    left_out += [f"{name} (a shard the index does not name)" for name in _unindexed_shards(index_path, file_names)]
     checkpoint: dict[str, Any] = {"format": fmt, "files": files, "file_of": {t.name: t.file for t in ordered}}
     checkpoint["index"] = {"name": index_path.name, "metadata": index.get("metadata") or {}}
     return ModelSource(index_path, fmt, ordered, checkpoint, left_out=left_out)
+
+
+def _unindexed_shards(index_path: Path, file_names: list[str]) -> list[str]:
+    """Files beside the index with a shard's extension (".safetensors" for model.safetensors.index.json)
+    that the index does not name."""
+    suffixes = {Path(name).suffix for name in file_names} | {Path(index_path.name.removesuffix(".index.json")).suffix}
+    suffixes.discard("")
+    return sorted(
+        f.name
+        for f in index_path.parent.iterdir()
+        if f.suffix in suffixes and f.name not in file_names and f.is_file() and not f.name.startswith(".")
+    )
+
+
+def _json_noting_repeated_keys(text) -> tuple[Any, list[tuple[dict, str]]]:
+    """``json.loads(text)``, and the keys that appear twice in one object (json.loads keeps the last),
+    each with the object that holds it."""
+    repeated: list[tuple[dict, str]] = []
+
+    def to_dict(pairs):
+        obj: dict = {}
+        for key, value in pairs:
+            if key in obj:
+                repeated.append((obj, key))
+            obj[key] = value
+        return obj
+
+    return json.loads(text, object_pairs_hook=to_dict), repeated
 
 
 # -- safetensors: header parsed up front, each tensor memory-mapped when loaded -------------
@@ -269,13 +315,17 @@ def _safetensors_header(path: Path) -> tuple[dict, int, int]:
             (hlen,) = struct.unpack("<Q", head)
             if 8 + hlen > size:
                 raise FormatError(f"{path}: safetensors header runs past the end of the file")
-            header = json.loads(fh.read(hlen))
+            header, repeated = _json_noting_repeated_keys(fh.read(hlen))
     except OSError as exc:
         raise FormatError(f"cannot read {path}: {exc.strerror}") from None
     except ValueError:
         raise FormatError(f"{path}: safetensors header is not JSON") from None
     if not isinstance(header, dict):
         raise FormatError(f"{path}: safetensors header is not a JSON object")
+    if repeated:
+        where, key = repeated[0]
+        what = f"tensor {key!r}" if where is header and key != "__metadata__" else f"key {key!r}"
+        raise FormatError(f"{path}: {what} appears twice in the header")
     return header, 8 + hlen, size - 8 - hlen
 
 
@@ -365,6 +415,10 @@ def _read_pt(path: Path, file_index):
         dtype = "float32" if narrow_floats.is_narrow(original) else original
         if original not in _PT_DTYPES:  # other torch-only dtypes: no numpy array to hand on
             raise FormatError(f"{path}: unsupported dtype {original} for {name!r}")
+        if v.layout != torch.strided:
+            raise FormatError(f"{path}: tensor {name!r}: sparse tensors are not supported; save .to_dense()")
+        if v.is_meta:
+            raise FormatError(f"{path}: tensor {name!r}: a meta tensor has no data")
         out.append(LazyTensor(name, tuple(v.shape), dtype, original, _pt_loader(v, torch), file_index))
     return out, {}, left_out
 
@@ -422,12 +476,15 @@ def _read_onnx(path: Path, file_index):
         except Exception as exc:
             raise FormatError(f"{path}: damaged ONNX initializer {name!r}: {exc}") from None
         shape = formats._dims(f"{path}: damaged ONNX initializer {name!r}", init.dims)
+        data_path = None
         if init.data_location == onnx.TensorProto.EXTERNAL:
-            loader = _onnx_external_loader(path, init, dtype, shape)
+            loader, data_path = _onnx_external_loader(path, init, dtype, shape, onnx, numpy_helper)
         else:
             loader = _onnx_loader(path, init, numpy_helper)
-        out.append(LazyTensor(name, shape, dtype.name, dtype.name, loader, file_index))
-    return out, {}, []
+        out.append(
+            LazyTensor(name, shape, dtype.name, dtype.name, loader, file_index, os.fspath(data_path or "") or None)
+        )
+    return out, {}, formats._onnx_sparse_weights(model.graph)
 
 
 def _onnx_loader(path, init, numpy_helper):
@@ -440,27 +497,60 @@ def _onnx_loader(path, init, numpy_helper):
     return load
 
 
-def _onnx_external_loader(path: Path, init, dtype: np.dtype, shape: tuple):
+def _onnx_external_loader(path: Path, init, dtype: np.dtype, shape: tuple, onnx, numpy_helper):
     info = {e.key: e.value for e in init.external_data}
     location = info.get("location", "")
     data_path = (path.parent / location).resolve()
     if not location or Path(location).is_absolute() or path.parent.resolve() not in data_path.parents:
         raise FormatError(f"{path}: initializer {init.name!r} has external data outside the model's folder")
-    offset, count = int(info.get("offset", 0)), math.prod(shape)
+    offset, length = (_external_data_int(path, init, info, key) for key in ("offset", "length"))
+    offset, count = offset or 0, math.prod(shape)
+    packed_bits = _ONNX_PACKED_BITS.get(onnx.TensorProto.DataType.Name(init.data_type))
     stored = dtype.newbyteorder("<")
+    nbytes = -(-count * packed_bits // 8) if packed_bits else count * stored.itemsize
+    if length is not None and length != nbytes:
+        raise FormatError(
+            f"{path}: initializer {init.name!r}: external data length {length} is not the {nbytes} bytes "
+            f"its shape {list(shape)} and dtype {dtype.name} need"
+        )
 
     def load():
-        if not data_path.is_file() or data_path.stat().st_size < offset + count * stored.itemsize:
+        if not data_path.is_file() or data_path.stat().st_size < offset + nbytes:
             raise FormatError(f"{path}: external data of {init.name!r} ({location}) is missing or too short")
         if count == 0:
             return np.zeros(shape, dtype)
+        if packed_bits:  # several values a byte: onnx unpacks them, from a copy holding just their bytes
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(init)
+            del tensor.external_data[:]
+            tensor.data_location = onnx.TensorProto.DEFAULT
+            with open(data_path, "rb") as fh:
+                fh.seek(offset)
+                tensor.raw_data = fh.read(nbytes)
+            return np.array(numpy_helper.to_array(tensor))
         raw = np.memmap(data_path, dtype=stored, mode="r", offset=offset, shape=(count,))
         try:
             return np.array(raw, dtype=dtype.newbyteorder("=")).reshape(shape)
         finally:
             del raw
 
-    return load
+    return load, data_path
+
+
+#: Bits a value of the ONNX types that pack several values into a byte (low bits first).
+_ONNX_PACKED_BITS = {"INT4": 4, "UINT4": 4, "FLOAT4E2M1": 4, "INT2": 2, "UINT2": 2, "FLOAT6E2M3": 6, "FLOAT6E3M2": 6}
+
+
+def _external_data_int(path: Path, init, info: dict, key: str) -> int | None:
+    """The ``key`` entry ("offset", "length") of an initializer's external data, if it has one."""
+    value = info.get(key)
+    if value is None:
+        return None
+    if not (value.isascii() and value.isdigit()):
+        raise FormatError(
+            f"{path}: initializer {init.name!r}: external data {key} {value!r} is not a non-negative integer"
+        )
+    return int(value)
 
 
 # -- npz: member by member -----------------------------------------------------------------------

@@ -426,6 +426,8 @@ class NNCAPIAdapter(NNCAdapter):
             narrow = (formats or {}).get(name)
             if narrow is not None and a.dtype == narrow.storage and ref.dtype.kind == "f":
                 ref = narrow_floats.from_float32(narrow.name, ref.reshape(-1))
+            elif a.dtype.kind in "biu" and ref.dtype.kind == "f":  # as Decoder._fill: rounded to nearest
+                ref = np.rint(ref).astype(a.dtype)
             elif a.dtype != ref.dtype:
                 ref = ref.astype(a.dtype)
             if tensor_sha256(a.reshape(-1)) != tensor_sha256(ref.reshape(-1)) or a.size != ref.size:
@@ -440,20 +442,18 @@ class NNCAPIAdapter(NNCAdapter):
     @staticmethod
     def _buffer(dec, info):
         """An array for out=: the original dtype and shape the stream records, float tensors as float64."""
-        meta = dec.metadata
-        dtypes = meta.get("dtypes") if isinstance(meta.get("dtypes"), dict) else {}
-        shapes = meta.get("shapes") if isinstance(meta.get("shapes"), dict) else {}
+        from .decoder import recorded_dtype, recorded_shape
+
         dtype = np.dtype(info.dtype)
-        original = dtypes.get(info.name)
-        if narrow_floats.is_narrow(original) and dtype.kind == "f":
+        original = recorded_dtype(dec.metadata, info.name, info.dtype)
+        if narrow_floats.is_narrow(original):
             dtype = narrow_floats.NARROW_FLOATS[original].storage.newbyteorder("=")
-        elif isinstance(original, str) and original in np.sctypeDict:
+        elif original is not None:
             dtype = np.dtype(original)
         elif dtype.kind == "f":
             dtype = np.dtype(np.float64)
-        shape = shapes.get(info.name)
-        shape = tuple(shape) if isinstance(shape, list) and int(np.prod(shape)) == info.size else info.shape
-        return np.empty(shape, dtype)
+        shape = recorded_shape(dec.metadata, info.name, info.size)
+        return np.empty(info.shape if shape is None else shape, dtype)
 
     def _threads_into_buffers(self, data, state, reference):
         """threads=2, from a file object, into caller arrays"""
@@ -762,7 +762,8 @@ def verify_suite(
     OSError
         If the manifest or a stream cannot be read.
     nnc.errors.ManifestError
-        If the manifest is malformed (:func:`read_manifest`).
+        If the manifest is malformed (:func:`read_manifest`), ``groups`` or
+        ``names`` name one the suite lacks, or no stream is selected.
 
     Examples
     --------
@@ -780,6 +781,7 @@ def verify_suite(
     """
     suite = Path(suite)
     manifest = read_manifest(suite)
+    _check_selection(suite, manifest, groups, names, profiles)
     run = DECODERS[decoder]() if isinstance(decoder, str) else decoder
     results = []
     try:
@@ -875,16 +877,35 @@ def _manifest_problem(manifest) -> str | None:
     return None
 
 
+def _selected(entry, groups, names, profiles) -> bool:
+    return not (
+        (groups and entry["group"] not in groups)
+        or (names and entry["name"] not in names)
+        or (profiles is not None and entry.get("profile") not in profiles)
+    )
+
+
+def _check_selection(suite, manifest, groups, names, profiles) -> None:
+    """Refuse a group or stream name the suite lacks (a typo), and a selection of no stream."""
+    where = Path(suite) / "manifest.json"
+    entries = manifest["streams"]
+    for kind, asked, known in (
+        ("group", groups, {e["group"] for e in entries}),
+        ("stream", names, {e["name"] for e in entries}),
+    ):
+        unknown = [x for x in asked or () if x not in known]
+        if unknown:
+            raise errors.ManifestError(f"{where}: no {kind} named {unknown[0]!r} in the suite")
+    if not any(_selected(e, groups, names, profiles) for e in entries):
+        raise errors.ManifestError(f"{where}: no stream to verify" + (" (of the selection)" if entries else ""))
+
+
 def _run_entries(suite, manifest, run, results, groups, names, profiles):
     for entry in manifest["streams"]:
-        if (
-            (groups and entry["group"] not in groups)
-            or (names and entry["name"] not in names)
-            or (profiles is not None and entry.get("profile") not in profiles)
-        ):
+        if not _selected(entry, groups, names, profiles):
             continue
         data = (suite / entry["file"]).read_bytes()
-        seq = entry.get("sequence", {}).get("id")
+        seq = (entry.get("sequence") or {}).get("id")  # null: not in a sequence
         t0 = time.perf_counter()
         try:
             out = run(data, seq)

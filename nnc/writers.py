@@ -47,6 +47,8 @@ from .decoder import (
     Decoder,
     _releasable_map,
     model_order,
+    recorded_dtype,
+    recorded_shape,
     release_pages,
     restore_model_view,
 )
@@ -137,34 +139,18 @@ def is_directory_target(output) -> bool:
 
 
 def _model_tensors(dec: Decoder, names) -> "OrderedDict[str, _Tensor]":
-    """Original name, shape and dtype of every wanted tensor, from headers and metadata only."""
-    recorded_shapes, recorded_dtypes = dec.metadata.get("shapes"), dec.metadata.get("dtypes")
-    shapes: dict = recorded_shapes if isinstance(recorded_shapes, dict) else {}
-    dtypes: dict = recorded_dtypes if isinstance(recorded_dtypes, dict) else {}
+    """Original name, shape and dtype of every wanted tensor, from headers and metadata only (spec 6.2.1)."""
     out: OrderedDict[str, _Tensor] = OrderedDict()
     infos = {info.name: info for info in dec.tensors()}
     for name in model_order(infos, dec.metadata):  # files list tensors in the model's order
         info = infos[name]
         if names is not None and info.name not in names:
             continue
-        shape = tuple(info.shape)
-        recorded = shapes.get(info.name)
-        if (
-            isinstance(recorded, list)
-            and all(isinstance(d, int) for d in recorded)
-            and math.prod(recorded) == info.size
-        ):
-            shape = tuple(recorded)
-        dtype = info.dtype
-        want = dtypes.get(info.name)
-        if isinstance(want, str) and narrow_floats.is_narrow(want):
-            dtype = want
-        elif isinstance(want, str):
-            try:
-                dtype = np.dtype(want).name
-            except TypeError:
-                pass
-        out[info.name] = _Tensor(info.name, shape, dtype)
+        shape = recorded_shape(dec.metadata, info.name, info.size)
+        dtype = recorded_dtype(dec.metadata, info.name, info.dtype)
+        out[info.name] = _Tensor(
+            info.name, tuple(info.shape) if shape is None else shape, info.dtype if dtype is None else dtype
+        )
     return out
 
 
@@ -262,8 +248,13 @@ def single_file_metadata(metadata: dict) -> dict:
 
 
 def _safetensors_header(file: _File) -> tuple[bytes, dict]:
-    from .formats import _ST_NAMES
+    from .formats import _ST_NAMES, FormatError
 
+    if any(t.name == "__metadata__" for t in file.tensors):
+        raise FormatError(
+            f"{file.name}: a safetensors file cannot hold a tensor named '__metadata__' (the key of the file's "
+            "metadata); decode it to a .npz or .pt file"
+        )
     header: dict[str, Any] = {}
     offsets: dict[str, int] = {}
     offset = 0
@@ -276,8 +267,6 @@ def _safetensors_header(file: _File) -> tuple[bytes, dict]:
         else:
             code = _ST_NAMES.get(np.dtype(t.dtype).newbyteorder("<").str.replace("|", ""))
             if code is None:
-                from .formats import FormatError
-
                 raise FormatError(f"dtype {t.dtype} of {t.name!r} has no safetensors equivalent")
         header[t.name] = {"dtype": code, "shape": list(t.shape), "data_offsets": [offset, offset + t.nbytes]}
         offsets[t.name] = offset

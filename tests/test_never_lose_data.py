@@ -683,3 +683,144 @@ def test_running_out_of_memory_is_one_line(stream, tmp_path, capsys, monkeypatch
         assert code == 1 and err == "nnc: error: out of memory (an input larger than this machine's memory?); " \
                                     "nothing written\n"
     assert not out.exists()
+
+
+@pytest.mark.parametrize("recorded, values, message", [
+    ("int8", np.array([0.3, 200.7, -1.6], np.float32), "float32 values, not int8"),  # before: decoded as 0, -56, -1
+    ("uint8", np.array([300, -5], np.int32), "outside uint8"),                      # before: 44, 251
+    ("nonsense", np.ones(3, np.float32), "not a dtype"),                            # before: recorded as it was
+    ("U8", np.ones(3, np.float32), "not a dtype"),
+    ("float32", np.array([3, 4], np.int32), "int32 values, not float32"),
+])
+def test_a_dtypes_entry_the_values_cannot_be_restored_to_is_refused(recorded, values, message):
+    with pytest.raises(nnc.EncodeError, match=message):
+        nnc.encode({"w": values}, dtypes={"w": recorded})
+
+
+def test_integer_differences_may_leave_the_recorded_range():
+    from nnc.decoder import apply_update
+    from nnc.encoder import EncoderState
+
+    state, receiver = EncoderState(), nnc.DecoderState()
+    held = None
+    for values in ([10, 200, 3], [7, 255, 0]):  # uint8 differences -3, 55, -3: added in uint8
+        x = np.array(values, np.uint8)
+        stream = nnc.Encoder(state=state, differences=True, dtypes={"u": "uint8"}).encode({"u": x}).stream
+        update = nnc.decode_model(stream, state=receiver)
+        held = update if held is None else apply_update(held, update)
+        assert held["u"].dtype == np.uint8 and held["u"].tolist() == values
+
+
+@pytest.mark.parametrize("command", ["encode", "decode"])
+def test_a_state_in_a_missing_folder_is_refused_before_the_output_is_written(model, tmp_path, capsys, command):
+    stream = tmp_path / "m.nnr"
+    assert cli(capsys, "encode", model, "-o", stream, "-q")[0] == 0
+    out = tmp_path / ("keep.nnr" if command == "encode" else "keep.npz")
+    out.write_bytes(b"precious")  # before: replaced by the new output, then the state write failed
+    args = (model, "-o", out) if command == "encode" else (stream, "-o", out)
+    code, _, err = cli(capsys, command, *args, "--state", tmp_path / "nodir" / "s.state")
+    assert_refused(code, err, tmp_path / "nodir" / "s.state", "does not exist")
+    assert out.read_bytes() == b"precious"
+
+
+@pytest.mark.parametrize("option", ["--importance", "--sigmas"])
+def test_a_per_tensor_file_naming_another_models_tensor_is_refused(model, tmp_path, capsys, option):
+    side = tmp_path / "side.npz"
+    side.write_bytes(npz_bytes({"other.weight": np.ones((8, 6), np.float32)}))  # before: ignored, exit 0
+    code, _, err = cli(capsys, "encode", model, "-o", tmp_path / "x.nnr", option, side)
+    assert_refused(code, err, side, "'other.weight' is not a tensor of")
+    assert not (tmp_path / "x.nnr").exists()
+
+
+def test_decode_refuses_a_template_for_an_output_that_is_not_onnx(model, tmp_path, capsys):
+    stream = tmp_path / "m.nnr"
+    assert cli(capsys, "encode", model, "-o", stream, "-q")[0] == 0
+    code, _, err = cli(capsys, "decode", stream, "-o", tmp_path / "x.npz", "--template", model)  # before: ignored
+    assert_refused(code, err, "for ONNX output only")
+    assert not (tmp_path / "x.npz").exists()
+
+
+def test_decoding_differences_without_add_to_says_what_was_written(model, tmp_path, capsys):
+    for i in range(2):  # (the first stream holds the model itself)
+        stream = tmp_path / f"u{i}.nnr"
+        assert cli(capsys, "encode", model, "-o", stream, "--state", tmp_path / "tx", "--differences", "-q")[0] == 0
+        code, _, err = cli(capsys, "decode", stream, "-o", tmp_path / f"d{i}.npz", "--state", tmp_path / "rx")
+        assert ("holds differences" in err) == (i == 1)
+    assert code == 0 and "holds differences" in err and "--add-to" in err
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(blocks={"w": "b"}), "a mapping of its parts"),                   # before: ValueError from dict()
+    (dict(qp_per_tensor={"w": "a"}), r"qp_per_tensor\['w'\] must be an integer"),
+    (dict(qp_per_tensor={"w": -20.5}), "must be an integer, not -20.5"),  # before: truncated to -20
+    (dict(lambda_per_tensor={"w": "x"}), "must be a number"),
+    (dict(qp_per_tensor=[1]), "must be a mapping"),
+])
+def test_per_tensor_options_of_the_wrong_type_are_encode_errors(options, message):
+    with pytest.raises(nnc.EncodeError, match=message):
+        nnc.encode({"w": np.ones((2, 2), np.float32)}, **options)
+
+
+def test_float64_tensors_stored_raw_are_said_to_be_rounded_to_float32(tmp_path, capsys):
+    src = tmp_path / "f64.npz"
+    src.write_bytes(npz_bytes({"d": np.array([np.nan, 0.1, 1 / 3]), "e": np.array([0.1, 0.2]), "f": np.ones(3, np.float32)}))
+    code, _, err = cli(capsys, "encode", src, "-o", tmp_path / "x.nnr", "--raw", "e", "--raw", "f")
+    assert code == 0 and "exactly" not in err  # before: "stored uncompressed (RAW_FLOAT), exactly"
+    assert "rounded from float64: d, e" in err
+
+
+def test_a_search_names_the_entries_it_leaves_out(tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    src = tmp_path / "ck.pt"
+    torch.save({"model": {"w": torch.ones(4, 4)}, "epoch": 3}, src)
+    score = tmp_path / "score.py"
+    score.write_text("def score(tensors):\n    return 1.0\n")
+    code, _, err = cli(capsys, "encode", src, "-o", tmp_path / "s.nnr", "--search", f"{score}:score",
+                       "--time-budget", "2")
+    assert code == 0 and "'epoch'" in err or "epoch" in err  # before: no note with --search
+
+
+def test_encoding_refuses_to_write_over_a_shard_or_the_index_it_reads(tmp_path, capsys):
+    import json
+
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    shards = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    for i, shard in enumerate(shards):
+        (ck / shard).write_bytes(safetensors_bytes({f"t{i}": np.full((4, 4), i, np.float32)}))
+    (ck / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"t0": shards[0], "t1": shards[1]}}))
+    before = {p.name: p.read_bytes() for p in ck.iterdir()}
+    for target in [*shards, "model.safetensors.index.json"]:  # before: the shard replaced by the stream, exit 0
+        code, _, err = cli(capsys, "encode", ck, "-o", ck / target)
+        assert_refused(code, err, ck / target, "refusing to overwrite an input")
+        with pytest.raises(FileExistsError):
+            nnc.encode_model(ck, ck / target)
+        with pytest.raises(FileExistsError):
+            nnc.models.encode_model_to(ck, ck / target)
+    assert {p.name: p.read_bytes() for p in ck.iterdir()} == before
+
+
+def test_encoding_refuses_to_write_over_onnx_external_data(tmp_path, capsys):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((8, 8), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Identity", ["w"], ["y"])], "g", [],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, 8])], initializer=[w])
+    model = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph), model, save_as_external_data=True, location="m.data", size_threshold=0)
+    data = (tmp_path / "m.data").read_bytes()
+    code, _, err = cli(capsys, "encode", model, "-o", tmp_path / "m.data")
+    assert_refused(code, err, "refusing to overwrite an input")
+    assert (tmp_path / "m.data").read_bytes() == data
+
+
+@pytest.mark.parametrize("argv, message", [
+    (("--target-snr", "1e9"), "target_snr_db must be from -100 to 300"),  # before: OverflowError traceback
+    (("--target-snr", "nan"), "target_snr_db must be"),                    # before: accepted
+    (("--lambda", "nan"), "rdoq_lambda must be a finite number"),          # before: accepted
+])
+def test_out_of_range_numbers_are_one_line_errors(model, tmp_path, capsys, argv, message):
+    code, _, err = cli(capsys, "encode", model, "-o", tmp_path / "x.nnr", *argv)
+    assert_refused(code, err, model, message)
+    assert not (tmp_path / "x.nnr").exists()

@@ -187,6 +187,28 @@ def as_float_array(name: str, value) -> tuple[np.ndarray, str]:
     return x, dtype_name
 
 
+def check_recorded_dtype(name: str, arr: np.ndarray, recorded: str, differences: bool = False) -> None:
+    """Refuse a ``dtypes`` entry the tensor's values cannot be restored to unchanged: an integer or bool dtype for
+    float values or for integers outside its range, a float format for integers (spec 6.2.1). ``differences``: the
+    values are differences to the receiver's model, which may leave the range (added in the dtype, modulo 2^bits)."""
+    kind = np.asarray(arr).dtype.kind
+    if narrow_floats.is_narrow(recorded) or np.dtype(recorded).kind == "f":
+        if kind not in "fV":
+            raise EncodeError(f"dtypes: tensor {name!r} holds {np.asarray(arr).dtype} values, not {recorded} ones")
+        return
+    if kind not in "iub":
+        raise EncodeError(f"dtypes: tensor {name!r} holds {np.asarray(arr).dtype} values, not {recorded} ones")
+    info = np.iinfo(recorded) if np.dtype(recorded).kind in "iu" else None
+    if info is None:
+        low, high = 0, 1
+    else:
+        low, high = int(info.min), int(info.max)
+    if not differences and arr.size and (int(np.min(arr)) < low or int(np.max(arr)) > high):
+        raise EncodeError(
+            f"dtypes: tensor {name!r} holds values from {int(np.min(arr))} to {int(np.max(arr))}, outside {recorded}"
+        )
+
+
 def exact_qp(float8: str, qp_density: int) -> int:
     """The qp whose step is the float8 format's subnormal spacing (a power of two, so exact at any qp density):
     the finest step of an exactly coded float8 tensor (spec A.17), whose qp is this or coarser."""
@@ -333,6 +355,8 @@ class Quantiser:
         ``original_dtype``: the dtype the model file holds (a float8 tensor is coded exactly), when the settings'
         ``dtypes`` do not say it."""
         s = self.settings
+        if name in s.dtypes:
+            check_recorded_dtype(name, arr, s.dtypes[name], differences=s.differences)
         t = self._values(
             name, arr, in_block=in_block, dq=s.tensor_dq(name) if dq is None else dq, original_dtype=original_dtype
         )

@@ -30,6 +30,7 @@ import numpy as np
 
 from .. import narrow_floats
 from .._threads import thread_count
+from ..decoder import restorable_dtype
 from ..errors import EncodeError
 from ..reconstruction import step_size
 
@@ -183,13 +184,25 @@ class EncoderSettings:
             raise EncodeError(f"profile must be 0 or 1, not {self.profile}")
         if not (self.blocks in (False, True, "auto") or isinstance(self.blocks, Mapping)):
             raise EncodeError("blocks must be False, True, 'auto' or a mapping of weight names to their parts")
+        if isinstance(self.blocks, Mapping) and not all(isinstance(v, Mapping) for v in self.blocks.values()):
+            raise EncodeError(
+                "blocks: each weight maps to a mapping of its parts, e.g. {'fc.weight': {'bias': 'fc.bias'}}"
+            )
+        _check_numbers("qp_per_tensor", self.qp_per_tensor, integer=True)
+        _check_numbers("lambda_per_tensor", self.lambda_per_tensor, integer=False)
         if self.codebook not in (False, True, "auto"):
             raise EncodeError("codebook must be False, True or 'auto'")
         dtypes = dict(self.dtypes or {})
         if not all(isinstance(v, str) for v in dtypes.values()):
             raise EncodeError("dtypes values must be dtype names (str)")
-        if self.rdoq_lambda < 0:
-            raise EncodeError("rdoq_lambda must be >= 0")
+        for name, recorded in dtypes.items():
+            if restorable_dtype(recorded) is None:
+                raise EncodeError(
+                    f"dtypes: {recorded!r} for {name!r} is not a dtype a tensor can be restored to (bool, integers, "
+                    "float16/32/64, bfloat16, float8_e4m3fn, float8_e5m2)"
+                )
+        if not 0 <= self.rdoq_lambda < math.inf:  # (NaN too)
+            raise EncodeError(f"rdoq_lambda must be a finite number >= 0, not {self.rdoq_lambda}")
         lambdas = {k: float(v) for k, v in (self.lambda_per_tensor or {}).items()}
         if any(not (v >= 0 and math.isfinite(v)) for v in lambdas.values()):
             raise EncodeError("lambda_per_tensor values must be finite and >= 0")
@@ -299,6 +312,18 @@ class EncoderSettings:
     def replace(self, **changes) -> "EncoderSettings":
         """A copy with some options changed, checked again."""
         return dataclasses.replace(self, **changes)
+
+
+def _check_numbers(option: str, values, integer: bool) -> None:
+    """Refuse a per-tensor option that is not a mapping of names to numbers (integers with ``integer``)."""
+    if values is None:
+        return
+    if not isinstance(values, Mapping):
+        raise EncodeError(f"{option} must be a mapping of tensor names or patterns to values, not {values!r}")
+    for pattern, value in values.items():
+        number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        if not number or (integer and not float(value).is_integer()):
+            raise EncodeError(f"{option}[{pattern!r}] must be {'an integer' if integer else 'a number'}, not {value!r}")
 
 
 #: The option names of :class:`EncoderSettings` (all keyword arguments of ``Encoder`` but ``state``).

@@ -1,0 +1,398 @@
+"""Hostile or odd inputs get an error or are ignored, never a traceback or a changed value.
+
+nnc's metadata in the topology unit (spec 6.2.1: recorded shapes and dtypes), a tensor named
+``__metadata__`` written to safetensors, ``nnc compare`` on inf/NaN and dtypes, the numcodecs
+codec's ``out=``, and ``nnc verify`` selections.
+"""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import nnc
+from nnc import cli
+from nnc import container as C
+from nnc.codec import NNC
+from nnc.decoder import Decoder, exact_integers, recorded_dtype, recorded_shape, restore_model_view
+from nnc.errors import DecodeError, ManifestError, OutputBufferError
+from nnc.formats import FormatError, read_model
+from nnc.models import compare_tensors
+from nnc.verify import NNCAPIAdapter, describe_output, verify_suite
+from nnc.writers import decode_to_path
+
+W = np.arange(64, dtype=np.float32).reshape(8, 8) / 10
+I = np.array([300, -5, 70000], np.int32)  # noqa: E741
+BASE = nnc.Encoder(qp=-30).encode({"w": W, "i": I}).stream
+NUMPY_SHAPES = {"w": (8, 8), "i": (3,)}
+
+
+def with_metadata(stream: bytes, **entries) -> bytes:
+    """The stream with ``entries`` set in nnc's JSON of its topology unit."""
+    for unit in C.iter_units(stream):
+        if unit.type == C.NNR_TPL:
+            meta = json.loads(unit.header.get("data") or '{"nnc": {"version": 1}}')
+            meta["nnc"].update(entries)
+            tpl = C.build_tpl(data=json.dumps(meta, separators=(",", ":")))
+            return stream[: unit.offset] + tpl + stream[unit.offset + unit.size :]
+    raise AssertionError("no topology unit")
+
+
+def run_cli(capsys, *argv):
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def decoded_files(stream, tmp_path):
+    """{extension: (tensors, dtypes)} of the stream decoded to each file format."""
+    out = {}
+    for ext in ("safetensors", "npz", "pt"):
+        if ext == "pt":
+            pytest.importorskip("torch")
+        path = tmp_path / f"out.{ext}"
+        decode_to_path(stream, path)
+        out[ext] = read_model(path)
+        path.unlink()
+    return out
+
+
+# -- recorded shapes (spec 6.2.1) ---------------------------------------------------------------
+
+
+def test_the_extra_metadata_of_the_encoder_reaches_the_stream():
+    stream = nnc.Encoder(qp=-30).encode({"w": W, "i": I}, extra_metadata={"shapes": {"w": [-1, -64]}}).stream
+    assert Decoder(stream).metadata["shapes"] == {"w": [-1, -64]}
+
+
+@pytest.mark.parametrize("shape", [[-1, -64], [True, 64], [64.0], [2, 32.5], [2**70, 0], ["8", 8], [[8], 8], [-8, -8]])
+def test_a_recorded_shape_that_is_not_of_non_negative_integers_is_ignored(tmp_path, shape):
+    # [-1, -64] was a ValueError traceback, [True, 64] a TypeError (their products equal the size)
+    stream = with_metadata(BASE, shapes={"w": shape})
+    dec = Decoder(stream)
+    tensors, _ = restore_model_view(dec.decode(), dec.metadata)
+    assert tensors["w"].shape == (8, 8) and dec._out_shapes(dec.info("w")) == [(8, 8)]
+    for tensors, _ in decoded_files(stream, tmp_path).values():
+        assert tensors["w"].shape == (8, 8)
+
+
+@given(st.lists(st.one_of(st.integers(-(2**70), 2**70), st.booleans(), st.floats(allow_nan=True)), max_size=6))
+def test_a_recorded_shape_applies_only_as_the_rule_says(shape):
+    applies = len(shape) <= 32 and all(type(d) is int and 0 <= d <= 64 for d in shape) and math.prod(shape) == 64
+    metadata = {"shapes": {"w": shape}}
+    assert recorded_shape(metadata, "w", 64) == (tuple(shape) if applies else None)
+    tensors, _ = restore_model_view({"w": W}, metadata)  # never raises
+    assert tensors["w"].shape == (tuple(shape) if applies else (8, 8))
+
+
+def test_a_zero_d_shape_is_still_restored(tmp_path):
+    stream = nnc.encode({"step": np.int64(7), "w": W}, qp=-20)
+    for tensors, dtypes in decoded_files(stream, tmp_path).values():
+        assert tensors["step"].shape == () and dtypes["step"] == "int64" and int(tensors["step"]) == 7
+
+
+# -- recorded dtypes (spec 6.2.1) ---------------------------------------------------------------
+
+IGNORED_ON_FLOATS = [
+    "U8",
+    "object",
+    "datetime64[ns]",
+    ">f4",
+    "complex64",
+    "float128",
+    "S4",
+    "i4,i4",
+    "(2,)i4",
+    "a",
+    "whatever",
+    "",
+    5,
+    None,
+    ["int8"],
+]
+
+
+@pytest.mark.parametrize("dtype", IGNORED_ON_FLOATS)
+def test_a_recorded_dtype_outside_the_rule_is_ignored_in_every_path(tmp_path, dtype):
+    # U8, datetime64 and >f4 were tracebacks; object gave an array of Python objects
+    stream = with_metadata(BASE, dtypes={"w": dtype})
+    dec = Decoder(stream)
+    tensors, dtypes = restore_model_view(dec.decode(), dec.metadata)
+    assert tensors["w"].dtype == np.float32 and dtypes["w"] == "float32"
+    assert set(dec._out_dtypes(dec.info("w"))) == {"float32", "float16", "float64", "bfloat16"}
+    for tensors, dtypes in decoded_files(stream, tmp_path).values():
+        assert dtypes["w"] == "float32" and np.array_equal(tensors["w"], nnc.decode(BASE)["w"])
+    assert list(NNCAPIAdapter()(stream)) == ["w", "i"]  # its caller arrays follow the same rule
+
+
+@given(st.text(max_size=12))
+def test_any_recorded_dtype_name_gives_an_allowed_dtype_or_none(name):
+    for decoded in ("float32", "int32"):
+        got = recorded_dtype({"dtypes": {"x": name}}, "x", decoded)
+        if got is None:
+            continue
+        if nnc.narrow_floats.is_narrow(got):
+            assert decoded == "float32"
+            continue
+        dtype = np.dtype(got)
+        assert dtype.isnative and dtype.kind in ("biuf" if decoded == "float32" else "biu") and dtype.itemsize <= 8
+
+
+@pytest.mark.parametrize("dtype", ["float8_e4m3fn", "bfloat16", "float16", "float64"])
+def test_a_float_dtype_recorded_on_an_integer_tensor_is_ignored(tmp_path, dtype):
+    # float8_e4m3fn on the int32 [300, -5, 70000] was written saturated (288, 448) with exit status 0
+    stream = with_metadata(BASE, dtypes={"i": dtype})
+    dec = Decoder(stream)
+    assert restore_model_view(dec.decode(), dec.metadata)[0]["i"].tolist() == I.tolist()
+    assert dec._out_dtypes(dec.info("i")) == ["int32"]
+    for ext, (tensors, dtypes) in decoded_files(stream, tmp_path).items():
+        assert dtypes["i"] == "int32" and tensors["i"].tolist() == I.tolist(), ext
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int16", "bool", "uint64"])
+def test_an_integer_dtype_that_cannot_hold_the_values_is_refused(tmp_path, capsys, dtype):
+    # uint8 wrote 300 as 44, with exit status 0
+    stream = with_metadata(BASE, dtypes={"i": dtype})
+    dec = Decoder(stream)
+    with pytest.raises(DecodeError, match="'i'") as caught:
+        restore_model_view(dec.decode(), dec.metadata)
+    assert caught.value.clause == "6.2.1"
+    with pytest.raises(DecodeError, match="'i'"):
+        dec.decode_tensor("i", out=np.empty(3, dtype))  # np.copyto(casting="unsafe") wrapped
+    src = tmp_path / "m.nnr"
+    src.write_bytes(stream)
+    for ext in ("safetensors", "npz", "pt", "onnx"):
+        code, _, err = run_cli(capsys, "decode", src, "-o", tmp_path / f"o.{ext}", "-q")
+        assert code == 1 and err.startswith(f"nnc: error: {src}: ") and err.count("\n") == 1, err
+        assert "Traceback" not in err and "[spec 6.2.1]" in err
+        assert not (tmp_path / f"o.{ext}").exists()
+    code, _, err = run_cli(capsys, "decode", src, "-o", f"{tmp_path / 'folder'}/", "-q")
+    assert code == 1 and "[spec 6.2.1]" in err and not (tmp_path / "folder").exists()
+    np.savez(tmp_path / "m.npz", w=W, i=I)
+    code, _, err = run_cli(capsys, "compare", tmp_path / "m.npz", src, "-q")
+    assert code == 1 and err.startswith(f"nnc: error: {src}: ") and err.count("\n") == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.nnr", "m.npz"]
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float8_e5m2", "float16"])
+def test_a_float_dtype_recorded_on_a_float_tensor_is_restored(tmp_path, dtype):
+    stream = with_metadata(BASE, dtypes={"w": dtype})
+    dec = Decoder(stream)
+    assert restore_model_view(dec.decode(), dec.metadata)[1]["w"] == dtype
+    for ext, (tensors, dtypes) in decoded_files(stream, tmp_path).items():
+        in_npz = "float32" if ext == "npz" and nnc.narrow_floats.is_narrow(dtype) else dtype  # npz: no such dtype
+        assert dtypes["w"] == in_npz and tensors["w"].shape == (8, 8), ext
+
+
+def test_an_integer_dtype_that_holds_the_values_is_restored(tmp_path):
+    stream = with_metadata(BASE, dtypes={"i": "int64"})
+    for tensors, dtypes in decoded_files(stream, tmp_path).values():
+        assert dtypes["i"] == "int64" and tensors["i"].tolist() == I.tolist()
+    out = np.empty(3, np.int64)
+    assert Decoder(stream).decode_tensor("i", out=out) is out and out.tolist() == I.tolist()
+
+
+def test_a_lossily_coded_integer_tensor_is_rounded_not_truncated(tmp_path):
+    ints = np.random.default_rng(0).integers(-100000, 100000, 1000).astype(np.int32)
+    stream = nnc.encode({"i": ints, "w": W}, lossless_int=False, qp=3)
+    floats = nnc.decode(stream)["i"]
+    assert not np.array_equal(floats, np.rint(floats))  # the case: values between integers
+    for tensors, dtypes in decoded_files(stream, tmp_path).values():
+        assert dtypes["i"] == "int32" and np.array_equal(tensors["i"], np.rint(floats).astype(np.int32))
+    out = np.empty(1000, np.int32)
+    Decoder(stream).decode_tensor("i", out=out)
+    assert np.array_equal(out, np.rint(floats))
+
+
+def test_a_float_tensor_recorded_as_integers_refuses_values_out_of_range_and_nan():
+    stream = with_metadata(nnc.encode({"w": np.array([1.0, 2.0, 300.0], np.float32)}, qp=-30), dtypes={"w": "int8"})
+    with pytest.raises(DecodeError, match="int8"):
+        Decoder(stream).decode_tensor("w", out=np.empty(3, np.int8))
+    stream = with_metadata(nnc.encode({"w": np.array([1.0, np.nan], np.float32)}, qp=-30), dtypes={"w": "int8"})
+    dec = Decoder(stream)
+    with pytest.raises(DecodeError, match="int8"):
+        restore_model_view(dec.decode(), dec.metadata)
+
+
+def test_the_check_of_a_caller_array_covers_every_slice():
+    values = np.zeros((1 << 20) + 5, np.int32)
+    values[-1] = 40000  # in the second slice of Decoder._fill
+    stream = with_metadata(nnc.encode({"i": values}), dtypes={"i": "int16"})
+    with pytest.raises(DecodeError, match="40000"):
+        Decoder(stream).decode_tensor("i", out=np.empty(values.size, np.int16))
+
+
+@given(
+    st.one_of(
+        st.lists(st.integers(-(2**63), 2**63 - 1), max_size=8).map(lambda v: np.array(v, np.int64)),
+        st.lists(st.floats(width=32), max_size=8).map(lambda v: np.array(v, np.float32)),
+    ),
+    st.sampled_from(["bool", "int8", "uint8", "int16", "uint32", "int64", "uint64"]),
+)
+def test_exact_integers_keeps_every_value_or_refuses(values, dtype):
+    lowest, highest = (0, 1) if dtype == "bool" else (int(np.iinfo(dtype).min), int(np.iinfo(dtype).max))
+    nearest = [v if isinstance(v, int) else int(np.rint(v)) if math.isfinite(v) else None for v in values.tolist()]
+    fits = all(v is not None and lowest <= v <= highest for v in nearest)
+    try:
+        got = exact_integers("x", values, dtype)
+    except DecodeError as exc:
+        assert not fits and exc.clause == "6.2.1"
+        return
+    assert fits and got.dtype == np.dtype(dtype) and [int(v) for v in got.tolist()] == nearest
+
+
+# -- a tensor named __metadata__ into safetensors ---------------------------------------------
+
+
+def test_a_tensor_named_metadata_is_refused_by_the_safetensors_writer(tmp_path, capsys):
+    # it was dropped silently: its header entry is the file's metadata key
+    stream = nnc.encode({"__metadata__": np.ones(3, np.float32), "w": W}, qp=-20)
+    for target in (tmp_path / "o.safetensors", f"{tmp_path / 'folder'}/"):
+        with pytest.raises(FormatError, match="__metadata__"):
+            decode_to_path(stream, target)
+    assert list(tmp_path.iterdir()) == []
+    src = tmp_path / "m.nnr"
+    src.write_bytes(stream)
+    code, _, err = run_cli(capsys, "decode", src, "-o", tmp_path / "o.safetensors")
+    assert code == 1 and err.count("\n") == 1 and "o.safetensors" in err and "__metadata__" in err
+    assert [p.name for p in tmp_path.iterdir()] == ["m.nnr"]
+    decode_to_path(stream, tmp_path / "o.npz")  # a format that can hold it
+    assert np.array_equal(read_model(tmp_path / "o.npz")[0]["__metadata__"], np.ones(3))
+
+
+# -- nnc compare ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("special", [np.inf, -np.inf, np.nan])
+def test_compare_fails_on_inf_or_nan_against_another_value(tmp_path, capsys, special):
+    # inf against 2.0 was "ValueError: math domain error"; NaN against 5.0 printed SNR nan and exit 0
+    a, b = np.array([1.0, special, 3.0], np.float32), np.array([1.0, 2.0, 3.0], np.float32)
+    np.savez(tmp_path / "a.npz", w=a)
+    np.savez(tmp_path / "b.npz", w=b)
+    for first, second in (("a", "b"), ("b", "a")):
+        code, out, err = run_cli(capsys, "compare", tmp_path / f"{first}.npz", tmp_path / f"{second}.npz")
+        assert code == 1 and "Traceback" not in err and "w: 1 inf or NaN" in err, err
+        assert " -inf " in out and "nan" not in out.lower()
+    code, out, err = run_cli(capsys, "compare", tmp_path / "a.npz", tmp_path / "a.npz", "--json")
+    assert code == 0 and json.loads(out)["passed"]  # the same inf or NaN on both sides is no error
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([0.5, -2.0, np.inf, -np.inf, np.nan]), st.sampled_from([0.5, -2.0, np.inf, -np.inf, np.nan])
+        ),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_compare_tensors_counts_the_inf_and_nan_that_differ(pairs):
+    a, b = (np.array([p[k] for p in pairs], np.float32) for k in (0, 1))
+    differ = sum(
+        not (x == y or (np.isnan(x) and np.isnan(y))) and not (np.isfinite(x) and np.isfinite(y)) for x, y in pairs
+    )
+    row = compare_tensors({"w": a}, {"w": b})["tensors"][0]
+    assert row["nonfinite_mismatches"] == differ
+    assert not math.isnan(row["snr_db"]) and not math.isnan(row["max_abs_error"])
+    if differ:
+        assert row["snr_db"] == -math.inf and row["max_abs_error"] == math.inf
+
+
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        (np.float32(1.5), np.float64(1.5)),
+        (np.int64(7), np.array([7], np.int32)),
+        (np.ones(3, np.float16), np.ones(3, np.float32)),
+    ],
+)
+def test_compare_reports_and_fails_on_another_dtype(tmp_path, capsys, a, b):
+    # both were reported exact (SNR inf), exit status 0
+    np.savez(tmp_path / "a.npz", t=a)
+    np.savez(tmp_path / "b.npz", t=b)
+    code, out, err = run_cli(capsys, "compare", tmp_path / "a.npz", tmp_path / "b.npz")
+    want = f"dtype {np.asarray(a).dtype} against {np.asarray(b).dtype}"
+    assert code == 1 and want in out and f"nnc: t: {want}" in err, (out, err)
+    assert " exact " not in out
+    code, out, _ = run_cli(capsys, "compare", tmp_path / "a.npz", tmp_path / "b.npz", "--json")
+    result = json.loads(out)
+    assert code == 1 and result["total"]["dtype_mismatches"] == ["t"] and not result["passed"]
+
+
+def test_compare_of_a_stream_with_its_model_still_passes(tmp_path, capsys):
+    model = {"w": W, "step": np.int64(3), "h": np.ones(4, np.float16)}
+    np.savez(tmp_path / "m.npz", **model)
+    (tmp_path / "m.nnr").write_bytes(nnc.encode(model, qp=-20))
+    code, out, err = run_cli(capsys, "compare", tmp_path / "m.npz", tmp_path / "m.nnr")
+    assert code == 0, err
+
+
+# -- the numcodecs codec's out= ----------------------------------------------------------------
+
+
+def test_codec_decode_fills_a_non_contiguous_out():
+    # a copy of it was filled and out returned unchanged
+    codec = NNC(qp=-30)
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    big = np.zeros((3, 8), np.float32)
+    out = big[:, ::2]
+    assert codec.decode(codec.encode(x), out=out) is out
+    assert np.array_equal(out, codec.decode(codec.encode(x)).reshape(3, 4)) and not big[:, 1::2].any()
+    with pytest.raises(OutputBufferError, match="not C-contiguous"):
+        codec.decode(codec.encode(x), out=np.zeros((3, 8), np.int32)[:, ::2])
+
+
+# -- nnc verify --------------------------------------------------------------------------------
+
+
+def make_suite(folder, streams=None, sequence=None):
+    stream = nnc.encode({"w": np.ones((2, 2), np.float32)}, qp=-8)
+    (folder / "ok.nnr").write_bytes(stream)
+    entry = {
+        "name": "ok",
+        "group": "profile-1",
+        "profile": 1,
+        "file": "ok.nnr",
+        "expected": describe_output(nnc.decode(stream)),
+        "sequence": sequence,
+    }
+    (folder / "manifest.json").write_text(json.dumps({"streams": [entry] if streams is None else streams}))
+    return folder
+
+
+def test_verify_takes_a_null_sequence_as_none(tmp_path, capsys):
+    # AttributeError: 'NoneType' object has no attribute 'get'
+    suite = make_suite(tmp_path)
+    assert [r.passed for r in verify_suite(suite)] == [True]
+    assert run_cli(capsys, "verify", suite, "-q")[0] == 0
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--stream", "typo_name"], "no stream named 'typo_name'"),
+        (["--group", "nogroup"], "no group named 'nogroup'"),
+        ([], "no stream to verify"),
+    ],
+)
+def test_verify_refuses_a_selection_of_no_stream(tmp_path, capsys, argv, words):
+    # each printed "0 passed, 0 failed" and exit status 0
+    suite = make_suite(tmp_path, streams=[] if not argv else None)
+    code, out, err = run_cli(capsys, "verify", suite, *argv)
+    assert code == 1 and err.startswith(f"nnc: error: {suite / 'manifest.json'}: {words}"), err
+    assert err.count("\n") == 1
+    assert "passed" not in out
+    with pytest.raises(ManifestError, match=words):
+        verify_suite(
+            suite, groups=argv[1:] if "--group" in argv else None, names=argv[1:] if "--stream" in argv else None
+        )
+
+
+def test_the_in_memory_safetensors_writer_refuses_a_tensor_named_metadata():
+    from nnc.formats import FormatError, safetensors_bytes
+
+    with pytest.raises(FormatError, match="__metadata__"):  # before: written, then dropped by every reader
+        safetensors_bytes({"__metadata__": np.ones(2, np.float32)})

@@ -1,0 +1,284 @@
+"""Hostile and unusual model files: the readers read them exactly, or refuse them with one FormatError
+naming the file, or report what they leave out; never a traceback, a dropped tensor or wrong values."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nnc import formats, models, readers
+from nnc.formats import FormatError
+
+
+def _safetensors_raw(path, header: bytes, body: bytes = b""):
+    path.write_bytes(struct.pack("<Q", len(header)) + header + body)
+    return path
+
+
+def _refused(path, *words):
+    with pytest.raises(FormatError) as err:
+        for t in readers.open_model(path):
+            t.load()
+    message = str(err.value)
+    assert str(path) in message and "\n" not in message, message
+    for word in words:
+        assert word in message, message
+    return message
+
+
+# -- ONNX external data ----------------------------------------------------------------------
+
+
+def _onnx_with_external_data(folder, tensors, keep_length=True, trailing=b""):
+    """A model whose initializers all lie in folder/m.data, one after another; returns its path."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import helper
+
+    folder.mkdir(exist_ok=True)
+    path = folder / "m.onnx"
+    graph = helper.make_graph([], "g", [], [], initializer=tensors)
+    onnx.save(helper.make_model(graph), str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="m.data", size_threshold=0)
+    if not keep_length:
+        model = onnx.load(str(path), load_external_data=False)
+        for init in model.graph.initializer:
+            kept = [(e.key, e.value) for e in init.external_data if e.key != "length"]
+            del init.external_data[:]
+            for key, value in kept:
+                entry = init.external_data.add()
+                entry.key, entry.value = key, value
+        onnx.save(model, str(path))
+    with open(folder / "m.data", "ab") as fh:
+        fh.write(trailing)
+    return path
+
+
+PACKED = ["INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2", "FLOAT6E2M3", "FLOAT6E3M2"]
+
+
+@settings(max_examples=30, deadline=None)
+@given(type_name=st.sampled_from(PACKED), count=st.integers(0, 9), seed=st.integers(0, 2**32 - 1),
+       keep_length=st.booleans())
+def test_onnx_external_packed_types_are_read_as_onnx_reads_them(tmp_path_factory, type_name, count, seed, keep_length):
+    onnx = pytest.importorskip("onnx")
+    from onnx import helper, numpy_helper
+
+    if not hasattr(onnx.TensorProto, type_name):
+        return
+    data_type = getattr(onnx.TensorProto, type_name)
+    np_dtype = helper.tensor_dtype_to_np_dtype(data_type)
+    bits = {"INT4": 4, "UINT4": 4, "FLOAT4E2M1": 4, "INT2": 2, "UINT2": 2}.get(type_name, 6)
+    codes = np.random.default_rng(seed).integers(0, 2**bits, count).astype(np.uint8)
+    q = numpy_helper.from_array(codes.view(np_dtype), "q")
+    after = numpy_helper.from_array(np.full(7, 0xA5, np.uint8), "after")  # bytes a misread would take
+    path = _onnx_with_external_data(tmp_path_factory.mktemp("m"), [q, after], keep_length, trailing=b"\xff" * 9)
+    expected = numpy_helper.to_array(onnx.load(str(path)).graph.initializer[0])
+    got = readers.open_model(path)["q"].load()
+    assert got.shape == expected.shape == (count,)
+    np.testing.assert_array_equal(got.view(np.uint8), expected.view(np.uint8))
+
+
+def test_onnx_external_int4_through_read_model(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from onnx import helper, numpy_helper
+
+    q = helper.make_tensor("q", onnx.TensorProto.INT4, [4], bytes([0x21, 0x43]), raw=True)  # 1, 2, 3, 4
+    w = numpy_helper.from_array(np.arange(6, dtype=np.float32).reshape(2, 3) / 7, "W")
+    tensors, dtypes = formats.read_model(_onnx_with_external_data(tmp_path / "i4", [q, w]))
+    assert tensors["q"].astype(int).tolist() == [1, 2, 3, 4] and dtypes["q"] == "int4"
+    np.testing.assert_array_equal(tensors["W"], np.arange(6, dtype=np.float32).reshape(2, 3) / 7)
+
+
+def _onnx_external_entries(folder, entries, data: bytes, dims=(2, 3)):
+    onnx = pytest.importorskip("onnx")
+    from onnx import helper
+
+    folder.mkdir()
+    t = onnx.TensorProto()
+    t.name, t.data_type, t.data_location = "W", onnx.TensorProto.FLOAT, onnx.TensorProto.EXTERNAL
+    t.dims.extend(dims)
+    for key, value in {"location": "w.bin", **entries}.items():
+        entry = t.external_data.add()
+        entry.key, entry.value = key, value
+    path = folder / "m.onnx"
+    onnx.save(helper.make_model(helper.make_graph([], "g", [], [], initializer=[t])), str(path))
+    (folder / "w.bin").write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("length", ["8", "25", "0"])
+def test_onnx_external_length_that_disagrees_with_the_shape_is_refused(tmp_path, length):
+    w = np.arange(6, dtype=np.float32)
+    path = _onnx_external_entries(tmp_path / "m", {"offset": "4", "length": length}, bytes(4) + w.tobytes() * 2)
+    _refused(path, "'W'", f"length {length}", "24 bytes")
+
+
+def test_onnx_external_length_that_agrees_is_read(tmp_path):
+    w = np.arange(6, dtype=np.float32)
+    path = _onnx_external_entries(tmp_path / "m", {"offset": "4", "length": "24"}, bytes(4) + w.tobytes() + b"x")
+    np.testing.assert_array_equal(readers.open_model(path)["W"].load(), w.reshape(2, 3))
+
+
+@pytest.mark.parametrize("key", ["offset", "length"])
+@pytest.mark.parametrize("value", ["abc", "-8", "", "1.5", "+8", " 8", "\u0663"])
+def test_onnx_external_offset_and_length_must_be_non_negative_integers(tmp_path, key, value):
+    path = _onnx_external_entries(tmp_path / "m", {key: value}, bytes(64))
+    _refused(path, "'W'", f"external data {key} {value!r} is not a non-negative integer")
+
+
+def test_onnx_external_offset_past_the_end_is_refused(tmp_path):
+    path = _onnx_external_entries(tmp_path / "m", {"offset": "9" * 30}, bytes(64))
+    _refused(path, "'W'", "missing or too short")
+
+
+# -- safetensors and index headers: a name given twice ----------------------------------------
+
+
+def test_safetensors_tensor_named_twice_is_refused(tmp_path):
+    header = (b'{"w": {"dtype":"F32","shape":[6],"data_offsets":[0,24]},'
+              b' "w": {"dtype":"I32","shape":[4],"data_offsets":[24,40]}}')
+    path = _safetensors_raw(tmp_path / "dup.safetensors", header, bytes(40))
+    _refused(path, "tensor 'w' appears twice in the header")
+    with pytest.raises(FormatError, match="appears twice"):
+        formats.read_model(path)
+
+
+def test_safetensors_key_given_twice_inside_an_entry_is_refused(tmp_path):
+    header = b'{"w": {"dtype":"F32","dtype":"I32","shape":[2],"data_offsets":[0,8]}}'
+    _refused(_safetensors_raw(tmp_path / "k.safetensors", header, bytes(8)), "key 'dtype' appears twice")
+
+
+def _checkpoint(folder, index_text, shards=("s1",)):
+    folder.mkdir()
+    for i, name in enumerate(shards):
+        tensors = {f"t{i}": np.arange(4, dtype=np.int32) + i}
+        (folder / f"{name}.safetensors").write_bytes(formats.safetensors_bytes(tensors))
+    (folder / "model.safetensors.index.json").write_text(index_text)
+    return folder / "model.safetensors.index.json"
+
+
+def test_index_naming_a_tensor_twice_is_refused(tmp_path):
+    index = _checkpoint(tmp_path / "ck", '{"weight_map": {"t0": "s1.safetensors", "t0": "s1.safetensors"}}')
+    _refused(index, "tensor 't0' appears twice in the index")
+    with pytest.raises(FormatError, match="appears twice"):
+        readers.open_model(tmp_path / "ck")
+
+
+# -- index metadata, unindexed shards ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("metadata", ["hello", [1, 2], 3, ""])
+def test_index_metadata_that_is_not_an_object_is_refused(tmp_path, metadata):
+    index = _checkpoint(tmp_path / "ck", json.dumps({"metadata": metadata, "weight_map": {"t0": "s1.safetensors"}}))
+    _refused(index, "metadata is not a JSON object")
+
+
+@pytest.mark.parametrize("metadata", [None, {}, {"total_size": 16}])
+def test_index_metadata_object_or_null_is_accepted(tmp_path, metadata):
+    index = _checkpoint(tmp_path / "ck", json.dumps({"metadata": metadata, "weight_map": {"t0": "s1.safetensors"}}))
+    source = readers.open_model(index)
+    assert source.checkpoint["index"]["metadata"] == (metadata or {})
+    assert source.left_out == []
+
+
+def test_a_shard_the_index_does_not_name_is_left_out_and_said(tmp_path):
+    text = json.dumps({"weight_map": {"t0": "s1.safetensors", "t1": "s2.safetensors"}})
+    _checkpoint(tmp_path / "ck", text, shards=("s1", "s2", "s3"))
+    (tmp_path / "ck" / "notes.txt").write_text("not a shard")
+    source = readers.open_model(tmp_path / "ck")
+    assert [t.name for t in source] == ["t0", "t1"]
+    assert source.left_out == ["s3.safetensors (a shard the index does not name)"]
+    summary = models.encode_model_to(tmp_path / "ck", tmp_path / "m.nnr", qp=-20)
+    assert summary.left_out == source.left_out
+
+
+# -- zero-element tensors with huge shapes ---------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [[2**40, 2**40, 0], [0, 2**62], [2**63, 0]])
+def test_safetensors_empty_tensor_shape_numpy_cannot_hold_is_refused(tmp_path, shape):
+    header = json.dumps({"w": {"dtype": "F32", "shape": shape, "data_offsets": [0, 0]}}).encode()
+    _refused(_safetensors_raw(tmp_path / "big.safetensors", header), "'w'", "too large")
+
+
+def test_safetensors_empty_tensor_with_large_dimensions_is_read(tmp_path):
+    header = json.dumps({"w": {"dtype": "F32", "shape": [65536, 0, 65536], "data_offsets": [0, 0]}}).encode()
+    t = readers.open_model(_safetensors_raw(tmp_path / "e.safetensors", header))["w"]
+    assert t.load().shape == (65536, 0, 65536) and t.size == 0
+
+
+def test_npz_empty_member_shape_numpy_cannot_hold_is_refused(tmp_path):
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    np.save(buf, np.zeros((1, 1, 0), np.float32))
+    member = buf.getvalue().replace(b"(1, 1, 0)", f"({2**40}, {2**40}, 0)".encode())
+    path = tmp_path / "big.npz"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("w.npy", member)
+    _refused(path, "w.npy", "too large")
+
+
+def test_onnx_empty_initializer_shape_numpy_cannot_hold_is_refused(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from onnx import helper
+
+    t = helper.make_tensor("W", onnx.TensorProto.FLOAT, [2**40, 2**40, 0], [])
+    path = tmp_path / "big.onnx"
+    onnx.save(helper.make_model(helper.make_graph([], "g", [], [], initializer=[t])), str(path))
+    _refused(path, "'W'", "too large")
+
+
+# -- PyTorch: sparse and meta tensors ---------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
+@pytest.mark.parametrize("layout", ["coo", "csr"])
+def test_pt_sparse_tensor_is_refused(tmp_path, layout):
+    torch = pytest.importorskip("torch")
+    dense = torch.arange(6.0).reshape(2, 3)
+    path = tmp_path / "sparse.pt"
+    torch.save({"b": torch.ones(2), "w": dense.to_sparse() if layout == "coo" else dense.to_sparse_csr()}, path)
+    _refused(path, "'w'", "sparse tensors are not supported", ".to_dense()")
+
+
+def test_pt_meta_tensor_is_refused(tmp_path):
+    torch = pytest.importorskip("torch")
+    path = tmp_path / "meta.pt"
+    torch.save({"w": torch.ones(2, 3, device="meta")}, path)
+    _refused(path, "'w'", "meta tensor has no data")
+
+
+# -- ONNX sparse weights: left out, and said ---------------------------------------------------
+
+
+def test_onnx_sparse_weights_are_left_out_and_said(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from onnx import helper, numpy_helper
+
+    def sparse(name):
+        values = numpy_helper.from_array(np.array([7.0, 8.0], np.float32), name)
+        return helper.make_sparse_tensor(values, numpy_helper.from_array(np.array([0, 3], np.int64), "i"), [2, 2])
+
+    def branch(name):
+        return helper.make_graph([helper.make_node("Constant", [], [name], sparse_value=sparse(name))], name, [],
+                                 [helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [2, 2])])
+
+    nodes = [helper.make_node("Constant", [], ["C"], sparse_value=sparse("C")),
+             helper.make_node("If", ["cond"], ["Z"], then_branch=branch("C_then"), else_branch=branch("C_else"))]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("cond", onnx.TensorProto.BOOL, [])], [],
+                              initializer=[numpy_helper.from_array(np.eye(2, dtype=np.float32), "W")])
+    graph.sparse_initializer.append(sparse("S"))
+    path = tmp_path / "sparse.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    source = readers.open_model(path)
+    assert [t.name for t in source] == ["W"]
+    assert sorted(source.left_out) == ["C (a sparse Constant)", "C_else (a sparse Constant)",
+                                       "C_then (a sparse Constant)", "S (a sparse initializer)"]
+    assert models.encode_model_to(path, tmp_path / "m.nnr", qp=-20).left_out == source.left_out
