@@ -21,7 +21,6 @@ Examples
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict, namedtuple
 from typing import Mapping
 
@@ -228,7 +227,7 @@ def state_dict(stream, device="cpu", **decoder_options) -> "OrderedDict[str, obj
     return OrderedDict((name, decoded[name]) for name in model_order(decoded, dec.metadata))
 
 
-def load_state_dict(module, stream, strict: bool = True, **decoder_options) -> LoadResult:
+def load_state_dict(module, stream, strict: bool = True, validate: bool = False, **decoder_options) -> LoadResult:
     """Decode a stream into a module's parameters and buffers, in place, one tensor at a time.
 
     Names and shapes are checked against the module before anything is
@@ -246,6 +245,11 @@ def load_state_dict(module, stream, strict: bool = True, **decoder_options) -> L
         Refuse a stream whose names differ from the module's state_dict keys
         (as ``torch.nn.Module.load_state_dict`` does); otherwise load the
         names both have.
+    validate : bool
+        Decode every unit once before loading anything, so that an invalid
+        stream leaves the module unchanged (the decoding takes twice as long).
+        Without it, a stream found invalid midway leaves the tensors before
+        the fault loaded and the faulty one's contents unspecified.
     **decoder_options
         ``limits``, ``engine``, ``state``, ``entry_points`` of :class:`nnc.decoder.Decoder`.
 
@@ -260,7 +264,8 @@ def load_state_dict(module, stream, strict: bool = True, **decoder_options) -> L
         If ``strict`` and the names differ, or a tensor's shape differs from
         the module's; the module is then unchanged.
     nnc.errors.DecodeError
-        If the stream is invalid.
+        If the stream is invalid; the module is then unchanged with ``validate``,
+        partly loaded without.
 
     Examples
     --------
@@ -271,7 +276,7 @@ def load_state_dict(module, stream, strict: bool = True, **decoder_options) -> L
         ...
     nnc.errors.OutputBufferError: tensor 'weight' has shape (2, 2) in the stream, (3, 2) in the module
     """
-    from .decoder import Decoder, model_order
+    from .decoder import Decoder, model_order, recorded_shape
     from .errors import OutputBufferError
 
     torch = _torch()
@@ -285,18 +290,19 @@ def load_state_dict(module, stream, strict: bool = True, **decoder_options) -> L
             f"the stream does not fit the module: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
             f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
         )
-    recorded_shapes = dec.metadata.get("shapes")
-    shapes: dict = recorded_shapes if isinstance(recorded_shapes, dict) else {}
     common = [k for k in names if k in target]
     for name in common:
         info = dec.info(name)
-        recorded = shapes.get(name)
-        shape = tuple(recorded) if isinstance(recorded, list) and math.prod(recorded) == info.size else info.shape
+        recorded = recorded_shape(dec.metadata, name, info.size)
+        shape = info.shape if recorded is None else recorded  # (a 0-d tensor's recorded shape is ())
         if tuple(target[name].shape) != tuple(shape):
             raise OutputBufferError(
                 f"tensor {name!r} has shape {tuple(shape)} in the stream, {tuple(target[name].shape)} in the module"
             )
 
+    if validate:
+        for _ in dec.iter_tensors(common):  # one unit in memory at a time
+            pass
     in_place = set()
 
     def direct(info):

@@ -176,3 +176,22 @@ def test_input_covariances_of_chosen_layers_only():
     assert list(h) == ["2.weight"] and h["2.weight"].shape == (3, 3)
     with pytest.raises(nnc.errors.EncodeError, match="at least one batch"):
         nt.input_covariances(model, [])
+
+
+def test_load_state_dict_with_validate_leaves_the_module_unchanged_on_a_corrupt_stream():
+    import torch
+
+    import nnc.torch as nt
+    from nnc.decoder import Decoder
+
+    torch.manual_seed(0)
+    source = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 8))
+    stream = bytearray(nt.save(source, qp=-30))
+    last = Decoder(bytes(stream)).units[-1]
+    for i in range(last.payload_offset, last.payload_offset + len(last.payload)):
+        stream[i] ^= 0x5A  # the last unit's payload
+    target = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 8))
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    with pytest.raises(nnc.DecodeError):
+        nt.load_state_dict(target, bytes(stream), validate=True)
+    assert all(torch.equal(before[k], v) for k, v in target.state_dict().items())
