@@ -794,8 +794,10 @@ def _read_model_or_stream(path, threads: int, quiet: bool = True):
     from . import formats
     from .decoder import Decoder, restore_model_view
 
-    if formats.detect_format(path) != "nnr":
-        return formats.read_model(path)[0]
+    if os.path.isdir(path) or str(path).endswith(".index.json") or formats.detect_format(path) != "nnr":
+        from .models import load_model
+
+        return load_model(path)[0]  # a file, or a checkpoint folder or index
     decoded: OrderedDict = OrderedDict()
     with _errors_name(path):
         dec = Decoder(path)

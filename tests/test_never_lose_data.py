@@ -824,3 +824,16 @@ def test_out_of_range_numbers_are_one_line_errors(model, tmp_path, capsys, argv,
     code, _, err = cli(capsys, "encode", model, "-o", tmp_path / "x.nnr", *argv)
     assert_refused(code, err, model, message)
     assert not (tmp_path / "x.nnr").exists()
+
+
+def test_compare_reads_checkpoint_folders_and_indexes_as_encode_does(tmp_path, capsys):
+    import json
+
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    (ck / "a.safetensors").write_bytes(safetensors_bytes({"t": np.ones((4, 4), np.float32)}))
+    (ck / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"t": "a.safetensors"}}))
+    assert cli(capsys, "encode", ck, "-o", tmp_path / "m.nnr", "-q")[0] == 0
+    for reference in (ck, ck / "model.safetensors.index.json"):  # before: "Is a directory", "unknown model format"
+        code, out, _ = cli(capsys, "compare", reference, tmp_path / "m.nnr")
+        assert code == 0 and "total" in out
