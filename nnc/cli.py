@@ -218,6 +218,18 @@ def cmd_encode(args) -> int:
         return _fail("--check guards a --search; give --search too")
     if args.check_moves and not args.check:
         return _fail("--check-moves checks the --check score during the search; give --check too")
+    given = {"--tolerance": args.tolerance, "--time-budget": args.time_budget, "--workers": args.workers}
+    unused = [option for option, value in given.items() if value is not None]
+    if unused and not args.search:
+        return _fail(f"{unused[0]} is an option of --search; give --search too")
+    unused = [o for o, v in (("--tca/--no-tca", args.tca), ("--hdsp", args.hdsp or None)) if v is not None]
+    if unused and not args.state:
+        return _fail(f"{unused[0]} codes updates; give --state too")
+    if args.row_skip and args.profile == 0:
+        return _fail("--row-skip is a 2nd-edition tool; profile 0 (1st edition) has no row skipping")
+    args.tolerance = 0.005 if args.tolerance is None else args.tolerance
+    args.workers = 1 if args.workers is None else args.workers
+    args.tca = True if args.tca is None else args.tca
     out = _stream_output(args)
     refused = _refuse_overwriting_inputs(
         out,
@@ -1696,7 +1708,7 @@ def build_parser() -> argparse.ArgumentParser:
         "better one score per sample; higher is better) stays within --tolerance of the "
         "original's; ignores --qp/--step/--rdoq",
     )
-    p.add_argument("--tolerance", type=float, default=0.005, help="with --search: allowed score drop (default 0.005)")
+    p.add_argument("--tolerance", type=float, help="with --search: allowed score drop (default 0.005)")
     p.add_argument(
         "--check",
         metavar="MODULE:FUNCTION",
@@ -1710,7 +1722,7 @@ def build_parser() -> argparse.ArgumentParser:
         "result, so that the refinement stays where the check holds (one check per move taken)",
     )
     p.add_argument("--time-budget", type=float, metavar="SECONDS", help="with --search: stop after this time")
-    p.add_argument("--workers", type=int, default=1, help="with --search: worker processes (default 1)")
+    p.add_argument("--workers", type=int, help="with --search: worker processes (default 1)")
     p.add_argument(
         "--threads",
         type=_non_negative_int,
@@ -1727,7 +1739,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tca",
         action=argparse.BooleanOptionalAction,
-        default=True,
         help="with --state: temporal context adaptation in updates (default: on)",
     )
     p.add_argument(

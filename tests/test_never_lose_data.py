@@ -837,3 +837,17 @@ def test_compare_reads_checkpoint_folders_and_indexes_as_encode_does(tmp_path, c
     for reference in (ck, ck / "model.safetensors.index.json"):  # before: "Is a directory", "unknown model format"
         code, out, _ = cli(capsys, "compare", reference, tmp_path / "m.nnr")
         assert code == 0 and "total" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (("--tolerance", "0.01"), "--tolerance is an option of --search"),  # before: accepted and ignored
+    (("--workers", "2"), "--workers is an option of --search"),
+    (("--time-budget", "5"), "--time-budget is an option of --search"),
+    (("--hdsp",), "--hdsp codes updates"),
+    (("--no-tca",), "--tca/--no-tca codes updates"),
+    (("--profile", "0", "--row-skip"), "--row-skip is a 2nd-edition tool"),
+])
+def test_options_that_would_do_nothing_are_refused(model, tmp_path, capsys, argv, message):
+    code, _, err = cli(capsys, "encode", model, "-o", tmp_path / "x.nnr", *argv)
+    assert_refused(code, err, message)
+    assert not (tmp_path / "x.nnr").exists()
