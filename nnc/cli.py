@@ -676,7 +676,7 @@ def _encode_search(args, tensors, options) -> int:
 
 
 def cmd_decode(args) -> int:
-    from .decoder import Decoder, DecoderState
+    from .decoder import Decoder, DecoderState, Limits
     from .writers import decode_to_path, map_stream
 
     if args.state and args.tensor:
@@ -693,8 +693,12 @@ def cmd_decode(args) -> int:
     state = None
     if args.state:
         state = DecoderState.load(args.state) if Path(args.state).exists() else DecoderState()
+    per_tensor = {} if args.max_tensor_elements is None else {"max_tensor_elements": args.max_tensor_elements}
+    limits = Limits.for_files(os.path.getsize(args.stream), **per_tensor)  # written one unit at a time
     with _errors_name(args.stream):
-        dec = Decoder(map_stream(args.stream) or args.stream, entry_points=args.entry_points, state=state)
+        dec = Decoder(
+            map_stream(args.stream) or args.stream, entry_points=args.entry_points, state=state, limits=limits
+        )
     if not dec.names() and not (args.add_to and dec.skipped):  # (an update may skip every tensor)
         return _fail(f"{args.stream}: the stream holds no tensors; nothing written")
     if args.add_to and not dec.differences:
@@ -965,10 +969,12 @@ def stream_info(path) -> dict:
     >>> info["units"][t["unit_index"]]["type"], t["ndu_index"]
     ('NNR_NDU', 0)
     """
-    from .decoder import Decoder
+    from .decoder import Decoder, Limits
     from .errors import DecodeError
+    from .writers import _stream_size
 
-    dec = Decoder(path)
+    size = _stream_size(path)
+    dec = Decoder(path, limits=None if size is None else Limits.for_files(size))  # headers only
     by_unit: dict[int, list[str]] = {}
     for t in dec.tensors():
         by_unit.setdefault(t.unit_index, []).append(t.name)
@@ -1776,6 +1782,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("ignore", "use", "verify"),
         default="ignore",
         help="how to treat transmitted entry points (default: ignore, decode sequentially)",
+    )
+    p.add_argument(
+        "--max-tensor-elements",
+        type=_non_negative_int,
+        metavar="N",
+        help="accept tensors of up to N elements (default 2**31 - 1, the decoder's limit against hostile streams)",
     )
     p.add_argument(
         "--threads",

@@ -98,6 +98,17 @@ class Limits:
     #: Most bytes the decoded output of one stream may take.
     max_total_bytes: int = 8 * 2**30
 
+    #: How many times its own size a stream decoded to files may write (:meth:`for_files`).
+    FILE_OUTPUT_RATIO = 256
+
+    @classmethod
+    def for_files(cls, stream_bytes: int, **limits) -> "Limits":
+        """The limits of a decoding that writes its tensors to files one unit at a time (spec 15.2): the output
+        may reach :attr:`FILE_OUTPUT_RATIO` times the stream's size, and at least the default ``max_total_bytes``
+        (a large model's stream decodes; a small hostile one cannot fill a disk); ``limits`` override."""
+        total = max(cls.max_total_bytes, cls.FILE_OUTPUT_RATIO * int(stream_bytes))
+        return cls(**{"max_total_bytes": total, **limits})
+
 
 @dataclass
 class TensorInfo:

@@ -314,12 +314,13 @@ def decode_model(stream, output, client, *, threads: int = 1, **decoder_options)
     Streams that need a decoder state (incremental coding) are decoded on the
     client.  Returns the tensors as :func:`nnc.decode_model` does.
     """
-    from .decoder import Decoder, restore_model_view
+    from .decoder import Decoder, Limits, restore_model_view
 
     if not isinstance(stream, (str, os.PathLike)):
         raise TypeError("on a Dask cluster the stream must be a path the workers can read")
     refuse_overwriting(output, {"stream": stream})
     path = os.path.abspath(os.fspath(stream))
+    decoder_options.setdefault("limits", Limits.for_files(os.path.getsize(path)))  # written one unit at a time
     fh, mm = _open_stream(path)
     dec: Decoder | None = None
     try:
@@ -439,7 +440,7 @@ def decode_to_path(
     ['decoded/model-00001-of-00002.safetensors', ..., 'decoded/model.safetensors.index.json']
     """
     from . import writers
-    from .decoder import Decoder
+    from .decoder import Decoder, Limits
     from .formats import format_from_extension
 
     if not isinstance(stream, (str, os.PathLike)):
@@ -447,6 +448,7 @@ def decode_to_path(
     refuse_overwriting(output, {"stream": stream})
     path = os.path.abspath(os.fspath(stream))
     mapped = writers.map_stream(path)
+    decoder_options.setdefault("limits", Limits.for_files(os.path.getsize(path)))  # written one unit at a time
     dec = Decoder(mapped if mapped is not None else path, **decoder_options)
     single = not writers.is_directory_target(output)
     if (

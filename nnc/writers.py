@@ -45,6 +45,7 @@ from .decoder import (
     RELEASABLE_MAPS,
     DecodedTensors,
     Decoder,
+    Limits,
     _releasable_map,
     model_order,
     recorded_dtype,
@@ -110,6 +111,16 @@ class _File:
 
 def _itemsize(dtype: str) -> int:
     return narrow_floats.itemsize(dtype)
+
+
+def _stream_size(data) -> int | None:
+    """Bytes of a stream given as a path or a buffer; None for a file object."""
+    if isinstance(data, (str, os.PathLike)):
+        return os.path.getsize(data) if os.path.isfile(data) else None
+    try:
+        return memoryview(data).nbytes
+    except TypeError:
+        return None
 
 
 def is_directory_target(output) -> bool:
@@ -518,7 +529,11 @@ def decode_to_path(
         dec = stream
     else:
         source = map_stream(stream) if isinstance(stream, (str, os.PathLike)) else None
-        dec = Decoder(source if source is not None else stream, **decoder_options)
+        data = source if source is not None else stream
+        size = _stream_size(data)
+        if "limits" not in decoder_options and size is not None:
+            decoder_options["limits"] = Limits.for_files(size)  # (a file object: the default limits)
+        dec = Decoder(data, **decoder_options)
     mapped = _releasable_map(dec.data)
     if mapped is not None:
         _release(mapped, len(mapped))  # what else touched pages since parsing; payloads are read again when decoded

@@ -349,3 +349,21 @@ def test_cli_progress_on_a_terminal_in_bytes_and_tensors(tmp_path):
     total = sum(np.asarray(t).size * (8 if dtypes[k] == "int64" else 2) for k, t in tensors.items())
     assert f"/{total / 1024:.2f}k" in outputs[0]       # bytes, in KiB
     assert outputs[1] == ""
+
+
+def test_decoding_to_files_scales_the_output_limit_with_the_stream(tmp_path, monkeypatch):
+    """The in-memory default (8 GiB of decoded tensors) refused the stream of any model over 8 GiB in float32
+    (2 billion weights) in `nnc decode`; written one unit at a time, the output may be 256 times the stream."""
+    from nnc import writers
+    from nnc.decoder import Limits
+
+    assert Limits.for_files(10).max_total_bytes == Limits().max_total_bytes  # a small stream: the default
+    assert Limits.for_files(3 * 2**30).max_total_bytes == 256 * 3 * 2**30   # a 3 GiB stream: 768 GiB
+    assert Limits.for_files(10, max_tensor_elements=5).max_tensor_elements == 5
+    seen = []
+    monkeypatch.setattr(writers.Limits, "for_files", classmethod(lambda cls, n, **kw: seen.append(n) or cls()))
+    stream = nnc.encode({"w": np.ones((8, 8), np.float32)}, qp=-20)
+    path = tmp_path / "m.nnr"
+    path.write_bytes(stream)
+    writers.decode_to_path(path, tmp_path / "out.safetensors")
+    assert seen == [len(stream)]
