@@ -1471,7 +1471,29 @@ def _topology_metadata(unit: C.Unit) -> dict:
 
 def recorded_shape(metadata: dict, name: str, size: int) -> tuple | None:
     """The original shape nnc's metadata records for tensor ``name`` of ``size`` elements, if it applies (spec 6.2.1):
-    a list of at most 32 integers (not booleans), each from 0 to ``size``, whose product is ``size``; else None."""
+    a list of at most 32 integers (not booleans), each from 0 to ``size``, whose product is ``size``; else None.
+
+    Parameters
+    ----------
+    metadata : dict
+        :attr:`Decoder.metadata` of the stream.
+    name : str
+        The tensor's name.
+    size : int
+        Its number of elements.
+
+    Returns
+    -------
+    tuple or None
+        The shape to restore, or None.
+
+    Examples
+    --------
+    >>> from nnc.decoder import recorded_shape
+    >>> meta = {"shapes": {"n": [], "w": [-1, -4], "v": [2, 3]}}
+    >>> recorded_shape(meta, "n", 1), recorded_shape(meta, "w", 4), recorded_shape(meta, "v", 6)
+    ((), None, (2, 3))
+    """
     recorded = metadata.get("shapes")
     shape = recorded.get(name) if isinstance(recorded, dict) else None
     if (
@@ -1486,7 +1508,24 @@ def recorded_shape(metadata: dict, name: str, size: int) -> tuple | None:
 
 def restorable_dtype(want) -> str | None:
     """``want`` as a dtype a tensor may be restored to (spec 6.2.1): bool, a signed or unsigned integer, float16/32/64
-    in native byte order (their numpy names), or a format of :mod:`nnc.narrow_floats`; else None."""
+    in native byte order (their numpy names), or a format of :mod:`nnc.narrow_floats`; else None.
+
+    Parameters
+    ----------
+    want : str
+        A dtype name as the metadata records it.
+
+    Returns
+    -------
+    str or None
+        The name of the dtype to restore, or None when it may not be restored to.
+
+    Examples
+    --------
+    >>> from nnc.decoder import restorable_dtype
+    >>> restorable_dtype("int64"), restorable_dtype("float8_e4m3fn"), restorable_dtype(">f4"), restorable_dtype("U8")
+    ('int64', 'float8_e4m3fn', None, None)
+    """
     if not isinstance(want, str):
         return None
     if narrow_floats.is_narrow(want):
@@ -1504,7 +1543,31 @@ def recorded_dtype(metadata: dict, name: str, decoded_dtype) -> str | None:
     """The original dtype nnc's metadata records for tensor ``name`` (decoded as ``decoded_dtype``), if it applies
     (spec 6.2.1): a :func:`restorable_dtype`; a float one only for a float tensor; an integer or bool one not in a
     stream of differences (whose integers may leave the dtype's range: :func:`apply_update` adds them in the
-    model's dtype).  Its name, or None."""
+    model's dtype).  Its name, or None.
+
+    Parameters
+    ----------
+    metadata : dict
+        :attr:`Decoder.metadata` of the stream.
+    name : str
+        The tensor's name.
+    decoded_dtype : ``numpy.dtype`` or str
+        The dtype the tensor decodes to.
+
+    Returns
+    -------
+    str or None
+        The dtype to restore, or None.
+
+    Examples
+    --------
+    >>> from nnc.decoder import recorded_dtype
+    >>> meta = {"dtypes": {"n": "int64", "w": "bfloat16"}}
+    >>> recorded_dtype(meta, "n", "int32"), recorded_dtype(meta, "w", "float32"), recorded_dtype(meta, "w", "int32")
+    ('int64', 'bfloat16', None)
+    >>> recorded_dtype(dict(meta, differences=True), "n", "int32") is None
+    True
+    """
     recorded = metadata.get("dtypes")
     want = restorable_dtype(recorded.get(name) if isinstance(recorded, dict) else None)
     if want is None:
@@ -1518,7 +1581,38 @@ def recorded_dtype(metadata: dict, name: str, decoded_dtype) -> str | None:
 def exact_integers(name: str, values: np.ndarray, dtype) -> np.ndarray:
     """``values`` of tensor ``name`` (or a slice of them) converted to its recorded bool or integer ``dtype`` without
     changing one (spec 6.2.1): floats (an integer tensor coded lossily) are rounded to the nearest integer, ties to
-    even; a value the dtype cannot hold (NaN, inf, out of its range; bool: other than 0 and 1) raises DecodeError."""
+    even; a value the dtype cannot hold (NaN, inf, out of its range; bool: other than 0 and 1) raises DecodeError.
+
+    Parameters
+    ----------
+    name : str
+        The tensor's name (for the error).
+    values : ``numpy.ndarray``
+        Decoded values, or a slice of them.
+    dtype : ``numpy.dtype`` or str
+        The recorded bool or integer dtype.
+
+    Returns
+    -------
+    ``numpy.ndarray``
+        The values in ``dtype``.
+
+    Raises
+    ------
+    nnc.errors.DecodeError
+        If a value does not fit ``dtype``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from nnc.decoder import exact_integers
+    >>> exact_integers("n", np.array([2.6, -1.0]), "int8").tolist()
+    [3, -1]
+    >>> exact_integers("n", np.array([300]), "uint8")
+    Traceback (most recent call last):
+        ...
+    nnc.errors.DecodeError: tensor 'n' holds values from 300 to 300, which its recorded dtype uint8 cannot hold (0 to 255) [spec 6.2.1]
+    """
     dtype = np.dtype(dtype)
     if values.dtype.kind == "f":
         values = np.rint(values)
@@ -1678,6 +1772,10 @@ __all__ = [
     "read_input",
     "model_order",
     "restore_model_view",
+    "recorded_shape",
+    "recorded_dtype",
+    "restorable_dtype",
+    "exact_integers",
     "PAYLOAD_TYPE_NAMES",
     "ELEMENTS_PER_PAYLOAD_BYTE",
     "ELEMENTS_SLACK",
