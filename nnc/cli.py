@@ -1055,16 +1055,18 @@ def _engine_name() -> str:
 
 def _original_dtypes(tensors, metadata) -> dict:
     """The model's own dtype of each tensor (from the stream's metadata, spec 6.2.1), else the decoded one."""
+    from .decoder import restorable_dtype
+
     recorded = metadata.get("dtypes") if isinstance(metadata.get("dtypes"), dict) else {}
-    return {t["name"]: str(recorded.get(t["name"], t["dtype"])) for t in tensors}
+    return {t["name"]: restorable_dtype(recorded.get(t["name"])) or str(t["dtype"]) for t in tensors}
 
 
 def _dtype_bytes(name: str) -> int:
-    """Bytes per element of a dtype name (bfloat16 and float8 included); 4 for names numpy does not know."""
-    try:
-        return narrow_floats.itemsize(name)
-    except TypeError:
-        return 4
+    """Bytes per element of a dtype name (bfloat16 and float8 included); 4 for a name no tensor is restored to."""
+    from .decoder import restorable_dtype
+
+    restorable = restorable_dtype(name)
+    return 4 if restorable is None else narrow_floats.itemsize(restorable)
 
 
 def cmd_info(args) -> int:

@@ -1532,7 +1532,7 @@ def restorable_dtype(want) -> str | None:
         return want
     try:
         dtype = np.dtype(want)
-    except (TypeError, ValueError, DeprecationWarning):  # (the warning: an alias numpy deprecates, as an error)
+    except Exception:  # noqa: BLE001 - numpy's parser of dtype strings fails in many ways (",": SyntaxError)
         return None
     if dtype.kind not in "biuf" or not dtype.isnative or dtype.itemsize > 8:
         return None

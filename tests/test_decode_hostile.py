@@ -396,3 +396,15 @@ def test_the_in_memory_safetensors_writer_refuses_a_tensor_named_metadata():
 
     with pytest.raises(FormatError, match="__metadata__"):  # before: written, then dropped by every reader
         safetensors_bytes({"__metadata__": np.ones(2, np.float32)})
+
+
+@pytest.mark.parametrize("recorded", [",", "(", "i4,i4", "U8", "\x00x"])
+def test_info_and_decode_take_a_hostile_dtype_string_without_a_traceback(tmp_path, capsys, recorded):
+    stream = nnc.Encoder(qp=-30).encode({"w": np.ones((4, 4), np.float32)},
+                                        extra_metadata={"dtypes": {"w": recorded}}).stream
+    path = tmp_path / "h.nnr"
+    path.write_bytes(stream)  # "," made numpy's dtype parser raise SyntaxError
+    assert cli.main(["info", str(path)]) == 0
+    assert cli.main(["decode", str(path), "-o", str(tmp_path / "o.npz"), "-q"]) == 0
+    assert read_model(tmp_path / "o.npz")[0]["w"].dtype == np.float32
+    capsys.readouterr()
