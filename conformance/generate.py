@@ -35,7 +35,7 @@ from nnc.encoder import Encoder  # noqa: E402
 from nnc.engine import get_engine  # noqa: E402
 from nnc.verify import describe_output  # noqa: E402
 
-SUITE_VERSION = 6  # versions 2 to 6 added streams (their entries say added_in); no earlier stream changed
+SUITE_VERSION = 7  # versions 2 to 7 added streams (their entries say added_in); no earlier stream changed
 STREAMS: "OrderedDict[str, dict]" = OrderedDict()
 
 
@@ -924,6 +924,18 @@ must_fail("mf_count_extra_tensor", "DecodeError", "3.5",
     lambda: (lambda other: _announced_by_count() + other[_units(other)[3].offset:])(
         enc(OrderedDict(extra=np.array([5, -1], np.int32)))))
 
+
+# -- suite version 7: a stream with no NDU and no announcement holds no model (spec 3.5, 15.1 item 48) ----------
+
+ADDED_IN = 7
+
+must_fail("mf_cut_before_topology", "TruncatedError", "3.5",
+          "a stream cut at the unit boundary before its topology unit: a start unit and a model parameter set, "
+          "no NDU and no announcement (15.1 item 48)")(lambda: _cut_before_unit(_valid(), 2))
+must_fail("mf_nncodec_cut_after_topology", "TruncatedError", "3.5",
+          "NNCodec's style of stream (an empty topology string: nothing announced) cut at the unit boundary "
+          "before its first NDU (15.1 item 48)")(
+    lambda: C.build_str(1) + C.build_mps() + C.build_tpl())
 
 # -- the third-party group: streams written by NNCodec, copied in (not generated) -------------------------
 

@@ -637,11 +637,19 @@ class Decoder:
     def _check_complete(self) -> None:
         """Every tensor the topology unit announces arrives, and no other (spec 3.5)."""
         count = _announced_count(self.metadata)
+        announced = self.metadata.get("tensors")
+        names = isinstance(announced, list) and all(isinstance(n, str) for n in announced)
+        if not self._ndus and count is None and not names:
+            raise TruncatedError(
+                "the stream holds no NDU and no topology unit that announces its tensors: it ends before its "
+                "model (a cut stream)",
+                clause="3.5",
+                offset=len(self.data),
+            )
         if count is not None:
             self._check_count(count)
             return
-        announced = self.metadata.get("tensors")
-        if not isinstance(announced, list) or not all(isinstance(n, str) for n in announced):
+        if not names:
             return  # no announcement (NNCodec's streams): the stream is what arrives
         skipped = self.metadata.get("skipped", [])
         skipped = [n for n in skipped if isinstance(n, str)] if isinstance(skipped, list) else []

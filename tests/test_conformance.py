@@ -238,8 +238,13 @@ def test_suite_version_5_streams_are_registered():
 
 def test_suite_version_6_streams_are_registered():
     added = {e["name"] for e in MANIFEST["streams"] if e.get("added_in") == 6}
-    assert MANIFEST["version"] == 6
     assert added == {"p1_announced_count", "mf_count_cut_after_first_ndu", "mf_count_extra_tensor"}
+
+
+def test_suite_version_7_streams_are_registered():
+    added = {e["name"] for e in MANIFEST["streams"] if e.get("added_in") == 7}
+    assert MANIFEST["version"] == 7
+    assert added == {"mf_cut_before_topology", "mf_nncodec_cut_after_topology"}
 
 
 def test_the_count_stream_announces_a_count_and_earlier_streams_names():
