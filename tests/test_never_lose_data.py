@@ -851,3 +851,27 @@ def test_options_that_would_do_nothing_are_refused(model, tmp_path, capsys, argv
     code, _, err = cli(capsys, "encode", model, "-o", tmp_path / "x.nnr", *argv)
     assert_refused(code, err, message)
     assert not (tmp_path / "x.nnr").exists()
+
+
+def test_stream_cut_before_its_topology_unit_is_not_an_empty_model():
+    """Before: nnc.decode of a stream cut after its parameter set returned {} (spec 3.5, 15.1 item 48)."""
+    stream = nnc.encode({"w": np.ones((3, 4), np.float32)})
+    topology = next(u for u in C.iter_units(stream) if u.type == C.NNR_TPL)
+    with pytest.raises(nnc.TruncatedError, match="no NDU"):
+        nnc.decode(stream[: topology.offset])
+    assert list(nnc.decode(nnc.encode({}))) == []  # an empty model announces its zero tensors
+
+
+@pytest.mark.parametrize("shape", [(65536, 0, 65536), (2**33, 0)])
+def test_an_empty_tensor_the_decoder_would_refuse_is_not_encoded(shape, tmp_path, capsys):
+    """Before: encoded, exit 0, into a stream the decoder's default limits refuse (spec A.7, 15.2)."""
+    tensors = {"e": np.zeros(shape, np.float32), "w": np.ones((4, 4), np.float32)}
+    with pytest.raises(EncodeError, match="'e' is empty"):
+        nnc.encode(tensors)
+    model = tmp_path / "m.safetensors"
+    model.write_bytes(safetensors_bytes(tensors))
+    code, _, err = cli(capsys, "encode", model, "-o", tmp_path / "m.nnr")
+    assert_refused(code, err, model, "'e' is empty")
+    assert not (tmp_path / "m.nnr").exists()
+    small = (2**20, 0, 2047)  # just inside the limit: encoded and decoded
+    assert nnc.decode(nnc.encode({"e": np.zeros(small, np.float32)}))["e"].shape == small

@@ -18,11 +18,13 @@ Examples
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from .. import narrow_floats
+from ..decoder import Limits
 from ..errors import EncodeError, NNCError
 from ..reconstruction import DECOMPRESSED_DATA_FORMATS, reconstruct_codebook, reconstruct_uniform, step_size
 from .feedback import (
@@ -185,6 +187,18 @@ def as_float_array(name: str, value) -> tuple[np.ndarray, str]:
             f"{finite_peak(x):.4g}): a stream carries float32 steps and raw values (spec 7.5), they would become inf"
         )
     return x, dtype_name
+
+
+def check_empty_dims(name: str, shape: tuple) -> None:
+    """Refuse an empty tensor whose other dimensions multiply beyond the decoders' default element limit: a decoder
+    checks a zero dimension as if it were 1 (spec 15.2), so its stream would not decode (spec A.7)."""
+    if 0 in shape:
+        declared = math.prod(max(d, 1) for d in shape)
+        if declared > Limits.max_tensor_elements:
+            raise EncodeError(
+                f"tensor {name!r} is empty but its other dimensions {list(shape)} multiply to {declared}, beyond the "
+                f"{Limits.max_tensor_elements} elements decoders accept by default (spec 15.2): give it a smaller shape"
+            )
 
 
 def check_recorded_dtype(name: str, arr: np.ndarray, recorded: str, differences: bool = False) -> None:
@@ -355,6 +369,7 @@ class Quantiser:
         ``original_dtype``: the dtype the model file holds (a float8 tensor is coded exactly), when the settings'
         ``dtypes`` do not say it."""
         s = self.settings
+        check_empty_dims(name, np.shape(arr))
         if name in s.dtypes:
             check_recorded_dtype(name, arr, s.dtypes[name], differences=s.differences)
         t = self._values(
