@@ -649,7 +649,7 @@ class Decoder:
         if count is not None:
             self._check_count(count)
             return
-        if not names:
+        if not names or not isinstance(announced, list):
             return  # no announcement (NNCodec's streams): the stream is what arrives
         skipped = self.metadata.get("skipped", [])
         skipped = [n for n in skipped if isinstance(n, str)] if isinstance(skipped, list) else []
