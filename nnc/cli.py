@@ -971,10 +971,8 @@ def stream_info(path) -> dict:
     """
     from .decoder import Decoder, Limits
     from .errors import DecodeError
-    from .writers import _stream_size
 
-    size = _stream_size(path)
-    dec = Decoder(path, limits=None if size is None else Limits.for_files(size))  # headers only
+    dec = Decoder(path, limits=Limits.for_stream(path))  # headers only
     by_unit: dict[int, list[str]] = {}
     for t in dec.tensors():
         by_unit.setdefault(t.unit_index, []).append(t.name)

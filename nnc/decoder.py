@@ -109,6 +109,19 @@ class Limits:
         total = max(cls.max_total_bytes, cls.FILE_OUTPUT_RATIO * int(stream_bytes))
         return cls(**{"max_total_bytes": total, **limits})
 
+    @classmethod
+    def for_stream(cls, data, **limits) -> "Limits":
+        """:meth:`for_files` for a stream given as a path or a buffer; the default limits (with ``limits``) for a
+        file object, whose size is not known."""
+        if isinstance(data, (str, os.PathLike)):
+            size = os.path.getsize(data) if os.path.isfile(data) else None
+        else:
+            try:
+                size = memoryview(data).nbytes
+            except TypeError:
+                size = None
+        return cls(**limits) if size is None else cls.for_files(size, **limits)
+
 
 @dataclass
 class TensorInfo:

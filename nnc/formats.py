@@ -364,6 +364,16 @@ def _read_all(fmt: str, path) -> tuple["OrderedDict[str, np.ndarray]", dict]:
     return out, {t.name: t.original_dtype for t in tensors}
 
 
+def check_safetensors_names(names, where: str = "") -> None:
+    """Refuse a tensor named ``__metadata__``, the safetensors header's reserved key (readers would drop the
+    tensor); ``where`` (a file name) prefixes the message."""
+    if "__metadata__" in names:
+        raise FormatError(
+            f"{where + ': ' if where else ''}a safetensors file cannot hold a tensor named '__metadata__' (the key of "
+            "the file's metadata); write it to a .npz or .pt file"
+        )
+
+
 def safetensors_bytes(tensors, dtypes: dict | None = None, metadata: dict | None = None) -> bytes:
     """The bytes of a safetensors file holding ``tensors``, in their order.
 
@@ -400,12 +410,11 @@ def safetensors_bytes(tensors, dtypes: dict | None = None, metadata: dict | None
     >>> len(data) == 8 + n + 12
     True
     """
+    check_safetensors_names(tensors)
     dtypes = dtypes or {}
     header: dict = {"__metadata__": {str(k): str(v) for k, v in metadata.items()}} if metadata else {}
     chunks, offset = [], 0
     for name, arr in tensors.items():
-        if name == "__metadata__":  # the header's reserved key: readers would drop the tensor
-            raise FormatError("a tensor named '__metadata__' cannot be stored in safetensors (a reserved name)")
         arr = np.asarray(arr, order="C")  # (ascontiguousarray would turn 0-d into 1-d)
         narrow = narrow_floats.NARROW_FLOATS.get(dtypes.get(name))
         if narrow is not None:

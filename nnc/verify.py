@@ -436,8 +436,10 @@ class NNCAPIAdapter(NNCAdapter):
     @staticmethod
     def _narrow(dec) -> dict:
         """{name: NarrowFloat} of the tensors whose original dtype the stream records as bfloat16 or float8."""
-        dtypes = dec.metadata.get("dtypes") if isinstance(dec.metadata.get("dtypes"), dict) else {}
-        return {k: narrow_floats.NARROW_FLOATS[v] for k, v in dtypes.items() if narrow_floats.is_narrow(v)}
+        from .decoder import recorded_dtype
+
+        found = {t.name: recorded_dtype(dec.metadata, t.name, t.dtype) for t in dec.tensors()}
+        return {k: narrow_floats.NARROW_FLOATS[v] for k, v in found.items() if v and narrow_floats.is_narrow(v)}
 
     @staticmethod
     def _buffer(dec, info):

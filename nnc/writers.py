@@ -113,16 +113,6 @@ def _itemsize(dtype: str) -> int:
     return narrow_floats.itemsize(dtype)
 
 
-def _stream_size(data) -> int | None:
-    """Bytes of a stream given as a path or a buffer; None for a file object."""
-    if isinstance(data, (str, os.PathLike)):
-        return os.path.getsize(data) if os.path.isfile(data) else None
-    try:
-        return memoryview(data).nbytes
-    except TypeError:
-        return None
-
-
 def is_directory_target(output) -> bool:
     """Whether ``output`` names a folder: it ends with a path separator or is an existing directory.
 
@@ -259,13 +249,9 @@ def single_file_metadata(metadata: dict) -> dict:
 
 
 def _safetensors_header(file: _File) -> tuple[bytes, dict]:
-    from .formats import _ST_NAMES, FormatError
+    from .formats import _ST_NAMES, FormatError, check_safetensors_names
 
-    if any(t.name == "__metadata__" for t in file.tensors):
-        raise FormatError(
-            f"{file.name}: a safetensors file cannot hold a tensor named '__metadata__' (the key of the file's "
-            "metadata); decode it to a .npz or .pt file"
-        )
+    check_safetensors_names([t.name for t in file.tensors], file.name)
     header: dict[str, Any] = {}
     offsets: dict[str, int] = {}
     offset = 0
@@ -530,9 +516,7 @@ def decode_to_path(
     else:
         source = map_stream(stream) if isinstance(stream, (str, os.PathLike)) else None
         data = source if source is not None else stream
-        size = _stream_size(data)
-        if "limits" not in decoder_options and size is not None:
-            decoder_options["limits"] = Limits.for_files(size)  # (a file object: the default limits)
+        decoder_options.setdefault("limits", Limits.for_stream(data))  # written one unit at a time
         dec = Decoder(data, **decoder_options)
     mapped = _releasable_map(dec.data)
     if mapped is not None:
