@@ -20,9 +20,11 @@ Examples
 
 from __future__ import annotations
 
+import hashlib
 import math
 import mmap
 import os
+import re
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -111,8 +113,8 @@ class Limits:
 
     @classmethod
     def for_stream(cls, data, **limits) -> "Limits":
-        """:meth:`for_files` for a stream given as a path or a buffer; the default limits (with ``limits``) for a
-        file object, whose size is not known."""
+        """:meth:`for_files` for a stream given as a path or a buffer (spec 15.2); the default limits (with
+        ``limits``) for a file object, whose size is not known."""
         if isinstance(data, (str, os.PathLike)):
             size = os.path.getsize(data) if os.path.isfile(data) else None
         else:
@@ -367,7 +369,9 @@ class DecodedTensors(OrderedDict):
       differences to the receiver's model (spec 6.2.1, ``Encoder(differences=True)``),
       so that :func:`~nnc.decoder.apply_update` may add them; False for full values;
     * ``skipped``: names the stream announces as skipped (all zero in an incremental
-      update, spec 3.5, 7.7).
+      update, spec 3.5, 7.7);
+    * ``parent``: with differences, the :func:`model_digest` of the model they apply to, when
+      the stream records it (spec 6.2.1); None otherwise.
 
     Examples
     --------
@@ -379,9 +383,16 @@ class DecodedTensors(OrderedDict):
 
     differences: bool = False
     skipped: tuple = ()
+    parent: "str | None" = None
 
 
-def apply_update(model: "dict[str, np.ndarray]", update: "dict[str, np.ndarray]") -> "OrderedDict[str, np.ndarray]":
+def apply_update(
+    model: "Mapping[str, np.ndarray]",
+    update: "Mapping[str, np.ndarray]",
+    *,
+    parent: "str | None" = None,
+    check_parent: bool = True,
+) -> "OrderedDict[str, np.ndarray]":
     """The model after a decoded update of differences (spec 14.5): ``model + update``, tensor by tensor.
 
     Tensors the update does not carry (skipped: all zero) stay as they are; tensors
@@ -394,12 +405,20 @@ def apply_update(model: "dict[str, np.ndarray]", update: "dict[str, np.ndarray]"
     ``differences=True``) is refused, since adding it would double the model.
     A mapping built by hand is taken as differences.
 
+    An update records the :func:`model_digest` of the model it was made for (spec 6.2.1,
+    ``parent``); the model is checked against it, so that an update applied twice, skipped
+    or applied to another model is refused instead of giving a wrong model.
+
     Parameters
     ----------
     model : ``Mapping``
         {name: ``numpy.ndarray``}, the receiver's model (not changed).
     update : ``Mapping``
         {name: ``numpy.ndarray``}, a decoded update.
+    parent : str or None
+        The digest the model must have (default: ``update.parent``, as decoded).
+    check_parent : bool
+        False applies the update without checking the model's digest.
 
     Returns
     -------
@@ -409,8 +428,9 @@ def apply_update(model: "dict[str, np.ndarray]", update: "dict[str, np.ndarray]"
     Raises
     ------
     nnc.errors.UpdateError
-        If ``update`` is a decoded stream of full values, not differences, or a
-        tensor of the update has another shape than the model's.
+        If ``update`` is a decoded stream of full values, not differences, the model
+        is not the one the update was made for, or a tensor of the update has another
+        shape than the model's.
 
     Examples
     --------
@@ -429,6 +449,8 @@ def apply_update(model: "dict[str, np.ndarray]", update: "dict[str, np.ndarray]"
             "differences=True); use its tensors as the model instead of adding them",
             clause="6.2.1",
         )
+    if check_parent:
+        check_update_parent(model, parent if parent is not None else getattr(update, "parent", None))
     out = OrderedDict((k, np.asarray(v)) for k, v in model.items())
     for name, delta in update.items():
         delta = np.asarray(delta)
@@ -439,6 +461,103 @@ def apply_update(model: "dict[str, np.ndarray]", update: "dict[str, np.ndarray]"
             raise UpdateError(f"update of {name!r} has shape {delta.shape}, the model's is {out[name].shape}")
         out[name] = (out[name] + delta).astype(out[name].dtype, copy=False)
     return out
+
+
+def model_digest(tensors: "Mapping[str, Any]") -> str:
+    """The SHA-256 digest of a model's values (spec 6.2.1, ``"parent"``), as 64 hex digits: over the tensors in
+    order of their names, each name's UTF-8 bytes, a 0 byte, its element count (8 bytes, little-endian) and its
+    elements in row-major order, float ones as float64 and integer and bool ones as int64, little-endian. Shapes
+    and dtypes do not enter (a tensor restored to int64, or to its 0-d shape, has the same digest).
+
+    Parameters
+    ----------
+    tensors : ``Mapping``
+        {name: array}, the model.
+
+    Returns
+    -------
+    str
+        64 lower-case hex digits.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from nnc.decoder import model_digest
+    >>> model_digest({"w": np.array([1.0, 2.0], np.float32)}) == model_digest({"w": np.array([[1.0], [2.0]])})
+    True
+    >>> model_digest({"w": np.array([1.0, 2.0])}) == model_digest({"w": np.array([1.0, 2.5])})
+    False
+    """
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        a = np.asarray(tensors[name])
+        if a.dtype.kind not in "biuf":
+            a = a.astype(np.float32)  # bfloat16 / float8 storage (ml_dtypes): their values
+        flat = a.reshape(-1)
+        h.update(name.encode("utf-8") + b"\0" + int(flat.size).to_bytes(8, "little"))
+        wide = np.dtype("<f8") if a.dtype.kind == "f" else np.dtype("<i8")
+        for start in range(0, flat.size, 1 << 20):  # bounded temporaries
+            h.update(np.ascontiguousarray(flat[start : start + (1 << 20)], dtype=wide).tobytes())
+    return h.hexdigest()
+
+
+def check_update_parent(model: "Mapping[str, Any]", parent: str | None) -> None:
+    """Refuse a model whose :func:`model_digest` is not ``parent``, the digest an update of differences records
+    of the model it was made for (spec 6.2.1); nothing to check when ``parent`` is None.
+
+    Parameters
+    ----------
+    model : ``Mapping``
+        {name: array}, the receiver's model.
+    parent : str or None
+        The update's :attr:`Decoder.parent`.
+
+    Raises
+    ------
+    nnc.errors.UpdateError
+        If the model's digest is not ``parent``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from nnc.decoder import check_update_parent, model_digest
+    >>> model = {"w": np.ones(3, np.float32)}
+    >>> check_update_parent(model, model_digest(model))
+    >>> check_update_parent({"w": np.zeros(3)}, model_digest(model))
+    Traceback (most recent call last):
+        ...
+    nnc.errors.UpdateError: the model is not the one this update was made for ...
+    """
+    if parent is not None and model_digest(model) != parent:
+        raise UpdateError(
+            "the model is not the one this update was made for (its digest differs from the update's parent "
+            f"{parent[:12]}...): the update was applied already, an update before it is missing, or the model "
+            "is another one",
+            clause="6.2.1",
+        )
+
+
+def recorded_parent(metadata: dict) -> str | None:
+    """The parent digest nnc's metadata records (spec 6.2.1): 64 lower-case hex digits, or None.
+
+    Parameters
+    ----------
+    metadata : dict
+        :attr:`Decoder.metadata` of the stream.
+
+    Returns
+    -------
+    str or None
+        The digest, or None when the metadata records none (or not as 64 lower-case hex digits).
+
+    Examples
+    --------
+    >>> from nnc.decoder import recorded_parent
+    >>> recorded_parent({"parent": "ab" * 32}) == "ab" * 32, recorded_parent({"parent": "AB"})
+    (True, None)
+    """
+    value = metadata.get("parent")
+    return value if isinstance(value, str) and re.fullmatch(r"[0-9a-f]{64}", value) else None
 
 
 def read_input(data: StreamInput) -> bytes | memoryview:
@@ -642,6 +761,8 @@ class Decoder:
         self.skipped: tuple = ()
         #: Whether the stream's tensors are differences to the receiver's model (spec 6.2.1).
         self.differences: bool = self.metadata.get("differences") is True
+        #: With differences: the :func:`model_digest` of the model they apply to (spec 6.2.1), or None.
+        self.parent: str | None = recorded_parent(self.metadata) if self.differences else None
         #: Fewest elements of a block-row range worth a thread of its own when decoding with ``threads`` > 1;
         #: None for ``nnc._parallel.MIN_ELEMENTS_PER_THREAD``, 2**18 (the verifier lowers it to test small streams).
         self.row_thread_min_elements: int | None = None
@@ -993,7 +1114,7 @@ class Decoder:
             for name, array in out.items():
                 self._check_out(name, array)
         result = DecodedTensors()
-        result.differences, result.skipped = self.differences, self.skipped
+        result.differences, result.skipped, result.parent = self.differences, self.skipped, self.parent
         for name, arr in self.iter_tensors(names, threads=threads, out=out):
             result[name] = arr
             if progress is not None:
@@ -1696,7 +1817,7 @@ def restore_model_view(tensors: "OrderedDict[str, np.ndarray]", metadata: dict) 
     out: OrderedDict[str, np.ndarray]
     if isinstance(tensors, DecodedTensors):
         out = DecodedTensors()
-        out.differences, out.skipped = tensors.differences, tensors.skipped
+        out.differences, out.skipped, out.parent = tensors.differences, tensors.skipped, tensors.parent
     else:
         out = OrderedDict()
     names = {}
@@ -1783,6 +1904,9 @@ def model_order(names, metadata: dict) -> list:
 
 __all__ = [
     "apply_update",
+    "model_digest",
+    "check_update_parent",
+    "recorded_parent",
     "decode",
     "decode_with_info",
     "DecodedTensors",

@@ -21,9 +21,10 @@ from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 
+from . import narrow_floats
 from ._lru import SizedLRU
 from ._threads import ordered_results
-from .decoder import DecoderState, apply_update
+from .decoder import DecoderState, apply_update, model_digest
 from .encoding.feedback import FactorCache
 from .encoding.quantiser import (  # noqa: F401
     DEFAULT_SCAN_MIN_ELEMENTS,
@@ -474,11 +475,14 @@ class Encoder:
         for u, link in zip(units, links):
             if link is not None and link.skip:
                 result.skipped.extend(t.name for t in u.members)
+        decoded_dtypes = {k: t.reconstruction.dtype.name for k, t in result.tensors.items()}
+        original_dtypes = {k: s.dtypes.get(k, v.dtype.name) for k, v in arrays.items()}
+        parent = self._parent_digest(decoded_dtypes, original_dtypes)
         metadata = metadata_json(
             {k: v.shape for k, v in arrays.items()},
-            {k: t.reconstruction.dtype.name for k, t in result.tensors.items()},
-            {k: s.dtypes.get(k, v.dtype.name) for k, v in arrays.items()},
-            extra_metadata,
+            decoded_dtypes,
+            original_dtypes,
+            dict(extra_metadata or {}, **({"parent": parent} if parent else {})),
             skipped=result.skipped,
             differences=self._sends_differences(),
             groups=groups,
@@ -494,6 +498,20 @@ class Encoder:
             if s.differences:
                 self.state.model = apply_update(self.state.model, result.reconstruction)
         return result
+
+    def _parent_digest(self, decoded: Mapping[str, str], original: Mapping[str, str]) -> str | None:
+        """The digest of the receiver's model that an update of differences records (spec 6.2.1, ``"parent"``), so
+        that applying it twice or to another model is refused; None when not sending differences, or when a float
+        tensor is restored to another float dtype (bfloat16, float8: the receiver's file then holds rounded values,
+        not the model this encoder tracks)."""
+        if not self._sends_differences():
+            return None
+        for k, want in original.items():
+            got = decoded.get(k)
+            if got is not None and want != got and (narrow_floats.is_narrow(want) or np.dtype(want).kind == "f"):
+                return None
+        assert self.state is not None
+        return model_digest(self.state.model)
 
     def _sends_differences(self) -> bool:
         """The stream's tensors are differences: ``differences=True`` and the receiver holds a model."""

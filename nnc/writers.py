@@ -622,6 +622,14 @@ def _decode_in_memory(dec: Decoder, output, wanted, template, threads, progress,
 
     fmt = format_from_extension(output)
     previous = read_model(add_to) if add_to is not None else None
+    if previous is not None and dec.differences:
+        from .decoder import check_update_parent
+        from .errors import UpdateError
+
+        try:  # before decoding: a replayed update is refused before it touches a decoder state
+            check_update_parent(previous[0], dec.parent)
+        except UpdateError as exc:
+            raise UpdateError(f"{os.fspath(add_to)}: {exc.message}", clause=exc.clause) from None
 
     tensors = _model_tensors(dec, wanted)
     total = sum(t.nbytes for t in tensors.values())
@@ -646,7 +654,7 @@ def _decode_in_memory(dec: Decoder, output, wanted, template, threads, progress,
                 clause="6.2.1",
             )
         try:
-            view = apply_update(previous[0], view)
+            view = apply_update(previous[0], view, check_parent=False)  # (checked above)
         except ValueError as exc:
             from .formats import FormatError
 

@@ -277,3 +277,88 @@ def test_differences_of_0d_tensors_are_differences(tmp_path_factory, counts, sca
         back, _ = formats.read_model(held)
         assert back["n"].shape == () and int(back["n"]) == count  # integers: exact
         assert abs(float(back["s"]) - scales[i]) < 0.02  # within a step or two of qp -30
+
+
+# -- the parent digest: an update applied twice, skipped or to another model is refused (spec 6.2.1) ----------
+
+_DTYPES = st.sampled_from(["float32", "float16", "float64", "int64", "int32", "uint8"])
+
+
+@st.composite
+def _model(draw):
+    names = draw(st.lists(st.sampled_from(["a.weight", "a.bias", "b", "n", "s"]), min_size=1, max_size=4, unique=True))
+    out = {}
+    for name in names:
+        dtype = draw(_DTYPES)
+        shape = draw(st.sampled_from([(), (3,), (4, 5)]))
+        rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+        values = rng.normal(size=shape) if np.dtype(dtype).kind == "f" else rng.integers(0, 50, size=shape)
+        out[name] = np.asarray(values).astype(dtype)
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(model=_model(), steps=st.integers(1, 3), tca=st.booleans(), seed=st.integers(0, 2**16))
+def test_a_sequence_of_updates_applies_and_a_replay_is_refused(model, steps, tca, seed):
+    """The receiver's model after each update has the digest the next update records (no false refusal, in the
+    API and through files with restored dtypes); applying an update twice, or skipping one, is refused."""
+    from nnc.decoder import model_digest
+    from nnc.encoder import EncoderState
+
+    rng = np.random.default_rng(seed)
+    enc_state, dec_state = EncoderState(), nnc.DecoderState()
+    held = nnc.decode(nnc.encode(model, qp=-16, state=enc_state, differences=True, tca=tca), state=dec_state)
+    updates = []
+    for _ in range(steps):
+        model = {k: (v + rng.normal(scale=0.1, size=v.shape).astype(v.dtype) if v.dtype.kind == "f" else v + 1)
+                 for k, v in model.items()}
+        update = nnc.decode(nnc.encode(model, qp=-18, state=enc_state, differences=True, tca=tca), state=dec_state)
+        assert update.differences and update.parent == model_digest(held)
+        updates.append(update)
+        held = nnc.apply_update(held, update)
+        if model_digest(nnc.apply_update(held, update, check_parent=False)) != model_digest(held):
+            with pytest.raises(nnc.errors.UpdateError, match="not the one this update was made for"):
+                nnc.apply_update(held, update)  # replayed (an update that changes nothing may be)
+    assert model_digest(held) == model_digest(enc_state.model)
+    if steps > 1 and model_digest(nnc.apply_update(held, updates[0], check_parent=False)) != model_digest(held):
+        with pytest.raises(nnc.errors.UpdateError, match="not the one"):
+            nnc.apply_update(held, updates[0])
+    nnc.apply_update(held, updates[-1], check_parent=False)  # the caller's choice
+
+
+def test_a_replayed_update_is_refused_by_decode_add_to(tmp_path, capsys):
+    from nnc.cli import main
+    from nnc.formats import write_model
+
+    rng = np.random.default_rng(3)
+    w = {"a.weight": rng.normal(size=(16, 8)).astype(np.float32), "a.bias": rng.normal(size=16).astype(np.float32)}
+    write_model(tmp_path / "w0.safetensors", w)
+    write_model(tmp_path / "w1.safetensors", {k: v + 0.01 for k, v in w.items()})
+    p = lambda name: str(tmp_path / name)  # noqa: E731
+    for src, out in (("w0.safetensors", "base.nnr"), ("w1.safetensors", "up.nnr")):
+        assert main(["encode", p(src), "-o", p(out), "--state", p("es"), "--differences", "-q"]) == 0
+    assert main(["decode", p("base.nnr"), "-o", p("m0.safetensors"), "--state", p("ds"), "-q"]) == 0
+    assert main(["decode", p("up.nnr"), "--add-to", p("m0.safetensors"), "-o", p("m1.safetensors"),
+                 "--state", p("ds"), "-q"]) == 0
+    state_before = (tmp_path / "ds").read_bytes()
+    capsys.readouterr()
+    code = main(["decode", p("up.nnr"), "--add-to", p("m1.safetensors"), "-o", p("m2.safetensors"),
+                 "--state", p("ds")])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "m1.safetensors" in err and "not the one this update" in err
+    assert not (tmp_path / "m2.safetensors").exists()
+    assert (tmp_path / "ds").read_bytes() == state_before
+
+
+def test_no_parent_is_recorded_for_bfloat16_models_and_old_streams_apply_unchecked():
+    """A bfloat16 tensor's file holds rounded values, not the model the encoder tracks: no digest recorded."""
+    from nnc.encoder import EncoderState
+
+    state = EncoderState()
+    w = np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4)
+    nnc.encode({"w": w}, state=state, differences=True, dtypes={"w": "bfloat16"})
+    update = nnc.decode(nnc.encode({"w": w + 0.1}, state=state, differences=True, dtypes={"w": "bfloat16"},
+                                   tca=False))
+    assert update.differences and update.parent is None
+    nnc.apply_update({"w": w}, update)
+    nnc.apply_update({"w": w}, update)  # unchecked, as every update before parent digests
