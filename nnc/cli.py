@@ -316,16 +316,9 @@ def cmd_encode(args) -> int:
         _note_left_out(args.model, source.left_out, args.quiet or args.json)
         return _encode_on_cluster(args, options)
     if args.search:
-        tensors, dtypes, _ = models.load_model(args.model)
-        quiet = args.quiet or args.json
-        _note_left_out(args.model, source.left_out, quiet)
-        if models.checkpoint_metadata(source) is not None:
-            _tell(
-                quiet,
-                f"nnc: note: {args.model}: with --search the stream does not record the checkpoint's file "
-                "layout: decoding to a folder writes one model.safetensors",
-            )
-        return _encode_search(args, tensors, dict(options, dtypes=dtypes))
+        tensors, dtypes, layout = models.load_model(args.model)
+        _note_left_out(args.model, source.left_out, args.quiet or args.json)
+        return _encode_search(args, tensors, dict(options, dtypes=dtypes), layout)
     if args.state:
         state = EncoderState.load(args.state) if Path(args.state).exists() else EncoderState()
         options.update(state=state, tca=args.tca, hdsp=args.hdsp, differences=args.differences)
@@ -601,8 +594,8 @@ def _note_left_out(model, left_out, quiet: bool) -> None:
         )
 
 
-def _encode_search(args, tensors, options) -> int:
-    from . import formats
+def _encode_search(args, tensors, options, layout=None) -> int:
+    from . import formats, models
     from .search import search
 
     evaluate = load_callable(args.search)
@@ -640,16 +633,17 @@ def _encode_search(args, tensors, options) -> int:
         )
     best = result.best
     out = _stream_output(args)
-    formats.write_atomic(out, best.stream)
+    stream = best.stream if layout is None else models.with_metadata(best.stream, layout)  # the checkpoint's files
+    formats.write_atomic(out, stream)
     n = sum(int(np.asarray(v).size) for v in tensors.values())
     summary = dict(
         input=str(args.model),
         output=out,
         tensors=len(tensors),
         weights=n,
-        bytes=best.bytes,
-        bits_per_weight=8 * best.bytes / max(n, 1),
-        ratio_fp32=4 * n / max(best.bytes, 1),
+        bytes=len(stream),
+        bits_per_weight=8 * len(stream) / max(n, 1),
+        ratio_fp32=4 * n / max(len(stream), 1),
         reference_score=result.reference_score,
         score=best.score,
         tolerance=args.tolerance,
@@ -664,7 +658,7 @@ def _encode_search(args, tensors, options) -> int:
         print(json.dumps(summary, indent=2))
     elif not args.quiet:
         print(
-            f"{out}: {best.bytes} bytes ({summary['bits_per_weight']:.3f} bits/weight), score "
+            f"{out}: {len(stream)} bytes ({summary['bits_per_weight']:.3f} bits/weight), score "
             f"{best.score:.6g} (original {result.reference_score:.6g}, tolerance {args.tolerance}), "
             f"{len(result.candidates)} candidates in {elapsed:.1f} s"
         )

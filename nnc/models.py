@@ -33,7 +33,15 @@ import numpy as np
 from . import formats
 from .decoder import Decoder, restore_model_view
 
-__all__ = ["encode_model", "encode_model_to", "load_model", "checkpoint_metadata", "decode_model", "compare_tensors"]
+__all__ = [
+    "encode_model",
+    "encode_model_to",
+    "load_model",
+    "checkpoint_metadata",
+    "with_metadata",
+    "decode_model",
+    "compare_tensors",
+]
 
 
 def with_file_dtypes(options: dict, dtypes: Mapping[str, str]) -> None:
@@ -156,6 +164,43 @@ def checkpoint_metadata(source) -> dict | None:
     None
     """
     return None if source.checkpoint is None else {"checkpoint": source.checkpoint}
+
+
+def with_metadata(stream: bytes, extra: dict) -> bytes:
+    """``stream`` (written by nnc's encoder) with ``extra`` entries added to nnc's metadata in its topology unit
+    (spec 6.2.1), every other unit unchanged: for a stream made without them, such as the DC-v2 search's.
+
+    Parameters
+    ----------
+    stream : bytes
+        A stream whose topology unit carries nnc's metadata.
+    extra : dict
+        Entries to add (e.g. :func:`checkpoint_metadata`'s).
+
+    Returns
+    -------
+    bytes
+
+    Examples
+    --------
+    >>> import nnc
+    >>> from nnc.models import with_metadata
+    >>> stream = with_metadata(nnc.encode({"w": [1.0, 2.0]}), {"checkpoint": {"format": "npz"}})
+    >>> nnc.Decoder(stream).metadata["checkpoint"], nnc.decode(stream)["w"].shape
+    ({'format': 'npz'}, (2,))
+    """
+    import json
+
+    from . import container as C
+    from .decoder import _topology_metadata
+
+    units = C.parse_stream(stream)
+    tpl = [u for u in units if u.type == C.NNR_TPL]
+    if not tpl or not _topology_metadata(tpl[-1]):
+        raise ValueError("the stream has no topology unit with nnc's metadata")
+    meta = dict(_topology_metadata(tpl[-1]), **extra)
+    unit = C.build_tpl(data=json.dumps({"nnc": meta}, separators=(",", ":"), sort_keys=True))
+    return bytes(stream[: tpl[-1].offset]) + unit + bytes(stream[tpl[-1].offset + tpl[-1].size :])
 
 
 def load_model(path) -> tuple:

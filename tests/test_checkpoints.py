@@ -374,3 +374,42 @@ def test_streaming_encode_holds_one_tensor_at_a_time(tmp_path):
     finally:
         tracemalloc.stop()
     assert peak < 3.6 * tensor, f"peak {peak / tensor:.2f} x one tensor's float32 size"
+
+
+def test_search_keeps_the_checkpoint_layout(tmp_path, capsys):
+    """Before: with --search the stream did not record the checkpoint's files; decoding to a folder wrote one
+    model.safetensors. Now the searched stream carries the layout and decodes back into the same shards."""
+    from nnc.cli import main
+
+    rng = np.random.default_rng(5)
+    write_checkpoint(tmp_path / "ck", _shards(rng), bf16=False)
+    script = tmp_path / "score.py"
+    script.write_text("import numpy as np\n"
+                      "def neg_max_error(t):\n"
+                      "    return -float(np.max(np.abs(np.asarray(t['layers.0.weight'], np.float64))))\n")
+    out = tmp_path / "m.nnr"
+    assert main(["encode", str(tmp_path / "ck"), "-o", str(out), "--search", f"{script}:neg_max_error",
+                 "--tolerance", "0.01", "--time-budget", "5", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["bytes"] == out.stat().st_size
+    assert nnc.Decoder(out.read_bytes()).metadata["checkpoint"]["index"]["name"] == "model.safetensors.index.json"
+    assert main(["decode", str(out), "-o", str(tmp_path / "back") + os.sep, "-q"]) == 0
+    assert sorted(p.name for p in (tmp_path / "back").iterdir()) == sorted(p.name for p in (tmp_path / "ck").iterdir())
+
+
+def test_with_metadata_changes_only_the_topology_unit():
+    from nnc import container as C
+
+    stream = nnc.encode({"a.weight": np.ones((4, 3), np.float32), "n": np.arange(3)}, qp=-12)
+    out = models.with_metadata(stream, {"checkpoint": {"format": "npz"}})
+    before, after = C.parse_stream(stream), C.parse_stream(out)
+    assert [u.type for u in before] == [u.type for u in after]
+    for u, v in zip(before, after):
+        if u.type != C.NNR_TPL:
+            assert bytes(stream[u.offset:u.offset + u.size]) == bytes(out[v.offset:v.offset + v.size])
+    meta = nnc.Decoder(out).metadata
+    assert meta["checkpoint"] == {"format": "npz"} and meta["tensors"] == nnc.Decoder(stream).metadata["tensors"]
+    assert all(np.array_equal(a, b) for a, b in zip(nnc.decode(stream).values(), nnc.decode(out).values()))
+    with pytest.raises(ValueError, match="no topology unit"):
+        models.with_metadata(stream[:4] + stream[C.parse_stream(stream)[1].offset:C.parse_stream(stream)[2].offset]
+                             + stream[C.parse_stream(stream)[3].offset:], {})
