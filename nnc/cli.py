@@ -582,14 +582,13 @@ def load_callable(spec: str, option: str = "--search"):
     return func
 
 
-def _note_left_out(model, left_out, quiet: bool) -> None:
-    """The note naming a model's entries that are not encoded (ModelSource.left_out)."""
+def _note_left_out(model, left_out, quiet: bool, what: str = "encoded (decoding writes the tensors alone)") -> None:
+    """The note naming a model's entries that are not encoded, or not ``what`` (ModelSource.left_out)."""
     if left_out:
         _tell(
             quiet,
             f"nnc: note: {model}: {len(left_out)} entr{'y that is' if len(left_out) == 1 else 'ies that are'} "
-            f"not the model's tensors {'is' if len(left_out) == 1 else 'are'} not encoded (decoding writes the "
-            "tensors alone): "
+            f"not the model's tensors {'is' if len(left_out) == 1 else 'are'} not {what}: "
             f"{_first_few(left_out)}",
         )
 
@@ -806,7 +805,9 @@ def _read_model_or_stream(path, threads: int, quiet: bool = True):
 
     if os.path.isdir(path) or str(path).endswith(".index.json") or formats.detect_format(path) != "nnr":
         from .models import load_model
+        from .readers import open_model
 
+        _note_left_out(path, open_model(path).left_out, quiet, "compared")
         return load_model(path)[0]  # a file, or a checkpoint folder or index
     decoded: OrderedDict = OrderedDict()
     with _errors_name(path):

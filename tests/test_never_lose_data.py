@@ -875,3 +875,21 @@ def test_an_empty_tensor_the_decoder_would_refuse_is_not_encoded(shape, tmp_path
     assert not (tmp_path / "m.nnr").exists()
     small = (2**20, 0, 2047)  # just inside the limit: encoded and decoded
     assert nnc.decode(nnc.encode({"e": np.zeros(small, np.float32)}))["e"].shape == small
+
+
+def test_compare_names_the_model_entries_it_does_not_compare(tmp_path, capsys):
+    """Before: an ONNX model's sparse initializer was left out of the comparison without a word."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    sparse = helper.make_sparse_tensor(numpy_helper.from_array(np.array([1.5, 2.5], np.float32), "s"),
+                                       numpy_helper.from_array(np.array([1, 5], np.int64), "s_idx"), [4, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 4])
+    graph = helper.make_graph([helper.make_node("Add", ["w", "s"], ["y"])], "g", [], [y], [w],
+                              sparse_initializer=[sparse])
+    model = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph), model)
+    assert cli(capsys, "encode", model, "-o", tmp_path / "m.nnr", "-q")[0] == 0
+    code, _, err = cli(capsys, "compare", model, tmp_path / "m.nnr")
+    assert code == 0 and "not compared" in err and "s (a sparse initializer)" in err
