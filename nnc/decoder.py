@@ -354,7 +354,7 @@ class DecoderState:
                 if f"history{i}" in arrays:
                     state.history[str(name)] = np.asarray(arrays[f"history{i}"], np.int8).reshape(-1)
             state._set_meta(meta, arrays)
-        except (FormatError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (FormatError, KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:
             raise DecodeError(f"{os.fspath(path)} is not an nnc {cls._KIND} state file ({exc})") from None
         return state
 
@@ -363,7 +363,7 @@ class DecodedTensors(OrderedDict):
     """The tensors of a decoded stream, in stream order, with what the stream says about them.
 
     An ``OrderedDict`` of name to array, as :func:`~nnc.decoder.decode` and
-    :meth:`~nnc.decoder.Decoder.decode` return it, with two attributes more:
+    :meth:`~nnc.decoder.Decoder.decode` return it, with attributes that say what the stream holds:
 
     * ``differences``: True when the stream's metadata says that its tensors are
       differences to the receiver's model (spec 6.2.1, ``Encoder(differences=True)``),
@@ -372,6 +372,9 @@ class DecodedTensors(OrderedDict):
       update, spec 3.5, 7.7);
     * ``parent``: with differences, the :func:`model_digest` of the model they apply to, when
       the stream records it (spec 6.2.1); None otherwise.
+    * ``replaced``: with differences, the names of the tensors that carry full values, which
+      replace the model's (spec 6.2.1): a difference could not say it (a change from inf or
+      NaN, another shape or kind of dtype, a difference beyond the dtype's range).
 
     Examples
     --------
@@ -384,6 +387,7 @@ class DecodedTensors(OrderedDict):
     differences: bool = False
     skipped: tuple = ()
     parent: "str | None" = None
+    replaced: tuple = ()
 
 
 def apply_update(
@@ -392,11 +396,13 @@ def apply_update(
     *,
     parent: "str | None" = None,
     check_parent: bool = True,
+    replaced: "Iterable[str] | None" = None,
 ) -> "OrderedDict[str, np.ndarray]":
     """The model after a decoded update of differences (spec 14.5): ``model + update``, tensor by tensor.
 
     Tensors the update does not carry (skipped: all zero) stay as they are; tensors
-    new in the update are added.  Each sum keeps the model tensor's dtype.  This is
+    new in the update are added, and those it carries as full values (``replaced``)
+    replace the model's.  Each sum keeps the model tensor's dtype.  This is
     the rule :class:`nnc.encoder.Encoder` assumes with ``differences=True``, so
     that sender and receiver hold the same model.
 
@@ -419,6 +425,8 @@ def apply_update(
         The digest the model must have (default: ``update.parent``, as decoded).
     check_parent : bool
         False applies the update without checking the model's digest.
+    replaced : iterable of str, optional
+        Names of the update's tensors that hold full values (default: ``update.replaced``, as decoded).
 
     Returns
     -------
@@ -451,10 +459,11 @@ def apply_update(
         )
     if check_parent:
         check_update_parent(model, parent if parent is not None else getattr(update, "parent", None))
+    whole = set(getattr(update, "replaced", ()) if replaced is None else replaced)
     out = OrderedDict((k, np.asarray(v)) for k, v in model.items())
     for name, delta in update.items():
         delta = np.asarray(delta)
-        if name not in out:
+        if name not in out or name in whole:
             out[name] = delta
             continue
         if delta.shape != out[name].shape:
@@ -535,6 +544,31 @@ def check_update_parent(model: "Mapping[str, Any]", parent: str | None) -> None:
             "is another one",
             clause="6.2.1",
         )
+
+
+def recorded_replaced(metadata: dict) -> tuple:
+    """Names of a stream of differences whose tensors carry full values (spec 6.2.1, ``"replaced"``).
+
+    Parameters
+    ----------
+    metadata : dict
+        :attr:`Decoder.metadata` of the stream.
+
+    Returns
+    -------
+    tuple of str
+        Empty when the stream holds no differences or names none.
+
+    Examples
+    --------
+    >>> from nnc.decoder import recorded_replaced
+    >>> recorded_replaced({"differences": True, "replaced": ["mask", 5]}), recorded_replaced({"replaced": ["mask"]})
+    (('mask',), ())
+    """
+    names = metadata.get("replaced")
+    if metadata.get("differences") is not True or not isinstance(names, list):
+        return ()
+    return tuple(n for n in names if isinstance(n, str))
 
 
 def recorded_parent(metadata: dict) -> str | None:
@@ -763,6 +797,8 @@ class Decoder:
         self.differences: bool = self.metadata.get("differences") is True
         #: With differences: the :func:`model_digest` of the model they apply to (spec 6.2.1), or None.
         self.parent: str | None = recorded_parent(self.metadata) if self.differences else None
+        #: With differences: names of the tensors that carry full values, replacing the model's (spec 6.2.1).
+        self.replaced: tuple = recorded_replaced(self.metadata)
         #: Fewest elements of a block-row range worth a thread of its own when decoding with ``threads`` > 1;
         #: None for ``nnc._parallel.MIN_ELEMENTS_PER_THREAD``, 2**18 (the verifier lowers it to test small streams).
         self.row_thread_min_elements: int | None = None
@@ -1115,6 +1151,7 @@ class Decoder:
                 self._check_out(name, array)
         result = DecodedTensors()
         result.differences, result.skipped, result.parent = self.differences, self.skipped, self.parent
+        result.replaced = self.replaced
         for name, arr in self.iter_tensors(names, threads=threads, out=out):
             result[name] = arr
             if progress is not None:
@@ -1606,7 +1643,7 @@ def _topology_metadata(unit: C.Unit) -> dict:
         return {}
     try:
         meta = json.loads(h.data).get("nnc", {})
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):  # hostile nesting: not nnc metadata
         return {}
     return meta if isinstance(meta, dict) else {}
 
@@ -1717,7 +1754,7 @@ def recorded_dtype(metadata: dict, name: str, decoded_dtype) -> str | None:
     decoded_float = np.dtype(decoded_dtype).kind == "f"
     if narrow_floats.is_narrow(want) or np.dtype(want).kind == "f":
         return want if decoded_float else None
-    return None if metadata.get("differences") is True else want
+    return None if metadata.get("differences") is True and name not in recorded_replaced(metadata) else want
 
 
 def exact_integers(name: str, values: np.ndarray, dtype) -> np.ndarray:
@@ -1818,6 +1855,7 @@ def restore_model_view(tensors: "OrderedDict[str, np.ndarray]", metadata: dict) 
     if isinstance(tensors, DecodedTensors):
         out = DecodedTensors()
         out.differences, out.skipped, out.parent = tensors.differences, tensors.skipped, tensors.parent
+        out.replaced = tensors.replaced
     else:
         out = OrderedDict()
     names = {}
@@ -1907,6 +1945,7 @@ __all__ = [
     "model_digest",
     "check_update_parent",
     "recorded_parent",
+    "recorded_replaced",
     "decode",
     "decode_with_info",
     "DecodedTensors",

@@ -126,6 +126,28 @@ class EncodeResult:
         return OrderedDict((k, v.reconstruction) for k, v in self.tensors.items() if k not in self.skipped)
 
 
+def _difference(x: np.ndarray, held: np.ndarray) -> np.ndarray | None:
+    """``x`` minus the receiver's ``held`` tensor, such that adding it in ``held``'s dtype gives ``x`` back up to
+    the coding's error (spec 14.5); None when no difference can (the tensor is then sent whole)."""
+    if (
+        held.shape != (x.shape or (1,))
+        or x.dtype.kind not in "fiub"
+        or (x.dtype.kind == "f") != (held.dtype.kind == "f")
+    ):
+        return None  # another shape, a format numpy lacks, or float <-> integer (a 0-d tensor is held as (1,))
+    held = held.reshape(x.shape)
+    if x.dtype.kind != "f":
+        delta = x.astype(np.int64) - held.astype(np.int64)
+        return delta if delta.size == 0 or (delta.min() >= -(2**31) and delta.max() < 2**31) else None
+    finite = bool(np.isfinite(x).all() and np.isfinite(held).all())
+    if not finite:  # unchanged infs and NaNs (a mask of -inf) are a zero difference; any other change is not
+        return np.zeros_like(x) if np.array_equal(x, held, equal_nan=True) else None
+    wide = x.astype(np.float64) - held
+    if wide.size and np.abs(wide).max() > np.finfo(x.dtype).max:
+        return None
+    return wide.astype(x.dtype)
+
+
 class EncoderState(DecoderState):
     """What an encoder of incremental (2nd-edition) streams keeps across the streams it writes.
 
@@ -425,8 +447,9 @@ class Encoder:
                 arrays[name] = np.asarray(value)
             except ValueError as exc:  # e.g. a ragged nested list
                 raise EncodeError(f"tensor {name!r} is not an array: {exc}") from None
+        replaced: list[str] = []
         if s.differences:
-            arrays = self._differences(arrays)
+            arrays, replaced = self._differences(arrays)
         unknown = [k for k in s.dtypes if k not in arrays]
         if unknown:
             raise EncodeError(f"dtypes names a tensor that is not in the model: {unknown[0]!r}")
@@ -482,7 +505,11 @@ class Encoder:
             {k: v.shape for k, v in arrays.items()},
             decoded_dtypes,
             original_dtypes,
-            dict(extra_metadata or {}, **({"parent": parent} if parent else {})),
+            dict(
+                extra_metadata or {},
+                **({"parent": parent} if parent else {}),
+                **({"replaced": replaced} if replaced and self._sends_differences() else {}),
+            ),
             skipped=result.skipped,
             differences=self._sends_differences(),
             groups=groups,
@@ -493,23 +520,27 @@ class Encoder:
         with ordered_results(lambda unit, link: unit.build(stream_qp, link), jobs, s.threads) as built:
             result.stream = b"".join(head + list(built))
         if self.state is not None:
+            # the receiver's model first: nothing below may fail once the state has moved
+            model = apply_update(self.state.model, result.reconstruction, replaced=replaced) if s.differences else None
             for u, link in zip(units, links):
                 writer.advance_state(u, link)
-            if s.differences:
-                self.state.model = apply_update(self.state.model, result.reconstruction)
+            if model is not None:
+                self.state.model = model
         return result
 
     def _parent_digest(self, decoded: Mapping[str, str], original: Mapping[str, str]) -> str | None:
         """The digest of the receiver's model that an update of differences records (spec 6.2.1, ``"parent"``), so
-        that applying it twice or to another model is refused; None when not sending differences, or when a float
-        tensor is restored to another float dtype (bfloat16, float8: the receiver's file then holds rounded values,
-        not the model this encoder tracks)."""
+        that applying it twice or to another model is refused; None when not sending differences, or when a tensor
+        decoded as floats is restored to another dtype (bfloat16, float8, an integer tensor coded lossily: the
+        receiver's file then holds rounded values, not the model this encoder tracks)."""
         if not self._sends_differences():
             return None
         for k, want in original.items():
             got = decoded.get(k)
-            if got is not None and want != got and (narrow_floats.is_narrow(want) or np.dtype(want).kind == "f"):
-                return None
+            if got is None or want == got:
+                continue
+            if narrow_floats.is_narrow(want) or np.dtype(want).kind == "f" or np.dtype(got).kind == "f":
+                return None  # a file of ``want`` holds rounded values (also integers coded lossily, as floats)
         assert self.state is not None
         return model_digest(self.state.model)
 
@@ -577,21 +608,23 @@ class Encoder:
             self, source, output, progress=progress, extra_metadata=extra_metadata, budget=budget, measure=measure
         )
 
-    def _differences(self, arrays: "OrderedDict[str, np.ndarray]") -> "OrderedDict[str, np.ndarray]":
-        """The tensors minus the receiver's model, where it has them (same shape); the others as given."""
+    def _differences(self, arrays: "OrderedDict[str, np.ndarray]") -> tuple["OrderedDict[str, np.ndarray]", list]:
+        """The tensors minus the receiver's model, where it has them, and the names of those sent whole instead
+        (spec 6.2.1 ``"replaced"``): a difference cannot say a change from inf or NaN, to another shape or kind of
+        dtype, or one beyond the dtype's range. Tensors new to the receiver are sent as they are."""
         model = self.state.model
-        out = OrderedDict()
+        out, replaced = OrderedDict(), []
         for name, x in arrays.items():
             held = model.get(name)
-            if held is None or held.shape != (x.shape or (1,)) or x.dtype.kind not in "fiub":
-                out[name] = x  # (a 0-d tensor is held as coded, with shape (1,), spec 12.5)
+            if held is None:
+                out[name] = x
                 continue
-            held = held.reshape(x.shape)
-            if x.dtype.kind == "f":
-                out[name] = (x.astype(np.float64) - held).astype(x.dtype)
-            else:
-                out[name] = x.astype(np.int64) - held.astype(np.int64)
-        return out
+            delta = _difference(x, held)
+            if delta is None:
+                replaced.append(name)
+                delta = x
+            out[name] = delta
+        return out, replaced
 
     def _unit_key(self, name: str, parts: dict | None, arrays: Mapping[str, np.ndarray]) -> tuple:
         """What an NDU depends on besides the arrays themselves (see :class:`EncodeCache`)."""

@@ -299,7 +299,10 @@ def _json_noting_repeated_keys(text) -> tuple[Any, list[tuple[dict, str]]]:
             obj[key] = value
         return obj
 
-    return json.loads(text, object_pairs_hook=to_dict), repeated
+    try:
+        return json.loads(text, object_pairs_hook=to_dict), repeated
+    except RecursionError:  # hostile nesting: report it as the malformed JSON it is
+        raise ValueError("JSON nested too deeply") from None
 
 
 # -- safetensors: header parsed up front, each tensor memory-mapped when loaded -------------

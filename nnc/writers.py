@@ -637,6 +637,7 @@ def _decode_in_memory(dec: Decoder, output, wanted, template, threads, progress,
         progress(DecodeProgress(None, 0, len(tensors), 0, total))
     decoded, done = DecodedTensors(), 0
     decoded.differences, decoded.skipped = dec.differences, dec.skipped  # apply_update refuses full values
+    decoded.parent, decoded.replaced = dec.parent, dec.replaced
     for name, array in dec.iter_tensors(list(tensors), threads=threads):
         decoded[name] = array
         done += tensors[name].nbytes
@@ -659,11 +660,13 @@ def _decode_in_memory(dec: Decoder, output, wanted, template, threads, progress,
             from .formats import FormatError
 
             raise FormatError(f"{os.fspath(add_to)}: {exc}") from None
-        dtypes = dict(dtypes, **previous[1])
+        # the model's dtypes, but a tensor sent whole (spec 6.2.1 "replaced") or new has the update's
+        kept = {k: v for k, v in previous[1].items() if k in previous[0] and k not in dec.replaced}
+        dtypes = dict({k: v for k, v in dtypes.items() if k not in previous[0] or k in dec.replaced}, **kept)
     write_model(os.fspath(output), view, dtypes, fmt=fmt, template=template)
     return dict(
         files=[os.fspath(output)],
         tensors=len(view),
         bytes=total,
-        weights=sum(math.prod(t.shape) for t in tensors.values()),
+        weights=sum(int(np.asarray(v).size) for v in view.values()),  # the model written (with --add-to, all of it)
     )

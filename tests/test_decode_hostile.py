@@ -408,3 +408,24 @@ def test_info_and_decode_take_a_hostile_dtype_string_without_a_traceback(tmp_pat
     assert cli.main(["decode", str(path), "-o", str(tmp_path / "o.npz"), "-q"]) == 0
     assert read_model(tmp_path / "o.npz")[0]["w"].dtype == np.float32
     capsys.readouterr()
+
+
+def test_deeply_nested_json_is_not_a_recursion_error(tmp_path, capsys):
+    """Before: RecursionError (outside nnc.errors) from the topology metadata, safetensors headers and indexes."""
+    import struct
+
+    from nnc import container as C
+    from nnc.cli import main
+
+    stream = nnc.encode({"w": np.ones(4, np.float32)})
+    units = C.parse_stream(stream)
+    deep = "[" * 30000 + "]" * 30000
+    hostile = stream[:units[2].offset] + C.build_tpl(data='{"nnc":' + deep + "}") + stream[units[3].offset:]
+    assert nnc.decode(hostile)["w"].shape == (4,)  # not nnc metadata: ignored (spec 6.2.1)
+    header = ('{"a":' + deep + "}").encode()
+    (tmp_path / "m.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
+    (tmp_path / "m.index.json").write_text('{"weight_map":' + deep + "}")
+    for model in ("m.safetensors", "m.index.json"):
+        code = main(["encode", str(tmp_path / model), "-o", str(tmp_path / "x.nnr")])
+        err = capsys.readouterr().err
+        assert code == 1 and err.count("\n") == 1 and model in err

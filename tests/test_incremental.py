@@ -362,3 +362,81 @@ def test_no_parent_is_recorded_for_bfloat16_models_and_old_streams_apply_uncheck
     assert update.differences and update.parent is None
     nnc.apply_update({"w": w}, update)
     nnc.apply_update({"w": w}, update)  # unchecked, as every update before parent digests
+
+
+def _round(state, receiver, held, model, **options):
+    update = nnc.decode(nnc.encode(model, qp=-30, state=state, differences=True, **options), state=receiver)
+    return nnc.apply_update(held, update), update
+
+
+def test_changes_no_difference_can_say_are_sent_whole():
+    """Before: an unchanged -inf mask became NaN, a change from inf gave NaN, a change to another dtype kind was
+    truncated or added, a difference beyond float32 became -inf, a change of shape failed after moving the state
+    (the receiver then could not decode the next update). Now such tensors are sent whole (spec 6.2.1)."""
+    from nnc.decoder import model_digest
+
+    mask = np.triu(np.full((4, 4), -np.inf, np.float32), 1)
+    m0 = {"w": np.ones((4, 4), np.float32), "mask": mask, "x": np.array([np.inf, 1, 2, 3], np.float32),
+          "i": np.arange(3), "f": np.array([1.0, 2.0, 3.0], np.float32), "s": np.ones(3, np.float32),
+          "big": np.array([3e38, 1], np.float32), "n": np.array([np.nan, 1.0], np.float32)}
+    state, receiver = EncoderState(), nnc.DecoderState()
+    held = nnc.decode(nnc.encode(m0, qp=-30, state=state, differences=True), state=receiver)
+    m1 = dict(m0, w=m0["w"] + 0.5, x=np.array([0.5, 1, 2, 3], np.float32), i=np.array([1.7, 2.2, 3.6], np.float32),
+              f=np.array([7, 2, 3]), s=np.ones(4, np.float32), big=np.array([-3e38, 1], np.float32))
+    held, update = _round(state, receiver, held, m1)
+    assert set(update.replaced) == {"x", "i", "f", "s", "big"}
+    assert np.array_equal(held["mask"], mask) and np.isnan(held["n"][0]) and held["n"][1] == 1.0
+    np.testing.assert_allclose(held["x"], m1["x"], atol=0.01)
+    np.testing.assert_allclose(held["i"], m1["i"], atol=0.01)
+    assert held["f"].dtype.kind == "i" and held["f"].tolist() == [7, 2, 3]
+    assert held["s"].shape == (4,) and held["big"][0] < -2.9e38 and np.isfinite(held["big"]).all()
+    m2 = dict(m1, w=m1["w"] + 0.25, s=m1["s"] * 2)
+    held, update = _round(state, receiver, held, m2)  # the next update decodes and applies
+    assert update.replaced == () and model_digest(held) == model_digest(state.model)
+    np.testing.assert_allclose(held["s"], 2.0, atol=0.01)
+
+
+def test_a_failed_update_leaves_the_encoder_state_as_it_was():
+    state = EncoderState()
+    w = {"w": np.ones((4, 4), np.float32)}
+    nnc.encode(w, qp=-30, state=state, differences=True)
+    before = (dict(state.depths), {k: v.copy() for k, v in state.model.items()}, dict(state.levels))
+    with pytest.raises(nnc.errors.EncodeError):
+        nnc.encode({"w": w["w"], "q": np.array([2**40])}, qp=-30, state=state, differences=True)
+    assert state.depths == before[0] and state.levels.keys() == before[2].keys()
+    assert all(np.array_equal(state.model[k], v) for k, v in before[1].items())
+
+
+def test_a_sequence_with_replaced_tensors_through_files(tmp_path):
+    """nnc decode --add-to writes a replaced tensor with the update's dtype, not the model's."""
+    from nnc.cli import main
+
+    p = lambda name: str(tmp_path / name)  # noqa: E731
+    mask = np.triu(np.full((3, 3), -np.inf, np.float32), 1)
+    np.savez(p("a0.npz"), w=np.linspace(-1, 1, 12, dtype=np.float32), i=np.arange(3), mask=mask)
+    np.savez(p("a1.npz"), w=np.linspace(-1, 1.5, 12, dtype=np.float32), i=np.array([1.7, 2.2, 3.6], np.float32),
+             mask=mask)
+    for r in (0, 1):
+        assert main(["encode", p(f"a{r}.npz"), "-o", p(f"s{r}.nnr"), "--qp", "-20", "--state", p("tx"),
+                     "--differences", "-q"]) == 0
+    assert main(["decode", p("s0.nnr"), "-o", p("r0.npz"), "--state", p("rx"), "-q"]) == 0
+    assert main(["decode", p("s1.nnr"), "--add-to", p("r0.npz"), "-o", p("r1.npz"), "--state", p("rx"), "-q"]) == 0
+    with np.load(p("r1.npz")) as got:
+        assert got["i"].dtype == np.float32 and np.allclose(got["i"], [1.7, 2.2, 3.6], atol=0.02)
+        assert np.array_equal(got["mask"], mask)
+
+
+def test_integers_coded_lossily_do_not_make_a_false_parent_mismatch(tmp_path):
+    """Before: with --no-lossless-int the receiver's file held the integers rounded, the sender tracked floats, and
+    the next update was refused as made for another model."""
+    from nnc.cli import main
+
+    p = lambda name: str(tmp_path / name)  # noqa: E731
+    np.savez(p("a0.npz"), w=np.linspace(-1, 1, 20, dtype=np.float32), i=np.arange(0, 2000, 100))
+    np.savez(p("a1.npz"), w=np.linspace(-1, 1.2, 20, dtype=np.float32), i=np.arange(0, 2000, 100) + 7)
+    for r in (0, 1):
+        assert main(["encode", p(f"a{r}.npz"), "-o", p(f"s{r}.nnr"), "--qp", "-10", "--no-lossless-int",
+                     "--state", p("tx"), "--differences", "-q"]) == 0
+    assert nnc.Decoder(p("s1.nnr")).parent is None
+    assert main(["decode", p("s0.nnr"), "-o", p("r0.npz"), "--state", p("rx"), "-q"]) == 0
+    assert main(["decode", p("s1.nnr"), "--add-to", p("r0.npz"), "-o", p("r1.npz"), "--state", p("rx"), "-q"]) == 0
