@@ -716,6 +716,7 @@ def cmd_decode(args) -> int:
                 progress=bar,
                 add_to=args.add_to,
                 template=args.template,
+                inputs={"stream": args.stream, "--state file": args.state},
             )
     finally:
         bar.close()

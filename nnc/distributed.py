@@ -473,4 +473,4 @@ def decode_to_path(
                 yield name, (dec._fill(name, buffer, array) if buffer is not None else array)
                 del array
 
-    return writers.write_tensors(dec, output, None, remote)
+    return writers.write_tensors(dec, output, None, remote, inputs={"stream": stream})

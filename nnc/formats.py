@@ -718,7 +718,8 @@ def torch_narrow_float(torch, name: str, values: np.ndarray):
     """A torch tensor of a format numpy lacks (``name`` in :data:`nnc.narrow_floats.NARROW_FLOATS`) holding
     ``values``, converted by :func:`nnc.narrow_floats.from_float32` (the same bits as the safetensors writer)."""
     narrow = narrow_floats.NARROW_FLOATS[name]
-    bits = narrow_floats.from_float32(name, values).astype(narrow.storage.newbyteorder("="))
+    bits = np.asarray(narrow_floats.from_float32(name, values)).astype(narrow.storage.newbyteorder("="))
+    bits = bits.reshape(np.shape(values)).copy(order="C")  # a 0-d tensor stays 0-d (ascontiguousarray: 1-d)
     signed = torch.int16 if narrow.bits == 16 else torch.uint8  # torch views need a dtype of the same width
     raw = torch.from_numpy(bits.view(np.int16) if narrow.bits == 16 else bits)
     return raw.view(signed).view(getattr(torch, name))

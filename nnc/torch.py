@@ -187,6 +187,19 @@ def _decoded_views(dec, names=None, out=None):
         yield name, view[name], dtypes[name]
 
 
+def _refuse_differences(dec) -> None:
+    """A stream of differences (an update, spec 6.2.1) is not a state_dict: loading its tensors as the weights
+    would replace the model by the changes."""
+    from .errors import UpdateError
+
+    if dec.differences:
+        raise UpdateError(
+            "the stream holds differences to a model (an update encoded with differences=True), not its weights: "
+            "decode it with nnc.decode and add it with nnc.apply_update",
+            clause="6.2.1",
+        )
+
+
 def state_dict(stream, device="cpu", **decoder_options) -> "OrderedDict[str, object]":
     """Decode a stream into a state_dict of torch tensors, in their original dtypes and shapes.
 
@@ -208,6 +221,8 @@ def state_dict(stream, device="cpu", **decoder_options) -> "OrderedDict[str, obj
     ------
     nnc.errors.DecodeError
         If the stream is invalid.
+    nnc.errors.UpdateError
+        If the stream holds differences to a model (an update), not its weights.
     nnc.formats.FormatError
         If torch is not installed.
 
@@ -223,6 +238,7 @@ def state_dict(stream, device="cpu", **decoder_options) -> "OrderedDict[str, obj
 
     _torch()
     dec = Decoder(stream, **decoder_options)
+    _refuse_differences(dec)
     decoded = {name: _as_torch(array, dtype, device) for name, array, dtype in _decoded_views(dec)}
     return OrderedDict((name, decoded[name]) for name in model_order(decoded, dec.metadata))
 
@@ -266,6 +282,9 @@ def load_state_dict(module, stream, strict: bool = True, validate: bool = False,
     nnc.errors.DecodeError
         If the stream is invalid; the module is then unchanged with ``validate``,
         partly loaded without.
+    nnc.errors.UpdateError
+        If the stream holds differences to a model (an update), not its weights; the
+        module is then unchanged.
 
     Examples
     --------
@@ -281,6 +300,7 @@ def load_state_dict(module, stream, strict: bool = True, validate: bool = False,
 
     torch = _torch()
     dec = Decoder(stream, **decoder_options)
+    _refuse_differences(dec)
     target = module.state_dict()
     names = model_order(dec.names(), dec.metadata)
     missing = [k for k in target if k not in names]

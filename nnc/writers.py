@@ -40,7 +40,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from . import narrow_floats
-from ._files import temp_file_beside
+from ._files import refuse_overwriting, temp_file_beside
 from .decoder import (
     RELEASABLE_MAPS,
     DecodedTensors,
@@ -159,6 +159,7 @@ def _safe_file_name(name, where: str) -> str:
     if (
         not isinstance(name, str)
         or not name
+        or not _encodable(name)
         or name in (".", "..")
         or "/" in name
         or "\\" in name
@@ -167,6 +168,16 @@ def _safe_file_name(name, where: str) -> str:
     ):
         raise DecodeError(f"the stream's checkpoint metadata names an unsafe file {name!r} ({where})", clause="6.2.1")
     return name
+
+
+def _encodable(name: str) -> bool:
+    """Whether ``name`` can be a file name here (a lone surrogate cannot)."""
+    try:
+        os.fsencode(name)
+        name.encode("utf-8")
+    except UnicodeError:
+        return False
+    return True
 
 
 def _checkpoint_plan(dec: Decoder, tensors) -> tuple[list, dict | None]:
@@ -444,7 +455,7 @@ def _release(mapped, upto: int) -> None:
 
 
 def decode_to_path(
-    stream, output, *, names=None, threads: int = 1, progress=None, add_to=None, **decoder_options
+    stream, output, *, names=None, threads: int = 1, progress=None, add_to=None, inputs=None, **decoder_options
 ) -> dict:
     """Decode a stream to model files, one tensor at a time, never holding the model in memory.
 
@@ -476,6 +487,9 @@ def decode_to_path(
         For a stream of differences (an update): the model file it is added
         to (:func:`nnc.decoder.apply_update`); the sum is written, in memory,
         to a file ``output``.
+    inputs : dict or None
+        {what: path} of further files no written file may replace (a state file); the
+        stream, ``template`` and ``add_to`` are never replaced.
     **decoder_options
         ``limits``, ``engine``, ``state``, ``entry_points``, and ``template``
         (for .onnx output), as for :func:`nnc.models.decode_model`.
@@ -543,10 +557,13 @@ def decode_to_path(
                 info = dec.info(name)
                 _release(mapped, info.unit_offset + info.unit_size)
 
-    return write_tensors(dec, output, wanted, local, progress)
+    own = {"stream": stream if isinstance(stream, (str, os.PathLike)) else None, "template": template}
+    return write_tensors(
+        dec, output, wanted, local, progress, inputs={**own, "model added to": add_to, **(inputs or {})}
+    )
 
 
-def write_tensors(dec: Decoder, output, wanted, produce, progress=None) -> dict:
+def write_tensors(dec: Decoder, output, wanted, produce, progress=None, inputs=None) -> dict:
     """Write the tensors ``produce(names, out)`` yields into the files planned for ``output``, atomically.
 
     ``produce`` yields ``(name, array)`` for the planned names, in the stream's order, as
@@ -555,6 +572,8 @@ def write_tensors(dec: Decoder, output, wanted, produce, progress=None) -> dict:
     on a cluster.  Returns the summary of :func:`decode_to_path`.
     """
     folder, files, index = _plan(dec, output, wanted)
+    for name in [f.name for f in files] + ([index["name"]] if index is not None else []):
+        refuse_overwriting(folder / name, inputs or {})  # a stream's file names may be any (spec 6.2.1)
     created = is_directory_target(output) and not folder.exists()  # a file's folder must exist
     if created:
         folder.mkdir(parents=True)

@@ -8,6 +8,8 @@ codec's ``out=``, and ``nnc verify`` selections.
 import json
 import math
 
+import os
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -429,3 +431,38 @@ def test_deeply_nested_json_is_not_a_recursion_error(tmp_path, capsys):
         code = main(["encode", str(tmp_path / model), "-o", str(tmp_path / "x.nnr")])
         err = capsys.readouterr().err
         assert code == 1 and err.count("\n") == 1 and model in err
+
+
+def test_a_checkpoint_file_name_with_a_lone_surrogate_is_refused_in_one_line(tmp_path, capsys):
+    """Before: UnicodeEncodeError traceback when decoding to a folder."""
+    from nnc.cli import main
+    from nnc.models import with_metadata
+
+    stream = with_metadata(nnc.encode({"w": np.ones(12, np.float32)}),
+                           {"checkpoint": {"format": "safetensors", "files": [{"name": "\ud800.st"}],
+                                           "file_of": {"w": 0}}})
+    (tmp_path / "e.nnr").write_bytes(stream)
+    code = main(["decode", str(tmp_path / "e.nnr"), "-o", str(tmp_path / "out") + os.sep])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "unsafe file" in err and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("names", [{"files": ["e.nnr"]}, {"files": ["a.safetensors"], "index": "rx.state"}])
+def test_a_streams_checkpoint_file_names_cannot_replace_decodes_inputs(tmp_path, capsys, names):
+    """Before: a stream whose checkpoint metadata named its own file (or the state file, as the index) was written
+    over by `nnc decode e.nnr -o ./`, exit 0."""
+    from nnc.cli import main
+    from nnc.models import with_metadata
+
+    layout = {"format": "safetensors", "files": [{"name": n} for n in names["files"]], "file_of": {"w": 0}}
+    if "index" in names:
+        layout["index"] = {"name": names["index"], "metadata": {}}
+    stream = with_metadata(nnc.encode({"w": np.ones(12, np.float32)}), {"checkpoint": layout})
+    (tmp_path / "e.nnr").write_bytes(stream)
+    nnc.DecoderState().save(tmp_path / "rx.state")
+    before = sorted((p.name, p.read_bytes()) for p in tmp_path.iterdir())
+    argv = ["decode", str(tmp_path / "e.nnr"), "-o", str(tmp_path) + os.sep]
+    code = main(argv + (["--state", str(tmp_path / "rx.state")] if "index" in names else []))
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "refusing to overwrite an input" in err
+    assert sorted((p.name, p.read_bytes()) for p in tmp_path.iterdir()) == before

@@ -893,3 +893,19 @@ def test_compare_names_the_model_entries_it_does_not_compare(tmp_path, capsys):
     assert cli(capsys, "encode", model, "-o", tmp_path / "m.nnr", "-q")[0] == 0
     code, _, err = cli(capsys, "compare", model, tmp_path / "m.nnr")
     assert code == 0 and "not compared" in err and "s (a sparse initializer)" in err
+
+
+def test_encode_with_a_state_keeps_bfloat16_and_float8_dtypes(tmp_path, capsys):
+    """Before: `nnc encode --state` coded a bfloat16 / float8 file as float32 (the dtypes were not recorded, float8
+    was quantised, not coded exactly), exit 0."""
+    rng = np.random.default_rng(0)
+    bias = np.array([0.5, -0.25, 1, 2], np.float32)
+    model = tmp_path / "m.safetensors"
+    model.write_bytes(safetensors_bytes({"b.weight": rng.normal(size=(8, 8)).astype(np.float32), "b.bias": bias},
+                                        dtypes={"b.weight": "bfloat16", "b.bias": "float8_e4m3fn"}))
+    assert cli(capsys, "encode", model, "-o", tmp_path / "s.nnr", "--qp", "-30", "--state", tmp_path / "tx",
+               "-q")[0] == 0
+    assert cli(capsys, "decode", tmp_path / "s.nnr", "-o", tmp_path / "r.safetensors", "-q")[0] == 0
+    tensors, dtypes = read_model(tmp_path / "r.safetensors")
+    assert dtypes == {"b.weight": "bfloat16", "b.bias": "float8_e4m3fn"}
+    assert np.array_equal(tensors["b.bias"], bias)

@@ -195,3 +195,36 @@ def test_load_state_dict_with_validate_leaves_the_module_unchanged_on_a_corrupt_
     with pytest.raises(nnc.DecodeError):
         nt.load_state_dict(target, bytes(stream), validate=True)
     assert all(torch.equal(before[k], v) for k, v in target.state_dict().items())
+
+
+def test_an_update_of_differences_is_not_loaded_as_weights():
+    """Before: nnc.torch.load_state_dict and state_dict loaded an update's differences as the weights."""
+    torch = pytest.importorskip("torch")
+    import nnc
+    import nnc.torch
+
+    lin = torch.nn.Linear(4, 3)
+    sd = {k: v.detach().numpy().copy() for k, v in lin.state_dict().items()}
+    sender = nnc.EncoderState()
+    nnc.encode(sd, qp=-30, state=sender, differences=True)
+    update = nnc.encode({k: v + 0.5 for k, v in sd.items()}, qp=-30, state=sender, differences=True, tca=False)
+    before = {k: v.clone() for k, v in lin.state_dict().items()}
+    with pytest.raises(nnc.errors.UpdateError, match="differences"):
+        nnc.torch.load_state_dict(lin, update)
+    with pytest.raises(nnc.errors.UpdateError, match="differences"):
+        nnc.torch.state_dict(update)
+    assert all(torch.equal(before[k], v) for k, v in lin.state_dict().items())
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float8_e4m3fn"])
+def test_a_0d_narrow_float_tensor_keeps_its_shape_in_pt_files(tmp_path, dtype):
+    """Before: a 0-d bfloat16 tensor came back with shape (1,); a 0-d float8 one failed (TypeError)."""
+    from nnc.cli import main
+
+    src = tmp_path / "z.pt"
+    torch.save({"s": torch.tensor(1.5, dtype=getattr(torch, dtype)), "w": torch.ones(2)}, src)
+    assert main(["encode", str(src), "-o", str(tmp_path / "z.nnr"), "-q"]) == 0
+    assert main(["decode", str(tmp_path / "z.nnr"), "-o", str(tmp_path / "o.pt"), "-q"]) == 0
+    back = torch.load(tmp_path / "o.pt")
+    assert back["s"].shape == () and back["s"].dtype == getattr(torch, dtype) and float(back["s"]) == 1.5
+    assert nt.state_dict(tmp_path / "z.nnr")["s"].shape == ()

@@ -299,6 +299,11 @@ def _encode_update_to(encoder, source, output, *, progress, extra_metadata, meas
 
     tensors = list(source)
     arrays = {t.name: t.load() for t in tensors}
+    # the file's own dtypes (bfloat16, float8: read as float32) are recorded, float8 coded exactly, as in a full stream
+    originals = {t.name: t.original_dtype for t in tensors if t.original_dtype not in (None, arrays[t.name].dtype.name)}
+    if any(k not in encoder.settings.dtypes for k in originals):
+        dtypes = {**originals, **encoder.settings.dtypes}
+        encoder = type(encoder)(state=encoder.state, settings=encoder.settings.replace(dtypes=dtypes))
     result = encoder.encode(arrays, progress, extra_metadata=extra_metadata)
     write_atomic(output, result.stream)
     summary = StreamSummary(
