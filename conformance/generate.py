@@ -72,7 +72,7 @@ BASIC = [("conv.weight", (12, 6, 3, 3)), ("conv.bias", (12,)), ("fc.weight", (37
 
 #: The encoder defaults the streams here were generated with; 0.2.0 changed them (issue 18),
 #: and a conformance stream never changes its bytes.
-LEGACY_DEFAULTS = dict(nonweight_qp=-75, blocks=False, raw_when_smaller=False)
+LEGACY_DEFAULTS = dict(nonweight_qp=-75, blocks=False, raw_when_smaller=False, skip_zero=True)
 
 
 def legacy_encoder(**options):
@@ -97,19 +97,25 @@ def enc_today(tensors, **options):
 
 def announced_by_name(stream: bytes) -> bytes:
     """``stream`` with a topology unit that announces a count of tensors (6.2.1) rewritten to announce their
-    names in the model's order, as the encoder did before suite version 6 (the published streams keep their
-    bytes)."""
+    names in the model's order, as the encoder did before suite version 6, and without the keys added after
+    suite version 6 (``SUITE_6_LATER_KEYS``): the published streams keep their bytes."""
     def by_name(meta):
         if type(meta.get("tensors")) is int:
             dec = nnc.Decoder(stream)
             meta["tensors"] = model_order(dec.names(), dec.metadata)
+        for key in SUITE_6_LATER_KEYS:
+            meta.pop(key, None)
         return meta
 
     return _rewrite_nnc_metadata(stream, by_name)
 
 
+#: Keys of nnc's topology metadata added after suite version 6 (spec 6.2.1: the parent digest of an update of
+#: differences, its tensors sent whole).
+SUITE_6_LATER_KEYS = ("parent", "replaced")
+
 #: Keys of nnc's topology metadata added after suite version 2 (spec 3.5, 6.2.1).
-LATER_METADATA_KEYS = ("tensors", "skipped", "differences")
+LATER_METADATA_KEYS = ("tensors", "skipped", "differences") + SUITE_6_LATER_KEYS
 
 
 def frozen_topology(stream: bytes) -> bytes:

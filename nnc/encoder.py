@@ -307,9 +307,12 @@ class Encoder:
         In updates, temporal context adaptation (spec 10.5; default True).
     hdsp : bool
         In updates, history-dependent significance probabilities (spec 10.5; default False).
-    skip_zero : bool
-        In updates, leave out NDUs whose tensors are all zero (spec 7.7; default True);
-        they are listed in :attr:`EncodeResult.skipped`.
+    skip_zero : bool or None
+        In updates, leave out NDUs whose tensors are all zero (spec 7.7); they are listed
+        in :attr:`EncodeResult.skipped`. None (default): only in streams of differences,
+        where zero means unchanged; in an update of full values an all-zero tensor is sent
+        (a receiver writing the update to a file keeps it). True leaves them out in every
+        update, as NNCodec does.
     differences : bool
         With ``state``: the tensors given are the whole new model, and an update codes
         its difference to the model the receiver holds (tracked in the state as the

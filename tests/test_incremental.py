@@ -143,7 +143,8 @@ def test_cli_state_files_carry_a_sequence(tmp_path):
         assert main(["decode", str(tmp_path / f"m{i}.nnr"), "-o", str(tmp_path / f"d{i}.npz"),
                      "--state", str(tmp_path / "rx"), "-q"]) == 0
     decoded, _ = formats.read_model(tmp_path / "d1.npz")
-    assert sorted(decoded) == sorted(api[1].reconstruction) and "a.bias" in api[1].skipped
+    # an update of full values sends its all-zero tensor (a file written from it keeps the tensor)
+    assert sorted(decoded) == sorted(api[1].reconstruction) and api[1].skipped == [] and not decoded["a.bias"].any()
     assert main(["decode", str(tmp_path / "m1.nnr"), "-o", str(tmp_path / "alone.npz")]) == 1
     assert main(["encode", str(tmp_path / "m0.npz"), "--state", str(tmp_path / "tx"), "--search", "x:y"]) == 1
 
@@ -154,7 +155,7 @@ def test_info_describes_an_update_without_its_parent(capsys):
     rng = np.random.default_rng(9)
     state = EncoderState()
     nnc.encode(_tensors(rng, 0.05), qp=-30, state=state)
-    update = Encoder(qp=-38, state=state, tca=False).encode(_tensors(rng, 0.005, zero={"a.bias"}))
+    update = Encoder(qp=-38, state=state, tca=False, skip_zero=True).encode(_tensors(rng, 0.005, zero={"a.bias"}))
     tca_update = Encoder(qp=-38, state=state).encode(_tensors(rng, 0.005))
     info = stream_info(update.stream)
     assert all(t["parent"] and not t["tca"] and not t["needs_parent"] and t["qp"] is not None
@@ -440,3 +441,23 @@ def test_integers_coded_lossily_do_not_make_a_false_parent_mismatch(tmp_path):
     assert nnc.Decoder(p("s1.nnr")).parent is None
     assert main(["decode", p("s0.nnr"), "-o", p("r0.npz"), "--state", p("rx"), "-q"]) == 0
     assert main(["decode", p("s1.nnr"), "--add-to", p("r0.npz"), "-o", p("r1.npz"), "--state", p("rx"), "-q"]) == 0
+
+
+def test_a_full_values_update_keeps_its_all_zero_tensors(tmp_path):
+    """Before: an update of full values left out its all-zero tensors (skipped NDUs, spec 7.7), and `nnc decode`
+    wrote the model without them, exit 0. Now only streams of differences skip them (by default)."""
+    from nnc.cli import main
+
+    p = lambda name: str(tmp_path / name)  # noqa: E731
+    np.savez(p("a0.npz"), w=np.linspace(-1, 1, 12, dtype=np.float32), z=np.ones(4, np.float32), i=np.arange(3))
+    np.savez(p("a1.npz"), w=np.linspace(-1, 1.5, 12, dtype=np.float32), z=np.zeros(4, np.float32),
+             i=np.zeros(3, np.int64))
+    for r in (0, 1):
+        assert main(["encode", p(f"a{r}.npz"), "-o", p(f"s{r}.nnr"), "--qp", "-20", "--state", p("tx"), "-q"]) == 0
+        assert main(["decode", p(f"s{r}.nnr"), "-o", p(f"r{r}.npz"), "--state", p("rx"), "-q"]) == 0
+    with np.load(p("r1.npz")) as got:
+        assert sorted(got.files) == ["i", "w", "z"] and not got["z"].any() and not got["i"].any()
+    state = EncoderState()
+    nnc.encode({"z": np.ones(4, np.float32)}, state=state, differences=True)
+    assert Encoder(state=state, differences=True).encode({"z": np.ones(4, np.float32)}).skipped == ["z"]
+    assert Encoder(state=EncoderState(), skip_zero=True).encode({"z": np.zeros(4, np.float32)}).skipped == []

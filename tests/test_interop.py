@@ -224,7 +224,8 @@ def test_our_incremental_streams_decode_in_nncodec(oracle, dq, blocks):
                                        else np.zeros_like(v) for k, v in base.items()}
         if i == 2:
             tensors["l1.weight"][:] = 0
-        res = Encoder(qp=-30 if i == 0 else -40, dq=dq, state=enc_state, row_skip=True, blocks=blocks).encode(tensors)
+        res = Encoder(qp=-30 if i == 0 else -40, dq=dq, state=enc_state, row_skip=True, blocks=blocks,
+                      skip_zero=True).encode(tensors)
         assert (i > 0) == ("steps" in res.skipped)
         _assert_equal_outputs(nnc.decode(res.stream, state=dec_state), oracle.decompress(res.stream, sequence=seq))
 
@@ -257,7 +258,8 @@ def test_our_incremental_streams_decode_in_nncodec_randomly(oracle):
             res = Encoder(qp=int(rng.integers(-48, -20)), dq=bool(rng.random() < 0.6),
                           scan_order=int(rng.integers(0, 5)), tca=bool(rng.random() < 0.8),
                           row_skip=bool(rng.random() < 0.4), blocks=blocks, codebook=bool(rng.random() < 0.15),
-                          n_gtx=int(rng.choice([1, 4, 11, 40])), state=enc_state).encode(tensors)
+                          n_gtx=int(rng.choice([1, 4, 11, 40])), state=enc_state,
+                          skip_zero=bool(rng.random() < 0.5) or None).encode(tensors)
             ours = nnc.decode(res.stream, state=dec_state)
             assert all(np.array_equal(ours[k], res.reconstruction[k]) for k in ours)
             _assert_equal_outputs(ours, oracle.decompress(res.stream, sequence=f"random-{seq}"))

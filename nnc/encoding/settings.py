@@ -159,7 +159,7 @@ class EncoderSettings:
     threads: int = 1
     tca: bool = True
     hdsp: bool = False
-    skip_zero: bool = True
+    skip_zero: bool | None = None
     differences: bool = False
     raw_when_smaller: bool = True
 
@@ -245,7 +245,7 @@ class EncoderSettings:
             threads=threads,
             tca=bool(self.tca),
             hdsp=bool(self.hdsp),
-            skip_zero=bool(self.skip_zero),
+            skip_zero=None if self.skip_zero is None else bool(self.skip_zero),
             differences=bool(self.differences),
             raw_when_smaller=bool(self.raw_when_smaller),
         )

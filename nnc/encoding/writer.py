@@ -554,8 +554,17 @@ class UnitWriter:
             ids=dict.fromkeys(names, pid),
             parameter_id=pid,
             depth=max(state.depths.get(n, 0) for n in names) + 1,
-            skip=parent and s.skip_zero and all(not np.any(t.levels) for t in coded),
+            skip=parent and self._skips_zero() and all(not np.any(t.levels) for t in coded),
         )
+
+    def _skips_zero(self) -> bool:
+        """Whether an update leaves out its all-zero NDUs (spec 7.7): ``skip_zero`` when given; by default only
+        in a stream of differences, where zero means unchanged (a receiver writing a full-values update to a
+        file would otherwise lose those tensors)."""
+        s = self.settings
+        if s.skip_zero is not None:
+            return bool(s.skip_zero)
+        return bool(s.differences and self.state is not None and self.state.model)
 
     def advance_state(self, unit: Unit, link: Link) -> None:
         """Record what the receiving decoder records for this NDU (spec 14.2, 14.3)."""
