@@ -705,6 +705,12 @@ def cmd_decode(args) -> int:
         return _fail(f"no tensor named {missing[0]!r} in {args.stream}")
     if args.template and not _writes_onnx(args.output):
         return _fail(f"--template {args.template}: a template is for ONNX output only, not {args.output}")
+    if args.add_to:
+        from .readers import open_model
+
+        with _errors_name(args.add_to):
+            left_out = open_model(args.add_to).left_out
+        _note_left_out(args.add_to, left_out, args.quiet or args.json, "written (the output holds the tensors alone)")
     bar = _DecodeBar(args.quiet)
     try:
         with _errors_name(args.stream):
@@ -803,6 +809,7 @@ def _read_model_or_stream(path, threads: int, quiet: bool = True):
 
     from . import formats
     from .decoder import Decoder, restore_model_view
+    from .errors import DecodeError
 
     if os.path.isdir(path) or str(path).endswith(".index.json") or formats.detect_format(path) != "nnr":
         from .models import load_model
@@ -822,9 +829,18 @@ def _read_model_or_stream(path, threads: int, quiet: bool = True):
             file=sys.stderr,
             dynamic_ncols=True,
         ) as bar:
-            for name, array in dec.iter_tensors(threads=threads):
-                decoded[name] = array
-                bar.update()
+            try:
+                for name, array in dec.iter_tensors(threads=threads):
+                    decoded[name] = array
+                    bar.update()
+            except DecodeError as exc:
+                if exc.clause != "14":
+                    raise
+                raise DecodeError(  # (nnc.Decoder's advice, a DecoderState, is not a command's)
+                    "an update coded with temporal context adaptation decodes only after its parent stream: decode "
+                    "the sequence with nnc decode --state FILE, then compare the decoded model",
+                    clause="14",
+                ) from None
     return restore_model_view(decoded, dec.metadata)[0]
 
 

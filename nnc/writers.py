@@ -637,10 +637,14 @@ def write_tensors(dec: Decoder, output, wanted, produce, progress=None, inputs=N
 
 def _decode_in_memory(dec: Decoder, output, wanted, template, threads, progress, add_to=None) -> dict:
     """.pt and .onnx outputs and updates: the whole model is decoded, then written (torch.save / ONNX need it whole)."""
-    from .formats import format_from_extension, read_model, write_model
+    from .formats import format_from_extension, write_model
 
     fmt = format_from_extension(output)
-    previous = read_model(add_to) if add_to is not None else None
+    previous = None
+    if add_to is not None:
+        from .models import load_model
+
+        previous = load_model(add_to)[:2]  # a file, a checkpoint folder or its index
     if previous is not None and dec.differences:
         from .decoder import check_update_parent
         from .errors import UpdateError

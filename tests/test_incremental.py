@@ -1,6 +1,8 @@
 """Incremental coding (spec 14): a base model and updates written with an EncoderState decode, with one
 DecoderState, to exactly what the encoder reconstructed, and both sides end with the same state."""
 
+import os
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -461,3 +463,34 @@ def test_a_full_values_update_keeps_its_all_zero_tensors(tmp_path):
     nnc.encode({"z": np.ones(4, np.float32)}, state=state, differences=True)
     assert Encoder(state=state, differences=True).encode({"z": np.ones(4, np.float32)}).skipped == ["z"]
     assert Encoder(state=EncoderState(), skip_zero=True).encode({"z": np.zeros(4, np.float32)}).skipped == []
+
+
+def test_add_to_reads_a_checkpoint_folder_and_names_what_it_leaves_out(tmp_path, capsys):
+    """Before: --add-to a folder was "Is a directory"; a training checkpoint's other entries were dropped silently;
+    nnc compare on a TCA update advised a DecoderState, which a command cannot take."""
+    torch = pytest.importorskip("torch")
+    from nnc.cli import main
+    from nnc.formats import read_model, write_model
+
+    p = lambda name: str(tmp_path / name)  # noqa: E731
+    rng = np.random.default_rng(4)
+    w = {"a.weight": rng.normal(size=(16, 8)).astype(np.float32), "a.bias": rng.normal(size=16).astype(np.float32)}
+    write_model(p("w0.safetensors"), w)
+    write_model(p("w1.safetensors"), {k: v + 0.01 for k, v in w.items()})
+    for r in (0, 1):
+        assert main(["encode", p(f"w{r}.safetensors"), "-o", p(f"s{r}.nnr"), "--state", p("tx"), "--differences",
+                     "-q"]) == 0
+    assert main(["decode", p("s0.nnr"), "-o", p("r0") + os.sep, "--state", p("rx"), "-q"]) == 0
+    capsys.readouterr()
+    assert main(["compare", p("w1.safetensors"), p("s1.nnr")]) == 1
+    assert "nnc decode --state" in capsys.readouterr().err
+    assert main(["decode", p("s1.nnr"), "--add-to", p("r0") + os.sep, "-o", p("r1.safetensors"), "--state",
+                 p("rx"), "-q"]) == 0
+    got, _ = read_model(p("r1.safetensors"))
+    assert all(np.allclose(got[k], w[k] + 0.01, atol=0.01) for k in w)
+    torch.save({"model": {k: torch.from_numpy(v) for k, v in got.items()}, "epoch": 3}, p("ck.pt"))
+    write_model(p("w2.safetensors"), {k: v + 0.02 for k, v in w.items()})
+    assert main(["encode", p("w2.safetensors"), "-o", p("s2.nnr"), "--state", p("tx"), "--differences", "-q"]) == 0
+    capsys.readouterr()
+    assert main(["decode", p("s2.nnr"), "--add-to", p("ck.pt"), "-o", p("r2.pt"), "--state", p("rx")]) == 0
+    assert "epoch" in capsys.readouterr().err
