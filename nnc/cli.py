@@ -709,8 +709,12 @@ def cmd_decode(args) -> int:
         from .readers import open_model
 
         with _errors_name(args.add_to):
-            left_out = open_model(args.add_to).left_out
-        _note_left_out(args.add_to, left_out, args.quiet or args.json, "written (the output holds the tensors alone)")
+            held = open_model(args.add_to)
+        _note_left_out(
+            args.add_to, held.left_out, args.quiet or args.json, "written (the output holds the tensors alone)"
+        )
+        # tensors the sender's model no longer has (an update names every tensor it keeps, spec 3.5)
+        gone = [t.name for t in held if t.name not in set(dec.names()) | set(dec.skipped)]
     bar = _DecodeBar(args.quiet)
     try:
         with _errors_name(args.stream):
@@ -735,6 +739,12 @@ def cmd_decode(args) -> int:
         files = summary["files"]
         where = files[0] if len(files) == 1 else f"{args.output} ({len(files)} files)"
         print(f"{where}: {summary['tensors']} tensors, {summary['weights']} weights")
+    if args.add_to and gone:
+        _tell(
+            args.quiet or args.json,
+            f"nnc: note: {args.add_to}: {len(gone)} tensor(s) the update does not name are written as they are: "
+            f"{_first_few(gone)}",
+        )
     if dec.differences and not args.add_to and not args.quiet:
         print(
             f"nnc: note: {args.stream} holds differences to a model (encoded with --differences): written as "

@@ -494,3 +494,20 @@ def test_add_to_reads_a_checkpoint_folder_and_names_what_it_leaves_out(tmp_path,
     capsys.readouterr()
     assert main(["decode", p("s2.nnr"), "--add-to", p("ck.pt"), "-o", p("r2.pt"), "--state", p("rx")]) == 0
     assert "epoch" in capsys.readouterr().err
+
+
+def test_add_to_notes_the_tensors_the_update_no_longer_names(tmp_path, capsys):
+    from nnc.cli import main
+
+    p = lambda name: str(tmp_path / name)  # noqa: E731
+    np.savez(p("a0.npz"), w=np.linspace(-1, 1, 12, dtype=np.float32), extra=np.ones(3, np.float32))
+    np.savez(p("a1.npz"), w=np.linspace(-1, 1.5, 12, dtype=np.float32))
+    for r in (0, 1):
+        assert main(["encode", p(f"a{r}.npz"), "-o", p(f"s{r}.nnr"), "--state", p("tx"), "--differences", "-q"]) == 0
+    assert main(["decode", p("s0.nnr"), "-o", p("r0.npz"), "--state", p("rx"), "-q"]) == 0
+    capsys.readouterr()
+    assert main(["decode", p("s1.nnr"), "--add-to", p("r0.npz"), "-o", p("r1.npz"), "--state", p("rx")]) == 0
+    err = capsys.readouterr().err
+    assert "does not name" in err and "extra" in err
+    with np.load(p("r1.npz")) as got:
+        assert sorted(got.files) == ["extra", "w"]
