@@ -909,3 +909,19 @@ def test_encode_with_a_state_keeps_bfloat16_and_float8_dtypes(tmp_path, capsys):
     tensors, dtypes = read_model(tmp_path / "r.safetensors")
     assert dtypes == {"b.weight": "bfloat16", "b.bias": "float8_e4m3fn"}
     assert np.array_equal(tensors["b.bias"], bias)
+
+
+def test_values_that_round_beyond_their_dtype_are_stored_exactly(tmp_path, capsys):
+    """Before: a float16 65504 at a coarse qp reconstructed as 65536 and decoded as inf (exit 0; `nnc encode` wrote
+    the stream, then crashed in its summary); a float32 3.4e38 likewise."""
+    mask = np.array([-65504, 0, 0, -65504] * 4, np.float16)
+    assert np.array_equal(nnc.decode(nnc.encode({"mask": mask}, qp=24))["mask"], mask)
+    big = np.array([3.4e38, 1], np.float32)
+    assert np.array_equal(nnc.decode(nnc.encode({"w": big}, qp=500, dq=False))["w"], big)
+    with pytest.raises(EncodeError, match="round beyond the float16 range"):
+        nnc.encode({"mask": mask}, qp=24, raw_when_smaller=False)
+    model = tmp_path / "f16.safetensors"
+    model.write_bytes(safetensors_bytes({"mask": mask, "w": np.linspace(-1, 1, 16).astype(np.float16)}))
+    assert cli(capsys, "encode", model, "-o", tmp_path / "f.nnr", "--qp", "24")[0] == 0
+    assert cli(capsys, "decode", tmp_path / "f.nnr", "-o", tmp_path / "d.safetensors", "-q")[0] == 0
+    assert np.array_equal(read_model(tmp_path / "d.safetensors")[0]["mask"], mask)

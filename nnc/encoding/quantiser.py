@@ -532,14 +532,15 @@ class Quantiser:
         if s.codebook and not in_block:
             coded, levels = self._codebook(name, x, step, height, width, scan, fmt, shape, dq)
             if coded is not None:
-                return coded
+                return self._within_range(coded, x, in_block, dtype_name)
         if levels is None:
             private = not np.may_share_memory(x, arr)  # a float64 copy of integers: divided in place
             levels = self.levels(name, x, float(step), dq, height, width, scan, reuse_x=private)
         recon = reconstruct_uniform(levels, step).reshape(shape)
         if fmt is not None:
-            recon = recon.astype(np.dtype(dtype_name))
-        return CodedTensor(
+            with np.errstate(over="ignore"):  # (checked below)
+                recon = recon.astype(np.dtype(dtype_name))
+        coded = CodedTensor(
             name=name,
             shape=shape,
             ptype="FLOAT",
@@ -553,6 +554,22 @@ class Quantiser:
             recon=recon,
             fmt=fmt,
         )
+        return self._within_range(coded, x, in_block, dtype_name)
+
+    def _within_range(self, t: CodedTensor, x: np.ndarray, in_block: bool, dtype_name: str) -> CodedTensor:
+        """``t``, unless a finite value reconstructs beyond its output dtype's range (a float16 65504 rounded up to
+        65536 at a coarse qp decodes as inf): then the tensor is stored exactly, in RAW_FLOAT, when raw storage is
+        allowed (spec A.7), else refused."""
+        if is_finite(t.recon):
+            return t
+        peak = max(float(x.max()), -float(x.min()))
+        out = t.recon.dtype.name
+        reason = f"values up to {peak:.6g} round beyond the {out} range at qp {t.qp}"
+        if in_block or not self.settings.raw_when_smaller or self.settings.is_raw(t.name):
+            raise EncodeError(f"tensor {t.name!r}: {reason} (they would decode as inf, spec A.7): give it a finer qp")
+        f32 = x.astype(np.float32).reshape(t.shape)
+        recon = f32 if t.fmt is None else f32.astype(np.dtype(dtype_name))
+        return CodedTensor.raw_float(t.name, f32, t.height, t.width, recon=recon, fmt=t.fmt, kept_raw=reason)
 
     def _codebook(self, name, x, step, height, width, scan, fmt, shape, dq):
         """Codebook mode (spec 7.2, 12.4): the distinct uniform levels form the codebook.

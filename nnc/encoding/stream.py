@@ -101,11 +101,13 @@ class StreamSummary:
     @property
     def snr_db(self) -> float:
         """Weight SNR 10 log10(energy / error) over the float tensors (NaN when not measured)."""
-        if math.isnan(self.error):
+        if math.isnan(self.error) or math.isnan(self.energy):
             return math.nan
         if self.error == 0:
             return math.inf
-        return -math.inf if self.energy == 0 else 10 * math.log10(self.energy / self.error)
+        if self.energy == 0 or math.isinf(self.error):
+            return -math.inf
+        return math.inf if math.isinf(self.energy) else 10 * math.log10(self.energy / self.error)
 
     @property
     def bits_per_weight(self) -> float:
