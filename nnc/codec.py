@@ -24,9 +24,14 @@ True
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+
 import numpy as np
 
-from .errors import DecodeError, EncodeError, OutputBufferError
+from ._options import as_number, check_bool
+from .errors import DecodeError, EncodeError, NNCError, OutputBufferError
+from .reconstruction import step_size
 
 try:  # numcodecs is optional
     from numcodecs.abc import Codec as _CodecBase
@@ -84,11 +89,26 @@ class NNC(_CodecBase):
     ):
         if sum(x is not None for x in (qp, step, target_snr)) > 1:
             raise EncodeError("give at most one of qp, step and target_snr")
-        self.qp = None if qp is None else int(qp)
-        self.step = None if step is None else float(step)
-        self.target_snr = None if target_snr is None else float(target_snr)
+        # checked now (a string dq, a qp of -20.9), not at the first chunk; the encoder checks ranges again
+        self.qp = None if qp is None else as_number("qp", qp, integer=True)
+        self.step = None if step is None else as_number("step", step, integer=False)
+        self.target_snr = None if target_snr is None else as_number("target_snr", target_snr, integer=False)
+        check_bool("dq", dq)
         self.dq = bool(dq)
-        self.rdoq_lambda = float(rdoq_lambda)
+        self.rdoq_lambda = as_number("rdoq_lambda", rdoq_lambda, integer=False)
+        if self.qp is not None:
+            try:
+                step_size(self.qp, 2)  # (the encoder's qp_density)
+            except NNCError as exc:
+                raise EncodeError(f"qp: {exc.message}") from None
+        if self.step is not None and not (self.step > 0 and math.isfinite(self.step)):
+            raise EncodeError(f"step must be a positive finite number, not {step!r}")
+        if self.step is not None and not 2.0**-126 <= self.step <= float(np.finfo(np.float32).max):
+            raise EncodeError(f"step size {step!r} is beyond the float32 steps a qp can signal (spec 12.1)")
+        if self.target_snr is not None and not math.isfinite(self.target_snr):
+            raise EncodeError(f"target_snr must be a finite number of dB, not {target_snr!r}")
+        if not 0 <= self.rdoq_lambda < math.inf:
+            raise EncodeError(f"rdoq_lambda must be a finite number >= 0, not {rdoq_lambda!r}")
 
     def encode(self, buf) -> bytes:
         """The NNC stream of one chunk (an array, or anything with the buffer protocol)."""
@@ -96,17 +116,23 @@ class NNC(_CodecBase):
         from .encoding.quantiser import is_finite
 
         chunk = _as_array(buf)
+        extra = {}
+        if not chunk.dtype.isnative and chunk.dtype.itemsize > 1:
+            # coded as values; the stream records the byte order (spec 6.2.1), so that decoding gives the chunk's
+            # own bytes back (zarr v2 reads the decoded buffer as bytes of the chunk's dtype)
+            extra["byteorder"] = chunk.dtype.byteorder
+            chunk = chunk.astype(chunk.dtype.newbyteorder("="))
         options = dict(dq=self.dq, rdoq_lambda=self.rdoq_lambda, nonweight_qp=None)
         # a chunk with NaN or Inf has no SNR: it is stored raw, exactly, as at any qp
         if self.target_snr is not None and chunk.dtype.kind == "f" and np.any(chunk) and is_finite(chunk):
-            return self._encode_for_snr(chunk, options)
+            return self._encode_for_snr(chunk, options, extra)
         if self.step is not None:
             options["step"] = self.step
         else:
             options["qp"] = self.qp
-        return Encoder(**options).encode({CHUNK_TENSOR: chunk}).stream
+        return Encoder(**options).encode({CHUNK_TENSOR: chunk}, extra_metadata=extra).stream
 
-    def _encode_for_snr(self, chunk: np.ndarray, options: dict) -> bytes:
+    def _encode_for_snr(self, chunk: np.ndarray, options: dict, extra: dict) -> bytes:
         """The stream of the coarsest qp whose reconstruction meets ``target_snr`` (exact, not estimated).
 
         The search codes the chunk at each qp (raw storage would meet any target at any qp); the
@@ -128,7 +154,7 @@ class NNC(_CodecBase):
 
         def attempt(qp: int) -> None:
             nonlocal good, bad, good_stream
-            result = Encoder(qp=qp, **options).encode({CHUNK_TENSOR: chunk})
+            result = Encoder(qp=qp, **options).encode({CHUNK_TENSOR: chunk}, extra_metadata=extra)
             error = float(((result.tensors[CHUNK_TENSOR].reconstruction.astype(np.float64) - x) ** 2).sum())
             if error <= allowed:
                 good, good_stream = qp, result.stream
@@ -145,7 +171,11 @@ class NNC(_CodecBase):
             raise EncodeError(f"no qp reaches {self.target_snr} dB on this chunk")
         while bad is not None and bad - good > 1:
             attempt((good + bad) // 2)
-        smallest = Encoder(qp=good, **dict(options, raw_when_smaller=True)).encode({CHUNK_TENSOR: chunk}).stream
+        smallest = (
+            Encoder(qp=good, **dict(options, raw_when_smaller=True))
+            .encode({CHUNK_TENSOR: chunk}, extra_metadata=extra)
+            .stream
+        )
         return smallest if len(smallest) < len(good_stream) else good_stream
 
     def decode(self, buf, out=None):
@@ -161,12 +191,16 @@ class NNC(_CodecBase):
             )
         restored, _ = restore_model_view({CHUNK_TENSOR: decoder.decode_tensor(CHUNK_TENSOR)}, decoder.metadata)
         chunk = restored[CHUNK_TENSOR]
+        if decoder.metadata.get("byteorder") in (">", "<") and chunk.dtype.itemsize > 1:
+            chunk = chunk.astype(chunk.dtype.newbyteorder(decoder.metadata["byteorder"]))  # the chunk's own order
         if out is None:
             return chunk
         target = out if isinstance(out, np.ndarray) else np.asarray(memoryview(out))  # a view: never a copy
         if target.nbytes != chunk.nbytes:
             raise DecodeError(f"out holds {target.nbytes} bytes, the decoded chunk {chunk.nbytes}")
-        if target.flags.c_contiguous:
+        if target.dtype != chunk.dtype and target.dtype.newbyteorder("=") == chunk.dtype.newbyteorder("="):
+            np.copyto(target, chunk.reshape(target.shape))  # another byte order: the values, not the bytes
+        elif target.flags.c_contiguous:
             target.reshape(-1).view(np.uint8)[:] = _as_array(chunk).reshape(-1).view(np.uint8)
         elif target.dtype == chunk.dtype:
             np.copyto(target, chunk.reshape(target.shape))  # element by element in C order, as the bytes go
@@ -191,8 +225,12 @@ class NNC(_CodecBase):
     @classmethod
     def from_config(cls, config: dict) -> "NNC":
         """A codec from :meth:`get_config`'s dict."""
+        if not isinstance(config, Mapping):
+            raise EncodeError(f"a codec configuration is a dict, not {type(config).__name__}")
         config = dict(config)
-        config.pop("id", None)
+        codec_id = config.pop("id", cls.codec_id)
+        if codec_id != cls.codec_id:
+            raise EncodeError(f"the configuration is for codec {codec_id!r}, not {cls.codec_id!r}")
         return cls(**config)
 
     def __eq__(self, other) -> bool:

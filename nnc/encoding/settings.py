@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import math
-import numbers
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Iterable, Mapping
@@ -29,10 +28,24 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from .. import narrow_floats
+from .._options import as_number, check_bool
 from .._threads import thread_count
 from ..decoder import restorable_dtype
-from ..errors import EncodeError
+from ..errors import EncodeError, NNCError
 from ..reconstruction import step_size
+
+#: The options that are True or False (``skip_zero`` may also be None).
+_BOOL_OPTIONS = (
+    "dq",
+    "param_opt",
+    "row_skip",
+    "keep_dtype",
+    "lossless_int",
+    "tca",
+    "hdsp",
+    "differences",
+    "raw_when_smaller",
+)
 
 
 def qp_for_step(step: float, qp_density: int = 2) -> int:
@@ -53,7 +66,7 @@ def qp_for_step(step: float, qp_density: int = 2) -> int:
     Raises
     ------
     nnc.errors.EncodeError
-        If ``step`` is not a positive finite number.
+        If ``step`` is not a positive finite number, or beyond the steps a qp can signal.
 
     Examples
     --------
@@ -66,11 +79,15 @@ def qp_for_step(step: float, qp_density: int = 2) -> int:
         raise EncodeError(f"step size must be a positive finite number, not {step!r}")
     k = 1 << qp_density
     guess = int(math.floor(math.log2(step) * k))
-    best = min(
-        range(guess - 2 * k, guess + 2 * k + 1),
-        key=lambda q: abs(math.log2(float(step_size(q, qp_density))) - math.log2(step)),
-    )
-    return best
+    distance = {}
+    for q in range(guess - 2 * k, guess + 2 * k + 1):
+        try:
+            distance[q] = abs(math.log2(float(step_size(q, qp_density))) - math.log2(step))
+        except NNCError:  # beyond the float32 steps a stream carries (spec 12.1)
+            continue
+    if not distance:
+        raise EncodeError(f"step size {step!r} is beyond the float32 steps a qp can signal (spec 12.1)")
+    return min(distance, key=distance.__getitem__)
 
 
 def matches(name: str, patterns: Iterable[str]) -> bool:
@@ -168,10 +185,7 @@ class EncoderSettings:
             value = getattr(self, option)
             if value is None and optional:
                 continue
-            number = isinstance(value, numbers.Real) and not isinstance(value, bool)
-            if not number or (integer and not float(value).is_integer()):
-                raise EncodeError(f"{option} must be {'an integer' if integer else 'a number'}, not {value!r}")
-            object.__setattr__(self, option, int(value) if integer else float(value))
+            object.__setattr__(self, option, as_number(option, value, integer))
         if self.qp is not None and self.step is not None:
             raise EncodeError("give either qp or step, not both")
         if not 0 <= self.qp_density <= 7:
@@ -223,8 +237,15 @@ class EncoderSettings:
             threads = thread_count(self.threads)
         except ValueError as exc:
             raise EncodeError(str(exc)) from None
+        for option in _BOOL_OPTIONS:  # bool("False") is True: a string here is a mistake, not a truth value
+            check_bool(option, getattr(self, option))
         qd = self.qp_density
         qp = qp_for_step(self.step, qd) if self.step is not None else (-38 if self.qp is None else int(self.qp))
+        for tensor_qp in [qp, *dict(self.qp_per_tensor or {}).values()]:
+            try:
+                step_size(int(tensor_qp), qd)
+            except NNCError as exc:  # a step beyond float32 is a bad option, not a bad stream
+                raise EncodeError(f"{'step' if self.step is not None else 'qp'}: {exc.message}") from None
         normalised = dict(
             qp=qp,
             step=None,
@@ -321,9 +342,7 @@ def _check_numbers(option: str, values, integer: bool) -> None:
     if not isinstance(values, Mapping):
         raise EncodeError(f"{option} must be a mapping of tensor names or patterns to values, not {values!r}")
     for pattern, value in values.items():
-        number = isinstance(value, numbers.Real) and not isinstance(value, bool)
-        if not number or (integer and not float(value).is_integer()):
-            raise EncodeError(f"{option}[{pattern!r}] must be {'an integer' if integer else 'a number'}, not {value!r}")
+        as_number(f"{option}[{pattern!r}]", value, integer)
 
 
 #: The option names of :class:`EncoderSettings` (all keyword arguments of ``Encoder`` but ``state``).

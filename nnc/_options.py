@@ -1,0 +1,25 @@
+"""Checks of option values shared by the encoder's settings and the numcodecs codec (no encoder import: a
+decode-only pipeline constructs codecs too)."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from .errors import EncodeError
+
+
+def as_number(option: str, value, integer: bool):
+    """``value`` as an int (``integer``) or a float; EncodeError for anything else (a bool, a string, 20.5 for an
+    integer)."""
+    number = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+    if not number or (integer and not float(value).is_integer()):
+        raise EncodeError(f"{option} must be {'an integer' if integer else 'a number'}, not {value!r}")
+    return int(value) if integer else float(value)
+
+
+def check_bool(option: str, value) -> None:
+    """EncodeError unless ``value`` is True or False (or 0 or 1): ``bool("False")`` is True."""
+    if not isinstance(value, (bool, np.bool_, int)) or value not in (0, 1):
+        raise EncodeError(f"{option} must be True or False, not {value!r}")
