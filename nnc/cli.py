@@ -872,10 +872,16 @@ def _plotting_unavailable(args) -> str | None:
     try:
         from .plots import _pyplot
 
-        _pyplot()
+        plt = _pyplot()
     except ImportError as exc:
         return f"--plot {args.plot}: {exc}"
-    return None
+    kinds = plt.figure().canvas.get_supported_filetypes()
+    plt.close("all")
+    suffix = Path(args.plot).suffix.lower().lstrip(".")
+    if suffix not in kinds:
+        return f"--plot {args.plot}: give a file name ending in one of .{', .'.join(sorted(kinds))}"
+    inputs = {k: getattr(args, k, None) for k in ("model", "reference", "other")}
+    return _refuse_overwriting_inputs(args.plot, inputs)
 
 
 def cmd_compare(args) -> int:
@@ -1462,7 +1468,7 @@ def cmd_bench(args) -> int:
     import contextlib
     import tempfile
 
-    from . import formats
+    from . import models
     from .decoder import decode
     from .encoder import Encoder
 
@@ -1484,8 +1490,10 @@ def cmd_bench(args) -> int:
             bar = _stage_bar(stages, args.quiet or args.json)
             stack.callback(bar.close)
             bar.set_description_str("reading the model")
-            tensors, _ = formats.read_model(args.model)
+            tensors = models.load_model(args.model)[0]  # (the lazy readers' checks: one parser per format)
             n = sum(int(np.asarray(v).size) for v in tensors.values())
+            if n == 0:
+                return _fail(f"{args.model}: the model holds no weights to measure")
             external_rows: list = []
             if external is not None:  # first, so that a failing command fails the bench early
                 tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="nnc-bench-"))

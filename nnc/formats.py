@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from . import narrow_floats
+from ._files import refuse_overwriting  # noqa: F401 (public here: the tools' check of their outputs)
 from .errors import NNCError
 
 
@@ -69,6 +70,7 @@ NNR_EXTENSIONS = (".nnr", ".nnc", ".bin")
 
 __all__ = [
     "FormatError",
+    "refuse_overwriting",
     "FORMATS",
     "NNR_EXTENSIONS",
     "read_model",
@@ -474,6 +476,8 @@ def read_npz(path):
             for member in zf.infolist():
                 if not member.filename.endswith(".npy"):
                     raise FormatError(f"{path}: member {member.filename!r} is not a .npy array")
+                if member.filename[:-4] in out:  # (numpy keeps the last; the lazy reader refuses it too)
+                    raise FormatError(f"{path}: tensor {member.filename[:-4]!r} appears twice")
                 with zf.open(member) as fh:
                     out[member.filename[:-4]] = _read_npy_member(path, member, fh)
     except FormatError:
@@ -510,6 +514,8 @@ def _npy_header(path, member, fh) -> tuple:
 def _dims(where: str, dims) -> tuple:
     """``dims`` of a tensor header as a shape; a FormatError naming ``where`` if one is negative, or
     if numpy cannot hold an array of that shape (even one with no elements) in its widest dtype."""
+    if not all(isinstance(d, (int, np.integer)) and not isinstance(d, (bool, np.bool_)) for d in dims):
+        raise FormatError(f"{where}: dimensions {list(dims)!r} are not all integers")
     shape = tuple(int(d) for d in dims)
     if any(d < 0 for d in shape):
         raise FormatError(f"{where}: a negative dimension in {list(shape)}")

@@ -335,19 +335,26 @@ def _safetensors_header(path: Path) -> tuple[dict, int, int]:
 def _read_safetensors(path: Path, file_index):
     header, base, body_size = _safetensors_header(path)
     metadata = header.get("__metadata__")
-    if metadata is not None and not isinstance(metadata, dict):
-        raise FormatError(f"{path}: safetensors __metadata__ is not a JSON object")
+    if metadata is not None and not (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())):
+        raise FormatError(f"{path}: safetensors __metadata__ is not a JSON object of strings")
     out = []
+    covered = 0  # the tensors' bytes follow one another from the start of the data to its end (no gap, no overlap)
     try:
         items = sorted(
-            ((k, v) for k, v in header.items() if k != "__metadata__"), key=lambda kv: kv[1]["data_offsets"][0]
+            ((k, v) for k, v in header.items() if k != "__metadata__"),
+            key=lambda kv: (kv[1]["data_offsets"][0], kv[1]["data_offsets"][1]),  # an empty tensor before its peer
         )
         for name, info in items:
             start, end = info["data_offsets"]
             shape = formats._dims(f"{path}: tensor {name!r}", info["shape"])
             st = info["dtype"]
-            if not (isinstance(start, int) and isinstance(end, int)) or not 0 <= start <= end <= body_size:
+            offsets_are_ints = all(isinstance(o, int) and not isinstance(o, bool) for o in (start, end))
+            if not offsets_are_ints or not 0 <= start <= end <= body_size:
                 raise FormatError(f"{path}: tensor {name!r} lies outside the file")
+            if start != covered:
+                what = "overlaps the tensor before it" if start < covered else f"leaves {start - covered} bytes unused"
+                raise FormatError(f"{path}: tensor {name!r} (data_offsets [{start}, {end}]) {what}")
+            covered = end
             narrow = narrow_floats.BY_SAFETENSORS_CODE.get(st)
             if narrow is not None:
                 stored, dtype, original = narrow_floats.NARROW_FLOATS[narrow].storage, "float32", narrow
@@ -372,6 +379,8 @@ def _read_safetensors(path: Path, file_index):
         raise  # (a ValueError too) already says what is wrong
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
         raise FormatError(f"{path}: malformed safetensors header ({type(exc).__name__}: {exc})") from None
+    if covered != body_size:
+        raise FormatError(f"{path}: {body_size - covered} bytes after the last tensor's data")
     return out, metadata, []
 
 

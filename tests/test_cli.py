@@ -209,6 +209,18 @@ def test_reference_tools_name_the_file_of_an_error(model, tmp_path):
     assert r.returncode == 1 and r.stderr.startswith(f"error: {cut}: ") and not (tmp_path / "o.npz").exists()
     r = tool("nnc_decoder.py", "-b", stream, "-o", nowhere.with_suffix(".npz"))
     assert r.returncode == 1 and r.stderr.startswith(f"error: {nowhere.with_suffix('.npz')}: ")
+    # outputs that are inputs (before: written over, exit 0); an option error does not name the model
+    copy = tmp_path / "copy.safetensors"
+    copy.write_bytes(path.read_bytes())
+    for argv, victim in ((("nnc_encoder.py", "-i", copy, "-b", copy), copy),
+                         (("nnc_decoder.py", "-b", stream, "-o", stream), stream),
+                         (("nnc_decoder.py", "-b", stream, "-o", tmp_path / "x", "--state", tmp_path / "x"), None)):
+        before = None if victim is None else victim.read_bytes()
+        r = tool(*argv)
+        assert r.returncode == 1 and "refusing to overwrite an input" in r.stderr and r.stderr.count("\n") == 1
+        assert victim is None or victim.read_bytes() == before
+    r = tool("nnc_encoder.py", "-i", path, "-b", tmp_path / "y.nnr", "--qp-density", "9")
+    assert r.returncode == 1 and r.stderr == "error: qp_density 9 outside 0..7\n"
 
 
 def test_reference_decoder_decodes_an_incremental_sequence(tmp_path):

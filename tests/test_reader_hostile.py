@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nnc import formats, models, readers
-from nnc.formats import FormatError
+from nnc.formats import FormatError, read_model
+from nnc.readers import open_model
 
 
 def _safetensors_raw(path, header: bytes, body: bytes = b""):
@@ -282,3 +283,61 @@ def test_onnx_sparse_weights_are_left_out_and_said(tmp_path):
     assert sorted(source.left_out) == ["C (a sparse Constant)", "C_else (a sparse Constant)",
                                        "C_then (a sparse Constant)", "S (a sparse initializer)"]
     assert models.encode_model_to(path, tmp_path / "m.nnr", qp=-20).left_out == source.left_out
+
+
+def _safetensors_file(header: dict, body: bytes) -> bytes:
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + body
+
+
+_F32 = {"dtype": "F32"}
+
+
+@pytest.mark.parametrize("header, words", [
+    ({"a": dict(_F32, shape=[4], data_offsets=[0, 16]), "b": dict(_F32, shape=[4], data_offsets=[8, 24])},
+     "overlaps the tensor before it"),
+    ({"a": dict(_F32, shape=[6], data_offsets=[0, 24]), "b": dict(_F32, shape=[6], data_offsets=[0, 24])},
+     "overlaps the tensor before it"),
+    ({"a": dict(_F32, shape=[2], data_offsets=[16, 24])}, "leaves 16 bytes unused"),
+    ({"a": dict(_F32, shape=[2], data_offsets=[0, 8])}, "16 bytes after the last tensor"),
+    ({"a": dict(_F32, shape=[6.0], data_offsets=[0, 24])}, "not all integers"),
+    ({"a": dict(_F32, shape=[True, 6], data_offsets=[0, 24])}, "not all integers"),
+    ({"a": dict(_F32, shape=[0], data_offsets=[False, False]), "b": dict(_F32, shape=[6], data_offsets=[0, 24])},
+     "lies outside the file"),
+    ({"__metadata__": {"x": 5}, "a": dict(_F32, shape=[6], data_offsets=[0, 24])}, "JSON object of strings"),
+])
+def test_safetensors_headers_that_misplace_their_data_are_refused(tmp_path, header, words):
+    """Before: overlapping, aliased, gapped and trailing data, float and bool dimensions were read silently (the
+    safetensors format lays tensors end to end over the whole buffer)."""
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(_safetensors_file(header, np.arange(6, dtype=np.float32).tobytes()))
+    with pytest.raises(FormatError, match=words):
+        list(open_model(path))
+    with pytest.raises(FormatError, match=words):
+        read_model(path)
+
+
+def test_a_safetensors_file_with_an_empty_tensor_beside_another_reads(tmp_path):
+    header = {"b": dict(_F32, shape=[4], data_offsets=[8, 24]), "e": dict(_F32, shape=[0], data_offsets=[8, 8]),
+              "a": dict(_F32, shape=[2], data_offsets=[0, 8])}
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(_safetensors_file(header, np.arange(6, dtype=np.float32).tobytes()))
+    tensors, _ = read_model(path)
+    assert tensors["b"].tolist() == [2, 3, 4, 5] and tensors["e"].shape == (0,)
+
+
+def test_eager_npz_reader_refuses_a_repeated_member(tmp_path):
+    """Before: formats.read_model kept the last of two members named a.npy (the lazy reader refused it)."""
+    import io
+    import warnings
+    import zipfile
+
+    with warnings.catch_warnings(), zipfile.ZipFile(tmp_path / "d.npz", "w") as z:
+        warnings.simplefilter("ignore")  # (zipfile warns of the duplicate name)
+        for v in (np.ones(2), np.zeros(2)):
+            b = io.BytesIO()
+            np.save(b, v)
+            z.writestr("a.npy", b.getvalue())
+    with pytest.raises(FormatError, match="appears twice"):
+        read_model(tmp_path / "d.npz")

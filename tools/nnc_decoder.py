@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import nnc  # noqa: E402
 from nnc.errors import about_file  # noqa: E402
-from nnc.formats import npz_bytes, write_atomic  # noqa: E402
+from nnc.formats import npz_bytes, refuse_overwriting, write_atomic  # noqa: E402
 from nnc.verify import output_sha256, tensor_sha256  # noqa: E402
 
 
@@ -70,6 +70,12 @@ def main(argv=None) -> int:
         return serve(args.engine, args.entry_points)
     if not args.bitstream:
         ap.error("give -b STREAM (or --serve)")
+    try:
+        refuse_overwriting(args.output, {"stream": args.bitstream, "state file": args.state})
+        refuse_overwriting(args.state, {"stream": args.bitstream})
+    except FileExistsError as exc:
+        print(f"error: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 1
     where = args.state                           # the file an error is about
     try:
         state = nnc.DecoderState()

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nnc.encoder import Encoder  # noqa: E402
 from nnc.errors import NNCError, about_file  # noqa: E402
-from nnc.formats import read_model, write_atomic  # noqa: E402
+from nnc.formats import read_model, refuse_overwriting, write_atomic  # noqa: E402
 from nnc.verify import output_sha256, tensor_sha256  # noqa: E402
 
 
@@ -32,11 +32,20 @@ def main(argv=None) -> int:
     ap.add_argument("--profile", type=int, default=1, choices=(0, 1))
     ap.add_argument("--codebook", choices=("off", "on", "auto"), default="off")
     args = ap.parse_args(argv)
+    try:  # the options first: their errors are not the model's
+        encoder = Encoder(qp=args.qp, qp_density=args.qp_density, dq=not args.no_dq, scan_order=args.scan_order,
+                          n_gtx=args.n_gtx, profile=args.profile,
+                          codebook={"off": False, "on": True, "auto": "auto"}[args.codebook])
+        refuse_overwriting(args.bitstream, {"model": args.input})
+    except NNCError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except FileExistsError as exc:
+        print(f"error: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 1
     try:
         tensors, _ = read_model(args.input)
-        result = Encoder(qp=args.qp, qp_density=args.qp_density, dq=not args.no_dq, scan_order=args.scan_order,
-                         n_gtx=args.n_gtx, profile=args.profile,
-                         codebook={"off": False, "on": True, "auto": "auto"}[args.codebook]).encode(tensors)
+        result = encoder.encode(tensors)
     except (NNCError, OSError) as exc:
         print(f"error: {about_file(args.input, exc)}", file=sys.stderr)
         return 1
