@@ -60,6 +60,7 @@ __all__ = [
     "InconsistentDecoding",
     "CommandAdapter",
     "CommandError",
+    "CommandProtocolError",
     "DECODERS",
     "tensor_sha256",
     "output_sha256",
@@ -620,13 +621,13 @@ class CommandAdapter:
         line = self._proc.stdout.readline()
         if not line:
             self._proc.wait()
-            return {"ok": False, "error": f"the decoder command exited (status {self._proc.returncode})"}
+            return {"ok": False, "broken": f"the decoder command exited (status {self._proc.returncode})"}
         try:
             reply = json.loads(line)
         except ValueError:
             reply = None
         if not isinstance(reply, dict):
-            return {"ok": False, "error": f"the decoder command replied {line.strip()[:80]!r}, not a JSON object"}
+            return {"ok": False, "broken": f"the decoder command replied {line.strip()[:80]!r}, not a JSON object"}
         return reply
 
     def __call__(self, data: bytes, sequence: str | None = None):
@@ -646,6 +647,8 @@ class CommandAdapter:
             pass
         reply = self._reply()
         try:
+            if reply.get("broken"):  # a crash is not a rejection: a must-fail stream is not passed by it
+                raise CommandProtocolError(reply["broken"])
             if not reply.get("ok"):
                 raise CommandError(f"the decoder command rejected the stream: {reply.get('error', 'no reason given')}")
             with np.load(npz) as z:
@@ -692,6 +695,18 @@ class CommandError(RuntimeError):
     >>> from nnc.verify import CommandError
     >>> issubclass(CommandError, RuntimeError)
     True
+    """
+
+
+class CommandProtocolError(RuntimeError):
+    """A decoder command exited or replied something other than a JSON object: a broken harness or decoder, not a
+    rejection of the stream (:func:`verify_suite` fails the stream, whatever its group).
+
+    Examples
+    --------
+    >>> from nnc.verify import CommandError, CommandProtocolError
+    >>> issubclass(CommandProtocolError, CommandError)
+    False
     """
 
 
@@ -852,7 +867,7 @@ def _manifest_problem(manifest) -> str | None:
             if not isinstance(entry.get(key), str):
                 return f"{where}: {key!r} must be a string"
         file = PurePosixPath(entry["file"])
-        if file.is_absolute() or ".." in file.parts or not file.parts:
+        if file.is_absolute() or ".." in file.parts or not file.parts or "\0" in entry["file"]:
             return f"{where}: file {entry['file']!r} is not a path inside the suite"
         sequence = entry.get("sequence")
         if sequence is not None and not (isinstance(sequence, dict) and isinstance(sequence.get("id"), str)):
@@ -903,11 +918,22 @@ def _check_selection(suite, manifest, groups, names, profiles) -> None:
 
 
 def _run_entries(suite, manifest, run, results, groups, names, profiles):
-    for entry in manifest["streams"]:
+    # a selected update needs the streams before it in its sequence decoded first, with the same state (spec 14)
+    sequence_of = {e["name"]: (e.get("sequence") or {}).get("id") for e in manifest["streams"]}
+    last_needed = {}
+    for i, e in enumerate(manifest["streams"]):
+        if sequence_of[e["name"]] is not None and _selected(e, groups, names, profiles):
+            last_needed[sequence_of[e["name"]]] = i
+    for i, entry in enumerate(manifest["streams"]):
+        seq = sequence_of[entry["name"]]  # null: not in a sequence
         if not _selected(entry, groups, names, profiles):
+            if seq is not None and i < last_needed.get(seq, -1):
+                try:  # an earlier member, decoded for the state only; its own verdict is not asked for
+                    run((suite / entry["file"]).read_bytes(), seq)
+                except Exception:  # noqa: BLE001, S110 - the selected member's verdict says what went wrong
+                    pass
             continue
         data = (suite / entry["file"]).read_bytes()
-        seq = (entry.get("sequence") or {}).get("id")  # null: not in a sequence
         t0 = time.perf_counter()
         try:
             out = run(data, seq)
@@ -944,8 +970,10 @@ def _run_entries(suite, manifest, run, results, groups, names, profiles):
                     else f"raised {type(exc).__name__} (spec {exc.clause}), expected "
                     f"{entry['expected_error']} (spec {entry['clause']})"
                 )
-            else:
+            elif isinstance(exc, CommandError):
                 ok, detail = True, f"rejected with {type(exc).__name__}"
+            else:  # a crash or a broken protocol is not a rejection
+                ok, detail = False, f"{type(exc).__name__}: {str(exc)[:120]} (not a rejection)"
             results.append(Result(entry["name"], entry["group"], ok, detail, dt))
             continue
         dt = time.perf_counter() - t0

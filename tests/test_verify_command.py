@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import nnc
-from nnc.verify import CommandAdapter, CommandError, verify_suite
+from nnc.verify import CommandAdapter, CommandError, CommandProtocolError, verify_suite
 
 REPO = Path(__file__).resolve().parent.parent
 SUITE = REPO / "conformance"
@@ -96,7 +96,7 @@ def test_a_command_that_dies_is_restarted(tmp_path):
         "    print(json.dumps({'ok': True, 'names': list(out)}), flush=True)\n")
     stream = nnc.encode({"w": [[1.0, 2.0]] * 8}, qp=-8)
     with CommandAdapter([sys.executable, str(script)]) as adapter:
-        with pytest.raises(CommandError, match="exited"):
+        with pytest.raises(CommandProtocolError, match="exited"):  # a crash, not a rejection
             adapter(stream[:20])
         assert list(adapter(stream)) == ["w"]
 
@@ -130,4 +130,40 @@ def test_a_malformed_manifest_is_one_line_naming_the_entry(tmp_path, manifest, w
     assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
     assert r.stderr.startswith(f"nnc: error: {tmp_path / 'manifest.json'}: ") and words in r.stderr, r.stderr
     with pytest.raises(nnc.errors.ManifestError, match="manifest.json"):
+        verify_suite(tmp_path)
+
+
+def test_a_decoder_that_crashes_does_not_pass_must_fail_streams(tmp_path):
+    """Before: a decoder command that exited on every stream (or replied garbage) passed every must-fail stream,
+    its crash counted as a rejection."""
+    from nnc.verify import verify_suite
+
+    for body in ("sys.stdin.readline(); raise SystemExit(3)\n",
+                 "for line in sys.stdin: print('not json', flush=True)\n"):
+        script = tmp_path / "dead.py"
+        script.write_text("import json, sys\nprint(json.dumps({'ok': True, 'ready': True}), flush=True)\n" + body)
+        with CommandAdapter([sys.executable, str(script)]) as adapter:
+            results = verify_suite(SUITE, decoder=adapter, groups=["must-fail"], names=["mf_empty", "mf_profile_7"])
+        assert results and not any(r.passed for r in results), [(r.name, r.detail) for r in results]
+
+
+def test_a_selected_update_is_verified_after_the_streams_before_it(tmp_path):
+    """Before: `nnc verify --stream <update>` failed a correct decoder (the update's parent was not decoded)."""
+    from nnc.verify import verify_suite
+
+    manifest = json.loads((SUITE / "manifest.json").read_text())
+    updates = [e["name"] for e in manifest["streams"] if (e.get("sequence") or {}).get("position", 0) > 0]
+    assert updates
+    results = verify_suite(SUITE, names=updates[-1:])
+    assert [r.name for r in results] == updates[-1:] and all(r.passed for r in results), results
+
+
+def test_a_manifest_file_with_a_nul_is_refused_in_one_line(tmp_path):
+    import nnc.errors
+    from nnc.verify import verify_suite
+
+    manifest = json.loads((SUITE / "manifest.json").read_text())
+    entry = dict(manifest["streams"][0], file=manifest["streams"][0]["file"] + "\u0000x")
+    (tmp_path / "manifest.json").write_text(json.dumps({"streams": [entry]}))
+    with pytest.raises(nnc.errors.ManifestError, match="not a path inside the suite"):
         verify_suite(tmp_path)
