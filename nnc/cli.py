@@ -399,9 +399,13 @@ def cmd_encode(args) -> int:
         print(json.dumps(_finite_json(report), indent=2))
     elif not args.quiet:
         against = "/".join(original) if original else "the input"
+        measures = (
+            f"{summary.bits_per_weight:.3f} bits/weight, {_times_smaller(summary.ratio)} {against}{snr}"
+            if summary.weights
+            else "headers only: its tensors are empty"
+        )
         print(
-            f"{out}: {summary.tensors} tensors, {summary.weights} weights -> {summary.stream_bytes} bytes "
-            f"({summary.bits_per_weight:.3f} bits/weight, {_times_smaller(summary.ratio)} {against}{snr})"
+            f"{out}: {summary.tensors} tensors, {summary.weights} weights -> {summary.stream_bytes} bytes ({measures})"
         )
     return EXIT_OK
 
@@ -1632,7 +1636,12 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         p.add_argument("--json", action="store_true", help="print a machine-readable JSON summary")
-        p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+        quiet = (
+            "no progress, notes or warnings (the results table still prints: it is the output)"
+            if name in ("bench", "demo")
+            else "print nothing but errors"
+        )
+        p.add_argument("-q", "--quiet", action="store_true", help=quiet)
         return p
 
     p = add("encode", "Encode a model (safetensors, PyTorch, ONNX or npz) into an NNC stream.")

@@ -60,7 +60,8 @@ class NNC(_CodecBase):
         Instead of a step: the coarsest qp whose reconstruction keeps each chunk's
         SNR (10 log10 of sum w² / sum (w - ŵ)²) at or above this many dB, chosen per
         chunk by bisection on the exact reconstruction (several encodes per chunk).
-        A chunk with NaN or Inf is stored raw, exactly, as with ``qp``.
+        A chunk with NaN or Inf is stored raw, as with ``qp`` (float32 values: float16 and
+        float32 chunks exactly, float64 ones rounded to float32).
     dq : bool
         Dependent (trellis) quantisation: about 1 dB more SNR at the same rate
         (default True).
@@ -72,7 +73,7 @@ class NNC(_CodecBase):
     nnc.errors.EncodeError
         If more than one of ``qp``, ``step`` and ``target_snr`` is given, or on
         encoding integers outside int32 or float64 values beyond the float32 range.
-        (A float chunk with NaN or Inf is stored raw, exactly.)
+        (A float chunk with NaN or Inf is stored raw, in float32.)
     nnc.errors.DecodeError
         On decoding anything but a one-tensor NNC stream.
     """
@@ -196,6 +197,8 @@ class NNC(_CodecBase):
         if out is None:
             return chunk
         target = out if isinstance(out, np.ndarray) else np.asarray(memoryview(out))  # a view: never a copy
+        if not target.flags.writeable:
+            raise OutputBufferError("out is read-only")
         if target.nbytes != chunk.nbytes:
             raise DecodeError(f"out holds {target.nbytes} bytes, the decoded chunk {chunk.nbytes}")
         if target.dtype != chunk.dtype and target.dtype.newbyteorder("=") == chunk.dtype.newbyteorder("="):

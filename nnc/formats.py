@@ -506,8 +506,10 @@ def _npy_header(path, member, fh) -> tuple:
         shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
     else:
         raise FormatError(f"{path}: {member.filename}: unsupported .npy version {version}")
-    if dtype.hasobject or dtype.kind not in "biufc":
-        raise FormatError(f"{path}: {member.filename}: dtype {dtype} is not numeric (pickled objects are refused)")
+    if dtype.hasobject:
+        raise FormatError(f"{path}: {member.filename}: dtype {dtype} holds Python objects (pickles are refused)")
+    if dtype.kind not in "biufc":
+        raise FormatError(f"{path}: {member.filename}: dtype {dtype} is not numeric (bool, int, float)")
     return _dims(f"{path}: {member.filename}", shape), fortran, dtype
 
 
@@ -1007,6 +1009,13 @@ def write_model(path, tensors, dtypes=None, fmt: str | None = None, template=Non
     dtypes = dtypes or {}
     restored = OrderedDict()
     for k, v in tensors.items():
+        if not isinstance(k, str):
+            raise FormatError(f"{path}: tensor names are strings, not {k!r}")
+        kind = np.asarray(v).dtype
+        if kind.kind not in "biuf" and not narrow_floats.is_narrow(kind.name):
+            raise FormatError(f"{path}: tensor {k!r} has dtype {kind}: a model file holds numbers (bool, int, float)")
+        if not kind.isnative:  # (torch and some readers take native byte order only; the values are the same)
+            v = np.asarray(v).astype(kind.newbyteorder("="))
         want = dtypes.get(k)
         if want and not narrow_floats.is_narrow(want) and np.asarray(v).dtype.name != want:
             try:

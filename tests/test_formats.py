@@ -249,3 +249,21 @@ def test_npz_fortran_order_and_byte_order_are_honoured(tmp_path):
     back, dtypes = read_model(path)
     np.testing.assert_array_equal(back["a"], a)
     assert dtypes["a"] == "int32"
+
+
+@pytest.mark.parametrize("fmt", ["npz", "safetensors", "pt"])
+def test_write_model_refuses_what_no_model_file_holds_and_writes_big_endian_values(tmp_path, fmt):
+    """Before: pickled object and str arrays written to .npz (which nnc then refused to read), TypeErrors for a
+    non-string name or str values in .pt, a ValueError for a big-endian array in .pt."""
+    if fmt == "pt":
+        pytest.importorskip("torch")
+    from nnc.formats import FormatError, read_model, write_model
+
+    path = tmp_path / f"m.{fmt}"
+    for bad, words in (({"a": np.array(["x"])}, "holds numbers"), ({"a": np.array([None])}, "holds numbers"),
+                       ({5: np.ones(2)}, "names are strings")):
+        with pytest.raises(FormatError, match=words):
+            write_model(path, bad)
+        assert not path.exists()
+    write_model(path, {"b": np.arange(3).astype(">f4")})
+    assert read_model(path)[0]["b"].tolist() == [0.0, 1.0, 2.0]

@@ -183,3 +183,20 @@ def test_from_config_refuses_another_codecs_configuration():
     with pytest.raises(EncodeError, match="is a dict"):
         NNC.from_config([("qp", 1)])
     assert NNC.from_config(NNC(qp=-30).get_config()) == NNC(qp=-30)
+
+
+def test_structured_and_void_chunks_and_read_only_outputs_are_nnc_errors():
+    """Before: a ValueError, a TypeError, or (one-field structured arrays) silently coded as float32."""
+    from nnc.codec import NNC
+    from nnc.errors import OutputBufferError
+
+    codec = NNC(qp=-20)
+    for bad in (np.zeros(2, "V4"), np.zeros(2, [("a", "f4")])):
+        with pytest.raises(EncodeError, match="unsupported dtype"):
+            codec.encode(bad)
+    stream = codec.encode(np.arange(4, dtype=np.float32))
+    read_only = np.empty(4, np.float32)
+    read_only.flags.writeable = False
+    for out in (read_only, b"\0" * 16):
+        with pytest.raises(OutputBufferError, match="read-only"):
+            codec.decode(stream, out=out)

@@ -176,7 +176,7 @@ def as_float_array(name: str, value) -> tuple[np.ndarray, str]:
     """
     arr = np.asarray(value)
     dtype_name = arr.dtype.name
-    if dtype_name == "bfloat16" or arr.dtype.kind == "V":
+    if narrow_floats.is_narrow(dtype_name):  # (ml_dtypes' bfloat16 and float8 arrays)
         arr = arr.astype(np.float32)
     if arr.dtype.kind not in "fiub":
         raise EncodeError(f"tensor {name!r} has unsupported dtype {arr.dtype}")
