@@ -207,6 +207,36 @@ def _stream_output(args) -> str:
     return args.output
 
 
+def _ignored_options(args) -> str | None:
+    """Why a combination of encode options would leave one of them without effect (a one-line error), or None."""
+    given = lambda *options: [o for o, v in options if v not in (None, False, [])]  # noqa: E731
+    if args.search:
+        chosen = given(
+            ("--tensor-qp", args.tensor_qp),
+            ("--tensor-lambda", args.tensor_lambda),
+            ("--sigmas", args.sigmas),
+            ("--dcv1-s", args.dcv1_s),
+            ("--rdoq", args.rdoq),
+            ("--lambda", args.lam),
+            ("--target-snr", args.target_snr),
+        )
+        if chosen:
+            return f"{chosen[0]} would be ignored: --search chooses every tensor's qp and lambda itself"
+    if args.target_snr is not None:
+        chosen = given(
+            ("--qp", args.qp), ("--step", args.step), ("--nonweight-qp", args.nonweight_qp), ("--sigmas", args.sigmas)
+        )
+        if chosen:
+            return f"{chosen[0]} would be ignored: --target-snr chooses every tensor's qp (--tensor-qp still wins)"
+    if args.dcv1_s is not None and not args.sigmas:
+        return "--dcv1-s scales the steps of --sigmas (DC-v1); give --sigmas too"
+    if args.importance and args.rdoq is None and args.lam is None and args.target_snr is None and not args.search:
+        return "--importance weights the error of --rdoq or --target-snr; give one of them"
+    if args.time_budget is not None and not (math.isfinite(args.time_budget) and args.time_budget > 0):
+        return f"--time-budget must be a positive number of seconds, not {args.time_budget}"
+    return None
+
+
 def cmd_encode(args) -> int:
     from . import formats, models, readers
     from .encoder import EncoderState
@@ -227,6 +257,9 @@ def cmd_encode(args) -> int:
         return _fail(f"{unused[0]} codes updates; give --state too")
     if args.row_skip and args.profile == 0:
         return _fail("--row-skip is a 2nd-edition tool; profile 0 (1st edition) has no row skipping")
+    if problem := _ignored_options(args):
+        return _fail(problem)
+    args.dcv1_s = 64 if args.dcv1_s is None else args.dcv1_s
     args.tolerance = 0.005 if args.tolerance is None else args.tolerance
     args.workers = 1 if args.workers is None else args.workers
     args.tca = True if args.tca is None else args.tca
@@ -285,6 +318,14 @@ def cmd_encode(args) -> int:
             stray = [k for k in options[option] if k not in names]
             if stray:  # (a name of another model would be ignored: no tensor takes it)
                 return _fail(f"{path}: {stray[0]!r} is not a tensor of {args.model}")
+            for t in source:  # one value per weight, in the weight's own layout (the same count is not enough)
+                given = options[option].get(t.name)
+                if given is not None and np.shape(given) != tuple(t.shape):
+                    return _fail(
+                        f"{path}: {t.name!r} has shape {list(np.shape(given))}, the model's tensor {list(t.shape)}"
+                    )
+                if given is not None and option == "sigmas" and not np.all(np.isfinite(given)):
+                    return _fail(f"{path}: the sigmas of {t.name!r} must be finite and positive")
     if args.covariances:
         if args.target_snr is not None:
             return _fail(
@@ -568,7 +609,7 @@ def load_callable(spec: str, option: str = "--search"):
     module_name, sep, func_name = spec.rpartition(":")
     if not sep or not module_name or not func_name:
         _usage_error(f"{option} needs MODULE:FUNCTION, not {spec!r}")
-    try:
+    try:  # (a module that exits on import, e.g. a script with its own argparse, is a usage error too)
         if module_name.endswith(".py"):
             loader_spec = importlib.util.spec_from_file_location("nnc_user_evaluation", module_name)
             if loader_spec is None or loader_spec.loader is None:
@@ -580,6 +621,8 @@ def load_callable(spec: str, option: str = "--search"):
             module = importlib.import_module(module_name)
     except (ImportError, OSError) as exc:
         _usage_error(f"cannot import {module_name!r} for {option}: {exc}")
+    except SystemExit as exc:
+        _usage_error(f"importing {module_name!r} for {option} exited (status {exc.code})")
     func = getattr(module, func_name, None)
     if not callable(func):
         _usage_error(f"{module_name!r} has no function {func_name!r}")
@@ -599,6 +642,7 @@ def _note_left_out(model, left_out, quiet: bool, what: str = "encoded (decoding 
 
 def _encode_search(args, tensors, options, layout=None) -> int:
     from . import formats, models
+    from .errors import NNCError
     from .search import search
 
     evaluate = load_callable(args.search)
@@ -615,18 +659,24 @@ def _encode_search(args, tensors, options, layout=None) -> int:
     ):
         options.pop(chosen_by_search, None)
     t0 = time.perf_counter()
-    result = search(
-        tensors,
-        evaluate,
-        tolerance=args.tolerance,
-        dq=args.dq,
-        workers=args.workers,
-        time_budget=args.time_budget,
-        check=check,
-        check_moves=args.check_moves,
-        progress=not args.quiet and not args.json and sys.stderr.isatty(),
-        **options,
-    )
+    try:
+        result = search(
+            tensors,
+            evaluate,
+            tolerance=args.tolerance,
+            dq=args.dq,
+            workers=args.workers,
+            time_budget=args.time_budget,
+            check=check,
+            check_moves=args.check_moves,
+            progress=not args.quiet and not args.json and sys.stderr.isatty(),
+            **options,
+        )
+    except NNCError:
+        raise
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - the user's metric failed: one line, not a traceback
+        what = f"exited (status {exc.code})" if isinstance(exc, SystemExit) else f"raised {type(exc).__name__}: {exc}"
+        return _fail(f"--search {args.search}{f' / --check {args.check}' if args.check else ''}: the metric {what}")
     elapsed = time.perf_counter() - t0
     if result.best is None:
         checked = " and the --check score" if check else ""
@@ -1674,7 +1724,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--n-gtx", type=int, default=11, help="greater-than flags N, 1-256 (default 11)")
     p.add_argument("--qp-density", type=int, default=2, help="qp steps per octave as a power of two (default 2)")
-    p.add_argument("--tensor-qp", action="append", metavar="PATTERN=QP", help="per-tensor qp by name or glob")
+    p.add_argument(
+        "--tensor-qp",
+        action="append",
+        metavar="PATTERN=QP",
+        help="per-tensor qp by name or glob (repeatable; the first pattern that matches a tensor applies)",
+    )
     p.add_argument("--nonweight-qp", type=int, help="qp of 1-D tensors (default: the weights' qp)")
     p.add_argument("--raw", action="append", metavar="PATTERN", help="store matching tensors uncompressed")
     p.add_argument(
@@ -1718,7 +1773,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--tensor-lambda",
         action="append",
         metavar="PATTERN=LAMBDA",
-        help="per-tensor rate-distortion lambda by name or glob",
+        help="per-tensor rate-distortion lambda by name or glob (repeatable; the first pattern that matches a "
+        "tensor applies)",
     )
     p.add_argument(
         "--importance",
@@ -1745,7 +1801,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a model file of input covariances E[x x^T] per weight (an (n, n) matrix for a weight with n inputs, "
         "nnc.torch.input_covariances): those weights are quantised with error feedback (spec A.16)",
     )
-    p.add_argument("--dcv1-s", type=int, default=64, metavar="S", help="DC-v1 global integer S (default 64)")
+    p.add_argument("--dcv1-s", type=int, metavar="S", help="with --sigmas: DC-v1's global integer S (default 64)")
     p.add_argument(
         "--search",
         metavar="MODULE:FUNCTION",

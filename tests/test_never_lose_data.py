@@ -727,7 +727,7 @@ def test_a_state_in_a_missing_folder_is_refused_before_the_output_is_written(mod
 def test_a_per_tensor_file_naming_another_models_tensor_is_refused(model, tmp_path, capsys, option):
     side = tmp_path / "side.npz"
     side.write_bytes(npz_bytes({"other.weight": np.ones((8, 6), np.float32)}))  # before: ignored, exit 0
-    code, _, err = cli(capsys, "encode", model, "-o", tmp_path / "x.nnr", option, side)
+    code, _, err = cli(capsys, "encode", model, "-o", tmp_path / "x.nnr", option, side, "--rdoq")
     assert_refused(code, err, side, "'other.weight' is not a tensor of")
     assert not (tmp_path / "x.nnr").exists()
 
@@ -925,3 +925,55 @@ def test_values_that_round_beyond_their_dtype_are_stored_exactly(tmp_path, capsy
     assert cli(capsys, "encode", model, "-o", tmp_path / "f.nnr", "--qp", "24")[0] == 0
     assert cli(capsys, "decode", tmp_path / "f.nnr", "-o", tmp_path / "d.safetensors", "-q")[0] == 0
     assert np.array_equal(read_model(tmp_path / "d.safetensors")[0]["mask"], mask)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (("--search", "nnc.demo:mlp_accuracy", "--tensor-qp", "fc*=-30"), "--tensor-qp would be ignored: --search"),
+    (("--search", "nnc.demo:mlp_accuracy", "--rdoq"), "--rdoq would be ignored: --search"),
+    (("--target-snr", "30", "--qp", "-10"), "--qp would be ignored: --target-snr"),
+    (("--target-snr", "30", "--nonweight-qp", "-60"), "--nonweight-qp would be ignored"),
+    (("--dcv1-s", "3",), "--dcv1-s scales the steps of --sigmas"),
+    (("--search", "nnc.demo:mlp_accuracy", "--time-budget", "nan"), "--time-budget must be a positive number"),
+    (("--search", "nnc.demo:mlp_accuracy", "--time-budget", "0"), "--time-budget must be a positive number"),
+])
+def test_options_another_option_would_override_are_refused(model, tmp_path, capsys, argv, message):
+    """Before: read, checked, then ignored, exit 0 (the stream as without them)."""
+    code, _, err = cli(capsys, "encode", model, "-o", tmp_path / "x.nnr", *argv)
+    assert_refused(code, err, message)
+    assert not (tmp_path / "x.nnr").exists()
+
+
+def test_importance_without_what_it_weights_is_refused(model, tmp_path, capsys):
+    side = tmp_path / "imp.npz"
+    tensors, _ = read_model(model)
+    side.write_bytes(npz_bytes({k: np.ones_like(v, dtype=np.float32) for k, v in tensors.items()}))
+    code, _, err = cli(capsys, "encode", model, "-o", tmp_path / "x.nnr", "--importance", side)
+    assert_refused(code, err, "--importance weights the error of --rdoq or --target-snr")
+
+
+@pytest.mark.parametrize("option", ["--importance", "--sigmas"])
+def test_a_per_tensor_file_of_another_shape_or_infinite_sigmas_is_refused(model, tmp_path, capsys, option):
+    """Before: only the element count was checked; an infinite sigma zeroed the tensor, exit 0."""
+    tensors, _ = read_model(model)
+    name, value = next((k, v) for k, v in tensors.items() if np.ndim(v) == 2 and v.shape[0] != v.shape[1])
+    side = tmp_path / "side.npz"
+    side.write_bytes(npz_bytes({name: np.ones(value.shape[::-1], np.float32)}))
+    code, _, err = cli(capsys, "encode", model, "-o", tmp_path / "x.nnr", option, side, "--rdoq")
+    assert_refused(code, err, side, "has shape")
+    if option == "--sigmas":
+        side.write_bytes(npz_bytes({name: np.full(value.shape, np.inf, np.float32)}))
+        code, _, err = cli(capsys, "encode", model, "-o", tmp_path / "x.nnr", option, side)
+        assert_refused(code, err, side, "must be finite and positive")
+
+
+def test_a_metric_that_raises_or_exits_is_one_line(model, tmp_path, capsys):
+    """Before: a traceback; a metric that called sys.exit(0) ended nnc with exit 0 and nothing written."""
+    import sys as _sys
+
+    script = tmp_path / "metric_probe.py"
+    script.write_text("def raises(t):\n    raise RuntimeError('boom')\ndef exits(t):\n    raise SystemExit(0)\n")
+    for func, words in (("raises", "raised RuntimeError: boom"), ("exits", "exited (status 0)")):
+        code, _, err = cli(capsys, "encode", model, "-o", tmp_path / "x.nnr", "--search", f"{script}:{func}")
+        assert_refused(code, err, words)
+        assert not (tmp_path / "x.nnr").exists()
+    _sys.modules.pop("nnc_user_evaluation", None)

@@ -225,8 +225,8 @@ class EncoderSettings:
         importance = {k: _real_array(v, "importance", k) for k, v in (self.importance or {}).items()}
         sigmas = {k: _real_array(v, "sigmas", k) for k, v in (self.sigmas or {}).items()}
         for k, v in sigmas.items():
-            if not np.all(v > 0):
-                raise EncodeError(f"sigmas of {k!r} must be positive")
+            if not np.all((v > 0) & np.isfinite(v)):  # (an infinite sigma would zero the tensor, eq. 12)
+                raise EncodeError(f"sigmas of {k!r} must be finite and positive")
         covariances = {k: _real_array(v, "covariance", k) for k, v in (self.covariances or {}).items()}
         both = sorted(set(covariances) & set(sigmas))
         if both:
