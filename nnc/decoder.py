@@ -1377,6 +1377,7 @@ class Decoder:
         if narrow is not None:
             dst = dst.view(narrow.storage.newbyteorder("="))
         checked = narrow is None and out.dtype.kind in "biu" and not np.can_cast(arr.dtype, out.dtype, "safe")
+        narrowing = narrow is None and out.dtype.kind == "f" and out.dtype.itemsize < arr.dtype.itemsize
         step = 1 << 20
         for i in range(0, src.size, step):
             part = src[i : i + step]
@@ -1385,7 +1386,10 @@ class Decoder:
             elif checked:
                 dst[i : i + step] = exact_integers(name, part, out.dtype)
             else:
-                np.copyto(dst[i : i + step], part, casting="unsafe")
+                with np.errstate(over="ignore"):
+                    np.copyto(dst[i : i + step], part, casting="unsafe")
+                if narrowing:
+                    _check_narrowed(name, part, dst[i : i + step])
         return out
 
     def _bit_pattern_format(self, name: str, out: np.ndarray, arr: np.ndarray):
@@ -1475,8 +1479,10 @@ class Decoder:
                 )
             direct = _direct_target(first, into)
             if direct is not None:
+                values = np.frombuffer(payload, dtype="<f4")
                 with np.errstate(over="ignore"):
-                    np.copyto(direct.reshape(-1), np.frombuffer(payload, dtype="<f4"), casting="same_kind")
+                    np.copyto(direct.reshape(-1), values, casting="same_kind")
+                _check_narrowed(first.name, values, direct.reshape(-1))
                 return {first.name: direct}
             arr = np.frombuffer(payload, dtype="<f4").astype(np.float32).reshape(first.shape)
             if first.decompressed_data_format is not None:
@@ -1570,6 +1576,14 @@ class Decoder:
                 with np.errstate(over="ignore"):  # in chunks: numpy copies an aliased operand (levels in place)
                     for i in range(0, flat.size, chunk):
                         np.multiply(levels[i : i + chunk], step, out=flat[i : i + chunk], dtype=np.float32)
+                        if flat.dtype.itemsize < 4:  # float16: values beyond its range are refused, not inf
+                            bad = np.isinf(flat[i : i + chunk])
+                            if bad.any():
+                                _check_narrowed(
+                                    info.name,
+                                    np.multiply(levels[i : i + chunk][bad], step, dtype=np.float32),
+                                    flat[i : i + chunk][bad],
+                                )
                 out[info.name] = direct
         dec.finish()
         return out
@@ -1587,12 +1601,29 @@ class Decoder:
         return values.reshape(info.shape)
 
 
+def _check_narrowed(name: str, values: np.ndarray, written: np.ndarray) -> None:
+    """Refuse a caller's narrower float array (float16) whose range finite ``values`` left (they became inf)."""
+    if written.dtype.itemsize >= values.dtype.itemsize:
+        return
+    for i in range(0, values.size, 1 << 16):  # (small temporaries)
+        part, got = values[i : i + (1 << 16)], written[i : i + (1 << 16)]
+        if np.isinf(got).any() and np.any(np.isfinite(part) & np.isinf(got)):
+            from .errors import OutputBufferError
+
+            peak = float(np.max(np.abs(part[np.isfinite(part)])))
+            raise OutputBufferError(
+                f"out= for tensor {name!r} has dtype {written.dtype}, whose range its values leave (up to "
+                f"{peak:.6g}): give an array of {values.dtype}"
+            )
+
+
 def _direct_target(info: TensorInfo, into: dict | None) -> np.ndarray | None:
     """The caller's array (out=) that ``info``'s tensor decodes straight into, or None for a copy.
 
     Straight in: uniform (or RAW_FLOAT) float tensors into float16/32/64 arrays whose values equal
     those of reconstructing in float32 and converting (spec 12.2, 12.6; so not through a float16
-    output format into a wider array), and INT tensors without an output format into int32 arrays.
+    output format into a wider array; a float16 array is checked for values beyond its range),
+    and INT tensors without an output format into int32 arrays.
     The rest (codebooks, bfloat16, integer formats) is decoded, then converted by ``Decoder._fill``.
     """
     out = into.get(info.name) if into else None

@@ -27,6 +27,7 @@ from typing import Mapping
 import numpy as np
 
 from . import narrow_floats
+from .decoder import exact_integers
 from .errors import EncodeError
 from .formats import torch_narrow_float
 
@@ -347,8 +348,34 @@ def load_state_dict(module, stream, strict: bool = True, validate: bool = False,
     with torch.no_grad():
         for name, array, dtype in _decoded_views(dec, common, out=direct):
             if name not in in_place:
+                _check_fits(torch, name, array, dtype, target[name].dtype)
                 target[name].copy_(_as_torch(array, dtype, None).reshape(target[name].shape))
     return LoadResult(missing, unexpected)
+
+
+def _check_fits(torch, name: str, array: np.ndarray, original, dtype) -> None:
+    """Refuse values a module tensor's ``dtype`` cannot hold (torch's copy_ would wrap, truncate or overflow them):
+    an integer or bool tensor takes integers in its range (spec 6.2.1), not a float tensor's values; a float
+    tensor finite values within its range. ``original``: the dtype the stream records for the tensor."""
+    from .errors import DecodeError, OutputBufferError
+
+    values = np.asarray(array)
+    if not dtype.is_floating_point and not dtype.is_complex:
+        kind = "f" if narrow_floats.is_narrow(str(original)) else np.dtype(str(original)).kind
+        if kind == "f":
+            raise OutputBufferError(f"tensor {name!r} holds {original} values; the module's is {dtype}")
+        try:
+            exact_integers(name, values, torch.empty(0, dtype=dtype).numpy().dtype)
+        except DecodeError:
+            low, high = (int(values.min()), int(values.max())) if values.size else (0, 0)
+            raise OutputBufferError(
+                f"tensor {name!r} holds values from {low} to {high}, which the module's {dtype} cannot hold"
+            ) from None
+        return
+    finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values
+    peak = float(np.max(np.abs(finite))) if finite.size else 0.0
+    if peak > float(torch.finfo(dtype).max):
+        raise OutputBufferError(f"tensor {name!r} holds values up to {peak:.6g}, beyond the module's {dtype}")
 
 
 def input_moments(module, batches) -> dict[str, np.ndarray]:

@@ -228,3 +228,35 @@ def test_a_0d_narrow_float_tensor_keeps_its_shape_in_pt_files(tmp_path, dtype):
     back = torch.load(tmp_path / "o.pt")
     assert back["s"].shape == () and back["s"].dtype == getattr(torch, dtype) and float(back["s"]) == 1.5
     assert nt.state_dict(tmp_path / "z.nnr")["s"].shape == ()
+
+
+@pytest.mark.parametrize("module_dtype, values, words", [
+    ("int8", [300, -5, 7], "cannot hold"), ("uint8", [300, -5, 7], "cannot hold"), ("bool", [300, -5, 7], "cannot hold"),
+    ("int64", [1.7, -2.6, 3.2], "holds float32 values"), ("float16", [1e6, 1.0, 2.0], "float16"),
+])
+def test_values_a_module_dtype_cannot_hold_are_refused(module_dtype, values, words):
+    """Before: torch's copy_ wrapped 300 into int8 44, truncated 1.7 into int64 1, overflowed 1e6 into float16 inf."""
+    from nnc.errors import OutputBufferError
+
+    stream = nt.save({"x": torch.tensor(values), "w": torch.zeros(3, 3)})
+
+    class Holder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("x", torch.zeros(3, dtype=getattr(torch, module_dtype)))
+            self.w = torch.nn.Parameter(torch.zeros(3, 3))
+
+    with pytest.raises(OutputBufferError, match=words):
+        nt.load_state_dict(Holder(), stream)
+
+
+def test_a_float16_out_array_refuses_values_beyond_its_range():
+    """Before: nnc.decode(out=) wrote inf into a float16 array for a float32 1e6."""
+    from nnc.errors import OutputBufferError
+
+    for dq in (True, False):
+        stream = nnc.encode({"x": np.array([1e6, 1.0], np.float32), "w": np.zeros((3, 3), np.float32)}, dq=dq)
+        with pytest.raises(OutputBufferError, match="whose range its values leave"):
+            nnc.decode(stream, out={"x": np.zeros(2, np.float16)})
+    raw = nnc.encode({"x": np.array([100.0, np.inf], np.float32)})  # an inf of the model's own stays
+    assert nnc.decode(raw, out={"x": np.zeros(2, np.float16)})["x"].tolist() == [100.0, np.inf]
