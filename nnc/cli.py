@@ -768,7 +768,8 @@ def cmd_decode(args) -> int:
             args.add_to, held.left_out, args.quiet or args.json, "written (the output holds the tensors alone)"
         )
         # tensors the sender's model no longer has (an update names every tensor it keeps, spec 3.5)
-        gone = [t.name for t in held if t.name not in set(dec.names()) | set(dec.skipped)]
+        named = set(dec.names()) | set(dec.skipped)
+        gone = [t.name for t in held if t.name not in named]
     bar = _DecodeBar(args.quiet)
     try:
         with _errors_name(args.stream):

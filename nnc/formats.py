@@ -1012,7 +1012,7 @@ def write_model(path, tensors, dtypes=None, fmt: str | None = None, template=Non
         if not isinstance(k, str):
             raise FormatError(f"{path}: tensor names are strings, not {k!r}")
         kind = np.asarray(v).dtype
-        if kind.kind not in "biuf" and not narrow_floats.is_narrow(kind.name):
+        if kind.kind not in "biufc" and not narrow_floats.is_narrow(kind.name):
             raise FormatError(f"{path}: tensor {k!r} has dtype {kind}: a model file holds numbers (bool, int, float)")
         if not kind.isnative:  # (torch and some readers take native byte order only; the values are the same)
             v = np.asarray(v).astype(kind.newbyteorder("="))
