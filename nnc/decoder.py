@@ -1602,7 +1602,8 @@ class Decoder:
 
 
 def _check_narrowed(name: str, values: np.ndarray, written: np.ndarray) -> None:
-    """Refuse a caller's narrower float array (float16) whose range finite ``values`` left (they became inf)."""
+    """Refuse a caller's narrower float array (float16) whose range finite ``values`` left (they became inf; the
+    decoded values are those of spec 12.2-12.6, which a caller's array receives or refuses, spec 6.2.1)."""
     if written.dtype.itemsize >= values.dtype.itemsize:
         return
     for i in range(0, values.size, 1 << 16):  # (small temporaries)
