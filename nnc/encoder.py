@@ -38,7 +38,15 @@ from .encoding.quantiser import (  # noqa: F401
 )
 from .encoding.quantiser import as_float_array as _as_float_array  # noqa: F401
 from .encoding.settings import OPTIONS, EncoderSettings, matches, qp_for_step
-from .encoding.writer import Unit, UnitWriter, block_groups, block_members, metadata_json, mps_qp
+from .encoding.writer import (
+    Unit,
+    UnitWriter,
+    block_groups,
+    block_members,
+    metadata_json,
+    mps_qp,
+    sends_differences,
+)
 from .engine import get_engine
 from .errors import EncodeError
 
@@ -511,7 +519,7 @@ class Encoder:
             dict(
                 extra_metadata or {},
                 **({"parent": parent} if parent else {}),
-                **({"replaced": replaced} if replaced and self._sends_differences() else {}),
+                **({"replaced": replaced} if replaced else {}),  # (only with a model held: differences)
             ),
             skipped=result.skipped,
             differences=self._sends_differences(),
@@ -549,7 +557,7 @@ class Encoder:
 
     def _sends_differences(self) -> bool:
         """The stream's tensors are differences: ``differences=True`` and the receiver holds a model."""
-        return bool(self.settings.differences and self.state is not None and self.state.model)
+        return sends_differences(self.settings, self.state)
 
     def encode_to(
         self, source, output, progress=None, *, extra_metadata=None, budget: int = 1 << 30, measure: bool = False

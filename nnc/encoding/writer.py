@@ -169,6 +169,12 @@ def mps_qp(qps, qp_density: int) -> int:
     return centre
 
 
+def sends_differences(settings, state) -> bool:
+    """Whether a stream's tensors are differences (spec 6.2.1): ``differences=True`` and the receiver holds a model
+    (the first stream of a sequence carries the values themselves)."""
+    return bool(settings.differences and state is not None and state.model)
+
+
 def metadata_json(
     shapes: Mapping[str, tuple],
     decoded: Mapping[str, str],
@@ -564,7 +570,7 @@ class UnitWriter:
         s = self.settings
         if s.skip_zero is not None:
             return bool(s.skip_zero)
-        return bool(s.differences and self.state is not None and self.state.model)
+        return sends_differences(s, self.state)
 
     def advance_state(self, unit: Unit, link: Link) -> None:
         """Record what the receiving decoder records for this NDU (spec 14.2, 14.3)."""
