@@ -1031,7 +1031,8 @@ def stream_info(path) -> dict:
     -------
     dict
         ``bytes``, ``profile``, ``units`` (index, type, offset, size), ``tensors`` (name,
-        shape, dtype, qp, step, ``unit_index`` into ``units``, ``ndu_index`` among the NDUs,
+        shape and dtype as coded, ``original_shape`` and ``original_dtype`` as the model had
+        them (spec 6.2.1: a 0-d tensor is coded with shape [1]), qp, step, ``unit_index`` into ``units``, ``ndu_index`` among the NDUs,
         ``unit_bytes`` and ``header_bytes`` (its NDU's size and the part before the payload),
         bits per weight, whether it updates a parent and with TCA, and ``needs_parent``:
         an update coded with TCA, which decodes only after its parent, so that its qp
@@ -1108,6 +1109,7 @@ def stream_info(path) -> dict:
     original_bytes = sum(row["size"] * _dtype_bytes(original[row["name"]]) for row in tensors)
     for row in tensors:
         row["original_dtype"] = original[row["name"]]
+        row["original_shape"] = _original_shape(row, dec.metadata)
         if row["size"] == 0:
             row["bits_per_weight"] = None
         del row["size"]
@@ -1140,6 +1142,19 @@ def _original_dtypes(tensors, metadata) -> dict:
 
     recorded = metadata.get("dtypes") if isinstance(metadata.get("dtypes"), dict) else {}
     return {t["name"]: restorable_dtype(recorded.get(t["name"])) or str(t["dtype"]) for t in tensors}
+
+
+def _original_shape(row: dict, metadata: dict) -> list:
+    """The model's own shape of a tensor (from the stream's metadata, spec 6.2.1: 0-d tensors are coded as 1-d)."""
+    from .decoder import recorded_shape
+
+    recorded = recorded_shape(metadata, row["name"], row["size"])
+    return list(row["shape"]) if recorded is None else list(recorded)
+
+
+def _shape_text(shape) -> str:
+    """A shape as ``nnc info`` prints it: ``4x4``, ``10``, or ``scalar`` for a 0-d tensor."""
+    return "x".join(map(str, shape)) if len(shape) else "scalar"
 
 
 def _dtype_bytes(name: str) -> int:
@@ -1176,7 +1191,7 @@ def cmd_info(args) -> int:
         qp = t["qp"] if t["qp"] is not None else ("?" if t["needs_parent"] else "")
         bits = "-" if t["bits_per_weight"] is None else f"{t['bits_per_weight']:.3f}"
         print(
-            f"{t['name']:{width}} {'x'.join(map(str, t['shape'])):>16} {t['original_dtype']:>8} "
+            f"{t['name']:{width}} {_shape_text(t['original_shape']):>16} {t['original_dtype']:>8} "
             f"{t['payload_type']:>9} {qp:>5} {('on' if t['dq'] else 'off'):>3} {t['scan_order']:>4} "
             f"{t['unit_bytes']:>8} {t['header_bytes']:>6} {bits:>7}"
         )

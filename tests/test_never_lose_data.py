@@ -449,6 +449,18 @@ def test_info_shows_whole_names_original_dtypes_and_original_size(tmp_path, caps
     assert f"{info['bytes'] / info['original_bytes']:.1f}x larger than the original {info['original_bytes']} bytes" in out
 
 
+def test_info_shows_a_0d_tensor_as_scalar_and_keeps_the_coded_shape(tmp_path, capsys):
+    path = tmp_path / "s.nnr"
+    path.write_bytes(nnc.encode({"step": np.array(3.5, np.float32), "w": np.ones((4, 4), np.float32)}))
+    code, out, _ = cli(capsys, "info", path)
+    assert code == 0
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[3:] if line.split()}
+    assert rows["step"][1] == "scalar" and rows["w"][1] == "4x4"
+    info = {t["name"]: t for t in stream_info(path)["tensors"]}
+    assert info["step"]["original_shape"] == [] and info["step"]["shape"] == [1]
+    assert info["w"]["original_shape"] == info["w"]["shape"] == [4, 4]
+
+
 def test_info_of_a_stream_without_weights_has_no_bits_per_weight(tmp_path, capsys):
     path = tmp_path / "empty.nnr"
     path.write_bytes(nnc.encode({"none": np.zeros((0, 3), np.float32)}))
