@@ -119,9 +119,12 @@ def _parse_assignments(items, what, kind=int) -> dict:
             _usage_error(f"{what} must look like PATTERN=VALUE, not {item!r}")
         k, v = item.rsplit("=", 1)
         try:
-            out[k] = kind(v)
+            value = kind(v)
         except ValueError:
             _usage_error(f"{what}: {v!r} is not a{'n integer' if kind is int else ' number'}")
+        if k in out and out[k] != value:
+            _usage_error(f"{what} {k!r} is given twice, ={out[k]} and ={value}: give it once")
+        out[k] = value
     return out
 
 
@@ -158,13 +161,25 @@ def _state_folder_missing(state) -> str | None:
 
 
 def _unmatched_patterns(names, options: dict):
-    """A message naming the first --tensor-qp/--raw/... pattern that matches no tensor, else None."""
+    """A message naming the first --tensor-qp/--raw/... pattern that has no effect, else None: one that matches
+    no tensor, or (for the assignments, where the first matching pattern applies) one whose every tensor an
+    earlier pattern already takes."""
     import fnmatch
 
+    matches = lambda pattern, n: pattern == n or fnmatch.fnmatchcase(n, pattern)  # noqa: E731
     for option, patterns in options.items():
+        taken: dict = {}  # tensor -> the earlier pattern that applies to it
         for pattern in patterns or ():
-            if not any(pattern == n or fnmatch.fnmatchcase(n, pattern) for n in names):
+            matched = [n for n in names if matches(pattern, n)]
+            if not matched:
                 return f"{option} {pattern!r} matches no tensor of the model (tensors: {_first_few(list(names)) or 'none'})"
+            if isinstance(patterns, dict) and all(n in taken for n in matched):
+                return (
+                    f"{option} {pattern!r} would never apply: the earlier pattern {taken[matched[0]]!r} takes "
+                    f"{_first_few(matched)} (the first pattern that matches a tensor applies)"
+                )
+            for n in matched:
+                taken.setdefault(n, pattern)
     return None
 
 
@@ -381,7 +396,8 @@ def cmd_encode(args) -> int:
             allocated = allocate_qps(
                 tensors, target_snr_db=args.target_snr, importance=options.get("importance"), **fixed
             )
-        options["qp_per_tensor"] = dict(allocated, **options["qp_per_tensor"])  # explicit --tensor-qp wins
+        explicit = options["qp_per_tensor"]  # first: the first pattern that matches a tensor applies
+        options["qp_per_tensor"] = dict(explicit, **{k: v for k, v in allocated.items() if k not in explicit})
         del tensors
     with _EncodeProgress(source, args.quiet or args.json) as progress, _errors_name(args.model, EncodeError):
         summary = models.encode_model_to(source, out, progress=progress, measure=not args.state, **options)

@@ -989,3 +989,32 @@ def test_a_metric_that_raises_or_exits_is_one_line(model, tmp_path, capsys):
         assert_refused(code, err, words)
         assert not (tmp_path / "x.nnr").exists()
     _sys.modules.pop("nnc_user_evaluation", None)
+
+
+def test_a_tensor_qp_pattern_that_never_applies_is_refused(model, tmp_path, capsys):
+    out = tmp_path / "x.nnr"
+    # every tensor 'fc.weight' matches is taken by the earlier 'fc.*': it would be ignored
+    code, _, err = cli(capsys, "encode", model, "-o", out, "--tensor-qp", "fc.*=-30", "--tensor-qp", "fc.weight=-20")
+    assert_refused(code, err, "'fc.weight'", "'fc.*'", "never apply")
+    assert not out.exists()
+    code, _, err = cli(capsys, "encode", model, "-o", out, "--tensor-lambda", "*=0.1", "--tensor-lambda", "fc.bias=1",
+                       "--rdoq")
+    assert_refused(code, err, "'fc.bias'", "never apply")
+    # the same pattern twice with two values is a usage error; in the other order both apply
+    with pytest.raises(SystemExit) as exc:
+        cli(capsys, "encode", model, "-o", out, "--tensor-qp", "fc.bias=-30", "--tensor-qp", "fc.bias=-20")
+    assert exc.value.code == 2 and "given twice" in capsys.readouterr().err
+    code, _, err = cli(capsys, "encode", model, "-o", out, "--tensor-qp", "fc.weight=-20", "--tensor-qp", "fc.*=-30",
+                       "--no-blocks")
+    assert code == 0, err
+    qps = {t["name"]: t["qp"] for t in stream_info(out)["tensors"]}
+    assert qps == {"fc.weight": -20, "fc.bias": -30}
+
+
+def test_an_explicit_tensor_qp_glob_wins_over_the_allocation(model, tmp_path, capsys):
+    out = tmp_path / "x.nnr"
+    code, _, err = cli(capsys, "encode", model, "-o", out, "--target-snr", "30", "--tensor-qp", "fc.w*=-12",
+                       "--no-blocks")
+    assert code == 0, err
+    qps = {t["name"]: t["qp"] for t in stream_info(out)["tensors"]}
+    assert qps["fc.weight"] == -12 and qps["fc.bias"] != -12
