@@ -27,6 +27,7 @@ Examples
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -393,6 +394,28 @@ class _Sink(Protocol):
 _SINKS: dict[str, Callable[[_File, str], _Sink]] = {"safetensors": _SafetensorsSink, "npz": _NpzSink, "pt": _PtSink}
 
 
+MODEL_FILE_SUFFIXES = (".safetensors", ".index.json", ".bin", ".pt", ".pth", ".ckpt", ".npz", ".npy", ".onnx")
+
+
+def _refuse_mixing(folder: Path, written: set) -> None:
+    """Raise ``FileExistsError`` if ``folder`` holds model files that a checkpoint (shards, index) written there would
+    not replace: a loader reading the folder would mix them with the decoded tensors (stale shards of an earlier
+    decode, of ``--tensor``, of another model)."""
+    if not folder.is_dir():
+        return
+    others = sorted(
+        p.name for p in folder.iterdir() if p.name not in written and p.name.lower().endswith(MODEL_FILE_SUFFIXES)
+    )
+    if others:
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        raise FileExistsError(
+            errno.EEXIST,
+            f"the folder already holds model files this decode would not replace ({shown}); a loader would mix "
+            "them with the decoded checkpoint: decode into a new or empty folder, or remove them",
+            os.fspath(folder),
+        )
+
+
 def _index_json(index: dict, files: list) -> bytes:
     weight_map = {t.name: f.name for f in files for t in f.tensors}
     metadata = dict(index.get("metadata") or {})
@@ -574,6 +597,8 @@ def write_tensors(dec: Decoder, output, wanted, produce, progress=None, inputs=N
     folder, files, index = _plan(dec, output, wanted)
     for name in [f.name for f in files] + ([index["name"]] if index is not None else []):
         refuse_overwriting(folder / name, inputs or {})  # a stream's file names may be any (spec 6.2.1)
+    if is_directory_target(output) and dec.metadata.get("checkpoint") is not None:
+        _refuse_mixing(folder, {f.name for f in files} | ({index["name"]} if index is not None else set()))
     created = is_directory_target(output) and not folder.exists()  # a file's folder must exist
     if created:
         folder.mkdir(parents=True)

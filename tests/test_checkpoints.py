@@ -413,3 +413,28 @@ def test_with_metadata_changes_only_the_topology_unit():
     with pytest.raises(ValueError, match="no topology unit"):
         models.with_metadata(stream[:4] + stream[C.parse_stream(stream)[1].offset:C.parse_stream(stream)[2].offset]
                              + stream[C.parse_stream(stream)[3].offset:], {})
+
+
+def test_a_checkpoint_is_not_decoded_among_model_files_it_would_not_replace(tmp_path, capsys):
+    from nnc.cli import main
+
+    write_checkpoint(tmp_path / "ck", _shards(np.random.default_rng(3)))
+    stream = tmp_path / "m.nnr"
+    assert main(["encode", str(tmp_path / "ck"), "-o", str(stream), "-q"]) == 0
+    out = tmp_path / "out"
+    assert main(["decode", str(stream), "-o", f"{out}/", "-q"]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    # only layers.0.weight: the second shard of the first decode would stay beside the new index
+    capsys.readouterr()
+    assert main(["decode", str(stream), "-o", f"{out}/", "--tensor", "layers.0.weight", "-q"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(out) in err[0] and "model-00002-of-00002.safetensors" in err[0]
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # a whole decode replaces every file; a folder holding other files (config.json) is fine
+    (out / "config.json").write_text("{}")
+    assert main(["decode", str(stream), "-o", f"{out}/", "-q"]) == 0
+    assert main(["decode", str(stream), "-o", f"{tmp_path / 'one'}/", "--tensor", "layers.0.weight", "-q"]) == 0
+    index = json.loads((tmp_path / "one" / "model.safetensors.index.json").read_text())
+    assert index["weight_map"] == {"layers.0.weight": "model-00001-of-00002.safetensors"}
+    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == ["model-00001-of-00002.safetensors",
+                                                                  "model.safetensors.index.json"]
