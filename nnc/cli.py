@@ -1930,7 +1930,10 @@ def build_parser() -> argparse.ArgumentParser:
         "the output is written); decode a base stream and its updates in order with one file",
     )
     p.add_argument(
-        "--add-to", metavar="MODEL", help="the stream is an update of differences: write MODEL plus the decoded update"
+        "--add-to",
+        metavar="MODEL",
+        help="the stream is an update of differences: write MODEL (a file, a checkpoint folder or its index) plus "
+        "the decoded update (to -o folder/: in MODEL's own shards and index)",
     )
     p.add_argument(
         "--scheduler",

@@ -181,9 +181,9 @@ def _encodable(name: str) -> bool:
     return True
 
 
-def _checkpoint_plan(dec: Decoder, tensors) -> tuple[list, dict | None]:
-    """The files (and the index) of the checkpoint layout the stream records (spec 6.2.1)."""
-    ckpt: Any = dec.metadata.get("checkpoint")  # the stream's JSON, checked as it is read
+def _checkpoint_plan(ckpt: Any, tensors, new_to_last: bool = False) -> tuple[list, dict | None]:
+    """The files (and the index) of a checkpoint layout (spec 6.2.1: a stream's, or a model's own) holding
+    ``tensors``; with ``new_to_last``, a tensor the layout does not place goes to its last file."""
     try:
         fmt = ckpt["format"]
         files = [_File(_safe_file_name(f["name"], "files"), fmt, dict(f.get("metadata") or {})) for f in ckpt["files"]]
@@ -194,9 +194,9 @@ def _checkpoint_plan(dec: Decoder, tensors) -> tuple[list, dict | None]:
         if fmt not in ("safetensors", "npz", "pt", "onnx") or not files or not isinstance(file_of, dict):
             raise ValueError("unknown format or no files")
         for t in tensors.values():
-            if t.name not in file_of:
+            if t.name not in file_of and not new_to_last:
                 raise ValueError(f"no file for tensor {t.name!r}")
-            files[int(file_of[t.name])].tensors.append(t)
+            files[int(file_of.get(t.name, len(files) - 1))].tensors.append(t)
     except DecodeError:
         raise
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
@@ -224,7 +224,7 @@ def _plan(dec: Decoder, output, names) -> tuple[Path, list, dict | None]:
     if is_directory_target(output):
         folder = Path(output)
         if ckpt is not None:
-            files, index = _checkpoint_plan(dec, tensors)
+            files, index = _checkpoint_plan(ckpt, tensors)  # the stream's JSON, checked as it is read
             return folder, files, index
         return folder, [_File(DEFAULT_FILE, "safetensors", {}, list(tensors.values()))], None
     path = Path(output)
@@ -430,6 +430,36 @@ def _temp_in(folder: Path, name: str) -> str:
     return tmp
 
 
+def _write_folder_from_memory(folder: Path, tensors, dtypes: dict, layout, inputs: dict) -> dict:
+    """Write in-memory ``tensors`` into ``folder`` in a checkpoint ``layout`` (a model's own: shards, index; a tensor
+    it does not place goes to its last file), or as ``model.safetensors`` without one."""
+    from .readers import open_model
+
+    inputs = dict(inputs)
+    if inputs.get("model added to") is not None:
+        inputs["model added to"] = open_model(inputs["model added to"]).files  # every shard is an input
+    planned = OrderedDict(
+        (k, _Tensor(k, tuple(np.shape(v)), str(dtypes.get(k) or np.asarray(v).dtype.name))) for k, v in tensors.items()
+    )
+    if layout is not None:
+        files, index = _checkpoint_plan(layout, planned, new_to_last=True)
+    else:
+        files, index = [_File(DEFAULT_FILE, "safetensors", {}, list(planned.values()))], None
+
+    def from_memory(names, out_of):
+        for name in names:
+            value = np.asarray(tensors[name])
+            buffer = out_of(planned[name])
+            if buffer is None:
+                yield name, value
+                continue
+            narrow = narrow_floats.NARROW_FLOATS.get(planned[name].dtype)
+            buffer[...] = narrow_floats.from_float32(narrow.name, value) if narrow is not None else value
+            yield name, buffer
+
+    return _write_files(folder, files, index, True, layout is not None, from_memory, None, inputs)
+
+
 _OWN_MAPS = RELEASABLE_MAPS  # maps made by map_stream: their pages may be released
 
 
@@ -507,9 +537,11 @@ def decode_to_path(
     progress : ``callable`` or None
         Called with a :class:`DecodeProgress` before the first tensor and after each.
     add_to : str, ``os.PathLike`` or None
-        For a stream of differences (an update): the model file it is added
-        to (:func:`nnc.decoder.apply_update`); the sum is written, in memory,
-        to a file ``output``.
+        For a stream of differences (an update): the model it is added to (a
+        file, a checkpoint folder or its index; :func:`nnc.decoder.apply_update`);
+        the sum is made in memory and written to the file ``output``, or into
+        the folder ``output`` in the model's own checkpoint layout (its shards
+        and index; a tensor new in the update goes to the last shard).
     inputs : dict or None
         {what: path} of further files no written file may replace (a state file); the
         stream, ``template`` and ``add_to`` are never replaced.
@@ -569,9 +601,7 @@ def decode_to_path(
         if format_from_extension(output) in ("pt", "onnx") or add_to is not None:
             return _decode_in_memory(dec, output, wanted, template, threads, progress, add_to)
     elif add_to is not None:
-        from .formats import FormatError
-
-        raise FormatError(f"{output}: an update added to a model is written to one file; give a file name")
+        return _decode_in_memory(dec, output, wanted, template, threads, progress, add_to, inputs)
 
     def local(names, out):
         for name, array in dec.iter_tensors(names, threads=threads, out=out):
@@ -595,11 +625,18 @@ def write_tensors(dec: Decoder, output, wanted, produce, progress=None, inputs=N
     on a cluster.  Returns the summary of :func:`decode_to_path`.
     """
     folder, files, index = _plan(dec, output, wanted)
+    checkpoint = is_directory_target(output) and dec.metadata.get("checkpoint") is not None
+    return _write_files(folder, files, index, is_directory_target(output), checkpoint, produce, progress, inputs)
+
+
+def _write_files(folder: Path, files, index, into_folder: bool, checkpoint: bool, produce, progress, inputs) -> dict:
+    """Write planned ``files`` (and ``index``) into ``folder`` from ``produce``, atomically (:func:`write_tensors`);
+    a ``checkpoint`` is not written among model files it would not replace."""
     for name in [f.name for f in files] + ([index["name"]] if index is not None else []):
         refuse_overwriting(folder / name, inputs or {})  # a stream's file names may be any (spec 6.2.1)
-    if is_directory_target(output) and dec.metadata.get("checkpoint") is not None:
+    if checkpoint:
         _refuse_mixing(folder, {f.name for f in files} | ({index["name"]} if index is not None else set()))
-    created = is_directory_target(output) and not folder.exists()  # a file's folder must exist
+    created = into_folder and not folder.exists()  # a file's folder must exist
     if created:
         folder.mkdir(parents=True)
     temps: dict[str, str] = {}
@@ -660,16 +697,19 @@ def write_tensors(dec: Decoder, output, wanted, produce, progress=None, inputs=N
     )
 
 
-def _decode_in_memory(dec: Decoder, output, wanted, template, threads, progress, add_to=None) -> dict:
-    """.pt and .onnx outputs and updates: the whole model is decoded, then written (torch.save / ONNX need it whole)."""
+def _decode_in_memory(dec: Decoder, output, wanted, template, threads, progress, add_to=None, inputs=None) -> dict:
+    """.pt and .onnx outputs and updates: the whole model is decoded, then written (torch.save / ONNX need it whole);
+    an update added to a model is written into a folder in the model's own checkpoint layout."""
     from .formats import format_from_extension, write_model
 
-    fmt = format_from_extension(output)
-    previous = None
+    into_folder = is_directory_target(output)
+    fmt = None if into_folder else format_from_extension(output)
+    previous = layout = None
     if add_to is not None:
         from .models import load_model
 
-        previous = load_model(add_to)[:2]  # a file, a checkpoint folder or its index
+        previous = load_model(add_to)  # a file, a checkpoint folder or its index
+        layout = (previous[2] or {}).get("checkpoint")
     if previous is not None and dec.differences:
         from .decoder import check_update_parent
         from .errors import UpdateError
@@ -711,6 +751,10 @@ def _decode_in_memory(dec: Decoder, output, wanted, template, threads, progress,
         # the model's dtypes, but a tensor sent whole (spec 6.2.1 "replaced") or new has the update's
         kept = {k: v for k, v in previous[1].items() if k in previous[0] and k not in dec.replaced}
         dtypes = dict({k: v for k, v in dtypes.items() if k not in previous[0] or k in dec.replaced}, **kept)
+    if into_folder:
+        return _write_folder_from_memory(
+            Path(output), view, dtypes, layout, {"model added to": add_to, **(inputs or {})}
+        )
     write_model(os.fspath(output), view, dtypes, fmt=fmt, template=template)
     return dict(
         files=[os.fspath(output)],
