@@ -113,7 +113,7 @@ def _usage_error(message: str):
 
 
 def _parse_assignments(items, what, kind=int) -> dict:
-    out = {}
+    out: dict = {}
     for item in items or []:
         if "=" not in item:
             _usage_error(f"{what} must look like PATTERN=VALUE, not {item!r}")
