@@ -123,6 +123,10 @@ class NNC(_CodecBase):
             # own bytes back (zarr v2 reads the decoded buffer as bytes of the chunk's dtype)
             extra["byteorder"] = chunk.dtype.byteorder
             chunk = chunk.astype(chunk.dtype.newbyteorder("="))
+        if chunk.ndim > 1 and chunk.flags.f_contiguous and not chunk.flags.c_contiguous:
+            # coded transposed: its C order is the chunk's memory order, whose bytes numcodecs' users read back
+            extra["order"] = "F"  # spec 6.2.1
+            chunk = chunk.T
         options = dict(dq=self.dq, rdoq_lambda=self.rdoq_lambda, nonweight_qp=None)
         # a chunk with NaN or Inf has no SNR: it is stored raw, exactly, as at any qp
         if self.target_snr is not None and chunk.dtype.kind == "f" and np.any(chunk) and is_finite(chunk):
@@ -184,7 +188,7 @@ class NNC(_CodecBase):
         that is not C-contiguous must have the chunk's dtype, else OutputBufferError)."""
         from .decoder import Decoder, restore_model_view
 
-        data = buf if isinstance(buf, bytes) else _as_array(buf).tobytes()
+        data = buf if isinstance(buf, bytes) else _as_array(buf).tobytes(order="A")
         decoder = Decoder(data)
         if decoder.names() != [CHUNK_TENSOR]:
             raise DecodeError(
@@ -194,19 +198,22 @@ class NNC(_CodecBase):
         chunk = restored[CHUNK_TENSOR]
         if decoder.metadata.get("byteorder") in (">", "<") and chunk.dtype.itemsize > 1:
             chunk = chunk.astype(chunk.dtype.newbyteorder(decoder.metadata["byteorder"]))  # the chunk's own order
+        if decoder.metadata.get("order") == "F":
+            chunk = chunk.T  # the chunk's shape, in Fortran order (spec 6.2.1)
         if out is None:
             return chunk
+        flat = np.ravel(chunk, order="K")  # the chunk's elements in memory order, as its bytes go
         target = out if isinstance(out, np.ndarray) else np.asarray(memoryview(out))  # a view: never a copy
         if not target.flags.writeable:
             raise OutputBufferError("out is read-only")
         if target.nbytes != chunk.nbytes:
             raise DecodeError(f"out holds {target.nbytes} bytes, the decoded chunk {chunk.nbytes}")
         if target.dtype != chunk.dtype and target.dtype.newbyteorder("=") == chunk.dtype.newbyteorder("="):
-            np.copyto(target, chunk.reshape(target.shape))  # another byte order: the values, not the bytes
+            np.copyto(target, flat.reshape(target.shape))  # another byte order: the values, not the bytes
         elif target.flags.c_contiguous:
-            target.reshape(-1).view(np.uint8)[:] = _as_array(chunk).reshape(-1).view(np.uint8)
+            target.reshape(-1).view(np.uint8)[:] = flat.view(np.uint8)
         elif target.dtype == chunk.dtype:
-            np.copyto(target, chunk.reshape(target.shape))  # element by element in C order, as the bytes go
+            np.copyto(target, flat.reshape(target.shape))  # element by element in C order, as the bytes go
         else:
             raise OutputBufferError(
                 f"out is not C-contiguous and has dtype {target.dtype}, the chunk {chunk.dtype}: "
@@ -234,6 +241,10 @@ class NNC(_CodecBase):
         codec_id = config.pop("id", cls.codec_id)
         if codec_id != cls.codec_id:
             raise EncodeError(f"the configuration is for codec {codec_id!r}, not {cls.codec_id!r}")
+        unknown = sorted(set(config) - set(cls().get_config()))
+        if unknown:
+            raise EncodeError(f"unknown NNC codec setting(s) {', '.join(map(repr, unknown))}: it takes "
+                              "qp, step, target_snr, dq and rdoq_lambda")
         return cls(**config)
 
     def __eq__(self, other) -> bool:
@@ -248,11 +259,15 @@ class NNC(_CodecBase):
 
 
 def _as_array(buf) -> np.ndarray:
-    """A contiguous ndarray view of an array or buffer (a copy only if it is not contiguous)."""
-    arr = buf if isinstance(buf, np.ndarray) else np.asarray(memoryview(buf))
+    """A C- or Fortran-contiguous ndarray view of an array or buffer (a C copy only if it is neither)."""
+    try:
+        arr = buf if isinstance(buf, np.ndarray) else np.asarray(memoryview(buf))
+    except TypeError:
+        raise EncodeError(f"NNC codes an array or a buffer, not a {type(buf).__name__}") from None
     if arr.dtype == object:
         raise EncodeError("NNC codes numeric arrays, not object arrays")
-    return arr if arr.flags.c_contiguous else arr.copy(order="C")  # (np.ascontiguousarray makes 0-d 1-d)
+    contiguous = arr.flags.c_contiguous or arr.flags.f_contiguous
+    return arr if contiguous else arr.copy(order="C")  # (np.ascontiguousarray makes 0-d 1-d)
 
 
 # -- zarr version 3 ------------------------------------------------------------------

@@ -200,3 +200,44 @@ def test_structured_and_void_chunks_and_read_only_outputs_are_nnc_errors():
     for out in (read_only, b"\0" * 16):
         with pytest.raises(OutputBufferError, match="read-only"):
             codec.decode(stream, out=out)
+
+
+@given(hnp.arrays(st.sampled_from([np.int32, np.float32]), hnp.array_shapes(min_dims=2, max_dims=4, max_side=6),
+                  elements=st.integers(-100, 100)))
+def test_fortran_order_chunks_come_back_with_their_shape_and_memory_order(values):
+    """Before: a Fortran-order chunk was coded in C order, so its decoded bytes (which zarr v2 reads in the
+    array's memory order) were transposed: an int32 arange read back as [[0, 3, 6, 9], ...]."""
+    chunk = np.asfortranarray(values)
+    codec = NNC(qp=-30, dq=False)  # nearest rounding: within half a step
+    stream = codec.encode(chunk)
+    back = codec.decode(stream)
+    assert back.shape == chunk.shape and np.abs(back - chunk).max() <= step_size(-30, 2)
+    if chunk.dtype.kind == "i":
+        assert np.array_equal(back, chunk)
+    out = np.empty(chunk.size, chunk.dtype)
+    codec.decode(stream, out=out)  # the bytes, in the chunk's memory order (as numcodecs' byte codecs give them)
+    assert np.array_equal(out, np.ravel(back, order="K")) and np.array_equal(out, np.ravel(back, order="F"))
+    fortran_only = chunk.flags.f_contiguous and not chunk.flags.c_contiguous
+    assert (Decoder(stream).metadata.get("order") == "F") == fortran_only
+    if fortran_only:  # another decoder gives the transposed tensor (spec 6.2.1)
+        assert nnc.decode(stream)[CHUNK_TENSOR].shape == chunk.shape[::-1]
+
+
+def test_zarr_v2_fortran_order_array_reads_back(tmp_path):
+    zarr = pytest.importorskip("zarr", reason="zarr is not installed (optional extra)")
+    try:
+        z = zarr.create_array(str(tmp_path / "f.zarr"), shape=(6, 8), chunks=(3, 4), dtype="int32", zarr_format=2,
+                              compressors=NNC(), order="F")
+    except (TypeError, AttributeError):
+        pytest.skip("this zarr has no create_array(zarr_format=2, compressors=, order=)")
+    a = np.arange(48, dtype=np.int32).reshape(6, 8)
+    z[:] = a
+    assert np.array_equal(zarr.open_array(str(tmp_path / "f.zarr"))[:], a)
+
+
+def test_unknown_settings_and_non_buffers_are_encode_errors():
+    """Before: TypeError from __init__ and from memoryview."""
+    with pytest.raises(EncodeError, match="unknown NNC codec setting.*'lossless'"):
+        NNC.from_config({"id": "nnc", "lossless": True})
+    with pytest.raises(EncodeError, match="not a list"):
+        NNC().encode([1.0, 2.0])
