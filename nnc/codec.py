@@ -243,8 +243,10 @@ class NNC(_CodecBase):
             raise EncodeError(f"the configuration is for codec {codec_id!r}, not {cls.codec_id!r}")
         unknown = sorted(set(config) - set(cls().get_config()))
         if unknown:
-            raise EncodeError(f"unknown NNC codec setting(s) {', '.join(map(repr, unknown))}: it takes "
-                              "qp, step, target_snr, dq and rdoq_lambda")
+            raise EncodeError(
+                f"unknown NNC codec setting(s) {', '.join(map(repr, unknown))}: it takes "
+                "qp, step, target_snr, dq and rdoq_lambda"
+            )
         return cls(**config)
 
     def __eq__(self, other) -> bool:

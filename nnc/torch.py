@@ -64,8 +64,13 @@ def _is_torch_tensor(value) -> bool:
     return type(value).__module__.startswith("torch") and hasattr(value, "detach") and hasattr(value, "dtype")
 
 
-def _to_numpy(value) -> tuple[np.ndarray, str | None]:
+def _to_numpy(value, name: str = "") -> tuple[np.ndarray, str | None]:
     """A torch tensor as a numpy array, and its dtype name when numpy has none (bfloat16, float8)."""
+    what = f"tensor {name!r}" if name else "a tensor"
+    if value.device.type == "meta":
+        raise EncodeError(f"{what} is on the meta device: it has no values to encode (materialise the module first)")
+    if value.layout != _torch().strided:
+        raise EncodeError(f"{what} has layout {value.layout}: encode its dense form (.to_dense())")
     t = value.detach().cpu()
     name = str(t.dtype).replace("torch.", "")
     if narrow_floats.is_narrow(name):
@@ -110,7 +115,7 @@ def numpy_inputs(tensors, dtypes: Mapping[str, str] | None = None):
     arrays, recorded = OrderedDict(), {}
     for name, value in tensors.items():
         if _is_torch_tensor(value):
-            value, dtype = _to_numpy(value)
+            value, dtype = _to_numpy(value, name)
             if dtype is not None:
                 recorded[name] = dtype
         arrays[name] = value
@@ -188,6 +193,19 @@ def _decoded_views(dec, names=None, out=None):
         yield name, view[name], dtypes[name]
 
 
+def _check_device(torch, device) -> None:
+    """Refuse a ``device`` torch cannot put tensors on (a misspelt name, CUDA on a CPU build), before decoding."""
+    from .errors import OutputBufferError
+
+    if device is None:
+        return
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError, TypeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise OutputBufferError(f"device {device!r} cannot hold the tensors: {first}") from None
+
+
 def _refuse_differences(dec) -> None:
     """A stream of differences (an update, spec 6.2.1) is not a state_dict: loading its tensors as the weights
     would replace the model by the changes."""
@@ -224,6 +242,8 @@ def state_dict(stream, device="cpu", **decoder_options) -> "OrderedDict[str, obj
         If the stream is invalid.
     nnc.errors.UpdateError
         If the stream holds differences to a model (an update), not its weights.
+    nnc.errors.OutputBufferError
+        If torch cannot put tensors on ``device`` (checked before decoding).
     nnc.formats.FormatError
         If torch is not installed.
 
@@ -237,7 +257,7 @@ def state_dict(stream, device="cpu", **decoder_options) -> "OrderedDict[str, obj
     """
     from .decoder import Decoder, model_order
 
-    _torch()
+    _check_device(_torch(), device)
     dec = Decoder(stream, **decoder_options)
     _refuse_differences(dec)
     decoded = {name: _as_torch(array, dtype, device) for name, array, dtype in _decoded_views(dec)}
@@ -278,8 +298,9 @@ def load_state_dict(module, stream, strict: bool = True, validate: bool = False,
     Raises
     ------
     nnc.errors.OutputBufferError
-        If ``strict`` and the names differ, or a tensor's shape differs from
-        the module's; the module is then unchanged.
+        If ``strict`` and the names differ, a tensor's shape differs from
+        the module's, or a module tensor is on the meta device (it has no
+        storage); the module is then unchanged.
     nnc.errors.DecodeError
         If the stream is invalid; the module is then unchanged with ``validate``,
         partly loaded without.
@@ -312,6 +333,12 @@ def load_state_dict(module, stream, strict: bool = True, validate: bool = False,
             f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
         )
     common = [k for k in names if k in target]
+    on_meta = [k for k in common if target[k].device.type == "meta"]
+    if on_meta:  # copy_ into a meta tensor does nothing
+        raise OutputBufferError(
+            f"the module's tensor {on_meta[0]!r} is on the meta device (no storage to load into): materialise "
+            "the module first, e.g. module.to_empty(device='cpu')"
+        )
     for name in common:
         info = dec.info(name)
         recorded = recorded_shape(dec.metadata, name, info.size)

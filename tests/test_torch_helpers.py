@@ -260,3 +260,25 @@ def test_a_float16_out_array_refuses_values_beyond_its_range():
             nnc.decode(stream, out={"x": np.zeros(2, np.float16)})
     raw = nnc.encode({"x": np.array([100.0, np.inf], np.float32)})  # an inf of the model's own stays
     assert nnc.decode(raw, out={"x": np.zeros(2, np.float16)})["x"].tolist() == [100.0, np.inf]
+
+
+def test_meta_devices_sparse_tensors_and_bad_devices_are_nnc_errors():
+    """Before: load_state_dict into a meta module returned success and loaded nothing; a bad device was a
+    RuntimeError or AssertionError, a meta tensor NotImplementedError, a sparse one 'dtype float32 not supported'."""
+    from nnc.errors import EncodeError, OutputBufferError
+
+    stream = nnc.torch.save(torch.nn.Linear(4, 3), qp=-40)
+    with torch.device("meta"):
+        module = torch.nn.Linear(4, 3)
+    with pytest.raises(OutputBufferError, match="'weight' is on the meta device"):
+        nnc.torch.load_state_dict(module, stream)
+    module.to_empty(device="cpu")
+    nnc.torch.load_state_dict(module, stream)
+    assert torch.equal(module.weight, nnc.torch.state_dict(stream)["weight"])
+    for device in ("nonsense", "cuda:0" if not torch.cuda.is_available() else "nonsense:1"):
+        with pytest.raises(OutputBufferError, match=f"device '{device}' cannot hold"):
+            nnc.torch.state_dict(stream, device=device)
+    with pytest.raises(EncodeError, match="'a' is on the meta device"):
+        nnc.torch.save({"a": torch.ones(2, device="meta")})
+    with pytest.raises(EncodeError, match="'a' has layout torch.sparse_coo"):
+        nnc.torch.save({"a": torch.eye(3).to_sparse()})
