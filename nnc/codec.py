@@ -117,7 +117,7 @@ class NNC(_CodecBase):
         from .encoding.quantiser import is_finite
 
         chunk = _as_array(buf)
-        extra = {}
+        extra: dict = {}
         if not chunk.dtype.isnative and chunk.dtype.itemsize > 1:
             # coded as values; the stream records the byte order (spec 6.2.1), so that decoding gives the chunk's
             # own bytes back (zarr v2 reads the decoded buffer as bytes of the chunk's dtype)
