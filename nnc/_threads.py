@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import os
 
+import numpy as np
+
 
 def thread_count(threads) -> int:
     """``threads`` checked: an int >= 0, where 0 means one per CPU."""
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 0:
         raise ValueError(f"threads must be an int >= 0 (0: one per CPU), not {threads!r}")
-    return threads or os.cpu_count() or 1
+    return int(threads) or os.cpu_count() or 1
 
 
 @contextlib.contextmanager

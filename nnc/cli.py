@@ -526,6 +526,7 @@ class _EncodeProgress:
 def _encode_on_cluster(args, options) -> int:
     """``nnc encode --scheduler``: one task per unit on a Dask cluster (nnc.distributed)."""
     from . import distributed
+    from .errors import EncodeError
 
     for flag, used in (
         ("--search", args.search),
@@ -544,10 +545,11 @@ def _encode_on_cluster(args, options) -> int:
     try:
         client, owned = distributed.get_client(args.scheduler)
     except (ImportError, ValueError, OSError) as exc:
-        return _fail(f"--scheduler {args.scheduler}: {exc}")
+        return _fail(str(exc) if str(exc).startswith("--scheduler") else f"--scheduler {args.scheduler}: {exc}")
     t0 = time.perf_counter()
     try:
-        length = distributed.encode_model(args.model, out, client, **options)
+        with _errors_name(args.model, EncodeError):
+            length = distributed.encode_model(args.model, out, client, **options)
     finally:
         if owned:
             distributed.close_client(client)
@@ -579,11 +581,12 @@ def _decode_on_cluster(args) -> int:
     try:
         client, owned = distributed.get_client(args.scheduler)
     except (ImportError, ValueError, OSError) as exc:
-        return _fail(f"--scheduler {args.scheduler}: {exc}")
+        return _fail(str(exc) if str(exc).startswith("--scheduler") else f"--scheduler {args.scheduler}: {exc}")
     try:  # streaming: each unit's tensors are written into the output as they arrive
-        written = distributed.decode_to_path(
-            args.stream, args.output, client, threads=args.threads or 1, entry_points=args.entry_points
-        )
+        with _errors_name(args.stream):
+            written = distributed.decode_to_path(
+                args.stream, args.output, client, threads=args.threads or 1, entry_points=args.entry_points
+            )
     finally:
         if owned:
             distributed.close_client(client)

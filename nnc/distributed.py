@@ -24,6 +24,7 @@ True
 
 from __future__ import annotations
 
+import logging
 import mmap
 import os
 import threading
@@ -35,10 +36,12 @@ import numpy as np
 from . import container as C
 from . import formats
 from ._files import AtomicFile, refuse_overwriting, temp_file_beside
+from ._threads import thread_count
 from .errors import EncodeError
 
 __all__ = [
     "get_client",
+    "check_client",
     "close_client",
     "encode_model",
     "decode_model",
@@ -73,11 +76,34 @@ def get_client(scheduler):
         n = scheduler[len("local:") :]
         if not n.isdigit() or int(n) < 1:
             raise ValueError(f"--scheduler local:N needs a worker count N >= 1, not {scheduler!r}")
-        cluster = LocalCluster(n_workers=int(n), threads_per_worker=1, processes=True, dashboard_address=None)
+        cluster = LocalCluster(  # a task's error reaches the caller as an exception: the workers need not log it
+            n_workers=int(n),
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.CRITICAL,
+        )
         client = Client(cluster)
         client._nnc_cluster = cluster
         return client, True
     return Client(scheduler), True
+
+
+def check_client(client) -> None:
+    """Raise ``TypeError`` unless ``client`` is a Dask client (something with ``submit``), naming the way to get one.
+
+    Examples
+    --------
+    >>> check_client("local:2")
+    Traceback (most recent call last):
+        ...
+    TypeError: client must be a dask.distributed.Client, not str; for 'local:N' or a scheduler address use nnc.distributed.get_client
+    """
+    if not callable(getattr(client, "submit", None)):
+        raise TypeError(
+            f"client must be a dask.distributed.Client, not {type(client).__name__}; for 'local:N' or a scheduler "
+            "address use nnc.distributed.get_client"
+        )
 
 
 def close_client(client) -> None:
@@ -156,6 +182,7 @@ def encode_model(model, output, client, **options) -> int:
     from .models import checkpoint_metadata, with_file_dtypes
     from .readers import open_model
 
+    check_client(client)
     if not isinstance(model, (str, os.PathLike)):
         raise EncodeError("on a Dask cluster the model must be a path the workers can read")
     refuse_overwriting(output, {"model": model, "model's file": open_model(model).files})
@@ -176,22 +203,25 @@ def encode_model(model, output, client, **options) -> int:
     in_block = {m for w, p in groups.items() for m in block_members(w, p)[1:]}
     names = [name for name in shapes if name not in in_block]
 
-    def submit(mps_qp):
+    window = _in_flight(client, None)
+
+    def tasks(mps_qp):  # each submits one unit's encoding when called
         return [
-            client.submit(_encode_unit, path, name, groups.get(name), options, mps_qp, pure=False) for name in names
+            lambda name=name: client.submit(_encode_unit, path, name, groups.get(name), options, mps_qp, pure=False)
+            for name in names
         ]
 
     output = Path(output)
     fd, spool = temp_file_beside(output, ".units")
     try:
         with os.fdopen(fd, "w+b") as units:
-            summaries = _write_in_order(submit(0), units)
+            summaries = _write_in_order(tasks(0), window, units)
             qps = [m["qp"] for summary in summaries for m in summary if m["qp"] is not None]
             mps_qp = stream_qp(qps, s.qp_density)
             if mps_qp != 0:  # per-tensor qps too far apart for offsets from 0: rebuild (spec 8.2)
                 units.seek(0)
                 units.truncate()
-                _write_in_order(submit(mps_qp), units)
+                _write_in_order(tasks(mps_qp), window, units)
             decoded = {m["name"]: m["recon"] for summary in summaries for m in summary}
             original = {k: s.dtypes.get(k, np.dtype(dtype).name) for k, (_, dtype) in index.items()}
             metadata = metadata_json(shapes, decoded, original, checkpoint_metadata(open_model(path)), groups=groups)
@@ -210,20 +240,33 @@ def encode_model(model, output, client, **options) -> int:
     return length
 
 
-def _write_in_order(futures, fh) -> list:
-    """Write each future's unit bytes in order as they come; return the summaries."""
-    summaries = []
+def _write_in_order(tasks, window: int, fh) -> list:
+    """Write the unit bytes of ``tasks`` (callables that submit a unit and return its future) in order, with at most
+    ``window`` submitted and not yet written (the workers hold finished units until their turn); return the
+    summaries."""
+    from collections import deque
+
+    summaries: list = []
+    pending: deque = deque()
+    tasks = iter(tasks)
     try:
-        for f in futures:
+        while True:
+            while len(pending) < window:
+                task = next(tasks, None)
+                if task is None:
+                    break
+                pending.append(task())
+            if not pending:
+                return summaries
+            f = pending.popleft()
             data, summary = f.result()
             if data is not None:
                 fh.write(data)
             summaries.append(summary)
             f.release()
     finally:
-        for f in futures:
+        for f in pending:
             f.cancel()
-    return summaries
 
 
 def _write_atomic_parts(path: Path, head: bytes, rest) -> int:
@@ -316,6 +359,8 @@ def decode_model(stream, output, client, *, threads: int = 1, **decoder_options)
     """
     from .decoder import Decoder, Limits, restore_model_view
 
+    check_client(client)
+    thread_count(threads)
     if not isinstance(stream, (str, os.PathLike)):
         raise TypeError("on a Dask cluster the stream must be a path the workers can read")
     refuse_overwriting(output, {"stream": stream})
@@ -344,8 +389,8 @@ def decode_model(stream, output, client, *, threads: int = 1, **decoder_options)
 
 def _in_flight(client, in_flight) -> int:
     if in_flight is not None:
-        if in_flight < 1:
-            raise ValueError("in_flight must be at least 1")
+        if isinstance(in_flight, bool) or not isinstance(in_flight, (int, np.integer)) or in_flight < 1:
+            raise ValueError(f"in_flight must be an int >= 1, not {in_flight!r}")
         return int(in_flight)
     try:
         return max(2, 2 * sum(client.nthreads().values()))
@@ -443,6 +488,10 @@ def decode_to_path(
     from .decoder import Decoder, Limits
     from .formats import format_from_extension
 
+    check_client(client)
+    thread_count(threads)
+    if in_flight is not None:
+        _in_flight(client, in_flight)
     if not isinstance(stream, (str, os.PathLike)):
         raise TypeError("on a Dask cluster the stream must be a path the workers can read")
     refuse_overwriting(output, {"stream": stream})

@@ -368,6 +368,7 @@ def decode_model(
         stream file (``stream`` must be a path they can read); the same tensors
         (see :mod:`nnc.distributed`).  They are gathered on the client, one unit
         at a time; :func:`nnc.distributed.decode_to_path` writes files instead.
+        Not with ``template`` (ValueError).
     **decoder_options
         ``limits``, ``engine``, ``state``, ``entry_points``: as for
         :class:`nnc.decoder.Decoder`.
@@ -407,9 +408,11 @@ def decode_model(
         refuse_overwriting(
             output, {"stream": stream if isinstance(stream, (str, os.PathLike)) else None, "template": template}
         )
-    if client is not None and template is None:
+    if client is not None:
         from . import distributed
 
+        if template is not None:  # the ONNX model is written whole, on this machine
+            raise ValueError("client cannot be combined with template: decode to .onnx without a Dask client")
         return distributed.decode_model(stream, output, client, threads=threads, **decoder_options)
     dec = Decoder(stream, **decoder_options)
     tensors, dtypes = restore_model_view(dec.decode(threads=threads), dec.metadata)

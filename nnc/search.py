@@ -61,6 +61,7 @@ values with fewer unit headers.
 from __future__ import annotations
 
 import math
+import os
 import random
 import sys
 import time
@@ -372,7 +373,7 @@ def search(
     max_qp : int
         Largest qp the refinement gives a tensor.
     workers : int
-        Worker processes for the candidates of a stage (1 = in this process).
+        Worker processes for the candidates of a stage (1 = in this process; at most 4 per CPU).
     time_budget : float or None
         Seconds after which no further batch of candidates starts.
     progress : bool or None
@@ -425,6 +426,10 @@ def search(
     """
     if not (isinstance(tolerance, (int, float, np.number)) and 0 <= tolerance < math.inf):
         raise EncodeError(f"tolerance must be a finite number >= 0, not {tolerance!r}")
+    most = 4 * (os.cpu_count() or 1)
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or not 1 <= workers <= most:
+        raise EncodeError(f"workers must be an int from 1 to {most} (4 per CPU), not {workers!r}")
+    workers = int(workers)
     if qp_range is not None and len(qp_range) == 0:
         raise EncodeError("qp_range is empty: give the qps the search may try")
     tensors = {k: np.asarray(v) for k, v in tensors.items()}

@@ -137,3 +137,59 @@ def test_zarr_example_on_a_cluster(client, tmp_path):
     chunk = expected[32:64, 40:80]
     np.testing.assert_array_equal(back[32:64, 40:80], NNC(qp=-30).decode(NNC(qp=-30).encode(chunk)))
     assert z.nbytes_stored() < expected.nbytes / 2
+
+
+def test_encoding_keeps_at_most_a_window_of_units_submitted():
+    """Before: every unit was submitted at once, so finished units piled up on the workers until their turn."""
+    import io
+
+    from nnc.distributed import _write_in_order
+
+    outstanding, peak = set(), [0]
+
+    class Future:
+        def __init__(self, i):
+            self.i = i
+            outstanding.add(i)
+            peak[0] = max(peak[0], len(outstanding))
+
+        def result(self):
+            return bytes([self.i]), {"i": self.i}
+
+        def release(self):
+            outstanding.discard(self.i)
+
+        def cancel(self):
+            outstanding.discard(self.i)
+
+    fh = io.BytesIO()
+    summaries = _write_in_order([lambda i=i: Future(i) for i in range(50)], 4, fh)
+    assert fh.getvalue() == bytes(range(50)) and [s["i"] for s in summaries] == list(range(50))
+    assert peak[0] == 4 and not outstanding
+
+
+def test_dask_arguments_are_checked_before_any_work(client, tmp_path):
+    """Before: threads=-1, 2.5 or True were accepted, threads='2' failed on a worker, a string client was an
+    AttributeError, and decode_model ignored client= beside template=."""
+    from nnc import distributed as nd
+
+    stream = tmp_path / "m.nnr"
+    stream.write_bytes(nnc.encode({"w": np.ones((4, 4), np.float32)}))
+    for threads in (-1, 2.5, True, "2"):
+        with pytest.raises(ValueError, match="threads must be an int"):
+            nd.decode_to_path(stream, tmp_path / "out.safetensors", client, threads=threads)
+        with pytest.raises(ValueError, match="threads must be an int"):
+            nd.decode_model(stream, None, client, threads=threads)
+    for in_flight in (0, 1.5, "2", True):
+        with pytest.raises(ValueError, match="in_flight must be an int"):
+            nd.decode_to_path(stream, tmp_path / "out.safetensors", client, in_flight=in_flight)
+    assert not (tmp_path / "out.safetensors").exists()
+    with pytest.raises(TypeError, match="dask.distributed.Client.*get_client"):
+        nnc.decode_model(stream, client="local:2")
+    model = tmp_path / "m.npz"
+    model.write_bytes(formats.npz_bytes({"w": np.ones((4, 4), np.float32)}))
+    with pytest.raises(TypeError, match="dask.distributed.Client"):
+        nnc.encode_model(model, tmp_path / "x.nnr", client="local:2")
+    with pytest.raises(ValueError, match="template"):
+        nnc.decode_model(stream, tmp_path / "x.onnx", client=client, template=tmp_path / "t.onnx")
+    assert nd.decode_model(stream, None, client, threads=np.int64(2))["w"].shape == (4, 4)

@@ -496,3 +496,13 @@ def test_a_misused_search_says_what_is_wrong(evaluate, options, words):
     kwargs = dict(tolerance=1e-3, qp_range=range(-30, -20), progress=False, time_budget=5)
     with pytest.raises(EncodeError, match=words):
         search(w, evaluate, **dict(kwargs, **options))
+
+
+@pytest.mark.parametrize("workers", [0, -1, 2.5, True, "2", 10**6])
+def test_workers_out_of_range_are_refused_before_any_process_starts(workers):
+    """Before: 0 and -1 were accepted, and 10**6 started processes until the machine gave out."""
+    from nnc.errors import EncodeError
+
+    w = np.ones((4, 4), np.float32)
+    with pytest.raises(EncodeError, match="workers must be an int from 1 to"):
+        search({"w": w}, lambda t: 0.0, workers=workers, progress=False)
