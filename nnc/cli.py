@@ -368,6 +368,13 @@ def cmd_encode(args) -> int:
         options["raw_when_smaller"] = args.raw_when_smaller
     if args.qp is None and args.step is None:
         options.pop("step")
+    exact = models.keep_quantisation_parameters_exact(options, source)
+    if exact:
+        _tell(
+            args.quiet or args.json,
+            f"nnc: note: {len(exact)} quantisation parameter(s) (scales of a quantised model's weights) are stored "
+            f"exactly, uncompressed: {_first_few(exact)}; --tensor-qp NAME=QP quantises one",
+        )
     if args.scheduler:
         _note_left_out(args.model, source.left_out, args.quiet or args.json)
         return _encode_on_cluster(args, options)
@@ -447,6 +454,17 @@ def cmd_encode(args) -> int:
             f"nnc: warning: {len(summary.zeroed)} tensor(s) kept none of their signal (their quantisation step is too "
             f"coarse for their weights, which decode as zeros): {_first_few(summary.zeroed)}; a finer --qp, "
             "--nonweight-qp, --tensor-qp or --target-snr keeps them",
+        )
+    if summary.coarse:
+        from .encoding.stream import COARSE_SNR_DB
+
+        report["coarse"] = dict(summary.coarse)
+        shown = [f"{k} ({v:.1f} dB)" for k, v in summary.coarse.items()]
+        _tell(
+            quiet,
+            f"nnc: warning: {len(shown)} tensor(s) kept little of their signal (SNR under {COARSE_SNR_DB:g} dB: "
+            f"their quantisation step is coarse for their values): {_first_few(shown)}; a finer --qp, "
+            "--nonweight-qp, --tensor-qp, --target-snr or --raw keeps them",
         )
     snr = ""
     if not args.state:  # (an update's reconstruction is not the model's)

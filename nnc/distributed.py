@@ -179,13 +179,15 @@ def encode_model(model, output, client, **options) -> int:
     from .encoder import Encoder
     from .encoding.writer import block_groups, block_members, metadata_json
     from .encoding.writer import mps_qp as stream_qp
-    from .models import checkpoint_metadata, with_file_dtypes
+    from .models import checkpoint_metadata, keep_quantisation_parameters_exact, with_file_dtypes
     from .readers import open_model
 
     check_client(client)
     if not isinstance(model, (str, os.PathLike)):
         raise EncodeError("on a Dask cluster the model must be a path the workers can read")
-    refuse_overwriting(output, {"model": model, "model's file": open_model(model).files})
+    source = open_model(model)
+    refuse_overwriting(output, {"model": model, "model's file": source.files})
+    keep_quantisation_parameters_exact(options, source)
     for option in ("state", "differences", "importance", "sigmas"):
         if options.get(option):
             raise EncodeError(f"the option {option!r} is not available on a Dask cluster")

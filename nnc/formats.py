@@ -745,6 +745,45 @@ def _onnx():
     return onnx, numpy_helper
 
 
+def onnx_quantisation_parameters(graph, found=None) -> set:
+    """Names of an ONNX graph's quantisation parameters: the scale and zero-point inputs of QuantizeLinear and
+    DequantizeLinear, and every input of the QLinear* and *Integer operators but their data (subgraphs too).
+
+    A quantised model's weights are integers, coded exactly; its float scales set the step of every one of
+    them, so that a scale rounded by quantisation changes a whole channel of the model.
+
+    Parameters
+    ----------
+    graph : ``onnx.GraphProto``
+        The graph.
+
+    Returns
+    -------
+    set of str
+        The input names (initializers or not).
+
+    Examples
+    --------
+    >>> import onnx
+    >>> node = onnx.helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zp"], ["w"])
+    >>> graph = onnx.helper.make_graph([node], "g", [], [])
+    >>> sorted(onnx_quantisation_parameters(graph))
+    ['w_scale', 'w_zp']
+    """
+    found = set() if found is None else found
+    data_inputs = {"QLinearConv": (0, 3, 8), "QLinearMatMul": (0, 3), "ConvInteger": (0, 1), "MatMulInteger": (0, 1)}
+    for node in graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            found.update(n for n in node.input[1:] if n)
+        elif node.op_type.startswith("QLinear") or node.op_type in data_inputs:
+            data = data_inputs.get(node.op_type, (0, 3))  # QLinearAdd, QLinearMul...: a and b
+            found.update(n for i, n in enumerate(node.input) if n and i not in data)
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                onnx_quantisation_parameters(sub, found)
+    return found
+
+
 def _onnx_weights(graph, found=None) -> "OrderedDict":
     """Every weight of an ONNX graph: {name: TensorProto}, in graph order.
 

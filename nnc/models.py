@@ -30,7 +30,7 @@ from typing import Mapping
 
 import numpy as np
 
-from . import formats
+from . import formats, narrow_floats
 from .decoder import Decoder, restore_model_view
 
 __all__ = [
@@ -49,6 +49,61 @@ def with_file_dtypes(options: dict, dtypes: Mapping[str, str]) -> None:
     names one tensor's dtype keeps the file's for the others)."""
     given = options.get("dtypes")
     options["dtypes"] = {**dtypes, **given} if isinstance(given, Mapping) else dtypes if given is None else given
+
+
+#: Names (globs) of the float scales and zero points of quantised checkpoints (GPTQ/AWQ ``scales``, FP8
+#: ``weight_scale_inv``, bitsandbytes ``absmax``...), kept exact like an ONNX graph's quantisation parameters.
+QUANTISATION_PARAMETER_NAMES = (
+    "*weight_scale",
+    "*weight_scale_inv",
+    "*input_scale",
+    "*output_scale",
+    "*.k_scale",
+    "*.v_scale",
+    "*.scales",
+    "*.absmax",
+    "*.nested_absmax",
+    "*.quant_map",
+    "*.nested_quant_map",
+    "*.SCB",
+    "*weight_zero_point",
+    "*input_zero_point",
+)
+
+
+def keep_quantisation_parameters_exact(options: dict, source) -> list:
+    """Add the float quantisation parameters of ``source`` (a :class:`nnc.readers.ModelSource`) to
+    ``options["raw"]``, and return their names: the scales and zero points its ONNX graph uses
+    (:attr:`nnc.readers.LazyTensor.quantisation_parameter`) or that :data:`QUANTISATION_PARAMETER_NAMES` name.
+
+    Each scale sets the step of a channel or group of a quantised model's integer weights: rounded at a step
+    meant for weights it is often zero, and the channel with it. Stored raw they are exact at a cost of a
+    few bytes. A tensor the caller gives a qp of its own (``qp_per_tensor``) is left to it.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from nnc.readers import source_from_mapping
+    >>> source = source_from_mapping({"l.qweight": np.zeros((4, 4), np.int32), "l.scales": np.ones(4, np.float16),
+    ...                               "l.weight_scale": np.ones(4, np.float32)})
+    >>> options = {"qp_per_tensor": {"l.weight_scale": -30}}
+    >>> keep_quantisation_parameters_exact(options, source), options["raw"]
+    (['l.scales'], ('l.scales',))
+    """
+    from .encoding.settings import matches
+
+    explicit = tuple(options.get("qp_per_tensor") or ())
+    names = [
+        t.name
+        for t in source
+        if (narrow_floats.is_narrow(t.original_dtype) or np.dtype(t.original_dtype).kind == "f")
+        and (t.quantisation_parameter or matches(t.name, QUANTISATION_PARAMETER_NAMES))
+        and not matches(t.name, explicit)
+    ]
+    given = tuple(options.get("raw") or ())
+    if names:
+        options["raw"] = given + tuple(n for n in names if n not in given)
+    return names
 
 
 def encode_model(model, output=None, *, client=None, **options) -> bytes:
@@ -71,7 +126,8 @@ def encode_model(model, output=None, *, client=None, **options) -> bytes:
     **options
         Keyword options of :class:`nnc.encoder.Encoder`. For a model file, ``dtypes``
         defaults to the dtypes the file holds, so that tensors read in another dtype
-        (bfloat16, as float32) decode back to theirs.
+        (bfloat16, as float32) decode back to theirs, and the float scales of a
+        quantised model are stored exactly (:func:`keep_quantisation_parameters_exact`).
 
     Returns
     -------
@@ -127,8 +183,13 @@ def encode_model(model, output=None, *, client=None, **options) -> bytes:
             options["dtypes"] = dtypes
         tensors = OrderedDict((k, np.asarray(v)) for k, v in model.items())
     else:
-        tensors, dtypes, extra = load_model(model)
-        with_file_dtypes(options, dtypes)  # e.g. bfloat16, read as float32: restored on decoding
+        from .readers import open_model
+
+        source = open_model(model)
+        tensors = OrderedDict((t.name, t.load()) for t in source)
+        extra = checkpoint_metadata(source)
+        with_file_dtypes(options, source.dtypes)  # e.g. bfloat16, read as float32: restored on decoding
+        keep_quantisation_parameters_exact(options, source)
         if not tensors:
             raise formats.FormatError(f"{model}: no tensors found (nothing to encode)")
     stream = Encoder(**options).encode(tensors, extra_metadata=extra).stream
@@ -303,6 +364,8 @@ def encode_model_to(model, output, *, progress=None, budget: int = 1 << 30, meas
     else:
         source = open_model(model)
     refuse_overwriting(output, {"model's file": source.files})
+    if not isinstance(model, Mapping):
+        keep_quantisation_parameters_exact(options, source)
     encoder = Encoder(**options)
     extra = checkpoint_metadata(source)
     s = encoder.settings

@@ -67,6 +67,9 @@ class LazyTensor:
         Returns the values as a numpy array (a fresh array the caller owns).
     data_path : str or None
         The file its values are read from when that is not the model file (ONNX external data).
+    quantisation_parameter : bool
+        The model's graph uses it as a scale or zero point of quantised weights
+        (:func:`nnc.formats.onnx_quantisation_parameters`).
     """
 
     name: str
@@ -76,6 +79,7 @@ class LazyTensor:
     loader: Callable[[], np.ndarray] = field(repr=False)
     file: int | None = None
     data_path: str | None = None
+    quantisation_parameter: bool = False
 
     @property
     def size(self) -> int:
@@ -481,6 +485,7 @@ def _read_onnx(path: Path, file_index):
         weights = formats._onnx_weights(model.graph)  # initializers, Constant nodes, subgraphs
     except FormatError as exc:
         raise FormatError(f"{path}: {exc}") from None
+    scales = formats.onnx_quantisation_parameters(model.graph)
     out = []
     for name, init in weights.items():
         try:
@@ -493,9 +498,8 @@ def _read_onnx(path: Path, file_index):
             loader, data_path = _onnx_external_loader(path, init, dtype, shape, onnx, numpy_helper)
         else:
             loader = _onnx_loader(path, init, numpy_helper)
-        out.append(
-            LazyTensor(name, shape, dtype.name, dtype.name, loader, file_index, os.fspath(data_path or "") or None)
-        )
+        data_file = os.fspath(data_path or "") or None
+        out.append(LazyTensor(name, shape, dtype.name, dtype.name, loader, file_index, data_file, name in scales))
     return out, {}, formats._onnx_sparse_weights(model.graph)
 
 

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 import nnc
 from nnc import container as C
+from nnc import formats
 from nnc.cli import main, stream_info
 from nnc.encoder import Encoder
 from nnc.errors import EncodeError
@@ -1018,3 +1019,60 @@ def test_an_explicit_tensor_qp_glob_wins_over_the_allocation(model, tmp_path, ca
     assert code == 0, err
     qps = {t["name"]: t["qp"] for t in stream_info(out)["tensors"]}
     assert qps["fc.weight"] == -12 and qps["fc.bias"] != -12
+
+
+def test_the_scales_of_a_quantised_model_are_kept_exact(tmp_path, capsys):
+    """Before: per-channel scales of 1e-4 to 3e-3 were quantised at the weights' step: half of them decoded as 0,
+    zeroing their channels, with exit status 0 and no warning."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    scales = np.linspace(1e-4, 3e-3, 16).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zp"], ["xq"]),
+         helper.make_node("QLinearConv", ["xq", "x_scale", "x_zp", "w", "w_scale", "w_zp", "y_scale", "y_zp"], ["yq"]),
+         helper.make_node("DequantizeLinear", ["yq", "y_scale", "y_zp"], ["y"])], "q",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 6, 6])],
+        [numpy_helper.from_array(np.array(0.0237, np.float32), "x_scale"),
+         numpy_helper.from_array(np.array(128, np.uint8), "x_zp"),
+         numpy_helper.from_array(rng.integers(-127, 127, (16, 3, 3, 3)).astype(np.int8), "w"),
+         numpy_helper.from_array(scales, "w_scale"), numpy_helper.from_array(np.zeros(16, np.int8), "w_zp"),
+         numpy_helper.from_array(np.array(0.002, np.float32), "y_scale"),
+         numpy_helper.from_array(np.array(128, np.uint8), "y_zp")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.save(model, tmp_path / "q.onnx")
+    code, _, err = cli(capsys, "encode", tmp_path / "q.onnx", "-o", tmp_path / "q.nnr")
+    assert code == 0 and "3 quantisation parameter(s)" in err and "w_scale" in err
+    decoded = nnc.decode_model((tmp_path / "q.nnr").read_bytes())
+    assert np.array_equal(decoded["w_scale"], scales) and float(decoded["x_scale"]) == np.float32(0.0237)
+
+    # a GPTQ-style checkpoint: its fp16 scales by name; an explicit --tensor-qp still quantises them
+    gptq = tmp_path / "g.safetensors"
+    gptq.write_bytes(safetensors_bytes({"l.qweight": rng.integers(0, 2**31 - 1, (8, 32)).astype(np.int32),
+                                        "l.scales": (rng.random((2, 32)) * 3e-3).astype(np.float16),
+                                        "l.weight": rng.normal(0, 0.05, (32, 32)).astype(np.float32)}))
+    code, _, err = cli(capsys, "encode", gptq, "-o", tmp_path / "g.nnr")
+    assert code == 0 and "l.scales" in err
+    back = nnc.decode_model((tmp_path / "g.nnr").read_bytes())
+    assert np.array_equal(back["l.scales"], formats.read_model(gptq)[0]["l.scales"]) and back["l.scales"].dtype == np.float16
+    assert not np.array_equal(back["l.weight"], formats.read_model(gptq)[0]["l.weight"])  # weights still quantised
+    code, _, err = cli(capsys, "encode", gptq, "-o", tmp_path / "g2.nnr", "--tensor-qp", "l.scales=-36")
+    assert code == 0 and "quantisation parameter" not in err
+    assert stream_info(tmp_path / "g2.nnr")["tensors"][1]["qp"] == -36
+
+
+def test_a_tensor_that_keeps_little_of_its_signal_is_warned_of(tmp_path, capsys):
+    """Before: only a tensor that kept none of its signal (SNR <= 0 dB) was named; one at 4 dB passed silently."""
+    rng = np.random.default_rng(1)
+    path = tmp_path / "m.npz"
+    path.write_bytes(npz_bytes({"gamma": (1e-3 + rng.normal(0, 3e-4, 64)).astype(np.float32),
+                                "w": rng.normal(0, 0.05, (64, 64)).astype(np.float32)}))
+    code, out, err = cli(capsys, "encode", path, "-o", tmp_path / "m.nnr")
+    assert code == 0 and "kept little of their signal" in err and "gamma (" in err and "w (" not in err
+    code, out, _ = cli(capsys, "encode", path, "-o", tmp_path / "m.nnr", "--json")
+    report = json.loads(out)
+    assert set(report["coarse"]) == {"gamma"} and report["coarse"]["gamma"] < 10
+    code, _, err = cli(capsys, "encode", path, "-o", tmp_path / "m.nnr", "--raw", "gamma")
+    assert code == 0 and "little of their signal" not in err

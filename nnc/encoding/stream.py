@@ -41,6 +41,10 @@ from .writer import UnitWriter, block_groups, block_members, metadata_json, mps_
 DEFAULT_BUDGET = 1 << 30
 
 
+#: A float tensor coded with an SNR under this many dB kept little of its signal: ``nnc encode`` warns.
+COARSE_SNR_DB = 10.0
+
+
 @dataclass
 class StreamSummary:
     """What :meth:`nnc.encoder.Encoder.encode_to` wrote.
@@ -69,6 +73,10 @@ class StreamSummary:
         Float tensors whose quantisation kept none of their signal (error ≥ energy > 0:
         typically every weight rounds to zero at their qp, so they decode as zeros);
         measured with ``measure=True`` only.
+    coarse : dict
+        {name: SNR in dB} of the float tensors that kept little of their signal: an SNR
+        under :data:`COARSE_SNR_DB` but above 0 dB (half their scales zeroed, say);
+        measured with ``measure=True`` only.
     left_out : list
         Entries of the model file that are not encoded (:attr:`nnc.readers.ModelSource.left_out`;
         filled by :func:`nnc.models.encode_model_to`).
@@ -88,6 +96,7 @@ class StreamSummary:
     kept_raw: list = field(default_factory=list)
     kept_raw_reasons: dict = field(default_factory=dict)
     zeroed: list = field(default_factory=list)
+    coarse: dict = field(default_factory=dict)
     left_out: list = field(default_factory=list)
     seconds: float = 0.0
 
@@ -97,6 +106,8 @@ class StreamSummary:
         self.error += error
         if error >= energy > 0:
             self.zeroed.append(name)
+        elif error > 0 and energy > 0 and 10 * math.log10(energy / error) < COARSE_SNR_DB:
+            self.coarse[name] = 10 * math.log10(energy / error)
 
     @property
     def snr_db(self) -> float:
