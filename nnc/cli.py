@@ -2053,6 +2053,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the command is, so that its partial outputs are removed as on Ctrl-C."""
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """While the command runs (in the main thread): SIGTERM (``kill``, ``timeout``, a batch scheduler) raises
+    :class:`_Terminated` instead of ending the process where it stands, temporary files and all."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv=None) -> int:
     """Run the ``nnc`` command line.
 
@@ -2080,7 +2105,8 @@ def main(argv=None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
-        return args.func(args)
+        with _terminate_as_interrupt():
+            return args.func(args)
     except NNCError as exc:
         return _fail(str(exc))
     except BrokenPipeError:  # the reader of our output went away (| head): stop quietly
@@ -2091,6 +2117,8 @@ def main(argv=None) -> int:
         return _fail(f"{exc.filename or ''}: {exc.strerror or exc}")
     except KeyError as exc:
         return _fail(str(exc.args[0]) if exc.args else str(exc))
+    except _Terminated:
+        return _fail("terminated (SIGTERM)")
     except KeyboardInterrupt:
         return _fail("interrupted")
     except MemoryError:  # an input larger than memory (a device such as /dev/zero read whole): one line

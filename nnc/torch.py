@@ -69,9 +69,11 @@ def _to_numpy(value, name: str = "") -> tuple[np.ndarray, str | None]:
     what = f"tensor {name!r}" if name else "a tensor"
     if value.device.type == "meta":
         raise EncodeError(f"{what} is on the meta device: it has no values to encode (materialise the module first)")
+    if getattr(value, "is_nested", False):
+        raise EncodeError(f"{what} is a nested tensor: encode its components one by one (.unbind())")
     if value.layout != _torch().strided:
         raise EncodeError(f"{what} has layout {value.layout}: encode its dense form (.to_dense())")
-    t = value.detach().cpu()
+    t = value.detach().cpu().resolve_conj().resolve_neg()  # lazy negated or conjugated views: their values
     name = str(t.dtype).replace("torch.", "")
     if narrow_floats.is_narrow(name):
         return t.float().numpy(), name

@@ -1076,3 +1076,31 @@ def test_a_tensor_that_keeps_little_of_its_signal_is_warned_of(tmp_path, capsys)
     assert set(report["coarse"]) == {"gamma"} and report["coarse"]["gamma"] < 10
     code, _, err = cli(capsys, "encode", path, "-o", tmp_path / "m.nnr", "--raw", "gamma")
     assert code == 0 and "little of their signal" not in err
+
+
+@pytest.mark.parametrize("command", ["encode", "decode-file", "decode-folder"])
+def test_sigterm_leaves_no_partial_output(tmp_path, command):
+    """Before: SIGTERM (kill, timeout, a batch scheduler) ended nnc where it stood, leaving its temporary file
+    (a 200 MB .tmp beside the output, or a new folder holding one). The process here signals itself just before
+    the output is renamed into place, when the temporary file is whole."""
+    model = tmp_path / "m.npz"
+    model.write_bytes(npz_bytes({"w": np.random.default_rng(0).normal(size=(64, 64)).astype(np.float32)}))
+    stream = tmp_path / "m.nnr"
+    assert main(["encode", str(model), "-o", str(stream), "-q"]) == 0
+    args = {"encode": ["encode", str(model), "-o", str(tmp_path / "out.nnr")],
+            "decode-file": ["decode", str(stream), "-o", str(tmp_path / "out.safetensors")],
+            "decode-folder": ["decode", str(stream), "-o", str(tmp_path / "new") + os.sep]}[command]
+    script = (
+        "import os, signal, sys\n"
+        "real = os.fsync\n"
+        "def fsync(fd):\n"
+        "    real(fd)\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "os.fsync = fsync\n"
+        "from nnc.cli import main\n"
+        f"sys.exit(main({args!r}))\n"
+    )
+    before = sorted(p.name for p in tmp_path.iterdir())
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and r.stderr.strip() == "nnc: error: terminated (SIGTERM)", r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no output, no temporary file, no new folder

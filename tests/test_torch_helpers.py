@@ -282,3 +282,15 @@ def test_meta_devices_sparse_tensors_and_bad_devices_are_nnc_errors():
         nnc.torch.save({"a": torch.ones(2, device="meta")})
     with pytest.raises(EncodeError, match="'a' has layout torch.sparse_coo"):
         nnc.torch.save({"a": torch.eye(3).to_sparse()})
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # torch: nested tensors are a prototype
+def test_negated_views_are_encoded_by_value_and_nested_tensors_refused():
+    """Before: RuntimeError from .numpy() on a lazily negated view, and from a nested tensor's sizes."""
+    from nnc.errors import EncodeError
+
+    x = torch.arange(4.0)
+    back = nnc.decode_model(nnc.encode({"w": torch._neg_view(x)}, qp=-30))
+    assert np.array_equal(back["w"], -x.numpy())
+    with pytest.raises(EncodeError, match="'n' is a nested tensor"):
+        nnc.encode({"n": torch.nested.nested_tensor([torch.ones(2), torch.ones(3)])})
