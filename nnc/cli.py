@@ -2104,6 +2104,9 @@ def main(argv=None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
+    for option, attr in (("the output (-o)", "output"), ("the model", "model"), ("the stream", "stream")):
+        if getattr(args, attr, None) == "-":  # a file named "-" would be written or read, not a pipe
+            parser.error(f"{option} cannot be '-': nnc reads and writes files, not standard input or output")
     try:
         with _terminate_as_interrupt():
             return args.func(args)

@@ -1104,3 +1104,13 @@ def test_sigterm_leaves_no_partial_output(tmp_path, command):
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and r.stderr.strip() == "nnc: error: terminated (SIGTERM)", r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no output, no temporary file, no new folder
+
+
+def test_a_dash_for_a_file_is_a_usage_error(model, tmp_path, capsys, monkeypatch):
+    """Before: `-o -` wrote a file named '-' in the current folder, exit 0 (and `nnc encode -` then read it)."""
+    monkeypatch.chdir(tmp_path)
+    for args in (["encode", model, "-o", "-"], ["decode", "-", "-o", "x.npz"], ["encode", "-", "-o", "x.nnr"]):
+        with pytest.raises(SystemExit) as exc:
+            cli(capsys, *args)
+        assert exc.value.code == 2 and "cannot be '-'" in capsys.readouterr().err
+    assert not (tmp_path / "-").exists() and not (tmp_path / "x.nnr").exists()
