@@ -193,7 +193,21 @@ def _errors_name(path, kind: type[NNCError] | None = None):
     try:
         yield
     except caught as exc:
-        raise type(exc)(f"{os.fspath(path)}: {exc.message}", clause=exc.clause, offset=exc.offset) from exc
+        message = exc.message
+        if isinstance(exc, DecodeError) and not exc.offset and not _starts_like_a_stream(path):
+            if "start unit" not in message:
+                message = f"not an NNC stream (it does not begin with a start unit, spec 3.1): {message}"
+        raise type(exc)(f"{os.fspath(path)}: {message}", clause=exc.clause, offset=exc.offset) from exc
+
+
+def _starts_like_a_stream(path) -> bool:
+    """Whether a file begins as NNC streams do, with an NNR_STR unit (spec 3.1), or cannot be read to tell."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except (OSError, TypeError):
+        return True
+    return head[:3] == b"\x00\x04\x02"
 
 
 def _not_a_stream(path):

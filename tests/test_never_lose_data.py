@@ -1114,3 +1114,17 @@ def test_a_dash_for_a_file_is_a_usage_error(model, tmp_path, capsys, monkeypatch
             cli(capsys, *args)
         assert exc.value.code == 2 and "cannot be '-'" in capsys.readouterr().err
     assert not (tmp_path / "-").exists() and not (tmp_path / "x.nnr").exists()
+
+
+def test_a_file_that_is_no_stream_is_called_so(tmp_path, capsys):
+    """Before: random bytes gave 'unit of 721548877 bytes runs past the end of the stream' alone."""
+    path = tmp_path / "garbage.bin"
+    path.write_bytes(bytes(range(7, 250)) * 4)
+    for command in (["info", path], ["decode", path, "-o", tmp_path / "x.safetensors"]):
+        code, _, err = cli(capsys, *command)
+        assert_refused(code, err, path, "not an NNC stream", "byte offset 0")
+    assert not (tmp_path / "x.safetensors").exists()
+    cut = tmp_path / "cut.nnr"  # a stream cut short is still called what it is
+    cut.write_bytes(nnc.encode({"w": np.ones((8, 8), np.float32)})[:30])
+    code, _, err = cli(capsys, "info", cut)
+    assert code == 1 and "not an NNC stream" not in err
