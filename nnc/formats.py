@@ -86,6 +86,7 @@ __all__ = [
     "pt_bytes",
     "read_onnx",
     "onnx_bytes",
+    "write_onnx",
     "bfloat16_to_float32",
     "float32_to_bfloat16",
 ]
@@ -918,6 +919,22 @@ def onnx_bytes(tensors, dtypes=None, template=None) -> bytes:
     >>> numpy_helper.to_array(model.graph.initializer[0]).tolist()
     [[0.5, 0.5], [0.5, 0.5]]
     """
+    model = _onnx_model_with(tensors, dtypes, template)
+    if model.ByteSize() > ONNX_INLINE_LIMIT:
+        raise FormatError(
+            f"the ONNX model takes {model.ByteSize()} bytes, more than one protobuf message holds (2 GiB): "
+            "write it to a file (write_model), which puts its weights in external data"
+        )
+    return model.SerializeToString()
+
+
+#: Largest ONNX model written with its weights inline (protobuf messages end at 2 GiB); a larger one, or one
+#: whose template keeps its weights in external data, is written with its weights in ``NAME.data`` beside it.
+ONNX_INLINE_LIMIT = (1 << 31) - (1 << 24)
+
+
+def _onnx_model_with(tensors, dtypes, template):
+    """The ModelProto of ``template`` with its weights replaced by ``tensors`` (see :func:`onnx_bytes`)."""
     onnx, numpy_helper = _onnx()
     if template is None:
         raise FormatError("writing ONNX needs the original model as a template (--template MODEL.onnx)")
@@ -936,7 +953,93 @@ def onnx_bytes(tensors, dtypes=None, template=None) -> bytes:
     for name, t in weights.items():
         arr = np.asarray(tensors[name]).astype(held[name].dtype)
         t.CopyFrom(numpy_helper.from_array(arr, t.name))
-    return model.SerializeToString()
+    return model
+
+
+def _template_keeps_external_data(template) -> list:
+    """The external data files of an ONNX model's weights (none when they are inline)."""
+    onnx, _ = _onnx()
+    model = onnx.load(os.fspath(template), load_external_data=False)
+    folder = os.path.dirname(os.fspath(template))
+    files = []
+    for t in _onnx_weights(model.graph).values():
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            location = next((e.value for e in t.external_data if e.key == "location"), None)
+            if location:
+                files.append(os.path.join(folder, location))
+    return list(dict.fromkeys(files))
+
+
+def write_onnx(path, tensors, dtypes=None, template=None) -> list:
+    """Write the ONNX model ``template`` with its weights replaced by ``tensors`` to ``path``, atomically.
+
+    The weights are written inline, or, when the template keeps its own in external data or the model
+    would pass protobuf's 2 GiB (:data:`ONNX_INLINE_LIMIT`), into one external data file ``NAME.data``
+    beside ``path`` (written first; ``path`` last).
+
+    Parameters
+    ----------
+    path : str or ``os.PathLike``
+        The .onnx file.
+    tensors, dtypes, template
+        As for :func:`onnx_bytes`.
+
+    Returns
+    -------
+    list of str
+        The files written (the external data file first, if any).
+
+    Raises
+    ------
+    nnc.formats.FormatError
+        As :func:`onnx_bytes`.
+    FileExistsError
+        If the external data file would replace one of the template's.
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, os, onnx
+    >>> from onnx import helper, numpy_helper
+    >>> w = numpy_helper.from_array(np.ones((64, 64), np.float32), "w")
+    >>> y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [64, 64])
+    >>> graph = helper.make_graph([helper.make_node("Identity", ["w"], ["y"])], "g", [], [y], [w])
+    >>> d = tempfile.mkdtemp()
+    >>> onnx.save(helper.make_model(graph), os.path.join(d, "t.onnx"), save_as_external_data=True, location="t.bin")
+    >>> [os.path.basename(f) for f in write_onnx(os.path.join(d, "m.onnx"), {"w": np.zeros((64, 64))}, template=os.path.join(d, "t.onnx"))]
+    ['m.onnx.data', 'm.onnx']
+    """
+    import shutil
+    import tempfile
+
+    from ._files import refuse_overwriting
+
+    onnx, _ = _onnx()
+    model = _onnx_model_with(tensors, dtypes, template)
+    theirs = _template_keeps_external_data(template)
+    if not theirs and model.ByteSize() <= ONNX_INLINE_LIMIT:
+        write_atomic(path, model.SerializeToString())
+        return [os.fspath(path)]
+    final = Path(path)
+    location = final.name + ".data"
+    refuse_overwriting(final.parent / location, {"template's external data": theirs})
+    work = tempfile.mkdtemp(prefix=".nnc-", dir=final.parent)
+    try:
+        onnx.save_model(
+            model,
+            os.path.join(work, final.name),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=location,
+            size_threshold=1024,
+        )
+        written = []
+        for name in (location, final.name):  # the data first: the model names it
+            if os.path.exists(os.path.join(work, name)):
+                os.replace(os.path.join(work, name), final.parent / name)
+                written.append(os.fspath(final.parent / name))
+        return written
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _template_mismatches(tensors, dtypes, held) -> list:
@@ -1069,7 +1172,8 @@ def write_model(path, tensors, dtypes=None, fmt: str | None = None, template=Non
     elif fmt == "pt":
         data = pt_bytes(restored, dtypes)
     elif fmt == "onnx":
-        data = onnx_bytes(restored, dtypes, template)
+        write_onnx(path, restored, dtypes, template)
+        return
     else:
         raise FormatError(f"unknown model format {fmt!r}")
     write_atomic(path, data)

@@ -267,3 +267,47 @@ def test_write_model_refuses_what_no_model_file_holds_and_writes_big_endian_valu
         assert not path.exists()
     write_model(path, {"b": np.arange(3).astype(">f4")})
     assert read_model(path)[0]["b"].tolist() == [0.0, 1.0, 2.0]
+
+
+def test_onnx_weights_go_to_external_data_when_the_template_keeps_them_there_or_they_pass_2gib(tmp_path, monkeypatch):
+    """Before: the weights were always written inline, and a model over 2 GiB failed in protobuf with a traceback."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import helper, numpy_helper
+
+    from nnc import formats
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(64, 64)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 64])], [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.save(model, tmp_path / "inline.onnx")
+    onnx.save(onnx.load(tmp_path / "inline.onnx"), tmp_path / "ext.onnx", save_as_external_data=True,
+              location="ext.weights", size_threshold=0)
+    x = rng.normal(size=(1, 64)).astype(np.float32)
+    half = {"w": w / 2}
+
+    def run(path):
+        return ort.InferenceSession(str(path)).run(None, {"x": x})[0]
+
+    assert formats.write_onnx(tmp_path / "a.onnx", half, template=tmp_path / "inline.onnx") == [str(tmp_path / "a.onnx")]
+    written = formats.write_onnx(tmp_path / "b.onnx", half, template=tmp_path / "ext.onnx")
+    assert written == [str(tmp_path / "b.onnx.data"), str(tmp_path / "b.onnx")]
+    assert np.allclose(run(tmp_path / "a.onnx"), run(tmp_path / "b.onnx")) and np.allclose(run(tmp_path / "a.onnx"), x @ w / 2, atol=1e-5)
+    assert (tmp_path / "ext.weights").read_bytes() == w.tobytes()  # the template's own data untouched
+    monkeypatch.setattr(formats, "ONNX_INLINE_LIMIT", 1000)  # a model "over 2 GiB"
+    formats.write_model(tmp_path / "c.onnx", half, template=tmp_path / "inline.onnx")
+    assert (tmp_path / "c.onnx.data").exists() and np.allclose(run(tmp_path / "c.onnx"), x @ w / 2, atol=1e-5)
+    with pytest.raises(formats.FormatError, match="2 GiB"):
+        formats.onnx_bytes(half, template=tmp_path / "inline.onnx")
+    # the external data file may not be one of the template's
+    onnx.save(onnx.load(tmp_path / "inline.onnx"), tmp_path / "d.onnx", save_as_external_data=True,
+              location="d.onnx.data", size_threshold=0)
+    before = (tmp_path / "d.onnx.data").read_bytes()
+    with pytest.raises(FileExistsError):
+        formats.write_onnx(tmp_path / "d.onnx", half, template=tmp_path / "d.onnx")
+    assert (tmp_path / "d.onnx.data").read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".nnc-")]
