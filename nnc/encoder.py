@@ -37,7 +37,7 @@ from .encoding.quantiser import (  # noqa: F401
     default_scan_order,
 )
 from .encoding.quantiser import as_float_array as _as_float_array  # noqa: F401
-from .encoding.settings import OPTIONS, EncoderSettings, matches, qp_for_step
+from .encoding.settings import OPTIONS, EncoderSettings, check_tensor_name, matches, qp_for_step
 from .encoding.writer import (
     Unit,
     UnitWriter,
@@ -452,8 +452,7 @@ class Encoder:
         s = self.settings
         arrays = OrderedDict()
         for name, value in tensors.items():
-            if not isinstance(name, str) or not name or "\x00" in name:
-                raise EncodeError(f"tensor names must be non-empty strings without NUL, not {name!r}")
+            check_tensor_name(name)
             try:
                 arrays[name] = np.asarray(value)
             except ValueError as exc:  # e.g. a ragged nested list

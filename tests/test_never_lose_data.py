@@ -1128,3 +1128,15 @@ def test_a_file_that_is_no_stream_is_called_so(tmp_path, capsys):
     cut.write_bytes(nnc.encode({"w": np.ones((8, 8), np.float32)})[:30])
     code, _, err = cli(capsys, "info", cut)
     assert code == 1 and "not an NNC stream" not in err
+
+
+def test_names_a_stream_cannot_hold_and_forced_blocks_say_what_is_wrong():
+    """Before: 'cannot build Struct: ...' without the tensor's name, and 'must share one dtype' for a pair that
+    blocks=True formed itself."""
+    for name, words in (("a\udc80", "not valid UTF-8"), ("n" * 70000, "takes 70000 bytes")):
+        with pytest.raises(EncodeError, match=words):
+            nnc.encode({name: np.ones(3, np.float32)})
+    pair = {"fc.weight": np.zeros((4, 3), np.float64), "fc.bias": np.zeros(4, np.float32)}
+    with pytest.raises(EncodeError, match="'fc.bias' and 'fc.weight' have different dtypes.*blocks='auto'"):
+        nnc.encode(pair, blocks=True)
+    assert set(nnc.decode(nnc.encode(pair))) == {"fc.weight", "fc.bias"}

@@ -258,7 +258,8 @@ def non_finite_error(name: str, x: np.ndarray) -> EncodeError:
     where = tuple(int(i) for i in np.unravel_index(flat, x.shape)) if x.ndim else ()
     return EncodeError(
         f"tensor {name!r} holds {x.reshape(-1)[flat]} at index {list(where)}: a quantised tensor "
-        f"(here a member of a block NDU) cannot carry NaN or Inf; only a RAW_FLOAT NDU can",
+        f"(here a member of a BLOCK unit, as blocks=True asks) cannot carry NaN or Inf; only a RAW_FLOAT NDU can: "
+        "blocks='auto' (the default) or False stores it apart",
         clause="7.5",
     )
 

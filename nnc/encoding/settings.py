@@ -90,6 +90,33 @@ def qp_for_step(step: float, qp_density: int = 2) -> int:
     return min(distance, key=distance.__getitem__)
 
 
+def check_tensor_name(name) -> None:
+    """Raise EncodeError unless ``name`` can be a tensor name in a stream: a non-empty string without NUL, in
+    UTF-8 (no lone surrogates) of at most 65536 bytes (an ``st`` string, spec 2.6).
+
+    Examples
+    --------
+    >>> check_tensor_name("fc.weight")
+    >>> check_tensor_name("")
+    Traceback (most recent call last):
+        ...
+    nnc.errors.EncodeError: tensor names must be non-empty strings without NUL, not ''
+    """
+    from ..container import MAX_STRING_BYTES
+
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise EncodeError(f"tensor names must be non-empty strings without NUL, not {name!r}")
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise EncodeError(f"tensor name {name!r} is not valid UTF-8 text (a lone surrogate; spec 2.6)") from None
+    if size > MAX_STRING_BYTES:
+        raise EncodeError(
+            f"tensor name {name[:40]!r}... takes {size} bytes in UTF-8; a stream holds names of at most "
+            f"{MAX_STRING_BYTES} (spec 2.6)"
+        )
+
+
 def matches(name: str, patterns: Iterable[str]) -> bool:
     """Whether ``name`` equals one of ``patterns`` or matches it as a glob."""
     return any(fnmatch.fnmatchcase(name, p) or p == name for p in patterns)

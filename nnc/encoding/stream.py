@@ -35,6 +35,7 @@ from .._files import AtomicFile
 from ..errors import EncodeError
 from ..reconstruction import DECOMPRESSED_DATA_FORMATS
 from .quantiser import RESTORABLE_FORMATS, exact_qp
+from .settings import check_tensor_name
 from .writer import UnitWriter, block_groups, block_members, metadata_json, mps_qp
 
 #: Default budget of the tensors in flight (their float32 size): at least one unit is always in flight.
@@ -167,8 +168,7 @@ def encode_to(
         )
     tensors = list(source)
     for t in tensors:
-        if not isinstance(t.name, str) or not t.name or "\x00" in t.name:
-            raise EncodeError(f"tensor names must be non-empty strings without NUL, not {t.name!r}")
+        check_tensor_name(t.name)
     by_name = {t.name: t for t in tensors}
     unknown = [k for k in s.dtypes if k not in by_name]
     if unknown:

@@ -416,7 +416,10 @@ class UnitWriter:
         members = [coded[n] for n in ls + bi + bn] + [w]
         for t in members:
             if t.fmt != w.fmt:
-                raise EncodeError(f"block members of {weight!r} must share one dtype")
+                raise EncodeError(
+                    f"{t.name!r} and {weight!r} have different dtypes, but a BLOCK unit restores one (spec 7.6): "
+                    "blocks='auto' (the default) or False codes them apart"
+                )
         names = [weight] + ls + bn + bi
         cpt = (C.NNR_CPT_LS if ls else 0) | (C.NNR_CPT_BN if bn else 0) | (C.NNR_CPT_BI if bi else 0)
 
