@@ -2044,7 +2044,10 @@ def decode(
     Returns
     -------
     ``collections.OrderedDict``
-        {name: ``numpy.ndarray``}, in stream order.
+        {name: ``numpy.ndarray``}, in stream order, as the stream codes them (spec 7): a 0-d
+        tensor with shape (1,), integers as int32, floats in the stream's output format.
+        :func:`nnc.decode_model` gives them as the model had them (order, shapes and
+        dtypes nnc's metadata records, spec 6.2.1).
 
     Raises
     ------
