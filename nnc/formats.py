@@ -87,6 +87,8 @@ __all__ = [
     "read_onnx",
     "onnx_bytes",
     "write_onnx",
+    "ONNX_INLINE_LIMIT",
+    "onnx_quantisation_parameters",
     "bfloat16_to_float32",
     "float32_to_bfloat16",
 ]
@@ -748,7 +750,7 @@ def _onnx():
 
 def onnx_quantisation_parameters(graph, found=None) -> set:
     """Names of an ONNX graph's quantisation parameters: the scale and zero-point inputs of QuantizeLinear and
-    DequantizeLinear, and every input of the QLinear* and *Integer operators but their data (subgraphs too).
+    DequantizeLinear, and every input of the ``QLinear*`` and ``*Integer`` operators but their data (subgraphs too).
 
     A quantised model's weights are integers, coded exactly; its float scales set the step of every one of
     them, so that a scale rounded by quantisation changes a whole channel of the model.

@@ -39,6 +39,8 @@ __all__ = [
     "load_model",
     "checkpoint_metadata",
     "with_metadata",
+    "keep_quantisation_parameters_exact",
+    "QUANTISATION_PARAMETER_NAMES",
     "decode_model",
     "compare_tensors",
 ]
@@ -127,7 +129,7 @@ def encode_model(model, output=None, *, client=None, **options) -> bytes:
         Keyword options of :class:`nnc.encoder.Encoder`. For a model file, ``dtypes``
         defaults to the dtypes the file holds, so that tensors read in another dtype
         (bfloat16, as float32) decode back to theirs, and the float scales of a
-        quantised model are stored exactly (:func:`keep_quantisation_parameters_exact`).
+        quantised model are stored exactly (:func:`nnc.models.keep_quantisation_parameters_exact`).
 
     Returns
     -------

@@ -76,7 +76,7 @@ class StreamSummary:
         measured with ``measure=True`` only.
     coarse : dict
         {name: SNR in dB} of the float tensors that kept little of their signal: an SNR
-        under :data:`COARSE_SNR_DB` but above 0 dB (half their scales zeroed, say);
+        under :data:`nnc.encoding.stream.COARSE_SNR_DB` but above 0 dB (half their scales zeroed, say);
         measured with ``measure=True`` only.
     left_out : list
         Entries of the model file that are not encoded (:attr:`nnc.readers.ModelSource.left_out`;
@@ -349,4 +349,4 @@ def _energy_error(x: np.ndarray, recon: np.ndarray) -> tuple[float, float]:
     return e, d
 
 
-__all__ = ["encode_to", "StreamSummary", "DEFAULT_BUDGET"]
+__all__ = ["encode_to", "StreamSummary", "DEFAULT_BUDGET", "COARSE_SNR_DB"]
