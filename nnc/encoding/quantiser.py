@@ -489,7 +489,11 @@ class Quantiser:
         if kind in "iub" and s.lossless_int and not in_block:
             # range checked on the values themselves: a cast first would wrap uint64 ones into range
             if arr.size and (int(arr.min()) < -INT32_MAX - 1 or int(arr.max()) > INT32_MAX):
-                raise EncodeError(f"integer tensor {name!r} has values outside int32")
+                raise EncodeError(
+                    f"integer tensor {name!r} has values outside int32 (from {int(arr.min())} to {int(arr.max())}): "
+                    "NNC codes integers as int32 levels (spec 7.4) and raw values as float32 (spec 7.5), so no "
+                    "option carries it exactly; leave it out of the model or split it"
+                )
             ints = arr.astype(np.int32).reshape(-1)
             return CodedTensor(
                 name=name,
