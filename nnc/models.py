@@ -82,6 +82,18 @@ def keep_quantisation_parameters_exact(options: dict, source) -> list:
     meant for weights it is often zero, and the channel with it. Stored raw they are exact at a cost of a
     few bytes. A tensor the caller gives a qp of its own (``qp_per_tensor``) is left to it.
 
+    Parameters
+    ----------
+    options : dict
+        Encoder options; ``options["raw"]`` gets the names (after the caller's own).
+    source : nnc.readers.ModelSource
+        The model, as :func:`nnc.readers.open_model` opens it.
+
+    Returns
+    -------
+    list of str
+        The quantisation parameters found (stored raw unless ``qp_per_tensor`` names them).
+
     Examples
     --------
     >>> import numpy as np
