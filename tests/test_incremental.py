@@ -1,6 +1,7 @@
 """Incremental coding (spec 14): a base model and updates written with an EncoderState decode, with one
 DecoderState, to exactly what the encoder reconstructed, and both sides end with the same state."""
 
+import copy
 import os
 
 import numpy as np
@@ -574,3 +575,20 @@ def test_an_update_added_to_a_checkpoint_folder_writes_its_layout(tmp_path, caps
                  "-o", p("r0") + os.sep, "--state", p("ry"), "-q"])
     assert code == 1 and "refusing to overwrite an input" in capsys.readouterr().err
     assert {n: open(os.path.join(p("r0"), n), "rb").read() for n in os.listdir(p("r0"))} == before
+
+
+@pytest.mark.parametrize("tca", [False, True])
+def test_hdsp_with_a_tensor_of_a_new_size_codes_it_without_history(tca):
+    """Before: 'hdsp_history has 24 elements, the tensor has 30' (an EncodeError); a history of another size is not
+    used (spec 10.5, 14.2), on either side."""
+    rng = np.random.default_rng(0)
+    sender, receiver = EncoderState(), nnc.DecoderState()
+    nnc.decode(Encoder(qp=-30, state=sender).encode({"w": rng.normal(0, 0.05, (4, 6)).astype(np.float32)}).stream,
+               state=receiver)
+    for shape in ((5, 6), (5, 6), (3, 6)):
+        result = Encoder(qp=-30, state=sender, hdsp=True, tca=tca).encode(
+            {"w": rng.normal(0, 0.05, shape).astype(np.float32)})
+        for engine in ("cython", "python"):
+            got = nnc.decode(result.stream, state=copy.deepcopy(receiver), engine=engine)
+            assert np.array_equal(got["w"], result.tensors["w"].reconstruction.reshape(shape)), engine
+        nnc.decode(result.stream, state=receiver)

@@ -496,7 +496,7 @@ class UnitWriter:
                 enc.write_qp_offset(t.qp - mps_qp, qp_bits)
             levels = _levels(t)
             levels = levels if levels.flags.writeable else levels.copy()  # cached: read-only
-            context = self._parent_context(t.name, link)
+            context = self._parent_context(t.name, link, levels.size)
             enc.encode_tensor(
                 levels,
                 t.height,
@@ -525,14 +525,16 @@ class UnitWriter:
             eps = [[] for _ in members]
         return payload, eps
 
-    def _parent_context(self, name: str, link: Link | None) -> dict:
-        """The engine's parent, TCA base and HDSP history arguments for one tensor of an NDU."""
+    def _parent_context(self, name: str, link: Link | None, size: int) -> dict:
+        """The engine's parent, TCA base and HDSP history arguments for one tensor of ``size`` elements of an NDU;
+        a history of another size is not used (spec 10.5, 14.2), as the decoder does."""
         if link is None:
             return {}
+        history = self.state.history.get(name) if link.hdsp else None
         return dict(
             parent_present=link.parent,
             tca_base=self.state.levels[name] if link.tca else None,
-            hdsp_history=self.state.history.get(name) if link.hdsp else None,
+            hdsp_history=history if history is not None and history.size == size else None,
         )
 
     # -- incremental coding (spec 14) -------------------------------------------------
