@@ -798,6 +798,11 @@ def cmd_decode(args) -> int:
             map_stream(args.stream) or args.stream, entry_points=args.entry_points, state=state, limits=limits
         )
     if not dec.names() and not (args.add_to and dec.skipped):  # (an update may skip every tensor)
+        if dec.parent_signalling and not dec.skipped:
+            return _fail(
+                f"{args.stream}: an update that sends no tensor (all zero, spec 3.5): nothing written"
+                + ("; the state file is unchanged" if args.state else "")
+            )
         return _fail(f"{args.stream}: the stream holds no tensors; nothing written")
     if args.add_to and not dec.differences:
         return _fail(

@@ -804,12 +804,21 @@ class Decoder:
         self.row_thread_min_elements: int | None = None
         self._check_complete()
 
+    @property
+    def parent_signalling(self) -> bool:
+        """Whether a model parameter set of the stream enables parent signalling (spec 5): an update of a model
+        decoded before (spec 14); with no NDU, one in which every tensor is all zero (spec 3.5, 7.7)."""
+        return any(
+            u.type_name == "NNR_MPS" and bool(_get(u.header, "mps_parent_signalling_enabled_flag", 0))
+            for u in self.units
+        )
+
     def _check_complete(self) -> None:
         """Every tensor the topology unit announces arrives, and no other (spec 3.5)."""
         count = _announced_count(self.metadata)
         announced = self.metadata.get("tensors")
         names = isinstance(announced, list) and all(isinstance(n, str) for n in announced)
-        if not self._ndus and count is None and not names:
+        if not self._ndus and count is None and not names and not self.parent_signalling:
             raise TruncatedError(
                 "the stream holds no NDU and no topology unit that announces its tensors: it ends before its "
                 "model (a cut stream)",

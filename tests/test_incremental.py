@@ -592,3 +592,25 @@ def test_hdsp_with_a_tensor_of_a_new_size_codes_it_without_history(tca):
             got = nnc.decode(result.stream, state=copy.deepcopy(receiver), engine=engine)
             assert np.array_equal(got["w"], result.tensors["w"].reconstruction.reshape(shape)), engine
         nnc.decode(result.stream, state=receiver)
+
+
+def test_an_nncodec_update_with_no_ndu_decodes_to_no_tensors_and_leaves_the_state(tmp_path, capsys):
+    """NNCodec writes an update whose tensors are all zero as a start unit, a model parameter set with parent
+    signalling and an empty topology string (spec 3.5): before, a TruncatedError ended the sequence. The same
+    stream without parent signalling is still a cut stream (conformance must-fail mf_nncodec_cut_after_topology)."""
+    from nnc.cli import main
+
+    empty_update = bytes.fromhex("00040201000806810840008000060e000000")
+    state = nnc.DecoderState()
+    w = np.arange(12, dtype=np.float32).reshape(3, 4) / 16
+    nnc.decode(Encoder(qp=-20, state=EncoderState()).encode({"w": w}).stream, state=state)
+    before = {k: v.copy() for k, v in state.levels.items()}
+    dec = nnc.Decoder(empty_update, state=state)
+    assert dec.parent_signalling and dec.names() == [] and dict(dec.decode()) == {}
+    assert state.levels.keys() == before.keys() and all(np.array_equal(state.levels[k], before[k]) for k in before)
+    cut = bytes.fromhex("00040201000806810040008000060e000000")
+    with pytest.raises(nnc.errors.TruncatedError):
+        nnc.Decoder(cut)
+    (tmp_path / "u.nnr").write_bytes(empty_update)
+    assert main(["decode", str(tmp_path / "u.nnr"), "-o", str(tmp_path / "u.npz")]) == 1
+    assert "an update that sends no tensor" in capsys.readouterr().err and not (tmp_path / "u.npz").exists()
