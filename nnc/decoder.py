@@ -25,6 +25,7 @@ import math
 import mmap
 import os
 import re
+import threading
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -214,8 +215,9 @@ class DecoderState:
 
     Pass one state to successive :func:`~nnc.decoder.decode` calls to decode a base model
     followed by incremental updates.  A decoder given a state records every
-    tensor it decodes in it; without one, levels are kept only for streams
-    whose model parameter set enables parent signalling.
+    tensor it decodes in it, once the whole stream has decoded (a stream that fails,
+    or is decoded only in part, leaves the state as it was; spec 14.2); without one,
+    levels are kept only for streams whose model parameter set enables parent signalling.
 
     Examples
     --------
@@ -779,6 +781,13 @@ class Decoder:
         self.keep_state = state is not None
         #: The :class:`~nnc.decoder.DecoderState` given, or a new one of this decoder's own.
         self.state = state if state is not None else DecoderState()
+        # the parents as they were before this stream (spec 14.1): every decode of a unit reads these, and the
+        # stream's own levels enter ``state`` only once all its NDUs have decoded (a failed stream leaves it)
+        self._parent_levels = dict(self.state.levels)
+        self._parent_history = dict(self.state.history)
+        self._staged: dict[str, np.ndarray] = {}
+        self._decoded_ndus: set[int] = set()
+        self._state_lock = threading.Lock()
         #: The ``entry_points`` argument (``"ignore"``, ``"use"`` or ``"verify"``).
         self.entry_points_mode = entry_points
         #: Every unit of the stream, parsed (:class:`nnc.container.Unit`), in stream order.
@@ -1448,14 +1457,36 @@ class Decoder:
 
         ``into``: {name: checked out= array}; a tensor that can be is decoded straight into it.
         """
+        staged: dict[str, np.ndarray] = {}
         try:
-            return self._decode_ndu_payload(unit, params, infos, threads, into)
+            out = self._decode_ndu_payload(unit, params, infos, threads, into, staged)
         except NNCError as exc:
             # errors inside a payload carry payload-relative offsets
             raise exc.at(unit.payload_offset) from exc
+        self._stage(unit, staged)
+        return out
+
+    def _stage(self, unit: C.Unit, levels: dict) -> None:
+        """Keep an NDU's levels for the state; once every NDU of the stream has decoded, enter them all (spec 14.1,
+        14.2): a stream that fails, or is decoded only in part, leaves the state as it was."""
+        with self._state_lock:
+            if len(self._decoded_ndus) == len(self._ndus):
+                return  # entered already (a unit decoded again gives the same levels)
+            self._staged.update(levels)
+            self._decoded_ndus.add(unit.offset)
+            if len(self._decoded_ndus) == len(self._ndus):
+                for name, new in self._staged.items():
+                    self.state.update(name, new)
+                self._staged = {}
 
     def _decode_ndu_payload(
-        self, unit: C.Unit, params: _Params, infos: list[TensorInfo], threads: int = 1, into: dict | None = None
+        self,
+        unit: C.Unit,
+        params: _Params,
+        infos: list[TensorInfo],
+        threads: int = 1,
+        into: dict | None = None,
+        staged: dict | None = None,
     ) -> dict:
         """The decoding loop of one NDU payload: {name: reconstructed tensor} for its tensors, in coding order.
 
@@ -1466,8 +1497,8 @@ class Decoder:
         (spec 10), in the tensor's scan (spec 11), from the entry points of
         each block row when ``entry_points="use"`` (spec 11.4, 9.7).  An update
         with temporal context adaptation or HDSP reads the levels and history
-        of its parent from the decoder state (spec 10.5, 14), which records
-        the new levels.  The payload ends with the terminate bin (spec 8.5).
+        of its parent from the decoder state as it was before the stream
+        (spec 10.5, 14); the new levels go to ``staged`` (:meth:`_stage`).  The payload ends with the terminate bin (spec 8.5).
         With ``threads`` > 1 the block rows of a block-scanned tensor are decoded in
         threads from their entry points, each range's end checked against the
         next one's start (else sequentially): the result is that of sequential
@@ -1515,7 +1546,7 @@ class Decoder:
             cb_zero = (len(cb) >> 1) + int(h.codebook_center_offset) if cb is not None else 0
             tca_base = None
             if tca:
-                tca_base = self.state.levels.get(info.name)
+                tca_base = self._parent_levels.get(info.name)
                 if tca_base is None or tca_base.size != info.size:
                     raise DecodeError(
                         f"tensor {info.name!r} uses temporal context adaptation but no parent levels of "
@@ -1531,7 +1562,7 @@ class Decoder:
                 codebook_zero=cb_zero,
                 parent_present=parent_present,
                 tca_base=tca_base,
-                hdsp_history=self.state.history.get(info.name) if parent_present else None,
+                hdsp_history=self._parent_history.get(info.name) if parent_present else None,
             )
             if kwargs["hdsp_history"] is not None and kwargs["hdsp_history"].size != info.size:
                 kwargs["hdsp_history"] = None
@@ -1571,8 +1602,9 @@ class Decoder:
                         clause="11.4",
                     )
             info.row_skip = bool(dec.last_row_skip)
-            if self.keep_state or params.parent_signalling:
-                self.state.update(info.name, levels)
+            if (self.keep_state or params.parent_signalling) and staged is not None:
+                # (INT levels are the output tensor itself: the state keeps its own copy)
+                staged[info.name] = levels.copy() if info.payload_type == "INT" else levels
             if direct is None:
                 out[info.name] = self._reconstruct(info, levels, cb_zero, threads)
             elif info.payload_type == "INT":

@@ -614,3 +614,43 @@ def test_an_nncodec_update_with_no_ndu_decodes_to_no_tensors_and_leaves_the_stat
     (tmp_path / "u.nnr").write_bytes(empty_update)
     assert main(["decode", str(tmp_path / "u.nnr"), "-o", str(tmp_path / "u.npz")]) == 1
     assert "an update that sends no tensor" in capsys.readouterr().err and not (tmp_path / "u.npz").exists()
+
+
+def _sequence(rng, rounds=3, **options):
+    sender, streams = EncoderState(), []
+    model = {"a": rng.normal(0, 0.05, (20, 16)).astype(np.float32), "b": rng.normal(0, 0.05, (12, 9)).astype(np.float32)}
+    for i in range(rounds):
+        streams.append(Encoder(qp=-30, state=sender, **options).encode(model).stream)
+        model = {k: v + rng.normal(0, 0.01, v.shape).astype(np.float32) for k, v in model.items()}
+    return streams
+
+
+@pytest.mark.parametrize("engine", ["cython", "python"])
+def test_a_failed_or_partial_decode_leaves_the_state_as_it_was(engine):
+    """Before: the levels of the NDUs decoded before a failing one (and of the failing one) entered the state, so
+    that the intact copy of the update then failed too; decoding a unit twice with one Decoder used its own levels
+    as the parent the second time."""
+    streams = _sequence(np.random.default_rng(7), tca=True)
+    state = nnc.DecoderState()
+    nnc.decode(streams[0], state=state, engine=engine)
+    before = {k: v.copy() for k, v in state.levels.items()}
+    bad = bytearray(streams[1])
+    bad[-3] ^= 0xFF  # inside the last NDU's payload: the first NDU decodes, the stream does not
+    with pytest.raises(nnc.DecodeError):
+        nnc.decode(bytes(bad), state=state, engine=engine)
+    assert all(np.array_equal(state.levels[k], before[k]) for k in before)
+    dec = nnc.Decoder(streams[1], state=state, engine=engine)
+    first = dec.decode_tensor("a")  # one NDU of two: the state waits for the whole stream
+    assert all(np.array_equal(state.levels[k], before[k]) for k in before)
+    whole = dec.decode()
+    assert np.array_equal(whole["a"], first) and np.array_equal(dec.decode_tensor("a"), first)
+    assert not np.array_equal(state.levels["a"], before["a"])  # entered once every NDU decoded
+    assert np.array_equal(nnc.decode(streams[2], state=state, engine=engine)["a"],
+                          nnc.decode(streams[2], state=_states_after(streams[:2], engine), engine=engine)["a"])
+
+
+def _states_after(streams, engine):
+    state = nnc.DecoderState()
+    for s in streams:
+        nnc.decode(s, state=state, engine=engine)
+    return state
