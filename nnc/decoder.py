@@ -236,6 +236,8 @@ class DecoderState:
         self.levels: dict[str, np.ndarray] = {}
         #: The HDSP history map of each tensor, by name (flat int8 arrays, 1 where a decoded level was non-zero).
         self.history: dict[str, np.ndarray] = {}
+        #: The ``put_node_depth`` of each tensor's last decoded NDU that carries node ids (spec 7.4, 14.4).
+        self.depths: dict[str, int] = {}
 
     def update(self, name: str, levels: np.ndarray) -> None:
         """Record a tensor's decoded levels and merge them into its history map (spec 14.1).
@@ -268,10 +270,11 @@ class DecoderState:
     _KIND = "decoder"
 
     def _meta(self) -> dict:
-        return {}
+        return dict(depths=self.depths)
 
     def _set_meta(self, meta: dict, arrays: dict) -> None:
-        pass
+        depths = meta.get("depths", {})  # (none in the files of nnc before 0.2.0)
+        self.depths = {str(k): int(v) for k, v in depths.items()} if isinstance(depths, dict) else {}
 
     def _extra_arrays(self) -> dict:
         return {}
@@ -785,6 +788,7 @@ class Decoder:
         # stream's own levels enter ``state`` only once all its NDUs have decoded (a failed stream leaves it)
         self._parent_levels = dict(self.state.levels)
         self._parent_history = dict(self.state.history)
+        self._parent_depths = dict(self.state.depths)
         self._staged: dict[str, np.ndarray] = {}
         self._decoded_ndus: set[int] = set()
         self._state_lock = threading.Lock()
@@ -812,6 +816,33 @@ class Decoder:
         #: None for ``nnc._parallel.MIN_ELEMENTS_PER_THREAD``, 2**18 (the verifier lowers it to test small streams).
         self.row_thread_min_elements: int | None = None
         self._check_complete()
+        self._check_parents()
+
+    def _check_parents(self) -> None:
+        """An NDU that names its parent by node ids (``parent_node_id_type`` 0) must update the last decoded
+        occurrence of its tensors where the state knows its depth (spec 14.4): an update decoded a second time,
+        or after a missing one, is refused before any payload is decoded."""
+        for i, (unit, _) in enumerate(self._ndus):
+            h = unit.header
+            if not _get(h, "parent_node_id_present_flag", 0) or _get(h, "parent_node_id_type", 0) != 0:
+                continue
+            if _get(h, "node_id_present_flag", 0):
+                parent_depth = int(_get(h, "put_node_depth", 0)) - 1
+            else:
+                parent_depth = int(_get(h, "parent_put_node_depth", 0))
+            if parent_depth < 0:
+                continue  # depth 0 with a parent: an encoder that does not number its nodes (as nnc's suite)
+            names = [info.name for info in self._ndu_tensors[i]]
+            known = {n: self._parent_depths[n] for n in names if n in self._parent_depths}
+            if known and max(known.values()) != parent_depth:
+                name, depth = max(known.items(), key=lambda kv: kv[1])
+                when = "was decoded before (a replayed update)" if depth > parent_depth else "misses one before it"
+                raise DecodeError(
+                    f"the NDU of {name!r} updates its depth-{parent_depth} node, but the decoder state's last "
+                    f"{name!r} is at depth {depth}: this update {when}",
+                    clause="14.4",
+                    offset=unit.offset,
+                )
 
     @property
     def parent_signalling(self) -> bool:
@@ -1478,6 +1509,13 @@ class Decoder:
                 for name, new in self._staged.items():
                     self.state.update(name, new)
                 self._staged = {}
+                for i, (ndu, _) in enumerate(self._ndus):  # the node depths (spec 14.4)
+                    with_ids = _get(ndu.header, "node_id_present_flag", 0)
+                    for info in self._ndu_tensors[i]:
+                        if with_ids:
+                            self.state.depths[info.name] = int(_get(ndu.header, "put_node_depth", 0))
+                        else:
+                            self.state.depths.pop(info.name, None)
 
     def _decode_ndu_payload(
         self,

@@ -211,7 +211,7 @@ class EncodeError(NNCError, ValueError):
     >>> nnc.encode({"fc.weight": [[1.0, 2.0]], "fc.bias": [float("nan")]}, blocks=True)
     Traceback (most recent call last):
         ...
-    nnc.errors.EncodeError: tensor 'fc.bias' holds nan at index [0]: a quantised tensor (here a member of a block NDU) cannot carry NaN or Inf; only a RAW_FLOAT NDU can [spec 7.5]
+    nnc.errors.EncodeError: tensor 'fc.bias' holds nan at index [0]: a quantised tensor (here a member of a BLOCK unit, as blocks=True asks) cannot carry NaN or Inf; only a RAW_FLOAT NDU can: blocks='auto' (the default) or False stores it apart [spec 7.5]
     """
 
 
