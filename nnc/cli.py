@@ -128,6 +128,16 @@ def _parse_assignments(items, what, kind=int) -> dict:
     return out
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, not {text!r}")
+    return value
+
+
 def _non_negative_int(text: str) -> int:
     try:
         value = int(text)
@@ -1310,7 +1320,11 @@ def cmd_verify(args) -> int:
         if (not groups or e.get("group") in groups) and (not names or e.get("name") in names)
     )
     try:
-        decoder = CommandAdapter(args.decoder_command) if args.decoder_command else DECODERS[args.decoder]()
+        decoder = (
+            CommandAdapter(args.decoder_command, timeout=args.timeout)
+            if args.decoder_command
+            else DECODERS[args.decoder]()
+        )
         bar = tqdm(
             total=total,
             unit="stream",
@@ -1333,10 +1347,17 @@ def cmd_verify(args) -> int:
             if not r.passed:
                 print(f"nnc: {r.name}: FAIL {r.detail}", file=sys.stderr)
     elif args.json:
-        print(json.dumps([r.__dict__ for r in results], indent=2))
+        print(json.dumps([dict(r.__dict__, skipped=_skipped(r)) for r in results], indent=2))
     else:
         print(format_table(results))
+    if results and all(_skipped(r) for r in results):
+        return _fail(f"{suite}: every stream was skipped (the decoder implements none): nothing verified")
     return EXIT_OK if all(r.passed for r in results) else EXIT_FAIL
+
+
+def _skipped(result) -> bool:
+    """Whether a verify result is a stream the decoder under test said it does not implement."""
+    return result.passed and result.detail.startswith("skipped")
 
 
 # -- bench ---------------------------------------------------------------------------
@@ -2025,6 +2046,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CMD",
         help="verify an external decoder instead: a command speaking the JSON-lines protocol of "
         'nnc.verify.CommandAdapter (NNCodec: "python tools/nncodec_decoder.py" in a checkout)',
+    )
+    p.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        default=600.0,
+        metavar="S",
+        help="with --decoder-command: seconds to wait for each stream's reply before the stream fails (default 600)",
     )
     p.add_argument("--group", action="append", help="only this group (profile-0, profile-1, must-fail)")
     p.add_argument("--stream", action="append", help="only this stream (repeatable)")

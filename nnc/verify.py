@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -538,23 +539,29 @@ class CommandAdapter:
 
     1. On start the command writes one line, ``{"ok": true, "ready": true}``.
     2. For each stream nnc writes one line
-       ``{"op": "decompress", "in": STREAM, "npz": OUTPUT, "sequence": ID}``
+       ``{"op": "decompress", "in": STREAM, "npz": OUTPUT, "sequence": ID, "id": N}``
        (``ID`` is null outside an incremental sequence; streams of one
-       sequence come in order).
+       sequence come in order; ``N`` counts the requests, and a reply that
+       carries an ``"id"`` must carry this one).
     3. The command decodes ``STREAM``, writes the tensors to the .npz file
        ``OUTPUT`` and replies ``{"ok": true, "names": [...]}``, the tensor
        names in decoding order; or, when it rejects the stream, replies
-       ``{"ok": false, "error": MESSAGE}``.
+       ``{"ok": false, "error": MESSAGE}``; or, when it does not implement a
+       tool the stream uses, ``{"ok": false, "unsupported": MESSAGE}`` (the
+       stream is then skipped: neither passed nor failed).
     4. When its stdin closes, the command exits.
 
     Anything the command writes to stderr is passed through.  A command that
-    exits or replies something else than one JSON object fails the stream
-    (and is started again for the next one).
+    exits, replies something else than one JSON object (or a line longer than
+    :attr:`MAX_REPLY`), or gives no reply within ``timeout`` seconds fails the
+    stream (it is stopped, and started again for the next one).
 
     Parameters
     ----------
     command : str or list of str
         The command line (a string is split as a POSIX shell would).
+    timeout : float
+        Seconds to wait for each reply (600 by default).
 
     Raises
     ------
@@ -592,36 +599,72 @@ class CommandAdapter:
     >>> adapter.close()
     """
 
-    def __init__(self, command):
+    #: Longest reply line read (characters): a longer one is a broken protocol, not read whole.
+    MAX_REPLY = 1 << 22
+
+    def __init__(self, command, timeout: float = 600.0):
         import shlex
         import tempfile
 
         self.command = shlex.split(command) if isinstance(command, str) else list(command)
+        #: Seconds to wait for each reply before the command is stopped and the stream failed.
+        self.timeout = float(timeout)
         self._tmp = tempfile.TemporaryDirectory(prefix="nnc-verify-")
         self._n = 0
         self._proc = None
         self._start()
 
     def _start(self):
+        import queue
         import subprocess
+        import threading
 
         try:
             self._proc = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         except OSError as exc:
             raise RuntimeError(f"cannot start the decoder command {self.command[0]!r}: {exc.strerror}") from None
+        self._lines: queue.Queue = queue.Queue()
+        proc, lines, limit = self._proc, self._lines, self.MAX_REPLY
+
+        def read():  # a thread, so that a command that never replies can be waited for with a timeout
+            while True:
+                line = proc.stdout.readline(limit + 1)
+                lines.put(line)
+                if not line or len(line) > limit:
+                    return
+
+        threading.Thread(target=read, daemon=True).start()
         hello = self._reply()
-        if not hello.get("ready"):
+        if hello.get("ready") is not True:
             self.close()
             raise RuntimeError(
                 f"the decoder command {' '.join(self.command)!r} did not announce itself "
                 f'(its first line must be {{"ok": true, "ready": true}})'
+                + (f": {hello['broken']}" if hello.get("broken") else "")
             )
 
+    def _stop(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.wait()
+
     def _reply(self) -> dict:
-        line = self._proc.stdout.readline()
+        import queue
+
+        try:
+            line = self._lines.get(timeout=self.timeout)
+        except queue.Empty:
+            self._stop()
+            return {"ok": False, "broken": f"the decoder command gave no reply within {self.timeout:g} s (stopped)"}
         if not line:
             self._proc.wait()
             return {"ok": False, "broken": f"the decoder command exited (status {self._proc.returncode})"}
+        if len(line) > self.MAX_REPLY:
+            self._stop()
+            return {
+                "ok": False,
+                "broken": f"the decoder command replied a line of more than {self.MAX_REPLY} characters",
+            }
         try:
             reply = json.loads(line)
         except ValueError:
@@ -640,20 +683,24 @@ class CommandAdapter:
         npz = os.path.join(self._tmp.name, f"{self._n}.npz")
         with open(src, "wb") as fh:
             fh.write(bytes(data))
+        request = {"op": "decompress", "in": src, "npz": npz, "sequence": sequence, "id": self._n}
         try:
-            self._proc.stdin.write(json.dumps({"op": "decompress", "in": src, "npz": npz, "sequence": sequence}) + "\n")
+            self._proc.stdin.write(json.dumps(request) + "\n")
             self._proc.stdin.flush()
         except BrokenPipeError:
             pass
         reply = self._reply()
+        if "id" in reply and reply["id"] != self._n and not reply.get("broken"):
+            self._stop()  # out of step: its later replies would be taken for other streams
+            reply = {"ok": False, "broken": f"the decoder command replied to request {reply['id']!r}, not {self._n}"}
         try:
             if reply.get("broken"):  # a crash is not a rejection: a must-fail stream is not passed by it
                 raise CommandProtocolError(reply["broken"])
-            if not reply.get("ok"):
+            if reply.get("ok") is False and reply.get("unsupported"):
+                raise NotImplementedError(str(reply["unsupported"]))  # said so: skipped, not passed
+            if reply.get("ok") is not True:
                 raise CommandError(f"the decoder command rejected the stream: {reply.get('error', 'no reason given')}")
-            with np.load(npz) as z:
-                names = reply.get("names") or list(z.files)
-                return OrderedDict((k, z[k]) for k in names)
+            return _read_output(npz, reply.get("names"))
         finally:
             for path in (src, npz):
                 if os.path.exists(path):
@@ -682,6 +729,21 @@ class CommandAdapter:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _read_output(npz: str, names) -> OrderedDict:
+    """The tensors a decoder command wrote, in the order it names them; any failure to read them (a missing,
+    damaged or unreadable file, a name it does not hold) is a broken protocol, never a skip or a pass."""
+    try:
+        with np.load(npz, allow_pickle=False) as z:
+            names = list(z.files) if not names else names
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                raise ValueError(f"'names' is {names!r}, not a list of tensor names")
+            return OrderedDict((k, z[k]) for k in names)
+    except Exception as exc:  # noqa: BLE001 - NotImplementedError (an unknown zip method) included
+        raise CommandProtocolError(
+            f"the decoder command's output {os.path.basename(npz)} cannot be read ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 class CommandError(RuntimeError):
@@ -917,6 +979,22 @@ def _check_selection(suite, manifest, groups, names, profiles) -> None:
         raise errors.ManifestError(f"{where}: no stream to verify" + (" (of the selection)" if entries else ""))
 
 
+def _read_stream(suite, entry) -> bytes:
+    """The bytes of an entry's stream: a regular file inside the suite once symbolic links are followed (not a
+    device, a FIFO or a file elsewhere)."""
+    path = Path(suite) / entry["file"]
+    where = f"{Path(suite) / 'manifest.json'}: stream {entry['name']!r}"
+    try:
+        real, root = path.resolve(), Path(suite).resolve()
+    except (OSError, RuntimeError) as exc:
+        raise errors.ManifestError(f"{where}: {entry['file']!r} cannot be resolved ({exc})") from None
+    if root not in real.parents:
+        raise errors.ManifestError(f"{where}: {entry['file']!r} leads outside the suite (to {real})")
+    if real.exists() and not real.is_file():
+        raise errors.ManifestError(f"{where}: {entry['file']!r} is not a regular file")
+    return path.read_bytes()
+
+
 def _run_entries(suite, manifest, run, results, groups, names, profiles):
     # a selected update needs the streams before it in its sequence decoded first, with the same state (spec 14)
     sequence_of = {e["name"]: (e.get("sequence") or {}).get("id") for e in manifest["streams"]}
@@ -929,11 +1007,11 @@ def _run_entries(suite, manifest, run, results, groups, names, profiles):
         if not _selected(entry, groups, names, profiles):
             if seq is not None and i < last_needed.get(seq, -1):
                 try:  # an earlier member, decoded for the state only; its own verdict is not asked for
-                    run((suite / entry["file"]).read_bytes(), seq)
+                    run(_read_stream(suite, entry), seq)
                 except Exception:  # noqa: BLE001, S110 - the selected member's verdict says what went wrong
                     pass
             continue
-        data = (suite / entry["file"]).read_bytes()
+        data = _read_stream(suite, entry)
         t0 = time.perf_counter()
         try:
             out = run(data, seq)

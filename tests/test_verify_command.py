@@ -167,3 +167,79 @@ def test_a_manifest_file_with_a_nul_is_refused_in_one_line(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"streams": [entry]}))
     with pytest.raises(nnc.errors.ManifestError, match="not a path inside the suite"):
         verify_suite(tmp_path)
+
+
+def _command(tmp_path, body: str, name: str = "dec.py") -> list:
+    script = tmp_path / name
+    script.write_text("import json, sys, time, zipfile, numpy as np\n"
+                      "print(json.dumps({'ok': True, 'ready': True}), flush=True)\n"
+                      "for line in sys.stdin:\n    req = json.loads(line)\n" + body)
+    return [sys.executable, str(script)]
+
+
+def test_a_decoder_whose_output_cannot_be_read_fails_and_never_skips(tmp_path):
+    """Before: an .npz whose reading raised NotImplementedError (an unknown zip method) was taken for the adapter's
+    'unsupported', and every stream, must-fail ones included, was skipped: exit 0."""
+    body = ("    with zipfile.ZipFile(req['npz'], 'w') as z: z.writestr('w.npy', b'x')\n"
+            "    data = bytearray(open(req['npz'], 'rb').read())\n"
+            "    for sig, at in ((b'PK\\x03\\x04', 8), (b'PK\\x01\\x02', 10)):\n"  # compression method 9: deflate64
+            "        i = data.find(sig)\n"
+            "        data[i + at:i + at + 2] = (9).to_bytes(2, 'little')\n"
+            "    open(req['npz'], 'wb').write(data)\n"
+            "    print(json.dumps({'ok': True, 'names': ['w']}), flush=True)\n")
+    with CommandAdapter(_command(tmp_path, body)) as adapter:
+        results = verify_suite(SUITE, adapter, names=["p1_urq_so0", "mf_empty"])
+    assert results and not any(r.passed for r in results), [(r.name, r.detail) for r in results]
+    assert all("cannot be read" in r.detail for r in results if r.name == "p1_urq_so0")
+
+
+def test_unsupported_streams_are_skipped_and_a_run_of_skips_alone_fails(tmp_path):
+    cmd = _command(tmp_path, "    print(json.dumps({'ok': False, 'unsupported': 'no DQ here'}), flush=True)\n")
+    with CommandAdapter(cmd) as adapter:
+        results = verify_suite(SUITE, adapter, names=["p1_urq_so0"])
+    assert [r.detail for r in results] == ["skipped: no DQ here"]
+    r = subprocess.run([sys.executable, "-m", "nnc", "verify", str(SUITE), "--stream", "p1_urq_so0",
+                        "--decoder-command", " ".join(cmd)], capture_output=True, text=True)
+    assert r.returncode == 1 and "every stream was skipped" in r.stderr
+
+
+def test_a_decoder_that_hangs_or_replies_out_of_step_fails_the_stream(tmp_path):
+    """Before: a decoder that never replied made nnc verify wait for ever; an extra reply line shifted every
+    later verdict onto the next stream."""
+    hang = _command(tmp_path, "    time.sleep(3600)\n", "hang.py")
+    with CommandAdapter(hang, timeout=2) as adapter:
+        with pytest.raises(CommandProtocolError, match="no reply within 2 s"):
+            adapter(nnc.encode({"w": [[1.0, 2.0]] * 2}))
+    stale = _command(tmp_path, "    print(json.dumps({'ok': False, 'error': 'no', 'id': req['id'] - 1}), flush=True)\n",
+                     "stale.py")
+    with CommandAdapter(stale) as adapter:
+        with pytest.raises(CommandProtocolError, match="replied to request 0, not 1"):
+            adapter(nnc.encode({"w": [[1.0, 2.0]] * 2}))
+    r = subprocess.run([sys.executable, "-m", "nnc", "verify", str(SUITE), "--stream", "p1_urq_so0",
+                        "--decoder-command", " ".join(hang), "--timeout", "2"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 1 and "0 passed, 1 failed" in r.stdout
+
+
+def test_a_manifest_file_that_leads_outside_the_suite_or_to_a_device_is_refused(tmp_path):
+    import nnc.errors
+
+    manifest = json.loads((SUITE / "manifest.json").read_text())
+    entry = next(e for e in manifest["streams"] if e["name"] == "p1_urq_so0")
+    (tmp_path / "out.nnr").symlink_to(SUITE / entry["file"])
+    (tmp_path / "dev.nnr").symlink_to("/dev/zero")
+    for name, words in (("out.nnr", "leads outside the suite"), ("dev.nnr", "leads outside the suite")):
+        suite = tmp_path / name.split(".")[0]
+        suite.mkdir()
+        (suite / name).symlink_to(tmp_path / name)
+        (suite / "manifest.json").write_text(json.dumps({"streams": [dict(entry, file=name)]}))
+        with pytest.raises(nnc.errors.ManifestError, match=words):
+            verify_suite(suite)
+    fifo_suite = tmp_path / "fifo"
+    fifo_suite.mkdir()
+    import os
+
+    os.mkfifo(fifo_suite / "f.nnr")
+    (fifo_suite / "manifest.json").write_text(json.dumps({"streams": [dict(entry, file="f.nnr")]}))
+    with pytest.raises(nnc.errors.ManifestError, match="not a regular file"):
+        verify_suite(fifo_suite)
