@@ -736,7 +736,7 @@ def _read_output(npz: str, names) -> OrderedDict:
     damaged or unreadable file, a name it does not hold) is a broken protocol, never a skip or a pass."""
     try:
         with np.load(npz, allow_pickle=False) as z:
-            names = list(z.files) if not names else names
+            names = names if names else list(z.files)
             if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
                 raise ValueError(f"'names' is {names!r}, not a list of tensor names")
             return OrderedDict((k, z[k]) for k in names)
