@@ -44,7 +44,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -611,7 +611,7 @@ class CommandAdapter:
         self.timeout = float(timeout)
         self._tmp = tempfile.TemporaryDirectory(prefix="nnc-verify-")
         self._n = 0
-        self._proc = None
+        self._proc: Any = None
         self._start()
 
     def _start(self):
