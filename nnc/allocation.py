@@ -16,7 +16,9 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from .encoder import Encoder, default_scan_order
+from .encoding.settings import check_importance
 from .errors import EncodeError
+from .narrow_floats import as_stored
 from .reconstruction import step_size
 
 
@@ -29,10 +31,7 @@ def _tensor_curve(enc: Encoder, name: str, x: np.ndarray, qps, importance) -> li
     scan = scan if len(shape) > 1 and height > 1 and width > 1 else 0
     flat = x.reshape(-1).astype(np.float64)
     f = np.ones_like(flat) if importance is None else np.asarray(importance, np.float64).reshape(-1)
-    if f.size != flat.size or not np.all(f >= 0):
-        raise EncodeError(
-            f"tensor {name!r}: importance needs one non-negative value per element ({flat.size}), not {f.size}"
-        )
+    check_importance(name, f, flat.size)
     curve = []
     for qp in qps:
         step = float(step_size(qp, enc.qp_density))
@@ -42,7 +41,8 @@ def _tensor_curve(enc: Encoder, name: str, x: np.ndarray, qps, importance) -> li
         bits = enc.engine.estimate_tensor_bits(
             levels, height, width, n_gtx=enc.n_gtx, dq=enc.dq, scan_order=scan, edition=enc.edition
         )
-        err = float((f * (flat - levels.astype(np.float64) * np.float32(step)) ** 2).sum())
+        recon = as_stored(enc.settings.dtypes.get(name), levels.astype(np.float32) * np.float32(step))
+        err = float((f * (flat - recon.astype(np.float64)) ** 2).sum())  # (bfloat16: as its file holds it)
         curve.append((qp, bits, err))
     if not curve:
         raise EncodeError(f"tensor {name!r}: no candidate qp keeps its levels within int32")

@@ -365,6 +365,8 @@ def cmd_encode(args) -> int:
                     )
                 if given is not None and option == "sigmas" and not np.all(np.isfinite(given)):
                     return _fail(f"{path}: the sigmas of {t.name!r} must be finite and positive")
+                if given is not None and option == "importance" and not np.all(np.isfinite(given) & (given >= 0)):
+                    return _fail(f"{path}: the importance of {t.name!r} must be finite and >= 0")
     if args.covariances:
         if args.target_snr is not None:
             return _fail(
@@ -421,8 +423,9 @@ def cmd_encode(args) -> int:
     if args.target_snr is not None:
         from .allocation import allocate_qps
 
-        tensors, _, _ = models.load_model(args.model)
+        tensors, dtypes, _ = models.load_model(args.model)
         fixed = {k: v for k, v in options.items() if k not in ("qp", "step", "qp_per_tensor", "importance", "sigmas")}
+        models.with_file_dtypes(fixed, dtypes)  # (bfloat16 tensors: the error of the values their file holds)
         with _errors_name(args.model, EncodeError):
             allocated = allocate_qps(
                 tensors, target_snr_db=args.target_snr, importance=options.get("importance"), **fixed

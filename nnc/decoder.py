@@ -1942,8 +1942,9 @@ def restore_model_view(tensors: "OrderedDict[str, np.ndarray]", metadata: dict) 
         ``(tensors, dtypes)``: a new {name: ``numpy.ndarray``} in the model's
         order (the announced names first, then any others as given), and
         {name: dtype name}.  bfloat16 and float8 have no numpy dtype: such
-        tensors stay float32 and are named by their format in ``dtypes``
-        (:mod:`nnc.narrow_floats`).
+        tensors are float32 arrays of the values their format holds (rounded,
+        :func:`nnc.narrow_floats.as_stored`) and are named by their format in
+        ``dtypes`` (:mod:`nnc.narrow_floats`).
 
     Raises
     ------
@@ -1977,7 +1978,7 @@ def restore_model_view(tensors: "OrderedDict[str, np.ndarray]", metadata: dict) 
             v = v.reshape(shape)
         want = recorded_dtype(metadata, k, v.dtype)
         if want is not None and narrow_floats.is_narrow(want):
-            v = v.astype(np.float32, copy=False)  # its values as float32, as the readers give them (exact)
+            v = narrow_floats.as_stored(want, v)  # as float32, the values its file holds (as the readers give them)
         elif want is None or v.dtype == want:
             pass
         elif np.dtype(want).kind in "biu":

@@ -413,8 +413,9 @@ def encode_model_to(model, output, *, progress=None, budget: int = 1 << 30, meas
         summary.energy = summary.error = float("nan")
     elif encoder.state is None:
         for name, x in tensors.items():
-            if x.dtype.kind == "f":
-                summary.add_error(name, *_energy_error(x, result.tensors[name].reconstruction))
+            if x.dtype.kind == "f":  # against the values the decoded model's file holds
+                stored = narrow_floats.as_stored(encoder.settings.dtypes.get(name), result.tensors[name].reconstruction)
+                summary.add_error(name, *_energy_error(x, stored))
     summary.seconds = time.perf_counter() - t0
     return summary
 

@@ -150,6 +150,25 @@ def to_float32(name: str, raw: np.ndarray) -> np.ndarray:
     return _values(name)[np.asarray(raw, dtype=np.uint8)]
 
 
+def as_stored(dtype, x: np.ndarray) -> np.ndarray:
+    """Values as a file of ``dtype`` holds them: rounded to the format for bfloat16 and float8 (as float32,
+    exactly; what :func:`from_float32` writes), unchanged for any other dtype (None too).
+
+    The decoder gives a bfloat16 tensor's reconstruction in float32; the model written from it holds those
+    values rounded. Every measure of a decoded model (its SNR, a search's metric, a comparison) takes them so.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from nnc.narrow_floats import as_stored
+    >>> as_stored("bfloat16", np.array([1.0 + 2**-10], np.float32)).tolist(), as_stored("float32", [0.5])
+    ([1.0], [0.5])
+    """
+    if dtype is None or not is_narrow(str(dtype)):
+        return x
+    return np.asarray(to_float32(str(dtype), from_float32(str(dtype), x)), np.float32).reshape(np.shape(x))
+
+
 def from_float32(name: str, x: np.ndarray) -> np.ndarray:
     """Values to a format's bit patterns: nearest, ties to even; finite values saturate; inf and NaN keep the sign."""
     f = NARROW_FLOATS[name]
@@ -175,6 +194,7 @@ def from_float32(name: str, x: np.ndarray) -> np.ndarray:
 
 __all__ = [
     "BY_SAFETENSORS_CODE",
+    "as_stored",
     "FLOAT8",
     "NARROW_FLOATS",
     "NarrowFloat",

@@ -75,6 +75,7 @@ import numpy as np
 from .decoder import decode
 from .encoder import EncodeCache, Encoder
 from .errors import EncodeError
+from .narrow_floats import as_stored
 
 #: step sizes of the per-tensor refinement, in qp units
 REFINE_STEPS = (16, 8, 4, 2, 1)
@@ -202,7 +203,8 @@ class _Evaluator:
     """Encodes and scores candidates; keeps the units of earlier ones (:class:`EncodeCache`).
 
     A candidate's score is taken on the encoder's reconstruction, which is what the
-    decoder returns (the search checks that on its result).
+    decoder returns (the search checks that on its result), with the values of bfloat16
+    and float8 tensors rounded to their format as the decoded model's file holds them.
     """
 
     def __init__(self, tensors, evaluate, cache_bytes, check=None):
@@ -213,7 +215,8 @@ class _Evaluator:
 
     def _reconstruction(self, settings):
         res = Encoder(**settings).encode(self.tensors, cache=self.cache)
-        return res, {k: v.copy() for k, v in res.reconstruction.items()}  # evaluate may modify them
+        dtypes = settings.get("dtypes") or {}  # bfloat16 and float8 tensors: the values their file holds
+        return res, {k: np.array(as_stored(dtypes.get(k), v)) for k, v in res.reconstruction.items()}
 
     def __call__(self, settings):
         res, decoded = self._reconstruction(settings)

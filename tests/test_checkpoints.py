@@ -438,3 +438,42 @@ def test_a_checkpoint_is_not_decoded_among_model_files_it_would_not_replace(tmp_
     assert index["weight_map"] == {"layers.0.weight": "model-00001-of-00002.safetensors"}
     assert sorted(p.name for p in (tmp_path / "one").iterdir()) == ["model-00001-of-00002.safetensors",
                                                                   "model.safetensors.index.json"]
+
+
+def test_a_bfloat16_model_is_measured_as_its_decoded_file_holds_it(tmp_path, capsys):
+    """Before: the search, --target-snr, the encode summary and nnc compare took a bfloat16 tensor's unrounded
+    float32 reconstruction, while the decoded file holds it rounded: a --target-snr 50 file had 49.73 dB, a search
+    result scored worse than the metric had accepted, and `nnc compare MODEL STREAM --min-snr` passed a file that
+    failed it."""
+    from nnc.cli import main
+    from nnc.models import compare_tensors
+
+    rng = np.random.default_rng(2)
+    tensors = {"l1.weight": (rng.standard_normal((32, 16)) * 0.3).astype(np.float32),
+               "l1.bias": (rng.standard_normal(32) * 0.1).astype(np.float32)}
+    model = tmp_path / "m.safetensors"
+    formats.write_model(model, tensors, {k: "bfloat16" for k in tensors})
+    original, _ = formats.read_model(model)
+    for target in (40, 50):
+        assert main(["encode", str(model), "-o", str(tmp_path / "t.nnr"), "--target-snr", str(target), "-q"]) == 0
+        assert main(["decode", str(tmp_path / "t.nnr"), "-o", str(tmp_path / "t.safetensors"), "-q"]) == 0
+        decoded, dtypes = formats.read_model(tmp_path / "t.safetensors")
+        assert set(dtypes.values()) == {"bfloat16"}
+        energy = sum(float((original[k].astype(np.float64) ** 2).sum()) for k in original)
+        error = sum(float(((original[k].astype(np.float64) - decoded[k]) ** 2).sum()) for k in original)
+        assert 10 * np.log10(energy / error) >= target
+        from_stream = nnc.decode_model((tmp_path / "t.nnr").read_bytes())
+        assert all(np.array_equal(from_stream[k], decoded[k]) for k in decoded)  # the model view is the file's
+    metric = tmp_path / "metric.py"
+    metric.write_text("import numpy as np\nfrom nnc.formats import read_model\n"
+                      f"REF = read_model({str(model)!r})[0]\n"
+                      "def maxerr(t):\n"
+                      "    return -max(float(np.max(np.abs(np.asarray(t[k], np.float64) - REF[k]))) for k in REF)\n")
+    capsys.readouterr()
+    assert main(["encode", str(model), "-o", str(tmp_path / "s.nnr"), "--search", f"{metric}:maxerr",
+                 "--tolerance", "0.002", "--json"]) == 0
+    score = json.loads(capsys.readouterr().out)["score"]
+    assert main(["decode", str(tmp_path / "s.nnr"), "-o", str(tmp_path / "s.safetensors"), "-q"]) == 0
+    decoded, _ = formats.read_model(tmp_path / "s.safetensors")
+    assert -max(float(np.max(np.abs(decoded[k] - original[k].astype(np.float64)))) for k in original) == score
+    assert score >= -0.002

@@ -1141,3 +1141,18 @@ def test_names_a_stream_cannot_hold_and_forced_blocks_say_what_is_wrong():
     with pytest.raises(EncodeError, match="'fc.bias' and 'fc.weight' have different dtypes.*blocks='auto'"):
         nnc.encode(pair, blocks=True)
     assert set(nnc.decode(nnc.encode(pair))) == {"fc.weight", "fc.bias"}
+
+
+def test_importance_must_be_finite_and_non_negative(model, tmp_path, capsys):
+    """Before: an inf passed (`f >= 0`), and under --rdoq every weight of the tensor decoded as zero, exit 0."""
+    for bad in (np.inf, np.nan, -1.0):
+        f = np.ones((8, 6), np.float32)
+        f[0, 0] = bad
+        imp = tmp_path / "imp.npz"
+        imp.write_bytes(npz_bytes({"fc.weight": f}))
+        for extra in (["--rdoq"], ["--target-snr", "20"]):
+            code, _, err = cli(capsys, "encode", model, "-o", tmp_path / "x.nnr", "--importance", imp, *extra)
+            assert_refused(code, err, imp, "'fc.weight'", "finite and >= 0")
+        with pytest.raises(EncodeError, match="finite and >= 0"):
+            nnc.encode({"fc.weight": np.ones((8, 6), np.float32)}, rdoq_lambda=0.1, importance={"fc.weight": f})
+    assert not (tmp_path / "x.nnr").exists()

@@ -35,7 +35,7 @@ from .feedback import (
     error_feedback_levels,
     feedback_factor,
 )
-from .settings import EncoderSettings, matches, qp_for_step
+from .settings import EncoderSettings, check_importance, matches, qp_for_step
 
 INT32_MAX = 2**31 - 1
 
@@ -414,10 +414,8 @@ class Quantiser:
         s = self.settings
         flat = x.reshape(-1)
         f = s.importance.get(name)
-        if f is not None and (f.size != flat.size or not np.all(f >= 0)):
-            raise EncodeError(
-                f"tensor {name!r}: importance needs one non-negative value per element ({flat.size}), not {f.size}"
-            )
+        if f is not None:
+            check_importance(name, f, flat.size)
         # max |x / step| = (max |x|) / step: division by a positive step is monotone, also when rounded
         peak = max(float(flat.max()), -float(flat.min())) / float(step) if flat.size else 0.0
         if peak >= INT32_MAX - 2:

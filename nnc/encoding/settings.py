@@ -117,6 +117,25 @@ def check_tensor_name(name) -> None:
         )
 
 
+def check_importance(name: str, f: np.ndarray, size: int) -> None:
+    """Raise EncodeError unless ``f`` holds one finite value >= 0 per element of a tensor of ``size`` (an
+    infinite weight would make every other error of the tensor free, a NaN one any choice).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> check_importance("w", np.array([1.0, np.inf]), 2)
+    Traceback (most recent call last):
+        ...
+    nnc.errors.EncodeError: tensor 'w': importance values must be finite and >= 0 (it holds inf)
+    """
+    if f.size != size:
+        raise EncodeError(f"tensor {name!r}: importance needs one value per element ({size}), not {f.size}")
+    good = np.isfinite(f) & (f >= 0)
+    if not np.all(good):
+        raise EncodeError(f"tensor {name!r}: importance values must be finite and >= 0 (it holds {float(f[~good][0])})")
+
+
 def matches(name: str, patterns: Iterable[str]) -> bool:
     """Whether ``name`` equals one of ``patterns`` or matches it as a glob."""
     return any(fnmatch.fnmatchcase(name, p) or p == name for p in patterns)

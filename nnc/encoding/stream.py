@@ -33,6 +33,7 @@ import numpy as np
 
 from .._files import AtomicFile
 from ..errors import EncodeError
+from ..narrow_floats import as_stored
 from ..reconstruction import DECOMPRESSED_DATA_FORMATS
 from .quantiser import RESTORABLE_FORMATS, exact_qp
 from .settings import check_tensor_name
@@ -231,8 +232,8 @@ def encode_to(
                 raise EncodeError(
                     f"tensor {n!r}: coded as {t.recon.dtype.name} at qp {t.qp}, planned {plan[n]}"
                 )  # the head written would be wrong
-            if measure and x.dtype.kind == "f":
-                stats[n] = _energy_error(x, t.recon)
+            if measure and x.dtype.kind == "f":  # against the values the decoded model's file holds
+                stats[n] = _energy_error(x, as_stored(s.dtypes.get(n, by_name[n].original_dtype), t.recon))
             coded[n] = t
             values[n] = x  # raw_when_smaller stores these values
             del x
