@@ -128,6 +128,16 @@ def _parse_assignments(items, what, kind=int) -> dict:
     return out
 
 
+def _finite_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, not {text!r}")
+    return value
+
+
 def _positive_seconds(text: str) -> float:
     try:
         value = float(text)
@@ -933,7 +943,8 @@ class _DecodeBar:
 
 
 def _read_model_or_stream(path, threads: int, quiet: bool = True):
-    """{name: array} of a model file, or of an NNC stream's decoding with shapes and dtypes restored.
+    """({name: array}, {name: dtype name}) of a model file, or of an NNC stream's decoding with shapes and dtypes
+    restored (bfloat16 and float8 tensors are float32 arrays named by their format in the dtypes).
 
     A stream's decoding shows a progress bar over its tensors (on a terminal, unless ``quiet``).
     """
@@ -950,7 +961,8 @@ def _read_model_or_stream(path, threads: int, quiet: bool = True):
         from .readers import open_model
 
         _note_left_out(path, open_model(path).left_out, quiet, "compared")
-        return load_model(path)[0]  # a file, or a checkpoint folder or index
+        tensors, dtypes, _ = load_model(path)  # a file, or a checkpoint folder or index
+        return tensors, dtypes
     decoded: OrderedDict = OrderedDict()
     with _errors_name(path):
         dec = Decoder(path)
@@ -975,7 +987,9 @@ def _read_model_or_stream(path, threads: int, quiet: bool = True):
                     "the sequence with nnc decode --state FILE, then compare the decoded model",
                     clause="14",
                 ) from None
-    return restore_model_view(decoded, dec.metadata)[0]
+    if dec.differences:
+        _tell(quiet, f"nnc: note: {path} holds differences to a model (an update): its values are the changes")
+    return restore_model_view(decoded, dec.metadata)
 
 
 def _finite_json(value):
@@ -1009,8 +1023,8 @@ def _plotting_unavailable(args) -> str | None:
 
 
 def cmd_compare(args) -> int:
-    """``nnc compare``: fails (exit 1) on a missing tensor, another shape or dtype, an integer tensor that
-    differs, inf or NaN against another value, or a total SNR below ``--min-snr``."""
+    """``nnc compare``: fails (exit 1) on a tensor in only one of the two, another shape or dtype, an integer
+    tensor that differs, inf or NaN against another value, or a total SNR below ``--min-snr``."""
     from .errors import DecodeError
     from .models import compare_tensors
 
@@ -1027,13 +1041,13 @@ def cmd_compare(args) -> int:
     quiet = args.quiet or args.json
     with _stage_bar(3, quiet) as bar:  # reading, reading, comparing; a stream's decoding has its own bar
         bar.set_description_str(f"reading {Path(args.reference).name}")
-        reference = read(args.reference)
+        reference, reference_dtypes = read(args.reference)
         bar.update()
         bar.set_description_str(f"reading {Path(args.other).name}")
-        other = read(args.other)
+        other, other_dtypes = read(args.other)
         bar.update()
         bar.set_description_str("comparing")
-        result = compare_tensors(reference, other)
+        result = compare_tensors(reference, other, reference_dtypes, other_dtypes)
         bar.update()
     if args.plot:
         from .plots import compare_figure
@@ -1044,6 +1058,8 @@ def cmd_compare(args) -> int:
     problems = (
         [f"{len(result['missing'])} tensor(s) missing: {', '.join(result['missing'][:5])}"] if result["missing"] else []
     )
+    if result["extra"]:  # the models differ, whichever is given first
+        problems.append(f"{len(result['extra'])} tensor(s) only in {args.other}: {', '.join(result['extra'][:5])}")
     problems += [
         f"{m['name']}: shape {tuple(m['shape'])} against {tuple(m['other_shape'])}" for m in result["shape_mismatches"]
     ]
@@ -2016,7 +2032,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("other", help="the model or NNC stream to compare with it (formats detected from content)")
     p.add_argument(
         "--min-snr",
-        type=float,
+        type=_finite_number,
         metavar="DB",
         help="fail (exit status 1) if the total weight SNR over float tensors is below DB",
     )

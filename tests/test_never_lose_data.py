@@ -1156,3 +1156,29 @@ def test_importance_must_be_finite_and_non_negative(model, tmp_path, capsys):
         with pytest.raises(EncodeError, match="finite and >= 0"):
             nnc.encode({"fc.weight": np.ones((8, 6), np.float32)}, rdoq_lambda=0.1, importance={"fc.weight": f})
     assert not (tmp_path / "x.nnr").exists()
+
+
+def test_compare_sees_narrow_dtypes_and_tensors_only_in_other(tmp_path, capsys):
+    """Before: bfloat16 against float32 compared as 'float32 against float32', exit 0; a tensor only in OTHER was
+    a note (exit 0) while one only in REFERENCE failed; --min-snr nan was accepted; 0-d against (1, 1) was one
+    shape."""
+    w = np.linspace(-1, 1, 8, dtype=np.float32)  # values bfloat16 holds exactly
+    formats.write_model(tmp_path / "bf.safetensors", {"w": w}, {"w": "bfloat16"})
+    formats.write_model(tmp_path / "f32.safetensors", {"w": w})
+    formats.write_model(tmp_path / "more.safetensors", {"w": w, "extra": np.ones(2, np.float32)})
+    formats.write_model(tmp_path / "s0.npz", {"s": np.array(1.0, np.float32)})
+    formats.write_model(tmp_path / "s11.npz", {"s": np.ones((1, 1), np.float32)})
+    for a, b, words in (("bf", "f32", "dtype bfloat16 against float32"),
+                        ("f32", "more", "1 tensor(s) only in"),
+                        ("more", "f32", "1 tensor(s) missing")):
+        code, _, err = cli(capsys, "compare", tmp_path / f"{a}.safetensors", tmp_path / f"{b}.safetensors", "-q")
+        assert code == 1 and words in err, (a, b, err)
+    code, _, err = cli(capsys, "compare", tmp_path / "s0.npz", tmp_path / "s11.npz", "-q")
+    assert code == 1 and "shape () against (1, 1)" in err
+    with pytest.raises(SystemExit) as exc:
+        cli(capsys, "compare", tmp_path / "f32.safetensors", tmp_path / "f32.safetensors", "--min-snr", "nan")
+    assert exc.value.code == 2
+    stream = tmp_path / "bf.nnr"
+    assert main(["encode", str(tmp_path / "bf.safetensors"), "-o", str(stream), "-q"]) == 0
+    code, _, err = cli(capsys, "compare", tmp_path / "bf.safetensors", stream, "-q")
+    assert code == 0, err  # a stream of a bfloat16 model decodes to bfloat16
