@@ -754,9 +754,12 @@ def _encode_search(args, tensors, options, layout=None) -> int:
     elapsed = time.perf_counter() - t0
     if result.best is None:
         checked = " and the --check score" if check else ""
+        nan = sum(1 for c in result.candidates if c.score != c.score)
         return _fail(
             f"no setting kept the score{checked} within {args.tolerance} of the original's "
-            f"({result.reference_score:.6g}; {len(result.candidates)} candidates tried)"
+            f"({result.reference_score:.6g}; {len(result.candidates)} candidates tried"
+            + (f", {nan} of them scored NaN" if nan else "")
+            + ")"
         )
     best = result.best
     out = _stream_output(args)

@@ -234,11 +234,15 @@ class _Evaluator:
 def _as_scores(value):
     """A scalar score as a float, per-sample scores as a 1-D float array."""
     problem = "evaluate must return a number or a non-empty 1-D array of finite per-sample scores"
+    if value is None or isinstance(value, (str, bytes)):  # (numpy would read "0.5" as a number)
+        raise EncodeError(f"{problem}, not {value!r:.80}")
     try:
         arr = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
         raise EncodeError(f"{problem}, not {value!r:.80}") from None
     if arr.ndim == 0:
+        if float(arr) == math.inf:  # better than any model: a broken metric (-inf and NaN fail the tolerance)
+            raise EncodeError("evaluate gave +inf: a score must be finite (or -inf, or NaN, for a model that fails)")
         return float(arr)
     if arr.ndim != 1 or arr.size == 0 or not np.all(np.isfinite(arr)):
         raise EncodeError(problem)

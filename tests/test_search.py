@@ -506,3 +506,18 @@ def test_workers_out_of_range_are_refused_before_any_process_starts(workers):
     w = np.ones((4, 4), np.float32)
     with pytest.raises(EncodeError, match="workers must be an int from 1 to"):
         search({"w": w}, lambda t: 0.0, workers=workers, progress=False)
+
+
+@pytest.mark.parametrize("score, words", [(math.inf, "gave \\+inf"), ("0.5", "not '0.5'"), (None, "not None")])
+def test_a_metric_that_is_no_number_or_infinite_is_refused(score, words):
+    """Before: +inf from a candidate was accepted (the smallest stream won, its score printed as JSON Infinity),
+    a string was read as a number, and None reported as 'evaluate gave nan'."""
+    w = np.random.default_rng(0).normal(0, 0.1, (16, 16)).astype(np.float32)
+    first = []
+
+    def metric(t):
+        first.append(1)
+        return 1.0 if len(first) == 1 else score  # the original scores 1.0, the candidates `score`
+
+    with pytest.raises(EncodeError, match=words):
+        search({"w": w}, metric, qp_range=range(-40, -10, 4), progress=False, per_tensor=False)
