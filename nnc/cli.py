@@ -1584,6 +1584,12 @@ def _external_point(external, label, tensors, qp, threads, tmp, n) -> dict:
     common = [k for k in decoded if k in tensors]
     if not common:
         raise _CommandFailed(f"--vs-command's stream at qp {qp} holds none of the model's tensors")
+    dropped = [k for k, v in tensors.items() if k not in decoded and np.asarray(v).dtype.kind == "f" and np.size(v)]
+    if dropped:  # its bytes and SNR would be those of part of the model
+        raise _CommandFailed(
+            f"--vs-command's stream at qp {qp} leaves out {len(dropped)} of the model's float tensors "
+            f"({_first_few(dropped)}): it cannot be compared"
+        )
     for name in common:  # a coder may not keep 0-d shapes (NNCodec codes them as (1,))
         want = np.shape(tensors[name])
         if decoded[name].shape != want and decoded[name].size == int(np.prod(want)):

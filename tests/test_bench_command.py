@@ -188,3 +188,17 @@ def test_bench_plot_has_the_nncodec_curve(oracle, model, tmp_path, monkeypatch, 
         assert abs(their_snr - our_snr) < 1.5 and 0.5 < their_rate / our_rate < 2
     row = [r for r in report["rows"] if r["coder"] == "NNCodec"][0]
     assert row["bytes"] > 0 and np.isfinite(row["snr_db"])
+
+
+def test_a_coder_that_drops_tensors_is_not_compared(model, tmp_path, capsys):
+    """Before: a coder that left out a float tensor was shown with the bytes and SNR of the part it kept."""
+    command = _script(tmp_path, """
+        import sys, nnc
+        from nnc.formats import read_model
+        tensors, _ = read_model(sys.argv[1])
+        del tensors["fc2.weight"]
+        open(sys.argv[3], "wb").write(nnc.encode(tensors, qp=int(sys.argv[2])))
+    """)
+    assert cli.main(["bench", str(model), "--threads", "1", "--vs-command", command]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "leaves out 1 of the model's float tensors (fc2.weight)" in err[0]
