@@ -2128,6 +2128,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _warnings_as_lines(quiet: bool):
+    """nnc's own warnings (the search's) as one ``nnc: warning:`` line each, none with ``--quiet``; others as usual."""
+    import warnings
+
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if not os.path.abspath(filename).startswith(os.path.dirname(os.path.abspath(__file__))):
+            return shown(message, category, filename, lineno, file, line)
+        if not quiet:
+            print(f"nnc: warning: {message}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
+
+
 class _Terminated(KeyboardInterrupt):
     """SIGTERM, raised where the command is, so that its partial outputs are removed as on Ctrl-C."""
 
@@ -2183,7 +2201,7 @@ def main(argv=None) -> int:
         if getattr(args, attr, None) == "-":  # a file named "-" would be written or read, not a pipe
             parser.error(f"{option} cannot be '-': nnc reads and writes files, not standard input or output")
     try:
-        with _terminate_as_interrupt():
+        with _terminate_as_interrupt(), _warnings_as_lines(bool(getattr(args, "quiet", False))):
             return args.func(args)
     except NNCError as exc:
         return _fail(str(exc))

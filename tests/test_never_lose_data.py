@@ -1182,3 +1182,16 @@ def test_compare_sees_narrow_dtypes_and_tensors_only_in_other(tmp_path, capsys):
     assert main(["encode", str(tmp_path / "bf.safetensors"), "-o", str(stream), "-q"]) == 0
     code, _, err = cli(capsys, "compare", tmp_path / "bf.safetensors", stream, "-q")
     assert code == 0, err  # a stream of a bfloat16 model decodes to bfloat16
+
+
+def test_the_searchs_warning_is_one_line_and_quiet_with_q(model, tmp_path, capsys):
+    """Before: 'cli.py:714: UserWarning ...' with the source line, printed even with -q."""
+    metric = tmp_path / "metric.py"
+    metric.write_text("import numpy as np\ndef per_sample(t):\n    return np.ones(10)\n")
+    args = ["encode", model, "-o", tmp_path / "s.nnr", "--search", f"{metric}:per_sample", "--tolerance", "0.05",
+            "--time-budget", "1"]
+    code, _, err = cli(capsys, *args)
+    lines = [line for line in err.splitlines() if "samples moves the score" in line]
+    assert code == 0 and len(lines) == 1 and lines[0].startswith("nnc: warning: one of the 10 samples")
+    code, _, err = cli(capsys, *args, "-q")
+    assert code == 0 and "samples moves the score" not in err
