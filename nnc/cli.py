@@ -888,7 +888,30 @@ def cmd_decode(args) -> int:
             "they are; give --add-to MODEL to apply them",
             file=sys.stderr,
         )
+    narrow = _narrow_in_npz(dec, args.output)
+    if narrow:
+        _tell(
+            args.quiet or args.json,
+            f"nnc: note: .npz has no bfloat16 or float8: {_first_few(narrow)} written as float32 (the same values); "
+            "a .safetensors or .pt output keeps the dtype",
+        )
     return EXIT_OK
+
+
+def _narrow_in_npz(dec, output) -> list:
+    """The bfloat16 / float8 tensors of a stream that an .npz output (one file, not a folder) holds as float32."""
+    from .decoder import recorded_dtype
+    from .formats import FormatError, format_from_extension
+    from .writers import is_directory_target
+
+    try:
+        if is_directory_target(output) or format_from_extension(output) != "npz":
+            return []
+    except FormatError:
+        return []
+    return [
+        t.name for t in dec.tensors() if narrow_floats.is_narrow(str(recorded_dtype(dec.metadata, t.name, t.dtype)))
+    ]
 
 
 def _writes_onnx(output) -> bool:

@@ -1195,3 +1195,13 @@ def test_the_searchs_warning_is_one_line_and_quiet_with_q(model, tmp_path, capsy
     assert code == 0 and len(lines) == 1 and lines[0].startswith("nnc: warning: one of the 10 samples")
     code, _, err = cli(capsys, *args, "-q")
     assert code == 0 and "samples moves the score" not in err
+
+
+def test_decoding_bfloat16_to_npz_says_it_is_float32(tmp_path, capsys):
+    formats.write_model(tmp_path / "b.safetensors", {"w": np.ones((4, 4), np.float32)}, {"w": "bfloat16"})
+    assert main(["encode", str(tmp_path / "b.safetensors"), "-o", str(tmp_path / "b.nnr"), "-q"]) == 0
+    capsys.readouterr()
+    code, _, err = cli(capsys, "decode", tmp_path / "b.nnr", "-o", tmp_path / "b.npz")
+    assert code == 0 and ".npz has no bfloat16 or float8: w written as float32" in err
+    code, _, err = cli(capsys, "decode", tmp_path / "b.nnr", "-o", tmp_path / "b2.safetensors")
+    assert code == 0 and "npz" not in err
