@@ -599,7 +599,7 @@ class CommandAdapter:
     >>> adapter.close()
     """
 
-    #: Longest reply line read (characters): a longer one is a broken protocol, not read whole.
+    #: The longest reply line read, in characters; a longer one is a broken protocol, not read whole.
     MAX_REPLY = 1 << 22
 
     def __init__(self, command, timeout: float = 600.0):
