@@ -128,34 +128,24 @@ def _parse_assignments(items, what, kind=int) -> dict:
     return out
 
 
-def _finite_number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, not {text!r}")
-    return value
+def _argument(convert, valid, expected: str):
+    """An argparse ``type``: ``convert(text)`` when that succeeds and ``valid`` holds, else "expected ..."."""
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, not {text!r}") from None
+        if not valid(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, not {text!r}")
+        return value
+
+    return parse
 
 
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 < value < math.inf:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, not {text!r}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, not {text!r}")
-    return value
+_finite_number = _argument(float, math.isfinite, "a finite number")
+_positive_seconds = _argument(float, lambda v: 0 < v < math.inf, "a number of seconds > 0")
+_non_negative_int = _argument(int, lambda v: v >= 0, "an integer >= 0")
 
 
 def _refuse_overwriting_inputs(output, inputs: dict):
