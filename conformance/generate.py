@@ -35,7 +35,7 @@ from nnc.encoder import Encoder  # noqa: E402
 from nnc.engine import get_engine  # noqa: E402
 from nnc.verify import describe_output  # noqa: E402
 
-SUITE_VERSION = 7  # versions 2 to 7 added streams (their entries say added_in); no earlier stream changed
+SUITE_VERSION = 8  # versions 2 to 8 added streams (their entries say added_in); no earlier stream changed
 STREAMS: "OrderedDict[str, dict]" = OrderedDict()
 
 
@@ -429,8 +429,9 @@ def _mutate_unit_byte(s, unit_index, byte_index, fn):
     return bytes(b)
 
 
-def must_fail(name, error, clause, purpose):
-    return stream(name, 1, purpose, [f"rejected: {error}"], group="must-fail", expected_error=error, clause=clause)
+def must_fail(name, error, clause, purpose, **extra):
+    return stream(name, 1, purpose, [f"rejected: {error}"], group="must-fail", expected_error=error, clause=clause,
+                  **extra)
 
 
 must_fail("mf_empty", "TruncatedError", "3.1", "an empty stream")(lambda: b"")
@@ -942,6 +943,28 @@ must_fail("mf_nncodec_cut_after_topology", "TruncatedError", "3.5",
           "NNCodec's style of stream (an empty topology string: nothing announced) cut at the unit boundary "
           "before its first NDU (15.1 item 48)")(
     lambda: C.build_str(1) + C.build_mps() + C.build_tpl())
+
+# -- suite version 8: an update decoded again, or after a missing one, is refused (spec 14.4, 15.1 item 49) -----
+
+ADDED_IN = 8
+
+for _i, _label in enumerate(["base", "update"]):
+    stream(f"p1_replay_{_i}_{_label}", 1,
+           "the base and first update of p1_incremental_encoded, again, for mf_replayed_update after them: "
+           + ("base model, node depth 1" if _i == 0 else "update, node depth 2"),
+           ["node ids", "put_node_depth"] + ([] if _i == 0 else
+                                             ["mps_parent_signalling_enabled_flag", "temporal_context_modeling_flag"]),
+           sequence=dict(id="p1_replay", position=_i))(lambda i=_i: _incremental_encoded()[i])
+must_fail("mf_replayed_update", "DecodeError", "14.4",
+          "the update of p1_replay decoded a second time: its NDUs name parents at depth 1, the decoder state's "
+          "tensors are at depth 2 (15.1 item 49)",
+          sequence=dict(id="p1_replay", position=2))(lambda: _incremental_encoded()[1])
+stream("p1_gap_0_base", 1, "the base of p1_incremental_encoded, again, for mf_update_after_a_gap after it",
+       ["node ids", "put_node_depth"], sequence=dict(id="p1_gap", position=0))(lambda: _incremental_encoded()[0])
+must_fail("mf_update_after_a_gap", "DecodeError", "14.4",
+          "the second update of p1_incremental_encoded right after its base: its NDUs name parents at depth 2, the "
+          "decoder state's tensors are at depth 1 (an update is missing; 15.1 item 49)",
+          sequence=dict(id="p1_gap", position=1))(lambda: _incremental_encoded()[2])
 
 # -- the third-party group: streams written by NNCodec, copied in (not generated) -------------------------
 

@@ -195,15 +195,29 @@ def test_wrong_entry_point_streams_fail_only_where_entry_points_are_used(engine,
     assert verify.value.clause == "11.4"
 
 
-def _error_of(data, engine, entry_points):
+def _error_of(data, engine, entry_points, before=()):
+    """The error decoding ``data`` raises, after the streams ``before`` it in its sequence (one state)."""
     import nnc
     from nnc import errors
 
+    state = nnc.DecoderState()
+    for earlier in before:
+        nnc.decode(earlier, engine=engine, entry_points=entry_points, state=state)
     try:
-        nnc.decode(data, engine=engine, entry_points=entry_points)
+        nnc.decode(data, engine=engine, entry_points=entry_points, state=state)
     except errors.NNCError as exc:
         return type(exc).__name__, exc.clause, exc.offset
     return None
+
+
+def _before_in_sequence(entry) -> list:
+    """The bytes of the streams before ``entry`` in its sequence, in order (none outside a sequence)."""
+    seq = entry.get("sequence")
+    if not seq:
+        return []
+    earlier = [e for e in MANIFEST["streams"] if (e.get("sequence") or {}).get("id") == seq["id"]
+               and e["sequence"]["position"] < seq["position"]]
+    return [(SUITE / e["file"]).read_bytes() for e in sorted(earlier, key=lambda e: e["sequence"]["position"])]
 
 
 @pytest.mark.parametrize("entry_points", ["ignore", "use"])
@@ -214,9 +228,9 @@ def test_both_engines_reject_a_stream_alike(entry_points):
     for e in MANIFEST["streams"]:
         if e["group"] != "must-fail" and not (entry_points == "use" and e.get("wrong_entry_points")):
             continue
-        assert not e.get("sequence")  # decoded on their own
-        data = (SUITE / e["file"]).read_bytes()
-        python, cython = _error_of(data, "python", entry_points), _error_of(data, "cython", entry_points)
+        data, before = (SUITE / e["file"]).read_bytes(), _before_in_sequence(e)  # (a sequence's streams first)
+        python = _error_of(data, "python", entry_points, before)
+        cython = _error_of(data, "cython", entry_points, before)
         assert python is not None and python == cython, (e["name"], python, cython)
         checked += 1
     assert checked >= 50
@@ -243,8 +257,17 @@ def test_suite_version_6_streams_are_registered():
 
 def test_suite_version_7_streams_are_registered():
     added = {e["name"] for e in MANIFEST["streams"] if e.get("added_in") == 7}
-    assert MANIFEST["version"] == 7
     assert added == {"mf_cut_before_topology", "mf_nncodec_cut_after_topology"}
+
+
+def test_suite_version_8_streams_are_registered():
+    added = {e["name"]: e for e in MANIFEST["streams"] if e.get("added_in") == 8}
+    assert MANIFEST["version"] == 8
+    assert set(added) == {"p1_replay_0_base", "p1_replay_1_update", "mf_replayed_update", "p1_gap_0_base",
+                          "mf_update_after_a_gap"}
+    assert [added[n]["sequence"] for n in ("mf_replayed_update", "mf_update_after_a_gap")] == [
+        {"id": "p1_replay", "position": 2}, {"id": "p1_gap", "position": 1}]
+    assert {added[n]["clause"] for n in ("mf_replayed_update", "mf_update_after_a_gap")} == {"14.4"}
 
 
 def test_the_count_stream_announces_a_count_and_earlier_streams_names():
