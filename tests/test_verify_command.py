@@ -243,3 +243,18 @@ def test_a_manifest_file_that_leads_outside_the_suite_or_to_a_device_is_refused(
     (fifo_suite / "manifest.json").write_text(json.dumps({"streams": [dict(entry, file="f.nnr")]}))
     with pytest.raises(nnc.errors.ManifestError, match="not a regular file"):
         verify_suite(fifo_suite)
+
+
+def test_the_repositorys_decoder_commands_echo_the_request_id(tmp_path):
+    """tools/nnc_decoder.py --serve answers with the request's id, so an out-of-step reply is caught (the
+    NNCodec worker does the same, checked where the oracle is set up: test_nncodec_decoder_command_agrees...)."""
+    stream = tmp_path / "s.nnr"
+    stream.write_bytes(nnc.encode({"w": [[1.0, 2.0]] * 2}))
+    request = json.dumps({"op": "decompress", "in": str(stream), "npz": str(tmp_path / "o.npz"), "sequence": None,
+                          "id": 7}) + "\n" + json.dumps({"op": "decompress", "in": str(tmp_path / "missing.nnr"),
+                                                         "npz": str(tmp_path / "p.npz"), "id": 8}) + "\n"
+    r = subprocess.run(NNC_SERVE, input=request, capture_output=True, text=True, timeout=120)
+    replies = [json.loads(line) for line in r.stdout.splitlines()]
+    assert replies[0] == {"ok": True, "ready": True}
+    assert replies[1]["ok"] is True and replies[1]["id"] == 7
+    assert replies[2]["ok"] is False and replies[2]["id"] == 8

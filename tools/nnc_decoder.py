@@ -32,7 +32,11 @@ from nnc.verify import output_sha256, tensor_sha256  # noqa: E402
 
 def serve(engine, entry_points, stdin=sys.stdin, stdout=sys.stdout) -> int:
     """Answer decoder-command requests (nnc.verify.CommandAdapter) until stdin closes."""
+    request_id = [None]  # echoed in the reply to the request being answered
+
     def reply(obj):
+        if request_id[0] is not None:
+            obj = dict(obj, id=request_id[0])
         stdout.write(json.dumps(obj) + "\n")
         stdout.flush()
 
@@ -41,8 +45,10 @@ def serve(engine, entry_points, stdin=sys.stdin, stdout=sys.stdout) -> int:
     for line in stdin:
         if not line.strip():
             continue
+        request_id[0] = None
         try:
             req = json.loads(line)
+            request_id[0] = req.get("id") if isinstance(req, dict) else None
             seq = req.get("sequence")
             state = states.setdefault(seq, nnc.DecoderState()) if seq else None
             tensors = nnc.decode(req["in"], engine=engine, entry_points=entry_points, state=state)
@@ -50,7 +56,7 @@ def serve(engine, entry_points, stdin=sys.stdin, stdout=sys.stdout) -> int:
             reply({"ok": True, "names": list(tensors)})
         except nnc.NNCError as exc:
             reply({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, OSError) as exc:  # (a stream that cannot be read: keep serving)
             reply({"ok": False, "error": f"bad request: {exc}"})
     return 0
 

@@ -67,7 +67,11 @@ def main():
     import numpy as np
     from nncodec import nnc
 
+    request_id = [None]  # the id of the request being answered (nnc.verify's protocol), echoed in its reply
+
     def reply(obj):
+        if request_id[0] is not None:
+            obj = dict(obj, id=request_id[0])
         out.write(json.dumps(obj) + "\n")
         out.flush()
 
@@ -84,8 +88,10 @@ def main():
     for line in sys.stdin:
         if not line.strip():
             continue
+        request_id[0] = None
         try:
             req = json.loads(line)
+            request_id[0] = req.get("id") if isinstance(req, dict) else None
             op = req.get("op")
             repeats = max(1, int(req.get("time_repeats", 1)))
             if op == "ping":
