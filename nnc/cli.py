@@ -217,7 +217,9 @@ def _starts_like_a_stream(path) -> bool:
             head = fh.read(4)
     except (OSError, TypeError):
         return True
-    return head[:3] == b"\x00\x04\x02"
+    from .formats import NNR_START_UNIT
+
+    return head[:3] == NNR_START_UNIT
 
 
 def _not_a_stream(path):
@@ -279,6 +281,7 @@ def _ignored_options(args) -> str | None:
 def cmd_encode(args) -> int:
     from . import formats, models, readers
     from .encoder import EncoderState
+    from .encoding.settings import check_importance
     from .errors import EncodeError
 
     if args.state and args.search:
@@ -365,8 +368,11 @@ def cmd_encode(args) -> int:
                     )
                 if given is not None and option == "sigmas" and not np.all(np.isfinite(given)):
                     return _fail(f"{path}: the sigmas of {t.name!r} must be finite and positive")
-                if given is not None and option == "importance" and not np.all(np.isfinite(given) & (given >= 0)):
-                    return _fail(f"{path}: the importance of {t.name!r} must be finite and >= 0")
+                if given is not None and option == "importance":
+                    try:
+                        check_importance(t.name, np.asarray(given).reshape(-1), t.size)
+                    except EncodeError as exc:
+                        return _fail(f"{path}: {exc.message}")
     if args.covariances:
         if args.target_snr is not None:
             return _fail(

@@ -226,7 +226,7 @@ def encode_model(model, output, client, **options) -> int:
                 _write_in_order(tasks(mps_qp), window, units)
             decoded = {m["name"]: m["recon"] for summary in summaries for m in summary}
             original = {k: s.dtypes.get(k, np.dtype(dtype).name) for k, (_, dtype) in index.items()}
-            metadata = metadata_json(shapes, decoded, original, checkpoint_metadata(open_model(path)), groups=groups)
+            metadata = metadata_json(shapes, decoded, original, checkpoint_metadata(source), groups=groups)
             head = b"".join(
                 [
                     C.build_str(s.profile),

@@ -93,6 +93,9 @@ __all__ = [
     "float32_to_bfloat16",
 ]
 
+#: The first bytes of an NNC stream: the size (4) and type (NNR_STR) of its start unit (spec 3.1, 4).
+NNR_START_UNIT = b"\x00\x04\x02"
+
 # -- detection -----------------------------------------------------------------
 
 
@@ -166,7 +169,7 @@ def detect_format(path: str | os.PathLike) -> str:
             return "safetensors"
     if head[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05"):
         return "pt"
-    if head[:4] == b"\x00\x04\x02\x00" or head[:4] == b"\x00\x04\x02\x01":
+    if head[:3] == NNR_START_UNIT and head[3:4] in (b"\x00", b"\x01"):  # profile 0 or 1
         return "nnr"
     ext = p.suffix.lower().lstrip(".")
     if ext == "onnx" or (head[:1] == b"\x08" and ext in ("onnx", "")):

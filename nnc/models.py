@@ -286,8 +286,8 @@ def load_model(path) -> tuple:
 
     Parameters
     ----------
-    path : str or ``os.PathLike``
-        A model file, a sharded checkpoint folder or its index .json.
+    path : str, ``os.PathLike`` or ``nnc.readers.ModelSource``
+        A model file, a sharded checkpoint folder or its index .json, or a model already opened.
 
     Returns
     -------
@@ -311,9 +311,9 @@ def load_model(path) -> tuple:
     >>> tensors["w"].shape, dtypes, extra
     ((2, 3), {'w': 'float32'}, None)
     """
-    from .readers import open_model
+    from .readers import ModelSource, open_model
 
-    source = open_model(path)
+    source = path if isinstance(path, ModelSource) else open_model(path)
     tensors = OrderedDict((t.name, t.load()) for t in source)
     return tensors, source.dtypes, checkpoint_metadata(source)
 

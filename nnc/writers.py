@@ -432,12 +432,8 @@ def _temp_in(folder: Path, name: str) -> str:
 
 def _write_folder_from_memory(folder: Path, tensors, dtypes: dict, layout, inputs: dict) -> dict:
     """Write in-memory ``tensors`` into ``folder`` in a checkpoint ``layout`` (a model's own: shards, index; a tensor
-    it does not place goes to its last file), or as ``model.safetensors`` without one."""
-    from .readers import open_model
-
-    inputs = dict(inputs)
-    if inputs.get("model added to") is not None:
-        inputs["model added to"] = open_model(inputs["model added to"]).files  # every shard is an input
+    it does not place goes to its last file), or as ``model.safetensors`` without one. ``inputs``: {what: path or
+    list of paths} no written file may replace."""
     planned = OrderedDict(
         (k, _Tensor(k, tuple(np.shape(v)), str(dtypes.get(k) or np.asarray(v).dtype.name))) for k, v in tensors.items()
     )
@@ -707,9 +703,12 @@ def _decode_in_memory(dec: Decoder, output, wanted, template, threads, progress,
     previous = layout = None
     if add_to is not None:
         from .models import load_model
+        from .readers import open_model
 
-        previous = load_model(add_to)  # a file, a checkpoint folder or its index
+        source = open_model(add_to)  # a file, a checkpoint folder or its index
+        previous = load_model(source)
         layout = (previous[2] or {}).get("checkpoint")
+        added_files = source.files  # every shard is an input
     if previous is not None and dec.differences:
         from .decoder import check_update_parent
         from .errors import UpdateError
@@ -753,7 +752,7 @@ def _decode_in_memory(dec: Decoder, output, wanted, template, threads, progress,
         dtypes = dict({k: v for k, v in dtypes.items() if k not in previous[0] or k in dec.replaced}, **kept)
     if into_folder:
         return _write_folder_from_memory(
-            Path(output), view, dtypes, layout, {"model added to": add_to, **(inputs or {})}
+            Path(output), view, dtypes, layout, {"model added to": added_files, **(inputs or {})}
         )
     write_model(os.fspath(output), view, dtypes, fmt=fmt, template=template)
     return dict(
