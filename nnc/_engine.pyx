@@ -105,6 +105,7 @@ DEF ERR_FORCED_RANGE = 5
 DEF ERR_CODEBOOK_RANGE = 6
 DEF ERR_SEEK_NEGATIVE = 7
 DEF ERR_SEEK_PAST_END = 8
+DEF ERR_ENTRY_POINT = 9
 
 DEF MODE_ENCODE = 0
 DEF MODE_OPTIMISE = 1
@@ -647,6 +648,18 @@ cdef inline int64_t decoder_position(ArithDecoder* d) noexcept nogil:
     return 8 * d.pos - 8 + d.bits_needed
 
 
+cdef inline bint fill_in_bits_match(ArithDecoder* d) noexcept nogil:
+    """Whether V's low 7 bits equal those a start at the decoder's position fills in (spec 9.7)."""
+    return (d.val & 127) == ((<uint32_t>d.buf[d.pos - 1] << (8 + d.bits_needed)) & 127)
+
+
+cdef inline bint at_entry_point(int64_t t, int64_t value, bint low_ok, int state, int64_t ep_t, int64_t ep_value,
+                                int64_t ep_state, bint dq) noexcept nogil:
+    """Whether a block row reached sequentially starts in the state its entry point
+    gives: position T, all of V and the DQ state (spec 11.4)."""
+    return t == ep_t and value == ep_value and low_ok and (not dq or state == ep_state)
+
+
 cdef inline int decoder_seek(ArithDecoder* d, int64_t t, uint32_t value) noexcept nogil:
     """Start decoding at bit position t with the window value (spec 9.7); 0 or an error code."""
     cdef int64_t p = t + 9
@@ -871,7 +884,8 @@ cdef int decode_tensor_data(ArithDecoder* dsrc, Ctx* ctx, Layout* Lsrc, TensorSh
                             int64_t stop_row, int64_t* bnd) noexcept nogil:
     """Decode the scan of one tensor (spec 11.2, 11.3, 11.5). Returns 0 or an error code.
 
-    With entry points (``use_ep``) the block rows before ``start_row`` are not decoded.
+    With entry points (``use_ep``) the block rows before ``start_row`` are not decoded, and
+    every block row after the first one decoded must start where its entry point does.
     With ``bnd`` != NULL (a block-row range, spec 11.4): only block row ``start_row``
     is entered from its entry point, rows up to ``stop_row`` - 1 follow sequentially,
     and at the start of ``stop_row`` (< n_block_rows) bnd receives
@@ -891,6 +905,9 @@ cdef int decode_tensor_data(ArithDecoder* dsrc, Ctx* ctx, Layout* Lsrc, TensorSh
     cdef int state = 0
     cdef int64_t prev = 0
     cdef int64_t k, n_rec
+    cdef int64_t seq_t, seq_value
+    cdef int seq_state
+    cdef bint seq_low_ok
     cdef int code
     cdef ScanWalk w
     try:
@@ -903,7 +920,7 @@ cdef int decode_tensor_data(ArithDecoder* dsrc, Ctx* ctx, Layout* Lsrc, TensorSh
                 contexts_reset(ctx, L.n_ctx)
                 prev = 0
                 d.rng = 256
-                if (not use_ep or (bnd != NULL and br > start_row)) and d.val >= (256 << 7):
+                if (not use_ep or br > start_row) and d.val >= (256 << 7):
                     return ERR_FORCED_RANGE
                 if rec_t != NULL:
                     rec_t[br - 1] = decoder_position(d)
@@ -913,13 +930,19 @@ cdef int decode_tensor_data(ArithDecoder* dsrc, Ctx* ctx, Layout* Lsrc, TensorSh
                     bnd[0] = decoder_position(d)
                     bnd[1] = d.val >> 7
                     bnd[2] = state
-                    bnd[3] = (d.val & 127) == ((<uint32_t>d.buf[d.pos - 1] << (8 + d.bits_needed)) & 127)
+                    bnd[3] = fill_in_bits_match(d)
                     return ERR_NONE
+                seq_t, seq_value, seq_state = decoder_position(d), d.val >> 7, state
+                seq_low_ok = fill_in_bits_match(d)
                 if use_ep and (bnd == NULL or br == start_row):
                     code = decoder_seek(d, ep_t[br - 1], <uint32_t>ep_value[br - 1])
                     if code:
                         return code
                     state = <int>ep_state[br - 1] if t.dq else 0
+                if use_ep and br > start_row and not at_entry_point(seq_t, seq_value, seq_low_ok, seq_state,
+                                                                    ep_t[br - 1], ep_value[br - 1], ep_state[br - 1],
+                                                                    t.dq):
+                    return ERR_ENTRY_POINT
             if skips_segment(&w, t, skipped, &state):
                 continue
             for i in range(w.first, w.end):
@@ -1271,6 +1294,7 @@ _DECODE_ERRORS = {
     ERR_CODEBOOK_RANGE: (DecodeError, "decoded codebook index offset outside the codebook", "10.4"),
     ERR_SEEK_NEGATIVE: (DecodeError, "entry point at a negative position", "9.7"),
     ERR_SEEK_PAST_END: (TruncatedError, "entry point needs bytes beyond the payload", "9.7"),
+    ERR_ENTRY_POINT: (DecodeError, "a block row ends where its successor's entry point does not start", "11.4"),
 }
 
 

@@ -723,8 +723,10 @@ class Decoder:
     entry_points : str
         What to do with transmitted entry points (spec 11.4): ``"ignore"``
         them (decode sequentially, the default), ``"use"`` them to decode
-        each block row from its entry point, or ``"verify"`` that they equal
-        the positions found by sequential decoding.
+        each block row from its entry point (each block row must end where the
+        next one's entry point starts: the result is that of sequential decoding
+        or a ``DecodeError``), or ``"verify"`` that they equal the positions
+        found by sequential decoding.
 
     Raises
     ------

@@ -174,10 +174,12 @@ def test_api_adapter_fails_a_must_fail_stream_that_one_way_decodes(monkeypatch, 
 
 
 @pytest.mark.parametrize("engine", ["python", "cython"])
-@pytest.mark.parametrize("name, error", [("p1_entry_point_negative", "DecodeError"),
-                                         ("p1_entry_point_beyond_payload", "TruncatedError")])
-def test_wrong_entry_point_streams_fail_only_where_entry_points_are_used(engine, name, error):
-    """Sequential decoding ignores them (expected output); use and verify reject them (spec 9.7, 11.4)."""
+@pytest.mark.parametrize("name, error, clause", [("p1_entry_point_negative", "DecodeError", "11.4"),
+                                                 ("p1_entry_point_beyond_payload", "TruncatedError", "9.7")])
+def test_wrong_entry_point_streams_fail_only_where_entry_points_are_used(engine, name, error, clause):
+    """Sequential decoding ignores them (expected output); use and verify reject them (spec 9.7, 11.4):
+    used, the first wrong one is found where block row 1 starts, by its position past the payload (9.7) or, in
+    the bounds, by the state block row 0 ends in (11.4)."""
     import nnc
     from nnc import errors
     from nnc.verify import output_sha256
@@ -189,7 +191,7 @@ def test_wrong_entry_point_streams_fail_only_where_entry_points_are_used(engine,
     assert output_sha256(nnc.decode(data, engine=engine, threads=2)) == entry["expected"]["output_sha256"]
     with pytest.raises(getattr(errors, error)) as use:
         nnc.decode(data, engine=engine, entry_points="use")
-    assert use.value.clause == "9.7" and type(use.value).__name__ == error
+    assert use.value.clause == clause and type(use.value).__name__ == error
     with pytest.raises(errors.DecodeError) as verify:
         nnc.decode(data, engine=engine, entry_points="verify")
     assert verify.value.clause == "11.4"

@@ -195,6 +195,10 @@ class ArithmeticDecoder:
             # stream always has V < 256 * 2^7 at this point.
             raise DecodeError("code value outside the interval at a block-row boundary", clause="11.3", offset=self.pos)
 
+    def fill_in_bits_match(self) -> bool:
+        """Whether V's low 7 bits equal those a start at this position fills in (9.7)."""
+        return (self.value & 127) == (self.data[self.pos - 1] << (8 + self.bits_needed)) & 127
+
     def start_at_entry_point(self, t: int, value: int) -> None:
         """Position the decoder at bit T with V >> 7 = ``value`` and R = 256 (9.7)."""
         if t < 0:

@@ -284,20 +284,31 @@ class PayloadDecoder:
             if r == stop_row:
                 # end of a block-row range: record where the next range must start
                 ad.force_range()
-                low = (ad.data[ad.pos - 1] << (8 + ad.bits_needed)) & 127
-                self.last_boundary = (ad.position - t0, ad.value >> 7, state if t.dq else 0, (ad.value & 127) == low)
+                self.last_boundary = (ad.position - t0, ad.value >> 7, state if t.dq else 0, ad.fill_in_bits_match())
                 break
             if r > 0:
                 # 11.3 block-row boundary: contexts reset, neighbour 0, R = 256;
                 # or 9.7: jump to the block row's entry point
-                if use_eps and (r == start_block_row or not ranged):
-                    value, ep_state = entry_points[r - 1][0], entry_points[r - 1][1]
-                    if t.dq and not 0 <= ep_state <= 7:  # api-check
-                        raise DecodeError(f"entry point DQ state {ep_state} outside 0..7", clause="11.4", offset=ad.pos)
-                    ad.start_at_entry_point(t0 + sum(increments[:r]), value)
-                    state = ep_state if t.dq else 0
-                else:
+                entered = use_eps and r == start_block_row
+                if not entered:
                     ad.force_range()
+                reached = (ad.position, ad.value >> 7, state if t.dq else 0, ad.fill_in_bits_match())
+                if use_eps:
+                    value, ep_state = entry_points[r - 1][0], entry_points[r - 1][1]
+                    if entered or not ranged:
+                        if t.dq and not 0 <= ep_state <= 7:  # api-check
+                            raise DecodeError(
+                                f"entry point DQ state {ep_state} outside 0..7", clause="11.4", offset=ad.pos
+                            )
+                        ad.start_at_entry_point(t0 + sum(increments[:r]), value)
+                        state = ep_state if t.dq else 0
+                    if not entered and reached != (t0 + sum(increments[:r]), value, ep_state if t.dq else 0, True):
+                        # a block row reached sequentially starts where its entry point says (11.4)
+                        raise DecodeError(
+                            "a block row ends where its successor's entry point does not start",
+                            clause="11.4",
+                            offset=ad.pos,
+                        )
                 for m in ctx:
                     m.reset()
                 if record_entry_points:
