@@ -35,7 +35,8 @@ def temp_file_beside(path, suffix: str = ".tmp") -> tuple[int, str]:
     IsADirectoryError
         If ``path`` is an existing folder.
     OSError
-        If the folder does not exist or cannot take a new file.
+        If the folder does not exist or cannot take a new file, or ``path`` is a device, a pipe or a
+        socket (the rename would replace it).
 
     Examples
     --------
@@ -53,8 +54,16 @@ def temp_file_beside(path, suffix: str = ".tmp") -> tuple[int, str]:
     p = Path(path)
     if p.is_dir():
         raise IsADirectoryError(errno.EISDIR, "a folder, not a file: give a file name", os.fspath(path))
+    if p.exists() and not p.is_file():
+        raise OSError(
+            errno.EINVAL,
+            "not a regular file (a device, a pipe or a socket), which the finished file would replace: give a file name",
+            os.fspath(path),
+        )
+    # the name cut so that the temporary one stays within the 255 bytes a folder entry takes
+    prefix = "." + os.fsencode(p.name)[:200].decode(errors="ignore") + "."
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=suffix, dir=p.parent if str(p.parent) else ".")
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=p.parent if str(p.parent) else ".")
     except OSError as exc:
         raise OSError(exc.errno, f"cannot write there ({exc.strerror})", os.fspath(path)) from None
     umask = os.umask(0)

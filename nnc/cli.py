@@ -636,7 +636,12 @@ def _decode_on_cluster(args) -> int:
     try:  # streaming: each unit's tensors are written into the output as they arrive
         with _errors_name(args.stream):
             written = distributed.decode_to_path(
-                args.stream, args.output, client, threads=args.threads or 1, entry_points=args.entry_points
+                args.stream,
+                args.output,
+                client,
+                threads=args.threads or 1,
+                entry_points=args.entry_points,
+                overwrite=args.overwrite,
             )
     finally:
         if owned:
@@ -860,6 +865,7 @@ def cmd_decode(args) -> int:
                 add_to=args.add_to,
                 template=args.template,
                 inputs={"stream": args.stream, "--state file": args.state},
+                overwrite=args.overwrite,
             )
     finally:
         bar.close()
@@ -2042,6 +2048,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODEL",
         help="the stream is an update of differences: write MODEL (a file, a checkpoint folder or its index) plus "
         "the decoded update (to -o folder/: in MODEL's own shards and index)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="into an output folder: replace files there of the names the stream gives (by default refused: "
+        "they may be the original model's)",
     )
     p.add_argument(
         "--scheduler",

@@ -439,7 +439,14 @@ def _units_in_order(client, path, units, decoder_options, threads, in_flight):
 
 
 def decode_to_path(
-    stream, output, client, *, threads: int = 1, in_flight: int | None = None, **decoder_options
+    stream,
+    output,
+    client,
+    *,
+    threads: int = 1,
+    in_flight: int | None = None,
+    overwrite: bool = False,
+    **decoder_options,
 ) -> dict:
     """Decode a stream file on a Dask cluster into model files: :func:`nnc.writers.decode_to_path`, one task per unit.
 
@@ -462,6 +469,8 @@ def decode_to_path(
         Threads per task inside a large tensor (0: one per CPU of the worker).
     in_flight : int or None
         Units submitted at a time; None for two per worker thread.
+    overwrite : bool
+        Replace files there already in an output folder (as for :func:`nnc.writers.decode_to_path`).
     **decoder_options
         ``limits``, ``engine``, ``entry_points`` (as for :class:`nnc.decoder.Decoder`).
 
@@ -507,7 +516,7 @@ def decode_to_path(
         or any(p.parent_signalling for _, p in dec._ndus)
         or (single and format_from_extension(output) in ("pt", "onnx"))
     ):
-        return writers.decode_to_path(dec, output, threads=threads)
+        return writers.decode_to_path(dec, output, threads=threads, overwrite=overwrite)
     if mapped is not None:
         writers._release(mapped, len(mapped))
     options = {k: v for k, v in decoder_options.items() if k != "state"}
@@ -524,4 +533,4 @@ def decode_to_path(
                 yield name, (dec._fill(name, buffer, array) if buffer is not None else array)
                 del array
 
-    return writers.write_tensors(dec, output, None, remote, inputs={"stream": stream})
+    return writers.write_tensors(dec, output, None, remote, inputs={"stream": stream}, overwrite=overwrite)

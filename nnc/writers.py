@@ -416,6 +416,20 @@ def _refuse_mixing(folder: Path, written: set) -> None:
         )
 
 
+def _refuse_replacing(folder: Path, names: list) -> None:
+    """Raise ``FileExistsError`` if ``folder`` holds files of these ``names``: the stream named them, not the user,
+    and they may be the original model's."""
+    there = [name for name in names if (folder / name).exists()]
+    if there:
+        shown = ", ".join(there[:3]) + (f" and {len(there) - 3} more" if len(there) > 3 else "")
+        raise FileExistsError(
+            errno.EEXIST,
+            f"the folder already holds {shown}, named by the stream; they are not replaced (perhaps the original "
+            "model): decode into a new or empty folder, or replace them with --overwrite (overwrite=True)",
+            os.fspath(folder),
+        )
+
+
 def _index_json(index: dict, files: list) -> bytes:
     weight_map = {t.name: f.name for f in files for t in f.tensors}
     metadata = dict(index.get("metadata") or {})
@@ -430,7 +444,7 @@ def _temp_in(folder: Path, name: str) -> str:
     return tmp
 
 
-def _write_folder_from_memory(folder: Path, tensors, dtypes: dict, layout, inputs: dict) -> dict:
+def _write_folder_from_memory(folder: Path, tensors, dtypes: dict, layout, inputs: dict, overwrite=False) -> dict:
     """Write in-memory ``tensors`` into ``folder`` in a checkpoint ``layout`` (a model's own: shards, index; a tensor
     it does not place goes to its last file), or as ``model.safetensors`` without one. ``inputs``: {what: path or
     list of paths} no written file may replace."""
@@ -453,7 +467,7 @@ def _write_folder_from_memory(folder: Path, tensors, dtypes: dict, layout, input
             buffer[...] = narrow_floats.from_float32(narrow.name, value) if narrow is not None else value
             yield name, buffer
 
-    return _write_files(folder, files, index, True, layout is not None, from_memory, None, inputs)
+    return _write_files(folder, files, index, True, layout is not None, from_memory, None, inputs, overwrite)
 
 
 _OWN_MAPS = RELEASABLE_MAPS  # maps made by map_stream: their pages may be released
@@ -504,7 +518,16 @@ def _release(mapped, upto: int) -> None:
 
 
 def decode_to_path(
-    stream, output, *, names=None, threads: int = 1, progress=None, add_to=None, inputs=None, **decoder_options
+    stream,
+    output,
+    *,
+    names=None,
+    threads: int = 1,
+    progress=None,
+    add_to=None,
+    inputs=None,
+    overwrite: bool = False,
+    **decoder_options,
 ) -> dict:
     """Decode a stream to model files, one tensor at a time, never holding the model in memory.
 
@@ -541,6 +564,10 @@ def decode_to_path(
     inputs : dict or None
         {what: path} of further files no written file may replace (a state file); the
         stream, ``template`` and ``add_to`` are never replaced.
+    overwrite : bool
+        Into a folder: replace files of the names the stream's layout gives that are
+        there already (the stream names them, not the caller: by default they are
+        refused, so that decoding next to the original model does not replace it).
     **decoder_options
         ``limits``, ``engine``, ``state``, ``entry_points``, and ``template``
         (for .onnx output), as for :func:`nnc.models.decode_model`.
@@ -561,6 +588,9 @@ def decode_to_path(
         ``add_to`` cannot be read or has a tensor of another shape than the update's.
     KeyError
         If a name is not that of a tensor of the stream.
+    FileExistsError
+        If a file to be written into a folder exists and ``overwrite`` is false, or
+        would replace an input.
     OSError
         If a file cannot be written; nothing is left behind.
 
@@ -597,7 +627,7 @@ def decode_to_path(
         if format_from_extension(output) in ("pt", "onnx") or add_to is not None:
             return _decode_in_memory(dec, output, wanted, template, threads, progress, add_to)
     elif add_to is not None:
-        return _decode_in_memory(dec, output, wanted, template, threads, progress, add_to, inputs)
+        return _decode_in_memory(dec, output, wanted, template, threads, progress, add_to, inputs, overwrite)
 
     def local(names, out):
         for name, array in dec.iter_tensors(names, threads=threads, out=out):
@@ -608,30 +638,43 @@ def decode_to_path(
 
     own = {"stream": stream if isinstance(stream, (str, os.PathLike)) else None, "template": template}
     return write_tensors(
-        dec, output, wanted, local, progress, inputs={**own, "model added to": add_to, **(inputs or {})}
+        dec,
+        output,
+        wanted,
+        local,
+        progress,
+        inputs={**own, "model added to": add_to, **(inputs or {})},
+        overwrite=overwrite,
     )
 
 
-def write_tensors(dec: Decoder, output, wanted, produce, progress=None, inputs=None) -> dict:
+def write_tensors(dec: Decoder, output, wanted, produce, progress=None, inputs=None, overwrite: bool = False) -> dict:
     """Write the tensors ``produce(names, out)`` yields into the files planned for ``output``, atomically.
 
     ``produce`` yields ``(name, array)`` for the planned names, in the stream's order, as
     :meth:`nnc.decoder.Decoder.iter_tensors` does with ``out`` (the array a tensor is to
     be written into, or None): :func:`decode_to_path` decodes locally, :mod:`nnc.distributed`
-    on a cluster.  Returns the summary of :func:`decode_to_path`.
+    on a cluster.  ``overwrite``: as for :func:`decode_to_path`.  Returns the summary of :func:`decode_to_path`.
     """
     folder, files, index = _plan(dec, output, wanted)
-    checkpoint = is_directory_target(output) and dec.metadata.get("checkpoint") is not None
-    return _write_files(folder, files, index, is_directory_target(output), checkpoint, produce, progress, inputs)
+    into_folder = is_directory_target(output)
+    checkpoint = into_folder and dec.metadata.get("checkpoint") is not None
+    return _write_files(folder, files, index, into_folder, checkpoint, produce, progress, inputs, overwrite)
 
 
-def _write_files(folder: Path, files, index, into_folder: bool, checkpoint: bool, produce, progress, inputs) -> dict:
+def _write_files(
+    folder: Path, files, index, into_folder: bool, checkpoint: bool, produce, progress, inputs, overwrite=False
+) -> dict:
     """Write planned ``files`` (and ``index``) into ``folder`` from ``produce``, atomically (:func:`write_tensors`);
-    a ``checkpoint`` is not written among model files it would not replace."""
-    for name in [f.name for f in files] + ([index["name"]] if index is not None else []):
+    a ``checkpoint`` is not written among model files it would not replace; into a folder, files there already
+    are replaced only with ``overwrite``."""
+    names = [f.name for f in files] + ([index["name"]] if index is not None else [])
+    for name in names:
         refuse_overwriting(folder / name, inputs or {})  # a stream's file names may be any (spec 6.2.1)
     if checkpoint:
-        _refuse_mixing(folder, {f.name for f in files} | ({index["name"]} if index is not None else set()))
+        _refuse_mixing(folder, set(names))
+    if into_folder and not overwrite:
+        _refuse_replacing(folder, names)
     created = into_folder and not folder.exists()  # a file's folder must exist
     if created:
         folder.mkdir(parents=True)
@@ -693,7 +736,9 @@ def _write_files(folder: Path, files, index, into_folder: bool, checkpoint: bool
     )
 
 
-def _decode_in_memory(dec: Decoder, output, wanted, template, threads, progress, add_to=None, inputs=None) -> dict:
+def _decode_in_memory(
+    dec: Decoder, output, wanted, template, threads, progress, add_to=None, inputs=None, overwrite=False
+) -> dict:
     """.pt and .onnx outputs and updates: the whole model is decoded, then written (torch.save / ONNX need it whole);
     an update added to a model is written into a folder in the model's own checkpoint layout."""
     from .formats import format_from_extension, write_model
@@ -752,7 +797,7 @@ def _decode_in_memory(dec: Decoder, output, wanted, template, threads, progress,
         dtypes = dict({k: v for k, v in dtypes.items() if k not in previous[0] or k in dec.replaced}, **kept)
     if into_folder:
         return _write_folder_from_memory(
-            Path(output), view, dtypes, layout, {"model added to": added_files, **(inputs or {})}
+            Path(output), view, dtypes, layout, {"model added to": added_files, **(inputs or {})}, overwrite
         )
     write_model(os.fspath(output), view, dtypes, fmt=fmt, template=template)
     return dict(

@@ -430,9 +430,9 @@ def test_a_checkpoint_is_not_decoded_among_model_files_it_would_not_replace(tmp_
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(out) in err[0] and "model-00002-of-00002.safetensors" in err[0]
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-    # a whole decode replaces every file; a folder holding other files (config.json) is fine
+    # a whole decode replaces every file, with --overwrite; a folder holding other files (config.json) is fine
     (out / "config.json").write_text("{}")
-    assert main(["decode", str(stream), "-o", f"{out}/", "-q"]) == 0
+    assert main(["decode", str(stream), "-o", f"{out}/", "-q", "--overwrite"]) == 0
     assert main(["decode", str(stream), "-o", f"{tmp_path / 'one'}/", "--tensor", "layers.0.weight", "-q"]) == 0
     index = json.loads((tmp_path / "one" / "model.safetensors.index.json").read_text())
     assert index["weight_map"] == {"layers.0.weight": "model-00001-of-00002.safetensors"}
@@ -477,3 +477,31 @@ def test_a_bfloat16_model_is_measured_as_its_decoded_file_holds_it(tmp_path, cap
     decoded, _ = formats.read_model(tmp_path / "s.safetensors")
     assert -max(float(np.max(np.abs(decoded[k] - original[k].astype(np.float64)))) for k in original) == score
     assert score >= -0.002
+
+
+def test_a_folder_decode_does_not_replace_the_files_there_without_overwrite(tmp_path, capsys):
+    """Decoded into the original checkpoint's folder, the stream's file names are the original's: before, the
+    lossless shards and index were replaced by the decoding with exit status 0. Now refused in one line, every
+    file as it was, unless --overwrite."""
+    from nnc.cli import main
+
+    ck = tmp_path / "ck"
+    write_checkpoint(ck, _shards(np.random.default_rng(4)))
+    stream = tmp_path / "m.nnr"
+    assert main(["encode", str(ck), "-o", str(stream), "-q"]) == 0
+    before = {p.name: p.read_bytes() for p in ck.iterdir()}
+    capsys.readouterr()
+    assert main(["decode", str(stream), "-o", f"{ck}/"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(ck) in err[0] and "--overwrite" in err[0], err
+    assert {p.name: p.read_bytes() for p in ck.iterdir()} == before
+    model = tmp_path / "m.safetensors"
+    formats.write_model(model, {"w": np.ones((3, 3), np.float32)})
+    single = tmp_path / "single.nnr"
+    assert main(["encode", str(model), "-o", str(single), "-q"]) == 0
+    original = model.read_bytes()
+    (tmp_path / "model.safetensors").write_bytes(original)  # the name a stream without a layout is decoded to
+    assert main(["decode", str(single), "-o", f"{tmp_path}/", "-q"]) == 1
+    assert (tmp_path / "model.safetensors").read_bytes() == original
+    assert main(["decode", str(stream), "-o", f"{ck}/", "-q", "--overwrite"]) == 0
+    assert sorted(p.name for p in ck.iterdir()) == sorted(before)

@@ -1205,3 +1205,27 @@ def test_decoding_bfloat16_to_npz_says_it_is_float32(tmp_path, capsys):
     assert code == 0 and ".npz has no bfloat16 or float8: w written as float32" in err
     code, _, err = cli(capsys, "decode", tmp_path / "b.nnr", "-o", tmp_path / "b2.safetensors")
     assert code == 0 and "npz" not in err
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes on this system")
+def test_an_output_that_is_a_pipe_or_a_device_is_not_replaced(tmp_path, capsys):
+    """Before: `-o /dev/null` (as root) or `-o a-fifo` renamed the finished file over the device or pipe, exit 0."""
+    model = tmp_path / "m.npz"
+    model.write_bytes(npz_bytes({"w": np.ones((4, 4), np.float32)}))
+    fifo = tmp_path / "pipe.nnr"
+    os.mkfifo(fifo)
+    capsys.readouterr()
+    assert main(["encode", str(model), "-o", str(fifo), "-q"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(fifo) in err[0] and "not a regular file" in err[0]
+    assert fifo.is_fifo() and sorted(p.name for p in tmp_path.iterdir()) == ["m.npz", "pipe.nnr"]
+
+
+def test_an_output_name_of_250_bytes_is_written(tmp_path):
+    """Before: the temporary file's name (the output's with a prefix and suffix) passed the 255 bytes a folder
+    entry holds, and a legal output name failed with 'File name too long'."""
+    model = tmp_path / "m.npz"
+    model.write_bytes(npz_bytes({"w": np.ones((4, 4), np.float32)}))
+    out = tmp_path / ("s" * 246 + ".nnr")
+    assert main(["encode", str(model), "-o", str(out), "-q"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m.npz", out.name])
