@@ -16,7 +16,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from .encoder import Encoder, default_scan_order
-from .encoding.settings import check_importance
+from .encoding.settings import check_importance, matches
 from .errors import EncodeError
 from .narrow_floats import as_stored
 from .reconstruction import step_size
@@ -82,11 +82,13 @@ def allocate_qps(
         Per-weight F, e.g. from :func:`empirical_fisher`.
     **encoder_options
         :class:`nnc.encoder.Encoder` options that shape the curves (``dq``, ``n_gtx``...).
+        A tensor that ``qp_per_tensor`` names (or matches as a glob) keeps its qp: its
+        error counts towards the target and the other tensors make up for it.
 
     Returns
     -------
     dict of str to int
-        {tensor name: qp}.
+        {tensor name: qp} of the float tensors ``qp_per_tensor`` does not name.
 
     Raises
     ------
@@ -126,7 +128,11 @@ def allocate_qps(
     if qp_range is None:  # steps 2**-15 to 2**-3 at the encoder's qp density (-60 to -12 at density 2)
         qp_range = range(-15 << enc.qp_density, -(3 << enc.qp_density) + 1)
     qps = list(qp_range)
-    curves = {k: _tensor_curve(enc, k, v, qps, importance.get(k)) for k, v in floats.items()}
+    pinned = {k for k in floats if matches(k, enc.settings.qp_per_tensor)}
+    curves = {
+        k: _tensor_curve(enc, k, v, [enc.settings.tensor_qp(k, v.ndim)] if k in pinned else qps, importance.get(k))
+        for k, v in floats.items()
+    }
 
     def pick(mu: float) -> tuple[dict, float, float]:
         choice, bits, dist = {}, 0.0, 0.0
@@ -139,6 +145,12 @@ def allocate_qps(
     while pick(hi)[2] > target_distortion and hi < 1e300:
         hi *= 16.0
     if pick(hi)[2] > target_distortion:
+        fixed_error = sum(curves[k][0][2] for k in pinned)
+        if fixed_error > target_distortion:
+            raise EncodeError(
+                f"the tensors whose qp is given ({', '.join(sorted(pinned)[:3])}{', ...' if len(pinned) > 3 else ''}) "
+                f"alone exceed the target distortion {target_distortion:.4g} ({fixed_error:.4g}): give them finer qps"
+            )
         raise EncodeError(f"no qps in the range reach the target distortion {target_distortion:.4g}")
     for _ in range(200):
         mid = math.sqrt(lo * hi) if lo > 0 else hi / 1e12
@@ -148,7 +160,7 @@ def allocate_qps(
             hi = mid
         if lo > 0 and hi / lo < 1 + 1e-9:
             break
-    return pick(hi)[0]
+    return {k: qp for k, qp in pick(hi)[0].items() if k not in pinned}
 
 
 def empirical_fisher(gradients: Iterable[Mapping[str, object]]) -> dict[str, np.ndarray]:

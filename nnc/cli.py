@@ -146,6 +146,15 @@ def _argument(convert, valid, expected: str):
 _finite_number = _argument(float, math.isfinite, "a finite number")
 _positive_seconds = _argument(float, lambda v: 0 < v < math.inf, "a number of seconds > 0")
 _non_negative_int = _argument(int, lambda v: v >= 0, "an integer >= 0")
+_non_negative_number = _argument(float, lambda v: 0 <= v < math.inf, "a finite number >= 0")
+_positive_number = _argument(float, lambda v: 0 < v < math.inf, "a finite number > 0")
+
+
+class _DefaultLambda(float):
+    """The lambda of --rdoq given without one (told apart from an explicit 0.1: --lambda may go with it)."""
+
+
+_RDOQ_DEFAULT = _DefaultLambda(0.1)
 
 
 def _refuse_overwriting_inputs(output, inputs: dict):
@@ -177,19 +186,23 @@ def _unmatched_patterns(names, options: dict):
     import fnmatch
 
     matches = lambda pattern, n: pattern == n or fnmatch.fnmatchcase(n, pattern)  # noqa: E731
+    raw = {n: f"--raw {p!r} stores" for p in options.get("--raw") or () for n in names if matches(p, n)}
     for option, patterns in options.items():
-        taken: dict = {}  # tensor -> the earlier pattern that applies to it
+        # tensor -> why the pattern would not apply to it: an earlier pattern, or --raw (no qp, no lambda)
+        taken: dict = dict(raw) if isinstance(patterns, dict) else {}
         for pattern in patterns or ():
             matched = [n for n in names if matches(pattern, n)]
             if not matched:
                 return f"{option} {pattern!r} matches no tensor of the model (tensors: {_first_few(list(names)) or 'none'})"
             if isinstance(patterns, dict) and all(n in taken for n in matched):
-                return (
-                    f"{option} {pattern!r} would never apply: the earlier pattern {taken[matched[0]]!r} takes "
-                    f"{_first_few(matched)} (the first pattern that matches a tensor applies)"
+                why = (
+                    "a raw tensor has no qp or lambda"
+                    if taken[matched[0]] == raw.get(matched[0])
+                    else ("the first pattern that matches a tensor applies")
                 )
+                return f"{option} {pattern!r} would never apply: {taken[matched[0]]} {_first_few(matched)} ({why})"
             for n in matched:
-                taken.setdefault(n, pattern)
+                taken.setdefault(n, f"the earlier pattern {pattern!r} takes")
     return None
 
 
@@ -248,6 +261,25 @@ def _stream_output(args) -> str:
     return args.output
 
 
+@contextlib.contextmanager
+def _state_saved_after(path, state):
+    """A --state file written and renamed into place after the block, its temporary file made before it: a state
+    that cannot be written fails before the output is (not after it, with the output changed and the state not)."""
+    if path is None or state is None:
+        yield
+        return
+    from ._files import AtomicFile
+
+    file = AtomicFile(path)
+    try:
+        yield
+        file.fh.write(state._to_bytes())
+        file.commit()
+    except BaseException:
+        file.discard()
+        raise
+
+
 def _ignored_options(args) -> str | None:
     """Why a combination of encode options would leave one of them without effect (a one-line error), or None."""
     given = lambda *options: [o for o, v in options if v not in (None, False, [])]  # noqa: E731
@@ -269,6 +301,10 @@ def _ignored_options(args) -> str | None:
         )
         if chosen:
             return f"{chosen[0]} would be ignored: --target-snr chooses every tensor's qp (--tensor-qp still wins)"
+    if args.rdoq is not None and args.rdoq is not _RDOQ_DEFAULT and args.lam is not None:
+        return f"--rdoq {args.rdoq} and --lambda {args.lam} both give the lambda; give one"
+    if args.sigmas and args.importance:
+        return "--sigmas and --importance both weight the error (DC-v1's importance is 1/sigma^2); give one"
     if args.dcv1_s is not None and not args.sigmas:
         return "--dcv1-s scales the steps of --sigmas (DC-v1); give --sigmas too"
     if args.importance and args.rdoq is None and args.lam is None and args.target_snr is None and not args.search:
@@ -350,7 +386,7 @@ def cmd_encode(args) -> int:
         param_opt=not args.no_param_opt,
         row_skip=args.row_skip,
         lambda_per_tensor=_parse_assignments(args.tensor_lambda, "--tensor-lambda", float),
-        rdoq_lambda=args.lam if args.lam is not None else (args.rdoq or 0.0),
+        rdoq_lambda=args.lam if args.lam is not None else float(args.rdoq or 0.0),
         dcv1_s=args.dcv1_s,
         threads=args.threads if args.threads is not None else (1 if args.search and args.workers > 1 else 0),
     )
@@ -360,14 +396,26 @@ def cmd_encode(args) -> int:
             stray = [k for k in options[option] if k not in names]
             if stray:  # (a name of another model would be ignored: no tensor takes it)
                 return _fail(f"{path}: {stray[0]!r} is not a tensor of {args.model}")
+            if not options[option]:
+                return _fail(f"{path}: holds no tensor, so --{option} would change nothing")
+            if option == "importance" and not any(np.any(np.asarray(v)) for v in options[option].values()):
+                return _fail(
+                    f"{path}: every importance is 0, which makes every weight's error free: RDOQ would drop them all"
+                )
             for t in source:  # one value per weight, in the weight's own layout (the same count is not enough)
                 given = options[option].get(t.name)
                 if given is not None and np.shape(given) != tuple(t.shape):
                     return _fail(
                         f"{path}: {t.name!r} has shape {list(np.shape(given))}, the model's tensor {list(t.shape)}"
                     )
-                if given is not None and option == "sigmas" and not np.all(np.isfinite(given)):
-                    return _fail(f"{path}: the sigmas of {t.name!r} must be finite and positive")
+                if (
+                    given is not None
+                    and option == "sigmas"
+                    and not (
+                        np.asarray(given).dtype.kind == "f" and np.all(np.isfinite(given) & (np.asarray(given) > 0))
+                    )
+                ):
+                    return _fail(f"{path}: the sigmas of {t.name!r} must be finite positive floats")
                 if given is not None and option == "importance":
                     try:
                         check_importance(t.name, np.asarray(given).reshape(-1), t.size)
@@ -430,7 +478,8 @@ def cmd_encode(args) -> int:
         from .allocation import allocate_qps
 
         tensors, dtypes, _ = models.load_model(args.model)
-        fixed = {k: v for k, v in options.items() if k not in ("qp", "step", "qp_per_tensor", "importance", "sigmas")}
+        # (--tensor-qp's tensors keep their qps: the allocation makes up for their error)
+        fixed = {k: v for k, v in options.items() if k not in ("qp", "step", "importance", "sigmas")}
         models.with_file_dtypes(fixed, dtypes)  # (bfloat16 tensors: the error of the values their file holds)
         with _errors_name(args.model, EncodeError):
             allocated = allocate_qps(
@@ -439,10 +488,9 @@ def cmd_encode(args) -> int:
         explicit = options["qp_per_tensor"]  # first: the first pattern that matches a tensor applies
         options["qp_per_tensor"] = dict(explicit, **{k: v for k, v in allocated.items() if k not in explicit})
         del tensors
-    with _EncodeProgress(source, args.quiet or args.json) as progress, _errors_name(args.model, EncodeError):
-        summary = models.encode_model_to(source, out, progress=progress, measure=not args.state, **options)
-    if args.state:
-        options["state"].save(args.state)  # after the stream: a failed write leaves the state as it was
+    with _state_saved_after(args.state, options.get("state")):  # noqa: SIM117 (Python 3.9: no parenthesised with)
+        with _EncodeProgress(source, args.quiet or args.json) as progress, _errors_name(args.model, EncodeError):
+            summary = models.encode_model_to(source, out, progress=progress, measure=not args.state, **options)
     original = sorted({t.original_dtype for t in source if np.dtype(t.dtype).kind == "f"})
     report = dict(
         input=str(args.model),
@@ -671,7 +719,8 @@ def load_callable(spec: str, option: str = "--search"):
     Raises
     ------
     SystemExit
-        With exit status 2 (a usage error) if the module or the function cannot be found.
+        With exit status 2 (a usage error) if the module or the function cannot be found, or the
+        module fails on import.
 
     Examples
     --------
@@ -698,6 +747,8 @@ def load_callable(spec: str, option: str = "--search"):
         _usage_error(f"cannot import {module_name!r} for {option}: {exc}")
     except SystemExit as exc:
         _usage_error(f"importing {module_name!r} for {option} exited (status {exc.code})")
+    except Exception as exc:  # the user's module failed on import (a syntax error, a raise at top level)
+        _usage_error(f"importing {module_name!r} for {option} failed: {type(exc).__name__}: {exc}")
     func = getattr(module, func_name, None)
     if not callable(func):
         _usage_error(f"{module_name!r} has no function {func_name!r}")
@@ -855,7 +906,7 @@ def cmd_decode(args) -> int:
         gone = [t.name for t in held if t.name not in named]
     bar = _DecodeBar(args.quiet)
     try:
-        with _errors_name(args.stream):
+        with _state_saved_after(args.state, state), _errors_name(args.stream):
             summary = decode_to_path(
                 dec,
                 args.output,
@@ -869,8 +920,6 @@ def cmd_decode(args) -> int:
             )
     finally:
         bar.close()
-    if state is not None:
-        state.save(args.state)
     summary = dict(stream=str(args.stream), output=args.output, **summary)
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -1577,12 +1626,23 @@ class ExternalEncoder:
 
         argv = self.argv(qp, out)
         t0 = time.perf_counter()
-        try:
-            run = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True)
+        try:  # in a session of its own: interrupted, nnc ends the command's children too
+            run = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=hasattr(os, "killpg"),
+            )
         except OSError as exc:
             raise _CommandFailed(f"--vs-command: cannot run {argv[0]!r}: {exc.strerror or exc}") from None
+        try:
+            _, stderr = run.communicate()
+        except BaseException:
+            _end_process_group(run)
+            raise
         seconds = time.perf_counter() - t0
-        said = [line.strip() for line in run.stderr.decode(errors="replace").splitlines() if line.strip()]
+        said = [line.strip() for line in stderr.decode(errors="replace").splitlines() if line.strip()]
         last = said[-1][:300] if said else "(nothing on stderr)"
         if run.returncode == EXIT_COMMAND_UNAVAILABLE:
             return None, last
@@ -1592,6 +1652,20 @@ class ExternalEncoder:
         if not path.is_file() or path.stat().st_size == 0:
             raise _CommandFailed(f"--vs-command exited 0 at qp {qp} but wrote no stream to {out}")
         return path.read_bytes(), seconds
+
+
+def _end_process_group(process) -> None:
+    """Kill a command started in a session of its own, with every process it started, and reap it."""
+    import signal
+
+    try:
+        if hasattr(os, "killpg"):
+            os.killpg(process.pid, signal.SIGKILL)
+        else:
+            process.kill()
+    except OSError:  # (already gone)
+        pass
+    process.wait()
 
 
 def _external_point(external, label, tensors, qp, threads, tmp, n) -> dict:
@@ -1675,6 +1749,9 @@ def cmd_bench(args) -> int:
     if problem := _plotting_unavailable(args):
         return _fail(problem)
     external = None
+    if args.vs_label is not None and args.vs_command is None:
+        _usage_error("--vs-label names the --vs-command coder; give --vs-command too")
+    label = args.vs_label or "external"
     if args.vs_command is not None:
         try:
             external = ExternalEncoder(args.vs_command, args.model, args.dq)
@@ -1697,11 +1774,11 @@ def cmd_bench(args) -> int:
             external_rows: list = []
             if external is not None:  # first, so that a failing command fails the bench early
                 tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="nnc-bench-"))
-                bar.set_description_str(args.vs_label)
-                row = _external_point(external, args.vs_label, tensors, args.qp, args.threads, tmp, n)
+                bar.set_description_str(label)
+                row = _external_point(external, label, tensors, args.qp, args.threads, tmp, n)
                 bar.update()
                 if "skipped" in row:
-                    skipped[args.vs_label] = row["skipped"]
+                    skipped[label] = row["skipped"]
                     bar.total -= len(PLOT_QP_OFFSETS) if args.plot else 0
                     external = None
                 else:
@@ -1738,7 +1815,7 @@ def cmd_bench(args) -> int:
             if args.vs:
                 rows += _peer_rows(tensors, result, n, args.quiet, bar, external=args.vs_command is not None)
             rows += external_rows
-            with_external = (external, args.vs_label, tmp) if external is not None else None
+            with_external = (external, label, tmp) if external is not None else None
             curves = _rate_snr_curves(tensors, args, n, bar, with_external) if args.plot else None
     except _CommandFailed as exc:
         return _fail(str(exc))
@@ -1901,17 +1978,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--row-skip", action="store_true", help="2nd edition: skip all-zero rows")
     p.add_argument(
         "--rdoq",
-        type=float,
+        type=_non_negative_number,
         metavar="LAMBDA",
         nargs="?",
-        const=0.1,
+        const=_RDOQ_DEFAULT,
         help="rate-distortion quantisation with this lambda (squared steps per bit; 0.1 if "
         "omitted, chosen by benchmarks/bench_rd.py), with or without DQ",
     )
     p.add_argument(
         "--lambda",
         dest="lam",
-        type=float,
+        type=_non_negative_number,
         metavar="LAMBDA",
         help="the lambda of rate-distortion quantisation (implies --rdoq)",
     )
@@ -1930,7 +2007,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--target-snr",
-        type=float,
+        type=_positive_number,
         metavar="DB",
         help="bit allocation: per-tensor qps with the fewest estimated bits for this total weight "
         "SNR (importance-weighted with --importance); --tensor-qp still wins",
@@ -1947,7 +2024,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="a model file of input covariances E[x x^T] per weight (an (n, n) matrix for a weight with n inputs, "
         "nnc.torch.input_covariances): those weights are quantised with error feedback (spec A.16)",
     )
-    p.add_argument("--dcv1-s", type=int, metavar="S", help="with --sigmas: DC-v1's global integer S (default 64)")
+    p.add_argument(
+        "--dcv1-s", type=_non_negative_int, metavar="S", help="with --sigmas: DC-v1's global integer S (default 64)"
+    )
     p.add_argument(
         "--search",
         metavar="MODULE:FUNCTION",
@@ -2148,7 +2227,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--vs-label",
-        default="external",
         metavar="NAME",
         help="the --vs-command coder's name in the table and the plot (default: external)",
     )

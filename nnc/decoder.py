@@ -303,9 +303,15 @@ class DecoderState:
         >>> DecoderState.load(path).levels["w"].tolist()
         [0, 3, 0]
         """
+        from .formats import write_atomic
+
+        write_atomic(path, self._to_bytes())
+
+    def _to_bytes(self) -> bytes:
+        """The file :meth:`save` writes."""
         import json
 
-        from .formats import npz_bytes, write_atomic
+        from .formats import npz_bytes
 
         names = sorted(set(self.levels) | set(self.history))
         meta = dict(nnc_state=1, kind=self._KIND, names=names, **self._meta())
@@ -316,7 +322,7 @@ class DecoderState:
             if name in self.history:
                 arrays[f"history{i}"] = np.asarray(self.history[name], np.int8)
         arrays.update(self._extra_arrays())
-        write_atomic(path, npz_bytes(arrays))
+        return npz_bytes(arrays)
 
     @classmethod
     def load(cls, path):

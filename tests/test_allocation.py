@@ -81,3 +81,18 @@ def test_input_importance_of_convolutions_and_bad_moments():
             input_importance({"w": np.zeros((2, 2)), "b": np.zeros(2)}, bad)
     with pytest.raises(nnc.EncodeError, match="no weight tensor 'x'"):
         input_importance({}, {"x": [1.0]})
+
+
+def test_a_tensor_whose_qp_is_given_counts_towards_the_target():
+    """Before: `--target-snr 30 --tensor-qp fc1.weight=-20` allocated the other tensors as if fc1.weight met the
+    target too, and the file had 11.5 dB with exit 0 (the report listing a qp for fc1.weight it did not use)."""
+    rng = np.random.default_rng(0)
+    t = {"a": rng.normal(0, 0.1, (64, 64)).astype(np.float32), "b": rng.normal(0, 0.1, (64, 64)).astype(np.float32)}
+    qps = allocate_qps(t, target_snr_db=30, dq=False, qp_per_tensor={"a": -32})
+    assert list(qps) == ["b"]
+    rec = nnc.decode(nnc.encode(t, qp_per_tensor={"a": -32, **qps}, dq=False))
+    err = sum(float(((t[k] - rec[k]) ** 2).sum()) for k in t)
+    energy = sum(float((t[k].astype(np.float64) ** 2).sum()) for k in t)
+    assert 10 * np.log10(energy / err) >= 29.9
+    with pytest.raises(nnc.errors.EncodeError, match="alone exceed"):
+        allocate_qps(t, target_snr_db=30, dq=False, qp_per_tensor={"a": -10})

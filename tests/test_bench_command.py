@@ -202,3 +202,52 @@ def test_a_coder_that_drops_tensors_is_not_compared(model, tmp_path, capsys):
     assert cli.main(["bench", str(model), "--threads", "1", "--vs-command", command]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "leaves out 1 of the model's float tensors (fc2.weight)" in err[0]
+
+
+def test_the_vs_label_without_a_command_is_a_usage_error(model, capsys):
+    """Before: accepted and ignored."""
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bench", str(model), "--vs-label", "peer"])
+    assert exc.value.code == 2 and "--vs-command" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="process groups are POSIX")
+def test_an_interrupted_bench_ends_the_commands_children(model, tmp_path):
+    """Before: SIGTERM to nnc ended the command but not the processes it started (left running under init)."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    marker = tmp_path / "child.pid"
+    script = _script(tmp_path, f"""
+        import subprocess, sys
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+        open({str(marker)!r}, "w").write(str(child.pid))
+        child.wait()
+    """)
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    bench = subprocess.Popen([sys.executable, "-m", "nnc", "bench", str(model), "--vs-command", script, "-q"],
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(600):  # the grandchild is running (at most a minute on a loaded machine)
+            if marker.exists() and marker.read_text():
+                break
+            time.sleep(0.1)
+        grandchild = int(marker.read_text())
+        bench.send_signal(signal.SIGTERM)
+        assert bench.wait(timeout=60) != 0
+        for _ in range(100):
+            try:
+                os.kill(grandchild, 0)
+            except ProcessLookupError:
+                break
+            stat = Path(f"/proc/{grandchild}/stat")
+            if stat.exists() and stat.read_text().rpartition(")")[2].split()[0] == "Z":
+                break  # killed, not yet reaped by init
+            time.sleep(0.1)
+        else:
+            os.kill(grandchild, signal.SIGKILL)
+            pytest.fail("the command's child outlived nnc bench")
+    finally:
+        bench.kill()

@@ -286,6 +286,18 @@ def test_encode_search_bad_function_is_a_usage_error(model, tmp_path, spec):
     assert not (tmp_path / "x.nnr").exists()
 
 
+@pytest.mark.parametrize("body", ['raise RuntimeError("boom")\n', "def f(:\n"])
+def test_encode_search_module_failing_on_import_is_one_line(model, tmp_path, body):
+    """Before: a --search module raising on import or with a syntax error ended in a traceback."""
+    path, _ = model
+    script = tmp_path / "metric.py"
+    script.write_text(body)
+    r = run("encode", path, "-o", tmp_path / "x.nnr", "--search", f"{script}:f")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "--search" in r.stderr, r.stderr
+    assert not (tmp_path / "x.nnr").exists()
+
+
 def test_encode_lambda_importance_and_target_snr(model, tmp_path):
     path, tensors = model
     base = tmp_path / "base.nnr"

@@ -55,3 +55,71 @@ def test_cli_encodes_with_a_sigmas_file(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert set(nnc.decode((tmp_path / "m.nnr").read_bytes())) == set(tensors)
+
+
+@pytest.mark.parametrize("dq", [False, True])
+def test_the_sigmas_weight_rdoq_with_and_without_dq(dq):
+    """Before: with DQ (the default) the trellis got no importance from the sigmas: two sigma sets with the same
+    smallest sigma (the same step, eq. 12) gave byte-identical streams."""
+    tensors, fisher = _model_and_fisher()
+    sigmas = laplace_sigmas(fisher, 1000, weights=tensors)["fc.weight"]
+    spread = sigmas.copy()
+    spread[:, 4:] = sigmas.max() * 10  # the same minimum: the same step, other importances
+    streams = [
+        Encoder(sigmas={"fc.weight": s}, dq=dq, rdoq_lambda=0.5).encode(tensors).stream for s in (sigmas, spread)
+    ]
+    assert streams[0] != streams[1]
+
+
+def test_sigmas_and_an_importance_for_one_tensor_are_refused():
+    tensors, fisher = _model_and_fisher()
+    sigmas = laplace_sigmas(fisher, 1000, weights=tensors)
+    with pytest.raises(EncodeError, match="both sigmas"):
+        Encoder(sigmas=sigmas, importance=fisher, rdoq_lambda=0.1).encode(tensors)
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--sigmas", "s.safetensors", "--importance", "s.safetensors", "--rdoq"], "give one"),
+        (["--sigmas", "int.safetensors", "--rdoq"], "int.safetensors: the sigmas of 'fc.weight' must be finite"),
+        (["--sigmas", "zero.safetensors", "--rdoq"], "zero.safetensors: the sigmas of 'fc.weight' must be finite"),
+        (["--sigmas", "empty.safetensors", "--rdoq"], "empty.safetensors: holds no tensor"),
+        (["--importance", "zero.safetensors", "--rdoq"], "zero.safetensors: every importance is 0"),
+        (["--rdoq", "0.1", "--lambda", "0.5"], "give one"),
+        (["--rdoq", "-1"], "argument --rdoq: expected"),
+        (["--lambda", "nan"], "argument --lambda: expected"),
+        (["--target-snr", "0"], "argument --target-snr: expected"),
+        (["--target-snr", "nan"], "argument --target-snr: expected"),
+        (["--sigmas", "s.safetensors", "--dcv1-s", "-1"], "argument --dcv1-s: expected"),
+    ],
+)
+def test_degenerate_dc_options_are_refused_in_one_line(tmp_path, capsys, argv, words):
+    """Before: an all-zero importance wrote an all-zero model, integer or empty sigmas files were taken (as 1, or
+    as no DC-v1), `--rdoq 0.1 --lambda 0.5` dropped 0.1 and `--target-snr 0` zeroed the biases, all with exit 0;
+    sigmas of 0 were reported against the model's path."""
+    from nnc.cli import main
+
+    tensors, fisher = _model_and_fisher()
+    sigmas = laplace_sigmas(fisher, 1000, weights=tensors)
+    (tmp_path / "m.safetensors").write_bytes(safetensors_bytes(tensors))
+    (tmp_path / "s.safetensors").write_bytes(safetensors_bytes({k: v.astype(np.float32) for k, v in sigmas.items()}))
+    (tmp_path / "int.safetensors").write_bytes(safetensors_bytes({"fc.weight": np.ones((16, 32), np.int32)}))
+    (tmp_path / "zero.safetensors").write_bytes(safetensors_bytes({"fc.weight": np.zeros((16, 32), np.float32)}))
+    (tmp_path / "empty.safetensors").write_bytes(safetensors_bytes({}))
+    argv = [str(tmp_path / a) if a.endswith(".safetensors") else a for a in argv]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) if words.startswith("argument") else _no_exit():
+        code = main(["encode", str(tmp_path / "m.safetensors"), "-o", str(tmp_path / "o.nnr"), *argv])
+        assert code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert any(words in line for line in err), err
+    assert not (tmp_path / "o.nnr").exists()
+
+
+class _no_exit:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False

@@ -1002,6 +1002,11 @@ def test_a_tensor_qp_pattern_that_never_applies_is_refused(model, tmp_path, caps
     code, _, err = cli(capsys, "encode", model, "-o", out, "--tensor-lambda", "*=0.1", "--tensor-lambda", "fc.bias=1",
                        "--rdoq")
     assert_refused(code, err, "'fc.bias'", "never apply")
+    # a raw tensor has no qp or lambda: before, --raw won silently over them
+    for option in ("--tensor-qp", "--tensor-lambda"):
+        code, _, err = cli(capsys, "encode", model, "-o", out, "--raw", "fc.weight", option, "fc.weight=1", "--rdoq")
+        assert_refused(code, err, "'fc.weight'", "--raw", "never apply")
+    assert not out.exists()
     # the same pattern twice with two values is a usage error; in the other order both apply
     with pytest.raises(SystemExit) as exc:
         cli(capsys, "encode", model, "-o", out, "--tensor-qp", "fc.bias=-30", "--tensor-qp", "fc.bias=-20")
@@ -1229,3 +1234,31 @@ def test_an_output_name_of_250_bytes_is_written(tmp_path):
     out = tmp_path / ("s" * 246 + ".nnr")
     assert main(["encode", str(model), "-o", str(out), "-q"]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m.npz", out.name])
+
+
+@pytest.mark.parametrize("command", ["encode", "decode"])
+def test_a_state_file_that_cannot_be_written_leaves_no_output(tmp_path, capsys, monkeypatch, command):
+    """Before: --state was saved after the output was written, so a state that could not be written (a folder
+    without room or rights, a name too long) failed with the output changed and the state not."""
+    from nnc import _files
+
+    model = tmp_path / "m.npz"
+    model.write_bytes(npz_bytes({"w": np.ones((4, 4), np.float32)}))
+    stream = tmp_path / "m.nnr"
+    assert main(["encode", str(model), "-o", str(stream), "-q"]) == 0
+    beside = _files.temp_file_beside
+
+    def refusing(path, suffix=".tmp"):
+        if str(path).endswith(".state"):
+            raise OSError(28, "cannot write there (No space left on device)", str(path))
+        return beside(path, suffix)
+
+    monkeypatch.setattr(_files, "temp_file_beside", refusing)
+    out = tmp_path / ("again.nnr" if command == "encode" else "out.npz")
+    source = model if command == "encode" else stream
+    capsys.readouterr()
+    assert main([command, str(source), "-o", str(out), "--state", str(tmp_path / "x.state"), "-q"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "x.state" in err[0], err
+    assert not out.exists() and not (tmp_path / "x.state").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.nnr", "m.npz"]

@@ -440,23 +440,22 @@ class Quantiser:
             return _nearest_levels(flat, float(step))
         in_place = reuse_x and flat.dtype == np.float64 and flat.flags.writeable
         scaled = np.divide(flat, float(step), out=flat if in_place else None, dtype=np.float64)
+        importance = s.importance.get(name)
+        if lam and name in s.sigmas:
+            # DC-v1: F = 1 / sigma^2, in squared step sizes (x is w / step)
+            importance = (float(step) / np.maximum(np.asarray(s.sigmas[name], np.float64).reshape(-1), 1e-30)) ** 2
         if dq and lam:
-            order_free = np.ascontiguousarray(scaled)
             return self.engine.dq_rdoq_levels(
-                order_free,
+                np.ascontiguousarray(scaled),
                 height,
                 width,
                 lam=lam,
                 n_gtx=s.n_gtx,
                 scan_order=scan_order,
                 edition=s.edition,
-                importance=s.importance.get(name),
+                importance=importance,
             )
         if not dq and lam:
-            importance = s.importance.get(name)
-            if name in s.sigmas:
-                # DC-v1: F = 1 / sigma^2, in squared step sizes (x is w / step)
-                importance = (float(step) / np.maximum(np.asarray(s.sigmas[name], np.float64).reshape(-1), 1e-30)) ** 2
             return self.engine.rdoq_levels(
                 np.ascontiguousarray(scaled),
                 height,

@@ -277,6 +277,11 @@ class EncoderSettings:
         both = sorted(set(covariances) & set(sigmas))
         if both:
             raise EncodeError(f"tensor {both[0]!r} has both sigmas (DC-v1) and a covariance: give one")
+        both = sorted(set(importance) & set(sigmas))
+        if both:  # with RDOQ both would weight its error: one would be dropped
+            raise EncodeError(
+                f"tensor {both[0]!r} has both sigmas (DC-v1, importance 1/sigma^2) and an importance: give one"
+            )
         if int(self.dcv1_s) < 0:
             raise EncodeError("dcv1_s must be a non-negative integer")
         try:
