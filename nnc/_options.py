@@ -14,9 +14,16 @@ def as_number(option: str, value, integer: bool):
     """``value`` as an int (``integer``) or a float; EncodeError for anything else (a bool, a string, 20.5 for an
     integer)."""
     number = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
-    if not number or (integer and not float(value).is_integer()):
-        raise EncodeError(f"{option} must be {'an integer' if integer else 'a number'}, not {value!r}")
-    return int(value) if integer else float(value)
+    kind = "an integer" if integer else "a number"
+    if not number:
+        raise EncodeError(f"{option} must be {kind}, not {value!r}")
+    try:
+        as_float = float(value)
+    except OverflowError:  # (10**400)
+        raise EncodeError(f"{option} must be {kind} within the float range, not one that large") from None
+    if integer and not as_float.is_integer():
+        raise EncodeError(f"{option} must be {kind}, not {value!r}")
+    return int(value) if integer else as_float
 
 
 def check_bool(option: str, value) -> None:

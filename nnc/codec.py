@@ -3,7 +3,8 @@
 Each chunk becomes one NNC stream holding one tensor, so a chunk decodes with any
 conforming decoder (:func:`nnc.decode`, NNCodec). Float chunks are quantised (lossy: the
 step comes from ``qp``, ``step`` or ``target_snr``); integer and boolean chunks are coded
-exactly. The decoded chunk has the encoded chunk's shape and dtype.
+exactly. The decoded chunk has the encoded chunk's shape and dtype (``ml_dtypes``' bfloat16 and float8
+too; without ml_dtypes installed such chunks decode as float32 arrays of their values).
 
 numcodecs is optional: without it :class:`NNC` still encodes and decodes, and with it the
 class is a :class:`numcodecs.abc.Codec` that :func:`numcodecs.get_codec` finds by its id
@@ -26,9 +27,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from functools import cache
 
 import numpy as np
 
+from . import narrow_floats
 from ._options import as_number, check_bool
 from .errors import DecodeError, EncodeError, NNCError, OutputBufferError
 from .reconstruction import step_size
@@ -60,8 +63,9 @@ class NNC(_CodecBase):
         Instead of a step: the coarsest qp whose reconstruction keeps each chunk's
         SNR (10 log10 of sum w² / sum (w - ŵ)²) at or above this many dB, chosen per
         chunk by bisection on the exact reconstruction (several encodes per chunk).
-        A chunk with NaN or Inf is stored raw, as with ``qp`` (float32 values: float16 and
-        float32 chunks exactly, float64 ones rounded to float32).
+        A chunk that no qp brings to the target, and one with NaN or Inf, is stored raw,
+        as with ``qp`` (float32 values: float16, bfloat16 and float32 chunks exactly,
+        float64 ones rounded to float32). float8 chunks are coded exactly at any setting.
     dq : bool
         Dependent (trellis) quantisation: about 1 dB more SNR at the same rate
         (default True).
@@ -72,8 +76,9 @@ class NNC(_CodecBase):
     ------
     nnc.errors.EncodeError
         If more than one of ``qp``, ``step`` and ``target_snr`` is given, or on
-        encoding integers outside int32 or float64 values beyond the float32 range.
-        (A float chunk with NaN or Inf is stored raw, in float32.)
+        encoding integers outside int32 or float64 values beyond the float32 range,
+        or a float64 chunk that neither a qp nor float32 raw values bring to
+        ``target_snr``. (A float chunk with NaN or Inf is stored raw, in float32.)
     nnc.errors.DecodeError
         On decoding anything but a one-tensor NNC stream.
     """
@@ -128,8 +133,9 @@ class NNC(_CodecBase):
             extra["order"] = "F"  # spec 6.2.1
             chunk = chunk.T
         options = dict(dq=self.dq, rdoq_lambda=self.rdoq_lambda, nonweight_qp=None)
-        # a chunk with NaN or Inf has no SNR: it is stored raw, exactly, as at any qp
-        if self.target_snr is not None and chunk.dtype.kind == "f" and np.any(chunk) and is_finite(chunk):
+        # a chunk with NaN or Inf has no SNR: it is stored raw, exactly, as at any qp (float8: coded exactly)
+        quantised = chunk.dtype.kind == "f" or chunk.dtype.name == "bfloat16"
+        if self.target_snr is not None and quantised and np.any(chunk) and is_finite(chunk):
             return self._encode_for_snr(chunk, options, extra)
         if self.step is not None:
             options["step"] = self.step
@@ -138,21 +144,24 @@ class NNC(_CodecBase):
         return Encoder(**options).encode({CHUNK_TENSOR: chunk}, extra_metadata=extra).stream
 
     def _encode_for_snr(self, chunk: np.ndarray, options: dict, extra: dict) -> bytes:
-        """The stream of the coarsest qp whose reconstruction meets ``target_snr`` (exact, not estimated).
+        """The stream of the coarsest qp whose decoded chunk meets ``target_snr`` (exact, not estimated).
 
-        The search codes the chunk at each qp (raw storage would meet any target at any qp); the
-        chunk is stored raw instead when that is smaller than its coded stream at the qp found.
+        Only qps with a float32 step and int32 levels for the chunk are tried, each coded as ``NNC(qp=...)``
+        codes it (raw when that is smaller). A qp whose values would round beyond the float32 range misses the
+        target. When no qp meets it the chunk is stored raw: exact but for float64 values.
         """
         from .encoder import Encoder
-        from .encoding.quantiser import as_float_array
+        from .encoding.quantiser import INT32_MAX, as_float_array
 
-        options = dict(options, raw_when_smaller=False)
-        as_float_array(CHUNK_TENSOR, chunk)  # the encoder's refusal of values beyond float32 comes first
+        values, dtype_name = as_float_array(CHUNK_TENSOR, chunk)  # refuses float64 values beyond float32 first
         x = chunk.astype(np.float64)
-        with np.errstate(over="ignore"):
-            allowed = float((x**2).sum()) / 10 ** (self.target_snr / 10)
-        if not np.isfinite(allowed):
-            raise EncodeError("the chunk's energy overflows: values near the float64 limit")
+        with np.errstate(over="ignore", divide="ignore"):  # a huge target allows 0, a hugely negative one inf
+            allowed = float((x**2).sum() / np.float64(10.0) ** (self.target_snr / 10))
+        lowest, hi = _qp_range()
+        peak = max(float(values.max()), -float(values.min()))
+        lo = max(lowest, int(np.floor(4 * np.log2(peak / INT32_MAX))) - 8)
+        while peak / float(step_size(lo, 2)) >= INT32_MAX - 2:  # the encoder's int32 test (peak < float32 max)
+            lo += 1
 
         good = bad = None
         good_stream = b""
@@ -160,32 +169,36 @@ class NNC(_CodecBase):
         def attempt(qp: int) -> None:
             nonlocal good, bad, good_stream
             result = Encoder(qp=qp, **options).encode({CHUNK_TENSOR: chunk}, extra_metadata=extra)
-            error = float(((result.tensors[CHUNK_TENSOR].reconstruction.astype(np.float64) - x) ** 2).sum())
-            if error <= allowed:
+            t = result.tensors[CHUNK_TENSOR]
+            decoded = narrow_floats.as_stored(dtype_name, t.reconstruction).astype(np.float64)
+            if t.kept_raw is None and float(((decoded - x) ** 2).sum()) <= allowed:
                 good, good_stream = qp, result.stream
-            else:
+            else:  # (kept_raw: values beyond float32 at this qp, so at any coarser one)
                 bad = qp
 
         # Uniform quantisation leaves about step²/12 per weight: start there, bracket, bisect.
-        attempt(int(np.floor(4 * np.log2(max(np.sqrt(12 * allowed / x.size), 1e-300)))))
-        for width in (4, 16, 64, 256):
-            if good is not None and bad is not None:
-                break
-            attempt(good + width if bad is None else bad - width)
-        if good is None:
-            raise EncodeError(f"no qp reaches {self.target_snr} dB on this chunk")
-        while bad is not None and bad - good > 1:
+        with np.errstate(divide="ignore"):
+            guess = 4 * np.log2(np.sqrt(12 * allowed / x.size))
+        attempt(int(min(max(np.floor(guess), lo), hi)))
+        width = 4
+        while (good is None and bad > lo) or (bad is None and good < hi):
+            attempt(max(bad - width, lo) if good is None else min(good + width, hi))
+            width *= 4
+        while bad is not None and good is not None and bad - good > 1:
             attempt((good + bad) // 2)
-        smallest = (
-            Encoder(qp=good, **dict(options, raw_when_smaller=True))
-            .encode({CHUNK_TENSOR: chunk}, extra_metadata=extra)
-            .stream
-        )
-        return smallest if len(smallest) < len(good_stream) else good_stream
+        if good is not None:
+            return good_stream
+        raw = Encoder(raw=[CHUNK_TENSOR], **options).encode({CHUNK_TENSOR: chunk}, extra_metadata=extra)
+        if float(((raw.tensors[CHUNK_TENSOR].reconstruction.astype(np.float64) - x) ** 2).sum()) > allowed:
+            raise EncodeError(
+                f"no qp reaches {self.target_snr:g} dB on this {chunk.dtype} chunk, nor do its values stored "
+                "raw as float32: give a lower target_snr"
+            )
+        return raw.stream
 
     def decode(self, buf, out=None):
-        """The chunk of an NNC stream; copied into ``out`` when that is given (same number of bytes; an ``out``
-        that is not C-contiguous must have the chunk's dtype, else OutputBufferError)."""
+        """The chunk of an NNC stream, in its recorded dtype; copied into ``out`` when that is given (same number
+        of bytes; an ``out`` that is not C-contiguous must have the chunk's dtype, else OutputBufferError)."""
         from .decoder import Decoder, restore_model_view
 
         data = buf if isinstance(buf, bytes) else _as_array(buf).tobytes(order="A")
@@ -194,8 +207,8 @@ class NNC(_CodecBase):
             raise DecodeError(
                 f"an NNC chunk stream holds one tensor named {CHUNK_TENSOR!r}, this one {decoder.names()!r}"
             )
-        restored, _ = restore_model_view({CHUNK_TENSOR: decoder.decode_tensor(CHUNK_TENSOR)}, decoder.metadata)
-        chunk = restored[CHUNK_TENSOR]
+        restored, dtypes = restore_model_view({CHUNK_TENSOR: decoder.decode_tensor(CHUNK_TENSOR)}, decoder.metadata)
+        chunk = _in_narrow_dtype(dtypes.get(CHUNK_TENSOR), restored[CHUNK_TENSOR])
         if decoder.metadata.get("byteorder") in (">", "<") and chunk.dtype.itemsize > 1:
             chunk = chunk.astype(chunk.dtype.newbyteorder(decoder.metadata["byteorder"]))  # the chunk's own order
         if decoder.metadata.get("order") == "F":
@@ -203,7 +216,12 @@ class NNC(_CodecBase):
         if out is None:
             return chunk
         flat = np.ravel(chunk, order="K")  # the chunk's elements in memory order, as its bytes go
-        target = out if isinstance(out, np.ndarray) else np.asarray(memoryview(out))  # a view: never a copy
+        try:
+            target = out if isinstance(out, np.ndarray) else np.asarray(memoryview(out))  # a view: never a copy
+        except TypeError:
+            raise OutputBufferError(f"out must be an array or a buffer, not a {type(out).__name__}") from None
+        if target.dtype.hasobject:
+            raise OutputBufferError(f"out has dtype {target.dtype}, which holds Python objects, not the chunk's bytes")
         if not target.flags.writeable:
             raise OutputBufferError("out is read-only")
         if target.nbytes != chunk.nbytes:
@@ -241,12 +259,7 @@ class NNC(_CodecBase):
         codec_id = config.pop("id", cls.codec_id)
         if codec_id != cls.codec_id:
             raise EncodeError(f"the configuration is for codec {codec_id!r}, not {cls.codec_id!r}")
-        unknown = sorted(set(config) - set(cls().get_config()))
-        if unknown:
-            raise EncodeError(
-                f"unknown NNC codec setting(s) {', '.join(map(repr, unknown))}: it takes "
-                "qp, step, target_snr, dq and rdoq_lambda"
-            )
+        _check_setting_names(config)
         return cls(**config)
 
     def __eq__(self, other) -> bool:
@@ -260,10 +273,47 @@ class NNC(_CodecBase):
         return f"NNC({settings})"
 
 
+def _check_setting_names(settings) -> None:
+    """EncodeError for a setting :class:`NNC` does not take (rather than Python's TypeError)."""
+    unknown = sorted(set(settings) - {"qp", "step", "target_snr", "dq", "rdoq_lambda"})
+    if unknown:
+        raise EncodeError(
+            f"unknown NNC codec setting(s) {', '.join(map(repr, unknown))}: it takes "
+            "qp, step, target_snr, dq and rdoq_lambda"
+        )
+
+
+@cache
+def _qp_range() -> tuple[int, int]:
+    """The finest and the coarsest qp whose step is a finite non-zero float32 (qp_density 2, spec 12.1)."""
+    valid = []
+    for qp in range(-1024, 1024):
+        try:
+            step_size(qp, 2)
+        except NNCError:
+            continue
+        valid.append(qp)
+    return valid[0], valid[-1]
+
+
+def _in_narrow_dtype(name, chunk: np.ndarray) -> np.ndarray:
+    """A chunk recorded as bfloat16 or float8 (float32 values, as the decoder gives them) in that ``ml_dtypes``
+    dtype; any other chunk, and without ml_dtypes, as it is."""
+    if not narrow_floats.is_narrow(name):
+        return chunk
+    try:
+        import ml_dtypes
+    except ImportError:
+        return chunk
+    bits = narrow_floats.from_float32(name, chunk)  # exact: the values are the format's (as_stored)
+    return np.asarray(bits).reshape(chunk.shape).view(getattr(ml_dtypes, name))
+
+
 def _as_array(buf) -> np.ndarray:
     """A C- or Fortran-contiguous ndarray view of an array or buffer (a C copy only if it is neither)."""
     try:
-        arr = buf if isinstance(buf, np.ndarray) else np.asarray(memoryview(buf))
+        arr = np.asarray(buf) if isinstance(buf, np.generic) else buf  # (ml_dtypes scalars have no buffer)
+        arr = arr if isinstance(arr, np.ndarray) else np.asarray(memoryview(arr))
     except TypeError:
         raise EncodeError(f"NNC codes an array or a buffer, not a {type(buf).__name__}") from None
     if arr.dtype == object:
@@ -357,6 +407,7 @@ def zarr3_codec(**settings):
     >>> bool(10 * np.log10((x.astype(float) ** 2).sum() / ((x - back).astype(float) ** 2).sum()) >= 40)
     True
     """
+    _check_setting_names(settings)
     config = NNC(**settings).get_config()  # checks the settings
     config.pop("id")
     return _zarr3_codec_class()(**config)

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -15,8 +15,10 @@ from nnc.reconstruction import step_size
 SHAPES = hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=9)
 
 
-@given(hnp.arrays(st.sampled_from([np.float16, np.float32, np.float64]), SHAPES,
-                  elements=st.floats(-8, 8, width=16)), st.integers(-40, -4))
+@given(
+    hnp.arrays(st.sampled_from([np.float16, np.float32, np.float64]), SHAPES, elements=st.floats(-8, 8, width=16)),
+    st.integers(-40, -4),
+)
 def test_float_chunk_nearest_rounding_within_half_a_step(chunk, qp):
     codec = NNC(qp=qp, dq=False)
     back = codec.decode(codec.encode(chunk))
@@ -81,7 +83,7 @@ def test_bad_input_gets_the_documented_errors():
         NNC(qp=-20, step=0.1)
     nan_chunk = np.array([1.0, np.nan])
     assert NNC().decode(NNC().encode(nan_chunk)).tobytes() == nan_chunk.tobytes()  # kept exactly (raw)
-    inf_chunk = np.array([1.0, np.inf, -0.25])                # no SNR to meet: kept exactly (raw) too
+    inf_chunk = np.array([1.0, np.inf, -0.25])  # no SNR to meet: kept exactly (raw) too
     assert NNC(target_snr=20).decode(NNC(target_snr=20).encode(inf_chunk)).tobytes() == inf_chunk.tobytes()
     with pytest.raises(EncodeError, match="float32 range"):
         NNC(target_snr=20).encode(np.array([1.0, 1e300]))
@@ -106,13 +108,19 @@ def test_zarr_array_with_the_codec():
     if not hasattr(zarr, "create_array"):
         pytest.skip("zarr < 3: create_array missing")
     x = np.random.default_rng(0).standard_normal((40, 30)).astype(np.float32)
-    a = zarr.create_array(store=zarr.storage.MemoryStore(), shape=x.shape, chunks=(16, 16), dtype="float32",
-                          zarr_format=2, compressors=NNC(target_snr=30))
+    a = zarr.create_array(
+        store=zarr.storage.MemoryStore(),
+        shape=x.shape,
+        chunks=(16, 16),
+        dtype="float32",
+        zarr_format=2,
+        compressors=NNC(target_snr=30),
+    )
     a[:] = x
     back = a[:]
     for i in range(0, 40, 16):  # every chunk meets the target on its own
         for j in range(0, 30, 16):
-            c, b = x[i:i + 16, j:j + 16].astype(np.float64), back[i:i + 16, j:j + 16]
+            c, b = x[i : i + 16, j : j + 16].astype(np.float64), back[i : i + 16, j : j + 16]
             assert 10 * np.log10((c**2).sum() / ((c - b) ** 2).sum()) >= 30
 
 
@@ -121,9 +129,11 @@ def test_decoding_chunks_does_not_load_the_encoder():
     import sys
 
     stream = NNC(qp=-20).encode(np.linspace(-1, 1, 16, dtype=np.float32))
-    code = ("import sys; from nnc.codec import NNC; NNC().decode(sys.stdin.buffer.read()); "
-            "loaded = [m for m in sys.modules if m.startswith(('nnc.encod', 'nnc.search'))]; "
-            "assert not loaded, loaded")
+    code = (
+        "import sys; from nnc.codec import NNC; NNC().decode(sys.stdin.buffer.read()); "
+        "loaded = [m for m in sys.modules if m.startswith(('nnc.encod', 'nnc.search'))]; "
+        "assert not loaded, loaded"
+    )
     subprocess.run([sys.executable, "-c", code], input=stream, check=True)
 
 
@@ -149,19 +159,31 @@ def test_zarr_v2_array_of_big_endian_floats_reads_back(tmp_path):
     from nnc.codec import NNC
 
     try:
-        z = zarr.create_array(str(tmp_path / "a.zarr"), shape=(4,), chunks=(2,), dtype=">f4", zarr_format=2,
-                              compressors=NNC(qp=-20), filters=None)
+        z = zarr.create_array(
+            str(tmp_path / "a.zarr"),
+            shape=(4,),
+            chunks=(2,),
+            dtype=">f4",
+            zarr_format=2,
+            compressors=NNC(qp=-20),
+            filters=None,
+        )
     except (TypeError, AttributeError):
         pytest.skip("this zarr has no create_array(zarr_format=2, compressors=)")
     z[:] = np.arange(4)
     assert np.array_equal(zarr.open_array(str(tmp_path / "a.zarr"))[:], np.arange(4))
 
 
-@pytest.mark.parametrize("settings, words", [
-    (dict(dq="False"), "dq must be True or False"), (dict(qp=-20.9), "qp must be an integer"),
-    (dict(qp=10**6), "outside the float32 range"), (dict(step=1e-300), "beyond the float32 steps"),
-    (dict(target_snr=float("inf")), "target_snr must be a finite number"),
-])
+@pytest.mark.parametrize(
+    "settings, words",
+    [
+        (dict(dq="False"), "dq must be True or False"),
+        (dict(qp=-20.9), "qp must be an integer"),
+        (dict(qp=10**6), "outside the float32 range"),
+        (dict(step=1e-300), "beyond the float32 steps"),
+        (dict(target_snr=float("inf")), "target_snr must be a finite number"),
+    ],
+)
 def test_codec_settings_are_checked_when_the_codec_is_made(settings, words):
     """Before: coerced (bool("False") is True, -20.9 became -20) or refused only at the first chunk, as a
     DecodeError."""
@@ -202,8 +224,13 @@ def test_structured_and_void_chunks_and_read_only_outputs_are_nnc_errors():
             codec.decode(stream, out=out)
 
 
-@given(hnp.arrays(st.sampled_from([np.int32, np.float32]), hnp.array_shapes(min_dims=2, max_dims=4, max_side=6),
-                  elements=st.integers(-100, 100)))
+@given(
+    hnp.arrays(
+        st.sampled_from([np.int32, np.float32]),
+        hnp.array_shapes(min_dims=2, max_dims=4, max_side=6),
+        elements=st.integers(-100, 100),
+    )
+)
 def test_fortran_order_chunks_come_back_with_their_shape_and_memory_order(values):
     """Before: a Fortran-order chunk was coded in C order, so its decoded bytes (which zarr v2 reads in the
     array's memory order) were transposed: an int32 arange read back as [[0, 3, 6, 9], ...]."""
@@ -226,8 +253,15 @@ def test_fortran_order_chunks_come_back_with_their_shape_and_memory_order(values
 def test_zarr_v2_fortran_order_array_reads_back(tmp_path):
     zarr = pytest.importorskip("zarr", reason="zarr is not installed (optional extra)")
     try:
-        z = zarr.create_array(str(tmp_path / "f.zarr"), shape=(6, 8), chunks=(3, 4), dtype="int32", zarr_format=2,
-                              compressors=NNC(), order="F")
+        z = zarr.create_array(
+            str(tmp_path / "f.zarr"),
+            shape=(6, 8),
+            chunks=(3, 4),
+            dtype="int32",
+            zarr_format=2,
+            compressors=NNC(),
+            order="F",
+        )
     except (TypeError, AttributeError):
         pytest.skip("this zarr has no create_array(zarr_format=2, compressors=, order=)")
     a = np.arange(48, dtype=np.int32).reshape(6, 8)
@@ -241,3 +275,95 @@ def test_unknown_settings_and_non_buffers_are_encode_errors():
         NNC.from_config({"id": "nnc", "lossless": True})
     with pytest.raises(EncodeError, match="not a list"):
         NNC().encode([1.0, 2.0])
+
+
+def _narrow(name):
+    return np.dtype(getattr(pytest.importorskip("ml_dtypes", reason="ml_dtypes not installed"), name))
+
+
+@given(st.sampled_from(["bfloat16", "float8_e4m3fn", "float8_e5m2"]), SHAPES, st.data())
+def test_narrow_float_chunks_decode_in_their_own_dtype(name, shape, data):
+    """Before: decoded as float32 (twice or four times the chunk's bytes: zarr read garbage; out= refused)."""
+    dtype = _narrow(name)
+    if name == "bfloat16":  # multiples of the step, within bfloat16's 8 bits: nearest rounding keeps them
+        values = hnp.arrays(np.int16, shape, elements=st.integers(-255, 255)).map(
+            lambda k: np.asarray(k / 32).astype(dtype)
+        )
+    else:  # every bit pattern (NaN and inf too): float8 chunks are coded exactly
+        values = hnp.arrays(np.uint8, shape).map(lambda b: np.asarray(b).view(dtype))
+    chunk = data.draw(values)
+    codec = NNC(qp=-20, dq=False)
+    stream = codec.encode(chunk)
+    back = codec.decode(stream)
+    assert back.dtype == dtype and back.shape == chunk.shape and back.nbytes == chunk.nbytes
+    assert np.array_equal(back.astype(np.float32), chunk.astype(np.float32), equal_nan=True)
+    out = np.empty(chunk.shape, dtype)
+    assert codec.decode(stream, out=out) is out
+    assert out.tobytes() == back.tobytes()
+    one = dtype.type(1.5)  # a scalar of the format (no buffer protocol): before, an EncodeError
+    assert codec.decode(codec.encode(one)).tobytes() == np.asarray(one).tobytes()
+
+
+def _meets(chunk, back, target):
+    x, y = chunk.astype(np.float64), back.astype(np.float64)
+    err = ((x - y) ** 2).sum()
+    return err == 0 or 10 * np.log10((x**2).sum() / err) >= target
+
+
+@pytest.mark.parametrize(
+    "chunk, target",
+    [
+        (np.full((4, 4), 3e38, np.float32), 40),  # coarse qps round beyond float32
+        (np.array([0.7], np.float32), 200),  # the qps that would reach it overflow int32 levels
+        (np.array([[0.5, 0.25]], np.float32), 1000),  # the first guess, qp -663, has no float32 step
+    ],
+)
+def test_target_snr_stores_what_qp_mode_stores(chunk, target):
+    """Before: EncodeError naming a qp the caller never gave, though NNC(qp=-20) stores these chunks exactly."""
+    codec = NNC(target_snr=target)
+    back = codec.decode(codec.encode(chunk))
+    assert back.dtype == chunk.dtype and _meets(chunk, back, target)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.sampled_from(["float16", "float32", "bfloat16"]),
+    hnp.array_shapes(max_dims=2, max_side=12),
+    st.floats(0.01, 1e4),
+    st.booleans(),
+    st.data(),
+)
+def test_any_finite_chunk_meets_any_positive_target(dtype, shape, target, dq, data):
+    """Before: refusals at qps the search should not have tried; bfloat16 chunks ignored the target."""
+    dtype = _narrow(dtype) if dtype == "bfloat16" else np.dtype(dtype)
+    width = 16 if dtype == np.float16 else 32
+    chunk = data.draw(
+        hnp.arrays(np.float32, shape, elements=st.floats(width=width, allow_nan=False, allow_infinity=False))
+    ).astype(dtype)
+    assume(np.all(np.isfinite(chunk.astype(np.float32))))  # (bfloat16 rounds the largest float32 values to inf)
+    codec = NNC(target_snr=target, dq=dq)
+    back = codec.decode(codec.encode(chunk))
+    assert back.dtype == chunk.dtype and back.shape == chunk.shape
+    assert _meets(chunk, back, target)
+
+
+def test_a_target_nothing_reaches_is_refused():
+    with pytest.raises(EncodeError, match="300 dB"):  # float64: neither a qp nor float32 raw values reach it
+        NNC(target_snr=300).encode(np.array([0.1, 0.3]))
+
+
+@pytest.mark.parametrize("option", ["qp", "step", "target_snr", "rdoq_lambda"])
+def test_huge_settings_are_encode_errors(option):
+    """Before: OverflowError."""
+    with pytest.raises(EncodeError, match=option):
+        NNC(**{option: 10**400})
+
+
+def test_out_of_objects_is_an_output_buffer_error():
+    """Before: TypeError from numpy."""
+    from nnc.errors import OutputBufferError
+
+    stream = NNC(qp=-20).encode(np.arange(4, dtype=np.float32))
+    for out in (np.empty(2, object), np.empty(1, [("a", object), ("b", object)]), [0.0] * 4):
+        with pytest.raises(OutputBufferError):
+            NNC().decode(stream, out=out)

@@ -75,7 +75,7 @@ def test_zarr3_integers_are_exact_and_fixed_qp_matches_the_v2_codec():
 def test_zarr3_codec_rejects_bad_settings():
     with pytest.raises(nnc.EncodeError):
         zarr3_codec(qp=-30, target_snr=20)
-    with pytest.raises(TypeError):
+    with pytest.raises(nnc.EncodeError, match="unknown NNC codec setting.*'quality'"):  # before: TypeError
         zarr3_codec(quality=3)
 
 
