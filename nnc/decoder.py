@@ -84,6 +84,11 @@ class Limits:
         Most bytes the decoded tensors of one stream may take together
         (default 8 GiB).
 
+    Raises
+    ------
+    ValueError
+        If a limit is not an integer >= 0.
+
     Examples
     --------
     >>> import nnc
@@ -103,6 +108,12 @@ class Limits:
 
     #: How many times its own size a stream decoded to files may write (:meth:`for_files`).
     FILE_OUTPUT_RATIO = 256
+
+    def __post_init__(self):
+        for name in ("max_tensor_elements", "max_total_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:  # api-check
+                raise ValueError(f"Limits.{name} must be an integer >= 0, not {value!r}")
 
     @classmethod
     def for_files(cls, stream_bytes: int, **limits) -> "Limits":
@@ -450,6 +461,8 @@ def apply_update(
         If ``update`` is a decoded stream of full values, not differences, the model
         is not the one the update was made for, or a tensor of the update has another
         shape than the model's.
+    TypeError
+        If ``model`` or ``update`` is not a mapping of names to arrays.
 
     Examples
     --------
@@ -462,6 +475,9 @@ def apply_update(
         ...
     nnc.errors.UpdateError: the update holds full values, not differences (the stream was not encoded with differences=True); use its tensors as the model instead of adding them [spec 6.2.1]
     """
+    for what, value in (("model", model), ("update", update)):
+        if not isinstance(value, Mapping):  # api-check
+            raise TypeError(f"{what} must be a mapping of tensor names to arrays, not {type(value).__name__}")
     if getattr(update, "differences", True) is False:
         raise UpdateError(
             "the update holds full values, not differences (the stream was not encoded with "
@@ -781,6 +797,8 @@ class Decoder:
             raise ValueError("entry_points must be 'ignore', 'use' or 'verify'")
         if limits is not None and not isinstance(limits, Limits):  # api-check
             raise TypeError(f"limits must be an nnc.Limits, not {type(limits).__name__}")
+        if state is not None and not isinstance(state, DecoderState):  # api-check
+            raise TypeError(f"state must be an nnc.DecoderState, not {type(state).__name__}")
         #: The stream's bytes.
         self.data = read_input(data)
         #: The :class:`~nnc.decoder.Limits` in force.
@@ -1150,8 +1168,8 @@ class Decoder:
 
         Parameters
         ----------
-        names : ``Iterable[str]`` or None
-            Names of the tensors to decode; None for all of them.
+        names : ``Iterable[str]``, str or None
+            Names of the tensors to decode (a str: that one); None for all of them.
         progress : ``callable`` or None
             If given, called with the :class:`~nnc.decoder.TensorInfo` of each tensor once
             it is decoded.
@@ -1225,8 +1243,8 @@ class Decoder:
 
         Parameters
         ----------
-        names : ``Iterable[str]`` or None
-            Names of the tensors to decode; None for all of them.
+        names : ``Iterable[str]``, str or None
+            Names of the tensors to decode (a str: that one); None for all of them.
         threads : int
             Units decoded at the same time; 0 for one per CPU (as for
             :meth:`~nnc.decoder.Decoder.decode`).
@@ -1263,7 +1281,7 @@ class Decoder:
         w (3, 2)
         b (1,)
         """
-        wanted = None if names is None else set(names)
+        wanted = None if names is None else {names} if isinstance(names, str) else set(names)
         if wanted is not None:
             missing = wanted - set(self._index)
             if missing:  # api-check
@@ -1688,17 +1706,24 @@ class Decoder:
         return values.reshape(info.shape)
 
 
-def _check_narrowed(name: str, values: np.ndarray, written: np.ndarray) -> None:
-    """Refuse a caller's narrower float array (float16) whose range finite ``values`` left (they became inf; the
-    decoded values are those of spec 12.2-12.6, which a caller's array receives or refuses, spec 6.2.1)."""
+def _check_narrowed(name: str, values: np.ndarray, written: np.ndarray, recorded: bool = False) -> None:
+    """Refuse a narrower float array (float16) whose range finite ``values`` left (they became inf; the decoded
+    values are those of spec 12.2-12.6, which a caller's array or a recorded dtype holds, or refuses, spec 6.2.1):
+    a caller's array (OutputBufferError), or with ``recorded`` the tensor's recorded dtype (DecodeError)."""
     if written.dtype.itemsize >= values.dtype.itemsize:
         return
     for i in range(0, values.size, 1 << 16):  # (small temporaries)
-        part, got = values[i : i + (1 << 16)], written[i : i + (1 << 16)]
+        part, got = values.reshape(-1)[i : i + (1 << 16)], written.reshape(-1)[i : i + (1 << 16)]
         if np.isinf(got).any() and np.any(np.isfinite(part) & np.isinf(got)):
             from .errors import OutputBufferError
 
             peak = float(np.max(np.abs(part[np.isfinite(part)])))
+            if recorded:
+                raise DecodeError(
+                    f"tensor {name!r} is recorded as {written.dtype}, whose range its decoded values leave (up to "
+                    f"{peak:.6g})",
+                    clause="6.2.1",
+                )
             raise OutputBufferError(
                 f"out= for tensor {name!r} has dtype {written.dtype}, whose range its values leave (up to "
                 f"{peak:.6g}): give an array of {values.dtype}"
@@ -1996,7 +2021,10 @@ def restore_model_view(tensors: "OrderedDict[str, np.ndarray]", metadata: dict) 
                 flat[i : i + (1 << 20)] = exact_integers(k, source[i : i + (1 << 20)], want)
             v = restored
         else:
-            v = v.astype(want)
+            with np.errstate(over="ignore"):
+                restored = v.astype(want)
+            _check_narrowed(k, v, restored, recorded=True)  # (float16: refused rather than inf)
+            v = restored
         out[k] = v
         names[k] = want or v.dtype.name
     return out, names

@@ -236,8 +236,8 @@ class Encoder:
         Number of greater-than flags, 1..256, default 11.
     param_opt : bool
         Choose context initialisations per tensor and signal them (default True, spec A.4).
-    raw : iterable of str
-        Names or patterns of tensors stored uncompressed (RAW_FLOAT).
+    raw : str or iterable of str
+        Names or patterns of tensors stored uncompressed (RAW_FLOAT); a str is one name.
     lossless_int : bool
         Code integer tensors exactly as INT (default True).
     blocks : bool, str or mapping

@@ -159,6 +159,8 @@ def encode_model(model, output=None, *, client=None, **options) -> bytes:
         If ``output`` is the model file itself (nothing is written).
     OSError
         If ``output`` cannot be written.
+    TypeError
+        If ``model`` is neither a mapping nor a path.
 
     Examples
     --------
@@ -175,6 +177,10 @@ def encode_model(model, output=None, *, client=None, **options) -> bytes:
     from ._files import refuse_overwriting
     from .encoder import Encoder
 
+    if not isinstance(model, (Mapping, str, os.PathLike)):
+        raise TypeError(
+            f"model must be a mapping of names to arrays or a model file's path, not {type(model).__name__}"
+        )
     if output is not None and not isinstance(model, Mapping):
         from .readers import open_model
 

@@ -22,7 +22,7 @@ ENGINES = ["python"] + (["cython"] if COMPILED_AVAILABLE else [])
 
 #: The marked checks per file (a check is one marked statement).
 MARKED = {
-    "nnc/decoder.py": 14,
+    "nnc/decoder.py": 17,
     "nnc/engine/python/payload.py": 16,
     "nnc/engine/python/arithmetic.py": 1,
     "nnc/engine/python/binarisation.py": 1,
@@ -234,6 +234,13 @@ def test_unknown_names_and_modes(engine, stream):
         Decoder(stream, engine=engine, entry_points="sometimes")
     with pytest.raises(TypeError, match="limits must be an nnc.Limits, not dict"):  # was an AttributeError
         Decoder(stream, engine=engine, limits={"max_tensor_elements": 4})
+    with pytest.raises(TypeError, match="state must be an nnc.DecoderState, not dict"):  # was an AttributeError
+        Decoder(stream, engine=engine, state={})
+    for bad in (float("nan"), -1, None, "a", True):  # NaN turned a limit off; None failed deep inside the parser
+        with pytest.raises(ValueError, match="Limits.max_total_bytes"):
+            nnc.Limits(max_total_bytes=bad)
+    named = nnc.encode({"fc.weight": np.ones((2, 2), np.float32), "fc.bias": np.ones(2, np.float32)})
+    assert set(Decoder(named, engine=engine).decode("fc.weight")) == {"fc.weight"}  # one name, not its letters
     dec = Decoder(stream, engine=engine)
     with pytest.raises(KeyError, match="'x'"):
         dec.decode(["w", "x"])
@@ -263,3 +270,12 @@ def test_out_arrays_of_the_decoder(engine, stream, out, message):
         out.flags.writeable = False
     with pytest.raises(errors.OutputBufferError, match=message):
         Decoder(stream, engine=engine).decode_tensor("w", out=out)
+
+
+def test_apply_update_and_encode_model_refuse_what_is_not_a_mapping():
+    """Before: AttributeError ('list' object has no attribute 'items') and a TypeError about paths alone."""
+    for model, update in (([1, 2], {"w": np.ones(2)}), ({"w": np.ones(2)}, None)):
+        with pytest.raises(TypeError, match="must be a mapping"):
+            nnc.apply_update(model, update)
+    with pytest.raises(TypeError, match="a mapping of names to arrays or a model file's path, not list"):
+        nnc.encode_model([1, 2])

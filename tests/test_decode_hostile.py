@@ -525,3 +525,21 @@ def test_a_corrupted_block_row_is_refused_with_entry_points_used():
             assert not isinstance(used, np.ndarray), bit
             clauses.add(used[1])
     assert "11.4" in clauses, clauses
+
+
+def test_a_float16_dtype_whose_range_the_values_leave_is_refused_not_inf(tmp_path):
+    """Before: dtypes={'w': 'float16'} on a value of 70000 was encoded, and decoding restored it as inf (float8:
+    saturated to 448), exit 0. The encoder refuses such a dtype; a stream recording it anyway is refused on
+    decoding (spec 6.2.1), in memory and to a file."""
+    x = np.array([[1.7, 70000.0]], np.float32)
+    for recorded in ("float16", "float8_e4m3fn", "float8_e5m2"):
+        with pytest.raises(nnc.errors.EncodeError, match="largest"):
+            nnc.encode({"w": x}, qp=-20, dtypes={"w": recorded})
+    stream = with_metadata(nnc.encode({"w": x}, qp=-20), dtypes={"w": "float16"})
+    with pytest.raises(DecodeError) as refused:
+        nnc.decode_model(stream)
+    assert refused.value.clause == "6.2.1"
+    with pytest.raises(DecodeError):
+        decode_to_path(stream, tmp_path / "w.npz")
+    assert not (tmp_path / "w.npz").exists()
+    assert nnc.decode_model(nnc.encode({"w": x / 2}, qp=-20, dtypes={"w": "float16"}))["w"].dtype == np.float16

@@ -209,6 +209,16 @@ def check_recorded_dtype(name: str, arr: np.ndarray, recorded: str, differences:
     if narrow_floats.is_narrow(recorded) or np.dtype(recorded).kind == "f":
         if kind not in "fV":
             raise EncodeError(f"dtypes: tensor {name!r} holds {np.asarray(arr).dtype} values, not {recorded} ones")
+        if kind == "f" and not differences:  # (bfloat16 inputs, kind V, hold their own values)
+            largest = float(
+                narrow_floats.largest(recorded) if narrow_floats.is_narrow(recorded) else np.finfo(recorded).max
+            )
+            peak = finite_peak(np.asarray(arr))
+            if peak > largest:
+                raise EncodeError(
+                    f"dtypes: tensor {name!r} holds values up to {peak:.6g}, beyond {recorded}'s largest "
+                    f"{largest:.6g}: a {recorded} file cannot hold them"
+                )
         return
     if kind not in "iub":
         raise EncodeError(f"dtypes: tensor {name!r} holds {np.asarray(arr).dtype} values, not {recorded} ones")

@@ -252,6 +252,8 @@ class EncoderSettings:
         _check_numbers("lambda_per_tensor", self.lambda_per_tensor, integer=False)
         if self.codebook not in (False, True, "auto"):
             raise EncodeError("codebook must be False, True or 'auto'")
+        if self.dtypes is not None and not isinstance(self.dtypes, Mapping):
+            raise EncodeError(f"dtypes must be a mapping of tensor names to dtype names, not {self.dtypes!r}")
         dtypes = dict(self.dtypes or {})
         if not all(isinstance(v, str) for v in dtypes.values()):
             raise EncodeError("dtypes values must be dtype names (str)")
@@ -303,7 +305,7 @@ class EncoderSettings:
             qp_per_tensor=_frozen(self.qp_per_tensor),
             dq=bool(self.dq),
             param_opt=bool(self.param_opt),
-            raw=tuple(self.raw or ()),
+            raw=_names("raw", self.raw),
             row_skip=bool(self.row_skip) and self.profile == 1,
             output_formats=_frozen(self.output_formats),
             dtypes=_frozen(dtypes),
@@ -312,7 +314,7 @@ class EncoderSettings:
             importance=_frozen(importance),
             sigmas=_frozen(sigmas),
             covariances=_frozen(covariances),
-            covariance_transposed=tuple(self.covariance_transposed or ()),
+            covariance_transposed=_names("covariance_transposed", self.covariance_transposed),
             dcv1_s=int(self.dcv1_s),
             threads=threads,
             tca=bool(self.tca),
@@ -393,7 +395,24 @@ def _check_numbers(option: str, values, integer: bool) -> None:
     if not isinstance(values, Mapping):
         raise EncodeError(f"{option} must be a mapping of tensor names or patterns to values, not {values!r}")
     for pattern, value in values.items():
+        if not isinstance(pattern, str):
+            raise EncodeError(f"{option} keys must be tensor names or patterns (str), not {pattern!r}")
         as_number(f"{option}[{pattern!r}]", value, integer)
+
+
+def _names(option: str, value) -> tuple:
+    """A collection of tensor names or patterns as a tuple; one name alone (a str) is one name, not its letters."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    try:
+        names = tuple(value)
+    except TypeError:
+        raise EncodeError(f"{option} must be a tensor name or a collection of names, not {value!r}") from None
+    if not all(isinstance(n, str) for n in names):
+        raise EncodeError(f"{option} must hold tensor names or patterns (str), not {names!r}")
+    return names
 
 
 #: The option names of :class:`EncoderSettings` (all keyword arguments of ``Encoder`` but ``state``).
