@@ -415,7 +415,7 @@ def cmd_encode(args) -> int:
                         np.asarray(given).dtype.kind == "f" and np.all(np.isfinite(given) & (np.asarray(given) > 0))
                     )
                 ):
-                    return _fail(f"{path}: the sigmas of {t.name!r} must be finite positive floats")
+                    return _fail(f"{path}: the sigmas of {t.name!r} must be finite and positive floats")
                 if given is not None and option == "importance":
                     try:
                         check_importance(t.name, np.asarray(given).reshape(-1), t.size)

@@ -279,3 +279,14 @@ def test_apply_update_and_encode_model_refuse_what_is_not_a_mapping():
             nnc.apply_update(model, update)
     with pytest.raises(TypeError, match="a mapping of names to arrays or a model file's path, not list"):
         nnc.encode_model([1, 2])
+
+
+def test_a_single_raw_name_is_one_name_and_pattern_keys_must_be_names():
+    """Before: raw="fc.weight" became the one-letter patterns 'f', 'c', ...: the tensor was quantised, silently."""
+    x = {"fc.weight": np.random.default_rng(0).standard_normal((4, 4)).astype(np.float32)}
+    result = nnc.Encoder(raw="fc.weight").encode(x)
+    assert result.tensors["fc.weight"].payload_type == "RAW_FLOAT"
+    assert nnc.decode(result.stream)["fc.weight"].tobytes() == x["fc.weight"].tobytes()
+    for bad in (dict(raw=5), dict(raw=[1]), dict(dtypes=["int8"]), dict(qp_per_tensor={1: -20})):
+        with pytest.raises(errors.EncodeError):
+            nnc.encode(x, **bad)

@@ -831,12 +831,17 @@ def test_encoding_refuses_to_write_over_onnx_external_data(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (("--target-snr", "1e9"), "target_snr_db must be from -100 to 300"),  # before: OverflowError traceback
-    (("--target-snr", "nan"), "target_snr_db must be"),                    # before: accepted
-    (("--lambda", "nan"), "rdoq_lambda must be a finite number"),          # before: accepted
+    (("--target-snr", "nan"), "argument --target-snr: expected"),          # before: accepted
+    (("--lambda", "nan"), "argument --lambda: expected"),                  # before: accepted
 ])
 def test_out_of_range_numbers_are_one_line_errors(model, tmp_path, capsys, argv, message):
-    code, _, err = cli(capsys, "encode", model, "-o", tmp_path / "x.nnr", *argv)
-    assert_refused(code, err, model, message)
+    if message.startswith("argument"):  # a usage error (exit status 2), naming the option
+        with pytest.raises(SystemExit) as exc:
+            cli(capsys, "encode", model, "-o", tmp_path / "x.nnr", *argv)
+        assert exc.value.code == 2 and message in capsys.readouterr().err
+    else:
+        code, _, err = cli(capsys, "encode", model, "-o", tmp_path / "x.nnr", *argv)
+        assert_refused(code, err, model, message)
     assert not (tmp_path / "x.nnr").exists()
 
 
@@ -1020,11 +1025,15 @@ def test_a_tensor_qp_pattern_that_never_applies_is_refused(model, tmp_path, caps
 
 def test_an_explicit_tensor_qp_glob_wins_over_the_allocation(model, tmp_path, capsys):
     out = tmp_path / "x.nnr"
-    code, _, err = cli(capsys, "encode", model, "-o", out, "--target-snr", "30", "--tensor-qp", "fc.w*=-12",
+    code, _, err = cli(capsys, "encode", model, "-o", out, "--target-snr", "30", "--tensor-qp", "fc.w*=-44",
                        "--no-blocks")
     assert code == 0, err
     qps = {t["name"]: t["qp"] for t in stream_info(out)["tensors"]}
-    assert qps["fc.weight"] == -12 and qps["fc.bias"] != -12
+    assert qps["fc.weight"] == -44 and qps["fc.bias"] != -44
+    # a qp too coarse for the target on its own: refused, not a file missing the target (exit 0, before)
+    code, _, err = cli(capsys, "encode", model, "-o", out, "--target-snr", "30", "--tensor-qp", "fc.w*=-12",
+                       "--no-blocks")
+    assert_refused(code, err, "fc.weight", "alone exceed the target")
 
 
 def test_the_scales_of_a_quantised_model_are_kept_exact(tmp_path, capsys):
