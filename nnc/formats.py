@@ -641,16 +641,56 @@ def _is_torchscript(path) -> bool:
         return False
 
 
-def _pt_load_problem(exc: Exception) -> str:
-    """One line saying why a .pt file is not a state_dict (torch's own message spans many lines)."""
-    text = str(exc)
+def _pt_load_problem(exc: Exception, path=None) -> str:
+    """One line saying why a .pt file is not a state_dict (torch's own message spans many lines): for a file
+    ``torch.load(weights_only=True)`` refuses, the type it refused, and whether the file holds a whole module."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
     if "weights_only" in text or "Unsupported global" in text:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        refused = found.group(1) if found else None
+        if path is not None and _pt_pickles_a_module(path):
+            return (
+                f"a whole module pickled with torch.save(model){f' ({refused})' if refused else ''}, not a "
+                "state_dict of tensors; save model.state_dict() with torch.save and encode that"
+            )
+        if refused:
+            what = f"the {refused} it holds"
+        else:
+            detail = re.search(r"WeightsUnpickler error: ([^\n]+)", text)
+            what = f"it ({detail.group(1).strip().rstrip('.')})" if detail else "it"
         return (
-            "a pickled Python object (a whole module?), not a state_dict of tensors; save "
-            "model.state_dict() with torch.save and encode that"
+            f"torch.load(weights_only=True) refuses {what} (nnc runs no pickled code); re-save only the "
+            "state_dict, torch.save(model.state_dict(), path), and encode that"
         )
-    first = re.sub(r"\x1b\[[0-9;]*m", "", text).strip().splitlines()
+    first = text.strip().splitlines()
     return f"cannot load as a PyTorch state_dict: {first[0] if first else type(exc).__name__}"
+
+
+def _pt_pickles_a_module(path) -> bool:
+    """Whether a .pt file's pickle holds a torch.nn.Module (its ``_parameters`` and ``_modules``), read
+    with pickletools (nothing unpickled); False if it cannot be read."""
+    import pickletools
+
+    def strings(fh) -> set:
+        return {arg for _, arg, _ in pickletools.genops(fh) if isinstance(arg, str)}
+
+    try:
+        with open(path, "rb") as fh:
+            if zipfile.is_zipfile(fh):
+                with zipfile.ZipFile(fh) as zf:
+                    name = next((n for n in zf.namelist() if n.endswith("data.pkl")), None)
+                    if name is None:
+                        return False
+                    with zf.open(name) as member:  # streamed: read op by op
+                        names = strings(member)
+            else:  # legacy: magic number, protocol, sys info, then the object
+                fh.seek(0)
+                for _ in range(3):
+                    strings(fh)
+                names = strings(fh)
+    except Exception:  # a damaged pickle: not known to be a module
+        return False
+    return {"_parameters", "_modules"} <= names
 
 
 def _unwrap_checkpoint(path, obj: dict) -> tuple[dict, list]:
@@ -790,14 +830,17 @@ def onnx_quantisation_parameters(graph, found=None) -> set:
     return found
 
 
-def _onnx_weights(graph, found=None) -> "OrderedDict":
+def _onnx_weights(graph, found=None, values=None, kept=None) -> "OrderedDict":
     """Every weight of an ONNX graph: {name: TensorProto}, in graph order.
 
     Weights are the graph's initializers, the floating-point ``value`` tensors of
     its Constant nodes (named by the node's output) and, recursively, those of the
     subgraphs of If, Loop and Scan nodes.  Integer Constant nodes (shapes, axes,
-    slice bounds) are graph structure and stay with the graph.  The TensorProtos
-    are the model's own, so that writing replaces them in place.
+    slice bounds) are graph structure and stay with the graph, and so do the
+    initializers no stream can code (:func:`_onnx_kept_in_graph`), each appended
+    to ``kept`` as "name (why)".  ``values(tensor)`` gives an initializer's array
+    (default: its inline data).  The TensorProtos are the model's own, so that
+    writing replaces them in place.
     """
     float_types = (1, 10, 11, 16)  # TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16
     found = OrderedDict() if found is None else found
@@ -808,6 +851,11 @@ def _onnx_weights(graph, found=None) -> "OrderedDict":
         found[name] = tensor
 
     for init in graph.initializer:
+        why = _onnx_kept_in_graph(init, values or _onnx_inline_values)
+        if why:
+            if kept is not None:
+                kept.append(f"{init.name} ({why}; kept in the graph: decoding with --template restores it)")
+            continue
         add(init.name, init)
     for node in graph.node:
         for attr in node.attribute:
@@ -820,8 +868,32 @@ def _onnx_weights(graph, found=None) -> "OrderedDict":
             ):
                 add(node.output[0], attr.t)
             for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                _onnx_weights(sub, found)
+                _onnx_weights(sub, found, values, kept)
     return found
+
+
+#: TensorProto types of integers that may hold values beyond int32 (INT64, UINT32, UINT64).
+_ONNX_WIDE_INTS = {7: "int64", 12: "uint32", 13: "uint64"}
+
+
+def _onnx_kept_in_graph(init, values) -> str | None:
+    """Why an initializer stays in the graph instead of being coded, or None: STRING tensors (class labels)
+    and integers beyond int32 (INT64_MAX slice bounds), which a stream cannot hold (spec 7.4, 7.5)."""
+    if init.data_type == 8:  # STRING
+        return "a STRING initializer"
+    if init.data_type in _ONNX_WIDE_INTS:
+        arr = values(init)
+        if arr.size and (int(arr.min()) < -(1 << 31) or int(arr.max()) >= 1 << 31):
+            return f"an {_ONNX_WIDE_INTS[init.data_type]} initializer beyond int32"
+    return None
+
+
+def _onnx_inline_values(init) -> np.ndarray:
+    """An initializer's array, from data held in the model (external data must have been loaded)."""
+    _, numpy_helper = _onnx()
+    if init.data_location == 1:  # EXTERNAL, not loaded: to_array would look for it beside the working directory
+        raise FormatError(f"initializer {init.name!r}: its external data is not loaded")
+    return numpy_helper.to_array(init)
 
 
 def _onnx_sparse_weights(graph) -> list:
@@ -842,8 +914,10 @@ def read_onnx(path):
 
     Weights are the initializers, the floating-point tensors of Constant nodes
     (named by the node's output) and those of subgraphs (If, Loop, Scan), in
-    graph order; integer Constant nodes are graph structure, not weights.
-    Sparse initializers and sparse Constant nodes are not read (the lazy
+    graph order; integer Constant nodes are graph structure, not weights, and
+    so are STRING initializers and integer ones with values beyond int32
+    (which no stream holds; decoding takes them from the template).  These,
+    sparse initializers and sparse Constant nodes are not read (the lazy
     reader, :func:`nnc.readers.open_model`, names them in ``left_out``).
 
     Parameters
@@ -957,8 +1031,28 @@ def _onnx_model_with(tensors, dtypes, template):
         raise FormatError(f"{template} does not match the decoded model: {shown}")
     for name, t in weights.items():
         arr = np.asarray(tensors[name]).astype(held[name].dtype)
-        t.CopyFrom(numpy_helper.from_array(arr, t.name))
+        for f in _ONNX_DATA_FIELDS:  # the data go; name, doc_string, metadata_props... stay
+            if f in t.DESCRIPTOR.fields_by_name:
+                t.ClearField(f)
+        t.MergeFrom(numpy_helper.from_array(arr, t.name))
     return model
+
+
+#: The fields of an ONNX TensorProto that hold or locate its data, replaced when a weight is written.
+_ONNX_DATA_FIELDS = (
+    "dims",
+    "data_type",
+    "segment",
+    "float_data",
+    "int32_data",
+    "string_data",
+    "int64_data",
+    "raw_data",
+    "double_data",
+    "uint64_data",
+    "external_data",
+    "data_location",
+)
 
 
 def _template_keeps_external_data(template) -> list:
@@ -967,12 +1061,23 @@ def _template_keeps_external_data(template) -> list:
     model = onnx.load(os.fspath(template), load_external_data=False)
     folder = os.path.dirname(os.fspath(template))
     files = []
-    for t in _onnx_weights(model.graph).values():
+    for t in _onnx_tensors(model.graph):
         if t.data_location == onnx.TensorProto.EXTERNAL:
             location = next((e.value for e in t.external_data if e.key == "location"), None)
             if location:
                 files.append(os.path.join(folder, location))
     return list(dict.fromkeys(files))
+
+
+def _onnx_tensors(graph):
+    """Every initializer and Constant node tensor of an ONNX graph and its subgraphs (coded or not)."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from _onnx_tensors(sub)
 
 
 def write_onnx(path, tensors, dtypes=None, template=None) -> list:

@@ -122,7 +122,8 @@ class ModelSource:
         Entries of the file that are not encoded: a PyTorch checkpoint's entries that are not
         tensors or lie beside its state_dict (``"optimizer"``, ``"model/_extra_state"``; in a
         sharded checkpoint prefixed by the shard's file name); an ONNX model's sparse initializers
-        and sparse Constant nodes; the shard files beside a checkpoint index that it does not name.
+        and sparse Constant nodes, and its STRING initializers and integer ones beyond int32
+        (kept in the graph); the shard files beside a checkpoint index that it does not name.
     """
 
     def __init__(
@@ -419,7 +420,7 @@ def _read_pt(path: Path, file_index):
             is_zip = fh.read(4) == b"PK\x03\x04"
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
     except Exception as exc:  # torch raises many types on bad files
-        raise FormatError(f"{path}: {formats._pt_load_problem(exc)}") from None
+        raise FormatError(f"{path}: {formats._pt_load_problem(exc, path)}") from None
     if not isinstance(obj, dict):
         raise FormatError(f"{path}: not a state_dict (a mapping of names to tensors)")
     obj, left_out = formats._unwrap_checkpoint(path, obj)
@@ -481,10 +482,19 @@ def _read_onnx(path: Path, file_index):
         model = onnx.load(os.fspath(path), load_external_data=False)
     except Exception as exc:
         raise FormatError(f"{path}: cannot load as ONNX: {exc}") from None
+
+    def values(init):  # of an integer initializer, to tell whether it fits int32
+        if init.data_location != onnx.TensorProto.EXTERNAL:
+            return _onnx_loader(path, init, numpy_helper)()
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(init.data_type))
+        shape = formats._dims(f"{path}: damaged ONNX initializer {init.name!r}", init.dims)
+        return _onnx_external_loader(path, init, dtype, shape, onnx, numpy_helper)[0]()
+
+    kept: list[str] = []  # initializers no stream holds, left in the graph
     try:
-        weights = formats._onnx_weights(model.graph)  # initializers, Constant nodes, subgraphs
+        weights = formats._onnx_weights(model.graph, values=values, kept=kept)  # initializers, Constants, subgraphs
     except FormatError as exc:
-        raise FormatError(f"{path}: {exc}") from None
+        raise FormatError(exc.message if exc.message.startswith(f"{path}: ") else f"{path}: {exc}") from None
     scales = formats.onnx_quantisation_parameters(model.graph)
     out = []
     for name, init in weights.items():
@@ -500,7 +510,7 @@ def _read_onnx(path: Path, file_index):
             loader = _onnx_loader(path, init, numpy_helper)
         data_file = os.fspath(data_path or "") or None
         out.append(LazyTensor(name, shape, dtype.name, dtype.name, loader, file_index, data_file, name in scales))
-    return out, {}, formats._onnx_sparse_weights(model.graph)
+    return out, {}, kept + formats._onnx_sparse_weights(model.graph)
 
 
 def _onnx_loader(path, init, numpy_helper):
@@ -611,7 +621,38 @@ def _npz_loader(path: Path, member_name: str):
     return load
 
 
-_READERS = {"safetensors": _read_safetensors, "pt": _read_pt, "onnx": _read_onnx, "npz": _read_npz}
+def _named(reader):
+    """``reader``, refusing a tensor name no stream can hold (a state_dict's int keys, "")."""
+
+    def read(path: Path, file_index):
+        tensors, metadata, left_out = reader(path, file_index)
+        for t in tensors:
+            _check_name(path, t.name)
+        return tensors, metadata, left_out
+
+    return read
+
+
+def _check_name(path: Path, name) -> None:
+    """A FormatError naming ``path`` and the key unless ``name`` can name a tensor in a stream."""
+    from .encoding.settings import check_tensor_name
+    from .errors import EncodeError
+
+    if not isinstance(name, str):
+        raise FormatError(
+            f"{path}: tensor key {name!r} is {type(name).__name__}, not a string; a stream names tensors by "
+            "strings: save the state_dict with string keys"
+        )
+    try:
+        check_tensor_name(name)
+    except EncodeError as exc:
+        raise FormatError(f"{path}: {exc.message}") from None
+
+
+_READERS = {
+    fmt: _named(reader)
+    for fmt, reader in {"safetensors": _read_safetensors, "pt": _read_pt, "onnx": _read_onnx, "npz": _read_npz}.items()
+}
 
 
 def source_from_mapping(tensors, dtypes=None, name: str = "<arrays>") -> ModelSource:

@@ -479,6 +479,44 @@ def test_a_bfloat16_model_is_measured_as_its_decoded_file_holds_it(tmp_path, cap
     assert score >= -0.002
 
 
+def _namespace_checkpoint(torch, path):
+    import argparse
+
+    torch.save({"args": argparse.Namespace(lr=1), "model": {"w": torch.ones(2)}}, path)  # fairseq style
+
+
+def _numpy_scalar_checkpoint(torch, path):
+    torch.save({"state_dict": {"w": torch.ones(2)}, "best": np.float64(0.9)}, path)
+
+
+@pytest.mark.parametrize(
+    "write, refused",
+    [(_namespace_checkpoint, "argparse.Namespace"), (_numpy_scalar_checkpoint, "scalar")],
+    ids=["namespace", "numpy scalar"],
+)
+def test_a_checkpoint_with_an_object_torch_refuses_names_its_type(tmp_path, write, refused):
+    """Before: any object torch.load(weights_only=True) refused was called "a whole module?"."""
+    torch = pytest.importorskip("torch")
+    path = tmp_path / "ckpt.pt"
+    write(torch, path)
+    with pytest.raises(formats.FormatError) as err:
+        readers.open_model(path)
+    message = str(err.value)
+    assert str(path) in message and refused in message and "\n" not in message, message
+    assert "module" not in message and "torch.save(model.state_dict(), " in message, message
+
+
+def test_a_whole_module_is_still_called_one(tmp_path):
+    torch = pytest.importorskip("torch")
+    for name, obj in (("linear.pt", torch.nn.Linear(2, 2)), ("in_dict.pt", {"model": torch.nn.Linear(2, 2)})):
+        torch.save(obj, tmp_path / name)
+        with pytest.raises(formats.FormatError) as err:
+            readers.open_model(tmp_path / name)
+        message = str(err.value)
+        assert "whole module" in message and "torch.nn.modules.linear.Linear" in message, message
+        assert "model.state_dict()" in message and "\n" not in message, message
+
+
 def test_a_folder_decode_does_not_replace_the_files_there_without_overwrite(tmp_path, capsys):
     """Decoded into the original checkpoint's folder, the stream's file names are the original's: before, the
     lossless shards and index were replaced by the decoding with exit status 0. Now refused in one line, every

@@ -311,3 +311,86 @@ def test_onnx_weights_go_to_external_data_when_the_template_keeps_them_there_or_
         formats.write_onnx(tmp_path / "d.onnx", half, template=tmp_path / "d.onnx")
     assert (tmp_path / "d.onnx.data").read_bytes() == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".nnc-")]
+
+
+def test_onnx_output_keeps_each_weights_doc_string_and_metadata_props(tmp_path):
+    """Before: writing replaced each TensorProto whole, dropping its doc_string and metadata_props."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((2, 2), np.float32), "w")
+    w.doc_string = "the weight"
+    c = numpy_helper.from_array(np.full(2, 3.0, np.float32), "c")
+    c.doc_string = "a constant"
+    for t, value in ((w, "layer1"), (c, "layer2")):
+        if "metadata_props" in t.DESCRIPTOR.fields_by_name:
+            entry = t.metadata_props.add()
+            entry.key, entry.value = "origin", value
+    nodes = [helper.make_node("Constant", [], ["c"], value=c), helper.make_node("Add", ["w", "c"], ["y"])]
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 2])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(helper.make_graph(nodes, "g", [], [y], [w])), path)
+    model = onnx.load_from_string(formats.onnx_bytes({"w": np.full((2, 2), 0.5), "c": np.zeros(2)}, template=path))
+    onnx.checker.check_model(model)
+    new_w, new_c = model.graph.initializer[0], model.graph.node[0].attribute[0].t
+    assert numpy_helper.to_array(new_w).tolist() == [[0.5, 0.5], [0.5, 0.5]]
+    assert numpy_helper.to_array(new_c).tolist() == [0.0, 0.0]
+    for new, old in ((new_w, w), (new_c, c)):
+        assert new.name == old.name and new.doc_string == old.doc_string and new.doc_string
+        if "metadata_props" in old.DESCRIPTOR.fields_by_name:
+            assert [(e.key, e.value) for e in new.metadata_props] == [(e.key, e.value) for e in old.metadata_props]
+
+
+def _onnx_with_int64_max_and_labels(path):
+    """A Slice whose ends initializer is INT64_MAX (as exporters write "to the end") and STRING class labels."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import helper, numpy_helper
+
+    TP = onnx.TensorProto
+    inits = [
+        numpy_helper.from_array(np.arange(12, dtype=np.float32).reshape(3, 4), "w"),
+        numpy_helper.from_array(np.array([1], np.int64), "starts"),
+        numpy_helper.from_array(np.array([np.iinfo(np.int64).max], np.int64), "ends"),
+        numpy_helper.from_array(np.array([1], np.int64), "axes"),
+        numpy_helper.from_array(np.array([b"cat", b"dog"], dtype=object), "labels"),
+    ]
+    nodes = [helper.make_node("Add", ["x", "w"], ["s"]), helper.make_node("Slice", ["s", "starts", "ends", "axes"], ["y"]),
+             helper.make_node("Identity", ["labels"], ["lab"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TP.FLOAT, [3, 4])],
+                              [helper.make_tensor_value_info("y", TP.FLOAT, [3, 3]),
+                               helper.make_tensor_value_info("lab", TP.STRING, [2])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, path)
+    return path
+
+
+def test_onnx_int64_initializers_beyond_int32_and_string_initializers_stay_in_the_graph(tmp_path):
+    """Before: an INT64_MAX Slice bound refused the whole model ("leave it out of the model or split it"), and
+    STRING labels gave "unsupported dtype object"."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from nnc import models
+    from nnc.cli import main
+
+    src = _onnx_with_int64_max_and_labels(tmp_path / "m.onnx")
+    source = readers.open_model(src)
+    assert [t.name for t in source] == ["w", "starts", "axes"]
+    assert [entry.split()[0] for entry in source.left_out] == ["ends", "labels"]
+    assert list(formats.read_model(src)[0]) == ["w", "starts", "axes"]
+    assert main(["encode", str(src), "-o", str(tmp_path / "m.nnr"), "--qp", "-30"]) == 0
+    assert models.encode_model_to(src, tmp_path / "n.nnr", qp=-30).left_out == source.left_out
+    assert main(["decode", str(tmp_path / "m.nnr"), "-o", str(tmp_path / "out.onnx"), "--template", str(src)]) == 0
+    before, after = onnx.load(src), onnx.load(tmp_path / "out.onnx")
+    onnx.checker.check_model(after, full_check=True)
+    held = {t.name: t for t in before.graph.initializer}
+    for t in after.graph.initializer:
+        if t.name in ("ends", "labels", "starts", "axes"):
+            assert t.SerializeToString() == held[t.name].SerializeToString(), t.name
+    x = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+    want = ort.InferenceSession(str(src)).run(None, {"x": x})
+    got = ort.InferenceSession(str(tmp_path / "out.onnx")).run(None, {"x": x})
+    w = nnc.decode_model(tmp_path / "m.nnr")["w"]  # the graph runs as before, on the decoded weight
+    np.testing.assert_array_equal(got[0], (x + w)[:, 1:])
+    np.testing.assert_allclose(got[0], want[0], atol=1e-2)
+    assert list(got[1]) == list(want[1]) == ["cat", "dog"]

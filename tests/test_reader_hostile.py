@@ -4,6 +4,7 @@ naming the file, or report what they leave out; never a traceback, a dropped ten
 from __future__ import annotations
 
 import json
+import re
 import struct
 
 import numpy as np
@@ -341,3 +342,38 @@ def test_eager_npz_reader_refuses_a_repeated_member(tmp_path):
             z.writestr("a.npy", b.getvalue())
     with pytest.raises(FormatError, match="appears twice"):
         read_model(tmp_path / "d.npz")
+
+
+# -- tensor names a stream cannot hold -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("keys", [[0, 1], ["a", 3], [("x", 1)], ["", "b"], ["a\x00b"]], ids=repr)
+def test_pt_tensor_names_that_are_not_names_are_refused_by_the_reader(tmp_path, keys):
+    """Before: int keys reached the encoder's name patterns and crashed (TypeError) in encode and compare."""
+    torch = pytest.importorskip("torch")
+    import collections
+
+    path = tmp_path / "keys.pt"
+    torch.save(collections.OrderedDict((k, torch.ones(2)) for k in keys), path)
+    bad = next(k for k in keys if not (isinstance(k, str) and k and "\x00" not in k))
+    _refused(path, repr(bad))
+    with pytest.raises(FormatError, match=re.escape(repr(bad))):
+        read_model(path)
+
+
+@pytest.mark.parametrize("command", ["encode", "compare"])
+def test_pt_with_int_keys_gives_one_line_in_every_command(tmp_path, capsys, command):
+    torch = pytest.importorskip("torch")
+    import collections
+
+    from nnc.cli import main
+
+    path = tmp_path / "intkeys.pt"
+    torch.save(collections.OrderedDict([(0, torch.randn(2)), (1, torch.randn(3))]), path)
+    args = {"encode": [path, "-o", tmp_path / "x.nnr"], "compare": [path, path]}[command]
+    code = main([command, *map(str, args)])
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code != 0 and len(lines) == 1 and lines[0].startswith("nnc: error: "), err
+    assert str(path) in lines[0] and "key 0 " in lines[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["intkeys.pt"]
