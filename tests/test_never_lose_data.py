@@ -1271,3 +1271,34 @@ def test_a_state_file_that_cannot_be_written_leaves_no_output(tmp_path, capsys, 
     assert len(err) == 1 and "x.state" in err[0], err
     assert not out.exists() and not (tmp_path / "x.state").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.nnr", "m.npz"]
+
+
+def test_integer_tensors_coded_lossily_stay_decodable_and_are_warned_about(tmp_path, capsys):
+    """--no-lossless-int. Before: a uint8 255 reconstructing as 256 at a coarse qp gave a stream every decoder
+    refuses (exit 0 at encoding), and a bool mask rounded to all False went unmentioned."""
+    model = tmp_path / "m.npz"
+    model.write_bytes(npz_bytes({"u8": np.array([0, 10, 255, 200], np.uint8), "mask": np.array([1, 0, 1], bool),
+                                 "w": np.linspace(-1, 1, 200, dtype=np.float32).reshape(20, 10)}))
+    out, back = tmp_path / "m.nnr", tmp_path / "back.npz"
+    capsys.readouterr()
+    assert main(["encode", str(model), "-o", str(out), "--no-lossless-int", "--qp", "20"]) == 0
+    err = capsys.readouterr().err
+    assert "u8" in err and "beyond uint8" in err  # stored raw: exact
+    assert "kept none of their signal" in err and "mask" in err.split("kept none of their signal")[1]
+    assert main(["decode", str(out), "-o", str(back), "-q"]) == 0
+    tensors, _ = read_model(back)
+    assert tensors["u8"].tolist() == [0, 10, 255, 200] and tensors["u8"].dtype == np.uint8
+
+
+@pytest.mark.skipif(np.dtype(np.longdouble).itemsize <= 8, reason="long double is float64 on this platform")
+def test_a_long_double_tensor_is_refused_on_every_path(tmp_path, capsys):
+    """Before: from an .npz on the command line and from a mapping it was coded as float32 and restored as float32,
+    exit 0 (the path API refused it)."""
+    model = tmp_path / "m.npz"
+    np.savez(model, l=np.ones(3, np.longdouble))
+    assert main(["encode", str(model), "-o", str(tmp_path / "m.nnr")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "float64" in err[0] and str(model) in err[0]
+    assert not (tmp_path / "m.nnr").exists()
+    with pytest.raises(EncodeError, match="long double"):
+        nnc.encode_model({"a": np.ones(3, np.longdouble)})

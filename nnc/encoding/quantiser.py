@@ -180,7 +180,11 @@ def as_float_array(name: str, value) -> tuple[np.ndarray, str]:
         arr = arr.astype(np.float32)
     if arr.dtype.kind not in "fiub":
         raise EncodeError(f"tensor {name!r} has unsupported dtype {arr.dtype}")
-    x = arr if arr.dtype.kind == "f" and arr.dtype.itemsize <= 8 else arr.astype(np.float64)
+    if arr.dtype.kind == "f" and arr.dtype.itemsize > 8:  # (it decoded as float32, its dtype lost: as a file's)
+        raise EncodeError(
+            f"tensor {name!r} is {arr.dtype.name} (long double), a dtype no stream restores: convert it to float64"
+        )
+    x = arr if arr.dtype.kind == "f" else arr.astype(np.float64)
     if arr.dtype.kind == "f" and arr.dtype.itemsize > 4 and finite_peak(x) > FLOAT32_MAX:
         raise EncodeError(
             f"tensor {name!r} ({arr.dtype}) holds finite values beyond the float32 range (up to "
@@ -544,7 +548,9 @@ class Quantiser:
         if s.codebook and not in_block:
             coded, levels = self._codebook(name, x, step, height, width, scan, fmt, shape, dq)
             if coded is not None:
-                return self._within_range(coded, x, in_block, dtype_name)
+                return self._within_range(
+                    coded, arr if kind in "iub" else x, in_block, dtype_name, arr.dtype if kind in "iub" else None
+                )
         if levels is None:
             private = not np.may_share_memory(x, arr)  # a float64 copy of integers: divided in place
             levels = self.levels(name, x, float(step), dq, height, width, scan, reuse_x=private)
@@ -566,19 +572,36 @@ class Quantiser:
             recon=recon,
             fmt=fmt,
         )
-        return self._within_range(coded, x, in_block, dtype_name)
+        # (integers: their own values, x may have been divided by the step in place)
+        return self._within_range(
+            coded, arr if kind in "iub" else x, in_block, dtype_name, arr.dtype if kind in "iub" else None
+        )
 
-    def _within_range(self, t: CodedTensor, x: np.ndarray, in_block: bool, dtype_name: str) -> CodedTensor:
+    def _within_range(
+        self, t: CodedTensor, x: np.ndarray, in_block: bool, dtype_name: str, integers=None
+    ) -> CodedTensor:
         """``t``, unless a finite value reconstructs beyond its output dtype's range (a float16 65504 rounded up to
-        65536 at a coarse qp decodes as inf): then the tensor is stored exactly, in RAW_FLOAT, when raw storage is
-        allowed (spec A.7), else refused."""
-        if is_finite(t.recon):
-            return t
-        peak = max(float(x.max()), -float(x.min()))
-        out = t.recon.dtype.name
-        reason = f"values up to {peak:.6g} round beyond the {out} range at qp {t.qp}"
-        if in_block or not self.settings.raw_when_smaller or self.settings.is_raw(t.name):
-            raise EncodeError(f"tensor {t.name!r}: {reason} (they would decode as inf, spec A.7): give it a finer qp")
+        65536 at a coarse qp decodes as inf; an ``integers`` dtype's values, coded lossily, rounded beyond its range:
+        the decoder refuses them, spec 6.2.1): then the tensor is stored exactly, in RAW_FLOAT, when raw storage is
+        allowed (spec A.7) and float32 holds its values, else refused."""
+        if integers is None:
+            if is_finite(t.recon):
+                return t
+            peak = max(float(x.max()), -float(x.min()))
+            reason = f"values up to {peak:.6g} round beyond the {t.recon.dtype.name} range at qp {t.qp}"
+            effect = "they would decode as inf, spec A.7"
+        else:
+            low, high = (0, 1) if integers.kind == "b" else (np.iinfo(integers).min, np.iinfo(integers).max)
+            rounded = np.rint(t.recon.astype(np.float64)) if t.recon.size else np.zeros(1)
+            if low <= rounded.min() and rounded.max() <= high:
+                return t
+            reason = (
+                f"values reconstruct from {rounded.min():.6g} to {rounded.max():.6g} at qp {t.qp}, beyond {integers}"
+            )
+            effect = "a decoder refuses them, spec 6.2.1"
+        exact = integers is None or not x.size or float(np.abs(x).max()) <= 2**24  # float32 holds the integers
+        if in_block or not self.settings.raw_when_smaller or self.settings.is_raw(t.name) or not exact:
+            raise EncodeError(f"tensor {t.name!r}: {reason} ({effect}): give it a finer qp")
         f32 = x.astype(np.float32).reshape(t.shape)
         recon = f32 if t.fmt is None else f32.astype(np.dtype(dtype_name))
         return CodedTensor.raw_float(t.name, f32, t.height, t.width, recon=recon, fmt=t.fmt, kept_raw=reason)

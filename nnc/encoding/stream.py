@@ -72,7 +72,7 @@ class StreamSummary:
         Tensors that could not be quantised (inf or NaN, or values beyond int32 levels at
         their qp), stored exactly in RAW_FLOAT NDUs (spec 7.5); ``kept_raw_reasons`` says why.
     zeroed : list
-        Float tensors whose quantisation kept none of their signal (error ≥ energy > 0:
+        Float tensors, and integer ones coded lossily, whose quantisation kept none of their signal (error ≥ energy > 0:
         typically every weight rounds to zero at their qp, so they decode as zeros);
         measured with ``measure=True`` only.
     coarse : dict
@@ -102,10 +102,12 @@ class StreamSummary:
     left_out: list = field(default_factory=list)
     seconds: float = 0.0
 
-    def add_error(self, name: str, energy: float, error: float) -> None:
-        """Count a float tensor's energy and quantisation error (``measure=True``)."""
-        self.energy += energy
-        self.error += error
+    def add_error(self, name: str, energy: float, error: float, total: bool = True) -> None:
+        """Count a float tensor's energy and quantisation error (``measure=True``); with ``total`` false (an integer
+        tensor coded lossily) only to tell whether it kept its signal, not in the float weights' SNR."""
+        if total:
+            self.energy += energy
+            self.error += error
         if error >= energy > 0:
             self.zeroed.append(name)
         elif error > 0 and energy > 0 and 10 * math.log10(energy / error) < COARSE_SNR_DB:
@@ -234,6 +236,8 @@ def encode_to(
                 )  # the head written would be wrong
             if measure and x.dtype.kind == "f":  # against the values the decoded model's file holds
                 stats[n] = _energy_error(x, as_stored(s.dtypes.get(n, by_name[n].original_dtype), t.recon))
+            elif measure and t.levels is not None and t.step is not None:  # integers coded lossily (--no-lossless-int)
+                stats[n] = (*_energy_error(x.astype(np.float64), np.rint(t.recon.astype(np.float64))), False)
             coded[n] = t
             values[n] = x  # raw_when_smaller stores these values
             del x
