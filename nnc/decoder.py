@@ -1615,7 +1615,7 @@ class Decoder:
                     raise DecodeError(
                         f"tensor {info.name!r} uses temporal context adaptation but no parent levels of "
                         f"its size were decoded before; decode the parent stream first with the same "
-                        f"DecoderState",
+                        f"DecoderState (nnc decode --state FILE)",
                         clause="14",
                     )
             kwargs: dict[str, Any] = dict(
