@@ -38,6 +38,7 @@ DECODER_NOT_NORMATIVE = {
     "DecoderState._set_meta": "state files (informative)",
     "DecoderState._extra_arrays": "state files (informative)",
     "DecoderState.save": "state files (informative)",
+    "DecoderState._to_bytes": "state files (informative)",
     "DecoderState.load": "state files (informative)",
     "TensorInfo.size": "a product of the shape",
     "Decoder.names": "an accessor of the index",
