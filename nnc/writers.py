@@ -407,13 +407,17 @@ def _refuse_mixing(folder: Path, written: set) -> None:
         p.name for p in folder.iterdir() if p.name not in written and p.name.lower().endswith(MODEL_FILE_SUFFIXES)
     )
     if others:
-        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
         raise FileExistsError(
             errno.EEXIST,
-            f"the folder already holds model files this decode would not replace ({shown}); a loader would mix "
+            f"the folder already holds model files this decode would not replace ({_listed(others)}); a loader would mix "
             "them with the decoded checkpoint: decode into a new or empty folder, or remove them",
             os.fspath(folder),
         )
+
+
+def _listed(names: list) -> str:
+    """The first three file names and how many more."""
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 def _refuse_replacing(folder: Path, names: list) -> None:
@@ -421,10 +425,9 @@ def _refuse_replacing(folder: Path, names: list) -> None:
     and they may be the original model's."""
     there = [name for name in names if (folder / name).exists()]
     if there:
-        shown = ", ".join(there[:3]) + (f" and {len(there) - 3} more" if len(there) > 3 else "")
         raise FileExistsError(
             errno.EEXIST,
-            f"the folder already holds {shown}, named by the stream; they are not replaced (perhaps the original "
+            f"the folder already holds {_listed(there)}, named by the stream; they are not replaced (perhaps the original "
             "model): decode into a new or empty folder, or replace them with --overwrite (overwrite=True)",
             os.fspath(folder),
         )
