@@ -195,10 +195,11 @@ def _unmatched_patterns(names, options: dict):
             if not matched:
                 return f"{option} {pattern!r} matches no tensor of the model (tensors: {_first_few(list(names)) or 'none'})"
             if isinstance(patterns, dict) and all(n in taken for n in matched):
+                raw_only = taken[matched[0]] == raw.get(matched[0])
                 why = (
                     "a raw tensor has no qp or lambda"
-                    if taken[matched[0]] == raw.get(matched[0])
-                    else ("the first pattern that matches a tensor applies")
+                    if raw_only
+                    else "the first pattern that matches a tensor applies"
                 )
                 return f"{option} {pattern!r} would never apply: {taken[matched[0]]} {_first_few(matched)} ({why})"
             for n in matched:
@@ -408,13 +409,8 @@ def cmd_encode(args) -> int:
                     return _fail(
                         f"{path}: {t.name!r} has shape {list(np.shape(given))}, the model's tensor {list(t.shape)}"
                     )
-                if (
-                    given is not None
-                    and option == "sigmas"
-                    and not (
-                        np.asarray(given).dtype.kind == "f" and np.all(np.isfinite(given) & (np.asarray(given) > 0))
-                    )
-                ):
+                sigmas = np.asarray(given) if given is not None and option == "sigmas" else None
+                if sigmas is not None and (sigmas.dtype.kind != "f" or not np.all(np.isfinite(sigmas) & (sigmas > 0))):
                     return _fail(f"{path}: the sigmas of {t.name!r} must be finite and positive floats")
                 if given is not None and option == "importance":
                     try:
