@@ -1712,8 +1712,9 @@ def _check_narrowed(name: str, values: np.ndarray, written: np.ndarray, recorded
     a caller's array (OutputBufferError), or with ``recorded`` the tensor's recorded dtype (DecodeError)."""
     if written.dtype.itemsize >= values.dtype.itemsize:
         return
+    values, written = values.reshape(-1), written.reshape(-1)
     for i in range(0, values.size, 1 << 16):  # (small temporaries)
-        part, got = values.reshape(-1)[i : i + (1 << 16)], written.reshape(-1)[i : i + (1 << 16)]
+        part, got = values[i : i + (1 << 16)], written[i : i + (1 << 16)]
         if np.isinf(got).any() and np.any(np.isfinite(part) & np.isinf(got)):
             from .errors import OutputBufferError
 
