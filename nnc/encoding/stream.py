@@ -237,7 +237,7 @@ def encode_to(
             if measure and x.dtype.kind == "f":  # against the values the decoded model's file holds
                 stats[n] = _energy_error(x, as_stored(s.dtypes.get(n, by_name[n].original_dtype), t.recon))
             elif measure and t.levels is not None and t.step is not None:  # integers coded lossily (--no-lossless-int)
-                stats[n] = (*_energy_error(x.astype(np.float64), np.rint(t.recon.astype(np.float64))), False)
+                stats[n] = (*_energy_error(x, np.rint(t.recon)), False)  # (in float64, slice by slice)
             coded[n] = t
             values[n] = x  # raw_when_smaller stores these values
             del x

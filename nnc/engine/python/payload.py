@@ -295,14 +295,15 @@ class PayloadDecoder:
                 reached = (ad.position, ad.value >> 7, state if t.dq else 0, ad.fill_in_bits_match())
                 if use_eps:
                     value, ep_state = entry_points[r - 1][0], entry_points[r - 1][1]
+                    ep_t = t0 + sum(increments[:r])
                     if entered or not ranged:
                         if t.dq and not 0 <= ep_state <= 7:  # api-check
                             raise DecodeError(
                                 f"entry point DQ state {ep_state} outside 0..7", clause="11.4", offset=ad.pos
                             )
-                        ad.start_at_entry_point(t0 + sum(increments[:r]), value)
+                        ad.start_at_entry_point(ep_t, value)
                         state = ep_state if t.dq else 0
-                    if not entered and reached != (t0 + sum(increments[:r]), value, ep_state if t.dq else 0, True):
+                    if not entered and reached != (ep_t, value, ep_state if t.dq else 0, True):
                         # a block row reached sequentially starts where its entry point says (11.4)
                         raise DecodeError(
                             "a block row ends where its successor's entry point does not start",
