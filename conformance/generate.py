@@ -35,7 +35,7 @@ from nnc.encoder import Encoder  # noqa: E402
 from nnc.engine import get_engine  # noqa: E402
 from nnc.verify import describe_output  # noqa: E402
 
-SUITE_VERSION = 8  # versions 2 to 8 added streams (their entries say added_in); no earlier stream changed
+SUITE_VERSION = 9  # versions 2 to 9 added streams (their entries say added_in); no earlier stream changed
 STREAMS: "OrderedDict[str, dict]" = OrderedDict()
 
 
@@ -72,7 +72,8 @@ BASIC = [("conv.weight", (12, 6, 3, 3)), ("conv.bias", (12,)), ("fc.weight", (37
 
 #: The encoder defaults the streams here were generated with; 0.2.0 changed them (issue 18),
 #: and a conformance stream never changes its bytes.
-LEGACY_DEFAULTS = dict(nonweight_qp=-75, blocks=False, raw_when_smaller=False, skip_zero=True)
+#: 0.3.0 names an update's parent by the SHA-256 of its payload (spec 14.4); the streams here by node ids.
+LEGACY_DEFAULTS = dict(nonweight_qp=-75, blocks=False, raw_when_smaller=False, skip_zero=True, parent_id="ids")
 
 
 def legacy_encoder(**options):
@@ -965,6 +966,46 @@ must_fail("mf_update_after_a_gap", "DecodeError", "14.4",
           "the second update of p1_incremental_encoded right after its base: its NDUs name parents at depth 2, the "
           "decoder state's tensors are at depth 1 (an update is missing; 15.1 item 49)",
           sequence=dict(id="p1_gap", position=1))(lambda: _incremental_encoded()[2])
+
+# -- suite version 9: an update names its parent by the digest of its payload (spec 14.4, 15.1 item 50) ---------
+
+ADDED_IN = 9
+
+
+def _digest_sequence(seed, parent_ids):
+    """A base model and one update per ``parent_ids`` entry, the parents named by payload digests (spec 14.4)."""
+    from nnc.encoder import EncoderState
+
+    r = rng(seed)
+    state = EncoderState()
+    shapes = [("c.weight", (8, 3, 3, 3)), ("c.bias", (8,)), ("d.weight", (24, 18))]
+    streams = [legacy_encoder(qp=-32, state=state).encode(
+        OrderedDict((n, laplace(r, shape, 0.05)) for n, shape in shapes)).stream]
+    for i, parent_id in enumerate(parent_ids):
+        update = OrderedDict((n, laplace(r, shape, 0.004)) for n, shape in shapes)
+        streams.append(legacy_encoder(qp=-42, dq=i % 2 == 0, tca=i == 0, state=state,
+                                      parent_id=parent_id).encode(update).stream)
+    return streams
+
+
+for _i, _label in enumerate(["base", "update_sha256_tca", "update_sha512"]):
+    stream(f"p1_parent_digest_{_i}_{_label}", 1,
+           "incremental sequence whose updates name their parents by the SHA-256 / SHA-512 of the parent NDU's "
+           f"payload (spec 14.4), stream {_i}",
+           ["node ids", "put_node_depth"] + ([] if _i == 0 else [
+               "mps_parent_signalling_enabled_flag", f"parent_node_id_type {_i}",
+               f"temporal_context_modeling_flag {int(_i == 1)}"]),
+           sequence=dict(id="p1_parent_digest", position=_i))(
+        lambda i=_i: _digest_sequence(89, ["sha256", "sha512"])[i])
+stream("p1_other_model_0_base", 1, "the base of p1_parent_digest, again, for mf_update_of_another_model after it",
+       ["node ids", "put_node_depth"], sequence=dict(id="p1_other_model", position=0))(
+    lambda: _digest_sequence(89, ["sha256", "sha512"])[0])
+must_fail("mf_update_of_another_model", "DecodeError", "14.4",
+          "the first update of another sequence of the same tensor names, shapes and node depths (its own base "
+          "not decoded): its NDUs name parents by SHA-256 digests that the decoder state's tensors do not have (15.1 "
+          "item 50). Without the check such an update, coded with TCA against other levels, fails in its payload "
+          "or, now and then, decodes to wrong values",
+          sequence=dict(id="p1_other_model", position=1))(lambda: _digest_sequence(90, ["sha256"])[1])
 
 # -- the third-party group: streams written by NNCodec, copied in (not generated) -------------------------
 

@@ -331,7 +331,11 @@ def cmd_encode(args) -> int:
     unused = [option for option, value in given.items() if value is not None]
     if unused and not args.search:
         return _fail(f"{unused[0]} is an option of --search; give --search too")
-    unused = [o for o, v in (("--tca/--no-tca", args.tca), ("--hdsp", args.hdsp or None)) if v is not None]
+    unused = [
+        o
+        for o, v in (("--tca/--no-tca", args.tca), ("--hdsp", args.hdsp or None), ("--parent-id", args.parent_id))
+        if v is not None
+    ]
     if unused and not args.state:
         return _fail(f"{unused[0]} codes updates; give --state too")
     if args.row_skip and args.profile == 0:
@@ -460,7 +464,13 @@ def cmd_encode(args) -> int:
         return _encode_search(args, tensors, dict(options, dtypes=dtypes), layout)
     if args.state:
         state = EncoderState.load(args.state) if Path(args.state).exists() else EncoderState()
-        options.update(state=state, tca=args.tca, hdsp=args.hdsp, differences=args.differences)
+        options.update(
+            state=state,
+            tca=args.tca,
+            hdsp=args.hdsp,
+            differences=args.differences,
+            parent_id=args.parent_id or "sha256",
+        )
         if args.differences and state.depths and not state.model:
             _tell(
                 args.quiet or args.json,
@@ -1256,6 +1266,7 @@ def stream_info(path) -> dict:
                 bits_per_weight=8 * share / max(t.size, 1),
                 size=t.size,
                 parent=bool(h.get("parent_node_id_present_flag")),
+                parent_id=_parent_id_text(h),
                 tca=bool(h.get("temporal_context_modeling_flag")),
                 needs_parent=t.name in needs_parent,
             )
@@ -1292,6 +1303,17 @@ def _engine_name() -> str:
     from .engine import engine_name
 
     return engine_name()
+
+
+def _parent_id_text(header) -> str | None:
+    """How an NDU names its parent (spec 7.4): ``"ids"``, ``"sha256:HEX"``, ``"sha512:HEX"``; None without one."""
+    if not header.get("parent_node_id_present_flag"):
+        return None
+    kind = header.get("parent_node_id_type")
+    if kind in (1, 2):
+        digest = header.get("parent_node_payload_sha256" if kind == 1 else "parent_node_payload_sha512")
+        return f"sha{256 * kind}:{bytes(digest).hex()}"
+    return "ids" if kind == 0 else f"type {kind}"
 
 
 def _original_dtypes(tensors, metadata) -> dict:
@@ -2067,6 +2089,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--hdsp",
         action="store_true",
         help="with --state: history-dependent significance in updates (NNCodec cannot decode them)",
+    )
+    p.add_argument(
+        "--parent-id",
+        choices=("sha256", "sha512", "ids"),
+        help="with --state: how an update names its parent: the SHA-256 (default) or SHA-512 of the parent's "
+        "payload, so that a receiver refuses it with another model's state (32 or 64 bytes per tensor), or node "
+        "ids alone (a few bits)",
     )
     p.add_argument(
         "--differences",

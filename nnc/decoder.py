@@ -249,6 +249,8 @@ class DecoderState:
         self.history: dict[str, np.ndarray] = {}
         #: The ``put_node_depth`` of each tensor's last decoded NDU that carries node ids (spec 7.4, 14.4).
         self.depths: dict[str, int] = {}
+        #: The SHA-256 and SHA-512 of the payload of the NDU that last entered each tensor's levels (spec 14.1, 14.4).
+        self.payload_digests: dict[str, tuple[bytes, bytes]] = {}
 
     def update(self, name: str, levels: np.ndarray) -> None:
         """Record a tensor's decoded levels and merge them into its history map (spec 14.1).
@@ -281,11 +283,14 @@ class DecoderState:
     _KIND = "decoder"
 
     def _meta(self) -> dict:
-        return dict(depths=self.depths)
+        digests = {k: [a.hex(), b.hex()] for k, (a, b) in self.payload_digests.items()}
+        return dict(depths=self.depths, payload_digests=digests)
 
     def _set_meta(self, meta: dict, arrays: dict) -> None:
         depths = meta.get("depths", {})  # (none in the files of nnc before 0.2.0)
         self.depths = {str(k): int(v) for k, v in depths.items()} if isinstance(depths, dict) else {}
+        digests = meta.get("payload_digests", {})  # (none in the files of nnc before 0.3.0)
+        self.payload_digests = {str(k): (bytes.fromhex(a), bytes.fromhex(b)) for k, (a, b) in digests.items()}
 
     def _extra_arrays(self) -> dict:
         return {}
@@ -815,6 +820,7 @@ class Decoder:
         self._parent_levels = dict(self.state.levels)
         self._parent_history = dict(self.state.history)
         self._parent_depths = dict(self.state.depths)
+        self._parent_digests = dict(self.state.payload_digests)
         self._staged: dict[str, np.ndarray] = {}
         self._decoded_ndus: set[int] = set()
         self._state_lock = threading.Lock()
@@ -845,27 +851,57 @@ class Decoder:
         self._check_parents()
 
     def _check_parents(self) -> None:
-        """An NDU that names its parent by node ids (``parent_node_id_type`` 0) must update the last decoded
-        occurrence of its tensors where the state knows its depth (spec 14.4): an update decoded a second time,
-        or after a missing one, is refused before any payload is decoded."""
+        """An update NDU must name the parent the decoder state holds for its tensors (spec 14.4): by node ids, the
+        depth of their last decoded occurrence; by a SHA-256 or SHA-512, the payload of the NDU their levels came
+        from. An update decoded a second time, after a missing one, or with another model's state is refused
+        before any payload is decoded."""
         for i, (unit, _) in enumerate(self._ndus):
             h = unit.header
-            if not _get(h, "parent_node_id_present_flag", 0) or _get(h, "parent_node_id_type", 0) != 0:
+            if not _get(h, "parent_node_id_present_flag", 0):
                 continue
-            if _get(h, "node_id_present_flag", 0):
-                parent_depth = int(_get(h, "put_node_depth", 0)) - 1
-            else:
-                parent_depth = int(_get(h, "parent_put_node_depth", 0))
-            if parent_depth < 0:
-                continue  # depth 0 with a parent: an encoder that does not number its nodes (as nnc's suite)
             names = [info.name for info in self._ndu_tensors[i]]
-            known = {n: self._parent_depths[n] for n in names if n in self._parent_depths}
-            if known and max(known.values()) != parent_depth:
-                name, depth = max(known.items(), key=lambda kv: kv[1])
-                when = "was decoded before (a replayed update)" if depth > parent_depth else "misses one before it"
+            self._check_parent_depth(unit, names)
+            self._check_parent_payload(unit, names)
+
+    def _check_parent_depth(self, unit: C.Unit, names: list[str]) -> None:
+        """The depth of the NDU's parent, ``put_node_depth`` - 1 with node ids, else ``parent_put_node_depth``
+        (type 0), is that of its tensors' last decoded occurrence where the state knows it (spec 14.4, item 49)."""
+        h = unit.header
+        if _get(h, "node_id_present_flag", 0):
+            parent_depth = int(_get(h, "put_node_depth", 0)) - 1
+        elif _get(h, "parent_node_id_type", 0) == 0:
+            parent_depth = int(_get(h, "parent_put_node_depth", 0))
+        else:
+            return  # a hash names the parent and no node ids say its depth
+        if parent_depth < 0:
+            return  # depth 0 with a parent: an encoder that does not number its nodes (as nnc's suite)
+        known = {n: self._parent_depths[n] for n in names if n in self._parent_depths}
+        if known and max(known.values()) != parent_depth:
+            name, depth = max(known.items(), key=lambda kv: kv[1])
+            when = "was decoded before (a replayed update)" if depth > parent_depth else "misses one before it"
+            raise DecodeError(
+                f"the NDU of {name!r} updates its depth-{parent_depth} node, but the decoder state's last "
+                f"{name!r} is at depth {depth}: this update {when}",
+                clause="14.4",
+                offset=unit.offset,
+            )
+
+    def _check_parent_payload(self, unit: C.Unit, names: list[str]) -> None:
+        """A parent named by the SHA-256 (type 1) or SHA-512 (type 2) of its payload is the NDU that last entered
+        the levels of each of the NDU's tensors where the state knows it (spec 14.4, 15.1 item 50)."""
+        h = unit.header
+        kind = _get(h, "parent_node_id_type", 0)
+        if kind not in (1, 2):
+            return
+        named = bytes(_get(h, "parent_node_payload_sha256" if kind == 1 else "parent_node_payload_sha512", b""))
+        for name in names:
+            digests = self._parent_digests.get(name)
+            if digests is not None and digests[kind - 1] != named:
                 raise DecodeError(
-                    f"the NDU of {name!r} updates its depth-{parent_depth} node, but the decoder state's last "
-                    f"{name!r} is at depth {depth}: this update {when}",
+                    f"the NDU of {name!r} updates the NDU whose payload's {('SHA-256', 'SHA-512')[kind - 1]} is "
+                    f"{named.hex()[:16]}..., but the decoder state's {name!r} came from "
+                    f"{digests[kind - 1].hex()[:16]}...: this update belongs to another model or sequence, "
+                    f"was decoded before, or misses one before it",
                     clause="14.4",
                     offset=unit.offset,
                 )
@@ -1535,13 +1571,17 @@ class Decoder:
                 for name, new in self._staged.items():
                     self.state.update(name, new)
                 self._staged = {}
-                for i, (ndu, _) in enumerate(self._ndus):  # the node depths (spec 14.4)
+                for i, (ndu, _) in enumerate(self._ndus):  # the node depths and payload digests (spec 14.1, 14.4)
                     with_ids = _get(ndu.header, "node_id_present_flag", 0)
+                    coded = ndu.header.nnr_compressed_data_unit_payload_type != C.NNR_PT_RAW_FLOAT
+                    digests = _payload_digests(ndu.payload) if coded and self._ndu_tensors[i] else None
                     for info in self._ndu_tensors[i]:
                         if with_ids:
                             self.state.depths[info.name] = int(_get(ndu.header, "put_node_depth", 0))
                         else:
                             self.state.depths.pop(info.name, None)
+                        if digests is not None:
+                            self.state.payload_digests[info.name] = digests
 
     def _decode_ndu_payload(
         self,
@@ -2113,6 +2153,11 @@ __all__ = [
     "ELEMENTS_PER_PAYLOAD_BYTE",
     "ELEMENTS_SLACK",
 ]
+
+
+def _payload_digests(payload) -> tuple[bytes, bytes]:
+    """The SHA-256 and SHA-512 of an NDU's payload, by which a later NDU may name it as its parent (spec 7.4)."""
+    return hashlib.sha256(payload).digest(), hashlib.sha512(payload).digest()
 
 
 def _get(container, name, default=None):

@@ -193,9 +193,10 @@ class EncoderState(DecoderState):
         self.model: OrderedDict[str, np.ndarray] = OrderedDict()
 
     def _meta(self) -> dict:
-        return dict(parameter_ids=self.parameter_ids, depths=self.depths, model=list(self.model))
+        return dict(super()._meta(), parameter_ids=self.parameter_ids, model=list(self.model))
 
     def _set_meta(self, meta: dict, arrays: dict) -> None:
+        super()._set_meta(meta, arrays)
         self.parameter_ids = {str(k): int(v) for k, v in meta["parameter_ids"].items()}
         self.depths = {str(k): int(v) for k, v in meta["depths"].items()}
         self.model = OrderedDict((str(k), arrays[f"model{i}"]) for i, k in enumerate(meta["model"]))
@@ -315,6 +316,14 @@ class Encoder:
         In updates, temporal context adaptation (spec 10.5; default True).
     hdsp : bool
         In updates, history-dependent significance probabilities (spec 10.5; default False).
+    parent_id : str
+        How an update's NDU names its parent (spec 7.4, 14.4): ``"sha256"`` (default) or
+        ``"sha512"``, the digest of the payload of the NDU that last carried its tensors'
+        levels, so that a decoder refuses the update with another model's or sequence's
+        state, a replayed or a missing update (32 or 64 bytes per NDU); ``"ids"``, node ids
+        alone (``parent_node_id_type`` 0, as NNCodec writes: a few bits; a replayed or
+        missing update is still refused by its depth, another sequence's update of the
+        same depth is not). NNCodec 2.1.3 decodes all three.
     skip_zero : bool or None
         In updates, leave out NDUs whose tensors are all zero (spec 7.7); they are listed
         in :attr:`EncodeResult.skipped`. None (default): only in streams of differences,

@@ -264,12 +264,32 @@ def test_suite_version_7_streams_are_registered():
 
 def test_suite_version_8_streams_are_registered():
     added = {e["name"]: e for e in MANIFEST["streams"] if e.get("added_in") == 8}
-    assert MANIFEST["version"] == 8
     assert set(added) == {"p1_replay_0_base", "p1_replay_1_update", "mf_replayed_update", "p1_gap_0_base",
                           "mf_update_after_a_gap"}
     assert [added[n]["sequence"] for n in ("mf_replayed_update", "mf_update_after_a_gap")] == [
         {"id": "p1_replay", "position": 2}, {"id": "p1_gap", "position": 1}]
     assert {added[n]["clause"] for n in ("mf_replayed_update", "mf_update_after_a_gap")} == {"14.4"}
+
+
+def test_suite_version_9_streams_are_registered():
+    """Suite 9: parents named by payload digests (spec 14.4, 15.1 item 50); the earlier sequences keep node ids."""
+    from nnc import container as C
+
+    added = {e["name"]: e for e in MANIFEST["streams"] if e.get("added_in") == 9}
+    assert MANIFEST["version"] == 9
+    assert set(added) == {"p1_parent_digest_0_base", "p1_parent_digest_1_update_sha256_tca",
+                          "p1_parent_digest_2_update_sha512", "p1_other_model_0_base", "mf_update_of_another_model"}
+    assert added["mf_update_of_another_model"]["sequence"] == {"id": "p1_other_model", "position": 1}
+
+    def parent_types(name):
+        entry = next(e for e in MANIFEST["streams"] if e["name"] == name)
+        units = C.parse_stream((SUITE / entry["file"]).read_bytes())
+        return {u.header.parent_node_id_type for u in units if u.type_name == "NNR_NDU"}
+
+    assert parent_types("p1_parent_digest_1_update_sha256_tca") == {1}
+    assert parent_types("p1_parent_digest_2_update_sha512") == {2}
+    assert parent_types("mf_update_of_another_model") == {1}
+    assert parent_types("p1_replay_1_update") == {0}
 
 
 def test_the_count_stream_announces_a_count_and_earlier_streams_names():

@@ -686,3 +686,112 @@ def test_decoder_state_files_keep_the_depths(tmp_path):
     state = _states_after(_sequence(np.random.default_rng(1), rounds=2), "cython")
     state.save(tmp_path / "s")
     assert nnc.DecoderState.load(tmp_path / "s").depths == state.depths == {"a": 2, "b": 2}
+
+
+def _parent_ids(stream):
+    from nnc import container as C
+
+    return [(u.header.topology_elem_ids or [u.header.topology_elem_id], u.header.parent_node_id_type)
+            for u in C.parse_stream(stream) if u.type_name == "NNR_NDU"]
+
+
+@given(seed=st.integers(0, 2**16), other=st.integers(0, 2**16), tca=st.booleans(), hdsp=st.booleans(),
+       parent_id=st.sampled_from(["sha256", "sha512"]))
+@settings(max_examples=30, deadline=None)
+def test_an_update_of_another_model_is_refused_by_its_parents_digest(seed, other, tca, hdsp, parent_id):
+    """Before: an update was checked against the state by node depth alone, and one of another sequence of the same
+    names, shapes and depth decoded with this state, through TCA, to wrong values in 2 of 300 small random pairs.
+    Now each NDU names its parent by the digest of the parent NDU's payload (spec 7.4, 14.4, 15.1 item 50), and the
+    state refuses another one; the update's own sequence decodes, also after its state went through a file."""
+    ours = _sequence(np.random.default_rng(seed), rounds=3, tca=tca, hdsp=hdsp, parent_id=parent_id)
+    theirs = _sequence(np.random.default_rng(seed + 1 + other), rounds=2, tca=tca, hdsp=hdsp, parent_id=parent_id)
+    assert {kind for _, kind in _parent_ids(ours[1])} == {1 if parent_id == "sha256" else 2}
+    state = nnc.DecoderState()
+    nnc.decode(ours[0], state=state)
+    with pytest.raises(nnc.DecodeError, match=r"another model or sequence.*spec 14.4"):
+        nnc.decode(theirs[1], state=state)
+    state = nnc.DecoderState.load(_saved(state))
+    for stream in ours[1:]:
+        nnc.decode(stream, state=state)
+    with pytest.raises(nnc.DecodeError, match="spec 14.4"):
+        nnc.decode(ours[2], state=state)  # a replay
+
+
+def _saved(state):
+    import tempfile
+
+    path = os.path.join(tempfile.mkdtemp(), "state")
+    state.save(path)
+    return path
+
+
+def test_node_ids_alone_name_the_parent_with_parent_id_ids():
+    """``parent_id="ids"`` writes NNCodec's type 0 (32 bytes less per NDU than a SHA-256), checked by depth only:
+    another sequence's update of the same depth is then not told apart."""
+    rng = np.random.default_rng(3)
+    digest, ids = (_sequence(np.random.default_rng(3), rounds=2, parent_id=p) for p in ("sha256", "ids"))
+    assert {kind for _, kind in _parent_ids(ids[1])} == {0}
+    assert len(digest[1]) - len(ids[1]) == 2 * 32
+    other = _sequence(rng, rounds=2, parent_id="ids")
+    state = nnc.DecoderState()
+    nnc.decode(_sequence(np.random.default_rng(4), rounds=1)[0], state=state)
+    try:
+        nnc.decode(other[1], state=state)
+    except nnc.DecodeError as exc:  # only when its payload happens to fail: no depth or digest tells
+        assert "14.4" not in str(exc)
+    with pytest.raises(nnc.EncodeError, match="parent_id must be one of"):
+        Encoder(parent_id="md5")
+
+
+def test_a_block_of_tensors_from_two_parents_is_named_by_ids():
+    """A BLOCK NDU whose tensors came from two NDUs of the base cannot name one payload: node ids then."""
+    rng = np.random.default_rng(5)
+    base = {"f.weight": rng.normal(0, 0.05, (16, 12)).astype(np.float32),
+            "f.bias": rng.normal(0, 0.05, 16).astype(np.float32)}
+    sender, receiver = EncoderState(), nnc.DecoderState()
+    streams = [Encoder(qp=-30, state=sender, blocks=False).encode(base).stream]
+    update = {k: (v * 0.1).astype(np.float32) for k, v in base.items()}
+    streams.append(Encoder(qp=-38, state=sender, blocks=True).encode(update).stream)
+    streams.append(Encoder(qp=-38, state=sender, blocks=True).encode(update).stream)
+    assert _parent_ids(streams[1]) == [(["f.weight", "f.bias"], 0)]
+    assert _parent_ids(streams[2]) == [(["f.weight", "f.bias"], 1)]  # now both came from one BLOCK NDU
+    for stream in streams:
+        nnc.decode(stream, state=receiver)
+    assert receiver.payload_digests == sender.payload_digests
+
+
+def test_a_state_file_without_digests_decodes_unchecked(tmp_path):
+    """A state of nnc 0.2.0 (no payload digests) still decodes the next update; it is checked by depth only."""
+    streams = _sequence(np.random.default_rng(6), rounds=2, tca=True)
+    state = nnc.DecoderState()
+    nnc.decode(streams[0], state=state)
+    state.payload_digests = {}
+    state = nnc.DecoderState.load(_saved(state))
+    assert state.payload_digests == {}
+    live = nnc.DecoderState()
+    nnc.decode(streams[0], state=live)
+    out, ref = nnc.decode(streams[1], state=state), nnc.decode(streams[1], state=live)
+    assert all(np.array_equal(out[k], ref[k]) for k in ref)
+    assert state.payload_digests == live.payload_digests
+
+
+def test_cli_parent_id_option(tmp_path, capsys):
+    import json
+
+    from nnc.cli import main
+
+    rng = np.random.default_rng(9)
+    for i in range(2):
+        np.savez(tmp_path / f"m{i}.npz", w=rng.normal(0, 0.05, (10, 8)).astype(np.float32))
+    assert main(["encode", str(tmp_path / "m0.npz"), "-o", str(tmp_path / "x.nnr"), "--parent-id", "ids"]) == 1
+    assert "--parent-id codes updates; give --state too" in capsys.readouterr().err
+    for i, parent_id in enumerate(["sha512", "sha512"]):
+        assert main(["encode", str(tmp_path / f"m{i}.npz"), "-o", str(tmp_path / f"s{i}.nnr"), "--state",
+                     str(tmp_path / "tx"), "--parent-id", parent_id, "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "s1.nnr"), "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)["tensors"][0]
+    base = nnc.container.parse_stream((tmp_path / "s0.nnr").read_bytes())[-1]
+    import hashlib
+
+    assert row["parent_id"] == "sha512:" + hashlib.sha512(bytes(base.payload)).hexdigest()

@@ -231,8 +231,9 @@ def test_our_incremental_streams_decode_in_nncodec(oracle, dq, blocks):
 
 
 def test_our_incremental_streams_decode_in_nncodec_randomly(oracle):
-    """30 random sequences (shapes, zeros, int tensors, DQ, scans, codebooks, TCA, row skipping, blocks kept for
-    the whole sequence): every stream decodes in NNCodec, with its incremental state, as in nnc."""
+    """30 random sequences (shapes, zeros, int tensors, DQ, scans, codebooks, TCA, row skipping, parents named by
+    SHA-256, SHA-512 or ids, blocks kept for the whole sequence): every stream decodes in NNCodec, with its
+    incremental state, as in nnc."""
     from nnc.encoder import Encoder, EncoderState
 
     for seq in range(30):
@@ -259,7 +260,8 @@ def test_our_incremental_streams_decode_in_nncodec_randomly(oracle):
                           scan_order=int(rng.integers(0, 5)), tca=bool(rng.random() < 0.8),
                           row_skip=bool(rng.random() < 0.4), blocks=blocks, codebook=bool(rng.random() < 0.15),
                           n_gtx=int(rng.choice([1, 4, 11, 40])), state=enc_state,
-                          skip_zero=bool(rng.random() < 0.5) or None).encode(tensors)
+                          skip_zero=bool(rng.random() < 0.5) or None,
+                          parent_id=str(rng.choice(["sha256", "sha512", "ids"]))).encode(tensors)
             ours = nnc.decode(res.stream, state=dec_state)
             assert all(np.array_equal(ours[k], res.reconstruction[k]) for k in ours)
             _assert_equal_outputs(ours, oracle.decompress(res.stream, sequence=f"random-{seq}"))

@@ -34,6 +34,10 @@ from ..decoder import restorable_dtype
 from ..errors import EncodeError, NNCError
 from ..reconstruction import step_size
 
+#: How an update's NDU names its parent (spec 7.4, 14.4): by the SHA-256 or SHA-512 of the parent NDU's payload,
+#: or by node ids alone (``parent_node_id_type`` 1, 2, 0).
+PARENT_IDS = ("sha256", "sha512", "ids")
+
 #: The options that are True or False (``skip_zero`` may also be None).
 _BOOL_OPTIONS = (
     "dq",
@@ -222,6 +226,7 @@ class EncoderSettings:
     threads: int = 1
     tca: bool = True
     hdsp: bool = False
+    parent_id: str = "sha256"
     skip_zero: bool | None = None
     differences: bool = False
     raw_when_smaller: bool = True
@@ -284,6 +289,8 @@ class EncoderSettings:
             raise EncodeError(
                 f"tensor {both[0]!r} has both sigmas (DC-v1, importance 1/sigma^2) and an importance: give one"
             )
+        if self.parent_id not in PARENT_IDS:
+            raise EncodeError(f"parent_id must be one of {', '.join(map(repr, PARENT_IDS))}, not {self.parent_id!r}")
         if int(self.dcv1_s) < 0:
             raise EncodeError("dcv1_s must be a non-negative integer")
         try:

@@ -31,7 +31,7 @@ import numpy as np
 
 from .. import container as C
 from .._parallel import row_threads
-from ..decoder import _weights_before_biases
+from ..decoder import _payload_digests, _weights_before_biases
 from ..errors import EncodeError
 from .quantiser import CodedTensor
 from .settings import EncoderSettings, matches
@@ -310,6 +310,7 @@ class UnitWriter:
         self.engine = engine
         self.state = state
         self._next_id: int | None = None
+        self._payload_digests: dict[str, tuple[bytes, bytes]] = {}  # of this stream's NDUs, by tensor
 
     # -- the stream's head ---------------------------------------------------------
     def head(self, mps_qp: int, metadata: str, update: bool = False) -> list[bytes]:
@@ -335,6 +336,7 @@ class UnitWriter:
             else:
                 payload, eps = self._payload([t], mps_qp, link)
                 header["entry_points"] = _ep_fields(eps[0], t.dq)
+                self._coded_payload([t], payload, link)
             return C.build_ndu(header, payload, profile=s.profile, parent_signalling=bool(link and link.update))
 
         return Unit([t], build)
@@ -427,9 +429,17 @@ class UnitWriter:
             header = self._header(w, C.NNR_PT_BLOCK, names=names, cpt=cpt, link=link)
             payload, eps = self._payload(members, mps_qp, link)
             header["entry_points"] = _ep_fields(eps[-1], w.dq)
+            self._coded_payload(members, payload, link)
             return C.build_ndu(header, payload, profile=s.profile, parent_signalling=bool(link and link.update))
 
         return Unit(members, build)
+
+    def _coded_payload(self, members: list[CodedTensor], payload: bytes, link: Link | None) -> None:
+        """In incremental coding, keep the digests of the members' CABAC payload for :meth:`advance_state`."""
+        if link is not None:
+            digests = _payload_digests(payload)
+            for t in members:
+                self._payload_digests[t.name] = digests
 
     def _tensor_kwargs(self, t: CodedTensor) -> dict:
         book = t.codebook
@@ -481,8 +491,21 @@ class UnitWriter:
         if link is not None:
             fields.update(parameter_id=link.parameter_id, put_node_depth=link.depth)
             if link.parent:
-                fields.update(parent_node_id_type=0, parent_device_id=0, temporal_context_modeling_flag=int(link.tca))
+                fields.update(self._parent_id([t.name] if names is None else names))
+                fields["temporal_context_modeling_flag"] = int(link.tca)
         return fields
+
+    def _parent_id(self, names: list[str]) -> dict:
+        """The parent identifier of an update NDU of these tensors (spec 7.4, 14.4): the digest of the payload
+        that last entered their levels (``parent_id``), when they all came from one NDU; else node ids alone."""
+        kind = self.settings.parent_id
+        digests = {self.state.payload_digests.get(n) for n in names}
+        if kind == "ids" or len(digests) != 1 or None in digests:
+            return dict(parent_node_id_type=0, parent_device_id=0)
+        (sha256, sha512) = digests.pop()
+        if kind == "sha256":
+            return dict(parent_node_id_type=1, parent_node_payload_sha256=sha256)
+        return dict(parent_node_id_type=2, parent_node_payload_sha512=sha512)
 
     def _payload(self, members: list[CodedTensor], mps_qp: int, link: Link | None = None) -> tuple[bytes, list[list]]:
         """One CABAC payload with all members in coding order (spec 8.1); entry points per member."""
@@ -587,6 +610,7 @@ class UnitWriter:
             state.depths[t.name] = link.depth
             if t.ptype != "RAW_FLOAT":
                 state.update(t.name, np.array(t.levels, np.int32).reshape(-1))
+                state.payload_digests[t.name] = self._payload_digests[t.name]
 
 
 def _levels(t: CodedTensor) -> np.ndarray:
