@@ -40,6 +40,78 @@ cdef extern from *:
     int __builtin_clz(unsigned int x) nogil
 
 # --------------------------------------------------------------------------
+# Stopping long loops (an interrupt, SIGTERM): every walk over a tensor polls
+# every POLL_ELEMENTS elements. In the main thread the poll runs Python's signal
+# handlers; in other threads it reads the stop requests that a thread pool makes
+# while it unwinds from an interrupt (request_stop). A loop that stops marks its
+# thread; the Python wrapper then raises (raise_if_stopped), never returns a result.
+# --------------------------------------------------------------------------
+cdef extern from *:
+    """
+    #if defined(_MSC_VER)
+    #define NNC_THREAD_LOCAL __declspec(thread)
+    #else
+    #define NNC_THREAD_LOCAL __thread
+    #endif
+    static volatile int nnc_stop_requests = 0;
+    static NNC_THREAD_LOCAL int nnc_stopped_here = 0;
+    """
+    int nnc_stop_requests
+    int nnc_stopped_here
+
+from cpython.exc cimport PyErr_CheckSignals
+cdef extern from "pythread.h":
+    unsigned long PyThread_get_thread_ident() nogil
+
+import threading
+
+cdef unsigned long MAIN_THREAD = threading.main_thread().ident
+cdef int64_t POLL_ELEMENTS = 1 << 16
+cdef object _signal_exception = None     # what a signal handler raised inside a loop of the main thread
+
+
+cdef int run_signal_handlers() noexcept with gil:
+    """Python's signal handlers, in the main thread; 1 when one raised (kept for raise_if_stopped)."""
+    global _signal_exception
+    try:
+        PyErr_CheckSignals()
+    except BaseException as exc:
+        _signal_exception = exc
+        return 1
+    return 0
+
+
+cdef int poll_stop() noexcept nogil:
+    """1 when the loop of this thread must stop (and the thread is marked stopped), else 0."""
+    global nnc_stopped_here
+    if nnc_stopped_here:
+        return 1
+    if nnc_stop_requests > 0 or (PyThread_get_thread_ident() == MAIN_THREAD and run_signal_handlers()):
+        nnc_stopped_here = 1
+        return 1
+    return 0
+
+
+cdef int raise_if_stopped() except -1:
+    """Raise what stopped this thread's loop: the signal handler's exception, or KeyboardInterrupt."""
+    global _signal_exception, nnc_stopped_here
+    if not nnc_stopped_here:
+        return 0
+    nnc_stopped_here = 0
+    exc = _signal_exception if PyThread_get_thread_ident() == MAIN_THREAD else None
+    if exc is not None:
+        _signal_exception = None
+        raise exc
+    raise KeyboardInterrupt("stopped: another thread was interrupted")
+
+
+def request_stop(int change):
+    """Add ``change`` (1 or -1) to the stop requests: while any is open, the loops of every thread stop and
+    raise KeyboardInterrupt (a thread pool asks while it waits for its workers after an interrupt)."""
+    global nnc_stop_requests
+    nnc_stop_requests = max(0, nnc_stop_requests + change)
+
+# --------------------------------------------------------------------------
 # Tables (spec 9.3.2, 9.3.3, 9.4, 10.2), filled from nnc.tables at import.
 # --------------------------------------------------------------------------
 cdef uint32_t RLPS[256]
@@ -358,6 +430,8 @@ cdef struct ScanWalk:
     int64_t first           # flat index of the segment's first element
     int64_t end             # flat index after the segment's last element
     int block_row_start     # the segment is the first of block row br
+    int64_t unpolled        # elements walked since the last poll_stop
+    int stopped             # the walk was stopped: it has no more segments
 
 
 cdef inline void walk_start(ScanWalk* w, TensorShape* t, int64_t first_block_row) noexcept nogil:
@@ -380,13 +454,18 @@ cdef inline void walk_rows(ScanWalk* w, TensorShape* t, int64_t first_block_row,
     w.row = 0
     w.c_end = t.width
     w.c0 = t.width
+    w.unpolled = 0
+    w.stopped = 0
 
 
 cdef inline int walk_next(ScanWalk* w) noexcept nogil:
     """Advance to the next row segment: blocks left to right, rows top to bottom (spec 11.2).
 
-    Returns 0 after the last segment.
+    Returns 0 after the last segment, or early when the loop must stop (poll_stop: the
+    caller's wrapper then raises).
     """
+    if w.stopped:
+        return 0
     w.block_row_start = 0
     w.row += 1
     if w.row >= w.r_end:
@@ -406,6 +485,12 @@ cdef inline int walk_next(ScanWalk* w) noexcept nogil:
         w.row = w.br * w.block_h
     w.first = w.row * w.width + w.c0
     w.end = w.row * w.width + w.c_end
+    w.unpolled += w.end - w.first
+    if w.unpolled >= POLL_ELEMENTS:
+        w.unpolled = 0
+        if poll_stop():
+            w.stopped = 1
+            return 0
     return 1
 
 
@@ -487,6 +572,7 @@ def scan_permutation(int64_t height, int64_t width, int scan_order):
         for i in range(w.first, w.end):
             o[pos] = i
             pos += 1
+    raise_if_stopped()
     return out
 
 
@@ -1194,6 +1280,7 @@ cdef class _RowRange:
                 # n = shifts since the start: 23 - bits_left + 8 per byte written or pending
                 self.shifts = 23 - self.e.bits_left + 8 * (self.e.out_len + self.e.num_buffered)
                 enc_segment_code(&self.e)
+        raise_if_stopped()
         if self.e.err:
             raise MemoryError()
 
@@ -1234,9 +1321,9 @@ cdef void _add_costs(nnc_pricer* total, _RowRange part, int n_ctx) noexcept:
 
 def _run_in_threads(list tasks):
     """Run every task's ``run()``; the first in this thread, the others in a pool."""
-    from concurrent.futures import ThreadPoolExecutor
+    from nnc._threads import worker_pool
 
-    with ThreadPoolExecutor(max_workers=max(1, len(tasks) - 1), thread_name_prefix="nnc-rows") as pool:
+    with worker_pool(max(1, len(tasks) - 1), "nnc-rows") as pool:
         futures = [pool.submit(task.run) for task in tasks[1:]]
         tasks[0].run()
         for f in futures:
@@ -1528,6 +1615,7 @@ cdef class PayloadDecoder:
                                       start_block_row,
                                       &rec_v[0, 0] if record_entry_points else NULL,
                                       &rec_v[1, 0], &rec_v[2, 0], stop_row, bnd if ranged else NULL)
+        raise_if_stopped()  # (before the error code: a stopped loop leaves the payload part read)
         if code:
             self._raise(code)
         if ranged and stop_row < t.n_block_rows:
@@ -1668,6 +1756,7 @@ cdef class PayloadEncoder:
             if size:
                 with nogil:
                     rc = levels_to_coded(&plan.t, &n_v[0], &k_v[0], plan.skip_p, &bad, br_states_p)
+                raise_if_stopped()
             if rc:
                 raise EncodeError(f"level {int(n_arr[bad])} at flat index {bad} is not a reconstruction "
                                   f"level of the dependent quantiser state reached there", clause="10.2")
@@ -1753,24 +1842,29 @@ cdef class PayloadEncoder:
             elif plan.size:
                 with nogil:
                     encode_tensor_data(&s, &L, &t, plan.k_p, plan.base_p, plan.hist_p, plan.skip_p)
+                raise_if_stopped()
             if self.e.err:
                 raise MemoryError()
+        except BaseException:
+            self._finished = True  # a tensor written in part: the payload cannot be finished
+            raise
         finally:
             free(ctx)
 
     cdef _encode_ranges(self, BinSink* s, Layout* L, TensorShape* t, const int32_t* k, const int32_t* base_p,
                         const int8_t* hist_p, const uint8_t* skip_p, list ranges, list sets):
         """Range 0 coded here, the others on their own in threads, then appended (spec 11.3, A.5, 9.8)."""
-        from concurrent.futures import ThreadPoolExecutor
+        from nnc._threads import worker_pool
 
         cdef _RowRange rr
         cdef int64_t b0 = ranges[0][1]
         segments = [_row_range(MODE_ENCODE, L, t, k, base_p, hist_p, skip_p, a, b, st, sets)
                     for a, b, st in ranges[1:]]
-        with ThreadPoolExecutor(max_workers=len(segments), thread_name_prefix="nnc-rows") as pool:
+        with worker_pool(len(segments), "nnc-rows") as pool:
             futures = [pool.submit(seg.run) for seg in segments]
             with nogil:
                 encode_block_rows(s, L, t, k, base_p, hist_p, skip_p, 0, b0, 0)
+            raise_if_stopped()
             for f in futures:
                 f.result()
         for rr in segments:
@@ -1820,6 +1914,7 @@ cdef class PayloadEncoder:
             else:
                 with nogil:
                     encode_tensor_data(&s, &L, &t, plan.k_p, plan.base_p, plan.hist_p, plan.skip_p)
+                raise_if_stopped()
             for a in plan.signalled:
                 best = 0
                 best_cost = pricers[a].cost[0]
@@ -1889,6 +1984,7 @@ def estimate_tensor_bits(levels, int64_t height, int64_t width, *, int n_gtx, bi
         start_estimator(&s, ctx, L.n_ctx)
         with nogil:
             encode_tensor_data(&s, &L, &t, &k_v[0], NULL, NULL, NULL)
+        raise_if_stopped()
         return s.est_bits / 32768.0
     finally:
         free(ctx)
@@ -2075,6 +2171,7 @@ def rdoq_levels(double[::1] x, int64_t height, int64_t width, *, double lam, int
         contexts_init(ctx, L.n_ctx, 0)
         with nogil:
             rdoq_scan(&x[0], f_p, &o[0], ctx, &L, &t, scale)
+        raise_if_stopped()
         return out
     finally:
         free(ctx)
@@ -2286,6 +2383,7 @@ def dq_rdoq_levels(double[::1] x, int64_t height, int64_t width, *, double lam, 
         contexts_init(ctx, L.n_ctx, 0)
         with nogil:
             dq_rdoq_scan(&x[0], f_p, &o[0], ctx, frozen, &L, &t, scale, clen, &pos[0], &back[0])
+        raise_if_stopped()
         return out
     finally:
         free(ctx)

@@ -22,10 +22,9 @@ always those of sequential decoding.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 
+from ._threads import worker_pool
 from .engine.python.scan import block_row_count as engine_block_row_count
 
 #: Fewest elements per block-row range worth a thread of its own.
@@ -77,7 +76,7 @@ def decode_tensor_threads(
         return decoder.last_boundary
 
     ok = True
-    with ThreadPoolExecutor(max_workers=len(ranges) - 1, thread_name_prefix="nnc-rows") as pool:
+    with worker_pool(len(ranges) - 1, "nnc-rows") as pool:
         futures = [pool.submit(run, start.fork(), a, b) for a, b in ranges[:-1]]
         try:
             run(dec, *ranges[-1])

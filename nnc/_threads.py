@@ -15,6 +15,55 @@ def thread_count(threads) -> int:
     return int(threads) or os.cpu_count() or 1
 
 
+#: Set by the command line's signal handlers: the process is being interrupted (SIGINT, SIGTERM).
+_interrupted = False
+
+
+def note_interrupt(flag: bool = True) -> None:
+    """Say that the process is being interrupted (or, with False, no longer): pools left from now on stop their
+    workers' engine loops (:func:`worker_pool`)."""
+    global _interrupted
+    _interrupted = flag
+
+
+@contextlib.contextmanager
+def stopping_workers():
+    """While the block runs, the compiled engine's loops in every thread stop at their next poll and raise
+    KeyboardInterrupt (the pure-Python engine's loops run on)."""
+    from .engine import _compiled_or_none
+
+    engine = _compiled_or_none()
+    if engine is None:
+        yield
+        return
+    engine.request_stop(1)
+    try:
+        yield
+    finally:
+        engine.request_stop(-1)
+
+
+@contextlib.contextmanager
+def worker_pool(max_workers: int, prefix: str = "nnc"):
+    """A ``ThreadPoolExecutor`` that, when the block is left by an interrupt (KeyboardInterrupt, SystemExit, or
+    :func:`note_interrupt`), stops its workers' engine loops instead of waiting for them to finish: a signal
+    ends a command within moments, not after the tensors in flight (which may take a minute each)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=prefix)
+    try:
+        yield pool
+    except (KeyboardInterrupt, SystemExit):
+        with stopping_workers():
+            pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    finally:
+        if _interrupted:
+            with stopping_workers():
+                pool.shutdown(wait=True, cancel_futures=True)
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 @contextlib.contextmanager
 def ordered_results(fn, jobs: list, threads: int):
     """``fn(*job)`` for every job, yielded in job order, computed by up to ``threads`` threads.
@@ -25,10 +74,5 @@ def ordered_results(fn, jobs: list, threads: int):
     if threads <= 1 or len(jobs) <= 1:
         yield (fn(*job) for job in jobs)
         return
-    from concurrent.futures import ThreadPoolExecutor
-
-    pool = ThreadPoolExecutor(max_workers=min(threads, len(jobs)), thread_name_prefix="nnc")
-    try:
+    with worker_pool(min(threads, len(jobs))) as pool:
         yield (f.result() for f in [pool.submit(fn, *job) for job in jobs])
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)

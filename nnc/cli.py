@@ -2287,22 +2287,37 @@ class _Terminated(KeyboardInterrupt):
 @contextlib.contextmanager
 def _terminate_as_interrupt():
     """While the command runs (in the main thread): SIGTERM (``kill``, ``timeout``, a batch scheduler) raises
-    :class:`_Terminated` instead of ending the process where it stands, temporary files and all."""
+    :class:`_Terminated` instead of ending the process where it stands, temporary files and all; SIGTERM and
+    SIGINT (Ctrl-C) also stop the engine's loops in worker threads (``_threads.note_interrupt``), so that the
+    command ends within moments rather than after the tensors in flight."""
     import signal
     import threading
+
+    from ._threads import note_interrupt
 
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def terminate(signum, frame):
+        note_interrupt()
         raise _Terminated()
 
+    def interrupt(signum, frame):
+        note_interrupt()
+        raise KeyboardInterrupt()
+
     previous = signal.signal(signal.SIGTERM, terminate)
+    previous_int = signal.getsignal(signal.SIGINT)
+    if previous_int is signal.default_int_handler:  # (an ignored SIGINT, as in background jobs, stays ignored)
+        signal.signal(signal.SIGINT, interrupt)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if previous_int is signal.default_int_handler:
+            signal.signal(signal.SIGINT, previous_int)
+        note_interrupt(False)
 
 
 def main(argv=None) -> int:

@@ -1802,21 +1802,22 @@ def _bounded_ordered(fn, jobs: list, threads: int):
             yield fn(*job)
         return
     from collections import deque
-    from concurrent.futures import Future, ThreadPoolExecutor
+    from concurrent.futures import Future
 
-    pool = ThreadPoolExecutor(max_workers=min(threads, len(jobs)), thread_name_prefix="nnc")
+    from ._threads import worker_pool
+
     pending: deque[Future] = deque()
-    try:
-        for job in jobs:
-            pending.append(pool.submit(fn, *job))
-            if len(pending) >= threads:
+    with worker_pool(min(threads, len(jobs))) as pool:
+        try:
+            for job in jobs:
+                pending.append(pool.submit(fn, *job))
+                if len(pending) >= threads:
+                    yield pending.popleft().result()
+            while pending:
                 yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-    finally:
-        for f in pending:
-            f.cancel()
-        pool.shutdown(wait=True, cancel_futures=True)
+        finally:
+            for f in pending:
+                f.cancel()
 
 
 def _topology_metadata(unit: C.Unit) -> dict:

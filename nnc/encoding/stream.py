@@ -26,12 +26,13 @@ import collections
 import math
 import os
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .._files import AtomicFile
+from .._threads import worker_pool
 from ..errors import EncodeError
 from ..narrow_floats import as_stored
 from ..reconstruction import DECOMPRESSED_DATA_FORMATS
@@ -257,7 +258,7 @@ def encode_to(
         for part in writer.head(stream_qp, metadata, False):
             out.fh.write(part)
         pending: collections.deque[tuple[str, Future]] = collections.deque()
-        with ThreadPoolExecutor(max_workers=max(1, s.threads), thread_name_prefix="nnc") as pool:
+        with worker_pool(max(1, s.threads)) as pool:
             queue = collections.deque(units)
             in_flight = 0
 

@@ -66,6 +66,11 @@ if not COMPILED_AVAILABLE and not os.environ.get("NNC_ENGINE"):
     )
 
 
+def _compiled_or_none() -> ModuleType | None:
+    """The compiled engine module when it is built, else None (for process-wide controls such as stopping)."""
+    return _COMPILED
+
+
 def engine_name(name: str | None = None) -> str:
     """The name of the engine that ``get_engine(name)`` returns: ``"cython"`` or ``"python"``.
 

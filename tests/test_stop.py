@@ -1,0 +1,231 @@
+"""Stopping the compiled engine's long loops (an interrupt, SIGTERM): a loop polls as it walks the scan; once asked
+to stop it raises, never returns a result, and the next call works as before (nnc/_engine.pyx, ``poll_stop``).
+
+Before: a signal waited for the tensors in flight, 2-60 s on a 49M-weight tensor (21 s with DQ, 58 s with RDOQ, in
+``nnc encode``), and a batch scheduler's SIGKILL after a short grace left the temporary output file."""
+
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from nnc.engine import COMPILED_AVAILABLE
+
+pytestmark = pytest.mark.skipif(not COMPILED_AVAILABLE, reason="the compiled engine is not built")
+
+H, W = 640, 300  # above the poll interval (2**16 elements), also for each of two block-row ranges
+
+
+def _engine():
+    from nnc import _engine
+
+    return _engine
+
+
+def _levels():
+    return np.random.default_rng(0).integers(-3, 4, H * W).astype(np.int32)
+
+
+def _calls():
+    """Every engine entry point that walks a tensor, as (name, call)."""
+    e = _engine()
+    x = np.random.default_rng(1).normal(0, 2, H * W)
+    n = _levels()
+    stream = e.PayloadEncoder(2)
+    stream.encode_tensor(n, H, W, n_gtx=11, scan_order=1)
+    payload = stream.finish()
+
+    def encode(threads):
+        enc = e.PayloadEncoder(2)
+        enc.encode_tensor(n, H, W, n_gtx=11, scan_order=1, threads=threads)
+        return enc.finish()
+
+    return [
+        ("scan_permutation", lambda: e.scan_permutation(H, W, 2)),
+        ("encode_tensor", lambda: encode(1)),
+        ("encode_tensor threads", lambda: encode(2)),
+        ("choose_init_sets", lambda: e.PayloadEncoder(2).choose_init_sets(n, H, W, n_gtx=11)),
+        ("estimate_tensor_bits", lambda: e.estimate_tensor_bits(n, H, W, n_gtx=11)),
+        ("rdoq_levels", lambda: e.rdoq_levels(x, H, W, lam=0.1)),
+        ("dq_rdoq_levels", lambda: e.dq_rdoq_levels(x, H, W, lam=0.1)),
+        ("dq_trellis", lambda: e.dq_trellis(x)),
+        ("dq levels_to_coded", lambda: e.PayloadEncoder(2).choose_init_sets(
+            e.dq_trellis(x), H, W, n_gtx=11, dq=True)),
+        ("decode_tensor", lambda: e.PayloadDecoder(payload, 2).decode_tensor(H, W, n_gtx=11, scan_order=1)),
+    ]
+
+
+@pytest.mark.parametrize("index", range(10))
+@pytest.mark.parametrize("where", ["main", "worker"])
+def test_a_stop_request_makes_every_walk_raise_and_the_next_call_work(index, where):
+    e = _engine()
+    name, call = _calls()[index]
+    if name == "dq levels_to_coded":
+        levels = e.dq_trellis(np.random.default_rng(1).normal(0, 2, H * W))
+
+        def call():
+            return e.PayloadEncoder(2).choose_init_sets(levels, H, W, n_gtx=11, dq=True)
+
+    expected = call()
+    outcome = {}
+
+    def stopped():
+        try:
+            outcome["result"] = call()
+        except KeyboardInterrupt as exc:
+            outcome["raised"] = exc
+
+    e.request_stop(1)
+    try:
+        if where == "main":
+            stopped()
+        else:
+            worker = threading.Thread(target=stopped)
+            worker.start()
+            worker.join()
+    finally:
+        e.request_stop(-1)
+    assert "result" not in outcome and isinstance(outcome.get("raised"), KeyboardInterrupt), name
+    again = call()  # nothing left over: the same result as before
+    if isinstance(expected, tuple):
+        assert np.array_equal(again[0], expected[0]) and again[1] == expected[1]
+    elif isinstance(expected, np.ndarray):
+        assert np.array_equal(again, expected)
+    else:
+        assert again == expected
+
+
+@pytest.mark.parametrize("where", ["main", "worker"])
+def test_a_stopped_loop_ends_at_its_first_poll(where):
+    """The decoder writes into the caller's array: once stopped, the walk does not go on (before the fix the
+    walk went on after a stop until its end in the DQ trellis, for lack of a sticky end)."""
+    e = _engine()
+    enc = e.PayloadEncoder(2)
+    enc.encode_tensor(_levels(), H, W, n_gtx=11)
+    payload = enc.finish()
+    out = np.full(H * W, 99, np.int32)
+
+    def decode():
+        with pytest.raises(KeyboardInterrupt):
+            e.PayloadDecoder(payload, 2).decode_tensor(H, W, n_gtx=11, out=out)
+
+    e.request_stop(1)
+    try:
+        if where == "main":
+            decode()
+        else:
+            worker = threading.Thread(target=decode)
+            worker.start()
+            worker.join()
+    finally:
+        e.request_stop(-1)
+    written = int(np.count_nonzero(out != 99))
+    assert 0 < written <= (1 << 16) + W, written
+
+
+def test_an_encoder_stopped_in_a_tensor_cannot_be_finished():
+    from nnc.errors import EncodeError
+
+    e = _engine()
+    enc = e.PayloadEncoder(2)
+    e.request_stop(1)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            enc.encode_tensor(_levels(), H, W, n_gtx=11, param_opt=False)  # stopped while writing its bins
+    finally:
+        e.request_stop(-1)
+    with pytest.raises(EncodeError, match="already finished"):
+        enc.finish()
+
+
+def test_small_tensors_are_not_polled_and_requests_nest():
+    e = _engine()
+    x = np.random.default_rng(2).normal(0, 2, 1000)
+    e.request_stop(1)
+    e.request_stop(1)
+    try:
+        assert e.dq_trellis(x).shape == (1000,)  # under one poll interval: runs to its end
+        e.request_stop(-1)
+        with pytest.raises(KeyboardInterrupt):
+            e.dq_trellis(np.repeat(x, 100))
+    finally:
+        e.request_stop(-1)
+    e.request_stop(-1)  # (never below zero)
+    assert e.dq_trellis(np.repeat(x, 100)).shape == (100_000,)
+
+
+def test_a_signal_in_the_main_thread_is_raised_from_inside_the_loop():
+    """The main thread's loop runs Python's signal handlers as it polls: the handler's own exception comes out of
+    the engine call. (The interrupt is sent 0.3 s into a call of several seconds.)"""
+    e = _engine()
+    x = np.random.default_rng(3).normal(0, 2, 4_000_000)
+    timer = threading.Timer(0.3, __import__("_thread").interrupt_main)
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt) as info:
+            e.dq_rdoq_levels(x, 2000, 2000, lam=0.1)
+    finally:
+        timer.cancel()
+    assert any("_engine" in str(entry.path) for entry in info.traceback), info.traceback
+    assert sum("run_signal_handlers" in str(entry.name) for entry in info.traceback) == 1  # the handler's raise
+    assert e.dq_trellis(x[:100_000]).shape == (100_000,)
+
+
+def test_a_pool_left_by_an_interrupt_stops_its_workers():
+    """``worker_pool``: an interrupt in the waiting thread asks the workers' loops to stop; the pool is left
+    without waiting for the work in flight, and a normal exit waits for it."""
+    from nnc._threads import worker_pool
+
+    e = _engine()
+    x = np.random.default_rng(4).normal(0, 2, 4_000_000)
+    started = threading.Event()
+    outcome = []
+
+    def job():
+        started.set()
+        try:
+            return e.dq_rdoq_levels(x, 2000, 2000, lam=0.1)
+        except KeyboardInterrupt as exc:
+            outcome.append(exc)
+            raise
+
+    with pytest.raises(KeyboardInterrupt):
+        with worker_pool(1) as pool:
+            future = pool.submit(job)
+            started.wait()
+            raise KeyboardInterrupt
+    assert future.done() and len(outcome) == 1  # the worker's loop stopped, it did not finish
+    with worker_pool(1) as pool:
+        assert pool.submit(e.dq_trellis, x[:100_000]).result().shape == (100_000,)
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_signal_during_a_long_encode_ends_it_and_leaves_nothing(tmp_path, sig):
+    """``nnc encode`` of a tensor whose RDOQ takes a minute, signalled once its quantisation has started: exit 1,
+    no output, no temporary file (the signal is sent from inside the quantiser, so it lands in the loop)."""
+    import signal
+
+    from nnc.formats import npz_bytes
+
+    model = tmp_path / "m.npz"
+    model.write_bytes(npz_bytes({"w": np.random.default_rng(5).normal(0, 0.02, (4000, 4000)).astype(np.float32)}))
+    script = (
+        "import os, signal, sys, threading\n"
+        "from nnc.encoding import quantiser\n"
+        "real = quantiser.Quantiser.levels\n"
+        "def levels(self, *a, **k):\n"
+        f"    threading.Timer(0.5, os.kill, (os.getpid(), signal.{sig})).start()\n"
+        "    return real(self, *a, **k)\n"
+        "quantiser.Quantiser.levels = levels\n"
+        "from nnc.cli import main\n"
+        f"sys.exit(main(['encode', {str(model)!r}, '-o', {str(tmp_path / 'out.nnr')!r}, '--rdoq', '-q']))\n"
+    )
+    before = sorted(p.name for p in tmp_path.iterdir())
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
+                       env=dict(os.environ, NNC_ENGINE="cython"))
+    assert r.returncode != 0, r.stderr
+    assert r.returncode == 1 if sig == "SIGTERM" else r.returncode in (1, 130, -signal.SIGINT), r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
