@@ -247,8 +247,11 @@ class DecoderState:
         self.levels: dict[str, np.ndarray] = {}
         #: The HDSP history map of each tensor, by name (flat int8 arrays, 1 where a decoded level was non-zero).
         self.history: dict[str, np.ndarray] = {}
-        #: The ``put_node_depth`` of each tensor's last decoded NDU that carries node ids (spec 7.4, 14.4).
+        #: The ``put_node_depth`` of each tensor's last decoded CABAC-coded NDU that carries node ids (spec 7.4,
+        #: 14.1, 14.4).
         self.depths: dict[str, int] = {}
+        #: The ``put_node_depth`` of a RAW_FLOAT NDU with node ids decoded after it, by tensor name (spec 14.4).
+        self.raw_depths: dict[str, int] = {}
         #: The SHA-256 and SHA-512 of the payload of the NDU that last entered each tensor's levels (spec 14.1, 14.4).
         self.payload_digests: dict[str, tuple[bytes, bytes]] = {}
 
@@ -284,13 +287,14 @@ class DecoderState:
 
     def _meta(self) -> dict:
         digests = {k: [a.hex(), b.hex()] for k, (a, b) in self.payload_digests.items()}
-        return dict(depths=self.depths, payload_digests=digests)
+        return dict(depths=self.depths, raw_depths=self.raw_depths, payload_digests=digests)
 
     def _set_meta(self, meta: dict, arrays: dict) -> None:
         depths = meta.get("depths", {})  # (none in the files of nnc before 0.2.0)
-        self.depths = {str(k): int(v) for k, v in depths.items()} if isinstance(depths, dict) else {}
+        self.depths = _name_map(depths, _node_depth, "depths")
+        self.raw_depths = _name_map(meta.get("raw_depths", {}), _node_depth, "raw_depths")
         digests = meta.get("payload_digests", {})  # (none in the files of nnc before 0.3.0)
-        self.payload_digests = {str(k): (bytes.fromhex(a), bytes.fromhex(b)) for k, (a, b) in digests.items()}
+        self.payload_digests = _name_map(digests, _digest_pair, "payload_digests")
 
     def _extra_arrays(self) -> dict:
         return {}
@@ -381,9 +385,34 @@ class DecoderState:
                 if f"history{i}" in arrays:
                     state.history[str(name)] = np.asarray(arrays[f"history{i}"], np.int8).reshape(-1)
             state._set_meta(meta, arrays)
-        except (FormatError, KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:
+        except (FormatError, KeyError, TypeError, ValueError, AttributeError, RecursionError, OverflowError) as exc:
             raise DecodeError(f"{os.fspath(path)} is not an nnc {cls._KIND} state file ({exc})") from None
         return state
+
+
+def _name_map(value, item, what: str) -> dict:
+    """A state file's {tensor name: item(v)} (the state of spec 14.1), every entry checked (ValueError names
+    ``what``)."""
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} is not a mapping of tensor names")
+    return {str(k): item(v, what) for k, v in value.items()}
+
+
+def _node_depth(value, what: str) -> int:
+    """A node depth or id of a state file: an int that ue(k) codes (spec 7.4), at most 2**31 - 2."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < (1 << 31) - 1:
+        raise ValueError(f"{what} holds {value!r}, not a node number")
+    return value
+
+
+def _digest_pair(value, what: str) -> tuple[bytes, bytes]:
+    """The SHA-256 and SHA-512 of a payload, as a state file keeps them (two hex strings; spec 14.1)."""
+    if not isinstance(value, list) or len(value) != 2 or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{what} holds {value!r}, not two hex digests")
+    pair = (bytes.fromhex(value[0]), bytes.fromhex(value[1]))
+    if (len(pair[0]), len(pair[1])) != (32, 64):
+        raise ValueError(f"{what} holds digests of {len(pair[0])} and {len(pair[1])} bytes, not 32 and 64")
+    return pair
 
 
 class DecodedTensors(OrderedDict):
@@ -820,6 +849,7 @@ class Decoder:
         self._parent_levels = dict(self.state.levels)
         self._parent_history = dict(self.state.history)
         self._parent_depths = dict(self.state.depths)
+        self._parent_raw_depths = dict(self.state.raw_depths)
         self._parent_digests = dict(self.state.payload_digests)
         self._staged: dict[str, np.ndarray] = {}
         self._decoded_ndus: set[int] = set()
@@ -876,7 +906,10 @@ class Decoder:
         if parent_depth < 0:
             return  # depth 0 with a parent: an encoder that does not number its nodes (as nnc's suite)
         known = {n: self._parent_depths[n] for n in names if n in self._parent_depths}
-        if known and max(known.values()) != parent_depth:
+        # a RAW_FLOAT NDU in between: NNCodec (and nnc since 0.3.0) number from the coded NDU before it, nnc 0.2.0
+        # from the RAW_FLOAT one
+        with_raw = {n: self._parent_raw_depths.get(n, d) for n, d in known.items()}
+        if known and parent_depth not in (max(known.values()), max(with_raw.values())):
             name, depth = max(known.items(), key=lambda kv: kv[1])
             when = "was decoded before (a replayed update)" if depth > parent_depth else "misses one before it"
             raise DecodeError(
@@ -1572,16 +1605,27 @@ class Decoder:
                     self.state.update(name, new)
                 self._staged = {}
                 for i, (ndu, _) in enumerate(self._ndus):  # the node depths and payload digests (spec 14.1, 14.4)
-                    with_ids = _get(ndu.header, "node_id_present_flag", 0)
-                    coded = ndu.header.nnr_compressed_data_unit_payload_type != C.NNR_PT_RAW_FLOAT
-                    digests = _payload_digests(ndu.payload) if coded and self._ndu_tensors[i] else None
-                    for info in self._ndu_tensors[i]:
-                        if with_ids:
-                            self.state.depths[info.name] = int(_get(ndu.header, "put_node_depth", 0))
-                        else:
-                            self.state.depths.pop(info.name, None)
-                        if digests is not None:
-                            self.state.payload_digests[info.name] = digests
+                    self._enter_ids(ndu, self._ndu_tensors[i])
+
+    def _enter_ids(self, ndu: C.Unit, infos: list[TensorInfo]) -> None:
+        """The node depth and payload digests of a decoded NDU's tensors (spec 14.1): a CABAC-coded NDU sets
+        them; a RAW_FLOAT NDU changes no levels, and its depth is kept apart (``raw_depths``, spec 14.4)."""
+        depth = int(_get(ndu.header, "put_node_depth", 0)) if _get(ndu.header, "node_id_present_flag", 0) else None
+        if ndu.header.nnr_compressed_data_unit_payload_type == C.NNR_PT_RAW_FLOAT:
+            for info in infos:
+                if depth is None:
+                    self.state.raw_depths.pop(info.name, None)
+                else:
+                    self.state.raw_depths[info.name] = depth
+            return
+        digests = _payload_digests(ndu.payload)
+        for info in infos:
+            self.state.raw_depths.pop(info.name, None)
+            self.state.payload_digests[info.name] = digests
+            if depth is None:
+                self.state.depths.pop(info.name, None)
+            else:
+                self.state.depths[info.name] = depth
 
     def _decode_ndu_payload(
         self,

@@ -24,7 +24,7 @@ import numpy as np
 from . import narrow_floats
 from ._lru import SizedLRU
 from ._threads import ordered_results
-from .decoder import DecoderState, apply_update, model_digest
+from .decoder import DecoderState, _name_map, _node_depth, apply_update, model_digest
 from .encoding.feedback import FactorCache
 from .encoding.quantiser import (  # noqa: F401
     DEFAULT_SCAN_MIN_ELEMENTS,
@@ -197,8 +197,8 @@ class EncoderState(DecoderState):
 
     def _set_meta(self, meta: dict, arrays: dict) -> None:
         super()._set_meta(meta, arrays)
-        self.parameter_ids = {str(k): int(v) for k, v in meta["parameter_ids"].items()}
-        self.depths = {str(k): int(v) for k, v in meta["depths"].items()}
+        self.parameter_ids = _name_map(meta["parameter_ids"], _node_depth, "parameter_ids")
+        self.depths = _name_map(meta["depths"], _node_depth, "depths")
         self.model = OrderedDict((str(k), arrays[f"model{i}"]) for i, k in enumerate(meta["model"]))
 
     def _extra_arrays(self) -> dict:
@@ -320,7 +320,8 @@ class Encoder:
         How an update's NDU names its parent (spec 7.4, 14.4): ``"sha256"`` (default) or
         ``"sha512"``, the digest of the payload of the NDU that last carried its tensors'
         levels, so that a decoder refuses the update with another model's or sequence's
-        state, a replayed or a missing update (32 or 64 bytes per NDU); ``"ids"``, node ids
+        state, a replayed or a missing update (32 or 64 bytes per NDU; it pins the parent's
+        payload, not the state behind it: spec 14.4); ``"ids"``, node ids
         alone (``parent_node_id_type`` 0, as NNCodec writes: a few bits; a replayed or
         missing update is still refused by its depth, another sequence's update of the
         same depth is not). NNCodec 2.1.3 decodes all three.

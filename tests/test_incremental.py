@@ -795,3 +795,75 @@ def test_cli_parent_id_option(tmp_path, capsys):
     import hashlib
 
     assert row["parent_id"] == "sha512:" + hashlib.sha512(bytes(base.payload)).hexdigest()
+
+
+_BAD_STATE_META = [
+    ("depths", {"a": float("inf")}), ("depths", {"a": "2"}), ("depths", {"a": 1.5}), ("depths", {"a": True}),
+    ("depths", {"a": -1}), ("depths", [1]), ("payload_digests", {"a": ["00" * 4, "00" * 64]}),
+    ("payload_digests", {"a": ["00" * 64, "00" * 32]}), ("payload_digests", {"a": {"x": 1, "y": 2}}),
+    ("payload_digests", {"a": ["zz" * 32, "00" * 64]}), ("payload_digests", {"a": ["00" * 32]}),
+]
+
+
+@pytest.mark.parametrize("kind,change", [(k, c) for k in ("decoder", "encoder") for c in _BAD_STATE_META]
+                         + [("encoder", ("parameter_ids", {"a": 10**12}))])
+def test_a_state_file_with_bad_ids_or_digests_is_refused_naming_it(tmp_path, change, kind):
+    """Before: an infinite depth escaped DecoderState.load as OverflowError (a traceback from the CLI); digests of
+    another length, depths of "2", 1.5 or true loaded, and an encoder then wrote a zero-padded digest that its
+    receiver refused, or failed in the container without naming the file."""
+    import json
+
+    from nnc.formats import npz_bytes, read_npz
+
+    streams = _sequence(np.random.default_rng(11), rounds=1)
+    state = nnc.DecoderState() if kind == "decoder" else EncoderState()
+    if kind == "decoder":
+        nnc.decode(streams[0], state=state)
+    else:
+        Encoder(qp=-30, state=state).encode({"a": np.ones((4, 4), np.float32)})
+    path = tmp_path / "state"
+    state.save(path)
+    arrays, _ = read_npz(path)
+    meta = json.loads(bytes(np.asarray(arrays["meta"], np.uint8)).decode())
+    meta[change[0]] = change[1]
+    path.write_bytes(npz_bytes(dict(arrays, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))))
+    cls = nnc.DecoderState if kind == "decoder" else EncoderState
+    with pytest.raises(nnc.DecodeError, match=f"{path} is not an nnc {kind} state file"):
+        cls.load(path)
+
+
+def _renumbered(stream, depths):
+    """``stream`` with the put_node_depth of each named tensor's NDU replaced (as nnc 0.2.0 numbered them)."""
+    from nnc import container as C
+
+    units = C.parse_stream(stream)
+    ps = any(u.type_name == "NNR_MPS" and u.header.mps_parent_signalling_enabled_flag for u in units)
+    out = b""
+    for u in units:
+        raw = stream[u.offset:u.end]
+        if u.type_name == "NNR_NDU" and u.header.topology_elem_id in depths:
+            raw = C.build_ndu(dict(u.header, put_node_depth=depths[u.header.topology_elem_id]), bytes(u.payload),
+                              parent_signalling=ps)
+        out += raw
+    return out
+
+
+@pytest.mark.parametrize("parent_id", ["sha256", "ids"])
+def test_a_raw_float_update_leaves_the_depths_and_old_numbering_decodes(parent_id):
+    """Before: a tensor stored raw in one update took that NDU's depth, and NNCodec (which numbers from the coded
+    NDU before it) refused the next update that coded it. A RAW_FLOAT NDU now leaves the depths (spec 14.4); the
+    sequences nnc 0.2.0 wrote, numbered from the RAW_FLOAT NDU, still decode."""
+    rng = np.random.default_rng(12)
+    sender, receiver, old = EncoderState(), nnc.DecoderState(), nnc.DecoderState()
+    for i, raw in enumerate([(), "b", (), "b", "b", ()]):
+        tensors = {k: (rng.standard_normal((8, 9)) * 0.05).astype(np.float32) for k in "ab"}
+        res = Encoder(qp=-30, state=sender, raw=raw, parent_id=parent_id).encode(tensors)
+        out = nnc.decode(res.stream, state=receiver)
+        assert all(np.array_equal(out[k], res.reconstruction[k]) for k in out)
+        assert sender.depths == receiver.depths == {"a": i + 1, "b": 1 + sum(r == () for r in [(), "b", (), "b", "b", ()][1:i + 1])}
+        # nnc 0.2.0 gave every NDU one above the tensor's last NDU, RAW_FLOAT or not
+        renumbered = _renumbered(res.stream, {"a": i + 1, "b": i + 1})
+        back = nnc.decode(renumbered, state=old)
+        assert all(np.array_equal(back[k], out[k]) for k in out)
+    with pytest.raises(nnc.DecodeError, match="spec 14.4"):
+        nnc.decode(res.stream, state=receiver)  # a replay is still refused

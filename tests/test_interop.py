@@ -267,6 +267,21 @@ def test_our_incremental_streams_decode_in_nncodec_randomly(oracle):
             _assert_equal_outputs(ours, oracle.decompress(res.stream, sequence=f"random-{seq}"))
 
 
+def test_our_sequences_with_raw_float_updates_decode_in_nncodec(oracle):
+    """Before: after an update that stored a tensor raw, NNCodec refused the next one that coded it (its depth
+    counted the RAW_FLOAT NDU, NNCodec's parent is the coded NDU before it)."""
+    from nnc.encoder import Encoder, EncoderState
+
+    rng = np.random.default_rng(RNG_SEED + 43)
+    for parent_id in ("sha256", "ids"):
+        state, receiver = EncoderState(), nnc.DecoderState()
+        for i, raw in enumerate([(), "b", (), "b", "b", ()]):
+            tensors = {k: (rng.standard_normal((8, 9)) * 0.05).astype(np.float32) for k in "ab"}
+            res = Encoder(qp=-30, state=state, raw=raw, parent_id=parent_id).encode(tensors)
+            _assert_equal_outputs(nnc.decode(res.stream, state=receiver),
+                                  oracle.decompress(res.stream, sequence=f"raw-{parent_id}"))
+
+
 def test_nncodec_incremental_streams_decode_in_ours(oracle):
     rng = np.random.default_rng(RNG_SEED + 42)
     model = {f"l{i}.weight": _random_tensor(rng, 2) for i in range(3)}

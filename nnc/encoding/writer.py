@@ -253,8 +253,8 @@ class Link:
         Temporal context adaptation / history-dependent probabilities in use (spec 10.5).
     ids : dict
         {tensor name: parameter_id} recorded for the NDU's tensors.
-    parameter_id, depth : int
-        The NDU's node id and put_node_depth (spec 7.4).
+    parameter_id : int
+        The NDU's node id (spec 7.4).
     skip : bool
         The NDU is left out (an all-zero update, spec 7.7).
     """
@@ -265,7 +265,6 @@ class Link:
     hdsp: bool
     ids: dict
     parameter_id: int
-    depth: int
     skip: bool
 
 
@@ -311,6 +310,7 @@ class UnitWriter:
         self.state = state
         self._next_id: int | None = None
         self._payload_digests: dict[str, tuple[bytes, bytes]] = {}  # of this stream's NDUs, by tensor
+        self._ndu_depths: dict[str, int] = {}  # the put_node_depth of this stream's NDUs, by tensor
 
     # -- the stream's head ---------------------------------------------------------
     def head(self, mps_qp: int, metadata: str, update: bool = False) -> list[bytes]:
@@ -489,9 +489,13 @@ class UnitWriter:
                 node_id_present_flag=1, device_id=0, parameter_id=0, put_node_depth=0, first_tensor_dimension_shift=0
             )
         if link is not None:
-            fields.update(parameter_id=link.parameter_id, put_node_depth=link.depth)
+            members = [t.name] if names is None else names
+            # one above the last coded NDU of its tensors (spec 14.4; a RAW_FLOAT NDU leaves the depths)
+            depth = max(self.state.depths.get(n, 0) for n in members) + 1
+            fields.update(parameter_id=link.parameter_id, put_node_depth=depth)
+            self._ndu_depths.update(dict.fromkeys(members, depth))
             if link.parent:
-                fields.update(self._parent_id([t.name] if names is None else names))
+                fields.update(self._parent_id(members))
                 fields["temporal_context_modeling_flag"] = int(link.tca)
         return fields
 
@@ -587,7 +591,6 @@ class UnitWriter:
             hdsp=parent and s.hdsp,
             ids=dict.fromkeys(names, pid),
             parameter_id=pid,
-            depth=max(state.depths.get(n, 0) for n in names) + 1,
             skip=parent and self._skips_zero() and all(not np.any(t.levels) for t in coded),
         )
 
@@ -607,8 +610,8 @@ class UnitWriter:
         if link.skip:
             return
         for t in unit.members:
-            state.depths[t.name] = link.depth
-            if t.ptype != "RAW_FLOAT":
+            if t.ptype != "RAW_FLOAT":  # (a RAW_FLOAT NDU changes no levels, and its depth no parent's, 14.4)
+                state.depths[t.name] = self._ndu_depths[t.name]
                 state.update(t.name, np.array(t.levels, np.int32).reshape(-1))
                 state.payload_digests[t.name] = self._payload_digests[t.name]
 
