@@ -47,6 +47,10 @@ def build_baseline(ref: str, folder: Path, name: str = "_engine_baseline"):
     source = subprocess.run(["git", "-C", str(REPO), "show", f"{ref}:nnc/_engine.pyx"], check=True,
                             capture_output=True).stdout
     (folder / f"{name}.pyx").write_bytes(source)
+    for header in ("_pricer.h",):  # C headers the engine includes (since the engine restructuring)
+        found = subprocess.run(["git", "-C", str(REPO), "show", f"{ref}:nnc/{header}"], capture_output=True)
+        if found.returncode == 0:
+            (folder / header).write_bytes(found.stdout)
     (folder / "setup.py").write_text(SETUP.replace("{name}", name))
     subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace", "-q"], cwd=folder, check=True,
                    capture_output=True)
