@@ -160,8 +160,11 @@ def test_small_tensors_are_not_polled_and_requests_nest():
 def test_a_signal_in_the_main_thread_is_raised_from_inside_the_loop():
     """The main thread's loop runs Python's signal handlers as it polls: the handler's own exception comes out of
     the engine call. (The interrupt is sent 0.3 s into a call of several seconds.)"""
+    import signal
+
     e = _engine()
     x = np.random.default_rng(3).normal(0, 2, 4_000_000)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # (pytest-xdist's workers ignore SIGINT)
     timer = threading.Timer(0.3, __import__("_thread").interrupt_main)
     timer.start()
     try:
@@ -169,6 +172,7 @@ def test_a_signal_in_the_main_thread_is_raised_from_inside_the_loop():
             e.dq_rdoq_levels(x, 2000, 2000, lam=0.1)
     finally:
         timer.cancel()
+        signal.signal(signal.SIGINT, previous)
     assert any("_engine" in str(entry.path) for entry in info.traceback), info.traceback
     assert sum("run_signal_handlers" in str(entry.name) for entry in info.traceback) == 1  # the handler's raise
     assert e.dq_trellis(x[:100_000]).shape == (100_000,)
@@ -214,6 +218,7 @@ def test_a_signal_during_a_long_encode_ends_it_and_leaves_nothing(tmp_path, sig)
     model.write_bytes(npz_bytes({"w": np.random.default_rng(5).normal(0, 0.02, (4000, 4000)).astype(np.float32)}))
     script = (
         "import os, signal, sys, threading\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"  # as in a shell (pytest-xdist ignores it)
         "from nnc.encoding import quantiser\n"
         "real = quantiser.Quantiser.levels\n"
         "def levels(self, *a, **k):\n"
