@@ -34,7 +34,8 @@ from nnc.errors import DecodeError, EncodeError, TruncatedError
 cnp.import_array()
 
 __all__ = ["PayloadDecoder", "PayloadEncoder", "bin_cost", "block_row_count", "compute_entry_points", "context_count",
-           "dq_rdoq_levels", "dq_trellis", "estimate_tensor_bits", "rdoq_levels", "scan_permutation"]
+           "dq_rdoq_levels", "dq_trellis", "estimate_tensor_bits", "rdoq_levels", "request_stop",
+           "scan_permutation"]
 
 cdef extern from *:
     int __builtin_clz(unsigned int x) nogil

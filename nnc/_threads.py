@@ -28,19 +28,20 @@ def note_interrupt(flag: bool = True) -> None:
 
 @contextlib.contextmanager
 def stopping_workers():
-    """While the block runs, the compiled engine's loops in every thread stop at their next poll and raise
-    KeyboardInterrupt (the pure-Python engine's loops run on)."""
+    """While the block runs, the engines' loops in every thread stop at their next poll and raise
+    KeyboardInterrupt."""
+    import sys
+
     from .engine import _compiled_or_none
 
-    engine = _compiled_or_none()
-    if engine is None:
-        yield
-        return
-    engine.request_stop(1)
+    engines = [e for e in (_compiled_or_none(), sys.modules.get("nnc.engine.python")) if e is not None]
+    for engine in engines:
+        engine.request_stop(1)
     try:
         yield
     finally:
-        engine.request_stop(-1)
+        for engine in engines:
+            engine.request_stop(-1)
 
 
 @contextlib.contextmanager

@@ -1,74 +1,109 @@
-"""Stopping the compiled engine's long loops (an interrupt, SIGTERM): a loop polls as it walks the scan; once asked
-to stop it raises, never returns a result, and the next call works as before (nnc/_engine.pyx, ``poll_stop``).
+"""Stopping the engines' long loops (an interrupt, SIGTERM): a loop polls as it walks the scan; once asked to stop
+it raises, never returns a result, and the next call works as before (nnc/_engine.pyx ``poll_stop``,
+nnc/engine/python/scan.py ``poll_stop``).
 
 Before: a signal waited for the tensors in flight, 2-60 s on a 49M-weight tensor (21 s with DQ, 58 s with RDOQ, in
-``nnc encode``), and a batch scheduler's SIGKILL after a short grace left the temporary output file."""
+``nnc encode``), and a batch scheduler's SIGKILL after a short grace left the temporary output file; the pure-Python
+engine's worker threads ran to their end."""
 
 import os
 import subprocess
 import sys
 import threading
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from nnc.engine import COMPILED_AVAILABLE
 
-pytestmark = pytest.mark.skipif(not COMPILED_AVAILABLE, reason="the compiled engine is not built")
-
-H, W = 640, 300  # above the poll interval (2**16 elements), also for each of two block-row ranges
+needs_compiled = pytest.mark.skipif(not COMPILED_AVAILABLE, reason="the compiled engine is not built")
 
 
-def _engine():
-    from nnc import _engine
+@pytest.fixture(params=[pytest.param("cython", marks=needs_compiled), "python"])
+def eng(request, monkeypatch):
+    """The engine under test, its poll interval and a tensor shape above it (also for each of two block-row
+    ranges). The pure-Python engine polls every 64 elements here, so that its tests stay small."""
+    from nnc.engine import get_engine
 
-    return _engine
+    if request.param == "python":
+        from nnc.engine.python import scan
+
+        monkeypatch.setattr(scan, "POLL_ELEMENTS", 64)
+        return SimpleNamespace(e=get_engine("python"), poll=64, H=24, W=20, name="python")
+    return SimpleNamespace(e=get_engine("cython"), poll=1 << 16, H=640, W=300, name="cython")
 
 
-def _levels():
-    return np.random.default_rng(0).integers(-3, 4, H * W).astype(np.int32)
+def _in_thread(where: str, fn) -> None:
+    """``fn()`` in the main thread or in a worker thread, waited for."""
+    if where == "main":
+        fn()
+        return
+    worker = threading.Thread(target=fn)
+    worker.start()
+    worker.join()
 
 
-def _calls():
-    """Every engine entry point that walks a tensor, as (name, call)."""
-    e = _engine()
+def _stop_requested(e, where: str, fn) -> None:
+    """``fn()`` in ``where`` while a stop request is open."""
+    e.request_stop(1)
+    try:
+        _in_thread(where, fn)
+    finally:
+        e.request_stop(-1)
+
+
+def _levels(eng):
+    return np.random.default_rng(0).integers(-3, 4, eng.H * eng.W).astype(np.int32)
+
+
+CALLS = [
+    "scan_permutation",
+    "encode_tensor",
+    "encode_tensor threads",
+    "choose_init_sets",
+    "estimate_tensor_bits",
+    "rdoq_levels",
+    "dq_rdoq_levels",
+    "dq_trellis",
+    "dq levels_to_coded",
+    "decode_tensor",
+]
+
+
+def _call(eng, name):
+    """The engine entry point ``name``, which walks a tensor, as a call without arguments."""
+    e, H, W = eng.e, eng.H, eng.W
     x = np.random.default_rng(1).normal(0, 2, H * W)
-    n = _levels()
-    stream = e.PayloadEncoder(2)
-    stream.encode_tensor(n, H, W, n_gtx=11, scan_order=1)
-    payload = stream.finish()
+    n = _levels(eng)
 
     def encode(threads):
         enc = e.PayloadEncoder(2)
         enc.encode_tensor(n, H, W, n_gtx=11, scan_order=1, threads=threads)
         return enc.finish()
 
-    return [
-        ("scan_permutation", lambda: e.scan_permutation(H, W, 2)),
-        ("encode_tensor", lambda: encode(1)),
-        ("encode_tensor threads", lambda: encode(2)),
-        ("choose_init_sets", lambda: e.PayloadEncoder(2).choose_init_sets(n, H, W, n_gtx=11)),
-        ("estimate_tensor_bits", lambda: e.estimate_tensor_bits(n, H, W, n_gtx=11)),
-        ("rdoq_levels", lambda: e.rdoq_levels(x, H, W, lam=0.1)),
-        ("dq_rdoq_levels", lambda: e.dq_rdoq_levels(x, H, W, lam=0.1)),
-        ("dq_trellis", lambda: e.dq_trellis(x)),
-        ("dq levels_to_coded", lambda: e.PayloadEncoder(2).choose_init_sets(
-            e.dq_trellis(x), H, W, n_gtx=11, dq=True)),
-        ("decode_tensor", lambda: e.PayloadDecoder(payload, 2).decode_tensor(H, W, n_gtx=11, scan_order=1)),
-    ]
-
-
-@pytest.mark.parametrize("index", range(10))
-@pytest.mark.parametrize("where", ["main", "worker"])
-def test_a_stop_request_makes_every_walk_raise_and_the_next_call_work(index, where):
-    e = _engine()
-    name, call = _calls()[index]
+    if name == "decode_tensor":
+        payload = encode(1)
+        return lambda: e.PayloadDecoder(payload, 2).decode_tensor(H, W, n_gtx=11, scan_order=1)
     if name == "dq levels_to_coded":
-        levels = e.dq_trellis(np.random.default_rng(1).normal(0, 2, H * W))
+        levels = e.dq_trellis(x)
+        return lambda: e.PayloadEncoder(2).choose_init_sets(levels, H, W, n_gtx=11, dq=True)
+    return {
+        "scan_permutation": lambda: e.scan_permutation(H, W, 2),
+        "encode_tensor": lambda: encode(1),
+        "encode_tensor threads": lambda: encode(2),
+        "choose_init_sets": lambda: e.PayloadEncoder(2).choose_init_sets(n, H, W, n_gtx=11),
+        "estimate_tensor_bits": lambda: e.estimate_tensor_bits(n, H, W, n_gtx=11),
+        "rdoq_levels": lambda: e.rdoq_levels(x, H, W, lam=0.1),
+        "dq_rdoq_levels": lambda: e.dq_rdoq_levels(x, H, W, lam=0.1),
+        "dq_trellis": lambda: e.dq_trellis(x),
+    }[name]
 
-        def call():
-            return e.PayloadEncoder(2).choose_init_sets(levels, H, W, n_gtx=11, dq=True)
 
+@pytest.mark.parametrize("name", CALLS)
+@pytest.mark.parametrize("where", ["main", "worker"])
+def test_a_stop_request_makes_every_walk_raise_and_the_next_call_work(eng, name, where):
+    call = _call(eng, name)
     expected = call()
     outcome = {}
 
@@ -78,16 +113,7 @@ def test_a_stop_request_makes_every_walk_raise_and_the_next_call_work(index, whe
         except KeyboardInterrupt as exc:
             outcome["raised"] = exc
 
-    e.request_stop(1)
-    try:
-        if where == "main":
-            stopped()
-        else:
-            worker = threading.Thread(target=stopped)
-            worker.start()
-            worker.join()
-    finally:
-        e.request_stop(-1)
+    _stop_requested(eng.e, where, stopped)
     assert "result" not in outcome and isinstance(outcome.get("raised"), KeyboardInterrupt), name
     again = call()  # nothing left over: the same result as before
     if isinstance(expected, tuple):
@@ -99,70 +125,77 @@ def test_a_stop_request_makes_every_walk_raise_and_the_next_call_work(index, whe
 
 
 @pytest.mark.parametrize("where", ["main", "worker"])
-def test_a_stopped_loop_ends_at_its_first_poll(where):
+def test_a_stopped_loop_ends_at_its_first_poll(eng, where):
     """The decoder writes into the caller's array: once stopped, the walk does not go on (before the fix the
-    walk went on after a stop until its end in the DQ trellis, for lack of a sticky end)."""
-    e = _engine()
+    compiled walk went on after a stop until its end in the DQ trellis, for lack of a sticky end)."""
+    e = eng.e
     enc = e.PayloadEncoder(2)
-    enc.encode_tensor(_levels(), H, W, n_gtx=11)
+    enc.encode_tensor(_levels(eng), eng.H, eng.W, n_gtx=11)
     payload = enc.finish()
-    out = np.full(H * W, 99, np.int32)
+    out = np.full(eng.H * eng.W, 99, np.int32)
 
     def decode():
         with pytest.raises(KeyboardInterrupt):
-            e.PayloadDecoder(payload, 2).decode_tensor(H, W, n_gtx=11, out=out)
+            e.PayloadDecoder(payload, 2).decode_tensor(eng.H, eng.W, n_gtx=11, out=out)
 
-    e.request_stop(1)
-    try:
-        if where == "main":
-            decode()
-        else:
-            worker = threading.Thread(target=decode)
-            worker.start()
-            worker.join()
-    finally:
-        e.request_stop(-1)
+    _stop_requested(e, where, decode)
     written = int(np.count_nonzero(out != 99))
-    assert 0 < written <= (1 << 16) + W, written
+    assert written <= eng.poll + eng.W, written
+    assert written > 0 or eng.name == "python"  # (the Python decoder fills ``out`` once its walk has ended)
 
 
-def test_an_encoder_stopped_in_a_tensor_cannot_be_finished():
+def test_an_encoder_stopped_in_a_tensor_cannot_be_finished(eng, monkeypatch):
     from nnc.errors import EncodeError
 
-    e = _engine()
-    enc = e.PayloadEncoder(2)
-    e.request_stop(1)
-    try:
+    enc = eng.e.PayloadEncoder(2)
+
+    def encode():
         with pytest.raises(KeyboardInterrupt):
-            enc.encode_tensor(_levels(), H, W, n_gtx=11, param_opt=False)  # stopped while writing its bins
-    finally:
-        e.request_stop(-1)
+            enc.encode_tensor(_levels(eng), eng.H, eng.W, n_gtx=11, param_opt=False)  # stopped in its bins
+
+    if eng.name == "python":  # its plan walks the scan before a bin is written: ask to stop once it is made
+        from nnc.engine.python import payload
+
+        def plan_then_stop(*args, real=payload._tensor_bins):
+            bins = real(*args)
+            eng.e.request_stop(1)
+            return bins
+
+        monkeypatch.setattr(payload, "_tensor_bins", plan_then_stop)
+        try:
+            encode()
+        finally:
+            eng.e.request_stop(-1)
+    else:
+        _stop_requested(eng.e, "main", encode)
     with pytest.raises(EncodeError, match="already finished"):
         enc.finish()
 
 
-def test_small_tensors_are_not_polled_and_requests_nest():
-    e = _engine()
-    x = np.random.default_rng(2).normal(0, 2, 1000)
+def test_small_tensors_are_not_polled_and_requests_nest(eng):
+    e, small = eng.e, eng.poll // 2
+    x = np.random.default_rng(2).normal(0, 2, small)
     e.request_stop(1)
     e.request_stop(1)
     try:
-        assert e.dq_trellis(x).shape == (1000,)  # under one poll interval: runs to its end
+        assert e.dq_trellis(x).shape == (small,)  # under one poll interval: runs to its end
         e.request_stop(-1)
         with pytest.raises(KeyboardInterrupt):
-            e.dq_trellis(np.repeat(x, 100))
+            e.dq_trellis(np.repeat(x, 6))
     finally:
         e.request_stop(-1)
     e.request_stop(-1)  # (never below zero)
-    assert e.dq_trellis(np.repeat(x, 100)).shape == (100_000,)
+    assert e.dq_trellis(np.repeat(x, 6)).shape == (6 * small,)
 
 
+@needs_compiled
 def test_a_signal_in_the_main_thread_is_raised_from_inside_the_loop():
-    """The main thread's loop runs Python's signal handlers as it polls: the handler's own exception comes out of
-    the engine call. (The interrupt is sent 0.3 s into a call of several seconds.)"""
+    """The compiled engine's loop in the main thread runs Python's signal handlers as it polls: the handler's own
+    exception comes out of the engine call. (The interrupt is sent 0.3 s into a call of several seconds.)"""
     import signal
 
-    e = _engine()
+    from nnc import _engine as e
+
     x = np.random.default_rng(3).normal(0, 2, 4_000_000)
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # (pytest-xdist's workers ignore SIGINT)
     timer = threading.Timer(0.3, __import__("_thread").interrupt_main)
@@ -178,36 +211,37 @@ def test_a_signal_in_the_main_thread_is_raised_from_inside_the_loop():
     assert e.dq_trellis(x[:100_000]).shape == (100_000,)
 
 
-def test_a_pool_left_by_an_interrupt_stops_its_workers():
+def test_a_pool_left_by_an_interrupt_stops_its_workers(eng):
     """``worker_pool``: an interrupt in the waiting thread asks the workers' loops to stop; the pool is left
     without waiting for the work in flight, and a normal exit waits for it."""
     from nnc._threads import worker_pool
 
-    e = _engine()
-    x = np.random.default_rng(4).normal(0, 2, 4_000_000)
+    e = eng.e
+    side = 2000 if eng.name == "cython" else 300
+    x = np.random.default_rng(4).normal(0, 2, side * side)
     started = threading.Event()
     outcome = []
 
     def job():
         started.set()
         try:
-            return e.dq_rdoq_levels(x, 2000, 2000, lam=0.1)
+            return e.dq_rdoq_levels(x, side, side, lam=0.1)
         except KeyboardInterrupt as exc:
             outcome.append(exc)
             raise
 
-    with pytest.raises(KeyboardInterrupt):
-        with worker_pool(1) as pool:
-            future = pool.submit(job)
-            started.wait()
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), worker_pool(1) as pool:
+        future = pool.submit(job)
+        started.wait()
+        raise KeyboardInterrupt
     assert future.done() and len(outcome) == 1  # the worker's loop stopped, it did not finish
     with worker_pool(1) as pool:
-        assert pool.submit(e.dq_trellis, x[:100_000]).result().shape == (100_000,)
+        assert pool.submit(e.dq_trellis, x[: eng.poll * 2]).result().shape == (eng.poll * 2,)
 
 
+@pytest.mark.parametrize("engine", [pytest.param("cython", marks=needs_compiled), "python"])
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
-def test_a_signal_during_a_long_encode_ends_it_and_leaves_nothing(tmp_path, sig):
+def test_a_signal_during_a_long_encode_ends_it_and_leaves_nothing(tmp_path, sig, engine):
     """``nnc encode`` of a tensor whose RDOQ takes a minute, signalled once its quantisation has started: exit 1,
     no output, no temporary file (the signal is sent from inside the quantiser, so it lands in the loop)."""
     import signal
@@ -215,7 +249,8 @@ def test_a_signal_during_a_long_encode_ends_it_and_leaves_nothing(tmp_path, sig)
     from nnc.formats import npz_bytes
 
     model = tmp_path / "m.npz"
-    model.write_bytes(npz_bytes({"w": np.random.default_rng(5).normal(0, 0.02, (4000, 4000)).astype(np.float32)}))
+    side = 4000 if engine == "cython" else 1000
+    model.write_bytes(npz_bytes({"w": np.random.default_rng(5).normal(0, 0.02, (side, side)).astype(np.float32)}))
     script = (
         "import os, signal, sys, threading\n"
         "signal.signal(signal.SIGINT, signal.default_int_handler)\n"  # as in a shell (pytest-xdist ignores it)
@@ -229,8 +264,13 @@ def test_a_signal_during_a_long_encode_ends_it_and_leaves_nothing(tmp_path, sig)
         f"sys.exit(main(['encode', {str(model)!r}, '-o', {str(tmp_path / 'out.nnr')!r}, '--rdoq', '-q']))\n"
     )
     before = sorted(p.name for p in tmp_path.iterdir())
-    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
-                       env=dict(os.environ, NNC_ENGINE="cython"))
+    r = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, NNC_ENGINE=engine),
+    )
     assert r.returncode != 0, r.stderr
     assert r.returncode == 1 if sig == "SIGTERM" else r.returncode in (1, 130, -signal.SIGINT), r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before

@@ -31,6 +31,7 @@ FUNCTIONS = {
     "rdoq_levels": "(x, height, width, *, lam, n_gtx=11, scan_order=0, edition=2, importance=None)",
     "dq_rdoq_levels": "(x, height, width, *, lam, n_gtx=11, scan_order=0, edition=2, importance=None, chunk=1024)",
     "dq_trellis": "(x)",
+    "request_stop": "(change)",
 }
 
 #: Each class of the interface: its constructor's keyword arguments, its methods' parameter lists, its data attributes.

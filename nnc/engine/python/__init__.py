@@ -24,7 +24,7 @@ from __future__ import annotations
 from .arithmetic import ArithmeticDecoder, ArithmeticEncoder, ContextModel, bin_cost, rlps
 from .binarisation import CodebookBound, ContextLayout, binarise, context_count, dq_coded_value, dq_reconstruct
 from .payload import PayloadDecoder, PayloadEncoder, estimate_tensor_bits
-from .scan import TensorScan, block_row_count, compute_entry_points, scan_permutation
+from .scan import TensorScan, block_row_count, compute_entry_points, request_stop, scan_permutation
 from .trellis import dq_rdoq_levels, dq_trellis, rdoq_levels
 
 #: The engine interface (nnc.engine.interface.INTERFACE); the other names above are this engine's own.
@@ -40,4 +40,5 @@ __all__ = [
     "dq_trellis",
     "scan_permutation",
     "block_row_count",
+    "request_stop",
 ]

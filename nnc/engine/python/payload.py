@@ -27,7 +27,7 @@ from .arithmetic import (
     _fresh_contexts,
 )
 from .binarisation import CodebookBound, ContextLayout, binarise, check_edition, dq_coded_value, dq_reconstruct
-from .scan import TensorScan, zero_run_table
+from .scan import TensorScan, polled, zero_run_table
 
 INT32_MAX = 2**31 - 1
 INT32_MIN = -(2**31)
@@ -485,7 +485,7 @@ def _estimate_costs(bins: list, n_ctx: int, init_sets) -> int:
         if s:
             ctx[a].initialise(int(s))
     total = 0
-    for item in bins:
+    for item in polled(bins):
         if item is _FORCE_RANGE:
             continue
         if item is _BLOCK_ROW:
@@ -514,7 +514,7 @@ def _choose_init_sets(bins: list, n_ctx: int, signalled: list) -> list:
     # the bins of each signalled context, with the block-row epoch they belong to
     per_ctx = {a: [] for a in wanted}
     epoch = 0
-    for item in bins:
+    for item in polled(bins):
         if item is _BLOCK_ROW:
             epoch += 1
         elif item is not _FORCE_RANGE and item[0] in wanted:
@@ -714,32 +714,36 @@ class PayloadEncoder:
         self.last_init_sets = np.array(sets, dtype=np.uint8)
 
         # code it, in the order of 8.1
-        ae = self._ae
-        ctx = _fresh_contexts(layout.count)
-        if t.has_row_flags:
-            if t.parent_present:
-                ae.encode_bypass(1 if hdsp else 0)
-            ae.encode_bypass(1 if row_skip else 0)
-            if row_skip:
-                for flag in skip:
-                    ae.encode_bin(ctx[layout.row_skip], flag)
-        for a in signalled:
-            s = sets[a]
-            ae.encode_bin(ctx[layout.init_flag], 1 if s else 0)
-            if s:
-                ae.encode_bypass_bits(s - 1, 3)
-                ctx[a].initialise(s)
-        for item in bins:
-            if item is _FORCE_RANGE:
-                ae.force_range()
-            elif item is _BLOCK_ROW:
-                ae.force_range()
-                for m in ctx:
-                    m.reset()
-            elif item[0] is None:
-                ae.encode_bypass(item[1])
-            else:
-                ae.encode_bin(ctx[item[0]], item[1])
+        try:
+            ae = self._ae
+            ctx = _fresh_contexts(layout.count)
+            if t.has_row_flags:
+                if t.parent_present:
+                    ae.encode_bypass(1 if hdsp else 0)
+                ae.encode_bypass(1 if row_skip else 0)
+                if row_skip:
+                    for flag in skip:
+                        ae.encode_bin(ctx[layout.row_skip], flag)
+            for a in signalled:
+                s = sets[a]
+                ae.encode_bin(ctx[layout.init_flag], 1 if s else 0)
+                if s:
+                    ae.encode_bypass_bits(s - 1, 3)
+                    ctx[a].initialise(s)
+            for item in polled(bins):
+                if item is _FORCE_RANGE:
+                    ae.force_range()
+                elif item is _BLOCK_ROW:
+                    ae.force_range()
+                    for m in ctx:
+                        m.reset()
+                elif item[0] is None:
+                    ae.encode_bypass(item[1])
+                else:
+                    ae.encode_bin(ctx[item[0]], item[1])
+        except BaseException:
+            self._finished = True  # a tensor written in part: the payload cannot be finished
+            raise
 
     def finish(self) -> bytes:
         """Terminate bin, flush, stop bit (8.5, 9.8); returns the payload."""

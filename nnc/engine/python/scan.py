@@ -13,6 +13,40 @@ import numpy as np
 
 from ...tables import NEXT_DQ_STATE
 
+# Stopping long loops (docs/dev/engine-api.md, "Stopping"): a walk polls every POLL_ELEMENTS
+# elements and raises KeyboardInterrupt while a stop request is open (RDOQ takes about 0.2 s
+# for 2^10 elements here). Signals need no poll: Python runs its handlers between bytecodes.
+POLL_ELEMENTS = 1 << 10
+_stop_requests = 0
+
+
+def request_stop(change: int) -> None:
+    """Add ``change`` (1 or -1) to the stop requests: while any is open, the loops of every thread stop and
+    raise KeyboardInterrupt (a thread pool asks while it waits for its workers after an interrupt).
+
+    Examples
+    --------
+    >>> request_stop(1); request_stop(-1)
+    """
+    global _stop_requests
+    _stop_requests = max(0, _stop_requests + int(change))
+
+
+def poll_stop() -> None:
+    """Raise KeyboardInterrupt while a stop request is open."""
+    if _stop_requests > 0:
+        raise KeyboardInterrupt("stopped: another thread was interrupted")
+
+
+def polled(items, every: int = 0):
+    """``items``, polling for a stop request every ``every`` of them (default POLL_ELEMENTS), for loops over a
+    tensor's bins or a trellis chunk."""
+    every = every or POLL_ELEMENTS
+    for i, item in enumerate(items):
+        if i % every == every - 1:
+            poll_stop()
+        yield item
+
 
 def block_size(scan_order: int) -> int:
     """B = 4 << s, the block size of scan order s > 0 (11.2); 0 for the row-major scan."""
@@ -75,6 +109,8 @@ class TensorScan:
 
     def __init__(self, height: int, width: int, scan_order: int, edition: int):
         self.height, self.width = height, width
+        self._next_poll = POLL_ELEMENTS  # elements walked before the next stop poll
+        self._walked = 0
         self.order = scan_order if (height > 1 and width > 1) else 0  # 11.1
         if self.order:
             self.block = block_size(self.order)
@@ -97,6 +133,7 @@ class TensorScan:
         """
         if not self.order:
             for row in range(self.height):
+                self._count(self.width)
                 yield row, 0, self.width
             return
         B = self.block
@@ -104,7 +141,15 @@ class TensorScan:
         for c0 in range(0, self.width, B):
             c1 = min(c0 + B, self.width)
             for row in rows:
+                self._count(c1 - c0)
                 yield row, c0, c1
+
+    def _count(self, elements: int) -> None:
+        """Count elements walked; poll for a stop request every POLL_ELEMENTS of them."""
+        self._walked += elements
+        if self._walked >= self._next_poll:
+            self._next_poll = self._walked + POLL_ELEMENTS
+            poll_stop()
 
 
 def scan_permutation(height: int, width: int, scan_order: int) -> np.ndarray:

@@ -18,7 +18,7 @@ from ...errors import EncodeError
 from ...tables import NEXT_DQ_STATE
 from .arithmetic import _COST, EST_UNIT, _fresh_contexts
 from .binarisation import ContextLayout, binarise, check_edition
-from .scan import TensorScan
+from .scan import TensorScan, polled
 
 INT32_MAX = 2**31 - 1
 
@@ -183,7 +183,7 @@ def dq_rdoq_levels(x, height, width, *, lam, n_gtx=11, scan_order=0, edition=2, 
         cost[start_state] = 0.0
         prevk = [prev_run] * 8
         back = []
-        for idx, _ in positions:
+        for idx, _ in polled(positions, 64):  # (a poll every 64 steps, about 10 ms)
             xi = float(x[idx])
             fi = 1.0 if f is None else float(f[idx])
             new_cost = [inf] * 8
