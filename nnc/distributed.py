@@ -385,7 +385,8 @@ def decode_model(stream, output, client, *, threads: int = 1, **decoder_options)
     if output is not None:
         from .writers import single_file_metadata
 
-        formats.write_model(os.fspath(output), tensors, dtypes, metadata=single_file_metadata(metadata))
+        metadata = single_file_metadata(metadata, formats.format_from_extension(output))
+        formats.write_model(os.fspath(output), tensors, dtypes, metadata=metadata)
     return tensors
 
 

@@ -35,6 +35,7 @@ import re
 import struct
 import zipfile
 from collections import OrderedDict
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,7 @@ __all__ = [
     "safetensors_bytes",
     "read_pt",
     "pt_bytes",
+    "state_dict_metadata",
     "read_onnx",
     "onnx_bytes",
     "write_onnx",
@@ -726,7 +728,42 @@ def _unwrap_checkpoint(path, obj: dict) -> tuple[dict, list]:
     return state, left_out
 
 
-def pt_bytes(tensors, dtypes=None) -> bytes:
+def state_dict_metadata(metadata) -> dict | None:
+    """A PyTorch state_dict's ``_metadata`` (module prefix -> {"version": n, ...}, which ``load_state_dict``
+    hands to each module) as a JSON object, or None when it is empty or not of that form: an object of objects
+    whose values are strings, integers, booleans, finite floats or None (spec 6.2.1).
+
+    Parameters
+    ----------
+    metadata : object
+        ``state_dict._metadata``, or the recorded JSON object.
+
+    Returns
+    -------
+    dict or None
+
+    Examples
+    --------
+    >>> state_dict_metadata({"": {"version": 1}, "bn": {"version": 2}})
+    {'': {'version': 1}, 'bn': {'version': 2}}
+    >>> print(state_dict_metadata({"bn": "version 2"}))
+    None
+    """
+    if not isinstance(metadata, Mapping) or not metadata:
+        return None
+    checked = {}
+    for prefix, entry in metadata.items():
+        if not isinstance(prefix, str) or not isinstance(entry, Mapping):
+            return None
+        for key, value in entry.items():
+            plain = value is None or isinstance(value, (bool, int, str))
+            if not isinstance(key, str) or not (plain or (isinstance(value, float) and math.isfinite(value))):
+                return None
+        checked[prefix] = dict(entry)
+    return checked
+
+
+def pt_bytes(tensors, dtypes=None, metadata=None) -> bytes:
     """The bytes of a PyTorch state_dict file holding ``tensors`` (needs ``torch``).
 
     Parameters
@@ -736,6 +773,8 @@ def pt_bytes(tensors, dtypes=None) -> bytes:
     dtypes : dict or None
         {name: dtype name}; tensors named ``"bfloat16"``, ``"float8_e4m3fn"``
         or ``"float8_e5m2"`` are saved in that dtype.
+    metadata : dict or None
+        The state_dict's ``_metadata`` (:func:`state_dict_metadata`); ignored when not of that form.
 
     Returns
     -------
@@ -763,6 +802,9 @@ def pt_bytes(tensors, dtypes=None) -> bytes:
         if narrow_floats.is_narrow(dtypes.get(k)):
             t = torch_narrow_float(torch, dtypes[k], np.asarray(v))
         sd[k] = t
+    versions = state_dict_metadata(metadata)
+    if versions is not None:
+        sd._metadata = OrderedDict((prefix, dict(entry)) for prefix, entry in versions.items())  # type: ignore[attr-defined]
     buf = io.BytesIO()
     torch.save(sd, buf)
     return buf.getvalue()
@@ -1237,7 +1279,8 @@ def write_model(path, tensors, dtypes=None, fmt: str | None = None, template=Non
     template : str, ``os.PathLike`` or None
         The original ONNX model, needed for ONNX output (:func:`onnx_bytes`).
     metadata : dict or None
-        A safetensors file's ``__metadata__`` (other formats have no place for it).
+        A safetensors file's ``__metadata__``, or a PyTorch state_dict's ``_metadata``
+        (:func:`state_dict_metadata`); npz and ONNX files have no place for it.
 
     Raises
     ------
@@ -1280,7 +1323,7 @@ def write_model(path, tensors, dtypes=None, fmt: str | None = None, template=Non
     elif fmt == "safetensors":
         data = safetensors_bytes(restored, dtypes, metadata)
     elif fmt == "pt":
-        data = pt_bytes(restored, dtypes)
+        data = pt_bytes(restored, dtypes, metadata)
     elif fmt == "onnx":
         write_onnx(path, restored, dtypes, template)
         return

@@ -503,7 +503,7 @@ def decode_model(
     if output is not None:
         from .writers import single_file_metadata
 
-        metadata = single_file_metadata(dec.metadata)
+        metadata = single_file_metadata(dec.metadata, formats.format_from_extension(output))
         formats.write_model(os.fspath(output), tensors, dtypes, template=template, metadata=metadata)
     return tensors
 

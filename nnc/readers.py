@@ -211,7 +211,7 @@ def open_model(path) -> ModelSource:
         raise FormatError(f"{p} is an NNC stream, not a model; use decode")
     tensors, metadata, left_out = _READERS[fmt](p, None)
     checkpoint = None
-    if metadata:  # a safetensors file's own __metadata__ ({"format": "pt"}...): recorded so that decoding restores it
+    if metadata:  # a safetensors __metadata__ ({"format": "pt"}...), a state_dict's _metadata: restored on decoding
         name = p.name if "\\" not in p.name else "model.safetensors"
         checkpoint = {
             "format": fmt,
@@ -424,6 +424,9 @@ def _read_pt(path: Path, file_index):
     if not isinstance(obj, dict):
         raise FormatError(f"{path}: not a state_dict (a mapping of names to tensors)")
     obj, left_out = formats._unwrap_checkpoint(path, obj)
+    metadata = formats.state_dict_metadata(getattr(obj, "_metadata", None))
+    if metadata is None and getattr(obj, "_metadata", None):
+        left_out.append("_metadata (module versions not of the form JSON can carry)")
     out = []
     for name, v in obj.items():
         if not hasattr(v, "detach"):
@@ -437,7 +440,7 @@ def _read_pt(path: Path, file_index):
         if v.is_meta:
             raise FormatError(f"{path}: tensor {name!r}: a meta tensor has no data")
         out.append(LazyTensor(name, tuple(v.shape), dtype, original, _pt_loader(v, torch), file_index))
-    return out, {}, left_out
+    return out, metadata or {}, left_out
 
 
 #: The torch dtypes a .pt tensor may have: those ``Tensor.numpy()`` converts, and bfloat16 and float8 (read as

@@ -166,7 +166,8 @@ def save(module_or_state_dict, path=None, **options) -> bytes:
     >>> nnc.decode_model(stream)["w"].shape, nnc.torch.state_dict(stream)["w"].dtype
     ((2, 3), torch.bfloat16)
     """
-    from .models import encode_model
+    from .formats import state_dict_metadata, write_atomic
+    from .models import encode_model, with_metadata
 
     sd = _state_dict_of(module_or_state_dict)
     for name, value in sd.items():
@@ -175,7 +176,15 @@ def save(module_or_state_dict, path=None, **options) -> bytes:
     tensors, dtypes = numpy_inputs(sd, options.pop("dtypes", None))
     if dtypes:
         options["dtypes"] = dtypes
-    return encode_model(OrderedDict(tensors), path, **options)
+    versions = state_dict_metadata(getattr(sd, "_metadata", None))
+    if versions is None:
+        return encode_model(OrderedDict(tensors), path, **options)
+    stream = encode_model(OrderedDict(tensors), None, **options)
+    layout = {"format": "pt", "files": [{"name": "model.pt", "metadata": versions}], "file_of": dict.fromkeys(sd, 0)}
+    stream = with_metadata(stream, {"checkpoint": layout})  # the module versions, for state_dict() (spec 6.2.1)
+    if path is not None:
+        write_atomic(path, stream)
+    return stream
 
 
 def _as_torch(array: np.ndarray, dtype: str, device):
@@ -258,12 +267,18 @@ def state_dict(stream, device="cpu", **decoder_options) -> "OrderedDict[str, obj
     (torch.float16, torch.int64, torch.Size([]))
     """
     from .decoder import Decoder, model_order
+    from .formats import state_dict_metadata
+    from .writers import single_file_metadata
 
     _check_device(_torch(), device)
     dec = Decoder(stream, **decoder_options)
     _refuse_differences(dec)
     decoded = {name: _as_torch(array, dtype, device) for name, array, dtype in _decoded_views(dec)}
-    return OrderedDict((name, decoded[name]) for name in model_order(decoded, dec.metadata))
+    result = OrderedDict((name, decoded[name]) for name in model_order(decoded, dec.metadata))
+    versions = state_dict_metadata(single_file_metadata(dec.metadata, "pt"))
+    if versions is not None:  # the module versions of the state_dict encoded (spec 6.2.1)
+        result._metadata = OrderedDict(versions.items())  # type: ignore[attr-defined]
+    return result
 
 
 def load_state_dict(module, stream, strict: bool = True, validate: bool = False, **decoder_options) -> LoadResult:

@@ -229,25 +229,35 @@ def _plan(dec: Decoder, output, names) -> tuple[Path, list, dict | None]:
         return folder, [_File(DEFAULT_FILE, "safetensors", {}, list(tensors.values()))], None
     path = Path(output)
     fmt = format_from_extension(path)
-    return path.parent, [_File(path.name, fmt, single_file_metadata(dec.metadata), list(tensors.values()))], None
+    return path.parent, [_File(path.name, fmt, single_file_metadata(dec.metadata, fmt), list(tensors.values()))], None
 
 
-def single_file_metadata(metadata: dict) -> dict:
-    """The file metadata (a safetensors ``__metadata__``) of a stream whose checkpoint layout has
-    one file (spec 6.2.1), to write into a single decoded file; {} otherwise.
+def single_file_metadata(metadata: dict, fmt: str) -> dict:
+    """The file metadata of a stream whose checkpoint layout has one file of format ``fmt`` (spec 6.2.1: a
+    safetensors ``__metadata__``, a PyTorch state_dict's ``_metadata``), to write into a single decoded file of
+    that format; {} otherwise.
 
     Parameters
     ----------
     metadata : dict
         The stream's topology metadata (:attr:`nnc.decoder.Decoder.metadata`).
+    fmt : str
+        The format of the file to write (:data:`nnc.formats.FORMATS`).
 
     Returns
     -------
     dict
+
+    Examples
+    --------
+    >>> layout = {"format": "pt", "files": [{"name": "m.pt", "metadata": {"": {"version": 1}}}], "file_of": {}}
+    >>> single_file_metadata({"checkpoint": layout}, "pt"), single_file_metadata({"checkpoint": layout}, "npz")
+    ({'': {'version': 1}}, {})
     """
     ckpt = metadata.get("checkpoint")
     if (
         isinstance(ckpt, dict)
+        and ckpt.get("format") == fmt
         and isinstance(ckpt.get("files"), list)
         and len(ckpt["files"]) == 1
         and isinstance(ckpt["files"][0], dict)
@@ -356,6 +366,7 @@ class _PtSink:
     def __init__(self, file: _File, tmp: str):
         self.tmp = tmp
         self.tensors = {t.name: t for t in file.tensors}
+        self.metadata = file.metadata
         self.gathered: OrderedDict[str, np.ndarray] = OrderedDict()
 
     def buffer(self, info):
@@ -371,7 +382,9 @@ class _PtSink:
             from .formats import pt_bytes
 
             data = pt_bytes(
-                OrderedDict((k, self.gathered[k]) for k in self.tensors), {k: v.dtype for k, v in self.tensors.items()}
+                OrderedDict((k, self.gathered[k]) for k in self.tensors),
+                {k: v.dtype for k, v in self.tensors.items()},
+                self.metadata,
             )
             self.gathered.clear()
             with open(self.tmp, "wb") as fh:
@@ -802,7 +815,10 @@ def _decode_in_memory(
         return _write_folder_from_memory(
             Path(output), view, dtypes, layout, {"model added to": added_files, **(inputs or {})}, overwrite
         )
-    write_model(os.fspath(output), view, dtypes, fmt=fmt, template=template)
+    own = {"checkpoint": layout} if add_to is not None else dec.metadata  # the file metadata to write back
+    write_model(
+        os.fspath(output), view, dtypes, fmt=fmt, template=template, metadata=single_file_metadata(own, fmt or "")
+    )
     return dict(
         files=[os.fspath(output)],
         tensors=len(view),

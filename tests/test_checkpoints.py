@@ -543,3 +543,61 @@ def test_a_folder_decode_does_not_replace_the_files_there_without_overwrite(tmp_
     assert (tmp_path / "model.safetensors").read_bytes() == original
     assert main(["decode", str(stream), "-o", f"{ck}/", "-q", "--overwrite"]) == 0
     assert sorted(p.name for p in ck.iterdir()) == sorted(before)
+
+
+def _pt_with_versions(path, torch):
+    """A PyTorch state_dict file of a Linear and a BatchNorm1d, whose ``_metadata`` gives their module versions."""
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    torch.save(model.state_dict(), path)
+    return dict(model.state_dict()._metadata)
+
+
+def test_a_pytorch_file_gets_its_module_versions_back(tmp_path):
+    """A state_dict's ``_metadata`` (module versions, which ``load_state_dict`` hands to each module) is the .pt
+    file's own metadata: recorded (spec 6.2.1) and written back to .pt files, not to other formats. It was lost."""
+    torch = pytest.importorskip("torch", reason="torch not installed (pip install 'nnc[torch]')")
+    from nnc.cli import main
+
+    versions = _pt_with_versions(tmp_path / "m.pt", torch)
+    assert versions[""] == {"version": 1} and len(versions) == 3
+    assert main(["encode", str(tmp_path / "m.pt"), "-o", str(tmp_path / "m.nnr"), "-q"]) == 0
+    assert main(["decode", str(tmp_path / "m.nnr"), "-o", str(tmp_path / "out.pt"), "-q"]) == 0
+    assert main(["decode", str(tmp_path / "m.nnr"), "-o", str(tmp_path / "folder") + os.sep, "-q"]) == 0
+    models.decode_model(tmp_path / "m.nnr", tmp_path / "api.pt")
+    for path in (tmp_path / "out.pt", tmp_path / "folder" / "m.pt", tmp_path / "api.pt"):
+        assert dict(torch.load(path, weights_only=True)._metadata) == versions, path
+    assert main(["decode", str(tmp_path / "m.nnr"), "-o", str(tmp_path / "out.safetensors"), "-q"]) == 0
+    assert _metadata_of(tmp_path / "out.safetensors") is None
+    # an update added to the file keeps the file's versions
+    for name in ("base", "update"):
+        assert main(["encode", str(tmp_path / "m.pt"), "-o", str(tmp_path / f"{name}.nnr"), "--state",
+                     str(tmp_path / "tx"), "--differences", "-q"]) == 0
+    assert main(["decode", str(tmp_path / "base.nnr"), "-o", str(tmp_path / "base.pt"), "--state",
+                 str(tmp_path / "rx"), "-q"]) == 0
+    assert main(["decode", str(tmp_path / "update.nnr"), "--add-to", str(tmp_path / "base.pt"), "--state",
+                 str(tmp_path / "rx"), "-o", str(tmp_path / "added.pt"), "-q"]) == 0
+    assert dict(torch.load(tmp_path / "added.pt", weights_only=True)._metadata) == versions
+
+
+def test_module_versions_json_cannot_carry_are_named_as_left_out(tmp_path):
+    torch = pytest.importorskip("torch", reason="torch not installed (pip install 'nnc[torch]')")
+    state = torch.nn.Linear(2, 2).state_dict()
+    state._metadata[""] = {"version": 1, "shape": (2, 2)}
+    torch.save(state, tmp_path / "m.pt")
+    source = readers.open_model(tmp_path / "m.pt")
+    assert source.checkpoint is None
+    assert [entry.split(" ")[0] for entry in source.left_out] == ["_metadata"]
+
+
+@pytest.mark.parametrize("recorded", [{"": "version 1"}, {"": {"version": [1]}}, {"": {"v": {"a": 1}}}, {"": {"version": float("nan")}}])
+def test_recorded_module_versions_not_of_their_form_are_ignored(tmp_path, recorded):
+    torch = pytest.importorskip("torch", reason="torch not installed (pip install 'nnc[torch]')")
+    from nnc.models import with_metadata
+
+    layout = {"format": "pt", "files": [{"name": "m.pt", "metadata": recorded}], "file_of": {"w": 0}}
+    stream = with_metadata(nnc.encode({"w": np.ones(3, np.float32)}), {"checkpoint": layout})
+    for output in (tmp_path / "out.pt", str(tmp_path / "folder") + os.sep):
+        models.decode_model(stream, output) if str(output).endswith(".pt") else nnc.writers.decode_to_path(stream, output)
+    for path in (tmp_path / "out.pt", tmp_path / "folder" / "m.pt"):
+        loaded = torch.load(path, weights_only=True)
+        assert list(loaded) == ["w"] and getattr(loaded, "_metadata", None) is None, path

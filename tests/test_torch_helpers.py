@@ -294,3 +294,16 @@ def test_negated_views_are_encoded_by_value_and_nested_tensors_refused():
     assert np.array_equal(back["w"], -x.numpy())
     with pytest.raises(EncodeError, match="'n' is a nested tensor"):
         nnc.encode({"n": torch.nested.nested_tensor([torch.ones(2), torch.ones(3)])})
+
+
+def test_module_versions_come_back_with_the_state_dict(tmp_path):
+    """``nnc.torch.save`` records the state_dict's ``_metadata`` (spec 6.2.1); ``state_dict`` gives it back."""
+    model = small_model()
+    stream = nt.save(model, tmp_path / "m.nnr", qp=-30)
+    assert (tmp_path / "m.nnr").read_bytes() == stream
+    sd = nt.state_dict(stream)
+    assert dict(sd._metadata) == dict(model.state_dict()._metadata)
+    assert not hasattr(nt.state_dict(nt.save({"w": torch.ones(2)})), "_metadata")  # a plain mapping has none
+    fresh = small_model()
+    fresh.load_state_dict(sd)
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in sd.items())
