@@ -835,14 +835,32 @@ def _unflatten_ndu(fields: dict) -> dict:
 def _parse_struct(structure, reader, ctx, clause, base, unit_offset):
     """Parse one bit-level structure from a reader; convert every failure to our errors (spec 3.2, 15.1)."""
     start = reader.tell()
+    lent = _LentReader(reader)
     try:
-        return cs.Bitwise(structure).parse_stream(reader, **ctx)
+        return cs.Bitwise(structure).parse_stream(lent, **ctx)
     except SyntaxViolation as exc:
         raise DecodeError(str(exc), clause=exc.clause, offset=base + reader.tell()) from None
     except (cs.StreamError, ValueError):
         raise DecodeError("unit header runs past the end of its unit", clause="3.2", offset=unit_offset) from None
     except (cs.ConstructError, OverflowError, TypeError, KeyError, IndexError, AttributeError) as exc:
         raise DecodeError(f"malformed syntax: {type(exc).__name__}", clause=clause, offset=base + start) from None
+    finally:
+        lent.reader = None
+
+
+class _LentReader:
+    """A reader lent to construct for one parse. construct's parse contexts keep their stream in reference cycles,
+    which only the garbage collector breaks; this one lets go of the reader, and of its view of the caller's buffer,
+    when the parse ends (else the caller's mmap could not be closed: BufferError)."""
+
+    def __init__(self, reader):
+        self.reader = reader
+
+    def read(self, n: int = -1) -> bytes:
+        return self.reader.read(n)
+
+    def tell(self) -> int:
+        return self.reader.tell()
 
 
 def read_unit_size(data: memoryview, offset: int) -> tuple[int, int]:
