@@ -748,7 +748,7 @@ def load_callable(spec: str, option: str = "--search"):
             sys.modules["nnc_user_evaluation"] = module
             loader_spec.loader.exec_module(module)
         else:
-            module = importlib.import_module(module_name)
+            module = _import_from_here(module_name)
     except (ImportError, OSError) as exc:
         _usage_error(f"cannot import {module_name!r} for {option}: {exc}")
     except SystemExit as exc:
@@ -759,6 +759,30 @@ def load_callable(spec: str, option: str = "--search"):
     if not callable(func):
         _usage_error(f"{module_name!r} has no function {func_name!r}")
     return func
+
+
+def _import_from_here(module_name: str):
+    """Import ``module_name``, also from the current folder, as ``python -m nnc`` would (the ``nnc`` command's
+    sys.path lacks that folder; sys.path is left as it is)."""
+    import importlib
+    import importlib.machinery
+    import importlib.util
+
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        top = module_name.partition(".")[0]
+        found = importlib.machinery.PathFinder.find_spec(top, [os.getcwd()]) if exc.name == top else None
+        if found is None or found.loader is None:
+            raise
+    module = importlib.util.module_from_spec(found)
+    sys.modules[top] = module
+    try:
+        found.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[top]
+        raise
+    return importlib.import_module(module_name)
 
 
 def _note_left_out(model, left_out, quiet: bool, what: str = "encoded (decoding writes the tensors alone)") -> None:
@@ -1944,7 +1968,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-o",
         "--output",
-        help="output stream, or a folder (ending in /) to write MODEL's name with .nnr in (default: MODEL with .nnr)",
+        help="output stream, or an existing folder (ending in /) to write MODEL's name with .nnr in (default: MODEL "
+        "with .nnr)",
     )
     q = p.add_mutually_exclusive_group()
     q.add_argument("--qp", type=int, help="global quantisation parameter (default -38)")
@@ -2106,7 +2131,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--scheduler",
         metavar="ADDRESS|local:N",
-        help="encode on a Dask cluster (pip install 'nnc[dask]'): a scheduler address, or local:N for "
+        help="encode on a Dask cluster (pip install 'dask[distributed]'): a scheduler address, or local:N for "
         "N local worker processes; the workers read MODEL themselves (shared filesystem)",
     )
     p.set_defaults(func=cmd_encode)
@@ -2162,7 +2187,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--scheduler",
         metavar="ADDRESS|local:N",
-        help="decode on a Dask cluster (pip install 'nnc[dask]'): a scheduler address, or local:N for "
+        help="decode on a Dask cluster (pip install 'dask[distributed]'): a scheduler address, or local:N for "
         "N local worker processes; the workers read STREAM themselves (shared filesystem)",
     )
     p.set_defaults(func=cmd_decode)
@@ -2217,15 +2242,25 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="with --decoder-command: seconds to wait for each stream's reply before the stream fails (default 600)",
     )
-    p.add_argument("--group", action="append", help="only this group (profile-0, profile-1, must-fail)")
+    p.add_argument(
+        "--group", action="append", help="only this group (profile-0, profile-1, must-fail, third-party; repeatable)"
+    )
     p.add_argument("--stream", action="append", help="only this stream (repeatable)")
     p.set_defaults(func=cmd_verify)
 
     p = add("bench", "Time encoding and decoding of a model; with --vs, compare with other coders.")
     p.add_argument("model", help="model file")
     p.add_argument("--qp", type=int, default=-38, help="quantisation parameter (default -38)")
-    p.add_argument("--dq", action=argparse.BooleanOptionalAction, default=True, help="dependent quantisation")
-    p.add_argument("--scan-order", type=int, default=0, choices=range(5))
+    p.add_argument(
+        "--dq", action=argparse.BooleanOptionalAction, default=True, help="dependent quantisation (default: on)"
+    )
+    p.add_argument(
+        "--scan-order",
+        type=int,
+        default=None,
+        choices=range(5),
+        help="0 row-major, 1-4 block scans (default: as nnc encode's)",
+    )
     p.add_argument("--vs", action="store_true", help="also run lzma, bz2, zstd (if installed) on the same indices")
     p.add_argument(
         "--threads",

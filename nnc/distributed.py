@@ -1,4 +1,4 @@
-"""Encoding and decoding on a Dask cluster (``pip install "nnc[dask]"``).
+"""Encoding and decoding on a Dask cluster (the ``dask`` extra: ``pip install "dask[distributed]"``).
 
 One task per compressed data unit.  For encoding, every worker reads its own
 tensors from the model path (a filesystem the workers share; safetensors files are
@@ -68,7 +68,7 @@ def get_client(scheduler):
     try:
         from dask.distributed import Client, LocalCluster
     except ImportError as exc:
-        raise ImportError('running on a Dask cluster needs dask.distributed: pip install "nnc[dask]"') from exc
+        raise ImportError('running on a Dask cluster needs dask.distributed: pip install "dask[distributed]"') from exc
     if isinstance(scheduler, Client):
         return scheduler, False
     scheduler = str(scheduler)

@@ -2,7 +2,7 @@
 
 Formats are detected by content, not only by extension.  safetensors and npz
 need nothing beyond numpy; PyTorch needs ``torch`` and ONNX needs ``onnx``
-(optional extras: ``pip install "nnc[torch]"`` / ``"nnc[onnx]"``).
+(optional extras ``torch`` and ``onnx``: ``pip install torch onnx``).
 
 Tensors are exchanged as an ordered mapping of name to numpy array.  bfloat16,
 float8_e4m3fn and float8_e5m2 have no numpy dtype (:mod:`nnc.narrow_floats`):
@@ -590,7 +590,7 @@ def _torch():
     try:
         import torch
     except ImportError:
-        raise FormatError('PyTorch files need torch: pip install "nnc[torch]"') from None
+        raise FormatError("PyTorch files need torch: pip install torch") from None
     return torch
 
 
@@ -829,7 +829,7 @@ def _onnx():
         import onnx
         from onnx import numpy_helper
     except ImportError:
-        raise FormatError('ONNX files need onnx: pip install "nnc[onnx]"') from None
+        raise FormatError("ONNX files need onnx: pip install onnx") from None
     return onnx, numpy_helper
 
 

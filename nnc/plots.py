@@ -1,6 +1,6 @@
 """Figures for the command line: ``nnc compare --plot`` and ``nnc bench --plot``.
 
-matplotlib is optional (the ``plot`` extra: ``pip install "nnc[plot]"``); without it
+matplotlib is optional (the ``plot`` extra: ``pip install matplotlib``); without it
 these functions raise ImportError saying so.  Figures are written as PNG (or any format
 matplotlib knows by the file's extension), atomically: a failed plot leaves no file.
 
@@ -37,7 +37,7 @@ def _pyplot():
         matplotlib.use("Agg")  # files only; no display needed
         import matplotlib.pyplot as plt
     except ImportError as exc:
-        raise ImportError('plotting needs matplotlib: pip install "nnc[plot]" (or pip install matplotlib)') from exc
+        raise ImportError("plotting needs matplotlib: pip install matplotlib") from exc
     return plt
 
 

@@ -1,6 +1,6 @@
 """PyTorch helpers: save a module's weights as an NNC stream, load them back (needs ``torch``).
 
-``torch`` is an optional extra (``pip install "nnc[torch]"``); importing this
+``torch`` is an optional extra (``torch``: ``pip install torch``); importing this
 module does not import it, calling a helper does.  bfloat16 and float16
 tensors come back in their own dtype, integer buffers exactly, 0-d tensors
 with their empty shape.
@@ -56,7 +56,7 @@ def _torch():
     except ImportError:
         from .formats import FormatError
 
-        raise FormatError('the PyTorch helpers need torch: pip install "nnc[torch]"') from None
+        raise FormatError("the PyTorch helpers need torch: pip install torch") from None
     return torch
 
 

@@ -1087,17 +1087,19 @@ def format_table(results: list[Result]) -> str:
     0 passed, 0 failed, 1 skipped
     """
     width = max([len(r.name) for r in results] + [6])
-    lines = [f"{'stream':<{width}}  {'group':<9}  {'result':<6}  {'ms':>8}  detail", "-" * (width + 45)]
+    group_width = max([len(r.group) for r in results] + [9])
+    rule = "-" * (width + group_width + 36)
+    lines = [f"{'stream':<{width}}  {'group':<{group_width}}  {'result':<6}  {'ms':>8}  detail", rule]
 
     def skipped(r):
         return r.passed and r.detail.startswith("skipped")
 
     for r in results:
         verdict = "SKIP" if skipped(r) else "PASS" if r.passed else "FAIL"
-        lines.append(f"{r.name:<{width}}  {r.group:<9}  {verdict:<6}  {1000 * r.seconds:>8.1f}  {r.detail}")
+        lines.append(f"{r.name:<{width}}  {r.group:<{group_width}}  {verdict:<6}  {1000 * r.seconds:>8.1f}  {r.detail}")
     n_skipped = sum(skipped(r) for r in results)
     passed = sum(r.passed for r in results) - n_skipped
-    lines.append("-" * (width + 45))
+    lines.append(rule)
     lines.append(
         f"{passed} passed, {len(results) - passed - n_skipped} failed" + (f", {n_skipped} skipped" if n_skipped else "")
     )

@@ -271,7 +271,7 @@ def test_a_single_safetensors_file_gets_its_metadata_back(tmp_path, cli):
 
 
 def test_pytorch_shards_name_what_they_leave_out(tmp_path):
-    torch = pytest.importorskip("torch", reason="torch not installed (pip install 'nnc[torch]')")
+    torch = pytest.importorskip("torch", reason="torch not installed (pip install torch)")
     names = ["pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin"]
     torch.save({"a": torch.ones(3)}, tmp_path / names[0])
     torch.save({"b": torch.zeros(2), "version": "1.0"}, tmp_path / names[1])
@@ -555,7 +555,7 @@ def _pt_with_versions(path, torch):
 def test_a_pytorch_file_gets_its_module_versions_back(tmp_path):
     """A state_dict's ``_metadata`` (module versions, which ``load_state_dict`` hands to each module) is the .pt
     file's own metadata: recorded (spec 6.2.1) and written back to .pt files, not to other formats. It was lost."""
-    torch = pytest.importorskip("torch", reason="torch not installed (pip install 'nnc[torch]')")
+    torch = pytest.importorskip("torch", reason="torch not installed (pip install torch)")
     from nnc.cli import main
 
     versions = _pt_with_versions(tmp_path / "m.pt", torch)
@@ -580,7 +580,7 @@ def test_a_pytorch_file_gets_its_module_versions_back(tmp_path):
 
 
 def test_module_versions_json_cannot_carry_are_named_as_left_out(tmp_path):
-    torch = pytest.importorskip("torch", reason="torch not installed (pip install 'nnc[torch]')")
+    torch = pytest.importorskip("torch", reason="torch not installed (pip install torch)")
     state = torch.nn.Linear(2, 2).state_dict()
     state._metadata[""] = {"version": 1, "shape": (2, 2)}
     torch.save(state, tmp_path / "m.pt")
@@ -591,7 +591,7 @@ def test_module_versions_json_cannot_carry_are_named_as_left_out(tmp_path):
 
 @pytest.mark.parametrize("recorded", [{"": "version 1"}, {"": {"version": [1]}}, {"": {"v": {"a": 1}}}, {"": {"version": float("nan")}}])
 def test_recorded_module_versions_not_of_their_form_are_ignored(tmp_path, recorded):
-    torch = pytest.importorskip("torch", reason="torch not installed (pip install 'nnc[torch]')")
+    torch = pytest.importorskip("torch", reason="torch not installed (pip install torch)")
     from nnc.models import with_metadata
 
     layout = {"format": "pt", "files": [{"name": "m.pt", "metadata": recorded}], "file_of": {"w": 0}}

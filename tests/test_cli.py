@@ -123,7 +123,7 @@ def test_encode_warns_of_tensors_that_keep_no_signal(tmp_path):
 
 
 def test_encode_names_checkpoint_entries_it_leaves_out(tmp_path):
-    torch = pytest.importorskip("torch", reason="torch not installed (pip install 'nnc[torch]')")
+    torch = pytest.importorskip("torch", reason="torch not installed (pip install torch)")
     src = tmp_path / "ckpt.pt"
     torch.save({"model": {"w": torch.ones(4, 4)}, "optimizer": {"lr": 0.1}, "epoch": 3}, src)
     r = run("encode", src, "-o", tmp_path / "o.nnr")
@@ -482,3 +482,21 @@ def test_encode_into_a_folder_named_with_a_slash(model, tmp_path):
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["m.nnr"]
     r = run("encode", path, "-o", f"{tmp_path / 'nowhere'}/")
     assert r.returncode == 1 and "folder" in r.stderr and not (tmp_path / "nowhere").exists()
+
+
+def test_the_nnc_command_imports_an_evaluation_module_from_the_current_folder(tmp_path):
+    """README: ``nnc encode ... --search my_eval:correct`` with my_eval.py in the current folder. The ``nnc``
+    command's sys.path lacks that folder (``python -m nnc`` has it): the import failed, exit 2."""
+    command = shutil.which("nnc")
+    if command is None:
+        pytest.skip("the nnc command is not on PATH (pip install .)")
+    (tmp_path / "my_eval.py").write_text("def correct(tensors):\n    return float(abs(tensors['w']).sum() > 0)\n")
+    (tmp_path / "m.npz").write_bytes(npz_bytes({"w": np.random.default_rng(0).normal(0, 1, (32, 32)).astype(np.float32)}))
+    run = subprocess.run([command, "encode", "m.npz", "-o", "s.nnr", "--search", "my_eval:correct",
+                          "--time-budget", "5", "-q"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert nnc.decode(tmp_path / "s.nnr")["w"].shape == (32, 32)
+    missing = subprocess.run([command, "encode", "m.npz", "-o", "t.nnr", "--search", "not_here:correct", "-q"],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2 and "No module named 'not_here'" in missing.stderr
+    assert not (tmp_path / "t.nnr").exists()

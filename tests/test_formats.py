@@ -63,7 +63,7 @@ def test_bfloat16_safetensors(tmp_path):
 
 
 def test_pytorch_state_dict(tmp_path):
-    torch = pytest.importorskip("torch", reason="torch not installed (pip install 'nnc[torch]')")
+    torch = pytest.importorskip("torch", reason="torch not installed (pip install torch)")
 
     def write(p, t):
         torch.save({k: torch.from_numpy(np.array(v)) for k, v in t.items()}, p)
@@ -80,7 +80,7 @@ def test_pytorch_state_dict(tmp_path):
 
 
 def test_pytorch_checkpoints_are_unwrapped_or_refused_clearly(tmp_path):
-    torch = pytest.importorskip("torch", reason="torch not installed (pip install 'nnc[torch]')")
+    torch = pytest.importorskip("torch", reason="torch not installed (pip install torch)")
     sd = {"fc.weight": torch.ones(2, 3), "fc.bias": torch.zeros(2)}
     cases = {"nested": {"model": sd, "epoch": 3, "optimizer": {"state": {}, "param_groups": [{"lr": 0.1}]}},
              "lightning": {"state_dict": sd, "hyper_parameters": {"a": 1}}}
@@ -103,7 +103,7 @@ def test_pytorch_checkpoints_are_unwrapped_or_refused_clearly(tmp_path):
 
 
 def test_onnx_initializers(tmp_path):
-    onnx = pytest.importorskip("onnx", reason="onnx not installed (pip install 'nnc[onnx]')")
+    onnx = pytest.importorskip("onnx", reason="onnx not installed (pip install onnx)")
     from onnx import helper, numpy_helper
 
     def write(p, t):

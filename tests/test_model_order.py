@@ -123,7 +123,7 @@ def test_model_order_ignores_what_is_not_a_name_list():
 
 @pytest.mark.parametrize("suffix", [".pt"])
 def test_torch_output_keeps_the_input_order(tmp_path, suffix):
-    torch = pytest.importorskip("torch", reason="torch is not installed (optional extra nnc[torch])")
+    torch = pytest.importorskip("torch", reason="torch is not installed (pip install torch)")
     model = _model([(8, 4, True), (3, 8, True)])
     (tmp_path / "m.nnr").write_bytes(nnc.encode(model, qp=-30))
     decode_model(tmp_path / "m.nnr", tmp_path / f"d{suffix}")

@@ -198,11 +198,18 @@ def test_check_guards_the_result_on_other_data():
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_check_moves_keeps_the_refinement_where_the_check_holds(workers):
-    # on these halves a check only after the search refuses every stream the refinement reached
+    # on these halves a check only after the search refuses the front and the 32 smallest others: a larger
+    # stream, found by doubling the rank, keeps it (before, the search gave no result)
+    from nnc.search import MAX_CHECKS, _front
+
     after = search(PARAMS, first_half, tolerance=0.005, check=second_half, progress=False)
     during = search(PARAMS, first_half, tolerance=0.005, check=second_half, check_moves=True,
                     workers=workers, progress=False)
-    assert after.best is None
+    front = [c for c in _front(after.candidates, "bound") if c.bound >= after.reference_score - 0.005]
+    checked_after = [c for c in after.candidates if c.check_bound is not None]
+    assert len(checked_after) > len(front) + MAX_CHECKS
+    assert after.best is not None and after.best.check_bound >= after.check_reference - 0.005
+    assert all(c.check_bound < after.check_reference - 0.005 for c in checked_after if c.bytes < after.best.bytes)
     best = during.best
     assert best is not None and "qp_per_tensor" in best.settings      # a refined stream
     import nnc
@@ -233,8 +240,11 @@ def test_check_moves_needs_a_check():
         search(PARAMS, first_half, check_moves=True, progress=False)
 
 
-def test_check_that_nothing_passes_gives_no_result():
+def test_check_that_nothing_passes_gives_no_result(monkeypatch):
+    import nnc.search
     from nnc.search import _front
+
+    monkeypatch.setattr(nnc.search, "MAX_CHECKS", 4)  # fewer than the candidates: the doubling runs too
 
     calls = []
 
@@ -244,11 +254,16 @@ def test_check_that_nothing_passes_gives_no_result():
 
     res = search(PARAMS, accuracy, tolerance=0.005, check=check, per_tensor=False, progress=False)
     assert res.best is None
-    from nnc.search import MAX_CHECKS
+    MAX_CHECKS = nnc.search.MAX_CHECKS
 
     passing = [c for c in res.candidates if c.bound >= res.reference_score - 0.005]
     front = [c for c in _front(res.candidates, "bound") if c.bound >= res.reference_score - 0.005]
-    assert len(calls) - 1 == min(len(passing), len(front) + MAX_CHECKS)     # the original, then the checks
+    rest = len(passing) - len(front)
+    doubled, failed, rank = 0, MAX_CHECKS - 1, 2 * MAX_CHECKS - 1  # the ranks beyond, by doubling
+    while failed < rest - 1:
+        doubled, failed, rank = doubled + 1, min(rank, rest - 1), 2 * min(rank, rest - 1) + 1
+    assert rest > MAX_CHECKS and doubled >= 1
+    assert len(calls) - 1 == len(front) + MAX_CHECKS + doubled     # the original, then the checks
 
 
 per_image = demo.mlp_correct       # per-sample scores: 1 for each test image classified correctly

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch", reason="torch is not installed (optional extra nnc[torch])")
+torch = pytest.importorskip("torch", reason="torch is not installed (pip install torch)")
 
 import nnc
 import nnc.torch as nt
