@@ -2,10 +2,13 @@
 
 Every writer of nnc (streams, model files, checkpoint folders, plots) takes its temporary file
 from :func:`temp_file_beside`, so that the checks and the permissions are the same everywhere.
+Renames that belong together (a checkpoint's shards and index, an output and its ``--state``
+file) are not split by a signal: see :func:`renaming` and :func:`committed_together`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import tempfile
@@ -113,6 +116,86 @@ def refuse_overwriting(output, inputs: dict) -> None:
                 )
 
 
+# -- renames that a signal does not split -----------------------------------------------------------------------
+_hold_depth = 0  # > 0: the command line's SIGINT/SIGTERM handlers hold a signal (hold_signal) instead of raising it
+_held: list = []  # the exception of the first signal held
+_groups: list = []  # open committed_together blocks, innermost last
+
+
+def hold_signal(exc: BaseException) -> bool:
+    """For a signal handler: keep ``exc`` (the signal's exception) to be raised when the renames under way are done,
+    and return True; False when no renames are under way (the handler raises it then).
+
+    Examples
+    --------
+    >>> hold_signal(KeyboardInterrupt())
+    False
+    """
+    if _hold_depth == 0:
+        return False
+    if not _held:
+        _held.append(exc)
+    return True
+
+
+@contextlib.contextmanager
+def _holding():
+    """Signals held while the block runs, the first of them raised when it ends normally."""
+    global _hold_depth
+    _hold_depth += 1
+    done = False
+    try:
+        yield
+        done = True
+    finally:
+        _hold_depth -= 1
+        if _hold_depth == 0 and _held:
+            exc = _held.pop()
+            if done:
+                raise exc
+
+
+@contextlib.contextmanager
+def renaming():
+    """Renames into place that belong together (the files of one output): a signal that arrives meanwhile ends the
+    command after them, not between them. Inside :func:`committed_together`, signals stay held until that block
+    ends.
+
+    Examples
+    --------
+    >>> with renaming():
+    ...     pass
+    """
+    if _groups and _groups[-1] is not None:
+        stack = _groups[-1]
+        _groups[-1] = None  # started: held from this first rename until the group ends
+        stack.enter_context(_holding())
+    with _holding():
+        yield
+
+
+@contextlib.contextmanager
+def committed_together():
+    """Outputs committed in the block, and the block's own last step (a ``--state`` file renamed after the output),
+    as one step against signals: from the first rename in the block (:func:`renaming`) until the block ends, a
+    SIGINT or SIGTERM is held and raised at the end, so that no signal leaves an output renamed into place without
+    the state that goes with it.
+
+    Examples
+    --------
+    >>> with committed_together():
+    ...     with renaming():
+    ...         pass
+    """
+    stack = contextlib.ExitStack()
+    _groups.append(stack)
+    try:
+        with stack:
+            yield
+    finally:
+        _groups.pop()
+
+
 class AtomicFile:
     """A file written under a temporary name beside ``path`` (:func:`temp_file_beside`), renamed over it by
     :meth:`commit` (flushed to disk first) or removed by :meth:`discard`; as a context manager, committed when
@@ -140,7 +223,8 @@ class AtomicFile:
         self.fh.flush()
         os.fsync(self.fh.fileno())
         self.fh.close()
-        os.replace(self.tmp, self.path)
+        with renaming():
+            os.replace(self.tmp, self.path)
 
     def discard(self) -> None:
         """Close and remove the temporary file; ``path`` is left as it was."""

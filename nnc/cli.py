@@ -269,13 +269,14 @@ def _state_saved_after(path, state):
     if path is None or state is None:
         yield
         return
-    from ._files import AtomicFile
+    from ._files import AtomicFile, committed_together
 
     file = AtomicFile(path)
     try:
-        yield
-        file.fh.write(state._to_bytes())
-        file.commit()
+        with committed_together():  # a signal after the output's rename waits for the state's
+            yield
+            file.fh.write(state._to_bytes())
+            file.commit()
     except BaseException:
         file.discard()
         raise
@@ -2319,6 +2320,10 @@ class _Terminated(KeyboardInterrupt):
     """SIGTERM, raised where the command is, so that its partial outputs are removed as on Ctrl-C."""
 
 
+#: The words of a signal held while outputs were renamed into place, raised once they all were.
+_AFTER_OUTPUTS = "after its outputs were written (they are complete)"
+
+
 @contextlib.contextmanager
 def _terminate_as_interrupt():
     """While the command runs (in the main thread): SIGTERM (``kill``, ``timeout``, a batch scheduler) raises
@@ -2328,6 +2333,7 @@ def _terminate_as_interrupt():
     import signal
     import threading
 
+    from ._files import hold_signal
     from ._threads import note_interrupt
 
     if threading.current_thread() is not threading.main_thread():
@@ -2336,11 +2342,13 @@ def _terminate_as_interrupt():
 
     def terminate(signum, frame):
         note_interrupt()
-        raise _Terminated()
+        if not hold_signal(_Terminated(_AFTER_OUTPUTS)):  # (renames under way: raised after them)
+            raise _Terminated()
 
     def interrupt(signum, frame):
         note_interrupt()
-        raise KeyboardInterrupt()
+        if not hold_signal(KeyboardInterrupt(_AFTER_OUTPUTS)):
+            raise KeyboardInterrupt()
 
     previous = signal.signal(signal.SIGTERM, terminate)
     previous_int = signal.getsignal(signal.SIGINT)
@@ -2397,10 +2405,10 @@ def main(argv=None) -> int:
         return _fail(f"{exc.filename or ''}: {exc.strerror or exc}")
     except KeyError as exc:
         return _fail(str(exc.args[0]) if exc.args else str(exc))
-    except _Terminated:
-        return _fail("terminated (SIGTERM)")
-    except KeyboardInterrupt:
-        return _fail("interrupted")
+    except _Terminated as exc:
+        return _fail("terminated (SIGTERM)" + (f" {_AFTER_OUTPUTS}" if exc.args == (_AFTER_OUTPUTS,) else ""))
+    except KeyboardInterrupt as exc:
+        return _fail("interrupted" + (f" {_AFTER_OUTPUTS}" if exc.args == (_AFTER_OUTPUTS,) else ""))
     except MemoryError:  # an input larger than memory (a device such as /dev/zero read whole): one line
         return _fail("out of memory (an input larger than this machine's memory?); nothing written")
 

@@ -1163,7 +1163,7 @@ def write_onnx(path, tensors, dtypes=None, template=None) -> list:
     import shutil
     import tempfile
 
-    from ._files import refuse_overwriting
+    from ._files import refuse_overwriting, renaming
 
     onnx, _ = _onnx()
     model = _onnx_model_with(tensors, dtypes, template)
@@ -1185,10 +1185,11 @@ def write_onnx(path, tensors, dtypes=None, template=None) -> list:
             size_threshold=1024,
         )
         written = []
-        for name in (location, final.name):  # the data first: the model names it
-            if os.path.exists(os.path.join(work, name)):
-                os.replace(os.path.join(work, name), final.parent / name)
-                written.append(os.fspath(final.parent / name))
+        with renaming():
+            for name in (location, final.name):  # the data first: the model names it
+                if os.path.exists(os.path.join(work, name)):
+                    os.replace(os.path.join(work, name), final.parent / name)
+                    written.append(os.fspath(final.parent / name))
         return written
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -41,7 +41,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from . import narrow_floats
-from ._files import refuse_overwriting, temp_file_beside
+from ._files import refuse_overwriting, renaming, temp_file_beside
 from .decoder import (
     RELEASABLE_MAPS,
     DecodedTensors,
@@ -724,9 +724,10 @@ def _write_files(
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
         written = []
-        for final, tmp in temps.items():
-            os.replace(tmp, folder / final)
-            written.append(os.fspath(folder / final))
+        with renaming():  # the files of one checkpoint: all of them, or (on an error) as far as it came
+            for final, tmp in temps.items():
+                os.replace(tmp, folder / final)
+                written.append(os.fspath(folder / final))
     except BaseException:
         for sink in sinks.values():
             try:

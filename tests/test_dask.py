@@ -8,7 +8,7 @@ import pytest
 import nnc
 from nnc import formats
 
-distributed = pytest.importorskip("dask.distributed", reason="dask.distributed not installed (pip install "dask[distributed]")")
+distributed = pytest.importorskip("dask.distributed", reason="dask.distributed not installed (pip install 'dask[distributed]')")
 
 
 @pytest.fixture(scope="module")

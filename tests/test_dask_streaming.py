@@ -6,7 +6,7 @@ import pytest
 import nnc
 from nnc import writers
 
-distributed = pytest.importorskip("dask.distributed", reason="dask.distributed not installed (pip install "dask[distributed]")")
+distributed = pytest.importorskip("dask.distributed", reason="dask.distributed not installed (pip install 'dask[distributed]')")
 from test_decode_to_files import sharded_checkpoint  # noqa: E402
 
 from nnc import distributed as nd  # noqa: E402
