@@ -148,11 +148,15 @@ def _holding():
         yield
         done = True
     finally:
+        exc = _held.pop() if _hold_depth == 1 and _held else None
         _hold_depth -= 1
-        if _hold_depth == 0 and _held:
-            exc = _held.pop()
-            if done:
-                raise exc
+        if exc is not None and done:
+            raise exc
+
+
+def forget_held_signals() -> None:
+    """Drop a signal still held (for a command's end: the next command in the process starts clean)."""
+    _held.clear()
 
 
 @contextlib.contextmanager

@@ -763,26 +763,20 @@ def load_callable(spec: str, option: str = "--search"):
 
 
 def _import_from_here(module_name: str):
-    """Import ``module_name``, also from the current folder, as ``python -m nnc`` would (the ``nnc`` command's
-    sys.path lacks that folder; sys.path is left as it is)."""
+    """Import the user's ``module_name``, also from the current folder, as ``python -m nnc`` would: the ``nnc``
+    command's sys.path lacks that folder, so it is put first on it when the module is found there (the module's
+    own imports of its neighbours, and the search's worker processes, then find them too)."""
     import importlib
     import importlib.machinery
-    import importlib.util
 
     try:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
+        here = os.getcwd()
         top = module_name.partition(".")[0]
-        found = importlib.machinery.PathFinder.find_spec(top, [os.getcwd()]) if exc.name == top else None
-        if found is None or found.loader is None:
+        if exc.name != top or here in sys.path or importlib.machinery.PathFinder.find_spec(top, [here]) is None:
             raise
-    module = importlib.util.module_from_spec(found)
-    sys.modules[top] = module
-    try:
-        found.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[top]
-        raise
+    sys.path.insert(0, here)  # (the one place nnc edits sys.path: for the user's module, at the user's request)
     return importlib.import_module(module_name)
 
 
@@ -2333,7 +2327,7 @@ def _terminate_as_interrupt():
     import signal
     import threading
 
-    from ._files import hold_signal
+    from ._files import forget_held_signals, hold_signal
     from ._threads import note_interrupt
 
     if threading.current_thread() is not threading.main_thread():
@@ -2361,6 +2355,7 @@ def _terminate_as_interrupt():
         if previous_int is signal.default_int_handler:
             signal.signal(signal.SIGINT, previous_int)
         note_interrupt(False)
+        forget_held_signals()
 
 
 def main(argv=None) -> int:

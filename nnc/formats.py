@@ -731,7 +731,7 @@ def _unwrap_checkpoint(path, obj: dict) -> tuple[dict, list]:
 def state_dict_metadata(metadata) -> dict | None:
     """A PyTorch state_dict's ``_metadata`` (module prefix -> {"version": n, ...}, which ``load_state_dict``
     hands to each module) as a JSON object, or None when it is empty or not of that form: an object of objects
-    whose values are strings, integers, booleans, finite floats or None (spec 6.2.1).
+    whose values are strings, integers, booleans, finite floats or None, a ``"version"`` an integer (spec 6.2.1).
 
     Parameters
     ----------
@@ -759,6 +759,8 @@ def state_dict_metadata(metadata) -> dict | None:
             plain = value is None or isinstance(value, (bool, int, str))
             if not isinstance(key, str) or not (plain or (isinstance(value, float) and math.isfinite(value))):
                 return None
+            if key == "version" and (isinstance(value, bool) or not isinstance(value, int)):
+                return None  # (torch compares it with integers)
         checked[prefix] = dict(entry)
     return checked
 

@@ -212,7 +212,7 @@ def open_model(path) -> ModelSource:
     tensors, metadata, left_out = _READERS[fmt](p, None)
     checkpoint = None
     if metadata:  # a safetensors __metadata__ ({"format": "pt"}...), a state_dict's _metadata: restored on decoding
-        name = p.name if "\\" not in p.name else "model.safetensors"
+        name = p.name if "\\" not in p.name else f"model.{fmt}"  # (a name the layout's check would refuse)
         checkpoint = {
             "format": fmt,
             "files": [{"name": name, "metadata": metadata}],
@@ -424,8 +424,9 @@ def _read_pt(path: Path, file_index):
     if not isinstance(obj, dict):
         raise FormatError(f"{path}: not a state_dict (a mapping of names to tensors)")
     obj, left_out = formats._unwrap_checkpoint(path, obj)
-    metadata = formats.state_dict_metadata(getattr(obj, "_metadata", None))
-    if metadata is None and getattr(obj, "_metadata", None):
+    recorded = getattr(obj, "_metadata", None)
+    metadata = formats.state_dict_metadata(recorded)
+    if metadata is None and recorded is not None and not (isinstance(recorded, dict) and not recorded):
         left_out.append("_metadata (module versions not of the form JSON can carry)")
     out = []
     for name, v in obj.items():

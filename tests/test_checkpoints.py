@@ -589,7 +589,8 @@ def test_module_versions_json_cannot_carry_are_named_as_left_out(tmp_path):
     assert [entry.split(" ")[0] for entry in source.left_out] == ["_metadata"]
 
 
-@pytest.mark.parametrize("recorded", [{"": "version 1"}, {"": {"version": [1]}}, {"": {"v": {"a": 1}}}, {"": {"version": float("nan")}}])
+@pytest.mark.parametrize("recorded", [{"": "version 1"}, {"": {"version": [1]}}, {"": {"v": {"a": 1}}},
+                                      {"": {"version": float("nan")}}, {"1": {"version": "2"}}, {"": {"version": True}}])
 def test_recorded_module_versions_not_of_their_form_are_ignored(tmp_path, recorded):
     torch = pytest.importorskip("torch", reason="torch not installed (pip install torch)")
     from nnc.models import with_metadata
@@ -601,3 +602,32 @@ def test_recorded_module_versions_not_of_their_form_are_ignored(tmp_path, record
     for path in (tmp_path / "out.pt", tmp_path / "folder" / "m.pt"):
         loaded = torch.load(path, weights_only=True)
         assert list(loaded) == ["w"] and getattr(loaded, "_metadata", None) is None, path
+
+
+def test_module_versions_that_are_no_mapping_are_named_as_left_out(tmp_path):
+    """A damaged file whose ``_metadata`` is a tensor: encoded, the entry named (it was a traceback)."""
+    torch = pytest.importorskip("torch", reason="torch not installed (pip install torch)")
+    from collections import OrderedDict
+
+    from nnc.cli import main
+
+    state = OrderedDict(w=torch.ones(3))
+    state._metadata = torch.ones(3)
+    torch.save(state, tmp_path / "m.pt")
+    assert [e.split(" ")[0] for e in readers.open_model(tmp_path / "m.pt").left_out] == ["_metadata"]
+    assert main(["encode", str(tmp_path / "m.pt"), "-o", str(tmp_path / "m.nnr"), "-q"]) == 0
+    empty = OrderedDict(w=torch.ones(3))
+    empty._metadata = OrderedDict()
+    torch.save(empty, tmp_path / "e.pt")
+    assert readers.open_model(tmp_path / "e.pt").left_out == []
+
+
+def test_a_pytorch_file_whose_name_has_a_backslash_comes_back_as_pytorch(tmp_path):
+    torch = pytest.importorskip("torch", reason="torch not installed (pip install torch)")
+    from nnc.cli import main
+
+    _pt_with_versions(tmp_path / "a\\b.pt", torch)
+    assert main(["encode", str(tmp_path / "a\\b.pt"), "-o", str(tmp_path / "m.nnr"), "-q"]) == 0
+    assert main(["decode", str(tmp_path / "m.nnr"), "-o", str(tmp_path / "out") + os.sep, "-q"]) == 0
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["model.pt"]
+    assert "1.weight" in torch.load(tmp_path / "out" / "model.pt", weights_only=True)

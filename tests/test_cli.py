@@ -490,7 +490,8 @@ def test_the_nnc_command_imports_an_evaluation_module_from_the_current_folder(tm
     command = shutil.which("nnc")
     if command is None:
         pytest.skip("the nnc command is not on PATH (pip install .)")
-    (tmp_path / "my_eval.py").write_text("def correct(tensors):\n    return float(abs(tensors['w']).sum() > 0)\n")
+    (tmp_path / "my_eval.py").write_text("import helper\n\ndef correct(tensors):\n    return helper.score(tensors)\n")
+    (tmp_path / "helper.py").write_text("def score(tensors):\n    return float(abs(tensors['w']).sum() > 0)\n")
     (tmp_path / "m.npz").write_bytes(npz_bytes({"w": np.random.default_rng(0).normal(0, 1, (32, 32)).astype(np.float32)}))
     run = subprocess.run([command, "encode", "m.npz", "-o", "s.nnr", "--search", "my_eval:correct",
                           "--time-budget", "5", "-q"], cwd=tmp_path, capture_output=True, text=True, timeout=300)

@@ -479,7 +479,8 @@ BLOCK_SCANNED = {(s, dq): _block_scanned(s, dq) for s in (1, 3) for dq in (False
 
 def _decoded_or_error(data, engine, entry_points):
     try:
-        return nnc.decode(data, engine=engine, entry_points=entry_points)["w"]
+        (array,) = nnc.decode(data, engine=engine, entry_points=entry_points).values()  # ("w", unless a flip renamed it)
+        return array
     except nnc.errors.NNCError as exc:
         return (type(exc).__name__, exc.clause, exc.offset)
 
