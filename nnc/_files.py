@@ -12,6 +12,7 @@ import contextlib
 import errno
 import os
 import tempfile
+import threading
 from pathlib import Path
 
 
@@ -170,6 +171,9 @@ def renaming():
     >>> with renaming():
     ...     pass
     """
+    if threading.current_thread() is not threading.main_thread():  # (signals are handled in the main thread)
+        yield
+        return
     if _groups and _groups[-1] is not None:
         stack = _groups[-1]
         _groups[-1] = None  # started: held from this first rename until the group ends
@@ -191,6 +195,9 @@ def committed_together():
     ...     with renaming():
     ...         pass
     """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     stack = contextlib.ExitStack()
     _groups.append(stack)
     try:

@@ -356,3 +356,18 @@ def test_a_held_signal_is_raised_once_and_never_left_for_the_next_command():
     _files._held.append(KeyboardInterrupt("left behind"))
     assert main(["info", "/no/such/file.nnr"]) == 1
     assert _files._held == []
+
+
+def test_renames_in_a_worker_thread_hold_no_signal():
+    """Signals are handled in the main thread: a rename in another thread neither holds one nor starts the main
+    thread's group."""
+    from nnc import _files
+
+    seen = []
+
+    def worker():
+        with _files.committed_together(), _files.renaming():
+            seen.append(_files.hold_signal(KeyboardInterrupt()))
+
+    _in_thread("worker", worker)
+    assert seen == [False] and _files._held == []
