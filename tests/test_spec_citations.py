@@ -56,6 +56,7 @@ DECODER_NOT_NORMATIVE = {
 CONTAINER_NOT_PARSING = {
     "SyntaxViolation": "the error raised by the constructs",
     "_ViewReader": "a byte reader over a memoryview",
+    "_LentReader": "a reader lent to construct for one parse (memory: lets go of the caller's buffer)",
 }
 
 
