@@ -141,7 +141,8 @@ def hold_signal(exc: BaseException) -> bool:
 
 @contextlib.contextmanager
 def _holding():
-    """Signals held while the block runs, the first of them raised when it ends normally."""
+    """Signals held while the block runs, the first of them raised when it ends; when it ends by an error, as a
+    plain signal (not "after its outputs were written"), so that no caller that handles the error goes on."""
     global _hold_depth
     _hold_depth += 1
     done = False
@@ -151,8 +152,8 @@ def _holding():
     finally:
         exc = _held.pop() if _hold_depth == 1 and _held else None
         _hold_depth -= 1
-        if exc is not None and done:
-            raise exc
+        if exc is not None:
+            raise exc if done else type(exc)()
 
 
 def forget_held_signals() -> None:

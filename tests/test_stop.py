@@ -371,3 +371,16 @@ def test_renames_in_a_worker_thread_hold_no_signal():
 
     _in_thread("worker", worker)
     assert seen == [False] and _files._held == []
+
+
+def test_a_signal_held_during_renames_that_fail_is_raised_instead_of_the_error():
+    """A rename that fails while a signal is held: the signal ends the command (a caller that handles the error
+    could otherwise go on, the signal lost), without the words "after its outputs were written"."""
+    from nnc import _files
+
+    with pytest.raises(KeyboardInterrupt) as info:
+        with _files.renaming():
+            assert _files.hold_signal(KeyboardInterrupt("after its outputs were written"))
+            raise OSError("disk full")
+    assert info.value.args == () and isinstance(info.value.__context__, OSError)
+    assert _files._held == []

@@ -713,37 +713,41 @@ class PayloadEncoder:
             sets = [0] * layout.count
         self.last_init_sets = np.array(sets, dtype=np.uint8)
 
-        # code it, in the order of 8.1
         try:
-            ae = self._ae
-            ctx = _fresh_contexts(layout.count)
-            if t.has_row_flags:
-                if t.parent_present:
-                    ae.encode_bypass(1 if hdsp else 0)
-                ae.encode_bypass(1 if row_skip else 0)
-                if row_skip:
-                    for flag in skip:
-                        ae.encode_bin(ctx[layout.row_skip], flag)
-            for a in signalled:
-                s = sets[a]
-                ae.encode_bin(ctx[layout.init_flag], 1 if s else 0)
-                if s:
-                    ae.encode_bypass_bits(s - 1, 3)
-                    ctx[a].initialise(s)
-            for item in polled(bins):
-                if item is _FORCE_RANGE:
-                    ae.force_range()
-                elif item is _BLOCK_ROW:
-                    ae.force_range()
-                    for m in ctx:
-                        m.reset()
-                elif item[0] is None:
-                    ae.encode_bypass(item[1])
-                else:
-                    ae.encode_bin(ctx[item[0]], item[1])
+            self._write_bins(t, hdsp, row_skip, skip, signalled, sets, bins)
         except BaseException:
             self._finished = True  # a tensor written in part: the payload cannot be finished
             raise
+
+    def _write_bins(self, t, hdsp: bool, row_skip: bool, skip, signalled: list, sets: list, bins: list) -> None:
+        """A tensor's bins, in the order of 8.1: the row flags, the init sets (8.4), then its levels."""
+        layout = t.layout
+        ae = self._ae
+        ctx = _fresh_contexts(layout.count)
+        if t.has_row_flags:
+            if t.parent_present:
+                ae.encode_bypass(1 if hdsp else 0)
+            ae.encode_bypass(1 if row_skip else 0)
+            if row_skip:
+                for flag in skip:
+                    ae.encode_bin(ctx[layout.row_skip], flag)
+        for a in signalled:
+            s = sets[a]
+            ae.encode_bin(ctx[layout.init_flag], 1 if s else 0)
+            if s:
+                ae.encode_bypass_bits(s - 1, 3)
+                ctx[a].initialise(s)
+        for item in polled(bins):
+            if item is _FORCE_RANGE:
+                ae.force_range()
+            elif item is _BLOCK_ROW:
+                ae.force_range()
+                for m in ctx:
+                    m.reset()
+            elif item[0] is None:
+                ae.encode_bypass(item[1])
+            else:
+                ae.encode_bin(ctx[item[0]], item[1])
 
     def finish(self) -> bytes:
         """Terminate bin, flush, stop bit (8.5, 9.8); returns the payload."""
