@@ -13,7 +13,8 @@ metric on inputs of another seed (GUARD_SEED; FEEDBACK_GUARD_SEED with --error-f
 from GUARD_SEED's inputs), checked on each
 stream the per-tensor refinement moves to (nnc.search's check and check_moves); NNCodec's pick
 must keep the tolerance on the guard too (when no qp of the grid does, finer ones are tried in
-turn, at most FINER_QPS). Writes search_<model>_<budget>s[_feedback][_guard].md
+turn, at most FINER_QPS). `--variant sparse-NN` prunes first, as bench_paper does. Writes
+search_<model>[_<variant>]_<budget>s[_feedback][_guard].md
 and .json in --out.
 """
 
@@ -43,6 +44,7 @@ GUARD_SEED, FEEDBACK_GUARD_SEED = 2, 3
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", choices=sorted(bp.PACKAGED), required=True)
+    ap.add_argument("--variant", default="dense", help='"dense" or "sparse-NN" (bench_paper\'s pruning, keeping NN %%)')
     ap.add_argument("--time-budget", type=float, default=1800.0, help="seconds of nnc.search")
     ap.add_argument("--error-feedback", action="store_true",
                     help="the search codes the recorded layers with error feedback from their input covariances")
@@ -51,7 +53,11 @@ def main(argv=None):
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = ap.parse_args(argv)
     log = lambda s: print(s, flush=True)                      # noqa: E731
+    if args.variant != "dense" and not (args.variant.startswith("sparse-") and args.variant[7:].isdigit()):
+        ap.error(f'--variant {args.variant}: expected "dense" or "sparse-NN"')
     model = bp.packaged_model_or_exit(args.model)
+    if args.variant != "dense":
+        model = bp.prune_and_finetune(model, int(args.variant[7:]) / 100, 0)
     covariances = None
     if args.error_feedback:
         if model.input_covariances is None:
@@ -115,9 +121,10 @@ def main(argv=None):
         r.update(bits_per_weight=8 * r["bytes"] / n, loss=100 * (reference - r["accuracy"]),
                  holdout_loss=100 * (held_reference - r["holdout"]))
 
-    command = (f"python benchmarks/bench_search_budget.py --model {args.model} --time-budget {args.time_budget:g}"
+    command = (f"python benchmarks/bench_search_budget.py --model {args.model}"
+               + (f" --variant {args.variant}" if args.variant != "dense" else "") + f" --time-budget {args.time_budget:g}"
                + (" --error-feedback" if args.error_feedback else "") + (" --check-moves" if args.check_moves else ""))
-    lines = [f"# {model.name}: nnc's search in {args.time_budget:g} s against NNCodec's best single qp", "",
+    lines = [f"# {model.name}" + (f" {args.variant}" if args.variant != "dense" else "") + ": nnc's search in {args.time_budget:g} s against NNCodec's best single qp", "",
              f"Command: `{command}`", "",
              f"Metric: {model.metric}. Tolerance 0.5 points (fp32: {100 * reference:.2f} on the selection inputs, "
              f"{100 * held_reference:.2f} on the held-out ones, which no choice used). {n:,} parameters.", ""]
@@ -142,11 +149,11 @@ def main(argv=None):
                   "```", *sweep, "```"]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = (f"search_{args.model}_{args.time_budget:g}s" + ("_feedback" if args.error_feedback else "")
+    stem = (f"search_{args.model}" + (f"_{args.variant}" if args.variant != "dense" else "") + f"_{args.time_budget:g}s" + ("_feedback" if args.error_feedback else "")
             + ("_guard" if args.check_moves else ""))
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     (out / f"{stem}.json").write_text(json.dumps(dict(
-        command=command, model=model.name, parameters=int(n), reference=reference, holdout_reference=held_reference,
+        command=command, model=model.name, variant=args.variant, parameters=int(n), reference=reference, holdout_reference=held_reference,
         seconds=seconds, guard_seed=guard_seed if guard else None, rows=rows,
         candidates=[dict(bytes=c.bytes, score=c.score, check=c.check) for c in res.candidates]),
         indent=1) + "\n")

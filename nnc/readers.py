@@ -212,13 +212,46 @@ def open_model(path) -> ModelSource:
     tensors, metadata, left_out = _READERS[fmt](p, None)
     checkpoint = None
     if metadata:  # a safetensors __metadata__ ({"format": "pt"}...), a state_dict's _metadata: restored on decoding
-        name = p.name if "\\" not in p.name else f"model.{fmt}"  # (a name the layout's check would refuse)
-        checkpoint = {
-            "format": fmt,
-            "files": [{"name": name, "metadata": metadata}],
-            "file_of": dict.fromkeys((t.name for t in tensors), 0),
-        }
+        checkpoint = single_file_layout(fmt, (t.name for t in tensors), metadata, p.name)
     return ModelSource(p, fmt, tensors, checkpoint, left_out=left_out)
+
+
+def single_file_layout(fmt: str, names, metadata, file_name: str | None = None) -> dict:
+    """The checkpoint layout (spec 6.2.1) of one model file with file-level metadata.
+
+    A safetensors ``__metadata__`` or a state_dict's ``_metadata`` is kept this way, so that
+    decoding to that format writes it back.
+
+    Parameters
+    ----------
+    fmt : str
+        The file's format ("safetensors", "pt", ...).
+    names : iterable of str
+        Its tensors' names.
+    metadata : dict
+        Its metadata (a safetensors ``__metadata__``, :func:`nnc.formats.state_dict_metadata`'s).
+    file_name : str, optional
+        Its name; ``model.<fmt>`` when not given or not a plain name.
+
+    Returns
+    -------
+    dict
+        ``{"format", "files": [{"name", "metadata"}], "file_of"}``.
+
+    Examples
+    --------
+    >>> from nnc.readers import single_file_layout
+    >>> single_file_layout("safetensors", ["w", "b"], {"format": "pt"}, "m.safetensors")["files"]
+    [{'name': 'm.safetensors', 'metadata': {'format': 'pt'}}]
+    >>> single_file_layout("pt", ["w"], {"": {"version": 1}}, "a\\\\b.pt")["files"][0]["name"]
+    'model.pt'
+    """
+    plain = file_name and not any(c in file_name for c in "/\\") and file_name not in (".", "..")
+    return {
+        "format": fmt,
+        "files": [{"name": file_name if plain else f"model.{fmt}", "metadata": metadata}],
+        "file_of": dict.fromkeys(names, 0),
+    }
 
 
 def _open_index(index_path: Path) -> ModelSource:
@@ -673,4 +706,4 @@ def _constant_loader(arr: np.ndarray) -> Callable[[], np.ndarray]:
     return lambda: arr
 
 
-__all__ = ["open_model", "ModelSource", "LazyTensor", "source_from_mapping", "INDEX_NAMES"]
+__all__ = ["open_model", "ModelSource", "LazyTensor", "source_from_mapping", "single_file_layout", "INDEX_NAMES"]

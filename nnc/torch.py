@@ -166,8 +166,10 @@ def save(module_or_state_dict, path=None, **options) -> bytes:
     >>> nnc.decode_model(stream)["w"].shape, nnc.torch.state_dict(stream)["w"].dtype
     ((2, 3), torch.bfloat16)
     """
+    from .encoder import Encoder
     from .formats import state_dict_metadata, write_atomic
-    from .models import encode_model, with_metadata
+    from .models import encode_model
+    from .readers import single_file_layout
 
     sd = _state_dict_of(module_or_state_dict)
     for name, value in sd.items():
@@ -179,9 +181,8 @@ def save(module_or_state_dict, path=None, **options) -> bytes:
     versions = state_dict_metadata(getattr(sd, "_metadata", None))
     if versions is None:
         return encode_model(OrderedDict(tensors), path, **options)
-    stream = encode_model(OrderedDict(tensors), None, **options)
-    layout = {"format": "pt", "files": [{"name": "model.pt", "metadata": versions}], "file_of": dict.fromkeys(sd, 0)}
-    stream = with_metadata(stream, {"checkpoint": layout})  # the module versions, for state_dict() (spec 6.2.1)
+    extra = {"checkpoint": single_file_layout("pt", sd, versions)}  # the module versions (spec 6.2.1)
+    stream = Encoder(**options).encode(OrderedDict(tensors), extra_metadata=extra).stream
     if path is not None:
         write_atomic(path, stream)
     return stream
