@@ -10,9 +10,10 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
-work=$(realpath -m "${1:-.ci-nocompiler}")
-reference=${2:+$(realpath -m "$2")}  # absolute: the checks below run from $work
-rm -rf "$work" && mkdir -p "$work/src"
+source tools/fresh_workdir.sh
+fresh_workdir nocompiler.sh .ci-nocompiler "${1:-}"
+reference=${2:+$(realpath -m -- "$2")}  # absolute: the checks below run from $work
+mkdir -p "$work/src"
 start=$SECONDS
 
 fail() { echo "=== NO-COMPILER INSTALL: FAILED: $* (logs in $work) ==="; exit 1; }

@@ -12,9 +12,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
-work=$(realpath -m "${1:-.ci-pythons}")
+source tools/fresh_workdir.sh
+fresh_workdir pythons.sh .ci-pythons "${1:-}"
 jobs=${NNC_CI_JOBS:-2}
-rm -rf "$work" && mkdir -p "$work"
 
 find_python() {  # the newest interpreter for version $1 (e.g. 3.9), or nothing
   local v=$1 p

