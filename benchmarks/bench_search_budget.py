@@ -124,7 +124,7 @@ def main(argv=None):
     command = (f"python benchmarks/bench_search_budget.py --model {args.model}"
                + (f" --variant {args.variant}" if args.variant != "dense" else "") + f" --time-budget {args.time_budget:g}"
                + (" --error-feedback" if args.error_feedback else "") + (" --check-moves" if args.check_moves else ""))
-    lines = [f"# {model.name}" + (f" {args.variant}" if args.variant != "dense" else "") + ": nnc's search in {args.time_budget:g} s against NNCodec's best single qp", "",
+    lines = [f"# {model.name}" + (f" {args.variant}" if args.variant != "dense" else "") + f": nnc's search in {args.time_budget:g} s against NNCodec's best single qp", "",
              f"Command: `{command}`", "",
              f"Metric: {model.metric}. Tolerance 0.5 points (fp32: {100 * reference:.2f} on the selection inputs, "
              f"{100 * held_reference:.2f} on the held-out ones, which no choice used). {n:,} parameters.", ""]
