@@ -33,3 +33,13 @@ def test_refuses_what_it_did_not_make(tmp_path, arg):
     result = _fresh(checkout, arg)
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and result.stderr.startswith("test.sh: ")
     assert (checkout / "OTHER" / "keep").exists() and (checkout / "keep").exists()
+
+
+def test_its_default_folder_is_its_own_even_without_the_marker(tmp_path):
+    """A default folder made before the marker existed (an older checkout's .ci-pythons) is remade, named or not."""
+    for args in [(), (".scratch",)]:
+        (tmp_path / ".scratch").mkdir(exist_ok=True)
+        (tmp_path / ".scratch" / "old").write_text("x")
+        assert _fresh(tmp_path, *args).returncode == 0
+        assert not (tmp_path / ".scratch" / "old").exists()
+        (tmp_path / ".scratch" / ".nnc-scratch").unlink()

@@ -3,8 +3,9 @@
 #
 #   fresh_workdir SCRIPT DEFAULT [WORKDIR]   sets $work (absolute) and makes it empty
 #
-# A WORKDIR given must be one this function made before (it leaves a marker file), empty or
-# missing; no WORKDIR may be the checkout or hold it; an argument starting with "-" is refused.
+# A WORKDIR other than the default must be one this function made before (it leaves a marker
+# file), empty or missing; none may be the checkout or hold it; an argument starting with "-"
+# is refused.
 # Refusals print one line and exit 2, nothing removed.
 fresh_workdir() {
   local script=$1 default=$2 given=${3:-} marker=.nnc-scratch
@@ -15,7 +16,7 @@ fresh_workdir() {
   case "$(pwd)/" in
     "$work"/*) echo "$script: WORKDIR $work holds the checkout; choose another" >&2; exit 2 ;;
   esac
-  if [ -n "$given" ] && [ -e "$work" ] && [ ! -e "$work/$marker" ] && [ -n "$(ls -A -- "$work" 2>/dev/null)" ]; then
+  if [ "$work" != "$(realpath -m -- "$default")" ] && [ -e "$work" ] && [ ! -e "$work/$marker" ] && [ -n "$(ls -A -- "$work" 2>/dev/null)" ]; then
     echo "$script: $work is not empty and was not made by $script; remove it or choose another WORKDIR" >&2
     exit 2
   fi
