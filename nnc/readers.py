@@ -231,7 +231,8 @@ def single_file_layout(fmt: str, names, metadata, file_name: str | None = None) 
     metadata : dict
         Its metadata (a safetensors ``__metadata__``, :func:`nnc.formats.state_dict_metadata`'s).
     file_name : str, optional
-        Its name; ``model.<fmt>`` when not given or not a plain name.
+        Its name; ``model.<fmt>`` when not given or not one the decoder writes
+        (:func:`nnc.writers.is_safe_file_name`).
 
     Returns
     -------
@@ -246,10 +247,11 @@ def single_file_layout(fmt: str, names, metadata, file_name: str | None = None) 
     >>> single_file_layout("pt", ["w"], {"": {"version": 1}}, "a\\\\b.pt")["files"][0]["name"]
     'model.pt'
     """
-    plain = file_name and not any(c in file_name for c in "/\\") and file_name not in (".", "..")
+    from .writers import is_safe_file_name  # the decoder's rule: a name it would refuse is not recorded
+
     return {
         "format": fmt,
-        "files": [{"name": file_name if plain else f"model.{fmt}", "metadata": metadata}],
+        "files": [{"name": file_name if is_safe_file_name(file_name) else f"model.{fmt}", "metadata": metadata}],
         "file_of": dict.fromkeys(names, 0),
     }
 

@@ -56,7 +56,7 @@ from .decoder import (
 )
 from .errors import DecodeError
 
-__all__ = ["decode_to_path", "DecodeProgress", "is_directory_target", "map_stream"]
+__all__ = ["decode_to_path", "DecodeProgress", "is_directory_target", "is_safe_file_name", "map_stream"]
 
 #: File name used in a folder when the stream records no checkpoint layout.
 DEFAULT_FILE = "model.safetensors"
@@ -156,17 +156,37 @@ def _model_tensors(dec: Decoder, names) -> "OrderedDict[str, _Tensor]":
     return out
 
 
+def is_safe_file_name(name) -> bool:
+    """Whether a checkpoint layout may name the file ``name`` (spec 6.2.1): a plain file name, no path.
+
+    Parameters
+    ----------
+    name : object
+
+    Returns
+    -------
+    bool
+
+    Examples
+    --------
+    >>> from nnc.writers import is_safe_file_name
+    >>> is_safe_file_name("model.pt"), is_safe_file_name("../model.pt"), is_safe_file_name("a\\\\b.pt")
+    (True, False, False)
+    """
+    return (
+        isinstance(name, str)
+        and bool(name)
+        and _encodable(name)
+        and name not in (".", "..")
+        and "/" not in name
+        and "\\" not in name
+        and "\0" not in name
+        and os.path.basename(name) == name
+    )
+
+
 def _safe_file_name(name, where: str) -> str:
-    if (
-        not isinstance(name, str)
-        or not name
-        or not _encodable(name)
-        or name in (".", "..")
-        or "/" in name
-        or "\\" in name
-        or "\0" in name
-        or os.path.basename(name) != name
-    ):
+    if not is_safe_file_name(name):
         raise DecodeError(f"the stream's checkpoint metadata names an unsafe file {name!r} ({where})", clause="6.2.1")
     return name
 

@@ -631,3 +631,14 @@ def test_a_pytorch_file_whose_name_has_a_backslash_comes_back_as_pytorch(tmp_pat
     assert main(["decode", str(tmp_path / "m.nnr"), "-o", str(tmp_path / "out") + os.sep, "-q"]) == 0
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["model.pt"]
     assert "1.weight" in torch.load(tmp_path / "out" / "model.pt", weights_only=True)
+
+
+@pytest.mark.parametrize("name", ["a\udcff.pt", "a\0b.pt", "a\\b.pt", "..", ""])
+def test_a_single_files_layout_never_records_a_name_the_decoder_refuses(name):
+    """A model file's own name goes into its layout only when decoding would write it (spec 6.2.1)."""
+    from nnc.readers import single_file_layout
+    from nnc.writers import is_safe_file_name
+
+    layout = single_file_layout("pt", ["w"], {"": {"version": 1}}, name)
+    assert layout["files"][0]["name"] == "model.pt" and not is_safe_file_name(name)
+    assert single_file_layout("pt", ["w"], {}, "m.pt")["files"][0]["name"] == "m.pt"
