@@ -224,6 +224,17 @@ def packaged_model_or_exit(key):
         raise SystemExit(f"{key}: not installed")
     return model
 
+
+def variant_keep(variant: str) -> float | None:
+    """The share of each weight tensor Table I's ``variant`` keeps: None for "dense", NN / 100 for "sparse-NN"
+    (ValueError for any other name)."""
+    if variant == "dense":
+        return None
+    if not (variant.startswith("sparse-") and variant[7:].isdigit()):
+        raise ValueError(f'{variant}: expected "dense" or "sparse-NN"')
+    return int(variant[7:]) / 100
+
+
 def prune_and_finetune(model: Model, keep: float, epochs: int, rounds: int = 4, lr=2e-3, seed=0) -> Model:
     """Per-layer magnitude pruning to ``keep`` of each weight tensor, in ``rounds`` steps (geometric schedule),
     each followed by ``epochs`` of masked Adam fine-tuning on the training data (where the model trains here)."""

@@ -53,11 +53,13 @@ def main(argv=None):
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = ap.parse_args(argv)
     log = lambda s: print(s, flush=True)                      # noqa: E731
-    if args.variant != "dense" and not (args.variant.startswith("sparse-") and args.variant[7:].isdigit()):
-        ap.error(f'--variant {args.variant}: expected "dense" or "sparse-NN"')
+    try:
+        keep = bp.variant_keep(args.variant)
+    except ValueError as exc:
+        ap.error(f"--variant {exc}")
     model = bp.packaged_model_or_exit(args.model)
-    if args.variant != "dense":
-        model = bp.prune_and_finetune(model, int(args.variant[7:]) / 100, 0)
+    if keep is not None:
+        model = bp.prune_and_finetune(model, keep, 0)
     covariances = None
     if args.error_feedback:
         if model.input_covariances is None:

@@ -39,11 +39,13 @@ def main(argv=None):
     log = lambda s: print(s, flush=True)                      # noqa: E731
     if args.qps[0] > args.qps[1]:
         ap.error(f"--qps {args.qps[0]} {args.qps[1]}: the finest (lowest) qp first")
-    if args.variant != "dense" and not (args.variant.startswith("sparse-") and args.variant[7:].isdigit()):
-        ap.error(f'--variant {args.variant}: expected "dense" or "sparse-NN"')
+    try:
+        keep = bp.variant_keep(args.variant)
+    except ValueError as exc:
+        ap.error(f"--variant {exc}")
     model = bp.packaged_model_or_exit(args.model)
-    if args.variant != "dense":
-        model = bp.prune_and_finetune(model, int(args.variant[7:]) / 100, 0)
+    if keep is not None:
+        model = bp.prune_and_finetune(model, keep, 0)
     reference, held_reference = model.evaluate(model.params), model.holdout(model.params)
     n = sum(v.size for v in model.params.values())
     rows = []
