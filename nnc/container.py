@@ -69,7 +69,7 @@ UNIT_CLAUSE = {0: "4", 1: "5.1", 2: "6.1", 3: "6.2", 4: "6.3", 5: "7.1", 6: "6.4
 
 #: Longest Exp-Golomb prefix (zero bits) accepted (spec 2.3).
 MAX_UE_PREFIX = 32
-#: Longest st string accepted, in bytes (spec 2.6).
+#: Longest st string accepted, in bytes (spec 2.6); a topology or quantisation unit's string is bounded by its unit.
 MAX_STRING_BYTES = 1 << 16
 #: Most tensor dimensions accepted (spec 7.4).
 MAX_DIMENSIONS = 64
@@ -561,7 +561,6 @@ LPS_PAYLOAD = Struct(
 
 TPL_HEADER = Struct("topology_storage_format" / U(8), "topology_compression_format" / U(8))
 QNT_HEADER = Struct("quantization_storage_format" / U(8), "quantization_compression_format" / U(8))
-STRING_PAYLOAD = Struct("data" / ST)
 
 
 def _multiple(c):
@@ -646,20 +645,22 @@ _TYPE_STRUCTS = {
     NNR_STR: (STR_HEADER, None),
     NNR_MPS: (None, MPS_PAYLOAD),
     NNR_LPS: (LPS_HEADER, LPS_PAYLOAD),
-    NNR_TPL: (TPL_HEADER, STRING_PAYLOAD),
-    NNR_QNT: (QNT_HEADER, STRING_PAYLOAD),
+    NNR_TPL: (TPL_HEADER, None),
+    NNR_QNT: (QNT_HEADER, None),
     NNR_NDU: (NDU_HEADER, None),
 }
 
 #: Syntax elements read by hand rather than through a construct: the size field (spec 3.2),
 #: read by :func:`read_unit_size` before a unit's structure is known.
 UNIT_SIZE_ELEMENTS = ("nnr_unit_size_flag", "nnr_unit_size")
+#: ... and the string of a topology or quantisation unit (spec 6.2, 6.3), read by :func:`_read_unit_string` as
+#: bytes (it may be long, and need not be text); in :attr:`Unit.header` it is ``data``.
+UNIT_STRING_ELEMENTS = {NNR_TPL: "topology_data", NNR_QNT: "quantization_data"}
 
 #: Fields of the constructs above that are not one syntax element of the same name in spec/'s
 #: tables: the spec names they stand for (``name()`` for a syntax structure), or () for a field
 #: that only groups elements.  tests/test_spec_citations.py checks the declarations against spec/.
 FIELD_SPEC_NAMES = {
-    "data": ("topology_data", "quantization_data"),  # STRING_PAYLOAD of NNR_TPL (6.2) and NNR_QNT (6.3)
     "codebook_dc": ("codebook()",),  # the second codebook() of a DC block (7.1)
     "entry_points": ("cabac_entry_point_list()",),  # 7.3
     "input_parameters": (),  # the elements under input_parameters_present_flag (7.1)
@@ -848,6 +849,40 @@ def _parse_struct(structure, reader, ctx, clause, base, unit_offset):
         lent.reader = None
 
 
+def _read_unit_string(reader: _ViewReader, utype: int, unit_offset: int):
+    """``topology_data`` or ``quantization_data`` (spec 6.2, 6.3): the bytes up to the first 0x00, which ends the
+    string, bounded only by the unit; a str when they are UTF-8 text, else the bytes themselves (2.6, 6.2)."""
+    rest = reader.view[reader.pos :]
+    end = bytes(rest).find(0)
+    if end < 0:
+        raise DecodeError(
+            f"{UNIT_STRING_ELEMENTS[utype]} has no terminating 0x00 before the end of its unit",
+            clause="3.2",
+            offset=unit_offset,
+        )
+    raw = bytes(rest[:end])
+    reader.pos += end + 1
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw
+
+
+def _unit_string_bytes(data) -> bytes:
+    """The bytes of a topology or quantisation unit's string, with its terminator (spec 6.2, 6.3)."""
+    if data is None:
+        data = ""
+    if not isinstance(data, (str, bytes, bytearray, memoryview)):
+        raise EncodeError(f"a unit's string must be str or bytes, not {type(data).__name__}")
+    try:
+        raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+    except UnicodeEncodeError:
+        raise EncodeError("a unit's string is not valid UTF-8 text (a lone surrogate)") from None
+    if b"\x00" in raw:
+        raise EncodeError("a unit's string cannot contain a 0x00 byte (its terminator, spec 2.6)")
+    return raw + b"\x00"
+
+
 class _LentReader:
     """A reader lent to construct for one parse. construct's parse contexts keep their stream in reference cycles,
     which only the garbage collector breaks; this one lets go of the reader, and of its view of the caller's buffer,
@@ -996,6 +1031,8 @@ def iter_units(data, *, strict: bool = False) -> Iterator[Unit]:
             header.update(_parse_struct(header_struct, reader, ctx, clause, offset, offset))
         if payload_struct is not None:
             header.update(_parse_struct(payload_struct, reader, ctx, clause, offset, offset))
+        if utype in UNIT_STRING_ELEMENTS:
+            header["data"] = _read_unit_string(reader, utype, offset)
         if utype == NNR_NDU:
             header = Container(common, **_flatten_ndu(header))
         for k in [k for k in header if k.startswith("_")]:
@@ -1173,6 +1210,8 @@ def build_unit(
             body += _build_struct(header_struct, header, ctx)
         if payload_struct is not None:
             body += _build_struct(payload_struct, header, ctx)
+        if unit_type in UNIT_STRING_ELEMENTS:
+            body += _unit_string_bytes(header.get("data"))
     body += bytes(payload)
     return _size_prefix(len(body)) + body
 
@@ -1274,7 +1313,7 @@ def build_mps(
     return build_unit(NNR_MPS, fields, profile=profile)
 
 
-def build_tpl(storage_format: int = 0, compression_format: int = 0, data: str = "") -> bytes:
+def build_tpl(storage_format: int = 0, compression_format: int = 0, data: str | bytes = "") -> bytes:
     """A topology unit (spec 6.2); NNCodec writes format 0 with an empty string.
 
     nnc's encoder stores its metadata (original shapes and dtypes) as JSON in
@@ -1286,8 +1325,8 @@ def build_tpl(storage_format: int = 0, compression_format: int = 0, data: str = 
         ``topology_storage_format``.
     compression_format : int
         ``topology_compression_format``.
-    data : str
-        The topology string (UTF-8, no NUL, at most 65536 bytes).
+    data : str or bytes
+        ``topology_data``: text (UTF-8) or bytes, without a 0x00 byte; its length is bounded only by the unit's.
 
     Returns
     -------
@@ -1297,7 +1336,7 @@ def build_tpl(storage_format: int = 0, compression_format: int = 0, data: str = 
     Raises
     ------
     nnc.errors.EncodeError
-        If ``data`` holds a NUL or is too long.
+        If ``data`` holds a 0x00 byte, or the unit would exceed 2^31 - 1 bytes.
 
     Examples
     --------

@@ -860,6 +860,7 @@ class Decoder:
         self.units: list[C.Unit] = []
         #: nnc's metadata from a topology unit (original shapes and dtypes, announced tensors), or ``{}``.
         self.metadata: dict = {}
+        self._metadata_offset = 0  # of the topology unit whose metadata applies
         self._ndus: list[tuple[C.Unit, _Params]] = []
         self._parse_units()
         self._index = self._build_index()
@@ -953,6 +954,12 @@ class Decoder:
         count = _announced_count(self.metadata)
         announced = self.metadata.get("tensors")
         names = isinstance(announced, list) and all(isinstance(n, str) for n in announced)
+        if announced is not None and count is None and not names:
+            raise DecodeError(
+                f'the topology metadata\'s "tensors" is neither a count nor a list of names: {str(announced)[:60]}',
+                clause="3.5",
+                offset=self._metadata_offset,
+            )
         if not self._ndus and count is None and not names and not self.parent_signalling:
             raise TruncatedError(
                 "the stream holds no NDU and no topology unit that announces its tensors: it ends before its "
@@ -1039,7 +1046,11 @@ class Decoder:
             elif unit.type == C.NNR_QNT:  # the container rejects NNR_AGG itself (spec 6.4)
                 raise UnsupportedError("NNR_QNT units are not supported", clause="6.3", offset=unit.offset)
             elif unit.type == C.NNR_TPL:
-                self.metadata = _topology_metadata(unit)
+                meta = _topology_metadata(unit)
+                if (
+                    meta
+                ):  # spec 6.2.1: the last topology unit that carries nnc metadata applies, another changes nothing
+                    self.metadata, self._metadata_offset = meta, unit.offset
             else:  # NNR_NDU: the container rejects reserved types and NNR_AGG (spec 3.4, 6.4)
                 self._ndus.append((unit, _Params(**params.__dict__)))
 
@@ -1114,6 +1125,8 @@ class Decoder:
         n_gtx = int(_get(h, "cabac_unary_length_minus1", 9)) + 1
         dq = bool(_get(h, "dq_flag", 0)) and ptype != C.NNR_PT_INT
         scan = int(_get(h, "scan_order", 0))
+        if scan > 4:
+            raise DecodeError(f"scan_order {scan} is above 4", clause="7.4", offset=unit.offset)
         codebook = list(h.codebook) if _get(h, "codebook_present_flag", 0) else None
         if codebook is not None and dq:
             raise DecodeError("a codebook cannot be combined with dq_flag = 1", clause="15.1", offset=unit.offset)
@@ -1865,17 +1878,30 @@ def _bounded_ordered(fn, jobs: list, threads: int):
 
 
 def _topology_metadata(unit: C.Unit) -> dict:
-    """nnc's metadata in a format-0 topology unit, if any (spec 6.2.1); {} otherwise."""
+    """nnc's metadata in a format-0 topology unit, if any (spec 6.2.1): the object under the key ``"nnc"`` of a
+    ``topology_data`` that is a JSON object; {} otherwise."""
     import json
 
     h = unit.header
-    if h.get("topology_storage_format") != 0 or not h.get("data", "").startswith("{"):
+    data = h.get("data")
+    if (h.get("topology_storage_format"), h.get("topology_compression_format")) != (0, 0) or not isinstance(data, str):
+        return {}
+    if not data.lstrip(" \t\n\r").startswith("{"):
         return {}
     try:
-        meta = json.loads(h.data).get("nnc", {})
+        meta = json.loads(data).get("nnc", {})
     except (ValueError, AttributeError, RecursionError):  # hostile nesting: not nnc metadata
         return {}
-    return meta if isinstance(meta, dict) else {}
+    if not isinstance(meta, dict):
+        return {}
+    if meta.get("version", 1) != 1 or isinstance(meta.get("version"), bool):
+        raise UnsupportedError(
+            f"nnc metadata version {str(meta.get('version'))[:20]} (this decoder reads version 1; a later nnc "
+            "wrote the stream)",
+            clause="6.2.1",
+            offset=unit.offset,
+        )
+    return meta
 
 
 def recorded_shape(metadata: dict, name: str, size: int) -> tuple | None:

@@ -276,8 +276,8 @@ def with_metadata(stream: bytes, extra: dict) -> bytes:
     from .decoder import _topology_metadata
 
     units = C.parse_stream(stream)
-    tpl = [u for u in units if u.type == C.NNR_TPL]
-    if not tpl or not _topology_metadata(tpl[-1]):
+    tpl = [u for u in units if u.type == C.NNR_TPL and _topology_metadata(u)]  # the last one applies (spec 6.2.1)
+    if not tpl:
         raise ValueError("the stream has no topology unit with nnc's metadata")
     meta = dict(_topology_metadata(tpl[-1]), **extra)
     unit = C.build_tpl(data=json.dumps({"nnc": meta}, separators=(",", ":"), sort_keys=True))

@@ -78,7 +78,11 @@ def test_str_round_trip(profile):
     assert C.parse_stream(unit)[0].header.general_profile_idc == profile
 
 
-@given(fmt=u(8), comp=u(8), data=names)
+#: a topology or quantisation unit's string: text, or bytes that are not UTF-8 (an ONNX or deflated topology)
+unit_strings = st.one_of(names, st.binary(max_size=40).map(lambda b: b.replace(b"\x00", b"\x01") + b"\xff"))
+
+
+@given(fmt=u(8), comp=u(8), data=unit_strings)
 def test_tpl_and_qnt_round_trip(fmt, comp, data):
     head = C.build_str(1) + C.build_mps()
     tpl = C.build_tpl(fmt, comp, data)

@@ -154,7 +154,7 @@ def _walk(con, names: set, elements: set) -> None:
 
 def container_syntax_elements(module=C) -> set:
     """Spec names of every field of the module's constructs (through FIELD_SPEC_NAMES), and the hand-read ones."""
-    fields, elements = set(), set(module.UNIT_SIZE_ELEMENTS)
+    fields, elements = set(), set(module.UNIT_SIZE_ELEMENTS) | set(module.UNIT_STRING_ELEMENTS.values())
     for value in vars(module).values():
         if isinstance(value, cs.Construct):
             _walk(value, fields, elements)
