@@ -156,6 +156,18 @@ def _difference(x: np.ndarray, held: np.ndarray) -> np.ndarray | None:
     return wide.astype(x.dtype)
 
 
+def _tensor_arrays(tensors: Mapping) -> "OrderedDict[str, np.ndarray]":
+    """The input's tensors as numpy arrays, each name checked (spec 2.6); EncodeError for what is not an array."""
+    arrays = OrderedDict()
+    for name, value in tensors.items():
+        check_tensor_name(name)
+        try:
+            arrays[name] = np.asarray(value)
+        except ValueError as exc:  # e.g. a ragged nested list
+            raise EncodeError(f"tensor {name!r} is not an array: {exc}") from None
+    return arrays
+
+
 class EncoderState(DecoderState):
     """What an encoder of incremental (2nd-edition) streams keeps across the streams it writes.
 
@@ -460,13 +472,7 @@ class Encoder:
         if cache is not None and self.state is not None:
             raise EncodeError("an EncodeCache cannot be used for incremental coding (state=)")
         s = self.settings
-        arrays = OrderedDict()
-        for name, value in tensors.items():
-            check_tensor_name(name)
-            try:
-                arrays[name] = np.asarray(value)
-            except ValueError as exc:  # e.g. a ragged nested list
-                raise EncodeError(f"tensor {name!r} is not an array: {exc}") from None
+        arrays = _tensor_arrays(tensors)
         replaced: list[str] = []
         if s.differences:
             arrays, replaced = self._differences(arrays)

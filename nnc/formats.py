@@ -699,7 +699,7 @@ def _unwrap_checkpoint(path, obj: dict) -> tuple[dict, list]:
     """The state_dict inside a training checkpoint ({"state_dict": ..., "epoch": ...} and the like),
     and the entries of the file that are left out (not tensors, or beside the state_dict).
 
-    ``obj["state_dict"]`` if it is a mapping; else ``obj`` itself if it holds tensors;
+    ``obj["state_dict"]`` if it is a mapping holding tensors; else ``obj`` itself if it holds tensors;
     else its only entry that is a mapping holding tensors ("model", "module", ...).
     Left-out entries are named by their keys, joined with "/" under the state_dict's key.
     """
@@ -707,7 +707,7 @@ def _unwrap_checkpoint(path, obj: dict) -> tuple[dict, list]:
     def holds_tensors(d):
         return isinstance(d, dict) and any(hasattr(v, "detach") for v in d.values())
 
-    if isinstance(obj.get("state_dict"), dict):
+    if holds_tensors(obj.get("state_dict")):
         key = "state_dict"
     elif holds_tensors(obj):
         key = None
@@ -718,14 +718,39 @@ def _unwrap_checkpoint(path, obj: dict) -> tuple[dict, list]:
                 f"{path}: several entries hold tensors ({', '.join(map(repr, inner))}); save the one state_dict to encode"
             )
         if not inner:
+            deeper = [k for k, v in obj.items() if _holds_tensor(v)]
+            if deeper:
+                raise FormatError(
+                    f"{path}: the tensors are nested deeper in {deeper[0]!r} than a checkpoint's state_dict; "
+                    "save the one state_dict (name: tensor) to encode"
+                )
             keys = ", ".join(repr(k) for k in list(obj)[:8])
             raise FormatError(f"{path}: no tensors found (top-level keys: {keys or 'none'})")
         key = inner[0]
     state = obj if key is None else obj[key]
     left_out = [str(k) for k in obj if k != key] if key is not None else []
     prefix = "" if key is None else f"{key}/"
-    left_out += [f"{prefix}{k}" for k, v in state.items() if not hasattr(v, "detach")]
+    for k, v in state.items():
+        if hasattr(v, "detach"):
+            continue
+        if _holds_tensor(v):  # the model's own weights in another form: leaving them out would lose them
+            raise FormatError(
+                f"{path}: entry {f'{prefix}{k}'!r} holds tensors inside a {type(v).__name__} (a quantised layer's packed "
+                "parameters, or a nested state_dict); nnc codes a state_dict of plain tensors: save a float model's "
+                "state_dict"
+            )
+        left_out.append(f"{prefix}{k}")
     return state, left_out
+
+
+def _holds_tensor(value, depth: int = 0) -> bool:
+    """Whether ``value`` is, or holds in nested dicts, lists and tuples, a tensor."""
+    if hasattr(value, "detach"):
+        return True
+    if depth > 16:
+        return False
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
+    return any(_holds_tensor(v, depth + 1) for v in items)
 
 
 def state_dict_metadata(metadata) -> dict | None:

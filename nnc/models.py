@@ -196,12 +196,13 @@ def encode_model(model, output=None, *, client=None, **options) -> bytes:
             return Path(tmp, "stream.nnr").read_bytes()
     extra = None
     if isinstance(model, Mapping):
+        from .encoder import _tensor_arrays
         from .torch import numpy_inputs
 
         model, dtypes = numpy_inputs(model, options.get("dtypes"))  # torch tensors, bf16 kept
         if dtypes:
             options["dtypes"] = dtypes
-        tensors = OrderedDict((k, np.asarray(v)) for k, v in model.items())
+        tensors = _tensor_arrays(model)
     else:
         from .readers import open_model
 

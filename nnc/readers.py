@@ -35,6 +35,7 @@ import json
 import math
 import os
 import struct
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -453,7 +454,10 @@ def _read_pt(path: Path, file_index):
     try:
         with open(path, "rb") as fh:
             is_zip = fh.read(4) == b"PK\x03\x04"
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+        with warnings.catch_warnings():  # torch's deprecation notes on what a file holds: the user did not call torch
+            warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
     except Exception as exc:  # torch raises many types on bad files
         raise FormatError(f"{path}: {formats._pt_load_problem(exc, path)}") from None
     if not isinstance(obj, dict):

@@ -117,3 +117,25 @@ def test_small_tensors_at_qps_beyond_the_offset_range_encode(qp):
     stream = nnc.encode({"b": x}, qp=qp)
     back = nnc.decode(stream)["b"]
     assert back.shape == x.shape
+
+
+def test_the_reported_snr_counts_tensors_stored_raw_as_exact(tmp_path, capsys):
+    """Two scales stored raw because that is smaller decode exactly; the encode's report said 58 dB (measured on
+    the quantised values it did not write)."""
+    import json
+
+    from nnc import formats
+    from nnc.cli import main
+
+    model = tmp_path / "s.safetensors"
+    formats.write_model(str(model), {"a.scale": np.float32(1.0), "b.scale": np.float32(0.37)})
+    out = tmp_path / "s.nnr"
+    assert main(["encode", str(model), "-o", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [t["payload_type"] for t in stream_info(out.read_bytes())["tensors"]] == ["RAW_FLOAT"] * 2
+    assert float(report["snr_db"]) == float("inf")   # (JSON has no inf: written as "inf")
+
+
+def test_encode_model_refuses_a_ragged_entry_with_an_encode_error():
+    with pytest.raises(nnc.EncodeError, match="'h' is not an array"):
+        nnc.encode_model({"w": np.ones(2, np.float32), "h": [[1.0, 2.0], [3.0]]})

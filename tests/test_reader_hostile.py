@@ -377,3 +377,38 @@ def test_pt_with_int_keys_gives_one_line_in_every_command(tmp_path, capsys, comm
     assert code != 0 and len(lines) == 1 and lines[0].startswith("nnc: error: "), err
     assert str(path) in lines[0] and "key 0 " in lines[0], err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["intkeys.pt"]
+
+
+# -- PyTorch entries that hold the model's weights in another form ----------------------------------------------
+
+
+@pytest.mark.parametrize("entry", ["tuple", "nested", "list"])
+def test_weights_held_inside_other_entries_are_refused_not_left_out(tmp_path, entry):
+    """A dynamically quantised layer keeps its weights in a tuple (`_packed_params`); a nested state_dict keeps
+    them in a dict: left out with a note, the stream held none of them and the command passed."""
+    torch = pytest.importorskip("torch")
+    held = {"tuple": (torch.ones(2, 3), torch.zeros(2)), "nested": {"weight": torch.ones(2)},
+            "list": [1, [torch.ones(1)]]}[entry]
+    path = tmp_path / "m.pt"
+    torch.save({"scale": torch.tensor(0.5), "epoch_like": 3, "packed": held}, path)
+    _refused(path, "'packed'", "holds tensors")
+    out = tmp_path / "m.nnr"
+    from nnc.cli import main
+
+    assert main(["encode", str(path), "-o", str(out), "-q"]) == 1
+    assert not out.exists()
+
+
+def test_a_state_dict_of_no_tensors_beside_the_model_is_passed_over(tmp_path):
+    torch = pytest.importorskip("torch")
+    path = tmp_path / "c.pt"
+    torch.save({"state_dict": {}, "model": {"w": torch.ones(3)}, "epoch": 2}, path)
+    source = open_model(path)
+    assert [t.name for t in source] == ["w"] and set(source.left_out) == {"state_dict", "epoch"}
+
+
+def test_tensors_nested_deeper_than_a_state_dict_are_named(tmp_path):
+    torch = pytest.importorskip("torch")
+    path = tmp_path / "c.pt"
+    torch.save({"model": {"encoder": {"w": torch.ones(3)}, "decoder": {"w": torch.ones(3)}}}, path)
+    _refused(path, "nested deeper in 'model'")

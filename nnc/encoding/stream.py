@@ -235,17 +235,21 @@ def encode_to(
                 raise EncodeError(
                     f"tensor {n!r}: coded as {t.recon.dtype.name} at qp {t.qp}, planned {plan[n]}"
                 )  # the head written would be wrong
+            coded[n] = t
+            values[n] = x  # raw_when_smaller stores these values
+            del x
+        if name not in groups:
+            coded[name] = writer.raw_if_smaller(coded[name], values[name])
+        for n, t in coded.items():  # measured as coded: a tensor stored raw when smaller is exact
+            x = values[n]
             if measure and x.dtype.kind == "f":  # against the values the decoded model's file holds
                 stats[n] = _energy_error(x, as_stored(s.dtypes.get(n, by_name[n].original_dtype), t.recon))
             elif measure and t.levels is not None and t.step is not None:  # integers coded lossily (--no-lossless-int)
                 stats[n] = (*_energy_error(x, np.rint(t.recon)), False)  # (in float64, slice by slice)
-            coded[n] = t
-            values[n] = x  # raw_when_smaller stores these values
-            del x
         if name in groups:
             unit = writer.group_unit(name, groups[name], coded, values)
         else:
-            unit = writer.single_unit(writer.raw_if_smaller(coded[name], values[name]))
+            unit = writer.single_unit(coded[name])
         del values
         return unit, stats
 
