@@ -852,15 +852,15 @@ def _parse_struct(structure, reader, ctx, clause, base, unit_offset):
 def _read_unit_string(reader: _ViewReader, utype: int, unit_offset: int):
     """``topology_data`` or ``quantization_data`` (spec 6.2, 6.3): the bytes up to the first 0x00, which ends the
     string, bounded only by the unit; a str when they are UTF-8 text, else the bytes themselves (2.6, 6.2)."""
-    rest = reader.view[reader.pos :]
-    end = bytes(rest).find(0)
+    rest = bytes(reader.view[reader.pos :])
+    end = rest.find(0)
     if end < 0:
         raise DecodeError(
             f"{UNIT_STRING_ELEMENTS[utype]} has no terminating 0x00 before the end of its unit",
             clause="3.2",
             offset=unit_offset,
         )
-    raw = bytes(rest[:end])
+    raw = rest[:end]
     reader.pos += end + 1
     try:
         return raw.decode("utf-8")

@@ -1046,10 +1046,9 @@ class Decoder:
             elif unit.type == C.NNR_QNT:  # the container rejects NNR_AGG itself (spec 6.4)
                 raise UnsupportedError("NNR_QNT units are not supported", clause="6.3", offset=unit.offset)
             elif unit.type == C.NNR_TPL:
+                # spec 6.2.1: the last topology unit that carries nnc metadata applies; another changes nothing
                 meta = _topology_metadata(unit)
-                if (
-                    meta
-                ):  # spec 6.2.1: the last topology unit that carries nnc metadata applies, another changes nothing
+                if meta:
                     self.metadata, self._metadata_offset = meta, unit.offset
             else:  # NNR_NDU: the container rejects reserved types and NNR_AGG (spec 3.4, 6.4)
                 self._ndus.append((unit, _Params(**params.__dict__)))

@@ -277,12 +277,12 @@ def with_metadata(stream: bytes, extra: dict) -> bytes:
     from .decoder import _topology_metadata
 
     units = C.parse_stream(stream)
-    tpl = [u for u in units if u.type == C.NNR_TPL and _topology_metadata(u)]  # the last one applies (spec 6.2.1)
+    tpl = [(u, m) for u in units if u.type == C.NNR_TPL for m in [_topology_metadata(u)] if m]  # the last applies
     if not tpl:
         raise ValueError("the stream has no topology unit with nnc's metadata")
-    meta = dict(_topology_metadata(tpl[-1]), **extra)
-    unit = C.build_tpl(data=json.dumps({"nnc": meta}, separators=(",", ":"), sort_keys=True))
-    return bytes(stream[: tpl[-1].offset]) + unit + bytes(stream[tpl[-1].offset + tpl[-1].size :])
+    last, meta = tpl[-1]
+    unit = C.build_tpl(data=json.dumps({"nnc": dict(meta, **extra)}, separators=(",", ":"), sort_keys=True))
+    return bytes(stream[: last.offset]) + unit + bytes(stream[last.end :])
 
 
 def load_model(path) -> tuple:
