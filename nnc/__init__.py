@@ -31,6 +31,7 @@ from .errors import (
     LimitError,
     NNCError,
     OutputBufferError,
+    PrecisionWarning,
     TruncatedError,
     UnsupportedError,
     UpdateError,
@@ -207,4 +208,5 @@ __all__ = [
     "EncodeError",
     "UpdateError",
     "OutputBufferError",
+    "PrecisionWarning",
 ]

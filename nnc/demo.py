@@ -352,6 +352,7 @@ def run(data_dir: Path = DATA, settings=DEFAULT_SETTINGS, out=print) -> list[dic
     (['mlp', 'cnn'], True)
     """
     import nnc
+    from nnc.encoder import Encoder
     from nnc.formats import read_model
 
     x, y = load_test_set(data_dir)
@@ -364,7 +365,7 @@ def run(data_dir: Path = DATA, settings=DEFAULT_SETTINGS, out=print) -> list[dic
         n_weights = sum(v.size for v in params.values())
         for qp, dq in settings:
             t0 = time.perf_counter()
-            stream = nnc.encode(params, qp=qp, dq=dq)
+            stream = Encoder(qp=qp, dq=dq).encode(params).stream  # (a sweep: coarse qps may zero tensors, measured)
             t1 = time.perf_counter()
             decoded = nnc.decode(stream)
             t2 = time.perf_counter()

@@ -156,6 +156,33 @@ def _difference(x: np.ndarray, held: np.ndarray) -> np.ndarray | None:
     return wide.astype(x.dtype)
 
 
+def _warn_lost_signal(result: "EncodeResult", arrays: Mapping) -> None:
+    """A PrecisionWarning naming the tensors of ``result`` whose non-zero values all decode as 0 (nnc.errors), at
+    the first caller outside nnc."""
+    import os
+    import sys
+    import warnings
+
+    from .errors import PrecisionWarning
+
+    lost = [
+        name
+        for name, t in result.tensors.items()
+        if t.levels is not None and not np.any(t.levels) and name in arrays and np.any(np.asarray(arrays[name]))
+    ]
+    if lost:
+        package, frame, level = os.path.dirname(os.path.abspath(__file__)), sys._getframe(0), 1
+        while frame.f_back is not None and os.path.abspath(frame.f_code.co_filename).startswith(package + os.sep):
+            frame, level = frame.f_back, level + 1
+        shown = ", ".join(repr(n) for n in lost[:3]) + (f" and {len(lost) - 3} more" if len(lost) > 3 else "")
+        warnings.warn(
+            f"{len(lost)} tensor(s) kept none of their signal (their quantisation step is too coarse for their "
+            f"values, which decode as zeros): {shown}; a finer qp (tensor_qp=, nonweight_qp=) or raw= keeps them",
+            PrecisionWarning,
+            stacklevel=level,
+        )
+
+
 def _tensor_arrays(tensors: Mapping) -> "OrderedDict[str, np.ndarray]":
     """The input's tensors as numpy arrays, each name checked (spec 2.6); EncodeError for what is not an array."""
     arrays = OrderedDict()
@@ -862,7 +889,11 @@ def encode(tensors: Mapping[str, object], *, qp: int | None = None, dq: bool = T
     >>> stream[ndu.offset:].hex()  # byte for byte what NNCodec 2.1.3 writes for this tensor
     '001516097700d040c120a0c2a080f74e801f67e2f0'
     """
-    return Encoder(qp=qp, dq=dq, **options).encode(tensors).stream
+    encoder = Encoder(qp=qp, dq=dq, **options)
+    result = encoder.encode(tensors)
+    if not encoder.settings.differences:  # (an update's small differences may round to zero by design)
+        _warn_lost_signal(result, tensors)
+    return result.stream
 
 
 def encode_with_reconstruction(tensors: Mapping[str, object], **options) -> EncodeResult:

@@ -11,6 +11,9 @@ r"""The one exception hierarchy of nnc (spec clause 15).
     ├── UpdateError          a decoded update cannot be applied to a model
     └── ManifestError        a conformance suite's manifest.json is malformed
 
+    UserWarning
+    └── PrecisionWarning     an encoded tensor kept none of its signal (it decodes as zeros)
+
 Every error carries, where they apply, the spec clause it relates to (``clause``)
 and the byte offset in the stream (``offset``).  They are part of ``str(error)``.
 :class:`~nnc.errors.DecodeError` and :class:`~nnc.errors.EncodeError` are also
@@ -273,6 +276,25 @@ class ManifestError(NNCError, ValueError):
     """
 
 
+class PrecisionWarning(UserWarning):
+    """A warning, not an error: tensors whose quantisation kept none of their signal (non-zero values that all decode
+    as 0, at a step too coarse for them: a learning rate or a small scale coded at the weights' qp).
+
+    :func:`nnc.encode` and :func:`nnc.encode_model` issue it, naming the tensors; the stream is written. The
+    ``nnc encode`` command reports them in its own words. Turn it into an error with
+    ``warnings.simplefilter("error", nnc.PrecisionWarning)``.
+
+    Examples
+    --------
+    >>> import warnings, nnc
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     _ = nnc.encode({"lr": 3e-4, "w": [[0.5, -0.25]]})
+    >>> [type(w.message).__name__ for w in caught], "'lr'" in str(caught[0].message)
+    (['PrecisionWarning'], True)
+    """
+
+
 def about_file(path, exc: BaseException) -> str:
     """The message of ``exc`` as one line about the file at ``path``: ``"PATH: message"``.
 
@@ -320,4 +342,5 @@ __all__ = [
     "UpdateError",
     "OutputBufferError",
     "ManifestError",
+    "PrecisionWarning",
 ]

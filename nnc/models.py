@@ -175,7 +175,7 @@ def encode_model(model, output=None, *, client=None, **options) -> bytes:
     nnc.formats.FormatError: .../model.nnr is an NNC stream, not a model; use decode
     """
     from ._files import refuse_overwriting
-    from .encoder import Encoder
+    from .encoder import Encoder, _warn_lost_signal
 
     if not isinstance(model, (Mapping, str, os.PathLike)):
         raise TypeError(
@@ -213,7 +213,11 @@ def encode_model(model, output=None, *, client=None, **options) -> bytes:
         keep_quantisation_parameters_exact(options, source)
         if not tensors:
             raise formats.FormatError(f"{model}: no tensors found (nothing to encode)")
-    stream = Encoder(**options).encode(tensors, extra_metadata=extra).stream
+    encoder = Encoder(**options)
+    result = encoder.encode(tensors, extra_metadata=extra)
+    if not encoder.settings.differences:  # (an update's small differences may round to zero by design)
+        _warn_lost_signal(result, tensors)
+    stream = result.stream
     if output is not None:
         formats.write_atomic(output, stream)
     return stream

@@ -1302,3 +1302,22 @@ def test_a_long_double_tensor_is_refused_on_every_path(tmp_path, capsys):
     assert not (tmp_path / "m.nnr").exists()
     with pytest.raises(EncodeError, match="long double"):
         nnc.encode_model({"a": np.ones(3, np.longdouble)})
+
+
+def test_the_api_warns_of_tensors_that_keep_none_of_their_signal(tmp_path):
+    """A learning rate in a mapping, coded at the default qp, decoded as 0.0 without a word (the CLI warned)."""
+    import warnings
+
+    model = {"lr": np.float64(3e-4), "w": np.linspace(-1, 1, 16, dtype=np.float32).reshape(4, 4)}
+    for call in (lambda: nnc.encode(model), lambda: nnc.encode_model(model, tmp_path / "m.nnr")):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            stream = call()
+        assert [type(w.message) for w in caught] == [nnc.PrecisionWarning]
+        assert "'lr'" in str(caught[0].message) and "'w'" not in str(caught[0].message)
+        assert caught[0].filename == __file__           # the caller's line, not nnc's
+        assert float(nnc.decode(stream)["lr"][0]) == 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        nnc.encode(model, nonweight_qp=-120)             # kept: no warning
+        nnc.encode({"z": np.zeros(3, np.float32)})       # zeros stay zeros
