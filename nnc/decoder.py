@@ -1728,6 +1728,14 @@ class Decoder:
                 kwargs["hdsp_history"] = None
             mode = self.entry_points_mode
             use_eps = mode == "use" and info.entry_points and info.scan_order > 0
+            if use_eps and not info.dq and any(state for _, state, _ in info.entry_points):
+                # without DQ every block row starts in state 0 (spec 11.4), as "verify" finds too
+                raise DecodeError(
+                    f"tensor {info.name!r} has no DQ, but an entry point gives DQ state "
+                    f"{next(s for _, s, _ in info.entry_points if s)}",
+                    clause="11.4",
+                    offset=info.unit_offset,
+                )
             direct = _direct_target(info, into)
             kept = self.keep_state or params.parent_signalling  # the state keeps the levels
             if direct is not None and direct.dtype.itemsize == 4 and not kept:

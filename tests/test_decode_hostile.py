@@ -544,3 +544,24 @@ def test_a_float16_dtype_whose_range_the_values_leave_is_refused_not_inf(tmp_pat
         decode_to_path(stream, tmp_path / "w.npz")
     assert not (tmp_path / "w.npz").exists()
     assert nnc.decode_model(nnc.encode({"w": x / 2}, qp=-20, dtypes={"w": "float16"}))["w"].dtype == np.float16
+
+
+@pytest.mark.parametrize("profile", [0, 1])
+def test_use_mode_refuses_a_dq_state_in_an_entry_point_of_a_tensor_without_dq(profile):
+    """An INT NDU transmits dq_flag (decoding treats it as 0), so its entry points carry DQ states: "verify" refused
+    a state of 7, "use" decoded past it (spec 11.4)."""
+    a = (np.arange(400, dtype=np.int32).reshape(20, 20) % 7) - 3
+    stream = nnc.encode({"i": a}, profile=profile, scan_order=1)
+    ndu = C.parse_stream(stream)[-1]
+    fields = {k: v for k, v in ndu.header.items() if k not in ("nnr_unit_type", "partial_data_counter_present_flag")}
+    for state, refused in ((0, False), (7, True)):
+        eps = [dict(value=e.value, dq_state=state, offset=e.offset) for e in ndu.header.entry_points]
+        unit = C.build_ndu(dict(fields, dq_flag=1, entry_points=eps), bytes(ndu.payload), profile=profile)
+        bad = stream[: ndu.offset] + unit
+        for mode in ("use", "verify"):
+            if refused:
+                with pytest.raises(DecodeError, match="11.4"):
+                    nnc.Decoder(bad, entry_points=mode).decode()
+            else:
+                np.testing.assert_array_equal(nnc.Decoder(bad, entry_points=mode).decode()["i"], a)
+        np.testing.assert_array_equal(nnc.Decoder(bad, entry_points="ignore").decode()["i"], a)
