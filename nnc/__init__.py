@@ -149,7 +149,7 @@ def decode_model(stream, output=None, **options):
     stream : bytes, str, ``os.PathLike`` or ``BinaryIO``
         The NNC stream, a path to it, or a binary file.
     output : str, ``os.PathLike`` or None
-        If given, the model file to write (.npz, .safetensors, .pt or .onnx).
+        If given, the model file to write (.npz, .safetensors, .pt (.pth, .bin, .ckpt) or .onnx).
     **options
         ``template`` (the original ONNX model, for ONNX output), ``threads``
         (units decoded at the same time, 0 for one per CPU) and the keyword

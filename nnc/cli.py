@@ -2137,7 +2137,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-o",
         "--output",
         required=True,
-        help="output model: .npz, .safetensors, .pt or .onnx, or a folder (ending in /) to restore "
+        help="output model: .npz, .safetensors, .pt (.pth, .bin, .ckpt) or .onnx, or a folder (ending in /) to restore "
         "the checkpoint layout the stream records (shards, index), else model.safetensors there",
     )
     p.add_argument("--template", help="for .onnx output: the original model whose initializers are replaced")

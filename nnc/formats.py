@@ -187,12 +187,13 @@ def format_from_extension(path: str | os.PathLike) -> str:
     Parameters
     ----------
     path : str or ``os.PathLike``
-        A path ending in .npz, .safetensors, .pt, .pth or .onnx.
+        A path ending in .npz, .safetensors, .pt, .pth, .bin, .ckpt or .onnx.
 
     Returns
     -------
     str
-        ``"npz"``, ``"safetensors"``, ``"pt"`` (for .pt and .pth) or ``"onnx"``.
+        ``"npz"``, ``"safetensors"``, ``"pt"`` (for .pt, .pth, .bin and .ckpt, PyTorch's files as the readers
+        take them) or ``"onnx"``.
 
     Raises
     ------
@@ -206,7 +207,15 @@ def format_from_extension(path: str | os.PathLike) -> str:
     ('pt', 'safetensors')
     """
     ext = Path(path).suffix.lower().lstrip(".")
-    mapping = {"npz": "npz", "safetensors": "safetensors", "pt": "pt", "pth": "pt", "onnx": "onnx"}
+    mapping = {
+        "npz": "npz",
+        "safetensors": "safetensors",
+        "pt": "pt",
+        "pth": "pt",
+        "bin": "pt",
+        "ckpt": "pt",
+        "onnx": "onnx",
+    }
     if ext not in mapping:
         raise FormatError(
             f"{path}: cannot tell the output format from the extension (use .npz, .safetensors, .pt or .onnx)"

@@ -394,3 +394,17 @@ def test_onnx_int64_initializers_beyond_int32_and_string_initializers_stay_in_th
     np.testing.assert_array_equal(got[0], (x + w)[:, 1:])
     np.testing.assert_allclose(got[0], want[0], atol=1e-2)
     assert list(got[1]) == list(want[1]) == ["cat", "dog"]
+
+
+@pytest.mark.parametrize("suffix", [".bin", ".ckpt", ".PTH"])
+def test_pytorch_suffixes_the_readers_take_are_written_as_pytorch_files(tmp_path, suffix):
+    pytest.importorskip("torch")
+    from nnc.cli import main
+
+    model = {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    stream = tmp_path / "m.nnr"
+    stream.write_bytes(nnc.encode(model, qp=-30))
+    out = tmp_path / f"m{suffix}"
+    assert main(["decode", str(stream), "-o", str(out), "-q"]) == 0
+    back, _ = read_model(str(out))
+    np.testing.assert_allclose(back["w"], model["w"], atol=2**-8)
