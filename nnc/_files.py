@@ -76,6 +76,38 @@ def temp_file_beside(path, suffix: str = ".tmp") -> tuple[int, str]:
     return fd, tmp
 
 
+def reserve_space(fd: int, size: int) -> None:
+    """Allocate ``size`` bytes of the file open as ``fd`` on its disk now, for a file written through a memory map:
+    a full disk is then an ``OSError`` (ENOSPC) here, not a SIGBUS at a page of the map, which kills the process.
+    Where the file system cannot allocate ahead (no ``posix_fallocate``, or it refuses), its free space is checked.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from nnc._files import reserve_space
+    >>> fd, name = tempfile.mkstemp()
+    >>> reserve_space(fd, 4096); os.fstat(fd).st_size
+    4096
+    >>> os.close(fd); os.unlink(name)
+    """
+    if size <= 0:
+        return
+    try:
+        os.posix_fallocate(fd, 0, size)
+        return
+    except AttributeError:  # (not on macOS or Windows)
+        pass
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            raise OSError(exc.errno, f"cannot reserve the file's {size:,} bytes ({exc.strerror})") from None
+    if hasattr(os, "fstatvfs"):
+        st = os.fstatvfs(fd)
+        free = st.f_bavail * st.f_frsize
+        if free < size - os.fstat(fd).st_blocks * 512:
+            raise OSError(errno.ENOSPC, f"cannot reserve the file's {size:,} bytes (No space left on device)")
+    os.ftruncate(fd, max(size, os.fstat(fd).st_size))
+
+
 def same_file(a, b) -> bool:
     """Whether two paths name one file (the same path, a symlink or a hard link to it).
 
@@ -120,7 +152,7 @@ def refuse_overwriting(output, inputs: dict) -> None:
 # -- renames that a signal does not split -----------------------------------------------------------------------
 _hold_depth = 0  # > 0: the command line's SIGINT/SIGTERM handlers hold a signal (hold_signal) instead of raising it
 _held: list = []  # the exception of the first signal held
-_groups: list = []  # open committed_together blocks, innermost last
+_groups: list = []  # open committed_together blocks, innermost last: [exit stack, before_first_rename] until started
 
 
 def hold_signal(exc: BaseException) -> bool:
@@ -176,19 +208,83 @@ def renaming():
         yield
         return
     if _groups and _groups[-1] is not None:
-        stack = _groups[-1]
+        stack, before_first_rename = _groups[-1]
+        if before_first_rename is not None:
+            before_first_rename()  # (an error here leaves every output as it was)
         _groups[-1] = None  # started: held from this first rename until the group ends
         stack.enter_context(_holding())
     with _holding():
         yield
 
 
+def replace_all(pairs) -> list:
+    """Rename each finished temporary file over its target, ``pairs`` of (temporary, target), in order: all of them,
+    or none. A rename that fails (an immutable or busy target) puts back the targets replaced before it, from hard
+    links made first (a moved-aside copy where the file system has none), and removes the temporaries; a
+    checkpoint is then never half old and half new. Returns the targets.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from nnc._files import replace_all
+    >>> d = tempfile.mkdtemp()
+    >>> for name in ("a.tmp", "b.tmp"):
+    ...     _ = open(os.path.join(d, name), "w").write(name)
+    >>> [os.path.basename(p) for p in replace_all([(os.path.join(d, "a.tmp"), os.path.join(d, "a")),
+    ...                                             (os.path.join(d, "b.tmp"), os.path.join(d, "b"))])]
+    ['a', 'b']
+    """
+    pairs = [(os.fspath(tmp), os.fspath(target)) for tmp, target in pairs]
+    kept: dict[str, str | None] = {}  # target -> its old file's copy (None: it did not exist)
+    done: list[str] = []
+    try:
+        with renaming():  # (a signal held meanwhile is raised when all are in place: no rollback then)
+            try:
+                for tmp, target in pairs:
+                    kept[target] = _keep_old(target)
+                    os.replace(tmp, target)
+                    done.append(target)
+            except BaseException:
+                for target, old in reversed(list(kept.items())):
+                    with contextlib.suppress(OSError):
+                        if target in done and old is None:
+                            os.unlink(target)  # (it did not exist before)
+                        elif old is not None and (target in done or not os.path.lexists(target)):
+                            os.replace(old, target)  # the old file back (also one moved aside before a failure)
+                            kept[target] = None
+                for tmp, _ in pairs:
+                    with contextlib.suppress(OSError):
+                        os.unlink(tmp)
+                raise
+    finally:
+        for old in kept.values():
+            if old is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(old)
+    return done
+
+
+def _keep_old(target: str) -> str | None:
+    """A hard link to ``target`` under a temporary name beside it (None if there is no such file), to put back."""
+    if not os.path.lexists(target):
+        return None
+    fd, old = temp_file_beside(target, suffix=".old")
+    os.close(fd)
+    os.unlink(old)
+    try:
+        os.link(target, old, follow_symlinks=False)
+    except (OSError, NotImplementedError):
+        os.replace(target, old)  # (no hard links here: moved aside, put back on failure)
+    return old
+
+
 @contextlib.contextmanager
-def committed_together():
+def committed_together(before_first_rename=None):
     """Outputs committed in the block, and the block's own last step (a ``--state`` file renamed after the output),
     as one step against signals: from the first rename in the block (:func:`renaming`) until the block ends, a
     SIGINT or SIGTERM is held and raised at the end, so that no signal leaves an output renamed into place without
-    the state that goes with it.
+    the state that goes with it. ``before_first_rename`` (in the main thread) runs right before the block's first
+    rename: the state's bytes written and flushed there, a full disk fails before any output is replaced.
 
     Examples
     --------
@@ -200,7 +296,7 @@ def committed_together():
         yield
         return
     stack = contextlib.ExitStack()
-    _groups.append(stack)
+    _groups.append([stack, before_first_rename])
     try:
         with stack:
             yield
@@ -231,12 +327,17 @@ class AtomicFile:
         self.fh = os.fdopen(fd, "wb")
 
     def commit(self) -> None:
-        """Flush to disk and rename over ``path``."""
-        self.fh.flush()
-        os.fsync(self.fh.fileno())
-        self.fh.close()
-        with renaming():
-            os.replace(self.tmp, self.path)
+        """Flush to disk and rename over ``path``; an error names ``path``, not the temporary file."""
+        try:
+            self.fh.flush()
+            os.fsync(self.fh.fileno())
+            self.fh.close()
+            with renaming():
+                os.replace(self.tmp, self.path)
+        except OSError as exc:
+            if exc.filename not in (None, self.tmp):
+                raise
+            raise OSError(exc.errno, exc.strerror or str(exc), os.fspath(self.path)) from None
 
     def discard(self) -> None:
         """Close and remove the temporary file; ``path`` is left as it was."""

@@ -264,18 +264,28 @@ def _stream_output(args) -> str:
 
 @contextlib.contextmanager
 def _state_saved_after(path, state):
-    """A --state file written and renamed into place after the block, its temporary file made before it: a state
-    that cannot be written fails before the output is (not after it, with the output changed and the state not)."""
+    """A --state file renamed into place after the block's output, its bytes written and flushed right before the
+    output's first rename (the state is complete then): a state that cannot be written (a full disk) fails before
+    the output is replaced, not after it, with the output changed and the state not."""
     if path is None or state is None:
         yield
         return
     from ._files import AtomicFile, committed_together
 
     file = AtomicFile(path)
+    written = []
+
+    def write_state():
+        file.fh.write(state._to_bytes())
+        file.fh.flush()
+        os.fsync(file.fh.fileno())
+        written.append(True)
+
     try:
-        with committed_together():  # a signal after the output's rename waits for the state's
+        with committed_together(before_first_rename=write_state):  # a signal after the output's rename waits
             yield
-            file.fh.write(state._to_bytes())
+            if not written:  # (no rename in the main thread)
+                write_state()
             file.commit()
     except BaseException:
         file.discard()
@@ -2396,8 +2406,11 @@ def main(argv=None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_FAIL
-    except OSError as exc:
-        return _fail(f"{exc.filename or ''}: {exc.strerror or exc}")
+    except OSError as exc:  # one without a file name (a full disk) is the output's, or else the input's
+        where = exc.filename or next(
+            (v for v in (getattr(args, a, None) for a in ("output", "model", "stream")) if isinstance(v, str)), ""
+        )
+        return _fail(f"{where}: {exc.strerror or exc}")
     except KeyError as exc:
         return _fail(str(exc.args[0]) if exc.args else str(exc))
     except _Terminated as exc:

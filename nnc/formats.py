@@ -1199,7 +1199,7 @@ def write_onnx(path, tensors, dtypes=None, template=None) -> list:
     import shutil
     import tempfile
 
-    from ._files import refuse_overwriting, renaming
+    from ._files import refuse_overwriting, replace_all
 
     onnx, _ = _onnx()
     model = _onnx_model_with(tensors, dtypes, template)
@@ -1220,13 +1220,11 @@ def write_onnx(path, tensors, dtypes=None, template=None) -> list:
             location=location,
             size_threshold=1024,
         )
-        written = []
-        with renaming():
-            for name in (location, final.name):  # the data first: the model names it
-                if os.path.exists(os.path.join(work, name)):
-                    os.replace(os.path.join(work, name), final.parent / name)
-                    written.append(os.fspath(final.parent / name))
-        return written
+        return replace_all(  # the data first: the model names it
+            (os.path.join(work, name), final.parent / name)
+            for name in (location, final.name)
+            if os.path.exists(os.path.join(work, name))
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

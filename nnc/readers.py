@@ -425,13 +425,27 @@ def _read_safetensors(path: Path, file_index):
     return out, metadata, []
 
 
+def _mapped(path, stored: np.dtype, offset: int, count: int) -> np.memmap:
+    """``count`` values of ``stored`` at ``offset`` of the file, mapped; a file shorter than that now (changed or cut
+    since its header was read) is a FormatError naming it."""
+    try:
+        return np.memmap(path, dtype=stored, mode="r", offset=offset, shape=(count,))
+    except (ValueError, OSError) as exc:
+        if os.path.getsize(path) < offset + count * stored.itemsize:
+            raise FormatError(
+                f"{path}: the file ends before the tensor data its header places there (changed or cut while "
+                "being read?)"
+            ) from None
+        raise OSError(getattr(exc, "errno", None), str(exc), os.fspath(path)) from None
+
+
 def _safetensors_loader(path: Path, offset: int, stored: np.dtype, shape: tuple, narrow: str | None):
     def load() -> np.ndarray:
         count = math.prod(shape)
         if count == 0:
             raw = np.zeros(shape, stored)
         else:
-            raw = np.memmap(path, dtype=stored, mode="r", offset=offset, shape=(count,))
+            raw = _mapped(path, stored, offset, count)
         try:
             if narrow is not None:  # a format numpy lacks: as float32, exactly
                 return narrow_floats.to_float32(narrow, np.asarray(raw)).reshape(shape)
@@ -597,7 +611,7 @@ def _onnx_external_loader(path: Path, init, dtype: np.dtype, shape: tuple, onnx,
                 fh.seek(offset)
                 tensor.raw_data = fh.read(nbytes)
             return np.array(numpy_helper.to_array(tensor))
-        raw = np.memmap(data_path, dtype=stored, mode="r", offset=offset, shape=(count,))
+        raw = _mapped(data_path, stored, offset, count)
         try:
             return np.array(raw, dtype=dtype.newbyteorder("=")).reshape(shape)
         finally:

@@ -41,7 +41,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from . import narrow_floats
-from ._files import refuse_overwriting, renaming, temp_file_beside
+from ._files import refuse_overwriting, replace_all, reserve_space, temp_file_beside
 from .decoder import (
     RELEASABLE_MAPS,
     DecodedTensors,
@@ -324,6 +324,7 @@ class _SafetensorsSink:
         with open(tmp, "r+b") as fh:
             fh.write(head)
             fh.truncate(len(head) + sum(t.nbytes for t in file.tensors))
+            reserve_space(fh.fileno(), len(head) + sum(t.nbytes for t in file.tensors))  # a full disk: ENOSPC here
 
     def buffer(self, info):
         t = self.tensors[info.name]
@@ -338,6 +339,9 @@ class _SafetensorsSink:
             array.flush()
 
     def close(self):
+        pass
+
+    def abort(self):
         pass
 
 
@@ -379,6 +383,13 @@ class _NpzSink:
             self._write(name, self.waiting.pop(name))
         self.zf.close()
 
+    def abort(self):
+        """Let the archive go unfinished (its temporary file is removed): zipfile would otherwise try again to write
+        its end, at garbage collection, and print the failure ("Exception ignored")."""
+        fp, self.zf.fp = self.zf.fp, None
+        if fp is not None:
+            fp.close()
+
 
 class _PtSink:
     """A PyTorch shard: its tensors are gathered and saved when the last one arrives (memory: one shard)."""
@@ -413,15 +424,21 @@ class _PtSink:
     def close(self):
         pass
 
+    def abort(self):
+        pass
+
 
 class _Sink(Protocol):
-    """Where one output file's tensors go: an array to decode into (or None), then each array, then close."""
+    """Where one output file's tensors go: an array to decode into (or None), then each array, then close (or, on
+    an error, abort: the temporary file is removed)."""
 
     def buffer(self, info): ...
 
     def take(self, name, array): ...
 
     def close(self): ...
+
+    def abort(self): ...
 
 
 _SINKS: dict[str, Callable[[_File, str], _Sink]] = {"safetensors": _SafetensorsSink, "npz": _NpzSink, "pt": _PtSink}
@@ -743,15 +760,11 @@ def _write_files(
         for tmp in temps.values():
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
-        written = []
-        with renaming():  # the files of one checkpoint: all of them, or (on an error) as far as it came
-            for final, tmp in temps.items():
-                os.replace(tmp, folder / final)
-                written.append(os.fspath(folder / final))
-    except BaseException:
+        written = replace_all((tmp, folder / final) for final, tmp in temps.items())  # the whole checkpoint or none
+    except BaseException as exc:
         for sink in sinks.values():
             try:
-                sink.close()
+                sink.abort()
             except Exception:
                 pass
         for tmp in temps.values():
@@ -764,6 +777,12 @@ def _write_files(
                 folder.rmdir()
             except OSError:
                 pass
+        if isinstance(exc, OSError):  # named by the user's path, not a temporary file's (or none: a full disk)
+            named = {tmp: folder / name for name, tmp in temps.items()}
+            alone = folder / files[0].name if len(files) == 1 else folder
+            where = named.get(exc.filename) if exc.filename is not None else alone
+            if where is not None:
+                raise OSError(exc.errno, exc.strerror or str(exc), os.fspath(where)) from None
         raise
     return dict(
         files=written,

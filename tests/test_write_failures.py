@@ -1,0 +1,141 @@
+"""A full disk, and files that change under a command: one line naming the user's path, exit 1, nothing written,
+no temporary file left, an earlier output and the --state file as they were (never a SIGBUS or a half output)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import gc
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import nnc
+from nnc import formats, readers
+from nnc.cli import main
+from nnc.formats import FormatError
+
+
+def _model(tmp_path, n=300):
+    model = {"a.weight": np.linspace(-1, 1, n * n, dtype=np.float32).reshape(n, n), "a.bias": np.ones(n, np.float32)}
+    stream = tmp_path / "m.nnr"
+    stream.write_bytes(nnc.encode(model, qp=-30))
+    return stream
+
+
+def _no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def _leftovers(folder):
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".npz", "/"])
+def test_a_full_disk_while_decoding_is_one_line_and_leaves_the_old_output(tmp_path, monkeypatch, capfd, suffix):
+    stream = _model(tmp_path)
+    out = tmp_path / "out" if suffix == "/" else tmp_path / f"out{suffix}"
+    if suffix != "/":
+        out.write_bytes(b"OLD")
+    if suffix == ".npz":
+        monkeypatch.setattr(np.lib.format, "write_array", _no_space)
+    else:  # the space a memory-mapped safetensors file needs is reserved first: a full disk fails there
+        monkeypatch.setattr(os, "posix_fallocate", _no_space, raising=False)
+    assert main(["decode", str(stream), "-o", str(out) + ("/" if suffix == "/" else ""), "-q"]) == 1
+    gc.collect()  # (an unfinished zip archive must not try again at collection: "Exception ignored")
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and "No space left on device" in err and str(out) in err, err
+    assert ".tmp" not in err and "Exception ignored" not in err
+    assert _leftovers(tmp_path) == []
+    if suffix == "/":
+        assert not out.exists()
+    else:
+        assert out.read_bytes() == b"OLD"
+
+
+def test_a_state_that_cannot_be_written_leaves_the_output_as_it_was(tmp_path, monkeypatch, capfd):
+    """The state's bytes are written before the output is renamed into place (it replaced the output, then failed)."""
+    stream = _model(tmp_path)
+    out, state = tmp_path / "dec.npz", tmp_path / "rx.state"
+    out.write_bytes(b"OLD")
+    monkeypatch.setattr(nnc.DecoderState, "_to_bytes", lambda self: _no_space())
+    assert main(["decode", str(stream), "-o", str(out), "--state", str(state), "-q"]) == 1
+    assert out.read_bytes() == b"OLD" and not state.exists() and _leftovers(tmp_path) == []
+    assert "No space left on device" in capfd.readouterr().err
+
+
+def test_an_encoders_state_that_cannot_be_written_leaves_the_output_as_it_was(tmp_path, monkeypatch):
+    from nnc.encoder import EncoderState
+
+    model = tmp_path / "m.safetensors"
+    formats.write_model(str(model), {"w": np.linspace(-1, 1, 64, dtype=np.float32).reshape(8, 8)})
+    out, state = tmp_path / "m.nnr", tmp_path / "tx.state"
+    out.write_bytes(b"OLD")
+    monkeypatch.setattr(EncoderState, "_to_bytes", lambda self: _no_space())
+    assert main(["encode", str(model), "-o", str(out), "--state", str(state), "-q"]) == 1
+    assert out.read_bytes() == b"OLD" and not state.exists() and _leftovers(tmp_path) == []
+
+
+def test_a_model_file_cut_after_its_header_was_read_is_a_format_error(tmp_path):
+    path = tmp_path / "m.safetensors"
+    formats.write_model(str(path), {"w": np.ones(1000, np.float32)})
+    source = readers.open_model(path)
+    os.truncate(path, 500)
+    with pytest.raises(FormatError, match="ends before the tensor data"):
+        [t.load() for t in source]
+
+
+@pytest.mark.skipif(sys.platform != "linux" or os.geteuid() != 0, reason="needs root on Linux to mount a small tmpfs")
+def test_a_real_full_disk_is_an_error_not_a_sigbus(tmp_path):
+    """Decoding to a memory-mapped safetensors file on a full tmpfs died of SIGBUS (exit 135), no message, and left
+    a full-size temporary file that kept the disk full."""
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(small)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (no privilege in this container)")
+    try:
+        stream = _model(tmp_path)
+        run = subprocess.run([sys.executable, "-m", "nnc", "decode", str(stream), "-o", str(small / "o.safetensors"),
+                              "-q"], capture_output=True, text=True)
+        assert run.returncode == 1, run
+        assert "No space left on device" in run.stderr and str(small / "o.safetensors") in run.stderr
+        assert os.listdir(small) == []
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
+
+
+def _checkpoint(tmp_path, scale):
+    folder = tmp_path / f"ck{scale}"
+    folder.mkdir()
+    index = {}
+    for i in range(3):
+        name = f"model-{i + 1:05d}-of-00003.safetensors"
+        formats.write_model(str(folder / name), {f"l{i}.weight": np.full((4, 4), scale * (i + 1), np.float32)})
+        index[f"l{i}.weight"] = name
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": index}))
+    stream = tmp_path / f"ck{scale}.nnr"
+    nnc.encode_model(str(folder), str(stream), qp=-30)
+    return stream
+
+
+def test_a_rename_failing_inside_a_checkpoint_puts_the_old_files_back(tmp_path, monkeypatch):
+    """Shards 1 and 2 were replaced and 3 was not: a loader read half old, half new values (exit 1)."""
+    out = tmp_path / "out"
+    assert main(["decode", str(_checkpoint(tmp_path, 1.0)), "-o", f"{out}/", "-q"]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    coarser = _checkpoint(tmp_path, 2.0)
+    real, calls = os.replace, []
+
+    def failing_third(src, dst, *a, **k):
+        if str(src).endswith(".tmp") and not str(src).endswith(".old"):
+            calls.append(dst)
+            if len(calls) == 3:
+                raise OSError(errno.EPERM, "Operation not permitted", str(src))
+        return real(src, dst, *a, **k)
+
+    monkeypatch.setattr(os, "replace", failing_third)
+    assert main(["decode", str(coarser), "-o", f"{out}/", "--overwrite", "-q"]) == 1
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
