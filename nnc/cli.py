@@ -164,19 +164,23 @@ def _refuse_overwriting_inputs(output, inputs: dict):
     for option, path in inputs.items():
         if path and same_file(output, path):
             return f"{output}: the output is the {option} ({path}); refusing to overwrite an input"
-    folder = os.path.dirname(os.path.abspath(output))
-    if not os.path.isdir(folder):
-        return f"{output}: cannot write there: folder {os.path.dirname(output) or folder} does not exist"
-    return None
+    return _folder_missing(output, "")
+
+
+def _folder_missing(path, what: str) -> str | None:
+    """A message if ``path``'s folder does not exist, or is a file (``what``: "the state " or ""), else None."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(folder):
+        return None
+    shown = os.path.dirname(path) or folder
+    why = "is a file, not a folder" if os.path.exists(folder) else "does not exist"
+    return f"{path}: cannot write {what}there: {shown} {why}"
 
 
 def _state_folder_missing(state) -> str | None:
     """A message if the --state file cannot be written because its folder does not exist (checked before any
     output is written: a failure after it would leave a new output beside an old state), else None."""
-    folder = os.path.dirname(os.path.abspath(state)) if state else None
-    if folder and not os.path.isdir(folder):
-        return f"{state}: cannot write the state there: folder {os.path.dirname(state) or folder} does not exist"
-    return None
+    return _folder_missing(state, "the state ") if state else None
 
 
 def _unmatched_patterns(names, options: dict):

@@ -139,3 +139,11 @@ def test_a_rename_failing_inside_a_checkpoint_puts_the_old_files_back(tmp_path, 
     monkeypatch.setattr(os, "replace", failing_third)
     assert main(["decode", str(coarser), "-o", f"{out}/", "--overwrite", "-q"]) == 1
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_an_output_under_a_file_says_so(tmp_path, capsys):
+    model = tmp_path / "m.safetensors"
+    formats.write_model(str(model), {"w": np.ones((4, 4), np.float32)})
+    (tmp_path / "afile").write_bytes(b"")
+    assert main(["encode", str(model), "-o", str(tmp_path / "afile" / "x.nnr"), "-q"]) == 1
+    assert "afile is a file, not a folder" in capsys.readouterr().err
