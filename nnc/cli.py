@@ -2422,7 +2422,11 @@ def main(argv=None) -> int:
     except KeyboardInterrupt as exc:
         return _fail("interrupted" + (f" {_AFTER_OUTPUTS}" if exc.args == (_AFTER_OUTPUTS,) else ""))
     except MemoryError:  # an input larger than memory (a device such as /dev/zero read whole): one line
-        return _fail("out of memory (an input larger than this machine's memory?); nothing written")
+        inputs = [
+            v for v in (getattr(args, a, None) for a in ("model", "reference", "stream", "other")) if isinstance(v, str)
+        ]
+        where = f"{', '.join(inputs)}: " if inputs else ""
+        return _fail(f"{where}out of memory (an input larger than this machine's memory?); nothing written")
 
 
 if __name__ == "__main__":

@@ -1364,9 +1364,11 @@ class Decoder:
         """
         wanted = None if names is None else {names} if isinstance(names, str) else set(names)
         if wanted is not None:
-            missing = wanted - set(self._index)
+            missing = sorted(
+                n for n in wanted if n not in self._index
+            )  # (not a set of every name: one tensor at a time)
             if missing:  # api-check
-                raise KeyError(f"no tensor named {sorted(missing)[0]!r} in the stream")
+                raise KeyError(f"no tensor named {missing[0]!r} in the stream")
         if out is None:
             target = None
         elif callable(out):
@@ -1377,11 +1379,8 @@ class Decoder:
                 raise KeyError(f"no tensor named {unknown[0]!r} in the stream")
             target = lambda info: out.get(info.name)  # noqa: E731
         threads = thread_count(threads)
-        jobs = [
-            (unit, params, self._ndu_tensors[i], threads)
-            for i, (unit, params) in enumerate(self._ndus)
-            if wanted is None or any(t.name in wanted for t in self._ndu_tensors[i])
-        ]
+        units = range(len(self._ndus)) if wanted is None else sorted({self._index[n][0] for n in wanted})
+        jobs = [(*self._ndus[i], self._ndu_tensors[i], threads) for i in units]
         stateful = self.keep_state or any(params.parent_signalling for _, params, *_ in jobs)
 
         def decode_unit(unit, params, infos, threads):

@@ -257,7 +257,17 @@ def single_file_layout(fmt: str, names, metadata, file_name: str | None = None) 
     }
 
 
+#: Largest checkpoint index read (bytes): an index of 100,000 tensors takes about 10 MB; as the safetensors header's.
+MAX_INDEX_BYTES = 100_000_000
+
+
 def _open_index(index_path: Path) -> ModelSource:
+    try:
+        size = index_path.stat().st_size
+    except OSError as exc:
+        raise FormatError(f"cannot read {index_path}: {exc.strerror}") from None
+    if size > MAX_INDEX_BYTES:  # (its JSON would take tens of times that in memory)
+        raise FormatError(f"{index_path}: a checkpoint index of {size:,} bytes, more than the {MAX_INDEX_BYTES:,} read")
     try:
         index, repeated = _json_noting_repeated_keys(index_path.read_text())
         weight_map = index["weight_map"]
@@ -641,39 +651,56 @@ def _external_data_int(path: Path, init, info: dict, key: str) -> int | None:
 
 def _read_npz(path: Path, file_index):
     out = []
+    zf = None
     try:
-        with zipfile.ZipFile(path) as zf:
-            for member in zf.infolist():
-                if not member.filename.endswith(".npy"):
-                    raise FormatError(f"{path}: member {member.filename!r} is not a .npy array")
-                with zf.open(member) as fh:
-                    shape, _fortran, dtype = formats._npy_header(path, member, fh)
-                name = dtype.newbyteorder("=").name
-                out.append(
-                    LazyTensor(
-                        member.filename[:-4], tuple(shape), name, name, _npz_loader(path, member.filename), file_index
-                    )
+        zf = zipfile.ZipFile(path)  # kept open for the loaders: its directory is read once, not once a tensor
+        archive = _OpenArchive(zf)
+        for member in zf.infolist():
+            if not member.filename.endswith(".npy"):
+                raise FormatError(f"{path}: member {member.filename!r} is not a .npy array")
+            with zf.open(member) as fh:
+                shape, _fortran, dtype = formats._npy_header(path, member, fh)
+            name = dtype.newbyteorder("=").name
+            out.append(
+                LazyTensor(
+                    member.filename[:-4], tuple(shape), name, name, _npz_loader(path, archive, member), file_index
                 )
+            )
     except FormatError:
+        if zf is not None:
+            zf.close()
         raise
     except (zipfile.BadZipFile, ValueError, EOFError, KeyError, OSError, RuntimeError, NotImplementedError) as exc:
+        if zf is not None:
+            zf.close()
         raise FormatError(f"{path}: not a readable .npz archive ({type(exc).__name__}: {exc})") from None
     return out, {}, []
 
 
-def _npz_loader(path: Path, member_name: str):
+class _OpenArchive:
+    """An .npz archive open for its tensors' loaders, one member read at a time; closed with the last loader."""
+
+    def __init__(self, zf: zipfile.ZipFile):
+        import threading
+
+        self.zf = zf
+        self.lock = threading.Lock()
+
+    def __del__(self):
+        self.zf.close()
+
+
+def _npz_loader(path: Path, archive: _OpenArchive, member: zipfile.ZipInfo):
     def load():
         import zlib
 
         try:
-            with zipfile.ZipFile(path) as zf:
-                member = zf.getinfo(member_name)
-                with zf.open(member) as fh:
-                    return formats._read_npy_member(path, member, fh)
+            with archive.lock, archive.zf.open(member) as fh:
+                return formats._read_npy_member(path, member, fh)
         except FormatError:
             raise
         except (zipfile.BadZipFile, zlib.error, ValueError, EOFError, KeyError, OSError, RuntimeError) as exc:
-            raise FormatError(f"{path}: {member_name}: not readable ({type(exc).__name__}: {exc})") from None
+            raise FormatError(f"{path}: {member.filename}: not readable ({type(exc).__name__}: {exc})") from None
 
     return load
 

@@ -565,3 +565,20 @@ def test_use_mode_refuses_a_dq_state_in_an_entry_point_of_a_tensor_without_dq(pr
             else:
                 np.testing.assert_array_equal(nnc.Decoder(bad, entry_points=mode).decode()["i"], a)
         np.testing.assert_array_equal(nnc.Decoder(bad, entry_points="ignore").decode()["i"], a)
+
+
+def test_decoding_one_tensor_by_name_looks_at_its_own_unit_only(monkeypatch):
+    """`nnc info` decodes tensor by tensor; each call walked every unit (20,000 NDUs: 506 s, now 15 s)."""
+    stream = nnc.encode({f"t{i}": np.full(3, i, np.float32) for i in range(200)}, qp=-20)
+    dec = nnc.Decoder(stream)
+
+    class Counting(list):
+        reads = 0
+
+        def __getitem__(self, i):
+            Counting.reads += 1
+            return super().__getitem__(i)
+
+    dec._ndu_tensors = Counting(dec._ndu_tensors)
+    assert float(dict(dec.iter_tensors(["t150"]))["t150"][0]) == pytest.approx(150, abs=0.1)
+    assert Counting.reads <= 3

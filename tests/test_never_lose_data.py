@@ -694,8 +694,8 @@ def test_running_out_of_memory_is_one_line(stream, tmp_path, capsys, monkeypatch
     out = tmp_path / "never.npz"
     for argv in (("info", stream), ("decode", stream, "-o", out)):
         code, _, err = cli(capsys, *argv)
-        assert code == 1 and err == "nnc: error: out of memory (an input larger than this machine's memory?); " \
-                                    "nothing written\n"
+        assert code == 1 and err == f"nnc: error: {stream}: out of memory (an input larger than this machine's " \
+                                    "memory?); nothing written\n"
     assert not out.exists()
 
 

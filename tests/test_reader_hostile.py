@@ -412,3 +412,35 @@ def test_tensors_nested_deeper_than_a_state_dict_are_named(tmp_path):
     path = tmp_path / "c.pt"
     torch.save({"model": {"encoder": {"w": torch.ones(3)}, "decoder": {"w": torch.ones(3)}}}, path)
     _refused(path, "nested deeper in 'model'")
+
+
+def test_a_checkpoint_index_past_the_size_read_is_refused_before_parsing(tmp_path, monkeypatch):
+    """A 160 MB index of empty lists took 3.75 GB to parse (a probe); indexes are capped as safetensors headers."""
+    folder = tmp_path / "ck"
+    folder.mkdir()
+    formats.write_model(str(folder / "model-00001-of-00001.safetensors"), {"w": np.ones(2, np.float32)})
+    index = {"metadata": {"x": [[]] * 2000}, "weight_map": {"w": "model-00001-of-00001.safetensors"}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    assert [t.name for t in open_model(folder)] == ["w"]
+    monkeypatch.setattr(readers, "MAX_INDEX_BYTES", 1000)
+    _refused(folder / "model.safetensors.index.json", "checkpoint index of", "more than the 1,000")
+
+
+def test_an_npz_archive_is_opened_once_for_all_its_tensors(tmp_path, monkeypatch):
+    """Each tensor reopened the archive and read its whole directory again: 8,000 members took over 600 s."""
+    import zipfile
+
+    path = tmp_path / "m.npz"
+    path.write_bytes(formats.npz_bytes({f"t{i}": np.full(2, i, np.float32) for i in range(50)}))
+    opened = []
+    real = zipfile.ZipFile
+
+    class Counting(real):
+        def __init__(self, *a, **k):
+            opened.append(a[0])
+            super().__init__(*a, **k)
+
+    monkeypatch.setattr(zipfile, "ZipFile", Counting)
+    values = [t.load() for t in open_model(path)]
+    assert len(values) == 50 and float(values[49][0]) == 49.0
+    assert len(opened) <= 2                      # its format told, then read: not once a tensor
