@@ -83,6 +83,9 @@ class Limits:
     max_total_bytes : int
         Most bytes the decoded tensors of one stream may take together
         (default 8 GiB).
+    max_metadata_bytes : int
+        Most bytes of a topology string that may hold nnc's metadata, read as JSON
+        (default 64 MiB; spec 15.2 limit 4).
 
     Raises
     ------
@@ -105,12 +108,14 @@ class Limits:
     max_tensor_elements: int = 2**31 - 1
     #: Most bytes the decoded output of one stream may take.
     max_total_bytes: int = 8 * 2**30
+    #: Most bytes of nnc metadata (a topology string read as JSON).
+    max_metadata_bytes: int = 64 * 2**20
 
     #: How many times its own size a stream decoded to files may write (:meth:`for_files`).
     FILE_OUTPUT_RATIO = 256
 
     def __post_init__(self):
-        for name in ("max_tensor_elements", "max_total_bytes"):
+        for name in ("max_tensor_elements", "max_total_bytes", "max_metadata_bytes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:  # api-check
                 raise ValueError(f"Limits.{name} must be an integer >= 0, not {value!r}")
@@ -1047,7 +1052,7 @@ class Decoder:
                 raise UnsupportedError("NNR_QNT units are not supported", clause="6.3", offset=unit.offset)
             elif unit.type == C.NNR_TPL:
                 # spec 6.2.1: the last topology unit that carries nnc metadata applies; another changes nothing
-                meta = _topology_metadata(unit)
+                meta = _topology_metadata(unit, self.limits.max_metadata_bytes)
                 if meta:
                     self.metadata, self._metadata_offset = meta, unit.offset
             else:  # NNR_NDU: the container rejects reserved types and NNR_AGG (spec 3.4, 6.4)
@@ -1883,9 +1888,9 @@ def _bounded_ordered(fn, jobs: list, threads: int):
                 f.cancel()
 
 
-def _topology_metadata(unit: C.Unit) -> dict:
+def _topology_metadata(unit: C.Unit, max_bytes: int | None = None) -> dict:
     """nnc's metadata in a format-0 topology unit, if any (spec 6.2.1): the object under the key ``"nnc"`` of a
-    ``topology_data`` that is a JSON object; {} otherwise."""
+    ``topology_data`` that is a JSON object; {} otherwise. LimitError past ``max_bytes`` (spec 15.2 limit 4)."""
     import json
 
     h = unit.header
@@ -1894,6 +1899,14 @@ def _topology_metadata(unit: C.Unit) -> dict:
         return {}
     if not data.lstrip(" \t\n\r").startswith("{"):
         return {}
+    if max_bytes is not None and 4 * len(data) > max_bytes:  # (a character takes 1 to 4 bytes)
+        size = len(data.encode("utf-8", "surrogatepass"))
+        if size > max_bytes:
+            raise LimitError(
+                f"a topology unit's metadata of {size:,} bytes exceeds {max_bytes:,} (Limits.max_metadata_bytes)",
+                clause="15.2",
+                offset=unit.offset,
+            )
     try:
         meta = json.loads(data).get("nnc", {})
     except (ValueError, AttributeError, RecursionError):  # hostile nesting: not nnc metadata

@@ -154,3 +154,22 @@ def test_a_scan_order_above_4_is_refused_with_the_headers(ptype, scan):
     bad = stream[: ndu.offset] + C.build_ndu(fields, bytes(ndu.payload))
     with pytest.raises(DecodeError, match=f"scan_order {scan} is above 4"):
         nnc.Decoder(bad)
+
+
+def test_metadata_past_the_limit_is_refused_before_it_is_parsed(monkeypatch):
+    """32 MB of JSON empty lists took 874 MB to parse (a probe): nnc metadata is capped (spec 15.2 limit 4)."""
+    from nnc.errors import LimitError
+
+    stream = nnc.encode({f"layer{i}.weight": np.ones((2, 2), np.float32) for i in range(50)}, qp=-20)
+    tpl = next(u for u in _units(stream) if u.type == C.NNR_TPL)
+    size = len(tpl.header.data.encode())
+    assert set(nnc.Decoder(stream, limits=nnc.Limits(max_metadata_bytes=size)).names()) == {f"layer{i}.weight"
+                                                                                        for i in range(50)}
+    with pytest.raises(LimitError, match="max_metadata_bytes"):
+        nnc.Decoder(stream, limits=nnc.Limits(max_metadata_bytes=size - 1))
+    bomb = _with_metadata_text(stream, '{"nnc": {"version": 1, "x": [' + ",".join(["[]"] * 60_000) + "]}}")
+    with pytest.raises(LimitError):
+        nnc.Decoder(bomb, limits=nnc.Limits(max_metadata_bytes=100_000))
+    monkeypatch.setattr(nnc.Limits, "max_metadata_bytes", size - 1)   # the encoder writes what decoders read
+    with pytest.raises(nnc.EncodeError, match="decoders read by default"):
+        nnc.encode({f"layer{i}.weight": np.ones((2, 2), np.float32) for i in range(50)}, qp=-20)

@@ -31,7 +31,7 @@ import numpy as np
 
 from .. import container as C
 from .._parallel import row_threads
-from ..decoder import _payload_digests, _weights_before_biases
+from ..decoder import Limits, _payload_digests, _weights_before_biases
 from ..errors import EncodeError
 from .quantiser import CodedTensor
 from .settings import EncoderSettings, matches
@@ -214,7 +214,13 @@ def metadata_json(
     if dtypes:
         meta["dtypes"] = dtypes
     meta.update(extra or {})
-    return json.dumps({"nnc": meta}, separators=(",", ":"), sort_keys=True)
+    text = json.dumps({"nnc": meta}, separators=(",", ":"), sort_keys=True)
+    if len(text) > Limits.max_metadata_bytes:  # (ASCII: json.dumps escapes the rest)
+        raise EncodeError(
+            f"the stream's metadata (names, dtypes, file layout of {len(shapes):,} tensors) takes {len(text):,} bytes, "
+            f"more than the {Limits.max_metadata_bytes:,} decoders read by default (spec 15.2)"
+        )
+    return text
 
 
 def announced_by_count(names: list, groups: Mapping[str, dict]) -> bool:
