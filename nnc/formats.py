@@ -556,6 +556,10 @@ def _read_npy_member(path, member, fh) -> np.ndarray:
             f"{path}: {member.filename}: header claims {count} x {dtype.itemsize} bytes, "
             f"the member holds {member.file_size}"
         )
+    if member.compress_type == zipfile.ZIP_STORED and member.compress_size > os.path.getsize(path):
+        raise FormatError(  # (read at once, a size the archive cannot hold would be allocated first)
+            f"{path}: {member.filename}: the archive says {member.compress_size:,} bytes, more than the whole file"
+        )
     data = fh.read(count * dtype.itemsize)
     if len(data) != count * dtype.itemsize:
         raise FormatError(f"{path}: {member.filename}: array data is truncated")

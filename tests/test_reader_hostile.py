@@ -444,3 +444,20 @@ def test_an_npz_archive_is_opened_once_for_all_its_tensors(tmp_path, monkeypatch
     values = [t.load() for t in open_model(path)]
     assert len(values) == 50 and float(values[49][0]) == 49.0
     assert len(opened) <= 2                      # its format told, then read: not once a tensor
+
+
+def test_an_npz_member_claiming_more_than_the_archive_is_refused(tmp_path):
+    """A 300-byte archive whose stored member says 4 GB read "out of memory" (its read allocated the size first)."""
+    import io
+    import zipfile
+
+    path = tmp_path / "m.npz"
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (2**30 - 64,)})
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("w.npy", header.getvalue() + bytes(64))
+    data = bytearray(path.read_bytes())
+    for signature, at in ((b"PK\x01\x02", 20), (b"PK\x03\x04", 18)):
+        struct.pack_into("<II", data, data.index(signature) + at, 0xFFFFFFF0, 0xFFFFFFF0)
+    path.write_bytes(bytes(data))
+    _refused(path, "w.npy", "more than the whole file")
