@@ -1369,9 +1369,8 @@ class Decoder:
         """
         wanted = None if names is None else {names} if isinstance(names, str) else set(names)
         if wanted is not None:
-            missing = sorted(
-                n for n in wanted if n not in self._index
-            )  # (not a set of every name: one tensor at a time)
+            # (not a set of every name: a model decoded one tensor at a time would build it for each)
+            missing = sorted(n for n in wanted if n not in self._index)
             if missing:  # api-check
                 raise KeyError(f"no tensor named {missing[0]!r} in the stream")
         if out is None:

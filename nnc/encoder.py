@@ -168,7 +168,7 @@ def _warn_lost_signal(result: "EncodeResult", arrays: Mapping) -> None:
     lost = [
         name
         for name, t in result.tensors.items()
-        if t.levels is not None and not np.any(t.levels) and name in arrays and np.any(np.asarray(arrays[name]))
+        if t.levels is not None and not np.any(t.reconstruction) and name in arrays and np.any(np.asarray(arrays[name]))
     ]
     if lost:
         package, frame, level = os.path.dirname(os.path.abspath(__file__)), sys._getframe(0), 1
