@@ -156,9 +156,11 @@ def _difference(x: np.ndarray, held: np.ndarray) -> np.ndarray | None:
     return wide.astype(x.dtype)
 
 
-def _warn_lost_signal(result: "EncodeResult", arrays: Mapping) -> None:
+def _warn_lost_signal(encoder: "Encoder", result: "EncodeResult", arrays: Mapping) -> None:
     """A PrecisionWarning naming the tensors of ``result`` whose non-zero values all decode as 0 (nnc.errors), at
-    the first caller outside nnc."""
+    the first caller outside nnc; none for an update, whose small differences may round to zero by design."""
+    if encoder.settings.differences:
+        return
     import os
     import sys
     import warnings
@@ -891,8 +893,7 @@ def encode(tensors: Mapping[str, object], *, qp: int | None = None, dq: bool = T
     """
     encoder = Encoder(qp=qp, dq=dq, **options)
     result = encoder.encode(tensors)
-    if not encoder.settings.differences:  # (an update's small differences may round to zero by design)
-        _warn_lost_signal(result, tensors)
+    _warn_lost_signal(encoder, result, tensors)
     return result.stream
 
 

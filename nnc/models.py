@@ -215,8 +215,7 @@ def encode_model(model, output=None, *, client=None, **options) -> bytes:
             raise formats.FormatError(f"{model}: no tensors found (nothing to encode)")
     encoder = Encoder(**options)
     result = encoder.encode(tensors, extra_metadata=extra)
-    if not encoder.settings.differences:  # (an update's small differences may round to zero by design)
-        _warn_lost_signal(result, tensors)
+    _warn_lost_signal(encoder, result, tensors)
     stream = result.stream
     if output is not None:
         formats.write_atomic(output, stream)

@@ -323,8 +323,7 @@ class _SafetensorsSink:
         self.tensors = {t.name: t for t in file.tensors}
         with open(tmp, "r+b") as fh:
             fh.write(head)
-            fh.truncate(len(head) + sum(t.nbytes for t in file.tensors))
-            reserve_space(fh.fileno(), len(head) + sum(t.nbytes for t in file.tensors))  # a full disk: ENOSPC here
+            reserve_space(fh.fileno(), len(head) + sum(t.nbytes for t in file.tensors))  # sizes it; ENOSPC here
 
     def buffer(self, info):
         t = self.tensors[info.name]
