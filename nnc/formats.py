@@ -429,28 +429,41 @@ def safetensors_bytes(tensors, dtypes: dict | None = None, metadata: dict | None
     >>> len(data) == 8 + n + 12
     True
     """
+    buf = io.BytesIO()
+    _save_safetensors(buf, tensors, dtypes, metadata)
+    return buf.getvalue()
+
+
+def _save_safetensors(fh, tensors, dtypes: dict | None = None, metadata: dict | None = None) -> None:
+    """Write the safetensors file of :func:`safetensors_bytes` to the open binary file ``fh``, one tensor's bytes
+    in memory at a time."""
     check_safetensors_names(tensors)
     dtypes = dtypes or {}
     header: dict = {"__metadata__": {str(k): str(v) for k, v in metadata.items()}} if metadata else {}
-    chunks, offset = [], 0
+    offset = 0
+    for name, arr in tensors.items():
+        arr = np.asarray(arr)
+        narrow = narrow_floats.NARROW_FLOATS.get(dtypes.get(name))
+        if narrow is not None:
+            st, size = narrow.safetensors, arr.size * narrow.storage.itemsize
+        else:
+            key = arr.dtype.newbyteorder("<").str.replace("|", "")
+            if key not in _ST_NAMES:
+                raise FormatError(f"dtype {arr.dtype} of {name!r} has no safetensors equivalent")
+            st, size = _ST_NAMES[key], arr.nbytes
+        header[name] = {"dtype": st, "shape": list(arr.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    hjson = json.dumps(header, separators=(",", ":")).encode()
+    hjson += b" " * (-len(hjson) % 8)
+    fh.write(struct.pack("<Q", len(hjson)) + hjson)
     for name, arr in tensors.items():
         arr = np.asarray(arr, order="C")  # (ascontiguousarray would turn 0-d into 1-d)
         narrow = narrow_floats.NARROW_FLOATS.get(dtypes.get(name))
         if narrow is not None:
-            raw = narrow_floats.from_float32(narrow.name, arr).astype(narrow.storage).tobytes()
-            st = narrow.safetensors
+            raw = narrow_floats.from_float32(narrow.name, arr).astype(narrow.storage.newbyteorder("<"))
         else:
-            le = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
-            key = le.dtype.str.replace("|", "")
-            if key not in _ST_NAMES:
-                raise FormatError(f"dtype {arr.dtype} of {name!r} has no safetensors equivalent")
-            raw, st = le.tobytes(), _ST_NAMES[key]
-        header[name] = {"dtype": st, "shape": list(arr.shape), "data_offsets": [offset, offset + len(raw)]}
-        chunks.append(raw)
-        offset += len(raw)
-    hjson = json.dumps(header, separators=(",", ":")).encode()
-    hjson += b" " * (-len(hjson) % 8)
-    return struct.pack("<Q", len(hjson)) + hjson + b"".join(chunks)
+            raw = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
+        fh.write(np.ascontiguousarray(raw).reshape(-1).view(np.uint8).data)
 
 
 # -- npz -----------------------------------------------------------------------------
@@ -592,8 +605,13 @@ def npz_bytes(tensors, dtypes=None) -> bytes:
     [1.5, 2.5]
     """
     buf = io.BytesIO()
-    np.savez(buf, **{k: np.asarray(v) for k, v in tensors.items()})
+    _save_npz(buf, tensors)
     return buf.getvalue()
+
+
+def _save_npz(fh, tensors) -> None:
+    """Write the archive of :func:`npz_bytes` to the open binary file ``fh`` (seekable), member by member."""
+    np.savez(fh, **{k: np.asarray(v) for k, v in tensors.items()})
 
 
 # -- PyTorch ---------------------------------------------------------------------------
@@ -834,20 +852,29 @@ def pt_bytes(tensors, dtypes=None, metadata=None) -> bytes:
     >>> list(sd), sd["w"].dtype
     (['w'], torch.float32)
     """
+    buf = io.BytesIO()
+    _save_pt(buf, tensors, dtypes, metadata)
+    return buf.getvalue()
+
+
+def _save_pt(fh, tensors, dtypes=None, metadata=None) -> None:
+    """Write the file of :func:`pt_bytes` to the open binary file ``fh``; a C-contiguous, writeable array is
+    handed to torch without a copy (torch.save only reads it)."""
     torch = _torch()
     dtypes = dtypes or {}
     sd = OrderedDict()
     for k, v in tensors.items():
-        t = torch.from_numpy(np.array(v, order="C", copy=True))
+        arr = np.asarray(v)
         if narrow_floats.is_narrow(dtypes.get(k)):
-            t = torch_narrow_float(torch, dtypes[k], np.asarray(v))
-        sd[k] = t
+            sd[k] = torch_narrow_float(torch, dtypes[k], arr)
+        elif arr.flags.c_contiguous and arr.flags.writeable and arr.dtype.isnative:
+            sd[k] = torch.from_numpy(arr)
+        else:
+            sd[k] = torch.from_numpy(np.array(arr, order="C", copy=True))
     versions = state_dict_metadata(metadata)
     if versions is not None:
         sd._metadata = OrderedDict((prefix, dict(entry)) for prefix, entry in versions.items())  # type: ignore[attr-defined]
-    buf = io.BytesIO()
-    torch.save(sd, buf)
-    return buf.getvalue()
+    torch.save(sd, fh)
 
 
 def torch_narrow_float(torch, name: str, values: np.ndarray):
@@ -1357,15 +1384,20 @@ def write_model(path, tensors, dtypes=None, fmt: str | None = None, template=Non
             except TypeError:
                 pass
         restored[k] = v
-    if fmt == "npz":
-        data = npz_bytes(restored)
-    elif fmt == "safetensors":
-        data = safetensors_bytes(restored, dtypes, metadata)
-    elif fmt == "pt":
-        data = pt_bytes(restored, dtypes, metadata)
-    elif fmt == "onnx":
+    if fmt == "onnx":
         write_onnx(path, restored, dtypes, template)
         return
+    if fmt == "npz":
+        save = lambda fh: _save_npz(fh, restored)  # noqa: E731
+    elif fmt == "safetensors":
+        save = lambda fh: _save_safetensors(fh, restored, dtypes, metadata)  # noqa: E731
+    elif fmt == "pt":
+        save = lambda fh: _save_pt(fh, restored, dtypes, metadata)  # noqa: E731
     else:
         raise FormatError(f"unknown model format {fmt!r}")
-    write_atomic(path, data)
+    if fmt == "pt":
+        _torch()  # (a missing torch is refused before a file is begun)
+    from ._files import AtomicFile
+
+    with AtomicFile(path) as out:  # each tensor's bytes go to the file as they are made: no copy of the model
+        save(out.fh)

@@ -409,16 +409,16 @@ class _PtSink:
         )
         self.gathered[name] = view[name]
         if len(self.gathered) == len(self.tensors):
-            from .formats import pt_bytes
+            from .formats import _save_pt
 
-            data = pt_bytes(
-                OrderedDict((k, self.gathered[k]) for k in self.tensors),
-                {k: v.dtype for k, v in self.tensors.items()},
-                self.metadata,
-            )
-            self.gathered.clear()
             with open(self.tmp, "wb") as fh:
-                fh.write(data)
+                _save_pt(
+                    fh,
+                    OrderedDict((k, self.gathered[k]) for k in self.tensors),
+                    {k: v.dtype for k, v in self.tensors.items()},
+                    self.metadata,
+                )
+            self.gathered.clear()
 
     def close(self):
         pass
