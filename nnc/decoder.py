@@ -1538,6 +1538,11 @@ class Decoder:
         checked = narrow is None and out.dtype.kind in "biu" and not np.can_cast(arr.dtype, out.dtype, "safe")
         narrowing = narrow is None and out.dtype.kind == "f" and out.dtype.itemsize < arr.dtype.itemsize
         step = 1 << 20
+        for i in range(0, src.size, step):  # values out cannot hold are refused before it is touched
+            if checked:
+                exact_integers(name, src[i : i + step], out.dtype)
+            elif narrowing:
+                _check_narrowing(name, src[i : i + step], out.dtype)
         for i in range(0, src.size, step):
             part = src[i : i + step]
             if narrow is not None:
@@ -1547,8 +1552,6 @@ class Decoder:
             else:
                 with np.errstate(over="ignore"):
                     np.copyto(dst[i : i + step], part, casting="unsafe")
-                if narrowing:
-                    _check_narrowed(name, part, dst[i : i + step])
         return out
 
     def _bit_pattern_format(self, name: str, out: np.ndarray, arr: np.ndarray):
@@ -1683,9 +1686,9 @@ class Decoder:
             direct = _direct_target(first, into)
             if direct is not None:
                 values = np.frombuffer(payload, dtype="<f4")
+                _check_narrowing(first.name, values, direct.dtype)  # (before the caller's array is touched)
                 with np.errstate(over="ignore"):
                     np.copyto(direct.reshape(-1), values, casting="same_kind")
-                _check_narrowed(first.name, values, direct.reshape(-1))
                 return {first.name: direct}
             arr = np.frombuffer(payload, dtype="<f4").astype(np.float32).reshape(first.shape)
             if first.decompressed_data_format is not None:
@@ -1785,17 +1788,13 @@ class Decoder:
                 out[info.name] = direct
             else:  # spec 12.2, 12.3 as reconstruct_uniform: float32(n) * float32(step), in float32
                 flat, step, chunk = direct.reshape(-1), np.float32(info.step), 1 << 16
+                if flat.dtype.itemsize < 4 and levels.size:  # float16: the largest |n| * step, before writing
+                    peak = max(int(levels.max()), -int(levels.min()))
+                    with np.errstate(over="ignore"):
+                        _check_narrowing(info.name, np.float32(peak) * step, flat.dtype)
                 with np.errstate(over="ignore"):  # in chunks: numpy copies an aliased operand (levels in place)
                     for i in range(0, flat.size, chunk):
                         np.multiply(levels[i : i + chunk], step, out=flat[i : i + chunk], dtype=np.float32)
-                        if flat.dtype.itemsize < 4:  # float16: values beyond its range are refused, not inf
-                            bad = np.isinf(flat[i : i + chunk])
-                            if bad.any():
-                                _check_narrowed(
-                                    info.name,
-                                    np.multiply(levels[i : i + chunk][bad], step, dtype=np.float32),
-                                    flat[i : i + chunk][bad],
-                                )
                 out[info.name] = direct
         dec.finish()
         return out
@@ -1811,6 +1810,18 @@ class Decoder:
         if info.decompressed_data_format is not None:
             values = convert_to_format(levels if info.payload_type == "INT" else values, info.decompressed_data_format)
         return values.reshape(info.shape)
+
+
+def _check_narrowing(name: str, values, dtype) -> None:
+    """Refuse, before writing, a caller's narrower float array (``dtype``: float16) for finite ``values`` beyond
+    its range (see :func:`_check_narrowed`)."""
+    values = np.asarray(values).reshape(-1)
+    if np.dtype(dtype).itemsize >= values.dtype.itemsize:
+        return
+    for i in range(0, values.size, 1 << 16):  # (small temporaries)
+        part = values[i : i + (1 << 16)]
+        with np.errstate(over="ignore"):
+            _check_narrowed(name, part, part.astype(dtype))
 
 
 def _check_narrowed(name: str, values: np.ndarray, written: np.ndarray, recorded: bool = False) -> None:

@@ -238,10 +238,12 @@ class UpdateError(NNCError, ValueError):
 class OutputBufferError(NNCError, ValueError):
     """An output array given to the decoder (``out=``) cannot hold the tensor.
 
-    Raised before anything is decoded into it: the array has another shape
+    Raised before anything is written into the array: it has another shape
     than the tensor, a dtype the tensor does not decode to, or is not a
-    writable C-contiguous numpy array.  The parameters are those of
-    :class:`~nnc.errors.NNCError`.
+    writable C-contiguous numpy array (checked before decoding), or a
+    float16 array cannot hold the tensor's values (checked once they are
+    decoded; arrays given for other tensors may be filled by then).  The
+    parameters are those of :class:`~nnc.errors.NNCError`.
 
     Examples
     --------

@@ -302,9 +302,11 @@ def load_state_dict(module, stream, strict: bool = True, validate: bool = False,
         names both have.
     validate : bool
         Decode every unit once before loading anything, so that an invalid
-        stream leaves the module unchanged (the decoding takes twice as long).
-        Without it, a stream found invalid midway leaves the tensors before
-        the fault loaded and the faulty one's contents unspecified.
+        stream, or a value a module tensor's dtype cannot hold, leaves the
+        module unchanged (the decoding takes twice as long). Without it, a
+        stream found invalid midway leaves the tensors before the fault
+        loaded and the faulty one's contents unspecified; a value out of a
+        tensor's range leaves the tensors before it loaded.
     **decoder_options
         ``limits``, ``engine``, ``state``, ``entry_points`` of :class:`nnc.decoder.Decoder`.
 
@@ -318,7 +320,10 @@ def load_state_dict(module, stream, strict: bool = True, validate: bool = False,
     nnc.errors.OutputBufferError
         If ``strict`` and the names differ, a tensor's shape differs from
         the module's, or a module tensor is on the meta device (it has no
-        storage); the module is then unchanged.
+        storage): the module is then unchanged; or if a module tensor's dtype
+        cannot hold its decoded values (float16 beyond its range, an integer
+        tensor given fractions): unchanged with ``validate``, partly loaded
+        without.
     nnc.errors.DecodeError
         If the stream is invalid; the module is then unchanged with ``validate``,
         partly loaded without.
@@ -366,9 +371,9 @@ def load_state_dict(module, stream, strict: bool = True, validate: bool = False,
                 f"tensor {name!r} has shape {tuple(shape)} in the stream, {tuple(target[name].shape)} in the module"
             )
 
-    if validate:
-        for _ in dec.iter_tensors(common):  # one unit in memory at a time
-            pass
+    if validate:  # one tensor in memory at a time; the values must also fit the module's dtypes
+        for name, array, dtype in _decoded_views(dec, common):
+            _check_fits(torch, name, array, dtype, target[name].dtype)
     in_place = set()
 
     def direct(info):
