@@ -40,7 +40,7 @@ from .errors import (
 __version__ = "0.2.0"  # the one place the version is written (pyproject.toml reads it)
 
 
-def encode(tensors, *, qp=None, dq=True, **options):
+def encode(tensors, *, qp=None, dq=None, **options):
     """Encode a mapping of name to array into an NNC stream (bytes).
 
     The same as :func:`nnc.encoder.encode`, imported on first use.  The
@@ -56,8 +56,8 @@ def encode(tensors, *, qp=None, dq=True, **options):
         Global quantisation parameter (spec 12.1); None for the default, -38.
         Tensors of at most one dimension (biases, norms) use ``nonweight_qp``
         (default -75) unless that option is None.
-    dq : bool
-        Dependent quantisation (spec 10.2); True by default.
+    dq : bool or None
+        Dependent quantisation (spec 10.2); None for the default, True.
     **options
         Any other keyword option of :class:`nnc.encoder.Encoder` (``step``,
         ``scan_order``, ``nonweight_qp``, ``profile``, ``codebook``, ...).

@@ -257,8 +257,12 @@ def _not_a_stream(path):
 
 
 def _stream_output(args) -> str:
-    """Where ``nnc encode`` writes: ``-o``, inside it when it ends in a slash (a folder), else beside the model."""
-    beside = Path(args.model).with_suffix(".nnr")
+    """Where ``nnc encode`` writes: ``-o``, inside it when it ends in a slash (a folder), else beside the model: a
+    file's name with its suffix replaced by .nnr, a folder's (``.``, ``..`` by their own names) with .nnr added."""
+    model = Path(args.model)
+    if model.name in ("", ".", ".."):
+        model = model.resolve()
+    beside = model.parent / f"{model.name or 'model'}.nnr" if model.is_dir() else model.with_suffix(".nnr")
     if not args.output:
         return str(beside)
     if args.output.endswith(("/", os.sep)):  # a folder: the model's name with .nnr in it
@@ -463,6 +467,7 @@ def cmd_encode(args) -> int:
         options["raw_when_smaller"] = args.raw_when_smaller
     if args.qp is None and args.step is None:
         options.pop("step")
+    _note_files_beside(args.model, source, args.quiet or args.json)
     exact = models.keep_quantisation_parameters_exact(options, source)
     if exact:
         _tell(
@@ -792,6 +797,23 @@ def _import_from_here(module_name: str):
             raise
     sys.path.insert(0, here)  # (the one place nnc edits sys.path: for the user's module, at the user's request)
     return importlib.import_module(module_name)
+
+
+def _note_files_beside(model, source, quiet: bool) -> None:
+    """The note naming the files of a checkpoint folder that are not its weights (config.json, the tokenizer...):
+    the stream does not carry them."""
+    folder = Path(model) if Path(model).is_dir() else Path(model).parent if str(model).endswith(".index.json") else None
+    if folder is None:
+        return
+    inputs = {Path(f).resolve() for f in source.files}
+    beside = sorted(p.name for p in folder.iterdir() if p.is_file() and p.resolve() not in inputs)
+    if beside:
+        _tell(
+            quiet,
+            f"nnc: note: {model}: {len(beside)} file{'' if len(beside) == 1 else 's'} beside the weights "
+            f"{'is' if len(beside) == 1 else 'are'} not in the stream (copy {'it' if len(beside) == 1 else 'them'} "
+            f"beside the decoded model): {_first_few(beside)}",
+        )
 
 
 def _note_left_out(model, left_out, quiet: bool, what: str = "encoded (decoding writes the tensors alone)") -> None:

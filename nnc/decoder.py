@@ -823,6 +823,11 @@ class Decoder:
     ValueError: entry_points must be 'ignore', 'use' or 'verify'
     """
 
+    def __reduce__(self):
+        raise TypeError(
+            "an nnc Decoder cannot be pickled (it reads a file or buffer): send the stream and decode there"
+        )
+
     def __init__(
         self,
         data: StreamInput,
@@ -1373,6 +1378,7 @@ class Decoder:
             missing = sorted(n for n in wanted if n not in self._index)
             if missing:  # api-check
                 raise KeyError(f"no tensor named {missing[0]!r} in the stream")
+        aliases: dict = {}
         if out is None:
             target = None
         elif callable(out):
@@ -1381,7 +1387,8 @@ class Decoder:
             unknown = [k for k in out if k not in self._index]
             if unknown:  # api-check
                 raise KeyError(f"no tensor named {unknown[0]!r} in the stream")
-            target = lambda info: out.get(info.name)  # noqa: E731
+            aliases = self._shared_outs(out, wanted)
+            target = lambda info: None if info.name in aliases else out.get(info.name)  # noqa: E731
         threads = thread_count(threads)
         units = range(len(self._ndus)) if wanted is None else sorted({self._index[n][0] for n in wanted})
         jobs = [(*self._ndus[i], self._ndu_tensors[i], threads) for i in units]
@@ -1405,6 +1412,8 @@ class Decoder:
                     continue
                 if name in into:
                     arr = self._fill(name, into.pop(name), arr)
+                elif name in aliases:  # (tied weights: one array, equal values)
+                    arr = self._fill_alias(name, aliases[name], out, arr)
                 yield name, arr
             del decoded
 
@@ -1500,6 +1509,41 @@ class Decoder:
         if recorded is not None:
             shapes.append(recorded)
         return shapes
+
+    def _shared_outs(self, out: Mapping, wanted) -> dict:
+        """{name: the name decoded first into the same array} for out= arrays given for several tensors (tied
+        weights); an array that overlaps another only in part is refused (OutputBufferError)."""
+        from .errors import OutputBufferError
+
+        order = {info.name: (i, j) for i, infos in enumerate(self._ndu_tensors) for j, info in enumerate(infos)}
+        regions = sorted(
+            (a.__array_interface__["data"][0], a.nbytes, order[name], name)
+            for name, a in out.items()
+            if isinstance(a, np.ndarray) and a.nbytes and (wanted is None or name in wanted)
+        )
+        aliases, owner, end, region = {}, None, 0, None
+        for start, size, _, name in regions:
+            if owner is not None and start < end:
+                if (start, size) != region:
+                    raise OutputBufferError(f"out= arrays for tensors {owner!r} and {name!r} overlap")
+                aliases[name] = owner
+                continue
+            owner, end, region = name, start + size, (start, size)
+        return aliases
+
+    def _fill_alias(self, name: str, owner: str, out: Mapping, arr: np.ndarray) -> np.ndarray:
+        """The array out= gives tensors ``name`` and ``owner`` (decoded already), if ``name`` decodes to its values."""
+        from .errors import OutputBufferError
+
+        shared = out[name]
+        self._check_out(name, shared)
+        if shared.dtype != out[owner].dtype or not np.array_equal(
+            shared, np.asarray(arr, dtype=shared.dtype), equal_nan=shared.dtype.kind in "fc"
+        ):
+            raise OutputBufferError(
+                f"out= gives tensors {owner!r} and {name!r} one array, and they decode to different values"
+            )
+        return shared
 
     def _check_out(self, name: str, out) -> None:
         """Refuse an out= array that cannot hold the tensor, before decoding."""

@@ -15,6 +15,7 @@ container.  Its reconstruction is exactly what any conforming decoder returns.
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Mapping
@@ -185,9 +186,22 @@ def _warn_lost_signal(encoder: "Encoder", result: "EncodeResult", arrays: Mappin
         )
 
 
-def _tensor_arrays(tensors: Mapping) -> "OrderedDict[str, np.ndarray]":
-    """The input's tensors as numpy arrays, each name checked (spec 2.6); EncodeError for what is not an array."""
+def _tensor_arrays(tensors: Mapping, dtypes: Mapping | None = None) -> "OrderedDict[str, np.ndarray]":
+    """The input's tensors as numpy arrays, each name checked (spec 2.6); EncodeError for what is not an array.
+    Torch tensors are converted (:func:`nnc.torch.numpy_inputs`); one of a dtype numpy lacks (bfloat16) must be
+    named in ``dtypes``, the encoder's option, which records it."""
     arrays = OrderedDict()
+    if any(type(v).__module__.startswith("torch") for v in tensors.values()):
+        from .torch import numpy_inputs
+
+        tensors, recorded = numpy_inputs(tensors)
+        unnamed = [k for k in recorded or {} if k not in (dtypes or {})]
+        if unnamed:
+            raise EncodeError(
+                f"tensor {unnamed[0]!r} is a torch {recorded[unnamed[0]]} tensor: give the encoder "
+                f"dtypes={{{unnamed[0]!r}: {recorded[unnamed[0]]!r}, ...}} to record it, or encode with nnc.encode, "
+                "which does"
+            )
     for name, value in tensors.items():
         check_tensor_name(name)
         try:
@@ -195,6 +209,33 @@ def _tensor_arrays(tensors: Mapping) -> "OrderedDict[str, np.ndarray]":
         except ValueError as exc:  # e.g. a ragged nested list
             raise EncodeError(f"tensor {name!r} is not an array: {exc}") from None
     return arrays
+
+
+#: Held by an encode with an EncoderState (the state changes with each stream it writes).
+_STATEFUL = threading.RLock()
+
+#: The entries of nnc metadata (spec 6.2.1) the encoder writes itself, which ``extra_metadata`` may not set.
+_OWN_METADATA = ("version", "tensors", "skipped", "shapes", "dtypes", "differences", "parent", "replaced")
+
+
+def _extra_metadata(extra) -> dict:
+    """The caller's ``extra_metadata``, checked: a mapping of str keys to JSON values, none of the encoder's own."""
+    import json
+
+    if extra is None:
+        return {}
+    if not isinstance(extra, Mapping):
+        raise EncodeError(f"extra_metadata must be a mapping of str keys to JSON values, not {type(extra).__name__}")
+    for key in extra:
+        if not isinstance(key, str):
+            raise EncodeError(f"extra_metadata keys are strings, not {key!r}")
+        if key in _OWN_METADATA:
+            raise EncodeError(f"extra_metadata cannot set {key!r}: the encoder writes it (spec 6.2.1)")
+    try:
+        json.dumps(dict(extra), allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise EncodeError(f"extra_metadata is not JSON: {exc}") from None
+    return dict(extra)
 
 
 class EncoderState(DecoderState):
@@ -253,6 +294,9 @@ class Encoder:
     :class:`~nnc.encoding.settings.EncoderSettings` (:attr:`settings`, also readable as
     attributes: ``enc.qp``); the quantiser (:class:`~nnc.encoding.quantiser.Quantiser`)
     and the unit writer (:class:`~nnc.encoding.writer.UnitWriter`) do the work.
+    One encoder may be used from several threads at once; encodes with a ``state``
+    are put in sequence (each update names the one before it). An encoder pickles
+    as its settings and state.
 
     Parameters
     ----------
@@ -410,6 +454,10 @@ class Encoder:
             raise TypeError(f"Encoder() got an unexpected keyword argument {unknown[0]!r}")
         if settings is not None and options:
             raise EncodeError("give either settings or options, not both")
+        if settings is not None and not isinstance(settings, EncoderSettings):
+            raise EncodeError(
+                f"settings must be an nnc.encoding.settings.EncoderSettings, not {type(settings).__name__}"
+            )
         #: The validated options (:class:`~nnc.encoding.settings.EncoderSettings`).
         self.settings = settings if settings is not None else EncoderSettings(**options)
         s = self.settings
@@ -424,6 +472,10 @@ class Encoder:
         #: Turns each tensor into a :class:`~nnc.encoding.quantiser.CodedTensor`; keeps the factors of the
         #: covariances (spec A.16) between encodes.
         self.quantiser = Quantiser(s, self.engine, FactorCache())
+
+    def __reduce__(self):
+        # (pickle, copy: an encoder is its settings and its state; the engine and caches are made again)
+        return _encoder_from, (self.settings, self.state)
 
     def __getattr__(self, name):
         # the options read as attributes (enc.qp, enc.dq, enc.edition, ...), as before the settings class
@@ -475,7 +527,8 @@ class Encoder:
             under the same per-tensor settings; for sweeps that change a few tensors at a time.
         extra_metadata : mapping, optional
             More keys for nnc's topology metadata (spec 6.2.1), e.g. ``{"checkpoint": ...}``
-            (:attr:`nnc.readers.ModelSource.checkpoint`).
+            (:attr:`nnc.readers.ModelSource.checkpoint`): str keys, JSON values, none of the
+            entries the encoder writes itself (``"tensors"``, ``"dtypes"``, ``"differences"``...).
 
         Returns
         -------
@@ -486,8 +539,9 @@ class Encoder:
         ------
         nnc.errors.EncodeError
             For a bad name, a NaN/Inf value in a block NDU member (elsewhere such tensors
-            are kept exactly, raw), an unsupported dtype, or levels that do not fit the
-            stream's integer range at this qp.
+            are kept exactly, raw), an unsupported dtype, levels that do not fit the
+            stream's integer range at this qp, or ``extra_metadata`` that is not JSON or
+            sets an entry of the encoder's own.
 
         Examples
         --------
@@ -496,18 +550,23 @@ class Encoder:
         >>> res.tensors["w"].step, res.tensors["w"].levels.tolist()   # Δ = 2**(-20/4), n in scan order
         (0.03125, [3, -6, 10, 0])
         """
+        if self.state is None:
+            return self._encode(tensors, progress, cache, extra_metadata)
+        with _STATEFUL:  # each update names the one before it: encodes from threads are put in a sequence
+            return self._encode(tensors, progress, cache, extra_metadata)
+
+    def _encode(self, tensors, progress, cache, extra_metadata) -> EncodeResult:
         if not isinstance(tensors, Mapping):
             raise EncodeError("tensors must be a mapping of name to array")
         if cache is not None and self.state is not None:
             raise EncodeError("an EncodeCache cannot be used for incremental coding (state=)")
         s = self.settings
-        arrays = _tensor_arrays(tensors)
+        extra_metadata = _extra_metadata(extra_metadata)
+        arrays = _tensor_arrays(tensors, s.dtypes)
+        s.check_names(arrays)
         replaced: list[str] = []
         if s.differences:
             arrays, replaced = self._differences(arrays)
-        unknown = [k for k in s.dtypes if k not in arrays]
-        if unknown:
-            raise EncodeError(f"dtypes names a tensor that is not in the model: {unknown[0]!r}")
         writer = UnitWriter(s, self.engine, self.state)
         groups = block_groups(
             s.blocks,
@@ -742,6 +801,10 @@ def _encoded(t: CodedTensor) -> EncodedTensor:
     )
 
 
+def _encoder_from(settings: EncoderSettings, state: "EncoderState | None") -> "Encoder":
+    return Encoder(settings=settings, state=state)
+
+
 class EncodeCache:
     """NDUs kept between encodes, for sweeps that change a few tensors at a time.
 
@@ -765,6 +828,11 @@ class EncodeCache:
     EncodeCache
         An empty cache.
 
+    Raises
+    ------
+    nnc.errors.EncodeError
+        If ``max_bytes`` is not an integer >= 0.
+
     Examples
     --------
     >>> import numpy as np
@@ -779,7 +847,12 @@ class EncodeCache:
     (1, 3)
     """
 
+    def __reduce__(self):
+        raise TypeError("an EncodeCache cannot be pickled: it keeps units by the identity of arrays in this process")
+
     def __init__(self, max_bytes: int = 1 << 30):
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer)) or max_bytes < 0:
+            raise EncodeError(f"max_bytes must be an integer >= 0, not {max_bytes!r}")
         self.max_bytes = int(max_bytes)
         self.hits = 0
         self.misses = 0
@@ -857,7 +930,7 @@ def scan_permutation(height: int, width: int, scan_order: int) -> np.ndarray:
     return get_engine().scan_permutation(height, width, scan_order)
 
 
-def encode(tensors: Mapping[str, object], *, qp: int | None = None, dq: bool = True, **options) -> bytes:
+def encode(tensors: Mapping[str, object], *, qp: int | None = None, dq: bool | None = None, **options) -> bytes:
     """Encode a mapping of name to array into an NNC stream (bytes).
 
     Parameters
@@ -866,10 +939,11 @@ def encode(tensors: Mapping[str, object], *, qp: int | None = None, dq: bool = T
         Named arrays, coded in this order.
     qp : int, optional
         Global quantisation parameter (spec 12.1); default -38.
-    dq : bool
+    dq : bool, optional
         Dependent quantisation (default True).
     **options
-        Any other :class:`Encoder` option.
+        Any other :class:`Encoder` option, or ``settings=`` (an
+        :class:`~nnc.encoding.settings.EncoderSettings`, given alone).
 
     Returns
     -------
@@ -891,7 +965,8 @@ def encode(tensors: Mapping[str, object], *, qp: int | None = None, dq: bool = T
     >>> stream[ndu.offset:].hex()  # byte for byte what NNCodec 2.1.3 writes for this tensor
     '001516097700d040c120a0c2a080f74e801f67e2f0'
     """
-    encoder = Encoder(qp=qp, dq=dq, **options)
+    given = {k: v for k, v in (("qp", qp), ("dq", dq)) if v is not None}
+    encoder = Encoder(**given, **options)
     result = encoder.encode(tensors)
     _warn_lost_signal(encoder, result, tensors)
     return result.stream
@@ -923,7 +998,10 @@ def encode_with_reconstruction(tensors: Mapping[str, object], **options) -> Enco
     >>> res.reconstruction["w"].tolist()
     [[0.25, 0.25], [0.25, 0.25]]
     """
-    return Encoder(**options).encode(tensors)
+    from .torch import numpy_inputs
+
+    tensors, dtypes = numpy_inputs(tensors, options.pop("dtypes", None))  # torch tensors, bf16 kept
+    return Encoder(**options, **({"dtypes": dtypes} if dtypes is not None else {})).encode(tensors)
 
 
 __all__ = [

@@ -501,3 +501,19 @@ def test_the_nnc_command_imports_an_evaluation_module_from_the_current_folder(tm
                              cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert missing.returncode == 2 and "No module named 'not_here'" in missing.stderr
     assert not (tmp_path / "t.nnr").exists()
+
+
+def test_encoding_a_checkpoint_folder_by_dot_names_the_stream_after_it_and_notes_the_files_beside(tmp_path):
+    """Before: `nnc encode .` was a ValueError traceback, `nnc encode ..` wrote a hidden `...nnr`, a folder
+    "Llama-3.1-8B" became "Llama-3.nnr", and config.json and the tokenizer were left behind without a word."""
+    folder = tmp_path / "tiny-3.1"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(safetensors_bytes({"w": np.ones((4, 4), np.float32)}))
+    (folder / "config.json").write_text("{}")
+    r = run("encode", ".", "-o", tmp_path / "a.nnr", cwd=folder)
+    assert r.returncode == 0 and (tmp_path / "a.nnr").exists(), r.stderr
+    assert "1 file beside the weights is not in the stream" in r.stderr and "config.json" in r.stderr
+    (folder / "sub").mkdir()
+    r = run("encode", "..", cwd=folder / "sub")
+    assert r.returncode == 0 and (tmp_path / "tiny-3.1.nnr").exists(), r.stderr
+    assert not (folder / "...nnr").exists()

@@ -330,3 +330,23 @@ def test_a_memory_map_closes_once_the_decoder_is_gone(tmp_path, stream, no_garba
             except (NNCError, KeyError):  # (damage may rename the tensor)
                 pass
             del dec  # (the map's close then raised BufferError in 117 of 300 damaged streams)
+
+
+def test_one_out_array_for_two_tensors_holds_them_only_if_they_decode_alike():
+    """Before: out={"a": buf, "b": buf} returned buf for both, holding b's values (a silently wrong)."""
+    from nnc.errors import OutputBufferError
+
+    a, b = np.ones((4, 4), np.float32), np.full((4, 4), 2, np.float32)
+    buf = np.zeros((4, 4), np.float32)
+    with pytest.raises(OutputBufferError, match="one array, and they decode to different values"):
+        nnc.Decoder(nnc.encode({"a": a, "b": b}, qp=-20)).decode(out={"a": buf, "b": buf})
+    tied = nnc.decode(nnc.encode({"a": a, "b": a.copy()}, qp=-20), out={"a": buf, "b": buf})  # tied weights
+    assert tied["a"] is buf and tied["b"] is buf and (buf == 1).all()
+    wide = np.zeros(32, np.float32)
+    with pytest.raises(OutputBufferError, match="overlap"):
+        nnc.decode(
+            nnc.encode({"a": a, "b": b}, qp=-20), out={"a": wide[:16].reshape(4, 4), "b": wide[8:24].reshape(4, 4)}
+        )
+    assert (wide == 0).all()
+    only_b = nnc.Decoder(nnc.encode({"a": a, "b": b}, qp=-20)).decode(["b"], out={"a": buf, "b": buf})  # a not decoded
+    assert only_b["b"] is buf and (buf == 2).all()

@@ -160,6 +160,10 @@ _NUMBER_OPTIONS = (
 )
 
 
+def _settings_from(values: dict) -> "EncoderSettings":
+    return EncoderSettings(**values)
+
+
 def _frozen(mapping) -> Mapping:
     return MappingProxyType(dict(mapping or {}))
 
@@ -333,10 +337,24 @@ class EncoderSettings:
         for name, value in normalised.items():
             object.__setattr__(self, name, value)
 
+    def __reduce__(self):
+        # (pickle, copy: the read-only mappings go as dicts; the options are checked again on the way back)
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return _settings_from, ({k: dict(v) if isinstance(v, Mapping) else v for k, v in values.items()},)
+
     @property
     def edition(self) -> int:
         """The NNC edition the profile writes: 2 for profile 1, 1 for profile 0."""
         return 2 if self.profile == 1 else 1
+
+    def check_names(self, names) -> None:
+        """Refuse an option keyed by exact tensor names (``dtypes``, ``importance``, ``sigmas``, ``covariances``,
+        ``output_formats``) that names a tensor not among ``names`` (a misspelt name would turn the option off);
+        the options that take glob patterns (``qp_per_tensor``, ``raw``...) may match nothing."""
+        for option in ("dtypes", "importance", "sigmas", "covariances", "output_formats"):
+            unknown = [k for k in getattr(self, option) if k not in names]
+            if unknown:
+                raise EncodeError(f"{option} names a tensor that is not in the model: {unknown[0]!r}")
 
     def tensor_qp(self, name: str, ndim: int) -> int:
         """The qp of a float tensor of this name and number of dimensions (DC-v1 aside).

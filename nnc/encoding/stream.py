@@ -164,7 +164,10 @@ def encode_to(
 
     See :meth:`nnc.encoder.Encoder.encode_to`.
     """
+    from ..encoder import _extra_metadata
+
     s, state = encoder.settings, encoder.state
+    extra_metadata = _extra_metadata(extra_metadata)
     t0 = time.perf_counter()
     if state is not None:
         return _encode_update_to(
@@ -174,9 +177,7 @@ def encode_to(
     for t in tensors:
         check_tensor_name(t.name)
     by_name = {t.name: t for t in tensors}
-    unknown = [k for k in s.dtypes if k not in by_name]
-    if unknown:
-        raise EncodeError(f"dtypes names a tensor that is not in the model: {unknown[0]!r}")
+    s.check_names(by_name)
     groups = block_groups(
         s.blocks,
         {t.name: t.shape for t in tensors},
