@@ -54,8 +54,8 @@ def encode(tensors, *, qp=None, dq=None, **options):
         coded exactly (by default), in this order.
     qp : int or None
         Global quantisation parameter (spec 12.1); None for the default, -38.
-        Tensors of at most one dimension (biases, norms) use ``nonweight_qp``
-        (default -75) unless that option is None.
+        Tensors of at most one dimension (biases, norms) use it too, unless
+        the ``nonweight_qp`` option gives them another.
     dq : bool or None
         Dependent quantisation (spec 10.2); None for the default, True.
     **options
@@ -142,7 +142,8 @@ def decode_model(stream, output=None, **options):
 
     Unlike :func:`nnc.decoder.decode`, the tensors get back the shapes and
     dtypes of the original model that the stream records (0-d tensors,
-    int64, bfloat16, ...).
+    int64, uint8, ...; bfloat16 and float8 tensors come back as float32
+    arrays, and are written back in their dtype to a model file).
 
     Parameters
     ----------

@@ -167,6 +167,19 @@ def _refuse_overwriting_inputs(output, inputs: dict):
     return _folder_missing(output, "")
 
 
+def _refuse_replacing_a_file(output, overwrite: bool) -> str | None:
+    """A message if ``nnc decode`` would replace an existing file without --overwrite (it may be the original
+    model, which a lossy decode would replace), else None."""
+    from .writers import is_directory_target
+
+    if overwrite or is_directory_target(output) or not os.path.lexists(output):
+        return None
+    return (
+        f"{output}: the file exists (it may be the original model, which the decoded one would replace): "
+        "give another name, or --overwrite to replace it"
+    )
+
+
 def _folder_missing(path, what: str) -> str | None:
     """A message if ``path``'s folder does not exist, or is a file (``what``: "the state " or ""), else None."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -821,8 +834,8 @@ def _note_left_out(model, left_out, quiet: bool, what: str = "encoded (decoding 
     if left_out:
         _tell(
             quiet,
-            f"nnc: note: {model}: {len(left_out)} entr{'y that is' if len(left_out) == 1 else 'ies that are'} "
-            f"not the model's tensors {'is' if len(left_out) == 1 else 'are'} not {what}: "
+            f"nnc: note: {model}: {len(left_out)} entr{'y' if len(left_out) == 1 else 'ies'} besides the "
+            f"model's state_dict {'is' if len(left_out) == 1 else 'are'} not {what}: "
             f"{_first_few(left_out)}",
         )
 
@@ -923,6 +936,7 @@ def cmd_decode(args) -> int:
         {"stream": args.stream, "--template": args.template, "--add-to model": args.add_to, "--state file": args.state},
     )
     refused = refused or _not_a_stream(args.stream) or _state_folder_missing(args.state)
+    refused = refused or _refuse_replacing_a_file(args.output, args.overwrite)
     if refused:
         return _fail(refused)
     if args.scheduler:
@@ -2212,8 +2226,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--overwrite",
         action="store_true",
-        help="into an output folder: replace files there of the names the stream gives (by default refused: "
-        "they may be the original model's)",
+        help="replace an existing output file, or files of the names the stream gives in an output folder (by "
+        "default refused: they may be the original model's)",
     )
     p.add_argument(
         "--scheduler",

@@ -253,9 +253,9 @@ def _plan(dec: Decoder, output, names) -> tuple[Path, list, dict | None]:
 
 
 def single_file_metadata(metadata: dict, fmt: str) -> dict:
-    """The file metadata of a stream whose checkpoint layout has one file of format ``fmt`` (spec 6.2.1: a
-    safetensors ``__metadata__``, a PyTorch state_dict's ``_metadata``), to write into a single decoded file of
-    that format; {} otherwise.
+    """The file metadata of a stream whose checkpoint layout is in format ``fmt`` (spec 6.2.1: a safetensors
+    ``__metadata__``, a PyTorch state_dict's ``_metadata``), to write into a single decoded file of that format:
+    its one file's, or the one all its shards have alike (``{"format": "pt"}``); {} otherwise.
 
     Parameters
     ----------
@@ -275,16 +275,13 @@ def single_file_metadata(metadata: dict, fmt: str) -> dict:
     ({'': {'version': 1}}, {})
     """
     ckpt = metadata.get("checkpoint")
-    if (
-        isinstance(ckpt, dict)
-        and ckpt.get("format") == fmt
-        and isinstance(ckpt.get("files"), list)
-        and len(ckpt["files"]) == 1
-        and isinstance(ckpt["files"][0], dict)
-        and isinstance(ckpt["files"][0].get("metadata"), dict)
-    ):
-        return dict(ckpt["files"][0]["metadata"])
-    return {}
+    if not isinstance(ckpt, dict) or ckpt.get("format") != fmt or not isinstance(ckpt.get("files"), list):
+        return {}
+    files = ckpt["files"]
+    if not files or not all(isinstance(f, dict) and isinstance(f.get("metadata"), dict) for f in files):
+        return {}
+    first = files[0]["metadata"]
+    return dict(first) if all(f["metadata"] == first for f in files) else {}
 
 
 # -- safetensors: header first, then each tensor decoded into a memory map of its range --------

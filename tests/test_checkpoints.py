@@ -456,7 +456,7 @@ def test_a_bfloat16_model_is_measured_as_its_decoded_file_holds_it(tmp_path, cap
     original, _ = formats.read_model(model)
     for target in (40, 50):
         assert main(["encode", str(model), "-o", str(tmp_path / "t.nnr"), "--target-snr", str(target), "-q"]) == 0
-        assert main(["decode", str(tmp_path / "t.nnr"), "-o", str(tmp_path / "t.safetensors"), "-q"]) == 0
+        assert main(["decode", str(tmp_path / "t.nnr"), "-o", str(tmp_path / "t.safetensors"), "-q", "--overwrite"]) == 0
         decoded, dtypes = formats.read_model(tmp_path / "t.safetensors")
         assert set(dtypes.values()) == {"bfloat16"}
         energy = sum(float((original[k].astype(np.float64) ** 2).sum()) for k in original)
@@ -642,3 +642,20 @@ def test_a_single_files_layout_never_records_a_name_the_decoder_refuses(name):
     layout = single_file_layout("pt", ["w"], {"": {"version": 1}}, name)
     assert layout["files"][0]["name"] == "model.pt" and not is_safe_file_name(name)
     assert single_file_layout("pt", ["w"], {}, "m.pt")["files"][0]["name"] == "m.pt"
+
+
+@pytest.mark.parametrize("alike", [True, False])
+def test_a_sharded_checkpoint_decoded_into_one_file_keeps_the_metadata_its_shards_share(tmp_path, alike):
+    """Before: shards that all said {"format": "pt"} decoded into one safetensors file without it (transformers
+    reads it); shards whose metadata differ give the single file none."""
+    from nnc.writers import decode_to_path
+
+    shards = _shards(np.random.default_rng(3))
+    write_checkpoint(tmp_path / "ckpt", shards)
+    if alike:  # (write_checkpoint numbers each shard in its metadata)
+        for i, shard in enumerate(shards):
+            name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            (tmp_path / "ckpt" / name).write_bytes(_safetensors_with_metadata(shard, None, {"format": "pt"}))
+    models.encode_model_to(tmp_path / "ckpt", tmp_path / "m.nnr", qp=-30)
+    decode_to_path(tmp_path / "m.nnr", tmp_path / "one.safetensors")
+    assert _metadata_of(tmp_path / "one.safetensors") == ({"format": "pt"} if alike else None)

@@ -128,7 +128,7 @@ def test_encode_names_checkpoint_entries_it_leaves_out(tmp_path):
     torch.save({"model": {"w": torch.ones(4, 4)}, "optimizer": {"lr": 0.1}, "epoch": 3}, src)
     r = run("encode", src, "-o", tmp_path / "o.nnr")
     assert r.returncode == 0, r.stderr
-    assert (f"nnc: note: {src}: 2 entries that are not the model's tensors are not encoded (decoding writes the "
+    assert (f"nnc: note: {src}: 2 entries besides the model's state_dict are not encoded (decoding writes the "
             "tensors alone): optimizer, epoch") in r.stderr.splitlines()
     r = run("encode", src, "-o", tmp_path / "o.nnr", "--json")
     assert json.loads(r.stdout)["left_out"] == ["optimizer", "epoch"]
@@ -517,3 +517,16 @@ def test_encoding_a_checkpoint_folder_by_dot_names_the_stream_after_it_and_notes
     r = run("encode", "..", cwd=folder / "sub")
     assert r.returncode == 0 and (tmp_path / "tiny-3.1.nnr").exists(), r.stderr
     assert not (folder / "...nnr").exists()
+
+
+def test_decode_does_not_replace_an_existing_file_without_overwrite(tmp_path):
+    """Before: `nnc decode m.nnr -o model.safetensors` replaced the original model with the lossy decode, exit 0."""
+    src = tmp_path / "model.safetensors"
+    src.write_bytes(safetensors_bytes({"w": np.linspace(-1, 1, 64, dtype=np.float32).reshape(8, 8)}))
+    original = src.read_bytes()
+    assert run("encode", src, "-o", tmp_path / "m.nnr").returncode == 0
+    r = run("decode", tmp_path / "m.nnr", "-o", src)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "--overwrite" in r.stderr, r.stderr
+    assert src.read_bytes() == original
+    assert run("decode", tmp_path / "m.nnr", "-o", src, "--overwrite").returncode == 0
+    assert src.read_bytes() != original

@@ -40,7 +40,7 @@ def _commands(model, stream, tmp_path):
     """(command line, a word its progress bar shows)."""
     return [
         (["encode", str(model), "-o", str(tmp_path / "e.nnr"), "--qp", "-30"], "encoding"),
-        (["decode", str(stream), "-o", str(tmp_path / "d.safetensors")], "decoding"),
+        (["decode", str(stream), "-o", str(tmp_path / "d.safetensors"), "--overwrite"], "decoding"),
         (["compare", str(model), str(stream)], "decoding m.nnr"),
         (["verify", str(REPO / "conformance"), "--stream", "p1_urq_so0"], "verifying"),
         (["bench", str(model), "--threads", "1", "--vs"], "idx+lzma-6"),

@@ -44,7 +44,7 @@ def test_a_full_disk_while_decoding_is_one_line_and_leaves_the_old_output(tmp_pa
         monkeypatch.setattr(np.lib.format, "write_array", _no_space)
     else:  # the space a memory-mapped safetensors file needs is reserved first: a full disk fails there
         monkeypatch.setattr(os, "posix_fallocate", _no_space, raising=False)
-    assert main(["decode", str(stream), "-o", str(out) + ("/" if suffix == "/" else ""), "-q"]) == 1
+    assert main(["decode", str(stream), "-o", str(out) + ("/" if suffix == "/" else ""), "-q", "--overwrite"]) == 1
     gc.collect()  # (an unfinished zip archive must not try again at collection: "Exception ignored")
     err = capfd.readouterr().err
     assert err.count("\n") == 1 and "No space left on device" in err and str(out) in err, err
@@ -62,7 +62,7 @@ def test_a_state_that_cannot_be_written_leaves_the_output_as_it_was(tmp_path, mo
     out, state = tmp_path / "dec.npz", tmp_path / "rx.state"
     out.write_bytes(b"OLD")
     monkeypatch.setattr(nnc.DecoderState, "_to_bytes", lambda self: _no_space())
-    assert main(["decode", str(stream), "-o", str(out), "--state", str(state), "-q"]) == 1
+    assert main(["decode", str(stream), "-o", str(out), "--state", str(state), "-q", "--overwrite"]) == 1
     assert out.read_bytes() == b"OLD" and not state.exists() and _leftovers(tmp_path) == []
     assert "No space left on device" in capfd.readouterr().err
 
