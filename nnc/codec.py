@@ -201,7 +201,10 @@ class NNC(_CodecBase):
         of bytes; an ``out`` that is not C-contiguous must have the chunk's dtype, else OutputBufferError)."""
         from .decoder import Decoder, restore_model_view
 
-        data = buf if isinstance(buf, bytes) else _as_array(buf).tobytes(order="A")
+        try:
+            data = buf if isinstance(buf, bytes) else _as_array(buf).tobytes(order="A")
+        except EncodeError:
+            raise DecodeError(f"NNC decodes a stream given as bytes or a buffer, not a {type(buf).__name__}") from None
         decoder = Decoder(data)
         if decoder.names() != [CHUNK_TENSOR]:
             raise DecodeError(
@@ -225,7 +228,7 @@ class NNC(_CodecBase):
         if not target.flags.writeable:
             raise OutputBufferError("out is read-only")
         if target.nbytes != chunk.nbytes:
-            raise DecodeError(f"out holds {target.nbytes} bytes, the decoded chunk {chunk.nbytes}")
+            raise OutputBufferError(f"out holds {target.nbytes} bytes, the decoded chunk {chunk.nbytes}")
         if target.dtype != chunk.dtype and target.dtype.newbyteorder("=") == chunk.dtype.newbyteorder("="):
             np.copyto(target, flat.reshape(target.shape))  # another byte order: the values, not the bytes
         elif target.flags.c_contiguous:

@@ -576,6 +576,14 @@ def model_digest(tensors: "Mapping[str, Any]") -> str:
     return h.hexdigest()
 
 
+def _iterable(value) -> bool:
+    try:
+        iter(value)
+    except TypeError:
+        return False
+    return True
+
+
 def check_update_parent(model: "Mapping[str, Any]", parent: str | None) -> None:
     """Refuse a model whose :func:`model_digest` is not ``parent``, the digest an update of differences records
     of the model it was made for (spec 6.2.1); nothing to check when ``parent`` is None.
@@ -603,6 +611,8 @@ def check_update_parent(model: "Mapping[str, Any]", parent: str | None) -> None:
         ...
     nnc.errors.UpdateError: the model is not the one this update was made for ...
     """
+    if parent is not None and not isinstance(parent, str):  # api-check
+        raise TypeError(f"parent must be a digest (str) or None, not {type(parent).__name__}")
     if parent is not None and model_digest(model) != parent:
         raise UpdateError(
             "the model is not the one this update was made for (its digest differs from the update's parent "
@@ -713,6 +723,8 @@ def read_input(data: StreamInput) -> bytes | memoryview:
             if not view.c_contiguous:  # api-check
                 raise TypeError("cannot decode from a non-contiguous buffer; give a C-contiguous one")
             return view.cast("B") if (view.format != "B" or view.ndim != 1) else view
+    if isinstance(data, str) and "\0" in data:  # api-check
+        raise TypeError("a str is read as a path, and this one holds a NUL character: give a stream as bytes")
     if isinstance(data, (str, os.PathLike)):
         with open(data, "rb") as fh:  # a missing file is a FileNotFoundError, as for open()
             return fh.read()
@@ -1312,7 +1324,7 @@ class Decoder:
             ...
         KeyError: "no tensor named 'bias' in the stream"
         """
-        if out is not None:
+        if out is not None and not callable(out) and isinstance(out, Mapping):
             for name, array in out.items():
                 self._check_out(name, array)
         result = DecodedTensors()
@@ -1372,6 +1384,8 @@ class Decoder:
         w (3, 2)
         b (1,)
         """
+        if isinstance(names, (bytes, bytearray)) or not (names is None or isinstance(names, str) or _iterable(names)):
+            raise TypeError(f"names must be a tensor name or an iterable of names, not {type(names).__name__}")
         wanted = None if names is None else {names} if isinstance(names, str) else set(names)
         if wanted is not None:
             # (not a set of every name: a model decoded one tensor at a time would build it for each)
@@ -1383,6 +1397,12 @@ class Decoder:
             target = None
         elif callable(out):
             target = out
+        elif not isinstance(out, Mapping):  # api-check
+            from .errors import OutputBufferError
+
+            raise OutputBufferError(
+                f"out= must map tensor names to arrays (or be a callable), not {type(out).__name__}"
+            )
         else:
             unknown = [k for k in out if k not in self._index]
             if unknown:  # api-check
@@ -1635,6 +1655,8 @@ class Decoder:
         >>> info.shape, info.dq, info.unit_index
         ((3, 2), True, 0)
         """
+        if name not in self._index:  # api-check
+            raise KeyError(f"no tensor named {name!r} in the stream")
         return self._index[name][1]
 
     # -- NDU payload (spec 7.5, 8) ---------------------------------------------

@@ -461,7 +461,10 @@ class Encoder:
         #: The validated options (:class:`~nnc.encoding.settings.EncoderSettings`).
         self.settings = settings if settings is not None else EncoderSettings(**options)
         s = self.settings
-        self.engine = get_engine(s.engine)
+        try:
+            self.engine = get_engine(s.engine)
+        except ValueError as exc:  # an unknown engine
+            raise EncodeError(str(exc)) from None
         if state is not None and not isinstance(state, EncoderState):
             raise EncodeError("state must be an nnc.encoder.EncoderState")
         if state is not None and s.profile != 1:
@@ -558,6 +561,10 @@ class Encoder:
     def _encode(self, tensors, progress, cache, extra_metadata) -> EncodeResult:
         if not isinstance(tensors, Mapping):
             raise EncodeError("tensors must be a mapping of name to array")
+        if progress is not None and not callable(progress):
+            raise EncodeError(f"progress must be a callable, not {type(progress).__name__}")
+        if cache is not None and not isinstance(cache, EncodeCache):
+            raise EncodeError(f"cache must be an nnc.encoder.EncodeCache, not {type(cache).__name__}")
         if cache is not None and self.state is not None:
             raise EncodeError("an EncodeCache cannot be used for incremental coding (state=)")
         s = self.settings

@@ -9,6 +9,7 @@ r"""The one exception hierarchy of nnc (spec clause 15).
     │   └── UnsupportedError the input is valid but uses a tool nnc does not decode
     ├── EncodeError          the input cannot be encoded as asked
     ├── UpdateError          a decoded update cannot be applied to a model
+    ├── OutputBufferError    an array given to the decoder (out=) cannot hold a tensor
     └── ManifestError        a conformance suite's manifest.json is malformed
 
     UserWarning

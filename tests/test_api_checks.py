@@ -22,7 +22,7 @@ ENGINES = ["python"] + (["cython"] if COMPILED_AVAILABLE else [])
 
 #: The marked checks per file (a check is one marked statement).
 MARKED = {
-    "nnc/decoder.py": 17,
+    "nnc/decoder.py": 21,
     "nnc/engine/python/payload.py": 16,
     "nnc/engine/python/arithmetic.py": 1,
     "nnc/engine/python/binarisation.py": 1,
@@ -290,3 +290,31 @@ def test_a_single_raw_name_is_one_name_and_pattern_keys_must_be_names():
     for bad in (dict(raw=5), dict(raw=[1]), dict(dtypes=["int8"]), dict(qp_per_tensor={1: -20})):
         with pytest.raises(errors.EncodeError):
             nnc.encode(x, **bad)
+
+
+@pytest.mark.parametrize(
+    "call, kind, words",
+    [
+        (lambda d, s: d.info("zz"), KeyError, "no tensor named 'zz'"),
+        (lambda d, s: d.decode(b"w"), TypeError, "names must be a tensor name"),
+        (lambda d, s: d.decode(5), TypeError, "names must be a tensor name"),
+        (lambda d, s: d.decode(out=np.ones((4, 4), np.float32)), errors.OutputBufferError, "out= must map tensor names"),
+        (lambda d, s: list(d.iter_tensors(out=5)), errors.OutputBufferError, "out= must map tensor names"),
+        (lambda d, s: nnc.Decoder(s.decode("latin1")), TypeError, "holds a NUL character"),
+        (lambda d, s: nnc.apply_update({"w": np.ones((4, 4))}, {"w": np.ones((4, 4))}, parent=5), TypeError, "parent"),
+        (lambda d, s: nnc.encoder.Encoder(engine="rust"), nnc.EncodeError, "unknown engine"),
+        (lambda d, s: nnc.encoder.Encoder().encode({"w": [1.0]}, cache={}), nnc.EncodeError, "EncodeCache"),
+        (lambda d, s: nnc.encoder.Encoder().encode({"w": [1.0]}, progress=5), nnc.EncodeError, "callable"),
+        (lambda d, s: nnc.encoder.EncodeCache(-1), nnc.EncodeError, "max_bytes"),
+        (lambda d, s: nnc.codec.NNC().decode(None), nnc.DecodeError, "bytes or a buffer"),
+    ],
+)
+def test_misused_calls_say_what_was_wrong(call, kind, words):
+    """Before: AttributeErrors from inside, "no tensor named 119" for b"w", "embedded null byte", a ValueError for an
+    unknown engine: each now names what was wrong, from nnc's hierarchy or as Python's TypeError / KeyError."""
+    import nnc.codec
+    import nnc.encoder
+
+    stream = nnc.encode({"w": np.ones((4, 4), np.float32)}, qp=-20)
+    with pytest.raises(kind, match=words):
+        call(nnc.Decoder(stream), stream)

@@ -9,7 +9,7 @@ from hypothesis.extra import numpy as hnp
 import nnc
 from nnc.codec import CHUNK_TENSOR, NNC
 from nnc.decoder import Decoder
-from nnc.errors import DecodeError, EncodeError, NNCError
+from nnc.errors import DecodeError, EncodeError, NNCError, OutputBufferError
 from nnc.reconstruction import step_size
 
 SHAPES = hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=9)
@@ -74,8 +74,10 @@ def test_decode_into_out_and_from_buffers():
     out = np.empty(12, np.float32)
     assert codec.decode(np.frombuffer(stream, np.uint8), out=out) is out
     assert np.array_equal(out.reshape(3, 4), codec.decode(memoryview(stream)))
-    with pytest.raises(DecodeError, match="out holds 8 bytes"):
+    with pytest.raises(OutputBufferError, match="out holds 8 bytes"):  # (a DecodeError before)
         codec.decode(stream, out=np.empty(2, np.float32))
+    with pytest.raises(DecodeError, match="bytes or a buffer, not a NoneType"):  # (an EncodeError before)
+        codec.decode(None)
 
 
 def test_bad_input_gets_the_documented_errors():
