@@ -13,6 +13,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -1094,54 +1095,92 @@ class _DecodeBar:
 # -- compare ---------------------------------------------------------------------------
 
 
-def _read_model_or_stream(path, threads: int, quiet: bool = True):
-    """({name: array}, {name: dtype name}) of a model file, or of an NNC stream's decoding with shapes and dtypes
-    restored (bfloat16 and float8 tensors are float32 arrays named by their format in the dtypes).
+class _OneAtATime(Mapping):
+    """A model's tensors read when asked for and not kept (``nnc compare`` holds two tensors, not two models): a
+    model file's from its reader, a stream's decoded unit by unit (the other tensors of a unit are kept until
+    asked for). ``dtypes``: {name: dtype name}, a stream's filled in as its tensors are decoded."""
 
-    A stream's decoding shows a progress bar over its tensors (on a terminal, unless ``quiet``).
-    """
-    from collections import OrderedDict
+    def __init__(self, names, load, dtypes, bar=None):
+        self.names, self.load, self.dtypes, self.bar = list(names), load, dtypes, bar
 
+    def __getitem__(self, name):
+        if name not in self.names:
+            raise KeyError(name)
+        array = self.load(name)
+        if self.bar is not None:
+            self.bar.update()
+        return array
+
+    def __iter__(self):
+        return iter(self.names)
+
+    def __len__(self):
+        return len(self.names)
+
+    def __contains__(self, name):
+        return name in self.names
+
+
+def _read_model_or_stream(path, threads: int, quiet: bool = True, stack=None):
+    """(lazy {name: array}, {name: dtype name}) of a model file, or of an NNC stream's decoding with shapes and
+    dtypes restored (bfloat16 and float8 tensors are float32 arrays named by their format in the dtypes); see
+    :class:`_OneAtATime`. A stream's decoding shows a progress bar over its tensors (on a terminal, unless
+    ``quiet``), closed with ``stack`` (a ``contextlib.ExitStack``)."""
     from tqdm import tqdm
 
     from . import formats
-    from .decoder import Decoder, restore_model_view
+    from .decoder import Decoder, model_order, restore_model_view
     from .errors import DecodeError
 
     if os.path.isdir(path) or str(path).endswith(".index.json") or formats.detect_format(path) != "nnr":
-        from .models import load_model
         from .readers import open_model
 
-        _note_left_out(path, open_model(path).left_out, quiet, "compared")
-        tensors, dtypes, _ = load_model(path)  # a file, or a checkpoint folder or index
-        return tensors, dtypes
-    decoded: OrderedDict = OrderedDict()
+        source = open_model(path)  # a file, or a checkpoint folder or index
+        _note_left_out(path, source.left_out, quiet, "compared")
+        by_name = {t.name: t for t in source}
+        return _OneAtATime(by_name, lambda name: by_name[name].load(), source.dtypes), source.dtypes
+    from .writers import map_stream
+
     with _errors_name(path):
-        dec = Decoder(path)
-        with tqdm(
-            total=len(dec.names()),
-            unit="tensor",
-            desc=f"decoding {Path(path).name}",
-            disable=True if quiet else None,
-            leave=False,
-            file=sys.stderr,
-            dynamic_ncols=True,
-        ) as bar:
-            try:
-                for name, array in dec.iter_tensors(threads=threads):
-                    decoded[name] = array
-                    bar.update()
-            except DecodeError as exc:
-                if exc.clause != "14":
-                    raise
-                raise DecodeError(  # (nnc.Decoder's advice, a DecoderState, is not a command's)
-                    "an update coded with temporal context adaptation decodes only after its parent stream: decode "
-                    "the sequence with nnc decode --state FILE, then compare the decoded model",
-                    clause="14",
-                ) from None
+        dec = Decoder(map_stream(path) or path)  # (pages read as the units are decoded)
     if dec.differences:
         _tell(quiet, f"nnc: note: {path} holds differences to a model (an update): its values are the changes")
-    return restore_model_view(decoded, dec.metadata)
+    held: dict = {}  # the decoded tensors of the last unit not yet asked for
+    dtypes: dict = {}
+    units: dict = {}
+    for t in dec.tensors():
+        units.setdefault(t.unit_index, []).append(t.name)
+
+    def load(name):
+        try:
+            with _errors_name(path):
+                if name not in held:
+                    held.clear()
+                    held.update(dec.iter_tensors(units[dec.info(name).unit_index], threads=threads))
+                view, restored = restore_model_view({name: held.pop(name)}, dec.metadata)
+        except DecodeError as exc:
+            if exc.clause != "14":
+                raise
+            raise DecodeError(  # (nnc.Decoder's advice, a DecoderState, is not a command's)
+                f"{os.fspath(path)}: an update coded with temporal context adaptation decodes only after its parent "
+                "stream: decode the sequence with nnc decode --state FILE, then compare the decoded model",
+                clause="14",
+            ) from None
+        dtypes.update(restored)
+        return view[name]
+
+    bar = tqdm(
+        total=len(dec.names()),
+        unit="tensor",
+        desc=f"decoding {Path(path).name}",
+        disable=True if quiet else None,
+        leave=False,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
+    if stack is not None:
+        stack.callback(bar.close)
+    return _OneAtATime(model_order(dec.names(), dec.metadata), load, dtypes, bar), dtypes
 
 
 def _finite_json(value):
@@ -1180,9 +1219,9 @@ def cmd_compare(args) -> int:
     from .errors import DecodeError
     from .models import compare_tensors
 
-    def read(path):
+    def read(path, bars):
         try:
-            return _read_model_or_stream(path, args.threads, quiet)
+            return _read_model_or_stream(path, args.threads, quiet, bars)
         except DecodeError as exc:  # restoring the recorded dtypes (spec 6.2.1) fails outside its decoding
             if exc.message.startswith(f"{os.fspath(path)}: "):
                 raise
@@ -1191,16 +1230,10 @@ def cmd_compare(args) -> int:
     if problem := _plotting_unavailable(args):
         return _fail(problem)
     quiet = args.quiet or args.json
-    with _stage_bar(3, quiet) as bar:  # reading, reading, comparing; a stream's decoding has its own bar
-        bar.set_description_str(f"reading {Path(args.reference).name}")
-        reference, reference_dtypes = read(args.reference)
-        bar.update()
-        bar.set_description_str(f"reading {Path(args.other).name}")
-        other, other_dtypes = read(args.other)
-        bar.update()
-        bar.set_description_str("comparing")
+    with contextlib.ExitStack() as bars:  # tensor by tensor: a stream's decoding has its own bar
+        reference, reference_dtypes = read(args.reference, bars)
+        other, other_dtypes = read(args.other, bars)
         result = compare_tensors(reference, other, reference_dtypes, other_dtypes)
-        bar.update()
     if args.plot:
         from .plots import compare_figure
 

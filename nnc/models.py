@@ -579,8 +579,8 @@ def compare_tensors(reference, other, reference_dtypes=None, other_dtypes=None) 
             e = d = peak = 0.0
             nonfinite = 0
             flat_a, flat_b = a.reshape(-1), b.reshape(-1)
-            for i in range(0, a.size, 1 << 20):  # in slices: float64 temporaries stay small
-                x, y = flat_a[i : i + (1 << 20)].astype(np.float64), flat_b[i : i + (1 << 20)].astype(np.float64)
+            for i in range(0, a.size, 1 << 18):  # in slices: float64 temporaries stay small
+                x, y = flat_a[i : i + (1 << 18)].astype(np.float64), flat_b[i : i + (1 << 18)].astype(np.float64)
                 # inf and NaN kept exactly are no error; their energy is left out
                 with np.errstate(invalid="ignore", over="ignore"):
                     diff = np.where((x == y) | (np.isnan(x) & np.isnan(y)), 0.0, x - y)

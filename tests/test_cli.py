@@ -530,3 +530,24 @@ def test_decode_does_not_replace_an_existing_file_without_overwrite(tmp_path):
     assert src.read_bytes() == original
     assert run("decode", tmp_path / "m.nnr", "-o", src, "--overwrite").returncode == 0
     assert src.read_bytes() != original
+
+
+def test_compare_holds_a_tensor_or_two_not_the_models(tmp_path):
+    """Before: `nnc compare` read the model and decoded the stream whole (about 3x the model in memory)."""
+    import tracemalloc
+
+    from nnc.cli import main
+
+    rng = np.random.default_rng(5)
+    tensors = {f"layer{i}.weight": rng.normal(0, 0.1, (500, 1000)).astype(np.float32) for i in range(20)}
+    src = tmp_path / "m.safetensors"
+    src.write_bytes(safetensors_bytes(tensors))
+    assert main(["encode", str(src), "-o", str(tmp_path / "m.nnr"), "-q"]) == 0
+    model = 20 * 500 * 1000 * 4
+    tracemalloc.start()
+    try:
+        assert main(["compare", str(src), str(tmp_path / "m.nnr"), "-q"]) == 0
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < model / 2, f"{peak:,} bytes traced comparing a {model:,}-byte model with its stream"
