@@ -6,9 +6,9 @@
 headers up front, and its values read only when :meth:`LazyTensor.load` is
 called, then released by the caller.  No reader materialises the whole model:
 
-* safetensors: each tensor is memory-mapped when loaded and unmapped after;
+* safetensors: each tensor is read from the file when loaded (not mapped: a file cut meanwhile is a FormatError);
 * PyTorch ``.bin``/``.pt``: ``torch.load(mmap=True)`` (zip files; legacy files are read whole);
-* ONNX: initializers with external data are memory-mapped from their files;
+* ONNX: initializers with external data are read from their files when loaded;
 * npz: member by member.
 
 The layout of a checkpoint (its shard files, each file's ``__metadata__``, the
@@ -435,33 +435,33 @@ def _read_safetensors(path: Path, file_index):
     return out, metadata, []
 
 
-def _mapped(path, stored: np.dtype, offset: int, count: int) -> np.memmap:
-    """``count`` values of ``stored`` at ``offset`` of the file, mapped; a file shorter than that now (changed or cut
-    since its header was read) is a FormatError naming it."""
-    try:
-        return np.memmap(path, dtype=stored, mode="r", offset=offset, shape=(count,))
-    except (ValueError, OSError) as exc:
-        if os.path.getsize(path) < offset + count * stored.itemsize:
-            raise FormatError(
-                f"{path}: the file ends before the tensor data its header places there (changed or cut while "
-                "being read?)"
-            ) from None
-        raise OSError(getattr(exc, "errno", None), str(exc), os.fspath(path)) from None
+def _read_values(path, stored: np.dtype, offset: int, count: int) -> np.ndarray:
+    """``count`` values of ``stored`` at ``offset`` of the file, read into a new array (not memory-mapped: a file cut
+    by another program while nnc reads it would end the process with SIGBUS at a page of the map); a file shorter
+    than that now (changed or cut since its header was read) is a FormatError naming it."""
+    values = np.empty(count, stored)
+    view = memoryview(values.reshape(-1).view(np.uint8))
+    done = 0
+    with open(path, "rb", buffering=0) as fh:
+        fh.seek(offset)
+        while done < len(view):
+            n = fh.readinto(view[done:])
+            if not n:
+                raise FormatError(
+                    f"{path}: the file ends before the tensor data its header places there (changed or cut while "
+                    "being read?)"
+                )
+            done += n
+    return values
 
 
 def _safetensors_loader(path: Path, offset: int, stored: np.dtype, shape: tuple, narrow: str | None):
     def load() -> np.ndarray:
         count = math.prod(shape)
-        if count == 0:
-            raw = np.zeros(shape, stored)
-        else:
-            raw = _mapped(path, stored, offset, count)
-        try:
-            if narrow is not None:  # a format numpy lacks: as float32, exactly
-                return narrow_floats.to_float32(narrow, np.asarray(raw)).reshape(shape)
-            return np.array(raw, dtype=stored.newbyteorder("=")).reshape(shape)
-        finally:
-            del raw  # unmapped: the pages read do not stay in the process
+        raw = _read_values(path, stored, offset, count) if count else np.zeros(shape, stored)
+        if narrow is not None:  # a format numpy lacks: as float32, exactly
+            return narrow_floats.to_float32(narrow, raw).reshape(shape)
+        return raw.astype(stored.newbyteorder("="), copy=False).reshape(shape)
 
     return load
 
@@ -621,11 +621,8 @@ def _onnx_external_loader(path: Path, init, dtype: np.dtype, shape: tuple, onnx,
                 fh.seek(offset)
                 tensor.raw_data = fh.read(nbytes)
             return np.array(numpy_helper.to_array(tensor))
-        raw = _mapped(data_path, stored, offset, count)
-        try:
-            return np.array(raw, dtype=dtype.newbyteorder("=")).reshape(shape)
-        finally:
-            del raw
+        raw = _read_values(data_path, stored, offset, count)
+        return raw.astype(dtype.newbyteorder("="), copy=False).reshape(shape)
 
     return load, data_path
 

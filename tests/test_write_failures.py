@@ -147,3 +147,19 @@ def test_an_output_under_a_file_says_so(tmp_path, capsys):
     (tmp_path / "afile").write_bytes(b"")
     assert main(["encode", str(model), "-o", str(tmp_path / "afile" / "x.nnr"), "-q"]) == 1
     assert "afile is a file, not a folder" in capsys.readouterr().err
+
+
+def test_model_files_are_read_not_memory_mapped(tmp_path, monkeypatch):
+    """A file cut by another program while nnc has it mapped ends the process with SIGBUS; read into an array, the
+    same cut is a FormatError (the test above). Before: safetensors and ONNX external data were memory-mapped."""
+    import mmap
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model file was memory-mapped")
+
+    path = tmp_path / "m.safetensors"
+    formats.write_model(str(path), {"w": np.arange(1000, dtype=np.float32), "h": np.ones(10, np.float16)})
+    monkeypatch.setattr(np, "memmap", refuse)
+    monkeypatch.setattr(mmap, "mmap", refuse)
+    loaded = {t.name: t.load() for t in readers.open_model(path)}
+    assert loaded["w"].tolist() == list(range(1000)) and loaded["h"].dtype == np.float16
