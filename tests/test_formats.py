@@ -82,16 +82,11 @@ def test_pytorch_state_dict(tmp_path):
 def test_pytorch_checkpoints_are_unwrapped_or_refused_clearly(tmp_path):
     torch = pytest.importorskip("torch", reason="torch not installed (pip install torch)")
     sd = {"fc.weight": torch.ones(2, 3), "fc.bias": torch.zeros(2)}
-    cases = {
-        "nested": {"model": sd, "epoch": 3, "optimizer": {"state": {}, "param_groups": [{"lr": 0.1}]}},
-        "lightning": {"state_dict": sd, "hyper_parameters": {"a": 1}},
-    }
+    cases = {"nested": {"model": sd, "epoch": 3, "optimizer": {"state": {}, "param_groups": [{"lr": 0.1}]}},
+             "lightning": {"state_dict": sd, "hyper_parameters": {"a": 1}}}
     cases["extra state"] = {**sd, "_extra_state": b"opaque", "note": "x"}
-    left_out = {
-        "nested": ["epoch", "optimizer"],
-        "lightning": ["hyper_parameters"],
-        "extra state": ["_extra_state", "note"],
-    }
+    left_out = {"nested": ["epoch", "optimizer"], "lightning": ["hyper_parameters"],
+                "extra state": ["_extra_state", "note"]}
     for name, obj in cases.items():
         torch.save(obj, tmp_path / f"{name}.pt")
         assert list(formats.read_model(tmp_path / f"{name}.pt")[0]) == ["fc.weight", "fc.bias"], name
@@ -150,17 +145,9 @@ def test_encode_model_and_decode_model_mirror_the_cli(tmp_path):
     from nnc.cli import main
 
     src = tmp_path / "m.safetensors"
-    src.write_bytes(
-        formats.safetensors_bytes(
-            {
-                "w": np.ones((3, 4), np.float32),
-                "h": np.ones(4, np.float16),
-                "n": np.array(3, np.int64),
-                "b": np.full((2, 3), 0.5, np.float32),
-            },
-            {"b": "bfloat16"},
-        )
-    )
+    src.write_bytes(formats.safetensors_bytes(
+        {"w": np.ones((3, 4), np.float32), "h": np.ones(4, np.float16), "n": np.array(3, np.int64),
+         "b": np.full((2, 3), 0.5, np.float32)}, {"b": "bfloat16"}))
     stream_path = tmp_path / "m.nnr"
     stream = nnc.encode_model(src, stream_path, qp=-20)
     assert stream_path.read_bytes() == stream
@@ -207,9 +194,8 @@ def _onnx(tensors):
 _BLOBS = {}
 
 
-@pytest.mark.parametrize(
-    "make, suffix", [(safetensors_bytes, ".safetensors"), (npz_bytes, ".npz"), (_pt, ".pt"), (_onnx, ".onnx")]
-)
+@pytest.mark.parametrize("make, suffix", [(safetensors_bytes, ".safetensors"), (npz_bytes, ".npz"),
+                                          (_pt, ".pt"), (_onnx, ".onnx")])
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_damaged_files_raise_format_errors_only(tmp_path, make, suffix, data):
@@ -220,7 +206,7 @@ def test_damaged_files_raise_format_errors_only(tmp_path, make, suffix, data):
         i = data.draw(st.integers(0, len(blob) - 1))
         blob[i] = data.draw(st.integers(0, 255))
     if data.draw(st.booleans()):
-        blob = blob[: data.draw(st.integers(0, len(blob)))]
+        blob = blob[:data.draw(st.integers(0, len(blob)))]
     path = tmp_path / f"damaged{suffix}"
     path.write_bytes(bytes(blob))
     try:
@@ -230,16 +216,9 @@ def test_damaged_files_raise_format_errors_only(tmp_path, make, suffix, data):
     assert all(isinstance(v, np.ndarray) for v in tensors.values())
 
 
-@pytest.mark.parametrize(
-    "header",
-    [
-        b"[]",
-        b'{"w": {}}',
-        b'{"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}',
-        b'{"w": {"dtype": "F32", "shape": "x", "data_offsets": [0, 4]}}',
-        b'{"w": {"dtype": "F32", "shape": [1], "data_offsets": ["a", 4]}}',
-    ],
-)
+@pytest.mark.parametrize("header", [b"[]", b'{"w": {}}', b'{"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}',
+                                    b'{"w": {"dtype": "F32", "shape": "x", "data_offsets": [0, 4]}}',
+                                    b'{"w": {"dtype": "F32", "shape": [1], "data_offsets": ["a", 4]}}'])
 def test_malformed_safetensors_headers(tmp_path, header):
     import struct
 
@@ -258,7 +237,7 @@ def test_npz_header_claiming_more_data_than_its_member_is_refused_before_allocat
     buf.write(bytes(64))
     path = tmp_path / "huge.npz"
     with zipfile.ZipFile(path, "w") as zf:
-        zf.writestr("w.npy", buf.getvalue())  # the header (with its magic) and 64 bytes of data
+        zf.writestr("w.npy", buf.getvalue())       # the header (with its magic) and 64 bytes of data
     with pytest.raises(FormatError, match="claims"):
         read_model(path)
 
@@ -281,11 +260,8 @@ def test_write_model_refuses_what_no_model_file_holds_and_writes_big_endian_valu
     from nnc.formats import FormatError, read_model, write_model
 
     path = tmp_path / f"m.{fmt}"
-    for bad, words in (
-        ({"a": np.array(["x"])}, "holds numbers"),
-        ({"a": np.array([None])}, "holds numbers"),
-        ({5: np.ones(2)}, "names are strings"),
-    ):
+    for bad, words in (({"a": np.array(["x"])}, "holds numbers"), ({"a": np.array([None])}, "holds numbers"),
+                       ({5: np.ones(2)}, "names are strings")):
         with pytest.raises(FormatError, match=words):
             write_model(path, bad)
         assert not path.exists()
@@ -304,35 +280,23 @@ def test_onnx_weights_go_to_external_data_when_the_template_keeps_them_there_or_
     rng = np.random.default_rng(0)
     w = rng.normal(size=(64, 64)).astype(np.float32)
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])],
-        "g",
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
         [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 64])],
-        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 64])],
-        [numpy_helper.from_array(w, "w")],
-    )
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 64])], [numpy_helper.from_array(w, "w")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     onnx.save(model, tmp_path / "inline.onnx")
-    onnx.save(
-        onnx.load(tmp_path / "inline.onnx"),
-        tmp_path / "ext.onnx",
-        save_as_external_data=True,
-        location="ext.weights",
-        size_threshold=0,
-    )
+    onnx.save(onnx.load(tmp_path / "inline.onnx"), tmp_path / "ext.onnx", save_as_external_data=True,
+              location="ext.weights", size_threshold=0)
     x = rng.normal(size=(1, 64)).astype(np.float32)
     half = {"w": w / 2}
 
     def run(path):
         return ort.InferenceSession(str(path)).run(None, {"x": x})[0]
 
-    assert formats.write_onnx(tmp_path / "a.onnx", half, template=tmp_path / "inline.onnx") == [
-        str(tmp_path / "a.onnx")
-    ]
+    assert formats.write_onnx(tmp_path / "a.onnx", half, template=tmp_path / "inline.onnx") == [str(tmp_path / "a.onnx")]
     written = formats.write_onnx(tmp_path / "b.onnx", half, template=tmp_path / "ext.onnx")
     assert written == [str(tmp_path / "b.onnx.data"), str(tmp_path / "b.onnx")]
-    assert np.allclose(run(tmp_path / "a.onnx"), run(tmp_path / "b.onnx")) and np.allclose(
-        run(tmp_path / "a.onnx"), x @ w / 2, atol=1e-5
-    )
+    assert np.allclose(run(tmp_path / "a.onnx"), run(tmp_path / "b.onnx")) and np.allclose(run(tmp_path / "a.onnx"), x @ w / 2, atol=1e-5)
     assert (tmp_path / "ext.weights").read_bytes() == w.tobytes()  # the template's own data untouched
     monkeypatch.setattr(formats, "ONNX_INLINE_LIMIT", 1000)  # a model "over 2 GiB"
     formats.write_model(tmp_path / "c.onnx", half, template=tmp_path / "inline.onnx")
@@ -340,13 +304,8 @@ def test_onnx_weights_go_to_external_data_when_the_template_keeps_them_there_or_
     with pytest.raises(formats.FormatError, match="2 GiB"):
         formats.onnx_bytes(half, template=tmp_path / "inline.onnx")
     # the external data file may not be one of the template's
-    onnx.save(
-        onnx.load(tmp_path / "inline.onnx"),
-        tmp_path / "d.onnx",
-        save_as_external_data=True,
-        location="d.onnx.data",
-        size_threshold=0,
-    )
+    onnx.save(onnx.load(tmp_path / "inline.onnx"), tmp_path / "d.onnx", save_as_external_data=True,
+              location="d.onnx.data", size_threshold=0)
     before = (tmp_path / "d.onnx.data").read_bytes()
     with pytest.raises(FileExistsError):
         formats.write_onnx(tmp_path / "d.onnx", half, template=tmp_path / "d.onnx")
@@ -395,18 +354,11 @@ def _onnx_with_int64_max_and_labels(path):
         numpy_helper.from_array(np.array([1], np.int64), "axes"),
         numpy_helper.from_array(np.array([b"cat", b"dog"], dtype=object), "labels"),
     ]
-    nodes = [
-        helper.make_node("Add", ["x", "w"], ["s"]),
-        helper.make_node("Slice", ["s", "starts", "ends", "axes"], ["y"]),
-        helper.make_node("Identity", ["labels"], ["lab"]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("x", TP.FLOAT, [3, 4])],
-        [helper.make_tensor_value_info("y", TP.FLOAT, [3, 3]), helper.make_tensor_value_info("lab", TP.STRING, [2])],
-        inits,
-    )
+    nodes = [helper.make_node("Add", ["x", "w"], ["s"]), helper.make_node("Slice", ["s", "starts", "ends", "axes"], ["y"]),
+             helper.make_node("Identity", ["labels"], ["lab"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TP.FLOAT, [3, 4])],
+                              [helper.make_tensor_value_info("y", TP.FLOAT, [3, 3]),
+                               helper.make_tensor_value_info("lab", TP.STRING, [2])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, path)
