@@ -13,14 +13,11 @@ from nnc.errors import OutputBufferError
 def small_model(dtype=torch.float32):
     torch.manual_seed(0)
     model = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 8, 3),
-        torch.nn.BatchNorm2d(8),
-        torch.nn.ReLU(),
-        torch.nn.Flatten(),
-        torch.nn.Linear(8 * 6 * 6, 10),
+        torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+        torch.nn.Flatten(), torch.nn.Linear(8 * 6 * 6, 10),
     )
     model.train()
-    model(torch.randn(4, 3, 8, 8))  # running stats and num_batches_tracked (int64, 0-d) move
+    model(torch.randn(4, 3, 8, 8))      # running stats and num_batches_tracked (int64, 0-d) move
     model.eval()
     return model.to(dtype)
 
@@ -72,7 +69,7 @@ def test_load_state_dict_decodes_into_the_parameters_memory(monkeypatch):
     monkeypatch.setattr(nnc.Decoder, "_fill", spy)
     nt.load_state_dict(fresh, stream)
     params = fresh.state_dict()
-    assert set(filled) == set(params)  # float32 and int64 alike: all decoded in place
+    assert set(filled) == set(params)          # float32 and int64 alike: all decoded in place
     assert all(np.shares_memory(filled[k], params[k].numpy()) for k in params)
     assert {k: v.data_ptr() for k, v in fresh.state_dict().items()} == ptrs
     assert torch.equal(fresh.state_dict()["4.weight"], nt.state_dict(stream)["4.weight"])
@@ -129,19 +126,18 @@ def test_input_moments_of_linear_and_convolution_layers():
     from nnc.torch import input_moments
 
     torch.manual_seed(0)
-    model = torch.nn.Sequential(
-        torch.nn.Conv2d(2, 3, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 5)
-    )
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(3 * 4 * 4, 5))
     batches = [torch.randn(4, 2, 4, 4) * torch.tensor([1.0, 3.0]).view(1, 2, 1, 1) for _ in range(3)]
     m = input_moments(model, batches)
     x = torch.cat(batches).double()
-    assert np.allclose(m["0.weight"], (x**2).mean((0, 2, 3)).numpy())
+    assert np.allclose(m["0.weight"], (x ** 2).mean((0, 2, 3)).numpy())
     hidden = torch.nn.Sequential(*model[:3])(torch.cat(batches)).detach().double()
-    assert np.allclose(m["3.weight"], (hidden**2).mean(0).numpy())
+    assert np.allclose(m["3.weight"], (hidden ** 2).mean(0).numpy())
     weights = {k: v.detach().numpy() for k, v in model.state_dict().items()}
     f = input_importance(weights, m)
     assert f["0.weight"].shape == (3, 2, 3, 3) and f["0.weight"][0, 1, 0, 0] > 5 * f["0.weight"][0, 0, 0, 0]
-    assert not any(h for layer in model.modules() for h in layer._forward_pre_hooks.values())  # hooks removed
+    assert not any(h for layer in model.modules() for h in layer._forward_pre_hooks.values())   # hooks removed
     with pytest.raises(nnc.EncodeError, match="at least one batch"):
         input_moments(model, [])
 
@@ -234,16 +230,10 @@ def test_a_0d_narrow_float_tensor_keeps_its_shape_in_pt_files(tmp_path, dtype):
     assert nt.state_dict(tmp_path / "z.nnr")["s"].shape == ()
 
 
-@pytest.mark.parametrize(
-    "module_dtype, values, words",
-    [
-        ("int8", [300, -5, 7], "cannot hold"),
-        ("uint8", [300, -5, 7], "cannot hold"),
-        ("bool", [300, -5, 7], "cannot hold"),
-        ("int64", [1.7, -2.6, 3.2], "holds float32 values"),
-        ("float16", [1e6, 1.0, 2.0], "float16"),
-    ],
-)
+@pytest.mark.parametrize("module_dtype, values, words", [
+    ("int8", [300, -5, 7], "cannot hold"), ("uint8", [300, -5, 7], "cannot hold"), ("bool", [300, -5, 7], "cannot hold"),
+    ("int64", [1.7, -2.6, 3.2], "holds float32 values"), ("float16", [1e6, 1.0, 2.0], "float16"),
+])
 def test_values_a_module_dtype_cannot_hold_are_refused(module_dtype, values, words):
     """Before: torch's copy_ wrapped 300 into int8 44, truncated 1.7 into int64 1, overflowed 1e6 into float16 inf."""
     from nnc.errors import OutputBufferError
@@ -333,8 +323,6 @@ def test_module_versions_come_back_with_the_state_dict(tmp_path, monkeypatch):
 @pytest.mark.parametrize("module_dtype, value", [("float16", 1e5), ("int8", 300)])
 def test_load_state_dict_with_validate_leaves_the_module_unchanged_for_values_it_cannot_hold(module_dtype, value):
     """Before: a float16 module's bias beyond float16 raised OutputBufferError after its weight was loaded."""
-    from nnc.errors import OutputBufferError
-
     stream = nt.save({"w": torch.full((4, 4), 0.5), "b": torch.tensor([1.0, 2.0, 3.0, value])}, qp=-20)
     module = torch.nn.Module()
     module.w = torch.nn.Parameter(torch.full((4, 4), 7.0).to(getattr(torch, module_dtype)), requires_grad=False)
