@@ -456,7 +456,7 @@ def decode_model(
         stream file (``stream`` must be a path they can read); the same tensors
         (see :mod:`nnc.distributed`).  They are gathered on the client, one unit
         at a time; :func:`nnc.distributed.decode_to_path` writes files instead.
-        Not with ``template`` (ValueError).
+        Not with ``template`` (FormatError).
     **decoder_options
         ``limits``, ``engine``, ``state``, ``entry_points``: as for
         :class:`nnc.decoder.Decoder`.
@@ -472,8 +472,10 @@ def decode_model(
     nnc.errors.DecodeError
         If the stream is invalid (or one of its subclasses).
     nnc.formats.FormatError
-        If ``output`` has an unknown extension, is ONNX without a
-        ``template``, or needs a missing back end.
+        If ``output`` is a folder (:func:`nnc.writers.decode_to_path` writes
+        folders) or has an unknown extension (both before decoding), is ONNX
+        without a ``template``, needs a missing back end, or ``client`` and
+        ``template`` are both given.
     FileExistsError
         If ``output`` is the stream file or the template itself (nothing is written).
     OSError
@@ -490,9 +492,17 @@ def decode_model(
     >>> list(written), dtypes, written["n"].shape
     (['w', 'n'], {'w': 'float32', 'n': 'int64'}, ())
     """
+    fmt = None
     if output is not None:
         from ._files import refuse_overwriting
+        from .writers import is_directory_target
 
+        if is_directory_target(output):
+            raise formats.FormatError(
+                f"{os.fspath(output)}: decode_model writes one model file; nnc.writers.decode_to_path writes a "
+                "folder (a checkpoint's shards and index)"
+            )
+        fmt = formats.format_from_extension(output)  # (a bad extension fails before the decoding)
         refuse_overwriting(
             output, {"stream": stream if isinstance(stream, (str, os.PathLike)) else None, "template": template}
         )
@@ -500,15 +510,15 @@ def decode_model(
         from . import distributed
 
         if template is not None:  # the ONNX model is written whole, on this machine
-            raise ValueError("client cannot be combined with template: decode to .onnx without a Dask client")
+            raise formats.FormatError("client cannot be combined with template: decode to .onnx without a Dask client")
         return distributed.decode_model(stream, output, client, threads=threads, **decoder_options)
     dec = Decoder(stream, **decoder_options)
     tensors, dtypes = restore_model_view(dec.decode(threads=threads), dec.metadata)
     if output is not None:
         from .writers import single_file_metadata
 
-        metadata = single_file_metadata(dec.metadata, formats.format_from_extension(output))
-        formats.write_model(os.fspath(output), tensors, dtypes, template=template, metadata=metadata)
+        metadata = single_file_metadata(dec.metadata, fmt)
+        formats.write_model(os.fspath(output), tensors, dtypes, fmt=fmt, template=template, metadata=metadata)
     return tensors
 
 

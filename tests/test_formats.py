@@ -432,3 +432,13 @@ def test_write_model_streams_each_tensor_to_the_file_without_copying_the_model(t
     back = formats.read_model(path)[0]
     np.testing.assert_array_equal(np.asarray(back["t8"]), tensors["t8"])
     np.testing.assert_array_equal(np.asarray(back["b"], np.float32), tensors["b"])
+
+
+def test_decode_model_refuses_a_folder_or_a_bad_extension_before_decoding(tmp_path, monkeypatch):
+    """Before: a folder was "cannot tell the output format from the extension", after the whole model was decoded."""
+    stream = nnc.encode({"w": np.ones((2, 2), np.float32)})
+    monkeypatch.setattr(nnc.Decoder, "decode", lambda *a, **k: pytest.fail("decoded before the output was checked"))
+    with pytest.raises(formats.FormatError, match="decode_to_path writes a folder"):
+        nnc.decode_model(stream, str(tmp_path) + "/")
+    with pytest.raises(formats.FormatError, match="extension"):
+        nnc.decode_model(stream, tmp_path / "m.xyz")
