@@ -1324,7 +1324,7 @@ class Decoder:
             ...
         KeyError: "no tensor named 'bias' in the stream"
         """
-        if out is not None and not callable(out) and isinstance(out, Mapping):
+        if isinstance(out, Mapping) and not callable(out):
             for name, array in out.items():
                 self._check_out(name, array)
         result = DecodedTensors()
@@ -1535,6 +1535,8 @@ class Decoder:
         weights); an array that overlaps another only in part is refused (OutputBufferError)."""
         from .errors import OutputBufferError
 
+        if len(out) < 2:
+            return {}
         order = {info.name: (i, j) for i, infos in enumerate(self._ndu_tensors) for j, info in enumerate(infos)}
         regions = sorted(
             (a.__array_interface__["data"][0], a.nbytes, order[name], name)
