@@ -65,9 +65,11 @@ def decoded_files(stream, tmp_path):
 # -- recorded shapes (spec 6.2.1) ---------------------------------------------------------------
 
 
-def test_the_extra_metadata_of_the_encoder_reaches_the_stream():
-    stream = nnc.Encoder(qp=-30).encode({"w": W, "i": I}, extra_metadata={"shapes": {"w": [-1, -64]}}).stream
-    assert Decoder(stream).metadata["shapes"] == {"w": [-1, -64]}
+def test_the_extra_metadata_of_the_encoder_reaches_the_stream_but_not_its_own_entries():
+    stream = nnc.Encoder(qp=-30).encode({"w": W, "i": I}, extra_metadata={"note": {"w": [-1, -64]}}).stream
+    assert Decoder(stream).metadata["note"] == {"w": [-1, -64]}
+    with pytest.raises(nnc.EncodeError, match="cannot set 'shapes'"):  # (hostile shapes: with_metadata)
+        nnc.Encoder(qp=-30).encode({"w": W}, extra_metadata={"shapes": {"w": [-1, -64]}})
 
 
 @pytest.mark.parametrize("shape", [[-1, -64], [True, 64], [64.0], [2, 32.5], [2**70, 0], ["8", 8], [[8], 8], [-8, -8]])
@@ -402,8 +404,7 @@ def test_the_in_memory_safetensors_writer_refuses_a_tensor_named_metadata():
 
 @pytest.mark.parametrize("recorded", [",", "(", "i4,i4", "U8", "\x00x"])
 def test_info_and_decode_take_a_hostile_dtype_string_without_a_traceback(tmp_path, capsys, recorded):
-    stream = nnc.Encoder(qp=-30).encode({"w": np.ones((4, 4), np.float32)},
-                                        extra_metadata={"dtypes": {"w": recorded}}).stream
+    stream = with_metadata(nnc.encode({"w": np.ones((4, 4), np.float32)}, qp=-30), dtypes={"w": recorded})
     path = tmp_path / "h.nnr"
     path.write_bytes(stream)  # "," made numpy's dtype parser raise SyntaxError
     assert cli.main(["info", str(path)]) == 0
