@@ -30,6 +30,7 @@ PAGES = {
     "getting-started.md": ("tmp", True),
     "choosing-quality.md": ("tmp", True),
     "conformance.md": ("repo", False),
+    "embedding.md": ("tmp", False),
 }
 
 
