@@ -320,7 +320,8 @@ def load_state_dict(module, stream, strict: bool = True, validate: bool = False,
     nnc.errors.OutputBufferError
         If ``strict`` and the names differ, a tensor's shape differs from
         the module's, or a module tensor is on the meta device (it has no
-        storage): the module is then unchanged; or if a module tensor's dtype
+        storage) or an expanded view (its elements share memory): the module
+        is then unchanged; or if a module tensor's dtype
         cannot hold its decoded values (float16 beyond its range, an integer
         tensor given fractions): unchanged with ``validate``, partly loaded
         without.
@@ -361,6 +362,12 @@ def load_state_dict(module, stream, strict: bool = True, validate: bool = False,
         raise OutputBufferError(
             f"the module's tensor {on_meta[0]!r} is on the meta device (no storage to load into): materialise "
             "the module first, e.g. module.to_empty(device='cpu')"
+        )
+    shared = [k for k in common if any(st == 0 and n > 1 for st, n in zip(target[k].stride(), target[k].shape))]
+    if shared:  # (an expand()ed buffer: copy_ into it is torch's RuntimeError)
+        raise OutputBufferError(
+            f"the module's tensor {shared[0]!r} has elements that share memory (an expanded view): it cannot take "
+            "decoded values; make it a tensor of its own, e.g. with .clone()"
         )
     for name in common:
         info = dec.info(name)

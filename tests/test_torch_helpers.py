@@ -330,3 +330,14 @@ def test_load_state_dict_with_validate_leaves_the_module_unchanged_for_values_it
     with pytest.raises(OutputBufferError):
         nt.load_state_dict(module, stream, validate=True)
     assert (module.w == 7).all() and (module.b == 7).all()
+
+
+def test_a_module_tensor_that_is_an_expanded_view_is_refused_before_anything_changes():
+    """Before: torch's RuntimeError from copy_ after the tensors before it were loaded."""
+    stream = nt.save({"w": torch.full((4, 4), 0.5), "b": torch.arange(4.0)}, qp=-20)
+    module = torch.nn.Module()
+    module.w = torch.nn.Parameter(torch.full((4, 4), 7.0), requires_grad=False)
+    module.register_buffer("b", torch.zeros(1).expand(4))
+    with pytest.raises(OutputBufferError, match="'b' has elements that share memory"):
+        nt.load_state_dict(module, stream)
+    assert (module.w == 7).all()
