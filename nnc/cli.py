@@ -271,7 +271,7 @@ def _not_a_stream(path):
 
 
 def _stream_output(args) -> str:
-    """Where ``nnc encode`` writes: ``-o``, inside it when it ends in a slash (a folder), else beside the model: a
+    """Where ``nnc encode`` writes: ``-o``, inside it when it is a folder (or ends in a slash), else beside the model: a
     file's name with its suffix replaced by .nnr, a folder's (``.``, ``..`` by their own names) with .nnr added."""
     model = Path(args.model)
     if model.name in ("", ".", ".."):
@@ -279,7 +279,7 @@ def _stream_output(args) -> str:
     beside = model.parent / f"{model.name or 'model'}.nnr" if model.is_dir() else model.with_suffix(".nnr")
     if not args.output:
         return str(beside)
-    if args.output.endswith(("/", os.sep)):  # a folder: the model's name with .nnr in it
+    if args.output.endswith(("/", os.sep)) or os.path.isdir(args.output):  # a folder: the model's name.nnr in it
         return os.path.join(args.output, beside.name)
     return args.output
 
@@ -2046,7 +2046,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-o",
         "--output",
-        help="output stream, or an existing folder (ending in /) to write MODEL's name with .nnr in (default: MODEL "
+        help="output stream, or an existing folder to write MODEL's name with .nnr in (default: MODEL "
         "with .nnr)",
     )
     q = p.add_mutually_exclusive_group()

@@ -551,3 +551,12 @@ def test_compare_holds_a_tensor_or_two_not_the_models(tmp_path):
     finally:
         tracemalloc.stop()
     assert peak < model / 2, f"{peak:,} bytes traced comparing a {model:,}-byte model with its stream"
+
+
+def test_encode_into_an_existing_folder_without_a_trailing_slash(tmp_path):
+    """Before: `nnc encode m.safetensors -o .` was refused ("a folder, not a file"); decode -o . was not."""
+    src = tmp_path / "m.safetensors"
+    src.write_bytes(safetensors_bytes({"w": np.ones((4, 4), np.float32)}))
+    (tmp_path / "out").mkdir()
+    r = run("encode", src, "-o", ".", cwd=tmp_path / "out")
+    assert r.returncode == 0 and (tmp_path / "out" / "m.nnr").exists(), r.stderr
