@@ -2046,8 +2046,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-o",
         "--output",
-        help="output stream, or an existing folder to write MODEL's name with .nnr in (default: MODEL "
-        "with .nnr)",
+        help="output stream, or an existing folder to write MODEL's name with .nnr in (default: MODEL with .nnr)",
     )
     q = p.add_mutually_exclusive_group()
     q.add_argument("--qp", type=int, help="global quantisation parameter (default -38)")

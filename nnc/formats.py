@@ -1387,17 +1387,16 @@ def write_model(path, tensors, dtypes=None, fmt: str | None = None, template=Non
     if fmt == "onnx":
         write_onnx(path, restored, dtypes, template)
         return
-    if fmt == "npz":
-        save = lambda fh: _save_npz(fh, restored)  # noqa: E731
-    elif fmt == "safetensors":
-        save = lambda fh: _save_safetensors(fh, restored, dtypes, metadata)  # noqa: E731
-    elif fmt == "pt":
-        save = lambda fh: _save_pt(fh, restored, dtypes, metadata)  # noqa: E731
-    else:
+    if fmt not in ("npz", "safetensors", "pt"):
         raise FormatError(f"unknown model format {fmt!r}")
     if fmt == "pt":
         _torch()  # (a missing torch is refused before a file is begun)
     from ._files import AtomicFile
 
     with AtomicFile(path) as out:  # each tensor's bytes go to the file as they are made: no copy of the model
-        save(out.fh)
+        if fmt == "npz":
+            _save_npz(out.fh, restored)
+        elif fmt == "safetensors":
+            _save_safetensors(out.fh, restored, dtypes, metadata)
+        else:
+            _save_pt(out.fh, restored, dtypes, metadata)
