@@ -1098,13 +1098,14 @@ class _DecodeBar:
 class _OneAtATime(Mapping):
     """A model's tensors read when asked for and not kept (``nnc compare`` holds two tensors, not two models): a
     model file's from its reader, a stream's decoded unit by unit (the other tensors of a unit are kept until
-    asked for). ``dtypes``: {name: dtype name}, a stream's filled in as its tensors are decoded."""
+    asked for); each read advances ``bar``."""
 
-    def __init__(self, names, load, dtypes, bar=None):
-        self.names, self.load, self.dtypes, self.bar = list(names), load, dtypes, bar
+    def __init__(self, names, load, bar=None):
+        self.names, self.load, self.bar = list(names), load, bar
+        self.known = set(self.names)
 
     def __getitem__(self, name):
-        if name not in self.names:
+        if name not in self.known:
             raise KeyError(name)
         array = self.load(name)
         if self.bar is not None:
@@ -1118,7 +1119,7 @@ class _OneAtATime(Mapping):
         return len(self.names)
 
     def __contains__(self, name):
-        return name in self.names
+        return name in self.known
 
 
 def _read_model_or_stream(path, threads: int, quiet: bool = True, stack=None):
@@ -1138,7 +1139,7 @@ def _read_model_or_stream(path, threads: int, quiet: bool = True, stack=None):
         source = open_model(path)  # a file, or a checkpoint folder or index
         _note_left_out(path, source.left_out, quiet, "compared")
         by_name = {t.name: t for t in source}
-        return _OneAtATime(by_name, lambda name: by_name[name].load(), source.dtypes), source.dtypes
+        return _OneAtATime(by_name, lambda name: by_name[name].load()), source.dtypes
     from .writers import map_stream
 
     with _errors_name(path):
@@ -1180,7 +1181,7 @@ def _read_model_or_stream(path, threads: int, quiet: bool = True, stack=None):
     )
     if stack is not None:
         stack.callback(bar.close)
-    return _OneAtATime(model_order(dec.names(), dec.metadata), load, dtypes, bar), dtypes
+    return _OneAtATime(model_order(dec.names(), dec.metadata), load, bar), dtypes
 
 
 def _finite_json(value):
