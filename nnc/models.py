@@ -492,7 +492,7 @@ def decode_model(
     >>> list(written), dtypes, written["n"].shape
     (['w', 'n'], {'w': 'float32', 'n': 'int64'}, ())
     """
-    fmt = None
+    fmt = ""
     if output is not None:
         from ._files import refuse_overwriting
         from .writers import is_directory_target

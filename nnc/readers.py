@@ -440,7 +440,7 @@ def _read_values(path, stored: np.dtype, offset: int, count: int) -> np.ndarray:
     by another program while nnc reads it would end the process with SIGBUS at a page of the map); a file shorter
     than that now (changed or cut since its header was read) is a FormatError naming it."""
     values = np.empty(count, stored)
-    view = memoryview(values.reshape(-1).view(np.uint8))
+    view = values.reshape(-1).view(np.uint8).data
     done = 0
     with open(path, "rb", buffering=0) as fh:
         fh.seek(offset)
