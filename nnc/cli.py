@@ -173,7 +173,7 @@ def _refuse_replacing_a_file(output, overwrite: bool) -> str | None:
     model, which a lossy decode would replace), else None."""
     from .writers import is_directory_target
 
-    if overwrite or is_directory_target(output) or not os.path.lexists(output):
+    if overwrite or is_directory_target(output) or not os.path.exists(output):  # (a dangling link: replaced)
         return None
     return (
         f"{output}: the file exists (it may be the original model, which the decoded one would replace): "
@@ -1146,7 +1146,7 @@ def _read_model_or_stream(path, threads: int, quiet: bool = True, stack=None):
         dec = Decoder(map_stream(path) or path)  # (pages read as the units are decoded)
     if dec.differences:
         _tell(quiet, f"nnc: note: {path} holds differences to a model (an update): its values are the changes")
-    held: dict = {}  # the decoded tensors of the last unit not yet asked for
+    held: dict = {}  # decoded tensors of units not yet asked for (a bias the reference lists far from its weight)
     dtypes: dict = {}
     units: dict = {}
     for t in dec.tensors():
@@ -1156,7 +1156,8 @@ def _read_model_or_stream(path, threads: int, quiet: bool = True, stack=None):
         try:
             with _errors_name(path):
                 if name not in held:
-                    held.clear()
+                    if sum(a.nbytes for a in held.values()) > 1 << 28:  # (at most 256 MB kept: else decoded again)
+                        held.clear()
                     held.update(dec.iter_tensors(units[dec.info(name).unit_index], threads=threads))
                 view, restored = restore_model_view({name: held.pop(name)}, dec.metadata)
         except DecodeError as exc:
@@ -2220,8 +2221,8 @@ def build_parser() -> argparse.ArgumentParser:
         "-o",
         "--output",
         required=True,
-        help="output model: .npz, .safetensors, .pt (.pth, .bin, .ckpt) or .onnx, or a folder (ending in /) to restore "
-        "the checkpoint layout the stream records (shards, index), else model.safetensors there",
+        help="output model: .npz, .safetensors, .pt (.pth, .bin, .ckpt) or .onnx, or a folder (existing, or ending in /) to "
+        "restore the checkpoint layout the stream records (shards, index), else model.safetensors there",
     )
     p.add_argument("--template", help="for .onnx output: the original model whose initializers are replaced")
     p.add_argument("--tensor", action="append", help="decode only this tensor (repeatable)")
