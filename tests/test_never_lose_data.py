@@ -619,10 +619,10 @@ def test_a_pt_tensor_of_a_dtype_numpy_lacks_gives_one_line(tmp_path, capsys):
 
 def test_an_output_that_is_a_folder_names_the_folder_not_a_temporary_file(model, tmp_path, capsys):
     folder = tmp_path / "out"
-    folder.mkdir()
+    (folder / "m.nnr").mkdir(parents=True)  # -o out: the stream goes to out/m.nnr, here a folder
     code, _, err = cli(capsys, "encode", model, "-o", folder)   # said ".out.k3j2x.tmp: Is a directory"
-    assert_refused(code, err, folder, "a folder, not a file")
-    assert ".tmp" not in err and list(folder.iterdir()) == []
+    assert_refused(code, err, folder / "m.nnr", "a folder, not a file")
+    assert ".tmp" not in err and list((folder / "m.nnr").iterdir()) == []
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
