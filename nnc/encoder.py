@@ -190,18 +190,17 @@ def _tensor_arrays(tensors: Mapping, dtypes: Mapping | None = None) -> "OrderedD
     """The input's tensors as numpy arrays, each name checked (spec 2.6); EncodeError for what is not an array.
     Torch tensors are converted (:func:`nnc.torch.numpy_inputs`); one of a dtype numpy lacks (bfloat16) must be
     named in ``dtypes``, the encoder's option, which records it."""
-    arrays = OrderedDict()
-    if any(type(v).__module__.startswith("torch") for v in tensors.values()):
-        from .torch import numpy_inputs
+    from .torch import numpy_inputs
 
-        tensors, recorded = numpy_inputs(tensors)
-        unnamed = [k for k in recorded or {} if k not in (dtypes or {})]
-        if unnamed:
-            raise EncodeError(
-                f"tensor {unnamed[0]!r} is a torch {recorded[unnamed[0]]} tensor: give the encoder "
-                f"dtypes={{{unnamed[0]!r}: {recorded[unnamed[0]]!r}, ...}} to record it, or encode with nnc.encode, "
-                "which does"
-            )
+    arrays = OrderedDict()
+    tensors, recorded = numpy_inputs(tensors)  # the mapping itself when it holds no torch tensors
+    unnamed = [k for k in recorded or {} if k not in (dtypes or {})]
+    if unnamed:
+        raise EncodeError(
+            f"tensor {unnamed[0]!r} is a torch {recorded[unnamed[0]]} tensor: give the encoder "
+            f"dtypes={{{unnamed[0]!r}: {recorded[unnamed[0]]!r}, ...}} to record it, or encode with nnc.encode, "
+            "which does"
+        )
     for name, value in tensors.items():
         check_tensor_name(name)
         try:

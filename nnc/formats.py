@@ -1243,14 +1243,11 @@ def write_onnx(path, tensors, dtypes=None, template=None) -> list:
     refuse_overwriting(final.parent / location, {"template's external data": theirs})
     work = tempfile.mkdtemp(prefix=".nnc-", dir=final.parent)
     try:
-        onnx.save_model(
-            model,
-            os.path.join(work, final.name),
-            save_as_external_data=True,
-            all_tensors_to_one_file=True,
-            location=location,
-            size_threshold=1024,
-        )
+        _move_to_external_data(model, location)
+        onnx.save_model(model, os.path.join(work, final.name))  # writes the data file beside it
+        data = os.path.join(work, location)
+        if os.path.exists(data):  # onnx makes it private (0600); give it the model file's permissions
+            os.chmod(data, os.stat(os.path.join(work, final.name)).st_mode & 0o777)
         return replace_all(  # the data first: the model names it
             (os.path.join(work, name), final.parent / name)
             for name in (location, final.name)
@@ -1258,6 +1255,26 @@ def write_onnx(path, tensors, dtypes=None, template=None) -> list:
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _initializers(graph):
+    """A graph's initializers and those of its subgraphs (If, Loop, Scan bodies)."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            for sub in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+                yield from _initializers(sub)
+
+
+def _move_to_external_data(model, location: str, threshold: int = 1024) -> None:
+    """Marks every initializer of ``threshold`` bytes or more as held in the external file ``location``.
+    (onnx's own ``save_as_external_data`` refuses a ``location`` that exists in the current folder,
+    wherever the model is saved.)"""
+    from onnx.external_data_helper import set_external_data
+
+    for tensor in _initializers(model.graph):
+        if tensor.HasField("raw_data") and len(tensor.raw_data) >= threshold:
+            set_external_data(tensor, location)
 
 
 def _template_mismatches(tensors, dtypes, held) -> list:

@@ -1,6 +1,7 @@
 """Model formats: names, order, shapes and dtypes survive encode/decode; values equal the reconstruction."""
 
 import io
+import os
 
 import numpy as np
 import pytest
@@ -311,6 +312,31 @@ def test_onnx_weights_go_to_external_data_when_the_template_keeps_them_there_or_
         formats.write_onnx(tmp_path / "d.onnx", half, template=tmp_path / "d.onnx")
     assert (tmp_path / "d.onnx.data").read_bytes() == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".nnc-")]
+
+
+def test_onnx_external_data_is_written_whatever_the_current_folder_holds(tmp_path, monkeypatch):
+    """Before: onnx's save_as_external_data refused a data file name that existed in the current folder
+    (FileExistsError), so replacing m.onnx from its own folder failed; the data file was also private (0600)."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import helper, numpy_helper
+
+    from nnc import formats
+
+    w = np.arange(4096, dtype=np.float32).reshape(64, 64)
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["w"], ["y"])], "g", [],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [64, 64])], [numpy_helper.from_array(w, "w")])
+    onnx.save(helper.make_model(graph), tmp_path / "t.onnx", save_as_external_data=True, location="t.bin")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "x.onnx.data").write_bytes(b"not the output's")
+    for target, value in (("m.onnx", 1.0), ("m.onnx", 2.0), ("out/x.onnx", 3.0)):
+        formats.write_onnx(target, {"w": np.full((64, 64), value)}, template="t.onnx")
+        loaded = onnx.load(target)
+        assert numpy_helper.to_array(loaded.graph.initializer[0]).tolist() == np.full((64, 64), value).tolist()
+        data, model = os.stat(target + ".data"), os.stat(target)
+        assert data.st_mode & 0o777 == model.st_mode & 0o777
+    assert (tmp_path / "x.onnx.data").read_bytes() == b"not the output's"
 
 
 def test_onnx_output_keeps_each_weights_doc_string_and_metadata_props(tmp_path):
