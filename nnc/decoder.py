@@ -29,6 +29,7 @@ import threading
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, BinaryIO, Iterable, Mapping, Union
 
 import numpy as np
@@ -436,6 +437,9 @@ class DecodedTensors(OrderedDict):
     * ``replaced``: with differences, the names of the tensors that carry full values, which
       replace the model's (spec 6.2.1): a difference could not say it (a change from inf or
       NaN, another shape or kind of dtype, a difference beyond the dtype's range).
+    * ``narrow``: {name: format} of the float tensors the metadata records as bfloat16 or
+      float8 (spec 6.2.1): a model holds their values rounded to the format, and
+      :func:`~nnc.decoder.apply_update` rounds them so (spec 14.5).
 
     Examples
     --------
@@ -449,6 +453,14 @@ class DecodedTensors(OrderedDict):
     skipped: tuple = ()
     parent: "str | None" = None
     replaced: tuple = ()
+    narrow: "Mapping[str, str]" = MappingProxyType({})
+
+    def take_attributes(self, source) -> "DecodedTensors":
+        """Takes what ``source`` (a :class:`Decoder` or another ``DecodedTensors``) says about the stream's tensors
+        (spec 6.2.1, 14.5); returns self."""
+        self.differences, self.skipped, self.parent = source.differences, source.skipped, source.parent
+        self.replaced, self.narrow = source.replaced, source.narrow
+        return self
 
 
 def apply_update(
@@ -458,14 +470,18 @@ def apply_update(
     parent: "str | None" = None,
     check_parent: bool = True,
     replaced: "Iterable[str] | None" = None,
+    narrow: "Mapping[str, str] | None" = None,
 ) -> "OrderedDict[str, np.ndarray]":
     """The model after a decoded update of differences (spec 14.5): ``model + update``, tensor by tensor.
 
     Tensors the update does not carry (skipped: all zero) stay as they are; tensors
     new in the update are added, and those it carries as full values (``replaced``)
-    replace the model's.  Each sum keeps the model tensor's dtype.  This is
-    the rule :class:`nnc.encoder.Encoder` assumes with ``differences=True``, so
-    that sender and receiver hold the same model.
+    replace the model's.  Each sum keeps the model tensor's dtype.  A tensor
+    recorded as bfloat16 or float8 (``narrow``) is held rounded to its format:
+    the model's values are rounded before the difference is added, and the sum
+    after (spec 14.5), whether the model holds them as float32 or in the
+    format.  This is the rule :class:`nnc.encoder.Encoder` assumes with
+    ``differences=True``, so that sender and receiver hold the same model.
 
     A decoded stream (:class:`~nnc.decoder.DecodedTensors`) says whether it holds
     differences; one of full values (a base stream, or one encoded without
@@ -488,6 +504,8 @@ def apply_update(
         False applies the update without checking the model's digest.
     replaced : iterable of str, optional
         Names of the update's tensors that hold full values (default: ``update.replaced``, as decoded).
+    narrow : ``Mapping``, optional
+        {name: format} of tensors held rounded to bfloat16 or float8 (default: ``update.narrow``, as decoded).
 
     Returns
     -------
@@ -523,19 +541,39 @@ def apply_update(
             "differences=True); use its tensors as the model instead of adding them",
             clause="6.2.1",
         )
+    narrow = getattr(update, "narrow", {}) if narrow is None else narrow
     if check_parent:
-        check_update_parent(model, parent if parent is not None else getattr(update, "parent", None))
+        check_update_parent(model, parent if parent is not None else getattr(update, "parent", None), narrow)
     whole = set(getattr(update, "replaced", ()) if replaced is None else replaced)
     out = OrderedDict((k, np.asarray(v)) for k, v in model.items())
     for name, delta in update.items():
         delta = np.asarray(delta)
+        stored = narrow.get(name) if delta.dtype.kind == "f" else None
         if name not in out or name in whole:
-            out[name] = delta
+            out[name] = narrow_floats.as_stored(stored, delta)
             continue
         if delta.shape != out[name].shape:
             raise UpdateError(f"update of {name!r} has shape {delta.shape}, the model's is {out[name].shape}")
-        out[name] = (out[name] + delta).astype(out[name].dtype, copy=False)
+        held = narrow_floats.as_stored(stored, out[name])
+        out[name] = narrow_floats.as_stored(stored, held + delta).astype(out[name].dtype, copy=False)
     return out
+
+
+class _HeldValues(Mapping):
+    """A model's tensors as it holds them (spec 14.5): those of ``narrow`` rounded to their format, one at a time."""
+
+    def __init__(self, model: "Mapping[str, Any]", narrow: "Mapping[str, str]"):
+        self.model, self.narrow = model, narrow
+
+    def __getitem__(self, name):
+        value = self.model[name]
+        return narrow_floats.as_stored(self.narrow.get(name), value) if name in self.narrow else value
+
+    def __iter__(self):
+        return iter(self.model)
+
+    def __len__(self):
+        return len(self.model)
 
 
 def model_digest(tensors: "Mapping[str, Any]") -> str:
@@ -584,9 +622,12 @@ def _iterable(value) -> bool:
     return True
 
 
-def check_update_parent(model: "Mapping[str, Any]", parent: str | None) -> None:
+def check_update_parent(
+    model: "Mapping[str, Any]", parent: str | None, narrow: "Mapping[str, str] | None" = None
+) -> None:
     """Refuse a model whose :func:`model_digest` is not ``parent``, the digest an update of differences records
-    of the model it was made for (spec 6.2.1); nothing to check when ``parent`` is None.
+    of the model it was made for (spec 6.2.1); nothing to check when ``parent`` is None.  The tensors of
+    ``narrow`` enter rounded to their format (spec 14.5).
 
     Parameters
     ----------
@@ -594,6 +635,8 @@ def check_update_parent(model: "Mapping[str, Any]", parent: str | None) -> None:
         {name: array}, the receiver's model.
     parent : str or None
         The update's :attr:`Decoder.parent`.
+    narrow : ``Mapping``, optional
+        The update's :attr:`Decoder.narrow`: {name: bfloat16 or float8 format}.
 
     Raises
     ------
@@ -613,7 +656,7 @@ def check_update_parent(model: "Mapping[str, Any]", parent: str | None) -> None:
     """
     if parent is not None and not isinstance(parent, str):  # api-check
         raise TypeError(f"parent must be a digest (str) or None, not {type(parent).__name__}")
-    if parent is not None and model_digest(model) != parent:
+    if parent is not None and model_digest(_HeldValues(model, narrow or {})) != parent:
         raise UpdateError(
             "the model is not the one this update was made for (its digest differs from the update's parent "
             f"{parent[:12]}...): the update was applied already, an update before it is missing, or the model "
@@ -668,6 +711,36 @@ def recorded_parent(metadata: dict) -> str | None:
     """
     value = metadata.get("parent")
     return value if isinstance(value, str) and re.fullmatch(r"[0-9a-f]{64}", value) else None
+
+
+def recorded_narrow(metadata: dict) -> "Mapping[str, str]":
+    """{name: format} of the tensors nnc's metadata records as bfloat16 or float8 (spec 6.2.1, 14.5).
+
+    Parameters
+    ----------
+    metadata : dict
+        :attr:`Decoder.metadata` of the stream.
+
+    Returns
+    -------
+    ``Mapping``
+        Tensor names to :mod:`nnc.narrow_floats` format names (read-only).
+
+    Examples
+    --------
+    >>> from nnc.decoder import recorded_narrow
+    >>> dict(recorded_narrow({"dtypes": {"w": "bfloat16", "b": "float32", "x": 7}}))
+    {'w': 'bfloat16'}
+    """
+    recorded = metadata.get("dtypes")
+    if not isinstance(recorded, dict):
+        return MappingProxyType({})
+    return MappingProxyType({k: v for k, v in recorded.items() if isinstance(v, str) and narrow_floats.is_narrow(v)})
+
+
+def _is_difference(metadata: dict, name: str) -> bool:
+    """Whether tensor ``name`` of a stream holds a difference to the receiver's model, not full values (spec 6.2.1)."""
+    return metadata.get("differences") is True and name not in recorded_replaced(metadata)
 
 
 def read_input(data: StreamInput) -> bytes | memoryview:
@@ -897,6 +970,8 @@ class Decoder:
         self.parent: str | None = recorded_parent(self.metadata) if self.differences else None
         #: With differences: names of the tensors that carry full values, replacing the model's (spec 6.2.1).
         self.replaced: tuple = recorded_replaced(self.metadata)
+        #: {name: format} of float tensors recorded as bfloat16 or float8: a model holds them rounded (spec 14.5).
+        self.narrow: Mapping[str, str] = recorded_narrow(self.metadata)
         #: Fewest elements of a block-row range worth a thread of its own when decoding with ``threads`` > 1;
         #: None for ``nnc._parallel.MIN_ELEMENTS_PER_THREAD``, 2**18 (the verifier lowers it to test small streams).
         self.row_thread_min_elements: int | None = None
@@ -1327,9 +1402,7 @@ class Decoder:
         if isinstance(out, Mapping) and not callable(out):
             for name, array in out.items():
                 self._check_out(name, array)
-        result = DecodedTensors()
-        result.differences, result.skipped, result.parent = self.differences, self.skipped, self.parent
-        result.replaced = self.replaced
+        result = DecodedTensors().take_attributes(self)
         for name, arr in self.iter_tensors(names, threads=threads, out=out):
             result[name] = arr
             if progress is not None:
@@ -2107,7 +2180,7 @@ def recorded_dtype(metadata: dict, name: str, decoded_dtype) -> str | None:
     decoded_float = np.dtype(decoded_dtype).kind == "f"
     if narrow_floats.is_narrow(want) or np.dtype(want).kind == "f":
         return want if decoded_float else None
-    return None if metadata.get("differences") is True and name not in recorded_replaced(metadata) else want
+    return None if _is_difference(metadata, name) else want
 
 
 def exact_integers(name: str, values: np.ndarray, dtype) -> np.ndarray:
@@ -2207,9 +2280,7 @@ def restore_model_view(tensors: "OrderedDict[str, np.ndarray]", metadata: dict) 
     """
     out: OrderedDict[str, np.ndarray]
     if isinstance(tensors, DecodedTensors):
-        out = DecodedTensors()
-        out.differences, out.skipped, out.parent = tensors.differences, tensors.skipped, tensors.parent
-        out.replaced = tensors.replaced
+        out = DecodedTensors().take_attributes(tensors)
     else:
         out = OrderedDict()
     names = {}
@@ -2220,7 +2291,8 @@ def restore_model_view(tensors: "OrderedDict[str, np.ndarray]", metadata: dict) 
             v = v.reshape(shape)
         want = recorded_dtype(metadata, k, v.dtype)
         if want is not None and narrow_floats.is_narrow(want):
-            v = narrow_floats.as_stored(want, v)  # as float32, the values its file holds (as the readers give them)
+            if not _is_difference(metadata, k):  # (apply_update rounds the sum, spec 14.5)
+                v = narrow_floats.as_stored(want, v)  # as float32, the values its file holds (as the readers give them)
         elif want is None or v.dtype == want:
             pass
         elif np.dtype(want).kind in "biu":

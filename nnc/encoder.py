@@ -25,7 +25,7 @@ import numpy as np
 from . import narrow_floats
 from ._lru import SizedLRU
 from ._threads import ordered_results
-from .decoder import DecoderState, _name_map, _node_depth, apply_update, model_digest
+from .decoder import DecoderState, _HeldValues, _name_map, _node_depth, apply_update, model_digest
 from .encoding.feedback import FactorCache
 from .encoding.quantiser import (  # noqa: F401
     DEFAULT_SCAN_MIN_ELEMENTS,
@@ -641,7 +641,10 @@ class Encoder:
             result.stream = b"".join(head + list(built))
         if self.state is not None:
             # the receiver's model first: nothing below may fail once the state has moved
-            model = apply_update(self.state.model, result.reconstruction, replaced=replaced) if s.differences else None
+            model = None
+            if s.differences:  # bfloat16 / float8 tensors held rounded, as the receiver holds them (spec 14.5)
+                narrow = {k: v for k, v in original_dtypes.items() if narrow_floats.is_narrow(v)}
+                model = apply_update(self.state.model, result.reconstruction, replaced=replaced, narrow=narrow)
             for u, link in zip(units, links):
                 writer.advance_state(u, link)
             if model is not None:
@@ -651,18 +654,20 @@ class Encoder:
     def _parent_digest(self, decoded: Mapping[str, str], original: Mapping[str, str]) -> str | None:
         """The digest of the receiver's model that an update of differences records (spec 6.2.1, ``"parent"``), so
         that applying it twice or to another model is refused; None when not sending differences, or when a tensor
-        decoded as floats is restored to another dtype (bfloat16, float8, an integer tensor coded lossily: the
-        receiver's file then holds rounded values, not the model this encoder tracks)."""
+        decoded as floats is restored to another float or integer dtype (float16 from float32, an integer tensor
+        coded lossily: the receiver's file then holds rounded values, not the model this encoder tracks).
+        bfloat16 and float8 tensors enter rounded to their format, as receivers hold them (spec 14.5)."""
         if not self._sends_differences():
             return None
+        narrow = {k: v for k, v in original.items() if narrow_floats.is_narrow(v)}
         for k, want in original.items():
             got = decoded.get(k)
-            if got is None or want == got:
+            if got is None or want == got or k in narrow:
                 continue
-            if narrow_floats.is_narrow(want) or np.dtype(want).kind == "f" or np.dtype(got).kind == "f":
+            if np.dtype(want).kind == "f" or np.dtype(got).kind == "f":
                 return None  # a file of ``want`` holds rounded values (also integers coded lossily, as floats)
         assert self.state is not None
-        return model_digest(self.state.model)
+        return model_digest(_HeldValues(self.state.model, narrow))
 
     def _sends_differences(self) -> bool:
         """The stream's tensors are differences: ``differences=True`` and the receiver holds a model."""

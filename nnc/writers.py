@@ -811,7 +811,7 @@ def _decode_in_memory(
         from .errors import UpdateError
 
         try:  # before decoding: a replayed update is refused before it touches a decoder state
-            check_update_parent(previous[0], dec.parent)
+            check_update_parent(previous[0], dec.parent, dec.narrow)
         except UpdateError as exc:
             raise UpdateError(f"{os.fspath(add_to)}: {exc.message}", clause=exc.clause) from None
 
@@ -819,9 +819,7 @@ def _decode_in_memory(
     total = sum(t.nbytes for t in tensors.values())
     if progress is not None:
         progress(DecodeProgress(None, 0, len(tensors), 0, total))
-    decoded, done = DecodedTensors(), 0
-    decoded.differences, decoded.skipped = dec.differences, dec.skipped  # apply_update refuses full values
-    decoded.parent, decoded.replaced = dec.parent, dec.replaced
+    decoded, done = DecodedTensors().take_attributes(dec), 0  # (apply_update refuses full values)
     for name, array in dec.iter_tensors(list(tensors), threads=threads):
         decoded[name] = array
         done += tensors[name].nbytes

@@ -242,6 +242,36 @@ def test_differences_survive_the_state_file_and_the_cli(tmp_path):
         Encoder(differences=True)
 
 
+def test_bfloat16_files_updated_through_the_cli_hold_the_senders_model(tmp_path, capsys):
+    """Before: each --add-to rounded the sum into the bfloat16 file while the sender kept float32 sums (after 40
+    rounds 0.037 apart, exit 0 every time), and an update was added to any model given."""
+    from nnc import formats
+    from nnc.cli import main
+
+    rng = np.random.default_rng(3)
+    model = {"fc.weight": rng.normal(0, 0.3, (16, 12)).astype(np.float32), "fc.bias": rng.normal(0, 0.3, 16)}
+    dtypes = {k: "bfloat16" for k in model}
+    for i in range(4):
+        formats.write_model(tmp_path / f"m{i}.safetensors", model, dtypes)
+        assert main(["encode", str(tmp_path / f"m{i}.safetensors"), "-o", str(tmp_path / f"s{i}.nnr"), "--qp", "-30",
+                     "--state", str(tmp_path / "tx"), "--differences", "-q"]) == 0
+        args = ["decode", str(tmp_path / f"s{i}.nnr"), "-o", str(tmp_path / f"r{i}.safetensors"),
+                "--state", str(tmp_path / "rx"), "-q"]
+        assert main(args + (["--add-to", str(tmp_path / f"r{i - 1}.safetensors")] if i else [])) == 0
+        held, held_dtypes = formats.read_model(tmp_path / f"r{i}.safetensors")
+        tracked = EncoderState.load(tmp_path / "tx").model
+        assert held_dtypes == dtypes and all(held[k].tolist() == tracked[k].tolist() for k in model)
+        model = {k: (v + rng.normal(0, 0.02, v.shape)).astype(np.float32) for k, v in model.items()}
+    formats.write_model(tmp_path / "m4.safetensors", model, dtypes)
+    assert main(["encode", str(tmp_path / "m4.safetensors"), "-o", str(tmp_path / "s4.nnr"), "--qp", "-30",
+                 "--state", str(tmp_path / "tx"), "--differences", "-q"]) == 0
+    capsys.readouterr()
+    assert main(["decode", str(tmp_path / "s4.nnr"), "-o", str(tmp_path / "x.safetensors"), "--state",
+                 str(tmp_path / "rx"), "--add-to", str(tmp_path / "r2.safetensors"), "-q"]) == 1  # a stale model
+    assert "r2.safetensors: the model is not the one this update was made for" in capsys.readouterr().err
+    assert not (tmp_path / "x.safetensors").exists()
+
+
 def test_differences_after_a_state_of_full_values_say_what_the_stream_carries(tmp_path, capsys):
     from nnc import formats
     from nnc.cli import main
@@ -363,18 +393,46 @@ def test_a_replayed_update_is_refused_by_decode_add_to(tmp_path, capsys):
     assert (tmp_path / "ds").read_bytes() == state_before
 
 
-def test_no_parent_is_recorded_for_bfloat16_models_and_old_streams_apply_unchecked():
-    """A bfloat16 tensor's file holds rounded values, not the model the encoder tracks: no digest recorded."""
-    from nnc.encoder import EncoderState
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None, max_examples=15)
+@given(seed=st.integers(0, 2**32 - 1), fmt=st.sampled_from(["bfloat16", "float8_e4m3fn", "float8_e5m2"]),
+       rounds=st.integers(1, 4), qp=st.integers(-36, -24))
+def test_bfloat16_and_float8_updates_keep_sender_and_receivers_on_one_model(seed, fmt, rounds, qp):
+    """Before: the sender tracked float32 sums while a receiver's bfloat16 file held them rounded, so the two drifted
+    apart round by round, and no parent digest was recorded (an update applied twice or to another model was
+    added, exit 0). Now both hold the values rounded to the format (spec 14.5) and the digest is recorded."""
+    from nnc.narrow_floats import as_stored
 
-    state = EncoderState()
+    rng = np.random.default_rng(seed)
+    model = {"w": rng.normal(0, 0.5, (6, 8)).astype(np.float32), "b": rng.normal(0, 0.5, 8).astype(np.float32)}
+    dtypes = {k: fmt for k in model}
+    state, receiver = EncoderState(), nnc.DecoderState()
+    base = nnc.decode(nnc.encode(model, qp=qp, state=state, differences=True, dtypes=dtypes), state=receiver)
+    as_decoded = dict(base)  # float32, not rounded (nnc.decode)
+    as_in_a_file = {k: as_stored(fmt, v) for k, v in base.items()}  # as a reader gives a bfloat16 / float8 file
+    for _ in range(rounds):
+        model = {k: (v + rng.normal(0, 0.05, v.shape)).astype(np.float32) for k, v in model.items()}
+        update = nnc.decode(nnc.encode(model, qp=qp, state=state, differences=True, dtypes=dtypes), state=receiver)
+        assert update.parent is not None and dict(update.narrow) == dtypes
+        as_decoded, as_in_a_file = nnc.apply_update(as_decoded, update), nnc.apply_update(as_in_a_file, update)
+        for k in model:
+            assert as_decoded[k].tolist() == as_in_a_file[k].tolist() == state.model[k].tolist()
+            assert as_stored(fmt, state.model[k]).tolist() == state.model[k].tolist()
+        with pytest.raises(nnc.errors.UpdateError, match="not the one this update was made for"):
+            nnc.apply_update(as_in_a_file, update)  # applied twice
+        with pytest.raises(nnc.errors.UpdateError, match="not the one this update was made for"):
+            nnc.apply_update({k: np.full_like(v, 7.0) for k, v in as_in_a_file.items()}, update)  # another model
+
+
+def test_an_update_without_a_parent_digest_applies_unchecked():
+    """Streams of nnc before parent digests (and of other encoders) record none: applied without a check."""
     w = np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4)
-    nnc.encode({"w": w}, state=state, differences=True, dtypes={"w": "bfloat16"})
-    update = nnc.decode(nnc.encode({"w": w + 0.1}, state=state, differences=True, dtypes={"w": "bfloat16"},
-                                   tca=False))
-    assert update.differences and update.parent is None
-    nnc.apply_update({"w": w}, update)
-    nnc.apply_update({"w": w}, update)  # unchecked, as every update before parent digests
+    state = EncoderState()
+    nnc.encode({"w": w}, state=state, differences=True)
+    update = nnc.decode(nnc.encode({"w": w + 0.25}, state=state, differences=True, tca=False))
+    assert update.parent is not None
+    update.parent = None
+    once = nnc.apply_update({"w": w}, update)
+    assert nnc.apply_update(once, update)["w"].tolist() == (w + 2 * update["w"]).tolist()
 
 
 def _round(state, receiver, held, model, **options):
