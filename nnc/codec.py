@@ -198,7 +198,8 @@ class NNC(_CodecBase):
 
     def decode(self, buf, out=None):
         """The chunk of an NNC stream, in its recorded dtype; copied into ``out`` when that is given (same number
-        of bytes; an ``out`` that is not C-contiguous must have the chunk's dtype, else OutputBufferError)."""
+        of bytes, put into a C- or Fortran-contiguous ``out``'s memory in order, as numcodecs does; another
+        ``out`` must have the chunk's dtype and is filled in C order, else OutputBufferError)."""
         from .decoder import Decoder, restore_model_view
 
         try:
@@ -229,10 +230,14 @@ class NNC(_CodecBase):
             raise OutputBufferError("out is read-only")
         if target.nbytes != chunk.nbytes:
             raise OutputBufferError(f"out holds {target.nbytes} bytes, the decoded chunk {chunk.nbytes}")
+        # numcodecs' rule: the chunk's bytes go into out's memory in its memory order (Fortran order too)
+        fortran = target.flags.f_contiguous and not target.flags.c_contiguous
         if target.dtype != chunk.dtype and target.dtype.newbyteorder("=") == chunk.dtype.newbyteorder("="):
-            np.copyto(target, flat.reshape(target.shape))  # another byte order: the values, not the bytes
-        elif target.flags.c_contiguous:
-            target.reshape(-1).view(np.uint8)[:] = flat.view(np.uint8)
+            # another byte order: the values, not the bytes
+            np.copyto(target, flat.reshape(target.shape, order="F" if fortran else "C"))
+        elif target.flags.c_contiguous or fortran:
+            memory = target.T if fortran else target  # C-contiguous either way: reshape(-1) is a view
+            memory.reshape(-1).view(np.uint8)[:] = flat.view(np.uint8)
         elif target.dtype == chunk.dtype:
             np.copyto(target, flat.reshape(target.shape))  # element by element in C order, as the bytes go
         else:

@@ -80,6 +80,25 @@ def test_decode_into_out_and_from_buffers():
         codec.decode(None)
 
 
+@settings(max_examples=40, deadline=None)
+@given(dtype=st.sampled_from(["<i4", ">i4", "u1", "bool", "<f4", ">f8", "<f2"]), shape=st.sampled_from([(3, 4), (2, 3, 4), (5, 1, 2)]),
+       chunk_order=st.sampled_from("CF"), out_order=st.sampled_from("CF"))
+def test_decode_puts_the_chunks_bytes_into_out_in_its_memory_order(dtype, shape, chunk_order, out_order):
+    """numcodecs' rule, which zarr 2 relies on for arrays of order="F": the decoded chunk's bytes go into out's
+    memory in memory order. Before: an F-contiguous out was filled element by element in C order (a scrambled
+    chunk, integers too)."""
+    chunk = np.asarray((np.arange(np.prod(shape)).reshape(shape) * 5) % 7, dtype=dtype, order=chunk_order)
+    codec = NNC(qp=-20)
+    decoded = codec.decode(codec.encode(chunk))
+    assert decoded.shape == shape and decoded.dtype == chunk.dtype
+    memory = np.ravel(decoded, order="K").tobytes()  # the chunk's bytes, as numcodecs gives them without out
+    out = np.zeros(shape, dtype, order=out_order)
+    assert codec.decode(codec.encode(chunk), out=out) is out
+    assert np.ravel(out, order="K").tobytes() == memory
+    if np.dtype(dtype).kind != "f" and chunk_order == out_order:
+        assert np.array_equal(out, chunk)  # exact, and in place
+
+
 def test_bad_input_gets_the_documented_errors():
     with pytest.raises(EncodeError, match="at most one"):
         NNC(qp=-20, step=0.1)
