@@ -610,8 +610,39 @@ def npz_bytes(tensors, dtypes=None) -> bytes:
 
 
 def _save_npz(fh, tensors) -> None:
-    """Write the archive of :func:`npz_bytes` to the open binary file ``fh`` (seekable), member by member."""
-    np.savez(fh, **{k: np.asarray(v) for k, v in tensors.items()})
+    """Write the archive of :func:`npz_bytes` to the open binary file ``fh`` (seekable), member by member.
+    (Not ``np.savez(fh, **tensors)``: a tensor named ``file`` or ``allow_pickle`` would be taken for its argument.)"""
+    with zipfile.ZipFile(fh, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, value in tensors.items():
+            write_npz_member(zf, name, np.asarray(value))
+
+
+def _in_dtype(path, name: str, values: np.ndarray, want: str) -> np.ndarray:
+    """``values`` of tensor ``name`` in dtype ``want`` without changing one, as the decoder restores a recorded
+    dtype (:func:`nnc.decoder.restore_model_view`): integers rounded to the nearest, a value the dtype cannot hold
+    refused (FormatError); a dtype a model file cannot hold leaves them as they are."""
+    from .decoder import _check_narrowed, exact_integers, restorable_dtype
+    from .errors import DecodeError
+
+    target = restorable_dtype(want)
+    if target is None or values.dtype.kind not in "biuf":
+        return values
+    try:
+        if np.dtype(target).kind in "biu":
+            return exact_integers(name, values, target)
+        with np.errstate(over="ignore"):
+            written = values.astype(target)
+        _check_narrowed(name, values, written, recorded=True)
+        return written
+    except DecodeError as exc:
+        raise FormatError(f"{os.fspath(path)}: {exc.message}") from None
+
+
+def write_npz_member(zf: zipfile.ZipFile, name: str, array: np.ndarray) -> None:
+    """Tensor ``name`` as the member ``name.npy`` of an open ``.npz`` archive, as ``numpy.savez`` writes it."""
+    array = np.ascontiguousarray(array) if array.ndim else array
+    with zf.open(name + ".npy", "w", force_zip64=True) as fh:
+        np.lib.format.write_array(fh, array, allow_pickle=False)
 
 
 # -- PyTorch ---------------------------------------------------------------------------
@@ -1396,10 +1427,7 @@ def write_model(path, tensors, dtypes=None, fmt: str | None = None, template=Non
             v = np.asarray(v).astype(kind.newbyteorder("="))
         want = dtypes.get(k)
         if want and not narrow_floats.is_narrow(want) and np.asarray(v).dtype.name != want:
-            try:
-                v = np.asarray(v).astype(want)
-            except TypeError:
-                pass
+            v = _in_dtype(path, k, np.asarray(v), want)
         restored[k] = v
     if fmt == "onnx":
         write_onnx(path, restored, dtypes, template)

@@ -370,9 +370,9 @@ class _NpzSink:
         arr, _ = restore_model_view(
             OrderedDict([(name, array)]), {"shapes": {name: list(t.shape)}, "dtypes": {name: t.dtype}}
         )
-        arr = np.ascontiguousarray(arr[name]) if arr[name].ndim else arr[name]
-        with self.zf.open(name + ".npy", "w", force_zip64=True) as fh:
-            np.lib.format.write_array(fh, arr, allow_pickle=False)
+        from .formats import write_npz_member
+
+        write_npz_member(self.zf, name, arr[name])
 
     def close(self):
         for name in list(self.waiting):  # (only when a planned tensor never came: the write fails anyway)

@@ -468,3 +468,25 @@ def test_decode_model_refuses_a_folder_or_a_bad_extension_before_decoding(tmp_pa
         nnc.decode_model(stream, str(tmp_path) + "/")
     with pytest.raises(formats.FormatError, match="extension"):
         nnc.decode_model(stream, tmp_path / "m.xyz")
+
+
+def test_npz_archives_keep_tensors_named_like_savez_arguments(tmp_path):
+    """Before: write_model and npz_bytes went through np.savez(fh, **tensors): a tensor named allow_pickle was
+    taken for the argument and left out of the archive without a word; one named file was a TypeError."""
+    tensors = {"allow_pickle": np.array([1.0, 2.0], np.float32), "file": np.float32(3.0), "w": np.ones((2, 3))}
+    nnc.decode_model(nnc.encode(tensors, qp=-20), tmp_path / "a.npz")
+    with np.load(tmp_path / "a.npz") as z:
+        assert sorted(z.files) == ["allow_pickle", "file", "w"]
+    with np.load(io.BytesIO(formats.npz_bytes(tensors))) as z:
+        assert sorted(z.files) == ["allow_pickle", "file", "w"] and z["file"].tolist() == 3.0
+
+
+def test_write_model_refuses_values_its_recorded_dtype_cannot_hold(tmp_path):
+    """Before: values were cast with astype: [70000, 1e6] recorded as int16 were written as [4464, 16960]."""
+    for want in ("int16", "uint8", "float16"):
+        with pytest.raises(formats.FormatError, match=f"m.npz: tensor 'w'.*{want}"):
+            formats.write_model(tmp_path / "m.npz", {"w": np.array([70000.0, 1e6])}, {"w": want})
+        assert not (tmp_path / "m.npz").exists()
+    formats.write_model(tmp_path / "m.npz", {"w": np.array([7.0, -2.6])}, {"w": "int16"})
+    with np.load(tmp_path / "m.npz") as z:
+        assert z["w"].dtype == np.int16 and z["w"].tolist() == [7, -3]  # the nearest integers
