@@ -1321,3 +1321,43 @@ def test_the_api_warns_of_tensors_that_keep_none_of_their_signal(tmp_path):
         warnings.simplefilter("error")
         nnc.encode(model, nonweight_qp=-120)             # kept: no warning
         nnc.encode({"z": np.zeros(3, np.float32)})       # zeros stay zeros
+
+
+_EDGE_VALUES = {
+    "int32": [2**31 - 1, -(2**31), 2**24 + 1, 0, 7],
+    "int64": [2**31 - 1, -(2**31), 2**24 + 3, 1],
+    "float32": [3.4e38, -3.4e38, 3e38, 1.0, 65500.0, -65519.0],
+    "float16": [65504.0, -65504.0, 60000.0, 1.0],
+    "float64": [1e30, -3.4e38, 1.0, 2.0**-40],
+}
+
+
+@settings(max_examples=120, deadline=None)
+@given(dtype=st.sampled_from(sorted(_EDGE_VALUES)), data=st.data(), qp=st.integers(-40, 520),
+       lossless_int=st.booleans(), codebook=st.sampled_from([False, True, "auto"]), raw=st.booleans(),
+       raw_when_smaller=st.booleans(), as_float16=st.booleans(), output_format=st.sampled_from([None, 8, 9]))
+def test_every_stream_the_encoder_writes_its_decoder_restores(dtype, data, qp, lossless_int, codebook, raw,
+                                                              raw_when_smaller, as_float16, output_format):
+    """The encoder refuses (EncodeError) or writes a stream that decode_model restores, its values finite where the
+    input's were and in the recorded dtype. Before: int32 near 2^31 stored RAW_FLOAT (--no-lossless-int), codebook
+    values at a coarse qp beyond float32, float32 values recorded as float16 rounded past 65504, and output format
+    float16 for 1e6 were each written, exit 0, and refused or decoded as inf."""
+    values = data.draw(st.lists(st.sampled_from(_EDGE_VALUES[dtype]), min_size=1, max_size=12))
+    x = np.array(values, dtype=dtype).reshape(1, -1)
+    options = dict(qp=qp, lossless_int=lossless_int, codebook=codebook, raw_when_smaller=raw_when_smaller,
+                   raw=["w"] if raw else [])
+    if as_float16 and dtype == "float32":
+        options["dtypes"] = {"w": "float16"}
+    if output_format is not None:
+        options.update(output_formats={"w": output_format}, profile=1)
+    try:
+        stream = nnc.encode({"w": x}, **options)
+    except EncodeError:
+        return
+    restored = nnc.decode_model(stream)["w"]
+    assert restored.shape == x.shape
+    if output_format is None:
+        assert restored.dtype == np.dtype(options.get("dtypes", {}).get("w", dtype))
+    assert np.isfinite(restored.astype(np.float64)).all()
+    if x.dtype.kind in "iu" and lossless_int:
+        assert restored.tolist() == x.tolist()

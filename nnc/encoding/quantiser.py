@@ -266,6 +266,23 @@ def is_finite(x: np.ndarray) -> bool:
     return all(np.isfinite(flat[i : i + SLICE]).all() for i in range(0, flat.size, SLICE))
 
 
+def float32_holds(values: np.ndarray, f32: np.ndarray) -> bool:
+    """Whether ``f32`` (``values`` as float32) holds every integer of ``values`` unchanged; true for floats (their
+    rounding to float32 is RAW_FLOAT's, spec 7.5)."""
+    if values.dtype.kind not in "iu" or not values.size or max(int(values.max()), -int(values.min())) <= 2**24:
+        return True
+    return bool(np.array_equal(f32.reshape(values.shape).astype(np.float64), values))
+
+
+def _holds(dtype: np.dtype, values: np.ndarray) -> bool:
+    """Whether the finite ``values`` stay finite in the (narrower or equal) float ``dtype`` (in slices)."""
+    if dtype.itemsize >= values.dtype.itemsize:
+        return True
+    flat = values.reshape(-1)
+    with np.errstate(over="ignore"):
+        return all(np.isfinite(flat[i : i + SLICE].astype(dtype)).all() for i in range(0, flat.size, SLICE))
+
+
 def non_finite_error(name: str, x: np.ndarray) -> EncodeError:
     """The error for a tensor with NaN or Inf that cannot be stored raw (spec 7.5): names the first one."""
     flat = int(np.flatnonzero(~np.isfinite(x.reshape(-1)))[0])
@@ -408,6 +425,13 @@ class Quantiser:
                 t.recon = convert_to_format(base, fmt)
             except NNCError as exc:
                 raise EncodeError(f"tensor {name!r}: {exc.message}") from None
+            if t.recon.dtype.kind == "f":  # a decoder rounds overflow to inf (spec 12.6): refused, not written
+                lost = np.isfinite(base) & ~np.isfinite(t.recon)
+                if lost.any():
+                    raise EncodeError(
+                        f"tensor {name!r}: values up to {float(np.abs(base[lost]).max()):.6g} leave the range of "
+                        f"output format {fmt} ({t.recon.dtype.name}): they would decode as inf"
+                    )
             t.fmt = fmt
         return t
 
@@ -542,6 +566,11 @@ class Quantiser:
                     kept_raw = f"values up to {peak:.4g} exceed int32 levels at qp {qp}"
         if (s.is_raw(name) or kept_raw is not None) and not in_block:
             f32 = x.astype(np.float32).reshape(shape)
+            if not float32_holds(arr, f32):
+                raise EncodeError(
+                    f"integer tensor {name!r} has values up to {max(int(arr.max()), -int(arr.min()))}, which RAW_FLOAT's float32 "
+                    "does not hold (spec 7.5): code it losslessly (lossless_int=True, the default)"
+                )
             recon = f32 if fmt is None else f32.astype(np.dtype(dtype_name))
             return CodedTensor.raw_float(name, f32, height, width, recon=recon, fmt=fmt, kept_raw=kept_raw)
         levels = None
@@ -585,10 +614,11 @@ class Quantiser:
         the decoder refuses them, spec 6.2.1): then the tensor is stored exactly, in RAW_FLOAT, when raw storage is
         allowed (spec A.7) and float32 holds its values, else refused."""
         if integers is None:
-            if is_finite(t.recon):
+            restored = self._restored_float(t.name, t.recon.dtype, dtype_name)
+            if is_finite(t.recon) and _holds(restored, t.recon):
                 return t
             peak = max(float(x.max()), -float(x.min()))
-            reason = f"values up to {peak:.6g} round beyond the {t.recon.dtype.name} range at qp {t.qp}"
+            reason = f"values up to {peak:.6g} round beyond the {restored.name} range at qp {t.qp}"
             effect = "they would decode as inf, spec A.7"
         else:
             low, high = (0, 1) if integers.kind == "b" else (np.iinfo(integers).min, np.iinfo(integers).max)
@@ -605,6 +635,15 @@ class Quantiser:
         f32 = x.astype(np.float32).reshape(t.shape)
         recon = f32 if t.fmt is None else f32.astype(np.dtype(dtype_name))
         return CodedTensor.raw_float(t.name, f32, t.height, t.width, recon=recon, fmt=t.fmt, kept_raw=reason)
+
+    def _restored_float(self, name: str, decoded: np.dtype, dtype_name: str) -> np.dtype:
+        """The float dtype a decoder restores tensor ``name`` to (spec 6.2.1): a float ``dtypes`` entry of the
+        settings, else the input's (``dtype_name``), never wider than the decoded one; bfloat16 and float8 saturate
+        (their as_stored values), so they count as float32."""
+        want = self.settings.dtypes.get(name, dtype_name)
+        if narrow_floats.is_narrow(want) or np.dtype(want).kind != "f":
+            want = "float32"
+        return min(np.dtype(want), decoded, key=lambda d: d.itemsize)
 
     def _codebook(self, name, x, step, height, width, scan, fmt, shape, dq):
         """Codebook mode (spec 7.2, 12.4): the distinct uniform levels form the codebook.

@@ -33,7 +33,7 @@ from .. import container as C
 from .._parallel import row_threads
 from ..decoder import Limits, _payload_digests, _weights_before_biases
 from ..errors import EncodeError
-from .quantiser import CodedTensor
+from .quantiser import CodedTensor, float32_holds
 from .settings import EncoderSettings, matches
 
 
@@ -384,6 +384,8 @@ class UnitWriter:
         if n >= 64 and estimate / 8 < 0.75 * 4 * n:  # a quarter of 256+ bytes covers any header difference
             return t
         f32 = np.asarray(arr, dtype=np.float32).reshape(t.shape)
+        if not float32_holds(arr, f32):  # integers beyond 2^24 (coded lossily): float32 would change them
+            return t
         raw = CodedTensor.raw_float(t.name, f32, t.height, t.width)
         at = mps_qp([t.qp], s.qp_density)  # an MPS qp whose offset the tensor's qp fits (spec 8.2)
         return raw if len(self.single_unit(raw).build(at)) <= len(self.single_unit(t).build(at)) else t
