@@ -236,6 +236,11 @@ class DecoderState:
     or is decoded only in part, leaves the state as it was; spec 14.2); without one,
     levels are kept only for streams whose model parameter set enables parent signalling.
 
+    A decoder reads the state when it is made and enters its stream when the stream has
+    decoded; if another stream entered the state in between (two decoders made with one
+    state before either decoded, or decodes in threads), it raises ``DecodeError`` and
+    leaves the state as the other left it: updates decode one after another.
+
     Examples
     --------
     >>> import nnc
@@ -260,6 +265,8 @@ class DecoderState:
         self.raw_depths: dict[str, int] = {}
         #: The SHA-256 and SHA-512 of the payload of the NDU that last entered each tensor's levels (spec 14.1, 14.4).
         self.payload_digests: dict[str, tuple[bytes, bytes]] = {}
+        #: How many streams have entered this state (a decoder refuses to enter its stream if another did meanwhile).
+        self.generation = 0
 
     def update(self, name: str, levels: np.ndarray) -> None:
         """Record a tensor's decoded levels and merge them into its history map (spec 14.1).
@@ -814,6 +821,9 @@ def read_input(data: StreamInput) -> bytes | memoryview:
 #: Read-only maps of stream files whose pages may be dropped once read (``nnc.writers.map_stream`` adds its own).
 RELEASABLE_MAPS: "weakref.WeakSet[mmap.mmap]" = weakref.WeakSet()
 
+#: Held while a decoder reads a DecoderState or enters its stream into one (cheap: dict copies and updates).
+_STATES_LOCK = threading.Lock()
+
 
 def release_pages(mapped: mmap.mmap, start: int, end: int) -> None:
     """Drop a releasable map's pages in [start, end) from resident memory; the file keeps the bytes.
@@ -941,13 +951,16 @@ class Decoder:
         self.state = state if state is not None else DecoderState()
         # the parents as they were before this stream (spec 14.1): every decode of a unit reads these, and the
         # stream's own levels enter ``state`` only once all its NDUs have decoded (a failed stream leaves it)
-        self._parent_levels = dict(self.state.levels)
-        self._parent_history = dict(self.state.history)
-        self._parent_depths = dict(self.state.depths)
-        self._parent_raw_depths = dict(self.state.raw_depths)
-        self._parent_digests = dict(self.state.payload_digests)
+        with _STATES_LOCK:  # (not torn by a decoder entering its stream meanwhile)
+            self._parent_levels = dict(self.state.levels)
+            self._parent_history = dict(self.state.history)
+            self._parent_depths = dict(self.state.depths)
+            self._parent_raw_depths = dict(self.state.raw_depths)
+            self._parent_digests = dict(self.state.payload_digests)
+            self._parent_generation = getattr(self.state, "generation", 0)
         self._staged: dict[str, np.ndarray] = {}
         self._decoded_ndus: set[int] = set()
+        self._entered = False  # the stream's levels are in the state
         self._state_lock = threading.Lock()
         #: The ``entry_points`` argument (``"ignore"``, ``"use"`` or ``"verify"``).
         self.entry_points_mode = entry_points
@@ -1755,16 +1768,31 @@ class Decoder:
         """Keep an NDU's levels for the state; once every NDU of the stream has decoded, enter them all (spec 14.1,
         14.2): a stream that fails, or is decoded only in part, leaves the state as it was."""
         with self._state_lock:
-            if len(self._decoded_ndus) == len(self._ndus):
-                return  # entered already (a unit decoded again gives the same levels)
+            if self._entered:
+                return  # a unit decoded again gives the same levels
             self._staged.update(levels)
             self._decoded_ndus.add(unit.offset)
             if len(self._decoded_ndus) == len(self._ndus):
-                for name, new in self._staged.items():
-                    self.state.update(name, new)
-                self._staged = {}
-                for i, (ndu, _) in enumerate(self._ndus):  # the node depths and payload digests (spec 14.1, 14.4)
-                    self._enter_ids(ndu, self._ndu_tensors[i])
+                self._enter_stream()
+                self._entered = True
+
+    def _enter_stream(self) -> None:
+        """Enter the decoded stream's levels, node depths and payload digests into the state (spec 14.1, 14.2),
+        unless another stream entered it since this decoder read it (its parents were then not these)."""
+        with _STATES_LOCK:
+            if getattr(self.state, "generation", 0) != self._parent_generation:
+                raise DecodeError(
+                    "the DecoderState changed while this stream was decoded (another stream was decoded with it "
+                    "meanwhile): decode a base model and its updates one after another, each with a decoder made "
+                    "after the one before has decoded",
+                    clause="14.2",
+                )
+            for name, new in self._staged.items():
+                self.state.update(name, new)
+            self._staged = {}
+            for i, (ndu, _) in enumerate(self._ndus):  # the node depths and payload digests (spec 14.1, 14.4)
+                self._enter_ids(ndu, self._ndu_tensors[i])
+            self.state.generation = getattr(self.state, "generation", 0) + 1
 
     def _enter_ids(self, ndu: C.Unit, infos: list[TensorInfo]) -> None:
         """The node depth and payload digests of a decoded NDU's tensors (spec 14.1): a CABAC-coded NDU sets

@@ -925,3 +925,37 @@ def test_a_raw_float_update_leaves_the_depths_and_old_numbering_decodes(parent_i
         assert all(np.array_equal(back[k], out[k]) for k in out)
     with pytest.raises(nnc.DecodeError, match="spec 14.4"):
         nnc.decode(res.stream, state=receiver)  # a replay is still refused
+
+
+def test_one_decoder_state_in_threads_takes_each_update_once():
+    """Before: six threads decoding one update with one DecoderState all succeeded (the replay went unnoticed),
+    and one read a state half entered by another (new levels, old depths). Now one enters it, the others refuse."""
+    import threading
+
+    rng = np.random.default_rng(5)
+    model = {"w": rng.normal(size=(48, 48)).astype(np.float32)}
+    sender = EncoderState()
+    base = nnc.encode(model, qp=-30, state=sender, differences=True)
+    update = nnc.encode({"w": model["w"] + 0.1}, qp=-30, state=sender, differences=True)
+    alone = nnc.DecoderState()
+    nnc.decode(base, state=alone)
+    nnc.decode(update, state=alone)
+    for _ in range(3):
+        shared = nnc.DecoderState()
+        nnc.decode(base, state=shared)
+        outcomes = []
+
+        def decode():
+            try:
+                nnc.decode(update, state=shared)
+                outcomes.append("decoded")
+            except nnc.errors.DecodeError as exc:
+                outcomes.append(exc.clause)
+
+        threads = [threading.Thread(target=decode) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert outcomes.count("decoded") == 1 and set(outcomes) <= {"decoded", "14.2", "14.4"}
+        assert shared.levels["w"].tolist() == alone.levels["w"].tolist() and shared.depths == alone.depths
