@@ -982,7 +982,9 @@ def cmd_decode(args) -> int:
         gone = [t.name for t in held if t.name not in named]
     bar = _DecodeBar(args.quiet)
     try:
-        with _state_saved_after(args.state, state), _errors_name(args.stream):
+        # differences written as they are leave the state file as it was: it moves on with the model (--add-to)
+        kept_state = args.state if args.add_to or not dec.differences else None
+        with _state_saved_after(kept_state, state), _errors_name(args.stream):
             summary = decode_to_path(
                 dec,
                 args.output,
@@ -1012,7 +1014,8 @@ def cmd_decode(args) -> int:
     if dec.differences and not args.add_to and not args.quiet:
         print(
             f"nnc: note: {args.stream} holds differences to a model (encoded with --differences): written as "
-            "they are; give --add-to MODEL to apply them",
+            "they are; give --add-to MODEL to apply them"
+            + (f" (the state file {args.state} is unchanged: it moves on with the model)" if args.state else ""),
             file=sys.stderr,
         )
     narrow = _narrow_in_npz(dec, args.output)

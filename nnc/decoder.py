@@ -390,7 +390,7 @@ class DecoderState:
             arrays, _ = read_npz(path)
             meta = json.loads(bytes(np.asarray(arrays["meta"], np.uint8)).decode())
             if not isinstance(meta, dict) or meta.get("nnc_state") != 1 or meta.get("kind") != cls._KIND:
-                raise ValueError(f"not a {cls._KIND} state")
+                raise ValueError(f"not {'an' if cls._KIND[0] in 'aeiou' else 'a'} {cls._KIND} state")
             state = cls()
             for i, name in enumerate(meta["names"]):
                 if f"levels{i}" in arrays:
@@ -398,7 +398,12 @@ class DecoderState:
                 if f"history{i}" in arrays:
                     state.history[str(name)] = np.asarray(arrays[f"history{i}"], np.int8).reshape(-1)
             state._set_meta(meta, arrays)
-        except (FormatError, KeyError, TypeError, ValueError, AttributeError, RecursionError, OverflowError) as exc:
+        except KeyError as exc:
+            raise DecodeError(
+                f"{os.fspath(path)} is not an nnc {cls._KIND} state file (it lacks its entry {exc}: damaged, or "
+                "written by another program)"
+            ) from None
+        except (FormatError, TypeError, ValueError, AttributeError, RecursionError, OverflowError) as exc:
             raise DecodeError(f"{os.fspath(path)} is not an nnc {cls._KIND} state file ({exc})") from None
         return state
 
@@ -983,7 +988,8 @@ class Decoder:
         self.parent: str | None = recorded_parent(self.metadata) if self.differences else None
         #: With differences: names of the tensors that carry full values, replacing the model's (spec 6.2.1).
         self.replaced: tuple = recorded_replaced(self.metadata)
-        #: {name: format} of float tensors recorded as bfloat16 or float8: a model holds them rounded (spec 14.5).
+        #: The float tensors recorded as bfloat16 or float8 (spec 14.5), by name, with their format; a model holds
+        #: them rounded to it.
         self.narrow: Mapping[str, str] = recorded_narrow(self.metadata)
         #: Fewest elements of a block-row range worth a thread of its own when decoding with ``threads`` > 1;
         #: None for ``nnc._parallel.MIN_ELEMENTS_PER_THREAD``, 2**18 (the verifier lowers it to test small streams).
