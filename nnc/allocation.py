@@ -16,6 +16,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from .encoder import Encoder, default_scan_order
+from .encoding.quantiser import levels_fit_int32
 from .encoding.settings import check_importance, matches
 from .errors import EncodeError
 from .narrow_floats import as_stored
@@ -35,7 +36,7 @@ def _tensor_curve(enc: Encoder, name: str, x: np.ndarray, qps, importance) -> li
     curve = []
     for qp in qps:
         step = float(step_size(qp, enc.qp_density))
-        if np.abs(flat).max(initial=0) / step >= 2**31 - 2:
+        if not levels_fit_int32(float(np.abs(flat).max(initial=0)), step):
             continue
         levels = enc.quantiser.levels(name, flat, step, enc.dq, height, width, scan)
         bits = enc.engine.estimate_tensor_bits(
@@ -205,9 +206,9 @@ def empirical_fisher(gradients: Iterable[Mapping[str, object]]) -> dict[str, np.
         for name, g in batch.items():
             if g is None:
                 continue
-            if hasattr(g, "detach"):
-                g = g.detach().cpu().numpy()
-            g = np.asarray(g, np.float64)
+            from .torch import numpy_inputs
+
+            g = np.asarray(numpy_inputs({name: g})[0][name], np.float64)  # torch tensors (bfloat16 too)
             total[name] = total.get(name, 0.0) + g * g
     if count == 0:
         raise EncodeError("empirical_fisher needs at least one batch of gradients")

@@ -151,7 +151,7 @@ class NNC(_CodecBase):
         target. When no qp meets it the chunk is stored raw: exact but for float64 values.
         """
         from .encoder import Encoder
-        from .encoding.quantiser import INT32_MAX, as_float_array
+        from .encoding.quantiser import INT32_MAX, as_float_array, levels_fit_int32
 
         values, dtype_name = as_float_array(CHUNK_TENSOR, chunk)  # refuses float64 values beyond float32 first
         x = chunk.astype(np.float64)
@@ -160,7 +160,7 @@ class NNC(_CodecBase):
         lowest, hi = _qp_range()
         peak = max(float(values.max()), -float(values.min()))
         lo = max(lowest, int(np.floor(4 * np.log2(peak / INT32_MAX))) - 8)
-        while peak / float(step_size(lo, 2)) >= INT32_MAX - 2:  # the encoder's int32 test (peak < float32 max)
+        while not levels_fit_int32(peak, step_size(lo, 2)):  # the encoder's int32 test (peak < float32 max)
             lo += 1
 
         good = bad = None

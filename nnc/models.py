@@ -120,7 +120,7 @@ def keep_quantisation_parameters_exact(options: dict, source) -> list:
     return names
 
 
-def encode_model(model, output=None, *, client=None, **options) -> bytes:
+def encode_model(model, output=None, *, client=None, extra_metadata=None, **options) -> bytes:
     """Encode a model file (any supported format) or a mapping of arrays; optionally write the stream.
 
     ``options`` are those of :class:`nnc.encoder.Encoder` (qp, step, dq, scan_order, ...).
@@ -137,6 +137,9 @@ def encode_model(model, output=None, *, client=None, **options) -> bytes:
         Encode on a Dask cluster, one task per unit, the workers reading their
         tensors from ``model`` (a path they can read); the same stream
         (see :mod:`nnc.distributed`).
+    extra_metadata : dict, optional
+        For a mapping: entries added to the stream's nnc metadata (spec 6.2.1), as
+        :meth:`nnc.encoder.Encoder.encode` takes them. A model file's own come from the file.
     **options
         Keyword options of :class:`nnc.encoder.Encoder`. For a model file, ``dtypes``
         defaults to the dtypes the file holds, so that tensors read in another dtype
@@ -194,7 +197,9 @@ def encode_model(model, output=None, *, client=None, **options) -> bytes:
         with tempfile.TemporaryDirectory() as tmp:
             distributed.encode_model(model, os.path.join(tmp, "stream.nnr"), client, **options)
             return Path(tmp, "stream.nnr").read_bytes()
-    extra = None
+    extra = extra_metadata
+    if extra_metadata is not None and not isinstance(model, Mapping):
+        raise TypeError("extra_metadata is for a mapping of arrays: a model file's come from the file")
     if isinstance(model, Mapping):
         from .encoder import _tensor_arrays
         from .torch import numpy_inputs

@@ -166,8 +166,7 @@ def save(module_or_state_dict, path=None, **options) -> bytes:
     >>> nnc.decode_model(stream)["w"].shape, nnc.torch.state_dict(stream)["w"].dtype
     ((2, 3), torch.bfloat16)
     """
-    from .encoder import Encoder
-    from .formats import state_dict_metadata, write_atomic
+    from .formats import state_dict_metadata
     from .models import encode_model
     from .readers import single_file_layout
 
@@ -179,13 +178,8 @@ def save(module_or_state_dict, path=None, **options) -> bytes:
     if dtypes:
         options["dtypes"] = dtypes
     versions = state_dict_metadata(getattr(sd, "_metadata", None))
-    if versions is None:
-        return encode_model(OrderedDict(tensors), path, **options)
-    extra = {"checkpoint": single_file_layout("pt", sd, versions)}  # the module versions (spec 6.2.1)
-    stream = Encoder(**options).encode(OrderedDict(tensors), extra_metadata=extra).stream
-    if path is not None:
-        write_atomic(path, stream)
-    return stream
+    extra = None if versions is None else {"checkpoint": single_file_layout("pt", sd, versions)}  # (spec 6.2.1)
+    return encode_model(OrderedDict(tensors), path, extra_metadata=extra, **options)
 
 
 def _as_torch(array: np.ndarray, dtype: str, device):

@@ -96,3 +96,17 @@ def test_a_tensor_whose_qp_is_given_counts_towards_the_target():
     assert 10 * np.log10(energy / err) >= 29.9
     with pytest.raises(nnc.errors.EncodeError, match="alone exceed"):
         allocate_qps(t, target_snr_db=30, dq=False, qp_per_tensor={"a": -10})
+
+
+def test_a_qp_whose_levels_leave_int32_is_skipped_not_an_error():
+    """Before: the allocation skipped qps at peak / step >= 2^31 - 2, the encoder refused them from 2^31 - 3: a
+    value of 2147483645.5 at qp 0 made the search fail instead of moving on to qp 4."""
+    x = {"w": np.array([2147483645.5, 1.0])}
+    assert allocate_qps(x, target_snr_db=10, qp_range=[0, 4]) == {"w": 4}
+
+
+def test_empirical_fisher_takes_bfloat16_torch_gradients():
+    """Before: TypeError (Got unsupported ScalarType BFloat16) from .numpy()."""
+    torch = pytest.importorskip("torch", reason="torch is not installed (pip install torch)")
+    fisher = empirical_fisher([{"w": torch.full((3,), 2.0, dtype=torch.bfloat16)}])
+    assert fisher["w"].tolist() == [4.0, 4.0, 4.0]

@@ -341,3 +341,13 @@ def test_a_module_tensor_that_is_an_expanded_view_is_refused_before_anything_cha
     with pytest.raises(OutputBufferError, match="'b' has elements that share memory"):
         nt.load_state_dict(module, stream)
     assert (module.w == 7).all()
+
+
+def test_save_of_a_module_warns_of_tensors_that_keep_none_of_their_signal():
+    """Before: a module's state_dict (with module versions) took an encode path of its own, without the warning
+    nnc.encode and a plain state_dict give."""
+    linear = torch.nn.Linear(4, 4)
+    torch.nn.init.constant_(linear.weight, 1e-6)
+    with pytest.warns(nnc.PrecisionWarning, match="kept none of their signal"):
+        stream = nt.save(linear, qp=0)
+    assert getattr(nt.state_dict(stream), "_metadata", None) is not None  # the module versions, still

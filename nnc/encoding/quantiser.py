@@ -39,6 +39,13 @@ from .settings import EncoderSettings, check_importance, matches, qp_for_step
 
 INT32_MAX = 2**31 - 1
 
+
+def levels_fit_int32(peak: float, step: float) -> bool:
+    """Whether values up to ``peak`` in magnitude quantise to int32 levels at ``step`` (spec 7.4), with room for the
+    trellis's one-level moves: the one test of the encoder, its qp searches and the codec."""
+    return peak / float(step) < INT32_MAX - 2
+
+
 #: nnr_decompressed_data_format codes for input dtypes that a profile-1 stream can restore (spec 12.6)
 RESTORABLE_FORMATS = {"float16": 8, "float64": 9}
 
@@ -455,11 +462,10 @@ class Quantiser:
         if f is not None:
             check_importance(name, f, flat.size)
         # max |x / step| = (max |x|) / step: division by a positive step is monotone, also when rounded
-        peak = max(float(flat.max()), -float(flat.min())) / float(step) if flat.size else 0.0
-        if peak >= INT32_MAX - 2:
+        peak = max(float(flat.max()), -float(flat.min())) if flat.size else 0.0
+        if not levels_fit_int32(peak, step):
             raise EncodeError(
-                f"tensor {name!r}: values up to {peak * step:.4g} overflow int32 levels at step "
-                f"{step:.4g}; use a larger qp"
+                f"tensor {name!r}: values up to {peak:.4g} overflow int32 levels at step {step:.4g}; use a larger qp"
             )
         lam = s.tensor_lambda(name)
         if name in s.covariances:
@@ -561,7 +567,7 @@ class Quantiser:
             step = step_size(qp, s.qp_density)
             if not s.is_raw(name) and not in_block and s.raw_when_smaller:
                 peak = max(float(x.max()), -float(x.min())) if x.size else 0.0
-                if peak / float(step) >= INT32_MAX - 2:
+                if not levels_fit_int32(peak, float(step)):
                     # no int32 levels at this qp: stored exactly (no tensor costs more than raw)
                     kept_raw = f"values up to {peak:.4g} exceed int32 levels at qp {qp}"
         if (s.is_raw(name) or kept_raw is not None) and not in_block:
