@@ -77,32 +77,6 @@ against another value, or (with --min-snr) a total SNR below the bound.
 }
 
 
-class Progress:
-    """A one-line progress bar on stderr, shown only on a terminal and when not quiet."""
-
-    def __init__(self, total: int, label: str, quiet: bool = False):
-        self.total = max(total, 1)
-        self.label = label
-        self.done = 0
-        self.start = time.monotonic()
-        self.enabled = not quiet and sys.stderr.isatty()
-        self._shown = False
-
-    def step(self, n: int = 1, what: str = "") -> None:
-        self.done += n
-        if not self.enabled or time.monotonic() - self.start < 1.0:
-            return
-        frac = self.done / self.total
-        bar = "#" * int(30 * frac)
-        sys.stderr.write(f"\r{self.label} [{bar:<30}] {100 * frac:5.1f}% {what[:40]:<40}")
-        sys.stderr.flush()
-        self._shown = True
-
-    def close(self) -> None:
-        if self._shown:
-            sys.stderr.write("\n")
-
-
 def _fail(message: str) -> int:
     print(f"nnc: error: {message}", file=sys.stderr)
     return EXIT_FAIL
@@ -946,7 +920,7 @@ def cmd_decode(args) -> int:
     if args.state:
         state = DecoderState.load(args.state) if Path(args.state).exists() else DecoderState()
     per_tensor = {} if args.max_tensor_elements is None else {"max_tensor_elements": args.max_tensor_elements}
-    limits = Limits.for_files(os.path.getsize(args.stream), **per_tensor)  # written one unit at a time
+    limits = Limits.for_stream(args.stream, **per_tensor)  # written one unit at a time
     with _errors_name(args.stream):
         dec = Decoder(
             map_stream(args.stream) or args.stream, entry_points=args.entry_points, state=state, limits=limits
@@ -980,7 +954,7 @@ def cmd_decode(args) -> int:
         # tensors the sender's model no longer has (an update names every tensor it keeps, spec 3.5)
         named = set(dec.names()) | set(dec.skipped)
         gone = [t.name for t in held if t.name not in named]
-    bar = _DecodeBar(args.quiet)
+    bar = _DecodeBar(args.quiet or args.json)
     try:
         # differences written as they are leave the state file as it was: it moves on with the model (--add-to)
         kept_state = args.state if args.add_to or not dec.differences else None
@@ -1133,7 +1107,7 @@ def _read_model_or_stream(path, threads: int, quiet: bool = True, stack=None):
     from tqdm import tqdm
 
     from . import formats
-    from .decoder import Decoder, model_order, restore_model_view
+    from .decoder import Decoder, Limits, model_order, restore_model_view
     from .errors import DecodeError
 
     if os.path.isdir(path) or str(path).endswith(".index.json") or formats.detect_format(path) != "nnr":
@@ -1146,7 +1120,8 @@ def _read_model_or_stream(path, threads: int, quiet: bool = True, stack=None):
     from .writers import map_stream
 
     with _errors_name(path):
-        dec = Decoder(map_stream(path) or path)  # (pages read as the units are decoded)
+        # (pages read as the units are decoded; a tensor or a unit at a time, as a decoding to files)
+        dec = Decoder(map_stream(path) or path, limits=Limits.for_stream(path))
     if dec.differences:
         _tell(quiet, f"nnc: note: {path} holds differences to a model (an update): its values are the changes")
     held: dict = {}  # decoded tensors of units not yet asked for (a bias the reference lists far from its weight)

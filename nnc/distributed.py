@@ -367,7 +367,7 @@ def decode_model(stream, output, client, *, threads: int = 1, **decoder_options)
         raise TypeError("on a Dask cluster the stream must be a path the workers can read")
     refuse_overwriting(output, {"stream": stream})
     path = os.path.abspath(os.fspath(stream))
-    decoder_options.setdefault("limits", Limits.for_files(os.path.getsize(path)))  # written one unit at a time
+    decoder_options.setdefault("limits", Limits.for_stream(path))  # written one unit at a time
     fh, mm = _open_stream(path)
     dec: Decoder | None = None
     try:
@@ -509,7 +509,7 @@ def decode_to_path(
     refuse_overwriting(output, {"stream": stream})
     path = os.path.abspath(os.fspath(stream))
     mapped = writers.map_stream(path)
-    decoder_options.setdefault("limits", Limits.for_files(os.path.getsize(path)))  # written one unit at a time
+    decoder_options.setdefault("limits", Limits.for_stream(path))  # written one unit at a time
     dec = Decoder(mapped if mapped is not None else path, **decoder_options)
     single = not writers.is_directory_target(output)
     if (

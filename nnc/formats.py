@@ -69,10 +69,23 @@ FORMATS = ("npz", "safetensors", "pt", "onnx")
 #: File extensions used for NNC streams.
 NNR_EXTENSIONS = (".nnr", ".nnc", ".bin")
 
+#: Model file extensions (lower case, without the dot) and the format of each: what nnc writes for an output
+#: path, and the files it takes as a folder's model.
+MODEL_EXTENSIONS = {
+    "npz": "npz",
+    "safetensors": "safetensors",
+    "pt": "pt",
+    "pth": "pt",
+    "bin": "pt",
+    "ckpt": "pt",
+    "onnx": "onnx",
+}
+
 __all__ = [
     "FormatError",
     "refuse_overwriting",
     "FORMATS",
+    "MODEL_EXTENSIONS",
     "NNR_EXTENSIONS",
     "read_model",
     "write_model",
@@ -207,20 +220,11 @@ def format_from_extension(path: str | os.PathLike) -> str:
     ('pt', 'safetensors')
     """
     ext = Path(path).suffix.lower().lstrip(".")
-    mapping = {
-        "npz": "npz",
-        "safetensors": "safetensors",
-        "pt": "pt",
-        "pth": "pt",
-        "bin": "pt",
-        "ckpt": "pt",
-        "onnx": "onnx",
-    }
-    if ext not in mapping:
+    if ext not in MODEL_EXTENSIONS:
         raise FormatError(
             f"{path}: cannot tell the output format from the extension (use .npz, .safetensors, .pt or .onnx)"
         )
-    return mapping[ext]
+    return MODEL_EXTENSIONS[ext]
 
 
 # -- atomic writes ---------------------------------------------------------------

@@ -198,7 +198,7 @@ def open_model(path) -> ModelSource:
             if (p / name).is_file():
                 return _open_index(p / name)
         files = sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith("."))
-        models = [f for f in files if f.suffix in (".safetensors", ".npz", ".pt", ".pth", ".bin", ".onnx")]
+        models = [f for f in files if f.suffix.lower().lstrip(".") in formats.MODEL_EXTENSIONS]
         if len(models) == 1:
             return open_model(models[0])
         raise FormatError(
