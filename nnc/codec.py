@@ -92,7 +92,9 @@ class NNC(_CodecBase):
         target_snr: float | None = None,
         dq: bool = True,
         rdoq_lambda: float = 0.0,
+        **unknown,
     ):
+        _check_setting_names(unknown)  # (an EncodeError naming it, as from_config gives, not Python's TypeError)
         if sum(x is not None for x in (qp, step, target_snr)) > 1:
             raise EncodeError("give at most one of qp, step and target_snr")
         # checked now (a string dq, a qp of -20.9), not at the first chunk; the encoder checks ranges again
@@ -155,11 +157,12 @@ class NNC(_CodecBase):
 
         values, dtype_name = as_float_array(CHUNK_TENSOR, chunk)  # refuses float64 values beyond float32 first
         x = chunk.astype(np.float64)
+        scale = float(np.abs(x).max())  # errors measured on x / scale: the squares of 1e-200 do not underflow
         with np.errstate(over="ignore", divide="ignore"):  # a huge target allows 0, a hugely negative one inf
-            allowed = float((x**2).sum() / np.float64(10.0) ** (self.target_snr / 10))
+            allowed = float(((x / scale) ** 2).sum() / np.float64(10.0) ** (self.target_snr / 10))
         lowest, hi = _qp_range()
         peak = max(float(values.max()), -float(values.min()))
-        lo = max(lowest, int(np.floor(4 * np.log2(peak / INT32_MAX))) - 8)
+        lo = max(lowest, int(np.floor(4 * (np.log2(peak) - np.log2(INT32_MAX)))) - 8) if peak > 0 else lowest
         while not levels_fit_int32(peak, step_size(lo, 2)):  # the encoder's int32 test (peak < float32 max)
             lo += 1
 
@@ -171,14 +174,14 @@ class NNC(_CodecBase):
             result = Encoder(qp=qp, **options).encode({CHUNK_TENSOR: chunk}, extra_metadata=extra)
             t = result.tensors[CHUNK_TENSOR]
             decoded = narrow_floats.as_stored(dtype_name, t.reconstruction).astype(np.float64)
-            if t.kept_raw is None and float(((decoded - x) ** 2).sum()) <= allowed:
+            if t.kept_raw is None and _scaled_error(decoded, x, scale) <= allowed:
                 good, good_stream = qp, result.stream
             else:  # (kept_raw: values beyond float32 at this qp, so at any coarser one)
                 bad = qp
 
         # Uniform quantisation leaves about step²/12 per weight: start there, bracket, bisect.
         with np.errstate(divide="ignore"):
-            guess = 4 * np.log2(np.sqrt(12 * allowed / x.size))
+            guess = 4 * (np.log2(np.sqrt(12 * allowed / x.size)) + np.log2(scale))
         attempt(int(min(max(np.floor(guess), lo), hi)))
         width = 4
         while (good is None and bad > lo) or (bad is None and good < hi):
@@ -189,7 +192,7 @@ class NNC(_CodecBase):
         if good is not None:
             return good_stream
         raw = Encoder(raw=[CHUNK_TENSOR], **options).encode({CHUNK_TENSOR: chunk}, extra_metadata=extra)
-        if float(((raw.tensors[CHUNK_TENSOR].reconstruction.astype(np.float64) - x) ** 2).sum()) > allowed:
+        if _scaled_error(raw.tensors[CHUNK_TENSOR].reconstruction.astype(np.float64), x, scale) > allowed:
             raise EncodeError(
                 f"no qp reaches {self.target_snr:g} dB on this {chunk.dtype} chunk, nor do its values stored "
                 "raw as float32: give a lower target_snr"
@@ -279,6 +282,11 @@ class NNC(_CodecBase):
     def __repr__(self) -> str:
         settings = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "id" and v is not None)
         return f"NNC({settings})"
+
+
+def _scaled_error(decoded: np.ndarray, x: np.ndarray, scale: float) -> float:
+    """The squared error of ``decoded`` against ``x``, both divided by ``scale``."""
+    return float((((decoded - x) / scale) ** 2).sum())
 
 
 def _check_setting_names(settings) -> None:

@@ -99,6 +99,28 @@ def test_decode_puts_the_chunks_bytes_into_out_in_its_memory_order(dtype, shape,
         assert np.array_equal(out, chunk)  # exact, and in place
 
 
+@settings(max_examples=30, deadline=None)
+@given(st.floats(-320, 300), st.floats(5, 40))
+def test_target_snr_holds_for_float64_chunks_of_any_scale(log_scale, target):
+    """Before: at scales of 1e-200 the squares underflowed, the allowed error was 0 and every qp "met" it: the
+    chunk decoded as zeros (0 dB), no error. The target is met, or EncodeError."""
+    x = 10.0**log_scale * np.random.default_rng(int(log_scale) % 7).standard_normal(64)
+    assume(np.abs(x).max() > 0 and np.isfinite(x).all())
+    codec = NNC(target_snr=target)
+    try:
+        back = codec.decode(codec.encode(x))
+    except EncodeError as exc:
+        assert "no qp reaches" in str(exc) or "float32 range" in str(exc)
+        return
+    scale = np.abs(x).max()
+    assert 10 * np.log10(((x / scale) ** 2).sum() / max((((x - back) / scale) ** 2).sum(), 1e-300)) >= target
+
+
+def test_a_misspelt_setting_is_an_encode_error_as_from_config_gives():
+    with pytest.raises(EncodeError, match="unknown NNC codec setting.*'qpp'"):  # (Python's TypeError before)
+        NNC(qpp=-30)
+
+
 def test_bad_input_gets_the_documented_errors():
     with pytest.raises(EncodeError, match="at most one"):
         NNC(qp=-20, step=0.1)
