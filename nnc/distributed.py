@@ -24,8 +24,8 @@ True
 
 from __future__ import annotations
 
+import hashlib
 import logging
-import mmap
 import os
 import threading
 from collections import OrderedDict
@@ -37,7 +37,7 @@ from . import container as C
 from . import formats
 from ._files import AtomicFile, refuse_overwriting, temp_file_beside
 from ._threads import thread_count
-from .errors import EncodeError
+from .errors import DecodeError, EncodeError
 
 __all__ = [
     "get_client",
@@ -127,20 +127,35 @@ def tensor_index(path) -> "tuple[OrderedDict[str, tuple[tuple, str]], dict]":
     return index, source.dtypes
 
 
-def read_tensors(path, names) -> dict:
+def read_tensors(path, names, expected=None) -> dict:
     """The named tensors of a model file or checkpoint, each read lazily on its own
-    (a safetensors file is memory-mapped and only those tensors are read)."""
+    (a safetensors file is memory-mapped and only those tensors are read). ``expected``:
+    {name: (shape, dtype)} the client planned from the headers; a tensor read otherwise (the
+    worker sees another file at the path) is an EncodeError."""
     from .readers import open_model
 
     source = open_model(path)
-    return {name: source[name].load() for name in names}
+    tensors = {}
+    for name in names:
+        if name not in source:
+            raise EncodeError(f"{path}: a worker finds no tensor {name!r} there: the workers see another file")
+        tensors[name] = array = source[name].load()
+        if expected is not None and name in expected:
+            shape, dtype = expected[name]
+            if tuple(array.shape) != tuple(shape) or np.dtype(array.dtype) != np.dtype(dtype):
+                raise EncodeError(
+                    f"{path}: tensor {name!r} reads as {array.dtype}{list(array.shape)} on a worker, "
+                    f"{np.dtype(dtype)}{list(shape)} on the client: the workers see another file"
+                )
+    return tensors
 
 
 # -- encoding -------------------------------------------------------------------------------
 
 
-def _encode_unit(path, name, parts, options, mps_qp):
-    """Worker: one NDU (a tensor, or a block and its members) -> (bytes, member summaries)."""
+def _encode_unit(path, name, parts, options, mps_qp, expected=None):
+    """Worker: one NDU (a tensor, or a block and its members) -> (bytes, member summaries). ``expected``: the
+    client's {name: (shape, dtype)} of the unit's tensors."""
     from .encoder import Encoder
     from .encoding.writer import UnitWriter, block_members
 
@@ -148,7 +163,7 @@ def _encode_unit(path, name, parts, options, mps_qp):
     s = enc.settings
     writer = UnitWriter(s, enc.engine)
     names = block_members(name, parts) if parts else [name]
-    arrays = read_tensors(path, names)
+    arrays = read_tensors(path, names, expected)
     if parts:
         coded = {n: enc.quantiser.quantise(n, arrays[n], in_block=s.blocks != "auto") for n in names}
         unit = writer.group_unit(name, parts, coded, arrays)
@@ -207,9 +222,15 @@ def encode_model(model, output, client, **options) -> int:
 
     window = _in_flight(client, None)
 
+    def planned(name):  # what the client read in the headers, which the worker checks
+        members = block_members(name, groups[name]) if groups.get(name) else [name]
+        return {m: index[m] for m in members}
+
     def tasks(mps_qp):  # each submits one unit's encoding when called
         return [
-            lambda name=name: client.submit(_encode_unit, path, name, groups.get(name), options, mps_qp, pure=False)
+            lambda name=name: client.submit(
+                _encode_unit, path, name, groups.get(name), options, mps_qp, planned(name), pure=False
+            )
             for name in names
         ]
 
@@ -285,20 +306,25 @@ def _write_atomic_parts(path: Path, head: bytes, rest) -> int:
 # -- decoding -------------------------------------------------------------------------------
 
 
-def _open_stream(path):
-    fh = open(path, "rb")  # noqa: SIM115 -- handed to the caller with its map; _close_stream closes both
-    try:
-        return fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-    except ValueError:  # an empty file cannot be mapped
-        return fh, None
+def stream_fingerprint(dec) -> str:
+    """A digest of a stream as a Decoder parsed it: its length, every unit's header and the units other than NDUs
+    (spec 3.1, 7.4). The client sends it with each task; a worker whose file at the path differs (a stale copy,
+    a file replaced meanwhile) refuses to decode rather than give tensors of another stream."""
+    h = hashlib.sha256(len(dec.data).to_bytes(8, "little"))
+    data = memoryview(dec.data)
+    for unit in dec.units:
+        end = unit.payload_offset if unit.type == C.NNR_NDU else unit.end
+        h.update(unit.offset.to_bytes(8, "little") + bytes(data[unit.offset : end]))
+    return h.hexdigest()
 
 
 _WORKER_DECODER: dict = {}  # on a worker: {job token: (Decoder, map)} of the stream being decoded
 _WORKER_LOCK = threading.Lock()
 
 
-def _worker_decoder(token, path, decoder_options):
-    """The worker's Decoder of ``path`` for the job ``token``: the stream's headers are parsed once per worker."""
+def _worker_decoder(token, path, decoder_options, fingerprint=None):
+    """The worker's Decoder of ``path`` for the job ``token``: the stream's headers are parsed once per worker and
+    checked against the client's ``fingerprint`` (:func:`stream_fingerprint`)."""
     from .decoder import Decoder
     from .writers import map_stream
 
@@ -306,7 +332,16 @@ def _worker_decoder(token, path, decoder_options):
         if token not in _WORKER_DECODER:
             _forget(None, locked=True)  # one stream at a time per worker
             mapped = map_stream(path)
-            _WORKER_DECODER[token] = (Decoder(mapped if mapped is not None else b"", **decoder_options), mapped)
+            dec = Decoder(mapped if mapped is not None else b"", **decoder_options)
+            if fingerprint is not None and stream_fingerprint(dec) != fingerprint:
+                del dec
+                if mapped is not None:
+                    mapped.close()
+                raise DecodeError(
+                    f"{path}: the stream a worker reads there is not the one the client read (its headers or length "
+                    "differ): the workers see another file"
+                )
+            _WORKER_DECODER[token] = (dec, mapped)
         return _WORKER_DECODER[token]
 
 
@@ -325,32 +360,23 @@ def _forget(token, locked: bool = False) -> None:
     return None
 
 
-def _decode_unit(path, i, decoder_options, threads, token=None):
-    """Worker: the tensors of NDU ``i`` of the stream at ``path``."""
+def _decode_unit(path, i, decoder_options, threads, token=None, fingerprint=None):
+    """Worker: the tensors of NDU ``i`` of the stream at ``path`` (the client's when ``fingerprint`` is given)."""
     from .decoder import release_pages
 
     if token is None:  # one task on its own: nothing kept
         token = object()
         try:
-            return _decode_unit(path, i, decoder_options, threads, token)
+            return _decode_unit(path, i, decoder_options, threads, token, fingerprint)
         finally:
             _forget(token)
-    dec, mapped = _worker_decoder(token, path, decoder_options)
+    dec, mapped = _worker_decoder(token, path, decoder_options, fingerprint)
     unit, params = dec._ndus[i]
     out = dec._decode_ndu(unit, params, dec._ndu_tensors[i], threads)
     result = OrderedDict((k, np.array(v, copy=True)) for k, v in out.items())
     if mapped is not None:
         release_pages(mapped, unit.offset, unit.end)  # the payload's pages: a worker's memory stays bounded
     return result
-
-
-def _close_stream(fh, mm):
-    if mm is not None:
-        try:
-            mm.close()
-        except BufferError:  # views still alive: the map closes when they go
-            pass
-    fh.close()
 
 
 def decode_model(stream, output, client, *, threads: int = 1, **decoder_options):
@@ -360,6 +386,7 @@ def decode_model(stream, output, client, *, threads: int = 1, **decoder_options)
     client.  Returns the tensors as :func:`nnc.decode_model` does.
     """
     from .decoder import Decoder, Limits, restore_model_view
+    from .writers import map_stream
 
     check_client(client)
     thread_count(threads)
@@ -368,18 +395,20 @@ def decode_model(stream, output, client, *, threads: int = 1, **decoder_options)
     refuse_overwriting(output, {"stream": stream})
     path = os.path.abspath(os.fspath(stream))
     decoder_options.setdefault("limits", Limits.for_stream(path))  # written one unit at a time
-    fh, mm = _open_stream(path)
-    dec: Decoder | None = None
-    try:
-        dec = Decoder(memoryview(mm) if mm is not None else b"", **decoder_options)
-        metadata, ndus = dec.metadata, len(dec._ndus)
-        local = decoder_options.get("state") is not None or any(p.parent_signalling for _, p in dec._ndus)
-        tensors: OrderedDict[str, np.ndarray] = dec.decode(threads=threads) if local else OrderedDict()
-    finally:
-        dec = None
-        _close_stream(fh, mm)
+    mapped = map_stream(path)
+    dec = Decoder(mapped if mapped is not None else path, **decoder_options)
+    metadata, ndus, fingerprint = dec.metadata, len(dec._ndus), stream_fingerprint(dec)
+    local = decoder_options.get("state") is not None or any(p.parent_signalling for _, p in dec._ndus)
+    tensors: OrderedDict[str, np.ndarray] = dec.decode(threads=threads) if local else OrderedDict()
+    del dec
+    if mapped is not None:
+        try:
+            mapped.close()
+        except BufferError:  # views still alive: the map closes when they go
+            pass
     if not local:
-        for _, unit_tensors in _units_in_order(client, path, range(ndus), decoder_options, threads, None):
+        units = _units_in_order(client, path, range(ndus), decoder_options, threads, None, fingerprint)
+        for _, unit_tensors in units:
             tensors.update(unit_tensors)
     tensors, dtypes = restore_model_view(tensors, metadata)
     if output is not None:
@@ -401,7 +430,7 @@ def _in_flight(client, in_flight) -> int:
         return 4
 
 
-def _units_in_order(client, path, units, decoder_options, threads, in_flight):
+def _units_in_order(client, path, units, decoder_options, threads, in_flight, fingerprint=None):
     """Yield ``(i, tensors of NDU i)`` for ``units`` in order, with at most ``in_flight`` tasks submitted at once.
 
     A result is fetched when its turn comes and released at once, so the client holds
@@ -418,7 +447,9 @@ def _units_in_order(client, path, units, decoder_options, threads, in_flight):
     def submit():
         i = next(pending, None)
         if i is not None:
-            futures.append((i, client.submit(_decode_unit, path, i, decoder_options, threads, token, pure=False)))
+            futures.append(
+                (i, client.submit(_decode_unit, path, i, decoder_options, threads, token, fingerprint, pure=False))
+            )
 
     try:
         for _ in range(window):
@@ -521,11 +552,12 @@ def decode_to_path(
     if mapped is not None:
         writers._release(mapped, len(mapped))
     options = {k: v for k, v in decoder_options.items() if k != "state"}
+    fingerprint = stream_fingerprint(dec)
 
     def remote(names, out):
         wanted = set(names)
         units = sorted({dec._index[n][0] for n in names})
-        for _, tensors in _units_in_order(client, path, units, options, threads, in_flight):
+        for _, tensors in _units_in_order(client, path, units, options, threads, in_flight, fingerprint):
             for name in list(tensors):
                 array = tensors.pop(name)
                 if name not in wanted:

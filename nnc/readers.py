@@ -161,6 +161,9 @@ class ModelSource:
     def __getitem__(self, name: str) -> LazyTensor:
         return self._by_name[name]
 
+    def __contains__(self, name) -> bool:  # (a name, not a LazyTensor, as for a mapping)
+        return name in self._by_name
+
     @property
     def dtypes(self) -> dict:
         """{name: original dtype name}, as :func:`nnc.formats.read_model` returns them."""

@@ -193,3 +193,38 @@ def test_dask_arguments_are_checked_before_any_work(client, tmp_path):
     with pytest.raises(ValueError, match="template"):
         nnc.decode_model(stream, tmp_path / "x.onnx", client=client, template=tmp_path / "t.onnx")
     assert nd.decode_model(stream, None, client, threads=np.int64(2))["w"].shape == (4, 4)
+
+
+def _on_a_worker():
+    try:
+        distributed.get_worker()
+        return True
+    except ValueError:
+        return False
+
+
+def test_workers_that_see_another_file_refuse_it(client, tmp_path, monkeypatch):
+    """Before: workers read the stream or the model at its path with nothing compared to what the client planned
+    from: another file there (a stale copy, a checkpoint replaced meanwhile) gave tensors of other shapes, no error,
+    or a raw IndexError / ValueError."""
+    import nnc.readers
+    import nnc.writers
+
+    rng = np.random.default_rng(4)
+    planned, other = tmp_path / "m.safetensors", tmp_path / "other.safetensors"
+    formats.write_model(str(planned), {"w": rng.normal(size=(64, 64)).astype(np.float32)})
+    formats.write_model(str(other), {"w": rng.normal(size=(32, 64)).astype(np.float32)})
+    nnc.encode_model(str(planned), str(tmp_path / "m.nnr"), qp=-30)
+    nnc.encode_model(str(other), str(tmp_path / "other.nnr"), qp=-30)
+    map_stream, open_model = nnc.writers.map_stream, nnc.readers.open_model
+    monkeypatch.setattr(nnc.writers, "map_stream", lambda path: map_stream(
+        str(tmp_path / "other.nnr") if _on_a_worker() else path))
+    monkeypatch.setattr(nnc.readers, "open_model", lambda path, *a, **k: open_model(
+        other if _on_a_worker() else path, *a, **k))
+    with pytest.raises(nnc.DecodeError, match="m.nnr: the stream a worker reads there is not the one the client read"):
+        nnc.decode_model(str(tmp_path / "m.nnr"), client=client)
+    with pytest.raises(nnc.DecodeError, match="the workers see another file"):
+        nnc.distributed.decode_to_path(str(tmp_path / "m.nnr"), str(tmp_path / "out.safetensors"), client)
+    with pytest.raises(nnc.EncodeError, match=r"m.safetensors: tensor 'w' reads as float32\[32, 64\] on a worker"):
+        nnc.encode_model(str(planned), str(tmp_path / "o.nnr"), client=client, qp=-30)
+    assert not (tmp_path / "out.safetensors").exists() and not (tmp_path / "o.nnr").exists()
