@@ -638,8 +638,10 @@ class _EncodeProgress:
 
 def _encode_on_cluster(args, options) -> int:
     """``nnc encode --scheduler``: one task per unit on a Dask cluster (nnc.distributed)."""
+    import warnings
+
     from . import distributed
-    from .errors import EncodeError
+    from .errors import EncodeError, PrecisionWarning
 
     for flag, used in (
         ("--search", args.search),
@@ -661,11 +663,15 @@ def _encode_on_cluster(args, options) -> int:
         return _fail(str(exc) if str(exc).startswith("--scheduler") else f"--scheduler {args.scheduler}: {exc}")
     t0 = time.perf_counter()
     try:
-        with _errors_name(args.model, EncodeError):
+        with _errors_name(args.model, EncodeError), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", PrecisionWarning)
             length = distributed.encode_model(args.model, out, client, **options)
     finally:
         if owned:
             distributed.close_client(client)
+    for warning in caught:  # (tensors that keep none of their signal, as a local encode says)
+        if issubclass(warning.category, PrecisionWarning) and not args.quiet:
+            print(f"nnc: warning: {warning.message}", file=sys.stderr)
     summary = dict(input=str(args.model), output=out, bytes=length, seconds=time.perf_counter() - t0)
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -687,7 +693,8 @@ def _decode_on_cluster(args) -> int:
         if used:
             return _fail(f"{flag} cannot be combined with --scheduler")
     from . import formats
-    from .writers import is_directory_target
+    from .decoder import Decoder
+    from .writers import is_directory_target, map_stream
 
     if not is_directory_target(args.output):
         formats.format_from_extension(args.output)  # a bad extension fails before any work
@@ -701,13 +708,14 @@ def _decode_on_cluster(args) -> int:
                 args.stream,
                 args.output,
                 client,
-                threads=args.threads or 1,
+                threads=1 if args.threads is None else args.threads,  # (0: one per CPU of each worker)
                 entry_points=args.entry_points,
                 overwrite=args.overwrite,
             )
     finally:
         if owned:
             distributed.close_client(client)
+    _note_narrow_in_npz(Decoder(map_stream(args.stream) or args.stream), args)
     summary = dict(stream=str(args.stream), output=args.output, tensors=written["tensors"], weights=written["weights"])
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -992,6 +1000,12 @@ def cmd_decode(args) -> int:
             + (f" (the state file {args.state} is unchanged: it moves on with the model)" if args.state else ""),
             file=sys.stderr,
         )
+    _note_narrow_in_npz(dec, args)
+    return EXIT_OK
+
+
+def _note_narrow_in_npz(dec, args) -> None:
+    """A note naming the bfloat16 / float8 tensors an .npz output holds as float32 (not with -q or --json)."""
     narrow = _narrow_in_npz(dec, args.output)
     if narrow:
         _tell(
@@ -999,7 +1013,6 @@ def cmd_decode(args) -> int:
             f"nnc: note: .npz has no bfloat16 or float8: {_first_few(narrow)} written as float32 (the same values); "
             "a .safetensors or .pt output keeps the dtype",
         )
-    return EXIT_OK
 
 
 def _narrow_in_npz(dec, output) -> list:

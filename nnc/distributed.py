@@ -74,8 +74,9 @@ def get_client(scheduler):
     scheduler = str(scheduler)
     if scheduler.startswith("local:"):
         n = scheduler[len("local:") :]
-        if not n.isdigit() or int(n) < 1:
-            raise ValueError(f"--scheduler local:N needs a worker count N >= 1, not {scheduler!r}")
+        most = max(64, 4 * (os.cpu_count() or 1))
+        if not (n.isascii() and n.isdigit()) or not 1 <= int(n) <= most:
+            raise ValueError(f"--scheduler local:N needs a worker count N from 1 to {most}, not {scheduler!r}")
         cluster = LocalCluster(  # a task's error reaches the caller as an exception: the workers need not log it
             n_workers=int(n),
             threads_per_worker=1,
@@ -156,7 +157,7 @@ def read_tensors(path, names, expected=None) -> dict:
 def _encode_unit(path, name, parts, options, mps_qp, expected=None):
     """Worker: one NDU (a tensor, or a block and its members) -> (bytes, member summaries). ``expected``: the
     client's {name: (shape, dtype)} of the unit's tensors."""
-    from .encoder import Encoder
+    from .encoder import Encoder, lost_signal
     from .encoding.writer import UnitWriter, block_members
 
     enc = Encoder(**options)
@@ -169,7 +170,15 @@ def _encode_unit(path, name, parts, options, mps_qp, expected=None):
         unit = writer.group_unit(name, parts, coded, arrays)
     else:
         unit = writer.single_unit(writer.raw_if_smaller(enc.quantiser.quantise(name, arrays[name]), arrays[name]))
-    summary = [dict(name=t.name, qp=t.qp, recon=np.asarray(t.recon).dtype.name) for t in unit.members]
+    summary = [
+        dict(
+            name=t.name,
+            qp=t.qp,
+            recon=np.asarray(t.recon).dtype.name,
+            lost=lost_signal(t.levels, t.recon, arrays[t.name]) if t.name in arrays else False,
+        )
+        for t in unit.members
+    ]
     half = 1 << (5 + s.qp_density)
     if mps_qp == 0 and any(t.qp is not None and not -half <= t.qp < half for t in unit.members):
         return None, summary  # the MPS qp cannot be 0 (spec 8.2): built in the second round
@@ -191,7 +200,7 @@ def encode_model(model, output, client, **options) -> int:
     nnc.formats.FormatError
         If the model cannot be read.
     """
-    from .encoder import Encoder
+    from .encoder import Encoder, warn_lost_signal
     from .encoding.writer import block_groups, block_members, metadata_json
     from .encoding.writer import mps_qp as stream_qp
     from .models import checkpoint_metadata, keep_quantisation_parameters_exact, with_file_dtypes
@@ -260,6 +269,7 @@ def encode_model(model, output, client, **options) -> int:
     finally:
         if os.path.exists(spool):
             os.unlink(spool)
+    warn_lost_signal([m["name"] for summary in summaries for m in summary if m.get("lost")])  # as a local encode
     return length
 
 

@@ -162,28 +162,42 @@ def _warn_lost_signal(encoder: "Encoder", result: "EncodeResult", arrays: Mappin
     the first caller outside nnc; none for an update, whose small differences may round to zero by design."""
     if encoder.settings.differences:
         return
+    warn_lost_signal(
+        [
+            name
+            for name, t in result.tensors.items()
+            if name in arrays and lost_signal(t.levels, t.reconstruction, arrays[name])
+        ]
+    )
+
+
+def lost_signal(levels, reconstruction, values) -> bool:
+    """Whether a tensor coded as ``levels`` (None: stored raw or exactly) with ``reconstruction`` keeps none of its
+    non-zero ``values``."""
+    return levels is not None and not np.any(reconstruction) and bool(np.any(np.asarray(values)))
+
+
+def warn_lost_signal(lost: list) -> None:
+    """The PrecisionWarning (nnc.errors) naming tensors whose non-zero values all decode as 0, at the first caller
+    outside nnc; nothing for none."""
+    if not lost:
+        return
     import os
     import sys
     import warnings
 
     from .errors import PrecisionWarning
 
-    lost = [
-        name
-        for name, t in result.tensors.items()
-        if t.levels is not None and not np.any(t.reconstruction) and name in arrays and np.any(np.asarray(arrays[name]))
-    ]
-    if lost:
-        package, frame, level = os.path.dirname(os.path.abspath(__file__)), sys._getframe(0), 1
-        while frame.f_back is not None and os.path.abspath(frame.f_code.co_filename).startswith(package + os.sep):
-            frame, level = frame.f_back, level + 1
-        shown = ", ".join(repr(n) for n in lost[:3]) + (f" and {len(lost) - 3} more" if len(lost) > 3 else "")
-        warnings.warn(
-            f"{len(lost)} tensor(s) kept none of their signal (their quantisation step is too coarse for their "
-            f"values, which decode as zeros): {shown}; a finer qp (tensor_qp=, nonweight_qp=) or raw= keeps them",
-            PrecisionWarning,
-            stacklevel=level,
-        )
+    package, frame, level = os.path.dirname(os.path.abspath(__file__)), sys._getframe(0), 1
+    while frame.f_back is not None and os.path.abspath(frame.f_code.co_filename).startswith(package + os.sep):
+        frame, level = frame.f_back, level + 1
+    shown = ", ".join(repr(n) for n in lost[:3]) + (f" and {len(lost) - 3} more" if len(lost) > 3 else "")
+    warnings.warn(
+        f"{len(lost)} tensor(s) kept none of their signal (their quantisation step is too coarse for their "
+        f"values, which decode as zeros): {shown}; a finer qp (tensor_qp=, nonweight_qp=) or raw= keeps them",
+        PrecisionWarning,
+        stacklevel=level,
+    )
 
 
 def _tensor_arrays(tensors: Mapping, dtypes: Mapping | None = None) -> "OrderedDict[str, np.ndarray]":

@@ -9,6 +9,7 @@ import nnc
 from nnc import formats
 
 distributed = pytest.importorskip("dask.distributed", reason="dask.distributed not installed (pip install 'dask[distributed]')")
+import nnc.distributed  # noqa: E402 (after the skip)
 
 
 @pytest.fixture(scope="module")
@@ -228,3 +229,27 @@ def test_workers_that_see_another_file_refuse_it(client, tmp_path, monkeypatch):
     with pytest.raises(nnc.EncodeError, match=r"m.safetensors: tensor 'w' reads as float32\[32, 64\] on a worker"):
         nnc.encode_model(str(planned), str(tmp_path / "o.nnr"), client=client, qp=-30)
     assert not (tmp_path / "out.safetensors").exists() and not (tmp_path / "o.nnr").exists()
+
+
+@pytest.mark.parametrize("value", ["local:0", "local:99999999999999999999", "local:\u0661", "local:2.5"])
+def test_a_local_cluster_needs_a_sensible_worker_count(value):
+    """Before: local:99999999999999999999 hung starting workers until killed; local:\u0661 (an Arabic-Indic 1) ran."""
+    with pytest.raises(ValueError, match="local:N needs a worker count N from 1 to"):
+        nnc.distributed.get_client(value)
+
+
+def test_cluster_encodes_and_decodes_say_what_local_ones_say(client, tmp_path, capsys, monkeypatch):
+    """Before: on a cluster, tensors that decode as zeros drew no warning, and bfloat16 tensors written to .npz as
+    float32 no note."""
+    from nnc.cli import main
+
+    path = tmp_path / "m.safetensors"
+    formats.write_model(str(path), {"w": np.full((8, 8), 1e-6, np.float32), "b": np.ones(8, np.float32)},
+                        {"b": "bfloat16"})
+    with pytest.warns(nnc.PrecisionWarning, match="kept none of their signal.*'w'"):
+        nnc.encode_model(str(path), str(tmp_path / "api.nnr"), client=client, qp=0)
+    monkeypatch.setattr(nnc.distributed, "get_client", lambda scheduler: (client, False))
+    assert main(["encode", str(path), "-o", str(tmp_path / "m.nnr"), "--qp", "0", "--scheduler", "local:1"]) == 0
+    assert "nnc: warning: 1 tensor(s) kept none of their signal" in capsys.readouterr().err
+    assert main(["decode", str(tmp_path / "m.nnr"), "-o", str(tmp_path / "m.npz"), "--scheduler", "local:1"]) == 0
+    assert "float8: b written as float32" in capsys.readouterr().err
