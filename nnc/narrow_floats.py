@@ -115,11 +115,10 @@ def _values(name: str) -> np.ndarray:
     subnormal = mantissa / (1 << f.mantissa_bits) * 2.0 ** (1 - bias)
     values = sign * np.where(exponent == 0, subnormal, normal)
     top = exponent == (1 << f.exponent_bits) - 1
+    nan = top & (mantissa != 0) if f.has_inf else top & (mantissa == (1 << f.mantissa_bits) - 1)
     if f.has_inf:
         values[top & (mantissa == 0)] = sign[top & (mantissa == 0)] * np.inf
-        values[top & (mantissa != 0)] = np.nan
-    else:
-        values[top & (mantissa == (1 << f.mantissa_bits) - 1)] = np.nan
+    values[nan] = np.copysign(np.nan, sign[nan])  # (a NaN keeps its sign: from_float32 gives it back)
     return values.astype(np.float32)
 
 

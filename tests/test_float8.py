@@ -36,6 +36,17 @@ def test_every_float8_pattern_survives_a_round_trip_through_float32(fmt):
     finite = np.isfinite(values)
     assert np.array_equal(back[finite], codes[finite])
     assert np.array_equal(np.isnan(nf.to_float32(fmt, back)), np.isnan(values))
+    # a NaN keeps its sign (before: e4m3fn's 0xff, -NaN, came back as 0x7f); e5m2 has no NaN payloads to keep
+    assert np.array_equal(np.signbit(values), codes >= 128) and np.array_equal(back >= 128, codes >= 128)
+
+
+@pytest.mark.parametrize("fmt", FLOAT8)
+def test_float8_nan_signs_survive_an_encode(fmt):
+    codes = np.array([0x7F, 0xFF, 0x01, 0x81, 0x40], np.uint8)  # +NaN, -NaN (both formats), values
+    values = nf.to_float32(fmt, codes)
+    decoded = nnc.decode_model(nnc.encode({"w": values}, dtypes={"w": fmt}))["w"]
+    assert np.array_equal(np.signbit(decoded), np.signbit(values))
+    assert np.array_equal(nf.from_float32(fmt, decoded), nf.from_float32(fmt, values))
 
 
 @pytest.mark.parametrize("fmt", FLOAT8)
