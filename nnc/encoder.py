@@ -158,17 +158,44 @@ def _difference(x: np.ndarray, held: np.ndarray) -> np.ndarray | None:
 
 
 def _warn_lost_signal(encoder: "Encoder", result: "EncodeResult", arrays: Mapping) -> None:
-    """A PrecisionWarning naming the tensors of ``result`` whose non-zero values all decode as 0 (nnc.errors), at
-    the first caller outside nnc; none for an update, whose small differences may round to zero by design."""
-    if encoder.settings.differences:
-        return
-    warn_lost_signal(
-        [
-            name
-            for name, t in result.tensors.items()
-            if name in arrays and lost_signal(t.levels, t.reconstruction, arrays[name])
-        ]
-    )
+    """PrecisionWarnings at the first caller outside nnc: the tensors of ``result`` whose non-zero values all decode
+    as 0 (none for an update, whose small differences may round to zero by design), and the float64 tensors that
+    keep only float32 precision."""
+    if not encoder.settings.differences:
+        warn_lost_signal(
+            [
+                name
+                for name, t in result.tensors.items()
+                if name in arrays and lost_signal(t.levels, t.reconstruction, arrays[name])
+            ]
+        )
+    narrowed = [
+        name
+        for name, t in result.tensors.items()
+        if name in arrays and _float32_precision(t, arrays[name], encoder.settings.is_raw(name))
+    ]
+    if narrowed:
+        _warn(
+            f"{len(narrowed)} float64 tensor(s) keep only float32 precision (NNC reconstructs values, and stores raw "
+            f"ones, in float32; spec 7.5, 12.1): {_first_names(narrowed)}; their errors exceed what the step or "
+            "float64 would give"
+        )
+
+
+def _float32_precision(t: "EncodedTensor", values, asked_raw: bool) -> bool:
+    """Whether float64 ``values`` lose more to float32 than their coding does: stored raw as asked (``raw``) or to be
+    kept exactly (inf, NaN), a value that float32 changes (not when raw was only the smaller choice: coding would
+    have lost more); quantised, values above 2^23 steps, whose float32 reconstruction misses by more than half one."""
+    values = np.asarray(values)
+    if values.dtype != np.float64 or not values.size:
+        return False
+    if t.levels is None or t.step is None:
+        if not asked_raw and t.kept_raw is None:
+            return False
+        return not np.array_equal(values.astype(np.float32).astype(np.float64), values, equal_nan=True)
+    from .encoding.quantiser import finite_peak
+
+    return finite_peak(values) / t.step > 2**23
 
 
 def lost_signal(levels, reconstruction, values) -> bool:
@@ -180,8 +207,20 @@ def lost_signal(levels, reconstruction, values) -> bool:
 def warn_lost_signal(lost: list) -> None:
     """The PrecisionWarning (nnc.errors) naming tensors whose non-zero values all decode as 0, at the first caller
     outside nnc; nothing for none."""
-    if not lost:
-        return
+    if lost:
+        _warn(
+            f"{len(lost)} tensor(s) kept none of their signal (their quantisation step is too coarse for their "
+            f"values, which decode as zeros): {_first_names(lost)}; a finer qp (tensor_qp=, nonweight_qp=) or raw= "
+            "keeps them"
+        )
+
+
+def _first_names(names: list) -> str:
+    return ", ".join(repr(n) for n in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def _warn(message: str) -> None:
+    """A PrecisionWarning (nnc.errors) at the first caller outside nnc."""
     import os
     import sys
     import warnings
@@ -191,13 +230,7 @@ def warn_lost_signal(lost: list) -> None:
     package, frame, level = os.path.dirname(os.path.abspath(__file__)), sys._getframe(0), 1
     while frame.f_back is not None and os.path.abspath(frame.f_code.co_filename).startswith(package + os.sep):
         frame, level = frame.f_back, level + 1
-    shown = ", ".join(repr(n) for n in lost[:3]) + (f" and {len(lost) - 3} more" if len(lost) > 3 else "")
-    warnings.warn(
-        f"{len(lost)} tensor(s) kept none of their signal (their quantisation step is too coarse for their "
-        f"values, which decode as zeros): {shown}; a finer qp (tensor_qp=, nonweight_qp=) or raw= keeps them",
-        PrecisionWarning,
-        stacklevel=level,
-    )
+    warnings.warn(message, PrecisionWarning, stacklevel=level)
 
 
 def _tensor_arrays(tensors: Mapping, dtypes: Mapping | None = None) -> "OrderedDict[str, np.ndarray]":

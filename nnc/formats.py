@@ -69,8 +69,8 @@ FORMATS = ("npz", "safetensors", "pt", "onnx")
 #: File extensions used for NNC streams.
 NNR_EXTENSIONS = (".nnr", ".nnc", ".bin")
 
-#: Model file extensions (lower case, without the dot) and the format of each: what nnc writes for an output
-#: path, and the files it takes as a folder's model.
+#: Model file extensions (lower case, without the dot) with the format of each; nnc writes an output path's format
+#: from it and takes a folder's model file by it.
 MODEL_EXTENSIONS = {
     "npz": "npz",
     "safetensors": "safetensors",

@@ -1366,3 +1366,23 @@ def test_every_stream_the_encoder_writes_its_decoder_restores(dtype, data, qp, l
     assert np.isfinite(restored.astype(np.float64)).all()
     if x.dtype.kind in "iu" and lossless_int:
         assert restored.tolist() == x.tolist()
+
+
+def test_float64_tensors_that_keep_only_float32_precision_are_warned_of():
+    """Before: silent (the CLI noted raw float64 values only): a float64 tensor at 2^23 or more steps decoded with
+    errors of many steps, and raw= rounded float64 values to float32."""
+    import warnings
+
+    big = np.random.default_rng(0).normal(0, 1e5, (64, 64))
+    with pytest.warns(nnc.PrecisionWarning, match="1 float64 tensor.*float32 precision.*'w'"):
+        nnc.encode({"w": big}, dq=False)
+    with pytest.warns(nnc.PrecisionWarning, match="float32 precision"):
+        nnc.encode({"w": np.array([1 + 2**-40, 123456789.12])}, raw=["w"])
+    with pytest.warns(nnc.PrecisionWarning, match="float32 precision"):
+        nnc.encode_model({"w": np.array([0.1, np.nan])})  # kept exactly, but for float32's rounding
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        nnc.encode({"w": np.array([0.1, 0.2, 0.3])})  # raw only as the smaller choice: coding loses more
+        nnc.encode({"w": np.random.default_rng(0).normal(size=(64, 64))})  # an ordinary float64 tensor
+        nnc.encode({"w": np.array([1.5, -2.0])}, raw=["w"])  # float32 holds them
+        nnc.encode({"w": big.astype(np.float32)}, dq=False)
