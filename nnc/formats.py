@@ -969,7 +969,7 @@ def onnx_quantisation_parameters(graph, found=None) -> set:
             data = data_inputs.get(node.op_type, (0, 3))  # QLinearAdd, QLinearMul...: a and b
             found.update(n for i, n in enumerate(node.input) if n and i not in data)
         for attr in node.attribute:
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+            for sub in _subgraphs(attr):
                 onnx_quantisation_parameters(sub, found)
     return found
 
@@ -1011,7 +1011,7 @@ def _onnx_weights(graph, found=None, values=None, kept=None) -> "OrderedDict":
                 and attr.t.data_type in float_types
             ):
                 add(node.output[0], attr.t)
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+            for sub in _subgraphs(attr):
                 _onnx_weights(sub, found, values, kept)
     return found
 
@@ -1040,6 +1040,11 @@ def _onnx_inline_values(init) -> np.ndarray:
     return numpy_helper.to_array(init)
 
 
+def _subgraphs(attribute) -> list:
+    """The graphs an ONNX node attribute holds (the bodies of If, Loop, Scan)."""
+    return ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs)
+
+
 def _onnx_sparse_weights(graph) -> list:
     """The sparse weights of an ONNX graph and its subgraphs, which :func:`_onnx_weights` leaves out:
     sparse initializers and Constant nodes with a ``sparse_value``, each named and said to be sparse."""
@@ -1048,7 +1053,7 @@ def _onnx_sparse_weights(graph) -> list:
         for attr in node.attribute:
             if node.op_type == "Constant" and attr.name == "sparse_value" and node.output:
                 found.append(f"{node.output[0]} (a sparse Constant)")
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+            for sub in _subgraphs(attr):
                 found += _onnx_sparse_weights(sub)
     return found
 
@@ -1220,7 +1225,7 @@ def _onnx_tensors(graph):
         for attr in node.attribute:
             if attr.HasField("t"):
                 yield attr.t
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+            for sub in _subgraphs(attr):
                 yield from _onnx_tensors(sub)
 
 
@@ -1297,7 +1302,7 @@ def _initializers(graph):
     yield from graph.initializer
     for node in graph.node:
         for attribute in node.attribute:
-            for sub in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+            for sub in _subgraphs(attribute):
                 yield from _initializers(sub)
 
 

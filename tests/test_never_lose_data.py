@@ -1386,3 +1386,14 @@ def test_float64_tensors_that_keep_only_float32_precision_are_warned_of():
         nnc.encode({"w": np.random.default_rng(0).normal(size=(64, 64))})  # an ordinary float64 tensor
         nnc.encode({"w": np.array([1.5, -2.0])}, raw=["w"])  # float32 holds them
         nnc.encode({"w": big.astype(np.float32)}, dq=False)
+
+
+def test_a_codebook_that_overflows_float16_falls_back_without_numpys_warning():
+    """Before: numpy's "RuntimeWarning: overflow encountered in cast" was printed before the tensor was stored raw."""
+    import warnings
+
+    x = np.tile(np.float16([65504, -65504, 60000, 1]), (1, 50))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        stream = nnc.encode({"t": x}, qp=40, codebook=True)
+    assert nnc.decode_model(stream)["t"].tolist() == x.tolist()

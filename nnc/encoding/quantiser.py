@@ -702,7 +702,8 @@ class Quantiser:
             recon=reconstruct_codebook(indices, book, zero, step).reshape(shape),
         )
         if fmt is not None:
-            t.recon = t.recon.astype(DECOMPRESSED_DATA_FORMATS[fmt])
+            with np.errstate(over="ignore"):  # (an overflow to inf is found by _within_range)
+                t.recon = t.recon.astype(DECOMPRESSED_DATA_FORMATS[fmt])
         return t
 
     def _exactly(self, name, x, float8: str, shape, height, width, scan) -> CodedTensor:
