@@ -1766,9 +1766,23 @@ class Decoder:
             out = self._decode_ndu_payload(unit, params, infos, threads, into, staged)
         except NNCError as exc:
             # errors inside a payload carry payload-relative offsets
-            raise exc.at(unit.payload_offset) from exc
+            raise self._without_history(unit, infos, exc).at(unit.payload_offset) from exc
         self._stage(unit, staged)
         return out
+
+    def _without_history(self, unit: C.Unit, infos: list[TensorInfo], exc: NNCError) -> NNCError:
+        """``exc``, saying so when the NDU updates a parent whose HDSP history this decoder's state lacks (spec 10.5,
+        14.1): an update coded with that history decodes to nonsense without it."""
+        lacking = [i.name for i in infos if self._parent_history.get(i.name) is None]
+        if not _get(unit.header, "parent_node_id_present_flag", 0) or not lacking or not isinstance(exc, DecodeError):
+            return exc
+        return DecodeError(
+            f"{exc.message} (tensor {lacking[0]!r} updates a parent, but no history of it was decoded before: an "
+            "update coded with history-dependent significance needs the streams before it decoded with the same "
+            "DecoderState, nnc decode --state FILE)",
+            clause=exc.clause,
+            offset=exc.offset,
+        )
 
     def _stage(self, unit: C.Unit, levels: dict) -> None:
         """Keep an NDU's levels for the state; once every NDU of the stream has decoded, enter them all (spec 14.1,

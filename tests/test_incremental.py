@@ -959,3 +959,14 @@ def test_one_decoder_state_in_threads_takes_each_update_once():
             t.join()
         assert outcomes.count("decoded") == 1 and set(outcomes) <= {"decoded", "14.2", "14.4"}
         assert shared.levels["w"].tolist() == alone.levels["w"].tolist() and shared.depths == alone.depths
+
+
+def test_an_hdsp_update_decoded_without_its_history_says_what_is_missing():
+    """Before: only "terminate bin is 0 at the end of the payload"; a TCA update said what was missing already."""
+    rng = np.random.default_rng(8)
+    state = EncoderState()
+    for i in range(2):
+        stream = nnc.encode({"w": rng.normal(size=(32, 32)).astype(np.float32)}, qp=-30, state=state, hdsp=True,
+                            tca=False)
+    with pytest.raises(nnc.errors.DecodeError, match="no history of it was decoded before.*same DecoderState"):
+        nnc.decode(stream)  # (this one fails; another could decode to other values with an empty history)
