@@ -693,7 +693,7 @@ def _decode_on_cluster(args) -> int:
         if used:
             return _fail(f"{flag} cannot be combined with --scheduler")
     from . import formats
-    from .decoder import Decoder
+    from .decoder import Decoder, Limits
     from .writers import is_directory_target, map_stream
 
     if not is_directory_target(args.output):
@@ -715,7 +715,7 @@ def _decode_on_cluster(args) -> int:
     finally:
         if owned:
             distributed.close_client(client)
-    _note_narrow_in_npz(Decoder(map_stream(args.stream) or args.stream), args)
+    _note_narrow_in_npz(Decoder(map_stream(args.stream) or args.stream, limits=Limits.for_stream(args.stream)), args)
     summary = dict(stream=str(args.stream), output=args.output, tensors=written["tensors"], weights=written["weights"])
     if args.json:
         print(json.dumps(summary, indent=2))

@@ -65,8 +65,8 @@ class NNC(_CodecBase):
         chunk by bisection on the exact reconstruction (several encodes per chunk).
         A chunk that no qp brings to the target, and one with NaN or Inf, is stored raw,
         as with ``qp`` (float32 values: float16, bfloat16 and float32 chunks exactly,
-        float64 ones rounded to float32). float8 chunks keep their values at any setting (as values, not bit
-        patterns: −0 decodes as +0, a NaN as the format's NaN).
+        float64 ones rounded to float32). float8 chunks keep their values at any setting (a NaN as the
+        format's NaN, without a payload).
     dq : bool
         Dependent (trellis) quantisation: about 1 dB more SNR at the same rate
         (default True).

@@ -237,9 +237,10 @@ class DecoderState:
     levels are kept only for streams whose model parameter set enables parent signalling.
 
     A decoder reads the state when it is made and enters its stream when the stream has
-    decoded; if another stream entered the state in between (two decoders made with one
-    state before either decoded, or decodes in threads), it raises ``DecodeError`` and
-    leaves the state as the other left it: updates decode one after another.
+    decoded; if the stream is an update (its NDUs name parents, spec 14.4) and another
+    stream entered the state in between (two decoders made with one state before either
+    decoded, or decodes in threads), it raises ``DecodeError`` and leaves the state as the
+    other left it: updates decode one after another.
 
     Examples
     --------
@@ -1028,7 +1029,11 @@ class Decoder:
         with_raw = {n: self._parent_raw_depths.get(n, d) for n, d in known.items()}
         if known and parent_depth not in (max(known.values()), max(with_raw.values())):
             name, depth = max(known.items(), key=lambda kv: kv[1])
-            when = "was decoded before (a replayed update)" if depth > parent_depth else "misses one before it"
+            when = (
+                "was decoded before (a replayed update), or comes from another sender or an older sender state"
+                if depth > parent_depth
+                else "misses one before it"
+            )
             raise DecodeError(
                 f"the NDU of {name!r} updates its depth-{parent_depth} node, but the decoder state's last "
                 f"{name!r} is at depth {depth}: this update {when}",
@@ -1798,9 +1803,11 @@ class Decoder:
 
     def _enter_stream(self) -> None:
         """Enter the decoded stream's levels, node depths and payload digests into the state (spec 14.1, 14.2),
-        unless another stream entered it since this decoder read it (its parents were then not these)."""
+        unless the stream updates parents (spec 14.4) and another stream entered the state since this decoder read
+        it (its parents were then not these)."""
+        reads_parents = any(_get(u.header, "parent_node_id_present_flag", 0) for u, _ in self._ndus)
         with _STATES_LOCK:
-            if getattr(self.state, "generation", 0) != self._parent_generation:
+            if reads_parents and getattr(self.state, "generation", 0) != self._parent_generation:
                 raise DecodeError(
                     "the DecoderState changed while this stream was decoded (another stream was decoded with it "
                     "meanwhile): decode a base model and its updates one after another, each with a decoder made "

@@ -125,6 +125,8 @@ class EncodeResult:
     tensors: OrderedDict[str, EncodedTensor] = field(default_factory=OrderedDict)
     #: Names of tensors left out of an update stream because they are all zero (spec 7.7).
     skipped: list = field(default_factory=list)
+    #: Whether the stream's tensors are differences to the receiver's model (spec 6.2.1, ``differences=True``).
+    differences: bool = False
 
     @property
     def reconstruction(self) -> OrderedDict[str, np.ndarray]:
@@ -172,7 +174,9 @@ def _warn_lost_signal(encoder: "Encoder", result: "EncodeResult", arrays: Mappin
     narrowed = [
         name
         for name, t in result.tensors.items()
-        if name in arrays and _float32_precision(t, arrays[name], encoder.settings.is_raw(name))
+        if name in arrays
+        and not result.differences
+        and _float32_precision(t, arrays[name], encoder.settings.is_raw(name))
     ]
     if narrowed:
         _warn(
@@ -185,7 +189,8 @@ def _warn_lost_signal(encoder: "Encoder", result: "EncodeResult", arrays: Mappin
 def _float32_precision(t: "EncodedTensor", values, asked_raw: bool) -> bool:
     """Whether float64 ``values`` lose more to float32 than their coding does: stored raw as asked (``raw``) or to be
     kept exactly (inf, NaN), a value that float32 changes (not when raw was only the smaller choice: coding would
-    have lost more); quantised, values above 2^23 steps, whose float32 reconstruction misses by more than half one."""
+    have lost more); quantised, values above 2^23 steps whose float32 reconstruction misses by more than two steps
+    (more than quantisation would). Not for updates: their differences are small beside the values."""
     values = np.asarray(values)
     if values.dtype != np.float64 or not values.size:
         return False
@@ -195,7 +200,10 @@ def _float32_precision(t: "EncodedTensor", values, asked_raw: bool) -> bool:
         return not np.array_equal(values.astype(np.float32).astype(np.float64), values, equal_nan=True)
     from .encoding.quantiser import finite_peak
 
-    return finite_peak(values) / t.step > 2**23
+    if finite_peak(values) / t.step <= 2**23:
+        return False  # float32 resolves half a step at every value
+    errors = np.abs(np.asarray(t.reconstruction, np.float64) - values)
+    return bool(np.nanmax(errors, initial=0.0) > 2 * t.step)  # more than quantisation (DQ: up to about 1.84 steps)
 
 
 def lost_signal(levels, reconstruction, values) -> bool:
@@ -681,6 +689,7 @@ class Encoder:
             differences=self._sends_differences(),
             groups=groups,
         )
+        result.differences = self._sends_differences()
         head = writer.head(stream_qp, metadata, update)
         jobs = [(u, link) for u, link in zip(units, links) if link is None or not link.skip]
         # the payloads, in threads

@@ -643,7 +643,10 @@ def _in_dtype(path, name: str, values: np.ndarray, want: str) -> np.ndarray:
 
 
 def write_npz_member(zf: zipfile.ZipFile, name: str, array: np.ndarray) -> None:
-    """Tensor ``name`` as the member ``name.npy`` of an open ``.npz`` archive, as ``numpy.savez`` writes it."""
+    """Tensor ``name`` as the member ``name.npy`` of an open ``.npz`` archive, as ``numpy.savez`` writes it; an
+    ml_dtypes bfloat16 or float8 array as float32 (the same values: .npz has no such dtype)."""
+    if narrow_floats.is_narrow(array.dtype.name):
+        array = array.astype(np.float32)
     array = np.ascontiguousarray(array) if array.ndim else array
     with zf.open(name + ".npy", "w", force_zip64=True) as fh:
         np.lib.format.write_array(fh, array, allow_pickle=False)

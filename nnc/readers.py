@@ -201,7 +201,8 @@ def open_model(path) -> ModelSource:
             if (p / name).is_file():
                 return _open_index(p / name)
         files = sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith("."))
-        models = [f for f in files if f.suffix.lower().lstrip(".") in formats.MODEL_EXTENSIONS]
+        # (not .ckpt: beside a model, a training checkpoint, e.g. Lightning's last.ckpt; give it by its path)
+        models = [f for f in files if f.suffix.lower().lstrip(".") in formats.MODEL_EXTENSIONS.keys() - {"ckpt"}]
         if len(models) == 1:
             return open_model(models[0])
         raise FormatError(

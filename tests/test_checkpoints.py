@@ -661,16 +661,17 @@ def test_a_sharded_checkpoint_decoded_into_one_file_keeps_the_metadata_its_shard
     assert _metadata_of(tmp_path / "one.safetensors") == ({"format": "pt"} if alike else None)
 
 
-@pytest.mark.parametrize("file_name", ["weights.NPZ", "model.ckpt", "Model.SafeTensors"])
+@pytest.mark.parametrize("file_name", ["weights.NPZ", "Model.SafeTensors", "m.PTH"])
 def test_a_folder_with_one_model_file_of_any_written_extension_opens(tmp_path, file_name):
-    """Before: the folder scan had its own case-sensitive table without .ckpt, an extension nnc writes: "0 model
-    files in it" for a folder holding weights.NPZ or model.ckpt, which opened as files."""
-    if file_name.endswith(".ckpt"):
-        pytest.importorskip("torch", reason="torch is not installed: .ckpt not written")
+    """Before: the folder scan had its own case-sensitive table: "0 model files in it" for a folder holding
+    weights.NPZ, which opened as a file. A training checkpoint (.ckpt) beside the model is not taken for it."""
+    if file_name.endswith(".PTH"):
+        pytest.importorskip("torch", reason="torch is not installed: .pth not written")
     from nnc import formats
     from nnc.readers import open_model
 
     (tmp_path / "m").mkdir()
     formats.write_model(tmp_path / "m" / file_name, {"w": np.ones(3, np.float32)},
                         fmt=formats.format_from_extension(file_name))
+    (tmp_path / "m" / "last.ckpt").write_bytes(b"a Lightning checkpoint")
     assert [t.name for t in open_model(tmp_path / "m")] == ["w"]

@@ -490,3 +490,11 @@ def test_write_model_refuses_values_its_recorded_dtype_cannot_hold(tmp_path):
     formats.write_model(tmp_path / "m.npz", {"w": np.array([7.0, -2.6])}, {"w": "int16"})
     with np.load(tmp_path / "m.npz") as z:
         assert z["w"].dtype == np.int16 and z["w"].tolist() == [7, -3]  # the nearest integers
+
+
+def test_an_npz_output_holds_ml_dtypes_bfloat16_arrays_as_float32(tmp_path):
+    """Before: written as a |V2 member, which read_model then refused ("not numeric")."""
+    ml_dtypes = pytest.importorskip("ml_dtypes", reason="ml_dtypes is not installed")
+    formats.write_model(tmp_path / "n.npz", {"w": np.array([1.5, 2.25], ml_dtypes.bfloat16)}, {"w": "bfloat16"})
+    tensors, _ = formats.read_model(tmp_path / "n.npz")
+    assert tensors["w"].dtype == np.float32 and tensors["w"].tolist() == [1.5, 2.25]

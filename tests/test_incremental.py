@@ -959,6 +959,12 @@ def test_one_decoder_state_in_threads_takes_each_update_once():
             t.join()
         assert outcomes.count("decoded") == 1 and set(outcomes) <= {"decoded", "14.2", "14.4"}
         assert shared.levels["w"].tolist() == alone.levels["w"].tolist() and shared.depths == alone.depths
+    # streams that name no parents decode whatever the state holds: entered in any order
+    shared = nnc.DecoderState()
+    first, second = (nnc.Decoder(nnc.encode({k: model["w"]}), state=shared) for k in ("a", "b"))
+    first.decode()
+    second.decode()
+    assert sorted(shared.levels) == ["a", "b"]
 
 
 def test_an_hdsp_update_decoded_without_its_history_says_what_is_missing():

@@ -1380,8 +1380,15 @@ def test_float64_tensors_that_keep_only_float32_precision_are_warned_of():
         nnc.encode({"w": np.array([1 + 2**-40, 123456789.12])}, raw=["w"])
     with pytest.warns(nnc.PrecisionWarning, match="float32 precision"):
         nnc.encode_model({"w": np.array([0.1, np.nan])})  # kept exactly, but for float32's rounding
+    with pytest.warns(nnc.PrecisionWarning, match="1 float64 tensor.*'mean_'"):  # not scale_ nor n: exact
+        nnc.encode({"mean_": np.array([5.3e4, 38.2, 1.2e5]), "scale_": np.array([2.1e4, 12.0, 3e4]),
+                    "n": np.float64(1e6)})
     with warnings.catch_warnings():
         warnings.simplefilter("error")
+        state = nnc.EncoderState()
+        with pytest.warns(nnc.PrecisionWarning):
+            nnc.encode({"w": big}, qp=-38, state=state, differences=True)  # the base: full values
+        nnc.encode({"w": big + 1e-3}, qp=-60, state=state, differences=True)  # an update: small differences
         nnc.encode({"w": np.array([0.1, 0.2, 0.3])})  # raw only as the smaller choice: coding loses more
         nnc.encode({"w": np.random.default_rng(0).normal(size=(64, 64))})  # an ordinary float64 tensor
         nnc.encode({"w": np.array([1.5, -2.0])}, raw=["w"])  # float32 holds them
