@@ -1515,8 +1515,14 @@ def cmd_verify(args) -> int:
     from .verify import CommandAdapter, format_table, read_manifest, verify_suite
 
     suite = Path(args.suite)
+    if not suite.is_dir():
+        return _fail(f"{suite}: no such folder (give the conformance suite's folder)")
     if not (suite / "manifest.json").exists():
         return _fail(f"{suite}: no manifest.json (not a conformance suite)")
+    if args.decoder_command is not None and args.decoder is not None:
+        _usage_error("give --decoder or --decoder-command, not both")
+    if args.decoder_command is not None and not args.decoder_command.strip():
+        _usage_error("--decoder-command is empty")
     from tqdm import tqdm
 
     from .verify import DECODERS
@@ -1529,11 +1535,14 @@ def cmd_verify(args) -> int:
         if (not groups or e.get("group") in groups) and (not names or e.get("name") in names)
     )
     try:
-        decoder = (
-            CommandAdapter(args.decoder_command, timeout=args.timeout)
-            if args.decoder_command
-            else DECODERS[args.decoder]()
-        )
+        try:
+            decoder = (
+                CommandAdapter(args.decoder_command, timeout=args.timeout)
+                if args.decoder_command is not None
+                else DECODERS[args.decoder or "nnc"]()
+            )
+        except ValueError as exc:
+            _usage_error(f"--decoder-command: {exc}")
         bar = tqdm(
             total=total,
             unit="stream",
@@ -1555,12 +1564,17 @@ def cmd_verify(args) -> int:
         for r in results:
             if not r.passed:
                 print(f"nnc: {r.name}: FAIL {r.detail}", file=sys.stderr)
-    elif args.json:
-        print(json.dumps([dict(r.__dict__, skipped=_skipped(r)) for r in results], indent=2))
+    elif args.json:  # (a skipped stream neither passed nor failed)
+        print(
+            json.dumps(
+                [dict(r.__dict__, passed=r.passed and not _skipped(r), skipped=_skipped(r)) for r in results], indent=2
+            )
+        )
     else:
         print(format_table(results))
-    if results and all(_skipped(r) for r in results):
-        return _fail(f"{suite}: every stream was skipped (the decoder implements none): nothing verified")
+    decoding = [r for r in results if r.group != "must-fail"]
+    if decoding and all(_skipped(r) for r in decoding):
+        return _fail(f"{suite}: every stream to decode was skipped (the decoder implements none): nothing verified")
     return EXIT_OK if all(r.passed for r in results) else EXIT_FAIL
 
 
@@ -2294,9 +2308,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("suite", help="suite directory (with manifest.json), e.g. conformance/")
     p.add_argument(
         "--decoder",
-        default="nnc",
+        default=None,
         choices=("nnc", "nnc-python", "nnc-random-access", "nnc-python-random-access", "nnc-api", "nnc-python-api"),
-        help="nnc's decoder under test (*-random-access: also each tensor on its own, from its entry points; "
+        help="nnc's decoder under test (default nnc; *-random-access: also each tensor on its own, from its entry points; "
         "*-api: also with threads, into caller arrays, through iter_tensors and from the entry points)",
     )
     p.add_argument(

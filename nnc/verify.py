@@ -606,7 +606,12 @@ class CommandAdapter:
         import shlex
         import tempfile
 
-        self.command = shlex.split(command) if isinstance(command, str) else list(command)
+        try:
+            self.command = shlex.split(command) if isinstance(command, str) else list(command)
+        except ValueError as exc:  # an unclosed quotation
+            raise ValueError(f"the decoder command cannot be split: {exc}") from None
+        if not self.command:
+            raise ValueError("the decoder command is empty")
         #: Seconds to wait for each reply before the command is stopped and the stream failed.
         self.timeout = float(timeout)
         self._tmp = tempfile.TemporaryDirectory(prefix="nnc-verify-")
@@ -995,8 +1000,31 @@ def _read_stream(suite, entry) -> bytes:
     return path.read_bytes()
 
 
+def _in_sequence_order(streams: list) -> list:
+    """``streams`` with each sequence's members in position order, in the places the sequence's members hold
+    (conformance/README.md: decode a sequence in position order, spec 14); ManifestError for positions that are
+    not 0, 1, ... once each."""
+    slots: dict = {}
+    for i, e in enumerate(streams):
+        seq = e.get("sequence") or {}
+        if seq.get("id") is not None:
+            slots.setdefault(seq["id"], []).append(i)
+    ordered = list(streams)
+    for seq_id, places in slots.items():
+        members = [streams[i] for i in places]
+        positions = [m["sequence"].get("position") for m in members]
+        if sorted(p for p in positions if isinstance(p, int)) != list(range(len(members))):
+            raise errors.ManifestError(
+                f"sequence {seq_id!r}: positions {positions} are not 0 to {len(members) - 1}, once each"
+            )
+        for i, member in zip(places, sorted(members, key=lambda m: m["sequence"]["position"])):
+            ordered[i] = member
+    return ordered
+
+
 def _run_entries(suite, manifest, run, results, groups, names, profiles):
     # a selected update needs the streams before it in its sequence decoded first, with the same state (spec 14)
+    manifest = dict(manifest, streams=_in_sequence_order(manifest["streams"]))
     sequence_of = {e["name"]: (e.get("sequence") or {}).get("id") for e in manifest["streams"]}
     last_needed = {}
     for i, e in enumerate(manifest["streams"]):

@@ -211,7 +211,52 @@ def test_unsupported_streams_are_skipped_and_a_run_of_skips_alone_fails(tmp_path
     assert [r.detail for r in results] == ["skipped: no DQ here"]
     r = subprocess.run([sys.executable, "-m", "nnc", "verify", str(SUITE), "--stream", "p1_urq_so0",
                         "--decoder-command", " ".join(cmd)], capture_output=True, text=True)
-    assert r.returncode == 1 and "every stream was skipped" in r.stderr
+    assert r.returncode == 1 and "every stream to decode was skipped" in r.stderr
+
+
+def test_a_decoder_that_skips_every_stream_to_decode_fails_though_it_rejects_must_fail_ones(tmp_path):
+    """Before: 'unsupported' for every valid stream and an error for every invalid one: "63 passed, 138 skipped",
+    exit 0, and every --json entry "passed": true."""
+    body = ("    try:\n        import nnc; nnc.decode(open(req['in'], 'rb').read())\n"
+            "        print(json.dumps({'ok': False, 'unsupported': 'nothing'}), flush=True)\n"
+            "    except Exception as exc:\n        print(json.dumps({'ok': False, 'error': str(exc)}), flush=True)\n")
+    cmd = _command(tmp_path, body)
+    r = subprocess.run([sys.executable, "-m", "nnc", "verify", str(SUITE), "--stream", "p1_urq_so0", "--stream",
+                        "mf_empty", "--decoder-command", " ".join(cmd), "--json"], capture_output=True, text=True)
+    assert r.returncode == 1 and "every stream to decode was skipped" in r.stderr
+    entries = {e["name"]: e for e in json.loads(r.stdout)}
+    assert entries["p1_urq_so0"]["skipped"] and not entries["p1_urq_so0"]["passed"] and entries["mf_empty"]["passed"]
+
+
+@pytest.mark.parametrize("command, words", [("", "is empty"), ("   ", "is empty"), ("'x", "cannot be split")])
+def test_a_decoder_command_that_names_no_command_is_a_usage_error(command, words, capsys):
+    """Before: "" checked nnc's own decoder and passed; "  " and "'x" were tracebacks."""
+    from nnc.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["verify", str(SUITE), "--stream", "p1_urq_so0", "--decoder-command", command])
+    assert exit_.value.code == 2 and words in capsys.readouterr().err
+
+
+def test_a_sequence_is_decoded_in_position_order_whatever_the_manifest_order(tmp_path):
+    """Before: in manifest order: a suite listing an update before its base failed a correct decoder."""
+    import shutil
+
+    suite = tmp_path / "suite"
+    shutil.copytree(SUITE, suite)
+    manifest = json.loads((suite / "manifest.json").read_text())
+    streams = manifest["streams"]
+    seq = next(e["sequence"]["id"] for e in streams if (e.get("sequence") or {}).get("position") == 1)
+    members = [i for i, e in enumerate(streams) if (e.get("sequence") or {}).get("id") == seq]
+    streams[members[0]], streams[members[1]] = streams[members[1]], streams[members[0]]
+    (suite / "manifest.json").write_text(json.dumps(manifest))
+    names = [streams[i]["name"] for i in members]
+    results = verify_suite(suite, names=names)
+    assert results and all(r.passed for r in results), [(r.name, r.detail) for r in results]
+    streams[members[0]]["sequence"]["position"] = streams[members[1]]["sequence"]["position"]
+    (suite / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(nnc.errors.ManifestError, match="positions"):
+        verify_suite(suite, names=names)
 
 
 def test_a_decoder_that_hangs_or_replies_out_of_step_fails_the_stream(tmp_path):
