@@ -1609,7 +1609,7 @@ def _float_snr(tensors, decoded) -> float:
 
 
 def _peer_rows(tensors, result, n_weights, quiet, bar=None, external=False):
-    """Lossless coders on the same uniform indices (``--vs``).
+    """Lossless coders on the same uniform indices, and the values of the tensors nnc stores raw (``--vs``).
 
     ``bar`` (a tqdm bar from :func:`_stage_bar`) advances by one per coder.  The lossless
     coders code nnc's indices, so their SNR is nnc's.  NNCodec is compared through
@@ -1628,6 +1628,8 @@ def _peer_rows(tensors, result, n_weights, quiet, bar=None, external=False):
         np.asarray(v, np.int32).astype(np.int16 if np.abs(v).max(initial=0) < 2**15 else np.int32).tobytes()
         for v in idx
     )
+    # the tensors nnc stores raw or exactly count too, as their values (before: left out, yet divided by every weight)
+    raw += b"".join(np.asarray(t.reconstruction).tobytes() for t in result.tensors.values() if t.levels is None)
     peers = [
         ("idx+lzma-6", lambda b: lzma.compress(b, preset=6), lzma.decompress),
         ("idx+bz2-9", lambda b: bz2.compress(b, 9), bz2.decompress),

@@ -155,6 +155,19 @@ def test_bench_reports_json(model):
     assert all(row["bytes"] > 0 for row in report["rows"])
 
 
+def test_bench_vs_counts_the_tensors_nnc_stores_raw(tmp_path):
+    """Before: the lossless rows compressed the coded tensors' indices alone and divided by every weight: 1000
+    float32 values with an inf (stored raw) were "idx+lzma-6 32 B 0.256 bits/w"."""
+    path = tmp_path / "raw.npz"
+    values = np.random.default_rng(0).normal(size=1000).astype(np.float32)
+    values[-1] = np.inf
+    path.write_bytes(npz_bytes({"w": values}))
+    r = run("bench", path, "--json", "--vs", "-q")
+    assert r.returncode == 0, r.stderr
+    rows = {row["coder"]: row for row in json.loads(r.stdout)["rows"]}
+    assert rows["idx+lzma-6"]["bytes"] > 0.8 * values.nbytes  # random floats do not compress
+
+
 def test_reference_tools_agree(tmp_path, model):
     path, _ = model
     repo = Path(__file__).resolve().parent.parent
