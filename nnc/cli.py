@@ -11,6 +11,7 @@ import contextlib
 import json
 import math
 import os
+import stat
 import sys
 import time
 from collections.abc import Mapping
@@ -228,10 +229,25 @@ def _starts_like_a_stream(path) -> bool:
     return head[:3] == NNR_START_UNIT
 
 
+def _not_a_regular_file(path):
+    """A message if ``path`` exists but is neither a regular file nor a folder (a pipe, a socket, a device), else
+    None: nnc reads its inputs more than once (the format from the first bytes, then the file; a pipe would hang or
+    lose those bytes)."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None  # (missing: the reader names it)
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    return f"{path}: not a regular file (a pipe, socket or device): save it to a file first"
+
+
 def _not_a_stream(path):
     """A message if ``path`` is a model file rather than an NNC stream, else None."""
     from . import formats
 
+    if problem := _not_a_regular_file(path):
+        return problem
     try:
         fmt = formats.detect_format(path)
     except formats.FormatError:
@@ -354,16 +370,20 @@ def cmd_encode(args) -> int:
     args.workers = 1 if args.workers is None else args.workers
     args.tca = True if args.tca is None else args.tca
     out = _stream_output(args)
-    refused = _refuse_overwriting_inputs(
-        out,
-        {
-            "model": args.model,
-            "--state file": args.state,
-            "--sigmas file": args.sigmas,
-            "--importance file": args.importance,
-            "--covariances file": args.covariances,
-        },
-    ) or _state_folder_missing(args.state)
+    refused = (
+        _refuse_overwriting_inputs(
+            out,
+            {
+                "model": args.model,
+                "--state file": args.state,
+                "--sigmas file": args.sigmas,
+                "--importance file": args.importance,
+                "--covariances file": args.covariances,
+            },
+        )
+        or _state_folder_missing(args.state)
+        or _not_a_regular_file(args.model)
+    )
     if refused:
         return _fail(refused)
     source = readers.open_model(args.model)  # headers only: tensors are read when their turn comes
@@ -1220,7 +1240,7 @@ def cmd_compare(args) -> int:
                 raise
             raise type(exc)(f"{os.fspath(path)}: {exc.message}", clause=exc.clause, offset=exc.offset) from exc
 
-    if problem := _plotting_unavailable(args):
+    if problem := _plotting_unavailable(args) or _not_a_regular_file(args.reference) or _not_a_regular_file(args.other):
         return _fail(problem)
     quiet = args.quiet or args.json
     with contextlib.ExitStack() as bars:  # tensor by tensor: a stream's decoding has its own bar

@@ -1,6 +1,7 @@
 """The nnc console script, run for real in a subprocess: outputs, JSON and exit codes."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -573,3 +574,18 @@ def test_encode_into_an_existing_folder_without_a_trailing_slash(tmp_path):
     (tmp_path / "out").mkdir()
     r = run("encode", src, "-o", ".", cwd=tmp_path / "out")
     assert r.returncode == 0 and (tmp_path / "out" / "m.nnr").exists(), r.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes on this system")
+@pytest.mark.parametrize("command", [["info"], ["decode", "-o", "out.npz"], ["compare", "other.npz"],
+                                     ["encode", "-o", "out.nnr"]])
+def test_a_named_pipe_is_refused_not_read_twice_or_waited_on(tmp_path, command):
+    """Before: nnc info on a FIFO waited forever; on a pipe given as /dev/stdin it read the first bytes to tell
+    the format, then failed on the rest ("not an NNC stream")."""
+    os.mkfifo(tmp_path / "pipe")
+    (tmp_path / "other.npz").write_bytes(npz_bytes({"w": np.ones(3, np.float32)}))
+    args = [command[0], "pipe"] + command[1:]
+    r = subprocess.run([sys.executable, "-m", "nnc", *args], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert r.returncode == 1 and r.stderr.strip() == "nnc: error: pipe: not a regular file (a pipe, socket or " \
+        "device): save it to a file first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.npz", "pipe"]
