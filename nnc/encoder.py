@@ -327,15 +327,25 @@ class EncoderState(DecoderState):
         #: With ``differences=True``: the model as the receiver holds it (the base's reconstruction
         #: plus every update, by :func:`nnc.decoder.apply_update`).
         self.model: OrderedDict[str, np.ndarray] = OrderedDict()
+        #: Whether ``model`` holds bfloat16 and float8 tensors rounded to their format, as receivers do (spec 14.5);
+        #: False for a state file of nnc before that rule, whose updates of such tensors then record no parent digest
+        #: (its receivers' files had drifted from it).
+        self.narrow_rounded = True
 
     def _meta(self) -> dict:
-        return dict(super()._meta(), parameter_ids=self.parameter_ids, model=list(self.model))
+        return dict(
+            super()._meta(),
+            parameter_ids=self.parameter_ids,
+            model=list(self.model),
+            narrow_rounded=self.narrow_rounded,
+        )
 
     def _set_meta(self, meta: dict, arrays: dict) -> None:
         super()._set_meta(meta, arrays)
         self.parameter_ids = _name_map(meta["parameter_ids"], _node_depth, "parameter_ids")
         self.depths = _name_map(meta["depths"], _node_depth, "depths")
         self.model = OrderedDict((str(k), arrays[f"model{i}"]) for i, k in enumerate(meta["model"]))
+        self.narrow_rounded = meta.get("narrow_rounded") is True  # (absent before the rounding rule)
 
     def _extra_arrays(self) -> dict:
         return {f"model{i}": v for i, v in enumerate(self.model.values())}
@@ -716,13 +726,15 @@ class Encoder:
         if not self._sends_differences():
             return None
         narrow = {k: v for k, v in original.items() if narrow_floats.is_narrow(v)}
+        assert self.state is not None
+        if narrow and not getattr(self.state, "narrow_rounded", True):
+            return None  # a state of nnc before spec 14.5's rule: its receivers hold other values
         for k, want in original.items():
             got = decoded.get(k)
             if got is None or want == got or k in narrow:
                 continue
             if np.dtype(want).kind == "f" or np.dtype(got).kind == "f":
                 return None  # a file of ``want`` holds rounded values (also integers coded lossily, as floats)
-        assert self.state is not None
         return model_digest(_HeldValues(self.state.model, narrow))
 
     def _sends_differences(self) -> bool:

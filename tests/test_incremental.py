@@ -976,3 +976,28 @@ def test_an_hdsp_update_decoded_without_its_history_says_what_is_missing():
                             tca=False)
     with pytest.raises(nnc.errors.DecodeError, match="no history of it was decoded before.*same DecoderState"):
         nnc.decode(stream)  # (this one fails; another could decode to other values with an empty history)
+
+
+def test_a_state_file_from_before_the_rounding_rule_records_no_parent_for_bfloat16_updates(tmp_path, monkeypatch):
+    """A sender state of nnc before spec 14.5's rule tracked unrounded sums, from which its receivers' bfloat16
+    files had drifted: a parent digest of its model would refuse every next update (a chain could not go on).
+    Such a state records none for those tensors, as then; states of now record it."""
+    w = np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4)
+    state = EncoderState()
+    nnc.encode({"w": w}, qp=-30, state=state, differences=True, dtypes={"w": "bfloat16"})
+    state.save(tmp_path / "new.npz")
+    old_meta = state._meta
+
+    def without_the_flag():
+        meta = old_meta()
+        del meta["narrow_rounded"]
+        return meta
+
+    monkeypatch.setattr(state, "_meta", without_the_flag)
+    state.save(tmp_path / "old.npz")
+    for name, parent in (("new.npz", True), ("old.npz", False)):
+        loaded = EncoderState.load(tmp_path / name)
+        update = nnc.decode(nnc.encode({"w": w + 0.1}, qp=-30, state=loaded, differences=True,
+                                       dtypes={"w": "bfloat16"}, tca=False))
+        assert (update.parent is not None) == parent
+        assert EncoderState.load(tmp_path / name).narrow_rounded == parent
