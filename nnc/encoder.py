@@ -159,7 +159,7 @@ def _difference(x: np.ndarray, held: np.ndarray) -> np.ndarray | None:
     return wide.astype(x.dtype)
 
 
-def _warn_lost_signal(encoder: "Encoder", result: "EncodeResult", arrays: Mapping) -> None:
+def _warn_after_encode(encoder: "Encoder", result: "EncodeResult", arrays: Mapping) -> None:
     """PrecisionWarnings at the first caller outside nnc: the tensors of ``result`` whose non-zero values all decode
     as 0 (none for an update, whose small differences may round to zero by design), and the float64 tensors that
     keep only float32 precision."""
@@ -1047,7 +1047,7 @@ def encode(tensors: Mapping[str, object], *, qp: int | None = None, dq: bool | N
     given = {k: v for k, v in (("qp", qp), ("dq", dq)) if v is not None}
     encoder = Encoder(**given, **options)
     result = encoder.encode(tensors)
-    _warn_lost_signal(encoder, result, tensors)
+    _warn_after_encode(encoder, result, tensors)
     return result.stream
 
 

@@ -178,7 +178,7 @@ def encode_model(model, output=None, *, client=None, extra_metadata=None, **opti
     nnc.formats.FormatError: .../model.nnr is an NNC stream, not a model; use decode
     """
     from ._files import refuse_overwriting
-    from .encoder import Encoder, _warn_lost_signal
+    from .encoder import Encoder, _warn_after_encode
 
     if not isinstance(model, (Mapping, str, os.PathLike)):
         raise TypeError(
@@ -220,7 +220,7 @@ def encode_model(model, output=None, *, client=None, extra_metadata=None, **opti
             raise formats.FormatError(f"{model}: no tensors found (nothing to encode)")
     encoder = Encoder(**options)
     result = encoder.encode(tensors, extra_metadata=extra)
-    _warn_lost_signal(encoder, result, tensors)
+    _warn_after_encode(encoder, result, tensors)
     stream = result.stream
     if output is not None:
         formats.write_atomic(output, stream)
