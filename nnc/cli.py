@@ -242,6 +242,19 @@ def _not_a_regular_file(path):
     return f"{path}: not a regular file (a pipe, socket or device): save it to a file first"
 
 
+def _is_stream_file(path) -> bool:
+    """Whether ``path`` holds an NNC stream by its content, or, when no format is recognised (an empty or damaged
+    file), by a stream's extension (.nnr, .nnc): the decoder then says what is wrong with it."""
+    from . import formats
+
+    try:
+        return formats.detect_format(path) == "nnr"
+    except formats.FormatError:
+        if Path(path).suffix.lower() in (".nnr", ".nnc"):
+            return True
+        raise
+
+
 def _not_a_stream(path):
     """A message if ``path`` is a model file rather than an NNC stream, else None."""
     from . import formats
@@ -1139,11 +1152,10 @@ def _read_model_or_stream(path, threads: int, quiet: bool = True, stack=None):
     ``quiet``), closed with ``stack`` (a ``contextlib.ExitStack``)."""
     from tqdm import tqdm
 
-    from . import formats
     from .decoder import Decoder, Limits, model_order, restore_model_view
     from .errors import DecodeError
 
-    if os.path.isdir(path) or str(path).endswith(".index.json") or formats.detect_format(path) != "nnr":
+    if os.path.isdir(path) or str(path).endswith(".index.json") or not _is_stream_file(path):
         from .readers import open_model
 
         source = open_model(path)  # a file, or a checkpoint folder or index

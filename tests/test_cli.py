@@ -589,3 +589,21 @@ def test_a_named_pipe_is_refused_not_read_twice_or_waited_on(tmp_path, command):
     assert r.returncode == 1 and r.stderr.strip() == "nnc: error: pipe: not a regular file (a pipe, socket or " \
         "device): save it to a file first"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other.npz", "pipe"]
+
+
+def test_compare_says_an_empty_stream_is_empty(tmp_path, capsys):
+    """Before: "unknown model format (supported: npz, ...)" for an empty .nnr, which nnc info calls empty."""
+    from nnc.cli import main
+
+    (tmp_path / "e.nnr").write_bytes(b"")
+    (tmp_path / "m.npz").write_bytes(npz_bytes({"w": np.ones(3, np.float32)}))
+    assert main(["compare", str(tmp_path / "e.nnr"), str(tmp_path / "m.npz")]) == 1
+    assert "e.nnr: empty stream" in capsys.readouterr().err
+
+
+def test_a_qp_beyond_float32_steps_names_its_option_once():
+    """Before: "qp: qp 1000 (qp_density 2) ..."; a per-tensor qp did not say it was one."""
+    with pytest.raises(nnc.EncodeError, match=r"^qp 1000 \(qp_density 2\) gives a step size"):
+        nnc.encode({"w": np.ones(3)}, qp=1000)
+    with pytest.raises(nnc.EncodeError, match=r"^qp_per_tensor\['w'\]: qp 999 "):
+        nnc.encode({"w": np.ones(3)}, qp_per_tensor={"w": 999})

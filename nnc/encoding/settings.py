@@ -305,11 +305,14 @@ class EncoderSettings:
             check_bool(option, getattr(self, option))
         qd = self.qp_density
         qp = qp_for_step(self.step, qd) if self.step is not None else (-38 if self.qp is None else int(self.qp))
-        for tensor_qp in [qp, *dict(self.qp_per_tensor or {}).values()]:
+        main = "step: " if self.step is not None else ""  # (the message begins "qp N (qp_density D) gives...")
+        for option, tensor_qp in [(main, qp)] + [
+            (f"qp_per_tensor[{k!r}]: ", v) for k, v in dict(self.qp_per_tensor or {}).items()
+        ]:
             try:
                 step_size(int(tensor_qp), qd)
             except NNCError as exc:  # a step beyond float32 is a bad option, not a bad stream
-                raise EncodeError(f"{'step' if self.step is not None else 'qp'}: {exc.message}") from None
+                raise EncodeError(f"{option}{exc.message}") from None
         normalised = dict(
             qp=qp,
             step=None,
