@@ -229,6 +229,12 @@ def _starts_like_a_stream(path) -> bool:
     return head[:3] == NNR_START_UNIT
 
 
+def _shown_name(name: str) -> str:
+    """A tensor name for a table row: as it is, or with its control characters escaped (a newline would split the
+    row)."""
+    return name if name.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in name)
+
+
 def _not_a_regular_file(path):
     """A message if ``path`` exists but is neither a regular file nor a folder (a pipe, a socket, a device), else
     None: nnc reads its inputs more than once (the format from the first bytes, then the file; a pipe would hang or
@@ -1296,12 +1302,12 @@ def cmd_compare(args) -> int:
             dtype = f"  dtype {row['dtype']} against {row['other_dtype']}" if row["dtype"] != row["other_dtype"] else ""
             if "snr_db" in row:
                 print(
-                    f"{row['name'][:48]:<48} {shape[:16]:>16} {row['snr_db']:>8.2f} {row['max_abs_error']:>12.4g}"
-                    + dtype
+                    f"{_shown_name(row['name'])[:48]:<48} {shape[:16]:>16} {row['snr_db']:>8.2f} "
+                    f"{row['max_abs_error']:>12.4g}" + dtype
                 )
             else:
                 verdict = "DIFFERS" if not row["equal"] else "DTYPE" if dtype else "exact"
-                print(f"{row['name'][:48]:<48} {shape[:16]:>16} {verdict:>8} {'':>12}" + dtype)
+                print(f"{_shown_name(row['name'])[:48]:<48} {shape[:16]:>16} {verdict:>8} {'':>12}" + dtype)
         print(
             f"total: {total['weights']} float weights, SNR {total['snr_db']:.2f} dB"
             + (f"; {len(result['extra'])} tensor(s) only in {args.other}" if result["extra"] else "")
@@ -1487,7 +1493,7 @@ def cmd_info(args) -> int:
         f"{args.stream}: {info['bytes']} bytes, profile {info['profile']}, {len(info['units'])} units, "
         f"{len(info['tensors'])} tensors, {info['weights']} weights (read by the {info['engine']} engine)"
     )
-    width = max([4] + [len(t["name"]) for t in info["tensors"]])  # whole names: rows never read the same
+    width = max([4] + [len(_shown_name(t["name"])) for t in info["tensors"]])  # whole names: rows never read the same
     header = (
         f"{'name':{width}} {'shape':>16} {'dtype':>8} {'type':>9} {'qp':>5} {'dq':>3} {'scan':>4} "
         f"{'bytes':>8} {'header':>6} {'bits/w':>7}"
@@ -1498,7 +1504,7 @@ def cmd_info(args) -> int:
         qp = t["qp"] if t["qp"] is not None else ("?" if t["needs_parent"] else "")
         bits = "-" if t["bits_per_weight"] is None else f"{t['bits_per_weight']:.3f}"
         print(
-            f"{t['name']:{width}} {_shape_text(t['original_shape']):>16} {t['original_dtype']:>8} "
+            f"{_shown_name(t['name']):{width}} {_shape_text(t['original_shape']):>16} {t['original_dtype']:>8} "
             f"{t['payload_type']:>9} {qp:>5} {('on' if t['dq'] else 'off'):>3} {t['scan_order']:>4} "
             f"{t['unit_bytes']:>8} {t['header_bytes']:>6} {bits:>7}"
         )
@@ -1555,6 +1561,8 @@ def cmd_verify(args) -> int:
         _usage_error("give --decoder or --decoder-command, not both")
     if args.decoder_command is not None and not args.decoder_command.strip():
         _usage_error("--decoder-command is empty")
+    if args.timeout is not None and args.decoder_command is None:
+        _usage_error("--timeout is for a --decoder-command; give one too")
     from tqdm import tqdm
 
     from .verify import DECODERS
@@ -1569,7 +1577,7 @@ def cmd_verify(args) -> int:
     try:
         try:
             decoder = (
-                CommandAdapter(args.decoder_command, timeout=args.timeout)
+                CommandAdapter(args.decoder_command, timeout=600.0 if args.timeout is None else args.timeout)
                 if args.decoder_command is not None
                 else DECODERS[args.decoder or "nnc"]()
             )
@@ -2356,7 +2364,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--timeout",
         type=_positive_seconds,
-        default=600.0,
+        default=None,
         metavar="S",
         help="with --decoder-command: seconds to wait for each stream's reply before the stream fails (default 600)",
     )

@@ -926,6 +926,7 @@ def _manifest_problem(manifest) -> str | None:
     """What makes ``manifest`` unusable by :func:`verify_suite`, or None."""
     if not isinstance(manifest, dict) or not isinstance(manifest.get("streams"), list):
         return "no list of 'streams'"
+    seen: set = set()
     for i, entry in enumerate(manifest["streams"]):
         if not isinstance(entry, dict):
             return f"stream {i} is not an object"
@@ -933,6 +934,9 @@ def _manifest_problem(manifest) -> str | None:
         for key in ("name", "group", "file"):
             if not isinstance(entry.get(key), str):
                 return f"{where}: {key!r} must be a string"
+        if entry["name"] in seen:  # (it would be verified, and counted, twice)
+            return f"{where}: another stream has this name"
+        seen.add(entry["name"])
         file = PurePosixPath(entry["file"])
         if file.is_absolute() or ".." in file.parts or not file.parts or "\0" in entry["file"]:
             return f"{where}: file {entry['file']!r} is not a path inside the suite"

@@ -607,3 +607,17 @@ def test_a_qp_beyond_float32_steps_names_its_option_once():
         nnc.encode({"w": np.ones(3)}, qp=1000)
     with pytest.raises(nnc.EncodeError, match=r"^qp_per_tensor\['w'\]: qp 999 "):
         nnc.encode({"w": np.ones(3)}, qp_per_tensor={"w": 999})
+
+
+def test_a_tensor_name_with_a_newline_stays_on_its_row(tmp_path, capsys):
+    """Before: info and compare printed the name raw, splitting its row in two."""
+    from nnc.cli import main
+
+    model = tmp_path / "odd.npz"
+    model.write_bytes(npz_bytes({"ü/名前 weird\nname": np.ones((4, 4), np.float32)}))
+    assert main(["encode", str(model), "-o", str(tmp_path / "odd.nnr"), "-q"]) == 0
+    capsys.readouterr()
+    for args in (["info", str(tmp_path / "odd.nnr")], ["compare", str(model), str(tmp_path / "odd.nnr")]):
+        assert main(args) == 0
+        rows = [line for line in capsys.readouterr().out.splitlines() if "名前" in line]
+        assert len(rows) == 1 and "ü/名前 weird\\nname" in rows[0] and "4x4" in rows[0]

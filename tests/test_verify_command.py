@@ -314,3 +314,24 @@ def test_the_repositorys_decoder_commands_echo_the_request_id(tmp_path):
     assert replies[0] == {"ok": True, "ready": True}
     assert replies[1]["ok"] is True and replies[1]["id"] == 7
     assert replies[2]["ok"] is False and replies[2]["id"] == 8
+
+
+def test_a_manifest_naming_a_stream_twice_is_refused(tmp_path):
+    """Before: both entries were verified ("202 passed" for 201 streams)."""
+    import shutil
+
+    suite = tmp_path / "suite"
+    shutil.copytree(SUITE, suite)
+    manifest = json.loads((suite / "manifest.json").read_text())
+    manifest["streams"].append(dict(manifest["streams"][0]))
+    (suite / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(nnc.errors.ManifestError, match="another stream has this name"):
+        verify_suite(suite)
+
+
+def test_timeout_without_a_decoder_command_is_a_usage_error(capsys):
+    from nnc.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["verify", str(SUITE), "--stream", "p1_urq_so0", "--timeout", "5"])
+    assert exit_.value.code == 2 and "--timeout is for a --decoder-command" in capsys.readouterr().err
