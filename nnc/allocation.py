@@ -201,14 +201,15 @@ def empirical_fisher(gradients: Iterable[Mapping[str, object]]) -> dict[str, np.
     """
     total: dict[str, np.ndarray] = {}
     count = 0
+    from .torch import numpy_inputs
+
     for batch in gradients:
         count += 1
+        batch, _ = numpy_inputs(batch)  # torch tensors (bfloat16 too) as numpy arrays
         for name, g in batch.items():
             if g is None:
                 continue
-            from .torch import numpy_inputs
-
-            g = np.asarray(numpy_inputs({name: g})[0][name], np.float64)  # torch tensors (bfloat16 too)
+            g = np.asarray(g, np.float64)
             total[name] = total.get(name, 0.0) + g * g
     if count == 0:
         raise EncodeError("empirical_fisher needs at least one batch of gradients")

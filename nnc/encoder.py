@@ -685,7 +685,9 @@ class Encoder:
                 result.skipped.extend(t.name for t in u.members)
         decoded_dtypes = {k: t.reconstruction.dtype.name for k, t in result.tensors.items()}
         original_dtypes = {k: s.dtypes.get(k, v.dtype.name) for k, v in arrays.items()}
-        parent = self._parent_digest(decoded_dtypes, original_dtypes)
+        # bfloat16 / float8 tensors: held rounded to their format, as the receiver holds them (spec 14.5)
+        narrow = {k: v for k, v in original_dtypes.items() if narrow_floats.is_narrow(v)}
+        parent = self._parent_digest(decoded_dtypes, original_dtypes, narrow)
         metadata = metadata_json(
             {k: v.shape for k, v in arrays.items()},
             decoded_dtypes,
@@ -708,8 +710,7 @@ class Encoder:
         if self.state is not None:
             # the receiver's model first: nothing below may fail once the state has moved
             model = None
-            if s.differences:  # bfloat16 / float8 tensors held rounded, as the receiver holds them (spec 14.5)
-                narrow = {k: v for k, v in original_dtypes.items() if narrow_floats.is_narrow(v)}
+            if s.differences:
                 model = apply_update(self.state.model, result.reconstruction, replaced=replaced, narrow=narrow)
             for u, link in zip(units, links):
                 writer.advance_state(u, link)
@@ -717,15 +718,17 @@ class Encoder:
                 self.state.model = model
         return result
 
-    def _parent_digest(self, decoded: Mapping[str, str], original: Mapping[str, str]) -> str | None:
+    def _parent_digest(
+        self, decoded: Mapping[str, str], original: Mapping[str, str], narrow: Mapping[str, str]
+    ) -> str | None:
         """The digest of the receiver's model that an update of differences records (spec 6.2.1, ``"parent"``), so
         that applying it twice or to another model is refused; None when not sending differences, or when a tensor
         decoded as floats is restored to another float or integer dtype (float16 from float32, an integer tensor
         coded lossily: the receiver's file then holds rounded values, not the model this encoder tracks).
-        bfloat16 and float8 tensors enter rounded to their format, as receivers hold them (spec 14.5)."""
+        bfloat16 and float8 tensors (``narrow``: their formats) enter rounded to their format, as receivers hold them
+        (spec 14.5)."""
         if not self._sends_differences():
             return None
-        narrow = {k: v for k, v in original.items() if narrow_floats.is_narrow(v)}
         assert self.state is not None
         if narrow and not getattr(self.state, "narrow_rounded", True):
             return None  # a state of nnc before spec 14.5's rule: its receivers hold other values
