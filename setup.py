@@ -24,13 +24,19 @@ if os.environ.get("NNC_CYTHON_COVERAGE"):
 
 BANNER = "=" * 78
 
+WITHOUT = {
+    "nnc._engine": "nnc is installed without it and runs on the pure-Python engine (slower).",
+    "nnc._mapguard": "nnc is installed without it: a stream file cut by another program while nnc\n"
+    "decodes it can then end the process (SIGBUS) instead of raising an error.",
+}
+
 
 def extension(name: str) -> Extension:
     return Extension(
         f"nnc.{name}",
         [f"nnc/{name}.pyx"],
         include_dirs=[numpy.get_include()],
-        depends=["nnc/_pricer.h"],
+        depends=["nnc/_pricer.h", "nnc/_mapguard.h"],
         define_macros=macros,
     )
 
@@ -60,10 +66,10 @@ class OptionalBuildExt(build_ext):
     @staticmethod
     def _report_without(ext, exc):
         msg = (
-            f"\n{BANNER}\nnnc: the compiled engine {ext.name} could NOT be built "
+            f"\n{BANNER}\nnnc: the compiled module {ext.name} could NOT be built "
             f"({type(exc).__name__}: {str(exc).strip()[:300]}).\n"
-            "nnc is installed without it and runs on the pure-Python engine (slower).\n"
-            "Install a C compiler and reinstall to get the compiled engine; set\n"
+            f"{WITHOUT.get(ext.name, WITHOUT['nnc._engine'])}\n"
+            "Install a C compiler and reinstall to get it; set\n"
             "NNC_REQUIRE_ENGINE=1 to make this an error.\n"
             f"{BANNER}\n"
         )
@@ -71,7 +77,7 @@ class OptionalBuildExt(build_ext):
         print(msg)  # pip shows stdout of a failed step only with -v; keep both
 
 
-extensions = [extension("_engine")]
+extensions = [extension("_engine"), extension("_mapguard")]
 
 setup(
     ext_modules=cythonize(extensions, compiler_directives=directives),

@@ -831,6 +831,72 @@ RELEASABLE_MAPS: "weakref.WeakSet[mmap.mmap]" = weakref.WeakSet()
 _STATES_LOCK = threading.Lock()
 
 
+try:  # compiled with the engine; without it a cut file can end the process (SIGBUS), as any mmap's can
+    from . import _mapguard
+except ImportError:  # pragma: no cover - a build without a C compiler
+    _mapguard = None
+
+
+class GuardedMap(mmap.mmap):
+    """A read-only map of a stream file that survives the file being cut while it is read (spec 15.2, informative).
+
+    Reading a page past the file's new end would end the process (SIGBUS); in a
+    guarded map it reads zeros instead and marks the map as :attr:`cut`, which
+    the decoder checks after every unit it reads, raising
+    :class:`~nnc.errors.TruncatedError` (on Windows, and in builds without the
+    compiled engine, the map is not guarded).
+    """
+
+    _slot = -1
+
+    def guard(self) -> "GuardedMap":
+        """Start guarding the map (once it is open and non-empty)."""
+        if _mapguard is not None and self._slot < 0 and len(self):
+            self._slot = _mapguard.add(self)
+        return self
+
+    @property
+    def cut(self) -> bool:
+        """Whether the file is now shorter than the map, or a read found it so (it was cut while mapped)."""
+        if self._slot >= 0 and _mapguard is not None and _mapguard.faulted(self._slot):
+            return True
+        try:
+            return not self.closed and self.size() < len(self)  # the cut's last page reads zeros, without a fault
+        except OSError:
+            return True
+
+    def _unguard(self) -> None:
+        if self._slot >= 0 and _mapguard is not None:
+            _mapguard.remove(self._slot)
+        self._slot = -1
+
+    def close(self) -> None:
+        try:
+            super().close()  # BufferError while views of it are alive: it stays mapped, and guarded
+        finally:
+            if self.closed:
+                self._unguard()
+
+    def __del__(self) -> None:
+        self._unguard()  # before the memory is unmapped (the base type's deallocation)
+
+
+def _check_not_cut(data, path=None) -> None:
+    """Raise :class:`~nnc.errors.TruncatedError` if ``data`` is (a view of) a :class:`GuardedMap` whose file was cut.
+
+    What was read from it after the cut is zeros, not the stream: nothing decoded from it may be used (spec 3.2,
+    15.2 informative).
+    """
+    under = data.obj if isinstance(data, memoryview) else data
+    if isinstance(under, GuardedMap) and under.cut:
+        where = f"{os.fspath(path)!r} " if path is not None else ""
+        raise TruncatedError(
+            f"the stream file {where}was cut (or replaced) by another program while it was being read; "
+            "nothing decoded from it is used",
+            clause="3.2",
+        )
+
+
 def release_pages(mapped: mmap.mmap, start: int, end: int) -> None:
     """Drop a releasable map's pages in [start, end) from resident memory; the file keeps the bytes.
 
@@ -976,7 +1042,12 @@ class Decoder:
         self.metadata: dict = {}
         self._metadata_offset = 0  # of the topology unit whose metadata applies
         self._ndus: list[tuple[C.Unit, _Params]] = []
-        self._parse_units()
+        try:
+            self._parse_units()
+        except NNCError as exc:
+            _check_not_cut(self.data)  # zeros read where the file was cut are not the stream's error
+            raise exc
+        _check_not_cut(self.data)
         self._index = self._build_index()
         self._ndu_tensors: list[list[TensorInfo]] = [[] for _ in self._ndus]
         for i, info in self._index.values():
@@ -997,6 +1068,7 @@ class Decoder:
         self.row_thread_min_elements: int | None = None
         self._check_complete()
         self._check_parents()
+        _check_not_cut(self.data)
 
     def _check_parents(self) -> None:
         """An update NDU must name the parent the decoder state holds for its tensors (spec 14.4): by node ids, the
@@ -1770,8 +1842,10 @@ class Decoder:
         try:
             out = self._decode_ndu_payload(unit, params, infos, threads, into, staged)
         except NNCError as exc:
+            _check_not_cut(self.data)
             # errors inside a payload carry payload-relative offsets
             raise self._without_history(unit, infos, exc).at(unit.payload_offset) from exc
+        _check_not_cut(self.data)  # a payload read where its file was cut decoded zeros
         self._stage(unit, staged)
         return out
 

@@ -46,6 +46,7 @@ from .decoder import (
     RELEASABLE_MAPS,
     DecodedTensors,
     Decoder,
+    GuardedMap,
     Limits,
     _releasable_map,
     model_order,
@@ -554,7 +555,7 @@ def map_stream(path):
 
     try:
         with open(path, "rb") as fh:
-            mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+            mapped = GuardedMap(fh.fileno(), 0, access=mmap.ACCESS_READ).guard()
     except (OSError, ValueError):  # unreadable or empty: the Decoder reports it on the path
         return None
     _OWN_MAPS.add(mapped)

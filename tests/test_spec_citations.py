@@ -55,6 +55,11 @@ DECODER_NOT_NORMATIVE = {
     "_bounded_ordered": "a thread pool that keeps job order (API)",
     "release_pages": "drops read pages of a mapped stream file from memory (implementation memory)",
     "_releasable_map": "finds the map under a buffer whose pages may be dropped (implementation memory)",
+    "GuardedMap.guard": "guards a mapped stream file against being cut (implementation memory)",
+    "GuardedMap.cut": "guards a mapped stream file against being cut (implementation memory)",
+    "GuardedMap._unguard": "guards a mapped stream file against being cut (implementation memory)",
+    "GuardedMap.close": "guards a mapped stream file against being cut (implementation memory)",
+    "GuardedMap.__del__": "guards a mapped stream file against being cut (implementation memory)",
 }
 #: Top-level names of container.py that parse nothing (building, reading plumbing, errors).
 CONTAINER_NOT_PARSING = {

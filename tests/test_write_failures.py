@@ -163,3 +163,73 @@ def test_model_files_are_read_not_memory_mapped(tmp_path, monkeypatch):
     monkeypatch.setattr(mmap, "mmap", refuse)
     loaded = {t.name: t.load() for t in readers.open_model(path)}
     assert loaded["w"].tolist() == list(range(1000)) and loaded["h"].dtype == np.float16
+
+
+_CUT_WHILE_DECODING = r"""
+import mmap, os, sys
+import numpy as np
+import nnc
+from nnc.writers import decode_to_path, map_stream
+
+stream, out = sys.argv[1], sys.argv[2]
+rng = np.random.default_rng(0)
+nnc.encode_model({f"w{i}": rng.normal(size=(128, 128)).astype(np.float32) for i in range(12)}, stream)
+size = os.path.getsize(stream)
+
+# a Decoder on the map: the file cut at a page boundary well before its end, then every tensor asked for
+mapped = map_stream(stream)
+dec = nnc.Decoder(mapped)
+first = dec.decode_tensor("w0")
+os.truncate(stream, (size // 2) - (size // 2) % mmap.PAGESIZE)
+errors = set()
+for name in dec.names():
+    try:
+        dec.decode_tensor(name)
+        errors.add("decoded")
+    except nnc.TruncatedError as exc:
+        errors.add("cut" if "was cut" in str(exc) else str(exc))
+from nnc import _mapguard
+print("api", sorted(errors), _mapguard.faulted(mapped._slot))
+del dec, mapped
+
+# decode_to_path: the file cut after the first tensor is written; nothing is left at the output
+nnc.encode_model({f"w{i}": rng.normal(size=(128, 128)).astype(np.float32) for i in range(12)}, stream)
+def cut(progress):
+    if progress.tensors_done == 1:
+        os.truncate(stream, mmap.PAGESIZE)
+try:
+    decode_to_path(stream, out, progress=cut)
+    print("path", "decoded")
+except nnc.TruncatedError as exc:
+    print("path", "cut" if "was cut" in str(exc) else str(exc), sorted(os.listdir(os.path.dirname(out))))
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGBUS is a POSIX signal")
+def test_a_stream_cut_while_it_is_decoded_is_a_truncated_error_not_a_sigbus(tmp_path):
+    """A stream file cut by another program while nnc decoded it from its memory map ended the process (SIGBUS,
+    exit 135, no message); the map is guarded: the pages past the cut read zeros and the decoder refuses them."""
+    pytest.importorskip("nnc._mapguard", reason="the compiled module nnc._mapguard is not built")
+    (tmp_path / "out").mkdir()
+    run = subprocess.run(
+        [sys.executable, "-c", _CUT_WHILE_DECODING, str(tmp_path / "m.nnr"), str(tmp_path / "out" / "m.safetensors")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, (run.returncode, run.stderr[-2000:])
+    assert run.stdout.splitlines() == ["api ['cut'] True", "path cut []"], run.stdout
+
+
+def test_a_stream_cut_inside_its_last_page_is_found_without_a_fault(tmp_path, monkeypatch):
+    """Bytes past a cut inside the file's last page read as zeros with no fault at all: the map's file size tells."""
+    from nnc import decoder
+    from nnc.writers import map_stream
+
+    monkeypatch.setattr(decoder, "_mapguard", None)  # as in a build without the compiled module
+    path = tmp_path / "m.nnr"
+    nnc.encode_model({"a": np.linspace(-1, 1, 5000, dtype=np.float32), "b": np.ones(7, np.float32)}, path)
+    dec = nnc.Decoder(map_stream(path))
+    os.truncate(path, os.path.getsize(path) - 3)
+    with pytest.raises(nnc.TruncatedError, match="was cut"):
+        dec.decode_tensor("b")

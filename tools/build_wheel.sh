@@ -49,7 +49,7 @@ echo "--- 3. a fresh venv: install, smoke test, quick tests"
 "$work/venv/bin/pip" install -q "$repaired" "pytest>=7" "hypothesis>=6.80"
 cd "$work"   # outside the source tree: `import nnc` must find the installed wheel
 "$work/venv/bin/python" - <<'EOF'
-import nnc, nnc._engine
+import nnc, nnc._engine, nnc._mapguard
 where = nnc.__file__
 assert "site-packages" in where, f"imported nnc from {where}, not from the installed wheel"
 print(f"nnc {nnc.__version__} from {where}")

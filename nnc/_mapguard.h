@@ -1,0 +1,99 @@
+/* Read-only file maps that survive their file being cut: a SIGBUS inside a guarded map
+ * (a page past the file's new end) gets a page of zeros mapped in its place and marks the
+ * map as faulted; the decoder checks the mark and refuses what it read.  Faults outside
+ * every guarded map go to the handler that was there before.  Not on Windows (no SIGBUS):
+ * there every call is a no-op. */
+#ifndef NNC_MAPGUARD_H
+#define NNC_MAPGUARD_H
+
+#include <stdint.h>
+#include <string.h>
+
+#define NNC_GUARD_SLOTS 1024
+
+#if defined(_WIN32)
+static int nnc_guard_add(const void *start, size_t length) { (void)start; (void)length; return -1; }
+static void nnc_guard_remove(int slot) { (void)slot; }
+static int nnc_guard_faulted(int slot) { (void)slot; return 0; }
+static int nnc_guard_supported(void) { return 0; }
+#else
+#include <signal.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+static volatile uintptr_t nnc_guard_start[NNC_GUARD_SLOTS];
+static volatile uintptr_t nnc_guard_end[NNC_GUARD_SLOTS];
+static volatile sig_atomic_t nnc_guard_fault[NNC_GUARD_SLOTS];
+static struct sigaction nnc_guard_previous;
+static uintptr_t nnc_guard_page = 4096;
+
+static void nnc_guard_pass_on(int sig, siginfo_t *info, void *context) {
+    if (nnc_guard_previous.sa_flags & SA_SIGINFO) {
+        if (nnc_guard_previous.sa_sigaction) { nnc_guard_previous.sa_sigaction(sig, info, context); return; }
+    } else if (nnc_guard_previous.sa_handler != SIG_DFL && nnc_guard_previous.sa_handler != SIG_IGN) {
+        nnc_guard_previous.sa_handler(sig);
+        return;
+    }
+    /* default action: restore it; the faulting access runs again and ends the process as before */
+    signal(sig, SIG_DFL);
+}
+
+static void nnc_guard_on_sigbus(int sig, siginfo_t *info, void *context) {
+    uintptr_t address = (uintptr_t)info->si_addr;
+    int slot;
+    for (slot = 0; slot < NNC_GUARD_SLOTS; slot++) {
+        if (nnc_guard_start[slot] <= address && address < nnc_guard_end[slot]) {
+            uintptr_t page = address & ~(nnc_guard_page - 1);
+            void *zeros = mmap((void *)page, nnc_guard_page, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+            if (zeros == MAP_FAILED) break;
+            nnc_guard_fault[slot] = 1;
+            return; /* the access runs again and reads zeros */
+        }
+    }
+    nnc_guard_pass_on(sig, info, context);
+}
+
+/* Install the handler unless it is already the one in force (another library may have replaced it). */
+static int nnc_guard_install(void) {
+    struct sigaction current, ours;
+    if (sigaction(SIGBUS, NULL, &current) != 0) return -1;
+    if ((current.sa_flags & SA_SIGINFO) && current.sa_sigaction == nnc_guard_on_sigbus) return 0;
+    memset(&ours, 0, sizeof(ours));
+    ours.sa_sigaction = nnc_guard_on_sigbus;
+    ours.sa_flags = SA_SIGINFO | SA_NODEFER;
+    sigemptyset(&ours.sa_mask);
+    nnc_guard_previous = current;
+    nnc_guard_page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    return sigaction(SIGBUS, &ours, NULL);
+}
+
+/* Guard [start, start + length) (rounded up to whole pages); the slot, or -1 if none is free. */
+static int nnc_guard_add(const void *start, size_t length) {
+    int slot;
+    if (nnc_guard_install() != 0) return -1;
+    for (slot = 0; slot < NNC_GUARD_SLOTS; slot++) {
+        if (nnc_guard_end[slot] == 0) {
+            uintptr_t begin = (uintptr_t)start;
+            uintptr_t end = begin + ((length + nnc_guard_page - 1) & ~(nnc_guard_page - 1));
+            nnc_guard_fault[slot] = 0;
+            nnc_guard_start[slot] = begin;
+            nnc_guard_end[slot] = end;
+            return slot;
+        }
+    }
+    return -1;
+}
+
+static void nnc_guard_remove(int slot) {
+    if (slot < 0 || slot >= NNC_GUARD_SLOTS) return;
+    nnc_guard_end[slot] = 0;
+    nnc_guard_start[slot] = 0;
+}
+
+static int nnc_guard_faulted(int slot) {
+    return (slot >= 0 && slot < NNC_GUARD_SLOTS) ? (int)nnc_guard_fault[slot] : 0;
+}
+
+static int nnc_guard_supported(void) { return 1; }
+#endif
+#endif
