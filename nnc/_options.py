@@ -9,6 +9,9 @@ import numpy as np
 
 from .errors import EncodeError
 
+#: The qp the encoder and the numcodecs codec use when neither a qp nor a step is given (Δ = 2^-9.5 · 1.5).
+DEFAULT_QP = -38
+
 
 def as_number(option: str, value, integer: bool):
     """``value`` as an int (``integer``) or a float; EncodeError for anything else (a bool, a string, 20.5 for an

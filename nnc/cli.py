@@ -1265,11 +1265,6 @@ def cmd_compare(args) -> int:
         reference, reference_dtypes = read(args.reference, bars)
         other, other_dtypes = read(args.other, bars)
         result = compare_tensors(reference, other, reference_dtypes, other_dtypes)
-    if args.plot:
-        from .plots import compare_figure
-
-        compare_figure(result, reference, other, args.plot, title=f"{args.other} against {args.reference}")
-        result["plot"] = str(args.plot)
     total = result["total"]
     problems = (
         [f"{len(result['missing'])} tensor(s) missing: {', '.join(result['missing'][:5])}"] if result["missing"] else []
@@ -1292,6 +1287,13 @@ def cmd_compare(args) -> int:
     if below:
         problems.append(f"total SNR {total['snr_db']:.2f} dB is below --min-snr {args.min_snr} dB")
     result["passed"] = not problems
+    if args.plot and not problems:  # a failed comparison writes nothing
+        from .plots import compare_figure
+
+        compare_figure(result, reference, other, args.plot, title=f"{args.other} against {args.reference}")
+        result["plot"] = str(args.plot)
+    elif args.plot:
+        problems.append(f"--plot {args.plot} not written: the comparison failed")
     if args.json:
         print(json.dumps(_finite_json(result), indent=2))
     elif not args.quiet:
@@ -2342,7 +2344,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--plot",
         type=Path,
         metavar="FILE",
-        help="also draw per-tensor SNR and an error histogram into FILE (PNG; needs matplotlib)",
+        help="also draw per-tensor SNR and an error histogram into FILE (PNG; needs matplotlib); "
+        "not written when the comparison fails",
     )
     p.set_defaults(func=cmd_compare)
 

@@ -26,13 +26,14 @@ True
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 from functools import cache
 
 import numpy as np
 
 from . import narrow_floats
-from ._options import as_number, check_bool
+from ._options import DEFAULT_QP, as_number, check_bool
 from .errors import DecodeError, EncodeError, NNCError, OutputBufferError
 from .reconstruction import step_size
 
@@ -99,12 +100,18 @@ class NNC(_CodecBase):
         if sum(x is not None for x in (qp, step, target_snr)) > 1:
             raise EncodeError("give at most one of qp, step and target_snr")
         # checked now (a string dq, a qp of -20.9), not at the first chunk; the encoder checks ranges again
+        # the default qp is recorded, not None: an array's configuration keeps meaning what it meant when written
+        if qp is None and step is None and target_snr is None:
+            qp = DEFAULT_QP
         self.qp = None if qp is None else as_number("qp", qp, integer=True)
         self.step = None if step is None else as_number("step", step, integer=False)
         self.target_snr = None if target_snr is None else as_number("target_snr", target_snr, integer=False)
         check_bool("dq", dq)
         self.dq = bool(dq)
         self.rdoq_lambda = as_number("rdoq_lambda", rdoq_lambda, integer=False)
+        #: Settings of a stored configuration that this version does not know (:meth:`from_config`): it decodes,
+        #: but does not encode.
+        self.unknown_settings: dict = {}
         if self.qp is not None:
             try:
                 step_size(self.qp, 2)  # (the encoder's qp_density)
@@ -124,6 +131,12 @@ class NNC(_CodecBase):
         from .encoder import Encoder
         from .encoding.quantiser import is_finite
 
+        if self.unknown_settings:
+            raise EncodeError(
+                f"this codec's configuration has setting(s) {', '.join(map(repr, sorted(self.unknown_settings)))} "
+                "that this version of nnc does not know (written by a later one?): it decodes such chunks but "
+                "does not write them; upgrade nnc to write to the array"
+            )
         chunk = _as_array(buf)
         extra: dict = {}
         if not chunk.dtype.isnative and chunk.dtype.itemsize > 1:
@@ -260,25 +273,39 @@ class NNC(_CodecBase):
             target_snr=self.target_snr,
             dq=self.dq,
             rdoq_lambda=self.rdoq_lambda,
+            **self.unknown_settings,
         )
 
     @classmethod
     def from_config(cls, config: dict) -> "NNC":
-        """A codec from :meth:`get_config`'s dict."""
+        """A codec from :meth:`get_config`'s dict.
+
+        Settings this version does not know (from a configuration a later version wrote, as
+        zarr stores it with an array) are kept in :attr:`unknown_settings`, with a warning:
+        the codec decodes, so that the array can be read, but refuses to encode.
+        """
         if not isinstance(config, Mapping):
             raise EncodeError(f"a codec configuration is a dict, not {type(config).__name__}")
         config = dict(config)
         codec_id = config.pop("id", cls.codec_id)
         if codec_id != cls.codec_id:
             raise EncodeError(f"the configuration is for codec {codec_id!r}, not {cls.codec_id!r}")
-        _check_setting_names(config)
-        return cls(**config)
+        unknown = {k: config.pop(k) for k in sorted(set(config) - set(_SETTINGS))}
+        codec = cls(**config)
+        if unknown:
+            warnings.warn(
+                f"NNC codec setting(s) {', '.join(map(repr, unknown))} unknown to this version of nnc: "
+                "chunks decode, but writing needs a version that knows them",
+                stacklevel=2,
+            )
+            codec.unknown_settings = unknown
+        return codec
 
     def __eq__(self, other) -> bool:
         return isinstance(other, NNC) and self.get_config() == other.get_config()
 
     def __hash__(self) -> int:
-        return hash(tuple(sorted(self.get_config().items())))
+        return hash(tuple(sorted((k, v) for k, v in self.get_config().items() if k not in self.unknown_settings)))
 
     def __repr__(self) -> str:
         settings = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "id" and v is not None)
@@ -290,9 +317,13 @@ def _scaled_error(decoded: np.ndarray, x: np.ndarray, scale: float) -> float:
     return float((((decoded - x) / scale) ** 2).sum())
 
 
+#: The settings :class:`NNC` takes.
+_SETTINGS = ("qp", "step", "target_snr", "dq", "rdoq_lambda")
+
+
 def _check_setting_names(settings) -> None:
     """EncodeError for a setting :class:`NNC` does not take (rather than Python's TypeError)."""
-    unknown = sorted(set(settings) - {"qp", "step", "target_snr", "dq", "rdoq_lambda"})
+    unknown = sorted(set(settings) - set(_SETTINGS))
     if unknown:
         raise EncodeError(
             f"unknown NNC codec setting(s) {', '.join(map(repr, unknown))}: it takes "

@@ -315,9 +315,30 @@ def test_zarr_v2_fortran_order_array_reads_back(tmp_path):
 def test_unknown_settings_and_non_buffers_are_encode_errors():
     """Before: TypeError from __init__ and from memoryview."""
     with pytest.raises(EncodeError, match="unknown NNC codec setting.*'lossless'"):
-        NNC.from_config({"id": "nnc", "lossless": True})
+        NNC(lossless=True)
     with pytest.raises(EncodeError, match="not a list"):
         NNC().encode([1.0, 2.0])
+
+
+def test_a_stored_configuration_with_a_later_setting_decodes_but_does_not_encode():
+    """An array whose stored configuration had a setting this version does not know could not be opened even to
+    read (from_config refused it); now it decodes, keeps the setting, and refuses to write chunks without it."""
+    chunk = np.linspace(-1, 1, 64, dtype=np.float32)
+    stream = NNC(qp=-30).encode(chunk)
+    with pytest.warns(UserWarning, match="'lossless' unknown to this version"):
+        later = NNC.from_config({"id": "nnc", "qp": -30, "lossless": True})
+    assert np.array_equal(later.decode(stream), NNC(qp=-30).decode(stream))
+    assert later.get_config()["lossless"] is True and later != NNC(qp=-30)
+    with pytest.raises(EncodeError, match="'lossless' that this version of nnc does not know"):
+        later.encode(chunk)
+    hash(later)
+
+
+def test_the_default_qp_is_recorded_so_equal_codecs_compare_equal():
+    """NNC() coded as NNC(qp=-38) but compared unequal (and recorded qp None in an array's metadata)."""
+    assert NNC() == NNC(qp=-38) and hash(NNC()) == hash(NNC(qp=-38))
+    assert NNC().get_config()["qp"] == -38 and NNC(step=0.01).qp is None and NNC(target_snr=30).qp is None
+    assert NNC.from_config({"id": "nnc", "qp": None}) == NNC()  # configurations written before
 
 
 def _narrow(name):

@@ -44,6 +44,16 @@ def test_compare_plot_writes_a_png(model, tmp_path, capsys):
     assert not list(tmp_path.glob(".compare.png.*")), "temporary file left behind"
 
 
+def test_a_failed_comparison_writes_no_plot(model, tmp_path, capsys):
+    """The plot was written though the comparison failed (exit 1): a failed command writes nothing."""
+    pytest.importorskip("matplotlib", reason="matplotlib not installed (the plot extra): plots not tested")
+    stream, png = tmp_path / "m.nnr", tmp_path / "compare.png"
+    assert cli.main(["encode", str(model), "-o", str(stream), "--qp", "-24", "-q"]) == 0
+    assert cli.main(["compare", str(model), str(stream), "--plot", str(png), "--min-snr", "500", "-q"]) == 1
+    assert not png.exists() and not list(tmp_path.glob(".compare.png.*"))
+    assert "--plot" in capsys.readouterr().err
+
+
 def test_bench_plot_draws_rate_against_snr_for_nnc_and_the_lossless_coders(model, tmp_path, capsys):
     pytest.importorskip("matplotlib", reason="matplotlib not installed (the plot extra): plots not tested")
     png = tmp_path / "rd.png"

@@ -91,3 +91,25 @@ def test_zarr3_codec_is_the_registered_class():
     config = NNC(qp=-20).get_config()
     config.pop("id")
     assert codec.to_dict() == {"name": ZARR3_NAME, "configuration": config}
+
+
+def test_an_array_whose_codec_setting_this_version_does_not_know_opens_to_read(tmp_path):
+    """A configuration with a setting from a later version made the array impossible to open even to read."""
+    x = np.random.default_rng(2).standard_normal((20, 20)).astype(np.float32)
+    path = tmp_path / "w.zarr"
+    a = zarr.create_array(
+        store=str(path), shape=x.shape, chunks=(10, 10), dtype="float32", serializer=zarr3_codec(qp=-30),
+        compressors=None,
+    )
+    a[:] = x
+    before = a[:]
+    meta = json.loads((path / "zarr.json").read_text())
+    meta["codecs"][0]["configuration"]["lossless"] = True  # as a later version might write
+    (path / "zarr.json").write_text(json.dumps(meta))
+    with pytest.warns(UserWarning, match="'lossless' unknown to this version"):
+        reopened = zarr.open_array(str(path), mode="r+")
+        np.testing.assert_array_equal(reopened[:], before)
+    with pytest.raises(nnc.EncodeError, match="does not know"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reopened[:10, :10] = 5  # (zeros, the fill value, would delete the chunk without encoding)
+    np.testing.assert_array_equal(zarr.open_array(str(path), mode="r")[:], before)

@@ -28,7 +28,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from .. import narrow_floats
-from .._options import as_number, check_bool
+from .._options import DEFAULT_QP, as_number, check_bool
 from .._threads import thread_count
 from ..decoder import restorable_dtype
 from ..errors import EncodeError, NNCError
@@ -304,7 +304,7 @@ class EncoderSettings:
         for option in _BOOL_OPTIONS:  # bool("False") is True: a string here is a mistake, not a truth value
             check_bool(option, getattr(self, option))
         qd = self.qp_density
-        qp = qp_for_step(self.step, qd) if self.step is not None else (-38 if self.qp is None else int(self.qp))
+        qp = qp_for_step(self.step, qd) if self.step is not None else (DEFAULT_QP if self.qp is None else int(self.qp))
         main = "step: " if self.step is not None else ""  # (the message begins "qp N (qp_density D) gives...")
         for option, tensor_qp in [(main, qp)] + [
             (f"qp_per_tensor[{k!r}]: ", v) for k, v in dict(self.qp_per_tensor or {}).items()
