@@ -2046,6 +2046,14 @@ def _engine_line() -> str:
     return f"engine {name} ({'compiled' if name == 'cython' else 'pure Python'})"
 
 
+def _subparsers(parser: argparse.ArgumentParser) -> dict:
+    """{command: its parser} of ``nnc``'s parser."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``nnc`` command-line parser, with one sub-parser per command.
 
@@ -2514,7 +2522,10 @@ def main(argv=None) -> int:
     from .errors import NNCError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # said by the command's own parser, with its own usage line
+        command = _subparsers(parser).get(getattr(args, "command", None) or "", parser)
+        command.error(f"unrecognized arguments: {' '.join(unknown)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import nnc
+import nnc.cli
 from nnc.formats import npz_bytes, read_model, safetensors_bytes
 
 EXE = shutil.which("nnc")
@@ -621,3 +622,13 @@ def test_a_tensor_name_with_a_newline_stays_on_its_row(tmp_path, capsys):
         assert main(args) == 0
         rows = [line for line in capsys.readouterr().out.splitlines() if "名前" in line]
         assert len(rows) == 1 and "ü/名前 weird\\nname" in rows[0] and "4x4" in rows[0]
+
+
+@pytest.mark.parametrize("argv", [["demo", "extra"], ["info", "m.nnr", "--bogus"], ["encode", "m.safetensors", "-x"]])
+def test_an_unknown_argument_is_said_with_the_command_s_own_usage(argv, capsys):
+    """`nnc demo extra` printed the top-level usage line (nnc [-h] [--version] COMMAND ...), not demo's."""
+    with pytest.raises(SystemExit) as exit_:
+        nnc.cli.main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert f"usage: nnc {argv[0]}" in err and f"nnc {argv[0]}: error: unrecognized arguments: {argv[-1]}" in err
