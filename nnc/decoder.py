@@ -880,6 +880,13 @@ class GuardedMap(mmap.mmap):
     def __del__(self) -> None:
         self._unguard()  # before the memory is unmapped (the base type's deallocation)
 
+    def close_when_unused(self) -> None:
+        """Close the map now, or, while views of it are alive (a decoder still using it), when the last goes."""
+        try:
+            self.close()
+        except BufferError:
+            pass
+
 
 def _check_not_cut(data, path=None) -> None:
     """Raise :class:`~nnc.errors.TruncatedError` if ``data`` is (a view of) a :class:`GuardedMap` whose file was cut.

@@ -346,7 +346,7 @@ def _worker_decoder(token, path, decoder_options, fingerprint=None):
             if fingerprint is not None and stream_fingerprint(dec) != fingerprint:
                 del dec
                 if mapped is not None:
-                    mapped.close()
+                    mapped.close_when_unused()
                 raise DecodeError(
                     f"{path}: the stream a worker reads there is not the one the client read (its headers or length "
                     "differ): the workers see another file"
@@ -363,10 +363,7 @@ def _forget(token, locked: bool = False) -> None:
     for key in [k for k in _WORKER_DECODER if token is None or k == token]:
         _, mapped = _WORKER_DECODER.pop(key)
         if mapped is not None:
-            try:
-                mapped.close()
-            except BufferError:  # views still alive (a task still decoding): the map closes when they go
-                pass
+            mapped.close_when_unused()  # (a task may still be decoding from it)
     return None
 
 
@@ -412,10 +409,7 @@ def decode_model(stream, output, client, *, threads: int = 1, **decoder_options)
     tensors: OrderedDict[str, np.ndarray] = dec.decode(threads=threads) if local else OrderedDict()
     del dec
     if mapped is not None:
-        try:
-            mapped.close()
-        except BufferError:  # views still alive: the map closes when they go
-            pass
+        mapped.close_when_unused()
     if not local:
         units = _units_in_order(client, path, range(ndus), decoder_options, threads, None, fingerprint)
         for _, unit_tensors in units:

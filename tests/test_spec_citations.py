@@ -60,6 +60,7 @@ DECODER_NOT_NORMATIVE = {
     "GuardedMap._unguard": "guards a mapped stream file against being cut (implementation memory)",
     "GuardedMap.close": "guards a mapped stream file against being cut (implementation memory)",
     "GuardedMap.__del__": "guards a mapped stream file against being cut (implementation memory)",
+    "GuardedMap.close_when_unused": "closes a mapped stream file (implementation memory)",
 }
 #: Top-level names of container.py that parse nothing (building, reading plumbing, errors).
 CONTAINER_NOT_PARSING = {
