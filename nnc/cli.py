@@ -589,6 +589,11 @@ def cmd_encode(args) -> int:
             f"coarse for their weights, which decode as zeros): {_first_few(summary.zeroed)}; a finer --qp, "
             "--nonweight-qp, --tensor-qp or --target-snr keeps them",
         )
+    if summary.float32_precision:
+        from .encoder import float32_precision_message
+
+        report["float32_precision"] = list(summary.float32_precision)
+        _tell(quiet, f"nnc: warning: {float32_precision_message(summary.float32_precision)}")
     if summary.coarse:
         from .encoding.stream import COARSE_SNR_DB
 

@@ -176,34 +176,42 @@ def _warn_after_encode(encoder: "Encoder", result: "EncodeResult", arrays: Mappi
         for name, t in result.tensors.items()
         if name in arrays
         and not result.differences
-        and _float32_precision(t, arrays[name], encoder.settings.is_raw(name))
+        and float32_precision_lost(
+            arrays[name], t.levels, t.step, t.reconstruction, t.kept_raw, encoder.settings.is_raw(name)
+        )
     ]
     if narrowed:
-        _warn(
-            f"{len(narrowed)} float64 tensor(s) keep only float32 precision (NNC reconstructs values, and stores raw "
-            f"ones, in float32; spec 7.5, 12.1): {_first_names(narrowed)}; their errors exceed what the step or "
-            "float64 would give"
-        )
+        _warn(float32_precision_message(narrowed))
 
 
-def _float32_precision(t: "EncodedTensor", values, asked_raw: bool) -> bool:
+def float32_precision_message(names: list) -> str:
+    """The warning for float64 tensors that keep only float32 precision (the API's PrecisionWarning, the CLI's line)."""
+    return (
+        f"{len(names)} float64 tensor(s) keep only float32 precision (NNC reconstructs values, and stores raw "
+        f"ones, in float32; spec 7.5, 12.1): {_first_names(names)}; their errors exceed what the step or "
+        "float64 would give"
+    )
+
+
+def float32_precision_lost(values, levels, step, reconstruction, kept_raw, asked_raw: bool) -> bool:
     """Whether float64 ``values`` lose more to float32 than their coding does: stored raw as asked (``raw``) or to be
     kept exactly (inf, NaN), a value that float32 changes (not when raw was only the smaller choice: coding would
-    have lost more); quantised, values above 2^23 steps whose float32 reconstruction misses by more than two steps
-    (more than quantisation would). Not for updates: their differences are small beside the values."""
+    have lost more); quantised (``levels`` at ``step``), values above 2^23 steps whose float32 ``reconstruction``
+    misses by more than two steps (more than quantisation would). Not for updates: their differences are small
+    beside the values."""
     values = np.asarray(values)
     if values.dtype != np.float64 or not values.size:
         return False
-    if t.levels is None or t.step is None:
-        if not asked_raw and t.kept_raw is None:
+    if levels is None or step is None:
+        if not asked_raw and kept_raw is None:
             return False
         return not np.array_equal(values.astype(np.float32).astype(np.float64), values, equal_nan=True)
     from .encoding.quantiser import finite_peak
 
-    if finite_peak(values) / t.step <= 2**23:
+    if finite_peak(values) / step <= 2**23:
         return False  # float32 resolves half a step at every value
-    errors = np.abs(np.asarray(t.reconstruction, np.float64) - values)
-    return bool(np.nanmax(errors, initial=0.0) > 2 * t.step)  # more than quantisation (DQ: up to about 1.84 steps)
+    errors = np.abs(np.asarray(reconstruction, np.float64) - values)
+    return bool(np.nanmax(errors, initial=0.0) > 2 * step)  # more than quantisation (DQ: up to about 1.84 steps)
 
 
 def lost_signal(levels, reconstruction, values) -> bool:

@@ -1404,3 +1404,17 @@ def test_a_codebook_that_overflows_float16_falls_back_without_numpys_warning():
         warnings.simplefilter("error", RuntimeWarning)
         stream = nnc.encode({"t": x}, qp=40, codebook=True)
     assert nnc.decode_model(stream)["t"].tolist() == x.tolist()
+
+
+def test_the_command_line_warns_of_float64_tensors_that_keep_only_float32_precision(tmp_path, capsys):
+    """The CLI's streaming encode said nothing where nnc.encode warned (a float64 tensor at 2^23 or more steps)."""
+    from nnc.cli import main
+
+    big = np.random.default_rng(0).normal(0, 1e5, (64, 64))
+    path = tmp_path / "m.npz"
+    np.savez(path, w=big, ok=np.random.default_rng(1).normal(size=(64, 64)))
+    assert main(["encode", str(path), "-o", str(tmp_path / "m.nnr"), "--no-dq"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: 1 float64 tensor(s) keep only float32 precision" in err and "'w'" in err
+    assert main(["encode", str(path), "-o", str(tmp_path / "m2.nnr"), "--no-dq", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["float32_precision"] == ["w"]

@@ -80,6 +80,10 @@ class StreamSummary:
         {name: SNR in dB} of the float tensors that kept little of their signal: an SNR
         under :data:`nnc.encoding.stream.COARSE_SNR_DB` but above 0 dB (half their scales zeroed, say);
         measured with ``measure=True`` only.
+    float32_precision : list
+        float64 tensors that keep only float32 precision, their errors beyond what the step or
+        float64 would give (as :func:`nnc.encoder.float32_precision_lost` tells); measured with
+        ``measure=True`` only.
     left_out : list
         Entries of the model file that are not encoded (:attr:`nnc.readers.ModelSource.left_out`;
         filled by :func:`nnc.models.encode_model_to`).
@@ -100,6 +104,7 @@ class StreamSummary:
     kept_raw_reasons: dict = field(default_factory=dict)
     zeroed: list = field(default_factory=list)
     coarse: dict = field(default_factory=dict)
+    float32_precision: list = field(default_factory=list)
     left_out: list = field(default_factory=list)
     seconds: float = 0.0
 
@@ -164,7 +169,7 @@ def encode_to(
 
     See :meth:`nnc.encoder.Encoder.encode_to`.
     """
-    from ..encoder import _extra_metadata
+    from ..encoder import _extra_metadata, float32_precision_lost
 
     s, state = encoder.settings, encoder.state
     extra_metadata = _extra_metadata(extra_metadata)
@@ -200,6 +205,7 @@ def encode_to(
     )
     units = [name for name in by_name if name not in in_block]
     kept_raw: dict = {}
+    narrowed: set = set()  # float64 tensors that keep only float32 precision (measured only)
     summary = StreamSummary(
         path=os.fspath(output),
         tensors=len(tensors),
@@ -245,6 +251,8 @@ def encode_to(
             x = values[n]
             if measure and x.dtype.kind == "f":  # against the values the decoded model's file holds
                 stats[n] = _energy_error(x, as_stored(s.dtypes.get(n, by_name[n].original_dtype), t.recon))
+                if float32_precision_lost(x, t.levels, t.step, t.recon, t.kept_raw, s.is_raw(n)):
+                    narrowed.add(n)
             elif measure and t.levels is not None and t.step is not None:  # integers coded lossily (--no-lossless-int)
                 stats[n] = (*_energy_error(x, np.rint(t.recon)), False)  # (in float64, slice by slice)
         if name in groups:
@@ -307,6 +315,7 @@ def encode_to(
         summary.stream_bytes = out.fh.tell()
         summary.kept_raw = [n for n in by_name if n in kept_raw]
         summary.kept_raw_reasons = {n: kept_raw[n] for n in summary.kept_raw}
+        summary.float32_precision = [n for n in by_name if n in narrowed]
         out.commit()
     except BaseException:
         out.discard()
