@@ -358,8 +358,11 @@ def _ignored_options(args) -> str | None:
 
 
 def cmd_encode(args) -> int:
+    import re
+    import warnings
+
     from . import formats, models, readers
-    from .encoder import EncoderState
+    from .encoder import FULL_VALUES_NOTE, EncoderState
     from .encoding.settings import check_importance
     from .errors import EncodeError
 
@@ -543,7 +546,9 @@ def cmd_encode(args) -> int:
         del tensors
     with _state_saved_after(args.state, options.get("state")):  # noqa: SIM117 (Python 3.9: no parenthesised with)
         with _EncodeProgress(source, args.quiet or args.json) as progress, _errors_name(args.model, EncodeError):
-            summary = models.encode_model_to(source, out, progress=progress, measure=not args.state, **options)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", re.escape(FULL_VALUES_NOTE))  # the note above says it
+                summary = models.encode_model_to(source, out, progress=progress, measure=not args.state, **options)
     original = sorted({t.original_dtype for t in source if np.dtype(t.dtype).kind == "f"})
     report = dict(
         input=str(args.model),

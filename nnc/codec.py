@@ -217,13 +217,14 @@ class NNC(_CodecBase):
         """The chunk of an NNC stream, in its recorded dtype; copied into ``out`` when that is given (same number
         of bytes, put into a C- or Fortran-contiguous ``out``'s memory in order, as numcodecs does; another
         ``out`` must have the chunk's dtype and is filled in C order, else OutputBufferError)."""
-        from .decoder import Decoder, restore_model_view
+        from .decoder import Decoder, refuse_differences, restore_model_view
 
         try:
             data = buf if isinstance(buf, bytes) else _as_array(buf).tobytes(order="A")
         except EncodeError:
             raise DecodeError(f"NNC decodes a stream given as bytes or a buffer, not a {type(buf).__name__}") from None
         decoder = Decoder(data)
+        refuse_differences(decoder, "a chunk's stream holds its values")
         if decoder.names() != [CHUNK_TENSOR]:
             raise DecodeError(
                 f"an NNC chunk stream holds one tensor named {CHUNK_TENSOR!r}, this one {decoder.names()!r}"

@@ -751,6 +751,38 @@ def recorded_narrow(metadata: dict) -> "Mapping[str, str]":
     return MappingProxyType({k: v for k, v in recorded.items() if isinstance(v, str) and narrow_floats.is_narrow(v)})
 
 
+def refuse_differences(dec: "Decoder", instead: str) -> None:
+    """Raise :class:`~nnc.errors.UpdateError` if ``dec``'s stream holds differences to a model (an update, spec
+    6.2.1): taken as the model's values, they would replace the model by its changes.
+
+    Parameters
+    ----------
+    dec : nnc.decoder.Decoder
+        The decoder of the stream.
+    instead : str
+        What the caller should do instead, ending the message.
+
+    Examples
+    --------
+    >>> import nnc, numpy as np
+    >>> from nnc.decoder import Decoder, refuse_differences
+    >>> state = nnc.EncoderState()
+    >>> _ = nnc.encode({"w": np.ones(3, np.float32)}, state=state, differences=True)
+    >>> update = nnc.encode({"w": np.full(3, 2, np.float32)}, state=state, differences=True)
+    >>> refuse_differences(Decoder(nnc.encode({"w": [1.0]})), "")  # full values: nothing to say
+    >>> refuse_differences(Decoder(update), "add them with nnc.apply_update")
+    Traceback (most recent call last):
+        ...
+    nnc.errors.UpdateError: the stream holds differences to a model (an update encoded with differences=True), not its values: add them with nnc.apply_update [spec 6.2.1]
+    """
+    if dec.differences:
+        raise UpdateError(
+            "the stream holds differences to a model (an update encoded with differences=True), not its values: "
+            + instead,
+            clause="6.2.1",
+        )
+
+
 def _is_difference(metadata: dict, name: str) -> bool:
     """Whether tensor ``name`` of a stream holds a difference to the receiver's model, not full values (spec 6.2.1)."""
     return metadata.get("differences") is True and name not in recorded_replaced(metadata)

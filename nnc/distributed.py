@@ -392,7 +392,7 @@ def decode_model(stream, output, client, *, threads: int = 1, **decoder_options)
     Streams that need a decoder state (incremental coding) are decoded on the
     client.  Returns the tensors as :func:`nnc.decode_model` does.
     """
-    from .decoder import Decoder, Limits, restore_model_view
+    from .decoder import Decoder, Limits, refuse_differences, restore_model_view
     from .writers import map_stream
 
     check_client(client)
@@ -404,6 +404,8 @@ def decode_model(stream, output, client, *, threads: int = 1, **decoder_options)
     decoder_options.setdefault("limits", Limits.for_stream(path))  # written one unit at a time
     mapped = map_stream(path)
     dec = Decoder(mapped if mapped is not None else path, **decoder_options)
+    if output is not None:
+        refuse_differences(dec, "add them to the model with nnc.apply_update or nnc.writers.decode_to_path(add_to=...)")
     metadata, ndus, fingerprint = dec.metadata, len(dec._ndus), stream_fingerprint(dec)
     local = decoder_options.get("state") is not None or any(p.parent_signalling for _, p in dec._ndus)
     tensors: OrderedDict[str, np.ndarray] = dec.decode(threads=threads) if local else OrderedDict()

@@ -235,8 +235,15 @@ def _first_names(names: list) -> str:
     return ", ".join(repr(n) for n in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
-def _warn(message: str) -> None:
-    """A PrecisionWarning (nnc.errors) at the first caller outside nnc."""
+#: Said when ``differences=True`` meets a state whose streams were coded without it.
+FULL_VALUES_NOTE = (
+    "differences=True, but the state's earlier streams were coded without it, so it holds no model to take "
+    "differences to: this stream carries full values; the updates after it carry differences"
+)
+
+
+def _warn(message: str, category: "type[Warning] | None" = None) -> None:
+    """A warning (default nnc.errors.PrecisionWarning) at the first caller outside nnc."""
     import os
     import sys
     import warnings
@@ -246,7 +253,7 @@ def _warn(message: str) -> None:
     package, frame, level = os.path.dirname(os.path.abspath(__file__)), sys._getframe(0), 1
     while frame.f_back is not None and os.path.abspath(frame.f_code.co_filename).startswith(package + os.sep):
         frame, level = frame.f_back, level + 1
-    warnings.warn(message, PrecisionWarning, stacklevel=level)
+    warnings.warn(message, category or PrecisionWarning, stacklevel=level)
 
 
 def _tensor_arrays(tensors: Mapping, dtypes: Mapping | None = None) -> "OrderedDict[str, np.ndarray]":
@@ -644,6 +651,8 @@ class Encoder:
         arrays = _tensor_arrays(tensors, s.dtypes)
         s.check_names(arrays)
         replaced: list[str] = []
+        if s.differences and self.state is not None and self.state.depths and not self.state.model:
+            _warn(FULL_VALUES_NOTE, UserWarning)
         if s.differences:
             arrays, replaced = self._differences(arrays)
         writer = UnitWriter(s, self.engine, self.state)

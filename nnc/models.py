@@ -31,7 +31,7 @@ from typing import Mapping
 import numpy as np
 
 from . import formats, narrow_floats
-from .decoder import Decoder, restore_model_view
+from .decoder import Decoder, refuse_differences, restore_model_view
 
 __all__ = [
     "encode_model",
@@ -435,6 +435,12 @@ def encode_model_to(model, output, *, progress=None, budget: int = 1 << 30, meas
     return summary
 
 
+#: What to do with a stream of differences instead of taking it as the model.
+_ADD_DIFFERENCES = (
+    "add them to the model with nnc.apply_update (nnc.decode gives them) or nnc.writers.decode_to_path(add_to=...)"
+)
+
+
 def decode_model(
     stream, output=None, *, template=None, threads: int = 1, client=None, **decoder_options
 ) -> "OrderedDict[str, np.ndarray]":
@@ -476,6 +482,12 @@ def decode_model(
     ------
     nnc.errors.DecodeError
         If the stream is invalid (or one of its subclasses).
+    nnc.errors.UpdateError
+        With ``output``, if the stream holds differences to a model (an update
+        encoded with ``differences=True``), not its values: nothing is written;
+        add them to the model with :func:`nnc.apply_update` or
+        :func:`nnc.writers.decode_to_path` (``add_to=``).  Without ``output``
+        the differences are returned.
     nnc.formats.FormatError
         If ``output`` is a folder (:func:`nnc.writers.decode_to_path` writes
         folders) or has an unknown extension (both before decoding), is ONNX
@@ -518,6 +530,8 @@ def decode_model(
             raise formats.FormatError("client cannot be combined with template: decode to .onnx without a Dask client")
         return distributed.decode_model(stream, output, client, threads=threads, **decoder_options)
     dec = Decoder(stream, **decoder_options)
+    if output is not None:  # (returned, they are what the caller's state asked for: nnc.apply_update adds them)
+        refuse_differences(dec, _ADD_DIFFERENCES)
     tensors, dtypes = restore_model_view(dec.decode(threads=threads), dec.metadata)
     if output is not None:
         from .writers import single_file_metadata

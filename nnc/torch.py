@@ -213,16 +213,10 @@ def _check_device(torch, device) -> None:
 
 
 def _refuse_differences(dec) -> None:
-    """A stream of differences (an update, spec 6.2.1) is not a state_dict: loading its tensors as the weights
-    would replace the model by the changes."""
-    from .errors import UpdateError
+    """A stream of differences (an update, spec 6.2.1) is not a state_dict."""
+    from .decoder import refuse_differences
 
-    if dec.differences:
-        raise UpdateError(
-            "the stream holds differences to a model (an update encoded with differences=True), not its weights: "
-            "decode it with nnc.decode and add it with nnc.apply_update",
-            clause="6.2.1",
-        )
+    refuse_differences(dec, "decode it with nnc.decode and add it with nnc.apply_update")
 
 
 def state_dict(stream, device="cpu", **decoder_options) -> "OrderedDict[str, object]":

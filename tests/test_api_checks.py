@@ -27,6 +27,7 @@ MARKED = {
     "nnc/engine/python/arithmetic.py": 1,
     "nnc/engine/python/binarisation.py": 1,
     "nnc/_engine.pyx": 17,
+    "nnc/engine/__init__.py": 1,
 }
 
 
@@ -236,6 +237,8 @@ def test_unknown_names_and_modes(engine, stream):
         Decoder(stream, engine=engine, limits={"max_tensor_elements": 4})
     with pytest.raises(TypeError, match="state must be an nnc.DecoderState, not dict"):  # was an AttributeError
         Decoder(stream, engine=engine, state={})
+    with pytest.raises(TypeError, match="engine must be a name"):  # was an AttributeError ('int' ... 'lower')
+        Decoder(stream, engine=5)
     for bad in (float("nan"), -1, None, "a", True):  # NaN turned a limit off; None failed deep inside the parser
         with pytest.raises(ValueError, match="Limits.max_total_bytes"):
             nnc.Limits(max_total_bytes=bad)
@@ -307,6 +310,30 @@ def test_a_single_raw_name_is_one_name_and_pattern_keys_must_be_names():
         (lambda d, s: nnc.encoder.Encoder().encode({"w": [1.0]}, progress=5), nnc.EncodeError, "callable"),
         (lambda d, s: nnc.encoder.EncodeCache(-1), nnc.EncodeError, "max_bytes"),
         (lambda d, s: nnc.codec.NNC().decode(None), nnc.DecodeError, "bytes or a buffer"),
+        (lambda d, s: nnc.encoder.Encoder(engine=5), TypeError, "engine must be a name"),
+        # these were silently wrong or raw errors from inside (skip_zero="False" dropped a tensor as True)
+        (lambda d, s: nnc.encoder.Encoder(skip_zero="False"), nnc.EncodeError, "skip_zero must be True or False"),
+        (lambda d, s: nnc.encoder.Encoder(nonweight_qp=10**6), nnc.EncodeError, "nonweight_qp: qp 1000000"),
+        (lambda d, s: nnc.encoder.Encoder(blocks=1), nnc.EncodeError, "blocks must be"),
+        (lambda d, s: nnc.encoder.Encoder(output_formats=[1, 2]), nnc.EncodeError, "output_formats must be a map"),
+        (lambda d, s: nnc.qp_for_step(0.1, 100), nnc.EncodeError, "qp_density 100 outside 0..7"),
+        (lambda d, s: nnc.qp_for_step(0.1, -1), nnc.EncodeError, "qp_density -1 outside 0..7"),
+        (lambda d, s: nnc.qp_for_step(0.1, 2.5), nnc.EncodeError, "qp_density must be an integer"),
+        (lambda d, s: nnc.qp_for_step("0.1"), nnc.EncodeError, "step must be a number"),
+        (lambda d, s: nnc.qp_for_step(np.array([0.1, 0.2])), nnc.EncodeError, "step must be a number"),
+        (
+            lambda d, s: nnc.encode(
+                {"fc.weight": np.ones((2, 2), np.float32), "fc.bias": np.ones(2, np.float32)},
+                blocks={"fc.weight": {"bais": "fc.bias"}},
+            ),
+            nnc.EncodeError,
+            "unknown part 'bais'",
+        ),
+        (
+            lambda d, s: nnc.encode({"fc.weight": np.ones((2, 2), np.float32)}, blocks={"fc.weight": {}}),
+            nnc.EncodeError,
+            "no part given",
+        ),
     ],
 )
 def test_misused_calls_say_what_was_wrong(call, kind, words):

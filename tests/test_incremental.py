@@ -287,6 +287,21 @@ def test_differences_after_a_state_of_full_values_say_what_the_stream_carries(tm
     assert "holds no model" not in capsys.readouterr().err and nnc.Decoder(tmp_path / "s2.nnr").differences
 
 
+def test_the_api_warns_when_differences_meet_a_state_of_full_values():
+    """The CLI said so; nnc.encode(differences=True) sent full values without a word."""
+    import warnings
+
+    state, w = nnc.EncoderState(), np.ones((8, 8), np.float32)
+    nnc.encode({"w": w}, state=state)
+    with pytest.warns(UserWarning, match="holds no model") as caught:
+        first = nnc.encode({"w": 1.01 * w}, state=state, differences=True)
+    assert caught[0].filename == __file__  # at the caller's line
+    assert not nnc.Decoder(first).differences
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert nnc.Decoder(nnc.encode({"w": 1.02 * w}, state=state, differences=True)).differences
+
+
 @settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture], deadline=None,
           max_examples=10)
 @given(counts=st.lists(st.integers(-1000, 1000), min_size=2, max_size=3),
@@ -1001,3 +1016,22 @@ def test_a_state_file_from_before_the_rounding_rule_records_no_parent_for_bfloat
                                        dtypes={"w": "bfloat16"}, tca=False))
         assert (update.parent is not None) == parent
         assert EncoderState.load(tmp_path / name).narrow_rounded == parent
+
+
+def test_decode_model_does_not_write_an_update_s_differences_as_the_model(tmp_path):
+    """decode_model(update, "m.npz", state=...) wrote the differences as if they were the model, without a word;
+    the numcodecs codec returned them as a chunk's values."""
+    import nnc.codec
+
+    state, receiver = nnc.EncoderState(), nnc.DecoderState()
+    base = nnc.encode({"w": np.ones(4, np.float32)}, state=state, differences=True)
+    update = nnc.encode({"w": np.full(4, 2, np.float32)}, state=state, differences=True)
+    held = nnc.decode_model(base, state=receiver)
+    out = tmp_path / "m.npz"
+    with pytest.raises(nnc.UpdateError, match="holds differences"):
+        nnc.decode_model(update, out, state=receiver)
+    assert not out.exists()
+    with pytest.raises(nnc.UpdateError, match="holds differences"):
+        nnc.codec.NNC().decode(update)
+    differences = nnc.decode_model(update, state=receiver)  # in memory: what the state asked for
+    assert np.allclose(nnc.apply_update(held, differences)["w"], 2.0, atol=0.01)

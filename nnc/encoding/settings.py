@@ -79,6 +79,10 @@ def qp_for_step(step: float, qp_density: int = 2) -> int:
     >>> qp_for_step(0.5, qp_density=3)
     -8
     """
+    step = as_number("step", step, integer=False)
+    qp_density = as_number("qp_density", qp_density, integer=True)
+    if not 0 <= qp_density <= 7:
+        raise EncodeError(f"qp_density {qp_density} outside 0..7")
     if not (step > 0 and math.isfinite(step)):
         raise EncodeError(f"step size must be a positive finite number, not {step!r}")
     k = 1 << qp_density
@@ -251,7 +255,13 @@ class EncoderSettings:
             raise EncodeError(f"n_gtx {self.n_gtx} outside 1..256")
         if self.profile not in (0, 1):
             raise EncodeError(f"profile must be 0 or 1, not {self.profile}")
-        if not (self.blocks in (False, True, "auto") or isinstance(self.blocks, Mapping)):
+        if not (
+            self.blocks is False
+            or self.blocks is True
+            or isinstance(self.blocks, str)
+            and self.blocks == "auto"
+            or isinstance(self.blocks, Mapping)
+        ):
             raise EncodeError("blocks must be False, True, 'auto' or a mapping of weight names to their parts")
         if isinstance(self.blocks, Mapping) and not all(isinstance(v, Mapping) for v in self.blocks.values()):
             raise EncodeError(
@@ -303,12 +313,21 @@ class EncoderSettings:
             raise EncodeError(str(exc)) from None
         for option in _BOOL_OPTIONS:  # bool("False") is True: a string here is a mistake, not a truth value
             check_bool(option, getattr(self, option))
+        if self.skip_zero is not None:
+            check_bool("skip_zero", self.skip_zero)
+        if not isinstance(self.output_formats or {}, Mapping):
+            raise EncodeError(
+                f"output_formats must be a mapping of tensor names to formats, not {type(self.output_formats).__name__}"
+            )
         qd = self.qp_density
         qp = qp_for_step(self.step, qd) if self.step is not None else (DEFAULT_QP if self.qp is None else int(self.qp))
         main = "step: " if self.step is not None else ""  # (the message begins "qp N (qp_density D) gives...")
-        for option, tensor_qp in [(main, qp)] + [
-            (f"qp_per_tensor[{k!r}]: ", v) for k, v in dict(self.qp_per_tensor or {}).items()
-        ]:
+        nonweight = [] if self.nonweight_qp is None else [("nonweight_qp: ", self.nonweight_qp)]
+        for option, tensor_qp in (
+            [(main, qp)]
+            + nonweight
+            + [(f"qp_per_tensor[{k!r}]: ", v) for k, v in dict(self.qp_per_tensor or {}).items()]
+        ):
             try:
                 step_size(int(tensor_qp), qd)
             except NNCError as exc:  # a step beyond float32 is a bad option, not a bad stream

@@ -98,6 +98,13 @@ def block_groups(
     else:
         groups = {k: dict(v) for k, v in blocks.items()}
     for weight, parts in groups.items():
+        unknown = sorted(set(parts) - {"scaling", "bias", "bn"}, key=str)
+        if unknown or not any(parts.get(k) for k in ("scaling", "bias", "bn")):
+            raise EncodeError(
+                f"blocks[{weight!r}]: "
+                + (f"unknown part {unknown[0]!r}" if unknown else "no part given")
+                + " (a block's parts are 'scaling', 'bias' and 'bn', spec 7.6)"
+            )
         members = block_members(weight, parts)
         named_raw = [m for m in members if matches(m, raw)]
         if named_raw:

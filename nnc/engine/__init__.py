@@ -98,6 +98,8 @@ def engine_name(name: str | None = None) -> str:
     >>> engine_name() in ("cython", "python")
     True
     """
+    if name is not None and not isinstance(name, str):  # api-check
+        raise TypeError(f"engine must be a name ('cython' or 'python') or None, not {type(name).__name__}")
     chosen = (name or os.environ.get("NNC_ENGINE") or "").lower()
     if not chosen:
         return "cython" if COMPILED_AVAILABLE else "python"
