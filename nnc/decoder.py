@@ -291,6 +291,8 @@ class DecoderState:
         >>> state.levels["w"].tolist(), state.history["w"].tolist()
         ([1, 0, 0], [1, 1, 0])
         """
+        if not isinstance(levels, np.ndarray) or levels.dtype.kind not in "iu" or levels.ndim != 1:  # api-check
+            raise TypeError(f"levels of {name!r} must be a 1-D numpy array of integers")
         self.levels[name] = levels
         hist = self.history.get(name)
         nonzero = (levels != 0).astype(np.int8)
@@ -561,6 +563,8 @@ def apply_update(
     out = OrderedDict((k, np.asarray(v)) for k, v in model.items())
     for name, delta in update.items():
         delta = np.asarray(delta)
+        if delta.dtype.kind not in "biuf" and not narrow_floats.is_narrow(delta.dtype.name):
+            raise UpdateError(f"update of {name!r} holds {delta.dtype} values, not numbers")
         stored = narrow.get(name) if delta.dtype.kind == "f" else None
         if name not in out or name in whole:
             out[name] = narrow_floats.as_stored(stored, delta)
@@ -568,8 +572,36 @@ def apply_update(
         if delta.shape != out[name].shape:
             raise UpdateError(f"update of {name!r} has shape {delta.shape}, the model's is {out[name].shape}")
         held = narrow_floats.as_stored(stored, out[name])
+        if held.dtype.kind in "iub" and delta.dtype != held.dtype:
+            out[name] = _integer_sum(name, held, delta)
+            continue
+        # (differences of the model's own integer dtype add modulo its range, as the encoder took them)
         out[name] = narrow_floats.as_stored(stored, held + delta).astype(out[name].dtype, copy=False)
     return out
+
+
+def _integer_sum(name: str, held: np.ndarray, delta: np.ndarray) -> np.ndarray:
+    """``held + delta`` in ``held``'s integer dtype, exactly, or UpdateError: a sum that is not a whole number or
+    leaves the dtype's range would be rounded or wrapped (spec 6.2.1)."""
+    total: np.ndarray
+    if delta.dtype.kind == "f":
+        if not np.all(np.isfinite(delta)) or not np.array_equal(delta, np.round(delta)):
+            raise UpdateError(f"update of {name!r} holds fractions, which its {held.dtype} model cannot hold")
+        total = held.astype(np.float64) + delta.astype(np.float64)
+    elif np.uint64 in (held.dtype, delta.dtype):  # (beyond int64: Python's integers, rare)
+        total = np.asarray(held.astype(object) + delta.astype(object))
+    else:
+        a, b = held.astype(np.int64), delta.astype(np.int64)
+        total = a + b  # wraps on overflow, which the signs tell
+        if np.any(((a ^ total) & (b ^ total)) < 0):
+            raise UpdateError(f"update of {name!r} takes values beyond the int64 range")
+    info = np.iinfo(held.dtype) if held.dtype.kind != "b" else None
+    low, high = (0, 1) if info is None else (info.min, info.max)
+    if total.size and (total.min() < low or total.max() > high):
+        raise UpdateError(
+            f"update of {name!r} takes values to {total.min()}..{total.max()}, beyond its {held.dtype} model's range"
+        )
+    return np.asarray(total).astype(held.dtype)
 
 
 class _HeldValues(Mapping):

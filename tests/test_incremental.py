@@ -1035,3 +1035,26 @@ def test_decode_model_does_not_write_an_update_s_differences_as_the_model(tmp_pa
         nnc.codec.NNC().decode(update)
     differences = nnc.decode_model(update, state=receiver)  # in memory: what the state asked for
     assert np.allclose(nnc.apply_update(held, differences)["w"], 2.0, atol=0.01)
+
+
+@pytest.mark.parametrize(
+    "model, update, words",
+    [
+        (np.array([0, 255], np.uint8), np.array([-1, 1], np.int32), "beyond its uint8 model's range"),
+        (np.array([127], np.int8), np.array([1], np.int32), "beyond its int8 model's range"),
+        (np.array([1, 2]), np.array([0.6, -0.6]), "holds fractions"),
+        (np.zeros(2), np.array(["a", "b"]), "not numbers"),
+        (np.zeros(2), np.array([None, 1]), "not numbers"),
+    ],
+)
+def test_apply_update_never_wraps_or_rounds_an_integer_model(model, update, words):
+    """uint8 [0, 255] + int32 [-1, 1] gave [255, 0]; int [1, 2] + [0.6, -0.6] gave [1, 1], without a word."""
+    with pytest.raises(nnc.UpdateError, match=words):
+        nnc.apply_update({"n": model}, {"n": update})
+
+
+def test_apply_update_adds_whole_differences_of_another_dtype_exactly():
+    out = nnc.apply_update({"n": np.array([1, 250], np.uint8)}, {"n": np.array([2.0, -250.0])})["n"]
+    assert out.dtype == np.uint8 and out.tolist() == [3, 0]
+    same = nnc.apply_update({"n": np.array([10, 200], np.uint8)}, {"n": np.array([253, 55], np.uint8)})["n"]
+    assert same.tolist() == [7, 255]  # the model's own dtype: modulo its range, as the encoder took them
