@@ -1418,3 +1418,13 @@ def test_the_command_line_warns_of_float64_tensors_that_keep_only_float32_precis
     assert "warning: 1 float64 tensor(s) keep only float32 precision" in err and "'w'" in err
     assert main(["encode", str(path), "-o", str(tmp_path / "m2.nnr"), "--no-dq", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["float32_precision"] == ["w"]
+
+
+def test_an_integer_output_format_never_rounds_a_float_tensor_s_fractions():
+    """output_formats={"w": 0} decoded [[.25, -.5], [.75, 0]] as int32 [[0, -1], [1, 0]], without a word."""
+    x = np.array([[0.25, -0.5], [0.75, 0.0]], np.float32)
+    for fmt in (0, 2, 3, 7):
+        with pytest.raises(nnc.EncodeError, match="holds whole numbers"):
+            nnc.encode({"w": x}, output_formats={"w": fmt}, qp=-20)
+    whole = np.array([[4.0, -8.0], [12.0, 0.0]], np.float32)  # a step of 4 reconstructs whole numbers
+    assert nnc.decode(nnc.encode({"w": whole}, output_formats={"w": 0}, qp=8, dq=False))["w"].tolist() == whole.tolist()

@@ -439,6 +439,13 @@ class Quantiser:
                         f"tensor {name!r}: values up to {float(np.abs(base[lost]).max()):.6g} leave the range of "
                         f"output format {fmt} ({t.recon.dtype.name}): they would decode as inf"
                     )
+            elif np.asarray(base).dtype.kind == "f" and not np.array_equal(base, t.recon):
+                raise EncodeError(  # an integer format would round the values beyond their quantisation
+                    f"tensor {name!r}: output format {fmt} ({t.recon.dtype.name}) holds whole numbers, and the "
+                    f"tensor's reconstruction has fractions{'' if t.step is None else f' (step {t.step:g})'}: they "
+                    "would decode rounded; give a "
+                    "float output format, or a step of 1 or a multiple of it"
+                )
             t.fmt = fmt
         return t
 
