@@ -477,6 +477,17 @@ class DecodedTensors(OrderedDict):
         self.replaced, self.narrow = source.replaced, source.narrow
         return self
 
+    def __reduce__(self):
+        # (pickle, copy: the read-only mapping goes as a dict and comes back read-only)
+        attributes = dict(vars(self), narrow=dict(self.narrow))
+        return (_rebuild_decoded, (attributes,), None, None, iter(self.items()))
+
+
+def _rebuild_decoded(attributes: dict) -> DecodedTensors:
+    out = DecodedTensors()
+    vars(out).update(attributes, narrow=MappingProxyType(dict(attributes.get("narrow", {}))))
+    return out
+
 
 def apply_update(
     model: "Mapping[str, np.ndarray]",

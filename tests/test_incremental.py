@@ -1058,3 +1058,22 @@ def test_apply_update_adds_whole_differences_of_another_dtype_exactly():
     assert out.dtype == np.uint8 and out.tolist() == [3, 0]
     same = nnc.apply_update({"n": np.array([10, 200], np.uint8)}, {"n": np.array([253, 55], np.uint8)})["n"]
     assert same.tolist() == [7, 255]  # the model's own dtype: modulo its range, as the encoder took them
+
+
+def test_decoded_tensors_pickle_and_copy_with_what_the_stream_says():
+    """pickle.dumps(nnc.decode(...)) and copy.deepcopy failed: cannot pickle 'mappingproxy' object."""
+    import copy
+    import pickle
+
+    ml_dtypes = pytest.importorskip("ml_dtypes", reason="ml_dtypes not installed")
+    state, receiver = nnc.EncoderState(), nnc.DecoderState()
+    w = np.linspace(-1, 1, 16, dtype=np.float32).astype(ml_dtypes.bfloat16)
+    nnc.decode(nnc.encode({"w": w}, state=state, differences=True), state=receiver)
+    update = nnc.decode(nnc.encode({"w": (w.astype(np.float32) * 2).astype(ml_dtypes.bfloat16)}, state=state,
+                                   differences=True), state=receiver)
+    for back in (pickle.loads(pickle.dumps(update)), copy.deepcopy(update)):
+        assert type(back) is type(update) and list(back) == list(update)
+        assert (back.differences, back.parent, dict(back.narrow)) == (True, update.parent, {"w": "bfloat16"})
+        assert np.array_equal(back["w"], update["w"])
+        with pytest.raises(TypeError):
+            back.narrow["w"] = "float32"  # still read-only

@@ -61,6 +61,8 @@ DECODER_NOT_NORMATIVE = {
     "GuardedMap.close": "guards a mapped stream file against being cut (implementation memory)",
     "GuardedMap.__del__": "guards a mapped stream file against being cut (implementation memory)",
     "GuardedMap.close_when_unused": "closes a mapped stream file (implementation memory)",
+    "DecodedTensors.__reduce__": "pickling of decoded tensors (API)",
+    "_rebuild_decoded": "pickling of decoded tensors (API)",
 }
 #: Top-level names of container.py that parse nothing (building, reading plumbing, errors).
 CONTAINER_NOT_PARSING = {
