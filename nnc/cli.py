@@ -2164,7 +2164,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--profile", type=int, default=1, choices=(0, 1), help="1: 2nd edition (default), 0: 1st")
     p.add_argument("--no-param-opt", action="store_true", help="do not optimise context initialisation")
-    p.add_argument("--row-skip", action="store_true", help="2nd edition: skip all-zero rows")
+    p.add_argument(
+        "--row-skip",
+        action="store_true",
+        help="2nd edition: skip all-zero rows of the tensors coded without DQ (--no-dq, integer tensors)",
+    )
     p.add_argument(
         "--rdoq",
         type=_non_negative_number,

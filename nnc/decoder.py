@@ -1577,6 +1577,8 @@ class Decoder:
             ...
         KeyError: "no tensor named 'bias' in the stream"
         """
+        if progress is not None and not callable(progress):  # api-check
+            raise TypeError(f"progress must be a callable or None, not {type(progress).__name__}")
         if isinstance(out, Mapping) and not callable(out):
             for name, array in out.items():
                 self._check_out(name, array)

@@ -418,7 +418,10 @@ class Encoder:
     keep_dtype : bool
         Signal float16/float64 inputs so that they decode as such (default True).
     row_skip : bool
-        2nd edition: skip all-zero rows (default False).
+        2nd edition: skip all-zero rows (default False) of the tensors coded without
+        DQ (``dq=False``, integer tensors). DQ tensors are coded without it: a skipped
+        row segment advances the DQ state by the matrix width (spec 11.5), which the
+        trellis does not model.
     codebook : bool or str
         Code float tensors as codebook indices (True), or whichever is estimated smaller
         (``"auto"``); codebook tensors decode as float64.

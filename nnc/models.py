@@ -458,7 +458,8 @@ def decode_model(
         If given, the model file to write (atomically); its format follows its
         extension (:func:`nnc.formats.format_from_extension`).
     template : str, ``os.PathLike`` or None
-        For ONNX output, the original ONNX model whose initializers are replaced.
+        For ONNX output, the original ONNX model whose initializers are replaced
+        (for any other output a FormatError, before decoding).
     threads : int
         Units decoded at the same time; 0 for one per CPU (see
         :meth:`nnc.decoder.Decoder.decode`).
@@ -520,9 +521,15 @@ def decode_model(
                 "folder (a checkpoint's shards and index)"
             )
         fmt = formats.format_from_extension(output)  # (a bad extension fails before the decoding)
+        if template is not None and fmt != "onnx":
+            raise formats.FormatError(
+                f"template {os.fspath(template)}: a template is for ONNX output only, not {os.fspath(output)}"
+            )
         refuse_overwriting(
             output, {"stream": stream if isinstance(stream, (str, os.PathLike)) else None, "template": template}
         )
+    elif template is not None:
+        raise formats.FormatError("template is for writing an ONNX output; give output= too")
     if client is not None:
         from . import distributed
 

@@ -319,6 +319,9 @@ def load_state_dict(module, stream, strict: bool = True, validate: bool = False,
     nnc.errors.UpdateError
         If the stream holds differences to a model (an update), not its weights; the
         module is then unchanged.
+    TypeError
+        If ``module`` is not a ``torch.nn.Module``, or ``strict`` or ``validate`` is
+        not True or False.
 
     Examples
     --------
@@ -329,10 +332,18 @@ def load_state_dict(module, stream, strict: bool = True, validate: bool = False,
         ...
     nnc.errors.OutputBufferError: tensor 'weight' has shape (2, 2) in the stream, (3, 2) in the module
     """
+    from ._options import check_bool
     from .decoder import Decoder, model_order, recorded_shape
-    from .errors import OutputBufferError
+    from .errors import EncodeError, OutputBufferError
 
     torch = _torch()
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"module must be a torch.nn.Module, not {type(module).__name__}")
+    for option, value in (("strict", strict), ("validate", validate)):
+        try:
+            check_bool(option, value)  # ("no" would be True)
+        except EncodeError as exc:
+            raise TypeError(exc.message) from None
     dec = Decoder(stream, **decoder_options)
     _refuse_differences(dec)
     target = module.state_dict()

@@ -22,7 +22,7 @@ ENGINES = ["python"] + (["cython"] if COMPILED_AVAILABLE else [])
 
 #: The marked checks per file (a check is one marked statement).
 MARKED = {
-    "nnc/decoder.py": 22,
+    "nnc/decoder.py": 23,
     "nnc/engine/python/payload.py": 16,
     "nnc/engine/python/arithmetic.py": 1,
     "nnc/engine/python/binarisation.py": 1,
@@ -312,6 +312,7 @@ def test_a_single_raw_name_is_one_name_and_pattern_keys_must_be_names():
         (lambda d, s: nnc.codec.NNC().decode(None), nnc.DecodeError, "bytes or a buffer"),
         (lambda d, s: nnc.encoder.Encoder(engine=5), TypeError, "engine must be a name"),
         (lambda d, s: nnc.DecoderState().update("w", [1, 2]), TypeError, "1-D numpy array of integers"),
+        (lambda d, s: d.decode(progress=5), TypeError, "progress must be a callable"),
         (lambda d, s: nnc.DecoderState().update("w", np.array([0.5])), TypeError, "1-D numpy array of integers"),
         # these were silently wrong or raw errors from inside (skip_zero="False" dropped a tensor as True)
         (lambda d, s: nnc.encoder.Encoder(skip_zero="False"), nnc.EncodeError, "skip_zero must be True or False"),

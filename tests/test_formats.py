@@ -498,3 +498,16 @@ def test_an_npz_output_holds_ml_dtypes_bfloat16_arrays_as_float32(tmp_path):
     formats.write_model(tmp_path / "n.npz", {"w": np.array([1.5, 2.25], ml_dtypes.bfloat16)}, {"w": "bfloat16"})
     tensors, _ = formats.read_model(tmp_path / "n.npz")
     assert tensors["w"].dtype == np.float32 and tensors["w"].tolist() == [1.5, 2.25]
+
+
+def test_decode_model_refuses_a_template_it_would_ignore(tmp_path):
+    """decode_model(s, "x.npz", template="m.npz") ignored the template without a word."""
+    import nnc
+
+    stream = nnc.encode({"w": np.ones((2, 2), np.float32)})
+    (tmp_path / "m.npz").write_bytes(b"")
+    with pytest.raises(nnc.formats.FormatError, match="for ONNX output only"):
+        nnc.decode_model(stream, tmp_path / "x.npz", template=tmp_path / "m.npz")
+    with pytest.raises(nnc.formats.FormatError, match="give output="):
+        nnc.decode_model(stream, template=tmp_path / "m.npz")
+    assert not (tmp_path / "x.npz").exists()

@@ -351,3 +351,19 @@ def test_save_of_a_module_warns_of_tensors_that_keep_none_of_their_signal():
     with pytest.warns(nnc.PrecisionWarning, match="kept none of their signal"):
         stream = nt.save(linear, qp=0)
     assert getattr(nt.state_dict(stream), "_metadata", None) is not None  # the module versions, still
+
+
+@pytest.mark.parametrize(
+    "module, options, words",
+    [
+        ({"weight": None}, {}, "module must be a torch.nn.Module, not dict"),
+        (None, {}, "module must be a torch.nn.Module, not NoneType"),
+        ("linear", {"strict": "no"}, "strict must be True or False"),
+        ("linear", {"validate": "no"}, "validate must be True or False"),
+    ],
+)
+def test_load_state_dict_names_a_misused_argument(module, options, words):
+    """A dict or None for the module was an AttributeError ('dict' has no 'state_dict'); strict="no" meant True."""
+    stream = nnc.torch.save(torch.nn.Linear(2, 2), qp=-30)
+    with pytest.raises(TypeError, match=words):
+        nnc.torch.load_state_dict(torch.nn.Linear(2, 2) if module == "linear" else module, stream, **options)
