@@ -363,10 +363,19 @@ def _json_noting_repeated_keys(text) -> tuple[Any, list[tuple[dict, str]]]:
 # -- safetensors: header parsed up front, each tensor memory-mapped when loaded -------------
 
 
-def _safetensors_header(path: Path) -> tuple[dict, int, int]:
+def file_identity(stat: os.stat_result) -> tuple:
+    """What tells a file from the one read before at its path: device, inode, size, modification time."""
+    return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+def _safetensors_header(path: Path, identity: list | None = None) -> tuple[dict, int, int]:
+    """The header, where the data starts and its size; ``identity`` (a list) gets the file's :func:`file_identity`."""
     try:
-        size = path.stat().st_size
         with open(path, "rb") as fh:
+            stat = os.fstat(fh.fileno())
+            size = stat.st_size
+            if identity is not None:
+                identity.append(file_identity(stat))
             head = fh.read(8)
             if len(head) < 8:
                 raise FormatError(f"{path}: too short for safetensors")
@@ -388,7 +397,8 @@ def _safetensors_header(path: Path) -> tuple[dict, int, int]:
 
 
 def _read_safetensors(path: Path, file_index):
-    header, base, body_size = _safetensors_header(path)
+    identity: list = []
+    header, base, body_size = _safetensors_header(path, identity)
     metadata = header.get("__metadata__")
     if metadata is not None and not (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())):
         raise FormatError(f"{path}: safetensors __metadata__ is not a JSON object of strings")
@@ -426,7 +436,7 @@ def _read_safetensors(path: Path, file_index):
                     shape,
                     dtype,
                     original,
-                    _safetensors_loader(path, base + start, stored, shape, narrow),
+                    _safetensors_loader(path, base + start, stored, shape, narrow, identity[0]),
                     file_index,
                 )
             )
@@ -439,14 +449,17 @@ def _read_safetensors(path: Path, file_index):
     return out, metadata, []
 
 
-def _read_values(path, stored: np.dtype, offset: int, count: int) -> np.ndarray:
+def _read_values(path, stored: np.dtype, offset: int, count: int, identity: tuple | None = None) -> np.ndarray:
     """``count`` values of ``stored`` at ``offset`` of the file, read into a new array (not memory-mapped: a file cut
     by another program while nnc reads it would end the process with SIGBUS at a page of the map); a file shorter
-    than that now (changed or cut since its header was read) is a FormatError naming it."""
+    than that now (changed or cut since its header was read), or, with ``identity``, another file at the path or
+    one rewritten since (a checkpoint saved again by rename: the model would mix two files) is a FormatError naming
+    it."""
     values = np.empty(count, stored)
     view = values.reshape(-1).view(np.uint8).data
     done = 0
     with open(path, "rb", buffering=0) as fh:
+        _check_identity(path, fh, identity)
         fh.seek(offset)
         while done < len(view):
             n = fh.readinto(view[done:])
@@ -456,13 +469,22 @@ def _read_values(path, stored: np.dtype, offset: int, count: int) -> np.ndarray:
                     "being read?)"
                 )
             done += n
+        _check_identity(path, fh, identity)  # (rewritten in place while this tensor was read)
     return values
 
 
-def _safetensors_loader(path: Path, offset: int, stored: np.dtype, shape: tuple, narrow: str | None):
+def _check_identity(path, fh, identity: tuple | None) -> None:
+    if identity is not None and file_identity(os.fstat(fh.fileno())) != identity:
+        raise FormatError(
+            f"{path}: the file changed since nnc opened it (replaced or rewritten by another program): its tensors "
+            "would mix two files; encode it again once it is written"
+        )
+
+
+def _safetensors_loader(path: Path, offset: int, stored: np.dtype, shape: tuple, narrow: str | None, identity: tuple):
     def load() -> np.ndarray:
         count = math.prod(shape)
-        raw = _read_values(path, stored, offset, count) if count else np.zeros(shape, stored)
+        raw = _read_values(path, stored, offset, count, identity) if count else np.zeros(shape, stored)
         if narrow is not None:  # a format numpy lacks: as float32, exactly
             return narrow_floats.to_float32(narrow, raw).reshape(shape)
         return raw.astype(stored.newbyteorder("="), copy=False).reshape(shape)
@@ -611,6 +633,8 @@ def _onnx_external_loader(path: Path, init, dtype: np.dtype, shape: tuple, onnx,
             f"its shape {list(shape)} and dtype {dtype.name} need"
         )
 
+    identity = file_identity(data_path.stat()) if data_path.is_file() else None  # (as the model is opened)
+
     def load():
         if not data_path.is_file() or data_path.stat().st_size < offset + nbytes:
             raise FormatError(f"{path}: external data of {init.name!r} ({location}) is missing or too short")
@@ -625,7 +649,7 @@ def _onnx_external_loader(path: Path, init, dtype: np.dtype, shape: tuple, onnx,
                 fh.seek(offset)
                 tensor.raw_data = fh.read(nbytes)
             return np.array(numpy_helper.to_array(tensor))
-        raw = _read_values(data_path, stored, offset, count)
+        raw = _read_values(data_path, stored, offset, count, identity)
         return raw.astype(dtype.newbyteorder("="), copy=False).reshape(shape)
 
     return load, data_path

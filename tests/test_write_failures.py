@@ -84,8 +84,30 @@ def test_a_model_file_cut_after_its_header_was_read_is_a_format_error(tmp_path):
     formats.write_model(str(path), {"w": np.ones(1000, np.float32)})
     source = readers.open_model(path)
     os.truncate(path, 500)
-    with pytest.raises(FormatError, match="ends before the tensor data"):
+    with pytest.raises(FormatError, match="changed since nnc opened it"):
         [t.load() for t in source]
+
+
+@pytest.mark.parametrize("how", ["renamed over", "rewritten in place"])
+def test_a_checkpoint_saved_again_while_it_is_encoded_is_an_error_not_a_mixed_model(tmp_path, capsys, how):
+    """A safetensors file replaced by rename (how checkpoints are saved) while nnc encode read it gave a stream of
+    the old file's first tensors and the new file's others, exit 0: each tensor was read by opening the path again."""
+    from nnc import cli
+
+    path = tmp_path / "m.safetensors"
+    old = {f"t{i}": np.full((64, 64), i, np.float32) for i in range(4)}
+    formats.write_model(str(path), old)
+    new = tmp_path / "new.safetensors"
+    formats.write_model(str(new), {k: v + 100 for k, v in old.items()})
+    source = readers.open_model(path)
+    assert source.tensors[0].load()[0, 0] == 0
+    if how == "renamed over":
+        os.replace(new, path)
+    else:
+        path.write_bytes(new.read_bytes())
+        os.utime(path, ns=(0, 10**9))  # (a rewrite within the clock's resolution still changes it)
+    with pytest.raises(FormatError, match="changed since nnc opened it"):
+        source.tensors[1].load()
 
 
 @pytest.mark.skipif(sys.platform != "linux" or os.geteuid() != 0, reason="needs root on Linux to mount a small tmpfs")
