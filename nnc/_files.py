@@ -9,11 +9,68 @@ file) are not split by a signal: see :func:`renaming` and :func:`committed_toget
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import os
 import tempfile
 import threading
 from pathlib import Path
+
+#: Targets that must not exist when they are committed (:func:`new_files_only`), as absolute paths.
+_NEW_ONLY: contextvars.ContextVar[frozenset] = contextvars.ContextVar("nnc_new_only", default=frozenset())
+
+
+@contextlib.contextmanager
+def new_files_only(*paths):
+    """Inside the block, the files committed at ``paths`` must still not exist when they are renamed into place: a
+    file another program created there meanwhile (a second command writing the same output) is not replaced, but
+    a FileExistsError. (The commit is a hard link, which fails on an existing name; a file system without hard
+    links checks just before the rename.)
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from nnc._files import AtomicFile, new_files_only
+    >>> path = os.path.join(tempfile.mkdtemp(), "m.nnr")
+    >>> with new_files_only(path):
+    ...     with AtomicFile(path) as first:
+    ...         _ = first.fh.write(b"one")
+    ...         _ = open(path, "wb").write(b"other")  # another program's file, meanwhile
+    Traceback (most recent call last):
+        ...
+    FileExistsError: [Errno 17] it was created by another program meanwhile, and is not replaced: '...m.nnr'
+    >>> open(path, "rb").read(), os.listdir(os.path.dirname(path))
+    (b'other', ['m.nnr'])
+    """
+    token = _NEW_ONLY.set(_NEW_ONLY.get() | {os.path.abspath(os.fspath(p)) for p in paths})
+    try:
+        yield
+    finally:
+        _NEW_ONLY.reset(token)
+
+
+def place(tmp: str, target) -> None:
+    """Rename the finished temporary file ``tmp`` over ``target``; one of :func:`new_files_only` only if no file
+    is there (else FileExistsError, ``tmp`` removed)."""
+    target = os.fspath(target)
+    if os.path.abspath(target) not in _NEW_ONLY.get():
+        os.replace(tmp, target)
+        return
+    taken = FileExistsError(errno.EEXIST, "it was created by another program meanwhile, and is not replaced", target)
+    try:
+        os.link(tmp, target)
+    except FileExistsError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise taken from None
+    except (OSError, NotImplementedError):  # no hard links here
+        if os.path.lexists(target):
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise taken from None
+        os.replace(tmp, target)
+        return
+    os.unlink(tmp)
 
 
 def temp_file_beside(path, suffix: str = ".tmp") -> tuple[int, str]:
@@ -242,7 +299,7 @@ def replace_all(pairs) -> list:
             try:
                 for tmp, target in pairs:
                     kept[target] = _keep_old(target)
-                    os.replace(tmp, target)
+                    place(tmp, target)
                     done.append(target)
             except BaseException:
                 for target, old in reversed(list(kept.items())):
@@ -333,7 +390,9 @@ class AtomicFile:
             os.fsync(self.fh.fileno())
             self.fh.close()
             with renaming():
-                os.replace(self.tmp, self.path)
+                place(self.tmp, self.path)
+        except FileExistsError:
+            raise
         except OSError as exc:
             if exc.filename not in (None, self.tmp):
                 raise

@@ -958,8 +958,9 @@ def _encode_search(args, tensors, options, layout=None) -> int:
 
 
 def cmd_decode(args) -> int:
+    from ._files import new_files_only
     from .decoder import Decoder, DecoderState, Limits
-    from .writers import decode_to_path, map_stream
+    from .writers import decode_to_path, is_directory_target, map_stream
 
     if args.state and args.tensor:
         return _fail("--state needs every tensor of the stream decoded; leave out --tensor")
@@ -1015,7 +1016,8 @@ def cmd_decode(args) -> int:
     try:
         # differences written as they are leave the state file as it was: it moves on with the model (--add-to)
         kept_state = args.state if args.add_to or not dec.differences else None
-        with _state_saved_after(kept_state, state), _errors_name(args.stream):
+        unasked = () if args.overwrite or is_directory_target(args.output) else (args.output,)
+        with _state_saved_after(kept_state, state), _errors_name(args.stream), new_files_only(*unasked):
             summary = decode_to_path(
                 dec,
                 args.output,

@@ -912,7 +912,30 @@ def _save_pt(fh, tensors, dtypes=None, metadata=None) -> None:
     versions = state_dict_metadata(metadata)
     if versions is not None:
         sd._metadata = OrderedDict((prefix, dict(entry)) for prefix, entry in versions.items())  # type: ignore[attr-defined]
-    torch.save(sd, fh)
+    writer = _NotingWrites(fh)
+    try:
+        torch.save(sd, writer)
+    except RuntimeError:
+        if writer.failure is not None:  # torch's "unexpected pos ..." for the full disk it met: the OSError itself
+            raise writer.failure from None
+        raise
+
+
+class _NotingWrites:
+    """A binary file whose write errors are kept: torch.save reports them as a RuntimeError of its own."""
+
+    def __init__(self, fh):
+        self.fh, self.failure = fh, None
+
+    def write(self, data) -> int:
+        try:
+            return self.fh.write(data)
+        except OSError as exc:
+            self.failure = exc
+            raise
+
+    def flush(self) -> None:
+        self.fh.flush()
 
 
 def torch_narrow_float(torch, name: str, values: np.ndarray):

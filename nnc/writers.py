@@ -27,6 +27,7 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import math
@@ -41,7 +42,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from . import narrow_floats
-from ._files import refuse_overwriting, replace_all, reserve_space, temp_file_beside
+from ._files import new_files_only, refuse_overwriting, replace_all, reserve_space, temp_file_beside
 from .decoder import (
     RELEASABLE_MAPS,
     DecodedTensors,
@@ -757,7 +758,9 @@ def _write_files(
         for tmp in temps.values():
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
-        written = replace_all((tmp, folder / final) for final, tmp in temps.items())  # the whole checkpoint or none
+        targets = [(tmp, folder / final) for final, tmp in temps.items()]
+        with new_files_only(*(t for _, t in targets)) if into_folder and not overwrite else contextlib.nullcontext():
+            written = replace_all(targets)  # the whole checkpoint or none (nor one appeared meanwhile, unasked)
     except BaseException as exc:
         for sink in sinks.values():
             try:

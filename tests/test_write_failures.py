@@ -255,3 +255,57 @@ def test_a_stream_cut_inside_its_last_page_is_found_without_a_fault(tmp_path, mo
     os.truncate(path, os.path.getsize(path) - 3)
     with pytest.raises(nnc.TruncatedError, match="was cut"):
         dec.decode_tensor("b")
+
+
+def test_a_full_disk_under_torch_save_is_the_os_error_not_torch_s_runtime_error():
+    """A .pt output on a full disk printed a 30-line traceback ending in torch's
+    "RuntimeError: [enforce fail at inline_container.cc] unexpected pos": now the OSError it met."""
+    import io
+
+    pytest.importorskip("torch", reason="torch not installed: .pt output not tested")
+
+    class Full(io.RawIOBase):
+        written = 0
+
+        def writable(self):
+            return True
+
+        def write(self, data):
+            self.written += len(data)
+            if self.written > 100_000:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return len(data)
+
+    with pytest.raises(OSError, match="No space left on device"):
+        formats._save_pt(Full(), {"w": np.ones((1000, 1000), np.float32)})
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".npz", ".pt", "/"])
+def test_an_output_another_command_created_meanwhile_is_not_replaced(tmp_path, monkeypatch, capsys, suffix):
+    """Two `nnc decode` commands writing the same output both exited 0 (the later rename won) though neither was
+    given --overwrite: the existence check ran before either file existed. The commit now fails on a file that
+    appeared meanwhile, and leaves it as it is."""
+    if suffix == ".pt":
+        pytest.importorskip("torch", reason="torch not installed: .pt output not tested")
+    from nnc import cli
+
+    stream = _model(tmp_path)
+    out = tmp_path / ("out" if suffix == "/" else f"out{suffix}")
+    theirs = (out / "model.safetensors") if suffix == "/" else out
+    original = cli._DecodeBar.__call__
+
+    def another_command_writes(self, event):
+        if not theirs.exists():
+            theirs.parent.mkdir(exist_ok=True)
+            theirs.write_bytes(b"the other command's model")
+        return original(self, event)
+
+    monkeypatch.setattr(cli._DecodeBar, "__call__", another_command_writes)
+    target = f"{out}/" if suffix == "/" else str(out)
+    assert main(["decode", str(stream), "-o", target, "-q"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "created by another program meanwhile" in err and str(theirs) in err
+    assert theirs.read_bytes() == b"the other command's model"
+    assert _leftovers(theirs.parent) == [] and not list(theirs.parent.glob(".*.old"))
+    assert main(["decode", str(stream), "-o", target, "-q", "--overwrite"]) == 0  # asked: replaced
+    assert theirs.read_bytes() != b"the other command's model"
