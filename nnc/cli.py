@@ -279,6 +279,12 @@ def _not_a_stream(path):
 # -- encode --------------------------------------------------------------------------
 
 
+def _module_file(spec: str | None) -> str | None:
+    """The file of a ``path/to/file.py:FUNCTION`` option, None for a module name or no option."""
+    module = (spec or "").rpartition(":")[0]
+    return module if module.endswith(".py") else None
+
+
 def _stream_output(args) -> str:
     """Where ``nnc encode`` writes: ``-o``, inside it when it is a folder (or ends in a slash), else beside the model: a
     file's name with its suffix replaced by .nnr, a folder's (``.``, ``..`` by their own names) with .nnr added."""
@@ -401,6 +407,8 @@ def cmd_encode(args) -> int:
                 "--sigmas file": args.sigmas,
                 "--importance file": args.importance,
                 "--covariances file": args.covariances,
+                "--search module": _module_file(args.search),
+                "--check module": _module_file(args.check),
             },
         )
         or _state_folder_missing(args.state)
@@ -413,6 +421,11 @@ def cmd_encode(args) -> int:
         refused = _refuse_overwriting_inputs(out, {"model's file": read})
         if refused:
             return _fail(refused)
+    if Path(out).suffix.lower().lstrip(".") in formats.MODEL_EXTENSIONS:
+        return _fail(
+            f"-o {out}: nnc encode writes an NNC stream, which a {Path(out).suffix} name would pass off as a model "
+            "file; give a .nnr name"
+        )
     names = [t.name for t in source]
     if not names:
         return _fail(f"{args.model}: no tensors found (nothing to encode)")
@@ -1498,10 +1511,10 @@ def cmd_info(args) -> int:
         return _fail(refused)
     with _errors_name(args.stream):
         info = stream_info(args.stream)
-    if args.quiet:
-        return EXIT_OK
-    if args.json:
+    if args.json:  # (with -q too, as every command's --json: a pipeline reads it)
         print(json.dumps(info, indent=2))
+        return EXIT_OK
+    if args.quiet:
         return EXIT_OK
     print(
         f"{args.stream}: {info['bytes']} bytes, profile {info['profile']}, {len(info['units'])} units, "
@@ -1614,21 +1627,23 @@ def cmd_verify(args) -> int:
                 decoder.close()
     except RuntimeError as exc:
         return _fail(str(exc))
-    if args.quiet:
-        for r in results:
-            if not r.passed:
-                print(f"nnc: {r.name}: FAIL {r.detail}", file=sys.stderr)
-    elif args.json:  # (a skipped stream neither passed nor failed)
+    if args.json:  # (a skipped stream neither passed nor failed; with -q too, as every command's --json)
         print(
             json.dumps(
                 [dict(r.__dict__, passed=r.passed and not _skipped(r), skipped=_skipped(r)) for r in results], indent=2
             )
         )
+    elif args.quiet:
+        for r in results:
+            if not r.passed:
+                print(f"nnc: {r.name}: FAIL {r.detail}", file=sys.stderr)
     else:
         print(format_table(results))
     decoding = [r for r in results if r.group != "must-fail"]
     if decoding and all(_skipped(r) for r in decoding):
         return _fail(f"{suite}: every stream to decode was skipped (the decoder implements none): nothing verified")
+    if results and all(_skipped(r) for r in results):  # (--group must-fail, --stream of one)
+        return _fail(f"{suite}: every stream was skipped (the decoder implements none): nothing verified")
     return EXIT_OK if all(r.passed for r in results) else EXIT_FAIL
 
 
@@ -2056,6 +2071,15 @@ def _engine_line() -> str:
     except (ImportError, ValueError) as exc:  # asked for an engine that is not built or not known
         return f"engine unavailable: {exc}"
     return f"engine {name} ({'compiled' if name == 'cython' else 'pure Python'})"
+
+
+def _empty_value(parser: argparse.ArgumentParser, args) -> str | None:
+    """The first option (or argument) of ``args`` given as an empty string, by the name the user typed; None."""
+    for action in parser._actions:
+        value = getattr(args, action.dest, None)
+        if value == "" or (isinstance(value, list) and "" in value):
+            return "/".join(action.option_strings) if action.option_strings else str(action.metavar or action.dest)
+    return None
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> dict:
@@ -2539,9 +2563,12 @@ def main(argv=None) -> int:
 
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
+    command = _subparsers(parser).get(getattr(args, "command", None) or "", parser)
     if unknown:  # said by the command's own parser, with its own usage line
-        command = _subparsers(parser).get(getattr(args, "command", None) or "", parser)
         command.error(f"unrecognized arguments: {' '.join(unknown)}")
+    empty = _empty_value(command, args)
+    if empty:  # ('' would read as "not given", or as the current folder)
+        _usage_error(f"{empty} is empty: give a value, or leave the option out")
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE

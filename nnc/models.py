@@ -486,7 +486,7 @@ def decode_model(
     nnc.errors.UpdateError
         With ``output``, if the stream holds differences to a model (an update
         encoded with ``differences=True``), not its values: nothing is written;
-        add them to the model with :func:`nnc.apply_update` or
+        add them to the model with :func:`nnc.decoder.apply_update` or
         :func:`nnc.writers.decode_to_path` (``add_to=``).  Without ``output``
         the differences are returned.
     nnc.formats.FormatError

@@ -632,3 +632,57 @@ def test_an_unknown_argument_is_said_with_the_command_s_own_usage(argv, capsys):
     err = capsys.readouterr().err
     assert exit_.value.code == 2
     assert f"usage: nnc {argv[0]}" in err and f"nnc {argv[0]}: error: unrecognized arguments: {argv[-1]}" in err
+
+
+@pytest.mark.parametrize(
+    "argv, named",
+    [
+        (["encode", "m.safetensors", "-o", ""], "-o/--output"),  # was: the default output, replacing m.nnr
+        (["encode", ""], "model"),
+        (["encode", "m.safetensors", "--state", ""], "--state"),  # was: no state written, silently
+        (["encode", "m.safetensors", "--importance", "", "--rdoq"], "--importance"),
+        (["decode", "m.nnr", "-o", "x.npz", "--state", ""], "--state"),
+        (["info", ""], "stream"),
+    ],
+)
+def test_an_empty_value_is_a_usage_error(argv, named, capsys):
+    """Empty values were dropped as if the option were not given (exit 0, the output written)."""
+    with pytest.raises(SystemExit) as exit_:
+        nnc.cli.main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{named} is empty" in err and err.count("\n") == 1
+
+
+def test_encode_never_writes_over_its_search_module_nor_under_a_model_s_name(tmp_path, capsys):
+    """`nnc encode m -o score.py --search score.py:score` replaced the user's script with the stream (exit 0), and
+    `-o other.safetensors` wrote a stream under a model's name."""
+    model = tmp_path / "m.safetensors"
+    model.write_bytes(safetensors_bytes({"w": np.ones((4, 4), np.float32)}))
+    script = tmp_path / "score.py"
+    script.write_text("def score(model):\n    return 1.0\n")
+    for argv in (
+        ["-o", str(script), "--search", f"{script}:score"],
+        ["-o", str(script), "--search", f"{script}:score", "--check", f"{script}:score"],
+        ["-o", str(tmp_path / "other.safetensors")],
+        ["-o", str(tmp_path / "other.PT")],
+    ):
+        assert nnc.cli.main(["encode", str(model), *argv, "-q"]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and ("--search module" in err or "give a .nnr name" in err), err
+    assert script.read_text().startswith("def score") and not (tmp_path / "other.safetensors").exists()
+
+
+def test_json_is_printed_with_quiet_by_every_command(tmp_path, capsys):
+    """`nnc info m.nnr --json -q` and `nnc verify --json -q` printed nothing (a | jq pipeline got no input), while
+    encode, compare and bench printed their JSON."""
+    model = tmp_path / "m.safetensors"
+    model.write_bytes(safetensors_bytes({"w": np.ones((4, 4), np.float32)}))
+    stream = tmp_path / "m.nnr"
+    assert nnc.cli.main(["encode", str(model), "-o", str(stream), "-q"]) == 0
+    capsys.readouterr()
+    assert nnc.cli.main(["info", str(stream), "--json", "-q"]) == 0
+    assert json.loads(capsys.readouterr().out)["bytes"] == stream.stat().st_size
+    suite = Path(__file__).resolve().parent.parent / "conformance"
+    assert nnc.cli.main(["verify", str(suite), "--stream", "p1_urq_so0", "--json", "-q"]) == 0
+    assert [r["name"] for r in json.loads(capsys.readouterr().out)] == ["p1_urq_so0"]

@@ -212,6 +212,10 @@ def test_unsupported_streams_are_skipped_and_a_run_of_skips_alone_fails(tmp_path
     r = subprocess.run([sys.executable, "-m", "nnc", "verify", str(SUITE), "--stream", "p1_urq_so0",
                         "--decoder-command", " ".join(cmd)], capture_output=True, text=True)
     assert r.returncode == 1 and "every stream to decode was skipped" in r.stderr
+    # must-fail streams alone (before: "0 passed, 0 failed, 66 skipped", exit 0)
+    r = subprocess.run([sys.executable, "-m", "nnc", "verify", str(SUITE), "--stream", "mf_empty",
+                        "--decoder-command", " ".join(cmd)], capture_output=True, text=True)
+    assert r.returncode == 1 and "every stream was skipped" in r.stderr
 
 
 def test_a_decoder_that_skips_every_stream_to_decode_fails_though_it_rejects_must_fail_ones(tmp_path):

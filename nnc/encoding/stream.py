@@ -82,7 +82,7 @@ class StreamSummary:
         measured with ``measure=True`` only.
     float32_precision : list
         float64 tensors that keep only float32 precision, their errors beyond what the step or
-        float64 would give (as :func:`nnc.encoder.float32_precision_lost` tells); measured with
+        float64 would give; measured with
         ``measure=True`` only.
     left_out : list
         Entries of the model file that are not encoded (:attr:`nnc.readers.ModelSource.left_out`;
