@@ -172,26 +172,29 @@ def _state_folder_missing(state) -> str | None:
     return _folder_missing(state, "the state ") if state else None
 
 
-def _unmatched_patterns(names, options: dict):
+def _unmatched_patterns(names, options: dict, exact=()):
     """A message naming the first --tensor-qp/--raw/... pattern that has no effect, else None: one that matches
     no tensor, or (for the assignments, where the first matching pattern applies) one whose every tensor an
-    earlier pattern already takes."""
+    earlier pattern already takes, or that --raw stores or lossless integer coding codes exactly (``exact``)."""
     import fnmatch
 
     matches = lambda pattern, n: pattern == n or fnmatch.fnmatchcase(n, pattern)  # noqa: E731
     raw = {n: f"--raw {p!r} stores" for p in options.get("--raw") or () for n in names if matches(p, n)}
+    unquantised = {n: "lossless integer coding (--lossless-int) codes" for n in exact if n not in raw}
+    unquantised.update(raw)
     for option, patterns in options.items():
-        # tensor -> why the pattern would not apply to it: an earlier pattern, or --raw (no qp, no lambda)
-        taken: dict = dict(raw) if isinstance(patterns, dict) else {}
+        # tensor -> why the pattern would not apply to it: an earlier pattern, --raw or an exact integer tensor
+        taken: dict = dict(unquantised) if isinstance(patterns, dict) else {}
         for pattern in patterns or ():
             matched = [n for n in names if matches(pattern, n)]
             if not matched:
                 return f"{option} {pattern!r} matches no tensor of the model (tensors: {_first_few(list(names)) or 'none'})"
             if isinstance(patterns, dict) and all(n in taken for n in matched):
-                raw_only = taken[matched[0]] == raw.get(matched[0])
                 why = (
                     "a raw tensor has no qp or lambda"
-                    if raw_only
+                    if taken[matched[0]] == raw.get(matched[0])
+                    else "an integer tensor coded exactly has no qp or lambda; --no-lossless-int quantises it"
+                    if taken[matched[0]] == unquantised.get(matched[0])
                     else "the first pattern that matches a tensor applies"
                 )
                 return f"{option} {pattern!r} would never apply: {taken[matched[0]]} {_first_few(matched)} ({why})"
@@ -331,7 +334,7 @@ def _state_saved_after(path, state):
 
 def _ignored_options(args) -> str | None:
     """Why a combination of encode options would leave one of them without effect (a one-line error), or None."""
-    given = lambda *options: [o for o, v in options if v not in (None, False, [])]  # noqa: E731
+    given = lambda *options: [o for o, v in options if v is not None and v is not False and v != []]  # noqa: E731
     if args.search:
         chosen = given(
             ("--tensor-qp", args.tensor_qp),
@@ -342,6 +345,7 @@ def _ignored_options(args) -> str | None:
             ("--lambda", args.lam),
             ("--target-snr", args.target_snr),
         )
+        chosen = chosen or given(("--qp", args.qp), ("--step", args.step))
         if chosen:
             return f"{chosen[0]} would be ignored: --search chooses every tensor's qp and lambda itself"
     if args.target_snr is not None:
@@ -436,6 +440,7 @@ def cmd_encode(args) -> int:
             "--raw": args.raw,
             "--tensor-lambda": _parse_assignments(args.tensor_lambda, "--tensor-lambda", float),
         },
+        exact=[t.name for t in source if np.dtype(t.dtype).kind in "iub"] if args.lossless_int else (),
     )
     if unmatched:
         return _fail(unmatched)
@@ -483,6 +488,13 @@ def cmd_encode(args) -> int:
                         check_importance(t.name, np.asarray(given).reshape(-1), t.size)
                     except EncodeError as exc:
                         return _fail(f"{path}: {exc.message}")
+    if args.sigmas and (args.qp is not None or args.step is not None):
+        floats = {t.name for t in source if np.dtype(t.dtype).kind == "f"}
+        if floats <= set(options["sigmas"]):
+            return _fail(
+                f"{'--qp' if args.qp is not None else '--step'} would be ignored: --sigmas {args.sigmas} gives every "
+                "float tensor its step (DC-v1, from its sigmas and --dcv1-s)"
+            )
     if args.covariances:
         if args.target_snr is not None:
             return _fail(

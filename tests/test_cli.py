@@ -686,3 +686,27 @@ def test_json_is_printed_with_quiet_by_every_command(tmp_path, capsys):
     suite = Path(__file__).resolve().parent.parent / "conformance"
     assert nnc.cli.main(["verify", str(suite), "--stream", "p1_urq_so0", "--json", "-q"]) == 0
     assert [r["name"] for r in json.loads(capsys.readouterr().out)] == ["p1_urq_so0"]
+
+
+def test_options_that_would_change_nothing_are_refused(tmp_path, capsys):
+    """--search with --qp, --sigmas covering every float tensor with --qp, and --tensor-qp of an integer tensor
+    coded exactly each wrote the stream the option-less command writes, exit 0."""
+    model = tmp_path / "m.safetensors"
+    model.write_bytes(safetensors_bytes({"w": np.linspace(-1, 1, 64, dtype=np.float32).reshape(8, 8),
+                                         "steps": np.array([3, 5, 7], np.int64)}))
+    sigmas = tmp_path / "s.safetensors"
+    sigmas.write_bytes(safetensors_bytes({"w": np.full((8, 8), 0.1, np.float32)}))
+    out = tmp_path / "m.nnr"
+    for argv, words in (
+        (["--search", "nnc.demo:mlp_accuracy", "--qp", "-20"], "--qp would be ignored: --search"),
+        (["--search", "nnc.demo:mlp_accuracy", "--qp", "0"], "--qp would be ignored: --search"),
+        (["--sigmas", str(sigmas), "--qp", "-20"], "--qp would be ignored: --sigmas"),
+        (["--sigmas", str(sigmas), "--step", "0.01"], "--step would be ignored: --sigmas"),
+        (["--tensor-qp", "steps=-20"], "'steps' would never apply: lossless integer coding"),
+    ):
+        assert nnc.cli.main(["encode", str(model), "-o", str(out), *argv, "-q"]) == 1, argv
+        err = capsys.readouterr().err
+        assert words in err and err.count("\n") == 1, (argv, err)
+    assert not out.exists()
+    assert nnc.cli.main(["encode", str(model), "-o", str(out), "--tensor-qp", "steps=-20", "--no-lossless-int",
+                         "-q"]) == 0

@@ -288,6 +288,13 @@ def _run_signalled_at_first_rename(argv, sig, tmp_path):
         f"        os.kill(os.getpid(), signal.{sig})\n"
         "    return real(a, b, *args, **kwargs)\n"
         "os.replace = replace\n"
+        "real_link = os.link\n"  # (an output not asked to replace a file is committed by a hard link)
+        "def link(a, b, *args, **kwargs):\n"
+        "    if not os.environ.get('SIGNALLED') and not str(b).endswith('.old'):\n"
+        "        os.environ['SIGNALLED'] = '1'\n"
+        f"        os.kill(os.getpid(), signal.{sig})\n"
+        "    return real_link(a, b, *args, **kwargs)\n"
+        "os.link = link\n"
         "from nnc.cli import main\n"
         f"sys.exit(main({[str(a) for a in argv]!r}))\n"
     )

@@ -440,11 +440,12 @@ class Quantiser:
                         f"output format {fmt} ({t.recon.dtype.name}): they would decode as inf"
                     )
             elif np.asarray(base).dtype.kind == "f" and not np.array_equal(base, t.recon):
-                raise EncodeError(  # an integer format would round the values beyond their quantisation
+                from ..encoder import _warn  # an integer format rounds the values beyond their quantisation
+
+                _warn(
                     f"tensor {name!r}: output format {fmt} ({t.recon.dtype.name}) holds whole numbers, and the "
                     f"tensor's reconstruction has fractions{'' if t.step is None else f' (step {t.step:g})'}: they "
-                    "would decode rounded; give a "
-                    "float output format, or a step of 1 or a multiple of it"
+                    "decode rounded (spec 12.6); a float output format, or a step of 1 or a multiple of it, keeps them"
                 )
             t.fmt = fmt
         return t
