@@ -67,14 +67,15 @@ static int nnc_guard_install(void) {
     return sigaction(SIGBUS, &ours, NULL);
 }
 
-/* Guard [start, start + length) (rounded up to whole pages); the slot, or -1 if none is free. */
+/* Guard [start, start + length), memory of one read-only file map (a fault can only be at a page wholly past
+ * the file's end, so the page mapped over it holds nothing else); the slot, or -1 if none is free. */
 static int nnc_guard_add(const void *start, size_t length) {
     int slot;
     if (nnc_guard_install() != 0) return -1;
     for (slot = 0; slot < NNC_GUARD_SLOTS; slot++) {
         if (nnc_guard_end[slot] == 0) {
             uintptr_t begin = (uintptr_t)start;
-            uintptr_t end = begin + ((length + nnc_guard_page - 1) & ~(nnc_guard_page - 1));
+            uintptr_t end = begin + length;
             nnc_guard_fault[slot] = 0;
             nnc_guard_start[slot] = begin;
             nnc_guard_end[slot] = end;

@@ -19,6 +19,14 @@ def add(mapped):
     return nnc_guard_add(&view[0], view.shape[0])
 
 
+def add_range(size_t address, size_t length):
+    """Guard ``length`` bytes at ``address``, inside one read-only file map another library made (torch's); the
+    slot, or -1 if none is free. The caller keeps the map alive until it removes the slot."""
+    if length == 0:
+        return -1
+    return nnc_guard_add(<const void *>address, length)
+
+
 def remove(int slot):
     """Stop guarding a slot (before its map is closed)."""
     nnc_guard_remove(slot)

@@ -504,6 +504,7 @@ def _read_pt(path: Path, file_index):
     try:
         with open(path, "rb") as fh:
             is_zip = fh.read(4) == b"PK\x03\x04"
+        mapped = _MappedFile(path) if is_zip else None
         with warnings.catch_warnings():  # torch's deprecation notes on what a file holds: the user did not call torch
             warnings.simplefilter("ignore", UserWarning)
             warnings.simplefilter("ignore", FutureWarning)
@@ -529,8 +530,60 @@ def _read_pt(path: Path, file_index):
             raise FormatError(f"{path}: tensor {name!r}: sparse tensors are not supported; save .to_dense()")
         if v.is_meta:
             raise FormatError(f"{path}: tensor {name!r}: a meta tensor has no data")
-        out.append(LazyTensor(name, tuple(v.shape), dtype, original, _pt_loader(v, torch), file_index))
+        out.append(LazyTensor(name, tuple(v.shape), dtype, original, _pt_loader(v, torch, mapped), file_index))
+    if mapped is not None:
+        mapped.guard([v for v in obj.values() if hasattr(v, "untyped_storage")])
     return out, metadata or {}, left_out
+
+
+class _MappedFile:
+    """The file torch.load(mmap=True) maps, watched while its tensors are read: a file cut meanwhile would end the
+    process (SIGBUS) at a page past its new end; the storages' memory is guarded (nnc.decoder.GuardedMap's
+    mechanism), so such a page reads zeros, and :meth:`check` refuses what was read."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.file = open(path, "rb")  # noqa: SIM115 - the file torch maps, open while its tensors are read
+        self.size = os.fstat(self.file.fileno()).st_size
+        self.slots: list[int] = []
+        self.tensors: list = []  # kept: the map lives while a slot guards it
+
+    def guard(self, tensors: list) -> None:
+        from .decoder import _mapguard
+
+        if file_identity(os.fstat(self.file.fileno())) != file_identity(os.stat(self.path)):
+            raise FormatError(f"{self.path}: the file changed while it was being loaded (replaced by another program)")
+        if _mapguard is None:
+            return
+        spans: list[list[int]] = []
+        for start, length in sorted({(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes()) for t in tensors}):
+            if length and spans and start <= spans[-1][1] + 4096:  # (one map: zip headers between storages)
+                spans[-1][1] = max(spans[-1][1], start + length)
+            elif length:
+                spans.append([start, start + length])
+        self.tensors = tensors
+        self.slots = [slot for start, end in spans if (slot := _mapguard.add_range(start, end - start)) >= 0]
+
+    def check(self) -> None:
+        """FormatError if the file was cut since it was mapped (what was read past the cut is zeros)."""
+        from .decoder import _mapguard
+
+        cut = os.fstat(self.file.fileno()).st_size < self.size
+        if cut or (_mapguard is not None and any(_mapguard.faulted(slot) for slot in self.slots)):
+            raise FormatError(
+                f"{self.path}: the file was cut by another program while its tensors were read; nothing read from "
+                "it is used"
+            )
+
+    def __del__(self) -> None:
+        from .decoder import _mapguard
+
+        if _mapguard is not None:
+            for slot in self.slots:  # before the tensors (and so the map) go
+                _mapguard.remove(slot)
+        self.slots = []
+        if getattr(self, "file", None) is not None:
+            self.file.close()
 
 
 #: The torch dtypes a .pt tensor may have: those ``Tensor.numpy()`` converts, and bfloat16 and float8 (read as
@@ -558,10 +611,13 @@ _PT_DTYPES = frozenset(
 )
 
 
-def _pt_loader(tensor, torch):
+def _pt_loader(tensor, torch, mapped: "_MappedFile | None" = None):
     def load() -> np.ndarray:
         t = tensor.detach()
-        return (t.float() if narrow_floats.is_narrow(str(t.dtype).replace("torch.", "")) else t.clone()).numpy()
+        values = (t.float() if narrow_floats.is_narrow(str(t.dtype).replace("torch.", "")) else t.clone()).numpy()
+        if mapped is not None:
+            mapped.check()
+        return values
 
     return load
 

@@ -309,3 +309,37 @@ def test_an_output_another_command_created_meanwhile_is_not_replaced(tmp_path, m
     assert _leftovers(theirs.parent) == [] and not list(theirs.parent.glob(".*.old"))
     assert main(["decode", str(stream), "-o", target, "-q", "--overwrite"]) == 0  # asked: replaced
     assert theirs.read_bytes() != b"the other command's model"
+
+
+_PT_CUT_WHILE_ENCODED = r"""
+import os, sys
+import torch
+from nnc import formats, readers
+from nnc.cli import main
+
+path, out = sys.argv[1], sys.argv[2]
+torch.save({f"w{i}": torch.randn(256, 256) for i in range(12)}, path)
+source = readers.open_model(path)
+source.tensors[0].load()
+os.truncate(path, os.path.getsize(path) // 3)  # another program cuts the checkpoint
+results = set()
+for t in source.tensors:
+    try:
+        t.load()
+        results.add("read")
+    except formats.FormatError as exc:
+        results.add("cut" if "was cut" in str(exc) else str(exc))
+print(sorted(results))
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGBUS is a POSIX signal")
+def test_a_pt_checkpoint_cut_while_it_is_read_is_a_format_error_not_a_sigbus(tmp_path):
+    """torch.load(mmap=True) maps a .pt file: cut by another program while nnc encode read it, the process ended
+    with SIGBUS (exit 135) and left its temporary stream; the storages' memory is now guarded."""
+    pytest.importorskip("torch", reason="torch not installed: .pt input not tested")
+    pytest.importorskip("nnc._mapguard", reason="the compiled module nnc._mapguard is not built")
+    run = subprocess.run([sys.executable, "-c", _PT_CUT_WHILE_ENCODED, str(tmp_path / "m.pt"), str(tmp_path / "o")],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, (run.returncode, run.stderr[-2000:])
+    assert run.stdout.strip() == "['cut']", run.stdout
