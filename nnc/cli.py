@@ -302,6 +302,16 @@ def _stream_output(args) -> str:
     return args.output
 
 
+def _load_state(cls, path):
+    """The state in the --state file (a new one if there is none), noting which file it was read from."""
+    from .readers import file_identity
+
+    before = file_identity(os.stat(path)) if os.path.exists(path) else None
+    state = cls.load(path) if before is not None else cls()
+    state.loaded_identity = before  # (_state_saved_after refuses to replace a file another command wrote since)
+    return state
+
+
 @contextlib.contextmanager
 def _state_saved_after(path, state):
     """A --state file renamed into place after the block's output, its bytes written and flushed right before the
@@ -311,11 +321,22 @@ def _state_saved_after(path, state):
         yield
         return
     from ._files import AtomicFile, committed_together
+    from .errors import UpdateError
+    from .readers import file_identity
 
+    def identity():
+        return file_identity(os.stat(path)) if os.path.exists(path) else None
+
+    loaded = getattr(state, "loaded_identity", identity())  # (a state not read by _load_state: from now on)
     file = AtomicFile(path)
     written = []
 
     def write_state():
+        if identity() != loaded:  # another command moved the state on meanwhile: one of the two updates would be lost
+            raise UpdateError(
+                f"{path}: the --state file changed while this command ran (another command updated it); nothing "
+                "is written: run this one again"
+            )
         file.fh.write(state._to_bytes())
         file.fh.flush()
         os.fsync(file.fh.fileno())
@@ -538,7 +559,7 @@ def cmd_encode(args) -> int:
         _note_left_out(args.model, source.left_out, args.quiet or args.json)
         return _encode_search(args, tensors, dict(options, dtypes=dtypes), layout)
     if args.state:
-        state = EncoderState.load(args.state) if Path(args.state).exists() else EncoderState()
+        state = _load_state(EncoderState, args.state)
         options.update(
             state=state,
             tca=args.tca,
@@ -1001,7 +1022,7 @@ def cmd_decode(args) -> int:
         return _decode_on_cluster(args)
     state = None
     if args.state:
-        state = DecoderState.load(args.state) if Path(args.state).exists() else DecoderState()
+        state = _load_state(DecoderState, args.state)
     per_tensor = {} if args.max_tensor_elements is None else {"max_tensor_elements": args.max_tensor_elements}
     limits = Limits.for_stream(args.stream, **per_tensor)  # written one unit at a time
     with _errors_name(args.stream):

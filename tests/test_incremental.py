@@ -1077,3 +1077,37 @@ def test_decoded_tensors_pickle_and_copy_with_what_the_stream_says():
         assert np.array_equal(back["w"], update["w"])
         with pytest.raises(TypeError):
             back.narrow["w"] = "float32"  # still read-only
+
+
+@pytest.mark.parametrize("command", ["encode", "decode"])
+def test_a_state_file_another_command_moved_on_meanwhile_is_not_replaced(tmp_path, monkeypatch, capsys, command):
+    """Two `nnc decode --state R` of different updates at once both exited 0 and R kept only the later one: the
+    other update was lost from the state without a word. The state file is now checked before it is replaced."""
+    from nnc import cli, formats
+
+    model = tmp_path / "m.npz"
+    model.write_bytes(formats.npz_bytes(_tensors(np.random.default_rng(3), 0.05)))
+    tx, rx = tmp_path / "tx", tmp_path / "rx"
+    assert cli.main(["encode", str(model), "-o", str(tmp_path / "s0.nnr"), "--state", str(tx), "-q"]) == 0
+    assert cli.main(["decode", str(tmp_path / "s0.nnr"), "-o", str(tmp_path / "d0.npz"), "--state", str(rx),
+                     "-q"]) == 0
+    state = tx if command == "encode" else rx
+    before = state.read_bytes()
+    loaded = cli._load_state
+
+    def and_another_command_writes_it(cls, path):
+        out = loaded(cls, path)
+        state.write_bytes(before + b"")  # the same bytes, another file: the other command's
+        os.utime(state, ns=(0, 10**9))
+        return out
+
+    monkeypatch.setattr(cli, "_load_state", and_another_command_writes_it)
+    out = tmp_path / ("s1.nnr" if command == "encode" else "d1.npz")
+    argv = (["encode", str(model), "-o", str(out), "--state", str(tx)] if command == "encode"
+            else ["decode", str(tmp_path / "s0.nnr"), "-o", str(out), "--state", str(rx), "--overwrite"])
+    capsys.readouterr()
+    assert cli.main([*argv, "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "the --state file changed while this command ran" in err and err.count("\n") == 1
+    assert not out.exists() and state.read_bytes() == before
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
