@@ -2545,17 +2545,20 @@ def _terminate_as_interrupt():
     from ._files import forget_held_signals, hold_signal
     from ._threads import note_interrupt
 
+    received: list = []  # the signals' exception types, to raise one the code it hit dropped
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield received
         return
 
     def terminate(signum, frame):
         note_interrupt()
+        received.append(_Terminated)
         if not hold_signal(_Terminated(_AFTER_OUTPUTS)):  # (renames under way: raised after them)
             raise _Terminated()
 
     def interrupt(signum, frame):
         note_interrupt()
+        received.append(KeyboardInterrupt)
         if not hold_signal(KeyboardInterrupt(_AFTER_OUTPUTS)):
             raise KeyboardInterrupt()
 
@@ -2564,7 +2567,7 @@ def _terminate_as_interrupt():
     if previous_int is signal.default_int_handler:  # (an ignored SIGINT, as in background jobs, stays ignored)
         signal.signal(signal.SIGINT, interrupt)
     try:
-        yield
+        yield received
     finally:
         signal.signal(signal.SIGTERM, previous)
         if previous_int is signal.default_int_handler:
@@ -2609,8 +2612,11 @@ def main(argv=None) -> int:
         if getattr(args, attr, None) == "-":  # a file named "-" would be written or read, not a pipe
             parser.error(f"{option} cannot be '-': nnc reads and writes files, not standard input or output")
     try:
-        with _terminate_as_interrupt(), _warnings_as_lines(bool(getattr(args, "quiet", False))):
-            return args.func(args)
+        with _terminate_as_interrupt() as received, _warnings_as_lines(bool(getattr(args, "quiet", False))):
+            code = args.func(args)
+            if received:  # raised where Python drops exceptions (a weakref callback, __del__): said here
+                raise received[0](_AFTER_OUTPUTS)
+            return code
     except NNCError as exc:
         return _fail(str(exc))
     except BrokenPipeError:  # the reader of our output went away (| head): stop quietly
