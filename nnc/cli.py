@@ -332,6 +332,14 @@ def _state_saved_after(path, state):
     written = []
 
     def write_state():
+        try:
+            write_state_bytes()
+        except OSError as exc:  # (a full disk: the state's, not the output's)
+            if exc.filename is not None:
+                raise
+            raise OSError(exc.errno, exc.strerror or str(exc), os.fspath(path)) from None
+
+    def write_state_bytes():
         if identity() != loaded:  # another command moved the state on meanwhile: one of the two updates would be lost
             raise UpdateError(
                 f"{path}: the --state file changed while this command ran (another command updated it); nothing "

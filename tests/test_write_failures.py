@@ -343,3 +343,22 @@ def test_a_pt_checkpoint_cut_while_it_is_read_is_a_format_error_not_a_sigbus(tmp
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, (run.returncode, run.stderr[-2000:])
     assert run.stdout.strip() == "['cut']", run.stdout
+
+
+@pytest.mark.parametrize("command", ["encode", "decode"])
+def test_a_full_disk_under_the_state_file_names_the_state_file(tmp_path, monkeypatch, capsys, command):
+    """With only the --state file's folder full, the error named the output ("out.nnr: No space left on device")."""
+    stream = _model(tmp_path)
+    state = tmp_path / "st"
+    cls = nnc.EncoderState if command == "encode" else nnc.DecoderState
+    monkeypatch.setattr(cls, "_to_bytes", _no_space)
+    if command == "encode":
+        model = tmp_path / "m.npz"
+        formats.write_model(str(model), {"w": np.ones((8, 8), np.float32)})
+        argv = ["encode", str(model), "-o", str(tmp_path / "o.nnr"), "--state", str(state), "-q"]
+    else:
+        argv = ["decode", str(stream), "-o", str(tmp_path / "o.npz"), "--state", str(state), "-q"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"nnc: error: {state}: No space left on device"), err
+    assert not (tmp_path / "o.nnr").exists() and not (tmp_path / "o.npz").exists() and not state.exists()
