@@ -430,6 +430,13 @@ def cmd_encode(args) -> int:
     args.tolerance = 0.005 if args.tolerance is None else args.tolerance
     args.workers = 1 if args.workers is None else args.workers
     args.tca = True if args.tca is None else args.tca
+    model_suffix = Path(args.model).suffix.lower().lstrip(".")
+    if (
+        model_suffix not in formats.MODEL_EXTENSIONS
+        and os.path.isfile(args.model)
+        and _starts_like_a_stream(args.model)
+    ):
+        return _fail(f"{args.model}: an NNC stream, not a model: nnc decode turns it into one")
     out = _stream_output(args)
     refused = (
         _refuse_overwriting_inputs(
@@ -1984,6 +1991,7 @@ def cmd_bench(args) -> int:
     from . import models
     from .decoder import decode
     from .encoder import Encoder
+    from .errors import EncodeError
 
     if problem := _plotting_unavailable(args):
         return _fail(problem)
@@ -2025,7 +2033,8 @@ def cmd_bench(args) -> int:
             settings = dict(qp=args.qp, dq=args.dq, scan_order=args.scan_order)
             bar.set_description_str("nnc")
             t0 = time.perf_counter()
-            result = Encoder(**settings).encode(tensors)
+            with _errors_name(args.model, EncodeError):  # (a tensor nnc cannot code: the model's)
+                result = Encoder(**settings).encode(tensors)
             t1 = time.perf_counter()
             decoded = decode(result.stream)
             t2 = time.perf_counter()
@@ -2616,9 +2625,15 @@ def main(argv=None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
-    for option, attr in (("the output (-o)", "output"), ("the model", "model"), ("the stream", "stream")):
+    for option, attr in (
+        ("the output (-o)", "output"),
+        ("the model", "model"),
+        ("the stream", "stream"),
+        ("the reference", "reference"),
+        ("the other model or stream", "other"),
+    ):
         if getattr(args, attr, None) == "-":  # a file named "-" would be written or read, not a pipe
-            parser.error(f"{option} cannot be '-': nnc reads and writes files, not standard input or output")
+            command.error(f"{option} cannot be '-': nnc reads and writes files, not standard input or output")
     try:
         with _terminate_as_interrupt() as received, _warnings_as_lines(bool(getattr(args, "quiet", False))):
             code = args.func(args)

@@ -710,3 +710,20 @@ def test_options_that_would_change_nothing_are_refused(tmp_path, capsys):
     assert not out.exists()
     assert nnc.cli.main(["encode", str(model), "-o", str(out), "--tensor-qp", "steps=-20", "--no-lossless-int",
                          "-q"]) == 0
+
+
+def test_encoding_a_stream_says_it_is_a_stream(tmp_path, capsys):
+    """`nnc encode m.nnr` said "the output is the model (m.nnr); refusing to overwrite an input"."""
+    model = tmp_path / "m.safetensors"
+    model.write_bytes(safetensors_bytes({"w": np.ones((4, 4), np.float32)}))
+    assert nnc.cli.main(["encode", str(model), "-q"]) == 0
+    assert nnc.cli.main(["encode", str(tmp_path / "m.nnr")]) == 1
+    err = capsys.readouterr().err
+    assert "an NNC stream, not a model" in err and err.count("\n") == 1
+
+
+def test_bench_names_the_model_of_a_tensor_nnc_cannot_code(tmp_path, capsys):
+    path = tmp_path / "m.npz"
+    np.savez(path, u=np.array([2**40, 1], np.uint64), w=np.ones((4, 4), np.float32))
+    assert nnc.cli.main(["bench", str(path), "-q"]) == 1
+    assert capsys.readouterr().err.startswith(f"nnc: error: {path}: integer tensor 'u'")

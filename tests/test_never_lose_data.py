@@ -1129,7 +1129,8 @@ def test_sigterm_leaves_no_partial_output(tmp_path, command):
 def test_a_dash_for_a_file_is_a_usage_error(model, tmp_path, capsys, monkeypatch):
     """Before: `-o -` wrote a file named '-' in the current folder, exit 0 (and `nnc encode -` then read it)."""
     monkeypatch.chdir(tmp_path)
-    for args in (["encode", model, "-o", "-"], ["decode", "-", "-o", "x.npz"], ["encode", "-", "-o", "x.nnr"]):
+    for args in (["encode", model, "-o", "-"], ["decode", "-", "-o", "x.npz"], ["encode", "-", "-o", "x.nnr"],
+                 ["compare", model, "-"], ["compare", "-", model]):  # compare: was "cannot read '-'", exit 1
         with pytest.raises(SystemExit) as exc:
             cli(capsys, *args)
         assert exc.value.code == 2 and "cannot be '-'" in capsys.readouterr().err
