@@ -274,6 +274,8 @@ def _open_index(index_path: Path) -> ModelSource:
         raise FormatError(f"{index_path}: a checkpoint index of {size:,} bytes, more than the {MAX_INDEX_BYTES:,} read")
     try:
         index, repeated = _json_noting_repeated_keys(index_path.read_text())
+        if not isinstance(index, dict):
+            raise TypeError(f"a JSON {type(index).__name__}, not an object with a weight_map")
         weight_map = index["weight_map"]
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
             raise TypeError("weight_map is not a mapping of tensor names to file names")
@@ -354,8 +356,11 @@ def _json_noting_repeated_keys(text) -> tuple[Any, list[tuple[dict, str]]]:
             obj[key] = value
         return obj
 
+    def refuse(constant):
+        raise ValueError(f"{constant} is not a JSON value")
+
     try:
-        return json.loads(text, object_pairs_hook=to_dict), repeated
+        return json.loads(text, object_pairs_hook=to_dict, parse_constant=refuse), repeated
     except RecursionError:  # hostile nesting: report it as the malformed JSON it is
         raise ValueError("JSON nested too deeply") from None
 
@@ -405,6 +410,9 @@ def _read_safetensors(path: Path, file_index):
     out = []
     covered = 0  # the tensors' bytes follow one another from the start of the data to its end (no gap, no overlap)
     try:
+        for name, info in header.items():
+            if name != "__metadata__" and not (isinstance(info, dict) and isinstance(info.get("data_offsets"), list)):
+                raise FormatError(f"{path}: the header's entry of {name!r} is not an object with data_offsets")
         items = sorted(
             ((k, v) for k, v in header.items() if k != "__metadata__"),
             key=lambda kv: (kv[1]["data_offsets"][0], kv[1]["data_offsets"][1]),  # an empty tensor before its peer

@@ -461,3 +461,28 @@ def test_an_npz_member_claiming_more_than_the_archive_is_refused(tmp_path):
         struct.pack_into("<II", data, data.index(signature) + at, 0xFFFFFFF0, 0xFFFFFFF0)
     path.write_bytes(bytes(data))
     _refused(path, "w.npy", "more than the whole file")
+
+
+def test_malformed_headers_and_indexes_say_what_is_wrong(tmp_path):
+    """An index of [] said "TypeError: list indices must be integers or slices, not str"; a header entry that is
+    not an object "'int' object is not subscriptable"; an index's NaN "ck: extra_metadata is not JSON"."""
+    import json
+    import struct
+
+    from nnc import formats, readers
+
+    header = json.dumps({"t": 5}).encode()
+    (tmp_path / "bad.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
+    with pytest.raises(formats.FormatError, match="entry of 't' is not an object with data_offsets"):
+        readers.open_model(tmp_path / "bad.safetensors")
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    formats.write_model(str(ck / "a.safetensors"), {"t": np.ones((2, 2), np.float32)})
+    index = ck / "model.safetensors.index.json"
+    for text, words in (
+        ("[]", "a JSON list, not an object with a weight_map"),
+        ('{"metadata": {"total_size": NaN}, "weight_map": {"t": "a.safetensors"}}', "NaN is not a JSON value"),
+    ):
+        index.write_text(text)
+        with pytest.raises(formats.FormatError, match=words):
+            readers.open_model(ck)
