@@ -83,6 +83,12 @@ def _fail(message: str) -> int:
     return EXIT_FAIL
 
 
+def _misused(message: str) -> int:
+    """A usage error found by the command itself (options that contradict or need one another): one line, exit 2."""
+    print(f"nnc: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
 def _usage_error(message: str):
     sys.stderr.write(f"nnc: error: {message}\n")
     raise SystemExit(EXIT_USAGE)
@@ -406,26 +412,26 @@ def cmd_encode(args) -> int:
     from .errors import EncodeError
 
     if args.state and args.search:
-        return _fail("--state (incremental coding) cannot be combined with --search")
+        return _misused("--state (incremental coding) cannot be combined with --search")
     if args.check and not args.search:
-        return _fail("--check guards a --search; give --search too")
+        return _misused("--check guards a --search; give --search too")
     if args.check_moves and not args.check:
-        return _fail("--check-moves checks the --check score during the search; give --check too")
+        return _misused("--check-moves checks the --check score during the search; give --check too")
     given = {"--tolerance": args.tolerance, "--time-budget": args.time_budget, "--workers": args.workers}
     unused = [option for option, value in given.items() if value is not None]
     if unused and not args.search:
-        return _fail(f"{unused[0]} is an option of --search; give --search too")
+        return _misused(f"{unused[0]} is an option of --search; give --search too")
     unused = [
         o
         for o, v in (("--tca/--no-tca", args.tca), ("--hdsp", args.hdsp or None), ("--parent-id", args.parent_id))
         if v is not None
     ]
     if unused and not args.state:
-        return _fail(f"{unused[0]} codes updates; give --state too")
+        return _misused(f"{unused[0]} codes updates; give --state too")
     if args.row_skip and args.profile == 0:
-        return _fail("--row-skip is a 2nd-edition tool; profile 0 (1st edition) has no row skipping")
+        return _misused("--row-skip is a 2nd-edition tool; profile 0 (1st edition) has no row skipping")
     if problem := _ignored_options(args):
-        return _fail(problem)
+        return _misused(problem)
     args.dcv1_s = 64 if args.dcv1_s is None else args.dcv1_s
     args.tolerance = 0.005 if args.tolerance is None else args.tolerance
     args.workers = 1 if args.workers is None else args.workers

@@ -149,7 +149,7 @@ def test_cli_state_files_carry_a_sequence(tmp_path):
     # an update of full values sends its all-zero tensor (a file written from it keeps the tensor)
     assert sorted(decoded) == sorted(api[1].reconstruction) and api[1].skipped == [] and not decoded["a.bias"].any()
     assert main(["decode", str(tmp_path / "m1.nnr"), "-o", str(tmp_path / "alone.npz")]) == 1
-    assert main(["encode", str(tmp_path / "m0.npz"), "--state", str(tmp_path / "tx"), "--search", "x:y"]) == 1
+    assert main(["encode", str(tmp_path / "m0.npz"), "--state", str(tmp_path / "tx"), "--search", "x:y"]) == 2
 
 
 def test_info_describes_an_update_without_its_parent(capsys):
@@ -856,7 +856,7 @@ def test_cli_parent_id_option(tmp_path, capsys):
     rng = np.random.default_rng(9)
     for i in range(2):
         np.savez(tmp_path / f"m{i}.npz", w=rng.normal(0, 0.05, (10, 8)).astype(np.float32))
-    assert main(["encode", str(tmp_path / "m0.npz"), "-o", str(tmp_path / "x.nnr"), "--parent-id", "ids"]) == 1
+    assert main(["encode", str(tmp_path / "m0.npz"), "-o", str(tmp_path / "x.nnr"), "--parent-id", "ids"]) == 2
     assert "--parent-id codes updates; give --state too" in capsys.readouterr().err
     for i, parent_id in enumerate(["sha512", "sha512"]):
         assert main(["encode", str(tmp_path / f"m{i}.npz"), "-o", str(tmp_path / f"s{i}.nnr"), "--state",

@@ -44,8 +44,8 @@ def cli(capsys, *args):
     return code, out.out, out.err
 
 
-def assert_refused(code, err, *names):
-    assert code == 1
+def assert_refused(code, err, *names, usage=False):
+    assert code == (2 if usage else 1)  # 2: options that contradict or need one another
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("nnc: error: "), err
     for name in names:
@@ -873,7 +873,7 @@ def test_compare_reads_checkpoint_folders_and_indexes_as_encode_does(tmp_path, c
 ])
 def test_options_that_would_do_nothing_are_refused(model, tmp_path, capsys, argv, message):
     code, _, err = cli(capsys, "encode", model, "-o", tmp_path / "x.nnr", *argv)
-    assert_refused(code, err, message)
+    assert_refused(code, err, message, usage=True)
     assert not (tmp_path / "x.nnr").exists()
 
 
@@ -963,7 +963,7 @@ def test_values_that_round_beyond_their_dtype_are_stored_exactly(tmp_path, capsy
 def test_options_another_option_would_override_are_refused(model, tmp_path, capsys, argv, message):
     """Before: read, checked, then ignored, exit 0 (the stream as without them)."""
     code, _, err = cli(capsys, "encode", model, "-o", tmp_path / "x.nnr", *argv)
-    assert_refused(code, err, message)
+    assert_refused(code, err, message, usage=True)
     assert not (tmp_path / "x.nnr").exists()
 
 
@@ -972,7 +972,7 @@ def test_importance_without_what_it_weights_is_refused(model, tmp_path, capsys):
     tensors, _ = read_model(model)
     side.write_bytes(npz_bytes({k: np.ones_like(v, dtype=np.float32) for k, v in tensors.items()}))
     code, _, err = cli(capsys, "encode", model, "-o", tmp_path / "x.nnr", "--importance", side)
-    assert_refused(code, err, "--importance weights the error of --rdoq or --target-snr")
+    assert_refused(code, err, "--importance weights the error of --rdoq or --target-snr", usage=True)
 
 
 @pytest.mark.parametrize("option", ["--importance", "--sigmas"])
