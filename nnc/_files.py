@@ -298,7 +298,8 @@ def replace_all(pairs) -> list:
         with renaming():  # (a signal held meanwhile is raised when all are in place: no rollback then)
             try:
                 for tmp, target in pairs:
-                    kept[target] = _keep_old(target)
+                    # (a target that must be new has nothing to keep: moved aside, another's file would be lost)
+                    kept[target] = None if os.path.abspath(target) in _NEW_ONLY.get() else _keep_old(target)
                     place(tmp, target)
                     done.append(target)
             except BaseException:

@@ -83,6 +83,13 @@ def _fail(message: str) -> int:
     return EXIT_FAIL
 
 
+def _path(text: str) -> Path:
+    """An argparse type: a path, not an empty one (``Path("")`` is the current folder)."""
+    if not text:
+        raise argparse.ArgumentTypeError("is empty: give a file name, or leave the option out")
+    return Path(text)
+
+
 def _misused(message: str) -> int:
     """A usage error found by the command itself (options that contradict or need one another): one line, exit 2."""
     print(f"nnc: error: {message}", file=sys.stderr)
@@ -467,7 +474,9 @@ def cmd_encode(args) -> int:
         refused = _refuse_overwriting_inputs(out, {"model's file": read})
         if refused:
             return _fail(refused)
-    if Path(out).suffix.lower().lstrip(".") in formats.MODEL_EXTENSIONS:
+    if Path(out).suffix.lower() not in formats.NNR_EXTENSIONS and Path(out).suffix.lower().lstrip(".") in (
+        formats.MODEL_EXTENSIONS
+    ):
         return _fail(
             f"-o {out}: nnc encode writes an NNC stream, which a {Path(out).suffix} name would pass off as a model "
             "file; give a .nnr name"
@@ -531,11 +540,11 @@ def cmd_encode(args) -> int:
                     except EncodeError as exc:
                         return _fail(f"{path}: {exc.message}")
     if args.sigmas and (args.qp is not None or args.step is not None):
-        floats = {t.name for t in source if np.dtype(t.dtype).kind == "f"}
-        if floats <= set(options["sigmas"]):
+        quantised = {t.name for t in source if np.dtype(t.dtype).kind in ("f" if args.lossless_int else "fiub")}
+        if quantised and quantised <= set(options["sigmas"]):
             return _fail(
                 f"{'--qp' if args.qp is not None else '--step'} would be ignored: --sigmas {args.sigmas} gives every "
-                "float tensor its step (DC-v1, from its sigmas and --dcv1-s)"
+                "quantised tensor its step (DC-v1, from its sigmas and --dcv1-s)"
             )
     if args.covariances:
         if args.target_snr is not None:
@@ -2446,7 +2455,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--plot",
-        type=Path,
+        type=_path,
         metavar="FILE",
         help="also draw per-tensor SNR and an error histogram into FILE (PNG; needs matplotlib); "
         "not written when the comparison fails",
@@ -2504,7 +2513,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--plot",
-        type=Path,
+        type=_path,
         metavar="FILE",
         help="also sweep qp from QP-8 to QP+8 in steps of 4 and draw rate against weight SNR "
         "for nnc, the lossless coders and --vs-command into FILE (PNG; needs matplotlib)",

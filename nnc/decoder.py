@@ -595,11 +595,14 @@ def _integer_sum(name: str, held: np.ndarray, delta: np.ndarray) -> np.ndarray:
     """``held + delta`` in ``held``'s integer dtype, exactly, or UpdateError: a sum that is not a whole number or
     leaves the dtype's range would be rounded or wrapped (spec 6.2.1)."""
     total: np.ndarray
-    if delta.dtype.kind == "f":
-        if not np.all(np.isfinite(delta)) or not np.array_equal(delta, np.round(delta)):
+    if delta.dtype.kind not in "biu":  # floats (bfloat16 and float8 too): whole numbers, added as integers
+        wide = delta.astype(np.float64)
+        if not np.all(np.isfinite(wide)) or not np.array_equal(wide, np.round(wide)):
             raise UpdateError(f"update of {name!r} holds fractions, which its {held.dtype} model cannot hold")
-        total = held.astype(np.float64) + delta.astype(np.float64)
-    elif np.uint64 in (held.dtype, delta.dtype):  # (beyond int64: Python's integers, rare)
+        if wide.size and not (wide.min() >= -(2.0**63) and wide.max() < 2.0**63):
+            raise UpdateError(f"update of {name!r} holds differences beyond the int64 range")
+        delta = wide.astype(np.int64)  # (exact: whole floats below 2^63)
+    if np.uint64 in (held.dtype, delta.dtype):  # (beyond int64: Python's integers, rare)
         total = np.asarray(held.astype(object) + delta.astype(object))
     else:
         a, b = held.astype(np.int64), delta.astype(np.int64)
@@ -923,17 +926,20 @@ class GuardedMap(mmap.mmap):
     """
 
     _slot = -1
+    _faulted = False  # (a fault seen by a slot given up)
+    #: The mapped file's path, for messages (set by :func:`nnc.writers.map_stream`).
+    path: "str | None" = None
 
     def guard(self) -> "GuardedMap":
         """Start guarding the map (once it is open and non-empty)."""
-        if _mapguard is not None and self._slot < 0 and len(self):
+        if _mapguard is not None and self._slot < 0 and not self.closed and len(self):
             self._slot = _mapguard.add(self)
         return self
 
     @property
     def cut(self) -> bool:
         """Whether the file is now shorter than the map, or a read found it so (it was cut while mapped)."""
-        if self._slot >= 0 and _mapguard is not None and _mapguard.faulted(self._slot):
+        if self._faulted or (self._slot >= 0 and _mapguard is not None and _mapguard.faulted(self._slot)):
             return True
         try:
             return not self.closed and self.size() < len(self)  # the cut's last page reads zeros, without a fault
@@ -942,15 +948,20 @@ class GuardedMap(mmap.mmap):
 
     def _unguard(self) -> None:
         if self._slot >= 0 and _mapguard is not None:
+            self._faulted = self._faulted or _mapguard.faulted(self._slot)
             _mapguard.remove(self._slot)
         self._slot = -1
 
     def close(self) -> None:
+        self._unguard()  # before the memory is unmapped: a later map at its address is not this one
         try:
-            super().close()  # BufferError while views of it are alive: it stays mapped, and guarded
-        finally:
-            if self.closed:
-                self._unguard()
+            super().close()
+        except BufferError:  # views of it are alive: it stays mapped, and guarded again
+            self.guard()
+            raise
+
+    def __exit__(self, *exc) -> None:  # (the base type's closes without this class's close)
+        self.close()
 
     def __del__(self) -> None:
         self._unguard()  # before the memory is unmapped (the base type's deallocation)
@@ -971,10 +982,11 @@ def _check_not_cut(data, path=None) -> None:
     """
     under = data.obj if isinstance(data, memoryview) else data
     if isinstance(under, GuardedMap) and under.cut:
-        where = f"{os.fspath(path)!r} " if path is not None else ""
+        path = path if path is not None else under.path
+        where = f"{os.fspath(path)} " if path is not None else ""
         raise TruncatedError(
-            f"the stream file {where}was cut (or replaced) by another program while it was being read; "
-            "nothing decoded from it is used",
+            f"the stream file {where}was cut by another program while it was being read; nothing decoded from it "
+            "is used",
             clause="3.2",
         )
 
@@ -1964,6 +1976,12 @@ class Decoder:
         unless the stream updates parents (spec 14.4) and another stream entered the state since this decoder read
         it (its parents were then not these)."""
         reads_parents = any(_get(u.header, "parent_node_id_present_flag", 0) for u, _ in self._ndus)
+        digests = {  # read again from the stream (its pages may have been released): checked before they are kept
+            ndu.offset: _payload_digests(ndu.payload)
+            for ndu, _ in self._ndus
+            if ndu.header.nnr_compressed_data_unit_payload_type != C.NNR_PT_RAW_FLOAT
+        }
+        _check_not_cut(self.data)
         with _STATES_LOCK:
             if reads_parents and getattr(self.state, "generation", 0) != self._parent_generation:
                 raise DecodeError(
@@ -1976,10 +1994,10 @@ class Decoder:
                 self.state.update(name, new)
             self._staged = {}
             for i, (ndu, _) in enumerate(self._ndus):  # the node depths and payload digests (spec 14.1, 14.4)
-                self._enter_ids(ndu, self._ndu_tensors[i])
+                self._enter_ids(ndu, self._ndu_tensors[i], digests.get(ndu.offset))
             self.state.generation = getattr(self.state, "generation", 0) + 1
 
-    def _enter_ids(self, ndu: C.Unit, infos: list[TensorInfo]) -> None:
+    def _enter_ids(self, ndu: C.Unit, infos: list[TensorInfo], digests: "tuple[bytes, bytes] | None") -> None:
         """The node depth and payload digests of a decoded NDU's tensors (spec 14.1): a CABAC-coded NDU sets
         them; a RAW_FLOAT NDU changes no levels, and its depth is kept apart (``raw_depths``, spec 14.4)."""
         depth = int(_get(ndu.header, "put_node_depth", 0)) if _get(ndu.header, "node_id_present_flag", 0) else None
@@ -1990,7 +2008,7 @@ class Decoder:
                 else:
                     self.state.raw_depths[info.name] = depth
             return
-        digests = _payload_digests(ndu.payload)
+        assert digests is not None  # (a CABAC-coded NDU's, taken before the state is entered)
         for info in infos:
             self.state.raw_depths.pop(info.name, None)
             self.state.payload_digests[info.name] = digests

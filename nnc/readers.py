@@ -547,20 +547,18 @@ def _read_pt(path: Path, file_index):
 class _MappedFile:
     """The file torch.load(mmap=True) maps, watched while its tensors are read: a file cut meanwhile would end the
     process (SIGBUS) at a page past its new end; the storages' memory is guarded (nnc.decoder.GuardedMap's
-    mechanism), so such a page reads zeros, and :meth:`check` refuses what was read."""
+    mechanism), so such a page reads zeros, and :meth:`check` refuses what was read (and a file changed since)."""
 
     def __init__(self, path: Path):
         self.path = path
-        self.file = open(path, "rb")  # noqa: SIM115 - the file torch maps, open while its tensors are read
-        self.size = os.fstat(self.file.fileno()).st_size
+        self.identity = file_identity(os.stat(path))  # (before torch opens it: a file replaced meanwhile is told)
         self.slots: list[int] = []
         self.tensors: list = []  # kept: the map lives while a slot guards it
 
     def guard(self, tensors: list) -> None:
         from .decoder import _mapguard
 
-        if file_identity(os.fstat(self.file.fileno())) != file_identity(os.stat(self.path)):
-            raise FormatError(f"{self.path}: the file changed while it was being loaded (replaced by another program)")
+        self.check()
         if _mapguard is None:
             return
         spans: list[list[int]] = []
@@ -573,14 +571,17 @@ class _MappedFile:
         self.slots = [slot for start, end in spans if (slot := _mapguard.add_range(start, end - start)) >= 0]
 
     def check(self) -> None:
-        """FormatError if the file was cut since it was mapped (what was read past the cut is zeros)."""
+        """FormatError if the file was cut or changed since it was mapped (what was read past a cut is zeros)."""
         from .decoder import _mapguard
 
-        cut = os.fstat(self.file.fileno()).st_size < self.size
-        if cut or (_mapguard is not None and any(_mapguard.faulted(slot) for slot in self.slots)):
+        try:
+            changed = file_identity(os.stat(self.path)) != self.identity
+        except OSError:
+            changed = True
+        if changed or (_mapguard is not None and any(_mapguard.faulted(slot) for slot in self.slots)):
             raise FormatError(
-                f"{self.path}: the file was cut by another program while its tensors were read; nothing read from "
-                "it is used"
+                f"{self.path}: the file was cut or changed by another program while its tensors were read; nothing "
+                "read from it is used"
             )
 
     def __del__(self) -> None:
@@ -590,8 +591,6 @@ class _MappedFile:
             for slot in self.slots:  # before the tensors (and so the map) go
                 _mapguard.remove(slot)
         self.slots = []
-        if getattr(self, "file", None) is not None:
-            self.file.close()
 
 
 #: The torch dtypes a .pt tensor may have: those ``Tensor.numpy()`` converts, and bfloat16 and float8 (read as

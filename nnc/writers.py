@@ -559,6 +559,7 @@ def map_stream(path):
             mapped = GuardedMap(fh.fileno(), 0, access=mmap.ACCESS_READ).guard()
     except (OSError, ValueError):  # unreadable or empty: the Decoder reports it on the path
         return None
+    mapped.path = os.fspath(path)
     _OWN_MAPS.add(mapped)
     return mapped
 
@@ -611,7 +612,10 @@ def decode_to_path(
         file, a checkpoint folder or its index; :func:`nnc.decoder.apply_update`);
         the sum is made in memory and written to the file ``output``, or into
         the folder ``output`` in the model's own checkpoint layout (its shards
-        and index; a tensor new in the update goes to the last shard).
+        and index; a tensor new in the update goes to the last shard). Without
+        it, the differences themselves are written (to look at them; ``nnc
+        decode`` notes it), unlike :func:`nnc.models.decode_model`, which
+        refuses to write them as a model.
     inputs : dict or None
         {what: path} of further files no written file may replace (a state file); the
         stream, ``template`` and ``add_to`` are never replaced.

@@ -1056,6 +1056,11 @@ def test_apply_update_never_wraps_or_rounds_an_integer_model(model, update, word
 def test_apply_update_adds_whole_differences_of_another_dtype_exactly():
     out = nnc.apply_update({"n": np.array([1, 250], np.uint8)}, {"n": np.array([2.0, -250.0])})["n"]
     assert out.dtype == np.uint8 and out.tolist() == [3, 0]
+    big = np.array([2**53 + 1, 2**63 - 1], np.int64)  # float64 sums rounded the first and wrapped the second
+    assert nnc.apply_update({"n": big}, {"n": np.zeros(2)})["n"].tolist() == big.tolist()
+    ml_dtypes = pytest.importorskip("ml_dtypes", reason="ml_dtypes not installed")
+    with pytest.raises(nnc.UpdateError, match="holds fractions"):  # bfloat16 differences were truncated
+        nnc.apply_update({"n": np.array([10, 10])}, {"n": np.array([0.5, 1.5], ml_dtypes.bfloat16)})
     same = nnc.apply_update({"n": np.array([10, 200], np.uint8)}, {"n": np.array([253, 55], np.uint8)})["n"]
     assert same.tolist() == [7, 255]  # the model's own dtype: modulo its range, as the encoder took them
 

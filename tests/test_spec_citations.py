@@ -61,6 +61,7 @@ DECODER_NOT_NORMATIVE = {
     "GuardedMap.close": "guards a mapped stream file against being cut (implementation memory)",
     "GuardedMap.__del__": "guards a mapped stream file against being cut (implementation memory)",
     "GuardedMap.close_when_unused": "closes a mapped stream file (implementation memory)",
+    "GuardedMap.__exit__": "closes a mapped stream file (implementation memory)",
     "DecodedTensors.__reduce__": "pickling of decoded tensors (API)",
     "_rebuild_decoded": "pickling of decoded tensors (API)",
 }

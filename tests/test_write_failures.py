@@ -7,6 +7,7 @@ import errno
 import json
 import gc
 import os
+import re
 import subprocess
 import sys
 
@@ -253,8 +254,25 @@ def test_a_stream_cut_inside_its_last_page_is_found_without_a_fault(tmp_path, mo
     nnc.encode_model({"a": np.linspace(-1, 1, 5000, dtype=np.float32), "b": np.ones(7, np.float32)}, path)
     dec = nnc.Decoder(map_stream(path))
     os.truncate(path, os.path.getsize(path) - 3)
-    with pytest.raises(nnc.TruncatedError, match="was cut"):
+    with pytest.raises(nnc.TruncatedError, match=f"stream file {re.escape(str(path))} was cut"):
         dec.decode_tensor("b")
+
+
+def test_a_guarded_map_closed_by_with_is_no_longer_guarded(tmp_path):
+    """`with map_stream(p) as m:` closed through mmap's own __exit__, which left the map's range guarded: a later
+    map at the same address, cut, would have read zeros instead of failing (a review found it)."""
+    mapguard = pytest.importorskip("nnc._mapguard", reason="the compiled module nnc._mapguard is not built")
+    from nnc.writers import map_stream
+
+    path = tmp_path / "m.nnr"
+    nnc.encode_model({"w": np.ones(3, np.float32)}, path)
+    with map_stream(path) as mapped:
+        slot = mapped._slot
+        assert slot >= 0
+    assert mapped.closed and mapped._slot == -1
+    again = map_stream(path)  # the slot is free again: the next map takes it
+    assert again._slot == slot
+    again.close()
 
 
 def test_a_full_disk_under_torch_save_is_the_os_error_not_torch_s_runtime_error():
@@ -328,7 +346,7 @@ for t in source.tensors:
         t.load()
         results.add("read")
     except formats.FormatError as exc:
-        results.add("cut" if "was cut" in str(exc) else str(exc))
+        results.add("cut" if "was cut or changed" in str(exc) else str(exc))
 print(sorted(results))
 """
 
@@ -362,3 +380,20 @@ def test_a_full_disk_under_the_state_file_names_the_state_file(tmp_path, monkeyp
     err = capsys.readouterr().err
     assert err.startswith(f"nnc: error: {state}: No space left on device"), err
     assert not (tmp_path / "o.nnr").exists() and not (tmp_path / "o.npz").exists() and not state.exists()
+
+
+def test_without_hard_links_a_file_another_command_wrote_is_kept(tmp_path, monkeypatch):
+    """On a file system without hard links, the target of a folder decode was moved aside first (to put back on
+    failure), so the new-files-only commit found no file, renamed over it and then deleted the other's file."""
+    from nnc import _files
+
+    def no_links(*args, **kwargs):
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    target, tmp = tmp_path / "model.safetensors", tmp_path / ".model.safetensors.x.tmp"
+    tmp.write_bytes(b"ours")
+    target.write_bytes(b"theirs")  # written by another command after this one checked
+    with _files.new_files_only(target), pytest.raises(FileExistsError, match="created by another program"):
+        _files.replace_all([(tmp, target)])
+    assert target.read_bytes() == b"theirs" and sorted(p.name for p in tmp_path.iterdir()) == [target.name]
