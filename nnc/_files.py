@@ -49,11 +49,16 @@ def new_files_only(*paths):
         _NEW_ONLY.reset(token)
 
 
+def _must_be_new(target) -> bool:
+    """Whether ``target`` is one of :func:`new_files_only`'s."""
+    return os.path.abspath(os.fspath(target)) in _NEW_ONLY.get()
+
+
 def place(tmp: str, target) -> None:
     """Rename the finished temporary file ``tmp`` over ``target``; one of :func:`new_files_only` only if no file
     is there (else FileExistsError, ``tmp`` removed)."""
     target = os.fspath(target)
-    if os.path.abspath(target) not in _NEW_ONLY.get():
+    if not _must_be_new(target):
         os.replace(tmp, target)
         return
     taken = FileExistsError(errno.EEXIST, "it was created by another program meanwhile, and is not replaced", target)
@@ -299,7 +304,7 @@ def replace_all(pairs) -> list:
             try:
                 for tmp, target in pairs:
                     # (a target that must be new has nothing to keep: moved aside, another's file would be lost)
-                    kept[target] = None if os.path.abspath(target) in _NEW_ONLY.get() else _keep_old(target)
+                    kept[target] = None if _must_be_new(target) else _keep_old(target)
                     place(tmp, target)
                     done.append(target)
             except BaseException:

@@ -315,11 +315,16 @@ def _stream_output(args) -> str:
     return args.output
 
 
-def _load_state(cls, path):
-    """The state in the --state file (a new one if there is none), noting which file it was read from."""
+def _file_identity(path) -> tuple | None:
+    """:func:`nnc.readers.file_identity` of the file at ``path``, None if there is none."""
     from .readers import file_identity
 
-    before = file_identity(os.stat(path)) if os.path.exists(path) else None
+    return file_identity(os.stat(path)) if os.path.exists(path) else None
+
+
+def _load_state(cls, path):
+    """The state in the --state file (a new one if there is none), noting which file it was read from."""
+    before = _file_identity(path)
     state = cls.load(path) if before is not None else cls()
     state.loaded_identity = before  # (_state_saved_after refuses to replace a file another command wrote since)
     return state
@@ -335,12 +340,9 @@ def _state_saved_after(path, state):
         return
     from ._files import AtomicFile, committed_together
     from .errors import UpdateError
-    from .readers import file_identity
 
-    def identity():
-        return file_identity(os.stat(path)) if os.path.exists(path) else None
-
-    loaded = getattr(state, "loaded_identity", identity())  # (a state not read by _load_state: from now on)
+    # (a state not read by _load_state: the file as it is now)
+    loaded = state.loaded_identity if hasattr(state, "loaded_identity") else _file_identity(path)
     file = AtomicFile(path)
     written = []
 
@@ -353,7 +355,7 @@ def _state_saved_after(path, state):
             raise OSError(exc.errno, exc.strerror or str(exc), os.fspath(path)) from None
 
     def write_state_bytes():
-        if identity() != loaded:  # another command moved the state on meanwhile: one of the two updates would be lost
+        if _file_identity(path) != loaded:  # another command moved the state on meanwhile: an update would be lost
             raise UpdateError(
                 f"{path}: the --state file changed while this command ran (another command updated it); nothing "
                 "is written: run this one again"
@@ -443,12 +445,8 @@ def cmd_encode(args) -> int:
     args.tolerance = 0.005 if args.tolerance is None else args.tolerance
     args.workers = 1 if args.workers is None else args.workers
     args.tca = True if args.tca is None else args.tca
-    model_suffix = Path(args.model).suffix.lower().lstrip(".")
-    if (
-        model_suffix not in formats.MODEL_EXTENSIONS
-        and os.path.isfile(args.model)
-        and _starts_like_a_stream(args.model)
-    ):
+    named_as_model = Path(args.model).suffix.lower().lstrip(".") in formats.MODEL_EXTENSIONS
+    if not named_as_model and os.path.isfile(args.model) and _starts_like_a_stream(args.model):
         return _fail(f"{args.model}: an NNC stream, not a model: nnc decode turns it into one")
     out = _stream_output(args)
     refused = (
@@ -474,9 +472,8 @@ def cmd_encode(args) -> int:
         refused = _refuse_overwriting_inputs(out, {"model's file": read})
         if refused:
             return _fail(refused)
-    if Path(out).suffix.lower() not in formats.NNR_EXTENSIONS and Path(out).suffix.lower().lstrip(".") in (
-        formats.MODEL_EXTENSIONS
-    ):
+    suffix = Path(out).suffix.lower()
+    if suffix not in formats.NNR_EXTENSIONS and suffix.lstrip(".") in formats.MODEL_EXTENSIONS:
         return _fail(
             f"-o {out}: nnc encode writes an NNC stream, which a {Path(out).suffix} name would pass off as a model "
             "file; give a .nnr name"
