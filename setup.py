@@ -66,7 +66,8 @@ class OptionalBuildExt(build_ext):
     @staticmethod
     def _report_without(ext, exc):
         msg = (
-            f"\n{BANNER}\nnnc: the compiled module {ext.name} could NOT be built "
+            f"\n{BANNER}\nnnc: the compiled {'engine' if ext.name == 'nnc._engine' else 'module'} {ext.name} could NOT be "
+            "built "
             f"({type(exc).__name__}: {str(exc).strip()[:300]}).\n"
             f"{WITHOUT.get(ext.name, WITHOUT['nnc._engine'])}\n"
             "Install a C compiler and reinstall to get it; set\n"
