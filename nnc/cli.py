@@ -315,16 +315,11 @@ def _stream_output(args) -> str:
     return args.output
 
 
-def _file_identity(path) -> tuple | None:
-    """:func:`nnc.readers.file_identity` of the file at ``path``, None if there is none."""
-    from .readers import file_identity
-
-    return file_identity(os.stat(path)) if os.path.exists(path) else None
-
-
 def _load_state(cls, path):
     """The state in the --state file (a new one if there is none), noting which file it was read from."""
-    before = _file_identity(path)
+    from .readers import path_identity
+
+    before = path_identity(path)
     state = cls.load(path) if before is not None else cls()
     state.loaded_identity = before  # (_state_saved_after refuses to replace a file another command wrote since)
     return state
@@ -340,9 +335,10 @@ def _state_saved_after(path, state):
         return
     from ._files import AtomicFile, committed_together
     from .errors import UpdateError
+    from .readers import path_identity
 
     # (a state not read by _load_state: the file as it is now)
-    loaded = state.loaded_identity if hasattr(state, "loaded_identity") else _file_identity(path)
+    loaded = state.loaded_identity if hasattr(state, "loaded_identity") else path_identity(path)
     file = AtomicFile(path)
     written = []
 
@@ -355,7 +351,7 @@ def _state_saved_after(path, state):
             raise OSError(exc.errno, exc.strerror or str(exc), os.fspath(path)) from None
 
     def write_state_bytes():
-        if _file_identity(path) != loaded:  # another command moved the state on meanwhile: an update would be lost
+        if path_identity(path) != loaded:  # another command moved the state on meanwhile: an update would be lost
             raise UpdateError(
                 f"{path}: the --state file changed while this command ran (another command updated it); nothing "
                 "is written: run this one again"

@@ -373,14 +373,20 @@ def file_identity(stat: os.stat_result) -> tuple:
     return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
 
-def _safetensors_header(path: Path, identity: list | None = None) -> tuple[dict, int, int]:
-    """The header, where the data starts and its size; ``identity`` (a list) gets the file's :func:`file_identity`."""
+def path_identity(path) -> tuple | None:
+    """:func:`file_identity` of the file at ``path``, None if there is none."""
+    try:
+        return file_identity(os.stat(path))
+    except FileNotFoundError:
+        return None
+
+
+def _safetensors_header(path: Path) -> tuple[dict, int, int, tuple]:
+    """The header, where the data starts, its size, and the :func:`file_identity` of the file they were read from."""
     try:
         with open(path, "rb") as fh:
             stat = os.fstat(fh.fileno())
             size = stat.st_size
-            if identity is not None:
-                identity.append(file_identity(stat))
             head = fh.read(8)
             if len(head) < 8:
                 raise FormatError(f"{path}: too short for safetensors")
@@ -398,12 +404,11 @@ def _safetensors_header(path: Path, identity: list | None = None) -> tuple[dict,
         where, key = repeated[0]
         what = f"tensor {key!r}" if where is header and key != "__metadata__" else f"key {key!r}"
         raise FormatError(f"{path}: {what} appears twice in the header")
-    return header, 8 + hlen, size - 8 - hlen
+    return header, 8 + hlen, size - 8 - hlen, file_identity(stat)
 
 
 def _read_safetensors(path: Path, file_index):
-    identity: list = []
-    header, base, body_size = _safetensors_header(path, identity)
+    header, base, body_size, identity = _safetensors_header(path)
     metadata = header.get("__metadata__")
     if metadata is not None and not (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())):
         raise FormatError(f"{path}: safetensors __metadata__ is not a JSON object of strings")
@@ -444,7 +449,7 @@ def _read_safetensors(path: Path, file_index):
                     shape,
                     dtype,
                     original,
-                    _safetensors_loader(path, base + start, stored, shape, narrow, identity[0]),
+                    _safetensors_loader(path, base + start, stored, shape, narrow, identity),
                     file_index,
                 )
             )
@@ -551,7 +556,7 @@ class _MappedFile:
 
     def __init__(self, path: Path):
         self.path = path
-        self.identity = file_identity(os.stat(path))  # (before torch opens it: a file replaced meanwhile is told)
+        self.identity = path_identity(path)  # (before torch opens it: a file replaced meanwhile is told)
         self.slots: list[int] = []
         self.tensors: list = []  # kept: the map lives while a slot guards it
 
@@ -575,7 +580,7 @@ class _MappedFile:
         from .decoder import _mapguard
 
         try:
-            changed = file_identity(os.stat(self.path)) != self.identity
+            changed = path_identity(self.path) != self.identity
         except OSError:
             changed = True
         if changed or (_mapguard is not None and any(_mapguard.faulted(slot) for slot in self.slots)):
@@ -696,7 +701,7 @@ def _onnx_external_loader(path: Path, init, dtype: np.dtype, shape: tuple, onnx,
             f"its shape {list(shape)} and dtype {dtype.name} need"
         )
 
-    identity = file_identity(data_path.stat()) if data_path.is_file() else None  # (as the model is opened)
+    identity = path_identity(data_path)  # (as the model is opened)
 
     def load():
         if not data_path.is_file() or data_path.stat().st_size < offset + nbytes:
