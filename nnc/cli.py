@@ -407,6 +407,42 @@ def _ignored_options(args) -> str | None:
     return None
 
 
+# nnc encode's options by the names of the encoder's settings (for messages about their values)
+_ENCODE_FLAGS = {
+    "qp_per_tensor": "--tensor-qp",
+    "lambda_per_tensor": "--tensor-lambda",
+    "nonweight_qp": "--nonweight-qp",
+    "qp_density": "--qp-density",
+    "scan_order": "--scan-order",
+    "n_gtx": "--n-gtx",
+    "rdoq_lambda": "--lambda",
+    "dcv1_s": "--dcv1-s",
+    "threads": "--threads",
+    "profile": "--profile",
+    "step": "--step",
+    "qp": "--qp",
+}
+
+
+def _refused_option_values(options: dict) -> str | None:
+    """What the encoder's settings refuse in the values given on the command line (a usage error), in the
+    options' own names; None when they take them."""
+    import re
+
+    from .encoding.settings import EncoderSettings
+    from .errors import EncodeError
+
+    given = {k: v for k, v in options.items() if k in _ENCODE_FLAGS}
+    if given.get("step") is None:
+        given.pop("step", None)
+    try:
+        EncoderSettings(**given)
+    except EncodeError as exc:
+        flags = "|".join(sorted(_ENCODE_FLAGS, key=len, reverse=True))  # the option the message begins with
+        return re.sub(rf"^({flags})(?=[ :\[])(?! size)", lambda m: _ENCODE_FLAGS[m.group(1)], exc.message)
+    return None
+
+
 def cmd_encode(args) -> int:
     import re
     import warnings
@@ -506,6 +542,10 @@ def cmd_encode(args) -> int:
         dcv1_s=args.dcv1_s,
         threads=args.threads if args.threads is not None else (1 if args.search and args.workers > 1 else 0),
     )
+    if args.nonweight_qp is not None:
+        options["nonweight_qp"] = args.nonweight_qp
+    if problem := _refused_option_values(options):
+        return _misused(problem)
     for option, path in (("sigmas", args.sigmas), ("importance", args.importance)):
         if path:
             options[option], _ = formats.read_model(path)
@@ -558,8 +598,6 @@ def cmd_encode(args) -> int:
                     check_covariance(t.name, options["covariances"][t.name], columns, factor=True)
                 except EncodeError as exc:
                     return _fail(f"{args.covariances}: {exc}")
-    if args.nonweight_qp is not None:
-        options["nonweight_qp"] = args.nonweight_qp
     if args.blocks is not None:
         options["blocks"] = args.blocks
     if args.raw_when_smaller is not None:

@@ -733,3 +733,24 @@ def test_bench_names_the_model_of_a_tensor_nnc_cannot_code(tmp_path, capsys):
     np.savez(path, u=np.array([2**40, 1], np.uint64), w=np.ones((4, 4), np.float32))
     assert nnc.cli.main(["bench", str(path), "-q"]) == 1
     assert capsys.readouterr().err.startswith(f"nnc: error: {path}: integer tensor 'u'")
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--qp", "1000"], "--qp 1000 (qp_density 2) gives a step size outside the float32 range"),
+        (["--n-gtx", "0"], "--n-gtx 0 outside 1..256"),
+        (["--qp-density", "9"], "--qp-density 9 outside 0..7"),
+        (["--nonweight-qp", "5000"], "--nonweight-qp: qp 5000"),
+        (["--tensor-qp", "fc.weight=900"], "--tensor-qp['fc.weight']: qp 900"),
+        (["--step", "1e-60"], "step size 1e-60 is beyond the float32 steps"),
+    ],
+)
+def test_an_option_value_the_encoder_refuses_is_a_usage_error(model, tmp_path, argv, words, capsys):
+    """The encoder's settings refused these values after the model was opened: exit 1, the message naming the model
+    and the setting's Python name (n_gtx) rather than the option."""
+    out = tmp_path / "y.nnr"
+    assert nnc.cli.main(["encode", str(model[0]), "-o", str(out), *argv, "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"nnc: error: {words}") and err.count("\n") == 1, err
+    assert not out.exists()
