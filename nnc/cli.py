@@ -315,14 +315,54 @@ def _stream_output(args) -> str:
     return args.output
 
 
-def _load_state(cls, path):
-    """The state in the --state file (a new one if there is none), noting which file it was read from."""
+def _load_state(cls, path, quiet: bool = False):
+    """The state in the --state file (a new one if there is none), noting which file it was read from.
+
+    The file is locked (an advisory lock, where the system has them) until the command has saved the state after
+    it, or ends: a second command on the same state waits for the first, then reads the state the first wrote."""
     from .readers import path_identity
 
+    lock = _lock_state_file(path, quiet)
     before = path_identity(path)
     state = cls.load(path) if before is not None else cls()
     state.loaded_identity = before  # (_state_saved_after refuses to replace a file another command wrote since)
+    state.lock_file = lock
     return state
+
+
+def _lock_state_file(path, quiet: bool):
+    """The --state file open and locked, the lock taken on the file that is at ``path`` once it is held; None where
+    there is no file yet or the system or file system takes no locks (the identity check still applies)."""
+    try:
+        import fcntl
+    except ImportError:  # (Windows)
+        return None
+    from .readers import file_identity, path_identity
+
+    while True:
+        try:
+            fh = open(path, "rb")  # noqa: SIM115 (held until the state is saved)
+        except OSError:  # (none yet, or unreadable: loading says so)
+            return None
+        try:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                _tell(quiet, f"nnc: note: waiting for another command that uses {path}")
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        except OSError:  # (a file system without locks)
+            fh.close()
+            return None
+        if file_identity(os.fstat(fh.fileno())) == path_identity(path):
+            return fh
+        fh.close()  # the other command replaced the file meanwhile: lock the new one
+
+
+def _release_state(state) -> None:
+    lock = getattr(state, "lock_file", None)
+    if lock is not None:
+        lock.close()
+        state.lock_file = None
 
 
 @contextlib.contextmanager
@@ -331,7 +371,10 @@ def _state_saved_after(path, state):
     output's first rename (the state is complete then): a state that cannot be written (a full disk) fails before
     the output is replaced, not after it, with the output changed and the state not."""
     if path is None or state is None:
-        yield
+        try:
+            yield
+        finally:
+            _release_state(state)
         return
     from ._files import AtomicFile, committed_together
     from .errors import UpdateError
@@ -370,6 +413,8 @@ def _state_saved_after(path, state):
     except BaseException:
         file.discard()
         raise
+    finally:
+        _release_state(state)
 
 
 def _ignored_options(args) -> str | None:
@@ -620,7 +665,7 @@ def cmd_encode(args) -> int:
         _note_left_out(args.model, source.left_out, args.quiet or args.json)
         return _encode_search(args, tensors, dict(options, dtypes=dtypes), layout)
     if args.state:
-        state = _load_state(EncoderState, args.state)
+        state = _load_state(EncoderState, args.state, args.quiet or args.json)
         options.update(
             state=state,
             tca=args.tca,
@@ -1083,7 +1128,7 @@ def cmd_decode(args) -> int:
         return _decode_on_cluster(args)
     state = None
     if args.state:
-        state = _load_state(DecoderState, args.state)
+        state = _load_state(DecoderState, args.state, args.quiet or args.json)
     per_tensor = {} if args.max_tensor_elements is None else {"max_tensor_elements": args.max_tensor_elements}
     limits = Limits.for_stream(args.stream, **per_tensor)  # written one unit at a time
     with _errors_name(args.stream):

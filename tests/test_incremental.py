@@ -3,6 +3,7 @@ DecoderState, to exactly what the encoder reconstructed, and both sides end with
 
 import copy
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -1100,8 +1101,8 @@ def test_a_state_file_another_command_moved_on_meanwhile_is_not_replaced(tmp_pat
     before = state.read_bytes()
     loaded = cli._load_state
 
-    def and_another_command_writes_it(cls, path):
-        out = loaded(cls, path)
+    def and_another_command_writes_it(cls, path, *rest):
+        out = loaded(cls, path, *rest)
         state.write_bytes(before + b"")  # the same bytes, another file: the other command's
         os.utime(state, ns=(0, 10**9))
         return out
@@ -1116,3 +1117,31 @@ def test_a_state_file_another_command_moved_on_meanwhile_is_not_replaced(tmp_pat
     assert "the --state file changed while this command ran" in err and err.count("\n") == 1
     assert not out.exists() and state.read_bytes() == before
     assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="advisory file locks are POSIX's")
+def test_a_command_on_a_state_file_another_command_holds_waits_and_reads_what_it_wrote(tmp_path):
+    """The --state check refused a state file replaced while the command ran (exit 1: run it again), and left a
+    short window between the output's rename and the state's. The file is now locked while a command uses it: the
+    second command waits, then codes on the state the first wrote (three streams deep here, not two)."""
+    import fcntl
+    import shutil
+    import subprocess
+
+    from nnc import cli, formats
+
+    model = tmp_path / "m.npz"
+    model.write_bytes(formats.npz_bytes(_tensors(np.random.default_rng(3), 0.05)))
+    tx, first = tmp_path / "tx", tmp_path / "first"
+    assert cli.main(["encode", str(model), "-o", str(tmp_path / "s0.nnr"), "--state", str(tx), "-q"]) == 0
+    shutil.copy(tx, first)  # the other command's state, one stream further on
+    assert cli.main(["encode", str(model), "-o", str(tmp_path / "s1.nnr"), "--state", str(first), "-q"]) == 0
+    with open(tx, "rb") as other:  # the other command holds the state file
+        fcntl.flock(other.fileno(), fcntl.LOCK_EX)
+        cmd = [sys.executable, "-m", "nnc", "encode", str(model), "-o", str(tmp_path / "s2.nnr"), "--state", str(tx)]
+        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+        assert proc.stderr.readline() == f"nnc: note: waiting for another command that uses {tx}\n"
+        os.replace(first, tx)  # ... and writes its state
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert set(nnc.EncoderState.load(tx).depths.values()) == {3}
