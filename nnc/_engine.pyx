@@ -14,7 +14,9 @@ docs/dev/engine-api.md) and is identical to that of the pure-Python engine
   context array;
 * matrix positions come from loops bounded by height and width, which the
   Python wrapper checked against the array lengths;
-* every byte read checks the remaining length itself (``next_byte``).
+* every byte read checks the remaining length itself (``next_byte``); the re-reads of the
+  last byte read (``buf[pos - 1]``) rely on pos >= 2, which the start (two bytes, spec 9.1)
+  and a seek (its target checked against the length, 9.7) establish.
 """
 
 from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint32_t, uint64_t
@@ -25,6 +27,8 @@ from libc.string cimport memcpy
 import math
 
 import numpy as np
+
+from nnc.engine.matrix import MAX_ELEMENTS
 
 cimport numpy as cnp
 
@@ -366,7 +370,7 @@ cdef TensorShape make_shape(int edition, int64_t height, int64_t width, int scan
     t.height = height
     t.width = width
     t.dq = dq
-    if width == 1 or height == 1:
+    if width <= 1 or height <= 1:  # the effective scan order (spec 11.1; nnc.engine.matrix)
         scan_order = 0
     t.scan_order = scan_order
     if scan_order == 0:
@@ -563,6 +567,8 @@ def scan_permutation(int64_t height, int64_t width, int scan_order):
     """
     if height < 0 or width < 0:
         raise ValueError(f"negative tensor dimensions {height}x{width}")
+    if width > 0 and height > MAX_ELEMENTS // width:
+        raise ValueError(f"tensor dimensions {height}x{width}: more than 2**62 elements")
     cdef TensorShape t = make_shape(2, height, width, scan_order, 0, 0, 0, 0, 0)
     out = np.empty(height * width, dtype=np.int64)
     cdef int64_t[::1] o = out
@@ -1389,6 +1395,8 @@ _DECODE_ERRORS = {
 cdef int _check_tensor_args(int64_t height, int64_t width, int n_gtx, int scan_order, error) except -1:
     if height < 0 or width < 0:  # api-check
         raise error(f"negative tensor dimensions {height}x{width}", clause="11.1")
+    if width > 0 and height > MAX_ELEMENTS // width:  # api-check
+        raise error(f"tensor dimensions {height}x{width}: more than 2**62 elements", clause="11.1")
     if not 1 <= n_gtx <= 256:  # api-check
         raise error(f"number of greater-than flags {n_gtx} outside 1..256", clause="7.4")
     if not 0 <= scan_order <= 4:
@@ -1416,7 +1424,7 @@ cdef class PayloadDecoder:
     """Decoder of one NDU CABAC payload (spec 8, 9)."""
 
     cdef ArithDecoder d
-    cdef const uint8_t[:] _view
+    cdef const uint8_t[::1] _view
     cdef readonly int edition
     cdef public object last_entry_points
     cdef public object last_init_sets
@@ -1427,8 +1435,13 @@ cdef class PayloadDecoder:
 
     def __init__(self, data, int edition):
         _check_edition(edition)
-        if isinstance(data, memoryview):
-            data = data.cast("B") if data.format != "B" else data
+        if isinstance(data, np.ndarray):  # (as the Python engine takes it: its values as bytes)
+            data = np.ascontiguousarray(data, dtype=np.uint8)
+        elif isinstance(data, memoryview):
+            if not data.c_contiguous:  # (a strided view: its bytes, copied, as the Python engine does)
+                data = data.tobytes()
+            elif data.format != "B":
+                data = data.cast("B")
         self._view = data
         self.edition = edition
         self.last_entry_points = []

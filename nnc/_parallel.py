@@ -25,7 +25,8 @@ from __future__ import annotations
 import numpy as np
 
 from ._threads import worker_pool
-from .engine.python.scan import block_row_count as engine_block_row_count
+from .engine.matrix import block_row_count as engine_block_row_count
+from .engine.matrix import effective_scan_order
 
 #: Fewest elements per block-row range worth a thread of its own.
 MIN_ELEMENTS_PER_THREAD = 1 << 18
@@ -41,7 +42,7 @@ def row_threads(threads: int, size: int, min_elements: int | None = None) -> int
 def block_row_count(height: int, width: int, scan_order: int) -> int:
     """Number of block rows of a height x width matrix view (spec 11.1, 11.2): the engine's
     count for the effective scan order (1 for a matrix of one row or column)."""
-    return engine_block_row_count(height, scan_order if height > 1 and width > 1 else 0)
+    return engine_block_row_count(height, effective_scan_order(height, width, scan_order))
 
 
 def block_row_ranges(n_block_rows: int, parts: int) -> list[tuple[int, int]]:

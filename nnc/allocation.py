@@ -15,8 +15,8 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from .encoder import Encoder, default_scan_order
-from .encoding.quantiser import levels_fit_int32
+from .encoder import Encoder
+from .encoding.quantiser import levels_fit_int32, tensor_geometry
 from .encoding.settings import check_importance, matches
 from .errors import EncodeError
 from .narrow_floats import as_stored
@@ -25,11 +25,7 @@ from .reconstruction import step_size
 
 def _tensor_curve(enc: Encoder, name: str, x: np.ndarray, qps, importance) -> list[tuple[int, float, float]]:
     """(qp, estimated bits, weighted squared error) of one tensor at each candidate qp."""
-    shape = x.shape or (1,)
-    height = shape[0]
-    width = x.size // height if height else 0
-    scan = enc.scan_order if enc.scan_order is not None else default_scan_order(height, width)
-    scan = scan if len(shape) > 1 and height > 1 and width > 1 else 0
+    _, height, width, scan = tensor_geometry(x.shape, enc.scan_order)
     flat = x.reshape(-1).astype(np.float64)
     f = np.ones_like(flat) if importance is None else np.asarray(importance, np.float64).reshape(-1)
     check_importance(name, f, flat.size)

@@ -48,7 +48,7 @@ from typing import Iterator
 import construct as cs
 from construct import Container, If, Struct, this
 
-from .engine.python.scan import block_row_count
+from .engine.matrix import block_row_count
 from .errors import DecodeError, EncodeError, TruncatedError, UnsupportedError
 
 # -- enumerations (spec 3.4, 7.4) --------------------------------------------------

@@ -39,6 +39,7 @@ from . import narrow_floats
 from ._parallel import decode_tensor_threads
 from ._threads import thread_count
 from .engine import get_engine
+from .engine.matrix import effective_scan_order, matrix_view
 from .errors import DecodeError, LimitError, NNCError, TruncatedError, UnsupportedError, UpdateError
 from .reconstruction import (
     DECOMPRESSED_DATA_FORMATS,
@@ -1379,8 +1380,7 @@ class Decoder:
         if info.payload_type == "RAW_FLOAT":
             return
         bound = ELEMENTS_PER_PAYLOAD_BYTE * payload_len + ELEMENTS_SLACK
-        height = info.shape[0] if info.shape else 1
-        width = size // height if height else 0
+        height, width = matrix_view(info.shape)
         if info.codebook is not None and len(info.codebook) == 1 and params.profile == 1:
             return  # nothing is coded for a one-entry codebook (spec 10.4)
         if params.profile == 1 and width > 1 and height > 1:
@@ -2073,8 +2073,7 @@ class Decoder:
         tca = bool(_get(h, "temporal_context_modeling_flag", 0))
         out = {}
         for info in infos:
-            height = info.shape[0] if info.shape else 1
-            width = info.size // height if height else 0
+            height, width = matrix_view(info.shape)
             if info.payload_type != "INT":
                 # spec 8.2: qp offset, (6 + qp_density)-bit two's complement bypass value
                 info.qp = params.qp + dec.read_qp_offset(6 + params.qp_density)
@@ -2141,7 +2140,7 @@ class Decoder:
                     record_entry_points=(mode == "verify"),
                     **kwargs,
                 )
-            if mode == "verify" and info.entry_points and height > 1 and width > 1:
+            if mode == "verify" and info.entry_points and effective_scan_order(height, width, 1):
                 if list(dec.last_entry_points) != list(info.entry_points):
                     raise DecodeError(
                         f"transmitted entry points of {info.name!r} differ from the decoded positions",

@@ -23,10 +23,10 @@ ENGINES = ["python"] + (["cython"] if COMPILED_AVAILABLE else [])
 #: The marked checks per file (a check is one marked statement).
 MARKED = {
     "nnc/decoder.py": 23,
-    "nnc/engine/python/payload.py": 16,
+    "nnc/engine/python/payload.py": 17,
     "nnc/engine/python/arithmetic.py": 1,
     "nnc/engine/python/binarisation.py": 1,
-    "nnc/_engine.pyx": 17,
+    "nnc/_engine.pyx": 18,
     "nnc/engine/__init__.py": 1,
 }
 
@@ -73,6 +73,7 @@ def test_edition_outside_1_and_2(engine):
     "kwargs, clause",
     [
         (dict(height=-1, width=4), "11.1"),
+        (dict(height=2**32, width=2**32), "11.1"),
         (dict(n_gtx=0), "7.4"),
         (dict(n_gtx=257), "7.4"),
         (dict(codebook_size=4, codebook_zero=4), "7.2"),

@@ -1,6 +1,8 @@
 """Stream-level round trips: encode -> decode reproduces the encoder's reconstruction bit for bit."""
 
 import io
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +12,10 @@ from hypothesis.extra import numpy as hnp
 
 import nnc
 from nnc.encoder import Encoder, qp_for_step, scan_permutation
+from nnc.engine import COMPILED_AVAILABLE
 from nnc.reconstruction import step_size
+
+ROOT = Path(__file__).resolve().parent.parent
 
 SHAPES = hnp.array_shapes(min_dims=0, max_dims=4, min_side=1, max_side=9)
 FLOATS = st.floats(-4.0, 4.0, allow_nan=False, allow_infinity=False, width=32)
@@ -198,3 +203,17 @@ def test_decoder_only_import_does_not_load_the_encoder():
     code = ("import sys, nnc; nnc.Decoder; "
             "assert 'nnc.encoder' not in sys.modules, sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.skipif(not COMPILED_AVAILABLE, reason="the compiled engine nnc._engine is not built")
+def test_decoding_with_the_compiled_engine_loads_no_encoder_nor_the_python_engine():
+    """The container and the threaded decoder took block_row_count from the pure-Python engine, which loaded it
+    whole (its trellis and encoder too) into every decode."""
+    import subprocess
+    import sys
+
+    stream = sorted((ROOT / "conformance" / "streams").glob("*/*.nnr"))[0]
+    code = (f"import sys, nnc; nnc.decode(open({str(stream)!r}, 'rb').read()); "
+            "loaded = [m for m in sys.modules if m.startswith(('nnc.encod', 'nnc.engine.python', 'nnc.formats'))]; "
+            "assert not loaded, loaded")
+    subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ, NNC_ENGINE="cython"))

@@ -5,7 +5,7 @@ import importlib
 
 import pytest
 
-MODULES = ["nnc", "nnc.decoder", "nnc.encoder", "nnc.models", "nnc.reconstruction", "nnc.engine", "nnc.engine.interface", "nnc.engine.python.scan",
+MODULES = ["nnc", "nnc.decoder", "nnc.encoder", "nnc.models", "nnc.reconstruction", "nnc.engine", "nnc.engine.interface", "nnc.engine.matrix", "nnc.engine.python.scan",
            "nnc.search", "nnc.allocation", "nnc.cli", "nnc.demo",
            "nnc.container", "nnc.errors", "nnc.formats", "nnc.verify", "nnc.tables", "nnc.codec", "nnc.writers",
            "nnc.encoding.settings", "nnc.encoding.quantiser", "nnc.encoding.writer", "nnc.readers",

@@ -427,7 +427,7 @@ def test_round_trip_payloads(eng, p):
 
 @_scaled(1.0)
 @given(edition=st.sampled_from([1, 2]), dq=st.booleans(), scan=st.integers(0, 4),
-       h=st.integers(1, 80), w=st.integers(1, 20), n_gtx=st.sampled_from([1, 11, 256]))
+       h=st.integers(0, 80), w=st.integers(0, 20), n_gtx=st.sampled_from([1, 11, 256]))
 def test_round_trip_all_zero(eng, edition, dq, scan, h, w, n_gtx):
     c = Case(edition, h, w, np.zeros(h * w, np.int32), dict(n_gtx=n_gtx, dq=dq, scan_order=scan))
     check_round_trip(eng, edition, [c])
@@ -722,7 +722,7 @@ def test_random_byte_flips(eng, which, flips, use_eps, data):
 @settings(max_examples=max(10, _EXAMPLES), deadline=timedelta(seconds=3),
           suppress_health_check=[HealthCheck.too_slow])
 @given(garbage=st.binary(min_size=0, max_size=64), edition=st.sampled_from([1, 2]),
-       n_gtx=st.sampled_from([1, 11]), dq=st.booleans(), h=st.integers(1, 40), w=st.integers(1, 40),
+       n_gtx=st.sampled_from([1, 11]), dq=st.booleans(), h=st.integers(0, 40), w=st.integers(0, 40),
        scan=st.integers(0, 4))
 def test_garbage_payloads(eng, garbage, edition, n_gtx, dq, h, w, scan):
     c = Case(edition, h, w, np.zeros(h * w, np.int32), dict(n_gtx=n_gtx, dq=dq, scan_order=scan))

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from nnc.engine import COMPILED_AVAILABLE, get_engine
 from nnc.engine.interface import CLASSES, FUNCTIONS, NAMES, check_engine
+from nnc.errors import DecodeError, EncodeError
 
 REPO = Path(__file__).resolve().parent.parent
 needs_compiled = pytest.mark.skipif(not COMPILED_AVAILABLE, reason="the compiled engine nnc._engine is not built")
@@ -171,12 +172,58 @@ def test_choose_init_sets_equal_in_both_engines(h, w, scan, spread, row_skip, se
 
 
 @needs_compiled
-@pytest.mark.parametrize("h,w,scan", [(37, 70, 1), (10, 12, 1), (1, 50, 3), (50, 1, 2), (0, 5, 1), (130, 200, 4)])
+@pytest.mark.parametrize("h,w,scan", [(37, 70, 1), (10, 12, 1), (1, 50, 3), (50, 1, 2), (0, 5, 1), (40, 0, 1), (130, 200, 4)])
 def test_scan_helpers_equal_in_both_engines(h, w, scan):
     c, p = get_engine("cython"), get_engine("python")
     np.testing.assert_array_equal(c.scan_permutation(h, w, scan), p.scan_permutation(h, w, scan))
     assert sorted(c.scan_permutation(h, w, scan).tolist()) == list(range(h * w))
     assert c.block_row_count(h, scan) == p.block_row_count(h, scan)
+
+
+@needs_compiled
+@pytest.mark.parametrize("edition", [1, 2])
+@pytest.mark.parametrize("h,w", [(40, 0), (0, 40), (100, 0)])
+@pytest.mark.parametrize("entry_points", [None, [(0, 0, 0)] * 4])
+def test_an_empty_matrix_decodes_alike_in_both_engines(edition, h, w, entry_points):
+    """The compiled engine kept a signalled scan order for a matrix of 0 columns (spec 11.1: H <= 1 or W <= 1 scans
+    row by row) and refused a valid stream the Python engine decoded (DecodeError 11.3)."""
+    results = []
+    for eng in (get_engine("cython"), get_engine("python")):
+        payload = bytes([0x12, 0xFF, 0x00, 0x55]) + bytes(20)
+        dec = eng.PayloadDecoder(payload, edition)
+        try:
+            out = dec.decode_tensor(h, w, n_gtx=1, scan_order=1, entry_points=entry_points)
+            results.append(("decoded", out.shape, dec.bit_position))
+        except DecodeError as exc:
+            results.append((type(exc).__name__, exc.clause, exc.offset))
+    assert results[0] == results[1] and results[0][0] == "decoded"
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_matrix_of_more_than_2_to_62_elements_is_refused(engine):
+    """The compiled engine computed H x W in 64 bits, wrapping: scan_permutation(2**32, 2**32, 0) and decode_tensor
+    of that shape ended the process (SIGSEGV)."""
+    eng = get_engine(engine)
+    with pytest.raises(DecodeError, match="more than 2..62 elements"):
+        eng.PayloadDecoder(bytes(4096), 1).decode_tensor(2**32, 2**32, n_gtx=1)
+    with pytest.raises(EncodeError, match="more than 2..62 elements"):
+        eng.rdoq_levels(np.zeros(4), 2**32, 2**32, lam=0.0)
+    if engine == "cython":  # (the Python engine's scan runs out of memory first)
+        with pytest.raises(ValueError, match="more than 2..62 elements"):
+            eng.scan_permutation(2**32, 2**32, 0)
+
+
+@needs_compiled
+def test_a_strided_buffer_decodes_its_own_bytes_in_both_engines():
+    """The compiled decoder read a strided or reversed memoryview as if its bytes were contiguous: other values, and
+    bytes before the buffer."""
+    payload = bytes([0x12, 0x34] + list(range(40)))
+    reversed_view = memoryview(payload[::-1])[::-1]
+    strided = memoryview(bytes(b for x in payload for b in (x, 0xFF)))[::2]
+    as_int64 = np.frombuffer(payload, np.uint8).astype(np.int64)[::1]
+    for data in (payload, reversed_view, strided, as_int64, np.frombuffer(bytes(b for x in payload for b in (x, 0xFF)), np.uint8)[::2]):
+        bits = [eng.PayloadDecoder(data, 1).read_bypass(40) for eng in (get_engine("cython"), get_engine("python"))]
+        assert bits[0] == bits[1] == get_engine("python").PayloadDecoder(payload, 1).read_bypass(40)
 
 
 # ---------------------------------------------------------------------------

@@ -25,6 +25,7 @@ import numpy as np
 
 from .. import narrow_floats
 from ..decoder import Limits
+from ..engine.matrix import effective_scan_order, matrix_view
 from ..errors import EncodeError, NNCError
 from ..reconstruction import DECOMPRESSED_DATA_FORMATS, reconstruct_codebook, reconstruct_uniform, step_size
 from .feedback import (
@@ -339,13 +340,10 @@ def tensor_geometry(shape: tuple, scan_order: int | None) -> tuple[tuple, int, i
     """(coded shape, height, width, scan order) of a tensor of this shape (spec 11.2);
     ``scan_order=None`` takes :func:`default_scan_order`."""
     shape = tuple(int(d) for d in shape) or (1,)
-    size = int(np.prod(shape, dtype=np.int64))
-    height = shape[0]
-    width = size // height if height else 0
+    height, width = matrix_view(shape)
     if scan_order is None:
         scan_order = default_scan_order(height, width)
-    scan = scan_order if len(shape) > 1 and height > 1 and width > 1 else 0
-    return shape, height, width, scan
+    return shape, height, width, effective_scan_order(height, width, scan_order)
 
 
 def _nearest_levels(flat: np.ndarray, step: float) -> np.ndarray:

@@ -17,6 +17,7 @@ import numpy as np
 
 from ...errors import DecodeError, EncodeError
 from ...tables import NEXT_DQ_STATE
+from ..matrix import MAX_ELEMENTS
 from .arithmetic import (
     _COST,
     EST_UNIT,
@@ -83,6 +84,8 @@ class _Tensor:
         height, width, n_gtx, scan_order = int(height), int(width), int(n_gtx), int(scan_order)
         if height < 0 or width < 0:  # api-check
             raise error(f"negative tensor dimensions {height}x{width}", clause="11.1")
+        if height * width > MAX_ELEMENTS:  # api-check
+            raise error(f"tensor dimensions {height}x{width}: more than 2**62 elements", clause="11.1")
         if not 1 <= n_gtx <= 256:  # api-check
             raise error(f"number of greater-than flags {n_gtx} outside 1..256", clause="7.4")
         if not 0 <= scan_order <= 4:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...tables import NEXT_DQ_STATE
+from ..matrix import block_row_count, block_size, effective_scan_order
 
 # Stopping long loops (docs/dev/engine-api.md, "Stopping"): a walk polls every POLL_ELEMENTS
 # elements and raises KeyboardInterrupt while a stop request is open (RDOQ takes about 0.2 s
@@ -46,29 +47,6 @@ def polled(items, every: int = 0):
         if i % every == every - 1:
             poll_stop()
         yield item
-
-
-def block_size(scan_order: int) -> int:
-    """B = 4 << s, the block size of scan order s > 0 (11.2); 0 for the row-major scan."""
-    return 4 << scan_order if scan_order else 0
-
-
-def block_row_count(height: int, scan_order: int) -> int:
-    """Number of block rows of ``height`` matrix rows in scan order s (11.2): ceil(H / B), 1 for s = 0.
-
-    Give the effective scan order (11.1) for the scan itself, the signalled one for the
-    length of a header's entry-point list (7.3).
-
-    Examples
-    --------
-    >>> block_row_count(37, 2), block_row_count(37, 0), block_row_count(0, 1)
-    (3, 1, 0)
-    """
-    height, scan_order = int(height), int(scan_order)
-    if not scan_order:
-        return 1
-    b = block_size(scan_order)
-    return -(-height // b)
 
 
 def zero_run_table(count: int) -> list:
@@ -111,7 +89,7 @@ class TensorScan:
         self.height, self.width = height, width
         self._next_poll = POLL_ELEMENTS  # elements walked before the next stop poll
         self._walked = 0
-        self.order = scan_order if (height > 1 and width > 1) else 0  # 11.1
+        self.order = effective_scan_order(height, width, scan_order)
         if self.order:
             self.block = block_size(self.order)
             self.n_block_rows = block_row_count(height, self.order)

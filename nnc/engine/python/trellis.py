@@ -16,6 +16,7 @@ import numpy as np
 
 from ...errors import EncodeError
 from ...tables import NEXT_DQ_STATE
+from ..matrix import MAX_ELEMENTS
 from .arithmetic import _COST, EST_UNIT, _fresh_contexts
 from .binarisation import ContextLayout, binarise, check_edition
 from .scan import TensorScan, polled
@@ -28,6 +29,8 @@ def _check_quantiser_args(x, height, width, n_gtx, scan_order, lam, importance) 
     height, width, n_gtx, scan_order = int(height), int(width), int(n_gtx), int(scan_order)
     if height < 0 or width < 0:
         raise EncodeError(f"negative tensor dimensions {height}x{width}", clause="11.1")
+    if height * width > MAX_ELEMENTS:
+        raise EncodeError(f"tensor dimensions {height}x{width}: more than 2**62 elements", clause="11.1")
     if not 1 <= n_gtx <= 256:
         raise EncodeError(f"number of greater-than flags {n_gtx} outside 1..256", clause="7.4")
     if not 0 <= scan_order <= 4:
