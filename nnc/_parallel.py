@@ -27,6 +27,7 @@ import numpy as np
 from ._threads import worker_pool
 from .engine.matrix import block_row_count as engine_block_row_count
 from .engine.matrix import effective_scan_order
+from .errors import NNCError
 
 #: Fewest elements per block-row range worth a thread of its own.
 MIN_ELEMENTS_PER_THREAD = 1 << 18
@@ -81,14 +82,14 @@ def decode_tensor_threads(
         futures = [pool.submit(run, start.fork(), a, b) for a, b in ranges[:-1]]
         try:
             run(dec, *ranges[-1])
-        except Exception:
+        except NNCError:  # (the sequential decode below says what is wrong)
             ok = False
         offsets = np.cumsum([e[2] for e in eps]).tolist()
         dq = bool(kwargs.get("dq", False))
         for f, (_, b) in zip(futures, ranges):
             try:
                 reached = f.result()
-            except Exception:
+            except NNCError:
                 ok = False
                 continue
             want = (offsets[b - 1], eps[b - 1][0], eps[b - 1][1] if dq else 0, True)

@@ -26,6 +26,14 @@ file that does not exist, a folder without write permission) raises the
 ``OSError`` that ``open()`` raises, naming the path: ``FileNotFoundError``
 for ``nnc.Decoder("missing.nnr")``, as for any Python file API.
 
+The line between the two kinds: bad *data* (a stream, a model file, a tensor's values, a
+state file) raises an :class:`NNCError`; a *call* that no data could make right (an
+argument of the wrong type, an unknown option name, a negative limit) raises the
+built-in ``TypeError`` or ``ValueError``, as Python's own APIs do (the checks marked
+``# api-check`` in the engines and the decoder). The conformance verifier's
+``nnc.verify.CommandError`` is deliberately not an :class:`NNCError`: it is another
+decoder's rejection of a stream, not nnc's.
+
 Examples
 --------
 >>> import nnc
@@ -40,7 +48,7 @@ from __future__ import annotations
 
 
 class NNCError(Exception):
-    """Base class of every error nnc raises on purpose.
+    """Base class of every error nnc raises for bad data (see the module's note on calls).
 
     The message, the spec clause and the byte offset are kept as attributes
     and joined into ``str(error)`` as ``"message [spec clause, byte offset

@@ -283,11 +283,12 @@ def with_metadata(stream: bytes, extra: dict) -> bytes:
 
     from . import container as C
     from .decoder import _topology_metadata
+    from .errors import DecodeError
 
     units = C.parse_stream(stream)
     tpl = [(u, m) for u in units if u.type == C.NNR_TPL for m in [_topology_metadata(u)] if m]  # the last applies
     if not tpl:
-        raise ValueError("the stream has no topology unit with nnc's metadata")
+        raise DecodeError("the stream has no topology unit with nnc's metadata", clause="6.2.1")
     last, meta = tpl[-1]
     unit = C.build_tpl(data=json.dumps({"nnc": dict(meta, **extra)}, separators=(",", ":"), sort_keys=True))
     return bytes(stream[: last.offset]) + unit + bytes(stream[last.end :])

@@ -16,13 +16,12 @@ Examples
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from ._files import temp_file_beside
+from ._files import AtomicFile
 
 __all__ = ["compare_figure", "rate_snr_figure", "error_histogram"]
 
@@ -42,17 +41,10 @@ def _pyplot():
 
 
 def _save(fig, path) -> None:
-    """Write the figure atomically (a temporary file in the same directory, then a rename)."""
+    """Write the figure atomically (:class:`nnc._files.AtomicFile`: a temporary file beside it, flushed, renamed)."""
     path = Path(path)
-    fd, tmp = temp_file_beside(path, path.suffix or ".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight", format=(path.suffix[1:] or "png"))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with AtomicFile(path) as file:
+        fig.savefig(file.fh, dpi=120, bbox_inches="tight", format=(path.suffix[1:] or "png"))
 
 
 def error_histogram(reference: Mapping, other: Mapping, names: Sequence[str], bins: int = 101):
