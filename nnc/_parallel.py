@@ -56,7 +56,8 @@ def block_row_ranges(n_block_rows: int, parts: int) -> list[tuple[int, int]]:
 def decode_tensor_threads(
     dec, height: int, width: int, *, entry_points, threads: int, min_elements: int | None = None, **kwargs
 ):
-    """Decode one tensor with ``dec`` (positioned at the tensor's start), its block rows in threads.
+    """Decode one tensor with ``dec`` (positioned at the tensor's start), its block rows in threads, each
+    starting at its entry point (spec 11.4), every boundary checked against the next row's entry point.
 
     Returns ``(levels, decoder)``: the levels equal those of
     ``dec.decode_tensor(height, width, **kwargs)`` and ``decoder`` is positioned

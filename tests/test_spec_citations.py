@@ -206,6 +206,20 @@ def test_every_normative_decoder_function_cites_its_clause():
     assert uncited_functions(source, DECODER_NOT_NORMATIVE, methods=True) == []
 
 
+#: Functions of the decoder's other modules that implement no decoding process, by module and name.
+OTHER_NOT_NORMATIVE = {
+    "_parallel.py": {"row_threads": "how many threads (API)", "block_row_ranges": "splits work among threads (API)"},
+    "engine/matrix.py": {},
+    "reconstruction.py": {},
+}
+
+
+@pytest.mark.parametrize("module", sorted(OTHER_NOT_NORMATIVE))
+def test_every_decoding_function_of_the_decoder_s_other_modules_cites_its_clause(module):
+    source = (NNC / module).read_text()
+    assert uncited_functions(source, OTHER_NOT_NORMATIVE[module], methods=True) == []
+
+
 def test_every_container_parsing_function_cites_its_clause():
     source = (NNC / "container.py").read_text()
     assert uncited_functions(source, CONTAINER_NOT_PARSING, methods=False, skip=_is_build_side) == []

@@ -17,7 +17,7 @@ MAX_ELEMENTS = 2**62
 
 
 def matrix_view(shape) -> tuple[int, int]:
-    """(H, W) of a tensor of this shape (11.1): H = dims[0], W = prod(dims[1:]); 1 x 1 for an empty shape.
+    """(H, W) of a tensor of this shape (spec 11.1): H = dims[0], W = prod(dims[1:]); 1 x 1 for an empty shape.
 
     Examples
     --------
@@ -31,7 +31,7 @@ def matrix_view(shape) -> tuple[int, int]:
 
 
 def effective_scan_order(height: int, width: int, scan_order: int) -> int:
-    """The scan order the elements are visited in (11.1): 0 when H <= 1 or W <= 1, else the signalled one.
+    """The scan order the elements are visited in (spec 11.1): 0 when H <= 1 or W <= 1, else the signalled one.
 
     Examples
     --------
@@ -42,12 +42,12 @@ def effective_scan_order(height: int, width: int, scan_order: int) -> int:
 
 
 def block_size(scan_order: int) -> int:
-    """B = 4 << s, the block size of scan order s > 0 (11.2); 0 for the row-major scan."""
+    """B = 4 << s, the block size of scan order s > 0 (spec 11.2); 0 for the row-major scan."""
     return 4 << scan_order if scan_order else 0
 
 
 def block_row_count(height: int, scan_order: int) -> int:
-    """Number of block rows of ``height`` matrix rows in scan order s (11.2): ceil(H / B), 1 for s = 0.
+    """Number of block rows of ``height`` matrix rows in scan order s (spec 11.2): ceil(H / B), 1 for s = 0.
 
     Give the effective scan order (11.1) for the scan itself, the signalled one for the
     length of a header's entry-point list (7.3).
