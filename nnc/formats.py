@@ -96,6 +96,7 @@ __all__ = [
     "npz_bytes",
     "read_safetensors",
     "safetensors_bytes",
+    "safetensors_header",
     "read_pt",
     "pt_bytes",
     "state_dict_metadata",
@@ -438,28 +439,71 @@ def safetensors_bytes(tensors, dtypes: dict | None = None, metadata: dict | None
     return buf.getvalue()
 
 
+def safetensors_header(entries, metadata: dict | None = None, where: str = "") -> tuple[bytes, list]:
+    """The head of a safetensors file, and where each tensor's data starts.
+
+    Parameters
+    ----------
+    entries : iterable of (str, dtype, tuple)
+        (name, dtype, shape) of each tensor in file order; dtype a numpy dtype, or the
+        name of a format numpy lacks (``"bfloat16"``, ``"float8_e4m3fn"``, ``"float8_e5m2"``).
+    metadata : dict or None
+        The file's ``__metadata__`` ({str: str}); none if empty.
+    where : str
+        A file name that prefixes errors.
+
+    Returns
+    -------
+    tuple
+        (head, offsets): the header's length (8 bytes, little-endian) and JSON header padded
+        with spaces to a multiple of 8 bytes; each tensor's data offset from the file's start.
+
+    Raises
+    ------
+    nnc.formats.FormatError
+        If a dtype has no safetensors equivalent, or a tensor is named ``__metadata__``.
+
+    Examples
+    --------
+    >>> import json
+    >>> head, offsets = safetensors_header([("w", "float16", (2, 3)), ("b", "bfloat16", (3,))])
+    >>> json.loads(head[8:])["b"], offsets
+    ({'dtype': 'BF16', 'shape': [3], 'data_offsets': [12, 18]}, [128, 140])
+    """
+    entries = list(entries)
+    check_safetensors_names([name for name, _, _ in entries], where)
+    header: dict = {"__metadata__": {str(k): str(v) for k, v in metadata.items()}} if metadata else {}
+    starts, offset = [], 0
+    for name, dtype, shape in entries:
+        code: str | None
+        if narrow_floats.is_narrow(dtype):
+            narrow = narrow_floats.NARROW_FLOATS[dtype]
+            code, item = narrow.safetensors, narrow.storage.itemsize
+        else:
+            code, item = _ST_NAMES.get(np.dtype(dtype).newbyteorder("<").str.replace("|", "")), np.dtype(dtype).itemsize
+        if code is None:
+            raise FormatError(f"dtype {np.dtype(dtype)} of {name!r} has no safetensors equivalent")
+        size = math.prod(shape) * item
+        header[name] = {"dtype": code, "shape": [int(d) for d in shape], "data_offsets": [offset, offset + size]}
+        starts.append(offset)
+        offset += size
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    head = struct.pack("<Q", len(text)) + text
+    return head, [start + len(head) for start in starts]
+
+
 def _save_safetensors(fh, tensors, dtypes: dict | None = None, metadata: dict | None = None) -> None:
     """Write the safetensors file of :func:`safetensors_bytes` to the open binary file ``fh``, one tensor's bytes
     in memory at a time."""
-    check_safetensors_names(tensors)
     dtypes = dtypes or {}
-    header: dict = {"__metadata__": {str(k): str(v) for k, v in metadata.items()}} if metadata else {}
-    offset = 0
+    entries = []
     for name, arr in tensors.items():
         arr = np.asarray(arr)
-        narrow = narrow_floats.NARROW_FLOATS.get(dtypes.get(name))
-        if narrow is not None:
-            st, size = narrow.safetensors, arr.size * narrow.storage.itemsize
-        else:
-            key = arr.dtype.newbyteorder("<").str.replace("|", "")
-            if key not in _ST_NAMES:
-                raise FormatError(f"dtype {arr.dtype} of {name!r} has no safetensors equivalent")
-            st, size = _ST_NAMES[key], arr.nbytes
-        header[name] = {"dtype": st, "shape": list(arr.shape), "data_offsets": [offset, offset + size]}
-        offset += size
-    hjson = json.dumps(header, separators=(",", ":")).encode()
-    hjson += b" " * (-len(hjson) % 8)
-    fh.write(struct.pack("<Q", len(hjson)) + hjson)
+        narrow = dtypes.get(name) if narrow_floats.is_narrow(dtypes.get(name)) else None
+        entries.append((name, narrow or arr.dtype, arr.shape))
+    head, _ = safetensors_header(entries, metadata)
+    fh.write(head)
     for name, arr in tensors.items():
         arr = np.asarray(arr, order="C")  # (ascontiguousarray would turn 0-d into 1-d)
         narrow = narrow_floats.NARROW_FLOATS.get(dtypes.get(name))

@@ -32,7 +32,6 @@ import errno
 import json
 import math
 import os
-import struct
 import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -290,29 +289,10 @@ def single_file_metadata(metadata: dict, fmt: str) -> dict:
 
 
 def _safetensors_header(file: _File) -> tuple[bytes, dict]:
-    from .formats import _ST_NAMES, FormatError, check_safetensors_names
+    from .formats import safetensors_header
 
-    check_safetensors_names([t.name for t in file.tensors], file.name)
-    header: dict[str, Any] = {}
-    offsets: dict[str, int] = {}
-    offset = 0
-    if file.metadata:
-        header["__metadata__"] = {str(k): str(v) for k, v in file.metadata.items()}
-    for t in file.tensors:
-        code: str | None
-        if narrow_floats.is_narrow(t.dtype):
-            code = narrow_floats.NARROW_FLOATS[t.dtype].safetensors
-        else:
-            code = _ST_NAMES.get(np.dtype(t.dtype).newbyteorder("<").str.replace("|", ""))
-            if code is None:
-                raise FormatError(f"dtype {t.dtype} of {t.name!r} has no safetensors equivalent")
-        header[t.name] = {"dtype": code, "shape": list(t.shape), "data_offsets": [offset, offset + t.nbytes]}
-        offsets[t.name] = offset
-        offset += t.nbytes
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    head = struct.pack("<Q", len(text)) + text
-    return head, {k: v + len(head) for k, v in offsets.items()}
+    head, offsets = safetensors_header([(t.name, t.dtype, t.shape) for t in file.tensors], file.metadata, file.name)
+    return head, {t.name: offset for t, offset in zip(file.tensors, offsets)}
 
 
 class _SafetensorsSink:
