@@ -808,19 +808,7 @@ class _EncodeProgress:
         self.sizes = {t.name: t.size * t.original_bits // 8 for t in source}
         self.count = len(self.sizes)
         self.done = 0
-        self.bar = None
-        if not quiet and sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(
-                total=sum(self.sizes.values()),
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                desc="encoding",
-                file=sys.stderr,
-                dynamic_ncols=True,
-            )
+        self.bar = _progress_bar(sum(self.sizes.values()), "B", "encoding", quiet, leave=True)
 
     def __call__(self, name: str, n: int) -> None:
         self.done += 1
@@ -1261,22 +1249,7 @@ class _DecodeBar:
         if self.quiet:
             return
         if self.bar is None:
-            try:
-                from tqdm import tqdm
-            except ImportError:
-                self.quiet = True
-                return
-            self.bar = tqdm(
-                total=event.bytes_total,
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                desc="decoding",
-                disable=None,
-                leave=False,
-                dynamic_ncols=True,
-                postfix=f"{event.tensors_done}/{event.tensors_total} tensors",
-            )
+            self.bar = _progress_bar(event.bytes_total, "B", "decoding", False)
         self.bar.set_postfix_str(f"{event.tensors_done}/{event.tensors_total} tensors", refresh=False)
         self.bar.update(event.bytes_done - self.bar.n)
 
@@ -1320,7 +1293,6 @@ def _read_model_or_stream(path, threads: int, quiet: bool = True, stack=None):
     dtypes restored (bfloat16 and float8 tensors are float32 arrays named by their format in the dtypes); see
     :class:`_OneAtATime`. A stream's decoding shows a progress bar over its tensors (on a terminal, unless
     ``quiet``), closed with ``stack`` (a ``contextlib.ExitStack``)."""
-    from tqdm import tqdm
 
     from .decoder import Decoder, Limits, model_order, restore_model_view
     from .errors import DecodeError
@@ -1364,15 +1336,7 @@ def _read_model_or_stream(path, threads: int, quiet: bool = True, stack=None):
         dtypes.update(restored)
         return view[name]
 
-    bar = tqdm(
-        total=len(dec.names()),
-        unit="tensor",
-        desc=f"decoding {Path(path).name}",
-        disable=True if quiet else None,
-        leave=False,
-        file=sys.stderr,
-        dynamic_ncols=True,
-    )
+    bar = _progress_bar(len(dec.names()), "tensor", f"decoding {Path(path).name}", quiet)
     if stack is not None:
         stack.callback(bar.close)
     return _OneAtATime(model_order(dec.names(), dec.metadata), load, bar), dtypes
@@ -1729,7 +1693,6 @@ def cmd_verify(args) -> int:
         _usage_error("--decoder-command is empty")
     if args.timeout is not None and args.decoder_command is None:
         _usage_error("--timeout is for a --decoder-command; give one too")
-    from tqdm import tqdm
 
     from .verify import DECODERS
 
@@ -1749,15 +1712,7 @@ def cmd_verify(args) -> int:
             )
         except ValueError as exc:
             _usage_error(f"--decoder-command: {exc}")
-        bar = tqdm(
-            total=total,
-            unit="stream",
-            desc="verifying",
-            disable=True if args.quiet or args.json else None,
-            leave=False,
-            file=sys.stderr,
-            dynamic_ncols=True,
-        )
+        bar = _progress_bar(total, "stream", "verifying", args.quiet or args.json)
         try:
             results = verify_suite(suite, _CountingDecoder(decoder, bar), groups=groups, names=names)
         finally:
@@ -1794,18 +1749,28 @@ def _skipped(result) -> bool:
 # -- bench ---------------------------------------------------------------------------
 
 
-def _stage_bar(total: int, quiet: bool):
-    """A tqdm progress bar over a command's stages, on stderr, only on a terminal and when not quiet."""
+def _progress_bar(total: int, unit: str, desc: str, quiet: bool, *, leave: bool = False, **options):
+    """The one kind of progress bar of the commands: tqdm on stderr, shown only on a terminal (tqdm's
+    ``disable=None``) and never with -q or --json; ``unit="B"`` counts bytes in KiB, MiB, ..."""
     from tqdm import tqdm
 
+    if unit == "B":
+        options.update(unit_scale=True, unit_divisor=1024)
     return tqdm(
         total=total,
-        unit="step",
-        leave=False,
+        unit=unit,
+        desc=desc,
         disable=True if quiet else None,
+        leave=leave,
         file=sys.stderr,
-        bar_format="{desc:<28} {n_fmt}/{total_fmt} [{elapsed}] {bar:20}",
+        dynamic_ncols=True,
+        **options,
     )
+
+
+def _stage_bar(total: int, quiet: bool):
+    """A progress bar over a command's stages."""
+    return _progress_bar(total, "step", "", quiet, bar_format="{desc:<28} {n_fmt}/{total_fmt} [{elapsed}] {bar:20}")
 
 
 def _float_snr(tensors, decoded) -> float:
