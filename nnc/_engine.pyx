@@ -736,6 +736,13 @@ cdef inline int decode_terminate(ArithDecoder* d) noexcept nogil:
     return 1 if d.val >= (d.rng << 7) else 0
 
 
+cdef inline void decode_failed(ArithDecoder* d, int code) noexcept nogil:
+    """Record a decoding error, unless one is recorded already: bits read past the payload's end are zeros, and
+    what they decode to must not hide the truncation (spec 9.2)."""
+    if d.err == ERR_NONE:
+        d.err = code
+
+
 cdef inline int64_t decoder_position(ArithDecoder* d) noexcept nogil:
     """Bit position T of the decoder (spec 11.4)."""
     return 8 * d.pos - 8 + d.bits_needed
@@ -946,7 +953,7 @@ cdef inline int64_t decode_value(ArithDecoder* d, Ctx* ctx, Layout* L, TensorSha
             if m == L.n_rem:
                 if L.edition == 2:
                     break           # prefix cap: no terminating bin after 31 ones
-                d.err = ERR_PREFIX
+                decode_failed(d, ERR_PREFIX)
                 return 0
             if t.cb and max_abs < absk + (<int64_t>1 << m):
                 break
@@ -956,10 +963,10 @@ cdef inline int64_t decode_value(ArithDecoder* d, Ctx* ctx, Layout* L, TensorSha
             m += 1
         absk += <int64_t>decode_bypass_bits(d, m)
     if absk > (<int64_t>INT32_MAX + 1) or (not neg and absk > INT32_MAX):
-        d.err = ERR_LEVEL_RANGE
+        decode_failed(d, ERR_LEVEL_RANGE)
         return 0
     if t.cb and absk > max_abs:
-        d.err = ERR_CODEBOOK_RANGE
+        decode_failed(d, ERR_CODEBOOK_RANGE)
         return 0
     return -absk if neg else absk
 

@@ -1941,6 +1941,15 @@ class Decoder:
             _check_not_cut(self.data)
             # errors inside a payload carry payload-relative offsets
             raise self._without_history(unit, infos, exc).at(unit.payload_offset) from exc
+        except MemoryError:  # within the limits, beyond this machine: still the stream's demand, said as one
+            need = sum(info.size * (np.dtype(info.dtype).itemsize + 4) for info in infos)  # values and levels
+            raise LimitError(
+                f"tensor {infos[0].name!r} needs about {need} bytes (its values and levels), more than this machine "
+                f"could allocate; Limits.max_total_bytes ({self.limits.max_total_bytes}) refuses such streams "
+                "before decoding",
+                clause="15.2",
+                offset=unit.offset,
+            ) from None
         _check_not_cut(self.data)  # a payload read where its file was cut decoded zeros
         self._stage(unit, staged)
         return out

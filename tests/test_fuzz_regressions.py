@@ -7,6 +7,7 @@ through each entry point the campaign fuzzes, either decode or be refused with a
 ``nnc.NNCError``: no other exception, no allocation beyond the ``Limits`` given.
 """
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,37 @@ def test_the_slow_python_engine_finding_decodes_alike_in_both_engines():
         assert compiled[name].tobytes() == python[name].tobytes()
     with pytest.raises(nnc.LimitError):
         nnc.decode(data, limits=PY_LIMITS, engine="python")
+
+
+@pytest.mark.parametrize("engine", ["python"] + (["cython"] if nnc.engine.COMPILED_AVAILABLE else []))
+def test_a_payload_ending_in_a_remainder_is_truncated_in_both_engines(engine):
+    """Probe finding (2026-12-06): the compiled engine read zeros past the payload's end and let the level-range
+    check they failed replace the truncation (DecodeError 10.1 where the Python engine said TruncatedError 9.2).
+    The input is mf_level_overflow with mps_qp_density 1."""
+    data = (DATA / "finding-801bca12fc7f4e39.nnr").read_bytes()
+    with pytest.raises(nnc.TruncatedError) as info:
+        nnc.decode(data, engine=engine)
+    assert (info.value.clause, info.value.offset) == ("9.2", 45)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="an address-space limit (RLIMIT_AS) as Linux applies it")
+def test_a_stream_within_the_limits_the_machine_cannot_allocate_is_a_limit_error():
+    """Probe finding (2026-12-06): 42 bytes declaring 2^31 - 1 int32 elements of a one-entry codebook (nothing
+    coded, so no per-byte bound; 8 GiB of output, just within max_total_bytes) made numpy's MemoryError escape
+    the API where memory is smaller. It is a LimitError now, naming the tensor."""
+    import subprocess
+
+    code = (
+        "import resource, nnc\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))\n"
+        f"data = open({str(DATA / 'finding-fb2e7bdfbe88860f.nnr')!r}, 'rb').read()\n"
+        "for engine in ('python', 'cython' if nnc.engine.COMPILED_AVAILABLE else 'python'):\n"
+        "    try:\n"
+        "        nnc.decode(data, engine=engine)\n"
+        "    except nnc.LimitError as exc:\n"
+        "        assert exc.clause == '15.2' and \"tensor 'w' needs about\" in exc.message, exc\n"
+        "    else:\n"
+        "        raise AssertionError('decoded')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
