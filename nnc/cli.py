@@ -1488,19 +1488,22 @@ def stream_info(path) -> dict:
     from .errors import DecodeError
 
     dec = Decoder(path, limits=Limits.for_stream(path))  # headers only
+    unit_at = {u.offset: i for i, u in enumerate(dec.units)}
     by_unit: dict[int, list[str]] = {}
     for t in dec.tensors():
         by_unit.setdefault(t.unit_index, []).append(t.name)
     needs_parent = set()
     for names in by_unit.values():
         try:
-            dec.decode(names)  # fills qp and step of these tensors
+            dec.read_qps(names)  # the qp offsets, not the levels (but those of a block NDU's first members)
         except DecodeError as exc:
             if exc.clause != "14":
                 raise
-            needs_parent.update(names)  # an update coded with TCA: its levels need the parent's (spec 14)
+            needs_parent.update(names)  # a block NDU's members coded with TCA need the parent's levels (spec 14)
+    for t in dec.tensors():
+        if dec.units[unit_at[t.unit_offset]].header.get("temporal_context_modeling_flag"):
+            needs_parent.add(t.name)  # an update coded with TCA decodes only after its parent
     units = [dict(index=i, type=u.type_name, offset=u.offset, size=u.size) for i, u in enumerate(dec.units)]
-    unit_at = {u.offset: i for i, u in enumerate(dec.units)}
     sizes = {t.name: t.size for t in dec.tensors()}
     tensors: list[dict[str, Any]] = []
     for t in dec.tensors():
@@ -2474,7 +2477,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_decode)
 
-    p = add("info", "Describe the units and tensors of an NNC stream.")
+    p = add(
+        "info",
+        "Describe the units and tensors of an NNC stream from its headers and qp offsets (the levels are not "
+        "decoded: nnc decode or nnc compare check them).",
+    )
     p.add_argument("stream", help="NNC stream")
     p.set_defaults(func=cmd_info)
 

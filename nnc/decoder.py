@@ -1504,6 +1504,54 @@ class Decoder:
         """
         return [info for _, info in self._index.values()]
 
+    def read_qps(self, names: Iterable[str] | None = None) -> None:
+        """Fill in the ``qp`` and ``step`` of tensors (all by default) with no more decoding than they need.
+
+        A tensor's qp offset begins its part of the payload (spec 8.2): the first tensor of
+        an NDU has it at the payload's start, so its levels are not decoded; in a block NDU
+        (7.6) the tensors before the last are decoded to reach the last one's offset.
+        RAW_FLOAT and INT tensors have no qp (None). The payloads are not checked further:
+        :meth:`decode` does that.
+
+        Parameters
+        ----------
+        names : ``Iterable[str]``, str or None
+            The tensors; all of them by default.
+
+        Raises
+        ------
+        nnc.errors.DecodeError
+            If a payload ends before an offset, or a tensor before it does not decode.
+        KeyError
+            If a name is not that of a tensor of the stream.
+
+        Examples
+        --------
+        >>> import nnc
+        >>> dec = nnc.Decoder(nnc.encode({"w": [[1.0, 2.0]] * 3}, qp=-20))
+        >>> dec.read_qps()
+        >>> dec.info("w").qp
+        -20
+        """
+        if isinstance(names, (bytes, bytearray)) or not (names is None or isinstance(names, str) or _iterable(names)):
+            raise TypeError(f"names must be a tensor name or an iterable of names, not {type(names).__name__}")
+        wanted = set(self.names()) if names is None else {names} if isinstance(names, str) else set(names)
+        for name in wanted:
+            self.info(name)  # (KeyError for a name the stream lacks)
+        by_ndu: dict[int, list[TensorInfo]] = {}
+        for i, info in self._index.values():
+            by_ndu.setdefault(i, []).append(info)  # coding order
+        for i, infos in by_ndu.items():
+            if wanted.isdisjoint(info.name for info in infos):
+                continue
+            unit, params = self._ndus[i]
+            try:
+                self._decode_ndu_payload(unit, params, infos, staged={}, qps_only=True)
+            except NNCError as exc:
+                _check_not_cut(self.data)
+                raise self._without_history(unit, infos, exc).at(unit.payload_offset) from exc
+        _check_not_cut(self.data)
+
     def names(self) -> list[str]:
         """Names of every tensor, in decode order.
 
@@ -2034,8 +2082,12 @@ class Decoder:
         threads: int = 1,
         into: dict | None = None,
         staged: dict | None = None,
+        qps_only: bool = False,
     ) -> dict:
         """The decoding loop of one NDU payload: {name: reconstructed tensor} for its tensors, in coding order.
+
+        With ``qps_only`` it stops after the last tensor's qp offset (the tensors before it decoded, their
+        values dropped): the qps and steps are filled in, nothing is returned.
 
         A RAW_FLOAT payload is the tensor's float32 values (spec 7.5).  A CABAC
         payload (spec 8.1) holds, per tensor: the qp offset of a quantised
@@ -2056,6 +2108,8 @@ class Decoder:
         h = unit.header
         payload = unit.payload
         first = infos[0]
+        if first.payload_type == "RAW_FLOAT" and qps_only:
+            return {}  # (no qp)
         if first.payload_type == "RAW_FLOAT":
             # spec 7.5: float32, little-endian, C order, exactly the unit's payload
             need = first.size * 4
@@ -2087,6 +2141,8 @@ class Decoder:
                 # spec 8.2: qp offset, (6 + qp_density)-bit two's complement bypass value
                 info.qp = params.qp + dec.read_qp_offset(6 + params.qp_density)
                 info.step = float(step_size(info.qp, params.qp_density))
+            if qps_only and info is infos[-1]:
+                return {}
             cb = info.codebook
             cb_size = len(cb) if (cb is not None and edition == 2) else 0
             cb_zero = (len(cb) >> 1) + int(h.codebook_center_offset) if cb is not None else 0

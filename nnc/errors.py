@@ -29,8 +29,8 @@ for ``nnc.Decoder("missing.nnr")``, as for any Python file API.
 The line between the two kinds: bad *data* (a stream, a model file, a tensor's values, a
 state file) raises an :class:`NNCError`; a *call* that no data could make right (an
 argument of the wrong type, an unknown option name, a negative limit) raises the
-built-in ``TypeError`` or ``ValueError``, as Python's own APIs do (the checks marked
-``# api-check`` in the engines and the decoder). The conformance verifier's
+built-in ``TypeError`` or ``ValueError``, as Python's own APIs do (the checks the engines
+and the decoder mark as api checks). The conformance verifier's
 ``nnc.verify.CommandError`` is deliberately not an :class:`NNCError`: it is another
 decoder's rejection of a stream, not nnc's.
 

@@ -444,7 +444,7 @@ def safetensors_header(entries, metadata: dict | None = None, where: str = "") -
 
     Parameters
     ----------
-    entries : iterable of (str, dtype, tuple)
+    entries : iterable of tuple
         (name, dtype, shape) of each tensor in file order; dtype a numpy dtype, or the
         name of a format numpy lacks (``"bfloat16"``, ``"float8_e4m3fn"``, ``"float8_e5m2"``).
     metadata : dict or None

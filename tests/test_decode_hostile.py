@@ -583,3 +583,43 @@ def test_decoding_one_tensor_by_name_looks_at_its_own_unit_only(monkeypatch):
     dec._ndu_tensors = Counting(dec._ndu_tensors)
     assert float(dict(dec.iter_tensors(["t150"]))["t150"][0]) == pytest.approx(150, abs=0.1)
     assert Counting.reads <= 3
+
+
+def test_read_qps_gives_decode_s_qps_without_decoding_a_lone_tensor_s_levels(monkeypatch):
+    """`nnc info` decoded every tensor to learn its qp (a 3 GB model's stream: as long as a full decode); the qp
+    offset begins each tensor's payload part (spec 8.2), so only a block NDU's members before the last decode."""
+    rng = np.random.default_rng(5)
+    model = {"a.weight": rng.standard_normal((16, 8)).astype(np.float32), "a.bias": rng.standard_normal(16),
+             "b.weight": rng.standard_normal((8, 16)).astype(np.float32), "n": np.arange(6, dtype=np.int32)}
+    model["a.bias"] = model["a.bias"].astype(np.float32)
+    stream = nnc.encode(model, qp_per_tensor={"b.weight": -21}, blocks=True, raw_when_smaller=False)
+    decoded = nnc.Decoder(stream)
+    decoded.decode()
+    expected = {t.name: (t.qp, t.step) for t in decoded.tensors()}
+    calls = []
+    dec = nnc.Decoder(stream)
+    engine = dec.engine
+
+    class CountingEngine:
+        def __getattr__(self, name):
+            return getattr(engine, name)
+
+        def PayloadDecoder(self, *args):  # noqa: N802
+            inner = engine.PayloadDecoder(*args)
+
+            class Counting:
+                def __getattr__(self, name):
+                    return getattr(inner, name)
+
+                def decode_tensor(self, height, width, **kwargs):
+                    calls.append(height * width)
+                    return inner.decode_tensor(height, width, **kwargs)
+
+            return Counting()
+
+    monkeypatch.setattr(dec, "engine", CountingEngine())
+    dec.read_qps()
+    assert {t.name: (t.qp, t.step) for t in dec.tensors()} == expected
+    assert expected["b.weight"][0] == -21 and expected["n"] == (None, None)
+    assert [t.name for t in dec.tensors() if t.block] == ["a.bias", "a.weight"]  # (a block NDU: bias first)
+    assert calls == [16]  # the bias's levels, to reach the weight's qp offset; no weight's levels
