@@ -843,15 +843,17 @@ def read_input(data: StreamInput) -> bytes | memoryview:
     data : bytes, buffer, str, ``os.PathLike`` or ``BinaryIO``
         The stream itself (bytes, or any object with the buffer protocol:
         bytearray, memoryview, ``mmap.mmap``, a C-contiguous numpy array...),
-        the path of a file holding it, or a file object opened in binary mode
-        (read to its end).
+        the path of a file holding it (memory-mapped, read by the pages the
+        decoded units touch, :func:`map_file`; a file that cannot be mapped is
+        read whole), or a file object opened in binary mode (read to its end).
 
     Returns
     -------
     bytes or memoryview
         The stream's bytes.  bytes are returned as they are and any other
-        buffer as a flat byte memoryview of it, without copying: the buffer
-        must not change while the decoder uses it.
+        buffer (a path's map too) as a flat byte memoryview of it, without
+        copying: the buffer, or the file, must not change while the decoder
+        uses it (a file cut meanwhile is a TruncatedError, spec 15.2).
 
     Raises
     ------
@@ -891,6 +893,9 @@ def read_input(data: StreamInput) -> bytes | memoryview:
     if isinstance(data, str) and "\0" in data:  # api-check
         raise TypeError("a str is read as a path, and this one holds a NUL character: give a stream as bytes")
     if isinstance(data, (str, os.PathLike)):
+        mapped = map_file(data)  # read by the pages the decoded units touch
+        if mapped is not None:
+            return memoryview(mapped)
         with open(data, "rb") as fh:  # a missing file is a FileNotFoundError, as for open()
             return fh.read()
     if hasattr(data, "read"):
@@ -928,7 +933,7 @@ class GuardedMap(mmap.mmap):
 
     _slot = -1
     _faulted = False  # (a fault seen by a slot given up)
-    #: The mapped file's path, for messages (set by :func:`nnc.writers.map_stream`).
+    #: The mapped file's path, for messages (set by :func:`map_file`).
     path: "str | None" = None
 
     def guard(self) -> "GuardedMap":
@@ -973,6 +978,42 @@ class GuardedMap(mmap.mmap):
             self.close()
         except BufferError:
             pass
+
+
+def map_file(path) -> "GuardedMap | None":
+    """A stream file memory-mapped read-only, guarded against being cut while it is read (:class:`GuardedMap`).
+
+    :func:`read_input` maps a path this way; its pages may be released once
+    decoded, and it is unmapped when the last view of it goes (a decoder's).
+
+    Parameters
+    ----------
+    path : str or ``os.PathLike``
+        The stream file.
+
+    Returns
+    -------
+    GuardedMap or None
+        The map; None if the file cannot be mapped (it cannot be opened, is
+        empty, or is no regular file): the caller then reads it, and reports
+        what is wrong on the path.
+
+    Examples
+    --------
+    >>> import nnc, numpy as np, tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "m.nnr")
+    >>> _ = nnc.encode_model({"w": np.ones(3, np.float32)}, path)
+    >>> nnc.Decoder(map_file(path)).names(), map_file(path + ".missing")
+    (['w'], None)
+    """
+    try:
+        with open(path, "rb") as fh:
+            mapped = GuardedMap(fh.fileno(), 0, access=mmap.ACCESS_READ).guard()
+    except (OSError, ValueError):
+        return None
+    mapped.path = os.fspath(path)
+    RELEASABLE_MAPS.add(mapped)
+    return mapped
 
 
 def _check_not_cut(data, path=None) -> None:
@@ -2678,6 +2719,7 @@ __all__ = [
     "Limits",
     "TensorInfo",
     "read_input",
+    "map_file",
     "model_order",
     "restore_model_view",
     "recorded_shape",

@@ -43,12 +43,11 @@ import numpy as np
 from . import narrow_floats
 from ._files import new_files_only, refuse_overwriting, replace_all, reserve_space, temp_file_beside
 from .decoder import (
-    RELEASABLE_MAPS,
     DecodedTensors,
     Decoder,
-    GuardedMap,
     Limits,
     _releasable_map,
+    map_file,
     model_order,
     recorded_dtype,
     recorded_shape,
@@ -501,9 +500,6 @@ def _write_folder_from_memory(folder: Path, tensors, dtypes: dict, layout, input
     return _write_files(folder, files, index, True, layout is not None, from_memory, None, inputs, overwrite)
 
 
-_OWN_MAPS = RELEASABLE_MAPS  # maps made by map_stream: their pages may be released
-
-
 def map_stream(path):
     """A stream file memory-mapped read-only for :func:`decode_to_path`, or None if it cannot be.
 
@@ -532,16 +528,7 @@ def map_stream(path):
     >>> nnc.Decoder(map_stream(path)).names(), map_stream(path + ".missing")
     (['w'], None)
     """
-    import mmap
-
-    try:
-        with open(path, "rb") as fh:
-            mapped = GuardedMap(fh.fileno(), 0, access=mmap.ACCESS_READ).guard()
-    except (OSError, ValueError):  # unreadable or empty: the Decoder reports it on the path
-        return None
-    mapped.path = os.fspath(path)
-    _OWN_MAPS.add(mapped)
-    return mapped
+    return map_file(path)
 
 
 def _release(mapped, upto: int) -> None:

@@ -100,3 +100,32 @@ def test_header_scan_of_a_map_leaves_the_values_unchanged(tmp_path):
     for k in from_bytes:
         np.testing.assert_array_equal(from_map[k], from_bytes[k])
         np.testing.assert_array_equal(from_map[k], x)
+
+
+def test_a_decoder_given_a_path_maps_the_file_instead_of_reading_it(tmp_path):
+    """Decoder(path) read the whole file into memory (a 602 MB stream: 716 MB to decode one 64 MiB tensor); it
+    now maps it, guarded, as `nnc decode` does: the same tensors, a file replaced by rename meanwhile keeps the
+    map's, a file cut meanwhile is a TruncatedError."""
+    from nnc.decoder import GuardedMap
+
+    src = tmp_path / "few.nnr"
+    many_unit_stream(src, units=8, values=5000)
+    expected = nnc.decode(src.read_bytes())
+    dec = Decoder(src)
+    assert isinstance(dec.data, memoryview) and isinstance(dec.data.obj, GuardedMap)
+    assert dec.data.obj in RELEASABLE_MAPS
+    other = tmp_path / "other.nnr"
+    other.write_bytes(nnc.encode({"t00000": np.zeros(3, np.float32)}))
+    os.replace(other, src)  # another program saves the path anew, by rename
+    got = dec.decode()
+    assert list(got) == list(expected) and all(np.array_equal(got[k], expected[k]) for k in expected)
+    many_unit_stream(src, units=8, values=5000)
+    cut = Decoder(src)
+    with open(src, "r+b") as fh:
+        fh.truncate(len(cut.data) // 2)
+    with pytest.raises(nnc.TruncatedError, match="was cut"):
+        cut.decode()
+    empty = tmp_path / "empty.nnr"
+    empty.write_bytes(b"")  # (no map of an empty file: read, and refused on the path's bytes)
+    with pytest.raises(nnc.DecodeError):
+        Decoder(empty)

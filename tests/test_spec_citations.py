@@ -55,6 +55,7 @@ DECODER_NOT_NORMATIVE = {
     "_bounded_ordered": "a thread pool that keeps job order (API)",
     "release_pages": "drops read pages of a mapped stream file from memory (implementation memory)",
     "_releasable_map": "finds the map under a buffer whose pages may be dropped (implementation memory)",
+    "map_file": "maps a stream file (implementation memory)",
     "GuardedMap.guard": "guards a mapped stream file against being cut (implementation memory)",
     "GuardedMap.cut": "guards a mapped stream file against being cut (implementation memory)",
     "GuardedMap._unguard": "guards a mapped stream file against being cut (implementation memory)",
