@@ -1249,7 +1249,9 @@ class _DecodeBar:
         if self.quiet:
             return
         if self.bar is None:
-            self.bar = _progress_bar(event.bytes_total, "B", "decoding", False)
+            self.bar = _progress_bar(
+                event.bytes_total, "B", "decoding", False, postfix=f"{event.tensors_done}/{event.tensors_total} tensors"
+            )
         self.bar.set_postfix_str(f"{event.tensors_done}/{event.tensors_total} tensors", refresh=False)
         self.bar.update(event.bytes_done - self.bar.n)
 
