@@ -980,8 +980,8 @@ class GuardedMap(mmap.mmap):
             pass
 
 
-def map_file(path) -> "GuardedMap | None":
-    """A stream file memory-mapped read-only, guarded against being cut while it is read (:class:`GuardedMap`).
+def map_file(path):
+    """A stream file memory-mapped read-only, guarded against being cut while it is read (spec 15.2, informative).
 
     :func:`read_input` maps a path this way; its pages may be released once
     decoded, and it is unmapped when the last view of it goes (a decoder's).
@@ -993,8 +993,8 @@ def map_file(path) -> "GuardedMap | None":
 
     Returns
     -------
-    GuardedMap or None
-        The map; None if the file cannot be mapped (it cannot be opened, is
+    ``mmap.mmap`` or None
+        The map (a ``GuardedMap``); None if the file cannot be mapped (it cannot be opened, is
         empty, or is no regular file): the caller then reads it, and reports
         what is wrong on the path.
 
