@@ -354,15 +354,26 @@ def _lock_state_file(path, quiet: bool):
             fh.close()
             return None
         if file_identity(os.fstat(fh.fileno())) == path_identity(path):
+            _STATE_LOCKS.append(fh)
             return fh
         fh.close()  # the other command replaced the file meanwhile: lock the new one
+
+
+#: The --state files this process holds locked (released by the command, or by main when it ends otherwise).
+_STATE_LOCKS: list = []
 
 
 def _release_state(state) -> None:
     lock = getattr(state, "lock_file", None)
     if lock is not None:
-        lock.close()
+        _unlock(lock)
         state.lock_file = None
+
+
+def _unlock(lock) -> None:
+    lock.close()
+    if lock in _STATE_LOCKS:
+        _STATE_LOCKS.remove(lock)
 
 
 @contextlib.contextmanager
@@ -2728,6 +2739,9 @@ def main(argv=None) -> int:
         ]
         where = f"{', '.join(inputs)}: " if inputs else ""
         return _fail(f"{where}out of memory (an input larger than this machine's memory?); nothing written")
+    finally:
+        for lock in list(_STATE_LOCKS):  # (a command that failed before saving its state)
+            _unlock(lock)
 
 
 if __name__ == "__main__":

@@ -1145,3 +1145,23 @@ def test_a_command_on_a_state_file_another_command_holds_waits_and_reads_what_it
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert set(nnc.EncoderState.load(tx).depths.values()) == {3}
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="advisory file locks are POSIX's")
+def test_a_command_that_fails_after_reading_its_state_leaves_it_unlocked(tmp_path):
+    import fcntl
+
+    from nnc import cli, formats
+
+    model = tmp_path / "m.npz"
+    model.write_bytes(formats.npz_bytes(_tensors(np.random.default_rng(3), 0.05)))
+    rx = tmp_path / "rx"
+    assert cli.main(["encode", str(model), "-o", str(tmp_path / "s0.nnr"), "-q"]) == 0
+    assert cli.main(["decode", str(tmp_path / "s0.nnr"), "-o", str(tmp_path / "d0.npz"), "--state", str(rx),
+                     "-q"]) == 0
+    bad = tmp_path / "bad.nnr"
+    bad.write_bytes((tmp_path / "s0.nnr").read_bytes()[:-7])
+    assert cli.main(["decode", str(bad), "-o", str(tmp_path / "d1.npz"), "--state", str(rx), "-q"]) == 1
+    assert cli._STATE_LOCKS == []
+    with open(rx, "rb") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # (BlockingIOError if the failed command held it)
