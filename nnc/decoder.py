@@ -2074,11 +2074,12 @@ class Decoder:
         unless the stream updates parents (spec 14.4) and another stream entered the state since this decoder read
         it (its parents were then not these)."""
         reads_parents = any(_get(u.header, "parent_node_id_present_flag", 0) for u, _ in self._ndus)
+        kept = self.keep_state or any(params.parent_signalling for _, params in self._ndus)
         digests = {  # read again from the stream (its pages may have been released): checked before they are kept
             ndu.offset: _payload_digests(ndu.payload)
             for ndu, _ in self._ndus
-            if ndu.header.nnr_compressed_data_unit_payload_type != C.NNR_PT_RAW_FLOAT
-        }
+            if kept and ndu.header.nnr_compressed_data_unit_payload_type != C.NNR_PT_RAW_FLOAT
+        }  # (a decoder's own state, of a stream that names no parents, is never asked for them: not read again)
         _check_not_cut(self.data)
         with _STATES_LOCK:
             if reads_parents and getattr(self.state, "generation", 0) != self._parent_generation:
@@ -2091,7 +2092,7 @@ class Decoder:
             for name, new in self._staged.items():
                 self.state.update(name, new)
             self._staged = {}
-            for i, (ndu, _) in enumerate(self._ndus):  # the node depths and payload digests (spec 14.1, 14.4)
+            for i, (ndu, _) in enumerate(self._ndus if kept else ()):  # node depths, payload digests (14.1, 14.4)
                 self._enter_ids(ndu, self._ndu_tensors[i], digests.get(ndu.offset))
             self.state.generation = getattr(self.state, "generation", 0) + 1
 

@@ -129,3 +129,22 @@ def test_a_decoder_given_a_path_maps_the_file_instead_of_reading_it(tmp_path):
     empty.write_bytes(b"")  # (no map of an empty file: read, and refused on the path's bytes)
     with pytest.raises(nnc.DecodeError):
         Decoder(empty)
+
+
+def test_a_decode_without_a_state_does_not_read_the_stream_again_for_digests(tmp_path, monkeypatch):
+    """Every decode hashed every payload again once the last unit had decoded (SHA-256 and SHA-512, for the
+    decoder's own throwaway state): the whole stream was paged back in at the end (a 73 MB stream's map: 69 MB
+    resident, where the units decoded one at a time kept it under 11 MB). Only a kept state needs them."""
+    import nnc.decoder as decoder_module
+
+    src = tmp_path / "few.nnr"
+    rng = np.random.default_rng(2)
+    nnc.encode_model({f"w{i}": rng.standard_normal((40, 50)).astype(np.float32) for i in range(8)}, str(src))
+    hashed = []
+    real = decoder_module._payload_digests
+    monkeypatch.setattr(decoder_module, "_payload_digests", lambda payload: hashed.append(1) or real(payload))
+    nnc.decode(src)
+    assert hashed == []
+    state = nnc.DecoderState()
+    nnc.decode(src, state=state)
+    assert len(hashed) == 8 and len(state.payload_digests) == 8
