@@ -682,6 +682,19 @@ def _iterable(value) -> bool:
     return True
 
 
+def _wanted_names(names, index) -> "set[str] | None":
+    """The tensor names a call asks for (None: all of them), each one of ``index``'s."""
+    if isinstance(names, (bytes, bytearray)) or not (names is None or isinstance(names, str) or _iterable(names)):
+        raise TypeError(f"names must be a tensor name or an iterable of names, not {type(names).__name__}")
+    wanted = None if names is None else {names} if isinstance(names, str) else set(names)
+    if wanted is not None:
+        # (not a set of every name: a model decoded one tensor at a time would build it for each)
+        missing = sorted(n for n in wanted if n not in index)
+        if missing:  # api-check
+            raise KeyError(f"no tensor named {missing[0]!r} in the stream")
+    return wanted
+
+
 def check_update_parent(
     model: "Mapping[str, Any]", parent: str | None, narrow: "Mapping[str, str] | None" = None
 ) -> None:
@@ -1574,16 +1587,12 @@ class Decoder:
         >>> dec.info("w").qp
         -20
         """
-        if isinstance(names, (bytes, bytearray)) or not (names is None or isinstance(names, str) or _iterable(names)):
-            raise TypeError(f"names must be a tensor name or an iterable of names, not {type(names).__name__}")
-        wanted = set(self.names()) if names is None else {names} if isinstance(names, str) else set(names)
-        for name in wanted:
-            self.info(name)  # (KeyError for a name the stream lacks)
+        wanted = _wanted_names(names, self._index)
         by_ndu: dict[int, list[TensorInfo]] = {}
         for i, info in self._index.values():
             by_ndu.setdefault(i, []).append(info)  # coding order
         for i, infos in by_ndu.items():
-            if wanted.isdisjoint(info.name for info in infos):
+            if wanted is not None and wanted.isdisjoint(info.name for info in infos):
                 continue
             unit, params = self._ndus[i]
             try:
@@ -1738,14 +1747,7 @@ class Decoder:
         w (3, 2)
         b (1,)
         """
-        if isinstance(names, (bytes, bytearray)) or not (names is None or isinstance(names, str) or _iterable(names)):
-            raise TypeError(f"names must be a tensor name or an iterable of names, not {type(names).__name__}")
-        wanted = None if names is None else {names} if isinstance(names, str) else set(names)
-        if wanted is not None:
-            # (not a set of every name: a model decoded one tensor at a time would build it for each)
-            missing = sorted(n for n in wanted if n not in self._index)
-            if missing:  # api-check
-                raise KeyError(f"no tensor named {missing[0]!r} in the stream")
+        wanted = _wanted_names(names, self._index)
         aliases: dict = {}
         if out is None:
             target = None

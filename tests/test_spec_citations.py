@@ -52,6 +52,7 @@ DECODER_NOT_NORMATIVE = {
     "Decoder._fill_alias": "checks of caller-owned output buffers (API)",
     "_check_narrowing": "checks of caller-owned output buffers (API)",
     "_iterable": "an argument check (API)",
+    "_wanted_names": "an argument check (API)",
     "_bounded_ordered": "a thread pool that keeps job order (API)",
     "release_pages": "drops read pages of a mapped stream file from memory (implementation memory)",
     "_releasable_map": "finds the map under a buffer whose pages may be dropped (implementation memory)",
