@@ -894,7 +894,7 @@ def _decode_on_cluster(args) -> int:
             return _fail(f"{flag} cannot be combined with --scheduler")
     from . import formats
     from .decoder import Decoder, Limits
-    from .writers import is_directory_target, map_stream
+    from .writers import is_directory_target
 
     if not is_directory_target(args.output):
         formats.format_from_extension(args.output)  # a bad extension fails before any work
@@ -915,7 +915,7 @@ def _decode_on_cluster(args) -> int:
     finally:
         if owned:
             distributed.close_client(client)
-    _note_narrow_in_npz(Decoder(map_stream(args.stream) or args.stream, limits=Limits.for_stream(args.stream)), args)
+    _note_narrow_in_npz(Decoder(args.stream, limits=Limits.for_stream(args.stream)), args)
     summary = dict(stream=str(args.stream), output=args.output, tensors=written["tensors"], weights=written["weights"])
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -1111,7 +1111,7 @@ def _encode_search(args, tensors, options, layout=None) -> int:
 def cmd_decode(args) -> int:
     from ._files import new_files_only
     from .decoder import Decoder, DecoderState, Limits
-    from .writers import decode_to_path, is_directory_target, map_stream
+    from .writers import decode_to_path, is_directory_target
 
     if args.state and args.tensor:
         return _fail("--state needs every tensor of the stream decoded; leave out --tensor")
@@ -1131,9 +1131,7 @@ def cmd_decode(args) -> int:
     per_tensor = {} if args.max_tensor_elements is None else {"max_tensor_elements": args.max_tensor_elements}
     limits = Limits.for_stream(args.stream, **per_tensor)  # written one unit at a time
     with _errors_name(args.stream):
-        dec = Decoder(
-            map_stream(args.stream) or args.stream, entry_points=args.entry_points, state=state, limits=limits
-        )
+        dec = Decoder(args.stream, entry_points=args.entry_points, state=state, limits=limits)
     if not dec.names() and not (args.add_to and dec.skipped):  # (an update may skip every tensor)
         if dec.parent_signalling and not dec.skipped:
             return _fail(
@@ -1317,11 +1315,9 @@ def _read_model_or_stream(path, threads: int, quiet: bool = True, stack=None):
         _note_left_out(path, source.left_out, quiet, "compared")
         by_name = {t.name: t for t in source}
         return _OneAtATime(by_name, lambda name: by_name[name].load()), source.dtypes
-    from .writers import map_stream
-
     with _errors_name(path):
         # (pages read as the units are decoded; a tensor or a unit at a time, as a decoding to files)
-        dec = Decoder(map_stream(path) or path, limits=Limits.for_stream(path))
+        dec = Decoder(path, limits=Limits.for_stream(path))  # (the file memory-mapped: nnc.decoder.map_file)
     if dec.differences:
         _tell(quiet, f"nnc: note: {path} holds differences to a model (an update): its values are the changes")
     held: dict = {}  # decoded tensors of units not yet asked for (a bias the reference lists far from its weight)

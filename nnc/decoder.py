@@ -921,7 +921,7 @@ def read_input(data: StreamInput) -> bytes | memoryview:
     )
 
 
-#: Read-only maps of stream files whose pages may be dropped once read (``nnc.writers.map_stream`` adds its own).
+#: Read-only maps of stream files whose pages may be dropped once read (:func:`map_file` adds its own).
 RELEASABLE_MAPS: "weakref.WeakSet[mmap.mmap]" = weakref.WeakSet()
 
 #: Held while a decoder reads a DecoderState or enters its stream into one (cheap: dict copies and updates).
@@ -996,8 +996,11 @@ class GuardedMap(mmap.mmap):
 def map_file(path):
     """A stream file memory-mapped read-only, guarded against being cut while it is read (spec 15.2, informative).
 
-    :func:`read_input` maps a path this way; its pages may be released once
-    decoded, and it is unmapped when the last view of it goes (a decoder's).
+    :func:`read_input` maps a path this way (and ``nnc.writers.map_stream`` is
+    this function). Pages are read as the units are decoded, and
+    :func:`nnc.writers.decode_to_path` releases those of the units it has
+    decoded, so that resident memory does not grow with the stream; the map is
+    unmapped when the last view of it goes (a decoder's).
 
     Parameters
     ----------

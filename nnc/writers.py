@@ -500,35 +500,8 @@ def _write_folder_from_memory(folder: Path, tensors, dtypes: dict, layout, input
     return _write_files(folder, files, index, True, layout is not None, from_memory, None, inputs, overwrite)
 
 
-def map_stream(path):
-    """A stream file memory-mapped read-only for :func:`decode_to_path`, or None if it cannot be.
-
-    Pages are read as the units are decoded, and :func:`decode_to_path`
-    releases those of the units it has decoded, so that resident memory does
-    not grow with the stream.  Give the map to :class:`nnc.decoder.Decoder`
-    (e.g. to look at the tensors first) and the Decoder to :func:`decode_to_path`.
-
-    Parameters
-    ----------
-    path : str or ``os.PathLike``
-        The stream file.
-
-    Returns
-    -------
-    ``mmap.mmap`` or None
-        The map; None if the file cannot be opened or is empty (the Decoder
-        then reports the problem on the path itself).
-
-    Examples
-    --------
-    >>> import nnc, numpy as np, tempfile, os
-    >>> from nnc.writers import map_stream
-    >>> path = os.path.join(tempfile.mkdtemp(), "m.nnr")
-    >>> _ = nnc.encode_model({"w": np.ones(3, np.float32)}, path)
-    >>> nnc.Decoder(map_stream(path)).names(), map_stream(path + ".missing")
-    (['w'], None)
-    """
-    return map_file(path)
+#: The stream file memory-mapped as nnc.Decoder(path) maps it (one home: :func:`nnc.decoder.map_file`).
+map_stream = map_file
 
 
 def _release(mapped, upto: int) -> None:
