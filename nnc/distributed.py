@@ -493,7 +493,7 @@ def decode_to_path(
     and the client writes each unit's tensors into their place in the output as they
     arrive, then lets them go: at most ``in_flight`` units (default: two per worker
     thread) are on the workers, one on the client.  The files are those of a local
-    run.  ``.pt`` and ``.onnx`` files, updates and streams that need a decoder state
+    run.  ``.onnx`` files, updates and streams that need a decoder state
     are decoded as :func:`nnc.writers.decode_to_path` does them, on the client.
 
     Parameters
@@ -552,7 +552,7 @@ def decode_to_path(
     if (
         decoder_options.get("state") is not None
         or any(p.parent_signalling for _, p in dec._ndus)
-        or (single and format_from_extension(output) in ("pt", "onnx"))
+        or (single and format_from_extension(output) == "onnx")
     ):
         return writers.decode_to_path(dec, output, threads=threads, overwrite=overwrite)
     if mapped is not None:

@@ -31,6 +31,7 @@ import io
 import json
 import math
 import os
+import pickle
 import re
 import struct
 import zipfile
@@ -99,6 +100,7 @@ __all__ = [
     "safetensors_header",
     "read_pt",
     "pt_bytes",
+    "PtWriter",
     "state_dict_metadata",
     "read_onnx",
     "onnx_bytes",
@@ -940,46 +942,175 @@ def pt_bytes(tensors, dtypes=None, metadata=None) -> bytes:
 
 
 def _save_pt(fh, tensors, dtypes=None, metadata=None) -> None:
-    """Write the file of :func:`pt_bytes` to the open binary file ``fh``; a C-contiguous, writeable array is
-    handed to torch without a copy (torch.save only reads it)."""
-    torch = _torch()
+    """Write the file of :func:`pt_bytes` to the open binary file ``fh`` (:class:`PtWriter`, one tensor at a
+    time)."""
     dtypes = dtypes or {}
-    sd = OrderedDict()
-    for k, v in tensors.items():
-        arr = np.asarray(v)
-        if narrow_floats.is_narrow(dtypes.get(k)):
-            sd[k] = torch_narrow_float(torch, dtypes[k], arr)
-        elif arr.flags.c_contiguous and arr.flags.writeable and arr.dtype.isnative:
-            sd[k] = torch.from_numpy(arr)
+    arrays = OrderedDict((k, np.asarray(v)) for k, v in tensors.items())
+    writer = PtWriter(fh, [(k, str(dtypes.get(k) or v.dtype.name), v.shape) for k, v in arrays.items()], metadata)
+    for k, v in arrays.items():
+        writer.write(k, v)
+    writer.close()
+
+
+#: The typed storages torch (every version since 1.6) rebuilds tensors of these dtypes from; other dtypes are
+#: rebuilt from an untyped storage and the dtype (torch 2.1 and later).
+_PT_TYPED_STORAGES = {
+    "float64": "DoubleStorage",
+    "float32": "FloatStorage",
+    "float16": "HalfStorage",
+    "bfloat16": "BFloat16Storage",
+    "int64": "LongStorage",
+    "int32": "IntStorage",
+    "int16": "ShortStorage",
+    "int8": "CharStorage",
+    "uint8": "ByteStorage",
+    "bool": "BoolStorage",
+    "complex64": "ComplexFloatStorage",
+    "complex128": "ComplexDoubleStorage",
+}
+
+#: Where each record's data starts in the file: a multiple of this, as torch's own writer places it (a map of
+#: the file, ``torch.load(mmap=True)``, then gives aligned tensors).
+_PT_ALIGNMENT = 64
+
+
+class PtWriter:
+    """A PyTorch state_dict file (torch.save's zip layout) written one tensor at a time: the pickled state_dict
+    first, made from the names, dtypes and shapes alone, then each tensor's bytes as it comes, in any order, so
+    memory holds one tensor, not the model. ``torch.load`` reads it (``weights_only``, ``mmap`` too) as a
+    state_dict of contiguous CPU tensors, each with a storage of its own.
+
+    Parameters
+    ----------
+    file : str, ``os.PathLike`` or binary file
+        The path to write, or a binary file open for writing and seekable (the caller closes it).
+    plan : list
+        ``(name, dtype name, shape)`` of every tensor, in the state_dict's order; ``"bfloat16"``,
+        ``"float8_e4m3fn"`` and ``"float8_e5m2"`` tensors are given as float32 values and stored in that format.
+    metadata : dict or None
+        The state_dict's ``_metadata`` (:func:`state_dict_metadata`); ignored when not of that form.
+
+    Raises
+    ------
+    nnc.formats.FormatError
+        If torch is not installed, or a dtype has no torch counterpart.
+
+    Examples
+    --------
+    >>> import io, numpy as np, torch
+    >>> from nnc.formats import PtWriter
+    >>> buf = io.BytesIO()
+    >>> writer = PtWriter(buf, [("w", "float32", (2, 3)), ("b", "bfloat16", (3,))])
+    >>> writer.write("b", np.array([0.5, 1.0, 2.0], np.float32))
+    >>> writer.write("w", np.arange(6, dtype=np.float32).reshape(2, 3))
+    >>> writer.close()
+    >>> sd = torch.load(io.BytesIO(buf.getvalue()), weights_only=True)
+    >>> list(sd), sd["b"].dtype, sd["w"][1].tolist()
+    (['w', 'b'], torch.bfloat16, [3.0, 4.0, 5.0])
+    """
+
+    def __init__(self, file, plan, metadata=None):
+        torch = _torch()
+        self.planned = OrderedDict((name, (str(dtype), tuple(int(n) for n in shape))) for name, dtype, shape in plan)
+        if len(self.planned) != len(plan):
+            raise ValueError("a tensor name is planned twice")
+        self.keys = {name: str(i) for i, name in enumerate(self.planned)}
+        self.written: set[str] = set()
+        state = OrderedDict(
+            (name, _PlannedTensor(torch, dtype, shape, self.keys[name]))
+            for name, (dtype, shape) in self.planned.items()
+        )
+        versions = state_dict_metadata(metadata)
+        if versions is not None:
+            state._metadata = OrderedDict((prefix, dict(entry)) for prefix, entry in versions.items())
+        pickled = io.BytesIO()
+        _StateDictPickler(pickled, protocol=2).dump(state)
+        self.own_file = isinstance(file, (str, os.PathLike))
+        self.zf = zipfile.ZipFile(file, "w", zipfile.ZIP_STORED, allowZip64=True)
+        self._record("data.pkl", pickled.getvalue())
+        self._record("byteorder", b"little")
+
+    def write(self, name: str, values) -> None:
+        """Write tensor ``name``'s values (an array of its planned shape; float32 for the narrow formats)."""
+        if name not in self.planned or name in self.written:
+            raise ValueError(f"tensor {name!r} is not planned, or written already")
+        dtype, shape = self.planned[name]
+        values = np.asarray(values)
+        if values.shape != shape:
+            raise ValueError(f"tensor {name!r} has shape {values.shape}, planned {shape}")
+        if narrow_floats.is_narrow(dtype):
+            storage = narrow_floats.NARROW_FLOATS[dtype].storage.newbyteorder("<")
+            data = np.asarray(narrow_floats.from_float32(dtype, values)).astype(storage, copy=False)
         else:
-            sd[k] = torch.from_numpy(np.array(arr, order="C", copy=True))
-    versions = state_dict_metadata(metadata)
-    if versions is not None:
-        sd._metadata = OrderedDict((prefix, dict(entry)) for prefix, entry in versions.items())  # type: ignore[attr-defined]
-    writer = _NotingWrites(fh)
-    try:
-        torch.save(sd, writer)
-    except RuntimeError:
-        if writer.failure is not None:  # torch's "unexpected pos ..." for the full disk it met: the OSError itself
-            raise writer.failure from None
-        raise
+            data = np.ascontiguousarray(values, dtype=np.dtype(dtype).newbyteorder("<"))
+        self._record(f"data/{self.keys[name]}", np.ascontiguousarray(data).reshape(-1).view(np.uint8))
+        self.written.add(name)
+
+    def close(self) -> None:
+        """Write the file's end; every planned tensor must have been written."""
+        missing = [name for name in self.planned if name not in self.written]
+        if missing:
+            raise ValueError(f"tensor {missing[0]!r} was planned but not written")
+        self._record("version", b"3\n")
+        self.zf.close()
+
+    def abort(self) -> None:
+        """Leave the file unfinished (the caller removes it): no end is written, now or at garbage collection."""
+        fp, self.zf.fp = self.zf.fp, None
+        if fp is not None and self.own_file:
+            fp.close()
+
+    def _record(self, name: str, data) -> None:
+        info = zipfile.ZipInfo("archive/" + name, date_time=(1980, 1, 1, 0, 0, 0))
+        info.compress_type = zipfile.ZIP_STORED
+        info.file_size = len(data)
+        # the local header (30 bytes, the name, this padding field, the zip64 field of 20 bytes) ends aligned
+        header = 30 + len(info.filename.encode("utf-8")) + 4 + 20
+        pad = -(self.zf.fp.tell() + header) % _PT_ALIGNMENT
+        info.extra = struct.pack("<HH", 0x4E4E, pad) + bytes(pad)
+        chunk = 1 << 24
+        view = memoryview(data)
+        with self.zf.open(info, "w", force_zip64=True) as out:
+            for at in range(0, len(view), chunk):
+                out.write(view[at : at + chunk])
 
 
-class _NotingWrites:
-    """A binary file whose write errors are kept: torch.save reports them as a RuntimeError of its own."""
+class _PlannedTensor:
+    """A tensor of a :class:`PtWriter` plan in its pickle: rebuilt by torch from the storage record ``key``."""
 
-    def __init__(self, fh):
-        self.fh, self.failure = fh, None
+    def __init__(self, torch, dtype: str, shape: tuple, key: str):
+        torch_dtype = getattr(torch, dtype, None)
+        if not isinstance(torch_dtype, torch.dtype):
+            raise FormatError(f"PyTorch has no dtype {dtype!r}")
+        strides = tuple(math.prod(shape[i + 1 :]) for i in range(len(shape)))
+        count = math.prod(shape)
+        typed = _PT_TYPED_STORAGES.get(dtype)
+        extra: tuple = ()
+        if typed is not None:
+            self.storage = ("storage", getattr(torch, typed), key, "cpu", count)
+            rebuild = torch._utils._rebuild_tensor_v2
+        else:  # the dtypes of torch 2.1 and later: an untyped storage of bytes
+            nbytes = count * narrow_floats.itemsize(dtype)
+            self.storage = ("storage", torch.storage.UntypedStorage, key, "cpu", nbytes)
+            rebuild, extra = torch._utils._rebuild_tensor_v3, (torch_dtype,)
+        self.reduced: tuple = (rebuild, (_StorageRecord(self.storage), 0, shape, strides, False, OrderedDict(), *extra))
 
-    def write(self, data) -> int:
-        try:
-            return self.fh.write(data)
-        except OSError as exc:
-            self.failure = exc
-            raise
 
-    def flush(self) -> None:
-        self.fh.flush()
+class _StorageRecord:
+    """A storage in the pickle: a persistent id naming its record (``data/<key>``)."""
+
+    def __init__(self, persistent_id: tuple):
+        self.persistent_id = persistent_id
+
+
+class _StateDictPickler(pickle.Pickler):
+    """Pickles a state_dict of :class:`_PlannedTensor` as torch.save pickles one of tensors."""
+
+    def persistent_id(self, obj):
+        return obj.persistent_id if isinstance(obj, _StorageRecord) else None
+
+    def reducer_override(self, obj):
+        return obj.reduced if isinstance(obj, _PlannedTensor) else NotImplemented
 
 
 def torch_narrow_float(torch, name: str, values: np.ndarray):

@@ -369,13 +369,13 @@ class _NpzSink:
 
 
 class _PtSink:
-    """A PyTorch shard: its tensors are gathered and saved when the last one arrives (memory: one shard)."""
+    """A PyTorch file written tensor by tensor (:class:`nnc.formats.PtWriter`: memory holds one tensor)."""
 
     def __init__(self, file: _File, tmp: str):
-        self.tmp = tmp
+        from .formats import PtWriter
+
         self.tensors = {t.name: t for t in file.tensors}
-        self.metadata = file.metadata
-        self.gathered: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.writer = PtWriter(tmp, [(t.name, t.dtype, t.shape) for t in file.tensors], file.metadata)
 
     def buffer(self, info):
         return None
@@ -385,24 +385,13 @@ class _PtSink:
         view, _ = restore_model_view(
             OrderedDict([(name, array)]), {"shapes": {name: list(t.shape)}, "dtypes": {name: t.dtype}}
         )
-        self.gathered[name] = view[name]
-        if len(self.gathered) == len(self.tensors):
-            from .formats import _save_pt
-
-            with open(self.tmp, "wb") as fh:
-                _save_pt(
-                    fh,
-                    OrderedDict((k, self.gathered[k]) for k in self.tensors),
-                    {k: v.dtype for k, v in self.tensors.items()},
-                    self.metadata,
-                )
-            self.gathered.clear()
+        self.writer.write(name, view[name])
 
     def close(self):
-        pass
+        self.writer.close()
 
     def abort(self):
-        pass
+        self.writer.abort()
 
 
 class _Sink(Protocol):
@@ -527,10 +516,9 @@ def decode_to_path(
     directory) or a file.  Into a folder, the checkpoint layout the stream
     records is restored (the same shard names and ``__metadata__``, the index
     with ``weight_map`` and ``total_size``, the original dtypes); a stream
-    without one becomes ``model.safetensors`` there.  A .safetensors or .npz
-    file is written the same way, streaming; a .pt or .onnx file is written
-    by :func:`nnc.models.decode_model`, in memory (``torch.save`` and ONNX
-    write whole models).
+    without one becomes ``model.safetensors`` there.  A .safetensors, .npz or
+    .pt file is written the same way, streaming; a .onnx file is written by
+    :func:`nnc.models.decode_model`, in memory (ONNX writes whole models).
 
     Parameters
     ----------
@@ -619,7 +607,7 @@ def decode_to_path(
     if not is_directory_target(output):
         from .formats import format_from_extension
 
-        if format_from_extension(output) in ("pt", "onnx") or add_to is not None:
+        if format_from_extension(output) == "onnx" or add_to is not None:
             return _decode_in_memory(dec, output, wanted, template, threads, progress, add_to)
     elif add_to is not None:
         return _decode_in_memory(dec, output, wanted, template, threads, progress, add_to, inputs, overwrite)
@@ -739,7 +727,7 @@ def _write_files(
 def _decode_in_memory(
     dec: Decoder, output, wanted, template, threads, progress, add_to=None, inputs=None, overwrite=False
 ) -> dict:
-    """.pt and .onnx outputs and updates: the whole model is decoded, then written (torch.save / ONNX need it whole);
+    """.onnx outputs and updates: the whole model is decoded, then written (ONNX needs it whole);
     an update added to a model is written into a folder in the model's own checkpoint layout."""
     from .formats import format_from_extension, write_model
 

@@ -63,8 +63,10 @@ def _many_tensors_stream(tmp_path, n=12):
     return path
 
 
-@pytest.mark.parametrize("target", ["folder/", "model.safetensors", "model.npz"])
+@pytest.mark.parametrize("target", ["folder/", "model.safetensors", "model.npz", "model.pt"])
 def test_decode_to_path_on_dask_writes_the_local_files(client, tmp_path, target):
+    if target.endswith(".pt"):  # written tensor by tensor on the client too (was gathered for torch.save)
+        pytest.importorskip("torch")
     stream, *_ = sharded_checkpoint()
     sharded = tmp_path / "sharded.nnr"
     sharded.write_bytes(stream)
