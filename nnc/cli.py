@@ -1150,6 +1150,8 @@ def cmd_decode(args) -> int:
         return _fail(f"no tensor named {missing[0]!r} in {args.stream}")
     if args.template and not _writes_onnx(args.output):
         return _fail(f"--template {args.template}: a template is for ONNX output only, not {args.output}")
+    if not args.template and _writes_onnx(args.output) and not is_directory_target(args.output):
+        return _fail(f"{args.output}: writing ONNX needs the original model as a template (--template ORIGINAL.onnx)")
     if args.add_to:
         from .readers import open_model
 

@@ -105,6 +105,7 @@ __all__ = [
     "read_onnx",
     "onnx_bytes",
     "write_onnx",
+    "OnnxWriter",
     "ONNX_INLINE_LIMIT",
     "onnx_quantisation_parameters",
     "bfloat16_to_float32",
@@ -1348,13 +1349,13 @@ def onnx_bytes(tensors, dtypes=None, template=None) -> bytes:
     >>> numpy_helper.to_array(model.graph.initializer[0]).tolist()
     [[0.5, 0.5], [0.5, 0.5]]
     """
-    model = _onnx_model_with(tensors, dtypes, template)
-    if model.ByteSize() > ONNX_INLINE_LIMIT:
-        raise FormatError(
-            f"the ONNX model takes {model.ByteSize()} bytes, more than one protobuf message holds (2 GiB): "
-            "write it to a file (write_model), which puts its weights in external data"
-        )
-    return model.SerializeToString()
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "model.onnx")
+        _write_onnx_weights(OnnxWriter(path, "model.onnx", _onnx_plan(tensors, dtypes), template, None), tensors)
+        with open(path, "rb") as fh:
+            return fh.read()
 
 
 #: Largest ONNX model written with its weights inline (protobuf messages end at 2 GiB); a larger one, or one
@@ -1362,30 +1363,278 @@ def onnx_bytes(tensors, dtypes=None, template=None) -> bytes:
 ONNX_INLINE_LIMIT = (1 << 31) - (1 << 24)
 
 
-def _onnx_model_with(tensors, dtypes, template):
-    """The ModelProto of ``template`` with its weights replaced by ``tensors`` (see :func:`onnx_bytes`)."""
-    onnx, numpy_helper = _onnx()
-    if template is None:
-        raise FormatError("writing ONNX needs the original model as a template (--template MODEL.onnx)")
-    try:
-        model = onnx.load(os.fspath(template))
-        weights = _onnx_weights(model.graph)
-        held = {name: numpy_helper.to_array(t) for name, t in weights.items()}
-    except FormatError as exc:
-        raise FormatError(f"{template}: {exc}") from None
-    except Exception as exc:
-        raise FormatError(f"{template}: cannot load as ONNX: {exc}") from None
-    problems = _template_mismatches(tensors, dtypes or {}, held)
-    if problems:
-        shown = "; ".join(problems[:10]) + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
-        raise FormatError(f"{template} does not match the decoded model: {shown}")
-    for name, t in weights.items():
-        arr = np.asarray(tensors[name]).astype(held[name].dtype)
-        for f in _ONNX_DATA_FIELDS:  # the data go; name, doc_string, metadata_props... stay
-            if f in t.DESCRIPTOR.fields_by_name:
-                t.ClearField(f)
-        t.MergeFrom(numpy_helper.from_array(arr, t.name))
-    return model
+# -- ONNX written tensor by tensor -----------------------------------------------------------
+
+#: TensorProto data types a streamed ONNX weight may have, and the numpy dtype of their raw bytes (little-endian);
+#: bfloat16 and float8 are stored as their bits (nnc.narrow_floats).
+_ONNX_RAW_TYPES = {
+    1: "<f4",
+    2: "u1",
+    3: "i1",
+    4: "<u2",
+    5: "<i2",
+    6: "<i4",
+    7: "<i8",
+    9: "?",
+    10: "<f2",
+    11: "<f8",
+    12: "<u4",
+    13: "<u8",
+    16: "<u2",
+    17: "u1",
+    19: "u1",
+}
+
+#: Weights of at least this many bytes go to the external data file when one is written; smaller ones stay inline.
+_ONNX_EXTERNAL_THRESHOLD = 1024
+
+
+class OnnxWriter:
+    """The ONNX model ``template`` with its weights replaced one at a time: the file is laid out first, from the
+    template's graph and the weights' shapes and types, with a gap where each weight's bytes go; each weight is
+    then written (or decoded) into its gap, so memory holds the template's graph and one tensor, not the model.
+
+    The weights go inline, or, when the template keeps its own in external data or the model would pass
+    protobuf's 2 GiB (:data:`ONNX_INLINE_LIMIT`), those of 1 KiB or more into one external data file
+    ``NAME.data`` beside the model (each at a multiple of 4096 bytes). ``onnx.load`` reads the result as the
+    model :func:`write_onnx` writes in memory.
+
+    Parameters
+    ----------
+    path : str or ``os.PathLike``
+        The file to write the model to (a temporary file: the caller renames it).
+    final_name : str
+        The model's file name once renamed: the external data file is named after it.
+    plan : dict
+        {weight name: (shape, dtype name)} as decoded (a dtype None is not checked against the template's);
+        every weight of the template must be there.
+    template : str or ``os.PathLike``
+        The original ONNX model.
+    data_file : callable or None
+        ``data_file(location)``: the (temporary) path to write the external data file ``location`` to, called
+        only if one is written; None writes every weight inline.
+
+    Raises
+    ------
+    nnc.formats.FormatError
+        If onnx is not installed, the template cannot be read, or its weights do not match ``plan``.
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, os, onnx
+    >>> from onnx import helper, numpy_helper
+    >>> from nnc.formats import OnnxWriter
+    >>> w = numpy_helper.from_array(np.ones((2, 2), np.float32), "w")
+    >>> y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 2])
+    >>> graph = helper.make_graph([helper.make_node("Identity", ["w"], ["y"])], "g", [], [y], [w])
+    >>> folder = tempfile.mkdtemp()
+    >>> onnx.save(helper.make_model(graph), os.path.join(folder, "t.onnx"))
+    >>> out = os.path.join(folder, "m.onnx")
+    >>> writer = OnnxWriter(out, "m.onnx", {"w": ((2, 2), "float32")}, os.path.join(folder, "t.onnx"), None)
+    >>> writer.write("w", np.full((2, 2), 0.5))
+    >>> writer.close()
+    >>> numpy_helper.to_array(onnx.load(out).graph.initializer[0]).tolist()
+    [[0.5, 0.5], [0.5, 0.5]]
+    """
+
+    def __init__(self, path, final_name: str, plan: dict, template, data_file):
+        onnx, numpy_helper = _onnx()
+        if template is None:
+            raise FormatError("writing ONNX needs the original model as a template (--template MODEL.onnx)")
+        self.path = os.fspath(path)
+        folder = os.path.dirname(os.fspath(template))
+        try:
+            model = onnx.load(os.fspath(template), load_external_data=False)
+            weights = _onnx_weights(model.graph, values=lambda init: _onnx_values(init, folder))
+        except FormatError as exc:
+            raise FormatError(f"{template}: {exc}") from None
+        except Exception as exc:
+            raise FormatError(f"{template}: cannot load as ONNX: {exc}") from None
+        held = {}
+        for name, t in weights.items():
+            if t.data_type not in _ONNX_RAW_TYPES:
+                raise FormatError(
+                    f"{template}: weight {name!r} has ONNX data type {t.data_type}, which nnc cannot write"
+                )
+            held[name] = _HeldWeight(tuple(int(d) for d in t.dims), onnx.helper.tensor_dtype_to_np_dtype(t.data_type))
+        decoded = {name: np.broadcast_to(np.empty((), np.uint8), tuple(shape)) for name, (shape, _) in plan.items()}
+        problems = _template_mismatches(decoded, {name: dtype for name, (_, dtype) in plan.items()}, held)
+        if problems:
+            shown = "; ".join(problems[:10]) + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
+            raise FormatError(f"{template} does not match the decoded model: {shown}")
+        theirs = _external_files(model.graph, folder)
+        for t in _onnx_tensors(model.graph):  # what stays of the template's own data: read into the graph
+            if t.data_location == onnx.TensorProto.EXTERNAL and not any(t is w for w in weights.values()):
+                _load_external(t, folder)
+        self.weights = {name: (t.data_type, held[name].shape) for name, t in weights.items()}
+        self.marker = marker = os.urandom(12)
+        holes = {}
+        for i, (name, t) in enumerate(weights.items()):
+            for f in _ONNX_DATA_FIELDS:
+                if f in t.DESCRIPTOR.fields_by_name and f not in ("dims", "data_type"):
+                    t.ClearField(f)
+            length = math.prod(held[name].shape) * np.dtype(_ONNX_RAW_TYPES[t.data_type]).itemsize
+            t.raw_data = marker + struct.pack("<I", i)
+            holes[t.raw_data] = (name, length)
+        self.holes = holes
+        inline_size = _pieces_size(_wire_pieces(model, holes, marker))
+        self.data_path = None
+        self.offsets: dict[str, tuple] = {}  # name -> (path, offset)
+        if data_file is None and inline_size > ONNX_INLINE_LIMIT:
+            raise FormatError(
+                f"the ONNX model takes {inline_size} bytes, more than one protobuf message holds (2 GiB): "
+                "write it to a file (write_model), which puts its weights in external data"
+            )
+        if data_file is not None and (theirs or inline_size > ONNX_INLINE_LIMIT):
+            from ._files import refuse_overwriting
+
+            location = final_name + ".data"
+            refuse_overwriting(Path(self.path).parent / location, {"template's external data": theirs})
+            self.data_path = data_file(location)
+            end = 0
+            for t in _onnx_tensors(model.graph):
+                if t.raw_data in holes and holes[t.raw_data][1] >= _ONNX_EXTERNAL_THRESHOLD:
+                    name, length = holes.pop(t.raw_data)
+                    end = -(-end // 4096) * 4096
+                    t.ClearField("raw_data")
+                    for key, value in (("location", location), ("offset", end), ("length", length)):
+                        entry = t.external_data.add()
+                        entry.key, entry.value = key, str(value)
+                    t.data_location = onnx.TensorProto.EXTERNAL
+                    self.offsets[name] = (self.data_path, end)
+                    end += length
+            with open(self.data_path, "wb") as fh:
+                fh.truncate(end)
+        with open(self.path, "wb") as fh:
+            for piece in _wire_pieces(model, holes, marker):
+                if isinstance(piece, bytes):
+                    fh.write(piece)
+                else:
+                    name, length = piece
+                    self.offsets[name] = (self.path, fh.tell())
+                    fh.seek(length, os.SEEK_CUR)
+            fh.truncate()
+        self.written: set[str] = set()
+        self.buffers: dict[str, np.memmap] = {}
+
+    def buffer(self, name: str):
+        """The array in the file to decode weight ``name`` into: its gap as a map of the template's raw type, or
+        None for an empty weight."""
+        data_type, shape = self.weights[name]
+        if not math.prod(shape):
+            return None
+        if name not in self.buffers:
+            path, offset = self.offsets[name]
+            self.buffers[name] = np.memmap(
+                path, dtype=_ONNX_RAW_TYPES[data_type], mode="r+", offset=offset, shape=shape
+            )
+        return self.buffers[name]
+
+    def write(self, name: str, values) -> None:
+        """Write weight ``name``'s values (converted to the template's type; bfloat16 and float8 from values)."""
+        if name not in self.weights or name in self.written:
+            raise ValueError(f"weight {name!r} is not in the template, or written already")
+        data_type, shape = self.weights[name]
+        out = self.buffer(name)
+        if out is not None and not np.may_share_memory(values, out):  # (else decoded into its place already)
+            narrow = {16: "bfloat16", 17: "float8_e4m3fn", 19: "float8_e5m2"}.get(data_type)
+            if narrow is not None:
+                out[...] = np.asarray(narrow_floats.from_float32(narrow, np.asarray(values, np.float32))).reshape(shape)
+            else:
+                out[...] = np.asarray(values).astype(out.dtype).reshape(shape)
+        if out is not None:
+            out.flush()
+            del self.buffers[name]
+        self.written.add(name)
+
+    def close(self) -> None:
+        """Check that every weight was written."""
+        missing = [name for name in self.weights if name not in self.written]
+        if missing:
+            raise ValueError(f"weight {missing[0]!r} was not written")
+
+
+class _HeldWeight:
+    """A template weight's shape and dtype, for :func:`_template_mismatches` (its values are not read)."""
+
+    def __init__(self, shape: tuple, dtype):
+        self.shape, self.dtype = shape, np.dtype(dtype)
+
+
+def _onnx_values(init, folder: str) -> np.ndarray:
+    """An initializer's array, its external data read from beside the model in ``folder``."""
+    _, numpy_helper = _onnx()
+    if init.data_location != 1:
+        return numpy_helper.to_array(init)
+    copy = type(init)()
+    copy.CopyFrom(init)
+    _load_external(copy, folder)
+    return numpy_helper.to_array(copy)
+
+
+def _load_external(tensor, folder: str) -> None:
+    """Read a tensor's external data (from beside the model in ``folder``) into the tensor itself."""
+    from onnx.external_data_helper import load_external_data_for_tensor
+
+    load_external_data_for_tensor(tensor, folder)
+    tensor.data_location = 0  # DEFAULT
+    del tensor.external_data[:]
+
+
+def _external_files(graph, folder: str) -> list:
+    """The external data files of a graph's tensors (none when they are inline)."""
+    files = []
+    for t in _onnx_tensors(graph):
+        if t.data_location == 1:
+            location = next((e.value for e in t.external_data if e.key == "location"), None)
+            if location:
+                files.append(os.path.join(folder, location))
+    return list(dict.fromkeys(files))
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _wire_pieces(message, holes: dict, marker: bytes) -> list:
+    """``message`` serialised (protobuf wire format) as pieces: bytes, and for each TensorProto whose raw_data
+    is a key of ``holes`` (each begins with ``marker``), its bytes without that field, the field's key and
+    length, then (name, length) for the gap its data fills. Only messages that hold a gap are taken apart, field
+    by field in field order."""
+    whole = message.SerializeToString()
+    if marker not in whole:
+        return [whole]
+    if message.DESCRIPTOR.name == "TensorProto" and message.raw_data in holes:
+        name, length = holes[message.raw_data]
+        rest = type(message)()
+        rest.CopyFrom(message)
+        rest.ClearField("raw_data")
+        number = message.DESCRIPTOR.fields_by_name["raw_data"].number
+        return [rest.SerializeToString(), _varint(number << 3 | 2) + _varint(length), (name, length)]
+    pieces: list = []
+    for field, value in message.ListFields():
+        repeated = field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED
+        if field.type == field.TYPE_MESSAGE:
+            for element in value if repeated else [value]:
+                inner = _wire_pieces(element, holes, marker)
+                pieces += [_varint(field.number << 3 | 2) + _varint(_pieces_size(inner)), *inner]
+        else:
+            alone = type(message)()
+            if repeated:
+                getattr(alone, field.name).extend(value)
+            else:
+                setattr(alone, field.name, value)
+            pieces.append(alone.SerializeToString())
+    return pieces
+
+
+def _pieces_size(pieces: list) -> int:
+    return sum(len(p) if isinstance(p, bytes) else p[1] for p in pieces)
 
 
 #: The fields of an ONNX TensorProto that hold or locate its data, replaced when a weight is written.
@@ -1403,20 +1652,6 @@ _ONNX_DATA_FIELDS = (
     "external_data",
     "data_location",
 )
-
-
-def _template_keeps_external_data(template) -> list:
-    """The external data files of an ONNX model's weights (none when they are inline)."""
-    onnx, _ = _onnx()
-    model = onnx.load(os.fspath(template), load_external_data=False)
-    folder = os.path.dirname(os.fspath(template))
-    files = []
-    for t in _onnx_tensors(model.graph):
-        if t.data_location == onnx.TensorProto.EXTERNAL:
-            location = next((e.value for e in t.external_data if e.key == "location"), None)
-            if location:
-                files.append(os.path.join(folder, location))
-    return list(dict.fromkeys(files))
 
 
 def _onnx_tensors(graph):
@@ -1468,54 +1703,43 @@ def write_onnx(path, tensors, dtypes=None, template=None) -> list:
     >>> [os.path.basename(f) for f in write_onnx(os.path.join(d, "m.onnx"), {"w": np.zeros((64, 64))}, template=os.path.join(d, "t.onnx"))]
     ['m.onnx.data', 'm.onnx']
     """
-    import shutil
-    import tempfile
+    from ._files import replace_all, temp_file_beside
 
-    from ._files import refuse_overwriting, replace_all
-
-    onnx, _ = _onnx()
-    model = _onnx_model_with(tensors, dtypes, template)
-    theirs = _template_keeps_external_data(template)
-    if not theirs and model.ByteSize() <= ONNX_INLINE_LIMIT:
-        write_atomic(path, model.SerializeToString())
-        return [os.fspath(path)]
     final = Path(path)
-    location = final.name + ".data"
-    refuse_overwriting(final.parent / location, {"template's external data": theirs})
-    work = tempfile.mkdtemp(prefix=".nnc-", dir=final.parent)
+    temps: dict[str, str] = {}  # {file name: temporary file}
+
+    def temp_for(name: str) -> str:
+        fd, temps[name] = temp_file_beside(final.parent / name)
+        os.close(fd)
+        return temps[name]
+
     try:
-        _move_to_external_data(model, location)
-        onnx.save_model(model, os.path.join(work, final.name))  # writes the data file beside it
-        data = os.path.join(work, location)
-        if os.path.exists(data):  # onnx makes it private (0600); give it the model file's permissions
-            os.chmod(data, os.stat(os.path.join(work, final.name)).st_mode & 0o777)
-        return replace_all(  # the data first: the model names it
-            (os.path.join(work, name), final.parent / name)
-            for name in (location, final.name)
-            if os.path.exists(os.path.join(work, name))
-        )
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        model_tmp = temp_for(final.name)
+        _write_onnx_weights(OnnxWriter(model_tmp, final.name, _onnx_plan(tensors, dtypes), template, temp_for), tensors)
+        for tmp in temps.values():
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+        order = sorted(temps, key=lambda name: name == final.name)  # the data first: the model names it
+        return replace_all((temps[name], final.parent / name) for name in order)
+    except BaseException:
+        for tmp in temps.values():
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        raise
 
 
-def _initializers(graph):
-    """A graph's initializers and those of its subgraphs (If, Loop, Scan bodies)."""
-    yield from graph.initializer
-    for node in graph.node:
-        for attribute in node.attribute:
-            for sub in _subgraphs(attribute):
-                yield from _initializers(sub)
+def _onnx_plan(tensors, dtypes) -> dict:
+    """An :class:`OnnxWriter` plan of in-memory tensors: their shapes, and their dtypes where ``dtypes`` names
+    them (the others take the template's)."""
+    return {name: (tuple(np.shape(v)), (dtypes or {}).get(name)) for name, v in tensors.items()}
 
 
-def _move_to_external_data(model, location: str, threshold: int = 1024) -> None:
-    """Marks every initializer of ``threshold`` bytes or more as held in the external file ``location``.
-    (onnx's own ``save_as_external_data`` refuses a ``location`` that exists in the current folder,
-    wherever the model is saved.)"""
-    from onnx.external_data_helper import set_external_data
-
-    for tensor in _initializers(model.graph):
-        if tensor.HasField("raw_data") and len(tensor.raw_data) >= threshold:
-            set_external_data(tensor, location)
+def _write_onnx_weights(writer: "OnnxWriter", tensors) -> None:
+    for name, values in tensors.items():
+        writer.write(name, values)
+    writer.close()
 
 
 def _template_mismatches(tensors, dtypes, held) -> list:

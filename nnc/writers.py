@@ -108,6 +108,7 @@ class _File:
     format: str
     metadata: dict = field(default_factory=dict)
     tensors: list = field(default_factory=list)
+    template: Any = None  # an .onnx file's original model
 
 
 def _itemsize(dtype: str) -> int:
@@ -235,8 +236,8 @@ def _checkpoint_plan(ckpt: Any, tensors, new_to_last: bool = False) -> tuple[lis
     return [f for f in files if f.tensors], index
 
 
-def _plan(dec: Decoder, output, names) -> tuple[Path, list, dict | None]:
-    """(folder, files, index) to write for ``output``."""
+def _plan(dec: Decoder, output, names, template=None) -> tuple[Path, list, dict | None]:
+    """(folder, files, index) to write for ``output`` (an .onnx file from ``template``)."""
     from .formats import format_from_extension
 
     tensors = _model_tensors(dec, names)
@@ -249,7 +250,8 @@ def _plan(dec: Decoder, output, names) -> tuple[Path, list, dict | None]:
         return folder, [_File(DEFAULT_FILE, "safetensors", {}, list(tensors.values()))], None
     path = Path(output)
     fmt = format_from_extension(path)
-    return path.parent, [_File(path.name, fmt, single_file_metadata(dec.metadata, fmt), list(tensors.values()))], None
+    metadata = single_file_metadata(dec.metadata, fmt)
+    return path.parent, [_File(path.name, fmt, metadata, list(tensors.values()), template)], None
 
 
 def single_file_metadata(metadata: dict, fmt: str) -> dict:
@@ -394,6 +396,45 @@ class _PtSink:
         self.writer.abort()
 
 
+class _OnnxSink:
+    """An ONNX model laid out from its template, each weight decoded into its place (:class:`nnc.formats.OnnxWriter`:
+    memory holds the template's graph and one tensor); its external data file, if any, is an extra temporary file."""
+
+    def __init__(self, file: _File, tmp: str):
+        from .formats import OnnxWriter
+
+        self.extra: dict[str, str] = {}  # {final name: temporary file} written besides tmp
+        folder = Path(tmp).parent
+
+        def data_file(location):
+            self.extra[location] = _temp_in(folder, location)
+            return self.extra[location]
+
+        self.tensors = {t.name: t for t in file.tensors}
+        plan = {t.name: (t.shape, t.dtype) for t in file.tensors}
+        try:
+            self.writer = OnnxWriter(tmp, file.name, plan, file.template, data_file)
+        except BaseException:
+            self.abort()
+            raise
+
+    def buffer(self, info):
+        return self.writer.buffer(info.name)
+
+    def take(self, name, array):
+        self.writer.write(name, array)
+
+    def close(self):
+        self.writer.close()
+
+    def abort(self):
+        for tmp in self.extra.values():
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
 class _Sink(Protocol):
     """Where one output file's tensors go: an array to decode into (or None), then each array, then close (or, on
     an error, abort: the temporary file is removed)."""
@@ -407,7 +448,12 @@ class _Sink(Protocol):
     def abort(self): ...
 
 
-_SINKS: dict[str, Callable[[_File, str], _Sink]] = {"safetensors": _SafetensorsSink, "npz": _NpzSink, "pt": _PtSink}
+_SINKS: dict[str, Callable[[_File, str], _Sink]] = {
+    "safetensors": _SafetensorsSink,
+    "npz": _NpzSink,
+    "pt": _PtSink,
+    "onnx": _OnnxSink,
+}
 
 
 MODEL_FILE_SUFFIXES = (".safetensors", ".index.json", ".bin", ".pt", ".pth", ".ckpt", ".npz", ".npy", ".onnx")
@@ -517,8 +563,8 @@ def decode_to_path(
     records is restored (the same shard names and ``__metadata__``, the index
     with ``weight_map`` and ``total_size``, the original dtypes); a stream
     without one becomes ``model.safetensors`` there.  A .safetensors, .npz or
-    .pt file is written the same way, streaming; a .onnx file is written by
-    :func:`nnc.models.decode_model`, in memory (ONNX writes whole models).
+    .pt file is written the same way, streaming, and so is a .onnx file
+    from ``template`` (:class:`nnc.formats.OnnxWriter`).
 
     Parameters
     ----------
@@ -604,12 +650,9 @@ def decode_to_path(
         missing = sorted(wanted - set(dec.names()))
         if missing:
             raise KeyError(f"no tensor named {missing[0]!r} in the stream")
-    if not is_directory_target(output):
-        from .formats import format_from_extension
-
-        if format_from_extension(output) == "onnx" or add_to is not None:
+    if add_to is not None:
+        if not is_directory_target(output):
             return _decode_in_memory(dec, output, wanted, template, threads, progress, add_to)
-    elif add_to is not None:
         return _decode_in_memory(dec, output, wanted, template, threads, progress, add_to, inputs, overwrite)
 
     def local(names, out):
@@ -628,18 +671,22 @@ def decode_to_path(
         progress,
         inputs={**own, "model added to": add_to, **(inputs or {})},
         overwrite=overwrite,
+        template=template,
     )
 
 
-def write_tensors(dec: Decoder, output, wanted, produce, progress=None, inputs=None, overwrite: bool = False) -> dict:
+def write_tensors(
+    dec: Decoder, output, wanted, produce, progress=None, inputs=None, overwrite: bool = False, template=None
+) -> dict:
     """Write the tensors ``produce(names, out)`` yields into the files planned for ``output``, atomically.
 
     ``produce`` yields ``(name, array)`` for the planned names, in the stream's order, as
     :meth:`nnc.decoder.Decoder.iter_tensors` does with ``out`` (the array a tensor is to
     be written into, or None): :func:`decode_to_path` decodes locally, :mod:`nnc.distributed`
-    on a cluster.  ``overwrite``: as for :func:`decode_to_path`.  Returns the summary of :func:`decode_to_path`.
+    on a cluster.  ``overwrite``, ``template``: as for :func:`decode_to_path`.  Returns the summary of
+    :func:`decode_to_path`.
     """
-    folder, files, index = _plan(dec, output, wanted)
+    folder, files, index = _plan(dec, output, wanted, template)
     into_folder = is_directory_target(output)
     checkpoint = into_folder and dec.metadata.get("checkpoint") is not None
     return _write_files(folder, files, index, into_folder, checkpoint, produce, progress, inputs, overwrite)
@@ -683,6 +730,10 @@ def _write_files(
                 progress(DecodeProgress(name, done["tensors"], n_tensors, done["bytes"], total_bytes))
         for sink in sinks.values():
             sink.close()
+        extra = {name: tmp for sink in sinks.values() for name, tmp in getattr(sink, "extra", {}).items()}
+        for name in extra:
+            refuse_overwriting(folder / name, inputs or {})
+        temps = {**extra, **temps}  # (an ONNX model's external data: renamed before the model naming it)
         if index is not None:
             temps[index["name"]] = _temp_in(folder, index["name"])
             with open(temps[index["name"]], "wb") as fh:
@@ -727,8 +778,8 @@ def _write_files(
 def _decode_in_memory(
     dec: Decoder, output, wanted, template, threads, progress, add_to=None, inputs=None, overwrite=False
 ) -> dict:
-    """.onnx outputs and updates: the whole model is decoded, then written (ONNX needs it whole);
-    an update added to a model is written into a folder in the model's own checkpoint layout."""
+    """Updates added to a model (``add_to``): the whole model is decoded and added to the model, then written, into
+    a folder in the model's own checkpoint layout or into one file."""
     from .formats import format_from_extension, write_model
 
     into_folder = is_directory_target(output)

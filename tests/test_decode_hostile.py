@@ -168,11 +168,14 @@ def test_an_integer_dtype_that_cannot_hold_the_values_is_refused(tmp_path, capsy
         dec.decode_tensor("i", out=np.empty(3, dtype))  # np.copyto(casting="unsafe") wrapped
     src = tmp_path / "m.nnr"
     src.write_bytes(stream)
-    for ext in ("safetensors", "npz", "pt", "onnx"):
+    for ext in ("safetensors", "npz", "pt"):
         code, _, err = run_cli(capsys, "decode", src, "-o", tmp_path / f"o.{ext}", "-q")
         assert code == 1 and err.startswith(f"nnc: error: {src}: ") and err.count("\n") == 1, err
         assert "Traceback" not in err and "[spec 6.2.1]" in err
         assert not (tmp_path / f"o.{ext}").exists()
+    code, _, err = run_cli(capsys, "decode", src, "-o", tmp_path / "o.onnx", "-q")  # (refused before decoding)
+    assert code == 1 and err == f"nnc: error: {tmp_path / 'o.onnx'}: writing ONNX needs the original model as a template (--template ORIGINAL.onnx)\n"
+    assert not (tmp_path / "o.onnx").exists()
     code, _, err = run_cli(capsys, "decode", src, "-o", f"{tmp_path / 'folder'}/", "-q")
     assert code == 1 and "[spec 6.2.1]" in err and not (tmp_path / "folder").exists()
     np.savez(tmp_path / "m.npz", w=W, i=I)

@@ -1,0 +1,205 @@
+"""nnc.formats.OnnxWriter: ONNX models laid out from their template and written one weight at a time."""
+
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install onnx)")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from nnc import formats  # noqa: E402
+
+# ONNX types of weights, with values every one of them holds exactly (bfloat16 and float8 included)
+TYPES = {
+    "float32": TensorProto.FLOAT,
+    "float16": TensorProto.FLOAT16,
+    "float64": TensorProto.DOUBLE,
+    "bfloat16": TensorProto.BFLOAT16,
+    "float8_e4m3fn": TensorProto.FLOAT8E4M3FN,
+    "int8": TensorProto.INT8,
+    "int16": TensorProto.INT16,
+    "int32": TensorProto.INT32,
+    "int64": TensorProto.INT64,
+    "uint8": TensorProto.UINT8,
+    "uint16": TensorProto.UINT16,
+    "bool": TensorProto.BOOL,
+}
+
+
+def values_of(dtype, shape, rng):
+    if dtype == "bool":
+        return rng.integers(0, 2, shape).astype(bool)
+    if dtype.startswith(("int", "uint")):
+        return rng.integers(0 if dtype.startswith("u") else -100, 100, shape).astype(dtype)
+    return (rng.integers(-8, 8, shape) / 4).astype(np.float32)  # exact in every float type here
+
+
+def tensor(name, dtype, values):
+    """A TensorProto of ``values`` (exact in ``dtype``) as onnx's own helpers make it."""
+    return helper.make_tensor(name, TYPES[dtype], values.shape, values.reshape(-1).tolist())
+
+
+def template(weights, path, external, rng):
+    """A model holding ``weights`` {name: (dtype, values)} as initializers, the last (if floating) as a Constant
+    node and,
+    when there are several, one in the branch of an If node; with a STRING initializer and an int64 one beyond
+    int32 that stay in the graph."""
+    names = list(weights)
+    floating = ("float32", "float16", "float64", "bfloat16")  # (integer Constants are graph structure)
+    constant = names[-1] if weights[names[-1]][0] in floating else None
+    in_branch = names[0] if len(names) > 2 else None
+    inits = [tensor(n, *weights[n]) for n in names if n not in (constant, in_branch)]
+    inits.append(helper.make_tensor("labels", TensorProto.STRING, [2], [b"cat", b"dog"]))
+    inits.append(numpy_helper.from_array(np.array([2**40, -1], np.int64), "ends"))
+    nodes = []
+    if constant is not None:
+        nodes.append(helper.make_node("Constant", [], [constant], value=tensor("value", *weights[constant])))
+    if in_branch is not None:
+        branch = helper.make_graph(
+            [helper.make_node("Identity", [in_branch], ["z"])], "branch", [],
+            [helper.make_tensor_value_info("z", TYPES[weights[in_branch][0]], None)], [tensor(in_branch, *weights[in_branch])],
+        )
+        empty = helper.make_graph(
+            [helper.make_node("Identity", ["cond"], ["z"])], "empty", [],
+            [helper.make_tensor_value_info("z", TensorProto.BOOL, None)],
+        )
+        nodes.append(helper.make_node("If", ["cond"], ["y"], then_branch=branch, else_branch=empty))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("cond", TensorProto.BOOL, [])], [], inits)
+    model = helper.make_model(graph)
+    if external:
+        onnx.save(model, path, save_as_external_data=True, location=os.path.basename(path) + ".bin", size_threshold=0)
+    else:
+        onnx.save(model, path)
+
+
+def expected(path, new):
+    """The template with its weights replaced by onnx's API (numpy_helper.from_array, raw data): the reference."""
+    model = onnx.load(path)
+    found = formats._onnx_weights(model.graph)
+    for name, t in found.items():
+        dtype, values = new[name]
+        arr = values.astype(helper.tensor_dtype_to_np_dtype(TYPES[dtype]))
+        for field in formats._ONNX_DATA_FIELDS:
+            t.ClearField(field)
+        t.MergeFrom(numpy_helper.from_array(arr, t.name))
+    return model
+
+
+def normalised(model):
+    """``model`` with each tensor's data_location DEFAULT left unset, as onnx.load leaves it set (explicitly) for
+    data it read from an external file."""
+    for t in formats._onnx_tensors(model.graph):
+        if t.data_location == TensorProto.DEFAULT:
+            t.ClearField("data_location")
+    return model
+
+
+weight_lists = st.lists(
+    st.tuples(st.sampled_from(sorted(TYPES)), st.lists(st.integers(0, 40), max_size=3).map(tuple)),
+    min_size=1, max_size=5,
+)
+
+
+@given(weights=weight_lists, external=st.booleans(), small_limit=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_written_in_any_order_onnx_reads_the_template_with_the_new_weights(weights, external, small_limit, seed):
+    rng = np.random.default_rng(seed)
+    old = {f"w{i}": (dtype, values_of(dtype, shape, rng)) for i, (dtype, shape) in enumerate(weights)}
+    new = {name: (dtype, values_of(dtype, v.shape, rng)) for name, (dtype, v) in old.items()}
+    with tempfile.TemporaryDirectory() as folder:
+        source = os.path.join(folder, "t.onnx")
+        template(old, source, external, rng)
+        out = os.path.join(folder, "out", "m.onnx")
+        os.mkdir(os.path.dirname(out))
+        limit = formats.ONNX_INLINE_LIMIT
+        if small_limit:  # as if the model passed 2 GiB: the weights go to external data
+            formats.ONNX_INLINE_LIMIT = 64
+        try:
+            written = formats.write_onnx(out, {n: v for n, (_, v) in new.items()}, {n: d for n, (d, _) in new.items()}, source)
+        finally:
+            formats.ONNX_INLINE_LIMIT = limit
+        names = sorted(os.path.basename(p) for p in written)
+        assert sorted(os.listdir(os.path.dirname(out))) == names  # no temporary file left
+        assert names in (["m.onnx"], ["m.onnx", "m.onnx.data"])
+        assert normalised(onnx.load(out)) == normalised(expected(source, new))
+
+
+def test_a_template_of_other_weights_is_refused_before_anything_is_written(tmp_path):
+    rng = np.random.default_rng(0)
+    source = tmp_path / "t.onnx"
+    template({"a": ("float32", values_of("float32", (4, 4), rng)), "b": ("int8", values_of("int8", (3,), rng))},
+             str(source), False, rng)
+    out = tmp_path / "o" / "m.onnx"
+    out.parent.mkdir()
+    with pytest.raises(formats.FormatError, match=r"'c' is not in the template; 'a' has shape \(4, 5\).*'b' is int16"):
+        formats.write_onnx(out, {"a": np.zeros((4, 5)), "b": np.zeros(3, np.int16), "c": np.zeros(1)},
+                           {"b": "int16"}, source)
+    assert os.listdir(out.parent) == []
+
+
+def test_gaps_are_filled_by_decoding_into_them(tmp_path):
+    """The writer hands out each weight's place in the file (a map of the template's type); a value decoded
+    there is the file's without another copy."""
+    rng = np.random.default_rng(1)
+    source = tmp_path / "t.onnx"
+    template({"a": ("float16", values_of("float16", (8, 8), rng)), "b": ("float32", values_of("float32", (2,), rng))},
+             str(source), False, rng)
+    writer = formats.OnnxWriter(tmp_path / "m.onnx", "m.onnx", {"a": ((8, 8), "float16"), "b": ((2,), "float32")},
+                                source, None)
+    place = writer.buffer("a")
+    assert place.dtype == np.dtype("<f2") and place.shape == (8, 8)
+    place[...] = 0.5
+    writer.write("a", place)
+    writer.write("b", np.array([1.0, 2.0]))
+    writer.close()
+    model = onnx.load(tmp_path / "m.onnx")
+    got = {name: numpy_helper.to_array(t) for name, t in formats._onnx_weights(model.graph).items()}
+    assert got["a"].dtype == np.float16 and (got["a"] == 0.5).all() and got["b"].tolist() == [1.0, 2.0]
+
+
+CHILD = textwrap.dedent(
+    """
+    import sys
+    import onnx
+    import nnc.cli
+    def hwm():
+        return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024
+    before = hwm()
+    assert nnc.cli.main(["decode", sys.argv[1], "-o", sys.argv[2], "--template", sys.argv[3], "-q"]) == 0
+    print(before, hwm())
+    """
+)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="peak memory read from /proc (Linux only)")
+def test_decoding_to_onnx_holds_one_tensor_not_the_model(tmp_path):
+    """`nnc decode -o model.onnx --template` built the whole model in memory (4.5 times it); now each weight is
+    decoded into its place in the file."""
+    from test_scale_decode import many_unit_stream
+
+    src = tmp_path / "many.nnr"
+    units, values = 512, 65536  # 512 raw tensors of 256 KiB: 128 MiB
+    x = many_unit_stream(src, units=units, values=values)
+    inits = [numpy_helper.from_array(np.zeros(values, np.float32), f"t{i:05d}") for i in range(units)]
+    source = tmp_path / "t.onnx"
+    onnx.save(helper.make_model(helper.make_graph([], "g", [], [], inits)), source, save_as_external_data=True,
+              location="t.bin")
+    out = tmp_path / "out" / "model.onnx"
+    out.parent.mkdir()
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-c", CHILD, str(src), str(out), str(source)], capture_output=True,
+                       text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    before, peak = map(float, r.stdout.split()[-2:])
+    assert peak - before < 48, f"decoding a 128 MiB stream to .onnx raised the peak by {peak - before:.0f} MB"
+    assert sorted(os.listdir(out.parent)) == ["model.onnx", "model.onnx.data"]
+    model = onnx.load(out)
+    assert len(model.graph.initializer) == units
+    for i in (0, units - 1):
+        np.testing.assert_array_equal(numpy_helper.to_array(model.graph.initializer[i]), x)
