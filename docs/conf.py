@@ -43,7 +43,7 @@ nitpicky = True
 # reported: names of the standard library and of third-party packages in signatures.
 nitpick_ignore_regex = [
     (r"py:.*", r"(numpy|np|typing|collections|pathlib|os|io|types|argparse|concurrent|dataclasses"
-               r"|enum|abc|construct|numcodecs|zarr)(\..*)?"),
+               r"|enum|abc|construct|numcodecs|zarr|onnx|torch)(\..*)?"),
     (r"py:.*", r"(ndarray|OrderedDict|Mapping|MutableMapping|Iterable|Iterator|Callable|Sequence|Path"
                r"|PathLike|BinaryIO|ModuleType|Any|Optional|Union|Literal)"),
 ]

@@ -30,6 +30,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import mmap
 import os
 import pickle
 import re
@@ -106,6 +107,8 @@ __all__ = [
     "onnx_bytes",
     "write_onnx",
     "OnnxWriter",
+    "load_onnx_graph",
+    "ONNX_LEFT_IN_FILE",
     "ONNX_INLINE_LIMIT",
     "onnx_quantisation_parameters",
     "bfloat16_to_float32",
@@ -1444,7 +1447,7 @@ class OnnxWriter:
         self.path = os.fspath(path)
         folder = os.path.dirname(os.fspath(template))
         try:
-            model = onnx.load(os.fspath(template), load_external_data=False)
+            model = load_onnx_graph(template)
             weights = _onnx_weights(model.graph, values=lambda init: _onnx_values(init, folder))
         except FormatError as exc:
             raise FormatError(f"{template}: {exc}") from None
@@ -1462,13 +1465,11 @@ class OnnxWriter:
         if problems:
             shown = "; ".join(problems[:10]) + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
             raise FormatError(f"{template} does not match the decoded model: {shown}")
-        theirs = _external_files(model.graph, folder)
-        for t in _onnx_tensors(model.graph):  # what stays of the template's own data: read into the graph
-            if t.data_location == onnx.TensorProto.EXTERNAL and not any(t is w for w in weights.values()):
-                _load_external(t, folder)
+        own = os.path.realpath(template)  # (the data load_onnx_graph left in the template: not external data)
+        theirs = [f for f in _external_files(model.graph, folder) if os.path.realpath(f) != own]
         self.weights = {name: (t.data_type, held[name].shape) for name, t in weights.items()}
-        self.marker = marker = os.urandom(12)
-        holes = {}
+        marker = os.urandom(12)
+        holes = {}  # {the raw_data marking a weight's gap: (name, length)}
         for i, (name, t) in enumerate(weights.items()):
             for f in _ONNX_DATA_FIELDS:
                 if f in t.DESCRIPTOR.fields_by_name and f not in ("dims", "data_type"):
@@ -1476,7 +1477,9 @@ class OnnxWriter:
             length = math.prod(held[name].shape) * np.dtype(_ONNX_RAW_TYPES[t.data_type]).itemsize
             t.raw_data = marker + struct.pack("<I", i)
             holes[t.raw_data] = (name, length)
-        self.holes = holes
+        for t in _onnx_tensors(model.graph):  # what stays of the template's own data: read into the graph
+            if t.data_location == onnx.TensorProto.EXTERNAL:
+                _load_external(t, folder)
         inline_size = _pieces_size(_wire_pieces(model, holes, marker))
         self.data_path = None
         self.offsets: dict[str, tuple] = {}  # name -> (path, offset)
@@ -1635,6 +1638,138 @@ def _wire_pieces(message, holes: dict, marker: bytes) -> list:
 
 def _pieces_size(pieces: list) -> int:
     return sum(len(p) if isinstance(p, bytes) else p[1] for p in pieces)
+
+
+# -- ONNX opened without its raw data --------------------------------------------------------
+
+#: Raw data of at least this many bytes stays in the file when an ONNX model is opened (:func:`load_onnx_graph`).
+ONNX_LEFT_IN_FILE = 1024
+
+#: The messages of an ONNX model that lead to the tensors :func:`_onnx_tensors` walks (initializers and node
+#: attributes' tensors, in the graph and its subgraphs): {message: {field number: the message it holds}}.
+_ONNX_NESTING = {
+    "model": {7: "graph"},
+    "graph": {1: "node", 5: "tensor"},
+    "node": {5: "attribute"},
+    "attribute": {5: "tensor", 6: "graph", 11: "graph"},
+}
+
+
+class _WireError(ValueError):
+    """Bytes that are not protobuf's wire format as the walk expects it (the caller falls back to onnx.load)."""
+
+
+def load_onnx_graph(path):
+    """``onnx.load(path, load_external_data=False)`` without reading the model's tensor data into memory: each
+    tensor's raw data of :data:`ONNX_LEFT_IN_FILE` bytes or more stays in the file, and the tensor says where, as
+    external data whose location is the model file itself (offset and length of its bytes there). A model of
+    any size then opens in the memory of its graph, and its tensors are read one at a time as external data is.
+
+    Parameters
+    ----------
+    path : str or ``os.PathLike``
+        The .onnx file.
+
+    Returns
+    -------
+    onnx.ModelProto
+
+    Raises
+    ------
+    Exception
+        What ``onnx.load`` raises for a file it cannot read (a file the walk cannot follow is handed to it).
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, os, onnx
+    >>> from onnx import helper, numpy_helper
+    >>> from nnc.formats import load_onnx_graph
+    >>> w = numpy_helper.from_array(np.ones((64, 64), np.float32), "w")
+    >>> graph = helper.make_graph([], "g", [], [], [w])
+    >>> path = os.path.join(tempfile.mkdtemp(), "m.onnx")
+    >>> onnx.save(helper.make_model(graph), path)
+    >>> t = load_onnx_graph(path).graph.initializer[0]
+    >>> len(t.raw_data), {e.key: e.value for e in t.external_data}["location"]
+    (0, 'm.onnx')
+    """
+    onnx, _ = _onnx()
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            stripped = _without_raw_data(data, 0, len(data), "model", path.name.encode("utf-8"), 0)
+        model = onnx.ModelProto()
+        model.ParseFromString(stripped)
+        return model
+    except Exception:  # (an empty file, a damaged one, groups): onnx says what is wrong with it
+        return onnx.load(os.fspath(path), load_external_data=False)
+
+
+def _read_varint(data, at: int, end: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if at >= end or shift > 63:
+            raise _WireError("a varint runs past its message")
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, at
+        shift += 7
+
+
+def _without_raw_data(data, start: int, end: int, kind: str, location: bytes, depth: int) -> bytes:
+    """The message of ``kind`` in data[start:end] with the raw data of its tensors left out, each tensor naming its
+    bytes as external data in ``location``; everything else byte for byte."""
+    if depth > 100:
+        raise _WireError("messages nested too deeply")
+    nested = _ONNX_NESTING.get(kind, {})
+    out = bytearray()
+    copied = start  # data[copied:at] is still to be copied as it is
+    external = b""
+    at = start
+    while at < end:
+        field_start = at
+        key, at = _read_varint(data, at, end)
+        number, wire = key >> 3, key & 7
+        if kind == "tensor" and number == 13:  # external already: left as it is
+            return bytes(data[start:end])
+        if wire == 0:
+            value, at = _read_varint(data, at, end)
+            if kind == "tensor" and number == 14 and value != 0:  # (data_location EXTERNAL)
+                return bytes(data[start:end])
+        elif wire == 1:
+            at += 8
+        elif wire == 5:
+            at += 4
+        elif wire == 2:
+            length, body = _read_varint(data, at, end)
+            at = body + length
+            if at > end:
+                raise _WireError("a field runs past its message")
+            if kind == "tensor" and number == 9 and length >= ONNX_LEFT_IN_FILE:
+                out += data[copied:field_start]
+                copied = at
+                external = _external_data_fields(location, body, length)
+            elif number in nested:
+                out += data[copied:field_start]
+                inner = _without_raw_data(data, body, at, nested[number], location, depth + 1)
+                out += _varint(key) + _varint(len(inner)) + inner
+                copied = at
+        else:
+            raise _WireError(f"wire type {wire}")
+        if at > end:
+            raise _WireError("a field runs past its message")
+    out += data[copied:end]
+    return bytes(out + external)
+
+
+def _external_data_fields(location: bytes, offset: int, length: int) -> bytes:
+    """A TensorProto's fields external_data (13: location, offset, length) and data_location (14) EXTERNAL."""
+    fields = b""
+    for key, value in ((b"location", location), (b"offset", str(offset).encode()), (b"length", str(length).encode())):
+        entry = _varint(1 << 3 | 2) + _varint(len(key)) + key + _varint(2 << 3 | 2) + _varint(len(value)) + value
+        fields += _varint(13 << 3 | 2) + _varint(len(entry)) + entry
+    return fields + _varint(14 << 3) + _varint(1)
 
 
 #: The fields of an ONNX TensorProto that hold or locate its data, replaced when a weight is written.

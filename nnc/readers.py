@@ -681,7 +681,7 @@ def _pt_loader(tensor, torch, mapped: "_MappedFile | None" = None):
 def _read_onnx(path: Path, file_index):
     onnx, numpy_helper = formats._onnx()
     try:
-        model = onnx.load(os.fspath(path), load_external_data=False)
+        model = formats.load_onnx_graph(path)  # (tensor data left in the file, read one tensor at a time)
     except Exception as exc:
         raise FormatError(f"{path}: cannot load as ONNX: {exc}") from None
 
@@ -710,7 +710,8 @@ def _read_onnx(path: Path, file_index):
             loader, data_path = _onnx_external_loader(path, init, dtype, shape, onnx, numpy_helper)
         else:
             loader = _onnx_loader(path, init, numpy_helper)
-        data_file = os.fspath(data_path or "") or None
+        in_model = data_path is not None and data_path == path.resolve()  # (its raw data left in the model file)
+        data_file = None if in_model else os.fspath(data_path or "") or None
         out.append(LazyTensor(name, shape, dtype.name, dtype.name, loader, file_index, data_file, name in scales))
     return out, {}, kept + formats._onnx_sparse_weights(model.graph)
 

@@ -203,3 +203,41 @@ def test_decoding_to_onnx_holds_one_tensor_not_the_model(tmp_path):
     assert len(model.graph.initializer) == units
     for i in (0, units - 1):
         np.testing.assert_array_equal(numpy_helper.to_array(model.graph.initializer[i]), x)
+
+
+@given(weights=weight_lists, seed=st.integers(0, 2**32 - 1), cut=st.integers(0, 10**6))
+def test_a_graph_opened_without_its_data_is_the_model_once_the_data_is_read(weights, seed, cut):
+    """load_onnx_graph leaves raw data of 1 KiB or more in the file (external data in the file itself); read
+    back, the model is onnx.load's. A file cut anywhere opens as onnx.load opens it, or fails as it fails."""
+    from onnx.external_data_helper import load_external_data_for_model
+
+    rng = np.random.default_rng(seed)
+    old = {f"w{i}": (dtype, values_of(dtype, shape, rng)) for i, (dtype, shape) in enumerate(weights)}
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "t.onnx")
+        template(old, path, False, rng)
+        model = onnx.load(path)
+        for t in formats._onnx_tensors(model.graph):  # as raw data, the way numpy_helper writes tensors
+            if t.data_type != TensorProto.STRING:
+                t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t), t.name))
+        onnx.save(model, path)
+        graph = formats.load_onnx_graph(path)
+        left = [t for t in formats._onnx_tensors(graph.graph) if t.data_location == TensorProto.EXTERNAL]
+        assert all(len(t.raw_data) == 0 for t in left)
+        big = [t for t in formats._onnx_tensors(model.graph) if len(t.raw_data) >= formats.ONNX_LEFT_IN_FILE]
+        assert len(left) == len(big)
+        load_external_data_for_model(graph, folder)
+        assert normalised(graph) == normalised(onnx.load(path))
+        with open(path, "rb") as fh:
+            data = fh.read()
+        with open(path, "wb") as fh:
+            fh.write(data[: cut % (len(data) + 1)])
+        try:
+            theirs = onnx.load(path, load_external_data=False)
+        except Exception as exc:
+            with pytest.raises(type(exc)):
+                formats.load_onnx_graph(path)
+        else:
+            mine = formats.load_onnx_graph(path)
+            load_external_data_for_model(mine, folder)
+            assert normalised(mine) == normalised(theirs)
