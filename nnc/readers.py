@@ -695,9 +695,11 @@ def _read_onnx(path: Path, file_index):
     kept: list[str] = []  # initializers no stream holds, left in the graph
     try:
         weights = formats._onnx_weights(model.graph, values=values, kept=kept)  # initializers, Constants, subgraphs
+        scales = formats.onnx_quantisation_parameters(model.graph)
     except FormatError as exc:
         raise FormatError(exc.message if exc.message.startswith(f"{path}: ") else f"{path}: {exc}") from None
-    scales = formats.onnx_quantisation_parameters(model.graph)
+    except TypeError as exc:  # protobuf gives a name that is not UTF-8 as bytes
+        raise FormatError(f"{path}: damaged ONNX model (a name or operator type is not text: {exc})") from None
     out = []
     for name, init in weights.items():
         try:

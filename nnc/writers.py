@@ -410,7 +410,6 @@ class _OnnxSink:
             self.extra[location] = _temp_in(folder, location)
             return self.extra[location]
 
-        self.tensors = {t.name: t for t in file.tensors}
         plan = {t.name: (t.shape, t.dtype) for t in file.tensors}
         try:
             self.writer = OnnxWriter(tmp, file.name, plan, file.template, data_file)

@@ -241,3 +241,19 @@ def test_a_graph_opened_without_its_data_is_the_model_once_the_data_is_read(weig
             mine = formats.load_onnx_graph(path)
             load_external_data_for_model(mine, folder)
             assert normalised(mine) == normalised(theirs)
+
+
+@pytest.mark.parametrize("where", ["op_type", "initializer name"])
+def test_names_that_are_not_text_are_a_format_error(tmp_path, where):
+    """Protobuf gives a string field that is not UTF-8 as bytes: the reader raised TypeError (found by fuzzing)."""
+    from nnc import readers
+
+    w = numpy_helper.from_array(np.ones((16, 16), np.float32), "Wxyz")
+    graph = helper.make_graph([helper.make_node("Abcdefg", ["Wxyz"], ["y"])], "g", [], [], [w])
+    data = helper.make_model(graph).SerializeToString()
+    old = b"Abcdefg" if where == "op_type" else b"Wxyz"
+    data = data.replace(old, b"\xff\xfe" + old[2:])
+    path = tmp_path / "m.onnx"
+    path.write_bytes(data)
+    with pytest.raises(formats.FormatError, match=str(path)):
+        [t.load() for t in readers.open_model(path)]
