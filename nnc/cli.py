@@ -1148,9 +1148,10 @@ def cmd_decode(args) -> int:
     missing = [n for n in names or [] if n not in dec.names()]
     if missing:
         return _fail(f"no tensor named {missing[0]!r} in {args.stream}")
-    if args.template and not _writes_onnx(args.output):
+    onnx_file = _writes_onnx(args.output)  # (None: an extension the writer will refuse, naming it)
+    if args.template and onnx_file is False:
         return _fail(f"--template {args.template}: a template is for ONNX output only, not {args.output}")
-    if not args.template and _writes_onnx(args.output) and not is_directory_target(args.output):
+    if not args.template and onnx_file:
         return _fail(f"{args.output}: writing ONNX needs the original model as a template (--template ORIGINAL.onnx)")
     if args.add_to:
         from .readers import open_model
@@ -1233,17 +1234,18 @@ def _narrow_in_npz(dec, output) -> list:
     ]
 
 
-def _writes_onnx(output) -> bool:
-    """Whether ``output`` is an ONNX file or a folder (whose checkpoint may be ONNX)."""
+def _writes_onnx(output) -> bool | None:
+    """Whether ``output`` is an ONNX file (a folder is not: a stream recording an ONNX model is refused there,
+    and any other is written as safetensors); None for a file of an unknown extension."""
     from .formats import FormatError, format_from_extension
     from .writers import is_directory_target
 
     if is_directory_target(output):
-        return True
+        return False
     try:
         return format_from_extension(output) == "onnx"
     except FormatError:  # an unknown extension: the writer names it
-        return True
+        return None
 
 
 class _DecodeBar:

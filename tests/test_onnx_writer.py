@@ -257,3 +257,29 @@ def test_names_that_are_not_text_are_a_format_error(tmp_path, where):
     path.write_bytes(data)
     with pytest.raises(formats.FormatError, match=str(path)):
         [t.load() for t in readers.open_model(path)]
+
+
+def test_template_misuse_is_refused_before_decoding(tmp_path, capsys):
+    """--template into a folder was ignored (a safetensors file written, exit 0); an .onnx output without one
+    failed only after the whole stream had decoded; an unknown extension is still named as such."""
+    from nnc import cli
+
+    rng = np.random.default_rng(2)
+    source = tmp_path / "t.onnx"
+    template({"a": ("float32", values_of("float32", (8, 8), rng))}, str(source), False, rng)
+    stream = tmp_path / "m.nnr"
+    assert cli.main(["encode", str(source), "-o", str(stream), "-q"]) == 0
+    capsys.readouterr()
+    cases = {
+        f"{tmp_path / 'folder'}/": (True, "a template is for ONNX output only"),
+        str(tmp_path / "o.npz"): (True, "a template is for ONNX output only"),
+        str(tmp_path / "o.onnx"): (False, "writing ONNX needs the original model as a template"),
+        str(tmp_path / "o.xyz"): (True, "cannot tell the output format from the extension"),
+    }
+    for output, (with_template, message) in cases.items():
+        argv = ["decode", str(stream), "-o", output, "-q"] + (["--template", str(source)] if with_template else [])
+        assert cli.main(argv) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("nnc: error: ") and message in err and err.count("\n") == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.nnr", "t.onnx"]
+    assert cli.main(["decode", str(stream), "-o", str(tmp_path / "o.onnx"), "--template", str(source), "-q"]) == 0
