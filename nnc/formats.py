@@ -43,7 +43,10 @@ from pathlib import Path
 import numpy as np
 
 from . import narrow_floats
-from ._files import refuse_overwriting  # noqa: F401 (public here: the tools' check of their outputs)
+from ._files import (
+    refuse_overwriting,  # noqa: F401 (public here: the tools' check of their outputs)
+    reserve_space,
+)
 from .errors import NNCError
 
 
@@ -1508,6 +1511,7 @@ class OnnxWriter:
                     end += length
             with open(self.data_path, "wb") as fh:
                 fh.truncate(end)
+                reserve_space(fh.fileno(), end)  # the gaps are written through maps: a full disk fails here
         with open(self.path, "wb") as fh:
             for piece in _wire_pieces(model, holes, marker):
                 if isinstance(piece, bytes):
@@ -1517,6 +1521,8 @@ class OnnxWriter:
                     self.offsets[name] = (self.path, fh.tell())
                     fh.seek(length, os.SEEK_CUR)
             fh.truncate()
+            fh.flush()
+            reserve_space(fh.fileno(), fh.tell())
         self.written: set[str] = set()
         self.buffers: dict[str, np.memmap] = {}
 

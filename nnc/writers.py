@@ -427,6 +427,9 @@ class _OnnxSink:
         self.writer.close()
 
     def abort(self):
+        writer = getattr(self, "writer", None)
+        if writer is not None:
+            writer.buffers.clear()  # (maps of the temporary files: some systems cannot remove a mapped file)
         for tmp in self.extra.values():
             try:
                 os.unlink(tmp)
