@@ -1698,16 +1698,24 @@ def load_onnx_graph(path):
     >>> len(t.raw_data), {e.key: e.value for e in t.external_data}["location"]
     (0, 'm.onnx')
     """
+    from .decoder import GuardedMap
+
     onnx, _ = _onnx()
     path = Path(path)
+    cut = False
     try:
-        with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        with open(path, "rb") as fh, GuardedMap(fh.fileno(), 0, access=mmap.ACCESS_READ).guard() as data:
             stripped = _without_raw_data(data, 0, len(data), "model", path.name.encode("utf-8"), 0)
-        model = onnx.ModelProto()
-        model.ParseFromString(stripped)
-        return model
+            cut = data.cut  # (a page past a cut reads zeros: what was read is not the file)
+        if not cut:
+            model = onnx.ModelProto()
+            model.ParseFromString(stripped)
+            return model
     except Exception:  # (an empty file, a damaged one, groups): onnx says what is wrong with it
-        return onnx.load(os.fspath(path), load_external_data=False)
+        pass
+    if cut:
+        raise FormatError(f"{path}: the file was cut by another program while it was read")
+    return onnx.load(os.fspath(path), load_external_data=False)
 
 
 def _read_varint(data, at: int, end: int) -> tuple[int, int]:

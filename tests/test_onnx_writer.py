@@ -283,3 +283,35 @@ def test_template_misuse_is_refused_before_decoding(tmp_path, capsys):
         assert err.startswith("nnc: error: ") and message in err and err.count("\n") == 1, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.nnr", "t.onnx"]
     assert cli.main(["decode", str(stream), "-o", str(tmp_path / "o.onnx"), "--template", str(source), "-q"]) == 0
+
+
+_CUT_WHILE_READ = textwrap.dedent(
+    """
+    import os, sys
+    from nnc import formats
+    path = sys.argv[1]
+    walk = formats._without_raw_data
+    def cut_first(data, start, end, kind, location, depth):
+        if depth == 0:
+            os.truncate(path, 100)  # another program cuts the file after it was mapped
+        return walk(data, start, end, kind, location, depth)
+    formats._without_raw_data = cut_first
+    try:
+        formats.load_onnx_graph(path)
+    except formats.FormatError as exc:
+        print(exc)
+    """
+)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGBUS is a POSIX signal")
+def test_an_onnx_file_cut_while_its_graph_is_read_is_a_format_error_not_a_sigbus(tmp_path):
+    """load_onnx_graph maps the file: a page past a cut would end the process (SIGBUS) without the guard."""
+    pytest.importorskip("nnc._mapguard", reason="the compiled module nnc._mapguard is not built")
+    inits = [numpy_helper.from_array(np.ones((64, 64), np.float32), f"w{i}") for i in range(8)]
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(helper.make_graph([], "g", [], [], inits)), path)
+    run = subprocess.run([sys.executable, "-c", _CUT_WHILE_READ, str(path)], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run
+    assert "was cut by another program" in run.stdout and str(path) in run.stdout
