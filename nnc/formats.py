@@ -1483,7 +1483,8 @@ class OnnxWriter:
         for t in _onnx_tensors(model.graph):  # what stays of the template's own data: read into the graph
             if t.data_location == onnx.TensorProto.EXTERNAL:
                 _load_external(t, folder)
-        inline_size = _pieces_size(_wire_pieces(model, holes, marker))
+        pieces = _wire_pieces(model, holes, marker)
+        inline_size = _pieces_size(pieces)
         self.data_path = None
         self.offsets: dict[str, tuple] = {}  # name -> (path, offset)
         if data_file is None and inline_size > ONNX_INLINE_LIMIT:
@@ -1509,11 +1510,12 @@ class OnnxWriter:
                     t.data_location = onnx.TensorProto.EXTERNAL
                     self.offsets[name] = (self.data_path, end)
                     end += length
+            pieces = _wire_pieces(model, holes, marker)  # (the gaps left inline: weights under 1 KiB)
             with open(self.data_path, "wb") as fh:
                 fh.truncate(end)
                 reserve_space(fh.fileno(), end)  # the gaps are written through maps: a full disk fails here
         with open(self.path, "wb") as fh:
-            for piece in _wire_pieces(model, holes, marker):
+            for piece in pieces:
                 if isinstance(piece, bytes):
                     fh.write(piece)
                 else:
