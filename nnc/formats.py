@@ -515,11 +515,8 @@ def _save_safetensors(fh, tensors, dtypes: dict | None = None, metadata: dict | 
     fh.write(head)
     for name, arr in tensors.items():
         arr = np.asarray(arr, order="C")  # (ascontiguousarray would turn 0-d into 1-d)
-        narrow = narrow_floats.NARROW_FLOATS.get(dtypes.get(name))
-        if narrow is not None:
-            raw = narrow_floats.from_float32(narrow.name, arr).astype(narrow.storage.newbyteorder("<"))
-        else:
-            raw = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
+        stored = dtypes.get(name) if narrow_floats.is_narrow(dtypes.get(name)) else arr.dtype
+        raw = narrow_floats.to_file_values(stored, arr)
         fh.write(np.ascontiguousarray(raw).reshape(-1).view(np.uint8).data)
 
 
@@ -1045,11 +1042,7 @@ class PtWriter:
         values = np.asarray(values)
         if values.shape != shape:
             raise ValueError(f"tensor {name!r} has shape {values.shape}, planned {shape}")
-        if narrow_floats.is_narrow(dtype):
-            storage = narrow_floats.NARROW_FLOATS[dtype].storage.newbyteorder("<")
-            data = np.asarray(narrow_floats.from_float32(dtype, values)).astype(storage, copy=False)
-        else:
-            data = np.ascontiguousarray(values, dtype=np.dtype(dtype).newbyteorder("<"))
+        data = narrow_floats.to_file_values(dtype, values)
         self._record(f"data/{self.keys[name]}", np.ascontiguousarray(data).reshape(-1).view(np.uint8))
         self.written.add(name)
 
@@ -1094,13 +1087,12 @@ class _PlannedTensor:
         typed = _PT_TYPED_STORAGES.get(dtype)
         extra: tuple = ()
         if typed is not None:
-            self.storage = ("storage", getattr(torch, typed), key, "cpu", count)
+            storage = ("storage", getattr(torch, typed), key, "cpu", count)
             rebuild = torch._utils._rebuild_tensor_v2
         else:  # the dtypes of torch 2.1 and later: an untyped storage of bytes
-            nbytes = count * narrow_floats.itemsize(dtype)
-            self.storage = ("storage", torch.storage.UntypedStorage, key, "cpu", nbytes)
+            storage = ("storage", torch.storage.UntypedStorage, key, "cpu", count * narrow_floats.itemsize(dtype))
             rebuild, extra = torch._utils._rebuild_tensor_v3, (torch_dtype,)
-        self.reduced: tuple = (rebuild, (_StorageRecord(self.storage), 0, shape, strides, False, OrderedDict(), *extra))
+        self.reduced: tuple = (rebuild, (_StorageRecord(storage), 0, shape, strides, False, OrderedDict(), *extra))
 
 
 class _StorageRecord:
@@ -1371,25 +1363,10 @@ ONNX_INLINE_LIMIT = (1 << 31) - (1 << 24)
 
 # -- ONNX written tensor by tensor -----------------------------------------------------------
 
-#: TensorProto data types a streamed ONNX weight may have, and the numpy dtype of their raw bytes (little-endian);
-#: bfloat16 and float8 are stored as their bits (nnc.narrow_floats).
-_ONNX_RAW_TYPES = {
-    1: "<f4",
-    2: "u1",
-    3: "i1",
-    4: "<u2",
-    5: "<i2",
-    6: "<i4",
-    7: "<i8",
-    9: "?",
-    10: "<f2",
-    11: "<f8",
-    12: "<u4",
-    13: "<u8",
-    16: "<u2",
-    17: "u1",
-    19: "u1",
-}
+#: TensorProto data types a streamed ONNX weight may have (FLOAT, UINT8, INT8, UINT16, INT16, INT32, INT64, BOOL,
+#: FLOAT16, DOUBLE, UINT32, UINT64, BFLOAT16, FLOAT8E4M3FN, FLOAT8E5M2): their raw data is the file bytes of their
+#: numpy dtype (:func:`nnc.narrow_floats.file_dtype`).
+_ONNX_WRITABLE_TYPES = frozenset({1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 16, 17, 19})
 
 #: Weights of at least this many bytes go to the external data file when one is written; smaller ones stay inline.
 _ONNX_EXTERNAL_THRESHOLD = 1024
@@ -1458,7 +1435,7 @@ class OnnxWriter:
             raise FormatError(f"{template}: cannot load as ONNX: {exc}") from None
         held = {}
         for name, t in weights.items():
-            if t.data_type not in _ONNX_RAW_TYPES:
+            if t.data_type not in _ONNX_WRITABLE_TYPES:
                 raise FormatError(
                     f"{template}: weight {name!r} has ONNX data type {t.data_type}, which nnc cannot write"
                 )
@@ -1470,14 +1447,14 @@ class OnnxWriter:
             raise FormatError(f"{template} does not match the decoded model: {shown}")
         own = os.path.realpath(template)  # (the data load_onnx_graph left in the template: not external data)
         theirs = [f for f in _external_files(model.graph, folder) if os.path.realpath(f) != own]
-        self.weights = {name: (t.data_type, held[name].shape) for name, t in weights.items()}
+        self.weights = {name: (held[name].dtype.name, held[name].shape) for name in weights}
         marker = os.urandom(12)
         holes = {}  # {the raw_data marking a weight's gap: (name, length)}
         for i, (name, t) in enumerate(weights.items()):
             for f in _ONNX_DATA_FIELDS:
                 if f in t.DESCRIPTOR.fields_by_name and f not in ("dims", "data_type"):
                     t.ClearField(f)
-            length = math.prod(held[name].shape) * np.dtype(_ONNX_RAW_TYPES[t.data_type]).itemsize
+            length = math.prod(held[name].shape) * narrow_floats.file_dtype(held[name].dtype.name).itemsize
             t.raw_data = marker + struct.pack("<I", i)
             holes[t.raw_data] = (name, length)
         for t in _onnx_tensors(model.graph):  # what stays of the template's own data: read into the graph
@@ -1485,7 +1462,6 @@ class OnnxWriter:
                 _load_external(t, folder)
         pieces = _wire_pieces(model, holes, marker)
         inline_size = _pieces_size(pieces)
-        self.data_path = None
         self.offsets: dict[str, tuple] = {}  # name -> (path, offset)
         if data_file is None and inline_size > ONNX_INLINE_LIMIT:
             raise FormatError(
@@ -1497,7 +1473,7 @@ class OnnxWriter:
 
             location = final_name + ".data"
             refuse_overwriting(Path(self.path).parent / location, {"template's external data": theirs})
-            self.data_path = data_file(location)
+            data_path = data_file(location)
             end = 0
             for t in _onnx_tensors(model.graph):
                 if t.raw_data in holes and holes[t.raw_data][1] >= _ONNX_EXTERNAL_THRESHOLD:
@@ -1508,10 +1484,10 @@ class OnnxWriter:
                         entry = t.external_data.add()
                         entry.key, entry.value = key, str(value)
                     t.data_location = onnx.TensorProto.EXTERNAL
-                    self.offsets[name] = (self.data_path, end)
+                    self.offsets[name] = (data_path, end)
                     end += length
             pieces = _wire_pieces(model, holes, marker)  # (the gaps left inline: weights under 1 KiB)
-            with open(self.data_path, "wb") as fh:
+            with open(data_path, "wb") as fh:
                 fh.truncate(end)
                 reserve_space(fh.fileno(), end)  # the gaps are written through maps: a full disk fails here
         with open(self.path, "wb") as fh:
@@ -1531,13 +1507,13 @@ class OnnxWriter:
     def buffer(self, name: str):
         """The array in the file to decode weight ``name`` into: its gap as a map of the template's raw type, or
         None for an empty weight."""
-        data_type, shape = self.weights[name]
+        dtype, shape = self.weights[name]
         if not math.prod(shape):
             return None
         if name not in self.buffers:
             path, offset = self.offsets[name]
             self.buffers[name] = np.memmap(
-                path, dtype=_ONNX_RAW_TYPES[data_type], mode="r+", offset=offset, shape=shape
+                path, dtype=narrow_floats.file_dtype(dtype), mode="r+", offset=offset, shape=shape
             )
         return self.buffers[name]
 
@@ -1545,14 +1521,10 @@ class OnnxWriter:
         """Write weight ``name``'s values (converted to the template's type; bfloat16 and float8 from values)."""
         if name not in self.weights or name in self.written:
             raise ValueError(f"weight {name!r} is not in the template, or written already")
-        data_type, shape = self.weights[name]
+        dtype, shape = self.weights[name]
         out = self.buffer(name)
         if out is not None and not np.may_share_memory(values, out):  # (else decoded into its place already)
-            narrow = {16: "bfloat16", 17: "float8_e4m3fn", 19: "float8_e5m2"}.get(data_type)
-            if narrow is not None:
-                out[...] = np.asarray(narrow_floats.from_float32(narrow, np.asarray(values, np.float32))).reshape(shape)
-            else:
-                out[...] = np.asarray(values).astype(out.dtype).reshape(shape)
+            out[...] = narrow_floats.to_file_values(dtype, values).reshape(shape)
         if out is not None:
             out.flush()
             del self.buffers[name]

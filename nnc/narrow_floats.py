@@ -84,6 +84,22 @@ def itemsize(name: str) -> int:
     return f.bits // 8 if f is not None else np.dtype(name).itemsize
 
 
+def file_dtype(name) -> np.dtype:
+    """The little-endian dtype of the bytes a model file holds for a tensor of dtype ``name``: a format's storage
+    integers for these formats, the dtype itself for any other."""
+    f = NARROW_FLOATS.get(str(name))
+    return (f.storage if f is not None else np.dtype(name)).newbyteorder("<")
+
+
+def to_file_values(name, values) -> np.ndarray:
+    """``values`` as a model file holds a tensor of dtype ``name`` (:func:`file_dtype`): these formats as their
+    bit patterns (:func:`from_float32`), any other dtype cast to it; the shape is kept."""
+    values = np.asarray(values)
+    if is_narrow(str(name)):
+        return np.asarray(from_float32(str(name), values)).astype(file_dtype(name), copy=False).reshape(values.shape)
+    return values.astype(file_dtype(name), copy=False)
+
+
 def bfloat16_to_float32(raw: np.ndarray) -> np.ndarray:
     """bfloat16 bits (uint16) to float32 values, exactly (a shift: no table)."""
     bits = np.asarray(raw).astype(np.uint32)
@@ -198,11 +214,13 @@ __all__ = [
     "NARROW_FLOATS",
     "NarrowFloat",
     "bfloat16_to_float32",
+    "file_dtype",
     "float32_to_bfloat16",
     "from_float32",
     "is_narrow",
     "itemsize",
     "largest",
     "smallest_step",
+    "to_file_values",
     "to_float32",
 ]

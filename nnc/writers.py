@@ -309,8 +309,7 @@ class _SafetensorsSink:
         t = self.tensors[info.name]
         if t.nbytes == 0:
             return None
-        narrow = narrow_floats.NARROW_FLOATS.get(t.dtype)
-        dtype = narrow.storage if narrow is not None else np.dtype(t.dtype).newbyteorder("<")
+        dtype = narrow_floats.file_dtype(t.dtype)
         return np.memmap(self.tmp, dtype=dtype, mode="r+", offset=self.offsets[t.name], shape=t.shape)
 
     def take(self, name, array):
@@ -530,8 +529,7 @@ def _write_folder_from_memory(folder: Path, tensors, dtypes: dict, layout, input
             if buffer is None:
                 yield name, value
                 continue
-            narrow = narrow_floats.NARROW_FLOATS.get(planned[name].dtype)
-            buffer[...] = narrow_floats.from_float32(narrow.name, value) if narrow is not None else value
+            buffer[...] = narrow_floats.to_file_values(planned[name].dtype, value)
             yield name, buffer
 
     return _write_files(folder, files, index, True, layout is not None, from_memory, None, inputs, overwrite)
