@@ -316,7 +316,8 @@ def _stream_output(args) -> str:
 
 
 def _load_state(cls, path, quiet: bool = False):
-    """The state in the --state file (a new one if there is none), noting which file it was read from.
+    """The state in the --state file (a new one if there is none), noting which file it was read from; its arrays
+    stay in the file, and those entered go to a temporary file beside it, until they are used.
 
     The file is locked (an advisory lock, where the system has them) until the command has saved the state after
     it, or ends: a second command on the same state waits for the first, then reads the state the first wrote."""
@@ -325,6 +326,7 @@ def _load_state(cls, path, quiet: bool = False):
     lock = _lock_state_file(path, quiet)
     before = path_identity(path)
     state = cls.load(path) if before is not None else cls()
+    state.spill_to(os.path.dirname(os.path.abspath(path)))  # (its arrays on disk: memory bounded by the tensors)
     state.loaded_identity = before  # (_state_saved_after refuses to replace a file another command wrote since)
     state.lock_file = lock
     return state
@@ -410,7 +412,7 @@ def _state_saved_after(path, state):
                 f"{path}: the --state file changed while this command ran (another command updated it); nothing "
                 "is written: run this one again"
             )
-        file.fh.write(state._to_bytes())
+        state._write(file.fh)
         file.fh.flush()
         os.fsync(file.fh.fileno())
         written.append(True)

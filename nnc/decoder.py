@@ -38,6 +38,7 @@ from . import container as C
 from . import narrow_floats
 from ._parallel import decode_tensor_threads
 from ._threads import thread_count
+from .array_store import ArrayStore, SpillFile, StoredArray, as_store, narrowest_integers
 from .engine import get_engine
 from .engine.matrix import effective_scan_order, matrix_view
 from .errors import DecodeError, LimitError, NNCError, TruncatedError, UnsupportedError, UpdateError
@@ -256,10 +257,11 @@ class DecoderState:
     """
 
     def __init__(self):
-        #: The last decoded levels of each tensor, by name (flat int32 arrays).
-        self.levels: dict[str, np.ndarray] = {}
+        #: The last decoded levels of each tensor, by name (flat int32 arrays; a mapping whose arrays may be kept in
+        #: the state's file or a spill file until read, see :meth:`spill_to`).
+        self.levels: ArrayStore = ArrayStore()
         #: The HDSP history map of each tensor, by name (flat int8 arrays, 1 where a decoded level was non-zero).
-        self.history: dict[str, np.ndarray] = {}
+        self.history: ArrayStore = ArrayStore()
         #: The ``put_node_depth`` of each tensor's last decoded CABAC-coded NDU that carries node ids (spec 7.4,
         #: 14.1, 14.4).
         self.depths: dict[str, int] = {}
@@ -294,10 +296,68 @@ class DecoderState:
         """
         if not isinstance(levels, np.ndarray) or levels.dtype.kind not in "iu" or levels.ndim != 1:  # api-check
             raise TypeError(f"levels of {name!r} must be a 1-D numpy array of integers")
-        self.levels[name] = levels
+        self._enter(name, levels, levels)
+
+    def _enter(self, name: str, entry, levels: np.ndarray) -> None:
+        """:meth:`update` (spec 14.1) with the levels' entry (an array, or a stored one not read again) and their
+        values."""
         hist = self.history.get(name)
         nonzero = (levels != 0).astype(np.int8)
+        self.levels[name] = entry
         self.history[name] = nonzero if hist is None or hist.shape != nonzero.shape else (hist | nonzero)
+
+    def spill_to(self, folder) -> None:
+        """Keep the arrays this state holds, and those entered from now on, in an unnamed temporary file in
+        ``folder`` rather than in memory (each read back when used; the file goes when the state does). A state
+        read by :meth:`load` keeps its arrays in its file until they are used; with both, a model of any size is
+        coded and decoded incrementally in memory bounded by the tensors in flight.
+
+        Parameters
+        ----------
+        folder : str or ``os.PathLike``
+            A folder on a disk with room for the state (its file's folder, typically).
+
+        Examples
+        --------
+        >>> import tempfile, numpy as np
+        >>> from nnc.decoder import DecoderState
+        >>> state = DecoderState()
+        >>> state.spill_to(tempfile.mkdtemp())
+        >>> state.update("w", np.arange(100_000, dtype=np.int32))
+        >>> int(state.levels["w"][-1])
+        99999
+        """
+        spill = SpillFile(folder)
+        for arrays in self._stores():
+            arrays.spill_to(spill)
+
+    def _stores(self) -> list:
+        """The state's mappings of arrays, as :class:`~nnc.array_store.ArrayStore` (set as such if they were not)."""
+        self.levels, self.history = as_store(self.levels), as_store(self.history)
+        return [self.levels, self.history]
+
+    #: The state's containers, by attribute name (copied for a stream staged before it enters).
+    _CONTAINERS: tuple = ("levels", "history", "depths", "raw_depths", "payload_digests")
+
+    def _containers(self) -> dict:
+        return {name: getattr(self, name) for name in self._CONTAINERS}
+
+    def _set_containers(self, containers: dict) -> None:
+        for name, value in containers.items():
+            setattr(self, name, value)
+
+    def _staged_copy(self):
+        """A state of the same class whose containers are copies of this one's (their arrays are shared, not
+        read): a stream moves the copy, put in place with :meth:`_set_containers` when it is complete."""
+        import copy
+
+        staged = copy.copy(self)
+        staged._set_containers({name: value.copy() for name, value in self._containers().items()})
+        return staged
+
+    def _new_store(self) -> ArrayStore:
+        """An empty store that spills where this state's do."""
+        return ArrayStore(spill=getattr(self.levels, "spill", None))
 
     # -- files: one state carried across processes (e.g. federated-learning rounds) --------
     _KIND = "decoder"
@@ -313,11 +373,12 @@ class DecoderState:
         digests = meta.get("payload_digests", {})  # (none in the files of nnc before 0.3.0)
         self.payload_digests = _name_map(digests, _digest_pair, "payload_digests")
 
-    def _extra_arrays(self) -> dict:
-        return {}
+    def _extra_arrays(self) -> list:
+        """More members of the state file: (name, a function that reads the array)."""
+        return []
 
     def save(self, path) -> None:
-        """Write the state to a file (an .npz archive), atomically.
+        """Write the state to a file (an .npz archive), atomically, one array at a time.
 
         Parameters
         ----------
@@ -340,30 +401,48 @@ class DecoderState:
         >>> DecoderState.load(path).levels["w"].tolist()
         [0, 3, 0]
         """
-        from .formats import write_atomic
+        from ._files import AtomicFile
 
-        write_atomic(path, self._to_bytes())
+        file = AtomicFile(path)
+        try:
+            self._write(file.fh)
+            file.commit()
+        except BaseException:
+            file.discard()
+            raise
 
-    def _to_bytes(self) -> bytes:
-        """The file :meth:`save` writes."""
+    def _write(self, fh) -> None:
+        """The file :meth:`save` writes, into the open binary file ``fh`` (an uncompressed .npz archive whose
+        ``meta`` member says what the others are; each array read from the state and written in turn)."""
         import json
+        import zipfile
 
-        from .formats import npz_bytes
+        from .formats import write_npz_member
 
         names = sorted(set(self.levels) | set(self.history))
         meta = dict(nnc_state=1, kind=self._KIND, names=names, **self._meta())
-        arrays = {"meta": np.frombuffer(json.dumps(meta).encode(), np.uint8)}
+        members: list[tuple[str, Any]] = [("meta", lambda: np.frombuffer(json.dumps(meta).encode(), np.uint8))]
         for i, name in enumerate(names):
-            if name in self.levels:
-                arrays[f"levels{i}"] = np.asarray(self.levels[name], np.int32)
+            if name in self.levels:  # (int32 levels in the narrowest dtype that holds them: read as int32)
+                members.append((f"levels{i}", lambda name=name: narrowest_integers(np.asarray(self.levels[name]))))
             if name in self.history:
-                arrays[f"history{i}"] = np.asarray(self.history[name], np.int8)
-        arrays.update(self._extra_arrays())
-        return npz_bytes(arrays)
+                members.append((f"history{i}", lambda name=name: np.asarray(self.history[name], np.int8)))
+        members.extend(self._extra_arrays())
+        with zipfile.ZipFile(fh, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for member, read in members:
+                write_npz_member(zf, member, read())
+
+    def _to_bytes(self) -> bytes:
+        """The file :meth:`save` writes, as bytes."""
+        import io
+
+        buffer = io.BytesIO()
+        self._write(buffer)
+        return buffer.getvalue()
 
     @classmethod
     def load(cls, path):
-        """A state written by :meth:`save` (of the same class).
+        """A state written by :meth:`save` (of the same class); its arrays stay in the file until they are used.
 
         Parameters
         ----------
@@ -378,7 +457,8 @@ class DecoderState:
         Raises
         ------
         nnc.errors.DecodeError
-            If the file is not such a state file.
+            If the file is not such a state file (its members' headers are checked here; an array
+            damaged within raises :class:`~nnc.formats.FormatError` naming the file when it is read).
         OSError
             If the file cannot be read.
 
@@ -388,19 +468,20 @@ class DecoderState:
         """
         import json
 
-        from .formats import FormatError, read_npz
+        from .array_store import npz_entries
+        from .formats import FormatError
 
         try:
-            arrays, _ = read_npz(path)
-            meta = json.loads(bytes(np.asarray(arrays["meta"], np.uint8)).decode())
+            arrays = npz_entries(path)
+            meta = json.loads(bytes(np.asarray(arrays["meta"].read(), np.uint8)).decode())
             if not isinstance(meta, dict) or meta.get("nnc_state") != 1 or meta.get("kind") != cls._KIND:
                 raise ValueError(f"not {'an' if cls._KIND[0] in 'aeiou' else 'a'} {cls._KIND} state")
             state = cls()
             for i, name in enumerate(meta["names"]):
-                if f"levels{i}" in arrays:
-                    state.levels[str(name)] = np.asarray(arrays[f"levels{i}"], np.int32).reshape(-1)
-                if f"history{i}" in arrays:
-                    state.history[str(name)] = np.asarray(arrays[f"history{i}"], np.int8).reshape(-1)
+                for key, store, kinds in (("levels", state.levels, "iu"), ("history", state.history, "iub")):
+                    entry = arrays.get(f"{key}{i}")
+                    if entry is not None:
+                        store[str(name)] = _flat_entry(entry, kinds, f"{key}{i}")
             state._set_meta(meta, arrays)
         except KeyError as exc:
             raise DecodeError(
@@ -410,6 +491,14 @@ class DecoderState:
         except (FormatError, TypeError, ValueError, AttributeError, RecursionError, OverflowError) as exc:
             raise DecodeError(f"{os.fspath(path)} is not an nnc {cls._KIND} state file ({exc})") from None
         return state
+
+
+def _flat_entry(entry: StoredArray, kinds: str, member: str) -> StoredArray:
+    """A state file's array of levels or history, read flat in the state's dtype (int32, int8) when used."""
+    if entry.dtype.kind not in kinds:
+        raise ValueError(f"its member {member} holds {entry.dtype} values")
+    dtype = np.int32 if kinds == "iu" else np.int8
+    return StoredArray((entry.size,), np.dtype(dtype), lambda: np.asarray(entry.read(), dtype).reshape(-1))
 
 
 def _name_map(value, item, what: str) -> dict:
@@ -1176,13 +1265,13 @@ class Decoder:
         # the parents as they were before this stream (spec 14.1): every decode of a unit reads these, and the
         # stream's own levels enter ``state`` only once all its NDUs have decoded (a failed stream leaves it)
         with _STATES_LOCK:  # (not torn by a decoder entering its stream meanwhile)
-            self._parent_levels = dict(self.state.levels)
-            self._parent_history = dict(self.state.history)
+            self._parent_levels = self.state.levels.copy()
+            self._parent_history = self.state.history.copy()
             self._parent_depths = dict(self.state.depths)
             self._parent_raw_depths = dict(self.state.raw_depths)
             self._parent_digests = dict(self.state.payload_digests)
             self._parent_generation = getattr(self.state, "generation", 0)
-        self._staged: dict[str, np.ndarray] = {}
+        self._staged = self.state._new_store() if isinstance(self.state, DecoderState) else ArrayStore()
         self._decoded_ndus: set[int] = set()
         self._entered = False  # the stream's levels are in the state
         self._state_lock = threading.Lock()
@@ -2051,7 +2140,7 @@ class Decoder:
     def _without_history(self, unit: C.Unit, infos: list[TensorInfo], exc: NNCError) -> NNCError:
         """``exc``, saying so when the NDU updates a parent whose HDSP history this decoder's state lacks (spec 10.5,
         14.1): an update coded with that history decodes to nonsense without it."""
-        lacking = [i.name for i in infos if self._parent_history.get(i.name) is None]
+        lacking = [i.name for i in infos if i.name not in self._parent_history]
         if not _get(unit.header, "parent_node_id_present_flag", 0) or not lacking or not isinstance(exc, DecodeError):
             return exc
         return DecodeError(
@@ -2094,9 +2183,9 @@ class Decoder:
                     "after the one before has decoded",
                     clause="14.2",
                 )
-            for name, new in self._staged.items():
-                self.state.update(name, new)
-            self._staged = {}
+            for name in list(self._staged):  # (levels kept on disk enter as they are, not written again)
+                self.state._enter(name, self._staged.entry(name), self._staged[name])
+            self._staged = ArrayStore()
             for i, (ndu, _) in enumerate(self._ndus if kept else ()):  # node depths, payload digests (14.1, 14.4)
                 self._enter_ids(ndu, self._ndu_tensors[i], digests.get(ndu.offset))
             self.state.generation = getattr(self.state, "generation", 0) + 1

@@ -25,6 +25,7 @@ import numpy as np
 from . import narrow_floats
 from ._lru import SizedLRU
 from ._threads import ordered_results
+from .array_store import ArrayStore, as_store
 from .decoder import DecoderState, _HeldValues, _name_map, _node_depth, apply_update, model_digest
 from .encoding.feedback import FactorCache
 from .encoding.quantiser import (  # noqa: F401
@@ -332,6 +333,7 @@ class EncoderState(DecoderState):
     """
 
     _KIND = "encoder"
+    _CONTAINERS = DecoderState._CONTAINERS + ("parameter_ids", "model")
 
     def __init__(self):
         super().__init__()
@@ -340,8 +342,9 @@ class EncoderState(DecoderState):
         #: The ``put_node_depth`` of each tensor's last coded occurrence (1 for the first stream).
         self.depths: dict[str, int] = {}
         #: With ``differences=True``: the model as the receiver holds it (the base's reconstruction
-        #: plus every update, by :func:`nnc.decoder.apply_update`).
-        self.model: OrderedDict[str, np.ndarray] = OrderedDict()
+        #: plus every update, by :func:`nnc.decoder.apply_update`; in order, arrays perhaps kept on disk as
+        #: for ``levels``).
+        self.model: ArrayStore = ArrayStore()
         #: Whether ``model`` holds bfloat16 and float8 tensors rounded to their format, as receivers do (spec 14.5);
         #: False for a state file of nnc before that rule, whose updates of such tensors then record no parent digest
         #: (its receivers' files had drifted from it).
@@ -359,11 +362,15 @@ class EncoderState(DecoderState):
         super()._set_meta(meta, arrays)
         self.parameter_ids = _name_map(meta["parameter_ids"], _node_depth, "parameter_ids")
         self.depths = _name_map(meta["depths"], _node_depth, "depths")
-        self.model = OrderedDict((str(k), arrays[f"model{i}"]) for i, k in enumerate(meta["model"]))
+        self.model = ArrayStore((str(k), arrays[f"model{i}"]) for i, k in enumerate(meta["model"]))
         self.narrow_rounded = meta.get("narrow_rounded") is True  # (absent before the rounding rule)
 
-    def _extra_arrays(self) -> dict:
-        return {f"model{i}": v for i, v in enumerate(self.model.values())}
+    def _extra_arrays(self) -> list:
+        return [(f"model{i}", lambda name=name: self.model[name]) for i, name in enumerate(self.model)]
+
+    def _stores(self) -> list:
+        self.model = as_store(self.model, getattr(self.levels, "spill", None))
+        return super()._stores() + [self.model]
 
 
 class Encoder:
@@ -735,7 +742,7 @@ class Encoder:
             for u, link in zip(units, links):
                 writer.advance_state(u, link)
             if model is not None:
-                self.state.model = model
+                self.state.model = ArrayStore(model, getattr(self.state.levels, "spill", None))
         return result
 
     def _parent_digest(

@@ -36,7 +36,7 @@ import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 import numpy as np
 
@@ -535,6 +535,101 @@ def _write_folder_from_memory(folder: Path, tensors, dtypes: dict, layout, input
     return _write_files(folder, files, index, True, layout is not None, from_memory, None, inputs, overwrite)
 
 
+def _add_update(dec: Decoder, output, add_to, template, progress, inputs, overwrite) -> dict:
+    """A decoded update of differences added to the model ``add_to`` (spec 14.5), written tensor by tensor: each
+    of the model's tensors is read, the update's tensor of that name decoded and added (:func:`apply_update`), and
+    the sum written, into a folder in the model's own checkpoint layout or into one file (``template``: .onnx);
+    memory is bounded by the tensors in flight. The model's digest is checked against the update's parent first."""
+    from .decoder import apply_update, check_update_parent
+    from .errors import UpdateError
+    from .formats import FormatError, format_from_extension
+    from .models import checkpoint_metadata
+    from .readers import open_model
+
+    source = open_model(add_to)  # a file, a checkpoint folder or its index
+    held = _LoadedOneByOne(source)
+    if not dec.differences:
+        raise UpdateError(
+            "--add-to: the stream holds full values, not differences (encode updates with "
+            "--differences); decode it without --add-to",
+            clause="6.2.1",
+        )
+    try:  # before decoding: a replayed update is refused before it touches a decoder state
+        check_update_parent(held, dec.parent, dec.narrow)
+    except UpdateError as exc:
+        raise UpdateError(f"{os.fspath(add_to)}: {exc.message}", clause=exc.clause) from None
+    layout = (checkpoint_metadata(source) or {}).get("checkpoint")
+    update = _model_tensors(dec, None)
+    sent_whole = set(dec.replaced)
+    planned: OrderedDict[str, _Tensor] = OrderedDict()
+    for lazy in source:  # the model's tensors in its order, its dtypes (those sent whole: the update's)
+        whole = lazy.name in sent_whole and lazy.name in update
+        planned[lazy.name] = update[lazy.name] if whole else _Tensor(lazy.name, tuple(lazy.shape), lazy.original_dtype)
+    for name, t in update.items():  # then the tensors new in the update
+        planned.setdefault(name, t)
+    into_folder = is_directory_target(output)
+    if into_folder:
+        folder = Path(output)
+        if layout is not None:
+            files, index = _checkpoint_plan(layout, planned, new_to_last=True)
+        else:
+            files, index = [_File(DEFAULT_FILE, "safetensors", {}, list(planned.values()))], None
+    else:
+        fmt = format_from_extension(output)
+        metadata = single_file_metadata({"checkpoint": layout} if layout is not None else {}, fmt)
+        folder, files, index = (
+            Path(output).parent,
+            [_File(Path(output).name, fmt, metadata, list(planned.values()), template)],
+            None,
+        )
+
+    def added(names, out_of):
+        for name in names:
+            if name in update:
+                decoded, _ = restore_model_view({name: dec.decode_tensor(name)}, dec.metadata)
+                model = {name: held[name]} if name in held else {}
+                try:
+                    value = apply_update(model, decoded, check_parent=False, replaced=sent_whole, narrow=dec.narrow)[
+                        name
+                    ]
+                except ValueError as exc:
+                    raise FormatError(f"{os.fspath(add_to)}: {exc}") from None
+            else:  # (skipped by the update: unchanged; or no longer named by it: kept as it is)
+                value = held[name]
+            buffer = out_of(planned[name])
+            if buffer is None:
+                yield name, value
+                continue
+            buffer[...] = narrow_floats.to_file_values(planned[name].dtype, value)
+            yield name, buffer
+
+    added_files = {"model added to": source.files, **(inputs or {})}
+    return _write_files(
+        folder, files, index, into_folder, into_folder and layout is not None, added, progress, added_files, overwrite
+    )
+
+
+class _LoadedOneByOne(Mapping):
+    """A model opened lazily (:class:`nnc.readers.ModelSource`) as {name: array}: each tensor read when looked up."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self.source:
+            raise KeyError(name)
+        return self.source[name].load()
+
+    def __contains__(self, name) -> bool:
+        return name in self.source
+
+    def __iter__(self):
+        return (t.name for t in self.source)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+
 #: The stream file memory-mapped as nnc.Decoder(path) maps it (one home: :func:`nnc.decoder.map_file`).
 map_stream = map_file
 
@@ -650,10 +745,12 @@ def decode_to_path(
         missing = sorted(wanted - set(dec.names()))
         if missing:
             raise KeyError(f"no tensor named {missing[0]!r} in the stream")
-    if add_to is not None:
+    if add_to is not None and wanted is not None:  # (a part of an update added: in memory)
         if not is_directory_target(output):
             return _decode_in_memory(dec, output, wanted, template, threads, progress, add_to)
         return _decode_in_memory(dec, output, wanted, template, threads, progress, add_to, inputs, overwrite)
+    if add_to is not None:
+        return _add_update(dec, output, add_to, template, progress, inputs, overwrite)
 
     def local(names, out):
         for name, array in dec.iter_tensors(names, threads=threads, out=out):

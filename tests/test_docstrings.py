@@ -11,7 +11,7 @@ import pytest
 
 MODULES = ["nnc", "nnc.decoder", "nnc.encoder", "nnc.container", "nnc.errors", "nnc.formats", "nnc.models",
            "nnc.reconstruction", "nnc.verify", "nnc.engine", "nnc.tables", "nnc.search", "nnc.allocation",
-           "nnc.cli", "nnc.demo", "nnc.writers", "nnc.torch"]
+           "nnc.cli", "nnc.demo", "nnc.writers", "nnc.torch", "nnc.array_store"]
 
 
 def public_objects():

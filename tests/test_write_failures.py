@@ -62,7 +62,7 @@ def test_a_state_that_cannot_be_written_leaves_the_output_as_it_was(tmp_path, mo
     stream = _model(tmp_path)
     out, state = tmp_path / "dec.npz", tmp_path / "rx.state"
     out.write_bytes(b"OLD")
-    monkeypatch.setattr(nnc.DecoderState, "_to_bytes", lambda self: _no_space())
+    monkeypatch.setattr(nnc.DecoderState, "_write", lambda self, fh: _no_space())
     assert main(["decode", str(stream), "-o", str(out), "--state", str(state), "-q", "--overwrite"]) == 1
     assert out.read_bytes() == b"OLD" and not state.exists() and _leftovers(tmp_path) == []
     assert "No space left on device" in capfd.readouterr().err
@@ -75,7 +75,7 @@ def test_an_encoders_state_that_cannot_be_written_leaves_the_output_as_it_was(tm
     formats.write_model(str(model), {"w": np.linspace(-1, 1, 64, dtype=np.float32).reshape(8, 8)})
     out, state = tmp_path / "m.nnr", tmp_path / "tx.state"
     out.write_bytes(b"OLD")
-    monkeypatch.setattr(EncoderState, "_to_bytes", lambda self: _no_space())
+    monkeypatch.setattr(EncoderState, "_write", lambda self, fh: _no_space())
     assert main(["encode", str(model), "-o", str(out), "--state", str(state), "-q"]) == 1
     assert out.read_bytes() == b"OLD" and not state.exists() and _leftovers(tmp_path) == []
 
@@ -382,7 +382,7 @@ def test_a_full_disk_under_the_state_file_names_the_state_file(tmp_path, monkeyp
     stream = _model(tmp_path)
     state = tmp_path / "st"
     cls = nnc.EncoderState if command == "encode" else nnc.DecoderState
-    monkeypatch.setattr(cls, "_to_bytes", _no_space)
+    monkeypatch.setattr(cls, "_write", _no_space)
     if command == "encode":
         model = tmp_path / "m.npz"
         formats.write_model(str(model), {"w": np.ones((8, 8), np.float32)})

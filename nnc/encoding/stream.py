@@ -25,12 +25,15 @@ from __future__ import annotations
 import collections
 import math
 import os
+import shutil
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
+from .. import narrow_floats
 from .._files import AtomicFile
 from .._threads import worker_pool
 from ..errors import EncodeError
@@ -325,18 +328,30 @@ def encode_to(
 
 
 def _encode_update_to(encoder, source, output, *, progress, extra_metadata, measure, t0) -> StreamSummary:
-    """An incremental update (``state=``) coded in memory and written atomically: the topology
-    unit announces the skipped tensors (spec 3.5), known only once every tensor is quantised.
-    The receiver's model is held by the state anyway."""
-    from ..formats import write_atomic
+    """A stream with an encoder state (spec 14): tensor by tensor (:func:`_encode_update_streaming`), or in memory
+    where the stream's qp cannot be planned from the headers (codebooks, DC-v1 sigmas)."""
+    from ..encoder import _STATEFUL
 
     tensors = list(source)
-    arrays = {t.name: t.load() for t in tensors}
     # the file's own dtypes (bfloat16, float8: read as float32) are recorded, float8 coded exactly, as in a full stream
-    originals = {t.name: t.original_dtype for t in tensors if t.original_dtype not in (None, arrays[t.name].dtype.name)}
+    originals = {t.name: t.original_dtype for t in tensors if t.original_dtype not in (None, t.dtype)}
     if any(k not in encoder.settings.dtypes for k in originals):
         dtypes = {**originals, **encoder.settings.dtypes}
         encoder = type(encoder)(state=encoder.state, settings=encoder.settings.replace(dtypes=dtypes))
+    with _STATEFUL:  # (each update names the one before it)
+        summary = _encode_update_streaming(encoder, source, tensors, output, progress, extra_metadata)
+        if summary is None:
+            summary = _encode_update_in_memory(encoder, source, tensors, output, progress, extra_metadata)
+    summary.energy = summary.error = math.nan
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _encode_update_in_memory(encoder, source, tensors, output, progress, extra_metadata) -> StreamSummary:
+    """An update coded in memory (:meth:`nnc.encoder.Encoder.encode`) and written atomically."""
+    from ..formats import write_atomic
+
+    arrays = {t.name: t.load() for t in tensors}
     result = encoder.encode(arrays, progress, extra_metadata=extra_metadata)
     write_atomic(output, result.stream)
     summary = StreamSummary(
@@ -350,8 +365,6 @@ def _encode_update_to(encoder, source, output, *, progress, extra_metadata, meas
         kept_raw=[k for k, t in result.tensors.items() if t.kept_raw is not None],
         kept_raw_reasons={k: t.kept_raw for k, t in result.tensors.items() if t.kept_raw is not None},
     )
-    summary.energy = summary.error = math.nan
-    summary.seconds = time.perf_counter() - t0
     return summary
 
 
@@ -370,3 +383,155 @@ def _energy_error(x: np.ndarray, recon: np.ndarray) -> tuple[float, float]:
 
 
 __all__ = ["encode_to", "StreamSummary", "DEFAULT_BUDGET", "COARSE_SNR_DB"]
+
+
+def _encode_update_streaming(encoder, source, tensors, output, progress, extra_metadata) -> StreamSummary | None:
+    """A stream with an encoder state, byte for byte what :meth:`nnc.encoder.Encoder.encode` writes, in memory
+    bounded by the tensors in flight: each unit is quantised against the state's arrays of its own tensors (read
+    one at a time, see :meth:`nnc.decoder.DecoderState.spill_to`), built and written to a temporary file; the head,
+    which announces the skipped tensors (spec 3.5), is written once every unit is, then the units after it. The
+    state moves on a copy of its containers, put in place only when the stream is complete.
+
+    None, with nothing written and the state unchanged, when the stream's qp cannot be planned from the tensors'
+    headers (codebooks, DC-v1 sigmas) or turns out other than planned: the caller then codes it in memory."""
+    import tempfile
+
+    from ..decoder import apply_update
+    from ..encoder import FULL_VALUES_NOTE, _difference, _warn
+
+    s, state = encoder.settings, encoder.state
+    for t in tensors:
+        check_tensor_name(t.name)
+    by_name = {t.name: t for t in tensors}
+    s.check_names(by_name)
+    groups = block_groups(
+        s.blocks,
+        {t.name: t.shape for t in tensors},
+        s,
+        {t.name: t.dtype for t in tensors},
+        incremental=True,
+    )
+    in_block = {m for w, p in groups.items() for m in block_members(w, p)[1:]}
+    plan = {t.name: predicted(s, t, t.name in in_block or t.name in groups) for t in tensors}
+    if any(dtype is None for dtype, _ in plan.values()):
+        return None
+    try:
+        stream_qp = mps_qp([qp for _, qp in plan.values() if qp is not None], s.qp_density)
+    except EncodeError:
+        return None  # (the in-memory encode says so, or codes it)
+    differences = encoder._sends_differences()
+    if s.differences and state.depths and not state.model:
+        _warn(FULL_VALUES_NOTE, UserWarning)
+    staged = state._staged_copy()  # the state as this stream moves it, put in place at the end
+    writer = UnitWriter(s, encoder.engine, staged)
+    update = writer.is_update(by_name)
+    # (as the in-memory encode records them: the dtypes of the values coded, differences' own)
+    original_dtypes = {k: s.dtypes.get(k, t.dtype) for k, t in by_name.items()}
+    narrow = {k: v for k, v in original_dtypes.items() if narrow_floats.is_narrow(v)}
+    names = [t.name for t in tensors if t.name not in in_block]
+    encoded: dict[str, _Coded] = {}
+    replaced: list[str] = []
+    skipped: list[str] = []
+
+    def value(name):
+        x = by_name[name].load()
+        if tuple(x.shape) != tuple(by_name[name].shape):
+            raise EncodeError(f"tensor {name!r} has shape {x.shape}, its header says {by_name[name].shape}")
+        x = np.asarray(x)
+        held = state.model.get(name) if s.differences else None
+        delta = x if held is None else _difference(x, held)
+        if delta is None:
+            replaced.append(name)
+            delta = x
+        original_dtypes[name] = s.dtypes.get(name, delta.dtype.name)
+        return delta
+
+    def quantise(name):
+        if name not in groups:
+            x = value(name)
+            return writer.single_unit(writer.raw_if_smaller(encoder.quantiser.quantise(name, x), x))
+        members = block_members(name, groups[name])
+        arrays = {n: value(n) for n in members}
+        dq = s.tensor_dq(name)
+        coded = {
+            n: encoder.quantiser.quantise(n, arrays[n], in_block=s.blocks != "auto", dq=dq)
+            for n in members[1:] + [name]
+        }
+        return writer.group_unit(name, groups[name], coded, arrays)
+
+    out = AtomicFile(output)
+    before = state._containers()
+    try:
+        with tempfile.TemporaryFile(dir=os.path.dirname(os.path.abspath(output))) as units_file:
+            for name in names:
+                unit = quantise(name)
+                link = writer.link(unit, update)
+                assert link is not None  # (a state is given)
+                if link.skip:
+                    skipped.extend(t.name for t in unit.members)
+                else:
+                    units_file.write(unit.build(stream_qp, link))
+                writer.advance_state(unit, link)
+                for t in unit.members:
+                    encoded[t.name] = _Coded(t.qp, t.kept_raw, t.recon.dtype.name)
+                    if s.differences and not link.skip:
+                        held = staged.model.get(t.name)
+                        model = {t.name: held} if held is not None else {}
+                        staged.model[t.name] = apply_update(
+                            model,
+                            {t.name: t.recon},
+                            check_parent=False,
+                            replaced=[t.name] if t.name in replaced else [],
+                            narrow=narrow,
+                        )[t.name]
+                    if progress is not None:
+                        progress(t.name, by_name[t.name].size)
+                del unit
+            if mps_qp([t.qp for t in encoded.values() if t.qp is not None], s.qp_density) != stream_qp:
+                out.discard()
+                return None  # (planned otherwise: the head would be wrong)
+            decoded_dtypes = {k: t.decoded_dtype for k, t in encoded.items()}
+            parent = encoder._parent_digest(decoded_dtypes, original_dtypes, narrow)
+            metadata = metadata_json(
+                {t.name: t.shape for t in tensors},
+                decoded_dtypes,
+                original_dtypes,
+                dict(
+                    extra_metadata or {},
+                    **({"parent": parent} if parent else {}),
+                    **({"replaced": replaced} if replaced else {}),
+                ),
+                skipped=skipped,
+                differences=differences,
+                groups=groups,
+            )
+            for part in writer.head(stream_qp, metadata, update):
+                out.fh.write(part)
+            units_file.seek(0)
+            shutil.copyfileobj(units_file, out.fh, 1 << 20)
+        summary = StreamSummary(
+            path=os.fspath(output),
+            stream_bytes=out.fh.tell(),
+            tensors=len(tensors),
+            weights=sum(t.size for t in tensors),
+            original_bytes=source.nbytes if hasattr(source, "nbytes") else 0,
+            qps={k: t.qp for k, t in encoded.items() if t.qp is not None},
+            skipped=skipped,
+            kept_raw=[k for k, t in encoded.items() if t.kept_raw is not None],
+            kept_raw_reasons={k: t.kept_raw for k, t in encoded.items() if t.kept_raw is not None},
+        )
+        state._set_containers(staged._containers())  # before the output's rename: a --state file is written then
+        out.commit()
+    except BaseException:
+        state._set_containers(before)
+        out.discard()
+        raise
+    return summary
+
+
+class _Coded(NamedTuple):
+    """What a stream's head and summary need of a coded tensor, once its arrays are gone."""
+
+    qp: int | None
+    kept_raw: str | None
+    decoded_dtype: str

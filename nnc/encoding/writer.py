@@ -31,6 +31,7 @@ import numpy as np
 
 from .. import container as C
 from .._parallel import row_threads
+from ..array_store import size_of
 from ..decoder import Limits, _payload_digests, _weights_before_biases
 from ..errors import EncodeError
 from .quantiser import CodedTensor, float32_holds
@@ -602,7 +603,7 @@ class UnitWriter:
         return Link(
             update=update,
             parent=parent,
-            tca=parent and s.tca and all(state.levels[t.name].size == _levels(t).size for t in coded),
+            tca=parent and s.tca and all(size_of(state.levels, t.name) == _levels(t).size for t in coded),
             hdsp=parent and s.hdsp,
             ids=dict.fromkeys(names, pid),
             parameter_id=pid,
