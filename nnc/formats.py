@@ -1421,6 +1421,10 @@ class OnnxWriter:
     """
 
     def __init__(self, path, final_name: str, plan: dict, template, data_file):
+        import functools
+
+        from .readers import onnx_external_bytes, onnx_initializer_values
+
         onnx, numpy_helper = _onnx()
         if template is None:
             raise FormatError("writing ONNX needs the original model as a template (--template MODEL.onnx)")
@@ -1428,7 +1432,7 @@ class OnnxWriter:
         folder = os.path.dirname(os.fspath(template))
         try:
             model = load_onnx_graph(template)
-            weights = _onnx_weights(model.graph, values=lambda init: _onnx_values(init, folder))
+            weights = _onnx_weights(model.graph, values=functools.partial(onnx_initializer_values, template))
         except FormatError as exc:
             raise FormatError(f"{template}: {exc}") from None
         except Exception as exc:
@@ -1459,7 +1463,9 @@ class OnnxWriter:
             holes[t.raw_data] = (name, length)
         for t in _onnx_tensors(model.graph):  # what stays of the template's own data: read into the graph
             if t.data_location == onnx.TensorProto.EXTERNAL:
-                _load_external(t, folder)
+                t.raw_data = onnx_external_bytes(template, t)
+                t.data_location = onnx.TensorProto.DEFAULT
+                del t.external_data[:]
         pieces = _wire_pieces(model, holes, marker)
         inline_size = _pieces_size(pieces)
         self.offsets: dict[str, tuple] = {}  # name -> (path, offset)
@@ -1542,26 +1548,6 @@ class _HeldWeight:
 
     def __init__(self, shape: tuple, dtype):
         self.shape, self.dtype = shape, np.dtype(dtype)
-
-
-def _onnx_values(init, folder: str) -> np.ndarray:
-    """An initializer's array, its external data read from beside the model in ``folder``."""
-    _, numpy_helper = _onnx()
-    if init.data_location != 1:
-        return numpy_helper.to_array(init)
-    copy = type(init)()
-    copy.CopyFrom(init)
-    _load_external(copy, folder)
-    return numpy_helper.to_array(copy)
-
-
-def _load_external(tensor, folder: str) -> None:
-    """Read a tensor's external data (from beside the model in ``folder``) into the tensor itself."""
-    from onnx.external_data_helper import load_external_data_for_tensor
-
-    load_external_data_for_tensor(tensor, folder)
-    tensor.data_location = 0  # DEFAULT
-    del tensor.external_data[:]
 
 
 def _external_files(graph, folder: str) -> list:

@@ -685,15 +685,9 @@ def _read_onnx(path: Path, file_index):
     except Exception as exc:
         raise FormatError(f"{path}: cannot load as ONNX: {exc}") from None
 
-    def values(init):  # of an integer initializer, to tell whether it fits int32
-        if init.data_location != onnx.TensorProto.EXTERNAL:
-            return _onnx_loader(path, init, numpy_helper)()
-        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(init.data_type))
-        shape = formats._dims(f"{path}: damaged ONNX initializer {init.name!r}", init.dims)
-        return _onnx_external_loader(path, init, dtype, shape, onnx, numpy_helper)[0]()
-
     kept: list[str] = []  # initializers no stream holds, left in the graph
     try:
+        values = functools.partial(onnx_initializer_values, path)  # (of integers, to tell whether they fit int32)
         weights = formats._onnx_weights(model.graph, values=values, kept=kept)  # initializers, Constants, subgraphs
         scales = formats.onnx_quantisation_parameters(model.graph)
     except FormatError as exc:
@@ -718,6 +712,67 @@ def _read_onnx(path: Path, file_index):
     return out, {}, kept + formats._onnx_sparse_weights(model.graph)
 
 
+def onnx_initializer_values(path, init) -> np.ndarray:
+    """The array of an ONNX initializer of the model file ``path``, its data inline or external (read from the
+    model's folder, which it may not leave: FormatError naming ``path``).
+
+    Parameters
+    ----------
+    path : str or ``os.PathLike``
+        The model file the initializer belongs to.
+    init : ``onnx.TensorProto``
+
+    Returns
+    -------
+    ``numpy.ndarray``
+
+    Examples
+    --------
+    >>> import os, tempfile, numpy as np, onnx
+    >>> from onnx import helper, numpy_helper
+    >>> from nnc.readers import onnx_initializer_values
+    >>> init = numpy_helper.from_array(np.arange(3, dtype=np.float32), "w")
+    >>> onnx_initializer_values("m.onnx", init).tolist()
+    [0.0, 1.0, 2.0]
+    """
+    onnx, numpy_helper = formats._onnx()
+    path = Path(path)
+    if init.data_location != onnx.TensorProto.EXTERNAL:
+        return _onnx_loader(path, init, numpy_helper)()
+    try:
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(init.data_type))
+    except Exception as exc:
+        raise FormatError(f"{path}: damaged ONNX initializer {init.name!r}: {exc}") from None
+    shape = formats._dims(f"{path}: damaged ONNX initializer {init.name!r}", init.dims)
+    return _onnx_external_loader(path, init, dtype, shape, onnx, numpy_helper)[0]()
+
+
+def onnx_external_bytes(path, init) -> bytes:
+    """The bytes of an ONNX tensor's external data (``offset`` and ``length`` as it names them), read from the
+    folder of the model file ``path``, which it may not leave (FormatError naming ``path``)."""
+    path = Path(path)
+    data_path, info = _onnx_external_file(path, init)
+    offset, length = (_external_data_int(path, init, info, key) for key in ("offset", "length"))
+    with open(data_path, "rb") as fh:
+        fh.seek(offset or 0)
+        data = fh.read(-1 if length is None else length)
+    if length is not None and len(data) != length:
+        raise FormatError(f"{path}: external data of {init.name!r} ({info['location']}) is missing or too short")
+    return data
+
+
+def _onnx_external_file(path: Path, init) -> tuple[Path, dict]:
+    """(the file, the entries) of a tensor's external data; the file must lie in the model's folder."""
+    info = {e.key: e.value for e in init.external_data}
+    location = info.get("location", "")
+    data_path = (path.parent / location).resolve()
+    if not location or Path(location).is_absolute() or path.parent.resolve() not in data_path.parents:
+        raise FormatError(f"{path}: initializer {init.name!r} has external data outside the model's folder")
+    if not data_path.is_file():
+        raise FormatError(f"{path}: external data of {init.name!r} ({location}) is missing")
+    return data_path, info
+
+
 def _onnx_loader(path, init, numpy_helper):
     def load():
         try:
@@ -729,11 +784,8 @@ def _onnx_loader(path, init, numpy_helper):
 
 
 def _onnx_external_loader(path: Path, init, dtype: np.dtype, shape: tuple, onnx, numpy_helper):
-    info = {e.key: e.value for e in init.external_data}
-    location = info.get("location", "")
-    data_path = (path.parent / location).resolve()
-    if not location or Path(location).is_absolute() or path.parent.resolve() not in data_path.parents:
-        raise FormatError(f"{path}: initializer {init.name!r} has external data outside the model's folder")
+    data_path, info = _onnx_external_file(path, init)
+    location = info["location"]
     offset, length = (_external_data_int(path, init, info, key) for key in ("offset", "length"))
     offset, count = offset or 0, math.prod(shape)
     packed_bits = _ONNX_PACKED_BITS.get(onnx.TensorProto.DataType.Name(init.data_type))

@@ -315,3 +315,36 @@ def test_an_onnx_file_cut_while_its_graph_is_read_is_a_format_error_not_a_sigbus
                          timeout=120)
     assert run.returncode == 0, run
     assert "was cut by another program" in run.stdout and str(path) in run.stdout
+
+
+@pytest.mark.parametrize("location", ["../outside.bin", "missing.bin"])
+def test_a_template_whose_external_data_leaves_its_folder_or_is_missing_is_refused(tmp_path, capsys, location):
+    """The template's kept tensors (here an int64 initializer beyond int32, which stays in the graph) were read by
+    onnx's own external-data loader; they go through the reader's, which keeps to the model's folder."""
+    from nnc.cli import main
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (tmp_path / "outside.bin").write_bytes(np.arange(4, dtype=np.int64).tobytes() * 4)
+    big = numpy_helper.from_array(np.array([2**40, 1], np.int64), "bound")
+    weight = numpy_helper.from_array(np.ones((8, 8), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Identity", ["w"], ["y"])], "g", [],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, 8])], [weight, big])
+    template = folder / "t.onnx"
+    onnx.save(helper.make_model(graph), str(template))
+    stream = tmp_path / "s.nnr"
+    assert main(["encode", str(template), "-o", str(stream), "-q"]) == 0
+    model = onnx.load(str(template))
+    bound = next(t for t in model.graph.initializer if t.name == "bound")
+    bound.ClearField("raw_data")
+    bound.data_location = TensorProto.EXTERNAL
+    bound.external_data.add(key="location", value=location)
+    bound.external_data.add(key="length", value="16")
+    onnx.save(model, str(template))
+    out = tmp_path / "out.onnx"
+    capsys.readouterr()
+    assert main(["decode", str(stream), "-o", str(out), "--template", str(template), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert str(template) in err and len(err.strip().splitlines()) == 1, err
+    assert ("outside the model's folder" if location.startswith("..") else "missing") in err
+    assert not out.exists() and sorted(os.listdir(tmp_path)) == ["model", "outside.bin", "s.nnr"]
