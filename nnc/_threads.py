@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
+from concurrent.futures import Future
 
 import numpy as np
 
@@ -77,3 +79,35 @@ def ordered_results(fn, jobs: list, threads: int):
         return
     with worker_pool(min(threads, len(jobs))) as pool:
         yield (f.result() for f in [pool.submit(fn, *job) for job in jobs])
+
+
+def in_order_in_flight(names: list, job, cost, budget: int, threads: int):
+    """``(name, job(name))`` for each name in order, the jobs run by ``threads`` threads with at most ``threads``
+    of them and ``budget`` bytes (``cost(name)``) in flight (one job is always allowed); the next job starts only
+    once the caller has let go of the result before it (the loop body has run)."""
+    pending: collections.deque[tuple[str, Future]] = collections.deque()
+    queue = collections.deque(names)
+    in_flight = 0
+    with worker_pool(max(1, threads)) as pool:
+
+        def refill():
+            nonlocal in_flight
+            while queue and len(pending) < max(1, threads) and (not pending or in_flight + cost(queue[0]) <= budget):
+                name = queue.popleft()
+                in_flight += cost(name)
+                pending.append((name, pool.submit(job, name)))
+
+        try:
+            refill()
+            while pending:
+                name, future = pending.popleft()
+                result = future.result()
+                del future  # (it holds the result too)
+                in_flight -= cost(name)
+                yield name, result
+                del result
+                refill()
+        except BaseException:  # (GeneratorExit too: the caller stopped)
+            for _, f in pending:
+                f.cancel()
+            raise

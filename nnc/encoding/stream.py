@@ -22,12 +22,11 @@ Examples
 
 from __future__ import annotations
 
-import collections
+import contextlib
 import math
 import os
 import shutil
 import time
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -35,7 +34,7 @@ import numpy as np
 
 from .. import narrow_floats
 from .._files import AtomicFile
-from .._threads import worker_pool
+from .._threads import in_order_in_flight
 from ..errors import EncodeError
 from ..narrow_floats import as_stored
 from ..reconstruction import DECOMPRESSED_DATA_FORMATS
@@ -179,7 +178,14 @@ def encode_to(
     t0 = time.perf_counter()
     if state is not None:
         return _encode_update_to(
-            encoder, source, output, progress=progress, extra_metadata=extra_metadata, measure=measure, t0=t0
+            encoder,
+            source,
+            output,
+            progress=progress,
+            extra_metadata=extra_metadata,
+            measure=measure,
+            budget=budget,
+            t0=t0,
         )
     tensors = list(source)
     for t in tensors:
@@ -273,25 +279,14 @@ def encode_to(
     try:
         for part in writer.head(stream_qp, metadata, False):
             out.fh.write(part)
-        pending: collections.deque[tuple[str, Future]] = collections.deque()
-        with worker_pool(max(1, s.threads)) as pool:
-            queue = collections.deque(units)
-            in_flight = 0
 
-            def cost(name):
-                members = [name] if name not in groups else block_members(name, groups[name])
-                return sum(4 * by_name[n].size for n in members)
+        def cost(name):
+            members = [name] if name not in groups else block_members(name, groups[name])
+            return sum(4 * by_name[n].size for n in members)
 
-            def refill():
-                nonlocal in_flight
-                while (
-                    queue and len(pending) < max(1, s.threads) and (not pending or in_flight + cost(queue[0]) <= budget)
-                ):
-                    name = queue.popleft()
-                    in_flight += cost(name)
-                    pending.append((name, pool.submit(job, name)))
-
-            def record(unit, stats):
+        with contextlib.closing(in_order_in_flight(units, job, cost, budget, s.threads)) as results:
+            for _, (unit, stats, data) in results:
+                out.fh.write(data)
                 for t in unit.members:
                     if t.qp is not None:
                         summary.qps[t.name] = t.qp
@@ -299,22 +294,7 @@ def encode_to(
                         summary.add_error(t.name, *stats.get(t.name, (0.0, 0.0)))
                     if progress is not None:
                         progress(t.name, by_name[t.name].size)
-
-            try:
-                refill()
-                while pending:
-                    name, future = pending.popleft()
-                    unit, stats, data = future.result()
-                    del future  # it holds the unit too
-                    in_flight -= cost(name)
-                    out.fh.write(data)
-                    record(unit, stats)
-                    del unit, data
-                    refill()  # only now: the next tensor is not loaded while this unit is still held
-            except BaseException:
-                for _, f in pending:
-                    f.cancel()
-                raise
+                del unit, data, stats  # (before the next tensor is loaded)
         summary.stream_bytes = out.fh.tell()
         summary.kept_raw = [n for n in by_name if n in kept_raw]
         summary.kept_raw_reasons = {n: kept_raw[n] for n in summary.kept_raw}
@@ -327,7 +307,7 @@ def encode_to(
     return summary
 
 
-def _encode_update_to(encoder, source, output, *, progress, extra_metadata, measure, t0) -> StreamSummary:
+def _encode_update_to(encoder, source, output, *, progress, extra_metadata, measure, budget, t0) -> StreamSummary:
     """A stream with an encoder state (spec 14): tensor by tensor (:func:`_encode_update_streaming`), or in memory
     where the stream's qp cannot be planned from the headers (codebooks, DC-v1 sigmas)."""
     from ..encoder import _STATEFUL
@@ -339,7 +319,7 @@ def _encode_update_to(encoder, source, output, *, progress, extra_metadata, meas
         dtypes = {**originals, **encoder.settings.dtypes}
         encoder = type(encoder)(state=encoder.state, settings=encoder.settings.replace(dtypes=dtypes))
     with _STATEFUL:  # (each update names the one before it)
-        summary = _encode_update_streaming(encoder, source, tensors, output, progress, extra_metadata)
+        summary = _encode_update_streaming(encoder, source, tensors, output, progress, extra_metadata, budget)
         if summary is None:
             summary = _encode_update_in_memory(encoder, source, tensors, output, progress, extra_metadata)
     summary.energy = summary.error = math.nan
@@ -385,7 +365,9 @@ def _energy_error(x: np.ndarray, recon: np.ndarray) -> tuple[float, float]:
 __all__ = ["encode_to", "StreamSummary", "DEFAULT_BUDGET", "COARSE_SNR_DB"]
 
 
-def _encode_update_streaming(encoder, source, tensors, output, progress, extra_metadata) -> StreamSummary | None:
+def _encode_update_streaming(
+    encoder, source, tensors, output, progress, extra_metadata, budget: int
+) -> StreamSummary | None:
     """A stream with an encoder state, byte for byte what :meth:`nnc.encoder.Encoder.encode` writes, in memory
     bounded by the tensors in flight: each unit is quantised against the state's arrays of its own tensors (read
     one at a time, see :meth:`nnc.decoder.DecoderState.spill_to`), built and written to a temporary file; the head,
@@ -433,7 +415,8 @@ def _encode_update_streaming(encoder, source, tensors, output, progress, extra_m
     replaced: list[str] = []
     skipped: list[str] = []
 
-    def value(name):
+    def value(name, whole: list) -> np.ndarray:
+        """The tensor, or its difference to the receiver's (``whole``: the names sent whole instead)."""
         x = by_name[name].load()
         if tuple(x.shape) != tuple(by_name[name].shape):
             raise EncodeError(f"tensor {name!r} has shape {x.shape}, its header says {by_name[name].shape}")
@@ -441,30 +424,38 @@ def _encode_update_streaming(encoder, source, tensors, output, progress, extra_m
         held = state.model.get(name) if s.differences else None
         delta = x if held is None else _difference(x, held)
         if delta is None:
-            replaced.append(name)
+            whole.append(name)
             delta = x
-        original_dtypes[name] = s.dtypes.get(name, delta.dtype.name)
         return delta
 
     def quantise(name):
+        """(the unit of ``name`` and its block's members, the names sent whole, {name: dtype of the values coded})."""
+        whole: list[str] = []
+        members = [name] if name not in groups else block_members(name, groups[name])
+        arrays = {n: value(n, whole) for n in members}
         if name not in groups:
-            x = value(name)
-            return writer.single_unit(writer.raw_if_smaller(encoder.quantiser.quantise(name, x), x))
-        members = block_members(name, groups[name])
-        arrays = {n: value(n) for n in members}
-        dq = s.tensor_dq(name)
-        coded = {
-            n: encoder.quantiser.quantise(n, arrays[n], in_block=s.blocks != "auto", dq=dq)
-            for n in members[1:] + [name]
-        }
-        return writer.group_unit(name, groups[name], coded, arrays)
+            x = arrays[name]
+            unit = writer.single_unit(writer.raw_if_smaller(encoder.quantiser.quantise(name, x), x))
+        else:
+            dq = s.tensor_dq(name)
+            coded = {
+                n: encoder.quantiser.quantise(n, arrays[n], in_block=s.blocks != "auto", dq=dq)
+                for n in members[1:] + [name]
+            }
+            unit = writer.group_unit(name, groups[name], coded, arrays)
+        return unit, whole, {n: a.dtype.name for n, a in arrays.items()}
 
-    out = AtomicFile(output)
-    before = state._containers()
-    try:
-        with tempfile.TemporaryFile(dir=os.path.dirname(os.path.abspath(output))) as units_file:
-            for name in names:
-                unit = quantise(name)
+    def cost(name):
+        members = [name] if name not in groups else block_members(name, groups[name])
+        return sum(4 * by_name[n].size for n in members)
+
+    def code_units(units_file) -> None:
+        """Each unit quantised (in threads), linked to the state, built into ``units_file`` and entered into the
+        staged state (and the receiver's model), in stream order."""
+        with contextlib.closing(in_order_in_flight(names, quantise, cost, budget, s.threads)) as results:
+            for _, (unit, whole, coded_dtypes) in results:
+                replaced.extend(whole)
+                original_dtypes.update({k: s.dtypes.get(k, v) for k, v in coded_dtypes.items()})
                 link = writer.link(unit, update)
                 assert link is not None  # (a state is given)
                 if link.skip:
@@ -476,9 +467,8 @@ def _encode_update_streaming(encoder, source, tensors, output, progress, extra_m
                     encoded[t.name] = _Coded(t.qp, t.kept_raw, t.recon.dtype.name)
                     if s.differences and not link.skip:
                         held = staged.model.get(t.name)
-                        model = {t.name: held} if held is not None else {}
                         staged.model[t.name] = apply_update(
-                            model,
+                            {t.name: held} if held is not None else {},
                             {t.name: t.recon},
                             check_parent=False,
                             replaced=[t.name] if t.name in replaced else [],
@@ -486,26 +476,36 @@ def _encode_update_streaming(encoder, source, tensors, output, progress, extra_m
                         )[t.name]
                     if progress is not None:
                         progress(t.name, by_name[t.name].size)
-                del unit
+                del unit  # (before the next tensor is loaded)
+
+    def head_metadata() -> str:
+        """nnc's topology metadata (spec 6.2.1), known once every unit is coded: the skipped and replaced tensors,
+        the dtypes, the parent's digest."""
+        decoded_dtypes = {k: t.decoded_dtype for k, t in encoded.items()}
+        parent = encoder._parent_digest(decoded_dtypes, original_dtypes, narrow)
+        return metadata_json(
+            {t.name: t.shape for t in tensors},
+            decoded_dtypes,
+            original_dtypes,
+            dict(
+                extra_metadata or {},
+                **({"parent": parent} if parent else {}),
+                **({"replaced": replaced} if replaced else {}),
+            ),
+            skipped=skipped,
+            differences=differences,
+            groups=groups,
+        )
+
+    out = AtomicFile(output)
+    before = state._containers()
+    try:
+        with tempfile.TemporaryFile(dir=os.path.dirname(os.path.abspath(output))) as units_file:
+            code_units(units_file)
             if mps_qp([t.qp for t in encoded.values() if t.qp is not None], s.qp_density) != stream_qp:
                 out.discard()
                 return None  # (planned otherwise: the head would be wrong)
-            decoded_dtypes = {k: t.decoded_dtype for k, t in encoded.items()}
-            parent = encoder._parent_digest(decoded_dtypes, original_dtypes, narrow)
-            metadata = metadata_json(
-                {t.name: t.shape for t in tensors},
-                decoded_dtypes,
-                original_dtypes,
-                dict(
-                    extra_metadata or {},
-                    **({"parent": parent} if parent else {}),
-                    **({"replaced": replaced} if replaced else {}),
-                ),
-                skipped=skipped,
-                differences=differences,
-                groups=groups,
-            )
-            for part in writer.head(stream_qp, metadata, update):
+            for part in writer.head(stream_qp, head_metadata(), update):
                 out.fh.write(part)
             units_file.seek(0)
             shutil.copyfileobj(units_file, out.fh, 1 << 20)
