@@ -362,9 +362,6 @@ def _energy_error(x: np.ndarray, recon: np.ndarray) -> tuple[float, float]:
     return e, d
 
 
-__all__ = ["encode_to", "StreamSummary", "DEFAULT_BUDGET", "COARSE_SNR_DB"]
-
-
 def _encode_update_streaming(
     encoder, source, tensors, output, progress, extra_metadata, budget: int
 ) -> StreamSummary | None:
@@ -535,3 +532,6 @@ class _Coded(NamedTuple):
     qp: int | None
     kept_raw: str | None
     decoded_dtype: str
+
+
+__all__ = ["encode_to", "StreamSummary", "DEFAULT_BUDGET", "COARSE_SNR_DB"]
