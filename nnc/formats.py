@@ -951,9 +951,13 @@ def _save_pt(fh, tensors, dtypes=None, metadata=None) -> None:
     dtypes = dtypes or {}
     arrays = OrderedDict((k, np.asarray(v)) for k, v in tensors.items())
     writer = PtWriter(fh, [(k, str(dtypes.get(k) or v.dtype.name), v.shape) for k, v in arrays.items()], metadata)
-    for k, v in arrays.items():
-        writer.write(k, v)
-    writer.close()
+    try:
+        for k, v in arrays.items():
+            writer.write(k, v)
+        writer.close()
+    except BaseException:
+        writer.abort()  # (else the archive's end is written again when it is collected, and fails again)
+        raise
 
 
 #: The typed storages torch (every version since 1.6) rebuilds tensors of these dtypes from; other dtypes are

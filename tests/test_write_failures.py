@@ -288,6 +288,7 @@ def test_a_guarded_map_closed_by_with_is_no_longer_guarded(tmp_path):
     again.close()
 
 
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")  # (the archive's end written again)
 def test_a_full_disk_under_torch_save_is_the_os_error_not_torch_s_runtime_error():
     """A .pt output on a full disk printed a 30-line traceback ending in torch's
     "RuntimeError: [enforce fail at inline_container.cc] unexpected pos": now the OSError it met."""
