@@ -154,10 +154,19 @@ def _difference(x: np.ndarray, held: np.ndarray) -> np.ndarray | None:
     finite = bool(np.isfinite(x).all() and np.isfinite(held).all())
     if not finite:  # unchanged infs and NaNs (a mask of -inf) are a zero difference; any other change is not
         return np.zeros_like(x) if np.array_equal(x, held, equal_nan=True) else None
-    wide = x.astype(np.float64) - held
-    if wide.size and np.abs(wide).max() > np.finfo(x.dtype).max:
-        return None
-    return wide.astype(x.dtype)
+    delta = np.empty_like(x)
+    flat_x, flat_held, flat_delta = x.reshape(-1), held.reshape(-1), delta.reshape(-1)
+    limit = np.finfo(x.dtype).max
+    for i in range(0, flat_x.size, _SLICE):  # (in float64, a slice at a time: small temporaries)
+        wide = flat_x[i : i + _SLICE].astype(np.float64) - flat_held[i : i + _SLICE]
+        if np.abs(wide).max() > limit:
+            return None
+        flat_delta[i : i + _SLICE] = wide
+    return delta
+
+
+#: Elements taken at a time where whole-tensor float64 temporaries would double a tensor's memory.
+_SLICE = 1 << 20
 
 
 def _warn_after_encode(encoder: "Encoder", result: "EncodeResult", arrays: Mapping) -> None:

@@ -284,16 +284,19 @@ def encode_to(
             members = [name] if name not in groups else block_members(name, groups[name])
             return sum(4 * by_name[n].size for n in members)
 
+        def record(unit, stats):
+            for t in unit.members:
+                if t.qp is not None:
+                    summary.qps[t.name] = t.qp
+                if measure:
+                    summary.add_error(t.name, *stats.get(t.name, (0.0, 0.0)))
+                if progress is not None:
+                    progress(t.name, by_name[t.name].size)
+
         with contextlib.closing(in_order_in_flight(units, job, cost, budget, s.threads)) as results:
             for _, (unit, stats, data) in results:
                 out.fh.write(data)
-                for t in unit.members:
-                    if t.qp is not None:
-                        summary.qps[t.name] = t.qp
-                    if measure:
-                        summary.add_error(t.name, *stats.get(t.name, (0.0, 0.0)))
-                    if progress is not None:
-                        progress(t.name, by_name[t.name].size)
+                record(unit, stats)
                 del unit, data, stats  # (before the next tensor is loaded)
         summary.stream_bytes = out.fh.tell()
         summary.kept_raw = [n for n in by_name if n in kept_raw]
@@ -460,20 +463,24 @@ def _encode_update_streaming(
                 else:
                     units_file.write(unit.build(stream_qp, link))
                 writer.advance_state(unit, link)
-                for t in unit.members:
-                    encoded[t.name] = _Coded(t.qp, t.kept_raw, t.recon.dtype.name)
-                    if s.differences and not link.skip:
-                        held = staged.model.get(t.name)
-                        staged.model[t.name] = apply_update(
-                            {t.name: held} if held is not None else {},
-                            {t.name: t.recon},
-                            check_parent=False,
-                            replaced=[t.name] if t.name in replaced else [],
-                            narrow=narrow,
-                        )[t.name]
-                    if progress is not None:
-                        progress(t.name, by_name[t.name].size)
+                record(unit, link.skip)
                 del unit  # (before the next tensor is loaded)
+
+    def record(unit, skipped: bool) -> None:
+        """A unit's tensors' qps and dtypes kept for the head; their reconstructions added to the staged model."""
+        for t in unit.members:
+            encoded[t.name] = _Coded(t.qp, t.kept_raw, t.recon.dtype.name)
+            if s.differences and not skipped:
+                held = staged.model.get(t.name)
+                staged.model[t.name] = apply_update(
+                    {t.name: held} if held is not None else {},
+                    {t.name: t.recon},
+                    check_parent=False,
+                    replaced=[t.name] if t.name in replaced else [],
+                    narrow=narrow,
+                )[t.name]
+            if progress is not None:
+                progress(t.name, by_name[t.name].size)
 
     def head_metadata() -> str:
         """nnc's topology metadata (spec 6.2.1), known once every unit is coded: the skipped and replaced tensors,
