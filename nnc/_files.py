@@ -405,12 +405,17 @@ class AtomicFile:
             raise OSError(exc.errno, exc.strerror or str(exc), os.fspath(self.path)) from None
 
     def discard(self) -> None:
-        """Close and remove the temporary file; ``path`` is left as it was."""
-        self.fh.close()
+        """Close and remove the temporary file; ``path`` is left as it was (also when closing fails: the data left
+        in the file's buffer cannot be written to a full disk)."""
         try:
-            os.unlink(self.tmp)
+            self.fh.close()
         except OSError:
             pass
+        finally:
+            try:
+                os.unlink(self.tmp)
+            except OSError:
+                pass
 
     def __enter__(self) -> "AtomicFile":
         return self

@@ -8,6 +8,8 @@ file there and read back when used. Memory is then bounded by the tensors in fli
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import tempfile
 import threading
@@ -60,7 +62,8 @@ class SpillFile:
 
     def __init__(self, folder):
         self.folder = os.fspath(folder)
-        self.fh = tempfile.TemporaryFile(dir=self.folder)  # noqa: SIM115 (open for the store's life)
+        # (unbuffered: nothing is left to write when the file is closed, even after a full disk)
+        self.fh = tempfile.TemporaryFile(dir=self.folder, buffering=0)  # noqa: SIM115 (open for the store's life)
         self.lock = threading.Lock()
 
     def put(self, array: np.ndarray) -> StoredArray:
@@ -68,21 +71,38 @@ class SpillFile:
         as it was."""
         shape, dtype = array.shape, array.dtype
         kept = np.ascontiguousarray(narrowest_integers(array)).reshape(-1)
-        with self.lock:
+        with self.lock, self._named_errors():
             offset = self.fh.seek(0, os.SEEK_END)
-            self.fh.write(kept.data.cast("B"))
+            data = kept.data.cast("B")
+            while data:  # (a raw file may take part of it at a time)
+                data = data[self.fh.write(data) :]
         stored, count = kept.dtype, kept.size
 
         def read() -> np.ndarray:
             out = np.empty(count, stored)
-            with self.lock:
+            view, at = out.data.cast("B"), 0
+            with self.lock, self._named_errors():
                 self.fh.seek(offset)
-                got = self.fh.readinto(out.data.cast("B"))
-            if got != out.nbytes:  # (the file is ours alone: only a failing disk gets here)
-                raise OSError(f"{self.folder}: a temporary file of nnc's state lost its data")
+                while at < len(view):
+                    got = self.fh.readinto(view[at:])
+                    if not got:  # (the file is ours alone: only a failing disk gets here)
+                        raise OSError(errno.EIO, "a temporary file of nnc's state lost its data", self.folder)
+                    at += got
             return out.astype(dtype, copy=False).reshape(shape)
 
         return StoredArray(shape, dtype, read)
+
+    @contextlib.contextmanager
+    def _named_errors(self):
+        """An OSError of the spill file (a full disk) names its folder: the state's, not the command's output."""
+        try:
+            yield
+        except OSError as exc:
+            if exc.filename is not None:
+                raise
+            raise OSError(
+                exc.errno, f"{exc.strerror or exc} (the temporary file of the state's arrays)", self.folder
+            ) from None
 
 
 def narrowest_integers(array: np.ndarray) -> np.ndarray:

@@ -407,6 +407,11 @@ class DecoderState:
         try:
             self._write(file.fh)
             file.commit()
+        except OSError as exc:
+            file.discard()
+            if exc.filename is not None:
+                raise
+            raise OSError(exc.errno, exc.strerror or str(exc), os.fspath(path)) from None  # (a full disk: this file)
         except BaseException:
             file.discard()
             raise
@@ -2122,6 +2127,8 @@ class Decoder:
             out = self._decode_ndu_payload(unit, params, infos, threads, into, staged)
         except NNCError as exc:
             _check_not_cut(self.data)
+            if not isinstance(exc, DecodeError):
+                raise  # another input's (a state file's array that cannot be read): no offset in the stream
             # errors inside a payload carry payload-relative offsets
             raise self._without_history(unit, infos, exc).at(unit.payload_offset) from exc
         except MemoryError:  # within the limits, beyond this machine: still the stream's demand, said as one

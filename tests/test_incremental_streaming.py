@@ -285,3 +285,75 @@ def test_an_update_holds_one_tensor_at_a_time_on_the_heap(tmp_path):
         finally:
             tracemalloc.stop()
         assert peak < 5.5 * tensor, f"stream {i}: peak {peak / tensor:.2f} x one tensor's float32 size"
+
+
+FULL_DISK = textwrap.dedent(
+    """
+    import resource, signal, sys
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # (a write past the limit fails with EFBIG, as on a full disk)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), resource.RLIM_INFINITY))
+    if sys.argv[2] == "save":
+        import numpy as np
+        from nnc.decoder import DecoderState
+        state = DecoderState()
+        for i in range(8):
+            state.update(f"w{i}", np.random.default_rng(i).integers(-100, 100, 1_000_000).astype(np.int32))
+        try:
+            state.save(sys.argv[3])
+        except OSError as exc:
+            print(exc.filename, exc.strerror)
+    else:
+        import nnc.cli
+        sys.exit(nnc.cli.main(sys.argv[2:]))
+    """
+)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a file size limit stands in for a full disk")
+def test_a_state_file_that_cannot_be_written_is_named_and_leaves_nothing(tmp_path):
+    """The state is written through zipfile: the bytes left in its buffer failed again when the temporary file was
+    closed, before it was removed, and that error (naming no file) replaced the first."""
+    r = subprocess.run([sys.executable, "-c", FULL_DISK, "3000000", "save", str(tmp_path / "x.state")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.stdout.split()[0] == str(tmp_path / "x.state"), r.stdout + r.stderr
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a file size limit stands in for a full disk")
+def test_a_full_disk_under_the_states_arrays_names_the_state_not_the_output(tmp_path):
+    rng = np.random.default_rng(0)
+    base = {f"l{i}.weight": rng.normal(0, 0.05, (256, 1024)).astype(np.float32) for i in range(8)}
+    formats.write_model(str(tmp_path / "m0.safetensors"), base)
+    formats.write_model(str(tmp_path / "m1.safetensors"), {k: v + np.float32(0.003) for k, v in base.items()})
+    states = tmp_path / "states"
+    states.mkdir()
+    tx, out = states / "tx.state", tmp_path / "s1.nnr"
+    assert main(["encode", str(tmp_path / "m0.safetensors"), "-o", str(tmp_path / "s0.nnr"), "--state", str(tx),
+                 "--differences", "-q"]) == 0
+    before = tx.read_bytes()
+    r = subprocess.run([sys.executable, "-c", FULL_DISK, "8000000", "encode", str(tmp_path / "m1.safetensors"), "-o",
+                        str(out), "--state", str(tx), "--differences", "-q"], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.stderr.startswith(f"nnc: error: {states}: ") and "state's arrays" in r.stderr, r.stderr
+    assert not out.exists() and tx.read_bytes() == before and os.listdir(states) == ["tx.state"]
+
+
+def test_a_damaged_receiver_state_is_not_given_an_offset_in_the_stream(tmp_path, capsys):
+    model = {"w": np.random.default_rng(1).normal(size=(64, 64)).astype(np.float32)}
+    formats.write_model(str(tmp_path / "m.safetensors"), model)
+    rx = tmp_path / "rx.state"
+    for i in range(2):
+        assert main(["encode", str(tmp_path / "m.safetensors"), "-o", str(tmp_path / f"s{i}.nnr"), "--state",
+                     str(tmp_path / "tx.state"), "-q"]) == 0
+    assert main(["decode", str(tmp_path / "s0.nnr"), "-o", str(tmp_path / "r0.safetensors"), "--state", str(rx),
+                 "-q"]) == 0
+    data = bytearray(rx.read_bytes())
+    data[data.index(b"levels0.npy") + 400] ^= 0xFF
+    rx.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert main(["decode", str(tmp_path / "s1.nnr"), "-o", str(tmp_path / "r1.safetensors"), "--state", str(rx),
+                 "-q"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"nnc: error: {rx}: levels0.npy") and "byte offset" not in err, err
+    assert not (tmp_path / "r1.safetensors").exists() and rx.read_bytes() == bytes(data)
