@@ -675,6 +675,12 @@ def apply_update(
         if name not in out or name in whole:
             out[name] = narrow_floats.as_stored(stored, delta)
             continue
+        if (
+            delta.shape != out[name].shape
+            and (delta.size, out[name].size) == (1, 1)
+            and 0 in (delta.ndim, out[name].ndim)
+        ):
+            delta = delta.reshape(out[name].shape)  # (a 0-d tensor, decoded as (1,) without restore_model_view)
         if delta.shape != out[name].shape:
             raise UpdateError(f"update of {name!r} has shape {delta.shape}, the model's is {out[name].shape}")
         held = narrow_floats.as_stored(stored, out[name])

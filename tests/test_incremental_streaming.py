@@ -357,3 +357,17 @@ def test_a_damaged_receiver_state_is_not_given_an_offset_in_the_stream(tmp_path,
     err = capsys.readouterr().err
     assert err.startswith(f"nnc: error: {rx}: levels0.npy") and "byte offset" not in err, err
     assert not (tmp_path / "r1.safetensors").exists() and rx.read_bytes() == bytes(data)
+
+
+def test_an_update_decoded_by_nnc_decode_applies_to_a_model_with_0d_tensors():
+    """nnc.decode gives a 0-d tensor as (1,) (NNC has no 0-d tensors; restore_model_view restores the shape):
+    apply_update refused it against the user's own model ("has shape (1,), the model's is ()")."""
+    sender, receiver = EncoderState(), DecoderState()
+    model = {"w": np.ones((3, 3), np.float32), "scale": np.float32(2.5)}
+    nnc.decode(nnc.encode(model, state=sender, differences=True, qp=-20), state=receiver)
+    new = {"w": model["w"] + 1, "scale": np.float32(3.0)}
+    update = nnc.decode(nnc.encode(new, state=sender, differences=True, qp=-20), state=receiver)
+    held = apply_update(model, update, check_parent=False)
+    assert held["scale"].shape == () and abs(float(held["scale"]) - 3.0) < 0.01
+    with pytest.raises(nnc.errors.UpdateError, match="has shape"):
+        apply_update({"w": np.ones(2, np.float32)}, {"w": np.ones((1, 2), np.float32)})
