@@ -524,15 +524,19 @@ def _write_folder_from_memory(folder: Path, tensors, dtypes: dict, layout, input
 
     def from_memory(names, out_of):
         for name in names:
-            value = np.asarray(tensors[name])
-            buffer = out_of(planned[name])
-            if buffer is None:
-                yield name, value
-                continue
-            buffer[...] = narrow_floats.to_file_values(planned[name].dtype, value)
-            yield name, buffer
+            yield name, _as_written(np.asarray(tensors[name]), planned[name], out_of)
 
     return _write_files(folder, files, index, True, layout is not None, from_memory, None, inputs, overwrite)
+
+
+def _as_written(value: np.ndarray, planned: _Tensor, out_of) -> np.ndarray:
+    """``value`` put where a sink wants the tensor (``out_of(planned)``: its place in the file, as the file holds
+    it), or as it is where the sink takes it so."""
+    buffer = out_of(planned)
+    if buffer is None:
+        return value
+    buffer[...] = narrow_floats.to_file_values(planned.dtype, value)
+    return buffer
 
 
 def _add_update(dec: Decoder, output, add_to, template, progress, inputs, overwrite) -> dict:
@@ -596,12 +600,7 @@ def _add_update(dec: Decoder, output, add_to, template, progress, inputs, overwr
                     raise FormatError(f"{os.fspath(add_to)}: {exc}") from None
             else:  # (skipped by the update: unchanged; or no longer named by it: kept as it is)
                 value = held[name]
-            buffer = out_of(planned[name])
-            if buffer is None:
-                yield name, value
-                continue
-            buffer[...] = narrow_floats.to_file_values(planned[name].dtype, value)
-            yield name, buffer
+            yield name, _as_written(value, planned[name], out_of)
 
     added_files = {"model added to": source.files, **(inputs or {})}
     return _write_files(

@@ -164,6 +164,26 @@ def predicted(settings, t, in_block: bool) -> tuple:
     return natural, s.tensor_qp(t.name, len(t.shape))
 
 
+def _planned(settings, tensors: list, incremental: bool) -> tuple:
+    """A stream's plan from its tensors' headers: (the tensors by name, the block groups, the members of blocks
+    other than their weights, each tensor's predicted (decoded dtype, qp)); names and options checked."""
+    for t in tensors:
+        check_tensor_name(t.name)
+    by_name = {t.name: t for t in tensors}
+    settings.check_names(by_name)
+    groups = block_groups(
+        settings.blocks,
+        {t.name: t.shape for t in tensors},
+        settings,
+        {t.name: t.dtype for t in tensors},
+        incremental=incremental,
+        originals={t.name: t.original_dtype for t in tensors},
+    )
+    in_block = {m for w, p in groups.items() for m in block_members(w, p)[1:]}
+    plan = {t.name: predicted(settings, t, t.name in in_block or t.name in groups) for t in tensors}
+    return by_name, groups, in_block, plan
+
+
 def encode_to(
     encoder, source, output, *, progress=None, extra_metadata=None, budget: int = DEFAULT_BUDGET, measure: bool = False
 ) -> StreamSummary:
@@ -188,19 +208,7 @@ def encode_to(
             t0=t0,
         )
     tensors = list(source)
-    for t in tensors:
-        check_tensor_name(t.name)
-    by_name = {t.name: t for t in tensors}
-    s.check_names(by_name)
-    groups = block_groups(
-        s.blocks,
-        {t.name: t.shape for t in tensors},
-        s,
-        {t.name: t.dtype for t in tensors},
-        originals={t.name: t.original_dtype for t in tensors},
-    )
-    in_block = {m for w, p in groups.items() for m in block_members(w, p)[1:]}
-    plan = {t.name: predicted(s, t, t.name in in_block or t.name in groups) for t in tensors}
+    by_name, groups, in_block, plan = _planned(s, tensors, incremental=False)
     exact = {t.name for t in tensors if s.exact_float8(t.name, t.original_dtype)}
     if any(dtype is None for dtype, _ in plan.values()):
         raise EncodeError(
@@ -382,19 +390,7 @@ def _encode_update_streaming(
     from ..encoder import FULL_VALUES_NOTE, _difference, _warn
 
     s, state = encoder.settings, encoder.state
-    for t in tensors:
-        check_tensor_name(t.name)
-    by_name = {t.name: t for t in tensors}
-    s.check_names(by_name)
-    groups = block_groups(
-        s.blocks,
-        {t.name: t.shape for t in tensors},
-        s,
-        {t.name: t.dtype for t in tensors},
-        incremental=True,
-    )
-    in_block = {m for w, p in groups.items() for m in block_members(w, p)[1:]}
-    plan = {t.name: predicted(s, t, t.name in in_block or t.name in groups) for t in tensors}
+    by_name, groups, in_block, plan = _planned(s, tensors, incremental=True)
     if any(dtype is None for dtype, _ in plan.values()):
         return None
     try:
