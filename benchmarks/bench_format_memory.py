@@ -94,11 +94,13 @@ def needs(label: str) -> str:
     return "torch" if label == "pt" else "onnx" if label.startswith("onnx") else "-"
 
 
-def run(label: str, argv: list) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(REPO), OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+def run(label: str, argv: list, tree: Path = REPO, imports: str | None = None) -> dict:
+    """``nnc argv`` in a fresh process importing nnc from ``tree`` (and first ``imports``: "torch", "onnx" or "-";
+    default: what ``label``'s format needs): its start and peak resident memory, their growth, its seconds."""
+    env = dict(os.environ, PYTHONPATH=str(tree), OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
     t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-c", CHILD, needs(label), *map(str, argv)], capture_output=True, text=True,
-                       env=env)
+    r = subprocess.run([sys.executable, "-c", CHILD, imports or needs(label), *map(str, argv)], capture_output=True,
+                       text=True, env=env, cwd=tree)  # (python -c imports from its working folder first)
     seconds = time.perf_counter() - t0
     if r.returncode != 0 or not r.stdout.strip():
         raise SystemExit(f"{label}: {' '.join(map(str, argv))} failed:\n{r.stderr[-3000:]}")

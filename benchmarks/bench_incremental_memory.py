@@ -36,19 +36,9 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks"))
 
-CHILD = r"""
-import sys
-import nnc.cli
-
-def peak_mb():
-    with open("/proc/self/status") as fh:
-        return next(int(l.split()[1]) for l in fh if l.startswith("VmHWM:")) / 1024
-
-before = peak_mb()
-code = nnc.cli.main(sys.argv[1:] + ["-q"])
-print(before, peak_mb(), code)
-"""
+from bench_format_memory import run  # noqa: E402 (a fresh process's peak memory)
 
 
 def write_models(folder: Path, tensors: int, rows: int, cols: int) -> tuple[Path, Path]:
@@ -68,21 +58,6 @@ def write_models(folder: Path, tensors: int, rows: int, cols: int) -> tuple[Path
             base.write(w.tobytes())
             updated.write((w + rng.standard_normal((rows, cols), dtype=np.float32) * np.float32(0.002)).tobytes())
     return paths
-
-
-def run(tree: Path, label: str, argv: list) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(tree), OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
-    t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-c", CHILD, *map(str, argv)], capture_output=True, text=True, env=env,
-                       cwd=tree)  # (python -c imports from its working folder first)
-    seconds = time.perf_counter() - t0
-    if r.returncode != 0 or not r.stdout.strip():
-        raise SystemExit(f"{label}: {' '.join(map(str, argv))} failed:\n{r.stderr[-3000:]}")
-    before, peak, code = r.stdout.split()[-3:]
-    if code != "0":
-        raise SystemExit(f"{label}: exit {code}:\n{r.stderr[-3000:]}")
-    return dict(step=label, start_mb=float(before), peak_mb=float(peak), growth_mb=float(peak) - float(before),
-                seconds=seconds)
 
 
 def main(argv=None) -> int:
@@ -116,7 +91,7 @@ def main(argv=None) -> int:
         ]
         rows = []
         for label, step in steps:
-            rows.append(run(tree, label, step))
+            rows.append(dict(step=label, **run(label, step, tree, imports="-")))
             print(json.dumps(rows[-1]), flush=True)
         state_mb = {k: os.path.getsize(work / k) / 2**20 for k in ("enc.state", "dec.state")}
     finally:
