@@ -110,6 +110,15 @@ def run(label: str, argv: list, tree: Path = REPO, imports: str | None = None) -
     return dict(start_mb=float(before), peak_mb=float(peak), growth_mb=float(peak) - float(before), seconds=seconds)
 
 
+def memory_cells(r: dict, model_mb: float, reference_mb: float) -> str:
+    """A :func:`run` row's table cells: start, peak and growth MB, growth over the model and over a reference
+    growth, seconds."""
+    return (
+        f"{r['start_mb']:.0f} | {r['peak_mb']:.0f} | {r['growth_mb']:.0f} | {r['growth_mb'] / model_mb:.2f} "
+        f"| {r['growth_mb'] / reference_mb:.2f} | {r['seconds']:.1f}"
+    )
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tensors", type=int, default=16)
@@ -163,10 +172,7 @@ def main(argv=None) -> int:
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        lines.append(
-            f"| {r['op']} | {r['format']} | {r['start_mb']:.0f} | {r['peak_mb']:.0f} | {r['growth_mb']:.0f} "
-            f"| {r['growth_mb'] / model_mb:.2f} | {r['growth_mb'] / reference[r['op']]:.2f} | {r['seconds']:.1f} |"
-        )
+        lines.append(f"| {r['op']} | {r['format']} | {memory_cells(r, model_mb, reference[r['op']])} |")
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

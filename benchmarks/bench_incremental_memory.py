@@ -38,7 +38,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bench_format_memory import run  # noqa: E402 (a fresh process's peak memory)
+from bench_format_memory import memory_cells, run  # noqa: E402 (a fresh process's peak memory)
 
 
 def write_models(folder: Path, tensors: int, rows: int, cols: int) -> tuple[Path, Path]:
@@ -120,10 +120,7 @@ def main(argv=None) -> int:
     ]
     for r in rows:
         ref = plain["encode" if "encode" in r["step"] or "sender" in r["step"] else "decode"]
-        lines.append(
-            f"| {r['step']} | {r['start_mb']:.0f} | {r['peak_mb']:.0f} | {r['growth_mb']:.0f} "
-            f"| {r['growth_mb'] / model_mb:.2f} | {r['growth_mb'] / ref:.2f} | {r['seconds']:.1f} |"
-        )
+        lines.append(f"| {r['step']} | {memory_cells(r, model_mb, ref)} |")
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

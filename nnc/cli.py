@@ -508,6 +508,7 @@ def cmd_encode(args) -> int:
     from . import formats, models, readers
     from .encoder import FULL_VALUES_NOTE, EncoderState
     from .encoding.settings import check_importance
+    from .encoding.writer import differences_without_a_model
     from .errors import EncodeError
 
     if args.state and args.search:
@@ -686,7 +687,7 @@ def cmd_encode(args) -> int:
             differences=args.differences,
             parent_id=args.parent_id or "sha256",
         )
-        if args.differences and state.depths and not state.model:
+        if differences_without_a_model(args.differences, state):
             _tell(
                 args.quiet or args.json,
                 f"nnc: note: {args.state} holds no model (its streams were not coded with --differences), so "

@@ -45,6 +45,7 @@ from .encoding.writer import (
     UnitWriter,
     block_groups,
     block_members,
+    differences_without_a_model,
     metadata_json,
     mps_qp,
     sends_differences,
@@ -670,7 +671,7 @@ class Encoder:
         arrays = _tensor_arrays(tensors, s.dtypes)
         s.check_names(arrays)
         replaced: list[str] = []
-        if s.differences and self.state is not None and self.state.depths and not self.state.model:
+        if differences_without_a_model(s.differences, self.state):
             _warn(FULL_VALUES_NOTE, UserWarning)
         if s.differences:
             arrays, replaced = self._differences(arrays)

@@ -40,7 +40,7 @@ from ..narrow_floats import as_stored
 from ..reconstruction import DECOMPRESSED_DATA_FORMATS
 from .quantiser import RESTORABLE_FORMATS, exact_qp
 from .settings import check_tensor_name
-from .writer import UnitWriter, block_groups, block_members, metadata_json, mps_qp
+from .writer import UnitWriter, block_groups, block_members, differences_without_a_model, metadata_json, mps_qp
 
 #: Default budget of the tensors in flight (their float32 size): at least one unit is always in flight.
 DEFAULT_BUDGET = 1 << 30
@@ -398,7 +398,7 @@ def _encode_update_streaming(
     except EncodeError:
         return None  # (the in-memory encode says so, or codes it)
     differences = encoder._sends_differences()
-    if s.differences and state.depths and not state.model:
+    if differences_without_a_model(s.differences, state):
         _warn(FULL_VALUES_NOTE, UserWarning)
     staged = state._staged_copy()  # the state as this stream moves it, put in place at the end
     writer = UnitWriter(s, encoder.engine, staged)

@@ -183,6 +183,12 @@ def sends_differences(settings, state) -> bool:
     return bool(settings.differences and state is not None and state.model)
 
 
+def differences_without_a_model(differences: bool, state) -> bool:
+    """Whether differences are asked for (``differences``) but the state's earlier streams were coded without them:
+    it holds no model to take differences to, so the next stream carries full values."""
+    return bool(differences and state is not None and state.depths and not state.model)
+
+
 def metadata_json(
     shapes: Mapping[str, tuple],
     decoded: Mapping[str, str],
