@@ -739,7 +739,7 @@ def cmd_encode(args) -> int:
         kept = [f"{k} ({reasons.get(k, 'cannot be quantised')})" for k in summary.kept_raw]
         _tell(
             quiet,
-            f"nnc: note: {len(kept)} tensor(s) cannot be quantised and are stored uncompressed "
+            f"nnc: note: {len(kept)} tensor(s) are stored uncompressed instead of quantised "
             f"(RAW_FLOAT, float32 values): {_first_few(kept)}",
         )
     from .encoding.settings import matches

@@ -139,3 +139,45 @@ def test_the_reported_snr_counts_tensors_stored_raw_as_exact(tmp_path, capsys):
 def test_encode_model_refuses_a_ragged_entry_with_an_encode_error():
     with pytest.raises(nnc.EncodeError, match="'h' is not an array"):
         nnc.encode_model({"w": np.ones(2, np.float32), "h": [[1.0, 2.0], [3.0]]})
+
+
+one_signed_magnitudes = st.floats(-12, 3)  # log10 of a magnitude: 1e-12 .. 1e3
+
+
+@given(st.lists(one_signed_magnitudes, min_size=1, max_size=80), st.sampled_from([1.0, -1.0]),
+       st.sampled_from([None, -75, -38, -20]), st.booleans(), st.booleans())
+@settings(max_examples=40, deadline=None)
+def test_a_one_signed_non_weight_tensor_never_decodes_an_entry_as_zero(exponents, sign, qp, dq, with_weight):
+    # a variance, a rotary inv_freq, a layer scale: an entry at 0 (or of the other sign) changes what the model does
+    values = (sign * 10.0 ** np.asarray(exponents)).astype(np.float32)
+    tensors = {"norm.running_var": values}
+    if with_weight:  # (in a model, after a weight it could share a block unit with)
+        tensors = {"norm.weight": np.ones((len(values), 3), np.float32), **tensors}
+    options = {} if qp is None else {"qp": qp}
+    res = Encoder(dq=dq, **options).encode(tensors)
+    decoded = nnc.decode(res.stream)["norm.running_var"]
+    assert np.all(np.sign(decoded) == sign)
+    if res.tensors["norm.running_var"].payload_type == "RAW_FLOAT":
+        np.testing.assert_array_equal(decoded, values)  # (stored raw for this or because it is smaller)
+
+
+def test_a_rotary_inv_freq_is_kept_and_the_cli_says_why(tmp_path, capsys):
+    inv_freq = (1.0 / 10000 ** (np.arange(0, 64, 2) / 64)).astype(np.float32)  # 1 .. 1.3e-4
+    np.savez(tmp_path / "m.npz", **{"rotary.inv_freq": inv_freq})
+    assert nnc.cli.main(["encode", str(tmp_path / "m.npz"), "-o", str(tmp_path / "m.nnr")]) == 0
+    assert "rotary.inv_freq (all 32 values positive, like a variance, frequency or scale; 7 would decode as 0 at qp -38)" in capsys.readouterr().err
+    np.testing.assert_array_equal(nnc.decode((tmp_path / "m.nnr").read_bytes())["rotary.inv_freq"], inv_freq)
+
+
+@pytest.mark.parametrize("options", [{"qp_per_tensor": {"rotary.*": -38}}, {"raw_when_smaller": False}])
+def test_one_signed_tensors_are_quantised_when_their_qp_is_given_or_raw_storage_is_off(options):
+    inv_freq = (1.0 / 10000 ** (np.arange(0, 64, 2) / 64)).astype(np.float32)
+    res = Encoder(**options).encode({"rotary.inv_freq": inv_freq})
+    assert res.tensors["rotary.inv_freq"].payload_type == "FLOAT"
+    assert np.count_nonzero(nnc.decode(res.stream)["rotary.inv_freq"] == 0) == 7
+
+
+def test_mixed_sign_biases_are_still_quantised_to_zero_where_small():
+    bias = np.array([0.5, -0.5, 1e-5, -1e-5] * 8, np.float32)  # zeros there cost the model almost nothing
+    res = Encoder().encode({"fc.bias": bias})
+    assert res.tensors["fc.bias"].payload_type == "FLOAT" and res.tensors["fc.bias"].kept_raw is None

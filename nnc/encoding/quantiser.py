@@ -596,6 +596,12 @@ class Quantiser:
             private = not np.may_share_memory(x, arr)  # a float64 copy of integers: divided in place
             levels = self.levels(name, x, float(step), dq, height, width, scan, reuse_x=private)
         recon = reconstruct_uniform(levels, step).reshape(shape)
+        if kind not in "iub" and not in_block:  # (integers' x may have been divided in place)
+            erased = self._sign_erased(name, x, recon, qp)
+            if erased is not None:  # a variance, frequency or scale with entries at 0: stored exactly
+                f32 = x.astype(np.float32).reshape(shape)
+                recon = f32 if fmt is None else f32.astype(np.dtype(dtype_name))
+                return CodedTensor.raw_float(name, f32, height, width, recon=recon, fmt=fmt, kept_raw=erased)
         if fmt is not None:
             with np.errstate(over="ignore"):  # (checked below)
                 recon = recon.astype(np.dtype(dtype_name))
@@ -617,6 +623,24 @@ class Quantiser:
         return self._within_range(
             coded, arr if kind in "iub" else x, in_block, dtype_name, arr.dtype if kind in "iub" else None
         )
+
+    def _sign_erased(self, name: str, x: np.ndarray, recon: np.ndarray, qp: int) -> str | None:
+        """Why a tensor of at most one dimension must be stored raw (spec A.7): all its values share one sign
+        (a variance, a frequency, a scale), but some would decode as 0 or with the other sign at ``qp``; None
+        when not, when raw storage is off, or when the tensor's qp was given by name. (Differences in incremental
+        coding are judged alike: a one-signed difference costs a few bytes more.)"""
+        s = self.settings
+        if x.ndim > 1 or not x.size or not s.raw_when_smaller or s.qp_given(name):
+            return None
+        if bool((x > 0).all()):
+            sign, erased = "positive", int(np.count_nonzero(recon <= 0))
+        elif bool((x < 0).all()):
+            sign, erased = "negative", int(np.count_nonzero(recon >= 0))
+        else:
+            return None
+        if not erased:
+            return None
+        return f"all {x.size} values {sign}, like a variance, frequency or scale; {erased} would decode as 0 at qp {qp}"
 
     def _within_range(
         self, t: CodedTensor, x: np.ndarray, in_block: bool, dtype_name: str, integers=None

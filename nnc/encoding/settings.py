@@ -394,6 +394,16 @@ class EncoderSettings:
         assert self.qp is not None  # __post_init__ turns a step or no qp into a qp
         return self.qp
 
+    def qp_given(self, name: str) -> bool:
+        """Whether ``qp_per_tensor`` gives this tensor its qp (by name or pattern).
+
+        Examples
+        --------
+        >>> EncoderSettings(qp_per_tensor={"head.*": -40}).qp_given("head.bias")
+        True
+        """
+        return any(pattern == name or fnmatch.fnmatchcase(name, pattern) for pattern in self.qp_per_tensor)
+
     def tensor_lambda(self, name: str) -> float:
         """The rate-distortion λ of this tensor (``lambda_per_tensor``, else ``rdoq_lambda``).
 
