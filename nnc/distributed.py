@@ -158,6 +158,7 @@ def _encode_unit(path, name, parts, options, mps_qp, expected=None):
     """Worker: one NDU (a tensor, or a block and its members) -> (bytes, member summaries). ``expected``: the
     client's {name: (shape, dtype)} of the unit's tensors."""
     from .encoder import Encoder, lost_signal
+    from .encoding.settings import qp_offset_fits
     from .encoding.writer import UnitWriter, block_members
 
     enc = Encoder(**options)
@@ -179,8 +180,7 @@ def _encode_unit(path, name, parts, options, mps_qp, expected=None):
         )
         for t in unit.members
     ]
-    half = 1 << (5 + s.qp_density)
-    if mps_qp == 0 and any(t.qp is not None and not -half <= t.qp < half for t in unit.members):
+    if mps_qp == 0 and any(t.qp is not None and not qp_offset_fits(t.qp, 0, s.qp_density) for t in unit.members):
         return None, summary  # the MPS qp cannot be 0 (spec 8.2): built in the second round
     return unit.build(mps_qp), summary
 

@@ -118,7 +118,7 @@ class EncodeResult:
     --------
     >>> import numpy as np
     >>> from nnc.encoder import Encoder
-    >>> res = Encoder(qp=-30).encode({"w": np.ones((16, 16), np.float32)})
+    >>> res = Encoder(qp=-30).encode({"w": np.full((16, 16), 0.3, np.float32)})
     >>> list(res.tensors), res.tensors["w"].qp
     (['w'], -30)
     """
@@ -673,8 +673,9 @@ class Encoder:
         replaced: list[str] = []
         if differences_without_a_model(s.differences, self.state):
             _warn(FULL_VALUES_NOTE, UserWarning)
+        deltas: set = set()  # the names whose values are differences to the receiver's
         if s.differences:
-            arrays, replaced = self._differences(arrays)
+            arrays, replaced, deltas = self._differences(arrays)
         writer = UnitWriter(s, self.engine, self.state)
         groups = block_groups(
             s.blocks,
@@ -692,11 +693,15 @@ class Encoder:
 
         def make(name):
             if name not in groups:
-                return writer.single_unit(writer.raw_if_smaller(quantiser.quantise(name, arrays[name]), arrays[name]))
+                t = quantiser.quantise(name, arrays[name], difference=name in deltas)
+                return writer.single_unit(writer.raw_if_smaller(t, arrays[name]))
             members = block_members(name, groups[name])
             in_block = s.blocks != "auto"  # auto pairs are float tensors, coded alike either way
             dq = s.tensor_dq(name)  # the block's members follow its weight
-            coded = {n: quantiser.quantise(n, arrays[n], in_block=in_block, dq=dq) for n in members[1:] + [name]}
+            coded = {
+                n: quantiser.quantise(n, arrays[n], in_block=in_block, dq=dq, difference=n in deltas)
+                for n in members[1:] + [name]
+            }
             return writer.group_unit(name, groups[name], coded, arrays)
 
         units = []
@@ -841,12 +846,13 @@ class Encoder:
             self, source, output, progress=progress, extra_metadata=extra_metadata, budget=budget, measure=measure
         )
 
-    def _differences(self, arrays: "OrderedDict[str, np.ndarray]") -> tuple["OrderedDict[str, np.ndarray]", list]:
-        """The tensors minus the receiver's model, where it has them, and the names of those sent whole instead
-        (spec 6.2.1 ``"replaced"``): a difference cannot say a change from inf or NaN, to another shape or kind of
-        dtype, or one beyond the dtype's range. Tensors new to the receiver are sent as they are."""
+    def _differences(self, arrays: "OrderedDict[str, np.ndarray]") -> tuple["OrderedDict[str, np.ndarray]", list, set]:
+        """The tensors minus the receiver's model, where it has them, the names of those sent whole instead
+        (spec 6.2.1 ``"replaced"``: a difference cannot say a change from inf or NaN, to another shape or kind of
+        dtype, or one beyond the dtype's range), and the names of the differences. Tensors new to the receiver are
+        sent as they are."""
         model = self.state.model
-        out, replaced = OrderedDict(), []
+        out, replaced, deltas = OrderedDict(), [], set()
         for name, x in arrays.items():
             held = model.get(name)
             if held is None:
@@ -856,8 +862,10 @@ class Encoder:
             if delta is None:
                 replaced.append(name)
                 delta = x
+            else:
+                deltas.add(name)
             out[name] = delta
-        return out, replaced
+        return out, replaced, deltas
 
     def _unit_key(self, name: str, parts: dict | None, arrays: Mapping[str, np.ndarray]) -> tuple:
         """What an NDU depends on besides the arrays themselves (see :class:`EncodeCache`)."""

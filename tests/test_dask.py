@@ -30,6 +30,8 @@ def _model(rng):
         "half": (rng.normal(size=(33, 7))).astype(np.float16),
         "steps": np.int64(1234),
         "ids": rng.integers(-5, 5, size=(20, 3)).astype(np.int32),
+        "attn.mask": np.tril(np.ones((24, 24), np.float32)),              # whole numbers: coded exactly
+        "q.scales": (rng.random((4, 16)) * 1e-3 + 1e-5).astype(np.float32),  # positive: stored raw
     }
 
 
@@ -244,7 +246,8 @@ def test_cluster_encodes_and_decodes_say_what_local_ones_say(client, tmp_path, c
     from nnc.cli import main
 
     path = tmp_path / "m.safetensors"
-    formats.write_model(str(path), {"w": np.full((8, 8), 1e-6, np.float32), "b": np.ones(8, np.float32)},
+    tiny = np.where(np.arange(64) % 2, 1e-6, -1e-6).astype(np.float32).reshape(8, 8)  # (mixed signs: not kept raw)
+    formats.write_model(str(path), {"w": tiny, "b": np.ones(8, np.float32)},
                         {"b": "bfloat16"})
     with pytest.warns(nnc.PrecisionWarning, match="kept none of their signal.*'w'"):
         nnc.encode_model(str(path), str(tmp_path / "api.nnr"), client=client, qp=0)

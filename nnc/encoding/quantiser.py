@@ -36,7 +36,7 @@ from .feedback import (
     error_feedback_levels,
     feedback_factor,
 )
-from .settings import EncoderSettings, check_importance, matches, qp_for_step
+from .settings import EncoderSettings, check_importance, matches, qp_for_step, qp_offset_fits
 
 INT32_MAX = 2**31 - 1
 
@@ -102,6 +102,7 @@ class CodedTensor:
     cb_zero: int = 0
     init_sets: np.ndarray | None = None
     kept_raw: str | None = None
+    kept_exact: str | None = None  # why a float tensor is coded exactly at a qp other than its own
 
     @classmethod
     def raw_float(
@@ -274,6 +275,36 @@ def is_finite(x: np.ndarray) -> bool:
     return all(np.isfinite(flat[i : i + SLICE]).all() for i in range(0, flat.size, SLICE))
 
 
+#: The values a test of every value looks at a time (a weight's mixed signs or fractions end it at the first).
+TEST_SLICE = 1 << 16
+
+
+def one_sign(x: np.ndarray) -> int:
+    """1 when every value of ``x`` is positive, -1 when every one is negative, else 0 (in small slices)."""
+    flat = x.reshape(-1)
+    sign = 1 if flat.size and flat[0] > 0 else -1 if flat.size and flat[0] < 0 else 0
+    for i in range(0, flat.size if sign else 0, TEST_SLICE):
+        if not (flat[i : i + TEST_SLICE] * sign > 0).all():
+            return 0
+    return sign
+
+
+def whole_numbers(x: np.ndarray, limit: float = 2**24) -> bool:
+    """Whether every value of ``x`` is a whole number of magnitude at most ``limit`` (in small slices)."""
+    flat = x.reshape(-1)
+    for i in range(0, flat.size, TEST_SLICE):
+        part = flat[i : i + TEST_SLICE].astype(np.float64, copy=False)
+        if not (np.abs(part) <= limit).all() or not (np.rint(part) == part).all():
+            return False
+    return bool(flat.size)
+
+
+def unchanged(recon: np.ndarray, x: np.ndarray) -> bool:
+    """Whether ``recon`` holds the values of ``x`` (in small slices)."""
+    a, b = recon.reshape(-1), x.reshape(-1)
+    return all(np.array_equal(a[i : i + TEST_SLICE], b[i : i + TEST_SLICE]) for i in range(0, a.size, TEST_SLICE))
+
+
 def float32_holds(values: np.ndarray, f32: np.ndarray) -> bool:
     """Whether ``f32`` (``values`` as float32) holds every integer of ``values`` unchanged; true for floats (their
     rounding to float32 is RAW_FLOAT's, spec 7.5)."""
@@ -400,17 +431,24 @@ class Quantiser:
         in_block: bool = False,
         dq: bool | None = None,
         original_dtype: str | None = None,
+        difference: bool = False,
     ) -> CodedTensor:
         """Quantise one tensor; return what its NDU needs (with any forced output format). ``dq``: the
         quantiser of a block member, which follows its weight's (default: :meth:`~nnc.encoding.settings.EncoderSettings.tensor_dq`).
         ``original_dtype``: the dtype the model file holds (a float8 tensor is coded exactly), when the settings'
-        ``dtypes`` do not say it."""
+        ``dtypes`` do not say it. ``difference``: ``arr`` is a difference to the receiver's tensor (incremental
+        coding), whose entries at 0 only leave it unchanged."""
         s = self.settings
         check_empty_dims(name, np.shape(arr))
         if name in s.dtypes:
             check_recorded_dtype(name, arr, s.dtypes[name], differences=s.differences)
         t = self._values(
-            name, arr, in_block=in_block, dq=s.tensor_dq(name) if dq is None else dq, original_dtype=original_dtype
+            name,
+            arr,
+            in_block=in_block,
+            dq=s.tensor_dq(name) if dq is None else dq,
+            original_dtype=original_dtype,
+            difference=difference,
         )
         fmt = s.output_formats.get(name)
         if fmt is not None:
@@ -528,7 +566,14 @@ class Quantiser:
         )
 
     def _values(
-        self, name: str, arr: np.ndarray, *, in_block: bool = False, dq: bool = False, original_dtype=None
+        self,
+        name: str,
+        arr: np.ndarray,
+        *,
+        in_block: bool = False,
+        dq: bool = False,
+        original_dtype=None,
+        difference: bool = False,
     ) -> CodedTensor:
         s = self.settings
         shape, height, width, scan = tensor_geometry(arr.shape, s.scan_order)
@@ -597,7 +642,10 @@ class Quantiser:
             levels = self.levels(name, x, float(step), dq, height, width, scan, reuse_x=private)
         recon = reconstruct_uniform(levels, step).reshape(shape)
         if kind not in "iub" and not in_block:  # (integers' x may have been divided in place)
-            erased = self._sign_erased(name, x, recon, qp)
+            exact = self._whole_numbers_exactly(name, x, recon, shape, height, width, scan, fmt, dtype_name)
+            if exact is not None:  # a mask, positions: coded at step 1
+                return self._within_range(exact, x, in_block, dtype_name)
+            erased = None if difference else self._sign_erased(name, x, recon, qp)
             if erased is not None:  # a variance, frequency or scale with entries at 0: stored exactly
                 f32 = x.astype(np.float32).reshape(shape)
                 recon = f32 if fmt is None else f32.astype(np.dtype(dtype_name))
@@ -625,22 +673,60 @@ class Quantiser:
         )
 
     def _sign_erased(self, name: str, x: np.ndarray, recon: np.ndarray, qp: int) -> str | None:
-        """Why a tensor of at most one dimension must be stored raw (spec A.7): all its values share one sign
-        (a variance, a frequency, a scale), but some would decode as 0 or with the other sign at ``qp``; None
-        when not, when raw storage is off, or when the tensor's qp was given by name. (Differences in incremental
-        coding are judged alike: a one-signed difference costs a few bytes more.)"""
+        """Why a tensor must be stored raw (spec A.7): all its values share one sign (a variance, a frequency, a
+        scale), but some would decode as 0 or with the other sign at ``qp``; None when not, when raw storage is
+        off, or when the tensor's qp was given by name."""
         s = self.settings
-        if x.ndim > 1 or not x.size or not s.raw_when_smaller or s.qp_given(name):
+        if not s.raw_when_smaller or s.qp_given(name):
             return None
-        if bool((x > 0).all()):
-            sign, erased = "positive", int(np.count_nonzero(recon <= 0))
-        elif bool((x < 0).all()):
-            sign, erased = "negative", int(np.count_nonzero(recon >= 0))
-        else:
+        sign = one_sign(x)
+        if not sign:
             return None
+        flat = recon.reshape(-1)
+        erased = sum(
+            int(np.count_nonzero(flat[i : i + TEST_SLICE] * sign <= 0)) for i in range(0, flat.size, TEST_SLICE)
+        )
         if not erased:
             return None
-        return f"all {x.size} values {sign}, like a variance, frequency or scale; {erased} would decode as 0 at qp {qp}"
+        word = "positive" if sign > 0 else "negative"
+        return f"all {x.size} values {word}, like a variance, frequency or scale; {erased} would decode as 0 at qp {qp}"
+
+    def _whole_numbers_exactly(
+        self, name: str, x: np.ndarray, recon: np.ndarray, shape, height, width, scan, fmt, dtype_name
+    ) -> CodedTensor | None:
+        """A float tensor of whole numbers (a 0/1 mask, positions, indices) coded exactly (spec A.7): at step 1 (qp
+        0, no DQ), when its own qp would change some of them. None when not, when ``lossless_int`` is off, when
+        its qp is given by name, or when a qp of the settings lies beyond the qp offsets around an MPS qp of 0
+        (spec 8.2: qp 0 might not fit the stream's)."""
+        s = self.settings
+        qps = [s.qp, s.nonweight_qp, *s.qp_per_tensor.values()]
+        if (
+            not s.lossless_int
+            or s.qp_given(name)
+            or any(q is not None and not qp_offset_fits(q, 0, s.qp_density) for q in qps)
+        ):
+            return None
+        if not whole_numbers(x) or unchanged(recon, x):
+            return None
+        levels = np.rint(x).astype(np.int32).reshape(-1)
+        exact = reconstruct_uniform(levels, step_size(0, s.qp_density)).reshape(shape)
+        if fmt is not None:
+            exact = exact.astype(np.dtype(dtype_name))
+        return CodedTensor(
+            name=name,
+            shape=shape,
+            ptype="FLOAT",
+            levels=levels,
+            qp=0,
+            step=1.0,
+            dq=False,
+            height=height,
+            width=width,
+            scan=scan,
+            recon=exact,
+            fmt=fmt,
+            kept_exact="whole numbers (a mask, positions) coded at step 1",
+        )
 
     def _within_range(
         self, t: CodedTensor, x: np.ndarray, in_block: bool, dtype_name: str, integers=None

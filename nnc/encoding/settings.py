@@ -52,6 +52,18 @@ _BOOL_OPTIONS = (
 )
 
 
+def qp_offset_fits(qp: int, mps_qp: int, qp_density: int) -> bool:
+    """Whether an NDU's ``qp`` is an offset from the MPS qp its (6 + qp_density)-bit field carries (spec 8.2).
+
+    Examples
+    --------
+    >>> qp_offset_fits(-38, 0, 2), qp_offset_fits(-129, 0, 2)
+    (True, False)
+    """
+    half = 1 << (5 + qp_density)
+    return -half <= qp - mps_qp < half
+
+
 def qp_for_step(step: float, qp_density: int = 2) -> int:
     """The qp whose step size (spec 12.1) is nearest to ``step`` in the log domain.
 

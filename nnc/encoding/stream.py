@@ -39,7 +39,7 @@ from ..errors import EncodeError
 from ..narrow_floats import as_stored
 from ..reconstruction import DECOMPRESSED_DATA_FORMATS
 from .quantiser import RESTORABLE_FORMATS, exact_qp
-from .settings import check_tensor_name
+from .settings import check_tensor_name, qp_offset_fits
 from .writer import UnitWriter, block_groups, block_members, differences_without_a_model, metadata_json, mps_qp
 
 #: Default budget of the tensors in flight (their float32 size): at least one unit is always in flight.
@@ -253,9 +253,13 @@ def encode_to(
             )
             if t.kept_raw is not None:  # stored exactly, with the dtype planned (the MPS qp stays)
                 kept_raw[n] = t.kept_raw
-            elif (t.recon.dtype.name, t.qp) != plan[n] and not (
-                n in exact and t.recon.dtype.name == plan[n][0] and t.qp >= plan[n][1]
-            ):  # (an exact float8 tensor: its qp is the plan's or coarser, spec A.17)
+            elif (
+                (t.recon.dtype.name, t.qp) != plan[n]
+                and not (n in exact and t.recon.dtype.name == plan[n][0] and t.qp >= plan[n][1])
+                and not (
+                    t.kept_exact and t.recon.dtype.name == plan[n][0] and qp_offset_fits(t.qp, stream_qp, s.qp_density)
+                )
+            ):  # (coded exactly: a float8 tensor at the plan's qp or coarser, spec A.17; whole numbers at qp 0, A.7)
                 raise EncodeError(
                     f"tensor {n!r}: coded as {t.recon.dtype.name} at qp {t.qp}, planned {plan[n]}"
                 )  # the head written would be wrong
@@ -411,8 +415,9 @@ def _encode_update_streaming(
     replaced: list[str] = []
     skipped: list[str] = []
 
-    def value(name, whole: list) -> np.ndarray:
-        """The tensor, or its difference to the receiver's (``whole``: the names sent whole instead)."""
+    def value(name, whole: list, deltas: set) -> np.ndarray:
+        """The tensor, or its difference to the receiver's (its name in ``deltas``; ``whole``: the names sent whole
+        instead)."""
         x = by_name[name].load()
         if tuple(x.shape) != tuple(by_name[name].shape):
             raise EncodeError(f"tensor {name!r} has shape {x.shape}, its header says {by_name[name].shape}")
@@ -422,20 +427,24 @@ def _encode_update_streaming(
         if delta is None:
             whole.append(name)
             delta = x
+        elif held is not None:
+            deltas.add(name)
         return delta
 
     def quantise(name):
         """(the unit of ``name`` and its block's members, the names sent whole, {name: dtype of the values coded})."""
         whole: list[str] = []
+        deltas: set[str] = set()
         members = [name] if name not in groups else block_members(name, groups[name])
-        arrays = {n: value(n, whole) for n in members}
+        arrays = {n: value(n, whole, deltas) for n in members}
         if name not in groups:
             x = arrays[name]
-            unit = writer.single_unit(writer.raw_if_smaller(encoder.quantiser.quantise(name, x), x))
+            t = encoder.quantiser.quantise(name, x, difference=name in deltas)
+            unit = writer.single_unit(writer.raw_if_smaller(t, x))
         else:
             dq = s.tensor_dq(name)
             coded = {
-                n: encoder.quantiser.quantise(n, arrays[n], in_block=s.blocks != "auto", dq=dq)
+                n: encoder.quantiser.quantise(n, arrays[n], in_block=s.blocks != "auto", dq=dq, difference=n in deltas)
                 for n in members[1:] + [name]
             }
             unit = writer.group_unit(name, groups[name], coded, arrays)

@@ -35,7 +35,7 @@ from ..array_store import size_of
 from ..decoder import Limits, _payload_digests, _weights_before_biases
 from ..errors import EncodeError
 from .quantiser import CodedTensor, float32_holds
-from .settings import EncoderSettings, matches
+from .settings import EncoderSettings, matches, qp_offset_fits
 
 
 def block_members(weight: str, parts: Mapping) -> list[str]:
@@ -162,12 +162,11 @@ def mps_qp(qps, qp_density: int) -> int:
     qps = list(qps)
     if not qps:
         return 0
-    half = 1 << (5 + qp_density)
     lo, hi = min(qps), max(qps)
-    if lo >= -half and hi <= half - 1:
+    if qp_offset_fits(lo, 0, qp_density) and qp_offset_fits(hi, 0, qp_density):
         return 0
     centre = (lo + hi + 1) // 2
-    if lo - centre < -half or hi - centre > half - 1:
+    if not qp_offset_fits(lo, centre, qp_density) or not qp_offset_fits(hi, centre, qp_density):
         raise EncodeError(
             f"per-tensor qps from {lo} to {hi} span more than the {6 + qp_density}-bit "
             f"qp offsets can carry; raise qp_density or narrow the qps"
@@ -407,7 +406,7 @@ class UnitWriter:
     def group_unit(self, weight: str, parts: dict, coded: Mapping[str, CodedTensor], arrays) -> Unit:
         """The unit of a block group: its BLOCK NDU, or with ``blocks="auto"`` the members'
         own NDUs one after the other when a member holds inf or NaN, one of them would
-        be smaller stored raw (``raw_when_smaller``), or, for a group of at most
+        be smaller stored raw (``raw_when_smaller``) or is coded exactly (whole numbers), or, for a group of at most
         ``SMALL_BLOCK_ELEMENTS`` values, the BLOCK NDU would be larger. ``coded`` are quantised ``in_block``
         unless ``blocks="auto"``; ``arrays`` maps the names to the tensors' values."""
         if self.settings.blocks != "auto":
@@ -420,8 +419,8 @@ class UnitWriter:
             return b"".join(u.build(mps_qp, link) for u in units)
 
         separate = Unit([alone[n] for n in names], build)
-        if not all(t.ptype == "FLOAT" for t in alone.values()):
-            return separate
+        if not all(t.ptype == "FLOAT" and t.kept_exact is None for t in alone.values()):
+            return separate  # (a member stored raw, or coded exactly at a qp of its own)
         block = self.block_unit(weight, parts, coded)
         if sum(int(_levels(t).size) for t in block.members) > SMALL_BLOCK_ELEMENTS:
             return block  # a block's header saving is small, its coding cost the same: no second encoding
