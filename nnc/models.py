@@ -577,7 +577,8 @@ def compare_tensors(reference, other, reference_dtypes=None, other_dtypes=None) 
     dict
         ``tensors`` (one dict per compared name, in the reference's order; a float one's
         ``nonfinite_mismatches`` counts its inf or NaN against another value), ``total``
-        (weights, energy, error, snr_db over the float tensors; ``exact_mismatches``,
+        (weights: the float weights compared; energy, error, snr_db over the float tensors
+        that differ, inf when none does; ``exact_mismatches``,
         the non-float tensors that differ; ``dtype_mismatches``, the tensors of another
         dtype; ``nonfinite_mismatches``, the float tensors with such a count), ``missing``
         (names only in the reference), ``extra`` (names only in ``other``) and
@@ -632,7 +633,9 @@ def compare_tensors(reference, other, reference_dtypes=None, other_dtypes=None) 
                 d = peak = math.inf
                 nonfinite_mismatches.append(name)
             row.update(energy=e, error=d, snr_db=_snr_db(e, d), max_abs_error=peak, nonfinite_mismatches=nonfinite)
-            energy, error, weights = energy + e, error + d, weights + a.size
+            weights += a.size
+            if d > 0:  # (a tensor reproduced exactly would raise the total with no error to weigh against)
+                energy, error = energy + e, error + d
         else:
             row["equal"] = bool(np.array_equal(a, b))
             if not row["equal"]:

@@ -112,8 +112,10 @@ class StreamSummary:
 
     def add_error(self, name: str, energy: float, error: float, total: bool = True) -> None:
         """Count a float tensor's energy and quantisation error (``measure=True``); with ``total`` false (an integer
-        tensor coded lossily) only to tell whether it kept its signal, not in the float weights' SNR."""
-        if total:
+        tensor coded lossily) only to tell whether it kept its signal, not in the float weights' SNR. A tensor kept
+        exactly (no error) is left out of the SNR: its energy would raise it with no error to weigh against (a
+        causal mask, a constant of -1e4)."""
+        if total and error > 0:
             self.energy += energy
             self.error += error
         if error >= energy > 0:
@@ -123,7 +125,8 @@ class StreamSummary:
 
     @property
     def snr_db(self) -> float:
-        """Weight SNR 10 log10(energy / error) over the float tensors (NaN when not measured)."""
+        """Weight SNR 10 log10(energy / error) over the float tensors coded with some error (NaN when not
+        measured; inf when every one is exact)."""
         if math.isnan(self.error) or math.isnan(self.energy):
             return math.nan
         if self.error == 0:
