@@ -128,3 +128,15 @@ def test_the_weight_snr_leaves_out_tensors_kept_exactly(tmp_path, capsys):
     assert snr["m"] == pytest.approx(snr["w"]) and snr["w"] < 40
     total = compare_tensors(model, nnc.decode_model((tmp_path / "m.nnr").read_bytes()))["total"]
     assert total["snr_db"] == pytest.approx(snr["w"]) and total["weights"] == sum(np.size(v) for v in model.values())
+
+
+@pytest.mark.parametrize("options", [{"codebook": True}, {"codebook": "auto"}, {"rdoq_lambda": 0.5},
+                                     {"profile": 0}, {"scan_order": 2}, {"step": 0.01}])
+def test_meaning_is_kept_whatever_the_quantiser(options):
+    rng = np.random.default_rng(0)
+    model = {"mask": np.tril(np.ones((32, 32), np.float32)), "pos": np.arange(1, 65, dtype=np.float32),
+             "bn.running_var": (10 ** rng.uniform(-6, 1, 64)).astype(np.float32),
+             "w": rng.normal(0, 0.05, (32, 64)).astype(np.float32)}
+    decoded = nnc.decode(Encoder(**options).encode(model).stream)
+    for name in ("mask", "pos", "bn.running_var"):
+        np.testing.assert_array_equal(decoded[name], model[name])

@@ -634,6 +634,9 @@ class Quantiser:
         if s.codebook and not in_block:
             coded, levels = self._codebook(name, x, step, height, width, scan, fmt, shape, dq)
             if coded is not None:
+                if kind not in "iub":
+                    geometry = (shape, height, width, scan, fmt, dtype_name)
+                    coded = self._meaning_kept(name, x, coded.recon, coded.qp, difference, *geometry) or coded
                 return self._within_range(
                     coded, arr if kind in "iub" else x, in_block, dtype_name, arr.dtype if kind in "iub" else None
                 )
@@ -642,14 +645,9 @@ class Quantiser:
             levels = self.levels(name, x, float(step), dq, height, width, scan, reuse_x=private)
         recon = reconstruct_uniform(levels, step).reshape(shape)
         if kind not in "iub" and not in_block:  # (integers' x may have been divided in place)
-            exact = self._whole_numbers_exactly(name, x, recon, shape, height, width, scan, fmt, dtype_name)
-            if exact is not None:  # a mask, positions: coded at step 1
-                return self._within_range(exact, x, in_block, dtype_name)
-            erased = None if difference else self._sign_erased(name, x, recon, qp)
-            if erased is not None:  # a variance, frequency or scale with entries at 0: stored exactly
-                f32 = x.astype(np.float32).reshape(shape)
-                recon = f32 if fmt is None else f32.astype(np.dtype(dtype_name))
-                return CodedTensor.raw_float(name, f32, height, width, recon=recon, fmt=fmt, kept_raw=erased)
+            kept = self._meaning_kept(name, x, recon, qp, difference, shape, height, width, scan, fmt, dtype_name)
+            if kept is not None:
+                return self._within_range(kept, x, in_block, dtype_name)
         if fmt is not None:
             with np.errstate(over="ignore"):  # (checked below)
                 recon = recon.astype(np.dtype(dtype_name))
@@ -671,6 +669,22 @@ class Quantiser:
         return self._within_range(
             coded, arr if kind in "iub" else x, in_block, dtype_name, arr.dtype if kind in "iub" else None
         )
+
+    def _meaning_kept(
+        self, name: str, x: np.ndarray, recon, qp: int, difference: bool, shape, height, width, scan, fmt, dtype_name
+    ) -> CodedTensor | None:
+        """The tensor kept exactly when ``recon``, its quantisation at ``qp``, would change what its values mean
+        (spec A.7): whole numbers (a mask, positions) coded at step 1, or one-signed values (a variance, a
+        frequency, a scale) with entries at 0 stored raw; None when it keeps their meaning."""
+        exact = self._whole_numbers_exactly(name, x, recon, shape, height, width, scan, fmt, dtype_name)
+        if exact is not None:
+            return exact
+        erased = None if difference else self._sign_erased(name, x, recon, qp)
+        if erased is None:
+            return None
+        f32 = x.astype(np.float32).reshape(shape)
+        stored = f32 if fmt is None else f32.astype(np.dtype(dtype_name))
+        return CodedTensor.raw_float(name, f32, height, width, recon=stored, fmt=fmt, kept_raw=erased)
 
     def _sign_erased(self, name: str, x: np.ndarray, recon: np.ndarray, qp: int) -> str | None:
         """Why a tensor must be stored raw (spec A.7): all its values share one sign (a variance, a frequency, a
