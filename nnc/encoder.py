@@ -681,8 +681,10 @@ class Encoder:
             s.blocks,
             {n: a.shape for n, a in arrays.items()},
             s,
-            {n: a.dtype for n, a in arrays.items()},
+            # (bfloat16 and float8 arrays are coded as float32, as a file's are read: paired alike)
+            {n: np.dtype(np.float32) if narrow_floats.is_narrow(a.dtype.name) else a.dtype for n, a in arrays.items()},
             incremental=self.state is not None,
+            originals={n: a.dtype.name for n, a in arrays.items()},
         )
         in_block = {m for w, p in groups.items() for m in block_members(w, p)[1:]}
         names = [name for name in arrays if name not in in_block]

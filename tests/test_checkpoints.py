@@ -675,3 +675,18 @@ def test_a_folder_with_one_model_file_of_any_written_extension_opens(tmp_path, f
                         fmt=formats.format_from_extension(file_name))
     (tmp_path / "m" / "last.ckpt").write_bytes(b"a Lightning checkpoint")
     assert [t.name for t in open_model(tmp_path / "m")] == ["w"]
+
+
+@pytest.mark.parametrize("narrow", ["bfloat16", "float8_e4m3fn"])
+@pytest.mark.parametrize("blocks", ["auto", True, False])
+def test_a_narrow_weight_beside_its_bias_pairs_alike_from_a_mapping_and_a_file(tmp_path, narrow, blocks):
+    """Before: a bfloat16 weight (an ml_dtypes array) and its float32 bias were coded apart from a mapping but in
+    one BLOCK NDU from a file (read as float32): two streams for one model."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    rng = np.random.default_rng(0)
+    w = rng.normal(0, 0.05, (12, 30)).astype(np.float32)
+    b = rng.normal(0, 0.01, 12).astype(np.float32)
+    w = w.astype(getattr(ml_dtypes, narrow)).astype(np.float32)  # (values the narrow format holds)
+    formats.write_model(str(tmp_path / "m.safetensors"), {"fc.weight": w, "fc.bias": b}, {"fc.weight": narrow})
+    from_mapping = nnc.encode_model({"fc.weight": w.astype(getattr(ml_dtypes, narrow)), "fc.bias": b}, blocks=blocks)
+    assert from_mapping == nnc.encode_model(str(tmp_path / "m.safetensors"), blocks=blocks)
