@@ -2086,14 +2086,14 @@ cdef inline void dq_candidates(double x, int state, int64_t* out) noexcept nogil
     out[2] = a + 2
 
 
-cdef int64_t _check_quantiser_args(double[::1] x, int64_t height, int64_t width, int n_gtx, int scan_order,
+cdef int64_t _check_quantiser_args(int64_t elements, int64_t height, int64_t width, int n_gtx, int scan_order,
                                    int edition) except -1:
-    """The argument checks both quantisers share; returns the tensor's size."""
+    """The argument checks both quantisers share (``elements``: x's); returns the tensor's size."""
     _check_edition(edition)
     _check_tensor_args(height, width, n_gtx, scan_order, EncodeError)
     cdef int64_t size = height * width
-    if x.shape[0] != size:
-        raise EncodeError(f"x has {x.shape[0]} elements, the tensor has {size}")
+    if elements != size:
+        raise EncodeError(f"x has {elements} elements, the tensor has {size}")
     return size
 
 
@@ -2168,7 +2168,7 @@ def rdoq_levels(double[::1] x, int64_t height, int64_t width, *, double lam, int
     meaning does not depend on the step size; ``importance`` gives F per element (default 1).
     lam = 0 is nearest rounding (ties away from zero).
     """
-    cdef int64_t size = _check_quantiser_args(x, height, width, n_gtx, scan_order, edition)
+    cdef int64_t size = _check_quantiser_args(x.shape[0], height, width, n_gtx, scan_order, edition)
     if lam < 0:
         raise EncodeError("lambda must be >= 0")
     f_arr = _importance_array(importance, size)
@@ -2256,9 +2256,11 @@ cdef inline void dq_distortion_step(double x, double fi, double* cost, uint8_t* 
 # end the best path is fixed, the contexts adapt to its levels, and the next chunk starts
 # from that path's state and neighbour.
 # --------------------------------------------------------------------------
-cdef void dq_rdoq_scan(const double* x, const double* f, int32_t* o, Ctx* ctx, Ctx* frozen, Layout* Lsrc,
-                       TensorShape* tsrc, double scale, int64_t clen, int64_t* pos, uint8_t* back) noexcept nogil:
-    """The chunked DQ trellis along the scan (spec A.2, A.14); ``pos`` and ``back`` hold one chunk.
+cdef void dq_rdoq_scan(const void* x, bint single, double step, const double* f, int32_t* o, Ctx* ctx, Ctx* frozen,
+                       Layout* Lsrc, TensorShape* tsrc, double scale, int64_t clen, int64_t* pos, double* xs,
+                       uint8_t* back) noexcept nogil:
+    """The chunked DQ trellis along the scan (spec A.2, A.14) on x / step (x float32 when ``single``, else
+    float64); ``pos``, ``xs`` (the chunk's x / step) and ``back`` hold one chunk.
 
     Runs on local copies of the layout and the shape (see decode_tensor_data)."""
     cdef Layout Ll = Lsrc[0]
@@ -2296,6 +2298,10 @@ cdef void dq_rdoq_scan(const double* x, const double* f, int32_t* o, Ctx* ctx, C
                     break
                 row_start_pending = False
             pos[n] = seg_i
+            if single:
+                xs[n] = <double>(<const float*>x)[seg_i] / step
+            else:
+                xs[n] = (<const double*>x)[seg_i] / step
             seg_i += 1
             n += 1
         if n == 0:
@@ -2313,20 +2319,20 @@ cdef void dq_rdoq_scan(const double* x, const double* f, int32_t* o, Ctx* ctx, C
             idx = pos[i]
             fi = f[idx] if f != NULL else 1.0
             if scale == 0:
-                dq_distortion_step(x[idx], fi, cost, &back[8 * i])
+                dq_distortion_step(xs[i], fi, cost, &back[8 * i])
                 continue
             for s in range(8):
                 new_cost[s] = INFINITY
             for s in range(8):
                 if cost[s] == INFINITY:
                     continue
-                dq_candidates(x[idx], s, cand)
+                dq_candidates(xs[i], s, cand)
                 for ci in range(3):
                     if ci > 0 and cand[ci] == 0:
                         continue
                     k = dq_k_from_n(cand[ci], s)
                     nxt = NEXT_STATE[s][k & 1]
-                    d = x[idx] - <double>cand[ci]
+                    d = xs[i] - <double>cand[ci]
                     total = cost[s] + fi * d * d
                     if scale > 0:
                         total += scale * <double>value_cost(frozen, L, k, s, prevk[cur][s])
@@ -2348,7 +2354,7 @@ cdef void dq_rdoq_scan(const double* x, const double* f, int32_t* o, Ctx* ctx, C
             j = back[8 * i + s]
             ci = j & 3
             s = j >> 2
-            dq_candidates(x[pos[i]], s, cand)
+            dq_candidates(xs[i], s, cand)
             o[pos[i]] = <int32_t>cand[ci]
             i -= 1
         # adapt the contexts to the chosen levels, in scan order
@@ -2363,17 +2369,29 @@ cdef void dq_rdoq_scan(const double* x, const double* f, int32_t* o, Ctx* ctx, C
         start_state = s
 
 
-def dq_rdoq_levels(double[::1] x, int64_t height, int64_t width, *, double lam, int n_gtx=11,
-                   int scan_order=0, int edition=2, importance=None, int64_t chunk=1024):
-    """Rate-aware DQ trellis on x = w / step (spec A.14); returns reconstruction integers n.
+def dq_rdoq_levels(x, int64_t height, int64_t width, *, double lam, int n_gtx=11,
+                   int scan_order=0, int edition=2, importance=None, int64_t chunk=1024, double step=1.0):
+    """Rate-aware DQ trellis on x / step (x = w, or w already divided with step 1; spec A.14); returns
+    reconstruction integers n.
 
-    lam = 0 is the distortion-only trellis of A.2; give chunk >= the tensor size for one
-    global Viterbi search (the default chunking fixes the path every ``chunk`` elements).
-    The working memory is 16 bytes per chunk element, whatever the tensor's size.
+    x is read as it is when float32 or float64 (each value divided by ``step`` in float64, as the
+    trellis reaches it: no float64 copy of the tensor). lam = 0 is the distortion-only trellis
+    of A.2; give chunk >= the tensor size for one global Viterbi search (the default chunking
+    fixes the path every ``chunk`` elements). The working memory is 24 bytes per chunk
+    element, whatever the tensor's size.
     """
-    cdef int64_t size = _check_quantiser_args(x, height, width, n_gtx, scan_order, edition)
+    src = np.ascontiguousarray(x).reshape(-1)
+    if src.dtype != np.float32 and src.dtype != np.float64:
+        src = src.astype(np.float64)
+    cdef int64_t size = _check_quantiser_args(src.shape[0], height, width, n_gtx, scan_order, edition)
     if lam < 0 or chunk < 1:
         raise EncodeError("lambda must be >= 0 and chunk >= 1")
+    if not 0 < step < INFINITY:  # (NaN too)
+        raise EncodeError(f"step must be a positive finite number, not {step}")
+    cdef bint single = src.dtype == np.float32
+    cdef const float[::1] x32
+    cdef const double[::1] x64
+    cdef const void* x_p = NULL
     f_arr = _importance_array(importance, size)
     cdef double[::1] f_v
     cdef const double* f_p = NULL
@@ -2386,10 +2404,18 @@ def dq_rdoq_levels(double[::1] x, int64_t height, int64_t width, *, double lam, 
     if size == 0:
         return out
     cdef int32_t[::1] o = out
-    # memory bounded by the chunk: its scan positions and its back pointers (16 bytes per element)
+    # memory bounded by the chunk: its scan positions, values and back pointers (24 bytes per element)
     cdef int64_t clen = chunk if chunk < size else size
+    if single:
+        x32 = src
+        x_p = &x32[0]
+    else:
+        x64 = src
+        x_p = &x64[0]
     pos_arr = np.zeros(clen, dtype=np.int64)
     cdef int64_t[::1] pos = pos_arr
+    xs_arr = np.zeros(clen, dtype=np.float64)
+    cdef double[::1] xs = xs_arr
     back_arr = np.zeros(clen * 8, dtype=np.uint8)
     cdef uint8_t[::1] back = back_arr
     cdef Ctx* ctx = <Ctx*>malloc(L.n_ctx * sizeof(Ctx))
@@ -2403,7 +2429,7 @@ def dq_rdoq_levels(double[::1] x, int64_t height, int64_t width, *, double lam, 
     try:
         contexts_init(ctx, L.n_ctx, 0)
         with nogil:
-            dq_rdoq_scan(&x[0], f_p, &o[0], ctx, frozen, &L, &t, scale, clen, &pos[0], &back[0])
+            dq_rdoq_scan(x_p, single, step, f_p, &o[0], ctx, frozen, &L, &t, scale, clen, &pos[0], &xs[0], &back[0])
         raise_if_stopped()
         return out
     finally:

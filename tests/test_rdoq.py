@@ -136,3 +136,46 @@ def test_lambda_per_tensor_overrides_the_global_lambda():
         assert np.array_equal(mixed.tensors["b.weight"].levels, only_b.tensors["b.weight"].levels)
     with pytest.raises(nnc.EncodeError):
         Encoder(lambda_per_tensor={"a": -1.0})
+
+
+@settings(deadline=None, max_examples=30)
+@given(h=st.integers(1, 20), w=st.integers(1, 20), scan=st.integers(0, 4), edition=st.sampled_from([1, 2]),
+       lam=st.sampled_from([0.0, 0.05, 0.5]), chunk=st.sampled_from([1, 7, 1024]), seed=st.integers(0, 2**16),
+       single=st.booleans(), step=st.sampled_from([0.0014865, 0.1, 1.0, 3.7]))
+def test_the_trellis_divides_by_the_step_as_the_whole_tensor_divided_first(h, w, scan, edition, lam, chunk, seed,
+                                                                          single, step):
+    # the quantiser gives the trellis w and the step (no float64 copy of w / step): the same levels, both engines
+    rng = np.random.default_rng(seed)
+    weights = (rng.laplace(0, 4, h * w) * step).astype(np.float32 if single else np.float64)
+    divided = np.divide(weights, step, dtype=np.float64)
+    options = dict(lam=lam, scan_order=scan, edition=edition, chunk=chunk)
+    expected = get_engine("python").dq_rdoq_levels(divided, h, w, **options)
+    for engine in ENGINES:
+        np.testing.assert_array_equal(get_engine(engine).dq_rdoq_levels(weights, h, w, step=step, **options),
+                                      expected)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("step", [0.0, -1.0, float("nan"), float("inf")])
+def test_the_trellis_refuses_a_step_that_is_not_positive_and_finite(engine, step):
+    with pytest.raises(nnc.EncodeError, match="step must be a positive finite number"):
+        get_engine(engine).dq_rdoq_levels(np.ones(4), 2, 2, lam=0.0, step=step)
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.3])
+def test_the_dq_quantiser_makes_no_float64_copy_of_the_tensor(lam):
+    """Before: x / step was computed whole, in float64, for the trellis (twice the float32 tensor's bytes)."""
+    import tracemalloc
+
+    from nnc.encoding.quantiser import Quantiser
+    from nnc.encoding.settings import EncoderSettings
+
+    x = np.random.default_rng(0).normal(0, 0.05, 1 << 21).astype(np.float32)
+    quantiser = Quantiser(EncoderSettings(dq=True, rdoq_lambda=lam), get_engine())
+    tracemalloc.start()
+    try:
+        levels = quantiser.levels("w", x, 0.0014865, True, 1024, 2048, 0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert levels.dtype == np.int32 and peak < 1.3 * x.nbytes, f"peak {peak / x.nbytes:.2f} x the tensor"

@@ -526,43 +526,36 @@ class Quantiser:
             return (levels.T if transposed else levels).reshape(-1)
         if not dq and not lam:
             return _nearest_levels(flat, float(step))
-        in_place = reuse_x and flat.dtype == np.float64 and flat.flags.writeable
-        scaled = np.divide(flat, float(step), out=flat if in_place else None, dtype=np.float64)
         importance = s.importance.get(name)
         if lam and name in s.sigmas:
             # DC-v1: F = 1 / sigma^2, in squared step sizes (x is w / step)
             importance = (float(step) / np.maximum(np.asarray(s.sigmas[name], np.float64).reshape(-1), 1e-30)) ** 2
-        if dq and lam:
+        if dq:  # the trellis divides by the step as it reads: no float64 copy of the tensor
+            values = flat if flat.dtype in (np.float32, np.float64) else flat.astype(np.float32)  # (float16: exact)
+            trellis = (
+                dict(lam=lam, n_gtx=s.n_gtx, importance=importance) if lam else dict(lam=0.0, chunk=DQ_TRELLIS_CHUNK)
+            )
+            # (without rates: the Viterbi search of A.2 along the scan, its path fixed every DQ_TRELLIS_CHUNK weights)
             return self.engine.dq_rdoq_levels(
-                np.ascontiguousarray(scaled),
+                np.ascontiguousarray(values),
                 height,
                 width,
-                lam=lam,
-                n_gtx=s.n_gtx,
                 scan_order=scan_order,
                 edition=s.edition,
-                importance=importance,
+                step=float(step),
+                **trellis,
             )
-        if not dq and lam:
-            return self.engine.rdoq_levels(
-                np.ascontiguousarray(scaled),
-                height,
-                width,
-                lam=lam,
-                n_gtx=s.n_gtx,
-                scan_order=scan_order,
-                edition=s.edition,
-                importance=importance,
-            )
-        # the Viterbi search of A.2 along the scan, its path fixed every DQ_TRELLIS_CHUNK weights
-        return self.engine.dq_rdoq_levels(
+        in_place = reuse_x and flat.dtype == np.float64 and flat.flags.writeable
+        scaled = np.divide(flat, float(step), out=flat if in_place else None, dtype=np.float64)
+        return self.engine.rdoq_levels(  # (RDOQ without DQ)
             np.ascontiguousarray(scaled),
             height,
             width,
-            lam=0.0,
+            lam=lam,
+            n_gtx=s.n_gtx,
             scan_order=scan_order,
             edition=s.edition,
-            chunk=DQ_TRELLIS_CHUNK,
+            importance=importance,
         )
 
     def _values(

@@ -29,7 +29,7 @@ FUNCTIONS = {
     "scan_permutation": "(height, width, scan_order)",
     "block_row_count": "(height, scan_order)",
     "rdoq_levels": "(x, height, width, *, lam, n_gtx=11, scan_order=0, edition=2, importance=None)",
-    "dq_rdoq_levels": "(x, height, width, *, lam, n_gtx=11, scan_order=0, edition=2, importance=None, chunk=1024)",
+    "dq_rdoq_levels": "(x, height, width, *, lam, n_gtx=11, scan_order=0, edition=2, importance=None, chunk=1024, step=1.0)",
     "dq_trellis": "(x)",
     "request_stop": "(change)",
 }

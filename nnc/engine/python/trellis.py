@@ -138,8 +138,9 @@ def _dq_k_from_n(n: int, state: int) -> int:
     return (n + (state & 1)) >> 1 if n > 0 else (n - (state & 1)) >> 1
 
 
-def dq_rdoq_levels(x, height, width, *, lam, n_gtx=11, scan_order=0, edition=2, importance=None, chunk=1024):
-    """Rate-aware DQ trellis on x = w / step (A.14); returns reconstruction integers n.
+def dq_rdoq_levels(x, height, width, *, lam, n_gtx=11, scan_order=0, edition=2, importance=None, chunk=1024, step=1.0):
+    """Rate-aware DQ trellis on x / step (x = w, or w already divided with step 1; A.14); returns reconstruction
+    integers n (x / step taken in float64).
 
     The 8-state Viterbi search of A.2 with the cost F (x - n)^2 + lam * bits(k).  The
     rates come from the adaptive contexts frozen at the start of each chunk of the
@@ -153,6 +154,9 @@ def dq_rdoq_levels(x, height, width, *, lam, n_gtx=11, scan_order=0, edition=2, 
     x, f = _check_quantiser_args(x, height, width, n_gtx, scan_order, lam, importance)
     if chunk < 1:
         raise EncodeError("lambda must be >= 0 and chunk >= 1")
+    if not 0 < step < math.inf:  # (NaN too)
+        raise EncodeError(f"step must be a positive finite number, not {step}")
+    x = x / float(step)
     layout = ContextLayout(edition, int(n_gtx))
     scan = TensorScan(int(height), int(width), int(scan_order), edition)
     out = np.zeros(x.size, dtype=np.int32)
