@@ -414,7 +414,7 @@ class EncoderSettings:
         >>> EncoderSettings(qp_per_tensor={"head.*": -40}).qp_given("head.bias")
         True
         """
-        return any(pattern == name or fnmatch.fnmatchcase(name, pattern) for pattern in self.qp_per_tensor)
+        return matches(name, self.qp_per_tensor)
 
     def tensor_lambda(self, name: str) -> float:
         """The rate-distortion λ of this tensor (``lambda_per_tensor``, else ``rdoq_lambda``).
