@@ -305,6 +305,13 @@ def unchanged(recon: np.ndarray, x: np.ndarray) -> bool:
     return all(np.array_equal(a[i : i + TEST_SLICE], b[i : i + TEST_SLICE]) for i in range(0, a.size, TEST_SLICE))
 
 
+def stored_raw(name: str, f32: np.ndarray, height: int, width: int, fmt, dtype_name: str, kept_raw) -> CodedTensor:
+    """A tensor stored exactly (RAW_FLOAT, spec 7.5) from its float32 values ``f32``, reconstructed in
+    ``dtype_name`` when an output format ``fmt`` restores it; ``kept_raw`` says why (None: asked for)."""
+    recon = f32 if fmt is None else f32.astype(np.dtype(dtype_name))
+    return CodedTensor.raw_float(name, f32, height, width, recon=recon, fmt=fmt, kept_raw=kept_raw)
+
+
 def float32_holds(values: np.ndarray, f32: np.ndarray) -> bool:
     """Whether ``f32`` (``values`` as float32) holds every integer of ``values`` unchanged; true for floats (their
     rounding to float32 is RAW_FLOAT's, spec 7.5)."""
@@ -621,8 +628,7 @@ class Quantiser:
                     f"integer tensor {name!r} has values up to {max(int(arr.max()), -int(arr.min()))}, which RAW_FLOAT's float32 "
                     "does not hold (spec 7.5): code it losslessly (lossless_int=True, the default)"
                 )
-            recon = f32 if fmt is None else f32.astype(np.dtype(dtype_name))
-            return CodedTensor.raw_float(name, f32, height, width, recon=recon, fmt=fmt, kept_raw=kept_raw)
+            return stored_raw(name, f32, height, width, fmt, dtype_name, kept_raw)
         levels = None
         if s.codebook and not in_block:
             coded, levels = self._codebook(name, x, step, height, width, scan, fmt, shape, dq)
@@ -675,9 +681,7 @@ class Quantiser:
         erased = None if difference else self._sign_erased(name, x, recon, qp)
         if erased is None:
             return None
-        f32 = x.astype(np.float32).reshape(shape)
-        stored = f32 if fmt is None else f32.astype(np.dtype(dtype_name))
-        return CodedTensor.raw_float(name, f32, height, width, recon=stored, fmt=fmt, kept_raw=erased)
+        return stored_raw(name, x.astype(np.float32).reshape(shape), height, width, fmt, dtype_name, erased)
 
     def _sign_erased(self, name: str, x: np.ndarray, recon: np.ndarray, qp: int) -> str | None:
         """Why a tensor must be stored raw (spec A.7): all its values share one sign (a variance, a frequency, a
@@ -761,9 +765,7 @@ class Quantiser:
         exact = integers is None or not x.size or float(np.abs(x).max()) <= 2**24  # float32 holds the integers
         if in_block or not self.settings.raw_when_smaller or self.settings.is_raw(t.name) or not exact:
             raise EncodeError(f"tensor {t.name!r}: {reason} ({effect}): give it a finer qp")
-        f32 = x.astype(np.float32).reshape(t.shape)
-        recon = f32 if t.fmt is None else f32.astype(np.dtype(dtype_name))
-        return CodedTensor.raw_float(t.name, f32, t.height, t.width, recon=recon, fmt=t.fmt, kept_raw=reason)
+        return stored_raw(t.name, x.astype(np.float32).reshape(t.shape), t.height, t.width, t.fmt, dtype_name, reason)
 
     def _restored_float(self, name: str, decoded: np.dtype, dtype_name: str) -> np.dtype:
         """The float dtype a decoder restores tensor ``name`` to (spec 6.2.1): a float ``dtypes`` entry of the
