@@ -35,7 +35,7 @@ from nnc.encoder import Encoder  # noqa: E402
 from nnc.engine import get_engine  # noqa: E402
 from nnc.verify import describe_output  # noqa: E402
 
-SUITE_VERSION = 9  # versions 2 to 9 added streams (their entries say added_in); no earlier stream changed
+SUITE_VERSION = 10  # versions 2 to 10 added streams (their entries say added_in); no earlier stream changed
 STREAMS: "OrderedDict[str, dict]" = OrderedDict()
 
 
@@ -73,7 +73,10 @@ BASIC = [("conv.weight", (12, 6, 3, 3)), ("conv.bias", (12,)), ("fc.weight", (37
 #: The encoder defaults the streams here were generated with; 0.2.0 changed them (issue 18),
 #: and a conformance stream never changes its bytes.
 #: 0.3.0 names an update's parent by the SHA-256 of its payload (spec 14.4); the streams here by node ids.
-LEGACY_DEFAULTS = dict(nonweight_qp=-75, blocks=False, raw_when_smaller=False, skip_zero=True, parent_id="ids")
+#: 0.3.0 codes tied weights once (spec 6.2.1 "tied"); no stream here before suite version 10 ties.
+LEGACY_DEFAULTS = dict(
+    nonweight_qp=-75, blocks=False, raw_when_smaller=False, skip_zero=True, parent_id="ids", tie_shared=False
+)
 
 
 def legacy_encoder(**options):
@@ -1006,6 +1009,35 @@ must_fail("mf_update_of_another_model", "DecodeError", "14.4",
           "item 50). Without the check such an update, coded with TCA against other levels, fails in its payload "
           "or, now and then, decodes to wrong values",
           sequence=dict(id="p1_other_model", position=1))(lambda: _digest_sequence(90, ["sha256"])[1])
+
+# -- suite version 10: tied weights, coded once (spec 6.2.1 "tied", 15.1 item 52) ----------------------------
+
+ADDED_IN = 10
+
+
+def _tied():
+    """A model whose output layer is its embedding (one array), coded with the tie."""
+    r = rng(91)
+    emb = laplace(r, (40, 12), 0.05)
+    tensors = OrderedDict([("embed.weight", emb), ("fc.weight", laplace(r, (12, 12), 0.05)),
+                           ("fc.bias", laplace(r, (12,), 0.01)), ("head.weight", emb)])
+    return enc_today(tensors, qp=-30, tie_shared=True)
+
+
+def _retied(tied):
+    """``_tied()`` with its metadata's ``"tied"`` replaced."""
+    return _rewrite_nnc_metadata(_tied(), lambda meta: dict(meta, tied=tied))
+
+
+stream("p1_tied_weights", 1, "an output layer tied to the embedding: coded once, given back under both names with "
+       "the embedding's values (nnc metadata version 2, 6.2.1; other decoders give the coded tensors only)",
+       ["nnc metadata \"tied\"", "nnc metadata version 2"])(_tied)
+must_fail("mf_tied_to_no_tensor", "DecodeError", "6.2.1",
+          "nnc metadata ties a tensor to a name no NDU carries (15.1 item 52)")(
+    lambda: _retied({"head.weight": "lm.weight"}))
+must_fail("mf_tied_coded_tensor", "DecodeError", "6.2.1",
+          "nnc metadata ties a tensor the stream codes to another (15.1 item 52)")(
+    lambda: _retied({"head.weight": "embed.weight", "fc.weight": "embed.weight"}))
 
 # -- the third-party group: streams written by NNCodec, copied in (not generated) -------------------------
 

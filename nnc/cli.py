@@ -661,6 +661,8 @@ def cmd_encode(args) -> int:
         options["blocks"] = args.blocks
     if args.raw_when_smaller is not None:
         options["raw_when_smaller"] = args.raw_when_smaller
+    if not args.tie_shared:
+        options["tie_shared"] = False
     if args.qp is None and args.step is None:
         options.pop("step")
     _note_files_beside(args.model, source, args.quiet or args.json)
@@ -749,6 +751,12 @@ def cmd_encode(args) -> int:
     if rounded:  # (RAW_FLOAT holds float32: exact for float32 and narrower inputs only, spec 7.5)
         report["raw_rounded_to_float32"] = rounded
         _tell(quiet, f"nnc: note: stored raw as float32, so rounded from float64: {_first_few(rounded)}")
+    if summary.tied:
+        report["tied"] = dict(summary.tied)
+        ties = [f"{k} (as {v})" for k, v in summary.tied.items()]
+        _tell(
+            quiet, f"nnc: note: {len(ties)} tied tensor(s) stored once, with the tensor they share: {_first_few(ties)}"
+        )
     if summary.left_out:
         report["left_out"] = list(summary.left_out)
         _note_left_out(args.model, summary.left_out, quiet)
@@ -1524,7 +1532,7 @@ def stream_info(path) -> dict:
     tensors: list[dict[str, Any]] = []
     for t in dec.tensors():
         h = dec.units[unit_at[t.unit_offset]].header
-        unit_bytes = t.unit_size
+        unit_bytes = 0 if t.tied_to else t.unit_size  # (a tied tensor is its coded tensor's bytes)
         # a block unit's bytes shared by element count (a bias is not charged half of its weight's bytes)
         share = unit_bytes * t.size / max(sum(sizes[n] for n in t.block) if t.block else t.size, 1)
         tensors.append(
@@ -1544,8 +1552,9 @@ def stream_info(path) -> dict:
                 ndu_index=t.unit_index,
                 unit_bytes=unit_bytes,
                 block=list(t.block),
-                header_bytes=(lambda u: u.payload_offset - u.offset)(dec.units[unit_at[t.unit_offset]]),
-                bits_per_weight=8 * share / max(t.size, 1),
+                header_bytes=0 if t.tied_to else dec.units[unit_at[t.unit_offset]].payload_offset - t.unit_offset,
+                bits_per_weight=None if t.tied_to else 8 * share / max(t.size, 1),
+                tied_to=t.tied_to,
                 size=t.size,
                 parent=bool(h.get("parent_node_id_present_flag")),
                 parent_id=_parent_id_text(h),
@@ -1553,11 +1562,11 @@ def stream_info(path) -> dict:
                 needs_parent=t.name in needs_parent,
             )
         )
-    n = sum(t.size for t in dec.tensors())
+    n = sum(t.size for t in dec.tensors() if not t.tied_to)  # (a tied tensor's weights are its coded tensor's)
     total = len(dec.data)
     profile = next((int(u.header.general_profile_idc) for u in dec.units if u.type_name == "NNR_STR"), None)
     original = _original_dtypes(tensors, dec.metadata)
-    original_bytes = sum(row["size"] * _dtype_bytes(original[row["name"]]) for row in tensors)
+    original_bytes = sum(row["size"] * _dtype_bytes(original[row["name"]]) for row in tensors if not row["tied_to"])
     for row in tensors:
         row["original_dtype"] = original[row["name"]]
         row["original_shape"] = _original_shape(row, dec.metadata)
@@ -1652,6 +1661,12 @@ def cmd_info(args) -> int:
     for t in info["tensors"]:
         qp = t["qp"] if t["qp"] is not None else ("?" if t["needs_parent"] else "")
         bits = "-" if t["bits_per_weight"] is None else f"{t['bits_per_weight']:.3f}"
+        if t["tied_to"]:
+            print(
+                f"{_shown_name(t['name']):{width}} {_shape_text(t['original_shape']):>16} {t['original_dtype']:>8} "
+                f"{'tied to':>9} {_shown_name(t['tied_to'])}"
+            )
+            continue
         print(
             f"{_shown_name(t['name']):{width}} {_shape_text(t['original_shape']):>16} {t['original_dtype']:>8} "
             f"{t['payload_type']:>9} {qp:>5} {('on' if t['dq'] else 'off'):>3} {t['scan_order']:>4} "
@@ -1671,6 +1686,9 @@ def cmd_info(args) -> int:
         )
     if info["differences"]:
         print("its tensors are differences to the receiver's model (nnc decode --add-to MODEL)")
+    tied = [t["name"] for t in info["tensors"] if t["tied_to"]]
+    if tied:
+        print(f"{len(tied)} tensor(s) tied to another (one copy stored, spec 6.2.1): {_first_few(tied)}")
     if any(t["needs_parent"] for t in info["tensors"]):
         print(
             "an update coded with temporal context adaptation: it decodes only after its parent "
@@ -2312,6 +2330,13 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="store a tensor as float32 when coding it would not make it smaller (default: on)",
+    )
+    p.add_argument(
+        "--tie-shared",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="store tensors that share one storage (tied weights) once, as nnc metadata records (default: on; "
+        "other decoders then give only the first)",
     )
     p.add_argument("--profile", type=int, default=1, choices=(0, 1), help="1: 2nd edition (default), 0: 1st")
     p.add_argument("--no-param-opt", action="store_true", help="do not optimise context initialisation")

@@ -28,7 +28,7 @@ import re
 import threading
 import weakref
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, BinaryIO, Iterable, Mapping, Union
 
@@ -207,6 +207,9 @@ class TensorInfo:
     entry_points: list = field(default_factory=list)
     #: ``nnr_decompressed_data_format`` if signalled (spec 7.4, 12.6), else None.
     decompressed_data_format: int | None = None
+    #: For a tied tensor (spec 6.2.1), the name of the coded tensor it shares; None for a coded tensor. The other
+    #: fields are that tensor's.
+    tied_to: str | None = None
 
     @property
     def size(self) -> int:
@@ -774,6 +777,16 @@ def model_digest(tensors: "Mapping[str, Any]") -> str:
     return h.hexdigest()
 
 
+def _is_utf8(text: str) -> bool:
+    """Whether ``text`` can be written in UTF-8 (no lone surrogates, which JSON text may spell), as a name must (spec
+    2.6)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _iterable(value) -> bool:
     try:
         iter(value)
@@ -782,14 +795,14 @@ def _iterable(value) -> bool:
     return True
 
 
-def _wanted_names(names, index) -> "set[str] | None":
-    """The tensor names a call asks for (None: all of them), each one of ``index``'s."""
+def _wanted_names(names, index, tied: Mapping = MappingProxyType({})) -> "set[str] | None":
+    """The tensor names a call asks for (None: all of them), each one of ``index``'s or ``tied``'s."""
     if isinstance(names, (bytes, bytearray)) or not (names is None or isinstance(names, str) or _iterable(names)):
         raise TypeError(f"names must be a tensor name or an iterable of names, not {type(names).__name__}")
     wanted = None if names is None else {names} if isinstance(names, str) else set(names)
     if wanted is not None:
         # (not a set of every name: a model decoded one tensor at a time would build it for each)
-        missing = sorted(n for n in wanted if n not in index)
+        missing = sorted(n for n in wanted if n not in index and n not in tied)
         if missing:  # api-check
             raise KeyError(f"no tensor named {missing[0]!r} in the stream")
     return wanted
@@ -1304,6 +1317,11 @@ class Decoder:
         self._ndu_tensors: list[list[TensorInfo]] = [[] for _ in self._ndus]
         for i, info in self._index.values():
             self._ndu_tensors[i].append(info)
+        #: Tensors the model holds as another, coded tensor (tied weights, spec 6.2.1): {name: coded tensor's name}.
+        self.tied: dict[str, str] = self._read_tied()
+        self._ties_of: dict[str, list[TensorInfo]] = {}  # {coded tensor: the records of the tensors tied to it}
+        for name, source in self.tied.items():
+            self._ties_of.setdefault(source, []).append(replace(self._index[source][1], name=name, tied_to=source))
         #: Names the topology unit announces as skipped by an incremental update (spec 3.5), in order.
         self.skipped: tuple = ()
         #: Whether the stream's tensors are differences to the receiver's model (spec 6.2.1).
@@ -1421,7 +1439,7 @@ class Decoder:
         skipped = [n for n in skipped if isinstance(n, str)] if isinstance(skipped, list) else []
         expected = set(announced)
         self.skipped = tuple(n for n in announced if n in set(skipped) and n not in self._index)
-        missing = [n for n in announced if n not in self._index and n not in self.skipped]
+        missing = [n for n in announced if n not in self._index and n not in self.skipped and n not in self.tied]
         if missing:
             more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
             raise TruncatedError(
@@ -1520,6 +1538,47 @@ class Decoder:
                     )
                 index[info.name] = (i, info)
         return index
+
+    def _read_tied(self) -> dict:
+        """The metadata's ``"tied"`` entry, checked (spec 6.2.1): {name: the coded tensor it equals}. Each tied
+        tensor takes its coded tensor's recorded shape and dtype in :attr:`metadata`; its bytes count towards
+        ``Limits.max_total_bytes``."""
+        tied = self.metadata.get("tied")
+        if tied is None:
+            return {}
+
+        def refuse(why: str) -> DecodeError:
+            return DecodeError(f'the topology metadata\'s "tied" {why}', clause="6.2.1", offset=self._metadata_offset)
+
+        if not isinstance(tied, dict):
+            raise refuse("is not an object of tensor names")
+        if tied and self.metadata.get("differences") is True:
+            raise refuse("is in a stream of differences, whose tensors cannot be tied")
+        total = sum(info.size * np.dtype(info.dtype).itemsize for _, info in self._index.values())
+        for name, source in tied.items():
+            if not name or "\x00" in name or not _is_utf8(name):
+                raise refuse(f"names a tensor {name[:40]!r}, not a valid tensor name (spec 2.6)")
+            if name in self._index:
+                raise refuse(f"names {name[:40]!r}, a tensor the stream codes")
+            if not isinstance(source, str) or source not in self._index:
+                raise refuse(f"ties {name[:40]!r} to {str(source)[:40]!r}, which is not a tensor the stream codes")
+            info = self._index[source][1]
+            total += info.size * np.dtype(info.dtype).itemsize
+            if total > self.limits.max_total_bytes:
+                raise LimitError(
+                    f"decoded output with its tied tensors would exceed {self.limits.max_total_bytes} bytes",
+                    clause="15.2",
+                    offset=self._metadata_offset,
+                )
+        for key in ("shapes", "dtypes"):  # a tied tensor is restored as its coded tensor is
+            entries = self.metadata.get(key)
+            if isinstance(entries, dict):
+                for name, source in tied.items():
+                    if source in entries:
+                        entries[name] = entries[source]
+                    else:
+                        entries.pop(name, None)
+        return dict(tied)
 
     def _check_limits(self, unit: C.Unit, params: _Params, info: TensorInfo) -> None:
         """Refuse sizes the payload cannot code or the limits forbid (spec 15.2)."""
@@ -1644,7 +1703,8 @@ class Decoder:
 
     # -- public API --------------------------------------------------------------
     def tensors(self) -> list[TensorInfo]:
-        """Metadata of every tensor, in decode order, without decoding payloads.
+        """Metadata of every tensor, in decode order, without decoding payloads; a tied tensor (spec 6.2.1) right
+        after the coded tensor it shares, with that tensor's fields and ``tied_to`` its name.
 
         Returns
         -------
@@ -1659,7 +1719,9 @@ class Decoder:
         >>> [(t.name, t.shape, t.payload_type) for t in dec.tensors()]
         [('w', (3, 2), 'FLOAT'), ('b', (1,), 'FLOAT')]
         """
-        return [info for _, info in self._index.values()]
+        if not self.tied:
+            return [info for _, info in self._index.values()]
+        return [i for _, info in self._index.values() for i in (info, *self._ties_of.get(info.name, ()))]
 
     def read_qps(self, names: Iterable[str] | None = None) -> None:
         """Fill in the ``qp`` and ``step`` of tensors (all by default) with no more decoding than they need.
@@ -1690,7 +1752,9 @@ class Decoder:
         >>> dec.info("w").qp
         -20
         """
-        wanted = _wanted_names(names, self._index)
+        wanted = _wanted_names(names, self._index, self.tied)
+        if wanted is not None:
+            wanted = {self.tied.get(n, n) for n in wanted}
         by_ndu: dict[int, list[TensorInfo]] = {}
         for i, info in self._index.values():
             by_ndu.setdefault(i, []).append(info)  # coding order
@@ -1703,10 +1767,11 @@ class Decoder:
             except NNCError as exc:
                 _check_not_cut(self.data)
                 raise self._without_history(unit, infos, exc).at(unit.payload_offset) from exc
+            self._update_ties(infos)
         _check_not_cut(self.data)
 
     def names(self) -> list[str]:
-        """Names of every tensor, in decode order.
+        """Names of every tensor, in decode order, a tied one (spec 6.2.1) right after the coded tensor it shares.
 
         Returns
         -------
@@ -1719,7 +1784,9 @@ class Decoder:
         >>> nnc.Decoder(nnc.encode({"w": [[1.0, 2.0]] * 3, "b": [0.5]}, qp=-20, nonweight_qp=None)).names()
         ['w', 'b']
         """
-        return list(self._index)
+        if not self.tied:
+            return list(self._index)
+        return [info.name for info in self.tensors()]
 
     def decode(
         self,
@@ -1799,7 +1866,7 @@ class Decoder:
         for name, arr in self.iter_tensors(names, threads=threads, out=out):
             result[name] = arr
             if progress is not None:
-                progress(self._index[name][1])
+                progress(self.info(name))
         return result
 
     def iter_tensors(self, names: Iterable[str] | None = None, *, threads: int = 1, out=None):
@@ -1850,7 +1917,7 @@ class Decoder:
         w (3, 2)
         b (1,)
         """
-        wanted = _wanted_names(names, self._index)
+        wanted = _wanted_names(names, self._index, self.tied)
         aliases: dict = {}
         if out is None:
             target = None
@@ -1863,13 +1930,15 @@ class Decoder:
                 f"out= must map tensor names to arrays (or be a callable), not {type(out).__name__}"
             )
         else:
-            unknown = [k for k in out if k not in self._index]
+            unknown = [k for k in out if k not in self._index and k not in self.tied]
             if unknown:  # api-check
                 raise KeyError(f"no tensor named {unknown[0]!r} in the stream")
             aliases = self._shared_outs(out, wanted)
             target = lambda info: None if info.name in aliases else out.get(info.name)  # noqa: E731
         threads = thread_count(threads)
-        units = range(len(self._ndus)) if wanted is None else sorted({self._index[n][0] for n in wanted})
+        units = (
+            range(len(self._ndus)) if wanted is None else sorted({self._index[self.tied.get(n, n)][0] for n in wanted})
+        )
         jobs = [(*self._ndus[i], self._ndu_tensors[i], threads) for i in units]
         stateful = self.keep_state or any(params.parent_signalling for _, params, *_ in jobs)
 
@@ -1887,14 +1956,27 @@ class Decoder:
         for decoded, into in _bounded_ordered(decode_unit, jobs, 1 if stateful else threads):
             for name in list(decoded):
                 arr = decoded.pop(name)
-                if wanted is not None and name not in wanted:
-                    continue
-                if name in into:
-                    arr = self._fill(name, into.pop(name), arr)
-                elif name in aliases:  # (tied weights: one array, equal values)
-                    arr = self._fill_alias(name, aliases[name], out, arr)
-                yield name, arr
+                if wanted is None or name in wanted:
+                    if name in into:
+                        arr = self._fill(name, into.pop(name), arr)
+                    elif name in aliases:  # (out= gives tied weights one array: equal values)
+                        arr = self._fill_alias(name, aliases[name], out, arr)
+                    yield name, arr
+                for tie in self._ties_of.get(name, ()):  # (the model's tied tensors, spec 6.2.1)
+                    if wanted is None or tie.name in wanted:
+                        yield tie.name, self._tied_array(tie.name, arr, target, aliases, out)
             del decoded
+
+    def _tied_array(self, name: str, arr: np.ndarray, target, aliases: dict, out) -> np.ndarray:
+        """Tied tensor ``name``'s array (spec 6.2.1), from its coded tensor's ``arr``: the caller's out= array filled
+        with it, or ``arr`` itself (one array for both, as tied weights are)."""
+        if name in aliases:
+            return self._fill_alias(name, aliases[name], out, arr)
+        buffer = target(self.info(name)) if target is not None else None
+        if buffer is None:
+            return arr
+        self._check_out(name, buffer)
+        return self._fill(name, buffer, arr)
 
     def decode_tensor(self, name: str, out: np.ndarray | None = None) -> np.ndarray:
         """Decode one tensor, touching only the unit that carries it (random access, spec 7.5, 11.4).
@@ -1957,10 +2039,13 @@ class Decoder:
             ...
         nnc.errors.OutputBufferError: out= for tensor 'w' has dtype int32; it decodes to float64 (or float16, ...)
         """
-        if name not in self._index:  # api-check
+        if name not in self._index and name not in self.tied:  # api-check
             raise KeyError(f"no tensor named {name!r} in the stream")
         if out is not None:
             self._check_out(name, out)
+        if name in self.tied:
+            arr = self.decode_tensor(self.tied[name])
+            return arr if out is None else self._fill(name, out, arr)
         i, _ = self._index[name]
         unit, params = self._ndus[i]
         arr = self._decode_ndu(unit, params, self._ndu_tensors[i], into=None if out is None else {name: out})[name]
@@ -1996,7 +2081,9 @@ class Decoder:
 
         if len(out) < 2:
             return {}
-        order = {info.name: (i, j) for i, infos in enumerate(self._ndu_tensors) for j, info in enumerate(infos)}
+        order = {info.name: (i, j, 0) for i, infos in enumerate(self._ndu_tensors) for j, info in enumerate(infos)}
+        for k, (name, source) in enumerate(self.tied.items()):  # (decoded right after their coded tensor)
+            order[name] = (*order[source][:2], 1 + k)
         regions = sorted(
             (a.__array_interface__["data"][0], a.nbytes, order[name], name)
             for name, a in out.items()
@@ -2030,7 +2117,7 @@ class Decoder:
         """Refuse an out= array that cannot hold the tensor, before decoding."""
         from .errors import OutputBufferError
 
-        info = self._index[name][1] if name in self._index else None
+        info = self.info(name) if name in self._index or name in self.tied else None
         if info is None:  # api-check
             raise KeyError(f"no tensor named {name!r} in the stream")
         if not isinstance(out, np.ndarray):  # api-check
@@ -2116,6 +2203,8 @@ class Decoder:
         >>> info.shape, info.dq, info.unit_index
         ((3, 2), True, 0)
         """
+        if name in self.tied:
+            return next(i for i in self._ties_of[self.tied[name]] if i.name == name)
         if name not in self._index:  # api-check
             raise KeyError(f"no tensor named {name!r} in the stream")
         return self._index[name][1]
@@ -2148,7 +2237,14 @@ class Decoder:
             ) from None
         _check_not_cut(self.data)  # a payload read where its file was cut decoded zeros
         self._stage(unit, staged)
+        self._update_ties(infos)
         return out
+
+    def _update_ties(self, infos: list[TensorInfo]) -> None:
+        """A tied tensor's record takes its coded tensor's fields decoding filled in (spec 6.2.1)."""
+        for info in infos:
+            for tie in self._ties_of.get(info.name, ()):
+                tie.qp, tie.step, tie.row_skip = info.qp, info.step, info.row_skip
 
     def _without_history(self, unit: C.Unit, infos: list[TensorInfo], exc: NNCError) -> NNCError:
         """``exc``, saying so when the NDU updates a parent whose HDSP history this decoder's state lacks (spec 10.5,
@@ -2508,9 +2604,9 @@ def _topology_metadata(unit: C.Unit, max_bytes: int | None = None) -> dict:
         return {}
     if not isinstance(meta, dict):
         return {}
-    if meta.get("version", 1) != 1 or isinstance(meta.get("version"), bool):
+    if meta.get("version", 1) not in (1, 2) or isinstance(meta.get("version"), bool):
         raise UnsupportedError(
-            f"nnc metadata version {str(meta.get('version'))[:20]} (this decoder reads version 1; a later nnc "
+            f"nnc metadata version {str(meta.get('version'))[:20]} (this decoder reads versions 1 and 2; a later nnc "
             "wrote the stream)",
             clause="6.2.1",
             offset=unit.offset,

@@ -201,7 +201,7 @@ def encode_model(model, output, client, **options) -> int:
         If the model cannot be read.
     """
     from .encoder import Encoder, warn_lost_signal
-    from .encoding.writer import block_groups, block_members, metadata_json
+    from .encoding.writer import block_groups, block_members, metadata_json, tied_tensors
     from .encoding.writer import mps_qp as stream_qp
     from .models import checkpoint_metadata, keep_quantisation_parameters_exact, with_file_dtypes
     from .readers import open_model
@@ -225,9 +225,12 @@ def encode_model(model, output, client, **options) -> int:
     unknown = [k for k in s.dtypes if k not in shapes]
     if unknown:
         raise EncodeError(f"dtypes names a tensor that is not in the model: {unknown[0]!r}")
-    groups = block_groups(s.blocks, shapes, s, {k: dtype for k, (_, dtype) in index.items()})
+    shares = {t.name: t.same_as for t in source if t.same_as is not None}
+    tied = tied_tensors(shares, s, {k: len(v) for k, v in shapes.items()})  # (coded once, as encode_model does)
+    coded = {k: dtype for k, (_, dtype) in index.items() if k not in tied}
+    groups = block_groups(s.blocks, {k: shapes[k] for k in coded}, s, coded)
     in_block = {m for w, p in groups.items() for m in block_members(w, p)[1:]}
-    names = [name for name in shapes if name not in in_block]
+    names = [name for name in coded if name not in in_block]
 
     window = _in_flight(client, None)
 
@@ -256,7 +259,7 @@ def encode_model(model, output, client, **options) -> int:
                 _write_in_order(tasks(mps_qp), window, units)
             decoded = {m["name"]: m["recon"] for summary in summaries for m in summary}
             original = {k: s.dtypes.get(k, np.dtype(dtype).name) for k, (_, dtype) in index.items()}
-            metadata = metadata_json(shapes, decoded, original, checkpoint_metadata(source), groups=groups)
+            metadata = metadata_json(shapes, decoded, original, checkpoint_metadata(source), groups=groups, tied=tied)
             head = b"".join(
                 [
                     C.build_str(s.profile),

@@ -49,9 +49,11 @@ from .encoding.writer import (
     metadata_json,
     mps_qp,
     sends_differences,
+    tied_tensors,
 )
 from .engine import get_engine
 from .errors import EncodeError
+from .readers import shared_arrays
 
 if TYPE_CHECKING:
     from .encoding.stream import StreamSummary
@@ -129,14 +131,26 @@ class EncodeResult:
     skipped: list = field(default_factory=list)
     #: Whether the stream's tensors are differences to the receiver's model (spec 6.2.1, ``differences=True``).
     differences: bool = False
+    #: {name: coded tensor} of the tensors coded once for two names (tied weights, spec 6.2.1); not in ``tensors``.
+    tied: dict = field(default_factory=dict)
 
     @property
     def reconstruction(self) -> OrderedDict[str, np.ndarray]:
-        """{name: reconstructed array}: what any conforming decoder returns for the stream.
+        """{name: reconstructed array}: what nnc's decoder returns for the stream, a tied tensor (spec 6.2.1) right
+        after its coded tensor, as the same array.
 
         Tensors of skipped NDUs are not in it (the decoder does not output them).
         """
-        return OrderedDict((k, v.reconstruction) for k, v in self.tensors.items() if k not in self.skipped)
+        ties_of: dict = {}
+        for name, coded in self.tied.items():
+            ties_of.setdefault(coded, []).append(name)
+        out: OrderedDict[str, np.ndarray] = OrderedDict()
+        for k, v in self.tensors.items():
+            if k not in self.skipped:
+                out[k] = v.reconstruction
+                for tie in ties_of.get(k, ()):
+                    out[tie] = v.reconstruction
+        return out
 
 
 def _difference(x: np.ndarray, held: np.ndarray) -> np.ndarray | None:
@@ -525,6 +539,12 @@ class Encoder:
         Store a float tensor as RAW_FLOAT when its coded NDU would be no smaller: no tensor
         then costs more than its float32 bytes (default True since 0.2.0;
         ``benchmarks/results/paper.md``). Not inside explicit BLOCK NDUs.
+    tie_shared : bool
+        Code a tensor that is one array with an earlier one (tied weights: the same data,
+        shape, strides and dtype; a PyTorch file's views of one storage) once, and record
+        the tie in nnc's metadata (spec 6.2.1 ``"tied"``), when both get the same options
+        and there is no ``state`` (default True). Decoders that ignore nnc's metadata then
+        give only the coded tensor; False codes every name.
     settings : nnc.encoding.settings.EncoderSettings, optional
         All the options above (but ``state``) as one checked object, instead of keywords.
 
@@ -668,8 +688,10 @@ class Encoder:
             raise EncodeError("an EncodeCache cannot be used for incremental coding (state=)")
         s = self.settings
         extra_metadata = _extra_metadata(extra_metadata)
-        arrays = _tensor_arrays(tensors, s.dtypes)
-        s.check_names(arrays)
+        model = _tensor_arrays(tensors, s.dtypes)
+        s.check_names(model)
+        tied = tied_tensors(shared_arrays(model), s, {n: a.ndim for n, a in model.items()}, self.state)
+        arrays = OrderedDict((n, a) for n, a in model.items() if n not in tied)  # (a tied tensor is coded once)
         replaced: list[str] = []
         if differences_without_a_model(s.differences, self.state):
             _warn(FULL_VALUES_NOTE, UserWarning)
@@ -707,7 +729,7 @@ class Encoder:
             return writer.group_unit(name, groups[name], coded, arrays)
 
         units = []
-        result = EncodeResult(stream=b"")
+        result = EncodeResult(stream=b"", tied=tied)
         # quantisation, in threads; units recorded (and cached) in stream order
         with ordered_results(make, to_make, s.threads) as made:
             for name in names:
@@ -728,12 +750,12 @@ class Encoder:
             if link is not None and link.skip:
                 result.skipped.extend(t.name for t in u.members)
         decoded_dtypes = {k: t.reconstruction.dtype.name for k, t in result.tensors.items()}
-        original_dtypes = {k: s.dtypes.get(k, v.dtype.name) for k, v in arrays.items()}
+        original_dtypes = {k: s.dtypes.get(k, v.dtype.name) for k, v in model.items()}
         # bfloat16 / float8 tensors: held rounded to their format, as the receiver holds them (spec 14.5)
         narrow = {k: v for k, v in original_dtypes.items() if narrow_floats.is_narrow(v)}
         parent = self._parent_digest(decoded_dtypes, original_dtypes, narrow)
         metadata = metadata_json(
-            {k: v.shape for k, v in arrays.items()},
+            {k: v.shape for k, v in model.items()},
             decoded_dtypes,
             original_dtypes,
             dict(
@@ -744,6 +766,7 @@ class Encoder:
             skipped=result.skipped,
             differences=self._sends_differences(),
             groups=groups,
+            tied=tied,
         )
         result.differences = self._sends_differences()
         head = writer.head(stream_qp, metadata, update)

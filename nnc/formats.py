@@ -997,11 +997,9 @@ class PtWriter:
         ``"float8_e4m3fn"`` and ``"float8_e5m2"`` tensors are given as float32 values and stored in that format.
     metadata : dict or None
         The state_dict's ``_metadata`` (:func:`state_dict_metadata`); ignored when not of that form.
-
-    Raises
-    ------
-    nnc.formats.FormatError
-        If torch is not installed, or a dtype has no torch counterpart.
+    ties : dict or None
+        {name: an earlier planned name of the same dtype and shape}: the two share one storage (tied weights, as
+        torch saves them); the later one's values are not written again (its :meth:`write` only checks them in).
 
     Examples
     --------
@@ -1017,12 +1015,17 @@ class PtWriter:
     (['w', 'b'], torch.bfloat16, [3.0, 4.0, 5.0])
     """
 
-    def __init__(self, file, plan, metadata=None):
+    def __init__(self, file, plan, metadata=None, ties=None):
         torch = _torch()
         self.planned = OrderedDict((name, (str(dtype), tuple(int(n) for n in shape))) for name, dtype, shape in plan)
         if len(self.planned) != len(plan):
             raise ValueError("a tensor name is planned twice")
         self.keys = {name: str(i) for i, name in enumerate(self.planned)}
+        self.ties = dict(ties or {})
+        for name, source in self.ties.items():
+            if source not in self.planned or source in self.ties or self.planned[source] != self.planned.get(name):
+                raise ValueError(f"tensor {name!r} cannot share the storage of {source!r}")
+            self.keys[name] = self.keys[source]
         self.written: set[str] = set()
         state = OrderedDict(
             (name, _PlannedTensor(torch, dtype, shape, self.keys[name]))
@@ -1046,6 +1049,9 @@ class PtWriter:
         values = np.asarray(values)
         if values.shape != shape:
             raise ValueError(f"tensor {name!r} has shape {values.shape}, planned {shape}")
+        if name in self.ties:  # (its storage is its source's)
+            self.written.add(name)
+            return
         data = narrow_floats.to_file_values(dtype, values)
         self._record(f"data/{self.keys[name]}", np.ascontiguousarray(data).reshape(-1).view(np.uint8))
         self.written.add(name)

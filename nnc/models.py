@@ -212,7 +212,7 @@ def encode_model(model, output=None, *, client=None, extra_metadata=None, **opti
         from .readers import open_model
 
         source = open_model(model)
-        tensors = OrderedDict((t.name, t.load()) for t in source)
+        tensors = source.load_all()
         extra = checkpoint_metadata(source)
         with_file_dtypes(options, source.dtypes)  # e.g. bfloat16, read as float32: restored on decoding
         keep_quantisation_parameters_exact(options, source)
@@ -330,7 +330,7 @@ def load_model(path) -> tuple:
     from .readers import ModelSource, open_model
 
     source = path if isinstance(path, ModelSource) else open_model(path)
-    tensors = OrderedDict((t.name, t.load()) for t in source)
+    tensors = source.load_all()
     return tensors, source.dtypes, checkpoint_metadata(source)
 
 
@@ -408,7 +408,7 @@ def encode_model_to(model, output, *, progress=None, budget: int = 1 << 30, meas
     import time
 
     t0 = time.perf_counter()
-    tensors = OrderedDict((t.name, t.load()) for t in source)
+    tensors = source.load_all()
     with_file_dtypes(options, source.dtypes)
     encoder = Encoder(**options)
     result = encoder.encode(tensors, progress=progress, extra_metadata=extra)
@@ -417,8 +417,9 @@ def encode_model_to(model, output, *, progress=None, budget: int = 1 << 30, meas
         path=os.fspath(output),
         stream_bytes=len(result.stream),
         tensors=len(tensors),
-        weights=sum(t.size for t in source),
+        weights=sum(t.size for t in source if t.name not in result.tied),
         original_bytes=source.nbytes,
+        tied=dict(result.tied),
         qps={k: t.qp for k, t in result.tensors.items() if t.qp is not None},
         skipped=list(result.skipped),
         kept_raw=[k for k, t in result.tensors.items() if t.kept_raw is not None],

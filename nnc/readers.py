@@ -40,9 +40,10 @@ import os
 import struct
 import warnings
 import zipfile
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -74,6 +75,9 @@ class LazyTensor:
     quantisation_parameter : bool
         The model's graph uses it as a scale or zero point of quantised weights
         (:func:`nnc.formats.onnx_quantisation_parameters`).
+    same_as : str or None
+        The name of an earlier tensor of the same file whose values this one shares (tied weights: one
+        storage in a .pt file, one array in memory), or None.
     """
 
     name: str
@@ -84,6 +88,7 @@ class LazyTensor:
     file: int | None = None
     data_path: str | None = None
     quantisation_parameter: bool = False
+    same_as: str | None = None
 
     @property
     def size(self) -> int:
@@ -172,10 +177,18 @@ class ModelSource:
         """{name: original dtype name}, as :func:`nnc.formats.read_model` returns them."""
         return {t.name: t.original_dtype for t in self.tensors}
 
+    def load_all(self) -> "OrderedDict[str, np.ndarray]":
+        """Every tensor's values, in order; a tensor that shares another's values (:attr:`LazyTensor.same_as`) as
+        the same array, read once."""
+        out: OrderedDict[str, np.ndarray] = OrderedDict()
+        for t in self.tensors:
+            out[t.name] = out[t.same_as] if t.same_as is not None and t.same_as in out else t.load()
+        return out
+
     @property
     def nbytes(self) -> int:
-        """Bytes of the model in its original dtypes."""
-        return sum(t.size * t.original_bits // 8 for t in self.tensors)
+        """Bytes of the model in its original dtypes (tensors that share values counted once)."""
+        return sum(t.size * t.original_bits // 8 for t in self.tensors if t.same_as is None)
 
 
 def open_model(path) -> ModelSource:
@@ -535,6 +548,7 @@ def _read_pt(path: Path, file_index):
     if metadata is None and recorded is not None and not (isinstance(recorded, dict) and not recorded):
         left_out.append("_metadata (module versions not of the form JSON can carry)")
     out = []
+    first: dict = {}  # the first tensor of each view of a storage
     for name, v in obj.items():
         if not hasattr(v, "detach"):
             continue  # (in left_out)
@@ -546,7 +560,14 @@ def _read_pt(path: Path, file_index):
             raise FormatError(f"{path}: tensor {name!r}: sparse tensors are not supported; save .to_dense()")
         if v.is_meta:
             raise FormatError(f"{path}: tensor {name!r}: a meta tensor has no data")
-        out.append(LazyTensor(name, tuple(v.shape), dtype, original, _pt_loader(v, torch, mapped), file_index))
+        tensor = LazyTensor(name, tuple(v.shape), dtype, original, _pt_loader(v, torch, mapped), file_index)
+        if v.numel():  # tied weights: one view of one storage
+            view = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), tuple(v.stride()), v.dtype)
+            if view in first:
+                tensor.same_as = first[view]
+            else:
+                first[view] = name
+        out.append(tensor)
     if mapped is not None:
         mapped.guard([v for v in obj.values() if hasattr(v, "untyped_storage")])
     return out, metadata or {}, left_out
@@ -935,11 +956,46 @@ def source_from_mapping(tensors, dtypes=None, name: str = "<arrays>") -> ModelSo
         arr = np.asarray(value)
         original = (dtypes or {}).get(key, arr.dtype.name)
         out.append(LazyTensor(key, tuple(arr.shape), arr.dtype.name, original, _constant_loader(arr)))
+    shares = shared_arrays({t.name: t.load() for t in out})
+    for t in out:
+        t.same_as = shares.get(t.name)
     return ModelSource(name, "arrays", out)
+
+
+def shared_arrays(arrays: Mapping) -> dict:
+    """{name: the earlier name} for arrays that are one array in memory (the same data, shape, strides and dtype):
+    tied weights, e.g. a model's ``state_dict()`` converted to numpy. Empty arrays share nothing.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> w = np.ones((2, 3))
+    >>> shared_arrays({"a": w, "b": w, "c": w.copy(), "d": w[:, :2]})
+    {'b': 'a'}
+    """
+    first: dict = {}
+    out = {}
+    for name, arr in arrays.items():
+        if not isinstance(arr, np.ndarray) or not arr.size:
+            continue
+        view = (arr.__array_interface__["data"][0], arr.shape, arr.strides, arr.dtype.str)
+        if view in first:
+            out[name] = first[view]
+        else:
+            first[view] = name
+    return out
 
 
 def _constant_loader(arr: np.ndarray) -> Callable[[], np.ndarray]:
     return lambda: arr
 
 
-__all__ = ["open_model", "ModelSource", "LazyTensor", "source_from_mapping", "single_file_layout", "INDEX_NAMES"]
+__all__ = [
+    "open_model",
+    "ModelSource",
+    "LazyTensor",
+    "source_from_mapping",
+    "shared_arrays",
+    "single_file_layout",
+    "INDEX_NAMES",
+]

@@ -83,6 +83,18 @@ def _to_numpy(value, name: str = "") -> tuple[np.ndarray, str | None]:
         raise EncodeError(f"tensor dtype {name} is not supported (no numpy equivalent)") from None
 
 
+def _storage_view(value) -> tuple:
+    """What makes two torch tensors one array: device, storage, offset, shape, strides and dtype; a key of its own
+    for a tensor without plain storage (meta, sparse, nested, empty)."""
+    try:
+        if value.numel() and value.layout == _torch().strided and value.device.type != "meta":
+            storage = value.untyped_storage().data_ptr()
+            return (str(value.device), storage, value.storage_offset(), tuple(value.shape), value.stride(), value.dtype)
+    except (RuntimeError, NotImplementedError):  # (tensor subclasses without a storage)
+        pass
+    return ("own", id(value))
+
+
 def numpy_inputs(tensors, dtypes: Mapping[str, str] | None = None):
     """``tensors`` with torch tensors turned into numpy arrays, and the dtypes to record for them.
 
@@ -115,9 +127,13 @@ def numpy_inputs(tensors, dtypes: Mapping[str, str] | None = None):
     if not isinstance(tensors, Mapping) or not any(_is_torch_tensor(v) for v in tensors.values()):
         return tensors, dtypes
     arrays, recorded = OrderedDict(), {}
+    converted: dict = {}  # {view of a storage: its array}: tied weights stay one array (spec 6.2.1)
     for name, value in tensors.items():
         if _is_torch_tensor(value):
-            value, dtype = _to_numpy(value, name)
+            view = _storage_view(value)
+            if view not in converted:
+                converted[view] = _to_numpy(value, name)
+            value, dtype = converted[view]
             if dtype is not None:
                 recorded[name] = dtype
         arrays[name] = value

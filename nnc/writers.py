@@ -96,6 +96,7 @@ class _Tensor:
     name: str
     shape: tuple  # the original (restored) shape
     dtype: str  # the original dtype name (bfloat16 and float8 included: nnc.narrow_floats)
+    tied_to: str | None = None  # the coded tensor whose values it is (spec 6.2.1)
 
     @property
     def nbytes(self) -> int:
@@ -152,7 +153,10 @@ def _model_tensors(dec: Decoder, names) -> "OrderedDict[str, _Tensor]":
         shape = recorded_shape(dec.metadata, info.name, info.size)
         dtype = recorded_dtype(dec.metadata, info.name, info.dtype)
         out[info.name] = _Tensor(
-            info.name, tuple(info.shape) if shape is None else shape, info.dtype if dtype is None else dtype
+            info.name,
+            tuple(info.shape) if shape is None else shape,
+            info.dtype if dtype is None else dtype,
+            info.tied_to,
         )
     return out
 
@@ -376,7 +380,8 @@ class _PtSink:
         from .formats import PtWriter
 
         self.tensors = {t.name: t for t in file.tensors}
-        self.writer = PtWriter(tmp, [(t.name, t.dtype, t.shape) for t in file.tensors], file.metadata)
+        ties = {t.name: t.tied_to for t in file.tensors if t.tied_to in self.tensors}  # (one storage, as torch ties)
+        self.writer = PtWriter(tmp, [(t.name, t.dtype, t.shape) for t in file.tensors], file.metadata, ties)
 
     def buffer(self, info):
         return None

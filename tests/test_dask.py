@@ -256,3 +256,17 @@ def test_cluster_encodes_and_decodes_say_what_local_ones_say(client, tmp_path, c
     assert "nnc: warning: 1 tensor(s) kept none of their signal" in capsys.readouterr().err
     assert main(["decode", str(tmp_path / "m.nnr"), "-o", str(tmp_path / "m.npz"), "--scheduler", "local:1"]) == 0
     assert "float8: b written as float32" in capsys.readouterr().err
+
+
+def test_tied_weights_on_dask_equal_local(client, tmp_path):
+    """A .pt file's tied weights (one storage) are coded once on the cluster too (spec 6.2.1 "tied")."""
+    torch = pytest.importorskip("torch", reason="torch is not installed (pip install torch)")
+    model = {k: torch.from_numpy(v) for k, v in _model(np.random.default_rng(3)).items() if v.ndim}
+    model["head.weight"] = model["embed.weight"]
+    path = tmp_path / "tied.pt"
+    torch.save(model, path)
+    local = nnc.encode_model(str(path), qp=-30)
+    assert nnc.Decoder(local).tied == {"head.weight": "embed.weight"}
+    assert nnc.encode_model(str(path), client=client, qp=-30) == local
+    back = nnc.decode_model(local)
+    np.testing.assert_array_equal(back["head.weight"], back["embed.weight"])

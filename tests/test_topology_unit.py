@@ -126,7 +126,7 @@ def test_an_unreadable_announcement_is_refused(tensors):
         nnc.decode(_with_metadata_text(stream, '{"nnc": {"version": 1, "tensors": %s}}' % tensors))
 
 
-@pytest.mark.parametrize("version", ["2", "true", '"1"'])
+@pytest.mark.parametrize("version", ["3", "true", '"1"', '"2"', "0"])
 def test_metadata_of_another_version_is_not_read_as_version_1(version):
     stream = nnc.encode({"a": np.arange(4, dtype=np.float32)})
     with pytest.raises(UnsupportedError, match="metadata version"):

@@ -49,6 +49,7 @@ _BOOL_OPTIONS = (
     "hdsp",
     "differences",
     "raw_when_smaller",
+    "tie_shared",
 )
 
 
@@ -250,6 +251,7 @@ class EncoderSettings:
     skip_zero: bool | None = None
     differences: bool = False
     raw_when_smaller: bool = True
+    tie_shared: bool = True
 
     def __post_init__(self):
         for option, integer, optional in _NUMBER_OPTIONS:
@@ -367,6 +369,7 @@ class EncoderSettings:
             skip_zero=None if self.skip_zero is None else bool(self.skip_zero),
             differences=bool(self.differences),
             raw_when_smaller=bool(self.raw_when_smaller),
+            tie_shared=bool(self.tie_shared),
         )
         for name, value in normalised.items():
             object.__setattr__(self, name, value)
@@ -451,6 +454,29 @@ class EncoderSettings:
         not name it; else None."""
         original = self.dtypes.get(name, original_dtype)
         return original if original in narrow_floats.FLOAT8 and not self.is_raw(name) else None
+
+    def codes_alike(self, a: str, b: str, ndim: int) -> bool:
+        """Whether tensors ``a`` and ``b`` of ``ndim`` dimensions get the same per-tensor options, so that one coded
+        tensor may stand for both (tied weights, spec 6.2.1): the same qp (and whether it is given by name), λ, DQ,
+        raw storage, output format and recorded dtype, and neither has importance, sigmas or a covariance of its own.
+
+        Examples
+        --------
+        >>> s = EncoderSettings(qp=-30, qp_per_tensor={"head.*": -40})
+        >>> s.codes_alike("embed.weight", "tok.weight", 2), s.codes_alike("embed.weight", "head.weight", 2)
+        (True, False)
+        """
+        own = (self.importance, self.sigmas, self.covariances)
+        return (
+            not any(n in m for m in own for n in (a, b))
+            and self.tensor_qp(a, ndim) == self.tensor_qp(b, ndim)
+            and self.qp_given(a) == self.qp_given(b)
+            and self.tensor_lambda(a) == self.tensor_lambda(b)
+            and self.tensor_dq(a) == self.tensor_dq(b)
+            and self.is_raw(a) == self.is_raw(b)
+            and self.output_formats.get(a) == self.output_formats.get(b)
+            and self.dtypes.get(a) == self.dtypes.get(b)
+        )
 
     def replace(self, **changes) -> "EncoderSettings":
         """A copy with some options changed, checked again."""

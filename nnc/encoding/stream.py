@@ -28,7 +28,8 @@ import os
 import shutil
 import time
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from types import MappingProxyType
+from typing import Mapping, NamedTuple
 
 import numpy as np
 
@@ -40,7 +41,15 @@ from ..narrow_floats import as_stored
 from ..reconstruction import DECOMPRESSED_DATA_FORMATS
 from .quantiser import RESTORABLE_FORMATS, exact_qp
 from .settings import check_tensor_name, qp_offset_fits
-from .writer import UnitWriter, block_groups, block_members, differences_without_a_model, metadata_json, mps_qp
+from .writer import (
+    UnitWriter,
+    block_groups,
+    block_members,
+    differences_without_a_model,
+    metadata_json,
+    mps_qp,
+    tied_tensors,
+)
 
 #: Default budget of the tensors in flight (their float32 size): at least one unit is always in flight.
 DEFAULT_BUDGET = 1 << 30
@@ -89,6 +98,9 @@ class StreamSummary:
     left_out : list
         Entries of the model file that are not encoded (:attr:`nnc.readers.ModelSource.left_out`;
         filled by :func:`nnc.models.encode_model_to`).
+    tied : dict
+        {name: coded tensor} of the tensors stored once for two names (tied weights, spec 6.2.1); ``tensors``
+        counts them, ``weights`` does not.
     seconds : float
         Wall time.
     """
@@ -108,6 +120,7 @@ class StreamSummary:
     coarse: dict = field(default_factory=dict)
     float32_precision: list = field(default_factory=list)
     left_out: list = field(default_factory=list)
+    tied: dict = field(default_factory=dict)
     seconds: float = 0.0
 
     def add_error(self, name: str, energy: float, error: float, total: bool = True) -> None:
@@ -167,13 +180,15 @@ def predicted(settings, t, in_block: bool) -> tuple:
     return natural, s.tensor_qp(t.name, len(t.shape))
 
 
-def _planned(settings, tensors: list, incremental: bool) -> tuple:
-    """A stream's plan from its tensors' headers: (the tensors by name, the block groups, the members of blocks
-    other than their weights, each tensor's predicted (decoded dtype, qp)); names and options checked."""
+def _planned(settings, tensors: list, incremental: bool, tied: Mapping = MappingProxyType({})) -> tuple:
+    """A stream's plan from its tensors' headers: (the tensors coded by name, the block groups, the members of blocks
+    other than their weights, each coded tensor's predicted (decoded dtype, qp)); names and options checked. The
+    ``tied`` tensors (:func:`~nnc.encoding.writer.tied_tensors`) are not coded."""
     for t in tensors:
         check_tensor_name(t.name)
+    settings.check_names({t.name for t in tensors})
+    tensors = [t for t in tensors if t.name not in tied]
     by_name = {t.name: t for t in tensors}
-    settings.check_names(by_name)
     groups = block_groups(
         settings.blocks,
         {t.name: t.shape for t in tensors},
@@ -211,7 +226,9 @@ def encode_to(
             t0=t0,
         )
     tensors = list(source)
-    by_name, groups, in_block, plan = _planned(s, tensors, incremental=False)
+    shares = {t.name: t.same_as for t in tensors if t.same_as is not None}
+    tied = tied_tensors(shares, s, {t.name: len(t.shape) for t in tensors})
+    by_name, groups, in_block, plan = _planned(s, tensors, incremental=False, tied=tied)
     exact = {t.name for t in tensors if s.exact_float8(t.name, t.original_dtype)}
     if any(dtype is None for dtype, _ in plan.values()):
         raise EncodeError(
@@ -221,16 +238,25 @@ def encode_to(
     stream_qp = mps_qp([qp for _, qp in plan.values() if qp is not None], s.qp_density)
     writer = UnitWriter(s, encoder.engine, None)
     metadata = metadata_json(
-        {t.name: t.shape for t in tensors}, {k: v[0] for k, v in plan.items()}, original, extra_metadata, groups=groups
+        {t.name: t.shape for t in tensors},
+        {k: v[0] for k, v in plan.items()},
+        original,
+        extra_metadata,
+        groups=groups,
+        tied=tied,
     )
+    ties_of: dict = {}
+    for name, coded_as in tied.items():
+        ties_of.setdefault(coded_as, []).append(name)
     units = [name for name in by_name if name not in in_block]
     kept_raw: dict = {}
     narrowed: set = set()  # float64 tensors that keep only float32 precision (measured only)
     summary = StreamSummary(
         path=os.fspath(output),
         tensors=len(tensors),
-        weights=sum(t.size for t in tensors),
+        weights=sum(t.size for t in by_name.values()),  # (a tied tensor's are its coded tensor's)
         original_bytes=source.nbytes if hasattr(source, "nbytes") else 0,
+        tied=dict(tied),
     )
     if not measure:
         summary.energy = summary.error = math.nan
@@ -307,6 +333,8 @@ def encode_to(
                     summary.add_error(t.name, *stats.get(t.name, (0.0, 0.0)))
                 if progress is not None:
                     progress(t.name, by_name[t.name].size)
+                    for tie in ties_of.get(t.name, ()):
+                        progress(tie, by_name[t.name].size)
 
         with contextlib.closing(in_order_in_flight(units, job, cost, budget, s.threads)) as results:
             for _, (unit, stats, data) in results:

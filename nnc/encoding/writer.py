@@ -197,6 +197,7 @@ def metadata_json(
     skipped=(),
     differences: bool = False,
     groups: Mapping[str, dict] | None = None,
+    tied: Mapping[str, str] | None = None,
 ) -> str:
     """nnc's topology metadata (spec 6.2.1): the tensors announced (and skipped, spec 3.5),
     whether they are differences, original shapes of 0-d tensors and original dtypes.
@@ -207,17 +208,22 @@ def metadata_json(
     differences to the receiver's model; ``extra`` adds keys (e.g. "checkpoint").
     ``groups`` are the block groups of :func:`block_groups`: given, the tensors are announced
     by their count where that gives the model's order back (:func:`announced_by_count`),
-    otherwise by name.
+    otherwise by name. ``tied`` ({name: coded tensor}, :func:`tied_tensors`) names the tensors
+    the stream does not code, whose values are another's (metadata version 2).
 
     Examples
     --------
     >>> metadata_json({"w": (2, 2), "n": ()}, {"w": "float32", "n": "int32"}, {"w": "float32", "n": "int64"})
     '{"nnc":{"dtypes":{"n":"int64"},"shapes":{"n":[]},"tensors":["w","n"],"version":1}}'
     """
-    zero_d: dict[str, list] = {k: [] for k, v in shapes.items() if len(v) == 0}
-    dtypes = {k: original[k] for k in shapes if original[k] != decoded[k]}
-    by_count = groups is not None and not skipped and announced_by_count(list(shapes), groups)
-    meta: dict = {"version": 1, "tensors": len(shapes) if by_count else list(shapes)}
+    tied = tied or {}
+    coded = [k for k in shapes if k not in tied]  # (a tied tensor is restored as its coded one)
+    zero_d: dict[str, list] = {k: [] for k in coded if len(shapes[k]) == 0}
+    dtypes = {k: original[k] for k in coded if original[k] != decoded[k]}
+    by_count = groups is not None and not skipped and not tied and announced_by_count(list(shapes), groups)
+    meta: dict = {"version": 2 if tied else 1, "tensors": len(shapes) if by_count else list(shapes)}
+    if tied:
+        meta["tied"] = dict(tied)
     if skipped:
         meta["skipped"] = list(skipped)
     if differences:
@@ -234,6 +240,31 @@ def metadata_json(
             f"more than the {Limits.max_metadata_bytes:,} decoders read by default (spec 15.2)"
         )
     return text
+
+
+def tied_tensors(shares: Mapping[str, str], settings: EncoderSettings, ndims: Mapping[str, int], state=None) -> dict:
+    """The tensors coded once for two names (tied weights, spec 6.2.1): {name: the earlier tensor coded for it}.
+
+    ``shares`` maps a tensor to an earlier one whose values it shares (one storage in a .pt file, one array in
+    memory: :attr:`nnc.readers.LazyTensor.same_as`); a pair is tied when ``settings.tie_shared`` is on, the two
+    get the same options (:meth:`~nnc.encoding.settings.EncoderSettings.codes_alike`), and the stream is not
+    part of an incremental sequence (``state``), whose updates name each tensor's parent.
+
+    Examples
+    --------
+    >>> from nnc.encoding.settings import EncoderSettings
+    >>> tied_tensors({"head.weight": "embed.weight"}, EncoderSettings(qp=-30), {"head.weight": 2})
+    {'head.weight': 'embed.weight'}
+    >>> tied_tensors({"head.weight": "embed.weight"}, EncoderSettings(qp=-30, tie_shared=False), {"head.weight": 2})
+    {}
+    """
+    if not settings.tie_shared or state is not None or settings.differences:
+        return {}
+    return {
+        name: source
+        for name, source in shares.items()
+        if source != name and source not in shares and settings.codes_alike(name, source, ndims[name])
+    }
 
 
 def announced_by_count(names: list, groups: Mapping[str, dict]) -> bool:
@@ -656,4 +687,5 @@ __all__ = [
     "block_members",
     "mps_qp",
     "metadata_json",
+    "tied_tensors",
 ]
