@@ -157,7 +157,7 @@ def read_tensors(path, names, expected=None) -> dict:
 def _encode_unit(path, name, parts, options, mps_qp, expected=None):
     """Worker: one NDU (a tensor, or a block and its members) -> (bytes, member summaries). ``expected``: the
     client's {name: (shape, dtype)} of the unit's tensors."""
-    from .encoder import Encoder, lost_signal
+    from .encoder import Encoder, coarse_signal, lost_signal
     from .encoding.settings import qp_offset_fits
     from .encoding.writer import UnitWriter, block_members
 
@@ -177,6 +177,7 @@ def _encode_unit(path, name, parts, options, mps_qp, expected=None):
             qp=t.qp,
             recon=np.asarray(t.recon).dtype.name,
             lost=lost_signal(t.levels, t.recon, arrays[t.name]) if t.name in arrays else False,
+            coarse=coarse_signal(arrays.get(t.name), t.levels, t.recon, s.dtypes.get(t.name)),
         )
         for t in unit.members
     ]
@@ -200,7 +201,7 @@ def encode_model(model, output, client, **options) -> int:
     nnc.formats.FormatError
         If the model cannot be read.
     """
-    from .encoder import Encoder, warn_lost_signal
+    from .encoder import Encoder, warn_coarse, warn_lost_signal
     from .encoding.writer import block_groups, block_members, metadata_json, tied_tensors
     from .encoding.writer import mps_qp as stream_qp
     from .models import checkpoint_metadata, keep_quantisation_parameters_exact, with_file_dtypes
@@ -273,6 +274,7 @@ def encode_model(model, output, client, **options) -> int:
         if os.path.exists(spool):
             os.unlink(spool)
     warn_lost_signal([m["name"] for summary in summaries for m in summary if m.get("lost")])  # as a local encode
+    warn_coarse({m["name"]: m["coarse"] for summary in summaries for m in summary if m.get("coarse") and not m["lost"]})
     return length
 
 

@@ -186,16 +186,17 @@ _SLICE = 1 << 20
 
 def _warn_after_encode(encoder: "Encoder", result: "EncodeResult", arrays: Mapping) -> None:
     """PrecisionWarnings at the first caller outside nnc: the tensors of ``result`` whose non-zero values all decode
-    as 0 (none for an update, whose small differences may round to zero by design), and the float64 tensors that
+    as 0, and the float tensors that kept little of their signal (an SNR under ``COARSE_SNR_DB``, as ``nnc encode``
+    says; neither for an update, whose small differences may round to zero by design), and the float64 tensors that
     keep only float32 precision."""
     if not encoder.settings.differences:
-        warn_lost_signal(
-            [
-                name
-                for name, t in result.tensors.items()
-                if name in arrays and lost_signal(t.levels, t.reconstruction, arrays[name])
-            ]
-        )
+        lost = [
+            name
+            for name, t in result.tensors.items()
+            if name in arrays and lost_signal(t.levels, t.reconstruction, arrays[name])
+        ]
+        warn_lost_signal(lost)
+        warn_coarse(_coarse(encoder, result, arrays, set(lost)))
     narrowed = [
         name
         for name, t in result.tensors.items()
@@ -253,6 +254,50 @@ def warn_lost_signal(lost: list) -> None:
             f"{len(lost)} tensor(s) kept none of their signal (their quantisation step is too coarse for their "
             f"values, which decode as zeros): {_first_names(lost)}; a finer qp (tensor_qp=, nonweight_qp=) or raw= "
             "keeps them"
+        )
+
+
+def _coarse(encoder: "Encoder", result: "EncodeResult", arrays: Mapping, lost: set) -> dict:
+    """{name: SNR in dB} of the tensors of ``result`` that kept little of their signal (:func:`coarse_signal`)."""
+    out = {}
+    for name, t in result.tensors.items():
+        if name in arrays and name not in lost:
+            snr = coarse_signal(arrays[name], t.levels, t.reconstruction, encoder.settings.dtypes.get(name))
+            if snr is not None:
+                out[name] = snr
+    return out
+
+
+def coarse_signal(values, levels, reconstruction, dtype: str | None = None) -> float | None:
+    """The SNR in dB of a quantised float tensor (``levels`` not None) that kept little of its signal, measured
+    against the values a file of ``dtype`` holds (bfloat16: rounded); None for one that kept more, none, or was
+    stored exactly.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> round(coarse_signal(np.array([1.0, 1.0]), np.array([1, 0]), np.array([1.0, 0.5])), 2)
+    9.03
+    """
+    from .encoding.stream import coarse_snr_db, energy_error
+
+    if levels is None or not isinstance(values, np.ndarray) or values.dtype.kind != "f":
+        return None
+    return coarse_snr_db(*energy_error(values, narrow_floats.as_stored(dtype, np.asarray(reconstruction))))
+
+
+def warn_coarse(coarse: Mapping[str, float]) -> None:
+    """The PrecisionWarning (nnc.errors) naming float tensors that kept little of their signal, with their SNRs, at
+    the first caller outside nnc; nothing for none."""
+    from .encoding.stream import COARSE_SNR_DB
+
+    if coarse:
+        shown = [f"{k!r} ({v:.1f} dB)" for k, v in list(coarse.items())[:3]]
+        more = f" and {len(coarse) - 3} more" if len(coarse) > 3 else ""
+        _warn(
+            f"{len(coarse)} tensor(s) kept little of their signal (SNR under {COARSE_SNR_DB:g} dB: their "
+            f"quantisation step is coarse for their values): {', '.join(shown)}{more}; a finer qp (tensor_qp=, "
+            "nonweight_qp=) or raw= keeps them"
         )
 
 

@@ -384,7 +384,7 @@ def encode_model_to(model, output, *, progress=None, budget: int = 1 << 30, meas
     """
     from ._files import refuse_overwriting
     from .encoder import Encoder
-    from .encoding.stream import StreamSummary, _energy_error
+    from .encoding.stream import StreamSummary, energy_error
     from .readers import open_model, source_from_mapping
 
     if isinstance(model, Mapping):
@@ -432,7 +432,7 @@ def encode_model_to(model, output, *, progress=None, budget: int = 1 << 30, meas
         for name, x in tensors.items():
             if x.dtype.kind == "f":  # against the values the decoded model's file holds
                 stored = narrow_floats.as_stored(encoder.settings.dtypes.get(name), result.tensors[name].reconstruction)
-                summary.add_error(name, *_energy_error(x, stored))
+                summary.add_error(name, *energy_error(x, stored))
     summary.seconds = time.perf_counter() - t0
     return summary
 

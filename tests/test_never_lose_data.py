@@ -1098,6 +1098,26 @@ def test_a_tensor_that_keeps_little_of_its_signal_is_warned_of(tmp_path, capsys)
     assert code == 0 and "little of their signal" not in err
 
 
+def test_the_python_functions_warn_of_a_tensor_that_keeps_little_of_its_signal(tmp_path):
+    """Before: only the command line said so (a BatchNorm running mean at the weights' step, 3 dB); nnc.encode and
+    nnc.encode_model passed it silently."""
+    import warnings
+
+    rng = np.random.default_rng(2)
+    model = {"conv.weight": rng.normal(0, 0.1, (16, 8, 3, 3)).astype(np.float32),
+             "bn.running_mean": (1e-3 + rng.normal(0, 5e-4, 16)).astype(np.float32)}
+    with pytest.warns(nnc.PrecisionWarning, match=r"kept little of their signal.*'bn.running_mean' \(\d"):
+        nnc.encode(model)
+    path = tmp_path / "m.npz"
+    path.write_bytes(npz_bytes(model))
+    with pytest.warns(nnc.PrecisionWarning, match="kept little.*'bn.running_mean'"):
+        nnc.encode_model(str(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        nnc.encode(model, raw=["bn.*"])                           # kept exactly: nothing to say
+        nnc.encode({"w": model["conv.weight"]})                   # a weight at its step keeps its signal
+
+
 @pytest.mark.parametrize("command", ["encode", "decode-file", "decode-folder"])
 def test_sigterm_leaves_no_partial_output(tmp_path, command):
     """Before: SIGTERM (kill, timeout, a batch scheduler) ended nnc where it stood, leaving its temporary file

@@ -133,7 +133,7 @@ class StreamSummary:
             self.error += error
         if error >= energy > 0:
             self.zeroed.append(name)
-        elif error > 0 and energy > 0 and 10 * math.log10(energy / error) < COARSE_SNR_DB:
+        elif coarse_snr_db(energy, error) is not None:
             self.coarse[name] = 10 * math.log10(energy / error)
 
     @property
@@ -156,6 +156,41 @@ class StreamSummary:
     def ratio(self) -> float:
         """How many times smaller than the model in its original dtypes."""
         return self.original_bytes / max(self.stream_bytes, 1)
+
+
+def coarse_snr_db(energy: float, error: float) -> float | None:
+    """The SNR in dB of a tensor coded with this energy and error when it kept little of its signal: above 0 dB (at
+    0 dB or under it kept none) and under :data:`COARSE_SNR_DB`; else None.
+
+    Examples
+    --------
+    >>> round(coarse_snr_db(1.0, 0.25), 2), coarse_snr_db(1.0, 0.01), coarse_snr_db(1.0, 1.0)
+    (6.02, None, None)
+    """
+    if not 0 < error < energy:
+        return None
+    snr = 10 * math.log10(energy / error)
+    return snr if snr < COARSE_SNR_DB else None
+
+
+def energy_error(x: np.ndarray, recon: np.ndarray) -> tuple[float, float]:
+    """(sum x², sum (x - recon)²) in float64, in slices so that the temporaries stay small; inf and NaN kept exactly
+    are no error, and their energy is left out (as :func:`nnc.models.compare_tensors`).
+
+    Examples
+    --------
+    >>> energy_error(np.array([3.0, 4.0, np.inf]), np.array([3.0, 3.0, np.inf]))
+    (25.0, 1.0)
+    """
+    a, b = x.reshape(-1), recon.reshape(-1)
+    e = d = 0.0
+    for i in range(0, a.size, 1 << 20):
+        u, v = a[i : i + (1 << 20)].astype(np.float64), b[i : i + (1 << 20)].astype(np.float64)
+        with np.errstate(invalid="ignore"):
+            diff = np.where((u == v) | (np.isnan(u) & np.isnan(v)), 0.0, u - v)
+        u = np.where(np.isfinite(u), u, 0.0)
+        e, d = e + float(u @ u), d + float(diff @ diff)
+    return e, d
 
 
 def predicted(settings, t, in_block: bool) -> tuple:
@@ -300,11 +335,11 @@ def encode_to(
         for n, t in coded.items():  # measured as coded: a tensor stored raw when smaller is exact
             x = values[n]
             if measure and x.dtype.kind == "f":  # against the values the decoded model's file holds
-                stats[n] = _energy_error(x, as_stored(s.dtypes.get(n, by_name[n].original_dtype), t.recon))
+                stats[n] = energy_error(x, as_stored(s.dtypes.get(n, by_name[n].original_dtype), t.recon))
                 if float32_precision_lost(x, t.levels, t.step, t.recon, t.kept_raw, s.is_raw(n)):
                     narrowed.add(n)
             elif measure and t.levels is not None and t.step is not None:  # integers coded lossily (--no-lossless-int)
-                stats[n] = (*_energy_error(x, np.rint(t.recon)), False)  # (in float64, slice by slice)
+                stats[n] = (*energy_error(x, np.rint(t.recon)), False)  # (in float64, slice by slice)
         if name in groups:
             unit = writer.group_unit(name, groups[name], coded, values)
         else:
@@ -392,20 +427,6 @@ def _encode_update_in_memory(encoder, source, tensors, output, progress, extra_m
         kept_raw_reasons={k: t.kept_raw for k, t in result.tensors.items() if t.kept_raw is not None},
     )
     return summary
-
-
-def _energy_error(x: np.ndarray, recon: np.ndarray) -> tuple[float, float]:
-    """(sum x², sum (x - recon)²) in float64, in slices so that the temporaries stay small."""
-    a, b = x.reshape(-1), recon.reshape(-1)
-    e = d = 0.0
-    for i in range(0, a.size, 1 << 20):
-        u, v = a[i : i + (1 << 20)].astype(np.float64), b[i : i + (1 << 20)].astype(np.float64)
-        # inf and NaN kept exactly are no error; their energy is left out (as models.compare_tensors)
-        with np.errstate(invalid="ignore"):
-            diff = np.where((u == v) | (np.isnan(u) & np.isnan(v)), 0.0, u - v)
-        u = np.where(np.isfinite(u), u, 0.0)
-        e, d = e + float(u @ u), d + float(diff @ diff)
-    return e, d
 
 
 def _encode_update_streaming(
