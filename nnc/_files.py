@@ -128,14 +128,86 @@ def temp_file_beside(path, suffix: str = ".tmp") -> tuple[int, str]:
         )
     # the name cut so that the temporary one stays within the 255 bytes a folder entry takes
     prefix = "." + os.fsencode(p.name)[:200].decode(errors="ignore") + "."
+    folder = p.parent if str(p.parent) else Path(".")
+    remove_stale_temp_files(folder, prefix, suffix)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=p.parent if str(p.parent) else ".")
+        fd, tmp = tempfile.mkstemp(prefix=prefix + _owner_tag(), suffix=suffix, dir=folder)
     except OSError as exc:
         raise OSError(exc.errno, f"cannot write there ({exc.strerror})", os.fspath(path)) from None
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)
     return fd, tmp
+
+
+#: A temporary file of a process that ended is removed only once it has not changed for this long (seconds).
+STALE_AFTER = 600.0
+
+
+def _owner_tag() -> str:
+    """``nnc_<host digest>_<pid>_``: what names a temporary file's writer, so that a later run can tell whether it
+    still runs (:func:`remove_stale_temp_files`)."""
+    import hashlib
+    import socket
+
+    host = hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:8]
+    return f"nnc_{host}_{os.getpid()}_"
+
+
+def _running(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this machine (one we may not signal runs too)."""
+    if pid <= 0:
+        return True  # (not a process id: never taken for ended)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError, OverflowError):
+        return True
+    return True
+
+
+def remove_stale_temp_files(folder, prefix: str, suffix: str) -> list:
+    """Remove the temporary files a writer of the same target left when it was killed (SIGKILL, out of memory, a
+    power cut: no handler ran): the files in ``folder`` named ``prefix`` + an owner tag of this machine whose
+    process no longer runs + ``suffix``, unchanged for :data:`STALE_AFTER` seconds. Files of other machines
+    (a shared folder), of running processes or of other names are left; errors are ignored. Returns the names
+    removed.
+
+    Examples
+    --------
+    >>> import os, tempfile, time
+    >>> from nnc._files import remove_stale_temp_files
+    >>> d = tempfile.mkdtemp()
+    >>> left = os.path.join(d, ".m.nnr." + _owner_tag().replace(str(os.getpid()), "999999999") + "x1.tmp")
+    >>> open(left, "wb").close(); os.utime(left, (time.time() - 3600,) * 2)
+    >>> remove_stale_temp_files(d, ".m.nnr.", ".tmp") == [os.path.basename(left)], os.listdir(d)
+    (True, [])
+    """
+    import time
+
+    mine = prefix + _owner_tag().rsplit("_", 2)[0] + "_"  # (nnc_<host>_: this machine's writers)
+    removed: list[str] = []
+    try:
+        entries = [e for e in os.scandir(folder) if e.name.startswith(mine) and e.name.endswith(suffix)]
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        pid = entry.name[len(mine) :].split("_", 1)[0]
+        try:
+            if (
+                not pid.isdigit()
+                or _running(int(pid))
+                or now - entry.stat(follow_symlinks=False).st_mtime < STALE_AFTER
+            ):
+                continue
+            if entry.is_file(follow_symlinks=False):
+                os.unlink(entry.path)
+                removed.append(entry.name)
+        except OSError:
+            continue
+    return removed
 
 
 def reserve_space(fd: int, size: int) -> None:

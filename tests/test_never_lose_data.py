@@ -11,6 +11,7 @@ import os
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -1144,6 +1145,45 @@ def test_sigterm_leaves_no_partial_output(tmp_path, command):
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and r.stderr.strip() == "nnc: error: terminated (SIGTERM)", r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no output, no temporary file, no new folder
+
+
+def test_a_temporary_file_left_by_a_killed_writer_is_removed_by_the_next_write(tmp_path):
+    """Before: SIGKILL (the out-of-memory killer, kill -9) left the whole temporary output beside the target, hidden,
+    for good. Now the next write of the same target removes the temporary files of its writers that no longer run
+    (this machine's, unchanged for 10 minutes); those of running writers, other machines and other targets stay."""
+    model = tmp_path / "m.npz"
+    model.write_bytes(npz_bytes({"w": np.random.default_rng(0).normal(size=(64, 64)).astype(np.float32)}))
+    script = (
+        "import os, signal, sys\n"
+        "real = os.fsync\n"
+        "def fsync(fd):\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "os.fsync = fsync\n"
+        "from nnc.cli import main\n"
+        f"sys.exit(main(['encode', {str(model)!r}, '-o', {str(tmp_path / 'out.nnr')!r}]))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert r.returncode == -9
+    left = [p for p in tmp_path.iterdir() if p.name.startswith(".out.nnr.")]
+    assert len(left) == 1 and left[0].stat().st_size > 1000        # the killed writer's whole stream, hidden
+    from nnc._files import _owner_tag
+
+    tag = _owner_tag()
+    running = tmp_path / f".out.nnr.{tag}keep.tmp"                     # this process's: it runs
+    elsewhere = tmp_path / f".out.nnr.nnc_00000000_{99999}_x.tmp"     # another machine's
+    other = tmp_path / f".other.nnr.{tag.replace(str(os.getpid()), '999999999')}x.tmp"   # another target's
+    for p in (running, elsewhere, other):
+        p.write_bytes(b"x")
+    old = time.time() - 3600
+    for p in (*left, running, elsewhere, other):
+        os.utime(p, (old, old))
+    assert main(["encode", str(model), "-o", str(tmp_path / "out.nnr"), "-q"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m.npz", "out.nnr", running.name, elsewhere.name,
+                                                                 other.name])
+    recent = tmp_path / f".out.nnr.{tag.replace(str(os.getpid()), '999999999')}y.tmp"   # ended, but just now
+    recent.write_bytes(b"x")
+    assert main(["encode", str(model), "-o", str(tmp_path / "out.nnr"), "-q"]) == 0
+    assert recent.exists()
 
 
 def test_a_dash_for_a_file_is_a_usage_error(model, tmp_path, capsys, monkeypatch):
