@@ -593,9 +593,15 @@ def _add_update(dec: Decoder, output, add_to, template, progress, inputs, overwr
         )
 
     def added(names, out_of):
+        names = list(names)
+        here = set(names)
+        later: dict = {}  # members of a BLOCK unit decoded with an earlier one, until their turn (one decode a unit)
         for name in names:
             if name in update:
-                decoded, _ = restore_model_view({name: dec.decode_tensor(name)}, dec.metadata)
+                if name not in later:
+                    unit = dec.decode(dec.info(name).block or [name])
+                    later.update((k, v) for k, v in unit.items() if k in here)
+                decoded, _ = restore_model_view({name: later.pop(name)}, dec.metadata)
                 model = {name: held[name]} if name in held else {}
                 try:
                     value = apply_update(model, decoded, check_parent=False, replaced=sent_whole, narrow=dec.narrow)[

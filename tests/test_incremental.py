@@ -1165,3 +1165,39 @@ def test_a_command_that_fails_after_reading_its_state_leaves_it_unlocked(tmp_pat
     assert cli._STATE_LOCKS == []
     with open(rx, "rb") as fh:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # (BlockingIOError if the failed command held it)
+
+
+def test_add_to_decodes_each_unit_once(tmp_path, monkeypatch):
+    """Before: --add-to decoded tensor by tensor in the model's order, so a BLOCK unit (a weight with its bias)
+    was decoded once for each of its members."""
+    from nnc import formats
+    from nnc.cli import main
+    from nnc.decoder import Decoder
+
+    rng = np.random.default_rng(11)
+    first = {"fc.weight": rng.normal(0, 0.05, (24, 16)).astype(np.float32),
+             "fc.bias": rng.normal(0, 0.01, 24).astype(np.float32),
+             "out.weight": rng.normal(0, 0.05, (4, 24)).astype(np.float32)}
+    second = {k: v + rng.laplace(0, 0.003, v.shape).astype(np.float32) for k, v in first.items()}
+    for i, m in enumerate((first, second)):
+        (tmp_path / f"m{i}.npz").write_bytes(formats.npz_bytes(m))
+        assert main(["encode", str(tmp_path / f"m{i}.npz"), "-o", str(tmp_path / f"s{i}.nnr"), "--qp", "-34",
+                     "--state", str(tmp_path / "tx"), "--differences", "--blocks", "-q"]) == 0
+    assert main(["decode", str(tmp_path / "s0.nnr"), "-o", str(tmp_path / "r0.npz"), "--state",
+                 str(tmp_path / "rx"), "-q"]) == 0
+    update = Decoder(str(tmp_path / "s1.nnr"))
+    assert update.info("fc.weight").block                         # the weight and its bias share a BLOCK unit
+    decoded: list = []
+    real = Decoder._decode_ndu
+
+    def counting(self, unit, *args, **kwargs):
+        decoded.append(unit.offset)
+        return real(self, unit, *args, **kwargs)
+
+    monkeypatch.setattr(Decoder, "_decode_ndu", counting)
+    assert main(["decode", str(tmp_path / "s1.nnr"), "-o", str(tmp_path / "r1.npz"), "--state", str(tmp_path / "rx"),
+                 "--add-to", str(tmp_path / "r0.npz"), "-q"]) == 0
+    assert sorted(decoded) == sorted(set(decoded)) and len(decoded) == 2
+    held, _ = formats.read_model(tmp_path / "r1.npz")
+    tracked = EncoderState.load(tmp_path / "tx").model
+    assert list(held) == list(first) and all(np.array_equal(held[k], tracked[k]) for k in tracked)
