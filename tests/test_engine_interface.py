@@ -292,3 +292,71 @@ def test_uncompiled_python_engine_writes_the_compiled_bytes(uncompiled_tree, tmp
         assert run.returncode == 0, run.stderr
         streams.append(out.read_bytes())
     assert streams[0] == streams[1]
+
+
+#: Engine calls with absurd integers (beyond int64, or dimensions far beyond memory), by what they exercise.
+_ABSURD = {
+    "context_count": "e.context_count(2, N)",
+    "scan_permutation": "e.scan_permutation(N, 2, 0)",
+    "scan_permutation_huge": "e.scan_permutation(2**40, 2, 1)",
+    "block_row_count": "e.block_row_count(N, 1)",
+    "estimate_n_gtx": "e.estimate_tensor_bits(lv, 2, 2, n_gtx=N)",
+    "estimate_height": "e.estimate_tensor_bits(lv, N, 2, n_gtx=11)",
+    "rdoq_n_gtx": "e.rdoq_levels(x, 2, 2, lam=0.1, n_gtx=N)",
+    "rdoq_height": "e.rdoq_levels(x, N, 2, lam=0.1)",
+    "dq_rdoq_chunk": "e.dq_rdoq_levels(x, 2, 2, lam=0.1, chunk=N)",
+    "dq_rdoq_edition": "e.dq_rdoq_levels(x, 2, 2, lam=0.1, edition=N)",
+    "bin_cost": "e.bin_cost(N, 1)",
+    "read_bypass": "e.PayloadDecoder(b'\\0\\0\\0\\0', 2).read_bypass(N)",
+    "read_qp_offset": "e.PayloadDecoder(b'\\0\\0\\0\\0', 2).read_qp_offset(N)",
+    "decoder_edition": "e.PayloadDecoder(b'\\0\\0\\0\\0', N)",
+    "decode_height": "e.PayloadDecoder(b'\\0\\0\\0\\0', 2).decode_tensor(N, 2, n_gtx=11)",
+    "decode_huge": "e.PayloadDecoder(b'\\0\\0\\0\\0', 2).decode_tensor(2**40, 2, n_gtx=11)",
+    "decode_n_gtx": "e.PayloadDecoder(b'\\0\\0\\0\\0', 2).decode_tensor(2, 2, n_gtx=N)",
+    "decode_codebook": "e.PayloadDecoder(b'\\0\\0\\0\\0', 2).decode_tensor(2, 2, n_gtx=11, codebook_size=N)",
+    "decode_start_row": "e.PayloadDecoder(b'\\0\\0\\0\\0', 2).decode_tensor(2, 2, n_gtx=11, start_block_row=N)",
+    "encoder_edition": "e.PayloadEncoder(N)",
+    "write_bypass": "e.PayloadEncoder(2).write_bypass(N, 3)",
+    "write_bypass_bits": "e.PayloadEncoder(2).write_bypass(1, N)",
+    "write_qp_offset": "e.PayloadEncoder(2).write_qp_offset(N, 6)",
+    "encode_height": "e.PayloadEncoder(2).encode_tensor(lv, N, 2, n_gtx=11)",
+    "encode_n_gtx": "e.PayloadEncoder(2).encode_tensor(lv, 2, 2, n_gtx=N)",
+    "entry_points": "e.compute_entry_points(b'\\0\\0\\0\\0', N, [])",
+}
+
+
+@pytest.mark.parametrize("name", ENGINES)
+def test_absurd_engine_arguments_raise_and_never_crash(name):
+    """Before: the Python engine's scan_permutation(2**70, 2, 0) grew until the machine's memory killed the
+    process. Every call with an absurd integer raises an exception (the compiled engine's C types: OverflowError;
+    checks: ValueError or nnc's errors; a size beyond memory: MemoryError) or returns, in a process whose address
+    space is capped at 4 GB, which a runaway allocation would exceed."""
+    script = (
+        "import json, resource, numpy as np\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))\n"
+        "from nnc.engine import get_engine\n"
+        f"e, N = get_engine({name!r}), 2**70\n"
+        "lv, x = np.zeros(4, np.int32), np.zeros(4)\n"
+        f"out = {{}}\n"
+        f"for key, call in {_ABSURD!r}.items():\n"
+        "    try:\n"
+        "        eval(call)\n"
+        "        out[key] = 'returned'\n"
+        "    except Exception as exc:\n"
+        "        out[key] = type(exc).__name__\n"
+        "print(json.dumps(out))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    import json
+
+    import nnc.errors
+
+    allowed = {"returned", "ValueError", "OverflowError", "MemoryError"} | {
+        n for n in dir(nnc.errors) if isinstance(getattr(nnc.errors, n), type) and issubclass(
+            getattr(nnc.errors, n), nnc.errors.NNCError)}
+    results = json.loads(r.stdout)
+    assert set(results) == set(_ABSURD)
+    assert {k: v for k, v in results.items() if v not in allowed} == {}
+    assert results["scan_permutation"] in ("ValueError", "OverflowError")   # refused before anything is allocated
+    assert results["decode_height"] != "returned"

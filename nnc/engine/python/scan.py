@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...tables import NEXT_DQ_STATE
-from ..matrix import block_row_count, block_size, effective_scan_order
+from ..matrix import MAX_ELEMENTS, block_row_count, block_size, effective_scan_order
 
 # Stopping long loops (docs/dev/engine-api.md, "Stopping"): a walk polls every POLL_ELEMENTS
 # elements and raises KeyboardInterrupt while a stop request is open (RDOQ takes about 0.2 s
@@ -141,14 +141,19 @@ def scan_permutation(height: int, width: int, scan_order: int) -> np.ndarray:
     >>> scan_permutation(2, 16, 1)[:10].tolist()
     [0, 1, 2, 3, 4, 5, 6, 7, 16, 17]
     """
-    scan = TensorScan(int(height), int(width), int(scan_order), 2)
-    W = scan.width
-    pieces = [
-        np.arange(row * W + c0, row * W + c1, dtype=np.int64)
-        for r in range(scan.n_block_rows)
-        for row, c0, c1 in scan.segments(r)
-    ]
-    return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
+    height, width = int(height), int(width)
+    if height < 0 or width < 0:
+        raise ValueError(f"negative tensor dimensions {height}x{width}")
+    if width > 0 and height > MAX_ELEMENTS // width:
+        raise ValueError(f"tensor dimensions {height}x{width}: more than 2**62 elements")
+    scan = TensorScan(height, width, int(scan_order), 2)
+    out = np.empty(height * width, dtype=np.int64)  # (all of it first: a size beyond memory fails at once)
+    pos = 0
+    for r in range(scan.n_block_rows):
+        for row, c0, c1 in scan.segments(r):
+            out[pos : pos + c1 - c0] = np.arange(row * width + c0, row * width + c1, dtype=np.int64)
+            pos += c1 - c0
+    return out
 
 
 _TENSOR_KEYS = (
