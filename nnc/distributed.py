@@ -411,7 +411,7 @@ def decode_model(stream, output, client, *, threads: int = 1, **decoder_options)
     dec = Decoder(mapped if mapped is not None else path, **decoder_options)
     if output is not None:
         refuse_differences(dec, "add them to the model with nnc.apply_update or nnc.writers.decode_to_path(add_to=...)")
-    metadata, ndus, fingerprint = dec.metadata, len(dec._ndus), stream_fingerprint(dec)
+    metadata, ndus, fingerprint, tied = dec.metadata, len(dec._ndus), stream_fingerprint(dec), dec.tied
     local = decoder_options.get("state") is not None or any(p.parent_signalling for _, p in dec._ndus)
     tensors: OrderedDict[str, np.ndarray] = dec.decode(threads=threads) if local else OrderedDict()
     del dec
@@ -421,6 +421,8 @@ def decode_model(stream, output, client, *, threads: int = 1, **decoder_options)
         units = _units_in_order(client, path, range(ndus), decoder_options, threads, None, fingerprint)
         for _, unit_tensors in units:
             tensors.update(unit_tensors)
+        for name, coded in tied.items():  # (tied weights: the coded tensor's array, spec 6.2.1)
+            tensors[name] = tensors[coded]
     tensors, dtypes = restore_model_view(tensors, metadata)
     if output is not None:
         from .writers import single_file_metadata
@@ -567,14 +569,15 @@ def decode_to_path(
 
     def remote(names, out):
         wanted = set(names)
-        units = sorted({dec._index[n][0] for n in names})
+        units = sorted({dec._index[dec.tied.get(n, n)][0] for n in names})
         for _, tensors in _units_in_order(client, path, units, options, threads, in_flight, fingerprint):
             for name in list(tensors):
                 array = tensors.pop(name)
-                if name not in wanted:
-                    continue
-                buffer = out(dec.info(name))
-                yield name, (dec._fill(name, buffer, array) if buffer is not None else array)
+                ties = [t for t, coded in dec.tied.items() if coded == name]  # (tied weights, spec 6.2.1)
+                for each in [name, *ties]:
+                    if each in wanted:
+                        buffer = out(dec.info(each))
+                        yield each, (dec._fill(each, buffer, array) if buffer is not None else array)
                 del array
 
     return writers.write_tensors(dec, output, None, remote, inputs={"stream": stream}, overwrite=overwrite)

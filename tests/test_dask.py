@@ -274,3 +274,15 @@ def test_tied_weights_on_dask_equal_local(client, tmp_path):
     assert nnc.encode_model(str(path), client=client, qp=-30) == local
     back = nnc.decode_model(local)
     np.testing.assert_array_equal(back["head.weight"], back["embed.weight"])
+    stream = tmp_path / "tied.nnr"
+    stream.write_bytes(local)
+    on_dask = nnc.decode_model(str(stream), client=client)        # before: without head.weight
+    assert list(on_dask) == list(back)
+    for output in (str(tmp_path / "file.safetensors"), str(tmp_path / "folder") + os.sep):
+        nnc.distributed.decode_to_path(str(stream), output, client)
+    files = [tmp_path / "file.safetensors", *(tmp_path / "folder").iterdir()]
+    for file in files:
+        written, _ = formats.read_model(str(file))
+        assert list(written) == list(back), file
+        for name in back:
+            np.testing.assert_array_equal(written[name], back[name])
