@@ -1529,15 +1529,17 @@ class Decoder:
                         offset=unit.offset,
                     )
                 self._check_limits(unit, params, info)
-                total_bytes += info.size * np.dtype(info.dtype).itemsize
-                if total_bytes > self.limits.max_total_bytes:
-                    raise LimitError(
-                        f"decoded output would exceed {self.limits.max_total_bytes} bytes",
-                        clause="15.2",
-                        offset=unit.offset,
-                    )
+                total_bytes = self._count_output(total_bytes, info, unit.offset, "decoded output")
                 index[info.name] = (i, info)
         return index
+
+    def _count_output(self, total: int, info: TensorInfo, offset: int, what: str) -> int:
+        """``total`` bytes of output and ``info``'s; a LimitError at ``offset`` past ``Limits.max_total_bytes``
+        (spec 15.2)."""
+        total += info.size * np.dtype(info.dtype).itemsize
+        if total > self.limits.max_total_bytes:
+            raise LimitError(f"{what} would exceed {self.limits.max_total_bytes} bytes", clause="15.2", offset=offset)
+        return total
 
     def _read_tied(self) -> dict:
         """The metadata's ``"tied"`` entry, checked (spec 6.2.1): {name: the coded tensor it equals}. Each tied
@@ -1562,14 +1564,9 @@ class Decoder:
                 raise refuse(f"names {name[:40]!r}, a tensor the stream codes")
             if not isinstance(source, str) or source not in self._index:
                 raise refuse(f"ties {name[:40]!r} to {str(source)[:40]!r}, which is not a tensor the stream codes")
-            info = self._index[source][1]
-            total += info.size * np.dtype(info.dtype).itemsize
-            if total > self.limits.max_total_bytes:
-                raise LimitError(
-                    f"decoded output with its tied tensors would exceed {self.limits.max_total_bytes} bytes",
-                    clause="15.2",
-                    offset=self._metadata_offset,
-                )
+            total = self._count_output(
+                total, self._index[source][1], self._metadata_offset, "decoded output with its tied tensors"
+            )
         for key in ("shapes", "dtypes"):  # a tied tensor is restored as its coded tensor is
             entries = self.metadata.get(key)
             if isinstance(entries, dict):

@@ -1001,6 +1001,13 @@ class PtWriter:
         {name: an earlier planned name of the same dtype and shape}: the two share one storage (tied weights, as
         torch saves them); the later one's values are not written again (its :meth:`write` only checks them in).
 
+    Raises
+    ------
+    nnc.formats.FormatError
+        If torch is not installed, or a dtype has no torch counterpart.
+    ValueError
+        If a name is planned twice, or a tie names no earlier planned tensor of its dtype and shape.
+
     Examples
     --------
     >>> import io, numpy as np, torch
