@@ -573,7 +573,7 @@ def decode_to_path(
         for _, tensors in _units_in_order(client, path, units, options, threads, in_flight, fingerprint):
             for name in list(tensors):
                 array = tensors.pop(name)
-                ties = [t for t, coded in dec.tied.items() if coded == name]  # (tied weights, spec 6.2.1)
+                ties = [t.name for t in dec._ties_of.get(name, ())]  # (tied weights, spec 6.2.1)
                 for each in [name, *ties]:
                     if each in wanted:
                         buffer = out(dec.info(each))

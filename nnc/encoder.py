@@ -50,6 +50,7 @@ from .encoding.writer import (
     mps_qp,
     sends_differences,
     tied_tensors,
+    ties_of,
 )
 from .engine import get_engine
 from .errors import EncodeError
@@ -141,14 +142,12 @@ class EncodeResult:
 
         Tensors of skipped NDUs are not in it (the decoder does not output them).
         """
-        ties_of: dict = {}
-        for name, coded in self.tied.items():
-            ties_of.setdefault(coded, []).append(name)
+        tied = ties_of(self.tied)
         out: OrderedDict[str, np.ndarray] = OrderedDict()
         for k, v in self.tensors.items():
             if k not in self.skipped:
                 out[k] = v.reconstruction
-                for tie in ties_of.get(k, ()):
+                for tie in tied.get(k, ()):
                     out[tie] = v.reconstruction
         return out
 

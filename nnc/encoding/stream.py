@@ -49,6 +49,7 @@ from .writer import (
     metadata_json,
     mps_qp,
     tied_tensors,
+    ties_of,
 )
 
 #: Default budget of the tensors in flight (their float32 size): at least one unit is always in flight.
@@ -280,9 +281,7 @@ def encode_to(
         groups=groups,
         tied=tied,
     )
-    ties_of: dict = {}
-    for name, coded_as in tied.items():
-        ties_of.setdefault(coded_as, []).append(name)
+    tied_names = ties_of(tied)
     units = [name for name in by_name if name not in in_block]
     kept_raw: dict = {}
     narrowed: set = set()  # float64 tensors that keep only float32 precision (measured only)
@@ -368,7 +367,7 @@ def encode_to(
                     summary.add_error(t.name, *stats.get(t.name, (0.0, 0.0)))
                 if progress is not None:
                     progress(t.name, by_name[t.name].size)
-                    for tie in ties_of.get(t.name, ()):
+                    for tie in tied_names.get(t.name, ()):
                         progress(tie, by_name[t.name].size)
 
         with contextlib.closing(in_order_in_flight(units, job, cost, budget, s.threads)) as results:

@@ -267,6 +267,20 @@ def tied_tensors(shares: Mapping[str, str], settings: EncoderSettings, ndims: Ma
     }
 
 
+def ties_of(tied: Mapping[str, str]) -> dict:
+    """{coded tensor: the names tied to it, in order}, from ``tied`` ({name: coded tensor}, :func:`tied_tensors`).
+
+    Examples
+    --------
+    >>> ties_of({"head.weight": "embed.weight", "lm.weight": "embed.weight"})
+    {'embed.weight': ['head.weight', 'lm.weight']}
+    """
+    out: dict = {}
+    for name, coded in tied.items():
+        out.setdefault(coded, []).append(name)
+    return out
+
+
 def announced_by_count(names: list, groups: Mapping[str, dict]) -> bool:
     """Whether announcing the count of ``names`` (the model's order) is enough (spec 6.2.1):
     every block group is a weight directly followed by its bias alone, and no ``P.bias``
@@ -688,4 +702,5 @@ __all__ = [
     "mps_qp",
     "metadata_json",
     "tied_tensors",
+    "ties_of",
 ]
