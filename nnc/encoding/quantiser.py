@@ -71,7 +71,7 @@ class CodedTensor:
     height, width, scan : int
         The tensor as a matrix and its scan order (spec 11.2).
     recon : numpy.ndarray
-        What a conforming decoder returns.
+        What a conforming decoder returns (empty, of its dtype, once :meth:`forget_reconstruction` let it go).
     fmt : int or None
         The signalled nnr_decompressed_data_format (spec 12.6).
     raw : numpy.ndarray or None
@@ -126,6 +126,11 @@ class CodedTensor:
             raw=values,
             kept_raw=kept_raw,
         )
+
+    def forget_reconstruction(self) -> None:
+        """Let the reconstruction go (keeping its dtype): the streaming encoder measures it and writes the
+        integers, so that a tensor in flight holds them alone."""
+        self.recon = np.empty(0, self.recon.dtype)
 
     def arrays(self) -> list:
         """The numpy arrays this record holds (for memory accounting and read-only sharing)."""

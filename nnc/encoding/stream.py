@@ -23,6 +23,7 @@ Examples
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import shutil
@@ -174,19 +175,30 @@ def coarse_snr_db(energy: float, error: float) -> float | None:
     return snr if snr < COARSE_SNR_DB else None
 
 
-def energy_error(x: np.ndarray, recon: np.ndarray) -> tuple[float, float]:
+#: Values measured at a time by :func:`energy_error` (its float64 temporaries stay a few MB).
+ENERGY_SLICE = 1 << 18
+
+
+def energy_error(x: np.ndarray, recon: np.ndarray, stored_as: str | None = None, rounded: bool = False) -> tuple[float, float]:
     """(sum x², sum (x - recon)²) in float64, in slices so that the temporaries stay small; inf and NaN kept exactly
-    are no error, and their energy is left out (as :func:`nnc.models.compare_tensors`).
+    are no error, and their energy is left out (as :func:`nnc.models.compare_tensors`). ``recon`` is taken as a
+    file of dtype ``stored_as`` holds it (:func:`nnc.narrow_floats.as_stored`: bfloat16 and float8 rounded), or
+    with ``rounded`` to whole numbers (an integer tensor's), slice by slice too.
 
     Examples
     --------
     >>> energy_error(np.array([3.0, 4.0, np.inf]), np.array([3.0, 3.0, np.inf]))
     (25.0, 1.0)
+    >>> energy_error(np.array([1.0, 2.0]), np.array([1.0 + 2**-10, 2.4]), stored_as="bfloat16", rounded=True)
+    (5.0, 0.0)
     """
-    a, b = x.reshape(-1), recon.reshape(-1)
+    a, b = x.reshape(-1), np.asarray(recon).reshape(-1)
     e = d = 0.0
-    for i in range(0, a.size, 1 << 20):
-        u, v = a[i : i + (1 << 20)].astype(np.float64), b[i : i + (1 << 20)].astype(np.float64)
+    for i in range(0, a.size, ENERGY_SLICE):
+        u, v = a[i : i + ENERGY_SLICE].astype(np.float64), b[i : i + ENERGY_SLICE]
+        v = as_stored(stored_as, v).astype(np.float64)
+        if rounded:
+            v = np.rint(v)
         with np.errstate(invalid="ignore"):
             diff = np.where((u == v) | (np.isnan(u) & np.isnan(v)), 0.0, u - v)
         u = np.where(np.isfinite(u), u, 0.0)
@@ -301,10 +313,22 @@ def encode_to(
             raise EncodeError(f"tensor {name!r} has shape {x.shape}, its header says {by_name[name].shape}")
         return x
 
+    def measure_member(n, x, t, stats):
+        """Record member ``n``'s (energy, error) as coded in ``t``, against the values the decoded model's file holds."""
+        narrowed.discard(n)
+        if measure and x.dtype.kind == "f":
+            stats[n] = energy_error(x, t.recon, stored_as=s.dtypes.get(n, by_name[n].original_dtype))
+            if float32_precision_lost(x, t.levels, t.step, t.recon, t.kept_raw, s.is_raw(n)):
+                narrowed.add(n)
+        elif measure and t.levels is not None and t.step is not None:  # integers coded lossily (--no-lossless-int)
+            stats[n] = (*energy_error(x, t.recon, rounded=True), False)
+
     def quantise(name):
-        """The unit of ``name`` (its block members too), and each member's (energy, error)."""
+        """The unit of ``name`` (its block members too), and each member's (energy, error). Each member is
+        measured as soon as it is quantised, and its values and reconstruction let go: what stays in flight is
+        its integers (read again only if raw storage could be smaller)."""
         members = [name] if name not in groups else block_members(name, groups[name])
-        coded, stats, values = {}, {}, {}
+        coded, stats = {}, {}
         for n in members:
             x = load(n)
             t = encoder.quantiser.quantise(
@@ -326,24 +350,18 @@ def encode_to(
                 raise EncodeError(
                     f"tensor {n!r}: coded as {t.recon.dtype.name} at qp {t.qp}, planned {plan[n]}"
                 )  # the head written would be wrong
+            measure_member(n, x, t, stats)
+            t.forget_reconstruction()
             coded[n] = t
-            values[n] = x  # raw_when_smaller stores these values
             del x
-        if name not in groups:
-            coded[name] = writer.raw_if_smaller(coded[name], values[name])
-        for n, t in coded.items():  # measured as coded: a tensor stored raw when smaller is exact
-            x = values[n]
-            if measure and x.dtype.kind == "f":  # against the values the decoded model's file holds
-                stats[n] = energy_error(x, as_stored(s.dtypes.get(n, by_name[n].original_dtype), t.recon))
-                if float32_precision_lost(x, t.levels, t.step, t.recon, t.kept_raw, s.is_raw(n)):
-                    narrowed.add(n)
-            elif measure and t.levels is not None and t.step is not None:  # integers coded lossily (--no-lossless-int)
-                stats[n] = (*energy_error(x, np.rint(t.recon)), False)  # (in float64, slice by slice)
+        values = {n: functools.partial(load, n) for n in members}  # raw_when_smaller stores these values
         if name in groups:
             unit = writer.group_unit(name, groups[name], coded, values)
         else:
-            unit = writer.single_unit(coded[name])
-        del values
+            unit = writer.single_unit(writer.raw_if_smaller(coded[name], values[name]))
+        for t in unit.members:
+            if t is not coded[t.name]:  # stored raw as the smaller: measured as stored
+                measure_member(t.name, load(t.name), t, stats)
         return unit, stats
 
     def job(name):

@@ -405,8 +405,9 @@ class UnitWriter:
 
         return Unit([t], build)
 
-    def raw_if_smaller(self, t: CodedTensor, arr: np.ndarray) -> CodedTensor:
+    def raw_if_smaller(self, t: CodedTensor, arr) -> CodedTensor:
         """``t`` as RAW_FLOAT when its coded NDU would not be smaller: no tensor costs more than float32.
+        ``arr``: the tensor's values, or a function that reads them (called only when raw storage is weighed).
 
         Only for a plain coded float tensor (no codebook, output format, restored dtype or
         incremental state). The coded size is estimated first, by the init-set choice that
@@ -441,6 +442,8 @@ class UnitWriter:
             )
         if n >= 64 and estimate / 8 < 0.75 * 4 * n:  # a quarter of 256+ bytes covers any header difference
             return t
+        if callable(arr):
+            arr = arr()
         f32 = np.asarray(arr, dtype=np.float32).reshape(t.shape)
         if not float32_holds(arr, f32):  # integers beyond 2^24 (coded lossily): float32 would change them
             return t
@@ -453,7 +456,7 @@ class UnitWriter:
         own NDUs one after the other when a member holds inf or NaN, one of them would
         be smaller stored raw (``raw_when_smaller``) or is coded exactly (whole numbers), or, for a group of at most
         ``SMALL_BLOCK_ELEMENTS`` values, the BLOCK NDU would be larger. ``coded`` are quantised ``in_block``
-        unless ``blocks="auto"``; ``arrays`` maps the names to the tensors' values."""
+        unless ``blocks="auto"``; ``arrays`` maps the names to the tensors' values (or functions that read them: :meth:`raw_if_smaller`)."""
         if self.settings.blocks != "auto":
             return self.block_unit(weight, parts, coded)
         names = block_members(weight, parts)
