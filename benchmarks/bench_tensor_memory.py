@@ -97,6 +97,7 @@ def main(argv=None) -> None:
 
     sys.path.insert(0, str(REPO / "tests"))
     from oracle import NNCodecOracle
+
     from tools.oracle.client import oracle_python
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

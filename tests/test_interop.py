@@ -282,13 +282,28 @@ def test_our_sequences_with_raw_float_updates_decode_in_nncodec(oracle):
                                   oracle.decompress(res.stream, sequence=f"raw-{parent_id}"))
 
 
-def test_nncodec_incremental_streams_decode_in_ours(oracle):
-    rng = np.random.default_rng(RNG_SEED + 42)
+# (row skipping with a block scan: NNCodec 2.1.3 cannot decode its own updates, "Terminating Bin not received")
+@pytest.mark.parametrize("scan_order, row_skipping", [(0, True), (2, False)])
+def test_nncodec_incremental_streams_decode_in_ours(oracle, scan_order, row_skipping):
+    """NNCodec's updates signal parents and code with temporal context modelling (TCA) only when they code
+    differences (``compress_differences``); before, this test sent whole models, so no update used TCA."""
+    from nnc import container as C
+
+    rng = np.random.default_rng(RNG_SEED + 42 + scan_order)
     model = {f"l{i}.weight": _random_tensor(rng, 2) for i in range(3)}
     dec_state = nnc.DecoderState()
+    tca_units = 0
     for i in range(4):
-        if i:
-            model = {k: (rng.standard_normal(v.shape) * 0.003).astype(np.float32) for k, v in model.items()}
-        stream = oracle.compress(model, sequence="theirs-enc", qp=-38 if i == 0 else -44, use_dq=True, tca=True,
-                                 row_skipping=True)
-        _assert_equal_outputs(nnc.decode(stream, state=dec_state), oracle.decompress(stream, sequence="theirs-dec"))
+        if i:  # sparse differences, whole rows of zeros among them
+            model = {k: (rng.standard_normal(v.shape) * 0.003 * (rng.random(v.shape) < 0.3)).astype(np.float32)
+                     for k, v in model.items()}
+            for v in model.values():
+                v[::2] = 0
+        stream = oracle.compress(model, sequence=f"theirs-enc-{scan_order}", qp=-38 if i == 0 else -44, use_dq=True,
+                                 tca=True, row_skipping=row_skipping, scan_order=scan_order,
+                                 compress_differences=bool(i))
+        tca_units += sum(bool(u.header.temporal_context_modeling_flag) for u in C.iter_units(stream)
+                         if u.type == C.NNR_NDU and i)
+        _assert_equal_outputs(nnc.decode(stream, state=dec_state),
+                              oracle.decompress(stream, sequence=f"theirs-dec-{scan_order}"))
+    assert tca_units >= 3  # the updates did use TCA

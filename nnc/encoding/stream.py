@@ -179,7 +179,9 @@ def coarse_snr_db(energy: float, error: float) -> float | None:
 ENERGY_SLICE = 1 << 18
 
 
-def energy_error(x: np.ndarray, recon: np.ndarray, stored_as: str | None = None, rounded: bool = False) -> tuple[float, float]:
+def energy_error(
+    x: np.ndarray, recon: np.ndarray, stored_as: str | None = None, rounded: bool = False
+) -> tuple[float, float]:
     """(sum x², sum (x - recon)²) in float64, in slices so that the temporaries stay small; inf and NaN kept exactly
     are no error, and their energy is left out (as :func:`nnc.models.compare_tensors`). ``recon`` is taken as a
     file of dtype ``stored_as`` holds it (:func:`nnc.narrow_floats.as_stored`: bfloat16 and float8 rounded), or
