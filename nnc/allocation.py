@@ -16,7 +16,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from .encoder import Encoder
-from .encoding.quantiser import levels_fit_int32, tensor_geometry
+from .encoding.quantiser import is_finite, levels_fit_int32, tensor_geometry
 from .encoding.settings import check_importance, matches
 from .errors import EncodeError
 from .narrow_floats import as_stored
@@ -114,10 +114,10 @@ def allocate_qps(
         raise EncodeError(f"target_distortion must be a finite number >= 0, not {target_distortion}")
     enc = Encoder(**encoder_options)
     importance = dict(importance or {})
-    floats = {
+    floats = {  # (a tensor holding inf or NaN is stored exactly, spec 7.5: no qp to choose)
         k: np.asarray(v)
         for k, v in tensors.items()
-        if np.asarray(v).dtype.kind == "f" and not any(p == k for p in enc.raw)
+        if np.asarray(v).dtype.kind == "f" and not any(p == k for p in enc.raw) and is_finite(np.asarray(v))
     }
     if target_snr_db is not None:
         energy = sum(float((np.asarray(v, np.float64) ** 2).sum()) for v in floats.values())

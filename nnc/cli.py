@@ -161,12 +161,20 @@ def _refuse_replacing_a_file(output, overwrite: bool) -> str | None:
     model, which a lossy decode would replace), else None."""
     from .writers import is_directory_target
 
-    if overwrite or is_directory_target(output) or not os.path.exists(output):  # (a dangling link: replaced)
+    if overwrite or is_directory_target(output):
         return None
-    return (
-        f"{output}: the file exists (it may be the original model, which the decoded one would replace): "
-        "give another name, or --overwrite to replace it"
-    )
+    if os.path.exists(output):  # (a dangling link: replaced)
+        return (
+            f"{output}: the file exists (it may be the original model, which the decoded one would replace): "
+            "give another name, or --overwrite to replace it"
+        )
+    companion = f"{output}.data"  # an ONNX output's external data (written beside it)
+    if str(output).lower().endswith(".onnx") and os.path.exists(companion):
+        return (
+            f"{companion}: the file exists (an ONNX output {output} may put its external data there, replacing "
+            "it): give another name, or --overwrite to replace it"
+        )
+    return None
 
 
 def _folder_missing(path, what: str) -> str | None:
@@ -275,6 +283,20 @@ def _is_stream_file(path) -> bool:
         if Path(path).suffix.lower() in (".nnr", ".nnc"):
             return True
         raise
+
+
+def _model_file_format(path) -> str | None:
+    """The model format of an existing regular file at ``path`` (by its content), None for no such file, an NNC
+    stream or anything else."""
+    from . import formats
+
+    if not os.path.isfile(path):
+        return None
+    try:
+        fmt = formats.detect_format(path)
+    except formats.FormatError:
+        return None
+    return None if fmt == "nnr" else fmt
 
 
 def _not_a_stream(path):
@@ -569,6 +591,9 @@ def cmd_encode(args) -> int:
             f"-o {out}: nnc encode writes an NNC stream, which a {Path(out).suffix} name would pass off as a model "
             "file; give a .nnr name"
         )
+    held = _model_file_format(out)
+    if held:
+        return _fail(f"-o {out}: the file holds a {held} model, which the stream would replace; give another name")
     names = [t.name for t in source]
     if not names:
         return _fail(f"{args.model}: no tensors found (nothing to encode)")
@@ -1029,7 +1054,7 @@ def _note_left_out(model, left_out, quiet: bool, what: str = "encoded (decoding 
         _tell(
             quiet,
             f"nnc: note: {model}: {len(left_out)} entr{'y' if len(left_out) == 1 else 'ies'} besides the "
-            f"model's state_dict {'is' if len(left_out) == 1 else 'are'} not {what}: "
+            f"model's weights {'is' if len(left_out) == 1 else 'are'} not {what}: "
             f"{_first_few(left_out)}",
         )
 
@@ -2284,7 +2309,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-o",
         "--output",
-        help="output stream, or an existing folder to write MODEL's name with .nnr in (default: MODEL with .nnr)",
+        help="output stream, or an existing folder to write MODEL's name with .nnr in (default: MODEL with .nnr); "
+        "an existing stream is replaced, a model file never",
     )
     q = p.add_mutually_exclusive_group()
     q.add_argument("--qp", type=int, help="global quantisation parameter (default -38)")

@@ -278,11 +278,12 @@ def coarse_signal(values, levels, reconstruction, dtype: str | None = None) -> f
     >>> round(coarse_signal(np.array([1.0, 1.0]), np.array([1, 0]), np.array([1.0, 0.5])), 2)
     9.03
     """
-    from .encoding.stream import coarse_snr_db, energy_error
+    from .encoding.stream import coarse_snr_db
+    from .measure import error_sums
 
     if levels is None or not isinstance(values, np.ndarray) or values.dtype.kind != "f":
         return None
-    return coarse_snr_db(*energy_error(values, narrow_floats.as_stored(dtype, np.asarray(reconstruction))))
+    return coarse_snr_db(*error_sums(values, reconstruction, stored_as=dtype)[:2])
 
 
 def warn_coarse(coarse: Mapping[str, float]) -> None:
@@ -329,6 +330,7 @@ def _tensor_arrays(tensors: Mapping, dtypes: Mapping | None = None) -> "OrderedD
     """The input's tensors as numpy arrays, each name checked (spec 2.6); EncodeError for what is not an array.
     Torch tensors are converted (:func:`nnc.torch.numpy_inputs`); one of a dtype numpy lacks (bfloat16) must be
     named in ``dtypes``, the encoder's option, which records it."""
+    from .readers import mapping_array
     from .torch import numpy_inputs
 
     arrays = OrderedDict()
@@ -342,10 +344,7 @@ def _tensor_arrays(tensors: Mapping, dtypes: Mapping | None = None) -> "OrderedD
         )
     for name, value in tensors.items():
         check_tensor_name(name)
-        try:
-            arrays[name] = np.asarray(value)
-        except ValueError as exc:  # e.g. a ragged nested list
-            raise EncodeError(f"tensor {name!r} is not an array: {exc}") from None
+        arrays[name] = mapping_array(name, value)
     return arrays
 
 

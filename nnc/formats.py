@@ -177,6 +177,8 @@ def detect_format(path: str | os.PathLike) -> str:
             head = fh.read(64)
     except OSError as exc:
         raise FormatError(f"cannot read {os.fspath(path)!r}: {exc.strerror}") from None
+    if head[:4] == b"PK\x05\x06":  # a zip archive of no members: what np.savez writes for no arrays
+        return "npz"
     if head[:4] == b"PK\x03\x04":
         try:
             with zipfile.ZipFile(p) as zf:

@@ -32,6 +32,7 @@ import numpy as np
 
 from . import formats, narrow_floats
 from .decoder import Decoder, refuse_differences, restore_model_view
+from .measure import error_sums, snr_db
 
 __all__ = [
     "encode_model",
@@ -384,7 +385,7 @@ def encode_model_to(model, output, *, progress=None, budget: int = 1 << 30, meas
     """
     from ._files import refuse_overwriting
     from .encoder import Encoder
-    from .encoding.stream import StreamSummary, energy_error
+    from .encoding.stream import StreamSummary
     from .readers import open_model, source_from_mapping
 
     if isinstance(model, Mapping):
@@ -431,8 +432,8 @@ def encode_model_to(model, output, *, progress=None, budget: int = 1 << 30, meas
     elif encoder.state is None:
         for name, x in tensors.items():
             if x.dtype.kind == "f":  # against the values the decoded model's file holds
-                stored = narrow_floats.as_stored(encoder.settings.dtypes.get(name), result.tensors[name].reconstruction)
-                summary.add_error(name, *energy_error(x, stored))
+                stored_as = encoder.settings.dtypes.get(name)
+                summary.add_error(name, *error_sums(x, result.tensors[name].reconstruction, stored_as=stored_as)[:2])
     summary.seconds = time.perf_counter() - t0
     return summary
 
@@ -550,12 +551,6 @@ def decode_model(
     return tensors
 
 
-def _snr_db(energy: float, error: float) -> float:
-    if error == 0:
-        return float("inf")
-    return float("-inf") if energy == 0 or not math.isfinite(error) else 10 * math.log10(energy / error)
-
-
 def compare_tensors(reference, other, reference_dtypes=None, other_dtypes=None) -> dict:
     """Per-tensor and total error of ``other`` against ``reference`` (mappings of name to array).
 
@@ -615,25 +610,11 @@ def compare_tensors(reference, other, reference_dtypes=None, other_dtypes=None) 
         if a_dtype != b_dtype:
             dtype_mismatches.append(name)
         if a.dtype.kind == "f" or b.dtype.kind == "f":
-            e = d = peak = 0.0
-            nonfinite = 0
-            flat_a, flat_b = a.reshape(-1), b.reshape(-1)
-            for i in range(0, a.size, 1 << 18):  # in slices: float64 temporaries stay small
-                x, y = flat_a[i : i + (1 << 18)].astype(np.float64), flat_b[i : i + (1 << 18)].astype(np.float64)
-                # inf and NaN kept exactly are no error; their energy is left out
-                with np.errstate(invalid="ignore", over="ignore"):
-                    diff = np.where((x == y) | (np.isnan(x) & np.isnan(y)), 0.0, x - y)
-                finite = np.isfinite(diff)
-                nonfinite += int(diff.size - np.count_nonzero(finite))
-                diff = np.where(finite, diff, 0.0)
-                x = np.where(np.isfinite(x), x, 0.0)
-                with np.errstate(over="ignore"):  # (float64 sums beyond its range are inf)
-                    e, d = e + float(x @ x), d + float(diff @ diff)
-                peak = max(peak, float(np.abs(diff).max()))
+            e, d, peak, nonfinite = error_sums(a, b)
             if nonfinite:  # inf or NaN against another value: an infinite error
-                d = peak = math.inf
+                peak = math.inf
                 nonfinite_mismatches.append(name)
-            row.update(energy=e, error=d, snr_db=_snr_db(e, d), max_abs_error=peak, nonfinite_mismatches=nonfinite)
+            row.update(energy=e, error=d, snr_db=snr_db(e, d), max_abs_error=peak, nonfinite_mismatches=nonfinite)
             weights += a.size
             if d > 0:  # (a tensor reproduced exactly would raise the total with no error to weigh against)
                 energy, error = energy + e, error + d
@@ -651,7 +632,7 @@ def compare_tensors(reference, other, reference_dtypes=None, other_dtypes=None) 
             weights=weights,
             energy=energy,
             error=error,
-            snr_db=_snr_db(energy, error),
+            snr_db=snr_db(energy, error),
             exact_mismatches=exact_mismatches,
             dtype_mismatches=dtype_mismatches,
             nonfinite_mismatches=nonfinite_mismatches,

@@ -949,11 +949,37 @@ _READERS = {
 }
 
 
+def mapping_array(name: str, value) -> np.ndarray:
+    """A mapping's tensor ``value`` as a plain numpy array; EncodeError for what is not one, or a masked array
+    with masked values (NNC codes the values, not a mask: its data would decode with no mask).
+
+    Examples
+    --------
+    >>> mapping_array("w", np.matrix([[1, 2]])).__class__.__name__
+    'ndarray'
+    >>> mapping_array("w", np.ma.masked_array([1.0, 2.0], mask=[0, 1]))
+    Traceback (most recent call last):
+    nnc.errors.EncodeError: tensor 'w' is a masked array with 1 masked value: NNC codes values, not masks; give its .filled(...) or .data
+    """
+    from .errors import EncodeError
+
+    masked = int(np.ma.count_masked(value)) if isinstance(value, np.ma.MaskedArray) else 0
+    if masked:
+        raise EncodeError(
+            f"tensor {name!r} is a masked array with {masked} masked value{'s' if masked > 1 else ''}: NNC codes "
+            "values, not masks; give its .filled(...) or .data"
+        )
+    try:
+        return np.asarray(value)
+    except ValueError as exc:  # e.g. a ragged nested list
+        raise EncodeError(f"tensor {name!r} is not an array: {exc}") from None
+
+
 def source_from_mapping(tensors, dtypes=None, name: str = "<arrays>") -> ModelSource:
     """A :class:`ModelSource` over arrays already in memory (``dtypes``: original dtype names)."""
     out = []
     for key, value in tensors.items():
-        arr = np.asarray(value)
+        arr = mapping_array(key, value)
         original = (dtypes or {}).get(key, arr.dtype.name)
         out.append(LazyTensor(key, tuple(arr.shape), arr.dtype.name, original, _constant_loader(arr)))
     shares = shared_arrays({t.name: t.load() for t in out})
@@ -994,6 +1020,7 @@ __all__ = [
     "open_model",
     "ModelSource",
     "LazyTensor",
+    "mapping_array",
     "source_from_mapping",
     "shared_arrays",
     "single_file_layout",

@@ -130,7 +130,7 @@ def test_encode_names_checkpoint_entries_it_leaves_out(tmp_path):
     torch.save({"model": {"w": torch.ones(4, 4)}, "optimizer": {"lr": 0.1}, "epoch": 3}, src)
     r = run("encode", src, "-o", tmp_path / "o.nnr")
     assert r.returncode == 0, r.stderr
-    assert (f"nnc: note: {src}: 2 entries besides the model's state_dict are not encoded (decoding writes the "
+    assert (f"nnc: note: {src}: 2 entries besides the model's weights are not encoded (decoding writes the "
             "tensors alone): optimizer, epoch") in r.stderr.splitlines()
     r = run("encode", src, "-o", tmp_path / "o.nnr", "--json")
     assert json.loads(r.stdout)["left_out"] == ["optimizer", "epoch"]

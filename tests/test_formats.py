@@ -511,3 +511,14 @@ def test_decode_model_refuses_a_template_it_would_ignore(tmp_path):
     with pytest.raises(nnc.formats.FormatError, match="give output="):
         nnc.decode_model(stream, template=tmp_path / "m.npz")
     assert not (tmp_path / "x.npz").exists()
+
+
+def test_an_npz_of_no_arrays_is_an_npz_with_no_tensors(tmp_path, capsys):
+    """Before: np.savez with no arrays (a zip archive of no members) was "unknown model format"; the other
+    formats' empty files say "no tensors found"."""
+    from nnc.cli import main
+
+    np.savez(tmp_path / "empty.npz")
+    assert formats.detect_format(tmp_path / "empty.npz") == "npz"
+    assert main(["encode", str(tmp_path / "empty.npz"), "-o", str(tmp_path / "e.nnr")]) == 1
+    assert "no tensors found" in capsys.readouterr().err and not (tmp_path / "e.nnr").exists()

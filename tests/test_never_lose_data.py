@@ -1498,3 +1498,105 @@ def test_an_integer_output_format_that_rounds_a_float_tensor_s_fractions_says_so
         whole = np.array([[4.0, -8.0], [12.0, 0.0]], np.float32)  # a step of 4 reconstructs whole numbers
         stream = nnc.encode({"w": whole}, output_formats={"w": 0}, qp=8, dq=False)
     assert nnc.decode(stream)["w"].tolist() == whole.tolist()
+
+
+@pytest.mark.parametrize("scale", [1e-300, 1e-160, 1e-100])
+def test_float64_values_beyond_float32_range_are_measured_not_reported_exact(tmp_path, capsys, scale):
+    """Before: float64 weights under about 1e-154 squared to 0 in the SNR's sums: every one decoded as 0, and
+    ``nnc encode`` and ``nnc compare --min-snr 30`` both said "SNR inf dB" and passed. Now the sums are taken on
+    the values scaled by a power of two."""
+    from safetensors.numpy import save_file
+
+    from nnc.measure import error_sums
+
+    w = np.random.default_rng(0).standard_normal((16, 16)) * scale
+    save_file({"w": w}, str(tmp_path / "m.safetensors"))
+    code = main(["encode", str(tmp_path / "m.safetensors"), "-o", str(tmp_path / "m.nnr"), "--json"])
+    report = json.loads(capsys.readouterr().out)
+    decoded = nnc.decode(tmp_path / "m.nnr")["w"].astype(np.float64)
+    expected = 10 * np.log10(np.sum((w / scale) ** 2) / np.sum(((w - decoded) / scale) ** 2))
+    assert code == 0 and report["snr_db"] == pytest.approx(expected, abs=1e-6)
+    e, d, peak, _ = error_sums(w, decoded)
+    assert 10 * np.log10(e / d) == pytest.approx(expected, abs=1e-6) and peak == np.abs(w - decoded).max()
+    min_snr = ["--min-snr", str(expected + 1)]
+    assert main(["compare", str(tmp_path / "m.safetensors"), str(tmp_path / "m.nnr"), *min_snr]) == 1
+    if scale < 1e-50:  # everything decodes as 0: said so
+        assert not decoded.any() and report["snr_db"] == 0.0
+        assert "w" in report["zeroed"]
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(-1000, 1000), st.integers(0, 2**32 - 1))
+def test_error_sums_keep_the_snr_at_any_float64_scale(exponent, seed):
+    """The SNR of values scaled by 2^exponent is that of the values (sums over squares that leave float64's
+    range were 0 or inf before)."""
+    from nnc.measure import error_sums
+
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(100)
+    y = x + rng.standard_normal(100) * 0.01
+    e0, d0, p0, _ = error_sums(x, y)
+    e, d, peak, nonfinite = error_sums(np.ldexp(x, exponent), np.ldexp(y, exponent))
+    assert nonfinite == 0 and 0 < e < np.inf and 0 < d < np.inf
+    assert e / d == pytest.approx(e0 / d0, rel=1e-9)
+    assert peak == np.ldexp(p0, exponent)
+
+
+def test_an_ndarray_subclass_encodes_and_a_masked_array_with_masked_values_is_refused():
+    """Before: an np.matrix raised numpy's own ValueError from the SNR's sums, and a masked array was coded
+    without its mask (its hidden values decoded as if they were data)."""
+    m = np.matrix([[1.0, 2.0], [3.0, 4.0]])
+    assert np.array_equal(nnc.decode(nnc.encode({"w": m}, qp=-20))["w"], np.asarray(m))
+    hidden = np.ma.masked_array([1.0, 2.0, 3.0], mask=[0, 1, 0])
+    with pytest.raises(EncodeError, match="masked array with 1 masked value"):
+        nnc.encode({"w": hidden})
+    with pytest.raises(EncodeError, match="masked array"):
+        nnc.models.encode_model({"w": hidden})
+    plain = np.ma.masked_array([1.0, 2.0, 3.0], mask=[0, 0, 0])
+    assert nnc.decode(nnc.encode({"w": plain}, qp=-20))["w"].tolist() == [1.0, 2.0, 3.0]
+
+
+def test_an_onnx_output_does_not_replace_an_existing_external_data_file(tmp_path, capsys):
+    """Before: ``nnc decode m.nnr -o out.onnx --template t.onnx`` refused an existing out.onnx but replaced an
+    existing out.onnx.data (where the output's external data goes) without --overwrite."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Identity", ["w"], ["y"])], "g", [],
+                              [helper.make_tensor_value_info("y", 1, [64, 64])], initializer=[w])
+    onnx.save_model(helper.make_model(graph), str(tmp_path / "t.onnx"), save_as_external_data=True,
+                    location="t.onnx.data", size_threshold=0)
+    assert main(["encode", str(tmp_path / "t.onnx"), "-o", str(tmp_path / "m.nnr"), "-q"]) == 0
+    precious = tmp_path / "out.onnx.data"
+    precious.write_bytes(b"someone else's data")
+    capsys.readouterr()
+    decode = ["decode", str(tmp_path / "m.nnr"), "-o", str(tmp_path / "out.onnx"), "--template", str(tmp_path / "t.onnx")]
+    assert main(decode) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(precious) in err and "--overwrite" in err
+    assert precious.read_bytes() == b"someone else's data" and not (tmp_path / "out.onnx").exists()
+    assert main([*decode, "--overwrite", "-q"]) == 0
+    assert precious.stat().st_size == 64 * 64 * 4
+
+
+def test_encode_does_not_replace_a_model_file_whatever_its_name(tmp_path, capsys):
+    """Before: ``-o other.safetensors`` was refused, but ``-o weights`` replaced a safetensors model of that name
+    (and ``-o checkpoint.tar`` a PyTorch one) with the stream, exit 0. An existing stream is replaced, as before."""
+    from safetensors.numpy import save_file
+
+    save_file({"w": np.ones((4, 4), np.float32)}, str(tmp_path / "a.safetensors"))
+    save_file({"v": np.ones((8, 8), np.float32)}, str(tmp_path / "weights"))
+    (tmp_path / "arrays.bin").write_bytes(npz_bytes({"v": np.ones(3)}))
+    for target in ("weights", "arrays.bin"):
+        before = (tmp_path / target).read_bytes()
+        capsys.readouterr()
+        assert main(["encode", str(tmp_path / "a.safetensors"), "-o", str(tmp_path / target)]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and str(tmp_path / target) in err and "model" in err
+        assert (tmp_path / target).read_bytes() == before
+    out = tmp_path / "stream.bin"
+    assert main(["encode", str(tmp_path / "a.safetensors"), "-o", str(out), "-q"]) == 0
+    assert main(["encode", str(tmp_path / "a.safetensors"), "-o", str(out), "-q", "--qp", "-20"]) == 0  # a stream
+    (tmp_path / "empty").write_bytes(b"")  # e.g. made by mktemp
+    assert main(["encode", str(tmp_path / "a.safetensors"), "-o", str(tmp_path / "empty"), "-q"]) == 0

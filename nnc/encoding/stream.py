@@ -38,7 +38,7 @@ from .. import narrow_floats
 from .._files import AtomicFile
 from .._threads import in_order_in_flight
 from ..errors import EncodeError
-from ..narrow_floats import as_stored
+from ..measure import error_sums, snr_db
 from ..reconstruction import DECOMPRESSED_DATA_FORMATS
 from .quantiser import RESTORABLE_FORMATS, exact_qp
 from .settings import check_tensor_name, qp_offset_fits
@@ -144,11 +144,7 @@ class StreamSummary:
         measured; inf when every one is exact)."""
         if math.isnan(self.error) or math.isnan(self.energy):
             return math.nan
-        if self.error == 0:
-            return math.inf
-        if self.energy == 0 or math.isinf(self.error):
-            return -math.inf
-        return math.inf if math.isinf(self.energy) else 10 * math.log10(self.energy / self.error)
+        return snr_db(self.energy, self.error)
 
     @property
     def bits_per_weight(self) -> float:
@@ -173,39 +169,6 @@ def coarse_snr_db(energy: float, error: float) -> float | None:
         return None
     snr = 10 * math.log10(energy / error)
     return snr if snr < COARSE_SNR_DB else None
-
-
-#: Values measured at a time by :func:`energy_error` (its float64 temporaries stay a few MB).
-ENERGY_SLICE = 1 << 18
-
-
-def energy_error(
-    x: np.ndarray, recon: np.ndarray, stored_as: str | None = None, rounded: bool = False
-) -> tuple[float, float]:
-    """(sum x², sum (x - recon)²) in float64, in slices so that the temporaries stay small; inf and NaN kept exactly
-    are no error, and their energy is left out (as :func:`nnc.models.compare_tensors`). ``recon`` is taken as a
-    file of dtype ``stored_as`` holds it (:func:`nnc.narrow_floats.as_stored`: bfloat16 and float8 rounded), or
-    with ``rounded`` to whole numbers (an integer tensor's), slice by slice too.
-
-    Examples
-    --------
-    >>> energy_error(np.array([3.0, 4.0, np.inf]), np.array([3.0, 3.0, np.inf]))
-    (25.0, 1.0)
-    >>> energy_error(np.array([1.0, 2.0]), np.array([1.0 + 2**-10, 2.4]), stored_as="bfloat16", rounded=True)
-    (5.0, 0.0)
-    """
-    a, b = x.reshape(-1), np.asarray(recon).reshape(-1)
-    e = d = 0.0
-    for i in range(0, a.size, ENERGY_SLICE):
-        u, v = a[i : i + ENERGY_SLICE].astype(np.float64), b[i : i + ENERGY_SLICE]
-        v = as_stored(stored_as, v).astype(np.float64)
-        if rounded:
-            v = np.rint(v)
-        with np.errstate(invalid="ignore"):
-            diff = np.where((u == v) | (np.isnan(u) & np.isnan(v)), 0.0, u - v)
-        u = np.where(np.isfinite(u), u, 0.0)
-        e, d = e + float(u @ u), d + float(diff @ diff)
-    return e, d
 
 
 def predicted(settings, t, in_block: bool) -> tuple:
@@ -319,11 +282,11 @@ def encode_to(
         """Record member ``n``'s (energy, error) as coded in ``t``, against the values the decoded model's file holds."""
         narrowed.discard(n)
         if measure and x.dtype.kind == "f":
-            stats[n] = energy_error(x, t.recon, stored_as=s.dtypes.get(n, by_name[n].original_dtype))
+            stats[n] = error_sums(x, t.recon, stored_as=s.dtypes.get(n, by_name[n].original_dtype))[:2]
             if float32_precision_lost(x, t.levels, t.step, t.recon, t.kept_raw, s.is_raw(n)):
                 narrowed.add(n)
         elif measure and t.levels is not None and t.step is not None:  # integers coded lossily (--no-lossless-int)
-            stats[n] = (*energy_error(x, t.recon, rounded=True), False)
+            stats[n] = (*error_sums(x, t.recon, rounded=True)[:2], False)
 
     def quantise(name):
         """The unit of ``name`` (its block members too), and each member's (energy, error). Each member is
