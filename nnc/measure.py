@@ -31,23 +31,15 @@ SLICE = 1 << 18
 
 
 class ErrorSums(NamedTuple):
-    """Sums over a tensor's values x against their reconstruction y.
+    """Sums over a tensor's values x against their reconstruction y."""
 
-    Attributes
-    ----------
-    energy : float
-        sum x² over the finite x.
-    error : float
-        sum (x - y)² where they differ (inf where an inf or NaN meets another value).
-    max_abs_error : float
-        max |x - y| over the finite differences.
-    nonfinite : int
-        How many inf or NaN values meet another value (inf and NaN equal in both are no error).
-    """
-
+    #: The sum of x² over the finite x.
     energy: float
+    #: The sum of (x - y)² where they differ (inf where an inf or NaN meets another value).
     error: float
+    #: The largest magnitude of x - y over the finite differences.
     max_abs_error: float
+    #: How many inf or NaN values meet another value (inf and NaN equal in both are no error).
     nonfinite: int
 
 
