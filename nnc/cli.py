@@ -1189,6 +1189,11 @@ def cmd_decode(args) -> int:
         return _fail(f"--template {args.template}: a template is for ONNX output only, not {args.output}")
     if not args.template and onnx_file:
         return _fail(f"{args.output}: writing ONNX needs the original model as a template (--template ORIGINAL.onnx)")
+    if onnx_file and names and set(names) != set(dec.names()):
+        return _fail(
+            f"{args.output}: an ONNX output holds every weight of its template, and --tensor selects "
+            f"{len(set(names))} of the stream's {len(dec.names())}: decode them all, or to .safetensors, .npz or .pt"
+        )
     if args.add_to:
         from .readers import open_model
 

@@ -314,7 +314,12 @@ def _open_index(index_path: Path) -> ModelSource:
     fmt: str | None = None
     for i, file_name in enumerate(file_names):
         shard = folder / file_name
-        if Path(file_name).name != file_name or not shard.is_file():
+        if Path(file_name).name != file_name:  # (the decoder writes shards beside the index, by these names)
+            raise FormatError(
+                f"{index_path}: shard {file_name!r} is not a file name in the index's folder (nnc reads shards "
+                "beside their index, as checkpoints keep them)"
+            )
+        if not shard.is_file():
             raise FormatError(f"{index_path}: shard {file_name!r} is missing from {folder}")
         shard_fmt = formats.detect_format(shard)
         if fmt is None:

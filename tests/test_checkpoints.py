@@ -113,6 +113,15 @@ def test_bad_checkpoints_fail_clearly_and_write_nothing(tmp_path):
     index.write_text(json.dumps(data))
     with pytest.raises(formats.FormatError, match="missing"):
         readers.open_model(index)
+    # a shard in a subfolder, or outside the folder: said so (before: "missing", though the file was there)
+    os.mkdir(tmp_path / "ck" / "sub")
+    (tmp_path / "ck" / "model-00002-of-00002.safetensors").rename(tmp_path / "ck" / "sub" / "s2.safetensors")
+    for elsewhere in ("sub/s2.safetensors", "../ck/sub/s2.safetensors"):
+        data["weight_map"] = {k: (elsewhere if v.endswith("00002.safetensors") else v)
+                              for k, v in data["weight_map"].items() if k != "x"}
+        index.write_text(json.dumps(data))
+        with pytest.raises(formats.FormatError, match="not a file name in the index's folder"):
+            readers.open_model(index)
     os.mkdir(tmp_path / "empty")
     with pytest.raises(formats.FormatError, match="folder without"):
         readers.open_model(tmp_path / "empty")

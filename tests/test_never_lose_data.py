@@ -1600,3 +1600,23 @@ def test_encode_does_not_replace_a_model_file_whatever_its_name(tmp_path, capsys
     assert main(["encode", str(tmp_path / "a.safetensors"), "-o", str(out), "-q", "--qp", "-20"]) == 0  # a stream
     (tmp_path / "empty").write_bytes(b"")  # e.g. made by mktemp
     assert main(["encode", str(tmp_path / "a.safetensors"), "-o", str(tmp_path / "empty"), "-q"]) == 0
+
+
+def test_an_onnx_output_of_some_tensors_is_refused_with_the_reason(tmp_path, capsys):
+    """Before: ``--tensor a -o out.onnx --template t.onnx`` said the template's other weights were "not in the
+    stream", though they were (only not selected)."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), n) for n in ("a", "b")]
+    graph = helper.make_graph([helper.make_node("Add", ["a", "b"], ["y"])], "g", [],
+                              [helper.make_tensor_value_info("y", 1, [8, 8])], initializer=inits)
+    onnx.save_model(helper.make_model(graph), str(tmp_path / "t.onnx"))
+    assert main(["encode", str(tmp_path / "t.onnx"), "-o", str(tmp_path / "m.nnr"), "-q"]) == 0
+    capsys.readouterr()
+    decode = ["decode", str(tmp_path / "m.nnr"), "-o", str(tmp_path / "out.onnx"), "--template", str(tmp_path / "t.onnx")]
+    assert main([*decode, "--tensor", "a"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "selects 1 of the stream's 2" in err and not (tmp_path / "out.onnx").exists()
+    assert main([*decode, "--tensor", "a", "--tensor", "b", "-q"]) == 0
