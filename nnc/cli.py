@@ -11,6 +11,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import stat
 import sys
 import time
@@ -79,7 +80,9 @@ against another value, or (with --min-snr) a total SNR below the bound.
 
 
 def _fail(message: str) -> int:
-    print(f"nnc: error: {message}", file=sys.stderr)
+    """Print the error as one line (a library's message of several lines joined) and give the failure status."""
+    line = re.sub(r"\s*[\r\n]+\s*", " ", message.strip())
+    print(f"nnc: error: {line}", file=sys.stderr)
     return EXIT_FAIL
 
 
@@ -348,7 +351,10 @@ def _load_state(cls, path, quiet: bool = False):
     lock = _lock_state_file(path, quiet)
     before = path_identity(path)
     state = cls.load(path) if before is not None else cls()
-    state.spill_to(os.path.dirname(os.path.abspath(path)))  # (its arrays on disk: memory bounded by the tensors)
+    try:
+        state.spill_to(os.path.dirname(os.path.abspath(path)))  # (its arrays on disk: memory bounded by the tensors)
+    except OSError as exc:  # (the folder takes no new file: said of the user's path, not a temporary one)
+        raise OSError(exc.errno, exc.strerror or str(exc), os.fspath(path)) from None
     state.loaded_identity = before  # (_state_saved_after refuses to replace a file another command wrote since)
     state.lock_file = lock
     return state

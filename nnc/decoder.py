@@ -21,6 +21,7 @@ Examples
 from __future__ import annotations
 
 import hashlib
+import io
 import math
 import mmap
 import os
@@ -1025,6 +1026,8 @@ def read_input(data: StreamInput) -> bytes | memoryview:
         with open(data, "rb") as fh:  # a missing file is a FileNotFoundError, as for open()
             return fh.read()
     if hasattr(data, "read"):
+        if isinstance(data, io.TextIOBase):  # api-check (its read() would fail decoding the stream as text)
+            raise TypeError("the file object must be opened in binary mode")
         out = data.read()
         if not isinstance(out, (bytes, bytearray)):  # api-check
             raise TypeError("the file object must be opened in binary mode")

@@ -24,9 +24,11 @@ True
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
+import signal
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -77,17 +79,32 @@ def get_client(scheduler):
         most = max(64, 4 * (os.cpu_count() or 1))
         if not (n.isascii() and n.isdigit()) or not 1 <= int(n) <= most:
             raise ValueError(f"--scheduler local:N needs a worker count N from 1 to {most}, not {scheduler!r}")
-        cluster = LocalCluster(  # a task's error reaches the caller as an exception: the workers need not log it
-            n_workers=int(n),
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            silence_logs=logging.CRITICAL,
-        )
+        with _interrupts_ignored_by_children():
+            cluster = LocalCluster(  # a task's error reaches the caller as an exception: the workers need not log it
+                n_workers=int(n),
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                silence_logs=logging.CRITICAL,
+            )
         client = Client(cluster)
         client._nnc_cluster = cluster
         return client, True
     return Client(scheduler), True
+
+
+@contextlib.contextmanager
+def _interrupts_ignored_by_children():
+    """SIGINT ignored while the block starts processes, which keep ignoring it (Ctrl-C reaches the terminal's whole
+    process group: the caller alone stops, and closes the cluster, without a traceback from each worker)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def check_client(client) -> None:

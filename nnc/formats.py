@@ -586,12 +586,14 @@ def read_npz(path):
 def _npy_header(path, member, fh) -> tuple:
     """(shape, fortran_order, dtype) of an .npz member's .npy header; numeric dtypes only."""
     version = np.lib.format.read_magic(fh)
-    if version == (1, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
-    elif version in ((2, 0), (3, 0)):
-        shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
-    else:
+    if version not in ((1, 0), (2, 0), (3, 0)):
         raise FormatError(f"{path}: {member.filename}: unsupported .npy version {version}")
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    try:
+        shape, fortran, dtype = read(fh)
+    except ValueError as exc:  # numpy's own words suggest options nnc has none of
+        why = "too large to read safely" if "max_header_size" in str(exc) else "malformed"
+        raise FormatError(f"{path}: {member.filename}: its .npy header is {why}") from None
     if dtype.hasobject:
         raise FormatError(f"{path}: {member.filename}: dtype {dtype} holds Python objects (pickles are refused)")
     if dtype.kind not in "biufc":

@@ -63,6 +63,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import signal
 import sys
 import time
 import warnings
@@ -316,7 +317,25 @@ _WORKER: list = []
 
 
 def _init_worker(tensors, evaluate, cache_bytes, check=None):
+    # Ctrl-C reaches every process of the terminal's group: the parent stops the workers (_stop_pool), with
+    # SIGTERM, which ends them quietly (a forked worker would otherwise keep its parent's handler)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _WORKER[:] = [_Evaluator(tensors, evaluate, cache_bytes, check)]
+
+
+def _stop_pool(pool: ProcessPoolExecutor, abandon: bool) -> None:
+    """Shut the workers down: after their work, or with ``abandon`` (an error, Ctrl-C) at once, their work
+    cancelled and the running evaluations ended."""
+    if not abandon:
+        pool.shutdown()
+        return
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # (no public way to end running work)
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join()
 
 
 def _evaluate_in_worker(settings):
@@ -512,7 +531,7 @@ def search(
                 _kicks(state, finals)
     finally:
         if state.pool:
-            state.pool.shutdown()
+            _stop_pool(state.pool, abandon=sys.exc_info()[0] is not None)
         if state.show:
             sys.stderr.write("\n")
     candidates = state.candidates

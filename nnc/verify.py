@@ -916,6 +916,8 @@ def read_manifest(suite: str | Path) -> dict:
         manifest = json.loads(path.read_bytes())
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
         raise errors.ManifestError(f"{path}: not JSON ({exc})") from None
+    except RecursionError:  # hostile nesting
+        raise errors.ManifestError(f"{path}: JSON nested too deeply to read") from None
     problem = _manifest_problem(manifest)
     if problem:
         raise errors.ManifestError(f"{path}: {problem}")

@@ -22,7 +22,7 @@ ENGINES = ["python"] + (["cython"] if COMPILED_AVAILABLE else [])
 
 #: The marked checks per file (a check is one marked statement).
 MARKED = {
-    "nnc/decoder.py": 23,
+    "nnc/decoder.py": 24,
     "nnc/engine/python/payload.py": 17,
     "nnc/engine/python/arithmetic.py": 1,
     "nnc/engine/python/binarisation.py": 1,
@@ -221,7 +221,11 @@ def stream():
     return nnc.encode({"w": np.ones((4, 3), np.float32), "b": np.arange(3, dtype=np.int32)}, qp=-20)
 
 
-def test_read_input_refusals(stream):
+def test_read_input_refusals(stream, tmp_path):
+    (tmp_path / "m.nnr").write_bytes(stream)
+    with open(tmp_path / "m.nnr") as text:  # (before: a UnicodeDecodeError of the stream's bytes)
+        with pytest.raises(TypeError, match="binary mode"):
+            nnc.decode(text)
     with pytest.raises(TypeError, match="non-contiguous"):
         read_input(memoryview(np.frombuffer(stream, np.uint8))[::2])
     with pytest.raises(TypeError, match="binary mode"):

@@ -1620,3 +1620,56 @@ def test_an_onnx_output_of_some_tensors_is_refused_with_the_reason(tmp_path, cap
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "selects 1 of the stream's 2" in err and not (tmp_path / "out.onnx").exists()
     assert main([*decode, "--tensor", "a", "--tensor", "b", "-q"]) == 0
+
+
+def test_a_state_folder_that_takes_no_file_is_named_by_the_users_path(tmp_path, capsys, monkeypatch):
+    """Before: when --state's folder took no new file (read-only), the error named nnc's temporary file there
+    ("ro/tmp2ke3yz6d: Operation not permitted"), not the state file."""
+    import errno
+
+    from nnc import array_store
+
+    model = tmp_path / "m.npz"
+    model.write_bytes(npz_bytes({"w": np.ones((4, 4), np.float32)}))
+    state = tmp_path / "ro" / "s.state"
+    state.parent.mkdir()
+
+    def refused(*args, dir=None, **kwargs):
+        raise PermissionError(errno.EPERM, "Operation not permitted", os.path.join(dir, "tmp2ke3yz6d"))
+
+    monkeypatch.setattr(array_store.tempfile, "TemporaryFile", refused)
+    capsys.readouterr()
+    assert main(["encode", str(model), "-o", str(tmp_path / "m.nnr"), "--state", str(state)]) == 1
+    err = capsys.readouterr().err
+    assert err == f"nnc: error: {state}: Operation not permitted\n"
+    assert sorted(os.listdir(tmp_path)) == ["m.npz", "ro"] and not os.listdir(state.parent)
+
+
+@pytest.mark.parametrize("header, why", [
+    (b"{'descr': '<f4', 'fortran_order': False, 'shape': f(3,), }", "malformed"),
+    (b"{'descr': '<f4', 'fortran_order': False, 'shape': (3,), }" + b" " * 20_000, "too large to read safely"),
+])
+def test_an_npy_header_numpy_refuses_is_one_line_of_ours(tmp_path, capsys, header, why):
+    """Before: numpy's own message went through, over three lines, with advice (allow_pickle=True,
+    max_header_size) that no nnc option follows; or an ``<ast.Call object at 0x...>``."""
+    import io
+    import zipfile
+
+    npy = io.BytesIO()
+    npy.write(b"\x93NUMPY\x02\x00" + struct.pack("<I", len(header) + 1) + header + b"\n")
+    npy.write(np.ones(3, np.float32).tobytes())
+    with zipfile.ZipFile(tmp_path / "m.npz", "w") as zf:
+        zf.writestr("w.npy", npy.getvalue())
+    assert main(["encode", str(tmp_path / "m.npz"), "-o", str(tmp_path / "m.nnr")]) == 1
+    err = capsys.readouterr().err
+    assert err == f"nnc: error: {tmp_path / 'm.npz'}: w.npy: its .npy header is {why}\n"
+    assert not (tmp_path / "m.nnr").exists()
+    with pytest.raises(formats.FormatError, match=why):
+        read_model(tmp_path / "m.npz")
+
+
+def test_a_message_of_several_lines_is_printed_as_one(capsys):
+    from nnc.cli import _fail
+
+    assert _fail("a: first\n  second\r\nthird ") == 1
+    assert capsys.readouterr().err == "nnc: error: a: first second third\n"

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+import nnc
 from nnc.engine import COMPILED_AVAILABLE
 
 needs_compiled = pytest.mark.skipif(not COMPILED_AVAILABLE, reason="the compiled engine is not built")
@@ -423,3 +424,49 @@ def test_a_signal_whose_exception_python_dropped_still_ends_the_command(monkeypa
     monkeypatch.setattr(cli, "build_parser", build)
     assert cli.main(["info", "any.nnr"]) == 1
     assert "terminated (SIGTERM) after its outputs were written" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("scheduler", [["--workers", "2"], ["--scheduler", "local:2"]])
+def test_ctrl_c_to_the_process_group_is_one_line_without_worker_tracebacks(tmp_path, scheduler):
+    """A terminal's Ctrl-C reaches every process of its group. Before: the search's worker processes and a local
+    Dask cluster's each printed a KeyboardInterrupt traceback (25-76 lines) before "nnc: error: interrupted"."""
+    import signal
+
+    from nnc import demo
+
+    hook = tmp_path / "hook.py"
+    hook.write_text(
+        "import multiprocessing, os, signal, threading\n"
+        "from nnc.demo import mlp_accuracy\n"
+        "def score(tensors):\n"  # Ctrl-C a second after the first evaluation in a worker
+        "    if multiprocessing.parent_process() and not os.path.exists(os.environ['NNC_TEST_FLAG']):\n"
+        "        open(os.environ['NNC_TEST_FLAG'], 'w').close()\n"
+        "        threading.Timer(1.0, os.killpg, (os.getpgid(0), signal.SIGINT)).start()\n"
+        "    return mlp_accuracy(tensors)\n"
+    )
+    script = (
+        "import os, signal, sys, time\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"  # as in a shell (pytest-xdist ignores it)
+        "from nnc import distributed\n"
+        "real = distributed.get_client\n"
+        "def get_client(*a, **k):\n"  # Ctrl-C once the cluster's workers run
+        "    client = real(*a, **k)\n"
+        "    os.killpg(os.getpgid(0), signal.SIGINT)\n"
+        "    time.sleep(5)\n"
+        "    return client\n"
+        "distributed.get_client = get_client\n"
+        "from nnc.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    if scheduler[0] == "--workers":
+        argv = ["encode", str(demo.DATA / "mlp.safetensors"), "-o", str(tmp_path / "m.nnr"), "--search",
+                f"{hook}:score", "--time-budget", "120", *scheduler]
+    else:
+        (tmp_path / "m.nnr").write_bytes(nnc.encode({"w": np.ones((64, 64), np.float32)}))
+        argv = ["decode", str(tmp_path / "m.nnr"), "-o", str(tmp_path / "d.npz"), *scheduler]
+    env = dict(os.environ, NNC_TEST_FLAG=str(tmp_path / "flag"))
+    child = subprocess.Popen([sys.executable, "-c", script, *argv], stderr=subprocess.PIPE, text=True, env=env,
+                             start_new_session=True)
+    _, err = child.communicate(timeout=300)
+    assert child.returncode == 1 and err == "nnc: error: interrupted\n", err
+    assert not (tmp_path / "d.npz").exists()

@@ -133,6 +133,7 @@ def test_nncodec_decoder_command_agrees_with_the_sheets(oracle):
      "'expected_error' must name a class of nnc.errors"),
     ('{"streams": [{"name": "x", "group": "g", "file": "x.nnr", "expected": {"tensors": [{"name": "w"}]}}]}',
      "'expected' must hold"),
+    pytest.param("[" * 100_000 + "]" * 100_000, "nested too deeply", id="deep"),  # (a RecursionError before)
 ])
 def test_a_malformed_manifest_is_one_line_naming_the_entry(tmp_path, manifest, words):
     # these ended in a JSONDecodeError or TypeError traceback
