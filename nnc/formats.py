@@ -1495,24 +1495,28 @@ class OnnxWriter:
                 f"the ONNX model takes {inline_size} bytes, more than one protobuf message holds (2 GiB): "
                 "write it to a file (write_model), which puts its weights in external data"
             )
-        if data_file is not None and (theirs or inline_size > ONNX_INLINE_LIMIT):
+        external = [
+            t
+            for t in _onnx_tensors(model.graph)
+            if t.raw_data in holes and holes[t.raw_data][1] >= _ONNX_EXTERNAL_THRESHOLD
+        ]
+        if data_file is not None and (theirs or inline_size > ONNX_INLINE_LIMIT) and external:
             from ._files import refuse_overwriting
 
             location = final_name + ".data"
             refuse_overwriting(Path(self.path).parent / location, {"template's external data": theirs})
             data_path = data_file(location)
             end = 0
-            for t in _onnx_tensors(model.graph):
-                if t.raw_data in holes and holes[t.raw_data][1] >= _ONNX_EXTERNAL_THRESHOLD:
-                    name, length = holes.pop(t.raw_data)
-                    end = -(-end // 4096) * 4096
-                    t.ClearField("raw_data")
-                    for key, value in (("location", location), ("offset", end), ("length", length)):
-                        entry = t.external_data.add()
-                        entry.key, entry.value = key, str(value)
-                    t.data_location = onnx.TensorProto.EXTERNAL
-                    self.offsets[name] = (data_path, end)
-                    end += length
+            for t in external:  # (the weights of 1 KiB or more, in graph order)
+                name, length = holes.pop(t.raw_data)
+                end = -(-end // 4096) * 4096
+                t.ClearField("raw_data")
+                for key, value in (("location", location), ("offset", end), ("length", length)):
+                    entry = t.external_data.add()
+                    entry.key, entry.value = key, str(value)
+                t.data_location = onnx.TensorProto.EXTERNAL
+                self.offsets[name] = (data_path, end)
+                end += length
             pieces = _wire_pieces(model, holes, marker)  # (the gaps left inline: weights under 1 KiB)
             with open(data_path, "wb") as fh:
                 fh.truncate(end)

@@ -348,3 +348,23 @@ def test_a_template_whose_external_data_leaves_its_folder_or_is_missing_is_refus
     assert str(template) in err and len(err.strip().splitlines()) == 1, err
     assert ("outside the model's folder" if location.startswith("..") else "missing") in err
     assert not out.exists() and sorted(os.listdir(tmp_path)) == ["model", "outside.bin", "s.nnr"]
+
+
+def test_an_output_whose_weights_all_stay_inline_gets_no_empty_data_file(tmp_path):
+    """Before: a template with external data made the output write OUTPUT.onnx.data, left empty when every weight
+    was under 1 KiB and so written inline (the graph names no such file)."""
+    import nnc
+    from nnc.cli import main
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 8)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Identity", ["w"], ["y"])], "g", [],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, 8])], initializer=[w])
+    onnx.save_model(helper.make_model(graph), str(tmp_path / "t.onnx"), save_as_external_data=True,
+                    location="t.onnx.data", size_threshold=0)
+    assert main(["encode", str(tmp_path / "t.onnx"), "-o", str(tmp_path / "m.nnr"), "-q"]) == 0
+    assert main(["decode", str(tmp_path / "m.nnr"), "-o", str(tmp_path / "o.onnx"), "--template",
+                 str(tmp_path / "t.onnx"), "-q"]) == 0
+    assert sorted(os.listdir(tmp_path)) == ["m.nnr", "o.onnx", "t.onnx", "t.onnx.data"]
+    model = onnx.load(str(tmp_path / "o.onnx"))
+    np.testing.assert_array_equal(numpy_helper.to_array(model.graph.initializer[0]),
+                                  nnc.decode(tmp_path / "m.nnr")["w"])
