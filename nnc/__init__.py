@@ -5,12 +5,12 @@ The two calls most users need::
     stream = nnc.encode({"layer.weight": array, ...}, qp=-38, dq=True)
     tensors = nnc.decode(stream)          # bytes, a path or a binary file
 
-Decoding imports only the decoder side; the encoder is imported on first use.
-The names of ``__all__`` are imported here from :mod:`nnc.decoder` and
+``import nnc`` is light (no numpy); each name is loaded from its module when first used, and
+decoding imports only the decoder side. The names of ``__all__`` come from :mod:`nnc.decoder` and
 :mod:`nnc.errors`; ``Encoder``, ``EncoderState``, ``EncodeResult``,
 ``encode_with_reconstruction`` and ``qp_for_step`` are attributes of ``nnc`` too, loaded from
-:mod:`nnc.encoder` when first accessed (they are not in ``__all__``, so that
-``from nnc import *`` does not import the encoder).
+:mod:`nnc.encoder` (they are not in ``__all__``, so that ``from nnc import *`` does not import
+the encoder). Submodules are attributes as well (``nnc.models``, imported when first used).
 
 Examples
 --------
@@ -24,7 +24,8 @@ Examples
 -8
 """
 
-from .decoder import Decoder, DecoderState, Limits, TensorInfo, apply_update, decode, decode_with_info
+from typing import TYPE_CHECKING
+
 from .errors import (
     DecodeError,
     EncodeError,
@@ -37,7 +38,21 @@ from .errors import (
     UpdateError,
 )
 
+if TYPE_CHECKING:
+    from .decoder import Decoder, DecoderState, Limits, TensorInfo, apply_update, decode, decode_with_info
+
 __version__ = "0.2.0"  # the one place the version is written (pyproject.toml reads it)
+
+#: Names of ``nnc`` loaded from their modules when first used: ``import nnc`` itself is light (no numpy), so that the
+#: command line can answer Ctrl-C from its first moment, and decode-only pipelines never import the encoder.
+_LAZY = {
+    **dict.fromkeys(
+        ("Decoder", "DecoderState", "Limits", "TensorInfo", "apply_update", "decode", "decode_with_info"), "decoder"
+    ),
+    **dict.fromkeys(
+        ("Encoder", "EncoderState", "EncodeResult", "encode_with_reconstruction", "qp_for_step"), "encoder"
+    ),
+}
 
 
 def encode(tensors, *, qp=None, dq=None, **options):
@@ -182,11 +197,14 @@ def decode_model(stream, output=None, **options):
 
 
 def __getattr__(name):
-    # lazy access to the encoder side, so that decode-only pipelines never import it
-    if name in ("Encoder", "EncoderState", "EncodeResult", "encode_with_reconstruction", "qp_for_step"):
-        from . import encoder
+    import importlib.util
 
-        return getattr(encoder, name)
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    if not name.startswith("_") and importlib.util.find_spec(f".{name}", __name__) is not None:
+        return importlib.import_module(f".{name}", __name__)  # a submodule, as after ``import nnc.<name>``
     raise AttributeError(f"module 'nnc' has no attribute {name!r}")
 
 

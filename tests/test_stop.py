@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import threading
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -470,3 +471,23 @@ def test_ctrl_c_to_the_process_group_is_one_line_without_worker_tracebacks(tmp_p
     _, err = child.communicate(timeout=300)
     assert child.returncode == 1 and err == "nnc: error: interrupted\n", err
     assert not (tmp_path / "d.npz").exists()
+
+
+def test_ctrl_c_while_the_command_line_is_imported_is_one_line():
+    """Before: a Ctrl-C in the first 0.3 s of ``nnc`` (numpy and the command line being imported) printed a
+    KeyboardInterrupt traceback. ``import nnc`` imports no numpy now, and the entry point guards the rest."""
+    script = (
+        "import sys\n"
+        "class Interrupt:\n"  # a finder that interrupts the import of nnc.cli, as a Ctrl-C there would
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'nnc.cli':\n"
+        "            raise KeyboardInterrupt\n"
+        "sys.meta_path.insert(0, Interrupt())\n"
+        "import nnc._console\n"
+        "assert 'numpy' not in sys.modules, 'import nnc imported numpy'\n"
+        "sys.exit(nnc._console.main(['--version']))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert (r.returncode, r.stderr) == (1, "nnc: error: interrupted\n")
+    pyproject = (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text()
+    assert 'nnc = "nnc._console:main"' in pyproject  # the command the installer writes
