@@ -1891,7 +1891,10 @@ class Decoder:
             that returns the array to fill or None (e.g. a memory map of the
             tensor's place in a file, opened only then).  The arrays must fit as
             for :meth:`~nnc.decoder.Decoder.decode_tensor`, and are decoded into
-            directly where their dtype allows.
+            directly where their dtype allows.  A mapping's arrays are checked
+            against one another (a partial overlap is refused); a callable's are
+            not, as one may reuse the memory of a tensor already yielded: an
+            array that overlaps a tensor still in use overwrites it.
 
         Yields
         ------

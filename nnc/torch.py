@@ -222,10 +222,12 @@ def _check_device(torch, device) -> None:
     if device is None:
         return
     try:
-        torch.empty(0, device=device)
+        probe = torch.empty(0, device=device)
     except (RuntimeError, AssertionError, TypeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise OutputBufferError(f"device {device!r} cannot hold the tensors: {first}") from None
+    if probe.is_meta:  # (tensors there have shapes, no values: every decoded value would be dropped)
+        raise OutputBufferError(f"device {device!r} holds no values: give a device that does ('cpu', 'cuda', ...)")
 
 
 def _refuse_differences(dec) -> None:
@@ -259,7 +261,7 @@ def state_dict(stream, device="cpu", **decoder_options) -> "OrderedDict[str, obj
     nnc.errors.UpdateError
         If the stream holds differences to a model (an update), not its weights.
     nnc.errors.OutputBufferError
-        If torch cannot put tensors on ``device`` (checked before decoding).
+        If torch cannot put tensors on ``device``, or it holds no values (``"meta"``; checked before decoding).
     nnc.formats.FormatError
         If torch is not installed.
 

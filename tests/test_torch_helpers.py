@@ -285,6 +285,9 @@ def test_meta_devices_sparse_tensors_and_bad_devices_are_nnc_errors():
     for device in ("nonsense", "cuda:0" if not torch.cuda.is_available() else "nonsense:1"):
         with pytest.raises(OutputBufferError, match=f"device '{device}' cannot hold"):
             nnc.torch.state_dict(stream, device=device)
+    for device in ("meta", torch.device("meta")):  # (before: meta tensors back, every decoded value dropped)
+        with pytest.raises(OutputBufferError, match="holds no values"):
+            nnc.torch.state_dict(stream, device=device)
     with pytest.raises(EncodeError, match="'a' is on the meta device"):
         nnc.torch.save({"a": torch.ones(2, device="meta")})
     with pytest.raises(EncodeError, match="'a' has layout torch.sparse_coo"):
