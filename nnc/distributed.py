@@ -96,7 +96,9 @@ def get_client(scheduler):
 @contextlib.contextmanager
 def _interrupts_ignored_by_children():
     """SIGINT ignored while the block starts processes, which keep ignoring it (Ctrl-C reaches the terminal's whole
-    process group: the caller alone stops, and closes the cluster, without a traceback from each worker)."""
+    process group: the caller alone stops, and closes the cluster, without a traceback from each worker). A Ctrl-C
+    while the cluster starts (a few seconds) goes unseen; the next one stops the command. (Blocking the signal
+    instead does not reach the workers: their processes unblock it.)"""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
