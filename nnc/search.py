@@ -529,9 +529,14 @@ def search(
             state.stage = "kicks"
             if time_budget is not None:
                 _kicks(state, finals)
+    except BaseException:  # an error, Ctrl-C: the running evaluations are ended, not waited for
+        if state.pool:
+            _stop_pool(state.pool, abandon=True)
+            state.pool = None
+        raise
     finally:
         if state.pool:
-            _stop_pool(state.pool, abandon=sys.exc_info()[0] is not None)
+            _stop_pool(state.pool, abandon=False)
         if state.show:
             sys.stderr.write("\n")
     candidates = state.candidates
