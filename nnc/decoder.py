@@ -667,6 +667,10 @@ def apply_update(
             clause="6.2.1",
         )
     narrow = getattr(update, "narrow", {}) if narrow is None else narrow
+    if any(type(v).__module__.startswith("torch") for v in model.values()):
+        from .torch import _is_torch_tensor, _to_numpy  # (a torch state_dict: bfloat16 as its float32 values)
+
+        model = OrderedDict((k, _to_numpy(v, k)[0] if _is_torch_tensor(v) else v) for k, v in model.items())
     if check_parent:
         check_update_parent(model, parent if parent is not None else getattr(update, "parent", None), narrow)
     whole = set(getattr(update, "replaced", ()) if replaced is None else replaced)

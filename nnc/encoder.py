@@ -183,6 +183,39 @@ def _difference(x: np.ndarray, held: np.ndarray) -> np.ndarray | None:
 _SLICE = 1 << 20
 
 
+def sum_overflows(name: str, held: np.ndarray, difference: np.ndarray, x, narrow: Mapping) -> bool:
+    """Whether the receiver's tensor ``name``, its ``held`` values plus the decoded ``difference`` in their dtype
+    (:func:`nnc.decoder.apply_update`, spec 14.5), holds inf or NaN where the tensor's values ``x`` (or a function
+    that reads them) are finite: a float16 value near its largest, its difference rounded up by the coding. The
+    tensor is then sent whole. Values that stay under half the dtype's largest are not added (they cannot overflow).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> held, x = np.array([10000.0], np.float16), np.array([65504.0], np.float16)
+    >>> sum_overflows("w", held, np.array([55520.0], np.float32), x, {})
+    True
+    >>> sum_overflows("w", held, np.array([55504.0], np.float32), x, {})
+    False
+    """
+    from .decoder import apply_update
+    from .encoding.quantiser import finite_peak
+
+    stored = narrow.get(name) or ""
+    if narrow_floats.is_narrow(stored):
+        largest = narrow_floats.largest(stored)
+    elif held.dtype.kind == "f":
+        largest = float(np.finfo(held.dtype).max)
+    else:
+        return False
+    if finite_peak(held) + finite_peak(np.asarray(difference)) <= largest / 2:
+        return False
+    x = x() if callable(x) else x
+    with np.errstate(over="ignore", invalid="ignore"):
+        got = apply_update({name: held}, {name: difference}, check_parent=False, narrow=narrow)[name]
+    return bool(np.any(~np.isfinite(got) & np.isfinite(np.asarray(x, np.float64).reshape(got.shape))))
+
+
 def _warn_after_encode(encoder: "Encoder", result: "EncodeResult", arrays: Mapping) -> None:
     """PrecisionWarnings at the first caller outside nnc: the tensors of ``result`` whose non-zero values all decode
     as 0, and the float tensors that kept little of their signal (an SNR under ``COARSE_SNR_DB``, as ``nnc encode``
@@ -741,6 +774,8 @@ class Encoder:
         deltas: set = set()  # the names whose values are differences to the receiver's
         if s.differences:
             arrays, replaced, deltas = self._differences(arrays)
+        narrow_of = {k: s.dtypes.get(k, v.dtype.name) for k, v in model.items()}
+        narrow_of = {k: v for k, v in narrow_of.items() if narrow_floats.is_narrow(v)}
         writer = UnitWriter(s, self.engine, self.state)
         groups = block_groups(
             s.blocks,
@@ -758,7 +793,7 @@ class Encoder:
         cached = {name: cache._get(key) for name, key in keys.items() if key is not None}
         to_make = [(name,) for name in names if cached.get(name) is None]
 
-        def make(name):
+        def code(name):
             if name not in groups:
                 t = quantiser.quantise(name, arrays[name], difference=name in deltas)
                 return writer.single_unit(writer.raw_if_smaller(t, arrays[name]))
@@ -770,6 +805,20 @@ class Encoder:
                 for n in members[1:] + [name]
             }
             return writer.group_unit(name, groups[name], coded, arrays)
+
+        def make(name):
+            unit = code(name)
+            held = self.state.model if self.state is not None and deltas else {}
+            overflow = [
+                t.name
+                for t in unit.members
+                if t.name in deltas and sum_overflows(t.name, held[t.name], t.recon, model[t.name], narrow_of)
+            ]
+            for n in overflow:  # (from the unit's own thread: each name is in one unit)
+                deltas.discard(n)
+                replaced.append(n)
+                arrays[n] = model[n]
+            return code(name) if overflow else unit
 
         units = []
         result = EncodeResult(stream=b"", tied=tied)
@@ -786,6 +835,7 @@ class Encoder:
                 units.append(unit)
                 if progress is not None:
                     progress(name, int(arrays[name].size))
+        replaced = [n for n in model if n in set(replaced)]  # (in the model's order, whichever thread added one)
         stream_qp = mps_qp([t.qp for t in result.tensors.values() if t.qp is not None], s.qp_density)
         update = writer.is_update(arrays)
         links = [writer.link(u, update) for u in units]

@@ -371,3 +371,31 @@ def test_an_update_decoded_by_nnc_decode_applies_to_a_model_with_0d_tensors():
     assert held["scale"].shape == () and abs(float(held["scale"]) - 3.0) < 0.01
     with pytest.raises(nnc.errors.UpdateError, match="has shape"):
         apply_update({"w": np.ones(2, np.float32)}, {"w": np.ones((1, 2), np.float32)})
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_float16_difference_that_would_round_the_sum_to_inf_is_sent_whole(tmp_path, streaming):
+    """Before: a float16 tensor rising from about 10000 to 65504 (its largest value) went as a difference whose
+    coding error rounded the receiver's sum to inf, in the receiver's model and the sender's own; decoding exited 0.
+    Now the encoder checks the receiver's sum of each difference it codes, and sends such a tensor whole."""
+    from nnc.decoder import DecoderState, apply_update
+    from nnc.encoder import Encoder, EncoderState
+
+    rng = np.random.default_rng(0)
+    base = {"h": (rng.standard_normal((16, 16)) * 100 + 10000).astype(np.float16),
+            "w": rng.standard_normal((16, 16)).astype(np.float32)}
+    step = {"h": np.full((16, 16), 65504, np.float16), "w": base["w"] + np.float32(0.01)}
+    sender, receiver = EncoderState(), DecoderState()
+    model = {}
+    for i, tensors in enumerate((base, step)):
+        encoder = Encoder(qp=-24, state=sender, differences=True)
+        if streaming:
+            encoder.encode_to(tensors, tmp_path / f"u{i}.nnr")
+            stream = (tmp_path / f"u{i}.nnr").read_bytes()
+        else:
+            stream = encoder.encode(tensors).stream
+        decoded = nnc.decode(stream, state=receiver)
+        model = decoded if i == 0 else apply_update(model, decoded)
+    assert decoded.replaced == ("h",)
+    assert np.array_equal(model["h"], step["h"]) and np.isfinite(np.asarray(sender.model["h"])).all()
+    assert np.abs(model["w"] - step["w"]).max() < 2**-5  # (still a difference: within two steps of qp -24)

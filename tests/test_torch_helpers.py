@@ -370,3 +370,22 @@ def test_load_state_dict_names_a_misused_argument(module, options, words):
     stream = nnc.torch.save(torch.nn.Linear(2, 2), qp=-30)
     with pytest.raises(TypeError, match=words):
         nnc.torch.load_state_dict(torch.nn.Linear(2, 2) if module == "linear" else module, stream, **options)
+
+
+def test_apply_update_takes_a_torch_state_dict_with_bfloat16_tensors():
+    """Before: a receiver holding its model as a torch bfloat16 state_dict got torch's bare TypeError ("Got
+    unsupported ScalarType BFloat16") from nnc.apply_update; float32 ones worked."""
+    import ml_dtypes
+
+    from nnc.decoder import DecoderState, apply_update
+    from nnc.encoder import EncoderState
+
+    sender, receiver = EncoderState(), DecoderState()
+    w = torch.randn(8, 8, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    base = nnc.decode(nnc.encode({"w": w}, qp=-24, state=sender, differences=True), state=receiver)
+    update = nnc.decode(nnc.encode({"w": w + 0.1}, qp=-24, state=sender, differences=True), state=receiver)
+    as_torch = {"w": torch.from_numpy(np.asarray(base["w"], np.float32)).to(torch.bfloat16)}
+    as_numpy = {"w": np.asarray(base["w"], np.float32).astype(ml_dtypes.bfloat16)}
+    got, expected = apply_update(as_torch, update), apply_update(as_numpy, update)
+    np.testing.assert_array_equal(np.asarray(got["w"], np.float32), np.asarray(expected["w"], np.float32))
+    np.testing.assert_array_equal(np.asarray(got["w"], np.float32), np.asarray(sender.model["w"], np.float32))
