@@ -196,6 +196,10 @@ def decode_model(stream, output=None, **options):
     return _decode_model(stream, output, **options)
 
 
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
+
 def __getattr__(name):
     import importlib.util
 
