@@ -774,8 +774,9 @@ class Encoder:
         deltas: set = set()  # the names whose values are differences to the receiver's
         if s.differences:
             arrays, replaced, deltas = self._differences(arrays)
-        narrow_of = {k: s.dtypes.get(k, v.dtype.name) for k, v in model.items()}
-        narrow_of = {k: v for k, v in narrow_of.items() if narrow_floats.is_narrow(v)}
+        original_dtypes = {k: s.dtypes.get(k, v.dtype.name) for k, v in model.items()}
+        # bfloat16 / float8 tensors: held rounded to their format, as the receiver holds them (spec 14.5)
+        narrow = {k: v for k, v in original_dtypes.items() if narrow_floats.is_narrow(v)}
         writer = UnitWriter(s, self.engine, self.state)
         groups = block_groups(
             s.blocks,
@@ -812,7 +813,7 @@ class Encoder:
             overflow = [
                 t.name
                 for t in unit.members
-                if t.name in deltas and sum_overflows(t.name, held[t.name], t.recon, model[t.name], narrow_of)
+                if t.name in deltas and sum_overflows(t.name, held[t.name], t.recon, model[t.name], narrow)
             ]
             for n in overflow:  # (from the unit's own thread: each name is in one unit)
                 deltas.discard(n)
@@ -843,9 +844,6 @@ class Encoder:
             if link is not None and link.skip:
                 result.skipped.extend(t.name for t in u.members)
         decoded_dtypes = {k: t.reconstruction.dtype.name for k, t in result.tensors.items()}
-        original_dtypes = {k: s.dtypes.get(k, v.dtype.name) for k, v in model.items()}
-        # bfloat16 / float8 tensors: held rounded to their format, as the receiver holds them (spec 14.5)
-        narrow = {k: v for k, v in original_dtypes.items() if narrow_floats.is_narrow(v)}
         parent = self._parent_digest(decoded_dtypes, original_dtypes, narrow)
         metadata = metadata_json(
             {k: v.shape for k, v in model.items()},
