@@ -1505,12 +1505,10 @@ def test_float64_values_beyond_float32_range_are_measured_not_reported_exact(tmp
     """Before: float64 weights under about 1e-154 squared to 0 in the SNR's sums: every one decoded as 0, and
     ``nnc encode`` and ``nnc compare --min-snr 30`` both said "SNR inf dB" and passed. Now the sums are taken on
     the values scaled by a power of two."""
-    from safetensors.numpy import save_file
-
     from nnc.measure import error_sums
 
     w = np.random.default_rng(0).standard_normal((16, 16)) * scale
-    save_file({"w": w}, str(tmp_path / "m.safetensors"))
+    (tmp_path / "m.safetensors").write_bytes(safetensors_bytes({"w": w}))
     code = main(["encode", str(tmp_path / "m.safetensors"), "-o", str(tmp_path / "m.nnr"), "--json"])
     report = json.loads(capsys.readouterr().out)
     decoded = nnc.decode(tmp_path / "m.nnr")["w"].astype(np.float64)
@@ -1583,10 +1581,8 @@ def test_an_onnx_output_does_not_replace_an_existing_external_data_file(tmp_path
 def test_encode_does_not_replace_a_model_file_whatever_its_name(tmp_path, capsys):
     """Before: ``-o other.safetensors`` was refused, but ``-o weights`` replaced a safetensors model of that name
     (and ``-o checkpoint.tar`` a PyTorch one) with the stream, exit 0. An existing stream is replaced, as before."""
-    from safetensors.numpy import save_file
-
-    save_file({"w": np.ones((4, 4), np.float32)}, str(tmp_path / "a.safetensors"))
-    save_file({"v": np.ones((8, 8), np.float32)}, str(tmp_path / "weights"))
+    (tmp_path / "a.safetensors").write_bytes(safetensors_bytes({"w": np.ones((4, 4), np.float32)}))
+    (tmp_path / "weights").write_bytes(safetensors_bytes({"v": np.ones((8, 8), np.float32)}))
     (tmp_path / "arrays.bin").write_bytes(npz_bytes({"v": np.ones(3)}))
     for target in ("weights", "arrays.bin"):
         before = (tmp_path / target).read_bytes()

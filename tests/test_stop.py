@@ -435,6 +435,8 @@ def test_ctrl_c_to_the_process_group_is_one_line_without_worker_tracebacks(tmp_p
 
     from nnc import demo
 
+    if scheduler[0] == "--scheduler":
+        pytest.importorskip("dask.distributed", reason="dask.distributed is not installed (pip install 'dask[distributed]')")
     hook = tmp_path / "hook.py"
     hook.write_text(
         "import multiprocessing, os, signal, threading\n"
