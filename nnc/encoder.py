@@ -15,6 +15,7 @@ container.  Its reconstruction is exactly what any conforming decoder returns.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -214,6 +215,42 @@ def sum_overflows(name: str, held: np.ndarray, difference: np.ndarray, x, narrow
     with np.errstate(over="ignore", invalid="ignore"):
         got = apply_update({name: held}, {name: difference}, check_parent=False, narrow=narrow)[name]
     return bool(np.any(~np.isfinite(got) & np.isfinite(np.asarray(x, np.float64).reshape(got.shape))))
+
+
+def code_unit(quantiser, writer, name: str, groups: Mapping, arrays: Mapping, deltas) -> Unit:
+    """The unit of ``name`` (a weight with its block members, ``groups``) from ``arrays``, those named in ``deltas``
+    differences to the receiver's tensors; ``arrays`` may map names to functions that read the values (raw storage
+    weighs them, :meth:`~nnc.encoding.writer.UnitWriter.raw_if_smaller`) only for members coded alone."""
+    if name not in groups:
+        t = quantiser.quantise(name, arrays[name], difference=name in deltas)
+        return writer.single_unit(writer.raw_if_smaller(t, arrays[name]))
+    members = block_members(name, groups[name])
+    in_block = quantiser.settings.blocks != "auto"  # auto pairs are float tensors, coded alike either way
+    dq = quantiser.settings.tensor_dq(name)  # the block's members follow its weight
+    coded = {
+        n: quantiser.quantise(n, arrays[n], in_block=in_block, dq=dq, difference=n in deltas)
+        for n in members[1:] + [name]
+    }
+    return writer.group_unit(name, groups[name], coded, arrays)
+
+
+def unit_with_finite_sums(code, arrays: dict, deltas: set, whole: list, held: Mapping, values, narrow) -> Unit:
+    """``code()``'s unit, in which a member coded as a difference whose receiver's sum would leave its dtype's
+    range (:func:`sum_overflows`) is coded again from its values (``values(name)``), its name added to ``whole``
+    (the tensors sent whole, spec 6.2.1 ``"replaced"``)."""
+    unit = code()
+    overflow = [
+        t.name
+        for t in unit.members
+        if t.name in deltas and sum_overflows(t.name, held[t.name], t.recon, functools.partial(values, t.name), narrow)
+    ]
+    if not overflow:
+        return unit
+    for n in overflow:  # (each name is in one unit: safe from the unit's own thread)
+        deltas.discard(n)
+        whole.append(n)
+        arrays[n] = values(n)
+    return code()
 
 
 def _warn_after_encode(encoder: "Encoder", result: "EncodeResult", arrays: Mapping) -> None:
@@ -794,32 +831,13 @@ class Encoder:
         cached = {name: cache._get(key) for name, key in keys.items() if key is not None}
         to_make = [(name,) for name in names if cached.get(name) is None]
 
-        def code(name):
-            if name not in groups:
-                t = quantiser.quantise(name, arrays[name], difference=name in deltas)
-                return writer.single_unit(writer.raw_if_smaller(t, arrays[name]))
-            members = block_members(name, groups[name])
-            in_block = s.blocks != "auto"  # auto pairs are float tensors, coded alike either way
-            dq = s.tensor_dq(name)  # the block's members follow its weight
-            coded = {
-                n: quantiser.quantise(n, arrays[n], in_block=in_block, dq=dq, difference=n in deltas)
-                for n in members[1:] + [name]
-            }
-            return writer.group_unit(name, groups[name], coded, arrays)
-
         def make(name):
-            unit = code(name)
-            held = self.state.model if self.state is not None and deltas else {}
-            overflow = [
-                t.name
-                for t in unit.members
-                if t.name in deltas and sum_overflows(t.name, held[t.name], t.recon, model[t.name], narrow)
-            ]
-            for n in overflow:  # (from the unit's own thread: each name is in one unit)
-                deltas.discard(n)
-                replaced.append(n)
-                arrays[n] = model[n]
-            return code(name) if overflow else unit
+            def code():
+                return code_unit(quantiser, writer, name, groups, arrays, deltas)
+
+            if not deltas:
+                return code()
+            return unit_with_finite_sums(code, arrays, deltas, replaced, self.state.model, model.__getitem__, narrow)
 
         units = []
         result = EncodeResult(stream=b"", tied=tied)

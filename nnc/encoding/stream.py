@@ -425,7 +425,7 @@ def _encode_update_streaming(
     import tempfile
 
     from ..decoder import apply_update
-    from ..encoder import FULL_VALUES_NOTE, _difference, _warn, sum_overflows
+    from ..encoder import FULL_VALUES_NOTE, _difference, _warn, code_unit, unit_with_finite_sums
 
     s, state = encoder.settings, encoder.state
     by_name, groups, in_block, plan = _planned(s, tensors, incremental=True)
@@ -468,37 +468,17 @@ def _encode_update_streaming(
             deltas.add(name)
         return delta
 
-    def code(name, members, arrays, deltas):
-        if name not in groups:
-            x = arrays[name]
-            t = encoder.quantiser.quantise(name, x, difference=name in deltas)
-            return writer.single_unit(writer.raw_if_smaller(t, x))
-        dq = s.tensor_dq(name)
-        coded = {
-            n: encoder.quantiser.quantise(n, arrays[n], in_block=s.blocks != "auto", dq=dq, difference=n in deltas)
-            for n in members[1:] + [name]
-        }
-        return writer.group_unit(name, groups[name], coded, arrays)
-
     def quantise(name):
         """(the unit of ``name`` and its block's members, the names sent whole, {name: dtype of the values coded})."""
         whole: list[str] = []
         deltas: set[str] = set()
         members = [name] if name not in groups else block_members(name, groups[name])
         arrays = {n: value(n, whole, deltas) for n in members}
-        unit = code(name, members, arrays, deltas)
-        overflow = [
-            t.name
-            for t in unit.members
-            if t.name in deltas
-            and sum_overflows(t.name, state.model[t.name], t.recon, functools.partial(load, t.name), narrow)
-        ]
-        if overflow:  # sent whole: the receiver's sum would leave the dtype's range
-            for n in overflow:
-                deltas.discard(n)
-                whole.append(n)
-                arrays[n] = load(n)
-            unit = code(name, members, arrays, deltas)
+
+        def code():
+            return code_unit(encoder.quantiser, writer, name, groups, arrays, deltas)
+
+        unit = unit_with_finite_sums(code, arrays, deltas, whole, state.model, load, narrow)
         return unit, whole, {n: a.dtype.name for n, a in arrays.items()}
 
     def cost(name):
