@@ -70,7 +70,7 @@ import nnc  # noqa: E402
 from nnc import demo  # noqa: E402
 from nnc import allocation  # noqa: E402
 from nnc.allocation import empirical_fisher  # noqa: E402
-from nnc.encoder import Encoder, dcv1_step, qp_for_step  # noqa: E402
+from nnc.encoder import Encoder  # noqa: E402
 from nnc.formats import read_model  # noqa: E402
 from nnc.reconstruction import step_size  # noqa: E402
 
@@ -374,11 +374,8 @@ def nnc_candidates(model, fisher, qps, lams, dcv1_s, search_budget, log, covaria
                 for lam in lams:
                     if not lam:
                         continue
-                    importance = {}
-                    for k, w in weights.items():
-                        step = float(step_size(qp_for_step(dcv1_step(w, sigmas[k], s), 2), 2))
-                        importance[k] = (step / sigmas[k]) ** 2
-                    enc = Encoder(sigmas=sigmas, dcv1_s=s, dq=dq, rdoq_lambda=lam, importance=importance,
+                    # (the encoder weights RDOQ's error by DC-v1's importance (step / sigma)^2 itself)
+                    enc = Encoder(sigmas=sigmas, dcv1_s=s, dq=dq, rdoq_lambda=lam,
                                   blocks=True, nonweight_qp=None, raw_when_smaller=True)
                     out.append(("dcv1", f"DC-v1 S {s} dq {dq} lambda {lam}", enc.encode(model.params).stream))
     out += dcv2_candidates(model, qps, search_budget, log)

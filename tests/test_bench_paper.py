@@ -102,3 +102,18 @@ def test_sweeps_code_with_error_feedback_from_input_covariances(light):
     table = {r["coder"]: r for r in rows if r["table"] == "I"}
     assert bp.COVARIANCE_NOTE in table["nnc"]["setting"] and table["nnc"]["accuracy_loss"] == 0
     assert table["nnc-feedback"]["bytes"] == table["nnc"]["bytes"]
+
+
+def test_nnc_candidates_include_dcv1_streams_from_a_fisher_diagonal():
+    # the DC-v1 rows: sigmas from a Fisher diagonal go to the encoder, which weights RDOQ by (step / sigma)^2 itself
+    rng = np.random.default_rng(3)
+    params = {"fc.weight": rng.normal(0, 0.1, (24, 16)).astype(np.float32),
+              "fc.bias": rng.normal(0, 0.1, 24).astype(np.float32)}
+    model = bp.Model("toy", params, lambda t: 1.0, "none", data=(np.zeros((10, 16)), np.zeros(10)))
+    fisher = {k: rng.uniform(0.5, 2.0, v.shape) for k, v in params.items()}
+    cands = bp.nnc_candidates(model, fisher, [-20], [0.0, 0.1], [8], 0, lambda s: None)
+    dcv1 = [(setting, stream) for family, setting, stream in cands if family == "dcv1"]
+    assert [setting for setting, _ in dcv1] == ["DC-v1 S 8 dq False lambda 0.1", "DC-v1 S 8 dq True lambda 0.1"]
+    for _, stream in dcv1:
+        decoded = nnc.decode_model(stream)
+        assert decoded["fc.weight"].shape == (24, 16)
