@@ -554,6 +554,9 @@ class DecodedTensors(OrderedDict):
     * ``narrow``: {name: format} of the float tensors the metadata records as bfloat16 or
       float8 (spec 6.2.1): a model holds their values rounded to the format, and
       :func:`~nnc.decoder.apply_update` rounds them so (spec 14.5).
+    * ``metadata``: the stream's nnc metadata (:attr:`Decoder.metadata`), or None: with it
+      :func:`~nnc.decoder.apply_update` gives the tensors an update sends whole (new or
+      replaced) their recorded shapes and dtypes (spec 6.2.1), as :func:`restore_model_view` does.
 
     Examples
     --------
@@ -568,12 +571,13 @@ class DecodedTensors(OrderedDict):
     parent: "str | None" = None
     replaced: tuple = ()
     narrow: "Mapping[str, str]" = MappingProxyType({})
+    metadata: "dict | None" = None
 
     def take_attributes(self, source) -> "DecodedTensors":
         """Takes what ``source`` (a :class:`Decoder` or another ``DecodedTensors``) says about the stream's tensors
         (spec 6.2.1, 14.5); returns self."""
         self.differences, self.skipped, self.parent = source.differences, source.skipped, source.parent
-        self.replaced, self.narrow = source.replaced, source.narrow
+        self.replaced, self.narrow, self.metadata = source.replaced, source.narrow, source.metadata
         return self
 
     def __reduce__(self):
@@ -601,7 +605,8 @@ def apply_update(
 
     Tensors the update does not carry (skipped: all zero) stay as they are; tensors
     new in the update are added, and those it carries as full values (``replaced``)
-    replace the model's.  Each sum keeps the model tensor's dtype.  A tensor
+    replace the model's, with the shapes and dtypes the update's metadata records
+    for them.  Each sum keeps the model tensor's dtype.  A tensor
     recorded as bfloat16 or float8 (``narrow``) is held rounded to its format:
     the model's values are rounded before the difference is added, and the sum
     after (spec 14.5), whether the model holds them as float32 or in the
@@ -679,10 +684,13 @@ def apply_update(
         delta = np.asarray(delta)
         if delta.dtype.kind not in "biuf" and not narrow_floats.is_narrow(delta.dtype.name):
             raise UpdateError(f"update of {name!r} holds {delta.dtype} values, not numbers")
-        stored = narrow.get(name) if delta.dtype.kind == "f" else None
         if name not in out or name in whole:
-            out[name] = narrow_floats.as_stored(stored, delta)
+            recorded = getattr(update, "metadata", None)
+            if recorded:  # (nnc.decode's coded tensor: the sender's shape and dtype, as full values, spec 6.2.1)
+                delta = restore_model_view(OrderedDict([(name, delta)]), dict(recorded, differences=False))[0][name]
+            out[name] = narrow_floats.as_stored(narrow.get(name) if delta.dtype.kind == "f" else None, delta)
             continue
+        stored = narrow.get(name) if delta.dtype.kind == "f" else None
         if (
             delta.shape != out[name].shape
             and (delta.size, out[name].size) == (1, 1)

@@ -280,23 +280,26 @@ def _warn_after_encode(encoder: "Encoder", result: "EncodeResult", arrays: Mappi
 
 
 def float32_precision_message(names: list) -> str:
-    """The warning for float64 tensors that keep only float32 precision (the API's PrecisionWarning, the CLI's line)."""
+    """The warning for float64 or integer tensors that keep only float32 precision (the API's PrecisionWarning, the
+    CLI's line)."""
     return (
-        f"{len(names)} float64 tensor(s) keep only float32 precision (NNC reconstructs values, and stores raw "
-        f"ones, in float32; spec 7.5, 12.1): {_first_names(names)}; their errors exceed what the step or "
-        "float64 would give"
+        f"{len(names)} float64 or lossily coded integer tensor(s) keep only float32 precision (NNC reconstructs "
+        f"values, and stores raw ones, in float32; spec 7.5, 12.1): {_first_names(names)}; their errors exceed "
+        "what the step would give"
     )
 
 
 def float32_precision_lost(values, levels, step, reconstruction, kept_raw, asked_raw: bool) -> bool:
     """Whether float64 ``values`` lose more to float32 than their coding does: stored raw as asked (``raw``) or to be
     kept exactly (inf, NaN), a value that float32 changes (not when raw was only the smaller choice: coding would
-    have lost more); quantised (``levels`` at ``step``), values above 2^23 steps whose float32 ``reconstruction``
-    misses by more than two steps (more than quantisation would). Not for updates: their differences are small
-    beside the values."""
+    have lost more); quantised (``levels`` at ``step``; integers too, coded lossily), values above 2^23 steps whose
+    float32 ``reconstruction`` misses by more than two steps (more than quantisation would). Not for updates: their
+    differences are small beside the values."""
     values = np.asarray(values)
-    if values.dtype != np.float64 or not values.size:
+    if not values.size or values.dtype != np.float64 and values.dtype.kind not in "iu":
         return False
+    if values.dtype.kind in "iu" and (levels is None or step is None):
+        return False  # (exact: coded losslessly, or raw only where float32 holds them)
     if levels is None or step is None:
         if not asked_raw and kept_raw is None:
             return False

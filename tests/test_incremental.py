@@ -483,6 +483,24 @@ def test_changes_no_difference_can_say_are_sent_whole():
     np.testing.assert_allclose(held["s"], 2.0, atol=0.01)
 
 
+def test_tensors_sent_whole_take_their_recorded_shapes_and_dtypes_from_a_decoded_update():
+    """Before: with nnc.decode's coded tensors (the README's way), a replaced or new bool tensor came back int32 and
+    a 0-d int64 one int32 of shape (1,); decode_model's gave them right. Both give the sender's model now."""
+    sender, receiver = EncoderState(), nnc.DecoderState()
+    m0 = {"flag": np.zeros(3, np.float32), "steps": np.array(-2**31, np.int64), "s": np.array(np.inf, np.float32)}
+    m1 = {"flag": np.array([True, False, True]), "steps": np.array(2**31 - 1, np.int64),
+          "s": np.array(1.5, np.float32), "new": np.array(5, np.int64), "mask": np.array([False, True])}
+    held = nnc.decode_model(nnc.encode(m0, state=sender, differences=True), state=receiver)
+    update = nnc.decode(nnc.encode(m1, state=sender, differences=True), state=receiver)
+    assert set(update.replaced) == {"flag", "steps", "s"} and update.metadata
+    for applied in (nnc.apply_update(held, update), nnc.apply_update(held, nnc.decoder.restore_model_view(
+            update, update.metadata)[0])):
+        for name, want in m1.items():
+            assert applied[name].dtype == want.dtype and applied[name].shape == want.shape, name
+            assert np.array_equal(applied[name], want) if want.dtype.kind != "f" else applied[name] == 1.5
+        assert nnc.decoder.model_digest(applied) == nnc.decoder.model_digest(sender.model)
+
+
 def test_a_failed_update_leaves_the_encoder_state_as_it_was():
     state = EncoderState()
     w = {"w": np.ones((4, 4), np.float32)}

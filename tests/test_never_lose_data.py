@@ -1437,13 +1437,13 @@ def test_float64_tensors_that_keep_only_float32_precision_are_warned_of():
     import warnings
 
     big = np.random.default_rng(0).normal(0, 1e5, (64, 64))
-    with pytest.warns(nnc.PrecisionWarning, match="1 float64 tensor.*float32 precision.*'w'"):
+    with pytest.warns(nnc.PrecisionWarning, match="1 float64 or lossily coded integer tensor.*float32 precision.*'w'"):
         nnc.encode({"w": big}, dq=False)
     with pytest.warns(nnc.PrecisionWarning, match="float32 precision"):
         nnc.encode({"w": np.array([1 + 2**-40, 123456789.12])}, raw=["w"])
     with pytest.warns(nnc.PrecisionWarning, match="float32 precision"):
         nnc.encode_model({"w": np.array([0.1, np.nan])})  # kept exactly, but for float32's rounding
-    with pytest.warns(nnc.PrecisionWarning, match="1 float64 tensor.*'mean_'"):  # not scale_ nor n: exact
+    with pytest.warns(nnc.PrecisionWarning, match="1 float64 or lossily coded integer tensor.*'mean_'"):  # not scale_ nor n: exact
         nnc.encode({"mean_": np.array([5.3e4, 38.2, 1.2e5]), "scale_": np.array([2.1e4, 12.0, 3e4]),
                     "n": np.float64(1e6)})
     with warnings.catch_warnings():
@@ -1456,6 +1456,26 @@ def test_float64_tensors_that_keep_only_float32_precision_are_warned_of():
         nnc.encode({"w": np.random.default_rng(0).normal(size=(64, 64))})  # an ordinary float64 tensor
         nnc.encode({"w": np.array([1.5, -2.0])}, raw=["w"])  # float32 holds them
         nnc.encode({"w": big.astype(np.float32)}, dq=False)
+
+
+def test_integers_coded_lossily_beyond_float32_precision_are_warned_of(tmp_path, capsys):
+    """Before: silent (exit 0, SNR inf): an integer above 2^24 coded with --no-lossless-int decoded 5 steps off, as
+    float32 reconstructs it; the float64 twin was warned of."""
+    import warnings
+
+    from nnc.cli import main
+
+    x = np.array([[2**25 + 1, 3], [5, 7]], np.int64)
+    with pytest.warns(nnc.PrecisionWarning, match="1 float64 or lossily coded integer tensor.*'x'"):
+        assert nnc.decode_model(nnc.encode({"x": x}, lossless_int=False, qp=-10, dq=False))["x"][0, 0] == 2**25
+    np.savez(tmp_path / "m.npz", x=x)
+    assert main(["encode", str(tmp_path / "m.npz"), "-o", str(tmp_path / "m.nnr"), "--no-lossless-int", "--qp", "-10",
+                 "--no-dq"]) == 0
+    assert "keep only float32 precision" in capsys.readouterr().err
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        nnc.encode({"x": x})  # losslessly: exact
+        nnc.encode({"x": np.array([[2**20 + 1, 3], [5, 7]])}, lossless_int=False, qp=-10, dq=False)  # within 2^23 steps
 
 
 def test_a_codebook_that_overflows_float16_falls_back_without_numpys_warning():
@@ -1478,7 +1498,7 @@ def test_the_command_line_warns_of_float64_tensors_that_keep_only_float32_precis
     np.savez(path, w=big, ok=np.random.default_rng(1).normal(size=(64, 64)))
     assert main(["encode", str(path), "-o", str(tmp_path / "m.nnr"), "--no-dq"]) == 0
     err = capsys.readouterr().err
-    assert "warning: 1 float64 tensor(s) keep only float32 precision" in err and "'w'" in err
+    assert "warning: 1 float64 or lossily coded integer tensor(s) keep only float32 precision" in err and "'w'" in err
     assert main(["encode", str(path), "-o", str(tmp_path / "m2.nnr"), "--no-dq", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["float32_precision"] == ["w"]
 

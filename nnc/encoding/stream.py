@@ -287,6 +287,8 @@ def encode_to(
                 narrowed.add(n)
         elif measure and t.levels is not None and t.step is not None:  # integers coded lossily (--no-lossless-int)
             stats[n] = (*error_sums(x, t.recon, rounded=True)[:2], False)
+            if float32_precision_lost(x, t.levels, t.step, t.recon, t.kept_raw, s.is_raw(n)):
+                narrowed.add(n)
 
     def quantise(name):
         """The unit of ``name`` (its block members too), and each member's (energy, error). Each member is
