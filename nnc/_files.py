@@ -12,6 +12,7 @@ import contextlib
 import contextvars
 import errno
 import os
+import stat
 import tempfile
 import threading
 from pathlib import Path
@@ -54,10 +55,17 @@ def _must_be_new(target) -> bool:
     return os.path.abspath(os.fspath(target)) in _NEW_ONLY.get()
 
 
+def written_path(path) -> str:
+    """The file a write to ``path`` replaces: ``path``, or the file a symbolic link there points to (as a plain
+    ``open()`` writes it), so that the rename puts the new file where the link leads and keeps the link."""
+    path = os.fspath(path)
+    return os.path.realpath(path) if os.path.islink(path) else path
+
+
 def place(tmp: str, target) -> None:
-    """Rename the finished temporary file ``tmp`` over ``target``; one of :func:`new_files_only` only if no file
-    is there (else FileExistsError, ``tmp`` removed)."""
-    target = os.fspath(target)
+    """Rename the finished temporary file ``tmp`` over ``target`` (:func:`written_path`); one of
+    :func:`new_files_only` only if no file is there (else FileExistsError, ``tmp`` removed)."""
+    target = written_path(target)
     if not _must_be_new(target):
         os.replace(tmp, target)
         return
@@ -78,11 +86,13 @@ def place(tmp: str, target) -> None:
     os.unlink(tmp)
 
 
-def temp_file_beside(path, suffix: str = ".tmp") -> tuple[int, str]:
+def temp_file_beside(path, suffix: str = ".tmp", replacing: bool = True) -> tuple[int, str]:
     """(descriptor, name) of a new temporary file in ``path``'s folder, for a write renamed over ``path``.
 
-    The file gets the permissions a plain ``open()`` would give (0666 less the umask), not
-    ``mkstemp``'s 0600.  Errors name ``path``, the user's, not the temporary file.
+    The file gets the permissions a plain ``open()`` would give: an existing file's own mode (a
+    read-only one is not replaced: PermissionError), else 0666 less the umask, not ``mkstemp``'s
+    0600.  A symbolic link is followed (:func:`written_path`).  Errors name ``path``, the user's,
+    not the temporary file.
 
     Parameters
     ----------
@@ -90,6 +100,8 @@ def temp_file_beside(path, suffix: str = ".tmp") -> tuple[int, str]:
         The file to be written.
     suffix : str
         The temporary file's suffix.
+    replacing : bool
+        False for a file that will not replace ``path`` (a copy of it kept aside): its mode is not checked.
 
     Returns
     -------
@@ -100,6 +112,8 @@ def temp_file_beside(path, suffix: str = ".tmp") -> tuple[int, str]:
     ------
     IsADirectoryError
         If ``path`` is an existing folder.
+    PermissionError
+        If ``path`` is an existing file this process may not write (read-only).
     OSError
         If the folder does not exist or cannot take a new file, or ``path`` is a device, a pipe or a
         socket (the rename would replace it).
@@ -117,7 +131,7 @@ def temp_file_beside(path, suffix: str = ".tmp") -> tuple[int, str]:
         ...
     IsADirectoryError: [Errno 21] a folder, not a file: give a file name: '...'
     """
-    p = Path(path)
+    p = Path(written_path(path))
     if p.is_dir():
         raise IsADirectoryError(errno.EISDIR, "a folder, not a file: give a file name", os.fspath(path))
     if p.exists() and not p.is_file():
@@ -134,9 +148,20 @@ def temp_file_beside(path, suffix: str = ".tmp") -> tuple[int, str]:
         fd, tmp = tempfile.mkstemp(prefix=prefix + _owner_tag(), suffix=suffix, dir=folder)
     except OSError as exc:
         raise OSError(exc.errno, f"cannot write there ({exc.strerror})", os.fspath(path)) from None
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    try:
+        mode = stat.S_IMODE(os.stat(p).st_mode)
+    except OSError:  # (no such file yet)
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    else:
+        if replacing and not os.access(p, os.W_OK):
+            os.close(fd)
+            os.unlink(tmp)
+            raise PermissionError(
+                errno.EACCES, "the file is read-only, and is not replaced (make it writable first)", os.fspath(path)
+            )
+    os.chmod(tmp, mode)
     return fd, tmp
 
 
@@ -401,9 +426,10 @@ def replace_all(pairs) -> list:
 
 def _keep_old(target: str) -> str | None:
     """A hard link to ``target`` under a temporary name beside it (None if there is no such file), to put back."""
+    target = written_path(target)
     if not os.path.lexists(target):
         return None
-    fd, old = temp_file_beside(target, suffix=".old")
+    fd, old = temp_file_beside(target, suffix=".old", replacing=False)
     os.close(fd)
     os.unlink(old)
     try:
@@ -501,3 +527,5 @@ class AtomicFile:
                 raise
         else:
             self.discard()
+            if isinstance(value, OSError) and value.filename is None:  # (a write to fh: a full disk) names path
+                raise OSError(value.errno, value.strerror or str(value), os.fspath(self.path)) from None

@@ -511,7 +511,7 @@ def _check_identity(path, fh, identity: tuple | None) -> None:
     if identity is not None and file_identity(os.fstat(fh.fileno())) != identity:
         raise FormatError(
             f"{path}: the file changed since nnc opened it (replaced or rewritten by another program): its tensors "
-            "would mix two files; encode it again once it is written"
+            "would mix two files; try again once it is written"
         )
 
 

@@ -552,9 +552,10 @@ class CommandAdapter:
     4. When its stdin closes, the command exits.
 
     Anything the command writes to stderr is passed through.  A command that
-    exits, replies something else than one JSON object (or a line longer than
-    :attr:`MAX_REPLY`), or gives no reply within ``timeout`` seconds fails the
-    stream (it is stopped, and started again for the next one).
+    exits, replies something else than one of these JSON objects (or a line
+    longer than :attr:`MAX_REPLY`), or gives no reply within ``timeout`` seconds
+    fails the stream, must-fail ones included (it is stopped, and started again
+    for the next one).
 
     Parameters
     ----------
@@ -675,6 +676,7 @@ class CommandAdapter:
         except ValueError:
             reply = None
         if not isinstance(reply, dict):
+            self._stop()  # out of step: its next line would be taken for the next stream's reply
             return {"ok": False, "broken": f"the decoder command replied {line.strip()[:80]!r}, not a JSON object"}
         return reply
 
@@ -701,11 +703,17 @@ class CommandAdapter:
         try:
             if reply.get("broken"):  # a crash is not a rejection: a must-fail stream is not passed by it
                 raise CommandProtocolError(reply["broken"])
-            if reply.get("ok") is False and reply.get("unsupported"):
-                raise NotImplementedError(str(reply["unsupported"]))  # said so: skipped, not passed
-            if reply.get("ok") is not True:
-                raise CommandError(f"the decoder command rejected the stream: {reply.get('error', 'no reason given')}")
-            return _read_output(npz, reply.get("names"))
+            if reply.get("ok") is True:
+                return _read_output(npz, reply.get("names"))
+            if reply.get("ok") is False and isinstance(reply.get("unsupported"), str):
+                raise NotImplementedError(reply["unsupported"])  # said so: skipped, not passed
+            if reply.get("ok") is False and isinstance(reply.get("error"), str):
+                raise CommandError(f"the decoder command rejected the stream: {reply['error']}")
+            self._stop()  # (none of the protocol's replies: not a rejection, and maybe out of step)
+            raise CommandProtocolError(
+                f"the decoder command replied {json.dumps(reply)[:80]}, none of the protocol's replies "
+                '({"ok": true, ...}, {"ok": false, "error": ...}, {"ok": false, "unsupported": ...})'
+            )
         finally:
             for path in (src, npz):
                 if os.path.exists(path):

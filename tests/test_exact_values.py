@@ -140,3 +140,15 @@ def test_meaning_is_kept_whatever_the_quantiser(options):
     decoded = nnc.decode(Encoder(**options).encode(model).stream)
     for name in ("mask", "pos", "bn.running_var"):
         np.testing.assert_array_equal(decoded[name], model[name])
+
+
+def test_info_does_not_claim_a_row_skip_flag_it_did_not_read():
+    """Before: `nnc info --json` said row_skip false for every tensor, also where the stream sets the flag (spec
+    8.3: it follows the qp offset, which is all info decodes)."""
+    w = np.zeros((8, 4), np.float32)
+    w[::2] = np.arange(16, dtype=np.float32).reshape(4, 4) / 8
+    stream = nnc.encode({"w": w}, qp=-8, dq=False, row_skip=True)
+    dec = nnc.Decoder(stream)
+    dec.decode()
+    assert dec.info("w").row_skip is True
+    assert stream_info(stream)["tensors"][0]["row_skip"] is None

@@ -6,6 +6,7 @@ nothing written and the inputs untouched (GUIDE: "Never lose or fake data").
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import struct
@@ -1689,3 +1690,73 @@ def test_a_message_of_several_lines_is_printed_as_one(capsys):
 
     assert _fail("a: first\n  second\r\nthird ") == 1
     assert capsys.readouterr().err == "nnc: error: a: first second third\n"
+
+
+def test_no_memory_for_a_thread_is_one_line(stream, tmp_path, capsys, monkeypatch):
+    # under a low `ulimit -v`, "RuntimeError: can't start new thread" ended decode and encode in a traceback
+    import nnc.decoder
+
+    def no_thread(data):
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(nnc.decoder, "read_input", no_thread)
+    out = tmp_path / "never.npz"
+    code, _, err = cli(capsys, "decode", stream, "-o", out)
+    assert code == 1 and err == f"nnc: error: {stream}: out of memory (no memory to start another thread: try " \
+                                "--threads 1); nothing written\n"
+    assert not out.exists()
+
+
+def test_a_symlinked_output_or_state_file_is_written_where_the_link_leads(tmp_path, capsys):
+    """Before: the rename replaced the link by a new file, and the file it pointed to (a --state file) kept its old
+    contents, exit 0: the next update through the real path was refused."""
+    rng = np.random.default_rng(0)
+    (tmp_path / "keep").mkdir()
+    for i in range(2):
+        np.savez(tmp_path / f"m{i}.npz", w=rng.normal(size=(8, 8)).astype(np.float32))
+    real_state, link_state = tmp_path / "keep" / "enc.state", tmp_path / "enc.state"
+    assert cli(capsys, "encode", tmp_path / "m0.npz", "-o", tmp_path / "s0.nnr", "--state", real_state,
+               "--differences")[0] == 0
+    link_state.symlink_to(real_state)
+    before = real_state.read_bytes()
+    real_out, link_out = tmp_path / "keep" / "s1.nnr", tmp_path / "s1.nnr"
+    real_out.write_bytes(b"old")
+    link_out.symlink_to(real_out)
+    assert cli(capsys, "encode", tmp_path / "m1.npz", "-o", link_out, "--state", link_state, "--differences")[0] == 0
+    assert link_state.is_symlink() and link_out.is_symlink()
+    assert real_state.read_bytes() != before and real_out.read_bytes()[:3] != b"old"
+    assert sorted(p.name for p in (tmp_path / "keep").iterdir()) == ["enc.state", "s1.nnr"]  # no temporary left
+
+
+def test_a_replaced_file_keeps_its_mode_and_a_read_only_one_is_not_replaced(tmp_path, capsys, monkeypatch):
+    """Before: a replaced file got 0666 less the umask (a private stream or state became readable by all), and a
+    read-only one was replaced."""
+    import stat
+
+    np.savez(tmp_path / "m.npz", w=np.ones((8, 8), np.float32) / 3)
+    out = tmp_path / "m.nnr"
+    out.write_bytes(b"old")
+    out.chmod(0o600)
+    assert cli(capsys, "encode", tmp_path / "m.npz", "-o", out)[0] == 0
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600 and out.read_bytes()[:3] != b"old"
+    out.chmod(0o400)
+    access = os.access  # (root may write any file: the check asks as another user would be answered)
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == out else access(p, mode))
+    before = out.read_bytes()
+    code, _, err = cli(capsys, "encode", tmp_path / "m.npz", "-o", out)
+    assert code == 1 and err == f"nnc: error: {out}: the file is read-only, and is not replaced (make it writable " \
+                                "first)\n"
+    assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["m.nnr", "m.npz"]
+
+
+def test_an_error_writing_a_plot_names_the_plot(tmp_path):
+    # a full disk while matplotlib wrote the figure said "nnc: error: : No space left on device"
+    from nnc._files import AtomicFile
+
+    target = tmp_path / "p.png"
+    with pytest.raises(OSError) as caught, AtomicFile(target) as file:
+        file.fh.close()
+        file.fh = open("/dev/full", "wb", buffering=0)  # noqa: SIM115
+        file.fh.write(b"x")
+    assert caught.value.filename == str(target) and caught.value.errno == errno.ENOSPC
+    assert not target.exists() and list(tmp_path.iterdir()) == []

@@ -340,3 +340,43 @@ def test_timeout_without_a_decoder_command_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["verify", str(SUITE), "--stream", "p1_urq_so0", "--timeout", "5"])
     assert exit_.value.code == 2 and "--timeout is for a --decoder-command" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("reply", ["{}", "{'ok': 'yes'}", "{'ok': False}", "{'ok': False, 'error': 3}"])
+def test_a_reply_that_is_none_of_the_protocols_fails_a_must_fail_stream(tmp_path, reply):
+    """Before: any reply without "ok": true was taken for a rejection, so a command answering {} to every request
+    passed all must-fail streams (exit 0)."""
+    cmd = _command(tmp_path, f"    print(json.dumps({reply}), flush=True)\n")
+    with CommandAdapter(cmd) as adapter:
+        results = verify_suite(SUITE, adapter, names=["mf_empty", "mf_scan_order_5"])
+    assert len(results) == 2 and not any(r.passed for r in results)
+    assert all("none of the protocol's replies" in r.detail for r in results), [r.detail for r in results]
+
+
+def test_a_stray_line_restarts_the_command_so_later_replies_stay_in_step(tmp_path):
+    """Before: after a line that is not JSON the command kept running, and each later stream read the reply to the
+    one before it: a decoder that accepts everything passed must-fail streams by the rejection of another."""
+    body = ("    import os\n"
+            "    if not os.path.exists(req['in'] + '.seen') and req['id'] == 1:\n"
+            "        print('decoder says hello', flush=True)\n"
+            "    print(json.dumps({'ok': False, 'error': 'rejected ' + str(req['id'])}), flush=True)\n")
+    with CommandAdapter(_command(tmp_path, body)) as adapter:
+        results = verify_suite(SUITE, adapter, names=["mf_empty", "mf_scan_order_5", "mf_garbage_payload"])
+    verdicts = {r.name: (r.passed, r.detail) for r in results}
+    assert not verdicts["mf_empty"][0] and "not a JSON object" in verdicts["mf_empty"][1]
+    # the restarted command counts from its own first request: each reply is to its own stream
+    assert verdicts["mf_scan_order_5"][0] and verdicts["mf_garbage_payload"][0], verdicts
+
+
+def test_a_run_with_a_skipped_stream_does_not_show_conformance(tmp_path):
+    """Before: a decoder that decoded one stream and said 'unsupported' to the rest: "1 passed, 0 failed, 203
+    skipped", exit 0."""
+    body = ("    if req['id'] == 1:\n"
+            "        import nnc; out = nnc.decode(open(req['in'], 'rb').read()); np.savez(req['npz'], **out)\n"
+            "        print(json.dumps({'ok': True, 'names': list(out)}), flush=True)\n"
+            "    else:\n        print(json.dumps({'ok': False, 'unsupported': 'not this one'}), flush=True)\n")
+    cmd = _command(tmp_path, body)
+    r = subprocess.run([sys.executable, "-m", "nnc", "verify", str(SUITE), "--stream", "p1_urq_so0", "--stream",
+                        "mf_empty", "--decoder-command", " ".join(cmd)], capture_output=True, text=True)
+    assert r.returncode == 1 and "1 stream(s) skipped" in r.stderr and "conformance is not shown" in r.stderr
+    assert "1 passed, 0 failed, 1 skipped" in r.stdout
