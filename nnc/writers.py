@@ -307,7 +307,12 @@ class _SafetensorsSink:
         self.tensors = {t.name: t for t in file.tensors}
         with open(tmp, "r+b") as fh:
             fh.write(head)
-            reserve_space(fh.fileno(), len(head) + sum(t.nbytes for t in file.tensors))  # sizes it; ENOSPC here
+            try:
+                reserve_space(fh.fileno(), len(head) + sum(t.nbytes for t in file.tensors))  # sizes it; ENOSPC here
+            except OSError as exc:  # (names the file: in a folder of shards, the one that does not fit)
+                if exc.filename is not None:
+                    raise
+                raise OSError(exc.errno, exc.strerror or str(exc), os.fspath(Path(tmp).parent / file.name)) from None
 
     def buffer(self, info):
         t = self.tensors[info.name]

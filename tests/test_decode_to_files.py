@@ -148,6 +148,28 @@ def test_single_files_stream_the_same_tensors_as_decode_model(tmp_path, ext):
             assert [i.compress_type for i in zf.infolist()] == [zipfile.ZIP_STORED] * len(expected)
 
 
+def test_a_shard_that_does_not_fit_is_named(tmp_path, monkeypatch):
+    """Before: a full disk while reserving a shard said "restored: cannot reserve the file's ... bytes", naming the
+    folder."""
+    import errno
+
+    import nnc.writers
+
+    stream, shards, _, _ = sharded_checkpoint()
+    second = shards[1][0]
+
+    def full_at_the_second(fd, size):
+        if os.readlink(f"/proc/self/fd/{fd}").split(os.sep)[-1].startswith("." + second):
+            raise OSError(errno.ENOSPC, f"cannot reserve the file's {size:,} bytes (No space left on device)")
+
+    monkeypatch.setattr(nnc.writers, "reserve_space", full_at_the_second)
+    out = tmp_path / "restored"
+    with pytest.raises(OSError) as caught:
+        decode_to_path(stream, str(out) + os.sep)
+    assert caught.value.filename == str(out / second) and caught.value.errno == errno.ENOSPC
+    assert not out.exists()
+
+
 def test_pt_shards_are_restored(tmp_path):
     pytest.importorskip("torch", reason="torch is not installed")
     import torch
