@@ -570,8 +570,10 @@ class Encoder:
         row segment advances the DQ state by the matrix width (spec 11.5), which the
         trellis does not model.
     codebook : bool or str
-        Code float tensors as codebook indices (True), or whichever is estimated smaller
-        (``"auto"``); codebook tensors decode as float64.
+        ``"few"`` (default): a float tensor of at most 256 distinct values (and 1024 or more
+        elements) is coded as codebook indices where that is estimated smaller, and decodes
+        in its own dtype (spec A.8); True codes every float tensor as codebook indices, or
+        ``"auto"`` whichever is estimated smaller, and those decode as float64; False never.
     output_formats : mapping of str to int, optional
         {name: nnr_decompressed_data_format} to signal an output dtype (spec 12.6).
     dtypes : mapping of str to str, optional

@@ -400,7 +400,7 @@ def encode_model_to(model, output, *, progress=None, budget: int = 1 << 30, meas
     encoder = Encoder(**options)
     extra = checkpoint_metadata(source)
     s = encoder.settings
-    if not s.codebook and not s.sigmas:
+    if not s.codebook_from_values and not s.sigmas:
         summary = encoder.encode_to(
             source, output, progress=progress, extra_metadata=extra, budget=budget, measure=measure
         )

@@ -98,6 +98,21 @@ def _assert_equal_outputs(ours, theirs):
         np.testing.assert_array_equal(a.reshape(-1).view(np.uint8), b.reshape(-1).view(np.uint8), err_msg=k)
 
 
+def test_few_valued_tensors_coded_as_codebooks_decode_in_nncodec(oracle):
+    # codebook="few" (the default): NNCodec ignores the signalled dtype and returns its codebooks' float64
+    rng = np.random.default_rng(RNG_SEED)
+    values = rng.standard_normal(12) * 0.05
+    tensors = {"q.weight": values[rng.integers(0, 12, (48, 40))].astype(np.float32),
+               "c": np.full((32, 64), 0.3, np.float32), "h": np.full((40, 40), 0.25, np.float16)}
+    stream = nnc.encode(tensors)
+    dec = nnc.Decoder(stream)
+    assert all(dec.info(k).codebook is not None for k in tensors)
+    ours, theirs = nnc.decode(stream), oracle.decompress(stream)
+    for k, x in tensors.items():
+        assert ours[k].dtype == x.dtype and np.asarray(theirs[k]).dtype == np.float64
+        np.testing.assert_array_equal(ours[k], np.asarray(theirs[k]).astype(x.dtype).reshape(ours[k].shape))
+
+
 CASES = [
     dict(dq=False, scan_order=0), dict(dq=True, scan_order=0), dict(dq=True, scan_order=1),
     dict(dq=False, scan_order=2), dict(dq=True, scan_order=3), dict(dq=True, scan_order=4),

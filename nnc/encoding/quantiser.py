@@ -49,6 +49,31 @@ def levels_fit_int32(peak: float, step: float) -> bool:
 
 #: nnr_decompressed_data_format codes for input dtypes that a profile-1 stream can restore (spec 12.6)
 RESTORABLE_FORMATS = {"float16": 8, "float64": 9}
+#: nnr_decompressed_data_format TENSOR_FLOAT32 (spec 12.6): what a ``codebook="few"`` tensor signals to decode as
+#: float32, the dtype of a uniformly coded one, not as a codebook's float64.
+FLOAT32_FORMAT = 1
+#: ``codebook="few"`` (the default) weighs a codebook for a float tensor of at most this many distinct values
+#: (weights quantised before, a constant) and at least ``FEW_VALUES_MIN_SIZE`` elements (spec A.7).
+FEW_VALUES = 256
+FEW_VALUES_MIN_SIZE = 1024
+
+
+def few_distinct_values(x: np.ndarray) -> bool:
+    """Whether ``x`` holds at most ``FEW_VALUES`` distinct values and at least ``FEW_VALUES_MIN_SIZE`` elements:
+    the distinct values of a strided sample of 4096 first (most tensors stop there), then those of the elements
+    not among them, slice by slice."""
+    flat = x.reshape(-1)
+    if flat.size < FEW_VALUES_MIN_SIZE:
+        return False
+    seen = np.unique(flat[:: max(1, flat.size // 4096)])
+    for i in range(0, flat.size, 1 << 20):
+        if seen.size > FEW_VALUES:
+            return False
+        part = flat[i : i + (1 << 20)]
+        others = part[~np.isin(part, seen)]
+        if others.size:
+            seen = np.union1d(seen, others)
+    return seen.size <= FEW_VALUES
 
 
 @dataclass
@@ -635,8 +660,10 @@ class Quantiser:
                 )
             return stored_raw(name, f32, height, width, fmt, dtype_name, kept_raw)
         levels = None
-        if s.codebook and not in_block:
-            coded, levels = self._codebook(name, x, step, height, width, scan, fmt, shape, dq)
+        few = s.codebook == "few"
+        if s.codebook and not in_block and (not few or kind not in "iub" and s.profile == 1 and few_distinct_values(x)):
+            book_fmt = FLOAT32_FORMAT if few and fmt is None else fmt  # ("few": the tensor's own dtype)
+            coded, levels = self._codebook(name, x, step, height, width, scan, book_fmt, shape, dq)
             if coded is not None:
                 if kind not in "iub":
                     geometry = (shape, height, width, scan, fmt, dtype_name)
@@ -784,7 +811,7 @@ class Quantiser:
     def _codebook(self, name, x, step, height, width, scan, fmt, shape, dq):
         """Codebook mode (spec 7.2, 12.4): the distinct uniform levels form the codebook.
 
-        Returns (coded tensor, None), or in "auto" mode (None, uniform levels) when the
+        Returns (coded tensor, None), or in "auto" and "few" modes (None, uniform levels) when the
         plain uniform coding is estimated smaller: those levels are then coded as they are,
         so that no tensor is quantised twice with the same settings. (None, None) when the
         codebook would be too large.
@@ -795,7 +822,7 @@ class Quantiser:
         if t is None:
             return None, (levels if not dq else None)
         indices, book, zero = t.levels, t.codebook, t.cb_zero
-        if s.codebook == "auto":
+        if s.codebook in ("auto", "few"):
             kw = dict(n_gtx=s.n_gtx, scan_order=scan, edition=s.edition)
             cb_bits = self.engine.estimate_tensor_bits(
                 indices, height, width, codebook_size=len(book), codebook_zero=zero, **kw

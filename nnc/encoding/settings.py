@@ -233,7 +233,7 @@ class EncoderSettings:
     profile: int = 1
     keep_dtype: bool = True
     row_skip: bool = False
-    codebook: Any = False
+    codebook: Any = "few"
     output_formats: Mapping[str, int] = field(default_factory=dict)
     dtypes: Mapping[str, str] = field(default_factory=dict)
     rdoq_lambda: float = 0.0
@@ -283,8 +283,8 @@ class EncoderSettings:
             )
         _check_numbers("qp_per_tensor", self.qp_per_tensor, integer=True)
         _check_numbers("lambda_per_tensor", self.lambda_per_tensor, integer=False)
-        if self.codebook not in (False, True, "auto"):
-            raise EncodeError("codebook must be False, True or 'auto'")
+        if self.codebook not in (False, True, "auto", "few"):
+            raise EncodeError("codebook must be False, True, 'auto' or 'few'")
         if self.dtypes is not None and not isinstance(self.dtypes, Mapping):
             raise EncodeError(f"dtypes must be a mapping of tensor names to dtype names, not {self.dtypes!r}")
         dtypes = dict(self.dtypes or {})
@@ -392,6 +392,12 @@ class EncoderSettings:
             unknown = [k for k in getattr(self, option) if k not in names]
             if unknown:
                 raise EncodeError(f"{option} names a tensor that is not in the model: {unknown[0]!r}")
+
+    @property
+    def codebook_from_values(self) -> bool:
+        """Whether the codebook choice can change a tensor's decoded dtype (``True``, ``"auto"``: float64, spec
+        12.6), which the stream's plan then cannot know from the headers; ``"few"`` keeps the tensor's dtype."""
+        return self.codebook is True or self.codebook == "auto"
 
     def tensor_qp(self, name: str, ndim: int) -> int:
         """The qp of a float tensor of this name and number of dimensions (DC-v1 aside).

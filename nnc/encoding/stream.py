@@ -188,7 +188,7 @@ def predicted(settings, t, in_block: bool) -> tuple:
     float8 = s.exact_float8(t.name, t.original_dtype)
     if float8 is not None:  # (never in a block)
         return "float64", exact_qp(float8, s.qp_density)  # a codebook at this qp or coarser (A.17), or raw
-    if t.name in s.sigmas or (s.codebook and not in_block):
+    if t.name in s.sigmas or (s.codebook_from_values and not in_block):
         return None, None
     return natural, s.tensor_qp(t.name, len(t.shape))
 

@@ -138,7 +138,7 @@ def _kind(dtype) -> str:
 
 def _auto_pair(weight: str, bias: str, settings: EncoderSettings | None, dtypes, incremental: bool) -> bool:
     """Whether ``blocks="auto"`` carries ``bias`` in a BLOCK NDU with ``weight``."""
-    if settings is None or dtypes is None or incremental or settings.codebook:
+    if settings is None or dtypes is None or incremental or settings.codebook_from_values:
         return False
     kinds = {np.dtype(dtypes[weight]).name, np.dtype(dtypes[bias]).name}
     if len(kinds) != 1 or np.dtype(kinds.pop()).kind != "f":
@@ -467,8 +467,8 @@ class UnitWriter:
             return b"".join(u.build(mps_qp, link) for u in units)
 
         separate = Unit([alone[n] for n in names], build)
-        if not all(t.ptype == "FLOAT" and t.kept_exact is None for t in alone.values()):
-            return separate  # (a member stored raw, or coded exactly at a qp of its own)
+        if not all(t.ptype == "FLOAT" and t.kept_exact is None and not t.codebook for t in alone.values()):
+            return separate  # (a member stored raw, coded exactly at a qp of its own, or as a codebook)
         block = self.block_unit(weight, parts, coded)
         if sum(int(_levels(t).size) for t in block.members) > SMALL_BLOCK_ELEMENTS:
             return block  # a block's header saving is small, its coding cost the same: no second encoding

@@ -1,0 +1,99 @@
+"""codebook="few" (the default, spec A.8): float tensors of few distinct values coded as codebooks where smaller."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import nnc
+from nnc import formats
+from nnc.encoding.quantiser import FEW_VALUES, FEW_VALUES_MIN_SIZE, few_distinct_values
+
+
+def decoder(stream):
+    """A Decoder whose tensor records hold their qp and step."""
+    dec = nnc.Decoder(stream)
+    dec.read_qps()
+    return dec
+
+
+def test_a_constant_tensor_costs_bytes_not_bits_per_weight():
+    """Before: 59,191 bytes for a 256x256 tensor of 0.5 (its level 362 cost about 7 bits a weight); 72 now."""
+    w = np.full((256, 256), 0.5, np.float32)
+    stream, plain = nnc.encode({"w": w}), nnc.encode({"w": w}, codebook=False)
+    assert len(stream) < 100 < 50_000 < len(plain)
+    dec = decoder(stream)
+    assert dec.info("w").codebook is not None and len(dec.info("w").codebook) == 1
+    for decoded in (nnc.decode(stream)["w"], nnc.decode_model(stream)["w"]):
+        assert decoded.dtype == np.float32 and decoded.shape == w.shape  # (not a codebook's float64)
+        assert np.abs(decoded - w).max() <= dec.info("w").step / 2
+
+
+def test_weights_quantised_before_are_smaller_and_nearer():
+    rng = np.random.default_rng(1)
+    values = (rng.standard_normal(16) * 0.05).astype(np.float32)
+    w = values[rng.integers(0, 16, (512, 512))]
+    stream, plain = nnc.encode({"w": w}), nnc.encode({"w": w}, codebook=False)
+    assert len(stream) < 0.9 * len(plain)  # (about its order-0 entropy, 4 bits a weight)
+    error = np.abs(nnc.decode_model(stream)["w"] - w).max()
+    assert error <= decoder(stream).info("w").step / 2 < np.abs(nnc.decode_model(plain)["w"] - w).max()
+
+
+def test_trained_weights_and_small_tensors_are_coded_as_before():
+    rng = np.random.default_rng(2)
+    model = {"fc.weight": (rng.standard_normal((128, 64)) * 0.05).astype(np.float32),
+             "fc.bias": (rng.standard_normal(128) * 0.01).astype(np.float32),
+             "small": np.full((8, 8), 0.5, np.float32), "sparse": np.zeros((64, 64), np.float32)}
+    model["sparse"][::7, ::5] = rng.standard_normal((10, 13)).astype(np.float32)
+    assert nnc.encode(model) == nnc.encode(model, codebook=False)
+
+
+def test_a_few_valued_weight_is_coded_apart_from_its_bias():
+    rng = np.random.default_rng(3)
+    values = (rng.standard_normal(8) * 0.05).astype(np.float32)
+    model = {"fc.weight": values[rng.integers(0, 8, (64, 64))], "fc.bias": rng.standard_normal(64).astype(np.float32)}
+    dec = nnc.Decoder(nnc.encode(model))
+    assert dec.info("fc.weight").codebook is not None and not dec.info("fc.weight").block
+    assert dec.info("fc.bias").codebook is None
+
+
+def test_few_distinct_values_checks_every_element_not_only_its_sample():
+    x = np.zeros(1 << 14, np.float32)
+    assert few_distinct_values(x) and not few_distinct_values(x[: FEW_VALUES_MIN_SIZE - 1])
+    x[1] = 0.25  # (between the strided sample's elements)
+    assert few_distinct_values(x)
+    x[3::16] = np.arange(x[3::16].size) % FEW_VALUES  # 256 values and 0.25, none of them in the sample
+    assert not few_distinct_values(x)
+    x[3::16] = np.arange(x[3::16].size) % (FEW_VALUES - 1)
+    assert few_distinct_values(x)
+    x[1::4] = np.arange(x[1::4].size)  # many values, none of them in the sample
+    assert not few_distinct_values(x)
+    assert not few_distinct_values(np.arange(4096, dtype=np.float32))
+    assert few_distinct_values(np.tile(np.arange(FEW_VALUES, dtype=np.float32), 8))
+    assert not few_distinct_values(np.tile(np.arange(FEW_VALUES + 1, dtype=np.float32), 8))
+
+
+@settings(max_examples=25, deadline=None)
+@given(k=st.integers(1, FEW_VALUES), rows=st.integers(32, 96), seed=st.integers(0, 2**32 - 1),
+       dtype=st.sampled_from(["float32", "float16", "float64"]), scale=st.sampled_from([1e-3, 0.05, 3.0]))
+def test_few_valued_tensors_round_trip_alike_from_memory_and_from_files(tmp_path_factory, k, rows, seed, dtype,
+                                                                      scale):
+    rng = np.random.default_rng(seed)
+    values = (rng.standard_normal(k) * scale).astype(dtype)
+    model = {"q.weight": values[rng.integers(0, k, (rows, 40))],
+             "q.bias": (rng.standard_normal(rows) * 0.01).astype(dtype),
+             "other.weight": (rng.standard_normal((rows, 40)) * scale).astype(dtype)}
+    stream = nnc.encode_model(model)
+    path = tmp_path_factory.mktemp("few") / "m.safetensors"
+    path.write_bytes(formats.safetensors_bytes(model))
+    out = path.with_suffix(".nnr")
+    nnc.encode_model_to(path, out) if hasattr(nnc, "encode_model_to") else nnc.models.encode_model_to(path, out)
+    assert out.read_bytes() == stream  # (the streaming encoder plans the same stream from the headers)
+    dec = decoder(stream)
+    decoded = nnc.decode_model(stream)
+    for name, x in model.items():
+        assert decoded[name].dtype == x.dtype and decoded[name].shape == x.shape
+        info = dec.info(name)
+        if info.codebook is not None:  # nearest levels: within half a step (and the dtype's rounding)
+            tol = info.step / 2 + np.abs(x.astype(np.float64)).max() * np.finfo(dtype).eps
+            assert np.abs(decoded[name].astype(np.float64) - x.astype(np.float64)).max() <= tol
