@@ -41,7 +41,7 @@ from .errors import (
 if TYPE_CHECKING:
     from .decoder import Decoder, DecoderState, Limits, TensorInfo, apply_update, decode, decode_with_info
 
-__version__ = "0.2.0"  # the one place the version is written (pyproject.toml reads it)
+__version__ = "0.3.0.dev0"  # the one place the version is written (pyproject.toml reads it)
 
 #: Names of ``nnc`` loaded from their modules when first used: ``import nnc`` itself is light (no numpy), so that the
 #: command line can answer Ctrl-C from its first moment, and decode-only pipelines never import the encoder.

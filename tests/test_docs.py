@@ -7,6 +7,7 @@ reason, without it; .ci/run installs it and runs this file again after the main 
 
 from __future__ import annotations
 
+import ast
 import html
 import json
 import os
@@ -62,11 +63,28 @@ def help_env() -> dict:
     return env
 
 
+#: Packages a page may import that the `test` extra does not install (the README's test command runs without them).
+OPTIONAL = ("torch", "zarr", "dask", "numcodecs", "sklearn", "matplotlib", "onnx", "onnxruntime")
+
+
+def optional_imports(code: str) -> set:
+    """The :data:`OPTIONAL` packages a python block imports."""
+    names = set()
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.Import):
+            names.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module.split(".")[0])
+    return names & set(OPTIONAL)
+
+
 @pytest.mark.parametrize("page", list(PAGES))
 def test_page_code_runs_as_written(page, tmp_path, monkeypatch, capsys):
     where, run_shell = PAGES[page]
     monkeypatch.chdir(tmp_path if where == "tmp" else REPO)
     blocks = code_blocks(page)
+    for package in sorted(set().union(*(optional_imports(code) for lang, code in blocks if lang == "python"))):
+        pytest.importorskip(package, reason=f"{page} imports {package}, which is not installed")
     assert any(lang == "python" for lang, _ in blocks), f"{page} has no python block"
     namespace: dict = {"__name__": "__docs__"}
     ran = 0

@@ -54,7 +54,7 @@ def test_citation_names_this_version_the_paper_and_the_standard():
 
 
 def test_license_is_the_declared_bsd_3_clause():
-    assert 'license = { text = "BSD-3-Clause" }' in (ROOT / "pyproject.toml").read_text()
+    assert 'license = "BSD-3-Clause"\nlicense-files = ["LICENSE"]' in (ROOT / "pyproject.toml").read_text()
     text = (ROOT / "LICENSE").read_text()
     assert text.startswith("BSD 3-Clause License") and "the nnc authors" in text
 

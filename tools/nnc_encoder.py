@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.append(str(Path(__file__).resolve().parent.parent))  # (an installed nnc, with its compiled engine, comes first)
 
 from nnc.encoder import Encoder  # noqa: E402
 from nnc.errors import NNCError, about_file  # noqa: E402

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+sys.path.append(str(HERE.parent))  # (an installed nnc, with its compiled engine, comes first)
 
 from tools.oracle.client import WORKER, NNCodecOracle, oracle_python  # noqa: E402
 

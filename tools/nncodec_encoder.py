@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.append(str(Path(__file__).resolve().parent.parent))  # (an installed nnc, with its compiled engine, comes first)
 
 from nnc.errors import NNCError  # noqa: E402
 from nnc.formats import read_model, write_atomic  # noqa: E402
