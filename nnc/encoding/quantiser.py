@@ -53,7 +53,7 @@ RESTORABLE_FORMATS = {"float16": 8, "float64": 9}
 #: float32, the dtype of a uniformly coded one, not as a codebook's float64.
 FLOAT32_FORMAT = 1
 #: ``codebook="few"`` (the default) weighs a codebook for a float tensor of at most this many distinct values
-#: (weights quantised before, a constant) and at least ``FEW_VALUES_MIN_SIZE`` elements (spec A.7).
+#: (weights quantised before, a constant) and at least ``FEW_VALUES_MIN_SIZE`` elements (spec A.8).
 FEW_VALUES = 256
 FEW_VALUES_MIN_SIZE = 1024
 
@@ -660,9 +660,13 @@ class Quantiser:
                 )
             return stored_raw(name, f32, height, width, fmt, dtype_name, kept_raw)
         levels = None
-        few = s.codebook == "few"
-        if s.codebook and not in_block and (not few or kind not in "iub" and s.profile == 1 and few_distinct_values(x)):
-            book_fmt = FLOAT32_FORMAT if few and fmt is None else fmt  # ("few": the tensor's own dtype)
+        few = s.codebook == "few"  # (float tensors of few values only, profile 1: decoded in their own dtype)
+        if (
+            s.codebook
+            and not in_block
+            and (not few or (kind not in "iub" and s.profile == 1 and few_distinct_values(x)))
+        ):
+            book_fmt = FLOAT32_FORMAT if few and fmt is None else fmt
             coded, levels = self._codebook(name, x, step, height, width, scan, book_fmt, shape, dq)
             if coded is not None:
                 if kind not in "iub":
