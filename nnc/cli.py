@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from .errors import NNCError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+#: ``nnc encode --codebook`` choices: the encoder's ``codebook`` setting (spec A.8).
+CODEBOOK_MODES = {"few": "few", "auto": "auto", "always": True, "never": False}
 
 EPILOGS = {
     "encode": """examples:
@@ -627,6 +629,7 @@ def cmd_encode(args) -> int:
         profile=args.profile,
         param_opt=not args.no_param_opt,
         row_skip=args.row_skip,
+        codebook=CODEBOOK_MODES[args.codebook],
         lambda_per_tensor=_parse_assignments(args.tensor_lambda, "--tensor-lambda", float),
         rdoq_lambda=args.lam if args.lam is not None else float(args.rdoq or 0.0),
         dcv1_s=args.dcv1_s,
@@ -892,6 +895,7 @@ def _encode_on_cluster(args, options) -> int:
         ("--sigmas", args.sigmas),
         ("--importance", args.importance),
         ("--covariances", args.covariances),
+        (f"--codebook {args.codebook}", args.codebook in ("auto", "always")),
     ):
         if used:
             return _fail(f"{flag} cannot be combined with --scheduler")
@@ -2391,6 +2395,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--row-skip",
         action="store_true",
         help="2nd edition: skip all-zero rows of the tensors coded without DQ (--no-dq, integer tensors)",
+    )
+    p.add_argument(
+        "--codebook",
+        choices=tuple(CODEBOOK_MODES),
+        default="few",
+        help="codebooks (spec A.8): 'few' (default) for float tensors of at most 256 distinct values where smaller, "
+        "decoded in their own dtype; 'auto' for any float tensor where smaller, 'always' for every one (both "
+        "decode as float64, and encode in memory); 'never'",
     )
     p.add_argument(
         "--rdoq",

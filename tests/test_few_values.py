@@ -97,3 +97,31 @@ def test_few_valued_tensors_round_trip_alike_from_memory_and_from_files(tmp_path
         if info.codebook is not None:  # nearest levels: within half a step (and the dtype's rounding)
             tol = info.step / 2 + np.abs(x.astype(np.float64)).max() * np.finfo(dtype).eps
             assert np.abs(decoded[name].astype(np.float64) - x.astype(np.float64)).max() <= tol
+
+
+@pytest.mark.parametrize("mode, setting", [("few", "few"), ("never", False), ("auto", "auto"), ("always", True)])
+def test_the_command_line_chooses_the_codebook_mode(tmp_path, capsys, mode, setting):
+    from nnc.cli import main
+
+    rng = np.random.default_rng(4)
+    model = {"c": np.full((64, 64), 0.3, np.float32), "g": (rng.standard_normal((64, 64)) * 0.05).astype(np.float32)}
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(formats.safetensors_bytes(model))
+    out = tmp_path / "m.nnr"
+    argv = ["encode", str(path), "-o", str(out), "-q"] + ([] if mode == "few" else ["--codebook", mode])
+    assert main(argv) == 0
+    assert out.read_bytes() == nnc.encode_model(model, codebook=setting)
+    books = {n: nnc.Decoder(out.read_bytes()).info(n).codebook is not None for n in model}
+    assert books == {"few": {"c": True, "g": False}, "never": {"c": False, "g": False},
+                     "auto": {"c": True, "g": False}, "always": {"c": True, "g": True}}[mode]
+
+
+def test_a_codebook_mode_that_encodes_in_memory_is_refused_on_a_cluster(tmp_path, capsys):
+    from nnc.cli import main
+
+    path = tmp_path / "m.npz"
+    np.savez(path, w=np.ones((4, 4), np.float32))
+    assert main(["encode", str(path), "-o", str(tmp_path / "m.nnr"), "--codebook", "auto", "--scheduler",
+                 "local:1"]) == 1
+    assert "--codebook auto cannot be combined with --scheduler" in capsys.readouterr().err
+    assert not (tmp_path / "m.nnr").exists()
