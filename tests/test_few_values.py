@@ -125,3 +125,21 @@ def test_a_codebook_mode_that_encodes_in_memory_is_refused_on_a_cluster(tmp_path
                  "local:1"]) == 1
     assert "--codebook auto cannot be combined with --scheduler" in capsys.readouterr().err
     assert not (tmp_path / "m.nnr").exists()
+
+
+@pytest.mark.parametrize("codebook", ["few", "auto", True])
+def test_a_constant_difference_coded_as_a_codebook_is_not_skipped(codebook):
+    """Before (codebook="auto" or True; and so with "few"): a difference of 0.25 everywhere coded as a one-entry
+    codebook, its indices all 0, was taken for an all-zero tensor and left out of the update, sender and receiver
+    agreeing on the stale value (exit 0, digests equal)."""
+    sender, receiver = nnc.EncoderState(), nnc.DecoderState()
+    model = {"c": np.full((64, 64), 0.5, np.float32)}
+    held = nnc.decode_model(nnc.encode(model, state=sender, differences=True, codebook=codebook), state=receiver)
+    for step in range(1, 4):
+        model = {"c": model["c"] + 0.25}
+        update = nnc.decode(nnc.encode(model, state=sender, differences=True, codebook=codebook), state=receiver)
+        assert "c" in update and not update.skipped
+        held = nnc.apply_update(held, update)
+        assert np.abs(held["c"] - model["c"]).max() <= 1e-3, step
+    unchanged = nnc.decode(nnc.encode(model, state=sender, differences=True, codebook=codebook), state=receiver)
+    assert unchanged.skipped == ("c",)  # a zero difference is still left out

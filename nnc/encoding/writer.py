@@ -660,7 +660,7 @@ class UnitWriter:
             hdsp=parent and s.hdsp,
             ids=dict.fromkeys(names, pid),
             parameter_id=pid,
-            skip=parent and self._skips_zero() and all(not np.any(t.levels) for t in coded),
+            skip=parent and self._skips_zero() and all(decodes_to_zeros(t) for t in coded),
         )
 
     def _skips_zero(self) -> bool:
@@ -683,6 +683,14 @@ class UnitWriter:
                 state.depths[t.name] = self._ndu_depths[t.name]
                 state.update(t.name, np.array(t.levels, np.int32).reshape(-1))
                 state.payload_digests[t.name] = self._payload_digests[t.name]
+
+
+def decodes_to_zeros(t: CodedTensor) -> bool:
+    """Whether every value of ``t`` decodes as 0 (spec 7.7: an update may skip it): all its integers are 0 and, for a
+    codebook tensor, whose integers are indices, the codebook's value at index 0 (CbZeroOffset, 7.2) is 0 too."""
+    if t.levels is None or np.any(t.levels):
+        return False
+    return not t.codebook or t.codebook[t.cb_zero] == 0
 
 
 def _levels(t: CodedTensor) -> np.ndarray:
