@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import nnc
@@ -143,3 +143,29 @@ def test_a_constant_difference_coded_as_a_codebook_is_not_skipped(codebook):
         assert np.abs(held["c"] - model["c"]).max() <= 1e-3, step
     unchanged = nnc.decode(nnc.encode(model, state=sender, differences=True, codebook=codebook), state=receiver)
     assert unchanged.skipped == ("c",)  # a zero difference is still left out
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), k=st.integers(1, 40), fmt=st.sampled_from([1, 8, 9, 0, 5, 6]),
+       scale=st.sampled_from([0.05, 3.0, 90.0]))
+def test_codebook_values_in_a_signalled_format_are_the_spec_s(seed, k, fmt, scale):
+    """The decoder picks each codebook value converted once (float formats) or converts slice by slice (integer
+    formats), not the float64 values of the whole tensor: the values of spec 12.4 converted by 12.6 all the same."""
+    from nnc.reconstruction import convert_to_format
+
+    import warnings
+
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal(k) * scale)[rng.integers(0, k, (70, 50))].astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (integer formats round the values: said by a warning)
+        plain = nnc.encode({"w": w}, codebook=True, dq=False, qp=-20)
+        try:
+            signalled = nnc.encode({"w": w}, codebook=True, dq=False, qp=-20, output_formats={"w": fmt})
+        except nnc.errors.EncodeError:  # (a format the values do not fit is refused)
+            return
+    assume(nnc.Decoder(signalled).info("w").codebook is not None)  # (not stored raw, e.g. one-signed values)
+    reference = convert_to_format(nnc.decode(plain)["w"], fmt)  # float64 values of 12.4, then 12.6
+    decoded = nnc.decode(signalled)["w"]
+    assert decoded.dtype == reference.dtype
+    np.testing.assert_array_equal(decoded, reference)
