@@ -2500,7 +2500,9 @@ class Decoder:
         if info.payload_type == "INT":
             values = levels
         elif info.codebook is not None and info.decompressed_data_format is not None:
-            return _codebook_in_format(info, levels, cb_zero).reshape(info.shape)
+            step = np.float32(info.step)
+            values = _codebook_in_format(levels, info.codebook, cb_zero, step, info.decompressed_data_format)
+            return values.reshape(info.shape)
         elif info.codebook is not None:
             values = reconstruct_codebook(levels, info.codebook, cb_zero, np.float32(info.step))
         else:
@@ -2510,23 +2512,23 @@ class Decoder:
         return values.reshape(info.shape)
 
 
-def _codebook_in_format(info: TensorInfo, levels: np.ndarray, cb_zero: int) -> np.ndarray:
+def _codebook_in_format(levels: np.ndarray, codebook: list, cb_zero: int, step: np.float32, fmt: int) -> np.ndarray:
     """A codebook tensor's values (spec 12.4) converted to its signalled format (12.6), without holding the float64
     values of 12.4 for the whole tensor (eight bytes a weight for a float32 output): a float format converts each
     codebook value once (the conversion is per value) and the indices pick them; an integer format, which refuses
     a value out of its range only where one is used, converts slice by slice."""
-    fmt, step, flat = info.decompressed_data_format, np.float32(info.step), levels.reshape(-1)
+    flat = levels.reshape(-1)
     out = np.empty(flat.size, format_dtype(fmt))
     if out.dtype.kind != "f":
         for i in range(0, flat.size, 1 << 14):
             out[i : i + (1 << 14)] = convert_to_format(
-                reconstruct_codebook(flat[i : i + (1 << 14)], info.codebook, cb_zero, step), fmt
+                reconstruct_codebook(flat[i : i + (1 << 14)], codebook, cb_zero, step), fmt
             )
         return out
-    size = len(info.codebook)
+    size = len(codebook)
     if flat.size and (int(flat.min()) + cb_zero < 0 or int(flat.max()) + cb_zero >= size):
         raise DecodeError(f"codebook index outside 0..{size - 1}", clause="12.4")
-    values = convert_to_format(reconstruct_codebook(np.arange(size) - cb_zero, info.codebook, cb_zero, step), fmt)
+    values = convert_to_format(reconstruct_codebook(np.arange(size) - cb_zero, codebook, cb_zero, step), fmt)
     # index k picks codebook entry k + CbZeroOffset: rolled so, a negative k counts from the end (in range: checked)
     rolled = np.roll(values, -cb_zero)
     for i in range(0, flat.size, 1 << 14):  # (numpy's indices are 8 bytes: small temporaries)
