@@ -169,3 +169,19 @@ def test_codebook_values_in_a_signalled_format_are_the_spec_s(seed, k, fmt, scal
     decoded = nnc.decode(signalled)["w"]
     assert decoded.dtype == reference.dtype
     np.testing.assert_array_equal(decoded, reference)
+
+
+@pytest.mark.parametrize("codebook", ["few", "auto", True])
+def test_a_codebook_tensor_with_dc_v1_sigmas_decodes_at_its_own_step(codebook):
+    """Before (codebook="auto" or True; and so with "few"): the codebook's levels were taken at DC-v1's step but the
+    NDU signalled the settings' qp, so every value decoded 0.75 times too small, without a word."""
+    rng = np.random.default_rng(0)
+    values = (rng.standard_normal(8) * 0.05).astype(np.float32)
+    w = values[rng.integers(0, 8, (64, 64))]
+    result = nnc.encode_with_reconstruction({"w": w}, sigmas={"w": np.full((64, 64), 0.02, np.float32)},
+                                            codebook=codebook)
+    dec = decoder(result.stream)
+    assert dec.info("w").codebook is not None
+    decoded = nnc.decode(result.stream)["w"]
+    np.testing.assert_array_equal(decoded, np.asarray(result.reconstruction["w"], decoded.dtype))
+    assert np.abs(decoded - w).max() <= dec.info("w").step / 2

@@ -667,7 +667,7 @@ class Quantiser:
             and (not few or (kind not in "iub" and s.profile == 1 and few_distinct_values(x)))
         ):
             book_fmt = FLOAT32_FORMAT if few and fmt is None else fmt
-            coded, levels = self._codebook(name, x, step, height, width, scan, book_fmt, shape, dq)
+            coded, levels = self._codebook(name, x, qp, step, height, width, scan, book_fmt, shape, dq)
             if coded is not None:
                 if kind not in "iub":
                     geometry = (shape, height, width, scan, fmt, dtype_name)
@@ -812,7 +812,7 @@ class Quantiser:
             want = "float32"
         return min(np.dtype(want), decoded, key=lambda d: d.itemsize)
 
-    def _codebook(self, name, x, step, height, width, scan, fmt, shape, dq):
+    def _codebook(self, name, x, qp, step, height, width, scan, fmt, shape, dq):
         """Codebook mode (spec 7.2, 12.4): the distinct uniform levels form the codebook.
 
         Returns (coded tensor, None), or in "auto" and "few" modes (None, uniform levels) when the
@@ -822,7 +822,7 @@ class Quantiser:
         """
         s = self.settings
         levels = self.levels(name, x, float(step), False, height, width, scan)
-        t = self._codebook_of(name, levels, s.tensor_qp(name, len(shape)), step, shape, height, width, scan, fmt)
+        t = self._codebook_of(name, levels, qp, step, shape, height, width, scan, fmt)  # (qp: DC-v1's too)
         if t is None:
             return None, (levels if not dq else None)
         indices, book, zero = t.levels, t.codebook, t.cb_zero
