@@ -55,6 +55,13 @@ def _must_be_new(target) -> bool:
     return os.path.abspath(os.fspath(target)) in _NEW_ONLY.get()
 
 
+def naming(exc: OSError, path) -> OSError:
+    """``exc`` when it names a file, else the same error naming ``path`` (a write to a full disk names none)."""
+    if exc.filename is not None:
+        return exc
+    return OSError(exc.errno, exc.strerror or str(exc), os.fspath(path))
+
+
 def written_path(path) -> str:
     """The file a write to ``path`` replaces: ``path``, or the file a symbolic link there points to (as a plain
     ``open()`` writes it), so that the rename puts the new file where the link leads and keeps the link."""
@@ -528,4 +535,4 @@ class AtomicFile:
         else:
             self.discard()
             if isinstance(value, OSError) and value.filename is None:  # (a write to fh: a full disk) names path
-                raise OSError(value.errno, value.strerror or str(value), os.fspath(self.path)) from None
+                raise naming(value, self.path) from None

@@ -419,7 +419,7 @@ def _state_saved_after(path, state):
         finally:
             _release_state(state)
         return
-    from ._files import AtomicFile, committed_together
+    from ._files import AtomicFile, committed_together, naming
     from .errors import UpdateError
     from .readers import path_identity
 
@@ -432,9 +432,7 @@ def _state_saved_after(path, state):
         try:
             write_state_bytes()
         except OSError as exc:  # (a full disk: the state's, not the output's)
-            if exc.filename is not None:
-                raise
-            raise OSError(exc.errno, exc.strerror or str(exc), os.fspath(path)) from None
+            raise naming(exc, path) from None
 
     def write_state_bytes():
         if path_identity(path) != loaded:  # another command moved the state on meanwhile: an update would be lost

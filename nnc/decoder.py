@@ -45,6 +45,7 @@ from .engine.matrix import effective_scan_order, matrix_view
 from .errors import DecodeError, LimitError, NNCError, TruncatedError, UnsupportedError, UpdateError
 from .reconstruction import (
     DECOMPRESSED_DATA_FORMATS,
+    check_codebook_indices,
     convert_to_format,
     format_dtype,
     reconstruct_codebook,
@@ -405,7 +406,7 @@ class DecoderState:
         >>> DecoderState.load(path).levels["w"].tolist()
         [0, 3, 0]
         """
-        from ._files import AtomicFile
+        from ._files import AtomicFile, naming
 
         file = AtomicFile(path)
         try:
@@ -413,9 +414,7 @@ class DecoderState:
             file.commit()
         except OSError as exc:
             file.discard()
-            if exc.filename is not None:
-                raise
-            raise OSError(exc.errno, exc.strerror or str(exc), os.fspath(path)) from None  # (a full disk: this file)
+            raise naming(exc, path) from None  # (a full disk: this file)
         except BaseException:
             file.discard()
             raise
@@ -2525,10 +2524,8 @@ def _codebook_in_format(levels: np.ndarray, codebook: list, cb_zero: int, step: 
                 reconstruct_codebook(flat[i : i + (1 << 14)], codebook, cb_zero, step), fmt
             )
         return out
-    size = len(codebook)
-    if flat.size and (int(flat.min()) + cb_zero < 0 or int(flat.max()) + cb_zero >= size):
-        raise DecodeError(f"codebook index outside 0..{size - 1}", clause="12.4")
-    values = convert_to_format(reconstruct_codebook(np.arange(size) - cb_zero, codebook, cb_zero, step), fmt)
+    check_codebook_indices(flat, len(codebook), cb_zero)
+    values = convert_to_format(reconstruct_codebook(np.arange(len(codebook)) - cb_zero, codebook, cb_zero, step), fmt)
     # index k picks codebook entry k + CbZeroOffset: rolled so, a negative k counts from the end (in range: checked)
     rolled = np.roll(values, -cb_zero)
     for i in range(0, flat.size, 1 << 14):  # (numpy's indices are 8 bytes: small temporaries)

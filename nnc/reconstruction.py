@@ -175,10 +175,39 @@ def reconstruct_codebook(indices: np.ndarray, codebook, zero_offset: int, step: 
     nnc.errors.DecodeError: codebook index outside 0..2 [spec 12.4]
     """
     book = np.asarray(codebook, dtype=np.int64)
-    idx = indices.astype(np.int64) + zero_offset
-    if idx.size and (idx.min() < 0 or idx.max() >= book.size):
-        raise DecodeError(f"codebook index outside 0..{book.size - 1}", clause="12.4")
-    return book[idx].astype(np.float64) * float(step)
+    check_codebook_indices(indices, book.size, zero_offset)
+    return book[indices.astype(np.int64) + zero_offset].astype(np.float64) * float(step)
+
+
+def check_codebook_indices(indices: np.ndarray, size: int, zero_offset: int) -> None:
+    """Refuse decoded integers k whose codebook position k + CbZeroOffset falls outside 0..size-1 (spec 12.4).
+
+    Parameters
+    ----------
+    indices : ``numpy.ndarray``
+        Decoded integers k, signed relative to the codebook's zero entry.
+    size : int
+        The number of codebook entries.
+    zero_offset : int
+        CbZeroOffset, the position of the zero index in the codebook.
+
+    Raises
+    ------
+    nnc.errors.DecodeError
+        If an index falls outside the codebook.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from nnc.reconstruction import check_codebook_indices
+    >>> check_codebook_indices(np.array([-1, 1]), 3, 1)
+    >>> check_codebook_indices(np.array([2]), 3, 1)
+    Traceback (most recent call last):
+        ...
+    nnc.errors.DecodeError: codebook index outside 0..2 [spec 12.4]
+    """
+    if indices.size and (int(indices.min()) + zero_offset < 0 or int(indices.max()) + zero_offset >= size):
+        raise DecodeError(f"codebook index outside 0..{size - 1}", clause="12.4")
 
 
 def format_dtype(fmt: int) -> np.dtype:
@@ -277,6 +306,7 @@ __all__ = [
     "step_size",
     "reconstruct_uniform",
     "reconstruct_codebook",
+    "check_codebook_indices",
     "convert_to_format",
     "format_dtype",
     "DECOMPRESSED_DATA_FORMATS",

@@ -41,7 +41,7 @@ from typing import Any, Callable, Mapping, Protocol
 import numpy as np
 
 from . import narrow_floats
-from ._files import new_files_only, refuse_overwriting, replace_all, reserve_space, temp_file_beside
+from ._files import naming, new_files_only, refuse_overwriting, replace_all, reserve_space, temp_file_beside
 from .decoder import (
     DecodedTensors,
     Decoder,
@@ -310,9 +310,7 @@ class _SafetensorsSink:
             try:
                 reserve_space(fh.fileno(), len(head) + sum(t.nbytes for t in file.tensors))  # sizes it; ENOSPC here
             except OSError as exc:  # (names the file: in a folder of shards, the one that does not fit)
-                if exc.filename is not None:
-                    raise
-                raise OSError(exc.errno, exc.strerror or str(exc), os.fspath(Path(tmp).parent / file.name)) from None
+                raise naming(exc, Path(tmp).parent / file.name) from None
 
     def buffer(self, info):
         t = self.tensors[info.name]
