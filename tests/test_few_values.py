@@ -7,7 +7,8 @@ from hypothesis import strategies as st
 
 import nnc
 from nnc import formats
-from nnc.encoding.quantiser import FEW_VALUES, FEW_VALUES_MIN_SIZE, few_distinct_values
+from nnc.encoding import quantiser
+from nnc.encoding.quantiser import CODEBOOK_SAMPLE, FEW_VALUES, FEW_VALUES_MIN_SIZE, few_distinct_values, sample_bands
 
 
 def decoder(stream):
@@ -185,3 +186,41 @@ def test_a_codebook_tensor_with_dc_v1_sigmas_decodes_at_its_own_step(codebook):
     decoded = nnc.decode(result.stream)["w"]
     np.testing.assert_array_equal(decoded, np.asarray(result.reconstruction["w"], decoded.dtype))
     assert np.abs(decoded - w).max() <= dec.info("w").step / 2
+
+
+@pytest.mark.parametrize("shape", [(4096, 256), (300, 2000), (1, 1 << 19), (20000, 40), (64, 64), (8, 1 << 16)])
+def test_sample_bands_are_spread_over_the_tensor(shape):
+    a = np.arange(np.prod(shape), dtype=np.int64).reshape(shape)
+    part = sample_bands(a)
+    if a.size <= CODEBOOK_SAMPLE:
+        assert part is a
+        return
+    assert CODEBOOK_SAMPLE <= part.size < a.size
+    by_rows = part.shape[1] == shape[1]
+    assert by_rows or part.shape[0] == shape[0]
+    lines = np.unique(part // shape[1] if by_rows else part % shape[1])  # the rows (columns) the bands take
+    assert lines.min() < shape[0 if by_rows else 1] // 8 and lines.max() >= shape[0 if by_rows else 1] * 7 // 8
+    assert np.array_equal(np.unique(part), np.unique(a[lines] if by_rows else a[:, lines]))
+
+
+@pytest.mark.parametrize("bits, codebook", [(4, True), (8, False)])
+def test_a_large_tensor_is_weighed_on_its_bands_and_quantised_once(monkeypatch, bits, codebook):
+    """The two codings of a large few-valued tensor are estimated on bands of it (A.8): where the uniform
+    coding wins (int8-dequantised weights) no codebook of the whole tensor is built, only its uniform levels."""
+    rng = np.random.default_rng(bits)
+    w = rng.standard_normal((1024, 1024)) * 0.02
+    scale = np.abs(w).max() / (2 ** (bits - 1) - 1)
+    q = (np.round(w / scale) * scale).astype(np.float32)
+    sizes = []
+    built = quantiser.Quantiser._codebook_of
+
+    def recording(name, levels, *args, **kwargs):
+        sizes.append(levels.size)
+        return built(name, levels, *args, **kwargs)
+
+    monkeypatch.setattr(quantiser.Quantiser, "_codebook_of", staticmethod(recording))
+    stream = nnc.encode({"w": q})
+    assert (nnc.Decoder(stream).info("w").codebook is not None) == codebook
+    assert max(sizes) == (q.size if codebook else sample_bands(q).size)
+    monkeypatch.undo()
+    assert len(stream) == len(nnc.encode({"w": q}))

@@ -60,8 +60,8 @@ FEW_VALUES_MIN_SIZE = 1024
 
 def few_distinct_values(x: np.ndarray) -> bool:
     """Whether ``x`` holds at most ``FEW_VALUES`` distinct values and at least ``FEW_VALUES_MIN_SIZE`` elements:
-    the distinct values of a strided sample of 4096 first (most tensors stop there), then those of the elements
-    not among them, slice by slice."""
+    the distinct values of a strided sample of 4096 first (most tensors stop there), then of every element, slice
+    by slice."""
     flat = x.reshape(-1)
     if flat.size < FEW_VALUES_MIN_SIZE:
         return False
@@ -69,11 +69,30 @@ def few_distinct_values(x: np.ndarray) -> bool:
     for i in range(0, flat.size, 1 << 20):
         if seen.size > FEW_VALUES:
             return False
-        part = flat[i : i + (1 << 20)]
-        others = part[~np.isin(part, seen)]
-        if others.size:
-            seen = np.union1d(seen, others)
+        seen = np.union1d(seen, np.unique(flat[i : i + (1 << 20)]))
     return seen.size <= FEW_VALUES
+
+
+#: Above this many elements the "auto" and "few" modes weigh the two codings on bands of the tensor (A.8)
+CODEBOOK_SAMPLE = 1 << 18
+_SAMPLE_BANDS = 8
+
+
+def sample_bands(a: np.ndarray, target: int = CODEBOOK_SAMPLE) -> np.ndarray:
+    """About ``target`` elements of the 2-D array ``a`` in eight evenly spaced bands of rows (of columns when
+    eight bands of rows would take every row), joined: a smaller tensor whose coding costs per element resemble
+    the whole's; ``a`` itself when it is not larger than ``target``."""
+    height, width = a.shape
+    if a.size <= target:
+        return a
+    rows, columns = -(-target // (_SAMPLE_BANDS * width)), -(-target // (_SAMPLE_BANDS * height))
+    by_rows = rows * _SAMPLE_BANDS < height
+    if not by_rows and columns * _SAMPLE_BANDS >= width:
+        return a
+    n, band = (height, rows) if by_rows else (width, columns)
+    starts = np.linspace(0, n - band, _SAMPLE_BANDS).astype(np.int64)
+    parts = [a[s : s + band] if by_rows else a[:, s : s + band] for s in starts]
+    return np.concatenate(parts, axis=0 if by_rows else 1)
 
 
 @dataclass
@@ -821,20 +840,56 @@ class Quantiser:
         codebook would be too large.
         """
         s = self.settings
+        weighed = s.codebook in ("auto", "few")
+        if weighed and x.size > CODEBOOK_SAMPLE and not self._per_weight(name):
+            part = sample_bands(x.reshape(height, width))
+            if part.size < x.size and self._uniform_smaller(name, part, qp, step, scan, dq, x.size / part.size):
+                return None, None  # (the caller quantises the whole tensor once, uniformly)
+            weighed = False  # (the codebook, from its estimate on the bands)
         levels = self.levels(name, x, float(step), False, height, width, scan)
         t = self._codebook_of(name, levels, qp, step, shape, height, width, scan, fmt)  # (qp: DC-v1's too)
         if t is None:
             return None, (levels if not dq else None)
-        indices, book, zero = t.levels, t.codebook, t.cb_zero
-        if s.codebook in ("auto", "few"):
-            kw = dict(n_gtx=s.n_gtx, scan_order=scan, edition=s.edition)
-            cb_bits = self.engine.estimate_tensor_bits(
-                indices, height, width, codebook_size=len(book), codebook_zero=zero, **kw
-            ) + 16 * len(book)
-            uni = levels if not dq else self.levels(name, x, float(step), dq, height, width, scan)
-            if self.engine.estimate_tensor_bits(uni, height, width, dq=dq, **kw) <= cb_bits:
+        if weighed:
+            index_bits, uni_bits, uni = self._weigh(name, x, levels, t, step, height, width, scan, dq)
+            if uni_bits <= index_bits + 16 * len(t.codebook or ()):
                 return None, uni
         return t, None
+
+    def _per_weight(self, name: str) -> bool:
+        """Whether the tensor's levels depend on per-weight inputs (importance, sigmas, covariances), which
+        ``sample_bands`` would have to cut alike."""
+        s = self.settings
+        return name in s.importance or name in s.sigmas or name in s.covariances
+
+    def _weigh(self, name, x, levels, book_tensor, step, height, width, scan, dq):
+        """Estimated bits (A.4) of the codebook tensor's indices and of the uniform coding of ``x`` whose
+        nearest (or RDOQ) levels are ``levels``; and the uniform levels."""
+        s = self.settings
+        kw = dict(n_gtx=s.n_gtx, scan_order=scan, edition=s.edition)
+        index_bits = self.engine.estimate_tensor_bits(
+            book_tensor.levels,
+            height,
+            width,
+            codebook_size=len(book_tensor.codebook or ()),
+            codebook_zero=book_tensor.cb_zero,
+            **kw,
+        )
+        uni = levels if not dq else self.levels(name, x, float(step), dq, height, width, scan)
+        return index_bits, self.engine.estimate_tensor_bits(uni, height, width, dq=dq, **kw), uni
+
+    def _uniform_smaller(self, name, part, qp, step, scan, dq, scale: float) -> bool:
+        """Whether the uniform coding is estimated smaller than the codebook on the bands ``part`` of a
+        tensor ``scale`` times as large (A.8): the two codings' bits per element there, the codebook's
+        entries counted once."""
+        height, width = part.shape
+        scan = effective_scan_order(height, width, scan)
+        levels = self.levels(name, part, float(step), False, height, width, scan)
+        t = self._codebook_of(name, levels, qp, step, part.shape, height, width, scan)
+        if t is None:
+            return True
+        index_bits, uni_bits, _ = self._weigh(name, part, levels, t, step, height, width, scan, dq)
+        return uni_bits * scale <= index_bits * scale + 16 * len(t.codebook or ())
 
     @staticmethod
     def _codebook_of(name, levels, qp, step, shape, height, width, scan, fmt=None) -> CodedTensor | None:
