@@ -1695,7 +1695,7 @@ def cmd_info(args) -> int:
     )
     width = max([4] + [len(_shown_name(t["name"])) for t in info["tensors"]])  # whole names: rows never read the same
     header = (
-        f"{'name':{width}} {'shape':>16} {'dtype':>8} {'type':>9} {'qp':>5} {'dq':>3} {'scan':>4} "
+        f"{'name':{width}} {'shape':>16} {'dtype':>8} {'type':>9} {'qp':>5} {'dq':>3} {'book':>5} {'scan':>4} "
         f"{'bytes':>8} {'header':>6} {'bits/w':>7}"
     )
     print(header)
@@ -1711,7 +1711,8 @@ def cmd_info(args) -> int:
             continue
         print(
             f"{_shown_name(t['name']):{width}} {_shape_text(t['original_shape']):>16} {t['original_dtype']:>8} "
-            f"{t['payload_type']:>9} {qp:>5} {('on' if t['dq'] else 'off'):>3} {t['scan_order']:>4} "
+            f"{t['payload_type']:>9} {qp:>5} {('on' if t['dq'] else 'off'):>3} {t['codebook_size'] or '':>5} "
+            f"{t['scan_order']:>4} "
             f"{t['unit_bytes']:>8} {t['header_bytes']:>6} {bits:>7}"
         )
     if info["weights"]:

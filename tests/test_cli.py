@@ -478,6 +478,20 @@ def test_info_names_the_engine(model, tmp_path, capsys):
     assert f"read by the {engine_name()} engine" in capsys.readouterr().out.splitlines()[0]
 
 
+def test_info_shows_each_codebook_s_size(tmp_path, capsys):
+    from nnc import cli
+
+    rng = np.random.default_rng(3)
+    stream = tmp_path / "m.nnr"
+    stream.write_bytes(nnc.encode({"c": np.full((64, 64), 0.3, np.float32),
+                                   "g": (rng.standard_normal((64, 64)) * 0.05).astype(np.float32)}))
+    assert cli.main(["info", str(stream)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    book = lines[1].split().index("book")
+    assert lines[3].split()[0] == "c" and lines[3].split()[book] == "1"
+    assert lines[4].split()[0] == "g" and len(lines[4].split()) == len(lines[1].split()) - 1  # (none)
+
+
 def test_a_closed_pipe_ends_the_output_quietly(tmp_path):
     # `nnc info big.nnr | head -1` printed "nnc: error: : Broken pipe"
     stream = tmp_path / "many.nnr"

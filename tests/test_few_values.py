@@ -224,3 +224,19 @@ def test_a_large_tensor_is_weighed_on_its_bands_and_quantised_once(monkeypatch, 
     assert max(sizes) == (q.size if codebook else sample_bands(q).size)
     monkeypatch.undo()
     assert len(stream) == len(nnc.encode({"w": q}))
+
+
+@pytest.mark.parametrize("lam", [0.1, 1.0])
+def test_codebook_levels_are_the_nearest_also_with_rdoq(lam):
+    """A codebook's levels are the nearest ones (A.8): RDOQ's rates are those of levels, not of indices, so its
+    moves only added error (a constant 0.6 of a step away, 16 values 2.5 times the squared error)."""
+    rng = np.random.default_rng(7)
+    tensors = {"c": np.full(40000, 0.3), "q": (rng.integers(-8, 8, (128, 128)) * 0.013).astype(np.float32)}
+    for qp, (name, w) in zip((-20, -30), tensors.items()):
+        plain = nnc.encode({name: w}, qp=qp, dq=False)
+        rated = nnc.encode({name: w}, qp=qp, dq=False, rdoq_lambda=lam)
+        dec = decoder(rated)
+        assert dec.info(name).codebook is not None
+        error = np.abs(nnc.decode(rated)[name] - w)
+        assert error.max() <= dec.info(name).step / 2 * (1 + 1e-6)
+        assert np.array_equal(nnc.decode(rated)[name], nnc.decode(plain)[name])

@@ -553,9 +553,11 @@ class Quantiser:
         scan_order: int,
         *,
         reuse_x: bool = False,
+        rated: bool = True,
     ) -> np.ndarray:
         """Integers n for values x (spec A.1, A.2, A.9), from x / step in float64; ``reuse_x``: x (a
-        private float64 array the caller no longer needs) is divided in place, to save a tensor-sized copy."""
+        private float64 array the caller no longer needs) is divided in place, to save a tensor-sized copy;
+        ``rated=False``: without the rate term of A.9 (a codebook's indices do not cost what levels cost)."""
         s = self.settings
         flat = x.reshape(-1)
         f = s.importance.get(name)
@@ -567,7 +569,7 @@ class Quantiser:
             raise EncodeError(
                 f"tensor {name!r}: values up to {peak:.4g} overflow int32 levels at step {step:.4g}; use a larger qp"
             )
-        lam = s.tensor_lambda(name)
+        lam = s.tensor_lambda(name) if rated else 0.0
         if name in s.covariances:
             transposed = matches(name, s.covariance_transposed)  # (inputs, outputs...): y = x·W
             columns = covariance_columns(name, x.shape, transposed)
@@ -846,15 +848,20 @@ class Quantiser:
             if part.size < x.size and self._uniform_smaller(name, part, qp, step, scan, dq, x.size / part.size):
                 return None, None  # (the caller quantises the whole tensor once, uniformly)
             weighed = False  # (the codebook, from its estimate on the bands)
-        levels = self.levels(name, x, float(step), False, height, width, scan)
+        levels = self.levels(name, x, float(step), False, height, width, scan, rated=False)  # (A.8: nearest)
         t = self._codebook_of(name, levels, qp, step, shape, height, width, scan, fmt)  # (qp: DC-v1's too)
         if t is None:
-            return None, (levels if not dq else None)
+            return None, (levels if self._uniform_levels_are(name, dq) else None)
         if weighed:
             index_bits, uni_bits, uni = self._weigh(name, x, levels, t, step, height, width, scan, dq)
             if uni_bits <= index_bits + 16 * len(t.codebook or ()):
                 return None, uni
         return t, None
+
+    def _uniform_levels_are(self, name: str, dq: bool) -> bool:
+        """Whether a codebook's levels (nearest, A.8) are the ones the uniform coding would use: without DQ,
+        RDOQ and error feedback."""
+        return not dq and not self.settings.tensor_lambda(name) and name not in self.settings.covariances
 
     def _per_weight(self, name: str) -> bool:
         """Whether the tensor's levels depend on per-weight inputs (importance, sigmas, covariances), which
@@ -875,7 +882,9 @@ class Quantiser:
             codebook_zero=book_tensor.cb_zero,
             **kw,
         )
-        uni = levels if not dq else self.levels(name, x, float(step), dq, height, width, scan)
+        uni = (
+            levels if self._uniform_levels_are(name, dq) else self.levels(name, x, float(step), dq, height, width, scan)
+        )
         return index_bits, self.engine.estimate_tensor_bits(uni, height, width, dq=dq, **kw), uni
 
     def _uniform_smaller(self, name, part, qp, step, scan, dq, scale: float) -> bool:
@@ -884,7 +893,7 @@ class Quantiser:
         entries counted once."""
         height, width = part.shape
         scan = effective_scan_order(height, width, scan)
-        levels = self.levels(name, part, float(step), False, height, width, scan)
+        levels = self.levels(name, part, float(step), False, height, width, scan, rated=False)
         t = self._codebook_of(name, levels, qp, step, part.shape, height, width, scan)
         if t is None:
             return True
