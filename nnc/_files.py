@@ -62,6 +62,18 @@ def naming(exc: OSError, path) -> OSError:
     return OSError(exc.errno, exc.strerror or str(exc), os.fspath(path))
 
 
+#: errno values of a path that cannot be opened at all (nnc.errors: the OSError open() raises, not a FormatError)
+_OPEN_ERRNOS = frozenset(
+    {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG}
+)
+
+
+def cannot_open(exc: BaseException) -> bool:
+    """Whether ``exc`` is the OSError of a path that cannot be opened (missing, not readable, a folder), which
+    the readers raise as it is, rather than one of reading a damaged file."""
+    return isinstance(exc, OSError) and exc.errno in _OPEN_ERRNOS
+
+
 def written_path(path) -> str:
     """The file a write to ``path`` replaces: ``path``, or the file a symbolic link there points to (as a plain
     ``open()`` writes it), so that the rename puts the new file where the link leads and keeps the link."""

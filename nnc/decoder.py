@@ -670,15 +670,18 @@ def apply_update(
             "differences=True); use its tensors as the model instead of adding them",
             clause="6.2.1",
         )
-    narrow = getattr(update, "narrow", {}) if narrow is None else narrow
+    narrow = getattr(update, "narrow", {}) if narrow is None else _narrow_formats(narrow)
     if any(type(v).__module__.startswith("torch") for v in model.values()):
         from .torch import _is_torch_tensor, _to_numpy  # (a torch state_dict: bfloat16 as its float32 values)
 
         model = OrderedDict((k, _to_numpy(v, k)[0] if _is_torch_tensor(v) else v) for k, v in model.items())
     if check_parent:
         check_update_parent(model, parent if parent is not None else getattr(update, "parent", None), narrow)
-    whole = set(getattr(update, "replaced", ()) if replaced is None else replaced)
+    whole = set(getattr(update, "replaced", ()) if replaced is None else _names_of("replaced", replaced))
     out = OrderedDict((k, np.asarray(v)) for k, v in model.items())
+    for name, held in out.items():
+        if held.dtype.kind not in "biuf" and not narrow_floats.is_narrow(held.dtype.name):
+            raise UpdateError(f"model tensor {name!r} holds {held.dtype} values, not numbers")
     for name, delta in update.items():
         delta = np.asarray(delta)
         if delta.dtype.kind not in "biuf" and not narrow_floats.is_narrow(delta.dtype.name):
@@ -705,6 +708,28 @@ def apply_update(
         # (differences of the model's own integer dtype add modulo its range, as the encoder took them)
         out[name] = narrow_floats.as_stored(stored, held + delta).astype(out[name].dtype, copy=False)
     return out
+
+
+def _names_of(what: str, names) -> set:
+    """A set of tensor names from a name or an iterable of them, or TypeError."""
+    if isinstance(names, str):
+        return {names}
+    if not isinstance(names, Iterable) or isinstance(names, bytes):  # api-check
+        raise TypeError(f"{what} must be a tensor name or an iterable of them, not {type(names).__name__}")
+    names = set(names)
+    if not all(isinstance(n, str) for n in names):  # api-check
+        raise TypeError(f"{what} must hold tensor names (str)")
+    return names
+
+
+def _narrow_formats(narrow) -> "Mapping[str, str]":
+    """``apply_update``'s ``narrow``: {name: bfloat16 or float8 format}, or TypeError / ValueError."""
+    if not isinstance(narrow, Mapping):  # api-check
+        raise TypeError(f"narrow must be a mapping of tensor names to formats, not {type(narrow).__name__}")
+    for name, fmt in narrow.items():
+        if not isinstance(fmt, str) or not narrow_floats.is_narrow(fmt):  # api-check
+            raise ValueError(f"narrow[{name!r}]: {fmt!r} is not a bfloat16 or float8 format")
+    return narrow
 
 
 def _integer_sum(name: str, held: np.ndarray, delta: np.ndarray) -> np.ndarray:

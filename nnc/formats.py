@@ -44,6 +44,8 @@ import numpy as np
 
 from . import narrow_floats
 from ._files import (
+    cannot_open,
+    naming,
     refuse_overwriting,  # noqa: F401 (public here: the tools' check of their outputs)
     reserve_space,
 )
@@ -150,6 +152,9 @@ def detect_format(path: str | os.PathLike) -> str:
     nnc.formats.FormatError
         If the file cannot be read, is a damaged or foreign zip archive, or
         is of no known format.
+    OSError
+        What ``open()`` raises for a path that cannot be opened (missing, not
+        readable, a folder), naming the path.
 
     Examples
     --------
@@ -176,6 +181,8 @@ def detect_format(path: str | os.PathLike) -> str:
         with open(p, "rb") as fh:
             head = fh.read(64)
     except OSError as exc:
+        if cannot_open(exc):  # (nnc.errors: as open() raises it, naming the path)
+            raise naming(exc, path) from None
         raise FormatError(f"cannot read {os.fspath(path)!r}: {exc.strerror}") from None
     if head[:4] == b"PK\x05\x06":  # a zip archive of no members: what np.savez writes for no arrays
         return "npz"
@@ -578,6 +585,8 @@ def read_npz(path):
         RuntimeError,
         NotImplementedError,
     ) as exc:
+        if isinstance(exc, OSError) and cannot_open(exc):
+            raise naming(exc, path) from None
         # damaged archives: bad offsets and sizes, encryption flags, unknown compression, bad headers
         raise FormatError(f"{path}: not a readable .npz archive ({type(exc).__name__}: {exc})") from None
     return out, {k: v.dtype.name for k, v in out.items()}
@@ -1919,6 +1928,8 @@ def read_model(path, fmt: str | None = None):
     nnc.formats.FormatError
         If the format is unknown, the file is an NNC stream, or it cannot be
         read in its format (see the ``read_*`` functions).
+    OSError
+        What ``open()`` raises for a path that cannot be opened, naming the path.
 
     Examples
     --------

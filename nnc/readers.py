@@ -48,6 +48,7 @@ from typing import Any, Callable, Iterator, Mapping
 import numpy as np
 
 from . import formats, narrow_floats
+from ._files import cannot_open, naming
 from .formats import FormatError
 
 #: Index files of sharded checkpoints, by format, in the order they are looked for in a folder.
@@ -888,6 +889,8 @@ def _read_npz(path: Path, file_index):
     except (zipfile.BadZipFile, ValueError, EOFError, KeyError, OSError, RuntimeError, NotImplementedError) as exc:
         if zf is not None:
             zf.close()
+        if isinstance(exc, OSError) and cannot_open(exc):
+            raise naming(exc, path) from None
         raise FormatError(f"{path}: not a readable .npz archive ({type(exc).__name__}: {exc})") from None
     return out, {}, []
 

@@ -22,7 +22,7 @@ ENGINES = ["python"] + (["cython"] if COMPILED_AVAILABLE else [])
 
 #: The marked checks per file (a check is one marked statement).
 MARKED = {
-    "nnc/decoder.py": 24,
+    "nnc/decoder.py": 28,
     "nnc/engine/python/payload.py": 17,
     "nnc/engine/python/arithmetic.py": 1,
     "nnc/engine/python/binarisation.py": 1,
@@ -287,6 +287,24 @@ def test_apply_update_and_encode_model_refuse_what_is_not_a_mapping():
             nnc.apply_update(model, update)
     with pytest.raises(TypeError, match="a mapping of names to arrays or a model file's path, not list"):
         nnc.encode_model([1, 2])
+
+
+def test_apply_update_takes_one_replaced_name_and_checks_its_arguments():
+    """Before: replaced="fc.weight" became the letters 'f', 'c', ...: the full values were added to the model's
+    (6 instead of 1, no error); narrow=[...] and a model of strings raised AttributeError / UFuncTypeError."""
+    model, update = {"fc.weight": np.full(2, 5.0)}, {"fc.weight": np.ones(2)}
+    assert nnc.apply_update(model, update, replaced="fc.weight")["fc.weight"].tolist() == [1.0, 1.0]
+    assert nnc.apply_update(model, update, replaced=("fc.weight",))["fc.weight"].tolist() == [1.0, 1.0]
+    assert nnc.apply_update(model, update, replaced=())["fc.weight"].tolist() == [6.0, 6.0]
+    for bad, kind, words in ((dict(replaced=5), TypeError, "replaced must be a tensor name"),
+                             (dict(replaced=b"fc.weight"), TypeError, "replaced must be a tensor name"),
+                             (dict(replaced=[1]), TypeError, "replaced must hold tensor names"),
+                             (dict(narrow=["fc.weight"]), TypeError, "narrow must be a mapping"),
+                             (dict(narrow={"fc.weight": "bogus"}), ValueError, "not a bfloat16 or float8 format")):
+        with pytest.raises(kind, match=words):
+            nnc.apply_update(model, update, **bad)
+    with pytest.raises(errors.UpdateError, match="model tensor 'fc.weight' holds <U1 values, not numbers"):
+        nnc.apply_update({"fc.weight": "x"}, update)
 
 
 def test_a_single_raw_name_is_one_name_and_pattern_keys_must_be_names():

@@ -125,7 +125,16 @@ def test_detection_is_by_content(tmp_path):
     r = tmp_path / "x.onnx"
     r.write_bytes(b"garbage")
     with pytest.raises(formats.FormatError):
-        formats.read_model(tmp_path / "nothing-here.safetensors")
+        formats.read_model(r)
+    # a path that cannot be opened raises open()'s OSError (nnc.errors), not a FormatError (it did)
+    for missing in ("nothing-here.safetensors", "nothing-here.npz", "nothing-here"):
+        with pytest.raises(FileNotFoundError, match="nothing-here"):
+            formats.read_model(tmp_path / missing)
+        with pytest.raises(FileNotFoundError, match="nothing-here"):
+            nnc.encode_model(tmp_path / missing)
+    for kind in (nnc.DecoderState, nnc.EncoderState):
+        with pytest.raises(FileNotFoundError, match="nothing-here"):
+            kind.load(tmp_path / "nothing-here.state")
 
 
 def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
