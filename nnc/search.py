@@ -350,6 +350,34 @@ def _size_in_worker(settings):
     return _WORKER[0].size(settings)
 
 
+#: Encoder options whose values the search chooses itself (a fixed value of one would be overwritten)
+SEARCHED_OPTIONS = ("qp", "step", "dq", "rdoq_lambda", "qp_per_tensor", "lambda_per_tensor")
+
+
+def _check_search_arguments(evaluate, check, time_budget, max_qp, bases, z, encoder_options) -> None:
+    """EncodeError for a search argument that would fail deep inside, be ignored or be overwritten."""
+    if not callable(evaluate):
+        raise EncodeError(f"evaluate must be a callable that scores decoded tensors, not {type(evaluate).__name__}")
+    if check is not None and not callable(check):
+        raise EncodeError(f"check must be a callable that scores decoded tensors, not {type(check).__name__}")
+    searched = [k for k in SEARCHED_OPTIONS if k in encoder_options]
+    if searched:
+        raise EncodeError(
+            f"the search chooses {', '.join(searched)} itself: give qp_range, lambdas or dq to the search instead"
+        )
+    if time_budget is not None and not (_is_number(time_budget) and 0 <= time_budget < math.inf):
+        raise EncodeError(f"time_budget must be None or a number of seconds >= 0, not {time_budget!r}")
+    for name, value, low in (("max_qp", max_qp, None), ("bases", bases, 1)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or (low is not None and value < low):
+            raise EncodeError(f"{name} must be an int{'' if low is None else f' >= {low}'}, not {value!r}")
+    if not (_is_number(z) and 0 <= z < math.inf):
+        raise EncodeError(f"z must be a finite number >= 0, not {z!r}")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+
+
 def search(
     tensors: Mapping[str, np.ndarray],
     evaluate: Callable,
@@ -427,7 +455,7 @@ def search(
         shared out among the workers): a per-tensor move re-encodes one tensor, not the model.
     **encoder_options
         Fixed :class:`nnc.encoder.Encoder` options for every candidate (``n_gtx``,
-        ``profile``...).
+        ``profile``...), not those the search chooses (:data:`SEARCHED_OPTIONS`).
 
     Returns
     -------
@@ -437,7 +465,9 @@ def search(
     Raises
     ------
     nnc.errors.EncodeError
-        If no candidate could be evaluated (a zero time budget still evaluates one batch).
+        If no candidate could be evaluated (a zero time budget still evaluates one batch), an
+        argument is of the wrong kind, or ``encoder_options`` fixes an option the search
+        chooses (:data:`SEARCHED_OPTIONS`).
 
     Examples
     --------
@@ -452,6 +482,7 @@ def search(
     >>> [c.bytes for c in res.pareto] == sorted(c.bytes for c in res.pareto)
     True
     """
+    _check_search_arguments(evaluate, check, time_budget, max_qp, bases, z, encoder_options)
     if not (isinstance(tolerance, (int, float, np.number)) and 0 <= tolerance < math.inf):
         raise EncodeError(f"tolerance must be a finite number >= 0, not {tolerance!r}")
     most = 4 * (os.cpu_count() or 1)

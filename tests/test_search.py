@@ -536,3 +536,34 @@ def test_a_metric_that_is_no_number_or_infinite_is_refused(score, words):
 
     with pytest.raises(EncodeError, match=words):
         search({"w": w}, metric, qp_range=range(-40, -10, 4), progress=False, per_tensor=False)
+
+
+@pytest.mark.parametrize(
+    "bad, words",
+    [
+        (dict(qp=-10), "the search chooses qp itself"),
+        (dict(rdoq_lambda=5.0), "the search chooses rdoq_lambda itself"),
+        (dict(qp_per_tensor={"w": -10}), "the search chooses qp_per_tensor itself"),
+        (dict(step=0.1), "the search chooses step itself"),
+        (dict(time_budget=-1), "time_budget must be"),
+        (dict(max_qp="x", per_tensor=False), "max_qp must be an int"),
+        (dict(bases=0), "bases must be an int >= 1"),
+        (dict(z=-5), "z must be a finite number"),
+        (dict(check=5), "check must be a callable"),
+    ],
+)
+def test_misused_search_arguments_are_refused_before_any_work(bad, words):
+    """Before: qp and rdoq_lambda given as fixed options were overwritten by the candidates' own without a word,
+    qp_per_tensor made every candidate alike and best None, and bad values failed deep inside or were ignored."""
+    w = np.random.default_rng(0).normal(0, 0.1, (16, 16)).astype(np.float32)
+    calls = []
+
+    def score(t):
+        calls.append(1)
+        return -float(np.mean((t["w"] - w) ** 2))
+
+    with pytest.raises(EncodeError, match=words):
+        search({"w": w}, score, progress=False, **bad)
+    assert not calls
+    with pytest.raises(EncodeError, match="evaluate must be a callable"):
+        search({"w": w}, 5, progress=False)
