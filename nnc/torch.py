@@ -532,7 +532,8 @@ def input_covariances(module, batches, layers=None) -> dict[str, np.ndarray]:
     Raises
     ------
     nnc.errors.EncodeError
-        If ``batches`` yields nothing.
+        If ``batches`` yields nothing or is not an iterable of torch inputs, or ``layers``
+        names a weight that is not one of a measured layer.
 
     Examples
     --------
@@ -543,7 +544,7 @@ def input_covariances(module, batches, layers=None) -> dict[str, np.ndarray]:
     [[5.0, 1.0], [1.0, 2.0]]
     """
     torch = _torch()
-    wanted = None if layers is None else set(layers)
+    wanted = _wanted_layers(module, layers)
 
     def patches(layer, x):
         if isinstance(layer, torch.nn.Linear):
@@ -578,16 +579,49 @@ def input_covariances(module, batches, layers=None) -> dict[str, np.ndarray]:
     return _input_statistics(module, batches, select, lambda x: x.T @ x, "input_covariances")
 
 
+def _wanted_layers(module, layers) -> "set[str] | None":
+    """``input_covariances``' ``layers`` as a set of weight names (one name may be given as a str), or EncodeError
+    for a name that is not the weight of a layer it measures (the result would lack it, and the encoder would
+    quantise that weight without error feedback, silently)."""
+    if layers is None:
+        return None
+    torch = _torch()
+    wanted = {layers} if isinstance(layers, str) else set(layers)
+    measured = set()
+    for name, layer in module.named_modules():
+        if isinstance(layer, torch.nn.Linear) or (
+            isinstance(layer, (torch.nn.Conv1d, torch.nn.Conv2d))
+            and layer.groups == 1
+            and layer.padding_mode == "zeros"
+        ):
+            measured.add(f"{name}.weight" if name else "weight")
+    unknown = sorted(map(str, wanted - measured))
+    if unknown:
+        raise EncodeError(
+            f"layers: {', '.join(repr(n) for n in unknown[:5])}{' ...' if len(unknown) > 5 else ''} not the weight "
+            "of a Linear or Conv1d/Conv2d layer (no groups, zero padding) of the module: give names as "
+            "'<layer>.weight'"
+        )
+    return wanted
+
+
 def _input_statistics(module, batches, rows_of, statistic, what: str) -> dict:
     """Mean of ``statistic(rows)`` over the rows of each layer input that ``rows_of(layer, x, name)`` turns into a
     matrix (None: layer left out), over the forward passes of ``batches`` (forward pre-hooks, removed after)."""
     torch = _torch()
-
+    if isinstance(batches, (str, bytes)) or not hasattr(batches, "__iter__"):
+        raise EncodeError(f"{what}: batches must be an iterable of inputs, not {type(batches).__name__}")
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
 
     def hook(name, layer):
         def record(_module, args):
+            if not args or not isinstance(args[0], torch.Tensor):
+                got = type(args[0]).__name__ if args else "no"
+                raise EncodeError(
+                    f"{what}: layer {name!r} got {got} input, not a torch tensor: give batches as torch "
+                    "tensors, or tuples of the module's positional arguments"
+                )
             x = args[0].detach().to(torch.float64)
             rows = rows_of(layer, x, name)
             if rows is None:

@@ -389,3 +389,26 @@ def test_apply_update_takes_a_torch_state_dict_with_bfloat16_tensors():
     got, expected = apply_update(as_torch, update), apply_update(as_numpy, update)
     np.testing.assert_array_equal(np.asarray(got["w"], np.float32), np.asarray(expected["w"], np.float32))
     np.testing.assert_array_equal(np.asarray(got["w"], np.float32), np.asarray(sender.model["w"], np.float32))
+
+
+def test_input_statistics_refuse_layers_and_batches_they_cannot_measure():
+    """Before: layers="0.weight" (a str) or an unknown name gave {} (the encoder then quantised without error
+    feedback, silently); numpy or dict batches raised AttributeError ('detach') from a hook, an int TypeError."""
+    torch = pytest.importorskip("torch")
+    from nnc.errors import EncodeError
+
+    seq = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    batches = [torch.randn(8, 4)]
+    assert set(nt.input_covariances(seq, batches, layers="0.weight")) == {"0.weight"}
+    assert set(nt.input_covariances(seq, batches, layers=["0.weight", "2.weight"])) == {"0.weight", "2.weight"}
+    for layers in (["0", "2.weight"], ["nope.weight"], ["1.weight"]):
+        with pytest.raises(EncodeError, match="not the weight of a Linear"):
+            nt.input_covariances(seq, batches, layers=layers)
+    lin = torch.nn.Linear(4, 2)
+    with pytest.raises(EncodeError, match="got ndarray input, not a torch tensor"):
+        nt.input_covariances(lin, [np.ones((2, 4), np.float32)])
+    with pytest.raises(EncodeError, match="batches must be an iterable"):
+        nt.input_covariances(lin, 5)
+    with pytest.raises(EncodeError, match="batches must be an iterable"):
+        nt.input_moments(lin, 5)
+    assert not lin._forward_pre_hooks  # (the hooks are removed after a failure)
