@@ -1983,6 +1983,8 @@ def write_model(path, tensors, dtypes=None, fmt: str | None = None, template=Non
         format's back end is missing.
     OSError
         If the file cannot be written.
+    TypeError
+        If ``tensors`` or ``dtypes`` is not a mapping.
 
     Examples
     --------
@@ -1993,6 +1995,10 @@ def write_model(path, tensors, dtypes=None, fmt: str | None = None, template=Non
     >>> read_model(path)[1]
     {'w': 'float16'}
     """
+    if not isinstance(tensors, Mapping):
+        raise TypeError(f"tensors must be a mapping of names to arrays, not {type(tensors).__name__}")
+    if dtypes is not None and not isinstance(dtypes, Mapping):
+        raise TypeError(f"dtypes must be a mapping of names to dtype names, not {type(dtypes).__name__}")
     fmt = fmt or format_from_extension(path)
     dtypes = dtypes or {}
     restored = OrderedDict()

@@ -682,8 +682,8 @@ def decode_to_path(
         are released, so that resident memory does not grow with the stream.
     output : str or ``os.PathLike``
         The folder or file to write.
-    names : iterable of str or None
-        Decode only these tensors; None for all.
+    names : str, iterable of str or None
+        Decode only this tensor or these; None for all.
     threads : int
         Units decoded at the same time (0: one per CPU); each in flight holds
         one tensor in memory.
@@ -725,6 +725,8 @@ def decode_to_path(
         ``add_to`` cannot be read or has a tensor of another shape than the update's.
     KeyError
         If a name is not that of a tensor of the stream.
+    TypeError
+        If ``progress`` is not a callable.
     FileExistsError
         If a file to be written into a folder exists and ``overwrite`` is false, or
         would replace an input.
@@ -743,6 +745,8 @@ def decode_to_path(
     {'w': 'bfloat16'}
     """
     template = decoder_options.pop("template", None)
+    if progress is not None and not callable(progress):
+        raise TypeError(f"progress must be a callable or None, not {type(progress).__name__}")
     if isinstance(stream, Decoder):
         dec = stream
     else:
@@ -753,7 +757,7 @@ def decode_to_path(
     mapped = _releasable_map(dec.data)
     if mapped is not None:
         _release(mapped, len(mapped))  # what else touched pages since parsing; payloads are read again when decoded
-    wanted = None if names is None else set(names)
+    wanted = None if names is None else {names} if isinstance(names, str) else set(names)
     if wanted is not None:
         missing = sorted(wanted - set(dec.names()))
         if missing:

@@ -371,3 +371,21 @@ def test_misused_calls_say_what_was_wrong(call, kind, words):
     stream = nnc.encode({"w": np.ones((4, 4), np.float32)}, qp=-20)
     with pytest.raises(kind, match=words):
         call(nnc.Decoder(stream), stream)
+
+
+def test_file_writers_check_their_arguments(tmp_path):
+    """Before: write_model(path, [1, 2]) raised AttributeError ('list' object has no attribute 'items'),
+    decode_to_path(progress=5) "'int' object is not callable" mid-write, and names="w" meant the names 'w'... by
+    letter (a KeyError for a longer name)."""
+    from nnc.formats import write_model
+    from nnc.writers import decode_to_path
+
+    with pytest.raises(TypeError, match="tensors must be a mapping"):
+        write_model(tmp_path / "m.npz", [1, 2])
+    with pytest.raises(TypeError, match="dtypes must be a mapping"):
+        write_model(tmp_path / "m.npz", {"w": np.ones(2)}, dtypes=["float16"])
+    stream = nnc.encode({"fc.weight": np.ones((4, 4), np.float32), "b": np.ones(4, np.float32)}, qp=-20)
+    with pytest.raises(TypeError, match="progress must be a callable"):
+        decode_to_path(stream, tmp_path / "p.safetensors", progress=5)
+    assert decode_to_path(stream, tmp_path / "one.npz", names="fc.weight")["tensors"] == 1
+    assert list(tmp_path.iterdir()) == [tmp_path / "one.npz"]
