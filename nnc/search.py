@@ -455,7 +455,7 @@ def search(
         shared out among the workers): a per-tensor move re-encodes one tensor, not the model.
     **encoder_options
         Fixed :class:`nnc.encoder.Encoder` options for every candidate (``n_gtx``,
-        ``profile``...), not those the search chooses (:data:`SEARCHED_OPTIONS`).
+        ``profile``...), not those the search chooses (``nnc.search.SEARCHED_OPTIONS``).
 
     Returns
     -------
@@ -467,7 +467,7 @@ def search(
     nnc.errors.EncodeError
         If no candidate could be evaluated (a zero time budget still evaluates one batch), an
         argument is of the wrong kind, or ``encoder_options`` fixes an option the search
-        chooses (:data:`SEARCHED_OPTIONS`).
+        chooses (``nnc.search.SEARCHED_OPTIONS``).
 
     Examples
     --------

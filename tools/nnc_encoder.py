@@ -30,12 +30,14 @@ def main(argv=None) -> int:
     ap.add_argument("--scan-order", type=int, default=0)
     ap.add_argument("--n-gtx", type=int, default=11)
     ap.add_argument("--profile", type=int, default=1, choices=(0, 1))
-    ap.add_argument("--codebook", choices=("off", "on", "auto"), default="off")
+    ap.add_argument("--codebook", choices=("off", "on", "auto", "few"), default="off",
+                    help="codebook mode (spec A.8): off (default here, as the reference software's; nnc encode's "
+                    "default is few), on (always), auto, few")
     args = ap.parse_args(argv)
     try:  # the options first: their errors are not the model's
         encoder = Encoder(qp=args.qp, qp_density=args.qp_density, dq=not args.no_dq, scan_order=args.scan_order,
                           n_gtx=args.n_gtx, profile=args.profile,
-                          codebook={"off": False, "on": True, "auto": "auto"}[args.codebook])
+                          codebook={"off": False, "on": True, "auto": "auto", "few": "few"}[args.codebook])
         refuse_overwriting(args.bitstream, {"model": args.input})
     except NNCError as exc:
         print(f"error: {exc}", file=sys.stderr)
