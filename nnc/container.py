@@ -353,20 +353,64 @@ def best_codebook_egk(entries) -> int:
     >>> best_codebook_egk([-1, 0, 1]), best_codebook_egk([-8, -4, 0, 4, 8])
     (0, 2)
     """
+    deltas = [int(b) - int(a) - 1 for a, b in zip(entries, entries[1:])]
+    return min(range(16), key=lambda k: ue_bits(deltas, k))
+
+
+def ue_bits(values, k: int) -> int:
+    """The bits of ue(k) codes (spec 2.3) of the non-negative integers ``values``, in all: 2n + 1 + k each, n the
+    prefix's zeros, ``floor(log2((v >> k) + 1))``.
+
+    Parameters
+    ----------
+    values : iterable of int
+        The values coded, each >= 0.
+    k : int
+        The Exp-Golomb order.
+
+    Returns
+    -------
+    int
+        Their bits.
+
+    Examples
+    --------
+    >>> from nnc.container import ue_bits
+    >>> ue_bits([0], 0), ue_bits([1, 2], 0), ue_bits([3], 0), ue_bits([3], 2)
+    (1, 6, 5, 3)
+    """
+    return sum(2 * ((int(v) >> k) + 1).bit_length() - 1 + k for v in values)
+
+
+def codebook_bits(entries, center_offset: int = 0) -> int:
+    """The bits of codebook() (spec 7.2) for ``entries`` at ``codebook_center_offset``, with
+    :func:`best_codebook_egk`'s order (informative: what an encoder weighs a codebook at).
+
+    Parameters
+    ----------
+    entries : list of int
+        The codebook, strictly increasing.
+    center_offset : int
+        ``codebook_center_offset``.
+
+    Returns
+    -------
+    int
+        Bits, as built.
+
+    Examples
+    --------
+    >>> from nnc.container import codebook_bits
+    >>> codebook_bits([-1, 0, 1])   # egk 4, ue(2) size 3, ie(2) centre 3, ie(7) zero value 8, two ue(0) deltas 2
+    20
+    """
+    entries = [int(v) for v in entries]
+    size = len(entries)
+    zero_value = entries[(size >> 1) + center_offset]
     deltas = [b - a - 1 for a, b in zip(entries, entries[1:])]
-
-    def bits(k):
-        total = 0
-        for d in deltas:
-            kk = k
-            while d >= (1 << kk):
-                d -= 1 << kk
-                kk += 1
-                total += 1
-            total += 1 + kk
-        return total
-
-    return min(range(16), key=bits)
+    signed = [2 * v - 1 if v > 0 else -2 * v for v in (center_offset, zero_value)]
+    header = 4 + ue_bits([size], 2) + ue_bits([signed[0]], 2) + ue_bits([signed[1]], 7)
+    return header + min(ue_bits(deltas, k) for k in range(16))
 
 
 # -- entry points (spec 7.3) ---------------------------------------------------------------
@@ -1405,6 +1449,8 @@ __all__ = [
     "build_ndu",
     "codebook_zero_offset",
     "best_codebook_egk",
+    "codebook_bits",
+    "ue_bits",
     "NNR_STR",
     "NNR_MPS",
     "NNR_LPS",

@@ -711,7 +711,8 @@ def apply_update(
 
 
 def _names_of(what: str, names) -> set:
-    """A set of tensor names from a name or an iterable of them, or TypeError."""
+    """A set of tensor names from a name or an iterable of them (``apply_update``'s ``replaced``, spec 14.5), or
+    TypeError."""
     if isinstance(names, str):
         return {names}
     if not isinstance(names, Iterable) or isinstance(names, bytes):  # api-check
@@ -723,7 +724,7 @@ def _names_of(what: str, names) -> set:
 
 
 def _narrow_formats(narrow) -> "Mapping[str, str]":
-    """``apply_update``'s ``narrow``: {name: bfloat16 or float8 format}, or TypeError / ValueError."""
+    """``apply_update``'s ``narrow`` (spec 14.5): {name: bfloat16 or float8 format}, or TypeError / ValueError."""
     if not isinstance(narrow, Mapping):  # api-check
         raise TypeError(f"narrow must be a mapping of tensor names to formats, not {type(narrow).__name__}")
     for name, fmt in narrow.items():

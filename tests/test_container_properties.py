@@ -182,3 +182,20 @@ def test_unit_size_forms(n):
     size, width = C.read_unit_size(memoryview(unit), 0)
     assert size == len(unit)
     assert width == (2 if len(unit) <= 32767 else 4)
+
+
+@given(st.lists(st.integers(-(2**20), 2**20), min_size=1, max_size=300, unique=True), st.data())
+def test_codebook_bits_are_those_built(entries, data):
+    """codebook_bits, what the encoder weighs a codebook at (A.8), counts the bits of codebook() as built (7.2): the
+    built syntax, byte-aligned by 1 to 8 bits, is that long (the encoder charged 16 bits an entry before)."""
+    import construct as cs
+
+    entries = sorted(entries)
+    centre = data.draw(st.integers(-(len(entries) >> 1), len(entries) - (len(entries) >> 1) - 1))
+    egk = C.best_codebook_egk(entries)
+    built = cs.Bitwise(cs.Struct("c" / C.Codebook(), C.ALIGN)).build(
+        {"c": dict(codebook=entries, codebook_center_offset=centre, codebook_egk=egk)}
+    )
+    assert 8 * len(built) - 8 <= C.codebook_bits(entries, centre) < 8 * len(built)
+    assert all(C.ue_bits(deltas, egk) <= C.ue_bits(deltas, k) for deltas in [[b - a - 1 for a, b in zip(entries, entries[1:])]]
+               for k in range(16))

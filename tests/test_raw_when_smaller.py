@@ -96,6 +96,16 @@ def test_defaults_on_random_tensors_never_cost_more_than_raw(bias, weight, qp, d
     _no_unit_costs_more_than_raw({"l.weight": weight, "l.bias": bias}, qp=qp, dq=dq)
 
 
+@given(arrays(np.float32, st.tuples(st.integers(1, 300)), elements=st.floats(-1e3, 1e3, width=32)),
+       arrays(np.float32, st.tuples(st.integers(1, 30), st.integers(1, 8)), elements=floats),
+       st.sampled_from([-100, -80, -60, -38, -20]), st.sampled_from([True, "auto", "few"]), st.booleans())
+@settings(max_examples=40, deadline=None)
+def test_codebook_modes_never_cost_more_than_raw(values, weight, qp, codebook, dq):
+    """Before: raw storage was not weighed for codebook tensors: codebook="auto" or True coded 200 values in
+    [-1000, 1000] at qp -80 in 1066 bytes against 863 raw (up to 24 % more than raw)."""
+    _no_unit_costs_more_than_raw({"v": values, "l.weight": weight}, qp=qp, dq=dq, codebook=codebook)
+
+
 def test_default_streams_write_the_same_bytes_to_files(tmp_path):
     rng = np.random.default_rng(3)
     tensors = {"a.weight": rng.normal(0, 0.1, (10, 64)).astype(np.float32),

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import narrow_floats
+from ..container import codebook_bits
 from ..decoder import Limits
 from ..engine.matrix import effective_scan_order, matrix_view
 from ..errors import EncodeError, NNCError
@@ -76,6 +77,12 @@ def few_distinct_values(x: np.ndarray) -> bool:
 #: Above this many elements the "auto" and "few" modes weigh the two codings on bands of the tensor (A.8)
 CODEBOOK_SAMPLE = 1 << 18
 _SAMPLE_BANDS = 8
+
+
+def _entry_bits(t: CodedTensor) -> int:
+    """The bits of a codebook tensor's codebook() syntax (spec 7.2), as it is built."""
+    book = t.codebook or [0]
+    return codebook_bits(book, t.cb_zero - (len(book) >> 1))
 
 
 def sample_bands(a: np.ndarray, target: int = CODEBOOK_SAMPLE) -> np.ndarray:
@@ -854,7 +861,7 @@ class Quantiser:
             return None, (levels if self._uniform_levels_are(name, dq) else None)
         if weighed:
             index_bits, uni_bits, uni = self._weigh(name, x, levels, t, step, height, width, scan, dq)
-            if uni_bits <= index_bits + 16 * len(t.codebook or ()):
+            if uni_bits <= index_bits + _entry_bits(t):
                 return None, uni
         return t, None
 
@@ -871,21 +878,28 @@ class Quantiser:
 
     def _weigh(self, name, x, levels, book_tensor, step, height, width, scan, dq):
         """Estimated bits (A.4) of the codebook tensor's indices and of the uniform coding of ``x`` whose
-        nearest (or RDOQ) levels are ``levels``; and the uniform levels."""
-        s = self.settings
-        kw = dict(n_gtx=s.n_gtx, scan_order=scan, edition=s.edition)
-        index_bits = self.engine.estimate_tensor_bits(
+        nearest (or RDOQ) levels are ``levels``, each under the init sets its coding would choose (A.3, with
+        ``param_opt``); and the uniform levels."""
+        index_bits = self._estimate(
             book_tensor.levels,
             height,
             width,
+            scan,
             codebook_size=len(book_tensor.codebook or ()),
             codebook_zero=book_tensor.cb_zero,
-            **kw,
         )
         uni = (
             levels if self._uniform_levels_are(name, dq) else self.levels(name, x, float(step), dq, height, width, scan)
         )
-        return index_bits, self.engine.estimate_tensor_bits(uni, height, width, dq=dq, **kw), uni
+        return index_bits, self._estimate(uni, height, width, scan, dq=dq), uni
+
+    def _estimate(self, levels, height, width, scan, **kw) -> float:
+        """The estimated bits of coding ``levels`` (A.4), under the init sets A.3 chooses when ``param_opt``."""
+        s = self.settings
+        kw.update(n_gtx=s.n_gtx, scan_order=scan)
+        if s.param_opt:
+            return self.engine.PayloadEncoder(s.edition).choose_init_sets(levels, height, width, **kw)[1]
+        return self.engine.estimate_tensor_bits(levels, height, width, edition=s.edition, **kw)
 
     def _uniform_smaller(self, name, part, qp, step, scan, dq, scale: float) -> bool:
         """Whether the uniform coding is estimated smaller than the codebook on the bands ``part`` of a
@@ -898,7 +912,7 @@ class Quantiser:
         if t is None:
             return True
         index_bits, uni_bits, _ = self._weigh(name, part, levels, t, step, height, width, scan, dq)
-        return uni_bits * scale <= index_bits * scale + 16 * len(t.codebook or ())
+        return uni_bits * scale <= index_bits * scale + _entry_bits(t)
 
     @staticmethod
     def _codebook_of(name, levels, qp, step, shape, height, width, scan, fmt=None) -> CodedTensor | None:

@@ -32,9 +32,10 @@ import numpy as np
 from .. import container as C
 from .._parallel import row_threads
 from ..array_store import size_of
+from ..container import codebook_bits
 from ..decoder import Limits, _payload_digests, _weights_before_biases
 from ..errors import EncodeError
-from .quantiser import CodedTensor, float32_holds
+from .quantiser import FLOAT32_FORMAT, CodedTensor, float32_holds
 from .settings import EncoderSettings, matches, qp_offset_fits
 
 
@@ -409,8 +410,8 @@ class UnitWriter:
         """``t`` as RAW_FLOAT when its coded NDU would not be smaller: no tensor costs more than float32.
         ``arr``: the tensor's values, or a function that reads them (called only when raw storage is weighed).
 
-        Only for a plain coded float tensor (no codebook, output format, restored dtype or
-        incremental state). The coded size is estimated first, by the init-set choice that
+        Only for a coded float tensor that decodes as float32 or as a codebook's float64 (no output format,
+        restored dtype or incremental state; raw storage keeps a float32 input's values exactly). The coded size is estimated first, by the init-set choice that
         coding needs anyway (spec A.3, A.4; the sets are kept in ``t`` for coding); both NDUs
         are built (at an MPS qp the tensor's qp offset fits) only for tensors under 64 values
         or when the estimate comes within 25 % of the raw payload.
@@ -419,8 +420,7 @@ class UnitWriter:
         if (
             not s.raw_when_smaller
             or t.ptype != "FLOAT"
-            or t.codebook
-            or t.fmt is not None
+            or t.fmt not in (None, FLOAT32_FORMAT)
             or self.state is not None
             or t.name in s.output_formats
         ):
@@ -437,9 +437,9 @@ class UnitWriter:
                 **kw,
             )
         else:
-            estimate = self.engine.estimate_tensor_bits(
-                t.levels, t.height, t.width, n_gtx=kw["n_gtx"], dq=t.dq, scan_order=t.scan, edition=s.edition
-            )
+            estimate = self.engine.estimate_tensor_bits(t.levels, t.height, t.width, edition=s.edition, **kw)
+        if t.codebook:
+            estimate += codebook_bits(t.codebook, t.cb_zero - (len(t.codebook) >> 1))
         if n >= 64 and estimate / 8 < 0.75 * 4 * n:  # a quarter of 256+ bytes covers any header difference
             return t
         if callable(arr):
