@@ -15,6 +15,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
+from .container import codebook_bits
 from .encoder import Encoder
 from .encoding.quantiser import is_finite, levels_fit_int32, tensor_geometry
 from .encoding.settings import check_importance, matches
@@ -24,26 +25,64 @@ from .reconstruction import step_size
 
 
 def _tensor_curve(enc: Encoder, name: str, x: np.ndarray, qps, importance) -> list[tuple[int, float, float]]:
-    """(qp, estimated bits, weighted squared error) of one tensor at each candidate qp."""
-    _, height, width, scan = tensor_geometry(x.shape, enc.scan_order)
+    """(qp, estimated bits, weighted squared error) of one tensor at each candidate qp, as the encoder would code
+    it there: uniformly, or as a codebook where its mode weighs one (A.8)."""
+    shape, height, width, scan = tensor_geometry(x.shape, enc.scan_order)
     flat = x.reshape(-1).astype(np.float64)
     f = np.ones_like(flat) if importance is None else np.asarray(importance, np.float64).reshape(-1)
     check_importance(name, f, flat.size)
+    quantiser = enc.quantiser
+    weighs_codebook = quantiser.weighs_codebook(x)
     curve = []
     for qp in qps:
         step = float(step_size(qp, enc.qp_density))
         if not levels_fit_int32(float(np.abs(flat).max(initial=0)), step):
             continue
-        levels = enc.quantiser.levels(name, flat, step, enc.dq, height, width, scan)
-        bits = enc.engine.estimate_tensor_bits(
-            levels, height, width, n_gtx=enc.n_gtx, dq=enc.dq, scan_order=scan, edition=enc.edition
-        )
-        recon = as_stored(enc.settings.dtypes.get(name), levels.astype(np.float32) * np.float32(step))
-        err = float((f * (flat - recon.astype(np.float64)) ** 2).sum())  # (bfloat16: as its file holds it)
+        coded, levels = None, None
+        if weighs_codebook:
+            coded, levels = quantiser.codebook_or_levels(name, x, qp, step, height, width, scan, None, shape, enc.dq)
+        if coded is not None:
+            bits = enc.engine.estimate_tensor_bits(
+                coded.levels,
+                height,
+                width,
+                n_gtx=enc.n_gtx,
+                scan_order=scan,
+                edition=enc.edition,
+                codebook_size=len(coded.codebook),
+                codebook_zero=coded.cb_zero,
+            ) + codebook_bits(coded.codebook, coded.cb_zero - (len(coded.codebook) >> 1))
+            recon = np.asarray(coded.recon, np.float32).reshape(-1)
+        else:
+            if levels is None:
+                levels = quantiser.levels(name, flat, step, enc.dq, height, width, scan)
+            bits = enc.engine.estimate_tensor_bits(
+                levels, height, width, n_gtx=enc.n_gtx, dq=enc.dq, scan_order=scan, edition=enc.edition
+            )
+            recon = levels.astype(np.float32) * np.float32(step)
+        recon = as_stored(enc.settings.dtypes.get(name), recon)  # (bfloat16: as its file holds it)
+        err = float((f * (flat - recon.astype(np.float64)) ** 2).sum())
         curve.append((qp, bits, err))
     if not curve:
         raise EncodeError(f"tensor {name!r}: no candidate qp keeps its levels within int32")
     return curve
+
+
+#: The finest default candidate step of a tensor, in octaves of its root mean square (2^-12 RMS: about 83 dB)
+FINEST_OCTAVES = -12
+
+
+def default_qps(x: np.ndarray, qp_density: int) -> range:
+    """The qps :func:`allocate_qps` tries for a tensor by default, at the encoder's qp density: steps from 2^-12
+    times its root mean square to the first power of two at least 4 times its largest magnitude (every weight
+    0: a tensor may be given up whole); for a tensor of zeros, 2^-15 to 2^-3."""
+    flat = np.asarray(x, np.float64).reshape(-1)
+    rms = math.sqrt(float(np.mean(np.square(flat)))) if flat.size else 0.0
+    if not 0 < rms < math.inf:
+        return range(-15 << qp_density, (-3 << qp_density) + 1)
+    peak = float(np.abs(flat).max())
+    low, high = math.floor(math.log2(rms)) + FINEST_OCTAVES, math.ceil(math.log2(peak)) + 2
+    return range(low << qp_density, (high << qp_density) + 1)
 
 
 def allocate_qps(
@@ -59,8 +98,9 @@ def allocate_qps(
 
     The distortion is sum F (w - ŵ)^2 over all float tensors (F = 1 unless ``importance``
     gives it).  Give ``target_distortion`` directly or ``target_snr_db`` (10 log10 of
-    sum w^2 over the distortion).  Each tensor's (bits, distortion) curve over ``qp_range``
-    is measured with the encoder's own quantiser and rate estimate; a Lagrange multiplier,
+    sum F w^2 over the distortion: the weight SNR without an importance).  Each tensor's
+    (bits, distortion) curve over its candidate qps is measured with the encoder's own
+    quantiser (a codebook where its mode would weigh one) and rate estimate; a Lagrange multiplier,
     found by bisection, picks one point per tensor so that the total distortion meets the
     target with the fewest bits.  The result feeds ``Encoder(qp_per_tensor=...)``.
 
@@ -71,10 +111,10 @@ def allocate_qps(
     target_distortion : float, optional
         Total (importance-weighted) squared error to meet.
     target_snr_db : float, optional
-        Or a target weight SNR in dB.
+        Or a target weight SNR in dB (importance-weighted when ``importance`` is given).
     qp_range : iterable of int, optional
-        Candidate qps per tensor; by default the steps 2**-15 to 2**-3 at the encoder's qp
-        density.
+        Candidate qps of every tensor; by default each tensor's own (:func:`default_qps`: steps
+        from 2^-12 times its root mean square to where every weight is 0).
     importance : mapping of str to numpy.ndarray, optional
         Per-weight F, e.g. from :func:`empirical_fisher`.
     **encoder_options
@@ -119,17 +159,18 @@ def allocate_qps(
         for k, v in tensors.items()
         if np.asarray(v).dtype.kind == "f" and not any(p == k for p in enc.raw) and is_finite(np.asarray(v))
     }
-    if target_snr_db is not None:
-        energy = sum(float((np.asarray(v, np.float64) ** 2).sum()) for v in floats.values())
+    if target_snr_db is not None:  # (the signal weighted as the error is: an SNR in the importance's terms)
+        energy = sum(_weighted_energy(v, importance.get(k)) for k, v in floats.items())
         target_distortion = energy / 10 ** (target_snr_db / 10)
-    if qp_range is None:  # steps 2**-15 to 2**-3 at the encoder's qp density (-60 to -12 at density 2)
-        qp_range = range(-15 << enc.qp_density, -(3 << enc.qp_density) + 1)
-    qps = list(qp_range)
+    qps = None if qp_range is None else list(qp_range)
     pinned = {k for k in floats if matches(k, enc.settings.qp_per_tensor)}
-    curves = {
-        k: _tensor_curve(enc, k, v, [enc.settings.tensor_qp(k, v.ndim)] if k in pinned else qps, importance.get(k))
-        for k, v in floats.items()
-    }
+
+    def candidates(k, v):
+        if k in pinned:
+            return [enc.settings.tensor_qp(k, v.ndim)]
+        return qps if qps is not None else default_qps(v, enc.qp_density)
+
+    curves = {k: _tensor_curve(enc, k, v, candidates(k, v), importance.get(k)) for k, v in floats.items()}
 
     def pick(mu: float) -> tuple[dict, float, float]:
         choice, bits, dist = {}, 0.0, 0.0
@@ -157,7 +198,31 @@ def allocate_qps(
             hi = mid
         if lo > 0 and hi / lo < 1 + 1e-9:
             break
-    return {k: qp for k, qp in pick(hi)[0].items() if k not in pinned}
+    choice, bits, _ = pick(hi)
+    assert target_distortion is not None  # (set above from the SNR when not given)
+    choice, bits = _no_worse_than_one_qp(curves, pinned, target_distortion, choice, bits)
+    return {k: qp for k, qp in choice.items() if k not in pinned}
+
+
+def _no_worse_than_one_qp(curves, pinned, target: float, choice: dict, bits: float) -> tuple[dict, float]:
+    """``choice`` (the multiplier's, ``bits`` in all), or the one qp common to the free tensors' candidates that
+    meets ``target`` in fewer bits on the measured curves: the multiplier reaches only the points of the curves'
+    convex hulls, so a target between two of them can cost more than one qp for all (A.11)."""
+    points = {k: {qp: (b, d) for qp, b, d in curve} for k, curve in curves.items()}
+    free = [k for k in curves if k not in pinned]
+    common = set.intersection(*(set(points[k]) for k in free)) if free else set()
+    for qp in sorted(common):
+        chosen = {k: (choice[k] if k in pinned else qp) for k in curves}
+        total_bits = sum(points[k][q][0] for k, q in chosen.items())
+        if total_bits < bits and sum(points[k][q][1] for k, q in chosen.items()) <= target:
+            choice, bits = chosen, total_bits
+    return choice, bits
+
+
+def _weighted_energy(x: np.ndarray, importance) -> float:
+    """sum F w^2 of a tensor (F = 1 without an importance)."""
+    w2 = np.square(np.asarray(x, np.float64).reshape(-1))
+    return float(w2.sum() if importance is None else (np.asarray(importance, np.float64).reshape(-1) * w2).sum())
 
 
 def empirical_fisher(gradients: Iterable[Mapping[str, object]]) -> dict[str, np.ndarray]:

@@ -2430,7 +2430,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--importance",
         metavar="FILE",
         help="a model file of per-weight importances F (same names and shapes), weighting the "
-        "squared error of --rdoq and of --target-snr (e.g. an empirical Fisher diagonal)",
+        "squared error of --rdoq (scaled to mean 1 per tensor) and of --target-snr (e.g. an empirical "
+        "Fisher diagonal)",
     )
     p.add_argument(
         "--target-snr",

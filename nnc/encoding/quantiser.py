@@ -79,6 +79,17 @@ CODEBOOK_SAMPLE = 1 << 18
 _SAMPLE_BANDS = 8
 
 
+def unit_mean(importance):
+    """A given importance scaled to mean 1 over its tensor (A.9), so that λ keeps its meaning (squared steps per
+    bit) whatever the importance's units: an empirical Fisher's squared gradients are ~1e-9, which made the rate
+    term drown the distortion (every weight 0). None, and an importance of mean 0, as they are."""
+    if importance is None:
+        return None
+    f = np.asarray(importance, np.float64).reshape(-1)
+    mean = float(f.mean()) if f.size else 0.0
+    return f / mean if 0 < mean < math.inf else f
+
+
 def _entry_bits(t: CodedTensor) -> int:
     """The bits of a codebook tensor's codebook() syntax (spec 7.2), as it is built."""
     book = t.codebook or [0]
@@ -591,7 +602,7 @@ class Quantiser:
             return (levels.T if transposed else levels).reshape(-1)
         if not dq and not lam:
             return _nearest_levels(flat, float(step))
-        importance = s.importance.get(name)
+        importance = unit_mean(s.importance.get(name))
         if lam and name in s.sigmas:
             # DC-v1: F = 1 / sigma^2, in squared step sizes (x is w / step)
             importance = (float(step) / np.maximum(np.asarray(s.sigmas[name], np.float64).reshape(-1), 1e-30)) ** 2
@@ -688,14 +699,9 @@ class Quantiser:
                 )
             return stored_raw(name, f32, height, width, fmt, dtype_name, kept_raw)
         levels = None
-        few = s.codebook == "few"  # (float tensors of few values only, profile 1: decoded in their own dtype)
-        if (
-            s.codebook
-            and not in_block
-            and (not few or (kind not in "iub" and s.profile == 1 and few_distinct_values(x)))
-        ):
-            book_fmt = FLOAT32_FORMAT if few and fmt is None else fmt
-            coded, levels = self._codebook(name, x, qp, step, height, width, scan, book_fmt, shape, dq)
+        if not in_block and self.weighs_codebook(x, kind):
+            book_fmt = FLOAT32_FORMAT if s.codebook == "few" and fmt is None else fmt
+            coded, levels = self.codebook_or_levels(name, x, qp, step, height, width, scan, book_fmt, shape, dq)
             if coded is not None:
                 if kind not in "iub":
                     geometry = (shape, height, width, scan, fmt, dtype_name)
@@ -840,7 +846,7 @@ class Quantiser:
             want = "float32"
         return min(np.dtype(want), decoded, key=lambda d: d.itemsize)
 
-    def _codebook(self, name, x, qp, step, height, width, scan, fmt, shape, dq):
+    def codebook_or_levels(self, name, x, qp, step, height, width, scan, fmt, shape, dq):
         """Codebook mode (spec 7.2, 12.4): the distinct uniform levels form the codebook.
 
         Returns (coded tensor, None), or in "auto" and "few" modes (None, uniform levels) when the
@@ -864,6 +870,15 @@ class Quantiser:
             if uni_bits <= index_bits + _entry_bits(t):
                 return None, uni
         return t, None
+
+    def weighs_codebook(self, x: np.ndarray, kind: str = "f") -> bool:
+        """Whether a tensor outside block NDUs (values ``x``, of dtype kind ``kind``) is coded as a codebook or
+        weighed for one (A.8): with ``codebook`` True or "auto", or "few" for a float tensor of few values in
+        profile 1 (decoded in its own dtype)."""
+        s = self.settings
+        if s.codebook != "few":
+            return bool(s.codebook)
+        return kind not in "iub" and s.profile == 1 and few_distinct_values(x)
 
     def _uniform_levels_are(self, name: str, dq: bool) -> bool:
         """Whether a codebook's levels (nearest, A.8) are the ones the uniform coding would use: without DQ,
