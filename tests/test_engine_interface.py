@@ -269,6 +269,10 @@ def test_import_without_compiled_engine_warns_once(uncompiled_tree):
     out = _run(["-c", code], uncompiled_tree)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n")[:3] == ["1 1", "python nnc.engine.python", "explicit cython: ImportError"]
+    # the warning names the user's import, not a frame of nnc or of importlib (it named <frozen importlib._bootstrap>)
+    (uncompiled_tree / "user_script.py").write_text("import nnc\nnnc.encode({'w': [0.5, 1.0]})\n")
+    shown = _run(["-c", "import warnings; warnings.simplefilter('always'); import user_script"], uncompiled_tree)
+    assert shown.returncode == 0 and "user_script.py:2: EngineFallbackWarning" in shown.stderr, shown.stderr
     quiet = _run(["-c", "import warnings; warnings.simplefilter('error'); import nnc; print('ok')"],
                  uncompiled_tree, {"NNC_ENGINE": "python"})
     assert quiet.returncode == 0 and quiet.stdout.strip() == "ok", quiet.stderr

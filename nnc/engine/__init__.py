@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 import warnings
-from types import ModuleType
+from types import FrameType, ModuleType
 
 #: Engine name -> module name.
 ENGINES = {"cython": "nnc._engine", "python": "nnc.engine.python"}
@@ -56,13 +57,31 @@ _COMPILED, _COMPILED_MISSING = _load_compiled()
 #: True when the compiled engine ``nnc._engine`` is importable.
 COMPILED_AVAILABLE = _COMPILED is not None
 
+
+def _outside_nnc_stacklevel() -> int:
+    """The ``stacklevel`` of the first frame outside nnc and the import machinery: the user's ``import nnc``
+    (stacklevel=2 pointed into ``<frozen importlib._bootstrap>``)."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    frame: FrameType | None = sys._getframe(1)
+    level = 1
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if not ("importlib" in name and "_bootstrap" in name):  # (frames warnings.warn skips itself)
+            ours = os.path.abspath(name).startswith(package + os.sep)
+            if not ours and f"{os.sep}importlib{os.sep}" not in name:
+                return level
+            level += 1
+        frame = frame.f_back
+    return 2
+
+
 if not COMPILED_AVAILABLE and not os.environ.get("NNC_ENGINE"):
     warnings.warn(
         f"the compiled engine nnc._engine is not built ({_COMPILED_MISSING}); nnc runs on the pure-Python "
         "engine, which gives the same results but is much slower. Install with a C compiler "
         "(`pip install .`) to build it, or set NNC_ENGINE=python to silence this warning.",
         EngineFallbackWarning,
-        stacklevel=2,
+        stacklevel=_outside_nnc_stacklevel(),
     )
 
 
