@@ -124,6 +124,19 @@ def test_nncodec_decoder_command_agrees_with_the_sheets(oracle):
     assert {r.name for r in results if r.passed} == agreed
 
 
+@pytest.mark.oracle
+def test_nncodec_decoder_command_skips_profile_0_streams(oracle):
+    """NNCodec 2.1.3 reads every stream as profile 1: profile-0 (1st-edition) streams failed in it, reported as
+    its failures (and profile-0 must-fail streams as passed); the command now says it does not decode them."""
+    manifest = json.loads((SUITE / "manifest.json").read_text())
+    profile_0 = {e["name"] for e in manifest["streams"] if e["profile"] == 0}
+    assert profile_0
+    with CommandAdapter([sys.executable, str(REPO / "tools" / "nncodec_decoder.py")]) as adapter:
+        results = verify_suite(SUITE, adapter, names=profile_0)
+    assert {r.name for r in results} == profile_0
+    assert all(r.passed and r.detail.startswith("skipped: NNCodec 2.1.3 decodes profile 1") for r in results)
+
+
 @pytest.mark.parametrize("manifest, words", [
     ("garbage", "not JSON"),
     ('{"streams": 5}', "no list of 'streams'"),

@@ -85,7 +85,7 @@ class NNCodecOracle:
             raise OracleError(f"the oracle worker died (exit status {self._proc.returncode})")
         rep = json.loads(line)
         if not rep.get("ok"):
-            raise OracleError(rep.get("error", "unknown error"))
+            raise OracleError(rep.get("error") or rep.get("unsupported") or "unknown error")
         return rep
 
     def compress_timed(self, tensors, repeats: int = 1, sequence: str | None = None,

@@ -57,6 +57,18 @@ def _stub_torchvision():
         setattr(root, sub, mod)
 
 
+def stream_profile(data: bytes):
+    """general_profile_idc of a stream whose first unit is a start unit (spec 3.2, 3.3, 4.1), else None."""
+    if len(data) < 2:
+        return None
+    long_size = data[0] >> 7  # nnr_unit_size_flag: a 31-bit size in 4 bytes, else 15 bits in 2
+    at = 4 if long_size else 2
+    if len(data) <= at or data[at] >> 2 != 0:  # nnr_unit_type 0: NNR_STR
+        return None
+    at += 2 if data[at] & 1 else 1  # (partial_data_counter_present_flag: one more byte)
+    return data[at] if len(data) > at else None
+
+
 def main():
     # The protocol gets a private copy of fd 1; fd 1 itself then points at stderr, so that
     # prints from NNCodec's C++ core (which write to fd 1 directly) cannot corrupt it.
@@ -115,6 +127,10 @@ def main():
             elif op == "decompress":
                 with open(req["in"], "rb") as fh:
                     data = bytearray(fh.read())
+                if stream_profile(data) == 0:  # (it would read one as profile 1 and fail: not a rejection)
+                    reply({"ok": False, "unsupported": "NNCodec 2.1.3 decodes profile 1 streams only (this is "
+                                                       "profile 0, the 1st edition)"})
+                    continue
                 times, decoded = [], None
                 for _ in range(repeats):
                     buf = bytearray(data)  # a persistent buffer, as the binding needs
