@@ -547,11 +547,12 @@ def _as_written(value: np.ndarray, planned: _Tensor, out_of) -> np.ndarray:
     return buffer
 
 
-def _add_update(dec: Decoder, output, add_to, template, progress, inputs, overwrite) -> dict:
+def _add_update(dec: Decoder, output, add_to, template, progress, inputs, overwrite, threads: int = 1) -> dict:
     """A decoded update of differences added to the model ``add_to`` (spec 14.5), written tensor by tensor: each
     of the model's tensors is read, the update's tensor of that name decoded and added (:func:`apply_update`), and
     the sum written, into a folder in the model's own checkpoint layout or into one file (``template``: .onnx);
-    memory is bounded by the tensors in flight. The model's digest is checked against the update's parent first."""
+    memory is bounded by the tensors in flight. The model's digest is checked against the update's parent first.
+    ``threads``: within each unit (its entry points, spec 7.3); the units are decoded in order (their parents)."""
     from .decoder import apply_update, check_update_parent
     from .errors import UpdateError
     from .formats import FormatError, format_from_extension
@@ -602,7 +603,7 @@ def _add_update(dec: Decoder, output, add_to, template, progress, inputs, overwr
         for name in names:
             if name in update:
                 if name not in later:
-                    unit = dec.decode(dec.info(name).block or [name])
+                    unit = dec.decode(dec.info(name).block or [name], threads=threads)
                     later.update((k, v) for k, v in unit.items() if k in here)
                 decoded, _ = restore_model_view({name: later.pop(name)}, dec.metadata)
                 model = {name: held[name]} if name in held else {}
@@ -767,7 +768,7 @@ def decode_to_path(
             return _decode_in_memory(dec, output, wanted, template, threads, progress, add_to)
         return _decode_in_memory(dec, output, wanted, template, threads, progress, add_to, inputs, overwrite)
     if add_to is not None:
-        return _add_update(dec, output, add_to, template, progress, inputs, overwrite)
+        return _add_update(dec, output, add_to, template, progress, inputs, overwrite, threads)
 
     def local(names, out):
         for name, array in dec.iter_tensors(names, threads=threads, out=out):

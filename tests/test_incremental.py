@@ -1219,3 +1219,34 @@ def test_add_to_decodes_each_unit_once(tmp_path, monkeypatch):
     held, _ = formats.read_model(tmp_path / "r1.npz")
     tracked = EncoderState.load(tmp_path / "tx").model
     assert list(held) == list(first) and all(np.array_equal(held[k], tracked[k]) for k in tracked)
+
+
+def test_add_to_decodes_each_unit_with_the_threads_asked_for(tmp_path, monkeypatch):
+    """Before: --add-to ignored --threads (decode_to_path's threads= never reached it): every unit in one thread,
+    though a unit's entry points let it decode in several."""
+    from nnc import formats
+    from nnc.cli import main
+    from nnc.decoder import Decoder
+
+    rng = np.random.default_rng(12)
+    first = {"w": rng.normal(0, 0.05, (64, 64)).astype(np.float32)}
+    second = {"w": first["w"] + rng.laplace(0, 0.003, (64, 64)).astype(np.float32)}
+    for i, m in enumerate((first, second)):
+        (tmp_path / f"m{i}.npz").write_bytes(formats.npz_bytes(m))
+        assert main(["encode", str(tmp_path / f"m{i}.npz"), "-o", str(tmp_path / f"s{i}.nnr"), "--qp", "-34",
+                     "--state", str(tmp_path / "tx"), "--differences", "-q"]) == 0
+    assert main(["decode", str(tmp_path / "s0.nnr"), "-o", str(tmp_path / "r0.npz"), "--state",
+                 str(tmp_path / "rx"), "-q"]) == 0
+    asked: list = []
+    real = Decoder._decode_ndu
+
+    def recording(self, unit, params, infos, threads, *args, **kwargs):
+        asked.append(threads)
+        return real(self, unit, params, infos, threads, *args, **kwargs)
+
+    monkeypatch.setattr(Decoder, "_decode_ndu", recording)
+    assert main(["decode", str(tmp_path / "s1.nnr"), "-o", str(tmp_path / "r1.npz"), "--state", str(tmp_path / "rx"),
+                 "--add-to", str(tmp_path / "r0.npz"), "--threads", "2", "-q"]) == 0
+    assert asked == [2]
+    held, _ = formats.read_model(tmp_path / "r1.npz")
+    assert np.array_equal(held["w"], EncoderState.load(tmp_path / "tx").model["w"])
