@@ -75,7 +75,27 @@ FINEST_OCTAVES = -12
 def default_qps(x: np.ndarray, qp_density: int) -> range:
     """The qps :func:`allocate_qps` tries for a tensor by default, at the encoder's qp density: steps from 2^-12
     times its root mean square to the first power of two at least 4 times its largest magnitude (every weight
-    0: a tensor may be given up whole); for a tensor of zeros, 2^-15 to 2^-3."""
+    0: a tensor may be given up whole); for a tensor of zeros, 2^-15 to 2^-3.
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        The tensor's values (finite).
+    qp_density : int
+        The encoder's qp density (spec 12.1).
+
+    Returns
+    -------
+    range
+        The candidate qps, finest first.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> r = default_qps(np.full(16, 0.25), 2)   # RMS and peak 2^-2: steps 2^-14 to 2^0
+    >>> r.start, r.stop - 1
+    (-56, 0)
+    """
     flat = np.asarray(x, np.float64).reshape(-1)
     rms = math.sqrt(float(np.mean(np.square(flat)))) if flat.size else 0.0
     if not 0 < rms < math.inf:
@@ -98,7 +118,9 @@ def allocate_qps(
 
     The distortion is sum F (w - ŵ)^2 over all float tensors (F = 1 unless ``importance``
     gives it).  Give ``target_distortion`` directly or ``target_snr_db`` (10 log10 of
-    sum F w^2 over the distortion: the weight SNR without an importance).  Each tensor's
+    sum F w^2 over the distortion; without an importance F is 1 over each tensor's mean
+    square, :func:`scale_importance`: every weight's error counts against its own tensor's
+    scale, as :attr:`~nnc.encoding.stream.StreamSummary.relative_snr_db` reports it).  Each tensor's
     (bits, distortion) curve over its candidate qps is measured with the encoder's own
     quantiser (a codebook where its mode would weigh one) and rate estimate; a Lagrange multiplier,
     found by bisection, picks one point per tensor so that the total distortion meets the
@@ -111,7 +133,8 @@ def allocate_qps(
     target_distortion : float, optional
         Total (importance-weighted) squared error to meet.
     target_snr_db : float, optional
-        Or a target weight SNR in dB (importance-weighted when ``importance`` is given).
+        Or a target SNR in dB: importance-weighted when ``importance`` is given, else each
+        tensor's against its own scale.
     qp_range : iterable of int, optional
         Candidate qps of every tensor; by default each tensor's own (:func:`default_qps`: steps
         from 2^-12 times its root mean square to where every weight is 0).
@@ -141,9 +164,8 @@ def allocate_qps(
     >>> sorted(qps) == ["big", "small"]
     True
     >>> rec = nnc.decode(nnc.encode(t, qp_per_tensor=qps, dq=False))
-    >>> err = sum(float(((t[k] - rec[k]) ** 2).sum()) for k in t)
-    >>> energy = sum(float((t[k] ** 2).sum()) for k in t)
-    >>> bool(10 * np.log10(energy / err) >= 29.9)
+    >>> nsr = [((t[k] - rec[k]) ** 2).sum() / (t[k] ** 2).sum() for k in t]  # each against its own scale
+    >>> bool(10 * np.log10(1 / np.mean(nsr)) >= 29.9)
     True
     """
     if (target_distortion is None) == (target_snr_db is None):
@@ -159,7 +181,10 @@ def allocate_qps(
         for k, v in tensors.items()
         if np.asarray(v).dtype.kind == "f" and not any(p == k for p in enc.raw) and is_finite(np.asarray(v))
     }
-    if target_snr_db is not None:  # (the signal weighted as the error is: an SNR in the importance's terms)
+    if target_snr_db is not None:
+        if not importance:  # each tensor's error against its own scale (its weights count, not its energy)
+            importance = scale_importance(floats)
+        # (the signal weighted as the error is: an SNR in the importance's terms)
         energy = sum(_weighted_energy(v, importance.get(k)) for k, v in floats.items())
         target_distortion = energy / 10 ** (target_snr_db / 10)
     qps = None if qp_range is None else list(qp_range)
@@ -217,6 +242,38 @@ def _no_worse_than_one_qp(curves, pinned, target: float, choice: dict, bits: flo
         if total_bits < bits and sum(points[k][q][1] for k, q in chosen.items()) <= target:
             choice, bits = chosen, total_bits
     return choice, bits
+
+
+def scale_importance(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """F = 1 / (mean square of its tensor) for each tensor of some energy: the importance under which
+    :func:`allocate_qps`'s SNR target is each tensor's error against its own scale, counted by its weights (spec
+    A.11). Without it a total weight SNR lets a tensor of large values (an embedding, a mask constant of -1e4)
+    stand for the model: a 40 dB target zeroed every layer of a GPT whose masks held -1e4.
+
+    Parameters
+    ----------
+    tensors : mapping of str to numpy.ndarray
+        The float tensors.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        {name: F} (float64, flat) of the tensors of finite, non-zero energy.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> F = scale_importance({"a": np.array([2.0, -2.0]), "zeros": np.zeros(3)})
+    >>> F["a"].tolist(), "zeros" in F
+    ([0.25, 0.25], False)
+    """
+    out = {}
+    for name, x in tensors.items():
+        flat = np.asarray(x, np.float64).reshape(-1)
+        mean_square = float(np.mean(np.square(flat))) if flat.size else 0.0
+        if 0 < mean_square < math.inf:
+            out[name] = np.full(flat.shape, 1.0 / mean_square)
+    return out
 
 
 def _weighted_energy(x: np.ndarray, importance) -> float:
@@ -395,4 +452,4 @@ def input_importance(
     return out
 
 
-__all__ = ["allocate_qps", "empirical_fisher", "input_importance", "laplace_sigmas"]
+__all__ = ["allocate_qps", "default_qps", "empirical_fisher", "input_importance", "laplace_sigmas", "scale_importance"]

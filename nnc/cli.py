@@ -819,7 +819,14 @@ def cmd_encode(args) -> int:
     snr = ""
     if not args.state:  # (an update's reconstruction is not the model's)
         report["snr_db"] = summary.snr_db
+        report["relative_snr_db"] = summary.relative_snr_db
         snr = f", weight SNR {summary.snr_db:.2f} dB"
+        if args.target_snr is not None:
+            measure = "against each tensor's scale" if args.importance is None else "importance-weighted"
+            target = summary.relative_snr_db if args.importance is None else None
+            snr += f" ({measure}, what --target-snr targets: " + (
+                f"{target:.2f} dB)" if target is not None else "see nnc.allocation.allocate_qps)"
+            )
     if args.json:
         print(json.dumps(_finite_json(report), indent=2))
     elif not args.quiet:
@@ -2437,8 +2444,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--target-snr",
         type=_positive_number,
         metavar="DB",
-        help="bit allocation: per-tensor qps with the fewest estimated bits for this total weight "
-        "SNR (importance-weighted with --importance); --tensor-qp still wins",
+        help="bit allocation: per-tensor qps with the fewest estimated bits for this SNR, each "
+        "tensor's error measured against its own scale (importance-weighted with --importance); "
+        "--tensor-qp still wins",
     )
     p.add_argument(
         "--sigmas",

@@ -433,7 +433,8 @@ def encode_model_to(model, output, *, progress=None, budget: int = 1 << 30, meas
         for name, x in tensors.items():
             if x.dtype.kind == "f":  # against the values the decoded model's file holds
                 stored_as = encoder.settings.dtypes.get(name)
-                summary.add_error(name, *error_sums(x, result.tensors[name].reconstruction, stored_as=stored_as)[:2])
+                sums = error_sums(x, result.tensors[name].reconstruction, stored_as=stored_as)
+                summary.add_error(name, sums[0], sums[1], size=x.size)
     summary.seconds = time.perf_counter() - t0
     return summary
 

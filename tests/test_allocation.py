@@ -16,11 +16,15 @@ def _model(seed):
             "c.weight": (rng.standard_normal((32, 32)) * 0.2).astype(np.float32)}
 
 
+def _relative_snr(tensors, decoded):
+    """What a target SNR means (A.11): each tensor's error against its own energy, counted by its weights."""
+    nsr = sum(v.size * float(((v.astype(np.float64) - decoded[k]) ** 2).sum() / (v.astype(np.float64) ** 2).sum())
+              for k, v in tensors.items())
+    return 10 * np.log10(sum(v.size for v in tensors.values()) / nsr)
+
+
 def _snr(tensors, result):
-    num = sum(float((v.astype(np.float64) ** 2).sum()) for v in tensors.values())
-    den = sum(float(((tensors[k].astype(np.float64) - result.tensors[k].reconstruction) ** 2).sum())
-              for k in tensors)
-    return 10 * np.log10(num / den)
+    return _relative_snr(tensors, {k: t.reconstruction for k, t in result.tensors.items()})
 
 
 @pytest.mark.parametrize("dq", [False, True])
@@ -130,10 +134,7 @@ def test_a_tensor_holding_inf_or_nan_is_left_to_raw_storage(tmp_path):
 
 
 def _weight_snr(tensors, stream):
-    decoded = nnc.decode(stream)
-    num = sum(float((np.asarray(v, np.float64) ** 2).sum()) for v in tensors.values())
-    den = sum(float(((np.asarray(tensors[k], np.float64) - decoded[k]) ** 2).sum()) for k in tensors)
-    return 10 * np.log10(num / den)
+    return _relative_snr(tensors, nnc.decode(stream))
 
 
 def _best_single_qp(tensors, target, qps):
@@ -196,3 +197,20 @@ def test_importance_is_taken_relative_to_its_tensor_s_mean(seed, exponent, lam, 
     f = rng.uniform(0.1, 2.0, (32, 48))
     at_unit = nnc.encode(w, qp=-30, dq=dq, rdoq_lambda=lam, importance={"w": f / f.mean()})
     assert nnc.encode(w, qp=-30, dq=dq, rdoq_lambda=lam, importance={"w": f * 10.0**exponent}) == at_unit
+
+
+def test_a_target_snr_keeps_every_tensor_whatever_the_others_scales():
+    """Before: the target was a total weight SNR, which a GPT's mask constants of -1e4 (stored exactly) or its
+    unit-scale embedding could meet alone: a 40 dB target zeroed every attention weight, exit 0. Now each tensor's
+    error counts against its own scale (scale_importance)."""
+    rng = np.random.default_rng(0)
+    model = {"wte": rng.normal(0, 1, (500, 64)).astype(np.float32)}
+    for i in range(3):
+        model[f"h{i}.masked_bias"] = np.array(-1e4, np.float32)
+        model[f"h{i}.weight"] = rng.normal(0, 0.04, (64, 192)).astype(np.float32)
+        model[f"h{i}.bias"] = rng.normal(0, 0.01, 192).astype(np.float32)
+    decoded = nnc.decode(nnc.encode(model, qp_per_tensor=allocate_qps(model, target_snr_db=40)))
+    assert _relative_snr(model, decoded) >= 40
+    for k, v in model.items():
+        error = float(((v.astype(np.float64) - decoded[k].reshape(v.shape)) ** 2).sum())
+        assert error == 0 or 10 * np.log10(float((v.astype(np.float64) ** 2).sum()) / error) > 30, k

@@ -114,6 +114,8 @@ class StreamSummary:
     original_bytes: int = 0
     energy: float = 0.0
     error: float = 0.0
+    relative_error: float = 0.0
+    relative_weights: int = 0
     qps: dict = field(default_factory=dict)
     skipped: list = field(default_factory=list)
     kept_raw: list = field(default_factory=list)
@@ -125,14 +127,17 @@ class StreamSummary:
     tied: dict = field(default_factory=dict)
     seconds: float = 0.0
 
-    def add_error(self, name: str, energy: float, error: float, total: bool = True) -> None:
+    def add_error(self, name: str, energy: float, error: float, total: bool = True, size: int = 0) -> None:
         """Count a float tensor's energy and quantisation error (``measure=True``); with ``total`` false (an integer
         tensor coded lossily) only to tell whether it kept its signal, not in the float weights' SNR. A tensor kept
         exactly (no error) is left out of the SNR: its energy would raise it with no error to weigh against (a
-        causal mask, a constant of -1e4)."""
+        causal mask, a constant of -1e4). ``size`` (its elements) counts it in :attr:`relative_snr_db`."""
         if total and error > 0:
             self.energy += energy
             self.error += error
+        if total and size and energy > 0:
+            self.relative_error += size * error / energy
+            self.relative_weights += size
         if error >= energy > 0:
             self.zeroed.append(name)
         elif coarse_snr_db(energy, error) is not None:
@@ -145,6 +150,15 @@ class StreamSummary:
         if math.isnan(self.error) or math.isnan(self.energy):
             return math.nan
         return snr_db(self.energy, self.error)
+
+    @property
+    def relative_snr_db(self) -> float:
+        """The weights' SNR each against its own tensor's scale, what ``--target-snr`` targets (spec A.11): 10
+        log10 of 1 over the mean, over the float tensors' weights, of their tensor's error / energy (NaN when not
+        measured)."""
+        if not self.relative_weights or math.isnan(self.error):
+            return math.nan
+        return snr_db(1.0, self.relative_error / self.relative_weights)
 
     @property
     def bits_per_weight(self) -> float:
@@ -349,7 +363,7 @@ def encode_to(
                 if t.qp is not None:
                     summary.qps[t.name] = t.qp
                 if measure:
-                    summary.add_error(t.name, *stats.get(t.name, (0.0, 0.0)))
+                    summary.add_error(t.name, *stats.get(t.name, (0.0, 0.0)), size=by_name[t.name].size)
                 if progress is not None:
                     progress(t.name, by_name[t.name].size)
                     for tie in tied_names.get(t.name, ()):
