@@ -112,6 +112,7 @@ def allocate_qps(
     target_snr_db: float | None = None,
     qp_range: Iterable[int] | None = None,
     importance: Mapping[str, np.ndarray] | None = None,
+    progress=None,
     **encoder_options,
 ) -> dict[str, int]:
     """Per-tensor qps minimising the estimated total bits for a total distortion target (spec A.11).
@@ -140,6 +141,9 @@ def allocate_qps(
         from 2^-12 times its root mean square to where every weight is 0).
     importance : mapping of str to numpy.ndarray, optional
         Per-weight F, e.g. from :func:`empirical_fisher`.
+    progress : callable, optional
+        Called as ``progress(name, elements)`` after each tensor's curve is measured (the
+        measuring takes most of the time: one quantisation and estimate per candidate qp).
     **encoder_options
         :class:`nnc.encoder.Encoder` options that shape the curves (``dq``, ``n_gtx``...).
         A tensor that ``qp_per_tensor`` names (or matches as a glob) keeps its qp: its
@@ -195,7 +199,13 @@ def allocate_qps(
             return [enc.settings.tensor_qp(k, v.ndim)]
         return qps if qps is not None else default_qps(v, enc.qp_density)
 
-    curves = {k: _tensor_curve(enc, k, v, candidates(k, v), importance.get(k)) for k, v in floats.items()}
+    if progress is not None and not callable(progress):
+        raise EncodeError(f"progress must be a callable or None, not {type(progress).__name__}")
+    curves = {}
+    for k, v in floats.items():
+        curves[k] = _tensor_curve(enc, k, v, candidates(k, v), importance.get(k))
+        if progress is not None:
+            progress(k, v.size)
 
     def pick(mu: float) -> tuple[dict, float, float]:
         choice, bits, dist = {}, 0.0, 0.0

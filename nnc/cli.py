@@ -737,9 +737,9 @@ def cmd_encode(args) -> int:
         # (--tensor-qp's tensors keep their qps: the allocation makes up for their error)
         fixed = {k: v for k, v in options.items() if k not in ("qp", "step", "importance", "sigmas")}
         models.with_file_dtypes(fixed, dtypes)  # (bfloat16 tensors: the error of the values their file holds)
-        with _errors_name(args.model, EncodeError):
+        with _errors_name(args.model, EncodeError), _AllocationProgress(tensors, args.quiet or args.json) as shown:
             allocated = allocate_qps(
-                tensors, target_snr_db=args.target_snr, importance=options.get("importance"), **fixed
+                tensors, target_snr_db=args.target_snr, importance=options.get("importance"), progress=shown, **fixed
             )
         explicit = options["qp_per_tensor"]  # first: the first pattern that matches a tensor applies
         options["qp_per_tensor"] = dict(explicit, **{k: v for k, v in allocated.items() if k not in explicit})
@@ -876,6 +876,25 @@ class _EncodeProgress:
         if self.bar is not None:
             self.bar.update(self.sizes.get(name, 0))
             self.bar.set_postfix_str(f"{self.done}/{self.count} tensors", refresh=False)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
+        return False
+
+
+class _AllocationProgress:
+    """tqdm bar of ``--target-snr``'s measuring of each tensor's curve, in weights; on a terminal unless quiet."""
+
+    def __init__(self, tensors, quiet: bool):
+        self.bar = _progress_bar(sum(int(np.size(v)) for v in tensors.values()), "weights", "choosing qps", quiet)
+
+    def __call__(self, name: str, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
 
     def __enter__(self):
         return self
