@@ -102,6 +102,7 @@ def default_qps(x: np.ndarray, qp_density: int) -> range:
         return range(-15 << qp_density, (-3 << qp_density) + 1)
     peak = float(np.abs(flat).max())
     low, high = math.floor(math.log2(rms)) + FINEST_OCTAVES, math.ceil(math.log2(peak)) + 2
+    low, high = max(low, -149), min(high, 126)  # (steps within float32's range, spec 12.1)
     return range(low << qp_density, (high << qp_density) + 1)
 
 
@@ -152,7 +153,9 @@ def allocate_qps(
     Returns
     -------
     dict of str to int
-        {tensor name: qp} of the float tensors ``qp_per_tensor`` does not name.
+        {tensor name: qp} of the float tensors ``qp_per_tensor`` does not name (with the
+        default candidates, not those whose values are too small for any qp within the
+        span one stream's qp offsets carry from the others': the encoder's rules code them).
 
     Raises
     ------
@@ -178,26 +181,40 @@ def allocate_qps(
         raise EncodeError(f"target_snr_db must be from -100 to 300 dB, not {target_snr_db}")
     if target_distortion is not None and not 0 <= float(target_distortion) < math.inf:
         raise EncodeError(f"target_distortion must be a finite number >= 0, not {target_distortion}")
-    enc = Encoder(**encoder_options)
     importance = dict(importance or {})
+    if importance and "importance" not in encoder_options:  # (the curves are the encoder's: A.9 weighs by it too)
+        encoder_options = dict(encoder_options, importance=importance)
+    enc = Encoder(**encoder_options)
     floats = {  # (a tensor holding inf or NaN is stored exactly, spec 7.5: no qp to choose)
         k: np.asarray(v)
         for k, v in tensors.items()
         if np.asarray(v).dtype.kind == "f" and not any(p == k for p in enc.raw) and is_finite(np.asarray(v))
     }
+    for k, f in importance.items():
+        if k in floats:
+            check_importance(k, np.asarray(f, np.float64).reshape(-1), floats[k].size)
+    qps = None if qp_range is None else list(qp_range)
+    pinned = {k for k in floats if matches(k, enc.settings.qp_per_tensor)}
+    own = {k: default_qps(v, enc.qp_density) for k, v in floats.items() if k not in pinned} if qps is None else {}
+    # (one stream's qps are offsets of (6 + qp_density) bits from one MPS qp, spec 8.2: the default ranges end
+    # within that span of the coarsest; a tensor whose whole range lies below it, of values far smaller than the
+    # others', is left to the encoder's own qp and rules (raw storage for one-signed values), out of the target)
+    floor = max((r.stop - 1 for r in own.values()), default=0) - (1 << (6 + enc.qp_density)) + 2
+    for k in [k for k, r in own.items() if r.stop - 1 < floor]:
+        del floats[k], own[k]
     if target_snr_db is not None:
         if not importance:  # each tensor's error against its own scale (its weights count, not its energy)
             importance = scale_importance(floats)
         # (the signal weighted as the error is: an SNR in the importance's terms)
         energy = sum(_weighted_energy(v, importance.get(k)) for k, v in floats.items())
         target_distortion = energy / 10 ** (target_snr_db / 10)
-    qps = None if qp_range is None else list(qp_range)
-    pinned = {k for k in floats if matches(k, enc.settings.qp_per_tensor)}
 
     def candidates(k, v):
         if k in pinned:
             return [enc.settings.tensor_qp(k, v.ndim)]
-        return qps if qps is not None else default_qps(v, enc.qp_density)
+        if qps is not None:
+            return qps
+        return [q for q in own[k] if q >= floor]
 
     if progress is not None and not callable(progress):
         raise EncodeError(f"progress must be a callable or None, not {type(progress).__name__}")

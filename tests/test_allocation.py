@@ -224,3 +224,32 @@ def test_allocation_reports_progress_tensor_by_tensor():
     assert seen == [(k, v.size) for k, v in model.items()]
     with pytest.raises(nnc.EncodeError, match="progress must be a callable"):
         allocate_qps(model, target_snr_db=20, progress=5)
+
+
+def test_allocation_curves_use_the_importance_the_encoder_will_weigh_rdoq_by():
+    """Before: the importance weighted the curves' error but not their RDOQ levels, which the encoder then chose
+    by it: an importance-weighted 25 dB target ended at 23.7 dB."""
+    rng = np.random.default_rng(5)
+    tensors = {f"t{i}": (rng.standard_normal((64, 96)) * 0.05).astype(np.float32) for i in range(3)}
+    importance = {k: rng.chisquare(1, v.shape) * 1e-9 for k, v in tensors.items()}
+    for target in (25.0, 40.0):
+        qps = allocate_qps(tensors, target_snr_db=target, importance=importance, rdoq_lambda=0.5, dq=False)
+        res = nnc.Encoder(qp_per_tensor=qps, rdoq_lambda=0.5, dq=False, importance=importance).encode(tensors)
+        num = sum(float((importance[k] * tensors[k].astype(np.float64) ** 2).sum()) for k in tensors)
+        den = sum(float((importance[k] * (tensors[k] - res.tensors[k].reconstruction) ** 2).sum()) for k in tensors)
+        assert 10 * np.log10(num / den) >= target
+
+
+def test_allocation_stays_within_what_one_stream_can_carry():
+    """Before: a tensor of 1e-30 values got qp -422 beside -29 (the encoder refused the span of qp offsets), a peak
+    of 5e37 a qp whose step leaves float32 (a DecodeError from an encoder API), and an importance of the wrong
+    shape a bare numpy ValueError."""
+    rng = np.random.default_rng(7)
+    tiny, w = np.full(2048, 1e-30, np.float32), rng.normal(0, 0.1, (64, 64)).astype(np.float32)
+    qps = allocate_qps({"v": tiny, "w": w}, target_snr_db=30)
+    assert "v" not in qps  # (left to the encoder's rules: one-signed values stored raw)
+    assert nnc.decode(nnc.encode({"v": tiny, "w": w}, qp_per_tensor=qps))["v"][0] == np.float32(1e-30)
+    huge = {"v": np.full(100, 5e37, np.float32)}
+    nnc.encode(huge, qp_per_tensor=allocate_qps(huge, target_snr_db=30))
+    with pytest.raises(nnc.EncodeError, match="importance needs one value per element"):
+        allocate_qps({"w": w}, target_snr_db=30, importance={"w": np.ones(3)})

@@ -860,7 +860,8 @@ class Quantiser:
             part = sample_bands(x.reshape(height, width))
             if part.size < x.size and self._uniform_smaller(name, part, qp, step, scan, dq, x.size / part.size):
                 return None, None  # (the caller quantises the whole tensor once, uniformly)
-            weighed = False  # (the codebook, from its estimate on the bands)
+            # (else weighed again whole: the bands may hold few of the tensor's distinct values, which makes
+            # the codebook look cheaper there, so only the uniform coding's win is taken from them)
         levels = self.levels(name, x, float(step), False, height, width, scan, rated=False)  # (A.8: nearest)
         t = self._codebook_of(name, levels, qp, step, shape, height, width, scan, fmt)  # (qp: DC-v1's too)
         if t is None:
