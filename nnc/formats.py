@@ -1457,7 +1457,9 @@ class OnnxWriter:
 
         onnx, numpy_helper = _onnx()
         if template is None:
-            raise FormatError("writing ONNX needs the original model as a template (--template MODEL.onnx)")
+            raise FormatError(
+                "writing ONNX needs the original model as a template (template=, nnc decode --template MODEL.onnx)"
+            )
         self.path = os.fspath(path)
         folder = os.path.dirname(os.fspath(template))
         try:

@@ -234,7 +234,7 @@ def _checkpoint_plan(ckpt: Any, tensors, new_to_last: bool = False) -> tuple[lis
         from .formats import FormatError
 
         raise FormatError(
-            "the stream records an ONNX model: decode it to a .onnx file with --template "
+            "the stream records an ONNX model: decode it to a .onnx file with a template (template=, --template) "
             "(the original model), or to a .safetensors or .npz file"
         )
     return [f for f in files if f.tensors], index
@@ -663,6 +663,7 @@ def decode_to_path(
     add_to=None,
     inputs=None,
     overwrite: bool = False,
+    template=None,
     **decoder_options,
 ) -> dict:
     """Decode a stream to model files, one tensor at a time, never holding the model in memory.
@@ -706,9 +707,10 @@ def decode_to_path(
         Into a folder: replace files of the names the stream's layout gives that are
         there already (the stream names them, not the caller: by default they are
         refused, so that decoding next to the original model does not replace it).
+    template : str, ``os.PathLike`` or None
+        The original .onnx model, for .onnx output (its graph; the weights are the stream's).
     **decoder_options
-        ``limits``, ``engine``, ``state``, ``entry_points``, and ``template``
-        (for .onnx output), as for :func:`nnc.models.decode_model`.
+        ``limits``, ``engine``, ``state``, ``entry_points``, as for :func:`nnc.models.decode_model`.
 
     Returns
     -------
@@ -745,7 +747,6 @@ def decode_to_path(
     >>> nnc.formats.read_model(path)[1]
     {'w': 'bfloat16'}
     """
-    template = decoder_options.pop("template", None)
     if progress is not None and not callable(progress):
         raise TypeError(f"progress must be a callable or None, not {type(progress).__name__}")
     if isinstance(stream, Decoder):
