@@ -15,7 +15,6 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from .container import codebook_bits
 from .encoder import Encoder
 from .encoding.quantiser import is_finite, levels_fit_int32, tensor_geometry
 from .encoding.settings import check_importance, matches
@@ -42,16 +41,19 @@ def _tensor_curve(enc: Encoder, name: str, x: np.ndarray, qps, importance) -> li
         if weighs_codebook:
             coded, levels = quantiser.codebook_or_levels(name, x, qp, step, height, width, scan, None, shape, enc.dq)
         if coded is not None:
-            bits = enc.engine.estimate_tensor_bits(
-                coded.levels,
-                height,
-                width,
-                n_gtx=enc.n_gtx,
-                scan_order=scan,
-                edition=enc.edition,
-                codebook_size=len(coded.codebook),
-                codebook_zero=coded.cb_zero,
-            ) + codebook_bits(coded.codebook, coded.cb_zero - (len(coded.codebook) >> 1))
+            bits = (
+                enc.engine.estimate_tensor_bits(
+                    coded.levels,
+                    height,
+                    width,
+                    n_gtx=enc.n_gtx,
+                    scan_order=scan,
+                    edition=enc.edition,
+                    codebook_size=len(coded.codebook),
+                    codebook_zero=coded.cb_zero,
+                )
+                + coded.codebook_bits()
+            )
             recon = np.asarray(coded.recon, np.float32).reshape(-1)
         else:
             if levels is None:

@@ -821,12 +821,8 @@ def cmd_encode(args) -> int:
         report["snr_db"] = summary.snr_db
         report["relative_snr_db"] = summary.relative_snr_db
         snr = f", weight SNR {summary.snr_db:.2f} dB"
-        if args.target_snr is not None:
-            measure = "against each tensor's scale" if args.importance is None else "importance-weighted"
-            target = summary.relative_snr_db if args.importance is None else None
-            snr += f" ({measure}, what --target-snr targets: " + (
-                f"{target:.2f} dB)" if target is not None else "see nnc.allocation.allocate_qps)"
-            )
+        if args.target_snr is not None and args.importance is None:
+            snr += f", {summary.relative_snr_db:.2f} dB against each tensor's scale (--target-snr's measure)"
     if args.json:
         print(json.dumps(_finite_json(report), indent=2))
     elif not args.quiet:
@@ -890,7 +886,8 @@ class _AllocationProgress:
     """tqdm bar of ``--target-snr``'s measuring of each tensor's curve, in weights; on a terminal unless quiet."""
 
     def __init__(self, tensors, quiet: bool):
-        self.bar = _progress_bar(sum(int(np.size(v)) for v in tensors.values()), "weights", "choosing qps", quiet)
+        total = sum(int(np.size(v)) for v in tensors.values() if np.asarray(v).dtype.kind == "f")
+        self.bar = _progress_bar(total, "weights", "choosing qps", quiet)
 
     def __call__(self, name: str, n: int) -> None:
         if self.bar is not None:

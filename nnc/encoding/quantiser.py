@@ -90,12 +90,6 @@ def unit_mean(importance):
     return f / mean if 0 < mean < math.inf else f
 
 
-def _entry_bits(t: CodedTensor) -> int:
-    """The bits of a codebook tensor's codebook() syntax (spec 7.2), as it is built."""
-    book = t.codebook or [0]
-    return codebook_bits(book, t.cb_zero - (len(book) >> 1))
-
-
 def sample_bands(a: np.ndarray, target: int = CODEBOOK_SAMPLE) -> np.ndarray:
     """About ``target`` elements of the 2-D array ``a`` in eight evenly spaced bands of rows (of columns when
     eight bands of rows would take every row), joined: a smaller tensor whose coding costs per element resemble
@@ -165,6 +159,12 @@ class CodedTensor:
     init_sets: np.ndarray | None = None
     kept_raw: str | None = None
     kept_exact: str | None = None  # why a float tensor is coded exactly at a qp other than its own
+
+    def codebook_bits(self) -> int:
+        """The bits of its codebook() syntax (spec 7.2) as built; 0 without a codebook."""
+        if not self.codebook:
+            return 0
+        return codebook_bits(self.codebook, self.cb_zero - (len(self.codebook) >> 1))
 
     @classmethod
     def raw_float(
@@ -868,7 +868,7 @@ class Quantiser:
             return None, (levels if self._uniform_levels_are(name, dq) else None)
         if weighed:
             index_bits, uni_bits, uni = self._weigh(name, x, levels, t, step, height, width, scan, dq)
-            if uni_bits <= index_bits + _entry_bits(t):
+            if uni_bits <= index_bits + t.codebook_bits():
                 return None, uni
         return t, None
 
@@ -920,7 +920,7 @@ class Quantiser:
     def _uniform_smaller(self, name, part, qp, step, scan, dq, scale: float) -> bool:
         """Whether the uniform coding is estimated smaller than the codebook on the bands ``part`` of a
         tensor ``scale`` times as large (A.8): the two codings' bits per element there, the codebook's
-        entries counted once."""
+        syntax counted once."""
         height, width = part.shape
         scan = effective_scan_order(height, width, scan)
         levels = self.levels(name, part, float(step), False, height, width, scan, rated=False)
@@ -928,7 +928,7 @@ class Quantiser:
         if t is None:
             return True
         index_bits, uni_bits, _ = self._weigh(name, part, levels, t, step, height, width, scan, dq)
-        return uni_bits * scale <= index_bits * scale + _entry_bits(t)
+        return uni_bits * scale <= index_bits * scale + t.codebook_bits()
 
     @staticmethod
     def _codebook_of(name, levels, qp, step, shape, height, width, scan, fmt=None) -> CodedTensor | None:

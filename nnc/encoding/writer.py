@@ -32,7 +32,6 @@ import numpy as np
 from .. import container as C
 from .._parallel import row_threads
 from ..array_store import size_of
-from ..container import codebook_bits
 from ..decoder import Limits, _payload_digests, _weights_before_biases
 from ..errors import EncodeError
 from .quantiser import FLOAT32_FORMAT, CodedTensor, float32_holds
@@ -410,9 +409,9 @@ class UnitWriter:
         """``t`` as RAW_FLOAT when its coded NDU would not be smaller: no tensor costs more than float32.
         ``arr``: the tensor's values, or a function that reads them (called only when raw storage is weighed).
 
-        Only for a coded float tensor that decodes as float32 or as a codebook's float64 (no output format,
-        restored dtype or incremental state; raw storage keeps a float32 input's values exactly). The coded size is estimated first, by the init-set choice that
-        coding needs anyway (spec A.3, A.4; the sets are kept in ``t`` for coding); both NDUs
+        Only for a coded float tensor that decodes as float32 or as a codebook's float64 (no output
+        format, restored dtype or incremental state; raw storage keeps a float32 input's values
+        exactly). The coded size is estimated first, by the init-set choice that coding needs anyway (spec A.3, A.4; the sets are kept in ``t`` for coding); both NDUs
         are built (at an MPS qp the tensor's qp offset fits) only for tensors under 64 values
         or when the estimate comes within 25 % of the raw payload.
         """
@@ -438,8 +437,7 @@ class UnitWriter:
             )
         else:
             estimate = self.engine.estimate_tensor_bits(t.levels, t.height, t.width, edition=s.edition, **kw)
-        if t.codebook:
-            estimate += codebook_bits(t.codebook, t.cb_zero - (len(t.codebook) >> 1))
+        estimate += t.codebook_bits()
         if n >= 64 and estimate / 8 < 0.75 * 4 * n:  # a quarter of 256+ bytes covers any header difference
             return t
         if callable(arr):
