@@ -857,7 +857,21 @@ def _first_few(names: list, shown: int = 5) -> str:
     return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
 
 
-class _EncodeProgress:
+class _Bar:
+    """A progress callable around a tqdm bar (``self.bar``, None when hidden), closed at the end of a ``with``."""
+
+    bar = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
+        return False
+
+
+class _EncodeProgress(_Bar):
     """tqdm bar of an encode, in bytes of the model (original dtypes) and tensors, with an ETA driven by
     the tensors written; shown on a terminal unless quiet."""
 
@@ -873,16 +887,8 @@ class _EncodeProgress:
             self.bar.update(self.sizes.get(name, 0))
             self.bar.set_postfix_str(f"{self.done}/{self.count} tensors", refresh=False)
 
-    def __enter__(self):
-        return self
 
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.close()
-        return False
-
-
-class _AllocationProgress:
+class _AllocationProgress(_Bar):
     """tqdm bar of ``--target-snr``'s measuring of each tensor's curve, in weights; on a terminal unless quiet."""
 
     def __init__(self, tensors, quiet: bool):
@@ -892,14 +898,6 @@ class _AllocationProgress:
     def __call__(self, name: str, n: int) -> None:
         if self.bar is not None:
             self.bar.update(n)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.close()
-        return False
 
 
 def _encode_on_cluster(args, options) -> int:
