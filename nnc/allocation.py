@@ -23,7 +23,9 @@ from .narrow_floats import as_stored
 from .reconstruction import step_size
 
 
-def _tensor_curve(enc: Encoder, name: str, x: np.ndarray, qps, importance) -> list[tuple[int, float, float]]:
+def _tensor_curve(
+    enc: Encoder, name: str, x: np.ndarray, qps, importance, allow_empty: bool = False
+) -> list[tuple[int, float, float]]:
     """(qp, estimated bits, weighted squared error) of one tensor at each candidate qp, as the encoder would code
     it there: uniformly, or as a codebook where its mode weighs one (A.8)."""
     shape, height, width, scan = tensor_geometry(x.shape, enc.scan_order)
@@ -65,7 +67,7 @@ def _tensor_curve(enc: Encoder, name: str, x: np.ndarray, qps, importance) -> li
         recon = as_stored(enc.settings.dtypes.get(name), recon)  # (bfloat16: as its file holds it)
         err = float((f * (flat - recon.astype(np.float64)) ** 2).sum())
         curve.append((qp, bits, err))
-    if not curve:
+    if not curve and not allow_empty:
         raise EncodeError(f"tensor {name!r}: no candidate qp keeps its levels within int32")
     return curve
 
@@ -146,7 +148,9 @@ def allocate_qps(
         Per-weight F, e.g. from :func:`empirical_fisher`.
     progress : callable, optional
         Called as ``progress(name, elements)`` after each tensor's curve is measured (the
-        measuring takes most of the time: one quantisation and estimate per candidate qp).
+        measuring takes most of the time: one quantisation and estimate per candidate qp),
+        twice per tensor with the default candidates: they are measured one qp an octave
+        first, then near each tensor's choice.
     **encoder_options
         :class:`nnc.encoder.Encoder` options that shape the curves (``dq``, ``n_gtx``...).
         A tensor that ``qp_per_tensor`` names (or matches as a glob) keeps its qp: its
@@ -220,11 +224,38 @@ def allocate_qps(
 
     if progress is not None and not callable(progress):
         raise EncodeError(f"progress must be a callable or None, not {type(progress).__name__}")
+    octave = 1 << enc.qp_density
+    coarse_first = qps is None  # (default candidates: one qp an octave first, then those near each choice)
+
+    def first_pass(k, v):
+        c = candidates(k, v)
+        if not coarse_first or k in pinned:
+            return c
+        return c[::octave] + ([c[-1]] if (len(c) - 1) % octave else [])
+
     curves = {}
     for k, v in floats.items():
-        curves[k] = _tensor_curve(enc, k, v, candidates(k, v), importance.get(k))
+        curves[k] = _tensor_curve(enc, k, v, first_pass(k, v), importance.get(k))
         if progress is not None:
             progress(k, v.size)
+    assert target_distortion is not None  # (set above from the SNR when not given)
+    choice, bits = _multiplier_choice(curves, pinned, target_distortion)
+    if coarse_first:
+        for k, v in floats.items():
+            measured = {p[0] for p in curves[k]}
+            near = [q for q in candidates(k, v) if abs(q - choice[k]) < octave and q not in measured]
+            if near and k not in pinned:
+                curves[k] = sorted(curves[k] + _tensor_curve(enc, k, v, near, importance.get(k), allow_empty=True))
+            if progress is not None:
+                progress(k, v.size)
+        choice, bits = _multiplier_choice(curves, pinned, target_distortion)
+    choice, bits = _no_worse_than_one_qp(curves, pinned, target_distortion, choice, bits)
+    return {k: qp for k, qp in choice.items() if k not in pinned}
+
+
+def _multiplier_choice(curves: dict, pinned, target: float) -> tuple[dict, float]:
+    """The qp per tensor minimising bits + μ·error for the smallest μ (bisection) whose total error meets
+    ``target``, and its bits; EncodeError when no choice of the curves meets it."""
 
     def pick(mu: float) -> tuple[dict, float, float]:
         choice, bits, dist = {}, 0.0, 0.0
@@ -234,28 +265,26 @@ def allocate_qps(
         return choice, bits, dist
 
     lo, hi = 0.0, 1.0
-    while pick(hi)[2] > target_distortion and hi < 1e300:
+    while pick(hi)[2] > target and hi < 1e300:
         hi *= 16.0
-    if pick(hi)[2] > target_distortion:
+    if pick(hi)[2] > target:
         fixed_error = sum(curves[k][0][2] for k in pinned)
-        if fixed_error > target_distortion:
+        if fixed_error > target:
             raise EncodeError(
                 f"the tensors whose qp is given ({', '.join(sorted(pinned)[:3])}{', ...' if len(pinned) > 3 else ''}) "
-                f"alone exceed the target distortion {target_distortion:.4g} ({fixed_error:.4g}): give them finer qps"
+                f"alone exceed the target distortion {target:.4g} ({fixed_error:.4g}): give them finer qps"
             )
-        raise EncodeError(f"no qps in the range reach the target distortion {target_distortion:.4g}")
+        raise EncodeError(f"no qps in the range reach the target distortion {target:.4g}")
     for _ in range(200):
         mid = math.sqrt(lo * hi) if lo > 0 else hi / 1e12
-        if pick(mid)[2] > target_distortion:
+        if pick(mid)[2] > target:
             lo = mid
         else:
             hi = mid
         if lo > 0 and hi / lo < 1 + 1e-9:
             break
     choice, bits, _ = pick(hi)
-    assert target_distortion is not None  # (set above from the SNR when not given)
-    choice, bits = _no_worse_than_one_qp(curves, pinned, target_distortion, choice, bits)
-    return {k: qp for k, qp in choice.items() if k not in pinned}
+    return choice, bits
 
 
 def _no_worse_than_one_qp(curves, pinned, target: float, choice: dict, bits: float) -> tuple[dict, float]:

@@ -892,7 +892,8 @@ class _AllocationProgress(_Bar):
     """tqdm bar of ``--target-snr``'s measuring of each tensor's curve, in weights; on a terminal unless quiet."""
 
     def __init__(self, tensors, quiet: bool):
-        total = sum(int(np.size(v)) for v in tensors.values() if np.asarray(v).dtype.kind == "f")
+        # (each tensor's curve is measured in two passes: one qp an octave, then near its choice)
+        total = 2 * sum(int(np.size(v)) for v in tensors.values() if np.asarray(v).dtype.kind == "f")
         self.bar = _progress_bar(total, "weights", "choosing qps", quiet)
 
     def __call__(self, name: str, n: int) -> None:
