@@ -166,7 +166,9 @@ def allocate_qps(
     Raises
     ------
     nnc.errors.EncodeError
-        If both or neither target is given, or no qp in the range meets the target.
+        If both or neither target is given, no qp in the range meets the target, or
+        ``covariances`` are given (error feedback trades the weights' own error, which the
+        curves measure, for the layers' output error).
 
     Examples
     --------
@@ -187,6 +189,11 @@ def allocate_qps(
         raise EncodeError(f"target_snr_db must be from -100 to 300 dB, not {target_snr_db}")
     if target_distortion is not None and not 0 <= float(target_distortion) < math.inf:
         raise EncodeError(f"target_distortion must be a finite number >= 0, not {target_distortion}")
+    if encoder_options.get("covariances"):
+        raise EncodeError(
+            "allocate_qps measures each tensor's own error, which error feedback (covariances=) trades for the "
+            "layers' output error: give the covariances to the encoder, not to the allocation"
+        )
     importance = dict(importance or {})
     if importance and "importance" not in encoder_options:  # (the curves are the encoder's: A.9 weighs by it too)
         encoder_options = dict(encoder_options, importance=importance)

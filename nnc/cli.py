@@ -498,6 +498,7 @@ _ENCODE_FLAGS = {
     "qp_per_tensor": "--tensor-qp",
     "lambda_per_tensor": "--tensor-lambda",
     "nonweight_qp": "--nonweight-qp",
+    "nonweight_snr_db": "--nonweight-snr",
     "qp_density": "--qp-density",
     "scan_order": "--scan-order",
     "n_gtx": "--n-gtx",
@@ -635,6 +636,8 @@ def cmd_encode(args) -> int:
     )
     if args.nonweight_qp is not None:
         options["nonweight_qp"] = args.nonweight_qp
+    if args.nonweight_snr is not None:
+        options["nonweight_snr_db"] = args.nonweight_snr
     if problem := _refused_option_values(options):
         return _misused(problem)
     for option, path in (("sigmas", args.sigmas), ("importance", args.importance)):
@@ -2384,6 +2387,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="per-tensor qp by name or glob (repeatable; the first pattern that matches a tensor applies)",
     )
     p.add_argument("--nonweight-qp", type=int, help="qp of 1-D tensors (default: the weights' qp)")
+    p.add_argument(
+        "--nonweight-snr",
+        type=float,
+        metavar="DB",
+        help="least SNR of a 1-D tensor whose qp no option names: coded at a finer qp when the weights' would leave "
+        "it under this (default: 20; 0: off)",
+    )
     p.add_argument("--raw", action="append", metavar="PATTERN", help="store matching tensors uncompressed")
     p.add_argument(
         "--lossless-int",

@@ -148,7 +148,8 @@ class NNC(_CodecBase):
             # coded transposed: its C order is the chunk's memory order, whose bytes numcodecs' users read back
             extra["order"] = "F"  # spec 6.2.1
             chunk = chunk.T
-        options = dict(dq=self.dq, rdoq_lambda=self.rdoq_lambda, nonweight_qp=None)
+        # (a chunk's step is the configuration's: no floor of the model tensors of one dimension, spec A.7)
+        options = dict(dq=self.dq, rdoq_lambda=self.rdoq_lambda, nonweight_qp=None, nonweight_snr_db=None)
         # a chunk with NaN or Inf has no SNR: it is stored raw, exactly, as at any qp (float8: coded exactly)
         quantised = chunk.dtype.kind == "f" or chunk.dtype.name == "bfloat16"
         if self.target_snr is not None and quantised and np.any(chunk) and is_finite(chunk):

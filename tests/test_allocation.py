@@ -253,3 +253,11 @@ def test_allocation_stays_within_what_one_stream_can_carry():
     nnc.encode(huge, qp_per_tensor=allocate_qps(huge, target_snr_db=30))
     with pytest.raises(nnc.EncodeError, match="importance needs one value per element"):
         allocate_qps({"w": w}, target_snr_db=30, importance={"w": np.ones(3)})
+
+
+def test_covariances_are_refused_with_a_reason():
+    """Before: the curves quantised each tensor flattened, and the error feedback asked for its two dimensions: 'a
+    covariance needs a weight of 2 or more dimensions' for a weight of two (the command line refused the pair)."""
+    w = np.random.default_rng(0).normal(0, 0.05, (8, 16)).astype(np.float32)
+    with pytest.raises(nnc.EncodeError, match="error feedback .covariances=. trades"):
+        allocate_qps({"w": w}, target_snr_db=30, dq=False, covariances={"w": np.eye(16)})

@@ -252,7 +252,7 @@ def test_cluster_encodes_and_decodes_say_what_local_ones_say(client, tmp_path, c
     with pytest.warns(nnc.PrecisionWarning, match="kept none of their signal.*'w'"):
         nnc.encode_model(str(path), str(tmp_path / "api.nnr"), client=client, qp=0)
     coarse = tmp_path / "coarse.safetensors"
-    formats.write_model(str(coarse), {"m": (1e-3 + np.random.default_rng(2).normal(0, 5e-4, 16)).astype(np.float32)})
+    formats.write_model(str(coarse), {"m": (1e-3 + np.random.default_rng(2).normal(0, 5e-4, (4, 4))).astype(np.float32)})
     with pytest.warns(nnc.PrecisionWarning, match="kept little of their signal.*'m'"):
         nnc.encode_model(str(coarse), str(tmp_path / "coarse.nnr"), client=client, qp=-38)
     monkeypatch.setattr(nnc.distributed, "get_client", lambda scheduler: (client, False))

@@ -1091,12 +1091,15 @@ def test_a_tensor_that_keeps_little_of_its_signal_is_warned_of(tmp_path, capsys)
     path = tmp_path / "m.npz"
     path.write_bytes(npz_bytes({"gamma": rng.normal(0, 1e-3, 64).astype(np.float32),  # (mixed signs: not kept raw)
                                 "w": rng.normal(0, 0.05, (64, 64)).astype(np.float32)}))
-    code, out, err = cli(capsys, "encode", path, "-o", tmp_path / "m.nnr")
+    off = ("--nonweight-snr", "0")  # (the floor of 1-D tensors off: on, gamma keeps 20 dB; test_nonweight_floor.py)
+    code, out, err = cli(capsys, "encode", path, "-o", tmp_path / "m.nnr", *off)
     assert code == 0 and "kept little of their signal" in err and "gamma (" in err and "w (" not in err
-    code, out, _ = cli(capsys, "encode", path, "-o", tmp_path / "m.nnr", "--json")
+    code, out, _ = cli(capsys, "encode", path, "-o", tmp_path / "m.nnr", "--json", *off)
     report = json.loads(out)
     assert set(report["coarse"]) == {"gamma"} and report["coarse"]["gamma"] < 10
-    code, _, err = cli(capsys, "encode", path, "-o", tmp_path / "m.nnr", "--raw", "gamma")
+    code, _, err = cli(capsys, "encode", path, "-o", tmp_path / "m.nnr", "--raw", "gamma", *off)
+    assert code == 0 and "little of their signal" not in err
+    code, _, err = cli(capsys, "encode", path, "-o", tmp_path / "m.nnr")
     assert code == 0 and "little of their signal" not in err
 
 
@@ -1108,12 +1111,13 @@ def test_the_python_functions_warn_of_a_tensor_that_keeps_little_of_its_signal(t
     rng = np.random.default_rng(2)
     model = {"conv.weight": rng.normal(0, 0.1, (16, 8, 3, 3)).astype(np.float32),
              "bn.running_mean": (1e-3 + rng.normal(0, 5e-4, 16)).astype(np.float32)}
+    off = {"nonweight_snr_db": 0}  # (the floor of 1-D tensors off: on, the mean keeps 20 dB; test_nonweight_floor.py)
     with pytest.warns(nnc.PrecisionWarning, match=r"kept little of their signal.*'bn.running_mean' \(\d"):
-        nnc.encode(model)
+        nnc.encode(model, **off)
     path = tmp_path / "m.npz"
     path.write_bytes(npz_bytes(model))
     with pytest.warns(nnc.PrecisionWarning, match="kept little.*'bn.running_mean'"):
-        nnc.encode_model(str(path))
+        nnc.encode_model(str(path), **off)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         nnc.encode(model, raw=["bn.*"])                           # kept exactly: nothing to say
@@ -1376,8 +1380,8 @@ def test_the_api_warns_of_tensors_that_keep_none_of_their_signal(tmp_path):
     import warnings
 
     # (a learning rate alone, one-signed, is now stored exactly: tests/test_exact_values.py; a tiny mixed-sign
-    # tensor still decodes as zeros)
-    model = {"drift": np.array([3e-4, -2e-4]), "w": np.linspace(-1, 1, 16, dtype=np.float32).reshape(4, 4)}
+    # tensor of two dimensions still decodes as zeros; of one, it keeps 20 dB: tests/test_nonweight_floor.py)
+    model = {"drift": np.array([[3e-4, -2e-4]]), "w": np.linspace(-1, 1, 16, dtype=np.float32).reshape(4, 4)}
     for call in (lambda: nnc.encode(model), lambda: nnc.encode_model(model, tmp_path / "m.nnr")):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -1388,7 +1392,7 @@ def test_the_api_warns_of_tensors_that_keep_none_of_their_signal(tmp_path):
         assert not nnc.decode(stream)["drift"].any()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        nnc.encode(model, nonweight_qp=-120)             # kept: no warning
+        nnc.encode(model, qp_per_tensor={"drift": -120})  # kept: no warning
         nnc.encode({"z": np.zeros(3, np.float32)})       # zeros stay zeros
 
 

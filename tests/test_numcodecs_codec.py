@@ -60,7 +60,7 @@ def test_target_snr_is_met_by_the_coarsest_qp(target, log_scale, size, dq):
         assert np.array_equal(back, x)
         return
     qp = decoder.info(CHUNK_TENSOR).qp
-    coarser = nnc.encoder.Encoder(qp=qp + 1, dq=dq, nonweight_qp=None, raw_when_smaller=False).encode(
+    coarser = nnc.encoder.Encoder(qp=qp + 1, dq=dq, nonweight_qp=None, nonweight_snr_db=None, raw_when_smaller=False).encode(
         {CHUNK_TENSOR: chunk}
     )
     err = ((coarser.tensors[CHUNK_TENSOR].reconstruction.astype(np.float64) - x) ** 2).sum()

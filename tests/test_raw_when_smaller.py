@@ -80,7 +80,8 @@ def _no_unit_costs_more_than_raw(tensors, **options):
 def test_defaults_on_the_bundled_models_never_cost_more_than_raw(kind, qp):
     tensors = {k: np.asarray(v, np.float32) for k, v in read_model(demo.DATA / demo.MODELS[kind])[0].items()}
     res = _no_unit_costs_more_than_raw(tensors, qp=qp)
-    assert all(t.qp in (None, qp) for t in res.tensors.values())  # 1-D tensors at the weights' qp
+    for t in res.tensors.values():  # 1-D tensors at the weights' qp, or finer to keep 20 dB (spec A.7)
+        assert t.qp is None or (t.qp == qp if len(t.shape) > 1 else t.qp <= qp), t.name
     old = Encoder(qp=qp, nonweight_qp=-75, blocks=False, raw_when_smaller=False).encode(tensors)
     assert len(res.stream) < len(old.stream)  # the measured defaults are smaller (benchmarks/results/paper.md)
 

@@ -350,8 +350,9 @@ def test_save_of_a_module_warns_of_tensors_that_keep_none_of_their_signal():
     """Before: a module's state_dict (with module versions) took an encode path of its own, without the warning
     nnc.encode and a plain state_dict give."""
     linear = torch.nn.Linear(4, 4)
-    torch.nn.init.constant_(linear.weight, 1e-6)
-    with pytest.warns(nnc.PrecisionWarning, match="kept none of their signal"):
+    with torch.no_grad():  # (mixed signs: not stored raw as one-signed values are, spec A.7)
+        linear.weight.copy_(1e-6 * torch.tensor([1.0, -1.0]).repeat(8).reshape(4, 4))
+    with pytest.warns(nnc.PrecisionWarning, match="kept none of their signal.*'weight'"):
         stream = nt.save(linear, qp=0)
     assert getattr(nt.state_dict(stream), "_metadata", None) is not None  # the module versions, still
 

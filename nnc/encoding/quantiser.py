@@ -320,6 +320,80 @@ def exact_qp(float8: str, qp_density: int) -> int:
     return exponent << qp_density
 
 
+def _sum_of_squares(x: np.ndarray, minus=None) -> float:
+    """Sum of squares of ``x`` (of ``x - minus(part)`` a slice at a time: small temporaries)."""
+    flat = x.reshape(-1)
+    total = 0.0
+    for i in range(0, flat.size, TEST_SLICE):
+        part = flat[i : i + TEST_SLICE].astype(np.float64)
+        if minus is not None:
+            part -= minus(part, i)
+        total += float(np.dot(part, part))
+    return total
+
+
+def keeps_sign(x: np.ndarray, step) -> bool:
+    """Whether rounding every value of ``x`` to ``step`` keeps it off 0 (all over half a step in magnitude).
+
+    Examples
+    --------
+    >>> keeps_sign(np.float32([0.3, -1.0]), 0.5), keeps_sign(np.float32([0.2, -1.0]), 0.5)
+    (True, False)
+    """
+    half = float(step) / 2
+    flat = x.reshape(-1)
+    return all(bool((np.abs(flat[i : i + TEST_SLICE]) > half).all()) for i in range(0, flat.size, TEST_SLICE))
+
+
+def keeps_snr(x: np.ndarray, recon: np.ndarray, snr_db: float) -> bool:
+    """Whether ``recon`` keeps an SNR of at least ``snr_db`` of ``x`` (all zeros: always).
+
+    Examples
+    --------
+    >>> keeps_snr(np.float32([1, 2]), np.float32([1, 2.1]), 20.0), keeps_snr(np.float32([1, 2]), np.zeros(2), 1.0)
+    (True, False)
+    """
+    flat = recon.reshape(-1)
+    error = _sum_of_squares(x, lambda part, i: flat[i : i + part.size])
+    return error <= _sum_of_squares(x) / 10.0 ** (snr_db / 10.0)
+
+
+def qp_keeping_snr(x: np.ndarray, qp: int, snr_db: float, qp_density: int) -> int:
+    """The coarsest qp, no coarser than ``qp``, at which rounding ``x`` to the step (spec 12.1) keeps an SNR of at
+    least ``snr_db``, down to the finest qp whose offset fits an MPS qp of 0 (spec 8.2); ``qp`` when ``x`` keeps it
+    there already or is all zeros (spec A.7's floor of the tensors of at most one dimension).
+
+    Examples
+    --------
+    >>> running_mean = np.random.default_rng(0).normal(0, 1e-3, 64).astype(np.float32)
+    >>> qp_keeping_snr(running_mean, -38, 20.0, 2), qp_keeping_snr(running_mean * 1000, -38, 20.0, 2)
+    (-47, -38)
+    """
+    energy = _sum_of_squares(x)
+    if energy == 0.0:
+        return qp
+    allowed = energy / 10.0 ** (snr_db / 10.0)
+
+    def keeps(q: int) -> bool:
+        step = float(step_size(q, qp_density))
+        return _sum_of_squares(x, lambda part, i: step * np.rint(part / step)) <= allowed
+
+    if keeps(qp):
+        return qp
+    finest = -(1 << (5 + qp_density))
+    # first guess: the step whose uniform error, step^2 / 12 a value, meets the target (qp = 2^qpd log2 step)
+    guess = math.sqrt(12.0 * allowed / x.size)
+    q = round(math.log2(guess) * (1 << qp_density)) if guess > 0.0 else finest
+    q = min(qp - 1, max(finest, q))
+    if keeps(q):
+        while q + 1 < qp and keeps(q + 1):
+            q += 1
+        return q
+    while q > finest and not keeps(q):
+        q -= 1
+    return q
+
+
 #: The largest finite float32.
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -680,10 +754,23 @@ class Quantiser:
         if not finite and in_block:
             raise non_finite_error(name, x)
         kept_raw = None if finite or s.is_raw(name) else "holds inf or NaN"
+        floor = None  # the SNR a tensor of at most one dimension keeps (spec A.7)
+        if finite and kind not in "iub" and not in_block and not difference and s.floors_nonweight(name, arr.ndim):
+            floor = s.nonweight_snr_db
+            if (
+                s.raw_when_smaller
+                and one_sign(x)
+                and not keeps_sign(x, step_size(s.tensor_qp(name, arr.ndim), s.qp_density))
+            ):
+                floor = None  # left to the rule of one-signed values: stored exactly (a learning rate, a variance)
         if finite:  # (a block member is always finite here)
             qp = s.tensor_qp(name, arr.ndim)
             if name in s.sigmas:
                 qp = qp_for_step(dcv1_step(x, s.sigmas[name], s.dcv1_s), s.qp_density)
+            elif floor is not None:
+                floored = qp_keeping_snr(x, qp, floor, s.qp_density)
+                if floored != qp:  # uniform, as the floor's rounding measured it (DQ's trellis may keep less)
+                    qp, dq = floored, False
             step = step_size(qp, s.qp_density)
             if not s.is_raw(name) and not in_block and s.raw_when_smaller:
                 peak = max(float(x.max()), -float(x.min())) if x.size else 0.0
@@ -711,8 +798,12 @@ class Quantiser:
                 )
         if levels is None:
             private = not np.may_share_memory(x, arr)  # a float64 copy of integers: divided in place
-            levels = self.levels(name, x, float(step), dq, height, width, scan, reuse_x=private)
+            levels = self.levels(name, x, float(step), dq, height, width, scan, reuse_x=private and floor is None)
         recon = reconstruct_uniform(levels, step).reshape(shape)
+        if floor is not None and dq and not keeps_snr(x, recon, floor):
+            dq = False  # DQ's trellis kept less than the floor, which rounding keeps at this qp (spec A.7)
+            levels = self.levels(name, x, float(step), dq, height, width, scan)
+            recon = reconstruct_uniform(levels, step).reshape(shape)
         if kind not in "iub" and not in_block:  # (integers' x may have been divided in place)
             kept = self._meaning_kept(name, x, recon, qp, difference, shape, height, width, scan, fmt, dtype_name)
             if kept is not None:

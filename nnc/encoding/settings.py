@@ -174,6 +174,7 @@ _NUMBER_OPTIONS = (
     ("dcv1_s", True, False),
     ("step", False, True),
     ("rdoq_lambda", False, False),
+    ("nonweight_snr_db", False, True),
 )
 
 
@@ -252,6 +253,7 @@ class EncoderSettings:
     differences: bool = False
     raw_when_smaller: bool = True
     tie_shared: bool = True
+    nonweight_snr_db: float | None = 20.0
 
     def __post_init__(self):
         for option, integer, optional in _NUMBER_OPTIONS:
@@ -296,6 +298,10 @@ class EncoderSettings:
                     f"dtypes: {recorded!r} for {name!r} is not a dtype a tensor can be restored to (bool, integers, "
                     "float16/32/64, bfloat16, float8_e4m3fn, float8_e5m2)"
                 )
+        if self.nonweight_snr_db is not None and not 0 <= self.nonweight_snr_db <= 200:  # (NaN too)
+            raise EncodeError(
+                f"nonweight_snr_db must be a number of dB from 0 to 200, or None, not {self.nonweight_snr_db}"
+            )
         if not 0 <= self.rdoq_lambda < math.inf:  # (NaN too)
             raise EncodeError(f"rdoq_lambda must be a finite number >= 0, not {self.rdoq_lambda}")
         lambdas = {k: float(v) for k, v in (self.lambda_per_tensor or {}).items()}
@@ -424,6 +430,23 @@ class EncoderSettings:
         True
         """
         return matches(name, self.qp_per_tensor)
+
+    def floors_nonweight(self, name: str, ndim: int) -> bool:
+        """Whether a float tensor of this name and number of dimensions may be coded at a finer qp than its own
+        to keep ``nonweight_snr_db`` (spec A.7): one of at most one dimension whose qp is neither given by name
+        nor by ``nonweight_qp``, when every qp of the settings fits the offsets around an MPS qp of 0 (spec 8.2).
+
+        Examples
+        --------
+        >>> s = EncoderSettings(qp_per_tensor={"head.*": -40})
+        >>> s.floors_nonweight("bn.running_mean", 1), s.floors_nonweight("head.bias", 1), s.floors_nonweight("w", 2)
+        (True, False, False)
+        """
+        if not self.nonweight_snr_db or ndim > 1 or self.nonweight_qp is not None or self.qp_given(name):
+            return False
+        return name not in self.sigmas and all(
+            qp_offset_fits(q, 0, self.qp_density) for q in (self.qp, *self.qp_per_tensor.values()) if q is not None
+        )
 
     def tensor_lambda(self, name: str) -> float:
         """The rate-distortion λ of this tensor (``lambda_per_tensor``, else ``rdoq_lambda``).

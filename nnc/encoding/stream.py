@@ -207,6 +207,16 @@ def predicted(settings, t, in_block: bool) -> tuple:
     return natural, s.tensor_qp(t.name, len(t.shape))
 
 
+def finer_than_planned(settings, name: str, t, planned: tuple) -> bool:
+    """Whether coded tensor ``t`` took a finer qp than ``planned`` (dtype, qp) to keep its SNR (spec A.7)."""
+    return (
+        t.qp is not None
+        and planned[1] is not None
+        and t.qp < planned[1]
+        and settings.floors_nonweight(name, len(t.shape))
+    )
+
+
 def _planned(settings, tensors: list, incremental: bool, tied: Mapping = MappingProxyType({})) -> tuple:
     """A stream's plan from its tensors' headers: (the tensors coded by name, the block groups, the members of blocks
     other than their weights, each coded tensor's predicted (decoded dtype, qp)); names and options checked. The
@@ -325,9 +335,12 @@ def encode_to(
                 (t.recon.dtype.name, t.qp) != plan[n]
                 and not (n in exact and t.recon.dtype.name == plan[n][0] and t.qp >= plan[n][1])
                 and not (
-                    t.kept_exact and t.recon.dtype.name == plan[n][0] and qp_offset_fits(t.qp, stream_qp, s.qp_density)
+                    (t.kept_exact or finer_than_planned(s, n, t, plan[n]))
+                    and t.recon.dtype.name == plan[n][0]
+                    and qp_offset_fits(t.qp, stream_qp, s.qp_density)
                 )
-            ):  # (coded exactly: a float8 tensor at the plan's qp or coarser, spec A.17; whole numbers at qp 0, A.7)
+            ):  # (coded exactly: a float8 tensor at the plan's qp or coarser, spec A.17; whole numbers at qp 0, A.7;
+                # a tensor of at most one dimension finer, to keep its SNR, A.7)
                 raise EncodeError(
                     f"tensor {n!r}: coded as {t.recon.dtype.name} at qp {t.qp}, planned {plan[n]}"
                 )  # the head written would be wrong

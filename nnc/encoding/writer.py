@@ -465,8 +465,11 @@ class UnitWriter:
             return b"".join(u.build(mps_qp, link) for u in units)
 
         separate = Unit([alone[n] for n in names], build)
-        if not all(t.ptype == "FLOAT" and t.kept_exact is None and not t.codebook for t in alone.values()):
-            return separate  # (a member stored raw, coded exactly at a qp of its own, or as a codebook)
+        dq = coded[weight].dq  # (one dq_flag for every member, spec 7.6; each has its own qp)
+        if not all(
+            t.ptype == "FLOAT" and t.kept_exact is None and not t.codebook and t.dq == dq for t in alone.values()
+        ):  # (a member stored raw, coded exactly, uniformly to keep its SNR (spec A.7), or as a codebook)
+            return separate
         block = self.block_unit(weight, parts, coded)
         if sum(int(_levels(t).size) for t in block.members) > SMALL_BLOCK_ELEMENTS:
             return block  # a block's header saving is small, its coding cost the same: no second encoding
@@ -484,6 +487,10 @@ class UnitWriter:
         bn = list(parts.get("bn", []))
         members = [coded[n] for n in ls + bi + bn] + [w]
         for t in members:
+            if t.dq != w.dq:  # (one dq_flag for every member, spec 7.6: the payload would not decode)
+                raise EncodeError(
+                    f"{t.name!r} and {weight!r} were quantised with and without DQ: no BLOCK unit carries both"
+                )
             if t.fmt != w.fmt:
                 raise EncodeError(
                     f"{t.name!r} and {weight!r} have different dtypes, but a BLOCK unit restores one (spec 7.6): "
