@@ -125,7 +125,9 @@ def encode_model(model, output=None, **options):
     output : str, ``os.PathLike`` or None
         If given, the stream is also written there, atomically.
     **options
-        Keyword options of :class:`nnc.encoder.Encoder`.
+        Keyword options of :class:`nnc.encoder.Encoder`, ``client`` and ``extra_metadata``, and
+        ``target_snr_db``: each float tensor's qp chosen first for that SNR, as
+        ``nnc encode --target-snr`` does (:func:`nnc.allocation.allocate_qps`).
 
     Returns
     -------

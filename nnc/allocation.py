@@ -260,6 +260,77 @@ def allocate_qps(
     return {k: qp for k, qp in choice.items() if k not in pinned}
 
 
+#: Encoder options that the qps of a target SNR replace: given with one, they would be ignored.
+REPLACED_BY_TARGET = ("qp", "step", "nonweight_qp", "sigmas")
+
+
+def with_allocated_qps(
+    tensors: Mapping[str, np.ndarray],
+    target_snr_db: float,
+    options: Mapping,
+    progress=None,
+    dtypes: Mapping[str, str] | None = None,
+) -> tuple[dict, dict[str, int]]:
+    """Encoder ``options`` completed with each float tensor's qp for ``target_snr_db`` (:func:`allocate_qps`).
+
+    What ``nnc encode --target-snr`` and :func:`nnc.encode_model` with ``target_snr_db`` do. The qps of
+    ``qp_per_tensor`` keep their tensors (the allocation makes up for their error) and come first (the first
+    pattern that matches a tensor applies); ``importance`` weighs the target and the encoder's RDOQ alike.
+
+    Parameters
+    ----------
+    tensors : mapping of str to numpy.ndarray
+        The model's tensors, in memory.
+    target_snr_db : float
+        The target SNR in dB, as :func:`allocate_qps` takes it.
+    options : mapping
+        :class:`nnc.encoder.Encoder` keyword options.
+    progress : callable, optional
+        As :func:`allocate_qps` takes it.
+    dtypes : mapping of str to str, optional
+        The dtypes a model file holds (bfloat16 tensors read as float32): the curves measure the error of the
+        values the file holds. Not added to the options returned.
+
+    Returns
+    -------
+    tuple
+        ``(options, qps)``: a new dict of options with ``qp_per_tensor`` set, and the allocated {name: qp}.
+
+    Raises
+    ------
+    nnc.errors.EncodeError
+        If ``options`` also give a qp, step, ``nonweight_qp`` or ``sigmas`` (they would be ignored),
+        ``settings`` or ``covariances``, or :func:`allocate_qps` fails.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> t = {"w": np.random.default_rng(0).normal(0, 0.1, (32, 32)), "b": np.linspace(-1, 1, 32)}
+    >>> options, qps = with_allocated_qps(t, 30.0, {"dq": False, "qp_per_tensor": {"b": -40}})
+    >>> options["qp_per_tensor"]["b"], sorted(qps), options["dq"]
+    (-40, ['w'], False)
+    """
+    if "settings" in options:
+        raise EncodeError("a target SNR completes the encoder's options given as keywords, not settings=")
+    for option in REPLACED_BY_TARGET:
+        value = options.get(option)
+        if value is not None and not (option == "sigmas" and not value):
+            raise EncodeError(
+                f"{option}= would be ignored: a target SNR chooses every tensor's qp (qp_per_tensor wins)"
+            )
+    fixed = {k: v for k, v in options.items() if k not in ("importance", *REPLACED_BY_TARGET)}
+    if dtypes:
+        from .models import with_file_dtypes
+
+        with_file_dtypes(fixed, dtypes)
+    qps = allocate_qps(
+        tensors, target_snr_db=target_snr_db, importance=options.get("importance"), progress=progress, **fixed
+    )
+    explicit = dict(options.get("qp_per_tensor") or {})
+    completed = dict(options, qp_per_tensor=dict(explicit, **{k: v for k, v in qps.items() if k not in explicit}))
+    return completed, qps
+
+
 def _multiplier_choice(curves: dict, pinned, target: float) -> tuple[dict, float]:
     """The qp per tensor minimising bits + μ·error for the smallest μ (bisection) whose total error meets
     ``target``, and its bits; EncodeError when no choice of the curves meets it."""
@@ -517,4 +588,12 @@ def input_importance(
     return out
 
 
-__all__ = ["allocate_qps", "default_qps", "empirical_fisher", "input_importance", "laplace_sigmas", "scale_importance"]
+__all__ = [
+    "allocate_qps",
+    "default_qps",
+    "empirical_fisher",
+    "input_importance",
+    "laplace_sigmas",
+    "scale_importance",
+    "with_allocated_qps",
+]

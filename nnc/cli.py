@@ -734,18 +734,14 @@ def cmd_encode(args) -> int:
         return _fail("--differences needs --state")
     allocated = None
     if args.target_snr is not None:
-        from .allocation import allocate_qps
+        from .allocation import REPLACED_BY_TARGET, with_allocated_qps
 
         tensors, dtypes, _ = models.load_model(args.model)
-        # (--tensor-qp's tensors keep their qps: the allocation makes up for their error)
-        fixed = {k: v for k, v in options.items() if k not in ("qp", "step", "importance", "sigmas")}
-        models.with_file_dtypes(fixed, dtypes)  # (bfloat16 tensors: the error of the values their file holds)
+        # (--tensor-qp's tensors keep their qps: the allocation makes up for their error; bfloat16 tensors: the
+        # error of the values their file holds)
+        given = {k: v for k, v in options.items() if k not in REPLACED_BY_TARGET}
         with _errors_name(args.model, EncodeError), _AllocationProgress(tensors, args.quiet or args.json) as shown:
-            allocated = allocate_qps(
-                tensors, target_snr_db=args.target_snr, importance=options.get("importance"), progress=shown, **fixed
-            )
-        explicit = options["qp_per_tensor"]  # first: the first pattern that matches a tensor applies
-        options["qp_per_tensor"] = dict(explicit, **{k: v for k, v in allocated.items() if k not in explicit})
+            options, allocated = with_allocated_qps(tensors, args.target_snr, given, progress=shown, dtypes=dtypes)
         del tensors
     with _state_saved_after(args.state, options.get("state")):  # noqa: SIM117 (Python 3.9: no parenthesised with)
         with _EncodeProgress(source, args.quiet or args.json) as progress, _errors_name(args.model, EncodeError):

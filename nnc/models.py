@@ -121,7 +121,7 @@ def keep_quantisation_parameters_exact(options: dict, source) -> list:
     return names
 
 
-def encode_model(model, output=None, *, client=None, extra_metadata=None, **options) -> bytes:
+def encode_model(model, output=None, *, client=None, extra_metadata=None, target_snr_db=None, **options) -> bytes:
     """Encode a model file (any supported format) or a mapping of arrays; optionally write the stream.
 
     ``options`` are those of :class:`nnc.encoder.Encoder` (qp, step, dq, scan_order, ...).
@@ -141,6 +141,10 @@ def encode_model(model, output=None, *, client=None, extra_metadata=None, **opti
     extra_metadata : dict, optional
         For a mapping: entries added to the stream's nnc metadata (spec 6.2.1), as
         :meth:`nnc.encoder.Encoder.encode` takes them. A model file's own come from the file.
+    target_snr_db : float, optional
+        Choose each float tensor's qp for this SNR first (:func:`nnc.allocation.allocate_qps`,
+        as ``nnc encode --target-snr``; ``importance`` weighs it, ``qp_per_tensor`` keeps its
+        tensors); not with ``qp``, ``step``, ``nonweight_qp``, ``sigmas`` or ``covariances``.
     **options
         Keyword options of :class:`nnc.encoder.Encoder`. For a model file, ``dtypes``
         defaults to the dtypes the file holds, so that tensors read in another dtype
@@ -190,6 +194,8 @@ def encode_model(model, output=None, *, client=None, extra_metadata=None, **opti
 
         refuse_overwriting(output, {"model": model, "model's file": open_model(model).files})
     if client is not None:
+        if target_snr_db is not None:
+            options = _with_target_qps(model, target_snr_db, options)
         from . import distributed
 
         if output is not None:
@@ -219,6 +225,10 @@ def encode_model(model, output=None, *, client=None, extra_metadata=None, **opti
         keep_quantisation_parameters_exact(options, source)
         if not tensors:
             raise formats.FormatError(f"{model}: no tensors found (nothing to encode)")
+    if target_snr_db is not None:
+        from .allocation import with_allocated_qps
+
+        options, _ = with_allocated_qps(tensors, target_snr_db, options)
     encoder = Encoder(**options)
     result = encoder.encode(tensors, extra_metadata=extra)
     _warn_after_encode(encoder, result, tensors)
@@ -226,6 +236,26 @@ def encode_model(model, output=None, *, client=None, extra_metadata=None, **opti
     if output is not None:
         formats.write_atomic(output, stream)
     return stream
+
+
+def _with_target_qps(model, target_snr_db: float, options: dict) -> dict:
+    """``options`` with the qps of ``target_snr_db`` for ``model`` (a path, an opened model or a mapping), which
+    is read into memory for the allocation (:func:`nnc.allocation.with_allocated_qps`) and let go."""
+    from .allocation import with_allocated_qps
+
+    given = dict(options)
+    if isinstance(model, Mapping):
+        from .torch import numpy_inputs
+
+        tensors, dtypes = numpy_inputs(model, options.get("dtypes"))
+    else:
+        from .readers import open_model
+
+        source = model if hasattr(model, "tensors") and hasattr(model, "checkpoint") else open_model(model)
+        keep_quantisation_parameters_exact(given, source)  # (raw: out of the allocation, as the encoder keeps them)
+        tensors, dtypes, _ = load_model(source)
+    completed, _ = with_allocated_qps(tensors, target_snr_db, given, dtypes=dtypes)
+    return dict(options, qp_per_tensor=completed["qp_per_tensor"])
 
 
 def checkpoint_metadata(source) -> dict | None:
@@ -335,7 +365,9 @@ def load_model(path) -> tuple:
     return tensors, source.dtypes, checkpoint_metadata(source)
 
 
-def encode_model_to(model, output, *, progress=None, budget: int = 1 << 30, measure: bool = False, **options):
+def encode_model_to(
+    model, output, *, progress=None, budget: int = 1 << 30, measure: bool = False, target_snr_db=None, **options
+):
     """Encode a model file, a sharded checkpoint or a mapping of arrays into the stream file ``output``.
 
     Tensors are read one at a time (:func:`nnc.readers.open_model`) and each NDU is
@@ -356,6 +388,9 @@ def encode_model_to(model, output, *, progress=None, budget: int = 1 << 30, meas
         Bytes of tensors (float32 size) in flight at most.
     measure : bool
         Also measure the weight SNR (``summary.snr_db``; an extra pass over each tensor).
+    target_snr_db : float, optional
+        Choose each float tensor's qp for this SNR first, as :func:`encode_model` does: the
+        model is then read into memory once for the allocation.
     **options
         :class:`nnc.encoder.Encoder` options.
 
@@ -397,6 +432,8 @@ def encode_model_to(model, output, *, progress=None, budget: int = 1 << 30, meas
     refuse_overwriting(output, {"model's file": source.files})
     if not isinstance(model, Mapping):
         keep_quantisation_parameters_exact(options, source)
+    if target_snr_db is not None:  # (a mapping's quantisation parameters are not kept exact: allocated as well)
+        options = _with_target_qps(model if isinstance(model, Mapping) else source, target_snr_db, options)
     encoder = Encoder(**options)
     extra = checkpoint_metadata(source)
     s = encoder.settings

@@ -261,3 +261,68 @@ def test_covariances_are_refused_with_a_reason():
     w = np.random.default_rng(0).normal(0, 0.05, (8, 16)).astype(np.float32)
     with pytest.raises(nnc.EncodeError, match="error feedback .covariances=. trades"):
         allocate_qps({"w": w}, target_snr_db=30, dq=False, covariances={"w": np.eye(16)})
+
+
+def _allocation_model(rng):
+    return {"a.weight": rng.normal(0, 0.05, (48, 40)).astype(np.float32),
+            "a.bias": rng.normal(0, 0.01, 48).astype(np.float32),
+            "b.weight": rng.normal(0, 0.5, (24, 48)).astype(np.float32)}
+
+
+@given(st.floats(15, 45), st.integers(0, 5))
+@settings(max_examples=6, deadline=None)
+def test_one_call_with_a_target_snr_equals_the_command_line_and_the_two_steps(tmp_path_factory, target, seed):
+    """Before: a target SNR was the command line's alone; from Python, allocate_qps and then the encoder, with the
+    command line's rules (file dtypes, qp_per_tensor first) to be repeated by hand."""
+    from nnc.allocation import with_allocated_qps
+    from nnc.cli import main
+    from nnc.formats import write_model
+    from nnc.models import encode_model_to
+
+    d = tmp_path_factory.mktemp("target")
+    model = _allocation_model(np.random.default_rng(seed))
+    path = d / "m.safetensors"
+    write_model(str(path), model, {"b.weight": "bfloat16"})
+    options = {"qp_per_tensor": {"a.bias": -44}, "rdoq_lambda": 0.05}
+    stream = nnc.encode_model(str(path), target_snr_db=target, **options)
+    summary = encode_model_to(str(path), d / "s.nnr", target_snr_db=target, measure=True, **options)
+    assert main(["encode", str(path), "-o", str(d / "c.nnr"), "--target-snr", str(target), "--tensor-qp",
+                 "a.bias=-44", "--lambda", "0.05", "-q"]) == 0
+    assert (d / "s.nnr").read_bytes() == stream == (d / "c.nnr").read_bytes()
+    assert summary.qps["a.bias"] == -44 and summary.relative_snr_db >= target - 0.5
+    tensors, dtypes, _ = nnc.models.load_model(str(path))
+    by_hand, qps = with_allocated_qps(tensors, target, options, dtypes=dtypes)
+    assert "a.bias" not in qps and by_hand["qp_per_tensor"]["a.bias"] == -44
+    assert nnc.encode_model(str(path), **by_hand) == stream
+
+
+@pytest.mark.parametrize("option", [{"qp": -30}, {"step": 0.01}, {"nonweight_qp": -60}, {"covariances": {}},
+                                    {"sigmas": {"a.weight": np.ones((48, 40))}}, {"covariances": {"a.weight": np.eye(40)}}])
+def test_a_target_snr_refuses_the_options_it_would_ignore(tmp_path, option):
+    model = _allocation_model(np.random.default_rng(0))
+    if option == {"covariances": {}}:  # (no covariance: nothing ignored)
+        assert nnc.encode_model(model, target_snr_db=30, **option)
+        return
+    with pytest.raises(nnc.EncodeError, match="would be ignored|covariances"):
+        nnc.encode_model(model, tmp_path / "m.nnr", target_snr_db=30, **option)
+    assert not (tmp_path / "m.nnr").exists()
+
+
+def test_a_target_snr_keeps_a_quantised_model_s_scales_exact(tmp_path):
+    """The scales of a quantised checkpoint are stored exactly (nnc.models.keep_quantisation_parameters_exact) with a
+    target SNR too: given a qp of their own by the allocation, they would be quantised like weights."""
+    from nnc.formats import write_model
+
+    rng = np.random.default_rng(3)
+    scales = (rng.uniform(1e-3, 2e-3, 32)).astype(np.float16)
+    path = tmp_path / "q.safetensors"
+    write_model(str(path), {"l.qweight": rng.integers(-8, 8, (32, 16)).astype(np.int32), "l.scales": scales,
+                            "head.weight": rng.normal(0, 0.05, (16, 32)).astype(np.float32)})
+    for stream in (nnc.encode_model(str(path), target_snr_db=25),
+                   nnc.models.encode_model_to(str(path), tmp_path / "s.nnr", target_snr_db=25) and
+                   (tmp_path / "s.nnr").read_bytes()):
+        back = nnc.decode_model(stream)["l.scales"]
+        assert back.dtype == np.float16 and np.array_equal(back, scales)
+    mapping = {"l.scales": scales.astype(np.float32), "head.weight": rng.normal(0, 0.05, (16, 32)).astype(np.float32)}
+    nnc.models.encode_model_to(mapping, tmp_path / "m.nnr", target_snr_db=25)  # (a mapping's scales: allocated)
+    assert (tmp_path / "m.nnr").read_bytes() == nnc.encode_model(mapping, target_snr_db=25)

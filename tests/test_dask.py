@@ -37,7 +37,8 @@ def _model(rng):
 
 @pytest.mark.parametrize("fmt", ["safetensors", "npz"])
 @pytest.mark.parametrize("options", [dict(qp=-30), dict(qp=-28, dq=False, scan_order=2, blocks=True),
-                                     dict(qp=-30, qp_per_tensor={"fc.*": -110, "embed.*": 140})])
+                                     dict(qp=-30, qp_per_tensor={"fc.*": -110, "embed.*": 140}),
+                                     dict(target_snr_db=30)])
 def test_encode_on_dask_equals_local(client, tmp_path, fmt, options):
     path = tmp_path / f"model.{fmt}"
     dtypes = {"embed.weight": "bfloat16"} if fmt == "safetensors" else None
