@@ -635,11 +635,13 @@ def run_model(model, variant, args, oracle, log):
     old = dict(nonweight_qp=-75, blocks=False, raw_when_smaller=False)
     configs = {"before 0.2.0 (nonweight_qp -75)": old,
                "nonweight_qp -75, raw when smaller": dict(old, raw_when_smaller=True),
-               "1-D at the weights' qp": dict(old, nonweight_qp=None),
-               "1-D at the weights' qp, raw when smaller": dict(old, nonweight_qp=None, raw_when_smaller=True),
+               "1-D at the weights' qp": dict(old, nonweight_qp=None, nonweight_snr_db=0),
+               "1-D at the weights' qp, raw when smaller": dict(old, nonweight_qp=None, raw_when_smaller=True,
+                                                                nonweight_snr_db=0),
                "blocks (1-D at the weights' qp)": dict(old, blocks=True, nonweight_qp=None),
                "blocks, nonweight_qp -75": dict(old, blocks=True),
-               "default since 0.2.0 (weights' qp, auto blocks, raw when smaller)": {},
+               "default of 0.2.0 (weights' qp, auto blocks, raw when smaller)": dict(nonweight_snr_db=0),
+               "default (weights' qp or finer to keep 20 dB, auto blocks, raw when smaller)": {},
                "1-D raw float32": dict(old, raw=list(others))}
     for qp in (-24, -16, -12) if not model.light else ():
         for label, kw in configs.items():
