@@ -28,6 +28,9 @@ from ..container import codebook_bits
 from ..decoder import Limits
 from ..engine.matrix import effective_scan_order, matrix_view
 from ..errors import EncodeError, NNCError
+from ..measure import SLICE as MEASURE_SLICE
+from ..measure import error_sums
+from ..measure import snr_db as measured_snr_db
 from ..reconstruction import DECOMPRESSED_DATA_FORMATS, reconstruct_codebook, reconstruct_uniform, step_size
 from .feedback import (
     FactorCache,
@@ -320,18 +323,6 @@ def exact_qp(float8: str, qp_density: int) -> int:
     return exponent << qp_density
 
 
-def _sum_of_squares(x: np.ndarray, minus=None) -> float:
-    """Sum of squares of ``x`` (of ``x - minus(part)`` a slice at a time: small temporaries)."""
-    flat = x.reshape(-1)
-    total = 0.0
-    for i in range(0, flat.size, TEST_SLICE):
-        part = flat[i : i + TEST_SLICE].astype(np.float64)
-        if minus is not None:
-            part -= minus(part, i)
-        total += float(np.dot(part, part))
-    return total
-
-
 def keeps_sign(x: np.ndarray, step) -> bool:
     """Whether rounding every value of ``x`` to ``step`` keeps it off 0 (all over half a step in magnitude).
 
@@ -346,16 +337,15 @@ def keeps_sign(x: np.ndarray, step) -> bool:
 
 
 def keeps_snr(x: np.ndarray, recon: np.ndarray, snr_db: float) -> bool:
-    """Whether ``recon`` keeps an SNR of at least ``snr_db`` of ``x`` (all zeros: always).
+    """Whether ``recon`` keeps an SNR of at least ``snr_db`` of ``x`` (all zeros: always; :mod:`nnc.measure`).
 
     Examples
     --------
     >>> keeps_snr(np.float32([1, 2]), np.float32([1, 2.1]), 20.0), keeps_snr(np.float32([1, 2]), np.zeros(2), 1.0)
     (True, False)
     """
-    flat = recon.reshape(-1)
-    error = _sum_of_squares(x, lambda part, i: flat[i : i + part.size])
-    return error <= _sum_of_squares(x) / 10.0 ** (snr_db / 10.0)
+    sums = error_sums(x, recon)
+    return measured_snr_db(sums.energy, sums.error) >= snr_db
 
 
 def qp_keeping_snr(x: np.ndarray, qp: int, snr_db: float, qp_density: int) -> int:
@@ -369,20 +359,20 @@ def qp_keeping_snr(x: np.ndarray, qp: int, snr_db: float, qp_density: int) -> in
     >>> qp_keeping_snr(running_mean, -38, 20.0, 2), qp_keeping_snr(running_mean * 1000, -38, 20.0, 2)
     (-47, -38)
     """
-    energy = _sum_of_squares(x)
-    if energy == 0.0:
-        return qp
-    allowed = energy / 10.0 ** (snr_db / 10.0)
+    flat = x.reshape(-1)
+    slices = [flat[i : i + MEASURE_SLICE] for i in range(0, flat.size, MEASURE_SLICE)]
 
-    def keeps(q: int) -> bool:
+    def keeps(q: int) -> bool:  # (the sums of the slices, each taken in float64 at its own scale: nnc.measure)
         step = float(step_size(q, qp_density))
-        return _sum_of_squares(x, lambda part, i: step * np.rint(part / step)) <= allowed
+        sums = [error_sums(part, step * np.rint(part.astype(np.float64) / step)) for part in slices]
+        return measured_snr_db(sum(e.energy for e in sums), sum(e.error for e in sums)) >= snr_db
 
-    if keeps(qp):
+    energy = sum(error_sums(part, part).energy for part in slices)
+    if energy == 0.0 or keeps(qp):
         return qp
     finest = -(1 << (5 + qp_density))
     # first guess: the step whose uniform error, step^2 / 12 a value, meets the target (qp = 2^qpd log2 step)
-    guess = math.sqrt(12.0 * allowed / x.size)
+    guess = math.sqrt(12.0 * energy / 10.0 ** (snr_db / 10.0) / flat.size)
     q = round(math.log2(guess) * (1 << qp_density)) if guess > 0.0 else finest
     q = min(qp - 1, max(finest, q))
     if keeps(q):
