@@ -2387,8 +2387,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--nonweight-snr",
         type=float,
         metavar="DB",
-        help="least SNR of a 1-D tensor whose qp no option names: coded at a finer qp when the weights' would leave "
-        "it under this (default: 20; 0: off)",
+        help="least SNR of a 1-D tensor (also shaped (1, n)) whose qp no option names: coded at a finer qp when the "
+        "weights' would leave it under this (default: 20; 0: off)",
     )
     p.add_argument("--raw", action="append", metavar="PATTERN", help="store matching tensors uncompressed")
     p.add_argument(

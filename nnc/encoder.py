@@ -536,8 +536,9 @@ class Encoder:
         qp of 1-D tensors (biases, norms); None (default) means ``qp``, as the measurements
         of ``benchmarks/results/paper.md`` recommend (NNCodec uses -75; before 0.2.0 so did nnc).
     nonweight_snr_db : float or None
-        The least SNR, in dB, a float tensor of at most one dimension keeps when neither its
-        name nor ``nonweight_qp`` gives its qp (default 20): one whose qp would round it
+        The least SNR, in dB, a float tensor with at most one dimension longer than 1 (also
+        an export's (1, 512)) keeps when neither its name nor ``nonweight_qp`` gives its qp
+        (default 20): one whose qp would round it
         coarser (a ``running_mean`` of 1e-3 at qp -38: 4 dB) is coded at a finer qp, out of
         its weight's block (spec A.7). 0 or None codes it at ``qp`` whatever it keeps.
     qp_density : int

@@ -133,3 +133,22 @@ def test_the_bundled_models_decode_with_every_one_dimensional_tensor_kept(kind, 
         np.testing.assert_array_equal(decoded[name], res.tensors[name].reconstruction)
         if x.ndim == 1:
             assert snr_db(x, decoded[name]) >= 19.99, name
+
+
+@pytest.mark.parametrize("shape", [(1, 64), (1, 64, 1), (1, 1, 64), (64, 1)])
+def test_an_export_s_norms_with_singleton_dimensions_keep_the_floor_too(tmp_path, shape):
+    """Before: ONNX and JAX exports keep a norm's scale or bias as (1, 512) or (1, 512, 1) (magika's every small
+    tensor): counted as two or three dimensions, none was floored, and a running mean of 1e-3 kept 4 dB."""
+    rng = np.random.default_rng(4)
+    model = {"conv.weight": rng.normal(0, 0.05, (64, 8, 3, 3)).astype(np.float32),
+             "norm.mean": rng.normal(0, 1e-3, shape).astype(np.float32)}
+    res = Encoder().encode(model)
+    assert res.tensors["norm.mean"].qp < -38
+    assert snr_db(model["norm.mean"], nnc.decode(res.stream)["norm.mean"]) >= 19.99
+    src = tmp_path / "m.safetensors"
+    write_model(str(src), model)
+    Encoder().encode_to(open_model(str(src)), tmp_path / "m.nnc")  # (planned from the headers: the same bytes)
+    assert (tmp_path / "m.nnc").read_bytes() == res.stream
+    # a matrix is a weight: its qp is the global one, floor or not
+    wide = {"w": rng.normal(0, 1e-3, (2, 64)).astype(np.float32)}
+    assert Encoder(nonweight_snr_db=60).encode(wide).tensors["w"].qp == -38

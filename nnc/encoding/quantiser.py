@@ -745,7 +745,7 @@ class Quantiser:
             raise non_finite_error(name, x)
         kept_raw = None if finite or s.is_raw(name) else "holds inf or NaN"
         floor = None  # the SNR a tensor of at most one dimension keeps (spec A.7)
-        if finite and kind not in "iub" and not in_block and not difference and s.floors_nonweight(name, arr.ndim):
+        if finite and kind not in "iub" and not in_block and not difference and s.floors_nonweight(name, arr.shape):
             floor = s.nonweight_snr_db
             if (
                 s.raw_when_smaller

@@ -431,19 +431,22 @@ class EncoderSettings:
         """
         return matches(name, self.qp_per_tensor)
 
-    def floors_nonweight(self, name: str, ndim: int) -> bool:
-        """Whether a float tensor of this name and number of dimensions may be coded at a finer qp than its own
-        to keep ``nonweight_snr_db`` (spec A.7): one of at most one dimension whose qp is neither given by name
-        nor by ``nonweight_qp``, when every qp of the settings fits the offsets around an MPS qp of 0 (spec 8.2).
+    def floors_nonweight(self, name: str, shape: tuple) -> bool:
+        """Whether a float tensor of this name and shape may be coded at a finer qp than its own to keep
+        ``nonweight_snr_db`` (spec A.7): one with at most one dimension longer than 1 (a bias, a norm's scale, also
+        as an export's (1, 512)) whose qp is given neither by name nor by ``nonweight_qp``, when every qp of the
+        settings fits the offsets around an MPS qp of 0 (spec 8.2).
 
         Examples
         --------
         >>> s = EncoderSettings(qp_per_tensor={"head.*": -40})
-        >>> s.floors_nonweight("bn.running_mean", 1), s.floors_nonweight("head.bias", 1), s.floors_nonweight("w", 2)
+        >>> s.floors_nonweight("norm", (1, 512)), s.floors_nonweight("head.bias", (8,)), s.floors_nonweight("w", (2, 2))
         (True, False, False)
         """
-        if not self.nonweight_snr_db or ndim > 1 or self.nonweight_qp is not None or self.qp_given(name):
+        if not self.nonweight_snr_db or sum(d > 1 for d in shape) > 1 or self.qp_given(name):
             return False
+        if len(shape) <= 1 and self.nonweight_qp is not None:
+            return False  # (its qp is the non-weight qp given)
         return name not in self.sigmas and all(
             qp_offset_fits(q, 0, self.qp_density) for q in (self.qp, *self.qp_per_tensor.values()) if q is not None
         )

@@ -210,10 +210,7 @@ def predicted(settings, t, in_block: bool) -> tuple:
 def finer_than_planned(settings, name: str, t, planned: tuple) -> bool:
     """Whether coded tensor ``t`` took a finer qp than ``planned`` (dtype, qp) to keep its SNR (spec A.7)."""
     return (
-        t.qp is not None
-        and planned[1] is not None
-        and t.qp < planned[1]
-        and settings.floors_nonweight(name, len(t.shape))
+        t.qp is not None and planned[1] is not None and t.qp < planned[1] and settings.floors_nonweight(name, t.shape)
     )
 
 
