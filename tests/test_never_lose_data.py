@@ -1380,8 +1380,8 @@ def test_the_api_warns_of_tensors_that_keep_none_of_their_signal(tmp_path):
     import warnings
 
     # (a learning rate alone, one-signed, is now stored exactly: tests/test_exact_values.py; a tiny mixed-sign
-    # tensor of two dimensions still decodes as zeros; of one, it keeps 20 dB: tests/test_nonweight_floor.py)
-    model = {"drift": np.array([[3e-4, -2e-4]]), "w": np.linspace(-1, 1, 16, dtype=np.float32).reshape(4, 4)}
+    # matrix still decodes as zeros; a vector, also shaped (1, n), keeps 20 dB: tests/test_nonweight_floor.py)
+    model = {"drift": np.array([[3e-4, -2e-4], [-1e-4, 2e-4]]), "w": np.linspace(-1, 1, 16, dtype=np.float32).reshape(4, 4)}
     for call in (lambda: nnc.encode(model), lambda: nnc.encode_model(model, tmp_path / "m.nnr")):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
