@@ -74,6 +74,7 @@ BASIC = [("conv.weight", (12, 6, 3, 3)), ("conv.bias", (12,)), ("fc.weight", (37
 #: and a conformance stream never changes its bytes.
 #: 0.3.0 names an update's parent by the SHA-256 of its payload (spec 14.4); the streams here by node ids.
 #: 0.3.0 codes tied weights once (spec 6.2.1 "tied"); no stream here before suite version 10 ties.
+#: 0.3.0 codes a vector that its qp would leave under 20 dB at a finer qp (spec A.7); the streams here do not.
 LEGACY_DEFAULTS = dict(
     nonweight_qp=-75, blocks=False, raw_when_smaller=False, skip_zero=True, parent_id="ids", tie_shared=False,
     nonweight_snr_db=None,

@@ -195,7 +195,10 @@ def encode_model(model, output=None, *, client=None, extra_metadata=None, target
         refuse_overwriting(output, {"model": model, "model's file": open_model(model).files})
     if client is not None:
         if target_snr_db is not None:
-            options = _with_target_qps(model, target_snr_db, options)
+            from .readers import open_model
+
+            opened = model if isinstance(model, Mapping) else open_model(model)
+            options = _with_target_qps(opened, target_snr_db, options)
         from . import distributed
 
         if output is not None:
@@ -239,8 +242,8 @@ def encode_model(model, output=None, *, client=None, extra_metadata=None, target
 
 
 def _with_target_qps(model, target_snr_db: float, options: dict) -> dict:
-    """``options`` with the qps of ``target_snr_db`` for ``model`` (a path, an opened model or a mapping), which
-    is read into memory for the allocation (:func:`nnc.allocation.with_allocated_qps`) and let go."""
+    """``options`` with the qps of ``target_snr_db`` for ``model`` (an opened model or a mapping), which is read
+    into memory for the allocation (:func:`nnc.allocation.with_allocated_qps`) and let go."""
     from .allocation import with_allocated_qps
 
     given = dict(options)
@@ -249,11 +252,8 @@ def _with_target_qps(model, target_snr_db: float, options: dict) -> dict:
 
         tensors, dtypes = numpy_inputs(model, options.get("dtypes"))
     else:
-        from .readers import open_model
-
-        source = model if hasattr(model, "tensors") and hasattr(model, "checkpoint") else open_model(model)
-        keep_quantisation_parameters_exact(given, source)  # (raw: out of the allocation, as the encoder keeps them)
-        tensors, dtypes, _ = load_model(source)
+        keep_quantisation_parameters_exact(given, model)  # (raw: out of the allocation, as the encoder keeps them)
+        tensors, dtypes, _ = load_model(model)
     completed, _ = with_allocated_qps(tensors, target_snr_db, given, dtypes=dtypes)
     return dict(options, qp_per_tensor=completed["qp_per_tensor"])
 
