@@ -323,19 +323,6 @@ def exact_qp(float8: str, qp_density: int) -> int:
     return exponent << qp_density
 
 
-def keeps_sign(x: np.ndarray, step) -> bool:
-    """Whether rounding every value of ``x`` to ``step`` keeps it off 0 (all over half a step in magnitude).
-
-    Examples
-    --------
-    >>> keeps_sign(np.float32([0.3, -1.0]), 0.5), keeps_sign(np.float32([0.2, -1.0]), 0.5)
-    (True, False)
-    """
-    half = float(step) / 2
-    flat = x.reshape(-1)
-    return all(bool((np.abs(flat[i : i + TEST_SLICE]) > half).all()) for i in range(0, flat.size, TEST_SLICE))
-
-
 def keeps_snr(x: np.ndarray, recon: np.ndarray, snr_db: float) -> bool:
     """Whether ``recon`` keeps an SNR of at least ``snr_db`` of ``x`` (all zeros: always; :mod:`nnc.measure`).
 
@@ -744,15 +731,14 @@ class Quantiser:
         if not finite and in_block:
             raise non_finite_error(name, x)
         kept_raw = None if finite or s.is_raw(name) else "holds inf or NaN"
-        floor = None  # the SNR a tensor of at most one dimension keeps (spec A.7)
+        floor = rounded_erased = None  # the SNR a tensor with at most one dimension longer than 1 keeps (spec A.7)
         if finite and kind not in "iub" and not in_block and not difference and s.floors_nonweight(name, arr.shape):
             floor = s.nonweight_snr_db
-            if (
-                s.raw_when_smaller
-                and one_sign(x)
-                and not keeps_sign(x, step_size(s.tensor_qp(name, arr.ndim), s.qp_density))
-            ):
-                floor = None  # left to the rule of one-signed values: stored exactly (a learning rate, a variance)
+            own = s.tensor_qp(name, arr.ndim)
+            own_step = float(step_size(own, s.qp_density))
+            rounded_erased = self._sign_erased(name, x, own_step * np.rint(x.astype(np.float64) / own_step), own)
+            if rounded_erased is not None:  # one-signed values that rounding at its qp puts at 0: stored exactly
+                floor = None  # (A.7; the quantiser's own count is reported when it puts them at 0 too)
         if finite:  # (a block member is always finite here)
             qp = s.tensor_qp(name, arr.ndim)
             if name in s.sigmas:
@@ -796,6 +782,10 @@ class Quantiser:
             recon = reconstruct_uniform(levels, step).reshape(shape)
         if kind not in "iub" and not in_block:  # (integers' x may have been divided in place)
             kept = self._meaning_kept(name, x, recon, qp, difference, shape, height, width, scan, fmt, dtype_name)
+            if kept is None and rounded_erased is not None:  # (DQ kept their sign, but not their values: A.7)
+                kept = stored_raw(
+                    name, x.astype(np.float32).reshape(shape), height, width, fmt, dtype_name, rounded_erased
+                )
             if kept is not None:
                 return self._within_range(kept, x, in_block, dtype_name)
         if fmt is not None:
