@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import math
-from typing import Iterable, Mapping
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -19,8 +19,12 @@ from .encoder import Encoder
 from .encoding.quantiser import is_finite, levels_fit_int32, tensor_geometry
 from .encoding.settings import check_importance, matches
 from .errors import EncodeError
+from .measure import SLICE as MEASURE_SLICE
 from .narrow_floats import as_stored
 from .reconstruction import step_size
+
+if TYPE_CHECKING:
+    from .readers import ModelSource
 
 
 def _tensor_curve(
@@ -30,8 +34,9 @@ def _tensor_curve(
     it there: uniformly, or as a codebook where its mode weighs one (A.8)."""
     shape, height, width, scan = tensor_geometry(x.shape, enc.scan_order)
     flat = x.reshape(-1).astype(np.float64)
-    f = np.ones_like(flat) if importance is None else np.asarray(importance, np.float64).reshape(-1)
-    check_importance(name, f, flat.size)
+    if importance is not None and not np.isscalar(importance):  # (one F for the whole tensor needs no check)
+        importance = np.asarray(importance, np.float64).reshape(-1)
+        check_importance(name, importance, flat.size)
     quantiser = enc.quantiser
     weighs_codebook = quantiser.weighs_codebook(x)
     curve = []
@@ -65,7 +70,7 @@ def _tensor_curve(
             )
             recon = levels.astype(np.float32) * np.float32(step)
         recon = as_stored(enc.settings.dtypes.get(name), recon)  # (bfloat16: as its file holds it)
-        err = float((f * (flat - recon.astype(np.float64)) ** 2).sum())
+        err = _weighted_error(flat, recon, importance)
         curve.append((qp, bits, err))
     if not curve and not allow_empty:
         raise EncodeError(f"tensor {name!r}: no candidate qp keeps its levels within int32")
@@ -111,7 +116,7 @@ def default_qps(x: np.ndarray, qp_density: int) -> range:
 
 
 def allocate_qps(
-    tensors: Mapping[str, np.ndarray],
+    tensors: Mapping[str, np.ndarray] | ModelSource,
     *,
     target_distortion: float | None = None,
     target_snr_db: float | None = None,
@@ -134,8 +139,10 @@ def allocate_qps(
 
     Parameters
     ----------
-    tensors : mapping of str to numpy.ndarray
-        The model's tensors; integer tensors are ignored (they are coded losslessly).
+    tensors : mapping of str to numpy.ndarray, or nnc.readers.ModelSource
+        The model's tensors; integer tensors are ignored (they are coded losslessly). A model opened with
+        :func:`nnc.readers.open_model` is read one tensor at a time (three times: its statistics, its curve's
+        first pass, then near its choice), so memory holds one tensor, not the model.
     target_distortion : float, optional
         Total (importance-weighted) squared error to meet.
     target_snr_db : float, optional
@@ -194,21 +201,32 @@ def allocate_qps(
             "allocate_qps measures each tensor's own error, which error feedback (covariances=) trades for the "
             "layers' output error: give the covariances to the encoder, not to the allocation"
         )
+    if progress is not None and not callable(progress):
+        raise EncodeError(f"progress must be a callable or None, not {type(progress).__name__}")
     importance = dict(importance or {})
     if importance and "importance" not in encoder_options:  # (the curves are the encoder's: A.9 weighs by it too)
         encoder_options = dict(encoder_options, importance=importance)
     enc = Encoder(**encoder_options)
-    floats = {  # (a tensor holding inf or NaN is stored exactly, spec 7.5: no qp to choose)
-        k: np.asarray(v)
-        for k, v in tensors.items()
-        if np.asarray(v).dtype.kind == "f" and not any(p == k for p in enc.raw) and is_finite(np.asarray(v))
-    }
-    for k, f in importance.items():
-        if k in floats:
-            check_importance(k, np.asarray(f, np.float64).reshape(-1), floats[k].size)
     qps = None if qp_range is None else list(qp_range)
-    pinned = {k for k in floats if matches(k, enc.settings.qp_per_tensor)}
-    own = {k: default_qps(v, enc.qp_density) for k, v in floats.items() if k not in pinned} if qps is None else {}
+    by_scale = target_snr_db is not None and not importance  # (each tensor's error against its own scale)
+    # One pass over the tensors, one in memory at a time, for what the choice needs of each: its candidate qps,
+    # its mean square (the scale importance) and its weighted energy (the target's signal).
+    floats: dict[str, Callable[[], np.ndarray]] = {}
+    sizes, ndims, mean_squares, energies, own, pinned = {}, {}, {}, {}, {}, set()
+    for k, load in _float_tensors(tensors, enc.settings.is_raw).items():
+        x = load()
+        if not is_finite(x):  # (a tensor holding inf or NaN is stored exactly, spec 7.5: no qp to choose)
+            continue
+        if k in importance:
+            check_importance(k, np.asarray(importance[k], np.float64).reshape(-1), x.size)
+        floats[k], sizes[k], ndims[k] = load, x.size, x.ndim
+        if matches(k, enc.settings.qp_per_tensor):
+            pinned.add(k)
+        elif qps is None:
+            own[k] = default_qps(x, enc.qp_density)
+        mean_squares[k] = _mean_square(x)
+        energies[k] = _weighted_energy(x, _scale_factor(mean_squares[k]) if by_scale else importance.get(k))
+        del x
     # (one stream's qps are offsets of (6 + qp_density) bits from one MPS qp, spec 8.2: the default ranges end
     # within that span of the coarsest; a tensor whose whole range lies below it, of values far smaller than the
     # others', is left to the encoder's own qp and rules (raw storage for one-signed values), out of the target)
@@ -216,45 +234,43 @@ def allocate_qps(
     for k in [k for k, r in own.items() if r.stop - 1 < floor]:
         del floats[k], own[k]
     if target_snr_db is not None:
-        if not importance:  # each tensor's error against its own scale (its weights count, not its energy)
-            importance = scale_importance(floats)
         # (the signal weighted as the error is: an SNR in the importance's terms)
-        energy = sum(_weighted_energy(v, importance.get(k)) for k, v in floats.items())
-        target_distortion = energy / 10 ** (target_snr_db / 10)
+        target_distortion = sum(energies[k] for k in floats) / 10 ** (target_snr_db / 10)
 
-    def candidates(k, v):
+    def weights_of(k):
+        return _scale_factor(mean_squares[k]) if by_scale else importance.get(k)
+
+    def candidates(k):
         if k in pinned:
-            return [enc.settings.tensor_qp(k, v.ndim)]
+            return [enc.settings.tensor_qp(k, ndims[k])]
         if qps is not None:
             return qps
         return [q for q in own[k] if q >= floor]
 
-    if progress is not None and not callable(progress):
-        raise EncodeError(f"progress must be a callable or None, not {type(progress).__name__}")
     octave = 1 << enc.qp_density
     coarse_first = qps is None  # (default candidates: one qp an octave first, then those near each choice)
 
-    def first_pass(k, v):
-        c = candidates(k, v)
+    def first_pass(k):
+        c = candidates(k)
         if not coarse_first or k in pinned:
             return c
         return c[::octave] + ([c[-1]] if (len(c) - 1) % octave else [])
 
     curves = {}
-    for k, v in floats.items():
-        curves[k] = _tensor_curve(enc, k, v, first_pass(k, v), importance.get(k))
+    for k, load in floats.items():
+        curves[k] = _tensor_curve(enc, k, load(), first_pass(k), weights_of(k))
         if progress is not None:
-            progress(k, v.size)
+            progress(k, sizes[k])
     assert target_distortion is not None  # (set above from the SNR when not given)
     choice, bits = _multiplier_choice(curves, pinned, target_distortion)
     if coarse_first:
-        for k, v in floats.items():
+        for k, load in floats.items():
             measured = {p[0] for p in curves[k]}
-            near = [q for q in candidates(k, v) if abs(q - choice[k]) < octave and q not in measured]
+            near = [q for q in candidates(k) if abs(q - choice[k]) < octave and q not in measured]
             if near and k not in pinned:
-                curves[k] = sorted(curves[k] + _tensor_curve(enc, k, v, near, importance.get(k), allow_empty=True))
+                curves[k] = sorted(curves[k] + _tensor_curve(enc, k, load(), near, weights_of(k), allow_empty=True))
             if progress is not None:
-                progress(k, v.size)
+                progress(k, sizes[k])
         choice, bits = _multiplier_choice(curves, pinned, target_distortion)
     choice, bits = _no_worse_than_one_qp(curves, pinned, target_distortion, choice, bits)
     return {k: qp for k, qp in choice.items() if k not in pinned}
@@ -265,7 +281,7 @@ REPLACED_BY_TARGET = ("qp", "step", "nonweight_qp", "sigmas")
 
 
 def with_allocated_qps(
-    tensors: Mapping[str, np.ndarray],
+    tensors: Mapping[str, np.ndarray] | ModelSource,
     target_snr_db: float,
     options: Mapping,
     progress=None,
@@ -279,8 +295,8 @@ def with_allocated_qps(
 
     Parameters
     ----------
-    tensors : mapping of str to numpy.ndarray
-        The model's tensors, in memory.
+    tensors : mapping of str to numpy.ndarray, or nnc.readers.ModelSource
+        The model's tensors, in memory or opened (read one at a time, :func:`allocate_qps`).
     target_snr_db : float
         The target SNR in dB, as :func:`allocate_qps` takes it.
     options : mapping
@@ -403,19 +419,58 @@ def scale_importance(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]
     >>> F["a"].tolist(), "zeros" in F
     ([0.25, 0.25], False)
     """
-    out = {}
-    for name, x in tensors.items():
-        flat = np.asarray(x, np.float64).reshape(-1)
-        mean_square = float(np.mean(np.square(flat))) if flat.size else 0.0
-        if 0 < mean_square < math.inf:
-            out[name] = np.full(flat.shape, 1.0 / mean_square)
-    return out
+    factors = {name: (_scale_factor(_mean_square(x)), np.size(x)) for name, x in tensors.items()}
+    return {name: np.full(size, f) for name, (f, size) in factors.items() if f is not None}
+
+
+def _mean_square(x) -> float:
+    """The mean square of a tensor's values, in float64 (0 for an empty one)."""
+    flat = np.asarray(x, np.float64).reshape(-1)
+    return float(np.mean(np.square(flat))) if flat.size else 0.0
+
+
+def _scale_factor(mean_square: float) -> float | None:
+    """F = 1 / mean square, each of a tensor's weights' in :func:`scale_importance`, or None when its energy is 0 or
+    not finite."""
+    return 1.0 / mean_square if 0 < mean_square < math.inf else None
+
+
+def _float_tensors(tensors, is_raw: Callable[[str], bool]) -> dict[str, Callable[[], np.ndarray]]:
+    """{name: a loader of its values} of the float tensors not stored raw by name (``is_raw``): a model opened
+    lazily (:class:`nnc.readers.ModelSource`) is read a tensor at a time, each time its values are wanted."""
+    from .readers import ModelSource
+
+    if isinstance(tensors, ModelSource):
+        return {t.name: t.load for t in tensors if np.dtype(t.dtype).kind == "f" and not is_raw(t.name)}
+    arrays = {k: np.asarray(v) for k, v in tensors.items() if not is_raw(k)}
+    return {k: _held(a) for k, a in arrays.items() if a.dtype.kind == "f"}
+
+
+def _held(array: np.ndarray) -> Callable[[], np.ndarray]:
+    """A loader of an array already in memory."""
+    return lambda: array
 
 
 def _weighted_energy(x: np.ndarray, importance) -> float:
-    """sum F w^2 of a tensor (F = 1 without an importance)."""
-    w2 = np.square(np.asarray(x, np.float64).reshape(-1))
-    return float(w2.sum() if importance is None else (np.asarray(importance, np.float64).reshape(-1) * w2).sum())
+    """sum F w^2 of a tensor (F = 1 without an importance; one F for all its weights, or one each)."""
+    return _weighted_error(np.asarray(x).reshape(-1), None, importance)
+
+
+def _weighted_error(x: np.ndarray, recon: np.ndarray | None, importance) -> float:
+    """sum F (x - recon)^2 over a flat tensor (recon None: 0), in float64 slice by slice (no tensor-sized
+    temporaries); ``importance`` None (F = 1), one F for all, or one each."""
+    one = importance is None or np.isscalar(importance)
+    f = None if one else np.asarray(importance, np.float64).reshape(-1)
+    total = 0.0
+    for i in range(0, x.size, MEASURE_SLICE):
+        d = x[i : i + MEASURE_SLICE].astype(np.float64)  # (a copy: x is the caller's)
+        if recon is not None:
+            d -= recon[i : i + MEASURE_SLICE]
+        d *= d
+        if f is not None:
+            d *= f[i : i + MEASURE_SLICE]
+        total += float(d.sum())
+    return total if importance is None else float(importance) * total if one else total
 
 
 def empirical_fisher(gradients: Iterable[Mapping[str, object]]) -> dict[str, np.ndarray]:

@@ -736,13 +736,13 @@ def cmd_encode(args) -> int:
     if args.target_snr is not None:
         from .allocation import REPLACED_BY_TARGET, with_allocated_qps
 
-        tensors, dtypes, _ = models.load_model(args.model)
-        # (--tensor-qp's tensors keep their qps: the allocation makes up for their error; bfloat16 tensors: the
-        # error of the values their file holds)
+        # (read a tensor at a time; --tensor-qp's tensors keep their qps: the allocation makes up for their error;
+        # bfloat16 tensors: the error of the values their file holds)
         given = {k: v for k, v in options.items() if k not in REPLACED_BY_TARGET}
-        with _errors_name(args.model, EncodeError), _AllocationProgress(tensors, args.quiet or args.json) as shown:
-            options, allocated = with_allocated_qps(tensors, args.target_snr, given, progress=shown, dtypes=dtypes)
-        del tensors
+        with _errors_name(args.model, EncodeError), _AllocationProgress(source, args.quiet or args.json) as shown:
+            options, allocated = with_allocated_qps(
+                source, args.target_snr, given, progress=shown, dtypes=source.dtypes
+            )
     with _state_saved_after(args.state, options.get("state")):  # noqa: SIM117 (Python 3.9: no parenthesised with)
         with _EncodeProgress(source, args.quiet or args.json) as progress, _errors_name(args.model, EncodeError):
             with warnings.catch_warnings():
@@ -890,9 +890,9 @@ class _EncodeProgress(_Bar):
 class _AllocationProgress(_Bar):
     """tqdm bar of ``--target-snr``'s measuring of each tensor's curve, in weights; on a terminal unless quiet."""
 
-    def __init__(self, tensors, quiet: bool):
+    def __init__(self, source, quiet: bool):
         # (each tensor's curve is measured in two passes: one qp an octave, then near its choice)
-        total = 2 * sum(int(np.size(v)) for v in tensors.values() if np.asarray(v).dtype.kind == "f")
+        total = 2 * sum(t.size for t in source if np.dtype(t.dtype).kind == "f")
         self.bar = _progress_bar(total, "weights", "choosing qps", quiet)
 
     def __call__(self, name: str, n: int) -> None:
@@ -2382,7 +2382,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATTERN=QP",
         help="per-tensor qp by name or glob (repeatable; the first pattern that matches a tensor applies)",
     )
-    p.add_argument("--nonweight-qp", type=int, help="qp of 1-D tensors (default: the weights' qp)")
+    p.add_argument(
+        "--nonweight-qp",
+        type=int,
+        help="qp of tensors of at most one dimension (a (1, n) one keeps the weights' qp; default: the weights' qp)",
+    )
     p.add_argument(
         "--nonweight-snr",
         type=float,

@@ -533,7 +533,8 @@ class Encoder:
     qp_per_tensor : mapping of str to int, optional
         {name or glob pattern: qp}; the first match wins.
     nonweight_qp : int or None
-        qp of 1-D tensors (biases, norms); None (default) means ``qp``, as the measurements
+        qp of the tensors of at most one dimension (biases, norms; a (1, n) tensor, also a
+        one-output layer's weight, keeps ``qp``); None (default) means ``qp``, as the measurements
         of ``benchmarks/results/paper.md`` recommend (NNCodec uses -75; before 0.2.0 so did nnc).
     nonweight_snr_db : float or None
         The least SNR, in dB, a float tensor with at most one dimension longer than 1 (also

@@ -242,8 +242,8 @@ def encode_model(model, output=None, *, client=None, extra_metadata=None, target
 
 
 def _with_target_qps(model, target_snr_db: float, options: dict) -> dict:
-    """``options`` with the qps of ``target_snr_db`` for ``model`` (an opened model or a mapping), which is read
-    into memory for the allocation (:func:`nnc.allocation.with_allocated_qps`) and let go."""
+    """``options`` with the qps of ``target_snr_db`` for ``model`` (an opened model, read a tensor at a time, or a
+    mapping) by :func:`nnc.allocation.with_allocated_qps`."""
     from .allocation import with_allocated_qps
 
     given = dict(options)
@@ -253,7 +253,7 @@ def _with_target_qps(model, target_snr_db: float, options: dict) -> dict:
         tensors, dtypes = numpy_inputs(model, options.get("dtypes"))
     else:
         keep_quantisation_parameters_exact(given, model)  # (raw: out of the allocation, as the encoder keeps them)
-        tensors, dtypes, _ = load_model(model)
+        tensors, dtypes = model, model.dtypes
     completed, _ = with_allocated_qps(tensors, target_snr_db, given, dtypes=dtypes)
     return dict(options, qp_per_tensor=completed["qp_per_tensor"])
 
@@ -328,7 +328,7 @@ def with_metadata(stream: bytes, extra: dict) -> bytes:
 def load_model(path) -> tuple:
     """(tensors, original dtype names, extra topology metadata) of a model file or checkpoint, in memory.
 
-    For commands that need every tensor at once (the DC-v2 search, qp allocation);
+    For commands that need every tensor at once (the DC-v2 search);
     :func:`encode_model_to` streams instead.
 
     Parameters
@@ -390,7 +390,7 @@ def encode_model_to(
         Also measure the weight SNR (``summary.snr_db``; an extra pass over each tensor).
     target_snr_db : float, optional
         Choose each float tensor's qp for this SNR first, as :func:`encode_model` does: the
-        model is then read into memory once for the allocation.
+        allocation reads the model a tensor at a time too (each tensor three times more).
     **options
         :class:`nnc.encoder.Encoder` options.
 
@@ -404,7 +404,7 @@ def encode_model_to(
     nnc.formats.FormatError
         If the model cannot be read.
     nnc.errors.EncodeError
-        If an option is invalid or a tensor cannot be encoded.
+        If an option is invalid, ``output`` is not a path, or a tensor cannot be encoded.
     OSError
         If ``output`` cannot be written (it is then left as it was).
 
@@ -421,8 +421,11 @@ def encode_model_to(
     from ._files import refuse_overwriting
     from .encoder import Encoder
     from .encoding.stream import StreamSummary
+    from .errors import EncodeError
     from .readers import open_model, source_from_mapping
 
+    if not isinstance(output, (str, os.PathLike)):
+        raise EncodeError(f"output must be a path (str or os.PathLike), not {type(output).__name__}")
     if isinstance(model, Mapping):
         source = source_from_mapping(model)
     elif hasattr(model, "tensors") and hasattr(model, "checkpoint"):

@@ -326,3 +326,43 @@ def test_a_target_snr_keeps_a_quantised_model_s_scales_exact(tmp_path):
     mapping = {"l.scales": scales.astype(np.float32), "head.weight": rng.normal(0, 0.05, (16, 32)).astype(np.float32)}
     nnc.models.encode_model_to(mapping, tmp_path / "m.nnr", target_snr_db=25)  # (a mapping's scales: allocated)
     assert (tmp_path / "m.nnr").read_bytes() == nnc.encode_model(mapping, target_snr_db=25)
+
+
+def _counting_source(model):
+    """A ModelSource whose loaders make fresh arrays and record, at each load, how many earlier ones are alive."""
+    import weakref
+
+    from nnc.readers import LazyTensor, ModelSource
+
+    alive, most = [], [0]
+
+    def loader(values):
+        def load():
+            most[0] = max(most[0], sum(r() is not None for r in alive))
+            fresh = values.copy()
+            alive.append(weakref.ref(fresh))
+            return fresh
+        return load
+
+    tensors = [LazyTensor(k, v.shape, str(v.dtype), str(v.dtype), loader(v)) for k, v in model.items()]
+    return ModelSource("<counting>", "safetensors", tensors), most
+
+
+@pytest.mark.parametrize("target", [20.0, 40.0])
+def test_a_target_snr_reads_an_opened_model_one_tensor_at_a_time(tmp_path, target):
+    """Before: the allocation loaded the whole model (and an importance of 8 bytes a weight for all of it) before it
+    measured the first curve; an opened model is now read a tensor at a time, with the same qps as in memory."""
+    from nnc.allocation import with_allocated_qps
+
+    rng = np.random.default_rng(5)
+    model = {f"l{i}.weight": rng.normal(0, 0.05 * (i + 1), (24, 32)).astype(np.float32) for i in range(6)}
+    model["norm"] = (1 + rng.normal(0, 0.1, 32)).astype(np.float32)
+    source, most = _counting_source(model)
+    _, lazily = with_allocated_qps(source, target, {"rdoq_lambda": 0.05})
+    assert most[0] <= 1
+    assert lazily == with_allocated_qps(model, target, {"rdoq_lambda": 0.05})[1]
+    source, most = _counting_source(model)
+    nnc.models.encode_model_to(source, tmp_path / "m.nnr", target_snr_db=target)
+    assert most[0] <= 1 and (tmp_path / "m.nnr").read_bytes() == nnc.encode_model(model, target_snr_db=target)
+    with pytest.raises(nnc.EncodeError, match="output must be a path"):  # (was a TypeError once encoded)
+        nnc.models.encode_model_to(model, None)

@@ -153,3 +153,15 @@ def test_an_export_s_norms_with_singleton_dimensions_keep_the_floor_too(tmp_path
     # a matrix is a weight: its qp is the global one, floor or not
     wide = {"w": rng.normal(0, 1e-3, (2, 64)).astype(np.float32)}
     assert Encoder(nonweight_snr_db=60).encode(wide).tensors["w"].qp == -38
+
+
+def test_the_floor_rounds_half_a_step_away_from_zero_as_the_quantiser_does():
+    """Before: the floor's one-signed check rounded with np.rint (ties to even), so a positive value of exactly half a
+    step counted as put at 0 and the whole tensor was stored raw for a reason untrue of the quantiser, which rounds
+    it to 1 (spec A.1)."""
+    step = float(step_size(-38, 2))
+    x = np.full(256, 100 * step, np.float32)
+    x[7] = 0.5 * step
+    coded = Encoder(qp=-38, dq=False).encode({"scale": x}).tensors["scale"]
+    assert coded.kept_raw is None and coded.qp == -38
+    assert np.array_equal(nnc.decode(nnc.encode({"scale": x}, qp=-38, dq=False))["scale"], np.where(x == x[7], step, x))

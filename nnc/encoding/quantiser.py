@@ -351,7 +351,7 @@ def qp_keeping_snr(x: np.ndarray, qp: int, snr_db: float, qp_density: int) -> in
 
     def keeps(q: int) -> bool:  # (the sums of the slices, each taken in float64 at its own scale: nnc.measure)
         step = float(step_size(q, qp_density))
-        sums = [error_sums(part, step * np.rint(part.astype(np.float64) / step)) for part in slices]
+        sums = [error_sums(part, step * _rounded_multiples(part, step)) for part in slices]
         return measured_snr_db(sum(e.energy for e in sums), sum(e.error for e in sums)) >= snr_db
 
     energy = sum(error_sums(part, part).energy for part in slices)
@@ -507,13 +507,24 @@ def _nearest_levels(flat: np.ndarray, step: float) -> np.ndarray:
     slice, so that no tensor-sized float64 temporaries are made."""
     levels = np.empty(flat.size, np.int32)
     for i in range(0, flat.size, SLICE):
-        scaled = np.divide(flat[i : i + SLICE], step, dtype=np.float64)
-        rounded = np.abs(scaled)
-        rounded += 0.5
-        np.floor(rounded, out=rounded)
-        np.copysign(rounded, scaled, out=rounded)  # sgn(x) floor(|x| + 0.5); -0.0 becomes 0
-        levels[i : i + SLICE] = rounded
+        levels[i : i + SLICE] = _rounded_multiples(flat[i : i + SLICE], step)
     return levels
+
+
+def _rounded_multiples(x: np.ndarray, step: float) -> np.ndarray:
+    """sgn(x) floor(|x| / step + 0.5) in float64, the nearest multiple counts of ``step`` with ties away from zero
+    (spec A.1): the rounding of the quantiser and of the 1-D floor's measurements alike.
+
+    Examples
+    --------
+    >>> _rounded_multiples(np.array([0.5, -0.5, 1.5, 2.5, 0.49]), 1.0).tolist()
+    [1.0, -1.0, 2.0, 3.0, 0.0]
+    """
+    scaled = np.divide(x, step, dtype=np.float64)
+    rounded = np.abs(scaled)
+    rounded += 0.5
+    np.floor(rounded, out=rounded)
+    return np.copysign(rounded, scaled, out=rounded)  # (-0.0 becomes 0 once stored as a level)
 
 
 class Quantiser:
@@ -736,7 +747,7 @@ class Quantiser:
             floor = s.nonweight_snr_db
             own = s.tensor_qp(name, arr.ndim)
             own_step = float(step_size(own, s.qp_density))
-            rounded_erased = self._sign_erased(name, x, own_step * np.rint(x.astype(np.float64) / own_step), own)
+            rounded_erased = self._sign_erased(name, x, own_step * _rounded_multiples(x, own_step), own)
             if rounded_erased is not None:  # one-signed values that rounding at its qp puts at 0: stored exactly
                 floor = None  # (A.7; the quantiser's own count is reported when it puts them at 0 too)
         if finite:  # (a block member is always finite here)
