@@ -348,8 +348,15 @@ def _load_state(cls, path, quiet: bool = False):
 
     The file is locked (an advisory lock, where the system has them) until the command has saved the state after
     it, or ends: a second command on the same state waits for the first, then reads the state the first wrote."""
+    from .errors import UpdateError
     from .readers import path_identity
 
+    links = os.stat(path).st_nlink if os.path.exists(path) else 1
+    if links > 1:  # (the state is replaced by a rename: its other names would keep the state before, silently)
+        raise UpdateError(
+            f"{path}: the --state file has {links} names (hard links); saving the state replaces this one and would "
+            "leave the others stale: give a copy with one name"
+        )
     lock = _lock_state_file(path, quiet)
     before = path_identity(path)
     state = cls.load(path) if before is not None else cls()

@@ -1732,6 +1732,25 @@ def test_a_symlinked_output_or_state_file_is_written_where_the_link_leads(tmp_pa
     assert sorted(p.name for p in (tmp_path / "keep").iterdir()) == ["enc.state", "s1.nnr"]  # no temporary left
 
 
+def test_a_hard_linked_state_file_is_refused_before_anything_is_written(tmp_path, capsys):
+    """Before: the state was saved by a rename, so one name got the new state and its other names kept the old one,
+    exit 0: the next update through another name decoded against a stale state (or was refused)."""
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        np.savez(tmp_path / f"m{i}.npz", w=rng.normal(size=(8, 8)).astype(np.float32))
+    state, other = tmp_path / "enc.state", tmp_path / "other.state"
+    assert cli(capsys, "encode", tmp_path / "m0.npz", "-o", tmp_path / "s0.nnr", "--state", state,
+               "--differences")[0] == 0
+    os.link(state, other)
+    before = state.read_bytes()
+    for command in (["encode", tmp_path / "m1.npz", "-o", tmp_path / "s1.nnr", "--differences"],
+                    ["decode", tmp_path / "s0.nnr", "-o", tmp_path / "d.npz"]):
+        code, _, err = cli(capsys, *command, "--state", state)
+        assert code == 1 and err.startswith(f"nnc: error: {state}: the --state file has 2 names (hard links)")
+        assert err.count("\n") == 1 and state.read_bytes() == before == other.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["enc.state", "m0.npz", "m1.npz", "other.state", "s0.nnr"]
+
+
 def test_a_replaced_file_keeps_its_mode_and_a_read_only_one_is_not_replaced(tmp_path, capsys, monkeypatch):
     """Before: a replaced file got 0666 less the umask (a private stream or state became readable by all), and a
     read-only one was replaced."""
