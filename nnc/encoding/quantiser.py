@@ -520,11 +520,11 @@ def _rounded_multiples(x: np.ndarray, step: float) -> np.ndarray:
     >>> _rounded_multiples(np.array([0.5, -0.5, 1.5, 2.5, 0.49]), 1.0).tolist()
     [1.0, -1.0, 2.0, 3.0, 0.0]
     """
-    scaled = np.divide(x, step, dtype=np.float64)
+    scaled = np.atleast_1d(np.divide(x, step, dtype=np.float64))  # (a 0-d tensor too: in place below)
     rounded = np.abs(scaled)
     rounded += 0.5
     np.floor(rounded, out=rounded)
-    return np.copysign(rounded, scaled, out=rounded)  # (-0.0 becomes 0 once stored as a level)
+    return np.copysign(rounded, scaled, out=rounded).reshape(np.shape(x))  # (-0.0 becomes 0 once a level)
 
 
 class Quantiser:
