@@ -199,7 +199,7 @@ def detect_format(path: str | os.PathLike) -> str:
         raise FormatError(f"{p}: a zip archive that is neither .npz nor a PyTorch file")
     if len(head) >= 9:
         (hlen,) = struct.unpack("<Q", head[:8])
-        if 2 <= hlen < 100_000_000 and head[8:9] == b"{":
+        if 2 <= hlen < MAX_SAFETENSORS_HEADER and head[8:9] == b"{":
             return "safetensors"
     if head[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05"):
         return "pt"
@@ -286,6 +286,10 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
 
 
 # -- safetensors (hand-written: header length, JSON header, raw little-endian data) --
+
+#: The largest safetensors header read, in bytes (the safetensors library's own limit).
+MAX_SAFETENSORS_HEADER = 100_000_000
+
 
 _ST_DTYPES = {
     "F64": "<f8",
@@ -618,10 +622,15 @@ def _dims(where: str, dims) -> tuple:
     shape = tuple(int(d) for d in dims)
     if any(d < 0 for d in shape):
         raise FormatError(f"{where}: a negative dimension in {list(shape)}")
+    if len(shape) > _MAX_DIMS:
+        raise FormatError(f"{where}: {len(shape)} dimensions, more than the {_MAX_DIMS} numpy holds")
     if math.prod(d for d in shape if d) * _WIDEST_ITEMSIZE > np.iinfo(np.intp).max:
         raise FormatError(f"{where}: shape {list(shape)} too large")
     return shape
 
+
+#: The most dimensions a numpy array has (64 since numpy 2, 32 before).
+_MAX_DIMS = 64 if int(np.__version__.split(".")[0]) >= 2 else 32
 
 #: Bytes of an element of complex128, the widest dtype a tensor is held in.
 _WIDEST_ITEMSIZE = 16
@@ -640,12 +649,22 @@ def _read_npy_member(path, member, fh) -> np.ndarray:
         raise FormatError(  # (read at once, a size the archive cannot hold would be allocated first)
             f"{path}: {member.filename}: the archive says {member.compress_size:,} bytes, more than the whole file"
         )
-    data = fh.read(count * dtype.itemsize)
-    if len(data) != count * dtype.itemsize:
-        raise FormatError(f"{path}: {member.filename}: array data is truncated")
-    arr = np.frombuffer(data, dtype=dtype)
+    arr = np.empty(count, dtype)  # (read into in pieces: the array's memory, not twice it)
+    into, done = arr.view(np.uint8), 0
+    while done < into.size:
+        piece = fh.read(min(into.size - done, _NPY_PIECE))
+        if not piece:
+            raise FormatError(f"{path}: {member.filename}: array data is truncated")
+        into[done : done + len(piece)] = np.frombuffer(piece, np.uint8)
+        done += len(piece)
+    if not dtype.isnative:  # (in place: the same bytes in native order)
+        arr = arr.byteswap(inplace=True).view(dtype.newbyteorder("="))
     arr = arr.reshape(shape[::-1]).transpose() if fortran else arr.reshape(shape)
-    return arr.astype(arr.dtype.newbyteorder("="), order="C")  # a writable, native-order copy (0-d stays 0-d)
+    return np.ascontiguousarray(arr) if fortran else arr  # (C order; 0-d stays 0-d)
+
+
+#: Bytes of an .npz member read at once.
+_NPY_PIECE = 1 << 24
 
 
 def npz_bytes(tensors, dtypes=None) -> bytes:

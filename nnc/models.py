@@ -434,6 +434,8 @@ def encode_model_to(
         source = open_model(model)
     refuse_overwriting(output, {"model's file": source.files})
     if not isinstance(model, Mapping):
+        if not len(source):  # (as encode_model: a file of no tensors is not a model to write an empty stream of)
+            raise formats.FormatError(f"{source.path}: no tensors found (nothing to encode)")
         keep_quantisation_parameters_exact(options, source)
     if target_snr_db is not None:  # (a mapping's quantisation parameters are not kept exact: allocated as well)
         options = _with_target_qps(model if isinstance(model, Mapping) else source, target_snr_db, options)

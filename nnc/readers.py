@@ -37,6 +37,7 @@ import json
 import math
 import mmap
 import os
+import pickle
 import struct
 import warnings
 import zipfile
@@ -415,7 +416,14 @@ def _safetensors_header(path: Path) -> tuple[dict, int, int, tuple]:
             (hlen,) = struct.unpack("<Q", head)
             if 8 + hlen > size:
                 raise FormatError(f"{path}: safetensors header runs past the end of the file")
+            if hlen >= formats.MAX_SAFETENSORS_HEADER:
+                raise FormatError(
+                    f"{path}: safetensors header of {hlen:,} bytes, more than the "
+                    f"{formats.MAX_SAFETENSORS_HEADER:,} read"
+                )
             header, repeated = _json_noting_repeated_keys(fh.read(hlen))
+    except FormatError:
+        raise
     except OSError as exc:
         raise FormatError(f"cannot read {path}: {exc.strerror}") from None
     except ValueError:
@@ -546,6 +554,8 @@ def _read_pt(path: Path, file_index):
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
     except Exception as exc:  # torch raises many types on bad files
         raise FormatError(f"{path}: {formats._pt_load_problem(exc, path)}") from None
+    if is_zip:  # (a memory-mapped load takes a storage's record as long as the pickle says, whatever it holds)
+        _refuse_short_storage_records(path)
     if not isinstance(obj, dict):
         raise FormatError(f"{path}: not a state_dict (a mapping of names to tensors)")
     obj, left_out = formats._unwrap_checkpoint(path, obj)
@@ -577,6 +587,78 @@ def _read_pt(path: Path, file_index):
     if mapped is not None:
         mapped.guard([v for v in obj.values() if hasattr(v, "untyped_storage")])
     return out, metadata or {}, left_out
+
+
+def _refuse_short_storage_records(path: Path) -> None:
+    """A FormatError if a storage of a zip-format .pt file needs more bytes than its record holds: torch.load with
+    mmap=True reads past such a record's end (into the next entry of the zip) without a word."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            pickles = [i for i in zf.infolist() if i.filename.endswith("/data.pkl") and i.filename.count("/") == 1]
+            if len(pickles) != 1:
+                return
+            prefix = pickles[0].filename[: -len("data.pkl")]
+            sizes = {i.filename: i.file_size for i in zf.infolist()}
+            with zf.open(pickles[0]) as fh:
+                storages = _PickledStorages(fh).storages_of()
+    except Exception:  # noqa: BLE001 (torch.load read it: a pickle this reading does not follow is not checked)
+        return
+    torch = formats._torch()
+    for type_name, key, numel in storages:
+        storage_type = getattr(torch, type_name.rpartition(".")[2], None) if type_name.startswith("torch.") else None
+        with warnings.catch_warnings():  # (torch's note that typed storages are deprecated: the file names them)
+            warnings.simplefilter("ignore")
+            dtype = getattr(storage_type, "dtype", None)
+        if not isinstance(dtype, torch.dtype) or not isinstance(numel, int):
+            continue
+        needed, held = numel * dtype.itemsize, sizes.get(f"{prefix}data/{key}", 0)
+        if held < needed:
+            raise FormatError(f"{path}: storage {key} needs {needed:,} bytes, its record holds {held:,}: damaged file")
+
+
+class _PickledStorages(pickle.Unpickler):
+    """Reads a .pt file's data.pkl for its storages' (type, key, element count), building nothing: every class it
+    names is a stand-in (:class:`_StandIn`), so no code of the file's runs."""
+
+    def __init__(self, fh):
+        super().__init__(fh)
+        self.storages: list[tuple[str, str, object]] = []
+
+    def find_class(self, module, name):
+        return type(name, (_StandIn,), {"pickled_name": f"{module}.{name}"})
+
+    def persistent_load(self, pid):
+        if isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage":
+            self.storages.append((getattr(pid[1], "pickled_name", ""), str(pid[2]), pid[4]))
+        return _StandIn()
+
+    def storages_of(self) -> list:
+        self.load()
+        return self.storages
+
+
+class _StandIn:
+    """Any object of a pickle read by :class:`_PickledStorages`: takes every argument, state and item, keeps none."""
+
+    pickled_name = ""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __call__(self, *args, **kwargs):
+        return _StandIn()
+
+    def __setstate__(self, state):
+        pass
+
+    def __setitem__(self, key, value):
+        pass
+
+    def append(self, value):
+        pass
+
+    def extend(self, values):
+        pass
 
 
 class _MappedFile:
@@ -789,11 +871,16 @@ def onnx_external_bytes(path, init) -> bytes:
 
 
 def _onnx_external_file(path: Path, init) -> tuple[Path, dict]:
-    """(the file, the entries) of a tensor's external data; the file must lie in the model's folder."""
+    """(the file, the entries) of a tensor's external data; the file must lie in the model's folder, or be the model
+    file itself (as ``formats.load_onnx_graph`` locates the large tensors it reads in place: a model reached by a
+    symbolic link, as in the Hugging Face cache, resolves elsewhere)."""
     info = {e.key: e.value for e in init.external_data}
     location = info.get("location", "")
+    if not location:
+        raise FormatError(f"{path}: initializer {init.name!r} has external data without a location")
     data_path = (path.parent / location).resolve()
-    if not location or Path(location).is_absolute() or path.parent.resolve() not in data_path.parents:
+    itself = location == path.name and data_path == path.resolve()
+    if not itself and (Path(location).is_absolute() or path.parent.resolve() not in data_path.parents):
         raise FormatError(f"{path}: initializer {init.name!r} has external data outside the model's folder")
     if not data_path.is_file():
         raise FormatError(f"{path}: external data of {init.name!r} ({location}) is missing")

@@ -531,3 +531,6 @@ def test_an_npz_of_no_arrays_is_an_npz_with_no_tensors(tmp_path, capsys):
     assert formats.detect_format(tmp_path / "empty.npz") == "npz"
     assert main(["encode", str(tmp_path / "empty.npz"), "-o", str(tmp_path / "e.nnr")]) == 1
     assert "no tensors found" in capsys.readouterr().err and not (tmp_path / "e.nnr").exists()
+    with pytest.raises(formats.FormatError, match="no tensors found"):  # (the streaming encoder wrote an empty stream)
+        nnc.models.encode_model_to(tmp_path / "empty.npz", tmp_path / "e.nnr")
+    assert not (tmp_path / "e.nnr").exists()

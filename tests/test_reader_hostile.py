@@ -486,3 +486,77 @@ def test_malformed_headers_and_indexes_say_what_is_wrong(tmp_path):
         index.write_text(text)
         with pytest.raises(formats.FormatError, match=words):
             readers.open_model(ck)
+
+
+# -- a probe of hostile model files (2026-12-08) ------------------------------------------------
+
+
+def test_a_pt_storage_record_shorter_than_its_tensor_is_refused(tmp_path):
+    """Before: torch.load(mmap=True) read past the cut record into the next zip entry's header, and the model encoded
+    with those bytes as values, exit 0 (torch.load without mmap refuses the same file)."""
+    import zipfile
+
+    torch = pytest.importorskip("torch")
+    whole, cut = tmp_path / "two.pt", tmp_path / "cut.pt"
+    torch.save({"a": torch.arange(4.0), "b": torch.full((64,), 7.0), "h": torch.ones(3, dtype=torch.bfloat16)}, whole)
+    with zipfile.ZipFile(whole) as zin, zipfile.ZipFile(cut, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info.filename)
+            zout.writestr(zipfile.ZipInfo(info.filename, info.date_time), data[:4] if info.filename.endswith("/data/0")
+                          else data)
+    _refused(cut, "storage 0 needs 16 bytes, its record holds 4")
+    assert {t.name: t.load().tolist() for t in open_model(whole)} == {"a": [0, 1, 2, 3], "b": [7.0] * 64,
+                                                                      "h": [1.0] * 3}
+
+
+def test_an_onnx_model_reached_by_a_symbolic_link_reads_its_own_large_tensors(tmp_path):
+    """Before: a model file linked from elsewhere (the Hugging Face cache's snapshots/ and blobs/) was refused as having
+    'external data outside the model's folder': its own tensors of 1024 bytes or more, read in place, resolved to the
+    link's target."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import helper, numpy_helper
+
+    (tmp_path / "blobs").mkdir()
+    (tmp_path / "snapshot").mkdir()
+    values = np.arange(1024, dtype=np.float32) / 7
+    graph = helper.make_graph([], "g", [], [], [numpy_helper.from_array(values, "big")])
+    (tmp_path / "blobs" / "abc").write_bytes(helper.make_model(graph).SerializeToString())
+    link = tmp_path / "snapshot" / "model.onnx"
+    link.symlink_to(tmp_path / "blobs" / "abc")
+    assert np.array_equal(open_model(link)["big"].load(), values)
+    assert onnx.load(str(link)).graph.initializer[0].name == "big"
+
+
+def test_a_tensor_of_more_dimensions_than_numpy_holds_is_refused(tmp_path):
+    """Before: a header of 100,001 dimensions passed the checks and load() raised numpy's ValueError (a traceback in
+    nnc encode)."""
+    shape = [1] * 100_000 + [6]
+    header = json.dumps({"w": {"dtype": "F32", "shape": shape, "data_offsets": [0, 24]}}).encode()
+    _refused(_safetensors_raw(tmp_path / "m.safetensors", header, bytes(24)), "100001 dimensions, more than the")
+
+
+def test_a_safetensors_header_past_the_size_read_is_refused_before_reading(tmp_path, monkeypatch):
+    """Before: read_safetensors read a header of any size the file held (3 GB: 3.7 GB of memory) before parsing it."""
+    monkeypatch.setattr(formats, "MAX_SAFETENSORS_HEADER", 32)
+    header = json.dumps({"w": {"dtype": "F32", "shape": [30], "data_offsets": [0, 120]}}).encode()
+    path = _safetensors_raw(tmp_path / "m.safetensors", header, bytes(120))
+    with pytest.raises(FormatError, match=f"header of {len(header)} bytes, more than the 32 read"):
+        formats.read_safetensors(path)
+    path.write_bytes(struct.pack("<Q", 10**6) + b"{}")  # (and the checks before it keep their own words)
+    with pytest.raises(FormatError, match="header runs past the end of the file"):
+        formats.read_safetensors(path)
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_npz_members_read_in_pieces_keep_their_values_byte_order_and_layout(tmp_path, monkeypatch, compressed):
+    """The reader fills the array in pieces (it read the member whole, then copied it: twice the tensor's memory)."""
+    monkeypatch.setattr(formats, "_NPY_PIECE", 7)
+    rng = np.random.default_rng(0)
+    arrays = {"big_endian": rng.normal(size=(3, 5)).astype(">f4"), "fortran": np.asfortranarray(rng.normal(size=(4, 6))),
+              "scalar": np.array(2.5), "empty": np.zeros((0, 3)), "ints": np.arange(11, dtype=">i8"),
+              "flags": np.array([True, False, True])}
+    (np.savez_compressed if compressed else np.savez)(tmp_path / "m.npz", **arrays)
+    for name, t in [(t.name, t) for t in open_model(tmp_path / "m.npz")]:
+        got = t.load()
+        assert got.shape == arrays[name].shape and np.array_equal(got, arrays[name]), name
+        assert got.dtype.isnative and got.flags.c_contiguous and got.flags.writeable, name
