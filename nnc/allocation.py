@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Mapping
 
 import numpy as np
 
+from ._threads import in_order_in_flight
 from .encoder import Encoder
 from .encoding.quantiser import is_finite, levels_fit_int32, tensor_geometry
 from .encoding.settings import check_importance, matches
@@ -76,6 +77,9 @@ def _tensor_curve(
         raise EncodeError(f"tensor {name!r}: no candidate qp keeps its levels within int32")
     return curve
 
+
+#: Bytes of tensors (float32 size) whose curves are measured at once with ``threads`` above 1 (one always is).
+CURVE_BUDGET = 1 << 30
 
 #: The finest default candidate step of a tensor, in octaves of its root mean square (2^-12 RMS: about 83 dB)
 FINEST_OCTAVES = -12
@@ -159,7 +163,8 @@ def allocate_qps(
         twice per tensor with the default candidates: they are measured one qp an octave
         first, then near each tensor's choice.
     **encoder_options
-        :class:`nnc.encoder.Encoder` options that shape the curves (``dq``, ``n_gtx``...).
+        :class:`nnc.encoder.Encoder` options that shape the curves (``dq``, ``n_gtx``...); its ``threads``
+        measure that many tensors' curves at once (the same qps for any count).
         A tensor that ``qp_per_tensor`` names (or matches as a glob) keeps its qp: its
         error counts towards the target and the other tensors make up for it.
 
@@ -256,19 +261,28 @@ def allocate_qps(
             return c
         return c[::octave] + ([c[-1]] if (len(c) - 1) % octave else [])
 
+    def measured(job):  # (each tensor's curve points, in model order, from up to ``threads`` tensors at a time)
+        names = list(floats)
+        yield from in_order_in_flight(names, job, lambda k: 4 * sizes[k], CURVE_BUDGET, enc.settings.threads)
+
     curves = {}
-    for k, load in floats.items():
-        curves[k] = _tensor_curve(enc, k, load(), first_pass(k), weights_of(k))
+    for k, curve in measured(lambda k: _tensor_curve(enc, k, floats[k](), first_pass(k), weights_of(k))):
+        curves[k] = curve
         if progress is not None:
             progress(k, sizes[k])
     assert target_distortion is not None  # (set above from the SNR when not given)
     choice, bits = _multiplier_choice(curves, pinned, target_distortion)
     if coarse_first:
-        for k, load in floats.items():
-            measured = {p[0] for p in curves[k]}
-            near = [q for q in candidates(k) if abs(q - choice[k]) < octave and q not in measured]
-            if near and k not in pinned:
-                curves[k] = sorted(curves[k] + _tensor_curve(enc, k, load(), near, weights_of(k), allow_empty=True))
+
+        def near_choice(k):
+            done = {p[0] for p in curves[k]}
+            near = [q for q in candidates(k) if abs(q - choice[k]) < octave and q not in done]
+            if not near or k in pinned:
+                return []
+            return _tensor_curve(enc, k, floats[k](), near, weights_of(k), allow_empty=True)
+
+        for k, more in measured(near_choice):
+            curves[k] = sorted(curves[k] + more)
             if progress is not None:
                 progress(k, sizes[k])
         choice, bits = _multiplier_choice(curves, pinned, target_distortion)

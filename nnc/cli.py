@@ -2521,8 +2521,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads",
         type=_non_negative_int,
         metavar="N",
-        help="tensors quantised and coded at a time, same stream for every N, more memory for "
-        "larger N (default: one per CPU; with --search --workers > 1: 1 per worker)",
+        help="tensors quantised and coded (with --target-snr also measured) at a time, same stream for every N, "
+        "more memory for larger N (default: one per CPU; with --search --workers > 1: 1 per worker)",
     )
     p.add_argument(
         "--state",

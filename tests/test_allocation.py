@@ -366,3 +366,19 @@ def test_a_target_snr_reads_an_opened_model_one_tensor_at_a_time(tmp_path, targe
     assert most[0] <= 1 and (tmp_path / "m.nnr").read_bytes() == nnc.encode_model(model, target_snr_db=target)
     with pytest.raises(nnc.EncodeError, match="output must be a path"):  # (was a TypeError once encoded)
         nnc.models.encode_model_to(model, None)
+
+
+@pytest.mark.parametrize("budget", [1, 1 << 30])
+def test_curves_measured_in_threads_give_the_same_qps(monkeypatch, budget):
+    """With threads above 1 (``--threads``) the tensors' curves are measured at once, within a byte budget; the
+    allocation is the one of a single thread."""
+    import nnc.allocation
+
+    monkeypatch.setattr(nnc.allocation, "CURVE_BUDGET", budget)
+    rng = np.random.default_rng(7)
+    model = {f"l{i}.weight": rng.laplace(0, 0.02 * (i + 1), (16 * (i + 1), 24)).astype(np.float32) for i in range(5)}
+    model["l0.bias"] = rng.normal(0, 0.01, 16).astype(np.float32)
+    calls = []
+    one = allocate_qps(model, target_snr_db=33, threads=1)
+    assert allocate_qps(model, target_snr_db=33, threads=3, progress=lambda k, n: calls.append(k)) == one
+    assert calls == [*model, *model]  # (in model order, twice: one qp an octave, then near each choice)
