@@ -1211,11 +1211,14 @@ def cmd_decode(args) -> int:
                 + ("; the state file is unchanged" if args.state else "")
             )
         return _fail(f"{args.stream}: the stream holds no tensors; nothing written")
-    if args.add_to and not dec.differences:
-        return _fail(
-            f"--add-to: {args.stream} holds full values, not differences (encode updates with "
-            f"--differences); decode it without --add-to"
-        )
+    if args.add_to:
+        from .decoder import refuse_full_values
+        from .errors import UpdateError
+
+        try:
+            refuse_full_values(dec, "decode it without --add-to")
+        except UpdateError as exc:
+            return _fail(f"--add-to: {args.stream}: {exc.message}")
     names = args.tensor or None
     missing = [n for n in names or [] if n not in dec.names()]
     if missing:

@@ -659,17 +659,12 @@ def apply_update(
     >>> apply_update({"w": np.array([1.0, 2.0], np.float32)}, nnc.decode(nnc.encode({"w": [1.0, 2.0]}, qp=-8)))
     Traceback (most recent call last):
         ...
-    nnc.errors.UpdateError: the update holds full values, not differences (the stream was not encoded with differences=True); use its tensors as the model instead of adding them [spec 6.2.1]
+    nnc.errors.UpdateError: the stream holds full values, not differences (it was not encoded with differences=True, --differences): use its tensors as the model instead of adding them [spec 6.2.1]
     """
     for what, value in (("model", model), ("update", update)):
         if not isinstance(value, Mapping):  # api-check
             raise TypeError(f"{what} must be a mapping of tensor names to arrays, not {type(value).__name__}")
-    if getattr(update, "differences", True) is False:
-        raise UpdateError(
-            "the update holds full values, not differences (the stream was not encoded with "
-            "differences=True); use its tensors as the model instead of adding them",
-            clause="6.2.1",
-        )
+    refuse_full_values(update, "use its tensors as the model instead of adding them")
     narrow = getattr(update, "narrow", {}) if narrow is None else _narrow_formats(narrow)
     if any(type(v).__module__.startswith("torch") for v in model.values()):
         from .torch import _is_torch_tensor, _to_numpy  # (a torch state_dict: bfloat16 as its float32 values)
@@ -960,6 +955,36 @@ def recorded_narrow(metadata: dict) -> "Mapping[str, str]":
     if not isinstance(recorded, dict):
         return MappingProxyType({})
     return MappingProxyType({k: v for k, v in recorded.items() if isinstance(v, str) and narrow_floats.is_narrow(v)})
+
+
+def refuse_full_values(update, instead: str) -> None:
+    """Raise :class:`~nnc.errors.UpdateError` if ``update`` (a :class:`Decoder`, or tensors it decoded) holds a
+    model's full values, not differences to it (spec 6.2.1): added to a model, they would double it. The converse
+    of :func:`refuse_differences`; a mapping that does not say is taken as differences.
+
+    Parameters
+    ----------
+    update : nnc.decoder.Decoder or mapping
+        The decoder of the stream, or its decoded tensors (their ``differences`` attribute).
+    instead : str
+        What the caller should do instead, ending the message.
+
+    Examples
+    --------
+    >>> import nnc, numpy as np
+    >>> from nnc.decoder import Decoder, refuse_full_values
+    >>> refuse_full_values({"w": np.ones(3)}, "")  # a plain mapping: nothing to say
+    >>> refuse_full_values(Decoder(nnc.encode({"w": [1.0]})), "decode it without --add-to")
+    Traceback (most recent call last):
+        ...
+    nnc.errors.UpdateError: the stream holds full values, not differences (it was not encoded with differences=True, --differences): decode it without --add-to [spec 6.2.1]
+    """
+    if getattr(update, "differences", True) is False:
+        raise UpdateError(
+            "the stream holds full values, not differences (it was not encoded with differences=True, "
+            "--differences): " + instead,
+            clause="6.2.1",
+        )
 
 
 def refuse_differences(dec: "Decoder", instead: str) -> None:

@@ -51,6 +51,7 @@ from .decoder import (
     model_order,
     recorded_dtype,
     recorded_shape,
+    refuse_full_values,
     release_pages,
     restore_model_view,
 )
@@ -561,12 +562,7 @@ def _add_update(dec: Decoder, output, add_to, template, progress, inputs, overwr
 
     source = open_model(add_to)  # a file, a checkpoint folder or its index
     held = _LoadedOneByOne(source)
-    if not dec.differences:
-        raise UpdateError(
-            "--add-to: the stream holds full values, not differences (encode updates with "
-            "--differences); decode it without --add-to",
-            clause="6.2.1",
-        )
+    refuse_full_values(dec, "decode it without --add-to")
     try:  # before decoding: a replayed update is refused before it touches a decoder state
         check_update_parent(held, dec.parent, dec.narrow)
     except UpdateError as exc:
@@ -905,6 +901,7 @@ def _decode_in_memory(
         from .models import load_model
         from .readers import open_model
 
+        refuse_full_values(dec, "decode it without --add-to")  # (before the model is read)
         source = open_model(add_to)  # a file, a checkpoint folder or its index
         previous = load_model(source)
         layout = (previous[2] or {}).get("checkpoint")
@@ -931,14 +928,7 @@ def _decode_in_memory(
     view, dtypes = restore_model_view(decoded, dec.metadata)
     if previous is not None:
         from .decoder import apply_update
-        from .errors import UpdateError
 
-        if not dec.differences:
-            raise UpdateError(
-                "--add-to: the stream holds full values, not differences (encode updates with "
-                "--differences); decode it without --add-to",
-                clause="6.2.1",
-            )
         try:
             view = apply_update(previous[0], view, check_parent=False)  # (checked above)
         except ValueError as exc:
