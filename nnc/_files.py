@@ -395,6 +395,58 @@ def renaming():
         yield
 
 
+class TemporaryFiles:
+    """The temporary files of a write of several files into one folder (an ONNX model and its external data, a
+    sharded checkpoint), each beside its final name (:func:`temp_file_beside`): renamed into place together
+    (:func:`replace_all`), or removed; an error of one is told of the user's file, not the temporary one.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from nnc._files import TemporaryFiles
+    >>> d = tempfile.mkdtemp()
+    >>> files = TemporaryFiles(d)
+    >>> _ = open(files.new("m.bin"), "w").write("data"), open(files.new("m.json"), "w").write("{}")
+    >>> [os.path.basename(p) for p in files.commit(["m.bin", "m.json"])], sorted(os.listdir(d))
+    (['m.bin', 'm.json'], ['m.bin', 'm.json'])
+    """
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        self.temps: dict[str, str] = {}  # {final name: temporary file}
+
+    def new(self, name: str) -> str:
+        """A new, empty temporary file for the final file ``name`` of the folder."""
+        fd, tmp = temp_file_beside(self.folder / name)
+        os.close(fd)
+        self.temps[name] = tmp
+        return tmp
+
+    def commit(self, order=None) -> list:
+        """Flush each file to disk, then rename them over their final names, in ``order`` (final names; default
+        the order they were made in): all, or none. Returns the final paths."""
+        for tmp in self.temps.values():
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+        names = list(self.temps) if order is None else list(order)
+        return replace_all([(self.temps[name], self.folder / name) for name in names])
+
+    def discard(self) -> None:
+        """Remove every temporary file (those already removed or renamed are passed over)."""
+        for tmp in self.temps.values():
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+    def user_error(self, exc: OSError, whole=None) -> OSError | None:
+        """``exc`` naming the final file where it names a temporary one, or ``whole`` where it names none (a full
+        disk); None when it names another file (already the user's)."""
+        final = {tmp: self.folder / name for name, tmp in self.temps.items()}
+        where = final.get(exc.filename) if exc.filename is not None else whole
+        return None if where is None else OSError(exc.errno, exc.strerror or str(exc), os.fspath(where))
+
+
 def replace_all(pairs) -> list:
     """Rename each finished temporary file over its target, ``pairs`` of (temporary, target), in order: all of them,
     or none. A rename that fails (an immutable or busy target) puts back the targets replaced before it, from hard

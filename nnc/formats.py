@@ -1867,30 +1867,22 @@ def write_onnx(path, tensors, dtypes=None, template=None) -> list:
     >>> [os.path.basename(f) for f in write_onnx(os.path.join(d, "m.onnx"), {"w": np.zeros((64, 64))}, template=os.path.join(d, "t.onnx"))]
     ['m.onnx.data', 'm.onnx']
     """
-    from ._files import replace_all, temp_file_beside
+    from ._files import TemporaryFiles
 
     final = Path(path)
-    temps: dict[str, str] = {}  # {file name: temporary file}
-
-    def temp_for(name: str) -> str:
-        fd, temps[name] = temp_file_beside(final.parent / name)
-        os.close(fd)
-        return temps[name]
-
+    files = TemporaryFiles(final.parent)
     try:
-        model_tmp = temp_for(final.name)
-        _write_onnx_weights(OnnxWriter(model_tmp, final.name, _onnx_plan(tensors, dtypes), template, temp_for), tensors)
-        for tmp in temps.values():
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-        order = sorted(temps, key=lambda name: name == final.name)  # the data first: the model names it
-        return replace_all((temps[name], final.parent / name) for name in order)
-    except BaseException:
-        for tmp in temps.values():
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+        model_tmp = files.new(final.name)
+        _write_onnx_weights(
+            OnnxWriter(model_tmp, final.name, _onnx_plan(tensors, dtypes), template, files.new), tensors
+        )
+        return files.commit(
+            sorted(files.temps, key=lambda name: name == final.name)
+        )  # the data first: the model names it
+    except BaseException as exc:
+        files.discard()
+        if isinstance(exc, OSError) and (named := files.user_error(exc, final)) is not None:
+            raise named from None
         raise
 
 

@@ -41,7 +41,7 @@ from typing import Any, Callable, Mapping, Protocol
 import numpy as np
 
 from . import narrow_floats
-from ._files import naming, new_files_only, refuse_overwriting, replace_all, reserve_space, temp_file_beside
+from ._files import TemporaryFiles, naming, new_files_only, refuse_overwriting, reserve_space
 from .decoder import (
     DecodedTensors,
     Decoder,
@@ -302,7 +302,7 @@ def _safetensors_header(file: _File) -> tuple[bytes, dict]:
 
 
 class _SafetensorsSink:
-    def __init__(self, file: _File, tmp: str):
+    def __init__(self, file: _File, tmp: str, new_file: Callable[[str], str]):
         self.tmp = tmp
         head, self.offsets = _safetensors_header(file)
         self.tensors = {t.name: t for t in file.tensors}
@@ -338,7 +338,7 @@ class _NpzSink:
     BLOCK unit) waits until the tensors planned before it are written.
     """
 
-    def __init__(self, file: _File, tmp: str):
+    def __init__(self, file: _File, tmp: str, new_file: Callable[[str], str]):
         self.zf = zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True)
         self.tensors = {t.name: t for t in file.tensors}
         self.order = list(self.tensors)
@@ -380,7 +380,7 @@ class _NpzSink:
 class _PtSink:
     """A PyTorch file written tensor by tensor (:class:`nnc.formats.PtWriter`: memory holds one tensor)."""
 
-    def __init__(self, file: _File, tmp: str):
+    def __init__(self, file: _File, tmp: str, new_file: Callable[[str], str]):
         from .formats import PtWriter
 
         self.tensors = {t.name: t for t in file.tensors}
@@ -408,19 +408,12 @@ class _OnnxSink:
     """An ONNX model laid out from its template, each weight decoded into its place (:class:`nnc.formats.OnnxWriter`:
     memory holds the template's graph and one tensor); its external data file, if any, is an extra temporary file."""
 
-    def __init__(self, file: _File, tmp: str):
+    def __init__(self, file: _File, tmp: str, new_file: Callable[[str], str]):
         from .formats import OnnxWriter
-
-        self.extra: dict[str, str] = {}  # {final name: temporary file} written besides tmp
-        folder = Path(tmp).parent
-
-        def data_file(location):
-            self.extra[location] = _temp_in(folder, location)
-            return self.extra[location]
 
         plan = {t.name: (t.shape, t.dtype) for t in file.tensors}
         try:
-            self.writer = OnnxWriter(tmp, file.name, plan, file.template, data_file)
+            self.writer = OnnxWriter(tmp, file.name, plan, file.template, new_file)  # (its data: a further file)
         except BaseException:
             self.abort()
             raise
@@ -438,16 +431,12 @@ class _OnnxSink:
         writer = getattr(self, "writer", None)
         if writer is not None:
             writer.buffers.clear()  # (maps of the temporary files: some systems cannot remove a mapped file)
-        for tmp in self.extra.values():
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
 
 
 class _Sink(Protocol):
-    """Where one output file's tensors go: an array to decode into (or None), then each array, then close (or, on
-    an error, abort: the temporary file is removed)."""
+    """Where one output file's tensors go, made with the file, its temporary file and a maker of further temporary
+    files (``new_file(final name)``: an ONNX model's external data): an array to decode into (or None), then each
+    array, then close (or, on an error, abort: the writer removes every temporary file)."""
 
     def buffer(self, info): ...
 
@@ -458,7 +447,7 @@ class _Sink(Protocol):
     def abort(self): ...
 
 
-_SINKS: dict[str, Callable[[_File, str], _Sink]] = {
+_SINKS: dict[str, Callable[[_File, str, Callable[[str], str]], _Sink]] = {
     "safetensors": _SafetensorsSink,
     "npz": _NpzSink,
     "pt": _PtSink,
@@ -511,12 +500,6 @@ def _index_json(index: dict, files: list) -> bytes:
     metadata["total_size"] = sum(t.nbytes for f in files for t in f.tensors)
     body = {"metadata": metadata, "weight_map": dict(sorted(weight_map.items()))}
     return (json.dumps(body, indent=2) + "\n").encode()
-
-
-def _temp_in(folder: Path, name: str) -> str:
-    fd, tmp = temp_file_beside(folder / name)
-    os.close(fd)
-    return tmp
 
 
 def _write_folder_from_memory(folder: Path, tensors, dtypes: dict, layout, inputs: dict, overwrite=False) -> dict:
@@ -820,12 +803,11 @@ def _write_files(
     created = into_folder and not folder.exists()  # a file's folder must exist
     if created:
         folder.mkdir(parents=True)
-    temps: dict[str, str] = {}
+    temporary = TemporaryFiles(folder)
     sinks: dict[str, _Sink] = {}
     try:
         for f in files:
-            temps[f.name] = _temp_in(folder, f.name)
-            sinks[f.name] = _SINKS[f.format](f, temps[f.name])
+            sinks[f.name] = _SINKS[f.format](f, temporary.new(f.name), temporary.new)
         sink_of = {t.name: sinks[f.name] for f in files for t in f.tensors}
         total_bytes = sum(t.nbytes for f in files for t in f.tensors)
         done = dict(tensors=0, bytes=0)
@@ -842,42 +824,33 @@ def _write_files(
                 progress(DecodeProgress(name, done["tensors"], n_tensors, done["bytes"], total_bytes))
         for sink in sinks.values():
             sink.close()
-        extra = {name: tmp for sink in sinks.values() for name, tmp in getattr(sink, "extra", {}).items()}
+        extra = [name for name in temporary.temps if name not in {f.name for f in files}]  # (an ONNX model's data)
         for name in extra:
             refuse_overwriting(folder / name, inputs or {})
-        temps = {**extra, **temps}  # (an ONNX model's external data: renamed before the model naming it)
         if index is not None:
-            temps[index["name"]] = _temp_in(folder, index["name"])
-            with open(temps[index["name"]], "wb") as fh:
+            with open(temporary.new(index["name"]), "wb") as fh:
                 fh.write(_index_json(index, files))
-        for tmp in temps.values():
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-        targets = [(tmp, folder / final) for final, tmp in temps.items()]
-        with new_files_only(*(t for _, t in targets)) if into_folder and not overwrite else contextlib.nullcontext():
-            written = replace_all(targets)  # the whole checkpoint or none (nor one appeared meanwhile, unasked)
+        order = extra + names  # (external data renamed before the model naming it)
+        with (
+            new_files_only(*(folder / n for n in order)) if into_folder and not overwrite else contextlib.nullcontext()
+        ):
+            written = temporary.commit(order)  # the whole checkpoint or none (nor one appeared meanwhile, unasked)
     except BaseException as exc:
         for sink in sinks.values():
             try:
                 sink.abort()
             except Exception:
                 pass
-        for tmp in temps.values():
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+        temporary.discard()
         if created:
             try:
                 folder.rmdir()
             except OSError:
                 pass
         if isinstance(exc, OSError):  # named by the user's path, not a temporary file's (or none: a full disk)
-            named = {tmp: folder / name for name, tmp in temps.items()}
-            alone = folder / files[0].name if len(files) == 1 else folder
-            where = named.get(exc.filename) if exc.filename is not None else alone
-            if where is not None:
-                raise OSError(exc.errno, exc.strerror or str(exc), os.fspath(where)) from None
+            named = temporary.user_error(exc, folder / files[0].name if len(files) == 1 else folder)
+            if named is not None:
+                raise named from None
         raise
     return dict(
         files=written,

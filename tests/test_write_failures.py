@@ -411,3 +411,27 @@ def test_without_hard_links_a_file_another_command_wrote_is_kept(tmp_path, monke
     with _files.new_files_only(target), pytest.raises(FileExistsError, match="created by another program"):
         _files.replace_all([(tmp, target)])
     assert target.read_bytes() == b"theirs" and sorted(p.name for p in tmp_path.iterdir()) == [target.name]
+
+
+def test_write_onnx_names_the_user_s_file_when_a_write_fails(tmp_path, monkeypatch):
+    """Before: formats.write_onnx (the writer of nnc.decode_model and --add-to into one ONNX file) raised the OSError
+    of its temporary file, so the message named a '.m.onnx.nnc_....tmp' the user never asked for."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import helper, numpy_helper
+
+    from nnc import formats
+
+    graph = helper.make_graph([helper.make_node("Identity", ["w"], ["y"])], "g", [],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [64, 64])],
+                              [numpy_helper.from_array(np.ones((64, 64), np.float32), "w")])
+    onnx.save(helper.make_model(graph), str(tmp_path / "t.onnx"), save_as_external_data=True, location="t.bin")
+
+    def temporary_file_full(writer, tensors):
+        tmp = next(p for p in tmp_path.iterdir() if p.name.endswith(".tmp"))
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
+
+    monkeypatch.setattr(formats, "_write_onnx_weights", temporary_file_full)
+    with pytest.raises(OSError) as err:
+        formats.write_onnx(tmp_path / "m.onnx", {"w": np.zeros((64, 64))}, template=tmp_path / "t.onnx")
+    assert err.value.filename in (str(tmp_path / "m.onnx"), str(tmp_path / "m.onnx.data")), err.value.filename
+    assert _leftovers(tmp_path) == [] and not (tmp_path / "m.onnx").exists()
