@@ -456,19 +456,7 @@ def encode_model_to(
     encoder = Encoder(**options)
     result = encoder.encode(tensors, progress=progress, extra_metadata=extra)
     formats.write_atomic(output, result.stream)
-    summary = StreamSummary(
-        path=os.fspath(output),
-        stream_bytes=len(result.stream),
-        tensors=len(tensors),
-        weights=sum(t.size for t in source if t.name not in result.tied),
-        original_bytes=source.nbytes,
-        tied=dict(result.tied),
-        qps={k: t.qp for k, t in result.tensors.items() if t.qp is not None},
-        skipped=list(result.skipped),
-        kept_raw=[k for k, t in result.tensors.items() if t.kept_raw is not None],
-        kept_raw_reasons={k: t.kept_raw for k, t in result.tensors.items() if t.kept_raw is not None},
-        left_out=list(source.left_out),
-    )
+    summary = StreamSummary.of_result(output, result, source)
     if not measure:
         summary.energy = summary.error = float("nan")
     elif encoder.state is None:

@@ -164,6 +164,25 @@ class StreamSummary:
     def bits_per_weight(self) -> float:
         return 8 * self.stream_bytes / max(self.weights, 1)
 
+    @classmethod
+    def of_result(cls, output, result, source) -> "StreamSummary":
+        """The summary of a stream coded in memory (an :class:`~nnc.encoder.EncodeResult`) from the model ``source``
+        (:class:`nnc.readers.ModelSource`) and written to ``output``: its tied tensors' weights counted once."""
+        coded = result.tensors
+        return cls(
+            path=os.fspath(output),
+            stream_bytes=len(result.stream),
+            tensors=len(source),
+            weights=sum(t.size for t in source if t.name not in result.tied),
+            original_bytes=getattr(source, "nbytes", 0),
+            tied=dict(result.tied),
+            qps={k: t.qp for k, t in coded.items() if t.qp is not None},
+            skipped=list(result.skipped),
+            kept_raw=[k for k, t in coded.items() if t.kept_raw is not None],
+            kept_raw_reasons={k: t.kept_raw for k, t in coded.items() if t.kept_raw is not None},
+            left_out=list(getattr(source, "left_out", [])),
+        )
+
     @property
     def ratio(self) -> float:
         """How many times smaller than the model in its original dtypes."""
@@ -423,18 +442,7 @@ def _encode_update_in_memory(encoder, source, tensors, output, progress, extra_m
     arrays = {t.name: t.load() for t in tensors}
     result = encoder.encode(arrays, progress, extra_metadata=extra_metadata)
     write_atomic(output, result.stream)
-    summary = StreamSummary(
-        path=os.fspath(output),
-        stream_bytes=len(result.stream),
-        tensors=len(tensors),
-        weights=sum(t.size for t in tensors),
-        original_bytes=source.nbytes if hasattr(source, "nbytes") else 0,
-        qps={k: t.qp for k, t in result.tensors.items() if t.qp is not None},
-        skipped=list(result.skipped),
-        kept_raw=[k for k, t in result.tensors.items() if t.kept_raw is not None],
-        kept_raw_reasons={k: t.kept_raw for k, t in result.tensors.items() if t.kept_raw is not None},
-    )
-    return summary
+    return StreamSummary.of_result(output, result, source)
 
 
 def _encode_update_streaming(
