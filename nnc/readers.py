@@ -591,18 +591,27 @@ def _read_pt(path: Path, file_index):
 
 def _refuse_short_storage_records(path: Path) -> None:
     """A FormatError if a storage of a zip-format .pt file needs more bytes than its record holds: torch.load with
-    mmap=True reads past such a record's end (into the next entry of the zip) without a word."""
+    mmap=True reads past such a record's end (into the next entry of the zip) without a word. An archive whose
+    storages cannot be told for sure (two records of one name, not one data.pkl, a pickle this reading does not
+    follow though torch's did) is refused too: the check is not to be turned off by the file it checks."""
     try:
         with zipfile.ZipFile(path) as zf:
-            pickles = [i for i in zf.infolist() if i.filename.endswith("/data.pkl") and i.filename.count("/") == 1]
+            infos = zf.infolist()
+            names = [i.filename for i in infos]
+            twice = next((n for n in names if names.count(n) > 1), None) if len(set(names)) < len(names) else None
+            if twice is not None:
+                raise FormatError(f"{path}: the archive holds {twice!r} twice")
+            pickles = [i for i in infos if i.filename.endswith("/data.pkl") and i.filename.count("/") == 1]
             if len(pickles) != 1:
-                return
+                raise FormatError(f"{path}: the archive holds {len(pickles)} data.pkl records, not one")
             prefix = pickles[0].filename[: -len("data.pkl")]
-            sizes = {i.filename: i.file_size for i in zf.infolist()}
+            sizes = {i.filename: i.file_size for i in infos}
             with zf.open(pickles[0]) as fh:
                 storages = _PickledStorages(fh).storages_of()
-    except Exception:  # noqa: BLE001 (torch.load read it: a pickle this reading does not follow is not checked)
-        return
+    except FormatError:
+        raise
+    except Exception as exc:  # noqa: BLE001 (torch.load read it, so a failure here is the file's)
+        raise FormatError(f"{path}: its storages cannot be checked against their records ({exc})") from None
     torch = formats._torch()
     for type_name, key, numel in storages:
         storage_type = getattr(torch, type_name.rpartition(".")[2], None) if type_name.startswith("torch.") else None
@@ -623,9 +632,13 @@ class _PickledStorages(pickle.Unpickler):
     def __init__(self, fh):
         super().__init__(fh)
         self.storages: list[tuple[str, str, object]] = []
+        self.classes: dict[tuple[str, str], type] = {}  # (one stand-in a name: a pickle may name one many times)
 
     def find_class(self, module, name):
-        return type(name, (_StandIn,), {"pickled_name": f"{module}.{name}"})
+        key = (str(module), str(name))
+        if key not in self.classes:
+            self.classes[key] = type("StandIn", (_StandIn,), {"pickled_name": f"{key[0]}.{key[1]}"})
+        return self.classes[key]
 
     def persistent_load(self, pid):
         if isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage":

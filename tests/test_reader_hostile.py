@@ -560,3 +560,45 @@ def test_npz_members_read_in_pieces_keep_their_values_byte_order_and_layout(tmp_
         got = t.load()
         assert got.shape == arrays[name].shape and np.array_equal(got, arrays[name]), name
         assert got.dtype.isnative and got.flags.c_contiguous and got.flags.writeable, name
+
+
+def _cut_pt(tmp_path, extra=()):
+    """A .pt of two tensors whose first storage record is cut to 4 bytes, with ``extra`` (name, bytes) entries."""
+    import zipfile
+
+    torch = pytest.importorskip("torch")
+    whole, cut = tmp_path / "two.pt", tmp_path / f"cut{len(extra)}.pt"
+    torch.save({"a": torch.arange(4.0), "b": torch.full((64,), 7.0)}, whole)
+    with zipfile.ZipFile(whole) as zin, zipfile.ZipFile(cut, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info.filename)
+            zout.writestr(zipfile.ZipInfo(info.filename, info.date_time), data[:4] if info.filename.endswith("/data/0")
+                          else data)
+        for name, data in extra:
+            zout.writestr(zipfile.ZipInfo(name), data)
+    return whole, cut
+
+
+def test_the_short_record_check_is_not_turned_off_by_a_second_record_of_one_name(tmp_path):
+    """Before (a review of the check): a second 'top/data.pkl' entry made the check pass over the archive (not one
+    data.pkl), and torch read the cut record past its end as before, exit 0."""
+    import zipfile
+
+    whole, _ = _cut_pt(tmp_path)
+    with zipfile.ZipFile(whole) as z:
+        pickled = next(n for n in z.namelist() if n.endswith("/data.pkl"))
+        pkl = z.read(pickled)
+    _, cut = _cut_pt(tmp_path, [(pickled, pkl)])
+    _refused(cut, f"the archive holds {pickled!r} twice")
+
+
+def test_the_storages_reader_makes_one_stand_in_a_name_however_often_the_pickle_names_it(tmp_path):
+    """Before: every GLOBAL of the pickle made a new class: a 15 MB .pt naming OrderedDict 600,000 times took
+    1.6 GB to check (torch's own load 240 MB)."""
+    import io
+
+    from nnc.readers import _PickledStorages
+
+    many = b"\x80\x02](" + b"ccollections\nOrderedDict\n" * 1000 + b"e."
+    reader = _PickledStorages(io.BytesIO(many))
+    assert reader.storages_of() == [] and list(reader.classes) == [("collections", "OrderedDict")]
