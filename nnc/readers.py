@@ -322,7 +322,7 @@ def _open_index(index_path: Path) -> ModelSource:
                 "beside their index, as checkpoints keep them)"
             )
         if not shard.is_file():
-            raise FormatError(f"{index_path}: shard {file_name!r} is missing from {folder}")
+            raise FormatError(f"{index_path}: shard {file_name!r} {_not_a_file(shard)} in {folder}")
         shard_fmt = formats.detect_format(shard)
         if fmt is None:
             fmt = shard_fmt
@@ -896,8 +896,17 @@ def _onnx_external_file(path: Path, init) -> tuple[Path, dict]:
     if not itself and (Path(location).is_absolute() or path.parent.resolve() not in data_path.parents):
         raise FormatError(f"{path}: initializer {init.name!r} has external data outside the model's folder")
     if not data_path.is_file():
-        raise FormatError(f"{path}: external data of {init.name!r} ({location}) is missing")
+        raise FormatError(f"{path}: external data of {init.name!r} ({location}) {_not_a_file(data_path)}")
     return data_path, info
+
+
+def _not_a_file(path: Path) -> str:
+    """Why a path the model names is not a file to read: "is missing", or what it is instead."""
+    if not os.path.lexists(path):
+        return "is missing"
+    if os.path.exists(path) and path.is_dir():
+        return "is a folder, not a file"
+    return "is not a regular file" if os.path.exists(path) else "is a broken symbolic link"
 
 
 def _onnx_loader(path, init, numpy_helper):

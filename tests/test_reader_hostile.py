@@ -602,3 +602,24 @@ def test_the_storages_reader_makes_one_stand_in_a_name_however_often_the_pickle_
     many = b"\x80\x02](" + b"ccollections\nOrderedDict\n" * 1000 + b"e."
     reader = _PickledStorages(io.BytesIO(many))
     assert reader.storages_of() == [] and list(reader.classes) == [("collections", "OrderedDict")]
+
+
+def test_a_shard_that_is_a_folder_or_a_fifo_is_said_to_be_so_not_missing(tmp_path):
+    """Before: a shard named by the index that was a folder, a FIFO or a broken link was reported 'missing'."""
+    import os
+
+    folder = tmp_path / "ck"
+    folder.mkdir()
+    formats.write_model(str(folder / "a.safetensors"), {"w": np.ones(2, np.float32)})
+    index = {"weight_map": {"w": "a.safetensors", "v": "b.safetensors"}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    (folder / "b.safetensors").mkdir()
+    _refused(folder / "model.safetensors.index.json", "'b.safetensors' is a folder, not a file")
+    (folder / "b.safetensors").rmdir()
+    os.mkfifo(folder / "b.safetensors")
+    _refused(folder / "model.safetensors.index.json", "'b.safetensors' is not a regular file")
+    (folder / "b.safetensors").unlink()
+    (folder / "b.safetensors").symlink_to(tmp_path / "nowhere")
+    _refused(folder / "model.safetensors.index.json", "'b.safetensors' is a broken symbolic link")
+    (folder / "b.safetensors").unlink()
+    _refused(folder / "model.safetensors.index.json", "'b.safetensors' is missing")
