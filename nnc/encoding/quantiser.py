@@ -527,6 +527,31 @@ def _rounded_multiples(x: np.ndarray, step: float) -> np.ndarray:
     return np.copysign(rounded, scaled, out=rounded).reshape(np.shape(x))  # (-0.0 becomes 0 once a level)
 
 
+def _integers_losslessly(name: str, arr: np.ndarray, shape: tuple, height: int, width: int, scan: int) -> CodedTensor:
+    """An integer tensor coded exactly as int32 levels (spec 7.4); an EncodeError if a value lies outside int32 (its
+    range checked on the values themselves: a cast first would wrap uint64 ones into range)."""
+    if arr.size and (int(arr.min()) < -INT32_MAX - 1 or int(arr.max()) > INT32_MAX):
+        raise EncodeError(
+            f"integer tensor {name!r} has values outside int32 (from {int(arr.min())} to {int(arr.max())}): "
+            "NNC codes integers as int32 levels (spec 7.4) and raw values as float32 (spec 7.5), so no "
+            "option carries it exactly; leave it out of the model or split it"
+        )
+    ints = arr.astype(np.int32).reshape(-1)
+    return CodedTensor(
+        name=name,
+        shape=shape,
+        ptype="INT",
+        levels=ints,
+        qp=None,
+        step=None,
+        dq=False,
+        height=height,
+        width=width,
+        scan=scan,
+        recon=ints.reshape(shape),
+    )
+
+
 class Quantiser:
     """Turns one named array into a :class:`CodedTensor` under fixed settings.
 
@@ -710,27 +735,7 @@ class Quantiser:
         shape, height, width, scan = tensor_geometry(arr.shape, s.scan_order)
         kind = arr.dtype.kind
         if kind in "iub" and s.lossless_int and not in_block:
-            # range checked on the values themselves: a cast first would wrap uint64 ones into range
-            if arr.size and (int(arr.min()) < -INT32_MAX - 1 or int(arr.max()) > INT32_MAX):
-                raise EncodeError(
-                    f"integer tensor {name!r} has values outside int32 (from {int(arr.min())} to {int(arr.max())}): "
-                    "NNC codes integers as int32 levels (spec 7.4) and raw values as float32 (spec 7.5), so no "
-                    "option carries it exactly; leave it out of the model or split it"
-                )
-            ints = arr.astype(np.int32).reshape(-1)
-            return CodedTensor(
-                name=name,
-                shape=shape,
-                ptype="INT",
-                levels=ints,
-                qp=None,
-                step=None,
-                dq=False,
-                height=height,
-                width=width,
-                scan=scan,
-                recon=ints.reshape(shape),
-            )
+            return _integers_losslessly(name, arr, shape, height, width, scan)
         x, dtype_name = as_float_array(name, arr)
         fmt = None
         if s.keep_dtype and s.profile == 1 and dtype_name in RESTORABLE_FORMATS:
@@ -742,22 +747,9 @@ class Quantiser:
         if not finite and in_block:
             raise non_finite_error(name, x)
         kept_raw = None if finite or s.is_raw(name) else "holds inf or NaN"
-        floor = rounded_erased = None  # the SNR a tensor with at most one dimension longer than 1 keeps (spec A.7)
-        if finite and kind not in "iub" and not in_block and not difference and s.floors_nonweight(name, arr.shape):
-            floor = s.nonweight_snr_db
-            own = s.tensor_qp(name, arr.ndim)
-            own_step = float(step_size(own, s.qp_density))
-            rounded_erased = self._sign_erased(name, x, own_step * _rounded_multiples(x, own_step), own)
-            if rounded_erased is not None:  # one-signed values that rounding at its qp puts at 0: stored exactly
-                floor = None  # (A.7; the quantiser's own count is reported when it puts them at 0 too)
+        floor = rounded_erased = None
         if finite:  # (a block member is always finite here)
-            qp = s.tensor_qp(name, arr.ndim)
-            if name in s.sigmas:
-                qp = qp_for_step(dcv1_step(x, s.sigmas[name], s.dcv1_s), s.qp_density)
-            elif floor is not None:
-                floored = qp_keeping_snr(x, qp, floor, s.qp_density)
-                if floored != qp:  # uniform, as the floor's rounding measured it (DQ's trellis may keep less)
-                    qp, dq = floored, False
+            qp, dq, floor, rounded_erased = self._qp_and_floor(name, x, arr, dq, in_block, difference)
             step = step_size(qp, s.qp_density)
             if not s.is_raw(name) and not in_block and s.raw_when_smaller:
                 peak = max(float(x.max()), -float(x.min())) if x.size else 0.0
@@ -820,6 +812,30 @@ class Quantiser:
         return self._within_range(
             coded, arr if kind in "iub" else x, in_block, dtype_name, arr.dtype if kind in "iub" else None
         )
+
+    def _qp_and_floor(
+        self, name: str, x: np.ndarray, arr: np.ndarray, dq: bool, in_block: bool, difference: bool
+    ) -> tuple[int, bool, float | None, str | None]:
+        """A finite float tensor's qp and whether DQ codes it: the settings' (DC-v1's with sigmas), or, for a tensor
+        of at most one dimension longer than 1, the coarsest finer qp that keeps ``nonweight_snr_db`` by rounding,
+        uniformly (spec A.7); with the floor kept (or None) and, when rounding at its own qp puts one-signed values
+        at 0, the reason they are stored exactly instead (the floor then None)."""
+        s = self.settings
+        qp = s.tensor_qp(name, arr.ndim)
+        floor = rounded_erased = None
+        if arr.dtype.kind not in "iub" and not in_block and not difference and s.floors_nonweight(name, arr.shape):
+            own_step = float(step_size(qp, s.qp_density))
+            rounded_erased = self._sign_erased(name, x, own_step * _rounded_multiples(x, own_step), qp)
+            # (one-signed values that rounding at its qp puts at 0 are stored exactly; the quantiser's own count is
+            # reported when it puts them at 0 too)
+            floor = s.nonweight_snr_db if rounded_erased is None else None
+        if name in s.sigmas:
+            qp = qp_for_step(dcv1_step(x, s.sigmas[name], s.dcv1_s), s.qp_density)
+        elif floor is not None:
+            floored = qp_keeping_snr(x, qp, floor, s.qp_density)
+            if floored != qp:  # uniform, as the floor's rounding measured it (DQ's trellis may keep less)
+                qp, dq = floored, False
+        return qp, dq, floor, rounded_erased
 
     def _meaning_kept(
         self, name: str, x: np.ndarray, recon, qp: int, difference: bool, shape, height, width, scan, fmt, dtype_name
