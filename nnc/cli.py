@@ -543,30 +543,10 @@ def cmd_encode(args) -> int:
 
     from . import formats, models, readers
     from .encoder import FULL_VALUES_NOTE, EncoderState
-    from .encoding.settings import check_importance
     from .encoding.writer import differences_without_a_model
     from .errors import EncodeError
 
-    if args.state and args.search:
-        return _misused("--state (incremental coding) cannot be combined with --search")
-    if args.check and not args.search:
-        return _misused("--check guards a --search; give --search too")
-    if args.check_moves and not args.check:
-        return _misused("--check-moves checks the --check score during the search; give --check too")
-    given = {"--tolerance": args.tolerance, "--time-budget": args.time_budget, "--workers": args.workers}
-    unused = [option for option, value in given.items() if value is not None]
-    if unused and not args.search:
-        return _misused(f"{unused[0]} is an option of --search; give --search too")
-    unused = [
-        o
-        for o, v in (("--tca/--no-tca", args.tca), ("--hdsp", args.hdsp or None), ("--parent-id", args.parent_id))
-        if v is not None
-    ]
-    if unused and not args.state:
-        return _misused(f"{unused[0]} codes updates; give --state too")
-    if args.row_skip and args.profile == 0:
-        return _misused("--row-skip is a 2nd-edition tool; profile 0 (1st edition) has no row skipping")
-    if problem := _ignored_options(args):
+    if problem := _encode_usage_problem(args):
         return _misused(problem)
     args.dcv1_s = 64 if args.dcv1_s is None else args.dcv1_s
     args.tolerance = 0.005 if args.tolerance is None else args.tolerance
@@ -647,58 +627,8 @@ def cmd_encode(args) -> int:
         options["nonweight_snr_db"] = args.nonweight_snr
     if problem := _refused_option_values(options):
         return _misused(problem)
-    for option, path in (("sigmas", args.sigmas), ("importance", args.importance)):
-        if path:
-            options[option], _ = formats.read_model(path)
-            stray = [k for k in options[option] if k not in names]
-            if stray:  # (a name of another model would be ignored: no tensor takes it)
-                return _fail(f"{path}: {stray[0]!r} is not a tensor of {args.model}")
-            if not options[option]:
-                return _fail(f"{path}: holds no tensor, so --{option} would change nothing")
-            if option == "importance" and not any(np.any(np.asarray(v)) for v in options[option].values()):
-                return _fail(
-                    f"{path}: every importance is 0, which makes every weight's error free: RDOQ would drop them all"
-                )
-            for t in source:  # one value per weight, in the weight's own layout (the same count is not enough)
-                given = options[option].get(t.name)
-                if given is not None and np.shape(given) != tuple(t.shape):
-                    return _fail(
-                        f"{path}: {t.name!r} has shape {list(np.shape(given))}, the model's tensor {list(t.shape)}"
-                    )
-                sigmas = np.asarray(given) if given is not None and option == "sigmas" else None
-                if sigmas is not None and (sigmas.dtype.kind != "f" or not np.all(np.isfinite(sigmas) & (sigmas > 0))):
-                    return _fail(f"{path}: the sigmas of {t.name!r} must be finite and positive floats")
-                if given is not None and option == "importance":
-                    try:
-                        check_importance(t.name, np.asarray(given).reshape(-1), t.size)
-                    except EncodeError as exc:
-                        return _fail(f"{path}: {exc.message}")
-    if args.sigmas and (args.qp is not None or args.step is not None):
-        quantised = {t.name for t in source if np.dtype(t.dtype).kind in ("f" if args.lossless_int else "fiub")}
-        if quantised and quantised <= set(options["sigmas"]):
-            return _fail(
-                f"{'--qp' if args.qp is not None else '--step'} would be ignored: --sigmas {args.sigmas} gives every "
-                "quantised tensor its step (DC-v1, from its sigmas and --dcv1-s)"
-            )
-    if args.covariances:
-        if args.target_snr is not None:
-            return _fail(
-                "--covariances cannot be combined with --target-snr (error feedback trades the weights' "
-                "own SNR for the layers' output error)"
-            )
-        options["covariances"], _ = formats.read_model(args.covariances)
-        stray = [k for k in options["covariances"] if k not in names]
-        if stray:
-            return _fail(f"{args.covariances}: {stray[0]!r} is not a tensor of {args.model}")
-        from .encoding.feedback import check_covariance, covariance_columns
-
-        for t in source:
-            if t.name in options["covariances"]:
-                try:
-                    columns = covariance_columns(t.name, tuple(t.shape))
-                    check_covariance(t.name, options["covariances"][t.name], columns, factor=True)
-                except EncodeError as exc:
-                    return _fail(f"{args.covariances}: {exc}")
+    if problem := _read_side_files(args, options, names, source):
+        return _fail(problem)
     if args.blocks is not None:
         options["blocks"] = args.blocks
     if args.raw_when_smaller is not None:
@@ -755,6 +685,93 @@ def cmd_encode(args) -> int:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", re.escape(FULL_VALUES_NOTE))  # the note above says it
                 summary = models.encode_model_to(source, out, progress=progress, measure=not args.state, **options)
+    return _encode_report(args, out, summary, source, options, allocated)
+
+
+def _encode_usage_problem(args) -> str | None:
+    """What the options of ``nnc encode`` given together do not allow (a usage error), or None."""
+    if args.state and args.search:
+        return "--state (incremental coding) cannot be combined with --search"
+    if args.check and not args.search:
+        return "--check guards a --search; give --search too"
+    if args.check_moves and not args.check:
+        return "--check-moves checks the --check score during the search; give --check too"
+    given = {"--tolerance": args.tolerance, "--time-budget": args.time_budget, "--workers": args.workers}
+    unused = [option for option, value in given.items() if value is not None]
+    if unused and not args.search:
+        return f"{unused[0]} is an option of --search; give --search too"
+    unused = [
+        o
+        for o, v in (("--tca/--no-tca", args.tca), ("--hdsp", args.hdsp or None), ("--parent-id", args.parent_id))
+        if v is not None
+    ]
+    if unused and not args.state:
+        return f"{unused[0]} codes updates; give --state too"
+    if args.row_skip and args.profile == 0:
+        return "--row-skip is a 2nd-edition tool; profile 0 (1st edition) has no row skipping"
+    return _ignored_options(args)
+
+
+def _read_side_files(args, options: dict, names: list, source) -> str | None:
+    """Read ``--sigmas``, ``--importance`` and ``--covariances`` into ``options``, checked against the model's
+    tensors (``source``, their ``names``); what is wrong with them (one line), or None."""
+    from . import formats
+    from .encoding.settings import check_importance
+    from .errors import EncodeError
+
+    for option, path in (("sigmas", args.sigmas), ("importance", args.importance)):
+        if path:
+            options[option], _ = formats.read_model(path)
+            stray = [k for k in options[option] if k not in names]
+            if stray:  # (a name of another model would be ignored: no tensor takes it)
+                return f"{path}: {stray[0]!r} is not a tensor of {args.model}"
+            if not options[option]:
+                return f"{path}: holds no tensor, so --{option} would change nothing"
+            if option == "importance" and not any(np.any(np.asarray(v)) for v in options[option].values()):
+                return f"{path}: every importance is 0, which makes every weight's error free: RDOQ would drop them all"
+            for t in source:  # one value per weight, in the weight's own layout (the same count is not enough)
+                given = options[option].get(t.name)
+                if given is not None and np.shape(given) != tuple(t.shape):
+                    return f"{path}: {t.name!r} has shape {list(np.shape(given))}, the model's tensor {list(t.shape)}"
+                sigmas = np.asarray(given) if given is not None and option == "sigmas" else None
+                if sigmas is not None and (sigmas.dtype.kind != "f" or not np.all(np.isfinite(sigmas) & (sigmas > 0))):
+                    return f"{path}: the sigmas of {t.name!r} must be finite and positive floats"
+                if given is not None and option == "importance":
+                    try:
+                        check_importance(t.name, np.asarray(given).reshape(-1), t.size)
+                    except EncodeError as exc:
+                        return f"{path}: {exc.message}"
+    if args.sigmas and (args.qp is not None or args.step is not None):
+        quantised = {t.name for t in source if np.dtype(t.dtype).kind in ("f" if args.lossless_int else "fiub")}
+        if quantised and quantised <= set(options["sigmas"]):
+            return (
+                f"{'--qp' if args.qp is not None else '--step'} would be ignored: --sigmas {args.sigmas} gives every "
+                "quantised tensor its step (DC-v1, from its sigmas and --dcv1-s)"
+            )
+    if args.covariances:
+        if args.target_snr is not None:
+            return (
+                "--covariances cannot be combined with --target-snr (error feedback trades the weights' "
+                "own SNR for the layers' output error)"
+            )
+        options["covariances"], _ = formats.read_model(args.covariances)
+        stray = [k for k in options["covariances"] if k not in names]
+        if stray:
+            return f"{args.covariances}: {stray[0]!r} is not a tensor of {args.model}"
+        from .encoding.feedback import check_covariance, covariance_columns
+
+        for t in source:
+            if t.name in options["covariances"]:
+                try:
+                    columns = covariance_columns(t.name, tuple(t.shape))
+                    check_covariance(t.name, options["covariances"][t.name], columns, factor=True)
+                except EncodeError as exc:
+                    return f"{args.covariances}: {exc}"
+    return None
+
+
+def _encode_report(args, out, summary, source, options: dict, allocated) -> int:
+    """Tell what ``nnc encode`` wrote (``summary``): its notes and warnings, then one line, or the JSON report."""
     original = sorted({t.original_dtype for t in source if np.dtype(t.dtype).kind == "f"})
     report = dict(
         input=str(args.model),
