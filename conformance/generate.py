@@ -35,7 +35,7 @@ from nnc.encoder import Encoder  # noqa: E402
 from nnc.engine import get_engine  # noqa: E402
 from nnc.verify import describe_output  # noqa: E402
 
-SUITE_VERSION = 10  # versions 2 to 10 added streams (their entries say added_in); no earlier stream changed
+SUITE_VERSION = 11  # versions 2 to 11 added streams (their entries say added_in); no earlier stream changed
 STREAMS: "OrderedDict[str, dict]" = OrderedDict()
 
 
@@ -1040,6 +1040,35 @@ must_fail("mf_tied_to_no_tensor", "DecodeError", "6.2.1",
 must_fail("mf_tied_coded_tensor", "DecodeError", "6.2.1",
           "nnc metadata ties a tensor the stream codes to another (15.1 item 52)")(
     lambda: _retied({"head.weight": "embed.weight", "fc.weight": "embed.weight"}))
+
+# -- suite version 11: the exact edges of the integer output formats, the DC bit of a one-tensor NDU --------
+
+ADDED_IN = 11
+
+
+def _int_formats_exact():
+    """Values at the edges of float32 rounding, signalled as int32 (12.6): 2^23 + 1 (a float32 rounding of it plus
+    one half gives 2^23 + 2), 0.49999997 and 0.5 (step 2^-24)."""
+    return (C.build_str(1) + C.build_mps(qp=0) + C.build_tpl()
+            + craft_ndu("a", [8388609, -8388609, 3], [3], qp=0, fmt=0)
+            + craft_ndu("b", [8388607, -8388607, 8388608, -8388608], [4], qp=-96, fmt=0))
+
+
+stream("p1_int_format_exact_rounding", 1, "values at the edges of float32 rounding signalled as int32 "
+       "(2^23 + 1 stays odd, 0.49999997 rounds to 0, 0.5 to 1; 12.6)", ["nnr_decompressed_data_format 0"])(
+    _int_formats_exact)
+must_fail("mf_int32_format_overflow", "DecodeError", "12.6",
+          "a value of exactly 2^31 signalled as int32 (the float32 bound 2^31 - 1 is 2^31; 15.1 item 45)")(
+    lambda: C.build_str(1) + C.build_mps(qp=4) + C.build_tpl() + craft_ndu("w", [1 << 30, 1], [2], qp=4, mps_qp=4,
+                                                                            fmt=0))
+must_fail("mf_int64_format_overflow", "DecodeError", "12.6",
+          "a value of exactly 2^63 signalled as int64 (15.1 item 45)")(
+    lambda: C.build_str(1) + C.build_mps(qp=132) + C.build_tpl() + craft_ndu("w", [1 << 30, -1], [2], qp=132,
+                                                                              mps_qp=132, fmt=7))
+must_fail("mf_dc_bit_in_one_tensor_ndu", "UnsupportedError", "7.6",
+          "an NDU of one tensor with the DC bit in compressed_parameter_types (15.1 item 20)")(
+    lambda: _replace_ndu(_valid(), 3, compressed_parameter_types=C.NNR_CPT_DC, decomposition_rank=2,
+                         g_number_of_rows=4))
 
 # -- the third-party group: streams written by NNCodec, copied in (not generated) -------------------------
 

@@ -1735,6 +1735,8 @@ class Decoder:
                 raise UnsupportedError(
                     "several topology elements in a non-block NDU are not supported", clause="7.4", offset=unit.offset
                 )
+            if int(_get(h, "compressed_parameter_types", 0)) & C.NNR_CPT_DC:  # (its LS, BN, BI bits: ignored)
+                raise UnsupportedError("decomposed (DC) weights are not supported", clause="7.6", offset=unit.offset)
             return [info(str(h.topology_elem_id), dims, True)]
         # BLOCK: names listed W, LS, BN beta/gamma/mean/var, BI; coded LS, BI, BN..., W (spec 7.6)
         if not _get(h, "nnr_multiple_topology_elements_present_flag", 0) or h.get("topology_elem_ids") is None:
@@ -2479,7 +2481,9 @@ class Decoder:
             if kwargs["hdsp_history"] is not None and kwargs["hdsp_history"].size != info.size:
                 kwargs["hdsp_history"] = None
             mode = self.entry_points_mode
-            use_eps = mode == "use" and info.entry_points and info.scan_order > 0
+            # (entry points of a tensor whose effective scan order is 0 are ignored in every mode, spec 11.4)
+            in_blocks = bool(info.entry_points) and effective_scan_order(height, width, info.scan_order) > 0
+            use_eps = mode == "use" and in_blocks
             if use_eps and not info.dq and any(state for _, state, _ in info.entry_points):
                 # without DQ every block row starts in state 0 (spec 11.4), as "verify" finds too
                 raise DecodeError(
@@ -2495,7 +2499,7 @@ class Decoder:
                 kwargs["out"].fill(0)  # rows the stream skips stay 0 (spec 11.5)
             elif direct is not None and info.payload_type == "INT":
                 direct = None
-            if mode == "ignore" and threads > 1 and info.entry_points and info.scan_order > 0:
+            if mode == "ignore" and threads > 1 and in_blocks:
                 kwargs.pop("out", None)
                 # block rows in threads from the entry points, checked exactly (spec 11.4)
                 levels, dec = decode_tensor_threads(

@@ -285,21 +285,39 @@ def convert_to_format(values: np.ndarray, fmt: int) -> np.ndarray:
     if dtype.kind == "f":
         with np.errstate(over="ignore"):  # IEEE round to nearest, overflow to inf
             return values.astype(dtype)
-    if values.dtype.kind == "f":
-        if not np.all(np.isfinite(values)):
-            raise DecodeError("non-finite value in an integer output format", clause="12.6")
-        rounded = np.where(values >= 0, np.floor(values + 0.5), np.ceil(values - 0.5))
-    else:
-        rounded = values.astype(np.int64)
     bits = NARROW_INT_BITS.get(fmt)
     if bits is not None:
         lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
     else:
         info = np.iinfo(dtype)
-        lo, hi = info.min, info.max
-    if rounded.size and (rounded.min() < lo or rounded.max() > hi):
+        lo, hi = int(info.min), int(info.max)
+    if values.dtype.kind == "f":
+        if not np.all(np.isfinite(values)):
+            raise DecodeError("non-finite value in an integer output format", clause="12.6")
+        rounded = _rounded_half_away(values)
+        # (the bounds as exact float64 powers of two: hi itself may not be one, 2^63 - 1 rounds to 2^63)
+        outside = rounded.size and (rounded.min() < float(lo) or rounded.max() >= float(hi + 1))
+    else:
+        rounded = values.astype(np.int64)
+        outside = rounded.size and (int(rounded.min()) < lo or int(rounded.max()) > hi)
+    if outside:
         raise DecodeError(f"decoded value outside the range {lo}..{hi} of output format {fmt}", clause="12.6")
     return rounded.astype(dtype)
+
+
+def _rounded_half_away(values: np.ndarray) -> np.ndarray:
+    """The nearest integers to finite float values, halves away from zero, exactly (spec 12.6): in float64, where a
+    value less its integer part is exact (floor(v + 0.5) in float32 turns 2^23 + 1 into 2^23 + 2, and 0.49999997
+    into 1).
+
+    Examples
+    --------
+    >>> _rounded_half_away(np.array([2.5, -2.5, 0.49999997, 8388609.0], np.float32)).tolist()
+    [3.0, -3.0, 0.0, 8388609.0]
+    """
+    v = values.astype(np.float64)
+    whole = np.trunc(v)
+    return whole + np.copysign((np.abs(v - whole) >= 0.5).astype(np.float64), v)
 
 
 __all__ = [
