@@ -1069,6 +1069,27 @@ must_fail("mf_dc_bit_in_one_tensor_ndu", "UnsupportedError", "7.6",
           "an NDU of one tensor with the DC bit in compressed_parameter_types (15.1 item 20)")(
     lambda: _replace_ndu(_valid(), 3, compressed_parameter_types=C.NNR_CPT_DC, decomposition_rank=2,
                          g_number_of_rows=4))
+# (conditions of 15.1 that no stream reached before)
+must_fail("mf_str_trailing_byte", "DecodeError", "3.2", "a start unit with one byte after its syntax (15.1 item 12)")(
+    lambda: (lambda s, u: s[:u.offset] + C.build_unit(C.NNR_STR, dict(u.header), b"\x00") + s[u.end:])(
+        _valid(), _units(_valid())[0]))
+must_fail("mf_no_input_parameters", "UnsupportedError", "7.4",
+          "an NDU with input_parameters_present_flag 0: no tensor dimensions in the stream (15.1 item 17)")(
+    lambda: _replace_ndu(_valid(), 3, input_parameters_present_flag=0))
+must_fail("mf_step_underflow", "DecodeError", "12.1",
+          "an MPS qp of -600 (qp_density 2): the step size is below 2^-149 (15.1 item 32)")(
+    lambda: C.build_str(1) + C.build_mps(qp=-600) + _valid()[_units(_valid())[2].offset:])
+must_fail("mf_announced_tensors_not_a_list", "DecodeError", "3.5",
+          "nnc metadata whose \"tensors\" is neither a list of names nor a count (15.1 item 47)")(
+    lambda: _rewrite_nnc_metadata(_tied(), lambda meta: dict(meta, tensors="all")))
+must_fail("mf_tied_not_an_object", "DecodeError", "6.2.1", "nnc metadata whose \"tied\" is a list (15.1 item 52)")(
+    lambda: _retied(["head.weight"]))
+must_fail("mf_tied_empty_name", "DecodeError", "6.2.1",
+          "nnc metadata that ties the empty name to a tensor (15.1 item 52, 6.2.1)")(
+    lambda: _retied({"": "embed.weight"}))
+must_fail("mf_metadata_version_3", "UnsupportedError", "6.2.1",
+          "nnc metadata of version 3, which this suite's decoders do not read (15.1 item 51)")(
+    lambda: _rewrite_nnc_metadata(_tied(), lambda meta: dict(meta, version=3)))
 
 # -- the third-party group: streams written by NNCodec, copied in (not generated) -------------------------
 

@@ -1110,7 +1110,7 @@ def iter_units(data, *, strict: bool = False) -> Iterator[Unit]:
 
 
 def parse_stream(data) -> list[Unit]:
-    """All units of a stream, parsed.
+    """All units of a stream, parsed (spec 3.1).
 
     ``list(iter_units(data))``: the whole stream is checked before anything is
     returned.

@@ -22,7 +22,7 @@ odd parity, and stays in state 0 after an even one (spec 10.2):
 (2, 0)
 """
 
-#: LPS sub-range, indexed by 32 * range_class + probability_class  (spec 9.4, Table 9-2).
+#: LPS sub-range, indexed by 32 * range_class + probability_class (spec 9.4).
 #: range_class = (R >> 5) & 7 for the 9-bit range R; probability_class = ``|C >> 7|`` (0..31).
 RLPS_TABLE = (
     # range class 0 (R 256..287)
