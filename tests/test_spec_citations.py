@@ -126,7 +126,9 @@ def _is_build_side(name: str) -> bool:
 
 
 def sources() -> dict:
-    return {p.name: p.read_text() for p in sorted(NNC.glob("*.py")) + sorted(NNC.glob("*.pyx"))}
+    """Every source file of the package, its subpackages too (the pure-Python engine, the encoder's parts)."""
+    files = sorted(NNC.rglob("*.py")) + sorted(NNC.rglob("*.pyx"))
+    return {str(p.relative_to(NNC)): p.read_text() for p in files}
 
 
 def spec_texts() -> list:
