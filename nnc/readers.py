@@ -404,6 +404,10 @@ def path_identity(path) -> tuple | None:
         return None
 
 
+#: The most JSON objects a safetensors header may hold (one a tensor, and its metadata's): a million tensors a file.
+MAX_SAFETENSORS_OBJECTS = 1_000_000
+
+
 def _safetensors_header(path: Path) -> tuple[dict, int, int, tuple]:
     """The header, where the data starts, its size, and the :func:`file_identity` of the file they were read from."""
     try:
@@ -421,7 +425,14 @@ def _safetensors_header(path: Path) -> tuple[dict, int, int, tuple]:
                     f"{path}: safetensors header of {hlen:,} bytes, more than the "
                     f"{formats.MAX_SAFETENSORS_HEADER:,} read"
                 )
-            header, repeated = _json_noting_repeated_keys(fh.read(hlen))
+            raw = fh.read(hlen)
+            objects = raw.count(b"{")  # (parsed, each costs some 300 bytes: a 91 MB header of {} took 2.2 GB)
+            if objects > MAX_SAFETENSORS_OBJECTS:
+                raise FormatError(
+                    f"{path}: safetensors header of {objects:,} objects, more than the {MAX_SAFETENSORS_OBJECTS:,} "
+                    "read (one a tensor)"
+                )
+            header, repeated = _json_noting_repeated_keys(raw)
     except FormatError:
         raise
     except OSError as exc:

@@ -623,3 +623,14 @@ def test_a_shard_that_is_a_folder_or_a_fifo_is_said_to_be_so_not_missing(tmp_pat
     _refused(folder / "model.safetensors.index.json", "'b.safetensors' is a broken symbolic link")
     (folder / "b.safetensors").unlink()
     _refused(folder / "model.safetensors.index.json", "'b.safetensors' is missing")
+
+
+def test_a_safetensors_header_of_more_objects_than_tensors_a_file_holds_is_refused_before_parsing(tmp_path, monkeypatch):
+    """Before: a 91 MB header of 7 million empty objects (under the size cap) took 2.2 GB and 20 s to parse before its
+    first entry was refused (the hostile-files probe)."""
+    monkeypatch.setattr(readers, "MAX_SAFETENSORS_OBJECTS", 100)
+    header = json.dumps({f"{i:07d}": {} for i in range(150)}).encode()
+    _refused(_safetensors_raw(tmp_path / "m.safetensors", header), "header of 151 objects, more than the 100")
+    fine = {f"t{i}": {"dtype": "F32", "shape": [1], "data_offsets": [4 * i, 4 * i + 4]} for i in range(99)}
+    path = _safetensors_raw(tmp_path / "ok.safetensors", json.dumps(fine).encode(), bytes(4 * 99))
+    assert len(open_model(path)) == 99
