@@ -1087,6 +1087,10 @@ must_fail("mf_tied_not_an_object", "DecodeError", "6.2.1", "nnc metadata whose \
 must_fail("mf_tied_empty_name", "DecodeError", "6.2.1",
           "nnc metadata that ties the empty name to a tensor (15.1 item 52, 6.2.1)")(
     lambda: _retied({"": "embed.weight"}))
+must_fail("mf_ndu_name_cut", "DecodeError", "3.2",
+          "an NDU whose nnr_unit_size ends inside its tensor name: a string without terminator (15.1 item 11)")(
+    lambda: (lambda s, u: s[:u.offset] + bytes([0, 8]) + s[u.offset + 2:u.offset + 8] + s[u.end:])(
+        _valid(), _units(_valid())[3]))
 must_fail("mf_metadata_version_3", "UnsupportedError", "6.2.1",
           "nnc metadata of version 3, which this suite's decoders do not read (15.1 item 51)")(
     lambda: _rewrite_nnc_metadata(_tied(), lambda meta: dict(meta, version=3)))

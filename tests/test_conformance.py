@@ -363,7 +363,7 @@ def test_suite_11_pins_the_exact_edges_of_the_integer_formats_and_the_dc_bit():
     assert set(added) == {"p1_int_format_exact_rounding", "mf_int32_format_overflow", "mf_int64_format_overflow",
                           "mf_dc_bit_in_one_tensor_ndu", "mf_str_trailing_byte", "mf_no_input_parameters",
                           "mf_step_underflow", "mf_announced_tensors_not_a_list", "mf_metadata_version_3",
-                          "mf_tied_not_an_object", "mf_tied_empty_name"}
+                          "mf_tied_not_an_object", "mf_tied_empty_name", "mf_ndu_name_cut"}
     decoded = nnc.decode((SUITE / added["p1_int_format_exact_rounding"]["file"]).read_bytes())
     assert decoded["a"].tolist() == [8388609, -8388609, 3] and decoded["b"].tolist() == [0, 0, 1, -1]
     assert {added[n]["clause"] for n in added if n.startswith("mf_int")} == {"12.6"}
