@@ -1346,10 +1346,8 @@ def _writes_onnx(output) -> bool | None:
 
 
 class _DecodeBar:
-    """tqdm progress of a decode in bytes written, with tensors done and an ETA; silent under -q.
-
-    Quiet too when tqdm is not installed or stderr is not a terminal.
-    """
+    """tqdm progress of a decode in bytes written, with tensors done and an ETA; silent under -q, and where stderr
+    is not a terminal (:func:`_progress_bar`)."""
 
     def __init__(self, quiet: bool):
         self.bar: Any = None  # a tqdm bar (tqdm has no type information), made at the first event

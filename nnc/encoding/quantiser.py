@@ -26,7 +26,7 @@ import numpy as np
 from .. import narrow_floats
 from ..container import codebook_bits
 from ..decoder import Limits
-from ..engine.matrix import effective_scan_order, matrix_view
+from ..engine.matrix import INT32_MAX, effective_scan_order, matrix_view
 from ..errors import EncodeError, NNCError
 from ..measure import SLICE as MEASURE_SLICE
 from ..measure import error_sums
@@ -41,8 +41,6 @@ from .feedback import (
     feedback_factor,
 )
 from .settings import EncoderSettings, check_importance, matches, qp_for_step, qp_offset_fits
-
-INT32_MAX = 2**31 - 1
 
 
 def levels_fit_int32(peak: float, step: float) -> bool:

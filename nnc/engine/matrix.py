@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["MAX_ELEMENTS", "block_row_count", "block_size", "effective_scan_order", "matrix_view"]
+__all__ = ["INT32_MAX", "MAX_ELEMENTS", "block_row_count", "block_size", "effective_scan_order", "matrix_view"]
 
 #: The most elements a tensor may have in either engine (positions are 64-bit; no memory holds more).
 MAX_ELEMENTS = 2**62
+
+#: The largest level (spec 10.1: levels are int32; a negative one may reach -2^31).
+INT32_MAX = 2**31 - 1
 
 
 def matrix_view(shape) -> tuple[int, int]:

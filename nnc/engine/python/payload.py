@@ -17,7 +17,7 @@ import numpy as np
 
 from ...errors import DecodeError, EncodeError
 from ...tables import NEXT_DQ_STATE
-from ..matrix import MAX_ELEMENTS
+from ..matrix import INT32_MAX, MAX_ELEMENTS
 from .arithmetic import (
     _COST,
     EST_UNIT,
@@ -30,8 +30,7 @@ from .arithmetic import (
 from .binarisation import CodebookBound, ContextLayout, binarise, check_edition, dq_coded_value, dq_reconstruct
 from .scan import TensorScan, polled, zero_run_table
 
-INT32_MAX = 2**31 - 1
-INT32_MIN = -(2**31)
+INT32_MIN = -INT32_MAX - 1
 
 #: Estimated cost of signalling an init set other than 0 (8.4): 3 bypass bins.
 INIT_SET_PENALTY = 3 * EST_UNIT

@@ -16,12 +16,10 @@ import numpy as np
 
 from ...errors import EncodeError
 from ...tables import NEXT_DQ_STATE
-from ..matrix import MAX_ELEMENTS
+from ..matrix import INT32_MAX, MAX_ELEMENTS
 from .arithmetic import _COST, EST_UNIT, _fresh_contexts
 from .binarisation import ContextLayout, binarise, check_edition
 from .scan import TensorScan, polled
-
-INT32_MAX = 2**31 - 1
 
 
 def _check_quantiser_args(x, height, width, n_gtx, scan_order, lam, importance) -> tuple:
