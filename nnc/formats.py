@@ -1876,9 +1876,8 @@ def write_onnx(path, tensors, dtypes=None, template=None) -> list:
         _write_onnx_weights(
             OnnxWriter(model_tmp, final.name, _onnx_plan(tensors, dtypes), template, files.new), tensors
         )
-        return files.commit(
-            sorted(files.temps, key=lambda name: name == final.name)
-        )  # the data first: the model names it
+        order = sorted(files.temps, key=lambda name: name == final.name)  # the data first: the model names it
+        return files.commit(order)
     except BaseException as exc:
         files.discard()
         if isinstance(exc, OSError) and (named := files.user_error(exc, final)) is not None:

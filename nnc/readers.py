@@ -31,6 +31,7 @@ Examples
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import functools
 import json
@@ -609,7 +610,7 @@ def _refuse_short_storage_records(path: Path) -> None:
         with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
             names = [i.filename for i in infos]
-            twice = next((n for n in names if names.count(n) > 1), None) if len(set(names)) < len(names) else None
+            twice = next((name for name, count in collections.Counter(names).items() if count > 1), None)
             if twice is not None:
                 raise FormatError(f"{path}: the archive holds {twice!r} twice")
             pickles = [i for i in infos if i.filename.endswith("/data.pkl") and i.filename.count("/") == 1]
@@ -913,11 +914,11 @@ def _onnx_external_file(path: Path, init) -> tuple[Path, dict]:
 
 def _not_a_file(path: Path) -> str:
     """Why a path the model names is not a file to read: "is missing", or what it is instead."""
-    if not os.path.lexists(path):
-        return "is missing"
-    if os.path.exists(path) and path.is_dir():
+    if os.path.isdir(path):
         return "is a folder, not a file"
-    return "is not a regular file" if os.path.exists(path) else "is a broken symbolic link"
+    if os.path.exists(path):
+        return "is not a regular file"
+    return "is a broken symbolic link" if os.path.lexists(path) else "is missing"
 
 
 def _onnx_loader(path, init, numpy_helper):
